@@ -1,7 +1,14 @@
 //! k8s4r: run workloads on fleets of small robots.
 //!
-//! `api` is shared by both binaries and does no I/O. `cli` holds the small
-//! argument and output helpers both binaries use.
+//! - `api`: types, validation, decoding; shared by both binaries, no I/O.
+//! - `agent`: the robot side (supervisor, reconcile, standalone `run -f`).
+//! - `envoy`: renders a TaskGroup's Envoy config from compiled-in templates.
+//! - `server`: the control plane (feature `server`, never in the agent build).
+//! - `cli`: small helpers shared by the binaries' command lines.
 
+pub mod agent;
 pub mod api;
 pub mod cli;
+pub mod envoy;
+#[cfg(feature = "server")]
+pub mod server;

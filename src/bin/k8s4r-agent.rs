@@ -10,6 +10,8 @@ USAGE:
     k8s4r-agent <COMMAND> [OPTIONS]
 
 COMMANDS:
+    run -f FILE [--data-dir DIR]  Run a Job's task groups on this machine, no server
+    render-envoy -f FILE [--group NAME]  Print a TaskGroup's Envoy config
     validate -f FILE|DIR|-    Check manifests
 
 OPTIONS:
@@ -42,6 +44,8 @@ fn run() -> Result<i32, lexopt::Error> {
             println!("k8s4r-agent {}", cli::VERSION);
             Ok(0)
         }
+        Value(cmd) if cmd == "run" => k8s4r::agent::cmd_run(&mut parser),
+        Value(cmd) if cmd == "render-envoy" => k8s4r::envoy::cmd_render(&mut parser),
         Value(cmd) if cmd == "validate" => {
             let mut file = None;
             while let Some(arg) = parser.next()? {

@@ -10,6 +10,8 @@ USAGE:
     k8s4r <COMMAND> [OPTIONS]
 
 COMMANDS:
+    server [--listen ADDR] [--data DIR]   Run the control plane
+    render-envoy -f FILE [--group NAME]  Print a TaskGroup's Envoy config
     validate -f FILE|DIR|-    Check manifests (YAML or JSON, multi-document)
 
 OPTIONS:
@@ -42,6 +44,8 @@ fn run() -> Result<i32, lexopt::Error> {
             println!("k8s4r {}", cli::VERSION);
             Ok(0)
         }
+        Value(cmd) if cmd == "server" => k8s4r::server::cmd_server(&mut parser),
+        Value(cmd) if cmd == "render-envoy" => k8s4r::envoy::cmd_render(&mut parser),
         Value(cmd) if cmd == "validate" => validate(&mut parser),
         Value(cmd) => Err(format!("unknown command {:?}; see k8s4r --help", cmd.to_string_lossy()).into()),
         other => Err(other.unexpected()),
