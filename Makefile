@@ -16,9 +16,8 @@ agent:
 	$(CARGO) build --release --no-default-features --bin k8s4r-agent --target $(X86_MUSL)
 	@ls -l target/$(X86_MUSL)/release/k8s4r-agent
 
-# Static aarch64 agent, linked with the toolchain's rust-lld (no cross gcc needed).
+# Static aarch64 agent, linked with the toolchain's rust-lld (.cargo/config.toml).
 cross: agent
-	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=rust-lld \
 	$(CARGO) build --release --no-default-features --bin k8s4r-agent --target $(ARM_MUSL)
 	@ls -l target/$(ARM_MUSL)/release/k8s4r-agent
 
