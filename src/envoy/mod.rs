@@ -8,8 +8,33 @@
 //! - [`update`]: rewrite the xDS files for a changed network, no restart.
 //! - [`is_ready`]: Envoy's admin `/ready` over the per-group unix socket.
 //! - [`proxy_env`]: the PROXY_<NAME>_{ADDR,HOST,PORT} variables for tasks.
+//!
+//! Modules, each with one job:
+//! - [`plan`]: network (manifest) → which listeners/clusters/secrets; pure;
+//! - [`render`] + [`templates`]: the placeholder filler and the JSON templates;
+//! - [`resources`]: plan → listener/cluster/secret JSON;
+//! - [`config`]: whole documents (static one-file form, runtime form);
+//! - [`runtime`]: files on disk, atomically, and the Envoy command line;
+//! - [`admin`]: HTTP over the admin unix socket; [`ports`]: port clashes;
+//! - [`inbound`]: the inbound mTLS + RBAC manifest field; [`cli`]: `render-envoy`.
 
-use crate::api::NetworkConfig;
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod files;
+pub mod inbound;
+pub mod options;
+pub mod plan;
+pub mod ports;
+pub mod render;
+pub mod resources;
+pub mod runtime;
+pub mod templates;
+
+pub use inbound::Inbound;
+pub use options::ProxyOptions;
+
+use crate::api::{NetworkConfig, TaskSpec};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -18,12 +43,38 @@ use std::path::{Path, PathBuf};
 pub struct GroupProxy {
     pub job: String,
     pub group: String,
-    /// The group-level network merged with task-level ones (all upstreams).
+    /// The group-level network merged with task-level ones (all upstreams);
+    /// see [`group_network`].
     pub network: NetworkConfig,
     /// Directory owned by this proxy (config files, admin socket).
     pub dir: PathBuf,
     /// The envoy executable.
     pub envoy_bin: PathBuf,
+    /// Inbound mTLS listeners (`network.inbound`); none by default.
+    pub inbound: Vec<Inbound>,
+    /// Sizing and flags; the default fits a small robot.
+    pub options: ProxyOptions,
+}
+
+impl Default for GroupProxy {
+    fn default() -> Self {
+        GroupProxy {
+            job: String::new(),
+            group: String::new(),
+            network: NetworkConfig::default(),
+            dir: PathBuf::new(),
+            envoy_bin: PathBuf::from("envoy"),
+            inbound: Vec::new(),
+            options: ProxyOptions::default(),
+        }
+    }
+}
+
+impl GroupProxy {
+    /// `node.id` in Envoy: `<job>/<group>`.
+    pub fn node_id(&self) -> String {
+        format!("{}/{}", self.job, self.group)
+    }
 }
 
 /// How to start (and watch) one Envoy.
@@ -38,6 +89,12 @@ pub struct Launch {
 pub enum EnvoyError {
     Write(PathBuf, std::io::Error),
     Invalid(String),
+    /// The network cannot be turned into a proxy.
+    Plan(plan::PlanError),
+    /// A template did not fill (a bug caught by tests, reported not panicked).
+    Render(render::RenderError),
+    /// A listener port is taken.
+    Port(ports::PortError),
 }
 
 impl fmt::Display for EnvoyError {
@@ -45,28 +102,59 @@ impl fmt::Display for EnvoyError {
         match self {
             EnvoyError::Write(p, e) => write!(f, "writing {}: {e}", p.display()),
             EnvoyError::Invalid(m) => f.write_str(m),
+            EnvoyError::Plan(e) => write!(f, "network proxy: {e}"),
+            EnvoyError::Render(e) => write!(f, "rendering the Envoy config: {e}"),
+            EnvoyError::Port(e) => write!(f, "network proxy: {e}"),
         }
     }
 }
 
-impl std::error::Error for EnvoyError {}
+impl std::error::Error for EnvoyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            EnvoyError::Write(_, e) => Some(e),
+            EnvoyError::Plan(e) => Some(e),
+            EnvoyError::Render(e) => Some(e),
+            EnvoyError::Port(e) => Some(e),
+            EnvoyError::Invalid(_) => None,
+        }
+    }
+}
 
-/// Write the runtime config for `proxy` and return the launch command.
+impl From<plan::PlanError> for EnvoyError {
+    fn from(e: plan::PlanError) -> Self {
+        EnvoyError::Plan(e)
+    }
+}
+
+impl From<render::RenderError> for EnvoyError {
+    fn from(e: render::RenderError) -> Self {
+        EnvoyError::Render(e)
+    }
+}
+
+impl From<ports::PortError> for EnvoyError {
+    fn from(e: ports::PortError) -> Self {
+        EnvoyError::Port(e)
+    }
+}
+
+/// Write the runtime config for `proxy` and return the launch command. Call
+/// it while no Envoy of this group runs (first start, or a restart after the
+/// old one died): it checks that every listener port is free.
 pub fn prepare(proxy: &GroupProxy) -> Result<Launch, EnvoyError> {
-    let _ = proxy;
-    Err(EnvoyError::Invalid("envoy rendering is not built yet".into()))
+    runtime::prepare(proxy)
 }
 
 /// Rewrite the xDS files after the network changed; Envoy picks them up live.
+/// Listeners whose config is unchanged keep their connections.
 pub fn update(proxy: &GroupProxy) -> Result<(), EnvoyError> {
-    let _ = proxy;
-    Err(EnvoyError::Invalid("envoy rendering is not built yet".into()))
+    runtime::update(proxy)
 }
 
 /// True once Envoy answers `GET /ready` with 200 on its admin socket.
 pub fn is_ready(admin_socket: &Path) -> bool {
-    let _ = admin_socket;
-    false
+    admin::is_ready(admin_socket)
 }
 
 /// `PROXY_<NAME>_ADDR`, `_HOST`, `_PORT` for every upstream (name upper-cased,
@@ -82,8 +170,26 @@ pub fn proxy_env(network: &NetworkConfig) -> Vec<(String, String)> {
     env
 }
 
+/// A group's whole network: the group-level block with the upstreams of
+/// every task-level block appended (validation has made names and ports
+/// unique across them). Without a group block, the first task block's
+/// spiffe/tlsFiles/enabled/type apply. None when nobody declares a network.
+pub fn group_network(group: Option<&NetworkConfig>, tasks: &[TaskSpec]) -> Option<NetworkConfig> {
+    let mut blocks = group.into_iter().chain(tasks.iter().filter_map(|t| t.network.as_ref()));
+    let mut merged = blocks.next()?.clone();
+    for b in blocks {
+        merged.upstreams.extend(b.upstreams.iter().cloned());
+        if merged.spiffe.is_none() {
+            merged.spiffe.clone_from(&b.spiffe);
+        }
+        if merged.tls_files.is_none() {
+            merged.tls_files.clone_from(&b.tls_files);
+        }
+    }
+    Some(merged)
+}
+
 /// `render-envoy -f FILE [--group NAME]` (both binaries).
 pub fn cmd_render(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
-    let _ = parser;
-    Err("render-envoy: not built yet".into())
+    cli::cmd_render(parser)
 }

@@ -1,0 +1,202 @@
+//! Envoy's admin API over the group's unix socket: one HTTP/1.1 GET per
+//! connection (`Connection: close`), with std only.
+//!
+//! Envoy's admin listener refuses HTTP/1.0 unless configured otherwise, so
+//! requests are HTTP/1.1; bodies may come chunked.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Admin answers come from a local process: a short deadline is plenty.
+pub const TIMEOUT: Duration = Duration::from_secs(2);
+/// Refuse to buffer more than this (a full /stats of a small proxy is ~100 KiB).
+const MAX_RESPONSE: u64 = 8 * 1024 * 1024;
+
+#[derive(Debug)]
+pub enum AdminError {
+    Connect(PathBuf, io::Error),
+    Io(PathBuf, io::Error),
+    BadResponse(PathBuf, String),
+}
+
+impl fmt::Display for AdminError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AdminError::Connect(p, e) => write!(f, "connecting to Envoy admin at {}: {e}", p.display()),
+            AdminError::Io(p, e) => write!(f, "talking to Envoy admin at {}: {e}", p.display()),
+            AdminError::BadResponse(p, m) => write!(f, "bad answer from Envoy admin at {}: {m}", p.display()),
+        }
+    }
+}
+
+impl std::error::Error for AdminError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            AdminError::Connect(_, e) | AdminError::Io(_, e) => Some(e),
+            AdminError::BadResponse(..) => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub body: String,
+}
+
+/// `GET path` on the admin socket.
+pub fn get(socket: &Path, path: &str) -> Result<Response, AdminError> {
+    let mut stream = UnixStream::connect(socket).map_err(|e| AdminError::Connect(socket.into(), e))?;
+    let io_err = |e| AdminError::Io(socket.into(), e);
+    stream.set_read_timeout(Some(TIMEOUT)).map_err(io_err)?;
+    stream.set_write_timeout(Some(TIMEOUT)).map_err(io_err)?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: envoy-admin\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(io_err)?;
+    let mut raw = Vec::new();
+    stream.take(MAX_RESPONSE).read_to_end(&mut raw).map_err(io_err)?;
+    parse(&raw).map_err(|m| AdminError::BadResponse(socket.into(), m))
+}
+
+/// True when Envoy is LIVE: `/ready` answers 200.
+pub fn is_ready(socket: &Path) -> bool {
+    matches!(get(socket, "/ready"), Ok(Response { status: 200, .. }))
+}
+
+/// Why Envoy is not ready yet, in words an operator can act on: which
+/// listeners and clusters wait for certificates (SDS), how many are still
+/// warming. Empty when nothing specific was found.
+pub fn not_ready_reasons(socket: &Path) -> Result<Vec<String>, AdminError> {
+    let stats = get(socket, "/stats")?;
+    let mut reasons = Vec::new();
+    for line in stats.body.lines() {
+        let Some((name, value)) = line.split_once(": ") else {
+            continue;
+        };
+        let value: u64 = value.trim().parse().unwrap_or(0);
+        if value == 0 {
+            continue;
+        }
+        if let Some(listener) = name
+            .strip_prefix("listener.")
+            .and_then(|n| n.strip_suffix(".server_ssl_socket_factory.downstream_context_secrets_not_ready"))
+        {
+            reasons.push(format!("listener {listener}: waiting for its TLS certificate (SDS)"));
+        } else if let Some(cluster) = name
+            .strip_prefix("cluster.")
+            .and_then(|n| n.strip_suffix(".client_ssl_socket_factory.upstream_context_secrets_not_ready"))
+        {
+            reasons.push(format!("cluster {cluster}: waiting for its TLS certificate (SDS)"));
+        } else if name == "listener_manager.total_listeners_warming" {
+            reasons.push(format!("{value} listener(s) warming"));
+        } else if name == "cluster_manager.warming_clusters" {
+            reasons.push(format!("{value} cluster(s) warming"));
+        } else if name.ends_with(".update_rejected") {
+            reasons.push(format!("{name} = {value}: a config update was rejected"));
+        }
+    }
+    Ok(reasons)
+}
+
+/// One counter or gauge from `/stats`, e.g. `server.live`.
+pub fn stat(socket: &Path, name: &str) -> Result<Option<u64>, AdminError> {
+    let r = get(socket, &format!("/stats?filter=^{}$", escape_regex(name)))?;
+    Ok(r.body.lines().find_map(|l| {
+        let (n, v) = l.split_once(": ")?;
+        (n == name).then(|| v.trim().parse().ok()).flatten()
+    }))
+}
+
+fn escape_regex(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if !c.is_ascii_alphanumeric() && c != '_' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn parse(raw: &[u8]) -> Result<Response, String> {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("no end of headers")?;
+    let head = std::str::from_utf8(&raw[..split]).map_err(|_| "headers are not UTF-8")?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+    let chunked = lines.any(|l| {
+        l.split_once(':').is_some_and(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("transfer-encoding") && v.trim().eq_ignore_ascii_case("chunked")
+        })
+    });
+    let body = &raw[split + 4..];
+    let body = if chunked { dechunk(body)? } else { body.to_vec() };
+    Ok(Response {
+        status,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+fn dechunk(mut body: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    loop {
+        let eol = body
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or("truncated chunk size")?;
+        let size_text = std::str::from_utf8(&body[..eol]).map_err(|_| "bad chunk size")?;
+        let size_text = size_text.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(size_text, 16).map_err(|_| format!("bad chunk size {size_text:?}"))?;
+        body = &body[eol + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        if body.len() < size {
+            return Err("truncated chunk".into());
+        }
+        out.extend_from_slice(&body[..size]);
+        body = body.get(size + 2..).ok_or("truncated chunk end")?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_plain_and_chunked_answers() {
+        let r = parse(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nLIVE\n").unwrap();
+        assert_eq!((r.status, r.body.as_str()), (200, "LIVE\n"));
+        let r = parse(b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nPRE\r\n5\r\nFILL\n\r\n0\r\n\r\n")
+            .unwrap();
+        assert_eq!((r.status, r.body.as_str()), (503, "PREFILL\n"));
+    }
+
+    #[test]
+    fn rejects_garbage_without_panicking() {
+        assert!(parse(b"nonsense").is_err());
+        assert!(parse(b"HTTP/1.1 abc\r\n\r\n").is_err());
+        assert!(parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n").is_err());
+        assert!(parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n9\r\nab").is_err());
+    }
+
+    #[test]
+    fn a_missing_socket_is_a_connect_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("none.sock");
+        assert!(matches!(get(&sock, "/ready"), Err(AdminError::Connect(..))));
+        assert!(!is_ready(&sock));
+    }
+}

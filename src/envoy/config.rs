@@ -1,0 +1,179 @@
+//! Whole Envoy documents for one group: the self-contained static config
+//! (`render-envoy`) and the runtime form (bootstrap + filesystem xDS files).
+//! Both are built from the same resources, so what `render-envoy` shows and
+//! `envoy --mode validate` accepts is what the agent runs.
+
+use super::options::ProxyOptions;
+use super::plan::Plan;
+use super::render::{fill, list, quoted, RenderError, Slot};
+use super::resources::{self, FileSecrets, Resources, SDS_CA_FILE, SDS_CERT_FILE, SECRET_TYPE};
+use super::templates as t;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+pub const LISTENER_TYPE: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+
+/// Who this Envoy is, and where its admin socket lives.
+#[derive(Clone, Debug)]
+pub struct Identity<'a> {
+    /// `node.id`: `<job>/<group>`, shown in Envoy's logs and /server_info.
+    pub node_id: String,
+    pub admin_socket: &'a Path,
+}
+
+/// The one-file form: every listener, cluster and secret is static.
+pub fn render_static(plan: &Plan, id: &Identity<'_>, opts: &ProxyOptions) -> Result<String, RenderError> {
+    let r = resources::render(plan, opts, FileSecrets::Static)?;
+    let doc = fill(
+        t::STATIC,
+        &[
+            ("node_id", Slot::text(&id.node_id)),
+            ("node_cluster", Slot::text("k8s4r")),
+            ("admin", Slot::json(admin(id)?)),
+            ("overload", Slot::json(overload(opts)?)),
+            ("listeners", Slot::json(list(&r.listeners))),
+            ("clusters", Slot::json(list(&r.clusters))),
+            ("secrets", Slot::json(list(&r.secrets))),
+        ],
+    )?;
+    Ok(pretty(&doc))
+}
+
+/// Where the runtime form's files go inside the proxy directory.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Layout {
+    pub bootstrap: PathBuf,
+    pub xds_dir: PathBuf,
+    pub lds: PathBuf,
+    pub cds: PathBuf,
+    pub sds_dir: PathBuf,
+    pub admin_socket: PathBuf,
+}
+
+impl Layout {
+    pub fn new(dir: &Path) -> Layout {
+        let xds_dir = dir.join("xds");
+        let sds_dir = dir.join("sds");
+        Layout {
+            bootstrap: dir.join("envoy.json"),
+            lds: xds_dir.join("lds.json"),
+            cds: xds_dir.join("cds.json"),
+            xds_dir,
+            sds_dir,
+            admin_socket: dir.join("admin.sock"),
+        }
+    }
+}
+
+/// The runtime form's file contents.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Runtime {
+    pub bootstrap: String,
+    pub lds: String,
+    pub cds: String,
+    /// (file name inside `sds_dir`, content); empty without `tlsFiles`.
+    pub sds: Vec<(&'static str, String)>,
+}
+
+pub fn render_runtime(
+    plan: &Plan,
+    node_id: &str,
+    layout: &Layout,
+    opts: &ProxyOptions,
+) -> Result<Runtime, RenderError> {
+    let r: Resources = resources::render(plan, opts, FileSecrets::Sds { dir: &layout.sds_dir })?;
+    let id = Identity {
+        node_id: node_id.to_string(),
+        admin_socket: &layout.admin_socket,
+    };
+    let bootstrap = fill(
+        t::BOOTSTRAP,
+        &[
+            ("node_id", Slot::text(node_id)),
+            ("node_cluster", Slot::text("k8s4r")),
+            ("admin", Slot::json(admin(&id)?)),
+            ("overload", Slot::json(overload(opts)?)),
+            ("lds_path", Slot::text(layout.lds.to_string_lossy())),
+            ("cds_path", Slot::text(layout.cds.to_string_lossy())),
+            ("xds_dir", Slot::text(layout.xds_dir.to_string_lossy())),
+        ],
+    )?;
+    let sds = match r.secrets.as_slice() {
+        [] => Vec::new(),
+        [cert, ca] => vec![
+            (SDS_CERT_FILE, xds_file(std::slice::from_ref(cert), SECRET_TYPE)?),
+            (SDS_CA_FILE, xds_file(std::slice::from_ref(ca), SECRET_TYPE)?),
+        ],
+        other => {
+            return Err(RenderError::NotJson {
+                template: "sds",
+                error: format!("expected a certificate and a CA secret, got {} secrets", other.len()),
+            })
+        }
+    };
+    Ok(Runtime {
+        bootstrap: pretty(&bootstrap),
+        lds: xds_file(&r.listeners, LISTENER_TYPE)?,
+        cds: xds_file(&r.clusters, CLUSTER_TYPE)?,
+        sds,
+    })
+}
+
+/// A filesystem xDS file: `{"version_info", "resources": [Any...]}`. The
+/// version is a hash of the resources, so Envoy's logs and stats show which
+/// content it runs.
+fn xds_file(resources: &[String], type_url: &str) -> Result<String, RenderError> {
+    let typed: Vec<String> = resources
+        .iter()
+        .map(|r| match r.trim_start().strip_prefix('{') {
+            Some(rest) => Ok(format!("{{\"@type\":{},{rest}", quoted(type_url))),
+            None => Err(RenderError::NotJson {
+                template: "xds resource",
+                error: "a resource is not a JSON object".into(),
+            }),
+        })
+        .collect::<Result<_, _>>()?;
+    let body = list(&typed);
+    let digest = Sha256::digest(body.as_bytes());
+    let version: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let doc = fill(
+        t::XDS_FILE,
+        &[("version", Slot::text(version)), ("resources", Slot::json(body))],
+    )?;
+    Ok(pretty(&doc))
+}
+
+fn admin(id: &Identity<'_>) -> Result<String, RenderError> {
+    fill(
+        t::ADMIN,
+        &[
+            ("socket", Slot::text(id.admin_socket.to_string_lossy())),
+            // 0600: only the agent's user may drive Envoy's admin API.
+            ("mode", Slot::number(0o600u32)),
+        ],
+    )
+}
+
+fn overload(opts: &ProxyOptions) -> Result<String, RenderError> {
+    fill(
+        t::OVERLOAD,
+        &[
+            ("max_heap_bytes", Slot::number(opts.max_heap_bytes)),
+            ("max_connections", Slot::number(opts.max_downstream_connections)),
+        ],
+    )
+}
+
+/// Re-indent a rendered document for people reading it; `fill` has already
+/// checked that it is JSON, so a failure here cannot happen and would only
+/// leave the compact text.
+fn pretty(doc: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(doc)
+        .and_then(|v| serde_json::to_string_pretty(&v))
+        .map(|mut s| {
+            s.push('\n');
+            s
+        })
+        .unwrap_or_else(|_| doc.to_string())
+}

@@ -1,0 +1,72 @@
+//! Atomic file replacement, the way filesystem xDS wants it: Envoy watches a
+//! directory for files moved into it, so a new version is written next to
+//! the old one and `rename()`d over it. Readers see the old or the new file,
+//! never a half-written one.
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::Path;
+
+/// Replace `path` with `content` atomically (mode 0600). Skips the write
+/// when the content is already there, so an unchanged file causes no event.
+/// Returns whether the file changed.
+pub fn replace(path: &Path, content: &str) -> io::Result<bool> {
+    if fs::read(path).is_ok_and(|old| old == content.as_bytes()) {
+        return Ok(false);
+    }
+    let dir = path
+        .parent()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no parent directory"))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    // A dot name: never mistaken for a config file; pid: two writers in one
+    // directory (a test and an agent) do not share a temp file.
+    let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(content.as_bytes())?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        // Make the rename itself durable.
+        fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map(|()| true)
+}
+
+/// Create `dir` (and parents) with mode 0700 if missing.
+pub fn private_dir(dir: &Path) -> io::Result<()> {
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_and_reports_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.json");
+        assert!(replace(&p, "1").unwrap());
+        assert!(!replace(&p, "1").unwrap());
+        assert!(replace(&p, "2").unwrap());
+        assert_eq!(fs::read_to_string(&p).unwrap(), "2");
+        // No temp file left behind.
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn fails_cleanly_without_a_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(replace(&dir.path().join("missing/a.json"), "1").is_err());
+    }
+}

@@ -1,0 +1,44 @@
+//! Tuning knobs for one group's Envoy. The defaults fit a small robot (see
+//! `notes/envoy-spire.md`, "Memory on small devices").
+
+/// How one Envoy is run and sized. `Default` is what the agent uses.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProxyOptions {
+    /// Worker threads (`--concurrency`). Memory grows with each one and a
+    /// robot's proxy carries little traffic: one.
+    pub concurrency: u32,
+    /// `--log-level`.
+    pub log_level: String,
+    /// Per-connection read/write buffer limit on listeners and clusters.
+    /// Envoy's default is 1 MiB; 32 KiB is the common small-device value.
+    pub buffer_limit_bytes: u32,
+    /// The overload manager's heap budget: above 90 % Envoy returns free
+    /// memory to the system, above 98 % it stops accepting requests.
+    pub max_heap_bytes: u64,
+    /// Downstream connection limit (also silences Envoy's startup warning).
+    pub max_downstream_connections: u32,
+    /// `--drain-time-s`: how long a removed listener drains (Envoy: 600 s).
+    pub drain_time_s: u32,
+    /// Active TCP health check interval for upstreams, seconds.
+    pub health_check_interval_s: u32,
+    /// How long Envoy waits for an SDS secret before starting without it.
+    /// 0 = wait for ever, so `/ready` stays 503 until the SVID arrives and the
+    /// agent reports the missing identity instead of starting tasks that
+    /// cannot connect.
+    pub sds_initial_fetch_timeout_s: u32,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        ProxyOptions {
+            concurrency: 1,
+            log_level: "warn".into(),
+            buffer_limit_bytes: 32 * 1024,
+            max_heap_bytes: 64 * 1024 * 1024,
+            max_downstream_connections: 1024,
+            drain_time_s: 30,
+            health_check_interval_s: 10,
+            sds_initial_fetch_timeout_s: 0,
+        }
+    }
+}

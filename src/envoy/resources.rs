@@ -1,0 +1,322 @@
+//! A [`Plan`] rendered into Envoy resources (listeners, clusters, secrets),
+//! shared by the one-file static form and the runtime (xDS files) form.
+
+use super::options::ProxyOptions;
+use super::plan::{
+    spire_bundle_name, CertSource, InboundRoute, Outbound, Plan, SanCheck, Tls, FILES_CA_NAME, FILES_CERT_NAME,
+    SPIRE_SVID_NAME,
+};
+use super::render::{fill, list, quoted, RenderError, Slot};
+use super::templates as t;
+use crate::api::{Protocol, TlsFiles};
+use std::path::Path;
+
+/// How secrets from `network.tlsFiles` reach Envoy.
+#[derive(Clone, Copy, Debug)]
+pub enum FileSecrets<'a> {
+    /// In `static_resources.secrets` of a self-contained config.
+    Static,
+    /// Filesystem SDS: one file per secret in `dir`, watched, so certificate
+    /// rotation (and a changed path) needs no restart.
+    Sds { dir: &'a Path },
+}
+
+/// File name of each filesystem-SDS secret inside the SDS directory.
+pub const SDS_CERT_FILE: &str = "cert.json";
+pub const SDS_CA_FILE: &str = "ca.json";
+
+pub const SECRET_TYPE: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Resources {
+    pub listeners: Vec<String>,
+    /// SDS clusters first: Envoy resolves the clusters an SDS config names
+    /// when it creates the clusters that use it.
+    pub clusters: Vec<String>,
+    /// Secrets read from `tlsFiles` (certificate, then CA), if used.
+    pub secrets: Vec<String>,
+}
+
+pub fn render(plan: &Plan, opts: &ProxyOptions, files: FileSecrets<'_>) -> Result<Resources, RenderError> {
+    let ctx = Ctx { opts, files };
+    let mut out = Resources::default();
+    for agent in &plan.spire_agents {
+        out.clusters.push(fill(
+            t::SDS_CLUSTER,
+            &[
+                ("name", Slot::text(&agent.cluster)),
+                ("socket", Slot::text(&agent.socket)),
+            ],
+        )?);
+    }
+    for up in &plan.outbound {
+        out.listeners.push(ctx.outbound_listener(up)?);
+        out.clusters.push(ctx.outbound_cluster(up)?);
+    }
+    for ib in &plan.inbound {
+        out.listeners.push(ctx.inbound_listener(ib)?);
+        out.clusters.push(ctx.local_cluster(ib)?);
+    }
+    if let Some(f) = &plan.files {
+        out.secrets = file_secrets(f)?;
+    }
+    Ok(out)
+}
+
+struct Ctx<'a> {
+    opts: &'a ProxyOptions,
+    files: FileSecrets<'a>,
+}
+
+impl Ctx<'_> {
+    fn outbound_listener(&self, up: &Outbound) -> Result<String, RenderError> {
+        let name = up.resource_name();
+        let filter = match up.protocol {
+            Protocol::Tcp => tcp_proxy(&name, &name)?,
+            // Plain HTTP APIs: a bounded request time; retry only what is safe
+            // to retry for any method (nothing reached the upstream app).
+            Protocol::Http => http_filter(&name, "15s", "300s")?,
+            // gRPC calls may stream for long: no route timeout.
+            Protocol::Grpc => http_filter(&name, "0s", "3600s")?,
+        };
+        fill(
+            t::LISTENER,
+            &[
+                ("name", Slot::text(&name)),
+                // The app side: loopback only, never 0.0.0.0.
+                ("address", Slot::text("127.0.0.1")),
+                ("port", Slot::number(up.local_port)),
+                ("buffer_limit", Slot::number(self.opts.buffer_limit_bytes)),
+                ("network_filters", Slot::json(list(&[filter]))),
+                ("transport_socket", Slot::json("null")),
+            ],
+        )
+    }
+
+    fn outbound_cluster(&self, up: &Outbound) -> Result<String, RenderError> {
+        let name = up.resource_name();
+        let interval = self.opts.health_check_interval_s.max(1);
+        let health_check = fill(
+            t::HEALTH_CHECK_TCP,
+            &[
+                ("interval", Slot::text(format!("{interval}s"))),
+                ("no_traffic_interval", Slot::text(format!("{}s", interval * 6))),
+            ],
+        )?;
+        let protocol_options = match up.protocol {
+            Protocol::Grpc => fill(t::HTTP2_OPTIONS, &[])?,
+            Protocol::Tcp | Protocol::Http => "null".into(),
+        };
+        let transport_socket = match &up.tls {
+            None => "null".into(),
+            Some(tls) => {
+                let alpn = match up.protocol {
+                    Protocol::Tcp => "null",
+                    Protocol::Http => r#"["http/1.1"]"#,
+                    Protocol::Grpc => r#"["h2"]"#,
+                };
+                fill(
+                    t::TLS_UPSTREAM,
+                    &[
+                        ("sni", Slot::json(up.sni().map_or("null".into(), quoted))),
+                        ("alpn", Slot::json(alpn)),
+                        ("cert_name", Slot::text(self.cert_name(tls))),
+                        ("cert_sds", Slot::json(self.sds_config(tls, SDS_CERT_FILE)?)),
+                        ("san_matchers", Slot::json(san_matchers(&tls.peer))),
+                        ("ca_name", Slot::text(self.ca_name(tls))),
+                        ("ca_sds", Slot::json(self.sds_config(tls, SDS_CA_FILE)?)),
+                    ],
+                )?
+            }
+        };
+        fill(
+            t::CLUSTER,
+            &[
+                ("name", Slot::text(&name)),
+                ("discovery", Slot::text("STRICT_DNS")),
+                ("connect_timeout", Slot::text("5s")),
+                ("buffer_limit", Slot::number(self.opts.buffer_limit_bytes)),
+                ("host", Slot::text(&up.host)),
+                ("port", Slot::number(up.port)),
+                ("outlier_detection", Slot::json(fill(t::OUTLIER_DETECTION, &[])?)),
+                ("health_checks", Slot::json(list(&[health_check]))),
+                ("protocol_options", Slot::json(protocol_options)),
+                ("transport_socket", Slot::json(transport_socket)),
+            ],
+        )
+    }
+
+    fn inbound_listener(&self, ib: &InboundRoute) -> Result<String, RenderError> {
+        let name = ib.resource_name();
+        let principals: Vec<String> = ib
+            .allowed
+            .iter()
+            .map(|id| format!(r#"{{"authenticated":{{"principal_name":{{"exact":{}}}}}}}"#, quoted(id)))
+            .collect();
+        // RBAC first: a refused peer never reaches the task.
+        let rbac = fill(
+            t::FILTER_RBAC,
+            &[
+                ("stat_prefix", Slot::text(&name)),
+                ("principals", Slot::json(list(&principals))),
+            ],
+        )?;
+        let proxy = tcp_proxy(&name, &local_cluster_name(ib))?;
+        let tls = &ib.tls;
+        let transport_socket = fill(
+            t::TLS_DOWNSTREAM,
+            &[
+                ("cert_name", Slot::text(self.cert_name(tls))),
+                ("cert_sds", Slot::json(self.sds_config(tls, SDS_CERT_FILE)?)),
+                ("san_matchers", Slot::json(san_matchers(&tls.peer))),
+                ("ca_name", Slot::text(self.ca_name(tls))),
+                ("ca_sds", Slot::json(self.sds_config(tls, SDS_CA_FILE)?)),
+            ],
+        )?;
+        fill(
+            t::LISTENER,
+            &[
+                ("name", Slot::text(&name)),
+                ("address", Slot::text(&ib.address)),
+                ("port", Slot::number(ib.port)),
+                ("buffer_limit", Slot::number(self.opts.buffer_limit_bytes)),
+                ("network_filters", Slot::json(list(&[rbac, proxy]))),
+                ("transport_socket", Slot::json(transport_socket)),
+            ],
+        )
+    }
+
+    fn local_cluster(&self, ib: &InboundRoute) -> Result<String, RenderError> {
+        fill(
+            t::CLUSTER,
+            &[
+                ("name", Slot::text(local_cluster_name(ib))),
+                ("discovery", Slot::text("STATIC")),
+                ("connect_timeout", Slot::text("1s")),
+                ("buffer_limit", Slot::number(self.opts.buffer_limit_bytes)),
+                ("host", Slot::text("127.0.0.1")),
+                ("port", Slot::number(ib.target_port)),
+                ("outlier_detection", Slot::json("null")),
+                ("health_checks", Slot::json("[]")),
+                ("protocol_options", Slot::json("null")),
+                ("transport_socket", Slot::json("null")),
+            ],
+        )
+    }
+
+    fn cert_name(&self, tls: &Tls) -> String {
+        match &tls.source {
+            CertSource::Spire { .. } => SPIRE_SVID_NAME.into(),
+            CertSource::Files => FILES_CERT_NAME.into(),
+        }
+    }
+
+    fn ca_name(&self, tls: &Tls) -> String {
+        match &tls.source {
+            CertSource::Spire { trust_domain, .. } => spire_bundle_name(trust_domain),
+            CertSource::Files => FILES_CA_NAME.into(),
+        }
+    }
+
+    /// The `sds_config` of one secret: gRPC to SPIRE, a watched file, or
+    /// `null` (a static secret of the same name).
+    fn sds_config(&self, tls: &Tls, file: &str) -> Result<String, RenderError> {
+        match (&tls.source, self.files) {
+            (CertSource::Spire { cluster, .. }, _) => fill(
+                t::SDS_GRPC,
+                &[
+                    ("cluster", Slot::text(cluster)),
+                    (
+                        "initial_fetch_timeout",
+                        Slot::text(format!("{}s", self.opts.sds_initial_fetch_timeout_s)),
+                    ),
+                ],
+            ),
+            (CertSource::Files, FileSecrets::Static) => Ok("null".into()),
+            (CertSource::Files, FileSecrets::Sds { dir }) => fill(
+                t::SDS_FILE,
+                &[
+                    ("path", Slot::text(dir.join(file).to_string_lossy())),
+                    ("dir", Slot::text(dir.to_string_lossy())),
+                ],
+            ),
+        }
+    }
+}
+
+fn local_cluster_name(ib: &InboundRoute) -> String {
+    format!("{}-local", ib.resource_name())
+}
+
+fn tcp_proxy(stat_prefix: &str, cluster: &str) -> Result<String, RenderError> {
+    fill(
+        t::FILTER_TCP_PROXY,
+        &[
+            ("stat_prefix", Slot::text(stat_prefix)),
+            ("cluster", Slot::text(cluster)),
+        ],
+    )
+}
+
+fn http_filter(name: &str, route_timeout: &str, stream_idle_timeout: &str) -> Result<String, RenderError> {
+    fill(
+        t::FILTER_HTTP,
+        &[
+            ("stat_prefix", Slot::text(name)),
+            ("cluster", Slot::text(name)),
+            ("route_timeout", Slot::text(route_timeout)),
+            ("stream_idle_timeout", Slot::text(stream_idle_timeout)),
+            // Safe for any method: the request never reached the upstream app.
+            (
+                "retry_on",
+                Slot::text("connect-failure,refused-stream,reset-before-request"),
+            ),
+        ],
+    )
+}
+
+fn san_matchers(checks: &[SanCheck]) -> String {
+    let items: Vec<String> = checks
+        .iter()
+        .map(|c| {
+            let (san_type, op, value) = match c {
+                SanCheck::UriExact(v) => ("URI", "exact", v),
+                SanCheck::UriPrefix(v) => ("URI", "prefix", v),
+                SanCheck::DnsExact(v) => ("DNS", "exact", v),
+                SanCheck::IpExact(v) => ("IP_ADDRESS", "exact", v),
+            };
+            format!(r#"{{"san_type":"{san_type}","matcher":{{"{op}":{}}}}}"#, quoted(value))
+        })
+        .collect();
+    list(&items)
+}
+
+/// The certificate and CA secrets read from `tlsFiles`. Cert and key are
+/// watched through their directory when they share one, so a rotation that
+/// moves both in at once is read as one consistent pair.
+fn file_secrets(files: &TlsFiles) -> Result<Vec<String>, RenderError> {
+    let parent = |p: &str| Path::new(p).parent().map(|d| d.to_string_lossy().into_owned());
+    let watch = |dir: Option<String>| match dir {
+        Some(d) if !d.is_empty() => format!(r#"{{"path":{}}}"#, quoted(&d)),
+        _ => "null".into(),
+    };
+    let cert_dir = parent(&files.cert_path).filter(|d| Some(d) == parent(&files.key_path).as_ref());
+    let cert = fill(
+        t::SECRET_CERT,
+        &[
+            ("name", Slot::text(FILES_CERT_NAME)),
+            ("cert_path", Slot::text(&files.cert_path)),
+            ("key_path", Slot::text(&files.key_path)),
+            ("watched_directory", Slot::json(watch(cert_dir))),
+        ],
+    )?;
+    let ca = fill(
+        t::SECRET_CA,
+        &[
+            ("name", Slot::text(FILES_CA_NAME)),
+            ("ca_path", Slot::text(&files.ca_path)),
+            ("watched_directory", Slot::json(watch(parent(&files.ca_path)))),
+        ],
+    )?;
+    Ok(vec![cert, ca])
+}

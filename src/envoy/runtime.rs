@@ -1,0 +1,147 @@
+//! The runtime form on disk: bootstrap + filesystem xDS (+ SDS) files in the
+//! group's proxy directory, written atomically, and the Envoy command line.
+//!
+//! ```text
+//! <dir>/envoy.json      bootstrap: node, admin socket, overload manager, xDS paths
+//! <dir>/xds/lds.json    listeners  (watched directory: replaced by rename)
+//! <dir>/xds/cds.json    clusters, SPIRE SDS clusters first
+//! <dir>/sds/*.json      secrets from tlsFiles (filesystem SDS), if any
+//! <dir>/admin.sock      admin API (mode 0600)
+//! ```
+
+use super::config::{self, Layout};
+use super::plan::{self, Plan};
+use super::{files, ports, EnvoyError, GroupProxy, Launch};
+use std::collections::HashSet;
+use std::fs;
+use std::net::IpAddr;
+use std::os::unix::fs::FileTypeExt;
+use std::path::Path;
+
+/// `sun_path` holds 108 bytes including the terminating NUL.
+pub const MAX_SOCKET_PATH: usize = 107;
+
+pub fn prepare(proxy: &GroupProxy) -> Result<Launch, EnvoyError> {
+    let plan = plan::plan(&proxy.network, &proxy.inbound)?;
+    let layout = Layout::new(&proxy.dir);
+    check_socket_path(&layout.admin_socket)?;
+    check_ports(&plan, &HashSet::new())?;
+    let rt = config::render_runtime(&plan, &proxy.node_id(), &layout, &proxy.options)?;
+    for dir in [&proxy.dir, &layout.xds_dir, &layout.sds_dir] {
+        files::private_dir(dir).map_err(|e| EnvoyError::Write(dir.clone(), e))?;
+    }
+    write_resources(&layout, &rt)?;
+    write(&layout.bootstrap, &rt.bootstrap)?;
+    // A socket file left by a dead Envoy would make the new one fail to bind.
+    if fs::symlink_metadata(&layout.admin_socket).is_ok_and(|m| m.file_type().is_socket()) {
+        fs::remove_file(&layout.admin_socket).map_err(|e| EnvoyError::Write(layout.admin_socket.clone(), e))?;
+    }
+    Ok(Launch {
+        argv: argv(proxy, &layout),
+        admin_socket: layout.admin_socket,
+    })
+}
+
+pub fn update(proxy: &GroupProxy) -> Result<(), EnvoyError> {
+    let plan = plan::plan(&proxy.network, &proxy.inbound)?;
+    let layout = Layout::new(&proxy.dir);
+    // Our own Envoy holds the ports of the listeners it already has.
+    check_ports(&plan, &current_ports(&layout.lds))?;
+    let rt = config::render_runtime(&plan, &proxy.node_id(), &layout, &proxy.options)?;
+    write_resources(&layout, &rt)?;
+    let bootstrap_now = fs::read_to_string(&layout.bootstrap).unwrap_or_default();
+    if bootstrap_now != rt.bootstrap {
+        return Err(EnvoyError::Invalid(format!(
+            "{}: the proxy's options or directory changed; listeners and clusters were updated, \
+             the rest needs an Envoy restart (prepare, then start again)",
+            layout.bootstrap.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The Envoy command line for this group.
+pub fn argv(proxy: &GroupProxy, layout: &Layout) -> Vec<String> {
+    let o = &proxy.options;
+    vec![
+        proxy.envoy_bin.to_string_lossy().into_owned(),
+        "-c".into(),
+        layout.bootstrap.to_string_lossy().into_owned(),
+        "--concurrency".into(),
+        o.concurrency.max(1).to_string(),
+        // We reload through xDS files and never hot-restart, so no shared
+        // memory and no domain socket: several Envoys on one robot cannot
+        // collide on a base id.
+        "--disable-hot-restart".into(),
+        "--log-level".into(),
+        o.log_level.clone(),
+        "--drain-time-s".into(),
+        o.drain_time_s.to_string(),
+    ]
+}
+
+/// Secrets first (clusters name them), then clusters (listeners name them),
+/// then listeners: each step only refers to what is already in place.
+fn write_resources(layout: &Layout, rt: &config::Runtime) -> Result<(), EnvoyError> {
+    for (name, content) in &rt.sds {
+        write(&layout.sds_dir.join(name), content)?;
+    }
+    write(&layout.cds, &rt.cds)?;
+    write(&layout.lds, &rt.lds)
+}
+
+fn write(path: &Path, content: &str) -> Result<(), EnvoyError> {
+    files::replace(path, content)
+        .map(|_| ())
+        .map_err(|e| EnvoyError::Write(path.to_path_buf(), e))
+}
+
+fn check_socket_path(socket: &Path) -> Result<(), EnvoyError> {
+    let len = socket.as_os_str().len();
+    if len > MAX_SOCKET_PATH {
+        return Err(EnvoyError::Invalid(format!(
+            "admin socket path {} is {len} bytes, more than a unix socket allows ({MAX_SOCKET_PATH}); use a shorter proxy directory",
+            socket.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Every listener port must be free, except the ones in `ours`.
+fn check_ports(plan: &Plan, ours: &HashSet<u16>) -> Result<(), EnvoyError> {
+    let loopback = IpAddr::from([127, 0, 0, 1]);
+    let wanted = plan
+        .outbound
+        .iter()
+        .map(|o| (format!("upstream {:?} localPort", o.name), loopback, o.local_port))
+        .chain(plan.inbound.iter().map(|i| {
+            let ip = i.address.parse().unwrap_or(loopback);
+            (format!("inbound {:?} port", i.name), ip, i.port)
+        }));
+    for (what, ip, port) in wanted {
+        if !ours.contains(&port) {
+            ports::check_free(&what, ip, port)?;
+        }
+    }
+    Ok(())
+}
+
+/// Ports of the listeners in the current LDS file.
+fn current_ports(lds: &Path) -> HashSet<u16> {
+    let Ok(text) = fs::read_to_string(lds) else {
+        return HashSet::new();
+    };
+    let Ok(doc) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return HashSet::new();
+    };
+    doc["resources"]
+        .as_array()
+        .map(|listeners| {
+            listeners
+                .iter()
+                .filter_map(|l| l["address"]["socket_address"]["port_value"].as_u64())
+                .filter_map(|p| u16::try_from(p).ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
