@@ -111,6 +111,13 @@ pub fn parse_documents(text: &str) -> Vec<Result<serde_json::Value, DecodeError>
         }
         return out;
     }
+    if let Some(line) = too_deep(text) {
+        return vec![Err(DecodeError::Syntax {
+            line: Some(line),
+            column: None,
+            message: format!("document is nested deeper than {MAX_FLOW_NESTING} levels"),
+        })];
+    }
     let mut out = Vec::new();
     for doc in serde_yaml_ng::Deserializer::from_str(text) {
         match serde_json::Value::deserialize(doc) {
@@ -134,6 +141,52 @@ pub fn parse_documents(text: &str) -> Vec<Result<serde_json::Value, DecodeError>
         }
     }
     out
+}
+
+/// Deepest `[`/`{` nesting we parse. Real manifests stay far below; the
+/// YAML parser's time grows quadratically with flow nesting, so a hostile
+/// document is refused before it reaches the parser.
+pub const MAX_FLOW_NESTING: usize = 128;
+
+/// The line where flow nesting first exceeds [`MAX_FLOW_NESTING`], if it
+/// does. Quoted strings and comments are skipped; a cheap over-approximation
+/// is fine because legitimate documents are nowhere near the limit.
+fn too_deep(text: &str) -> Option<usize> {
+    let (mut depth, mut line) = (0usize, 1usize);
+    let mut quote: Option<u8> = None;
+    let mut comment = false;
+    let mut prev = b' ';
+    for &b in text.as_bytes() {
+        if b == b'\n' {
+            line += 1;
+            comment = false;
+            // Plain YAML scalars cannot span lines with an open single quote
+            // in block context; resetting keeps an odd apostrophe harmless.
+            if quote == Some(b'\'') {
+                quote = None;
+            }
+        } else if comment {
+        } else if let Some(q) = quote {
+            if b == q && prev != b'\\' {
+                quote = None;
+            }
+        } else {
+            match b {
+                b'"' | b'\'' => quote = Some(b),
+                b'#' if prev.is_ascii_whitespace() => comment = true,
+                b'[' | b'{' => {
+                    depth += 1;
+                    if depth > MAX_FLOW_NESTING {
+                        return Some(line);
+                    }
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        prev = b;
+    }
+    None
 }
 
 /// Expand `kind: List` documents (what `kubectl get -o yaml` prints) into items.

@@ -1,0 +1,181 @@
+//! Fuzzing in CI form: seeded random mutations of real manifests, random
+//! strings for the unit parsers, and hostile shapes (deep nesting, invalid
+//! UTF-8). Decoding and validation must never panic; they return errors.
+//! Deterministic seeds, so a failure reproduces; a found crash input belongs
+//! in `regressions()` below.
+
+use k8s4r::api::{self, Duration, Quantity};
+use std::panic::catch_unwind;
+
+/// xorshift64*: tiny, deterministic, good enough to drive mutations.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+const INTERESTING: &[&str] = &[
+    "",
+    "0",
+    "-1",
+    "70000",
+    "1e400",
+    "null",
+    "~",
+    "[]",
+    "{}",
+    "\"",
+    "'",
+    ":",
+    "- ",
+    "\t",
+    "\n",
+    "..",
+    "../",
+    "/",
+    "&a",
+    "*a",
+    "!!binary",
+    "!!str",
+    "${X}",
+    "sha256:",
+    "spiffe://",
+    "5s",
+    "1m30s",
+    "128Mi",
+    "100m",
+    "\u{0}",
+    "é",
+];
+
+fn mutate(rng: &mut Rng, text: &str) -> String {
+    let mut bytes = text.as_bytes().to_vec();
+    for _ in 0..1 + rng.below(4) {
+        if bytes.is_empty() {
+            break;
+        }
+        let at = rng.below(bytes.len());
+        match rng.below(4) {
+            0 => {
+                bytes.remove(at);
+            }
+            1 => bytes.insert(at, (rng.next() & 0x7f) as u8),
+            2 => {
+                let word = INTERESTING[rng.below(INTERESTING.len())].as_bytes();
+                bytes.splice(at..at, word.iter().copied());
+            }
+            _ => {
+                // Duplicate a slice: repeats keys, list items and indentation.
+                let end = (at + rng.below(40)).min(bytes.len());
+                let chunk = bytes[at..end].to_vec();
+                bytes.splice(at..at, chunk);
+            }
+        }
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+fn decode_and_validate(text: &str) -> usize {
+    let mut ok = 0;
+    for doc in api::decode_all(text) {
+        if let Ok(d) = doc {
+            let _ = api::validate(&d.object);
+            let _ = serde_json::to_string(&d.object).unwrap();
+            ok += 1;
+        }
+    }
+    ok
+}
+
+fn seeds() -> Vec<String> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut out: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn mutated_manifests_never_panic() {
+    let seeds = seeds();
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let (mut runs, mut decoded) = (0, 0);
+    for round in 0..3000 {
+        let seed = &seeds[round % seeds.len()];
+        let text = mutate(&mut rng, seed);
+        match catch_unwind(|| decode_and_validate(&text)) {
+            Ok(n) => decoded += n,
+            Err(_) => panic!("decode/validate panicked on input:\n{text}"),
+        }
+        runs += 1;
+    }
+    // Most single mutations still decode: proves the fuzzer reaches validation.
+    assert!(decoded > runs / 4, "only {decoded} of {runs} mutated documents decoded");
+}
+
+#[test]
+fn deep_nesting_is_an_error_not_a_crash() {
+    let depth = 100_000;
+    let json = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+    assert!(api::decode_all(&json).iter().all(|d| d.is_err()));
+    let yaml = format!("spec: {}1{}", "[".repeat(depth), "]".repeat(depth));
+    assert!(api::decode_all(&yaml).iter().all(|d| d.is_err()));
+    let yaml_blocks: String = (0..5000).map(|i| format!("{}- \n", " ".repeat(i % 200))).collect();
+    let _ = api::decode_all(&yaml_blocks);
+}
+
+#[test]
+fn invalid_utf8_is_replaced_not_trusted() {
+    let mut bytes = seeds()[0].clone().into_bytes();
+    bytes.splice(10..10, [0xff, 0xfe, 0xc3]);
+    let text = String::from_utf8_lossy(&bytes);
+    let _ = decode_and_validate(&text);
+}
+
+#[test]
+fn unit_parsers_never_panic() {
+    let mut rng = Rng(42);
+    let alphabet: Vec<char> = "0123456789.+-eEmunsµhKMGTPi ".chars().collect();
+    for _ in 0..20_000 {
+        let len = rng.below(12);
+        let s: String = (0..len).map(|_| alphabet[rng.below(alphabet.len())]).collect();
+        let d = Duration::new(&s);
+        let q = Quantity::new(&s);
+        // A parsed value is always consistent with its own error state.
+        assert_eq!(d.get().is_some(), d.error().is_none(), "{s:?}");
+        assert_eq!(q.milli().is_some(), q.error().is_none(), "{s:?}");
+    }
+}
+
+#[test]
+fn durations_round_trip_through_their_parts() {
+    let mut rng = Rng(7);
+    for _ in 0..2000 {
+        let (h, m, s, ms) = (rng.below(100), rng.below(60), rng.below(60), rng.below(1000));
+        let text = format!("{h}h{m}m{s}s{ms}ms");
+        let want = std::time::Duration::from_millis((((h * 60 + m) * 60 + s) * 1000 + ms) as u64);
+        assert_eq!(Duration::parse(&text), Ok(want), "{text}");
+    }
+}
+
+/// Inputs that once broke something. Keep them forever.
+#[test]
+fn regressions() {
+    for text in [
+        "apiVersion: robot.k8s4r.io/v1alpha1\nkind: Job\nspec: {taskGroups: [{count: 99999999999}]}",
+        "--- !!binary x",
+        "- - - - -",
+    ] {
+        let _ = decode_and_validate(text);
+    }
+}
