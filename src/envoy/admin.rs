@@ -69,12 +69,18 @@ pub fn is_ready(socket: &Path) -> bool {
 }
 
 /// Why Envoy is not ready yet, in words an operator can act on: which
-/// listeners and clusters wait for certificates (SDS), how many are still
-/// warming. Empty when nothing specific was found.
-pub fn not_ready_reasons(socket: &Path) -> Result<Vec<String>, AdminError> {
+/// upstreams wait (for DNS, a first health check, or their certificate),
+/// which SPIRE agent socket cannot be reached, rejected config updates.
+/// `spire_sockets` maps SDS cluster names to socket paths (see
+/// [`super::runtime::spire_sockets`]). Empty when nothing specific was found.
+pub fn not_ready_reasons(socket: &Path, spire_sockets: &[(String, String)]) -> Result<Vec<String>, AdminError> {
     let stats = get(socket, "/stats")?;
+    Ok(reasons_from_stats(&stats.body, spire_sockets))
+}
+
+fn reasons_from_stats(stats: &str, spire_sockets: &[(String, String)]) -> Vec<String> {
     let mut reasons = Vec::new();
-    for line in stats.body.lines() {
+    for line in stats.lines() {
         let Some((name, value)) = line.split_once(": ") else {
             continue;
         };
@@ -82,25 +88,37 @@ pub fn not_ready_reasons(socket: &Path) -> Result<Vec<String>, AdminError> {
         if value == 0 {
             continue;
         }
+        let cluster_stat = name.strip_prefix("cluster.").and_then(|n| n.split_once('.'));
+        match cluster_stat {
+            Some((cluster, "warming_state")) => reasons.push(match cluster.strip_prefix("out-") {
+                Some(up) => format!(
+                    "upstream {up:?}: cluster not initialised yet (waiting for its certificate from SDS, DNS or a first health check)"
+                ),
+                None => format!("cluster {cluster}: not initialised yet"),
+            }),
+            Some((cluster, "upstream_cx_connect_fail")) => {
+                if let Some((_, path)) = spire_sockets.iter().find(|(c, _)| c == cluster) {
+                    reasons.push(format!(
+                        "SPIRE agent socket {path}: {value} failed connection attempts (is the agent running?)"
+                    ));
+                }
+            }
+            _ => {}
+        }
         if let Some(listener) = name
             .strip_prefix("listener.")
             .and_then(|n| n.strip_suffix(".server_ssl_socket_factory.downstream_context_secrets_not_ready"))
         {
             reasons.push(format!("listener {listener}: waiting for its TLS certificate (SDS)"));
-        } else if let Some(cluster) = name
-            .strip_prefix("cluster.")
-            .and_then(|n| n.strip_suffix(".client_ssl_socket_factory.upstream_context_secrets_not_ready"))
-        {
-            reasons.push(format!("cluster {cluster}: waiting for its TLS certificate (SDS)"));
         } else if name == "listener_manager.total_listeners_warming" {
             reasons.push(format!("{value} listener(s) warming"));
-        } else if name == "cluster_manager.warming_clusters" {
-            reasons.push(format!("{value} cluster(s) warming"));
         } else if name.ends_with(".update_rejected") {
-            reasons.push(format!("{name} = {value}: a config update was rejected"));
+            reasons.push(format!(
+                "{name} = {value}: a config update was rejected (see Envoy's log)"
+            ));
         }
     }
-    Ok(reasons)
+    reasons
 }
 
 /// One counter or gauge from `/stats`, e.g. `server.live`.
@@ -190,6 +208,18 @@ mod tests {
         assert!(parse(b"HTTP/1.1 abc\r\n\r\n").is_err());
         assert!(parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n").is_err());
         assert!(parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n9\r\nab").is_err());
+    }
+
+    #[test]
+    fn reasons_name_upstreams_and_spire_sockets() {
+        let stats = "cluster.out-db.warming_state: 1\ncluster.out-api.warming_state: 0\n\
+                     cluster.spire-ab.upstream_cx_connect_fail: 3\nlistener_manager.lds.update_rejected: 1\n\
+                     cluster.spire-ab.upstream_cx_connect_ms: No recorded values\n";
+        let r = reasons_from_stats(stats, &[("spire-ab".into(), "/run/spire.sock".into())]);
+        assert_eq!(r.len(), 3, "{r:?}");
+        assert!(r[0].starts_with("upstream \"db\""));
+        assert!(r[1].contains("/run/spire.sock"));
+        assert!(r[2].contains("rejected"));
     }
 
     #[test]

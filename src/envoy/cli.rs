@@ -3,7 +3,7 @@
 //! `envoy --mode validate -c` or `envoy -c`.
 
 use super::config::{self, Identity, Layout};
-use super::{group_network, plan, GroupProxy};
+use super::{group_network, plan, GroupProxy, ProxyExtras};
 use crate::api::{AnyObject, NetworkConfig};
 use crate::cli::{check_sources, read_sources};
 use lexopt::prelude::*;
@@ -91,14 +91,15 @@ fn render(file: &str, wanted: Option<&str>, dir: Option<PathBuf>) -> Result<Stri
         dir,
         ..GroupProxy::default()
     };
+    let extras = ProxyExtras::default();
     let plan =
-        plan::plan(&proxy.network, &proxy.inbound).map_err(|e| vec![format!("task group {:?}: {e}", proxy.group)])?;
+        plan::plan(&proxy.network, &extras.inbound).map_err(|e| vec![format!("task group {:?}: {e}", proxy.group)])?;
     let layout = Layout::new(&proxy.dir);
     let id = Identity {
         node_id: proxy.node_id(),
         admin_socket: &layout.admin_socket,
     };
-    config::render_static(&plan, &id, &proxy.options).map_err(|e| vec![e.to_string()])
+    config::render_static(&plan, &id, &extras.options).map_err(|e| vec![e.to_string()])
 }
 
 fn groups_of(object: &AnyObject) -> Vec<Found> {

@@ -50,10 +50,6 @@ pub struct GroupProxy {
     pub dir: PathBuf,
     /// The envoy executable.
     pub envoy_bin: PathBuf,
-    /// Inbound mTLS listeners (`network.inbound`); none by default.
-    pub inbound: Vec<Inbound>,
-    /// Sizing and flags; the default fits a small robot.
-    pub options: ProxyOptions,
 }
 
 impl Default for GroupProxy {
@@ -64,8 +60,6 @@ impl Default for GroupProxy {
             network: NetworkConfig::default(),
             dir: PathBuf::new(),
             envoy_bin: PathBuf::from("envoy"),
-            inbound: Vec::new(),
-            options: ProxyOptions::default(),
         }
     }
 }
@@ -75,6 +69,15 @@ impl GroupProxy {
     pub fn node_id(&self) -> String {
         format!("{}/{}", self.job, self.group)
     }
+}
+
+/// What the manifest does not carry (yet) but a proxy may have: inbound
+/// mTLS listeners (the `network.inbound` field, see [`inbound`]) and tuning.
+/// Kept apart from [`GroupProxy`] so the agent's code builds unchanged.
+#[derive(Clone, Debug, Default)]
+pub struct ProxyExtras {
+    pub inbound: Vec<Inbound>,
+    pub options: ProxyOptions,
 }
 
 /// How to start (and watch) one Envoy.
@@ -143,18 +146,39 @@ impl From<ports::PortError> for EnvoyError {
 /// it while no Envoy of this group runs (first start, or a restart after the
 /// old one died): it checks that every listener port is free.
 pub fn prepare(proxy: &GroupProxy) -> Result<Launch, EnvoyError> {
-    runtime::prepare(proxy)
+    runtime::prepare(proxy, &ProxyExtras::default())
+}
+
+/// [`prepare`] with inbound listeners and non-default options.
+pub fn prepare_with(proxy: &GroupProxy, extras: &ProxyExtras) -> Result<Launch, EnvoyError> {
+    runtime::prepare(proxy, extras)
 }
 
 /// Rewrite the xDS files after the network changed; Envoy picks them up live.
 /// Listeners whose config is unchanged keep their connections.
 pub fn update(proxy: &GroupProxy) -> Result<(), EnvoyError> {
-    runtime::update(proxy)
+    runtime::update(proxy, &ProxyExtras::default())
+}
+
+/// [`update`] with inbound listeners and non-default options.
+pub fn update_with(proxy: &GroupProxy, extras: &ProxyExtras) -> Result<(), EnvoyError> {
+    runtime::update(proxy, extras)
 }
 
 /// True once Envoy answers `GET /ready` with 200 on its admin socket.
 pub fn is_ready(admin_socket: &Path) -> bool {
     admin::is_ready(admin_socket)
+}
+
+/// Why the group's Envoy is not ready, for the error the agent reports when
+/// its readiness deadline passes (names upstreams and SPIRE sockets).
+pub fn not_ready_reasons(proxy: &GroupProxy) -> Vec<String> {
+    let layout = config::Layout::new(&proxy.dir);
+    match admin::not_ready_reasons(&layout.admin_socket, &runtime::spire_sockets(&proxy.dir)) {
+        Ok(r) if r.is_empty() => vec!["Envoy is not ready; no specific cause found in its stats".into()],
+        Ok(r) => r,
+        Err(e) => vec![e.to_string()],
+    }
 }
 
 /// `PROXY_<NAME>_ADDR`, `_HOST`, `_PORT` for every upstream (name upper-cased,

@@ -10,8 +10,9 @@
 //! ```
 
 use super::config::{self, Layout};
+use super::options::ProxyOptions;
 use super::plan::{self, Plan};
-use super::{files, ports, EnvoyError, GroupProxy, Launch};
+use super::{files, ports, EnvoyError, GroupProxy, Launch, ProxyExtras};
 use std::collections::HashSet;
 use std::fs;
 use std::net::IpAddr;
@@ -21,12 +22,12 @@ use std::path::Path;
 /// `sun_path` holds 108 bytes including the terminating NUL.
 pub const MAX_SOCKET_PATH: usize = 107;
 
-pub fn prepare(proxy: &GroupProxy) -> Result<Launch, EnvoyError> {
-    let plan = plan::plan(&proxy.network, &proxy.inbound)?;
+pub fn prepare(proxy: &GroupProxy, extras: &ProxyExtras) -> Result<Launch, EnvoyError> {
+    let plan = plan::plan(&proxy.network, &extras.inbound)?;
     let layout = Layout::new(&proxy.dir);
     check_socket_path(&layout.admin_socket)?;
     check_ports(&plan, &HashSet::new())?;
-    let rt = config::render_runtime(&plan, &proxy.node_id(), &layout, &proxy.options)?;
+    let rt = config::render_runtime(&plan, &proxy.node_id(), &layout, &extras.options)?;
     for dir in [&proxy.dir, &layout.xds_dir, &layout.sds_dir] {
         files::private_dir(dir).map_err(|e| EnvoyError::Write(dir.clone(), e))?;
     }
@@ -37,17 +38,17 @@ pub fn prepare(proxy: &GroupProxy) -> Result<Launch, EnvoyError> {
         fs::remove_file(&layout.admin_socket).map_err(|e| EnvoyError::Write(layout.admin_socket.clone(), e))?;
     }
     Ok(Launch {
-        argv: argv(proxy, &layout),
+        argv: argv_with(proxy, &extras.options, &layout),
         admin_socket: layout.admin_socket,
     })
 }
 
-pub fn update(proxy: &GroupProxy) -> Result<(), EnvoyError> {
-    let plan = plan::plan(&proxy.network, &proxy.inbound)?;
+pub fn update(proxy: &GroupProxy, extras: &ProxyExtras) -> Result<(), EnvoyError> {
+    let plan = plan::plan(&proxy.network, &extras.inbound)?;
     let layout = Layout::new(&proxy.dir);
     // Our own Envoy holds the ports of the listeners it already has.
     check_ports(&plan, &current_ports(&layout.lds))?;
-    let rt = config::render_runtime(&plan, &proxy.node_id(), &layout, &proxy.options)?;
+    let rt = config::render_runtime(&plan, &proxy.node_id(), &layout, &extras.options)?;
     write_resources(&layout, &rt)?;
     let bootstrap_now = fs::read_to_string(&layout.bootstrap).unwrap_or_default();
     if bootstrap_now != rt.bootstrap {
@@ -62,7 +63,11 @@ pub fn update(proxy: &GroupProxy) -> Result<(), EnvoyError> {
 
 /// The Envoy command line for this group.
 pub fn argv(proxy: &GroupProxy, layout: &Layout) -> Vec<String> {
-    let o = &proxy.options;
+    argv_with(proxy, &ProxyOptions::default(), layout)
+}
+
+/// [`argv`] with non-default options.
+pub fn argv_with(proxy: &GroupProxy, o: &ProxyOptions, layout: &Layout) -> Vec<String> {
     vec![
         proxy.envoy_bin.to_string_lossy().into_owned(),
         "-c".into(),
@@ -141,6 +146,31 @@ fn current_ports(lds: &Path) -> HashSet<u16> {
                 .iter()
                 .filter_map(|l| l["address"]["socket_address"]["port_value"].as_u64())
                 .filter_map(|p| u16::try_from(p).ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// (SDS cluster name, socket path) of every SPIRE agent in the group's
+/// current CDS file, for [`super::admin::not_ready_reasons`].
+pub fn spire_sockets(dir: &Path) -> Vec<(String, String)> {
+    let Ok(text) = fs::read_to_string(Layout::new(dir).cds) else {
+        return Vec::new();
+    };
+    let Ok(doc) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return Vec::new();
+    };
+    let pipe = |c: &serde_json::Value| {
+        c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["pipe"]["path"]
+            .as_str()
+            .map(String::from)
+    };
+    doc["resources"]
+        .as_array()
+        .map(|clusters| {
+            clusters
+                .iter()
+                .filter_map(|c| Some((c["name"].as_str()?.to_string(), pipe(c)?)))
                 .collect()
         })
         .unwrap_or_default()

