@@ -1,0 +1,320 @@
+//! The runtime form, live: a real Envoy per group on 127.0.0.1 high ports,
+//! a plaintext app on one side and real servers on the other. Skips (with a
+//! message) only when `envoy` is not on PATH.
+
+mod common;
+mod envoy_fixtures;
+
+use common::wait_for;
+use envoy_fixtures::*;
+use k8s4r::api::Protocol;
+use k8s4r::envoy::{self, EnvoyError, GroupProxy};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+
+fn group(name: &str, dir: &Path, envoy_bin: &Path, upstreams: Vec<k8s4r::api::Upstream>) -> GroupProxy {
+    GroupProxy {
+        envoy_bin: envoy_bin.to_path_buf(),
+        ..proxy(name, dir, plain_network(upstreams))
+    }
+}
+
+#[test]
+fn plaintext_tcp_http_and_grpc_through_envoy() {
+    let Some(bin) = envoy_or_skip("plaintext_tcp_http_and_grpc_through_envoy") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let echo = Server::echo();
+    let web = Server::http();
+    let h2 = H2Server::start(&bin, tmp.path());
+    let (tcp_port, http_port, grpc_port) = (free_port(), free_port(), free_port());
+    let g = group(
+        "plain",
+        &tmp.path().join("plain"),
+        &bin,
+        vec![
+            upstream(
+                "db",
+                tcp_port,
+                &format!("127.0.0.1:{}", echo.port),
+                Protocol::Tcp,
+                false,
+            ),
+            upstream(
+                "api",
+                http_port,
+                &format!("localhost:{}", web.port),
+                Protocol::Http,
+                false,
+            ),
+            upstream(
+                "rpc",
+                grpc_port,
+                &format!("127.0.0.1:{}", h2.port),
+                Protocol::Grpc,
+                false,
+            ),
+        ],
+    );
+    let _envoy = Envoy::run(&g);
+
+    let msg = b"SELECT 1; -- through the group's proxy";
+    assert_eq!(echo_through(tcp_port, msg).unwrap(), msg);
+
+    let (status, body) = http_get(http_port, "/v1/status").unwrap();
+    assert_eq!(status, 200, "{body}");
+    // The upstream sees its own name, not the app's 127.0.0.1:<localPort>.
+    assert_eq!(body, "host=localhost;path=/v1/status");
+
+    // The app speaks HTTP/1.1; the server accepts HTTP/2 only: a 200 proves
+    // the grpc upstream leg is HTTP/2.
+    let (status, body) = http_get(grpc_port, "/pkg.Service/Method").unwrap();
+    assert_eq!((status, body.as_str()), (200, "h2 only"));
+}
+
+#[test]
+fn admin_is_a_private_unix_socket_and_flags_avoid_collisions() {
+    let Some(bin) = envoy_or_skip("admin_is_a_private_unix_socket_and_flags_avoid_collisions") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let echo = Server::echo();
+    let port = free_port();
+    let g = group(
+        "admin",
+        &tmp.path().join("admin"),
+        &bin,
+        vec![upstream(
+            "db",
+            port,
+            &format!("127.0.0.1:{}", echo.port),
+            Protocol::Tcp,
+            false,
+        )],
+    );
+    let launch = envoy::prepare(&g).unwrap();
+    assert_eq!(launch.admin_socket, g.dir.join("admin.sock"));
+    for flag in ["--disable-hot-restart", "--concurrency"] {
+        assert!(launch.argv.iter().any(|a| a == flag), "{:?}", launch.argv);
+    }
+    let mut e = Envoy::start(&launch, g.dir.join("envoy.log"));
+    e.wait_ready();
+    let meta = std::fs::metadata(&launch.admin_socket).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let info = envoy::admin::get(&launch.admin_socket, "/server_info").unwrap();
+    assert_eq!(info.status, 200);
+    assert!(info.body.contains("\"state\": \"LIVE\""), "{}", info.body);
+    assert!(info.body.contains("\"concurrency\": 1"), "{}", info.body);
+    // No TCP listener besides the app's port: nothing on Envoy's classic 9901/19000.
+    let listeners = envoy::admin::get(&launch.admin_socket, "/listeners").unwrap().body;
+    assert_eq!(listeners.trim(), format!("out-db::127.0.0.1:{port}"));
+}
+
+#[test]
+fn two_groups_on_one_machine_run_side_by_side() {
+    let Some(bin) = envoy_or_skip("two_groups_on_one_machine_run_side_by_side") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let echo = Server::echo();
+    let (pa, pb) = (free_port(), free_port());
+    let target = format!("127.0.0.1:{}", echo.port);
+    let a = group(
+        "a",
+        &tmp.path().join("a"),
+        &bin,
+        vec![upstream("db", pa, &target, Protocol::Tcp, false)],
+    );
+    let b = group(
+        "b",
+        &tmp.path().join("b"),
+        &bin,
+        vec![upstream("db", pb, &target, Protocol::Tcp, false)],
+    );
+    let ea = Envoy::run(&a);
+    let eb = Envoy::run(&b);
+    assert_ne!(ea.pid(), eb.pid());
+    assert_eq!(echo_through(pa, b"a").unwrap(), b"a");
+    assert_eq!(echo_through(pb, b"b").unwrap(), b"b");
+    assert!(!ea.log_text().contains("unable to bind domain socket"));
+    assert!(!eb.log_text().contains("unable to bind domain socket"));
+}
+
+#[test]
+fn live_update_adds_an_upstream_without_restarting_envoy() {
+    let Some(bin) = envoy_or_skip("live_update_adds_an_upstream_without_restarting_envoy") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let echo = Server::echo();
+    let web = Server::http();
+    let (pa, pb) = (free_port(), free_port());
+    let mut g = group(
+        "live",
+        &tmp.path().join("live"),
+        &bin,
+        vec![upstream(
+            "db",
+            pa,
+            &format!("127.0.0.1:{}", echo.port),
+            Protocol::Tcp,
+            false,
+        )],
+    );
+    let e = Envoy::run(&g);
+    let pid = e.pid();
+    let mut long_lived = connect(pa).unwrap();
+    assert_eq!(roundtrip(&mut long_lived, b"before").unwrap(), b"before");
+    let listeners_before = e.stat("listener_manager.listener_create_success");
+
+    g.network.upstreams.push(upstream(
+        "api",
+        pb,
+        &format!("127.0.0.1:{}", web.port),
+        Protocol::Http,
+        false,
+    ));
+    envoy::update(&g).unwrap();
+
+    let (status, body) = wait_for("the new upstream answers", READY, || {
+        http_get(pb, "/new").ok().filter(|(s, _)| *s == 200)
+    });
+    assert_eq!((status, body.as_str()), (200, &*format!("host=127.0.0.1;path=/new")));
+    assert_eq!(e.pid(), pid);
+    assert_eq!(e.stat("listener_manager.listener_create_success"), listeners_before + 1);
+    assert_eq!(e.stat("listener_manager.lds.update_rejected"), 0);
+    // The unchanged listener was left alone: its connection still works.
+    assert_eq!(roundtrip(&mut long_lived, b"after").unwrap(), b"after");
+    assert_eq!(e.stat("listener_manager.listener_modified"), 0);
+
+    // An update with nothing new writes nothing and changes nothing.
+    let before = std::fs::metadata(g.dir.join("xds/lds.json"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    envoy::update(&g).unwrap();
+    assert_eq!(
+        std::fs::metadata(g.dir.join("xds/lds.json"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        before
+    );
+
+    // Removing the new upstream takes its listener away, live.
+    g.network.upstreams.pop();
+    envoy::update(&g).unwrap();
+    wait_for("the removed listener is gone", READY, || {
+        (e.stat("listener_manager.total_listeners_active") == 1).then_some(())
+    });
+    assert_eq!(roundtrip(&mut long_lived, b"still").unwrap(), b"still");
+    assert_eq!(e.pid(), pid);
+}
+
+#[test]
+fn a_busy_local_port_fails_early_naming_port_and_owner() {
+    let Some(bin) = envoy_or_skip("a_busy_local_port_fails_early_naming_port_and_owner") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let g = group(
+        "busy",
+        &tmp.path().join("busy"),
+        &bin,
+        vec![upstream("db", port, "127.0.0.1:1", Protocol::Tcp, false)],
+    );
+    let err = envoy::prepare(&g).unwrap_err();
+    assert!(matches!(err, EnvoyError::Port(_)), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains(&format!("port {port}")), "{msg}");
+    assert!(msg.contains("upstream \"db\""), "{msg}");
+    assert!(msg.contains(&format!("pid {}", std::process::id())), "{msg}");
+}
+
+#[test]
+fn after_kill_9_prepare_and_start_bring_the_proxy_back() {
+    let Some(bin) = envoy_or_skip("after_kill_9_prepare_and_start_bring_the_proxy_back") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let echo = Server::echo();
+    let port = free_port();
+    let g = group(
+        "crash",
+        &tmp.path().join("crash"),
+        &bin,
+        vec![upstream(
+            "db",
+            port,
+            &format!("127.0.0.1:{}", echo.port),
+            Protocol::Tcp,
+            false,
+        )],
+    );
+    let mut first = Envoy::run(&g);
+    Command::new("kill")
+        .args(["-9", &first.pid().to_string()])
+        .status()
+        .unwrap();
+    first.child.wait().unwrap();
+    // The stale admin socket is still there; prepare clears it.
+    assert!(g.dir.join("admin.sock").exists());
+    let second = Envoy::run(&g);
+    assert_ne!(second.pid(), first.pid());
+    assert_eq!(echo_through(port, b"back").unwrap(), b"back");
+}
+
+/// An HTTP/2-only server (a second, hand-configured Envoy) answering every
+/// request with "h2 only".
+struct H2Server {
+    port: u16,
+    _envoy: Envoy,
+}
+
+impl H2Server {
+    fn start(bin: &Path, dir: &Path) -> H2Server {
+        let port = free_port();
+        let dir = dir.join("h2server");
+        std::fs::create_dir_all(&dir).unwrap();
+        let admin = dir.join("admin.sock");
+        let config = format!(
+            r#"{{
+  "admin": {{"address": {{"pipe": {{"path": "{admin}"}}}}}},
+  "static_resources": {{"listeners": [{{
+    "name": "h2", "address": {{"socket_address": {{"address": "127.0.0.1", "port_value": {port}}}}},
+    "filter_chains": [{{"filters": [{{"name": "hcm", "typed_config": {{
+      "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+      "stat_prefix": "h2", "codec_type": "HTTP2",
+      "route_config": {{"virtual_hosts": [{{"name": "all", "domains": ["*"], "routes": [{{
+        "match": {{"prefix": "/"}}, "direct_response": {{"status": 200, "body": {{"inline_string": "h2 only"}}}}}}]}}]}},
+      "http_filters": [{{"name": "router", "typed_config": {{"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}}}]
+    }}}}]}}]
+  }}]}}
+}}"#,
+            admin = admin.display()
+        );
+        let file = dir.join("envoy.json");
+        std::fs::write(&file, config).unwrap();
+        let launch = k8s4r::envoy::Launch {
+            argv: vec![
+                bin.to_string_lossy().into_owned(),
+                "-c".into(),
+                file.to_string_lossy().into_owned(),
+                "--disable-hot-restart".into(),
+                "--concurrency".into(),
+                "1".into(),
+                "--log-level".into(),
+                "warn".into(),
+            ],
+            admin_socket: admin,
+        };
+        let mut envoy = Envoy::start(&launch, dir.join("envoy.log"));
+        envoy.wait_ready();
+        H2Server { port, _envoy: envoy }
+    }
+}
