@@ -1,6 +1,7 @@
 //! The robot.k8s4r.io/v1alpha1 API: types, defaults, validation and decoding.
 //! Shared by the agent and the control plane; does no I/O.
 
+pub mod agent_protocol;
 pub mod decode;
 pub mod meta;
 pub mod types;

@@ -11,6 +11,7 @@ USAGE:
 
 COMMANDS:
     server [--listen ADDR] [--data DIR]   Run the control plane
+    token create [--server URL]       Print a new join token for robots
     render-envoy -f FILE [--group NAME]  Print a TaskGroup's Envoy config
     validate -f FILE|DIR|-    Check manifests (YAML or JSON, multi-document)
 
@@ -45,6 +46,7 @@ fn run() -> Result<i32, lexopt::Error> {
             Ok(0)
         }
         Value(cmd) if cmd == "server" => k8s4r::server::cmd_server(&mut parser),
+        Value(cmd) if cmd == "token" => k8s4r::server::cmd_token(&mut parser),
         Value(cmd) if cmd == "render-envoy" => k8s4r::envoy::cmd_render(&mut parser),
         Value(cmd) if cmd == "validate" => validate(&mut parser),
         Value(cmd) => Err(format!("unknown command {:?}; see k8s4r --help", cmd.to_string_lossy()).into()),

@@ -1,8 +1,232 @@
-//! The control plane: Kubernetes-compatible API, controllers, scheduler,
-//! stores, and the agent API.
+//! The control plane: a Kubernetes-compatible API server for
+//! robot.k8s4r.io/v1alpha1, controllers and scheduler, the embedded store,
+//! and the agent API.
+//!
+//! - `store`: the `Store` trait, its SQLite backend and conformance suite.
+//! - `registry`, `admission`, `patch`, `selector`, `status`: API semantics.
+//! - `http`: the Kubernetes API and the agent API over HTTP (translation only).
+//! - `controllers`, `scheduler`: Job → TaskGroups → Tasks, placement, status,
+//!   robot liveness, garbage collection.
+//! - `agents`, `fleet`, `tokens`: the agent side of the control plane.
+
+pub mod admission;
+pub mod agents;
+pub mod controllers;
+pub mod fleet;
+pub mod http;
+pub mod object;
+pub mod patch;
+pub mod registry;
+pub mod resources;
+pub mod scheduler;
+pub mod selector;
+pub mod status;
+pub mod store;
+pub mod time;
+pub mod tokens;
+
+use lexopt::prelude::*;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+const USAGE: &str = "\
+k8s4r server — the control plane
+
+USAGE:
+    k8s4r server [OPTIONS]
+
+OPTIONS:
+    --listen ADDR            Address to serve on [default: 127.0.0.1:7443]
+    --data DIR               Data directory (SQLite database) [default: ./k8s4r-data]
+    --poll-interval DUR      Base long-poll wait / heartbeat interval of agents [default: 30s]
+    --offline-after DUR      Robot Offline after this long without a poll [default: 3 × poll interval]
+    --max-poll-rate N        Target agent polls per second; the interval grows with the fleet [default: 500]
+    --watch-history N        Changes kept for resuming watches [default: 100000]
+    -h, --help               Print help
+
+Prints `listening on http://ADDR` once it accepts connections. Use it with
+kubectl: kubectl --server http://ADDR get jobs
+";
+
+/// Everything `k8s4r server` is configured with.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: String,
+    pub data: PathBuf,
+    pub fleet: fleet::FleetConfig,
+    pub watch_history: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:7443".into(),
+            data: PathBuf::from("k8s4r-data"),
+            fleet: fleet::FleetConfig::default(),
+            watch_history: 100_000,
+        }
+    }
+}
+
+fn duration_arg(parser: &mut lexopt::Parser, flag: &str) -> Result<Duration, lexopt::Error> {
+    let text = parser.value()?.string()?;
+    crate::api::Duration::parse(&text).map_err(|e| format!("{flag} {text:?}: {e}").into())
+}
 
 /// `k8s4r server ...`
 pub fn cmd_server(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
-    let _ = parser;
-    Err("server: not built yet".into())
+    let mut cfg = Config::default();
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Long("listen") => cfg.listen = parser.value()?.string()?,
+            Long("data") => cfg.data = parser.value()?.into(),
+            Long("poll-interval") => cfg.fleet.poll_interval = duration_arg(parser, "--poll-interval")?,
+            Long("offline-after") => cfg.fleet.offline_after = Some(duration_arg(parser, "--offline-after")?),
+            Long("max-poll-rate") => cfg.fleet.max_poll_rate = parser.value()?.parse()?,
+            Long("watch-history") => cfg.watch_history = parser.value()?.parse()?,
+            Short('h') | Long("help") => {
+                print!("{USAGE}");
+                return Ok(0);
+            }
+            other => return Err(other.unexpected()),
+        }
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the runtime: {e}"))?;
+    match rt.block_on(serve(cfg)) {
+        Ok(()) => Ok(0),
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(1)
+        }
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug)]
+pub enum ServeError {
+    Store(store::sqlite::OpenError),
+    Bind(String, std::io::Error),
+    Serve(std::io::Error),
+}
+
+impl std::fmt::Display for ServeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServeError::Store(e) => write!(f, "opening the store: {e}"),
+            ServeError::Bind(a, e) => write!(f, "listening on {a}: {e}"),
+            ServeError::Serve(e) => write!(f, "serving: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ServeError {}
+
+/// Open the store, start the controllers, serve until SIGINT/SIGTERM.
+pub async fn serve(cfg: Config) -> Result<(), ServeError> {
+    let store: Arc<dyn store::Store> =
+        Arc::new(store::sqlite::SqliteStore::open(&cfg.data, cfg.watch_history).map_err(ServeError::Store)?);
+    let registry = registry::Registry::new(store.clone());
+    let fleet = Arc::new(fleet::Fleet::new(cfg.fleet.clone()));
+    let hub = controllers::run(registry.clone(), fleet).await;
+    let app = Arc::new(http::App {
+        registry: registry.clone(),
+        agents: agents::Agents {
+            registry,
+            tokens: tokens::Tokens::new(store),
+            hub,
+        },
+    });
+    let listener = tokio::net::TcpListener::bind(&cfg.listen)
+        .await
+        .map_err(|e| ServeError::Bind(cfg.listen.clone(), e))?;
+    let addr: SocketAddr = listener
+        .local_addr()
+        .map_err(|e| ServeError::Bind(cfg.listen.clone(), e))?;
+    println!("listening on http://{addr}");
+    eprintln!(
+        "k8s4r server: data in {}, kubectl --server http://{addr}",
+        cfg.data.display()
+    );
+    axum::serve(listener, http::router(app))
+        .with_graceful_shutdown(shutdown())
+        .await
+        .map_err(ServeError::Serve)
+}
+
+async fn shutdown() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term => {},
+    }
+}
+
+const TOKEN_USAGE: &str = "\
+k8s4r token create — make a join token for robots
+
+USAGE:
+    k8s4r token create [--server URL] [--ttl DUR]
+
+    --server URL   Control plane [default: http://127.0.0.1:7443]
+    --ttl DUR      Lifetime of the token [default: 24h]
+
+Prints the token as the last line of its output.
+";
+
+/// `k8s4r token create ...`
+pub fn cmd_token(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
+    let mut server = "http://127.0.0.1:7443".to_string();
+    let mut ttl = Duration::from_secs(86_400);
+    let mut sub = None;
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Long("server") => server = parser.value()?.string()?,
+            Long("ttl") => ttl = duration_arg(parser, "--ttl")?,
+            Short('h') | Long("help") => {
+                print!("{TOKEN_USAGE}");
+                return Ok(0);
+            }
+            Value(v) if sub.is_none() => sub = Some(v.string()?),
+            other => return Err(other.unexpected()),
+        }
+    }
+    if sub.as_deref() != Some("create") {
+        eprint!("{TOKEN_USAGE}");
+        return Ok(2);
+    }
+    let url = format!("{}/agent/v1/jointokens", server.trim_end_matches('/'));
+    let body = serde_json::json!({"ttlSeconds": ttl.as_secs()}).to_string();
+    let reply = ureq::post(&url)
+        .header("Content-Type", "application/json")
+        .send(body.as_str())
+        .and_then(|mut r| r.body_mut().read_to_string());
+    match reply {
+        Ok(text) => match serde_json::from_str::<crate::api::agent_protocol::JoinToken>(&text) {
+            Ok(t) => {
+                eprintln!("join token (expires {}):", t.expires);
+                println!("{}", t.token);
+                Ok(0)
+            }
+            Err(e) => {
+                eprintln!("error: unexpected answer from {url}: {e}");
+                Ok(1)
+            }
+        },
+        Err(e) => {
+            eprintln!("error: POST {url}: {e}");
+            Ok(1)
+        }
+    }
 }

@@ -1,0 +1,128 @@
+//! The agent API (`/agent/v1`, plain HTTP + JSON): request and response
+//! bodies shared by the server and the agent. No I/O here.
+//!
+//! - `POST /agent/v1/register` — [`RegisterRequest`] → [`RegisterResponse`].
+//!   A join token (from `k8s4r token create`) buys a per-robot token.
+//! - `GET /agent/v1/robots/{name}/assignments?since=REV&wait=30s` with
+//!   `Authorization: Bearer <robot token>` → [`Assignments`]: the complete
+//!   desired set of Tasks for this robot. Answers at once when the set
+//!   changed after `since`, else when it changes or `wait` runs out. Each
+//!   poll is the robot's heartbeat.
+//! - `POST /agent/v1/robots/{name}/status` (Bearer) with a [`StatusReport`]
+//!   → [`StatusReply`]. Per-task sequence numbers make re-sending a batch
+//!   harmless; device info rides along.
+//! - `POST /agent/v1/jointokens` → [`JoinToken`] (operator tool).
+//!
+//! Errors are Kubernetes `Status` objects (401 bad token, 403 another
+//! robot's objects, 404 unknown robot).
+
+use super::types::{StringMap, Task, TaskStatus};
+use serde::{Deserialize, Serialize};
+
+pub const PREFIX: &str = "/agent/v1";
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegisterRequest {
+    pub join_token: String,
+    /// The robot's name (a DNS-1123 subdomain), unique in the fleet.
+    pub name: String,
+    /// Namespace of the Robot object; default `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Labels robotSelector matches (added to the Robot's spec.labels).
+    #[serde(default, skip_serializing_if = "StringMap::is_empty")]
+    pub labels: StringMap,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_info: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_version: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegisterResponse {
+    pub name: String,
+    pub namespace: String,
+    /// Secret for `Authorization: Bearer`; the server keeps only its hash.
+    pub token: String,
+    pub poll_interval_seconds: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Assignments {
+    /// Pass back as `since` on the next poll.
+    pub revision: u64,
+    /// Every Task placed on this robot (with its last known status); a task
+    /// missing here must be stopped.
+    pub tasks: Vec<Task>,
+    /// How long the next poll should wait (`wait=`); grows with the fleet so
+    /// the server's request rate stays bounded.
+    pub poll_interval_seconds: u64,
+    /// The robot is marked Offline (its tasks Lost) after this long without
+    /// a poll.
+    pub offline_after_seconds: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusReport {
+    #[serde(default)]
+    pub updates: Vec<TaskStatusUpdate>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_info: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_version: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskStatusUpdate {
+    /// Task name (namespace = the robot's).
+    pub task: String,
+    /// Increases with every status the agent produces for this task; the
+    /// server applies an update only if `seq` is greater than the last one.
+    pub seq: u64,
+    pub status: TaskStatus,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Outcome {
+    Applied,
+    /// Already applied (same or newer seq): safe to drop from the outbox.
+    Duplicate,
+    /// The task is not (or no longer) placed on this robot.
+    NotAssigned,
+    NotFound,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusResult {
+    pub task: String,
+    pub seq: u64,
+    pub outcome: Outcome,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusReply {
+    pub results: Vec<StatusResult>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JoinTokenRequest {
+    /// Lifetime in seconds; default one day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JoinToken {
+    pub token: String,
+    pub expires: String,
+}

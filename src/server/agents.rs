@@ -1,0 +1,267 @@
+//! The agent API's logic: registration with join tokens, the long poll that
+//! hands each robot its complete desired Task set, and idempotent status
+//! reports. A robot token opens only that robot's objects.
+
+use crate::api::agent_protocol::{
+    Assignments, Outcome, RegisterRequest, RegisterResponse, StatusReply, StatusReport, StatusResult,
+};
+use crate::api::validate::check_dns_subdomain;
+use crate::api::{FieldError, Task};
+use crate::server::controllers::jobs::ANN_STATUS_SEQ;
+use crate::server::controllers::Hub;
+use crate::server::object;
+use crate::server::registry::{Part, Registry, WriteOptions};
+use crate::server::resources::{ROBOTS, TASKS};
+use crate::server::status::Status;
+use crate::server::time;
+use crate::server::tokens::{RobotIdentity, TokenError, Tokens};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct Agents {
+    pub registry: Registry,
+    pub tokens: Tokens,
+    pub hub: Arc<Hub>,
+}
+
+fn token_error(e: TokenError) -> Status {
+    match e {
+        TokenError::Invalid => Status::unauthorized("the token is invalid or expired"),
+        TokenError::NameTaken(ns) => Status::new(
+            409,
+            "AlreadyExists",
+            format!("a robot with this name is registered in namespace {ns:?}"),
+        ),
+        TokenError::Store(e) => e.into(),
+    }
+}
+
+const INTERNAL: WriteOptions = WriteOptions {
+    validation: crate::server::admission::FieldValidation::Ignore,
+    dry_run: false,
+};
+
+impl Agents {
+    /// Who is calling: the token must be `name`'s (401 if it is nobody's,
+    /// 403 if it is another robot's).
+    pub async fn authenticate(&self, name: &str, bearer: Option<&str>) -> Result<RobotIdentity, Status> {
+        let secret = bearer.ok_or_else(|| Status::unauthorized("missing Authorization: Bearer <robot token>"))?;
+        match self.tokens.authenticate(name, secret).await {
+            Ok(id) => Ok(id),
+            Err(TokenError::Invalid) => match self.tokens.owner_of(secret).await.map_err(token_error)? {
+                Some(other) => Err(Status::forbidden(format!(
+                    "robot {other:?} may not access the objects of robot {name:?}"
+                ))),
+                None => Err(Status::unauthorized("the robot token is invalid")),
+            },
+            Err(e) => Err(token_error(e)),
+        }
+    }
+
+    pub async fn create_join_token(&self, ttl_seconds: u64) -> Result<(String, String), Status> {
+        self.tokens.create_join(ttl_seconds).await.map_err(token_error)
+    }
+
+    pub async fn register(&self, req: RegisterRequest) -> Result<RegisterResponse, Status> {
+        self.tokens.check_join(&req.join_token).await.map_err(token_error)?;
+        let ns = req
+            .namespace
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "default".into());
+        let subject = ROBOTS.subject(&req.name);
+        if let Err(e) = check_dns_subdomain(&req.name) {
+            return Err(Status::invalid(subject, &[FieldError::new("name", e)]));
+        }
+        if let Err(e) = check_dns_subdomain(&ns) {
+            return Err(Status::invalid(subject, &[FieldError::new("namespace", e)]));
+        }
+        // Reserve the name (and mint the token) before touching the Robot.
+        let token = self.tokens.issue_robot(&ns, &req.name).await.map_err(token_error)?;
+        let mut status = json!({"phase": "Online", "lastHeartbeatTime": time::now_rfc3339()});
+        if let Some(d) = &req.device_info {
+            status["deviceInfo"] = d.clone();
+        }
+        if let Some(v) = &req.agent_version {
+            status["agentVersion"] = json!(v);
+        }
+        match self.registry.get(&ROBOTS, &ns, &req.name).await {
+            Err(e) if e.code == 404 => {
+                let body = json!({
+                    "apiVersion": crate::api::API_VERSION, "kind": "Robot",
+                    "metadata": {"name": req.name, "namespace": ns},
+                    "spec": {"robotId": req.name, "labels": req.labels},
+                    "status": status,
+                });
+                self.registry.create(&ROBOTS, &ns, body, Part::All, INTERNAL).await?;
+            }
+            Err(e) => return Err(e),
+            Ok(_) => {
+                let mut patch = json!({"status": status});
+                if !req.labels.is_empty() {
+                    patch["spec"] = json!({"labels": req.labels});
+                }
+                self.registry
+                    .patch(&ROBOTS, &ns, &req.name, &patch, Part::All, INTERNAL)
+                    .await?;
+            }
+        }
+        self.hub.fleet.heartbeat(&ns, &req.name);
+        Ok(RegisterResponse {
+            name: req.name,
+            namespace: ns,
+            token,
+            poll_interval_seconds: self.hub.fleet.poll_interval().as_secs(),
+        })
+    }
+
+    /// Record a sign of life; persist it to the Robot when due.
+    async fn heartbeat(&self, id: &RobotIdentity) -> Result<(), Status> {
+        let (ns, name) = (id.namespace.as_str(), id.name.as_str());
+        let due = self.hub.fleet.heartbeat(ns, name);
+        let cached = self.hub.cache.get("robots", ns, name);
+        let online = cached
+            .as_ref()
+            .and_then(|r| r.get("status")?.get("phase")?.as_str().map(|p| p == "Online"))
+            .unwrap_or(false);
+        if due || !online {
+            let patch =
+                json!({"status": {"phase": "Online", "lastHeartbeatTime": time::now_rfc3339(), "message": null}});
+            if let Err(e) = self
+                .registry
+                .patch(&ROBOTS, ns, name, &patch, Part::Status, INTERNAL)
+                .await
+            {
+                self.hub.fleet.forget_persisted(ns, name);
+                return Err(if e.code == 404 {
+                    Status::new(
+                        404,
+                        "NotFound",
+                        format!("robot {ns}/{name} was deleted; register again"),
+                    )
+                } else {
+                    e
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn desired(&self, id: &RobotIdentity, revision: u64) -> Assignments {
+        let tasks = self
+            .hub
+            .cache
+            .tasks_on_robot(&id.namespace, &id.name)
+            .iter()
+            .filter_map(|t| match serde_json::from_value::<Task>((**t).clone()) {
+                Ok(task) => Some(task),
+                Err(e) => {
+                    log::error!("task {} does not decode: {e}", object::name(t));
+                    None
+                }
+            })
+            .collect();
+        Assignments {
+            revision,
+            tasks,
+            poll_interval_seconds: self.hub.fleet.poll_interval().as_secs(),
+            offline_after_seconds: self.hub.fleet.offline_after().as_secs(),
+        }
+    }
+
+    /// The long poll: answer when the robot's desired set has a revision
+    /// above `since`, or after `wait` (capped by the fleet's interval).
+    pub async fn poll(&self, id: &RobotIdentity, since: u64, wait: Duration) -> Result<Assignments, Status> {
+        self.heartbeat(id).await?;
+        let wait = wait.min(self.hub.fleet.poll_interval());
+        let (_, notify) = self.hub.fleet.subscribe(&id.namespace, &id.name);
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let rev = self.hub.fleet.revision(&id.namespace, &id.name);
+        if rev <= since && !wait.is_zero() {
+            let _ = tokio::time::timeout(wait, notified).await;
+            self.hub.fleet.heartbeat(&id.namespace, &id.name);
+        }
+        let rev = self.hub.fleet.revision(&id.namespace, &id.name);
+        Ok(self.desired(id, rev))
+    }
+
+    pub async fn report(&self, id: &RobotIdentity, report: StatusReport) -> Result<StatusReply, Status> {
+        self.heartbeat(id).await?;
+        let (ns, robot) = (id.namespace.as_str(), id.name.as_str());
+        if report.device_info.is_some() || report.agent_version.is_some() {
+            let cached = self.hub.cache.get("robots", ns, robot);
+            let status = cached.as_ref().and_then(|r| r.get("status"));
+            let mut patch = json!({});
+            if let Some(d) = &report.device_info {
+                if status.and_then(|s| s.get("deviceInfo")) != Some(d) {
+                    patch["deviceInfo"] = d.clone();
+                }
+            }
+            if let Some(v) = &report.agent_version {
+                if status.and_then(|s| s.get("agentVersion")).and_then(Value::as_str) != Some(v) {
+                    patch["agentVersion"] = json!(v);
+                }
+            }
+            if patch.as_object().is_some_and(|m| !m.is_empty()) {
+                self.registry
+                    .patch(&ROBOTS, ns, robot, &json!({"status": patch}), Part::Status, INTERNAL)
+                    .await?;
+            }
+        }
+        let mut results = Vec::with_capacity(report.updates.len());
+        for u in report.updates {
+            let outcome = self.apply_status(ns, robot, &u).await?;
+            results.push(StatusResult {
+                task: u.task,
+                seq: u.seq,
+                outcome,
+            });
+        }
+        Ok(StatusReply { results })
+    }
+
+    async fn apply_status(
+        &self,
+        ns: &str,
+        robot: &str,
+        u: &crate::api::agent_protocol::TaskStatusUpdate,
+    ) -> Result<Outcome, Status> {
+        for _ in 0..5 {
+            let cur = match self.registry.get(&TASKS, ns, &u.task).await {
+                Ok(v) => v,
+                Err(e) if e.code == 404 => return Ok(Outcome::NotFound),
+                Err(e) => return Err(e),
+            };
+            if cur
+                .get("spec")
+                .and_then(|s| s.get("targetRobot"))
+                .and_then(Value::as_str)
+                != Some(robot)
+            {
+                return Ok(Outcome::NotAssigned);
+            }
+            let last: u64 = object::annotation(&cur, ANN_STATUS_SEQ)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            if u.seq <= last {
+                return Ok(Outcome::Duplicate);
+            }
+            let mut body = cur.clone();
+            body["status"] = serde_json::to_value(&u.status).map_err(|e| Status::bad_request(e.to_string()))?;
+            object::set_annotation(&mut body, ANN_STATUS_SEQ, Some(&u.seq.to_string()));
+            match self
+                .registry
+                .replace(&TASKS, ns, &u.task, body, Part::All, INTERNAL)
+                .await
+            {
+                Ok(_) => return Ok(Outcome::Applied),
+                Err(e) if e.reason == "Conflict" => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Status::conflict(TASKS.subject(&u.task)))
+    }
+}

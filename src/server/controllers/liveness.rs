@@ -1,0 +1,95 @@
+//! Robot liveness: a robot that has not polled for `offline_after` becomes
+//! Offline, and its unfinished tasks become Lost (the job reconciler then
+//! reschedules those of service jobs).
+
+use super::{Ctx, Next, Work};
+use crate::api::TaskState;
+use crate::server::object;
+use crate::server::registry::{Part, WriteOptions};
+use crate::server::resources::{ROBOTS, TASKS};
+use crate::server::status::Status;
+use crate::server::time;
+use serde_json::{json, Value};
+
+fn phase(v: &Value) -> &str {
+    v.get("status")
+        .and_then(|s| s.get("phase"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+fn task_state(v: &Value) -> TaskState {
+    v.get("status")
+        .and_then(|s| s.get("state"))
+        .and_then(|s| serde_json::from_value(s.clone()).ok())
+        .unwrap_or_default()
+}
+
+pub async fn check(ctx: &Ctx) -> Result<Next, Status> {
+    let offline_after = ctx.hub.fleet.offline_after();
+    for robot in ctx.cache().list("robots", None) {
+        let (ns, name) = (object::namespace(&robot), object::name(&robot));
+        match phase(&robot) {
+            "Online" => {
+                let silent = ctx.hub.fleet.last_seen(ns, name).elapsed();
+                if silent <= offline_after {
+                    continue;
+                }
+                let patch = json!({"status": {
+                    "phase": "Offline",
+                    "message": format!("no heartbeat for {}s (offline after {}s)", silent.as_secs(), offline_after.as_secs()),
+                }});
+                let w = ctx
+                    .registry
+                    .patch(&ROBOTS, ns, name, &patch, Part::Status, WriteOptions::default())
+                    .await?;
+                ctx.wrote("robots", &w.object);
+                log::info!("robot {ns}/{name} is Offline");
+                mark_lost(ctx, ns, name).await?;
+            }
+            "Offline" => mark_lost(ctx, ns, name).await?,
+            _ => {}
+        }
+    }
+    Ok(Next::Done)
+}
+
+/// Tasks on an Offline robot that have not finished are Lost.
+async fn mark_lost(ctx: &Ctx, ns: &str, robot: &str) -> Result<(), Status> {
+    for task in ctx.cache().tasks_on_robot(ns, robot) {
+        let state = task_state(&task);
+        if state.is_terminal() {
+            continue;
+        }
+        let patch = json!({"status": {
+            "state": "lost",
+            "reason": "RobotOffline",
+            "message": format!("robot {robot} stopped sending heartbeats"),
+            "finishedAt": time::now_rfc3339(),
+        }});
+        let w = ctx
+            .registry
+            .patch(
+                &TASKS,
+                ns,
+                object::name(&task),
+                &patch,
+                Part::Status,
+                WriteOptions::default(),
+            )
+            .await?;
+        ctx.wrote("tasks", &w.object);
+        if let Some(job) = w
+            .object
+            .get("spec")
+            .and_then(|s| s.get("jobName"))
+            .and_then(Value::as_str)
+        {
+            ctx.hub.queue.add(Work::Job {
+                namespace: ns.to_string(),
+                name: job.to_string(),
+            });
+        }
+    }
+    Ok(())
+}

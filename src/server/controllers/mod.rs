@@ -1,0 +1,353 @@
+//! Controllers: level-triggered reconcilers run by one worker over a
+//! de-duplicating queue. The [`Hub`] feeds the cache from the store's watch
+//! and turns changes into work (and into wake-ups for long-polling robots).
+//!
+//! Everything here acts on the store through the [`Registry`], so the same
+//! code can later run only on an elected leader: start [`run`] when
+//! leadership is gained, stop it when lost.
+
+pub mod cache;
+mod gc;
+pub mod jobs;
+mod liveness;
+
+use crate::server::fleet::Fleet;
+use crate::server::object;
+use crate::server::registry::Registry;
+use crate::server::status::Status;
+use crate::server::store::{EventKind, StoreError};
+use cache::{Cache, Change, RESOURCES};
+use serde_json::Value;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// One unit of work.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Work {
+    /// Reconcile a Job: its TaskGroups, Tasks, placement and status.
+    Job { namespace: String, name: String },
+    /// Delete objects whose owners are gone.
+    Gc,
+    /// Mark silent robots Offline and their tasks Lost.
+    Liveness,
+}
+
+/// What a reconcile asks for next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    Done,
+    RequeueAfter(Duration),
+}
+
+/// A FIFO of work that holds each item at most once.
+pub struct Queue {
+    tx: mpsc::UnboundedSender<Work>,
+    pending: Mutex<HashSet<Work>>,
+}
+
+impl Queue {
+    fn new() -> (Arc<Self>, mpsc::UnboundedReceiver<Work>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            Arc::new(Queue {
+                tx,
+                pending: Mutex::new(HashSet::new()),
+            }),
+            rx,
+        )
+    }
+
+    pub fn add(&self, w: Work) {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if p.insert(w.clone()) {
+            let _ = self.tx.send(w);
+        }
+    }
+
+    fn take(&self, w: &Work) {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(w);
+    }
+
+    pub fn add_after(self: &Arc<Self>, w: Work, d: Duration) {
+        let q = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(d).await;
+            q.add(w);
+        });
+    }
+}
+
+/// The cache plus the fan-out of its changes.
+pub struct Hub {
+    pub cache: Arc<Cache>,
+    pub fleet: Arc<Fleet>,
+    pub queue: Arc<Queue>,
+}
+
+fn spec_str<'a>(v: &'a Value, f: &str) -> Option<&'a str> {
+    v.get("spec")?.get(f)?.as_str()
+}
+
+/// What of a Robot matters to scheduling (not its heartbeat time).
+fn robot_facts(v: &Value) -> (Option<&Value>, Option<&Value>, Option<&Value>) {
+    (
+        v.get("status").and_then(|s| s.get("phase")),
+        object::meta(v).and_then(|m| m.get("labels")),
+        v.get("spec"),
+    )
+}
+
+impl Hub {
+    /// Apply one state to the cache and fan out the change, if any.
+    pub fn apply(&self, resource: &str, ns: &str, name: &str, revision: u64, new: Option<Arc<Value>>) {
+        if let Some(c) = self.cache.apply(resource, ns, name, revision, new) {
+            self.dispatch(&c);
+        }
+    }
+
+    fn job_of(c: &Change) -> Option<String> {
+        let v = c.new.as_deref().or(c.prev.as_deref())?;
+        spec_str(v, "jobName").map(str::to_string)
+    }
+
+    fn dispatch(&self, c: &Change) {
+        let ns = c.namespace.clone();
+        match c.resource {
+            "tasks" => {
+                self.fleet.on_task_change(c);
+                if let Some(job) = Self::job_of(c) {
+                    self.queue.add(Work::Job {
+                        namespace: ns,
+                        name: job,
+                    });
+                }
+            }
+            "taskgroups" => {
+                if let Some(job) = Self::job_of(c) {
+                    self.queue.add(Work::Job {
+                        namespace: ns,
+                        name: job,
+                    });
+                }
+                if c.new.is_none() {
+                    self.queue.add(Work::Gc);
+                }
+            }
+            "jobs" => {
+                self.queue.add(Work::Job {
+                    namespace: ns,
+                    name: c.name.clone(),
+                });
+                if c.new.is_none() {
+                    self.queue.add(Work::Gc);
+                }
+            }
+            "robots" => {
+                let changed = c.prev.as_deref().map(robot_facts) != c.new.as_deref().map(robot_facts);
+                if c.new.is_none() {
+                    self.fleet.forget(&ns, &c.name);
+                }
+                if changed {
+                    // Placement may change for every job of the namespace;
+                    // higher priority first.
+                    let mut jobs: Vec<(i64, String)> = self
+                        .cache
+                        .list("jobs", Some(&ns))
+                        .iter()
+                        .map(|j| {
+                            let p = j
+                                .get("spec")
+                                .and_then(|s| s.get("priority"))
+                                .and_then(Value::as_i64)
+                                .unwrap_or(50);
+                            (-p, object::name(j).to_string())
+                        })
+                        .collect();
+                    jobs.sort();
+                    for (_, name) in jobs {
+                        self.queue.add(Work::Job {
+                            namespace: ns.clone(),
+                            name,
+                        });
+                    }
+                    self.queue.add(Work::Liveness);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Keep the cache in step with the store: list everything, then watch;
+    /// re-list when the watch falls behind. Signals `synced` after the
+    /// first full list.
+    pub async fn run(self: Arc<Self>, registry: Registry, synced: watch::Sender<bool>) {
+        let store = registry.store().clone();
+        loop {
+            let start = match store.revision().await {
+                Ok(r) => r,
+                Err(e) => {
+                    log::error!("cache: reading the store revision: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let mut ok = true;
+            for res in RESOURCES {
+                match store.list(res, None).await {
+                    Ok(listed) => {
+                        let present: HashSet<(String, String)> = listed
+                            .items
+                            .iter()
+                            .map(|s| (s.key.namespace.clone(), s.key.name.clone()))
+                            .collect();
+                        for (ns, name) in self.cache.missing_from(res, &present) {
+                            self.apply(res, &ns, &name, listed.revision, None);
+                        }
+                        for s in listed.items {
+                            self.apply(res, &s.key.namespace, &s.key.name, s.revision, Some(Arc::new(s.value)));
+                        }
+                    }
+                    Err(e) => {
+                        log::error!("cache: listing {res}: {e}");
+                        ok = false;
+                        break;
+                    }
+                }
+            }
+            if !ok {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            self.fleet.set_base_revision(start);
+            let _ = synced.send(true);
+            let mut w = match store.watch(start) {
+                Ok(w) => w,
+                Err(e) => {
+                    log::warn!("cache: watch from {start}: {e}; re-listing");
+                    continue;
+                }
+            };
+            loop {
+                match w.next().await {
+                    Ok(ev) => {
+                        let new = match ev.kind {
+                            EventKind::Deleted => None,
+                            _ => Some(ev.value.clone()),
+                        };
+                        self.apply(&ev.key.resource, &ev.key.namespace, &ev.key.name, ev.revision, new);
+                        self.cache.compact(ev.revision);
+                    }
+                    Err(StoreError::Expired { .. }) => {
+                        log::warn!("cache: watch fell behind; re-listing");
+                        break;
+                    }
+                    Err(e) => {
+                        log::error!("cache: watch failed: {e}");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What reconcilers share.
+pub struct Ctx {
+    pub registry: Registry,
+    pub hub: Arc<Hub>,
+}
+
+impl Ctx {
+    fn cache(&self) -> &Cache {
+        &self.hub.cache
+    }
+
+    /// Write-through: record an object we just wrote.
+    fn wrote(&self, resource: &str, v: &Value) {
+        if let Some(rev) = object::resource_version(v) {
+            self.hub.apply(
+                resource,
+                object::namespace(v),
+                object::name(v),
+                rev,
+                Some(Arc::new(v.clone())),
+            );
+        }
+    }
+
+    fn deleted(&self, resource: &str, v: &Value) {
+        if let Some(rev) = object::resource_version(v) {
+            self.hub
+                .apply(resource, object::namespace(v), object::name(v), rev, None);
+        }
+    }
+}
+
+/// Start the hub, the worker and the periodic ticks. Returns the hub (for
+/// the agent API) once the cache has its first full view.
+pub async fn run(registry: Registry, fleet: Arc<Fleet>) -> Arc<Hub> {
+    let (queue, mut rx) = Queue::new();
+    let hub = Arc::new(Hub {
+        cache: Arc::new(Cache::default()),
+        fleet: fleet.clone(),
+        queue: queue.clone(),
+    });
+    let (synced_tx, mut synced_rx) = watch::channel(false);
+    tokio::spawn(hub.clone().run(registry.clone(), synced_tx));
+    let _ = synced_rx.wait_for(|s| *s).await;
+
+    let ctx = Ctx {
+        registry,
+        hub: hub.clone(),
+    };
+    tokio::spawn(async move {
+        while let Some(w) = rx.recv().await {
+            ctx.hub.queue.take(&w);
+            let outcome: Result<Next, Status> = match &w {
+                Work::Job { namespace, name } => jobs::reconcile(&ctx, namespace, name).await,
+                Work::Gc => gc::collect(&ctx).await,
+                Work::Liveness => liveness::check(&ctx).await,
+            };
+            match outcome {
+                Ok(Next::Done) => {}
+                Ok(Next::RequeueAfter(d)) => ctx.hub.queue.add_after(w, d),
+                Err(e) if e.reason == "Conflict" || e.reason == "AlreadyExists" || e.code == 404 => {
+                    // Raced with another writer: the cache will catch up.
+                    log::debug!("reconcile {w:?}: {e}; retrying");
+                    ctx.hub.queue.add_after(w, Duration::from_millis(50));
+                }
+                Err(e) => {
+                    log::error!("reconcile {w:?}: {e}");
+                    ctx.hub.queue.add_after(w, Duration::from_secs(2));
+                }
+            }
+        }
+    });
+
+    // Ticks: liveness often (bounded by the offline threshold), GC rarely.
+    let q = queue.clone();
+    let f = fleet.clone();
+    tokio::spawn(async move {
+        let mut gc_at = tokio::time::Instant::now();
+        loop {
+            let tick = (f.offline_after() / 4).clamp(Duration::from_millis(100), Duration::from_secs(2));
+            tokio::time::sleep(tick).await;
+            q.add(Work::Liveness);
+            if gc_at.elapsed() >= Duration::from_secs(60) {
+                gc_at = tokio::time::Instant::now();
+                q.add(Work::Gc);
+            }
+        }
+    });
+    queue.add(Work::Gc);
+    for j in hub.cache.list("jobs", None) {
+        queue.add(Work::Job {
+            namespace: object::namespace(&j).to_string(),
+            name: object::name(&j).to_string(),
+        });
+    }
+    hub
+}

@@ -1,0 +1,118 @@
+//! Handlers of `/agent/v1`: bearer token, JSON in, JSON out; the logic is in
+//! [`crate::server::agents`].
+
+use super::{json, parse_body, AppState};
+use crate::api::agent_protocol::{JoinToken, JoinTokenRequest, RegisterRequest, StatusReport};
+use crate::server::status::Status;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::time::Duration;
+
+fn result<T: serde::Serialize>(r: Result<T, Status>) -> Response {
+    match r {
+        Ok(v) => json(StatusCode::OK, &v),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn body<T: DeserializeOwned>(headers: &HeaderMap, b: Result<Bytes, BytesRejection>) -> Result<T, Status> {
+    let v = parse_body(headers, b)?;
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let field = e.path().to_string();
+        Status::bad_request(format!("{field}: {}", e.into_inner()))
+    })
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+pub async fn create_join_token(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> Response {
+    result(
+        async {
+            let req: JoinTokenRequest = match &b {
+                Ok(bytes) if bytes.is_empty() => JoinTokenRequest::default(),
+                _ => body(&headers, b)?,
+            };
+            let (token, expires) = app.agents.create_join_token(req.ttl_seconds.unwrap_or(86_400)).await?;
+            Ok(JoinToken { token, expires })
+        }
+        .await,
+    )
+}
+
+pub async fn register(State(app): State<AppState>, headers: HeaderMap, b: Result<Bytes, BytesRejection>) -> Response {
+    result(
+        async {
+            let req: RegisterRequest = body(&headers, b)?;
+            app.agents.register(req).await
+        }
+        .await,
+    )
+}
+
+fn parse_wait(text: Option<&String>) -> Result<Duration, Status> {
+    match text.map(String::as_str) {
+        None | Some("") => Ok(Duration::from_secs(30)),
+        Some(t) => t
+            .parse::<u64>()
+            .map(Duration::from_secs)
+            .or_else(|_| crate::api::Duration::parse(t))
+            .map_err(|_| Status::bad_request(format!("wait {t:?} is not a duration (e.g. 30s)"))),
+    }
+}
+
+pub async fn assignments(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    q: super::k8s::Params,
+    headers: HeaderMap,
+) -> Response {
+    result(
+        async {
+            let q: HashMap<String, String> = q
+                .map(|axum::extract::Query(m)| m)
+                .map_err(|e| Status::bad_request(format!("invalid query string: {e}")))?;
+            let id = app.agents.authenticate(&name, bearer(&headers)).await?;
+            let since = match q.get("since").map(String::as_str) {
+                None | Some("") => 0,
+                Some(s) => s
+                    .parse()
+                    .map_err(|_| Status::bad_request(format!("since {s:?} is not a revision")))?,
+            };
+            let wait = parse_wait(q.get("wait"))?;
+            app.agents.poll(&id, since, wait).await
+        }
+        .await,
+    )
+}
+
+pub async fn status(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> Response {
+    result(
+        async {
+            let id = app.agents.authenticate(&name, bearer(&headers)).await?;
+            let report: StatusReport = body(&headers, b)?;
+            app.agents.report(&id, report).await
+        }
+        .await,
+    )
+}

@@ -1,0 +1,59 @@
+//! Discovery documents: `/version`, `/apis`, the group and the group-version
+//! resource list kubectl maps kinds and short names with.
+
+use crate::api::meta::{API_VERSION, GROUP, VERSION};
+use crate::server::resources::{ALL, CATEGORIES};
+use serde_json::{json, Value};
+
+pub fn version() -> Value {
+    json!({
+        "major": "1",
+        "minor": "32",
+        "gitVersion": format!("v1.32.0-k8s4r.{}", crate::cli::VERSION),
+        "gitCommit": "",
+        "gitTreeState": "clean",
+        "buildDate": "",
+        "goVersion": "",
+        "compiler": "rustc",
+        "platform": format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH),
+    })
+}
+
+fn group_entry() -> Value {
+    let gv = json!({"groupVersion": API_VERSION, "version": VERSION});
+    json!({"name": GROUP, "versions": [gv.clone()], "preferredVersion": gv})
+}
+
+pub fn api_group_list() -> Value {
+    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [group_entry()]})
+}
+
+pub fn api_group() -> Value {
+    let mut g = group_entry();
+    g["kind"] = json!("APIGroup");
+    g["apiVersion"] = json!("v1");
+    g
+}
+
+pub fn resource_list() -> Value {
+    let mut resources = Vec::new();
+    for r in ALL {
+        resources.push(json!({
+            "name": r.plural,
+            "singularName": r.singular,
+            "namespaced": true,
+            "kind": r.kind,
+            "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
+            "shortNames": r.short_names,
+            "categories": CATEGORIES,
+        }));
+        resources.push(json!({
+            "name": format!("{}/status", r.plural),
+            "singularName": "",
+            "namespaced": true,
+            "kind": r.kind,
+            "verbs": ["get", "patch", "update"],
+        }));
+    }
+    json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": API_VERSION, "resources": resources})
+}

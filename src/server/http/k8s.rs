@@ -1,0 +1,362 @@
+//! Handlers of `/apis/robot.k8s4r.io/v1alpha1/...`: parse the request into
+//! registry calls and render the result (object, list or Table).
+
+use super::table::{self, Include};
+use super::{json, json_as, parse_body, with_warnings, AppState};
+use crate::api::meta::API_VERSION;
+use crate::server::admission::FieldValidation;
+use crate::server::registry::{DeleteOptions, ListOptions, Part, Propagation, WriteOptions};
+use crate::server::resources::{self, Resource};
+use crate::server::selector::{FieldSelector, LabelSelector};
+use crate::server::status::Status;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+
+pub type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
+
+fn params(q: Params) -> Result<HashMap<String, String>, Status> {
+    q.map(|Query(m)| m)
+        .map_err(|e| Status::bad_request(format!("invalid query string: {e}")))
+}
+
+fn resource(plural: &str) -> Result<&'static Resource, Status> {
+    resources::by_plural(plural).ok_or_else(|| Status::path_not_found(&format!("/apis/{API_VERSION}/{plural}")))
+}
+
+fn accept(headers: &HeaderMap) -> &str {
+    headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+fn write_options(q: &HashMap<String, String>) -> Result<WriteOptions, Status> {
+    Ok(WriteOptions {
+        validation: FieldValidation::parse(q.get("fieldValidation").map(String::as_str))?,
+        dry_run: q.get("dryRun").is_some_and(|v| v == "All"),
+    })
+}
+
+pub fn list_options(res: &Resource, ns: Option<&str>, q: &HashMap<String, String>) -> Result<ListOptions, Status> {
+    let labels = match q.get("labelSelector") {
+        Some(s) => LabelSelector::parse(s).map_err(|e| Status::bad_request(format!("labelSelector: {e}")))?,
+        None => LabelSelector::default(),
+    };
+    let fields = match q.get("fieldSelector") {
+        Some(s) => FieldSelector::parse(s, |f| res.supports_field(f))
+            .map_err(|e| Status::bad_request(format!("fieldSelector: {e}")))?,
+        None => FieldSelector::default(),
+    };
+    let limit = match q.get("limit").map(String::as_str) {
+        None | Some("") => None,
+        Some(l) => Some(
+            l.parse()
+                .map_err(|_| Status::bad_request(format!("limit {l:?} is not a number")))?,
+        ),
+    };
+    Ok(ListOptions {
+        namespace: ns.map(str::to_string),
+        labels,
+        fields,
+        limit,
+        continue_token: q.get("continue").cloned(),
+    })
+}
+
+fn is_watch(q: &HashMap<String, String>) -> bool {
+    q.get("watch").is_some_and(|w| w == "1" || w == "true")
+}
+
+fn result(r: Result<Response, Status>) -> Response {
+    r.unwrap_or_else(IntoResponse::into_response)
+}
+
+pub async fn list_all(
+    State(app): State<AppState>,
+    Path(plural): Path<String>,
+    q: Params,
+    headers: HeaderMap,
+) -> Response {
+    result(list(app, &plural, None, q, &headers).await)
+}
+
+pub async fn list_ns(
+    State(app): State<AppState>,
+    Path((ns, plural)): Path<(String, String)>,
+    q: Params,
+    headers: HeaderMap,
+) -> Response {
+    result(list(app, &plural, Some(&ns), q, &headers).await)
+}
+
+async fn list(
+    app: AppState,
+    plural: &str,
+    ns: Option<&str>,
+    q: Params,
+    headers: &HeaderMap,
+) -> Result<Response, Status> {
+    let res = resource(plural)?;
+    let q = params(q)?;
+    let opts = list_options(res, ns, &q)?;
+    if is_watch(&q) {
+        return super::watch::serve(app, res, opts, &q, accept(headers)).await;
+    }
+    let listed = app.registry.list(res, &opts).await?;
+    let mut list_meta = json!({"resourceVersion": listed.revision.to_string()});
+    if let Some(c) = &listed.continue_token {
+        list_meta["continue"] = json!(c);
+    }
+    if let Some(n) = listed.remaining {
+        list_meta["remainingItemCount"] = json!(n);
+    }
+    if table::wants_table(accept(headers)) {
+        let include = Include::parse(q.get("includeObject").map(String::as_str));
+        let t = table::table(res, &listed.items, include, true, list_meta);
+        return Ok(json_as(StatusCode::OK, &t, table::CONTENT_TYPE));
+    }
+    Ok(json(
+        StatusCode::OK,
+        &json!({"kind": res.list_kind(), "apiVersion": API_VERSION, "metadata": list_meta, "items": listed.items}),
+    ))
+}
+
+fn render_object(
+    res: &Resource,
+    code: StatusCode,
+    obj: &Value,
+    headers: &HeaderMap,
+    q: &HashMap<String, String>,
+) -> Response {
+    if table::wants_table(accept(headers)) {
+        let include = Include::parse(q.get("includeObject").map(String::as_str));
+        let rv = obj["metadata"]["resourceVersion"].clone();
+        let t = table::table(res, [obj], include, true, json!({"resourceVersion": rv}));
+        return json_as(code, &t, table::CONTENT_TYPE);
+    }
+    json(code, obj)
+}
+
+pub async fn get_item(
+    State(app): State<AppState>,
+    Path(p): Path<(String, String, String)>,
+    q: Params,
+    headers: HeaderMap,
+) -> Response {
+    let (ns, plural, name) = p;
+    result(
+        async {
+            let res = resource(&plural)?;
+            let q = params(q)?;
+            let obj = app.registry.get(res, &ns, &name).await?;
+            Ok(render_object(res, StatusCode::OK, &obj, &headers, &q))
+        }
+        .await,
+    )
+}
+
+pub async fn create(
+    State(app): State<AppState>,
+    Path((ns, plural)): Path<(String, String)>,
+    q: Params,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    result(
+        async {
+            let res = resource(&plural)?;
+            let q = params(q)?;
+            let body = parse_body(&headers, body)?;
+            let w = app
+                .registry
+                .create(res, &ns, body, Part::Main, write_options(&q)?)
+                .await?;
+            Ok(with_warnings(
+                render_object(res, StatusCode::CREATED, &w.object, &headers, &q),
+                &w.warnings,
+            ))
+        }
+        .await,
+    )
+}
+
+async fn replace(
+    app: AppState,
+    p: (String, String, String),
+    part: Part,
+    q: Params,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let (ns, plural, name) = p;
+    result(
+        async {
+            let res = resource(&plural)?;
+            let q = params(q)?;
+            let body = parse_body(&headers, body)?;
+            let w = app
+                .registry
+                .replace(res, &ns, &name, body, part, write_options(&q)?)
+                .await?;
+            Ok(with_warnings(
+                render_object(res, StatusCode::OK, &w.object, &headers, &q),
+                &w.warnings,
+            ))
+        }
+        .await,
+    )
+}
+
+pub async fn put_item(
+    State(app): State<AppState>,
+    Path(p): Path<(String, String, String)>,
+    q: Params,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    replace(app, p, Part::Main, q, headers, body).await
+}
+
+pub async fn put_status(
+    State(app): State<AppState>,
+    Path(p): Path<(String, String, String)>,
+    q: Params,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    replace(app, p, Part::Status, q, headers, body).await
+}
+
+async fn patch(
+    app: AppState,
+    p: (String, String, String),
+    part: Part,
+    q: Params,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let (ns, plural, name) = p;
+    result(
+        async {
+            let res = resource(&plural)?;
+            let q = params(q)?;
+            let content_type = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let media = content_type.split(';').next().unwrap_or("").trim();
+            match media {
+                "application/merge-patch+json" => {}
+                "application/strategic-merge-patch+json" => {
+                    return Err(Status::unsupported_media_type(
+                        "strategic merge patch is not supported for robot.k8s4r.io resources; use --type=merge",
+                    ))
+                }
+                "application/apply-patch+yaml" => {
+                    return Err(Status::unsupported_media_type(
+                        "server-side apply is not supported; use client-side `kubectl apply` (without --server-side)",
+                    ))
+                }
+                "application/json-patch+json" => {
+                    return Err(Status::unsupported_media_type(
+                        "JSON patch is not supported; use --type=merge",
+                    ))
+                }
+                other => {
+                    return Err(Status::unsupported_media_type(format!(
+                        "the patch content type {other:?} is not supported (expected application/merge-patch+json)"
+                    )))
+                }
+            }
+            let patch = parse_body(&headers, body)?;
+            let w = app
+                .registry
+                .patch(res, &ns, &name, &patch, part, write_options(&q)?)
+                .await?;
+            Ok(with_warnings(
+                render_object(res, StatusCode::OK, &w.object, &headers, &q),
+                &w.warnings,
+            ))
+        }
+        .await,
+    )
+}
+
+pub async fn patch_item(
+    State(app): State<AppState>,
+    Path(p): Path<(String, String, String)>,
+    q: Params,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    patch(app, p, Part::Main, q, headers, body).await
+}
+
+pub async fn patch_status(
+    State(app): State<AppState>,
+    Path(p): Path<(String, String, String)>,
+    q: Params,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    patch(app, p, Part::Status, q, headers, body).await
+}
+
+fn propagation(text: Option<&str>) -> Result<Propagation, Status> {
+    match text {
+        None | Some("") | Some("Background") => Ok(Propagation::Background),
+        Some("Foreground") => Ok(Propagation::Foreground),
+        Some("Orphan") => Ok(Propagation::Orphan),
+        Some(other) => Err(Status::bad_request(format!(
+            "propagationPolicy {other:?} is invalid (expected Background, Foreground or Orphan)"
+        ))),
+    }
+}
+
+pub async fn delete_item(
+    State(app): State<AppState>,
+    Path((ns, plural, name)): Path<(String, String, String)>,
+    q: Params,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    result(
+        async {
+            let res = resource(&plural)?;
+            let q = params(q)?;
+            // DeleteOptions may come as a body (kubectl) or as query parameters.
+            let body = match body {
+                Ok(b) if b.is_empty() => Value::Null,
+                other => parse_body(&headers, other)?,
+            };
+            let mut policy = q.get("propagationPolicy").map(String::as_str);
+            if let Some(p) = body.get("propagationPolicy").and_then(Value::as_str) {
+                policy = Some(p);
+            }
+            if body.get("orphanDependents").and_then(Value::as_bool) == Some(true) {
+                policy = Some("Orphan");
+            }
+            let pre = body.get("preconditions");
+            let opts = DeleteOptions {
+                propagation: propagation(policy)?,
+                resource_version: pre
+                    .and_then(|p| p.get("resourceVersion"))
+                    .and_then(Value::as_str)
+                    .map(|rv| {
+                        rv.parse()
+                            .map_err(|_| Status::bad_request(format!("precondition resourceVersion {rv:?} is invalid")))
+                    })
+                    .transpose()?,
+                uid: pre
+                    .and_then(|p| p.get("uid"))
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+            };
+            let deleted = app.registry.delete(res, &ns, &name, &opts).await?;
+            Ok(json(StatusCode::OK, &deleted))
+        }
+        .await,
+    )
+}

@@ -1,0 +1,157 @@
+//! HTTP: the Kubernetes-compatible API under `/api`, `/apis` and `/openapi`,
+//! and the agent API under `/agent/v1`. Handlers only translate between HTTP
+//! and the domain ([`Registry`], [`crate::server::fleet`]); errors are
+//! [`Status`] objects.
+
+mod agent;
+mod discovery;
+mod k8s;
+mod openapi;
+pub mod table;
+mod watch;
+
+use crate::server::agents::Agents;
+use crate::server::registry::Registry;
+use crate::server::status::Status;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::Value;
+use std::sync::Arc;
+
+/// Everything the handlers need.
+pub struct App {
+    pub registry: Registry,
+    pub agents: Agents,
+}
+
+pub type AppState = Arc<App>;
+
+/// Largest request body (as Kubernetes: 3 MiB).
+pub const MAX_BODY: usize = 3 * 1024 * 1024;
+
+pub fn router(app: AppState) -> Router {
+    let g = "/apis/robot.k8s4r.io/v1alpha1";
+    Router::new()
+        .route(
+            "/version",
+            get(|| async { json(StatusCode::OK, &discovery::version()) }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ok" }))
+        .route(
+            "/apis",
+            get(|| async { json(StatusCode::OK, &discovery::api_group_list()) }),
+        )
+        .route(
+            "/apis/robot.k8s4r.io",
+            get(|| async { json(StatusCode::OK, &discovery::api_group()) }),
+        )
+        .route(g, get(|| async { json(StatusCode::OK, &discovery::resource_list()) }))
+        .route("/openapi/v3", get(|| async { json(StatusCode::OK, &openapi::root()) }))
+        .route(
+            "/openapi/v3/apis/robot.k8s4r.io/v1alpha1",
+            get(|| async { json(StatusCode::OK, &openapi::group_version_doc().0) }),
+        )
+        .route(&format!("{g}/{{plural}}"), get(k8s::list_all))
+        .route(
+            &format!("{g}/namespaces/{{ns}}/{{plural}}"),
+            get(k8s::list_ns).post(k8s::create),
+        )
+        .route(
+            &format!("{g}/namespaces/{{ns}}/{{plural}}/{{name}}"),
+            get(k8s::get_item)
+                .put(k8s::put_item)
+                .patch(k8s::patch_item)
+                .delete(k8s::delete_item),
+        )
+        .route(
+            &format!("{g}/namespaces/{{ns}}/{{plural}}/{{name}}/status"),
+            get(k8s::get_item).put(k8s::put_status).patch(k8s::patch_status),
+        )
+        .route("/agent/v1/register", post(agent::register))
+        .route("/agent/v1/jointokens", post(agent::create_join_token))
+        .route("/agent/v1/robots/{name}/assignments", get(agent::assignments))
+        .route("/agent/v1/robots/{name}/status", post(agent::status))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(app)
+}
+
+async fn not_found(uri: axum::http::Uri) -> Response {
+    Status::path_not_found(uri.path()).into_response()
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    Status::method_not_allowed(format!("{method} is not supported on {}", uri.path())).into_response()
+}
+
+impl IntoResponse for Status {
+    fn into_response(self) -> Response {
+        let code = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        json(code, &self)
+    }
+}
+
+pub fn json<T: serde::Serialize>(code: StatusCode, body: &T) -> Response {
+    json_as(code, body, "application/json")
+}
+
+pub fn json_as<T: serde::Serialize>(code: StatusCode, body: &T, content_type: &'static str) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => (
+            code,
+            [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+            bytes,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding response: {e}")).into_response(),
+    }
+}
+
+/// Add one `Warning: 299 - "..."` header per warning.
+pub fn with_warnings(mut resp: Response, warnings: &[String]) -> Response {
+    for w in warnings {
+        let text = format!("299 - \"{}\"", w.replace('\\', "\\\\").replace('"', "\\\""));
+        if let Ok(v) = HeaderValue::from_str(&text) {
+            resp.headers_mut().append(header::WARNING, v);
+        }
+    }
+    resp
+}
+
+/// Read a request body as one JSON value (JSON, or YAML when the
+/// Content-Type says so). Oversized bodies are 413, malformed ones 400.
+pub fn parse_body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Value, Status> {
+    let bytes = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Status::too_large(format!("the request body is larger than {MAX_BODY} bytes"))
+        } else {
+            Status::bad_request(format!("reading the request body: {e}"))
+        }
+    })?;
+    if bytes.is_empty() {
+        return Err(Status::bad_request("the request body is empty"));
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    if content_type.contains("yaml") {
+        let text = std::str::from_utf8(&bytes).map_err(|_| Status::bad_request("the request body is not UTF-8"))?;
+        let mut docs = crate::api::decode::parse_documents(text);
+        return match docs.len() {
+            1 => docs
+                .remove(0)
+                .map_err(|e| Status::bad_request(format!("invalid YAML: {e}"))),
+            0 => Err(Status::bad_request("the request body holds no document")),
+            _ => Err(Status::bad_request("the request body holds more than one document")),
+        };
+    }
+    serde_json::from_slice(&bytes).map_err(|e| Status::bad_request(format!("invalid JSON in the request body: {e}")))
+}

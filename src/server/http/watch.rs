@@ -1,0 +1,161 @@
+//! `?watch=1`: a chunked stream of one JSON event per line, as the API
+//! server sends them. Starts with ADDED events for every existing object when
+//! no resourceVersion is given; otherwise resumes after it (410 Expired when
+//! that history is gone).
+
+use super::table::{self, Include};
+use super::AppState;
+use crate::api::meta::API_VERSION;
+use crate::server::registry::{ListOptions, ResourceWatch};
+use crate::server::resources::Resource;
+use crate::server::status::Status;
+use crate::server::store::EventKind;
+use axum::body::{Body, Bytes};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::Response;
+use serde_json::{json, Value};
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::sync::Arc;
+use tokio::time::{Duration, Instant};
+
+/// How often an idle watch with `allowWatchBookmarks` gets a bookmark.
+const BOOKMARK_EVERY: Duration = Duration::from_secs(5);
+
+struct Stream {
+    res: &'static Resource,
+    initial: VecDeque<Value>,
+    watch: ResourceWatch,
+    as_table: bool,
+    include: Include,
+    headers_sent: bool,
+    bookmarks: bool,
+    next_bookmark: Instant,
+    deadline: Option<Instant>,
+    done: bool,
+}
+
+fn kind_name(k: EventKind) -> &'static str {
+    match k {
+        EventKind::Added => "ADDED",
+        EventKind::Modified => "MODIFIED",
+        EventKind::Deleted => "DELETED",
+    }
+}
+
+impl Stream {
+    fn line(&mut self, kind: &str, obj: &Value) -> Bytes {
+        let object = if self.as_table {
+            let rv = obj["metadata"]["resourceVersion"].clone();
+            let t = table::table(
+                self.res,
+                [obj],
+                self.include,
+                !self.headers_sent,
+                json!({"resourceVersion": rv}),
+            );
+            self.headers_sent = true;
+            t
+        } else {
+            obj.clone()
+        };
+        let mut text = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
+        text.push(b'\n');
+        Bytes::from(text)
+    }
+
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        if self.done {
+            return None;
+        }
+        if let Some(obj) = self.initial.pop_front() {
+            return Some(self.line("ADDED", &obj));
+        }
+        let far = Instant::now() + Duration::from_secs(86_400 * 365);
+        let deadline = self.deadline.unwrap_or(far);
+        let bookmark_at = if self.bookmarks { self.next_bookmark } else { far };
+        tokio::select! {
+            ev = self.watch.next() => match ev {
+                Ok(ev) => {
+                    self.next_bookmark = Instant::now() + BOOKMARK_EVERY;
+                    let obj = Arc::clone(&ev.object);
+                    Some(self.line(kind_name(ev.kind), &obj))
+                }
+                Err(status) => {
+                    self.done = true;
+                    let mut text = serde_json::to_vec(&json!({"type": "ERROR", "object": status})).unwrap_or_default();
+                    text.push(b'\n');
+                    Some(Bytes::from(text))
+                }
+            },
+            _ = tokio::time::sleep_until(bookmark_at) => {
+                self.next_bookmark = Instant::now() + BOOKMARK_EVERY;
+                let obj = json!({
+                    "kind": self.res.kind,
+                    "apiVersion": API_VERSION,
+                    "metadata": {"resourceVersion": self.watch.revision().to_string()},
+                });
+                let mut text = serde_json::to_vec(&json!({"type": "BOOKMARK", "object": obj})).unwrap_or_default();
+                text.push(b'\n');
+                Some(Bytes::from(text))
+            },
+            _ = tokio::time::sleep_until(deadline) => None,
+        }
+    }
+}
+
+pub async fn serve(
+    app: AppState,
+    res: &'static Resource,
+    mut opts: ListOptions,
+    q: &HashMap<String, String>,
+    accept: &str,
+) -> Result<Response, Status> {
+    opts.limit = None;
+    opts.continue_token = None;
+    let timeout = match q.get("timeoutSeconds").map(String::as_str) {
+        None | Some("") => None,
+        Some(t) => Some(Duration::from_secs(t.parse().map_err(|_| {
+            Status::bad_request(format!("timeoutSeconds {t:?} is not a number"))
+        })?)),
+    };
+    let (initial, from) = match q.get("resourceVersion").map(String::as_str) {
+        None | Some("") | Some("0") => {
+            let listed = app.registry.list(res, &opts).await?;
+            (listed.items.into(), listed.revision)
+        }
+        Some(rv) => (
+            VecDeque::new(),
+            rv.parse::<u64>()
+                .map_err(|_| Status::bad_request(format!("resourceVersion {rv:?} is not a valid resource version")))?,
+        ),
+    };
+    let watch = app.registry.watch(res, from, opts)?;
+    let as_table = table::wants_table(accept);
+    let state = Stream {
+        res,
+        initial,
+        watch,
+        as_table,
+        include: Include::parse(q.get("includeObject").map(String::as_str)),
+        headers_sent: false,
+        bookmarks: q.get("allowWatchBookmarks").is_some_and(|v| v == "true" || v == "1"),
+        next_bookmark: Instant::now() + BOOKMARK_EVERY,
+        deadline: timeout.map(|t| Instant::now() + t),
+        done: false,
+    };
+    let stream = futures_util::stream::unfold(state, |mut st| async move {
+        st.next_chunk().await.map(|b| (Ok::<_, Infallible>(b), st))
+    });
+    let content_type = if as_table {
+        table::CONTENT_TYPE
+    } else {
+        "application/json"
+    };
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, HeaderValue::from_static(content_type))
+        .header(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"))
+        .body(Body::from_stream(stream))
+        .map_err(|e| Status::internal(format!("building watch response: {e}")))
+}

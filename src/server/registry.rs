@@ -1,0 +1,542 @@
+//! The API's operations on objects, independent of HTTP: get, list, create,
+//! replace, patch, delete and watch, with the metadata rules of Kubernetes
+//! (uid, creationTimestamp, generation, resourceVersion preconditions) and
+//! admission. Controllers write through it too, so every object in the
+//! store went through the same checks.
+
+use super::admission::{admit, FieldValidation};
+use super::object;
+use super::patch::merge_patch;
+use super::resources::{self, Resource};
+use super::selector::{FieldSelector, LabelSelector};
+use super::status::Status;
+use super::store::{Event, EventKind, Key, Store, StoreError, Stored, Watch};
+use super::time;
+use serde_json::Value;
+use std::sync::Arc;
+
+#[derive(Clone)]
+pub struct Registry {
+    store: Arc<dyn Store>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WriteOptions {
+    pub validation: FieldValidation,
+    pub dry_run: bool,
+}
+
+/// Which part of an object a write may change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    /// metadata + spec (the main resource); status is kept.
+    Main,
+    /// status only (the /status subresource).
+    Status,
+    /// Everything (controllers).
+    All,
+}
+
+#[derive(Debug)]
+pub struct Written {
+    pub object: Value,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ListOptions {
+    pub namespace: Option<String>,
+    pub labels: LabelSelector,
+    pub fields: FieldSelector,
+    pub limit: Option<usize>,
+    pub continue_token: Option<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct ListResult {
+    pub items: Vec<Value>,
+    pub revision: u64,
+    pub continue_token: Option<String>,
+    pub remaining: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Propagation {
+    /// Delete now; the garbage collector removes dependents.
+    #[default]
+    Background,
+    /// Delete dependents first, then the object.
+    Foreground,
+    /// Keep dependents, without the owner reference.
+    Orphan,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct DeleteOptions {
+    pub propagation: Propagation,
+    pub resource_version: Option<u64>,
+    pub uid: Option<String>,
+}
+
+/// Resources that may own others (owner before dependent).
+const CASCADE: &[&str] = &["jobs", "taskgroups", "tasks"];
+
+fn key(res: &Resource, ns: &str, name: &str) -> Key {
+    Key::new(res.plural, ns, name)
+}
+
+impl Registry {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Registry { store }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    fn map_err(res: &Resource, name: &str, e: StoreError) -> Status {
+        match e {
+            StoreError::NotFound(_) => Status::not_found(res.subject(name)),
+            StoreError::AlreadyExists(_) => Status::already_exists(res.subject(name)),
+            StoreError::Conflict { .. } => Status::conflict(res.subject(name)),
+            other => other.into(),
+        }
+    }
+
+    pub async fn get(&self, res: &Resource, ns: &str, name: &str) -> Result<Value, Status> {
+        self.get_stored(res, ns, name).await.map(|s| s.value)
+    }
+
+    async fn get_stored(&self, res: &Resource, ns: &str, name: &str) -> Result<Stored, Status> {
+        self.store
+            .get(&key(res, ns, name))
+            .await
+            .map_err(|e| Self::map_err(res, name, e))?
+            .ok_or_else(|| Status::not_found(res.subject(name)))
+    }
+
+    pub async fn list(&self, res: &Resource, opts: &ListOptions) -> Result<ListResult, Status> {
+        let listed = self.store.list(res.plural, opts.namespace.as_deref()).await?;
+        let start = match &opts.continue_token {
+            Some(t) if !t.is_empty() => Some(decode_continue(t)?),
+            _ => None,
+        };
+        let mut matching = listed.items.into_iter().filter(|s| {
+            start
+                .as_ref()
+                .is_none_or(|(ns, name)| (s.key.namespace.as_str(), s.key.name.as_str()) > (ns.as_str(), name.as_str()))
+                && opts.labels.matches(object::labels(&s.value))
+                && opts.fields.matches(&s.value)
+        });
+        let mut items = Vec::new();
+        let mut last = None;
+        let limit = opts.limit.filter(|l| *l > 0).unwrap_or(usize::MAX);
+        for s in matching.by_ref() {
+            if items.len() == limit {
+                let rest = 1 + matching.count();
+                return Ok(ListResult {
+                    items,
+                    revision: listed.revision,
+                    continue_token: last.map(|(ns, name): (String, String)| encode_continue(&ns, &name)),
+                    remaining: Some(rest),
+                });
+            }
+            last = Some((s.key.namespace.clone(), s.key.name.clone()));
+            items.push(s.value);
+        }
+        Ok(ListResult {
+            items,
+            revision: listed.revision,
+            continue_token: None,
+            remaining: None,
+        })
+    }
+
+    pub async fn create(
+        &self,
+        res: &Resource,
+        ns: &str,
+        mut body: Value,
+        part: Part,
+        opts: WriteOptions,
+    ) -> Result<Written, Status> {
+        let body_ns = object::namespace(&body).to_string();
+        if !body_ns.is_empty() && body_ns != ns {
+            return Err(Status::bad_request(format!(
+                "the namespace of the object ({body_ns}) does not match the namespace on the request ({ns})"
+            )));
+        }
+        let meta = object::meta_mut(&mut body).ok_or_else(|| Status::bad_request("the body must be a JSON object"))?;
+        meta.insert("namespace".into(), Value::String(ns.to_string()));
+        let name = meta.get("name").and_then(Value::as_str).unwrap_or("").to_string();
+        if name.is_empty() {
+            match meta.get("generateName").and_then(Value::as_str) {
+                Some(prefix) if !prefix.is_empty() => {
+                    let generated = format!("{prefix}{}", object::name_suffix());
+                    meta.insert("name".into(), Value::String(generated));
+                }
+                _ => {
+                    return Err(Status::invalid(
+                        res.subject(""),
+                        &[crate::api::FieldError::new(
+                            "metadata.name",
+                            "name or generateName is required",
+                        )],
+                    ))
+                }
+            }
+        }
+        let name = object::name(&body).to_string();
+        let admitted = admit(res, body, &name, opts.validation)?;
+        let mut value = admitted.value;
+        let meta = object::meta_mut(&mut value).ok_or_else(|| Status::internal("object without metadata"))?;
+        for f in ["resourceVersion", "deletionTimestamp", "generateName"] {
+            meta.remove(f);
+        }
+        meta.insert("uid".into(), Value::String(object::new_uid()));
+        meta.insert("creationTimestamp".into(), Value::String(time::now_rfc3339()));
+        meta.insert("generation".into(), Value::from(1));
+        if part != Part::All {
+            if let Some(o) = value.as_object_mut() {
+                o.remove("status");
+            }
+        }
+        if opts.dry_run {
+            return Ok(Written {
+                object: value,
+                warnings: admitted.warnings,
+            });
+        }
+        let stored = self
+            .store
+            .create(&key(res, ns, &name), value)
+            .await
+            .map_err(|e| Self::map_err(res, &name, e))?;
+        Ok(Written {
+            object: stored.value,
+            warnings: admitted.warnings,
+        })
+    }
+
+    /// PUT: replace `part` of the object. The body's resourceVersion, if
+    /// set, must be current (409 otherwise).
+    pub async fn replace(
+        &self,
+        res: &Resource,
+        ns: &str,
+        name: &str,
+        body: Value,
+        part: Part,
+        opts: WriteOptions,
+    ) -> Result<Written, Status> {
+        let current = self.get_stored(res, ns, name).await?;
+        let expected = match object::meta_str(&body, "resourceVersion") {
+            None | Some("") => current.revision,
+            Some(rv) => rv.parse().map_err(|_| {
+                Status::bad_request(format!(
+                    "metadata.resourceVersion {rv:?} is not a valid resource version"
+                ))
+            })?,
+        };
+        self.write_update(res, &current, body, part, expected, opts).await
+    }
+
+    /// PATCH with a JSON merge patch. Without a resourceVersion in the patch
+    /// it applies to the latest object (retrying on races).
+    pub async fn patch(
+        &self,
+        res: &Resource,
+        ns: &str,
+        name: &str,
+        patch: &Value,
+        part: Part,
+        opts: WriteOptions,
+    ) -> Result<Written, Status> {
+        if !patch.is_object() {
+            return Err(Status::bad_request("a merge patch must be a JSON object"));
+        }
+        let pinned = object::meta_str(patch, "resourceVersion")
+            .map(|rv| {
+                rv.parse::<u64>().map_err(|_| {
+                    Status::bad_request(format!(
+                        "metadata.resourceVersion {rv:?} is not a valid resource version"
+                    ))
+                })
+            })
+            .transpose()?;
+        let mut attempts = 0;
+        loop {
+            let current = self.get_stored(res, ns, name).await?;
+            let mut patched = current.value.clone();
+            merge_patch(&mut patched, patch);
+            let expected = pinned.unwrap_or(current.revision);
+            match self.write_update(res, &current, patched, part, expected, opts).await {
+                Err(e) if e.reason == "Conflict" && pinned.is_none() && attempts < 5 => attempts += 1,
+                other => return other,
+            }
+        }
+    }
+
+    async fn write_update(
+        &self,
+        res: &Resource,
+        current: &Stored,
+        mut body: Value,
+        part: Part,
+        expected: u64,
+        opts: WriteOptions,
+    ) -> Result<Written, Status> {
+        let (ns, name) = (current.key.namespace.as_str(), current.key.name.as_str());
+        if !body.is_object() {
+            return Err(Status::bad_request("the body must be a JSON object"));
+        }
+        for (field, want) in [("name", name), ("namespace", ns)] {
+            let got = object::meta_str(&body, field).unwrap_or("");
+            if !got.is_empty() && got != want {
+                return Err(Status::bad_request(format!(
+                    "metadata.{field} {got:?} does not match the request ({want:?})"
+                )));
+            }
+        }
+        if let Some(m) = object::meta_mut(&mut body) {
+            m.insert("name".into(), Value::String(name.into()));
+            m.insert("namespace".into(), Value::String(ns.into()));
+        }
+        let admitted = admit(res, body, name, opts.validation)?;
+        let mut new = admitted.value;
+        let cur = &current.value;
+        let (Some(new_obj), Some(cur_obj)) = (new.as_object_mut(), cur.as_object()) else {
+            return Err(Status::internal("stored object is not a JSON object"));
+        };
+        match part {
+            Part::Main => copy_field(new_obj, cur_obj, "status"),
+            Part::Status => {
+                copy_field(new_obj, cur_obj, "spec");
+                copy_field(new_obj, cur_obj, "metadata");
+            }
+            Part::All => {}
+        }
+        if let (Some(m), Some(cm)) = (object::meta_mut(&mut new), object::meta(cur)) {
+            for f in ["uid", "creationTimestamp", "deletionTimestamp"] {
+                match cm.get(f) {
+                    Some(v) => m.insert(f.into(), v.clone()),
+                    None => m.remove(f),
+                };
+            }
+            m.remove("generateName");
+            let spec_changed = new.get("spec") != cur.get("spec");
+            let generation = object::generation(cur).max(1) + i64::from(spec_changed);
+            if let Some(m) = object::meta_mut(&mut new) {
+                m.insert("generation".into(), Value::from(generation));
+                m.insert("resourceVersion".into(), Value::String(current.revision.to_string()));
+            }
+        }
+        if expected != current.revision {
+            return Err(Status::conflict(res.subject(name)));
+        }
+        if new == *cur || opts.dry_run {
+            // Nothing changes: no write, no event (as Kubernetes does).
+            return Ok(Written {
+                object: if opts.dry_run { new } else { cur.clone() },
+                warnings: admitted.warnings,
+            });
+        }
+        let stored = self
+            .store
+            .update(&current.key, new, Some(expected))
+            .await
+            .map_err(|e| Self::map_err(res, name, e))?;
+        Ok(Written {
+            object: stored.value,
+            warnings: admitted.warnings,
+        })
+    }
+
+    pub async fn delete(&self, res: &Resource, ns: &str, name: &str, opts: &DeleteOptions) -> Result<Value, Status> {
+        let current = self.get_stored(res, ns, name).await?;
+        if let Some(uid) = &opts.uid {
+            if uid != object::uid(&current.value) {
+                return Err(Status::conflict(res.subject(name)));
+            }
+        }
+        if opts.resource_version.is_some_and(|rv| rv != current.revision) {
+            return Err(Status::conflict(res.subject(name)));
+        }
+        let uid = object::uid(&current.value).to_string();
+        match opts.propagation {
+            Propagation::Background => {}
+            Propagation::Orphan => self.orphan_dependents(ns, &uid).await?,
+            Propagation::Foreground => Box::pin(self.delete_dependents(ns, &uid)).await?,
+        }
+        let deleted = self
+            .store
+            .delete(&current.key, Some(current.revision))
+            .await
+            .map_err(|e| Self::map_err(res, name, e))?;
+        Ok(deleted.value)
+    }
+
+    /// Objects in `ns` owned by `uid`.
+    pub async fn dependents(&self, ns: &str, uid: &str) -> Result<Vec<Stored>, Status> {
+        let mut out = Vec::new();
+        for plural in CASCADE {
+            let listed = self.store.list(plural, Some(ns)).await?;
+            out.extend(
+                listed
+                    .items
+                    .into_iter()
+                    .filter(|s| object::owner_uids(&s.value).contains(&uid)),
+            );
+        }
+        Ok(out)
+    }
+
+    async fn delete_dependents(&self, ns: &str, uid: &str) -> Result<(), Status> {
+        for dep in self.dependents(ns, uid).await? {
+            let Some(res) = resources::by_plural(&dep.key.resource) else {
+                continue;
+            };
+            let opts = DeleteOptions {
+                propagation: Propagation::Foreground,
+                ..Default::default()
+            };
+            match Box::pin(self.delete(res, ns, &dep.key.name, &opts)).await {
+                Err(e) if e.code == 404 => {}
+                other => {
+                    other?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn orphan_dependents(&self, ns: &str, uid: &str) -> Result<(), Status> {
+        for dep in self.dependents(ns, uid).await? {
+            let mut v = dep.value.clone();
+            if let Some(refs) = object::meta_mut(&mut v)
+                .and_then(|m| m.get_mut("ownerReferences"))
+                .and_then(Value::as_array_mut)
+            {
+                refs.retain(|r| r.get("uid").and_then(Value::as_str) != Some(uid));
+            }
+            match self.store.update(&dep.key, v, Some(dep.revision)).await {
+                Ok(_) | Err(StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Changes to `res` after revision `from`, filtered and shaped for one
+    /// client (see [`ResourceWatch::next`]).
+    pub fn watch(&self, res: &'static Resource, from: u64, opts: ListOptions) -> Result<ResourceWatch, Status> {
+        let inner = self.store.watch(from).map_err(Status::from)?;
+        Ok(ResourceWatch { res, inner, opts })
+    }
+}
+
+fn copy_field(to: &mut serde_json::Map<String, Value>, from: &serde_json::Map<String, Value>, field: &str) {
+    match from.get(field) {
+        Some(v) => to.insert(field.into(), v.clone()),
+        None => to.remove(field),
+    };
+}
+
+fn encode_continue(ns: &str, name: &str) -> String {
+    object::hex(format!("{ns}/{name}").as_bytes())
+}
+
+fn decode_continue(token: &str) -> Result<(String, String), Status> {
+    let bad = || Status::bad_request(format!("continue token {token:?} is invalid"));
+    if token.len() % 2 != 0 {
+        return Err(bad());
+    }
+    let bytes: Vec<u8> = (0..token.len())
+        .step_by(2)
+        .map(|i| token.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect::<Option<_>>()
+        .ok_or_else(bad)?;
+    let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    let (ns, name) = text.split_once('/').ok_or_else(bad)?;
+    Ok((ns.to_string(), name.to_string()))
+}
+
+/// A watch on one resource (optionally one namespace and selectors).
+pub struct ResourceWatch {
+    res: &'static Resource,
+    inner: Watch,
+    opts: ListOptions,
+}
+
+/// One event as a client sees it.
+#[derive(Clone, Debug)]
+pub struct WatchEvent {
+    pub kind: EventKind,
+    pub revision: u64,
+    pub object: Arc<Value>,
+}
+
+impl ResourceWatch {
+    fn matches(&self, v: &Value) -> bool {
+        (self
+            .opts
+            .namespace
+            .as_deref()
+            .is_none_or(|ns| object::namespace(v) == ns))
+            && self.opts.labels.matches(object::labels(v))
+            && self.opts.fields.matches(v)
+    }
+
+    /// The next change visible to this watch. An object that stops
+    /// matching the selectors is reported as DELETED, one that starts
+    /// matching as ADDED (as Kubernetes does).
+    pub async fn next(&mut self) -> Result<WatchEvent, Status> {
+        loop {
+            let Event {
+                kind,
+                revision,
+                key,
+                value,
+                prev,
+            } = self.inner.next().await.map_err(Status::from)?;
+            if key.resource != self.res.plural {
+                continue;
+            }
+            let now = self.matches(&value);
+            let before = prev.as_deref().is_some_and(|p| self.matches(p));
+            let kind = match kind {
+                EventKind::Added if now => EventKind::Added,
+                EventKind::Deleted if now => EventKind::Deleted,
+                EventKind::Modified => match (before, now) {
+                    (true, true) => EventKind::Modified,
+                    (false, true) => EventKind::Added,
+                    (true, false) => EventKind::Deleted,
+                    (false, false) => continue,
+                },
+                _ => continue,
+            };
+            return Ok(WatchEvent {
+                kind,
+                revision,
+                object: value,
+            });
+        }
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.inner.last_revision()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continue_tokens_round_trip() {
+        let t = encode_continue("default", "a.b");
+        assert_eq!(decode_continue(&t).unwrap(), ("default".into(), "a.b".into()));
+        assert!(decode_continue("zz").is_err());
+        assert!(decode_continue("abc").is_err());
+    }
+}

@@ -1,0 +1,300 @@
+//! Placement: which robot runs a replica of a task group. Pure functions
+//! over a snapshot of the fleet, so the rules are tested without a server.
+//!
+//! Rules, in order: the robot is Online; it matches the Job's robotSelector
+//! (matchLabels and matchExpressions over the robot's labels) and the
+//! group's constraints; none of the group's localPorts is used on it by
+//! another group (Envoy listens on them); then replicas are spread: fewest
+//! replicas of this group first, then least-loaded robot, then name.
+
+use crate::api::{Constraint, RobotSelector, StringMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+
+/// One robot as the scheduler sees it.
+#[derive(Clone, Debug, Default)]
+pub struct RobotInfo {
+    pub name: String,
+    pub online: bool,
+    /// metadata.labels and spec.labels merged.
+    pub labels: StringMap,
+    /// Attributes for constraints (`${attr.os}` ...), from device info.
+    pub attrs: StringMap,
+    /// localPort -> the group (`ns/job/group`) holding it.
+    pub ports: HashMap<i64, String>,
+    /// Replicas per group key placed here.
+    pub replicas: HashMap<String, u32>,
+    /// Tasks placed here, all groups.
+    pub load: u32,
+}
+
+/// What one replica of a group needs.
+#[derive(Clone, Debug)]
+pub struct Request<'a> {
+    /// `ns/job/group`.
+    pub group: String,
+    pub selector: Option<&'a RobotSelector>,
+    pub constraints: &'a [Constraint],
+    pub ports: BTreeSet<i64>,
+    /// Tasks per replica (load added by one placement).
+    pub tasks: u32,
+}
+
+/// Why nothing fits: reason -> number of robots it excluded.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Unschedulable {
+    pub total: usize,
+    pub reasons: BTreeMap<String, usize>,
+}
+
+impl std::fmt::Display for Unschedulable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.total == 0 {
+            return f.write_str("no robots are registered");
+        }
+        write!(f, "0/{} robots are available", self.total)?;
+        for (i, (reason, n)) in self.reasons.iter().enumerate() {
+            write!(f, "{} {n} {reason}", if i == 0 { ":" } else { "," })?;
+        }
+        Ok(())
+    }
+}
+
+fn resolve<'a>(target: &'a str, robot: &'a RobotInfo) -> Option<&'a str> {
+    let Some(inner) = target.strip_prefix("${").and_then(|t| t.strip_suffix('}')) else {
+        return Some(target);
+    };
+    if inner == "node.name" || inner == "node.unique.name" {
+        return Some(&robot.name);
+    }
+    if let Some(k) = inner.strip_prefix("meta.").or_else(|| inner.strip_prefix("label.")) {
+        return robot.labels.get(k).map(String::as_str);
+    }
+    if let Some(k) = inner.strip_prefix("attr.").or_else(|| inner.strip_prefix("node.")) {
+        return robot.attrs.get(k).or_else(|| robot.labels.get(k)).map(String::as_str);
+    }
+    None
+}
+
+fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
+    let parts = |s: &str| -> Vec<u64> {
+        s.trim_start_matches('v')
+            .split(['.', '-'])
+            .map(|p| p.parse().unwrap_or(0))
+            .collect()
+    };
+    parts(a).cmp(&parts(b))
+}
+
+fn ordered(op: &str, l: &str, r: &str) -> bool {
+    use std::cmp::Ordering::*;
+    let ord = match (l.parse::<f64>(), r.parse::<f64>()) {
+        (Ok(a), Ok(b)) => a.partial_cmp(&b).unwrap_or(Equal),
+        _ => l.cmp(r),
+    };
+    match op {
+        ">" => ord == Greater,
+        ">=" => ord != Less,
+        "<" => ord == Less,
+        "<=" => ord != Greater,
+        _ => false,
+    }
+}
+
+/// Does `robot` satisfy `c`? `Err` names the unsatisfied rule.
+pub fn check_constraint(c: &Constraint, robot: &RobotInfo) -> Result<(), String> {
+    let l = resolve(&c.l_target, robot);
+    let r = resolve(&c.r_target, robot).unwrap_or("");
+    let ok = match (c.operand.as_str(), l) {
+        ("=" | "==", Some(l)) => l == r,
+        ("=" | "==", None) => false,
+        ("!=", l) => l != Some(r),
+        (op @ (">" | ">=" | "<" | "<="), Some(l)) => ordered(op, l, r),
+        ("set_contains", Some(l)) => {
+            let have: BTreeSet<&str> = l.split(',').map(str::trim).collect();
+            r.split(',')
+                .map(str::trim)
+                .filter(|x| !x.is_empty())
+                .all(|x| have.contains(x))
+        }
+        ("version", Some(l)) => r.split(',').map(str::trim).filter(|x| !x.is_empty()).all(|cond| {
+            let (op, v) = cond
+                .find(|ch: char| ch.is_ascii_digit() || ch == 'v')
+                .map(|i| (cond[..i].trim(), cond[i..].trim()))
+                .unwrap_or(("=", cond));
+            let ord = compare_versions(l, v);
+            match op {
+                "" | "=" | "==" => ord.is_eq(),
+                "!=" => !ord.is_eq(),
+                ">" => ord.is_gt(),
+                ">=" => ord.is_ge(),
+                "<" => ord.is_lt(),
+                "<=" => ord.is_le(),
+                _ => false,
+            }
+        }),
+        ("regexp", _) => return Err("regexp constraints are not supported by this scheduler".into()),
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "do not satisfy constraint {} {} {}",
+            c.l_target, c.operand, c.r_target
+        ))
+    }
+}
+
+/// Static fit of `robot` for `req` (everything but spreading).
+pub fn fits(req: &Request<'_>, robot: &RobotInfo) -> Result<(), String> {
+    if !robot.online {
+        return Err("are not Online".into());
+    }
+    if let Some(sel) = req.selector {
+        if !sel.matches(&robot.labels) {
+            return Err("do not match robotSelector".into());
+        }
+    }
+    for c in req.constraints {
+        check_constraint(c, robot)?;
+    }
+    for p in &req.ports {
+        if let Some(holder) = robot.ports.get(p) {
+            if *holder != req.group {
+                return Err(format!("already use localPort {p} for another group"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Place `replicas` replicas of `req` on `robots`, updating the robots'
+/// usage as it goes. Returns one robot name per replica, or why none fits
+/// (then no replica is placed at all beyond those that fit: the result has
+/// `Some` for placed replicas, `None` for the rest).
+pub fn place(
+    req: &Request<'_>,
+    robots: &mut [RobotInfo],
+    replicas: usize,
+) -> (Vec<Option<String>>, Option<Unschedulable>) {
+    let mut why = Unschedulable {
+        total: robots.len(),
+        ..Default::default()
+    };
+    // Min-heap over (replicas of this group, load, name) of fitting robots.
+    let mut heap = BinaryHeap::new();
+    for (i, r) in robots.iter().enumerate() {
+        match fits(req, r) {
+            Ok(()) => {
+                let mine = r.replicas.get(&req.group).copied().unwrap_or(0);
+                heap.push(Reverse((mine, r.load, r.name.clone(), i)));
+            }
+            Err(reason) => *why.reasons.entry(reason).or_default() += 1,
+        }
+    }
+    let mut out = Vec::with_capacity(replicas);
+    for _ in 0..replicas {
+        let Some(Reverse((mine, load, name, i))) = heap.pop() else {
+            out.push(None);
+            continue;
+        };
+        let r = &mut robots[i];
+        for p in &req.ports {
+            r.ports.insert(*p, req.group.clone());
+        }
+        *r.replicas.entry(req.group.clone()).or_default() += 1;
+        r.load += req.tasks;
+        heap.push(Reverse((mine + 1, load + req.tasks, name.clone(), i)));
+        out.push(Some(name));
+    }
+    let failed = out.iter().any(Option::is_none);
+    (out, failed.then_some(why))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn robot(name: &str, labels: &[(&str, &str)]) -> RobotInfo {
+        RobotInfo {
+            name: name.into(),
+            online: true,
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn req<'a>(group: &str, sel: Option<&'a RobotSelector>, ports: &[i64]) -> Request<'a> {
+        Request {
+            group: group.into(),
+            selector: sel,
+            constraints: &[],
+            ports: ports.iter().copied().collect(),
+            tasks: 1,
+        }
+    }
+
+    #[test]
+    fn selector_and_spread() {
+        let sel = RobotSelector {
+            match_labels: [("fleet".to_string(), "a".to_string())].into(),
+            ..Default::default()
+        };
+        let mut robots = vec![
+            robot("r1", &[("fleet", "a")]),
+            robot("r2", &[("fleet", "b")]),
+            robot("r3", &[("fleet", "a")]),
+        ];
+        let (placed, why) = place(&req("d/j/g", Some(&sel), &[]), &mut robots, 4);
+        assert!(why.is_none());
+        let names: Vec<_> = placed.into_iter().map(Option::unwrap).collect();
+        assert_eq!(names, ["r1", "r3", "r1", "r3"], "spread over matching robots only");
+    }
+
+    #[test]
+    fn ports_are_per_robot_resources() {
+        let mut robots = vec![robot("r1", &[]), robot("r2", &[])];
+        let (a, _) = place(&req("d/j/a", None, &[9091]), &mut robots, 1);
+        let (b, _) = place(&req("d/j/b", None, &[9091, 9092]), &mut robots, 1);
+        assert_ne!(a[0], b[0], "two groups with the same localPort never share a robot");
+        let (c, why) = place(&req("d/k/c", None, &[9091]), &mut robots, 1);
+        assert_eq!(c, vec![None]);
+        let why = why.unwrap();
+        assert_eq!(
+            why.reasons.get("already use localPort 9091 for another group"),
+            Some(&2)
+        );
+        assert!(
+            why.to_string()
+                .starts_with("0/2 robots are available: 2 already use localPort 9091"),
+            "{why}"
+        );
+        // The same group's own replicas may share (they share one Envoy).
+        let (d, _) = place(&req("d/j/a", None, &[9091]), &mut robots, 2);
+        assert_eq!(d, vec![a[0].clone(), a[0].clone()]);
+    }
+
+    #[test]
+    fn offline_and_constraints() {
+        let mut r = robot("r1", &[("zone", "z1"), ("cores", "8")]);
+        r.attrs.insert("kernel.name".into(), "linux".into());
+        let c = |l: &str, op: &str, rt: &str| Constraint {
+            l_target: l.into(),
+            operand: op.into(),
+            r_target: rt.into(),
+        };
+        assert!(check_constraint(&c("${meta.zone}", "=", "z1"), &r).is_ok());
+        assert!(check_constraint(&c("${meta.zone}", "!=", "z1"), &r).is_err());
+        assert!(check_constraint(&c("${attr.kernel.name}", "=", "linux"), &r).is_ok());
+        assert!(check_constraint(&c("${meta.cores}", ">=", "4"), &r).is_ok());
+        assert!(check_constraint(&c("${meta.cores}", "<", "4"), &r).is_err());
+        assert!(check_constraint(&c("${meta.missing}", "=", "x"), &r).is_err());
+        assert!(check_constraint(&c("1.10.2", "version", ">= 1.9, < 2.0"), &r).is_ok());
+        assert!(check_constraint(&c("a,b,c", "set_contains", "a,c"), &r).is_ok());
+        r.online = false;
+        let (p, why) = place(&req("d/j/g", None, &[]), &mut [r], 1);
+        assert_eq!(p, vec![None]);
+        assert_eq!(why.unwrap().reasons.get("are not Online"), Some(&1));
+    }
+}

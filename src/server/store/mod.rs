@@ -1,0 +1,196 @@
+//! Storage of API objects: a key/value store with a single monotonic revision
+//! (the `resourceVersion` of every object, as etcd's revision is in
+//! Kubernetes), compare-and-swap updates, and a watch that can resume from a
+//! revision.
+//!
+//! The [`Store`] trait is object-safe so the server holds an
+//! `Arc<dyn Store>`; every backend must pass [`conformance`].
+
+pub mod conformance;
+mod log;
+pub mod sqlite;
+
+pub use log::EventLog;
+
+use serde_json::Value;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::broadcast;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Where an object lives: resource (plural, e.g. `jobs`), namespace, name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key {
+    pub resource: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl Key {
+    pub fn new(resource: &str, namespace: &str, name: &str) -> Self {
+        Key {
+            resource: resource.to_string(),
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.resource, self.namespace, self.name)
+    }
+}
+
+/// An object as stored. `value.metadata.resourceVersion` always equals
+/// `revision` (the revision of the last write to this key).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stored {
+    pub key: Key,
+    pub value: Value,
+    pub revision: u64,
+}
+
+/// Result of a list: the objects, sorted by (namespace, name), and the store
+/// revision the list was read at.
+#[derive(Clone, Debug, Default)]
+pub struct Listed {
+    pub items: Vec<Stored>,
+    pub revision: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Added,
+    Modified,
+    Deleted,
+}
+
+/// One change. For `Deleted`, `value` is the last state of the object (with
+/// its resourceVersion set to the deletion revision, as Kubernetes does).
+#[derive(Clone, Debug)]
+pub struct Event {
+    pub kind: EventKind,
+    pub revision: u64,
+    pub key: Key,
+    pub value: Arc<Value>,
+    /// The state before this change (`None` for `Added`).
+    pub prev: Option<Arc<Value>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreError {
+    NotFound(Key),
+    AlreadyExists(Key),
+    /// Compare-and-swap failed: the object is at `actual`, not `expected`.
+    Conflict {
+        key: Key,
+        expected: u64,
+        actual: u64,
+    },
+    /// A watch asked for history that is no longer kept.
+    Expired {
+        requested: u64,
+        oldest: u64,
+    },
+    /// The backend failed (I/O, corruption, ...).
+    Backend(String),
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::NotFound(k) => write!(f, "{k} not found"),
+            StoreError::AlreadyExists(k) => write!(f, "{k} already exists"),
+            StoreError::Conflict { key, expected, actual } => {
+                write!(f, "{key}: resourceVersion {expected} is stale (current {actual})")
+            }
+            StoreError::Expired { requested, oldest } => {
+                write!(f, "too old resource version: {requested} (oldest available {oldest})")
+            }
+            StoreError::Backend(m) => write!(f, "storage backend: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// The storage contract. Every method is atomic; revisions are strictly
+/// increasing across all keys; a watch delivers every change after its start
+/// revision exactly once, in revision order.
+pub trait Store: Send + Sync + 'static {
+    fn get<'a>(&'a self, key: &'a Key) -> BoxFuture<'a, Result<Option<Stored>, StoreError>>;
+    /// All objects of `resource`, in one namespace or (None) all of them.
+    fn list<'a>(&'a self, resource: &'a str, namespace: Option<&'a str>) -> BoxFuture<'a, Result<Listed, StoreError>>;
+    /// Fails with `AlreadyExists` if the key is taken.
+    fn create<'a>(&'a self, key: &'a Key, value: Value) -> BoxFuture<'a, Result<Stored, StoreError>>;
+    /// Replace; with `expected = Some(rev)` only if the object is at `rev`.
+    fn update<'a>(
+        &'a self,
+        key: &'a Key,
+        value: Value,
+        expected: Option<u64>,
+    ) -> BoxFuture<'a, Result<Stored, StoreError>>;
+    /// Remove; with `expected = Some(rev)` only if the object is at `rev`.
+    /// Returns the last state.
+    fn delete<'a>(&'a self, key: &'a Key, expected: Option<u64>) -> BoxFuture<'a, Result<Stored, StoreError>>;
+    /// The current revision.
+    fn revision(&self) -> BoxFuture<'_, Result<u64, StoreError>>;
+    /// Every change with a revision greater than `from`.
+    fn watch(&self, from: u64) -> Result<Watch, StoreError>;
+}
+
+/// A stream of changes: first the kept history after the start revision,
+/// then live changes.
+pub struct Watch {
+    backlog: std::collections::VecDeque<Event>,
+    rx: broadcast::Receiver<Event>,
+    last: u64,
+}
+
+impl Watch {
+    /// The next change. `Expired` if this watcher fell so far behind that
+    /// changes were dropped (the caller must re-list).
+    pub async fn next(&mut self) -> Result<Event, StoreError> {
+        if let Some(e) = self.backlog.pop_front() {
+            self.last = e.revision;
+            return Ok(e);
+        }
+        loop {
+            match self.rx.recv().await {
+                Ok(e) if e.revision <= self.last => continue,
+                Ok(e) => {
+                    self.last = e.revision;
+                    return Ok(e);
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    return Err(StoreError::Expired {
+                        requested: self.last,
+                        oldest: self.last + 1,
+                    })
+                }
+                Err(broadcast::error::RecvError::Closed) => return Err(StoreError::Backend("store closed".into())),
+            }
+        }
+    }
+
+    /// The revision of the last change delivered (or the start revision).
+    pub fn last_revision(&self) -> u64 {
+        self.last
+    }
+}
+
+/// Write `rev` into `value.metadata.resourceVersion`.
+pub fn stamp_revision(value: &mut Value, rev: u64) {
+    if let Some(obj) = value.as_object_mut() {
+        let meta = obj
+            .entry("metadata")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if let Some(meta) = meta.as_object_mut() {
+            meta.insert("resourceVersion".into(), Value::String(rev.to_string()));
+        }
+    }
+}
