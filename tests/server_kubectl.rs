@@ -1,0 +1,303 @@
+#![cfg(feature = "server")]
+//! The real kubectl against the real server: apply (with validation, no
+//! --validate=false), get with server-side columns, -o yaml, get -w,
+//! describe, delete with cascade, re-apply removing a field, errors.
+
+mod server_util;
+
+use server_util::{have_kubectl, wait_for, Server};
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(20);
+
+fn examples() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples")
+}
+
+fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
+    let p = dir.path().join(name);
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+#[test]
+fn apply_get_describe_delete_examples() {
+    if !have_kubectl() {
+        return;
+    }
+    let s = Server::start();
+    let out = s.kubectl_ok(&["apply", "-f", examples().to_str().unwrap()]);
+    for line in [
+        "job.robot.k8s4r.io/quickstart created",
+        "job.robot.k8s4r.io/telemetry created",
+        "robot.robot.k8s4r.io/robot-001 created",
+    ] {
+        assert!(out.contains(line), "apply output lacks {line:?}:\n{out}");
+    }
+    // Re-applying unchanged manifests writes nothing.
+    let again = s.kubectl_ok(&["apply", "-f", examples().to_str().unwrap()]);
+    assert!(again.contains("job.robot.k8s4r.io/quickstart unchanged"), "{again}");
+
+    // Server-side columns, from the CRD printer columns.
+    let jobs = s.kubectl_ok(&["get", "jobs"]);
+    let header: Vec<&str> = jobs.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "TYPE",
+            "STATE",
+            "TOTAL",
+            "RUNNING",
+            "SUCCEEDED",
+            "FAILED",
+            "AGE"
+        ]
+    );
+    let qs = jobs
+        .lines()
+        .find(|l| l.starts_with("quickstart "))
+        .expect("quickstart row");
+    assert!(qs.split_whitespace().nth(1) == Some("batch"), "{qs}");
+    // The controller creates Tasks at once, Pending while no robot fits.
+    let tasks = wait_for("quickstart tasks", T, || {
+        let out = s.kubectl_ok(&["get", "rtask", "-l", "robot.k8s4r.io/job=quickstart"]);
+        (out.lines().count() == 3).then_some(out)
+    });
+    let header: Vec<&str> = tasks.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "JOB", "ROBOT", "STATE", "EXIT", "RESTARTS", "AGE"]);
+    assert!(
+        tasks.contains("quickstart-hello-r0-greet") && tasks.contains("quickstart-hello-r1-greet"),
+        "{tasks}"
+    );
+    assert!(tasks.contains("pending"), "{tasks}");
+    let robots = s.kubectl_ok(&["get", "robots"]);
+    assert!(
+        robots.starts_with("NAME") && robots.contains("PHASE") && robots.contains("LAST-HEARTBEAT"),
+        "{robots}"
+    );
+    let wide = s.kubectl_ok(&["get", "tasks", "-o", "wide"]);
+    assert!(wide.lines().next().unwrap().contains("REASON"), "{wide}");
+    assert!(wide.contains("Unschedulable"), "{wide}");
+
+    // -o yaml: the stored object with metadata and the controller's status.
+    let y = s.kubectl_ok(&["get", "job", "quickstart", "-o", "yaml"]);
+    for needle in [
+        "kind: Job",
+        "resourceVersion:",
+        "uid:",
+        "creationTimestamp:",
+        "kubectl.kubernetes.io/last-applied-configuration",
+        "totalTasks: 2",
+    ] {
+        assert!(y.contains(needle), "-o yaml lacks {needle:?}:\n{y}");
+    }
+    let list = s.kubectl_ok(&["get", "taskgroups", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(v["kind"], "List");
+    assert!(v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|i| i["metadata"]["name"] == "quickstart-hello"));
+
+    // describe shows spec, status and (no) events.
+    let d = s.kubectl_ok(&["describe", "job", "quickstart"]);
+    assert!(
+        d.contains("Name:         quickstart") && d.contains("Status Description:") && d.contains("Events:"),
+        "{d}"
+    );
+    assert!(
+        d.contains("robots are available"),
+        "describe explains why tasks are pending:\n{d}"
+    );
+
+    // delete cascades Job -> TaskGroups -> Tasks.
+    let out = s.kubectl_ok(&["delete", "job", "quickstart"]);
+    assert!(out.contains("job.robot.k8s4r.io \"quickstart\" deleted"), "{out}");
+    wait_for("cascade delete of quickstart's taskgroups and tasks", T, || {
+        let tg = s.kubectl_ok(&["get", "taskgroups", "-o", "name"]);
+        let t = s.kubectl_ok(&["get", "tasks", "-o", "name"]);
+        (!tg.contains("quickstart") && !t.contains("quickstart")).then_some(())
+    });
+    assert!(
+        s.kubectl_ok(&["get", "tasks", "-o", "name"])
+            .contains("telemetry-uplink-r0-reporter"),
+        "other jobs untouched"
+    );
+    let missing = s.kubectl(&["get", "job", "quickstart"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("NotFound"));
+}
+
+#[test]
+fn compat_manifests_apply_unchanged() {
+    if !have_kubectl() {
+        return;
+    }
+    let Some(shared) = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/compat")
+        .canonicalize()
+        .ok()
+    else {
+        eprintln!("SKIP: ../shared/compat is absent (present only in the project workspace and CI)");
+        return;
+    };
+    let s = Server::start();
+    for f in ["robot.yaml", "test-taskgroup-simple.yaml", "job-with-envoy-proxy.yaml"] {
+        let out = s.kubectl_ok(&["apply", "-f", shared.join(f).to_str().unwrap()]);
+        assert!(out.contains("created"), "{f}: {out}");
+    }
+    let jobs = s.kubectl_ok(&["get", "rjob", "-o", "name"]);
+    assert!(
+        jobs.contains("job.robot.k8s4r.io/test-taskgroup-simple") && jobs.contains("job.robot.k8s4r.io/test-proxy-job"),
+        "{jobs}"
+    );
+    wait_for("tasks of the compat jobs", T, || {
+        let t = s.kubectl_ok(&["get", "tasks", "-o", "name"]);
+        (t.contains("test-taskgroup-simple-simple-group-r0-verify-and-run")
+            && t.contains("test-proxy-job-proxy-group-r0-"))
+        .then_some(())
+    });
+}
+
+#[test]
+fn reapply_removes_a_deleted_field_and_validation_errors_name_fields() {
+    if !have_kubectl() {
+        return;
+    }
+    let s = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let robot = |extra: &str| {
+        format!(
+            "apiVersion: robot.k8s4r.io/v1alpha1\nkind: Robot\nmetadata:\n  name: r1\n  labels:\n    zone: a\n{extra}spec:\n  description: picker\n  labels:\n    fleet: warehouse\n"
+        )
+    };
+    let f = write(&dir, "r.yaml", &robot("    tier: gold\n"));
+    s.kubectl_ok(&["apply", "-f", &f]);
+    assert_eq!(s.object("robots", "r1").unwrap()["metadata"]["labels"]["tier"], "gold");
+    let f = write(&dir, "r.yaml", &robot(""));
+    let out = s.kubectl_ok(&["apply", "-f", &f]);
+    assert!(out.contains("configured"), "{out}");
+    let r = s.object("robots", "r1").unwrap();
+    assert!(
+        r["metadata"]["labels"].get("tier").is_none(),
+        "re-apply removes the field: {r}"
+    );
+    assert_eq!(r["metadata"]["labels"]["zone"], "a");
+
+    // 422 with one line per cause, each naming its field.
+    let bad = write(
+        &dir,
+        "bad.yaml",
+        "apiVersion: robot.k8s4r.io/v1alpha1\nkind: Job\nmetadata:\n  name: bad\nspec:\n  taskGroups:\n    - name: g\n      network:\n        upstreams:\n          - {name: a, localPort: 1000, upstream: 'a:1', tls: false}\n          - {name: b, localPort: 70000, upstream: 'b:1', tls: false}\n      tasks:\n        - {name: t, driver: exec, config: {execConfig: {command: /bin/true}}}\n",
+    );
+    let out = s.kubectl(&["apply", "-f", &bad]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("The Job \"bad\" is invalid"), "{err}");
+    assert!(
+        err.contains("spec.taskGroups[0].network.upstreams[1].localPort: 70000 is not a valid port"),
+        "{err}"
+    );
+
+    // Unknown fields: kubectl asks for Strict validation, so they fail.
+    let unknown = write(
+        &dir,
+        "u.yaml",
+        &robot("").replace("  description: picker\n", "  description: picker\n  colour: red\n"),
+    );
+    let out = s.kubectl(&["apply", "-f", &unknown]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown field \\\"spec.colour\\\"") || err.contains("unknown field \"spec.colour\""),
+        "{err}"
+    );
+    // ... and are a warning when asked to warn.
+    let out = s.kubectl(&["apply", "--validate=warn", "-f", &unknown]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Warning: unknown field \"spec.colour\""), "{err}");
+    // server-side apply is refused clearly.
+    let out = s.kubectl(&["apply", "--server-side", "-f", &f]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("server-side apply is not supported"));
+    // kubectl patch --type=merge works; strategic (the default) is 415.
+    s.kubectl_ok(&[
+        "patch",
+        "robot",
+        "r1",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"description":"packer"}}"#,
+    ]);
+    assert_eq!(s.object("robots", "r1").unwrap()["spec"]["description"], "packer");
+    let out = s.kubectl(&["patch", "robot", "r1", "-p", r#"{"spec":{"description":"x"}}"#]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("strategic merge patch is not supported"));
+}
+
+#[test]
+fn get_watch_sees_changes() {
+    if !have_kubectl() {
+        return;
+    }
+    let s = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let robot = |desc: &str| {
+        format!(
+            "apiVersion: robot.k8s4r.io/v1alpha1\nkind: Robot\nmetadata:\n  name: w1\nspec:\n  description: {desc}\n"
+        )
+    };
+    s.kubectl_ok(&["apply", "-f", &write(&dir, "r.yaml", &robot("one"))]);
+    let mut child = s
+        .kubectl_cmd()
+        .args([
+            "get",
+            "robots",
+            "-w",
+            "-o",
+            "custom-columns=NAME:.metadata.name,DESC:.spec.description",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let mut expect = |want: &str, seen: &mut Vec<String>| {
+        let deadline = std::time::Instant::now() + T;
+        while !seen
+            .iter()
+            .any(|l: &String| l.split_whitespace().collect::<Vec<_>>() == want.split_whitespace().collect::<Vec<_>>())
+        {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(l) => seen.push(l),
+                Err(_) => panic!("kubectl get -w did not print {want:?}; saw {seen:?}"),
+            }
+        }
+    };
+    expect("w1 one", &mut seen);
+    s.kubectl_ok(&["apply", "-f", &write(&dir, "r.yaml", &robot("two"))]);
+    expect("w1 two", &mut seen);
+    s.kubectl_ok(&[
+        "apply",
+        "-f",
+        &write(&dir, "r2.yaml", &robot("three").replace("w1", "w2")),
+    ]);
+    expect("w2 three", &mut seen);
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -1,0 +1,347 @@
+//! Harness for the control-plane tests: start the real `k8s4r server` on an
+//! ephemeral port with a temp data dir, talk to it over HTTP (raw, kubectl,
+//! or as a simulated robot speaking the agent API). Every wait has a
+//! deadline; nothing sleeps in place of a condition.
+#![allow(dead_code)]
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const STARTUP: Duration = Duration::from_secs(20);
+
+pub fn server_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_k8s4r"))
+}
+
+/// Poll `cond` until it yields, or panic after `timeout` naming `what`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut cond: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if let Some(v) = cond() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+pub struct Server {
+    child: Option<Child>,
+    pub base: String,
+    pub data: tempfile::TempDir,
+    cache: tempfile::TempDir,
+    args: Vec<String>,
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
+    pub warnings: Vec<String>,
+    pub content_type: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("reply is not JSON ({e}): {}", self.body))
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into()
+}
+
+fn spawn(data: &Path, args: &[String]) -> (Child, String) {
+    let mut child = Command::new(server_bin())
+        .args(["server", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start k8s4r server");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                let _ = tx.send(addr.to_string());
+            }
+        }
+    });
+    let base = rx
+        .recv_timeout(STARTUP)
+        .unwrap_or_else(|_| panic!("server did not print its address within {STARTUP:?}"));
+    (child, base)
+}
+
+impl Server {
+    pub fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    pub fn start_with(args: &[&str]) -> Server {
+        let data = tempfile::tempdir().expect("tempdir");
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let (child, base) = spawn(data.path(), &args);
+        Server {
+            child: Some(child),
+            base,
+            data,
+            cache: tempfile::tempdir().expect("tempdir"),
+            args,
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SIGTERM: graceful shutdown.
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if c.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Stop and start again on the same data directory (new port).
+    pub fn restart(&mut self) {
+        self.stop();
+        let (child, base) = spawn(self.data.path(), &self.args);
+        self.child = Some(child);
+        self.base = base;
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// One HTTP request; `body` is sent as-is with `content_type`.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: Option<&[u8]>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let url = self.url(path);
+        let a = agent();
+        let mut req = ureq::http::Request::builder().method(method).uri(&url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if body.is_some() {
+            req = req.header("Content-Type", content_type);
+        }
+        let result = match body {
+            Some(b) => a.run(req.body(b.to_vec()).expect("request")),
+            None => a.run(req.body(()).expect("request")),
+        };
+        let mut resp = result.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+        let warnings = resp
+            .headers()
+            .get_all("warning")
+            .iter()
+            .filter_map(|v| v.to_str().ok().map(str::to_string))
+            .collect();
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let status = resp.status().as_u16();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(64 << 20)
+            .read_to_string()
+            .unwrap_or_default();
+        Reply {
+            status,
+            body,
+            warnings,
+            content_type,
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        self.request("GET", path, "", None, &[])
+    }
+
+    pub fn send_json(&self, method: &str, path: &str, body: &Value) -> Reply {
+        self.request(method, path, "application/json", Some(body.to_string().as_bytes()), &[])
+    }
+
+    pub fn kubectl_cmd(&self) -> Command {
+        let mut c = Command::new("kubectl");
+        c.env("KUBECONFIG", "/dev/null")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .arg("--server")
+            .arg(&self.base)
+            .arg("--cache-dir")
+            .arg(self.cache.path())
+            .arg("--request-timeout=30s");
+        c
+    }
+
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        self.kubectl_cmd().args(args).output().expect("run kubectl")
+    }
+
+    /// kubectl that must succeed; returns stdout.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn object(&self, plural: &str, name: &str) -> Option<Value> {
+        let r = self.get(&format!(
+            "/apis/robot.k8s4r.io/v1alpha1/namespaces/default/{plural}/{name}"
+        ));
+        (r.status == 200).then(|| r.json())
+    }
+
+    pub fn list(&self, plural: &str, query: &str) -> Value {
+        let r = self.get(&format!(
+            "/apis/robot.k8s4r.io/v1alpha1/namespaces/default/{plural}{query}"
+        ));
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()
+    }
+
+    pub fn join_token(&self) -> String {
+        let r = self.send_json("POST", "/agent/v1/jointokens", &json!({}));
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()["token"].as_str().unwrap().to_string()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Whether the real kubectl is installed; prints a loud SKIP if not.
+pub fn have_kubectl() -> bool {
+    let ok = Command::new("kubectl")
+        .args(["version", "--client"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("SKIP: kubectl is not installed; the kubectl compatibility tests did not run");
+    }
+    ok
+}
+
+/// A simulated robot speaking the agent API.
+pub struct Robot<'a> {
+    pub server: &'a Server,
+    pub name: String,
+    pub token: String,
+    pub since: u64,
+    seq: u64,
+}
+
+impl<'a> Robot<'a> {
+    pub fn register(server: &'a Server, join: &str, name: &str, labels: Value) -> Robot<'a> {
+        let r = server.send_json(
+            "POST",
+            "/agent/v1/register",
+            &json!({"joinToken": join, "name": name, "labels": labels,
+                    "deviceInfo": {"hostname": format!("{name}.local"), "platform": {"os": "linux", "arch": "x86_64"}}}),
+        );
+        assert_eq!(r.status, 200, "register {name}: {}", r.body);
+        Robot {
+            server,
+            name: name.into(),
+            token: r.json()["token"].as_str().unwrap().to_string(),
+            since: 0,
+            seq: 0,
+        }
+    }
+
+    pub fn auth(&self) -> String {
+        format!("Bearer {}", self.token)
+    }
+
+    /// One long poll; returns the full reply and advances `since`.
+    pub fn poll(&mut self, wait: &str) -> Value {
+        let path = format!(
+            "/agent/v1/robots/{}/assignments?since={}&wait={wait}",
+            self.name, self.since
+        );
+        let r = self
+            .server
+            .request("GET", &path, "", None, &[("Authorization", &self.auth())]);
+        assert_eq!(r.status, 200, "poll {}: {}", self.name, r.body);
+        let v = r.json();
+        self.since = v["revision"].as_u64().unwrap();
+        v
+    }
+
+    /// Names of the tasks in the robot's desired set (polling without wait).
+    pub fn task_names(&mut self) -> Vec<String> {
+        let v = self.poll("0s");
+        let mut names: Vec<String> = v["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["metadata"]["name"].as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        names
+    }
+
+    pub fn report(&mut self, task: &str, state: &str) -> Value {
+        self.seq += 1;
+        let seq = self.seq;
+        self.report_seq(task, seq, json!({"state": state}))
+    }
+
+    pub fn report_seq(&self, task: &str, seq: u64, status: Value) -> Value {
+        let body = json!({"updates": [{"task": task, "seq": seq, "status": status}]});
+        let r = self.server.request(
+            "POST",
+            &format!("/agent/v1/robots/{}/status", self.name),
+            "application/json",
+            Some(body.to_string().as_bytes()),
+            &[("Authorization", &self.auth())],
+        );
+        assert_eq!(r.status, 200, "status from {}: {}", self.name, r.body);
+        r.json()
+    }
+}
