@@ -3,6 +3,8 @@
 //! certificate authority made with openssl.
 #![allow(dead_code)]
 
+pub mod sds;
+
 use k8s4r::api::{NetworkConfig, Protocol, SpiffeConfig, TlsFiles, Upstream};
 use k8s4r::envoy::{self, GroupProxy, Launch};
 use std::io::{BufRead, BufReader, Read, Write};

@@ -1,0 +1,288 @@
+//! mTLS with SPIFFE identities, end to end with real Envoys: the app speaks
+//! plaintext to the robot-side Envoy, which does mTLS to a server-side
+//! Envoy (our inbound listener: client certificate required, RBAC on the
+//! SPIFFE ID) in front of a real echo server. Certificates come from
+//! openssl; the SPIRE path gets them from a gRPC SDS server on a unix
+//! socket. Skips (with a message) only when `envoy` is not on PATH.
+
+mod common;
+mod envoy_fixtures;
+
+use common::wait_for;
+use envoy_fixtures::sds::SdsServer;
+use envoy_fixtures::*;
+use k8s4r::api::{NetworkConfig, Protocol, TlsFiles, Upstream};
+use k8s4r::envoy::{self, GroupProxy, Inbound, ProxyExtras};
+use std::path::Path;
+
+const SERVER_ID: &str = "spiffe://example.org/ns/prod/sa/server";
+const ROBOT_ID: &str = "spiffe://example.org/robot/r1";
+
+/// A server-side Envoy: inbound mTLS on `port`, allowing `allowed`, in
+/// front of `target_port`; certificates from files.
+struct ServerSide {
+    port: u16,
+    envoy: Envoy,
+}
+
+impl ServerSide {
+    fn start(bin: &Path, dir: &Path, files: TlsFiles, td: Option<&str>, allowed: &[&str], target_port: u16) -> Self {
+        let port = free_port();
+        let network = NetworkConfig {
+            tls_files: Some(files),
+            spiffe: td.map(|t| spiffe(t, None)),
+            ..Default::default()
+        };
+        let g = GroupProxy {
+            envoy_bin: bin.to_path_buf(),
+            ..proxy("server", dir, network)
+        };
+        let extras = ProxyExtras {
+            inbound: vec![Inbound {
+                name: "api".into(),
+                port: port.into(),
+                target_port: target_port.into(),
+                address: Some("127.0.0.1".into()),
+                allowed_spiffe_ids: allowed.iter().map(|s| s.to_string()).collect(),
+                spiffe: None,
+            }],
+            ..Default::default()
+        };
+        let launch = envoy::prepare_with(&g, &extras).unwrap();
+        let mut envoy = Envoy::start(&launch, dir.join("envoy.log"));
+        envoy.wait_ready();
+        ServerSide { port, envoy }
+    }
+}
+
+/// The robot side: one tls upstream to `server_port`, pinned to `peer_id`.
+fn robot(bin: &Path, dir: &Path, network: NetworkConfig) -> Envoy {
+    let g = GroupProxy {
+        envoy_bin: bin.to_path_buf(),
+        ..proxy("robot", dir, network)
+    };
+    Envoy::run(&g)
+}
+
+fn tls_upstream(name: &str, local_port: u16, server_port: u16, peer_id: Option<&str>) -> Upstream {
+    Upstream {
+        spiffe_id: peer_id.map(String::from),
+        ..upstream(
+            name,
+            local_port,
+            &format!("localhost:{server_port}"),
+            Protocol::Tcp,
+            true,
+        )
+    }
+}
+
+/// The proxy must refuse: the app's connection is closed without an echo.
+fn assert_refused(port: u16) {
+    let r = echo_through(port, b"secret");
+    assert!(r.is_err(), "expected the proxy to refuse, got {r:?}");
+}
+
+#[test]
+fn files_mtls_right_id_passes_wrong_id_and_wrong_trust_domain_are_refused() {
+    let Some(bin) = envoy_or_skip("files_mtls_right_id_passes_wrong_id_and_wrong_trust_domain_are_refused") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let echo = Server::echo();
+    let ca = Ca::new(tmp.path(), "example.org");
+    let other = Ca::new(tmp.path(), "other.org");
+    let server_leaf = ca.leaf("server", SERVER_ID, 10);
+    let robot_leaf = ca.leaf("robot", ROBOT_ID, 11);
+    let server = ServerSide::start(
+        &bin,
+        &tmp.path().join("server"),
+        ca.files(&server_leaf),
+        Some("example.org"),
+        &[ROBOT_ID],
+        echo.port,
+    );
+    // An impostor in another trust domain claiming the server's ID.
+    let impostor_leaf = other.leaf("server", SERVER_ID, 12);
+    let impostor = ServerSide::start(
+        &bin,
+        &tmp.path().join("impostor"),
+        TlsFiles {
+            ca_path: ca.cert.to_string_lossy().into_owned(),
+            ..other.files(&impostor_leaf)
+        },
+        Some("example.org"),
+        &[ROBOT_ID],
+        echo.port,
+    );
+
+    let (right, wrong_id, wrong_td) = (free_port(), free_port(), free_port());
+    let network = NetworkConfig {
+        tls_files: Some(ca.files(&robot_leaf)),
+        spiffe: Some(spiffe("example.org", None)),
+        upstreams: vec![
+            tls_upstream("right", right, server.port, Some(SERVER_ID)),
+            tls_upstream(
+                "wrong-id",
+                wrong_id,
+                server.port,
+                Some("spiffe://example.org/ns/prod/sa/other"),
+            ),
+            tls_upstream("wrong-td", wrong_td, impostor.port, Some(SERVER_ID)),
+        ],
+        ..Default::default()
+    };
+    let r = robot(&bin, &tmp.path().join("robot"), network);
+
+    let msg = b"plaintext from the app, mTLS on the wire";
+    assert_eq!(echo_through(right, msg).unwrap(), msg);
+    assert!(server.envoy.stat("in-api.rbac.allowed") >= 1);
+
+    assert_refused(wrong_id);
+    assert!(
+        r.stat("cluster.out-wrong-id.ssl.fail_verify_san") >= 1,
+        "{}",
+        r.log_text()
+    );
+
+    assert_refused(wrong_td);
+    assert!(
+        r.stat("cluster.out-wrong-td.ssl.fail_verify_error") >= 1,
+        "{}",
+        r.log_text()
+    );
+}
+
+#[test]
+fn inbound_rbac_allows_the_listed_id_and_refuses_another() {
+    let Some(bin) = envoy_or_skip("inbound_rbac_allows_the_listed_id_and_refuses_another") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let echo = Server::echo();
+    let ca = Ca::new(tmp.path(), "example.org");
+    let server_leaf = ca.leaf("server", SERVER_ID, 20);
+    let server = ServerSide::start(
+        &bin,
+        &tmp.path().join("server"),
+        ca.files(&server_leaf),
+        Some("example.org"),
+        &[ROBOT_ID],
+        echo.port,
+    );
+    // Same CA, valid chain, but an ID the server does not list.
+    let intruder_leaf = ca.leaf("intruder", "spiffe://example.org/robot/intruder", 21);
+    let port = free_port();
+    let network = NetworkConfig {
+        tls_files: Some(ca.files(&intruder_leaf)),
+        spiffe: Some(spiffe("example.org", None)),
+        upstreams: vec![tls_upstream("svc", port, server.port, Some(SERVER_ID))],
+        ..Default::default()
+    };
+    let _r = robot(&bin, &tmp.path().join("intruder"), network);
+    assert_refused(port);
+    wait_for("the RBAC denial is counted", READY, || {
+        (server.envoy.stat("in-api.rbac.denied") >= 1).then_some(())
+    });
+    assert_eq!(server.envoy.stat("in-api.rbac.allowed"), 0);
+
+    let robot_leaf = ca.leaf("robot", ROBOT_ID, 22);
+    let port = free_port();
+    let network = NetworkConfig {
+        tls_files: Some(ca.files(&robot_leaf)),
+        spiffe: Some(spiffe("example.org", None)),
+        upstreams: vec![tls_upstream("svc", port, server.port, Some(SERVER_ID))],
+        ..Default::default()
+    };
+    let _r = robot(&bin, &tmp.path().join("robot"), network);
+    assert_eq!(echo_through(port, b"allowed").unwrap(), b"allowed");
+    // The app's connection and the robot's active health checks.
+    assert!(server.envoy.stat("in-api.rbac.allowed") >= 1);
+}
+
+/// The serial number of the SVID Envoy currently holds, from admin /certs.
+fn loaded_serials(e: &Envoy) -> String {
+    envoy::admin::get(&e.admin, "/certs")
+        .map(|r| r.body)
+        .unwrap_or_default()
+}
+
+#[test]
+fn spire_sds_gives_the_svid_and_bundle_and_rotation_needs_no_restart() {
+    let Some(bin) = envoy_or_skip("spire_sds_gives_the_svid_and_bundle_and_rotation_needs_no_restart") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let echo = Server::echo();
+    let ca = Ca::new(tmp.path(), "example.org");
+    let server_leaf = ca.leaf("server", SERVER_ID, 30);
+    let server = ServerSide::start(
+        &bin,
+        &tmp.path().join("server"),
+        ca.files(&server_leaf),
+        Some("example.org"),
+        &[ROBOT_ID],
+        echo.port,
+    );
+    let svid = ca.leaf("robot", ROBOT_ID, 0x31);
+    let read = |p: &Path| std::fs::read(p).unwrap();
+    let spire = SdsServer::start(
+        &tmp.path().join("agent.sock"),
+        "default",
+        (&read(&svid.cert), &read(&svid.key)),
+        &[("example.org", &read(&ca.cert))],
+    );
+
+    let (right, wrong) = (free_port(), free_port());
+    let network = NetworkConfig {
+        spiffe: Some(spiffe("example.org", Some(&spire.socket))),
+        upstreams: vec![
+            tls_upstream("db", right, server.port, Some(SERVER_ID)),
+            tls_upstream("wrong", wrong, server.port, Some("spiffe://example.org/somebody-else")),
+        ],
+        ..Default::default()
+    };
+    let r = robot(&bin, &tmp.path().join("robot"), network);
+    let pid = r.pid();
+    let asked = spire.requested();
+    assert!(asked.iter().any(|n| n == "default"), "{asked:?}");
+    assert!(asked.iter().any(|n| n == "spiffe://example.org"), "{asked:?}");
+    assert_eq!(spire.nacks(), 0);
+
+    assert_eq!(echo_through(right, b"via SPIRE").unwrap(), b"via SPIRE");
+    assert_refused(wrong);
+    assert!(
+        loaded_serials(&r).contains("\"serial_number\": \"31\""),
+        "{}",
+        loaded_serials(&r)
+    );
+
+    // Rotation: the agent pushes a new SVID on the open stream.
+    let rotated = ca.leaf_in(
+        &{
+            let d = tmp.path().join("rotated");
+            std::fs::create_dir_all(&d).unwrap();
+            d
+        },
+        ROBOT_ID,
+        0x32,
+    );
+    spire.rotate("default", &read(&rotated.cert), &read(&rotated.key));
+    wait_for("Envoy holds the rotated SVID", READY, || {
+        loaded_serials(&r).contains("\"serial_number\": \"32\"").then_some(())
+    });
+    assert_eq!(r.pid(), pid);
+    assert_eq!(spire.nacks(), 0);
+    assert_eq!(echo_through(right, b"after rotation").unwrap(), b"after rotation");
+
+    // A second group on the same robot shares the one SPIRE agent.
+    let port2 = free_port();
+    let network2 = NetworkConfig {
+        spiffe: Some(spiffe("example.org", Some(&spire.socket))),
+        upstreams: vec![tls_upstream("db", port2, server.port, Some(SERVER_ID))],
+        ..Default::default()
+    };
+    let r2 = robot(&bin, &tmp.path().join("robot2"), network2);
+    assert_ne!(r2.pid(), r.pid());
+    assert_eq!(echo_through(port2, b"group two").unwrap(), b"group two");
+}
