@@ -276,7 +276,7 @@ fn get_watch_sees_changes() {
         }
     });
     let mut seen = Vec::new();
-    let mut expect = |want: &str, seen: &mut Vec<String>| {
+    let expect = |want: &str, seen: &mut Vec<String>| {
         let deadline = std::time::Instant::now() + T;
         while !seen
             .iter()
