@@ -182,7 +182,7 @@ fn live_update_adds_an_upstream_without_restarting_envoy() {
     let (status, body) = wait_for("the new upstream answers", READY, || {
         http_get(pb, "/new").ok().filter(|(s, _)| *s == 200)
     });
-    assert_eq!((status, body.as_str()), (200, &*format!("host=127.0.0.1;path=/new")));
+    assert_eq!((status, body.as_str()), (200, "host=127.0.0.1;path=/new"));
     assert_eq!(e.pid(), pid);
     assert_eq!(e.stat("listener_manager.listener_create_success"), listeners_before + 1);
     assert_eq!(e.stat("listener_manager.lds.update_rejected"), 0);

@@ -96,7 +96,7 @@ impl SdsServer {
         let secret = st.secrets[name].clone();
         for (writer, stream, names) in &st.streams {
             if names.iter().any(|n| n == name) {
-                let _ = send_response(writer, *stream, version, &[secret.clone()]);
+                let _ = send_response(writer, *stream, version, std::slice::from_ref(&secret));
             }
         }
     }
