@@ -286,3 +286,113 @@ fn spire_sds_gives_the_svid_and_bundle_and_rotation_needs_no_restart() {
     assert_ne!(r2.pid(), r.pid());
     assert_eq!(echo_through(port2, b"group two").unwrap(), b"group two");
 }
+
+#[test]
+fn two_trust_domains_through_two_spire_agents() {
+    let Some(bin) = envoy_or_skip("two_trust_domains_through_two_spire_agents") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let echo = Server::echo();
+    let ours = Ca::new(tmp.path(), "example.org");
+    let partner = Ca::new(tmp.path(), "partner.net");
+    const PARTNER_ID: &str = "spiffe://partner.net/billing";
+    let server = ServerSide::start(
+        &bin,
+        &tmp.path().join("server"),
+        ours.files(&ours.leaf("server", SERVER_ID, 40)),
+        Some("example.org"),
+        &[ROBOT_ID],
+        echo.port,
+    );
+    let partner_server = ServerSide::start(
+        &bin,
+        &tmp.path().join("partner"),
+        partner.files(&partner.leaf("server", PARTNER_ID, 41)),
+        Some("partner.net"),
+        &["spiffe://partner.net/robot/r1"],
+        echo.port,
+    );
+    let read = |p: &Path| std::fs::read(p).unwrap();
+    let svid = ours.leaf("robot", ROBOT_ID, 42);
+    let partner_svid = partner.leaf("robot", "spiffe://partner.net/robot/r1", 43);
+    let agent = SdsServer::start(
+        &tmp.path().join("agent.sock"),
+        "default",
+        (&read(&svid.cert), &read(&svid.key)),
+        &[("example.org", &read(&ours.cert))],
+    );
+    let partner_agent = SdsServer::start(
+        &tmp.path().join("partner.sock"),
+        "default",
+        (&read(&partner_svid.cert), &read(&partner_svid.key)),
+        &[("partner.net", &read(&partner.cert))],
+    );
+    let (p1, p2, p3) = (free_port(), free_port(), free_port());
+    // A partner.net peer through our own agent: only example.org is trusted.
+    let cross = tls_upstream("cross", p3, partner_server.port, None);
+    let network = NetworkConfig {
+        spiffe: Some(spiffe("example.org", Some(&agent.socket))),
+        upstreams: vec![
+            tls_upstream("ours", p1, server.port, Some(SERVER_ID)),
+            Upstream {
+                spiffe: Some(spiffe("partner.net", Some(&partner_agent.socket))),
+                ..tls_upstream("partner", p2, partner_server.port, Some(PARTNER_ID))
+            },
+            cross,
+        ],
+        ..Default::default()
+    };
+    let r = robot(&bin, &tmp.path().join("robot"), network);
+    assert_eq!(echo_through(p1, b"example.org").unwrap(), b"example.org");
+    assert_eq!(echo_through(p2, b"partner.net").unwrap(), b"partner.net");
+    assert_refused(p3);
+    assert!(agent.requested().iter().any(|n| n == "spiffe://example.org"));
+    assert!(partner_agent.requested().iter().any(|n| n == "spiffe://partner.net"));
+    assert!(!agent.requested().iter().any(|n| n == "spiffe://partner.net"));
+    drop(r);
+}
+
+#[test]
+fn file_certificates_rotate_without_restart() {
+    let Some(bin) = envoy_or_skip("file_certificates_rotate_without_restart") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let echo = Server::echo();
+    let ca = Ca::new(tmp.path(), "example.org");
+    let server = ServerSide::start(
+        &bin,
+        &tmp.path().join("server"),
+        ca.files(&ca.leaf("server", SERVER_ID, 50)),
+        Some("example.org"),
+        &[ROBOT_ID],
+        echo.port,
+    );
+    let robot_leaf = ca.leaf("robot", ROBOT_ID, 0x51);
+    let port = free_port();
+    let network = NetworkConfig {
+        tls_files: Some(ca.files(&robot_leaf)),
+        spiffe: Some(spiffe("example.org", None)),
+        upstreams: vec![tls_upstream("db", port, server.port, Some(SERVER_ID))],
+        ..Default::default()
+    };
+    let r = robot(&bin, &tmp.path().join("robot"), network);
+    let pid = r.pid();
+    assert_eq!(echo_through(port, b"v1").unwrap(), b"v1");
+    assert!(loaded_serials(&r).contains("\"serial_number\": \"51\""));
+
+    // A new pair made elsewhere, then moved in: key first, certificate
+    // last. Envoy re-reads the pair on each move into the watched directory
+    // and keeps the old pair until the two match.
+    let staging = tmp.path().join("staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    let next = ca.leaf_in(&staging, ROBOT_ID, 0x52);
+    std::fs::rename(&next.key, &robot_leaf.key).unwrap();
+    std::fs::rename(&next.cert, &robot_leaf.cert).unwrap();
+    wait_for("Envoy holds the rotated certificate", READY, || {
+        loaded_serials(&r).contains("\"serial_number\": \"52\"").then_some(())
+    });
+    assert_eq!(r.pid(), pid);
+    assert_eq!(echo_through(port, b"v2").unwrap(), b"v2");
+}
