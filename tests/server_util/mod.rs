@@ -186,6 +186,22 @@ impl Server {
         }
     }
 
+    /// Stream the lines of a long response (a watch) into a channel.
+    pub fn stream(&self, path: &str) -> mpsc::Receiver<String> {
+        let url = self.url(path);
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let resp = agent().get(&url).call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
+            let reader = BufReader::new(resp.into_body().into_reader());
+            for line in reader.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        rx
+    }
+
     pub fn get(&self, path: &str) -> Reply {
         self.request("GET", path, "", None, &[])
     }

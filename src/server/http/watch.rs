@@ -20,7 +20,7 @@ use std::sync::Arc;
 use tokio::time::{Duration, Instant};
 
 /// How often an idle watch with `allowWatchBookmarks` gets a bookmark.
-const BOOKMARK_EVERY: Duration = Duration::from_secs(5);
+const BOOKMARK_EVERY: Duration = Duration::from_secs(2);
 
 struct Stream {
     res: &'static Resource,
