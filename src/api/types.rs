@@ -485,6 +485,10 @@ pub struct TaskSpec {
     pub job_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_group_name: Option<String>,
+    /// The Job's type, so the robot knows whether an exited task is done
+    /// (batch) or should be kept running (service).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_type: Option<JobType>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replica_index: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

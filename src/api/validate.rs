@@ -632,6 +632,7 @@ fn check_task(errs: &mut Errors, path: &str, t: &TaskSpec, role: TaskRole) {
         for (set, field) in [
             (t.job_name.is_some(), "jobName"),
             (t.task_group_name.is_some(), "taskGroupName"),
+            (t.job_type.is_some(), "jobType"),
             (t.replica_index.is_some(), "replicaIndex"),
             (t.target_robot.is_some(), "targetRobot"),
             (!t.init_tasks.is_empty(), "initTasks"),
