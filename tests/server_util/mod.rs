@@ -105,6 +105,18 @@ impl Server {
         }
     }
 
+    /// A handle on an already running server (for other threads); it does
+    /// not own the process.
+    pub fn attach(base: &str) -> Server {
+        Server {
+            child: None,
+            base: base.to_string(),
+            data: tempfile::tempdir().expect("tempdir"),
+            cache: tempfile::tempdir().expect("tempdir"),
+            args: vec![],
+        }
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             // SIGTERM: graceful shutdown.

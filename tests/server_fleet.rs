@@ -1,0 +1,326 @@
+#![cfg(feature = "server")]
+//! Controllers, scheduler and agent API with simulated robots speaking the
+//! agent API to the real server: registration and token isolation, the long
+//! poll, status reports and the status cascade, placement rules, rolling
+//! updates, and offline robots whose tasks are lost and rescheduled.
+
+mod server_util;
+
+use serde_json::{json, Value};
+use server_util::{wait_for, Robot, Server};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(20);
+
+fn jobs() -> &'static str {
+    "/apis/robot.k8s4r.io/v1alpha1/namespaces/default/jobs"
+}
+
+fn job(name: &str, kind: &str, selector: Value, groups: Value) -> Value {
+    json!({"apiVersion": "robot.k8s4r.io/v1alpha1", "kind": "Job", "metadata": {"name": name},
+           "spec": {"type": kind, "robotSelector": selector, "taskGroups": groups}})
+}
+
+fn group(name: &str, count: i32, port: Option<i64>) -> Value {
+    let mut g = json!({"name": name, "count": count,
+        "tasks": [{"name": "main", "driver": "exec", "config": {"execConfig": {"command": "/bin/sleep", "args": ["60"]}}}]});
+    if let Some(p) = port {
+        g["network"] =
+            json!({"upstreams": [{"name": "db", "localPort": p, "upstream": "db.internal:5432", "tls": false}]});
+    }
+    g
+}
+
+fn create(s: &Server, v: &Value) {
+    let r = s.send_json("POST", jobs(), v);
+    assert_eq!(r.status, 201, "{}", r.body);
+}
+
+fn target(s: &Server, task: &str) -> Option<String> {
+    s.object("tasks", task)?["spec"]["targetRobot"]
+        .as_str()
+        .map(str::to_string)
+}
+
+fn field(s: &Server, plural: &str, name: &str, path: &[&str]) -> Value {
+    let mut v = s.object(plural, name).unwrap_or(Value::Null);
+    for p in path {
+        v = v.get(*p).cloned().unwrap_or(Value::Null);
+    }
+    v
+}
+
+#[test]
+fn register_poll_report_round_trip() {
+    let s = Server::start();
+    // `k8s4r token create` prints the token as its last line.
+    let out = Command::new(server_util::server_bin())
+        .args(["token", "create", "--server", &s.base])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let join = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(join.starts_with("k8s4r-join-"), "{join}");
+
+    let bad = s.send_json(
+        "POST",
+        "/agent/v1/register",
+        &json!({"joinToken": "nope", "name": "r1"}),
+    );
+    assert_eq!(bad.status, 401);
+    let mut r1 = Robot::register(&s, &join, "r1", json!({"fleet": "a"}));
+    let robot = s.object("robots", "r1").expect("register creates the Robot");
+    assert_eq!(robot["status"]["phase"], "Online");
+    assert_eq!(robot["spec"]["labels"]["fleet"], "a");
+    assert_eq!(robot["status"]["deviceInfo"]["hostname"], "r1.local");
+
+    let first = r1.poll("0s");
+    assert_eq!(first["tasks"], json!([]));
+    assert!(first["pollIntervalSeconds"].as_u64().unwrap() >= 1);
+
+    // A long poll is answered as soon as a task is placed on the robot.
+    let since = r1.since;
+    let base = s.base.clone();
+    let token = r1.token.clone();
+    let started = Instant::now();
+    let waiter = std::thread::spawn(move || {
+        let s2 = Server::attach(&base);
+        let r = s2.request(
+            "GET",
+            &format!("/agent/v1/robots/r1/assignments?since={since}&wait=25s"),
+            "",
+            None,
+            &[("Authorization", &format!("Bearer {token}"))],
+        );
+        (r.status, r.json(), started.elapsed())
+    });
+    create(
+        &s,
+        &job("hello", "batch", json!({"fleet": "a"}), json!([group("g", 1, None)])),
+    );
+    let (status, reply, took) = waiter.join().unwrap();
+    assert_eq!(status, 200);
+    assert!(took < Duration::from_secs(15), "long poll woke up after {took:?}");
+    let tasks = reply["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 1, "{reply}");
+    let task: k8s4r::api::Task = serde_json::from_value(tasks[0].clone()).expect("assignments carry API Tasks");
+    assert_eq!(task.metadata.name, "hello-g-r0-main");
+    assert_eq!(task.spec.target_robot.as_deref(), Some("r1"));
+    assert_eq!(task.spec.job_name.as_deref(), Some("hello"));
+    assert_eq!(task.spec.task_group_name.as_deref(), Some("hello-g"));
+    assert!(reply["revision"].as_u64().unwrap() > since);
+
+    // Status reports: applied once, duplicates acknowledged, cascade upward.
+    let r = r1.report_seq("hello-g-r0-main", 1, json!({"state": "running", "pid": 42}));
+    assert_eq!(r["results"][0]["outcome"], "applied");
+    let r = r1.report_seq("hello-g-r0-main", 1, json!({"state": "failed"}));
+    assert_eq!(r["results"][0]["outcome"], "duplicate", "same seq is not applied twice");
+    assert_eq!(field(&s, "tasks", "hello-g-r0-main", &["status", "state"]), "running");
+    wait_for("job running", T, || {
+        (field(&s, "jobs", "hello", &["status", "state"]) == "running").then_some(())
+    });
+    assert_eq!(field(&s, "jobs", "hello", &["status", "runningTasks"]), 1);
+    assert_eq!(field(&s, "taskgroups", "hello-g", &["status", "state"]), "running");
+    assert!(field(&s, "taskgroups", "hello-g", &["status", "startedAt"]).is_string());
+    r1.report_seq("hello-g-r0-main", 2, json!({"state": "completed", "exitCode": 0}));
+    wait_for("job completed", T, || {
+        (field(&s, "jobs", "hello", &["status", "state"]) == "completed").then_some(())
+    });
+    assert_eq!(field(&s, "jobs", "hello", &["status", "succeededTasks"]), 1);
+    assert!(field(&s, "taskgroups", "hello-g", &["status", "completedAt"]).is_string());
+    let r = r1.report_seq("nope", 3, json!({"state": "running"}));
+    assert_eq!(r["results"][0]["outcome"], "notFound");
+}
+
+#[test]
+fn robots_only_see_their_own_objects() {
+    let s = Server::start();
+    let join = s.join_token();
+    let a = Robot::register(&s, &join, "ra", json!({"fleet": "x"}));
+    let b = Robot::register(&s, &join, "rb", json!({"fleet": "y"}));
+    create(
+        &s,
+        &job("only-a", "service", json!({"fleet": "x"}), json!([group("g", 1, None)])),
+    );
+    wait_for("placement on ra", T, || {
+        (target(&s, "only-a-g-r0-main").as_deref() == Some("ra")).then_some(())
+    });
+    let path = "/agent/v1/robots/ra/assignments?since=0&wait=0s";
+    let with = |tok: &str| s.request("GET", path, "", None, &[("Authorization", tok)]).status;
+    assert_eq!(with(&a.auth()), 200);
+    assert_eq!(with(&b.auth()), 403, "robot b may not read robot a's assignments");
+    assert_eq!(with("Bearer k8s4r-robot-forged"), 401);
+    assert_eq!(s.get(path).status, 401, "no token");
+    let body = json!({"updates": [{"task": "only-a-g-r0-main", "seq": 1, "status": {"state": "failed"}}]});
+    let r = s.request(
+        "POST",
+        "/agent/v1/robots/ra/status",
+        "application/json",
+        Some(body.to_string().as_bytes()),
+        &[("Authorization", &b.auth())],
+    );
+    assert_eq!(r.status, 403, "robot b may not write robot a's status");
+    let r = b.report_seq("only-a-g-r0-main", 1, json!({"state": "failed"}));
+    assert_eq!(
+        r["results"][0]["outcome"], "notAssigned",
+        "a task on another robot is not writable"
+    );
+    assert_ne!(field(&s, "tasks", "only-a-g-r0-main", &["status", "state"]), "failed");
+    // Re-registering a name in another namespace is refused.
+    let r = s.send_json(
+        "POST",
+        "/agent/v1/register",
+        &json!({"joinToken": join, "name": "ra", "namespace": "other"}),
+    );
+    assert_eq!(r.status, 409, "{}", r.body);
+}
+
+#[test]
+fn scheduler_selector_spread_and_port_conflicts() {
+    let s = Server::start();
+    let join = s.join_token();
+    let mut r1 = Robot::register(&s, &join, "r1", json!({"fleet": "a"}));
+    let mut r2 = Robot::register(&s, &join, "r2", json!({"fleet": "a"}));
+    let mut r3 = Robot::register(&s, &join, "r3", json!({"fleet": "b"}));
+    let sel = json!({"matchExpressions": [{"key": "fleet", "operator": "In", "values": ["a"]}]});
+    create(&s, &job("spread", "service", sel, json!([group("g", 4, None)])));
+    let placed = wait_for("4 replicas placed", T, || {
+        let t: Vec<Option<String>> = (0..4).map(|i| target(&s, &format!("spread-g-r{i}-main"))).collect();
+        t.iter()
+            .all(Option::is_some)
+            .then(|| t.into_iter().flatten().collect::<Vec<_>>())
+    });
+    assert_eq!(placed.iter().filter(|r| *r == "r1").count(), 2, "{placed:?}");
+    assert_eq!(placed.iter().filter(|r| *r == "r2").count(), 2, "{placed:?}");
+    assert_eq!(r1.task_names().len(), 2);
+    assert_eq!(r2.task_names().len(), 2);
+    assert!(r3.task_names().is_empty(), "r3 does not match the selector");
+
+    // localPort 15432 is a per-robot resource: three groups, three robots.
+    create(
+        &s,
+        &job("p1", "service", json!({}), json!([group("db", 1, Some(15432))])),
+    );
+    let a = wait_for("p1 placed", T, || target(&s, "p1-db-r0-main"));
+    create(
+        &s,
+        &job("p2", "service", json!({}), json!([group("db", 1, Some(15432))])),
+    );
+    let b = wait_for("p2 placed", T, || target(&s, "p2-db-r0-main"));
+    create(
+        &s,
+        &job("p3", "service", json!({}), json!([group("db", 1, Some(15432))])),
+    );
+    let c = wait_for("p3 placed", T, || target(&s, "p3-db-r0-main"));
+    let mut all = vec![a.clone(), b.clone(), c.clone()];
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 3, "the same localPort never twice on one robot: {a} {b} {c}");
+    // A fourth group wanting the port has nowhere to go: Pending, with why.
+    create(
+        &s,
+        &job("p4", "service", json!({}), json!([group("db", 1, Some(15432))])),
+    );
+    let why = wait_for("p4 pending with a reason", T, || {
+        let st = s.object("tasks", "p4-db-r0-main")?["status"].clone();
+        (st["reason"] == "Unschedulable").then(|| st["message"].as_str().unwrap_or("").to_string())
+    });
+    assert!(why.contains("already use localPort 15432"), "{why}");
+    assert!(target(&s, "p4-db-r0-main").is_none());
+    assert!(field(&s, "jobs", "p4", &["status", "statusDescription"])
+        .as_str()
+        .unwrap()
+        .contains("localPort 15432"));
+    // Freeing the port (deleting p1) lets p4 in.
+    let d = s.send_json("DELETE", &format!("{}/p1", jobs()), &json!({}));
+    assert_eq!(d.status, 200);
+    let d4 = wait_for("p4 placed after p1 is gone", T, || target(&s, "p4-db-r0-main"));
+    assert_eq!(d4, a, "p4 takes the robot p1 left");
+}
+
+#[test]
+fn job_updates_roll_into_tasks() {
+    let s = Server::start();
+    let join = s.join_token();
+    let mut r1 = Robot::register(&s, &join, "r1", json!({}));
+    create(
+        &s,
+        &job("roll", "service", json!({}), json!([group("g", 2, Some(9000))])),
+    );
+    wait_for("placed", T, || target(&s, "roll-g-r1-main"));
+    r1.poll("0s");
+    let gen = field(&s, "tasks", "roll-g-r0-main", &["metadata", "generation"]);
+    let uid = field(&s, "tasks", "roll-g-r0-main", &["metadata", "uid"]);
+    // Change the upstream: the same Tasks get the new network config.
+    let patch = json!({"spec": {"taskGroups": [group("g", 1, Some(9001))]}});
+    let r = s.request(
+        "PATCH",
+        &format!("{}/roll", jobs()),
+        "application/merge-patch+json",
+        Some(patch.to_string().as_bytes()),
+        &[],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    wait_for("network update reaches the task", T, || {
+        (field(&s, "tasks", "roll-g-r0-main", &["spec", "network", "upstreams"])[0]["localPort"] == 9001).then_some(())
+    });
+    assert_eq!(
+        field(&s, "tasks", "roll-g-r0-main", &["metadata", "uid"]),
+        uid,
+        "updated in place, not replaced"
+    );
+    assert!(field(&s, "tasks", "roll-g-r0-main", &["metadata", "generation"]).as_i64() > gen.as_i64());
+    wait_for("scale down removes replica 1", T, || {
+        s.object("tasks", "roll-g-r1-main").is_none().then_some(())
+    });
+    let reply = r1.poll("0s");
+    let tasks = reply["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 1);
+    assert_eq!(tasks[0]["spec"]["network"]["upstreams"][0]["localPort"], 9001);
+}
+
+#[test]
+fn offline_robots_lose_tasks_and_service_jobs_move() {
+    let s = Server::start_with(&["--poll-interval", "1s", "--offline-after", "2s"]);
+    let join = s.join_token();
+    let mut r1 = Robot::register(&s, &join, "r1", json!({}));
+    let mut r2 = Robot::register(&s, &join, "r2", json!({}));
+    create(&s, &job("svc", "service", json!({}), json!([group("g", 1, None)])));
+    create(&s, &job("bat", "batch", json!({}), json!([group("g", 1, None)])));
+    let first = wait_for("svc placed", T, || target(&s, "svc-g-r0-main"));
+    wait_for("bat placed", T, || target(&s, "bat-g-r0-main"));
+    // Keep the other robot alive; let the first one go silent.
+    let (mut alive, dead) = if first == "r1" { (r2, "r1") } else { (r1, "r2") };
+    let bat_on_dead = target(&s, "bat-g-r0-main").as_deref() == Some(dead);
+    wait_for("svc moved to the live robot", Duration::from_secs(30), || {
+        alive.poll("0s");
+        (target(&s, "svc-g-r0-main").as_deref() == Some(alive.name.as_str())).then_some(())
+    });
+    assert_eq!(field(&s, "robots", dead, &["status", "phase"]), "Offline");
+    assert_eq!(field(&s, "robots", &alive.name, &["status", "phase"]), "Online");
+    let t = s.object("tasks", "svc-g-r0-main").unwrap();
+    assert_eq!(t["status"]["reason"], "Rescheduled", "{t}");
+    assert_eq!(t["metadata"]["annotations"]["robot.k8s4r.io/reschedules"], "1");
+    assert!(alive.task_names().contains(&"svc-g-r0-main".to_string()));
+    if bat_on_dead {
+        // Batch work on a lost robot is not rerun: the job ends failed.
+        wait_for("batch task lost", T, || {
+            alive.poll("0s");
+            (field(&s, "tasks", "bat-g-r0-main", &["status", "state"]) == "lost").then_some(())
+        });
+        assert_eq!(target(&s, "bat-g-r0-main").as_deref(), Some(dead));
+        wait_for("batch job failed", T, || {
+            (field(&s, "jobs", "bat", &["status", "state"]) == "failed").then_some(())
+        });
+    }
+    // The dead robot comes back: Online again, and svc is no longer its.
+    let mut back = Robot::register(&s, &join, dead, json!({}));
+    assert!(!back.task_names().contains(&"svc-g-r0-main".to_string()));
+    assert_eq!(field(&s, "robots", dead, &["status", "phase"]), "Online");
+}
