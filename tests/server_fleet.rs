@@ -289,8 +289,8 @@ fn job_updates_roll_into_tasks() {
 fn offline_robots_lose_tasks_and_service_jobs_move() {
     let s = Server::start_with(&["--poll-interval", "1s", "--offline-after", "2s"]);
     let join = s.join_token();
-    let mut r1 = Robot::register(&s, &join, "r1", json!({}));
-    let mut r2 = Robot::register(&s, &join, "r2", json!({}));
+    let r1 = Robot::register(&s, &join, "r1", json!({}));
+    let r2 = Robot::register(&s, &join, "r2", json!({}));
     create(&s, &job("svc", "service", json!({}), json!([group("g", 1, None)])));
     create(&s, &job("bat", "batch", json!({}), json!([group("g", 1, None)])));
     let first = wait_for("svc placed", T, || target(&s, "svc-g-r0-main"));
