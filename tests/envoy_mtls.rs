@@ -396,3 +396,54 @@ fn file_certificates_rotate_without_restart() {
     assert_eq!(r.pid(), pid);
     assert_eq!(echo_through(port, b"v2").unwrap(), b"v2");
 }
+
+/// http (ALPN http/1.1) and grpc (ALPN h2, HTTP/2 to an HTTP/2-only
+/// server) upstreams over mTLS, the app speaking plain HTTP/1.1.
+#[test]
+fn http_and_grpc_upstreams_over_mtls() {
+    let Some(bin) = envoy_or_skip("http_and_grpc_upstreams_over_mtls") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let web = Server::http();
+    let h2 = H2Server::start(&bin, tmp.path());
+    let ca = Ca::new(tmp.path(), "example.org");
+    let server_files = ca.files(&ca.leaf("server", SERVER_ID, 60));
+    let web_side = ServerSide::start(
+        &bin,
+        &tmp.path().join("web-side"),
+        server_files.clone(),
+        Some("example.org"),
+        &[ROBOT_ID],
+        web.port,
+    );
+    let h2_side = ServerSide::start(
+        &bin,
+        &tmp.path().join("h2-side"),
+        server_files,
+        Some("example.org"),
+        &[ROBOT_ID],
+        h2.port,
+    );
+    let (http_port, grpc_port) = (free_port(), free_port());
+    let network = NetworkConfig {
+        tls_files: Some(ca.files(&ca.leaf("robot", ROBOT_ID, 61))),
+        spiffe: Some(spiffe("example.org", None)),
+        upstreams: vec![
+            Upstream {
+                protocol: Some(Protocol::Http),
+                ..tls_upstream("api", http_port, web_side.port, Some(SERVER_ID))
+            },
+            Upstream {
+                protocol: Some(Protocol::Grpc),
+                ..tls_upstream("rpc", grpc_port, h2_side.port, Some(SERVER_ID))
+            },
+        ],
+        ..Default::default()
+    };
+    let _r = robot(&bin, &tmp.path().join("robot"), network);
+    let (status, body) = http_get(http_port, "/metrics").unwrap();
+    assert_eq!((status, body.as_str()), (200, "host=localhost;path=/metrics"));
+    let (status, body) = http_get(grpc_port, "/pkg.Service/Call").unwrap();
+    assert_eq!((status, body.as_str()), (200, "h2 only"));
+}

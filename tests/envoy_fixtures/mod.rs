@@ -137,6 +137,7 @@ pub fn free_port() -> u16 {
 /// A server thread per listener; one thread per connection. Stopped on drop.
 pub struct Server {
     pub port: u16,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -208,12 +209,14 @@ impl Server {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind test server");
         let port = listener.local_addr().expect("addr").port();
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (flag, count) = (stop.clone(), accepted.clone());
         let thread = std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if flag.load(Ordering::SeqCst) {
                     return;
                 }
+                count.fetch_add(1, Ordering::SeqCst);
                 if let Ok(s) = conn {
                     std::thread::spawn(move || handler(s));
                 }
@@ -221,9 +224,15 @@ impl Server {
         });
         Server {
             port,
+            accepted,
             stop,
             thread: Some(thread),
         }
+    }
+
+    /// Connections accepted so far (health checks included).
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
     }
 }
 
@@ -313,6 +322,56 @@ pub fn proxy(group: &str, dir: &Path, network: NetworkConfig) -> GroupProxy {
         network,
         dir: dir.to_path_buf(),
         ..GroupProxy::default()
+    }
+}
+
+/// An HTTP/2-only server (a second, hand-configured Envoy) answering every
+/// request with "h2 only".
+pub struct H2Server {
+    pub port: u16,
+    _envoy: Envoy,
+}
+
+impl H2Server {
+    pub fn start(bin: &Path, dir: &Path) -> H2Server {
+        let port = free_port();
+        let dir = dir.join("h2server");
+        std::fs::create_dir_all(&dir).unwrap();
+        let admin = dir.join("admin.sock");
+        let config = format!(
+            r#"{{
+  "admin": {{"address": {{"pipe": {{"path": "{admin}"}}}}}},
+  "static_resources": {{"listeners": [{{
+    "name": "h2", "address": {{"socket_address": {{"address": "127.0.0.1", "port_value": {port}}}}},
+    "filter_chains": [{{"filters": [{{"name": "hcm", "typed_config": {{
+      "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+      "stat_prefix": "h2", "codec_type": "HTTP2",
+      "route_config": {{"virtual_hosts": [{{"name": "all", "domains": ["*"], "routes": [{{
+        "match": {{"prefix": "/"}}, "direct_response": {{"status": 200, "body": {{"inline_string": "h2 only"}}}}}}]}}]}},
+      "http_filters": [{{"name": "router", "typed_config": {{"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}}}]
+    }}}}]}}]
+  }}]}}
+}}"#,
+            admin = admin.display()
+        );
+        let file = dir.join("envoy.json");
+        std::fs::write(&file, config).unwrap();
+        let launch = k8s4r::envoy::Launch {
+            argv: vec![
+                bin.to_string_lossy().into_owned(),
+                "-c".into(),
+                file.to_string_lossy().into_owned(),
+                "--disable-hot-restart".into(),
+                "--concurrency".into(),
+                "1".into(),
+                "--log-level".into(),
+                "warn".into(),
+            ],
+            admin_socket: admin,
+        };
+        let mut envoy = Envoy::start(&launch, dir.join("envoy.log"));
+        envoy.wait_ready();
+        H2Server { port, _envoy: envoy }
     }
 }
 
