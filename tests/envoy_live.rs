@@ -311,3 +311,43 @@ fn changing_an_upstream_target_keeps_open_connections() {
         "the open connection survives"
     );
 }
+
+#[test]
+fn upstream_health_is_reported_from_envoy_health_checks() {
+    let Some(bin) = envoy_or_skip("upstream_health_is_reported_from_envoy_health_checks") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let echo = Server::echo();
+    // A port nobody listens on: taken from the kernel, then released.
+    let closed = free_port();
+    let g = group(
+        "health",
+        &tmp.path().join("health"),
+        &bin,
+        vec![
+            upstream(
+                "up",
+                free_port(),
+                &format!("127.0.0.1:{}", echo.port),
+                Protocol::Tcp,
+                false,
+            ),
+            upstream(
+                "down",
+                free_port(),
+                &format!("127.0.0.1:{closed}"),
+                Protocol::Tcp,
+                false,
+            ),
+        ],
+    );
+    let _e = Envoy::run(&g);
+    // Cluster initialisation waits for the first health check, so /ready
+    // implies a verdict for every host.
+    let mut health = envoy::upstream_health(&g).unwrap();
+    health.sort_by(|a, b| a.upstream.cmp(&b.upstream));
+    let summary: Vec<(&str, bool)> = health.iter().map(|h| (h.upstream.as_str(), h.healthy)).collect();
+    assert_eq!(summary, [("down", false), ("up", true)], "{health:?}");
+    assert!(health[0].flags.contains("failed_active_hc"), "{health:?}");
+}

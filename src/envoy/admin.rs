@@ -121,6 +121,41 @@ fn reasons_from_stats(stats: &str, spire_sockets: &[(String, String)]) -> Vec<St
     reasons
 }
 
+/// One upstream host as Envoy's active health check and outlier detection
+/// see it (from `/clusters`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamHealth {
+    /// The manifest's upstream name.
+    pub upstream: String,
+    /// `ip:port` Envoy resolved the upstream to.
+    pub host: String,
+    pub healthy: bool,
+    /// Envoy's flags, e.g. `/failed_active_hc/failed_outlier_check`.
+    pub flags: String,
+}
+
+/// Health of every upstream host, for the group's status.
+pub fn upstream_health(socket: &Path) -> Result<Vec<UpstreamHealth>, AdminError> {
+    let r = get(socket, "/clusters")?;
+    Ok(health_from_clusters(&r.body))
+}
+
+fn health_from_clusters(text: &str) -> Vec<UpstreamHealth> {
+    text.lines()
+        .filter_map(|line| {
+            let (cluster, rest) = line.split_once("::")?;
+            let (host, flags) = rest.split_once("::health_flags::")?;
+            let upstream = cluster.strip_prefix("out-")?;
+            Some(UpstreamHealth {
+                upstream: upstream.to_string(),
+                host: host.to_string(),
+                healthy: flags == "healthy",
+                flags: flags.to_string(),
+            })
+        })
+        .collect()
+}
+
 /// One counter or gauge from `/stats`, e.g. `server.live`.
 pub fn stat(socket: &Path, name: &str) -> Result<Option<u64>, AdminError> {
     let r = get(socket, &format!("/stats?filter=^{}$", escape_regex(name)))?;
@@ -220,6 +255,23 @@ mod tests {
         assert!(r[0].starts_with("upstream \"db\""));
         assert!(r[1].contains("/run/spire.sock"));
         assert!(r[2].contains("rejected"));
+    }
+
+    #[test]
+    fn health_comes_from_cluster_host_flags() {
+        let text = "out-db::10.0.0.1:5432::cx_active::0\nout-db::10.0.0.1:5432::health_flags::healthy\n\
+                    out-api::127.0.0.1:80::health_flags::/failed_active_hc\n\
+                    spire-ab::/run/a.sock::health_flags::healthy\n";
+        let h = health_from_clusters(text);
+        assert_eq!(h.len(), 2);
+        assert_eq!(
+            (h[0].upstream.as_str(), h[0].host.as_str(), h[0].healthy),
+            ("db", "10.0.0.1:5432", true)
+        );
+        assert_eq!(
+            (h[1].upstream.as_str(), h[1].healthy, h[1].flags.as_str()),
+            ("api", false, "/failed_active_hc")
+        );
     }
 
     #[test]

@@ -181,6 +181,12 @@ pub fn not_ready_reasons(proxy: &GroupProxy) -> Vec<String> {
     }
 }
 
+/// Health of the group's upstreams (active TCP health checks every
+/// `health_check_interval_s`, plus outlier detection), for its status.
+pub fn upstream_health(proxy: &GroupProxy) -> Result<Vec<admin::UpstreamHealth>, admin::AdminError> {
+    admin::upstream_health(&config::Layout::new(&proxy.dir).admin_socket)
+}
+
 /// `PROXY_<NAME>_ADDR`, `_HOST`, `_PORT` for every upstream (name upper-cased,
 /// '-' → '_').
 pub fn proxy_env(network: &NetworkConfig) -> Vec<(String, String)> {
