@@ -136,6 +136,25 @@ fn register_poll_report_round_trip() {
     assert!(field(&s, "taskgroups", "hello-g", &["status", "completedAt"]).is_string());
     let r = r1.report_seq("nope", 3, json!({"state": "running"}));
     assert_eq!(r["results"][0]["outcome"], "notFound");
+
+    // The story is told as Events, for `kubectl describe`.
+    let path = "/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3Dhello-g-r0-main,involvedObject.kind%3DTask";
+    let reasons = wait_for("task events", T, || {
+        let v = s.get(path).json();
+        let mut r: Vec<String> = v["items"]
+            .as_array()?
+            .iter()
+            .map(|e| e["reason"].as_str().unwrap_or("").to_string())
+            .collect();
+        r.sort();
+        (r.len() >= 3).then_some(r)
+    });
+    assert_eq!(reasons, ["Completed", "Scheduled", "Started"]);
+    if server_util::have_kubectl() {
+        let d = s.kubectl_ok(&["describe", "task", "hello-g-r0-main"]);
+        assert!(d.contains("Scheduled") && d.contains("placed on robot r1"), "{d}");
+        assert!(d.contains("Completed") && d.contains("exited with code 0"), "{d}");
+    }
 }
 
 #[test]

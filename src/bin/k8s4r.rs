@@ -12,6 +12,7 @@ USAGE:
 COMMANDS:
     server [--listen ADDR] [--data DIR]   Run the control plane
     token create [--server URL]       Print a new join token for robots
+    bench robots N [N...]             Fleet load test; writes target/bench/server.json
     render-envoy -f FILE [--group NAME]  Print a TaskGroup's Envoy config
     validate -f FILE|DIR|-    Check manifests (YAML or JSON, multi-document)
 
@@ -47,6 +48,7 @@ fn run() -> Result<i32, lexopt::Error> {
         }
         Value(cmd) if cmd == "server" => k8s4r::server::cmd_server(&mut parser),
         Value(cmd) if cmd == "token" => k8s4r::server::cmd_token(&mut parser),
+        Value(cmd) if cmd == "bench" => k8s4r::server::bench::cmd_bench(&mut parser),
         Value(cmd) if cmd == "render-envoy" => k8s4r::envoy::cmd_render(&mut parser),
         Value(cmd) if cmd == "validate" => validate(&mut parser),
         Value(cmd) => Err(format!("unknown command {:?}; see k8s4r --help", cmd.to_string_lossy()).into()),

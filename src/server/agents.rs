@@ -9,6 +9,7 @@ use crate::api::validate::check_dns_subdomain;
 use crate::api::{FieldError, Task};
 use crate::server::controllers::jobs::ANN_STATUS_SEQ;
 use crate::server::controllers::Hub;
+use crate::server::events::{Kind, Recorder};
 use crate::server::object;
 use crate::server::registry::{Part, Registry, WriteOptions};
 use crate::server::resources::{ROBOTS, TASKS};
@@ -23,6 +24,7 @@ pub struct Agents {
     pub registry: Registry,
     pub tokens: Tokens,
     pub hub: Arc<Hub>,
+    pub events: Recorder,
 }
 
 fn token_error(e: TokenError) -> Status {
@@ -86,7 +88,7 @@ impl Agents {
         if let Some(v) = &req.agent_version {
             status["agentVersion"] = json!(v);
         }
-        match self.registry.get(&ROBOTS, &ns, &req.name).await {
+        let robot = match self.registry.get(&ROBOTS, &ns, &req.name).await {
             Err(e) if e.code == 404 => {
                 let body = json!({
                     "apiVersion": crate::api::API_VERSION, "kind": "Robot",
@@ -94,7 +96,7 @@ impl Agents {
                     "spec": {"robotId": req.name, "labels": req.labels},
                     "status": status,
                 });
-                self.registry.create(&ROBOTS, &ns, body, Part::All, INTERNAL).await?;
+                self.registry.create(&ROBOTS, &ns, body, Part::All, INTERNAL).await?
             }
             Err(e) => return Err(e),
             Ok(_) => {
@@ -104,9 +106,15 @@ impl Agents {
                 }
                 self.registry
                     .patch(&ROBOTS, &ns, &req.name, &patch, Part::All, INTERNAL)
-                    .await?;
+                    .await?
             }
-        }
+        };
+        self.events.record(
+            &robot.object,
+            Kind::Normal,
+            "Registered",
+            "the agent registered with a join token",
+        );
         self.hub.fleet.heartbeat(&ns, &req.name);
         Ok(RegisterResponse {
             name: req.name,
@@ -128,21 +136,27 @@ impl Agents {
         if due || !online {
             let patch =
                 json!({"status": {"phase": "Online", "lastHeartbeatTime": time::now_rfc3339(), "message": null}});
-            if let Err(e) = self
+            match self
                 .registry
                 .patch(&ROBOTS, ns, name, &patch, Part::Status, INTERNAL)
                 .await
             {
-                self.hub.fleet.forget_persisted(ns, name);
-                return Err(if e.code == 404 {
-                    Status::new(
-                        404,
-                        "NotFound",
-                        format!("robot {ns}/{name} was deleted; register again"),
-                    )
-                } else {
-                    e
-                });
+                Ok(w) if !online => self
+                    .events
+                    .record(&w.object, Kind::Normal, "RobotOnline", "heartbeats resumed"),
+                Ok(_) => {}
+                Err(e) => {
+                    self.hub.fleet.forget_persisted(ns, name);
+                    return Err(if e.code == 404 {
+                        Status::new(
+                            404,
+                            "NotFound",
+                            format!("robot {ns}/{name} was deleted; register again"),
+                        )
+                    } else {
+                        e
+                    });
+                }
             }
         }
         Ok(())
@@ -223,6 +237,30 @@ impl Agents {
         Ok(StatusReply { results })
     }
 
+    fn record_transition(&self, task: &Value, robot: &str, st: &crate::api::TaskStatus) {
+        use crate::api::TaskState as S;
+        let detail = st.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default();
+        let (kind, reason, message) = match st.state {
+            S::Running => (Kind::Normal, "Started", format!("running on robot {robot}{detail}")),
+            S::Completed => (
+                Kind::Normal,
+                "Completed",
+                format!("exited with code {}{detail}", st.exit_code.unwrap_or(0)),
+            ),
+            S::Failed => (
+                Kind::Warning,
+                "Failed",
+                match (st.exit_code, st.signal) {
+                    (_, Some(sig)) => format!("killed by signal {sig}{detail}"),
+                    (Some(c), _) => format!("exited with code {c}{detail}"),
+                    _ => format!("failed{detail}"),
+                },
+            ),
+            other => (Kind::Normal, "StateChanged", format!("{}{detail}", other.as_str())),
+        };
+        self.events.record(task, kind, reason, message);
+    }
+
     async fn apply_status(
         &self,
         ns: &str,
@@ -252,12 +290,18 @@ impl Agents {
             let mut body = cur.clone();
             body["status"] = serde_json::to_value(&u.status).map_err(|e| Status::bad_request(e.to_string()))?;
             object::set_annotation(&mut body, ANN_STATUS_SEQ, Some(&u.seq.to_string()));
+            let before = cur.get("status").and_then(|s| s.get("state")).cloned();
             match self
                 .registry
                 .replace(&TASKS, ns, &u.task, body, Part::All, INTERNAL)
                 .await
             {
-                Ok(_) => return Ok(Outcome::Applied),
+                Ok(w) => {
+                    if before.as_ref() != Some(&serde_json::to_value(u.status.state).unwrap_or_default()) {
+                        self.record_transition(&w.object, robot, &u.status);
+                    }
+                    return Ok(Outcome::Applied);
+                }
                 Err(e) if e.reason == "Conflict" => continue,
                 Err(e) => return Err(e),
             }

@@ -73,7 +73,8 @@ impl Fleet {
     }
 
     fn entry<'a>(&self, map: &'a mut HashMap<NsName, Entry>, ns: &str, name: &str) -> &'a mut Entry {
-        let base = self.base_revision.load(Ordering::Relaxed);
+        // Never 0: agents start with since=0 and must get a first answer.
+        let base = self.base_revision.load(Ordering::Relaxed).max(1);
         map.entry((ns.to_string(), name.to_string())).or_insert_with(|| Entry {
             // Never polled since start: pretend it was seen at start, so a
             // restarted server gives robots a full interval to come back.

@@ -11,7 +11,9 @@
 
 pub mod admission;
 pub mod agents;
+pub mod bench;
 pub mod controllers;
+pub mod events;
 pub mod fleet;
 pub mod http;
 pub mod object;
@@ -43,7 +45,7 @@ OPTIONS:
     --poll-interval DUR      Base long-poll wait / heartbeat interval of agents [default: 30s]
     --offline-after DUR      Robot Offline after this long without a poll [default: 3 × poll interval]
     --max-poll-rate N        Target agent polls per second; the interval grows with the fleet [default: 500]
-    --watch-history N        Changes kept for resuming watches [default: 100000]
+    --watch-history N        Changes kept for resuming watches [default: 10000]
     -h, --help               Print help
 
 Prints `listening on http://ADDR` once it accepts connections. Use it with
@@ -65,7 +67,7 @@ impl Default for Config {
             listen: "127.0.0.1:7443".into(),
             data: PathBuf::from("k8s4r-data"),
             fleet: fleet::FleetConfig::default(),
-            watch_history: 100_000,
+            watch_history: 10_000,
         }
     }
 }
@@ -93,6 +95,7 @@ pub fn cmd_server(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
             other => return Err(other.unexpected()),
         }
     }
+    raise_fd_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -102,6 +105,19 @@ pub fn cmd_server(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
         Err(e) => {
             eprintln!("error: {e}");
             Ok(1)
+        }
+    }
+}
+
+/// Every robot holds a connection: allow as many descriptors as the hard
+/// limit permits.
+pub fn raise_fd_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut l = getrlimit(Resource::Nofile);
+    if l.current < l.maximum {
+        l.current = l.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, l) {
+            log::warn!("raising the open-file limit: {e}");
         }
     }
 }
@@ -132,13 +148,15 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         Arc::new(store::sqlite::SqliteStore::open(&cfg.data, cfg.watch_history).map_err(ServeError::Store)?);
     let registry = registry::Registry::new(store.clone());
     let fleet = Arc::new(fleet::Fleet::new(cfg.fleet.clone()));
-    let hub = controllers::run(registry.clone(), fleet).await;
+    let recorder = events::Recorder::start(store.clone());
+    let hub = controllers::run(registry.clone(), fleet, recorder.clone()).await;
     let app = Arc::new(http::App {
         registry: registry.clone(),
         agents: agents::Agents {
             registry,
             tokens: tokens::Tokens::new(store),
             hub,
+            events: recorder,
         },
     });
     let listener = tokio::net::TcpListener::bind(&cfg.listen)

@@ -4,8 +4,10 @@
 //! Rules, in order: the robot is Online; it matches the Job's robotSelector
 //! (matchLabels and matchExpressions over the robot's labels) and the
 //! group's constraints; none of the group's localPorts is used on it by
-//! another group (Envoy listens on them); then replicas are spread: fewest
-//! replicas of this group first, then least-loaded robot, then name.
+//! another group (Envoy listens on them); its CPU and memory (as the agent
+//! reports them) hold the replica's requests next to what is placed there;
+//! then replicas are spread: fewest replicas of this group first, then
+//! least-loaded robot, then name.
 
 use crate::api::{Constraint, RobotSelector, StringMap};
 use std::cmp::Reverse;
@@ -26,6 +28,12 @@ pub struct RobotInfo {
     pub replicas: HashMap<String, u32>,
     /// Tasks placed here, all groups.
     pub load: u32,
+    /// Capacity (milli-cores, bytes); None when the robot did not report it.
+    pub cpu_capacity: Option<i128>,
+    pub memory_capacity: Option<i128>,
+    /// Requests of the tasks placed here.
+    pub cpu_used: i128,
+    pub memory_used: i128,
 }
 
 /// What one replica of a group needs.
@@ -38,6 +46,9 @@ pub struct Request<'a> {
     pub ports: BTreeSet<i64>,
     /// Tasks per replica (load added by one placement).
     pub tasks: u32,
+    /// Requests of one replica (sum over its tasks): milli-cores, bytes.
+    pub cpu: i128,
+    pub memory: i128,
 }
 
 /// Why nothing fits: reason -> number of robots it excluded.
@@ -166,6 +177,15 @@ pub fn fits(req: &Request<'_>, robot: &RobotInfo) -> Result<(), String> {
             }
         }
     }
+    if robot.cpu_capacity.is_some_and(|cap| robot.cpu_used + req.cpu > cap) {
+        return Err("have insufficient cpu".into());
+    }
+    if robot
+        .memory_capacity
+        .is_some_and(|cap| robot.memory_used + req.memory > cap)
+    {
+        return Err("have insufficient memory".into());
+    }
     Ok(())
 }
 
@@ -195,11 +215,23 @@ pub fn place(
     }
     let mut out = Vec::with_capacity(replicas);
     for _ in 0..replicas {
-        let Some(Reverse((mine, load, name, i))) = heap.pop() else {
+        // Capacity shrinks as replicas land: drop robots that filled up.
+        let popped = loop {
+            match heap.pop() {
+                None => break None,
+                Some(Reverse(entry)) => match fits(req, &robots[entry.3]) {
+                    Ok(()) => break Some(entry),
+                    Err(reason) => *why.reasons.entry(reason).or_default() += 1,
+                },
+            }
+        };
+        let Some((mine, load, name, i)) = popped else {
             out.push(None);
             continue;
         };
         let r = &mut robots[i];
+        r.cpu_used += req.cpu;
+        r.memory_used += req.memory;
         for p in &req.ports {
             r.ports.insert(*p, req.group.clone());
         }
@@ -232,7 +264,33 @@ mod tests {
             constraints: &[],
             ports: ports.iter().copied().collect(),
             tasks: 1,
+            cpu: 0,
+            memory: 0,
         }
+    }
+
+    #[test]
+    fn capacity_is_respected() {
+        let mut small = robot("small", &[]);
+        small.cpu_capacity = Some(1000);
+        small.memory_capacity = Some(1 << 30);
+        let mut robots = vec![small];
+        let mut r = req("d/j/g", None, &[]);
+        r.cpu = 400;
+        r.memory = 1 << 20;
+        let (placed, why) = place(&r, &mut robots, 3);
+        assert_eq!(
+            placed.iter().filter(|p| p.is_some()).count(),
+            2,
+            "two 400m replicas fit in one core"
+        );
+        assert_eq!(why.unwrap().reasons.get("have insufficient cpu"), Some(&1));
+        let mut unknown = vec![robot("unknown", &[])];
+        let (placed, why) = place(&r, &mut unknown, 3);
+        assert!(
+            why.is_none() && placed.iter().all(Option::is_some),
+            "no reported capacity: no limit"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ use crate::api::{
     GroupState, GroupSummary, Job, JobStatus, JobType, ObjectMeta, OwnerReference, TaskGroupSpec, TaskGroupStatus,
     TaskGroupTemplate, TaskSpec, TaskState, API_VERSION,
 };
+use crate::server::events::Kind;
 use crate::server::object;
 use crate::server::registry::{DeleteOptions, Part, WriteOptions};
 use crate::server::resources::{TASKGROUPS, TASKS};
@@ -124,6 +125,46 @@ fn value_ports(v: &Value) -> Vec<i64> {
         .unwrap_or_default()
 }
 
+fn record_placement(ctx: &Ctx, task: &Value, p: Option<&Result<String, String>>, from: Option<&str>) {
+    match (p, from) {
+        (Some(Ok(robot)), Some(old)) => ctx.events.record(
+            task,
+            Kind::Normal,
+            "Rescheduled",
+            format!("robot {old} was lost; placed on robot {robot}"),
+        ),
+        (Some(Ok(robot)), None) => {
+            ctx.events
+                .record(task, Kind::Normal, "Scheduled", format!("placed on robot {robot}"))
+        }
+        (Some(Err(why)), _) => ctx.events.record(task, Kind::Warning, "FailedScheduling", why.clone()),
+        (None, _) => {}
+    }
+}
+
+/// (milli-cores, bytes) a Task object requests.
+fn value_requests(v: &Value) -> (i128, i128) {
+    let res = v.get("spec").and_then(|s| s.get("resources"));
+    let q = |f: &str| -> Option<crate::api::Quantity> { serde_json::from_value(res?.get(f)?.clone()).ok() };
+    (
+        q("cpu").and_then(|c| c.milli()).unwrap_or(0),
+        q("memory").and_then(|m| m.units_ceil()).unwrap_or(0),
+    )
+}
+
+/// (milli-cores, bytes) one replica of `g` requests.
+fn group_requests(g: &TaskGroupTemplate) -> (i128, i128) {
+    g.tasks
+        .iter()
+        .filter_map(|t| t.resources.as_ref())
+        .fold((0, 0), |(c, m), r| {
+            (
+                c + r.cpu.as_ref().and_then(|q| q.milli()).unwrap_or(0),
+                m + r.memory.as_ref().and_then(|q| q.units_ceil()).unwrap_or(0),
+            )
+        })
+}
+
 fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, String>, depth: usize) {
     match v {
         Value::Object(m) if depth < 4 => {
@@ -169,11 +210,21 @@ fn snapshot(ctx: &Ctx, ns: &str) -> Vec<RobotInfo> {
             if let Some(d) = r.get("status").and_then(|s| s.get("deviceInfo")) {
                 flatten("", d, &mut attrs, 0);
             }
+            let device = r.get("status").and_then(|s| s.get("deviceInfo"));
+            let num = |path: &[&str]| -> Option<i128> {
+                let mut v = device?;
+                for p in path {
+                    v = v.get(*p)?;
+                }
+                v.as_u64().map(i128::from)
+            };
             RobotInfo {
                 name: object::name(r).to_string(),
                 online: r.get("status").and_then(|s| s.get("phase")).and_then(Value::as_str) == Some("Online"),
                 labels,
                 attrs,
+                cpu_capacity: num(&["cpu", "logicalCores"]).map(|c| c * 1000),
+                memory_capacity: num(&["memory", "total"]),
                 ..Default::default()
             }
         })
@@ -195,6 +246,9 @@ fn snapshot(ctx: &Ctx, ns: &str) -> Vec<RobotInfo> {
             .unwrap_or(0);
         let r = &mut robots[i];
         r.load += 1;
+        let (cpu, memory) = value_requests(&t);
+        r.cpu_used += cpu;
+        r.memory_used += memory;
         for p in value_ports(&t) {
             r.ports.insert(p, group.clone());
         }
@@ -402,7 +456,10 @@ pub async fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<Next, Status> 
         if !need.is_empty() {
             // A partly existing replica keeps its robot when that still works.
             let robots = robots.get_or_insert_with(|| snapshot(ctx, ns));
+            let (cpu, memory) = group_requests(g);
             let req = scheduler::Request {
+                cpu,
+                memory,
                 group: format!("{ns}/{tg_name}"),
                 selector: job.spec.robot_selector.as_ref(),
                 constraints: &g.constraints,
@@ -441,6 +498,7 @@ pub async fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<Next, Status> 
                         let body = task_object(ns, &tname, name, g, i, &tg_owner, &spec, status)?;
                         let w = ctx.registry.create(&TASKS, ns, body, Part::All, ALL).await?;
                         ctx.wrote("tasks", &w.object);
+                        record_placement(ctx, &w.object, p, None);
                     }
                     (Some(cur), Some(p)) => {
                         let old = spec_str(cur, "targetRobot").map(str::to_string);
@@ -467,6 +525,7 @@ pub async fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<Next, Status> 
                         if body != **cur {
                             let w = ctx.registry.replace(&TASKS, ns, &tname, body, Part::All, ALL).await?;
                             ctx.wrote("tasks", &w.object);
+                            record_placement(ctx, &w.object, Some(p), previous.get(&i).map(String::as_str));
                         }
                     }
                     (Some(cur), None) => {

@@ -4,6 +4,7 @@
 
 use super::{Ctx, Next, Work};
 use crate::api::TaskState;
+use crate::server::events::Kind;
 use crate::server::object;
 use crate::server::registry::{Part, WriteOptions};
 use crate::server::resources::{ROBOTS, TASKS};
@@ -45,6 +46,12 @@ pub async fn check(ctx: &Ctx) -> Result<Next, Status> {
                     .await?;
                 ctx.wrote("robots", &w.object);
                 log::info!("robot {ns}/{name} is Offline");
+                ctx.events.record(
+                    &w.object,
+                    Kind::Warning,
+                    "RobotOffline",
+                    format!("no heartbeat for {}s", silent.as_secs()),
+                );
                 mark_lost(ctx, ns, name).await?;
             }
             "Offline" => mark_lost(ctx, ns, name).await?,
@@ -79,6 +86,12 @@ async fn mark_lost(ctx: &Ctx, ns: &str, robot: &str) -> Result<(), Status> {
             )
             .await?;
         ctx.wrote("tasks", &w.object);
+        ctx.events.record(
+            &w.object,
+            Kind::Warning,
+            "TaskLost",
+            format!("robot {robot} went offline"),
+        );
         if let Some(job) = w
             .object
             .get("spec")

@@ -11,6 +11,7 @@ mod gc;
 pub mod jobs;
 mod liveness;
 
+use crate::server::events::Recorder;
 use crate::server::fleet::Fleet;
 use crate::server::object;
 use crate::server::registry::Registry;
@@ -258,6 +259,7 @@ impl Hub {
 pub struct Ctx {
     pub registry: Registry,
     pub hub: Arc<Hub>,
+    pub events: Recorder,
 }
 
 impl Ctx {
@@ -288,7 +290,7 @@ impl Ctx {
 
 /// Start the hub, the worker and the periodic ticks. Returns the hub (for
 /// the agent API) once the cache has its first full view.
-pub async fn run(registry: Registry, fleet: Arc<Fleet>) -> Arc<Hub> {
+pub async fn run(registry: Registry, fleet: Arc<Fleet>, events: Recorder) -> Arc<Hub> {
     let (queue, mut rx) = Queue::new();
     let hub = Arc::new(Hub {
         cache: Arc::new(Cache::default()),
@@ -302,6 +304,7 @@ pub async fn run(registry: Registry, fleet: Arc<Fleet>) -> Arc<Hub> {
     let ctx = Ctx {
         registry,
         hub: hub.clone(),
+        events,
     };
     tokio::spawn(async move {
         while let Some(w) = rx.recv().await {

@@ -73,6 +73,7 @@ pub fn router(app: AppState) -> Router {
             &format!("{g}/namespaces/{{ns}}/{{plural}}/{{name}}/status"),
             get(k8s::get_item).put(k8s::put_status).patch(k8s::patch_status),
         )
+        .route("/api/v1/namespaces/{ns}/events", get(k8s::list_events))
         .route("/agent/v1/register", post(agent::register))
         .route("/agent/v1/jointokens", post(agent::create_join_token))
         .route("/agent/v1/robots/{name}/assignments", get(agent::assignments))

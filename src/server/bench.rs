@@ -1,0 +1,347 @@
+//! `k8s4r bench robots N...`: a fleet load test. For each N it starts a fresh
+//! `k8s4r server` (this binary) on a temp data dir, registers N simulated
+//! robots that long-poll the agent API over keep-alive connections, creates
+//! a Job with count=N, and measures the time from the create request until
+//! each robot has received its Task (p50/p99/max), plus the server's RSS.
+//! Results go to `target/bench/server.json` (or `--out`).
+
+use crate::api::agent_protocol::{Assignments, RegisterResponse};
+use serde_json::{json, Value};
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::{Barrier, Semaphore};
+
+const USAGE: &str = "\
+k8s4r bench robots N [N...] — fleet load test of the control plane
+
+OPTIONS:
+    --out FILE        Where to write the results [default: target/bench/server.json]
+    --timeout DUR     Give up on a run after this long [default: 120s]
+";
+
+/// One minimal HTTP/1.1 keep-alive connection (the bench must not be the
+/// bottleneck, and the agent API needs nothing more).
+struct Conn {
+    stream: BufReader<TcpStream>,
+    host: String,
+}
+
+impl Conn {
+    async fn connect(addr: &str) -> std::io::Result<Conn> {
+        let s = TcpStream::connect(addr).await?;
+        s.set_nodelay(true)?;
+        Ok(Conn {
+            stream: BufReader::new(s),
+            host: addr.to_string(),
+        })
+    }
+
+    async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        auth: Option<&str>,
+        body: Option<&str>,
+    ) -> std::io::Result<(u16, Vec<u8>)> {
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", self.host);
+        if let Some(a) = auth {
+            req.push_str(&format!("Authorization: Bearer {a}\r\n"));
+        }
+        let body = body.unwrap_or("");
+        if !body.is_empty() || method == "POST" {
+            req.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            ));
+        }
+        req.push_str("\r\n");
+        req.push_str(body);
+        self.stream.get_mut().write_all(req.as_bytes()).await?;
+        let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+        let mut line = String::new();
+        self.stream.read_line(&mut line).await?;
+        let code: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| bad("bad status line"))?;
+        let mut len = None;
+        loop {
+            line.clear();
+            if self.stream.read_line(&mut line).await? == 0 {
+                return Err(bad("connection closed"));
+            }
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    len = v.trim().parse::<usize>().ok();
+                }
+            }
+        }
+        let mut buf = vec![0; len.ok_or_else(|| bad("no content-length"))?];
+        self.stream.read_exact(&mut buf).await?;
+        Ok((code, buf))
+    }
+}
+
+struct ServerProc {
+    child: Child,
+    addr: String,
+    _dir: tempfile_dir::TempDir,
+}
+
+/// A temp dir removed on drop (no dev-dependency in the binary).
+mod tempfile_dir {
+    pub struct TempDir(pub std::path::PathBuf);
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+impl ServerProc {
+    fn start() -> Result<ServerProc, String> {
+        let dir = std::env::temp_dir().join(format!(
+            "k8s4r-bench-{}-{}",
+            std::process::id(),
+            crate::server::object::name_suffix()
+        ));
+        let exe = std::env::current_exe().map_err(|e| format!("finding this binary: {e}"))?;
+        let mut child = Command::new(exe)
+            .args(["server", "--listen", "127.0.0.1:0", "--data"])
+            .arg(&dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("starting the server: {e}"))?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .map_err(|e| format!("reading the server's address: {e}"))?;
+        let addr = line
+            .trim()
+            .strip_prefix("listening on http://")
+            .ok_or_else(|| format!("unexpected server output {line:?}"))?
+            .to_string();
+        Ok(ServerProc {
+            child,
+            addr,
+            _dir: tempfile_dir::TempDir(dir),
+        })
+    }
+
+    /// (current RSS, peak RSS) in MiB.
+    fn rss_mib(&self) -> (f64, f64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let field = |name: &str| -> f64 {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+                .unwrap_or(0.0)
+                / 1024.0
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+async fn run_one(n: usize, timeout: Duration) -> Result<Value, String> {
+    let server = ServerProc::start()?;
+    let addr = server.addr.clone();
+    let mut admin = Conn::connect(&addr).await.map_err(|e| e.to_string())?;
+    let (_, body) = admin
+        .request("POST", "/agent/v1/jointokens", None, Some("{}"))
+        .await
+        .map_err(|e| e.to_string())?;
+    let join: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+    let join = join["token"].as_str().ok_or("no join token")?.to_string();
+
+    // Register and start N robots; each reports when it got its task.
+    let t_register = Instant::now();
+    let limit = Arc::new(Semaphore::new(64));
+    let ready = Arc::new(Barrier::new(n + 1));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Result<Instant, String>>();
+    for i in 0..n {
+        let (addr, join, limit, ready, tx) = (addr.clone(), join.clone(), limit.clone(), ready.clone(), tx.clone());
+        tokio::spawn(async move {
+            let mut passed = false;
+            let res = async {
+                let name = format!("bench-{i:05}");
+                let (mut conn, token) = {
+                    let _permit = limit.acquire().await.map_err(|e| e.to_string())?;
+                    let mut conn = Conn::connect(&addr).await.map_err(|e| format!("connect: {e}"))?;
+                    let body = json!({"joinToken": join, "name": name, "labels": {"bench": "yes"}}).to_string();
+                    let (code, reply) = conn
+                        .request("POST", "/agent/v1/register", None, Some(&body))
+                        .await
+                        .map_err(|e| format!("register: {e}"))?;
+                    if code != 200 {
+                        return Err(format!("register {name}: {code} {}", String::from_utf8_lossy(&reply)));
+                    }
+                    let r: RegisterResponse = serde_json::from_slice(&reply).map_err(|e| e.to_string())?;
+                    (conn, r.token)
+                };
+                let path = |since: u64| format!("/agent/v1/robots/{name}/assignments?since={since}&wait=60s");
+                let (_, first) = conn
+                    .request("GET", &path(0), Some(&token), None)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut since = serde_json::from_slice::<Assignments>(&first)
+                    .map_err(|e| e.to_string())?
+                    .revision;
+                ready.wait().await;
+                passed = true;
+                loop {
+                    let (code, body) = conn
+                        .request("GET", &path(since), Some(&token), None)
+                        .await
+                        .map_err(|e| format!("poll: {e}"))?;
+                    if code != 200 {
+                        return Err(format!("poll {name}: {code}"));
+                    }
+                    let a: Assignments = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+                    if !a.tasks.is_empty() {
+                        return Ok(Instant::now());
+                    }
+                    since = a.revision;
+                }
+            }
+            .await;
+            if res.is_err() && !passed {
+                // Unblock the barrier so the run fails instead of hanging.
+                ready.wait().await;
+            }
+            let _ = tx.send(res);
+        });
+    }
+    drop(tx);
+    ready.wait().await;
+    let register_s = t_register.elapsed().as_secs_f64();
+
+    let jobdoc = json!({"apiVersion": "robot.k8s4r.io/v1alpha1", "kind": "Job", "metadata": {"name": "bench"},
+        "spec": {"type": "service", "robotSelector": {"bench": "yes"}, "taskGroups": [{"name": "g", "count": n,
+            "tasks": [{"name": "t", "driver": "exec", "config": {"execConfig": {"command": "/bin/true"}}}]}]}});
+    let t0 = Instant::now();
+    let (code, reply) = admin
+        .request(
+            "POST",
+            "/apis/robot.k8s4r.io/v1alpha1/namespaces/default/jobs",
+            None,
+            Some(&jobdoc.to_string()),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    if code != 201 {
+        return Err(format!("creating the job: {code} {}", String::from_utf8_lossy(&reply)));
+    }
+    let mut lat = Vec::with_capacity(n);
+    let deadline = tokio::time::Instant::now() + timeout;
+    while lat.len() < n {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(Ok(at))) => lat.push(at.saturating_duration_since(t0).as_secs_f64()),
+            Ok(Some(Err(e))) => return Err(e),
+            Ok(None) => break,
+            Err(_) => {
+                return Err(format!(
+                    "only {}/{n} robots got their task within {timeout:?}",
+                    lat.len()
+                ))
+            }
+        }
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let (rss, peak) = server.rss_mib();
+    Ok(json!({
+        "robots": n,
+        "register_all_seconds": register_s,
+        "apply_to_all_delivered_seconds": lat.last().copied().unwrap_or(0.0),
+        "delivery_p50_seconds": percentile(&lat, 0.50),
+        "delivery_p99_seconds": percentile(&lat, 0.99),
+        "server_rss_mib": rss,
+        "server_peak_rss_mib": peak,
+    }))
+}
+
+/// `k8s4r bench robots N [N...]`
+pub fn cmd_bench(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
+    use lexopt::prelude::*;
+    let mut sizes = Vec::new();
+    let mut out = PathBuf::from("target/bench/server.json");
+    let mut timeout = Duration::from_secs(120);
+    let mut what = None;
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Long("out") => out = parser.value()?.into(),
+            Long("timeout") => {
+                let t = parser.value()?.string()?;
+                timeout = crate::api::Duration::parse(&t).map_err(|e| format!("--timeout {t:?}: {e}"))?;
+            }
+            Short('h') | Long("help") => {
+                print!("{USAGE}");
+                return Ok(0);
+            }
+            Value(v) if what.is_none() => what = Some(v.string()?),
+            Value(v) => sizes.push(v.parse::<usize>()?),
+            other => return Err(other.unexpected()),
+        }
+    }
+    if what.as_deref() != Some("robots") || sizes.is_empty() {
+        eprint!("{USAGE}");
+        return Ok(2);
+    }
+    crate::server::raise_fd_limit();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the runtime: {e}"))?;
+    let mut runs = Vec::new();
+    let mut failed = false;
+    for n in sizes {
+        eprintln!("bench: {n} robots ...");
+        match rt.block_on(run_one(n, timeout)) {
+            Ok(r) => {
+                eprintln!("bench: {r}");
+                runs.push(r);
+            }
+            Err(e) => {
+                eprintln!("bench: {n} robots failed: {e}");
+                runs.push(json!({"robots": n, "error": e}));
+                failed = true;
+            }
+        }
+    }
+    let doc = json!({"tool": "k8s4r bench robots", "version": crate::cli::VERSION,
+                     "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), "runs": runs});
+    if let Some(dir) = out.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    std::fs::write(&out, serde_json::to_string_pretty(&doc).unwrap_or_default())
+        .map_err(|e| format!("writing {}: {e}", out.display()))?;
+    println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+    Ok(i32::from(failed))
+}
