@@ -1,8 +1,359 @@
 //! The robot agent: desired tasks in, supervised processes out.
+//!
+//! - `reconcile`: decides which units must run (init order, proxies, tasks);
+//! - `supervisor`: runs them (fork/exec, reaping, restarts, timeouts, logs,
+//!   checks, persisted state and re-adoption);
+//! - `standalone`: `run -f job.yaml`, the desired set from a file;
+//! - helpers with one job each: `logs`, `state`, `templates`, `artifacts`,
+//!   `paths`, `checks`, `cgroup`, `procfs`, and `sys` (the only `unsafe`).
 
+pub mod artifacts;
+pub mod cgroup;
+pub mod checks;
+pub mod logs;
+pub mod paths;
+pub mod procfs;
+pub mod reconcile;
+pub mod standalone;
+pub mod state;
+pub mod supervisor;
+mod sys;
+pub mod templates;
 
-/// `k8s4r-agent run ...` — see `src/agent` for the implementation.
+use lexopt::prelude::*;
+use logs::LogLimits;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const RUN_USAGE: &str = "\
+k8s4r-agent run -f FILE [OPTIONS]
+
+Run every task group of a Job on this machine (all replicas), no server.
+Prints each state change. A Job ends when all its tasks have finished
+(exit 0 only if all succeeded); SIGINT/SIGTERM stop everything gracefully.
+
+OPTIONS:
+    -f, --filename FILE     The Job manifest (YAML or JSON)
+    --data-dir DIR          State, task directories and logs
+                            [env K8S4R_DATA_DIR; default /var/lib/k8s4r-agent as root,
+                            else ~/.local/state/k8s4r-agent]
+    --robot NAME            This robot's name for K8S4R_ROBOT [env K8S4R_ROBOT; default hostname]
+    --envoy-bin PATH        Envoy for task groups with a network [env K8S4R_ENVOY; default envoy on PATH]
+    --keep-running          On SIGINT/SIGTERM exit but leave tasks running; the next run re-adopts them
+    --log-max-size BYTES    Size cap of each log file (e.g. 1Mi) [default 1Mi]
+    --log-max-files N       Log files kept per stream, current one included [default 3]
+    --cgroup-root DIR       cgroup v2 directory for memory/cpu limits [default /sys/fs/cgroup/k8s4r]
+    --no-cgroups            Do not use cgroups
+    -h, --help              Print help
+";
+
+const LOGS_USAGE: &str = "\
+k8s4r-agent logs TASK [OPTIONS]
+
+Print a task's output. TASK is a unit name (job-group-r0-task, job-group-init,
+robot-name) or, if unambiguous, a task name.
+
+OPTIONS:
+    -f, --follow        Keep printing new output
+    --tail N            Only the last N lines
+    --stderr            Standard error instead of standard output
+    --data-dir DIR      As for run
+    -h, --help          Print help
+";
+
+const STOP_ALL_USAGE: &str = "\
+k8s4r-agent stop-all [--data-dir DIR]
+
+Stop every process started by agents on DIR: a running agent is sent SIGTERM
+first (and waited for), then each remaining task's process group gets SIGTERM,
+its killTimeout, then SIGKILL.
+";
+
+pub fn default_data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("K8S4R_DATA_DIR") {
+        return PathBuf::from(dir);
+    }
+    if rustix::process::geteuid().is_root() {
+        return PathBuf::from("/var/lib/k8s4r-agent");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    home.join(".local/state/k8s4r-agent")
+}
+
+fn default_robot() -> String {
+    std::env::var("K8S4R_ROBOT")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "localhost".into())
+}
+
+fn default_envoy() -> PathBuf {
+    std::env::var_os("K8S4R_ENVOY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("envoy"))
+}
+
+/// `k8s4r-agent run ...`
 pub fn cmd_run(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
-    let _ = parser;
-    Err("run: not built yet".into())
+    let mut file = None;
+    let mut data_dir = None;
+    let mut robot = None;
+    let mut envoy_bin = None;
+    let mut keep_running = false;
+    let mut limits = LogLimits::default();
+    let mut cgroup_root = Some(PathBuf::from(cgroup::DEFAULT_ROOT));
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Short('f') | Long("filename") => file = Some(parser.value()?.string()?),
+            Long("data-dir") => data_dir = Some(PathBuf::from(parser.value()?)),
+            Long("robot") => robot = Some(parser.value()?.string()?),
+            Long("envoy-bin") => envoy_bin = Some(PathBuf::from(parser.value()?)),
+            Long("keep-running") => keep_running = true,
+            Long("log-max-size") => {
+                let text = parser.value()?.string()?;
+                limits.max_bytes = crate::api::Quantity::new(&text)
+                    .units_ceil()
+                    .and_then(|b| u64::try_from(b).ok())
+                    .filter(|b| *b > 0)
+                    .ok_or_else(|| format!("--log-max-size {text:?}: expected a size such as 1Mi or 500000"))?;
+            }
+            Long("log-max-files") => {
+                limits.max_files = parser.value()?.parse::<u32>()?.max(1);
+            }
+            Long("cgroup-root") => cgroup_root = Some(PathBuf::from(parser.value()?)),
+            Long("no-cgroups") => cgroup_root = None,
+            Short('h') | Long("help") => {
+                print!("{RUN_USAGE}");
+                return Ok(0);
+            }
+            other => return Err(other.unexpected()),
+        }
+    }
+    let file = file.ok_or("run needs -f FILE; see k8s4r-agent run --help")?;
+    let data_dir = data_dir.unwrap_or_else(default_data_dir);
+    let opts = standalone::RunOptions {
+        file,
+        keep_running,
+        supervisor: supervisor::SupervisorConfig {
+            data_dir: data_dir.clone(),
+            log_limits: limits,
+            cgroup_root,
+        },
+        reconcile: reconcile::ReconcileConfig {
+            robot: robot.unwrap_or_else(default_robot),
+            data_dir,
+            envoy_bin: envoy_bin.unwrap_or_else(default_envoy),
+        },
+    };
+    match standalone::run(opts) {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(2)
+        }
+    }
+}
+
+/// Every unit directory under `data_dir` with its unit name, from the
+/// directory layout (see `reconcile`), so logs stay readable after the
+/// agent has finished and forgotten the units.
+fn unit_dirs(data_dir: &Path) -> Vec<(String, PathBuf)> {
+    let subdirs = |p: &Path| -> Vec<(String, PathBuf)> {
+        std::fs::read_dir(p)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| {
+                let e = e.ok()?;
+                e.file_type()
+                    .ok()?
+                    .is_dir()
+                    .then(|| (e.file_name().to_string_lossy().into_owned(), e.path()))
+            })
+            .collect()
+    };
+    let mut out = Vec::new();
+    for (key, group_dir) in subdirs(&data_dir.join("alloc")) {
+        for (sub, sub_dir) in subdirs(&group_dir) {
+            if sub == "init" {
+                out.extend(subdirs(&sub_dir).into_iter().map(|(t, d)| (format!("{key}-{t}"), d)));
+            } else if sub == "envoy" {
+                out.push((format!("{key}-envoy"), sub_dir));
+            } else if sub.starts_with('r') {
+                out.extend(
+                    subdirs(&sub_dir)
+                        .into_iter()
+                        .map(|(t, d)| (format!("{key}-{sub}-{t}"), d)),
+                );
+            }
+        }
+    }
+    out.extend(
+        subdirs(&data_dir.join("robot"))
+            .into_iter()
+            .map(|(n, d)| (format!("robot-{n}"), d)),
+    );
+    out
+}
+
+/// Find a unit's directory by unit name or, if unambiguous, task name.
+fn find_unit_dir(data_dir: &Path, task: &str) -> Result<PathBuf, String> {
+    let units = unit_dirs(data_dir);
+    if let Some((_, d)) = units.iter().find(|(n, _)| n == task) {
+        return Ok(d.clone());
+    }
+    let matches: Vec<&(String, PathBuf)> = units.iter().filter(|(n, _)| n.ends_with(&format!("-{task}"))).collect();
+    match matches.as_slice() {
+        [(_, d)] => Ok(d.clone()),
+        [] => Err(format!("no task {task:?} in {}", data_dir.display())),
+        many => Err(format!(
+            "{task:?} is ambiguous: {}",
+            many.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+        )),
+    }
+}
+
+/// `k8s4r-agent logs TASK [-f] [--tail N] [--stderr]`
+pub fn cmd_logs(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
+    let mut task = None;
+    let mut follow = false;
+    let mut tail = None;
+    let mut stream = "stdout";
+    let mut data_dir = None;
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Short('f') | Long("follow") => follow = true,
+            Long("tail") => tail = Some(parser.value()?.parse::<usize>()?),
+            Long("stderr") => stream = "stderr",
+            Long("data-dir") => data_dir = Some(PathBuf::from(parser.value()?)),
+            Short('h') | Long("help") => {
+                print!("{LOGS_USAGE}");
+                return Ok(0);
+            }
+            Value(v) if task.is_none() => task = Some(v.string()?),
+            other => return Err(other.unexpected()),
+        }
+    }
+    let task = task.ok_or("logs needs TASK; see k8s4r-agent logs --help")?;
+    let data_dir = data_dir.unwrap_or_else(default_data_dir);
+    let dir = match find_unit_dir(&data_dir, &task) {
+        Ok(d) => d.join("logs"),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(1);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    use std::io::Write;
+    let _ = out.write_all(&logs::read_tail(&dir, stream, tail));
+    let _ = out.flush();
+    if follow {
+        if let Err(e) = logs::follow(&dir, stream, &mut out) {
+            if e.kind() != std::io::ErrorKind::BrokenPipe {
+                eprintln!("error: {}: {e}", dir.display());
+                return Ok(1);
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// `k8s4r-agent stop-all [--data-dir DIR]`
+pub fn cmd_stop_all(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
+    let mut data_dir = None;
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Long("data-dir") => data_dir = Some(PathBuf::from(parser.value()?)),
+            Short('h') | Long("help") => {
+                print!("{STOP_ALL_USAGE}");
+                return Ok(0);
+            }
+            other => return Err(other.unexpected()),
+        }
+    }
+    let data_dir = data_dir.unwrap_or_else(default_data_dir);
+    match stop_all(&data_dir) {
+        Ok(n) => {
+            println!("stopped {n} process group(s)");
+            Ok(0)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(1)
+        }
+    }
+}
+
+/// Stop the agent on `data_dir` (if one runs) and every process it left.
+pub fn stop_all(data_dir: &Path) -> Result<usize, String> {
+    use procfs::ProcIdentity;
+    use rustix::process::{kill_process, kill_process_group, Pid, Signal};
+    let lock_path = data_dir.join("agent.lock");
+    if let Ok(lock) = std::fs::OpenOptions::new().write(true).open(&lock_path) {
+        if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+            // An agent holds the directory: ask it to stop, wait for the lock.
+            let pid = std::fs::read_to_string(data_dir.join("agent.pid"))
+                .ok()
+                .and_then(|s| s.trim().parse::<i32>().ok());
+            if let Some(pid) = pid.and_then(Pid::from_raw) {
+                let _ = kill_process(pid, Signal::TERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+                if Instant::now() > deadline {
+                    return Err("the running agent did not exit within 60s".into());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+    let (_, saved) = state::StateFile::load(data_dir).map_err(|e| e.to_string())?;
+    let boot = procfs::boot_id();
+    let live: Vec<(ProcIdentity, Duration)> = saved
+        .units
+        .values()
+        .filter(|_| saved.boot_id == boot)
+        .filter_map(|u| {
+            Some((
+                ProcIdentity {
+                    pid: u.pid?,
+                    start_time: u.start_time?,
+                },
+                Duration::from_millis(u.kill_timeout_ms),
+            ))
+        })
+        .filter(|(id, _)| procfs::is_same_live_process(*id))
+        .collect();
+    for (id, _) in &live {
+        if let Some(pid) = Pid::from_raw(id.pid) {
+            let _ = kill_process_group(pid, Signal::TERM);
+        }
+    }
+    // Processes that are not our children cannot be waited for: watch /proc.
+    let started = Instant::now();
+    for (id, grace) in &live {
+        while procfs::is_same_live_process(*id) && started.elapsed() < *grace {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Some(pid) = Pid::from_raw(id.pid) {
+            let _ = kill_process_group(pid, Signal::KILL);
+        }
+    }
+    let mut state = saved;
+    for u in state.units.values_mut() {
+        u.pid = None;
+        u.start_time = None;
+    }
+    let path = data_dir.join(state::STATE_FILE);
+    if path.exists() {
+        let bytes = serde_json::to_vec_pretty(&state).map_err(|e| e.to_string())?;
+        state::write_atomic(&path, &bytes, 0o600).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(live.len())
 }

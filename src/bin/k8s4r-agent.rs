@@ -11,6 +11,8 @@ USAGE:
 
 COMMANDS:
     run -f FILE [--data-dir DIR]  Run a Job's task groups on this machine, no server
+    logs TASK [-f] [--tail N]     Print a task's output
+    stop-all [--data-dir DIR]     Stop every task the agent started
     render-envoy -f FILE [--group NAME]  Print a TaskGroup's Envoy config
     validate -f FILE|DIR|-    Check manifests
 
@@ -45,6 +47,8 @@ fn run() -> Result<i32, lexopt::Error> {
             Ok(0)
         }
         Value(cmd) if cmd == "run" => k8s4r::agent::cmd_run(&mut parser),
+        Value(cmd) if cmd == "logs" => k8s4r::agent::cmd_logs(&mut parser),
+        Value(cmd) if cmd == "stop-all" => k8s4r::agent::cmd_stop_all(&mut parser),
         Value(cmd) if cmd == "render-envoy" => k8s4r::envoy::cmd_render(&mut parser),
         Value(cmd) if cmd == "validate" => {
             let mut file = None;

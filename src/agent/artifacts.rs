@@ -1,0 +1,232 @@
+//! Artifacts (`artifacts[]`): files fetched into the task directory before
+//! the task starts, from `http://` or `file://` (https needs a TLS build,
+//! which this agent does not include). With `getterOptions.checksum:
+//! sha256:<hex>` the content is verified while it streams to a temp file;
+//! only a verified, complete file is renamed into place, so a mismatch or a
+//! broken download leaves nothing behind. Archives are not unpacked.
+//!
+//! Destination: `relativeDest` (default `local/`) is a directory, the file
+//! name is `getterOptions.filename` or the last segment of the source; with
+//! `getterMode: file`, `relativeDest` is the file path itself.
+
+use super::paths::{self, PathError, PendingFile};
+use crate::api::Artifact;
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::Duration;
+
+/// A download that takes longer than this fails (and the task with it).
+const FETCH_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Debug)]
+pub enum ArtifactError {
+    Unsupported(String),
+    Path(PathError),
+    Fetch {
+        source: String,
+        message: String,
+    },
+    Checksum {
+        source: String,
+        expected: String,
+        actual: String,
+    },
+    Write {
+        source: String,
+        error: std::io::Error,
+    },
+}
+
+impl std::fmt::Display for ArtifactError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ArtifactError::Unsupported(m) => write!(f, "artifact: {m}"),
+            ArtifactError::Path(e) => write!(f, "artifact: {e}"),
+            ArtifactError::Fetch { source, message } => write!(f, "artifact {source}: {message}"),
+            ArtifactError::Checksum {
+                source,
+                expected,
+                actual,
+            } => {
+                write!(
+                    f,
+                    "artifact {source}: checksum mismatch: expected sha256:{expected}, got sha256:{actual}"
+                )
+            }
+            ArtifactError::Write { source, error } => write!(f, "artifact {source}: writing: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for ArtifactError {}
+
+/// Where an artifact lands, relative to the task directory.
+pub fn destination(a: &Artifact) -> Result<String, ArtifactError> {
+    let dest = a.relative_dest.as_deref().unwrap_or("local/");
+    if a.getter_mode.as_deref() == Some("file") {
+        return Ok(dest.to_string());
+    }
+    if a.getter_mode.as_deref() == Some("dir") {
+        return Err(ArtifactError::Unsupported(
+            "getterMode dir (archive unpacking) is not supported".into(),
+        ));
+    }
+    let name = match a.getter_options.get("filename") {
+        Some(n) => n.clone(),
+        None => {
+            let path = a.getter_source.split(['?', '#']).next().unwrap_or("");
+            let name = path.rsplit('/').next().unwrap_or("");
+            if name.is_empty() {
+                return Err(ArtifactError::Unsupported(format!(
+                    "{}: cannot tell a file name from the source; set getterOptions.filename",
+                    a.getter_source
+                )));
+            }
+            name.to_string()
+        }
+    };
+    Ok(format!("{}/{name}", dest.trim_end_matches('/')))
+}
+
+/// Fetch every artifact of a task.
+pub fn fetch_all(artifacts: &[Artifact], task_dir: &Path, alloc_dir: &Path) -> Result<(), ArtifactError> {
+    for a in artifacts {
+        fetch(a, task_dir, alloc_dir)?;
+    }
+    Ok(())
+}
+
+fn fetch(a: &Artifact, task_dir: &Path, alloc_dir: &Path) -> Result<(), ArtifactError> {
+    let source = a.getter_source.clone();
+    let expected = match a.getter_options.get("checksum") {
+        Some(c) => Some(
+            c.strip_prefix("sha256:")
+                .filter(|h| h.len() == 64)
+                .map(str::to_ascii_lowercase)
+                .ok_or_else(|| {
+                    ArtifactError::Unsupported(format!("checksum {c:?}: expected sha256:<64 hex digits>"))
+                })?,
+        ),
+        None => None,
+    };
+    let dest = paths::resolve(&destination(a)?, task_dir, alloc_dir).map_err(ArtifactError::Path)?;
+    // Already there and verified (a restart of the same task): keep it.
+    if let Some(want) = &expected {
+        if let Ok(bytes) = paths::read(&dest) {
+            if hex(&Sha256::digest(&bytes)) == *want {
+                return Ok(());
+            }
+        }
+    }
+    let fetch_err = |message: String| ArtifactError::Fetch {
+        source: source.clone(),
+        message,
+    };
+    let mut reader: Box<dyn Read> = if let Some(path) = source.strip_prefix("file://") {
+        Box::new(std::fs::File::open(path).map_err(|e| fetch_err(format!("{path}: {e}")))?)
+    } else if source.starts_with("http://") {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(FETCH_TIMEOUT))
+            .build()
+            .into();
+        let response = agent.get(&source).call().map_err(|e| fetch_err(e.to_string()))?;
+        Box::new(response.into_body().into_reader())
+    } else if source.starts_with("https://") {
+        return Err(ArtifactError::Unsupported(format!(
+            "{source}: https is not available in this agent build (no TLS)"
+        )));
+    } else {
+        return Err(ArtifactError::Unsupported(format!(
+            "{source}: only http:// and file:// sources are supported"
+        )));
+    };
+    let mut file = PendingFile::create(&dest, 0o644).map_err(ArtifactError::Path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(fetch_err(e.to_string())),
+        };
+        hasher.update(&buf[..n]);
+        file.file.write_all(&buf[..n]).map_err(|error| ArtifactError::Write {
+            source: source.clone(),
+            error,
+        })?;
+    }
+    let actual = hex(&hasher.finalize());
+    if let Some(expected) = expected {
+        if actual != expected {
+            // `file` is dropped here: its temp name is removed.
+            return Err(ArtifactError::Checksum {
+                source,
+                expected,
+                actual,
+            });
+        }
+    }
+    file.commit().map_err(|error| ArtifactError::Write { source, error })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn artifact(src: &str) -> Artifact {
+        Artifact {
+            getter_source: src.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn destinations() {
+        assert_eq!(
+            destination(&artifact("http://h/a/tool.bin?x=1")).unwrap(),
+            "local/tool.bin"
+        );
+        let mut a = artifact("http://h/");
+        assert!(destination(&a).is_err());
+        a.getter_options.insert("filename".into(), "f".into());
+        a.relative_dest = Some("bin/".into());
+        assert_eq!(destination(&a).unwrap(), "bin/f");
+        a.getter_mode = Some("file".into());
+        a.relative_dest = Some("bin/exact".into());
+        assert_eq!(destination(&a).unwrap(), "bin/exact");
+    }
+
+    #[test]
+    fn file_source_with_checksum() {
+        let src = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(src.path(), b"payload").unwrap();
+        let task = tempfile::tempdir().unwrap();
+        let mut a = artifact(&format!("file://{}", src.path().display()));
+        a.getter_options.insert("filename".into(), "p".into());
+        let good = hex(&Sha256::digest(b"payload"));
+        a.getter_options.insert("checksum".into(), format!("sha256:{good}"));
+        fetch_all(std::slice::from_ref(&a), task.path(), task.path()).unwrap();
+        assert_eq!(std::fs::read(task.path().join("local/p")).unwrap(), b"payload");
+
+        a.getter_options.insert("filename".into(), "q".into());
+        a.getter_options
+            .insert("checksum".into(), format!("sha256:{}", "0".repeat(64)));
+        let err = fetch_all(&[a], task.path(), task.path()).unwrap_err().to_string();
+        assert!(err.contains("checksum mismatch"), "{err}");
+        let names: Vec<_> = std::fs::read_dir(task.path().join("local"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            names,
+            vec![std::ffi::OsString::from("p")],
+            "nothing half-written may remain"
+        );
+    }
+}

@@ -1,0 +1,323 @@
+//! Task stdout/stderr: captured through a named pipe per stream and written
+//! by the agent to `<task dir>/logs/{stdout,stderr}` with size-capped
+//! rotation (`stdout`, `stdout.1`, ... `stdout.<files-1>`).
+//!
+//! Why a FIFO and not a plain file or an anonymous pipe:
+//! - a file the task appends to directly cannot be capped: a fast writer
+//!   outruns any copy-truncate, and copy-truncate loses lines;
+//! - an anonymous pipe dies with the agent, so a task would get SIGPIPE when
+//!   the agent restarts.
+//!
+//! The task's end of the FIFO is opened read-write, so the FIFO always has a
+//! reader while the task lives: when the agent is down, output waits in the
+//! pipe buffer (the task blocks once 64 KiB are pending) and the next agent
+//! re-opens the FIFO by name and carries on. Nothing is lost, and the cap
+//! holds exactly because the agent is the only writer of the log files.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+pub const STREAMS: [&str; 2] = ["stdout", "stderr"];
+
+/// Size cap per file and number of files kept per stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogLimits {
+    pub max_bytes: u64,
+    pub max_files: u32,
+}
+
+impl Default for LogLimits {
+    fn default() -> Self {
+        LogLimits {
+            max_bytes: 1024 * 1024,
+            max_files: 3,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum LogError {
+    CreateFifo(PathBuf, io::Error),
+    Open(PathBuf, io::Error),
+    Write(PathBuf, io::Error),
+    Rotate(PathBuf, io::Error),
+    NotFound(String),
+}
+
+impl std::fmt::Display for LogError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LogError::CreateFifo(p, e) => write!(f, "creating log pipe {}: {e}", p.display()),
+            LogError::Open(p, e) => write!(f, "opening {}: {e}", p.display()),
+            LogError::Write(p, e) => write!(f, "writing {}: {e}", p.display()),
+            LogError::Rotate(p, e) => write!(f, "rotating {}: {e}", p.display()),
+            LogError::NotFound(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for LogError {}
+
+fn fifo_path(logs_dir: &Path, stream: &str) -> PathBuf {
+    logs_dir.join(format!(".{stream}.pipe"))
+}
+
+/// A size-capped, rotated log file.
+pub struct LogSink {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    limits: LogLimits,
+}
+
+impl LogSink {
+    pub fn open(path: PathBuf, limits: LogLimits) -> Result<Self, LogError> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o640)
+            .open(&path)
+            .map_err(|e| LogError::Open(path.clone(), e))?;
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        Ok(LogSink {
+            path,
+            file,
+            size,
+            limits,
+        })
+    }
+
+    /// Append `buf`, rotating so that no file ever exceeds the cap. A
+    /// rotation point is moved back to the last newline when there is one, so
+    /// lines are not split between files unless a line is longer than a file.
+    pub fn write(&mut self, mut buf: &[u8]) -> Result<(), LogError> {
+        while !buf.is_empty() {
+            let room = self.limits.max_bytes.saturating_sub(self.size) as usize;
+            if buf.len() <= room {
+                self.append(buf)?;
+                return Ok(());
+            }
+            let cut = match buf[..room].iter().rposition(|b| *b == b'\n') {
+                Some(nl) => nl + 1,
+                // No newline fits: split the line only if the file is empty
+                // (a line longer than a whole file), else start a new file.
+                None if self.size == 0 => room.max(1),
+                None => 0,
+            };
+            self.append(&buf[..cut])?;
+            buf = &buf[cut..];
+            self.rotate()?;
+        }
+        Ok(())
+    }
+
+    fn append(&mut self, buf: &[u8]) -> Result<(), LogError> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        self.file
+            .write_all(buf)
+            .map_err(|e| LogError::Write(self.path.clone(), e))?;
+        self.size += buf.len() as u64;
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> Result<(), LogError> {
+        let keep = self.limits.max_files.max(1);
+        let numbered = |n: u32| PathBuf::from(format!("{}.{n}", self.path.display()));
+        if keep == 1 {
+            self.file
+                .set_len(0)
+                .map_err(|e| LogError::Rotate(self.path.clone(), e))?;
+            self.size = 0;
+            return Ok(());
+        }
+        for n in (1..keep - 1).rev() {
+            let from = numbered(n);
+            if from.exists() {
+                std::fs::rename(&from, numbered(n + 1)).map_err(|e| LogError::Rotate(from.clone(), e))?;
+            }
+        }
+        std::fs::rename(&self.path, numbered(1)).map_err(|e| LogError::Rotate(self.path.clone(), e))?;
+        *self = LogSink::open(self.path.clone(), self.limits)?;
+        Ok(())
+    }
+}
+
+/// The agent's end of one task stream: reads the FIFO, writes the sink.
+pub struct LogPump {
+    fifo: File,
+    sink: LogSink,
+}
+
+impl LogPump {
+    pub fn fd(&self) -> rustix::fd::BorrowedFd<'_> {
+        use rustix::fd::AsFd;
+        self.fifo.as_fd()
+    }
+
+    /// Copy whatever is pending. Returns `true` at end of stream (every
+    /// writer, i.e. the task and all its descendants, has gone).
+    pub fn drain(&mut self) -> Result<bool, LogError> {
+        let mut buf = [0u8; 64 * 1024];
+        loop {
+            match self.fifo.read(&mut buf) {
+                Ok(0) => return Ok(true),
+                Ok(n) => self.sink.write(&buf[..n])?,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(LogError::Write(self.sink.path.clone(), e)),
+            }
+        }
+    }
+}
+
+/// Create (if needed) the FIFO of `stream` under `logs_dir` and open both
+/// ends: the agent's pump and the task's write end (read-write, see the
+/// module comment).
+pub fn open_stream(logs_dir: &Path, stream: &str, limits: LogLimits) -> Result<(LogPump, File), LogError> {
+    let fifo = fifo_path(logs_dir, stream);
+    match rustix::fs::mkfifoat(rustix::fs::CWD, &fifo, rustix::fs::Mode::from_raw_mode(0o600)) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::EXIST) => {}
+        Err(e) => return Err(LogError::CreateFifo(fifo, e.into())),
+    }
+    let pump = reopen_stream(logs_dir, stream, limits)?;
+    let task_end = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo)
+        .map_err(|e| LogError::Open(fifo.clone(), e))?;
+    Ok((pump, task_end))
+}
+
+/// Open the agent's end of an existing stream (after an agent restart).
+pub fn reopen_stream(logs_dir: &Path, stream: &str, limits: LogLimits) -> Result<LogPump, LogError> {
+    let fifo = fifo_path(logs_dir, stream);
+    let reader = OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(&fifo)
+        .map_err(|e| LogError::Open(fifo.clone(), e))?;
+    let sink = LogSink::open(logs_dir.join(stream), limits)?;
+    Ok(LogPump { fifo: reader, sink })
+}
+
+/// All files of one stream, oldest first.
+fn stream_files(logs_dir: &Path, stream: &str) -> Vec<PathBuf> {
+    let mut files: Vec<(u32, PathBuf)> = std::fs::read_dir(logs_dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            let n = if name == stream {
+                0
+            } else {
+                name.strip_prefix(stream)?.strip_prefix('.')?.parse().ok()?
+            };
+            Some((n, logs_dir.join(name)))
+        })
+        .collect();
+    files.sort_by_key(|f| std::cmp::Reverse(f.0));
+    files.into_iter().map(|(_, p)| p).collect()
+}
+
+/// The last `lines` lines of a stream across its rotated files (all of it
+/// when `lines` is None).
+pub fn read_tail(logs_dir: &Path, stream: &str, lines: Option<usize>) -> Vec<u8> {
+    let mut all = Vec::new();
+    for f in stream_files(logs_dir, stream) {
+        if let Ok(mut file) = File::open(f) {
+            let _ = file.read_to_end(&mut all);
+        }
+    }
+    match lines {
+        None => all,
+        Some(n) => {
+            let body = all.strip_suffix(b"\n").unwrap_or(&all);
+            let start = body
+                .iter()
+                .enumerate()
+                .rev()
+                .filter(|(_, b)| **b == b'\n')
+                .nth(n.saturating_sub(1))
+                .map_or(0, |(i, _)| i + 1);
+            if n == 0 {
+                Vec::new()
+            } else {
+                all[start..].to_vec()
+            }
+        }
+    }
+}
+
+/// Print new output of the current file forever, following rotations (a
+/// short sleep between checks: this is a user command, not the agent).
+pub fn follow(logs_dir: &Path, stream: &str, out: &mut dyn Write) -> io::Result<()> {
+    let path = logs_dir.join(stream);
+    let mut file = File::open(&path)?;
+    file.seek(SeekFrom::End(0))?;
+    let mut ino = file.metadata()?.ino();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n > 0 {
+            out.write_all(&buf[..n])?;
+            out.flush()?;
+            continue;
+        }
+        // Rotated away? Finish the old file (done above), then switch.
+        if let Ok(meta) = std::fs::metadata(&path) {
+            if meta.ino() != ino {
+                file = File::open(&path)?;
+                ino = meta.ino();
+                continue;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_caps_every_file_and_keeps_lines_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = LogLimits {
+            max_bytes: 100,
+            max_files: 3,
+        };
+        let mut sink = LogSink::open(dir.path().join("stdout"), limits).unwrap();
+        for i in 0..200 {
+            sink.write(format!("line {i:04}\n").as_bytes()).unwrap();
+        }
+        let files = stream_files(dir.path(), "stdout");
+        assert_eq!(files.len(), 3);
+        for f in &files {
+            let text = std::fs::read_to_string(f).unwrap();
+            assert!(text.len() <= 100, "{} is {} bytes", f.display(), text.len());
+            assert!(text.ends_with('\n'));
+        }
+        let tail = read_tail(dir.path(), "stdout", Some(2));
+        assert_eq!(tail, b"line 0198\nline 0199\n");
+        // A line longer than a file is split rather than dropped.
+        sink.write(&[b'x'; 250]).unwrap();
+        for f in stream_files(dir.path(), "stdout") {
+            assert!(std::fs::metadata(f).unwrap().len() <= 100);
+        }
+    }
+
+    #[test]
+    fn tail_of_short_and_empty_streams() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(read_tail(dir.path(), "stdout", Some(3)).is_empty());
+        std::fs::write(dir.path().join("stdout"), "a\nb\n").unwrap();
+        assert_eq!(read_tail(dir.path(), "stdout", Some(5)), b"a\nb\n");
+        assert_eq!(read_tail(dir.path(), "stdout", Some(1)), b"b\n");
+        assert_eq!(read_tail(dir.path(), "stdout", Some(0)), b"");
+    }
+}

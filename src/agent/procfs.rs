@@ -1,0 +1,98 @@
+//! Facts about processes and the machine read from /proc, used to recognise
+//! a process the agent started before it restarted: the pid alone can be
+//! recycled, pid + start time within one boot cannot.
+
+use std::io;
+
+/// Identity of one running process: pid plus its start time in clock ticks
+/// since boot (field 22 of /proc/<pid>/stat).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcIdentity {
+    pub pid: i32,
+    pub start_time: u64,
+}
+
+/// The parts of /proc/<pid>/stat the agent needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcStat {
+    pub state: char,
+    pub ppid: i32,
+    pub pgrp: i32,
+    pub start_time: u64,
+}
+
+impl ProcStat {
+    /// Zombies and dead tasks are gone as far as supervision is concerned.
+    pub fn is_alive(&self) -> bool {
+        !matches!(self.state, 'Z' | 'X' | 'x')
+    }
+}
+
+/// Parse /proc/<pid>/stat. The command name (field 2) may contain spaces
+/// and parentheses, so fields are counted after the *last* ')'.
+pub fn parse_stat(text: &str) -> Option<ProcStat> {
+    let after = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // after ')' : state(3) ppid(4) pgrp(5) ... starttime(22) => index 19
+    Some(ProcStat {
+        state: fields.first()?.chars().next()?,
+        ppid: fields.get(1)?.parse().ok()?,
+        pgrp: fields.get(2)?.parse().ok()?,
+        start_time: fields.get(19)?.parse().ok()?,
+    })
+}
+
+pub fn read_stat(pid: i32) -> io::Result<ProcStat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    parse_stat(&text).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("/proc/{pid}/stat: unexpected format"),
+        )
+    })
+}
+
+/// Is `id` still the same live process (not exited, not a recycled pid)?
+pub fn is_same_live_process(id: ProcIdentity) -> bool {
+    read_stat(id.pid).is_ok_and(|s| s.start_time == id.start_time && s.is_alive())
+}
+
+/// This boot's random id; a saved pid from another boot means nothing.
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_with_odd_command_names() {
+        let line = "1234 (my (weird) cmd) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10 18446744073709551615";
+        let s = parse_stat(line).unwrap();
+        assert_eq!(s.state, 'S');
+        assert_eq!(s.ppid, 1);
+        assert_eq!(s.pgrp, 1234);
+        assert_eq!(s.start_time, 987654);
+        assert!(s.is_alive());
+        assert!(parse_stat("garbage").is_none());
+        assert!(parse_stat("1 (x) Z 1").is_none());
+    }
+
+    #[test]
+    fn own_process_is_recognised_and_a_wrong_start_time_is_not() {
+        let pid = std::process::id() as i32;
+        let stat = read_stat(pid).unwrap();
+        assert!(is_same_live_process(ProcIdentity {
+            pid,
+            start_time: stat.start_time
+        }));
+        assert!(!is_same_live_process(ProcIdentity {
+            pid,
+            start_time: stat.start_time + 1
+        }));
+        assert!(!boot_id().is_empty());
+    }
+}

@@ -1,0 +1,550 @@
+//! Desired tasks in, units out. Given the complete desired set of tasks
+//! for this robot (from a Job file in standalone mode, from the server's
+//! assignments in connected mode), make the supervisor run exactly what is
+//! needed, in the right order:
+//!
+//! 1. per TaskGroup, its init tasks once, in order: a non-daemon must
+//!    complete (exit 0) before the next starts, and its failure fails the
+//!    group; a `daemon: true` one keeps running as `<taskGroup>-<init>`;
+//!    `scope: robot` daemons run once per robot as `robot-<name>`, shared by
+//!    every group that declares one of that name (e.g. one SPIRE agent);
+//! 2. if the group has an active network, its proxy `<taskGroup>-envoy`,
+//!    waited on until ready; its PROXY_* variables go to the tasks;
+//! 3. the tasks, `<job>-<group>-r<i>-<task>`.
+//!
+//! Everything is derived again on every pass from the desired set and the
+//! supervisor's units, so an agent restart (which restores the units from
+//! disk) resumes where it was: completed init tasks are not run again.
+//!
+//! Directory layout under the data dir:
+//! `alloc/<job>-<group>/alloc/` (the group's shared K8S4R_ALLOC_DIR),
+//! `alloc/<job>-<group>/init/<init task>/`, `alloc/<job>-<group>/r<i>/<task>/`
+//! (a task directory: cwd, `local/`, `logs/`), `alloc/<job>-<group>/envoy/`,
+//! and `robot/<name>/` for robot-scoped daemons.
+
+use super::cgroup::Limits;
+use super::checks;
+use super::supervisor::machine::{Phase, Policy, RestartRules};
+use super::supervisor::{PreStart, Supervisor, UnitSpec};
+use crate::api::{JobType, NetworkConfig, RestartMode, RestartPolicy, TaskSpec};
+use crate::envoy::{self, GroupProxy};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub const DEFAULT_KILL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a proxy may take to answer /ready before the group fails.
+pub const PROXY_READY_TIMEOUT: Duration = Duration::from_secs(30);
+const PROXY_READY_POLL: Duration = Duration::from_millis(100);
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// One task assigned to this robot, with its placement filled in
+/// (`jobName`, `taskGroupName`, `replicaIndex`, the group's `initTasks`,
+/// the group's merged `network`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AssignedTask {
+    /// `<job>-<group>-r<i>-<task>`.
+    pub name: String,
+    pub job_type: JobType,
+    pub spec: TaskSpec,
+}
+
+impl AssignedTask {
+    pub fn job(&self) -> &str {
+        self.spec.job_name.as_deref().unwrap_or("")
+    }
+    pub fn group(&self) -> &str {
+        self.spec.task_group_name.as_deref().unwrap_or("")
+    }
+    pub fn replica(&self) -> i32 {
+        self.spec.replica_index.unwrap_or(0)
+    }
+    /// The TaskGroup object's name, `<job>-<group>`.
+    pub fn group_key(&self) -> String {
+        format!("{}-{}", self.job(), self.group())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ReconcileConfig {
+    pub robot: String,
+    pub data_dir: PathBuf,
+    pub envoy_bin: PathBuf,
+}
+
+/// What became of one desired task.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    Waiting,
+    Running,
+    Succeeded,
+    Failed(String),
+}
+
+struct ProxyStart {
+    admin_socket: PathBuf,
+    since: Instant,
+    ready: bool,
+    env: Vec<(String, String)>,
+}
+
+pub struct Reconciler {
+    config: ReconcileConfig,
+    /// Groups that failed (init task or proxy), with the reason.
+    failed: BTreeMap<String, String>,
+    proxies: BTreeMap<String, ProxyStart>,
+    notices: Vec<(String, String)>,
+}
+
+impl Reconciler {
+    pub fn new(config: ReconcileConfig) -> Self {
+        Reconciler {
+            config,
+            failed: BTreeMap::new(),
+            proxies: BTreeMap::new(),
+            notices: Vec::new(),
+        }
+    }
+
+    /// Group-level events since the last call: (group key, message).
+    pub fn take_notices(&mut self) -> Vec<(String, String)> {
+        std::mem::take(&mut self.notices)
+    }
+
+    fn group_dir(&self, key: &str) -> PathBuf {
+        self.config.data_dir.join("alloc").join(key)
+    }
+
+    /// One pass. Returns when it wants to look again even if nothing
+    /// happens (a proxy's readiness), so the caller's wait is bounded.
+    pub fn reconcile(&mut self, desired: &[AssignedTask], sup: &mut Supervisor) -> Option<Instant> {
+        let mut recheck = None;
+        for (key, tasks) in by_group(desired) {
+            if self.failed.contains_key(&key) {
+                continue;
+            }
+            match self.prepare_group(&key, tasks[0], sup) {
+                Ok(GroupReady::Yes(proxy_env)) => {
+                    for t in &tasks {
+                        sup.ensure(self.task_unit(t, &proxy_env));
+                    }
+                }
+                Ok(GroupReady::NotYet(at)) => recheck = recheck.into_iter().chain(at).min(),
+                Err(reason) => {
+                    self.notices.push((key.clone(), format!("task group failed: {reason}")));
+                    self.failed.insert(key, reason);
+                }
+            }
+        }
+        // Forget groups that are no longer desired.
+        let keys: BTreeSet<String> = desired.iter().map(AssignedTask::group_key).collect();
+        self.failed.retain(|k, _| keys.contains(k));
+        self.proxies.retain(|k, _| keys.contains(k));
+        recheck
+    }
+
+    /// Names of every unit the desired set may need; anything else is stopped.
+    pub fn wanted(&self, desired: &[AssignedTask]) -> BTreeSet<String> {
+        let mut names = BTreeSet::new();
+        for t in desired {
+            let key = t.group_key();
+            names.insert(t.name.clone());
+            names.insert(format!("{key}-envoy"));
+            for init in &t.spec.init_tasks {
+                names.insert(init_unit_name(&key, init));
+            }
+        }
+        names
+    }
+
+    pub fn outcome(&self, task: &AssignedTask, sup: &Supervisor) -> Outcome {
+        match sup.view(&task.name) {
+            Some(v) => match v.phase {
+                Phase::Completed => Outcome::Succeeded,
+                Phase::Failed { reason } => Outcome::Failed(reason.clone()),
+                Phase::Stopped => Outcome::Failed("stopped".into()),
+                Phase::Running { .. } | Phase::Stopping { .. } | Phase::Killing { .. } => Outcome::Running,
+                Phase::Pending | Phase::Backoff { .. } => Outcome::Waiting,
+            },
+            None => match self.failed.get(&task.group_key()) {
+                Some(reason) => Outcome::Failed(format!("not started: {reason}")),
+                None => Outcome::Waiting,
+            },
+        }
+    }
+
+    /// Init tasks and proxy of one group.
+    fn prepare_group(&mut self, key: &str, first: &AssignedTask, sup: &mut Supervisor) -> Result<GroupReady, String> {
+        for init in &first.spec.init_tasks {
+            let name = init_unit_name(key, init);
+            sup.ensure(self.init_unit(first, init, &name));
+            if init.daemon {
+                continue;
+            }
+            match sup.view(&name).map(|v| v.phase) {
+                Some(Phase::Completed) => continue,
+                Some(Phase::Failed { reason }) => {
+                    let dir = sup.view(&name).map(|v| v.dir.to_path_buf()).unwrap_or_default();
+                    let tail = log_tail(&dir, 5);
+                    let tail = if tail.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; last output:\n{tail}")
+                    };
+                    return Err(format!("init task {} {reason}{tail}", init.name));
+                }
+                _ => return Ok(GroupReady::NotYet(None)),
+            }
+        }
+        let network = match &first.spec.network {
+            Some(n) if n.is_active() => n.clone(),
+            _ => return Ok(GroupReady::Yes(Vec::new())),
+        };
+        self.prepare_proxy(key, first, network, sup)
+    }
+
+    fn prepare_proxy(
+        &mut self,
+        key: &str,
+        first: &AssignedTask,
+        network: NetworkConfig,
+        sup: &mut Supervisor,
+    ) -> Result<GroupReady, String> {
+        let name = format!("{key}-envoy");
+        if !self.proxies.contains_key(key) {
+            let dir = self.group_dir(key).join("envoy");
+            std::fs::create_dir_all(&dir).map_err(|e| format!("proxy: creating {}: {e}", dir.display()))?;
+            let proxy = GroupProxy {
+                job: first.job().to_string(),
+                group: first.group().to_string(),
+                network: network.clone(),
+                dir: dir.clone(),
+                envoy_bin: self.config.envoy_bin.clone(),
+            };
+            // Render now, so a network that cannot become a proxy fails the
+            // group with its reason instead of crash-looping a daemon. An
+            // Envoy re-adopted from an earlier agent keeps its config; how
+            // it was launched is remembered next to it.
+            let launch_file = self.group_dir(key).join("envoy-launch.json");
+            let launch = match read_launch(&launch_file).filter(|_| sup.has_process(&name)) {
+                Some(launch) => launch,
+                None => {
+                    let launch = envoy::prepare(&proxy).map_err(|e| format!("proxy: {e}"))?;
+                    write_launch(&launch_file, &launch)
+                        .map_err(|e| format!("proxy: writing {}: {e}", launch_file.display()))?;
+                    launch
+                }
+            };
+            let (argv, admin_socket) = (launch.argv, launch.admin_socket);
+            let hook_proxy = proxy.clone();
+            sup.ensure(UnitSpec {
+                name: name.clone(),
+                label: format!("{} envoy", first.group()),
+                argv,
+                env: BTreeMap::from([("PATH".to_string(), DEFAULT_PATH.to_string())]),
+                alloc_dir: self.group_dir(key).join("alloc"),
+                dir,
+                user: None,
+                policy: Policy::Daemon {
+                    base_delay: Duration::from_secs(1),
+                },
+                timeout: None,
+                kill_timeout: DEFAULT_KILL_TIMEOUT,
+                templates: Vec::new(),
+                artifacts: Vec::new(),
+                checks: Vec::new(),
+                limits: Limits::default(),
+                // Every (re)start renders afresh and clears a stale admin socket.
+                pre_start: Some(PreStart(Arc::new(move || {
+                    envoy::prepare(&hook_proxy)
+                        .map(|l| l.argv)
+                        .map_err(|e| format!("proxy: {e}"))
+                }))),
+            });
+            let env = envoy::proxy_env(&network);
+            self.proxies.insert(
+                key.to_string(),
+                ProxyStart {
+                    admin_socket,
+                    since: Instant::now(),
+                    ready: false,
+                    env,
+                },
+            );
+        }
+        let Some(p) = self.proxies.get_mut(key) else {
+            return Ok(GroupReady::NotYet(None));
+        };
+        if !p.ready {
+            if envoy::is_ready(&p.admin_socket) {
+                p.ready = true;
+                self.notices.push((key.to_string(), "proxy ready".into()));
+            } else if p.since.elapsed() > PROXY_READY_TIMEOUT {
+                let state = sup.view(&name).map(|v| format!("{:?}", v.phase)).unwrap_or_default();
+                return Err(format!("proxy not ready after {PROXY_READY_TIMEOUT:?} ({state})"));
+            } else {
+                return Ok(GroupReady::NotYet(Some(Instant::now() + PROXY_READY_POLL)));
+            }
+        }
+        Ok(GroupReady::Yes(p.env.clone()))
+    }
+
+    fn init_unit(&self, first: &AssignedTask, init: &TaskSpec, name: &str) -> UnitSpec {
+        let key = first.group_key();
+        let (dir, alloc_dir, label) = if init.is_robot_scoped() {
+            let dir = self.config.data_dir.join("robot").join(&init.name);
+            (dir.clone(), dir, format!("robot {}", init.name))
+        } else {
+            let g = self.group_dir(&key);
+            (
+                g.join("init").join(&init.name),
+                g.join("alloc"),
+                format!("{} {}", first.group(), init.name),
+            )
+        };
+        let policy = if init.daemon {
+            let delay = init
+                .restart_policy
+                .as_ref()
+                .and_then(|p| p.delay.as_ref()?.get())
+                .unwrap_or(Duration::from_secs(1));
+            Policy::Daemon { base_delay: delay }
+        } else {
+            Policy::RunToCompletion(restart_rules(init.restart_policy.as_ref(), 0))
+        };
+        let mut injected = self.injected_env(first, &init.name, None, &dir, &alloc_dir);
+        if init.is_robot_scoped() {
+            // Shared by groups: no group identity.
+            injected.retain(|(k, _)| k != "K8S4R_JOB" && k != "K8S4R_TASKGROUP");
+        }
+        self.unit(name.to_string(), label, init, policy, injected, dir, alloc_dir)
+    }
+
+    fn task_unit(&self, t: &AssignedTask, proxy_env: &[(String, String)]) -> UnitSpec {
+        let g = self.group_dir(&t.group_key());
+        let dir = g.join(format!("r{}", t.replica())).join(&t.spec.name);
+        let alloc_dir = g.join("alloc");
+        let default_attempts = if t.job_type == JobType::Batch { 0 } else { 2 };
+        let policy = Policy::RunToCompletion(restart_rules(t.spec.restart_policy.as_ref(), default_attempts));
+        let mut injected = self.injected_env(t, &t.spec.name, Some(t.replica()), &dir, &alloc_dir);
+        injected.extend(proxy_env.iter().cloned());
+        let label = format!("{} r{} {}", t.group(), t.replica(), t.spec.name);
+        self.unit(t.name.clone(), label, &t.spec, policy, injected, dir, alloc_dir)
+    }
+
+    fn injected_env(
+        &self,
+        t: &AssignedTask,
+        task: &str,
+        replica: Option<i32>,
+        dir: &Path,
+        alloc: &Path,
+    ) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("K8S4R_ROBOT".to_string(), self.config.robot.clone()),
+            ("K8S4R_JOB".to_string(), t.job().to_string()),
+            ("K8S4R_TASKGROUP".to_string(), t.group().to_string()),
+            ("K8S4R_TASK".to_string(), task.to_string()),
+            ("K8S4R_TASK_DIR".to_string(), dir.display().to_string()),
+            ("K8S4R_ALLOC_DIR".to_string(), alloc.display().to_string()),
+        ];
+        if let Some(r) = replica {
+            env.push(("K8S4R_REPLICA".to_string(), r.to_string()));
+        }
+        env
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn unit(
+        &self,
+        name: String,
+        label: String,
+        spec: &TaskSpec,
+        policy: Policy,
+        injected: Vec<(String, String)>,
+        dir: PathBuf,
+        alloc_dir: PathBuf,
+    ) -> UnitSpec {
+        // The task's own variables may use the injected ones (`${K8S4R_TASK_DIR}/x`);
+        // the injected ones always win, so a manifest cannot fake them.
+        let mut env: BTreeMap<String, String> = BTreeMap::from([("PATH".to_string(), DEFAULT_PATH.to_string())]);
+        let injected_map: BTreeMap<String, String> = injected.iter().cloned().collect();
+        for (k, v) in &spec.env {
+            env.insert(k.clone(), expand(v, &injected_map));
+        }
+        env.extend(injected);
+        let exec = spec.config.exec_config.clone().unwrap_or_default();
+        let argv = std::iter::once(exec.command)
+            .chain(exec.args)
+            .map(|a| expand(&a, &env))
+            .collect();
+        let resources = spec.resources.as_ref();
+        UnitSpec {
+            name,
+            label,
+            argv,
+            env,
+            dir,
+            alloc_dir,
+            user: spec.user.clone(),
+            policy,
+            timeout: spec.timeout.as_ref().and_then(|d| d.get()).filter(|d| !d.is_zero()),
+            kill_timeout: spec
+                .kill_timeout
+                .as_ref()
+                .and_then(|d| d.get())
+                .unwrap_or(DEFAULT_KILL_TIMEOUT),
+            templates: spec.templates.clone(),
+            artifacts: spec.artifacts.clone(),
+            checks: checks::from_services(&spec.services),
+            limits: Limits {
+                memory_bytes: resources
+                    .and_then(|r| r.memory.as_ref()?.units_ceil())
+                    .and_then(|b| u64::try_from(b).ok()),
+                cpu_millis: resources
+                    .and_then(|r| r.cpu.as_ref()?.milli())
+                    .and_then(|m| u64::try_from(m).ok()),
+            },
+            pre_start: None,
+        }
+    }
+}
+
+enum GroupReady {
+    /// Init done, proxy ready: start tasks with these proxy variables.
+    Yes(Vec<(String, String)>),
+    /// Still waiting; look again at the given time (or on the next event).
+    NotYet(Option<Instant>),
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SavedLaunch {
+    argv: Vec<String>,
+    admin_socket: PathBuf,
+}
+
+fn read_launch(path: &Path) -> Option<envoy::Launch> {
+    let saved: SavedLaunch = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    Some(envoy::Launch {
+        argv: saved.argv,
+        admin_socket: saved.admin_socket,
+    })
+}
+
+fn write_launch(path: &Path, launch: &envoy::Launch) -> std::io::Result<()> {
+    let saved = SavedLaunch {
+        argv: launch.argv.clone(),
+        admin_socket: launch.admin_socket.clone(),
+    };
+    let bytes = serde_json::to_vec(&saved).map_err(std::io::Error::other)?;
+    super::state::write_atomic(path, &bytes, 0o600)
+}
+
+/// `<taskGroup>-<init>` for group init tasks, `robot-<name>` for robot-scoped daemons.
+pub fn init_unit_name(group_key: &str, init: &TaskSpec) -> String {
+    if init.is_robot_scoped() {
+        format!("robot-{}", init.name)
+    } else {
+        format!("{group_key}-{}", init.name)
+    }
+}
+
+fn by_group(desired: &[AssignedTask]) -> BTreeMap<String, Vec<&AssignedTask>> {
+    let mut groups: BTreeMap<String, Vec<&AssignedTask>> = BTreeMap::new();
+    for t in desired {
+        groups.entry(t.group_key()).or_default().push(t);
+    }
+    groups
+}
+
+/// restartPolicy with defaults: `default_attempts` restarts in 30 minutes,
+/// 1 s apart (doubling), mode fail.
+pub fn restart_rules(p: Option<&RestartPolicy>, default_attempts: u32) -> RestartRules {
+    RestartRules {
+        attempts: p.and_then(|p| p.attempts).map_or(default_attempts, |a| a.max(0) as u32),
+        interval: p
+            .and_then(|p| p.interval.as_ref()?.get())
+            .unwrap_or(Duration::from_secs(30 * 60)),
+        delay: p
+            .and_then(|p| p.delay.as_ref()?.get())
+            .unwrap_or(Duration::from_secs(1)),
+        delay_mode: p.and_then(|p| p.mode) == Some(RestartMode::Delay),
+    }
+}
+
+/// `${VAR}` from `vars`; unknown variables are left as written.
+fn expand(text: &str, vars: &BTreeMap<String, String>) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        match after.find('}') {
+            Some(end) if vars.contains_key(&after[..end]) => {
+                out.push_str(&vars[&after[..end]]);
+                rest = &after[end + 1..];
+            }
+            _ => {
+                out.push_str("${");
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The last lines of a unit's stderr and stdout, for failure messages.
+pub fn log_tail(dir: &Path, lines: usize) -> String {
+    let mut parts = Vec::new();
+    for stream in ["stderr", "stdout"] {
+        let tail = super::logs::read_tail(&dir.join("logs"), stream, Some(lines));
+        let text = String::from_utf8_lossy(&tail).trim_end().to_string();
+        if !text.is_empty() {
+            parts.push(format!("[{stream}] {}", text.replace('\n', &format!("\n[{stream}] "))));
+        }
+    }
+    parts.join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expands_known_variables_only() {
+        let vars = BTreeMap::from([("K8S4R_TASK_DIR".to_string(), "/d/t".to_string())]);
+        assert_eq!(expand("${K8S4R_TASK_DIR}/x ${HOME} $$", &vars), "/d/t/x ${HOME} $$");
+    }
+
+    #[test]
+    fn restart_rule_defaults() {
+        let r = restart_rules(None, 2);
+        assert_eq!((r.attempts, r.delay, r.delay_mode), (2, Duration::from_secs(1), false));
+        let p = RestartPolicy {
+            attempts: Some(5),
+            mode: Some(RestartMode::Delay),
+            ..Default::default()
+        };
+        let r = restart_rules(Some(&p), 0);
+        assert_eq!((r.attempts, r.delay_mode), (5, true));
+    }
+
+    #[test]
+    fn robot_scoped_init_tasks_share_one_name() {
+        let spire = TaskSpec {
+            name: "spire-agent".into(),
+            daemon: true,
+            scope: Some("robot".into()),
+            ..Default::default()
+        };
+        let setup = TaskSpec {
+            name: "setup".into(),
+            ..Default::default()
+        };
+        assert_eq!(init_unit_name("j-a", &spire), init_unit_name("j-b", &spire));
+        assert_eq!(init_unit_name("j-a", &setup), "j-a-setup");
+    }
+}

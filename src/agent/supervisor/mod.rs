@@ -1,0 +1,781 @@
+//! The supervisor: a map of named units (tasks, group daemons, robot
+//! daemons, proxies), each a process with a lifecycle [`machine::Machine`].
+//! It executes what the machines decide: spawn, signal process groups,
+//! reap (it is the child subreaper, so orphaned grandchildren are reaped
+//! too), pump logs, run checks, persist state. It decides nothing about
+//! *which* units should exist: that is `reconcile`'s job.
+
+pub mod machine;
+mod signals;
+pub mod spawn;
+
+use crate::agent::cgroup::{Cgroups, Limits};
+use crate::agent::checks::{self, CheckSpec, Probe};
+use crate::agent::logs::{self, LogLimits, LogPump};
+use crate::agent::procfs::{self, ProcIdentity};
+use crate::agent::state::{SavedPhase, SavedState, SavedUnit, StateError, StateFile};
+use crate::api::{Artifact, Template};
+use machine::{Action, Event, Exit, Machine, Phase, Policy};
+use rustix::event::{PollFd, PollFlags};
+use rustix::fd::OwnedFd;
+use rustix::process::{Pid, Signal, WaitOptions};
+use signals::Wakeups;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How often a re-adopted process is checked when pidfd_open is missing
+/// (kernels before 5.3). Only then does the agent poll anything.
+const PROC_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Everything needed to run one unit.
+#[derive(Clone, Debug)]
+pub struct UnitSpec {
+    /// Unique key: `{job}-{group}-r{i}-{task}`, `{job}-{group}-{init}`,
+    /// `{job}-{group}-envoy`, `robot-{name}`.
+    pub name: String,
+    /// Short name for people (`simple-group r0 verify-and-run`).
+    pub label: String,
+    pub argv: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    /// Task directory: cwd, `local/`, `logs/`.
+    pub dir: PathBuf,
+    /// The group's shared directory.
+    pub alloc_dir: PathBuf,
+    pub user: Option<String>,
+    pub policy: Policy,
+    pub timeout: Option<Duration>,
+    pub kill_timeout: Duration,
+    pub templates: Vec<Template>,
+    pub artifacts: Vec<Artifact>,
+    pub checks: Vec<CheckSpec>,
+    pub limits: Limits,
+    /// Run before every start; returns the argv to exec (replacing `argv`).
+    pub pre_start: Option<PreStart>,
+}
+
+/// Work a unit needs before each start: a proxy rewrites its config and
+/// clears the admin socket a crashed instance left behind.
+#[derive(Clone)]
+pub struct PreStart(pub std::sync::Arc<dyn Fn() -> Result<Vec<String>, String> + Send + Sync>);
+
+impl std::fmt::Debug for PreStart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PreStart(..)")
+    }
+}
+
+/// A state change, for printing or reporting upstream.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Change {
+    pub unit: String,
+    pub label: String,
+    pub message: String,
+}
+
+#[derive(Debug)]
+pub enum SupervisorError {
+    DataDir(PathBuf, std::io::Error),
+    Locked(PathBuf),
+    Signals(std::io::Error),
+    State(StateError),
+}
+
+impl std::fmt::Display for SupervisorError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SupervisorError::DataDir(p, e) => write!(f, "data directory {}: {e}", p.display()),
+            SupervisorError::Locked(p) => write!(f, "another agent is running on {} (its lock is held)", p.display()),
+            SupervisorError::Signals(e) => write!(f, "installing signal handlers: {e}"),
+            SupervisorError::State(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for SupervisorError {}
+
+pub struct SupervisorConfig {
+    pub data_dir: PathBuf,
+    pub log_limits: LogLimits,
+    /// cgroup v2 directory for task limits (None: do not use cgroups).
+    pub cgroup_root: Option<PathBuf>,
+}
+
+/// How the end of a unit's process is noticed.
+enum Watch {
+    /// Our child: SIGCHLD + waitpid.
+    Child,
+    /// Re-adopted from an earlier agent: pidfd becomes readable at exit.
+    Pidfd(OwnedFd),
+    /// Re-adopted, no pidfd support: /proc checked every second.
+    ProcPoll(Instant),
+}
+
+struct CheckState {
+    spec: CheckSpec,
+    next_at: Instant,
+    in_flight: bool,
+    result: Option<Result<(), String>>,
+}
+
+struct Unit {
+    spec: UnitSpec,
+    machine: Machine,
+    /// The current (or last) process; its pid is also its process group.
+    identity: Option<ProcIdentity>,
+    watch: Watch,
+    pumps: Vec<LogPump>,
+    checks: Vec<CheckState>,
+    health: Option<String>,
+}
+
+/// A read-only view of a unit for reconcile and reports.
+pub struct UnitView<'a> {
+    pub phase: &'a Phase,
+    pub restarts: u32,
+    pub health: Option<&'a str>,
+    pub last_exit: Option<Exit>,
+    pub dir: &'a Path,
+    pub label: &'a str,
+}
+
+struct ProbeRun {
+    unit: String,
+    check: usize,
+    deadline: Instant,
+}
+
+struct CheckResult {
+    unit: String,
+    check: usize,
+    pid: i32,
+    result: Result<(), String>,
+}
+
+pub struct Supervisor {
+    units: BTreeMap<String, Unit>,
+    /// Units saved by an earlier agent, not yet claimed by `ensure`.
+    leftovers: BTreeMap<String, SavedUnit>,
+    state_file: StateFile,
+    boot_id: String,
+    wakeups: Wakeups,
+    check_tx: mpsc::Sender<CheckResult>,
+    check_rx: mpsc::Receiver<CheckResult>,
+    probes: HashMap<i32, ProbeRun>,
+    log_limits: LogLimits,
+    cgroups: Option<Cgroups>,
+    is_root: bool,
+    changes: Vec<Change>,
+    dirty: bool,
+    _lock: std::fs::File,
+}
+
+impl Supervisor {
+    /// Take the data directory (one agent per directory), become the child
+    /// subreaper, install signal handling and load the saved state. Returns
+    /// notices for the log (e.g. cgroups unavailable).
+    pub fn new(config: SupervisorConfig) -> Result<(Supervisor, Vec<String>), SupervisorError> {
+        let data = &config.data_dir;
+        std::fs::create_dir_all(data).map_err(|e| SupervisorError::DataDir(data.clone(), e))?;
+        let lock_path = data.join("agent.lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| SupervisorError::DataDir(lock_path.clone(), e))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+            .map_err(|_| SupervisorError::Locked(lock_path.clone()))?;
+        // The agent's pid, for `stop-all` (written once, not on every change).
+        let _ = std::fs::write(data.join("agent.pid"), format!("{}\n", std::process::id()));
+
+        crate::agent::sys::mark_inherited_fds_cloexec();
+        let mut notices = Vec::new();
+        if let Err(e) = rustix::process::set_child_subreaper(Some(rustix::process::getpid())) {
+            notices.push(format!(
+                "cannot become child subreaper ({e}): orphaned grandchildren will be reaped by init"
+            ));
+        }
+        let wakeups = Wakeups::install().map_err(SupervisorError::Signals)?;
+        let (state_file, saved) = StateFile::load(data).map_err(SupervisorError::State)?;
+        let boot_id = procfs::boot_id();
+        let mut leftovers = saved.units;
+        if !saved.boot_id.is_empty() && saved.boot_id != boot_id {
+            // Another boot: none of those pids are ours.
+            for u in leftovers.values_mut() {
+                u.pid = None;
+                u.start_time = None;
+            }
+        }
+        let cgroups = match &config.cgroup_root {
+            Some(root) => match Cgroups::detect(root) {
+                Ok(cg) => Some(cg),
+                Err(e) => {
+                    notices.push(e.to_string());
+                    None
+                }
+            },
+            None => None,
+        };
+        let (check_tx, check_rx) = mpsc::channel();
+        let sup = Supervisor {
+            units: BTreeMap::new(),
+            leftovers,
+            state_file,
+            boot_id,
+            wakeups,
+            check_tx,
+            check_rx,
+            probes: HashMap::new(),
+            log_limits: config.log_limits,
+            cgroups,
+            is_root: rustix::process::geteuid().is_root(),
+            changes: Vec::new(),
+            dirty: false,
+            _lock: lock,
+        };
+        Ok((sup, notices))
+    }
+
+    /// State changes since the last call.
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        std::mem::take(&mut self.changes)
+    }
+
+    pub fn shutdown_requested(&self) -> bool {
+        self.wakeups.shutdown_requested()
+    }
+
+    pub fn view(&self, name: &str) -> Option<UnitView<'_>> {
+        self.units.get(name).map(|u| UnitView {
+            phase: &u.machine.phase,
+            restarts: u.machine.restart_count,
+            health: u.health.as_deref(),
+            last_exit: u.machine.last_exit,
+            dir: &u.spec.dir,
+            label: &u.spec.label,
+        })
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.units.keys().map(String::as_str)
+    }
+
+    /// Does `name` have a live process (ours, or one an earlier agent left)?
+    pub fn has_process(&self, name: &str) -> bool {
+        if let Some(u) = self.units.get(name) {
+            return u.machine.phase.pid().is_some();
+        }
+        self.leftovers
+            .get(name)
+            .and_then(|u| {
+                Some(ProcIdentity {
+                    pid: u.pid?,
+                    start_time: u.start_time?,
+                })
+            })
+            .is_some_and(procfs::is_same_live_process)
+    }
+
+    /// Make sure a unit exists: start it, or re-adopt the process an
+    /// earlier agent left running, or restore how it ended. An existing
+    /// unit is left alone.
+    pub fn ensure(&mut self, spec: UnitSpec) {
+        if self.units.contains_key(&spec.name) {
+            return;
+        }
+        let name = spec.name.clone();
+        let mut machine = Machine::new(spec.policy.clone(), spec.timeout, spec.kill_timeout);
+        let saved = self.leftovers.remove(&name);
+        let checks = spec
+            .checks
+            .iter()
+            .map(|c| CheckState {
+                spec: c.clone(),
+                next_at: Instant::now(),
+                in_flight: false,
+                result: None,
+            })
+            .collect();
+        let mut unit = Unit {
+            spec,
+            machine: machine.clone(),
+            identity: None,
+            watch: Watch::Child,
+            pumps: Vec::new(),
+            checks,
+            health: None,
+        };
+        let event = match saved {
+            None => Event::Start,
+            Some(saved) => {
+                machine.restart_count = saved.restarts;
+                match saved.phase {
+                    SavedPhase::Completed => {
+                        machine.phase = Phase::Completed;
+                        unit.machine = machine;
+                        self.units.insert(name, unit);
+                        return;
+                    }
+                    SavedPhase::Failed => {
+                        machine.phase = Phase::Failed {
+                            reason: saved.message.unwrap_or_else(|| "failed".into()),
+                        };
+                        unit.machine = machine;
+                        self.units.insert(name, unit);
+                        return;
+                    }
+                    SavedPhase::Running => match (saved.pid, saved.start_time) {
+                        (Some(pid), Some(start_time)) => {
+                            let id = ProcIdentity { pid, start_time };
+                            if procfs::is_same_live_process(id) {
+                                unit.identity = Some(id);
+                                unit.watch = watch_adopted(pid);
+                                unit.pumps = logs::STREAMS
+                                    .iter()
+                                    .filter_map(|s| {
+                                        logs::reopen_stream(&unit.spec.dir.join("logs"), s, self.log_limits).ok()
+                                    })
+                                    .collect();
+                                Event::Adopted { pid }
+                            } else {
+                                unit.identity = Some(id);
+                                Event::Exited(Exit::Unknown)
+                            }
+                        }
+                        // It was waiting to (re)start when the agent stopped.
+                        _ => Event::Start,
+                    },
+                }
+            }
+        };
+        unit.machine = machine;
+        self.units.insert(name.clone(), unit);
+        self.drive(&name, event);
+    }
+
+    /// Ask a unit to stop (SIGTERM, then SIGKILL after its kill timeout).
+    pub fn stop(&mut self, name: &str) {
+        if self.units.get(name).is_some_and(|u| !u.machine.phase.is_terminal()) {
+            self.drive(name, Event::Stop);
+        }
+    }
+
+    /// Stop units `wanted` rejects (and processes of earlier agents nobody
+    /// claims), forgetting those that have finished.
+    pub fn retain(&mut self, wanted: impl Fn(&str) -> bool) {
+        let unwanted: Vec<String> = self.leftovers.keys().filter(|n| !wanted(n)).cloned().collect();
+        for name in unwanted {
+            let Some(saved) = self.leftovers.remove(&name) else {
+                continue;
+            };
+            if let (Some(pid), Some(start_time)) = (saved.pid, saved.start_time) {
+                if procfs::is_same_live_process(ProcIdentity { pid, start_time }) {
+                    // Adopt it only to stop it.
+                    let spec = UnitSpec {
+                        name: name.clone(),
+                        label: name.clone(),
+                        argv: Vec::new(),
+                        env: BTreeMap::new(),
+                        dir: saved.dir.clone(),
+                        alloc_dir: saved.dir.clone(),
+                        user: None,
+                        policy: Policy::Daemon {
+                            base_delay: Duration::from_secs(1),
+                        },
+                        timeout: None,
+                        kill_timeout: Duration::from_millis(saved.kill_timeout_ms.max(1)),
+                        templates: Vec::new(),
+                        artifacts: Vec::new(),
+                        checks: Vec::new(),
+                        limits: Limits::default(),
+                        pre_start: None,
+                    };
+                    self.leftovers.insert(name.clone(), saved);
+                    self.ensure(spec);
+                    self.stop(&name);
+                }
+            }
+            self.dirty = true;
+        }
+        let names: Vec<String> = self.units.keys().filter(|n| !wanted(n)).cloned().collect();
+        for name in names {
+            let finished = self.units.get(&name).is_some_and(|u| u.machine.phase.is_terminal());
+            if finished {
+                // Keep the last words of its log; a descendant that escaped
+                // the process group must not hold the unit forever.
+                if let Some(mut unit) = self.units.remove(&name) {
+                    for pump in &mut unit.pumps {
+                        let _ = pump.drain();
+                    }
+                }
+                if let Some(cg) = &self.cgroups {
+                    cg.remove(&name);
+                }
+                self.dirty = true;
+            } else {
+                self.stop(&name);
+            }
+        }
+    }
+
+    /// True when no unit has a process any more.
+    pub fn all_finished(&self) -> bool {
+        self.units.values().all(|u| u.machine.phase.is_terminal()) && self.leftovers.values().all(|u| u.pid.is_none())
+    }
+
+    /// Feed one event to a unit's machine and carry out its actions.
+    fn drive(&mut self, name: &str, event: Event) {
+        let mut queue = VecDeque::from([event]);
+        while let Some(event) = queue.pop_front() {
+            let Some(unit) = self.units.get_mut(name) else { return };
+            let actions = unit.machine.step(event, Instant::now());
+            for action in actions {
+                match action {
+                    Action::Report(message) => self.changes.push(Change {
+                        unit: name.to_string(),
+                        label: unit.spec.label.clone(),
+                        message,
+                    }),
+                    Action::TerminateGroup => signal_group(unit, Signal::TERM),
+                    Action::KillGroup => {
+                        signal_group(unit, Signal::KILL);
+                        if let Some(cg) = &self.cgroups {
+                            cg.kill(name);
+                        }
+                    }
+                    Action::Spawn => {
+                        let ctx = spawn::SpawnContext {
+                            log_limits: self.log_limits,
+                            cgroups: self.cgroups.as_ref(),
+                            is_root: self.is_root,
+                        };
+                        // Output still in the old pipes belongs to the old run.
+                        for pump in &mut unit.pumps {
+                            let _ = pump.drain();
+                        }
+                        unit.pumps.clear();
+                        queue.push_back(match spawn::spawn(&unit.spec, &ctx) {
+                            Ok(spawned) => {
+                                unit.identity = Some(spawned.identity);
+                                unit.pumps = spawned.pumps;
+                                unit.watch = Watch::Child;
+                                let now = Instant::now();
+                                for c in &mut unit.checks {
+                                    c.next_at = now + c.spec.interval.min(Duration::from_secs(1));
+                                    c.result = None;
+                                }
+                                Event::Spawned {
+                                    pid: spawned.identity.pid,
+                                }
+                            }
+                            Err(e) => Event::SpawnFailed(e.to_string()),
+                        });
+                    }
+                }
+            }
+            self.dirty = true;
+        }
+    }
+
+    /// Wait for something to happen (a signal, log output, an adopted
+    /// process ending, a check result) or for the next deadline, at most
+    /// until `until`; then handle it all. Persists state if it changed.
+    pub fn run_once(&mut self, until: Option<Instant>) -> Result<(), SupervisorError> {
+        let now = Instant::now();
+        let deadline = self.next_deadline().into_iter().chain(until).min();
+        let timeout = deadline.map(|d| d.saturating_duration_since(now));
+        self.wait(timeout);
+        self.wakeups.drain();
+        self.reap();
+        self.pump_logs();
+        self.collect_check_results();
+        self.fire_deadlines();
+        self.run_due_checks();
+        self.save()
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let units = self.units.values().flat_map(|u| {
+            let running = matches!(u.machine.phase, Phase::Running { .. });
+            let checks = u
+                .checks
+                .iter()
+                .filter(move |c| running && !c.in_flight)
+                .map(|c| c.next_at);
+            let poll = match u.watch {
+                Watch::ProcPoll(at) if u.machine.phase.pid().is_some() => Some(at),
+                _ => None,
+            };
+            u.machine.next_deadline().into_iter().chain(checks).chain(poll)
+        });
+        units.chain(self.probes.values().map(|p| p.deadline)).min()
+    }
+
+    fn wait(&self, timeout: Option<Duration>) {
+        let mut fds = vec![PollFd::from_borrowed_fd(self.wakeups.fd(), PollFlags::IN)];
+        for unit in self.units.values() {
+            for pump in &unit.pumps {
+                fds.push(PollFd::from_borrowed_fd(pump.fd(), PollFlags::IN));
+            }
+            if let Watch::Pidfd(fd) = &unit.watch {
+                if unit.machine.phase.pid().is_some() {
+                    fds.push(PollFd::new(fd, PollFlags::IN));
+                }
+            }
+        }
+        let ts = timeout.map(|t| rustix::time::Timespec {
+            tv_sec: t.as_secs() as i64,
+            tv_nsec: t.subsec_nanos() as i64,
+        });
+        // EINTR (a signal) is just a wake-up.
+        let _ = rustix::event::poll(&mut fds, ts.as_ref());
+    }
+
+    /// Collect every exited child: units, script probes and orphans.
+    fn reap(&mut self) {
+        loop {
+            // wait() is waitpid(-1): any child (rustix's waitpid(None) would be
+            // waitpid(0), only our own process group, which tasks have left).
+            let (pid, status) = match rustix::process::wait(WaitOptions::NOHANG) {
+                Ok(Some(r)) => r,
+                Ok(None) | Err(rustix::io::Errno::CHILD) => return,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(_) => return,
+            };
+            let pid = pid.as_raw_nonzero().get();
+            let exit = match (status.exit_status(), status.terminating_signal()) {
+                (Some(code), _) => Exit::Code(code),
+                (None, Some(sig)) => Exit::Signal(sig),
+                _ => Exit::Unknown,
+            };
+            if let Some(probe) = self.probes.remove(&pid) {
+                let result = if exit.success() {
+                    Ok(())
+                } else {
+                    Err(format!("script {exit}"))
+                };
+                self.record_check(&probe.unit, probe.check, result);
+                continue;
+            }
+            let owner = self
+                .units
+                .iter()
+                .find(|(_, u)| matches!(u.watch, Watch::Child) && u.machine.phase.pid() == Some(pid))
+                .map(|(n, _)| n.clone());
+            // No owner: an orphaned grandchild, now reaped.
+            if let Some(name) = owner {
+                self.drive(&name, Event::Exited(exit));
+            }
+        }
+    }
+
+    fn pump_logs(&mut self) {
+        for (name, unit) in &mut self.units {
+            unit.pumps.retain_mut(|pump| match pump.drain() {
+                Ok(eof) => !eof,
+                Err(e) => {
+                    self.changes.push(Change {
+                        unit: name.clone(),
+                        label: unit.spec.label.clone(),
+                        message: format!("log capture stopped: {e}"),
+                    });
+                    false
+                }
+            });
+        }
+    }
+
+    fn fire_deadlines(&mut self) {
+        let now = Instant::now();
+        let mut due = Vec::new();
+        for (name, unit) in &mut self.units {
+            if unit.machine.next_deadline().is_some_and(|d| d <= now) {
+                due.push((name.clone(), Event::Tick));
+            }
+            let Some(pid) = unit.machine.phase.pid() else { continue };
+            let gone = match &mut unit.watch {
+                Watch::Child => false,
+                Watch::Pidfd(fd) => {
+                    let mut p = [PollFd::new(fd, PollFlags::IN)];
+                    rustix::event::poll(&mut p, Some(&rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 })).unwrap_or(0)
+                        > 0
+                }
+                Watch::ProcPoll(at) if *at <= now => {
+                    *at = now + PROC_POLL_INTERVAL;
+                    unit.identity.is_none_or(|id| !procfs::is_same_live_process(id))
+                }
+                Watch::ProcPoll(_) => false,
+            };
+            if gone {
+                let _ = pid;
+                due.push((name.clone(), Event::Exited(Exit::Unknown)));
+            }
+        }
+        for (name, event) in due {
+            self.drive(&name, event);
+        }
+        // Script probes past their timeout.
+        let late: Vec<i32> = self
+            .probes
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in late {
+            if let Some(pid) = Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process_group(pid, Signal::KILL);
+            }
+            if let Some(p) = self.probes.get_mut(&pid) {
+                // Reaped (and reported) when the kill lands; report the
+                // timeout now and ignore the exit.
+                let (unit, check) = (p.unit.clone(), p.check);
+                p.deadline = now + Duration::from_secs(3600);
+                p.check = usize::MAX;
+                self.record_check(&unit, check, Err("script timed out".into()));
+            }
+        }
+    }
+
+    fn run_due_checks(&mut self) {
+        let now = Instant::now();
+        for (name, unit) in &mut self.units {
+            let Phase::Running { pid, .. } = unit.machine.phase else {
+                continue;
+            };
+            for (i, c) in unit.checks.iter_mut().enumerate() {
+                if c.in_flight || c.next_at > now {
+                    continue;
+                }
+                c.in_flight = true;
+                c.next_at = now + c.spec.interval;
+                match &c.spec.probe {
+                    Probe::Script { argv } => match spawn::spawn_probe(&unit.spec, argv) {
+                        Ok(probe_pid) => {
+                            self.probes.insert(
+                                probe_pid,
+                                ProbeRun {
+                                    unit: name.clone(),
+                                    check: i,
+                                    deadline: now + c.spec.timeout,
+                                },
+                            );
+                        }
+                        Err(e) => {
+                            c.in_flight = false;
+                            c.result = Some(Err(format!("script: {e}")));
+                        }
+                    },
+                    probe => {
+                        let (probe, timeout, tx) = (probe.clone(), c.spec.timeout, self.check_tx.clone());
+                        let (unit_name, waker) = (name.clone(), self.wakeups.waker());
+                        std::thread::spawn(move || {
+                            let result = checks::run_network_probe(&probe, timeout);
+                            let _ = tx.send(CheckResult {
+                                unit: unit_name,
+                                check: i,
+                                pid,
+                                result,
+                            });
+                            if let Ok(w) = waker {
+                                w.wake();
+                            }
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    fn collect_check_results(&mut self) {
+        while let Ok(r) = self.check_rx.try_recv() {
+            let current = self.units.get(&r.unit).and_then(|u| u.machine.phase.pid());
+            if current == Some(r.pid) {
+                self.record_check(&r.unit, r.check, r.result);
+            } else if let Some(c) = self.units.get_mut(&r.unit).and_then(|u| u.checks.get_mut(r.check)) {
+                c.in_flight = false;
+            }
+        }
+    }
+
+    fn record_check(&mut self, name: &str, check: usize, result: Result<(), String>) {
+        let Some(unit) = self.units.get_mut(name) else { return };
+        let Some(c) = unit.checks.get_mut(check) else { return };
+        c.in_flight = false;
+        c.result = Some(result);
+        let results: Vec<(String, Option<Result<(), String>>)> = unit
+            .checks
+            .iter()
+            .map(|c| (c.spec.name.clone(), c.result.clone()))
+            .collect();
+        let health = checks::health(&results);
+        if health != unit.health {
+            if let Some(h) = &health {
+                self.changes.push(Change {
+                    unit: name.to_string(),
+                    label: unit.spec.label.clone(),
+                    message: format!("health: {h}"),
+                });
+            }
+            unit.health = health;
+        }
+    }
+
+    /// Persist the state if anything changed (and then only if the bytes differ).
+    fn save(&mut self) -> Result<(), SupervisorError> {
+        if !self.dirty {
+            return Ok(());
+        }
+        self.dirty = false;
+        let mut state = SavedState {
+            boot_id: self.boot_id.clone(),
+            units: self.leftovers.clone(),
+        };
+        for (name, u) in &self.units {
+            let (phase, message) = match &u.machine.phase {
+                Phase::Completed => (SavedPhase::Completed, None),
+                Phase::Failed { reason } => (SavedPhase::Failed, Some(reason.clone())),
+                Phase::Stopped => continue,
+                _ => (SavedPhase::Running, None),
+            };
+            let running = u.machine.phase.pid().is_some();
+            state.units.insert(
+                name.clone(),
+                SavedUnit {
+                    phase,
+                    pid: u.identity.filter(|_| running).map(|i| i.pid),
+                    start_time: u.identity.filter(|_| running).map(|i| i.start_time),
+                    dir: u.spec.dir.clone(),
+                    restarts: u.machine.restart_count,
+                    message,
+                    kill_timeout_ms: u.spec.kill_timeout.as_millis() as u64,
+                },
+            );
+        }
+        self.state_file.save(&state).map_err(SupervisorError::State)?;
+        Ok(())
+    }
+
+    /// Persist now (e.g. before exiting).
+    pub fn flush(&mut self) -> Result<(), SupervisorError> {
+        self.dirty = true;
+        self.save()
+    }
+}
+
+/// Signal the unit's process group (its pid: every task leads its own
+/// session). ESRCH (all gone) is fine.
+fn signal_group(unit: &Unit, sig: Signal) {
+    if let Some(pid) = unit.identity.and_then(|id| Pid::from_raw(id.pid)) {
+        let _ = rustix::process::kill_process_group(pid, sig);
+    }
+}
+
+/// Watch a process that is not our child: pidfd if the kernel has it.
+fn watch_adopted(pid: i32) -> Watch {
+    match Pid::from_raw(pid).map(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())) {
+        Some(Ok(fd)) => Watch::Pidfd(fd),
+        _ => Watch::ProcPoll(Instant::now() + PROC_POLL_INTERVAL),
+    }
+}

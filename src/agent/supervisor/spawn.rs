@@ -1,0 +1,201 @@
+//! Starting one unit's process: directories, templates, artifacts, log
+//! pipes, user, cgroup, then fork/exec through `std::process::Command` with
+//! the pre-exec hook of `sys` (new session, limits, cgroup join). Every
+//! string and descriptor the child needs is prepared here, before fork.
+
+use super::UnitSpec;
+use crate::agent::artifacts::{self, ArtifactError};
+use crate::agent::cgroup::{CgroupError, Cgroups};
+use crate::agent::logs::{self, LogError, LogLimits, LogPump};
+use crate::agent::procfs::{self, ProcIdentity};
+use crate::agent::sys::{self, ChildSetup};
+use crate::agent::templates::{self, TemplateError};
+use rustix::process::{Resource, Rlimit};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+#[derive(Debug)]
+pub enum SpawnError {
+    Dir(PathBuf, std::io::Error),
+    Template(TemplateError),
+    Artifact(ArtifactError),
+    Logs(LogError),
+    User(String),
+    Cgroup(CgroupError),
+    Exec(String, std::io::Error),
+    Identity(i32, std::io::Error),
+    PreStart(String),
+}
+
+impl std::fmt::Display for SpawnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SpawnError::Dir(p, e) => write!(f, "creating {}: {e}", p.display()),
+            SpawnError::Template(e) => e.fmt(f),
+            SpawnError::Artifact(e) => e.fmt(f),
+            SpawnError::Logs(e) => e.fmt(f),
+            SpawnError::User(m) => f.write_str(m),
+            SpawnError::Cgroup(e) => e.fmt(f),
+            SpawnError::Exec(cmd, e) if e.kind() == std::io::ErrorKind::NotFound => {
+                write!(f, "{cmd}: command not found")
+            }
+            SpawnError::Exec(cmd, e) => write!(f, "{cmd}: {e}"),
+            SpawnError::Identity(pid, e) => write!(f, "reading /proc/{pid}/stat of the new process: {e}"),
+            SpawnError::PreStart(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for SpawnError {}
+
+/// What the supervisor needs besides the unit itself.
+pub struct SpawnContext<'a> {
+    pub log_limits: LogLimits,
+    pub cgroups: Option<&'a Cgroups>,
+    /// Only root can switch users; others run tasks as themselves.
+    pub is_root: bool,
+}
+
+pub struct Spawned {
+    pub identity: ProcIdentity,
+    pub pumps: Vec<LogPump>,
+}
+
+/// An account from /etc/passwd.
+#[derive(Debug, PartialEq)]
+pub struct Account {
+    pub uid: u32,
+    pub gid: u32,
+    pub home: String,
+}
+
+/// Look `user` (a name or a numeric uid) up in passwd-format `text`.
+pub fn lookup_user(text: &str, user: &str) -> Option<Account> {
+    let numeric = user.parse::<u32>().ok();
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
+        let f: Vec<&str> = line.split(':').collect();
+        let (uid, gid) = (f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?);
+        (f[0] == user || numeric == Some(uid)).then(|| Account {
+            uid,
+            gid,
+            home: f.get(5).unwrap_or(&"/").to_string(),
+        })
+    })
+}
+
+pub fn spawn(spec: &UnitSpec, ctx: &SpawnContext<'_>) -> Result<Spawned, SpawnError> {
+    let logs_dir = spec.dir.join("logs");
+    for dir in [&spec.dir, &spec.dir.join("local"), &logs_dir, &spec.alloc_dir] {
+        std::fs::create_dir_all(dir).map_err(|e| SpawnError::Dir(dir.clone(), e))?;
+    }
+    templates::write_all(&spec.templates, &spec.env, &spec.dir, &spec.alloc_dir).map_err(SpawnError::Template)?;
+    artifacts::fetch_all(&spec.artifacts, &spec.dir, &spec.alloc_dir).map_err(SpawnError::Artifact)?;
+
+    let argv = match &spec.pre_start {
+        Some(hook) => (hook.0)().map_err(SpawnError::PreStart)?,
+        None => spec.argv.clone(),
+    };
+    let program = argv
+        .first()
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| SpawnError::PreStart("no command to run".into()))?;
+    let mut cmd = Command::new(program);
+    cmd.args(&argv[1..])
+        .env_clear()
+        .envs(&spec.env)
+        .current_dir(&spec.dir)
+        .stdin(Stdio::null());
+
+    let mut pumps = Vec::new();
+    for stream in logs::STREAMS {
+        let (pump, task_end) = logs::open_stream(&logs_dir, stream, ctx.log_limits).map_err(SpawnError::Logs)?;
+        if stream == "stdout" {
+            cmd.stdout(task_end);
+        } else {
+            cmd.stderr(task_end);
+        }
+        pumps.push(pump);
+    }
+
+    if let Some(user) = spec.user.as_deref().filter(|_| ctx.is_root) {
+        let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+        let account = lookup_user(&passwd, user)
+            .ok_or_else(|| SpawnError::User(format!("user {user:?} not found in /etc/passwd")))?;
+        // The task must be able to write its own directory and logs.
+        for dir in [&spec.dir, &spec.dir.join("local")] {
+            let _ = std::os::unix::fs::chown(dir, Some(account.uid), Some(account.gid));
+        }
+        cmd.uid(account.uid).gid(account.gid);
+        if !spec.env.contains_key("HOME") {
+            cmd.env("HOME", &account.home);
+        }
+    }
+
+    let cgroup_procs = match ctx.cgroups {
+        Some(cg) => Some(cg.prepare(&spec.name, spec.limits).map_err(SpawnError::Cgroup)?),
+        None => None,
+    };
+    // No core dumps: a crash-looping task must not fill a robot's flash.
+    // The hard limit is kept: lowering it would be irreversible for the task.
+    let hard = rustix::process::getrlimit(Resource::Core).maximum;
+    let rlimits = vec![(
+        Resource::Core,
+        Rlimit {
+            current: Some(0),
+            maximum: hard,
+        },
+    )];
+    sys::install_child_setup(&mut cmd, ChildSetup { cgroup_procs, rlimits });
+
+    let child = cmd.spawn().map_err(|e| SpawnError::Exec(program.clone(), e))?;
+    let pid = child.id() as i32;
+    // The Child handle is dropped without waiting: the supervisor reaps
+    // every child with waitpid(-1) on SIGCHLD.
+    drop(child);
+    let stat = procfs::read_stat(pid).map_err(|e| SpawnError::Identity(pid, e))?;
+    Ok(Spawned {
+        identity: ProcIdentity {
+            pid,
+            start_time: stat.start_time,
+        },
+        pumps,
+    })
+}
+
+/// Start a script probe: same environment and directory as its task, output
+/// discarded, its own process group so a timeout can kill all of it.
+pub fn spawn_probe(spec: &UnitSpec, argv: &[String]) -> std::io::Result<i32> {
+    let program = argv.first().ok_or(std::io::ErrorKind::InvalidInput)?;
+    let child = Command::new(program)
+        .args(&argv[1..])
+        .env_clear()
+        .envs(&spec.env)
+        .current_dir(&spec.dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()?;
+    Ok(child.id() as i32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn looks_up_users_by_name_and_uid() {
+        let passwd = "# comment\nroot:x:0:0:root:/root:/bin/sh\nbot:x:1001:1002::/home/bot:/bin/sh\nbroken\n";
+        assert_eq!(
+            lookup_user(passwd, "bot"),
+            Some(Account {
+                uid: 1001,
+                gid: 1002,
+                home: "/home/bot".into()
+            })
+        );
+        assert_eq!(lookup_user(passwd, "0").unwrap().home, "/root");
+        assert_eq!(lookup_user(passwd, "nobody"), None);
+    }
+}

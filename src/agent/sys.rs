@@ -1,0 +1,72 @@
+//! The agent's only `unsafe` code: the child-side hook that runs between
+//! fork and exec, and borrowing raw descriptors listed in /proc/self/fd.
+//!
+//! Everything the pre-exec hook touches is prepared by the parent before
+//! fork (the cgroup descriptor, the limits); in the child it only makes raw
+//! system calls (setsid, setrlimit, write), which are async-signal-safe: no
+//! allocation, no locks, no stdio.
+
+use rustix::fd::{BorrowedFd, OwnedFd};
+use rustix::io::FdFlags;
+use rustix::process::{Resource, Rlimit};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+/// What the child does to itself before exec.
+pub struct ChildSetup {
+    /// `cgroup.procs` of the task's cgroup, opened by the parent; the child
+    /// writes "0" to move itself in before exec, so every descendant is born
+    /// inside the cgroup (moving it from the parent after spawn would race
+    /// with the task's first fork).
+    pub cgroup_procs: Option<OwnedFd>,
+    /// Resource limits to set, e.g. no core dumps on a robot's flash.
+    pub rlimits: Vec<(Resource, Rlimit)>,
+}
+
+/// Install the pre-exec hook on `cmd`: new session (so the task is its own
+/// process group and `kill(-pgid)` reaches its whole tree), limits, cgroup.
+pub fn install_child_setup(cmd: &mut Command, setup: ChildSetup) {
+    let ChildSetup { cgroup_procs, rlimits } = setup;
+    // SAFETY: the closure runs in the forked child before exec. It only
+    // calls setsid, setrlimit and write through rustix, which are direct
+    // system calls (async-signal-safe: no allocation, no locks). Its captured
+    // data (an OwnedFd and a Vec) was allocated by the parent before fork and
+    // is only read here. Errors are returned as io::Error values built from a
+    // raw errno (no allocation) and std reports them to the parent.
+    unsafe {
+        cmd.pre_exec(move || {
+            rustix::process::setsid()?;
+            for (resource, limit) in &rlimits {
+                rustix::process::setrlimit(*resource, *limit)?;
+            }
+            if let Some(fd) = &cgroup_procs {
+                rustix::io::write(fd, b"0")?;
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Mark every descriptor above stderr that the agent inherited from its own
+/// parent close-on-exec, once at start-up, so tasks never inherit them. The
+/// agent's own descriptors are close-on-exec already (std and rustix open
+/// them that way), so no per-spawn work is needed in the child.
+pub fn mark_inherited_fds_cloexec() {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: `fd` was listed in /proc/self/fd a moment ago and nothing in
+        // this single-threaded start-up phase closes descriptors, so it is
+        // open for the duration of this borrow (the read_dir's own descriptor
+        // is closed already; fcntl on a stale number just fails with EBADF).
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        if let Ok(flags) = rustix::io::fcntl_getfd(borrowed) {
+            let _ = rustix::io::fcntl_setfd(borrowed, flags | FdFlags::CLOEXEC);
+        }
+    }
+}
