@@ -1,0 +1,701 @@
+//! Black-box tests of `k8s4r-agent run`: the real binary, real processes,
+//! temp data dirs. Every wait is for a condition with a deadline; every
+//! process a test starts is killed by a Drop guard (found through the
+//! K8S4R_ALLOC_DIR in its environment, so grandchildren are found too).
+
+mod common;
+
+use common::{agent_bin, shared_dir, wait_for};
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(20);
+
+/// A running `k8s4r-agent run` with its output collected line by line,
+/// each line stamped with when it arrived.
+struct Agent {
+    child: Child,
+    lines: Arc<Mutex<Vec<(Instant, String)>>>,
+    data: PathBuf,
+}
+
+struct Sandbox {
+    dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    fn new() -> Self {
+        Sandbox {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    fn data(&self) -> PathBuf {
+        self.path().join("data")
+    }
+    fn job(&self, yaml: &str) -> PathBuf {
+        let p = self.path().join("job.yaml");
+        std::fs::write(&p, yaml).unwrap();
+        p
+    }
+    fn run(&self, job: &Path, extra: &[&str]) -> Agent {
+        let mut child = Command::new(agent_bin())
+            .arg("run")
+            .arg("-f")
+            .arg(job)
+            .arg("--data-dir")
+            .arg(self.data())
+            .arg("--no-cgroups")
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&lines);
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push((Instant::now(), line));
+            }
+        });
+        Agent {
+            child,
+            lines,
+            data: self.data(),
+        }
+    }
+}
+
+impl Drop for Sandbox {
+    /// Kill every process that lives in this sandbox's data dir.
+    fn drop(&mut self) {
+        for pid in sandbox_pids(&self.data()) {
+            unsafe_free_kill(pid);
+        }
+    }
+}
+
+/// Pids whose environment puts them under `data` (tasks and descendants).
+fn sandbox_pids(data: &Path) -> Vec<i32> {
+    let needle = format!("K8S4R_ALLOC_DIR={}", data.display());
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let mut env = Vec::new();
+            std::fs::File::open(format!("/proc/{pid}/environ"))
+                .and_then(|mut f| f.read_to_end(&mut env))
+                .is_ok()
+                && env.split(|b| *b == 0).any(|v| v.starts_with(needle.as_bytes()))
+                && !is_zombie(*pid)
+        })
+        .collect()
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+fn alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid)
+}
+
+/// SIGKILL a process and its group (via the kill command: no unsafe here).
+fn unsafe_free_kill(pid: i32) {
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pid}")])
+        .stderr(Stdio::null())
+        .status();
+    let _ = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .stderr(Stdio::null())
+        .status();
+}
+
+fn signal(pid: u32, sig: &str) {
+    assert!(Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+}
+
+impl Agent {
+    fn output(&self) -> String {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, l)| format!("{l}\n"))
+            .collect()
+    }
+    /// Wait for a line containing `pat`; returns it.
+    fn wait_line(&self, pat: &str) -> String {
+        wait_for(&format!("a line with {pat:?}"), T, || {
+            self.lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(_, l)| l.contains(pat))
+                .map(|(_, l)| l.clone())
+        })
+    }
+    fn lines_with(&self, pat: &str) -> Vec<(Instant, String)> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, l)| l.contains(pat))
+            .cloned()
+            .collect()
+    }
+    fn wait_exit(&mut self) -> i32 {
+        let status = wait_for("the agent to exit", T, || self.child.try_wait().unwrap());
+        // Let the reader thread collect the last lines.
+        wait_for("end of output", T, || {
+            (Arc::strong_count(&self.lines) == 1).then_some(())
+        });
+        status.code().unwrap_or(-1)
+    }
+    fn pid_of(&self, label_and_state: &str) -> i32 {
+        let line = self.wait_line(label_and_state);
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = &self.data;
+    }
+}
+
+fn job(name: &str, job_type: &str, groups: &str) -> String {
+    format!("apiVersion: robot.k8s4r.io/v1alpha1\nkind: Job\nmetadata: {{name: {name}}}\nspec:\n  type: {job_type}\n  taskGroups:\n{groups}")
+}
+
+#[test]
+fn compat_taskgroup_simple_runs_to_success() {
+    let Some(shared) = shared_dir() else { return };
+    let file = shared.join("compat/test-taskgroup-simple.yaml");
+    let sb = Sandbox::new();
+    let mut agent = sb.run(&file, &[]);
+    assert_eq!(agent.wait_exit(), 0, "{}", agent.output());
+    let out = agent.output();
+    for want in [
+        "simple-group setup-workspace: exited 0",
+        "simple-group background-service: running pid",
+        "simple-group r0 verify-and-run: running pid",
+        "simple-group r0 verify-and-run: exited 0",
+        "all tasks succeeded",
+        "simple-group background-service: stopped",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    let log = std::fs::read_to_string(
+        sb.data()
+            .join("alloc/test-taskgroup-simple-simple-group/r0/verify-and-run/logs/stdout"),
+    )
+    .unwrap();
+    assert!(log.contains("Main task completed successfully"), "{log}");
+    assert!(sandbox_pids(&sb.data()).is_empty(), "processes left behind");
+}
+
+#[test]
+fn init_tasks_run_once_in_order_and_a_failure_fails_the_group() {
+    let sb = Sandbox::new();
+    let ok = sb.job(&job(
+        "order",
+        "batch",
+        r#"    - name: g
+      count: 2
+      initTasks:
+        - {name: first, driver: exec, config: {execConfig: {command: /bin/sh, args: ["-c", "sleep 0.2; echo first >> $K8S4R_ALLOC_DIR/trace"]}}}
+        - {name: second, driver: exec, config: {execConfig: {command: /bin/sh, args: ["-c", "echo second >> $K8S4R_ALLOC_DIR/trace"]}}}
+      tasks:
+        - {name: main, driver: exec, config: {execConfig: {command: /bin/sh, args: ["-c", "echo main-$K8S4R_REPLICA >> $K8S4R_ALLOC_DIR/trace"]}}}
+"#,
+    ));
+    let mut agent = sb.run(&ok, &[]);
+    assert_eq!(agent.wait_exit(), 0, "{}", agent.output());
+    let trace = std::fs::read_to_string(sb.data().join("alloc/order-g/alloc/trace")).unwrap();
+    let mut lines: Vec<&str> = trace.lines().collect();
+    // Init tasks once (not per replica), in order, before any task.
+    assert_eq!(&lines[..2], ["first", "second"], "{trace}");
+    lines.sort();
+    assert_eq!(lines, ["first", "main-0", "main-1", "second"]);
+
+    let sb = Sandbox::new();
+    let failing = sb.job(&job(
+        "broken",
+        "batch",
+        r#"    - name: g
+      initTasks:
+        - {name: setup, driver: exec, config: {execConfig: {command: /bin/sh, args: ["-c", "echo disk not mounted >&2; exit 3"]}}}
+        - {name: never, driver: exec, config: {execConfig: {command: /bin/sh, args: ["-c", "touch $K8S4R_ALLOC_DIR/never"]}}}
+      tasks:
+        - {name: main, driver: exec, config: {execConfig: {command: /bin/true}}}
+"#,
+    ));
+    let mut agent = sb.run(&failing, &[]);
+    assert_eq!(agent.wait_exit(), 1, "{}", agent.output());
+    let out = agent.output();
+    assert!(out.contains("task group failed: init task setup exited 3"), "{out}");
+    assert!(out.contains("[stderr] disk not mounted"), "log tail missing:\n{out}");
+    assert!(
+        out.contains("g r0 main: not started: init task setup exited 3"),
+        "{out}"
+    );
+    assert!(!out.contains("never: running"), "{out}");
+    assert!(!sb.data().join("alloc/broken-g/alloc/never").exists());
+}
+
+#[test]
+fn daemon_is_restarted_after_kill_9_and_stopped_with_its_group() {
+    let sb = Sandbox::new();
+    let file = sb.job(&job(
+        "daemons",
+        "service",
+        r#"    - name: g
+      initTasks:
+        - name: helper
+          driver: exec
+          daemon: true
+          restartPolicy: {delay: 100ms}
+          config: {execConfig: {command: /bin/sleep, args: ["300"]}}
+      tasks:
+        - {name: main, driver: exec, config: {execConfig: {command: /bin/sh, args: ["-c", "while [ ! -e $K8S4R_ALLOC_DIR/done ]; do sleep 0.05; done"]}}}
+"#,
+    ));
+    let mut agent = sb.run(&file, &[]);
+    let first = agent.pid_of("g helper: running pid");
+    agent.wait_line("g r0 main: running pid");
+    unsafe_free_kill(first);
+    agent.wait_line("g helper: killed by signal 9; restarting in 100ms");
+    let second = wait_for("a new helper pid", T, || {
+        let pids: Vec<i32> = agent
+            .lines_with("g helper: running pid")
+            .iter()
+            .map(|(_, l)| l.rsplit(' ').next().unwrap().parse().unwrap())
+            .collect();
+        pids.get(1).copied()
+    });
+    assert_ne!(first, second);
+    assert!(alive(second));
+    std::fs::write(sb.data().join("alloc/daemons-g/alloc/done"), "").unwrap();
+    assert_eq!(agent.wait_exit(), 0, "{}", agent.output());
+    assert!(!alive(second), "the daemon must stop with its group");
+}
+
+#[test]
+fn restart_policy_counts_and_backs_off_exponentially() {
+    let sb = Sandbox::new();
+    let file = sb.job(&job(
+        "flaky",
+        "batch",
+        r#"    - name: g
+      tasks:
+        - name: t
+          driver: exec
+          restartPolicy: {attempts: 3, interval: 1m, delay: 100ms, mode: fail}
+          config: {execConfig: {command: /bin/sh, args: ["-c", "echo run >> $K8S4R_ALLOC_DIR/runs; exit 1"]}}
+"#,
+    ));
+    let mut agent = sb.run(&file, &[]);
+    assert_eq!(agent.wait_exit(), 1, "{}", agent.output());
+    let out = agent.output();
+    assert!(out.contains("restarting in 100ms (restart 1/3)"), "{out}");
+    assert!(out.contains("restarting in 200ms (restart 2/3)"), "{out}");
+    assert!(out.contains("restarting in 400ms (restart 3/3)"), "{out}");
+    assert!(out.contains("g r0 t: failed: exited 1 (after 3 restarts)"), "{out}");
+    let starts: Vec<Instant> = agent
+        .lines_with("g r0 t: running pid")
+        .iter()
+        .map(|(t, _)| *t)
+        .collect();
+    assert_eq!(starts.len(), 4, "{out}");
+    for (i, want) in [100u64, 200, 400].iter().enumerate() {
+        let gap = starts[i + 1] - starts[i];
+        assert!(
+            gap >= Duration::from_millis(*want),
+            "restart {} came after {gap:?}, before its {want} ms backoff",
+            i + 1
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(sb.data().join("alloc/flaky-g/alloc/runs"))
+            .unwrap()
+            .lines()
+            .count(),
+        4
+    );
+}
+
+#[test]
+fn timeout_kills_a_process_tree_of_three_generations() {
+    let sb = Sandbox::new();
+    // task -> child -> grandchild; the grandchild ignores SIGTERM, so only
+    // the SIGKILL after killTimeout can end it.
+    let file = sb.job(&job(
+        "slow",
+        "batch",
+        r#"    - name: g
+      tasks:
+        - name: t
+          driver: exec
+          timeout: 300ms
+          killTimeout: 300ms
+          config:
+            execConfig:
+              command: /bin/sh
+              args:
+                - -c
+                - |
+                  sh -c 'trap "" TERM; sleep 300 & echo $! > grandchild.pid; wait' &
+                  echo $! > child.pid
+                  wait
+"#,
+    ));
+    let mut agent = sb.run(&file, &[]);
+    assert_eq!(agent.wait_exit(), 1, "{}", agent.output());
+    let out = agent.output();
+    assert!(out.contains("g r0 t: timed out after 300ms, sending SIGTERM"), "{out}");
+    assert!(out.contains("g r0 t: failed: timed out after 300ms"), "{out}");
+    let dir = sb.data().join("alloc/slow-g/r0/t");
+    let task_pid: i32 = agent.pid_of("g r0 t: running pid");
+    for f in ["child.pid", "grandchild.pid"] {
+        let pid: i32 = std::fs::read_to_string(dir.join(f)).unwrap().trim().parse().unwrap();
+        assert!(!alive(pid), "{f} ({pid}) survived");
+    }
+    assert!(!alive(task_pid));
+    assert!(sandbox_pids(&sb.data()).is_empty());
+}
+
+#[test]
+fn log_rotation_cap_holds_under_50_mib_of_output() {
+    let sb = Sandbox::new();
+    let file = sb.job(&job(
+        "chatty",
+        "batch",
+        r#"    - name: g
+      tasks:
+        - name: t
+          driver: exec
+          config: {execConfig: {command: /bin/sh, args: ["-c", "yes 0123456789abcdefghijklmnopqrstuvwxyz | head -c 52428800; echo; echo the-end"]}}
+"#,
+    ));
+    let mut agent = sb.run(&file, &["--log-max-size", "1Mi", "--log-max-files", "3"]);
+    assert_eq!(agent.wait_exit(), 0, "{}", agent.output());
+    let logs = sb.data().join("alloc/chatty-g/r0/t/logs");
+    let mut total = 0;
+    let mut files = 0;
+    for e in std::fs::read_dir(&logs).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().into_string().unwrap();
+        if name.starts_with("stdout") {
+            let len = e.metadata().unwrap().len();
+            assert!(len <= 1024 * 1024, "{name} is {len} bytes");
+            total += len;
+            files += 1;
+        }
+    }
+    assert_eq!(files, 3);
+    assert!(total <= 3 * 1024 * 1024);
+    let out = Command::new(agent_bin())
+        .args(["logs", "chatty-g-r0-t", "--tail", "1", "--data-dir"])
+        .arg(sb.data())
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "the-end\n");
+}
+
+#[test]
+fn no_zombies_after_200_short_tasks() {
+    let sb = Sandbox::new();
+    // Each short task also leaves an orphan behind for the subreaper.
+    let file = sb.job(&job(
+        "many",
+        "service",
+        r#"    - name: short
+      count: 200
+      tasks:
+        - {name: t, driver: exec, config: {execConfig: {command: /bin/sh, args: ["-c", "sleep 0.01 & exit 0"]}}}
+    - name: long
+      tasks:
+        - {name: keep, driver: exec, config: {execConfig: {command: /bin/sleep, args: ["300"]}}}
+"#,
+    ));
+    let mut agent = sb.run(&file, &[]);
+    wait_for("200 tasks to exit", T, || {
+        (agent.lines_with(": exited 0").len() == 200).then_some(())
+    });
+    let agent_pid = agent.child.id() as i32;
+    let zombies = || -> Vec<i32> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                    let rest: Vec<&str> = s
+                        .rsplit_once(')')
+                        .map(|(_, r)| r.split_whitespace().collect())
+                        .unwrap_or_default();
+                    rest.first() == Some(&"Z") && rest.get(1) == Some(&agent_pid.to_string().as_str())
+                })
+            })
+            .collect()
+    };
+    // Orphans exit shortly after their parents; all must be reaped.
+    wait_for("no zombie children of the agent", T, || {
+        zombies().is_empty().then_some(())
+    });
+    signal(agent.child.id(), "TERM");
+    assert_eq!(agent.wait_exit(), 0, "{}", agent.output());
+    assert!(agent.output().contains("long r0 keep: stopped"));
+}
+
+#[test]
+fn agent_killed_with_9_readopts_its_ten_tasks() {
+    let sb = Sandbox::new();
+    let file = sb.job(&job(
+        "fleet",
+        "service",
+        r#"    - name: g
+      count: 10
+      tasks:
+        - {name: t, driver: exec, config: {execConfig: {command: /bin/sh, args: ["-c", "echo started; exec sleep 300"]}}}
+"#,
+    ));
+    let collect = |agent: &Agent, what: &str| -> BTreeSet<i32> {
+        wait_for(&format!("10 {what} lines"), T, || {
+            let lines = agent.lines_with(what);
+            (lines.len() == 10).then(|| {
+                lines
+                    .iter()
+                    .map(|(_, l)| l.rsplit(' ').next().unwrap().parse().unwrap())
+                    .collect()
+            })
+        })
+    };
+    let mut first = sb.run(&file, &[]);
+    let pids = collect(&first, ": running pid");
+    wait_for("the state file to list 10 pids", T, || {
+        let state = std::fs::read_to_string(sb.data().join("state.json")).ok()?;
+        (state.matches("\"pid\"").count() == 10).then_some(())
+    });
+    signal(first.child.id(), "KILL");
+    first.wait_exit();
+
+    let mut second = sb.run(&file, &[]);
+    let adopted = collect(&second, ": adopted running pid");
+    assert_eq!(adopted, pids, "{}", second.output());
+    assert!(
+        !second.output().contains(": running pid"),
+        "nothing may be started twice:\n{}",
+        second.output()
+    );
+    let live: BTreeSet<i32> = sandbox_pids(&sb.data()).into_iter().collect();
+    assert_eq!(live, pids, "exactly the ten original processes run");
+
+    // An adopted task that exits is noticed (through its pidfd), with an
+    // unknown exit status, and its restart policy applies.
+    let victim = *pids.iter().next().unwrap();
+    unsafe_free_kill(victim);
+    let line = second.wait_line("exited (exit code unknown");
+    assert!(line.contains("restarting in"), "{line}");
+    wait_for("the replacement to start", T, || {
+        (second.lines_with(": running pid").len() == 1).then_some(())
+    });
+    // Output of the adopted tasks kept flowing into their logs.
+    let log = std::fs::read_to_string(sb.data().join("alloc/fleet-g/r3/t/logs/stdout")).unwrap();
+    assert_eq!(log, "started\n");
+    signal(second.child.id(), "TERM");
+    assert_eq!(second.wait_exit(), 0, "{}", second.output());
+    assert!(sandbox_pids(&sb.data()).is_empty());
+}
+
+#[test]
+fn keep_running_leaves_tasks_and_stop_all_stops_them() {
+    let sb = Sandbox::new();
+    let file = sb.job(&job(
+        "kept",
+        "service",
+        r#"    - name: g
+      tasks:
+        - {name: t, driver: exec, killTimeout: 200ms, config: {execConfig: {command: /bin/sh, args: ["-c", "trap '' TERM; sleep 300 & wait"]}}}
+"#,
+    ));
+    let mut agent = sb.run(&file, &["--keep-running"]);
+    let pid = agent.pid_of("g r0 t: running pid");
+    signal(agent.child.id(), "TERM");
+    assert_eq!(agent.wait_exit(), 0);
+    assert!(alive(pid), "--keep-running must leave the task running");
+    let out = Command::new(agent_bin())
+        .args(["stop-all", "--data-dir"])
+        .arg(sb.data())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "stopped 1 process group(s)\n");
+    // stop-all escalated to SIGKILL for the process that ignores SIGTERM.
+    wait_for("the task to be gone", T, || {
+        (!alive(pid) && sandbox_pids(&sb.data()).is_empty()).then_some(())
+    });
+}
+
+/// Serve `body` over HTTP on 127.0.0.1 for as many requests as come.
+fn serve(body: &'static [u8]) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().map_while(Result::ok) {
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = s.write_all(body);
+        }
+    });
+    port
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    let out = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    out.stdin.as_ref().unwrap().write_all(data).unwrap();
+    let o = out.wait_with_output().unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn templates_and_artifacts_are_in_place_and_a_bad_checksum_fails_cleanly() {
+    let sb = Sandbox::new();
+    let body: &'static [u8] = b"#!/bin/sh\necho tool ok\n";
+    let port = serve(body);
+    let good = sha256_hex(body);
+    let src = sb.path().join("payload.txt");
+    std::fs::write(&src, "from a file\n").unwrap();
+    let file = sb.job(&job(
+        "stuff",
+        "batch",
+        &format!(
+            r#"    - name: g
+      tasks:
+        - name: good
+          driver: exec
+          env: {{GREETING: hello}}
+          templates:
+            - {{destPath: local/conf/app.conf, perms: "0600", embeddedTmpl: "greeting=${{GREETING}} task={{{{ env \"K8S4R_TASK\" }}}}\n"}}
+          artifacts:
+            - {{getterSource: "http://127.0.0.1:{port}/dl/tool.sh", getterOptions: {{checksum: "sha256:{good}"}}}}
+            - {{getterSource: "file://{src}", relativeDest: "${{K8S4R_ALLOC_DIR}}/shared/"}}
+          config: {{execConfig: {{command: /bin/sh, args: ["-c", "cat local/conf/app.conf; sh local/tool.sh; cat $K8S4R_ALLOC_DIR/shared/payload.txt"]}}}}
+        - name: bad
+          driver: exec
+          artifacts:
+            - {{getterSource: "http://127.0.0.1:{port}/dl/evil.sh", getterOptions: {{checksum: "sha256:{zeros}"}}}}
+          config: {{execConfig: {{command: /bin/true}}}}
+"#,
+            src = src.display(),
+            zeros = "0".repeat(64)
+        ),
+    ));
+    let mut agent = sb.run(&file, &[]);
+    assert_eq!(agent.wait_exit(), 1, "{}", agent.output());
+    let out = agent.output();
+    let task = sb.data().join("alloc/stuff-g/r0/good");
+    let stdout = std::fs::read_to_string(task.join("logs/stdout")).unwrap();
+    assert_eq!(stdout, "greeting=hello task=good\ntool ok\nfrom a file\n");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(task.join("local/conf/app.conf"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    assert!(
+        out.contains(&format!("g r0 bad: failed: failed to start: artifact http://127.0.0.1:{port}/dl/evil.sh: checksum mismatch: expected sha256:{}, got sha256:{good}", "0".repeat(64))),
+        "{out}"
+    );
+    let local: Vec<_> = std::fs::read_dir(sb.data().join("alloc/stuff-g/r0/bad/local"))
+        .unwrap()
+        .collect();
+    assert!(local.is_empty(), "nothing half-written may remain: {local:?}");
+}
+
+#[test]
+fn path_traversal_is_refused_lexically_and_through_symlinks() {
+    let sb = Sandbox::new();
+    let file = sb.job(&job(
+        "escape",
+        "batch",
+        r#"    - name: g
+      tasks:
+        - name: t
+          driver: exec
+          templates: [{destPath: "../../outside.txt", embeddedTmpl: "x"}]
+          config: {execConfig: {command: /bin/true}}
+"#,
+    ));
+    let mut agent = sb.run(&file, &[]);
+    assert_eq!(agent.wait_exit(), 2);
+    assert!(!sb.path().join("outside.txt").exists());
+
+    // The task replaces its own local/conf with a symlink out of the task
+    // directory; on restart the template must not be written through it.
+    let sb = Sandbox::new();
+    let outside = sb.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let file = sb.job(&job(
+        "escape",
+        "batch",
+        &format!(
+            r#"    - name: g
+      tasks:
+        - name: t
+          driver: exec
+          restartPolicy: {{attempts: 1, delay: 10ms}}
+          templates: [{{destPath: "local/conf/app.conf", embeddedTmpl: "x"}}]
+          config: {{execConfig: {{command: /bin/sh, args: ["-c", "rm -rf local/conf && ln -s {} local/conf; exit 1"]}}}}
+"#,
+            outside.display()
+        ),
+    ));
+    let mut agent = sb.run(&file, &[]);
+    assert_eq!(agent.wait_exit(), 1, "{}", agent.output());
+    let out = agent.output();
+    assert!(
+        out.contains("path \"local/conf/app.conf\" refused: \"conf\" is a symlink or not a directory"),
+        "{out}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&outside).unwrap().count(),
+        0,
+        "written through the symlink"
+    );
+}
