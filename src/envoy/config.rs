@@ -34,7 +34,10 @@ pub fn render_static(plan: &Plan, id: &Identity<'_>, opts: &ProxyOptions) -> Res
             ("overload", Slot::json(overload(opts)?)),
             ("listeners", Slot::json(list(&r.listeners))),
             ("clusters", Slot::json(list(&r.clusters))),
-            ("secrets", Slot::json(list(&r.secrets))),
+            (
+                "secrets",
+                Slot::json(list(&r.file_secrets.map(|p| vec![p.cert, p.ca]).unwrap_or_default())),
+            ),
         ],
     )?;
     Ok(pretty(&doc))
@@ -99,18 +102,12 @@ pub fn render_runtime(
             ("xds_dir", Slot::text(layout.xds_dir.to_string_lossy())),
         ],
     )?;
-    let sds = match r.secrets.as_slice() {
-        [] => Vec::new(),
-        [cert, ca] => vec![
-            (SDS_CERT_FILE, xds_file(std::slice::from_ref(cert), SECRET_TYPE)?),
-            (SDS_CA_FILE, xds_file(std::slice::from_ref(ca), SECRET_TYPE)?),
+    let sds = match &r.file_secrets {
+        None => Vec::new(),
+        Some(pair) => vec![
+            (SDS_CERT_FILE, xds_file(std::slice::from_ref(&pair.cert), SECRET_TYPE)?),
+            (SDS_CA_FILE, xds_file(std::slice::from_ref(&pair.ca), SECRET_TYPE)?),
         ],
-        other => {
-            return Err(RenderError::NotJson {
-                template: "sds",
-                error: format!("expected a certificate and a CA secret, got {} secrets", other.len()),
-            })
-        }
     };
     Ok(Runtime {
         bootstrap: pretty(&bootstrap),

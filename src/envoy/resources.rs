@@ -33,8 +33,17 @@ pub struct Resources {
     /// SDS clusters first: Envoy resolves the clusters an SDS config names
     /// when it creates the clusters that use it.
     pub clusters: Vec<String>,
-    /// Secrets read from `tlsFiles` (certificate, then CA), if used.
-    pub secrets: Vec<String>,
+    /// Secrets read from `tlsFiles`, if some TLS context uses them.
+    pub file_secrets: Option<FileSecretPair>,
+}
+
+/// The two secrets made from `tlsFiles`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FileSecretPair {
+    /// [`FILES_CERT_NAME`]: certificate chain and key.
+    pub cert: String,
+    /// [`FILES_CA_NAME`]: the CA that peers must chain to.
+    pub ca: String,
 }
 
 pub fn render(plan: &Plan, opts: &ProxyOptions, files: FileSecrets<'_>) -> Result<Resources, RenderError> {
@@ -58,7 +67,7 @@ pub fn render(plan: &Plan, opts: &ProxyOptions, files: FileSecrets<'_>) -> Resul
         out.clusters.push(ctx.local_cluster(ib)?);
     }
     if let Some(f) = &plan.files {
-        out.secrets = file_secrets(f)?;
+        out.file_secrets = Some(file_secrets(f)?);
     }
     Ok(out)
 }
@@ -294,7 +303,7 @@ fn san_matchers(checks: &[SanCheck]) -> String {
 /// The certificate and CA secrets read from `tlsFiles`. Cert and key are
 /// watched through their directory when they share one, so a rotation that
 /// moves both in at once is read as one consistent pair.
-fn file_secrets(files: &TlsFiles) -> Result<Vec<String>, RenderError> {
+fn file_secrets(files: &TlsFiles) -> Result<FileSecretPair, RenderError> {
     let parent = |p: &str| Path::new(p).parent().map(|d| d.to_string_lossy().into_owned());
     let watch = |dir: Option<String>| match dir {
         Some(d) if !d.is_empty() => format!(r#"{{"path":{}}}"#, quoted(&d)),
@@ -318,5 +327,5 @@ fn file_secrets(files: &TlsFiles) -> Result<Vec<String>, RenderError> {
             ("watched_directory", Slot::json(watch(parent(&files.ca_path)))),
         ],
     )?;
-    Ok(vec![cert, ca])
+    Ok(FileSecretPair { cert, ca })
 }

@@ -175,3 +175,31 @@ pub fn spire_sockets(dir: &Path) -> Vec<(String, String)> {
         })
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{NetworkConfig, Upstream};
+
+    #[test]
+    fn a_too_long_admin_socket_path_is_refused_before_writing() {
+        let dir = std::path::PathBuf::from(format!("/nonexistent/{}", "d".repeat(120)));
+        let proxy = GroupProxy {
+            network: NetworkConfig {
+                upstreams: vec![Upstream {
+                    name: "db".into(),
+                    local_port: 1,
+                    upstream: "db:1".into(),
+                    tls: Some(false),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+            dir: dir.clone(),
+            ..GroupProxy::default()
+        };
+        let err = prepare(&proxy, &ProxyExtras::default()).unwrap_err().to_string();
+        assert!(err.contains("more than a unix socket allows"), "{err}");
+        assert!(!dir.exists());
+    }
+}

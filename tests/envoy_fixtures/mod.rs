@@ -126,12 +126,30 @@ impl Drop for Envoy {
     }
 }
 
-/// A port that was free a moment ago (the kernel's pick).
+/// A port that was free a moment ago, never handed out twice in this test
+/// process. Taken from 20000-31999, below Linux's ephemeral range
+/// (32768-60999), so outgoing connections (which get ephemeral ports) cannot
+/// grab it between this check and Envoy binding it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("pick a free port")
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let given = given.get_or_insert_with(HashSet::new);
+    // Spread processes apart; then walk the range.
+    let seed = std::process::id() as usize * 7919
+        + std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() as usize)
+            .unwrap_or(0);
+    for i in 0..12_000 {
+        let port = 20_000 + ((seed + i * 7) % 12_000) as u16;
+        if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
+            return port;
+        }
+    }
+    panic!("no free port in 20000-31999")
 }
 
 /// A server thread per listener; one thread per connection. Stopped on drop.
