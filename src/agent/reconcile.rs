@@ -215,12 +215,18 @@ impl Reconciler {
         if !self.proxies.contains_key(key) {
             let dir = self.group_dir(key).join("envoy");
             std::fs::create_dir_all(&dir).map_err(|e| format!("proxy: creating {}: {e}", dir.display()))?;
+            let envoy_bin = find_executable(&self.config.envoy_bin).ok_or_else(|| {
+                format!(
+                    "proxy: envoy binary {:?} not found (install Envoy, or set --envoy-bin / K8S4R_ENVOY)",
+                    self.config.envoy_bin
+                )
+            })?;
             let proxy = GroupProxy {
                 job: first.job().to_string(),
                 group: first.group().to_string(),
                 network: network.clone(),
                 dir: dir.clone(),
-                envoy_bin: self.config.envoy_bin.clone(),
+                envoy_bin,
             };
             // Render now, so a network that cannot become a proxy fails the
             // group with its reason instead of crash-looping a daemon. An
@@ -242,7 +248,7 @@ impl Reconciler {
                 name: name.clone(),
                 label: format!("{} envoy", first.group()),
                 argv,
-                env: BTreeMap::from([("PATH".to_string(), DEFAULT_PATH.to_string())]),
+                env: BTreeMap::from([("PATH".to_string(), task_path())]),
                 alloc_dir: self.group_dir(key).join("alloc"),
                 dir,
                 user: None,
@@ -368,7 +374,7 @@ impl Reconciler {
     ) -> UnitSpec {
         // The task's own variables may use the injected ones (`${K8S4R_TASK_DIR}/x`);
         // the injected ones always win, so a manifest cannot fake them.
-        let mut env: BTreeMap<String, String> = BTreeMap::from([("PATH".to_string(), DEFAULT_PATH.to_string())]);
+        let mut env: BTreeMap<String, String> = BTreeMap::from([("PATH".to_string(), task_path())]);
         let injected_map: BTreeMap<String, String> = injected.iter().cloned().collect();
         for (k, v) in &spec.env {
             env.insert(k.clone(), expand(v, &injected_map));
@@ -440,6 +446,30 @@ fn write_launch(path: &Path, launch: &envoy::Launch) -> std::io::Result<()> {
     };
     let bytes = serde_json::to_vec(&saved).map_err(std::io::Error::other)?;
     super::state::write_atomic(path, &bytes, 0o600)
+}
+
+/// `bin` itself if it names a path, else the first executable `bin` on the
+/// agent's PATH (tasks get their own PATH, so the proxy's binary is resolved
+/// here, once).
+pub fn find_executable(bin: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if bin.components().count() > 1 || bin.is_absolute() {
+        return executable(bin).then(|| bin.to_path_buf());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(bin))
+        .find(|p| executable(p))
+}
+
+/// The PATH tasks get: the agent's own (so `run -f` on a developer machine
+/// finds the same tools), or a standard one.
+fn task_path() -> String {
+    std::env::var("PATH")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| DEFAULT_PATH.to_string())
 }
 
 /// `<taskGroup>-<init>` for group init tasks, `robot-<name>` for robot-scoped daemons.
