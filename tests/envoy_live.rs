@@ -351,3 +351,31 @@ fn upstream_health_is_reported_from_envoy_health_checks() {
     assert_eq!(summary, [("down", false), ("up", true)], "{health:?}");
     assert!(health[0].flags.contains("failed_active_hc"), "{health:?}");
 }
+
+#[test]
+fn changed_options_are_applied_to_resources_and_ask_for_a_restart() {
+    let Some(bin) = envoy_or_skip("changed_options_are_applied_to_resources_and_ask_for_a_restart") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let g = group(
+        "opts",
+        &tmp.path().join("opts"),
+        &bin,
+        vec![upstream("db", free_port(), "127.0.0.1:1", Protocol::Tcp, false)],
+    );
+    envoy::prepare(&g).unwrap();
+    envoy::update(&g).unwrap();
+    let extras = envoy::ProxyExtras {
+        options: envoy::ProxyOptions {
+            max_heap_bytes: 32 << 20,
+            buffer_limit_bytes: 16 << 10,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let err = envoy::update_with(&g, &extras).unwrap_err().to_string();
+    assert!(err.contains("needs an Envoy restart"), "{err}");
+    let lds = std::fs::read_to_string(g.dir.join("xds/lds.json")).unwrap();
+    assert!(lds.contains("\"per_connection_buffer_limit_bytes\": 16384"), "{lds}");
+}

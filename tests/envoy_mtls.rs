@@ -447,3 +447,64 @@ fn http_and_grpc_upstreams_over_mtls() {
     let (status, body) = http_get(grpc_port, "/pkg.Service/Call").unwrap();
     assert_eq!((status, body.as_str()), (200, "h2 only"));
 }
+
+/// A live update can bring in SPIRE: the SDS cluster and the mTLS upstream
+/// arrive through CDS/LDS files, no restart, and the plain upstream's open
+/// connection is untouched.
+#[test]
+fn live_update_adds_a_spire_mtls_upstream_without_restart() {
+    let Some(bin) = envoy_or_skip("live_update_adds_a_spire_mtls_upstream_without_restart") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let echo = Server::echo();
+    let ca = Ca::new(tmp.path(), "example.org");
+    let server = ServerSide::start(
+        &bin,
+        &tmp.path().join("server"),
+        ca.files(&ca.leaf("server", SERVER_ID, 70)),
+        Some("example.org"),
+        &[ROBOT_ID],
+        echo.port,
+    );
+    let svid = ca.leaf("robot", ROBOT_ID, 71);
+    let read = |p: &Path| std::fs::read(p).unwrap();
+    let spire = SdsServer::start(
+        &tmp.path().join("agent.sock"),
+        "default",
+        (&read(&svid.cert), &read(&svid.key)),
+        &[("example.org", &read(&ca.cert))],
+    );
+    let (plain_port, mtls_port) = (free_port(), free_port());
+    let mut g = GroupProxy {
+        envoy_bin: bin.clone(),
+        ..proxy(
+            "robot",
+            &tmp.path().join("robot"),
+            plain_network(vec![upstream(
+                "plain",
+                plain_port,
+                &format!("127.0.0.1:{}", echo.port),
+                Protocol::Tcp,
+                false,
+            )]),
+        )
+    };
+    let e = Envoy::run(&g);
+    let pid = e.pid();
+    let mut open = connect(plain_port).unwrap();
+    assert_eq!(roundtrip(&mut open, b"before").unwrap(), b"before");
+
+    g.network.spiffe = Some(spiffe("example.org", Some(&spire.socket)));
+    g.network
+        .upstreams
+        .push(tls_upstream("secure", mtls_port, server.port, Some(SERVER_ID)));
+    envoy::update(&g).unwrap();
+    let echoed = wait_for("the new mTLS upstream answers", READY, || {
+        echo_through(mtls_port, b"now with mTLS").ok()
+    });
+    assert_eq!(echoed, b"now with mTLS");
+    assert_eq!(e.pid(), pid);
+    assert_eq!(roundtrip(&mut open, b"after").unwrap(), b"after");
+    assert_eq!(spire.nacks(), 0);
+}
