@@ -15,6 +15,7 @@
 //! - [`resources`]: plan → listener/cluster/secret JSON;
 //! - [`config`]: whole documents (static one-file form, runtime form);
 //! - [`runtime`]: files on disk, atomically, and the Envoy command line;
+//! - [`files`]: atomic file replacement; [`options`]: sizing and flags;
 //! - [`admin`]: HTTP over the admin unix socket; [`ports`]: port clashes;
 //! - [`inbound`]: the inbound mTLS + RBAC manifest field; [`cli`]: `render-envoy`.
 

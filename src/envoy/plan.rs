@@ -191,17 +191,7 @@ pub fn plan(network: &NetworkConfig, inbound: &[Inbound]) -> Result<Plan, PlanEr
         })?;
         let tls = if up.tls() {
             let spiffe = up.spiffe.as_ref().or(network.spiffe.as_ref());
-            // A per-upstream spiffe block names its own SPIRE agent; otherwise
-            // tlsFiles (explicitly "instead of SPIRE") win over the group's.
-            let source = match (&up.spiffe, &network.tls_files, spiffe) {
-                (Some(s), _, _) => spire_source(&mut plan.spire_agents, s),
-                (None, Some(_), _) => CertSource::Files,
-                (None, None, Some(s)) => spire_source(&mut plan.spire_agents, s),
-                (None, None, None) => return Err(PlanError::NoCertificates { what }),
-            };
-            if source == CertSource::Files {
-                plan.files.clone_from(&network.tls_files);
-            }
+            let source = plan.cert_source(up.spiffe.as_ref(), network, &what)?;
             let peer = match (&up.spiffe_id, spiffe) {
                 (Some(id), _) => vec![SanCheck::UriExact(id.clone())],
                 (None, Some(s)) => vec![SanCheck::UriPrefix(format!("spiffe://{}/", s.trust_domain))],
@@ -231,15 +221,7 @@ pub fn plan(network: &NetworkConfig, inbound: &[Inbound]) -> Result<Plan, PlanEr
         claim(listen, what.clone())?;
         let target_port = port(&format!("{what} targetPort"), ib.target_port)?;
         let spiffe = ib.spiffe.as_ref().or(network.spiffe.as_ref());
-        let source = match (&ib.spiffe, &network.tls_files, spiffe) {
-            (Some(s), _, _) => spire_source(&mut plan.spire_agents, s),
-            (None, Some(_), _) => CertSource::Files,
-            (None, None, Some(s)) => spire_source(&mut plan.spire_agents, s),
-            (None, None, None) => return Err(PlanError::NoCertificates { what }),
-        };
-        if source == CertSource::Files {
-            plan.files.clone_from(&network.tls_files);
-        }
+        let source = plan.cert_source(ib.spiffe.as_ref(), network, &what)?;
         let prefix = match spiffe {
             Some(s) => format!("spiffe://{}/", s.trust_domain),
             None => "spiffe://".to_string(),
@@ -278,26 +260,50 @@ pub fn split_host_port(s: &str) -> Result<(String, u16), String> {
     Ok((host.to_string(), port))
 }
 
-/// The SDS cluster for a SPIRE socket: named by a hash of the path so the
-/// name is stable across updates and distinct sockets never share one.
-fn spire_source(agents: &mut Vec<SpireAgent>, spiffe: &SpiffeConfig) -> CertSource {
-    let socket = spiffe.socket_path().to_string();
-    let cluster = match agents.iter().find(|a| a.socket == socket) {
-        Some(a) => a.cluster.clone(),
-        None => {
-            let digest = Sha256::digest(socket.as_bytes());
-            let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
-            let cluster = format!("spire-{hex}");
-            agents.push(SpireAgent {
-                cluster: cluster.clone(),
-                socket,
-            });
-            cluster
+impl Plan {
+    /// Where one TLS context gets its certificates. A spiffe block on the
+    /// upstream/inbound itself names its own SPIRE agent; otherwise the
+    /// group's tlsFiles (explicitly "instead of a SPIRE agent") win over the
+    /// group's spiffe block, which then only names the trust domain.
+    fn cert_source(
+        &mut self,
+        own: Option<&SpiffeConfig>,
+        network: &NetworkConfig,
+        what: &str,
+    ) -> Result<CertSource, PlanError> {
+        match (own, &network.tls_files, &network.spiffe) {
+            (Some(s), _, _) => Ok(self.spire_source(s)),
+            (None, Some(files), _) => {
+                self.files = Some(files.clone());
+                Ok(CertSource::Files)
+            }
+            (None, None, Some(s)) => Ok(self.spire_source(s)),
+            (None, None, None) => Err(PlanError::NoCertificates { what: what.to_string() }),
         }
-    };
-    CertSource::Spire {
-        cluster,
-        trust_domain: spiffe.trust_domain.clone(),
+    }
+
+    /// The SDS cluster for a SPIRE socket: named by a hash of the path so
+    /// the name is stable across updates and distinct sockets never share
+    /// one.
+    fn spire_source(&mut self, spiffe: &SpiffeConfig) -> CertSource {
+        let socket = spiffe.socket_path().to_string();
+        let cluster = match self.spire_agents.iter().find(|a| a.socket == socket) {
+            Some(a) => a.cluster.clone(),
+            None => {
+                let digest = Sha256::digest(socket.as_bytes());
+                let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+                let cluster = format!("spire-{hex}");
+                self.spire_agents.push(SpireAgent {
+                    cluster: cluster.clone(),
+                    socket,
+                });
+                cluster
+            }
+        };
+        CertSource::Spire {
+            cluster,
+            trust_domain: spiffe.trust_domain.clone(),
+        }
     }
 }
 
