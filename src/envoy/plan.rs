@@ -44,6 +44,11 @@ pub enum PlanError {
     NoCertificates {
         what: String,
     },
+    /// An inbound listen address that is not an IP address.
+    Address {
+        what: String,
+        value: String,
+    },
     /// Two listeners want the same port.
     PortClash {
         port: u16,
@@ -63,6 +68,7 @@ impl fmt::Display for PlanError {
                 f,
                 "{what}: TLS needs certificates but the network has no spiffe block or tlsFiles"
             ),
+            PlanError::Address { what, value } => write!(f, "{what}: {value:?} is not an IP address"),
             PlanError::PortClash { port, first, second } => {
                 write!(f, "port {port} is wanted by both {first} and {second}")
             }
@@ -220,6 +226,10 @@ pub fn plan(network: &NetworkConfig, inbound: &[Inbound]) -> Result<Plan, PlanEr
         let listen = port(&format!("{what} port"), ib.port)?;
         claim(listen, what.clone())?;
         let target_port = port(&format!("{what} targetPort"), ib.target_port)?;
+        let address: std::net::IpAddr = ib.address().parse().map_err(|_| PlanError::Address {
+            what: format!("{what} address"),
+            value: ib.address().to_string(),
+        })?;
         let spiffe = ib.spiffe.as_ref().or(network.spiffe.as_ref());
         let source = plan.cert_source(ib.spiffe.as_ref(), network, &what)?;
         let prefix = match spiffe {
@@ -228,7 +238,7 @@ pub fn plan(network: &NetworkConfig, inbound: &[Inbound]) -> Result<Plan, PlanEr
         };
         plan.inbound.push(InboundRoute {
             name: ib.name.clone(),
-            address: ib.address().to_string(),
+            address: address.to_string(),
             port: listen,
             target_port,
             allowed: ib.allowed_spiffe_ids.clone(),
@@ -410,6 +420,16 @@ mod tests {
             ..up("b", 1, "y:2")
         });
         assert!(matches!(plan(&net, &[]), Err(PlanError::PortClash { port: 1, .. })));
+        net.upstreams.pop();
+        let inbound = Inbound {
+            name: "in".into(),
+            port: 2,
+            target_port: 3,
+            address: Some("everywhere".into()),
+            allowed_spiffe_ids: vec!["spiffe://a.org/x".into()],
+            spiffe: Some(spiffe("a.org", None)),
+        };
+        assert!(matches!(plan(&net, &[inbound]), Err(PlanError::Address { .. })));
         net.enabled = Some(false);
         assert_eq!(plan(&net, &[]), Err(PlanError::Disabled));
     }

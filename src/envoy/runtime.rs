@@ -120,6 +120,7 @@ fn check_ports(plan: &Plan, ours: &HashSet<u16>) -> Result<(), EnvoyError> {
         .iter()
         .map(|o| (format!("upstream {:?} localPort", o.name), loopback, o.local_port))
         .chain(plan.inbound.iter().map(|i| {
+            // The plan parsed it already; loopback is never reached.
             let ip = i.address.parse().unwrap_or(loopback);
             (format!("inbound {:?} port", i.name), ip, i.port)
         }));
