@@ -10,6 +10,8 @@
 pub mod artifacts;
 pub mod cgroup;
 pub mod checks;
+pub mod connected;
+pub mod device;
 pub mod logs;
 pub mod paths;
 pub mod procfs;
@@ -94,7 +96,7 @@ fn default_robot() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
-fn default_envoy() -> PathBuf {
+pub fn default_envoy() -> PathBuf {
     std::env::var_os("K8S4R_ENVOY")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("envoy"))

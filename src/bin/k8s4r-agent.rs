@@ -10,6 +10,7 @@ USAGE:
     k8s4r-agent <COMMAND> [OPTIONS]
 
 COMMANDS:
+    [connect] --server URL ...  Connected mode: register, long-poll tasks, run them (see connect --help)
     run -f FILE [--data-dir DIR]  Run a Job's task groups on this machine, no server
     logs TASK [-f] [--tail N]     Print a task's output
     stop-all [--data-dir DIR]     Stop every task the agent started
@@ -45,6 +46,11 @@ fn run() -> Result<i32, lexopt::Error> {
         Short('V') | Long("version") => {
             println!("k8s4r-agent {}", cli::VERSION);
             Ok(0)
+        }
+        Value(cmd) if cmd == "connect" => k8s4r::agent::connected::cli::cmd_connect(None, &mut parser),
+        Long(opt) => {
+            let opt = opt.to_string();
+            k8s4r::agent::connected::cli::cmd_connect(Some(opt), &mut parser)
         }
         Value(cmd) if cmd == "run" => k8s4r::agent::cmd_run(&mut parser),
         Value(cmd) if cmd == "logs" => k8s4r::agent::cmd_logs(&mut parser),

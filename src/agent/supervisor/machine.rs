@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// How a process ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Exit {
     Code(i32),
     Signal(i32),

@@ -9,6 +9,8 @@ pub mod machine;
 mod signals;
 pub mod spawn;
 
+pub use signals::Waker;
+
 use crate::agent::cgroup::{Cgroups, Limits};
 use crate::agent::checks::{self, CheckSpec, Probe};
 use crate::agent::logs::{self, LogLimits, LogPump};
@@ -243,6 +245,12 @@ impl Supervisor {
         std::mem::take(&mut self.changes)
     }
 
+    /// A handle another thread uses to wake `run_once` (e.g. the network
+    /// poller when a new desired set arrived).
+    pub fn waker(&self) -> std::io::Result<Waker> {
+        self.wakeups.waker()
+    }
+
     pub fn shutdown_requested(&self) -> bool {
         self.wakeups.shutdown_requested()
     }
@@ -311,6 +319,7 @@ impl Supervisor {
             None => Event::Start,
             Some(saved) => {
                 machine.restart_count = saved.restarts;
+                machine.last_exit = saved.last_exit;
                 match saved.phase {
                     SavedPhase::Completed => {
                         machine.phase = Phase::Completed;
@@ -748,6 +757,7 @@ impl Supervisor {
                     start_time: u.identity.filter(|_| running).map(|i| i.start_time),
                     dir: u.spec.dir.clone(),
                     restarts: u.machine.restart_count,
+                    last_exit: u.machine.last_exit,
                     message,
                     kill_timeout_ms: u.spec.kill_timeout.as_millis() as u64,
                 },

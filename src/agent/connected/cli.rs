@@ -1,0 +1,127 @@
+//! `k8s4r-agent [connect] --server URL --join-token T --name ROBOT ...`:
+//! the command line of connected mode. Settings may also come from the
+//! environment and a config file (see `config`).
+
+use super::config::{self, Settings};
+use super::ConnectedOptions;
+use crate::agent::{cgroup, default_data_dir, default_envoy, logs::LogLimits, reconcile, supervisor};
+use lexopt::prelude::*;
+use std::path::PathBuf;
+
+pub const USAGE: &str = "\
+k8s4r-agent [connect] [OPTIONS]
+
+Connected mode: register with the control plane once (join token), then
+long-poll this robot's tasks and run them; statuses go through an on-disk
+outbox. SIGTERM exits and leaves tasks running for the next agent.
+
+OPTIONS (each also as an environment variable, or a KEY=value line in the
+config file; flags win over the environment, the environment over the file):
+    --server URL          Control plane, http://HOST:PORT          [K8S4R_SERVER]
+    --join-token TOKEN    From `k8s4r token create`; needed once   [K8S4R_JOIN_TOKEN]
+    --name ROBOT          This robot's name [default: hostname]    [K8S4R_NAME]
+    --labels k=v,...      Labels robotSelector matches             [K8S4R_LABELS]
+    --namespace NS        Namespace of the Robot [default: default] [K8S4R_NAMESPACE]
+    --data-dir DIR        State, task directories, logs            [K8S4R_DATA_DIR]
+    --config FILE         Settings file [default: /etc/k8s4r/agent.env if present]
+    --envoy-bin PATH      Envoy for task groups with a network     [K8S4R_ENVOY]
+    --log-max-size BYTES  Size cap of each task log file [default 1Mi]
+    --log-max-files N     Log files kept per stream [default 3]
+    --no-cgroups          Do not use cgroups for task limits
+    -h, --help            Print help
+";
+
+/// Parse connected-mode options. `first` is a long option's name the caller
+/// already took from the parser (the agent started without a subcommand).
+pub fn cmd_connect(first: Option<String>, parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
+    let mut flags = Settings::new();
+    let mut config_file = None;
+    let mut data_dir = None;
+    let mut envoy_bin = None;
+    let mut limits = LogLimits::default();
+    let mut cgroup_root = Some(PathBuf::from(cgroup::DEFAULT_ROOT));
+    let mut pending = first;
+    loop {
+        let name = match pending.take() {
+            Some(name) => name,
+            None => match parser.next()? {
+                Some(Long(l)) => l.to_string(),
+                Some(Short('h')) => "help".to_string(),
+                Some(other) => return Err(other.unexpected()),
+                None => break,
+            },
+        };
+        let key = match name.as_str() {
+            "server" => "K8S4R_SERVER",
+            "join-token" => "K8S4R_JOIN_TOKEN",
+            "name" => "K8S4R_NAME",
+            "labels" => "K8S4R_LABELS",
+            "namespace" => "K8S4R_NAMESPACE",
+            "config" => {
+                config_file = Some(parser.value()?.string()?);
+                continue;
+            }
+            "data-dir" => {
+                data_dir = Some(PathBuf::from(parser.value()?));
+                continue;
+            }
+            "envoy-bin" => {
+                envoy_bin = Some(PathBuf::from(parser.value()?));
+                continue;
+            }
+            "log-max-size" => {
+                let text = parser.value()?.string()?;
+                limits.max_bytes = crate::api::Quantity::new(&text)
+                    .units_ceil()
+                    .and_then(|b| u64::try_from(b).ok())
+                    .filter(|b| *b > 0)
+                    .ok_or_else(|| format!("--log-max-size {text:?}: expected a size such as 1Mi or 500000"))?;
+                continue;
+            }
+            "log-max-files" => {
+                limits.max_files = parser.value()?.parse::<u32>()?.max(1);
+                continue;
+            }
+            "no-cgroups" => {
+                cgroup_root = None;
+                continue;
+            }
+            "help" => {
+                print!("{USAGE}");
+                return Ok(0);
+            }
+            other => return Err(format!("invalid option '--{other}'; see k8s4r-agent connect --help").into()),
+        };
+        flags.insert(key.to_string(), parser.value()?.string()?);
+    }
+    let file = config::file_settings(config_file.as_deref()).map_err(|e| e.to_string())?;
+    let env = config::env_settings();
+    let hostname = rustix::system::uname().nodename().to_string_lossy().into_owned();
+    let config = config::resolve(&flags, &env, &file, &hostname).map_err(|e| e.to_string())?;
+    let data_dir = data_dir
+        .or_else(|| file.get("K8S4R_DATA_DIR").filter(|d| !d.is_empty()).map(PathBuf::from))
+        .unwrap_or_else(default_data_dir);
+    let envoy_bin = envoy_bin
+        .or_else(|| file.get("K8S4R_ENVOY").filter(|d| !d.is_empty()).map(PathBuf::from))
+        .unwrap_or_else(default_envoy);
+    let opts = ConnectedOptions {
+        supervisor: supervisor::SupervisorConfig {
+            data_dir: data_dir.clone(),
+            log_limits: limits,
+            cgroup_root,
+        },
+        reconcile: reconcile::ReconcileConfig {
+            robot: config.name.clone(),
+            data_dir,
+            envoy_bin,
+        },
+        config,
+    };
+    match super::run(opts) {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(2)
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! The agent API over plain HTTP with ureq (blocking; no async runtime).
+//! HTTP stays here: callers get typed requests and responses.
+
+use crate::api::agent_protocol::{Assignments, RegisterRequest, RegisterResponse, StatusReply, StatusReport, PREFIX};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::fmt;
+use std::io::Read;
+use std::time::Duration;
+
+/// Largest response we read: a robot's full desired set stays far below.
+const MAX_RESPONSE: u64 = 16 << 20;
+/// Added to the long-poll wait so the server answers before we give up.
+const POLL_SLACK: Duration = Duration::from_secs(10);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug)]
+pub enum ClientError {
+    /// Could not reach the server or the connection broke.
+    Transport(String),
+    /// The server answered with an error status (message from its Status).
+    Status { code: u16, message: String },
+    /// The answer was not what the protocol says.
+    Decode(String),
+}
+
+impl ClientError {
+    pub fn is_unauthorized(&self) -> bool {
+        matches!(self, ClientError::Status { code: 401, .. })
+    }
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::Transport(m) => write!(f, "cannot reach the server: {m}"),
+            ClientError::Status { code, message } => write!(f, "server answered {code}: {message}"),
+            ClientError::Decode(m) => write!(f, "unexpected answer from the server: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+pub struct Client {
+    base: String,
+    http: ureq::Agent,
+}
+
+impl Client {
+    pub fn new(base: &str) -> Self {
+        let http: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(10)))
+            .user_agent(format!("k8s4r-agent/{}", env!("CARGO_PKG_VERSION")))
+            .build()
+            .into();
+        Client {
+            base: base.trim_end_matches('/').to_string(),
+            http,
+        }
+    }
+
+    pub fn register(&self, req: &RegisterRequest) -> Result<RegisterResponse, ClientError> {
+        self.post(&format!("{PREFIX}/register"), None, req)
+    }
+
+    /// Long poll: returns at once if the desired set changed after `since`,
+    /// else when it changes or `wait` is over.
+    pub fn assignments(
+        &self,
+        robot: &str,
+        token: &str,
+        since: u64,
+        wait: Duration,
+    ) -> Result<Assignments, ClientError> {
+        let url = format!(
+            "{}{PREFIX}/robots/{robot}/assignments?since={since}&wait={}s",
+            self.base,
+            wait.as_secs()
+        );
+        let response = self
+            .http
+            .get(&url)
+            .config()
+            .timeout_global(Some(wait + POLL_SLACK))
+            .build()
+            .header("Authorization", &format!("Bearer {token}"))
+            .header("Accept", "application/json")
+            .call();
+        read_json(response)
+    }
+
+    pub fn report(&self, robot: &str, token: &str, report: &StatusReport) -> Result<StatusReply, ClientError> {
+        self.post(&format!("{PREFIX}/robots/{robot}/status"), Some(token), report)
+    }
+
+    fn post<B: Serialize, R: DeserializeOwned>(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: &B,
+    ) -> Result<R, ClientError> {
+        let bytes = serde_json::to_vec(body).map_err(|e| ClientError::Decode(e.to_string()))?;
+        let mut req = self
+            .http
+            .post(&format!("{}{path}", self.base))
+            .config()
+            .timeout_global(Some(REQUEST_TIMEOUT))
+            .build()
+            .header("Content-Type", "application/json")
+            .header("Accept", "application/json");
+        if let Some(t) = token {
+            req = req.header("Authorization", &format!("Bearer {t}"));
+        }
+        read_json(req.send(&bytes[..]))
+    }
+}
+
+fn read_json<R: DeserializeOwned>(
+    response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+) -> Result<R, ClientError> {
+    let response = response.map_err(|e| ClientError::Transport(e.to_string()))?;
+    let code = response.status().as_u16();
+    let mut body = Vec::new();
+    response
+        .into_body()
+        .into_reader()
+        .take(MAX_RESPONSE)
+        .read_to_end(&mut body)
+        .map_err(|e| ClientError::Transport(e.to_string()))?;
+    if !(200..300).contains(&code) {
+        // Errors are Kubernetes Status objects; fall back to the raw text.
+        let message = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(String::from))
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(200).collect());
+        return Err(ClientError::Status { code, message });
+    }
+    serde_json::from_slice(&body).map_err(|e| ClientError::Decode(e.to_string()))
+}

@@ -1,0 +1,355 @@
+//! Connected mode: the robot registers with the control plane, long-polls
+//! its complete desired set of tasks, runs it with the same reconcile code
+//! as `run -f`, and reports statuses through an on-disk outbox.
+//!
+//! Three threads, no async runtime:
+//! - the main thread owns the supervisor and reconciler and sleeps in the
+//!   supervisor's poll(); the others wake it through its waker;
+//! - the poller holds one long-poll open (`wait=30s`), which is also the
+//!   heartbeat, and hands every new desired set to the main thread;
+//! - the reporter sends the outbox (and device info every few minutes).
+//!
+//! Losing the server changes nothing on the robot: the last desired set is
+//! cached on disk and keeps running; statuses wait in the outbox;
+//! reconnects back off exponentially with jitter. SIGTERM exits cleanly and
+//! leaves every task running for the next agent, which re-adopts them.
+
+pub mod backoff;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod identity;
+pub mod outbox;
+
+use super::reconcile::{AssignedTask, Outcome, ReconcileConfig, Reconciler};
+use super::supervisor::machine::{Exit, Phase};
+use super::supervisor::{Supervisor, SupervisorConfig, Waker};
+use crate::api::agent_protocol::{Assignments, StatusReport};
+use crate::api::{JobType, Task, TaskState, TaskStatus};
+use backoff::Backoff;
+use client::Client;
+use config::AgentConfig;
+use identity::Identity;
+use outbox::Outbox;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+const DEFAULT_POLL_WAIT: Duration = Duration::from_secs(30);
+const DEVICE_INFO_EVERY: Duration = Duration::from_secs(300);
+const RETRY_BASE: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
+pub struct ConnectedOptions {
+    pub config: AgentConfig,
+    pub supervisor: SupervisorConfig,
+    pub reconcile: ReconcileConfig,
+}
+
+/// What the poller hands to the main thread.
+#[derive(Default)]
+struct Inbox {
+    latest: Option<Assignments>,
+    connected: bool,
+}
+
+/// State shared by the three threads, with a condition variable so the
+/// background threads can sleep interruptibly.
+struct Shared {
+    inbox: Mutex<Inbox>,
+    outbox: Mutex<Outbox>,
+    changed: Condvar,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    /// Sleep up to `d`, returning early when told to stop or when woken.
+    fn pause(&self, d: Duration) {
+        let guard = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = self.changed.wait_timeout(guard, d);
+    }
+}
+
+fn say(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stderr().lock();
+    let _ = writeln!(out, "{line}");
+}
+
+pub fn run(opts: ConnectedOptions) -> Result<i32, String> {
+    let data_dir = opts.supervisor.data_dir.clone();
+    std::fs::create_dir_all(&data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
+    let (mut sup, notices) = Supervisor::new(opts.supervisor).map_err(|e| e.to_string())?;
+    for n in notices {
+        say(&format!("agent: {n}"));
+    }
+    let client = Client::new(&opts.config.server);
+    let identity = obtain_identity(&client, &opts.config, &data_dir, &sup)?;
+    say(&format!(
+        "agent: robot {} connected to {}",
+        identity.name, opts.config.server
+    ));
+
+    let shared = Arc::new(Shared {
+        inbox: Mutex::new(Inbox::default()),
+        outbox: Mutex::new(Outbox::open(&data_dir).map_err(|e| format!("outbox: {e}"))?),
+        changed: Condvar::new(),
+        stop: AtomicBool::new(false),
+    });
+    let waker = sup.waker().map_err(|e| format!("waker: {e}"))?;
+    spawn_poller(
+        Arc::clone(&shared),
+        Client::new(&opts.config.server),
+        identity.clone(),
+        waker,
+        data_dir.clone(),
+    );
+    spawn_reporter(
+        Arc::clone(&shared),
+        Client::new(&opts.config.server),
+        identity.clone(),
+        data_dir.clone(),
+    );
+
+    let mut desired = load_cached(&data_dir);
+    let mut rec = Reconciler::new(opts.reconcile);
+    loop {
+        if let Some(a) = lock(&shared.inbox).latest.take() {
+            desired = assigned_tasks(&a.tasks);
+            save_cached(&data_dir, &a.tasks);
+        }
+        let recheck = rec.reconcile(&desired, &mut sup);
+        let wanted = rec.wanted(&desired);
+        sup.retain(|n| wanted.contains(n));
+        for (group, msg) in rec.take_notices() {
+            say(&format!("{group}: {msg}"));
+        }
+        for c in sup.take_changes() {
+            say(&format!("{}: {}", c.label, c.message));
+        }
+        queue_statuses(&shared, &desired, &rec, &sup);
+        if sup.shutdown_requested() {
+            sup.flush().map_err(|e| e.to_string())?;
+            shared.stop.store(true, Ordering::SeqCst);
+            shared.changed.notify_all();
+            say("agent: signalled; exiting and leaving tasks running for the next agent");
+            return Ok(0);
+        }
+        sup.run_once(recheck).map_err(|e| e.to_string())?;
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Stored identity, or register (retrying with backoff while the server is
+/// unreachable; a refused join token is fatal).
+fn obtain_identity(
+    client: &Client,
+    config: &AgentConfig,
+    data_dir: &Path,
+    sup: &Supervisor,
+) -> Result<Identity, String> {
+    if let Some(id) = identity::load(data_dir, config) {
+        return Ok(id);
+    }
+    let mut backoff = Backoff::new(RETRY_BASE, RETRY_MAX);
+    loop {
+        match identity::register(client, config, data_dir, super::device::collect(data_dir)) {
+            Ok(id) => return Ok(id),
+            Err(identity::RegisterError::Client(e)) if matches!(e, client::ClientError::Transport(_)) => {
+                let pause = backoff.next_delay();
+                say(&format!("agent: {e}; retrying in {pause:.1?}"));
+                if sup.shutdown_requested() {
+                    return Err("signalled before registering".into());
+                }
+                std::thread::sleep(pause);
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+fn spawn_poller(shared: Arc<Shared>, client: Client, id: Identity, waker: Waker, data_dir: PathBuf) {
+    std::thread::spawn(move || {
+        let mut since = 0u64;
+        let mut wait = Duration::ZERO; // the first poll answers at once
+        let mut backoff = Backoff::new(RETRY_BASE, RETRY_MAX);
+        let mut reported_down = false;
+        while !shared.stop.load(Ordering::SeqCst) {
+            match client.assignments(&id.name, &id.token, since, wait) {
+                Ok(a) => {
+                    backoff.reset();
+                    if reported_down {
+                        say("agent: server reachable again");
+                        reported_down = false;
+                    }
+                    wait = if a.poll_interval_seconds > 0 {
+                        Duration::from_secs(a.poll_interval_seconds)
+                    } else {
+                        DEFAULT_POLL_WAIT
+                    };
+                    let fresh = a.revision != since || since == 0;
+                    since = a.revision;
+                    let mut inbox = lock(&shared.inbox);
+                    inbox.connected = true;
+                    if fresh {
+                        inbox.latest = Some(a);
+                        drop(inbox);
+                        waker.wake();
+                    }
+                    // A new connection may be the moment to flush statuses.
+                    shared.changed.notify_all();
+                }
+                Err(e) => {
+                    lock(&shared.inbox).connected = false;
+                    if e.is_unauthorized() {
+                        // The server no longer knows our token (wiped or
+                        // revoked): forget it so the next start registers.
+                        let _ = std::fs::remove_file(data_dir.join("identity.json"));
+                    }
+                    let pause = backoff.next_delay();
+                    if !reported_down {
+                        say(&format!("agent: {e}; tasks keep running, retrying with backoff"));
+                        reported_down = true;
+                    }
+                    shared.pause(pause);
+                }
+            }
+        }
+    });
+}
+
+fn spawn_reporter(shared: Arc<Shared>, client: Client, id: Identity, data_dir: PathBuf) {
+    std::thread::spawn(move || {
+        let mut backoff = Backoff::new(RETRY_BASE, RETRY_MAX);
+        let mut device_due = Instant::now();
+        while !shared.stop.load(Ordering::SeqCst) {
+            let (updates, send_device) = {
+                let mut outbox = lock(&shared.outbox);
+                let now = Instant::now();
+                if outbox.is_empty() && now < device_due {
+                    let (guard, _) = shared
+                        .changed
+                        .wait_timeout(outbox, device_due - now)
+                        .unwrap_or_else(|p| p.into_inner());
+                    outbox = guard;
+                }
+                (outbox.pending(), Instant::now() >= device_due)
+            };
+            if updates.is_empty() && !send_device {
+                continue;
+            }
+            let report = StatusReport {
+                updates,
+                device_info: send_device.then(|| super::device::collect(&data_dir)),
+                agent_version: Some(super::device::AGENT_VERSION.to_string()),
+            };
+            match client.report(&id.name, &id.token, &report) {
+                Ok(reply) => {
+                    backoff.reset();
+                    if send_device {
+                        device_due = Instant::now() + DEVICE_INFO_EVERY;
+                    }
+                    // Every outcome (applied, duplicate, not assigned, not
+                    // found) means the server needs this status no more.
+                    let acked: Vec<(String, u64)> = reply.results.into_iter().map(|r| (r.task, r.seq)).collect();
+                    if let Err(e) = lock(&shared.outbox).acknowledge(&acked) {
+                        say(&format!("agent: outbox: {e}"));
+                    }
+                }
+                Err(e) => {
+                    let pause = backoff.next_delay();
+                    log::debug!("status report failed: {e}; retrying in {pause:?}");
+                    shared.pause(pause);
+                }
+            }
+        }
+    });
+}
+
+/// Turn the server's Task objects into the reconciler's assigned tasks.
+pub fn assigned_tasks(tasks: &[Task]) -> Vec<AssignedTask> {
+    tasks
+        .iter()
+        .map(|t| AssignedTask {
+            name: t.metadata.name.clone(),
+            job_type: t.spec.job_type.unwrap_or(JobType::Service),
+            spec: t.spec.clone(),
+        })
+        .collect()
+}
+
+const CACHE: &str = "assignments.json";
+
+/// The last desired set, so a robot that restarts while offline keeps
+/// running its work.
+fn load_cached(data_dir: &Path) -> Vec<AssignedTask> {
+    std::fs::read(data_dir.join(CACHE))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Vec<Task>>(&b).ok())
+        .map(|tasks| assigned_tasks(&tasks))
+        .unwrap_or_default()
+}
+
+fn save_cached(data_dir: &Path, tasks: &[Task]) {
+    let result = serde_json::to_vec(tasks)
+        .map_err(std::io::Error::other)
+        .and_then(|b| super::state::write_atomic(&data_dir.join(CACHE), &b, 0o600));
+    if let Err(e) = result {
+        say(&format!("agent: caching assignments: {e}"));
+    }
+}
+
+/// Queue the current status of every desired task; the outbox drops
+/// repeats, so this is cheap and writes only on change.
+fn queue_statuses(shared: &Shared, desired: &[AssignedTask], rec: &Reconciler, sup: &Supervisor) {
+    let mut outbox = lock(&shared.outbox);
+    let mut queued = false;
+    for t in desired {
+        match outbox.push(&t.name, task_status(t, rec, sup)) {
+            Ok(new) => queued |= new,
+            Err(e) => say(&format!("agent: outbox: {e}")),
+        }
+    }
+    let names: std::collections::BTreeSet<&str> = desired.iter().map(|t| t.name.as_str()).collect();
+    if let Err(e) = outbox.retain(|n| names.contains(n)) {
+        say(&format!("agent: outbox: {e}"));
+    }
+    drop(outbox);
+    if queued {
+        shared.changed.notify_all();
+    }
+}
+
+/// What the server should know about one task right now.
+pub fn task_status(t: &AssignedTask, rec: &Reconciler, sup: &Supervisor) -> TaskStatus {
+    let view = sup.view(&t.name);
+    let mut status = TaskStatus::default();
+    status.state = match rec.outcome(t, sup) {
+        Outcome::Waiting if view.is_some() => TaskState::Starting,
+        Outcome::Waiting => TaskState::Pending,
+        Outcome::Running => TaskState::Running,
+        Outcome::Succeeded => TaskState::Completed,
+        Outcome::Failed(reason) => {
+            status.message = Some(reason);
+            TaskState::Failed
+        }
+    };
+    if let Some(v) = view {
+        status.pid = v.phase.pid();
+        status.restart_count = Some(v.restarts as i32);
+        status.health = v.health.map(String::from);
+        match v.last_exit {
+            Some(Exit::Code(c)) => status.exit_code = Some(c),
+            Some(Exit::Signal(s)) => status.signal = Some(s),
+            Some(Exit::Unknown) | None => {}
+        }
+        if let Phase::Backoff { .. } = v.phase {
+            status.reason = Some("restarting after backoff".into());
+        }
+    }
+    status
+}

@@ -1,0 +1,171 @@
+//! Task statuses waiting to reach the server, kept on disk so none is lost
+//! across server outages or agent restarts.
+//!
+//! Statuses are level-triggered: only a task's latest status matters, so
+//! the outbox keeps one pending entry per task (a newer one replaces an
+//! unsent older one). Each entry carries a per-task sequence number that
+//! only grows, persisted with the file, so the server applies each status
+//! once and ignores re-sends. The file is rewritten (atomically, fsync'd)
+//! only when a status changes or an acknowledgement removes entries: an
+//! idle robot writes nothing.
+
+use crate::agent::state::write_atomic;
+use crate::api::agent_protocol::TaskStatusUpdate;
+use crate::api::TaskStatus;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+
+#[derive(Default, Serialize, Deserialize)]
+struct OutboxFile {
+    /// Last sequence number given to each task (kept after delivery).
+    #[serde(default)]
+    last_seq: BTreeMap<String, u64>,
+    /// Undelivered statuses, by task.
+    #[serde(default)]
+    pending: BTreeMap<String, TaskStatusUpdate>,
+}
+
+pub struct Outbox {
+    path: PathBuf,
+    file: OutboxFile,
+    /// The last status queued per task, to drop repeats without writing.
+    last_status: BTreeMap<String, TaskStatus>,
+}
+
+impl Outbox {
+    pub fn open(data_dir: &Path) -> io::Result<Outbox> {
+        let path = data_dir.join("outbox.json");
+        let file = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                // A damaged outbox must not keep the robot from working; the
+                // next statuses rebuild it (they are level-triggered).
+                log::warn!("{}: unreadable ({e}); starting a new outbox", path.display());
+                OutboxFile::default()
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => OutboxFile::default(),
+            Err(e) => return Err(e),
+        };
+        let last_status = file
+            .pending
+            .iter()
+            .map(|(k, u)| (k.clone(), u.status.clone()))
+            .collect();
+        Ok(Outbox {
+            path,
+            file,
+            last_status,
+        })
+    }
+
+    /// Queue `status` for `task` unless it equals the last one queued.
+    /// Returns true if something new is waiting to be sent.
+    pub fn push(&mut self, task: &str, status: TaskStatus) -> io::Result<bool> {
+        if self.last_status.get(task) == Some(&status) {
+            return Ok(false);
+        }
+        let seq = self.file.last_seq.get(task).copied().unwrap_or(0) + 1;
+        self.file.last_seq.insert(task.to_string(), seq);
+        self.file.pending.insert(
+            task.to_string(),
+            TaskStatusUpdate {
+                task: task.to_string(),
+                seq,
+                status: status.clone(),
+            },
+        );
+        self.last_status.insert(task.to_string(), status);
+        self.save()?;
+        Ok(true)
+    }
+
+    /// Everything not yet acknowledged, oldest task name first.
+    pub fn pending(&self) -> Vec<TaskStatusUpdate> {
+        self.file.pending.values().cloned().collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.file.pending.is_empty()
+    }
+
+    /// The server has the status `seq` (or a newer one) of `task`.
+    pub fn acknowledge(&mut self, acked: &[(String, u64)]) -> io::Result<()> {
+        let mut changed = false;
+        for (task, seq) in acked {
+            if self.file.pending.get(task).is_some_and(|u| u.seq <= *seq) {
+                self.file.pending.remove(task);
+                changed = true;
+            }
+        }
+        if changed {
+            self.save()?;
+        }
+        Ok(())
+    }
+
+    /// Forget tasks that are no longer assigned (their statuses are moot).
+    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) -> io::Result<()> {
+        let before = (self.file.pending.len(), self.file.last_seq.len());
+        self.file.pending.retain(|k, _| keep(k));
+        self.file.last_seq.retain(|k, _| keep(k));
+        self.last_status.retain(|k, _| keep(k));
+        if before != (self.file.pending.len(), self.file.last_seq.len()) {
+            self.save()?;
+        }
+        Ok(())
+    }
+
+    fn save(&self) -> io::Result<()> {
+        let bytes = serde_json::to_vec(&self.file).map_err(io::Error::other)?;
+        write_atomic(&self.path, &bytes, 0o600)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::TaskState;
+
+    fn status(state: TaskState) -> TaskStatus {
+        TaskStatus {
+            state,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn sequences_survive_restart_and_acks() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ob = Outbox::open(dir.path()).unwrap();
+        assert!(ob.push("t", status(TaskState::Starting)).unwrap());
+        assert!(
+            !ob.push("t", status(TaskState::Starting)).unwrap(),
+            "repeats are dropped"
+        );
+        assert!(ob.push("t", status(TaskState::Running)).unwrap());
+        let pending = ob.pending();
+        assert_eq!(pending.len(), 1, "one entry per task: the latest");
+        assert_eq!((pending[0].seq, pending[0].status.state), (2, TaskState::Running));
+        drop(ob);
+
+        let mut ob = Outbox::open(dir.path()).unwrap();
+        assert_eq!(ob.pending()[0].seq, 2, "pending statuses survive a restart");
+        ob.acknowledge(&[("t".into(), 2)]).unwrap();
+        assert!(ob.is_empty());
+        assert!(ob.push("t", status(TaskState::Completed)).unwrap());
+        drop(ob);
+        let ob = Outbox::open(dir.path()).unwrap();
+        assert_eq!(ob.pending()[0].seq, 3, "sequence numbers never go back");
+    }
+
+    #[test]
+    fn stale_ack_keeps_newer_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ob = Outbox::open(dir.path()).unwrap();
+        ob.push("t", status(TaskState::Running)).unwrap();
+        ob.push("t", status(TaskState::Failed)).unwrap();
+        ob.acknowledge(&[("t".into(), 1)]).unwrap();
+        assert_eq!(ob.pending()[0].seq, 2);
+    }
+}

@@ -1,0 +1,242 @@
+//! The whole system on real parts: the control plane on SQLite, a connected
+//! agent (register, long-poll, outbox), real processes, real Envoy.
+
+mod common;
+mod server_util;
+
+use serde_json::{json, Value};
+use server_util::{wait_for, Server};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const JOBS: &str = "/apis/robot.k8s4r.io/v1alpha1/namespaces/default/jobs";
+
+/// A connected agent process; on drop it and every task it started are
+/// stopped, so no test leaves processes behind.
+struct Agent {
+    child: Option<Child>,
+    data: PathBuf,
+    log: PathBuf,
+    args: Vec<String>,
+}
+
+impl Agent {
+    fn start(server: &str, token: &str, name: &str, data: &Path) -> Agent {
+        let args = vec![
+            "--server".into(),
+            server.to_string(),
+            "--join-token".into(),
+            token.to_string(),
+            "--name".into(),
+            name.to_string(),
+            "--labels".into(),
+            "demo=true".into(),
+            "--data-dir".into(),
+            data.display().to_string(),
+            "--no-cgroups".into(),
+        ];
+        let mut a = Agent {
+            child: None,
+            data: data.to_path_buf(),
+            log: data.with_extension("log"),
+            args,
+        };
+        a.spawn();
+        a
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(common::agent_bin())
+            .args(&self.args)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start k8s4r-agent");
+        self.child = Some(child);
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+        let _ = k8s4r::agent::stop_all(&self.data);
+    }
+}
+
+fn robot_online(server: &Server, name: &str) {
+    wait_for(&format!("robot {name} Online"), Duration::from_secs(30), || {
+        let r = server.object("robots", name)?;
+        (r["status"]["phase"] == "Online").then_some(())
+    });
+}
+
+fn job_state(server: &Server, name: &str) -> Option<String> {
+    server.object("jobs", name)?["status"]["state"]
+        .as_str()
+        .map(String::from)
+}
+
+fn task(server: &Server, name: &str) -> Option<Value> {
+    server.object("tasks", name)
+}
+
+/// examples/demo.yaml as the JSON kubectl would send.
+fn demo_job() -> Value {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo.yaml")).unwrap();
+    let doc = k8s4r::api::decode_all(&text).remove(0).expect("demo.yaml decodes");
+    serde_json::to_value(&doc.object).unwrap()
+}
+
+fn have_envoy() -> bool {
+    let ok = Command::new("envoy")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("SKIP: envoy is not on PATH (make tools installs it)");
+    }
+    ok
+}
+
+#[test]
+fn connected_agent_runs_the_demo_job_through_envoy() {
+    if !have_envoy() {
+        return;
+    }
+    let server = Server::start();
+    let token = server.join_token();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&server.base, &token, "robot-e2e", &dir.path().join("agent"));
+    robot_online(&server, "robot-e2e");
+    let robot = server.object("robots", "robot-e2e").unwrap();
+    assert!(
+        robot["status"]["deviceInfo"]["hostname"].is_string(),
+        "device info reported: {robot}"
+    );
+
+    let r = server.send_json("POST", JOBS, &demo_job());
+    assert_eq!(r.status, 201, "{}", r.body);
+    let state = wait_for("demo job finished", Duration::from_secs(60), || {
+        job_state(&server, "demo").filter(|s| s == "completed" || s == "failed")
+    });
+    assert_eq!(state, "completed", "agent log:\n{}", agent.log_text());
+    let t = task(&server, "demo-hello-r0-fetch").unwrap();
+    assert_eq!(t["status"]["exitCode"], 0, "{t}");
+    assert_eq!(t["spec"]["targetRobot"], "robot-e2e");
+
+    // The app's answer came through the group's Envoy.
+    let out = Command::new(common::agent_bin())
+        .args(["logs", "demo-hello-r0-fetch", "--data-dir"])
+        .arg(&agent.data)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.contains("got: hello from the upstream, through Envoy"),
+        "task output: {out}"
+    );
+
+    // Deleting the Job stops the group's daemons and its proxy on the robot.
+    let r = server.request("DELETE", &format!("{JOBS}/demo"), "", None, &[]);
+    assert!(r.status == 200 || r.status == 202, "{}", r.body);
+    wait_for("proxy and daemon stopped", Duration::from_secs(30), || {
+        let log = agent.log_text();
+        (log.contains("envoy: stopped") && log.contains("upstream: stopped")).then_some(())
+    });
+}
+
+/// A job whose only task waits for a file, so the test decides when it ends.
+fn gated_job(name: &str, gate: &Path) -> Value {
+    json!({
+        "apiVersion": "robot.k8s4r.io/v1alpha1", "kind": "Job",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"type": "batch", "robotSelector": {"demo": "true"}, "taskGroups": [{
+            "name": "g", "count": 1,
+            "tasks": [{"name": "wait", "driver": "exec", "config": {"execConfig": {
+                "command": "/bin/sh",
+                "args": ["-c", format!("while [ ! -e {} ]; do sleep 0.05; done; echo released", gate.display())]
+            }}}]
+        }]}
+    })
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn statuses_survive_a_server_outage_and_an_agent_kill() {
+    let port = free_port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let mut server = Server::start_with(&["--listen", &listen]);
+    let token = server.join_token();
+    let dir = tempfile::tempdir().unwrap();
+    let gate = dir.path().join("gate");
+    let mut agent = Agent::start(&server.base, &token, "robot-outage", &dir.path().join("agent"));
+    robot_online(&server, "robot-outage");
+
+    let r = server.send_json("POST", JOBS, &gated_job("gated", &gate));
+    assert_eq!(r.status, 201, "{}", r.body);
+    let task_name = "gated-g-r0-wait";
+    let pid = wait_for("task running on the server", Duration::from_secs(30), || {
+        let t = task(&server, task_name)?;
+        (t["status"]["state"] == "running")
+            .then(|| t["status"]["pid"].as_i64())
+            .flatten()
+    });
+
+    // The server goes away; the robot keeps working on its own.
+    server.stop();
+    std::fs::write(&gate, b"go").unwrap();
+    let outbox = agent.data.join("outbox.json");
+    wait_for("completed status queued in the outbox", Duration::from_secs(30), || {
+        let text = std::fs::read_to_string(&outbox).ok()?;
+        text.contains("\"completed\"").then_some(())
+    });
+    // ... and even the agent dies before it could deliver it.
+    agent.kill9();
+    agent.spawn();
+
+    // Same address, same data: the server comes back.
+    server.restart();
+    assert_eq!(server.base, format!("http://{listen}"));
+    let t = wait_for("completed status delivered", Duration::from_secs(60), || {
+        let t = task(&server, task_name)?;
+        (t["status"]["state"] == "completed").then_some(t)
+    });
+    assert_eq!(t["status"]["exitCode"], 0, "{t}");
+    assert_eq!(job_state(&server, "gated").as_deref(), Some("completed"));
+    assert!(pid > 1);
+    assert_eq!(
+        t["status"]["restartCount"], 0,
+        "the task ran once, never restarted: {t}"
+    );
+    wait_for("outbox drained", Duration::from_secs(30), || {
+        let text = std::fs::read_to_string(&outbox).ok()?;
+        (!text.contains("\"completed\"")).then_some(())
+    });
+}
