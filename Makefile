@@ -32,10 +32,9 @@ test:
 	$(CARGO) test --no-default-features --lib
 	$(CARGO) test
 
+# The main job: control plane (SQLite) + connected agent + a Job through Envoy.
 demo:
-	@echo "make demo: the connected control plane + agent demo lands with the control-plane issue."
-	@echo "Today: cargo run --bin k8s4r -- validate -f examples/"
-	$(CARGO) run --quiet --bin k8s4r -- validate -f examples/
+	bash examples/demo.sh
 
 bench:
 	@echo "make bench: benchmarks land with the benchmark issue."
