@@ -137,7 +137,7 @@ impl Outbound {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InboundRoute {
     pub name: String,
-    pub address: String,
+    pub address: std::net::IpAddr,
     pub port: u16,
     pub target_port: u16,
     pub allowed: Vec<String>,
@@ -238,7 +238,7 @@ pub fn plan(network: &NetworkConfig, inbound: &[Inbound]) -> Result<Plan, PlanEr
         };
         plan.inbound.push(InboundRoute {
             name: ib.name.clone(),
-            address: address.to_string(),
+            address,
             port: listen,
             target_port,
             allowed: ib.allowed_spiffe_ids.clone(),

@@ -186,7 +186,7 @@ impl Ctx<'_> {
             t::LISTENER,
             &[
                 ("name", Slot::text(&name)),
-                ("address", Slot::text(&ib.address)),
+                ("address", Slot::text(ib.address.to_string())),
                 ("port", Slot::number(ib.port)),
                 ("buffer_limit", Slot::number(self.opts.buffer_limit_bytes)),
                 ("network_filters", Slot::json(list(&[rbac, proxy]))),

@@ -119,11 +119,11 @@ fn check_ports(plan: &Plan, ours: &HashSet<u16>) -> Result<(), EnvoyError> {
         .outbound
         .iter()
         .map(|o| (format!("upstream {:?} localPort", o.name), loopback, o.local_port))
-        .chain(plan.inbound.iter().map(|i| {
-            // The plan parsed it already; loopback is never reached.
-            let ip = i.address.parse().unwrap_or(loopback);
-            (format!("inbound {:?} port", i.name), ip, i.port)
-        }));
+        .chain(
+            plan.inbound
+                .iter()
+                .map(|i| (format!("inbound {:?} port", i.name), i.address, i.port)),
+        );
     for (what, ip, port) in wanted {
         if !ours.contains(&port) {
             ports::check_free(&what, ip, port)?;
