@@ -820,3 +820,105 @@ fn service_checks_set_the_task_health() {
     std::fs::write(sb.data().join("alloc/checked-g/alloc/done"), "").unwrap();
     assert_eq!(agent.wait_exit(), 0, "{}", agent.output());
 }
+
+#[test]
+fn a_robot_scoped_daemon_runs_once_for_all_groups() {
+    let sb = Sandbox::new();
+    let spire = r#"{name: spire-agent, driver: exec, daemon: true, scope: robot, config: {execConfig: {command: /bin/sh, args: ["-c", "echo up >> $K8S4R_TASK_DIR/../starts; exec sleep 300"]}}}"#;
+    let file = sb.job(&job(
+        "shared",
+        "service",
+        &format!(
+            r#"    - name: a
+      initTasks: [{spire}]
+      tasks:
+        - {{name: t, driver: exec, config: {{execConfig: {{command: /bin/sh, args: ["-c", "while [ ! -e $K8S4R_ALLOC_DIR/../../done ]; do sleep 0.05; done"]}}}}}}
+    - name: b
+      count: 2
+      initTasks: [{spire}]
+      tasks:
+        - {{name: t, driver: exec, config: {{execConfig: {{command: /bin/sh, args: ["-c", "while [ ! -e $K8S4R_ALLOC_DIR/../../done ]; do sleep 0.05; done"]}}}}}}
+"#
+        ),
+    ));
+    let mut agent = sb.run(&file, &[]);
+    for t in ["a r0 t", "b r0 t", "b r1 t"] {
+        agent.wait_line(&format!("{t}: running pid"));
+    }
+    assert_eq!(
+        agent.lines_with("robot spire-agent: running pid").len(),
+        1,
+        "{}",
+        agent.output()
+    );
+    assert_eq!(std::fs::read_to_string(sb.data().join("robot/starts")).unwrap(), "up\n");
+    std::fs::write(sb.data().join("alloc/done"), "").unwrap();
+    assert_eq!(agent.wait_exit(), 0, "{}", agent.output());
+    assert!(agent.output().contains("robot spire-agent: stopped"));
+}
+
+#[test]
+fn logs_follow_prints_new_output() {
+    let sb = Sandbox::new();
+    let file = sb.job(&job(
+        "talk",
+        "service",
+        r#"    - name: g
+      tasks:
+        - {name: t, driver: exec, config: {execConfig: {command: /bin/sh, args: ["-c", "echo first; while [ ! -e $K8S4R_ALLOC_DIR/go ]; do sleep 0.05; done; echo second; echo oops >&2"]}}}
+"#,
+    ));
+    let mut agent = sb.run(&file, &[]);
+    agent.wait_line("g r0 t: running pid");
+    let log = sb.data().join("alloc/talk-g/r0/t/logs/stdout");
+    wait_for("the first line in the log", T, || {
+        std::fs::read_to_string(&log).ok().filter(|s| s == "first\n")
+    });
+    let mut follow = Command::new(agent_bin())
+        .args(["logs", "t", "-f", "--data-dir"])
+        .arg(sb.data())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "first");
+    std::fs::write(sb.data().join("alloc/talk-g/alloc/go"), "").unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), "second");
+    follow.kill().unwrap();
+    follow.wait().unwrap();
+    let err = Command::new(agent_bin())
+        .args(["logs", "talk-g-r0-t", "--stderr", "--data-dir"])
+        .arg(sb.data())
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&err.stdout), "oops\n");
+    assert_eq!(agent.wait_exit(), 0, "{}", agent.output());
+}
+
+#[test]
+fn tasks_run_as_their_user_when_the_agent_is_root() {
+    let is_root = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
+    if !is_root {
+        eprintln!("SKIP: user switching needs the agent to run as root");
+        return;
+    }
+    let sb = Sandbox::new();
+    let file = sb.job(&job(
+        "users",
+        "batch",
+        r#"    - name: g
+      tasks:
+        - {name: t, driver: exec, user: nobody, config: {execConfig: {command: /bin/sh, args: ["-c", "id -u; echo $K8S4R_TASK; touch local/mine"]}}}
+"#,
+    ));
+    let mut agent = sb.run(&file, &[]);
+    assert_eq!(agent.wait_exit(), 0, "{}", agent.output());
+    let dir = sb.data().join("alloc/users-g/r0/t");
+    let out = std::fs::read_to_string(dir.join("logs/stdout")).unwrap();
+    assert_eq!(out, "65534\nt\n");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(dir.join("local/mine")).unwrap().uid(), 65534);
+}
