@@ -379,3 +379,35 @@ fn changed_options_are_applied_to_resources_and_ask_for_a_restart() {
     let lds = std::fs::read_to_string(g.dir.join("xds/lds.json")).unwrap();
     assert!(lds.contains("\"per_connection_buffer_limit_bytes\": 16384"), "{lds}");
 }
+
+#[test]
+fn a_deep_group_directory_still_gets_an_admin_socket() {
+    let Some(bin) = envoy_or_skip("a_deep_group_directory_still_gets_an_admin_socket") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let echo = Server::echo();
+    // Two maximal DNS-label names, as long job and group names would give.
+    let dir = tmp.path().join("a".repeat(63)).join("b".repeat(63)).join("envoy");
+    let port = free_port();
+    let target = format!("127.0.0.1:{}", echo.port);
+    let g = group(
+        "deep",
+        &dir,
+        &bin,
+        vec![upstream("db", port, &target, Protocol::Tcp, false)],
+    );
+    let launch = envoy::prepare(&g).unwrap();
+    assert!(!launch.admin_socket.starts_with(&dir));
+    assert!(launch.admin_socket.as_os_str().len() <= envoy::runtime::MAX_SOCKET_PATH);
+    let parent = launch.admin_socket.parent().unwrap();
+    assert_eq!(std::fs::metadata(parent).unwrap().permissions().mode() & 0o777, 0o700);
+    let mut e = Envoy::start(&launch, dir.join("envoy.log"));
+    e.wait_ready();
+    // Every helper finds the same socket from the directory alone.
+    assert_eq!(envoy::upstream_health(&g).unwrap().len(), 1);
+    assert_eq!(
+        echo_through(g.network.upstreams[0].local_port as u16, b"deep").unwrap(),
+        b"deep"
+    );
+}

@@ -51,6 +51,8 @@ pub struct Layout {
     pub lds: PathBuf,
     pub cds: PathBuf,
     pub sds_dir: PathBuf,
+    /// `<dir>/admin.sock`, or a short stand-in when that path is too long
+    /// for a unix socket (see [`super::runtime::admin_socket_path`]).
     pub admin_socket: PathBuf,
 }
 
@@ -64,7 +66,7 @@ impl Layout {
             cds: xds_dir.join("cds.json"),
             xds_dir,
             sds_dir,
-            admin_socket: dir.join("admin.sock"),
+            admin_socket: super::runtime::admin_socket_path(dir),
         }
     }
 }

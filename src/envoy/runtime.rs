@@ -6,18 +6,19 @@
 //! <dir>/xds/lds.json    listeners  (watched directory: replaced by rename)
 //! <dir>/xds/cds.json    clusters, SPIRE SDS clusters first
 //! <dir>/sds/*.json      secrets from tlsFiles (filesystem SDS), if any
-//! <dir>/admin.sock      admin API (mode 0600)
+//! <dir>/admin.sock      admin API (mode 0600); see admin_socket_path
 //! ```
 
 use super::config::{self, Layout};
 use super::options::ProxyOptions;
 use super::plan::{self, Plan};
 use super::{files, ports, EnvoyError, GroupProxy, Launch, ProxyExtras};
+use sha2::{Digest, Sha256};
 use std::collections::HashSet;
 use std::fs;
 use std::net::IpAddr;
-use std::os::unix::fs::FileTypeExt;
-use std::path::Path;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
 
 /// `sun_path` holds 108 bytes including the terminating NUL.
 pub const MAX_SOCKET_PATH: usize = 107;
@@ -26,6 +27,9 @@ pub fn prepare(proxy: &GroupProxy, extras: &ProxyExtras) -> Result<Launch, Envoy
     let plan = plan::plan(&proxy.network, &extras.inbound)?;
     let layout = Layout::new(&proxy.dir);
     check_socket_path(&layout.admin_socket)?;
+    if let Some(short) = layout.admin_socket.parent().filter(|p| *p != proxy.dir) {
+        private_socket_dir(short)?;
+    }
     check_ports(&plan, &HashSet::new())?;
     let rt = config::render_runtime(&plan, &proxy.node_id(), &layout, &extras.options)?;
     for dir in [&proxy.dir, &layout.xds_dir, &layout.sds_dir] {
@@ -99,6 +103,40 @@ fn write(path: &Path, content: &str) -> Result<(), EnvoyError> {
     files::replace(path, content)
         .map(|_| ())
         .map_err(|e| EnvoyError::Write(path.to_path_buf(), e))
+}
+
+/// Where a group's admin socket lives: `<dir>/admin.sock`, unless that path
+/// is longer than a unix socket address holds (107 bytes; long job and group
+/// names under a deep data directory get there). Then it is
+/// `<tmp>/k8s4r-envoy-<uid>/<hash of dir>.sock`: short, private to our user,
+/// and stable for the directory, so every caller computes the same path.
+pub fn admin_socket_path(dir: &Path) -> PathBuf {
+    let inside = dir.join("admin.sock");
+    if inside.as_os_str().len() <= MAX_SOCKET_PATH {
+        return inside;
+    }
+    let digest = Sha256::digest(dir.as_os_str().as_encoded_bytes());
+    let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    short_socket_dir().join(format!("{hex}.sock"))
+}
+
+fn short_socket_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("k8s4r-envoy-{}", rustix::process::getuid().as_raw()))
+}
+
+/// The fallback socket directory sits in a shared temp dir: create it 0700
+/// and refuse it if someone else owns it or can enter it.
+fn private_socket_dir(dir: &Path) -> Result<(), EnvoyError> {
+    files::private_dir(dir).map_err(|e| EnvoyError::Write(dir.to_path_buf(), e))?;
+    let meta = fs::symlink_metadata(dir).map_err(|e| EnvoyError::Write(dir.to_path_buf(), e))?;
+    let ours = meta.uid() == rustix::process::getuid().as_raw();
+    if !meta.is_dir() || !ours || meta.mode() & 0o077 != 0 {
+        return Err(EnvoyError::Invalid(format!(
+            "{} must be a directory owned by this user with mode 0700",
+            dir.display()
+        )));
+    }
+    Ok(())
 }
 
 fn check_socket_path(socket: &Path) -> Result<(), EnvoyError> {
@@ -180,27 +218,23 @@ pub fn spire_sockets(dir: &Path) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{NetworkConfig, Upstream};
 
     #[test]
-    fn a_too_long_admin_socket_path_is_refused_before_writing() {
-        let dir = std::path::PathBuf::from(format!("/nonexistent/{}", "d".repeat(120)));
-        let proxy = GroupProxy {
-            network: NetworkConfig {
-                upstreams: vec![Upstream {
-                    name: "db".into(),
-                    local_port: 1,
-                    upstream: "db:1".into(),
-                    tls: Some(false),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            },
-            dir: dir.clone(),
-            ..GroupProxy::default()
-        };
-        let err = prepare(&proxy, &ProxyExtras::default()).unwrap_err().to_string();
-        assert!(err.contains("more than a unix socket allows"), "{err}");
-        assert!(!dir.exists());
+    fn a_long_directory_gets_a_short_private_admin_socket() {
+        let short = Path::new("/var/lib/k8s4r/alloc/job-group/envoy");
+        assert_eq!(admin_socket_path(short), short.join("admin.sock"));
+        let long = PathBuf::from(format!("/var/lib/k8s4r/alloc/{}/envoy", "g".repeat(120)));
+        let socket = admin_socket_path(&long);
+        assert!(socket.as_os_str().len() <= MAX_SOCKET_PATH, "{}", socket.display());
+        assert_eq!(socket.parent(), Some(short_socket_dir().as_path()));
+        assert_eq!(socket, admin_socket_path(&long), "stable for the directory");
+        assert_ne!(socket, admin_socket_path(&long.join("other")));
+    }
+
+    #[test]
+    fn a_socket_path_that_cannot_fit_is_refused() {
+        let err = check_socket_path(Path::new(&"s".repeat(MAX_SOCKET_PATH + 1))).unwrap_err();
+        assert!(err.to_string().contains("more than a unix socket allows"), "{err}");
+        check_socket_path(Path::new(&"s".repeat(MAX_SOCKET_PATH))).unwrap();
     }
 }
