@@ -67,7 +67,7 @@ fn variants(dir: &Path, ca: &Ca, leaf: &Leaf) -> Vec<Variant> {
                     }
                     Source::TwoTrustDomains => {
                         network.spiffe = Some(spiffe("example.org", Some(&sock_a)));
-                        let mut other = upstream("partner", 20001, "10.1.2.3:9000", protocol, true);
+                        let mut other = upstream("partner", 20001, "[::1]:9000", protocol, true);
                         other.spiffe = Some(spiffe("partner.net", Some(&sock_b)));
                         other.spiffe_id = Some("spiffe://partner.net/billing".into());
                         extra = Some(other);
