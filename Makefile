@@ -4,7 +4,7 @@ CARGO ?= cargo
 X86_MUSL := x86_64-unknown-linux-musl
 ARM_MUSL := aarch64-unknown-linux-musl
 
-.PHONY: all build agent cross tools test demo bench fmt lint clean
+.PHONY: all build agent cross image tools test demo bench fmt lint clean
 
 all: build
 
@@ -28,7 +28,8 @@ tools:
 test:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
-	$(CARGO) build --no-default-features --bin k8s4r-agent
+	$(CARGO) clippy --no-default-features --lib --bins -- -D warnings
+	$(MAKE) agent
 	$(CARGO) test --no-default-features --lib
 	$(CARGO) test
 
@@ -46,6 +47,11 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) clippy --no-default-features --lib --bins -- -D warnings
+
+# A robot root filesystem (busybox init + static agent) packed to flash.
+image: agent
+	bash cross/rootfs.sh --arch x86_64 --agent target/$(X86_MUSL)/release/k8s4r-agent \
+	  --out target/rootfs-x86_64 --tar target/k8s4r-rootfs-x86_64.tar.gz
 
 clean:
 	$(CARGO) clean
