@@ -87,13 +87,18 @@ pub fn run_network_probe(probe: &Probe, timeout: Duration) -> Result<(), String>
             let mut s = TcpStream::connect_timeout(&addr(*port), timeout).map_err(fail)?;
             s.set_read_timeout(Some(timeout)).map_err(fail)?;
             s.set_write_timeout(Some(timeout)).map_err(fail)?;
-            write!(
-                s,
-                "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: k8s4r-agent\r\n\r\n"
-            )
-            .map_err(fail)?;
+            // One write: a server that answers early must not see a torn request.
+            let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: k8s4r-agent\r\n\r\n");
+            s.write_all(request.as_bytes()).map_err(fail)?;
+            // The status line may arrive in pieces: read until its end.
             let mut head = [0u8; 64];
-            let n = s.read(&mut head).map_err(fail)?;
+            let mut n = 0;
+            while n < head.len() && !head[..n].contains(&b'\n') {
+                match s.read(&mut head[n..]).map_err(fail)? {
+                    0 => break,
+                    got => n += got,
+                }
+            }
             let status =
                 parse_status(&head[..n]).ok_or_else(|| format!("http 127.0.0.1:{port}{path}: not an HTTP response"))?;
             if (200..400).contains(&status) {
@@ -187,9 +192,16 @@ mod tests {
         let server = std::thread::spawn(move || {
             for status in ["200 OK", "503 Service Unavailable"] {
                 let (mut s, _) = listener.accept().unwrap();
+                let mut request = Vec::new();
                 let mut buf = [0u8; 512];
-                let _ = s.read(&mut buf);
-                write!(s, "HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").unwrap();
+                while !request.ends_with(b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                s.write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes())
+                    .unwrap();
             }
         });
         let t = Duration::from_secs(2);

@@ -331,7 +331,9 @@ impl Reconciler {
         let g = self.group_dir(&t.group_key());
         let dir = g.join(format!("r{}", t.replica())).join(&t.spec.name);
         let alloc_dir = g.join("alloc");
-        let default_attempts = if t.job_type == JobType::Batch { 0 } else { 2 };
+        // The Task's own jobType (set by the control plane) wins.
+        let job_type = t.spec.job_type.unwrap_or(t.job_type);
+        let default_attempts = if job_type == JobType::Batch { 0 } else { 2 };
         let policy = Policy::RunToCompletion(restart_rules(t.spec.restart_policy.as_ref(), default_attempts));
         let mut injected = self.injected_env(t, &t.spec.name, Some(t.replica()), &dir, &alloc_dir);
         injected.extend(proxy_env.iter().cloned());

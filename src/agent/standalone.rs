@@ -39,6 +39,7 @@ pub fn expand(job: &Job) -> Vec<AssignedTask> {
                 spec.job_name = Some(job.name().to_string());
                 spec.task_group_name = Some(group.name.clone());
                 spec.replica_index = Some(replica);
+                spec.job_type = Some(job.spec.job_type);
                 spec.init_tasks = group.init_tasks.clone();
                 spec.network = network.clone();
                 spec.restart_policy = task.restart_policy.clone().or_else(|| group.restart_policy.clone());

@@ -294,74 +294,73 @@ impl Supervisor {
             return;
         }
         let name = spec.name.clone();
-        let mut machine = Machine::new(spec.policy.clone(), spec.timeout, spec.kill_timeout);
-        let saved = self.leftovers.remove(&name);
+        let now = Instant::now();
         let checks = spec
             .checks
             .iter()
             .map(|c| CheckState {
                 spec: c.clone(),
-                next_at: Instant::now(),
+                next_at: now,
                 in_flight: false,
                 result: None,
             })
             .collect();
         let mut unit = Unit {
+            machine: Machine::new(spec.policy.clone(), spec.timeout, spec.kill_timeout),
             spec,
-            machine: machine.clone(),
             identity: None,
             watch: Watch::Child,
             pumps: Vec::new(),
             checks,
             health: None,
         };
-        let event = match saved {
-            None => Event::Start,
-            Some(saved) => {
-                machine.restart_count = saved.restarts;
-                machine.last_exit = saved.last_exit;
-                match saved.phase {
-                    SavedPhase::Completed => {
-                        machine.phase = Phase::Completed;
-                        unit.machine = machine;
-                        self.units.insert(name, unit);
-                        return;
-                    }
-                    SavedPhase::Failed => {
-                        machine.phase = Phase::Failed {
-                            reason: saved.message.unwrap_or_else(|| "failed".into()),
-                        };
-                        unit.machine = machine;
-                        self.units.insert(name, unit);
-                        return;
-                    }
-                    SavedPhase::Running => match (saved.pid, saved.start_time) {
-                        (Some(pid), Some(start_time)) => {
-                            let id = ProcIdentity { pid, start_time };
-                            if procfs::is_same_live_process(id) {
-                                unit.identity = Some(id);
-                                unit.watch = watch_adopted(pid);
-                                unit.pumps = logs::STREAMS
-                                    .iter()
-                                    .filter_map(|s| {
-                                        logs::reopen_stream(&unit.spec.dir.join("logs"), s, self.log_limits).ok()
-                                    })
-                                    .collect();
-                                Event::Adopted { pid }
-                            } else {
-                                unit.identity = Some(id);
-                                Event::Exited(Exit::Unknown)
-                            }
-                        }
-                        // It was waiting to (re)start when the agent stopped.
-                        _ => Event::Start,
-                    },
-                }
-            }
+        let event = match self.leftovers.remove(&name) {
+            None => Some(Event::Start),
+            Some(saved) => self.restore(&mut unit, saved),
         };
-        unit.machine = machine;
         self.units.insert(name.clone(), unit);
-        self.drive(&name, event);
+        if let Some(event) = event {
+            self.drive(&name, event);
+        }
+    }
+
+    /// Take over what an earlier agent saved about a unit: a finished unit
+    /// keeps its outcome (nothing is run again); a live process is
+    /// re-adopted (verified by pid + start time); a process that ended
+    /// while no agent watched is reported as such. Returns the event to
+    /// feed the unit's machine, if any.
+    fn restore(&self, unit: &mut Unit, saved: SavedUnit) -> Option<Event> {
+        unit.machine.restart_count = saved.restarts;
+        unit.machine.last_exit = saved.last_exit;
+        match saved.phase {
+            SavedPhase::Completed => {
+                unit.machine.phase = Phase::Completed;
+                None
+            }
+            SavedPhase::Failed => {
+                let reason = saved.message.unwrap_or_else(|| "failed".into());
+                unit.machine.phase = Phase::Failed { reason };
+                None
+            }
+            SavedPhase::Running => match (saved.pid, saved.start_time) {
+                (Some(pid), Some(start_time)) => {
+                    let id = ProcIdentity { pid, start_time };
+                    unit.identity = Some(id);
+                    if !procfs::is_same_live_process(id) {
+                        return Some(Event::Exited(Exit::Unknown));
+                    }
+                    unit.watch = watch_adopted(pid);
+                    let logs_dir = unit.spec.dir.join("logs");
+                    unit.pumps = logs::STREAMS
+                        .iter()
+                        .filter_map(|s| logs::reopen_stream(&logs_dir, s, self.log_limits).ok())
+                        .collect();
+                    Some(Event::Adopted { pid })
+                }
+                // It was waiting to (re)start when the agent stopped.
+                _ => Some(Event::Start),
+            },
+        }
     }
 
     /// Ask a unit to stop (SIGTERM, then SIGKILL after its kill timeout).
@@ -603,7 +602,10 @@ impl Supervisor {
             if unit.machine.next_deadline().is_some_and(|d| d <= now) {
                 due.push((name.clone(), Event::Tick));
             }
-            let Some(pid) = unit.machine.phase.pid() else { continue };
+            if unit.machine.phase.pid().is_none() {
+                continue;
+            }
+            // Only re-adopted processes are watched here; children are reaped.
             let gone = match &mut unit.watch {
                 Watch::Child => false,
                 Watch::Pidfd(fd) => {
@@ -618,7 +620,6 @@ impl Supervisor {
                 Watch::ProcPoll(_) => false,
             };
             if gone {
-                let _ = pid;
                 due.push((name.clone(), Event::Exited(Exit::Unknown)));
             }
         }
@@ -633,16 +634,12 @@ impl Supervisor {
             .map(|(pid, _)| *pid)
             .collect();
         for pid in late {
-            if let Some(pid) = Pid::from_raw(pid) {
-                let _ = rustix::process::kill_process_group(pid, Signal::KILL);
-            }
-            if let Some(p) = self.probes.get_mut(&pid) {
-                // Reaped (and reported) when the kill lands; report the
-                // timeout now and ignore the exit.
-                let (unit, check) = (p.unit.clone(), p.check);
-                p.deadline = now + Duration::from_secs(3600);
-                p.check = usize::MAX;
-                self.record_check(&unit, check, Err("script timed out".into()));
+            // The probe's exit, when the kill lands, is reaped like any orphan.
+            if let Some(probe) = self.probes.remove(&pid) {
+                if let Some(pid) = Pid::from_raw(pid) {
+                    let _ = rustix::process::kill_process_group(pid, Signal::KILL);
+                }
+                self.record_check(&probe.unit, probe.check, Err("script timed out".into()));
             }
         }
     }
