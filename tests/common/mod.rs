@@ -34,7 +34,10 @@ pub fn shared_dir() -> Option<PathBuf> {
     if dir.is_dir() {
         Some(dir)
     } else {
-        eprintln!("SKIP: {} is absent (present only in the project workspace and CI)", dir.display());
+        eprintln!(
+            "SKIP: {} is absent (present only in the project workspace and CI)",
+            dir.display()
+        );
         None
     }
 }
