@@ -406,8 +406,9 @@ fn a_deep_group_directory_still_gets_an_admin_socket() {
     e.wait_ready();
     // Every helper finds the same socket from the directory alone.
     assert_eq!(envoy::upstream_health(&g).unwrap().len(), 1);
-    assert_eq!(
-        echo_through(g.network.upstreams[0].local_port as u16, b"deep").unwrap(),
-        b"deep"
-    );
+    assert_eq!(echo_through(port, b"deep").unwrap(), b"deep");
+    drop(e);
+    envoy::remove(&g).unwrap();
+    assert!(!launch.admin_socket.exists());
+    assert!(!dir.join("envoy.json").exists() && !dir.join("xds").exists());
 }

@@ -166,6 +166,12 @@ pub fn update_with(proxy: &GroupProxy, extras: &ProxyExtras) -> Result<(), Envoy
     runtime::update(proxy, extras)
 }
 
+/// Remove the group's proxy files and admin socket after its Envoy stopped
+/// for good (last task gone).
+pub fn remove(proxy: &GroupProxy) -> Result<(), EnvoyError> {
+    runtime::remove(proxy)
+}
+
 /// True once Envoy answers `GET /ready` with 200 on its admin socket.
 pub fn is_ready(admin_socket: &Path) -> bool {
     admin::is_ready(admin_socket)

@@ -65,6 +65,23 @@ pub fn update(proxy: &GroupProxy, extras: &ProxyExtras) -> Result<(), EnvoyError
     Ok(())
 }
 
+/// Remove what [`prepare`] made, once the group's Envoy has stopped for
+/// good: the config files and the admin socket (which may live outside the
+/// directory, see [`admin_socket_path`]). Missing files are fine.
+pub fn remove(proxy: &GroupProxy) -> Result<(), EnvoyError> {
+    let layout = Layout::new(&proxy.dir);
+    let gone = |r: std::io::Result<()>, p: &Path| match r {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(EnvoyError::Write(p.to_path_buf(), e)),
+        _ => Ok(()),
+    };
+    if fs::symlink_metadata(&layout.admin_socket).is_ok_and(|m| m.file_type().is_socket()) {
+        gone(fs::remove_file(&layout.admin_socket), &layout.admin_socket)?;
+    }
+    gone(fs::remove_file(&layout.bootstrap), &layout.bootstrap)?;
+    gone(fs::remove_dir_all(&layout.xds_dir), &layout.xds_dir)?;
+    gone(fs::remove_dir_all(&layout.sds_dir), &layout.sds_dir)
+}
+
 /// The Envoy command line for this group.
 pub fn argv(proxy: &GroupProxy, layout: &Layout) -> Vec<String> {
     argv_with(proxy, &ProxyOptions::default(), layout)
