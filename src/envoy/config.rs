@@ -176,3 +176,75 @@ fn pretty(doc: &str) -> String {
         })
         .unwrap_or_else(|_| doc.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{NetworkConfig, Protocol, SpiffeConfig, TlsFiles, Upstream};
+    use crate::envoy::{plan, Inbound};
+
+    /// Unvalidated, hostile strings end up as data, never as JSON syntax.
+    #[test]
+    fn hostile_strings_stay_inside_json_strings() {
+        let nasty = "x\"},{\"evil\":1,\"\\\u{0}\n\u{2028}é";
+        let network = NetworkConfig {
+            spiffe: Some(SpiffeConfig {
+                trust_domain: nasty.into(),
+                agent_socket_path: Some(format!("/run/{nasty}.sock")),
+            }),
+            tls_files: Some(TlsFiles {
+                cert_path: format!("/c/{nasty}"),
+                key_path: format!("/c/{nasty}k"),
+                ca_path: format!("/{nasty}"),
+            }),
+            upstreams: vec![
+                Upstream {
+                    name: nasty.into(),
+                    local_port: 1,
+                    upstream: "db.example.org:1".into(),
+                    protocol: Some(Protocol::Http),
+                    spiffe_id: Some(nasty.into()),
+                    spiffe: Some(SpiffeConfig {
+                        trust_domain: nasty.into(),
+                        agent_socket_path: None,
+                    }),
+                    ..Default::default()
+                },
+                Upstream {
+                    name: "files".into(),
+                    local_port: 2,
+                    upstream: "10.0.0.1:2".into(),
+                    protocol: Some(Protocol::Grpc),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let inbound = [Inbound {
+            name: nasty.into(),
+            port: 3,
+            target_port: 4,
+            address: None,
+            allowed_spiffe_ids: vec![nasty.into()],
+            spiffe: None,
+        }];
+        let p = plan::plan(&network, &inbound).unwrap();
+        let dir = Path::new("/tmp/k8s4r-test-\"dir");
+        let layout = Layout::new(dir);
+        let id = Identity {
+            node_id: nasty.into(),
+            admin_socket: &layout.admin_socket,
+        };
+        let text = render_static(&p, &id, &ProxyOptions::default()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["node"]["id"], nasty);
+        assert!(v.get("evil").is_none());
+        let rt = render_runtime(&p, nasty, &layout, &ProxyOptions::default()).unwrap();
+        for doc in [&rt.bootstrap, &rt.lds, &rt.cds] {
+            serde_json::from_str::<serde_json::Value>(doc).unwrap();
+        }
+        let lds: serde_json::Value = serde_json::from_str(&rt.lds).unwrap();
+        assert_eq!(lds["resources"][0]["name"], format!("out-{nasty}"));
+        assert_eq!(rt.sds.len(), 2);
+    }
+}
