@@ -4,6 +4,7 @@
 pub mod agent_protocol;
 pub mod decode;
 pub mod meta;
+pub mod placement;
 pub mod types;
 pub mod units;
 pub mod validate;

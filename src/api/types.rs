@@ -174,6 +174,8 @@ pub struct TaskGroupTemplate {
     pub meta: StringMap,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<Resources>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disconnect: Option<DisconnectPolicy>,
 }
 
 fn one() -> i32 {
@@ -240,6 +242,33 @@ pub struct EphemeralDisk {
     pub size_mb: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sticky: Option<bool>,
+}
+
+/// What happens when a robot drops off the network (Nomad's `disconnect`
+/// block is the model). The robot keeps running its tasks on its own; the
+/// server marks them Unknown, then Lost after `lostAfter`, and replaces them
+/// elsewhere only if `replace`; when the robot returns, duplicates are
+/// settled by `reconcile`. A robot that cannot reach the server for
+/// `stopOnClientAfter` stops the group's tasks itself.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DisconnectPolicy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_after: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_on_client_after: Option<Duration>,
+    /// Default true: a lost service task is rescheduled on another robot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replace: Option<bool>,
+    /// keepOriginal, keepReplacement, bestScore (default), longestRunning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconcile: Option<String>,
+}
+
+impl DisconnectPolicy {
+    pub fn replace(&self) -> bool {
+        self.replace.unwrap_or(true)
+    }
 }
 
 // ---------------------------------------------------------------- network
@@ -498,6 +527,9 @@ pub struct TaskSpec {
     pub init_tasks: Vec<TaskSpec>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub constraints: Vec<Constraint>,
+    /// The group's disconnect policy, carried to the robot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disconnect: Option<DisconnectPolicy>,
 }
 
 impl TaskSpec {
@@ -614,6 +646,8 @@ pub struct TaskGroupSpec {
     pub meta: StringMap,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<Resources>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disconnect: Option<DisconnectPolicy>,
 }
 
 /// Job and TaskGroup lifecycle, as the original implementation named it.

@@ -637,6 +637,7 @@ fn check_task(errs: &mut Errors, path: &str, t: &TaskSpec, role: TaskRole) {
             (t.target_robot.is_some(), "targetRobot"),
             (!t.init_tasks.is_empty(), "initTasks"),
             (!t.constraints.is_empty(), "constraints"),
+            (t.disconnect.is_some(), "disconnect"),
         ] {
             if set {
                 errs.add(
@@ -664,6 +665,7 @@ struct GroupView<'a> {
     restart_policy: Option<&'a RestartPolicy>,
     reschedule_policy: Option<&'a ReschedulePolicy>,
     resources: Option<&'a Resources>,
+    disconnect: Option<&'a DisconnectPolicy>,
 }
 
 fn check_group(errs: &mut Errors, path: &str, g: &GroupView<'_>) {
@@ -732,6 +734,19 @@ fn check_group(errs: &mut Errors, path: &str, g: &GroupView<'_>) {
     }
     if let Some(r) = g.resources {
         check_resources(errs, &format!("{path}.resources"), r);
+    }
+    if let Some(d) = g.disconnect {
+        errs.duration(&format!("{path}.disconnect.lostAfter"), &d.lost_after);
+        errs.duration(&format!("{path}.disconnect.stopOnClientAfter"), &d.stop_on_client_after);
+        if let Some(r) = &d.reconcile {
+            const MODES: &[&str] = &["keepOriginal", "keepReplacement", "bestScore", "longestRunning"];
+            if !MODES.contains(&r.as_str()) {
+                errs.add(
+                    &format!("{path}.disconnect.reconcile"),
+                    format!("{r:?} is not one of {}", MODES.join(", ")),
+                );
+            }
+        }
     }
 }
 
@@ -826,6 +841,7 @@ pub fn validate_job(job: &Job) -> Vec<FieldError> {
                 restart_policy: g.restart_policy.as_ref(),
                 reschedule_policy: g.reschedule_policy.as_ref(),
                 resources: g.resources.as_ref(),
+                disconnect: g.disconnect.as_ref(),
             },
         );
     }
@@ -854,6 +870,7 @@ pub fn validate_task_group(tg: &TaskGroup) -> Vec<FieldError> {
             restart_policy: s.restart_policy.as_ref(),
             reschedule_policy: s.reschedule_policy.as_ref(),
             resources: s.resources.as_ref(),
+            disconnect: s.disconnect.as_ref(),
         },
     );
     errs.0

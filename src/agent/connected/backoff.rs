@@ -56,9 +56,15 @@ mod tests {
         let first = b.next_delay();
         assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
         let later: Vec<Duration> = (0..20).map(|_| b.next_delay()).collect();
-        assert!(later
-            .iter()
-            .all(|d| *d <= Duration::from_secs(5) && *d >= Duration::from_millis(2500)));
+        assert!(later.windows(2).take(5).all(|w| w[1] >= w[0] / 2), "grows");
+        // From the 6th failure on the cap (5 s) is reached: [2.5 s, 5 s].
+        let capped = &later[6..];
+        assert!(
+            capped
+                .iter()
+                .all(|d| *d <= Duration::from_secs(5) && *d >= Duration::from_millis(2500)),
+            "{later:?}"
+        );
         assert!(later.windows(2).any(|w| w[0] != w[1]), "jittered");
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));

@@ -51,7 +51,9 @@ pub struct ConnectedOptions {
 #[derive(Default)]
 struct Inbox {
     latest: Option<Assignments>,
-    connected: bool,
+    /// Since when the server has been unreachable (monotonic clock, so a
+    /// robot's clock jump cannot shorten or stretch it).
+    offline_since: Option<Instant>,
 }
 
 /// State shared by the three threads, with a condition variable so the
@@ -119,8 +121,10 @@ pub fn run(opts: ConnectedOptions) -> Result<i32, String> {
             desired = assigned_tasks(&a.tasks);
             save_cached(&data_dir, &a.tasks);
         }
-        let recheck = rec.reconcile(&desired, &mut sup);
-        let wanted = rec.wanted(&desired);
+        let offline_since = lock(&shared.inbox).offline_since;
+        let (running, stop_at) = apply_disconnect_policy(&desired, offline_since, Instant::now());
+        let recheck = rec.reconcile(&running, &mut sup).into_iter().chain(stop_at).min();
+        let wanted = rec.wanted(&running);
         sup.retain(|n| wanted.contains(n));
         for (group, msg) in rec.take_notices() {
             say(&format!("{group}: {msg}"));
@@ -128,7 +132,7 @@ pub fn run(opts: ConnectedOptions) -> Result<i32, String> {
         for c in sup.take_changes() {
             say(&format!("{}: {}", c.label, c.message));
         }
-        queue_statuses(&shared, &desired, &rec, &sup);
+        queue_statuses(&shared, &running, &rec, &sup);
         if sup.shutdown_requested() {
             sup.flush().map_err(|e| e.to_string())?;
             shared.stop.store(true, Ordering::SeqCst);
@@ -194,7 +198,10 @@ fn spawn_poller(shared: Arc<Shared>, client: Client, id: Identity, waker: Waker,
                     let fresh = a.revision != since || since == 0;
                     since = a.revision;
                     let mut inbox = lock(&shared.inbox);
-                    inbox.connected = true;
+                    if inbox.offline_since.take().is_some() {
+                        // Tasks stopped by stopOnClientAfter may run again.
+                        waker.wake();
+                    }
                     if fresh {
                         inbox.latest = Some(a);
                         drop(inbox);
@@ -204,7 +211,8 @@ fn spawn_poller(shared: Arc<Shared>, client: Client, id: Identity, waker: Waker,
                     shared.changed.notify_all();
                 }
                 Err(e) => {
-                    lock(&shared.inbox).connected = false;
+                    lock(&shared.inbox).offline_since.get_or_insert_with(Instant::now);
+                    waker.wake();
                     if e.is_unauthorized() {
                         // The server no longer knows our token (wiped or
                         // revoked): forget it so the next start registers.
@@ -268,6 +276,41 @@ fn spawn_reporter(shared: Arc<Shared>, client: Client, id: Identity, data_dir: P
             }
         }
     });
+}
+
+/// The tasks to keep running: all of them, except those whose group says
+/// to stop once the server has been unreachable for `stopOnClientAfter`.
+/// Also returns when the next such deadline falls, to wake up for it.
+pub fn apply_disconnect_policy(
+    desired: &[AssignedTask],
+    offline_since: Option<Instant>,
+    now: Instant,
+) -> (Vec<AssignedTask>, Option<Instant>) {
+    let Some(since) = offline_since else {
+        return (desired.to_vec(), None);
+    };
+    let mut next = None;
+    let keep = desired
+        .iter()
+        .filter(|t| {
+            let Some(limit) = t
+                .spec
+                .disconnect
+                .as_ref()
+                .and_then(|d| d.stop_on_client_after.as_ref()?.get())
+            else {
+                return true;
+            };
+            let deadline = since + limit;
+            if now >= deadline {
+                return false;
+            }
+            next = next.into_iter().chain(Some(deadline)).min();
+            true
+        })
+        .cloned()
+        .collect();
+    (keep, next)
 }
 
 /// Turn the server's Task objects into the reconciler's assigned tasks.
@@ -352,4 +395,42 @@ pub fn task_status(t: &AssignedTask, rec: &Reconciler, sup: &Supervisor) -> Task
         }
     }
     status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{DisconnectPolicy, Duration as KDuration, TaskSpec};
+
+    fn task(name: &str, stop_after: Option<&str>) -> AssignedTask {
+        AssignedTask {
+            name: name.into(),
+            job_type: JobType::Service,
+            spec: TaskSpec {
+                disconnect: stop_after.map(|d| DisconnectPolicy {
+                    stop_on_client_after: Some(KDuration::new(d)),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn stop_on_client_after_stops_only_its_groups_and_only_when_due() {
+        let desired = vec![task("keep", None), task("stop", Some("10s"))];
+        let t0 = Instant::now();
+        let (all, next) = apply_disconnect_policy(&desired, None, t0);
+        assert_eq!((all.len(), next), (2, None), "online: everything runs");
+        let (early, next) = apply_disconnect_policy(&desired, Some(t0), t0 + Duration::from_secs(5));
+        assert_eq!(early.len(), 2);
+        assert_eq!(
+            next,
+            Some(t0 + Duration::from_secs(10)),
+            "wake up when the limit falls due"
+        );
+        let (late, next) = apply_disconnect_policy(&desired, Some(t0), t0 + Duration::from_secs(10));
+        assert_eq!(late.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["keep"]);
+        assert_eq!(next, None);
+    }
 }

@@ -77,6 +77,7 @@ fn group_spec(job: &str, g: &TaskGroupTemplate) -> TaskGroupSpec {
         ephemeral_disk: g.ephemeral_disk.clone(),
         meta: g.meta.clone(),
         resources: g.resources.clone(),
+        disconnect: g.disconnect.clone(),
     }
 }
 
