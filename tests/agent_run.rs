@@ -917,14 +917,19 @@ fn tasks_run_as_their_user_when_the_agent_is_root() {
         "batch",
         r#"    - name: g
       tasks:
-        - {name: t, driver: exec, user: nobody, config: {execConfig: {command: /bin/sh, args: ["-c", "id -u; echo $K8S4R_TASK; touch local/mine"]}}}
+        - name: t
+          driver: exec
+          user: nobody
+          templates: [{destPath: local/secret.txt, perms: "0600", embeddedTmpl: "for ${K8S4R_TASK} only\n"}]
+          config: {execConfig: {command: /bin/sh, args: ["-c", "id -u; cat local/secret.txt; touch local/mine"]}}
 "#,
     ));
     let mut agent = sb.run(&file, &[]);
     assert_eq!(agent.wait_exit(), 0, "{}", agent.output());
     let dir = sb.data().join("alloc/users-g/r0/t");
     let out = std::fs::read_to_string(dir.join("logs/stdout")).unwrap();
-    assert_eq!(out, "65534\nt\n");
+    // A 0600 template is the task user's, so the task can read it.
+    assert_eq!(out, "65534\nfor t only\n");
     use std::os::unix::fs::MetadataExt;
     assert_eq!(std::fs::metadata(dir.join("local/mine")).unwrap().uid(), 65534);
 }

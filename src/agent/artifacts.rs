@@ -90,14 +90,19 @@ pub fn destination(a: &Artifact) -> Result<String, ArtifactError> {
 }
 
 /// Fetch every artifact of a task.
-pub fn fetch_all(artifacts: &[Artifact], task_dir: &Path, alloc_dir: &Path) -> Result<(), ArtifactError> {
+pub fn fetch_all(
+    artifacts: &[Artifact],
+    task_dir: &Path,
+    alloc_dir: &Path,
+    owner: Option<(u32, u32)>,
+) -> Result<(), ArtifactError> {
     for a in artifacts {
-        fetch(a, task_dir, alloc_dir)?;
+        fetch(a, task_dir, alloc_dir, owner)?;
     }
     Ok(())
 }
 
-fn fetch(a: &Artifact, task_dir: &Path, alloc_dir: &Path) -> Result<(), ArtifactError> {
+fn fetch(a: &Artifact, task_dir: &Path, alloc_dir: &Path, owner: Option<(u32, u32)>) -> Result<(), ArtifactError> {
     let source = a.getter_source.clone();
     let expected = match a.getter_options.get("checksum") {
         Some(c) => Some(
@@ -141,7 +146,7 @@ fn fetch(a: &Artifact, task_dir: &Path, alloc_dir: &Path) -> Result<(), Artifact
             "{source}: only http:// and file:// sources are supported"
         )));
     };
-    let mut file = PendingFile::create(&dest, 0o644).map_err(ArtifactError::Path)?;
+    let mut file = PendingFile::create(&dest, 0o644, owner).map_err(ArtifactError::Path)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -211,13 +216,13 @@ mod tests {
         a.getter_options.insert("filename".into(), "p".into());
         let good = hex(&Sha256::digest(b"payload"));
         a.getter_options.insert("checksum".into(), format!("sha256:{good}"));
-        fetch_all(std::slice::from_ref(&a), task.path(), task.path()).unwrap();
+        fetch_all(std::slice::from_ref(&a), task.path(), task.path(), None).unwrap();
         assert_eq!(std::fs::read(task.path().join("local/p")).unwrap(), b"payload");
 
         a.getter_options.insert("filename".into(), "q".into());
         a.getter_options
             .insert("checksum".into(), format!("sha256:{}", "0".repeat(64)));
-        let err = fetch_all(&[a], task.path(), task.path()).unwrap_err().to_string();
+        let err = fetch_all(&[a], task.path(), task.path(), None).unwrap_err().to_string();
         assert!(err.contains("checksum mismatch"), "{err}");
         let names: Vec<_> = std::fs::read_dir(task.path().join("local"))
             .unwrap()

@@ -14,9 +14,11 @@
 //! re-opens the FIFO by name and carries on. Nothing is lost, and the cap
 //! holds exactly because the agent is the only writer of the log files.
 
-use std::fs::{File, OpenOptions};
+use rustix::fd::OwnedFd;
+use rustix::fs::{FileType, Mode, OFlags};
+use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 pub const STREAMS: [&str; 2] = ["stdout", "stderr"];
@@ -60,12 +62,50 @@ impl std::fmt::Display for LogError {
 
 impl std::error::Error for LogError {}
 
-fn fifo_path(logs_dir: &Path, stream: &str) -> PathBuf {
-    logs_dir.join(format!(".{stream}.pipe"))
+fn fifo_name(stream: &str) -> String {
+    format!(".{stream}.pipe")
+}
+
+/// Open the logs directory itself without following a symlink: the task
+/// owns its directory and could swap `logs` for a link to /etc, and the
+/// agent (often root) must never write through it. Files inside are opened
+/// relative to this descriptor, also with O_NOFOLLOW.
+fn open_dir(logs_dir: &Path) -> Result<OwnedFd, LogError> {
+    rustix::fs::open(
+        logs_dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| LogError::Open(logs_dir.to_path_buf(), e.into()))
+}
+
+/// `openat(O_NOFOLLOW)` + a check of what was opened: the expected file
+/// type, and a single link (a hard link to a file elsewhere is refused).
+fn open_checked(dir: &OwnedFd, name: &str, flags: OFlags, want: FileType, shown: &Path) -> Result<File, LogError> {
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o640),
+    )
+    .map_err(|e| LogError::Open(shown.to_path_buf(), e.into()))?;
+    let st = rustix::fs::fstat(&fd).map_err(|e| LogError::Open(shown.to_path_buf(), e.into()))?;
+    if FileType::from_raw_mode(st.st_mode) != want || st.st_nlink > 1 {
+        return Err(LogError::Open(
+            shown.to_path_buf(),
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "not the agent's log file (wrong type or extra links); refusing it",
+            ),
+        ));
+    }
+    Ok(File::from(fd))
 }
 
 /// A size-capped, rotated log file.
 pub struct LogSink {
+    dir: OwnedFd,
+    name: String,
     path: PathBuf,
     file: File,
     size: u64,
@@ -73,15 +113,20 @@ pub struct LogSink {
 }
 
 impl LogSink {
-    pub fn open(path: PathBuf, limits: LogLimits) -> Result<Self, LogError> {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o640)
-            .open(&path)
-            .map_err(|e| LogError::Open(path.clone(), e))?;
+    pub fn open(logs_dir: &Path, name: &str, limits: LogLimits) -> Result<Self, LogError> {
+        let dir = open_dir(logs_dir)?;
+        let path = logs_dir.join(name);
+        let file = open_checked(
+            &dir,
+            name,
+            OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE,
+            FileType::RegularFile,
+            &path,
+        )?;
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         Ok(LogSink {
+            dir,
+            name: name.to_string(),
             path,
             file,
             size,
@@ -126,7 +171,6 @@ impl LogSink {
 
     fn rotate(&mut self) -> Result<(), LogError> {
         let keep = self.limits.max_files.max(1);
-        let numbered = |n: u32| PathBuf::from(format!("{}.{n}", self.path.display()));
         if keep == 1 {
             self.file
                 .set_len(0)
@@ -134,14 +178,23 @@ impl LogSink {
             self.size = 0;
             return Ok(());
         }
-        for n in (1..keep - 1).rev() {
-            let from = numbered(n);
-            if from.exists() {
-                std::fs::rename(&from, numbered(n + 1)).map_err(|e| LogError::Rotate(from.clone(), e))?;
+        let numbered = |n: u32| format!("{}.{n}", self.name);
+        for n in (0..keep - 1).rev() {
+            let from = if n == 0 { self.name.clone() } else { numbered(n) };
+            match rustix::fs::renameat(&self.dir, from.as_str(), &self.dir, numbered(n + 1).as_str()) {
+                Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+                Err(e) => return Err(LogError::Rotate(self.path.with_file_name(from), e.into())),
             }
         }
-        std::fs::rename(&self.path, numbered(1)).map_err(|e| LogError::Rotate(self.path.clone(), e))?;
-        *self = LogSink::open(self.path.clone(), self.limits)?;
+        let fresh = open_checked(
+            &self.dir,
+            &self.name,
+            OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE,
+            FileType::RegularFile,
+            &self.path,
+        )?;
+        self.file = fresh;
+        self.size = 0;
         Ok(())
     }
 }
@@ -178,30 +231,41 @@ impl LogPump {
 /// ends: the agent's pump and the task's write end (read-write, see the
 /// module comment).
 pub fn open_stream(logs_dir: &Path, stream: &str, limits: LogLimits) -> Result<(LogPump, File), LogError> {
-    let fifo = fifo_path(logs_dir, stream);
-    match rustix::fs::mkfifoat(rustix::fs::CWD, &fifo, rustix::fs::Mode::from_raw_mode(0o600)) {
+    let dir = open_dir(logs_dir)?;
+    let name = fifo_name(stream);
+    let shown = logs_dir.join(&name);
+    let fifo_mode = Mode::from_raw_mode(0o600);
+    match rustix::fs::mkfifoat(&dir, name.as_str(), fifo_mode) {
         Ok(()) => {}
-        Err(rustix::io::Errno::EXIST) => {}
-        Err(e) => return Err(LogError::CreateFifo(fifo, e.into())),
+        Err(rustix::io::Errno::EXIST) => {
+            // Whatever sits there must be our FIFO; anything else is replaced.
+            let is_fifo = rustix::fs::statat(&dir, name.as_str(), rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+                .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Fifo);
+            if !is_fifo {
+                let _ = rustix::fs::unlinkat(&dir, name.as_str(), rustix::fs::AtFlags::empty());
+                rustix::fs::mkfifoat(&dir, name.as_str(), fifo_mode)
+                    .map_err(|e| LogError::CreateFifo(shown.clone(), e.into()))?;
+            }
+        }
+        Err(e) => return Err(LogError::CreateFifo(shown, e.into())),
     }
     let pump = reopen_stream(logs_dir, stream, limits)?;
-    let task_end = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&fifo)
-        .map_err(|e| LogError::Open(fifo.clone(), e))?;
+    let task_end = open_checked(&dir, &name, OFlags::RDWR, FileType::Fifo, &shown)?;
     Ok((pump, task_end))
 }
 
 /// Open the agent's end of an existing stream (after an agent restart).
 pub fn reopen_stream(logs_dir: &Path, stream: &str, limits: LogLimits) -> Result<LogPump, LogError> {
-    let fifo = fifo_path(logs_dir, stream);
-    let reader = OpenOptions::new()
-        .read(true)
-        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
-        .open(&fifo)
-        .map_err(|e| LogError::Open(fifo.clone(), e))?;
-    let sink = LogSink::open(logs_dir.join(stream), limits)?;
+    let dir = open_dir(logs_dir)?;
+    let name = fifo_name(stream);
+    let reader = open_checked(
+        &dir,
+        &name,
+        OFlags::RDONLY | OFlags::NONBLOCK,
+        FileType::Fifo,
+        &logs_dir.join(&name),
+    )?;
+    let sink = LogSink::open(logs_dir, stream, limits)?;
     Ok(LogPump { fifo: reader, sink })
 }
 
@@ -291,7 +355,7 @@ mod tests {
             max_bytes: 100,
             max_files: 3,
         };
-        let mut sink = LogSink::open(dir.path().join("stdout"), limits).unwrap();
+        let mut sink = LogSink::open(dir.path(), "stdout", limits).unwrap();
         for i in 0..200 {
             sink.write(format!("line {i:04}\n").as_bytes()).unwrap();
         }
@@ -309,6 +373,34 @@ mod tests {
         for f in stream_files(dir.path(), "stdout") {
             assert!(std::fs::metadata(f).unwrap().len() <= 100);
         }
+    }
+
+    #[test]
+    fn symlinks_and_hard_links_are_never_written_through() {
+        let task = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("passwd");
+        std::fs::write(&victim, "root\n").unwrap();
+        let limits = LogLimits::default();
+        // logs -> elsewhere
+        std::os::unix::fs::symlink(outside.path(), task.path().join("logs")).unwrap();
+        assert!(open_stream(&task.path().join("logs"), "stdout", limits).is_err());
+        // logs/stdout -> a file elsewhere, by symlink or by hard link
+        let logs = task.path().join("real-logs");
+        std::fs::create_dir(&logs).unwrap();
+        std::os::unix::fs::symlink(&victim, logs.join("stdout")).unwrap();
+        assert!(LogSink::open(&logs, "stdout", limits).is_err());
+        std::fs::remove_file(logs.join("stdout")).unwrap();
+        std::fs::hard_link(&victim, logs.join("stdout")).unwrap();
+        assert!(LogSink::open(&logs, "stdout", limits).is_err());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root\n");
+        // A regular file where the FIFO belongs is replaced by a FIFO.
+        std::fs::remove_file(logs.join("stdout")).unwrap();
+        std::fs::write(logs.join(".stdout.pipe"), "junk").unwrap();
+        let (mut pump, mut task_end) = open_stream(&logs, "stdout", limits).unwrap();
+        task_end.write_all(b"hello\n").unwrap();
+        assert!(!pump.drain().unwrap());
+        assert_eq!(std::fs::read_to_string(logs.join("stdout")).unwrap(), "hello\n");
     }
 
     #[test]

@@ -131,7 +131,9 @@ pub struct PendingFile {
 }
 
 impl PendingFile {
-    pub fn create(target: &Beneath, mode: u32) -> Result<PendingFile, PathError> {
+    /// `owner` (uid, gid): the task's user when the agent switches users,
+    /// so the task can read what was written for it.
+    pub fn create(target: &Beneath, mode: u32, owner: Option<(u32, u32)>) -> Result<PendingFile, PathError> {
         let dir = open_parent(target, true)?;
         let tmp = format!(".{}.k8s4r-tmp.{}", target.name, std::process::id());
         // A leftover temp file from a crash is ours to replace.
@@ -146,6 +148,11 @@ impl PendingFile {
         // The umask must not weaken or strengthen the manifest's perms.
         rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))
             .map_err(|e| PathError::Io(target.original.clone(), e.into()))?;
+        if let Some((uid, gid)) = owner {
+            let (uid, gid) = (rustix::fs::Uid::from_raw(uid), rustix::fs::Gid::from_raw(gid));
+            rustix::fs::fchown(&fd, Some(uid), Some(gid))
+                .map_err(|e| PathError::Io(target.original.clone(), e.into()))?;
+        }
         Ok(PendingFile {
             dir,
             tmp,
@@ -225,7 +232,7 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(outside.path(), task.path().join("local")).unwrap();
         let target = resolve("local/evil.txt", task.path(), task.path()).unwrap();
-        let err = PendingFile::create(&target, 0o644).err().unwrap().to_string();
+        let err = PendingFile::create(&target, 0o644, None).err().unwrap().to_string();
         assert!(err.contains("symlink"), "{err}");
         assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
     }
@@ -238,7 +245,7 @@ mod tests {
         std::fs::write(&victim, "keep").unwrap();
         std::os::unix::fs::symlink(&victim, task.path().join("out.txt")).unwrap();
         let target = resolve("out.txt", task.path(), task.path()).unwrap();
-        let mut f = PendingFile::create(&target, 0o600).unwrap();
+        let mut f = PendingFile::create(&target, 0o600, None).unwrap();
         f.file.write_all(b"new").unwrap();
         f.commit().unwrap();
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
@@ -252,7 +259,7 @@ mod tests {
     fn an_abandoned_pending_file_leaves_nothing() {
         let task = tempfile::tempdir().unwrap();
         let target = resolve("a/b.bin", task.path(), task.path()).unwrap();
-        let mut f = PendingFile::create(&target, 0o644).unwrap();
+        let mut f = PendingFile::create(&target, 0o644, None).unwrap();
         f.file.write_all(b"partial").unwrap();
         drop(f);
         assert_eq!(std::fs::read_dir(task.path().join("a")).unwrap().count(), 0);

@@ -77,6 +77,7 @@ pub fn write_all(
     env: &BTreeMap<String, String>,
     task_dir: &Path,
     alloc_dir: &Path,
+    owner: Option<(u32, u32)>,
 ) -> Result<(), TemplateError> {
     for tpl in templates {
         let dest = paths::resolve(&tpl.dest_path, task_dir, alloc_dir).map_err(TemplateError::Path)?;
@@ -103,7 +104,7 @@ pub fn write_all(
             .as_deref()
             .and_then(|p| u32::from_str_radix(p, 8).ok())
             .unwrap_or(0o644);
-        let mut file = PendingFile::create(&dest, mode).map_err(TemplateError::Path)?;
+        let mut file = PendingFile::create(&dest, mode, owner).map_err(TemplateError::Path)?;
         let write_err = |error| TemplateError::Write {
             dest: tpl.dest_path.clone(),
             error,
@@ -154,7 +155,7 @@ mod tests {
             perms: Some("0600".into()),
             ..Default::default()
         };
-        write_all(&[tpl], &env(), dir.path(), dir.path()).unwrap();
+        write_all(&[tpl], &env(), dir.path(), dir.path(), None).unwrap();
         let path = dir.path().join("local/conf/hello.txt");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "hello bot\n");
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);

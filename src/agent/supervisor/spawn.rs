@@ -89,8 +89,26 @@ pub fn spawn(spec: &UnitSpec, ctx: &SpawnContext<'_>) -> Result<Spawned, SpawnEr
     for dir in [&spec.dir, &spec.dir.join("local"), &logs_dir, &spec.alloc_dir] {
         std::fs::create_dir_all(dir).map_err(|e| SpawnError::Dir(dir.clone(), e))?;
     }
-    templates::write_all(&spec.templates, &spec.env, &spec.dir, &spec.alloc_dir).map_err(SpawnError::Template)?;
-    artifacts::fetch_all(&spec.artifacts, &spec.dir, &spec.alloc_dir).map_err(SpawnError::Artifact)?;
+    // Switching users needs root; without it tasks run as the agent's user.
+    let account = match spec.user.as_deref().filter(|_| ctx.is_root) {
+        Some(user) => {
+            let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+            let account = lookup_user(&passwd, user)
+                .ok_or_else(|| SpawnError::User(format!("user {user:?} not found in /etc/passwd")))?;
+            // The task must be able to write its own directory (not `logs/`,
+            // which only the agent writes).
+            for dir in [&spec.dir, &spec.dir.join("local")] {
+                std::os::unix::fs::chown(dir, Some(account.uid), Some(account.gid))
+                    .map_err(|e| SpawnError::Dir(dir.clone(), e))?;
+            }
+            Some(account)
+        }
+        None => None,
+    };
+    let owner = account.as_ref().map(|a| (a.uid, a.gid));
+    templates::write_all(&spec.templates, &spec.env, &spec.dir, &spec.alloc_dir, owner)
+        .map_err(SpawnError::Template)?;
+    artifacts::fetch_all(&spec.artifacts, &spec.dir, &spec.alloc_dir, owner).map_err(SpawnError::Artifact)?;
 
     let argv = match &spec.pre_start {
         Some(hook) => (hook.0)().map_err(SpawnError::PreStart)?,
@@ -118,14 +136,7 @@ pub fn spawn(spec: &UnitSpec, ctx: &SpawnContext<'_>) -> Result<Spawned, SpawnEr
         pumps.push(pump);
     }
 
-    if let Some(user) = spec.user.as_deref().filter(|_| ctx.is_root) {
-        let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-        let account = lookup_user(&passwd, user)
-            .ok_or_else(|| SpawnError::User(format!("user {user:?} not found in /etc/passwd")))?;
-        // The task must be able to write its own directory and logs.
-        for dir in [&spec.dir, &spec.dir.join("local")] {
-            let _ = std::os::unix::fs::chown(dir, Some(account.uid), Some(account.gid));
-        }
+    if let Some(account) = &account {
         cmd.uid(account.uid).gid(account.gid);
         if !spec.env.contains_key("HOME") {
             cmd.env("HOME", &account.home);
