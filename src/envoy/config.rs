@@ -247,4 +247,50 @@ mod tests {
         assert_eq!(lds["resources"][0]["name"], format!("out-{nasty}"));
         assert_eq!(rt.sds.len(), 2);
     }
+
+    /// `render-envoy` shows what the agent runs: without file secrets (whose
+    /// delivery differs by design) both forms hold the same resources.
+    #[test]
+    fn static_and_runtime_forms_hold_the_same_resources() {
+        let network = NetworkConfig {
+            spiffe: Some(SpiffeConfig {
+                trust_domain: "example.org".into(),
+                agent_socket_path: None,
+            }),
+            upstreams: ["tcp", "http", "grpc"]
+                .iter()
+                .zip([Protocol::Tcp, Protocol::Http, Protocol::Grpc])
+                .enumerate()
+                .map(|(i, (name, protocol))| Upstream {
+                    name: (*name).into(),
+                    local_port: 1000 + i as i64,
+                    upstream: format!("{name}.example.org:443"),
+                    protocol: Some(protocol),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let p = plan::plan(&network, &[]).unwrap();
+        let layout = Layout::new(Path::new("/run/k8s4r/g"));
+        let id = Identity {
+            node_id: "j/g".into(),
+            admin_socket: &layout.admin_socket,
+        };
+        let opts = ProxyOptions::default();
+        let st: serde_json::Value = serde_json::from_str(&render_static(&p, &id, &opts).unwrap()).unwrap();
+        let rt = render_runtime(&p, "j/g", &layout, &opts).unwrap();
+        let untyped = |doc: &str| -> serde_json::Value {
+            let mut v: serde_json::Value = serde_json::from_str(doc).unwrap();
+            for r in v["resources"].as_array_mut().unwrap() {
+                r.as_object_mut().unwrap().remove("@type");
+            }
+            v["resources"].take()
+        };
+        assert_eq!(st["static_resources"]["listeners"], untyped(&rt.lds));
+        assert_eq!(st["static_resources"]["clusters"], untyped(&rt.cds));
+        let boot: serde_json::Value = serde_json::from_str(&rt.bootstrap).unwrap();
+        assert_eq!(st["admin"], boot["admin"]);
+        assert_eq!(st["overload_manager"], boot["overload_manager"]);
+    }
 }
