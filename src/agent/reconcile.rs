@@ -54,15 +54,23 @@ impl AssignedTask {
     pub fn job(&self) -> &str {
         self.spec.job_name.as_deref().unwrap_or("")
     }
+    /// The group's name in the Job (`<group>`), for people and K8S4R_TASKGROUP.
     pub fn group(&self) -> &str {
-        self.spec.task_group_name.as_deref().unwrap_or("")
+        let tg = self.spec.task_group_name.as_deref().unwrap_or("");
+        tg.strip_prefix(self.job())
+            .and_then(|r| r.strip_prefix('-'))
+            .unwrap_or(tg)
     }
     pub fn replica(&self) -> i32 {
         self.spec.replica_index.unwrap_or(0)
     }
-    /// The TaskGroup object's name, `<job>-<group>`.
+    /// The TaskGroup object's name, `<job>-<group>`, as `api::placement`
+    /// sets `taskGroupName`.
     pub fn group_key(&self) -> String {
-        format!("{}-{}", self.job(), self.group())
+        self.spec
+            .task_group_name
+            .clone()
+            .unwrap_or_else(|| self.job().to_string())
     }
 }
 

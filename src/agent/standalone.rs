@@ -18,7 +18,7 @@
 
 use super::reconcile::{AssignedTask, Outcome, ReconcileConfig, Reconciler};
 use super::supervisor::{Supervisor, SupervisorConfig};
-use crate::api::{AnyObject, Job, NetworkConfig, TaskGroupTemplate};
+use crate::api::{AnyObject, Job};
 use std::io::Write;
 
 pub struct RunOptions {
@@ -28,37 +28,17 @@ pub struct RunOptions {
     pub reconcile: ReconcileConfig,
 }
 
-/// Expand a Job into its assigned tasks, the way the control plane splits it.
+/// Expand a Job into its assigned tasks, exactly as the control plane
+/// splits it (`api::placement`).
 pub fn expand(job: &Job) -> Vec<AssignedTask> {
-    let mut out = Vec::new();
-    for group in &job.spec.task_groups {
-        let network = merged_network(group);
-        for replica in 0..group.count.max(0) {
-            for task in &group.tasks {
-                let mut spec = task.clone();
-                spec.job_name = Some(job.name().to_string());
-                spec.task_group_name = Some(group.name.clone());
-                spec.replica_index = Some(replica);
-                spec.job_type = Some(job.spec.job_type);
-                spec.init_tasks = group.init_tasks.clone();
-                spec.network = network.clone();
-                spec.restart_policy = task.restart_policy.clone().or_else(|| group.restart_policy.clone());
-                spec.resources = task.resources.clone().or_else(|| group.resources.clone());
-                out.push(AssignedTask {
-                    name: format!("{}-{}-r{replica}-{}", job.name(), group.name, task.name),
-                    job_type: job.spec.job_type,
-                    spec,
-                });
-            }
-        }
-    }
-    out
-}
-
-/// The group's network with every task-level network's upstreams added:
-/// one proxy serves the whole group.
-pub fn merged_network(group: &TaskGroupTemplate) -> Option<NetworkConfig> {
-    crate::envoy::group_network(group.network.as_ref(), &group.tasks)
+    crate::api::placement::expand(job)
+        .into_iter()
+        .map(|(name, spec)| AssignedTask {
+            name,
+            job_type: job.spec.job_type,
+            spec,
+        })
+        .collect()
 }
 
 /// Read, decode and validate the Job of `file`.
@@ -204,6 +184,7 @@ spec:
             vec!["j-g-r0-t", "j-g-r1-t"]
         );
         assert_eq!(tasks[1].replica(), 1);
+        assert_eq!(tasks[1].group(), "g");
         assert_eq!(tasks[0].group_key(), "j-g");
         assert_eq!(tasks[0].spec.init_tasks.len(), 1);
         assert_eq!(tasks[0].spec.restart_policy.as_ref().unwrap().attempts, Some(4));
