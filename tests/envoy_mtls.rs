@@ -508,3 +508,56 @@ fn live_update_adds_a_spire_mtls_upstream_without_restart() {
     assert_eq!(roundtrip(&mut open, b"after").unwrap(), b"after");
     assert_eq!(spire.nacks(), 0);
 }
+
+/// Robots boot in any order: an Envoy started before its SPIRE agent says
+/// why it is not ready, then becomes ready by itself once the agent is up.
+#[test]
+fn envoy_waits_for_a_late_spire_agent_and_names_it_meanwhile() {
+    let Some(bin) = envoy_or_skip("envoy_waits_for_a_late_spire_agent_and_names_it_meanwhile") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let echo = Server::echo();
+    let ca = Ca::new(tmp.path(), "example.org");
+    let server = ServerSide::start(
+        &bin,
+        &tmp.path().join("server"),
+        ca.files(&ca.leaf("server", SERVER_ID, 80)),
+        Some("example.org"),
+        &[ROBOT_ID],
+        echo.port,
+    );
+    let socket = tmp.path().join("late-agent.sock");
+    let port = free_port();
+    let g = GroupProxy {
+        envoy_bin: bin.clone(),
+        ..proxy(
+            "robot",
+            &tmp.path().join("robot"),
+            NetworkConfig {
+                spiffe: Some(spiffe("example.org", Some(&socket))),
+                upstreams: vec![tls_upstream("db", port, server.port, Some(SERVER_ID))],
+                ..Default::default()
+            },
+        )
+    };
+    let launch = envoy::prepare(&g).unwrap();
+    let mut e = Envoy::start(&launch, g.dir.join("envoy.log"));
+    let reasons = wait_for("a reason naming the SPIRE socket", READY, || {
+        let r = envoy::not_ready_reasons(&g);
+        r.iter().any(|m| m.contains("late-agent.sock")).then_some(r)
+    });
+    assert!(reasons.iter().any(|m| m.contains("upstream \"db\"")), "{reasons:?}");
+    assert!(!envoy::is_ready(&launch.admin_socket));
+
+    let svid = ca.leaf("robot", ROBOT_ID, 81);
+    let read = |p: &Path| std::fs::read(p).unwrap();
+    let _spire = SdsServer::start(
+        &socket,
+        "default",
+        (&read(&svid.cert), &read(&svid.key)),
+        &[("example.org", &read(&ca.cert))],
+    );
+    e.wait_ready();
+    assert_eq!(echo_through(port, b"late but fine").unwrap(), b"late but fine");
+}
