@@ -72,6 +72,20 @@ fn plaintext_tcp_http_and_grpc_through_envoy() {
     // the grpc upstream leg is HTTP/2.
     let (status, body) = http_get(grpc_port, "/pkg.Service/Method").unwrap();
     assert_eq!((status, body.as_str()), (200, "h2 only"));
+
+    // gRPC apps speak HTTP/2 without TLS (h2c, prior knowledge) to the
+    // proxy; curl plays such an app when it is installed.
+    let curl = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--http2-prior-knowledge"])
+        .arg(format!("http://127.0.0.1:{grpc_port}/pkg.Service/Method"))
+        .output();
+    match curl {
+        Ok(out) => {
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "h2 only");
+        }
+        Err(_) => eprintln!("note: curl not found, h2c from the app side not exercised"),
+    }
 }
 
 #[test]
