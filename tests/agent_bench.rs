@@ -202,6 +202,7 @@ fn spawn_latency() -> (f64, f64, f64) {
             checks: Vec::new(),
             limits: Limits::default(),
             pre_start: None,
+            revision: 0,
         };
         let name = spec.name.clone();
         let t0 = Instant::now();

@@ -275,6 +275,8 @@ impl Reconciler {
                         .map(|l| l.argv)
                         .map_err(|e| format!("proxy: {e}"))
                 }))),
+                // Network changes are not applied to a running proxy yet.
+                revision: 0,
             });
             let env = envoy::proxy_env(&network);
             self.proxies.insert(
@@ -396,7 +398,7 @@ impl Reconciler {
             .map(|a| expand(&a, &env))
             .collect();
         let resources = spec.resources.as_ref();
-        UnitSpec {
+        let mut unit = UnitSpec {
             name,
             label,
             argv,
@@ -423,8 +425,35 @@ impl Reconciler {
                     .and_then(|m| u64::try_from(m).ok()),
             },
             pre_start: None,
-        }
+            revision: 0,
+        };
+        unit.revision = fingerprint(&unit);
+        unit
     }
+}
+
+/// What a unit runs, hashed: argv, environment, user, limits, policies,
+/// templates, artifacts and checks (not its name or directory).
+fn fingerprint(u: &UnitSpec) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let text = format!(
+        "{:?}",
+        (
+            &u.argv,
+            &u.env,
+            &u.user,
+            &u.policy,
+            u.timeout,
+            u.kill_timeout,
+            &u.templates,
+            &u.artifacts,
+            &u.checks,
+            u.limits
+        )
+    );
+    text.hash(&mut h);
+    h.finish()
 }
 
 enum GroupReady {

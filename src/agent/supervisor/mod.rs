@@ -55,6 +55,9 @@ pub struct UnitSpec {
     pub limits: Limits,
     /// Run before every start; returns the argv to exec (replacing `argv`).
     pub pre_start: Option<PreStart>,
+    /// Fingerprint of what the unit runs: `ensure` with a different one
+    /// stops the current process and starts the new spec.
+    pub revision: u64,
 }
 
 /// Work a unit needs before each start: a proxy rewrites its config and
@@ -130,6 +133,8 @@ struct Unit {
     pumps: Vec<LogPump>,
     checks: Vec<CheckState>,
     health: Option<String>,
+    /// A changed spec waiting for the current process to stop.
+    replacement: Option<UnitSpec>,
 }
 
 /// A read-only view of a unit for reconcile and reports.
@@ -290,7 +295,21 @@ impl Supervisor {
     /// earlier agent left running, or restore how it ended. An existing
     /// unit is left alone.
     pub fn ensure(&mut self, spec: UnitSpec) {
-        if self.units.contains_key(&spec.name) {
+        if let Some(unit) = self.units.get_mut(&spec.name) {
+            if unit.spec.revision != spec.revision && unit.replacement.is_none() {
+                let name = spec.name.clone();
+                self.changes.push(Change {
+                    unit: name.clone(),
+                    label: unit.spec.label.clone(),
+                    message: "spec changed; replacing".into(),
+                });
+                unit.replacement = Some(spec);
+                if unit.machine.phase.is_terminal() {
+                    self.replace_if_due(&name);
+                } else {
+                    self.drive(&name, Event::Stop);
+                }
+            }
             return;
         }
         let name = spec.name.clone();
@@ -313,6 +332,7 @@ impl Supervisor {
             pumps: Vec::new(),
             checks,
             health: None,
+            replacement: None,
         };
         let event = match self.leftovers.remove(&name) {
             None => Some(Event::Start),
@@ -399,6 +419,7 @@ impl Supervisor {
                         checks: Vec::new(),
                         limits: Limits::default(),
                         pre_start: None,
+                        revision: 0,
                     };
                     self.leftovers.insert(name.clone(), saved);
                     self.ensure(spec);
@@ -484,6 +505,26 @@ impl Supervisor {
                 }
             }
             self.dirty = true;
+        }
+        self.replace_if_due(name);
+    }
+
+    /// Start a changed spec once the old process has ended.
+    fn replace_if_due(&mut self, name: &str) {
+        let due = self
+            .units
+            .get(name)
+            .is_some_and(|u| u.machine.phase.is_terminal() && u.replacement.is_some());
+        if !due {
+            return;
+        }
+        if let Some(mut old) = self.units.remove(name) {
+            for pump in &mut old.pumps {
+                let _ = pump.drain();
+            }
+            if let Some(next) = old.replacement {
+                self.ensure(next);
+            }
         }
     }
 
