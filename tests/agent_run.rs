@@ -933,3 +933,41 @@ fn tasks_run_as_their_user_when_the_agent_is_root() {
     use std::os::unix::fs::MetadataExt;
     assert_eq!(std::fs::metadata(dir.join("local/mine")).unwrap().uid(), 65534);
 }
+
+#[test]
+fn a_slow_download_does_not_stall_other_tasks() {
+    // The server holds its answer until the test lets it go.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if let Some(mut s) = listener.incoming().map_while(Result::ok).next() {
+            let _ = released.recv();
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbin");
+        }
+    });
+    let sb = Sandbox::new();
+    let file = sb.job(&job(
+        "mixed",
+        "batch",
+        &format!(
+            r#"    - name: slow
+      tasks:
+        - name: t
+          driver: exec
+          artifacts: [{{getterSource: "http://127.0.0.1:{port}/big.bin"}}]
+          config: {{execConfig: {{command: /bin/cat, args: [local/big.bin]}}}}
+    - name: quick
+      tasks:
+        - {{name: t, driver: exec, config: {{execConfig: {{command: /bin/true}}}}}}
+"#
+        ),
+    ));
+    let mut agent = sb.run(&file, &[]);
+    agent.wait_line("quick r0 t: exited 0");
+    assert!(agent.lines_with("slow r0 t: running").is_empty(), "{}", agent.output());
+    release.send(()).unwrap();
+    assert_eq!(agent.wait_exit(), 0, "{}", agent.output());
+    let out = std::fs::read_to_string(sb.data().join("alloc/mixed-slow/r0/t/logs/stdout")).unwrap();
+    assert_eq!(out, "bin");
+}

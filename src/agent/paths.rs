@@ -135,7 +135,10 @@ impl PendingFile {
     /// so the task can read what was written for it.
     pub fn create(target: &Beneath, mode: u32, owner: Option<(u32, u32)>) -> Result<PendingFile, PathError> {
         let dir = open_parent(target, true)?;
-        let tmp = format!(".{}.k8s4r-tmp.{}", target.name, std::process::id());
+        // Unique per writer: two tasks may fetch into the shared alloc dir at once.
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = format!(".{}.k8s4r-tmp.{}.{seq}", target.name, std::process::id());
         // A leftover temp file from a crash is ours to replace.
         let _ = rustix::fs::unlinkat(&dir, tmp.as_str(), AtFlags::empty());
         let fd = rustix::fs::openat(

@@ -135,6 +135,15 @@ struct Unit {
     health: Option<String>,
     /// A changed spec waiting for the current process to stop.
     replacement: Option<UnitSpec>,
+    /// Artifacts being fetched for the next start: (ticket, prepared).
+    fetching: Option<(u64, spawn::Prepared)>,
+}
+
+/// Artifacts fetched (or not) by a worker thread.
+struct FetchDone {
+    unit: String,
+    ticket: u64,
+    result: Result<(), String>,
 }
 
 /// A read-only view of a unit for reconcile and reports.
@@ -175,6 +184,9 @@ pub struct Supervisor {
     is_root: bool,
     changes: Vec<Change>,
     dirty: bool,
+    fetch_seq: u64,
+    fetch_tx: mpsc::Sender<FetchDone>,
+    fetch_rx: mpsc::Receiver<FetchDone>,
     _lock: std::fs::File,
 }
 
@@ -226,6 +238,7 @@ impl Supervisor {
             None => None,
         };
         let (check_tx, check_rx) = mpsc::channel();
+        let (fetch_tx, fetch_rx) = mpsc::channel();
         let sup = Supervisor {
             units: BTreeMap::new(),
             leftovers,
@@ -240,6 +253,9 @@ impl Supervisor {
             is_root: rustix::process::geteuid().is_root(),
             changes: Vec::new(),
             dirty: false,
+            fetch_seq: 0,
+            fetch_tx,
+            fetch_rx,
             _lock: lock,
         };
         Ok((sup, notices))
@@ -333,6 +349,7 @@ impl Supervisor {
             checks,
             health: None,
             replacement: None,
+            fetching: None,
         };
         let event = match self.leftovers.remove(&name) {
             None => Some(Event::Start),
@@ -485,22 +502,36 @@ impl Supervisor {
                             let _ = pump.drain();
                         }
                         unit.pumps.clear();
-                        queue.push_back(match spawn::spawn(&unit.spec, &ctx) {
-                            Ok(spawned) => {
-                                unit.identity = Some(spawned.identity);
-                                unit.pumps = spawned.pumps;
-                                unit.watch = Watch::Child;
-                                let now = Instant::now();
-                                for c in &mut unit.checks {
-                                    c.next_at = now + c.spec.interval.min(Duration::from_secs(1));
-                                    c.result = None;
-                                }
-                                Event::Spawned {
-                                    pid: spawned.identity.pid,
-                                }
+                        match spawn::prepare(&unit.spec, &ctx) {
+                            Err(e) => queue.push_back(Event::SpawnFailed(e.to_string())),
+                            Ok(prepared) if unit.spec.artifacts.is_empty() => {
+                                queue.push_back(start_process(unit, &ctx, &prepared))
                             }
-                            Err(e) => Event::SpawnFailed(e.to_string()),
-                        });
+                            Ok(prepared) => {
+                                // Downloads may take long: fetch on a worker
+                                // thread, exec when it reports back.
+                                self.fetch_seq += 1;
+                                let ticket = self.fetch_seq;
+                                let owner = prepared.owner();
+                                unit.fetching = Some((ticket, prepared));
+                                let artifacts = unit.spec.artifacts.clone();
+                                let (dir, alloc) = (unit.spec.dir.clone(), unit.spec.alloc_dir.clone());
+                                let (tx, waker, unit_name) =
+                                    (self.fetch_tx.clone(), self.wakeups.waker(), name.to_string());
+                                std::thread::spawn(move || {
+                                    let result = spawn::fetch_artifacts(&artifacts, &dir, &alloc, owner)
+                                        .map_err(|e| e.to_string());
+                                    let _ = tx.send(FetchDone {
+                                        unit: unit_name,
+                                        ticket,
+                                        result,
+                                    });
+                                    if let Ok(w) = waker {
+                                        w.wake();
+                                    }
+                                });
+                            }
+                        }
                     }
                 }
             }
@@ -540,6 +571,7 @@ impl Supervisor {
         self.reap();
         self.pump_logs();
         self.collect_check_results();
+        self.collect_fetches();
         self.fire_deadlines();
         self.run_due_checks();
         self.save()
@@ -617,6 +649,33 @@ impl Supervisor {
             if let Some(name) = owner {
                 self.drive(&name, Event::Exited(exit));
             }
+        }
+    }
+
+    /// Start the units whose artifacts arrived (if they still want to start).
+    fn collect_fetches(&mut self) {
+        while let Ok(done) = self.fetch_rx.try_recv() {
+            let ctx = spawn::SpawnContext {
+                log_limits: self.log_limits,
+                cgroups: self.cgroups.as_ref(),
+                is_root: self.is_root,
+            };
+            let Some(unit) = self.units.get_mut(&done.unit) else {
+                continue;
+            };
+            let current = matches!(&unit.fetching, Some((t, _)) if *t == done.ticket);
+            let Some((_, prepared)) = unit.fetching.take_if(|_| current) else {
+                continue;
+            };
+            // Stopped (or replaced) while fetching: nothing to start.
+            if unit.machine.phase != Phase::Pending {
+                continue;
+            }
+            let event = match done.result {
+                Ok(()) => start_process(unit, &ctx, &prepared),
+                Err(e) => Event::SpawnFailed(e),
+            };
+            self.drive(&done.unit, event);
         }
     }
 
@@ -809,6 +868,26 @@ impl Supervisor {
     pub fn flush(&mut self) -> Result<(), SupervisorError> {
         self.dirty = true;
         self.save()
+    }
+}
+
+/// Exec a prepared unit; the event says how it went.
+fn start_process(unit: &mut Unit, ctx: &spawn::SpawnContext<'_>, prepared: &spawn::Prepared) -> Event {
+    match spawn::exec(&unit.spec, ctx, prepared) {
+        Ok(spawned) => {
+            unit.identity = Some(spawned.identity);
+            unit.pumps = spawned.pumps;
+            unit.watch = Watch::Child;
+            let now = Instant::now();
+            for c in &mut unit.checks {
+                c.next_at = now + c.spec.interval.min(Duration::from_secs(1));
+                c.result = None;
+            }
+            Event::Spawned {
+                pid: spawned.identity.pid,
+            }
+        }
+        Err(e) => Event::SpawnFailed(e.to_string()),
     }
 }
 

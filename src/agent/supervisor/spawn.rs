@@ -63,7 +63,7 @@ pub struct Spawned {
 }
 
 /// An account from /etc/passwd.
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Account {
     pub uid: u32,
     pub gid: u32,
@@ -84,7 +84,21 @@ pub fn lookup_user(text: &str, user: &str) -> Option<Account> {
     })
 }
 
-pub fn spawn(spec: &UnitSpec, ctx: &SpawnContext<'_>) -> Result<Spawned, SpawnError> {
+/// What `prepare` found out, for `exec`.
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    account: Option<Account>,
+}
+
+impl Prepared {
+    /// (uid, gid) files written for the task must belong to.
+    pub fn owner(&self) -> Option<(u32, u32)> {
+        self.account.as_ref().map(|a| (a.uid, a.gid))
+    }
+}
+
+/// First step of a start, quick: directories, the user, templates.
+pub fn prepare(spec: &UnitSpec, ctx: &SpawnContext<'_>) -> Result<Prepared, SpawnError> {
     let logs_dir = spec.dir.join("logs");
     for dir in [&spec.dir, &spec.dir.join("local"), &logs_dir, &spec.alloc_dir] {
         std::fs::create_dir_all(dir).map_err(|e| SpawnError::Dir(dir.clone(), e))?;
@@ -105,11 +119,27 @@ pub fn spawn(spec: &UnitSpec, ctx: &SpawnContext<'_>) -> Result<Spawned, SpawnEr
         }
         None => None,
     };
-    let owner = account.as_ref().map(|a| (a.uid, a.gid));
-    templates::write_all(&spec.templates, &spec.env, &spec.dir, &spec.alloc_dir, owner)
+    let prepared = Prepared { account };
+    templates::write_all(&spec.templates, &spec.env, &spec.dir, &spec.alloc_dir, prepared.owner())
         .map_err(SpawnError::Template)?;
-    artifacts::fetch_all(&spec.artifacts, &spec.dir, &spec.alloc_dir, owner).map_err(SpawnError::Artifact)?;
+    Ok(prepared)
+}
 
+/// Second step, possibly slow (downloads), so the supervisor runs it on a
+/// worker thread when there is anything to fetch.
+pub fn fetch_artifacts(
+    artifacts: &[crate::api::Artifact],
+    dir: &std::path::Path,
+    alloc_dir: &std::path::Path,
+    owner: Option<(u32, u32)>,
+) -> Result<(), SpawnError> {
+    artifacts::fetch_all(artifacts, dir, alloc_dir, owner).map_err(SpawnError::Artifact)
+}
+
+/// Last step, quick: log pipes, cgroup, fork/exec.
+pub fn exec(spec: &UnitSpec, ctx: &SpawnContext<'_>, prepared: &Prepared) -> Result<Spawned, SpawnError> {
+    let logs_dir = spec.dir.join("logs");
+    let account = &prepared.account;
     let argv = match &spec.pre_start {
         Some(hook) => (hook.0)().map_err(SpawnError::PreStart)?,
         None => spec.argv.clone(),
@@ -136,7 +166,7 @@ pub fn spawn(spec: &UnitSpec, ctx: &SpawnContext<'_>) -> Result<Spawned, SpawnEr
         pumps.push(pump);
     }
 
-    if let Some(account) = &account {
+    if let Some(account) = account {
         cmd.uid(account.uid).gid(account.gid);
         if !spec.env.contains_key("HOME") {
             cmd.env("HOME", &account.home);
