@@ -102,3 +102,132 @@ fn a_changed_spec_replaces_the_process_and_an_unchanged_one_does_not() {
     // Stopped and reaped by the supervisor: no process, not even a zombie.
     assert!(!Path::new(&format!("/proc/{second}")).exists());
 }
+
+/// Envoy from K8S4R_ENVOY or PATH, if installed.
+fn envoy_bin() -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("K8S4R_ENVOY")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::split_paths(&std::env::var_os("PATH")?)
+                .map(|d| d.join("envoy"))
+                .find(|p| p.is_file())
+        });
+    if found.is_none() {
+        eprintln!("SKIP: no envoy binary (set K8S4R_ENVOY or put envoy on PATH)");
+    }
+    found
+}
+
+#[test]
+fn a_network_change_updates_the_running_proxy_and_restarts_tasks_with_new_variables() {
+    use k8s4r::agent::reconcile::{AssignedTask, ReconcileConfig, Reconciler};
+    use k8s4r::api::{JobType, NetworkConfig, TaskSpec, Upstream};
+    let Some(envoy) = envoy_bin() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = SupervisorConfig {
+        data_dir: data.clone(),
+        log_limits: LogLimits::default(),
+        cgroup_root: None,
+    };
+    let (mut sup, _) = Supervisor::new(config).unwrap();
+    let mut rec = Reconciler::new(ReconcileConfig {
+        robot: "r".into(),
+        data_dir: data.clone(),
+        envoy_bin: envoy,
+    });
+    let port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let upstream = |name: &str| Upstream {
+        name: name.into(),
+        local_port: i64::from(port()),
+        upstream: "127.0.0.1:9".into(),
+        tls: Some(false),
+        ..Default::default()
+    };
+    let task = |upstreams: Vec<Upstream>| {
+        let spec: TaskSpec = serde_json::from_value(serde_json::json!({
+            "name": "t", "driver": "exec", "jobName": "j", "taskGroupName": "j-g", "replicaIndex": 0,
+            "config": {"execConfig": {"command": "/bin/sleep", "args": ["300"]}}
+        }))
+        .unwrap();
+        let spec = TaskSpec {
+            network: Some(NetworkConfig {
+                upstreams,
+                ..Default::default()
+            }),
+            ..spec
+        };
+        vec![AssignedTask {
+            name: "j-g-r0-t".into(),
+            job_type: JobType::Service,
+            spec,
+        }]
+    };
+    let a = upstream("alpha");
+    let v1 = task(vec![a.clone()]);
+    let mut notices = Vec::new();
+    drive_until(
+        &mut sup,
+        &mut rec,
+        &v1,
+        &mut notices,
+        "the task behind its proxy",
+        &|s| pid_of(s, "j-g-r0-t").is_some(),
+    );
+    let envoy_pid = pid_of(&sup, "j-g-envoy").unwrap();
+    let task_pid = pid_of(&sup, "j-g-r0-t").unwrap();
+    assert!(env_of(task_pid).contains("PROXY_ALPHA_PORT="));
+
+    let v2 = task(vec![a, upstream("beta")]);
+    drive_until(
+        &mut sup,
+        &mut rec,
+        &v2,
+        &mut notices,
+        "the task with the new variables",
+        &|s| pid_of(s, "j-g-r0-t").is_some_and(|p| p != task_pid && env_of(p).contains("PROXY_BETA_PORT=")),
+    );
+    assert!(
+        notices.iter().any(|n| n == "proxy config updated in place"),
+        "{notices:?}"
+    );
+    assert_eq!(
+        pid_of(&sup, "j-g-envoy"),
+        Some(envoy_pid),
+        "Envoy keeps running through the update"
+    );
+
+    drive_until(&mut sup, &mut rec, &[], &mut notices, "everything to stop", &|s| {
+        s.all_finished()
+    });
+}
+
+/// Reconcile and supervise until `done`, collecting the group notices.
+fn drive_until(
+    sup: &mut Supervisor,
+    rec: &mut k8s4r::agent::reconcile::Reconciler,
+    desired: &[k8s4r::agent::reconcile::AssignedTask],
+    notices: &mut Vec<String>,
+    what: &str,
+    done: &dyn Fn(&Supervisor) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let recheck = rec.reconcile(desired, sup);
+        let wanted = rec.wanted(desired);
+        sup.retain(|n| wanted.contains(n));
+        notices.extend(rec.take_notices().into_iter().map(|(_, m)| m));
+        if done(sup) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        let next = Instant::now() + Duration::from_millis(100);
+        sup.run_once(Some(recheck.unwrap_or(next).min(next))).unwrap();
+    }
+}

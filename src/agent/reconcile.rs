@@ -91,6 +91,8 @@ pub enum Outcome {
 }
 
 struct ProxyStart {
+    /// The network the proxy was configured with.
+    network: NetworkConfig,
     admin_socket: PathBuf,
     since: Instant,
     ready: bool,
@@ -221,21 +223,7 @@ impl Reconciler {
     ) -> Result<GroupReady, String> {
         let name = format!("{key}-envoy");
         if !self.proxies.contains_key(key) {
-            let dir = self.group_dir(key).join("envoy");
-            std::fs::create_dir_all(&dir).map_err(|e| format!("proxy: creating {}: {e}", dir.display()))?;
-            let envoy_bin = find_executable(&self.config.envoy_bin).ok_or_else(|| {
-                format!(
-                    "proxy: envoy binary {:?} not found (install Envoy, or set --envoy-bin / K8S4R_ENVOY)",
-                    self.config.envoy_bin
-                )
-            })?;
-            let proxy = GroupProxy {
-                job: first.job().to_string(),
-                group: first.group().to_string(),
-                network: network.clone(),
-                dir: dir.clone(),
-                envoy_bin,
-            };
+            let proxy = self.group_proxy(key, first, &network)?;
             // Render now, so a network that cannot become a proxy fails the
             // group with its reason instead of crash-looping a daemon. An
             // Envoy re-adopted from an earlier agent keeps its config; how
@@ -250,44 +238,43 @@ impl Reconciler {
                     launch
                 }
             };
-            let (argv, admin_socket) = (launch.argv, launch.admin_socket);
-            let hook_proxy = proxy.clone();
-            sup.ensure(UnitSpec {
-                name: name.clone(),
-                label: format!("{} envoy", first.group()),
-                argv,
-                env: BTreeMap::from([("PATH".to_string(), task_path())]),
-                alloc_dir: self.group_dir(key).join("alloc"),
-                dir,
-                user: None,
-                policy: Policy::Daemon {
-                    base_delay: Duration::from_secs(1),
-                },
-                timeout: None,
-                kill_timeout: DEFAULT_KILL_TIMEOUT,
-                templates: Vec::new(),
-                artifacts: Vec::new(),
-                checks: Vec::new(),
-                limits: Limits::default(),
-                // Every (re)start renders afresh and clears a stale admin socket.
-                pre_start: Some(PreStart(Arc::new(move || {
-                    envoy::prepare(&hook_proxy)
-                        .map(|l| l.argv)
-                        .map_err(|e| format!("proxy: {e}"))
-                }))),
-                // Network changes are not applied to a running proxy yet.
-                revision: 0,
-            });
+            sup.ensure(self.proxy_unit(key, first, &proxy, launch.argv));
             let env = envoy::proxy_env(&network);
-            self.proxies.insert(
-                key.to_string(),
-                ProxyStart {
-                    admin_socket,
-                    since: Instant::now(),
-                    ready: false,
-                    env,
-                },
-            );
+            let start = ProxyStart {
+                admin_socket: launch.admin_socket,
+                since: Instant::now(),
+                ready: false,
+                env,
+                network,
+            };
+            self.proxies.insert(key.to_string(), start);
+        } else if self.proxies.get(key).is_some_and(|p| p.network != network) {
+            // The network changed: rewrite the xDS files, which the running
+            // Envoy picks up; if that is not enough, restart it (a new
+            // revision makes the supervisor replace the process).
+            let proxy = self.group_proxy(key, first, &network)?;
+            let restart = match envoy::update(&proxy) {
+                Ok(()) => {
+                    self.notices
+                        .push((key.to_string(), "proxy config updated in place".into()));
+                    false
+                }
+                Err(e) => {
+                    self.notices
+                        .push((key.to_string(), format!("proxy restarts for the network change: {e}")));
+                    let argv = envoy::prepare(&proxy).map_err(|e| format!("proxy: {e}"))?.argv;
+                    sup.ensure(self.proxy_unit(key, first, &proxy, argv));
+                    true
+                }
+            };
+            if let Some(p) = self.proxies.get_mut(key) {
+                p.env = envoy::proxy_env(&network);
+                p.network = network;
+                if restart {
+                    p.ready = false;
+                    p.since = Instant::now();
+                }
+            }
         }
         let Some(p) = self.proxies.get_mut(key) else {
             return Ok(GroupReady::NotYet(None));
@@ -304,6 +291,54 @@ impl Reconciler {
             }
         }
         Ok(GroupReady::Yes(p.env.clone()))
+    }
+
+    fn group_proxy(&self, key: &str, first: &AssignedTask, network: &NetworkConfig) -> Result<GroupProxy, String> {
+        let dir = self.group_dir(key).join("envoy");
+        std::fs::create_dir_all(&dir).map_err(|e| format!("proxy: creating {}: {e}", dir.display()))?;
+        let envoy_bin = find_executable(&self.config.envoy_bin).ok_or_else(|| {
+            format!(
+                "proxy: envoy binary {:?} not found (install Envoy, or set --envoy-bin / K8S4R_ENVOY)",
+                self.config.envoy_bin
+            )
+        })?;
+        Ok(GroupProxy {
+            job: first.job().to_string(),
+            group: first.group().to_string(),
+            network: network.clone(),
+            dir,
+            envoy_bin,
+        })
+    }
+
+    /// The proxy daemon `<taskGroup>-envoy`; its revision follows the network.
+    fn proxy_unit(&self, key: &str, first: &AssignedTask, proxy: &GroupProxy, argv: Vec<String>) -> UnitSpec {
+        let hook_proxy = proxy.clone();
+        UnitSpec {
+            name: format!("{key}-envoy"),
+            label: format!("{} envoy", first.group()),
+            argv,
+            env: BTreeMap::from([("PATH".to_string(), task_path())]),
+            dir: proxy.dir.clone(),
+            alloc_dir: self.group_dir(key).join("alloc"),
+            user: None,
+            policy: Policy::Daemon {
+                base_delay: Duration::from_secs(1),
+            },
+            timeout: None,
+            kill_timeout: DEFAULT_KILL_TIMEOUT,
+            templates: Vec::new(),
+            artifacts: Vec::new(),
+            checks: Vec::new(),
+            limits: Limits::default(),
+            // Every (re)start renders afresh and clears a stale admin socket.
+            pre_start: Some(PreStart(Arc::new(move || {
+                envoy::prepare(&hook_proxy)
+                    .map(|l| l.argv)
+                    .map_err(|e| format!("proxy: {e}"))
+            }))),
+            revision: hash_debug(&proxy.network),
+        }
     }
 
     fn init_unit(&self, first: &AssignedTask, init: &TaskSpec, name: &str) -> UnitSpec {
@@ -435,24 +470,24 @@ impl Reconciler {
 /// What a unit runs, hashed: argv, environment, user, limits, policies,
 /// templates, artifacts and checks (not its name or directory).
 fn fingerprint(u: &UnitSpec) -> u64 {
+    hash_debug(&(
+        &u.argv,
+        &u.env,
+        &u.user,
+        &u.policy,
+        u.timeout,
+        u.kill_timeout,
+        &u.templates,
+        &u.artifacts,
+        &u.checks,
+        u.limits,
+    ))
+}
+
+fn hash_debug(value: &impl std::fmt::Debug) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    let text = format!(
-        "{:?}",
-        (
-            &u.argv,
-            &u.env,
-            &u.user,
-            &u.policy,
-            u.timeout,
-            u.kill_timeout,
-            &u.templates,
-            &u.artifacts,
-            &u.checks,
-            u.limits
-        )
-    );
-    text.hash(&mut h);
+    format!("{value:?}").hash(&mut h);
     h.finish()
 }
 
