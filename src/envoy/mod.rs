@@ -7,7 +7,13 @@
 //!   proxy directory (atomically) and return how to launch Envoy.
 //! - [`update`]: rewrite the xDS files for a changed network, no restart.
 //! - [`is_ready`]: Envoy's admin `/ready` over the per-group unix socket.
-//! - [`proxy_env`]: the PROXY_<NAME>_{ADDR,HOST,PORT} variables for tasks.
+//! - [`proxy_env`]: the `PROXY_<NAME>_{ADDR,HOST,PORT}` variables for tasks.
+//!
+//! Also for the agent: [`group_network`] (merge group and task blocks),
+//! [`not_ready_reasons`] (what to say when the readiness deadline passes),
+//! [`upstream_health`] (for the group's status), [`remove`] (last task
+//! gone), and [`prepare_with`]/[`update_with`] taking [`ProxyExtras`]
+//! (inbound listeners, tuning) until the manifest carries them.
 //!
 //! Modules, each with one job:
 //! - [`plan`]: network (manifest) → which listeners/clusters/secrets; pure;
@@ -84,7 +90,7 @@ pub struct ProxyExtras {
 /// How to start (and watch) one Envoy.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Launch {
-    /// argv[0] is the envoy binary.
+    /// `argv[0]` is the envoy binary.
     pub argv: Vec<String>,
     pub admin_socket: PathBuf,
 }
