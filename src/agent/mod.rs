@@ -4,8 +4,29 @@
 //! - `supervisor`: runs them (fork/exec, reaping, restarts, timeouts, logs,
 //!   checks, persisted state and re-adoption);
 //! - `standalone`: `run -f job.yaml`, the desired set from a file;
+//! - `connected`: the desired set from the server's long poll;
 //! - helpers with one job each: `logs`, `state`, `templates`, `artifacts`,
-//!   `paths`, `checks`, `cgroup`, `procfs`, and `sys` (the only `unsafe`).
+//!   `paths`, `checks`, `cgroup`, `procfs`, `device`, and `sys` (the only
+//!   `unsafe`).
+//!
+//! Decisions worth knowing (details in each module):
+//! - units are named `<job>-<group>-r<i>-<task>` (tasks), `<job>-<group>-<init>`
+//!   (init tasks and group daemons), `<job>-<group>-envoy` (the proxy) and
+//!   `robot-<name>` (init tasks with `scope: robot` and `daemon: true`: one
+//!   per robot whichever groups declare them);
+//! - data dir layout: `state.json`, `agent.lock`, `alloc/<job>-<group>/`
+//!   with `alloc/` (K8S4R_ALLOC_DIR), `init/<task>/`, `r<i>/<task>/`,
+//!   `envoy/`, and `robot/<name>/`; a task directory has `local/` and `logs/`;
+//! - a task that exits 0 is complete and not restarted, in batch and service
+//!   Jobs alike; failures follow restartPolicy (default: none for batch, 2
+//!   restarts in 30 min for service), daemons restart after any exit;
+//! - logs go through a FIFO per stream so they survive an agent restart and
+//!   the size cap is exact (`logs`);
+//! - tasks outlive the agent only when asked (`run --keep-running`, or the
+//!   connected agent): the next agent re-adopts them by pid + start time +
+//!   boot id and watches them through a pidfd (/proc every second on
+//!   kernels without pidfd_open); their exit status is then unknowable and
+//!   reported as such.
 
 pub mod artifacts;
 pub mod cgroup;
