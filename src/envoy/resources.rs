@@ -104,12 +104,18 @@ impl Ctx<'_> {
 
     fn outbound_cluster(&self, up: &Outbound) -> Result<String, RenderError> {
         let name = up.resource_name();
+        // Active TCP checks give the agent an upstream health verdict for
+        // the group's status; while the app sends nothing, probe 6x less
+        // often so an idle fleet does not load the servers.
         let interval = self.opts.health_check_interval_s.max(1);
         let health_check = fill(
             t::HEALTH_CHECK_TCP,
             &[
                 ("interval", Slot::text(format!("{interval}s"))),
-                ("no_traffic_interval", Slot::text(format!("{}s", interval * 6))),
+                (
+                    "no_traffic_interval",
+                    Slot::text(format!("{}s", interval.saturating_mul(6))),
+                ),
             ],
         )?;
         let protocol_options = match up.protocol {
