@@ -115,6 +115,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn limits_are_written_in_cgroup_units() {
+        // A stand-in hierarchy: plain files where the kernel would have its own.
+        let fake = tempfile::tempdir().unwrap();
+        std::fs::write(fake.path().join("cgroup.controllers"), "cpu memory\n").unwrap();
+        let cg = Cgroups::detect(&fake.path().join("k8s4r")).unwrap();
+        let unit = fake.path().join("k8s4r/j-g-r0-t");
+        std::fs::create_dir_all(&unit).unwrap();
+        std::fs::write(unit.join("cgroup.procs"), "").unwrap();
+        cg.prepare(
+            "j-g-r0-t",
+            Limits {
+                memory_bytes: Some(128 << 20),
+                cpu_millis: Some(250),
+            },
+        )
+        .unwrap();
+        assert_eq!(std::fs::read_to_string(unit.join("memory.max")).unwrap(), "134217728");
+        // 250 millicores = 25 ms of CPU per 100 ms period.
+        assert_eq!(std::fs::read_to_string(unit.join("cpu.max")).unwrap(), "25000 100000");
+        cg.prepare("j-g-r0-t", Limits::default()).unwrap();
+        assert_eq!(std::fs::read_to_string(unit.join("memory.max")).unwrap(), "max");
+        assert_eq!(std::fs::read_to_string(unit.join("cpu.max")).unwrap(), "max 100000");
+    }
+
+    #[test]
     fn missing_hierarchy_is_a_clear_message() {
         let dir = tempfile::tempdir().unwrap();
         let err = Cgroups::detect(&dir.path().join("k8s4r")).unwrap_err().to_string();
