@@ -293,4 +293,31 @@ mod tests {
         assert_eq!(st["admin"], boot["admin"]);
         assert_eq!(st["overload_manager"], boot["overload_manager"]);
     }
+
+    #[test]
+    fn active_health_checks_can_be_turned_off() {
+        let network = NetworkConfig {
+            upstreams: vec![Upstream {
+                name: "db".into(),
+                local_port: 1,
+                upstream: "db:5432".into(),
+                tls: Some(false),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let p = plan::plan(&network, &[]).unwrap();
+        let layout = Layout::new(Path::new("/run/g"));
+        let checks = |opts: &ProxyOptions| {
+            let rt = render_runtime(&p, "j/g", &layout, opts).unwrap();
+            let cds: serde_json::Value = serde_json::from_str(&rt.cds).unwrap();
+            cds["resources"][0]["health_checks"].as_array().map_or(0, Vec::len)
+        };
+        assert_eq!(checks(&ProxyOptions::default()), 1);
+        let off = ProxyOptions {
+            health_check_interval_s: 0,
+            ..Default::default()
+        };
+        assert_eq!(checks(&off), 0);
+    }
 }

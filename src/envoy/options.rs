@@ -19,7 +19,8 @@ pub struct ProxyOptions {
     pub max_downstream_connections: u32,
     /// `--drain-time-s`: how long a removed listener drains (Envoy: 600 s).
     pub drain_time_s: u32,
-    /// Active TCP health check interval for upstreams, seconds.
+    /// Active TCP health check interval for upstreams, seconds; 0 = no
+    /// active checks (outlier detection only).
     pub health_check_interval_s: u32,
     /// How long Envoy waits for an SDS secret before starting without it.
     /// 0 = wait for ever, so `/ready` stays 503 until the SVID arrives and the

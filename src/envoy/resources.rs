@@ -106,18 +106,22 @@ impl Ctx<'_> {
         let name = up.resource_name();
         // Active TCP checks give the agent an upstream health verdict for
         // the group's status; while the app sends nothing, probe 6x less
-        // often so an idle fleet does not load the servers.
-        let interval = self.opts.health_check_interval_s.max(1);
-        let health_check = fill(
-            t::HEALTH_CHECK_TCP,
-            &[
-                ("interval", Slot::text(format!("{interval}s"))),
-                (
-                    "no_traffic_interval",
-                    Slot::text(format!("{}s", interval.saturating_mul(6))),
-                ),
-            ],
-        )?;
+        // often so an idle fleet does not load the servers. 0 turns them
+        // off (some servers log every probe, e.g. PostgreSQL's "incomplete
+        // startup packet"); outlier detection stays either way.
+        let health_checks = match self.opts.health_check_interval_s {
+            0 => Vec::new(),
+            interval => vec![fill(
+                t::HEALTH_CHECK_TCP,
+                &[
+                    ("interval", Slot::text(format!("{interval}s"))),
+                    (
+                        "no_traffic_interval",
+                        Slot::text(format!("{}s", interval.saturating_mul(6))),
+                    ),
+                ],
+            )?],
+        };
         let protocol_options = match up.protocol {
             Protocol::Grpc => fill(t::HTTP2_OPTIONS, &[])?,
             Protocol::Tcp | Protocol::Http => "null".into(),
@@ -154,7 +158,7 @@ impl Ctx<'_> {
                 ("host", Slot::text(&up.host)),
                 ("port", Slot::number(up.port)),
                 ("outlier_detection", Slot::json(fill(t::OUTLIER_DETECTION, &[])?)),
-                ("health_checks", Slot::json(list(&[health_check]))),
+                ("health_checks", Slot::json(list(&health_checks))),
                 ("protocol_options", Slot::json(protocol_options)),
                 ("transport_socket", Slot::json(transport_socket)),
             ],
