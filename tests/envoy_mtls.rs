@@ -9,7 +9,7 @@ mod common;
 mod envoy_fixtures;
 
 use common::wait_for;
-use envoy_fixtures::sds::SdsServer;
+use envoy_fixtures::sds::{BundleForm, SdsServer};
 use envoy_fixtures::*;
 use k8s4r::api::{NetworkConfig, Protocol, TlsFiles, Upstream};
 use k8s4r::envoy::{self, GroupProxy, Inbound, ProxyExtras};
@@ -560,4 +560,47 @@ fn envoy_waits_for_a_late_spire_agent_and_names_it_meanwhile() {
     );
     e.wait_ready();
     assert_eq!(echo_through(port, b"late but fine").unwrap(), b"late but fine");
+}
+
+/// SPIRE with `disable_spiffe_cert_validation` sends a plain `trusted_ca`:
+/// the configured SPIFFE ID check must hold just the same.
+#[test]
+fn spire_bundles_as_plain_trusted_ca_still_check_the_id() {
+    let Some(bin) = envoy_or_skip("spire_bundles_as_plain_trusted_ca_still_check_the_id") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let echo = Server::echo();
+    let ca = Ca::new(tmp.path(), "example.org");
+    let server = ServerSide::start(
+        &bin,
+        &tmp.path().join("server"),
+        ca.files(&ca.leaf("server", SERVER_ID, 90)),
+        Some("example.org"),
+        &[ROBOT_ID],
+        echo.port,
+    );
+    let svid = ca.leaf("robot", ROBOT_ID, 91);
+    let read = |p: &Path| std::fs::read(p).unwrap();
+    let spire = SdsServer::start_with(
+        &tmp.path().join("agent.sock"),
+        "default",
+        (&read(&svid.cert), &read(&svid.key)),
+        &[("example.org", &read(&ca.cert))],
+        BundleForm::TrustedCa,
+    );
+    let (right, wrong) = (free_port(), free_port());
+    let network = NetworkConfig {
+        spiffe: Some(spiffe("example.org", Some(&spire.socket))),
+        upstreams: vec![
+            tls_upstream("db", right, server.port, Some(SERVER_ID)),
+            tls_upstream("wrong", wrong, server.port, Some("spiffe://example.org/somebody-else")),
+        ],
+        ..Default::default()
+    };
+    let r = robot(&bin, &tmp.path().join("robot"), network);
+    assert_eq!(echo_through(right, b"trusted_ca").unwrap(), b"trusted_ca");
+    assert_refused(wrong);
+    assert!(r.stat("cluster.out-wrong.ssl.fail_verify_san") >= 1, "{}", r.log_text());
+    assert_eq!(spire.nacks(), 0);
 }

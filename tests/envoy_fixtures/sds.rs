@@ -43,10 +43,31 @@ pub struct SdsServer {
     thread: Option<JoinHandle<()>>,
 }
 
+/// How bundles are served, as SPIRE's `disable_spiffe_cert_validation`
+/// setting chooses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BundleForm {
+    /// Envoy's SPIFFE certificate validator with the trust domain's bundle
+    /// (SPIRE's default).
+    SpiffeValidator,
+    /// A plain `trusted_ca` (SPIRE with `disable_spiffe_cert_validation`).
+    TrustedCa,
+}
+
 impl SdsServer {
     /// Serve on `socket`: `svid_name` → (cert PEM, key PEM), and one bundle
     /// per (trust domain, CA PEM), named `spiffe://<td>` as SPIRE does.
     pub fn start(socket: &Path, svid_name: &str, svid: (&[u8], &[u8]), bundles: &[(&str, &[u8])]) -> SdsServer {
+        SdsServer::start_with(socket, svid_name, svid, bundles, BundleForm::SpiffeValidator)
+    }
+
+    pub fn start_with(
+        socket: &Path,
+        svid_name: &str,
+        svid: (&[u8], &[u8]),
+        bundles: &[(&str, &[u8])],
+        form: BundleForm,
+    ) -> SdsServer {
         let _ = std::fs::remove_file(socket);
         let listener = UnixListener::bind(socket).expect("bind SDS socket");
         let mut state = State {
@@ -58,9 +79,11 @@ impl SdsServer {
             .insert(svid_name.to_string(), tls_certificate(svid_name, svid.0, svid.1));
         for (td, ca) in bundles {
             let name = format!("spiffe://{td}");
-            state
-                .secrets
-                .insert(name.clone(), spiffe_validation_context(&name, td, ca));
+            let secret = match form {
+                BundleForm::SpiffeValidator => spiffe_validation_context(&name, td, ca),
+                BundleForm::TrustedCa => trusted_ca_validation_context(&name, ca),
+            };
+            state.secrets.insert(name, secret);
         }
         let state = Arc::new(Mutex::new(state));
         let stop = Arc::new(AtomicBool::new(false));
@@ -322,6 +345,16 @@ fn spiffe_validation_context(name: &str, trust_domain: &str, ca: &[u8]) -> Vec<u
     field_bytes(&mut ext, 2, &any(SPIFFE_VALIDATOR_TYPE, &validator));
     let mut ctx = Vec::new();
     field_bytes(&mut ctx, 12, &ext);
+    let mut secret = Vec::new();
+    field_bytes(&mut secret, 1, name.as_bytes());
+    field_bytes(&mut secret, 4, &ctx);
+    secret
+}
+
+/// Secret { name = 1, validation_context = 4 { trusted_ca = 1 } }
+fn trusted_ca_validation_context(name: &str, ca: &[u8]) -> Vec<u8> {
+    let mut ctx = Vec::new();
+    field_bytes(&mut ctx, 1, &inline_bytes(ca));
     let mut secret = Vec::new();
     field_bytes(&mut secret, 1, name.as_bytes());
     field_bytes(&mut secret, 4, &ctx);
