@@ -426,3 +426,44 @@ fn a_deep_group_directory_still_gets_an_admin_socket() {
     assert!(!launch.admin_socket.exists());
     assert!(!dir.join("envoy.json").exists() && !dir.join("xds").exists());
 }
+
+/// A port taken after `prepare` checked it (a race with another program):
+/// Envoy itself still says LIVE, but `is_ready` must not, and the reasons
+/// name the upstream, the port and who holds it.
+#[test]
+fn a_port_taken_after_prepare_keeps_the_proxy_not_ready_and_named() {
+    let Some(bin) = envoy_or_skip("a_port_taken_after_prepare_keeps_the_proxy_not_ready_and_named") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let echo = Server::echo();
+    let (free, raced) = (free_port(), free_port());
+    let target = format!("127.0.0.1:{}", echo.port);
+    let g = group(
+        "race",
+        &tmp.path().join("race"),
+        &bin,
+        vec![
+            upstream("ok", free, &target, Protocol::Tcp, false),
+            upstream("raced", raced, &target, Protocol::Tcp, false),
+        ],
+    );
+    let launch = envoy::prepare(&g).unwrap();
+    let thief = std::net::TcpListener::bind(("127.0.0.1", raced)).unwrap();
+    let e = Envoy::start(&launch, g.dir.join("envoy.log"));
+    wait_for("Envoy LIVE with one listener", READY, || {
+        let live = envoy::admin::get(&launch.admin_socket, "/ready").is_ok_and(|r| r.status == 200);
+        (live && e.stat("listener_manager.lds.update_rejected") >= 1).then_some(())
+    });
+    assert!(!envoy::is_ready(&launch.admin_socket));
+    let reasons = envoy::not_ready_reasons(&g);
+    let named = reasons
+        .iter()
+        .find(|r| r.contains("upstream \"raced\""))
+        .unwrap_or_else(|| panic!("{reasons:?}"));
+    assert!(named.contains(&raced.to_string()), "{named}");
+    assert!(named.contains(&format!("pid {}", std::process::id())), "{named}");
+    // The other upstream works meanwhile.
+    assert_eq!(echo_through(free, b"ok").unwrap(), b"ok");
+    drop(thief);
+}

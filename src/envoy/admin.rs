@@ -63,9 +63,54 @@ pub fn get(socket: &Path, path: &str) -> Result<Response, AdminError> {
     parse(&raw).map_err(|m| AdminError::BadResponse(socket.into(), m))
 }
 
-/// True when Envoy is LIVE: `/ready` answers 200.
+/// True when Envoy is LIVE (`/ready` answers 200) and serves every listener
+/// it was given. The second half matters: a listener that cannot bind (its
+/// port taken after the agent checked it) is a rejected LDS update, and
+/// Envoy still reports itself ready without it.
 pub fn is_ready(socket: &Path) -> bool {
     matches!(get(socket, "/ready"), Ok(Response { status: 200, .. }))
+        && failed_listeners(socket).is_ok_and(|f| f.is_empty())
+}
+
+/// A listener Envoy could not apply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FailedListener {
+    pub name: String,
+    pub port: Option<u16>,
+    /// Envoy's reason, e.g. `cannot bind '127.0.0.1:5432': Address already in use`.
+    pub details: String,
+}
+
+/// Listeners in Envoy's error state (from `/config_dump`).
+pub fn failed_listeners(socket: &Path) -> Result<Vec<FailedListener>, AdminError> {
+    let r = get(socket, "/config_dump?resource=dynamic_listeners")?;
+    if r.status != 200 {
+        return Err(AdminError::BadResponse(
+            socket.into(),
+            format!("config_dump: HTTP {}", r.status),
+        ));
+    }
+    failed_from_config_dump(&r.body).map_err(|m| AdminError::BadResponse(socket.into(), m))
+}
+
+fn failed_from_config_dump(text: &str) -> Result<Vec<FailedListener>, String> {
+    let doc: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("config_dump: {e}"))?;
+    let empty = Vec::new();
+    let configs = doc["configs"].as_array().unwrap_or(&empty);
+    Ok(configs
+        .iter()
+        .filter_map(|c| {
+            let err = c.get("error_state")?;
+            let port = err["failed_configuration"]["address"]["socket_address"]["port_value"]
+                .as_u64()
+                .and_then(|p| u16::try_from(p).ok());
+            Some(FailedListener {
+                name: c["name"].as_str().unwrap_or("?").to_string(),
+                port,
+                details: err["details"].as_str().unwrap_or("").to_string(),
+            })
+        })
+        .collect())
 }
 
 /// Why Envoy is not ready yet, in words an operator can act on: which
@@ -74,8 +119,23 @@ pub fn is_ready(socket: &Path) -> bool {
 /// `spire_sockets` maps SDS cluster names to socket paths (see
 /// [`super::runtime::spire_sockets`]). Empty when nothing specific was found.
 pub fn not_ready_reasons(socket: &Path, spire_sockets: &[(String, String)]) -> Result<Vec<String>, AdminError> {
+    let mut reasons: Vec<String> = failed_listeners(socket)?
+        .into_iter()
+        .map(|f| {
+            let what = match f.name.strip_prefix("out-") {
+                Some(up) => format!("upstream {up:?} (listener {})", f.name),
+                None => format!("listener {}", f.name),
+            };
+            let owner = f.port.and_then(super::ports::owner_of);
+            match owner {
+                Some(o) => format!("{what}: {}; the port is held by {o}", f.details),
+                None => format!("{what}: {}", f.details),
+            }
+        })
+        .collect();
     let stats = get(socket, "/stats")?;
-    Ok(reasons_from_stats(&stats.body, spire_sockets))
+    reasons.extend(reasons_from_stats(&stats.body, spire_sockets));
+    Ok(reasons)
 }
 
 fn reasons_from_stats(stats: &str, spire_sockets: &[(String, String)]) -> Vec<String> {
@@ -272,6 +332,26 @@ mod tests {
             (h[1].upstream.as_str(), h[1].healthy, h[1].flags.as_str()),
             ("api", false, "/failed_active_hc")
         );
+    }
+
+    #[test]
+    fn failed_listeners_come_from_the_error_state() {
+        let dump = r#"{"configs": [
+            {"name": "out-a", "active_state": {"listener": {}}},
+            {"name": "out-b", "error_state": {"failed_configuration": {"address": {"socket_address":
+                {"address": "127.0.0.1", "port_value": 5432}}}, "details": "cannot bind: Address already in use"}}
+        ]}"#;
+        let f = failed_from_config_dump(dump).unwrap();
+        assert_eq!(
+            f,
+            [FailedListener {
+                name: "out-b".into(),
+                port: Some(5432),
+                details: "cannot bind: Address already in use".into()
+            }]
+        );
+        assert_eq!(failed_from_config_dump("{}").unwrap(), []);
+        assert!(failed_from_config_dump("not json").is_err());
     }
 
     #[test]
