@@ -2,11 +2,9 @@
 //! hands each robot its complete desired Task set, and idempotent status
 //! reports. A robot token opens only that robot's objects.
 
-use crate::api::agent_protocol::{
-    Assignments, Outcome, RegisterRequest, RegisterResponse, StatusReply, StatusReport, StatusResult,
-};
+use crate::api::agent_protocol::{Outcome, RegisterRequest, RegisterResponse, StatusReply, StatusReport, StatusResult};
 use crate::api::validate::check_dns_subdomain;
-use crate::api::{FieldError, Task};
+use crate::api::FieldError;
 use crate::server::controllers::jobs::ANN_STATUS_SEQ;
 use crate::server::controllers::Hub;
 use crate::server::events::{Kind, Recorder};
@@ -16,6 +14,7 @@ use crate::server::resources::{ROBOTS, TASKS};
 use crate::server::status::Status;
 use crate::server::time;
 use crate::server::tokens::{RobotIdentity, TokenError, Tokens};
+use serde::Serialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +35,28 @@ fn token_error(e: TokenError) -> Status {
             format!("a robot with this name is registered in namespace {ns:?}"),
         ),
         TokenError::Store(e) => e.into(),
+    }
+}
+
+/// The wire form of [`crate::api::agent_protocol::Assignments`], serialised straight from the cached
+/// Task objects (they were admitted as Tasks when written; decoding them
+/// again per poll would only cost CPU).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AssignmentsView {
+    pub revision: u64,
+    pub tasks: Vec<Shared>,
+    pub poll_interval_seconds: u64,
+    pub offline_after_seconds: u64,
+}
+
+/// A cached object, serialised in place.
+#[derive(Debug)]
+pub struct Shared(pub Arc<Value>);
+
+impl Serialize for Shared {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
     }
 }
 
@@ -162,23 +183,16 @@ impl Agents {
         Ok(())
     }
 
-    fn desired(&self, id: &RobotIdentity, revision: u64) -> Assignments {
-        let tasks = self
-            .hub
-            .cache
-            .tasks_on_robot(&id.namespace, &id.name)
-            .iter()
-            .filter_map(|t| match serde_json::from_value::<Task>((**t).clone()) {
-                Ok(task) => Some(task),
-                Err(e) => {
-                    log::error!("task {} does not decode: {e}", object::name(t));
-                    None
-                }
-            })
-            .collect();
-        Assignments {
+    fn desired(&self, id: &RobotIdentity, revision: u64) -> AssignmentsView {
+        AssignmentsView {
             revision,
-            tasks,
+            tasks: self
+                .hub
+                .cache
+                .tasks_on_robot(&id.namespace, &id.name)
+                .into_iter()
+                .map(Shared)
+                .collect(),
             poll_interval_seconds: self.hub.fleet.poll_interval().as_secs(),
             offline_after_seconds: self.hub.fleet.offline_after().as_secs(),
         }
@@ -186,7 +200,7 @@ impl Agents {
 
     /// The long poll: answer when the robot's desired set has a revision
     /// above `since`, or after `wait` (capped by the fleet's interval).
-    pub async fn poll(&self, id: &RobotIdentity, since: u64, wait: Duration) -> Result<Assignments, Status> {
+    pub async fn poll(&self, id: &RobotIdentity, since: u64, wait: Duration) -> Result<AssignmentsView, Status> {
         self.heartbeat(id).await?;
         let wait = wait.min(self.hub.fleet.poll_interval());
         let (_, notify) = self.hub.fleet.subscribe(&id.namespace, &id.name);

@@ -39,6 +39,15 @@ pub struct Recorder {
 impl Recorder {
     /// Start the writer on the current runtime.
     pub fn start(store: Arc<dyn Store>) -> Recorder {
+        let expiring = store.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+                if let Err(e) = expire(expiring.as_ref()).await {
+                    log::warn!("expiring events: {e}");
+                }
+            }
+        });
         let (tx, mut rx) = mpsc::channel::<Pending>(QUEUE);
         tokio::spawn(async move {
             while let Some(p) = rx.recv().await {

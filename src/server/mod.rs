@@ -16,6 +16,7 @@ pub mod controllers;
 pub mod events;
 pub mod fleet;
 pub mod http;
+pub mod logging;
 pub mod object;
 pub mod patch;
 pub mod registry;
@@ -46,6 +47,7 @@ OPTIONS:
     --offline-after DUR      Robot Offline after this long without a poll [default: 3 × poll interval]
     --max-poll-rate N        Target agent polls per second; the interval grows with the fleet [default: 500]
     --watch-history N        Changes kept for resuming watches [default: 10000]
+    --log-level LEVEL        off, error, warn, info, debug, trace [default: info]
     -h, --help               Print help
 
 Prints `listening on http://ADDR` once it accepts connections. Use it with
@@ -80,8 +82,10 @@ fn duration_arg(parser: &mut lexopt::Parser, flag: &str) -> Result<Duration, lex
 /// `k8s4r server ...`
 pub fn cmd_server(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
     let mut cfg = Config::default();
+    let mut level = log::LevelFilter::Info;
     while let Some(arg) = parser.next()? {
         match arg {
+            Long("log-level") => level = logging::parse_level(&parser.value()?.string()?)?,
             Long("listen") => cfg.listen = parser.value()?.string()?,
             Long("data") => cfg.data = parser.value()?.into(),
             Long("poll-interval") => cfg.fleet.poll_interval = duration_arg(parser, "--poll-interval")?,
@@ -95,6 +99,7 @@ pub fn cmd_server(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
             other => return Err(other.unexpected()),
         }
     }
+    logging::init(level);
     raise_fd_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -148,10 +153,15 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         Arc::new(store::sqlite::SqliteStore::open(&cfg.data, cfg.watch_history).map_err(ServeError::Store)?);
     let registry = registry::Registry::new(store.clone());
     let fleet = Arc::new(fleet::Fleet::new(cfg.fleet.clone()));
-    let recorder = events::Recorder::start(store.clone());
+    // Events live in their own database (as Kubernetes often gives them
+    // their own etcd): a burst of them never holds up object writes.
+    let event_store: Arc<dyn store::Store> =
+        Arc::new(store::sqlite::SqliteStore::open(&cfg.data.join("events"), 1).map_err(ServeError::Store)?);
+    let recorder = events::Recorder::start(event_store.clone());
     let hub = controllers::run(registry.clone(), fleet, recorder.clone()).await;
     let app = Arc::new(http::App {
         registry: registry.clone(),
+        events: event_store,
         agents: agents::Agents {
             registry,
             tokens: tokens::Tokens::new(store),

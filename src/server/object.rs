@@ -113,9 +113,13 @@ pub fn new_uid() -> String {
 /// kernel offers no randomness at all, where no secure server can run.
 pub fn random_bytes<const N: usize>() -> [u8; N] {
     use std::io::Read;
+    static URANDOM: std::sync::OnceLock<std::sync::Mutex<std::fs::File>> = std::sync::OnceLock::new();
+    let file = URANDOM
+        .get_or_init(|| std::sync::Mutex::new(std::fs::File::open("/dev/urandom").expect("opening /dev/urandom")));
     let mut b = [0u8; N];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
+    file.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .read_exact(&mut b)
         .expect("reading /dev/urandom");
     b
 }

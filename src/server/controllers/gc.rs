@@ -34,11 +34,6 @@ pub async fn collect(ctx: &Ctx) -> Result<Next, Status> {
             }
         }
     }
-    match crate::server::events::expire(ctx.registry.store().as_ref()).await {
-        Ok(0) => {}
-        Ok(n) => log::debug!("expired {n} events"),
-        Err(e) => log::warn!("expiring events: {e}"),
-    }
     if deleted > 0 {
         // Tasks orphaned by the TaskGroups just deleted.
         ctx.hub.queue.add(Work::Gc);

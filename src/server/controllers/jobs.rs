@@ -424,6 +424,8 @@ pub async fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<Next, Status> 
         .map(|t| (object::name(&t).to_string(), t))
         .collect();
     let mut desired = HashSet::new();
+    let started = std::time::Instant::now();
+    let mut created = 0usize;
     let mut robots: Option<Vec<RobotInfo>> = None;
     let mut unschedulable: Option<String> = None;
     for (g, tg_name, tg_uid) in &groups {
@@ -498,8 +500,9 @@ pub async fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<Next, Status> 
                         };
                         let body = task_object(ns, &tname, name, g, i, &tg_owner, &spec, status)?;
                         let w = ctx.registry.create(&TASKS, ns, body, Part::All, ALL).await?;
-                        ctx.wrote("tasks", &w.object);
                         record_placement(ctx, &w.object, p, None);
+                        ctx.wrote_owned("tasks", w.object);
+                        created += 1;
                     }
                     (Some(cur), Some(p)) => {
                         let old = spec_str(cur, "targetRobot").map(str::to_string);
@@ -559,6 +562,9 @@ pub async fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<Next, Status> 
         }
     }
 
+    if created > 0 {
+        log::info!("job {ns}/{name}: created {created} tasks in {:?}", started.elapsed());
+    }
     update_status(ctx, ns, name, &job, &job_v, &groups, unschedulable.as_deref()).await?;
     if unschedulable.is_some() && next == Next::Done {
         next = Next::RequeueAfter(UNSCHEDULABLE_RETRY);

@@ -280,6 +280,14 @@ impl Ctx {
         }
     }
 
+    /// Write-through without a copy, for objects we no longer need.
+    fn wrote_owned(&self, resource: &str, v: Value) {
+        if let Some(rev) = object::resource_version(&v) {
+            let (ns, name) = (object::namespace(&v).to_string(), object::name(&v).to_string());
+            self.hub.apply(resource, &ns, &name, rev, Some(Arc::new(v)));
+        }
+    }
+
     fn deleted(&self, resource: &str, v: &Value) {
         if let Some(rev) = object::resource_version(v) {
             self.hub

@@ -133,11 +133,7 @@ pub async fn list_events(State(app): State<AppState>, Path(ns): Path<String>, q:
                     .map_err(|e| Status::bad_request(format!("fieldSelector: {e}")))?,
                 None => FieldSelector::default(),
             };
-            let listed = app
-                .registry
-                .store()
-                .list(crate::server::events::RESOURCE, Some(&ns))
-                .await?;
+            let listed = app.events.list(crate::server::events::RESOURCE, Some(&ns)).await?;
             let items: Vec<&Value> = listed
                 .items
                 .iter()

@@ -26,6 +26,8 @@ use std::sync::Arc;
 /// Everything the handlers need.
 pub struct App {
     pub registry: Registry,
+    /// Where Events are kept (`/api/v1/namespaces/{ns}/events`).
+    pub events: Arc<dyn crate::server::store::Store>,
     pub agents: Agents,
 }
 

@@ -1,17 +1,20 @@
-//! The in-process change log every backend shares: a bounded history (so a
-//! watch can resume from a recent revision) plus a broadcast of live events.
+//! The in-process change log every backend shares: a bounded history of
+//! events in revision order, and a signal carrying the latest revision.
+//! Watchers read the history from their own position, so a slow watcher
+//! costs no memory beyond the history itself; one that falls out of it gets
+//! `Expired` (and must re-list), as with etcd compaction.
 
-use super::{Event, StoreError, Watch};
+use super::{Event, StoreError};
 use std::collections::VecDeque;
-use std::sync::Mutex;
-use tokio::sync::broadcast;
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
 
-/// Live events a slow watcher may fall behind by before it is cut off.
-const BROADCAST_CAPACITY: usize = 65_536;
+/// Events a watcher takes from the history per lock.
+const BATCH: usize = 256;
 
 pub struct EventLog {
     inner: Mutex<Inner>,
-    tx: broadcast::Sender<Event>,
+    latest: watch::Sender<u64>,
 }
 
 struct Inner {
@@ -24,49 +27,99 @@ struct Inner {
 impl EventLog {
     /// A log that keeps the last `capacity` events; `start` is the store's
     /// revision when it was opened (no history before it).
-    pub fn new(capacity: usize, start: u64) -> Self {
-        let (tx, _) = broadcast::channel(BROADCAST_CAPACITY);
-        EventLog {
+    pub fn new(capacity: usize, start: u64) -> Arc<Self> {
+        Arc::new(EventLog {
             inner: Mutex::new(Inner {
                 history: VecDeque::new(),
                 capacity: capacity.max(1),
                 compacted: start,
             }),
-            tx,
-        }
+            latest: watch::channel(start).0,
+        })
     }
 
-    /// Record and broadcast one change. Backends call this in revision
-    /// order, while still holding their write lock.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Record one change. Backends call this in revision order, while still
+    /// holding their write lock.
     pub fn publish(&self, event: Event) {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner.history.push_back(event.clone());
-        while inner.history.len() > inner.capacity {
-            if let Some(old) = inner.history.pop_front() {
-                inner.compacted = old.revision;
+        let rev = event.revision;
+        {
+            let mut inner = self.lock();
+            inner.history.push_back(event);
+            while inner.history.len() > inner.capacity {
+                if let Some(old) = inner.history.pop_front() {
+                    inner.compacted = old.revision;
+                }
             }
         }
-        // No receivers is fine.
-        let _ = self.tx.send(event);
+        self.latest.send_replace(rev);
     }
 
     /// A watch of every change after `from`.
-    pub fn watch(&self, from: u64) -> Result<Watch, StoreError> {
-        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if from < inner.compacted {
+    pub fn watch(self: &Arc<Self>, from: u64) -> Result<Watch, StoreError> {
+        let oldest = self.lock().compacted;
+        if from < oldest {
             return Err(StoreError::Expired {
                 requested: from,
+                oldest,
+            });
+        }
+        Ok(Watch {
+            log: self.clone(),
+            rx: self.latest.subscribe(),
+            buffer: VecDeque::new(),
+            last: from,
+        })
+    }
+
+    /// Up to BATCH events after `after`, or Expired if they are gone.
+    fn read_after(&self, after: u64, into: &mut VecDeque<Event>) -> Result<(), StoreError> {
+        let inner = self.lock();
+        if after < inner.compacted {
+            return Err(StoreError::Expired {
+                requested: after,
                 oldest: inner.compacted,
             });
         }
-        let backlog = inner.history.iter().filter(|e| e.revision > from).cloned().collect();
-        // Subscribing under the lock: nothing is published between the
-        // backlog copy and the subscription.
-        let rx = self.tx.subscribe();
-        Ok(Watch {
-            backlog,
-            rx,
-            last: from,
-        })
+        let start = inner.history.partition_point(|e| e.revision <= after);
+        into.extend(inner.history.range(start..).take(BATCH).cloned());
+        Ok(())
+    }
+}
+
+/// A stream of changes after a start revision: first the kept history,
+/// then live changes as they are published.
+pub struct Watch {
+    log: Arc<EventLog>,
+    rx: watch::Receiver<u64>,
+    buffer: VecDeque<Event>,
+    last: u64,
+}
+
+impl Watch {
+    /// The next change. `Expired` if this watcher fell so far behind that
+    /// the changes it needs left the history (the caller must re-list).
+    pub async fn next(&mut self) -> Result<Event, StoreError> {
+        loop {
+            if let Some(e) = self.buffer.pop_front() {
+                self.last = e.revision;
+                return Ok(e);
+            }
+            // Mark the signal seen *before* reading, so a publish after
+            // the read wakes us.
+            self.rx.borrow_and_update();
+            self.log.read_after(self.last, &mut self.buffer)?;
+            if self.buffer.is_empty() && self.rx.changed().await.is_err() {
+                return Err(StoreError::Backend("store closed".into()));
+            }
+        }
+    }
+
+    /// The revision of the last change delivered (or the start revision).
+    pub fn last_revision(&self) -> u64 {
+        self.last
     }
 }

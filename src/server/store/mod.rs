@@ -10,14 +10,13 @@ pub mod conformance;
 mod log;
 pub mod sqlite;
 
-pub use log::EventLog;
+pub use log::{EventLog, Watch};
 
 use serde_json::Value;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use tokio::sync::broadcast;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -141,46 +140,6 @@ pub trait Store: Send + Sync + 'static {
     fn revision(&self) -> BoxFuture<'_, Result<u64, StoreError>>;
     /// Every change with a revision greater than `from`.
     fn watch(&self, from: u64) -> Result<Watch, StoreError>;
-}
-
-/// A stream of changes: first the kept history after the start revision,
-/// then live changes.
-pub struct Watch {
-    backlog: std::collections::VecDeque<Event>,
-    rx: broadcast::Receiver<Event>,
-    last: u64,
-}
-
-impl Watch {
-    /// The next change. `Expired` if this watcher fell so far behind that
-    /// changes were dropped (the caller must re-list).
-    pub async fn next(&mut self) -> Result<Event, StoreError> {
-        if let Some(e) = self.backlog.pop_front() {
-            self.last = e.revision;
-            return Ok(e);
-        }
-        loop {
-            match self.rx.recv().await {
-                Ok(e) if e.revision <= self.last => continue,
-                Ok(e) => {
-                    self.last = e.revision;
-                    return Ok(e);
-                }
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    return Err(StoreError::Expired {
-                        requested: self.last,
-                        oldest: self.last + 1,
-                    })
-                }
-                Err(broadcast::error::RecvError::Closed) => return Err(StoreError::Backend("store closed".into())),
-            }
-        }
-    }
-
-    /// The revision of the last change delivered (or the start revision).
-    pub fn last_revision(&self) -> u64 {
-        self.last
-    }
 }
 
 /// Write `rev` into `value.metadata.resourceVersion`.

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 pub struct SqliteStore {
     conn: Mutex<Connection>,
-    log: EventLog,
+    log: Arc<EventLog>,
     path: PathBuf,
 }
 
@@ -51,7 +51,11 @@ impl SqliteStore {
         let conn = Connection::open(&path).map_err(|e| OpenError::Open(path.clone(), e))?;
         let schema = |e| OpenError::Schema(path.clone(), e);
         conn.pragma_update(None, "journal_mode", "WAL").map_err(schema)?;
+        // WAL + NORMAL: commits are durable against crashes of the process
+        // (not of the machine) without an fsync each; checkpoints (which do
+        // fsync) are batched over a larger WAL.
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(schema)?;
+        conn.pragma_update(None, "wal_autocheckpoint", 8192).map_err(schema)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(schema)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS objects (
@@ -85,23 +89,21 @@ impl SqliteStore {
     }
 
     fn read_row(tx: &Connection, key: &Key) -> Result<Option<(u64, String)>, StoreError> {
-        tx.query_row(
-            "SELECT revision, value FROM objects WHERE resource = ?1 AND namespace = ?2 AND name = ?3",
-            params![key.resource, key.namespace, key.name],
-            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?)),
-        )
-        .optional()
-        .map_err(backend)
+        tx.prepare_cached("SELECT revision, value FROM objects WHERE resource = ?1 AND namespace = ?2 AND name = ?3")
+            .map_err(backend)?
+            .query_row(params![key.resource, key.namespace, key.name], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
+            })
+            .optional()
+            .map_err(backend)
     }
 
     fn next_revision(tx: &Transaction<'_>) -> Result<u64, StoreError> {
-        tx.query_row(
-            "UPDATE meta SET value = value + 1 WHERE key = 'revision' RETURNING value",
-            [],
-            |r| r.get::<_, i64>(0),
-        )
-        .map(|v| v as u64)
-        .map_err(backend)
+        tx.prepare_cached("UPDATE meta SET value = value + 1 WHERE key = 'revision' RETURNING value")
+            .map_err(backend)?
+            .query_row([], |r| r.get::<_, i64>(0))
+            .map(|v| v as u64)
+            .map_err(backend)
     }
 
     /// One write: read the current row, let `decide` check it and produce the
@@ -126,20 +128,20 @@ impl SqliteStore {
             Some(mut value) => {
                 stamp_revision(&mut value, rev);
                 let text = serde_json::to_string(&value).map_err(|e| StoreError::Backend(e.to_string()))?;
-                tx.execute(
+                tx.prepare_cached(
                     "INSERT INTO objects (resource, namespace, name, revision, value) VALUES (?1, ?2, ?3, ?4, ?5)
                      ON CONFLICT (resource, namespace, name) DO UPDATE SET revision = ?4, value = ?5",
-                    params![key.resource, key.namespace, key.name, rev as i64, text],
                 )
+                .map_err(backend)?
+                .execute(params![key.resource, key.namespace, key.name, rev as i64, text])
                 .map_err(backend)?;
                 (if existed { EventKind::Modified } else { EventKind::Added }, value)
             }
             None => {
-                tx.execute(
-                    "DELETE FROM objects WHERE resource = ?1 AND namespace = ?2 AND name = ?3",
-                    params![key.resource, key.namespace, key.name],
-                )
-                .map_err(backend)?;
+                tx.prepare_cached("DELETE FROM objects WHERE resource = ?1 AND namespace = ?2 AND name = ?3")
+                    .map_err(backend)?
+                    .execute(params![key.resource, key.namespace, key.name])
+                    .map_err(backend)?;
                 let mut last = prev.as_deref().cloned().unwrap_or(Value::Null);
                 stamp_revision(&mut last, rev);
                 (EventKind::Deleted, last)
