@@ -604,3 +604,71 @@ fn spire_bundles_as_plain_trusted_ca_still_check_the_id() {
     assert!(r.stat("cluster.out-wrong.ssl.fail_verify_san") >= 1, "{}", r.log_text());
     assert_eq!(spire.nacks(), 0);
 }
+
+/// Both sides on SPIRE: the server-side inbound listener gets its SVID and
+/// bundle from its own SDS socket, requires the robot's certificate and
+/// applies RBAC to the robot's SPIFFE ID.
+#[test]
+fn inbound_listener_with_spire_sds_and_rbac() {
+    let Some(bin) = envoy_or_skip("inbound_listener_with_spire_sds_and_rbac") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let echo = Server::echo();
+    let ca = Ca::new(tmp.path(), "example.org");
+    let read = |p: &Path| std::fs::read(p).unwrap();
+    let server_svid = ca.leaf("server", SERVER_ID, 100);
+    let server_agent = SdsServer::start(
+        &tmp.path().join("server-agent.sock"),
+        "default",
+        (&read(&server_svid.cert), &read(&server_svid.key)),
+        &[("example.org", &read(&ca.cert))],
+    );
+    let inbound_port = free_port();
+    let server = GroupProxy {
+        envoy_bin: bin.clone(),
+        ..proxy(
+            "server",
+            &tmp.path().join("server"),
+            NetworkConfig {
+                spiffe: Some(spiffe("example.org", Some(&server_agent.socket))),
+                ..Default::default()
+            },
+        )
+    };
+    let extras = ProxyExtras {
+        inbound: vec![Inbound {
+            name: "api".into(),
+            port: inbound_port.into(),
+            target_port: echo.port.into(),
+            address: Some("127.0.0.1".into()),
+            allowed_spiffe_ids: vec![ROBOT_ID.into()],
+            spiffe: None,
+        }],
+        ..Default::default()
+    };
+    let launch = envoy::prepare_with(&server, &extras).unwrap();
+    let mut server_envoy = Envoy::start(&launch, server.dir.join("envoy.log"));
+    server_envoy.wait_ready();
+
+    let robot_svid = ca.leaf("robot", ROBOT_ID, 101);
+    let robot_agent = SdsServer::start(
+        &tmp.path().join("robot-agent.sock"),
+        "default",
+        (&read(&robot_svid.cert), &read(&robot_svid.key)),
+        &[("example.org", &read(&ca.cert))],
+    );
+    let port = free_port();
+    let _r = robot(
+        &bin,
+        &tmp.path().join("robot"),
+        NetworkConfig {
+            spiffe: Some(spiffe("example.org", Some(&robot_agent.socket))),
+            upstreams: vec![tls_upstream("api", port, inbound_port, Some(SERVER_ID))],
+            ..Default::default()
+        },
+    );
+    assert_eq!(echo_through(port, b"spire both ways").unwrap(), b"spire both ways");
+    assert!(server_envoy.stat("in-api.rbac.allowed") >= 1);
+    assert_eq!(server_envoy.stat("in-api.rbac.denied"), 0);
+}
