@@ -127,3 +127,59 @@ fn groups_of(object: &AnyObject) -> Vec<Found> {
         AnyObject::Robot(_) => Vec::new(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TASK_GROUP: &str = r#"
+apiVersion: robot.k8s4r.io/v1alpha1
+kind: TaskGroup
+metadata: {name: shop-web, namespace: default}
+spec:
+  jobName: shop
+  groupName: web
+  tasks:
+    - name: app
+      driver: exec
+      config: {execConfig: {command: /bin/true}}
+      network:
+        upstreams:
+          - {name: db, localPort: 15432, upstream: "db.internal:5432", tls: false}
+"#;
+
+    fn write(text: &str) -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("m.yaml");
+        std::fs::write(&file, text).unwrap();
+        (dir, file.to_string_lossy().into_owned())
+    }
+
+    #[test]
+    fn renders_a_task_group_object_with_task_level_networks() {
+        let (_d, file) = write(TASK_GROUP);
+        let text = render(&file, None, Some("/run/g".into())).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["node"]["id"], "shop/web");
+        assert_eq!(v["static_resources"]["listeners"][0]["name"], "out-db");
+        assert_eq!(v["admin"]["address"]["pipe"]["path"], "/run/g/admin.sock");
+    }
+
+    #[test]
+    fn explains_what_is_wrong() {
+        let (_d, file) = write(TASK_GROUP);
+        assert_eq!(
+            render(&file, Some("api"), None).unwrap_err(),
+            [format!("{file}: no task group named \"api\"")]
+        );
+        let (_d, bad) = write(&TASK_GROUP.replace("15432", "70000"));
+        let errs = render(&bad, None, None).unwrap_err();
+        assert!(errs.iter().any(|e| e.contains("localPort")), "{errs:?}");
+        let (_d, none) = write(&TASK_GROUP.replace("      network:\n", "      unused:\n"));
+        let errs = render(&none, None, None).unwrap_err();
+        assert!(
+            errs.iter().any(|e| e.contains("no task group declares a network")),
+            "{errs:?}"
+        );
+    }
+}
