@@ -7,6 +7,9 @@
 //!   Envoys (the binary's pages are shared between them), with our config
 //!   and flags vs Envoy's defaults (no overload manager or buffer limits,
 //!   one worker per hardware thread);
+//! - memory with a stalled upstream: 50 app connections pushing data to an
+//!   upstream that never reads, i.e. what the per-connection buffer limit
+//!   (32 KiB vs Envoy's 1 MiB) is for;
 //! - added latency app → upstream: 10,000 64-byte request/response round
 //!   trips on one connection, direct vs through the plain proxy vs through
 //!   mTLS (robot Envoy → server Envoy → echo), p50/p99.
@@ -33,9 +36,10 @@ fn proxy_benchmark() {
     let tmp = tempfile::tempdir().unwrap();
     let render = render_times();
     let memory = idle_memory(&bin, tmp.path());
+    let stalled = stalled_memory(&bin, tmp.path());
     let latency = latencies(&bin, tmp.path());
     let report = format!(
-        "{{\n  \"envoy\": {:?},\n  \"render\": {render},\n  \"idle_memory\": {memory},\n  \"latency_us\": {latency}\n}}\n",
+        "{{\n  \"envoy\": {:?},\n  \"render\": {render},\n  \"idle_memory\": {memory},\n  \"stalled_upstream_memory\": {stalled},\n  \"latency_us\": {latency}\n}}\n",
         envoy_version(&bin)
     );
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
@@ -130,6 +134,70 @@ fn idle_memory(bin: &Path, tmp: &Path) -> String {
         "{{\"upstreams\": 2, \"ours\": {{\"flags\": \"--concurrency 1 --disable-hot-restart\", \"rss_kib\": {ours_rss}, \"private_kib\": {ours_private}}}, \
          \"envoy_defaults\": {{\"flags\": \"--use-dynamic-base-id (concurrency = {} hardware threads)\", \"rss_kib\": {def_rss}, \"private_kib\": {def_private}}}}}",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    )
+}
+
+const STALLED_CONNECTIONS: usize = 50;
+
+/// RSS of one Envoy while STALLED_CONNECTIONS app connections push up to
+/// 8 MiB each towards an upstream that accepts and never reads.
+fn stalled_memory(bin: &Path, tmp: &Path) -> String {
+    let sink = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let sink_port = sink.local_addr().unwrap().port();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    std::thread::spawn(move || {
+        for c in sink.incoming().flatten() {
+            keep.lock().unwrap().push(c); // accepted, never read
+        }
+    });
+    let measure = |name: &str, defaults: bool| -> u64 {
+        let dir = tmp.join(format!("stalled-{name}"));
+        let port = free_port();
+        let network = plain_network(vec![upstream(
+            "sink",
+            port,
+            &format!("127.0.0.1:{sink_port}"),
+            Protocol::Tcp,
+            false,
+        )]);
+        let g = GroupProxy {
+            envoy_bin: bin.to_path_buf(),
+            ..proxy(name, &dir, network)
+        };
+        let mut launch = envoy::prepare(&g).unwrap();
+        if defaults {
+            launch = envoy_defaults(&launch, &dir);
+        }
+        let mut e = Envoy::start(&launch, dir.join("envoy.log"));
+        e.wait_ready();
+        let pushers: Vec<_> = (0..STALLED_CONNECTIONS)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    let mut s = connect(port).unwrap();
+                    s.set_write_timeout(Some(Duration::from_millis(300))).unwrap();
+                    let chunk = vec![b'x'; 64 * 1024];
+                    let mut sent = 0;
+                    while sent < 8 << 20 {
+                        match std::io::Write::write(&mut s, &chunk) {
+                            Ok(n) => sent += n,
+                            Err(_) => break, // back-pressure reached the app
+                        }
+                    }
+                    s
+                })
+            })
+            .collect();
+        let conns: Vec<_> = pushers.into_iter().map(|p| p.join().unwrap()).collect();
+        let rss = memory_of(e.pid()).0;
+        drop(conns);
+        rss
+    };
+    let ours = measure("ours", false);
+    let defaults = measure("defaults", true);
+    held.lock().unwrap().clear();
+    format!(
+        "{{\"connections\": {STALLED_CONNECTIONS}, \"ours_32k_buffers_rss_kib\": {ours}, \"envoy_default_1m_buffers_rss_kib\": {defaults}}}"
     )
 }
 
