@@ -236,3 +236,52 @@ pub fn group_network(group: Option<&NetworkConfig>, tasks: &[TaskSpec]) -> Optio
 pub fn cmd_render(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
     cli::cmd_render(parser)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{SpiffeConfig, Upstream};
+
+    fn up(name: &str, port: i64) -> Upstream {
+        Upstream {
+            name: name.into(),
+            local_port: port,
+            upstream: "h:1".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn group_network_merges_task_blocks_into_the_group_block() {
+        let group = NetworkConfig {
+            upstreams: vec![up("a", 1)],
+            ..Default::default()
+        };
+        let task = |net: Option<NetworkConfig>| TaskSpec {
+            name: "t".into(),
+            network: net,
+            ..Default::default()
+        };
+        let spiffe = SpiffeConfig {
+            trust_domain: "example.org".into(),
+            agent_socket_path: None,
+        };
+        let tasks = [
+            task(None),
+            task(Some(NetworkConfig {
+                spiffe: Some(spiffe.clone()),
+                upstreams: vec![up("b", 2)],
+                ..Default::default()
+            })),
+        ];
+        let merged = group_network(Some(&group), &tasks).unwrap();
+        let names: Vec<&str> = merged.upstreams.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(merged.spiffe, Some(spiffe));
+        let only_tasks = group_network(None, &tasks).unwrap();
+        assert_eq!(only_tasks.upstreams.len(), 1);
+        assert_eq!(group_network(None, &[task(None)]), None);
+        let env = proxy_env(&merged);
+        assert!(env.contains(&("PROXY_B_ADDR".into(), "127.0.0.1:2".into())));
+    }
+}
