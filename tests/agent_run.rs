@@ -971,3 +971,30 @@ fn a_slow_download_does_not_stall_other_tasks() {
     let out = std::fs::read_to_string(sb.data().join("alloc/mixed-slow/r0/t/logs/stdout")).unwrap();
     assert_eq!(out, "bin");
 }
+
+#[test]
+fn an_endless_writer_is_still_timed_out_and_capped() {
+    let sb = Sandbox::new();
+    // `yes` never pauses; the agent must still fire its timeout.
+    let file = sb.job(&job(
+        "flood",
+        "batch",
+        r#"    - name: g
+      tasks:
+        - {name: t, driver: exec, timeout: 300ms, killTimeout: 200ms, config: {execConfig: {command: /usr/bin/yes}}}
+"#,
+    ));
+    let mut agent = sb.run(&file, &["--log-max-size", "256Ki", "--log-max-files", "2"]);
+    assert_eq!(agent.wait_exit(), 1, "{}", agent.output());
+    assert!(
+        agent.output().contains("g r0 t: failed: timed out after 300ms"),
+        "{}",
+        agent.output()
+    );
+    for f in ["stdout", "stdout.1"] {
+        let len = std::fs::metadata(sb.data().join("alloc/flood-g/r0/t/logs").join(f))
+            .unwrap()
+            .len();
+        assert!(len <= 256 * 1024, "{f} is {len} bytes");
+    }
+}

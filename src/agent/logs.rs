@@ -211,11 +211,14 @@ impl LogPump {
         self.fifo.as_fd()
     }
 
-    /// Copy whatever is pending. Returns `true` at end of stream (every
-    /// writer, i.e. the task and all its descendants, has gone).
+    /// Copy what is pending, at most [`MAX_DRAIN`] bytes: a task that
+    /// writes without pause must not keep the supervision loop here (the
+    /// FIFO stays readable, so the loop comes back at once). Returns `true`
+    /// at end of stream (every writer, i.e. the task and all its
+    /// descendants, has gone).
     pub fn drain(&mut self) -> Result<bool, LogError> {
         let mut buf = [0u8; 64 * 1024];
-        loop {
+        for _ in 0..MAX_DRAIN / buf.len() {
             match self.fifo.read(&mut buf) {
                 Ok(0) => return Ok(true),
                 Ok(n) => self.sink.write(&buf[..n])?,
@@ -224,8 +227,12 @@ impl LogPump {
                 Err(e) => return Err(LogError::Write(self.sink.path.clone(), e)),
             }
         }
+        Ok(false)
     }
 }
+
+/// Bytes one `LogPump::drain` call copies at most.
+pub const MAX_DRAIN: usize = 1024 * 1024;
 
 /// Create (if needed) the FIFO of `stream` under `logs_dir` and open both
 /// ends: the agent's pump and the task's write end (read-write, see the
