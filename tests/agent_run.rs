@@ -668,8 +668,19 @@ fn path_traversal_is_refused_lexically_and_through_symlinks() {
           config: {execConfig: {command: /bin/true}}
 "#,
     ));
-    let mut agent = sb.run(&file, &[]);
-    assert_eq!(agent.wait_exit(), 2);
+    let out = Command::new(agent_bin())
+        .args(["run", "--no-cgroups", "-f"])
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(sb.data())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("templates[0].destPath: \"../../outside.txt\" escapes the task directory"),
+        "{err}"
+    );
     assert!(!sb.path().join("outside.txt").exists());
 
     // The task replaces its own local/conf with a symlink out of the task
