@@ -231,3 +231,25 @@ fn drive_until(
         sup.run_once(Some(recheck.unwrap_or(next).min(next))).unwrap();
     }
 }
+
+#[test]
+fn a_damaged_state_file_is_set_aside_not_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("state.json"), "{torn").unwrap();
+    let config = SupervisorConfig {
+        data_dir: data.clone(),
+        log_limits: LogLimits::default(),
+        cgroup_root: None,
+    };
+    let (_sup, notices) = Supervisor::new(config).unwrap();
+    assert!(
+        notices.iter().any(|n| n.contains("state.json was damaged")),
+        "{notices:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(data.join("state.json.damaged")).unwrap(),
+        "{torn"
+    );
+}

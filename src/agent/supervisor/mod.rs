@@ -217,7 +217,22 @@ impl Supervisor {
             ));
         }
         let wakeups = Wakeups::install().map_err(SupervisorError::Signals)?;
-        let (state_file, saved) = StateFile::load(data).map_err(SupervisorError::State)?;
+        let (state_file, saved) = match StateFile::load(data) {
+            // Atomic writes make this unlikely (a failing disk): keep the
+            // damaged file for inspection and start afresh rather than
+            // leaving the robot without its workloads.
+            Err(StateError::Parse(path, e)) => {
+                let aside = path.with_extension("json.damaged");
+                let _ = std::fs::rename(&path, &aside);
+                notices.push(format!(
+                    "{} was damaged ({e}); moved to {} and starting with no saved state",
+                    path.display(),
+                    aside.display()
+                ));
+                StateFile::load(data).map_err(SupervisorError::State)?
+            }
+            other => other.map_err(SupervisorError::State)?,
+        };
         let boot_id = procfs::boot_id();
         let mut leftovers = saved.units;
         if !saved.boot_id.is_empty() && saved.boot_id != boot_id {
