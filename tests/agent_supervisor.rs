@@ -12,6 +12,13 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+/// A supervisor reaps every child of the process (waitpid(-1)), so two in
+/// one test process would steal each other's exits: one test at a time.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn daemon(data: &Path, name: &str, value: &str, revision: u64) -> UnitSpec {
     UnitSpec {
         name: name.into(),
@@ -62,6 +69,7 @@ fn run_until<T>(sup: &mut Supervisor, what: &str, mut cond: impl FnMut(&mut Supe
 
 #[test]
 fn a_changed_spec_replaces_the_process_and_an_unchanged_one_does_not() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let config = SupervisorConfig {
@@ -120,6 +128,7 @@ fn envoy_bin() -> Option<std::path::PathBuf> {
 
 #[test]
 fn a_network_change_updates_the_running_proxy_and_restarts_tasks_with_new_variables() {
+    let _serial = one_at_a_time();
     use k8s4r::agent::reconcile::{AssignedTask, ReconcileConfig, Reconciler};
     use k8s4r::api::{JobType, NetworkConfig, TaskSpec, Upstream};
     let Some(envoy) = envoy_bin() else { return };
@@ -234,6 +243,7 @@ fn drive_until(
 
 #[test]
 fn a_damaged_state_file_is_set_aside_not_fatal() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
