@@ -194,6 +194,9 @@ impl Supervisor {
     /// Take the data directory (one agent per directory), become the child
     /// subreaper, install signal handling and load the saved state. Returns
     /// notices for the log (e.g. cgroups unavailable).
+    ///
+    /// One supervisor per process: it reaps every child of the process
+    /// (waitpid(-1)), including children it did not start.
     pub fn new(config: SupervisorConfig) -> Result<(Supervisor, Vec<String>), SupervisorError> {
         let data = &config.data_dir;
         std::fs::create_dir_all(data).map_err(|e| SupervisorError::DataDir(data.clone(), e))?;
