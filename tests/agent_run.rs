@@ -82,7 +82,8 @@ impl Drop for Sandbox {
     }
 }
 
-/// Pids whose environment puts them under `data` (tasks and descendants).
+/// Pids that belong to `data`: their environment (tasks and descendants)
+/// or their working directory (every unit, the proxy too) is under it.
 fn sandbox_pids(data: &Path) -> Vec<i32> {
     let needle = format!("K8S4R_ALLOC_DIR={}", data.display());
     std::fs::read_dir("/proc")
@@ -90,11 +91,12 @@ fn sandbox_pids(data: &Path) -> Vec<i32> {
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
             let mut env = Vec::new();
-            std::fs::File::open(format!("/proc/{pid}/environ"))
+            let by_env = std::fs::File::open(format!("/proc/{pid}/environ"))
                 .and_then(|mut f| f.read_to_end(&mut env))
                 .is_ok()
-                && env.split(|b| *b == 0).any(|v| v.starts_with(needle.as_bytes()))
-                && !is_zombie(*pid)
+                && env.split(|b| *b == 0).any(|v| v.starts_with(needle.as_bytes()));
+            let by_cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(data));
+            (by_env || by_cwd) && !is_zombie(*pid)
         })
         .collect()
 }

@@ -19,6 +19,25 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Kills whatever still runs in `dir` (by working directory) when a test
+/// ends, even by a failed assertion.
+struct Cleanup(std::path::PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else {
+                continue;
+            };
+            if std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(&self.0)) {
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+        }
+    }
+}
+
 fn daemon(data: &Path, name: &str, value: &str, revision: u64) -> UnitSpec {
     UnitSpec {
         name: name.into(),
@@ -72,6 +91,7 @@ fn a_changed_spec_replaces_the_process_and_an_unchanged_one_does_not() {
     let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
+    let _cleanup = Cleanup(data.clone());
     let config = SupervisorConfig {
         data_dir: data.clone(),
         log_limits: LogLimits::default(),
@@ -134,6 +154,7 @@ fn a_network_change_updates_the_running_proxy_and_restarts_tasks_with_new_variab
     let Some(envoy) = envoy_bin() else { return };
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
+    let _cleanup = Cleanup(data.clone());
     let config = SupervisorConfig {
         data_dir: data.clone(),
         log_limits: LogLimits::default(),
