@@ -1011,3 +1011,31 @@ fn an_endless_writer_is_still_timed_out_and_capped() {
         assert!(len <= 256 * 1024, "{f} is {len} bytes");
     }
 }
+
+#[test]
+fn tasks_get_the_injected_environment_and_their_own() {
+    let sb = Sandbox::new();
+    let file = sb.job(&job(
+        "envs",
+        "batch",
+        r#"    - name: grp
+      count: 2
+      tasks:
+        - name: show
+          driver: exec
+          env: {MY_FILE: "${K8S4R_TASK_DIR}/local/x", K8S4R_ROBOT: spoofed}
+          config: {execConfig: {command: /bin/sh, args: ["-c", "env | grep -E '^(K8S4R_|MY_)' | sort; pwd"]}}
+"#,
+    ));
+    let mut agent = sb.run(&file, &["--robot", "bot-7"]);
+    assert_eq!(agent.wait_exit(), 0, "{}", agent.output());
+    let data = sb.data();
+    let task_dir = data.join("alloc/envs-grp/r1/show");
+    let out = std::fs::read_to_string(task_dir.join("logs/stdout")).unwrap();
+    let want = format!(
+        "K8S4R_ALLOC_DIR={alloc}\nK8S4R_JOB=envs\nK8S4R_REPLICA=1\nK8S4R_ROBOT=bot-7\nK8S4R_TASK=show\nK8S4R_TASKGROUP=grp\nK8S4R_TASK_DIR={dir}\nMY_FILE={dir}/local/x\n{dir}\n",
+        alloc = data.join("alloc/envs-grp/alloc").display(),
+        dir = task_dir.display()
+    );
+    assert_eq!(out, want);
+}
