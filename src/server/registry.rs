@@ -156,10 +156,75 @@ impl Registry {
         &self,
         res: &Resource,
         ns: &str,
-        mut body: Value,
+        body: Value,
         part: Part,
         opts: WriteOptions,
     ) -> Result<Written, Status> {
+        let (name, value, warnings) = Self::prepare_create(res, ns, body, part, opts)?;
+        if opts.dry_run {
+            return Ok(Written {
+                object: value,
+                warnings,
+            });
+        }
+        let stored = self
+            .store
+            .create(&key(res, ns, &name), value)
+            .await
+            .map_err(|e| Self::map_err(res, &name, e))?;
+        Ok(Written {
+            object: stored.value,
+            warnings,
+        })
+    }
+
+    /// Create several objects with one store batch (one commit on SQLite);
+    /// each gets its own result.
+    pub async fn create_many(
+        &self,
+        res: &Resource,
+        ns: &str,
+        bodies: Vec<Value>,
+        part: Part,
+        opts: WriteOptions,
+    ) -> Result<Vec<Result<Written, Status>>, Status> {
+        let mut out: Vec<Option<Result<Written, Status>>> = Vec::with_capacity(bodies.len());
+        let mut ops = Vec::new();
+        let mut slots = Vec::new();
+        for body in bodies {
+            match Self::prepare_create(res, ns, body, part, opts) {
+                Ok((name, value, warnings)) => {
+                    slots.push((out.len(), name.clone(), warnings));
+                    ops.push(crate::server::store::BatchOp::Create(key(res, ns, &name), value));
+                    out.push(None);
+                }
+                Err(e) => out.push(Some(Err(e))),
+            }
+        }
+        let results = self.store.batch(ops).await?;
+        for ((i, name, warnings), r) in slots.into_iter().zip(results) {
+            out[i] = Some(
+                r.map(|s| Written {
+                    object: s.value,
+                    warnings,
+                })
+                .map_err(|e| Self::map_err(res, &name, e)),
+            );
+        }
+        Ok(out
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(Status::internal("batch result missing"))))
+            .collect())
+    }
+
+    /// Admission and metadata of a new object: (name, object, warnings).
+    fn prepare_create(
+        res: &Resource,
+        ns: &str,
+        mut body: Value,
+        part: Part,
+        opts: WriteOptions,
+    ) -> Result<(String, Value, Vec<String>), Status> {
         let body_ns = object::namespace(&body).to_string();
         if !body_ns.is_empty() && body_ns != ns {
             return Err(Status::bad_request(format!(
@@ -201,21 +266,7 @@ impl Registry {
                 o.remove("status");
             }
         }
-        if opts.dry_run {
-            return Ok(Written {
-                object: value,
-                warnings: admitted.warnings,
-            });
-        }
-        let stored = self
-            .store
-            .create(&key(res, ns, &name), value)
-            .await
-            .map_err(|e| Self::map_err(res, &name, e))?;
-        Ok(Written {
-            object: stored.value,
-            warnings: admitted.warnings,
-        })
+        Ok((name, value, admitted.warnings))
     }
 
     /// PUT: replace `part` of the object. The body's resourceVersion, if

@@ -126,6 +126,41 @@ fn value_ports(v: &Value) -> Vec<i64> {
         .unwrap_or_default()
 }
 
+/// Tasks created per store batch.
+const CREATE_BATCH: usize = 256;
+
+/// Create `tasks` in one batch; returns how many were created, or the
+/// first error (after recording every success).
+async fn create_tasks(
+    ctx: &Ctx,
+    ns: &str,
+    tasks: Vec<(Value, Option<Result<String, String>>)>,
+) -> Result<usize, Status> {
+    if tasks.is_empty() {
+        return Ok(0);
+    }
+    let (bodies, placements): (Vec<Value>, Vec<_>) = tasks.into_iter().unzip();
+    let results = ctx.registry.create_many(&TASKS, ns, bodies, Part::All, ALL).await?;
+    let mut created = 0;
+    let mut first_error = None;
+    for (r, p) in results.into_iter().zip(placements) {
+        match r {
+            Ok(w) => {
+                record_placement(ctx, &w.object, p.as_ref(), None);
+                ctx.wrote_owned("tasks", w.object);
+                created += 1;
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(created),
+    }
+}
+
 fn record_placement(ctx: &Ctx, task: &Value, p: Option<&Result<String, String>>, from: Option<&str>) {
     match (p, from) {
         (Some(Ok(robot)), Some(old)) => ctx.events.record(
@@ -426,6 +461,8 @@ pub async fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<Next, Status> 
     let mut desired = HashSet::new();
     let started = std::time::Instant::now();
     let mut created = 0usize;
+    // New tasks are written in batches (one store commit each).
+    let mut new_tasks: Vec<(Value, Option<Result<String, String>>)> = Vec::new();
     let mut robots: Option<Vec<RobotInfo>> = None;
     let mut unschedulable: Option<String> = None;
     for (g, tg_name, tg_uid) in &groups {
@@ -499,10 +536,10 @@ pub async fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<Next, Status> 
                             None => pending_status("waiting for placement"),
                         };
                         let body = task_object(ns, &tname, name, g, i, &tg_owner, &spec, status)?;
-                        let w = ctx.registry.create(&TASKS, ns, body, Part::All, ALL).await?;
-                        record_placement(ctx, &w.object, p, None);
-                        ctx.wrote_owned("tasks", w.object);
-                        created += 1;
+                        new_tasks.push((body, p.cloned()));
+                        if new_tasks.len() >= CREATE_BATCH {
+                            created += create_tasks(ctx, ns, std::mem::take(&mut new_tasks)).await?;
+                        }
                     }
                     (Some(cur), Some(p)) => {
                         let old = spec_str(cur, "targetRobot").map(str::to_string);
@@ -562,6 +599,7 @@ pub async fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<Next, Status> 
         }
     }
 
+    created += create_tasks(ctx, ns, new_tasks).await?;
     if created > 0 {
         log::info!("job {ns}/{name}: created {created} tasks in {:?}", started.elapsed());
     }

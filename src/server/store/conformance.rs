@@ -4,7 +4,7 @@
 //!
 //! Each check panics with a message naming the broken rule.
 
-use super::{EventKind, Key, Store, StoreError};
+use super::{BatchOp, EventKind, Key, Store, StoreError};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +23,7 @@ pub async fn run_all(open: Factory<'_>) {
     watch_delivers_in_order(open(100).as_ref()).await;
     watch_resumes_from_revision(open(100).as_ref()).await;
     watch_too_old_is_expired(open(3).as_ref()).await;
+    batch_applies_each_operation(open(100).as_ref()).await;
 }
 
 /// [`run_all`] on its own runtime, for plain `#[test]`s.
@@ -270,4 +271,52 @@ pub async fn watch_too_old_is_expired(s: &dyn Store) {
     }
     let now = s.revision().await.unwrap();
     assert!(s.watch(now - 2).is_ok(), "recent history is still watchable");
+}
+
+pub async fn batch_applies_each_operation(s: &dyn Store) {
+    let a = Key::new("tasks", "d", "a");
+    let b = Key::new("tasks", "d", "b");
+    let first = s.create(&a, obj("a", 0)).await.unwrap();
+    let start = s.revision().await.unwrap();
+    let mut w = s.watch(start).unwrap();
+    let results = s
+        .batch(vec![
+            BatchOp::Create(b.clone(), obj("b", 1)),
+            BatchOp::Create(a.clone(), obj("a", 9)),
+            BatchOp::Update(a.clone(), obj("a", 2), Some(first.revision)),
+            BatchOp::Update(b.clone(), obj("b", 3), Some(first.revision)),
+            BatchOp::Delete(Key::new("tasks", "d", "zz"), None),
+        ])
+        .await
+        .expect("batch");
+    assert_eq!(results.len(), 5);
+    let created = results[0].as_ref().expect("create in a batch");
+    assert!(
+        matches!(results[1], Err(StoreError::AlreadyExists(_))),
+        "{:?}",
+        results[1]
+    );
+    let updated = results[2].as_ref().expect("update in a batch");
+    assert!(
+        matches!(results[3], Err(StoreError::Conflict { .. })),
+        "{:?}",
+        results[3]
+    );
+    assert!(matches!(results[4], Err(StoreError::NotFound(_))), "{:?}", results[4]);
+    assert!(
+        created.revision > start && updated.revision > created.revision,
+        "revisions in order"
+    );
+    assert_eq!(s.get(&a).await.unwrap().unwrap().value["spec"]["n"], 2);
+    assert_eq!(
+        s.get(&b).await.unwrap().unwrap().value["spec"]["n"],
+        1,
+        "a failed op writes nothing"
+    );
+    assert_eq!(
+        next(&mut w).await.revision,
+        created.revision,
+        "batch writes are watched"
+    );
+    assert_eq!(next(&mut w).await.revision, updated.revision);
 }

@@ -140,6 +140,44 @@ pub trait Store: Send + Sync + 'static {
     fn revision(&self) -> BoxFuture<'_, Result<u64, StoreError>>;
     /// Every change with a revision greater than `from`.
     fn watch(&self, from: u64) -> Result<Watch, StoreError>;
+
+    /// Several writes, applied in order, each with its own result (not
+    /// atomic as a whole: a failed operation does not stop the others).
+    /// Backends may commit them together; the default runs them one by one.
+    /// `Err` only when the backend itself failed.
+    fn batch(&self, ops: Vec<BatchOp>) -> BoxFuture<'_, Result<Vec<Result<Stored, StoreError>>, StoreError>> {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(ops.len());
+            for op in ops {
+                let r = match op {
+                    BatchOp::Create(k, v) => self.create(&k, v).await,
+                    BatchOp::Update(k, v, e) => self.update(&k, v, e).await,
+                    BatchOp::Delete(k, e) => self.delete(&k, e).await,
+                };
+                match r {
+                    Err(e @ StoreError::Backend(_)) => return Err(e),
+                    other => out.push(other),
+                }
+            }
+            Ok(out)
+        })
+    }
+}
+
+/// One operation of [`Store::batch`].
+#[derive(Clone, Debug)]
+pub enum BatchOp {
+    Create(Key, Value),
+    Update(Key, Value, Option<u64>),
+    Delete(Key, Option<u64>),
+}
+
+impl BatchOp {
+    pub fn key(&self) -> &Key {
+        match self {
+            BatchOp::Create(k, _) | BatchOp::Update(k, _, _) | BatchOp::Delete(k, _) => k,
+        }
+    }
 }
 
 /// Write `rev` into `value.metadata.resourceVersion`.

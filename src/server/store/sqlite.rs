@@ -2,7 +2,9 @@
 //! directory. Writes are serialised by one connection lock; each write is one
 //! transaction that bumps the revision kept in the `meta` table.
 
-use super::{stamp_revision, BoxFuture, Event, EventKind, EventLog, Key, Listed, Store, StoreError, Stored, Watch};
+use super::{
+    stamp_revision, BatchOp, BoxFuture, Event, EventKind, EventLog, Key, Listed, Store, StoreError, Stored, Watch,
+};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -106,24 +108,22 @@ impl SqliteStore {
             .map_err(backend)
     }
 
-    /// One write: read the current row, let `decide` check it and produce the
-    /// new state, commit, publish. Runs under the connection lock so events
-    /// are published in revision order.
-    fn write(
-        &self,
+    /// One change inside an open transaction: read the current row, let
+    /// `decide` check it and produce the new state, write it. Nothing is
+    /// written when `decide` fails.
+    fn apply_in(
+        tx: &Transaction<'_>,
         key: &Key,
-        decide: impl FnOnce(Option<(u64, Value)>) -> Result<Option<Value>, StoreError>,
-    ) -> Result<Stored, StoreError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction().map_err(backend)?;
-        let current = match Self::read_row(&tx, key)? {
+        decide: impl FnOnce(Option<u64>) -> Result<Option<Value>, StoreError>,
+    ) -> Result<Event, StoreError> {
+        let current = match Self::read_row(tx, key)? {
             Some((rev, text)) => Some((rev, decode(&text)?)),
             None => None,
         };
-        let prev = current.as_ref().map(|(_, v)| Arc::new(v.clone()));
         let existed = current.is_some();
-        let next = decide(current)?;
-        let rev = Self::next_revision(&tx)?;
+        let next = decide(current.as_ref().map(|(rev, _)| *rev))?;
+        let prev = current.map(|(_, v)| Arc::new(v));
+        let rev = Self::next_revision(tx)?;
         let (kind, value) = match next {
             Some(mut value) => {
                 stamp_revision(&mut value, rev);
@@ -147,20 +147,53 @@ impl SqliteStore {
                 (EventKind::Deleted, last)
             }
         };
-        tx.commit().map_err(backend)?;
-        let value = Arc::new(value);
-        self.log.publish(Event {
+        Ok(Event {
             kind,
             revision: rev,
             key: key.clone(),
-            value: value.clone(),
+            value: Arc::new(value),
             prev,
-        });
-        Ok(Stored {
-            key: key.clone(),
-            value: Arc::unwrap_or_clone(value),
-            revision: rev,
         })
+    }
+
+    fn stored(e: &Event) -> Stored {
+        Stored {
+            key: e.key.clone(),
+            value: (*e.value).clone(),
+            revision: e.revision,
+        }
+    }
+
+    /// One write in its own transaction; published under the connection
+    /// lock so events are published in revision order.
+    fn write(
+        &self,
+        key: &Key,
+        decide: impl FnOnce(Option<u64>) -> Result<Option<Value>, StoreError>,
+    ) -> Result<Stored, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(backend)?;
+        let event = Self::apply_in(&tx, key, decide)?;
+        tx.commit().map_err(backend)?;
+        let stored = Self::stored(&event);
+        self.log.publish(event);
+        Ok(stored)
+    }
+
+    fn decide(op: &BatchOp) -> impl FnOnce(Option<u64>) -> Result<Option<Value>, StoreError> + '_ {
+        move |current| match (op, current) {
+            (BatchOp::Create(k, _), Some(_)) => Err(StoreError::AlreadyExists(k.clone())),
+            (BatchOp::Create(_, v), None) => Ok(Some(v.clone())),
+            (BatchOp::Update(k, _, _) | BatchOp::Delete(k, _), None) => Err(StoreError::NotFound(k.clone())),
+            (BatchOp::Update(k, v, expected), Some(rev)) => {
+                Self::check_expected(k, *expected, rev)?;
+                Ok(Some(v.clone()))
+            }
+            (BatchOp::Delete(k, expected), Some(rev)) => {
+                Self::check_expected(k, *expected, rev)?;
+                Ok(None)
+            }
+        }
     }
 
     fn check_expected(key: &Key, expected: Option<u64>, actual: u64) -> Result<(), StoreError> {
@@ -248,7 +281,7 @@ impl Store for SqliteStore {
         Box::pin(async move {
             self.write(key, |current| match current {
                 None => Err(StoreError::NotFound(key.clone())),
-                Some((rev, _)) => {
+                Some(rev) => {
                     Self::check_expected(key, expected, rev)?;
                     Ok(Some(value))
                 }
@@ -260,7 +293,7 @@ impl Store for SqliteStore {
         Box::pin(async move {
             self.write(key, |current| match current {
                 None => Err(StoreError::NotFound(key.clone())),
-                Some((rev, _)) => {
+                Some(rev) => {
                     Self::check_expected(key, expected, rev)?;
                     Ok(None)
                 }
@@ -281,5 +314,31 @@ impl Store for SqliteStore {
 
     fn watch(&self, from: u64) -> Result<Watch, StoreError> {
         self.log.watch(from)
+    }
+
+    /// All operations in one transaction (one commit), each with its own
+    /// result; a failed operation writes nothing and does not stop the rest.
+    fn batch(&self, ops: Vec<BatchOp>) -> BoxFuture<'_, Result<Vec<Result<Stored, StoreError>>, StoreError>> {
+        Box::pin(async move {
+            let mut conn = self.lock();
+            let tx = conn.transaction().map_err(backend)?;
+            let mut results = Vec::with_capacity(ops.len());
+            let mut events = Vec::with_capacity(ops.len());
+            for op in &ops {
+                match Self::apply_in(&tx, op.key(), Self::decide(op)) {
+                    Ok(e) => {
+                        results.push(Ok(Self::stored(&e)));
+                        events.push(e);
+                    }
+                    Err(e @ StoreError::Backend(_)) => return Err(e),
+                    Err(e) => results.push(Err(e)),
+                }
+            }
+            tx.commit().map_err(backend)?;
+            for e in events {
+                self.log.publish(e);
+            }
+            Ok(results)
+        })
     }
 }
