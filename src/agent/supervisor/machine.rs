@@ -13,8 +13,9 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 pub enum Exit {
     Code(i32),
     Signal(i32),
-    /// It ended while the agent was not watching (re-adopted process, or its
-    /// status was collected by another reaper): success or failure unknown.
+    /// A process re-adopted from an earlier agent run ended (while this agent
+    /// watched it through a pidfd, or while no agent ran): it is not our
+    /// child, so success or failure is unknown.
     Unknown,
 }
 
@@ -29,7 +30,9 @@ impl std::fmt::Display for Exit {
         match self {
             Exit::Code(c) => write!(f, "exited {c}"),
             Exit::Signal(s) => write!(f, "killed by signal {s}"),
-            Exit::Unknown => f.write_str("exited (exit code unknown: it ended while the agent was not running)"),
+            // Only a parent learns the exit status; a process re-adopted
+            // from an earlier agent run has init (or another reaper) as parent.
+            Exit::Unknown => f.write_str("exited (exit code unknown: started by an earlier agent run)"),
         }
     }
 }
