@@ -61,6 +61,9 @@ fn examples_validate_and_round_trip() {
     let mut seen = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
         let text = std::fs::read_to_string(&path).unwrap();
         for doc in api::decode_all(&text) {
             let d = doc.unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -245,6 +248,12 @@ fn bad_manifests_name_field_and_reason() {
         (vec![Set("/spec/taskGroups/0/tasks/0/services", json!([{"name": "web", "checks": [{"name": "h", "type": "http", "path": "/"}]}]))], format!("{G}.tasks[0].services[0].checks[0].portLabel: \"\": http checks need a port number (1-65535)")),
         (vec![Set("/spec/taskGroups/0/tasks/0/services", json!([{"name": "web", "checks": [{"name": "h", "type": "script"}]}]))], format!("{G}.tasks[0].services[0].checks[0].command: is required for script checks")),
         (vec![Set("/spec/taskGroups/0/tasks/0/services", json!([{"name": "web", "checks": [{"name": "h", "type": "tcp", "portLabel": "80", "interval": "often"}]}]))], format!("{G}.tasks[0].services[0].checks[0].interval: invalid duration \"often\": expected a number at \"often\"")),
+        (vec![Set("/spec/taskGroups/0/network/inbound", json!([{"name": "metrics", "port": 9443, "targetPort": 9090}]))], format!("{G}.network.inbound[0].allowedSpiffeIDs: list at least one SPIFFE ID; nothing is allowed by default")),
+        (vec![Set("/spec/taskGroups/0/network/inbound", json!([{"name": "metrics", "port": 5432, "targetPort": 9090, "allowedSpiffeIDs": ["spiffe://example.org/c"]}]))], format!("{G}.network.inbound[0].port: port 5432 is already used by \"db\" in this task group")),
+        (vec![Set("/spec/taskGroups/0/network/inbound", json!([{"name": "metrics", "port": 9443, "targetPort": 9090, "allowedSpiffeIDs": ["spiffe://other.org/c"]}]))], format!("{G}.network.inbound[0].allowedSpiffeIDs[0]: \"spiffe://other.org/c\" is not in trust domain \"example.org\"")),
+        (vec![Set("/spec/taskGroups/0/network/inbound", json!([{"name": "metrics", "port": 9443, "targetPort": 0, "allowedSpiffeIDs": ["spiffe://example.org/c"]}]))], format!("{G}.network.inbound[0].targetPort: 0 is not a valid port (1-65535)")),
+        (vec![Set("/spec/taskGroups/0/disconnect", json!({"lostAfter": "soon"}))], format!("{G}.disconnect.lostAfter: invalid duration \"soon\": expected a number at \"soon\"")),
+        (vec![Set("/spec/taskGroups/0/disconnect", json!({"reconcile": "newest"}))], format!("{G}.disconnect.reconcile: \"newest\" is not one of keepOriginal, keepReplacement, bestScore, longestRunning")),
         (vec![Set("/kind", json!("Pod"))], "kind: \"Pod\" is not a kind of robot.k8s4r.io/v1alpha1 (expected Job, TaskGroup, Task or Robot)".into()),
         (vec![Set("/apiVersion", json!("batch/v1"))], "apiVersion: \"batch/v1\" is not supported (expected \"robot.k8s4r.io/v1alpha1\")".into()),
     ];

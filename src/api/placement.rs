@@ -24,6 +24,7 @@ pub fn group_network(group: Option<&NetworkConfig>, tasks: &[TaskSpec]) -> Optio
     let mut merged = blocks.next()?.clone();
     for b in blocks {
         merged.upstreams.extend(b.upstreams.iter().cloned());
+        merged.inbound.extend(b.inbound.iter().cloned());
         if merged.spiffe.is_none() {
             merged.spiffe.clone_from(&b.spiffe);
         }

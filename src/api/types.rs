@@ -289,12 +289,51 @@ pub struct NetworkConfig {
     pub tls_files: Option<TlsFiles>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub upstreams: Vec<Upstream>,
+    /// Task ports exposed to the network over mTLS, for listed SPIFFE IDs only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inbound: Vec<Inbound>,
 }
 
 impl NetworkConfig {
     /// A proxy is wanted: the block is enabled and its type is not `none`.
     pub fn is_active(&self) -> bool {
         self.enabled.unwrap_or(true) && self.proxy_type.as_deref().unwrap_or("envoy") == "envoy"
+    }
+}
+
+/// An inbound listener: peers reach a task's local port over mTLS, and only
+/// the listed SPIFFE IDs get in (RBAC on the authenticated principal).
+///
+/// ```yaml
+/// inbound:
+///   - name: telemetry            # DNS label, unique in the group
+///     port: 8443                 # opened on `address` for peers
+///     address: 0.0.0.0           # optional, default 0.0.0.0
+///     targetPort: 8080           # the task listens on 127.0.0.1:8080
+///     allowedSpiffeIDs: [spiffe://example.org/ns/prod/sa/collector]
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Inbound {
+    pub name: String,
+    /// The port peers connect to. Kept wide so validation reports bad values.
+    pub port: i64,
+    /// The task's port on 127.0.0.1.
+    pub target_port: i64,
+    /// The address to listen on; default `0.0.0.0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Peers allowed in. Empty is an error: an open mTLS port is no default.
+    #[serde(default, rename = "allowedSpiffeIDs")]
+    pub allowed_spiffe_ids: Vec<String>,
+    /// The SPIRE agent / trust domain for this listener; default: the network's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spiffe: Option<SpiffeConfig>,
+}
+
+impl Inbound {
+    pub fn address(&self) -> &str {
+        self.address.as_deref().unwrap_or("0.0.0.0")
     }
 }
 

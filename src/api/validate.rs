@@ -322,7 +322,7 @@ fn check_network(
             }
         }
     }
-    if net.is_active() && net.upstreams.is_empty() {
+    if net.is_active() && net.upstreams.is_empty() && net.inbound.is_empty() {
         errs.add(
             &format!("{path}.upstreams"),
             "at least one upstream is required when the proxy is enabled",
@@ -373,6 +373,76 @@ fn check_network(
             }
         } else if up.spiffe_id.is_some() {
             errs.add(&format!("{p}.spiffeID"), "only meaningful with tls: true");
+        }
+    }
+    check_inbound(errs, path, net, ports, names);
+}
+
+/// Inbound listeners share the group's port and name space with upstreams.
+fn check_inbound(
+    errs: &mut Errors,
+    path: &str,
+    net: &NetworkConfig,
+    ports: &mut BTreeMap<i64, String>,
+    names: &mut HashSet<String>,
+) {
+    for (i, ib) in net.inbound.iter().enumerate() {
+        let p = format!("{path}.inbound[{i}]");
+        match check_dns_label(&ib.name) {
+            Err(e) => errs.add(&format!("{p}.name"), e),
+            Ok(()) => {
+                if !names.insert(ib.name.clone()) {
+                    errs.add(
+                        &format!("{p}.name"),
+                        format!("duplicate name {:?} in this task group's network", ib.name),
+                    );
+                }
+            }
+        }
+        if !(1..=65535).contains(&ib.port) {
+            errs.add(
+                &format!("{p}.port"),
+                format!("{} is not a valid port (1-65535)", ib.port),
+            );
+        } else if let Some(other) = ports.insert(ib.port, ib.name.clone()) {
+            errs.add(
+                &format!("{p}.port"),
+                format!("port {} is already used by {other:?} in this task group", ib.port),
+            );
+        }
+        if !(1..=65535).contains(&ib.target_port) {
+            errs.add(
+                &format!("{p}.targetPort"),
+                format!("{} is not a valid port (1-65535)", ib.target_port),
+            );
+        }
+        if ib.address().parse::<std::net::IpAddr>().is_err() {
+            errs.add(
+                &format!("{p}.address"),
+                format!("{:?} is not an IP address (e.g. 0.0.0.0)", ib.address()),
+            );
+        }
+        if let Some(s) = &ib.spiffe {
+            check_spiffe(errs, &format!("{p}.spiffe"), s);
+        }
+        let spiffe = ib.spiffe.as_ref().or(net.spiffe.as_ref());
+        if spiffe.is_none() && net.tls_files.is_none() {
+            errs.add(
+                &p,
+                "inbound mTLS needs certificates: add a spiffe block or tlsFiles to the network",
+            );
+        }
+        if ib.allowed_spiffe_ids.is_empty() {
+            errs.add(
+                &format!("{p}.allowedSpiffeIDs"),
+                "list at least one SPIFFE ID; nothing is allowed by default",
+            );
+        }
+        let td = spiffe.map(|s| s.trust_domain.as_str());
+        for (j, id) in ib.allowed_spiffe_ids.iter().enumerate() {
+            if let Err(e) = check_spiffe_id(id, td) {
+                errs.add(&format!("{p}.allowedSpiffeIDs[{j}]"), e);
+            }
         }
     }
 }

@@ -41,7 +41,7 @@ pub mod templates;
 pub use inbound::Inbound;
 pub use options::ProxyOptions;
 
-use crate::api::{NetworkConfig, TaskSpec};
+use crate::api::NetworkConfig;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -213,24 +213,9 @@ pub fn proxy_env(network: &NetworkConfig) -> Vec<(String, String)> {
     env
 }
 
-/// A group's whole network: the group-level block with the upstreams of
-/// every task-level block appended (validation has made names and ports
-/// unique across them). Without a group block, the first task block's
-/// spiffe/tlsFiles/enabled/type apply. None when nobody declares a network.
-pub fn group_network(group: Option<&NetworkConfig>, tasks: &[TaskSpec]) -> Option<NetworkConfig> {
-    let mut blocks = group.into_iter().chain(tasks.iter().filter_map(|t| t.network.as_ref()));
-    let mut merged = blocks.next()?.clone();
-    for b in blocks {
-        merged.upstreams.extend(b.upstreams.iter().cloned());
-        if merged.spiffe.is_none() {
-            merged.spiffe.clone_from(&b.spiffe);
-        }
-        if merged.tls_files.is_none() {
-            merged.tls_files.clone_from(&b.tls_files);
-        }
-    }
-    Some(merged)
-}
+/// A group's whole network (group block plus every task block): one
+/// definition shared with the control plane, in `api::placement`.
+pub use crate::api::placement::group_network;
 
 /// `render-envoy -f FILE [--group NAME]` (both binaries).
 pub fn cmd_render(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
@@ -240,7 +225,7 @@ pub fn cmd_render(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{SpiffeConfig, Upstream};
+    use crate::api::{SpiffeConfig, TaskSpec, Upstream};
 
     fn up(name: &str, port: i64) -> Upstream {
         Upstream {

@@ -160,11 +160,13 @@ pub struct Plan {
     pub files: Option<crate::api::TlsFiles>,
 }
 
-/// Plan the proxy for `network` plus the optional inbound listeners.
-pub fn plan(network: &NetworkConfig, inbound: &[Inbound]) -> Result<Plan, PlanError> {
+/// Plan the proxy for `network` (its upstreams and inbound listeners) plus
+/// `extra_inbound` listeners given outside the manifest.
+pub fn plan(network: &NetworkConfig, extra_inbound: &[Inbound]) -> Result<Plan, PlanError> {
     if !network.is_active() {
         return Err(PlanError::Disabled);
     }
+    let inbound: Vec<&Inbound> = network.inbound.iter().chain(extra_inbound).collect();
     if network.upstreams.is_empty() && inbound.is_empty() {
         return Err(PlanError::Empty);
     }
