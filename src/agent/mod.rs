@@ -208,7 +208,7 @@ fn unit_dirs(data_dir: &Path) -> Vec<(String, PathBuf)> {
                 out.extend(subdirs(&sub_dir).into_iter().map(|(t, d)| (format!("{key}-{t}"), d)));
             } else if sub == "envoy" {
                 out.push((format!("{key}-envoy"), sub_dir));
-            } else if sub.starts_with('r') {
+            } else if sub.strip_prefix('r').is_some_and(|n| n.parse::<u32>().is_ok()) {
                 out.extend(
                     subdirs(&sub_dir)
                         .into_iter()
