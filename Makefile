@@ -37,8 +37,14 @@ test:
 demo:
 	bash examples/demo.sh
 
-bench:
-	@echo "make bench: benchmarks land with the benchmark issue."
+# Benchmarks (never timed tests): agent footprint, proxy cost, fleet load.
+# Results: target/bench/{agent,proxy,server}.json; set K8S4R_BENCH_IDLE_SECS
+# to shorten the agent's 60 s idle measurement.
+bench: agent
+	@mkdir -p target/bench
+	$(CARGO) test --release --no-default-features --test agent_bench -- --ignored --nocapture
+	$(CARGO) test --release --test envoy_bench -- --ignored --nocapture
+	$(CARGO) run --release --bin k8s4r -- bench robots 100 1000 10000
 
 fmt:
 	$(CARGO) fmt --all
