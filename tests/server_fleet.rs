@@ -343,3 +343,65 @@ fn offline_robots_lose_tasks_and_service_jobs_move() {
     assert!(!back.task_names().contains(&"svc-g-r0-main".to_string()));
     assert_eq!(field(&s, "robots", dead, &["status", "phase"]), "Online");
 }
+
+#[test]
+fn restart_keeps_robots_tokens_and_assignments() {
+    let mut s = Server::start();
+    let join = s.join_token();
+    let (token, since) = {
+        let mut r = Robot::register(&s, &join, "r1", json!({}));
+        create(&s, &job("keep", "service", json!({}), json!([group("g", 1, None)])));
+        wait_for("placed", T, || target(&s, "keep-g-r0-main"));
+        let v = r.poll("0s");
+        assert_eq!(v["tasks"].as_array().unwrap().len(), 1);
+        (r.token.clone(), r.since)
+    };
+    s.restart();
+    // The same robot token works; a poll from before the restart gets the
+    // complete set at once (level-triggered: nothing is lost).
+    let mut r = Robot {
+        server: &s,
+        name: "r1".into(),
+        token,
+        since,
+        seq: 0,
+    };
+    let started = Instant::now();
+    let v = r.poll("20s");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "answered at once after a restart"
+    );
+    assert_eq!(v["tasks"][0]["metadata"]["name"], "keep-g-r0-main");
+    assert_eq!(field(&s, "robots", "r1", &["status", "phase"]), "Online");
+    // The controllers pick up where they left off: scaling still works.
+    let patch = json!({"spec": {"taskGroups": [group("g", 2, None)]}});
+    let p = s.request(
+        "PATCH",
+        &format!("{}/keep", jobs()),
+        "application/merge-patch+json",
+        Some(patch.to_string().as_bytes()),
+        &[],
+    );
+    assert_eq!(p.status, 200);
+    wait_for("second replica after restart", T, || target(&s, "keep-g-r1-main"));
+}
+
+#[test]
+fn bench_tool_runs_a_small_fleet() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("server.json");
+    let run = Command::new(server_util::server_bin())
+        .args(["bench", "robots", "20", "--timeout", "60s", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let r = &v["runs"][0];
+    assert_eq!(r["robots"], 20, "{v}");
+    assert!(r.get("error").is_none(), "{v}");
+    let p99 = r["delivery_p99_seconds"].as_f64().unwrap();
+    assert!(p99 > 0.0 && p99 < 30.0, "{v}");
+    assert!(r["server_rss_mib"].as_f64().unwrap() > 1.0, "{v}");
+}

@@ -141,7 +141,7 @@ impl Agents {
             name: req.name,
             namespace: ns,
             token,
-            poll_interval_seconds: self.hub.fleet.poll_interval().as_secs(),
+            poll_interval_seconds: self.hub.fleet.poll_interval().as_secs().max(1),
         })
     }
 
@@ -193,7 +193,7 @@ impl Agents {
                 .into_iter()
                 .map(Shared)
                 .collect(),
-            poll_interval_seconds: self.hub.fleet.poll_interval().as_secs(),
+            poll_interval_seconds: self.hub.fleet.poll_interval().as_secs().max(1),
             offline_after_seconds: self.hub.fleet.offline_after().as_secs(),
         }
     }

@@ -89,6 +89,14 @@ impl Fleet {
     /// there, so any agent poll after a restart gets a full answer.
     pub fn set_base_revision(&self, rev: u64) {
         self.base_revision.store(rev, Ordering::Relaxed);
+        // Robots already known (a re-list after the watch fell behind):
+        // their sets may have changed unseen.
+        for e in self.lock().values_mut() {
+            if e.revision < rev {
+                e.revision = rev;
+                e.notify.notify_waiters();
+            }
+        }
     }
 
     pub fn poll_interval(&self) -> Duration {

@@ -301,7 +301,7 @@ pub struct Robot<'a> {
     pub name: String,
     pub token: String,
     pub since: u64,
-    seq: u64,
+    pub seq: u64,
 }
 
 impl<'a> Robot<'a> {

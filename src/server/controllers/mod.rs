@@ -194,6 +194,10 @@ impl Hub {
                     continue;
                 }
             };
+            // Before the list: robots first seen while listing must start
+            // at this revision, so agents that polled before a restart get
+            // their full set at once.
+            self.fleet.set_base_revision(start);
             let mut ok = true;
             for res in RESOURCES {
                 match store.list(res, None).await {
@@ -221,7 +225,6 @@ impl Hub {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
-            self.fleet.set_base_revision(start);
             let _ = synced.send(true);
             let mut w = match store.watch(start) {
                 Ok(w) => w,
