@@ -65,6 +65,11 @@ fn agent_benchmark() {
             "≤ 2 MiB".into(),
         ),
         (
+            "  of which private (anonymous)",
+            format!("{} KiB", idle.anon_kib),
+            "—".into(),
+        ),
+        (
             &*format!("idle CPU over {idle_secs} s"),
             format!("{} ms", idle.cpu_ms),
             "≈ 0".into(),
@@ -87,6 +92,7 @@ fn agent_benchmark() {
         "idle_seconds": idle_secs,
         "idle_tasks": 10,
         "idle_rss_kib": idle.rss_kib,
+        "idle_anon_kib": idle.anon_kib,
         "idle_cpu_ms": idle.cpu_ms,
         "idle_write_bytes": idle.write_bytes,
         "idle_wchar_bytes": idle.wchar,
@@ -103,6 +109,9 @@ fn agent_benchmark() {
 
 struct Idle {
     rss_kib: u64,
+    /// Private memory (heap, stacks, data); the rest of RSS is clean pages
+    /// of the binary, shared and reclaimable.
+    anon_kib: u64,
     cpu_ms: u64,
     write_bytes: u64,
     wchar: u64,
@@ -164,6 +173,7 @@ fn idle_agent(bin: &Path, secs: u64) -> Idle {
     std::thread::sleep(Duration::from_secs(secs));
     let idle = Idle {
         rss_kib: proc_field(&format!("/proc/{pid}/status"), "VmRSS:"),
+        anon_kib: proc_field(&format!("/proc/{pid}/smaps_rollup"), "Anonymous:"),
         cpu_ms: cpu_ms(pid) - cpu0,
         write_bytes: proc_field(&io, "write_bytes:") - wb0,
         wchar: proc_field(&io, "wchar:") - wc0,
