@@ -405,3 +405,32 @@ fn bench_tool_runs_a_small_fleet() {
     assert!(p99 > 0.0 && p99 < 30.0, "{v}");
     assert!(r["server_rss_mib"].as_f64().unwrap() > 1.0, "{v}");
 }
+
+#[test]
+fn delete_propagation_orphan_and_foreground() {
+    let s = Server::start();
+    create(&s, &job("orph", "service", json!({}), json!([group("g", 2, None)])));
+    wait_for("tasks of orph", T, || s.object("tasks", "orph-g-r1-main"));
+    // Orphan: the Job goes, its TaskGroup stays without the owner reference.
+    let d = s.send_json(
+        "DELETE",
+        &format!("{}/orph", jobs()),
+        &json!({"propagationPolicy": "Orphan"}),
+    );
+    assert_eq!(d.status, 200, "{}", d.body);
+    let tg = s.object("taskgroups", "orph-g").expect("orphaned TaskGroup kept");
+    assert!(tg["metadata"].get("ownerReferences").is_none(), "{tg}");
+    // A GC pass (triggered by the Job's deletion) must leave it alone.
+    create(&s, &job("other", "service", json!({}), json!([group("g", 1, None)])));
+    wait_for("other reconciled", T, || s.object("tasks", "other-g-r0-main"));
+    assert!(s.object("taskgroups", "orph-g").is_some());
+    // Foreground: dependents are gone when the delete returns.
+    let d = s.send_json(
+        "DELETE",
+        "/apis/robot.k8s4r.io/v1alpha1/namespaces/default/taskgroups/orph-g",
+        &json!({"propagationPolicy": "Foreground"}),
+    );
+    assert_eq!(d.status, 200, "{}", d.body);
+    assert!(s.object("tasks", "orph-g-r0-main").is_none() && s.object("tasks", "orph-g-r1-main").is_none());
+    assert!(s.object("tasks", "other-g-r0-main").is_some());
+}

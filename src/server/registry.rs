@@ -464,11 +464,13 @@ impl Registry {
     async fn orphan_dependents(&self, ns: &str, uid: &str) -> Result<(), Status> {
         for dep in self.dependents(ns, uid).await? {
             let mut v = dep.value.clone();
-            if let Some(refs) = object::meta_mut(&mut v)
-                .and_then(|m| m.get_mut("ownerReferences"))
-                .and_then(Value::as_array_mut)
-            {
-                refs.retain(|r| r.get("uid").and_then(Value::as_str) != Some(uid));
+            if let Some(m) = object::meta_mut(&mut v) {
+                if let Some(refs) = m.get_mut("ownerReferences").and_then(Value::as_array_mut) {
+                    refs.retain(|r| r.get("uid").and_then(Value::as_str) != Some(uid));
+                    if refs.is_empty() {
+                        m.remove("ownerReferences");
+                    }
+                }
             }
             match self.store.update(&dep.key, v, Some(dep.revision)).await {
                 Ok(_) | Err(StoreError::NotFound(_)) => {}
