@@ -934,15 +934,15 @@ fn tasks_run_as_their_user_when_the_agent_is_root() {
           driver: exec
           user: nobody
           templates: [{destPath: local/secret.txt, perms: "0600", embeddedTmpl: "for ${K8S4R_TASK} only\n"}]
-          config: {execConfig: {command: /bin/sh, args: ["-c", "id -u; cat local/secret.txt; touch local/mine"]}}
+          config: {execConfig: {command: /bin/sh, args: ["-c", "id -u; id -G; cat local/secret.txt; touch local/mine"]}}
 "#,
     ));
     let mut agent = sb.run(&file, &[]);
     assert_eq!(agent.wait_exit(), 0, "{}", agent.output());
     let dir = sb.data().join("alloc/users-g/r0/t");
     let out = std::fs::read_to_string(dir.join("logs/stdout")).unwrap();
-    // A 0600 template is the task user's, so the task can read it.
-    assert_eq!(out, "65534\nfor t only\n");
+    // uid, groups (root's dropped), and a 0600 template the task can read.
+    assert_eq!(out, "65534\n65534\nfor t only\n");
     use std::os::unix::fs::MetadataExt;
     assert_eq!(std::fs::metadata(dir.join("local/mine")).unwrap().uid(), 65534);
 }

@@ -8,7 +8,7 @@
 
 use rustix::fd::{BorrowedFd, OwnedFd};
 use rustix::io::FdFlags;
-use rustix::process::{Resource, Rlimit};
+use rustix::process::{Gid, Resource, Rlimit, Uid};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
@@ -21,14 +21,28 @@ pub struct ChildSetup {
     pub cgroup_procs: Option<OwnedFd>,
     /// Resource limits to set, e.g. no core dumps on a robot's flash.
     pub rlimits: Vec<(Resource, Rlimit)>,
+    /// The task's user, switched to last (after the cgroup join, which
+    /// needs the agent's rights): supplementary groups, gid, uid.
+    pub credentials: Option<Credentials>,
+}
+
+pub struct Credentials {
+    pub uid: Uid,
+    pub gid: Gid,
+    pub groups: Vec<Gid>,
 }
 
 /// Install the pre-exec hook on `cmd`: new session (so the task is its own
 /// process group and `kill(-pgid)` reaches its whole tree), limits, cgroup.
 pub fn install_child_setup(cmd: &mut Command, setup: ChildSetup) {
-    let ChildSetup { cgroup_procs, rlimits } = setup;
+    let ChildSetup {
+        cgroup_procs,
+        rlimits,
+        credentials,
+    } = setup;
     // SAFETY: the closure runs in the forked child before exec. It only
-    // calls setsid, setrlimit and write through rustix, which are direct
+    // calls setsid, setrlimit, write, setgroups, setgid and setuid through
+    // rustix, which are direct
     // system calls (async-signal-safe: no allocation, no locks). Its captured
     // data (an OwnedFd and a Vec) was allocated by the parent before fork and
     // is only read here. Errors are returned as io::Error values built from a
@@ -41,6 +55,13 @@ pub fn install_child_setup(cmd: &mut Command, setup: ChildSetup) {
             }
             if let Some(fd) = &cgroup_procs {
                 rustix::io::write(fd, b"0")?;
+            }
+            // rustix's set_thread_* are the raw per-thread system calls; the
+            // forked child has one thread, so they change the whole process.
+            if let Some(c) = &credentials {
+                rustix::thread::set_thread_groups(&c.groups)?;
+                rustix::thread::set_thread_gid(c.gid)?;
+                rustix::thread::set_thread_uid(c.uid)?;
             }
             Ok(())
         });

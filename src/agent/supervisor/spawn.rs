@@ -8,7 +8,7 @@ use crate::agent::artifacts::{self, ArtifactError};
 use crate::agent::cgroup::{CgroupError, Cgroups};
 use crate::agent::logs::{self, LogError, LogLimits, LogPump};
 use crate::agent::procfs::{self, ProcIdentity};
-use crate::agent::sys::{self, ChildSetup};
+use crate::agent::sys::{self, ChildSetup, Credentials};
 use crate::agent::templates::{self, TemplateError};
 use rustix::process::{Resource, Rlimit};
 use std::os::unix::process::CommandExt;
@@ -65,9 +65,12 @@ pub struct Spawned {
 /// An account from /etc/passwd.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Account {
+    pub name: String,
     pub uid: u32,
     pub gid: u32,
     pub home: String,
+    /// Primary and supplementary groups (filled from /etc/group).
+    pub groups: Vec<u32>,
 }
 
 /// Look `user` (a name or a numeric uid) up in passwd-format `text`.
@@ -77,11 +80,29 @@ pub fn lookup_user(text: &str, user: &str) -> Option<Account> {
         let f: Vec<&str> = line.split(':').collect();
         let (uid, gid) = (f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?);
         (f[0] == user || numeric == Some(uid)).then(|| Account {
+            name: f[0].to_string(),
             uid,
             gid,
             home: f.get(5).unwrap_or(&"/").to_string(),
+            groups: vec![gid],
         })
     })
+}
+
+/// The primary group plus every group of group-format `text` that lists
+/// `user` as a member.
+pub fn supplementary_groups(text: &str, user: &str, primary: u32) -> Vec<u32> {
+    let mut groups = vec![primary];
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let f: Vec<&str> = line.split(':').collect();
+        let (Some(gid), Some(members)) = (f.get(2).and_then(|g| g.parse::<u32>().ok()), f.get(3)) else {
+            continue;
+        };
+        if members.split(',').any(|m| m.trim() == user) && !groups.contains(&gid) {
+            groups.push(gid);
+        }
+    }
+    groups
 }
 
 /// What `prepare` found out, for `exec`.
@@ -107,8 +128,11 @@ pub fn prepare(spec: &UnitSpec, ctx: &SpawnContext<'_>) -> Result<Prepared, Spaw
     let account = match spec.user.as_deref().filter(|_| ctx.is_root) {
         Some(user) => {
             let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-            let account = lookup_user(&passwd, user)
+            let mut account = lookup_user(&passwd, user)
                 .ok_or_else(|| SpawnError::User(format!("user {user:?} not found in /etc/passwd")))?;
+            // Device access on robots is often by group (dialout, video, gpio).
+            let group_file = std::fs::read_to_string("/etc/group").unwrap_or_default();
+            account.groups = supplementary_groups(&group_file, &account.name, account.gid);
             // The task must be able to write its own directory (not `logs/`,
             // which only the agent writes).
             for dir in [&spec.dir, &spec.dir.join("local")] {
@@ -166,11 +190,20 @@ pub fn exec(spec: &UnitSpec, ctx: &SpawnContext<'_>, prepared: &Prepared) -> Res
         pumps.push(pump);
     }
 
+    let mut credentials = None;
     if let Some(account) = account {
-        cmd.uid(account.uid).gid(account.gid);
         if !spec.env.contains_key("HOME") {
             cmd.env("HOME", &account.home);
         }
+        credentials = Some(Credentials {
+            uid: rustix::process::Uid::from_raw(account.uid),
+            gid: rustix::process::Gid::from_raw(account.gid),
+            groups: account
+                .groups
+                .iter()
+                .map(|g| rustix::process::Gid::from_raw(*g))
+                .collect(),
+        });
     }
 
     let cgroup_procs = match ctx.cgroups {
@@ -187,7 +220,14 @@ pub fn exec(spec: &UnitSpec, ctx: &SpawnContext<'_>, prepared: &Prepared) -> Res
             maximum: hard,
         },
     )];
-    sys::install_child_setup(&mut cmd, ChildSetup { cgroup_procs, rlimits });
+    sys::install_child_setup(
+        &mut cmd,
+        ChildSetup {
+            cgroup_procs,
+            rlimits,
+            credentials,
+        },
+    );
 
     let child = cmd.spawn().map_err(|e| SpawnError::Exec(program.clone(), e))?;
     let pid = child.id() as i32;
@@ -228,15 +268,19 @@ mod tests {
     #[test]
     fn looks_up_users_by_name_and_uid() {
         let passwd = "# comment\nroot:x:0:0:root:/root:/bin/sh\nbot:x:1001:1002::/home/bot:/bin/sh\nbroken\n";
+        let bot = lookup_user(passwd, "bot").unwrap();
         assert_eq!(
-            lookup_user(passwd, "bot"),
-            Some(Account {
-                uid: 1001,
-                gid: 1002,
-                home: "/home/bot".into()
-            })
+            (bot.name.as_str(), bot.uid, bot.gid, bot.home.as_str()),
+            ("bot", 1001, 1002, "/home/bot")
         );
         assert_eq!(lookup_user(passwd, "0").unwrap().home, "/root");
         assert_eq!(lookup_user(passwd, "nobody"), None);
+    }
+
+    #[test]
+    fn supplementary_groups_come_from_membership_lists() {
+        let group = "root:x:0:\ndialout:x:20:bot,other\nvideo:x:44:bot\nbots:x:1002:\nbad\n";
+        assert_eq!(supplementary_groups(group, "bot", 1002), vec![1002, 20, 44]);
+        assert_eq!(supplementary_groups(group, "bo", 1002), vec![1002]);
     }
 }
