@@ -843,18 +843,25 @@ fn service_checks_set_the_task_health() {
 #[test]
 fn a_robot_scoped_daemon_runs_once_for_all_groups() {
     let sb = Sandbox::new();
-    let spire = r#"{name: spire-agent, driver: exec, daemon: true, scope: robot, config: {execConfig: {command: /bin/sh, args: ["-c", "echo up >> $K8S4R_TASK_DIR/../starts; exec sleep 300"]}}}"#;
+    // Both groups declare it; the second one slightly differently (the
+    // first declaration wins, nothing flips back and forth).
+    let spire = |secs: u32| {
+        format!(
+            r#"{{name: spire-agent, driver: exec, daemon: true, scope: robot, config: {{execConfig: {{command: /bin/sh, args: ["-c", "echo up >> $K8S4R_TASK_DIR/../starts; exec sleep {secs}"]}}}}}}"#
+        )
+    };
+    let (spire_a, spire_b) = (spire(300), spire(301));
     let file = sb.job(&job(
         "shared",
         "service",
         &format!(
             r#"    - name: a
-      initTasks: [{spire}]
+      initTasks: [{spire_a}]
       tasks:
         - {{name: t, driver: exec, config: {{execConfig: {{command: /bin/sh, args: ["-c", "while [ ! -e $K8S4R_ALLOC_DIR/../../done ]; do sleep 0.05; done"]}}}}}}
     - name: b
       count: 2
-      initTasks: [{spire}]
+      initTasks: [{spire_b}]
       tasks:
         - {{name: t, driver: exec, config: {{execConfig: {{command: /bin/sh, args: ["-c", "while [ ! -e $K8S4R_ALLOC_DIR/../../done ]; do sleep 0.05; done"]}}}}}}
 "#
@@ -872,6 +879,7 @@ fn a_robot_scoped_daemon_runs_once_for_all_groups() {
     );
     assert_eq!(std::fs::read_to_string(sb.data().join("robot/starts")).unwrap(), "up\n");
     std::fs::write(sb.data().join("alloc/done"), "").unwrap();
+    assert!(!agent.output().contains("spec changed"), "{}", agent.output());
     assert_eq!(agent.wait_exit(), 0, "{}", agent.output());
     assert!(agent.output().contains("robot spire-agent: stopped"));
 }

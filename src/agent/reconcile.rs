@@ -188,6 +188,12 @@ impl Reconciler {
     fn prepare_group(&mut self, key: &str, first: &AssignedTask, sup: &mut Supervisor) -> Result<GroupReady, String> {
         for init in &first.spec.init_tasks {
             let name = init_unit_name(key, init);
+            // A robot-scoped daemon is shared: the first group to declare it
+            // decides how it runs, so groups that declare it differently do
+            // not keep replacing each other's process.
+            if init.is_robot_scoped() && sup.view(&name).is_some() {
+                continue;
+            }
             sup.ensure(self.init_unit(first, init, &name));
             if init.daemon {
                 continue;
