@@ -1,7 +1,14 @@
-//! Starting one unit's process: directories, templates, artifacts, log
-//! pipes, user, cgroup, then fork/exec through `std::process::Command` with
-//! the pre-exec hook of `sys` (new session, limits, cgroup join). Every
-//! string and descriptor the child needs is prepared here, before fork.
+//! Starting one unit's process, in three steps:
+//! 1. `prepare` (quick): directories, the user and its groups, templates;
+//! 2. `fetch_artifacts` (maybe slow, so on a worker thread when needed);
+//! 3. `exec` (quick): log pipes, cgroup, then fork/exec through
+//!    `std::process::Command` with the pre-exec hook of `sys` (new session,
+//!    limits, cgroup join, user switch).
+//!
+//! Every string and descriptor the child needs is prepared before fork;
+//! `std::process::Command` builds argv/envp before forking and reports an
+//! exec failure back through a close-on-exec pipe, so `exec` returns only
+//! once the task's program is running.
 
 use super::UnitSpec;
 use crate::agent::artifacts::{self, ArtifactError};
