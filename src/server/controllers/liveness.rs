@@ -32,7 +32,17 @@ pub async fn check(ctx: &Ctx) -> Result<Next, Status> {
         let (ns, name) = (object::namespace(&robot), object::name(&robot));
         match phase(&robot) {
             "Online" => {
-                let silent = ctx.hub.fleet.last_seen(ns, name).elapsed();
+                // The newer of this process's last poll and the persisted
+                // heartbeat (refreshed every offline_after/3): correct also
+                // when robots poll another server replica.
+                let persisted = robot
+                    .get("status")
+                    .and_then(|s| s.get("lastHeartbeatTime"))
+                    .and_then(Value::as_str)
+                    .and_then(time::parse_rfc3339)
+                    .map(|t| std::time::Duration::from_secs((time::now_unix() - t).max(0) as u64));
+                let local = ctx.hub.fleet.last_seen(ns, name).elapsed();
+                let silent = persisted.map_or(local, |p| p.min(local));
                 if silent <= offline_after {
                     continue;
                 }

@@ -302,16 +302,32 @@ impl Ctx {
 /// Start the hub, the worker and the periodic ticks. Returns the hub (for
 /// the agent API) once the cache has its first full view.
 pub async fn run(registry: Registry, fleet: Arc<Fleet>, events: Recorder) -> Arc<Hub> {
-    let (queue, mut rx) = Queue::new();
+    let (hub, work) = start_cache(registry.clone(), fleet).await;
+    start_workers(registry, hub.clone(), work, events);
+    hub
+}
+
+/// The part every server replica runs: the cache (the agent API answers
+/// from it) and the work queue it fills. Returns once the cache holds a full
+/// view.
+pub async fn start_cache(registry: Registry, fleet: Arc<Fleet>) -> (Arc<Hub>, mpsc::UnboundedReceiver<Work>) {
+    let (queue, rx) = Queue::new();
     let hub = Arc::new(Hub {
         cache: Arc::new(Cache::default()),
-        fleet: fleet.clone(),
-        queue: queue.clone(),
+        fleet,
+        queue,
     });
     let (synced_tx, mut synced_rx) = watch::channel(false);
-    tokio::spawn(hub.clone().run(registry.clone(), synced_tx));
+    tokio::spawn(hub.clone().run(registry, synced_tx));
     let _ = synced_rx.wait_for(|s| *s).await;
+    (hub, rx)
+}
 
+/// The part only the leader runs: the reconcile worker and its ticks. (With
+/// one store and one server, that is this process.)
+pub fn start_workers(registry: Registry, hub: Arc<Hub>, mut rx: mpsc::UnboundedReceiver<Work>, events: Recorder) {
+    let queue = hub.queue.clone();
+    let fleet = hub.fleet.clone();
     let ctx = Ctx {
         registry,
         hub: hub.clone(),
@@ -363,5 +379,4 @@ pub async fn run(registry: Registry, fleet: Arc<Fleet>, events: Recorder) -> Arc
             name: object::name(&j).to_string(),
         });
     }
-    hub
 }
