@@ -57,6 +57,15 @@ pub fn is_same_live_process(id: ProcIdentity) -> bool {
     read_stat(id.pid).is_ok_and(|s| s.start_time == id.start_time && s.is_alive())
 }
 
+/// How long a process started `start_time` clock ticks after boot has been
+/// running. /proc counts in USER_HZ, which is 100 on every Linux ABI.
+pub fn age(start_time: u64) -> Option<std::time::Duration> {
+    let uptime = std::fs::read_to_string("/proc/uptime").ok()?;
+    let secs: f64 = uptime.split_whitespace().next()?.parse().ok()?;
+    let started = start_time as f64 / 100.0;
+    Some(std::time::Duration::from_secs_f64((secs - started).max(0.0)))
+}
+
 /// This boot's random id; a saved pid from another boot means nothing.
 pub fn boot_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
@@ -94,5 +103,7 @@ mod tests {
             start_time: stat.start_time + 1
         }));
         assert!(!boot_id().is_empty());
+        // This test process started moments ago (less than an hour, surely).
+        assert!(age(stat.start_time).unwrap() < std::time::Duration::from_secs(3600));
     }
 }

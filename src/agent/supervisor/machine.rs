@@ -116,9 +116,12 @@ pub enum Event {
     Spawned {
         pid: i32,
     },
-    /// A process from a previous agent run, verified alive, taken over.
+    /// A process from a previous agent run, verified alive, taken over;
+    /// `age` is how long it has been running (its timeout counts from its
+    /// start, not from the adoption).
     Adopted {
         pid: i32,
+        age: Duration,
     },
     SpawnFailed(String),
     Exited(Exit),
@@ -193,13 +196,11 @@ impl Machine {
                     deadline: self.timeout.map(|t| now + t),
                 }
             }
-            (Phase::Pending, Event::Adopted { pid }) => {
+            (Phase::Pending, Event::Adopted { pid, age }) => {
                 out.push(Action::Report(format!("adopted running pid {pid}")));
-                // The original start time is unknown to the machine; the
-                // timeout restarts from adoption (documented).
                 Phase::Running {
                     pid,
-                    deadline: self.timeout.map(|t| now + t),
+                    deadline: self.timeout.map(|t| now + t.saturating_sub(age)),
                 }
             }
             (Phase::Pending, Event::SpawnFailed(msg)) => {
@@ -559,6 +560,37 @@ mod tests {
         );
         assert_eq!(backoff(Duration::from_secs(1), 30), MAX_BACKOFF);
         assert_eq!(backoff(Duration::from_secs(90), 3), Duration::from_secs(90));
+    }
+
+    #[test]
+    fn an_adopted_process_keeps_the_timeout_it_started_with() {
+        let now = Instant::now();
+        let mut m = Machine::new(
+            rules(0, 10, false),
+            Some(Duration::from_secs(10)),
+            Duration::from_secs(1),
+        );
+        m.step(
+            Event::Adopted {
+                pid: 4,
+                age: Duration::from_secs(7),
+            },
+            now,
+        );
+        assert_eq!(m.next_deadline(), Some(now + Duration::from_secs(3)));
+        let mut late = Machine::new(
+            rules(0, 10, false),
+            Some(Duration::from_secs(10)),
+            Duration::from_secs(1),
+        );
+        late.step(
+            Event::Adopted {
+                pid: 4,
+                age: Duration::from_secs(60),
+            },
+            now,
+        );
+        assert_eq!(late.next_deadline(), Some(now), "overdue: times out at once");
     }
 
     #[test]

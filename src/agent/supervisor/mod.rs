@@ -410,7 +410,8 @@ impl Supervisor {
                         .iter()
                         .filter_map(|s| logs::reopen_stream(&logs_dir, s, self.log_limits).ok())
                         .collect();
-                    Some(Event::Adopted { pid })
+                    let age = procfs::age(start_time).unwrap_or_default();
+                    Some(Event::Adopted { pid, age })
                 }
                 // It was waiting to (re)start when the agent stopped.
                 _ => Some(Event::Start),
