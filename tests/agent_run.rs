@@ -1047,3 +1047,30 @@ fn tasks_get_the_injected_environment_and_their_own() {
     );
     assert_eq!(out, want);
 }
+
+#[test]
+fn on_shutdown_tasks_stop_before_the_daemons_they_rely_on() {
+    let sb = Sandbox::new();
+    let file = sb.job(&job(
+        "order-stop",
+        "service",
+        r#"    - name: g
+      initTasks:
+        - {name: helper, driver: exec, daemon: true, config: {execConfig: {command: /bin/sleep, args: ["300"]}}}
+      tasks:
+        - name: main
+          driver: exec
+          config: {execConfig: {command: /bin/sh, args: ["-c", "trap 'sleep 0.2; exit 0' TERM; touch $K8S4R_ALLOC_DIR/up; while :; do sleep 0.05; done"]}}
+"#,
+    ));
+    let mut agent = sb.run(&file, &[]);
+    agent.wait_line("g r0 main: running pid");
+    wait_for("the task to be up", T, || {
+        sb.data().join("alloc/order-stop-g/alloc/up").exists().then_some(())
+    });
+    signal(agent.child.id(), "TERM");
+    assert_eq!(agent.wait_exit(), 0, "{}", agent.output());
+    let out = agent.output();
+    let pos = |pat: &str| out.find(pat).unwrap_or_else(|| panic!("missing {pat:?} in:\n{out}"));
+    assert!(pos("g r0 main: stopped") < pos("g helper: stopping"), "{out}");
+}

@@ -105,6 +105,12 @@ pub struct Reconciler {
     failed: BTreeMap<String, String>,
     proxies: BTreeMap<String, ProxyStart>,
     notices: Vec<(String, String)>,
+    /// Per group seen: its task units and its supporting units (init
+    /// daemons, proxy, robot daemons).
+    seen: BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)>,
+    /// Supporting units of removed groups kept until the group's tasks have
+    /// stopped: a task shutting down may still need its proxy or daemon.
+    lingering: BTreeSet<String>,
 }
 
 impl Reconciler {
@@ -114,6 +120,8 @@ impl Reconciler {
             failed: BTreeMap::new(),
             proxies: BTreeMap::new(),
             notices: Vec::new(),
+            seen: BTreeMap::new(),
+            lingering: BTreeSet::new(),
         }
     }
 
@@ -147,23 +155,33 @@ impl Reconciler {
                 }
             }
         }
-        // Forget groups that are no longer desired.
+        // Forget groups that are no longer desired; keep their supporting
+        // units until their tasks are gone.
         let keys: BTreeSet<String> = desired.iter().map(AssignedTask::group_key).collect();
         self.failed.retain(|k, _| keys.contains(k));
         self.proxies.retain(|k, _| keys.contains(k));
+        for t in desired {
+            let (tasks, support) = self.seen.entry(t.group_key()).or_default();
+            tasks.insert(t.name.clone());
+            support.extend(support_units(&t.group_key(), t));
+        }
+        self.lingering.clear();
+        self.seen.retain(|key, (tasks, support)| {
+            let draining = !keys.contains(key) && tasks.iter().any(|n| sup.has_process(n));
+            if draining {
+                self.lingering.extend(support.iter().cloned());
+            }
+            keys.contains(key) || draining
+        });
         recheck
     }
 
     /// Names of every unit the desired set may need; anything else is stopped.
     pub fn wanted(&self, desired: &[AssignedTask]) -> BTreeSet<String> {
-        let mut names = BTreeSet::new();
+        let mut names = self.lingering.clone();
         for t in desired {
-            let key = t.group_key();
             names.insert(t.name.clone());
-            names.insert(format!("{key}-envoy"));
-            for init in &t.spec.init_tasks {
-                names.insert(init_unit_name(&key, init));
-            }
+            names.extend(support_units(&t.group_key(), t));
         }
         names
     }
@@ -550,6 +568,12 @@ fn task_path() -> String {
         .ok()
         .filter(|p| !p.is_empty())
         .unwrap_or_else(|| DEFAULT_PATH.to_string())
+}
+
+/// The units a group's tasks rely on: init tasks (and daemons), the proxy.
+fn support_units<'a>(key: &str, t: &'a AssignedTask) -> impl Iterator<Item = String> + 'a {
+    let key = key.to_string();
+    std::iter::once(format!("{key}-envoy")).chain(t.spec.init_tasks.iter().map(move |i| init_unit_name(&key, i)))
 }
 
 /// `<taskGroup>-<init>` for group init tasks, `robot-<name>` for robot-scoped daemons.
