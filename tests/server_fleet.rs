@@ -434,3 +434,43 @@ fn delete_propagation_orphan_and_foreground() {
     assert!(s.object("tasks", "orph-g-r0-main").is_none() && s.object("tasks", "orph-g-r1-main").is_none());
     assert!(s.object("tasks", "other-g-r0-main").is_some());
 }
+
+#[test]
+fn disconnect_policy_grace_and_no_replace() {
+    let s = Server::start_with(&["--poll-interval", "1s", "--offline-after", "2s"]);
+    let join = s.join_token();
+    let _r1 = Robot::register(&s, &join, "r1", json!({}));
+    let with = |name: &str, disconnect: Value| {
+        let mut g = group("g", 1, None);
+        g["disconnect"] = disconnect;
+        job(name, "service", json!({}), json!([g]))
+    };
+    create(&s, &with("grace", json!({"lostAfter": "1h"})));
+    create(&s, &with("stay", json!({"replace": false})));
+    create(&s, &job("moves", "service", json!({}), json!([group("g", 1, None)])));
+    for j in ["grace", "stay", "moves"] {
+        wait_for("placed on r1", T, || {
+            (target(&s, &format!("{j}-g-r0-main")).as_deref() == Some("r1")).then_some(())
+        });
+    }
+    let mut r2 = Robot::register(&s, &join, "r2", json!({}));
+    // r1 goes silent; r2 keeps polling.
+    wait_for("moves rescheduled to r2", Duration::from_secs(30), || {
+        r2.poll("0s");
+        (target(&s, "moves-g-r0-main").as_deref() == Some("r2")).then_some(())
+    });
+    wait_for("stay's loss counted", T, || {
+        r2.poll("0s");
+        (field(&s, "jobs", "stay", &["status", "failedTasks"]) == 1).then_some(())
+    });
+    assert_eq!(
+        target(&s, "stay-g-r0-main").as_deref(),
+        Some("r1"),
+        "replace: false keeps the lost task where it was"
+    );
+    assert_eq!(field(&s, "tasks", "stay-g-r0-main", &["status", "state"]), "lost");
+    let grace = s.object("tasks", "grace-g-r0-main").unwrap();
+    assert_eq!(grace["status"]["state"], "unknown", "lostAfter: Unknown first: {grace}");
+    assert_eq!(grace["spec"]["targetRobot"], "r1");
+    assert!(grace["metadata"]["annotations"]["robot.k8s4r.io/unknown-since"].is_string());
+}

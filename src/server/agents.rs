@@ -304,6 +304,8 @@ impl Agents {
             let mut body = cur.clone();
             body["status"] = serde_json::to_value(&u.status).map_err(|e| Status::bad_request(e.to_string()))?;
             object::set_annotation(&mut body, ANN_STATUS_SEQ, Some(&u.seq.to_string()));
+            // Heard from again: no longer Unknown.
+            object::set_annotation(&mut body, crate::server::controllers::liveness::ANN_UNKNOWN_SINCE, None);
             let before = cur.get("status").and_then(|s| s.get("state")).cloned();
             match self
                 .registry

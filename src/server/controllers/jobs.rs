@@ -5,6 +5,7 @@
 //! desired objects with the cached ones and writes only differences.
 
 use super::{Ctx, Next};
+use crate::api::placement;
 use crate::api::{
     GroupState, GroupSummary, Job, JobStatus, JobType, ObjectMeta, OwnerReference, TaskGroupSpec, TaskGroupStatus,
     TaskGroupTemplate, TaskSpec, TaskState, API_VERSION,
@@ -33,9 +34,7 @@ pub const ANN_STATUS_SEQ: &str = "robot.k8s4r.io/status-seq";
 /// trigger a retry at once).
 const UNSCHEDULABLE_RETRY: Duration = Duration::from_secs(10);
 
-pub fn task_name(job: &str, group: &str, replica: i32, task: &str) -> String {
-    format!("{job}-{group}-r{replica}-{task}")
-}
+pub use crate::api::placement::task_name;
 
 fn owner(kind: &str, name: &str, uid: &str) -> OwnerReference {
     OwnerReference {
@@ -81,34 +80,19 @@ fn group_spec(job: &str, g: &TaskGroupTemplate) -> TaskGroupSpec {
     }
 }
 
-/// The Task spec of replica `i` of `t`, carrying the group's network,
-/// init tasks and constraints. Placement (targetRobot) is left empty.
-fn task_spec(job: &str, tg_name: &str, g: &TaskGroupTemplate, t: &TaskSpec, i: i32) -> TaskSpec {
-    let mut s = t.clone();
-    s.job_name = Some(job.into());
-    s.task_group_name = Some(tg_name.into());
-    s.replica_index = Some(i);
-    s.target_robot = None;
-    if s.network.is_none() {
-        s.network = g.network.clone();
-    }
-    s.init_tasks = g.init_tasks.clone();
-    s.constraints = g.constraints.clone();
-    if s.restart_policy.is_none() {
-        s.restart_policy = g.restart_policy.clone();
-    }
-    s
-}
-
-/// localPorts the group's Envoy listens on.
+/// Ports the group's Envoy listens on: upstream localPorts (127.0.0.1)
+/// and inbound ports (the robot's network). Both are per-robot resources.
 fn group_ports(g: &TaskGroupTemplate) -> BTreeSet<i64> {
-    let nets = g
-        .network
-        .iter()
-        .chain(g.tasks.iter().filter_map(|t| t.network.as_ref()));
-    nets.filter(|n| n.is_active())
-        .flat_map(|n| n.upstreams.iter().map(|u| u.local_port))
-        .collect()
+    placement::group_network(g.network.as_ref(), &g.tasks)
+        .filter(|n| n.is_active())
+        .map(|n| {
+            n.upstreams
+                .iter()
+                .map(|u| u.local_port)
+                .chain(n.inbound.iter().map(|i| i.port))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn value_ports(v: &Value) -> Vec<i64> {
@@ -120,10 +104,15 @@ fn value_ports(v: &Value) -> Vec<i64> {
     if !active {
         return vec![];
     }
-    net.get("upstreams")
-        .and_then(Value::as_array)
-        .map(|ups| ups.iter().filter_map(|u| u.get("localPort")?.as_i64()).collect())
-        .unwrap_or_default()
+    let ports = |list: &str, field: &str| -> Vec<i64> {
+        net.get(list)
+            .and_then(Value::as_array)
+            .map(|xs| xs.iter().filter_map(|x| x.get(field)?.as_i64()).collect())
+            .unwrap_or_default()
+    };
+    let mut out = ports("upstreams", "localPort");
+    out.extend(ports("inbound", "port"));
+    out
 }
 
 /// Tasks created per store batch.
@@ -304,6 +293,9 @@ fn reschedules(v: &Value) -> i64 {
 /// May a lost replica be placed again? `Err(d)`: not yet, retry after d.
 fn may_reschedule(job: &Job, g: &TaskGroupTemplate, tasks: &[&Arc<Value>]) -> Result<bool, Duration> {
     if job.spec.job_type == JobType::Batch {
+        return Ok(false);
+    }
+    if g.disconnect.as_ref().is_some_and(|d| !d.replace()) {
         return Ok(false);
     }
     let policy = g.reschedule_policy.clone().unwrap_or_default();
@@ -523,7 +515,7 @@ pub async fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<Next, Status> 
             for t in &g.tasks {
                 let tname = task_name(name, &g.name, i, &t.name);
                 desired.insert(tname.clone());
-                let mut spec = task_spec(name, tg_name, g, t, i);
+                let mut spec = placement::place_task(&job, g, t, i);
                 let placement = placements.get(&i);
                 match (existing.get(&tname), placement) {
                     (None, p) => {
@@ -562,6 +554,7 @@ pub async fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<Next, Status> 
                                 Some(&count).filter(|c| *c != "0").map(|c| c.as_str()),
                             );
                             object::set_annotation(&mut body, ANN_STATUS_SEQ, None);
+                            object::set_annotation(&mut body, super::liveness::ANN_UNKNOWN_SINCE, None);
                         }
                         if body != **cur {
                             let w = ctx.registry.replace(&TASKS, ns, &tname, body, Part::All, ALL).await?;

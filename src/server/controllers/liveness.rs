@@ -71,37 +71,56 @@ pub async fn check(ctx: &Ctx) -> Result<Next, Status> {
     Ok(Next::Done)
 }
 
-/// Tasks on an Offline robot that have not finished are Lost.
+/// When a task on an Offline robot was first marked Unknown.
+pub const ANN_UNKNOWN_SINCE: &str = "robot.k8s4r.io/unknown-since";
+
+/// The group's `disconnect.lostAfter`, as carried on the Task.
+fn lost_after(task: &Value) -> Option<std::time::Duration> {
+    let text = task.get("spec")?.get("disconnect")?.get("lostAfter")?.as_str()?;
+    crate::api::Duration::parse(text).ok().filter(|d| !d.is_zero())
+}
+
+/// Tasks on an Offline robot that have not finished become Lost — at once,
+/// or, with a `disconnect.lostAfter`, Unknown first and Lost after it.
 async fn mark_lost(ctx: &Ctx, ns: &str, robot: &str) -> Result<(), Status> {
     for task in ctx.cache().tasks_on_robot(ns, robot) {
         let state = task_state(&task);
         if state.is_terminal() {
             continue;
         }
-        let patch = json!({"status": {
-            "state": "lost",
-            "reason": "RobotOffline",
-            "message": format!("robot {robot} stopped sending heartbeats"),
-            "finishedAt": time::now_rfc3339(),
-        }});
+        let name = object::name(&task);
+        let grace = lost_after(&task);
+        let since = object::annotation(&task, ANN_UNKNOWN_SINCE).and_then(time::parse_rfc3339);
+        let now = time::now_unix();
+        let (patch, part, reason) = match (grace, since) {
+            (Some(g), None) => (
+                json!({
+                    "metadata": {"annotations": {ANN_UNKNOWN_SINCE: time::now_rfc3339()}},
+                    "status": {"state": "unknown", "reason": "RobotOffline",
+                               "message": format!("robot {robot} stopped sending heartbeats; lost after {}s", g.as_secs())},
+                }),
+                Part::All,
+                "TaskUnknown",
+            ),
+            (Some(g), Some(t)) if now - t < g.as_secs() as i64 => continue,
+            _ => (
+                json!({"status": {
+                    "state": "lost",
+                    "reason": "RobotOffline",
+                    "message": format!("robot {robot} stopped sending heartbeats"),
+                    "finishedAt": time::now_rfc3339(),
+                }}),
+                Part::Status,
+                "TaskLost",
+            ),
+        };
         let w = ctx
             .registry
-            .patch(
-                &TASKS,
-                ns,
-                object::name(&task),
-                &patch,
-                Part::Status,
-                WriteOptions::default(),
-            )
+            .patch(&TASKS, ns, name, &patch, part, WriteOptions::default())
             .await?;
         ctx.wrote("tasks", &w.object);
-        ctx.events.record(
-            &w.object,
-            Kind::Warning,
-            "TaskLost",
-            format!("robot {robot} went offline"),
-        );
+        ctx.events
+            .record(&w.object, Kind::Warning, reason, format!("robot {robot} went offline"));
         if let Some(job) = w
             .object
             .get("spec")

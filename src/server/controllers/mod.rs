@@ -9,7 +9,7 @@
 pub mod cache;
 mod gc;
 pub mod jobs;
-mod liveness;
+pub mod liveness;
 
 use crate::server::events::Recorder;
 use crate::server::fleet::Fleet;
