@@ -1074,3 +1074,37 @@ fn on_shutdown_tasks_stop_before_the_daemons_they_rely_on() {
     let pos = |pat: &str| out.find(pat).unwrap_or_else(|| panic!("missing {pat:?} in:\n{out}"));
     assert!(pos("g r0 main: stopped") < pos("g helper: stopping"), "{out}");
 }
+
+#[test]
+fn a_task_that_ended_while_the_agent_was_down_is_reported_and_restarted() {
+    let sb = Sandbox::new();
+    let file = sb.job(&job(
+        "gap",
+        "service",
+        r#"    - name: g
+      count: 2
+      tasks:
+        - {name: t, driver: exec, restartPolicy: {attempts: 1, delay: 10ms}, config: {execConfig: {command: /bin/sleep, args: ["300"]}}}
+"#,
+    ));
+    let mut first = sb.run(&file, &[]);
+    let r0 = first.pid_of("g r0 t: running pid");
+    let r1 = first.pid_of("g r1 t: running pid");
+    wait_for("both pids in the state file", T, || {
+        let state = std::fs::read_to_string(sb.data().join("state.json")).ok()?;
+        (state.contains(&format!("\"pid\": {r0}")) && state.contains(&format!("\"pid\": {r1}"))).then_some(())
+    });
+    signal(first.child.id(), "KILL");
+    first.wait_exit();
+    unsafe_free_kill(r0);
+    wait_for("r0 to be gone", T, || (!alive(r0)).then_some(()));
+
+    let mut second = sb.run(&file, &[]);
+    let line = second.wait_line("g r0 t: exited (exit code unknown");
+    assert!(line.contains("restarting in 10ms (restart 1/1)"), "{line}");
+    let new_r0 = second.pid_of("g r0 t: running pid");
+    assert_ne!(new_r0, r0);
+    assert_eq!(second.pid_of("g r1 t: adopted running pid"), r1);
+    signal(second.child.id(), "TERM");
+    assert_eq!(second.wait_exit(), 0, "{}", second.output());
+}

@@ -578,10 +578,15 @@ impl Supervisor {
         }
     }
 
-    /// Wait for something to happen (a signal, log output, an adopted
-    /// process ending, a check result) or for the next deadline, at most
-    /// until `until`; then handle it all. Persists state if it changed.
+    /// Persist the state if it changed, then wait for something to happen
+    /// (a signal, log output, an adopted process ending, a check result) or
+    /// for the next deadline, at most until `until`; then handle it all.
     pub fn run_once(&mut self, until: Option<Instant>) -> Result<(), SupervisorError> {
+        // Persist before sleeping, not after waking: everything that changed
+        // since the last wait (events handled, and the caller's ensure/stop
+        // calls) is on disk in one write while the agent idles, so a kill -9
+        // at any idle moment finds the state current.
+        self.save()?;
         let now = Instant::now();
         let deadline = self.next_deadline().into_iter().chain(until).min();
         let timeout = deadline.map(|d| d.saturating_duration_since(now));
@@ -593,7 +598,7 @@ impl Supervisor {
         self.collect_fetches();
         self.fire_deadlines();
         self.run_due_checks();
-        self.save()
+        Ok(())
     }
 
     fn next_deadline(&self) -> Option<Instant> {
