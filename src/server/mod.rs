@@ -48,6 +48,9 @@ OPTIONS:
     --max-poll-rate N        Target agent polls per second; the interval grows with the fleet [default: 500]
     --watch-history N        Changes kept for resuming watches [default: 10000]
     --log-level LEVEL        off, error, warn, info, debug, trace [default: info]
+    --admin-token-file FILE  Require this bearer token for the Kubernetes API and
+                             join tokens [default: open API]. kubectl sends tokens
+                             only over https: put a TLS-terminating proxy in front.
     -h, --help               Print help
 
 Prints `listening on http://ADDR` once it accepts connections. Use it with
@@ -58,6 +61,8 @@ kubectl: kubectl --server http://ADDR get jobs
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: String,
+    /// File holding the operator bearer token; None: the API is open.
+    pub admin_token_file: Option<PathBuf>,
     pub data: PathBuf,
     pub fleet: fleet::FleetConfig,
     pub watch_history: usize,
@@ -67,6 +72,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: "127.0.0.1:7443".into(),
+            admin_token_file: None,
             data: PathBuf::from("k8s4r-data"),
             fleet: fleet::FleetConfig::default(),
             watch_history: 10_000,
@@ -88,6 +94,7 @@ pub fn cmd_server(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
             Long("log-level") => level = logging::parse_level(&parser.value()?.string()?)?,
             Long("listen") => cfg.listen = parser.value()?.string()?,
             Long("data") => cfg.data = parser.value()?.into(),
+            Long("admin-token-file") => cfg.admin_token_file = Some(parser.value()?.into()),
             Long("poll-interval") => cfg.fleet.poll_interval = duration_arg(parser, "--poll-interval")?,
             Long("offline-after") => cfg.fleet.offline_after = Some(duration_arg(parser, "--offline-after")?),
             Long("max-poll-rate") => cfg.fleet.max_poll_rate = parser.value()?.parse()?,
@@ -132,6 +139,7 @@ pub fn raise_fd_limit() {
 pub enum ServeError {
     Store(store::sqlite::OpenError),
     Bind(String, std::io::Error),
+    AdminToken(PathBuf, String),
     Serve(std::io::Error),
 }
 
@@ -140,6 +148,7 @@ impl std::fmt::Display for ServeError {
         match self {
             ServeError::Store(e) => write!(f, "opening the store: {e}"),
             ServeError::Bind(a, e) => write!(f, "listening on {a}: {e}"),
+            ServeError::AdminToken(p, e) => write!(f, "reading the admin token {}: {e}", p.display()),
             ServeError::Serve(e) => write!(f, "serving: {e}"),
         }
     }
@@ -149,6 +158,20 @@ impl std::error::Error for ServeError {}
 
 /// Open the store, start the controllers, serve until SIGINT/SIGTERM.
 pub async fn serve(cfg: Config) -> Result<(), ServeError> {
+    let admin_token_hash = match &cfg.admin_token_file {
+        None => None,
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| ServeError::AdminToken(p.clone(), e.to_string()))?;
+            let token = text.trim();
+            if token.len() < 16 {
+                return Err(ServeError::AdminToken(
+                    p.clone(),
+                    "the token must be at least 16 characters".into(),
+                ));
+            }
+            Some(tokens::hash(token))
+        }
+    };
     let store: Arc<dyn store::Store> =
         Arc::new(store::sqlite::SqliteStore::open(&cfg.data, cfg.watch_history).map_err(ServeError::Store)?);
     let registry = registry::Registry::new(store.clone());
@@ -160,6 +183,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     let recorder = events::Recorder::start(event_store.clone());
     let hub = controllers::run(registry.clone(), fleet, recorder.clone()).await;
     let app = Arc::new(http::App {
+        admin_token_hash,
         registry: registry.clone(),
         events: event_store,
         agents: agents::Agents {
@@ -175,6 +199,9 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     let addr: SocketAddr = listener
         .local_addr()
         .map_err(|e| ServeError::Bind(cfg.listen.clone(), e))?;
+    if cfg.admin_token_file.is_none() && !addr.ip().is_loopback() {
+        log::warn!("the API on {addr} is open to anyone who can reach it; use --admin-token-file");
+    }
     println!("listening on http://{addr}");
     eprintln!(
         "k8s4r server: data in {}, kubectl --server http://{addr}",
@@ -205,10 +232,11 @@ const TOKEN_USAGE: &str = "\
 k8s4r token create — make a join token for robots
 
 USAGE:
-    k8s4r token create [--server URL] [--ttl DUR]
+    k8s4r token create [--server URL] [--ttl DUR] [--token-file FILE]
 
-    --server URL   Control plane [default: http://127.0.0.1:7443]
-    --ttl DUR      Lifetime of the token [default: 24h]
+    --server URL        Control plane [default: http://127.0.0.1:7443]
+    --ttl DUR           Lifetime of the token [default: 24h]
+    --token-file FILE   The operator token, if the server requires one
 
 Prints the token as the last line of its output.
 ";
@@ -218,9 +246,15 @@ pub fn cmd_token(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
     let mut server = "http://127.0.0.1:7443".to_string();
     let mut ttl = Duration::from_secs(86_400);
     let mut sub = None;
+    let mut admin = None;
     while let Some(arg) = parser.next()? {
         match arg {
             Long("server") => server = parser.value()?.string()?,
+            Long("token-file") => {
+                let p: PathBuf = parser.value()?.into();
+                let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+                admin = Some(text.trim().to_string());
+            }
             Long("ttl") => ttl = duration_arg(parser, "--ttl")?,
             Short('h') | Long("help") => {
                 print!("{TOKEN_USAGE}");
@@ -236,10 +270,11 @@ pub fn cmd_token(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
     }
     let url = format!("{}/agent/v1/jointokens", server.trim_end_matches('/'));
     let body = serde_json::json!({"ttlSeconds": ttl.as_secs()}).to_string();
-    let reply = ureq::post(&url)
-        .header("Content-Type", "application/json")
-        .send(body.as_str())
-        .and_then(|mut r| r.body_mut().read_to_string());
+    let mut req = ureq::post(&url).header("Content-Type", "application/json");
+    if let Some(t) = &admin {
+        req = req.header("Authorization", &format!("Bearer {t}"));
+    }
+    let reply = req.send(body.as_str()).and_then(|mut r| r.body_mut().read_to_string());
     match reply {
         Ok(text) => match serde_json::from_str::<crate::api::agent_protocol::JoinToken>(&text) {
             Ok(t) => {

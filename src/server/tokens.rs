@@ -17,7 +17,7 @@ pub fn hash(secret: &str) -> String {
 }
 
 /// Compare two hashes without an early exit.
-fn same(a: &str, b: &str) -> bool {
+pub fn same(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

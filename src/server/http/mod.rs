@@ -25,6 +25,9 @@ use std::sync::Arc;
 
 /// Everything the handlers need.
 pub struct App {
+    /// SHA-256 of the operator token; when set, the Kubernetes API and
+    /// join-token creation need `Authorization: Bearer <token>`.
+    pub admin_token_hash: Option<String>,
     pub registry: Registry,
     /// Where Events are kept (`/api/v1/namespaces/{ns}/events`).
     pub events: Arc<dyn crate::server::store::Store>,
@@ -83,8 +86,45 @@ pub fn router(app: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), require_admin))
         .layer(axum::middleware::from_fn(reject_oversized))
         .with_state(app)
+}
+
+/// Paths open without the operator token: health, version (kubectl's
+/// dispatcher asks before it sends credentials) and the robots' own API
+/// (robot tokens).
+fn is_open(path: &str) -> bool {
+    matches!(path, "/version" | "/healthz" | "/readyz" | "/agent/v1/register")
+        || (path.starts_with("/agent/v1/robots/"))
+}
+
+/// With an operator token configured, every other request must carry it.
+async fn require_admin(
+    axum::extract::State(app): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(want) = &app.admin_token_hash else {
+        return next.run(req).await;
+    };
+    if is_open(req.uri().path()) {
+        return next.run(req).await;
+    }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| crate::server::tokens::hash(t.trim()));
+    match given {
+        Some(h) if crate::server::tokens::same(&h, want) => next.run(req).await,
+        Some(_) => Status::unauthorized("the bearer token is not the operator token").into_response(),
+        None => Status::unauthorized(
+            "this server needs Authorization: Bearer <operator token> (kubectl sends it only over https)",
+        )
+        .into_response(),
+    }
 }
 
 /// Refuse a body whose declared length is over the limit before reading
