@@ -419,12 +419,24 @@ impl Registry {
             Propagation::Orphan => self.orphan_dependents(ns, &uid).await?,
             Propagation::Foreground => Box::pin(self.delete_dependents(ns, &uid)).await?,
         }
-        let deleted = self
-            .store
-            .delete(&current.key, Some(current.revision))
-            .await
-            .map_err(|e| Self::map_err(res, name, e))?;
-        Ok(deleted.value)
+        // Without a resourceVersion precondition, a concurrent status write
+        // (controllers, agents) must not fail the delete: retry on the
+        // latest version of the same object (same uid).
+        let mut current = current;
+        for _ in 0..10 {
+            match self.store.delete(&current.key, Some(current.revision)).await {
+                Ok(deleted) => return Ok(deleted.value),
+                Err(StoreError::Conflict { .. }) if opts.resource_version.is_none() => {
+                    let latest = self.get_stored(res, ns, name).await?;
+                    if object::uid(&latest.value) != uid {
+                        return Err(Status::conflict(res.subject(name)));
+                    }
+                    current = latest;
+                }
+                Err(e) => return Err(Self::map_err(res, name, e)),
+            }
+        }
+        Err(Status::conflict(res.subject(name)))
     }
 
     /// Objects in `ns` owned by `uid`.
@@ -463,18 +475,31 @@ impl Registry {
 
     async fn orphan_dependents(&self, ns: &str, uid: &str) -> Result<(), Status> {
         for dep in self.dependents(ns, uid).await? {
-            let mut v = dep.value.clone();
-            if let Some(m) = object::meta_mut(&mut v) {
-                if let Some(refs) = m.get_mut("ownerReferences").and_then(Value::as_array_mut) {
-                    refs.retain(|r| r.get("uid").and_then(Value::as_str) != Some(uid));
-                    if refs.is_empty() {
-                        m.remove("ownerReferences");
+            // Controllers may write the dependent meanwhile: retry on races.
+            let mut current = Some(dep);
+            for _ in 0..10 {
+                let Some(cur) = current.take() else { break };
+                let mut v = cur.value.clone();
+                if let Some(m) = object::meta_mut(&mut v) {
+                    if let Some(refs) = m.get_mut("ownerReferences").and_then(Value::as_array_mut) {
+                        refs.retain(|r| r.get("uid").and_then(Value::as_str) != Some(uid));
+                        if refs.is_empty() {
+                            m.remove("ownerReferences");
+                        }
                     }
                 }
+                match self.store.update(&cur.key, v, Some(cur.revision)).await {
+                    Ok(_) | Err(StoreError::NotFound(_)) => {}
+                    Err(StoreError::Conflict { .. }) => current = self.store.get(&cur.key).await?,
+                    Err(e) => return Err(e.into()),
+                }
             }
-            match self.store.update(&dep.key, v, Some(dep.revision)).await {
-                Ok(_) | Err(StoreError::NotFound(_)) => {}
-                Err(e) => return Err(e.into()),
+            if current.is_some() {
+                return Err(Status::new(
+                    409,
+                    "Conflict",
+                    "the dependents kept changing; retry the delete",
+                ));
             }
         }
         Ok(())
