@@ -308,7 +308,7 @@ impl Reconciler {
                 p.ready = true;
                 self.notices.push((key.to_string(), "proxy ready".into()));
             } else if p.since.elapsed() > PROXY_READY_TIMEOUT {
-                let state = sup.view(&name).map(|v| format!("{:?}", v.phase)).unwrap_or_default();
+                let state = sup.view(&name).map(|v| v.phase.to_string()).unwrap_or_default();
                 return Err(format!("proxy not ready after {PROXY_READY_TIMEOUT:?} ({state})"));
             } else {
                 return Ok(GroupReady::NotYet(Some(Instant::now() + PROXY_READY_POLL)));

@@ -97,6 +97,21 @@ pub enum Phase {
     Stopped,
 }
 
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Phase::Pending => f.write_str("not started"),
+            Phase::Running { pid, .. } => write!(f, "running (pid {pid})"),
+            Phase::Stopping { pid, .. } => write!(f, "stopping (pid {pid})"),
+            Phase::Killing { pid, .. } => write!(f, "being killed (pid {pid})"),
+            Phase::Backoff { .. } => f.write_str("waiting to restart"),
+            Phase::Completed => f.write_str("completed"),
+            Phase::Failed { reason } => write!(f, "failed: {reason}"),
+            Phase::Stopped => f.write_str("stopped"),
+        }
+    }
+}
+
 impl Phase {
     pub fn pid(&self) -> Option<i32> {
         match self {
