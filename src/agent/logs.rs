@@ -298,12 +298,27 @@ fn stream_files(logs_dir: &Path, stream: &str) -> Vec<PathBuf> {
 /// The last `lines` lines of a stream across its rotated files (all of it
 /// when `lines` is None).
 pub fn read_tail(logs_dir: &Path, stream: &str, lines: Option<usize>) -> Vec<u8> {
+    read_tail_and_current(logs_dir, stream, lines).0
+}
+
+/// [`read_tail`], plus the current file positioned right after what was
+/// read, for [`follow`] to continue from without a gap.
+pub fn read_tail_and_current(logs_dir: &Path, stream: &str, lines: Option<usize>) -> (Vec<u8>, Option<File>) {
     let mut all = Vec::new();
+    let mut current = None;
+    let current_path = logs_dir.join(stream);
     for f in stream_files(logs_dir, stream) {
-        if let Ok(mut file) = File::open(f) {
+        if let Ok(mut file) = File::open(&f) {
             let _ = file.read_to_end(&mut all);
+            if f == current_path {
+                current = Some(file);
+            }
         }
     }
+    (last_lines(all, lines), current)
+}
+
+fn last_lines(all: Vec<u8>, lines: Option<usize>) -> Vec<u8> {
     match lines {
         None => all,
         Some(n) => {
@@ -326,10 +341,17 @@ pub fn read_tail(logs_dir: &Path, stream: &str, lines: Option<usize>) -> Vec<u8>
 
 /// Print new output of the current file forever, following rotations (a
 /// short sleep between checks: this is a user command, not the agent).
-pub fn follow(logs_dir: &Path, stream: &str, out: &mut dyn Write) -> io::Result<()> {
+/// Starts from `from` (see [`read_tail_and_current`]), else at the end.
+pub fn follow(logs_dir: &Path, stream: &str, from: Option<File>, out: &mut dyn Write) -> io::Result<()> {
     let path = logs_dir.join(stream);
-    let mut file = File::open(&path)?;
-    file.seek(SeekFrom::End(0))?;
+    let mut file = match from {
+        Some(f) => f,
+        None => {
+            let mut f = File::open(&path)?;
+            f.seek(SeekFrom::End(0))?;
+            f
+        }
+    };
     let mut ino = file.metadata()?.ino();
     let mut buf = vec![0u8; 64 * 1024];
     loop {

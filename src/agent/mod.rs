@@ -274,10 +274,11 @@ pub fn cmd_logs(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
     };
     let mut out = std::io::stdout().lock();
     use std::io::Write;
-    let _ = out.write_all(&logs::read_tail(&dir, stream, tail));
+    let (text, current) = logs::read_tail_and_current(&dir, stream, tail);
+    let _ = out.write_all(&text);
     let _ = out.flush();
     if follow {
-        if let Err(e) = logs::follow(&dir, stream, &mut out) {
+        if let Err(e) = logs::follow(&dir, stream, current, &mut out) {
             if e.kind() != std::io::ErrorKind::BrokenPipe {
                 eprintln!("error: {}: {e}", dir.display());
                 return Ok(1);
