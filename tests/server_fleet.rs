@@ -474,3 +474,35 @@ fn disconnect_policy_grace_and_no_replace() {
     assert_eq!(grace["spec"]["targetRobot"], "r1");
     assert!(grace["metadata"]["annotations"]["robot.k8s4r.io/unknown-since"].is_string());
 }
+
+#[test]
+fn deleting_a_robot_moves_its_service_tasks() {
+    let s = Server::start();
+    let join = s.join_token();
+    let r1 = Robot::register(&s, &join, "r1", json!({}));
+    create(&s, &job("svc", "service", json!({}), json!([group("g", 1, None)])));
+    wait_for("placed on r1", T, || {
+        (target(&s, "svc-g-r0-main").as_deref() == Some("r1")).then_some(())
+    });
+    let mut r2 = Robot::register(&s, &join, "r2", json!({}));
+    let d = s.send_json(
+        "DELETE",
+        "/apis/robot.k8s4r.io/v1alpha1/namespaces/default/robots/r1",
+        &json!({}),
+    );
+    assert_eq!(d.status, 200);
+    wait_for("svc moved to r2", T, || {
+        (target(&s, "svc-g-r0-main").as_deref() == Some("r2")).then_some(())
+    });
+    assert_eq!(r2.task_names(), ["svc-g-r0-main"]);
+    // The deleted robot's agent is told to register again.
+    let r = s.request(
+        "GET",
+        "/agent/v1/robots/r1/assignments?since=0&wait=0s",
+        "",
+        None,
+        &[("Authorization", &r1.auth())],
+    );
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert!(r.body.contains("register again"));
+}

@@ -68,7 +68,74 @@ pub async fn check(ctx: &Ctx) -> Result<Next, Status> {
             _ => {}
         }
     }
+    deleted_robots(ctx).await?;
     Ok(Next::Done)
+}
+
+/// Unfinished tasks placed on a Robot that no longer exists are Lost (the
+/// job reconciler then reschedules those of service jobs).
+async fn deleted_robots(ctx: &Ctx) -> Result<(), Status> {
+    let robots: std::collections::HashSet<(String, String)> = ctx
+        .cache()
+        .list("robots", None)
+        .iter()
+        .map(|r| (object::namespace(r).to_string(), object::name(r).to_string()))
+        .collect();
+    for task in ctx.cache().list("tasks", None) {
+        let Some(robot) = task
+            .get("spec")
+            .and_then(|s| s.get("targetRobot"))
+            .and_then(Value::as_str)
+        else {
+            continue;
+        };
+        let ns = object::namespace(&task);
+        if robot.is_empty() || robots.contains(&(ns.to_string(), robot.to_string())) || task_state(&task).is_terminal()
+        {
+            continue;
+        }
+        let patch = json!({"status": {
+            "state": "lost",
+            "reason": "RobotDeleted",
+            "message": format!("robot {robot} was deleted"),
+            "finishedAt": time::now_rfc3339(),
+        }});
+        let w = match ctx
+            .registry
+            .patch(
+                &TASKS,
+                ns,
+                object::name(&task),
+                &patch,
+                Part::Status,
+                WriteOptions::default(),
+            )
+            .await
+        {
+            Ok(w) => w,
+            Err(e) if e.code == 404 => continue,
+            Err(e) => return Err(e),
+        };
+        ctx.wrote("tasks", &w.object);
+        ctx.events.record(
+            &w.object,
+            Kind::Warning,
+            "TaskLost",
+            format!("robot {robot} was deleted"),
+        );
+        if let Some(job) = w
+            .object
+            .get("spec")
+            .and_then(|s| s.get("jobName"))
+            .and_then(Value::as_str)
+        {
+            ctx.hub.queue.add(Work::Job {
+                namespace: ns.to_string(),
+                name: job.to_string(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// When a task on an Offline robot was first marked Unknown.
