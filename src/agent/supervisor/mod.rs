@@ -521,6 +521,14 @@ impl Supervisor {
                             let _ = pump.drain();
                         }
                         unit.pumps.clear();
+                        if let Some(user) = unit.spec.user.as_deref().filter(|_| !self.is_root) {
+                            let message = format!("runs as the agent's user: switching to {user:?} needs root");
+                            self.changes.push(Change {
+                                unit: name.to_string(),
+                                label: unit.spec.label.clone(),
+                                message,
+                            });
+                        }
                         match spawn::prepare(&unit.spec, &ctx) {
                             Err(e) => queue.push_back(Event::SpawnFailed(e.to_string())),
                             Ok(prepared) if unit.spec.artifacts.is_empty() => {
