@@ -216,10 +216,6 @@ impl Cache {
         self.read().uids.contains_key(uid)
     }
 
-    /// Namespaces that hold robots or jobs.
-    pub fn count(&self, resource: &str) -> usize {
-        self.read().objects.get(resource).map_or(0, BTreeMap::len)
-    }
 }
 
 #[cfg(test)]
