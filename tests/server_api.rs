@@ -510,3 +510,24 @@ fn operator_token_guards_the_api() {
     );
     assert_eq!(listed.json()["items"][0]["metadata"]["name"], "r1");
 }
+
+#[test]
+fn acknowledged_writes_survive_a_crash() {
+    let mut s = Server::start();
+    let mut rvs = Vec::new();
+    for i in 0..20 {
+        let r = s.send_json("POST", &robots(), &robot(&format!("c{i}"), json!({})));
+        assert_eq!(r.status, 201);
+        rvs.push(r.json()["metadata"]["resourceVersion"].as_str().unwrap().to_string());
+    }
+    s.crash_and_restart();
+    let list = s.list("robots", "");
+    assert_eq!(
+        list["items"].as_array().unwrap().len(),
+        20,
+        "every acknowledged create is still there"
+    );
+    let last: u64 = rvs.last().unwrap().parse().unwrap();
+    let now: u64 = list["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap();
+    assert!(now >= last);
+}

@@ -136,6 +136,18 @@ impl Server {
         }
     }
 
+    /// SIGKILL the server (no shutdown at all) and start it again on the
+    /// same data directory.
+    pub fn crash_and_restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let (child, base) = spawn(self.data.path(), &self.args);
+        self.child = Some(child);
+        self.base = base;
+    }
+
     /// Stop and start again on the same data directory (new port).
     pub fn restart(&mut self) {
         self.stop();
