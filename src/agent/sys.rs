@@ -33,7 +33,8 @@ pub struct Credentials {
 }
 
 /// Install the pre-exec hook on `cmd`: new session (so the task is its own
-/// process group and `kill(-pgid)` reaches its whole tree), limits, cgroup.
+/// process group and `kill(-pgid)` reaches its whole tree), limits, cgroup,
+/// then the task's user, last.
 pub fn install_child_setup(cmd: &mut Command, setup: ChildSetup) {
     let ChildSetup {
         cgroup_procs,
@@ -42,11 +43,11 @@ pub fn install_child_setup(cmd: &mut Command, setup: ChildSetup) {
     } = setup;
     // SAFETY: the closure runs in the forked child before exec. It only
     // calls setsid, setrlimit, write, setgroups, setgid and setuid through
-    // rustix, which are direct
-    // system calls (async-signal-safe: no allocation, no locks). Its captured
-    // data (an OwnedFd and a Vec) was allocated by the parent before fork and
-    // is only read here. Errors are returned as io::Error values built from a
-    // raw errno (no allocation) and std reports them to the parent.
+    // rustix, which are direct system calls (async-signal-safe: no
+    // allocation, no locks). Its captured data (a descriptor, the limits and
+    // the credentials) was allocated by the parent before fork and is only
+    // read here. Errors become io::Error values built from a raw errno (no
+    // allocation), which std reports to the parent.
     unsafe {
         cmd.pre_exec(move || {
             rustix::process::setsid()?;
