@@ -215,7 +215,6 @@ impl Cache {
     pub fn uid_exists(&self, uid: &str) -> bool {
         self.read().uids.contains_key(uid)
     }
-
 }
 
 #[cfg(test)]

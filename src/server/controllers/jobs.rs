@@ -7,8 +7,7 @@
 use super::{Ctx, Next};
 use crate::api::placement;
 use crate::api::{
-    GroupState, GroupSummary, Job, JobStatus, JobType, ObjectMeta, OwnerReference, TaskGroupSpec, TaskGroupStatus,
-    TaskGroupTemplate, TaskSpec, TaskState, API_VERSION,
+    Job, JobType, ObjectMeta, OwnerReference, TaskGroupSpec, TaskGroupTemplate, TaskSpec, TaskState, API_VERSION,
 };
 use crate::server::events::Kind;
 use crate::server::object;
@@ -18,7 +17,7 @@ use crate::server::scheduler::{self, RobotInfo};
 use crate::server::status::Status;
 use crate::server::time;
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,41 +79,6 @@ fn group_spec(job: &str, g: &TaskGroupTemplate) -> TaskGroupSpec {
     }
 }
 
-/// Ports the group's Envoy listens on: upstream localPorts (127.0.0.1)
-/// and inbound ports (the robot's network). Both are per-robot resources.
-fn group_ports(g: &TaskGroupTemplate) -> BTreeSet<i64> {
-    placement::group_network(g.network.as_ref(), &g.tasks)
-        .filter(|n| n.is_active())
-        .map(|n| {
-            n.upstreams
-                .iter()
-                .map(|u| u.local_port)
-                .chain(n.inbound.iter().map(|i| i.port))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn value_ports(v: &Value) -> Vec<i64> {
-    let Some(net) = v.get("spec").and_then(|s| s.get("network")) else {
-        return vec![];
-    };
-    let active = net.get("enabled").and_then(Value::as_bool).unwrap_or(true)
-        && net.get("type").and_then(Value::as_str).unwrap_or("envoy") == "envoy";
-    if !active {
-        return vec![];
-    }
-    let ports = |list: &str, field: &str| -> Vec<i64> {
-        net.get(list)
-            .and_then(Value::as_array)
-            .map(|xs| xs.iter().filter_map(|x| x.get(field)?.as_i64()).collect())
-            .unwrap_or_default()
-    };
-    let mut out = ports("upstreams", "localPort");
-    out.extend(ports("inbound", "port"));
-    out
-}
-
 /// Tasks created per store batch.
 const CREATE_BATCH: usize = 256;
 
@@ -165,123 +129,6 @@ fn record_placement(ctx: &Ctx, task: &Value, p: Option<&Result<String, String>>,
         (Some(Err(why)), _) => ctx.events.record(task, Kind::Warning, "FailedScheduling", why.clone()),
         (None, _) => {}
     }
-}
-
-/// (milli-cores, bytes) a Task object requests.
-fn value_requests(v: &Value) -> (i128, i128) {
-    let res = v.get("spec").and_then(|s| s.get("resources"));
-    let q = |f: &str| -> Option<crate::api::Quantity> { serde_json::from_value(res?.get(f)?.clone()).ok() };
-    (
-        q("cpu").and_then(|c| c.milli()).unwrap_or(0),
-        q("memory").and_then(|m| m.units_ceil()).unwrap_or(0),
-    )
-}
-
-/// (milli-cores, bytes) one replica of `g` requests.
-fn group_requests(g: &TaskGroupTemplate) -> (i128, i128) {
-    g.tasks
-        .iter()
-        .filter_map(|t| t.resources.as_ref())
-        .fold((0, 0), |(c, m), r| {
-            (
-                c + r.cpu.as_ref().and_then(|q| q.milli()).unwrap_or(0),
-                m + r.memory.as_ref().and_then(|q| q.units_ceil()).unwrap_or(0),
-            )
-        })
-}
-
-fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, String>, depth: usize) {
-    match v {
-        Value::Object(m) if depth < 4 => {
-            for (k, x) in m {
-                let key = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                flatten(&key, x, out, depth + 1);
-            }
-        }
-        Value::String(s) => {
-            out.insert(prefix.to_string(), s.clone());
-        }
-        Value::Number(_) | Value::Bool(_) => {
-            out.insert(prefix.to_string(), v.to_string());
-        }
-        _ => {}
-    }
-}
-
-fn string_map(v: Option<&Value>) -> BTreeMap<String, String> {
-    v.and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, x)| Some((k.clone(), x.as_str()?.to_string())))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// The robots of `ns` with what is already placed on them.
-fn snapshot(ctx: &Ctx, ns: &str) -> Vec<RobotInfo> {
-    let mut robots: Vec<RobotInfo> = ctx
-        .cache()
-        .list("robots", Some(ns))
-        .iter()
-        .map(|r| {
-            let mut labels = string_map(r.get("metadata").and_then(|m| m.get("labels")));
-            labels.extend(string_map(r.get("spec").and_then(|s| s.get("labels"))));
-            let mut attrs = BTreeMap::new();
-            if let Some(d) = r.get("status").and_then(|s| s.get("deviceInfo")) {
-                flatten("", d, &mut attrs, 0);
-            }
-            let device = r.get("status").and_then(|s| s.get("deviceInfo"));
-            let num = |path: &[&str]| -> Option<i128> {
-                let mut v = device?;
-                for p in path {
-                    v = v.get(*p)?;
-                }
-                v.as_u64().map(i128::from)
-            };
-            RobotInfo {
-                name: object::name(r).to_string(),
-                online: r.get("status").and_then(|s| s.get("phase")).and_then(Value::as_str) == Some("Online"),
-                labels,
-                attrs,
-                cpu_capacity: num(&["cpu", "logicalCores"]).map(|c| c * 1000),
-                memory_capacity: num(&["memory", "total"]),
-                ..Default::default()
-            }
-        })
-        .collect();
-    let index: HashMap<String, usize> = robots.iter().enumerate().map(|(i, r)| (r.name.clone(), i)).collect();
-    let mut seen = HashSet::new();
-    for t in ctx.cache().list("tasks", Some(ns)) {
-        let Some(&i) = spec_str(&t, "targetRobot").and_then(|r| index.get(r)) else {
-            continue;
-        };
-        if task_state(&t).is_terminal() {
-            continue;
-        }
-        let group = format!("{ns}/{}", spec_str(&t, "taskGroupName").unwrap_or(""));
-        let replica = t
-            .get("spec")
-            .and_then(|s| s.get("replicaIndex"))
-            .and_then(Value::as_i64)
-            .unwrap_or(0);
-        let r = &mut robots[i];
-        r.load += 1;
-        let (cpu, memory) = value_requests(&t);
-        r.cpu_used += cpu;
-        r.memory_used += memory;
-        for p in value_ports(&t) {
-            r.ports.insert(p, group.clone());
-        }
-        if seen.insert((group.clone(), replica)) {
-            *r.replicas.entry(group).or_default() += 1;
-        }
-    }
-    robots
 }
 
 fn reschedules(v: &Value) -> i64 {
@@ -362,7 +209,7 @@ fn task_object(
     )
 }
 
-const ALL: WriteOptions = WriteOptions {
+pub(super) const ALL: WriteOptions = WriteOptions {
     validation: crate::server::admission::FieldValidation::Ignore,
     dry_run: false,
 };
@@ -487,15 +334,15 @@ pub async fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<Next, Status> 
         let mut placements: HashMap<i32, Result<String, String>> = HashMap::new();
         if !need.is_empty() {
             // A partly existing replica keeps its robot when that still works.
-            let robots = robots.get_or_insert_with(|| snapshot(ctx, ns));
-            let (cpu, memory) = group_requests(g);
+            let robots = robots.get_or_insert_with(|| super::snapshot::snapshot(ctx, ns));
+            let (cpu, memory) = super::snapshot::group_requests(g);
             let req = scheduler::Request {
                 cpu,
                 memory,
                 group: format!("{ns}/{tg_name}"),
                 selector: job.spec.robot_selector.as_ref(),
                 constraints: &g.constraints,
-                ports: group_ports(g),
+                ports: super::snapshot::group_ports(g),
                 tasks: g.tasks.len() as u32,
             };
             let (placed, why) = scheduler::place(&req, robots, need.len());
@@ -596,194 +443,9 @@ pub async fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<Next, Status> 
     if created > 0 {
         log::info!("job {ns}/{name}: created {created} tasks in {:?}", started.elapsed());
     }
-    update_status(ctx, ns, name, &job, &job_v, &groups, unschedulable.as_deref()).await?;
+    super::status::update_status(ctx, ns, name, &job, &job_v, &groups, unschedulable.as_deref()).await?;
     if unschedulable.is_some() && next == Next::Done {
         next = Next::RequeueAfter(UNSCHEDULABLE_RETRY);
     }
     Ok(next)
-}
-
-#[derive(Default)]
-struct Counts {
-    total: i32,
-    pending: i32,
-    starting: i32,
-    running: i32,
-    succeeded: i32,
-    failed: i32,
-    lost: i32,
-}
-
-impl Counts {
-    fn add(&mut self, s: TaskState) {
-        self.total += 1;
-        match s {
-            TaskState::Running => self.running += 1,
-            TaskState::Completed => self.succeeded += 1,
-            TaskState::Failed => self.failed += 1,
-            TaskState::Lost => self.lost += 1,
-            TaskState::Scheduled | TaskState::Starting => self.starting += 1,
-            TaskState::Pending | TaskState::Unknown => self.pending += 1,
-        }
-    }
-
-    /// Lost tasks count as failed once they will not be rescheduled; for
-    /// the summary counts they are failed either way.
-    fn failed_total(&self) -> i32 {
-        self.failed + self.lost
-    }
-
-    fn state(&self, batch: bool) -> GroupState {
-        let unfinished = self.pending + self.starting + self.running;
-        if self.total == 0 {
-            GroupState::Pending
-        } else if self.running > 0 {
-            GroupState::Running
-        } else if self.succeeded == self.total {
-            GroupState::Completed
-        } else if unfinished == 0 && (batch || self.failed_total() > 0) {
-            if self.failed_total() > 0 {
-                GroupState::Failed
-            } else {
-                GroupState::Completed
-            }
-        } else if self.starting > 0 {
-            GroupState::Scheduled
-        } else {
-            GroupState::Pending
-        }
-    }
-
-    fn describe(&self) -> String {
-        format!(
-            "{}/{} running, {} succeeded, {} failed, {} pending",
-            self.running,
-            self.total,
-            self.succeeded,
-            self.failed_total(),
-            self.pending + self.starting
-        )
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn update_status(
-    ctx: &Ctx,
-    ns: &str,
-    name: &str,
-    job: &Job,
-    job_v: &Value,
-    groups: &[(&TaskGroupTemplate, String, String)],
-    unschedulable: Option<&str>,
-) -> Result<(), Status> {
-    let batch = job.spec.job_type == JobType::Batch;
-    let mut all = Counts::default();
-    let mut summary = BTreeMap::new();
-    for (g, tg_name, _) in groups {
-        let mut c = Counts::default();
-        let mut assigned = BTreeMap::new();
-        for i in 0..g.count {
-            for t in &g.tasks {
-                let Some(task) = ctx.cache().get("tasks", ns, &task_name(name, &g.name, i, &t.name)) else {
-                    continue;
-                };
-                let s = task_state(&task);
-                c.add(s);
-                all.add(s);
-                if let Some(r) = spec_str(&task, "targetRobot") {
-                    assigned.insert(i, r.to_string());
-                }
-            }
-        }
-        summary.insert(
-            g.name.clone(),
-            GroupSummary {
-                queued: c.pending,
-                starting: c.starting,
-                running: c.running,
-                complete: c.succeeded,
-                failed: c.failed,
-                lost: c.lost,
-            },
-        );
-        let Some(tg) = ctx.cache().get("taskgroups", ns, tg_name) else {
-            continue;
-        };
-        let old: TaskGroupStatus = tg
-            .get("status")
-            .and_then(|s| serde_json::from_value(s.clone()).ok())
-            .unwrap_or_default();
-        let state = c.state(batch);
-        let started = old.started_at.clone().or_else(|| {
-            matches!(state, GroupState::Running | GroupState::Completed | GroupState::Failed).then(time::now_rfc3339)
-        });
-        let completed = match state {
-            GroupState::Completed | GroupState::Failed => {
-                old.completed_at.clone().or_else(|| Some(time::now_rfc3339()))
-            }
-            _ => None,
-        };
-        let new = TaskGroupStatus {
-            state,
-            status_description: Some(c.describe()),
-            assigned_robots: assigned
-                .into_iter()
-                .map(|(replica_index, robot_name)| crate::api::Assignment {
-                    replica_index,
-                    robot_name,
-                })
-                .collect(),
-            total_tasks: c.total,
-            pending_tasks: c.pending + c.starting,
-            running_tasks: c.running,
-            succeeded_tasks: c.succeeded,
-            failed_tasks: c.failed_total(),
-            started_at: started,
-            completed_at: completed,
-        };
-        write_status(ctx, "taskgroups", &tg, to_value(&new)?).await?;
-    }
-    let state = all.state(batch);
-    let description = match unschedulable {
-        Some(why) if state == GroupState::Pending || all.pending > 0 => format!("{}; {why}", all.describe()),
-        _ => all.describe(),
-    };
-    let old: JobStatus = job_v
-        .get("status")
-        .and_then(|s| serde_json::from_value(s.clone()).ok())
-        .unwrap_or_default();
-    let new = JobStatus {
-        state,
-        status_description: Some(description),
-        total_tasks: all.total,
-        pending_tasks: all.pending + all.starting,
-        running_tasks: all.running,
-        succeeded_tasks: all.succeeded,
-        failed_tasks: all.failed_total(),
-        task_groups: groups.iter().map(|(_, n, _)| n.clone()).collect(),
-        tasks: vec![],
-        task_group_summary: summary,
-        create_index: old.create_index,
-        modify_index: old.modify_index,
-    };
-    write_status(ctx, "jobs", job_v, to_value(&new)?).await
-}
-
-async fn write_status(ctx: &Ctx, plural: &str, cur: &Value, status: Value) -> Result<(), Status> {
-    if cur.get("status") == Some(&status) {
-        return Ok(());
-    }
-    let Some(res) = crate::server::resources::by_plural(plural) else {
-        return Ok(());
-    };
-    let mut body = cur.clone();
-    if let Some(o) = body.as_object_mut() {
-        o.insert("status".into(), status);
-    }
-    let w = ctx
-        .registry
-        .replace(res, object::namespace(cur), object::name(cur), body, Part::Status, ALL)
-        .await?;
-    ctx.wrote(plural, &w.object);
-    Ok(())
 }

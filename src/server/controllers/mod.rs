@@ -10,6 +10,8 @@ pub mod cache;
 mod gc;
 pub mod jobs;
 pub mod liveness;
+mod snapshot;
+mod status;
 
 use crate::server::events::Recorder;
 use crate::server::fleet::Fleet;
