@@ -1119,3 +1119,28 @@ fn a_task_that_ended_while_the_agent_was_down_is_reported_and_restarted() {
     signal(second.child.id(), "TERM");
     assert_eq!(second.wait_exit(), 0, "{}", second.output());
 }
+
+#[test]
+fn stop_all_stops_a_running_agent_and_its_tasks() {
+    let sb = Sandbox::new();
+    let file = sb.job(&job(
+        "busy",
+        "service",
+        r#"    - name: g
+      tasks:
+        - {name: t, driver: exec, config: {execConfig: {command: /bin/sleep, args: ["300"]}}}
+"#,
+    ));
+    let mut agent = sb.run(&file, &[]);
+    let pid = agent.pid_of("g r0 t: running pid");
+    let out = Command::new(agent_bin())
+        .args(["stop-all", "--data-dir"])
+        .arg(sb.data())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The agent was asked to stop (SIGTERM) and took its task down with it.
+    assert_eq!(agent.wait_exit(), 0, "{}", agent.output());
+    assert!(agent.output().contains("g r0 t: stopped"), "{}", agent.output());
+    assert!(!alive(pid));
+}

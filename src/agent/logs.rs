@@ -276,6 +276,16 @@ pub fn reopen_stream(logs_dir: &Path, stream: &str, limits: LogLimits) -> Result
     Ok(LogPump { fifo: reader, sink })
 }
 
+/// Log files are read without following a symlink: a task could plant one
+/// to make `k8s4r-agent logs` (often run as root) print another file.
+fn open_for_reading(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+}
+
 /// All files of one stream, oldest first.
 fn stream_files(logs_dir: &Path, stream: &str) -> Vec<PathBuf> {
     let mut files: Vec<(u32, PathBuf)> = std::fs::read_dir(logs_dir)
@@ -308,7 +318,7 @@ pub fn read_tail_and_current(logs_dir: &Path, stream: &str, lines: Option<usize>
     let mut current = None;
     let current_path = logs_dir.join(stream);
     for f in stream_files(logs_dir, stream) {
-        if let Ok(mut file) = File::open(&f) {
+        if let Ok(mut file) = open_for_reading(&f) {
             let _ = file.read_to_end(&mut all);
             if f == current_path {
                 current = Some(file);
@@ -347,7 +357,7 @@ pub fn follow(logs_dir: &Path, stream: &str, from: Option<File>, out: &mut dyn W
     let mut file = match from {
         Some(f) => f,
         None => {
-            let mut f = File::open(&path)?;
+            let mut f = open_for_reading(&path)?;
             f.seek(SeekFrom::End(0))?;
             f
         }
@@ -364,7 +374,7 @@ pub fn follow(logs_dir: &Path, stream: &str, from: Option<File>, out: &mut dyn W
         // Rotated away? Finish the old file (done above), then switch.
         if let Ok(meta) = std::fs::metadata(&path) {
             if meta.ino() != ino {
-                file = File::open(&path)?;
+                file = open_for_reading(&path)?;
                 ino = meta.ino();
                 continue;
             }
@@ -430,6 +440,16 @@ mod tests {
         task_end.write_all(b"hello\n").unwrap();
         assert!(!pump.drain().unwrap());
         assert_eq!(std::fs::read_to_string(logs.join("stdout")).unwrap(), "hello\n");
+    }
+
+    #[test]
+    fn reading_logs_does_not_follow_a_planted_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "token\n").unwrap();
+        std::fs::write(dir.path().join("stdout.1"), "old\n").unwrap();
+        std::os::unix::fs::symlink(&secret, dir.path().join("stdout")).unwrap();
+        assert_eq!(read_tail(dir.path(), "stdout", None), b"old\n");
     }
 
     #[test]
