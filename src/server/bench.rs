@@ -23,6 +23,8 @@ k8s4r bench robots N [N...] — fleet load test of the control plane
 OPTIONS:
     --out FILE        Where to write the results [default: target/bench/server.json]
     --timeout DUR     Give up on a run after this long [default: 120s]
+    --http            Create the Job with an HTTP POST even if kubectl is installed
+                      (default: `kubectl apply`, timed from kubectl's start)
 ";
 
 /// One minimal HTTP/1.1 keep-alive connection (the bench must not be the
@@ -179,7 +181,51 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-async fn run_one(n: usize, timeout: Duration) -> Result<Value, String> {
+/// `kubectl apply -f -` against the bench server (its own cache dir).
+async fn kubectl_apply(addr: &str, doc: &str) -> Result<(), String> {
+    let cache = std::env::temp_dir().join(format!("k8s4r-bench-kubectl-{}", crate::server::object::name_suffix()));
+    let _cleanup = tempfile_dir::TempDir(cache.clone());
+    let (addr, doc) = (addr.to_string(), doc.to_string());
+    let out = tokio::task::spawn_blocking(move || -> std::io::Result<std::process::Output> {
+        use std::io::Write;
+        let mut child = Command::new("kubectl")
+            .env("KUBECONFIG", "/dev/null")
+            .arg("--server")
+            .arg(format!("http://{addr}"))
+            .arg("--cache-dir")
+            .arg(&cache)
+            .args(["apply", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(doc.as_bytes())?;
+        }
+        child.wait_with_output()
+    })
+    .await
+    .map_err(|e| format!("kubectl: {e}"))?
+    .map_err(|e| format!("running kubectl: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "kubectl apply failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
+}
+
+fn have_kubectl() -> bool {
+    Command::new("kubectl")
+        .args(["version", "--client"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+async fn run_one(n: usize, timeout: Duration, use_kubectl: bool) -> Result<Value, String> {
     let server = ServerProc::start()?;
     let addr = server.addr.clone();
     let mut admin = Conn::connect(&addr).await.map_err(|e| e.to_string())?;
@@ -257,18 +303,24 @@ async fn run_one(n: usize, timeout: Duration) -> Result<Value, String> {
         "spec": {"type": "service", "robotSelector": {"bench": "yes"}, "taskGroups": [{"name": "g", "count": n,
             "tasks": [{"name": "t", "driver": "exec", "config": {"execConfig": {"command": "/bin/true"}}}]}]}});
     let t0 = Instant::now();
-    let (code, reply) = admin
-        .request(
-            "POST",
-            "/apis/robot.k8s4r.io/v1alpha1/namespaces/default/jobs",
-            None,
-            Some(&jobdoc.to_string()),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    if code != 201 {
-        return Err(format!("creating the job: {code} {}", String::from_utf8_lossy(&reply)));
-    }
+    let applied_with = if use_kubectl {
+        kubectl_apply(&addr, &jobdoc.to_string()).await?;
+        "kubectl apply"
+    } else {
+        let (code, reply) = admin
+            .request(
+                "POST",
+                "/apis/robot.k8s4r.io/v1alpha1/namespaces/default/jobs",
+                None,
+                Some(&jobdoc.to_string()),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        if code != 201 {
+            return Err(format!("creating the job: {code} {}", String::from_utf8_lossy(&reply)));
+        }
+        "HTTP POST"
+    };
     let mut lat = Vec::with_capacity(n);
     let deadline = tokio::time::Instant::now() + timeout;
     while lat.len() < n {
@@ -288,6 +340,7 @@ async fn run_one(n: usize, timeout: Duration) -> Result<Value, String> {
     let (rss, peak) = server.rss_mib();
     Ok(json!({
         "robots": n,
+        "applied_with": applied_with,
         "register_all_seconds": register_s,
         "apply_to_all_delivered_seconds": lat.last().copied().unwrap_or(0.0),
         "delivery_p50_seconds": percentile(&lat, 0.50),
@@ -305,9 +358,11 @@ pub fn cmd_bench(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
     let mut out = PathBuf::from("target/bench/server.json");
     let mut timeout = Duration::from_secs(120);
     let mut what = None;
+    let mut http_only = false;
     while let Some(arg) = parser.next()? {
         match arg {
             Long("out") => out = parser.value()?.into(),
+            Long("http") => http_only = true,
             Long("timeout") => {
                 let t = parser.value()?.string()?;
                 timeout = crate::api::Duration::parse(&t).map_err(|e| format!("--timeout {t:?}: {e}"))?;
@@ -330,11 +385,12 @@ pub fn cmd_bench(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
         .enable_all()
         .build()
         .map_err(|e| format!("starting the runtime: {e}"))?;
+    let use_kubectl = !http_only && have_kubectl();
     let mut runs = Vec::new();
     let mut failed = false;
     for n in sizes {
         eprintln!("bench: {n} robots ...");
-        match rt.block_on(run_one(n, timeout)) {
+        match rt.block_on(run_one(n, timeout, use_kubectl)) {
             Ok(r) => {
                 eprintln!("bench: {r}");
                 runs.push(r);
