@@ -224,10 +224,20 @@ fn statuses_survive_a_server_outage_and_an_agent_kill() {
     // Same address, same data: the server comes back.
     server.restart();
     assert_eq!(server.base, format!("http://{listen}"));
-    let t = wait_for("completed status delivered", Duration::from_secs(60), || {
-        let t = task(&server, task_name)?;
-        (t["status"]["state"] == "completed").then_some(t)
-    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let t = loop {
+        let t = task(&server, task_name);
+        if let Some(t) = t.as_ref().filter(|t| t["status"]["state"] == "completed") {
+            break t.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "completed status not delivered within 60s\ntask: {t:?}\noutbox: {}\nagent log:\n{}",
+            std::fs::read_to_string(&outbox).unwrap_or_default(),
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert_eq!(t["status"]["exitCode"], 0, "{t}");
     assert_eq!(job_state(&server, "gated").as_deref(), Some("completed"));
     assert!(pid > 1);

@@ -132,6 +132,10 @@ pub fn run(opts: ConnectedOptions) -> Result<i32, String> {
         for c in sup.take_changes() {
             say(&format!("{}: {}", c.label, c.message));
         }
+        // The outbox may only say what state.json already says: a kill -9
+        // between the two must not leave a restarted agent contradicting a
+        // status the server may already have.
+        sup.flush().map_err(|e| e.to_string())?;
         queue_statuses(&shared, &running, &rec, &sup);
         if sup.shutdown_requested() {
             sup.flush().map_err(|e| e.to_string())?;
