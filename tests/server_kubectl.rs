@@ -116,6 +116,16 @@ fn apply_get_describe_delete_examples() {
         "describe explains why tasks are pending:\n{d}"
     );
 
+    // kubectl get events: what the controllers recorded.
+    let ev = wait_for("FailedScheduling events", T, || {
+        let out = s.kubectl_ok(&["get", "events"]);
+        out.contains("FailedScheduling").then_some(out)
+    });
+    assert!(
+        ev.starts_with("LAST SEEN") && ev.contains("task/quickstart-hello-r0-greet"),
+        "{ev}"
+    );
+
     // delete cascades Job -> TaskGroups -> Tasks.
     let out = s.kubectl_ok(&["delete", "job", "quickstart"]);
     assert!(out.contains("job.robot.k8s4r.io \"quickstart\" deleted"), "{out}");

@@ -57,3 +57,17 @@ pub fn resource_list() -> Value {
     }
     json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": API_VERSION, "resources": resources})
 }
+
+/// The core group serves only Events (for `kubectl describe` and `kubectl
+/// get events`).
+pub fn core_versions() -> Value {
+    json!({"kind": "APIVersions", "versions": ["v1"],
+           "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": ""}]})
+}
+
+pub fn core_resources() -> Value {
+    json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1", "resources": [{
+        "name": "events", "singularName": "event", "namespaced": true, "kind": "Event",
+        "verbs": ["get", "list"], "shortNames": ["ev"],
+    }]})
+}

@@ -123,33 +123,6 @@ async fn list(
     ))
 }
 
-/// `GET /api/v1/namespaces/{ns}/events` (what `kubectl describe` asks for).
-pub async fn list_events(State(app): State<AppState>, Path(ns): Path<String>, q: Params) -> Response {
-    result(
-        async {
-            let q = params(q)?;
-            let fields = match q.get("fieldSelector") {
-                Some(s) => FieldSelector::parse(s, crate::server::events::supports_field)
-                    .map_err(|e| Status::bad_request(format!("fieldSelector: {e}")))?,
-                None => FieldSelector::default(),
-            };
-            let listed = app.events.list(crate::server::events::RESOURCE, Some(&ns)).await?;
-            let items: Vec<&Value> = listed
-                .items
-                .iter()
-                .map(|s| &s.value)
-                .filter(|v| fields.matches(v))
-                .collect();
-            Ok(json(
-                StatusCode::OK,
-                &json!({"kind": "EventList", "apiVersion": "v1",
-                        "metadata": {"resourceVersion": listed.revision.to_string()}, "items": items}),
-            ))
-        }
-        .await,
-    )
-}
-
 fn render_object(
     res: &Resource,
     code: StatusCode,

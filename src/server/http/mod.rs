@@ -5,6 +5,7 @@
 
 mod agent;
 mod discovery;
+mod events;
 mod k8s;
 mod openapi;
 pub mod table;
@@ -78,7 +79,16 @@ pub fn router(app: AppState) -> Router {
             &format!("{g}/namespaces/{{ns}}/{{plural}}/{{name}}/status"),
             get(k8s::get_item).put(k8s::put_status).patch(k8s::patch_status),
         )
-        .route("/api/v1/namespaces/{ns}/events", get(k8s::list_events))
+        .route(
+            "/api",
+            get(|| async { json(StatusCode::OK, &discovery::core_versions()) }),
+        )
+        .route(
+            "/api/v1",
+            get(|| async { json(StatusCode::OK, &discovery::core_resources()) }),
+        )
+        .route("/api/v1/events", get(events::list_all))
+        .route("/api/v1/namespaces/{ns}/events", get(events::list_ns))
         .route("/agent/v1/register", post(agent::register))
         .route("/agent/v1/jointokens", post(agent::create_join_token))
         .route("/agent/v1/robots/{name}/assignments", get(agent::assignments))
