@@ -4,7 +4,7 @@ CARGO ?= cargo
 X86_MUSL := x86_64-unknown-linux-musl
 ARM_MUSL := aarch64-unknown-linux-musl
 
-.PHONY: all build agent cross image tools test demo bench fmt lint clean
+.PHONY: all build agent cross image tools test test-aarch64 demo bench fmt lint clean
 
 all: build
 
@@ -29,9 +29,22 @@ test:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) clippy --no-default-features --lib --bins -- -D warnings
-	$(MAKE) agent
+	$(MAKE) cross
 	$(CARGO) test --no-default-features --lib
 	$(CARGO) test
+	$(MAKE) test-aarch64
+
+# The agent's own tests as aarch64 binaries under qemu-user (.cargo/config.toml
+# sets the runner). Tests that spawn the aarch64 agent need binfmt_misc
+# (make tools registers qemu-aarch64 where the kernel allows); without it only
+# the unit tests run, and this says so.
+test-aarch64:
+	@if [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then \
+	  $(CARGO) test --target $(ARM_MUSL) --no-default-features --lib --test agent_run --test agent_supervisor; \
+	else \
+	  echo "note: qemu-aarch64 not registered with binfmt_misc: aarch64 unit tests only"; \
+	  $(CARGO) test --target $(ARM_MUSL) --no-default-features --lib; \
+	fi
 
 # The main job: control plane (SQLite) + connected agent + a Job through Envoy.
 demo:

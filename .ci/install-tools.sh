@@ -58,4 +58,24 @@ if [ ${#missing[@]} -gt 0 ]; then
     log "not root: please install ${missing[*]}"
   fi
 fi
+# --- aarch64 under qemu-user -----------------------------------------------
+# The arm64 busybox for the robot image comes from Debian's arm64 archive.
+if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+  if [ "$(id -u)" = 0 ]; then
+    log "dpkg --add-architecture arm64"
+    dpkg --add-architecture arm64
+    apt-get update -qq >/dev/null
+  fi
+fi
+# binfmt_misc lets aarch64 binaries (tests, the agent, an arm64 rootfs) run
+# as if native: needed when an emulated test spawns another aarch64 program.
+# Best effort: where the kernel or sandbox refuses, those tests skip.
+bfm=/proc/sys/fs/binfmt_misc
+if [ "$(id -u)" = 0 ] && [ -f /usr/lib/binfmt.d/qemu-aarch64.conf ]; then
+  [ -e "$bfm/register" ] || mount -t binfmt_misc binfmt_misc "$bfm" 2>/dev/null || true
+  if [ -e "$bfm/register" ] && [ ! -e "$bfm/qemu-aarch64" ]; then
+    log "registering qemu-aarch64 with binfmt_misc"
+    sed -n 1p /usr/lib/binfmt.d/qemu-aarch64.conf > "$bfm/register" 2>/dev/null || log "binfmt registration refused; aarch64 spawn tests will skip"
+  fi
+fi
 log "ready"

@@ -36,10 +36,12 @@ busybox_for_arch() {
       [ "$(uname -m)" = x86_64 ] || { echo "x86_64 busybox only on an x86_64 host" >&2; return 1; }
       command -v busybox ;;
     aarch64)
-      local cache=target/busybox-arm64
+      local cache
+      cache="$(cd "$(dirname "$0")/.." && pwd)/target/busybox-arm64"
       if [ ! -x "$cache/bin/busybox" ]; then
         mkdir -p "$cache"
-        (cd "$cache" && apt-get download busybox-static:arm64 >/dev/null && dpkg-deb -x busybox-static_*_arm64.deb .)
+        (cd "$cache" && apt-get download busybox-static:arm64 >/dev/null && dpkg-deb -x busybox-static_*_arm64.deb .) \
+          || { echo "rootfs.sh: cannot get busybox-static:arm64 (needs 'dpkg --add-architecture arm64' and apt-get update; make tools does it)" >&2; return 1; }
       fi
       echo "$cache/bin/busybox" ;;
     *) echo "unsupported arch $1" >&2; return 1 ;;

@@ -5,8 +5,9 @@
 //! and re-adopts its task (same process, not a second one), and poweroff
 //! stops everything cleanly.
 //!
-//! Needs root, `unshare`, busybox-static (make tools) and the static agent
-//! (make agent); skips with a message otherwise.
+//! Runs for x86_64 natively and for aarch64 under qemu-user (binfmt_misc,
+//! registered by `make tools`). Needs root, `unshare`, busybox-static and the
+//! static agents (`make agent`, `make cross`); skips with a message otherwise.
 
 mod common;
 
@@ -15,17 +16,26 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-fn static_agent() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/x86_64-unknown-linux-musl/release/k8s4r-agent");
+fn static_agent(arch: &str) -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("target/{arch}-unknown-linux-musl/release/k8s4r-agent"));
     if p.exists() {
         Some(p)
     } else {
         eprintln!(
-            "SKIP: {} is missing; `make agent` builds it (make test does)",
+            "SKIP: {} is missing; `make agent` / `make cross` build it (make test does)",
             p.display()
         );
         None
     }
+}
+
+/// Can this kernel run aarch64 binaries directly (qemu-user via binfmt_misc)?
+fn aarch64_runs_here() -> bool {
+    let ok = std::fs::read_to_string("/proc/sys/fs/binfmt_misc/qemu-aarch64").is_ok_and(|s| s.starts_with("enabled"));
+    if !ok {
+        eprintln!("SKIP: qemu-aarch64 is not registered with binfmt_misc (make tools registers it where allowed)");
+    }
+    ok
 }
 
 fn can_boot() -> bool {
@@ -76,6 +86,18 @@ fn inside(rootfs: &Path) -> Vec<(u32, String)> {
     out
 }
 
+/// The namespace's PID 1: the child of `unshare` (its cmdline may carry a
+/// qemu prefix under binfmt, so it is found by parentage, not by name).
+fn init_pid(unshare: u32) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_string_lossy().parse().ok()?;
+        let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+        // Fields after the parenthesised command name: state ppid ...
+        let ppid: u32 = stat.rsplit_once(") ")?.1.split_whitespace().nth(1)?.parse().ok()?;
+        (ppid == unshare).then_some(pid)
+    })
+}
+
 fn find(rootfs: &Path, needle: &str) -> Vec<u32> {
     inside(rootfs)
         .into_iter()
@@ -92,13 +114,11 @@ struct Boot {
 impl Drop for Boot {
     fn drop(&mut self) {
         // Killing the namespace's init kills every process in it.
-        for (pid, cmd) in inside(&self.rootfs) {
-            if cmd == "init" {
-                let _ = rustix::process::kill_process(
-                    rustix::process::Pid::from_raw(pid as i32).unwrap(),
-                    rustix::process::Signal::KILL,
-                );
-            }
+        if let Some(pid) = init_pid(self.child.id()) {
+            let _ = rustix::process::kill_process(
+                rustix::process::Pid::from_raw(pid as i32).unwrap(),
+                rustix::process::Signal::KILL,
+            );
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -106,10 +126,20 @@ impl Drop for Boot {
 }
 
 #[test]
-fn busybox_init_boots_the_agent_respawns_it_and_powers_off_cleanly() {
-    let (Some(agent), true) = (static_agent(), can_boot()) else {
-        return;
-    };
+fn x86_64_image_boots_respawns_the_agent_and_powers_off_cleanly() {
+    if let (Some(agent), true) = (static_agent("x86_64"), can_boot()) {
+        boot_image("x86_64", &agent);
+    }
+}
+
+#[test]
+fn aarch64_image_boots_under_qemu_user() {
+    if let (true, Some(agent), true) = (can_boot(), static_agent("aarch64"), aarch64_runs_here()) {
+        boot_image("aarch64", &agent);
+    }
+}
+
+fn boot_image(arch: &str, agent: &Path) {
     let tmp = tempfile::tempdir().unwrap();
     let rootfs = tmp.path().join("rootfs");
     let job = tmp.path().join("job.yaml");
@@ -117,8 +147,8 @@ fn busybox_init_boots_the_agent_respawns_it_and_powers_off_cleanly() {
     let tarball = tmp.path().join("robot.tar.gz");
     let status = Command::new("bash")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("cross/rootfs.sh"))
-        .args(["--arch", "x86_64", "--agent"])
-        .arg(&agent)
+        .args(["--arch", arch, "--agent"])
+        .arg(agent)
         .arg("--out")
         .arg(&rootfs)
         .arg("--tar")
@@ -185,16 +215,15 @@ fn busybox_init_boots_the_agent_respawns_it_and_powers_off_cleanly() {
     );
 
     // poweroff (busybox init's SIGUSR2): shutdown actions stop the tasks.
-    let init = inside(&rootfs).into_iter().find(|(_, c)| c == "init").expect("init").0;
+    let init = init_pid(boot.child.id()).expect("the image's init");
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(init as i32).unwrap(),
         rustix::process::Signal::USR2,
     )
     .unwrap();
-    let status = wait_for("the image to power off", Duration::from_secs(30), || {
+    wait_for("the image to power off", Duration::from_secs(30), || {
         boot.child.try_wait().ok().flatten()
     });
-    let _ = status;
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("shutdown: tasks stopped"), "{text}");
     assert!(
