@@ -106,9 +106,9 @@ fn find(rootfs: &Path, needle: &str) -> Vec<u32> {
         .collect()
 }
 
+/// The running image: `unshare` and, below it, the namespace's init.
 struct Boot {
     child: Child,
-    rootfs: PathBuf,
 }
 
 impl Drop for Boot {
@@ -172,10 +172,7 @@ fn boot_image(arch: &str, agent: &Path) {
         .stderr(Stdio::null())
         .spawn()
         .expect("unshare");
-    let mut boot = Boot {
-        child,
-        rootfs: rootfs.clone(),
-    };
+    let mut boot = Boot { child };
 
     // init -> agent -> task.
     let first_agent = wait_for("the agent started by init", Duration::from_secs(20), || {
