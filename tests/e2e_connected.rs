@@ -156,6 +156,27 @@ fn connected_agent_runs_the_demo_job_through_envoy() {
         "task output: {out}"
     );
 
+    // Without SSH: the server asks the robot for the log and relays it.
+    let out = Command::new(server_util::server_bin())
+        .args(["logs", "demo-hello-r0-fetch", "--tail", "1", "--server", &server.base])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "got: hello from the upstream, through Envoy\n"
+    );
+    let raw =
+        server.get("/apis/robot.k8s4r.io/v1alpha1/namespaces/default/tasks/demo-hello-r0-fetch/log?stream=stdout");
+    assert_eq!(raw.status, 200, "{}", raw.body);
+    assert!(
+        raw.body.starts_with("fetching http://127.0.0.1:18480/hello.txt"),
+        "{}",
+        raw.body
+    );
+    let missing = server.get("/apis/robot.k8s4r.io/v1alpha1/namespaces/default/tasks/nope/log");
+    assert_eq!(missing.status, 404, "{}", missing.body);
+
     // Deleting the Job stops the group's daemons and its proxy on the robot.
     let r = server.request("DELETE", &format!("{JOBS}/demo"), "", None, &[]);
     assert!(r.status == 200 || r.status == 202, "{}", r.body);

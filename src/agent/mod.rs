@@ -226,7 +226,7 @@ fn unit_dirs(data_dir: &Path) -> Vec<(String, PathBuf)> {
 }
 
 /// Find a unit's directory by unit name or, if unambiguous, task name.
-fn find_unit_dir(data_dir: &Path, task: &str) -> Result<PathBuf, String> {
+pub(crate) fn find_unit_dir(data_dir: &Path, task: &str) -> Result<PathBuf, String> {
     let units = unit_dirs(data_dir);
     if let Some((_, d)) = units.iter().find(|(n, _)| n == task) {
         return Ok(d.clone());

@@ -63,6 +63,42 @@ pub struct Assignments {
     /// The robot is marked Offline (its tasks Lost) after this long without
     /// a poll.
     pub offline_after_seconds: u64,
+    /// Operators asking for task output (`k8s4r logs`): the agent answers
+    /// each with a [`LogUpload`] to `POST /agent/v1/robots/{name}/logs`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log_requests: Vec<LogRequest>,
+}
+
+/// Largest log tail an agent uploads for one request.
+pub const MAX_LOG_UPLOAD: usize = 256 * 1024;
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LogRequest {
+    pub id: String,
+    /// Task name on this robot.
+    pub task: String,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    /// Last lines wanted; none = everything kept (bounded by MAX_LOG_UPLOAD).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tail_lines: Option<u32>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LogUpload {
+    pub id: String,
+    pub task: String,
+    /// The output (lossy UTF-8), at most MAX_LOG_UPLOAD bytes: the newest.
+    #[serde(default)]
+    pub text: String,
+    /// Older output was cut to respect the limit.
+    #[serde(default)]
+    pub truncated: bool,
+    /// Why there is no output (unknown task, unreadable logs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -11,6 +11,7 @@ USAGE:
 
 COMMANDS:
     server [--listen ADDR] [--data DIR]   Run the control plane
+    logs TASK [-f] [--tail N]         A task's output, fetched from its robot
     token create [--server URL]       Print a new join token for robots
     bench robots N [N...]             Fleet load test; writes target/bench/server.json
     render-envoy -f FILE [--group NAME]  Print a TaskGroup's Envoy config
@@ -47,6 +48,7 @@ fn run() -> Result<i32, lexopt::Error> {
             Ok(0)
         }
         Value(cmd) if cmd == "server" => k8s4r::server::cmd_server(&mut parser),
+        Value(cmd) if cmd == "logs" => k8s4r::server::logs_cli::cmd_logs(&mut parser),
         Value(cmd) if cmd == "token" => k8s4r::server::cmd_token(&mut parser),
         Value(cmd) if cmd == "bench" => k8s4r::server::bench::cmd_bench(&mut parser),
         Value(cmd) if cmd == "render-envoy" => k8s4r::envoy::cmd_render(&mut parser),

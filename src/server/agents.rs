@@ -2,7 +2,9 @@
 //! hands each robot its complete desired Task set, and idempotent status
 //! reports. A robot token opens only that robot's objects.
 
-use crate::api::agent_protocol::{Outcome, RegisterRequest, RegisterResponse, StatusReply, StatusReport, StatusResult};
+use crate::api::agent_protocol::{
+    LogUpload, Outcome, RegisterRequest, RegisterResponse, StatusReply, StatusReport, StatusResult,
+};
 use crate::api::validate::check_dns_subdomain;
 use crate::api::FieldError;
 use crate::server::controllers::jobs::ANN_STATUS_SEQ;
@@ -24,7 +26,12 @@ pub struct Agents {
     pub tokens: Tokens,
     pub hub: Arc<Hub>,
     pub events: Recorder,
+    /// Operators' requests for task output, answered by the robots.
+    pub logs: Arc<crate::server::logs::LogBroker>,
 }
+
+/// How long an operator's log request waits for the robot's answer.
+pub const LOG_TIMEOUT: Duration = Duration::from_secs(15);
 
 fn token_error(e: TokenError) -> Status {
     match e {
@@ -48,6 +55,8 @@ pub struct AssignmentsView {
     pub tasks: Vec<Shared>,
     pub poll_interval_seconds: u64,
     pub offline_after_seconds: u64,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub log_requests: Vec<crate::api::agent_protocol::LogRequest>,
 }
 
 /// A cached object, serialised in place.
@@ -195,6 +204,7 @@ impl Agents {
                 .collect(),
             poll_interval_seconds: self.hub.fleet.poll_interval().as_secs().max(1),
             offline_after_seconds: self.hub.fleet.offline_after().as_secs(),
+            log_requests: self.logs.take_unsent(&id.namespace, &id.name),
         }
     }
 
@@ -208,12 +218,82 @@ impl Agents {
         tokio::pin!(notified);
         notified.as_mut().enable();
         let rev = self.hub.fleet.revision(&id.namespace, &id.name);
-        if rev <= since && !wait.is_zero() {
+        if rev <= since && !wait.is_zero() && !self.logs.has_unsent(&id.namespace, &id.name) {
             let _ = tokio::time::timeout(wait, notified).await;
             self.hub.fleet.heartbeat(&id.namespace, &id.name);
         }
         let rev = self.hub.fleet.revision(&id.namespace, &id.name);
         Ok(self.desired(id, rev))
+    }
+
+    /// An operator wants a task's output: ask the robot it runs on (through
+    /// its long poll, woken now) and wait for the upload.
+    pub async fn task_log(
+        &self,
+        ns: &str,
+        task: &str,
+        stream: &str,
+        tail_lines: Option<u32>,
+    ) -> Result<LogUpload, Status> {
+        if stream != "stdout" && stream != "stderr" {
+            return Err(Status::bad_request(format!(
+                "stream {stream:?} must be stdout or stderr"
+            )));
+        }
+        let obj = self
+            .hub
+            .cache
+            .get("tasks", ns, task)
+            .ok_or_else(|| Status::new(404, "NotFound", format!("tasks.robot.k8s4r.io {task:?} not found")))?;
+        let robot = obj
+            .get("spec")
+            .and_then(|s| s.get("targetRobot"))
+            .and_then(Value::as_str)
+            .ok_or_else(|| Status::bad_request(format!("task {task:?} is not placed on a robot yet")))?
+            .to_string();
+        let online = self
+            .hub
+            .cache
+            .get("robots", ns, &robot)
+            .and_then(|r| r.get("status")?.get("phase")?.as_str().map(|p| p == "Online"))
+            .unwrap_or(false);
+        if !online {
+            return Err(Status::new(
+                503,
+                "ServiceUnavailable",
+                format!("robot {robot:?} is offline; its logs stay on the robot until it is back"),
+            ));
+        }
+        let (id, rx) = self.logs.request(ns, &robot, task, stream, tail_lines);
+        let (_, notify) = self.hub.fleet.subscribe(ns, &robot);
+        notify.notify_waiters();
+        match tokio::time::timeout(LOG_TIMEOUT, rx).await {
+            Ok(Ok(upload)) => match &upload.error {
+                Some(e) => Err(Status::new(404, "NotFound", format!("robot {robot:?}: {e}"))),
+                None => Ok(upload),
+            },
+            _ => {
+                self.logs.cancel(ns, &robot, &id);
+                Err(Status::new(
+                    504,
+                    "Timeout",
+                    format!("robot {robot:?} did not send the log within {LOG_TIMEOUT:?}"),
+                ))
+            }
+        }
+    }
+
+    /// A robot's answer to a log request.
+    pub fn upload_log(&self, id: &RobotIdentity, upload: LogUpload) -> Result<(), Status> {
+        if self.logs.complete(&id.namespace, &id.name, upload) {
+            Ok(())
+        } else {
+            Err(Status::new(
+                404,
+                "NotFound",
+                "no operator is waiting for this log (timed out?)".to_string(),
+            ))
+        }
     }
 
     pub async fn report(&self, id: &RobotIdentity, report: StatusReport) -> Result<StatusReply, Status> {

@@ -17,6 +17,8 @@ pub mod events;
 pub mod fleet;
 pub mod http;
 pub mod logging;
+pub mod logs;
+pub mod logs_cli;
 pub mod object;
 pub mod patch;
 pub mod registry;
@@ -191,6 +193,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
             tokens: tokens::Tokens::new(store),
             hub,
             events: recorder,
+            logs: Default::default(),
         },
     });
     let listener = tokio::net::TcpListener::bind(&cfg.listen)

@@ -1,7 +1,9 @@
 //! The agent API over plain HTTP with ureq (blocking; no async runtime).
 //! HTTP stays here: callers get typed requests and responses.
 
-use crate::api::agent_protocol::{Assignments, RegisterRequest, RegisterResponse, StatusReply, StatusReport, PREFIX};
+use crate::api::agent_protocol::{
+    Assignments, LogUpload, RegisterRequest, RegisterResponse, StatusReply, StatusReport, PREFIX,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::fmt;
@@ -93,6 +95,11 @@ impl Client {
 
     pub fn report(&self, robot: &str, token: &str, report: &StatusReport) -> Result<StatusReply, ClientError> {
         self.post(&format!("{PREFIX}/robots/{robot}/status"), Some(token), report)
+    }
+
+    pub fn upload_log(&self, robot: &str, token: &str, upload: &LogUpload) -> Result<(), ClientError> {
+        self.post::<_, serde_json::Value>(&format!("{PREFIX}/robots/{robot}/logs"), Some(token), upload)
+            .map(|_| ())
     }
 
     fn post<B: Serialize, R: DeserializeOwned>(

@@ -188,7 +188,7 @@ fn spawn_poller(shared: Arc<Shared>, client: Client, id: Identity, waker: Waker,
         let mut reported_down = false;
         while !shared.stop.load(Ordering::SeqCst) {
             match client.assignments(&id.name, &id.token, since, wait) {
-                Ok(a) => {
+                Ok(mut a) => {
                     backoff.reset();
                     if reported_down {
                         say("agent: server reachable again");
@@ -201,6 +201,7 @@ fn spawn_poller(shared: Arc<Shared>, client: Client, id: Identity, waker: Waker,
                     };
                     let fresh = a.revision != since || since == 0;
                     since = a.revision;
+                    let log_requests = std::mem::take(&mut a.log_requests);
                     let mut inbox = lock(&shared.inbox);
                     if inbox.offline_since.take().is_some() {
                         // Tasks stopped by stopOnClientAfter may run again.
@@ -213,6 +214,12 @@ fn spawn_poller(shared: Arc<Shared>, client: Client, id: Identity, waker: Waker,
                     }
                     // A new connection may be the moment to flush statuses.
                     shared.changed.notify_all();
+                    for req in log_requests {
+                        let upload = read_log(&data_dir, &req);
+                        if let Err(e) = client.upload_log(&id.name, &id.token, &upload) {
+                            say(&format!("agent: sending the log of {}: {e}", req.task));
+                        }
+                    }
                 }
                 Err(e) => {
                     lock(&shared.inbox).offline_since.get_or_insert_with(Instant::now);
@@ -315,6 +322,31 @@ pub fn apply_disconnect_policy(
         .cloned()
         .collect();
     (keep, next)
+}
+
+/// Answer an operator's log request from the task's log files: the newest
+/// output, at most MAX_LOG_UPLOAD bytes.
+fn read_log(data_dir: &Path, req: &crate::api::agent_protocol::LogRequest) -> crate::api::agent_protocol::LogUpload {
+    use crate::api::agent_protocol::{LogUpload, MAX_LOG_UPLOAD};
+    let mut upload = LogUpload {
+        id: req.id.clone(),
+        task: req.task.clone(),
+        ..Default::default()
+    };
+    if req.stream != "stdout" && req.stream != "stderr" {
+        upload.error = Some(format!("stream {:?} must be stdout or stderr", req.stream));
+        return upload;
+    }
+    match super::find_unit_dir(data_dir, &req.task) {
+        Err(e) => upload.error = Some(e),
+        Ok(dir) => {
+            let bytes = super::logs::read_tail(&dir.join("logs"), &req.stream, req.tail_lines.map(|n| n as usize));
+            let start = bytes.len().saturating_sub(MAX_LOG_UPLOAD);
+            upload.truncated = start > 0;
+            upload.text = String::from_utf8_lossy(&bytes[start..]).into_owned();
+        }
+    }
+    upload
 }
 
 /// Turn the server's Task objects into the reconciler's assigned tasks.

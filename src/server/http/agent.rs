@@ -116,3 +116,63 @@ pub async fn status(
         .await,
     )
 }
+
+/// `POST /agent/v1/robots/{name}/logs`: a robot answers a log request.
+pub async fn upload_log(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> Response {
+    result(
+        async {
+            let id = app.agents.authenticate(&name, bearer(&headers)).await?;
+            let upload: crate::api::agent_protocol::LogUpload = body(&headers, b)?;
+            app.agents.upload_log(&id, upload).map(|()| serde_json::json!({}))
+        }
+        .await,
+    )
+}
+
+/// `GET .../namespaces/{ns}/tasks/{name}/log?tailLines=N&stream=stderr`:
+/// the task's output, fetched from its robot (text/plain), for `k8s4r logs`
+/// and `kubectl get --raw`.
+pub async fn task_log(
+    State(app): State<AppState>,
+    Path((ns, plural, name)): Path<(String, String, String)>,
+    q: super::k8s::Params,
+) -> Response {
+    let r = async {
+        if plural != "tasks" {
+            return Err(Status::new(404, "NotFound", format!("{plural} have no log; tasks do")));
+        }
+        let q: HashMap<String, String> = q
+            .map(|axum::extract::Query(m)| m)
+            .map_err(|e| Status::bad_request(format!("invalid query string: {e}")))?;
+        let tail = match q.get("tailLines").map(String::as_str) {
+            None | Some("") => None,
+            Some(t) => Some(
+                t.parse::<u32>()
+                    .map_err(|_| Status::bad_request(format!("tailLines {t:?} is not a number")))?,
+            ),
+        };
+        let stream = q.get("stream").map(String::as_str).unwrap_or("stdout");
+        app.agents.task_log(&ns, &name, stream, tail).await
+    }
+    .await;
+    match r {
+        Ok(upload) => {
+            let mut resp = (StatusCode::OK, upload.text).into_response();
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            if upload.truncated {
+                resp.headers_mut()
+                    .insert("X-K8s4r-Truncated", header::HeaderValue::from_static("true"));
+            }
+            resp
+        }
+        Err(e) => e.into_response(),
+    }
+}

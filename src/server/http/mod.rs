@@ -93,6 +93,11 @@ pub fn router(app: AppState) -> Router {
         .route("/agent/v1/jointokens", post(agent::create_join_token))
         .route("/agent/v1/robots/{name}/assignments", get(agent::assignments))
         .route("/agent/v1/robots/{name}/status", post(agent::status))
+        .route("/agent/v1/robots/{name}/logs", post(agent::upload_log))
+        .route(
+            &format!("{g}/namespaces/{{ns}}/{{plural}}/{{name}}/log"),
+            get(agent::task_log),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
