@@ -104,13 +104,14 @@ impl Outbox {
         Ok(())
     }
 
-    /// Forget tasks that are no longer assigned (their statuses are moot).
+    /// Drop unsent statuses of tasks no longer assigned here (they are moot,
+    /// and must not land on the task's next placement). Sequence numbers are
+    /// kept: if the task comes back, its statuses must still count as newer.
     pub fn retain(&mut self, keep: impl Fn(&str) -> bool) -> io::Result<()> {
-        let before = (self.file.pending.len(), self.file.last_seq.len());
+        let before = self.file.pending.len();
         self.file.pending.retain(|k, _| keep(k));
-        self.file.last_seq.retain(|k, _| keep(k));
         self.last_status.retain(|k, _| keep(k));
-        if before != (self.file.pending.len(), self.file.last_seq.len()) {
+        if before != self.file.pending.len() {
             self.save()?;
         }
         Ok(())
@@ -157,6 +158,17 @@ mod tests {
         drop(ob);
         let ob = Outbox::open(dir.path()).unwrap();
         assert_eq!(ob.pending()[0].seq, 3, "sequence numbers never go back");
+    }
+
+    #[test]
+    fn a_task_that_leaves_and_returns_keeps_counting_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ob = Outbox::open(dir.path()).unwrap();
+        ob.push("t", status(TaskState::Running)).unwrap();
+        ob.retain(|_| false).unwrap();
+        assert!(ob.is_empty(), "unsent statuses of a task that left are dropped");
+        ob.push("t", status(TaskState::Running)).unwrap();
+        assert_eq!(ob.pending()[0].seq, 2);
     }
 
     #[test]
