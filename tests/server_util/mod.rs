@@ -4,6 +4,8 @@
 //! deadline; nothing sleeps in place of a condition.
 #![allow(dead_code)]
 
+pub mod etcd;
+
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -58,6 +58,26 @@ impl EventLog {
         self.latest.send_replace(rev);
     }
 
+    /// Forget the history: watchers not yet past `rev` get `Expired` (and
+    /// re-list). For a backend whose own change feed lost events.
+    pub fn reset(&self, rev: u64) {
+        {
+            let mut inner = self.lock();
+            inner.history.clear();
+            inner.compacted = inner.compacted.max(rev);
+        }
+        self.latest.send_modify(|r| *r = (*r).max(rev));
+    }
+
+    /// Wait until a change at `rev` or later has been published (or the
+    /// log was reset past it), at most `limit`. False on timeout.
+    pub async fn wait_for(&self, rev: u64, limit: std::time::Duration) -> bool {
+        let mut rx = self.latest.subscribe();
+        tokio::time::timeout(limit, rx.wait_for(|r| *r >= rev))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
     /// A watch of every change after `from`.
     pub fn watch(self: &Arc<Self>, from: u64) -> Result<Watch, StoreError> {
         let oldest = self.lock().compacted;

@@ -7,6 +7,7 @@
 //! `Arc<dyn Store>`; every backend must pass [`conformance`].
 
 pub mod conformance;
+pub mod etcd;
 mod log;
 pub mod sqlite;
 

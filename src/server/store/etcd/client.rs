@@ -1,0 +1,422 @@
+//! A small etcd v3 client over etcd's JSON gateway (`/v3/kv/range`,
+//! `/v3/kv/txn`, `/v3/watch`, `/v3/lease/*`): HTTP/1.1 POSTs of JSON with
+//! base64 keys and values, on the hyper stack the server already has.
+//!
+//! Requests go to one endpoint at a time; when it cannot be reached (a
+//! member is down), the next one is tried. Only requests that never reached
+//! a member are retried elsewhere, so a write is never applied twice.
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper_util::client::legacy::{connect::HttpConnector, Client as HttpClient};
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// How long one unary request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum EtcdError {
+    /// No endpoint was given, or one is not an `http://host:port` URL.
+    Endpoint(String),
+    /// No member could be reached; the last failure.
+    Unreachable(String),
+    /// A member answered with an error status.
+    Status { path: String, code: u16, body: String },
+    /// The answer was not what the gateway sends.
+    Decode { path: String, detail: String },
+    /// A request took longer than its deadline.
+    Timeout(String),
+    /// A watch asked for revisions etcd has compacted away.
+    Compacted { requested: u64, compact_revision: u64 },
+    /// A watch stream broke.
+    Stream(String),
+}
+
+impl std::fmt::Display for EtcdError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EtcdError::Endpoint(e) => write!(f, "etcd endpoint {e:?}: expected http://HOST:PORT"),
+            EtcdError::Unreachable(e) => write!(f, "no etcd member reachable: {e}"),
+            EtcdError::Status { path, code, body } => write!(f, "etcd {path}: HTTP {code}: {body}"),
+            EtcdError::Decode { path, detail } => write!(f, "etcd {path}: unexpected answer: {detail}"),
+            EtcdError::Timeout(path) => write!(f, "etcd {path}: no answer within {REQUEST_TIMEOUT:?}"),
+            EtcdError::Compacted {
+                requested,
+                compact_revision,
+            } => write!(f, "etcd watch from {requested}: compacted up to {compact_revision}"),
+            EtcdError::Stream(e) => write!(f, "etcd watch stream: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for EtcdError {}
+
+/// One key/value as etcd keeps it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyValue {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub create_revision: u64,
+    pub mod_revision: u64,
+}
+
+/// One watch event.
+#[derive(Clone, Debug)]
+pub struct WatchEvent {
+    pub deleted: bool,
+    pub kv: KeyValue,
+    pub prev: Option<KeyValue>,
+}
+
+pub fn b64(bytes: &[u8]) -> String {
+    B64.encode(bytes)
+}
+
+/// The end of the range of every key starting with `prefix` (etcd's
+/// `WithPrefix`): the prefix with its last byte incremented.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// An int64 as the gateway writes it: a string, absent when zero.
+pub fn int(v: &Value) -> u64 {
+    match v {
+        Value::String(s) => s.parse().unwrap_or(0),
+        Value::Number(n) => n.as_u64().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn bytes_field(v: &Value, field: &str) -> Result<Vec<u8>, String> {
+    match v.get(field).and_then(Value::as_str) {
+        None => Ok(Vec::new()),
+        Some(s) => B64.decode(s).map_err(|e| format!("{field}: {e}")),
+    }
+}
+
+fn key_value(v: &Value) -> Result<KeyValue, String> {
+    Ok(KeyValue {
+        key: bytes_field(v, "key")?,
+        value: bytes_field(v, "value")?,
+        create_revision: int(&v["create_revision"]),
+        mod_revision: int(&v["mod_revision"]),
+    })
+}
+
+/// The `kvs` of a range answer.
+pub fn kvs(v: &Value) -> Result<Vec<KeyValue>, String> {
+    match v.get("kvs").and_then(Value::as_array) {
+        None => Ok(Vec::new()),
+        Some(a) => a.iter().map(key_value).collect(),
+    }
+}
+
+/// The `prev_kvs` of a delete answer.
+pub fn prev_kvs(v: &Value) -> Result<Vec<KeyValue>, String> {
+    match v.get("prev_kvs").and_then(Value::as_array) {
+        None => Ok(Vec::new()),
+        Some(a) => a.iter().map(key_value).collect(),
+    }
+}
+
+/// The revision in an answer's header.
+pub fn header_revision(v: &Value) -> u64 {
+    int(&v["header"]["revision"])
+}
+
+pub struct Client {
+    http: HttpClient<HttpConnector, Full<Bytes>>,
+    endpoints: Vec<String>,
+    /// The endpoint that answered last.
+    current: AtomicUsize,
+}
+
+impl Client {
+    /// `endpoints`: `http://host:port` URLs of the cluster's members.
+    pub fn new(endpoints: &[String]) -> Result<Self, EtcdError> {
+        if endpoints.is_empty() {
+            return Err(EtcdError::Endpoint(String::new()));
+        }
+        let mut clean = Vec::new();
+        for e in endpoints {
+            let e = e.trim().trim_end_matches('/');
+            let rest = e
+                .strip_prefix("http://")
+                .ok_or_else(|| EtcdError::Endpoint(e.to_string()))?;
+            if rest.is_empty() || rest.contains('/') || e.parse::<hyper::Uri>().is_err() {
+                return Err(EtcdError::Endpoint(e.to_string()));
+            }
+            clean.push(e.to_string());
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        let http = HttpClient::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Ok(Client {
+            http,
+            endpoints: clean,
+            current: AtomicUsize::new(0),
+        })
+    }
+
+    /// Send one POST, to the current endpoint and then to the others while
+    /// they cannot be reached. Returns the response of the first member
+    /// that took the request.
+    async fn send(&self, path: &str, body: &Value) -> Result<hyper::Response<Incoming>, EtcdError> {
+        let body = Bytes::from(body.to_string());
+        let start = self.current.load(Ordering::Relaxed);
+        let mut last = String::new();
+        for i in 0..self.endpoints.len() {
+            let idx = (start + i) % self.endpoints.len();
+            let uri = format!("{}{path}", self.endpoints[idx]);
+            let req = hyper::Request::post(&uri)
+                .header("content-type", "application/json")
+                .body(Full::new(body.clone()))
+                .map_err(|e| EtcdError::Endpoint(format!("{uri}: {e}")))?;
+            match self.http.request(req).await {
+                Ok(resp) => {
+                    self.current.store(idx, Ordering::Relaxed);
+                    return Ok(resp);
+                }
+                Err(e) if e.is_connect() => last = format!("{uri}: {e}"),
+                Err(e) => return Err(EtcdError::Unreachable(format!("{uri}: {e}"))),
+            }
+        }
+        Err(EtcdError::Unreachable(last))
+    }
+
+    /// A unary call: POST `body` to `path`, the JSON answer.
+    pub async fn call(&self, path: &str, body: &Value) -> Result<Value, EtcdError> {
+        let fut = async {
+            let resp = self.send(path, body).await?;
+            let code = resp.status().as_u16();
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| EtcdError::Unreachable(format!("{path}: {e}")))?
+                .to_bytes();
+            if code != 200 {
+                return Err(EtcdError::Status {
+                    path: path.to_string(),
+                    code,
+                    body: String::from_utf8_lossy(&bytes).chars().take(300).collect(),
+                });
+            }
+            serde_json::from_slice(&bytes).map_err(|e| EtcdError::Decode {
+                path: path.to_string(),
+                detail: e.to_string(),
+            })
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, fut)
+            .await
+            .map_err(|_| EtcdError::Timeout(path.to_string()))?
+    }
+
+    /// Keys in `[key, end)` (or just `key`).
+    pub async fn range(&self, key: &[u8], end: Option<&[u8]>) -> Result<Value, EtcdError> {
+        let mut req = json!({"key": b64(key)});
+        if let Some(end) = end {
+            req["range_end"] = Value::String(b64(end));
+        }
+        self.call("/v3/kv/range", &req).await
+    }
+
+    pub async fn txn(&self, txn: &Value) -> Result<Value, EtcdError> {
+        self.call("/v3/kv/txn", txn).await
+    }
+
+    /// A lease of `ttl` seconds; its id.
+    pub async fn lease_grant(&self, ttl: u64) -> Result<u64, EtcdError> {
+        let v = self.call("/v3/lease/grant", &json!({"TTL": ttl})).await?;
+        match int(&v["ID"]) {
+            0 => Err(EtcdError::Decode {
+                path: "/v3/lease/grant".into(),
+                detail: v.to_string(),
+            }),
+            id => Ok(id),
+        }
+    }
+
+    /// Refresh a lease; its remaining TTL (0: it has expired).
+    pub async fn lease_keepalive(&self, id: u64) -> Result<u64, EtcdError> {
+        let v = self.call("/v3/lease/keepalive", &json!({"ID": id.to_string()})).await?;
+        Ok(int(&v["result"]["TTL"]))
+    }
+
+    pub async fn lease_revoke(&self, id: u64) -> Result<(), EtcdError> {
+        self.call("/v3/kv/lease/revoke", &json!({"ID": id.to_string()}))
+            .await
+            .map(|_| ())
+    }
+
+    /// Watch `[key, end)` from revision `from` (inclusive), with previous
+    /// values.
+    pub async fn watch(&self, key: &[u8], end: &[u8], from: u64) -> Result<WatchStream, EtcdError> {
+        let req = json!({"create_request": {
+            "key": b64(key),
+            "range_end": b64(end),
+            "start_revision": from.to_string(),
+            "prev_kv": true,
+        }});
+        let resp = tokio::time::timeout(REQUEST_TIMEOUT, self.send("/v3/watch", &req))
+            .await
+            .map_err(|_| EtcdError::Timeout("/v3/watch".into()))??;
+        if resp.status().as_u16() != 200 {
+            return Err(EtcdError::Status {
+                path: "/v3/watch".into(),
+                code: resp.status().as_u16(),
+                body: String::new(),
+            });
+        }
+        Ok(WatchStream {
+            body: resp.into_body(),
+            buf: Vec::new(),
+            from,
+        })
+    }
+}
+
+/// The messages of one watch, as they arrive.
+pub struct WatchStream {
+    body: Incoming,
+    buf: Vec<u8>,
+    from: u64,
+}
+
+/// One watch message: its events (possibly none: the creation
+/// acknowledgement or a progress notice) and the header revision.
+pub struct WatchBatch {
+    pub events: Vec<WatchEvent>,
+    pub revision: u64,
+}
+
+impl WatchStream {
+    /// The next message; `Stream` when the connection ends.
+    pub async fn next(&mut self) -> Result<WatchBatch, EtcdError> {
+        loop {
+            if let Some(msg) = self.take_message()? {
+                return parse_watch(&msg, self.from);
+            }
+            match self.body.frame().await {
+                None => return Err(EtcdError::Stream("closed by the member".into())),
+                Some(Err(e)) => return Err(EtcdError::Stream(e.to_string())),
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        self.buf.extend_from_slice(data);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One complete JSON message from the buffer, if there is one.
+    fn take_message(&mut self) -> Result<Option<Value>, EtcdError> {
+        let mut it = serde_json::Deserializer::from_slice(&self.buf).into_iter::<Value>();
+        match it.next() {
+            Some(Ok(v)) => {
+                let used = it.byte_offset();
+                self.buf.drain(..used);
+                Ok(Some(v))
+            }
+            Some(Err(e)) if e.is_eof() => Ok(None),
+            None => Ok(None),
+            Some(Err(e)) => Err(EtcdError::Stream(format!("bad message: {e}"))),
+        }
+    }
+}
+
+fn parse_watch(msg: &Value, from: u64) -> Result<WatchBatch, EtcdError> {
+    let decode = |detail: String| EtcdError::Decode {
+        path: "/v3/watch".into(),
+        detail,
+    };
+    if let Some(err) = msg.get("error") {
+        return Err(EtcdError::Stream(err.to_string()));
+    }
+    let r = msg.get("result").ok_or_else(|| decode(format!("no result in {msg}")))?;
+    let compact = int(&r["compact_revision"]);
+    if compact > 0 {
+        return Err(EtcdError::Compacted {
+            requested: from,
+            compact_revision: compact,
+        });
+    }
+    if r.get("canceled").and_then(Value::as_bool) == Some(true) {
+        return Err(EtcdError::Stream(format!("canceled: {}", r["cancel_reason"])));
+    }
+    let mut events = Vec::new();
+    for e in r.get("events").and_then(Value::as_array).into_iter().flatten() {
+        let kv = key_value(&e["kv"]).map_err(decode)?;
+        let prev = match e.get("prev_kv") {
+            Some(p) if !p.is_null() => Some(key_value(p).map_err(decode)?),
+            _ => None,
+        };
+        events.push(WatchEvent {
+            deleted: e.get("type").and_then(Value::as_str) == Some("DELETE"),
+            kv,
+            prev,
+        });
+    }
+    Ok(WatchBatch {
+        events,
+        revision: header_revision(r),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_increments_the_last_byte() {
+        assert_eq!(prefix_end(b"/k8s4r/"), b"/k8s4r0".to_vec());
+        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(prefix_end(b"\xff"), vec![0]);
+    }
+
+    #[test]
+    fn endpoints_must_be_http_urls() {
+        assert!(Client::new(&[]).is_err());
+        assert!(Client::new(&["127.0.0.1:2379".into()]).is_err());
+        assert!(Client::new(&["http://127.0.0.1:2379/x".into()]).is_err());
+        assert!(Client::new(&["http://127.0.0.1:2379".into(), "http://h:1/".into()]).is_ok());
+    }
+
+    #[test]
+    fn watch_messages_decode() {
+        let put = json!({"result": {"header": {"revision": "7"}, "events": [
+            {"kv": {"key": b64(b"/k/a"), "value": b64(b"{}"), "create_revision": "7", "mod_revision": "7"}},
+            {"type": "DELETE", "kv": {"key": b64(b"/k/b"), "mod_revision": "7"},
+             "prev_kv": {"key": b64(b"/k/b"), "value": b64(b"1"), "create_revision": "3", "mod_revision": "5"}}
+        ]}});
+        let b = parse_watch(&put, 1).unwrap();
+        assert_eq!(b.revision, 7);
+        assert!(!b.events[0].deleted && b.events[0].prev.is_none());
+        assert!(b.events[1].deleted);
+        assert_eq!(b.events[1].prev.as_ref().unwrap().mod_revision, 5);
+        let compacted = json!({"result": {"canceled": true, "compact_revision": "3"}});
+        assert!(matches!(
+            parse_watch(&compacted, 1),
+            Err(EtcdError::Compacted {
+                requested: 1,
+                compact_revision: 3
+            })
+        ));
+        assert!(parse_watch(&json!({"nope": 1}), 1).is_err());
+    }
+}

@@ -1,0 +1,438 @@
+//! The etcd v3 backend, for several stateless server replicas.
+//!
+//! Keys are laid out as Kubernetes does: `<prefix>/<plural>/<namespace>/<name>`
+//! (`<prefix>/<plural>/<name>` without a namespace), values are the objects'
+//! JSON. An object's resourceVersion is its etcd mod revision; creates are
+//! transactions on `create_revision == 0`, conditional updates and deletes on
+//! `mod_revision == expected`.
+//!
+//! One etcd watch over the prefix feeds the shared [`EventLog`], so every
+//! replica's watchers (the controllers' cache, long-polling robots, kubectl
+//! watches) see each change, whichever replica wrote it. A write returns only
+//! once its own change has reached this replica's log, so a replica reads its
+//! own writes in its watches as the SQLite store does.
+
+pub mod client;
+
+use super::{
+    stamp_revision, BatchOp, BoxFuture, Event, EventKind, EventLog, Key, Listed, Store, StoreError, Stored, Watch,
+};
+use client::{Client, EtcdError, KeyValue, WatchEvent};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The key prefix of a production server.
+pub const DEFAULT_PREFIX: &str = "/k8s4r";
+
+/// How long a write waits for its change to come back through the watch.
+const ECHO_WAIT: Duration = Duration::from_secs(5);
+
+pub struct EtcdStore {
+    client: Arc<Client>,
+    prefix: String,
+    log: Arc<EventLog>,
+    feeder: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for EtcdStore {
+    fn drop(&mut self) {
+        self.feeder.abort();
+    }
+}
+
+fn backend(e: EtcdError) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn decode_value(bytes: &[u8], rev: u64) -> Result<Value, StoreError> {
+    let mut v: Value =
+        serde_json::from_slice(bytes).map_err(|e| StoreError::Backend(format!("corrupt object: {e}")))?;
+    stamp_revision(&mut v, rev);
+    Ok(v)
+}
+
+/// `Some(key)` when a txn failed on a missing key, else the revision the
+/// key is at.
+fn current_revision(resp: &Value) -> Result<Option<u64>, StoreError> {
+    let range = &resp["responses"][0]["response_range"];
+    let kvs = client::kvs(range).map_err(StoreError::Backend)?;
+    Ok(kvs.first().map(|kv| kv.mod_revision))
+}
+
+fn succeeded(resp: &Value) -> bool {
+    resp.get("succeeded").and_then(Value::as_bool) == Some(true)
+}
+
+impl EtcdStore {
+    /// Connect to the cluster at `endpoints`, keeping objects under `prefix`
+    /// and `history` changes for resumable watches.
+    pub async fn connect(endpoints: &[String], prefix: &str, history: usize) -> Result<Self, StoreError> {
+        let client = Arc::new(Client::new(endpoints).map_err(backend)?);
+        let prefix = prefix.trim_end_matches('/').to_string();
+        let start = client::header_revision(&client.range(prefix.as_bytes(), None).await.map_err(backend)?);
+        let log = EventLog::new(history, start);
+        let feeder = tokio::spawn(feed(client.clone(), prefix.clone(), log.clone(), start));
+        Ok(EtcdStore {
+            client,
+            prefix,
+            log,
+            feeder,
+        })
+    }
+
+    /// The client, shared with leader election.
+    pub fn client(&self) -> Arc<Client> {
+        self.client.clone()
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn key(&self, k: &Key) -> Vec<u8> {
+        if k.namespace.is_empty() {
+            format!("{}/{}/{}", self.prefix, k.resource, k.name).into_bytes()
+        } else {
+            format!("{}/{}/{}/{}", self.prefix, k.resource, k.namespace, k.name).into_bytes()
+        }
+    }
+
+    /// The store key of an etcd key under our prefix.
+    fn parse_key(prefix: &str, raw: &[u8]) -> Option<Key> {
+        let s = std::str::from_utf8(raw).ok()?;
+        let rest = s.strip_prefix(prefix)?.strip_prefix('/')?;
+        let (resource, rest) = rest.split_once('/')?;
+        let (ns, name) = rest.split_once('/').unwrap_or(("", rest));
+        if resource.is_empty() || name.is_empty() || name.contains('/') {
+            return None;
+        }
+        Some(Key::new(resource, ns, name))
+    }
+
+    fn stored(&self, key: &Key, kv: &KeyValue) -> Result<Stored, StoreError> {
+        Ok(Stored {
+            key: key.clone(),
+            value: decode_value(&kv.value, kv.mod_revision)?,
+            revision: kv.mod_revision,
+        })
+    }
+
+    /// Run one write transaction: `guard` the compare, `success` the
+    /// operation; the failure branch reads the key to tell NotFound from
+    /// Conflict/AlreadyExists.
+    async fn txn(&self, key: &Key, compare: Value, success: Value) -> Result<Value, StoreError> {
+        let k = client::b64(&self.key(key));
+        let req = json!({
+            "compare": [compare],
+            "success": [success],
+            "failure": [{"request_range": {"key": k}}],
+        });
+        self.client.txn(&req).await.map_err(backend)
+    }
+
+    fn compare_for(&self, key: &Key, expected: Option<u64>) -> Value {
+        let k = client::b64(&self.key(key));
+        match expected {
+            Some(rev) => json!({"target": "MOD", "key": k, "result": "EQUAL", "mod_revision": rev.to_string()}),
+            None => json!({"target": "CREATE", "key": k, "result": "GREATER", "create_revision": "0"}),
+        }
+    }
+
+    fn failure(key: &Key, expected: Option<u64>, resp: &Value) -> StoreError {
+        match current_revision(resp) {
+            Err(e) => e,
+            Ok(None) => StoreError::NotFound(key.clone()),
+            Ok(Some(actual)) => StoreError::Conflict {
+                key: key.clone(),
+                expected: expected.unwrap_or(0),
+                actual,
+            },
+        }
+    }
+
+    async fn create_raw(&self, key: &Key, value: Value) -> Result<Stored, StoreError> {
+        let k = client::b64(&self.key(key));
+        let text = serde_json::to_vec(&value).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let resp = self
+            .txn(
+                key,
+                json!({"target": "CREATE", "key": k, "result": "EQUAL", "create_revision": "0"}),
+                json!({"request_put": {"key": k, "value": client::b64(&text)}}),
+            )
+            .await?;
+        if !succeeded(&resp) {
+            return Err(StoreError::AlreadyExists(key.clone()));
+        }
+        let rev = client::header_revision(&resp);
+        let mut value = value;
+        stamp_revision(&mut value, rev);
+        Ok(Stored {
+            key: key.clone(),
+            value,
+            revision: rev,
+        })
+    }
+
+    async fn update_raw(&self, key: &Key, value: Value, expected: Option<u64>) -> Result<Stored, StoreError> {
+        let k = client::b64(&self.key(key));
+        let text = serde_json::to_vec(&value).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let resp = self
+            .txn(
+                key,
+                self.compare_for(key, expected),
+                json!({"request_put": {"key": k, "value": client::b64(&text)}}),
+            )
+            .await?;
+        if !succeeded(&resp) {
+            return Err(Self::failure(key, expected, &resp));
+        }
+        let rev = client::header_revision(&resp);
+        let mut value = value;
+        stamp_revision(&mut value, rev);
+        Ok(Stored {
+            key: key.clone(),
+            value,
+            revision: rev,
+        })
+    }
+
+    async fn delete_raw(&self, key: &Key, expected: Option<u64>) -> Result<Stored, StoreError> {
+        let k = client::b64(&self.key(key));
+        let resp = self
+            .txn(
+                key,
+                self.compare_for(key, expected),
+                json!({"request_delete_range": {"key": k, "prev_kv": true}}),
+            )
+            .await?;
+        if !succeeded(&resp) {
+            return Err(Self::failure(key, expected, &resp));
+        }
+        let rev = client::header_revision(&resp);
+        let deleted = &resp["responses"][0]["response_delete_range"];
+        let prev = client::prev_kvs(deleted).map_err(StoreError::Backend)?;
+        let last = prev.first().ok_or_else(|| StoreError::NotFound(key.clone()))?;
+        Ok(Stored {
+            key: key.clone(),
+            value: decode_value(&last.value, rev)?,
+            revision: rev,
+        })
+    }
+
+    /// Wait until this replica's watchers can see revision `rev`.
+    async fn echo(&self, rev: u64) {
+        if !self.log.wait_for(rev, ECHO_WAIT).await {
+            log::warn!("etcd: the watch has not delivered revision {rev} after {ECHO_WAIT:?}");
+        }
+    }
+
+    async fn echoed(&self, r: Result<Stored, StoreError>) -> Result<Stored, StoreError> {
+        if let Ok(s) = &r {
+            self.echo(s.revision).await;
+        }
+        r
+    }
+}
+
+/// Turn one etcd watch event into a store event (None: not an object key).
+fn event_of(prefix: &str, e: &WatchEvent) -> Result<Option<Event>, StoreError> {
+    let Some(key) = EtcdStore::parse_key(prefix, &e.kv.key) else {
+        return Ok(None);
+    };
+    let prev = match &e.prev {
+        Some(p) => Some(Arc::new(decode_value(&p.value, p.mod_revision)?)),
+        None => None,
+    };
+    let rev = e.kv.mod_revision;
+    let (kind, value) = if e.deleted {
+        let mut last = prev.as_deref().cloned().unwrap_or(Value::Null);
+        stamp_revision(&mut last, rev);
+        (EventKind::Deleted, last)
+    } else if e.kv.create_revision == e.kv.mod_revision {
+        (EventKind::Added, decode_value(&e.kv.value, rev)?)
+    } else {
+        (EventKind::Modified, decode_value(&e.kv.value, rev)?)
+    };
+    let prev = if kind == EventKind::Added { None } else { prev };
+    Ok(Some(Event {
+        kind,
+        revision: rev,
+        key,
+        value: Arc::new(value),
+        prev,
+    }))
+}
+
+/// Keep `log` fed from one etcd watch of the prefix, re-establishing it
+/// (on another member if need be) after `last`. If etcd compacted away
+/// changes we have not seen, the log is reset: its watchers re-list.
+async fn feed(client: Arc<Client>, prefix: String, log: Arc<EventLog>, mut last: u64) {
+    let start = format!("{prefix}/").into_bytes();
+    let end = client::prefix_end(&start);
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let mut stream = match client.watch(&start, &end, last + 1).await {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("etcd: starting the watch from {}: {e}", last + 1);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        loop {
+            match stream.next().await {
+                Ok(batch) => {
+                    backoff = Duration::from_millis(50);
+                    for e in &batch.events {
+                        match event_of(&prefix, e) {
+                            Ok(Some(ev)) if ev.revision > last => {
+                                last = ev.revision;
+                                log.publish(ev);
+                            }
+                            Ok(_) => {}
+                            Err(err) => log::error!("etcd: skipping an undecodable change: {err}"),
+                        }
+                    }
+                }
+                Err(EtcdError::Compacted { compact_revision, .. }) => {
+                    log::warn!("etcd: watch compacted at {compact_revision}; watchers re-list");
+                    last = compact_revision;
+                    log.reset(last);
+                    break;
+                }
+                Err(e) => {
+                    log::warn!("etcd: watch broke after {last}: {e}; resuming");
+                    tokio::time::sleep(backoff).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+impl Store for EtcdStore {
+    fn get<'a>(&'a self, key: &'a Key) -> BoxFuture<'a, Result<Option<Stored>, StoreError>> {
+        Box::pin(async move {
+            let resp = self.client.range(&self.key(key), None).await.map_err(backend)?;
+            let kvs = client::kvs(&resp).map_err(StoreError::Backend)?;
+            kvs.first().map(|kv| self.stored(key, kv)).transpose()
+        })
+    }
+
+    fn list<'a>(&'a self, resource: &'a str, namespace: Option<&'a str>) -> BoxFuture<'a, Result<Listed, StoreError>> {
+        Box::pin(async move {
+            let start = match namespace {
+                Some(ns) if !ns.is_empty() => format!("{}/{resource}/{ns}/", self.prefix),
+                _ => format!("{}/{resource}/", self.prefix),
+            }
+            .into_bytes();
+            let resp = self
+                .client
+                .range(&start, Some(&client::prefix_end(&start)))
+                .await
+                .map_err(backend)?;
+            let revision = client::header_revision(&resp);
+            let mut items = Vec::new();
+            for kv in client::kvs(&resp).map_err(StoreError::Backend)? {
+                let Some(key) = Self::parse_key(&self.prefix, &kv.key) else {
+                    continue;
+                };
+                if key.resource != resource || namespace.is_some_and(|ns| ns != key.namespace) {
+                    continue;
+                }
+                items.push(self.stored(&key, &kv)?);
+            }
+            items.sort_by(|a, b| (&a.key.namespace, &a.key.name).cmp(&(&b.key.namespace, &b.key.name)));
+            Ok(Listed { items, revision })
+        })
+    }
+
+    fn create<'a>(&'a self, key: &'a Key, value: Value) -> BoxFuture<'a, Result<Stored, StoreError>> {
+        Box::pin(async move {
+            let r = self.create_raw(key, value).await;
+            self.echoed(r).await
+        })
+    }
+
+    fn update<'a>(
+        &'a self,
+        key: &'a Key,
+        value: Value,
+        expected: Option<u64>,
+    ) -> BoxFuture<'a, Result<Stored, StoreError>> {
+        Box::pin(async move {
+            let r = self.update_raw(key, value, expected).await;
+            self.echoed(r).await
+        })
+    }
+
+    fn delete<'a>(&'a self, key: &'a Key, expected: Option<u64>) -> BoxFuture<'a, Result<Stored, StoreError>> {
+        Box::pin(async move {
+            let r = self.delete_raw(key, expected).await;
+            self.echoed(r).await
+        })
+    }
+
+    fn revision(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let resp = self.client.range(self.prefix.as_bytes(), None).await.map_err(backend)?;
+            Ok(client::header_revision(&resp))
+        })
+    }
+
+    fn watch(&self, from: u64) -> Result<Watch, StoreError> {
+        self.log.watch(from)
+    }
+
+    /// One transaction per operation (etcd cannot give each operation of
+    /// one transaction its own outcome), then one wait for all of them to
+    /// reach the watch.
+    fn batch(&self, ops: Vec<BatchOp>) -> BoxFuture<'_, Result<Vec<Result<Stored, StoreError>>, StoreError>> {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(ops.len());
+            let mut highest = 0;
+            for op in ops {
+                let r = match op {
+                    BatchOp::Create(k, v) => self.create_raw(&k, v).await,
+                    BatchOp::Update(k, v, e) => self.update_raw(&k, v, e).await,
+                    BatchOp::Delete(k, e) => self.delete_raw(&k, e).await,
+                };
+                match r {
+                    Err(e @ StoreError::Backend(_)) => return Err(e),
+                    Ok(s) => {
+                        highest = highest.max(s.revision);
+                        out.push(Ok(s));
+                    }
+                    Err(e) => out.push(Err(e)),
+                }
+            }
+            if highest > 0 {
+                self.echo(highest).await;
+            }
+            Ok(out)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip() {
+        for k in [Key::new("jobs", "default", "a"), Key::new("_jointokens", "", "abc")] {
+            let raw = if k.namespace.is_empty() {
+                format!("/k8s4r/{}/{}", k.resource, k.name)
+            } else {
+                format!("/k8s4r/{}/{}/{}", k.resource, k.namespace, k.name)
+            };
+            assert_eq!(EtcdStore::parse_key("/k8s4r", raw.as_bytes()), Some(k));
+        }
+        assert_eq!(EtcdStore::parse_key("/k8s4r", b"/k8s4r/jobs"), None);
+        assert_eq!(EtcdStore::parse_key("/k8s4r", b"/other/jobs/a/b"), None);
+        assert_eq!(EtcdStore::parse_key("/k8s4r", b"/k8s4r/jobs/a/b/c"), None);
+        assert_eq!(EtcdStore::parse_key("/k8s4r", b"\xff"), None);
+    }
+}
