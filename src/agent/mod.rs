@@ -123,6 +123,15 @@ pub fn default_envoy() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("envoy"))
 }
 
+/// `--log-max-size`: a positive size such as `1Mi` or `500000`.
+pub fn parse_log_max_size(text: &str) -> Result<u64, String> {
+    crate::api::Quantity::new(text)
+        .units_ceil()
+        .and_then(|b| u64::try_from(b).ok())
+        .filter(|b| *b > 0)
+        .ok_or_else(|| format!("--log-max-size {text:?}: expected a size such as 1Mi or 500000"))
+}
+
 /// `k8s4r-agent run ...`
 pub fn cmd_run(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
     let mut file = None;
@@ -139,14 +148,7 @@ pub fn cmd_run(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
             Long("robot") => robot = Some(parser.value()?.string()?),
             Long("envoy-bin") => envoy_bin = Some(PathBuf::from(parser.value()?)),
             Long("keep-running") => keep_running = true,
-            Long("log-max-size") => {
-                let text = parser.value()?.string()?;
-                limits.max_bytes = crate::api::Quantity::new(&text)
-                    .units_ceil()
-                    .and_then(|b| u64::try_from(b).ok())
-                    .filter(|b| *b > 0)
-                    .ok_or_else(|| format!("--log-max-size {text:?}: expected a size such as 1Mi or 500000"))?;
-            }
+            Long("log-max-size") => limits.max_bytes = parse_log_max_size(&parser.value()?.string()?)?,
             Long("log-max-files") => {
                 limits.max_files = parser.value()?.parse::<u32>()?.max(1);
             }

@@ -70,12 +70,7 @@ pub fn cmd_connect(first: Option<String>, parser: &mut lexopt::Parser) -> Result
                 continue;
             }
             "log-max-size" => {
-                let text = parser.value()?.string()?;
-                limits.max_bytes = crate::api::Quantity::new(&text)
-                    .units_ceil()
-                    .and_then(|b| u64::try_from(b).ok())
-                    .filter(|b| *b > 0)
-                    .ok_or_else(|| format!("--log-max-size {text:?}: expected a size such as 1Mi or 500000"))?;
+                limits.max_bytes = crate::agent::parse_log_max_size(&parser.value()?.string()?)?;
                 continue;
             }
             "log-max-files" => {
