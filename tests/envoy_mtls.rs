@@ -18,43 +18,6 @@ use std::path::Path;
 const SERVER_ID: &str = "spiffe://example.org/ns/prod/sa/server";
 const ROBOT_ID: &str = "spiffe://example.org/robot/r1";
 
-/// A server-side Envoy: inbound mTLS on `port`, allowing `allowed`, in
-/// front of `target_port`; certificates from files.
-struct ServerSide {
-    port: u16,
-    envoy: Envoy,
-}
-
-impl ServerSide {
-    fn start(bin: &Path, dir: &Path, files: TlsFiles, td: Option<&str>, allowed: &[&str], target_port: u16) -> Self {
-        let port = free_port();
-        let network = NetworkConfig {
-            tls_files: Some(files),
-            spiffe: td.map(|t| spiffe(t, None)),
-            ..Default::default()
-        };
-        let g = GroupProxy {
-            envoy_bin: bin.to_path_buf(),
-            ..proxy("server", dir, network)
-        };
-        let extras = ProxyExtras {
-            inbound: vec![Inbound {
-                name: "api".into(),
-                port: port.into(),
-                target_port: target_port.into(),
-                address: Some("127.0.0.1".into()),
-                allowed_spiffe_ids: allowed.iter().map(|s| s.to_string()).collect(),
-                spiffe: None,
-            }],
-            ..Default::default()
-        };
-        let launch = envoy::prepare_with(&g, &extras).unwrap();
-        let mut envoy = Envoy::start(&launch, dir.join("envoy.log"));
-        envoy.wait_ready();
-        ServerSide { port, envoy }
-    }
-}
-
 /// The robot side: one tls upstream to `server_port`, pinned to `peer_id`.
 fn robot(bin: &Path, dir: &Path, network: NetworkConfig) -> Envoy {
     let g = GroupProxy {

@@ -41,3 +41,98 @@ pub fn shared_dir() -> Option<PathBuf> {
         None
     }
 }
+
+/// A connected `k8s4r-agent` (`--server URL --join-token T --name ROBOT
+/// --labels L --data-dir DIR --no-cgroups` plus `extra`), its output in
+/// `<data>.log`. On drop it is killed (-9) and every task it started is
+/// stopped, so no test leaves processes behind; a failing test prints its log.
+pub struct ConnectedAgent {
+    child: Option<std::process::Child>,
+    pub data: PathBuf,
+    pub log: PathBuf,
+    args: Vec<String>,
+}
+
+impl ConnectedAgent {
+    pub fn start(
+        server: &str,
+        token: &str,
+        name: &str,
+        labels: &str,
+        data: &std::path::Path,
+        extra: &[&str],
+    ) -> ConnectedAgent {
+        let mut args: Vec<String> = [
+            "--server",
+            server,
+            "--join-token",
+            token,
+            "--name",
+            name,
+            "--labels",
+            labels,
+            "--no-cgroups",
+        ]
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(["--data-dir".to_string(), data.display().to_string()]);
+        let mut a = ConnectedAgent {
+            child: None,
+            data: data.to_path_buf(),
+            log: data.with_extension("log"),
+            args,
+        };
+        a.spawn();
+        a
+    }
+
+    /// (Re)start the process with the same arguments and data.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("agent log");
+        let child = std::process::Command::new(agent_bin())
+            .args(&self.args)
+            .stdout(log.try_clone().expect("dup agent log"))
+            .stderr(log)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("start k8s4r-agent");
+        self.child = Some(child);
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A task's stdout as `k8s4r-agent logs TASK` prints it.
+    pub fn task_output(&self, task: &str) -> String {
+        let out = std::process::Command::new(agent_bin())
+            .args(["logs", task, "--data-dir"])
+            .arg(&self.data)
+            .output()
+            .expect("run k8s4r-agent logs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for ConnectedAgent {
+    fn drop(&mut self) {
+        self.kill9();
+        let _ = k8s4r::agent::stop_all(&self.data);
+        if std::thread::panicking() {
+            eprintln!("--- agent log {} ---\n{}", self.log.display(), self.log_text());
+        }
+    }
+}

@@ -6,7 +6,7 @@
 pub mod sds;
 
 use k8s4r::api::{NetworkConfig, Protocol, SpiffeConfig, TlsFiles, Upstream};
-use k8s4r::envoy::{self, GroupProxy, Launch};
+use k8s4r::envoy::{self, GroupProxy, Inbound, Launch, ProxyExtras};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -340,6 +340,51 @@ pub fn proxy(group: &str, dir: &Path, network: NetworkConfig) -> GroupProxy {
         network,
         dir: dir.to_path_buf(),
         ..GroupProxy::default()
+    }
+}
+
+/// A server-side Envoy: inbound mTLS on `port`, allowing `allowed`, in
+/// front of `target_port`; certificates from files. The inbound is named
+/// `api`: its stats are `in-api.*` (RBAC) and `cluster.in-api-local.*`.
+pub struct ServerSide {
+    pub port: u16,
+    pub envoy: Envoy,
+}
+
+impl ServerSide {
+    pub fn start(
+        bin: &Path,
+        dir: &Path,
+        files: TlsFiles,
+        td: Option<&str>,
+        allowed: &[&str],
+        target_port: u16,
+    ) -> Self {
+        let port = free_port();
+        let network = NetworkConfig {
+            tls_files: Some(files),
+            spiffe: td.map(|t| spiffe(t, None)),
+            ..Default::default()
+        };
+        let g = GroupProxy {
+            envoy_bin: bin.to_path_buf(),
+            ..proxy("server", dir, network)
+        };
+        let extras = ProxyExtras {
+            inbound: vec![Inbound {
+                name: "api".into(),
+                port: port.into(),
+                target_port: target_port.into(),
+                address: Some("127.0.0.1".into()),
+                allowed_spiffe_ids: allowed.iter().map(|s| s.to_string()).collect(),
+                spiffe: None,
+            }],
+            ..Default::default()
+        };
+        let launch = envoy::prepare_with(&g, &extras).unwrap();
+        let mut envoy = Envoy::start(&launch, dir.join("envoy.log"));
+        envoy.wait_ready();
+        ServerSide { port, envoy }
     }
 }
 
