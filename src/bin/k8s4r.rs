@@ -11,6 +11,7 @@ USAGE:
 
 COMMANDS:
     server [--listen ADDR] [--data DIR]   Run the control plane
+    server --etcd URL[,URL...]        ... on etcd; run several replicas
     logs TASK [-f] [--tail N]         A task's output, fetched from its robot
     token create [--server URL]       Print a new join token for robots
     bench robots N [N...]             Fleet load test; writes target/bench/server.json

@@ -13,6 +13,7 @@ pub mod admission;
 pub mod agents;
 pub mod bench;
 pub mod controllers;
+pub mod election;
 pub mod events;
 pub mod fleet;
 pub mod http;
@@ -45,6 +46,8 @@ USAGE:
 OPTIONS:
     --listen ADDR            Address to serve on [default: 127.0.0.1:7443]
     --data DIR               Data directory (SQLite database) [default: ./k8s4r-data]
+    --etcd URL[,URL...]      Keep everything in etcd v3 instead (client URLs of its
+                             members); run any number of replicas on one cluster
     --poll-interval DUR      Base long-poll wait / heartbeat interval of agents [default: 30s]
     --offline-after DUR      Robot Offline after this long without a poll [default: 3 × poll interval]
     --max-poll-rate N        Target agent polls per second; the interval grows with the fleet [default: 500]
@@ -66,6 +69,8 @@ pub struct Config {
     /// File holding the operator bearer token; None: the API is open.
     pub admin_token_file: Option<PathBuf>,
     pub data: PathBuf,
+    /// etcd client URLs; empty: the SQLite store in `data`.
+    pub etcd: Vec<String>,
     pub fleet: fleet::FleetConfig,
     pub watch_history: usize,
 }
@@ -76,6 +81,7 @@ impl Default for Config {
             listen: "127.0.0.1:7443".into(),
             admin_token_file: None,
             data: PathBuf::from("k8s4r-data"),
+            etcd: Vec::new(),
             fleet: fleet::FleetConfig::default(),
             watch_history: 10_000,
         }
@@ -96,6 +102,15 @@ pub fn cmd_server(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
             Long("log-level") => level = logging::parse_level(&parser.value()?.string()?)?,
             Long("listen") => cfg.listen = parser.value()?.string()?,
             Long("data") => cfg.data = parser.value()?.into(),
+            Long("etcd") => {
+                cfg.etcd = parser
+                    .value()?
+                    .string()?
+                    .split(',')
+                    .filter(|u| !u.trim().is_empty())
+                    .map(|u| u.trim().to_string())
+                    .collect()
+            }
             Long("admin-token-file") => cfg.admin_token_file = Some(parser.value()?.into()),
             Long("poll-interval") => cfg.fleet.poll_interval = duration_arg(parser, "--poll-interval")?,
             Long("offline-after") => cfg.fleet.offline_after = Some(duration_arg(parser, "--offline-after")?),
@@ -140,6 +155,7 @@ pub fn raise_fd_limit() {
 #[derive(Debug)]
 pub enum ServeError {
     Store(store::sqlite::OpenError),
+    Etcd(store::StoreError),
     Bind(String, std::io::Error),
     AdminToken(PathBuf, String),
     Serve(std::io::Error),
@@ -149,6 +165,7 @@ impl std::fmt::Display for ServeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ServeError::Store(e) => write!(f, "opening the store: {e}"),
+            ServeError::Etcd(e) => write!(f, "connecting to etcd: {e}"),
             ServeError::Bind(a, e) => write!(f, "listening on {a}: {e}"),
             ServeError::AdminToken(p, e) => write!(f, "reading the admin token {}: {e}", p.display()),
             ServeError::Serve(e) => write!(f, "serving: {e}"),
@@ -174,16 +191,13 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
             Some(tokens::hash(token))
         }
     };
-    let store: Arc<dyn store::Store> =
-        Arc::new(store::sqlite::SqliteStore::open(&cfg.data, cfg.watch_history).map_err(ServeError::Store)?);
+    let backend = open_stores(&cfg).await?;
+    let store = backend.objects.clone();
+    let event_store = backend.events.clone();
     let registry = registry::Registry::new(store.clone());
     let fleet = Arc::new(fleet::Fleet::new(cfg.fleet.clone()));
-    // Events live in their own database (as Kubernetes often gives them
-    // their own etcd): a burst of them never holds up object writes.
-    let event_store: Arc<dyn store::Store> =
-        Arc::new(store::sqlite::SqliteStore::open(&cfg.data.join("events"), 1).map_err(ServeError::Store)?);
     let recorder = events::Recorder::start(event_store.clone());
-    let hub = controllers::run(registry.clone(), fleet, recorder.clone()).await;
+    let hub = controllers::run_when_leading(registry.clone(), fleet, recorder.clone(), backend.leader).await;
     let app = Arc::new(http::App {
         admin_token_hash,
         registry: registry.clone(),
@@ -208,12 +222,59 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     println!("listening on http://{addr}");
     eprintln!(
         "k8s4r server: data in {}, kubectl --server http://{addr}",
-        cfg.data.display()
+        backend.describe
     );
-    axum::serve(listener, http::router(app))
+    let served = axum::serve(listener, http::router(app))
         .with_graceful_shutdown(shutdown())
         .await
-        .map_err(ServeError::Serve)
+        .map_err(ServeError::Serve);
+    if let Some(e) = &backend.election {
+        e.resign().await;
+    }
+    served
+}
+
+/// Where the server keeps its state, and whether it may run controllers.
+struct Backend {
+    objects: Arc<dyn store::Store>,
+    events: Arc<dyn store::Store>,
+    leader: tokio::sync::watch::Receiver<bool>,
+    election: Option<election::Election>,
+    describe: String,
+}
+
+async fn open_stores(cfg: &Config) -> Result<Backend, ServeError> {
+    if cfg.etcd.is_empty() {
+        let objects = store::sqlite::SqliteStore::open(&cfg.data, cfg.watch_history).map_err(ServeError::Store)?;
+        // Events live in their own database (as Kubernetes often gives them
+        // their own etcd): a burst of them never holds up object writes.
+        let events = store::sqlite::SqliteStore::open(&cfg.data.join("events"), 1).map_err(ServeError::Store)?;
+        // One process on one file: it always leads.
+        let leader = tokio::sync::watch::channel(true).1;
+        return Ok(Backend {
+            objects: Arc::new(objects),
+            events: Arc::new(events),
+            leader,
+            election: None,
+            describe: cfg.data.display().to_string(),
+        });
+    }
+    let objects = store::etcd::EtcdStore::connect(&cfg.etcd, store::etcd::DEFAULT_PREFIX, cfg.watch_history)
+        .await
+        .map_err(ServeError::Etcd)?;
+    let events = store::etcd::EtcdStore::connect(&cfg.etcd, store::etcd::EVENTS_PREFIX, 1)
+        .await
+        .map_err(ServeError::Etcd)?;
+    // "<pid>:<random>": which process leads, for operators and tests.
+    let id = format!("{}:{}", std::process::id(), object::hex(&object::random_bytes::<4>()));
+    let (election, leader) = election::Election::start(objects.client(), store::etcd::LEADER_KEY.to_string(), id);
+    Ok(Backend {
+        objects: Arc::new(objects),
+        events: Arc::new(events),
+        leader,
+        election: Some(election),
+        describe: format!("etcd {}", cfg.etcd.join(",")),
+    })
 }
 
 async fn shutdown() {

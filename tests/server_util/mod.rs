@@ -150,6 +150,28 @@ impl Server {
         self.base = base;
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// SIGKILL the server and leave it dead.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start a stopped or killed server again on its data directory and
+    /// arguments (new port).
+    pub fn start_again(&mut self) {
+        self.kill();
+        let (child, base) = spawn(self.data.path(), &self.args);
+        self.child = Some(child);
+        self.base = base;
+    }
+
     /// Stop and start again on the same data directory (new port).
     pub fn restart(&mut self) {
         self.stop();

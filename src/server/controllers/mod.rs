@@ -304,8 +304,19 @@ impl Ctx {
 /// Start the hub, the worker and the periodic ticks. Returns the hub (for
 /// the agent API) once the cache has its first full view.
 pub async fn run(registry: Registry, fleet: Arc<Fleet>, events: Recorder) -> Arc<Hub> {
+    run_when_leading(registry, fleet, events, watch::channel(true).1).await
+}
+
+/// [`run`] on one of several replicas: the cache always, the workers only
+/// while `leader` says this replica leads.
+pub async fn run_when_leading(
+    registry: Registry,
+    fleet: Arc<Fleet>,
+    events: Recorder,
+    leader: watch::Receiver<bool>,
+) -> Arc<Hub> {
     let (hub, work) = start_cache(registry.clone(), fleet).await;
-    start_workers(registry, hub.clone(), work, events);
+    start_workers(registry, hub.clone(), work, events, leader);
     hub
 }
 
@@ -325,9 +336,16 @@ pub async fn start_cache(registry: Registry, fleet: Arc<Fleet>) -> (Arc<Hub>, mp
     (hub, rx)
 }
 
-/// The part only the leader runs: the reconcile worker and its ticks. (With
-/// one store and one server, that is this process.)
-pub fn start_workers(registry: Registry, hub: Arc<Hub>, mut rx: mpsc::UnboundedReceiver<Work>, events: Recorder) {
+/// The part only the leader runs: the reconcile worker and its ticks. Work
+/// queued while `leader` is false is dropped; on gaining leadership every
+/// Job is reconciled afresh from the cache.
+pub fn start_workers(
+    registry: Registry,
+    hub: Arc<Hub>,
+    mut rx: mpsc::UnboundedReceiver<Work>,
+    events: Recorder,
+    leader: watch::Receiver<bool>,
+) {
     let queue = hub.queue.clone();
     let fleet = hub.fleet.clone();
     let ctx = Ctx {
@@ -335,9 +353,13 @@ pub fn start_workers(registry: Registry, hub: Arc<Hub>, mut rx: mpsc::UnboundedR
         hub: hub.clone(),
         events,
     };
+    let leading = leader.clone();
     tokio::spawn(async move {
         while let Some(w) = rx.recv().await {
             ctx.hub.queue.take(&w);
+            if !*leading.borrow() {
+                continue;
+            }
             let outcome: Result<Next, Status> = match &w {
                 Work::Job { namespace, name } => jobs::reconcile(&ctx, namespace, name).await,
                 Work::Gc => gc::collect(&ctx).await,
@@ -362,11 +384,15 @@ pub fn start_workers(registry: Registry, hub: Arc<Hub>, mut rx: mpsc::UnboundedR
     // Ticks: liveness often (bounded by the offline threshold), GC rarely.
     let q = queue.clone();
     let f = fleet.clone();
+    let ticks_leader = leader.clone();
     tokio::spawn(async move {
         let mut gc_at = tokio::time::Instant::now();
         loop {
             let tick = (f.offline_after() / 4).clamp(Duration::from_millis(100), Duration::from_secs(2));
             tokio::time::sleep(tick).await;
+            if !*ticks_leader.borrow() {
+                continue;
+            }
             q.add(Work::Liveness);
             if gc_at.elapsed() >= Duration::from_secs(60) {
                 gc_at = tokio::time::Instant::now();
@@ -374,11 +400,19 @@ pub fn start_workers(registry: Registry, hub: Arc<Hub>, mut rx: mpsc::UnboundedR
             }
         }
     });
-    queue.add(Work::Gc);
-    for j in hub.cache.list("jobs", None) {
-        queue.add(Work::Job {
-            namespace: object::namespace(&j).to_string(),
-            name: object::name(&j).to_string(),
-        });
-    }
+    tokio::spawn(async move {
+        let mut leader = leader;
+        while leader.wait_for(|l| *l).await.is_ok() {
+            queue.add(Work::Gc);
+            for j in hub.cache.list("jobs", None) {
+                queue.add(Work::Job {
+                    namespace: object::namespace(&j).to_string(),
+                    name: object::name(&j).to_string(),
+                });
+            }
+            if leader.wait_for(|l| !*l).await.is_err() {
+                break;
+            }
+        }
+    });
 }

@@ -18,6 +18,8 @@ use std::time::Duration;
 
 /// How long one unary request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long calls are retried while the cluster elects a raft leader.
+const UNAVAILABLE_RETRY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum EtcdError {
@@ -199,6 +201,27 @@ impl Client {
         Err(EtcdError::Unreachable(last))
     }
 
+    /// A unary call: POST `body` to `path`, the JSON answer. While the
+    /// cluster has no raft leader (a member just died) the call is retried
+    /// for a few seconds: always when `idempotent`, otherwise only when etcd
+    /// says it did not take the request ("no leader").
+    pub async fn call_retrying(&self, path: &str, body: &Value, idempotent: bool) -> Result<Value, EtcdError> {
+        let deadline = tokio::time::Instant::now() + UNAVAILABLE_RETRY;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            match self.call(path, body).await {
+                Err(EtcdError::Status {
+                    code: 503, body: text, ..
+                }) if (idempotent || text.contains("no leader")) && tokio::time::Instant::now() + pause < deadline => {
+                    log::debug!("etcd {path}: unavailable ({text}); retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// A unary call: POST `body` to `path`, the JSON answer.
     pub async fn call(&self, path: &str, body: &Value) -> Result<Value, EtcdError> {
         let fut = async {
@@ -233,11 +256,11 @@ impl Client {
         if let Some(end) = end {
             req["range_end"] = Value::String(b64(end));
         }
-        self.call("/v3/kv/range", &req).await
+        self.call_retrying("/v3/kv/range", &req, true).await
     }
 
     pub async fn txn(&self, txn: &Value) -> Result<Value, EtcdError> {
-        self.call("/v3/kv/txn", txn).await
+        self.call_retrying("/v3/kv/txn", txn, false).await
     }
 
     /// A lease of `ttl` seconds; its id.
@@ -259,7 +282,7 @@ impl Client {
     }
 
     pub async fn lease_revoke(&self, id: u64) -> Result<(), EtcdError> {
-        self.call("/v3/kv/lease/revoke", &json!({"ID": id.to_string()}))
+        self.call("/v3/lease/revoke", &json!({"ID": id.to_string()}))
             .await
             .map(|_| ())
     }

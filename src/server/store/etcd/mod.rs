@@ -24,6 +24,10 @@ use std::time::Duration;
 
 /// The key prefix of a production server.
 pub const DEFAULT_PREFIX: &str = "/k8s4r";
+/// Events (kubectl get events), apart from the objects as with SQLite.
+pub const EVENTS_PREFIX: &str = "/k8s4r-events";
+/// The key the elected leader holds (outside both prefixes' ranges).
+pub const LEADER_KEY: &str = "/k8s4r-leader";
 
 /// How long a write waits for its change to come back through the watch.
 const ECHO_WAIT: Duration = Duration::from_secs(5);

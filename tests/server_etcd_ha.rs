@@ -1,0 +1,222 @@
+#![cfg(feature = "server")]
+//! A highly available control plane: three `k8s4r server` replicas on a
+//! three-member etcd cluster. A long poll on one replica wakes for a Job
+//! created through another; the leader is SIGKILLed in the middle of a burst
+//! of Job creates and every Job still ends up scheduled exactly once; an etcd
+//! member dies and the service goes on; everything restarts with its state.
+
+mod server_util;
+
+use base64::Engine;
+use serde_json::{json, Value};
+use server_util::etcd::Etcd;
+use server_util::{wait_for, Robot, Server};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(20);
+const JOBS: usize = 24;
+const PER_JOB: usize = 2;
+
+fn jobs_path() -> &'static str {
+    "/apis/robot.k8s4r.io/v1alpha1/namespaces/default/jobs"
+}
+
+fn job(name: &str, selector: Value, count: usize) -> Value {
+    json!({"apiVersion": "robot.k8s4r.io/v1alpha1", "kind": "Job", "metadata": {"name": name},
+           "spec": {"type": "batch", "robotSelector": selector, "taskGroups": [{"name": "g", "count": count,
+             "tasks": [{"name": "main", "driver": "exec", "config": {"execConfig": {"command": "/bin/true"}}}]}]}})
+}
+
+fn start_replicas(etcd: &Etcd, n: usize) -> Vec<Server> {
+    let eps = etcd.endpoints();
+    (0..n).map(|_| Server::start_with(&["--etcd", &eps])).collect()
+}
+
+/// The pid written in the leader key, if any replica leads.
+fn leader_pid(etcd: &Etcd) -> Option<u32> {
+    let key = base64::engine::general_purpose::STANDARD.encode("/k8s4r-leader");
+    for m in &etcd.members {
+        let reply = ureq::post(&format!("{}/v3/kv/range", m.client_url))
+            .send(json!({ "key": key }).to_string().as_str())
+            .ok()
+            .and_then(|mut r| r.body_mut().read_to_string().ok());
+        let Some(text) = reply else { continue };
+        let v: Value = serde_json::from_str(&text).ok()?;
+        let value = v["kvs"][0]["value"].as_str()?;
+        let id = base64::engine::general_purpose::STANDARD.decode(value).ok()?;
+        return String::from_utf8(id).ok()?.split(':').next()?.parse().ok();
+    }
+    None
+}
+
+fn leader_index(etcd: &Etcd, servers: &[Server]) -> Option<usize> {
+    let pid = leader_pid(etcd)?;
+    servers.iter().position(|s| s.pid() == Some(pid))
+}
+
+/// Tasks per Job, and whether every Task has a robot.
+fn tasks_by_job(s: &Server) -> (BTreeMap<String, Vec<String>>, bool) {
+    let list = s.list("tasks", "");
+    let mut by_job: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut all_placed = true;
+    for t in list["items"].as_array().into_iter().flatten() {
+        let job = t["spec"]["jobName"].as_str().unwrap_or_default().to_string();
+        by_job
+            .entry(job)
+            .or_default()
+            .push(t["metadata"]["uid"].as_str().unwrap_or_default().to_string());
+        all_placed &= t["spec"]["targetRobot"].as_str().is_some_and(|r| !r.is_empty());
+    }
+    (by_job, all_placed)
+}
+
+fn all_scheduled(s: &Server, jobs: usize) -> Option<BTreeMap<String, Vec<String>>> {
+    let (by_job, placed) = tasks_by_job(s);
+    let complete = by_job.iter().all(|(job, t)| t.len() >= wanted(job));
+    (placed && complete && by_job.len() == jobs).then_some(by_job)
+}
+
+fn wanted(job: &str) -> usize {
+    if job == "watched" {
+        1
+    } else {
+        PER_JOB
+    }
+}
+
+#[test]
+fn replicas_share_one_etcd_and_survive_failures() {
+    let mut etcd = Etcd::cluster(3);
+    let mut servers = start_replicas(&etcd, 3);
+    let leader = wait_for("a leader", T, || leader_index(&etcd, &servers));
+    let follower = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+
+    // Robots register through different replicas.
+    let join = servers[follower].join_token();
+    for i in 0..4 {
+        Robot::register(&servers[i % 3], &join, &format!("r{i}"), json!({"fleet": "a"}));
+    }
+
+    // A robot long-polls a follower; a Job for it is created through
+    // another replica; the poll answers at once (etcd watch, not polling).
+    {
+        let mut robot = Robot::register(&servers[follower], &join, "watcher", json!({"fleet": "w"}));
+        robot.poll("0s");
+        let base = servers[follower].base.clone();
+        let (token, since) = (robot.token.clone(), robot.since);
+        let poller = std::thread::spawn(move || {
+            let s = Server::attach(&base);
+            let r = s.request(
+                "GET",
+                &format!("/agent/v1/robots/watcher/assignments?since={since}&wait=30s"),
+                "",
+                None,
+                &[("Authorization", &format!("Bearer {token}"))],
+            );
+            (r.status, r.json(), Instant::now())
+        });
+        let created = Instant::now();
+        let r = servers[other].send_json(
+            "POST",
+            jobs_path(),
+            &job("watched", json!({"matchLabels": {"fleet": "w"}}), 1),
+        );
+        assert_eq!(r.status, 201, "{}", r.body);
+        let (status, reply, answered) = poller.join().expect("poller");
+        assert_eq!(status, 200);
+        let tasks = reply["tasks"].as_array().expect("tasks");
+        assert_eq!(
+            tasks.len(),
+            1,
+            "the poll on one replica sees the Job created on another: {reply}"
+        );
+        let latency = answered.duration_since(created);
+        eprintln!("cross-replica long-poll wake-up after {latency:?}");
+        assert!(latency < Duration::from_secs(5), "the poll woke after {latency:?}");
+    }
+
+    // A burst of Job creates over the live replicas; the leader is killed
+    // a third of the way through.
+    let fleet = json!({"matchLabels": {"fleet": "a"}});
+    let old_leader_pid = servers[leader].pid();
+    let mut killed_at = None;
+    for i in 0..JOBS {
+        if i == JOBS / 3 {
+            servers[leader].kill();
+            killed_at = Some(Instant::now());
+        }
+        let live: Vec<usize> = (0..3).filter(|&n| servers[n].pid().is_some()).collect();
+        let s = &servers[live[i % live.len()]];
+        let r = s.send_json("POST", jobs_path(), &job(&format!("burst-{i}"), fleet.clone(), PER_JOB));
+        assert_eq!(r.status, 201, "create burst-{i}: {}", r.body);
+    }
+    let new_leader = wait_for("a new leader", T, || {
+        leader_index(&etcd, &servers).filter(|&n| servers[n].pid() != old_leader_pid)
+    });
+    let handover = killed_at.expect("killed").elapsed();
+    eprintln!("leadership handed over within {handover:?}");
+    let survivors: Vec<usize> = (0..3).filter(|&n| n != leader).collect();
+    assert!(survivors.contains(&new_leader));
+
+    let expected_jobs = JOBS + 1; // and "watched"
+    let scheduled = wait_for("every Job scheduled", T, || {
+        all_scheduled(&servers[survivors[0]], expected_jobs)
+    });
+    for (job, tasks) in &scheduled {
+        let want = wanted(job);
+        assert_eq!(
+            tasks.len(),
+            want,
+            "Job {job} has {} tasks, not {want}: {tasks:?}",
+            tasks.len()
+        );
+    }
+    // Both survivors serve the same state.
+    assert_eq!(tasks_by_job(&servers[survivors[1]]).0, scheduled);
+
+    // One etcd member dies: the service goes on.
+    etcd.members[0].kill();
+    // Until the remaining members elect a raft leader a write may fail as
+    // unavailable (as with any etcd client); a client retries, and a retry
+    // after a write that did land finds the Job there (409).
+    let s = &servers[survivors[1]];
+    wait_for("a create with one etcd member down", T, || {
+        let r = s.send_json("POST", jobs_path(), &job("after-member-loss", fleet.clone(), PER_JOB));
+        match r.status {
+            201 | 409 => Some(()),
+            _ => {
+                eprintln!("create with a member down: {} {}", r.status, r.body);
+                None
+            }
+        }
+    });
+    let scheduled = wait_for("the Job scheduled with a member down", T, || {
+        all_scheduled(&servers[survivors[0]], expected_jobs + 1)
+    });
+
+    // Everything restarts: state and task identities are intact.
+    for s in &mut servers {
+        s.kill();
+    }
+    for m in &mut etcd.members {
+        m.kill();
+    }
+    for m in &mut etcd.members {
+        m.restart();
+    }
+    etcd.wait_healthy();
+    for s in &mut servers {
+        s.start_again();
+    }
+    wait_for("a leader after the restart", T, || leader_index(&etcd, &servers));
+    let after = tasks_by_job(&servers[0]);
+    assert!(after.1, "every task still placed");
+    assert_eq!(
+        after.0, scheduled,
+        "the same Tasks (same uids) after restarting everything"
+    );
+    let robot = servers[2].object("robots", "r3").expect("robot survives");
+    assert_eq!(robot["spec"]["labels"]["fleet"], "a");
+}
