@@ -12,6 +12,7 @@ USAGE:
 COMMANDS:
     server [--listen ADDR] [--data DIR]   Run the control plane
     server --etcd URL[,URL...]        ... on etcd; run several replicas
+    migrate --from-data DIR --to-etcd URL  Move a stopped server's state to etcd
     logs TASK [-f] [--tail N]         A task's output, fetched from its robot
     token create [--server URL]       Print a new join token for robots
     bench robots N [N...]             Fleet load test; writes target/bench/server.json
@@ -50,6 +51,7 @@ fn run() -> Result<i32, lexopt::Error> {
         }
         Value(cmd) if cmd == "server" => k8s4r::server::cmd_server(&mut parser),
         Value(cmd) if cmd == "logs" => k8s4r::server::logs_cli::cmd_logs(&mut parser),
+        Value(cmd) if cmd == "migrate" => k8s4r::server::migrate::cmd_migrate(&mut parser),
         Value(cmd) if cmd == "token" => k8s4r::server::cmd_token(&mut parser),
         Value(cmd) if cmd == "bench" => k8s4r::server::bench::cmd_bench(&mut parser),
         Value(cmd) if cmd == "render-envoy" => k8s4r::envoy::cmd_render(&mut parser),

@@ -20,6 +20,7 @@ pub mod http;
 pub mod logging;
 pub mod logs;
 pub mod logs_cli;
+pub mod migrate;
 pub mod object;
 pub mod patch;
 pub mod registry;

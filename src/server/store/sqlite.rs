@@ -86,6 +86,16 @@ impl SqliteStore {
         &self.path
     }
 
+    /// Every resource (plural) that has objects, sorted.
+    pub fn resources(&self) -> Result<Vec<String>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare("SELECT DISTINCT resource FROM objects ORDER BY resource")
+            .map_err(backend)?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(backend)?;
+        rows.collect::<Result<_, _>>().map_err(backend)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
