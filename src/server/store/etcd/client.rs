@@ -179,14 +179,26 @@ impl Client {
     /// they cannot be reached. Returns the response of the first member
     /// that took the request.
     async fn send(&self, path: &str, body: &Value) -> Result<hyper::Response<Incoming>, EtcdError> {
+        self.send_with(path, body, &[]).await
+    }
+
+    async fn send_with(
+        &self,
+        path: &str,
+        body: &Value,
+        headers: &[(&str, &str)],
+    ) -> Result<hyper::Response<Incoming>, EtcdError> {
         let body = Bytes::from(body.to_string());
         let start = self.current.load(Ordering::Relaxed);
         let mut last = String::new();
         for i in 0..self.endpoints.len() {
             let idx = (start + i) % self.endpoints.len();
             let uri = format!("{}{path}", self.endpoints[idx]);
-            let req = hyper::Request::post(&uri)
-                .header("content-type", "application/json")
+            let mut req = hyper::Request::post(&uri).header("content-type", "application/json");
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            let req = req
                 .body(Full::new(body.clone()))
                 .map_err(|e| EtcdError::Endpoint(format!("{uri}: {e}")))?;
             match self.http.request(req).await {
@@ -288,7 +300,9 @@ impl Client {
     }
 
     /// Watch `[key, end)` from revision `from` (inclusive), with previous
-    /// values.
+    /// values. The member ends the watch when it loses the raft leader
+    /// (etcd's `WithRequireLeader`), so a member cut off from the cluster
+    /// cannot leave the watch silently stale: the caller resumes elsewhere.
     pub async fn watch(&self, key: &[u8], end: &[u8], from: u64) -> Result<WatchStream, EtcdError> {
         let req = json!({"create_request": {
             "key": b64(key),
@@ -296,7 +310,8 @@ impl Client {
             "start_revision": from.to_string(),
             "prev_kv": true,
         }});
-        let resp = tokio::time::timeout(REQUEST_TIMEOUT, self.send("/v3/watch", &req))
+        let require_leader = [("grpc-metadata-hasleader", "true")];
+        let resp = tokio::time::timeout(REQUEST_TIMEOUT, self.send_with("/v3/watch", &req, &require_leader))
             .await
             .map_err(|_| EtcdError::Timeout("/v3/watch".into()))??;
         if resp.status().as_u16() != 200 {
