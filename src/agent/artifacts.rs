@@ -18,6 +18,8 @@ use std::time::Duration;
 
 /// A download that takes longer than this fails (and the task with it).
 const FETCH_TIMEOUT: Duration = Duration::from_secs(120);
+/// Largest artifact a task may download (robots have small disks).
+pub const MAX_ARTIFACT_BYTES: u64 = 512 << 20;
 
 #[derive(Debug)]
 pub enum ArtifactError {
@@ -131,12 +133,14 @@ fn fetch(a: &Artifact, task_dir: &Path, alloc_dir: &Path, owner: Option<(u32, u3
     let mut reader: Box<dyn Read> = if let Some(path) = source.strip_prefix("file://") {
         Box::new(std::fs::File::open(path).map_err(|e| fetch_err(format!("{path}: {e}")))?)
     } else if source.starts_with("http://") {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(FETCH_TIMEOUT))
-            .build()
-            .into();
-        let response = agent.get(&source).call().map_err(|e| fetch_err(e.to_string()))?;
-        Box::new(response.into_body().into_reader())
+        let response = crate::agent::http::Request::get(&source, FETCH_TIMEOUT)
+            .send()
+            .map_err(|e| fetch_err(e.to_string()))?;
+        if !(200..300).contains(&response.status) {
+            return Err(fetch_err(format!("server answered {}", response.status)));
+        }
+        // Bounded: a runaway or hostile source cannot fill the robot's disk.
+        Box::new(response.into_reader().take(MAX_ARTIFACT_BYTES + 1))
     } else if source.starts_with("https://") {
         return Err(ArtifactError::Unsupported(format!(
             "{source}: https is not available in this agent build (no TLS)"
@@ -149,6 +153,7 @@ fn fetch(a: &Artifact, task_dir: &Path, alloc_dir: &Path, owner: Option<(u32, u3
     let mut file = PendingFile::create(&dest, 0o644, owner).map_err(ArtifactError::Path)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];
+    let mut written = 0u64;
     loop {
         let n = match reader.read(&mut buf) {
             Ok(0) => break,
@@ -156,6 +161,12 @@ fn fetch(a: &Artifact, task_dir: &Path, alloc_dir: &Path, owner: Option<(u32, u3
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(fetch_err(e.to_string())),
         };
+        written += n as u64;
+        if written > MAX_ARTIFACT_BYTES {
+            return Err(fetch_err(format!(
+                "larger than the {MAX_ARTIFACT_BYTES}-byte artifact limit"
+            )));
+        }
         hasher.update(&buf[..n]);
         file.file.write_all(&buf[..n]).map_err(|error| ArtifactError::Write {
             source: source.clone(),

@@ -33,6 +33,7 @@ pub mod cgroup;
 pub mod checks;
 pub mod connected;
 pub mod device;
+pub mod http;
 pub mod logs;
 pub mod paths;
 pub mod procfs;

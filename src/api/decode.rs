@@ -261,6 +261,10 @@ pub fn decode_typed<T: DeserializeOwned>(value: serde_json::Value) -> Result<Dec
     let mut warnings = Vec::new();
     let mut on_unknown =
         |path: serde_ignored::Path<'_>| warnings.push(format!("unknown field \"{}\"", ignored_path(&path)));
+    // A trait object, not the closure's own type: the deserializer type is
+    // then the same for every T, so the (large) serde code for the nested
+    // API types is generated once instead of once per kind.
+    let mut on_unknown: &mut dyn FnMut(serde_ignored::Path<'_>) = &mut on_unknown;
     let ignored = serde_ignored::Deserializer::new(value, &mut on_unknown);
     match serde_path_to_error::deserialize::<_, T>(ignored) {
         Ok(object) => Ok(Decoded { object, warnings }),

@@ -1,13 +1,14 @@
-//! The agent API over plain HTTP with ureq (blocking; no async runtime).
+//! The agent API over plain HTTP (the agent's own small client; blocking,
+//! no async runtime).
 //! HTTP stays here: callers get typed requests and responses.
 
+use crate::agent::http::{HttpError, Request, Response};
 use crate::api::agent_protocol::{
     Assignments, LogUpload, RegisterRequest, RegisterResponse, StatusReply, StatusReport, PREFIX,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::fmt;
-use std::io::Read;
 use std::time::Duration;
 
 /// Largest response we read: a robot's full desired set stays far below.
@@ -46,20 +47,14 @@ impl std::error::Error for ClientError {}
 
 pub struct Client {
     base: String,
-    http: ureq::Agent,
+    user_agent: String,
 }
 
 impl Client {
     pub fn new(base: &str) -> Self {
-        let http: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_connect(Some(Duration::from_secs(10)))
-            .user_agent(format!("k8s4r-agent/{}", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into();
         Client {
             base: base.trim_end_matches('/').to_string(),
-            http,
+            user_agent: format!("k8s4r-agent/{}", env!("CARGO_PKG_VERSION")),
         }
     }
 
@@ -81,16 +76,20 @@ impl Client {
             self.base,
             wait.as_secs()
         );
-        let response = self
-            .http
-            .get(&url)
-            .config()
-            .timeout_global(Some(wait + POLL_SLACK))
-            .build()
-            .header("Authorization", &format!("Bearer {token}"))
-            .header("Accept", "application/json")
-            .call();
-        read_json(response)
+        let auth = format!("Bearer {token}");
+        let headers = [
+            ("Authorization", auth.as_str()),
+            ("Accept", "application/json"),
+            ("User-Agent", &self.user_agent),
+        ];
+        let req = Request {
+            method: "GET",
+            url: &url,
+            headers: &headers,
+            body: None,
+            timeout: wait + POLL_SLACK,
+        };
+        read_json(req.send())
     }
 
     pub fn report(&self, robot: &str, token: &str, report: &StatusReport) -> Result<StatusReply, ClientError> {
@@ -109,32 +108,32 @@ impl Client {
         body: &B,
     ) -> Result<R, ClientError> {
         let bytes = serde_json::to_vec(body).map_err(|e| ClientError::Decode(e.to_string()))?;
-        let mut req = self
-            .http
-            .post(&format!("{}{path}", self.base))
-            .config()
-            .timeout_global(Some(REQUEST_TIMEOUT))
-            .build()
-            .header("Content-Type", "application/json")
-            .header("Accept", "application/json");
-        if let Some(t) = token {
-            req = req.header("Authorization", &format!("Bearer {t}"));
+        let url = format!("{}{path}", self.base);
+        let auth = token.map(|t| format!("Bearer {t}")).unwrap_or_default();
+        let mut headers = vec![
+            ("Content-Type", "application/json"),
+            ("Accept", "application/json"),
+            ("User-Agent", self.user_agent.as_str()),
+        ];
+        if token.is_some() {
+            headers.push(("Authorization", auth.as_str()));
         }
-        read_json(req.send(&bytes[..]))
+        let req = Request {
+            method: "POST",
+            url: &url,
+            headers: &headers,
+            body: Some(&bytes),
+            timeout: REQUEST_TIMEOUT,
+        };
+        read_json(req.send())
     }
 }
 
-fn read_json<R: DeserializeOwned>(
-    response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-) -> Result<R, ClientError> {
+fn read_json<R: DeserializeOwned>(response: Result<Response, HttpError>) -> Result<R, ClientError> {
     let response = response.map_err(|e| ClientError::Transport(e.to_string()))?;
-    let code = response.status().as_u16();
-    let mut body = Vec::new();
-    response
-        .into_body()
-        .into_reader()
-        .take(MAX_RESPONSE)
-        .read_to_end(&mut body)
+    let code = response.status;
+    let body = response
+        .read_body(MAX_RESPONSE)
         .map_err(|e| ClientError::Transport(e.to_string()))?;
     if !(200..300).contains(&code) {
         // Errors are Kubernetes Status objects; fall back to the raw text.
@@ -144,5 +143,10 @@ fn read_json<R: DeserializeOwned>(
             .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(200).collect());
         return Err(ClientError::Status { code, message });
     }
-    serde_json::from_slice(&body).map_err(|e| ClientError::Decode(e.to_string()))
+    // Through the one typed decoder the agent already has (api::decode):
+    // a second serde instantiation of every API type would grow the binary.
+    let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| ClientError::Decode(e.to_string()))?;
+    crate::api::decode::decode_typed(value)
+        .map(|d| d.object)
+        .map_err(|e| ClientError::Decode(e.to_string()))
 }

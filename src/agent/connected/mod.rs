@@ -368,7 +368,9 @@ const CACHE: &str = "assignments.json";
 fn load_cached(data_dir: &Path) -> Vec<AssignedTask> {
     std::fs::read(data_dir.join(CACHE))
         .ok()
-        .and_then(|b| serde_json::from_slice::<Vec<Task>>(&b).ok())
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| crate::api::decode::decode_typed::<Vec<Task>>(v).ok())
+        .map(|d| d.object)
         .map(|tasks| assigned_tasks(&tasks))
         .unwrap_or_default()
 }

@@ -1,0 +1,369 @@
+//! A small HTTP/1.1 client for the agent: plain `http://`, one request per
+//! connection, Content-Length or chunked bodies, bounded redirects and
+//! timeouts. The agent needs no more (the control plane speaks plain HTTP,
+//! artifacts are checksummed), and writing it here keeps a general-purpose
+//! client and its dependencies out of a binary that robots flash.
+
+use std::fmt;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+/// Largest response head (status line + headers) accepted.
+const MAX_HEAD: usize = 64 * 1024;
+const MAX_REDIRECTS: usize = 5;
+
+#[derive(Debug)]
+pub enum HttpError {
+    /// Not an `http://host[:port]/path` URL.
+    Url(String),
+    Connect(String, io::Error),
+    Io(io::Error),
+    /// The server's answer is not HTTP/1.x as we know it.
+    Protocol(String),
+    TooManyRedirects(String),
+}
+
+impl fmt::Display for HttpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HttpError::Url(u) => write!(f, "{u:?} is not an http:// URL"),
+            HttpError::Connect(addr, e) => write!(f, "connecting to {addr}: {e}"),
+            HttpError::Io(e) => write!(f, "{e}"),
+            HttpError::Protocol(m) => write!(f, "bad HTTP response: {m}"),
+            HttpError::TooManyRedirects(u) => write!(f, "more than {MAX_REDIRECTS} redirects (last: {u})"),
+        }
+    }
+}
+
+impl std::error::Error for HttpError {}
+
+impl From<io::Error> for HttpError {
+    fn from(e: io::Error) -> Self {
+        HttpError::Io(e)
+    }
+}
+
+pub struct Response {
+    pub status: u16,
+    headers: Vec<(String, String)>,
+    body: Box<dyn Read + Send>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn into_reader(self) -> Box<dyn Read + Send> {
+        self.body
+    }
+
+    /// The whole body, at most `limit` bytes (more is an error).
+    pub fn read_body(self, limit: u64) -> Result<Vec<u8>, HttpError> {
+        let mut out = Vec::new();
+        self.body.take(limit + 1).read_to_end(&mut out)?;
+        if out.len() as u64 > limit {
+            return Err(HttpError::Protocol(format!("response body larger than {limit} bytes")));
+        }
+        Ok(out)
+    }
+}
+
+pub struct Request<'a> {
+    pub method: &'a str,
+    pub url: &'a str,
+    pub headers: &'a [(&'a str, &'a str)],
+    pub body: Option<&'a [u8]>,
+    /// Connect, and each read or write, must finish within this.
+    pub timeout: Duration,
+}
+
+impl Request<'_> {
+    pub fn get<'a>(url: &'a str, timeout: Duration) -> Request<'a> {
+        Request {
+            method: "GET",
+            url,
+            headers: &[],
+            body: None,
+            timeout,
+        }
+    }
+
+    /// Send it; GET requests follow up to five redirects.
+    pub fn send(&self) -> Result<Response, HttpError> {
+        let mut url = self.url.to_string();
+        for _ in 0..=MAX_REDIRECTS {
+            let resp = self.send_once(&url)?;
+            let redirect = matches!(resp.status, 301 | 302 | 303 | 307 | 308) && self.method == "GET";
+            match resp.header("location") {
+                Some(loc) if redirect => url = absolute(&url, loc)?,
+                _ => return Ok(resp),
+            }
+        }
+        Err(HttpError::TooManyRedirects(url))
+    }
+
+    fn send_once(&self, url: &str) -> Result<Response, HttpError> {
+        let (host, port, path) = split_url(url)?;
+        let addr = format!("{host}:{port}");
+        let target = addr
+            .to_socket_addrs()
+            .map_err(|e| HttpError::Connect(addr.clone(), e))?
+            .next()
+            .ok_or_else(|| HttpError::Connect(addr.clone(), io::ErrorKind::NotFound.into()))?;
+        let stream =
+            TcpStream::connect_timeout(&target, self.timeout).map_err(|e| HttpError::Connect(addr.clone(), e))?;
+        stream.set_read_timeout(Some(self.timeout))?;
+        stream.set_write_timeout(Some(self.timeout))?;
+        let _ = stream.set_nodelay(true);
+
+        let mut head = format!(
+            "{} {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n",
+            self.method
+        );
+        for (k, v) in self.headers {
+            if k.contains(['\r', '\n']) || v.contains(['\r', '\n']) {
+                return Err(HttpError::Protocol("header with a line break".into()));
+            }
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if let Some(b) = self.body {
+            head.push_str(&format!("Content-Length: {}\r\n", b.len()));
+        }
+        head.push_str("\r\n");
+        let mut writer = &stream;
+        writer.write_all(head.as_bytes())?;
+        if let Some(b) = self.body {
+            writer.write_all(b)?;
+        }
+        read_response(BufReader::new(stream))
+    }
+}
+
+/// `http://host[:port][/path]` → (host, port, path-and-query).
+fn split_url(url: &str) -> Result<(String, u16, String), HttpError> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| HttpError::Url(url.into()))?;
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(i) => (&rest[..i], rest[i..].to_string()),
+        None => (rest, "/".to_string()),
+    };
+    let path = if path.starts_with('?') {
+        format!("/{path}")
+    } else {
+        path
+    };
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, p) = v6.split_once(']').ok_or_else(|| HttpError::Url(url.into()))?;
+        (format!("[{h}]"), p.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), Some(p)),
+            None => (authority.to_string(), None),
+        }
+    };
+    let port = match port {
+        None => 80,
+        Some(p) => p.parse().map_err(|_| HttpError::Url(url.into()))?,
+    };
+    if host.is_empty() || host.contains(['@', ' ']) || path.contains([' ', '\r', '\n']) {
+        return Err(HttpError::Url(url.into()));
+    }
+    Ok((host, port, path))
+}
+
+fn absolute(base: &str, location: &str) -> Result<String, HttpError> {
+    if location.starts_with("http://") {
+        return Ok(location.to_string());
+    }
+    if location.starts_with("https://") {
+        return Err(HttpError::Url(location.to_string()));
+    }
+    let (host, port, _) = split_url(base)?;
+    let path = if location.starts_with('/') {
+        location.to_string()
+    } else {
+        format!("/{location}")
+    };
+    Ok(format!("http://{host}:{port}{path}"))
+}
+
+fn read_response(mut r: BufReader<TcpStream>) -> Result<Response, HttpError> {
+    let mut head_bytes = 0usize;
+    let mut line = String::new();
+    let mut next_line = |r: &mut BufReader<TcpStream>| -> Result<String, HttpError> {
+        line.clear();
+        let n = r
+            .by_ref()
+            .take((MAX_HEAD - head_bytes) as u64 + 1)
+            .read_line(&mut line)?;
+        head_bytes += n;
+        if n == 0 {
+            return Err(HttpError::Protocol(
+                "connection closed before the response head ended".into(),
+            ));
+        }
+        if head_bytes > MAX_HEAD {
+            return Err(HttpError::Protocol(format!(
+                "response head larger than {MAX_HEAD} bytes"
+            )));
+        }
+        Ok(line.trim_end_matches(['\r', '\n']).to_string())
+    };
+    let status_line = next_line(&mut r)?;
+    let mut parts = status_line.splitn(3, ' ');
+    let (version, code) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    if !version.starts_with("HTTP/1.") {
+        return Err(HttpError::Protocol(format!("status line {status_line:?}")));
+    }
+    let status: u16 = code
+        .parse()
+        .map_err(|_| HttpError::Protocol(format!("status line {status_line:?}")))?;
+    let mut headers = Vec::new();
+    loop {
+        let l = next_line(&mut r)?;
+        if l.is_empty() {
+            break;
+        }
+        let (k, v) = l
+            .split_once(':')
+            .ok_or_else(|| HttpError::Protocol(format!("header line {l:?}")))?;
+        headers.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    let find = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    let body: Box<dyn Read + Send> = if find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        Box::new(Chunked {
+            inner: r,
+            left: 0,
+            done: false,
+        })
+    } else if let Some(len) = find("content-length") {
+        let len: u64 = len
+            .parse()
+            .map_err(|_| HttpError::Protocol(format!("content-length {len:?}")))?;
+        Box::new(r.take(len))
+    } else {
+        Box::new(r)
+    };
+    Ok(Response { status, headers, body })
+}
+
+/// A chunked transfer-encoded body.
+struct Chunked {
+    inner: BufReader<TcpStream>,
+    left: u64,
+    done: bool,
+}
+
+impl Read for Chunked {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.done || buf.is_empty() {
+            return Ok(0);
+        }
+        if self.left == 0 {
+            let mut size = String::new();
+            self.inner.by_ref().take(1024).read_line(&mut size)?;
+            let hex = size.trim().split(';').next().unwrap_or("");
+            self.left = u64::from_str_radix(hex, 16)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("bad chunk size {hex:?}")))?;
+            if self.left == 0 {
+                self.done = true;
+                return Ok(0);
+            }
+        }
+        let want = buf.len().min(self.left as usize);
+        let n = self.inner.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        self.left -= n as u64;
+        if self.left == 0 {
+            let mut crlf = [0u8; 2];
+            self.inner.read_exact(&mut crlf)?;
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// Serve `answers` in order, one connection each; returns what was asked.
+    fn serve(answers: Vec<&'static str>) -> (String, std::thread::JoinHandle<Vec<String>>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", l.local_addr().unwrap());
+        let t = std::thread::spawn(move || {
+            let mut asked = Vec::new();
+            for a in answers {
+                let (mut s, _) = l.accept().unwrap();
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut req = String::new();
+                loop {
+                    let mut line = String::new();
+                    r.read_line(&mut line).unwrap();
+                    if line == "\r\n" || line.is_empty() {
+                        break;
+                    }
+                    req.push_str(&line);
+                }
+                asked.push(req);
+                s.write_all(a.as_bytes()).unwrap();
+            }
+            asked
+        });
+        (base, t)
+    }
+
+    #[test]
+    fn content_length_chunked_and_redirects() {
+        let (base, t) = serve(vec![
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n",
+            "HTTP/1.1 302 Found\r\nLocation: /there\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\nno",
+        ]);
+        let t1 = Duration::from_secs(5);
+        let r = Request::get(&format!("{base}/a?x=1"), t1).send().unwrap();
+        assert_eq!((r.status, r.read_body(100).unwrap()), (200, b"hello".to_vec()));
+        let r = Request::get(&format!("{base}/b"), t1).send().unwrap();
+        assert_eq!(r.read_body(100).unwrap(), b"abcde");
+        let r = Request::get(&format!("{base}/c"), t1).send().unwrap();
+        assert_eq!(r.status, 404, "the redirect was followed to /there");
+        let asked = t.join().unwrap();
+        assert!(asked[0].starts_with("GET /a?x=1 HTTP/1.1\r\n"), "{}", asked[0]);
+        assert!(asked[3].starts_with("GET /there HTTP/1.1"), "{}", asked[3]);
+    }
+
+    #[test]
+    fn redirect_loops_and_limits_are_errors() {
+        let loop_answer = "HTTP/1.1 302 Found\r\nLocation: /again\r\nContent-Length: 0\r\n\r\n";
+        let (base, _t) = serve(vec![loop_answer; MAX_REDIRECTS + 1]);
+        let e = Request::get(&base, Duration::from_secs(5)).send().err().unwrap();
+        assert!(matches!(e, HttpError::TooManyRedirects(_)), "{e}");
+        let (base, _t) = serve(vec!["HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789"]);
+        let r = Request::get(&base, Duration::from_secs(5)).send().unwrap();
+        assert!(r.read_body(5).is_err(), "over the limit");
+    }
+
+    #[test]
+    fn bad_urls_and_answers() {
+        assert!(matches!(split_url("https://x"), Err(HttpError::Url(_))));
+        assert_eq!(split_url("http://[::1]:8/p").unwrap(), ("[::1]".into(), 8, "/p".into()));
+        assert_eq!(split_url("http://h").unwrap(), ("h".into(), 80, "/".into()));
+        let (base, _t) = serve(vec!["SMTP ready\r\n\r\n"]);
+        assert!(matches!(
+            Request::get(&base, Duration::from_secs(5)).send(),
+            Err(HttpError::Protocol(_))
+        ));
+    }
+}
