@@ -172,7 +172,10 @@ impl Ctx<'_> {
             .iter()
             .map(|id| format!(r#"{{"authenticated":{{"principal_name":{{"exact":{}}}}}}}"#, quoted(id)))
             .collect();
-        // RBAC first: a refused peer never reaches the task.
+        // RBAC first: a refused peer's bytes never reach the task. (tcp_proxy
+        // still opens the local connection when the peer connects, before
+        // RBAC has seen the first byte: the task sees a connection that
+        // carries nothing; see the README's known limits.)
         let rbac = fill(
             t::FILTER_RBAC,
             &[
