@@ -53,8 +53,11 @@ demo:
 # Benchmarks (never timed tests): agent footprint, proxy cost, fleet load.
 # Results: target/bench/{agent,proxy,server}.json; set K8S4R_BENCH_IDLE_SECS
 # to shorten the agent's 60 s idle measurement.
-bench: agent
+bench: cross
 	@mkdir -p target/bench
+	@echo "== agent binaries (stripped, static) and what they are made of"
+	@ls -l target/$(X86_MUSL)/release/k8s4r-agent target/$(ARM_MUSL)/release/k8s4r-agent
+	$(CARGO) tree --no-default-features -e normal --prefix depth | sort -u -k1,1n | head -40
 	$(CARGO) test --release --no-default-features --test agent_bench -- --ignored --nocapture
 	$(CARGO) test --release --test envoy_bench -- --ignored --nocapture
 	$(CARGO) run --release --bin k8s4r -- bench robots 100 1000 10000

@@ -1,0 +1,41 @@
+//! The agent's flash budget, as a guard with a margin: the stripped static
+//! agents `make agent` / `make cross` built must stay under the sizes a
+//! robot image can afford (issue goal: aarch64 ≤ 1.5 MiB now, 1.0 MiB
+//! later). Exact sizes and idle RSS are measured by `make bench`.
+
+use std::path::Path;
+
+const MIB: u64 = 1024 * 1024;
+
+fn check(arch: &str, budget: u64) {
+    let bin =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("target/{arch}-unknown-linux-musl/release/k8s4r-agent"));
+    let Ok(meta) = std::fs::metadata(&bin) else {
+        eprintln!(
+            "SKIP: {} is missing (make agent / make cross build it; make test does)",
+            bin.display()
+        );
+        return;
+    };
+    let size = meta.len();
+    eprintln!(
+        "{arch} agent: {size} bytes ({:.2} MiB), budget {:.2} MiB",
+        size as f64 / MIB as f64,
+        budget as f64 / MIB as f64
+    );
+    assert!(
+        size <= budget,
+        "{} is {size} bytes, over the {budget}-byte budget",
+        bin.display()
+    );
+}
+
+#[test]
+fn aarch64_agent_fits_the_flash_budget() {
+    check("aarch64", 3 * MIB / 2);
+}
+
+#[test]
+fn x86_64_agent_fits_the_flash_budget() {
+    check("x86_64", 2 * MIB);
+}
