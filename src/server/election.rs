@@ -15,6 +15,34 @@ use tokio::time::Instant;
 /// Lease lifetime: how long a dead leader blocks a successor at most.
 pub const TTL_SECONDS: u64 = 3;
 
+/// Why this replica stopped campaigning on a lease.
+#[derive(Debug)]
+pub enum ElectionError {
+    Etcd(EtcdError),
+    /// etcd says the lease is gone.
+    LeaseExpired(u64),
+    /// No keepalive succeeded before the lease could have expired.
+    NotRenewed(u64),
+}
+
+impl std::fmt::Display for ElectionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ElectionError::Etcd(e) => write!(f, "{e}"),
+            ElectionError::LeaseExpired(id) => write!(f, "lease {id:x} expired"),
+            ElectionError::NotRenewed(id) => write!(f, "lease {id:x} not renewed in time"),
+        }
+    }
+}
+
+impl std::error::Error for ElectionError {}
+
+impl From<EtcdError> for ElectionError {
+    fn from(e: EtcdError) -> Self {
+        ElectionError::Etcd(e)
+    }
+}
+
 #[derive(Clone)]
 pub struct Election {
     client: Arc<Client>,
@@ -27,7 +55,8 @@ pub struct Election {
 
 impl Election {
     /// Campaign for `key` in the background. The receiver says whether this
-    /// replica leads right now.
+    /// replica leads right now. `client` should be the election's own, so
+    /// that renewals never queue behind store traffic.
     pub fn start(client: Arc<Client>, key: String, id: String) -> (Election, watch::Receiver<bool>) {
         let (tx, rx) = watch::channel(false);
         let e = Election {
@@ -76,7 +105,7 @@ impl Election {
     }
 
     /// Campaign and lead on one lease until it is lost.
-    async fn hold(&self, lease: u64, tick: Duration) -> Result<(), EtcdError> {
+    async fn hold(&self, lease: u64, tick: Duration) -> Result<(), ElectionError> {
         // Renewed before each use; `valid_until` is when etcd may at the
         // earliest have dropped the lease: the time the last successful
         // keepalive was *sent*, plus the TTL, minus a safety margin.
@@ -95,10 +124,10 @@ impl Election {
                 Ok(Ok(ttl)) if ttl > 0 => {
                     valid_until = sent + Duration::from_secs(ttl) - margin;
                 }
-                Ok(Ok(_)) => return Err(EtcdError::Stream(format!("lease {lease:x} expired"))),
+                Ok(Ok(_)) => return Err(ElectionError::LeaseExpired(lease)),
                 Ok(Err(e)) if Instant::now() < valid_until => log::warn!("election: keepalive: {e}"),
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Err(EtcdError::Stream(format!("lease {lease:x} not renewed in time"))),
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => return Err(ElectionError::NotRenewed(lease)),
             }
         }
     }

@@ -268,7 +268,10 @@ async fn open_stores(cfg: &Config) -> Result<Backend, ServeError> {
         .map_err(ServeError::Etcd)?;
     // "<pid>:<random>": which process leads, for operators and tests.
     let id = format!("{}:{}", std::process::id(), object::hex(&object::random_bytes::<4>()));
-    let (election, leader) = election::Election::start(objects.client(), store::etcd::LEADER_KEY.to_string(), id);
+    // Its own connections: lease renewals never wait behind store traffic.
+    let client = store::etcd::client::Client::new(&cfg.etcd)
+        .map_err(|e| ServeError::Etcd(store::StoreError::Backend(e.to_string())))?;
+    let (election, leader) = election::Election::start(Arc::new(client), store::etcd::LEADER_KEY.to_string(), id);
     Ok(Backend {
         objects: Arc::new(objects),
         events: Arc::new(events),

@@ -18,6 +18,9 @@ use std::time::Duration;
 
 /// How long one unary request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Unary requests in flight at once: bounds the connections to etcd (and
+/// its load) however many robots poll at the same moment.
+const MAX_IN_FLIGHT: usize = 128;
 /// How long calls are retried while the cluster elects a raft leader.
 const UNAVAILABLE_RETRY: Duration = Duration::from_secs(5);
 
@@ -143,6 +146,7 @@ pub struct Client {
     endpoints: Vec<String>,
     /// The endpoint that answered last.
     current: AtomicUsize,
+    in_flight: tokio::sync::Semaphore,
 }
 
 impl Client {
@@ -172,6 +176,7 @@ impl Client {
             http,
             endpoints: clean,
             current: AtomicUsize::new(0),
+            in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
         })
     }
 
@@ -237,6 +242,11 @@ impl Client {
     /// A unary call: POST `body` to `path`, the JSON answer.
     pub async fn call(&self, path: &str, body: &Value) -> Result<Value, EtcdError> {
         let fut = async {
+            let _permit = self
+                .in_flight
+                .acquire()
+                .await
+                .map_err(|e| EtcdError::Unreachable(e.to_string()))?;
             let resp = self.send(path, body).await?;
             let code = resp.status().as_u16();
             let bytes = resp
