@@ -4,6 +4,10 @@
 //! a Job with count=N, and measures the time from the create request until
 //! each robot has received its Task (p50/p99/max), plus the server's RSS.
 //! Results go to `target/bench/server.json` (or `--out`).
+//!
+//! With `--etcd` each run starts a throwaway etcd and `--replicas K` server
+//! replicas on it; the robots are spread over the replicas round-robin, the
+//! Job is created through the first one, and RSS is summed over them.
 
 use crate::api::agent_protocol::RegisterResponse;
 use serde::de::IgnoredAny;
@@ -25,6 +29,9 @@ OPTIONS:
     --timeout DUR     Give up on a run after this long [default: 120s]
     --http            Create the Job with an HTTP POST even if kubectl is installed
                       (default: `kubectl apply`, timed from kubectl's start)
+    --etcd            Store in a throwaway local etcd instead of SQLite
+    --replicas K[,K]  Server replicas on that etcd; each size runs with each
+                      count [default: 1]
 ";
 
 /// One minimal HTTP/1.1 keep-alive connection (the bench must not be the
@@ -120,7 +127,7 @@ mod tempfile_dir {
 }
 
 impl ServerProc {
-    fn start() -> Result<ServerProc, String> {
+    fn start(extra: &[String]) -> Result<ServerProc, String> {
         let dir = std::env::temp_dir().join(format!(
             "k8s4r-bench-{}-{}",
             std::process::id(),
@@ -130,6 +137,7 @@ impl ServerProc {
         let mut child = Command::new(exe)
             .args(["server", "--listen", "127.0.0.1:0", "--data"])
             .arg(&dir)
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -225,9 +233,34 @@ fn have_kubectl() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-async fn run_one(n: usize, timeout: Duration, use_kubectl: bool) -> Result<Value, String> {
-    let server = ServerProc::start()?;
-    let addr = server.addr.clone();
+/// What the servers of one run store into, and how many there are.
+#[derive(Clone, Copy, Debug)]
+struct Setup {
+    etcd: bool,
+    replicas: usize,
+}
+
+async fn run_one(n: usize, timeout: Duration, use_kubectl: bool, setup: Setup) -> Result<Value, String> {
+    let etcd = if setup.etcd {
+        Some(crate::server::bench_etcd::LocalEtcd::start()?)
+    } else {
+        None
+    };
+    let extra: Vec<String> = match &etcd {
+        Some(e) => vec!["--etcd".into(), e.url.clone()],
+        None => vec![],
+    };
+    let servers = (0..setup.replicas.max(1))
+        .map(|_| ServerProc::start(&extra))
+        .collect::<Result<Vec<_>, _>>()?;
+    let addrs: Vec<String> = servers.iter().map(|s| s.addr.clone()).collect();
+    let rss = || {
+        servers
+            .iter()
+            .map(ServerProc::rss_mib)
+            .fold((0.0, 0.0), |(a, b), (c, d)| (a + c, b + d))
+    };
+    let addr = addrs[0].clone();
     let mut admin = Conn::connect(&addr).await.map_err(|e| e.to_string())?;
     let (_, body) = admin
         .request("POST", "/agent/v1/jointokens", None, Some("{}"))
@@ -242,7 +275,8 @@ async fn run_one(n: usize, timeout: Duration, use_kubectl: bool) -> Result<Value
     let ready = Arc::new(Barrier::new(n + 1));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Result<Instant, String>>();
     for i in 0..n {
-        let (addr, join, limit, ready, tx) = (addr.clone(), join.clone(), limit.clone(), ready.clone(), tx.clone());
+        let addr = addrs[i % addrs.len()].clone();
+        let (join, limit, ready, tx) = (join.clone(), limit.clone(), ready.clone(), tx.clone());
         tokio::spawn(async move {
             let mut passed = false;
             let res = async {
@@ -297,7 +331,7 @@ async fn run_one(n: usize, timeout: Duration, use_kubectl: bool) -> Result<Value
     drop(tx);
     ready.wait().await;
     let register_s = t_register.elapsed().as_secs_f64();
-    let (rss_idle, _) = server.rss_mib();
+    let (rss_idle, _) = rss();
 
     let jobdoc = json!({"apiVersion": "robot.k8s4r.io/v1alpha1", "kind": "Job", "metadata": {"name": "bench"},
         "spec": {"type": "service", "robotSelector": {"bench": "yes"}, "taskGroups": [{"name": "g", "count": n,
@@ -337,9 +371,11 @@ async fn run_one(n: usize, timeout: Duration, use_kubectl: bool) -> Result<Value
         }
     }
     lat.sort_by(|a, b| a.total_cmp(b));
-    let (rss, peak) = server.rss_mib();
+    let (rss, peak) = rss();
     Ok(json!({
         "robots": n,
+        "store": if setup.etcd { "etcd" } else { "sqlite" },
+        "replicas": servers.len(),
         "applied_with": applied_with,
         "register_all_seconds": register_s,
         "apply_to_all_delivered_seconds": lat.last().copied().unwrap_or(0.0),
@@ -359,10 +395,22 @@ pub fn cmd_bench(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
     let mut timeout = Duration::from_secs(120);
     let mut what = None;
     let mut http_only = false;
+    let mut etcd = false;
+    let mut replicas: Vec<usize> = vec![1];
     while let Some(arg) = parser.next()? {
         match arg {
             Long("out") => out = parser.value()?.into(),
             Long("http") => http_only = true,
+            Long("etcd") => etcd = true,
+            Long("replicas") => {
+                replicas = parser
+                    .value()?
+                    .string()?
+                    .split(',')
+                    .map(|k| k.trim().parse::<usize>())
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| format!("--replicas: {e}"))?
+            }
             Long("timeout") => {
                 let t = parser.value()?.string()?;
                 timeout = crate::api::Duration::parse(&t).map_err(|e| format!("--timeout {t:?}: {e}"))?;
@@ -376,7 +424,12 @@ pub fn cmd_bench(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
             other => return Err(other.unexpected()),
         }
     }
-    if what.as_deref() != Some("robots") || sizes.is_empty() {
+    if what.as_deref() != Some("robots") || sizes.is_empty() || replicas.is_empty() || replicas.contains(&0) {
+        eprint!("{USAGE}");
+        return Ok(2);
+    }
+    if replicas.iter().any(|&k| k > 1) && !etcd {
+        eprintln!("error: --replicas needs --etcd (SQLite serves one server)");
         eprint!("{USAGE}");
         return Ok(2);
     }
@@ -388,9 +441,13 @@ pub fn cmd_bench(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
     let use_kubectl = !http_only && have_kubectl();
     let mut runs = Vec::new();
     let mut failed = false;
-    for n in sizes {
-        eprintln!("bench: {n} robots ...");
-        match rt.block_on(run_one(n, timeout, use_kubectl)) {
+    let runs_of: Vec<(usize, Setup)> = sizes
+        .iter()
+        .flat_map(|&n| replicas.iter().map(move |&k| (n, Setup { etcd, replicas: k })))
+        .collect();
+    for (n, setup) in runs_of {
+        eprintln!("bench: {n} robots, {setup:?} ...");
+        match rt.block_on(run_one(n, timeout, use_kubectl, setup)) {
             Ok(r) => {
                 eprintln!("bench: {r}");
                 runs.push(r);

@@ -12,6 +12,7 @@
 pub mod admission;
 pub mod agents;
 pub mod bench;
+pub mod bench_etcd;
 pub mod controllers;
 pub mod election;
 pub mod events;
