@@ -263,8 +263,18 @@ fn render_envoy_cli_output_passes_validate() {
             let file = tmp.path().join(example.replace(".yaml", ".json"));
             std::fs::write(&file, &out.stdout).unwrap();
             validate(&envoy, &file).unwrap();
-            let text = String::from_utf8_lossy(&out.stdout);
-            assert!(!text.contains("0.0.0.0"), "app listeners must be loopback only");
+            // App-side listeners are loopback only; the one inbound mTLS
+            // listener of spire-mtls.yaml (port 9443) is the exception.
+            let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            for l in doc["static_resources"]["listeners"].as_array().unwrap() {
+                let addr = &l["address"]["socket_address"];
+                if addr["port_value"] != 9443 {
+                    assert_eq!(
+                        addr["address"], "127.0.0.1",
+                        "{example}: app listeners must be loopback only: {l}"
+                    );
+                }
+            }
         }
         let out = std::process::Command::new(bin)
             .args(["render-envoy", "--group", "nope", "-f"])
