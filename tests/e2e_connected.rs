@@ -4,82 +4,14 @@
 mod common;
 mod server_util;
 
+use common::ConnectedAgent as Agent;
 use serde_json::{json, Value};
 use server_util::{wait_for, Server};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const JOBS: &str = "/apis/robot.k8s4r.io/v1alpha1/namespaces/default/jobs";
-
-/// A connected agent process; on drop it and every task it started are
-/// stopped, so no test leaves processes behind.
-struct Agent {
-    child: Option<Child>,
-    data: PathBuf,
-    log: PathBuf,
-    args: Vec<String>,
-}
-
-impl Agent {
-    fn start(server: &str, token: &str, name: &str, data: &Path) -> Agent {
-        let args = vec![
-            "--server".into(),
-            server.to_string(),
-            "--join-token".into(),
-            token.to_string(),
-            "--name".into(),
-            name.to_string(),
-            "--labels".into(),
-            "demo=true".into(),
-            "--data-dir".into(),
-            data.display().to_string(),
-            "--no-cgroups".into(),
-        ];
-        let mut a = Agent {
-            child: None,
-            data: data.to_path_buf(),
-            log: data.with_extension("log"),
-            args,
-        };
-        a.spawn();
-        a
-    }
-
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new(common::agent_bin())
-            .args(&self.args)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start k8s4r-agent");
-        self.child = Some(child);
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.kill9();
-        let _ = k8s4r::agent::stop_all(&self.data);
-    }
-}
 
 fn robot_online(server: &Server, name: &str) {
     wait_for(&format!("robot {name} Online"), Duration::from_secs(30), || {
@@ -126,7 +58,14 @@ fn connected_agent_runs_the_demo_job_through_envoy() {
     let server = Server::start();
     let token = server.join_token();
     let dir = tempfile::tempdir().unwrap();
-    let agent = Agent::start(&server.base, &token, "robot-e2e", &dir.path().join("agent"));
+    let agent = Agent::start(
+        &server.base,
+        &token,
+        "robot-e2e",
+        "demo=true",
+        &dir.path().join("agent"),
+        &[],
+    );
     robot_online(&server, "robot-e2e");
     let robot = server.object("robots", "robot-e2e").unwrap();
     assert!(
@@ -145,12 +84,7 @@ fn connected_agent_runs_the_demo_job_through_envoy() {
     assert_eq!(t["spec"]["targetRobot"], "robot-e2e");
 
     // The app's answer came through the group's Envoy.
-    let out = Command::new(common::agent_bin())
-        .args(["logs", "demo-hello-r0-fetch", "--data-dir"])
-        .arg(&agent.data)
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&out.stdout);
+    let out = agent.task_output("demo-hello-r0-fetch");
     assert!(
         out.contains("got: hello from the upstream, through Envoy"),
         "task output: {out}"
@@ -217,7 +151,14 @@ fn statuses_survive_a_server_outage_and_an_agent_kill() {
     let token = server.join_token();
     let dir = tempfile::tempdir().unwrap();
     let gate = dir.path().join("gate");
-    let mut agent = Agent::start(&server.base, &token, "robot-outage", &dir.path().join("agent"));
+    let mut agent = Agent::start(
+        &server.base,
+        &token,
+        "robot-outage",
+        "demo=true",
+        &dir.path().join("agent"),
+        &[],
+    );
     robot_online(&server, "robot-outage");
 
     let r = server.send_json("POST", JOBS, &gated_job("gated", &gate));
