@@ -220,3 +220,25 @@ fn replicas_share_one_etcd_and_survive_failures() {
     let robot = servers[2].object("robots", "r3").expect("robot survives");
     assert_eq!(robot["spec"]["labels"]["fleet"], "a");
 }
+
+#[test]
+fn a_stopping_leader_hands_over_at_once() {
+    let etcd = Etcd::start();
+    let mut servers = start_replicas(&etcd, 2);
+    let leader = wait_for("a leader", T, || leader_index(&etcd, &servers));
+    let old = servers[leader].pid();
+    let stopping = Instant::now();
+    // SIGTERM: the leader revokes its lease on the way out, so the other
+    // replica need not wait for the lease (3 s) to expire.
+    servers[leader].stop();
+    wait_for("the other replica leads", T, || {
+        leader_pid(&etcd).filter(|p| Some(*p) != old).map(|_| ())
+    });
+    let took = stopping.elapsed();
+    eprintln!("graceful handover in {took:?}");
+    assert!(
+        took < Duration::from_secs(2),
+        "handover took {took:?}: the lease was not revoked"
+    );
+    assert_eq!(leader_index(&etcd, &servers), Some(1 - leader));
+}

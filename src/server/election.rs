@@ -7,6 +7,7 @@
 
 use crate::server::store::etcd::client::{self, Client, EtcdError};
 use serde_json::json;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -51,6 +52,8 @@ pub struct Election {
     id: String,
     leader: watch::Sender<bool>,
     lease: Arc<std::sync::Mutex<Option<u64>>>,
+    /// Set by [`Election::resign`]: campaign no more.
+    resigned: Arc<AtomicBool>,
 }
 
 impl Election {
@@ -65,6 +68,7 @@ impl Election {
             id,
             leader: tx,
             lease: Arc::new(std::sync::Mutex::new(None)),
+            resigned: Arc::new(AtomicBool::new(false)),
         };
         tokio::spawn(e.clone().run());
         (e, rx)
@@ -73,6 +77,7 @@ impl Election {
     /// Give leadership up at once (on shutdown): revoke the lease, so a
     /// successor need not wait for it to expire.
     pub async fn resign(&self) {
+        self.resigned.store(true, Ordering::SeqCst);
         self.leader.send_replace(false);
         let lease = self.lease.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(id) = lease {
@@ -84,7 +89,8 @@ impl Election {
 
     async fn run(self) {
         let tick = Duration::from_millis(TTL_SECONDS * 1000 / 4);
-        loop {
+        while !self.resigned.load(Ordering::SeqCst) {
+            let asked = Instant::now();
             let lease = match self.client.lease_grant(TTL_SECONDS).await {
                 Ok(id) => id,
                 Err(e) => {
@@ -94,7 +100,7 @@ impl Election {
                 }
             };
             *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = Some(lease);
-            if let Err(e) = self.hold(lease, tick).await {
+            if let Err(e) = self.hold(lease, asked, tick).await {
                 log::warn!("election: {e}");
             }
             if self.leader.send_replace(false) {
@@ -104,15 +110,16 @@ impl Election {
         }
     }
 
-    /// Campaign and lead on one lease until it is lost.
-    async fn hold(&self, lease: u64, tick: Duration) -> Result<(), ElectionError> {
+    /// Campaign and lead on one lease (granted on a request sent at
+    /// `asked`) until it is lost or this replica resigns.
+    async fn hold(&self, lease: u64, asked: Instant, tick: Duration) -> Result<(), ElectionError> {
         // Renewed before each use; `valid_until` is when etcd may at the
         // earliest have dropped the lease: the time the last successful
         // keepalive was *sent*, plus the TTL, minus a safety margin.
         let margin = Duration::from_millis(500);
-        let mut valid_until = Instant::now() + Duration::from_secs(TTL_SECONDS) - margin;
-        loop {
-            if !*self.leader.borrow() && self.try_acquire(lease).await? {
+        let mut valid_until = asked + Duration::from_secs(TTL_SECONDS) - margin;
+        while !self.resigned.load(Ordering::SeqCst) {
+            if !*self.leader.borrow() && self.try_acquire(lease).await? && !self.resigned.load(Ordering::SeqCst) {
                 log::info!("election: this replica ({}) leads; controllers start", self.id);
                 self.leader.send_replace(true);
             }
@@ -130,6 +137,7 @@ impl Election {
                 Err(_) => return Err(ElectionError::NotRenewed(lease)),
             }
         }
+        Ok(())
     }
 
     async fn try_acquire(&self, lease: u64) -> Result<bool, EtcdError> {
