@@ -7,7 +7,7 @@ mod server_util;
 use common::ConnectedAgent as Agent;
 use serde_json::{json, Value};
 use server_util::{wait_for, Server};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
