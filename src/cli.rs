@@ -103,3 +103,83 @@ pub fn run_validate(file: &str) -> i32 {
     }
     i32::from(failed)
 }
+
+/// What a binary was started with, before its subcommand's own options.
+pub enum FirstArg {
+    /// `k8s4r server ...`: a subcommand.
+    Command(String),
+    /// `k8s4r-agent --server ...`: an option straight away (its name).
+    Option(String),
+}
+
+/// The start both binaries share: no arguments → usage and exit 2; `-h`,
+/// `-V`; otherwise `dispatch` runs the command. Errors print as
+/// `error: ...` and exit 2.
+pub fn run_main(
+    name: &str,
+    usage: &str,
+    dispatch: impl FnOnce(FirstArg, &mut lexopt::Parser) -> Result<i32, lexopt::Error>,
+) -> ! {
+    use lexopt::prelude::*;
+    let code = (|| {
+        let mut parser = lexopt::Parser::from_env();
+        let first = match parser.next()? {
+            None => {
+                eprint!("{usage}");
+                return Ok(2);
+            }
+            Some(Short('h') | Long("help")) => {
+                print!("{usage}");
+                return Ok(0);
+            }
+            Some(Short('V') | Long("version")) => {
+                println!("{name} {VERSION}");
+                return Ok(0);
+            }
+            Some(Value(v)) => FirstArg::Command(v.string()?),
+            Some(Long(l)) => FirstArg::Option(l.to_string()),
+            Some(other) => return Err(other.unexpected()),
+        };
+        dispatch(first, &mut parser)
+    })();
+    std::process::exit(match code {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            2
+        }
+    })
+}
+
+pub fn unknown_command(bin: &str, cmd: &str) -> lexopt::Error {
+    format!("unknown command {cmd:?}; see {bin} --help").into()
+}
+
+const VALIDATE_USAGE: &str = "\
+validate — check manifests against the robot.k8s4r.io/v1alpha1 API
+
+USAGE:
+    validate -f FILE|DIR|-
+
+Prints `ok Kind/name` per valid document, or one `error: SOURCE: field: reason`
+line per problem. Unknown fields are reported as warnings on stderr.
+Exits 1 when any document has an error.
+";
+
+/// `validate -f FILE|DIR|-` (both binaries).
+pub fn cmd_validate(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
+    use lexopt::prelude::*;
+    let mut file = None;
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Short('f') | Long("filename") => file = Some(parser.value()?.string()?),
+            Short('h') | Long("help") => {
+                print!("{VALIDATE_USAGE}");
+                return Ok(0);
+            }
+            other => return Err(other.unexpected()),
+        }
+    }
+    let file = file.ok_or("validate needs -f FILE|DIR|-")?;
+    Ok(run_validate(&file))
+}
