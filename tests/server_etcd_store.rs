@@ -108,3 +108,49 @@ fn watch_history_is_kept_per_replica() {
         );
     });
 }
+
+#[test]
+fn the_leader_compacts_etcd_history() {
+    use k8s4r::server::store::etcd::client::{prefix_end, Client, EtcdError};
+    use k8s4r::server::store::etcd::compact;
+    let etcd = Etcd::start();
+    let endpoints = etcd.endpoint_list();
+    runtime().block_on(async {
+        let s = EtcdStore::connect(&endpoints, "/k8s4r", 100).await.unwrap();
+        let k = Key::new("jobs", "d", "a");
+        let first = s.create(&k, json!({"n": 0})).await.unwrap().revision;
+        let last = s.update(&k, json!({"n": 1}), None).await.unwrap().revision;
+        let client = Arc::new(Client::new(&endpoints).unwrap());
+        let (leader, rx) = tokio::sync::watch::channel(true);
+        let compactor = tokio::spawn(compact::run(client.clone(), rx, Duration::from_millis(100)));
+        // Until etcd answers a watch from `first` with "compacted".
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let prefix = b"/k8s4r/".to_vec();
+        loop {
+            let mut w = client.watch(&prefix, &prefix_end(&prefix), first).await.unwrap();
+            // The first message acknowledges the watch; the second says
+            // "compacted", or replays history if it is still there.
+            let mut compacted = None;
+            for _ in 0..2 {
+                match tokio::time::timeout(Duration::from_secs(2), w.next()).await {
+                    Ok(Err(EtcdError::Compacted { compact_revision, .. })) => compacted = Some(compact_revision),
+                    Ok(Ok(batch)) if batch.events.is_empty() => continue,
+                    _ => break,
+                }
+            }
+            if let Some(rev) = compacted {
+                assert!(rev > first);
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "etcd was not compacted");
+            s.update(&k, json!({"n": 2}), None).await.unwrap();
+        }
+        compactor.abort();
+        drop(leader);
+        // The current state is untouched, and a replica joining now works.
+        assert_eq!(s.get(&k).await.unwrap().unwrap().value["n"], 2);
+        assert!(s.get(&k).await.unwrap().unwrap().revision > last);
+        let late = EtcdStore::connect(&endpoints, "/k8s4r", 100).await.unwrap();
+        assert_eq!(late.list("jobs", None).await.unwrap().items.len(), 1);
+    });
+}

@@ -273,6 +273,11 @@ async fn open_stores(cfg: &Config) -> Result<Backend, ServeError> {
     let client = store::etcd::client::Client::new(&cfg.etcd)
         .map_err(|e| ServeError::Etcd(store::StoreError::Backend(e.to_string())))?;
     let (election, leader) = election::Election::start(Arc::new(client), store::etcd::LEADER_KEY.to_string(), id);
+    tokio::spawn(store::etcd::compact::run(
+        objects.client(),
+        leader.clone(),
+        store::etcd::compact::INTERVAL,
+    ));
     Ok(Backend {
         objects: Arc::new(objects),
         events: Arc::new(events),

@@ -285,6 +285,13 @@ impl Client {
         self.call_retrying("/v3/kv/txn", txn, false).await
     }
 
+    /// Drop the history at and below revision `rev`.
+    pub async fn compact(&self, rev: u64) -> Result<(), EtcdError> {
+        self.call("/v3/kv/compaction", &json!({"revision": rev.to_string()}))
+            .await
+            .map(|_| ())
+    }
+
     /// A lease of `ttl` seconds; its id.
     pub async fn lease_grant(&self, ttl: u64) -> Result<u64, EtcdError> {
         let v = self.call("/v3/lease/grant", &json!({"TTL": ttl})).await?;

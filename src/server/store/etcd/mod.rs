@@ -13,6 +13,7 @@
 //! own writes in its watches as the SQLite store does.
 
 pub mod client;
+pub mod compact;
 
 use super::{
     stamp_revision, BatchOp, BoxFuture, Event, EventKind, EventLog, Key, Listed, Store, StoreError, Stored, Watch,
