@@ -4,7 +4,7 @@ CARGO ?= cargo
 X86_MUSL := x86_64-unknown-linux-musl
 ARM_MUSL := aarch64-unknown-linux-musl
 
-.PHONY: all build agent cross image tools test test-aarch64 demo bench fmt lint clean
+.PHONY: all build agent cross image tools test test-aarch64 reliability demo bench fmt lint clean
 
 all: build
 
@@ -45,6 +45,10 @@ test-aarch64:
 	  echo "note: qemu-aarch64 not registered with binfmt_misc: aarch64 unit tests only"; \
 	  $(CARGO) test --target $(ARM_MUSL) --no-default-features --lib; \
 	fi
+
+# Faults, bad input, isolation: one table (target/reliability.md).
+reliability: cross
+	bash .ci/reliability.sh
 
 # The main job: control plane (SQLite) + connected agent + a Job through Envoy.
 demo:
