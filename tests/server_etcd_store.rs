@@ -1,8 +1,8 @@
 #![cfg(feature = "server")]
 //! The store conformance suite against a real etcd, exactly as against
 //! SQLite, plus what only etcd shows: two stores (two server replicas) on
-//! one cluster see each other's writes in their watches, and a watch from a
-//! revision older than a replica's history is Expired.
+//! one cluster see each other's writes in their watches, a new replica
+//! resumes watches from recent revisions, and the leader compacts etcd.
 
 mod server_util;
 
@@ -84,28 +84,36 @@ fn two_replicas_see_each_others_writes() {
 }
 
 #[test]
-fn watch_history_is_kept_per_replica() {
+fn a_new_replica_resumes_watches_from_recent_revisions() {
     let etcd = Etcd::start();
     let endpoints = etcd.endpoint_list();
     runtime().block_on(async {
         let s = EtcdStore::connect(&endpoints, "/k8s4r", 3).await.unwrap();
-        let first = s.create(&Key::new("jobs", "d", "a"), json!({})).await.unwrap().revision;
-        for i in 0..5 {
-            s.create(&Key::new("jobs", "d", &format!("b{i}")), json!({}))
-                .await
-                .unwrap();
+        let mut revs = Vec::new();
+        for i in 0..6 {
+            let k = Key::new("jobs", "d", &format!("j{i}"));
+            revs.push(s.create(&k, json!({})).await.unwrap().revision);
         }
-        assert!(matches!(s.watch(first), Err(StoreError::Expired { .. })));
-        // A fresh replica on the same data: history starts where it joined.
+        assert!(
+            matches!(s.watch(revs[0]), Err(StoreError::Expired { .. })),
+            "beyond a replica's history: Expired"
+        );
+        // A replica started now replays recent history from etcd: a watch
+        // from a revision the first replica returned resumes on it.
         let late = EtcdStore::connect(&endpoints, "/k8s4r", 100).await.unwrap();
-        let now = late.revision().await.unwrap();
-        assert!(matches!(late.watch(first), Err(StoreError::Expired { .. })));
-        assert!(late.watch(now).is_ok());
+        let mut w = late.watch(revs[0]).unwrap();
+        for r in &revs[1..] {
+            let e = next_event(&mut w).await;
+            assert_eq!((e.kind, e.revision), (EventKind::Added, *r));
+        }
         assert_eq!(
             late.list("jobs", None).await.unwrap().items.len(),
             6,
             "state is in etcd"
         );
+        // History older than what a replica keeps is Expired there too.
+        let small = EtcdStore::connect(&endpoints, "/k8s4r", 2).await.unwrap();
+        assert!(matches!(small.watch(revs[0]), Err(StoreError::Expired { .. })));
     });
 }
 

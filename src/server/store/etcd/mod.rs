@@ -10,7 +10,9 @@
 //! replica's watchers (the controllers' cache, long-polling robots, kubectl
 //! watches) see each change, whichever replica wrote it. A write returns only
 //! once its own change has reached this replica's log, so a replica reads its
-//! own writes in its watches as the SQLite store does.
+//! own writes in its watches as the SQLite store does. A replica starts its
+//! history up to `history` revisions in the past, so a watch can resume on
+//! any replica from a resourceVersion another one returned.
 
 pub mod client;
 pub mod compact;
@@ -75,7 +77,11 @@ impl EtcdStore {
     pub async fn connect(endpoints: &[String], prefix: &str, history: usize) -> Result<Self, StoreError> {
         let client = Arc::new(Client::new(endpoints).map_err(backend)?);
         let prefix = prefix.trim_end_matches('/').to_string();
-        let start = client::header_revision(&client.range(prefix.as_bytes(), None).await.map_err(backend)?);
+        let now = client::header_revision(&client.range(prefix.as_bytes(), None).await.map_err(backend)?);
+        // Start the history up to `history` revisions back (as far as etcd
+        // has not compacted them): a watch from a resourceVersion that
+        // another replica handed out shortly before resumes here too.
+        let start = now.saturating_sub(history as u64);
         let log = EventLog::new(history, start);
         let feeder = tokio::spawn(feed(client.clone(), prefix.clone(), log.clone(), start));
         Ok(EtcdStore {
@@ -303,7 +309,9 @@ async fn feed(client: Arc<Client>, prefix: String, log: Arc<EventLog>, mut last:
                 }
                 Err(EtcdError::Compacted { compact_revision, .. }) => {
                     log::warn!("etcd: watch compacted at {compact_revision}; watchers re-list");
-                    last = compact_revision;
+                    // Changes up to compact_revision are gone: watchers
+                    // not past it must re-list.
+                    last = last.max(compact_revision);
                     log.reset(last);
                     break;
                 }
