@@ -14,15 +14,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-pub fn have_etcd() -> bool {
-    Command::new("etcd")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 pub struct Member {
     pub name: String,
     pub client_url: String,
