@@ -59,8 +59,8 @@ fn decode_value(bytes: &[u8], rev: u64) -> Result<Value, StoreError> {
     Ok(v)
 }
 
-/// `Some(key)` when a txn failed on a missing key, else the revision the
-/// key is at.
+/// From a failed txn's read of the key: the revision the key is at, or
+/// None when it does not exist.
 fn current_revision(resp: &Value) -> Result<Option<u64>, StoreError> {
     let range = &resp["responses"][0]["response_range"];
     let kvs = client::kvs(range).map_err(StoreError::Backend)?;
@@ -129,9 +129,8 @@ impl EtcdStore {
         })
     }
 
-    /// Run one write transaction: `guard` the compare, `success` the
-    /// operation; the failure branch reads the key to tell NotFound from
-    /// Conflict/AlreadyExists.
+    /// Run one write transaction: `success` if `compare` holds; otherwise
+    /// the key is read, to tell NotFound from Conflict.
     async fn txn(&self, key: &Key, compare: Value, success: Value) -> Result<Value, StoreError> {
         let k = client::b64(&self.key(key));
         let req = json!({
