@@ -40,7 +40,9 @@ test:
 # the unit tests run, and this says so.
 test-aarch64:
 	@if [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then \
-	  $(CARGO) test --target $(ARM_MUSL) --no-default-features --lib --test agent_run --test agent_supervisor; \
+	  $(CARGO) test --target $(ARM_MUSL) --no-default-features --lib --test agent_run --test agent_supervisor && \
+	  d=$$(mktemp -d) && qemu-aarch64-static target/$(ARM_MUSL)/release/k8s4r-agent run -f examples/quickstart.yaml \
+	    --data-dir $$d --no-cgroups && rm -rf $$d; \
 	else \
 	  echo "note: qemu-aarch64 not registered with binfmt_misc: aarch64 unit tests only"; \
 	  $(CARGO) test --target $(ARM_MUSL) --no-default-features --lib; \

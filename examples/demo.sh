@@ -2,9 +2,10 @@
 # `make demo`: the whole system on this machine, in about a minute.
 #   1. a control plane on the embedded SQLite store (loopback, temp dir)
 #   2. a join token, and a connected agent registering as robot "demo-robot"
-#   3. examples/demo.yaml applied (kubectl if installed, else plain HTTP):
-#      an init daemon serves a file, the group's Envoy proxies to it, and the
-#      task fetches it through 127.0.0.1:$PROXY_WEB_PORT
+#   3. two Jobs applied (kubectl if installed, else plain HTTP):
+#      examples/quickstart.yaml, a plain job (init task, template, 2 replicas),
+#      and examples/demo.yaml: an init daemon serves a file, the group's Envoy
+#      proxies to it, and the task fetches it through 127.0.0.1:$PROXY_WEB_PORT
 #   4. the result, the task's output, then everything is stopped.
 # Set KEEP=1 to leave the server and agent running (it prints how to stop).
 set -euo pipefail
@@ -55,19 +56,24 @@ robot_online() { curl -fsS "$url/apis/robot.k8s4r.io/v1alpha1/namespaces/default
 wait_until "the robot to come Online" 30 robot_online
 
 kc() { kubectl --server "$url" --cache-dir "$work/kube-cache" "$@"; }
-step "apply examples/demo.yaml"
-if command -v kubectl >/dev/null 2>&1; then
-  KUBECONFIG=/dev/null kc apply -f examples/demo.yaml
-else
-  "$bin/k8s4r" validate -f examples/demo.yaml
-  python3 -c 'import sys,json,yaml; print(json.dumps(yaml.safe_load(open("examples/demo.yaml"))))' |
-    curl -fsS -X POST -H 'Content-Type: application/json' --data-binary @- \
-      "$url/apis/robot.k8s4r.io/v1alpha1/namespaces/default/jobs" >/dev/null
-  echo "job.robot.k8s4r.io/demo created (kubectl not installed; used the REST API)"
-fi
+apply() {
+  if command -v kubectl >/dev/null 2>&1; then
+    KUBECONFIG=/dev/null kc apply -f "$1"
+  else
+    "$bin/k8s4r" validate -f "$1" >/dev/null
+    python3 -c 'import sys,json,yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))' "$1" |
+      curl -fsS -X POST -H 'Content-Type: application/json' --data-binary @- \
+        "$url/apis/robot.k8s4r.io/v1alpha1/namespaces/default/jobs" >/dev/null
+    echo "$1 created (kubectl not installed; used the REST API)"
+  fi
+}
+step "apply examples/quickstart.yaml (plain) and examples/demo.yaml (through Envoy)"
+apply examples/quickstart.yaml
+apply examples/demo.yaml
 
-job_done() { curl -fsS "$url/apis/robot.k8s4r.io/v1alpha1/namespaces/default/jobs/demo" | grep -Eq '"state":"(completed|failed)"'; }
-wait_until "the job to finish" 90 job_done
+job_done() { curl -fsS "$url/apis/robot.k8s4r.io/v1alpha1/namespaces/default/jobs/$1" | grep -Eq '"state":"(completed|failed)"'; }
+wait_until "the quickstart job to finish" 90 job_done quickstart
+wait_until "the demo job to finish" 90 job_done demo
 
 step "result"
 if command -v kubectl >/dev/null 2>&1; then
@@ -79,11 +85,13 @@ fi
 step "agent log"
 cat "$work/agent.log"
 
-step "task output (k8s4r-agent logs demo-hello-r0-fetch)"
-"$bin/k8s4r-agent" logs demo-hello-r0-fetch --data-dir "$work/agent"
+step "task output, fetched from the robot by the control plane (k8s4r logs TASK)"
+"$bin/k8s4r" logs quickstart-hello-r1-greet --server "$url"
+"$bin/k8s4r" logs demo-hello-r0-fetch --server "$url"
 
-if grep -q '"state":"completed"' <(curl -fsS "$url/apis/robot.k8s4r.io/v1alpha1/namespaces/default/jobs/demo"); then
-  step "demo succeeded: the task reached its upstream through the group's Envoy"
+job_ok() { curl -fsS "$url/apis/robot.k8s4r.io/v1alpha1/namespaces/default/jobs/$1" | grep -q '"state":"completed"'; }
+if job_ok quickstart && job_ok demo; then
+  step "demo succeeded: both jobs completed; the demo task reached its upstream through the group's Envoy"
 else
   step "demo FAILED"; exit 1
 fi

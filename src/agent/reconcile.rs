@@ -340,7 +340,7 @@ impl Reconciler {
         let hook_proxy = proxy.clone();
         UnitSpec {
             name: format!("{key}-envoy"),
-            label: format!("{} envoy", first.group()),
+            label: format!("{} envoy", first.group_key()),
             argv,
             env: BTreeMap::from([("PATH".to_string(), task_path())]),
             dir: proxy.dir.clone(),
@@ -375,7 +375,7 @@ impl Reconciler {
             (
                 g.join("init").join(&init.name),
                 g.join("alloc"),
-                format!("{} {}", first.group(), init.name),
+                format!("{} {}", first.group_key(), init.name),
             )
         };
         let policy = if init.daemon {
@@ -406,7 +406,7 @@ impl Reconciler {
         let policy = Policy::RunToCompletion(restart_rules(t.spec.restart_policy.as_ref(), default_attempts));
         let mut injected = self.injected_env(t, &t.spec.name, Some(t.replica()), &dir, &alloc_dir);
         injected.extend(proxy_env.iter().cloned());
-        let label = format!("{} r{} {}", t.group(), t.replica(), t.spec.name);
+        let label = format!("{} r{} {}", t.group_key(), t.replica(), t.spec.name);
         self.unit(t.name.clone(), label, &t.spec, policy, injected, dir, alloc_dir)
     }
 

@@ -149,7 +149,7 @@ fn finished(desired: &[AssignedTask], rec: &Reconciler, sup: &Supervisor) -> Opt
             Outcome::Failed(reason) => {
                 if sup.view(&t.name).is_none() {
                     // Never started (its group failed): say why once, at the end.
-                    say(&format!("{} r{} {}: {reason}", t.group(), t.replica(), t.spec.name));
+                    say(&format!("{} r{} {}: {reason}", t.group_key(), t.replica(), t.spec.name));
                 }
                 failed = true;
             }
