@@ -3,6 +3,7 @@
 //! semantics (conflicts, validation, patch, status subresource), selectors
 //! and paging, Table, watch resume and expiry, hostile input, restart.
 
+mod common;
 mod server_util;
 
 use serde_json::{json, Value};

@@ -5,6 +5,7 @@
 //! of Job creates and every Job still ends up scheduled exactly once; an etcd
 //! member dies and the service goes on; everything restarts with its state.
 
+mod common;
 mod server_util;
 
 use base64::Engine;

@@ -3,6 +3,7 @@
 //! identities, robots keep their tokens and their long-poll positions, join
 //! tokens still work, and a second migration into the same etcd refuses.
 
+mod common;
 mod server_util;
 
 use serde_json::json;

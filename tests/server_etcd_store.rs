@@ -4,6 +4,7 @@
 //! one cluster see each other's writes in their watches, a new replica
 //! resumes watches from recent revisions, and the leader compacts etcd.
 
+mod common;
 mod server_util;
 
 use k8s4r::server::store::etcd::EtcdStore;

@@ -4,6 +4,7 @@
 //! poll, status reports and the status cascade, placement rules, rolling
 //! updates, and offline robots whose tasks are lost and rescheduled.
 
+mod common;
 mod server_util;
 
 use serde_json::{json, Value};

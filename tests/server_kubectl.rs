@@ -3,6 +3,7 @@
 //! --validate=false), get with server-side columns, -o yaml, get -w,
 //! describe, delete with cascade, re-apply removing a field, errors.
 
+mod common;
 mod server_util;
 
 use server_util::{have_kubectl, wait_for, Server};

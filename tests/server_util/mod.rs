@@ -19,22 +19,8 @@ pub fn server_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_k8s4r"))
 }
 
-/// Poll `cond` until it yields, or panic after `timeout` naming `what`.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut cond: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    let mut pause = Duration::from_millis(5);
-    loop {
-        if let Some(v) = cond() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(100));
-    }
-}
+/// Waits with a deadline: the one helper every test shares.
+pub use crate::common::wait_for;
 
 pub struct Server {
     child: Option<Child>,
