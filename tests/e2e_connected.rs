@@ -212,3 +212,77 @@ fn statuses_survive_a_server_outage_and_an_agent_kill() {
         (!text.contains("\"completed\"")).then_some(())
     });
 }
+
+fn pid_alive(pid: i64) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+}
+
+/// Two real robots. One goes silent (agent kill -9): the server marks it
+/// Offline and moves its service task to the other robot, which runs it.
+/// When the silent robot comes back, it is told the task is no longer its
+/// own and stops its copy: the task never stays running twice.
+#[test]
+fn a_lost_robots_service_task_moves_and_never_runs_twice() {
+    let server = Server::start_with(&["--poll-interval", "1s", "--offline-after", "2s"]);
+    let token = server.join_token();
+    let dir = tempfile::tempdir().unwrap();
+    let mut agents = ["robot-a", "robot-b"].map(|name| {
+        (
+            name,
+            Agent::start(&server.base, &token, name, "fleet=test", &dir.path().join(name), &[]),
+        )
+    });
+    robot_online(&server, "robot-a");
+    robot_online(&server, "robot-b");
+    let job = json!({
+        "apiVersion": "robot.k8s4r.io/v1alpha1", "kind": "Job",
+        "metadata": {"name": "beacon", "namespace": "default"},
+        "spec": {"type": "service", "robotSelector": {"fleet": "test"}, "taskGroups": [{
+            "name": "g", "count": 1,
+            "tasks": [{"name": "ping", "driver": "exec", "config": {"execConfig": {
+                "command": "/bin/sh", "args": ["-c", "echo on $K8S4R_ROBOT; exec sleep 300"]}}}]
+        }]}
+    });
+    let r = server.send_json("POST", JOBS, &job);
+    assert_eq!(r.status, 201, "{}", r.body);
+    let name = "beacon-g-r0-ping";
+    let running_on = |server: &Server| {
+        let t = task(server, name)?;
+        if t["status"]["state"] != "running" {
+            return None;
+        }
+        Some((
+            t["spec"]["targetRobot"].as_str()?.to_string(),
+            t["status"]["pid"].as_i64()?,
+        ))
+    };
+    let (first, first_pid) = wait_for("the task running", Duration::from_secs(30), || running_on(&server));
+    // The robot running it goes silent.
+    let i = agents
+        .iter()
+        .position(|(n, _)| *n == first)
+        .expect("placed on one of ours");
+    let other = agents[1 - i].0;
+    let silent = &mut agents[i].1;
+    silent.kill9();
+    let (now_on, second_pid) = wait_for("the task moved to the live robot", Duration::from_secs(30), || {
+        running_on(&server).filter(|(robot, _)| robot == other)
+    });
+    assert_eq!(now_on, other);
+    assert_ne!(first_pid, second_pid);
+    assert_eq!(server.object("robots", &first).unwrap()["status"]["phase"], "Offline");
+    // The silent robot kept its copy running on its own (it could not know).
+    assert!(pid_alive(first_pid), "an offline robot keeps running its tasks");
+    // It comes back: the server's desired set no longer has the task, so
+    // the agent stops its copy. One copy remains, on the other robot.
+    silent.spawn();
+    robot_online(&server, &first);
+    wait_for(
+        "the returning robot to stop its stale copy",
+        Duration::from_secs(30),
+        || (!pid_alive(first_pid)).then_some(()),
+    );
+    assert!(pid_alive(second_pid), "the replacement keeps running");
+    assert_eq!(running_on(&server).map(|(r, _)| r).as_deref(), Some(other));
+}
