@@ -286,3 +286,172 @@ fn a_lost_robots_service_task_moves_and_never_runs_twice() {
     assert!(pid_alive(second_pid), "the replacement keeps running");
     assert_eq!(running_on(&server).map(|(r, _)| r).as_deref(), Some(other));
 }
+
+/// A network namespace with a veth pair to the host, made and removed by
+/// the test: the robot's side of a Wi-Fi link that can be cut.
+struct Netns {
+    name: String,
+    host_if: String,
+    host_ip: String,
+}
+
+impl Netns {
+    fn create() -> Option<Netns> {
+        let root = rustix::process::geteuid().is_root();
+        let ip = Command::new("ip")
+            .arg("-V")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !(root && ip) {
+            eprintln!("SKIP: the network-cut test needs root and iproute2 (make tools)");
+            return None;
+        }
+        let id = std::process::id() % 200 + 20;
+        let n = Netns {
+            name: format!("k8s4r-cut-{}", std::process::id()),
+            host_if: format!("k4h{}", std::process::id()),
+            host_ip: format!("10.253.{id}.1"),
+        };
+        let robot_if = format!("k4r{}", std::process::id());
+        let robot_ip = format!("10.253.{id}.2/30");
+        let host_cidr = format!("{}/30", n.host_ip);
+        let steps: Vec<Vec<&str>> = vec![
+            vec!["netns", "add", &n.name],
+            vec!["link", "add", &n.host_if, "type", "veth", "peer", "name", &robot_if],
+            vec!["link", "set", &robot_if, "netns", &n.name],
+            vec!["addr", "add", &host_cidr, "dev", &n.host_if],
+            vec!["link", "set", &n.host_if, "up"],
+            vec!["-n", &n.name, "addr", "add", &robot_ip, "dev", &robot_if],
+            vec!["-n", &n.name, "link", "set", &robot_if, "up"],
+            vec!["-n", &n.name, "link", "set", "lo", "up"],
+        ];
+        for step in steps {
+            let ok = Command::new("ip").args(&step).status().is_ok_and(|s| s.success());
+            if !ok {
+                eprintln!(
+                    "SKIP: `ip {}` failed: network namespaces are not available here",
+                    step.join(" ")
+                );
+                return None;
+            }
+        }
+        Some(n)
+    }
+
+    fn link(&self, up: bool) {
+        let state = if up { "up" } else { "down" };
+        let ok = Command::new("ip")
+            .args(["link", "set", &self.host_if, state])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "ip link set {} {state}", self.host_if);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.host_if]).status();
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// Processes whose command line is exactly `cmd` (e.g. "sleep 300").
+fn count_procs(cmd: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).replace('\0', " ").trim() == cmd)
+        })
+        .count()
+}
+
+fn service_job(name: &str, seconds: u32, disconnect: Value) -> Value {
+    json!({
+        "apiVersion": "robot.k8s4r.io/v1alpha1", "kind": "Job",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"type": "service", "robotSelector": {"net": "cut"}, "taskGroups": [{
+            "name": "g", "count": 1, "disconnect": disconnect,
+            "tasks": [{"name": "walk", "driver": "exec", "config": {"execConfig": {
+                "command": "/bin/sh", "args": ["-c", format!("exec sleep {seconds}")]}}}]
+        }]}
+    })
+}
+
+fn running_pid(server: &Server, task_name: &str) -> Option<i64> {
+    let t = task(server, task_name)?;
+    (t["status"]["state"] == "running" && t["spec"]["targetRobot"] == "robot-wifi")
+        .then(|| t["status"]["pid"].as_i64())
+        .flatten()
+}
+
+/// The robot's link goes down past the server's offline limit and comes
+/// back. The robot keeps its tasks running on its own the whole time; the
+/// server sees it Offline. Afterwards each group's `disconnect` policy
+/// decides: `replace: false` keeps the very same process; the default
+/// (replace) gives the task a new placement — and in both cases exactly one
+/// process of each task runs after reconciliation, never two.
+#[test]
+fn a_network_cut_keeps_tasks_running_and_nothing_runs_twice_after() {
+    let Some(net) = Netns::create() else { return };
+    let listen = format!("{}:0", net.host_ip);
+    let server = Server::start_with(&["--listen", &listen, "--poll-interval", "1s", "--offline-after", "2s"]);
+    let token = server.join_token();
+    let dir = tempfile::tempdir().unwrap();
+    let _agent = Agent::start_in_netns(
+        &net.name,
+        &server.base,
+        &token,
+        "robot-wifi",
+        "net=cut",
+        &dir.path().join("wifi"),
+    );
+    robot_online(&server, "robot-wifi");
+    let jobs = [
+        ("keep", 301, json!({"replace": false})),
+        ("move", 302, json!({"lostAfter": "1s"})),
+    ];
+    for (name, secs, disconnect) in &jobs {
+        assert_eq!(
+            server
+                .send_json("POST", JOBS, &service_job(name, *secs, disconnect.clone()))
+                .status,
+            201
+        );
+    }
+    let keep_pid = wait_for("keep running", Duration::from_secs(30), || {
+        running_pid(&server, "keep-g-r0-walk")
+    });
+    wait_for("move running", Duration::from_secs(30), || {
+        running_pid(&server, "move-g-r0-walk")
+    });
+
+    net.link(false);
+    wait_for("the robot Offline", Duration::from_secs(30), || {
+        (server.object("robots", "robot-wifi")?["status"]["phase"] == "Offline").then_some(())
+    });
+    wait_for("the default-policy task Lost", Duration::from_secs(30), || {
+        let t = task(&server, "move-g-r0-walk")?;
+        (t["metadata"]["annotations"]["robot.k8s4r.io/reschedules"] == "1").then_some(())
+    });
+    assert!(pid_alive(keep_pid), "the cut-off robot keeps its tasks running");
+    assert_eq!((count_procs("sleep 301"), count_procs("sleep 302")), (1, 1));
+
+    net.link(true);
+    robot_online(&server, "robot-wifi");
+    wait_for(
+        "both tasks running again in the server's view",
+        Duration::from_secs(30),
+        || {
+            (running_pid(&server, "keep-g-r0-walk")? == keep_pid).then_some(())?;
+            running_pid(&server, "move-g-r0-walk")
+        },
+    );
+    assert!(pid_alive(keep_pid), "replace: false keeps the very same process");
+    wait_for("one process per task", Duration::from_secs(30), || {
+        (count_procs("sleep 301") == 1 && count_procs("sleep 302") == 1).then_some(())
+    });
+}

@@ -51,6 +51,8 @@ pub struct ConnectedAgent {
     pub data: PathBuf,
     pub log: PathBuf,
     args: Vec<String>,
+    /// A command the agent runs under, e.g. `ip netns exec NS`.
+    wrapper: Vec<String>,
 }
 
 impl ConnectedAgent {
@@ -62,6 +64,50 @@ impl ConnectedAgent {
         data: &std::path::Path,
         extra: &[&str],
     ) -> ConnectedAgent {
+        ConnectedAgent::launch(
+            Vec::new(),
+            ConnectedAgent::args_for(server, token, name, labels, data, extra),
+            data,
+        )
+    }
+
+    /// Like [`ConnectedAgent::start`], inside network namespace `netns`.
+    pub fn start_in_netns(
+        netns: &str,
+        server: &str,
+        token: &str,
+        name: &str,
+        labels: &str,
+        data: &std::path::Path,
+    ) -> ConnectedAgent {
+        let wrapper = ["ip", "netns", "exec", netns].map(String::from).to_vec();
+        ConnectedAgent::launch(
+            wrapper,
+            ConnectedAgent::args_for(server, token, name, labels, data, &[]),
+            data,
+        )
+    }
+
+    fn launch(wrapper: Vec<String>, args: Vec<String>, data: &std::path::Path) -> ConnectedAgent {
+        let mut a = ConnectedAgent {
+            child: None,
+            data: data.to_path_buf(),
+            log: data.with_extension("log"),
+            args,
+            wrapper,
+        };
+        a.spawn();
+        a
+    }
+
+    fn args_for(
+        server: &str,
+        token: &str,
+        name: &str,
+        labels: &str,
+        data: &std::path::Path,
+        extra: &[&str],
+    ) -> Vec<String> {
         let mut args: Vec<String> = [
             "--server",
             server,
@@ -78,14 +124,7 @@ impl ConnectedAgent {
         .map(|s| s.to_string())
         .collect();
         args.extend(["--data-dir".to_string(), data.display().to_string()]);
-        let mut a = ConnectedAgent {
-            child: None,
-            data: data.to_path_buf(),
-            log: data.with_extension("log"),
-            args,
-        };
-        a.spawn();
-        a
+        args
     }
 
     /// (Re)start the process with the same arguments and data.
@@ -95,7 +134,15 @@ impl ConnectedAgent {
             .append(true)
             .open(&self.log)
             .expect("agent log");
-        let child = std::process::Command::new(agent_bin())
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = std::process::Command::new(program);
+                c.args(rest).arg(agent_bin());
+                c
+            }
+            None => std::process::Command::new(agent_bin()),
+        };
+        let child = cmd
             .args(&self.args)
             .stdout(log.try_clone().expect("dup agent log"))
             .stderr(log)

@@ -120,6 +120,12 @@ pub fn run(opts: ConnectedOptions) -> Result<i32, String> {
         if let Some(a) = lock(&shared.inbox).latest.take() {
             desired = assigned_tasks(&a.tasks);
             save_cached(&data_dir, &a.tasks);
+            // Level-triggered both ways: where the server's record of a task
+            // lost what we reported (a reschedule resets it), report again.
+            let mut outbox = lock(&shared.outbox);
+            for t in &a.tasks {
+                outbox.server_disagrees(t.name(), &t.status.clone().unwrap_or_default());
+            }
         }
         let offline_since = lock(&shared.inbox).offline_since;
         let (running, stop_at) = apply_disconnect_policy(&desired, offline_since, Instant::now());

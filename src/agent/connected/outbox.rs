@@ -80,6 +80,20 @@ impl Outbox {
         Ok(true)
     }
 
+    /// The server's record of `task` disagrees with the last status we
+    /// queued (e.g. it rescheduled the task and reset its status): queue it
+    /// again on the next push, with a new sequence number. Does nothing
+    /// while a status for the task is still on its way.
+    pub fn server_disagrees(&mut self, task: &str, server: &TaskStatus) {
+        let differs = self
+            .last_status
+            .get(task)
+            .is_some_and(|ours| ours.state != server.state || ours.pid != server.pid);
+        if differs && !self.file.pending.contains_key(task) {
+            self.last_status.remove(task);
+        }
+    }
+
     /// Everything not yet acknowledged, oldest task name first.
     pub fn pending(&self) -> Vec<TaskStatusUpdate> {
         self.file.pending.values().cloned().collect()
@@ -168,6 +182,30 @@ mod tests {
         ob.retain(|_| false).unwrap();
         assert!(ob.is_empty(), "unsent statuses of a task that left are dropped");
         ob.push("t", status(TaskState::Running)).unwrap();
+        assert_eq!(ob.pending()[0].seq, 2);
+    }
+
+    #[test]
+    fn a_status_the_server_lost_is_sent_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ob = Outbox::open(dir.path()).unwrap();
+        ob.push("t", status(TaskState::Running)).unwrap();
+        ob.server_disagrees("t", &status(TaskState::Scheduled));
+        assert!(
+            !ob.push("t", status(TaskState::Running)).unwrap(),
+            "still on its way: no resend"
+        );
+        ob.acknowledge(&[("t".into(), 1)]).unwrap();
+        ob.server_disagrees("t", &status(TaskState::Running));
+        assert!(
+            !ob.push("t", status(TaskState::Running)).unwrap(),
+            "the server agrees: nothing to send"
+        );
+        ob.server_disagrees("t", &status(TaskState::Scheduled));
+        assert!(
+            ob.push("t", status(TaskState::Running)).unwrap(),
+            "the server reset it: send again"
+        );
         assert_eq!(ob.pending()[0].seq, 2);
     }
 

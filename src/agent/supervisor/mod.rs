@@ -330,12 +330,31 @@ impl Supervisor {
     /// unit is left alone.
     pub fn ensure(&mut self, spec: UnitSpec) {
         if let Some(unit) = self.units.get_mut(&spec.name) {
-            if unit.spec.revision != spec.revision && unit.replacement.is_none() {
+            // Stopped because it was no longer wanted, and wanted again (a
+            // task moved away and back): start it afresh, as a replacement.
+            let stopped_on_request = matches!(
+                unit.machine.phase,
+                Phase::Stopped
+                    | Phase::Stopping {
+                        cause: machine::StopCause::Requested,
+                        ..
+                    }
+                    | Phase::Killing {
+                        cause: machine::StopCause::Requested,
+                        ..
+                    }
+            );
+            if (unit.spec.revision != spec.revision || stopped_on_request) && unit.replacement.is_none() {
                 let name = spec.name.clone();
+                let message = if stopped_on_request {
+                    "wanted again; starting anew"
+                } else {
+                    "spec changed; replacing"
+                };
                 self.changes.push(Change {
                     unit: name.clone(),
                     label: unit.spec.label.clone(),
-                    message: "spec changed; replacing".into(),
+                    message: message.into(),
                 });
                 unit.replacement = Some(spec);
                 if unit.machine.phase.is_terminal() {
