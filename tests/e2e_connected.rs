@@ -2,6 +2,7 @@
 //! agent (register, long-poll, outbox), real processes, real Envoy.
 
 mod common;
+mod envoy_fixtures;
 mod server_util;
 
 use common::ConnectedAgent as Agent;
@@ -135,17 +136,9 @@ fn gated_job(name: &str, gate: &Path) -> Value {
     })
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn statuses_survive_a_server_outage_and_an_agent_kill() {
-    let port = free_port().to_string();
+    let port = envoy_fixtures::free_port().to_string();
     let listen = format!("127.0.0.1:{port}");
     let mut server = Server::start_with(&["--listen", &listen]);
     let token = server.join_token();
@@ -454,4 +447,79 @@ fn a_network_cut_keeps_tasks_running_and_nothing_runs_twice_after() {
     wait_for("one process per task", Duration::from_secs(30), || {
         (count_procs("sleep 301") == 1 && count_procs("sleep 302") == 1).then_some(())
     });
+}
+
+/// Pid of unit `unit` as the agent persisted it.
+fn unit_pid(data: &Path, unit: &str) -> Option<i64> {
+    let state: Value = serde_json::from_slice(&std::fs::read(data.join("state.json")).ok()?).ok()?;
+    state["units"][unit]["pid"].as_i64()
+}
+
+/// A Job update reaches the robot's proxy live: a new upstream added
+/// through the API is served by the same Envoy process (filesystem xDS),
+/// and traffic flows to it.
+#[test]
+fn a_job_update_adds_an_upstream_to_the_running_envoy() {
+    if !have_envoy() {
+        return;
+    }
+    let (first, second) = (envoy_fixtures::Server::echo(), envoy_fixtures::Server::echo());
+    let (port_a, port_b) = (envoy_fixtures::free_port(), envoy_fixtures::free_port());
+    let server = Server::start();
+    let token = server.join_token();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(
+        &server.base,
+        &token,
+        "robot-live",
+        "demo=true",
+        &dir.path().join("live"),
+        &[],
+    );
+    robot_online(&server, "robot-live");
+    let upstream = |name: &str, local: u16, target: u16| json!({"name": name, "localPort": local, "upstream": format!("127.0.0.1:{target}"), "protocol": "tcp", "tls": false});
+    let job = json!({
+        "apiVersion": "robot.k8s4r.io/v1alpha1", "kind": "Job",
+        "metadata": {"name": "live", "namespace": "default"},
+        "spec": {"type": "service", "robotSelector": {"demo": "true"}, "taskGroups": [{
+            "name": "g", "count": 1,
+            "network": {"upstreams": [upstream("first", port_a, first.port)]},
+            "tasks": [{"name": "app", "driver": "exec", "config": {"execConfig": {
+                "command": "/bin/sh", "args": ["-c", "exec sleep 300"]}}}]
+        }]}
+    });
+    assert_eq!(server.send_json("POST", JOBS, &job).status, 201);
+    wait_for("traffic through the first upstream", Duration::from_secs(60), || {
+        envoy_fixtures::echo_through(port_a, b"one")
+            .ok()
+            .filter(|b| b == b"one")
+    });
+    let envoy = wait_for("the envoy pid", Duration::from_secs(10), || {
+        unit_pid(&agent.data, "live-g-envoy")
+    });
+
+    let patch = json!({"spec": {"taskGroups": [{
+        "name": "g", "count": 1,
+        "network": {"upstreams": [upstream("first", port_a, first.port), upstream("second", port_b, second.port)]},
+        "tasks": job["spec"]["taskGroups"][0]["tasks"].clone()
+    }]}});
+    let r = server.request(
+        "PATCH",
+        &format!("{JOBS}/live"),
+        "application/merge-patch+json",
+        Some(patch.to_string().as_bytes()),
+        &[],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    wait_for("traffic through the added upstream", Duration::from_secs(60), || {
+        envoy_fixtures::echo_through(port_b, b"two")
+            .ok()
+            .filter(|b| b == b"two")
+    });
+    assert_eq!(
+        unit_pid(&agent.data, "live-g-envoy"),
+        Some(envoy),
+        "the same Envoy, updated live"
+    );
+    assert_eq!(envoy_fixtures::echo_through(port_a, b"still").unwrap(), b"still");
 }
