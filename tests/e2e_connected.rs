@@ -523,3 +523,52 @@ fn a_job_update_adds_an_upstream_to_the_running_envoy() {
     );
     assert_eq!(envoy_fixtures::echo_through(port_a, b"still").unwrap(), b"still");
 }
+
+/// Agent kill -9 and restart under a live server: the task keeps its
+/// process (re-adopted, same pid), the server's view stays "running", and
+/// exactly one copy exists.
+#[test]
+fn an_agent_kill_9_under_the_server_restarts_and_duplicates_nothing() {
+    let server = Server::start();
+    let token = server.join_token();
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = Agent::start(
+        &server.base,
+        &token,
+        "robot-k9",
+        "demo=true",
+        &dir.path().join("k9"),
+        &[],
+    );
+    robot_online(&server, "robot-k9");
+    let job = json!({
+        "apiVersion": "robot.k8s4r.io/v1alpha1", "kind": "Job",
+        "metadata": {"name": "steady", "namespace": "default"},
+        "spec": {"type": "service", "robotSelector": {"demo": "true"}, "taskGroups": [{
+            "name": "g", "count": 2,
+            "tasks": [{"name": "t", "driver": "exec", "config": {"execConfig": {
+                "command": "/bin/sh", "args": ["-c", "exec sleep 303"]}}}]
+        }]}
+    });
+    assert_eq!(server.send_json("POST", JOBS, &job).status, 201);
+    let pids = |server: &Server| -> Option<Vec<i64>> {
+        ["steady-g-r0-t", "steady-g-r1-t"]
+            .iter()
+            .map(|n| {
+                let t = task(server, n)?;
+                (t["status"]["state"] == "running")
+                    .then(|| t["status"]["pid"].as_i64())
+                    .flatten()
+            })
+            .collect()
+    };
+    let before = wait_for("both replicas running", Duration::from_secs(30), || pids(&server));
+    agent.kill9();
+    agent.spawn();
+    wait_for("the new agent to re-adopt both", Duration::from_secs(30), || {
+        (agent.log_text().matches("adopted running pid").count() >= 2).then_some(())
+    });
+    assert_eq!(pids(&server), Some(before.clone()), "same processes after the restart");
+    assert!(before.iter().all(|p| pid_alive(*p)));
+    assert_eq!(count_procs("sleep 303"), 2, "no duplicate started");
+}
