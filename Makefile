@@ -66,6 +66,7 @@ bench: cross
 	$(CARGO) tree --no-default-features -e normal --prefix depth | sort -u -k1,1n | head -40
 	$(CARGO) test --release --no-default-features --test agent_bench -- --ignored --nocapture
 	$(CARGO) test --release --test envoy_bench -- --ignored --nocapture
+	$(CARGO) test --release --test e2e_bench -- --ignored --nocapture
 	$(CARGO) run --release --bin k8s4r -- bench robots 100 1000 10000
 	$(CARGO) run --release --bin k8s4r -- bench robots 1000 10000 --etcd --replicas 1,3 --out target/bench/server-etcd.json
 

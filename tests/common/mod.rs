@@ -163,6 +163,10 @@ impl ConnectedAgent {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// A task's stdout as `k8s4r-agent logs TASK` prints it.
     pub fn task_output(&self, task: &str) -> String {
         let out = std::process::Command::new(agent_bin())
