@@ -572,3 +572,60 @@ fn an_agent_kill_9_under_the_server_restarts_and_duplicates_nothing() {
     assert!(before.iter().all(|p| pid_alive(*p)));
     assert_eq!(count_procs("sleep 303"), 2, "no duplicate started");
 }
+
+/// The examples (and the original implementation's runnable manifest) on a
+/// live robot reach their expected final states: batch jobs complete, the
+/// service job runs (through its Envoy) until deleted.
+#[test]
+fn examples_reach_their_expected_states_on_a_live_robot() {
+    if !have_envoy() {
+        return;
+    }
+    let server = Server::start();
+    let token = server.join_token();
+    let dir = tempfile::tempdir().unwrap();
+    // The examples select robots by these labels; quickstart selects any.
+    let _agent = Agent::start(
+        &server.base,
+        &token,
+        "robot-ex",
+        "demo=true",
+        &dir.path().join("ex"),
+        &[],
+    );
+    robot_online(&server, "robot-ex");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec![
+        (root.join("examples/quickstart.yaml"), "quickstart", "completed"),
+        (root.join("examples/demo.yaml"), "demo", "completed"),
+        (root.join("examples/network-proxy.yaml"), "network-demo", "running"),
+    ];
+    if let Some(shared) = common::shared_dir() {
+        files.push((
+            shared.join("compat/test-taskgroup-simple.yaml"),
+            "test-taskgroup-simple",
+            "completed",
+        ));
+    }
+    for (file, _, _) in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        for doc in k8s4r::api::decode_all(&text) {
+            let obj = doc.unwrap().object;
+            let plural = if obj.kind() == "Job" { "jobs" } else { "robots" };
+            let body = serde_json::to_value(&obj).unwrap();
+            let r = server.send_json(
+                "POST",
+                &format!("/apis/robot.k8s4r.io/v1alpha1/namespaces/default/{plural}"),
+                &body,
+            );
+            assert_eq!(r.status, 201, "{}: {}", file.display(), r.body);
+        }
+    }
+    for (file, job, want) in &files {
+        wait_for(
+            &format!("{job} ({}) {want}", file.display()),
+            Duration::from_secs(60),
+            || (job_state(&server, job).as_deref() == Some(*want)).then_some(()),
+        );
+    }
+}
