@@ -13,6 +13,7 @@ cases=(
   "fault|server down, task finishes, agent kill -9, server back|status delivered exactly once, nothing lost|e2e_connected|statuses_survive_a_server_outage_and_an_agent_kill"
   "fault|server kill -9 after acknowledged writes|every acknowledged write still there|server_api|acknowledged_writes_survive_a_crash"
   "fault|server restart|robots, tokens and assignments intact|server_fleet|restart_keeps_robots_tokens_and_assignments"
+  "fault|SQLite on a full disk (2 MiB tmpfs)|5xx Status naming the cause, nothing lost, recovers when space returns|server_full_disk|a_full_disk_gives_clear_errors_and_loses_nothing"
   "fault|Envoy kill -9|proxy brought back, same config|envoy_live|after_kill_9_prepare_and_start_bring_the_proxy_back"
   "fault|robot offline|tasks Unknown then Lost, service tasks moved|server_fleet|offline_robots_lose_tasks_and_service_jobs_move"
   "fault|a real robot goes silent, then returns|task moves to the other robot; the returning one stops its copy|e2e_connected|a_lost_robots_service_task_moves_and_never_runs_twice"
