@@ -14,6 +14,18 @@ use std::time::Duration;
 
 const JOBS: &str = "/apis/robot.k8s4r.io/v1alpha1/namespaces/default/jobs";
 
+/// A control plane on SQLite and one connected robot labelled demo=true,
+/// Online. Bind as `(_dir, server, agent)`: dropped in reverse, the agent
+/// (and every task it started) goes first, the data directory last.
+fn server_and_robot(name: &str) -> (tempfile::TempDir, Server, Agent) {
+    let server = Server::start();
+    let token = server.join_token();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&server.base, &token, name, "demo=true", &dir.path().join(name), &[]);
+    robot_online(&server, name);
+    (dir, server, agent)
+}
+
 fn robot_online(server: &Server, name: &str) {
     wait_for(&format!("robot {name} Online"), Duration::from_secs(30), || {
         let r = server.object("robots", name)?;
@@ -56,18 +68,7 @@ fn connected_agent_runs_the_demo_job_through_envoy() {
     if !have_envoy() {
         return;
     }
-    let server = Server::start();
-    let token = server.join_token();
-    let dir = tempfile::tempdir().unwrap();
-    let agent = Agent::start(
-        &server.base,
-        &token,
-        "robot-e2e",
-        "demo=true",
-        &dir.path().join("agent"),
-        &[],
-    );
-    robot_online(&server, "robot-e2e");
+    let (_dir, server, agent) = server_and_robot("robot-e2e");
     let robot = server.object("robots", "robot-e2e").unwrap();
     assert!(
         robot["status"]["deviceInfo"]["hostname"].is_string(),
@@ -465,18 +466,7 @@ fn a_job_update_adds_an_upstream_to_the_running_envoy() {
     }
     let (first, second) = (envoy_fixtures::Server::echo(), envoy_fixtures::Server::echo());
     let (port_a, port_b) = (envoy_fixtures::free_port(), envoy_fixtures::free_port());
-    let server = Server::start();
-    let token = server.join_token();
-    let dir = tempfile::tempdir().unwrap();
-    let agent = Agent::start(
-        &server.base,
-        &token,
-        "robot-live",
-        "demo=true",
-        &dir.path().join("live"),
-        &[],
-    );
-    robot_online(&server, "robot-live");
+    let (_dir, server, agent) = server_and_robot("robot-live");
     let upstream = |name: &str, local: u16, target: u16| json!({"name": name, "localPort": local, "upstream": format!("127.0.0.1:{target}"), "protocol": "tcp", "tls": false});
     let job = json!({
         "apiVersion": "robot.k8s4r.io/v1alpha1", "kind": "Job",
@@ -529,18 +519,7 @@ fn a_job_update_adds_an_upstream_to_the_running_envoy() {
 /// exactly one copy exists.
 #[test]
 fn an_agent_kill_9_under_the_server_restarts_and_duplicates_nothing() {
-    let server = Server::start();
-    let token = server.join_token();
-    let dir = tempfile::tempdir().unwrap();
-    let mut agent = Agent::start(
-        &server.base,
-        &token,
-        "robot-k9",
-        "demo=true",
-        &dir.path().join("k9"),
-        &[],
-    );
-    robot_online(&server, "robot-k9");
+    let (_dir, server, mut agent) = server_and_robot("robot-k9");
     let job = json!({
         "apiVersion": "robot.k8s4r.io/v1alpha1", "kind": "Job",
         "metadata": {"name": "steady", "namespace": "default"},
@@ -581,19 +560,8 @@ fn examples_reach_their_expected_states_on_a_live_robot() {
     if !have_envoy() {
         return;
     }
-    let server = Server::start();
-    let token = server.join_token();
-    let dir = tempfile::tempdir().unwrap();
     // The examples select robots by these labels; quickstart selects any.
-    let _agent = Agent::start(
-        &server.base,
-        &token,
-        "robot-ex",
-        "demo=true",
-        &dir.path().join("ex"),
-        &[],
-    );
-    robot_online(&server, "robot-ex");
+    let (_dir, server, _agent) = server_and_robot("robot-ex");
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files = vec![
         (root.join("examples/quickstart.yaml"), "quickstart", "completed"),
