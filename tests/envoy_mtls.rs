@@ -41,6 +41,24 @@ fn tls_upstream(name: &str, local_port: u16, server_port: u16, peer_id: Option<&
 }
 
 /// The proxy must refuse: the app's connection is closed without an echo.
+/// The usual far side: an echo server behind a server-side Envoy that
+/// demands a client certificate from a fresh example.org CA (server leaf
+/// serial `serial`) and lets only ROBOT_ID in. Bind as `(echo, ca, server)`
+/// so the Envoy is dropped before the echo server it fronts.
+fn guarded_echo(bin: &Path, tmp: &Path, serial: u32) -> (Server, Ca, ServerSide) {
+    let echo = Server::echo();
+    let ca = Ca::new(tmp, "example.org");
+    let server = ServerSide::start(
+        bin,
+        &tmp.join("server"),
+        ca.files(&ca.leaf("server", SERVER_ID, serial)),
+        Some("example.org"),
+        &[ROBOT_ID],
+        echo.port,
+    );
+    (echo, ca, server)
+}
+
 fn assert_refused(port: u16) {
     let r = echo_through(port, b"secret");
     assert!(r.is_err(), "expected the proxy to refuse, got {r:?}");
@@ -122,17 +140,7 @@ fn inbound_rbac_allows_the_listed_id_and_refuses_another() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let echo = Server::echo();
-    let ca = Ca::new(tmp.path(), "example.org");
-    let server_leaf = ca.leaf("server", SERVER_ID, 20);
-    let server = ServerSide::start(
-        &bin,
-        &tmp.path().join("server"),
-        ca.files(&server_leaf),
-        Some("example.org"),
-        &[ROBOT_ID],
-        echo.port,
-    );
+    let (_echo, ca, server) = guarded_echo(&bin, tmp.path(), 20);
     // Same CA, valid chain, but an ID the server does not list.
     let intruder_leaf = ca.leaf("intruder", "spiffe://example.org/robot/intruder", 21);
     let port = free_port();
@@ -176,17 +184,7 @@ fn spire_sds_gives_the_svid_and_bundle_and_rotation_needs_no_restart() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let echo = Server::echo();
-    let ca = Ca::new(tmp.path(), "example.org");
-    let server_leaf = ca.leaf("server", SERVER_ID, 30);
-    let server = ServerSide::start(
-        &bin,
-        &tmp.path().join("server"),
-        ca.files(&server_leaf),
-        Some("example.org"),
-        &[ROBOT_ID],
-        echo.port,
-    );
+    let (_echo, ca, server) = guarded_echo(&bin, tmp.path(), 30);
     let svid = ca.leaf("robot", ROBOT_ID, 0x31);
     let read = |p: &Path| std::fs::read(p).unwrap();
     let spire = SdsServer::start(
@@ -322,16 +320,7 @@ fn file_certificates_rotate_without_restart() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let echo = Server::echo();
-    let ca = Ca::new(tmp.path(), "example.org");
-    let server = ServerSide::start(
-        &bin,
-        &tmp.path().join("server"),
-        ca.files(&ca.leaf("server", SERVER_ID, 50)),
-        Some("example.org"),
-        &[ROBOT_ID],
-        echo.port,
-    );
+    let (_echo, ca, server) = guarded_echo(&bin, tmp.path(), 50);
     let robot_leaf = ca.leaf("robot", ROBOT_ID, 0x51);
     let port = free_port();
     let network = NetworkConfig {
@@ -420,16 +409,7 @@ fn live_update_adds_a_spire_mtls_upstream_without_restart() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let echo = Server::echo();
-    let ca = Ca::new(tmp.path(), "example.org");
-    let server = ServerSide::start(
-        &bin,
-        &tmp.path().join("server"),
-        ca.files(&ca.leaf("server", SERVER_ID, 70)),
-        Some("example.org"),
-        &[ROBOT_ID],
-        echo.port,
-    );
+    let (echo, ca, server) = guarded_echo(&bin, tmp.path(), 70);
     let svid = ca.leaf("robot", ROBOT_ID, 71);
     let read = |p: &Path| std::fs::read(p).unwrap();
     let spire = SdsServer::start(
@@ -480,16 +460,7 @@ fn envoy_waits_for_a_late_spire_agent_and_names_it_meanwhile() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let echo = Server::echo();
-    let ca = Ca::new(tmp.path(), "example.org");
-    let server = ServerSide::start(
-        &bin,
-        &tmp.path().join("server"),
-        ca.files(&ca.leaf("server", SERVER_ID, 80)),
-        Some("example.org"),
-        &[ROBOT_ID],
-        echo.port,
-    );
+    let (_echo, ca, server) = guarded_echo(&bin, tmp.path(), 80);
     let socket = tmp.path().join("late-agent.sock");
     let port = free_port();
     let g = GroupProxy {
@@ -533,16 +504,7 @@ fn spire_bundles_as_plain_trusted_ca_still_check_the_id() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let echo = Server::echo();
-    let ca = Ca::new(tmp.path(), "example.org");
-    let server = ServerSide::start(
-        &bin,
-        &tmp.path().join("server"),
-        ca.files(&ca.leaf("server", SERVER_ID, 90)),
-        Some("example.org"),
-        &[ROBOT_ID],
-        echo.port,
-    );
+    let (_echo, ca, server) = guarded_echo(&bin, tmp.path(), 90);
     let svid = ca.leaf("robot", ROBOT_ID, 91);
     let read = |p: &Path| std::fs::read(p).unwrap();
     let spire = SdsServer::start_with(
