@@ -20,6 +20,26 @@ fn group(name: &str, dir: &Path, envoy_bin: &Path, upstreams: Vec<k8s4r::api::Up
     }
 }
 
+/// A group `name` whose one tcp upstream `db` (on the returned local
+/// port) is a fresh echo server.
+fn echo_group(bin: &Path, tmp: &Path, name: &str) -> (Server, u16, GroupProxy) {
+    let echo = Server::echo();
+    let port = free_port();
+    let g = group(
+        name,
+        &tmp.join(name),
+        bin,
+        vec![upstream(
+            "db",
+            port,
+            &format!("127.0.0.1:{}", echo.port),
+            Protocol::Tcp,
+            false,
+        )],
+    );
+    (echo, port, g)
+}
+
 #[test]
 fn plaintext_tcp_http_and_grpc_through_envoy() {
     let Some(bin) = envoy_or_skip("plaintext_tcp_http_and_grpc_through_envoy") else {
@@ -94,20 +114,7 @@ fn admin_is_a_private_unix_socket_and_flags_avoid_collisions() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let echo = Server::echo();
-    let port = free_port();
-    let g = group(
-        "admin",
-        &tmp.path().join("admin"),
-        &bin,
-        vec![upstream(
-            "db",
-            port,
-            &format!("127.0.0.1:{}", echo.port),
-            Protocol::Tcp,
-            false,
-        )],
-    );
+    let (_echo, port, g) = echo_group(&bin, tmp.path(), "admin");
     let launch = envoy::prepare(&g).unwrap();
     assert_eq!(launch.admin_socket, g.dir.join("admin.sock"));
     for flag in ["--disable-hot-restart", "--concurrency"] {
@@ -256,20 +263,7 @@ fn after_kill_9_prepare_and_start_bring_the_proxy_back() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let echo = Server::echo();
-    let port = free_port();
-    let g = group(
-        "crash",
-        &tmp.path().join("crash"),
-        &bin,
-        vec![upstream(
-            "db",
-            port,
-            &format!("127.0.0.1:{}", echo.port),
-            Protocol::Tcp,
-            false,
-        )],
-    );
+    let (_echo, port, g) = echo_group(&bin, tmp.path(), "crash");
     let mut first = Envoy::run(&g);
     Command::new("kill")
         .args(["-9", &first.pid().to_string()])
