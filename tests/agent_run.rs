@@ -873,7 +873,12 @@ fn a_robot_scoped_daemon_runs_once_for_all_groups() {
         "{}",
         agent.output()
     );
-    assert_eq!(std::fs::read_to_string(sb.data().join("robot/starts")).unwrap(), "up\n");
+    // "running" means exec'd, not that the shell has written its line yet.
+    let starts = sb.data().join("robot/starts");
+    let recorded = wait_for("the daemon to record its start", T, || {
+        std::fs::read_to_string(&starts).ok().filter(|s| s.ends_with('\n'))
+    });
+    assert_eq!(recorded, "up\n");
     std::fs::write(sb.data().join("alloc/done"), "").unwrap();
     assert!(!agent.output().contains("spec changed"), "{}", agent.output());
     assert_eq!(agent.wait_exit(), 0, "{}", agent.output());
