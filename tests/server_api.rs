@@ -290,7 +290,34 @@ fn validation_errors_and_hostile_input() {
         .contains("field label not supported"));
     let r = s.get(&format!("{}?watch=1&resourceVersion=banana", robots()));
     assert_eq!(r.status, 400);
+
+    // The agent API meets the same hostility with 4xx Statuses too.
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let join = s.join_token();
+    let hostile: [(&str, &[u8]); 8] = [
+        ("/agent/v1/register", b"{"),
+        ("/agent/v1/register", br#"{"joinToken": 7, "name": "r"}"#),
+        ("/agent/v1/register", b"\xff\xfe{}"),
+        ("/agent/v1/register", deep.as_bytes()),
+        ("/agent/v1/register", br#"{"joinToken": "nope", "name": "../etc"}"#),
+        ("/agent/v1/robots/x/status", br#"{"tasks": "no"}"#),
+        ("/agent/v1/robots/..%2F..%2Fetc/status", b"{}"),
+        ("/agent/v1/robots/x/logs", deep.as_bytes()),
+    ];
+    for (path, body) in hostile {
+        let r = s.request("POST", path, "application/json", Some(body), &[]);
+        assert!((400..500).contains(&r.status), "POST {path}: {} {}", r.status, r.body);
+        assert_eq!(r.json()["kind"], "Status", "POST {path}: {}", r.body);
+    }
+    let r = s.send_json(
+        "POST",
+        "/agent/v1/register",
+        &json!({"joinToken": join, "name": "../etc"}),
+    );
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(r.body.contains("name"), "the error names the field: {}", r.body);
     assert_eq!(s.get("/version").status, 200, "still serving");
+    assert_eq!(s.panics(), 0, "hostile input made the server panic");
 }
 
 #[test]

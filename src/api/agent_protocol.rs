@@ -11,7 +11,9 @@
 //! - `POST /agent/v1/robots/{name}/status` (Bearer) with a [`StatusReport`]
 //!   → [`StatusReply`]. Per-task sequence numbers make re-sending a batch
 //!   harmless; device info rides along.
-//! - `POST /agent/v1/jointokens` → [`JoinToken`] (operator tool).
+//! - `POST /agent/v1/jointokens` → [`JoinToken`], `GET` → [`JoinTokenList`],
+//!   `DELETE /agent/v1/jointokens/{id}` revokes one (operator tool);
+//!   `DELETE /agent/v1/robottokens/{robot}` revokes a robot's own token.
 //!
 //! Errors are Kubernetes `Status` objects (401 bad token, 403 another
 //! robot's objects, 404 unknown robot).
@@ -161,4 +163,21 @@ pub struct JoinTokenRequest {
 pub struct JoinToken {
     pub token: String,
     pub expires: String,
+    /// Public name of the token (a prefix of its hash) for `list`/`revoke`.
+    #[serde(default)]
+    pub id: String,
+}
+
+/// `GET /agent/v1/jointokens`: the tokens the server knows, never their
+/// secrets (only hashes are stored).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct JoinTokenList {
+    pub items: Vec<JoinTokenInfo>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct JoinTokenInfo {
+    pub id: String,
+    pub expires: String,
+    pub expired: bool,
 }

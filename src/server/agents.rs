@@ -3,7 +3,8 @@
 //! reports. A robot token opens only that robot's objects.
 
 use crate::api::agent_protocol::{
-    LogUpload, Outcome, RegisterRequest, RegisterResponse, StatusReply, StatusReport, StatusResult,
+    JoinToken, JoinTokenList, LogUpload, Outcome, RegisterRequest, RegisterResponse, StatusReply, StatusReport,
+    StatusResult,
 };
 use crate::api::validate::check_dns_subdomain;
 use crate::api::FieldError;
@@ -15,7 +16,7 @@ use crate::server::registry::{Part, Registry, WriteOptions};
 use crate::server::resources::{ROBOTS, TASKS};
 use crate::server::status::Status;
 use crate::server::time;
-use crate::server::tokens::{RobotIdentity, TokenError, Tokens};
+use crate::server::tokens::{RevokeError, RobotIdentity, TokenError, Tokens};
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -42,6 +43,14 @@ fn token_error(e: TokenError) -> Status {
             format!("a robot with this name is registered in namespace {ns:?}"),
         ),
         TokenError::Store(e) => e.into(),
+    }
+}
+
+fn revoke_error(e: RevokeError, what: &str) -> Status {
+    match e {
+        RevokeError::NotFound => Status::new(404, "NotFound", format!("{what} not found")),
+        RevokeError::Ambiguous(n) => Status::bad_request(format!("{what} matches {n} tokens: give more of the id")),
+        RevokeError::Store(e) => e.into(),
     }
 }
 
@@ -91,8 +100,30 @@ impl Agents {
         }
     }
 
-    pub async fn create_join_token(&self, ttl_seconds: u64) -> Result<(String, String), Status> {
-        self.tokens.create_join(ttl_seconds).await.map_err(token_error)
+    pub async fn create_join_token(&self, ttl_seconds: u64) -> Result<JoinToken, Status> {
+        let (token, expires, id) = self.tokens.create_join(ttl_seconds).await.map_err(token_error)?;
+        Ok(JoinToken { token, expires, id })
+    }
+
+    pub async fn list_join_tokens(&self) -> Result<JoinTokenList, Status> {
+        let items = self.tokens.list_join().await.map_err(token_error)?;
+        Ok(JoinTokenList { items })
+    }
+
+    pub async fn revoke_join_token(&self, id: &str) -> Result<(), Status> {
+        self.tokens
+            .revoke_join(id)
+            .await
+            .map_err(|e| revoke_error(e, &format!("join token {id:?}")))
+    }
+
+    /// Revoke a robot's own token; the Robot object and its tasks stay (the
+    /// robot goes Offline unless it registers again).
+    pub async fn revoke_robot_token(&self, name: &str) -> Result<(), Status> {
+        self.tokens
+            .revoke_robot(name)
+            .await
+            .map_err(|e| revoke_error(e, &format!("a token of robot {name:?}")))
     }
 
     pub async fn register(&self, req: RegisterRequest) -> Result<RegisterResponse, Status> {

@@ -23,6 +23,7 @@ pub mod logs;
 pub mod logs_cli;
 pub mod migrate;
 pub mod object;
+pub mod panics;
 pub mod patch;
 pub mod registry;
 pub mod resources;
@@ -126,6 +127,7 @@ pub fn cmd_server(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
         }
     }
     logging::init(level);
+    panics::install();
     raise_fd_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -303,23 +305,25 @@ async fn shutdown() {
 }
 
 const TOKEN_USAGE: &str = "\
-k8s4r token create — make a join token for robots
+k8s4r token — join tokens for robots, and revocation
 
 USAGE:
-    k8s4r token create [--server URL] [--ttl DUR] [--token-file FILE]
+    k8s4r token create [--ttl DUR]     Print a new join token (last line)
+    k8s4r token list                   Join tokens: id, expiry (never secrets)
+    k8s4r token revoke ID|TOKEN        Revoke a join token (id prefix of 8+ hex digits)
+    k8s4r token revoke --robot NAME    Revoke a robot's own token (it must register again)
 
+OPTIONS:
     --server URL        Control plane [default: http://127.0.0.1:7443]
-    --ttl DUR           Lifetime of the token [default: 24h]
+    --ttl DUR           Lifetime of a new token [default: 24h]
     --token-file FILE   The operator token, if the server requires one
-
-Prints the token as the last line of its output.
 ";
 
-/// `k8s4r token create ...`
 pub fn cmd_token(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
     let mut server = "http://127.0.0.1:7443".to_string();
     let mut ttl = Duration::from_secs(86_400);
-    let mut sub = None;
+    let mut words: Vec<String> = Vec::new();
+    let mut robot = None;
     let mut admin = None;
     while let Some(arg) = parser.next()? {
         match arg {
@@ -330,40 +334,114 @@ pub fn cmd_token(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
                 admin = Some(text.trim().to_string());
             }
             Long("ttl") => ttl = duration_arg(parser, "--ttl")?,
+            Long("robot") => robot = Some(parser.value()?.string()?),
             Short('h') | Long("help") => {
                 print!("{TOKEN_USAGE}");
                 return Ok(0);
             }
-            Value(v) if sub.is_none() => sub = Some(v.string()?),
+            Value(v) if words.len() < 2 => words.push(v.string()?),
             other => return Err(other.unexpected()),
         }
     }
-    if sub.as_deref() != Some("create") {
-        eprint!("{TOKEN_USAGE}");
-        return Ok(2);
-    }
-    let url = format!("{}/agent/v1/jointokens", server.trim_end_matches('/'));
-    let body = serde_json::json!({"ttlSeconds": ttl.as_secs()}).to_string();
-    let mut req = ureq::post(&url).header("Content-Type", "application/json");
-    if let Some(t) = &admin {
-        req = req.header("Authorization", &format!("Bearer {t}"));
-    }
-    let reply = req.send(body.as_str()).and_then(|mut r| r.body_mut().read_to_string());
-    match reply {
-        Ok(text) => match serde_json::from_str::<crate::api::agent_protocol::JoinToken>(&text) {
+    let base = format!("{}/agent/v1", server.trim_end_matches('/'));
+    let (method, url, body) = match (words.iter().map(String::as_str).collect::<Vec<_>>().as_slice(), &robot) {
+        (["create"], None) => (
+            "POST",
+            format!("{base}/jointokens"),
+            Some(serde_json::json!({"ttlSeconds": ttl.as_secs()}).to_string()),
+        ),
+        (["list"], None) => ("GET", format!("{base}/jointokens"), None),
+        (["revoke", id], None) => ("DELETE", format!("{base}/jointokens/{}", path_segment(id)), None),
+        (["revoke"], Some(name)) => ("DELETE", format!("{base}/robottokens/{}", path_segment(name)), None),
+        _ => {
+            eprint!("{TOKEN_USAGE}");
+            return Ok(2);
+        }
+    };
+    let text = match admin_request(method, &url, admin.as_deref(), body.as_deref()) {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!("error: {method} {url}: {e}");
+            return Ok(1);
+        }
+    };
+    use crate::api::agent_protocol::{JoinToken, JoinTokenList};
+    let unexpected = |e: serde_json::Error| {
+        eprintln!("error: unexpected answer from {url}: {e}");
+        Ok(1)
+    };
+    match words[0].as_str() {
+        "create" => match serde_json::from_str::<JoinToken>(&text) {
             Ok(t) => {
-                eprintln!("join token (expires {}):", t.expires);
+                eprintln!("join token {} (expires {}):", t.id, t.expires);
                 println!("{}", t.token);
                 Ok(0)
             }
-            Err(e) => {
-                eprintln!("error: unexpected answer from {url}: {e}");
-                Ok(1)
-            }
+            Err(e) => unexpected(e),
         },
-        Err(e) => {
-            eprintln!("error: POST {url}: {e}");
-            Ok(1)
+        "list" => match serde_json::from_str::<JoinTokenList>(&text) {
+            Ok(list) => {
+                println!("{:<14}{:<22}STATE", "ID", "EXPIRES");
+                for t in list.items {
+                    let state = if t.expired { "expired" } else { "valid" };
+                    println!("{:<14}{:<22}{state}", t.id, t.expires);
+                }
+                Ok(0)
+            }
+            Err(e) => unexpected(e),
+        },
+        _ => {
+            println!("revoked");
+            Ok(0)
         }
     }
+}
+
+/// A name or id as one URL path segment (robot names are DNS names; ids are
+/// hex; anything else is escaped so it cannot change the path).
+fn path_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// One request to the operator part of the agent API; a Status error body
+/// becomes its message.
+fn admin_request(method: &str, url: &str, admin: Option<&str>, body: Option<&str>) -> Result<String, String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let auth = admin.map(|t| format!("Bearer {t}"));
+    let reply = match (method, body) {
+        ("POST", Some(b)) => {
+            let mut req = agent.post(url).header("Content-Type", "application/json");
+            if let Some(a) = &auth {
+                req = req.header("Authorization", a);
+            }
+            req.send(b)
+        }
+        _ => {
+            let mut req = if method == "DELETE" {
+                agent.delete(url)
+            } else {
+                agent.get(url)
+            };
+            if let Some(a) = &auth {
+                req = req.header("Authorization", a);
+            }
+            req.call()
+        }
+    };
+    let mut reply = reply.map_err(|e| e.to_string())?;
+    let code = reply.status().as_u16();
+    let text = reply.body_mut().read_to_string().map_err(|e| e.to_string())?;
+    if code >= 400 {
+        let message = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_string))
+            .unwrap_or(text);
+        return Err(format!("{code}: {message}"));
+    }
+    Ok(text)
 }

@@ -5,12 +5,15 @@
 use super::object::{hex, random_bytes};
 use super::store::{Key, Store, StoreError};
 use super::time;
+use crate::api::agent_protocol::JoinTokenInfo;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
 const JOIN: &str = "_jointokens";
 const ROBOT: &str = "_robottokens";
+/// Every robot token starts with this (so the API can tell one at a glance).
+pub const ROBOT_TOKEN_PREFIX: &str = "k8s4r-robot-";
 
 pub fn hash(secret: &str) -> String {
     hex(&Sha256::digest(secret.as_bytes()))
@@ -36,6 +39,25 @@ impl From<StoreError> for TokenError {
     }
 }
 
+/// Why a revocation did nothing.
+#[derive(Debug)]
+pub enum RevokeError {
+    NotFound,
+    /// The prefix names this many tokens.
+    Ambiguous(usize),
+    Store(StoreError),
+}
+
+/// The public id of a join token: the first 12 hex digits of its hash.
+fn join_id(hash: &str) -> &str {
+    &hash[..hash.len().min(12)]
+}
+
+/// A stored join token's expiry; a damaged record counts as expired.
+fn expires_at(value: &Value) -> i64 {
+    value.get("expires").and_then(Value::as_i64).unwrap_or(i64::MIN)
+}
+
 pub struct Tokens {
     store: Arc<dyn Store>,
 }
@@ -52,22 +74,81 @@ impl Tokens {
         Tokens { store }
     }
 
-    /// A new join token valid for `ttl_seconds`; returns (secret, expiry).
-    pub async fn create_join(&self, ttl_seconds: u64) -> Result<(String, String), TokenError> {
+    /// A new join token valid for `ttl_seconds`; returns (secret, expiry, id).
+    /// Expired tokens are dropped on the way: they can never be used again.
+    pub async fn create_join(&self, ttl_seconds: u64) -> Result<(String, String, String), TokenError> {
+        let now = time::now_unix();
+        for stored in self.store.list(JOIN, None).await?.items {
+            if expires_at(&stored.value) <= now {
+                // Losing a race with another replica's sweep is fine.
+                let _ = self.store.delete(&stored.key, Some(stored.revision)).await;
+            }
+        }
         let secret = format!("k8s4r-join-{}", hex(&random_bytes::<20>()));
-        let expires = time::now_unix() + ttl_seconds as i64;
+        let expires = now.saturating_add(ttl_seconds.min(i64::MAX as u64) as i64);
         let value = json!({"expires": expires});
-        self.store.create(&Key::new(JOIN, "", &hash(&secret)), value).await?;
-        Ok((secret, time::format_rfc3339(expires)))
+        let h = hash(&secret);
+        self.store.create(&Key::new(JOIN, "", &h), value).await?;
+        Ok((secret, time::format_rfc3339(expires), join_id(&h).to_string()))
+    }
+
+    /// Every join token still stored: its id and expiry, never a secret.
+    pub async fn list_join(&self) -> Result<Vec<JoinTokenInfo>, TokenError> {
+        let now = time::now_unix();
+        let mut items: Vec<JoinTokenInfo> = (self.store.list(JOIN, None).await?.items)
+            .iter()
+            .map(|s| {
+                let expires = expires_at(&s.value);
+                JoinTokenInfo {
+                    id: join_id(&s.key.name).to_string(),
+                    expires: time::format_rfc3339(expires),
+                    expired: expires <= now,
+                }
+            })
+            .collect();
+        items.sort_by(|a, b| a.expires.cmp(&b.expires));
+        Ok(items)
+    }
+
+    /// Revoke the join token named by `id` (as `list` shows it, or any
+    /// unambiguous prefix of at least 8 hex digits) or by its secret.
+    /// Robots already registered keep their own tokens.
+    pub async fn revoke_join(&self, id: &str) -> Result<(), RevokeError> {
+        let by_secret = hash(id);
+        let prefix = id.to_ascii_lowercase();
+        let usable_prefix = prefix.len() >= 8 && prefix.bytes().all(|b| b.is_ascii_hexdigit());
+        let matches: Vec<_> = (self.store.list(JOIN, None).await.map_err(RevokeError::Store)?.items)
+            .into_iter()
+            .filter(|s| s.key.name == by_secret || (usable_prefix && s.key.name.starts_with(&prefix)))
+            .collect();
+        match matches.as_slice() {
+            [] => Err(RevokeError::NotFound),
+            [one] => self
+                .store
+                .delete(&one.key, None)
+                .await
+                .map(|_| ())
+                .map_err(RevokeError::Store),
+            _ => Err(RevokeError::Ambiguous(matches.len())),
+        }
+    }
+
+    /// Revoke robot `name`'s own token: its agent gets 401 from then on and
+    /// must register again with a valid join token.
+    pub async fn revoke_robot(&self, name: &str) -> Result<(), RevokeError> {
+        match self.store.delete(&Key::new(ROBOT, "", name), None).await {
+            Ok(_) => Ok(()),
+            Err(StoreError::NotFound(_)) => Err(RevokeError::NotFound),
+            Err(e) => Err(RevokeError::Store(e)),
+        }
     }
 
     pub async fn check_join(&self, secret: &str) -> Result<(), TokenError> {
         if secret.is_empty() || secret.len() > 256 {
             return Err(TokenError::Invalid);
         }
-        let found = self.store.get(&Key::new(JOIN, "", &hash(secret))).await?;
-        match found.and_then(|s| s.value.get("expires").and_then(Value::as_i64)) {
-            Some(expires) if expires > time::now_unix() => Ok(()),
+        match self.store.get(&Key::new(JOIN, "", &hash(secret))).await? {
+            Some(s) if expires_at(&s.value) > time::now_unix() => Ok(()),
             _ => Err(TokenError::Invalid),
         }
     }
@@ -75,7 +156,7 @@ impl Tokens {
     /// Issue (or replace) the token of robot `ns/name`.
     pub async fn issue_robot(&self, ns: &str, name: &str) -> Result<String, TokenError> {
         let key = Key::new(ROBOT, "", name);
-        let secret = format!("k8s4r-robot-{}", hex(&random_bytes::<24>()));
+        let secret = format!("{ROBOT_TOKEN_PREFIX}{}", hex(&random_bytes::<24>()));
         let value = json!({"namespace": ns, "hash": hash(&secret)});
         match self.store.get(&key).await? {
             Some(existing) => {

@@ -287,6 +287,18 @@ impl Server {
         r.json()
     }
 
+    /// Panics the server process has caught so far (`/metrics`); bad input
+    /// must never cause one.
+    pub fn panics(&self) -> u64 {
+        let r = self.get("/metrics");
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.body
+            .lines()
+            .find_map(|l| l.strip_prefix("k8s4r_panics_total "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no k8s4r_panics_total in /metrics:\n{}", r.body))
+    }
+
     pub fn join_token(&self) -> String {
         let r = self.send_json("POST", "/agent/v1/jointokens", &json!({}));
         assert_eq!(r.status, 200, "{}", r.body);

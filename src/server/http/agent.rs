@@ -2,7 +2,7 @@
 //! [`crate::server::agents`].
 
 use super::{json, parse_body, AppState};
-use crate::api::agent_protocol::{JoinToken, JoinTokenRequest, RegisterRequest, StatusReport};
+use crate::api::agent_protocol::{JoinTokenRequest, RegisterRequest, StatusReport};
 use crate::server::status::Status;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -48,10 +48,31 @@ pub async fn create_join_token(
                 Ok(bytes) if bytes.is_empty() => JoinTokenRequest::default(),
                 _ => body(&headers, b)?,
             };
-            let (token, expires) = app.agents.create_join_token(req.ttl_seconds.unwrap_or(86_400)).await?;
-            Ok(JoinToken { token, expires })
+            app.agents.create_join_token(req.ttl_seconds.unwrap_or(86_400)).await
         }
         .await,
+    )
+}
+
+pub async fn list_join_tokens(State(app): State<AppState>) -> Response {
+    result(app.agents.list_join_tokens().await)
+}
+
+pub async fn revoke_join_token(State(app): State<AppState>, Path(id): Path<String>) -> Response {
+    result(
+        app.agents
+            .revoke_join_token(&id)
+            .await
+            .map(|()| serde_json::json!({"revoked": id})),
+    )
+}
+
+pub async fn revoke_robot_token(State(app): State<AppState>, Path(name): Path<String>) -> Response {
+    result(
+        app.agents
+            .revoke_robot_token(&name)
+            .await
+            .map(|()| serde_json::json!({"revoked": name})),
     )
 }
 

@@ -19,7 +19,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use serde_json::Value;
 use std::sync::Arc;
@@ -49,6 +49,17 @@ pub fn router(app: AppState) -> Router {
         )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            get(|| async {
+                let mut r = crate::server::panics::metrics_text().into_response();
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
+                r
+            }),
+        )
         .route(
             "/apis",
             get(|| async { json(StatusCode::OK, &discovery::api_group_list()) }),
@@ -90,7 +101,12 @@ pub fn router(app: AppState) -> Router {
         .route("/api/v1/events", get(events::list_all))
         .route("/api/v1/namespaces/{ns}/events", get(events::list_ns))
         .route("/agent/v1/register", post(agent::register))
-        .route("/agent/v1/jointokens", post(agent::create_join_token))
+        .route(
+            "/agent/v1/jointokens",
+            post(agent::create_join_token).get(agent::list_join_tokens),
+        )
+        .route("/agent/v1/jointokens/{id}", delete(agent::revoke_join_token))
+        .route("/agent/v1/robottokens/{name}", delete(agent::revoke_robot_token))
         .route("/agent/v1/robots/{name}/assignments", get(agent::assignments))
         .route("/agent/v1/robots/{name}/status", post(agent::status))
         .route("/agent/v1/robots/{name}/logs", post(agent::upload_log))
@@ -110,8 +126,10 @@ pub fn router(app: AppState) -> Router {
 /// dispatcher asks before it sends credentials) and the robots' own API
 /// (robot tokens).
 fn is_open(path: &str) -> bool {
-    matches!(path, "/version" | "/healthz" | "/readyz" | "/agent/v1/register")
-        || (path.starts_with("/agent/v1/robots/"))
+    matches!(
+        path,
+        "/version" | "/healthz" | "/readyz" | "/metrics" | "/agent/v1/register"
+    ) || (path.starts_with("/agent/v1/robots/"))
 }
 
 /// With an operator token configured, every other request must carry it.
@@ -120,18 +138,26 @@ async fn require_admin(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let Some(want) = &app.admin_token_hash else {
-        return next.run(req).await;
-    };
     if is_open(req.uri().path()) {
         return next.run(req).await;
     }
-    let given = req
+    let bearer = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| crate::server::tokens::hash(t.trim()));
+        .map(str::trim);
+    // A robot token is never an operator: even on a server without an
+    // operator token, a (possibly compromised) robot cannot create Jobs or
+    // read other robots' objects through the Kubernetes API.
+    if bearer.is_some_and(|t| t.starts_with(crate::server::tokens::ROBOT_TOKEN_PREFIX)) {
+        return Status::forbidden("a robot token may only use its own /agent/v1/robots/<name>/ endpoints")
+            .into_response();
+    }
+    let Some(want) = &app.admin_token_hash else {
+        return next.run(req).await;
+    };
+    let given = bearer.map(crate::server::tokens::hash);
     match given {
         Some(h) if crate::server::tokens::same(&h, want) => next.run(req).await,
         Some(_) => Status::unauthorized("the bearer token is not the operator token").into_response(),

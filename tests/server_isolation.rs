@@ -1,0 +1,185 @@
+#![cfg(feature = "server")]
+//! Who may do what: join tokens expire and can be revoked (by id or
+//! secret), a robot's own token can be revoked, and a robot token never
+//! works as an operator credential on the Kubernetes API, with or without
+//! an operator token configured.
+
+mod common;
+mod server_util;
+
+use common::wait_for;
+use serde_json::{json, Value};
+use server_util::{server_bin, Robot, Server};
+use std::process::Command;
+use std::time::Duration;
+
+const JOBS: &str = "/apis/robot.k8s4r.io/v1alpha1/namespaces/default/jobs";
+
+fn register(s: &Server, join: &str, name: &str) -> u16 {
+    s.send_json("POST", "/agent/v1/register", &json!({"joinToken": join, "name": name}))
+        .status
+}
+
+/// `k8s4r token ARGS --server URL`: (success, stdout, stderr).
+fn token_cli(s: &Server, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(server_bin())
+        .arg("token")
+        .args(args)
+        .args(["--server", &s.base])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn a_job() -> Value {
+    json!({"apiVersion": "robot.k8s4r.io/v1alpha1", "kind": "Job", "metadata": {"name": "sneaky"},
+        "spec": {"taskGroups": [{"name": "g", "tasks": [{"name": "t", "driver": "exec",
+            "config": {"execConfig": {"command": "/bin/true"}}}]}]}})
+}
+
+#[test]
+fn join_tokens_expire() {
+    let s = Server::start();
+    let r = s.send_json("POST", "/agent/v1/jointokens", &json!({"ttlSeconds": 1}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let join = r.json()["token"].as_str().unwrap().to_string();
+    // Not asserting it is still valid here: on a loaded machine a second can
+    // pass before the first request. It must become invalid, and say so.
+    let mut n = 0;
+    let refused = wait_for("the 1 s join token to expire", Duration::from_secs(30), || {
+        n += 1;
+        let r = s.send_json(
+            "POST",
+            "/agent/v1/register",
+            &json!({"joinToken": join, "name": format!("late-{n}")}),
+        );
+        (r.status == 401).then_some(r)
+    });
+    assert!(refused.body.contains("invalid or expired"), "{}", refused.body);
+    let (ok, out, err) = token_cli(&s, &["list"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("expired"), "{out}");
+}
+
+#[test]
+fn join_tokens_are_revoked_by_id_or_secret_and_robots_keep_their_own() {
+    let s = Server::start();
+    let (ok, out, err) = token_cli(&s, &["create", "--ttl", "1h"]);
+    assert!(ok, "{err}");
+    let first = out.lines().last().unwrap().trim().to_string();
+    let id = err
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or_else(|| panic!("no id in {err:?}"))
+        .to_string();
+    let second = s.join_token();
+
+    assert_eq!(register(&s, &first, "early"), 200);
+    let mut early = Robot::register(&s, &first, "early2", json!({}));
+
+    let (ok, listed, err) = token_cli(&s, &["list"]);
+    assert!(ok, "{err}");
+    assert!(listed.contains(&id) && listed.contains("valid"), "{listed}");
+    assert!(!listed.contains(&first), "a secret must never be listed: {listed}");
+
+    // Too short a prefix is refused rather than guessed.
+    let (ok, _, err) = token_cli(&s, &["revoke", &id[..4]]);
+    assert!(!ok && err.contains("404"), "{err}");
+    let (ok, _, err) = token_cli(&s, &["revoke", &id[..8]]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        register(&s, &first, "late"),
+        401,
+        "a revoked join token still registers"
+    );
+    assert!(early.task_names().is_empty(), "a robot registered before keeps working");
+
+    // By secret, too; revoking twice says it is gone.
+    let (ok, _, err) = token_cli(&s, &["revoke", &second]);
+    assert!(ok, "{err}");
+    assert_eq!(register(&s, &second, "late2"), 401);
+    let (ok, _, err) = token_cli(&s, &["revoke", &second]);
+    assert!(!ok && err.contains("not found"), "{err}");
+    let (ok, listed, _) = token_cli(&s, &["list"]);
+    assert!(ok && !listed.contains(&id), "{listed}");
+}
+
+#[test]
+fn a_revoked_robot_token_is_refused_until_the_robot_registers_again() {
+    let s = Server::start();
+    let join = s.join_token();
+    let mut robot = Robot::register(&s, &join, "r1", json!({}));
+    assert!(robot.task_names().is_empty());
+    let (ok, _, err) = token_cli(&s, &["revoke", "--robot", "r1"]);
+    assert!(ok, "{err}");
+    let r = s.request(
+        "GET",
+        "/agent/v1/robots/r1/assignments?wait=0s",
+        "",
+        None,
+        &[("Authorization", &robot.auth())],
+    );
+    assert_eq!(r.status, 401, "{}", r.body);
+    let (ok, _, err) = token_cli(&s, &["revoke", "--robot", "nobody"]);
+    assert!(!ok && err.contains("not found"), "{err}");
+    // The Robot object stays; registering again issues a new token.
+    assert!(s.object("robots", "r1").is_some());
+    let mut again = Robot::register(&s, &join, "r1", json!({}));
+    assert_ne!(again.token, robot.token);
+    assert!(again.task_names().is_empty());
+}
+
+#[test]
+fn a_robot_token_is_never_an_operator_credential() {
+    let dir = tempfile::tempdir().unwrap();
+    let tf = dir.path().join("admin-token");
+    std::fs::write(&tf, "operator-secret-0123456789\n").unwrap();
+    let open = Server::start();
+    let guarded = Server::start_with(&["--admin-token-file", tf.to_str().unwrap()]);
+    for (s, join) in [
+        (&open, open.join_token()),
+        (
+            &guarded,
+            guarded
+                .request(
+                    "POST",
+                    "/agent/v1/jointokens",
+                    "application/json",
+                    Some(b"{}"),
+                    &[("Authorization", "Bearer operator-secret-0123456789")],
+                )
+                .json()["token"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        ),
+    ] {
+        let robot = Robot::register(s, &join, "bot", json!({}));
+        let auth = robot.auth();
+        let body = serde_json::to_vec(&a_job()).unwrap();
+        let create = s.request(
+            "POST",
+            JOBS,
+            "application/json",
+            Some(&body),
+            &[("Authorization", &auth)],
+        );
+        assert_eq!(create.status, 403, "{}", create.body);
+        assert!(create.body.contains("robot token"), "{}", create.body);
+        let read = s.request("GET", JOBS, "", None, &[("Authorization", &auth)]);
+        assert_eq!(read.status, 403, "{}", read.body);
+        let mint = s.request(
+            "POST",
+            "/agent/v1/jointokens",
+            "application/json",
+            Some(b"{}"),
+            &[("Authorization", &auth)],
+        );
+        assert_eq!(mint.status, 403, "a robot cannot mint join tokens: {}", mint.body);
+    }
+    assert!(open.object("jobs", "sneaky").is_none());
+}
