@@ -2,6 +2,8 @@
 //! dirs, paths to the built binaries.
 #![allow(dead_code)]
 
+pub mod standalone;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
