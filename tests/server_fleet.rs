@@ -507,3 +507,137 @@ fn deleting_a_robot_moves_its_service_tasks() {
     assert_eq!(r.status, 404, "{}", r.body);
     assert!(r.body.contains("register again"));
 }
+
+/// POST one batch of status updates; `Err` when the server is unreachable
+/// or died mid-request (the outcome of that batch is then unknown).
+fn post_statuses(
+    base: &str,
+    robot: &str,
+    token: &str,
+    updates: &[Value],
+) -> Result<Vec<(String, u64, String)>, String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(30)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let body = json!({ "updates": updates }).to_string();
+    let mut reply = agent
+        .post(&format!("{base}/agent/v1/robots/{robot}/status"))
+        .header("Content-Type", "application/json")
+        .header("Authorization", &format!("Bearer {token}"))
+        .send(body.as_str())
+        .map_err(|e| e.to_string())?;
+    let text = reply.body_mut().read_to_string().map_err(|e| e.to_string())?;
+    assert_eq!(reply.status().as_u16(), 200, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    Ok(v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["task"].as_str().unwrap().to_string(),
+                r["seq"].as_u64().unwrap(),
+                r["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect())
+}
+
+#[test]
+fn a_server_kill_9_during_1000_status_updates_loses_and_duplicates_nothing() {
+    const TASKS: usize = 50;
+    const ROUNDS: u64 = 20;
+    let mut s = Server::start();
+    let join = s.join_token();
+    let token = {
+        let mut r = Robot::register(&s, &join, "burst", json!({}));
+        create(
+            &s,
+            &job("burst", "service", json!({}), json!([group("g", TASKS as i32, None)])),
+        );
+        wait_for("all tasks placed on the robot", T, || {
+            (r.task_names().len() == TASKS).then_some(())
+        });
+        r.token.clone()
+    };
+    let tasks: Vec<String> = (0..TASKS).map(|i| format!("burst-g-r{i}-main")).collect();
+    let updates: Vec<Value> = (1..=ROUNDS)
+        .flat_map(|seq| {
+            tasks.iter().map(move |t| {
+                json!({"task": t, "seq": seq, "status": {"state": "running", "message": format!("update {seq}")}})
+            })
+        })
+        .collect();
+    let batches: Vec<&[Value]> = updates.chunks(10).collect();
+
+    // The killer strikes once 300 updates are acknowledged, wherever the
+    // sender happens to be (mid-request or between requests).
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let pid = s.pid().unwrap();
+    let mut killer = Some({
+        let acked = acked.clone();
+        std::thread::spawn(move || {
+            wait_for("300 acknowledged updates", Duration::from_secs(120), || {
+                (acked.load(std::sync::atomic::Ordering::SeqCst) >= 300).then_some(())
+            });
+            let st = Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
+            assert!(st.success());
+        })
+    });
+    let mut applied: std::collections::HashMap<(String, u64), usize> = Default::default();
+    let mut in_flight_at_crash: Vec<(String, u64)> = Vec::new();
+    let mut crashed = false;
+    let mut i = 0;
+    while i < batches.len() {
+        match post_statuses(&s.base, "burst", &token, batches[i]) {
+            Ok(results) => {
+                assert_eq!(results.len(), batches[i].len());
+                for (task, seq, outcome) in results {
+                    match outcome.as_str() {
+                        "applied" => *applied.entry((task, seq)).or_default() += 1,
+                        "duplicate" => assert!(
+                            in_flight_at_crash.contains(&(task.clone(), seq)),
+                            "{task} seq {seq} duplicate although never sent before"
+                        ),
+                        other => panic!("{task} seq {seq}: {other}"),
+                    }
+                }
+                acked.fetch_add(batches[i].len(), std::sync::atomic::Ordering::SeqCst);
+                i += 1;
+            }
+            Err(e) => {
+                assert!(!crashed, "a second failure after the restart: {e}");
+                crashed = true;
+                killer.take().unwrap().join().expect("killer");
+                in_flight_at_crash = batches[i]
+                    .iter()
+                    .map(|u| (u["task"].as_str().unwrap().to_string(), u["seq"].as_u64().unwrap()))
+                    .collect();
+                s.start_again(); // same data directory; resend the unknown batch
+            }
+        }
+    }
+    assert!(crashed, "the server was never killed");
+    for u in &updates {
+        let key = (u["task"].as_str().unwrap().to_string(), u["seq"].as_u64().unwrap());
+        let n = applied.get(&key).copied().unwrap_or(0);
+        let ok = n == 1 || (n == 0 && in_flight_at_crash.contains(&key));
+        assert!(ok, "{key:?} applied {n} times");
+    }
+    // Everything acknowledged survived the crash: sent again, all duplicates.
+    for batch in &batches {
+        for (task, seq, outcome) in post_statuses(&s.base, "burst", &token, batch).unwrap() {
+            assert_eq!(outcome, "duplicate", "{task} seq {seq} was acknowledged but lost");
+        }
+    }
+    for t in &tasks {
+        assert_eq!(
+            field(&s, "tasks", t, &["status", "message"]),
+            json!(format!("update {ROUNDS}")),
+            "{t}"
+        );
+    }
+    assert_eq!(s.panics(), 0);
+}
