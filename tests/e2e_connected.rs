@@ -597,3 +597,79 @@ fn examples_reach_their_expected_states_on_a_live_robot() {
         );
     }
 }
+
+/// `disconnect.reconcile: keepOriginal` with two real robots: the robot
+/// running a service task goes silent (agent kill -9; its task keeps
+/// running), the task is placed on the other robot, which runs a second
+/// copy. When the silent robot's agent comes back it keeps its copy (the
+/// same process), the server moves the task back to it, and the other
+/// robot is told to stop its copy: one process remains, the original.
+#[test]
+fn keep_original_keeps_the_returning_robots_process_and_stops_the_replacement() {
+    let server = Server::start_with(&["--poll-interval", "1s", "--offline-after", "2s"]);
+    let token = server.join_token();
+    let dir = tempfile::tempdir().unwrap();
+    let mut agents = ["robot-ko-a", "robot-ko-b"].map(|name| {
+        (
+            name,
+            Agent::start(&server.base, &token, name, "fleet=ko", &dir.path().join(name), &[]),
+        )
+    });
+    robot_online(&server, "robot-ko-a");
+    robot_online(&server, "robot-ko-b");
+    let job = json!({
+        "apiVersion": "robot.k8s4r.io/v1alpha1", "kind": "Job",
+        "metadata": {"name": "ko", "namespace": "default"},
+        "spec": {"type": "service", "robotSelector": {"fleet": "ko"}, "taskGroups": [{
+            "name": "g", "count": 1, "disconnect": {"reconcile": "keepOriginal"},
+            "tasks": [{"name": "t", "driver": "exec", "config": {"execConfig": {
+                "command": "/bin/sh", "args": ["-c", "exec sleep 304"]}}}]
+        }]}
+    });
+    assert_eq!(server.send_json("POST", JOBS, &job).status, 201);
+    let name = "ko-g-r0-t";
+    let running_on = |server: &Server| {
+        let t = task(server, name)?;
+        if t["status"]["state"] != "running" {
+            return None;
+        }
+        Some((
+            t["spec"]["targetRobot"].as_str()?.to_string(),
+            t["status"]["pid"].as_i64()?,
+        ))
+    };
+    let (first, first_pid) = wait_for("the task running", Duration::from_secs(30), || running_on(&server));
+    let i = agents.iter().position(|(n, _)| *n == first).expect("one of ours");
+    let other = agents[1 - i].0;
+    agents[i].1.kill9();
+    let (_, second_pid) = wait_for("a second copy on the other robot", Duration::from_secs(30), || {
+        running_on(&server).filter(|(robot, _)| robot == other)
+    });
+    assert_ne!(first_pid, second_pid);
+    assert!(pid_alive(first_pid), "the silent robot keeps its copy running");
+    assert_eq!(count_procs("sleep 304"), 2, "both copies run while the robot is away");
+
+    // The robot's agent comes back: it keeps (re-adopts) its copy, and the
+    // server keeps that one and stops the replacement.
+    agents[i].1.spawn();
+    wait_for("the replacement stopped", Duration::from_secs(30), || {
+        (!pid_alive(second_pid)).then_some(())
+    });
+    let (robot, pid) = wait_for(
+        "the task running on the returning robot again",
+        Duration::from_secs(30),
+        || running_on(&server).filter(|(robot, _)| *robot == first),
+    );
+    assert_eq!(
+        (robot.as_str(), pid),
+        (first.as_str(), first_pid),
+        "the very same process"
+    );
+    assert!(pid_alive(first_pid));
+    assert_eq!(count_procs("sleep 304"), 1, "exactly one copy survives");
+    let t = task(&server, name).unwrap();
+    assert!(
+        t["metadata"]["annotations"]["robot.k8s4r.io/original-robot"].is_null(),
+        "{t}"
+    );
+}

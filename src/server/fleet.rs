@@ -157,6 +157,14 @@ impl Fleet {
         self.lock().remove(&(ns.to_string(), name.to_string()));
     }
 
+    /// `robot`'s desired set changed at `revision`: answer its long poll.
+    pub fn wake(&self, ns: &str, robot: &str, revision: u64) {
+        let mut map = self.lock();
+        let e = self.entry(&mut map, ns, robot);
+        e.revision = e.revision.max(revision);
+        e.notify.notify_waiters();
+    }
+
     /// A Task changed: wake the robots whose desired set it changes.
     pub fn on_task_change(&self, c: &Change) {
         let before = c.prev.as_deref().and_then(placement);

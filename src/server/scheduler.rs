@@ -244,6 +244,40 @@ pub fn place(
     (out, failed.then_some(why))
 }
 
+/// `disconnect.reconcile: bestScore`: a robot came back and both it (the
+/// original) and `replacement` run a copy of one replica of `req`. Is the
+/// original the strictly better home by the rules [`place`] uses? Both
+/// robots are given as if neither held the copy being settled. A robot
+/// that no longer fits loses; then fewer replicas of the group, then less
+/// load. A tie keeps the replacement (the server's current placement, so
+/// nothing moves).
+pub fn original_scores_better(req: &Request<'_>, original: &RobotInfo, replacement: &RobotInfo) -> bool {
+    let key = |r: &RobotInfo| {
+        fits(req, r)
+            .ok()
+            .map(|()| (r.replicas.get(&req.group).copied().unwrap_or(0), r.load))
+    };
+    match (key(original), key(replacement)) {
+        (Some(_), None) => true,
+        (Some(o), Some(r)) => o < r,
+        (None, _) => false,
+    }
+}
+
+/// `robot` without one replica of `req` counted on it (the inverse of a
+/// placement), for comparing a robot that holds the copy with one that
+/// does not.
+pub fn without_replica(req: &Request<'_>, robot: &RobotInfo) -> RobotInfo {
+    let mut r = robot.clone();
+    r.cpu_used -= req.cpu;
+    r.memory_used -= req.memory;
+    r.load = r.load.saturating_sub(req.tasks);
+    if let Some(n) = r.replicas.get_mut(&req.group) {
+        *n = n.saturating_sub(1);
+    }
+    r
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -354,5 +388,34 @@ mod tests {
         let (p, why) = place(&req("d/j/g", None, &[]), &mut [r], 1);
         assert_eq!(p, vec![None]);
         assert_eq!(why.unwrap().reasons.get("are not Online"), Some(&1));
+    }
+
+    #[test]
+    fn best_score_prefers_the_better_fit_and_keeps_the_replacement_on_ties() {
+        let r = req("d/j/g", None, &[]);
+        let (a, b) = (robot("a", &[]), robot("b", &[]));
+        assert!(!original_scores_better(&r, &a, &b), "a tie keeps the replacement");
+        let mut busy = robot("b", &[]);
+        busy.load = 5;
+        assert!(original_scores_better(&r, &a, &busy), "the less loaded robot wins");
+        assert!(!original_scores_better(&r, &busy, &a));
+        let mut crowded = robot("b", &[]);
+        crowded.replicas.insert("d/j/g".into(), 2);
+        assert!(
+            original_scores_better(&r, &busy, &crowded),
+            "spreading the group counts before load"
+        );
+        let mut gone = robot("b", &[]);
+        gone.online = false;
+        assert!(
+            original_scores_better(&r, &busy, &gone),
+            "a robot that no longer fits loses"
+        );
+        assert!(!original_scores_better(&r, &gone, &busy));
+        // The replacement's own copy is not held against it.
+        let mut holder = robot("b", &[]);
+        holder.load = 1;
+        holder.replicas.insert("d/j/g".into(), 1);
+        assert!(!original_scores_better(&r, &a, &without_replica(&r, &holder)));
     }
 }

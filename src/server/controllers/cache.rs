@@ -17,7 +17,7 @@ struct Inner {
     objects: HashMap<&'static str, BTreeMap<NsName, (u64, Arc<Value>)>>,
     /// Deleted keys and the deletion revision, until the watch passes it.
     tombstones: HashMap<(&'static str, NsName), u64>,
-    /// (ns, robot) -> task names.
+    /// (ns, robot) -> task names (placed there, or its unsettled originals).
     by_robot: HashMap<NsName, BTreeSet<String>>,
     /// (resource, ns, job) -> names of taskgroups/tasks of that job.
     by_job: HashMap<(&'static str, NsName), BTreeSet<String>>,
@@ -67,7 +67,11 @@ impl Inner {
             }
         };
         if resource == "tasks" {
-            if let Some(robot) = spec_str(v, "targetRobot") {
+            // A robot's desired set: the tasks placed on it, and the copies
+            // it ran before it was lost until they are settled
+            // (disconnect.rs).
+            let original = object::annotation(v, super::disconnect::ANN_ORIGINAL_ROBOT).filter(|r| !r.is_empty());
+            for robot in spec_str(v, "targetRobot").into_iter().chain(original) {
                 let k = (ns.clone(), robot.to_string());
                 edit(self.by_robot.entry(k.clone()).or_default());
                 if self.by_robot.get(&k).is_some_and(BTreeSet::is_empty) {
@@ -187,6 +191,8 @@ impl Cache {
         }
     }
 
+    /// The robot's desired set: tasks placed on it (`spec.targetRobot`)
+    /// and copies it ran before it was lost, until they are settled.
     pub fn tasks_on_robot(&self, ns: &str, robot: &str) -> Vec<Arc<Value>> {
         let inner = self.read();
         let Some(names) = inner.by_robot.get(&(ns.to_string(), robot.to_string())) else {

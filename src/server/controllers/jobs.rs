@@ -291,7 +291,7 @@ pub async fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<Next, Status> 
     }
 
     // Tasks, placed per replica.
-    let existing: HashMap<String, Arc<Value>> = ctx
+    let mut existing: HashMap<String, Arc<Value>> = ctx
         .cache()
         .of_job("tasks", ns, name)
         .into_iter()
@@ -304,6 +304,10 @@ pub async fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<Next, Status> 
     let mut new_tasks: Vec<(Value, Option<Result<String, String>>)> = Vec::new();
     let mut robots: Option<Vec<RobotInfo>> = None;
     let mut unschedulable: Option<String> = None;
+    // First: replicas with two copies since a lost robot returned.
+    for (g, tg_name, _) in &groups {
+        super::disconnect::settle(ctx, ns, &job, g, tg_name, &mut existing).await?;
+    }
     for (g, tg_name, tg_uid) in &groups {
         let tg_owner = owner("TaskGroup", tg_name, tg_uid);
         let mut need = Vec::new();
@@ -394,6 +398,7 @@ pub async fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<Next, Status> 
                         body["spec"] = to_value(&spec)?;
                         body["status"] = status;
                         if moved {
+                            super::disconnect::on_moved(&mut body, cur, g, previous.get(&i).map(String::as_str));
                             let count = (reschedules(cur) + i64::from(old.is_some())).to_string();
                             object::set_annotation(
                                 &mut body,

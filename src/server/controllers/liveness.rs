@@ -152,7 +152,12 @@ fn lost_after(task: &Value) -> Option<std::time::Duration> {
 async fn mark_lost(ctx: &Ctx, ns: &str, robot: &str) -> Result<(), Status> {
     for task in ctx.cache().tasks_on_robot(ns, robot) {
         let state = task_state(&task);
-        if state.is_terminal() {
+        let placed_here = task
+            .get("spec")
+            .and_then(|s| s.get("targetRobot"))
+            .and_then(Value::as_str)
+            == Some(robot);
+        if state.is_terminal() || !placed_here {
             continue;
         }
         let name = object::name(&task);

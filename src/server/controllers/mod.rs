@@ -7,6 +7,7 @@
 //! leadership is gained, stop it when lost.
 
 pub mod cache;
+pub mod disconnect;
 mod gc;
 pub mod jobs;
 pub mod liveness;
@@ -120,6 +121,19 @@ impl Hub {
         match c.resource {
             "tasks" => {
                 self.fleet.on_task_change(c);
+                // A returning robot's copy kept or let go without a move:
+                // its desired set changed.
+                let original = |v: &Option<Arc<Value>>| {
+                    v.as_deref()
+                        .and_then(|v| object::annotation(v, disconnect::ANN_ORIGINAL_ROBOT))
+                        .map(str::to_string)
+                };
+                let (before, after) = (original(&c.prev), original(&c.new));
+                if before != after {
+                    for robot in [before, after].into_iter().flatten() {
+                        self.fleet.wake(&ns, &robot, c.revision);
+                    }
+                }
                 if let Some(job) = Self::job_of(c) {
                     self.queue.add(Work::Job {
                         namespace: ns,
