@@ -673,3 +673,378 @@ fn keep_original_keeps_the_returning_robots_process_and_stops_the_replacement() 
         "{t}"
     );
 }
+
+// ------------------------------------------------ manifests needing fixtures
+//
+// The examples and compat manifests below name things a test machine does
+// not have: a SPIRE agent and its socket, certificate files under /etc,
+// downloads from github.com, fixed ports. Each test substitutes exactly
+// those strings (listed, with why, next to each call of `substitute`) and
+// applies the manifest otherwise unchanged.
+
+/// `text` with each `(from, to)` replaced; every `from` must occur, so a
+/// changed manifest fails loudly instead of silently running unsubstituted.
+fn substitute(text: &str, subs: &[(&str, String)]) -> String {
+    let mut out = text.to_string();
+    for (from, to) in subs {
+        assert!(out.contains(from), "the manifest no longer contains {from:?}");
+        out = out.replace(from, to);
+    }
+    out
+}
+
+/// Create every object of a manifest through the API (what `kubectl
+/// create -f` sends).
+fn apply_text(server: &Server, what: &str, text: &str) {
+    for doc in k8s4r::api::decode_all(text) {
+        let obj = doc.unwrap_or_else(|e| panic!("{what}: {e:?}")).object;
+        let plural = if obj.kind() == "Job" { "jobs" } else { "robots" };
+        let body = serde_json::to_value(&obj).unwrap();
+        let r = server.send_json(
+            "POST",
+            &format!("/apis/robot.k8s4r.io/v1alpha1/namespaces/default/{plural}"),
+            &body,
+        );
+        assert_eq!(r.status, 201, "{what}: {}", r.body);
+    }
+}
+
+/// A stand-in for the `spire-agent` binary (there is no SPIRE package
+/// here): checks it is started as `spire-agent run -config FILE` with a
+/// config naming a socket_path, then stays up like the daemon. The
+/// Workload API on that socket is the test's SDS fixture.
+fn fake_spire_agent() -> String {
+    "#!/bin/sh\n\
+     [ \"$1\" = run ] && [ \"$2\" = -config ] && [ -r \"$3\" ] || { echo 'usage: spire-agent run -config FILE' >&2; exit 2; }\n\
+     grep -q socket_path \"$3\" || { echo \"no socket_path in $3\" >&2; exit 2; }\n\
+     echo \"spire-agent (test stand-in): config $3\"\n\
+     exec sleep 3600\n"
+        .to_string()
+}
+
+fn write_exec(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn example(name: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(name)).unwrap()
+}
+
+fn wait_job(server: &Server, job: &str, want: &str, agent: &Agent) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let state = job_state(server, job);
+        if state.as_deref() == Some(want) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "job {job} not {want} within 60s (state {state:?})\nagent log:\n{}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// examples/spire-mtls.yaml on a live robot: its robot-scoped SPIRE agent
+/// daemon starts, the group's Envoy gets its SVID and bundle over SDS from
+/// the Workload API socket (the test's SDS fixture), opens its mTLS inbound
+/// listener, and the reporter runs (a service: `running`).
+#[test]
+fn spire_mtls_example_runs_against_a_local_spire_workload_api() {
+    let Some(_envoy) = envoy_fixtures::envoy_or_skip("spire-mtls example") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let ca = envoy_fixtures::Ca::new(root, "example.org");
+    let svid = ca.leaf("robot", "spiffe://example.org/robot/robot-spire", 1);
+    let socket = root.join("agent.sock");
+    let sds = envoy_fixtures::sds::SdsServer::start(
+        &socket,
+        "default",
+        (&read(&svid.cert), &read(&svid.key)),
+        &[("example.org", &read(&ca.cert))],
+    );
+    let conf = root.join("agent.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "agent {{\n  socket_path = \"{}\"\n  trust_domain = \"example.org\"\n}}\n",
+            socket.display()
+        ),
+    )
+    .unwrap();
+    let spire = root.join("spire-agent");
+    write_exec(&spire, &fake_spire_agent());
+    let [metrics, events, scrape] = [(); 3].map(|_| envoy_fixtures::free_port());
+    let text = substitute(
+        &example("spire-mtls.yaml"),
+        &[
+            // No SPIRE package here: the stand-in binary and its config.
+            ("/opt/spire/bin/spire-agent", spire.display().to_string()),
+            ("/etc/spire/agent/agent.conf", conf.display().to_string()),
+            // The Workload API socket the test serves (no root-owned /run).
+            ("/run/spire/sockets/agent.sock", socket.display().to_string()),
+            // Fixed ports could be taken by other tests running at once.
+            ("localPort: 9091", format!("localPort: {metrics}")),
+            ("localPort: 9092", format!("localPort: {events}")),
+            ("port: 9443", format!("port: {scrape}")),
+        ],
+    );
+    let server = Server::start();
+    let token = server.join_token();
+    // Labels the example's selector asks for (matchLabels + matchExpressions).
+    let agent = Agent::start(
+        &server.base,
+        &token,
+        "robot-spire",
+        "fleet=warehouse,arch=amd64",
+        &root.join("robot"),
+        &[],
+    );
+    robot_online(&server, "robot-spire");
+    apply_text(&server, "examples/spire-mtls.yaml", &text);
+    wait_job(&server, "telemetry", "running", &agent);
+    let out = wait_for("the reporter's first line", Duration::from_secs(30), || {
+        let out = agent.task_output("telemetry-uplink-r0-reporter");
+        out.contains("report via").then_some(out)
+    });
+    assert!(out.contains(&format!("report via 127.0.0.1:{metrics}")), "{out}");
+    let requested = sds.requested();
+    assert!(
+        requested.iter().any(|n| n == "default") && requested.iter().any(|n| n == "spiffe://example.org"),
+        "Envoy asked the Workload API for its SVID and bundle: {requested:?}"
+    );
+    // The inbound listener opens only once its SVID arrived over SDS.
+    wait_for("the mTLS inbound listener open", Duration::from_secs(30), || {
+        envoy_fixtures::connect(scrape).ok()
+    });
+    assert!(
+        agent.log_text().contains("spire-agent"),
+        "the SPIRE agent daemon was started:\n{}",
+        agent.log_text()
+    );
+}
+
+/// examples/tls-files.yaml on a live robot: the group's Envoy takes its
+/// certificate, key and CA from files (locally generated ones at the
+/// substituted paths) and the db upstream carries bytes over mTLS to a
+/// server-side Envoy that admits only the robot's SPIFFE ID.
+#[test]
+fn tls_files_example_runs_with_local_certificate_files() {
+    let Some(envoy) = envoy_fixtures::envoy_or_skip("tls-files example") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let ca = envoy_fixtures::Ca::new(root, "example.org");
+    let client = ca.leaf("robot", "spiffe://example.org/ns/prod/sa/reporter", 1);
+    let db_leaf = ca.leaf("db", "spiffe://example.org/ns/prod/sa/db", 2);
+    let echo = envoy_fixtures::Server::echo();
+    std::fs::create_dir_all(root.join("db-proxy")).unwrap();
+    let db = envoy_fixtures::ServerSide::start(
+        &envoy,
+        &root.join("db-proxy"),
+        ca.files(&db_leaf),
+        Some("example.org"),
+        &["spiffe://example.org/ns/prod/sa/reporter"],
+        echo.port,
+    );
+    let [telemetry, dbport] = [(); 2].map(|_| envoy_fixtures::free_port());
+    let text = substitute(
+        &example("tls-files.yaml"),
+        &[
+            // Locally generated certificates instead of the robot's /etc.
+            ("/etc/k8s4r/tls/cert.pem", client.cert.display().to_string()),
+            ("/etc/k8s4r/tls/key.pem", client.key.display().to_string()),
+            ("/etc/k8s4r/tls/ca.pem", ca.cert.display().to_string()),
+            // Fixed ports could be taken by other tests running at once.
+            ("localPort: 14317", format!("localPort: {telemetry}")),
+            ("localPort: 15432", format!("localPort: {dbport}")),
+            // A real mTLS peer on loopback instead of db.example.org.
+            (
+                "upstream: db.example.org:5432",
+                format!("upstream: 127.0.0.1:{}", db.port),
+            ),
+        ],
+    );
+    let server = Server::start();
+    let token = server.join_token();
+    let agent = Agent::start(
+        &server.base,
+        &token,
+        "robot-files",
+        "demo=true",
+        &root.join("robot"),
+        &[],
+    );
+    robot_online(&server, "robot-files");
+    apply_text(&server, "examples/tls-files.yaml", &text);
+    wait_job(&server, "files-mtls", "running", &agent);
+    let back = wait_for(
+        "bytes through the robot's mTLS upstream",
+        Duration::from_secs(30),
+        || envoy_fixtures::echo_through(dbport, b"over mtls from files").ok(),
+    );
+    assert_eq!(back, b"over mtls from files");
+    let out = agent.task_output("files-mtls-uplink-r0-reporter");
+    assert!(
+        out.contains(&format!(
+            "telemetry via 127.0.0.1:{telemetry}, db via 127.0.0.1:{dbport}"
+        )),
+        "{out}"
+    );
+}
+
+/// The original implementation's compat/job-with-envoy-proxy.yaml on a
+/// live robot: its init tasks make directories, write the SPIRE agent's
+/// config, download and install spire-agent and Envoy (from a local HTTP
+/// server), start the SPIRE agent daemon; the group's Envoy gets its SVID
+/// from the Workload API socket; the app runs and the batch Job completes.
+#[test]
+fn compat_job_with_envoy_proxy_completes_with_local_downloads() {
+    let Some(envoy) = envoy_fixtures::envoy_or_skip("compat job-with-envoy-proxy") else {
+        return;
+    };
+    let Some(shared) = common::shared_dir() else { return };
+    let manifest = std::fs::read_to_string(shared.join("compat/job-with-envoy-proxy.yaml")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    // The robot's filesystem root for the paths the manifest writes.
+    let fs = root.join("rootfs");
+    for d in ["tmp", "run/spire/sockets"] {
+        std::fs::create_dir_all(fs.join(d)).unwrap();
+    }
+    // What github.com would serve: a spire release tarball holding the
+    // stand-in spire-agent, and an "envoy" binary that runs the real one.
+    let release = root.join("release/spire-1.8.0/bin");
+    std::fs::create_dir_all(&release).unwrap();
+    write_exec(&release.join("spire-agent"), &fake_spire_agent());
+    let tarball = root.join("spire.tar.gz");
+    let ok = Command::new("tar")
+        .arg("czf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(root.join("release"))
+        .arg("spire-1.8.0")
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "tar czf");
+    let downloads = envoy_fixtures::FileServer::start(vec![
+        (
+            "/github/spiffe/spire/releases/download/v1.8.0/spire-1.8.0-linux-amd64-musl.tar.gz".into(),
+            read(&tarball),
+        ),
+        (
+            "/github/envoyproxy/envoy/releases/download/v1.28.0/envoy-1.28.0-linux-x86_64".into(),
+            format!("#!/bin/sh\nexec {} \"$@\"\n", envoy.display()).into_bytes(),
+        ),
+    ]);
+    let ca = envoy_fixtures::Ca::new(root, "example.org");
+    let svid = ca.leaf("robot", "spiffe://example.org/robot/robot-compat", 1);
+    let socket = fs.join("run/spire/sockets/agent.sock");
+    let sds = envoy_fixtures::sds::SdsServer::start(
+        &socket,
+        "default",
+        (&read(&svid.cert), &read(&svid.key)),
+        &[("example.org", &read(&ca.cert))],
+    );
+    let [database, api] = [(); 2].map(|_| envoy_fixtures::free_port());
+    let under = |p: &str| fs.join(p.trim_start_matches('/')).display().to_string();
+    let text = substitute(
+        &manifest,
+        &[
+            // Downloads come from the local server, never the internet.
+            ("https://github.com/", downloads.url("/github/")),
+            // System paths move under the test's root: a test must not
+            // write /opt, /etc, /var/lib or /run of the machine.
+            ("/opt/k8s4r/bin", under("/opt/k8s4r/bin")),
+            ("/etc/spire/agent", under("/etc/spire/agent")),
+            ("/var/lib/spire/agent", under("/var/lib/spire/agent")),
+            ("/run/spire/sockets", under("/run/spire/sockets")),
+            ("cd /tmp", format!("cd {}", under("/tmp"))),
+            // Fixed ports could be taken (5432 by PostgreSQL in e2e_postgres).
+            ("localPort: 5432", format!("localPort: {database}")),
+            ("localPort: 8080", format!("localPort: {api}")),
+            // CI time: the app's 30 s nap shortened to 1 s.
+            ("sleep 30\n", "sleep 1\n".to_string()),
+        ],
+    );
+    let server = Server::start();
+    let token = server.join_token();
+    let agent = Agent::start(
+        &server.base,
+        &token,
+        "robot-compat",
+        "demo=true",
+        &root.join("robot"),
+        &[],
+    );
+    robot_online(&server, "robot-compat");
+    apply_text(&server, "compat/job-with-envoy-proxy.yaml", &text);
+    wait_job(&server, "test-proxy-job", "completed", &agent);
+    assert!(
+        fs.join("opt/k8s4r/bin/spire-agent").is_file(),
+        "spire-agent installed from the download"
+    );
+    assert!(
+        fs.join("opt/k8s4r/bin/envoy").is_file(),
+        "envoy installed from the download"
+    );
+    let conf = std::fs::read_to_string(fs.join("etc/spire/agent/agent.conf")).unwrap();
+    assert!(
+        conf.contains(&format!("socket_path = \"{}\"", socket.display())),
+        "{conf}"
+    );
+    let out = agent.task_output("test-proxy-job-proxy-group-r0-app-task");
+    assert!(
+        out.contains(&format!("PROXY_DATABASE_ADDR=127.0.0.1:{database}")) && out.contains("Application completed"),
+        "{out}"
+    );
+    assert!(
+        sds.requested().iter().any(|n| n == "default"),
+        "Envoy asked the Workload API for its SVID: {:?}",
+        sds.requested()
+    );
+}
+
+/// The Robot manifests (examples/robot.yaml, compat/robot.yaml): an
+/// operator pre-creates the Robot, the robot's agent registers under that
+/// name, and the object becomes Online, keeping the operator's labels.
+#[test]
+fn robot_manifests_go_online_when_their_agent_registers() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec![root.join("examples/robot.yaml")];
+    if let Some(shared) = common::shared_dir() {
+        files.push(shared.join("compat/robot.yaml"));
+    }
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let server = Server::start();
+        apply_text(&server, &file.display().to_string(), &text);
+        let robot = server.object("robots", "robot-001").expect("created");
+        assert_ne!(robot["status"]["phase"], "Online", "no agent yet: {robot}");
+        let token = server.join_token();
+        let dir = tempfile::tempdir().unwrap();
+        let _agent = Agent::start(&server.base, &token, "robot-001", "", &dir.path().join("robot"), &[]);
+        robot_online(&server, "robot-001");
+        let robot = server.object("robots", "robot-001").unwrap();
+        let doc = k8s4r::api::decode_all(&text).remove(0).unwrap().object;
+        let want = serde_json::to_value(&doc).unwrap();
+        for (k, v) in want["spec"]["labels"].as_object().unwrap() {
+            assert_eq!(
+                &robot["spec"]["labels"][k],
+                v,
+                "{}: label {k} kept: {robot}",
+                file.display()
+            );
+        }
+    }
+}

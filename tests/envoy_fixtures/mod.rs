@@ -566,3 +566,77 @@ impl Ca {
         }
     }
 }
+
+// ---------------------------------------------------------------- downloads
+
+/// A plain HTTP/1.1 file server on 127.0.0.1 standing in for download
+/// sites: `GET <path>` answers the bytes registered under that path, 404
+/// otherwise. One thread per connection; stopped on drop.
+pub struct FileServer {
+    pub port: u16,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl FileServer {
+    pub fn start(files: Vec<(String, Vec<u8>)>) -> FileServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind file server");
+        let port = listener.local_addr().expect("addr").port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let files: Arc<std::collections::HashMap<String, Vec<u8>>> = Arc::new(files.into_iter().collect());
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if flag.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(s) = conn else { continue };
+                let files = files.clone();
+                std::thread::spawn(move || {
+                    let _ = s.set_read_timeout(Some(IO));
+                    let mut reader = BufReader::new(s.try_clone().expect("clone stream"));
+                    let mut request_line = String::new();
+                    if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim_end().is_empty() {
+                            break;
+                        }
+                    }
+                    let path = request_line.split(' ').nth(1).unwrap_or("");
+                    let mut out = s;
+                    let (status, body): (&str, &[u8]) = match files.get(path) {
+                        Some(b) => ("200 OK", b),
+                        None => ("404 Not Found", b"not found\n"),
+                    };
+                    let head = format!(
+                        "HTTP/1.1 {status}\r\ncontent-type: application/octet-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = out.write_all(head.as_bytes()).and_then(|_| out.write_all(body));
+                });
+            }
+        });
+        FileServer {
+            port,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+impl Drop for FileServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
