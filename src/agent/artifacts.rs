@@ -18,8 +18,21 @@ use std::time::Duration;
 
 /// A download that takes longer than this fails (and the task with it).
 const FETCH_TIMEOUT: Duration = Duration::from_secs(120);
-/// Largest artifact a task may download (robots have small disks).
+/// Largest artifact a task may download by default (robots have small
+/// disks); `K8S4R_ARTIFACT_MAX_SIZE` or `run --artifact-max-size` change it.
 pub const MAX_ARTIFACT_BYTES: u64 = 512 << 20;
+
+/// The environment variable that sets the artifact size limit.
+pub const MAX_SIZE_ENV: &str = "K8S4R_ARTIFACT_MAX_SIZE";
+
+/// An artifact size limit such as `512Mi` or `1000000` (bytes, > 0).
+pub fn parse_max_size(text: &str) -> Result<u64, String> {
+    crate::api::Quantity::new(text)
+        .units_ceil()
+        .and_then(|b| u64::try_from(b).ok())
+        .filter(|b| *b > 0)
+        .ok_or_else(|| format!("artifact size limit {text:?}: expected a size such as 512Mi or 1000000"))
+}
 
 #[derive(Debug)]
 pub enum ArtifactError {
@@ -91,20 +104,27 @@ pub fn destination(a: &Artifact) -> Result<String, ArtifactError> {
     Ok(format!("{}/{name}", dest.trim_end_matches('/')))
 }
 
-/// Fetch every artifact of a task.
+/// Fetch every artifact of a task, none larger than `max_bytes`.
 pub fn fetch_all(
     artifacts: &[Artifact],
     task_dir: &Path,
     alloc_dir: &Path,
     owner: Option<(u32, u32)>,
+    max_bytes: u64,
 ) -> Result<(), ArtifactError> {
     for a in artifacts {
-        fetch(a, task_dir, alloc_dir, owner)?;
+        fetch(a, task_dir, alloc_dir, owner, max_bytes)?;
     }
     Ok(())
 }
 
-fn fetch(a: &Artifact, task_dir: &Path, alloc_dir: &Path, owner: Option<(u32, u32)>) -> Result<(), ArtifactError> {
+fn fetch(
+    a: &Artifact,
+    task_dir: &Path,
+    alloc_dir: &Path,
+    owner: Option<(u32, u32)>,
+    max_bytes: u64,
+) -> Result<(), ArtifactError> {
     let source = a.getter_source.clone();
     let expected = match a.getter_options.get("checksum") {
         Some(c) => Some(
@@ -130,6 +150,11 @@ fn fetch(a: &Artifact, task_dir: &Path, alloc_dir: &Path, owner: Option<(u32, u3
         source: source.clone(),
         message,
     };
+    let too_large = |what: String| {
+        fetch_err(format!(
+            "{what} than the {max_bytes}-byte artifact limit ({MAX_SIZE_ENV})"
+        ))
+    };
     let mut reader: Box<dyn Read> = if let Some(path) = source.strip_prefix("file://") {
         Box::new(std::fs::File::open(path).map_err(|e| fetch_err(format!("{path}: {e}")))?)
     } else if source.starts_with("http://") {
@@ -139,8 +164,12 @@ fn fetch(a: &Artifact, task_dir: &Path, alloc_dir: &Path, owner: Option<(u32, u3
         if !(200..300).contains(&response.status) {
             return Err(fetch_err(format!("server answered {}", response.status)));
         }
+        // Announced too large: refused before a byte is written.
+        if let Some(len) = response.content_length().filter(|l| *l > max_bytes) {
+            return Err(too_large(format!("{len} bytes announced, more")));
+        }
         // Bounded: a runaway or hostile source cannot fill the robot's disk.
-        Box::new(response.into_reader().take(MAX_ARTIFACT_BYTES + 1))
+        Box::new(response.into_reader().take(max_bytes + 1))
     } else if source.starts_with("https://") {
         return Err(ArtifactError::Unsupported(format!(
             "{source}: https is not available in this agent build (no TLS)"
@@ -162,10 +191,9 @@ fn fetch(a: &Artifact, task_dir: &Path, alloc_dir: &Path, owner: Option<(u32, u3
             Err(e) => return Err(fetch_err(e.to_string())),
         };
         written += n as u64;
-        if written > MAX_ARTIFACT_BYTES {
-            return Err(fetch_err(format!(
-                "larger than the {MAX_ARTIFACT_BYTES}-byte artifact limit"
-            )));
+        if written > max_bytes {
+            // `file` is dropped on return: its temp name is removed.
+            return Err(too_large("larger".into()));
         }
         hasher.update(&buf[..n]);
         file.file.write_all(&buf[..n]).map_err(|error| ArtifactError::Write {
@@ -227,13 +255,28 @@ mod tests {
         a.getter_options.insert("filename".into(), "p".into());
         let good = hex(&Sha256::digest(b"payload"));
         a.getter_options.insert("checksum".into(), format!("sha256:{good}"));
-        fetch_all(std::slice::from_ref(&a), task.path(), task.path(), None).unwrap();
+        fetch_all(
+            std::slice::from_ref(&a),
+            task.path(),
+            task.path(),
+            None,
+            MAX_ARTIFACT_BYTES,
+        )
+        .unwrap();
         assert_eq!(std::fs::read(task.path().join("local/p")).unwrap(), b"payload");
 
         a.getter_options.insert("filename".into(), "q".into());
         a.getter_options
             .insert("checksum".into(), format!("sha256:{}", "0".repeat(64)));
-        let err = fetch_all(&[a], task.path(), task.path(), None).unwrap_err().to_string();
+        let err = fetch_all(
+            std::slice::from_ref(&a),
+            task.path(),
+            task.path(),
+            None,
+            MAX_ARTIFACT_BYTES,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("checksum mismatch"), "{err}");
         let names: Vec<_> = std::fs::read_dir(task.path().join("local"))
             .unwrap()
@@ -244,5 +287,25 @@ mod tests {
             vec![std::ffi::OsString::from("p")],
             "nothing half-written may remain"
         );
+
+        // Over the size limit (7 bytes, limit 3): refused, nothing left.
+        a.getter_options.insert("filename".into(), "r".into());
+        a.getter_options.remove("checksum");
+        let err = fetch_all(&[a], task.path(), task.path(), None, 3)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.ends_with("larger than the 3-byte artifact limit (K8S4R_ARTIFACT_MAX_SIZE)"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_dir(task.path().join("local")).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn size_limits_parse() {
+        assert_eq!(parse_max_size("1Mi"), Ok(1 << 20));
+        assert_eq!(parse_max_size("1000"), Ok(1000));
+        assert!(parse_max_size("0").is_err());
+        assert!(parse_max_size("lots").is_err());
     }
 }

@@ -22,6 +22,8 @@ pub enum HttpError {
     /// The server's answer is not HTTP/1.x as we know it.
     Protocol(String),
     TooManyRedirects(String),
+    /// A redirect led back to a URL already visited: every URL in order.
+    RedirectLoop(Vec<String>),
 }
 
 impl fmt::Display for HttpError {
@@ -32,6 +34,7 @@ impl fmt::Display for HttpError {
             HttpError::Io(e) => write!(f, "{e}"),
             HttpError::Protocol(m) => write!(f, "bad HTTP response: {m}"),
             HttpError::TooManyRedirects(u) => write!(f, "more than {MAX_REDIRECTS} redirects (last: {u})"),
+            HttpError::RedirectLoop(chain) => write!(f, "redirect loop: {}", chain.join(" -> ")),
         }
     }
 }
@@ -58,6 +61,19 @@ impl Response {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The length the server announced (Content-Length), if any.
+    pub fn content_length(&self) -> Option<u64> {
+        if self
+            .header("transfer-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+        {
+            return None;
+        }
+        self.header("content-length")?.parse().ok()
+    }
+
+    /// The body. A connection that closes before the announced length (or
+    /// the last chunk) is an error (`UnexpectedEof`), not a short body.
     pub fn into_reader(self) -> Box<dyn Read + Send> {
         self.body
     }
@@ -93,18 +109,27 @@ impl Request<'_> {
         }
     }
 
-    /// Send it; GET requests follow up to five redirects.
+    /// Send it; GET requests follow up to five redirects, and stop at
+    /// once when one leads back to a URL already visited.
     pub fn send(&self) -> Result<Response, HttpError> {
-        let mut url = self.url.to_string();
+        let mut visited = vec![self.url.to_string()];
         for _ in 0..=MAX_REDIRECTS {
+            let url = visited.last().cloned().unwrap_or_default();
             let resp = self.send_once(&url)?;
             let redirect = matches!(resp.status, 301 | 302 | 303 | 307 | 308) && self.method == "GET";
             match resp.header("location") {
-                Some(loc) if redirect => url = absolute(&url, loc)?,
+                Some(loc) if redirect => {
+                    let next = absolute(&url, loc)?;
+                    let again = visited.contains(&next);
+                    visited.push(next);
+                    if again {
+                        return Err(HttpError::RedirectLoop(visited));
+                    }
+                }
                 _ => return Ok(resp),
             }
         }
-        Err(HttpError::TooManyRedirects(url))
+        Err(HttpError::TooManyRedirects(visited.pop().unwrap_or_default()))
     }
 
     fn send_once(&self, url: &str) -> Result<Response, HttpError> {
@@ -249,11 +274,51 @@ fn read_response(mut r: BufReader<TcpStream>) -> Result<Response, HttpError> {
         let len: u64 = len
             .parse()
             .map_err(|_| HttpError::Protocol(format!("content-length {len:?}")))?;
-        Box::new(r.take(len))
+        Box::new(Announced {
+            inner: r,
+            len,
+            left: len,
+        })
     } else {
         Box::new(r)
     };
     Ok(Response { status, headers, body })
+}
+
+/// A body of a known length (Content-Length): ending early is an error.
+struct Announced {
+    inner: BufReader<TcpStream>,
+    len: u64,
+    left: u64,
+}
+
+impl Read for Announced {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 || buf.is_empty() {
+            return Ok(0);
+        }
+        let want = buf.len().min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "truncated: the connection closed after {} of {} bytes",
+                    self.len - self.left,
+                    self.len
+                ),
+            ));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+fn chunked_cut_short() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "truncated: the connection closed before the last chunk",
+    )
 }
 
 /// A chunked transfer-encoded body.
@@ -270,7 +335,9 @@ impl Read for Chunked {
         }
         if self.left == 0 {
             let mut size = String::new();
-            self.inner.by_ref().take(1024).read_line(&mut size)?;
+            if self.inner.by_ref().take(1024).read_line(&mut size)? == 0 {
+                return Err(chunked_cut_short());
+            }
             let hex = size.trim().split(';').next().unwrap_or("");
             self.left = u64::from_str_radix(hex, 16)
                 .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("bad chunk size {hex:?}")))?;
@@ -279,15 +346,18 @@ impl Read for Chunked {
                 return Ok(0);
             }
         }
-        let want = buf.len().min(self.left as usize);
+        let want = buf.len().min(usize::try_from(self.left).unwrap_or(usize::MAX));
         let n = self.inner.read(&mut buf[..want])?;
         if n == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
+            return Err(chunked_cut_short());
         }
         self.left -= n as u64;
         if self.left == 0 {
             let mut crlf = [0u8; 2];
-            self.inner.read_exact(&mut crlf)?;
+            self.inner.read_exact(&mut crlf).map_err(|e| match e.kind() {
+                io::ErrorKind::UnexpectedEof => chunked_cut_short(),
+                _ => e,
+            })?;
         }
         Ok(n)
     }
@@ -346,13 +416,49 @@ mod tests {
 
     #[test]
     fn redirect_loops_and_limits_are_errors() {
-        let loop_answer = "HTTP/1.1 302 Found\r\nLocation: /again\r\nContent-Length: 0\r\n\r\n";
-        let (base, _t) = serve(vec![loop_answer; MAX_REDIRECTS + 1]);
+        // A -> B -> A: stopped when the loop closes, every hop named.
+        let (base, _t) = serve(vec![
+            "HTTP/1.1 302 Found\r\nLocation: /b\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 302 Found\r\nLocation: /a\r\nContent-Length: 0\r\n\r\n",
+        ]);
+        let e = Request::get(&format!("{base}/a"), Duration::from_secs(5))
+            .send()
+            .err()
+            .unwrap();
+        assert_eq!(
+            e.to_string(),
+            format!("redirect loop: {base}/a -> {base}/b -> {base}/a")
+        );
+        // Distinct URLs, one more hop than allowed.
+        let hops: Vec<&'static str> = (1..=MAX_REDIRECTS + 1)
+            .map(|i| &*format!("HTTP/1.1 302 Found\r\nLocation: /{i}\r\nContent-Length: 0\r\n\r\n").leak())
+            .collect();
+        let (base, _t) = serve(hops);
         let e = Request::get(&base, Duration::from_secs(5)).send().err().unwrap();
         assert!(matches!(e, HttpError::TooManyRedirects(_)), "{e}");
         let (base, _t) = serve(vec!["HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789"]);
         let r = Request::get(&base, Duration::from_secs(5)).send().unwrap();
         assert!(r.read_body(5).is_err(), "over the limit");
+    }
+
+    #[test]
+    fn bodies_cut_short_are_errors_not_short_bodies() {
+        let (base, _t) = serve(vec![
+            "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n01234\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n012",
+        ]);
+        let t = Duration::from_secs(5);
+        let r = Request::get(&base, t).send().unwrap();
+        assert_eq!(r.content_length(), Some(10));
+        let e = r.read_body(100).unwrap_err().to_string();
+        assert_eq!(e, "truncated: the connection closed after 5 of 10 bytes");
+        for _ in 0..2 {
+            let r = Request::get(&base, t).send().unwrap();
+            assert_eq!(r.content_length(), None);
+            let e = r.read_body(100).unwrap_err().to_string();
+            assert_eq!(e, "truncated: the connection closed before the last chunk");
+        }
     }
 
     #[test]

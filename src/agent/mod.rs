@@ -66,6 +66,8 @@ OPTIONS:
     --keep-running          On SIGINT/SIGTERM exit but leave tasks running; the next run re-adopts them
     --log-max-size BYTES    Size cap of each log file (e.g. 1Mi) [default 1Mi]
     --log-max-files N       Log files kept per stream, current one included [default 3]
+    --artifact-max-size SIZE  Largest artifact download (e.g. 64Mi); a bigger one fails its task
+                            [env K8S4R_ARTIFACT_MAX_SIZE; default 512Mi]
     --cgroup-root DIR       cgroup v2 directory for memory/cpu limits [default /sys/fs/cgroup/k8s4r]
     --no-cgroups            Do not use cgroups
     -h, --help              Print help
@@ -141,6 +143,7 @@ pub fn cmd_run(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
     let mut envoy_bin = None;
     let mut keep_running = false;
     let mut limits = LogLimits::default();
+    let mut artifact_max_bytes = None;
     let mut cgroup_root = Some(PathBuf::from(cgroup::DEFAULT_ROOT));
     while let Some(arg) = parser.next()? {
         match arg {
@@ -152,6 +155,10 @@ pub fn cmd_run(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
             Long("log-max-size") => limits.max_bytes = parse_log_max_size(&parser.value()?.string()?)?,
             Long("log-max-files") => {
                 limits.max_files = parser.value()?.parse::<u32>()?.max(1);
+            }
+            Long("artifact-max-size") => {
+                let text = parser.value()?.string()?;
+                artifact_max_bytes = Some(artifacts::parse_max_size(&text).map_err(|e| format!("--{e}"))?);
             }
             Long("cgroup-root") => cgroup_root = Some(PathBuf::from(parser.value()?)),
             Long("no-cgroups") => cgroup_root = None,
@@ -167,6 +174,7 @@ pub fn cmd_run(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
     let opts = standalone::RunOptions {
         file,
         keep_running,
+        artifact_max_bytes,
         supervisor: supervisor::SupervisorConfig {
             data_dir: data_dir.clone(),
             log_limits: limits,

@@ -24,6 +24,8 @@ use std::io::Write;
 pub struct RunOptions {
     pub file: String,
     pub keep_running: bool,
+    /// `--artifact-max-size` (else the environment's, else the default).
+    pub artifact_max_bytes: Option<u64>,
     pub supervisor: SupervisorConfig,
     pub reconcile: ReconcileConfig,
 }
@@ -75,6 +77,9 @@ pub fn run(opts: RunOptions) -> Result<i32, String> {
     let job = load_job(&opts.file)?;
     let mut desired = expand(&job);
     let (mut sup, notices) = Supervisor::new(opts.supervisor).map_err(|e| e.to_string())?;
+    if let Some(max) = opts.artifact_max_bytes {
+        sup.set_artifact_max_bytes(max);
+    }
     for n in notices {
         say(&format!("agent: {n}"));
     }

@@ -187,6 +187,8 @@ pub struct Supervisor {
     fetch_seq: u64,
     fetch_tx: mpsc::Sender<FetchDone>,
     fetch_rx: mpsc::Receiver<FetchDone>,
+    /// Largest artifact a unit may download.
+    artifact_max_bytes: u64,
     _lock: std::fs::File,
 }
 
@@ -255,6 +257,16 @@ impl Supervisor {
             },
             None => None,
         };
+        let artifact_max_bytes = match std::env::var(crate::agent::artifacts::MAX_SIZE_ENV) {
+            Ok(text) if !text.is_empty() => crate::agent::artifacts::parse_max_size(&text).unwrap_or_else(|e| {
+                notices.push(format!(
+                    "{}: {e}; using the default",
+                    crate::agent::artifacts::MAX_SIZE_ENV
+                ));
+                crate::agent::artifacts::MAX_ARTIFACT_BYTES
+            }),
+            _ => crate::agent::artifacts::MAX_ARTIFACT_BYTES,
+        };
         let (check_tx, check_rx) = mpsc::channel();
         let (fetch_tx, fetch_rx) = mpsc::channel();
         let sup = Supervisor {
@@ -274,9 +286,17 @@ impl Supervisor {
             fetch_seq: 0,
             fetch_tx,
             fetch_rx,
+            artifact_max_bytes,
             _lock: lock,
         };
         Ok((sup, notices))
+    }
+
+    /// Largest artifact a unit may download (default
+    /// [`MAX_ARTIFACT_BYTES`](crate::agent::artifacts::MAX_ARTIFACT_BYTES),
+    /// or `K8S4R_ARTIFACT_MAX_SIZE` from the environment).
+    pub fn set_artifact_max_bytes(&mut self, max_bytes: u64) {
+        self.artifact_max_bytes = max_bytes;
     }
 
     /// State changes since the last call.
@@ -564,8 +584,9 @@ impl Supervisor {
                                 let (dir, alloc) = (unit.spec.dir.clone(), unit.spec.alloc_dir.clone());
                                 let (tx, waker, unit_name) =
                                     (self.fetch_tx.clone(), self.wakeups.waker(), name.to_string());
+                                let max_bytes = self.artifact_max_bytes;
                                 std::thread::spawn(move || {
-                                    let result = spawn::fetch_artifacts(&artifacts, &dir, &alloc, owner)
+                                    let result = spawn::fetch_artifacts(&artifacts, &dir, &alloc, owner, max_bytes)
                                         .map_err(|e| e.to_string());
                                     let _ = tx.send(FetchDone {
                                         unit: unit_name,

@@ -163,8 +163,9 @@ pub fn fetch_artifacts(
     dir: &std::path::Path,
     alloc_dir: &std::path::Path,
     owner: Option<(u32, u32)>,
+    max_bytes: u64,
 ) -> Result<(), SpawnError> {
-    artifacts::fetch_all(artifacts, dir, alloc_dir, owner).map_err(SpawnError::Artifact)
+    artifacts::fetch_all(artifacts, dir, alloc_dir, owner, max_bytes).map_err(SpawnError::Artifact)
 }
 
 /// Last step, quick: log pipes, cgroup, fork/exec.
