@@ -104,7 +104,7 @@ fn each_reconcile_mode_keeps_exactly_the_copy_it_names() {
         wait_for(&format!("{t} placed on {}", a.name), Duration::from_secs(30), || {
             (target(&server, &t)? == a.name).then_some(())
         });
-        assert_eq!(a.task_names(), [t.clone()]);
+        assert_eq!(a.task_names(), [t.as_str()]);
         a.report(&t, "running");
     }
     // The second robots join; the ballast job lands only on bs-b.
