@@ -256,4 +256,29 @@ mod tests {
         assert_eq!(c.list("tasks", Some("d")).len(), 1);
         assert!(c.list("tasks", Some("e")).is_empty());
     }
+
+    #[test]
+    fn an_unsettled_original_stays_in_its_robots_desired_set() {
+        let c = Cache::default();
+        let t = |robot: &str, original: Option<&str>| {
+            let mut v = json!({"metadata": {"name": "t", "uid": "u1"}, "spec": {"targetRobot": robot, "jobName": "j"}});
+            if let Some(o) = original {
+                v["metadata"]["annotations"] = json!({super::super::disconnect::ANN_ORIGINAL_ROBOT: o});
+            }
+            Arc::new(v)
+        };
+        c.apply("tasks", "d", "t", 1, Some(t("a", None)));
+        c.apply("tasks", "d", "t", 2, Some(t("b", Some("a"))));
+        assert_eq!(
+            c.tasks_on_robot("d", "a").len(),
+            1,
+            "the returning robot keeps its copy"
+        );
+        assert_eq!(c.tasks_on_robot("d", "b").len(), 1);
+        c.apply("tasks", "d", "t", 3, Some(t("b", None)));
+        assert!(c.tasks_on_robot("d", "a").is_empty(), "settled: robot a stops its copy");
+        c.apply("tasks", "d", "t", 4, Some(t("a", Some("a"))));
+        c.apply("tasks", "d", "t", 5, Some(t("a", None)));
+        assert_eq!(c.tasks_on_robot("d", "a").len(), 1);
+    }
 }
