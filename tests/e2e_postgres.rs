@@ -365,11 +365,7 @@ fn app_reaches_real_postgres_only_through_envoy_mtls_with_the_right_spiffe_ids()
     // from it (health checks send none).
     let to_db = || db_side.envoy.stat("cluster.in-api-local.upstream_cx_tx_bytes_total");
     let from_db = || db_side.envoy.stat("cluster.in-api-local.upstream_cx_rx_bytes_total");
-    let handshakes = || {
-        db_side
-            .envoy
-            .stat(&format!("listener.127.0.0.1_{}.ssl.handshake", db_side.port))
-    };
+    let handshakes = || db_side.envoy.stat("listener.in-api.ssl.handshake");
     assert_eq!((to_db(), from_db()), (0, 0));
 
     // The control plane and a connected agent.
@@ -485,7 +481,8 @@ fn app_reaches_real_postgres_only_through_envoy_mtls_with_the_right_spiffe_ids()
     assert_eq!(state, "failed", "{out}");
     assert!(out.contains("psql: error"), "the app saw the connection fail: {out}");
     assert!(!out.contains(&secret), "{out}");
-    assert!(db_side.envoy.stat("in-api.rbac.denied") >= 1);
+    // Refused in the mTLS handshake: the allowed IDs are the peer SANs.
+    assert!(db_side.envoy.stat("listener.in-api.ssl.fail_verify_san") >= 1);
 
     assert_eq!(
         (to_db(), from_db()),

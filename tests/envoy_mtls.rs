@@ -140,7 +140,7 @@ fn inbound_rbac_allows_the_listed_id_and_refuses_another() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let (_echo, ca, server) = guarded_echo(&bin, tmp.path(), 20);
+    let (echo, ca, server) = guarded_echo(&bin, tmp.path(), 20);
     // Same CA, valid chain, but an ID the server does not list.
     let intruder_leaf = ca.leaf("intruder", "spiffe://example.org/robot/intruder", 21);
     let port = free_port();
@@ -152,9 +152,14 @@ fn inbound_rbac_allows_the_listed_id_and_refuses_another() {
     };
     let _r = robot(&bin, &tmp.path().join("intruder"), network);
     assert_refused(port);
-    wait_for("the RBAC denial is counted", READY, || {
-        (server.envoy.stat("in-api.rbac.denied") >= 1).then_some(())
+    // Refused in the handshake (the allowed IDs are pinned as peer SANs),
+    // so the task behind never even sees a connection from the intruder
+    // (nor from its proxy's health checks).
+    wait_for("the refused handshake is counted", READY, || {
+        (server.envoy.stat("listener.in-api.ssl.fail_verify_san") >= 1).then_some(())
     });
+    assert_refused(port);
+    assert_eq!(echo.accepted(), 0, "a refused peer caused a connection to the task");
     assert_eq!(server.envoy.stat("in-api.rbac.allowed"), 0);
 
     let robot_leaf = ca.leaf("robot", ROBOT_ID, 22);

@@ -234,9 +234,15 @@ pub fn plan(network: &NetworkConfig, extra_inbound: &[Inbound]) -> Result<Plan, 
         })?;
         let spiffe = ib.spiffe.as_ref().or(network.spiffe.as_ref());
         let source = plan.cert_source(ib.spiffe.as_ref(), network, &what)?;
-        let prefix = match spiffe {
-            Some(s) => format!("spiffe://{}/", s.trust_domain),
-            None => "spiffe://".to_string(),
+        // The handshake itself admits only the listed IDs; with none listed,
+        // any ID of the trust domain (RBAC then decides).
+        let peer = if ib.allowed_spiffe_ids.is_empty() {
+            vec![SanCheck::UriPrefix(match spiffe {
+                Some(s) => format!("spiffe://{}/", s.trust_domain),
+                None => "spiffe://".to_string(),
+            })]
+        } else {
+            ib.allowed_spiffe_ids.iter().cloned().map(SanCheck::UriExact).collect()
         };
         plan.inbound.push(InboundRoute {
             name: ib.name.clone(),
@@ -244,10 +250,7 @@ pub fn plan(network: &NetworkConfig, extra_inbound: &[Inbound]) -> Result<Plan, 
             port: listen,
             target_port,
             allowed: ib.allowed_spiffe_ids.clone(),
-            tls: Tls {
-                source,
-                peer: vec![SanCheck::UriPrefix(prefix)],
-            },
+            tls: Tls { source, peer },
         });
     }
     Ok(plan)

@@ -81,7 +81,7 @@ impl Ctx<'_> {
     fn outbound_listener(&self, up: &Outbound) -> Result<String, RenderError> {
         let name = up.resource_name();
         let filter = match up.protocol {
-            Protocol::Tcp => tcp_proxy(&name, &name)?,
+            Protocol::Tcp => tcp_proxy(&name, &name, ConnectWhen::Accepted)?,
             // Plain HTTP APIs: a bounded request time; retry only what is safe
             // to retry for any method (nothing reached the upstream app).
             Protocol::Http => http_filter(&name, "15s", "300s")?,
@@ -172,10 +172,11 @@ impl Ctx<'_> {
             .iter()
             .map(|id| format!(r#"{{"authenticated":{{"principal_name":{{"exact":{}}}}}}}"#, quoted(id)))
             .collect();
-        // RBAC first: a refused peer's bytes never reach the task. (tcp_proxy
-        // still opens the local connection when the peer connects, before
-        // RBAC has seen the first byte: the task sees a connection that
-        // carries nothing; see the README's known limits.)
+        // Three locks: the handshake accepts only the allowed SPIFFE IDs
+        // (the plan pins them as the peer SANs), the local connection opens
+        // only after that handshake, and RBAC checks the principal again
+        // before any byte is forwarded (defence in depth, and the policy
+        // that shows in the `rbac.*` stats).
         let rbac = fill(
             t::FILTER_RBAC,
             &[
@@ -183,7 +184,7 @@ impl Ctx<'_> {
                 ("principals", Slot::json(list(&principals))),
             ],
         )?;
-        let proxy = tcp_proxy(&name, &local_cluster_name(ib))?;
+        let proxy = tcp_proxy(&name, &local_cluster_name(ib), ConnectWhen::PeerVerified)?;
         let tls = &ib.tls;
         let transport_socket = fill(
             t::TLS_DOWNSTREAM,
@@ -270,12 +271,31 @@ fn local_cluster_name(ib: &InboundRoute) -> String {
     format!("{}-local", ib.resource_name())
 }
 
-fn tcp_proxy(stat_prefix: &str, cluster: &str) -> Result<String, RenderError> {
+/// When the tcp_proxy opens its upstream connection.
+#[derive(Clone, Copy)]
+enum ConnectWhen {
+    /// At once: the local app is waiting for its upstream.
+    Accepted,
+    /// Only after the peer passed the mTLS handshake (which pins the
+    /// allowed SPIFFE IDs): a refused peer never causes a connection to the
+    /// task behind an inbound listener.
+    PeerVerified,
+}
+
+fn tcp_proxy(stat_prefix: &str, cluster: &str, when: ConnectWhen) -> Result<String, RenderError> {
+    // Envoy wants an early-data limit with a delayed connect: 0 keeps the
+    // peer's bytes in the socket until the task is connected (null: unset).
+    let (mode, early_data) = match when {
+        ConnectWhen::Accepted => ("IMMEDIATE", "null"),
+        ConnectWhen::PeerVerified => ("ON_DOWNSTREAM_TLS_HANDSHAKE", "0"),
+    };
     fill(
         t::FILTER_TCP_PROXY,
         &[
             ("stat_prefix", Slot::text(stat_prefix)),
             ("cluster", Slot::text(cluster)),
+            ("connect_mode", Slot::text(mode)),
+            ("early_data", Slot::json(early_data)),
         ],
     )
 }
