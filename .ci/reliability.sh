@@ -34,6 +34,7 @@ cases=(
   "isolation|a revoked robot token|401 until the robot registers again with a valid join token|server_isolation|a_revoked_robot_token_is_refused_until_the_robot_registers_again"
   "isolation|task with user: set, agent root|runs unprivileged|agent_run|tasks_run_as_their_user_when_the_agent_is_root"
   "isolation|Envoy admin|private unix socket (0600), no TCP port|envoy_live|admin_is_a_private_unix_socket_and_flags_avoid_collisions"
+  "isolation|inbound peer with a valid chain but an unlisted SPIFFE ID (and its health checks)|handshake refused; the task's port never sees a connection|envoy_mtls|inbound_rbac_allows_the_listed_id_and_refuses_another"
   "isolation|wrong or foreign SPIFFE ID|mTLS refused, no byte reaches PostgreSQL|e2e_postgres|"
 )
 
