@@ -13,7 +13,7 @@ COMMANDS:
     server --etcd URL[,URL...]        ... on etcd; run several replicas
     migrate --from-data DIR --to-etcd URL  Move a stopped server's state to etcd
     logs TASK [-f] [--tail N]         A task's output, fetched from its robot
-    token create [--server URL]       Print a new join token for robots
+    token create|list|revoke          Join tokens for robots; revoke one (or a robot's own)
     bench robots N [N...]             Fleet load test; writes target/bench/server.json
     render-envoy -f FILE [--group NAME]  Print a TaskGroup's Envoy config
     validate -f FILE|DIR|-    Check manifests (YAML or JSON, multi-document)
