@@ -243,3 +243,57 @@ fn a_stopping_leader_hands_over_at_once() {
     );
     assert_eq!(leader_index(&etcd, &servers), Some(1 - leader));
 }
+
+/// With two replicas, the operator asks one for a task's log while the
+/// robot long-polls the other: the request crosses through etcd to the
+/// robot's poll, and the upload crosses back to the waiting operator.
+#[test]
+fn a_log_request_reaches_a_robot_polling_another_replica() {
+    let etcd = Etcd::cluster(1);
+    let servers = start_replicas(&etcd, 2);
+    let (robots_side, operator_side) = (&servers[0], &servers[1]);
+    let join = robots_side.join_token();
+    let mut robot = Robot::register(robots_side, &join, "far", json!({"fleet": "logs"}));
+    let r = robots_side.send_json("POST", jobs_path(), &job("talk", json!({"fleet": "logs"}), 1));
+    assert_eq!(r.status, 201, "{}", r.body);
+    wait_for("the task on the robot", T, || {
+        robot.task_names().contains(&"talk-g-r0-main".to_string()).then_some(())
+    });
+    wait_for("the other replica to see the robot Online", T, || {
+        let r = operator_side.object("robots", "far")?;
+        (r["status"]["phase"] == "Online").then_some(())
+    });
+
+    let url =
+        operator_side.url("/apis/robot.k8s4r.io/v1alpha1/namespaces/default/tasks/talk-g-r0-main/log?tailLines=5");
+    let operator = std::thread::spawn(move || {
+        let mut reply = ureq::get(&url).call().expect("the log request");
+        reply.body_mut().read_to_string().unwrap()
+    });
+    let request = wait_for("the log request on the robot's poll", T, || {
+        let v = robot.poll("1s");
+        v["logRequests"].as_array().and_then(|l| l.first().cloned())
+    });
+    assert_eq!(request["task"], "talk-g-r0-main");
+    assert_eq!(request["tailLines"], 5);
+    let upload = json!({"id": request["id"], "task": "talk-g-r0-main", "text": "hello from far away\n"});
+    let r = robots_side.request(
+        "POST",
+        "/agent/v1/robots/far/logs",
+        "application/json",
+        Some(upload.to_string().as_bytes()),
+        &[("Authorization", &robot.auth())],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let text = operator.join().unwrap();
+    assert!(text.contains("hello from far away"), "{text}");
+    // Answered once: the request is gone from the store.
+    let again = robots_side.request(
+        "POST",
+        "/agent/v1/robots/far/logs",
+        "application/json",
+        Some(upload.to_string().as_bytes()),
+        &[("Authorization", &robot.auth())],
+    );
+    assert_eq!(again.status, 404, "{}", again.body);
+}

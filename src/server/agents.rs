@@ -28,7 +28,7 @@ pub struct Agents {
     pub hub: Arc<Hub>,
     pub events: Recorder,
     /// Operators' requests for task output, answered by the robots.
-    pub logs: Arc<crate::server::logs::LogBroker>,
+    pub logs: Arc<crate::server::logs::Logs>,
 }
 
 /// How long an operator's log request waits for the robot's answer.
@@ -235,7 +235,7 @@ impl Agents {
                 .collect(),
             poll_interval_seconds: self.hub.fleet.poll_interval().as_secs().max(1),
             offline_after_seconds: self.hub.fleet.offline_after().as_secs(),
-            log_requests: self.logs.take_unsent(&id.namespace, &id.name),
+            log_requests: self.logs.broker.take_unsent(&id.namespace, &id.name),
         }
     }
 
@@ -249,7 +249,7 @@ impl Agents {
         tokio::pin!(notified);
         notified.as_mut().enable();
         let rev = self.hub.fleet.revision(&id.namespace, &id.name);
-        if rev <= since && !wait.is_zero() && !self.logs.has_unsent(&id.namespace, &id.name) {
+        if rev <= since && !wait.is_zero() && !self.logs.broker.has_unsent(&id.namespace, &id.name) {
             let _ = tokio::time::timeout(wait, notified).await;
             self.hub.fleet.heartbeat(&id.namespace, &id.name);
         }
@@ -295,28 +295,29 @@ impl Agents {
                 format!("robot {robot:?} is offline; its logs stay on the robot until it is back"),
             ));
         }
-        let (id, rx) = self.logs.request(ns, &robot, task, stream, tail_lines);
+        let (id, rx) = self.logs.ask(ns, &robot, task, stream, tail_lines, LOG_TIMEOUT).await?;
+        // Wake the robot's poll if it waits here (other replicas' relays
+        // wake theirs when they see the stored request).
         let (_, notify) = self.hub.fleet.subscribe(ns, &robot);
         notify.notify_waiters();
-        match tokio::time::timeout(LOG_TIMEOUT, rx).await {
+        let answer = tokio::time::timeout(LOG_TIMEOUT, rx).await;
+        self.logs.finish(&id).await;
+        match answer {
             Ok(Ok(upload)) => match &upload.error {
                 Some(e) => Err(Status::new(404, "NotFound", format!("robot {robot:?}: {e}"))),
                 None => Ok(upload),
             },
-            _ => {
-                self.logs.cancel(ns, &robot, &id);
-                Err(Status::new(
-                    504,
-                    "Timeout",
-                    format!("robot {robot:?} did not send the log within {LOG_TIMEOUT:?}"),
-                ))
-            }
+            _ => Err(Status::new(
+                504,
+                "Timeout",
+                format!("robot {robot:?} did not send the log within {LOG_TIMEOUT:?}"),
+            )),
         }
     }
 
-    /// A robot's answer to a log request.
-    pub fn upload_log(&self, id: &RobotIdentity, upload: LogUpload) -> Result<(), Status> {
-        if self.logs.complete(&id.namespace, &id.name, upload) {
+    /// A robot's answer to a log request (asked on this or another replica).
+    pub async fn upload_log(&self, id: &RobotIdentity, upload: LogUpload) -> Result<(), Status> {
+        if self.logs.answer(&id.namespace, &id.name, upload).await? {
             Ok(())
         } else {
             Err(Status::new(

@@ -13,6 +13,7 @@ pub mod admission;
 pub mod agents;
 pub mod bench;
 pub mod bench_etcd;
+pub mod bench_report;
 pub mod controllers;
 pub mod election;
 pub mod events;
@@ -202,6 +203,8 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     let fleet = Arc::new(fleet::Fleet::new(cfg.fleet.clone()));
     let recorder = events::Recorder::start(event_store.clone());
     let hub = controllers::run_when_leading(registry.clone(), fleet, recorder.clone(), backend.leader).await;
+    let logs = Arc::new(logs::Logs::new(store.clone()));
+    tokio::spawn(logs.clone().relay(hub.fleet.clone()));
     let app = Arc::new(http::App {
         admin_token_hash,
         registry: registry.clone(),
@@ -211,7 +214,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
             tokens: tokens::Tokens::new(store),
             hub,
             events: recorder,
-            logs: Default::default(),
+            logs,
         },
     });
     let listener = tokio::net::TcpListener::bind(&cfg.listen)

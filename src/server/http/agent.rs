@@ -149,7 +149,7 @@ pub async fn upload_log(
         async {
             let id = app.agents.authenticate(&name, bearer(&headers)).await?;
             let upload: crate::api::agent_protocol::LogUpload = body(&headers, b)?;
-            app.agents.upload_log(&id, upload).map(|()| serde_json::json!({}))
+            app.agents.upload_log(&id, upload).await.map(|()| serde_json::json!({}))
         }
         .await,
     )
