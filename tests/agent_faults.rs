@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------------------
 // Clock jumps
@@ -211,10 +212,10 @@ fn pids_by_label(agent: &Agent, what: &str) -> BTreeMap<String, i32> {
         .collect()
 }
 
-/// 50 tasks run; the agent is killed with SIGKILL and restarted ten times,
-/// at different moments (before it has read its state, in the middle of
-/// re-adopting, after). Afterwards exactly the 50 original processes run:
-/// none lost, none started twice.
+/// 50 tasks; the agent is killed with SIGKILL while it starts them, then
+/// restarted and killed ten more times at different moments (before it has
+/// read its state, in the middle of re-adopting, after). Throughout, exactly
+/// one process per task runs, always the same: none lost, none started twice.
 #[test]
 fn fifty_tasks_survive_ten_agent_kill_9s_with_none_lost_or_duplicated() {
     const N: usize = 50;
@@ -230,19 +231,44 @@ fn fifty_tasks_survive_ten_agent_kill_9s_with_none_lost_or_duplicated() {
 "#
         ),
     ));
+    // First kill: while the agent starts the 50 tasks, before it can have
+    // recorded them all. The next agent takes over every task that runs,
+    // recorded or not, and starts only the others.
     let mut first = sb.run(&file, &[]);
+    // Polled tightly (the window between the starts and their record is a
+    // few milliseconds), still with a deadline.
+    let deadline = Instant::now() + T;
+    while first.lines_with(": running pid").is_empty() {
+        assert!(Instant::now() < deadline, "no task started within {T:?}");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    signal(first.child.id(), "KILL");
+    first.wait_exit();
+    let started_first = pids_by_label(&first, ": running pid");
+    let mut second = sb.run(&file, &[]);
     let original = wait_for("50 tasks running", T, || {
-        let pids = pids_by_label(&first, ": running pid");
-        (pids.len() == N).then_some(pids)
+        let mut all = pids_by_label(&second, ": adopted running pid");
+        all.extend(pids_by_label(&second, ": running pid"));
+        (all.len() == N).then_some(all)
     });
+    for (label, pid) in &started_first {
+        assert_eq!(
+            original.get(label),
+            Some(pid),
+            "{label} was started twice:\n{}",
+            second.output()
+        );
+    }
     let pids: BTreeSet<i32> = original.values().copied().collect();
     assert_eq!(pids.len(), N, "one process per task");
     wait_for("the state file to list 50 pids", T, || {
         let state = std::fs::read_to_string(sb.data().join("state.json")).ok()?;
         (state.matches("\"pid\"").count() == N).then_some(())
     });
-    signal(first.child.id(), "KILL");
-    first.wait_exit();
+    let live: BTreeSet<i32> = sandbox_pids(&sb.data()).into_iter().collect();
+    assert_eq!(live, pids, "exactly one process per task:\n{}", second.output());
+    signal(second.child.id(), "KILL");
+    second.wait_exit();
 
     // How many re-adoptions to see before each kill: 0 kills the agent
     // while it starts (or reads its state), others in the middle, N after.

@@ -198,7 +198,7 @@ pub fn cmd_run(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
 /// Every unit directory under `data_dir` with its unit name, from the
 /// directory layout (see `reconcile`), so logs stay readable after the
 /// agent has finished and forgotten the units.
-fn unit_dirs(data_dir: &Path) -> Vec<(String, PathBuf)> {
+pub(crate) fn unit_dirs(data_dir: &Path) -> Vec<(String, PathBuf)> {
     let subdirs = |p: &Path| -> Vec<(String, PathBuf)> {
         std::fs::read_dir(p)
             .into_iter()

@@ -247,6 +247,7 @@ impl Supervisor {
                 u.start_time = None;
             }
         }
+        notices.extend(claim_unrecorded(data, &mut leftovers));
         let cgroups = match &config.cgroup_root {
             Some(root) => match Cgroups::detect(root) {
                 Ok(cg) => Some(cg),
@@ -941,6 +942,92 @@ impl Supervisor {
         self.dirty = true;
         self.save()
     }
+}
+
+/// Processes an earlier agent started but was killed before it recorded
+/// them (state is written before the agent sleeps, so a kill -9 between a
+/// fork and that write loses the pid): found in /proc as process-group
+/// leaders (every unit is started with setsid) whose working directory, or
+/// else `K8S4R_TASK_DIR`, is a unit's directory, and recorded as leftovers
+/// so they are re-adopted (or stopped, when unwanted) instead of started a
+/// second time. Only units without a live recorded process and without a
+/// final outcome are considered; a leader whose parent is another such
+/// leader of the same unit (a task's own `setsid` child) is not the unit's
+/// process. Returns notices for the log.
+fn claim_unrecorded(data: &Path, leftovers: &mut BTreeMap<String, SavedUnit>) -> Vec<String> {
+    let dirs: HashMap<PathBuf, String> = crate::agent::unit_dirs(data)
+        .into_iter()
+        .map(|(name, dir)| (dir, name))
+        .collect();
+    if dirs.is_empty() {
+        return Vec::new();
+    }
+    let open = |name: &str| match leftovers.get(name) {
+        None => true,
+        Some(u) if u.phase == SavedPhase::Running => !matches!(
+            (u.pid, u.start_time),
+            (Some(pid), Some(start_time)) if procfs::is_same_live_process(ProcIdentity { pid, start_time })
+        ),
+        Some(_) => false,
+    };
+    let unit_of = |pid: i32| -> Option<&String> {
+        if let Some(name) = std::fs::read_link(format!("/proc/{pid}/cwd"))
+            .ok()
+            .and_then(|cwd| dirs.get(&cwd))
+        {
+            return Some(name);
+        }
+        let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+        let dir = env
+            .split(|b| *b == 0)
+            .find_map(|v| v.strip_prefix(b"K8S4R_TASK_DIR="))?;
+        dirs.get(Path::new(std::str::from_utf8(dir).ok()?))
+    };
+    let own = std::process::id() as i32;
+    let mut found: BTreeMap<String, Vec<(ProcIdentity, i32)>> = BTreeMap::new();
+    let pids = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok());
+    for pid in pids.filter(|p| *p != own) {
+        let Ok(stat) = procfs::read_stat(pid) else { continue };
+        if stat.pgrp != pid || !stat.is_alive() {
+            continue;
+        }
+        if let Some(name) = unit_of(pid).filter(|n| open(n)) {
+            let id = ProcIdentity {
+                pid,
+                start_time: stat.start_time,
+            };
+            found.entry(name.clone()).or_default().push((id, stat.ppid));
+        }
+    }
+    let mut notices = Vec::new();
+    for (name, mut procs) in found {
+        let leaders: Vec<i32> = procs.iter().map(|(id, _)| id.pid).collect();
+        procs.retain(|(_, ppid)| !leaders.contains(ppid));
+        let Some((id, _)) = procs.into_iter().min_by_key(|(id, _)| id.start_time) else {
+            continue;
+        };
+        let dir = dirs.iter().find(|(_, n)| **n == name).map(|(d, _)| d.clone());
+        let saved = leftovers.remove(&name);
+        let unit = SavedUnit {
+            phase: SavedPhase::Running,
+            pid: Some(id.pid),
+            start_time: Some(id.start_time),
+            dir: saved.as_ref().map(|u| u.dir.clone()).or(dir).unwrap_or_default(),
+            restarts: saved.as_ref().map_or(0, |u| u.restarts),
+            last_exit: saved.as_ref().and_then(|u| u.last_exit),
+            message: None,
+            kill_timeout_ms: saved.as_ref().map_or(0, |u| u.kill_timeout_ms),
+        };
+        leftovers.insert(name.clone(), unit);
+        notices.push(format!(
+            "{name}: pid {} runs but was not recorded (the last agent was killed while starting it); taking it over",
+            id.pid
+        ));
+    }
+    notices
 }
 
 /// Exec a prepared unit; the event says how it went.
