@@ -2,10 +2,20 @@
 //! strings for the unit parsers, and hostile shapes (deep nesting, invalid
 //! UTF-8). Decoding and validation must never panic; they return errors.
 //! Deterministic seeds, so a failure reproduces; a found crash input belongs
-//! in `regressions()` below.
+//! in `regressions()` below, or as a file under `tests/fuzz/regressions/`.
+//!
+//! The cargo-fuzz targets (`make fuzz`, tests/fuzz/) share their bodies with
+//! this file (`targets`): `fuzz_corpus_and_regressions_replay` runs every
+//! checked-in seed and crash input through them on stable.
+
+mod common;
+mod envoy_fixtures;
+#[path = "fuzz/targets.rs"]
+mod targets;
 
 use k8s4r::api::{self, Duration, Quantity};
 use std::panic::catch_unwind;
+use std::path::Path;
 
 /// xorshift64*: tiny, deterministic, good enough to drive mutations.
 struct Rng(u64);
@@ -177,5 +187,83 @@ fn regressions() {
         "- - - - -",
     ] {
         let _ = decode_and_validate(text);
+    }
+}
+
+/// Every file under tests/fuzz/corpus/<target>/ and
+/// tests/fuzz/regressions/<target>/ through that target's body, as
+/// `make fuzz` runs it. A crash input the fuzzer found stays here forever.
+#[test]
+fn fuzz_corpus_and_regressions_replay() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz");
+    let mut replayed = 0;
+    for (name, body) in targets::TARGETS {
+        for kind in ["corpus", "regressions"] {
+            let Ok(dir) = std::fs::read_dir(root.join(kind).join(name)) else {
+                continue;
+            };
+            let mut files: Vec<_> = dir.map(|e| e.unwrap().path()).collect();
+            files.sort();
+            for file in files {
+                let data = std::fs::read(&file).unwrap();
+                if catch_unwind(|| body(&data)).is_err() {
+                    panic!("fuzz target {name} fails on {}", file.display());
+                }
+                replayed += 1;
+            }
+        }
+    }
+    assert!(
+        replayed >= targets::TARGETS.len(),
+        "only {replayed} inputs under {}",
+        root.display()
+    );
+}
+
+/// The Envoy renderer in CI form: seeded random networks (the fuzz target's
+/// generator, fed by a seeded RNG) are planned, rendered and checked for
+/// structure; valid ones must plan. A sample of the rendered configs also
+/// passes the real `envoy --mode validate`.
+#[test]
+fn random_networks_render_to_sound_envoy_configs() {
+    let mut rng = Rng(0xD1B5_4A32_D192_ED03);
+    let (mut rendered, mut valid) = (0, 0);
+    let mut sample: Vec<(bool, String)> = Vec::new();
+    for _ in 0..500 {
+        let bytes: Vec<u8> = (0..64).map(|_| rng.next() as u8).collect();
+        let job = targets::generate_job(&mut targets::Source::new(&bytes));
+        let Ok(d) = api::decode::decode_value(job) else {
+            continue;
+        };
+        let configs = targets::render_object(&d.object);
+        if api::validate(&d.object).is_empty() {
+            valid += 1;
+            // For the real Envoy: the first config with an inbound listener
+            // and the first without; neither with tlsFiles, whose paths it
+            // opens (envoy_validate.rs covers those with real certificates).
+            for c in configs.iter().filter(|c| !c.contains(r#""filename""#)) {
+                let inbound = c.contains(r#""name": "in-"#);
+                if !sample.iter().any(|(i, _)| *i == inbound) {
+                    sample.push((inbound, c.clone()));
+                }
+            }
+        }
+        rendered += configs.len();
+    }
+    // The generator reaches the renderer, and with valid manifests too.
+    assert!(rendered > 80, "only {rendered} configs rendered");
+    assert!(valid > 80, "only {valid} valid jobs generated");
+    assert_eq!(sample.len(), 2, "no sample with and without inbound listeners");
+
+    let Some(envoy) = envoy_fixtures::envoy_or_skip("random_networks_render_to_sound_envoy_configs") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    for (i, (_, text)) in sample.iter().enumerate() {
+        let file = tmp.path().join(format!("sample-{i}.json"));
+        std::fs::write(&file, text).unwrap();
+        if let Err(e) = envoy_fixtures::validate(&envoy, &file) {
+            panic!("{e}\n{text}");
+        }
     }
 }

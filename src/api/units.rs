@@ -27,11 +27,18 @@ impl Duration {
         }
     }
 
+    /// The text is exact: in the largest of s, ms, us and ns that holds `d`
+    /// as a whole number.
     pub fn from_std(d: std::time::Duration) -> Self {
-        let text = if d.subsec_millis() == 0 {
+        let nanos = d.subsec_nanos();
+        let text = if nanos == 0 {
             format!("{}s", d.as_secs())
-        } else {
+        } else if nanos % 1_000_000 == 0 {
             format!("{}ms", d.as_millis())
+        } else if nanos % 1_000 == 0 {
+            format!("{}us", d.as_micros())
+        } else {
+            format!("{}ns", d.as_nanos())
         };
         Duration { text, parsed: Ok(d) }
     }
@@ -316,6 +323,10 @@ mod tests {
         assert!(Duration::parse("").is_err());
         assert!(Duration::parse("s").is_err());
         assert!(Duration::parse("99999999999999999999999h").is_err());
+        // Found by the fuzzer: from_std wrote "0s" for 1.5us.
+        for d in [D::from_nanos(1500), D::from_nanos(1), D::from_millis(1), D::new(3, 7)] {
+            assert_eq!(Duration::parse(Duration::from_std(d).text()), Ok(d), "{d:?}");
+        }
     }
 
     #[test]

@@ -23,9 +23,11 @@
 //! - [`runtime`]: files on disk, atomically, and the Envoy command line;
 //! - [`files`]: atomic file replacement; [`options`]: sizing and flags;
 //! - [`admin`]: HTTP over the admin unix socket; [`ports`]: port clashes;
-//! - [`inbound`]: the inbound mTLS + RBAC manifest field; [`cli`]: `render-envoy`.
+//! - [`inbound`]: the inbound mTLS + RBAC manifest field; [`cli`]: `render-envoy`;
+//! - [`check`]: the structural check every rendered config passes (tests, fuzzing).
 
 pub mod admin;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod files;

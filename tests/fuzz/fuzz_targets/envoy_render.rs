@@ -1,0 +1,7 @@
+//! `cargo fuzz run --fuzz-dir tests/fuzz envoy_render`; the body is in ../targets.rs.
+#![no_main]
+
+#[path = "../targets.rs"]
+mod targets;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::envoy_render(data));
