@@ -78,6 +78,13 @@ bench: cross
 	$(CARGO) run --release --bin k8s4r -- bench report
 	@! grep -q "_not run_" target/bench/report.md || { echo "error: some benchmarks did not run (see report.md)"; exit 1; }
 
+# cargo-fuzz (nightly, installed if missing): each target of tests/fuzz/ for
+# FUZZ_SECS (default 120) seconds; crash inputs land in
+# tests/fuzz/regressions/<target>/ (replayed by `cargo test --test fuzz_api`)
+# and fail the run.
+fuzz:
+	bash .ci/fuzz.sh
+
 fmt:
 	$(CARGO) fmt --all
 
