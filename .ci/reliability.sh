@@ -20,6 +20,7 @@ cases=(
   "fault|a real robot goes silent, then returns|task moves to the other robot; the returning one stops its copy|e2e_connected|a_lost_robots_service_task_moves_and_never_runs_twice"
   "fault|network cut (netns + veth down) past offline, then back|tasks keep running; replace:false keeps the process; one copy each after|e2e_connected|a_network_cut_keeps_tasks_running_and_nothing_runs_twice_after"
   "fault|etcd leader replica kill -9 during Job creates; an etcd member killed|new leader in ~3 s, every Job scheduled exactly once, service continues|server_etcd_ha|replicas_share_one_etcd_and_survive_failures"
+  "fault|etcd member kill -9 and restart during Job creates|every acknowledged create exists once with its tasks; the member catches up|server_etcd_ha|an_etcd_member_restart_during_writes_loses_and_duplicates_nothing"
   "fault|timeout on a 3-generation process tree|whole tree killed|agent_run|timeout_kills_a_process_tree_of_three_generations"
   "fault|task printing 50 MiB|log files stay under the cap|agent_run|log_rotation_cap_holds_under_50_mib_of_output"
   "bad input|malformed JSON/YAML, wrong types, huge bodies, bad UTF-8, 100k-deep nesting, unknown kinds, names with .. — Kubernetes and agent API|4xx Status naming the field, 413 on size, 0 panics (counted by the server's panic hook, /metrics)|server_api|validation_errors_and_hostile_input"
