@@ -2,7 +2,8 @@
 //! asked: `cargo test --release --no-default-features --test agent_bench -- --ignored --nocapture`.
 //!
 //! Measures and writes `target/bench/agent.json`:
-//! - size of the stripped static x86_64 musl agent (`make agent` builds it);
+//! - size of the stripped static x86_64 and aarch64 musl agents (`make
+//!   cross` builds both);
 //! - RSS of the agent idle while supervising 10 sleeping tasks (goal ≤ 2 MiB);
 //! - CPU time and bytes written to disk (/proc/<pid>/io write_bytes) by that
 //!   idle agent over K8S4R_BENCH_IDLE_SECS (default 60; goal: 0 bytes);
@@ -36,6 +37,9 @@ fn agent_benchmark() {
     if size.is_none() {
         eprintln!("note: {} is missing; run `make agent` for the size row", musl.display());
     }
+    let arm_size = std::fs::metadata(root.join("target/aarch64-unknown-linux-musl/release/k8s4r-agent"))
+        .ok()
+        .map(|m| m.len());
     let bin = if musl.exists() {
         musl.clone()
     } else {
@@ -58,6 +62,11 @@ fn agent_benchmark() {
             "musl agent size (stripped)",
             size.map_or("missing".into(), |s| format!("{:.2} MiB", s as f64 / 1048576.0)),
             "—".to_string(),
+        ),
+        (
+            "aarch64 musl agent size",
+            arm_size.map_or("missing".into(), |s| format!("{:.2} MiB", s as f64 / 1048576.0)),
+            "≤ 1.5 MiB".to_string(),
         ),
         (
             "idle RSS, 10 tasks",
@@ -89,6 +98,7 @@ fn agent_benchmark() {
     let report = serde_json::json!({
         "binary": bin.display().to_string(),
         "musl_size_bytes": size,
+        "aarch64_musl_size_bytes": arm_size,
         "idle_seconds": idle_secs,
         "idle_tasks": 10,
         "idle_rss_kib": idle.rss_kib,

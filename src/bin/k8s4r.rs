@@ -15,6 +15,7 @@ COMMANDS:
     logs TASK [-f] [--tail N]         A task's output, fetched from its robot
     token create|list|revoke          Join tokens for robots; revoke one (or a robot's own)
     bench robots N [N...]             Fleet load test; writes target/bench/server.json
+    bench report                      target/bench/report.md from all benchmark results
     render-envoy -f FILE [--group NAME]  Print a TaskGroup's Envoy config
     validate -f FILE|DIR|-    Check manifests (YAML or JSON, multi-document)
 

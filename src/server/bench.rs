@@ -7,7 +7,12 @@
 //!
 //! With `--etcd` each run starts a throwaway etcd and `--replicas K` server
 //! replicas on it; the robots are spread over the replicas round-robin, the
-//! Job is created through the first one, and RSS is summed over them.
+//! Job is created through the first one, and RSS is summed over them. CPU
+//! time of the servers (and of etcd) is recorded for registration and for
+//! the dispatch.
+//!
+//! `k8s4r bench report` turns all benchmark JSON files into one markdown
+//! page (bench_report.rs).
 
 use crate::api::agent_protocol::RegisterResponse;
 use serde::de::IgnoredAny;
@@ -23,9 +28,11 @@ use tokio::sync::{Barrier, Semaphore};
 
 const USAGE: &str = "\
 k8s4r bench robots N [N...] — fleet load test of the control plane
+k8s4r bench report          — target/bench/report.md from the benchmarks' JSON files
 
 OPTIONS:
-    --out FILE        Where to write the results [default: target/bench/server.json]
+    --out FILE        Where to write the results [default: target/bench/server.json,
+                      for report: target/bench/report.md]
     --timeout DUR     Give up on a run after this long [default: 120s]
     --http            Create the Job with an HTTP POST even if kubectl is installed
                       (default: `kubectl apply`, timed from kubectl's start)
@@ -174,6 +181,23 @@ impl ServerProc {
     }
 }
 
+/// CPU time (user + system, all threads, exited ones too) of a process, in
+/// ms; 10 ms resolution (USER_HZ), plenty for runs of 50 ms and more.
+fn cpu_ms(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let ticks: u64 = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .skip(11)
+                .take(2)
+                .filter_map(|v| v.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0);
+    ticks as f64 * 10.0
+}
+
 impl Drop for ServerProc {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -260,6 +284,13 @@ async fn run_one(n: usize, timeout: Duration, use_kubectl: bool, setup: Setup) -
             .map(ServerProc::rss_mib)
             .fold((0.0, 0.0), |(a, b), (c, d)| (a + c, b + d))
     };
+    // The store's CPU counts too: SQLite works inside the server, etcd not.
+    let pids: Vec<u32> = servers
+        .iter()
+        .map(|s| s.child.id())
+        .chain(etcd.as_ref().map(|e| e.pid()))
+        .collect();
+    let cpu = || pids.iter().map(|&p| cpu_ms(p)).sum::<f64>();
     let addr = addrs[0].clone();
     let mut admin = Conn::connect(&addr).await.map_err(|e| e.to_string())?;
     let (_, body) = admin
@@ -332,6 +363,7 @@ async fn run_one(n: usize, timeout: Duration, use_kubectl: bool, setup: Setup) -
     ready.wait().await;
     let register_s = t_register.elapsed().as_secs_f64();
     let (rss_idle, _) = rss();
+    let cpu_registered = cpu();
 
     let jobdoc = json!({"apiVersion": "robot.k8s4r.io/v1alpha1", "kind": "Job", "metadata": {"name": "bench"},
         "spec": {"type": "service", "robotSelector": {"bench": "yes"}, "taskGroups": [{"name": "g", "count": n,
@@ -371,6 +403,7 @@ async fn run_one(n: usize, timeout: Duration, use_kubectl: bool, setup: Setup) -
         }
     }
     lat.sort_by(|a, b| a.total_cmp(b));
+    let cpu_dispatch = cpu() - cpu_registered;
     let (rss, peak) = rss();
     Ok(json!({
         "robots": n,
@@ -384,6 +417,8 @@ async fn run_one(n: usize, timeout: Duration, use_kubectl: bool, setup: Setup) -
         "server_rss_polling_idle_mib": rss_idle,
         "server_rss_mib": rss,
         "server_peak_rss_mib": peak,
+        "server_cpu_ms_register": cpu_registered,
+        "server_cpu_ms_dispatch": cpu_dispatch,
     }))
 }
 
@@ -391,7 +426,7 @@ async fn run_one(n: usize, timeout: Duration, use_kubectl: bool, setup: Setup) -
 pub fn cmd_bench(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
     use lexopt::prelude::*;
     let mut sizes = Vec::new();
-    let mut out = PathBuf::from("target/bench/server.json");
+    let mut out = None;
     let mut timeout = Duration::from_secs(120);
     let mut what = None;
     let mut http_only = false;
@@ -399,7 +434,7 @@ pub fn cmd_bench(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
     let mut replicas: Vec<usize> = vec![1];
     while let Some(arg) = parser.next()? {
         match arg {
-            Long("out") => out = parser.value()?.into(),
+            Long("out") => out = Some(PathBuf::from(parser.value()?)),
             Long("http") => http_only = true,
             Long("etcd") => etcd = true,
             Long("replicas") => {
@@ -424,6 +459,18 @@ pub fn cmd_bench(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
             other => return Err(other.unexpected()),
         }
     }
+    if what.as_deref() == Some("report") {
+        let out = out.unwrap_or_else(|| PathBuf::from("target/bench/report.md"));
+        let dir = out.parent().unwrap_or(std::path::Path::new(".")).to_path_buf();
+        return match crate::server::bench_report::write(&dir, &out) {
+            Ok(()) => Ok(0),
+            Err(e) => {
+                eprintln!("error: {e}");
+                Ok(1)
+            }
+        };
+    }
+    let out = out.unwrap_or_else(|| PathBuf::from("target/bench/server.json"));
     if what.as_deref() != Some("robots") || sizes.is_empty() || replicas.is_empty() || replicas.contains(&0) {
         eprint!("{USAGE}");
         return Ok(2);

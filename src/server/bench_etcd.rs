@@ -20,6 +20,10 @@ fn free_port() -> Result<u16, String> {
 }
 
 impl LocalEtcd {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn start() -> Result<LocalEtcd, String> {
         let (client, peer) = (free_port()?, free_port()?);
         let dir = std::env::temp_dir().join(format!(

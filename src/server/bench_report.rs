@@ -1,0 +1,490 @@
+//! `k8s4r bench report`: one readable markdown page from the JSON files the
+//! benchmarks of `make bench` write to `target/bench/`. Every figure is put
+//! next to a reference measured in the same run (another supervisor,
+//! Envoy's defaults, a direct connection, SQLite), as a ratio where one
+//! helps. A missing or unreadable file becomes "not run"; numbers are only
+//! ever read from the files, never typed in here.
+
+use serde_json::Value;
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// A markdown table.
+struct Table {
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    fn new(header: &[&str]) -> Table {
+        Table {
+            rows: vec![header.iter().map(|h| h.to_string()).collect()],
+        }
+    }
+
+    fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    fn render(&self, out: &mut String) {
+        for (i, r) in self.rows.iter().enumerate() {
+            let _ = writeln!(out, "| {} |", r.join(" | "));
+            if i == 0 {
+                let _ = writeln!(out, "|{}", "---|".repeat(r.len()));
+            }
+        }
+        out.push('\n');
+    }
+}
+
+/// The number at a dotted path (`a.b.0.c`), if there is one.
+fn num(v: &Value, path: &str) -> Option<f64> {
+    path.split('.')
+        .try_fold(v, |v, key| match key.parse::<usize>() {
+            Ok(i) if v.is_array() => v.get(i),
+            _ => v.get(key),
+        })?
+        .as_f64()
+}
+
+fn or_dash(v: Option<String>) -> String {
+    v.unwrap_or_else(|| "—".into())
+}
+
+fn mib_from_kib(kib: Option<f64>) -> String {
+    or_dash(kib.map(|k| format!("{:.1} MiB", k / 1024.0)))
+}
+
+fn ms(v: Option<f64>) -> String {
+    or_dash(v.map(|v| {
+        if v >= 100.0 {
+            format!("{v:.0} ms")
+        } else {
+            format!("{v:.2} ms")
+        }
+    }))
+}
+
+/// `a ÷ b` as "0.25×".
+fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => {
+            let r = a / b;
+            if r >= 10.0 {
+                format!("{r:.0}×")
+            } else if r >= 0.1 {
+                format!("{r:.2}×")
+            } else {
+                format!("{r:.3}×")
+            }
+        }
+        _ => "—".into(),
+    }
+}
+
+fn read(dir: &Path, file: &str) -> Option<Value> {
+    serde_json::from_slice(&std::fs::read(dir.join(file)).ok()?).ok()
+}
+
+fn not_run(out: &mut String, files: &[&str]) {
+    let files: Vec<String> = files.iter().map(|f| format!("`target/bench/{f}`")).collect();
+    let _ = writeln!(out, "_not run_ (no readable {})\n", files.join(" or "));
+}
+
+fn supervision(out: &mut String, dir: &Path) {
+    out.push_str("## Supervision: k8s4r-agent vs s6 vs supervisord\n\n");
+    let Some(doc) = read(dir, "supervision.json") else {
+        return not_run(out, &["supervision.json"]);
+    };
+    let w = &doc["workload"];
+    let _ = writeln!(
+        out,
+        "Same workload for each, one run: {} `sleep` services started by one request, then {} start/stop \
+         cycles of a short command, then kill -9 of {} sleepers. Starts are timed from the request to the \
+         process's own report (a line to a FIFO); memory and CPU are the supervisor processes only. \
+         {} CPUs, load average {} before, {} after. Method: `tests/supervision_bench.rs`.\n",
+        w["sleepers"],
+        w["cycles"],
+        w["restarts"],
+        doc["cpus"],
+        doc["load_average"]["before"].as_str().unwrap_or("?"),
+        doc["load_average"]["after"].as_str().unwrap_or("?"),
+    );
+    let systems: Vec<&Value> = doc["systems"]
+        .as_array()
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
+    let find = |name: &str| {
+        systems
+            .iter()
+            .find(|s| s["system"] == name && s.get("skipped").is_none())
+            .copied()
+    };
+    let (agent, s6, sd) = (find("k8s4r-agent"), find("s6"), find("supervisord"));
+    let mut header = vec!["".to_string()];
+    header.extend(systems.iter().map(|s| s["system"].as_str().unwrap_or("?").to_string()));
+    header.extend(["agent ÷ s6".into(), "agent ÷ supervisord".into()]);
+    let mut t = Table::new(&header.iter().map(String::as_str).collect::<Vec<_>>());
+    type Cell = fn(Option<f64>) -> String;
+    let rows: [(&str, &str, Cell); 12] = [
+        (
+            "tree PSS, 100 sleepers",
+            "memory_kib.with_100_sleepers.pss_kib",
+            mib_from_kib,
+        ),
+        (
+            "tree RSS (summed), 100 sleepers",
+            "memory_kib.with_100_sleepers.rss_kib",
+            mib_from_kib,
+        ),
+        (
+            "tree private (USS), 100 sleepers",
+            "memory_kib.with_100_sleepers.uss_kib",
+            mib_from_kib,
+        ),
+        ("supervisor processes", "memory_kib.with_100_sleepers.processes", |v| {
+            or_dash(v.map(|v| format!("{v:.0}")))
+        }),
+        ("start 100: all running", "start_100_ms.all_running", ms),
+        ("start 100: p50 per service", "start_100_ms.each.p50", ms),
+        ("start/stop cycle: start p50", "cycle_start_ms.p50", ms),
+        ("start/stop cycle: start p99", "cycle_start_ms.p99", ms),
+        ("restart after kill -9: p50", "restart_ms.p50", ms),
+        ("restart after kill -9: p99", "restart_ms.p99", ms),
+        ("CPU: start 100", "cpu_ms.start_100", ms),
+        ("CPU: all cycles", "cpu_ms.cycles", ms),
+    ];
+    for (label, path, cell) in rows {
+        let mut r = vec![label.to_string()];
+        r.extend(systems.iter().map(|s| cell(num(s, path))));
+        let a = agent
+            .and_then(|a| num(a, path))
+            .filter(|_| !path.ends_with("processes"));
+        r.push(ratio(a, s6.and_then(|s| num(s, path))));
+        r.push(ratio(a, sd.and_then(|s| num(s, path))));
+        t.row(r);
+    }
+    t.render(out);
+    for s in &systems {
+        let name = s["system"].as_str().unwrap_or("?");
+        if let Some(why) = s["skipped"].as_str() {
+            let _ = writeln!(out, "- {name}: skipped ({why})");
+            continue;
+        }
+        let setup = &s["setup"];
+        let _ = writeln!(
+            out,
+            "- **{name}** {}: driven by {}; restart: {}; output: {}.",
+            setup["version"].as_str().unwrap_or(""),
+            setup["driver"].as_str().unwrap_or("?"),
+            setup["restart"].as_str().unwrap_or("?"),
+            setup["output"].as_str().unwrap_or("?"),
+        );
+    }
+    out.push('\n');
+}
+
+fn agent_footprint(out: &mut String, dir: &Path) {
+    out.push_str("## Agent footprint\n\n");
+    let agent = read(dir, "agent.json");
+    let cycles = read(dir, "agent-cycles.json");
+    let e2e = read(dir, "e2e.json");
+    let sup = read(dir, "supervision.json");
+    if agent.is_none() && cycles.is_none() {
+        return not_run(out, &["agent.json", "agent-cycles.json"]);
+    }
+    // References from the same run: the other supervisors with nothing to do.
+    let idle_of = |name: &str| {
+        sup.as_ref()?["systems"]
+            .as_array()?
+            .iter()
+            .find(|s| s["system"] == name)
+            .and_then(|s| num(s, "memory_kib.idle_no_services.pss_kib"))
+    };
+    let mut t = Table::new(&["", "k8s4r-agent", "reference (same run)"]);
+    if let Some(a) = &agent {
+        let size = |p: &str| or_dash(num(a, p).map(|b| format!("{:.2} MiB", b / 1048576.0)));
+        t.row(vec![
+            "stripped static binary, x86_64 / aarch64".into(),
+            format!("{} / {}", size("musl_size_bytes"), size("aarch64_musl_size_bytes")),
+            "goal: aarch64 ≤ 1.5 MiB".into(),
+        ]);
+        t.row(vec![
+            format!("idle RSS, {} tasks (private)", a["idle_tasks"]),
+            format!(
+                "{} ({:.0} KiB)",
+                mib_from_kib(num(a, "idle_rss_kib")),
+                num(a, "idle_anon_kib").unwrap_or(0.0)
+            ),
+            format!(
+                "PSS, 101 services configured, none running: s6 tree {}, supervisord {}",
+                mib_from_kib(idle_of("s6")),
+                mib_from_kib(idle_of("supervisord"))
+            ),
+        ]);
+        t.row(vec![
+            format!("idle CPU / disk writes over {} s", a["idle_seconds"]),
+            format!(
+                "{} ms / {} bytes",
+                num(a, "idle_cpu_ms").unwrap_or(-1.0),
+                num(a, "idle_write_bytes").unwrap_or(-1.0)
+            ),
+            "goal ≈ 0 / 0".into(),
+        ]);
+        t.row(vec![
+            "assignment → exec, in-process, p50 / p99".into(),
+            format!(
+                "{} / {}",
+                ms(num(a, "exec_latency_ms.p50")),
+                ms(num(a, "exec_latency_ms.p99"))
+            ),
+            "goal p99 ≤ 5 ms".into(),
+        ]);
+    }
+    if let Some(e) = &e2e {
+        t.row(vec![
+            "connected agent RSS: idle / with tasks while polling".into(),
+            format!(
+                "{} / {}",
+                mib_from_kib(num(e, "agent_rss_kib.idle")),
+                mib_from_kib(num(e, "agent_rss_kib.polling_with_tasks"))
+            ),
+            "—".into(),
+        ]);
+    }
+    if let Some(c) = &cycles {
+        cycle_rows(&mut t, c);
+    }
+    t.render(out);
+    if cycles.is_none() {
+        not_run(out, &["agent-cycles.json"]);
+    }
+}
+
+/// The footprint over many start/stop cycles, first sample after the
+/// warm-up as the reference.
+fn cycle_rows(t: &mut Table, c: &Value) {
+    let samples = c["samples"].as_array().cloned().unwrap_or_default();
+    let warm = samples
+        .iter()
+        .find(|s| s["cycles"] == c["warmup_cycles"])
+        .or(samples.first());
+    let last = samples.last();
+    let (Some(warm), Some(last)) = (warm, last) else {
+        return;
+    };
+    let done = num(c, "cycles_done").unwrap_or(0.0);
+    t.row(vec![
+        format!(
+            "RSS over {done:.0} task cycles (of {}), after warm-up → end",
+            c["cycles_wanted"]
+        ),
+        format!(
+            "{} → {} ({:+.0} KiB; private {:+.0} KiB)",
+            mib_from_kib(num(warm, "rss_kib")),
+            mib_from_kib(num(last, "rss_kib")),
+            num(c, "rss_growth_kib.after_warmup_to_end").unwrap_or(0.0),
+            num(c, "anonymous_growth_kib.after_warmup_to_end").unwrap_or(0.0),
+        ),
+        "flat = 0 KiB growth".into(),
+    ]);
+    // CPU per cycle early vs late: a cost that grows with history shows here.
+    let per_cycle = |a: &Value, b: &Value| {
+        let n = num(b, "cycles")? - num(a, "cycles")?;
+        (n > 0.0).then(|| (num(b, "cpu_ms").unwrap_or(0.0) - num(a, "cpu_ms").unwrap_or(0.0)) / n)
+    };
+    let early = samples.get(1).and_then(|s| per_cycle(&samples[0], s));
+    let late = (samples.len() >= 2)
+        .then(|| per_cycle(&samples[samples.len() - 2], &samples[samples.len() - 1]))
+        .flatten();
+    t.row(vec![
+        "agent CPU per cycle, first → last interval".into(),
+        format!("{} → {}", ms(early), ms(late)),
+        format!("{} later", ratio(late, early)),
+    ]);
+    t.row(vec![
+        "outbox.json / fds / threads at end".into(),
+        format!(
+            "{:.0} KiB / {} / {}",
+            num(last, "outbox_json_bytes").unwrap_or(0.0) / 1024.0,
+            last["fds"],
+            last["threads"]
+        ),
+        format!(
+            "after warm-up: {:.1} KiB / {} / {}",
+            num(warm, "outbox_json_bytes").unwrap_or(0.0) / 1024.0,
+            warm["fds"],
+            warm["threads"]
+        ),
+    ]);
+}
+
+fn proxy(out: &mut String, dir: &Path) {
+    out.push_str("## Proxy: one Envoy per TaskGroup\n\n");
+    let Some(p) = read(dir, "proxy.json") else {
+        return not_run(out, &["proxy.json"]);
+    };
+    let _ = writeln!(out, "{}\n", p["envoy"].as_str().unwrap_or("").trim());
+    let mut t = Table::new(&["", "k8s4r's config and flags", "Envoy defaults", "ours ÷ defaults"]);
+    for (label, ours, def) in [
+        (
+            "idle, 2nd Envoy: RSS",
+            "idle_memory.ours.rss_kib",
+            "idle_memory.envoy_defaults.rss_kib",
+        ),
+        (
+            "idle, 2nd Envoy: private",
+            "idle_memory.ours.private_kib",
+            "idle_memory.envoy_defaults.private_kib",
+        ),
+        (
+            "50 connections to a stalled upstream: RSS",
+            "stalled_upstream_memory.ours_32k_buffers_rss_kib",
+            "stalled_upstream_memory.envoy_default_1m_buffers_rss_kib",
+        ),
+    ] {
+        let (a, b) = (num(&p, ours), num(&p, def));
+        t.row(vec![label.into(), mib_from_kib(a), mib_from_kib(b), ratio(a, b)]);
+    }
+    t.render(out);
+    let us = |path: &str| or_dash(num(&p, path).map(|v| format!("{v:.1} µs")));
+    let mut t = Table::new(&["64-byte round trip", "p50", "p99", "p50 ÷ direct"]);
+    let direct = num(&p, "latency_us.direct.p50");
+    for (label, key) in [
+        ("direct", "direct"),
+        ("through the group's Envoy (plain)", "proxy_plain"),
+        ("mTLS through two Envoys", "proxy_mtls_two_envoys"),
+    ] {
+        t.row(vec![
+            label.into(),
+            us(&format!("latency_us.{key}.p50")),
+            us(&format!("latency_us.{key}.p99")),
+            ratio(num(&p, &format!("latency_us.{key}.p50")), direct),
+        ]);
+    }
+    t.render(out);
+}
+
+fn end_to_end(out: &mut String, dir: &Path) {
+    out.push_str("## End to end: Job posted → process running on a connected robot\n\n");
+    let Some(e) = read(dir, "e2e.json") else {
+        return not_run(out, &["e2e.json"]);
+    };
+    let agent = read(dir, "agent.json");
+    let mut t = Table::new(&["", "p50", "p99"]);
+    t.row(vec![
+        format!(
+            "POST Job → process running, real server (SQLite) + agent, {} jobs",
+            e["jobs"]
+        ),
+        ms(num(&e, "apply_to_running_ms.p50")),
+        ms(num(&e, "apply_to_running_ms.p99")),
+    ]);
+    if let Some(a) = &agent {
+        t.row(vec![
+            "of which the agent's assignment → exec (in-process)".into(),
+            ms(num(a, "exec_latency_ms.p50")),
+            ms(num(a, "exec_latency_ms.p99")),
+        ]);
+    }
+    t.render(out);
+}
+
+fn control_plane(out: &mut String, dir: &Path) {
+    out.push_str("## Control plane: SQLite vs etcd, simulated robots long-polling\n\n");
+    let sqlite = read(dir, "server.json");
+    let etcd = read(dir, "server-etcd.json");
+    if sqlite.is_none() && etcd.is_none() {
+        return not_run(out, &["server.json", "server-etcd.json"]);
+    }
+    // Every run, keyed by (robots, setup label).
+    let mut runs: Vec<(u64, String, Value)> = Vec::new();
+    for doc in [&sqlite, &etcd].into_iter().flatten() {
+        for r in doc["runs"].as_array().into_iter().flatten() {
+            let store = r["store"].as_str().unwrap_or("sqlite");
+            let label = match store {
+                "etcd" => format!("etcd, {} replica(s)", r["replicas"].as_u64().unwrap_or(1)),
+                other => other.to_string(),
+            };
+            runs.push((r["robots"].as_u64().unwrap_or(0), label, r.clone()));
+        }
+    }
+    runs.sort_by(|a, b| (a.0, a.1 != "sqlite", &a.1).cmp(&(b.0, b.1 != "sqlite", &b.1)));
+    let _ = writeln!(
+        out,
+        "A Job with count = N robots; delivery = from the create request until a robot's long poll returns its \
+         Task. CPU is the server processes' (and etcd's) user + system time during the dispatch; the simulated \
+         robots share the machine. `k8s4r bench robots`.\n"
+    );
+    let mut t = Table::new(&[
+        "robots",
+        "store",
+        "delivery p50",
+        "delivery p99",
+        "p99 ÷ SQLite",
+        "CPU during dispatch",
+        "server RSS peak",
+        "error",
+    ]);
+    for (n, label, r) in &runs {
+        let sqlite_p99 = runs
+            .iter()
+            .find(|(m, l, _)| m == n && l == "sqlite")
+            .and_then(|(_, _, s)| num(s, "delivery_p99_seconds"));
+        let secs = |k: &str| num(r, k).map(|s| s * 1e3);
+        t.row(vec![
+            n.to_string(),
+            label.clone(),
+            ms(secs("delivery_p50_seconds")),
+            ms(secs("delivery_p99_seconds")),
+            ratio(num(r, "delivery_p99_seconds"), sqlite_p99),
+            ms(num(r, "server_cpu_ms_dispatch")),
+            or_dash(num(r, "server_peak_rss_mib").map(|m| format!("{m:.0} MiB"))),
+            r["error"].as_str().unwrap_or("").to_string(),
+        ]);
+    }
+    t.render(out);
+}
+
+/// The whole report from the JSON files in `dir`.
+pub fn render(dir: &Path) -> String {
+    let mut out = String::from(
+        "# k8s4r benchmarks\n\nWritten by `make bench` from the JSON files next to this one; every figure \
+         comes from that run, side by side with a reference measured in the same run on the same machine.\n\n",
+    );
+    supervision(&mut out, dir);
+    agent_footprint(&mut out, dir);
+    proxy(&mut out, dir);
+    end_to_end(&mut out, dir);
+    control_plane(&mut out, dir);
+    out
+}
+
+/// `k8s4r bench report`: write `out` and print it.
+pub fn write(dir: &Path, out: &Path) -> Result<(), String> {
+    let text = render(dir);
+    std::fs::write(out, &text).map_err(|e| format!("writing {}: {e}", out.display()))?;
+    print!("{text}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_files_say_not_run() {
+        let dir = std::env::temp_dir().join(format!("k8s4r-report-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let text = render(&dir);
+        assert_eq!(text.matches("_not run_").count(), 5, "{text}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn ratios_and_paths() {
+        let v: Value = serde_json::json!({"a": [{"b": 2.0}]});
+        assert_eq!(num(&v, "a.0.b"), Some(2.0));
+        assert_eq!(ratio(Some(1.0), Some(4.0)), "0.25×");
+        assert_eq!(ratio(Some(1.0), None), "—");
+    }
+}

@@ -1,0 +1,197 @@
+//! The smallest control plane a connected `k8s4r-agent` accepts: the agent
+//! API of src/api/agent_protocol.rs on a loopback port, holding one desired
+//! set that the benchmark replaces. Registration always succeeds, every
+//! status is acknowledged, long polls answer as soon as the desired set
+//! changes. No store, no scheduler: the agent is measured, not the server.
+//!
+//! A new desired set is serialised *before* it is published, so the time
+//! of a request starts when the answer is ready to go out, as a supervisor
+//! command is ready when written.
+
+use k8s4r::api::agent_protocol::{Outcome, RegisterResponse, StatusReply, StatusReport, StatusResult, PREFIX};
+use k8s4r::api::Task;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+const TOKEN: &str = "bench-robot-token";
+const POLL_SECONDS: u64 = 30;
+
+#[derive(Default)]
+struct Desired {
+    revision: u64,
+    body: Arc<Vec<u8>>,
+}
+
+struct Shared {
+    desired: Mutex<Desired>,
+    changed: Condvar,
+    stop: AtomicBool,
+    /// The `since` of the last long poll that started waiting.
+    waiting_since: AtomicU64,
+}
+
+pub struct FakeControlPlane {
+    pub url: String,
+    shared: Arc<Shared>,
+    port: u16,
+}
+
+/// A desired set, serialised and ready to publish.
+pub struct Prepared {
+    revision: u64,
+    body: Vec<u8>,
+}
+
+impl FakeControlPlane {
+    pub fn start() -> FakeControlPlane {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let shared = Arc::new(Shared {
+            desired: Mutex::new(Desired::default()),
+            changed: Condvar::new(),
+            stop: AtomicBool::new(false),
+            waiting_since: AtomicU64::new(0),
+        });
+        let cp = FakeControlPlane {
+            url: format!("http://127.0.0.1:{port}"),
+            shared: Arc::clone(&shared),
+            port,
+        };
+        cp.publish(cp.prepare(1, Vec::new()));
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if shared.stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(conn) = conn else { continue };
+                let shared = Arc::clone(&shared);
+                std::thread::spawn(move || {
+                    let _ = serve(conn, &shared);
+                });
+            }
+        });
+        cp
+    }
+
+    /// Serialise the desired set `tasks` as revision `revision`.
+    pub fn prepare(&self, revision: u64, tasks: Vec<Task>) -> Prepared {
+        let a = k8s4r::api::agent_protocol::Assignments {
+            revision,
+            tasks,
+            poll_interval_seconds: POLL_SECONDS,
+            offline_after_seconds: 3 * POLL_SECONDS,
+            log_requests: Vec::new(),
+        };
+        Prepared {
+            revision,
+            body: serde_json::to_vec(&a).unwrap(),
+        }
+    }
+
+    /// Make `p` the desired set and wake the waiting long poll.
+    pub fn publish(&self, p: Prepared) {
+        let mut d = self.shared.desired.lock().unwrap();
+        d.revision = p.revision;
+        d.body = Arc::new(p.body);
+        self.shared.changed.notify_all();
+    }
+
+    /// The agent holds a long poll open on `revision`: it has everything.
+    pub fn agent_waits_on(&self, revision: u64) -> bool {
+        self.shared.waiting_since.load(Ordering::SeqCst) == revision
+    }
+}
+
+impl Drop for FakeControlPlane {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.changed.notify_all();
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// One request per connection (the agent sends `Connection: close`).
+fn serve(conn: TcpStream, shared: &Shared) -> std::io::Result<()> {
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let mut parts = line.split_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or("").to_string());
+    let mut length = 0;
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h)? == 0 || h.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body)?;
+    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+    let reply: Arc<Vec<u8>> = match (method, path.strip_prefix(PREFIX).unwrap_or("")) {
+        ("POST", "/register") => {
+            let req: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let r = RegisterResponse {
+                name: req["name"].as_str().unwrap_or("robot").to_string(),
+                namespace: "default".into(),
+                token: TOKEN.into(),
+                poll_interval_seconds: POLL_SECONDS,
+            };
+            Arc::new(serde_json::to_vec(&r).unwrap())
+        }
+        ("GET", p) if p.ends_with("/assignments") => long_poll(shared, query),
+        ("POST", p) if p.ends_with("/status") => {
+            let report: StatusReport = serde_json::from_slice(&body).unwrap_or_default();
+            let results = report
+                .updates
+                .into_iter()
+                .map(|u| StatusResult {
+                    task: u.task,
+                    seq: u.seq,
+                    outcome: Outcome::Applied,
+                })
+                .collect();
+            Arc::new(serde_json::to_vec(&StatusReply { results }).unwrap())
+        }
+        _ => Arc::new(b"{}".to_vec()),
+    };
+    let mut out = conn;
+    write!(
+        out,
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        reply.len()
+    )?;
+    out.write_all(&reply)?;
+    out.flush()
+}
+
+/// Answer at once if the desired set is newer than `since`, else when it
+/// changes or the poll's `wait` is over.
+fn long_poll(shared: &Shared, query: &str) -> Arc<Vec<u8>> {
+    let param = |name: &str| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .unwrap_or("")
+    };
+    let since: u64 = param("since").parse().unwrap_or(0);
+    let wait: u64 = param("wait").trim_end_matches('s').parse().unwrap_or(0);
+    let d = shared.desired.lock().unwrap();
+    if d.revision == since {
+        shared.waiting_since.store(since, Ordering::SeqCst);
+    }
+    let (d, _) = shared
+        .changed
+        .wait_timeout_while(d, Duration::from_secs(wait.min(POLL_SECONDS)), |d| {
+            d.revision == since && !shared.stop.load(Ordering::SeqCst)
+        })
+        .unwrap();
+    Arc::clone(&d.body)
+}
