@@ -74,8 +74,8 @@ fn numbers(file: &Path) -> Vec<f64> {
 /// Why this fails for an agent that timed with SystemTime: the timed task
 /// prints a line every 100 ms, so the agent wakes (log pump) ten times a
 /// second; after the +1 h step a wall-clock deadline is an hour in the past
-/// and fires at the next wake-up, a second or more before the 4 s timeout
-/// (the `>= 3.5 s` check), and a wall-clock backoff ends at once (the
+/// and fires at the next wake-up, seconds before the 4 s timeout (the
+/// `>= 3.0 s` check, which leaves the shell a second to start), and a wall-clock backoff ends at once (the
 /// spacing checks); after the -1 h step a wall-clock deadline lies an hour
 /// ahead and nothing would happen before the 30 s deadline of `wait_exit`.
 /// Checked once by letting libfaketime fake the monotonic clock as well
@@ -169,14 +169,14 @@ fn clock_jumps_change_neither_timeouts_nor_restart_backoff() {
     assert!(out.contains("g r0 timed: failed: timed out after 4s"), "{out}");
     assert!(out.contains("g r0 flaky: failed: exited 1 (after 3 restarts)"), "{out}");
 
-    // The timeout fired at its time: not early (4 s, less the shell's own
-    // start-up), not never (the agent finished within wait_exit's deadline).
+    // The timeout fired at its time: not early (4 s, less a generous second
+    // for the shell's own start-up), not never (the agent finished within wait_exit's deadline).
     let term = wait_for("the timed task's SIGTERM time", T, || {
         numbers(&dir.join("timed/term")).first().copied()
     });
     let ran = term - start;
-    assert!(ran >= 3.5, "the 4 s timeout fired after {ran:.2} s");
-    if first_jump - start > 3.0 {
+    assert!(ran >= 3.0, "the 4 s timeout fired after {ran:.2} s");
+    if first_jump - start > 2.0 {
         eprintln!(
             "note: the machine is slow; the first jump came {:.2} s after the start",
             first_jump - start
@@ -552,14 +552,14 @@ fn the_group_proxy_listens_on_loopback_only_with_a_private_admin_socket() {
     let owned = |line: &&str| line.contains(&format!("pid={pid},"));
 
     let sockets = ss(&["-ltunpH"]).unwrap();
-    let locals: Vec<String> = sockets
+    let locals: BTreeSet<String> = sockets
         .lines()
         .filter(owned)
         .map(|l| l.split_whitespace().nth(4).unwrap().to_string())
         .collect();
     assert_eq!(
         locals,
-        [format!("127.0.0.1:{local_port}")],
+        BTreeSet::from([format!("127.0.0.1:{local_port}")]),
         "Envoy's listening sockets:\n{sockets}"
     );
 
