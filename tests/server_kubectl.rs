@@ -312,3 +312,27 @@ fn get_watch_sees_changes() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn explain_documents_nested_fields_from_the_api_types() {
+    if !have_kubectl() {
+        return;
+    }
+    let s = Server::start();
+    let upstreams = s.kubectl_ok(&["explain", "jobs.spec.taskGroups.network.upstreams"]);
+    for want in [
+        "localPort",
+        "upstream",
+        "spiffeID",
+        "Port the app connects to on 127.0.0.1",
+    ] {
+        assert!(upstreams.contains(want), "explain lacks {want:?}:\n{upstreams}");
+    }
+    // Optional blocks are followed too (they are nullable in the schema).
+    let disconnect = s.kubectl_ok(&["explain", "jobs.spec.taskGroups.disconnect"]);
+    assert!(disconnect.contains("lostAfter"), "{disconnect}");
+    let state = s.kubectl_ok(&["explain", "tasks.status.state"]);
+    assert!(state.contains("FIELD: state"), "{state}");
+    let selector = s.kubectl_ok(&["explain", "jobs.spec.robotSelector"]);
+    assert!(selector.contains("matchExpressions"), "{selector}");
+}

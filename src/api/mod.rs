@@ -5,6 +5,8 @@ pub mod agent_protocol;
 pub mod decode;
 pub mod meta;
 pub mod placement;
+#[cfg(feature = "server")]
+mod schema;
 pub mod types;
 pub mod units;
 pub mod validate;

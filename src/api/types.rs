@@ -21,6 +21,7 @@ fn is_false(b: &bool) -> bool {
 // ---------------------------------------------------------------- Job
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum JobType {
     /// Runs until every task has exited; failed tasks follow the restart policy.
@@ -33,6 +34,7 @@ pub enum JobType {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct JobSpec {
     /// Legacy copy of metadata.name kept by the original CRD.
@@ -64,6 +66,7 @@ pub struct RobotSelector {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct LabelSelectorRequirement {
     pub key: String,
@@ -90,6 +93,7 @@ impl RobotSelector {
 }
 
 #[derive(Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 struct StructuredSelector {
     #[serde(default, skip_serializing_if = "StringMap::is_empty")]
@@ -151,6 +155,7 @@ impl<'de> Deserialize<'de> for RobotSelector {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct TaskGroupTemplate {
     pub name: String,
@@ -183,6 +188,7 @@ fn one() -> i32 {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Constraint {
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -194,6 +200,7 @@ pub struct Constraint {
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum RestartMode {
     /// Give up (task failed) once `attempts` restarts happened within `interval`.
@@ -204,6 +211,7 @@ pub enum RestartMode {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RestartPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -217,6 +225,7 @@ pub struct RestartPolicy {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ReschedulePolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -234,6 +243,7 @@ pub struct ReschedulePolicy {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct EphemeralDisk {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -251,6 +261,7 @@ pub struct EphemeralDisk {
 /// settled by `reconcile`. A robot that cannot reach the server for
 /// `stopOnClientAfter` stops the group's tasks itself.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct DisconnectPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -274,6 +285,7 @@ impl DisconnectPolicy {
 // ---------------------------------------------------------------- network
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct NetworkConfig {
     /// Defaults to true when the block is present.
@@ -313,6 +325,7 @@ impl NetworkConfig {
 ///     allowedSpiffeIDs: [spiffe://example.org/ns/prod/sa/collector]
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Inbound {
     pub name: String,
@@ -340,6 +353,7 @@ impl Inbound {
 pub const DEFAULT_SPIRE_SOCKET: &str = "/run/spire/sockets/agent.sock";
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct SpiffeConfig {
     pub trust_domain: String,
@@ -354,6 +368,7 @@ impl SpiffeConfig {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct TlsFiles {
     pub cert_path: String,
@@ -362,6 +377,7 @@ pub struct TlsFiles {
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     #[default]
@@ -371,6 +387,7 @@ pub enum Protocol {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Upstream {
     pub name: String,
@@ -404,6 +421,7 @@ impl Upstream {
 // ---------------------------------------------------------------- Task
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct DriverConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -417,6 +435,7 @@ pub struct DriverConfig {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ExecConfig {
     #[serde(default)]
@@ -426,6 +445,7 @@ pub struct ExecConfig {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Artifact {
     pub getter_source: String,
@@ -438,6 +458,7 @@ pub struct Artifact {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Template {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -459,6 +480,7 @@ pub struct Template {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Service {
     pub name: String,
@@ -471,6 +493,7 @@ pub struct Service {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceCheck {
     pub name: String,
@@ -497,6 +520,7 @@ pub struct ServiceCheck {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Resources {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -515,6 +539,7 @@ pub struct Resources {
 /// the placement fields filled in by the control plane, the spec of a Task
 /// object. One type for both keeps the template and the object from drifting.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct TaskSpec {
     pub name: String,
@@ -578,6 +603,7 @@ impl TaskSpec {
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum TaskState {
     #[default]
@@ -610,6 +636,7 @@ impl TaskState {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct TaskEvent {
     pub time: String,
@@ -622,6 +649,7 @@ pub struct TaskEvent {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct TaskStatus {
     #[serde(default)]
@@ -661,6 +689,7 @@ pub struct TaskStatus {
 // ---------------------------------------------------------------- TaskGroup
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct TaskGroupSpec {
     pub job_name: String,
@@ -691,6 +720,7 @@ pub struct TaskGroupSpec {
 
 /// Job and TaskGroup lifecycle, as the original implementation named it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum GroupState {
     #[default]
@@ -702,6 +732,7 @@ pub enum GroupState {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Assignment {
     pub replica_index: i32,
@@ -709,6 +740,7 @@ pub struct Assignment {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct TaskCounts {
     #[serde(default)]
@@ -724,6 +756,7 @@ pub struct TaskCounts {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct TaskGroupStatus {
     #[serde(default)]
@@ -749,6 +782,7 @@ pub struct TaskGroupStatus {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct GroupSummary {
     pub queued: i32,
@@ -760,6 +794,7 @@ pub struct GroupSummary {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct JobStatus {
     #[serde(default)]
@@ -791,6 +826,7 @@ pub struct JobStatus {
 // ---------------------------------------------------------------- Robot
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RobotSpec {
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -802,6 +838,7 @@ pub struct RobotSpec {
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 pub enum RobotPhase {
     #[default]
     Pending,
@@ -811,6 +848,7 @@ pub enum RobotPhase {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RobotStatus {
     #[serde(default)]

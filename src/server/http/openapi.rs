@@ -2,11 +2,14 @@
 //! kind a PATCH operation with `x-kubernetes-group-version-kind` and the
 //! `fieldValidation` parameter (kubectl then sends `fieldValidation=Strict`
 //! and lets our admission check the object), and merge patch as the only
-//! patch type it may use. The schemas describe the envelope; the fields are
-//! checked by admission, not by the client.
+//! patch type it may use. The schemas come from the API types themselves
+//! (schemars, with the doc comments as descriptions), so `kubectl explain
+//! job.spec.taskGroups` documents every field; admission still does the
+//! checking.
 
 use crate::api::meta::{API_VERSION, GROUP, VERSION};
 use crate::server::resources::{Resource, ALL};
+use schemars::generate::{SchemaGenerator, SchemaSettings};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use std::sync::OnceLock;
@@ -77,20 +80,53 @@ fn paths_for(r: &Resource, paths: &mut Map<String, Value>) {
     }
 }
 
-fn schema_for(r: &Resource) -> Value {
-    json!({
-        "type": "object",
-        "description": format!("{} of {API_VERSION}; fields are validated by the server.", r.kind),
-        "required": ["apiVersion", "kind", "metadata", "spec"],
-        "properties": {
-            "apiVersion": {"type": "string"},
-            "kind": {"type": "string"},
-            "metadata": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
-            "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
-            "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
-        },
-        "x-kubernetes-group-version-kind": [gvk(r)],
-    })
+/// The schema of one kind, generated from the API types and their doc
+/// comments (what `kubectl explain` prints), plus the schemas it refers to.
+fn schema_for(r: &Resource, generator: &mut SchemaGenerator) -> Value {
+    use crate::api::types::{Job, Robot, Task, TaskGroup};
+    let root = match r.kind {
+        "Job" => generator.root_schema_for::<Job>(),
+        "TaskGroup" => generator.root_schema_for::<TaskGroup>(),
+        "Task" => generator.root_schema_for::<Task>(),
+        _ => generator.root_schema_for::<Robot>(),
+    };
+    let mut schema = root.to_value();
+    if let Some(o) = schema.as_object_mut() {
+        // The definitions are collected once for the whole document.
+        o.remove("$schema");
+        o.remove("components");
+        o.insert("description".into(), json!(format!("{} of {API_VERSION}.", r.kind)));
+        o.insert("x-kubernetes-group-version-kind".into(), json!([gvk(r)]));
+    }
+    schema
+}
+
+/// Shapes kubectl's `explain` walks through: an optional object comes out
+/// of schemars as `anyOf: [{$ref}, {null}]`, which explain cannot follow;
+/// Kubernetes itself writes `allOf: [{$ref}]` (plus `nullable`). Titles
+/// (Rust type names) are noise for users.
+fn explainable(v: &mut Value) {
+    match v {
+        Value::Object(o) => {
+            o.remove("title");
+            let null_or_ref = o.get("anyOf").and_then(Value::as_array).and_then(|alts| {
+                let is_null = |a: &Value| a.get("enum") == Some(&json!([null]));
+                match alts.as_slice() {
+                    [a, b] if is_null(b) => Some(a.clone()),
+                    [a, b] if is_null(a) => Some(b.clone()),
+                    _ => None,
+                }
+            });
+            if let Some(inner) = null_or_ref {
+                o.remove("anyOf");
+                o.insert("allOf".into(), json!([inner]));
+                o.insert("nullable".into(), json!(true));
+            }
+            o.values_mut().for_each(explainable);
+        }
+        Value::Array(a) => a.iter_mut().for_each(explainable),
+        _ => {}
+    }
 }
 
 /// The group-version document and its hash (kubectl caches by hash).
@@ -99,10 +135,14 @@ pub fn group_version_doc() -> &'static (Value, String) {
     DOC.get_or_init(|| {
         let mut paths = Map::new();
         let mut schemas = Map::new();
+        let mut generator = SchemaSettings::openapi3().into_generator();
         for r in ALL {
             paths_for(r, &mut paths);
-            schemas.insert(schema_name(r), schema_for(r));
+            schemas.insert(schema_name(r), schema_for(r, &mut generator));
         }
+        // Everything the kinds refer to (`#/components/schemas/...`).
+        schemas.extend(generator.take_definitions(true));
+        schemas.values_mut().for_each(explainable);
         let doc = json!({
             "openapi": "3.0.0",
             "info": {"title": "k8s4r", "version": crate::cli::VERSION},
