@@ -475,7 +475,7 @@ fn a_task_with_a_user_has_no_privileges_left() {
                 - |
                   if echo mine >> local/rootfile 2>/dev/null; then echo file: written; else echo file: denied; fi
                   if touch local/rootdir/new 2>/dev/null; then echo dir: written; else echo dir: denied; fi
-                  grep -E '^(Uid|Gid|Groups|CapInh|CapPrm|CapEff|CapAmb):' /proc/self/status
+                  grep -E '^(Uid|Gid|Groups|CapInh|CapPrm|CapEff|CapAmb|NoNewPrivs):' /proc/self/status
 "#,
     ));
     let mut agent = sb.run(&file, &[]);
@@ -496,6 +496,8 @@ fn a_task_with_a_user_has_no_privileges_left() {
         ("CapPrm", "0000000000000000"),
         ("CapEff", "0000000000000000"),
         ("CapAmb", "0000000000000000"),
+        // No setuid program can give the privileges back.
+        ("NoNewPrivs", "1"),
     ]
     .into_iter()
     .map(|(k, v)| (k, v.to_string()))

@@ -42,7 +42,7 @@ pub fn install_child_setup(cmd: &mut Command, setup: ChildSetup) {
         credentials,
     } = setup;
     // SAFETY: the closure runs in the forked child before exec. It only
-    // calls setsid, setrlimit, write, setgroups, setgid and setuid through
+    // calls setsid, setrlimit, write, setgroups, setgid, setuid and prctl through
     // rustix, which are direct system calls (async-signal-safe: no
     // allocation, no locks). Its captured data (a descriptor, the limits and
     // the credentials) was allocated by the parent before fork and is only
@@ -63,6 +63,10 @@ pub fn install_child_setup(cmd: &mut Command, setup: ChildSetup) {
                 rustix::thread::set_thread_groups(&c.groups)?;
                 rustix::thread::set_thread_gid(c.gid)?;
                 rustix::thread::set_thread_uid(c.uid)?;
+                // A task switched to a user stays that user: setuid-root
+                // programs on the robot cannot raise it back (as systemd's
+                // NoNewPrivileges=).
+                rustix::thread::set_no_new_privs(true)?;
             }
             Ok(())
         });
