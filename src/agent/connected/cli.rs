@@ -27,6 +27,7 @@ config file; flags win over the environment, the environment over the file):
     --envoy-bin PATH      Envoy for task groups with a network     [K8S4R_ENVOY]
     --log-max-size BYTES  Size cap of each task log file [default 1Mi]
     --log-max-files N     Log files kept per stream [default 3]
+    --artifact-max-size SIZE  Largest artifact download [default 512Mi] [K8S4R_ARTIFACT_MAX_SIZE]
     --no-cgroups          Do not use cgroups for task limits
     -h, --help            Print help
 ";
@@ -39,6 +40,7 @@ pub fn cmd_connect(first: Option<String>, parser: &mut lexopt::Parser) -> Result
     let mut data_dir = None;
     let mut envoy_bin = None;
     let mut limits = LogLimits::default();
+    let mut artifact_max_bytes = None;
     let mut cgroup_root = Some(PathBuf::from(cgroup::DEFAULT_ROOT));
     let mut pending = first;
     loop {
@@ -77,6 +79,10 @@ pub fn cmd_connect(first: Option<String>, parser: &mut lexopt::Parser) -> Result
                 limits.max_files = parser.value()?.parse::<u32>()?.max(1);
                 continue;
             }
+            "artifact-max-size" => {
+                artifact_max_bytes = Some(parse_artifact_max(&parser.value()?.string()?)?);
+                continue;
+            }
             "no-cgroups" => {
                 cgroup_root = None;
                 continue;
@@ -99,7 +105,18 @@ pub fn cmd_connect(first: Option<String>, parser: &mut lexopt::Parser) -> Result
     let envoy_bin = envoy_bin
         .or_else(|| file.get("K8S4R_ENVOY").filter(|d| !d.is_empty()).map(PathBuf::from))
         .unwrap_or_else(default_envoy);
+    // The environment variable is read by the supervisor itself; the
+    // config file's line counts when neither flag nor environment gave one.
+    if artifact_max_bytes.is_none() && std::env::var_os(crate::agent::artifacts::MAX_SIZE_ENV).is_none() {
+        if let Some(text) = file
+            .get(crate::agent::artifacts::MAX_SIZE_ENV)
+            .filter(|t| !t.is_empty())
+        {
+            artifact_max_bytes = Some(parse_artifact_max(text)?);
+        }
+    }
     let opts = ConnectedOptions {
+        artifact_max_bytes,
         supervisor: supervisor::SupervisorConfig {
             data_dir: data_dir.clone(),
             log_limits: limits,
@@ -119,4 +136,8 @@ pub fn cmd_connect(first: Option<String>, parser: &mut lexopt::Parser) -> Result
             Ok(2)
         }
     }
+}
+
+fn parse_artifact_max(text: &str) -> Result<u64, lexopt::Error> {
+    crate::agent::artifacts::parse_max_size(text).map_err(|e| format!("--{e}").into())
 }

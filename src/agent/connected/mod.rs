@@ -43,6 +43,8 @@ const RETRY_MAX: Duration = Duration::from_secs(60);
 
 pub struct ConnectedOptions {
     pub config: AgentConfig,
+    /// Largest artifact download, when set by flag or config file.
+    pub artifact_max_bytes: Option<u64>,
     pub supervisor: SupervisorConfig,
     pub reconcile: ReconcileConfig,
 }
@@ -83,6 +85,9 @@ pub fn run(opts: ConnectedOptions) -> Result<i32, String> {
     let data_dir = opts.supervisor.data_dir.clone();
     std::fs::create_dir_all(&data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
     let (mut sup, notices) = Supervisor::new(opts.supervisor).map_err(|e| e.to_string())?;
+    if let Some(max) = opts.artifact_max_bytes {
+        sup.set_artifact_max_bytes(max);
+    }
     for n in notices {
         say(&format!("agent: {n}"));
     }
