@@ -585,6 +585,55 @@ fn network_group_starts_its_proxy_first_and_tasks_reach_the_upstream_through_it(
     assert_eq!(stdout, format!("pong:ping\n127.0.0.1:{local_port}\n"));
 }
 
+/// A group whose tasks have all ended gives its proxy and daemons back at
+/// once, while another group of the same Job still runs.
+#[test]
+fn a_finished_group_releases_its_proxy_and_daemons_while_the_job_runs_on() {
+    let Some(envoy) = envoy_bin() else { return };
+    let local_port = free_port();
+    let sb = Sandbox::new();
+    let file = sb.job(&job(
+        "two",
+        "batch",
+        &format!(
+            r#"    - name: net
+      network:
+        upstreams: [{{name: svc, localPort: {local_port}, upstream: "127.0.0.1:9", tls: false}}]
+      initTasks:
+        - {{name: helper, driver: exec, daemon: true, config: {{execConfig: {{command: /bin/sleep, args: ["300"]}}}}}}
+      tasks:
+        - {{name: t, driver: exec, config: {{execConfig: {{command: /bin/true}}}}}}
+    - name: slow
+      tasks:
+        - {{name: t, driver: exec, config: {{execConfig: {{command: /bin/sh, args: ["-c", "while [ ! -e $K8S4R_ALLOC_DIR/../../release ]; do sleep 0.05; done"]}}}}}}
+"#
+        ),
+    ));
+    let mut agent = sb.run(&file, &["--envoy-bin", envoy.to_str().unwrap()]);
+    agent.wait_line("net r0 t: exited 0");
+    let proxy = agent.pid_of("net envoy: running pid");
+    let daemon = agent.pid_of("net helper: running pid");
+    agent.wait_line("two-net: all tasks ended: proxy and group daemons released");
+    agent.wait_line("net envoy: stopped");
+    agent.wait_line("net helper: stopped");
+    wait_for("the proxy and the daemon to be gone", T, || {
+        (!alive(proxy) && !alive(daemon)).then_some(())
+    });
+    assert!(
+        agent.lines_with("slow r0 t: exited").is_empty(),
+        "the other group still runs:\n{}",
+        agent.output()
+    );
+    std::fs::write(sb.data().join("alloc/release"), "").unwrap();
+    assert_eq!(agent.wait_exit(), 0, "{}", agent.output());
+    assert_eq!(
+        agent.lines_with("net envoy: running pid").len(),
+        1,
+        "{}",
+        agent.output()
+    );
+}
+
 #[test]
 fn a_group_whose_proxy_cannot_start_fails_cleanly() {
     let sb = Sandbox::new();

@@ -111,6 +111,10 @@ pub struct Reconciler {
     /// Supporting units of removed groups kept until the group's tasks have
     /// stopped: a task shutting down may still need its proxy or daemon.
     lingering: BTreeSet<String>,
+    /// Desired groups whose every task here has ended for good (a finished
+    /// batch group): their proxy (≈16 MiB) and daemons are stopped although
+    /// the Job still exists.
+    finished: BTreeSet<String>,
 }
 
 impl Reconciler {
@@ -122,6 +126,7 @@ impl Reconciler {
             notices: Vec::new(),
             seen: BTreeMap::new(),
             lingering: BTreeSet::new(),
+            finished: BTreeSet::new(),
         }
     }
 
@@ -142,6 +147,15 @@ impl Reconciler {
             if self.failed.contains_key(&key) {
                 continue;
             }
+            if group_finished(&tasks, sup) {
+                // `wanted` no longer lists its proxy and daemons: they stop.
+                if self.finished.insert(key.clone()) {
+                    self.notices
+                        .push((key.clone(), "all tasks ended: proxy and group daemons released".into()));
+                }
+                continue;
+            }
+            self.finished.remove(&key);
             match self.prepare_group(&key, tasks[0], sup) {
                 Ok(GroupReady::Yes(proxy_env)) => {
                     for t in &tasks {
@@ -160,6 +174,7 @@ impl Reconciler {
         let keys: BTreeSet<String> = desired.iter().map(AssignedTask::group_key).collect();
         self.failed.retain(|k, _| keys.contains(k));
         self.proxies.retain(|k, _| keys.contains(k));
+        self.finished.retain(|k| keys.contains(k));
         for t in desired {
             let (tasks, support) = self.seen.entry(t.group_key()).or_default();
             tasks.insert(t.name.clone());
@@ -181,7 +196,10 @@ impl Reconciler {
         let mut names = self.lingering.clone();
         for t in desired {
             names.insert(t.name.clone());
-            names.extend(support_units(&t.group_key(), t));
+            let key = t.group_key();
+            if !self.finished.contains(&key) {
+                names.extend(support_units(&key, t));
+            }
         }
         names
     }
@@ -583,6 +601,16 @@ pub fn init_unit_name(group_key: &str, init: &TaskSpec) -> String {
     } else {
         format!("{group_key}-{}", init.name)
     }
+}
+
+/// Every task of the group on this robot has ended for good: completed, or
+/// failed past its restarts (nothing will run again unless the desired set
+/// changes).
+fn group_finished(tasks: &[&AssignedTask], sup: &Supervisor) -> bool {
+    tasks.iter().all(|t| {
+        sup.view(&t.name)
+            .is_some_and(|v| matches!(v.phase, Phase::Completed | Phase::Failed { .. }))
+    })
 }
 
 fn by_group(desired: &[AssignedTask]) -> BTreeMap<String, Vec<&AssignedTask>> {
