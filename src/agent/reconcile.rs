@@ -191,6 +191,30 @@ impl Reconciler {
         recheck
     }
 
+    /// One pass with its story told in the order things happened: what the
+    /// supervisor saw since the last pass (exits), this pass's group events,
+    /// then the stops it caused. Units nothing wants any more are stopped.
+    pub fn step(
+        &mut self,
+        desired: &[AssignedTask],
+        sup: &mut Supervisor,
+        say: &mut dyn FnMut(String),
+    ) -> Option<Instant> {
+        for c in sup.take_changes() {
+            say(format!("{}: {}", c.label, c.message));
+        }
+        let recheck = self.reconcile(desired, sup);
+        let wanted = self.wanted(desired);
+        sup.retain(|n| wanted.contains(n));
+        for (group, msg) in self.take_notices() {
+            say(format!("{group}: {msg}"));
+        }
+        for c in sup.take_changes() {
+            say(format!("{}: {}", c.label, c.message));
+        }
+        recheck
+    }
+
     /// Names of every unit the desired set may need; anything else is stopped.
     pub fn wanted(&self, desired: &[AssignedTask]) -> BTreeSet<String> {
         let mut names = self.lingering.clone();

@@ -93,15 +93,7 @@ pub fn run(opts: RunOptions) -> Result<i32, String> {
     let mut stopping = false;
     let mut exit_code = 0;
     loop {
-        let recheck = rec.reconcile(&desired, &mut sup);
-        let wanted = rec.wanted(&desired);
-        sup.retain(|n| wanted.contains(n));
-        for (group, msg) in rec.take_notices() {
-            say(&format!("{group}: {msg}"));
-        }
-        for c in sup.take_changes() {
-            say(&format!("{}: {}", c.label, c.message));
-        }
+        let recheck = rec.step(&desired, &mut sup, &mut |line| say(&line));
         if stopping {
             if sup.all_finished() {
                 break;

@@ -134,15 +134,11 @@ pub fn run(opts: ConnectedOptions) -> Result<i32, String> {
         }
         let offline_since = lock(&shared.inbox).offline_since;
         let (running, stop_at) = apply_disconnect_policy(&desired, offline_since, Instant::now());
-        let recheck = rec.reconcile(&running, &mut sup).into_iter().chain(stop_at).min();
-        let wanted = rec.wanted(&running);
-        sup.retain(|n| wanted.contains(n));
-        for (group, msg) in rec.take_notices() {
-            say(&format!("{group}: {msg}"));
-        }
-        for c in sup.take_changes() {
-            say(&format!("{}: {}", c.label, c.message));
-        }
+        let recheck = rec
+            .step(&running, &mut sup, &mut |line| say(&line))
+            .into_iter()
+            .chain(stop_at)
+            .min();
         // The outbox may only say what state.json already says: a kill -9
         // between the two must not leave a restarted agent contradicting a
         // status the server may already have.
