@@ -27,6 +27,8 @@ cases=(
   "fault|task printing 50 MiB|log files stay under the cap|agent_run|log_rotation_cap_holds_under_50_mib_of_output"
   "bad input|malformed JSON/YAML, wrong types, huge bodies, bad UTF-8, 100k-deep nesting, unknown kinds, names with .. — Kubernetes and agent API|4xx Status naming the field, 413 on size, 0 panics (counted by the server's panic hook, /metrics)|server_api|validation_errors_and_hostile_input"
   "bad input|3,000 mutated manifests, deep nesting, invalid UTF-8|errors, never a panic|fuzz_api|mutated_manifests_never_panic"
+  "bad input|every cargo-fuzz corpus input and kept crash input (manifest, agent API, Envoy renderer, units; make fuzz runs each 2 min)|no panic; rendered configs pass the structural check|fuzz_api|fuzz_corpus_and_regressions_replay"
+  "bad input|seeded random network blocks rendered to Envoy configs|structural check (loopback listeners, clusters and secrets resolve); a sample passes envoy --mode validate|fuzz_api|random_networks_render_to_sound_envoy_configs"
   "bad input|path traversal in templates and artifacts, symlinks|refused, nothing written outside|agent_run|path_traversal_is_refused_lexically_and_through_symlinks"
   "bad input|artifact checksum mismatch|task fails clearly, nothing half-written|agent_run|templates_and_artifacts_are_in_place_and_a_bad_checksum_fails_cleanly"
   "bad input|artifact download truncated (Content-Length, chunked), redirect loop, oversized (announced, streamed)|task fails naming the URL and reason; nothing left at the destination|agent_faults|broken_artifact_downloads_fail_cleanly_and_leave_nothing"
