@@ -46,6 +46,17 @@ cases=(
   "isolation|wrong or foreign SPIFFE ID|mTLS refused, no byte reaches PostgreSQL|e2e_postgres|"
 )
 
+# --table: print the table without running anything (for README.md).
+if [ "${1:-}" = "--table" ]; then
+  echo "| area | fault or input | what must happen | test |"
+  echo "|---|---|---|---|"
+  for c in "${cases[@]}"; do
+    IFS='|' read -r area what expect bin name <<<"$c"
+    echo "| $area | $what | $expect | \`$bin${name:+::$name}\` |"
+  done
+  exit 0
+fi
+
 # --from-log FILE: build the table from a `cargo test` log that already ran
 # these tests (CI's short form: `make test` output, nothing runs twice).
 from_log=
