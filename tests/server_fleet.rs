@@ -641,3 +641,200 @@ fn a_server_kill_9_during_1000_status_updates_loses_and_duplicates_nothing() {
     }
     assert_eq!(s.panics(), 0);
 }
+
+/// Events about one object, as (reason, message).
+fn events_of(s: &Server, kind: &str, name: &str) -> Vec<(String, String)> {
+    let path = format!(
+        "/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3D{name},involvedObject.kind%3D{kind}"
+    );
+    s.get(&path).json()["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .map(|e| {
+                    (
+                        e["reason"].as_str().unwrap_or("").to_string(),
+                        e["message"].as_str().unwrap_or("").to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// One round of a live agent: poll, and report every task of the desired
+/// set whose server-side state is not running as running (as the real
+/// agent does, level-triggered); returns the desired set's names, sorted.
+fn heartbeat(r: &mut Robot) -> Vec<String> {
+    let v = r.poll("0s");
+    let mut names = Vec::new();
+    for t in v["tasks"].as_array().unwrap() {
+        let name = t["metadata"]["name"].as_str().unwrap().to_string();
+        if t["status"]["state"] != "running" {
+            r.report(&name, "running");
+        }
+        names.push(name);
+    }
+    names.sort();
+    names
+}
+
+/// Names of the Tasks of `job` with their robots, sorted.
+fn job_tasks(s: &Server, job: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = s.list("tasks", &format!("?labelSelector=robot.k8s4r.io%2Fjob%3D{job}"))
+        ["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["metadata"]["name"].as_str().unwrap().to_string(),
+                t["spec"]["targetRobot"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn system_jobs_run_one_replica_on_every_matching_robot() {
+    // Short offline limit for the last part; every robot that should stay
+    // Online heartbeats (as a live agent) inside each wait below, so one
+    // that misses its limit on a loaded machine only delays a step.
+    let s = Server::start_with(&["--poll-interval", "1s", "--offline-after", "2s"]);
+    let join = s.join_token();
+    let mut r1 = Robot::register(&s, &join, "r1", json!({"fleet": "a"}));
+    let mut r2 = Robot::register(&s, &join, "r2", json!({"fleet": "a"}));
+    let mut r3 = Robot::register(&s, &join, "r3", json!({"fleet": "b"}));
+    let mut r5 = Robot::register(&s, &join, "r5", json!({"fleet": "a", "hog": "yes"}));
+    // r5 matches but a service group already holds localPort 19100 there
+    // (and keeps holding it should r5 miss a heartbeat: lostAfter, no move).
+    let mut hog = group("db", 1, Some(19100));
+    hog["disconnect"] = json!({"lostAfter": "1h", "replace": false});
+    create(&s, &job("hog", "service", json!({"hog": "yes"}), json!([hog])));
+    wait_for("hog placed on r5", T, || {
+        heartbeat(&mut r5);
+        (target(&s, "hog-db-r0-main").as_deref() == Some("r5")).then_some(())
+    });
+
+    create(
+        &s,
+        &job(
+            "daemon",
+            "system",
+            json!({"fleet": "a"}),
+            json!([group("agent", 1, Some(19100))]),
+        ),
+    );
+    wait_for("one replica on each matching robot", Duration::from_secs(30), || {
+        let (a, b, c) = (heartbeat(&mut r1), heartbeat(&mut r2), r3.task_names());
+        heartbeat(&mut r5);
+        (a == ["daemon-agent-main.r1"] && b == ["daemon-agent-main.r2"] && c.is_empty()).then_some(())
+    });
+    assert_eq!(
+        r5.task_names(),
+        ["hog-db-r0-main"],
+        "no replica where the port is taken"
+    );
+    let why = wait_for("FailedScheduling for r5", T, || {
+        events_of(&s, "Job", "daemon")
+            .into_iter()
+            .find(|(reason, m)| reason == "FailedScheduling" && m.contains("robot r5"))
+            .map(|(_, m)| m)
+    });
+    assert!(why.contains("localPort 19100"), "{why}");
+    let t = s.object("tasks", "daemon-agent-main.r1").unwrap();
+    assert_eq!(t["spec"]["jobType"], "system");
+    assert_eq!(t["spec"]["replicaIndex"], 0);
+    wait_for("job running on 2 robots", T, || {
+        heartbeat(&mut r1);
+        heartbeat(&mut r2);
+        heartbeat(&mut r5);
+        let st = s.object("jobs", "daemon")?["status"].clone();
+        (st["state"] == "running" && st["runningTasks"] == 2 && st["totalTasks"] == 2).then_some(())
+    });
+    let desc = field(&s, "jobs", "daemon", &["status", "statusDescription"]);
+    assert!(desc.as_str().unwrap().starts_with("on 2 robots: 2/2 running"), "{desc}");
+    if server_util::have_kubectl() {
+        let out = s.kubectl_ok(&["get", "tasks", "-o", "wide", "-l", "robot.k8s4r.io/job=daemon"]);
+        let row = out
+            .lines()
+            .find(|l| l.starts_with("daemon-agent-main.r2"))
+            .unwrap_or("");
+        assert!(row.split_whitespace().any(|c| c == "r2"), "{out}");
+    }
+
+    // A robot registering later gets its replica.
+    let mut r4 = Robot::register(&s, &join, "r4", json!({"fleet": "a"}));
+    wait_for("r4 gets its replica", T, || {
+        heartbeat(&mut r1);
+        heartbeat(&mut r2);
+        heartbeat(&mut r5);
+        (heartbeat(&mut r4) == ["daemon-agent-main.r4"]).then_some(())
+    });
+
+    // r2 is relabelled out of the selector: its replica leaves its set.
+    let patch = json!({"spec": {"labels": {"fleet": "b"}}});
+    let r = s.request(
+        "PATCH",
+        "/apis/robot.k8s4r.io/v1alpha1/namespaces/default/robots/r2",
+        "application/merge-patch+json",
+        Some(patch.to_string().as_bytes()),
+        &[],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    wait_for("r2's replica removed", T, || {
+        heartbeat(&mut r1);
+        heartbeat(&mut r4);
+        heartbeat(&mut r5);
+        (heartbeat(&mut r2).is_empty() && s.object("tasks", "daemon-agent-main.r2").is_none()).then_some(())
+    });
+    assert_eq!(
+        job_tasks(&s, "daemon"),
+        [
+            ("daemon-agent-main.r1".to_string(), "r1".to_string()),
+            ("daemon-agent-main.r4".to_string(), "r4".to_string())
+        ]
+    );
+
+    // r1 goes silent: its replica is Lost but stays r1's; nothing moves.
+    wait_for("r1's replica lost", Duration::from_secs(30), || {
+        heartbeat(&mut r2);
+        heartbeat(&mut r4);
+        heartbeat(&mut r5);
+        let lost = field(&s, "tasks", "daemon-agent-main.r1", &["status", "state"]) == "lost";
+        let desc = field(&s, "jobs", "daemon", &["status", "statusDescription"]);
+        (lost && desc.as_str()?.contains("1 lost")).then_some(())
+    });
+    assert_eq!(field(&s, "robots", "r1", &["status", "phase"]), "Offline");
+    assert_eq!(target(&s, "daemon-agent-main.r1").as_deref(), Some("r1"));
+    let tasks = job_tasks(&s, "daemon");
+    assert!(
+        tasks.iter().all(|(n, r)| n == &format!("daemon-agent-main.{r}")),
+        "{tasks:?}"
+    );
+    assert!(
+        tasks.iter().filter(|(_, r)| r != "r5").count() == 2,
+        "the lost replica is not placed anywhere else: {tasks:?}"
+    );
+    assert_eq!(heartbeat(&mut r4), ["daemon-agent-main.r4"]);
+    assert_ne!(field(&s, "jobs", "daemon", &["status", "state"]), "failed");
+    // r1 is back: the same replica is in its set and resumes.
+    wait_for("r1's replica running again", T, || {
+        assert_eq!(heartbeat(&mut r1), ["daemon-agent-main.r1"]);
+        heartbeat(&mut r4);
+        (field(&s, "tasks", "daemon-agent-main.r1", &["status", "state"]) == "running").then_some(())
+    });
+
+    // Deleting the Job stops every replica.
+    let d = s.send_json("DELETE", &format!("{}/daemon", jobs()), &json!({}));
+    assert_eq!(d.status, 200, "{}", d.body);
+    wait_for("every replica gone", T, || {
+        heartbeat(&mut r5);
+        let gone = heartbeat(&mut r1).is_empty() && heartbeat(&mut r4).is_empty();
+        (gone && job_tasks(&s, "daemon").is_empty()).then_some(())
+    });
+    assert_eq!(s.panics(), 0);
+}

@@ -3,7 +3,8 @@
 //! the two can never disagree on names, the network a task carries, or
 //! which policy applies.
 
-use super::types::{Job, NetworkConfig, TaskGroupTemplate, TaskSpec};
+use super::types::{Job, JobType, NetworkConfig, TaskGroupTemplate, TaskSpec};
+use super::validate::check_dns_subdomain;
 
 /// The TaskGroup object of `group` in `job`: `{job}-{group}`. Also the key
 /// of the group on a robot (`<taskGroup>-envoy`, its directory).
@@ -14,6 +15,41 @@ pub fn task_group_name(job: &str, group: &str) -> String {
 /// The Task object of one replica of one task: `{job}-{group}-r{i}-{task}`.
 pub fn task_name(job: &str, group: &str, replica: i32, task: &str) -> String {
     format!("{job}-{group}-r{replica}-{task}")
+}
+
+/// The Task object of `task` of a system job's group on `robot`:
+/// `{job}-{group}-{task}.{robot}` (a system group has one replica per
+/// robot). The robot's name comes after a dot because names of robots may
+/// contain `-`: the part before the first dot that follows `{job}-{group}-`
+/// is the task (a DNS label, no dots), so two robots or two tasks of one
+/// group never share a name. The name depends on nothing but these four
+/// names, so it is the same after any restart. Should it not be a valid
+/// DNS subdomain of at most 253 characters (a long or many-labelled robot
+/// name), the robot's part becomes `h` and 16 hex digits of the FNV-1a
+/// hash of its name; the Task's `spec.targetRobot` still names the robot.
+pub fn system_task_name(job: &str, group: &str, robot: &str, task: &str) -> String {
+    let name = format!("{job}-{group}-{task}.{robot}");
+    if check_dns_subdomain(&name).is_ok() {
+        return name;
+    }
+    format!("{job}-{group}-{task}.h{:016x}", fnv1a64(robot.as_bytes()))
+}
+
+/// FNV-1a, 64 bits: a hash that is the same in every build and version
+/// (unlike std's `DefaultHasher`), for names that must stay stable.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// Replicas of `group` that [`expand`] produces: `count`, or one for a
+/// system job (on a single machine "every matching robot" is this one).
+pub fn local_replicas(job: &Job, group: &TaskGroupTemplate) -> i32 {
+    match job.spec.job_type {
+        JobType::System => 1,
+        _ => group.count.max(0),
+    }
 }
 
 /// The group's network with every task-level network's upstreams added:
@@ -59,11 +95,13 @@ pub fn place_task(job: &Job, group: &TaskGroupTemplate, task: &TaskSpec, replica
     spec
 }
 
-/// Every (task name, spec) of a Job, all replicas, in a stable order.
+/// Every (task name, spec) of a Job run on one machine (the standalone
+/// agent), all replicas, in a stable order. A system job's group runs one
+/// replica here, named like replica 0 of a service group.
 pub fn expand(job: &Job) -> Vec<(String, TaskSpec)> {
     let mut out = Vec::new();
     for group in &job.spec.task_groups {
-        for replica in 0..group.count.max(0) {
+        for replica in 0..local_replicas(job, group) {
             for task in &group.tasks {
                 out.push((
                     task_name(job.name(), &group.name, replica, &task.name),
@@ -129,5 +167,46 @@ spec:
             .collect();
         assert_eq!(ups, ["db", "api"]);
         assert_eq!(tasks[0].1.network, u.network);
+    }
+
+    #[test]
+    fn a_system_job_runs_one_replica_on_this_machine() {
+        let mut job: Job = serde_yaml_ng::from_str(JOB).unwrap();
+        job.spec.job_type = JobType::System;
+        let tasks = expand(&job);
+        let names: Vec<&str> = tasks.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["j-g-r0-t", "j-g-r0-u"], "count is not used for system jobs");
+        assert_eq!(tasks[0].1.job_type, Some(JobType::System));
+        assert_eq!(tasks[0].1.replica_index, Some(0));
+    }
+
+    #[test]
+    fn system_task_names_are_per_robot_unique_and_valid() {
+        assert_eq!(system_task_name("j", "g", "robot-1", "main"), "j-g-main.robot-1");
+        assert_eq!(
+            system_task_name("j", "g", "lab.example.com", "main"),
+            "j-g-main.lab.example.com"
+        );
+        // Dashes in robot and task names cannot make two names equal.
+        assert_ne!(
+            system_task_name("j", "g", "r", "x-main"),
+            system_task_name("j", "g", "r-x", "main")
+        );
+        // Too long for a name: a stable hash of the robot's name instead.
+        let robot = format!(
+            "{}.{}.{}.{}",
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(50)
+        );
+        let long = system_task_name("job", "group", &robot, "main");
+        assert!(check_dns_subdomain(&long).is_ok(), "{long}");
+        assert_eq!(long, system_task_name("job", "group", &robot, "main"), "stable");
+        assert!(long.starts_with("job-group-main.h") && long.len() == "job-group-main.h".len() + 16);
+        let other = format!("{robot}e");
+        assert_ne!(long, system_task_name("job", "group", &other, "main"));
+        // The hash itself is fixed across builds (FNV-1a test vector).
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
     }
 }

@@ -914,6 +914,17 @@ pub fn validate_job(job: &Job) -> Vec<FieldError> {
                 disconnect: g.disconnect.as_ref(),
             },
         );
+        // As in Nomad: a system group has exactly one replica per matching
+        // robot, so a count above 1 is a mistake, not a wish to honour.
+        if spec.job_type == JobType::System && g.count > 1 {
+            errs.add(
+                &format!("{path}.count"),
+                format!(
+                    "{} is not allowed for a system job: it runs one replica on every matching robot (omit count or set 1)",
+                    g.count
+                ),
+            );
+        }
     }
     errs.0
 }
@@ -1013,5 +1024,26 @@ mod tests {
         assert!(check_spiffe_id("spiffe://other.org/db", Some("example.org")).is_err());
         assert!(check_spiffe_id("http://example.org/db", None).is_err());
         assert!(check_spiffe_id("spiffe://example.org/a/../b", None).is_err());
+    }
+
+    #[test]
+    fn a_system_job_has_one_replica_per_robot() {
+        let job = |kind: &str, count: &str| -> Job {
+            serde_yaml_ng::from_str(&format!(
+                "apiVersion: robot.k8s4r.io/v1alpha1\nkind: Job\nmetadata: {{name: j}}\nspec:\n  type: {kind}\n  taskGroups:\n  - name: g\n{count}    tasks: [{{name: t, driver: exec, config: {{execConfig: {{command: /bin/true}}}}}}]\n"
+            ))
+            .unwrap()
+        };
+        assert_eq!(validate_job(&job("system", "")), vec![], "count omitted");
+        assert_eq!(validate_job(&job("system", "    count: 1\n")), vec![]);
+        assert_eq!(validate_job(&job("service", "    count: 3\n")), vec![]);
+        let errs = validate_job(&job("system", "    count: 3\n"));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].field, "spec.taskGroups[0].count");
+        assert!(
+            errs[0].message.contains("one replica on every matching robot"),
+            "{}",
+            errs[0]
+        );
     }
 }

@@ -7,7 +7,8 @@
 //! another group (Envoy listens on them); its CPU and memory (as the agent
 //! reports them) hold the replica's requests next to what is placed there;
 //! then replicas are spread: fewest replicas of this group first, then
-//! least-loaded robot, then name.
+//! least-loaded robot, then name. A system group is not spread: it has one
+//! replica on every robot that matches ([`place_system`]).
 
 use crate::api::{Constraint, RobotSelector, StringMap};
 use std::cmp::Reverse;
@@ -157,11 +158,10 @@ pub fn check_constraint(c: &Constraint, robot: &RobotInfo) -> Result<(), String>
     }
 }
 
-/// Static fit of `robot` for `req` (everything but spreading).
-pub fn fits(req: &Request<'_>, robot: &RobotInfo) -> Result<(), String> {
-    if !robot.online {
-        return Err("are not Online".into());
-    }
+/// Does `robot` belong to the group at all: the Job's robotSelector and the
+/// group's constraints (its labels and attributes, not its state or what
+/// runs there)?
+pub fn eligible(req: &Request<'_>, robot: &RobotInfo) -> Result<(), String> {
     if let Some(sel) = req.selector {
         if !sel.matches(&robot.labels) {
             return Err("do not match robotSelector".into());
@@ -170,6 +170,15 @@ pub fn fits(req: &Request<'_>, robot: &RobotInfo) -> Result<(), String> {
     for c in req.constraints {
         check_constraint(c, robot)?;
     }
+    Ok(())
+}
+
+/// Static fit of `robot` for `req` (everything but spreading).
+pub fn fits(req: &Request<'_>, robot: &RobotInfo) -> Result<(), String> {
+    if !robot.online {
+        return Err("are not Online".into());
+    }
+    eligible(req, robot)?;
     for p in &req.ports {
         if let Some(holder) = robot.ports.get(p) {
             if *holder != req.group {
@@ -229,19 +238,87 @@ pub fn place(
             out.push(None);
             continue;
         };
-        let r = &mut robots[i];
-        r.cpu_used += req.cpu;
-        r.memory_used += req.memory;
-        for p in &req.ports {
-            r.ports.insert(*p, req.group.clone());
-        }
-        *r.replicas.entry(req.group.clone()).or_default() += 1;
-        r.load += req.tasks;
+        reserve(req, &mut robots[i]);
         heap.push(Reverse((mine + 1, load + req.tasks, name.clone(), i)));
         out.push(Some(name));
     }
     let failed = out.iter().any(Option::is_none);
     (out, failed.then_some(why))
+}
+
+/// Count one replica of `req` as placed on `r`.
+fn reserve(req: &Request<'_>, r: &mut RobotInfo) {
+    r.cpu_used += req.cpu;
+    r.memory_used += req.memory;
+    for p in &req.ports {
+        r.ports.insert(*p, req.group.clone());
+    }
+    *r.replicas.entry(req.group.clone()).or_default() += 1;
+    r.load += req.tasks;
+}
+
+/// Where a system group runs: one replica on every robot that matches
+/// (see [`place_system`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SystemPlan {
+    /// Robots whose replica stays: they still match. Whether they are
+    /// Online does not matter: a replica belongs to its robot and is never
+    /// moved (an Offline robot's replica is Unknown/Lost until it is back).
+    pub keep: Vec<String>,
+    /// Robots that get a replica now: matching, Online, and it fits there.
+    pub add: Vec<String>,
+    /// Robots whose replica goes: they no longer match, or are gone.
+    pub remove: Vec<String>,
+    /// Matching Online robots without a replica where one does not fit
+    /// (a localPort another group holds, cpu, memory), with the reason.
+    pub unfit: Vec<(String, String)>,
+}
+
+/// Place a system group: `placed` are the robots holding a replica now.
+/// A matching robot keeps its replica; a matching Online robot without one
+/// gets one if it fits ([`fits`]: ports and capacity; usage is updated as
+/// replicas land, in name order); a matching Offline robot without one
+/// waits until it is Online. Replicas on robots that stopped matching or
+/// no longer exist are removed.
+pub fn place_system(req: &Request<'_>, robots: &mut [RobotInfo], placed: &BTreeSet<String>) -> SystemPlan {
+    let mut plan = SystemPlan::default();
+    let mut order: Vec<usize> = (0..robots.len()).collect();
+    order.sort_by(|a, b| robots[*a].name.cmp(&robots[*b].name));
+    let known: BTreeSet<&str> = robots.iter().map(|r| r.name.as_str()).collect();
+    plan.remove = placed.iter().filter(|p| !known.contains(p.as_str())).cloned().collect();
+    for i in order {
+        let has = placed.contains(&robots[i].name);
+        match (eligible(req, &robots[i]), has) {
+            (Err(_), true) => plan.remove.push(robots[i].name.clone()),
+            (Err(_), false) => {}
+            (Ok(()), true) => plan.keep.push(robots[i].name.clone()),
+            (Ok(()), false) if !robots[i].online => {}
+            (Ok(()), false) => match fits(req, &robots[i]) {
+                Ok(()) => {
+                    reserve(req, &mut robots[i]);
+                    plan.add.push(robots[i].name.clone());
+                }
+                Err(why) => plan.unfit.push((robots[i].name.clone(), singular(&why))),
+            },
+        }
+    }
+    plan.remove.sort();
+    plan
+}
+
+/// A reason from [`fits`] (worded for "N robots ...") said of one robot.
+pub fn singular(reason: &str) -> String {
+    for (many, one) in [
+        ("are ", "is "),
+        ("do not ", "does not "),
+        ("already use ", "already uses "),
+        ("have ", "has "),
+    ] {
+        if let Some(rest) = reason.strip_prefix(many) {
+            return format!("{one}{rest}");
+        }
+    }
+    reason.to_string()
 }
 
 /// `disconnect.reconcile: bestScore`: a robot came back and both it (the
@@ -388,6 +465,62 @@ mod tests {
         let (p, why) = place(&req("d/j/g", None, &[]), &mut [r], 1);
         assert_eq!(p, vec![None]);
         assert_eq!(why.unwrap().reasons.get("are not Online"), Some(&1));
+    }
+
+    #[test]
+    fn system_groups_run_once_on_every_matching_robot() {
+        let sel = RobotSelector {
+            match_labels: [("fleet".to_string(), "a".to_string())].into(),
+            ..Default::default()
+        };
+        let mut offline = robot("r4", &[("fleet", "a")]);
+        offline.online = false;
+        let mut lost = robot("r5", &[("fleet", "a")]);
+        lost.online = false;
+        let mut busy = robot("r6", &[("fleet", "a")]);
+        busy.ports.insert(9000, "d/other-g".into());
+        let mut robots = vec![
+            robot("r3", &[("fleet", "a")]),
+            robot("r1", &[("fleet", "a")]),
+            robot("r2", &[("fleet", "b")]),
+            offline,
+            lost,
+            busy,
+            robot("r7", &[("fleet", "b")]),
+        ];
+        let placed: BTreeSet<String> = ["r1", "r5", "r7", "gone"].iter().map(|s| s.to_string()).collect();
+        let plan = place_system(&req("d/j-g", Some(&sel), &[9000]), &mut robots, &placed);
+        assert_eq!(plan.keep, ["r1", "r5"], "an Offline robot keeps its replica");
+        assert_eq!(plan.add, ["r3"], "an Offline robot without one waits");
+        assert_eq!(plan.remove, ["gone", "r7"], "deleted or no longer matching");
+        assert_eq!(
+            plan.unfit,
+            [(
+                "r6".to_string(),
+                "already uses localPort 9000 for another group".to_string()
+            )]
+        );
+        assert_eq!(
+            robots[0].ports.get(&9000).map(String::as_str),
+            Some("d/j-g"),
+            "r3 now holds the port"
+        );
+        // Placing again with the result changes nothing.
+        let placed: BTreeSet<String> = plan.keep.iter().chain(&plan.add).cloned().collect();
+        let again = place_system(&req("d/j-g", Some(&sel), &[9000]), &mut robots, &placed);
+        assert_eq!(again.keep, ["r1", "r3", "r5"]);
+        assert!(again.add.is_empty() && again.remove.is_empty());
+    }
+
+    #[test]
+    fn reasons_read_well_for_one_robot() {
+        assert_eq!(singular("are not Online"), "is not Online");
+        assert_eq!(singular("have insufficient cpu"), "has insufficient cpu");
+        assert_eq!(singular("do not match robotSelector"), "does not match robotSelector");
+        assert_eq!(
+            singular("do not satisfy constraint a = b"),
+            "does not satisfy constraint a = b"
+        );
     }
 
     #[test]

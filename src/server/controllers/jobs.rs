@@ -1,7 +1,8 @@
 //! The Job reconciler: Job → one TaskGroup per `taskGroups[]` entry
 //! (`{job}-{group}`) → `count` replicas of each task (`{job}-{group}-r{i}-{task}`),
 //! placed by the scheduler, rescheduled when lost (service jobs), with the
-//! status rolled up Task → TaskGroup → Job. Idempotent: it compares the
+//! status rolled up Task → TaskGroup → Job. A system job's groups have one
+//! replica per matching robot instead (`system.rs`). Idempotent: it compares the
 //! desired objects with the cached ones and writes only differences.
 
 use super::{Ctx, Next};
@@ -80,11 +81,11 @@ fn group_spec(job: &str, g: &TaskGroupTemplate) -> TaskGroupSpec {
 }
 
 /// Tasks created per store batch.
-const CREATE_BATCH: usize = 256;
+pub(super) const CREATE_BATCH: usize = 256;
 
 /// Create `tasks` in one batch; returns how many were created, or the
 /// first error (after recording every success).
-async fn create_tasks(
+pub(super) async fn create_tasks(
     ctx: &Ctx,
     ns: &str,
     tasks: Vec<(Value, Option<Result<String, String>>)>,
@@ -114,7 +115,7 @@ async fn create_tasks(
     }
 }
 
-fn record_placement(ctx: &Ctx, task: &Value, p: Option<&Result<String, String>>, from: Option<&str>) {
+pub(super) fn record_placement(ctx: &Ctx, task: &Value, p: Option<&Result<String, String>>, from: Option<&str>) {
     match (p, from) {
         (Some(Ok(robot)), Some(old)) => ctx.events.record(
             task,
@@ -169,7 +170,7 @@ fn may_reschedule(job: &Job, g: &TaskGroupTemplate, tasks: &[&Arc<Value>]) -> Re
     Ok(true)
 }
 
-fn placed_status(robot: &str, rescheduled_from: Option<&str>) -> Value {
+pub(super) fn placed_status(robot: &str, rescheduled_from: Option<&str>) -> Value {
     match rescheduled_from {
         Some(old) => json!({"state": "scheduled", "reason": "Rescheduled",
                             "message": format!("robot {old} was lost; placed on robot {robot}")}),
@@ -182,7 +183,7 @@ fn pending_status(why: &str) -> Value {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn task_object(
+pub(super) fn task_object(
     ns: &str,
     name: &str,
     job: &str,
@@ -260,6 +261,7 @@ async fn ensure_group(
 
 pub async fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<Next, Status> {
     let Some(job_v) = ctx.cache().get("jobs", ns, name) else {
+        super::system::forget(ctx, ns, name);
         return Ok(Next::Done);
     };
     let job: Job = match serde_json::from_value((*job_v).clone()) {
@@ -304,12 +306,35 @@ pub async fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<Next, Status> 
     let mut new_tasks: Vec<(Value, Option<Result<String, String>>)> = Vec::new();
     let mut robots: Option<Vec<RobotInfo>> = None;
     let mut unschedulable: Option<String> = None;
-    // First: replicas with two copies since a lost robot returned.
-    for (g, tg_name, _) in &groups {
+    let system = job.spec.job_type == JobType::System;
+    // First: replicas with two copies since a lost robot returned (a
+    // system replica is never moved, so never has two).
+    for (g, tg_name, _) in groups.iter().filter(|_| !system) {
         super::disconnect::settle(ctx, ns, &job, g, tg_name, &mut existing).await?;
     }
     for (g, tg_name, tg_uid) in &groups {
         let tg_owner = owner("TaskGroup", tg_name, tg_uid);
+        if system {
+            let group = super::system::Group {
+                ns,
+                job: &job,
+                job_v: &job_v,
+                g,
+                tg_name,
+                tg_owner: &tg_owner,
+            };
+            let mut batch = super::system::Batch {
+                existing: &existing,
+                robots: &mut robots,
+                desired: &mut desired,
+                new_tasks: &mut new_tasks,
+                created: &mut created,
+            };
+            if let Some(why) = super::system::reconcile_group(ctx, &group, &mut batch).await? {
+                unschedulable.get_or_insert(why);
+            }
+            continue;
+        }
         let mut need = Vec::new();
         let mut previous: HashMap<i32, String> = HashMap::new();
         for i in 0..g.count {

@@ -13,6 +13,7 @@ pub mod jobs;
 pub mod liveness;
 mod snapshot;
 mod status;
+mod system;
 
 use crate::server::events::Recorder;
 use crate::server::fleet::Fleet;
@@ -279,6 +280,9 @@ pub struct Ctx {
     pub registry: Registry,
     pub hub: Arc<Hub>,
     pub events: Recorder,
+    /// Robots a system group's replica does not fit on, and why, as last
+    /// told in a FailedScheduling event (told again only when it changes).
+    unfit: Mutex<system::Unfit>,
 }
 
 impl Ctx {
@@ -366,6 +370,7 @@ pub fn start_workers(
         registry,
         hub: hub.clone(),
         events,
+        unfit: Mutex::default(),
     };
     let leading = leader.clone();
     tokio::spawn(async move {

@@ -5,7 +5,7 @@
 use super::jobs::task_state;
 use super::Ctx;
 use crate::api::placement;
-use crate::api::TaskGroupTemplate;
+use crate::api::{TaskGroupTemplate, TaskState};
 use crate::server::object;
 use crate::server::scheduler::RobotInfo;
 use serde_json::Value;
@@ -105,10 +105,10 @@ fn string_map(v: Option<&Value>) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
-/// The robots of `ns` with what is already placed on them.
-pub fn snapshot(ctx: &Ctx, ns: &str) -> Vec<RobotInfo> {
-    let mut robots: Vec<RobotInfo> = ctx
-        .cache()
+/// The robots of `ns` with their labels, attributes and capacity, but
+/// nothing of what is placed on them (cheap: no pass over the tasks).
+pub fn robots(ctx: &Ctx, ns: &str) -> Vec<RobotInfo> {
+    ctx.cache()
         .list("robots", Some(ns))
         .iter()
         .map(|r| {
@@ -136,14 +136,23 @@ pub fn snapshot(ctx: &Ctx, ns: &str) -> Vec<RobotInfo> {
                 ..Default::default()
             }
         })
-        .collect();
+        .collect()
+}
+
+/// The robots of `ns` with what is already placed on them.
+pub fn snapshot(ctx: &Ctx, ns: &str) -> Vec<RobotInfo> {
+    let mut robots = robots(ctx, ns);
     let index: HashMap<String, usize> = robots.iter().enumerate().map(|(i, r)| (r.name.clone(), i)).collect();
     let mut seen = HashSet::new();
     for t in ctx.cache().list("tasks", Some(ns)) {
         let Some(&i) = spec_str(&t, "targetRobot").and_then(|r| index.get(r)) else {
             continue;
         };
-        if task_state(&t).is_terminal() {
+        // A Lost system replica still holds its robot's resources: it is
+        // never moved and resumes there when the robot is back.
+        let system = t.get("spec").and_then(|s| s.get("jobType")).and_then(Value::as_str) == Some("system");
+        let state = task_state(&t);
+        if state.is_terminal() && !(system && state == TaskState::Lost) {
             continue;
         }
         let group = format!("{ns}/{}", spec_str(&t, "taskGroupName").unwrap_or(""));
@@ -160,7 +169,9 @@ pub fn snapshot(ctx: &Ctx, ns: &str) -> Vec<RobotInfo> {
         for p in value_ports(&t) {
             r.ports.insert(p, group.clone());
         }
-        if seen.insert((group.clone(), replica)) {
+        // One replica of a group, however many tasks it has (replicas of
+        // a system group all have index 0, one per robot).
+        if seen.insert((group.clone(), replica, i)) {
             *r.replicas.entry(group).or_default() += 1;
         }
     }

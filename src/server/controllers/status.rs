@@ -1,5 +1,6 @@
 //! The status cascade: Task states roll up into each TaskGroup's status
-//! and the Job's (counts, state, summary, startedAt/completedAt).
+//! and the Job's (counts, state, summary, startedAt/completedAt). A system
+//! job counts one replica per robot and says on how many robots it runs.
 
 use super::jobs::{task_name, task_state};
 use super::Ctx;
@@ -9,7 +10,8 @@ use crate::server::registry::Part;
 use crate::server::status::Status;
 use crate::server::time;
 use serde_json::Value;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 fn spec_str<'a>(v: &'a Value, f: &str) -> Option<&'a str> {
     v.get("spec")?.get(f)?.as_str().filter(|s| !s.is_empty())
@@ -49,8 +51,13 @@ impl Counts {
         self.failed + self.lost
     }
 
-    fn state(&self, batch: bool) -> GroupState {
-        let unfinished = self.pending + self.starting + self.running;
+    /// The state of a group (or job) of this kind. A system replica that
+    /// is Lost waits for its robot to come back (it is never moved), so it
+    /// does not make the group Failed.
+    fn state(&self, kind: JobType) -> GroupState {
+        let batch = kind == JobType::Batch;
+        let waiting = if kind == JobType::System { self.lost } else { 0 };
+        let unfinished = self.pending + self.starting + self.running + waiting;
         if self.total == 0 {
             GroupState::Pending
         } else if self.running > 0 {
@@ -63,7 +70,7 @@ impl Counts {
             } else {
                 GroupState::Completed
             }
-        } else if self.starting > 0 {
+        } else if self.starting > 0 || waiting > 0 {
             GroupState::Scheduled
         } else {
             GroupState::Pending
@@ -92,23 +99,22 @@ pub async fn update_status(
     groups: &[(&TaskGroupTemplate, String, String)],
     unschedulable: Option<&str>,
 ) -> Result<(), Status> {
-    let batch = job.spec.job_type == JobType::Batch;
+    let kind = job.spec.job_type;
     let mut all = Counts::default();
     let mut summary = BTreeMap::new();
+    let mut robots = BTreeSet::new();
     for (g, tg_name, _) in groups {
         let mut c = Counts::default();
+        // (replica, robot): one per replica, or one per robot (system).
         let mut assigned = BTreeMap::new();
-        for i in 0..g.count {
-            for t in &g.tasks {
-                let Some(task) = ctx.cache().get("tasks", ns, &task_name(name, &g.name, i, &t.name)) else {
-                    continue;
-                };
-                let s = task_state(&task);
-                c.add(s);
-                all.add(s);
-                if let Some(r) = spec_str(&task, "targetRobot") {
-                    assigned.insert(i, r.to_string());
-                }
+        for (i, task) in group_tasks(ctx, ns, name, kind, g, tg_name) {
+            let s = task_state(&task);
+            c.add(s);
+            all.add(s);
+            if let Some(r) = spec_str(&task, "targetRobot") {
+                let key = if kind == JobType::System { r } else { "" };
+                assigned.insert((i, key.to_string()), r.to_string());
+                robots.insert(r.to_string());
             }
         }
         summary.insert(
@@ -129,7 +135,7 @@ pub async fn update_status(
             .get("status")
             .and_then(|s| serde_json::from_value(s.clone()).ok())
             .unwrap_or_default();
-        let state = c.state(batch);
+        let state = c.state(kind);
         let started = old.started_at.clone().or_else(|| {
             matches!(state, GroupState::Running | GroupState::Completed | GroupState::Failed).then(time::now_rfc3339)
         });
@@ -144,7 +150,7 @@ pub async fn update_status(
             status_description: Some(c.describe()),
             assigned_robots: assigned
                 .into_iter()
-                .map(|(replica_index, robot_name)| crate::api::Assignment {
+                .map(|((replica_index, _), robot_name)| crate::api::Assignment {
                     replica_index,
                     robot_name,
                 })
@@ -159,10 +165,20 @@ pub async fn update_status(
         };
         write_status(ctx, "taskgroups", &tg, to_value(&new)?).await?;
     }
-    let state = all.state(batch);
+    let state = all.state(kind);
+    let mut description = all.describe();
+    if kind == JobType::System {
+        // Counted per robot: every robot has one replica of each group.
+        description = format!("on {} robots: {description}", robots.len());
+        if all.lost > 0 {
+            description.push_str(&format!(" ({} lost with their robot)", all.lost));
+        }
+    }
     let description = match unschedulable {
-        Some(why) if state == GroupState::Pending || all.pending > 0 => format!("{}; {why}", all.describe()),
-        _ => all.describe(),
+        Some(why) if state == GroupState::Pending || all.pending > 0 || kind == JobType::System => {
+            format!("{description}; {why}")
+        }
+        _ => description,
     };
     let old: JobStatus = job_v
         .get("status")
@@ -183,6 +199,37 @@ pub async fn update_status(
         modify_index: old.modify_index,
     };
     write_status(ctx, "jobs", job_v, to_value(&new)?).await
+}
+
+/// The Tasks of one group with their replica index: replica by replica
+/// and task by task, or, for a system group, every Task the group has
+/// (one replica per robot, by name).
+fn group_tasks(
+    ctx: &Ctx,
+    ns: &str,
+    job: &str,
+    kind: JobType,
+    g: &TaskGroupTemplate,
+    tg_name: &str,
+) -> Vec<(i32, Arc<Value>)> {
+    if kind == JobType::System {
+        return ctx
+            .cache()
+            .of_job("tasks", ns, job)
+            .into_iter()
+            .filter(|t| spec_str(t, "taskGroupName") == Some(tg_name))
+            .map(|t| (0, t))
+            .collect();
+    }
+    let mut out = Vec::new();
+    for i in 0..g.count {
+        for t in &g.tasks {
+            if let Some(task) = ctx.cache().get("tasks", ns, &task_name(job, &g.name, i, &t.name)) {
+                out.push((i, task));
+            }
+        }
+    }
+    out
 }
 
 async fn write_status(ctx: &Ctx, plural: &str, cur: &Value, status: Value) -> Result<(), Status> {
@@ -209,4 +256,41 @@ async fn write_status(ctx: &Ctx, plural: &str, cur: &Value, status: Value) -> Re
         .await?;
     ctx.wrote(plural, &w.object);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(states: &[TaskState]) -> Counts {
+        let mut c = Counts::default();
+        for s in states {
+            c.add(*s);
+        }
+        c
+    }
+
+    #[test]
+    fn a_lost_system_replica_waits_for_its_robot() {
+        use TaskState::*;
+        let one_lost = counts(&[Running, Lost]);
+        assert_eq!(one_lost.state(JobType::System), GroupState::Running);
+        let all_lost = counts(&[Lost, Lost]);
+        assert_eq!(
+            all_lost.state(JobType::System),
+            GroupState::Scheduled,
+            "placed, waiting for the robots to come back"
+        );
+        assert_eq!(all_lost.state(JobType::Service), GroupState::Failed);
+        assert_eq!(counts(&[Lost, Failed]).state(JobType::System), GroupState::Scheduled);
+        assert_eq!(
+            counts(&[Completed, Completed]).state(JobType::System),
+            GroupState::Completed
+        );
+        assert_eq!(
+            counts(&[]).state(JobType::System),
+            GroupState::Pending,
+            "no robot matches"
+        );
+    }
 }
