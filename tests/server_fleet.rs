@@ -339,10 +339,24 @@ fn offline_robots_lose_tasks_and_service_jobs_move() {
             (field(&s, "jobs", "bat", &["status", "state"]) == "failed").then_some(())
         });
     }
-    // The dead robot comes back: Online again, and svc is no longer its.
+    // The dead robot comes back: Online again, and the server settles the
+    // two copies (default reconcile: bestScore, the robot that ranks better
+    // now keeps it): exactly one robot has svc, and that is its target.
     let mut back = Robot::register(&s, &join, dead, json!({}));
-    assert!(!back.task_names().contains(&"svc-g-r0-main".to_string()));
+    let svc = "svc-g-r0-main".to_string();
+    let keeper = wait_for("one copy of svc after the return", T, || {
+        let on_alive = alive.task_names().contains(&svc);
+        let on_back = back.task_names().contains(&svc);
+        let target = target(&s, &svc)?;
+        match (on_alive, on_back) {
+            (true, false) if target == alive.name => Some(target),
+            (false, true) if target == dead => Some(target),
+            _ => None,
+        }
+    });
     assert_eq!(field(&s, "robots", dead, &["status", "phase"]), "Online");
+    let reason = field(&s, "tasks", &svc, &["status", "message"]);
+    eprintln!("svc kept on {keeper}: {reason}");
 }
 
 #[test]
