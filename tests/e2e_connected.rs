@@ -195,7 +195,10 @@ fn statuses_survive_a_server_outage_and_an_agent_kill() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(t["status"]["exitCode"], 0, "{t}");
-    assert_eq!(job_state(&server, "gated").as_deref(), Some("completed"));
+    // The Job's status follows its tasks' through the controller.
+    wait_for("the Job completed", Duration::from_secs(30), || {
+        (job_state(&server, "gated").as_deref() == Some("completed")).then_some(())
+    });
     assert!(pid > 1);
     assert_eq!(
         t["status"]["restartCount"], 0,
