@@ -127,14 +127,20 @@ fn register_poll_report_round_trip() {
         (field(&s, "jobs", "hello", &["status", "state"]) == "running").then_some(())
     });
     assert_eq!(field(&s, "jobs", "hello", &["status", "runningTasks"]), 1);
-    assert_eq!(field(&s, "taskgroups", "hello-g", &["status", "state"]), "running");
+    wait_for("group running", T, || {
+        (field(&s, "taskgroups", "hello-g", &["status", "state"]) == "running").then_some(())
+    });
     assert!(field(&s, "taskgroups", "hello-g", &["status", "startedAt"]).is_string());
     r1.report_seq("hello-g-r0-main", 2, json!({"state": "completed", "exitCode": 0}));
     wait_for("job completed", T, || {
         (field(&s, "jobs", "hello", &["status", "state"]) == "completed").then_some(())
     });
     assert_eq!(field(&s, "jobs", "hello", &["status", "succeededTasks"]), 1);
-    assert!(field(&s, "taskgroups", "hello-g", &["status", "completedAt"]).is_string());
+    wait_for("group completed", T, || {
+        field(&s, "taskgroups", "hello-g", &["status", "completedAt"])
+            .is_string()
+            .then_some(())
+    });
     let r = r1.report_seq("nope", 3, json!({"state": "running"}));
     assert_eq!(r["results"][0]["outcome"], "notFound");
 
@@ -253,10 +259,12 @@ fn scheduler_selector_spread_and_port_conflicts() {
     });
     assert!(why.contains("already use localPort 15432"), "{why}");
     assert!(target(&s, "p4-db-r0-main").is_none());
-    assert!(field(&s, "jobs", "p4", &["status", "statusDescription"])
-        .as_str()
-        .unwrap()
-        .contains("localPort 15432"));
+    wait_for("p4's Job to say why", T, || {
+        field(&s, "jobs", "p4", &["status", "statusDescription"])
+            .as_str()?
+            .contains("localPort 15432")
+            .then_some(())
+    });
     // Freeing the port (deleting p1) lets p4 in.
     let d = s.send_json("DELETE", &format!("{}/p1", jobs()), &json!({}));
     assert_eq!(d.status, 200);
