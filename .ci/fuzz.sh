@@ -19,10 +19,9 @@ cargo +nightly fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --lock
 # targets never reach), and without ASan the targets build faster and run
 # ~2x more inputs. Panics, stack overflows, timeouts and OOMs are caught all
 # the same; debug assertions (-a) add overflow checks.
-# One fuzzing process at a time, one core: no -jobs/-workers (with -jobs
-# libFuzzer forks workers logging to ./fuzz-N.log).
 flags=(--fuzz-dir tests/fuzz --sanitizer none --debug-assertions)
 cargo +nightly fuzz build "${flags[@]}" || exit 1
+bin=tests/fuzz/target/$(rustc +nightly -vV | sed -n 's/^host: //p')/release
 
 failed=()
 for t in $targets; do
@@ -31,7 +30,13 @@ for t in $targets; do
   mkdir -p "$work" "$artifacts"
   before=$(ls "$artifacts" | sort)
   echo "== fuzz $t for ${secs}s"
-  cargo +nightly fuzz run "${flags[@]}" "$t" "$work" "tests/fuzz/corpus/$t" -- \
+  # The binary cargo-fuzz built, run directly: `cargo fuzz run` would
+  # rebuild first whenever src/ changed since the build. One process, one
+  # core: no -jobs/-workers (with them libFuzzer forks workers that log to
+  # ./fuzz-N.log).
+  dict=()
+  case $t in manifest | envoy_render) dict=(-dict=tests/fuzz/manifest.dict) ;; esac
+  "$bin/$t" "$work" "tests/fuzz/corpus/$t" -artifact_prefix="$artifacts/" "${dict[@]}" \
     -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -max_len=8192 -print_final_stats=1 >"target/fuzz-$t.log" 2>&1
   status=$?
   grep -aE 'DONE|Done [0-9]+ runs|stat::number_of_executed_units|panicked at|ERROR|Test unit written|SUMMARY' \
@@ -43,7 +48,7 @@ for t in $targets; do
     echo "!! fuzz $t FOUND $(echo "$new" | wc -l) failing input(s), kept in tests/fuzz/regressions/$t/:"
     echo "$new" | sed 's/^/     /'
     echo "   replay: cargo test --test fuzz_api fuzz_corpus_and_regressions_replay"
-    echo "   or:     cargo +nightly fuzz run --fuzz-dir tests/fuzz $t tests/fuzz/regressions/$t/<file>"
+    echo "   or:     cargo +nightly fuzz run ${flags[*]} $t tests/fuzz/regressions/$t/<file>"
     failed+=("$t")
   elif [ "$status" -ne 0 ]; then
     echo "!! fuzz $t exited with $status and left no input (see target/fuzz-$t.log)"
