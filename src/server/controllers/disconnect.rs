@@ -187,16 +187,7 @@ pub async fn settle(
                 decide(mode, copies, || {
                     let robots = super::snapshot::snapshot(ctx, ns);
                     let find = |n: &str| robots.iter().find(|r| r.name == n);
-                    let (cpu, memory) = super::snapshot::group_requests(g);
-                    let req = scheduler::Request {
-                        cpu,
-                        memory,
-                        group: format!("{ns}/{tg_name}"),
-                        selector: job.spec.robot_selector.as_ref(),
-                        constraints: &g.constraints,
-                        ports: super::snapshot::group_ports(g),
-                        tasks: g.tasks.len() as u32,
-                    };
+                    let req = super::snapshot::placement_request(ns, tg_name, job, g);
                     match (find(&original), replacement.and_then(find)) {
                         (Some(o), Some(r)) => {
                             scheduler::original_scores_better(&req, o, &scheduler::without_replica(&req, r))

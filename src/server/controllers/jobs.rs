@@ -364,16 +364,7 @@ pub async fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<Next, Status> 
         if !need.is_empty() {
             // A partly existing replica keeps its robot when that still works.
             let robots = robots.get_or_insert_with(|| super::snapshot::snapshot(ctx, ns));
-            let (cpu, memory) = super::snapshot::group_requests(g);
-            let req = scheduler::Request {
-                cpu,
-                memory,
-                group: format!("{ns}/{tg_name}"),
-                selector: job.spec.robot_selector.as_ref(),
-                constraints: &g.constraints,
-                ports: super::snapshot::group_ports(g),
-                tasks: g.tasks.len() as u32,
-            };
+            let req = super::snapshot::placement_request(ns, tg_name, &job, g);
             let (placed, why) = scheduler::place(&req, robots, need.len());
             let why = why.map(|w| w.to_string());
             for (i, p) in need.iter().zip(placed) {

@@ -60,6 +60,26 @@ fn value_requests(v: &Value) -> (i128, i128) {
     )
 }
 
+/// What the scheduler needs to place one replica of group `g` of `job`
+/// (`tg_name` is the TaskGroup's name, `{job}-{group}`).
+pub fn placement_request<'a>(
+    ns: &str,
+    tg_name: &str,
+    job: &'a crate::api::types::Job,
+    g: &'a TaskGroupTemplate,
+) -> crate::server::scheduler::Request<'a> {
+    let (cpu, memory) = group_requests(g);
+    crate::server::scheduler::Request {
+        cpu,
+        memory,
+        group: format!("{ns}/{tg_name}"),
+        selector: job.spec.robot_selector.as_ref(),
+        constraints: &g.constraints,
+        ports: group_ports(g),
+        tasks: g.tasks.len() as u32,
+    }
+}
+
 /// (milli-cores, bytes) one replica of `g` requests.
 pub fn group_requests(g: &TaskGroupTemplate) -> (i128, i128) {
     g.tasks

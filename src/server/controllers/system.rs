@@ -117,16 +117,7 @@ pub(super) async fn reconcile_group(ctx: &Ctx, s: &Group<'_>, b: &mut Batch<'_>)
         .map(|(n, t)| (n.as_str(), &**t))
         .collect();
     let placed = placed_robots(name, g, mine);
-    let (cpu, memory) = super::snapshot::group_requests(g);
-    let req = scheduler::Request {
-        cpu,
-        memory,
-        group: format!("{ns}/{}", s.tg_name),
-        selector: s.job.spec.robot_selector.as_ref(),
-        constraints: &g.constraints,
-        ports: super::snapshot::group_ports(g),
-        tasks: g.tasks.len() as u32,
-    };
+    let req = super::snapshot::placement_request(ns, s.tg_name, s.job, g);
     let plan = plan(ctx, ns, &req, b.robots, &placed);
     let added: HashSet<&str> = plan.add.iter().map(String::as_str).collect();
     for robot in plan.keep.iter().chain(&plan.add) {
