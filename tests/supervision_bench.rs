@@ -48,7 +48,9 @@
 //! names tasks `{job}-{group}-r{i}-{task}`, so a new name means a new job;
 //! one group keeps the task directory, and so the disk, the same).
 //!
-//! Knobs: K8S4R_BENCH_CYCLES (1000), K8S4R_BENCH_RESTARTS (30),
+//! Knobs: K8S4R_BENCH_CYCLES (1000), K8S4R_BENCH_CYCLE_SECS (60: a
+//! system's cycles stop there; the report says how many were done),
+//! K8S4R_BENCH_RESTARTS (30),
 //! K8S4R_BENCH_LEAK_CYCLES (10000), K8S4R_BENCH_LEAK_SECS (150: the
 //! footprint run stops there and says how far it got), K8S4R_BENCH_SYSTEMS (a comma list to
 //! run only some systems). Writes target/bench/supervision.json
@@ -120,7 +122,7 @@ fn out_dir() -> std::path::PathBuf {
 }
 
 /// The whole workload on one system.
-fn run_workload(sys: &mut dyn Supervision, events: &mut Events, cycles: usize, restarts: usize) -> Value {
+fn run_workload(sys: &mut dyn Supervision, events: &mut Events, plan: &Plan) -> Value {
     let cpu = |sys: &dyn Supervision| procstat::cpu_ns(&sys.tree()) as f64 / 1e6;
     let memory_idle = procstat::memory(&sys.tree());
     let cpu_boot = cpu(sys);
@@ -149,9 +151,17 @@ fn run_workload(sys: &mut dyn Supervision, events: &mut Events, cycles: usize, r
     let cpu_started = cpu(sys);
 
     // 2. Start/stop cycles of the short command.
-    let mut cycle_ms = Vec::with_capacity(cycles);
+    let mut cycle_ms = Vec::with_capacity(plan.cycles);
     let cycles_start = Instant::now();
-    for i in 0..cycles {
+    for i in 0..plan.cycles {
+        if cycles_start.elapsed() > plan.cycle_time {
+            eprintln!(
+                "{}: stopping the cycles after {i}: {:?} is up",
+                sys.name(),
+                plan.cycle_time
+            );
+            break;
+        }
         let t0 = sys.start_short(i);
         let e = events.next(&format!("the short command, cycle {i}"), REPORT_TIMEOUT);
         assert_eq!(e.tag, "c", "unexpected report {e:?}");
@@ -163,7 +173,7 @@ fn run_workload(sys: &mut dyn Supervision, events: &mut Events, cycles: usize, r
 
     // 3. kill -9 of sleepers, one at a time.
     let mut restart_ms = Vec::new();
-    for k in 0..restarts.min(SLEEPERS) {
+    for k in 0..plan.restarts.min(SLEEPERS) {
         if let Some(wait) = S6_THROTTLE.checked_sub(since[k].elapsed()) {
             std::thread::sleep(wait);
         }
@@ -180,6 +190,7 @@ fn run_workload(sys: &mut dyn Supervision, events: &mut Events, cycles: usize, r
     events.expect_silence(Duration::from_millis(300));
     let memory_end = procstat::memory(&sys.tree());
 
+    let (cycles_done, restarts_done) = (cycle_ms.len().max(1) as f64, restart_ms.len().max(1) as f64);
     json!({
         "system": sys.name(),
         "setup": sys.describe(),
@@ -188,20 +199,35 @@ fn run_workload(sys: &mut dyn Supervision, events: &mut Events, cycles: usize, r
             "boot": cpu_boot,
             "start_100": cpu_started - cpu_boot,
             "cycles": cpu_cycled - cpu_started,
+            "per_cycle": (cpu_cycled - cpu_started) / cycles_done,
             "restarts": cpu_restarted - cpu_cycled,
+            "per_restart": (cpu_restarted - cpu_cycled) / restarts_done,
         },
         "start_100_ms": {"all_running": all_running_ms, "each": summary(sleeper_ms)},
+        "cycles_done": cycle_ms.len(),
         "cycle_start_ms": summary(cycle_ms),
         "cycles_wall_s": cycles_wall.as_secs_f64(),
         "restart_ms": summary(restart_ms),
     })
 }
 
+/// How much of the workload to run.
+struct Plan {
+    cycles: usize,
+    /// The cycles stop here even if not all are done (the report says how
+    /// many were): a system whose cycles slow down must not hold up the run.
+    cycle_time: Duration,
+    restarts: usize,
+}
+
 #[test]
 #[ignore = "benchmark: run with --ignored (make bench)"]
 fn supervision_side_by_side() {
-    let cycles = knob("K8S4R_BENCH_CYCLES", 1000);
-    let restarts = knob("K8S4R_BENCH_RESTARTS", 30);
+    let plan = Plan {
+        cycles: knob("K8S4R_BENCH_CYCLES", 1000),
+        cycle_time: Duration::from_secs(knob("K8S4R_BENCH_CYCLE_SECS", 60) as u64),
+        restarts: knob("K8S4R_BENCH_RESTARTS", 30),
+    };
     let load_before = load_average();
     let mut systems = Vec::new();
     let only = std::env::var("K8S4R_BENCH_SYSTEMS").unwrap_or_default();
@@ -238,7 +264,7 @@ fn supervision_side_by_side() {
             _ => Box::new(Agent::start(dir.path(), &workload)),
         };
         let started = Instant::now();
-        let mut result = run_workload(&mut *sys, &mut events, cycles, restarts);
+        let mut result = run_workload(&mut *sys, &mut events, &plan);
         result["system"] = json!(name);
         eprintln!("{name}: {:.1} s", started.elapsed().as_secs_f64());
         println!("{name}: {result}");
@@ -247,8 +273,9 @@ fn supervision_side_by_side() {
     let report = json!({
         "workload": {
             "sleepers": SLEEPERS,
-            "cycles": cycles,
-            "restarts": restarts,
+            "cycles": plan.cycles,
+            "cycle_time_limit_s": plan.cycle_time.as_secs(),
+            "restarts": plan.restarts,
             "command": "/bin/sh -c 'echo TAG $$ > FIFO; exec sleep 3600' (sleepers), /bin/sh -c 'echo c $$ > FIFO' (short)",
         },
         "cpus": std::thread::available_parallelism().map_or(1, |n| n.get()),

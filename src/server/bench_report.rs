@@ -99,11 +99,12 @@ fn supervision(out: &mut String, dir: &Path) {
     let _ = writeln!(
         out,
         "Same workload for each, one run: {} `sleep` services started by one request, then {} start/stop \
-         cycles of a short command, then kill -9 of {} sleepers. Starts are timed from the request to the \
+         cycles of a short command (at most {} s each), then kill -9 of {} sleepers. Starts are timed from the request to the \
          process's own report (a line to a FIFO); memory and CPU are the supervisor processes only. \
          {} CPUs, load average {} before, {} after. Method: `tests/supervision_bench.rs`.\n",
         w["sleepers"],
         w["cycles"],
+        w["cycle_time_limit_s"],
         w["restarts"],
         doc["cpus"],
         doc["load_average"]["before"].as_str().unwrap_or("?"),
@@ -125,7 +126,7 @@ fn supervision(out: &mut String, dir: &Path) {
     header.extend(["agent ÷ s6".into(), "agent ÷ supervisord".into()]);
     let mut t = Table::new(&header.iter().map(String::as_str).collect::<Vec<_>>());
     type Cell = fn(Option<f64>) -> String;
-    let rows: [(&str, &str, Cell); 12] = [
+    let rows: [(&str, &str, Cell); 14] = [
         (
             "tree PSS, 100 sleepers",
             "memory_kib.with_100_sleepers.pss_kib",
@@ -146,12 +147,16 @@ fn supervision(out: &mut String, dir: &Path) {
         }),
         ("start 100: all running", "start_100_ms.all_running", ms),
         ("start 100: p50 per service", "start_100_ms.each.p50", ms),
+        ("start/stop cycles done", "cycles_done", |v| {
+            or_dash(v.map(|v| format!("{v:.0}")))
+        }),
         ("start/stop cycle: start p50", "cycle_start_ms.p50", ms),
         ("start/stop cycle: start p99", "cycle_start_ms.p99", ms),
         ("restart after kill -9: p50", "restart_ms.p50", ms),
         ("restart after kill -9: p99", "restart_ms.p99", ms),
         ("CPU: start 100", "cpu_ms.start_100", ms),
-        ("CPU: all cycles", "cpu_ms.cycles", ms),
+        ("CPU per start/stop cycle", "cpu_ms.per_cycle", ms),
+        ("CPU per restart", "cpu_ms.per_restart", ms),
     ];
     for (label, path, cell) in rows {
         let mut r = vec![label.to_string()];

@@ -29,9 +29,13 @@ pub struct Agent {
     sleepers_wanted: bool,
 }
 
-/// The static musl build when present (what robots run), else the binary
-/// cargo built for the tests.
+/// K8S4R_BENCH_AGENT if set (another build to compare), else the static
+/// musl build when present (what robots run), else the binary cargo built
+/// for the tests.
 pub fn agent_binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("K8S4R_BENCH_AGENT") {
+        return PathBuf::from(bin);
+    }
     let musl = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/x86_64-unknown-linux-musl/release/k8s4r-agent");
     if musl.exists() {
         musl
