@@ -62,7 +62,7 @@ demo:
 # target/bench/<name>.json; `k8s4r bench report` makes target/bench/report.md.
 # A failing benchmark does not stop the others; its section says "not run"
 # and make fails at the end. Knobs: K8S4R_BENCH_IDLE_SECS (60),
-# K8S4R_BENCH_CYCLES (1000), K8S4R_BENCH_RESTARTS (30),
+# K8S4R_BENCH_CYCLES (1000), K8S4R_BENCH_CYCLE_SECS (60), K8S4R_BENCH_RESTARTS (30),
 # K8S4R_BENCH_LEAK_CYCLES (10000), K8S4R_BENCH_LEAK_SECS (150).
 bench: cross
 	@rm -rf target/bench && mkdir -p target/bench
