@@ -65,7 +65,10 @@ if [ "${1:-}" = "--from-log" ]; then
   # "bin::test ok|FAILED" for every test result in the log.
   results=$(awk '
     /^ *Running tests\// { bin = $2; sub(/^tests\//, "", bin); sub(/\.rs$/, "", bin); next }
-    /^test .* \.\.\. (ok|FAILED|ignored)/ && bin != "" { print bin "::" $2, $NF }
+    # A server log line may share the line with a result: match anywhere.
+    bin != "" && match($0, /test [A-Za-z0-9_:]+ \.\.\. (ok|FAILED|ignored)/) {
+      n = split(substr($0, RSTART, RLENGTH), f, " "); print bin "::" f[2], f[n]
+    }
   ' "$from_log")
 fi
 
