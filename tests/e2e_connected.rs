@@ -570,6 +570,11 @@ fn examples_reach_their_expected_states_on_a_live_robot() {
         (root.join("examples/quickstart.yaml"), "quickstart", "completed"),
         (root.join("examples/demo.yaml"), "demo", "completed"),
         (root.join("examples/network-proxy.yaml"), "network-demo", "running"),
+        (
+            root.join("examples/system-heartbeat.yaml"),
+            "robot-heartbeat",
+            "running",
+        ),
     ];
     if let Some(shared) = common::shared_dir() {
         files.push((
@@ -599,6 +604,9 @@ fn examples_reach_their_expected_states_on_a_live_robot() {
             || (job_state(&server, job).as_deref() == Some(*want)).then_some(()),
         );
     }
+    // The system Job's replica is named after the robot it belongs to.
+    let beat = task(&server, "robot-heartbeat-beat-log.robot-ex").expect("the system replica");
+    assert_eq!(beat["spec"]["targetRobot"], "robot-ex", "{beat}");
 }
 
 /// `disconnect.reconcile: keepOriginal` with two real robots: the robot
