@@ -161,9 +161,9 @@ fn supervision(out: &mut String, dir: &Path) {
     for (label, path, cell) in rows {
         let mut r = vec![label.to_string()];
         r.extend(systems.iter().map(|s| cell(num(s, path))));
-        let a = agent
-            .and_then(|a| num(a, path))
-            .filter(|_| !path.ends_with("processes"));
+        // Counts are no costs: no ratio.
+        let counts = path.ends_with("processes") || path == "cycles_done";
+        let a = agent.and_then(|a| num(a, path)).filter(|_| !counts);
         r.push(ratio(a, s6.and_then(|s| num(s, path))));
         r.push(ratio(a, sd.and_then(|s| num(s, path))));
         t.row(r);

@@ -3,13 +3,17 @@
 //! set that the benchmark replaces. Registration always succeeds, every
 //! status is acknowledged, long polls answer as soon as the desired set
 //! changes. No store, no scheduler: the agent is measured, not the server.
+//! Like the real server, it serves each Task with the last status the
+//! agent reported for it; otherwise the agent sees the server disagree and
+//! re-reports every task on every change.
 //!
 //! A new desired set is serialised *before* it is published, so the time
 //! of a request starts when the answer is ready to go out, as a supervisor
 //! command is ready when written.
 
 use k8s4r::api::agent_protocol::{Outcome, RegisterResponse, StatusReply, StatusReport, StatusResult, PREFIX};
-use k8s4r::api::Task;
+use k8s4r::api::{Task, TaskStatus};
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,6 +35,8 @@ struct Shared {
     stop: AtomicBool,
     /// The `since` of the last long poll that started waiting.
     waiting_since: AtomicU64,
+    /// The last status reported per task.
+    statuses: Mutex<HashMap<String, TaskStatus>>,
 }
 
 pub struct FakeControlPlane {
@@ -54,6 +60,7 @@ impl FakeControlPlane {
             changed: Condvar::new(),
             stop: AtomicBool::new(false),
             waiting_since: AtomicU64::new(0),
+            statuses: Mutex::new(HashMap::new()),
         });
         let cp = FakeControlPlane {
             url: format!("http://127.0.0.1:{port}"),
@@ -77,7 +84,12 @@ impl FakeControlPlane {
     }
 
     /// Serialise the desired set `tasks` as revision `revision`.
-    pub fn prepare(&self, revision: u64, tasks: Vec<Task>) -> Prepared {
+    pub fn prepare(&self, revision: u64, mut tasks: Vec<Task>) -> Prepared {
+        let statuses = self.shared.statuses.lock().unwrap();
+        for t in &mut tasks {
+            t.status = statuses.get(&t.metadata.name).cloned();
+        }
+        drop(statuses);
         let a = k8s4r::api::agent_protocol::Assignments {
             revision,
             tasks,
@@ -149,6 +161,11 @@ fn serve(conn: TcpStream, shared: &Shared) -> std::io::Result<()> {
         ("GET", p) if p.ends_with("/assignments") => long_poll(shared, query),
         ("POST", p) if p.ends_with("/status") => {
             let report: StatusReport = serde_json::from_slice(&body).unwrap_or_default();
+            let mut statuses = shared.statuses.lock().unwrap();
+            for u in &report.updates {
+                statuses.insert(u.task.clone(), u.status.clone());
+            }
+            drop(statuses);
             let results = report
                 .updates
                 .into_iter()
