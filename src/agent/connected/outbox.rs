@@ -3,11 +3,13 @@
 //!
 //! Statuses are level-triggered: only a task's latest status matters, so
 //! the outbox keeps one pending entry per task (a newer one replaces an
-//! unsent older one). Each entry carries a per-task sequence number that
-//! only grows, persisted with the file, so the server applies each status
-//! once and ignores re-sends. The file is rewritten (atomically, fsync'd)
-//! only when a status changes or an acknowledgement removes entries: an
-//! idle robot writes nothing.
+//! unsent older one). Each entry carries a sequence number from one
+//! robot-wide counter that only grows, persisted with the file, so every
+//! task's statuses count up and the server applies each once and ignores
+//! re-sends. One counter, not one per task: what the file keeps is bounded
+//! by the tasks currently waiting, however many tasks the robot ever ran.
+//! The file is rewritten (atomically, fsync'd) only when a status changes
+//! or an acknowledgement removes entries: an idle robot writes nothing.
 
 use crate::agent::state::write_atomic;
 use crate::api::agent_protocol::TaskStatusUpdate;
@@ -19,12 +21,31 @@ use std::path::{Path, PathBuf};
 
 #[derive(Default, Serialize, Deserialize)]
 struct OutboxFile {
-    /// Last sequence number given to each task (kept after delivery).
+    /// The last sequence number given to any status (kept after delivery).
     #[serde(default)]
-    last_seq: BTreeMap<String, u64>,
+    last_seq: u64,
     /// Undelivered statuses, by task.
     #[serde(default)]
     pending: BTreeMap<String, TaskStatusUpdate>,
+}
+
+/// The file as earlier agents wrote it: a sequence number per task ever
+/// run (which grew without bound). Read once, to continue above them all.
+#[derive(Deserialize)]
+struct PerTaskOutboxFile {
+    last_seq: BTreeMap<String, u64>,
+    #[serde(default)]
+    pending: BTreeMap<String, TaskStatusUpdate>,
+}
+
+fn parse(bytes: &[u8]) -> serde_json::Result<OutboxFile> {
+    serde_json::from_slice(bytes).or_else(|e| match serde_json::from_slice::<PerTaskOutboxFile>(bytes) {
+        Ok(old) => Ok(OutboxFile {
+            last_seq: old.last_seq.values().copied().max().unwrap_or(0),
+            pending: old.pending,
+        }),
+        Err(_) => Err(e),
+    })
 }
 
 pub struct Outbox {
@@ -38,7 +59,7 @@ impl Outbox {
     pub fn open(data_dir: &Path) -> io::Result<Outbox> {
         let path = data_dir.join("outbox.json");
         let file = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            Ok(bytes) => parse(&bytes).unwrap_or_else(|e| {
                 // A damaged outbox must not keep the robot from working; the
                 // next statuses rebuild it (they are level-triggered).
                 log::warn!("{}: unreadable ({e}); starting a new outbox", path.display());
@@ -65,8 +86,8 @@ impl Outbox {
         if self.last_status.get(task) == Some(&status) {
             return Ok(false);
         }
-        let seq = self.file.last_seq.get(task).copied().unwrap_or(0) + 1;
-        self.file.last_seq.insert(task.to_string(), seq);
+        self.file.last_seq += 1;
+        let seq = self.file.last_seq;
         self.file.pending.insert(
             task.to_string(),
             TaskStatusUpdate {
@@ -119,8 +140,8 @@ impl Outbox {
     }
 
     /// Drop unsent statuses of tasks no longer assigned here (they are moot,
-    /// and must not land on the task's next placement). Sequence numbers are
-    /// kept: if the task comes back, its statuses must still count as newer.
+    /// and must not land on the task's next placement). The counter goes on:
+    /// if the task comes back, its statuses still count as newer.
     pub fn retain(&mut self, keep: impl Fn(&str) -> bool) -> io::Result<()> {
         let before = self.file.pending.len();
         self.file.pending.retain(|k, _| keep(k));
@@ -183,6 +204,36 @@ mod tests {
         assert!(ob.is_empty(), "unsent statuses of a task that left are dropped");
         ob.push("t", status(TaskState::Running)).unwrap();
         assert_eq!(ob.pending()[0].seq, 2);
+    }
+
+    #[test]
+    fn the_file_stays_small_however_many_tasks_ran() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ob = Outbox::open(dir.path()).unwrap();
+        for i in 0..300 {
+            let task = format!("job-{i}-g-r0-t");
+            ob.push(&task, status(TaskState::Completed)).unwrap();
+            ob.acknowledge(&[(task.clone(), u64::MAX)]).unwrap();
+            ob.retain(|_| false).unwrap();
+        }
+        let size = std::fs::metadata(dir.path().join("outbox.json")).unwrap().len();
+        assert!(size < 100, "outbox.json grew to {size} bytes");
+        ob.push("next", status(TaskState::Running)).unwrap();
+        assert_eq!(ob.pending()[0].seq, 301, "the counter still only grows");
+    }
+
+    #[test]
+    fn a_per_task_file_from_an_earlier_agent_continues_above_all_its_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("outbox.json"),
+            r#"{"last_seq":{"a":7,"b":41},"pending":{"a":{"task":"a","seq":7,"status":{"state":"running"}}}}"#,
+        )
+        .unwrap();
+        let mut ob = Outbox::open(dir.path()).unwrap();
+        assert_eq!(ob.pending()[0].seq, 7, "its pending statuses are kept");
+        ob.push("a", status(TaskState::Completed)).unwrap();
+        assert_eq!(ob.pending()[0].seq, 42);
     }
 
     #[test]
