@@ -165,6 +165,7 @@ fn a_network_change_updates_the_running_proxy_and_restarts_tasks_with_new_variab
         robot: "r".into(),
         data_dir: data.clone(),
         envoy_bin: envoy,
+        gc_after: None,
     });
     let port = || {
         std::net::TcpListener::bind("127.0.0.1:0")

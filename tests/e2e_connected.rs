@@ -1059,3 +1059,58 @@ fn robot_manifests_go_online_when_their_agent_registers() {
         }
     }
 }
+
+/// A finished task's directory (and logs) stays while its Job exists; once
+/// the Job is deleted, the group's directory is removed `--gc-after` later,
+/// so a robot running a new Job every minute does not fill its flash.
+#[test]
+fn a_departed_groups_directory_is_removed_after_gc_after() {
+    let server = Server::start();
+    let token = server.join_token();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("robot-gc");
+    let agent = Agent::start(
+        &server.base,
+        &token,
+        "robot-gc",
+        "demo=true",
+        &data,
+        &["--gc-after", "1s"],
+    );
+    robot_online(&server, "robot-gc");
+    let job = json!({
+        "apiVersion": "robot.k8s4r.io/v1alpha1", "kind": "Job",
+        "metadata": {"name": "gc", "namespace": "default"},
+        "spec": {"type": "batch", "taskGroups": [{"name": "g", "tasks": [{"name": "t", "driver": "exec",
+            "config": {"execConfig": {"command": "/bin/sh", "args": ["-c", "echo bye"]}}}]}]}
+    });
+    assert_eq!(server.send_json("POST", JOBS, &job).status, 201);
+    wait_for("the Job completed", Duration::from_secs(30), || {
+        (job_state(&server, "gc").as_deref() == Some("completed")).then_some(())
+    });
+    let group_dir = data.join("alloc/gc-g");
+    let log = group_dir.join("r0/t/logs/stdout");
+    // Well past --gc-after: kept, because the Job still exists.
+    wait_for("a few agent passes", Duration::from_secs(30), || {
+        agent.log_text().contains("gc-g: all tasks ended").then_some(())
+    });
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "bye\n");
+    let r = server.request("DELETE", &format!("{JOBS}/gc"), "", None, &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while group_dir.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the group's directory is still there:\n{}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        agent
+            .log_text()
+            .contains("gc-g: left this robot: its directory was removed"),
+        "{}",
+        agent.log_text()
+    );
+}

@@ -33,6 +33,7 @@ pub mod cgroup;
 pub mod checks;
 pub mod connected;
 pub mod device;
+pub mod gc;
 pub mod http;
 pub mod logs;
 pub mod paths;
@@ -184,6 +185,7 @@ pub fn cmd_run(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
             robot: robot.unwrap_or_else(default_robot),
             data_dir,
             envoy_bin: envoy_bin.unwrap_or_else(default_envoy),
+            gc_after: None,
         },
     };
     match standalone::run(opts) {

@@ -26,6 +26,7 @@ use super::cgroup::Limits;
 use super::checks;
 use super::supervisor::machine::{Phase, Policy, RestartRules};
 use super::supervisor::{PreStart, Supervisor, UnitSpec};
+use crate::agent::gc::AllocGc;
 use crate::api::{JobType, NetworkConfig, RestartMode, RestartPolicy, TaskSpec};
 use crate::envoy::{self, GroupProxy};
 use std::collections::{BTreeMap, BTreeSet};
@@ -79,6 +80,9 @@ pub struct ReconcileConfig {
     pub robot: String,
     pub data_dir: PathBuf,
     pub envoy_bin: PathBuf,
+    /// Remove the directories of groups that left this robot this long
+    /// after they were last needed (None: keep them; `run -f` does).
+    pub gc_after: Option<Duration>,
 }
 
 /// What became of one desired task.
@@ -115,11 +119,14 @@ pub struct Reconciler {
     /// batch group): their proxy (≈16 MiB) and daemons are stopped although
     /// the Job still exists.
     finished: BTreeSet<String>,
+    gc: Option<AllocGc>,
 }
 
 impl Reconciler {
     pub fn new(config: ReconcileConfig) -> Self {
+        let gc = config.gc_after.map(|after| AllocGc::new(&config.data_dir, after));
         Reconciler {
+            gc,
             config,
             failed: BTreeMap::new(),
             proxies: BTreeMap::new(),
@@ -191,6 +198,18 @@ impl Reconciler {
         recheck
     }
 
+    /// Remove directories of groups that left (after the stops of this
+    /// pass, so a unit just let go no longer counts as living there).
+    fn collect_garbage(&mut self, sup: &Supervisor) -> Option<Instant> {
+        let gc = self.gc.as_mut()?;
+        let in_use: BTreeSet<String> = self.seen.keys().cloned().collect();
+        for key in gc.sweep(&in_use, sup, Instant::now()) {
+            self.notices
+                .push((key, "left this robot: its directory was removed (--gc-after)".into()));
+        }
+        gc.next_due()
+    }
+
     /// One pass with its story told in the order things happened: what the
     /// supervisor saw since the last pass (exits), this pass's group events,
     /// then the stops it caused. Units nothing wants any more are stopped.
@@ -206,6 +225,7 @@ impl Reconciler {
         let recheck = self.reconcile(desired, sup);
         let wanted = self.wanted(desired);
         sup.retain(|n| wanted.contains(n));
+        let recheck = recheck.into_iter().chain(self.collect_garbage(sup)).min();
         for (group, msg) in self.take_notices() {
             say(format!("{group}: {msg}"));
         }

@@ -28,6 +28,8 @@ config file; flags win over the environment, the environment over the file):
     --log-max-size BYTES  Size cap of each task log file [default 1Mi]
     --log-max-files N     Log files kept per stream [default 3]
     --artifact-max-size SIZE  Largest artifact download [default 512Mi] [K8S4R_ARTIFACT_MAX_SIZE]
+    --gc-after DURATION   Remove a departed group's directory (and logs) this long
+                          after it was last needed [default 1h]   [K8S4R_GC_AFTER]
     --no-cgroups          Do not use cgroups for task limits
     -h, --help            Print help
 ";
@@ -41,6 +43,7 @@ pub fn cmd_connect(first: Option<String>, parser: &mut lexopt::Parser) -> Result
     let mut envoy_bin = None;
     let mut limits = LogLimits::default();
     let mut artifact_max_bytes = None;
+    let mut gc_after = None;
     let mut cgroup_root = Some(PathBuf::from(cgroup::DEFAULT_ROOT));
     let mut pending = first;
     loop {
@@ -83,6 +86,10 @@ pub fn cmd_connect(first: Option<String>, parser: &mut lexopt::Parser) -> Result
                 artifact_max_bytes = Some(parse_artifact_max(&parser.value()?.string()?)?);
                 continue;
             }
+            "gc-after" => {
+                gc_after = Some(parse_gc_after(&parser.value()?.string()?)?);
+                continue;
+            }
             "no-cgroups" => {
                 cgroup_root = None;
                 continue;
@@ -115,6 +122,16 @@ pub fn cmd_connect(first: Option<String>, parser: &mut lexopt::Parser) -> Result
             artifact_max_bytes = Some(parse_artifact_max(text)?);
         }
     }
+    let gc_after = match gc_after {
+        Some(d) => d,
+        None => match std::env::var(GC_AFTER_ENV)
+            .ok()
+            .or_else(|| file.get(GC_AFTER_ENV).cloned())
+        {
+            Some(text) if !text.is_empty() => parse_gc_after(&text)?,
+            _ => DEFAULT_GC_AFTER,
+        },
+    };
     let opts = ConnectedOptions {
         artifact_max_bytes,
         supervisor: supervisor::SupervisorConfig {
@@ -126,6 +143,7 @@ pub fn cmd_connect(first: Option<String>, parser: &mut lexopt::Parser) -> Result
             robot: config.name.clone(),
             data_dir,
             envoy_bin,
+            gc_after: Some(gc_after),
         },
         config,
     };
@@ -140,4 +158,11 @@ pub fn cmd_connect(first: Option<String>, parser: &mut lexopt::Parser) -> Result
 
 fn parse_artifact_max(text: &str) -> Result<u64, lexopt::Error> {
     crate::agent::artifacts::parse_max_size(text).map_err(|e| format!("--{e}").into())
+}
+
+const GC_AFTER_ENV: &str = "K8S4R_GC_AFTER";
+const DEFAULT_GC_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
+
+fn parse_gc_after(text: &str) -> Result<std::time::Duration, lexopt::Error> {
+    crate::api::Duration::parse(text).map_err(|e| format!("--gc-after {text:?}: {e}").into())
 }
