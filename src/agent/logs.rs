@@ -217,7 +217,27 @@ impl LogPump {
     /// at end of stream (every writer, i.e. the task and all its
     /// descendants, has gone).
     pub fn drain(&mut self) -> Result<bool, LogError> {
-        let mut buf = [0u8; 64 * 1024];
+        // Most wake-ups carry a line or two: read those into a small buffer
+        // (zeroing 64 KiB on every wake-up showed up as the agent's top cost
+        // in the supervision benchmark); a short read means the pipe is
+        // empty for now. Only a busy pipe gets the big buffer.
+        let mut small = [0u8; 4096];
+        loop {
+            match self.fifo.read(&mut small) {
+                Ok(0) => return Ok(true),
+                Ok(n) => {
+                    self.sink.write(&small[..n])?;
+                    if n < small.len() {
+                        return Ok(false);
+                    }
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(LogError::Write(self.sink.path.clone(), e)),
+            }
+        }
+        let mut buf = vec![0u8; 64 * 1024];
         for _ in 0..MAX_DRAIN / buf.len() {
             match self.fifo.read(&mut buf) {
                 Ok(0) => return Ok(true),

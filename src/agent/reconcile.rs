@@ -120,6 +120,8 @@ pub struct Reconciler {
     /// the Job still exists.
     finished: BTreeSet<String>,
     gc: Option<AllocGc>,
+    /// Per desired task, a stamp of what its unit was last built from.
+    ensured: BTreeMap<String, u64>,
 }
 
 impl Reconciler {
@@ -134,6 +136,7 @@ impl Reconciler {
             seen: BTreeMap::new(),
             lingering: BTreeSet::new(),
             finished: BTreeSet::new(),
+            ensured: BTreeMap::new(),
         }
     }
 
@@ -165,8 +168,17 @@ impl Reconciler {
             self.finished.remove(&key);
             match self.prepare_group(&key, tasks[0], sup) {
                 Ok(GroupReady::Yes(proxy_env)) => {
+                    // Building a unit's spec allocates a lot (env, argv,
+                    // templates) and this runs for every task on every
+                    // wake-up: skip tasks whose input did not change.
+                    let env_stamp = hash_debug(&proxy_env);
                     for t in &tasks {
+                        let stamp = hash_debug(&(t.job_type, &t.spec, env_stamp));
+                        if self.ensured.get(&t.name) == Some(&stamp) && sup.view(&t.name).is_some() {
+                            continue;
+                        }
                         sup.ensure(self.task_unit(t, &proxy_env));
+                        self.ensured.insert(t.name.clone(), stamp);
                     }
                 }
                 Ok(GroupReady::NotYet(at)) => recheck = recheck.into_iter().chain(at).min(),
@@ -182,6 +194,10 @@ impl Reconciler {
         self.failed.retain(|k, _| keys.contains(k));
         self.proxies.retain(|k, _| keys.contains(k));
         self.finished.retain(|k| keys.contains(k));
+        // A task that left and comes back must be ensured again (it may have
+        // been stopped meanwhile).
+        let names: BTreeSet<&str> = desired.iter().map(|t| t.name.as_str()).collect();
+        self.ensured.retain(|n, _| names.contains(n.as_str()));
         for t in desired {
             let (tasks, support) = self.seen.entry(t.group_key()).or_default();
             tasks.insert(t.name.clone());
@@ -570,10 +586,20 @@ fn fingerprint(u: &UnitSpec) -> u64 {
     ))
 }
 
+/// Hash of a value's Debug form, streamed into the hasher: the spec of
+/// every desired unit is fingerprinted on every pass, so no string is built.
 fn hash_debug(value: &impl std::fmt::Debug) -> u64 {
-    use std::hash::{Hash, Hasher};
+    use std::fmt::Write;
+    use std::hash::Hasher;
+    struct Feed<'a>(&'a mut std::collections::hash_map::DefaultHasher);
+    impl Write for Feed<'_> {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            self.0.write(s.as_bytes());
+            Ok(())
+        }
+    }
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    format!("{value:?}").hash(&mut h);
+    let _ = write!(Feed(&mut h), "{value:?}");
     h.finish()
 }
 
