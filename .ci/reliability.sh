@@ -16,6 +16,7 @@ cases=(
   "fault|server restart|robots, tokens and assignments intact|server_fleet|restart_keeps_robots_tokens_and_assignments"
   "fault|SQLite on a full disk (2 MiB tmpfs)|5xx Status naming the cause, nothing lost, recovers when space returns|server_full_disk|a_full_disk_gives_clear_errors_and_loses_nothing"
   "fault|Envoy kill -9|proxy brought back, same config|envoy_live|after_kill_9_prepare_and_start_bring_the_proxy_back"
+  "fault|a group's Envoy killed -9 under the agent|a new Envoy carries traffic on the same port; the group's task keeps its pid, never restarted|agent_faults|a_killed_group_proxy_is_restarted_and_its_tasks_are_untouched"
   "fault|robot offline|tasks Unknown then Lost, service tasks moved|server_fleet|offline_robots_lose_tasks_and_service_jobs_move"
   "fault|a real robot goes silent, then returns|task moves to the other robot; the returning one stops its copy|e2e_connected|a_lost_robots_service_task_moves_and_never_runs_twice"
   "fault|network cut (netns + veth down) past offline, then back|tasks keep running; replace:false keeps the process; one copy each after|e2e_connected|a_network_cut_keeps_tasks_running_and_nothing_runs_twice_after"

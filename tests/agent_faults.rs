@@ -15,7 +15,7 @@ mod common;
 use common::standalone::*;
 use common::wait_for;
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -584,4 +584,69 @@ fn the_group_proxy_listens_on_loopback_only_with_a_private_admin_socket() {
     std::fs::write(sb.data().join("alloc/net-g/alloc/done"), "").unwrap();
     assert_eq!(agent.wait_exit(), 0, "{}", agent.output());
     assert!(!alive(pid), "the proxy must stop with its group");
+}
+
+/// kill -9 of a group's Envoy: the agent starts it again (a new pid that
+/// listens on the same port and carries traffic), and the group's task is
+/// not touched (same pid, never restarted).
+#[test]
+fn a_killed_group_proxy_is_restarted_and_its_tasks_are_untouched() {
+    let Some(envoy) = envoy_bin() else { return };
+    // Answers each line with "pong:<line>".
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream_port = upstream.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in upstream.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let mut line = String::new();
+                if BufReader::new(&s).read_line(&mut line).is_ok() {
+                    let _ = write!(&s, "pong:{line}");
+                }
+            });
+        }
+    });
+    let local_port = free_port();
+    let sb = Sandbox::new();
+    let file = sb.job(&job(
+        "kp",
+        "service",
+        &format!(
+            r#"    - name: g
+      network:
+        upstreams: [{{name: up, localPort: {local_port}, upstream: "127.0.0.1:{upstream_port}", tls: false}}]
+      tasks:
+        - {{name: t, driver: exec, config: {{execConfig: {{command: /bin/sh, args: ["-c", "while [ ! -e $K8S4R_ALLOC_DIR/done ]; do sleep 0.05; done"]}}}}}}
+"#
+        ),
+    ));
+    let mut agent = sb.run(&file, &["--envoy-bin", envoy.to_str().unwrap()]);
+    let first = agent.pid_of("g envoy: running pid");
+    let task = agent.pid_of("g r0 t: running pid");
+    let through_proxy = || -> Option<String> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", local_port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        s.write_all(b"ping\n").ok()?;
+        let mut reply = String::new();
+        BufReader::new(&s).read_line(&mut reply).ok()?;
+        (reply == "pong:ping\n").then_some(reply)
+    };
+    wait_for("traffic through the first proxy", T, through_proxy);
+
+    signal(first as u32, "KILL");
+    let second = wait_for("the proxy started again", T, || {
+        let pids: Vec<i32> = agent
+            .lines_with("g envoy: running pid")
+            .iter()
+            .filter_map(|(_, l)| l.rsplit(' ').next()?.parse().ok())
+            .collect();
+        pids.into_iter().find(|p| *p != first)
+    });
+    assert!(!alive(first));
+    wait_for("traffic through the restarted proxy", T, through_proxy);
+    assert!(alive(task), "the group's task died with its proxy");
+    assert_eq!(agent.lines_with("g r0 t: running pid").len(), 1, "{}", agent.output());
+    assert!(alive(second));
+    std::fs::write(sb.data().join("alloc/kp-g/alloc/done"), "").unwrap();
+    signal(agent.child.id(), "TERM");
+    assert_eq!(agent.wait_exit(), 0, "{}", agent.output());
 }

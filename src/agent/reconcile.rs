@@ -194,9 +194,15 @@ impl Reconciler {
         self.failed.retain(|k, _| keys.contains(k));
         self.proxies.retain(|k, _| keys.contains(k));
         self.finished.retain(|k| keys.contains(k));
+
+        // Task names are forgotten once neither desired nor running: a group
+        // that cycles through new task names must not remember every one.
+        let names: BTreeSet<&str> = desired.iter().map(|t| t.name.as_str()).collect();
+        for (tasks, _) in self.seen.values_mut() {
+            tasks.retain(|n| names.contains(n.as_str()) || sup.has_process(n));
+        }
         // A task that left and comes back must be ensured again (it may have
         // been stopped meanwhile).
-        let names: BTreeSet<&str> = desired.iter().map(|t| t.name.as_str()).collect();
         self.ensured.retain(|n, _| names.contains(n.as_str()));
         for t in desired {
             let (tasks, support) = self.seen.entry(t.group_key()).or_default();
