@@ -491,7 +491,8 @@ fn operator_token_guards_the_api() {
     let dir = tempfile::tempdir().unwrap();
     let tf = dir.path().join("admin-token");
     std::fs::write(&tf, "s3cret-operator-token-123\n").unwrap();
-    let s = Server::start_with(&["--admin-token-file", tf.to_str().unwrap()]);
+    // --auth-token-file is the same option under its Kubernetes-style name.
+    let s = Server::start_with(&["--auth-token-file", tf.to_str().unwrap()]);
     assert_eq!(s.get("/version").status, 200, "version stays open");
     let r = s.get(&robots());
     assert_eq!((r.status, r.json()["reason"].clone()), (401, json!("Unauthorized")));

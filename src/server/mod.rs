@@ -60,6 +60,7 @@ OPTIONS:
     --admin-token-file FILE  Require this bearer token for the Kubernetes API and
                              join tokens [default: open API]. kubectl sends tokens
                              only over https: put a TLS-terminating proxy in front.
+                             (Also accepted as --auth-token-file.)
     -h, --help               Print help
 
 Prints `listening on http://ADDR` once it accepts connections. Use it with
@@ -115,7 +116,8 @@ pub fn cmd_server(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
                     .map(|u| u.trim().to_string())
                     .collect()
             }
-            Long("admin-token-file") => cfg.admin_token_file = Some(parser.value()?.into()),
+            // `--auth-token-file` is the name Kubernetes users look for.
+            Long("admin-token-file" | "auth-token-file") => cfg.admin_token_file = Some(parser.value()?.into()),
             Long("poll-interval") => cfg.fleet.poll_interval = duration_arg(parser, "--poll-interval")?,
             Long("offline-after") => cfg.fleet.offline_after = Some(duration_arg(parser, "--offline-after")?),
             Long("max-poll-rate") => cfg.fleet.max_poll_rate = parser.value()?.parse()?,
