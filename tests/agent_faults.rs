@@ -592,19 +592,7 @@ fn the_group_proxy_listens_on_loopback_only_with_a_private_admin_socket() {
 #[test]
 fn a_killed_group_proxy_is_restarted_and_its_tasks_are_untouched() {
     let Some(envoy) = envoy_bin() else { return };
-    // Answers each line with "pong:<line>".
-    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let upstream_port = upstream.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for s in upstream.incoming().map_while(Result::ok) {
-            std::thread::spawn(move || {
-                let mut line = String::new();
-                if BufReader::new(&s).read_line(&mut line).is_ok() {
-                    let _ = write!(&s, "pong:{line}");
-                }
-            });
-        }
-    });
+    let upstream_port = pong_upstream();
     let local_port = free_port();
     let sb = Sandbox::new();
     let file = sb.job(&job(

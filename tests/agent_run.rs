@@ -543,18 +543,7 @@ fn path_traversal_is_refused_lexically_and_through_symlinks() {
 #[test]
 fn network_group_starts_its_proxy_first_and_tasks_reach_the_upstream_through_it() {
     let Some(envoy) = envoy_bin() else { return };
-    // The real upstream: answers each line with "pong:<line>".
-    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let upstream_port = upstream.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for s in upstream.incoming().map_while(Result::ok) {
-            let mut line = String::new();
-            let mut r = BufReader::new(&s);
-            if r.read_line(&mut line).is_ok() {
-                let _ = write!(&s, "pong:{line}");
-            }
-        }
-    });
+    let upstream_port = pong_upstream();
     let local_port = free_port();
     let sb = Sandbox::new();
     let file = sb.job(&job(

@@ -26,6 +26,35 @@ fn server_and_robot(name: &str) -> (tempfile::TempDir, Server, Agent) {
     (dir, server, agent)
 }
 
+/// A server that declares robots offline after 2 s, and two real robots
+/// with `labels`, both Online (their data under `dir`).
+fn robot_pair(dir: &Path, names: [&'static str; 2], labels: &str) -> (Server, [(&'static str, Agent); 2]) {
+    let server = Server::start_with(&["--poll-interval", "1s", "--offline-after", "2s"]);
+    let token = server.join_token();
+    let agents = names.map(|name| {
+        (
+            name,
+            Agent::start(&server.base, &token, name, labels, &dir.join(name), &[]),
+        )
+    });
+    for name in names {
+        robot_online(&server, name);
+    }
+    (server, agents)
+}
+
+/// (robot, pid) of `task` once the server has it running.
+fn running_on(server: &Server, task_name: &str) -> Option<(String, i64)> {
+    let t = task(server, task_name)?;
+    if t["status"]["state"] != "running" {
+        return None;
+    }
+    Some((
+        t["spec"]["targetRobot"].as_str()?.to_string(),
+        t["status"]["pid"].as_i64()?,
+    ))
+}
+
 fn robot_online(server: &Server, name: &str) {
     wait_for(&format!("robot {name} Online"), Duration::from_secs(30), || {
         let r = server.object("robots", name)?;
@@ -221,17 +250,8 @@ fn pid_alive(pid: i64) -> bool {
 /// own and stops its copy: the task never stays running twice.
 #[test]
 fn a_lost_robots_service_task_moves_and_never_runs_twice() {
-    let server = Server::start_with(&["--poll-interval", "1s", "--offline-after", "2s"]);
-    let token = server.join_token();
     let dir = tempfile::tempdir().unwrap();
-    let mut agents = ["robot-a", "robot-b"].map(|name| {
-        (
-            name,
-            Agent::start(&server.base, &token, name, "fleet=test", &dir.path().join(name), &[]),
-        )
-    });
-    robot_online(&server, "robot-a");
-    robot_online(&server, "robot-b");
+    let (server, mut agents) = robot_pair(dir.path(), ["robot-a", "robot-b"], "fleet=test");
     let job = json!({
         "apiVersion": "robot.k8s4r.io/v1alpha1", "kind": "Job",
         "metadata": {"name": "beacon", "namespace": "default"},
@@ -244,16 +264,7 @@ fn a_lost_robots_service_task_moves_and_never_runs_twice() {
     let r = server.send_json("POST", JOBS, &job);
     assert_eq!(r.status, 201, "{}", r.body);
     let name = "beacon-g-r0-ping";
-    let running_on = |server: &Server| {
-        let t = task(server, name)?;
-        if t["status"]["state"] != "running" {
-            return None;
-        }
-        Some((
-            t["spec"]["targetRobot"].as_str()?.to_string(),
-            t["status"]["pid"].as_i64()?,
-        ))
-    };
+    let running_on = |server: &Server| running_on(server, name);
     let (first, first_pid) = wait_for("the task running", Duration::from_secs(30), || running_on(&server));
     // The robot running it goes silent.
     let i = agents
@@ -617,17 +628,8 @@ fn examples_reach_their_expected_states_on_a_live_robot() {
 /// robot is told to stop its copy: one process remains, the original.
 #[test]
 fn keep_original_keeps_the_returning_robots_process_and_stops_the_replacement() {
-    let server = Server::start_with(&["--poll-interval", "1s", "--offline-after", "2s"]);
-    let token = server.join_token();
     let dir = tempfile::tempdir().unwrap();
-    let mut agents = ["robot-ko-a", "robot-ko-b"].map(|name| {
-        (
-            name,
-            Agent::start(&server.base, &token, name, "fleet=ko", &dir.path().join(name), &[]),
-        )
-    });
-    robot_online(&server, "robot-ko-a");
-    robot_online(&server, "robot-ko-b");
+    let (server, mut agents) = robot_pair(dir.path(), ["robot-ko-a", "robot-ko-b"], "fleet=ko");
     let job = json!({
         "apiVersion": "robot.k8s4r.io/v1alpha1", "kind": "Job",
         "metadata": {"name": "ko", "namespace": "default"},
@@ -639,16 +641,7 @@ fn keep_original_keeps_the_returning_robots_process_and_stops_the_replacement() 
     });
     assert_eq!(server.send_json("POST", JOBS, &job).status, 201);
     let name = "ko-g-r0-t";
-    let running_on = |server: &Server| {
-        let t = task(server, name)?;
-        if t["status"]["state"] != "running" {
-            return None;
-        }
-        Some((
-            t["spec"]["targetRobot"].as_str()?.to_string(),
-            t["status"]["pid"].as_i64()?,
-        ))
-    };
+    let running_on = |server: &Server| running_on(server, name);
     let (first, first_pid) = wait_for("the task running", Duration::from_secs(30), || running_on(&server));
     let i = agents.iter().position(|(n, _)| *n == first).expect("one of ours");
     let other = agents[1 - i].0;

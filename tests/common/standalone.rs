@@ -234,3 +234,22 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// A TCP server on 127.0.0.1 that answers the first line of each connection
+/// with `pong:<line>` (a stand-in upstream for a group's proxy); its port.
+pub fn pong_upstream() -> u16 {
+    use std::io::Write;
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = upstream.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in upstream.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let mut line = String::new();
+                if BufReader::new(&s).read_line(&mut line).is_ok() {
+                    let _ = write!(&s, "pong:{line}");
+                }
+            });
+        }
+    });
+    port
+}
