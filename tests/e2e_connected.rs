@@ -438,6 +438,7 @@ fn a_network_cut_keeps_tasks_running_and_nothing_runs_twice_after() {
     });
 
     net.link(false);
+    let cut_at = std::time::Instant::now();
     wait_for("the robot Offline", Duration::from_secs(30), || {
         (server.object("robots", "robot-wifi")?["status"]["phase"] == "Offline").then_some(())
     });
@@ -445,6 +446,16 @@ fn a_network_cut_keeps_tasks_running_and_nothing_runs_twice_after() {
         let t = task(&server, "move-g-r0-walk")?;
         (t["metadata"]["annotations"]["robot.k8s4r.io/reschedules"] == "1").then_some(())
     });
+    // `make reliability` holds the cut for K8S4R_CUT_SECS (60) in all; the
+    // robot's task must live through all of it.
+    let hold = std::env::var("K8S4R_CUT_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    while cut_at.elapsed() < Duration::from_secs(hold) {
+        assert!(pid_alive(keep_pid), "a task of the cut-off robot died during the cut");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert!(pid_alive(keep_pid), "the cut-off robot keeps its tasks running");
     assert_eq!((count_procs("sleep 301"), count_procs("sleep 302")), (1, 1));
 
