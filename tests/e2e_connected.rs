@@ -18,12 +18,19 @@ const JOBS: &str = "/apis/robot.k8s4r.io/v1alpha1/namespaces/default/jobs";
 /// Online. Bind as `(_dir, server, agent)`: dropped in reverse, the agent
 /// (and every task it started) goes first, the data directory last.
 fn server_and_robot(name: &str) -> (tempfile::TempDir, Server, Agent) {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, agent) = robot_at(name, "demo=true", &dir.path().join(name), &[]);
+    (dir, server, agent)
+}
+
+/// A fresh server and one connected robot `name` with `labels`, its data in
+/// `data` (the caller keeps the directory alive), Online.
+fn robot_at(name: &str, labels: &str, data: &Path, extra: &[&str]) -> (Server, Agent) {
     let server = Server::start();
     let token = server.join_token();
-    let dir = tempfile::tempdir().unwrap();
-    let agent = Agent::start(&server.base, &token, name, "demo=true", &dir.path().join(name), &[]);
+    let agent = Agent::start(&server.base, &token, name, labels, data, extra);
     robot_online(&server, name);
-    (dir, server, agent)
+    (server, agent)
 }
 
 /// A server that declares robots offline after 2 s, and two real robots
@@ -813,18 +820,8 @@ fn spire_mtls_example_runs_against_a_local_spire_workload_api() {
             ("port: 9443", format!("port: {scrape}")),
         ],
     );
-    let server = Server::start();
-    let token = server.join_token();
     // Labels the example's selector asks for (matchLabels + matchExpressions).
-    let agent = Agent::start(
-        &server.base,
-        &token,
-        "robot-spire",
-        "fleet=warehouse,arch=amd64",
-        &root.join("robot"),
-        &[],
-    );
-    robot_online(&server, "robot-spire");
+    let (server, agent) = robot_at("robot-spire", "fleet=warehouse,arch=amd64", &root.join("robot"), &[]);
     apply_text(&server, "examples/spire-mtls.yaml", &text);
     wait_job(&server, "telemetry", "running", &agent);
     let out = wait_for("the reporter's first line", Duration::from_secs(30), || {
@@ -890,17 +887,7 @@ fn tls_files_example_runs_with_local_certificate_files() {
             ),
         ],
     );
-    let server = Server::start();
-    let token = server.join_token();
-    let agent = Agent::start(
-        &server.base,
-        &token,
-        "robot-files",
-        "demo=true",
-        &root.join("robot"),
-        &[],
-    );
-    robot_online(&server, "robot-files");
+    let (server, agent) = robot_at("robot-files", "demo=true", &root.join("robot"), &[]);
     apply_text(&server, "examples/tls-files.yaml", &text);
     wait_job(&server, "files-mtls", "running", &agent);
     let back = wait_for(
@@ -992,17 +979,7 @@ fn compat_job_with_envoy_proxy_completes_with_local_downloads() {
             ("sleep 30\n", "sleep 1\n".to_string()),
         ],
     );
-    let server = Server::start();
-    let token = server.join_token();
-    let agent = Agent::start(
-        &server.base,
-        &token,
-        "robot-compat",
-        "demo=true",
-        &root.join("robot"),
-        &[],
-    );
-    robot_online(&server, "robot-compat");
+    let (server, agent) = robot_at("robot-compat", "demo=true", &root.join("robot"), &[]);
     apply_text(&server, "compat/job-with-envoy-proxy.yaml", &text);
     wait_job(&server, "test-proxy-job", "completed", &agent);
     assert!(
@@ -1069,19 +1046,9 @@ fn robot_manifests_go_online_when_their_agent_registers() {
 /// so a robot running a new Job every minute does not fill its flash.
 #[test]
 fn a_departed_groups_directory_is_removed_after_gc_after() {
-    let server = Server::start();
-    let token = server.join_token();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("robot-gc");
-    let agent = Agent::start(
-        &server.base,
-        &token,
-        "robot-gc",
-        "demo=true",
-        &data,
-        &["--gc-after", "1s"],
-    );
-    robot_online(&server, "robot-gc");
+    let (server, agent) = robot_at("robot-gc", "demo=true", &data, &["--gc-after", "1s"]);
     let job = json!({
         "apiVersion": "robot.k8s4r.io/v1alpha1", "kind": "Job",
         "metadata": {"name": "gc", "namespace": "default"},
