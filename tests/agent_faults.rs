@@ -536,19 +536,7 @@ fn the_group_proxy_listens_on_loopback_only_with_a_private_admin_socket() {
     let upstream_port = upstream.local_addr().unwrap().port();
     let local_port = free_port();
     let sb = Sandbox::new();
-    let file = sb.job(&job(
-        "net",
-        "service",
-        &format!(
-            r#"    - name: g
-      network:
-        upstreams: [{{name: up, localPort: {local_port}, upstream: "127.0.0.1:{upstream_port}", tls: false}}]
-      tasks:
-        - {{name: t, driver: exec, config: {{execConfig: {{command: /bin/sh, args: ["-c", "while [ ! -e $K8S4R_ALLOC_DIR/done ]; do sleep 0.05; done"]}}}}}}
-"#
-        ),
-    ));
-    let mut agent = sb.run(&file, &["--envoy-bin", envoy.to_str().unwrap()]);
+    let mut agent = proxied_service(&sb, "net", local_port, upstream_port, &envoy);
     let pid = agent.pid_of("g envoy: running pid");
     agent.wait_line("g r0 t: running pid");
     let owned = |line: &&str| line.contains(&format!("pid={pid},"));
@@ -586,17 +574,12 @@ fn the_group_proxy_listens_on_loopback_only_with_a_private_admin_socket() {
     assert!(!alive(pid), "the proxy must stop with its group");
 }
 
-/// kill -9 of a group's Envoy: the agent starts it again (a new pid that
-/// listens on the same port and carries traffic), and the group's task is
-/// not touched (same pid, never restarted).
-#[test]
-fn a_killed_group_proxy_is_restarted_and_its_tasks_are_untouched() {
-    let Some(envoy) = envoy_bin() else { return };
-    let upstream_port = pong_upstream();
-    let local_port = free_port();
-    let sb = Sandbox::new();
+/// A service Job `job` whose group `g` has one plain upstream through its
+/// Envoy (`localPort` → `upstream_port`) and a task that waits for the file
+/// `alloc/<job>-g/alloc/done`; the agent running it.
+fn proxied_service(sb: &Sandbox, job_name: &str, local_port: u16, upstream_port: u16, envoy: &Path) -> Agent {
     let file = sb.job(&job(
-        "kp",
+        job_name,
         "service",
         &format!(
             r#"    - name: g
@@ -607,7 +590,19 @@ fn a_killed_group_proxy_is_restarted_and_its_tasks_are_untouched() {
 "#
         ),
     ));
-    let mut agent = sb.run(&file, &["--envoy-bin", envoy.to_str().unwrap()]);
+    sb.run(&file, &["--envoy-bin", envoy.to_str().unwrap()])
+}
+
+/// kill -9 of a group's Envoy: the agent starts it again (a new pid that
+/// listens on the same port and carries traffic), and the group's task is
+/// not touched (same pid, never restarted).
+#[test]
+fn a_killed_group_proxy_is_restarted_and_its_tasks_are_untouched() {
+    let Some(envoy) = envoy_bin() else { return };
+    let upstream_port = pong_upstream();
+    let local_port = free_port();
+    let sb = Sandbox::new();
+    let mut agent = proxied_service(&sb, "kp", local_port, upstream_port, &envoy);
     let first = agent.pid_of("g envoy: running pid");
     let task = agent.pid_of("g r0 t: running pid");
     let through_proxy = || -> Option<String> {
