@@ -279,7 +279,7 @@ impl Agents {
     /// [`Agents::poll`] holding the robot's one poll slot: a newer poll
     /// from the same robot ends this one with 429 (see [`PollSlots`]).
     /// Ending it drops the older poll wherever it is, which is no different
-    /// from its client hanging up, so `poll` must be (and is) safe to cancel.
+    /// from its client hanging up: `poll` must stay safe to cancel anywhere.
     pub async fn poll_exclusive(
         &self,
         id: &RobotIdentity,
