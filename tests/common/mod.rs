@@ -25,6 +25,19 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut cond: impl FnMut() -> Opti
     }
 }
 
+/// Check that `check` holds throughout `window` (sampled every 100 ms):
+/// the counterpart of [`wait_for`] for "nothing bad happens for this long".
+/// Panics with the failure and when it came.
+pub fn throughout(what: &str, window: Duration, mut check: impl FnMut() -> Result<(), String>) {
+    let start = Instant::now();
+    while start.elapsed() < window {
+        if let Err(e) = check() {
+            panic!("{what} failed after {:?}: {e}", start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 pub fn agent_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_k8s4r-agent"))
 }
