@@ -86,6 +86,14 @@ impl ConnectedAgent {
         )
     }
 
+    /// An agent started with exactly `args` and `--data-dir data` (e.g. its
+    /// settings in a config file).
+    pub fn start_args(args: &[&str], data: &std::path::Path) -> ConnectedAgent {
+        let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        args.extend(["--data-dir".to_string(), data.display().to_string()]);
+        ConnectedAgent::launch(Vec::new(), args, data)
+    }
+
     /// Like [`ConnectedAgent::start`], inside network namespace `netns`.
     pub fn start_in_netns(
         netns: &str,
@@ -180,6 +188,11 @@ impl ConnectedAgent {
 
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
+    }
+
+    /// The process's exit status, once it has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
     }
 
     /// A task's stdout as `k8s4r-agent logs TASK` prints it.
