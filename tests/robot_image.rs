@@ -277,8 +277,10 @@ fn clock_ticks_per_second() -> u64 {
 /// the agent waits instead of exiting into init's respawn loop. Over the
 /// window the whole image uses under 1% of a CPU, the agent stays the same
 /// process, and its log says once what it is missing. (The issue asks for
-/// a minute; 10 s with the same bound keeps the test short, and a respawn
-/// loop burns far more than 1% in any window.)
+/// a minute; 10 s with the same bound keeps the test short. Busybox init
+/// sleeps 1 s between respawns, so on a fast x86 host the old respawn loop
+/// measured 0.1%: it is caught by a new agent process every second and a
+/// line a second in the log, which is what fills a robot's console.)
 #[test]
 fn an_unconfigured_image_waits_quietly() {
     const WINDOW: Duration = Duration::from_secs(10);
@@ -289,28 +291,29 @@ fn an_unconfigured_image_waits_quietly() {
     let rootfs = build_rootfs(tmp.path(), "x86_64", agent.as_path(), &[]);
     let _boot = boot(&rootfs);
     let log = rootfs.join("var/log/k8s4r-agent.log");
-    let missing = "waiting: no server";
-    wait_for("the agent to say what it misses", Duration::from_secs(20), || {
-        std::fs::read_to_string(&log).ok()?.contains(missing).then_some(())
-    });
     let agent_pids = || find(&rootfs, "k8s4r-agent --data-dir");
-    let before = agent_pids();
+    // Its first words (whatever they are) say init has started it.
+    wait_for("init to start the agent", Duration::from_secs(20), || {
+        (std::fs::metadata(&log).ok()?.len() > 0).then_some(())
+    });
+    // Every agent process seen in the window: one, unless it exits and
+    // init starts another.
+    let mut seen = std::collections::BTreeSet::new();
     let (start, cpu_before) = (std::time::Instant::now(), image_cpu_ticks(&rootfs));
-    common::throughout("the agent staying up", WINDOW, || {
-        let now = agent_pids();
-        (now == before)
-            .then_some(())
-            .ok_or(format!("agent pids {before:?} became {now:?}"))
+    common::throughout("watching the agent", WINDOW, || {
+        seen.extend(agent_pids());
+        Ok(())
     });
     let used = image_cpu_ticks(&rootfs).saturating_sub(cpu_before);
     let elapsed = start.elapsed();
     let share = used as f64 / clock_ticks_per_second() as f64 / elapsed.as_secs_f64();
-    let text = std::fs::read_to_string(&log).unwrap();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
     eprintln!(
-        "unconfigured image: {used} ticks of CPU in {elapsed:?} ({:.3}% of a CPU)",
+        "unconfigured image: {used} ticks of CPU in {elapsed:?} ({:.3}% of a CPU), agent pids {seen:?}",
         share * 100.0
     );
-    assert_eq!(before.len(), 1, "one agent: {before:?}\n{text}");
     assert!(share < 0.01, "{:.2}% of a CPU\n{text}", share * 100.0);
+    assert_eq!(seen.len(), 1, "one agent process throughout: {seen:?}\n{text}");
+    let missing = "waiting: no server";
     assert_eq!(text.matches(missing).count(), 1, "said once (a minute apart): {text}");
 }
