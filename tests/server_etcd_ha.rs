@@ -29,9 +29,13 @@ fn job(name: &str, selector: Value, count: usize) -> Value {
              "tasks": [{"name": "main", "driver": "exec", "config": {"execConfig": {"command": "/bin/true"}}}]}]}})
 }
 
-fn start_replicas(etcd: &Etcd, n: usize) -> Vec<Server> {
+fn start_replicas(etcd: &Etcd, n: usize, extra: &[&str]) -> Vec<Server> {
     let eps = etcd.endpoints();
-    (0..n).map(|_| Server::start_with(&["--etcd", &eps])).collect()
+    let args: Vec<&str> = ["--etcd", eps.as_str()]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect();
+    (0..n).map(|_| Server::start_with(&args)).collect()
 }
 
 /// The pid written in the leader key, if any replica leads.
@@ -89,7 +93,7 @@ fn wanted(job: &str) -> usize {
 #[test]
 fn replicas_share_one_etcd_and_survive_failures() {
     let mut etcd = Etcd::cluster(3);
-    let mut servers = start_replicas(&etcd, 3);
+    let mut servers = start_replicas(&etcd, 3, &[]);
     let leader = wait_for("a leader", T, || leader_index(&etcd, &servers));
     let follower = (leader + 1) % 3;
     let other = (leader + 2) % 3;
@@ -227,7 +231,7 @@ fn replicas_share_one_etcd_and_survive_failures() {
 #[test]
 fn a_stopping_leader_hands_over_at_once() {
     let etcd = Etcd::start();
-    let mut servers = start_replicas(&etcd, 2);
+    let mut servers = start_replicas(&etcd, 2, &[]);
     let leader = wait_for("a leader", T, || leader_index(&etcd, &servers));
     let old = servers[leader].pid();
     let stopping = Instant::now();
@@ -252,7 +256,7 @@ fn a_stopping_leader_hands_over_at_once() {
 #[test]
 fn a_log_request_reaches_a_robot_polling_another_replica() {
     let etcd = Etcd::cluster(1);
-    let servers = start_replicas(&etcd, 2);
+    let servers = start_replicas(&etcd, 2, &[]);
     let (robots_side, operator_side) = (&servers[0], &servers[1]);
     let join = robots_side.join_token();
     let mut robot = Robot::register(robots_side, &join, "far", json!({"fleet": "logs"}));
@@ -266,11 +270,20 @@ fn a_log_request_reaches_a_robot_polling_another_replica() {
         (r["status"]["phase"] == "Online").then_some(())
     });
 
-    let url =
-        operator_side.url("/apis/robot.k8s4r.io/v1alpha1/namespaces/default/tasks/talk-g-r0-main/log?tailLines=5");
+    // The operator's replica answers log requests from its cache, which
+    // follows etcd a moment behind the GET above: as a client would, retry
+    // while it does not know the task (404) or the robot's phase (503).
+    let base = operator_side.base.clone();
     let operator = std::thread::spawn(move || {
-        let mut reply = ureq::get(&url).call().expect("the log request");
-        reply.body_mut().read_to_string().unwrap()
+        let s = Server::attach(&base);
+        wait_for("the log request answered", T, || {
+            let r = s.get("/apis/robot.k8s4r.io/v1alpha1/namespaces/default/tasks/talk-g-r0-main/log?tailLines=5");
+            match r.status {
+                200 => Some(r.body),
+                404 | 503 => None,
+                other => panic!("the log request: {other} {}", r.body),
+            }
+        })
     });
     let request = wait_for("the log request on the robot's poll", T, || {
         let v = robot.poll("1s");
@@ -308,7 +321,7 @@ fn a_log_request_reaches_a_robot_polling_another_replica() {
 fn an_etcd_member_restart_during_writes_loses_and_duplicates_nothing() {
     const CREATES: usize = 40;
     let mut etcd = Etcd::cluster(3);
-    let servers = start_replicas(&etcd, 1);
+    let servers = start_replicas(&etcd, 1, &[]);
     let join = servers[0].join_token();
     Robot::register(&servers[0], &join, "worker", json!({"fleet": "m"}));
     let acked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -374,4 +387,68 @@ fn an_etcd_member_restart_during_writes_loses_and_duplicates_nothing() {
         (n == CREATES).then_some(n)
     });
     assert_eq!(count, CREATES);
+}
+
+/// A robot long-polls the replica that does not lead, with a service task
+/// running, for three times the offline limit: the leader's liveness check
+/// reads the heartbeats that replica stores, so the robot stays Online,
+/// its heartbeat fresh and its task running, and no event is recorded but
+/// its registration and (if that replica's cache had not seen it yet) one
+/// RobotOnline. (Before, it went Offline and its task Lost every limit.)
+#[test]
+fn a_robot_polling_a_replica_that_does_not_lead_stays_online() {
+    const OFFLINE: Duration = Duration::from_secs(6);
+    let fresh = (OFFLINE / 3).as_secs() as i64 + 1;
+    let etcd = Etcd::start();
+    let servers = start_replicas(&etcd, 2, &["--poll-interval", "3s", "--offline-after", "6s"]);
+    let leader = &servers[wait_for("a leader", T, || leader_index(&etcd, &servers))];
+    let follower = servers.iter().find(|s| s.pid() != leader.pid()).expect("two replicas");
+    let join = follower.join_token();
+    let mut robot = Robot::register(follower, &join, "faithful", json!({"fleet": "hb"}));
+    let mut svc = job("steady", json!({"matchLabels": {"fleet": "hb"}}), 1);
+    svc["spec"]["type"] = json!("service");
+    let r = follower.send_json("POST", jobs_path(), &svc);
+    assert_eq!(r.status, 201, "{}", r.body);
+    let task = "steady-g-r0-main";
+    wait_for("the task on the robot", T, || {
+        robot.task_names().contains(&task.to_string()).then_some(())
+    });
+    robot.report(task, "running");
+    wait_for("the leader to see the task running", T, || {
+        (leader.object("tasks", task)?["status"]["state"] == "running").then_some(())
+    });
+
+    let ((), polls) = robot.polling_while("3s", || {
+        common::throughout("the robot Online on the leader", 3 * OFFLINE, || {
+            let r = leader.object("robots", "faithful").ok_or("the robot is gone")?;
+            let age = server_util::heartbeat_age(&r);
+            if r["status"]["phase"] != "Online" || age > fresh {
+                return Err(format!("lastHeartbeatTime {age}s old (at most {fresh}s): {r}"));
+            }
+            let t = leader.object("tasks", task).ok_or("the task is gone")?;
+            if t["status"]["state"] != "running" {
+                return Err(format!("the task is not running: {}", t["status"]));
+            }
+            Ok(())
+        })
+    });
+    eprintln!("{polls} long polls on the replica that does not lead");
+    assert!(polls >= 4, "{polls} polls of 3 s in 18 s");
+    let events = leader.events_of("Robot", "faithful");
+    let unexpected: Vec<_> = events
+        .iter()
+        .filter(|(reason, _, count)| match reason.as_str() {
+            "Registered" => false,
+            "RobotOnline" => *count > 1,
+            _ => true,
+        })
+        .collect();
+    assert!(unexpected.is_empty(), "robot events: {events:?}");
+    let task_events = leader.events_of("Task", task);
+    assert!(
+        task_events
+            .iter()
+            .all(|(reason, _, _)| reason != "TaskLost" && reason != "TaskUnknown"),
+        "task events: {task_events:?}"
+    );
 }

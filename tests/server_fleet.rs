@@ -664,27 +664,6 @@ fn a_server_kill_9_during_1000_status_updates_loses_and_duplicates_nothing() {
     assert_eq!(s.panics(), 0);
 }
 
-/// Events about one object, as (reason, message).
-fn events_of(s: &Server, kind: &str, name: &str) -> Vec<(String, String)> {
-    let path = format!(
-        "/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3D{name},involvedObject.kind%3D{kind}"
-    );
-    s.get(&path).json()["items"]
-        .as_array()
-        .map(|items| {
-            items
-                .iter()
-                .map(|e| {
-                    (
-                        e["reason"].as_str().unwrap_or("").to_string(),
-                        e["message"].as_str().unwrap_or("").to_string(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// One round of a live agent: poll, and report every task of the desired
 /// set whose server-side state is not running as running (as the real
 /// agent does, level-triggered); returns the desired set's names, sorted.
@@ -761,10 +740,10 @@ fn system_jobs_run_one_replica_on_every_matching_robot() {
         "no replica where the port is taken"
     );
     let why = wait_for("FailedScheduling for r5", T, || {
-        events_of(&s, "Job", "daemon")
+        s.events_of("Job", "daemon")
             .into_iter()
-            .find(|(reason, m)| reason == "FailedScheduling" && m.contains("robot r5"))
-            .map(|(_, m)| m)
+            .find(|(reason, m, _)| reason == "FailedScheduling" && m.contains("robot r5"))
+            .map(|(_, m, _)| m)
     });
     assert!(why.contains("localPort 19100"), "{why}");
     let t = s.object("tasks", "daemon-agent-main.r1").unwrap();
@@ -859,4 +838,51 @@ fn system_jobs_run_one_replica_on_every_matching_robot() {
         (gone && job_tasks(&s, "daemon").is_empty()).then_some(())
     });
     assert_eq!(s.panics(), 0);
+}
+
+/// While robots poll, each Robot's lastHeartbeatTime is never older than a
+/// third of the offline limit (here 6 s / 3 = 2 s; kubectl's LAST-HEARTBEAT
+/// counts whole seconds, hence + 1): refreshed in the middle of a long
+/// poll that outlasts it (3 s waits), and written once per 2 s, not once
+/// per poll, for a robot polling ten times a second.
+#[test]
+fn last_heartbeat_time_stays_fresh_while_robots_poll() {
+    const OFFLINE: Duration = Duration::from_secs(6);
+    let fresh = (OFFLINE / 3).as_secs() as i64 + 1;
+    let s = Server::start_with(&["--poll-interval", "3s", "--offline-after", "6s"]);
+    let join = s.join_token();
+    let mut steady = Robot::register(&s, &join, "steady", json!({}));
+    let mut busy = Robot::register(&s, &join, "busy", json!({}));
+    let watch = s.stream("/apis/robot.k8s4r.io/v1alpha1/namespaces/default/robots?watch=true&timeoutSeconds=120");
+    let mut busy_polls = 0;
+    let ((), steady_polls) = steady.polling_while("3s", || {
+        common::throughout("fresh heartbeats", 3 * OFFLINE, || {
+            busy.poll("0s");
+            busy_polls += 1;
+            for name in ["steady", "busy"] {
+                let robot = s.object("robots", name).ok_or(format!("robot {name} is gone"))?;
+                let age = server_util::heartbeat_age(&robot);
+                if robot["status"]["phase"] != "Online" || age > fresh {
+                    return Err(format!(
+                        "{name}: lastHeartbeatTime {age}s old (at most {fresh}s): {robot}"
+                    ));
+                }
+            }
+            Ok(())
+        })
+    });
+    // Robots change only by heartbeats here: count the writes of busy's.
+    let busy_writes = watch
+        .try_iter()
+        .filter_map(|line| serde_json::from_str::<Value>(&line).ok())
+        .filter(|e| e["type"] == "MODIFIED" && e["object"]["metadata"]["name"] == "busy")
+        .count();
+    eprintln!("steady: {steady_polls} polls; busy: {busy_polls} polls, {busy_writes} heartbeat writes");
+    assert!(steady_polls >= 4, "{steady_polls} long polls of 3 s in 18 s");
+    assert!(busy_polls >= 36, "{busy_polls} polls: too few to tell a throttle");
+    // About one write per 2 s over 18 s; a write per poll would be ~150.
+    assert!(
+        (5..=12).contains(&busy_writes),
+        "{busy_writes} writes for {busy_polls} polls"
+    );
 }

@@ -96,6 +96,21 @@ impl Privileges {
     }
 }
 
+impl Privileges {
+    /// The same policy as `run` flags (for an agent that hands over to
+    /// `run -f`).
+    pub fn as_flags(&self) -> Vec<String> {
+        let mut flags = vec!["--allow-root-tasks".to_string(), self.allow_root_tasks.to_string()];
+        if let Some(u) = &self.default_user {
+            flags.extend(["--default-user".to_string(), u.clone()]);
+        }
+        if let Some(u) = &self.proxy_user {
+            flags.extend(["--proxy-user".to_string(), u.clone()]);
+        }
+        flags
+    }
+}
+
 fn parse_bool(text: &str) -> Option<bool> {
     match text.to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" => Some(true),

@@ -11,6 +11,7 @@ use crate::api::FieldError;
 use crate::server::controllers::jobs::ANN_STATUS_SEQ;
 use crate::server::controllers::Hub;
 use crate::server::events::{Kind, Recorder};
+use crate::server::fleet::{self, Heartbeat};
 use crate::server::limits::Limits;
 use crate::server::object;
 use crate::server::poll_slots::PollSlots;
@@ -90,6 +91,15 @@ impl Serialize for Shared {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         self.0.serialize(s)
     }
+}
+
+/// Now plus `d`, for a deadline (a duration too large to add is as good as
+/// never).
+fn after(d: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(d)
+        .or_else(|| now.checked_add(Duration::from_secs(86_400 * 365)))
+        .unwrap_or(now)
 }
 
 const INTERNAL: WriteOptions = WriteOptions {
@@ -195,7 +205,7 @@ impl Agents {
             "Registered",
             "the agent registered with a join token",
         );
-        self.hub.fleet.heartbeat(&ns, &req.name);
+        self.hub.fleet.wrote_heartbeat(&ns, &req.name);
         Ok(RegisterResponse {
             name: req.name,
             namespace: ns,
@@ -204,42 +214,51 @@ impl Agents {
         })
     }
 
-    /// Record a sign of life; persist it to the Robot when due.
-    async fn heartbeat(&self, id: &RobotIdentity) -> Result<(), Status> {
+    /// Record a sign of life; write it to the Robot when the stored one is
+    /// getting old (whichever replica wrote it) or the Robot is not Online.
+    /// Returns how long the stored heartbeat stays fresh.
+    async fn heartbeat(&self, id: &RobotIdentity) -> Result<Duration, Status> {
         let (ns, name) = (id.namespace.as_str(), id.name.as_str());
-        let due = self.hub.fleet.heartbeat(ns, name);
         let cached = self.hub.cache.get("robots", ns, name);
         let online = cached
             .as_ref()
             .and_then(|r| r.get("status")?.get("phase")?.as_str().map(|p| p == "Online"))
             .unwrap_or(false);
-        if due || !online {
-            let patch =
-                json!({"status": {"phase": "Online", "lastHeartbeatTime": time::now_rfc3339(), "message": null}});
-            match self
-                .registry
-                .patch(&ROBOTS, ns, name, &patch, Part::Status, INTERNAL)
-                .await
-            {
-                Ok(w) if !online => self
-                    .events
-                    .record(&w.object, Kind::Normal, "RobotOnline", "heartbeats resumed"),
-                Ok(_) => {}
-                Err(e) => {
-                    self.hub.fleet.forget_persisted(ns, name);
-                    return Err(if e.code == 404 {
-                        Status::new(
-                            404,
-                            "NotFound",
-                            format!("robot {ns}/{name} was deleted; register again"),
-                        )
-                    } else {
-                        e
-                    });
-                }
+        if !online {
+            // Whatever heartbeat the Robot holds, it must turn Online now.
+            self.hub.fleet.forget_persisted(ns, name);
+        }
+        let stored_age = cached
+            .as_deref()
+            .filter(|_| online)
+            .and_then(fleet::stored_heartbeat_age);
+        if let Heartbeat::FreshFor(left) = self.hub.fleet.heartbeat(ns, name, stored_age) {
+            return Ok(left);
+        }
+        let patch = json!({"status": {"phase": "Online", "lastHeartbeatTime": time::now_rfc3339(), "message": null}});
+        match self
+            .registry
+            .patch(&ROBOTS, ns, name, &patch, Part::Status, INTERNAL)
+            .await
+        {
+            Ok(w) if !online => self
+                .events
+                .record(&w.object, Kind::Normal, "RobotOnline", "heartbeats resumed"),
+            Ok(_) => {}
+            Err(e) => {
+                self.hub.fleet.forget_persisted(ns, name);
+                return Err(if e.code == 404 {
+                    Status::new(
+                        404,
+                        "NotFound",
+                        format!("robot {ns}/{name} was deleted; register again"),
+                    )
+                } else {
+                    e
+                });
             }
         }
-        Ok(())
+        Ok(self.hub.fleet.heartbeat_refresh())
     }
 
     fn desired(&self, id: &RobotIdentity, revision: u64) -> AssignmentsView {
@@ -261,7 +280,7 @@ impl Agents {
     /// The long poll: answer when the robot's desired set has a revision
     /// above `since`, or after `wait` (capped by the fleet's interval).
     pub async fn poll(&self, id: &RobotIdentity, since: u64, wait: Duration) -> Result<AssignmentsView, Status> {
-        self.heartbeat(id).await?;
+        let fresh_for = self.heartbeat(id).await?;
         let wait = wait.min(self.hub.fleet.poll_interval());
         let (_, notify) = self.hub.fleet.subscribe(&id.namespace, &id.name);
         let notified = notify.notified();
@@ -269,8 +288,23 @@ impl Agents {
         notified.as_mut().enable();
         let rev = self.hub.fleet.revision(&id.namespace, &id.name);
         if rev <= since && !wait.is_zero() && !self.logs.broker.has_unsent(&id.namespace, &id.name) {
-            let _ = tokio::time::timeout(wait, notified).await;
-            self.hub.fleet.heartbeat(&id.namespace, &id.name);
+            // The robot holding its poll open is alive: its stored heartbeat
+            // is refreshed when it falls due during the wait, not only when
+            // the robot comes back (that could be a whole wait too late).
+            let end = after(wait);
+            let mut fresh_for = fresh_for;
+            loop {
+                if tokio::time::timeout_at(after(fresh_for).min(end), notified.as_mut())
+                    .await
+                    .is_ok()
+                {
+                    break;
+                }
+                fresh_for = self.heartbeat(id).await?;
+                if tokio::time::Instant::now() >= end {
+                    break;
+                }
+            }
         }
         let rev = self.hub.fleet.revision(&id.namespace, &id.name);
         Ok(self.desired(id, rev))

@@ -53,6 +53,28 @@ pub struct Fleet {
 
 type NsName = (String, String);
 
+/// What [`Fleet::heartbeat`] asks of the caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Heartbeat {
+    /// Write `lastHeartbeatTime` now.
+    Write,
+    /// The stored one stays fresh this much longer.
+    FreshFor(Duration),
+}
+
+/// How old the Robot's stored `lastHeartbeatTime` is (whole seconds, as
+/// Kubernetes writes times; zero if a replica's clock put it ahead), or
+/// None if it has none.
+pub fn stored_heartbeat_age(robot: &Value) -> Option<Duration> {
+    let at = robot
+        .get("status")?
+        .get("lastHeartbeatTime")?
+        .as_str()
+        .and_then(crate::server::time::parse_rfc3339)?;
+    let secs = crate::server::time::now_unix().saturating_sub(at).max(0);
+    Some(Duration::from_secs(secs.unsigned_abs()))
+}
+
 fn placement(v: &Value) -> Option<(String, i64)> {
     let robot = v.get("spec")?.get("targetRobot")?.as_str().filter(|s| !s.is_empty())?;
     Some((robot.to_string(), crate::server::object::generation(v)))
@@ -106,26 +128,52 @@ impl Fleet {
     }
 
     pub fn offline_after(&self) -> Duration {
-        let floor = self.poll_interval() * 3;
-        self.cfg
-            .offline_after
-            .map_or(floor, |o| o.max(self.poll_interval() + Duration::from_secs(1)))
+        let interval = self.poll_interval();
+        self.cfg.offline_after.map_or(interval.saturating_mul(3), |o| {
+            o.max(interval.saturating_add(Duration::from_secs(1)))
+        })
     }
 
-    /// Record a poll. Returns true when the Robot's heartbeat should be
-    /// written to the store (first poll since start, or the persisted one
-    /// is getting old).
-    pub fn heartbeat(&self, ns: &str, name: &str) -> bool {
-        let refresh = self.offline_after() / 3;
+    /// How long a written heartbeat counts as fresh: a third of the
+    /// offline limit. A robot that keeps polling never has a stored
+    /// `lastHeartbeatTime` older than this (see [`Fleet::heartbeat`]), and
+    /// each robot costs one store write per period, not one per poll.
+    pub fn heartbeat_refresh(&self) -> Duration {
+        self.offline_after() / 3
+    }
+
+    /// Record a sign of life (a poll, a report, a long poll still held
+    /// open) and decide whether the Robot's `lastHeartbeatTime` must be
+    /// written. `stored_age` is the age of the one the store holds, which
+    /// any replica may have written ([`stored_heartbeat_age`]); this
+    /// replica's own last write counts too (the cache may not show it yet).
+    ///
+    /// [`Heartbeat::Write`] claims the write: the caller must write it, and
+    /// call [`Fleet::forget_persisted`] if that fails.
+    pub fn heartbeat(&self, ns: &str, name: &str, stored_age: Option<Duration>) -> Heartbeat {
+        let refresh = self.heartbeat_refresh();
         let mut map = self.lock();
         let e = self.entry(&mut map, ns, name);
         let now = Instant::now();
         e.last_seen = now;
-        let due = e.persisted.is_none_or(|p| now.duration_since(p) >= refresh);
-        if due {
-            e.persisted = Some(now);
+        let own = e.persisted.map(|p| now.saturating_duration_since(p));
+        let age = [stored_age, own].into_iter().flatten().min();
+        match age.and_then(|a| refresh.checked_sub(a)).filter(|left| !left.is_zero()) {
+            Some(left) => Heartbeat::FreshFor(left),
+            None => {
+                e.persisted = Some(now);
+                Heartbeat::Write
+            }
         }
-        due
+    }
+
+    /// The heartbeat was just written (at registration).
+    pub fn wrote_heartbeat(&self, ns: &str, name: &str) {
+        let mut map = self.lock();
+        let e = self.entry(&mut map, ns, name);
+        let now = Instant::now();
+        e.last_seen = now;
+        e.persisted = Some(now);
     }
 
     /// Force the next heartbeat to be written (after a failed write).
@@ -187,5 +235,95 @@ impl Fleet {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fleet() -> Fleet {
+        Fleet::new(FleetConfig {
+            poll_interval: Duration::from_secs(1),
+            offline_after: Some(Duration::from_secs(6)),
+            max_poll_rate: 500.0,
+        })
+    }
+
+    const S: Duration = Duration::from_secs(1);
+
+    fn fresh_for(h: Heartbeat) -> Duration {
+        match h {
+            Heartbeat::FreshFor(d) => d,
+            Heartbeat::Write => panic!("expected no write"),
+        }
+    }
+
+    #[test]
+    fn refresh_is_a_third_of_the_offline_limit() {
+        assert_eq!(fleet().heartbeat_refresh(), 2 * S);
+    }
+
+    #[test]
+    fn a_heartbeat_is_written_once_per_refresh_period() {
+        let f = fleet();
+        assert_eq!(f.heartbeat("ns", "r", None), Heartbeat::Write, "nothing stored yet");
+        // Claimed: a concurrent request (or the cache not showing the write
+        // yet) does not write again.
+        let left = fresh_for(f.heartbeat("ns", "r", None));
+        assert!(left <= 2 * S && left > S, "{left:?}");
+        let left = fresh_for(f.heartbeat("ns", "r", Some(10 * S)));
+        assert!(left > S, "this replica's own write is newer than the cache's: {left:?}");
+    }
+
+    #[test]
+    fn another_replicas_write_counts() {
+        let f = fleet();
+        // Written by another replica within the last whole second.
+        assert_eq!(fresh_for(f.heartbeat("ns", "r", Some(Duration::ZERO))), 2 * S);
+        assert_eq!(fresh_for(f.heartbeat("ns", "r", Some(S))), S);
+        assert_eq!(
+            f.heartbeat("ns", "r", Some(2 * S)),
+            Heartbeat::Write,
+            "due at the refresh age"
+        );
+        assert!(matches!(f.heartbeat("ns", "r", Some(3 * S)), Heartbeat::FreshFor(_)));
+    }
+
+    #[test]
+    fn a_failed_write_is_retried_at_the_next_sign_of_life() {
+        let f = fleet();
+        assert_eq!(f.heartbeat("ns", "r", Some(5 * S)), Heartbeat::Write);
+        f.forget_persisted("ns", "r");
+        assert_eq!(f.heartbeat("ns", "r", Some(5 * S)), Heartbeat::Write);
+    }
+
+    #[test]
+    fn every_sign_of_life_is_seen_even_without_a_write() {
+        let f = fleet();
+        f.wrote_heartbeat("ns", "r");
+        let before = f.last_seen("ns", "r");
+        assert!(matches!(f.heartbeat("ns", "r", None), Heartbeat::FreshFor(_)));
+        assert!(f.last_seen("ns", "r") >= before);
+        assert!(f.last_seen("ns", "r").elapsed() < S);
+    }
+
+    #[test]
+    fn stored_age_in_whole_seconds() {
+        let at = |t: i64| json!({"status": {"lastHeartbeatTime": crate::server::time::format_rfc3339(t)}});
+        let now = crate::server::time::now_unix();
+        let age = stored_heartbeat_age(&at(now - 5)).unwrap();
+        assert!((5..=6).contains(&age.as_secs()), "{age:?}");
+        assert_eq!(
+            stored_heartbeat_age(&at(now + 3600)),
+            Some(Duration::ZERO),
+            "a clock ahead"
+        );
+        assert_eq!(stored_heartbeat_age(&json!({"status": {}})), None);
+        assert_eq!(
+            stored_heartbeat_age(&json!({"status": {"lastHeartbeatTime": "garbage"}})),
+            None
+        );
     }
 }

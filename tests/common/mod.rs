@@ -54,6 +54,19 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut cond: impl FnMut() -> Opti
     }
 }
 
+/// Check that `check` holds throughout `window` (sampled every 100 ms):
+/// the counterpart of [`wait_for`] for "nothing bad happens for this long".
+/// Panics with the failure and when it came.
+pub fn throughout(what: &str, window: Duration, mut check: impl FnMut() -> Result<(), String>) {
+    let start = Instant::now();
+    while start.elapsed() < window {
+        if let Err(e) = check() {
+            panic!("{what} failed after {:?}: {e}", start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 pub fn agent_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_k8s4r-agent"))
 }
@@ -100,6 +113,14 @@ impl ConnectedAgent {
             ConnectedAgent::args_for(server, token, name, labels, data, extra),
             data,
         )
+    }
+
+    /// An agent started with exactly `args` and `--data-dir data` (e.g. its
+    /// settings in a config file).
+    pub fn start_args(args: &[&str], data: &std::path::Path) -> ConnectedAgent {
+        let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        args.extend(["--data-dir".to_string(), data.display().to_string()]);
+        ConnectedAgent::launch(Vec::new(), args, data)
     }
 
     /// Like [`ConnectedAgent::start`], inside network namespace `netns`.
@@ -197,6 +218,11 @@ impl ConnectedAgent {
 
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
+    }
+
+    /// The process's exit status, once it has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
     }
 
     /// A task's stdout as `k8s4r-agent logs TASK` prints it.

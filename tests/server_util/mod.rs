@@ -327,6 +327,28 @@ impl Server {
         String::from_utf8_lossy(&reply).into_owned()
     }
 
+    /// Events about one object as (reason, message, count): repeats of one
+    /// reason and message are one Event with a count.
+    pub fn events_of(&self, kind: &str, name: &str) -> Vec<(String, String, u64)> {
+        let path = format!(
+            "/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3D{name},involvedObject.kind%3D{kind}"
+        );
+        let r = self.get(&path);
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| {
+                (
+                    e["reason"].as_str().unwrap_or("").to_string(),
+                    e["message"].as_str().unwrap_or("").to_string(),
+                    e["count"].as_u64().unwrap_or(1),
+                )
+            })
+            .collect()
+    }
+
     pub fn join_token(&self) -> String {
         let r = self.send_json("POST", "/agent/v1/jointokens", &json!({}));
         assert_eq!(r.status, 200, "{}", r.body);
@@ -355,6 +377,20 @@ pub fn have_kubectl() -> bool {
         eprintln!("SKIP: kubectl is not installed; the kubectl compatibility tests did not run");
     }
     ok
+}
+
+/// Whole seconds since a Robot's `lastHeartbeatTime`, as kubectl's
+/// LAST-HEARTBEAT column counts them.
+pub fn heartbeat_age(robot: &Value) -> i64 {
+    let at = robot["status"]["lastHeartbeatTime"]
+        .as_str()
+        .and_then(k8s4r::server::time::parse_rfc3339)
+        .unwrap_or_else(|| panic!("no lastHeartbeatTime: {robot}"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs();
+    i64::try_from(now).expect("seconds fit") - at
 }
 
 /// A simulated robot speaking the agent API.
@@ -414,6 +450,37 @@ impl<'a> Robot<'a> {
             .collect();
         names.sort();
         names
+    }
+
+    /// Keep long-polling (`wait` each time) from another thread, as a live
+    /// agent does, while `observe` runs on this one; returns its result
+    /// and how many polls were answered. A failed poll fails the test.
+    pub fn polling_while<T>(&mut self, wait: &str, observe: impl FnOnce() -> T) -> (T, u64) {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        // Stops the poller also when `observe` panics (the scope would
+        // otherwise wait for it forever).
+        struct Stop<'s>(&'s AtomicBool);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let poller = scope.spawn(|| {
+                let mut polls = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    self.poll(wait);
+                    polls += 1;
+                }
+                polls
+            });
+            let seen = {
+                let _stop = Stop(&stop);
+                observe()
+            };
+            (seen, poller.join().expect("the polling thread"))
+        })
     }
 
     pub fn report(&mut self, task: &str, state: &str) -> Value {

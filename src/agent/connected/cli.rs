@@ -3,9 +3,11 @@
 //! environment and a config file (see `config`).
 
 use super::config::{self, Settings};
-use super::ConnectedOptions;
+use super::waiting::{self, ConfigWatch, Intervals, Start};
+use super::{restart_delay, say, ConnectedOptions};
 use crate::agent::{cgroup, default_data_dir, default_envoy, logs::LogLimits, reconcile, supervisor};
 use lexopt::prelude::*;
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 pub const USAGE: &str = "\
@@ -36,15 +38,46 @@ config file; flags win over the environment, the environment over the file):
     --default-user USER   User for tasks that name none (root agent only) [K8S4R_DEFAULT_USER]
     --proxy-user USER     User of the groups' Envoys when the agent is root
                           [default k8s4r-proxy if it exists, else nobody] [K8S4R_PROXY_USER]
+    --config-recheck DURATION  While the agent has nothing to do (no server or
+                          job file yet, or the server refuses it), re-read the
+                          config file this often [default 10s] [K8S4R_CONFIG_RECHECK]
+    --waiting-notice DURATION  ...and say what is missing this often
+                          [default 1m]                          [K8S4R_WAITING_NOTICE]
     -h, --help            Print help
+
+With no server and no job file (K8S4R_JOB_FILE: the job it then runs as
+`run -f`), or a server that refuses it, the agent waits: it says what is
+missing and re-reads its config file, and once that changes starts afresh
+in the same process. Errors it cannot wait out (a bad flag, an unusable data
+dir) end it after a delay that grows while they repeat (<data-dir>/restart-delay).
 ";
 
-/// Parse connected-mode options. `first` is a long option's name the caller
-/// already took from the parser (the agent started without a subcommand).
+/// Parse connected-mode options and run. `first` is a long option's name
+/// the caller already took from the parser (the agent started without a
+/// subcommand). Settings it can wait for (no server yet, a server that
+/// refuses it) do not end it (see `waiting`); an error that does exits
+/// after a growing delay (see `restart_delay`), as init would only start
+/// the agent again at once.
 pub fn cmd_connect(first: Option<String>, parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
+    let mut data_dir = None;
+    match connect(first, parser, &mut data_dir) {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            eprintln!("error: {e}");
+            restart_delay::before_exit(&data_dir.unwrap_or_else(default_data_dir));
+            Ok(2)
+        }
+    }
+}
+
+/// `data_dir` is set as soon as it is known, for the restart delay.
+fn connect(
+    first: Option<String>,
+    parser: &mut lexopt::Parser,
+    data_dir: &mut Option<PathBuf>,
+) -> Result<i32, lexopt::Error> {
     let mut flags = Settings::new();
     let mut config_file = None;
-    let mut data_dir = None;
     let mut envoy_bin = None;
     let mut limits = LogLimits::default();
     let mut artifact_max_bytes = None;
@@ -70,12 +103,14 @@ pub fn cmd_connect(first: Option<String>, parser: &mut lexopt::Parser) -> Result
             "allow-root-tasks" => "K8S4R_ALLOW_ROOT_TASKS",
             "default-user" => "K8S4R_DEFAULT_USER",
             "proxy-user" => "K8S4R_PROXY_USER",
+            "config-recheck" => waiting::RECHECK_ENV,
+            "waiting-notice" => waiting::NOTICE_ENV,
             "config" => {
                 config_file = Some(parser.value()?.string()?);
                 continue;
             }
             "data-dir" => {
-                data_dir = Some(PathBuf::from(parser.value()?));
+                *data_dir = Some(PathBuf::from(parser.value()?));
                 continue;
             }
             "envoy-bin" => {
@@ -110,14 +145,49 @@ pub fn cmd_connect(first: Option<String>, parser: &mut lexopt::Parser) -> Result
         };
         flags.insert(key.to_string(), parser.value()?.string()?);
     }
-    let file = config::file_settings(config_file.as_deref()).map_err(|e| e.to_string())?;
     let env = config::env_settings();
-    let hostname = rustix::system::uname().nodename().to_string_lossy().into_owned();
-    let config = config::resolve(&flags, &env, &file, &hostname).map_err(|e| e.to_string())?;
-    let privileges = crate::agent::privileges::Privileges::resolve(&[&flags, &env, &file])?;
+    let intervals = Intervals::from_settings(&[&flags, &env]).map_err(|e| e.to_string())?;
+    let watch = ConfigWatch {
+        read: config::file_settings(config_file.as_deref()),
+        path: config_file,
+        intervals,
+    };
+    // Until the file can be read, the defaults: the agent waits for the
+    // file then, and starts afresh from it once it can.
+    let file = watch.read.as_ref().ok().cloned().unwrap_or_default();
     let data_dir = data_dir
-        .or_else(|| file.get("K8S4R_DATA_DIR").filter(|d| !d.is_empty()).map(PathBuf::from))
-        .unwrap_or_else(default_data_dir);
+        .get_or_insert_with(|| {
+            file.get("K8S4R_DATA_DIR")
+                .filter(|d| !d.is_empty())
+                .map_or_else(default_data_dir, PathBuf::from)
+        })
+        .clone();
+    let privileges = crate::agent::privileges::Privileges::resolve(&[&flags, &env, &file])?;
+    let hostname = rustix::system::uname().nodename().to_string_lossy().into_owned();
+    let config = match waiting::decide(&flags, &env, &watch.read, &hostname) {
+        Start::Connect(config) => config,
+        Start::RunJob(job) => {
+            say(&format!("agent: no server; running the job file {}", job.display()));
+            let mut args: Vec<OsString> = vec![
+                "run".into(),
+                "-f".into(),
+                job.into(),
+                "--data-dir".into(),
+                data_dir.into(),
+            ];
+            if cgroup_root.is_none() {
+                args.push("--no-cgroups".into());
+            }
+            // The policy from flags, environment or file holds there too.
+            args.extend(privileges.as_flags().into_iter().map(OsString::from));
+            let e = waiting::exec_agent(&args);
+            return Err(format!("starting `k8s4r-agent run`: {e}").into());
+        }
+        Start::Wait(reason) => {
+            return waiting::until_configured(&watch, reason, &|file| waiting::decide(&flags, &env, file, &hostname))
+                .map_err(Into::into)
+        }
+    };
     let envoy_bin = envoy_bin
         .or_else(|| file.get("K8S4R_ENVOY").filter(|d| !d.is_empty()).map(PathBuf::from))
         .unwrap_or_else(default_envoy);
@@ -158,14 +228,9 @@ pub fn cmd_connect(first: Option<String>, parser: &mut lexopt::Parser) -> Result
             proxy_user: privileges.proxy_user,
         },
         config,
+        watch,
     };
-    match super::run(opts) {
-        Ok(code) => Ok(code),
-        Err(e) => {
-            eprintln!("error: {e}");
-            Ok(2)
-        }
-    }
+    Ok(super::run(opts)?)
 }
 
 fn parse_artifact_max(text: &str) -> Result<u64, lexopt::Error> {

@@ -20,6 +20,8 @@ pub mod client;
 pub mod config;
 pub mod identity;
 pub mod outbox;
+pub mod restart_delay;
+pub mod waiting;
 
 use super::reconcile::{AssignedTask, Outcome, ReconcileConfig, Reconciler};
 use super::supervisor::machine::{Exit, Phase};
@@ -43,6 +45,8 @@ const RETRY_MAX: Duration = Duration::from_secs(60);
 
 pub struct ConnectedOptions {
     pub config: AgentConfig,
+    /// The config file, re-read while the server refuses the robot.
+    pub watch: waiting::ConfigWatch,
     /// Largest artifact download, when set by flag or config file.
     pub artifact_max_bytes: Option<u64>,
     pub supervisor: SupervisorConfig,
@@ -92,7 +96,10 @@ pub fn run(opts: ConnectedOptions) -> Result<i32, String> {
         say(&format!("agent: {n}"));
     }
     let client = Client::new(&opts.config.server);
-    let identity = obtain_identity(&client, &opts.config, &data_dir, &sup)?;
+    let Some(identity) = obtain_identity(&client, &opts.config, &opts.watch, &data_dir, &mut sup)? else {
+        say("agent: signalled before registering; exiting");
+        return Ok(0);
+    };
     say(&format!(
         "agent: robot {} connected to {}",
         identity.name, opts.config.server
@@ -159,30 +166,52 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Stored identity, or register (retrying with backoff while the server is
-/// unreachable; a refused join token is fatal).
+/// Stored identity, or register. Whatever fails (the server unreachable,
+/// or refusing the join token, or no join token yet) is retried with
+/// backoff, saying what is wrong (a refusal once a minute), while the
+/// config file is re-read: once it changes, the agent starts afresh from
+/// it. None if signalled meanwhile.
 fn obtain_identity(
     client: &Client,
     config: &AgentConfig,
+    watch: &waiting::ConfigWatch,
     data_dir: &Path,
-    sup: &Supervisor,
-) -> Result<Identity, String> {
+    sup: &mut Supervisor,
+) -> Result<Option<Identity>, String> {
     if let Some(id) = identity::load(data_dir, config) {
-        return Ok(id);
+        return Ok(Some(id));
     }
     let mut backoff = Backoff::new(RETRY_BASE, RETRY_MAX);
+    let mut reminder = waiting::Reminder::new(watch.intervals.notice);
     loop {
-        match identity::register(client, config, data_dir, super::device::collect(data_dir)) {
-            Ok(id) => return Ok(id),
-            Err(identity::RegisterError::Client(e)) if matches!(e, client::ClientError::Transport(_)) => {
-                let pause = backoff.next_delay();
-                say(&format!("agent: {e}; retrying in {pause:.1?}"));
-                if sup.shutdown_requested() {
-                    return Err("signalled before registering".into());
-                }
-                std::thread::sleep(pause);
+        let e = match identity::register(client, config, data_dir, super::device::collect(data_dir)) {
+            Ok(id) => return Ok(Some(id)),
+            Err(e) => e,
+        };
+        let pause = backoff.next_delay();
+        match &e {
+            identity::RegisterError::Client(client::ClientError::Transport(_)) => {
+                say(&format!("agent: {e}; retrying in {pause:.1?}"))
             }
-            Err(e) => return Err(e.to_string()),
+            _ => watch.remind(&mut reminder, &e.to_string(), "retrying with backoff, "),
+        }
+        // Sleep in the supervisor (signals end it), looking at the config
+        // file every recheck interval.
+        let retry_at = Instant::now().checked_add(pause);
+        loop {
+            let now = Instant::now();
+            if retry_at.is_some_and(|t| now >= t) {
+                break;
+            }
+            let step = now.checked_add(watch.intervals.recheck);
+            sup.run_once([retry_at, step].into_iter().flatten().min())
+                .map_err(|e| e.to_string())?;
+            if sup.shutdown_requested() {
+                return Ok(None);
+            }
+            if watch.changed() {
+                return Err(waiting::start_afresh(watch));
+            }
         }
     }
 }

@@ -1,10 +1,13 @@
 //! Robot liveness: a robot that has not polled for `offline_after` becomes
 //! Offline, and its unfinished tasks become Lost (the job reconciler then
-//! reschedules those of service jobs).
+//! reschedules those of service jobs). Only the leader runs this, and a
+//! robot may poll another replica: the Robot's stored `lastHeartbeatTime`
+//! is what tells, with this replica's own sign of the robot where newer.
 
 use super::{Ctx, Next, Work};
 use crate::api::TaskState;
 use crate::server::events::Kind;
+use crate::server::fleet::stored_heartbeat_age;
 use crate::server::object;
 use crate::server::registry::{Part, WriteOptions};
 use crate::server::resources::{ROBOTS, TASKS};
@@ -32,15 +35,11 @@ pub async fn check(ctx: &Ctx) -> Result<Next, Status> {
         let (ns, name) = (object::namespace(&robot), object::name(&robot));
         match phase(&robot) {
             "Online" => {
-                // The newer of this process's last poll and the persisted
-                // heartbeat (refreshed every offline_after/3): correct also
-                // when robots poll another server replica.
-                let persisted = robot
-                    .get("status")
-                    .and_then(|s| s.get("lastHeartbeatTime"))
-                    .and_then(Value::as_str)
-                    .and_then(time::parse_rfc3339)
-                    .map(|t| std::time::Duration::from_secs((time::now_unix() - t).max(0) as u64));
+                // The newer of this replica's last sign of the robot and
+                // the stored heartbeat, which the replica the robot polls
+                // keeps fresh (never older than offline_after/3): correct
+                // whichever replica the robot polls.
+                let persisted = stored_heartbeat_age(&robot);
                 let local = ctx.hub.fleet.last_seen(ns, name).elapsed();
                 let silent = persisted.map_or(local, |p| p.min(local));
                 if silent <= offline_after {
