@@ -6,8 +6,8 @@
 //! - `standalone`: `run -f job.yaml`, the desired set from a file;
 //! - `connected`: the desired set from the server's long poll;
 //! - helpers with one job each: `logs`, `state`, `templates`, `artifacts`,
-//!   `paths`, `checks`, `cgroup`, `procfs`, `device`, and `sys` (the only
-//!   `unsafe`).
+//!   `paths`, `checks`, `cgroup`, `procfs`, `device`, `clock` (deadlines
+//!   that cannot overflow), and `sys` (the only `unsafe`).
 //!
 //! Decisions worth knowing (details in each module):
 //! - units are named `<job>-<group>-r<i>-<task>` (tasks), `<job>-<group>-<init>`
@@ -31,6 +31,7 @@
 pub mod artifacts;
 pub mod cgroup;
 pub mod checks;
+pub mod clock;
 pub mod connected;
 pub mod device;
 pub mod gc;
