@@ -169,6 +169,11 @@ impl ConnectedAgent {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// How the agent process ended; None while it runs.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
     /// A task's stdout as `k8s4r-agent logs TASK` prints it.
     pub fn task_output(&self, task: &str) -> String {
         let out = std::process::Command::new(agent_bin())
