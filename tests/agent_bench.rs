@@ -201,6 +201,7 @@ fn spawn_latency() -> (f64, f64, f64) {
         data_dir: data.clone(),
         log_limits: LogLimits::default(),
         cgroup_root: None,
+        allow_root_tasks: true,
     })
     .unwrap();
     let mut times = Vec::new();

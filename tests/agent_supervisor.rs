@@ -96,6 +96,7 @@ fn a_changed_spec_replaces_the_process_and_an_unchanged_one_does_not() {
         data_dir: data.clone(),
         log_limits: LogLimits::default(),
         cgroup_root: None,
+        allow_root_tasks: true,
     };
     let (mut sup, _) = Supervisor::new(config).unwrap();
 
@@ -119,6 +120,7 @@ fn a_changed_spec_replaces_the_process_and_an_unchanged_one_does_not() {
         data_dir: data.clone(),
         log_limits: LogLimits::default(),
         cgroup_root: None,
+        allow_root_tasks: true,
     });
     assert!(again.err().unwrap().to_string().contains("another agent is running"));
 
@@ -159,6 +161,7 @@ fn a_network_change_updates_the_running_proxy_and_restarts_tasks_with_new_variab
         data_dir: data.clone(),
         log_limits: LogLimits::default(),
         cgroup_root: None,
+        allow_root_tasks: true,
     };
     let (mut sup, _) = Supervisor::new(config).unwrap();
     let mut rec = Reconciler::new(ReconcileConfig {
@@ -166,6 +169,7 @@ fn a_network_change_updates_the_running_proxy_and_restarts_tasks_with_new_variab
         data_dir: data.clone(),
         envoy_bin: envoy,
         gc_after: None,
+        default_user: None,
     });
     let port = || {
         std::net::TcpListener::bind("127.0.0.1:0")
@@ -274,6 +278,7 @@ fn a_damaged_state_file_is_set_aside_not_fatal() {
         data_dir: data.clone(),
         log_limits: LogLimits::default(),
         cgroup_root: None,
+        allow_root_tasks: true,
     };
     let (_sup, notices) = Supervisor::new(config).unwrap();
     assert!(

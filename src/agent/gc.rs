@@ -113,6 +113,7 @@ mod tests {
             data_dir: data.path().to_path_buf(),
             log_limits: LogLimits::default(),
             cgroup_root: None,
+            allow_root_tasks: true,
         })
         .unwrap();
         for key in ["old-g", "kept-g"] {

@@ -38,6 +38,7 @@ pub mod gc;
 pub mod http;
 pub mod logs;
 pub mod paths;
+pub mod privileges;
 pub mod procfs;
 pub mod reconcile;
 pub mod standalone;
@@ -72,6 +73,8 @@ OPTIONS:
                             [env K8S4R_ARTIFACT_MAX_SIZE; default 512Mi]
     --cgroup-root DIR       cgroup v2 directory for memory/cpu limits [default /sys/fs/cgroup/k8s4r]
     --no-cgroups            Do not use cgroups
+    --allow-root-tasks BOOL May tasks run as root? [env K8S4R_ALLOW_ROOT_TASKS; default true]
+    --default-user USER     User for tasks that name none (root agent only) [env K8S4R_DEFAULT_USER]
     -h, --help              Print help
 ";
 
@@ -147,9 +150,18 @@ pub fn cmd_run(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
     let mut limits = LogLimits::default();
     let mut artifact_max_bytes = None;
     let mut cgroup_root = Some(PathBuf::from(cgroup::DEFAULT_ROOT));
+    let mut privilege_flags = connected::config::Settings::new();
     while let Some(arg) = parser.next()? {
         match arg {
             Short('f') | Long("filename") => file = Some(parser.value()?.string()?),
+            Long(flag) if privileges::KEYS.iter().any(|(f, _)| *f == flag) => {
+                let key = privileges::KEYS
+                    .iter()
+                    .find(|(f, _)| *f == flag)
+                    .map(|(_, k)| *k)
+                    .unwrap_or_default();
+                privilege_flags.insert(key.to_string(), parser.value()?.string()?);
+            }
             Long("data-dir") => data_dir = Some(PathBuf::from(parser.value()?)),
             Long("robot") => robot = Some(parser.value()?.string()?),
             Long("envoy-bin") => envoy_bin = Some(PathBuf::from(parser.value()?)),
@@ -173,6 +185,7 @@ pub fn cmd_run(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
     }
     let file = file.ok_or("run needs -f FILE; see k8s4r-agent run --help")?;
     let data_dir = data_dir.unwrap_or_else(default_data_dir);
+    let privileges = privileges::Privileges::resolve(&[&privilege_flags, &connected::config::env_settings()])?;
     let opts = standalone::RunOptions {
         file,
         keep_running,
@@ -181,12 +194,14 @@ pub fn cmd_run(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
             data_dir: data_dir.clone(),
             log_limits: limits,
             cgroup_root,
+            allow_root_tasks: privileges.allow_root_tasks,
         },
         reconcile: reconcile::ReconcileConfig {
             robot: robot.unwrap_or_else(default_robot),
             data_dir,
             envoy_bin: envoy_bin.unwrap_or_else(default_envoy),
             gc_after: None,
+            default_user: privileges.default_user,
         },
     };
     match standalone::run(opts) {

@@ -84,6 +84,8 @@ pub struct ReconcileConfig {
     /// Remove the directories of groups that left this robot this long
     /// after they were last needed (None: keep them; `run -f` does).
     pub gc_after: Option<Duration>,
+    /// Who runs a task whose manifest names no `user` (`--default-user`).
+    pub default_user: Option<String>,
 }
 
 /// What became of one desired task.
@@ -550,7 +552,7 @@ impl Reconciler {
             env,
             dir,
             alloc_dir,
-            user: spec.user.clone(),
+            user: spec.user.clone().or_else(|| self.config.default_user.clone()),
             policy,
             timeout: spec.timeout.as_ref().and_then(|d| d.get()).filter(|d| !d.is_zero()),
             kill_timeout: spec
@@ -568,6 +570,11 @@ impl Reconciler {
                 cpu_millis: resources
                     .and_then(|r| r.cpu.as_ref()?.milli())
                     .and_then(|m| u64::try_from(m).ok()),
+                pids_max: Some(
+                    resources
+                        .and_then(|r| u64::try_from(r.pids?).ok())
+                        .unwrap_or(crate::api::Resources::DEFAULT_PIDS),
+                ),
             },
             pre_start: None,
             revision: 0,

@@ -103,7 +103,9 @@ pub fn write_all(
             .perms
             .as_deref()
             .and_then(|p| u32::from_str_radix(p, 8).ok())
-            .unwrap_or(0o644);
+            // A task with its own user gets files only it can read: other
+            // tasks on the robot may run as other users.
+            .unwrap_or(if owner.is_some() { 0o600 } else { 0o644 });
         let mut file = PendingFile::create(&dest, mode, owner).map_err(TemplateError::Path)?;
         let write_err = |error| TemplateError::Write {
             dest: tpl.dest_path.clone(),

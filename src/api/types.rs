@@ -533,6 +533,18 @@ pub struct Resources {
     pub iops: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub networks: Option<serde_json::Value>,
+    /// Most processes and threads the task may have at once (cgroup
+    /// `pids.max`), 1-4194304; default 4096. A fork bomb stays inside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<i64>,
+}
+
+impl Resources {
+    /// `pids` when none is given: far above what a robot workload uses
+    /// (a ROS 2 node has tens of threads), far below what stalls a robot.
+    pub const DEFAULT_PIDS: u64 = 4096;
+    /// The kernel's largest pid_max.
+    pub const MAX_PIDS: i64 = 4_194_304;
 }
 
 /// A task as written in a Job (`taskGroups[].tasks[]`, `initTasks[]`) and, with

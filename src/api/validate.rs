@@ -524,10 +524,26 @@ fn check_reschedule_policy(errs: &mut Errors, path: &str, rp: &ReschedulePolicy)
     }
 }
 
+/// A user name or uid as /etc/passwd holds them (no shell metacharacters).
+pub fn check_user(u: &str) -> Result<(), String> {
+    let ok = !u.is_empty() && u.len() <= 32 && u.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{u:?} is not a valid user name or uid"))
+    }
+}
+
 fn check_resources(errs: &mut Errors, path: &str, r: &Resources) {
     errs.quantity(&format!("{path}.cpu"), &r.cpu);
     errs.quantity(&format!("{path}.memory"), &r.memory);
     errs.quantity(&format!("{path}.disk"), &r.disk);
+    if let Some(n) = r.pids.filter(|n| !(1..=Resources::MAX_PIDS).contains(n)) {
+        errs.add(
+            &format!("{path}.pids"),
+            format!("{n} is out of range (1-{})", Resources::MAX_PIDS),
+        );
+    }
 }
 
 const SIGNALS: &[&str] = &[
@@ -598,14 +614,8 @@ fn check_task(errs: &mut Errors, path: &str, t: &TaskSpec, role: TaskRole) {
             errs.add(&format!("{path}.env[{k}]"), "value must not contain NUL bytes");
         }
     }
-    if let Some(u) = &t.user {
-        let ok = !u.is_empty() && u.len() <= 32 && u.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-        if !ok {
-            errs.add(
-                &format!("{path}.user"),
-                format!("{u:?} is not a valid user name or uid"),
-            );
-        }
+    if let Some(Err(e)) = t.user.as_deref().map(check_user) {
+        errs.add(&format!("{path}.user"), e);
     }
     errs.duration(&format!("{path}.timeout"), &t.timeout);
     errs.duration(&format!("{path}.killTimeout"), &t.kill_timeout);

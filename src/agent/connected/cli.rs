@@ -31,6 +31,9 @@ config file; flags win over the environment, the environment over the file):
     --gc-after DURATION   Remove a departed group's directory (and logs) this long
                           after it was last needed [default 1h]   [K8S4R_GC_AFTER]
     --no-cgroups          Do not use cgroups for task limits
+    --allow-root-tasks BOOL  May tasks run as root? Turn this off first on an untrusted
+                          network [default true]                 [K8S4R_ALLOW_ROOT_TASKS]
+    --default-user USER   User for tasks that name none (root agent only) [K8S4R_DEFAULT_USER]
     -h, --help            Print help
 ";
 
@@ -62,6 +65,8 @@ pub fn cmd_connect(first: Option<String>, parser: &mut lexopt::Parser) -> Result
             "name" => "K8S4R_NAME",
             "labels" => "K8S4R_LABELS",
             "namespace" => "K8S4R_NAMESPACE",
+            "allow-root-tasks" => "K8S4R_ALLOW_ROOT_TASKS",
+            "default-user" => "K8S4R_DEFAULT_USER",
             "config" => {
                 config_file = Some(parser.value()?.string()?);
                 continue;
@@ -106,6 +111,7 @@ pub fn cmd_connect(first: Option<String>, parser: &mut lexopt::Parser) -> Result
     let env = config::env_settings();
     let hostname = rustix::system::uname().nodename().to_string_lossy().into_owned();
     let config = config::resolve(&flags, &env, &file, &hostname).map_err(|e| e.to_string())?;
+    let privileges = crate::agent::privileges::Privileges::resolve(&[&flags, &env, &file])?;
     let data_dir = data_dir
         .or_else(|| file.get("K8S4R_DATA_DIR").filter(|d| !d.is_empty()).map(PathBuf::from))
         .unwrap_or_else(default_data_dir);
@@ -138,12 +144,14 @@ pub fn cmd_connect(first: Option<String>, parser: &mut lexopt::Parser) -> Result
             data_dir: data_dir.clone(),
             log_limits: limits,
             cgroup_root,
+            allow_root_tasks: privileges.allow_root_tasks,
         },
         reconcile: reconcile::ReconcileConfig {
             robot: config.name.clone(),
             data_dir,
             envoy_bin,
             gc_after: Some(gc_after),
+            default_user: privileges.default_user,
         },
         config,
     };

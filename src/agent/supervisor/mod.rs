@@ -106,6 +106,10 @@ pub struct SupervisorConfig {
     pub log_limits: LogLimits,
     /// cgroup v2 directory for task limits (None: do not use cgroups).
     pub cgroup_root: Option<PathBuf>,
+    /// May tasks run as root (no `user` on a root agent, or a uid-0 user)?
+    /// `--allow-root-tasks`; true for compatibility, the first thing a
+    /// robot on an untrusted network should turn off.
+    pub allow_root_tasks: bool,
 }
 
 /// How the end of a unit's process is noticed.
@@ -229,6 +233,7 @@ pub struct Supervisor {
     log_limits: LogLimits,
     cgroups: Option<Cgroups>,
     is_root: bool,
+    allow_root_tasks: bool,
     changes: Vec<Change>,
     dirty: bool,
     fetch_seq: u64,
@@ -297,7 +302,10 @@ impl Supervisor {
         notices.extend(claim_unrecorded(data, &mut leftovers));
         let cgroups = match &config.cgroup_root {
             Some(root) => match Cgroups::detect(root) {
-                Ok(cg) => Some(cg),
+                Ok((cg, notice)) => {
+                    notices.extend(notice);
+                    Some(cg)
+                }
                 Err(e) => {
                     notices.push(e.to_string());
                     None
@@ -329,6 +337,7 @@ impl Supervisor {
             log_limits: config.log_limits,
             cgroups,
             is_root: rustix::process::geteuid().is_root(),
+            allow_root_tasks: config.allow_root_tasks,
             changes: Vec::new(),
             dirty: false,
             fetch_seq: 0,
@@ -602,6 +611,7 @@ impl Supervisor {
                             log_limits: self.log_limits,
                             cgroups: self.cgroups.as_ref(),
                             is_root: self.is_root,
+                            allow_root: self.allow_root_tasks,
                         };
                         // Output still in the old pipes belongs to the old run.
                         for pump in &mut unit.pumps {
@@ -780,6 +790,7 @@ impl Supervisor {
                 log_limits: self.log_limits,
                 cgroups: self.cgroups.as_ref(),
                 is_root: self.is_root,
+                allow_root: self.allow_root_tasks,
             };
             let Some(unit) = self.units.get_mut(&done.unit) else {
                 continue;
@@ -867,6 +878,12 @@ impl Supervisor {
 
     fn run_due_checks(&mut self) {
         let now = Instant::now();
+        let ctx = spawn::SpawnContext {
+            log_limits: self.log_limits,
+            cgroups: self.cgroups.as_ref(),
+            is_root: self.is_root,
+            allow_root: self.allow_root_tasks,
+        };
         for (name, unit) in &mut self.units {
             let Phase::Running { pid, .. } = unit.machine.phase else {
                 continue;
@@ -878,7 +895,7 @@ impl Supervisor {
                 c.in_flight = true;
                 c.next_at = clock::after(now, c.spec.interval);
                 match &c.spec.probe {
-                    Probe::Script { argv } => match spawn::spawn_probe(&unit.spec, argv) {
+                    Probe::Script { argv } => match spawn::spawn_probe(&unit.spec, &ctx, argv) {
                         Ok(probe_pid) => {
                             self.probes.insert(
                                 probe_pid,

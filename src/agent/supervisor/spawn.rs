@@ -18,7 +18,6 @@ use crate::agent::procfs::{self, ProcIdentity};
 use crate::agent::sys::{self, ChildSetup, Credentials};
 use crate::agent::templates::{self, TemplateError};
 use rustix::process::{Resource, Rlimit};
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
@@ -62,6 +61,8 @@ pub struct SpawnContext<'a> {
     pub cgroups: Option<&'a Cgroups>,
     /// Only root can switch users; others run tasks as themselves.
     pub is_root: bool,
+    /// May a task run as uid 0 (no `user`, or a user that is root)?
+    pub allow_root: bool,
 }
 
 pub struct Spawned {
@@ -127,33 +128,141 @@ impl Prepared {
 
 /// First step of a start, quick: directories, the user, templates.
 pub fn prepare(spec: &UnitSpec, ctx: &SpawnContext<'_>) -> Result<Prepared, SpawnError> {
-    let logs_dir = spec.dir.join("logs");
-    for dir in [&spec.dir, &spec.dir.join("local"), &logs_dir, &spec.alloc_dir] {
-        std::fs::create_dir_all(dir).map_err(|e| SpawnError::Dir(dir.clone(), e))?;
-    }
-    // Switching users needs root; without it tasks run as the agent's user.
-    let account = match spec.user.as_deref().filter(|_| ctx.is_root) {
-        Some(user) => {
-            let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-            let mut account = lookup_user(&passwd, user)
-                .ok_or_else(|| SpawnError::User(format!("user {user:?} not found in /etc/passwd")))?;
-            // Device access on robots is often by group (dialout, video, gpio).
-            let group_file = std::fs::read_to_string("/etc/group").unwrap_or_default();
-            account.groups = supplementary_groups(&group_file, &account.name, account.gid);
-            // The task must be able to write its own directory (not `logs/`,
-            // which only the agent writes).
-            for dir in [&spec.dir, &spec.dir.join("local")] {
-                std::os::unix::fs::chown(dir, Some(account.uid), Some(account.gid))
-                    .map_err(|e| SpawnError::Dir(dir.clone(), e))?;
-            }
-            Some(account)
-        }
-        None => None,
+    let account = match run_as(spec, ctx)? {
+        RunAs::Agent => None,
+        RunAs::Account(account) => Some(account),
     };
+    make_dirs(spec, account.as_ref())?;
     let prepared = Prepared { account };
     templates::write_all(&spec.templates, &spec.env, &spec.dir, &spec.alloc_dir, prepared.owner())
         .map_err(SpawnError::Template)?;
     Ok(prepared)
+}
+
+/// Who a unit's process runs as.
+enum RunAs {
+    /// The agent's own user (no `user`, or an agent that is not root).
+    Agent,
+    Account(Account),
+}
+
+/// The unit's user, under the robot's policy: switching users needs root
+/// (without it tasks run as the agent's user); a task that would run as
+/// uid 0 is refused when the robot forbids root tasks.
+fn run_as(spec: &UnitSpec, ctx: &SpawnContext<'_>) -> Result<RunAs, SpawnError> {
+    if !ctx.is_root {
+        return Ok(RunAs::Agent);
+    }
+    let root_refused = || {
+        SpawnError::User(format!(
+            "refusing to run as root: this robot forbids root tasks (--allow-root-tasks=false); \
+             give the task a `user:` or start the agent with --default-user ({})",
+            spec.user
+                .as_deref()
+                .map_or("no user given".to_string(), |u| format!("user {u:?} is uid 0"))
+        ))
+    };
+    let Some(user) = spec.user.as_deref() else {
+        return if ctx.allow_root {
+            Ok(RunAs::Agent)
+        } else {
+            Err(root_refused())
+        };
+    };
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let mut account = lookup_user(&passwd, user)
+        .ok_or_else(|| SpawnError::User(format!("user {user:?} not found in /etc/passwd")))?;
+    if account.uid == 0 && !ctx.allow_root {
+        return Err(root_refused());
+    }
+    // Device access on robots is often by group (dialout, video, gpio).
+    let group_file = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    account.groups = supplementary_groups(&group_file, &account.name, account.gid);
+    Ok(RunAs::Account(account))
+}
+
+/// The unit's directories, created and owned through descriptors opened
+/// with `O_NOFOLLOW | O_DIRECTORY`, never by path: the task owns its
+/// directory and may have swapped `local` for a symlink to /etc since its
+/// last run; a path-based chown at the next start would follow the link
+/// and hand /etc to the task.
+///
+/// Task directory (cwd), `local/` and `secrets/`: the task's, 0700.
+/// `logs/`: the agent's, 0700 (the task writes its output through pipes
+/// the agent opened). The group's alloc directory: the agent's, 0755 (see
+/// `alloc_dir` below).
+fn make_dirs(spec: &UnitSpec, account: Option<&Account>) -> Result<(), SpawnError> {
+    let owner = account.map(|a| (a.uid, a.gid));
+    // The parents (`alloc/<job>-<group>/r0/`, ...) are the agent's: nothing
+    // the task controls is on the way.
+    for parent in [spec.dir.parent(), spec.alloc_dir.parent()].into_iter().flatten() {
+        std::fs::create_dir_all(parent).map_err(|e| SpawnError::Dir(parent.to_path_buf(), e))?;
+    }
+    let task = dirfd::open_or_create(None, &spec.dir)?;
+    dirfd::own(&task, &spec.dir, owner, 0o700)?;
+    for (name, owner) in [("local", owner), ("secrets", owner), ("logs", None)] {
+        let path = spec.dir.join(name);
+        let sub = dirfd::open_or_create(Some(&task), &path)?;
+        dirfd::own(&sub, &path, owner, 0o700)?;
+    }
+    // A robot-scoped daemon's alloc directory is its own directory.
+    if spec.alloc_dir != spec.dir {
+        dirfd::open_or_create(None, &spec.alloc_dir)?;
+    }
+    Ok(())
+}
+
+/// Directories by descriptor, never following a symlink in the last
+/// component (the only one a task can change: parents are the agent's).
+mod dirfd {
+    use super::SpawnError;
+    use rustix::fd::OwnedFd;
+    use rustix::fs::{Mode, OFlags};
+    use std::path::Path;
+
+    /// `path` (or its last component under `parent`), created 0700 if
+    /// missing, opened without following a symlink.
+    pub fn open_or_create(parent: Option<&OwnedFd>, path: &Path) -> Result<OwnedFd, SpawnError> {
+        let name = path
+            .file_name()
+            .ok_or_else(|| SpawnError::Dir(path.to_path_buf(), std::io::ErrorKind::InvalidInput.into()))?;
+        let err = |e: rustix::io::Errno| SpawnError::Dir(path.to_path_buf(), e.into());
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let mode = Mode::from_raw_mode(0o700);
+        let made = match parent {
+            Some(dir) => rustix::fs::mkdirat(dir, name, mode),
+            None => rustix::fs::mkdir(path, mode),
+        };
+        match made {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(err(e)),
+        }
+        let opened = match parent {
+            Some(dir) => rustix::fs::openat(dir, name, flags, Mode::empty()),
+            None => rustix::fs::open(path, flags, Mode::empty()),
+        };
+        opened.map_err(|e| match e {
+            rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => SpawnError::Dir(
+                path.to_path_buf(),
+                std::io::Error::other("is a symlink or not a directory (replaced by the task?); refusing to follow it"),
+            ),
+            e => err(e),
+        })
+    }
+
+    /// Owner (None: leave it, the agent's) and exact mode, by descriptor.
+    pub fn own(dir: &OwnedFd, path: &Path, owner: Option<(u32, u32)>, mode: u32) -> Result<(), SpawnError> {
+        let err = |e: rustix::io::Errno| SpawnError::Dir(path.to_path_buf(), e.into());
+        if let Some((uid, gid)) = owner {
+            rustix::fs::fchown(
+                dir,
+                Some(rustix::fs::Uid::from_raw(uid)),
+                Some(rustix::fs::Gid::from_raw(gid)),
+            )
+            .map_err(err)?;
+        }
+        rustix::fs::fchmod(dir, Mode::from_raw_mode(mode)).map_err(err)
+    }
 }
 
 /// Second step, possibly slow (downloads), so the supervisor runs it on a
@@ -198,44 +307,16 @@ pub fn exec(spec: &UnitSpec, ctx: &SpawnContext<'_>, prepared: &Prepared) -> Res
         pumps.push(pump);
     }
 
-    let mut credentials = None;
     if let Some(account) = account {
         if !spec.env.contains_key("HOME") {
             cmd.env("HOME", &account.home);
         }
-        credentials = Some(Credentials {
-            uid: rustix::process::Uid::from_raw(account.uid),
-            gid: rustix::process::Gid::from_raw(account.gid),
-            groups: account
-                .groups
-                .iter()
-                .map(|g| rustix::process::Gid::from_raw(*g))
-                .collect(),
-        });
     }
-
     let cgroup_procs = match ctx.cgroups {
         Some(cg) => Some(cg.prepare(&spec.name, spec.limits).map_err(SpawnError::Cgroup)?),
         None => None,
     };
-    // No core dumps: a crash-looping task must not fill a robot's flash.
-    // The hard limit is kept: lowering it would be irreversible for the task.
-    let hard = rustix::process::getrlimit(Resource::Core).maximum;
-    let rlimits = vec![(
-        Resource::Core,
-        Rlimit {
-            current: Some(0),
-            maximum: hard,
-        },
-    )];
-    sys::install_child_setup(
-        &mut cmd,
-        ChildSetup {
-            cgroup_procs,
-            rlimits,
-            credentials,
-        },
-    );
+    sys::install_child_setup(&mut cmd, child_setup(account.as_ref(), cgroup_procs));
 
     let child = cmd.spawn().map_err(|e| SpawnError::Exec(program.clone(), e))?;
     let pid = child.id() as i32;
@@ -252,20 +333,69 @@ pub fn exec(spec: &UnitSpec, ctx: &SpawnContext<'_>, prepared: &Prepared) -> Res
     })
 }
 
-/// Start a script probe: same environment and directory as its task, output
-/// discarded, its own process group so a timeout can kill all of it.
-pub fn spawn_probe(spec: &UnitSpec, argv: &[String]) -> std::io::Result<i32> {
-    let program = argv.first().ok_or(std::io::ErrorKind::InvalidInput)?;
-    let child = Command::new(program)
-        .args(&argv[1..])
+/// What the child does before exec, the same for a task and its script
+/// checks: its cgroup, no core dumps, its user.
+fn child_setup(account: Option<&Account>, cgroup_procs: Option<rustix::fd::OwnedFd>) -> ChildSetup {
+    // No core dumps: a crash-looping task must not fill a robot's flash.
+    // The hard limit is kept: lowering it would be irreversible for the task.
+    let hard = rustix::process::getrlimit(Resource::Core).maximum;
+    let rlimits = vec![(
+        Resource::Core,
+        Rlimit {
+            current: Some(0),
+            maximum: hard,
+        },
+    )];
+    let credentials = account.map(|account| Credentials {
+        uid: rustix::process::Uid::from_raw(account.uid),
+        gid: rustix::process::Gid::from_raw(account.gid),
+        groups: account
+            .groups
+            .iter()
+            .map(|g| rustix::process::Gid::from_raw(*g))
+            .collect(),
+    });
+    ChildSetup {
+        cgroup_procs,
+        rlimits,
+        credentials,
+    }
+}
+
+/// Start a script probe exactly as its task runs: same user and groups,
+/// NoNewPrivs, the task's cgroup (so its pids.max and memory count the
+/// probe), environment and directory; output discarded; its own process
+/// group so a timeout can kill all of it. The task can rewrite the script,
+/// so running it with more rights than the task would hand those rights
+/// to the task.
+pub fn spawn_probe(spec: &UnitSpec, ctx: &SpawnContext<'_>, argv: &[String]) -> Result<i32, SpawnError> {
+    let program = argv
+        .first()
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| SpawnError::PreStart("no command to run".into()))?;
+    let account = match run_as(spec, ctx)? {
+        RunAs::Agent => None,
+        RunAs::Account(account) => Some(account),
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(&argv[1..])
         .env_clear()
         .envs(&spec.env)
         .current_dir(&spec.dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()?;
+        .stderr(Stdio::null());
+    if let Some(account) = &account {
+        if !spec.env.contains_key("HOME") {
+            cmd.env("HOME", &account.home);
+        }
+    }
+    let cgroup_procs = match ctx.cgroups {
+        Some(cg) => Some(cg.join_existing(&spec.name).map_err(SpawnError::Cgroup)?),
+        None => None,
+    };
+    sys::install_child_setup(&mut cmd, child_setup(account.as_ref(), cgroup_procs));
+    let child = cmd.spawn().map_err(|e| SpawnError::Exec(program.clone(), e))?;
     Ok(child.id() as i32)
 }
 
