@@ -357,7 +357,7 @@ pub fn stop_all(data_dir: &Path) -> Result<usize, String> {
             if let Some(pid) = pid.and_then(Pid::from_raw) {
                 let _ = kill_process(pid, Signal::TERM);
             }
-            let deadline = Instant::now() + Duration::from_secs(60);
+            let deadline = clock::after(Instant::now(), Duration::from_secs(60));
             while rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
                 if Instant::now() > deadline {
                     return Err("the running agent did not exit within 60s".into());

@@ -4,17 +4,17 @@
 //! The lexical rules (relative, or below ${K8S4R_TASK_DIR} /
 //! ${K8S4R_ALLOC_DIR}, or Nomad's `/local`, `/secrets` (the task
 //! directory's) and `/alloc` (the group's), no `..`) are the API's
-//! validation.
+//! validation. On disk a path can still escape through a symlink planted
+//! by an earlier task (`local -> /etc`), so every directory is opened one
+//! component at a time with `openat(O_NOFOLLOW | O_DIRECTORY)` and files
+//! are created with `O_NOFOLLOW | O_EXCL` under a temp name and renamed
+//! into place: a symlink anywhere on the way is refused, never followed.
 //!
-//! `secrets/` (however the path spells it) is private to the task: created
-//! here with mode 0700 when a template or artifact is the first to need it
-//! (spawn makes it the task's own, with `local/`). Other directories on
-//! the way are created 0755. On disk a path
-//! can still escape through a symlink planted by an earlier task (`local ->
-//! /etc`), so every directory is opened one component at a time with
-//! `openat(O_NOFOLLOW | O_DIRECTORY)` and files are created with
-//! `O_NOFOLLOW | O_EXCL` under a temp name and renamed into place:
-//! a symlink anywhere on the way is refused, never followed.
+//! Directories on the way are created 0755, except the task directory's
+//! `secrets/` (however the path spells it): 0700. Spawn creates `local/`
+//! and `secrets/` before templates and artifacts are written, owned by the
+//! task's user; should the task have removed `secrets/` since, it comes
+//! back private here.
 
 use crate::api::validate::{check_task_relative_path, nomad_root};
 use rustix::fd::OwnedFd;
