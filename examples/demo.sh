@@ -14,6 +14,9 @@ cd "$(dirname "$0")/.."
 cargo build --quiet --bins
 bin=target/debug
 work=$(mktemp -d -t k8s4r-demo.XXXXXX)
+# Run as root, the agent starts each group's Envoy as an unprivileged user,
+# which must pass through this (0700) directory to its config.
+chmod 711 "$work"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 url="http://127.0.0.1:$port"
 server_pid="" agent_pid=""

@@ -19,7 +19,7 @@ mod common;
 use k8s4r::agent::cgroup::Limits;
 use k8s4r::agent::logs::LogLimits;
 use k8s4r::agent::supervisor::machine::{Phase, Policy, RestartRules};
-use k8s4r::agent::supervisor::{Supervisor, SupervisorConfig, UnitSpec};
+use k8s4r::agent::supervisor::{DirOwner, Supervisor, SupervisorConfig, UnitSpec};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -215,6 +215,7 @@ fn spawn_latency() -> (f64, f64, f64) {
             dir: task_dir,
             alloc_dir: data.join("alloc/bench-g/alloc"),
             user: None,
+            dir_owner: DirOwner::Task,
             policy: Policy::RunToCompletion(RestartRules {
                 attempts: 0,
                 interval: Duration::from_secs(60),

@@ -574,6 +574,75 @@ fn the_group_proxy_listens_on_loopback_only_with_a_private_admin_socket() {
     assert!(!alive(pid), "the proxy must stop with its group");
 }
 
+/// A root agent runs the group's Envoy as the proxy user (nobody here):
+/// no capability, NoNewPrivs, and nothing of its config it could rewrite:
+/// every file and directory is root's, readable through the group only;
+/// the one directory it may write (for its admin socket) is sticky. The
+/// proxy still carries traffic.
+#[test]
+fn the_group_proxy_runs_as_an_unprivileged_user_that_cannot_rewrite_its_config() {
+    let Some(envoy) = envoy_bin() else { return };
+    if !is_root() {
+        eprintln!("SKIP: the proxy user is switched only by a root agent");
+        return;
+    }
+    let upstream_port = pong_upstream();
+    let local_port = free_port();
+    let sb = Sandbox::new();
+    let mut agent = proxied_service(&sb, "pu", local_port, upstream_port, &envoy);
+    let pid = agent.pid_of("g envoy: running pid");
+    agent.wait_line("g r0 t: running pid");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| -> String {
+        let line = status.lines().find(|l| l.starts_with(&format!("{name}:"))).unwrap();
+        line.split_whitespace().skip(1).collect::<Vec<_>>().join(" ")
+    };
+    assert_eq!(field("Uid"), "65534 65534 65534 65534", "{status}");
+    assert_eq!(field("CapEff"), "0000000000000000", "{status}");
+    assert_eq!(field("NoNewPrivs"), "1", "{status}");
+
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let dir = sb.data().join("alloc/pu-g/envoy");
+    let mut checked = 0;
+    let mut stack = vec![dir.clone()];
+    while let Some(p) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&p).unwrap();
+        let name = p.strip_prefix(&dir).unwrap().display().to_string();
+        if meta.file_type().is_socket() {
+            // Envoy's own admin socket: private to it (and root).
+            assert_eq!(meta.mode() & 0o077, 0, "{name} is mode {:o}", meta.mode());
+            continue;
+        }
+        assert_eq!(meta.uid(), 0, "{name} is not root's");
+        if name == "admin" {
+            // Where Envoy creates its socket: writable by its group, sticky.
+            assert_eq!(meta.mode() & 0o1002, 0o1000, "{name} is mode {:o}", meta.mode());
+        } else {
+            assert_eq!(
+                meta.mode() & 0o022,
+                0,
+                "{name} is writable by others: mode {:o}",
+                meta.mode()
+            );
+        }
+        if meta.is_dir() {
+            stack.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        }
+        checked += 1;
+    }
+    assert!(
+        checked >= 5,
+        "envoy.json, xds/, sds/, admin/ and the listeners at least"
+    );
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", local_port)).unwrap();
+    s.write_all(b"ping\n").unwrap();
+    let mut reply = String::new();
+    BufReader::new(&s).read_line(&mut reply).unwrap();
+    assert_eq!(reply, "pong:ping\n");
+    std::fs::write(sb.data().join("alloc/pu-g/alloc/done"), "").unwrap();
+    assert_eq!(agent.wait_exit(), 0, "{}", agent.output());
+}
+
 /// A service Job `job` whose group `g` has one plain upstream through its
 /// Envoy (`localPort` → `upstream_port`) and a task that waits for the file
 /// `alloc/<job>-g/alloc/done`; the agent running it.

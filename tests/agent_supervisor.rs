@@ -7,7 +7,7 @@ use common::wait_for;
 use k8s4r::agent::cgroup::Limits;
 use k8s4r::agent::logs::LogLimits;
 use k8s4r::agent::supervisor::machine::{Phase, Policy};
-use k8s4r::agent::supervisor::{Supervisor, SupervisorConfig, UnitSpec};
+use k8s4r::agent::supervisor::{DirOwner, Supervisor, SupervisorConfig, UnitSpec};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -47,6 +47,7 @@ fn daemon(data: &Path, name: &str, value: &str, revision: u64) -> UnitSpec {
         dir: data.join(name),
         alloc_dir: data.join("alloc"),
         user: None,
+        dir_owner: DirOwner::Task,
         policy: Policy::Daemon {
             base_delay: Duration::from_millis(50),
         },
@@ -170,6 +171,7 @@ fn a_network_change_updates_the_running_proxy_and_restarts_tasks_with_new_variab
         envoy_bin: envoy,
         gc_after: None,
         default_user: None,
+        proxy_user: None,
     });
     let port = || {
         std::net::TcpListener::bind("127.0.0.1:0")

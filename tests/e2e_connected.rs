@@ -897,6 +897,7 @@ fn spire_mtls_example_runs_against_a_local_spire_workload_api() {
     let ca = envoy_fixtures::Ca::new(root, "example.org");
     let svid = ca.leaf("robot", "spiffe://example.org/robot/robot-spire", 1);
     let socket = root.join("agent.sock");
+    common::searchable_by_all(&socket);
     let sds = envoy_fixtures::sds::SdsServer::start(
         &socket,
         "default",
@@ -967,6 +968,7 @@ fn tls_files_example_runs_with_local_certificate_files() {
     let root = dir.path();
     let ca = envoy_fixtures::Ca::new(root, "example.org");
     let client = ca.leaf("robot", "spiffe://example.org/ns/prod/sa/reporter", 1);
+    common::share_with_proxy(&[&client.cert, &client.key, &ca.cert]);
     let db_leaf = ca.leaf("db", "spiffe://example.org/ns/prod/sa/db", 2);
     let echo = envoy_fixtures::Server::echo();
     std::fs::create_dir_all(root.join("db-proxy")).unwrap();
@@ -1061,6 +1063,7 @@ fn compat_job_with_envoy_proxy_completes_with_local_downloads() {
     let ca = envoy_fixtures::Ca::new(root, "example.org");
     let svid = ca.leaf("robot", "spiffe://example.org/robot/robot-compat", 1);
     let socket = fs.join("run/spire/sockets/agent.sock");
+    common::searchable_by_all(&socket);
     let sds = envoy_fixtures::sds::SdsServer::start(
         &socket,
         "default",

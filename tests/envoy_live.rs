@@ -116,7 +116,7 @@ fn admin_is_a_private_unix_socket_and_flags_avoid_collisions() {
     let tmp = tempfile::tempdir().unwrap();
     let (_echo, port, g) = echo_group(&bin, tmp.path(), "admin");
     let launch = envoy::prepare(&g).unwrap();
-    assert_eq!(launch.admin_socket, g.dir.join("admin.sock"));
+    assert_eq!(launch.admin_socket, g.dir.join("admin/admin.sock"));
     for flag in ["--disable-hot-restart", "--concurrency"] {
         assert!(launch.argv.iter().any(|a| a == flag), "{:?}", launch.argv);
     }
@@ -271,7 +271,7 @@ fn after_kill_9_prepare_and_start_bring_the_proxy_back() {
         .unwrap();
     first.child.wait().unwrap();
     // The stale admin socket is still there; prepare clears it.
-    assert!(g.dir.join("admin.sock").exists());
+    assert!(g.dir.join("admin/admin.sock").exists());
     let second = Envoy::run(&g);
     assert_ne!(second.pid(), first.pid());
     assert_eq!(echo_through(port, b"back").unwrap(), b"back");
@@ -408,8 +408,12 @@ fn a_deep_group_directory_still_gets_an_admin_socket() {
     let launch = envoy::prepare(&g).unwrap();
     assert!(!launch.admin_socket.starts_with(&dir));
     assert!(launch.admin_socket.as_os_str().len() <= envoy::runtime::MAX_SOCKET_PATH);
+    // The socket's own directory: the agent's, writable by the proxy's
+    // group and sticky; the shared parent: the agent's, 0711.
     let parent = launch.admin_socket.parent().unwrap();
-    assert_eq!(std::fs::metadata(parent).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(std::fs::metadata(parent).unwrap().permissions().mode() & 0o7777, 0o1770);
+    let shared = parent.parent().unwrap();
+    assert_eq!(std::fs::metadata(shared).unwrap().permissions().mode() & 0o777, 0o711);
     let mut e = Envoy::start(&launch, dir.join("envoy.log"));
     e.wait_ready();
     // Every helper finds the same socket from the directory alone.

@@ -28,6 +28,7 @@
 //!   kernels without pidfd_open); their exit status is then unknowable and
 //!   reported as such.
 
+pub mod accounts;
 pub mod artifacts;
 pub mod cgroup;
 pub mod checks;
@@ -75,6 +76,8 @@ OPTIONS:
     --no-cgroups            Do not use cgroups
     --allow-root-tasks BOOL May tasks run as root? [env K8S4R_ALLOW_ROOT_TASKS; default true]
     --default-user USER     User for tasks that name none (root agent only) [env K8S4R_DEFAULT_USER]
+    --proxy-user USER       User of the groups' Envoys when the agent is root
+                            [env K8S4R_PROXY_USER; default k8s4r-proxy if it exists, else nobody]
     -h, --help              Print help
 ";
 
@@ -202,6 +205,7 @@ pub fn cmd_run(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
             envoy_bin: envoy_bin.unwrap_or_else(default_envoy),
             gc_after: None,
             default_user: privileges.default_user,
+            proxy_user: privileges.proxy_user,
         },
     };
     match standalone::run(opts) {

@@ -7,6 +7,11 @@
 //!   task fails with a status saying why (see `supervisor::spawn`).
 //! - `--default-user USER` [`K8S4R_DEFAULT_USER`]: who runs a task whose
 //!   manifest names no `user` (only a root agent can switch users).
+//! - `--proxy-user USER` [`K8S4R_PROXY_USER`]: who runs the groups' Envoys
+//!   when the agent is root. Default: `k8s4r-proxy` when the robot has that
+//!   account (robot images made by `make image` do), else `nobody`. A
+//!   dedicated account is better: a task running as the proxy's user could
+//!   signal or trace the proxy. `root` keeps the proxy privileged.
 
 use std::collections::BTreeMap;
 
@@ -14,6 +19,9 @@ use std::collections::BTreeMap;
 pub struct Privileges {
     pub allow_root_tasks: bool,
     pub default_user: Option<String>,
+    /// None: the proxy runs as the agent's user (given or not, a non-root
+    /// agent cannot switch).
+    pub proxy_user: Option<String>,
 }
 
 impl Default for Privileges {
@@ -21,20 +29,47 @@ impl Default for Privileges {
         Privileges {
             allow_root_tasks: true,
             default_user: None,
+            proxy_user: None,
         }
     }
 }
 
+/// The dedicated account robot images create for the proxies.
+pub const PROXY_ACCOUNT: &str = "k8s4r-proxy";
+
+/// The proxy's user when none is configured, from passwd-format text.
+pub fn default_proxy_user(passwd: &str) -> &'static str {
+    let has = |name: &str| passwd.lines().any(|l| l.split(':').next() == Some(name));
+    if has(PROXY_ACCOUNT) {
+        PROXY_ACCOUNT
+    } else {
+        "nobody"
+    }
+}
+
 /// The environment names of the flags, for settings maps.
-pub const KEYS: [(&str, &str); 2] = [
+pub const KEYS: [(&str, &str); 3] = [
     ("allow-root-tasks", "K8S4R_ALLOW_ROOT_TASKS"),
     ("default-user", "K8S4R_DEFAULT_USER"),
+    ("proxy-user", "K8S4R_PROXY_USER"),
 ];
 
 impl Privileges {
     /// From settings keyed by environment name, highest priority first
     /// (flags, environment, config file); empty values count as unset.
+    /// The proxy's default user is looked up in /etc/passwd when the agent
+    /// is root.
     pub fn resolve(sources: &[&BTreeMap<String, String>]) -> Result<Privileges, String> {
+        let is_root = rustix::process::geteuid().is_root();
+        let passwd = if is_root {
+            std::fs::read_to_string("/etc/passwd").unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Self::resolve_for(sources, is_root, &passwd)
+    }
+
+    fn resolve_for(sources: &[&BTreeMap<String, String>], is_root: bool, passwd: &str) -> Result<Privileges, String> {
         let get = |key: &str| {
             sources
                 .iter()
@@ -48,9 +83,15 @@ impl Privileges {
         if let Some(user) = &default_user {
             crate::api::validate::check_user(user).map_err(|e| format!("--default-user: {e}"))?;
         }
+        let proxy_user = get("K8S4R_PROXY_USER");
+        if let Some(user) = &proxy_user {
+            crate::api::validate::check_user(user).map_err(|e| format!("--proxy-user: {e}"))?;
+        }
+        let proxy_user = is_root.then(|| proxy_user.unwrap_or_else(|| default_proxy_user(passwd).to_string()));
         Ok(Privileges {
             allow_root_tasks,
             default_user,
+            proxy_user,
         })
     }
 }
@@ -73,12 +114,27 @@ mod tests {
 
     #[test]
     fn defaults_keep_compatibility_and_flags_win() {
-        assert_eq!(Privileges::resolve(&[]).unwrap(), Privileges::default());
+        assert_eq!(Privileges::resolve_for(&[], false, "").unwrap(), Privileges::default());
         let flags = map(&[("K8S4R_ALLOW_ROOT_TASKS", "false")]);
         let file = map(&[("K8S4R_ALLOW_ROOT_TASKS", "true"), ("K8S4R_DEFAULT_USER", "robot")]);
-        let p = Privileges::resolve(&[&flags, &file]).unwrap();
+        let p = Privileges::resolve_for(&[&flags, &file], false, "").unwrap();
         assert!(!p.allow_root_tasks);
         assert_eq!(p.default_user.as_deref(), Some("robot"));
+        assert_eq!(p.proxy_user, None, "a non-root agent cannot switch the proxy's user");
+    }
+
+    #[test]
+    fn a_root_agent_runs_its_proxies_unprivileged() {
+        let plain = "root:x:0:0::/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n";
+        let image = format!("{plain}k8s4r-proxy:x:998:998::/:/bin/false\n");
+        let user = |passwd: &str, flags: &BTreeMap<String, String>| {
+            Privileges::resolve_for(&[flags], true, passwd).unwrap().proxy_user
+        };
+        let none = BTreeMap::new();
+        assert_eq!(user(plain, &none).as_deref(), Some("nobody"));
+        assert_eq!(user(&image, &none).as_deref(), Some("k8s4r-proxy"));
+        let chosen = map(&[("K8S4R_PROXY_USER", "envoy")]);
+        assert_eq!(user(&image, &chosen).as_deref(), Some("envoy"));
     }
 
     #[test]

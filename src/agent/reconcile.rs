@@ -25,7 +25,7 @@
 use super::cgroup::Limits;
 use super::checks;
 use super::supervisor::machine::{Phase, Policy, RestartRules};
-use super::supervisor::{PreStart, UnitSpec, Units};
+use super::supervisor::{DirOwner, PreStart, UnitSpec, Units};
 use crate::agent::clock;
 use crate::agent::gc::AllocGc;
 use crate::api::{JobType, NetworkConfig, RestartMode, RestartPolicy, TaskSpec};
@@ -86,6 +86,9 @@ pub struct ReconcileConfig {
     pub gc_after: Option<Duration>,
     /// Who runs a task whose manifest names no `user` (`--default-user`).
     pub default_user: Option<String>,
+    /// Who runs the groups' Envoys when the agent is root (`--proxy-user`;
+    /// None: the agent's user).
+    pub proxy_user: Option<String>,
 }
 
 /// What became of one desired task.
@@ -408,12 +411,29 @@ impl Reconciler {
     fn group_proxy(&self, key: &str, first: &AssignedTask, network: &NetworkConfig) -> Result<GroupProxy, String> {
         let dir = self.group_dir(key).join("envoy");
         std::fs::create_dir_all(&dir).map_err(|e| format!("proxy: creating {}: {e}", dir.display()))?;
-        let envoy_bin = find_executable(&self.config.envoy_bin).ok_or_else(|| {
-            format!(
-                "proxy: envoy binary {:?} not found (install Envoy, or set --envoy-bin / K8S4R_ENVOY)",
-                self.config.envoy_bin
-            )
-        })?;
+        let envoy_bin = match &self.config.proxy_user {
+            // The proxy's user must be able to run it: the first one on
+            // PATH it can reach (a root-only install is skipped).
+            Some(user) => {
+                let account = crate::agent::accounts::lookup(user).map_err(|e| format!("proxy: --proxy-user: {e}"))?;
+                let search = std::env::var_os("PATH").unwrap_or_default();
+                account
+                    .find_executable(&self.config.envoy_bin, &search)
+                    .ok_or_else(|| {
+                        format!(
+                            "proxy: envoy binary {:?} not found where user {user:?} can run it (install Envoy where \
+                         it can reach it, e.g. /usr/local/bin, or set --envoy-bin / --proxy-user)",
+                            self.config.envoy_bin
+                        )
+                    })?
+            }
+            None => find_executable(&self.config.envoy_bin).ok_or_else(|| {
+                format!(
+                    "proxy: envoy binary {:?} not found (install Envoy, or set --envoy-bin / K8S4R_ENVOY)",
+                    self.config.envoy_bin
+                )
+            })?,
+        };
         Ok(GroupProxy {
             job: first.job().to_string(),
             group: first.group().to_string(),
@@ -433,7 +453,8 @@ impl Reconciler {
             env: BTreeMap::from([("PATH".to_string(), task_path())]),
             dir: proxy.dir.clone(),
             alloc_dir: self.group_dir(key).join("alloc"),
-            user: None,
+            user: self.config.proxy_user.clone(),
+            dir_owner: DirOwner::Agent,
             policy: Policy::Daemon {
                 base_delay: Duration::from_secs(1),
             },
@@ -449,7 +470,8 @@ impl Reconciler {
                     .map(|l| l.argv)
                     .map_err(|e| format!("proxy: {e}"))
             }))),
-            revision: hash_debug(&proxy.network),
+            // A new proxy user restarts the proxy too.
+            revision: hash_debug(&(&proxy.network, &self.config.proxy_user)),
         }
     }
 
@@ -553,6 +575,7 @@ impl Reconciler {
             dir,
             alloc_dir,
             user: spec.user.clone().or_else(|| self.config.default_user.clone()),
+            dir_owner: DirOwner::Task,
             policy,
             timeout: spec.timeout.as_ref().and_then(|d| d.get()).filter(|d| !d.is_zero()),
             kill_timeout: spec

@@ -162,7 +162,7 @@ spec:
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["node"]["id"], "shop/web");
         assert_eq!(v["static_resources"]["listeners"][0]["name"], "out-db");
-        assert_eq!(v["admin"]["address"]["pipe"]["path"], "/run/g/admin.sock");
+        assert_eq!(v["admin"]["address"]["pipe"]["path"], "/run/g/admin/admin.sock");
     }
 
     #[test]

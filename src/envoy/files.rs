@@ -8,9 +8,11 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 
-/// Replace `path` with `content` atomically (mode 0600). Skips the write
-/// when the content is already there, so an unchanged file causes no event.
-/// Returns whether the file changed.
+/// Replace `path` with `content` atomically (mode 0640: the agent writes,
+/// the proxy reads through the directory's group). Skips the write when
+/// the content is already there, so an unchanged file causes no event.
+/// Returns whether the file changed. The temp file is created new
+/// (O_EXCL: never through a link someone planted at its name).
 pub fn replace(path: &Path, content: &str) -> io::Result<bool> {
     if fs::read(path).is_ok_and(|old| old == content.as_bytes()) {
         return Ok(false);
@@ -25,12 +27,11 @@ pub fn replace(path: &Path, content: &str) -> io::Result<bool> {
     // directory (a test and an agent) do not share a temp file.
     let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
     let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
+        match fs::remove_file(&tmp) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let mut f = OpenOptions::new().write(true).create_new(true).mode(0o640).open(&tmp)?;
         f.write_all(content.as_bytes())?;
         f.sync_all()?;
         fs::rename(&tmp, path)?;
@@ -43,9 +44,10 @@ pub fn replace(path: &Path, content: &str) -> io::Result<bool> {
     result.map(|()| true)
 }
 
-/// Create `dir` (and parents) with mode 0700 if missing.
+/// Create `dir` (and parents) with mode 0750 if missing: the agent's,
+/// readable by the proxy's group (inherited from a setgid parent).
 pub fn private_dir(dir: &Path) -> io::Result<()> {
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+    fs::DirBuilder::new().recursive(true).mode(0o750).create(dir)
 }
 
 #[cfg(test)]

@@ -6,8 +6,16 @@
 //! <dir>/xds/lds.json    listeners  (watched directory: replaced by rename)
 //! <dir>/xds/cds.json    clusters, SPIRE SDS clusters first
 //! <dir>/sds/*.json      secrets from tlsFiles (filesystem SDS), if any
-//! <dir>/admin.sock      admin API (mode 0600); see admin_socket_path
+//! <dir>/admin/admin.sock  admin API (mode 0600); see admin_socket_path
 //! ```
+//!
+//! Who may do what: the agent writes every file; the proxy, which may run
+//! as another user (`--proxy-user`), only reads them through the
+//! directory's group (files 0640, directories 0750, the group inherited
+//! from the proxy directory's setgid bit, see `supervisor::DirOwner`). The
+//! proxy can write only `admin/` (0770 + sticky), to create its socket:
+//! it cannot rewrite its own config, and the agent, often root, never
+//! writes where the proxy could have planted a link.
 
 use super::config::{self, Layout};
 use super::options::ProxyOptions;
@@ -27,14 +35,20 @@ pub fn prepare(proxy: &GroupProxy, extras: &ProxyExtras) -> Result<Launch, Envoy
     let plan = plan::plan(&proxy.network, &extras.inbound)?;
     let layout = Layout::new(&proxy.dir);
     check_socket_path(&layout.admin_socket)?;
-    if let Some(short) = layout.admin_socket.parent().filter(|p| *p != proxy.dir) {
-        private_socket_dir(short)?;
-    }
     check_ports(&plan, &HashSet::new())?;
     let rt = config::render_runtime(&plan, &proxy.node_id(), &layout, &extras.options)?;
-    for dir in [&proxy.dir, &layout.xds_dir, &layout.sds_dir] {
+    files::private_dir(&proxy.dir).map_err(|e| EnvoyError::Write(proxy.dir.clone(), e))?;
+    // Written afresh at every start (Envoy is not running): files an older
+    // agent left with other modes or groups do not linger.
+    remove_config(&layout)?;
+    for dir in [&layout.xds_dir, &layout.sds_dir] {
         files::private_dir(dir).map_err(|e| EnvoyError::Write(dir.clone(), e))?;
     }
+    let socket_dir = layout.admin_socket.parent().unwrap_or(&proxy.dir);
+    if !socket_dir.starts_with(&proxy.dir) {
+        short_socket_parent()?;
+    }
+    socket_dir_for_proxy(socket_dir, &proxy.dir)?;
     write_resources(&layout, &rt)?;
     write(&layout.bootstrap, &rt.bootstrap)?;
     // A socket file left by a dead Envoy would make the new one fail to bind.
@@ -77,6 +91,19 @@ pub fn remove(proxy: &GroupProxy) -> Result<(), EnvoyError> {
     if fs::symlink_metadata(&layout.admin_socket).is_ok_and(|m| m.file_type().is_socket()) {
         gone(fs::remove_file(&layout.admin_socket), &layout.admin_socket)?;
     }
+    if let Some(dir) = layout.admin_socket.parent() {
+        // Empty once the socket is gone; a directory the proxy filled is left.
+        let _ = fs::remove_dir(dir);
+    }
+    remove_config(&layout)
+}
+
+/// The bootstrap and the xDS and SDS files (not the admin socket).
+fn remove_config(layout: &Layout) -> Result<(), EnvoyError> {
+    let gone = |r: std::io::Result<()>, p: &Path| match r {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(EnvoyError::Write(p.to_path_buf(), e)),
+        _ => Ok(()),
+    };
     gone(fs::remove_file(&layout.bootstrap), &layout.bootstrap)?;
     gone(fs::remove_dir_all(&layout.xds_dir), &layout.xds_dir)?;
     gone(fs::remove_dir_all(&layout.sds_dir), &layout.sds_dir)
@@ -122,38 +149,67 @@ fn write(path: &Path, content: &str) -> Result<(), EnvoyError> {
         .map_err(|e| EnvoyError::Write(path.to_path_buf(), e))
 }
 
-/// Where a group's admin socket lives: `<dir>/admin.sock`, unless that path
-/// is longer than a unix socket address holds (107 bytes; long job and group
-/// names under a deep data directory get there). Then it is
-/// `<tmp>/k8s4r-envoy-<uid>/<hash of dir>.sock`: short, private to our user,
-/// and stable for the directory, so every caller computes the same path.
+/// Where a group's admin socket lives: `<dir>/admin/admin.sock`, unless
+/// that path is longer than a unix socket address holds (107 bytes; long job
+/// and group names under a deep data directory get there). Then it is
+/// `<tmp>/k8s4r-envoy-<uid>/<hash of dir>/admin.sock`: short, stable for
+/// the directory, so every caller computes the same path.
 pub fn admin_socket_path(dir: &Path) -> PathBuf {
-    let inside = dir.join("admin.sock");
+    let inside = dir.join("admin/admin.sock");
     if inside.as_os_str().len() <= MAX_SOCKET_PATH {
         return inside;
     }
     let digest = Sha256::digest(dir.as_os_str().as_encoded_bytes());
     let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
-    short_socket_dir().join(format!("{hex}.sock"))
+    short_socket_dir().join(hex).join("admin.sock")
 }
 
 fn short_socket_dir() -> PathBuf {
     std::env::temp_dir().join(format!("k8s4r-envoy-{}", rustix::process::getuid().as_raw()))
 }
 
-/// The fallback socket directory sits in a shared temp dir: create it 0700
-/// and refuse it if someone else owns it or can enter it.
-fn private_socket_dir(dir: &Path) -> Result<(), EnvoyError> {
-    files::private_dir(dir).map_err(|e| EnvoyError::Write(dir.to_path_buf(), e))?;
-    let meta = fs::symlink_metadata(dir).map_err(|e| EnvoyError::Write(dir.to_path_buf(), e))?;
+/// The fallback sockets' parent sits in a shared temp dir: ours, 0711 (a
+/// proxy running as another user may pass through to its own directory,
+/// nobody may list or add); refused if someone else owns it or can write it.
+fn short_socket_parent() -> Result<(), EnvoyError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let dir = short_socket_dir();
+    let werr = |e| EnvoyError::Write(dir.clone(), e);
+    match fs::DirBuilder::new().mode(0o711).create(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(werr(e)),
+        _ => {}
+    }
+    let meta = fs::symlink_metadata(&dir).map_err(werr)?;
     let ours = meta.uid() == rustix::process::getuid().as_raw();
-    if !meta.is_dir() || !ours || meta.mode() & 0o077 != 0 {
+    if !meta.is_dir() || !ours || meta.mode() & 0o066 != 0 {
         return Err(EnvoyError::Invalid(format!(
-            "{} must be a directory owned by this user with mode 0700",
+            "{} must be a directory owned by this user that no one else can read or write",
             dir.display()
         )));
     }
-    Ok(())
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o711)).map_err(werr)
+}
+
+/// The directory the proxy creates its admin socket in: the agent's, with
+/// the proxy directory's group, 0770 and sticky (the proxy may add its
+/// socket; no one but a file's owner may remove or rename it).
+fn socket_dir_for_proxy(dir: &Path, proxy_dir: &Path) -> Result<(), EnvoyError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let werr = |e| EnvoyError::Write(dir.to_path_buf(), e);
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(werr(e)),
+        _ => {}
+    }
+    let meta = fs::symlink_metadata(dir).map_err(werr)?;
+    if !meta.is_dir() || meta.uid() != rustix::process::geteuid().as_raw() {
+        return Err(EnvoyError::Invalid(format!(
+            "{} must be a directory owned by the agent",
+            dir.display()
+        )));
+    }
+    let group = fs::metadata(proxy_dir).map_err(werr)?.gid();
+    std::os::unix::fs::lchown(dir, None, Some(group)).map_err(werr)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o1770)).map_err(werr)
 }
 
 fn check_socket_path(socket: &Path) -> Result<(), EnvoyError> {
@@ -239,11 +295,14 @@ mod tests {
     #[test]
     fn a_long_directory_gets_a_short_private_admin_socket() {
         let short = Path::new("/var/lib/k8s4r/alloc/job-group/envoy");
-        assert_eq!(admin_socket_path(short), short.join("admin.sock"));
+        assert_eq!(admin_socket_path(short), short.join("admin/admin.sock"));
         let long = PathBuf::from(format!("/var/lib/k8s4r/alloc/{}/envoy", "g".repeat(120)));
         let socket = admin_socket_path(&long);
         assert!(socket.as_os_str().len() <= MAX_SOCKET_PATH, "{}", socket.display());
-        assert_eq!(socket.parent(), Some(short_socket_dir().as_path()));
+        assert_eq!(
+            socket.parent().and_then(Path::parent),
+            Some(short_socket_dir().as_path())
+        );
         assert_eq!(socket, admin_socket_path(&long), "stable for the directory");
         assert_ne!(socket, admin_socket_path(&long.join("other")));
     }

@@ -11,7 +11,9 @@ use crate::api::FieldError;
 use crate::server::controllers::jobs::ANN_STATUS_SEQ;
 use crate::server::controllers::Hub;
 use crate::server::events::{Kind, Recorder};
+use crate::server::limits::Limits;
 use crate::server::object;
+use crate::server::poll_slots::PollSlots;
 use crate::server::registry::{Part, Registry, WriteOptions};
 use crate::server::resources::{ROBOTS, TASKS};
 use crate::server::status::Status;
@@ -29,6 +31,10 @@ pub struct Agents {
     pub events: Recorder,
     /// Operators' requests for task output, answered by the robots.
     pub logs: Arc<crate::server::logs::Logs>,
+    /// Caps on what one robot or join token can make the server hold.
+    pub limits: Limits,
+    /// The one long poll each robot may have open.
+    pub polls: PollSlots,
 }
 
 /// How long an operator's log request waits for the robot's answer.
@@ -37,6 +43,14 @@ pub const LOG_TIMEOUT: Duration = Duration::from_secs(15);
 fn token_error(e: TokenError) -> Status {
     match e {
         TokenError::Invalid => Status::unauthorized("the token is invalid or expired"),
+        TokenError::OtherRobot(other) => Status::forbidden(format!("this token is robot {other:?}'s")),
+        TokenError::JoinTokenUsedUp(limit) => Status::too_many_requests(
+            format!(
+                "this join token has registered its limit of {limit} robots \
+                 (--max-robots-per-join-token); create another join token"
+            ),
+            None,
+        ),
         TokenError::NameTaken(ns) => Status::new(
             409,
             "AlreadyExists",
@@ -90,12 +104,10 @@ impl Agents {
         let secret = bearer.ok_or_else(|| Status::unauthorized("missing Authorization: Bearer <robot token>"))?;
         match self.tokens.authenticate(name, secret).await {
             Ok(id) => Ok(id),
-            Err(TokenError::Invalid) => match self.tokens.owner_of(secret).await.map_err(token_error)? {
-                Some(other) => Err(Status::forbidden(format!(
-                    "robot {other:?} may not access the objects of robot {name:?}"
-                ))),
-                None => Err(Status::unauthorized("the robot token is invalid")),
-            },
+            Err(TokenError::Invalid) => Err(Status::unauthorized("the robot token is invalid")),
+            Err(TokenError::OtherRobot(other)) => Err(Status::forbidden(format!(
+                "robot {other:?} may not access the objects of robot {name:?}"
+            ))),
             Err(e) => Err(token_error(e)),
         }
     }
@@ -127,7 +139,10 @@ impl Agents {
     }
 
     pub async fn register(&self, req: RegisterRequest) -> Result<RegisterResponse, Status> {
-        self.tokens.check_join(&req.join_token).await.map_err(token_error)?;
+        let grant = self.tokens.check_join(&req.join_token).await.map_err(token_error)?;
+        if let Some(d) = &req.device_info {
+            self.limits.check_device_info(d)?;
+        }
         let ns = req
             .namespace
             .clone()
@@ -141,7 +156,11 @@ impl Agents {
             return Err(Status::invalid(subject, &[FieldError::new("namespace", e)]));
         }
         // Reserve the name (and mint the token) before touching the Robot.
-        let token = self.tokens.issue_robot(&ns, &req.name).await.map_err(token_error)?;
+        let token = self
+            .tokens
+            .issue_robot(&grant, self.limits.robots_per_join_token, &ns, &req.name)
+            .await
+            .map_err(token_error)?;
         let mut status = json!({"phase": "Online", "lastHeartbeatTime": time::now_rfc3339()});
         if let Some(d) = &req.device_info {
             status["deviceInfo"] = d.clone();
@@ -257,6 +276,30 @@ impl Agents {
         Ok(self.desired(id, rev))
     }
 
+    /// [`Agents::poll`] holding the robot's one poll slot: a newer poll
+    /// from the same robot ends this one with 429 (see [`PollSlots`]).
+    /// Ending it drops the older poll wherever it is, which is no different
+    /// from its client hanging up: `poll` must stay safe to cancel anywhere.
+    pub async fn poll_exclusive(
+        &self,
+        id: &RobotIdentity,
+        since: u64,
+        wait: Duration,
+    ) -> Result<AssignmentsView, Status> {
+        let mut slot = self.polls.enter(&id.namespace, &id.name);
+        tokio::select! {
+            answer = self.poll(id, since, wait) => answer,
+            () = slot.superseded() => Err(Status::too_many_requests(
+                format!(
+                    "a newer poll from robot {:?} replaced this one (one long poll per robot; \
+                     is a second agent using this robot's identity?)",
+                    id.name
+                ),
+                Some(1),
+            )),
+        }
+    }
+
     /// An operator wants a task's output: ask the robot it runs on (through
     /// its long poll, woken now) and wait for the upload.
     pub async fn task_log(
@@ -329,6 +372,7 @@ impl Agents {
     }
 
     pub async fn report(&self, id: &RobotIdentity, report: StatusReport) -> Result<StatusReply, Status> {
+        self.limits.check_report(&report)?;
         self.heartbeat(id).await?;
         let (ns, robot) = (id.namespace.as_str(), id.name.as_str());
         if report.device_info.is_some() || report.agent_version.is_some() {

@@ -6,6 +6,7 @@
 //! its lease expires after the TTL and the key goes with it.
 
 use crate::server::store::etcd::client::{self, Client, EtcdError};
+use crate::server::time;
 use serde_json::json;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -70,7 +71,7 @@ impl Election {
             lease: Arc::new(std::sync::Mutex::new(None)),
             resigned: Arc::new(AtomicBool::new(false)),
         };
-        tokio::spawn(e.clone().run());
+        crate::server::panics::spawn_essential("the leader election", e.clone().run());
         (e, rx)
     }
 
@@ -117,19 +118,23 @@ impl Election {
         // earliest have dropped the lease: the time the last successful
         // keepalive was *sent*, plus the TTL, minus a safety margin.
         let margin = Duration::from_millis(500);
-        let mut valid_until = asked + Duration::from_secs(TTL_SECONDS) - margin;
+        // Checked arithmetic throughout; where a time is not representable
+        // the lease counts as ending now (the safe side).
+        let lease_for = |ttl: u64| Duration::from_secs(ttl).saturating_sub(margin);
+        let mut valid_until = time::later_or_now(asked, lease_for(TTL_SECONDS));
         while !self.resigned.load(Ordering::SeqCst) {
             if !*self.leader.borrow() && self.try_acquire(lease).await? && !self.resigned.load(Ordering::SeqCst) {
                 log::info!("election: this replica ({}) leads; controllers start", self.id);
                 self.leader.send_replace(true);
             }
-            let wake = (Instant::now() + tick).min(valid_until);
+            let wake = time::later_or_now(Instant::now(), tick).min(valid_until);
             tokio::time::sleep_until(wake).await;
             let sent = Instant::now();
             let renewed = tokio::time::timeout_at(valid_until, self.client.lease_keepalive(lease)).await;
             match renewed {
                 Ok(Ok(ttl)) if ttl > 0 => {
-                    valid_until = sent + Duration::from_secs(ttl) - margin;
+                    // etcd's answer, trusted no further than what was asked.
+                    valid_until = time::later_or_now(sent, lease_for(ttl.min(TTL_SECONDS)));
                 }
                 Ok(Ok(_)) => return Err(ElectionError::LeaseExpired(lease)),
                 Ok(Err(e)) if Instant::now() < valid_until => log::warn!("election: keepalive: {e}"),

@@ -40,7 +40,7 @@ impl Recorder {
     /// Start the writer on the current runtime.
     pub fn start(store: Arc<dyn Store>) -> Recorder {
         let expiring = store.clone();
-        tokio::spawn(async move {
+        crate::server::panics::spawn_essential("the event expiry", async move {
             loop {
                 tokio::time::sleep(std::time::Duration::from_secs(60)).await;
                 if let Err(e) = expire(expiring.as_ref()).await {
@@ -49,7 +49,7 @@ impl Recorder {
             }
         });
         let (tx, mut rx) = mpsc::channel::<Pending>(QUEUE);
-        tokio::spawn(async move {
+        crate::server::panics::spawn_essential("the event writer", async move {
             while let Some(p) = rx.recv().await {
                 if let Err(e) = write(store.as_ref(), p).await {
                     log::debug!("recording an event: {e}");

@@ -175,7 +175,7 @@ impl Logs {
             namespace: ns.to_string(),
             robot: robot.to_string(),
             request: request.clone(),
-            expires: time::now_unix() + patience.as_secs() as i64 + 1,
+            expires: time::unix_after(time::now_unix(), patience).saturating_add(1),
             upload: None,
         };
         let value = serde_json::to_value(&record).map_err(|e| StoreError::Backend(e.to_string()))?;

@@ -19,6 +19,7 @@ pub mod election;
 pub mod events;
 pub mod fleet;
 pub mod http;
+pub mod limits;
 pub mod logging;
 pub mod logs;
 pub mod logs_cli;
@@ -26,6 +27,7 @@ pub mod migrate;
 pub mod object;
 pub mod panics;
 pub mod patch;
+pub mod poll_slots;
 pub mod registry;
 pub mod resources;
 pub mod scheduler;
@@ -56,6 +58,16 @@ OPTIONS:
     --offline-after DUR      Robot Offline after this long without a poll [default: 3 × poll interval]
     --max-poll-rate N        Target agent polls per second; the interval grows with the fleet [default: 500]
     --watch-history N        Changes kept for resuming watches [default: 10000]
+    --max-watches N          Watches open at once, all clients together; more
+                             get 429 [default: 1000]
+    --max-status-updates N   Task status updates in one agent report; more get
+                             413 [default: 1000]
+    --max-device-info BYTES  Largest deviceInfo (as JSON) a robot may send; larger
+                             gets 413 [default: 65536]
+    --max-robots-per-join-token N
+                             Robots one join token may create; registering again
+                             under a known name creates none; more get 429
+                             [default: 1000]
     --log-level LEVEL        off, error, warn, info, debug, trace [default: info]
     --admin-token-file FILE  Require this bearer token for the Kubernetes API and
                              join tokens [default: open API]. kubectl sends tokens
@@ -65,7 +77,17 @@ OPTIONS:
 
 Prints `listening on http://ADDR` once it accepts connections. Use it with
 kubectl: kubectl --server http://ADDR get jobs
+
+Each robot has at most one long poll open: a newer one ends the older (429).
+Durations in requests (timeoutSeconds, ttlSeconds) are at most 10 years.
 ";
+
+/// Longest `--poll-interval`: robots must hear from the server at least daily.
+const MAX_POLL_INTERVAL: Duration = Duration::from_secs(86_400);
+/// Longest `--offline-after`.
+const MAX_OFFLINE_AFTER: Duration = Duration::from_secs(30 * 86_400);
+/// Largest `--max-watches` (each open watch holds memory and a connection).
+const MAX_WATCHES: usize = 1_000_000;
 
 /// Everything `k8s4r server` is configured with.
 #[derive(Clone, Debug)]
@@ -78,6 +100,9 @@ pub struct Config {
     pub etcd: Vec<String>,
     pub fleet: fleet::FleetConfig,
     pub watch_history: usize,
+    pub limits: limits::Limits,
+    /// Serve a route that panics, for tests (`K8S4R_TEST_PANIC_ROUTE=1`).
+    pub test_panic_route: bool,
 }
 
 impl Default for Config {
@@ -89,6 +114,8 @@ impl Default for Config {
             etcd: Vec::new(),
             fleet: fleet::FleetConfig::default(),
             watch_history: 10_000,
+            limits: limits::Limits::default(),
+            test_panic_route: false,
         }
     }
 }
@@ -96,6 +123,30 @@ impl Default for Config {
 fn duration_arg(parser: &mut lexopt::Parser, flag: &str) -> Result<Duration, lexopt::Error> {
     let text = parser.value()?.string()?;
     crate::api::Duration::parse(&text).map_err(|e| format!("{flag} {text:?}: {e}").into())
+}
+
+/// A duration flag of at most `max` (the fleet's arithmetic multiplies them).
+fn bounded_duration_arg(parser: &mut lexopt::Parser, flag: &str, max: Duration) -> Result<Duration, lexopt::Error> {
+    let d = duration_arg(parser, flag)?;
+    if d > max {
+        return Err(format!("{flag}: {d:?} is more than the limit of {max:?}").into());
+    }
+    Ok(d)
+}
+
+/// A count flag of at most `max`.
+fn count_arg<T>(parser: &mut lexopt::Parser, flag: &str, max: T) -> Result<T, lexopt::Error>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display,
+{
+    let text = parser.value()?.string()?;
+    let n: T = text
+        .parse()
+        .map_err(|_| format!("{flag} {text:?}: not a whole number"))?;
+    if n > max {
+        return Err(format!("{flag}: {n} is more than the limit of {max}").into());
+    }
+    Ok(n)
 }
 
 /// `k8s4r server ...`
@@ -118,10 +169,30 @@ pub fn cmd_server(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
             }
             // `--auth-token-file` is the name Kubernetes users look for.
             Long("admin-token-file" | "auth-token-file") => cfg.admin_token_file = Some(parser.value()?.into()),
-            Long("poll-interval") => cfg.fleet.poll_interval = duration_arg(parser, "--poll-interval")?,
-            Long("offline-after") => cfg.fleet.offline_after = Some(duration_arg(parser, "--offline-after")?),
-            Long("max-poll-rate") => cfg.fleet.max_poll_rate = parser.value()?.parse()?,
+            Long("poll-interval") => {
+                cfg.fleet.poll_interval = bounded_duration_arg(parser, "--poll-interval", MAX_POLL_INTERVAL)?
+            }
+            Long("offline-after") => {
+                cfg.fleet.offline_after = Some(bounded_duration_arg(parser, "--offline-after", MAX_OFFLINE_AFTER)?)
+            }
+            Long("max-poll-rate") => {
+                let rate: f64 = parser.value()?.parse()?;
+                if !(rate.is_finite() && rate > 0.0) {
+                    return Err(format!("--max-poll-rate {rate}: must be a positive number").into());
+                }
+                cfg.fleet.max_poll_rate = rate;
+            }
             Long("watch-history") => cfg.watch_history = parser.value()?.parse()?,
+            Long("max-watches") => cfg.limits.watches = count_arg(parser, "--max-watches", MAX_WATCHES)?,
+            Long("max-status-updates") => {
+                cfg.limits.status_updates = count_arg(parser, "--max-status-updates", usize::MAX)?
+            }
+            Long("max-device-info") => {
+                cfg.limits.device_info_bytes = count_arg(parser, "--max-device-info", http::MAX_BODY)?
+            }
+            Long("max-robots-per-join-token") => {
+                cfg.limits.robots_per_join_token = count_arg(parser, "--max-robots-per-join-token", u64::MAX)?
+            }
             Short('h') | Long("help") => {
                 print!("{USAGE}");
                 return Ok(0);
@@ -129,7 +200,13 @@ pub fn cmd_server(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
             other => return Err(other.unexpected()),
         }
     }
+    // Test-only (tests/server_robustness.rs): an environment variable, not
+    // a flag, so no one turns it on from `--help`.
+    cfg.test_panic_route = std::env::var_os("K8S4R_TEST_PANIC_ROUTE").is_some_and(|v| v == "1");
     logging::init(level);
+    if cfg.test_panic_route {
+        log::warn!("K8S4R_TEST_PANIC_ROUTE=1: GET /debug/panic panics (for tests only)");
+    }
     panics::install();
     raise_fd_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -163,6 +240,7 @@ pub fn raise_fd_limit() {
 pub enum ServeError {
     Store(store::sqlite::OpenError),
     Etcd(store::StoreError),
+    TokenIndex(store::StoreError),
     Bind(String, std::io::Error),
     AdminToken(PathBuf, String),
     Serve(std::io::Error),
@@ -173,6 +251,7 @@ impl std::fmt::Display for ServeError {
         match self {
             ServeError::Store(e) => write!(f, "opening the store: {e}"),
             ServeError::Etcd(e) => write!(f, "connecting to etcd: {e}"),
+            ServeError::TokenIndex(e) => write!(f, "indexing the robot tokens: {e}"),
             ServeError::Bind(a, e) => write!(f, "listening on {a}: {e}"),
             ServeError::AdminToken(p, e) => write!(f, "reading the admin token {}: {e}", p.display()),
             ServeError::Serve(e) => write!(f, "serving: {e}"),
@@ -206,18 +285,29 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     let recorder = events::Recorder::start(event_store.clone());
     let hub = controllers::run_when_leading(registry.clone(), fleet, recorder.clone(), backend.leader).await;
     let logs = Arc::new(logs::Logs::new(store.clone()));
-    tokio::spawn(logs.clone().relay(hub.fleet.clone()));
+    panics::spawn_essential("the log request relay", logs.clone().relay(hub.fleet.clone()));
+    let tokens = tokens::Tokens::new(store);
+    match tokens.index_legacy().await {
+        Ok(0) => {}
+        Ok(n) => log::info!("indexed {n} robot tokens stored by an earlier version"),
+        Err(e) => return Err(ServeError::TokenIndex(e)),
+    }
     let app = Arc::new(http::App {
         admin_token_hash,
         registry: registry.clone(),
         events: event_store,
         agents: agents::Agents {
             registry,
-            tokens: tokens::Tokens::new(store),
+            tokens,
             hub,
             events: recorder,
             logs,
+            limits: cfg.limits.clone(),
+            polls: poll_slots::PollSlots::default(),
         },
+        watch_slots: Arc::new(tokio::sync::Semaphore::new(cfg.limits.watches)),
+        limits: cfg.limits.clone(),
+        test_panic_route: cfg.test_panic_route,
     });
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await
@@ -280,11 +370,10 @@ async fn open_stores(cfg: &Config) -> Result<Backend, ServeError> {
     let client = store::etcd::client::Client::new(&cfg.etcd)
         .map_err(|e| ServeError::Etcd(store::StoreError::Backend(e.to_string())))?;
     let (election, leader) = election::Election::start(Arc::new(client), store::etcd::LEADER_KEY.to_string(), id);
-    tokio::spawn(store::etcd::compact::run(
-        objects.client(),
-        leader.clone(),
-        store::etcd::compact::INTERVAL,
-    ));
+    panics::spawn_essential(
+        "etcd compaction",
+        store::etcd::compact::run(objects.client(), leader.clone(), store::etcd::compact::INTERVAL),
+    );
     Ok(Backend {
         objects: Arc::new(objects),
         events: Arc::new(events),

@@ -1,8 +1,16 @@
-//! Panics are bugs. A request that panics loses only itself (tokio catches
-//! the unwind of its task), so without a count they would go unnoticed: the
-//! hook counts every panic in the process, the log says where, and
-//! `/metrics` serves the count as `k8s4r_panics_total` for tests and
-//! monitoring (it must stay 0 under any input).
+//! Panics are bugs. A request that panics loses only itself: the server
+//! binary unwinds (the release profile does not abort; only the musl agent
+//! builds set `CARGO_PROFILE_RELEASE_PANIC=abort`, see the Makefile), the
+//! HTTP layer turns the unwind into a 500, and one Job whose reconcile
+//! panics does not stop the others. Without a count they would go
+//! unnoticed: the hook counts every panic in the process, the log says
+//! where, and `/metrics` serves the count as `k8s4r_panics_total` for tests
+//! and monitoring (it must stay 0 under any input).
+//!
+//! A background loop the server cannot work without (the cache, the
+//! controllers' queue, the election) is different: if it died alone the
+//! process would live on half-working, so [`spawn_essential`] ends the
+//! process for its supervisor to restart it, as an abort would have.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Once;
@@ -19,6 +27,23 @@ pub fn install() {
             log::error!("BUG: panic: {info}");
             previous(info);
         }));
+    });
+}
+
+/// Run `task` on the runtime; if it panics, log which one and abort the
+/// process (its state can no longer be trusted to make progress).
+pub fn spawn_essential<F>(what: &'static str, task: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let handle = tokio::spawn(task);
+    tokio::spawn(async move {
+        if let Err(e) = handle.await {
+            if e.is_panic() {
+                log::error!("BUG: {what} panicked; exiting so that the server is restarted whole");
+                std::process::abort();
+            }
+        }
     });
 }
 

@@ -165,6 +165,18 @@ impl Status {
         Status::new(413, "RequestEntityTooLarge", message)
     }
 
+    /// 429; with `retry_after`, clients (and `Retry-After`) wait that long.
+    pub fn too_many_requests(message: impl Into<String>, retry_after: Option<u32>) -> Self {
+        let mut st = Status::new(429, "TooManyRequests", message);
+        if retry_after.is_some() {
+            st.details = Some(Box::new(StatusDetails {
+                retry_after_seconds: retry_after,
+                ..Default::default()
+            }));
+        }
+        st
+    }
+
     pub fn unsupported_media_type(message: impl Into<String>) -> Self {
         Status::new(415, "UnsupportedMediaType", message)
     }

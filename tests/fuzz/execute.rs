@@ -116,6 +116,7 @@ fn config(gc_after: Option<Duration>) -> ReconcileConfig {
         envoy_bin: PathBuf::from("/dev/null/envoy"),
         gc_after,
         default_user: None,
+        proxy_user: None,
     }
 }
 

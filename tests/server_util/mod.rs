@@ -28,6 +28,7 @@ pub struct Server {
     pub data: tempfile::TempDir,
     cache: tempfile::TempDir,
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 pub struct Reply {
@@ -51,11 +52,12 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
-fn spawn(data: &Path, args: &[String]) -> (Child, String) {
+fn spawn(data: &Path, args: &[String], env: &[(String, String)]) -> (Child, String) {
     let mut child = Command::new(server_bin())
         .args(["server", "--listen", "127.0.0.1:0", "--data"])
         .arg(data)
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -81,15 +83,22 @@ impl Server {
     }
 
     pub fn start_with(args: &[&str]) -> Server {
+        Server::start_with_env(args, &[])
+    }
+
+    /// With extra environment variables (test-only switches of the server).
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
         let data = tempfile::tempdir().expect("tempdir");
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let (child, base) = spawn(data.path(), &args);
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let (child, base) = spawn(data.path(), &args, &env);
         Server {
             child: Some(child),
             base,
             data,
             cache: tempfile::tempdir().expect("tempdir"),
             args,
+            env,
         }
     }
 
@@ -102,6 +111,7 @@ impl Server {
             data: tempfile::tempdir().expect("tempdir"),
             cache: tempfile::tempdir().expect("tempdir"),
             args: vec![],
+            env: vec![],
         }
     }
 
@@ -131,7 +141,7 @@ impl Server {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let (child, base) = spawn(self.data.path(), &self.args);
+        let (child, base) = spawn(self.data.path(), &self.args, &self.env);
         self.child = Some(child);
         self.base = base;
     }
@@ -153,7 +163,7 @@ impl Server {
     /// arguments (new port).
     pub fn start_again(&mut self) {
         self.kill();
-        let (child, base) = spawn(self.data.path(), &self.args);
+        let (child, base) = spawn(self.data.path(), &self.args, &self.env);
         self.child = Some(child);
         self.base = base;
     }
@@ -161,7 +171,7 @@ impl Server {
     /// Stop and start again on the same data directory (new port).
     pub fn restart(&mut self) {
         self.stop();
-        let (child, base) = spawn(self.data.path(), &self.args);
+        let (child, base) = spawn(self.data.path(), &self.args, &self.env);
         self.child = Some(child);
         self.base = base;
     }
@@ -290,13 +300,31 @@ impl Server {
     /// Panics the server process has caught so far (`/metrics`); bad input
     /// must never cause one.
     pub fn panics(&self) -> u64 {
+        self.metric("k8s4r_panics_total")
+    }
+
+    /// One counter or gauge of `/metrics`.
+    pub fn metric(&self, name: &str) -> u64 {
         let r = self.get("/metrics");
         assert_eq!(r.status, 200, "{}", r.body);
         r.body
             .lines()
-            .find_map(|l| l.strip_prefix("k8s4r_panics_total "))
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
             .and_then(|n| n.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no k8s4r_panics_total in /metrics:\n{}", r.body))
+            .unwrap_or_else(|| panic!("no {name} in /metrics:\n{}", r.body))
+    }
+
+    /// One request written as raw HTTP/1.1 text (for what an HTTP client
+    /// library would not send); returns the whole raw answer.
+    pub fn raw(&self, request: &str) -> String {
+        use std::io::{Read, Write};
+        let addr = self.base.trim_start_matches("http://").to_string();
+        let mut c = std::net::TcpStream::connect(&addr).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        c.write_all(request.as_bytes()).expect("send");
+        let mut reply = Vec::new();
+        let _ = c.read_to_end(&mut reply);
+        String::from_utf8_lossy(&reply).into_owned()
     }
 
     pub fn join_token(&self) -> String {

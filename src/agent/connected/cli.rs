@@ -34,6 +34,8 @@ config file; flags win over the environment, the environment over the file):
     --allow-root-tasks BOOL  May tasks run as root? Turn this off first on an untrusted
                           network [default true]                 [K8S4R_ALLOW_ROOT_TASKS]
     --default-user USER   User for tasks that name none (root agent only) [K8S4R_DEFAULT_USER]
+    --proxy-user USER     User of the groups' Envoys when the agent is root
+                          [default k8s4r-proxy if it exists, else nobody] [K8S4R_PROXY_USER]
     -h, --help            Print help
 ";
 
@@ -67,6 +69,7 @@ pub fn cmd_connect(first: Option<String>, parser: &mut lexopt::Parser) -> Result
             "namespace" => "K8S4R_NAMESPACE",
             "allow-root-tasks" => "K8S4R_ALLOW_ROOT_TASKS",
             "default-user" => "K8S4R_DEFAULT_USER",
+            "proxy-user" => "K8S4R_PROXY_USER",
             "config" => {
                 config_file = Some(parser.value()?.string()?);
                 continue;
@@ -152,6 +155,7 @@ pub fn cmd_connect(first: Option<String>, parser: &mut lexopt::Parser) -> Result
             envoy_bin,
             gc_after: Some(gc_after),
             default_user: privileges.default_user,
+            proxy_user: privileges.proxy_user,
         },
         config,
     };

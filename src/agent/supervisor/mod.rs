@@ -47,6 +47,8 @@ pub struct UnitSpec {
     /// The group's shared directory.
     pub alloc_dir: PathBuf,
     pub user: Option<String>,
+    /// Who owns the unit's directory (see [`DirOwner`]).
+    pub dir_owner: DirOwner,
     pub policy: Policy,
     pub timeout: Option<Duration>,
     pub kill_timeout: Duration,
@@ -59,6 +61,21 @@ pub struct UnitSpec {
     /// Fingerprint of what the unit runs: `ensure` with a different one
     /// stops the current process and starts the new spec.
     pub revision: u64,
+}
+
+/// Who owns a unit's directory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum DirOwner {
+    /// The unit's user: its directory, `local/` and `secrets/` are its own
+    /// (0700), as a task's are.
+    #[default]
+    Task,
+    /// The agent, which writes the unit's files; the unit's user only reads
+    /// them, through the directory's group (root:<its gid>, 02750: the
+    /// setgid bit gives every file the agent writes later that group). The
+    /// group's Envoy: it must not be able to rewrite its own config, since
+    /// the agent (root) writes there.
+    Agent,
 }
 
 /// Work a unit needs before each start: a proxy rewrites its config and
@@ -541,6 +558,7 @@ impl Supervisor {
                         dir: saved.dir.clone(),
                         alloc_dir: saved.dir.clone(),
                         user: None,
+                        dir_owner: DirOwner::Task,
                         policy: Policy::Daemon {
                             base_delay: Duration::from_secs(1),
                         },

@@ -10,7 +10,8 @@
 //! exec failure back through a close-on-exec pipe, so `exec` returns only
 //! once the task's program is running.
 
-use super::UnitSpec;
+use super::{DirOwner, UnitSpec};
+use crate::agent::accounts::{self, Account};
 use crate::agent::artifacts::{self, ArtifactError};
 use crate::agent::cgroup::{CgroupError, Cgroups};
 use crate::agent::logs::{self, LogError, LogLimits, LogPump};
@@ -70,49 +71,6 @@ pub struct Spawned {
     pub pumps: Vec<LogPump>,
 }
 
-/// An account from /etc/passwd.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Account {
-    pub name: String,
-    pub uid: u32,
-    pub gid: u32,
-    pub home: String,
-    /// Primary and supplementary groups (filled from /etc/group).
-    pub groups: Vec<u32>,
-}
-
-/// Look `user` (a name or a numeric uid) up in passwd-format `text`.
-pub fn lookup_user(text: &str, user: &str) -> Option<Account> {
-    let numeric = user.parse::<u32>().ok();
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
-        let f: Vec<&str> = line.split(':').collect();
-        let (uid, gid) = (f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?);
-        (f[0] == user || numeric == Some(uid)).then(|| Account {
-            name: f[0].to_string(),
-            uid,
-            gid,
-            home: f.get(5).unwrap_or(&"/").to_string(),
-            groups: vec![gid],
-        })
-    })
-}
-
-/// The primary group plus every group of group-format `text` that lists
-/// `user` as a member.
-pub fn supplementary_groups(text: &str, user: &str, primary: u32) -> Vec<u32> {
-    let mut groups = vec![primary];
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let f: Vec<&str> = line.split(':').collect();
-        let (Some(gid), Some(members)) = (f.get(2).and_then(|g| g.parse::<u32>().ok()), f.get(3)) else {
-            continue;
-        };
-        if members.split(',').any(|m| m.trim() == user) && !groups.contains(&gid) {
-            groups.push(gid);
-        }
-    }
-    groups
-}
-
 /// What `prepare` found out, for `exec`.
 #[derive(Clone, Debug)]
 pub struct Prepared {
@@ -169,15 +127,10 @@ fn run_as(spec: &UnitSpec, ctx: &SpawnContext<'_>) -> Result<RunAs, SpawnError> 
             Err(root_refused())
         };
     };
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    let mut account = lookup_user(&passwd, user)
-        .ok_or_else(|| SpawnError::User(format!("user {user:?} not found in /etc/passwd")))?;
+    let account = accounts::lookup(user).map_err(SpawnError::User)?;
     if account.uid == 0 && !ctx.allow_root {
         return Err(root_refused());
     }
-    // Device access on robots is often by group (dialout, video, gpio).
-    let group_file = std::fs::read_to_string("/etc/group").unwrap_or_default();
-    account.groups = supplementary_groups(&group_file, &account.name, account.gid);
     Ok(RunAs::Account(account))
 }
 
@@ -187,10 +140,11 @@ fn run_as(spec: &UnitSpec, ctx: &SpawnContext<'_>) -> Result<RunAs, SpawnError> 
 /// last run; a path-based chown at the next start would follow the link
 /// and hand /etc to the task.
 ///
-/// Task directory (cwd), `local/` and `secrets/`: the task's, 0700.
-/// `logs/`: the agent's, 0700 (the task writes its output through pipes
-/// the agent opened). The group's alloc directory: the agent's, 0755 (see
-/// `alloc_dir` below).
+/// Task directory (cwd), `local/` and `secrets/`: the task's, 0700 (for
+/// [`DirOwner::Agent`] units the directory is the agent's, readable by the
+/// unit's group, with no `local/`). `logs/`: the agent's, 0700 (the task
+/// writes its output through pipes the agent opened). The group's alloc
+/// directory: the agent's, created here if missing.
 fn make_dirs(spec: &UnitSpec, account: Option<&Account>) -> Result<(), SpawnError> {
     let owner = account.map(|a| (a.uid, a.gid));
     // The parents (`alloc/<job>-<group>/r0/`, ...) are the agent's: nothing
@@ -199,12 +153,35 @@ fn make_dirs(spec: &UnitSpec, account: Option<&Account>) -> Result<(), SpawnErro
         std::fs::create_dir_all(parent).map_err(|e| SpawnError::Dir(parent.to_path_buf(), e))?;
     }
     let task = dirfd::open_or_create(None, &spec.dir)?;
-    dirfd::own(&task, &spec.dir, owner, 0o700)?;
-    for (name, owner) in [("local", owner), ("secrets", owner), ("logs", None)] {
+    let own_dirs: &[&str] = match spec.dir_owner {
+        DirOwner::Task => {
+            dirfd::own(&task, &spec.dir, owner, 0o700)?;
+            &["local", "secrets"]
+        }
+        DirOwner::Agent => {
+            // The agent's uid, the unit's group, setgid: readable by the
+            // unit, written by the agent only.
+            let me = rustix::process::geteuid().as_raw();
+            dirfd::own(&task, &spec.dir, account.map(|a| (me, a.gid)), 0o2750)?;
+            if let Some(a) = account.filter(|a| !a.can_reach(&spec.dir)) {
+                return Err(SpawnError::User(format!(
+                    "user {:?} cannot reach {}: a directory on the way is not searchable by it; \
+                     let it through (chmod o+x) or choose another --proxy-user",
+                    a.name,
+                    spec.dir.display()
+                )));
+            }
+            &[]
+        }
+    };
+    for name in own_dirs {
         let path = spec.dir.join(name);
         let sub = dirfd::open_or_create(Some(&task), &path)?;
         dirfd::own(&sub, &path, owner, 0o700)?;
     }
+    let logs = spec.dir.join("logs");
+    let sub = dirfd::open_or_create(Some(&task), &logs)?;
+    dirfd::own(&sub, &logs, None, 0o700)?;
     // A robot-scoped daemon's alloc directory is its own directory.
     if spec.alloc_dir != spec.dir {
         dirfd::open_or_create(None, &spec.alloc_dir)?;
@@ -397,28 +374,4 @@ pub fn spawn_probe(spec: &UnitSpec, ctx: &SpawnContext<'_>, argv: &[String]) -> 
     sys::install_child_setup(&mut cmd, child_setup(account.as_ref(), cgroup_procs));
     let child = cmd.spawn().map_err(|e| SpawnError::Exec(program.clone(), e))?;
     Ok(child.id() as i32)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn looks_up_users_by_name_and_uid() {
-        let passwd = "# comment\nroot:x:0:0:root:/root:/bin/sh\nbot:x:1001:1002::/home/bot:/bin/sh\nbroken\n";
-        let bot = lookup_user(passwd, "bot").unwrap();
-        assert_eq!(
-            (bot.name.as_str(), bot.uid, bot.gid, bot.home.as_str()),
-            ("bot", 1001, 1002, "/home/bot")
-        );
-        assert_eq!(lookup_user(passwd, "0").unwrap().home, "/root");
-        assert_eq!(lookup_user(passwd, "nobody"), None);
-    }
-
-    #[test]
-    fn supplementary_groups_come_from_membership_lists() {
-        let group = "root:x:0:\ndialout:x:20:bot,other\nvideo:x:44:bot\nbots:x:1002:\nbad\n";
-        assert_eq!(supplementary_groups(group, "bot", 1002), vec![1002, 20, 44]);
-        assert_eq!(supplementary_groups(group, "bo", 1002), vec![1002]);
-    }
 }

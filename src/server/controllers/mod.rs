@@ -22,6 +22,7 @@ use crate::server::registry::Registry;
 use crate::server::status::Status;
 use crate::server::store::{EventKind, StoreError};
 use cache::{Cache, Change, RESOURCES};
+use futures_util::FutureExt;
 use serde_json::Value;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -349,7 +350,7 @@ pub async fn start_cache(registry: Registry, fleet: Arc<Fleet>) -> (Arc<Hub>, mp
         queue,
     });
     let (synced_tx, mut synced_rx) = watch::channel(false);
-    tokio::spawn(hub.clone().run(registry, synced_tx));
+    crate::server::panics::spawn_essential("the cache", hub.clone().run(registry, synced_tx));
     let _ = synced_rx.wait_for(|s| *s).await;
     (hub, rx)
 }
@@ -373,17 +374,25 @@ pub fn start_workers(
         unfit: Mutex::default(),
     };
     let leading = leader.clone();
-    tokio::spawn(async move {
+    crate::server::panics::spawn_essential("the reconcile worker", async move {
         while let Some(w) = rx.recv().await {
             ctx.hub.queue.take(&w);
             if !*leading.borrow() {
                 continue;
             }
-            let outcome: Result<Next, Status> = match &w {
-                Work::Job { namespace, name } => jobs::reconcile(&ctx, namespace, name).await,
-                Work::Gc => gc::collect(&ctx).await,
-                Work::Liveness => liveness::check(&ctx).await,
+            let work = async {
+                match &w {
+                    Work::Job { namespace, name } => jobs::reconcile(&ctx, namespace, name).await,
+                    Work::Gc => gc::collect(&ctx).await,
+                    Work::Liveness => liveness::check(&ctx).await,
+                }
             };
+            // A reconcile that panics (a bug, counted in /metrics) must not
+            // stop every other Job's: it is retried later, like an error.
+            let outcome: Result<Next, Status> = std::panic::AssertUnwindSafe(work)
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| Err(Status::internal("the reconcile panicked")));
             match outcome {
                 Ok(Next::Done) => {}
                 Ok(Next::RequeueAfter(d)) => ctx.hub.queue.add_after(w, d),
@@ -404,7 +413,7 @@ pub fn start_workers(
     let q = queue.clone();
     let f = fleet.clone();
     let ticks_leader = leader.clone();
-    tokio::spawn(async move {
+    crate::server::panics::spawn_essential("the controller ticks", async move {
         let mut gc_at = tokio::time::Instant::now();
         loop {
             let tick = (f.offline_after() / 4).clamp(Duration::from_millis(100), Duration::from_secs(2));
@@ -419,7 +428,7 @@ pub fn start_workers(
             }
         }
     });
-    tokio::spawn(async move {
+    crate::server::panics::spawn_essential("the leadership watcher", async move {
         let mut leader = leader;
         while leader.wait_for(|l| *l).await.is_ok() {
             queue.add(Work::Gc);

@@ -48,7 +48,9 @@ pub async fn create_join_token(
                 Ok(bytes) if bytes.is_empty() => JoinTokenRequest::default(),
                 _ => body(&headers, b)?,
             };
-            app.agents.create_join_token(req.ttl_seconds.unwrap_or(86_400)).await
+            let ttl = req.ttl_seconds.unwrap_or(86_400);
+            super::check_seconds("ttlSeconds", ttl)?;
+            app.agents.create_join_token(ttl).await
         }
         .await,
     )
@@ -86,6 +88,8 @@ pub async fn register(State(app): State<AppState>, headers: HeaderMap, b: Result
     )
 }
 
+/// The long poll's `wait` (seconds, or a duration such as `30s`). Any
+/// length parses; the poll itself waits at most the fleet's poll interval.
 fn parse_wait(text: Option<&String>) -> Result<Duration, Status> {
     match text.map(String::as_str) {
         None | Some("") => Ok(Duration::from_secs(30)),
@@ -116,7 +120,7 @@ pub async fn assignments(
                     .map_err(|_| Status::bad_request(format!("since {s:?} is not a revision")))?,
             };
             let wait = parse_wait(q.get("wait"))?;
-            app.agents.poll(&id, since, wait).await
+            app.agents.poll_exclusive(&id, since, wait).await
         }
         .await,
     )

@@ -12,8 +12,10 @@ pub mod table;
 mod watch;
 
 use crate::server::agents::Agents;
+use crate::server::limits::Limits;
 use crate::server::registry::Registry;
 use crate::server::status::Status;
+use crate::server::time::{MAX_DURATION, MAX_DURATION_TEXT};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::DefaultBodyLimit;
@@ -21,8 +23,10 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
+use futures_util::FutureExt;
 use serde_json::Value;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Everything the handlers need.
 pub struct App {
@@ -33,6 +37,12 @@ pub struct App {
     /// Where Events are kept (`/api/v1/namespaces/{ns}/events`).
     pub events: Arc<dyn crate::server::store::Store>,
     pub agents: Agents,
+    pub limits: Limits,
+    /// One permit per open watch (`limits.watches` in all).
+    pub watch_slots: Arc<tokio::sync::Semaphore>,
+    /// Serve `GET /debug/panic`, a handler that panics: for tests of panic
+    /// containment only (`K8S4R_TEST_PANIC_ROUTE=1`), never in production.
+    pub test_panic_route: bool,
 }
 
 pub type AppState = Arc<App>;
@@ -40,26 +50,44 @@ pub type AppState = Arc<App>;
 /// Largest request body (as Kubernetes: 3 MiB).
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
 
+/// The group-version prefix of every robot.k8s4r.io path.
+const GV: &str = "/apis/robot.k8s4r.io/v1alpha1";
+
+/// Discovery paths that kube-apiserver also serves with a trailing slash
+/// (client libraries ask for `/apis/` and `/version/`).
+const DISCOVERY: &[&str] = &[
+    "/version",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/api",
+    "/api/v1",
+    "/apis",
+    "/apis/robot.k8s4r.io",
+    GV,
+    "/openapi/v3",
+    "/openapi/v3/apis/robot.k8s4r.io/v1alpha1",
+];
+
 pub fn router(app: AppState) -> Router {
-    let g = "/apis/robot.k8s4r.io/v1alpha1";
+    // Outside the routes: a slash must be removed before routing, and a
+    // panic anywhere below (middleware included) must become a 500.
     Router::new()
+        .fallback_service(routes(app))
+        .layer(axum::middleware::from_fn(without_trailing_slash))
+        .layer(axum::middleware::from_fn(contain_panics))
+}
+
+fn routes(app: AppState) -> Router {
+    let g = GV;
+    let mut r = Router::new()
         .route(
             "/version",
             get(|| async { json(StatusCode::OK, &discovery::version()) }),
         )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
-        .route(
-            "/metrics",
-            get(|| async {
-                let mut r = crate::server::panics::metrics_text().into_response();
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    header::HeaderValue::from_static("text/plain; version=0.0.4"),
-                );
-                r
-            }),
-        )
+        .route("/metrics", get(metrics))
         .route(
             "/apis",
             get(|| async { json(StatusCode::OK, &discovery::api_group_list()) }),
@@ -113,13 +141,144 @@ pub fn router(app: AppState) -> Router {
         .route(
             &format!("{g}/namespaces/{{ns}}/{{plural}}/{{name}}/log"),
             get(agent::task_log),
-        )
-        .fallback(not_found)
+        );
+    if app.test_panic_route {
+        r = r.route("/debug/panic", get(deliberate_panic));
+    }
+    r.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(require_known_body_type))
         .layer(axum::middleware::from_fn_with_state(app.clone(), require_admin))
         .layer(axum::middleware::from_fn(reject_oversized))
         .with_state(app)
+}
+
+/// The Prometheus text: panics, and how much of each cap is in use.
+async fn metrics(axum::extract::State(app): axum::extract::State<AppState>) -> Response {
+    let watches = app.limits.watches.saturating_sub(app.watch_slots.available_permits());
+    let text = format!(
+        "{}# HELP k8s4r_watches_open Watches being served (at most --max-watches).\n\
+         # TYPE k8s4r_watches_open gauge\n\
+         k8s4r_watches_open {watches}\n\
+         # HELP k8s4r_long_polls_open Robots with a long poll open (one each at most).\n\
+         # TYPE k8s4r_long_polls_open gauge\n\
+         k8s4r_long_polls_open {}\n",
+        crate::server::panics::metrics_text(),
+        app.agents.polls.open(),
+    );
+    let mut r = text.into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    r
+}
+
+async fn deliberate_panic() -> &'static str {
+    panic!("deliberate panic (K8S4R_TEST_PANIC_ROUTE is set)")
+}
+
+/// A panicking request answers 500 and loses only itself; the panic hook
+/// (crate::server::panics) has counted and logged it.
+async fn contain_panics(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let what = format!("{} {}", req.method(), req.uri().path());
+    match std::panic::AssertUnwindSafe(next.run(req)).catch_unwind().await {
+        Ok(resp) => resp,
+        Err(_) => Status::internal(format!(
+            "the server hit a bug handling {what} (logged, and counted as k8s4r_panics_total in /metrics)"
+        ))
+        .into_response(),
+    }
+}
+
+/// `/apis/` is `/apis` (see [`DISCOVERY`]).
+async fn without_trailing_slash(mut req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let path = req.uri().path();
+    let bare = path.strip_suffix('/').filter(|b| DISCOVERY.contains(b));
+    if let Some(bare) = bare {
+        let rewritten = match req.uri().query() {
+            Some(q) => format!("{bare}?{q}"),
+            None => bare.to_string(),
+        };
+        let mut parts = req.uri().clone().into_parts();
+        if let Ok(pq) = rewritten.parse() {
+            parts.path_and_query = Some(pq);
+            if let Ok(uri) = axum::http::Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
+        }
+    }
+    next.run(req).await
+}
+
+/// Media types a request body may have, as kube-apiserver accepts them:
+/// objects as JSON or YAML, and the four patch types (the PATCH handler
+/// tells which of those it supports).
+const BODY_TYPES: &[&str] = &[
+    "application/json",
+    "application/yaml",
+    "application/json-patch+json",
+    "application/merge-patch+json",
+    "application/strategic-merge-patch+json",
+    "application/apply-patch+yaml",
+];
+
+fn has_body(headers: &HeaderMap) -> bool {
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    length.is_some_and(|n| n > 0) || headers.contains_key(header::TRANSFER_ENCODING)
+}
+
+/// 415 for a body in any other media type. This also stops a web page
+/// from writing to the API: a browser sends a cross-origin POST without
+/// asking first only as text/plain, form data, or with no Content-Type at
+/// all, and none of those is accepted (kube-apiserver reads a body without
+/// a Content-Type as JSON; this server refuses it).
+async fn require_known_body_type(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if has_body(req.headers()) {
+        let given = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap_or("?"));
+        let media = given.map(|t| t.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+        let known = media.as_deref().is_some_and(|m| BODY_TYPES.contains(&m));
+        if !known {
+            let what = match given {
+                Some(t) => format!("Content-Type {t:?} is not supported"),
+                None => "a request body needs a Content-Type".to_string(),
+            };
+            return Status::unsupported_media_type(format!(
+                "{what}: send application/json or application/yaml (or a patch type with PATCH)"
+            ))
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// A whole number of seconds from query parameter `name`, at most
+/// [`MAX_DURATION`].
+pub fn seconds_param(name: &str, text: &str) -> Result<Duration, Status> {
+    let n: u64 = text.parse().map_err(|_| {
+        Status::bad_request(format!(
+            "{name}: {text:?} is not a whole number of seconds from 0 to {MAX_DURATION_TEXT}"
+        ))
+    })?;
+    check_seconds(name, n)?;
+    Ok(Duration::from_secs(n))
+}
+
+/// 400 when `seconds` (of field or parameter `name`) is over [`MAX_DURATION`].
+pub fn check_seconds(name: &str, seconds: u64) -> Result<(), Status> {
+    if seconds > MAX_DURATION.as_secs() {
+        return Err(Status::bad_request(format!(
+            "{name}: {seconds} seconds is more than the limit of {MAX_DURATION_TEXT}"
+        )));
+    }
+    Ok(())
 }
 
 /// Paths open without the operator token: health, version (kubectl's
@@ -193,7 +352,12 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
 impl IntoResponse for Status {
     fn into_response(self) -> Response {
         let code = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        json(code, &self)
+        let retry_after = self.details.as_ref().and_then(|d| d.retry_after_seconds);
+        let mut resp = json(code, &self);
+        if let Some(secs) = retry_after {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
     }
 }
 

@@ -10,6 +10,7 @@ use crate::server::registry::{ListOptions, ResourceWatch};
 use crate::server::resources::Resource;
 use crate::server::status::Status;
 use crate::server::store::EventKind;
+use crate::server::time;
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
@@ -30,9 +31,21 @@ struct Stream {
     include: Include,
     headers_sent: bool,
     bookmarks: bool,
-    next_bookmark: Instant,
+    /// None: no bookmarks, or none representable (then never).
+    next_bookmark: Option<Instant>,
+    /// From `timeoutSeconds`; None: the watch lasts until the client leaves.
     deadline: Option<Instant>,
     done: bool,
+    /// This watch's place under `--max-watches`, freed when it ends.
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Sleep until `at`; forever when there is no such time.
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
 }
 
 fn kind_name(k: EventKind) -> &'static str {
@@ -71,13 +84,10 @@ impl Stream {
         if let Some(obj) = self.initial.pop_front() {
             return Some(self.line("ADDED", &obj));
         }
-        let far = Instant::now() + Duration::from_secs(86_400 * 365);
-        let deadline = self.deadline.unwrap_or(far);
-        let bookmark_at = if self.bookmarks { self.next_bookmark } else { far };
         tokio::select! {
             ev = self.watch.next() => match ev {
                 Ok(ev) => {
-                    self.next_bookmark = Instant::now() + BOOKMARK_EVERY;
+                    self.next_bookmark = self.bookmark_after();
                     let obj = Arc::clone(&ev.object);
                     Some(self.line(kind_name(ev.kind), &obj))
                 }
@@ -88,8 +98,8 @@ impl Stream {
                     Some(Bytes::from(text))
                 }
             },
-            _ = tokio::time::sleep_until(bookmark_at) => {
-                self.next_bookmark = Instant::now() + BOOKMARK_EVERY;
+            () = until(self.next_bookmark) => {
+                self.next_bookmark = self.bookmark_after();
                 let obj = json!({
                     "kind": self.res.kind,
                     "apiVersion": API_VERSION,
@@ -99,8 +109,12 @@ impl Stream {
                 text.push(b'\n');
                 Some(Bytes::from(text))
             },
-            _ = tokio::time::sleep_until(deadline) => None,
+            () = until(self.deadline) => None,
         }
+    }
+
+    fn bookmark_after(&self) -> Option<Instant> {
+        self.bookmarks.then(|| time::deadline_in(BOOKMARK_EVERY)).flatten()
     }
 }
 
@@ -115,10 +129,13 @@ pub async fn serve(
     opts.continue_token = None;
     let timeout = match q.get("timeoutSeconds").map(String::as_str) {
         None | Some("") => None,
-        Some(t) => Some(Duration::from_secs(t.parse().map_err(|_| {
-            Status::bad_request(format!("timeoutSeconds {t:?} is not a number"))
-        })?)),
+        Some(t) => Some(super::seconds_param("timeoutSeconds", t)?),
     };
+    let permit = app
+        .watch_slots
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| app.limits.watches_exhausted())?;
     let (initial, from) = match q.get("resourceVersion").map(String::as_str) {
         None | Some("") | Some("0") => {
             let listed = app.registry.list(res, &opts).await?;
@@ -132,6 +149,7 @@ pub async fn serve(
     };
     let watch = app.registry.watch(res, from, opts)?;
     let as_table = table::wants_table(accept);
+    let bookmarks = q.get("allowWatchBookmarks").is_some_and(|v| v == "true" || v == "1");
     let state = Stream {
         res,
         initial,
@@ -139,10 +157,11 @@ pub async fn serve(
         as_table,
         include: Include::parse(q.get("includeObject").map(String::as_str)),
         headers_sent: false,
-        bookmarks: q.get("allowWatchBookmarks").is_some_and(|v| v == "true" || v == "1"),
-        next_bookmark: Instant::now() + BOOKMARK_EVERY,
-        deadline: timeout.map(|t| Instant::now() + t),
+        bookmarks,
+        next_bookmark: bookmarks.then(|| time::deadline_in(BOOKMARK_EVERY)).flatten(),
+        deadline: timeout.and_then(time::deadline_in),
         done: false,
+        _permit: permit,
     };
     let stream = futures_util::stream::unfold(state, |mut st| async move {
         st.next_chunk().await.map(|b| (Ok::<_, Infallible>(b), st))

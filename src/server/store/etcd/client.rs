@@ -223,13 +223,15 @@ impl Client {
     /// for a few seconds: always when `idempotent`, otherwise only when etcd
     /// says it did not take the request ("no leader").
     pub async fn call_retrying(&self, path: &str, body: &Value, idempotent: bool) -> Result<Value, EtcdError> {
-        let deadline = tokio::time::Instant::now() + UNAVAILABLE_RETRY;
+        let started = tokio::time::Instant::now();
         let mut pause = Duration::from_millis(50);
         loop {
             match self.call(path, body).await {
                 Err(EtcdError::Status {
                     code: 503, body: text, ..
-                }) if (idempotent || text.contains("no leader")) && tokio::time::Instant::now() + pause < deadline => {
+                }) if (idempotent || text.contains("no leader"))
+                    && started.elapsed().saturating_add(pause) < UNAVAILABLE_RETRY =>
+                {
                     log::debug!("etcd {path}: unavailable ({text}); retrying");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(500));
