@@ -9,7 +9,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 secs=${FUZZ_SECS:-120}
-targets=${FUZZ_TARGETS:-manifest agent_api envoy_render units}
+targets=${FUZZ_TARGETS:-manifest agent_api envoy_render units execute}
 
 # Nightly and cargo-fuzz, idempotently (fast when present).
 rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal || exit 1
@@ -35,7 +35,7 @@ for t in $targets; do
   # core: no -jobs/-workers (with them libFuzzer forks workers that log to
   # ./fuzz-N.log).
   dict=()
-  case $t in manifest | envoy_render) dict=(-dict=tests/fuzz/manifest.dict) ;; esac
+  case $t in manifest | envoy_render | execute) dict=(-dict=tests/fuzz/manifest.dict) ;; esac
   "$bin/$t" "$work" "tests/fuzz/corpus/$t" -artifact_prefix="$artifacts/" "${dict[@]}" \
     -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -max_len=8192 -print_final_stats=1 >"target/fuzz-$t.log" 2>&1
   status=$?

@@ -44,19 +44,21 @@ pub struct Checked {
     pub result: Result<Decoded<AnyObject>, Vec<String>>,
 }
 
-/// Decode and validate every document of every source.
+/// Decode and validate every document of every source. A valid document's
+/// warnings are its unknown fields, then what validation warns about.
 pub fn check_sources(sources: &[(String, String)]) -> Vec<Checked> {
     let mut out = Vec::new();
     for (source, text) in sources {
         for doc in api::decode_all(text) {
             let result = match doc {
                 Err(e) => Err(e.to_string().lines().map(String::from).collect()),
-                Ok(decoded) => {
-                    let errs = api::validate(&decoded.object);
-                    if errs.is_empty() {
+                Ok(mut decoded) => {
+                    let found = api::review(&decoded.object);
+                    if found.errors.is_empty() {
+                        decoded.warnings.extend(found.warnings.iter().map(|w| w.to_string()));
                         Ok(decoded)
                     } else {
-                        Err(errs.iter().map(|e| e.to_string()).collect())
+                        Err(found.errors.iter().map(|e| e.to_string()).collect())
                     }
                 }
             };

@@ -539,6 +539,102 @@ fn path_traversal_is_refused_lexically_and_through_symlinks() {
     );
 }
 
+/// The two patterns of the earlier Go implementation's manifests, run
+/// unchanged: Nomad-style absolute task paths land in the task directory
+/// (`/local`, `/secrets`, the latter private) and the group's (`/alloc`);
+/// checks on a `portLabel` that names no port are warned about and never
+/// run, while a runnable check of the same service does run (the task
+/// waits for its third probe, so the others had every chance to run too).
+#[test]
+fn original_manifest_patterns_run_with_warnings() {
+    let sb = Sandbox::new();
+    let src = sb.path().join("payload.txt");
+    std::fs::write(&src, "fetched\n").unwrap();
+    let file = sb.job(&job(
+        "original",
+        "batch",
+        &format!(
+            r#"    - name: g
+      tasks:
+        - name: t
+          driver: exec
+          env: {{GREETING: hello}}
+          templates:
+            - {{destPath: /local/app.conf, embeddedTmpl: "greeting=${{GREETING}}\n"}}
+            - {{destPath: /secrets/token, perms: "0600", embeddedTmpl: "s3cret\n"}}
+            - {{destPath: /alloc/shared.conf, embeddedTmpl: "shared\n"}}
+          artifacts:
+            - {{getterSource: "file://{src}", relativeDest: /local/bin/}}
+          services:
+            - name: app
+              portLabel: http
+              checks:
+                - {{name: alive, type: http, path: /health, interval: 50ms, timeout: 1s}}
+                - {{name: rpc-up, type: tcp, portLabel: rpc, interval: 50ms, timeout: 1s}}
+                - {{name: probed, type: script, command: /bin/sh, args: ["-c", "echo . >> local/probes"], interval: 50ms, timeout: 1s}}
+          config: {{execConfig: {{command: /bin/sh, args: ["-c", "cat local/app.conf secrets/token $K8S4R_ALLOC_DIR/shared.conf local/bin/payload.txt; until [ $(cat local/probes 2>/dev/null | wc -l) -ge 3 ]; do sleep 0.05; done"]}}}}
+"#,
+            src = src.display()
+        ),
+    ));
+    let mut agent = sb.run_keeping_stderr(&file, &[]);
+    assert_eq!(agent.wait_exit(), 0, "{}\n{}", agent.output(), sb.stderr());
+    let task = sb.data().join("alloc/original-g/r0/t");
+    assert_eq!(
+        std::fs::read_to_string(task.join("logs/stdout")).unwrap(),
+        "greeting=hello\ns3cret\nshared\nfetched\n"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&task.join("secrets")), 0o700);
+    assert_eq!(mode(&task.join("secrets/token")), 0o600);
+    assert!(sb.data().join("alloc/original-g/alloc/shared.conf").is_file());
+    let out = agent.output();
+    assert!(out.contains("g r0 t: health: healthy"), "the script check ran:\n{out}");
+    assert!(
+        !out.contains("app/alive") && !out.contains("app/rpc-up"),
+        "checks on no port never run:\n{out}"
+    );
+    let stderr = sb.stderr();
+    let t = "spec.taskGroups[0].tasks[0].services[0]";
+    for want in [
+        format!("{t}.portLabel: \"http\" names no port this agent can probe (http checks need a port number, 1-65535): the check \"alive\" is not run"),
+        format!("{t}.checks[1].portLabel: \"rpc\" names no port this agent can probe (tcp checks need a port number, 1-65535): the check \"rpc-up\" is not run"),
+    ] {
+        assert!(stderr.contains(&format!("warning: {}: {want}", file.display())), "missing {want:?} in:\n{stderr}");
+    }
+}
+
+/// A timeout that would overflow the clock is refused before anything
+/// runs, naming the field and the limit (the agent's arithmetic is
+/// saturating anyway: e2e_connected's cached-assignments test).
+#[test]
+fn run_refuses_a_duration_past_the_limit_with_its_field_path() {
+    let sb = Sandbox::new();
+    let file = sb.job(&job(
+        "huge",
+        "batch",
+        r#"    - name: g
+      tasks:
+        - {name: t, driver: exec, timeout: 3000000000000000h, config: {execConfig: {command: /bin/true}}}
+"#,
+    ));
+    let out = Command::new(agent_bin())
+        .args(["run", "--no-cgroups", "-f"])
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(sb.data())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("spec.taskGroups[0].tasks[0].timeout: \"3000000000000000h\" is longer than the maximum of 87600h (10 years)"),
+        "{err}"
+    );
+    assert!(!sb.data().join("alloc").exists(), "nothing ran");
+}
+
 /// Envoy from K8S4R_ENVOY or PATH, if installed.
 #[test]
 fn network_group_starts_its_proxy_first_and_tasks_reach_the_upstream_through_it() {

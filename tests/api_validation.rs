@@ -217,7 +217,11 @@ fn bad_manifests_name_field_and_reason() {
         (vec![Set("/spec/taskGroups/0/tasks/0/resources", json!({"memory": "12XB"}))], format!("{G}.tasks[0].resources.memory: invalid quantity \"12XB\": unknown suffix \"XB\" (use m, k, M, G, T, Ki, Mi, Gi, Ti)")),
         (vec![Set("/spec/taskGroups/0/tasks/0/resources", json!({"cpu": "-1"}))], format!("{G}.tasks[0].resources.cpu: invalid quantity \"-1\": must not be negative")),
         (vec![Set("/spec/taskGroups/0/tasks/0/templates/0/destPath", json!("../../etc/passwd"))], format!("{G}.tasks[0].templates[0].destPath: \"../../etc/passwd\" escapes the task directory ('..' is not allowed)")),
-        (vec![Set("/spec/taskGroups/0/tasks/0/templates/0/destPath", json!("/etc/passwd"))], format!("{G}.tasks[0].templates[0].destPath: \"/etc/passwd\" is absolute: paths are relative to the task directory (or start with ${{K8S4R_TASK_DIR}} / ${{K8S4R_ALLOC_DIR}})")),
+        (vec![Set("/spec/taskGroups/0/tasks/0/templates/0/destPath", json!("/etc/passwd"))], format!("{G}.tasks[0].templates[0].destPath: \"/etc/passwd\" is absolute: paths are relative to the task directory (or start with ${{K8S4R_TASK_DIR}} / ${{K8S4R_ALLOC_DIR}}, or Nomad's /local, /secrets, /alloc)")),
+        (vec![Set("/spec/taskGroups/0/tasks/0/artifacts/0/relativeDest", json!("/localx/a"))], format!("{G}.tasks[0].artifacts[0].relativeDest: \"/localx/a\" is absolute: paths are relative to the task directory (or start with ${{K8S4R_TASK_DIR}} / ${{K8S4R_ALLOC_DIR}}, or Nomad's /local, /secrets, /alloc)")),
+        (vec![Set("/spec/taskGroups/0/tasks/0/templates/0/destPath", json!("/secrets/../../x"))], format!("{G}.tasks[0].templates[0].destPath: \"/secrets/../../x\" escapes the task directory ('..' is not allowed)")),
+        (vec![Set("/spec/taskGroups/0/tasks/0/timeout", json!("3000000000000000h"))], format!("{G}.tasks[0].timeout: \"3000000000000000h\" is longer than the maximum of 87600h (10 years)")),
+        (vec![Set("/spec/taskGroups/0/restartPolicy", json!({"interval": "87601h"}))], format!("{G}.restartPolicy.interval: \"87601h\" is longer than the maximum of 87600h (10 years)")),
         (vec![Set("/spec/taskGroups/0/tasks/0/templates/0/perms", json!("0999"))], format!("{G}.tasks[0].templates[0].perms: \"0999\" is not an octal file mode such as \"0644\"")),
         (vec![Remove("/spec/taskGroups/0/tasks/0/templates/0/embeddedTmpl")], format!("{G}.tasks[0].templates[0]: one of embeddedTmpl or sourcePath is required")),
         (vec![Set("/spec/taskGroups/0/tasks/0/templates/0/changeMode", json!("reload"))], format!("{G}.tasks[0].templates[0].changeMode: \"reload\" is not one of restart, noop, signal")),
@@ -245,7 +249,7 @@ fn bad_manifests_name_field_and_reason() {
         (vec![Set("/spec/robotSelector", json!({"matchExpressions": [{"key": "arch", "operator": "Near", "values": ["x"]}]}))], "spec.robotSelector.matchExpressions[0].operator: \"Near\" is not one of In, NotIn, Exists, DoesNotExist".into()),
         (vec![Set("/spec/taskGroups/0/tasks/0/targetRobot", json!("robot-1"))], format!("{G}.tasks[0].targetRobot: is set by the control plane and not allowed in a task template")),
         (vec![Set("/spec/taskGroups/0/tasks/0/scope", json!("robot"))], format!("{G}.tasks[0].scope: robot scope is only allowed on init tasks with daemon: true")),
-        (vec![Set("/spec/taskGroups/0/tasks/0/services", json!([{"name": "web", "checks": [{"name": "h", "type": "http", "path": "/"}]}]))], format!("{G}.tasks[0].services[0].checks[0].portLabel: \"\": http checks need a port number (1-65535)")),
+        (vec![Set("/spec/taskGroups/0/tasks/0/services", json!([{"name": "web", "checks": [{"name": "h", "type": "http", "portLabel": "0"}]}]))], format!("{G}.tasks[0].services[0].checks[0].portLabel: \"0\" is not a valid port (1-65535)")),
         (vec![Set("/spec/taskGroups/0/tasks/0/services", json!([{"name": "web", "checks": [{"name": "h", "type": "script"}]}]))], format!("{G}.tasks[0].services[0].checks[0].command: is required for script checks")),
         (vec![Set("/spec/taskGroups/0/tasks/0/services", json!([{"name": "web", "checks": [{"name": "h", "type": "tcp", "portLabel": "80", "interval": "often"}]}]))], format!("{G}.tasks[0].services[0].checks[0].interval: invalid duration \"often\": expected a number at \"often\"")),
         (vec![Set("/spec/taskGroups/0/network/inbound", json!([{"name": "metrics", "port": 9443, "targetPort": 9090}]))], format!("{G}.network.inbound[0].allowedSpiffeIDs: list at least one SPIFFE ID; nothing is allowed by default")),
@@ -291,6 +295,98 @@ fn unknown_fields_are_warnings_with_paths() {
             "unknown field \"spec.extra\"",
             "unknown field \"spec.taskGroups[0].tasks[0].comand\""
         ]
+    );
+}
+
+/// The two patterns of the earlier Go implementation's manifests that are
+/// accepted unchanged: Nomad-style absolute task paths, and service checks
+/// on a `portLabel` that names no port (a warning naming the field: the
+/// check is not run).
+#[test]
+fn original_manifest_patterns_validate_with_warnings() {
+    let text = apply(vec![
+        Set(
+            "/spec/taskGroups/0/tasks/0/templates/0/destPath",
+            json!("/local/app.conf"),
+        ),
+        Set(
+            "/spec/taskGroups/0/tasks/0/templates/1",
+            json!({"destPath": "/secrets/token", "embeddedTmpl": "t"}),
+        ),
+        Set(
+            "/spec/taskGroups/0/tasks/0/templates/2",
+            json!({"destPath": "/alloc/shared.conf", "embeddedTmpl": "s"}),
+        ),
+        Set(
+            "/spec/taskGroups/0/tasks/0/artifacts/0/relativeDest",
+            json!("/local/bin/"),
+        ),
+        Set(
+            "/spec/taskGroups/0/tasks/0/services",
+            json!([{"name": "app", "portLabel": "http", "checks": [
+                {"name": "alive", "type": "http", "path": "/health", "interval": "10s", "timeout": "2s"},
+                {"name": "tcp-up", "type": "tcp", "portLabel": "rpc"}]}]),
+        ),
+    ]);
+    let d = api::decode_all(&text).remove(0).unwrap();
+    let found = api::review(&d.object);
+    assert_eq!(found.errors, vec![], "accepted unchanged");
+    let warnings: Vec<String> = found.warnings.iter().map(|w| w.to_string()).collect();
+    assert_eq!(
+        warnings,
+        vec![
+            format!("{G}.tasks[0].services[0].portLabel: \"http\" names no port this agent can probe (http checks need a port number, 1-65535): the check \"alive\" is not run"),
+            format!("{G}.tasks[0].services[0].checks[1].portLabel: \"rpc\" names no port this agent can probe (tcp checks need a port number, 1-65535): the check \"tcp-up\" is not run"),
+        ]
+    );
+    // Through the CLI both binaries share: `ok`, the warnings on stderr, exit 0.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("original.json");
+    std::fs::write(&file, &text).unwrap();
+    let out = validate_cli(&file);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok Job/demo\n");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for w in &warnings {
+        assert!(
+            stderr.contains(&format!("warning: {}: Job/demo: {w}", file.display())),
+            "{stderr}"
+        );
+    }
+}
+
+/// `k8s4r validate -f FILE`.
+fn validate_cli(file: &Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_k8s4r"))
+        .arg("validate")
+        .arg("-f")
+        .arg(file)
+        .output()
+        .unwrap()
+}
+
+/// A Job whose timeout would overflow every agent's clock is refused
+/// before it reaches one, with the field and the limit.
+#[test]
+fn k8s4r_validate_refuses_a_huge_timeout_with_its_field_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("huge.json");
+    std::fs::write(
+        &file,
+        apply(vec![Set(
+            "/spec/taskGroups/0/tasks/0/timeout",
+            json!("3000000000000000h"),
+        )]),
+    )
+    .unwrap();
+    let out = validate_cli(&file);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!(
+            "error: {}: {G}.tasks[0].timeout: \"3000000000000000h\" is longer than the maximum of 87600h (10 years)\n",
+            file.display()
+        )
     );
 }
 

@@ -26,7 +26,12 @@ fn server_and_robot(name: &str) -> (tempfile::TempDir, Server, Agent) {
 /// A fresh server and one connected robot `name` with `labels`, its data in
 /// `data` (the caller keeps the directory alive), Online.
 fn robot_at(name: &str, labels: &str, data: &Path, extra: &[&str]) -> (Server, Agent) {
-    let server = Server::start();
+    robot_with(&[], name, labels, data, extra)
+}
+
+/// [`robot_at`] with a server started with `server_args`.
+fn robot_with(server_args: &[&str], name: &str, labels: &str, data: &Path, extra: &[&str]) -> (Server, Agent) {
+    let server = Server::start_with(server_args);
     let token = server.join_token();
     let agent = Agent::start(&server.base, &token, name, labels, data, extra);
     robot_online(&server, name);
@@ -244,6 +249,110 @@ fn statuses_survive_a_server_outage_and_an_agent_kill() {
         let text = std::fs::read_to_string(&outbox).ok()?;
         (!text.contains("\"completed\"")).then_some(())
     });
+}
+
+/// A Job that passed validation, its durations made huge in the robot's
+/// cached assignments (as an agent from before the 10-year bound, or a
+/// server that does not validate, could have left them; the same Job
+/// through the API is refused first). The agent re-adopts the task with
+/// its timeout, killTimeout and check interval, goes offline with its
+/// stopOnClientAfter, sees the task die and schedules the restart after
+/// its delay: every one of those deadlines is past the end of the clock,
+/// and means never, not an abort and a crash loop. When the server is
+/// back, its spec replaces the cached one and the task runs again.
+#[test]
+fn huge_durations_in_cached_assignments_do_not_abort_the_agent() {
+    let listen = format!("127.0.0.1:{}", envoy_fixtures::free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, mut agent) = robot_with(
+        &["--listen", &listen],
+        "robot-huge",
+        "demo=true",
+        &dir.path().join("huge"),
+        &[],
+    );
+    let huge = "3000000000000000h";
+    let job = |timeout: &str| {
+        json!({
+            "apiVersion": "robot.k8s4r.io/v1alpha1", "kind": "Job",
+            "metadata": {"name": "huge", "namespace": "default"},
+            "spec": {"type": "service", "robotSelector": {"demo": "true"}, "taskGroups": [{
+                "name": "g", "disconnect": {"stopOnClientAfter": "1h"},
+                "tasks": [{"name": "run", "driver": "exec", "timeout": timeout, "killTimeout": "5s",
+                    "restartPolicy": {"attempts": 3, "interval": "1h", "delay": "1s", "mode": "delay"},
+                    "services": [{"name": "s", "checks": [
+                        {"name": "c", "type": "script", "command": "/bin/true", "interval": "1h", "timeout": "10s"}]}],
+                    "config": {"execConfig": {"command": "/bin/sh", "args": ["-c", "exec sleep 600"]}}}]
+            }]}
+        })
+    };
+    let r = server.send_json("POST", JOBS, &job(huge));
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(
+        r.body.contains("spec.taskGroups[0].tasks[0].timeout") && r.body.contains("87600h (10 years)"),
+        "{}",
+        r.body
+    );
+    let r = server.send_json("POST", JOBS, &job("1h"));
+    assert_eq!(r.status, 201, "{}", r.body);
+    let (_, pid) = wait_for("the task running", Duration::from_secs(30), || {
+        running_on(&server, "huge-g-r0-run")
+    });
+
+    server.stop();
+    agent.kill9();
+    let cache = agent.data.join("assignments.json");
+    let mut tasks: Value = serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
+    let spec = &mut tasks[0]["spec"];
+    assert_eq!(spec["timeout"], "1h", "the cached task: {spec}");
+    for pointer in [
+        "/timeout",
+        "/killTimeout",
+        "/restartPolicy/interval",
+        "/restartPolicy/delay",
+        "/disconnect/stopOnClientAfter",
+        "/services/0/checks/0/interval",
+        "/services/0/checks/0/timeout",
+    ] {
+        *spec.pointer_mut(pointer).unwrap() = json!(huge);
+    }
+    std::fs::write(&cache, serde_json::to_vec(&tasks).unwrap()).unwrap();
+
+    agent.spawn();
+    let adopted = format!("huge-g r0 run: adopted running pid {pid}");
+    wait_for(
+        "the task re-adopted, the server unreachable",
+        Duration::from_secs(30),
+        || {
+            let log = agent.log_text();
+            (log.contains(&adopted) && log.contains("tasks keep running, retrying with backoff")).then_some(())
+        },
+    );
+    assert!(Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    wait_for("the restart scheduled", Duration::from_secs(30), || {
+        agent
+            .log_text()
+            .contains("huge-g r0 run: exited (exit code unknown: started by an earlier agent run); restarting in 10800000000000000000s (restart 1/3)")
+            .then_some(())
+    });
+    assert_eq!(agent.exited(), None, "the agent lives:\n{}", agent.log_text());
+    assert!(!agent.log_text().contains("panicked"), "{}", agent.log_text());
+
+    server.restart();
+    let (_, again) = wait_for("the server's spec running", Duration::from_secs(60), || {
+        running_on(&server, "huge-g-r0-run").filter(|(_, p)| *p != pid)
+    });
+    assert!(pid_alive(again));
+    let cached: Value = serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
+    assert_eq!(
+        cached[0]["spec"]["timeout"], "1h",
+        "the server's assignments replaced the cache"
+    );
+    assert_eq!(agent.exited(), None);
 }
 
 fn pid_alive(pid: i64) -> bool {

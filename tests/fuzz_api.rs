@@ -220,6 +220,49 @@ fn fuzz_corpus_and_regressions_replay() {
     );
 }
 
+/// The `execute` target in CI form: seeded generated Jobs (their durations
+/// from ordinary to past any clock) and the examples run through the
+/// agent's reconcile and lifecycle machines on the fake host (fake clock,
+/// fake process table), each under a seeded script of exits, spawn
+/// failures, agent restarts, withdrawals and jumps of time. No panic, and
+/// the generator reaches what it is for: valid Jobs and Jobs valid but for
+/// their durations both run, processes start and end.
+#[test]
+fn generated_jobs_execute_under_reconcile_and_the_machines() {
+    let mut rng = Rng(0x0DDB_A11E_5EED_0001);
+    let mut totals = targets::Executed::default();
+    let (mut valid, mut bypassed) = (0, 0);
+    let run = |bytes: &[u8], totals: &mut targets::Executed| {
+        let r = catch_unwind(|| targets::execute_case(bytes))
+            .unwrap_or_else(|_| panic!("execute fails on input {bytes:?}"));
+        totals.spawns += r.spawns;
+        totals.exits += r.exits;
+        (r.ran, r.bypassed)
+    };
+    for _ in 0..400 {
+        let len = 48 + rng.below(160);
+        let mut bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        bytes[0] |= 1;
+        match run(&bytes, &mut totals) {
+            (true, false) => valid += 1,
+            (true, true) => bypassed += 1,
+            _ => {}
+        }
+    }
+    let mut examples = 0;
+    for seed in seeds() {
+        let mut bytes = vec![0];
+        bytes.extend_from_slice(seed.as_bytes());
+        bytes.push(0);
+        bytes.extend((0..64).map(|_| rng.next() as u8));
+        examples += usize::from(run(&bytes, &mut totals).0);
+    }
+    assert!(examples >= 5, "only {examples} examples ran");
+    assert!(valid > 100, "only {valid} valid generated jobs ran");
+    assert!(bypassed > 40, "only {bypassed} jobs past the duration limit ran");
+    assert!(totals.spawns > 1500 && totals.exits > 1000, "{totals:?}");
+}
+
 /// The Envoy renderer in CI form: seeded random networks (the fuzz target's
 /// generator, fed by a seeded RNG) are planned, rendered and checked for
 /// structure; valid ones must plan. A sample of the rendered configs also

@@ -886,3 +886,43 @@ fn last_heartbeat_time_stays_fresh_while_robots_poll() {
         "{busy_writes} writes for {busy_polls} polls"
     );
 }
+
+/// A Job in the earlier implementation's shape, a check under a service
+/// whose `portLabel` names no port: accepted, the `Warning` header names
+/// the field, and the Job carries one ValidationWarning event saying the
+/// check is not run (a dry run warns the same, and records nothing).
+#[test]
+fn a_check_on_no_port_is_accepted_with_a_warning_header_and_a_job_event() {
+    let s = Server::start();
+    let mut g = group("web", 1, None);
+    g["tasks"][0]["services"] = json!([{"name": "app", "portLabel": "http",
+        "checks": [{"name": "alive", "type": "http", "path": "/health", "interval": "10s"}]}]);
+    let legacy = job("legacy", "service", json!({}), json!([g]));
+    let warning = r#"spec.taskGroups[0].tasks[0].services[0].portLabel: "http" names no port this agent can probe (http checks need a port number, 1-65535): the check "alive" is not run"#;
+    let header = format!("299 - \"{}\"", warning.replace('"', "\\\""));
+    let r = s.send_json("POST", &format!("{}?dryRun=All", jobs()), &legacy);
+    assert_eq!(
+        (r.status, r.warnings.clone()),
+        (201, vec![header.clone()]),
+        "{}",
+        r.body
+    );
+    let r = s.send_json("POST", jobs(), &legacy);
+    assert_eq!((r.status, r.warnings.clone()), (201, vec![header]), "{}", r.body);
+    let path = "/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3Dlegacy,involvedObject.kind%3DJob";
+    let event = wait_for("the ValidationWarning event", T, || {
+        let list = s.get(path).json();
+        list["items"]
+            .as_array()?
+            .iter()
+            .find(|e| e["reason"] == "ValidationWarning")
+            .cloned()
+    });
+    assert_eq!(event["type"], "Warning", "{event}");
+    assert_eq!(event["message"], warning, "{event}");
+    assert_eq!(event["count"], 1, "the dry run recorded nothing: {event}");
+    assert_eq!(
+        event["involvedObject"]["uid"],
+        s.object("jobs", "legacy").unwrap()["metadata"]["uid"]
+    );
+}

@@ -8,7 +8,8 @@
 //! draining and no supervised unit (task, proxy, daemon) lives in it; the
 //! clock starts then (or when this agent first saw it, after a restart).
 
-use crate::agent::supervisor::Supervisor;
+use crate::agent::clock;
+use crate::agent::supervisor::Units;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -39,7 +40,7 @@ impl AllocGc {
 
     /// One look (throttled): `in_use` are the group keys the reconciler
     /// still needs. Returns the groups whose directories were removed.
-    pub fn sweep(&mut self, in_use: &BTreeSet<String>, sup: &Supervisor, now: Instant) -> Vec<String> {
+    pub fn sweep(&mut self, in_use: &BTreeSet<String>, sup: &impl Units, now: Instant) -> Vec<String> {
         let due = self.next_due().is_some_and(|d| d <= now);
         if !due && self.next_scan.is_some_and(|t| now < t) {
             // Something may have left since the last scan: look then.
@@ -47,12 +48,13 @@ impl AllocGc {
             return Vec::new();
         }
         self.scan_owed = false;
-        self.next_scan = Some(now + SCAN_EVERY.min(self.after));
+        self.next_scan = Some(clock::after(now, SCAN_EVERY.min(self.after)));
         let Ok(entries) = std::fs::read_dir(&self.alloc) else {
             return Vec::new();
         };
         let lived_in: Vec<PathBuf> = sup
             .names()
+            .into_iter()
             .filter_map(|n| Some(sup.view(n)?.dir.to_path_buf()))
             .collect();
         let mut present = BTreeSet::new();
@@ -88,7 +90,11 @@ impl AllocGc {
 
     /// When the next sweep could remove something (so an idle agent wakes).
     pub fn next_due(&self) -> Option<Instant> {
-        let removal = self.unused_since.values().min().map(|since| *since + self.after);
+        let removal = self
+            .unused_since
+            .values()
+            .min()
+            .map(|since| clock::after(*since, self.after));
         let scan = self.next_scan.filter(|_| self.scan_owed);
         removal.into_iter().chain(scan).min()
     }
@@ -98,7 +104,7 @@ impl AllocGc {
 mod tests {
     use super::*;
     use crate::agent::logs::LogLimits;
-    use crate::agent::supervisor::SupervisorConfig;
+    use crate::agent::supervisor::{Supervisor, SupervisorConfig};
 
     #[test]
     fn a_departed_groups_directory_goes_after_the_delay_and_a_used_one_stays() {

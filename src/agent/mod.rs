@@ -6,8 +6,8 @@
 //! - `standalone`: `run -f job.yaml`, the desired set from a file;
 //! - `connected`: the desired set from the server's long poll;
 //! - helpers with one job each: `logs`, `state`, `templates`, `artifacts`,
-//!   `paths`, `checks`, `cgroup`, `procfs`, `device`, and `sys` (the only
-//!   `unsafe`).
+//!   `paths`, `checks`, `cgroup`, `procfs`, `device`, `clock` (deadlines
+//!   that cannot overflow), and `sys` (the only `unsafe`).
 //!
 //! Decisions worth knowing (details in each module):
 //! - units are named `<job>-<group>-r<i>-<task>` (tasks), `<job>-<group>-<init>`
@@ -32,6 +32,7 @@ pub mod accounts;
 pub mod artifacts;
 pub mod cgroup;
 pub mod checks;
+pub mod clock;
 pub mod connected;
 pub mod device;
 pub mod gc;
@@ -360,7 +361,7 @@ pub fn stop_all(data_dir: &Path) -> Result<usize, String> {
             if let Some(pid) = pid.and_then(Pid::from_raw) {
                 let _ = kill_process(pid, Signal::TERM);
             }
-            let deadline = Instant::now() + Duration::from_secs(60);
+            let deadline = clock::after(Instant::now(), Duration::from_secs(60));
             while rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
                 if Instant::now() > deadline {
                     return Err("the running agent did not exit within 60s".into());

@@ -2,14 +2,21 @@
 //! destinations) resolved strictly inside the task directory.
 //!
 //! The lexical rules (relative, or below ${K8S4R_TASK_DIR} /
-//! ${K8S4R_ALLOC_DIR}, no `..`) are the API's validation. On disk a path
-//! can still escape through a symlink planted by an earlier task (`local ->
-//! /etc`), so every directory is opened one component at a time with
-//! `openat(O_NOFOLLOW | O_DIRECTORY)` and files are created with
-//! `O_NOFOLLOW | O_EXCL` under a temp name and renamed into place:
-//! a symlink anywhere on the way is refused, never followed.
+//! ${K8S4R_ALLOC_DIR}, or Nomad's `/local`, `/secrets` (the task
+//! directory's) and `/alloc` (the group's), no `..`) are the API's
+//! validation. On disk a path can still escape through a symlink planted
+//! by an earlier task (`local -> /etc`), so every directory is opened one
+//! component at a time with `openat(O_NOFOLLOW | O_DIRECTORY)` and files
+//! are created with `O_NOFOLLOW | O_EXCL` under a temp name and renamed
+//! into place: a symlink anywhere on the way is refused, never followed.
+//!
+//! Directories on the way are created 0755, except the task directory's
+//! `secrets/` (however the path spells it): 0700. Spawn creates `local/`
+//! and `secrets/` before templates and artifacts are written, owned by the
+//! task's user; should the task have removed `secrets/` since, it comes
+//! back private here.
 
-use crate::api::validate::check_task_relative_path;
+use crate::api::validate::{check_task_relative_path, nomad_root};
 use rustix::fd::OwnedFd;
 use rustix::fs::{AtFlags, Mode, OFlags};
 use std::fs::File;
@@ -46,7 +53,12 @@ pub struct Beneath {
     pub name: String,
     /// The path as the manifest wrote it, for messages.
     pub original: String,
+    /// The first parent is the task directory's `secrets/`: created 0700.
+    pub secret: bool,
 }
+
+/// The task directory's private subdirectory (Nomad's `/secrets`).
+pub const SECRETS_DIR: &str = "secrets";
 
 impl Beneath {
     /// The resolved path (for messages and for reading back in tests).
@@ -57,10 +69,13 @@ impl Beneath {
     }
 }
 
-/// Resolve `path` against the task directory (relative paths and
-/// ${K8S4R_TASK_DIR}) or the group's shared directory (${K8S4R_ALLOC_DIR}).
+/// Resolve `path` against the task directory (relative paths,
+/// ${K8S4R_TASK_DIR}, `/local/...`, `/secrets/...`) or the group's shared
+/// directory (${K8S4R_ALLOC_DIR}, `/alloc/...`).
 pub fn resolve(path: &str, task_dir: &Path, alloc_dir: &Path) -> Result<Beneath, PathError> {
     check_task_relative_path(path).map_err(|why| PathError::Invalid(path.into(), why))?;
+    // Nomad's `/local/x` is the task directory's `local/x` (its root is
+    // kept); its `/alloc/x` is the alloc directory's `x`.
     let (root, rest) = if let Some(r) = path
         .strip_prefix("${K8S4R_ALLOC_DIR}")
         .or_else(|| path.strip_prefix("$K8S4R_ALLOC_DIR"))
@@ -71,9 +86,17 @@ pub fn resolve(path: &str, task_dir: &Path, alloc_dir: &Path) -> Result<Beneath,
         .or_else(|| path.strip_prefix("$K8S4R_TASK_DIR"))
     {
         (task_dir, r)
+    } else if let Some((root, r)) = nomad_root(path) {
+        match root {
+            "/alloc" => (alloc_dir, r),
+            _ => (task_dir, &path[1..]),
+        }
     } else {
         (task_dir, path)
     };
+    if rest.ends_with('/') {
+        return Err(PathError::Invalid(path.into(), "names a directory, not a file".into()));
+    }
     let mut comps: Vec<String> = rest
         .split('/')
         .filter(|c| !c.is_empty() && *c != ".")
@@ -82,11 +105,13 @@ pub fn resolve(path: &str, task_dir: &Path, alloc_dir: &Path) -> Result<Beneath,
     let Some(name) = comps.pop() else {
         return Err(PathError::Invalid(path.into(), "names a directory, not a file".into()));
     };
+    let secret = root == task_dir && comps.first().is_some_and(|c| c == SECRETS_DIR);
     Ok(Beneath {
         root: root.to_path_buf(),
         parents: comps,
         name,
         original: path.into(),
+        secret,
     })
 }
 
@@ -97,9 +122,10 @@ pub fn open_parent(target: &Beneath, create: bool) -> Result<OwnedFd, PathError>
     let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
     let mut dir = rustix::fs::open(&target.root, dir_flags, Mode::empty())
         .map_err(|e| PathError::Io(target.root.display().to_string(), e.into()))?;
-    for comp in &target.parents {
+    for (i, comp) in target.parents.iter().enumerate() {
         if create {
-            match rustix::fs::mkdirat(&dir, comp.as_str(), Mode::from_raw_mode(0o755)) {
+            let mode = if i == 0 && target.secret { 0o700 } else { 0o755 };
+            match rustix::fs::mkdirat(&dir, comp.as_str(), Mode::from_raw_mode(mode)) {
                 Ok(()) | Err(rustix::io::Errno::EXIST) => {}
                 Err(e) => return Err(io_err(e)),
             }
@@ -224,9 +250,51 @@ mod tests {
             resolve("$K8S4R_TASK_DIR/./y", t, a).unwrap().full_path(),
             Path::new("/d/task/y")
         );
-        for bad in ["/etc/passwd", "../x", "local/../../x", "", "${K8S4R_TASK_DIR}/"] {
+        for bad in [
+            "/etc/passwd",
+            "../x",
+            "local/../../x",
+            "",
+            "${K8S4R_TASK_DIR}/",
+            "/local/",
+            "/localx/y",
+        ] {
             assert!(resolve(bad, t, a).is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn nomad_task_paths_map_into_the_task_and_alloc_directories() {
+        let t = Path::new("/d/task");
+        let a = Path::new("/d/alloc");
+        for (path, want) in [
+            ("/local/app.conf", "/d/task/local/app.conf"),
+            ("/local/conf/x/y.yaml", "/d/task/local/conf/x/y.yaml"),
+            ("/secrets/token", "/d/task/secrets/token"),
+            ("/alloc/data/shared.txt", "/d/alloc/data/shared.txt"),
+        ] {
+            assert_eq!(resolve(path, t, a).unwrap().full_path(), Path::new(want), "{path}");
+        }
+        assert!(resolve("/secrets/token", t, a).unwrap().secret);
+        assert!(resolve("secrets/token", t, a).unwrap().secret, "however it is spelled");
+        assert!(!resolve("/local/token", t, a).unwrap().secret);
+        assert!(!resolve("/alloc/secrets/x", t, a).unwrap().secret, "not the task's");
+    }
+
+    #[test]
+    fn secrets_is_created_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let task = tempfile::tempdir().unwrap();
+        let target = resolve("/secrets/api/token", task.path(), task.path()).unwrap();
+        let mut f = PendingFile::create(&target, 0o600, None).unwrap();
+        f.file.write_all(b"s3cret").unwrap();
+        f.commit().unwrap();
+        let mode = |p: &str| std::fs::metadata(task.path().join(p)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode("secrets"), 0o700);
+        assert_eq!(
+            std::fs::read_to_string(task.path().join("secrets/api/token")).unwrap(),
+            "s3cret"
+        );
     }
 
     #[test]

@@ -63,7 +63,8 @@ pub fn age(start_time: u64) -> Option<std::time::Duration> {
     let uptime = std::fs::read_to_string("/proc/uptime").ok()?;
     let secs: f64 = uptime.split_whitespace().next()?.parse().ok()?;
     let started = start_time as f64 / 100.0;
-    Some(std::time::Duration::from_secs_f64((secs - started).max(0.0)))
+    // try_: a garbled /proc/uptime (inf) is no age, not a panic.
+    std::time::Duration::try_from_secs_f64((secs - started).max(0.0)).ok()
 }
 
 /// This boot's random id; a saved pid from another boot means nothing.

@@ -25,7 +25,8 @@
 use super::cgroup::Limits;
 use super::checks;
 use super::supervisor::machine::{Phase, Policy, RestartRules};
-use super::supervisor::{DirOwner, PreStart, Supervisor, UnitSpec};
+use super::supervisor::{DirOwner, PreStart, UnitSpec, Units};
+use crate::agent::clock;
 use crate::agent::gc::AllocGc;
 use crate::api::{JobType, NetworkConfig, RestartMode, RestartPolicy, TaskSpec};
 use crate::envoy::{self, GroupProxy};
@@ -156,7 +157,7 @@ impl Reconciler {
 
     /// One pass. Returns when it wants to look again even if nothing
     /// happens (a proxy's readiness), so the caller's wait is bounded.
-    pub fn reconcile(&mut self, desired: &[AssignedTask], sup: &mut Supervisor) -> Option<Instant> {
+    pub fn reconcile(&mut self, desired: &[AssignedTask], sup: &mut impl Units) -> Option<Instant> {
         let mut recheck = None;
         for (key, tasks) in by_group(desired) {
             if self.failed.contains_key(&key) {
@@ -227,10 +228,10 @@ impl Reconciler {
 
     /// Remove directories of groups that left (after the stops of this
     /// pass, so a unit just let go no longer counts as living there).
-    fn collect_garbage(&mut self, sup: &Supervisor) -> Option<Instant> {
+    fn collect_garbage(&mut self, sup: &impl Units) -> Option<Instant> {
         let gc = self.gc.as_mut()?;
         let in_use: BTreeSet<String> = self.seen.keys().cloned().collect();
-        for key in gc.sweep(&in_use, sup, Instant::now()) {
+        for key in gc.sweep(&in_use, sup, sup.now()) {
             self.notices
                 .push((key, "left this robot: its directory was removed (--gc-after)".into()));
         }
@@ -243,7 +244,7 @@ impl Reconciler {
     pub fn step(
         &mut self,
         desired: &[AssignedTask],
-        sup: &mut Supervisor,
+        sup: &mut impl Units,
         say: &mut dyn FnMut(String),
     ) -> Option<Instant> {
         for c in sup.take_changes() {
@@ -251,7 +252,7 @@ impl Reconciler {
         }
         let recheck = self.reconcile(desired, sup);
         let wanted = self.wanted(desired);
-        sup.retain(|n| wanted.contains(n));
+        sup.retain(&|n| wanted.contains(n));
         let recheck = recheck.into_iter().chain(self.collect_garbage(sup)).min();
         for (group, msg) in self.take_notices() {
             say(format!("{group}: {msg}"));
@@ -275,7 +276,7 @@ impl Reconciler {
         names
     }
 
-    pub fn outcome(&self, task: &AssignedTask, sup: &Supervisor) -> Outcome {
+    pub fn outcome(&self, task: &AssignedTask, sup: &impl Units) -> Outcome {
         match sup.view(&task.name) {
             Some(v) => match v.phase {
                 Phase::Completed => Outcome::Succeeded,
@@ -292,7 +293,7 @@ impl Reconciler {
     }
 
     /// Init tasks and proxy of one group.
-    fn prepare_group(&mut self, key: &str, first: &AssignedTask, sup: &mut Supervisor) -> Result<GroupReady, String> {
+    fn prepare_group(&mut self, key: &str, first: &AssignedTask, sup: &mut impl Units) -> Result<GroupReady, String> {
         for init in &first.spec.init_tasks {
             let name = init_unit_name(key, init);
             // A robot-scoped daemon is shared: the first group to declare it
@@ -332,9 +333,10 @@ impl Reconciler {
         key: &str,
         first: &AssignedTask,
         network: NetworkConfig,
-        sup: &mut Supervisor,
+        sup: &mut impl Units,
     ) -> Result<GroupReady, String> {
         let name = format!("{key}-envoy");
+        let now = sup.now();
         if !self.proxies.contains_key(key) {
             let proxy = self.group_proxy(key, first, &network)?;
             // Render now, so a network that cannot become a proxy fails the
@@ -355,7 +357,7 @@ impl Reconciler {
             let env = envoy::proxy_env(&network);
             let start = ProxyStart {
                 admin_socket: launch.admin_socket,
-                since: Instant::now(),
+                since: now,
                 ready: false,
                 env,
                 network,
@@ -385,7 +387,7 @@ impl Reconciler {
                 p.network = network;
                 if restart {
                     p.ready = false;
-                    p.since = Instant::now();
+                    p.since = now;
                 }
             }
         }
@@ -396,11 +398,11 @@ impl Reconciler {
             if envoy::is_ready(&p.admin_socket) {
                 p.ready = true;
                 self.notices.push((key.to_string(), "proxy ready".into()));
-            } else if p.since.elapsed() > PROXY_READY_TIMEOUT {
+            } else if now.saturating_duration_since(p.since) > PROXY_READY_TIMEOUT {
                 let state = sup.view(&name).map(|v| v.phase.to_string()).unwrap_or_default();
                 return Err(format!("proxy not ready after {PROXY_READY_TIMEOUT:?} ({state})"));
             } else {
-                return Ok(GroupReady::NotYet(Some(Instant::now() + PROXY_READY_POLL)));
+                return Ok(GroupReady::NotYet(Some(clock::after(now, PROXY_READY_POLL))));
             }
         }
         Ok(GroupReady::Yes(p.env.clone()))
@@ -712,7 +714,7 @@ pub fn init_unit_name(group_key: &str, init: &TaskSpec) -> String {
 /// Every task of the group on this robot has ended for good: completed, or
 /// failed past its restarts (nothing will run again unless the desired set
 /// changes).
-fn group_finished(tasks: &[&AssignedTask], sup: &Supervisor) -> bool {
+fn group_finished(tasks: &[&AssignedTask], sup: &impl Units) -> bool {
     tasks.iter().all(|t| {
         sup.view(&t.name)
             .is_some_and(|v| matches!(v.phase, Phase::Completed | Phase::Failed { .. }))

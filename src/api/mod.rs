@@ -15,4 +15,4 @@ pub use decode::{decode_all, AnyObject, DecodeError, Decoded};
 pub use meta::{Object, ObjectMeta, OwnerReference, API_VERSION};
 pub use types::*;
 pub use units::{Duration, Quantity};
-pub use validate::{validate, FieldError};
+pub use validate::{review, validate, FieldError, Findings};

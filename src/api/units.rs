@@ -7,6 +7,23 @@
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 
+/// The longest duration the API accepts in any field (10 years). Far
+/// beyond any real timeout or interval, and far below what a clock can
+/// hold: a valid manifest never makes `Instant` arithmetic overflow.
+pub const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// [`MAX_DURATION`] as error messages state it.
+pub const MAX_DURATION_TEXT: &str = "87600h (10 years)";
+
+/// `Ok(d)` if `d` is at most [`MAX_DURATION`]; else why not.
+pub fn check_max_duration(d: std::time::Duration, text: &str) -> Result<std::time::Duration, String> {
+    if d > MAX_DURATION {
+        Err(format!("{text:?} is longer than the maximum of {MAX_DURATION_TEXT}"))
+    } else {
+        Ok(d)
+    }
+}
+
 /// A duration such as `5s`, `1m30s`, `250ms`, `2h`, as Go's
 /// `time.ParseDuration` accepts them (no sign, no bare numbers except `0`).
 #[derive(Clone, PartialEq, Eq)]
@@ -18,6 +35,12 @@ pub struct Duration {
 impl Duration {
     pub fn parse(text: &str) -> Result<std::time::Duration, String> {
         parse_duration(text)
+    }
+
+    /// Like [`Duration::parse`], refusing values above [`MAX_DURATION`]
+    /// (for command-line flags: the same bound as manifests).
+    pub fn parse_bounded(text: &str) -> Result<std::time::Duration, String> {
+        parse_duration(text).and_then(|d| check_max_duration(d, text))
     }
 
     pub fn new(text: &str) -> Self {
@@ -323,6 +346,15 @@ mod tests {
         assert!(Duration::parse("").is_err());
         assert!(Duration::parse("s").is_err());
         assert!(Duration::parse("99999999999999999999999h").is_err());
+        assert_eq!(Duration::parse_bounded("87600h"), Ok(MAX_DURATION));
+        assert_eq!(
+            Duration::parse_bounded("87600h1ns"),
+            Err("\"87600h1ns\" is longer than the maximum of 87600h (10 years)".into())
+        );
+        assert!(
+            Duration::parse("3000000000000000h").is_ok(),
+            "parses; validation bounds it"
+        );
         // Found by the fuzzer: from_std wrote "0s" for 1.5us.
         for d in [D::from_nanos(1500), D::from_nanos(1), D::from_millis(1), D::new(3, 7)] {
             assert_eq!(Duration::parse(Duration::from_std(d).text()), Ok(d), "{d:?}");

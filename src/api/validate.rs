@@ -1,9 +1,16 @@
 //! Validation shared by server admission and `k8s4r validate`. It collects
 //! *every* problem, each with the exact field path and the reason, e.g.
 //! `spec.taskGroups[0].network.upstreams[1].localPort: 70000 is not a valid port (1-65535)`.
+//!
+//! Besides errors it finds warnings: what the original implementation
+//! accepted and this one accepts too, but does not act on (a service
+//! check whose `portLabel` names no port is not run). They name their
+//! field the same way; the server returns them as `Warning` headers and
+//! records them as events on the Job, `k8s4r validate` and `run -f` print
+//! them.
 
 use super::types::*;
-use super::units::{Duration, Quantity};
+use super::units::{check_max_duration, Duration, Quantity};
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
@@ -33,17 +40,38 @@ impl fmt::Display for FieldError {
     }
 }
 
-/// Accumulates errors while walking an object.
+/// Everything validation found about one object.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Findings {
+    /// The object is refused.
+    pub errors: Vec<FieldError>,
+    /// Accepted, but part of it is not acted on (each says what and why).
+    pub warnings: Vec<FieldError>,
+}
+
+/// Accumulates errors and warnings while walking an object.
 #[derive(Default)]
-struct Errors(Vec<FieldError>);
+struct Errors(Findings);
 
 impl Errors {
     fn add(&mut self, field: &str, message: impl Into<String>) {
-        self.0.push(FieldError::new(field, message));
+        self.0.errors.push(FieldError::new(field, message));
     }
+    fn warn(&mut self, field: &str, message: impl Into<String>) {
+        self.0.warnings.push(FieldError::new(field, message));
+    }
+    /// Every duration of the API: it parses, and it is at most
+    /// [`MAX_DURATION`](super::units::MAX_DURATION) (an agent adds it to
+    /// its clock).
     fn duration(&mut self, field: &str, d: &Option<Duration>) {
-        if let Some(e) = d.as_ref().and_then(Duration::error) {
-            self.add(field, e.to_string());
+        let Some(d) = d else { return };
+        match d.get() {
+            None => self.add(field, d.error().unwrap_or("invalid duration").to_string()),
+            Some(v) => {
+                if let Err(e) = check_max_duration(v, d.text()) {
+                    self.add(field, e);
+                }
+            }
         }
     }
     fn quantity(&mut self, field: &str, q: &Option<Quantity>) {
@@ -166,8 +194,25 @@ pub const ALLOWED_PATH_ROOTS: &[&str] = &[
     "$K8S4R_ALLOC_DIR",
 ];
 
+/// Nomad's absolute task paths, as manifests of the original implementation
+/// write them (Nomad's exec driver chroots into the task directory, so
+/// `/local/x` is the task's `local/x`): `/local/...` and `/secrets/...` are
+/// the task directory's `local/` and `secrets/`, `/alloc/...` the group's
+/// shared directory (K8S4R_ALLOC_DIR). Any other absolute path is refused.
+pub const NOMAD_PATH_ROOTS: &[&str] = &["/local", "/secrets", "/alloc"];
+
+/// `path` below one of [`NOMAD_PATH_ROOTS`] (whole components: `/localx`
+/// is not): (root, the rest after it).
+pub fn nomad_root(path: &str) -> Option<(&'static str, &str)> {
+    NOMAD_PATH_ROOTS.iter().find_map(|root| {
+        let rest = path.strip_prefix(root)?;
+        (rest.is_empty() || rest.starts_with('/')).then_some((*root, rest))
+    })
+}
+
 /// A path written in a manifest that must stay inside the task directory:
-/// relative, or below one of [`ALLOWED_PATH_ROOTS`], and never through `..`.
+/// relative, or below one of [`ALLOWED_PATH_ROOTS`] or [`NOMAD_PATH_ROOTS`],
+/// and never through `..`.
 pub fn check_task_relative_path(path: &str) -> Result<(), String> {
     if path.is_empty() {
         return Err("must not be empty".into());
@@ -178,9 +223,10 @@ pub fn check_task_relative_path(path: &str) -> Result<(), String> {
     let rest = ALLOWED_PATH_ROOTS
         .iter()
         .find_map(|root| path.strip_prefix(root))
+        .or_else(|| nomad_root(path).map(|(_, rest)| rest))
         .unwrap_or(path);
     if rest.len() == path.len() && path.starts_with('/') {
-        return Err(format!("{path:?} is absolute: paths are relative to the task directory (or start with ${{K8S4R_TASK_DIR}} / ${{K8S4R_ALLOC_DIR}})"));
+        return Err(format!("{path:?} is absolute: paths are relative to the task directory (or start with ${{K8S4R_TASK_DIR}} / ${{K8S4R_ALLOC_DIR}}, or Nomad's /local, /secrets, /alloc)"));
     }
     if rest.split('/').any(|c| c == "..") {
         return Err(format!("{path:?} escapes the task directory ('..' is not allowed)"));
@@ -670,12 +716,25 @@ fn check_task(errs: &mut Errors, path: &str, t: &TaskSpec, role: TaskRole) {
             }
             match c.check_type.as_str() {
                 "http" | "tcp" => {
-                    let port = c.port_label.as_deref().unwrap_or(&s.port_label);
-                    if port.parse::<u16>().map_or(true, |p| p == 0) {
-                        errs.add(
-                            &format!("{cp}.portLabel"),
-                            format!("{port:?}: {} checks need a port number (1-65535)", c.check_type),
+                    // The label the check uses: its own, else its service's.
+                    let (port, field) = match &c.port_label {
+                        Some(l) => (l.as_str(), format!("{cp}.portLabel")),
+                        None if !s.port_label.is_empty() => (s.port_label.as_str(), format!("{p}.portLabel")),
+                        None => ("", format!("{cp}.portLabel")),
+                    };
+                    let numeric = !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit());
+                    if !numeric {
+                        // The original implementation accepted such checks
+                        // and never ran them: accepted, said, not run.
+                        errs.warn(
+                            &field,
+                            format!(
+                                "{port:?} names no port this agent can probe ({} checks need a port number, 1-65535): the check {:?} is not run",
+                                c.check_type, c.name
+                            ),
                         );
+                    } else if port.parse::<u16>().map_or(true, |p| p == 0) {
+                        errs.add(&field, format!("{port:?} is not a valid port (1-65535)"));
                     }
                 }
                 "script" => {
@@ -816,16 +875,20 @@ fn check_group(errs: &mut Errors, path: &str, g: &GroupView<'_>) {
         check_resources(errs, &format!("{path}.resources"), r);
     }
     if let Some(d) = g.disconnect {
-        errs.duration(&format!("{path}.disconnect.lostAfter"), &d.lost_after);
-        errs.duration(&format!("{path}.disconnect.stopOnClientAfter"), &d.stop_on_client_after);
-        if let Some(r) = &d.reconcile {
-            const MODES: &[&str] = &["keepOriginal", "keepReplacement", "bestScore", "longestRunning"];
-            if !MODES.contains(&r.as_str()) {
-                errs.add(
-                    &format!("{path}.disconnect.reconcile"),
-                    format!("{r:?} is not one of {}", MODES.join(", ")),
-                );
-            }
+        check_disconnect(errs, &format!("{path}.disconnect"), d);
+    }
+}
+
+fn check_disconnect(errs: &mut Errors, path: &str, d: &DisconnectPolicy) {
+    errs.duration(&format!("{path}.lostAfter"), &d.lost_after);
+    errs.duration(&format!("{path}.stopOnClientAfter"), &d.stop_on_client_after);
+    if let Some(r) = &d.reconcile {
+        const MODES: &[&str] = &["keepOriginal", "keepReplacement", "bestScore", "longestRunning"];
+        if !MODES.contains(&r.as_str()) {
+            errs.add(
+                &format!("{path}.reconcile"),
+                format!("{r:?} is not one of {}", MODES.join(", ")),
+            );
         }
     }
 }
@@ -872,6 +935,10 @@ fn check_selector(errs: &mut Errors, path: &str, sel: &RobotSelector) {
 }
 
 pub fn validate_job(job: &Job) -> Vec<FieldError> {
+    review_job(job).errors
+}
+
+fn review_job(job: &Job) -> Findings {
     let mut errs = Errors::default();
     check_meta(&mut errs, &job.metadata);
     let spec = &job.spec;
@@ -940,6 +1007,10 @@ pub fn validate_job(job: &Job) -> Vec<FieldError> {
 }
 
 pub fn validate_task_group(tg: &TaskGroup) -> Vec<FieldError> {
+    review_task_group(tg).errors
+}
+
+fn review_task_group(tg: &TaskGroup) -> Findings {
     let mut errs = Errors::default();
     check_meta(&mut errs, &tg.metadata);
     let s = &tg.spec;
@@ -968,6 +1039,10 @@ pub fn validate_task_group(tg: &TaskGroup) -> Vec<FieldError> {
 }
 
 pub fn validate_task(task: &Task) -> Vec<FieldError> {
+    review_task(task).errors
+}
+
+fn review_task(task: &Task) -> Findings {
     let mut errs = Errors::default();
     check_meta(&mut errs, &task.metadata);
     check_task(&mut errs, "spec", &task.spec, TaskRole::Object);
@@ -983,6 +1058,10 @@ pub fn validate_task(task: &Task) -> Vec<FieldError> {
             &mut HashSet::new(),
         );
     }
+    // Carried to the robot, which adds it to its clock when offline.
+    if let Some(d) = &task.spec.disconnect {
+        check_disconnect(&mut errs, "spec.disconnect", d);
+    }
     errs.0
 }
 
@@ -990,16 +1069,25 @@ pub fn validate_robot(robot: &Robot) -> Vec<FieldError> {
     let mut errs = Errors::default();
     check_meta(&mut errs, &robot.metadata);
     check_labels(&mut errs, "spec.labels", &robot.spec.labels);
-    errs.0
+    errs.0.errors
 }
 
+/// The errors of `obj` (empty: valid).
 pub fn validate(obj: &super::decode::AnyObject) -> Vec<FieldError> {
+    review(obj).errors
+}
+
+/// Errors and warnings of `obj`.
+pub fn review(obj: &super::decode::AnyObject) -> Findings {
     use super::decode::AnyObject;
     match obj {
-        AnyObject::Job(o) => validate_job(o),
-        AnyObject::TaskGroup(o) => validate_task_group(o),
-        AnyObject::Task(o) => validate_task(o),
-        AnyObject::Robot(o) => validate_robot(o),
+        AnyObject::Job(o) => review_job(o),
+        AnyObject::TaskGroup(o) => review_task_group(o),
+        AnyObject::Task(o) => review_task(o),
+        AnyObject::Robot(o) => Findings {
+            errors: validate_robot(o),
+            warnings: Vec::new(),
+        },
     }
 }
 
@@ -1026,6 +1114,123 @@ mod tests {
         assert!(check_task_relative_path("local/../../x").is_err());
         assert!(check_task_relative_path("/etc/passwd").is_err());
         assert!(check_task_relative_path("${K8S4R_TASK_DIR}/../x").is_err());
+        // Nomad's absolute task paths, whole components only.
+        for ok in ["/local/app.conf", "/secrets/token", "/alloc/data/x", "/local/"] {
+            assert!(check_task_relative_path(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "/localx/y",
+            "/etc/local/x",
+            "/secret/x",
+            "/alloc/../etc/x",
+            "/tmp/x",
+            "/",
+        ] {
+            assert!(check_task_relative_path(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn job_with_task(task_yaml: &str) -> Job {
+        serde_yaml_ng::from_str(&format!(
+            "apiVersion: robot.k8s4r.io/v1alpha1\nkind: Job\nmetadata: {{name: j}}\nspec:\n  taskGroups:\n  - name: g\n    tasks:\n    - {{name: t, driver: exec, config: {{execConfig: {{command: /bin/true}}}}, {task_yaml}}}\n"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn every_duration_is_bounded_with_its_field_and_the_limit() {
+        let t = "spec.taskGroups[0].tasks[0]";
+        for (yaml, field) in [
+            ("timeout: 3000000000000000h", format!("{t}.timeout")),
+            ("killTimeout: 87601h", format!("{t}.killTimeout")),
+            (
+                "restartPolicy: {interval: 9999999h}",
+                format!("{t}.restartPolicy.interval"),
+            ),
+            ("restartPolicy: {delay: 9999999h}", format!("{t}.restartPolicy.delay")),
+            (
+                "services: [{name: s, checks: [{name: c, type: tcp, portLabel: '80', interval: 9999999h}]}]",
+                format!("{t}.services[0].checks[0].interval"),
+            ),
+            (
+                "services: [{name: s, checks: [{name: c, type: tcp, portLabel: '80', timeout: 9999999h}]}]",
+                format!("{t}.services[0].checks[0].timeout"),
+            ),
+        ] {
+            let errs = validate_job(&job_with_task(yaml));
+            assert_eq!(errs.len(), 1, "{yaml}: {errs:?}");
+            assert_eq!(errs[0].field, field, "{yaml}");
+            assert!(
+                errs[0]
+                    .message
+                    .ends_with("is longer than the maximum of 87600h (10 years)"),
+                "{}",
+                errs[0]
+            );
+        }
+        assert_eq!(
+            validate_job(&job_with_task("timeout: 87600h")),
+            vec![],
+            "the limit itself is fine"
+        );
+        // Group-level durations and a Task object's disconnect policy too.
+        let mut job = job_with_task("timeout: 1s");
+        let g = &mut job.spec.task_groups[0];
+        g.disconnect = Some(DisconnectPolicy {
+            stop_on_client_after: Some(Duration::new("100000h")),
+            ..Default::default()
+        });
+        g.reschedule_policy = Some(ReschedulePolicy {
+            max_delay: Some(Duration::new("100000h")),
+            ..Default::default()
+        });
+        let fields: Vec<String> = validate_job(&job).into_iter().map(|e| e.field).collect();
+        assert_eq!(
+            fields,
+            vec![
+                "spec.taskGroups[0].reschedulePolicy.maxDelay",
+                "spec.taskGroups[0].disconnect.stopOnClientAfter"
+            ]
+        );
+        let task: Task = serde_yaml_ng::from_str(
+            "apiVersion: robot.k8s4r.io/v1alpha1\nkind: Task\nmetadata: {name: t}\nspec: {name: t, driver: exec, config: {execConfig: {command: /bin/true}}, disconnect: {lostAfter: 100000h}}\n",
+        )
+        .unwrap();
+        let errs = validate_task(&task);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].field, "spec.disconnect.lostAfter");
+    }
+
+    #[test]
+    fn a_check_on_a_port_label_that_names_no_port_is_a_warning() {
+        let t = "spec.taskGroups[0].tasks[0]";
+        let job = job_with_task(
+            "services: [{name: web, portLabel: http, checks: [{name: alive, type: http, path: /health}, {name: own, type: tcp, portLabel: admin}, {name: s, type: script, command: /bin/true}]}]",
+        );
+        let f = review(&crate::api::AnyObject::Job(job));
+        assert_eq!(f.errors, vec![]);
+        assert_eq!(
+            f.warnings,
+            vec![
+                FieldError::new(
+                    &format!("{t}.services[0].portLabel"),
+                    "\"http\" names no port this agent can probe (http checks need a port number, 1-65535): the check \"alive\" is not run"
+                ),
+                FieldError::new(
+                    &format!("{t}.services[0].checks[1].portLabel"),
+                    "\"admin\" names no port this agent can probe (tcp checks need a port number, 1-65535): the check \"own\" is not run"
+                ),
+            ]
+        );
+        // A number that is no port is still a mistake.
+        let errs = validate_job(&job_with_task(
+            "services: [{name: web, checks: [{name: c, type: tcp, portLabel: '70000'}]}]",
+        ));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(
+            errs[0].to_string(),
+            format!("{t}.services[0].checks[0].portLabel: \"70000\" is not a valid port (1-65535)")
+        );
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! Admission: turn a request body into an object of the resource's kind,
 //! checked by the shared validation. Unknown fields are warnings, or errors
-//! under `fieldValidation=Strict`.
+//! under `fieldValidation=Strict`; what validation warns about is always a
+//! warning (fieldValidation concerns fields only, as in Kubernetes), and
+//! also kept apart so that the HTTP layer records it as an event on the
+//! stored object.
 
 use super::resources::Resource;
 use super::status::Status;
@@ -34,7 +37,10 @@ impl FieldValidation {
 #[derive(Debug)]
 pub struct Admitted {
     pub value: Value,
+    /// Every warning, for the response's `Warning` headers.
     pub warnings: Vec<String>,
+    /// Validation's warnings alone (`field: message`), for events.
+    pub findings: Vec<String>,
 }
 
 /// Decode `value` as `res.kind` and validate it. `name` is used in error
@@ -66,12 +72,19 @@ pub fn admit(res: &Resource, value: Value, name: &str, validation: FieldValidati
             )))
         }
     };
-    let errors = api::validate(&decoded.object);
-    if !errors.is_empty() {
-        return Err(invalid(res, name, &errors));
+    let found = api::review(&decoded.object);
+    if !found.errors.is_empty() {
+        return Err(invalid(res, name, &found.errors));
     }
+    let findings: Vec<String> = found.warnings.iter().map(|w| w.to_string()).collect();
+    let mut warnings = warnings;
+    warnings.extend(findings.iter().cloned());
     let value = encode(&decoded.object)?;
-    Ok(Admitted { value, warnings })
+    Ok(Admitted {
+        value,
+        warnings,
+        findings,
+    })
 }
 
 fn invalid(res: &Resource, name: &str, errors: &[FieldError]) -> Status {
@@ -108,6 +121,33 @@ mod tests {
             .unwrap()
             .warnings
             .is_empty());
+    }
+
+    #[test]
+    fn validation_warnings_are_warnings_in_every_mode_and_kept_apart() {
+        let job = json!({"apiVersion": "robot.k8s4r.io/v1alpha1", "kind": "Job", "metadata": {"name": "j"},
+            "spec": {"taskGroups": [{"name": "g", "tasks": [{"name": "t", "driver": "exec",
+                "config": {"execConfig": {"command": "/bin/true"}}, "extra": 1,
+                "services": [{"name": "web", "portLabel": "http", "checks": [{"name": "up", "type": "http"}]}]}]}]}});
+        let want = "spec.taskGroups[0].tasks[0].services[0].portLabel: \"http\" names no port this agent can probe (http checks need a port number, 1-65535): the check \"up\" is not run";
+        let a = admit(&JOBS, job.clone(), "j", FieldValidation::Warn).unwrap();
+        assert_eq!(a.findings, vec![want.to_string()]);
+        assert_eq!(
+            a.warnings,
+            vec![
+                "unknown field \"spec.taskGroups[0].tasks[0].extra\"".to_string(),
+                want.to_string()
+            ]
+        );
+        let a = admit(&JOBS, job.clone(), "j", FieldValidation::Ignore).unwrap();
+        assert_eq!(a.warnings, vec![want.to_string()]);
+        let mut known = job;
+        known["spec"]["taskGroups"][0]["tasks"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("extra");
+        let a = admit(&JOBS, known, "j", FieldValidation::Strict).unwrap();
+        assert_eq!(a.warnings, vec![want.to_string()]);
     }
 
     #[test]

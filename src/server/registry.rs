@@ -4,7 +4,7 @@
 //! admission. Controllers write through it too, so every object in the
 //! store went through the same checks.
 
-use super::admission::{admit, FieldValidation};
+use super::admission::{admit, Admitted, FieldValidation};
 use super::object;
 use super::patch::merge_patch;
 use super::resources::{self, Resource};
@@ -41,6 +41,10 @@ pub enum Part {
 pub struct Written {
     pub object: Value,
     pub warnings: Vec<String>,
+    /// Validation's warnings about the object as it was just stored; empty
+    /// when nothing was stored (a dry run, an unchanged object). The HTTP
+    /// layer records them as Warning events on the object.
+    pub findings: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -160,11 +164,12 @@ impl Registry {
         part: Part,
         opts: WriteOptions,
     ) -> Result<Written, Status> {
-        let (name, value, warnings) = Self::prepare_create(res, ns, body, part, opts)?;
+        let (name, value, admitted) = Self::prepare_create(res, ns, body, part, opts)?;
         if opts.dry_run {
             return Ok(Written {
                 object: value,
-                warnings,
+                warnings: admitted.warnings,
+                findings: Vec::new(),
             });
         }
         let stored = self
@@ -174,7 +179,8 @@ impl Registry {
             .map_err(|e| Self::map_err(res, &name, e))?;
         Ok(Written {
             object: stored.value,
-            warnings,
+            warnings: admitted.warnings,
+            findings: admitted.findings,
         })
     }
 
@@ -193,8 +199,8 @@ impl Registry {
         let mut slots = Vec::new();
         for body in bodies {
             match Self::prepare_create(res, ns, body, part, opts) {
-                Ok((name, value, warnings)) => {
-                    slots.push((out.len(), name.clone(), warnings));
+                Ok((name, value, admitted)) => {
+                    slots.push((out.len(), name.clone(), admitted));
                     ops.push(crate::server::store::BatchOp::Create(key(res, ns, &name), value));
                     out.push(None);
                 }
@@ -202,11 +208,12 @@ impl Registry {
             }
         }
         let results = self.store.batch(ops).await?;
-        for ((i, name, warnings), r) in slots.into_iter().zip(results) {
+        for ((i, name, admitted), r) in slots.into_iter().zip(results) {
             out[i] = Some(
                 r.map(|s| Written {
                     object: s.value,
-                    warnings,
+                    warnings: admitted.warnings,
+                    findings: admitted.findings,
                 })
                 .map_err(|e| Self::map_err(res, &name, e)),
             );
@@ -217,14 +224,15 @@ impl Registry {
             .collect())
     }
 
-    /// Admission and metadata of a new object: (name, object, warnings).
+    /// Admission and metadata of a new object: (name, object, what
+    /// admission said besides).
     fn prepare_create(
         res: &Resource,
         ns: &str,
         mut body: Value,
         part: Part,
         opts: WriteOptions,
-    ) -> Result<(String, Value, Vec<String>), Status> {
+    ) -> Result<(String, Value, Admitted), Status> {
         let body_ns = object::namespace(&body).to_string();
         if !body_ns.is_empty() && body_ns != ns {
             return Err(Status::bad_request(format!(
@@ -252,8 +260,8 @@ impl Registry {
             }
         }
         let name = object::name(&body).to_string();
-        let admitted = admit(res, body, &name, opts.validation)?;
-        let mut value = admitted.value;
+        let mut admitted = admit(res, body, &name, opts.validation)?;
+        let mut value = std::mem::take(&mut admitted.value);
         let meta = object::meta_mut(&mut value).ok_or_else(|| Status::internal("object without metadata"))?;
         for f in ["resourceVersion", "deletionTimestamp", "generateName"] {
             meta.remove(f);
@@ -266,7 +274,7 @@ impl Registry {
                 o.remove("status");
             }
         }
-        Ok((name, value, admitted.warnings))
+        Ok((name, value, admitted))
     }
 
     /// PUT: replace `part` of the object. The body's resourceVersion, if
@@ -390,6 +398,7 @@ impl Registry {
             return Ok(Written {
                 object: if opts.dry_run { new } else { cur.clone() },
                 warnings: admitted.warnings,
+                findings: Vec::new(),
             });
         }
         let stored = self
@@ -400,6 +409,7 @@ impl Registry {
         Ok(Written {
             object: stored.value,
             warnings: admitted.warnings,
+            findings: admitted.findings,
         })
     }
 

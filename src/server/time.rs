@@ -5,11 +5,10 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The longest duration the server accepts from a request (timeouts, token
-/// lifetimes): ten years. Beyond any real use, and far from where adding it
-/// to a clock reading could overflow.
-pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 86_400);
+/// lifetimes): the API's one limit for every duration, ten years.
+pub use crate::api::units::MAX_DURATION;
 
-/// `MAX_DURATION` for messages.
+/// `MAX_DURATION` for messages about parameters given in seconds.
 pub const MAX_DURATION_TEXT: &str = "315360000 seconds (10 years)";
 
 /// `d` from now on tokio's clock; None when the clock cannot represent it

@@ -56,6 +56,20 @@ impl Sandbox {
     }
     /// Like [`Sandbox::run`], with extra environment variables.
     pub fn run_with_env(&self, job: &Path, extra: &[&str], env: &[(&str, &str)]) -> Agent {
+        self.start(job, extra, env, Stdio::inherit())
+    }
+    /// Like [`Sandbox::run`], the agent's standard error (warnings) kept
+    /// for [`Sandbox::stderr`].
+    pub fn run_keeping_stderr(&self, job: &Path, extra: &[&str]) -> Agent {
+        let file = std::fs::File::create(self.path().join("agent.stderr")).unwrap();
+        self.start(job, extra, &[], Stdio::from(file))
+    }
+    /// What an agent started by [`Sandbox::run_keeping_stderr`] wrote to
+    /// standard error.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.path().join("agent.stderr")).unwrap_or_default()
+    }
+    fn start(&self, job: &Path, extra: &[&str], env: &[(&str, &str)], stderr: Stdio) -> Agent {
         let mut child = Command::new(agent_bin())
             .arg("run")
             .arg("-f")
@@ -66,7 +80,7 @@ impl Sandbox {
             .args(extra)
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));

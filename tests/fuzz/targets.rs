@@ -24,6 +24,10 @@ use serde_json::{json, Value};
 use std::fmt::Debug;
 use std::path::Path;
 
+#[path = "execute.rs"]
+mod execute;
+pub use execute::{execute, execute_case, Executed};
+
 /// A target's body.
 pub type Body = fn(&[u8]);
 
@@ -33,6 +37,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("agent_api", agent_api),
     ("envoy_render", envoy_render),
     ("units", units),
+    ("execute", execute),
 ];
 
 // ------------------------------------------------------------------ manifest
@@ -245,6 +250,13 @@ impl<'a> Source<'a> {
     fn fresh(&mut self) -> usize {
         self.fresh += 1;
         self.fresh
+    }
+    /// The bytes not used yet.
+    fn rest(&self) -> &'a [u8] {
+        self.data
+    }
+    fn exhausted(&self) -> bool {
+        self.data.is_empty()
     }
 }
 

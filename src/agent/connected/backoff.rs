@@ -31,7 +31,8 @@ impl Backoff {
         let cap = self.base.saturating_mul(1u32 << self.attempt.min(16)).min(self.max);
         self.attempt = self.attempt.saturating_add(1);
         let half = cap / 2;
-        half + Duration::from_nanos(self.random() % (half.as_nanos() as u64 + 1))
+        let span = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX).saturating_add(1);
+        half.saturating_add(Duration::from_nanos(self.random() % span))
     }
 
     pub fn reset(&mut self) {

@@ -240,6 +240,7 @@ fn parse_artifact_max(text: &str) -> Result<u64, lexopt::Error> {
 const GC_AFTER_ENV: &str = "K8S4R_GC_AFTER";
 const DEFAULT_GC_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
 
+/// Bounded like a manifest's durations: it is added to the clock.
 fn parse_gc_after(text: &str) -> Result<std::time::Duration, lexopt::Error> {
-    crate::api::Duration::parse(text).map_err(|e| format!("--gc-after {text:?}: {e}").into())
+    crate::api::Duration::parse_bounded(text).map_err(|e| format!("--gc-after {text:?}: {e}").into())
 }

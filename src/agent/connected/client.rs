@@ -87,7 +87,7 @@ impl Client {
             url: &url,
             headers: &headers,
             body: None,
-            timeout: wait + POLL_SLACK,
+            timeout: wait.saturating_add(POLL_SLACK),
         };
         read_json(req.send())
     }

@@ -26,6 +26,7 @@ pub mod waiting;
 use super::reconcile::{AssignedTask, Outcome, ReconcileConfig, Reconciler};
 use super::supervisor::machine::{Exit, Phase};
 use super::supervisor::{Supervisor, SupervisorConfig, Waker};
+use crate::agent::clock;
 use crate::api::agent_protocol::{Assignments, StatusReport};
 use crate::api::{JobType, Task, TaskState, TaskStatus};
 use backoff::Backoff;
@@ -39,6 +40,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 const DEFAULT_POLL_WAIT: Duration = Duration::from_secs(30);
+/// Longest long poll, whatever the server asks for.
+const MAX_POLL_WAIT: Duration = Duration::from_secs(3600);
 const DEVICE_INFO_EVERY: Duration = Duration::from_secs(300);
 const RETRY_BASE: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(60);
@@ -230,8 +233,10 @@ fn spawn_poller(shared: Arc<Shared>, client: Client, id: Identity, waker: Waker,
                         say("agent: server reachable again");
                         reported_down = false;
                     }
+                    // The server's number, within reason: a long poll that
+                    // outlasts MAX_POLL_WAIT would look like a dead server.
                     wait = if a.poll_interval_seconds > 0 {
-                        Duration::from_secs(a.poll_interval_seconds)
+                        Duration::from_secs(a.poll_interval_seconds).min(MAX_POLL_WAIT)
                     } else {
                         DEFAULT_POLL_WAIT
                     };
@@ -306,7 +311,7 @@ fn spawn_reporter(shared: Arc<Shared>, client: Client, id: Identity, data_dir: P
                 Ok(reply) => {
                     backoff.reset();
                     if send_device {
-                        device_due = Instant::now() + DEVICE_INFO_EVERY;
+                        device_due = clock::after(Instant::now(), DEVICE_INFO_EVERY);
                     }
                     // Every outcome (applied, duplicate, not assigned, not
                     // found) means the server needs this status no more.
@@ -348,7 +353,7 @@ pub fn apply_disconnect_policy(
             else {
                 return true;
             };
-            let deadline = since + limit;
+            let deadline = clock::after(since, limit);
             if now >= deadline {
                 return false;
             }

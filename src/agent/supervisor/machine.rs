@@ -2,7 +2,12 @@
 //! (state, event, now) -> actions. No processes, no clocks, no I/O: the
 //! supervisor feeds it events and carries out the actions, and the tests
 //! below check every lifecycle rule without starting anything.
+//!
+//! Deadlines are `now` plus a manifest's duration, through
+//! [`clock::after`]: a duration too long for the clock means "never", not
+//! a panic (the fuzz target `execute` drives this with any `now`).
 
+use crate::agent::clock;
 use std::time::{Duration, Instant};
 
 /// Upper bound of the exponential restart backoff.
@@ -208,14 +213,14 @@ impl Machine {
                 out.push(Action::Report(format!("running pid {pid}")));
                 Phase::Running {
                     pid,
-                    deadline: self.timeout.map(|t| now + t),
+                    deadline: self.timeout.map(|t| clock::after(now, t)),
                 }
             }
             (Phase::Pending, Event::Adopted { pid, age }) => {
                 out.push(Action::Report(format!("adopted running pid {pid}")));
                 Phase::Running {
                     pid,
-                    deadline: self.timeout.map(|t| now + t.saturating_sub(age)),
+                    deadline: self.timeout.map(|t| clock::after(now, t.saturating_sub(age))),
                 }
             }
             (Phase::Pending, Event::SpawnFailed(msg)) => {
@@ -235,7 +240,7 @@ impl Machine {
                 )));
                 Phase::Stopping {
                     pid,
-                    kill_at: now + self.kill_timeout,
+                    kill_at: clock::after(now, self.kill_timeout),
                     cause: StopCause::Timeout,
                 }
             }
@@ -245,7 +250,7 @@ impl Machine {
                 out.push(Action::Report("stopping (SIGTERM)".into()));
                 Phase::Stopping {
                     pid,
-                    kill_at: now + self.kill_timeout,
+                    kill_at: clock::after(now, self.kill_timeout),
                     cause: StopCause::Requested,
                 }
             }
@@ -354,7 +359,7 @@ impl Machine {
                     // Mode delay: the interval's budget is spent; wait until
                     // the oldest restart leaves the interval, then try again.
                     let oldest = self.recent_restarts.first().copied().unwrap_or(now);
-                    let wait = (oldest + rules.interval)
+                    let wait = clock::after(oldest, rules.interval)
                         .saturating_duration_since(now)
                         .max(rules.delay);
                     self.schedule_restart(now, wait, &why, None, out)
@@ -385,7 +390,9 @@ impl Machine {
             .map(|a| format!(" (restart {}/{a})", self.recent_restarts.len()))
             .unwrap_or_default();
         out.push(Action::Report(format!("{why}; restarting in {wait:?}{of}")));
-        Phase::Backoff { until: now + wait }
+        Phase::Backoff {
+            until: clock::after(now, wait),
+        }
     }
 }
 
@@ -606,6 +613,42 @@ mod tests {
             now,
         );
         assert_eq!(late.next_deadline(), Some(now), "overdue: times out at once");
+    }
+
+    #[test]
+    fn durations_past_the_end_of_the_clock_mean_never() {
+        let huge = Duration::from_secs(3_000_000_000_000_000 * 3600);
+        let end = clock::after(Instant::now(), Duration::MAX);
+        // (At `end` itself every deadline is due: the clock is over.)
+        for now in [Instant::now(), end - Duration::from_secs(1)] {
+            let policy = Policy::RunToCompletion(RestartRules {
+                attempts: 2,
+                interval: huge,
+                delay: huge,
+                delay_mode: true,
+            });
+            let mut m = Machine::new(policy, Some(huge), huge);
+            m.step(Event::Start, now);
+            m.step(Event::Spawned { pid: 3 }, now);
+            assert_eq!(m.next_deadline(), Some(end), "timeout: never");
+            assert_eq!(m.step(Event::Tick, now), vec![]);
+            m.step(Event::Stop, now);
+            assert_eq!(m.next_deadline(), Some(end), "SIGKILL: never");
+            let mut r = Machine::new(m.policy.clone(), Some(huge), huge);
+            r.step(Event::Start, now);
+            r.step(Event::Spawned { pid: 4 }, now);
+            r.step(Event::Exited(Exit::Code(1)), now);
+            assert_eq!(r.phase, Phase::Backoff { until: end }, "restart: never");
+            let mut a = Machine::new(m.policy.clone(), Some(huge), huge);
+            a.step(
+                Event::Adopted {
+                    pid: 5,
+                    age: Duration::from_secs(1),
+                },
+                now,
+            );
+            assert_eq!(a.next_deadline(), Some(end));
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub use signals::Waker;
 
 use crate::agent::cgroup::{Cgroups, Limits};
 use crate::agent::checks::{self, CheckSpec, Probe};
+use crate::agent::clock;
 use crate::agent::logs::{self, LogLimits, LogPump};
 use crate::agent::procfs::{self, ProcIdentity};
 use crate::agent::state::{SavedPhase, SavedState, SavedUnit, StateError, StateFile};
@@ -175,6 +176,52 @@ pub struct UnitView<'a> {
     pub last_exit: Option<Exit>,
     pub dir: &'a Path,
     pub label: &'a str,
+}
+
+/// What reconcile (and the directory gc) need of a supervisor: its units
+/// and its clock. [`Supervisor`] is the real one, with processes and
+/// `Instant::now()`; the fuzz target `execute` (tests/fuzz/targets.rs)
+/// runs reconcile against a fake process table and a fake clock through
+/// the same calls.
+pub trait Units {
+    /// Now, by this supervisor's clock (every deadline reconcile sets is
+    /// measured from it).
+    fn now(&self) -> Instant;
+    fn view(&self, name: &str) -> Option<UnitView<'_>>;
+    fn names(&self) -> Vec<&str>;
+    /// Does `name` have a live process?
+    fn has_process(&self, name: &str) -> bool;
+    /// Start `spec`, or keep the unit of that name (replacing its process
+    /// when the revision changed or it was stopped on request).
+    fn ensure(&mut self, spec: UnitSpec);
+    /// Stop units `wanted` rejects; forget those that have finished.
+    fn retain(&mut self, wanted: &dyn Fn(&str) -> bool);
+    /// State changes since the last call.
+    fn take_changes(&mut self) -> Vec<Change>;
+}
+
+impl Units for Supervisor {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+    fn view(&self, name: &str) -> Option<UnitView<'_>> {
+        Supervisor::view(self, name)
+    }
+    fn names(&self) -> Vec<&str> {
+        Supervisor::names(self).collect()
+    }
+    fn has_process(&self, name: &str) -> bool {
+        Supervisor::has_process(self, name)
+    }
+    fn ensure(&mut self, spec: UnitSpec) {
+        Supervisor::ensure(self, spec)
+    }
+    fn retain(&mut self, wanted: &dyn Fn(&str) -> bool) {
+        Supervisor::retain(self, wanted)
+    }
+    fn take_changes(&mut self) -> Vec<Change> {
+        Supervisor::take_changes(self)
+    }
 }
 
 struct ProbeRun {
@@ -707,9 +754,10 @@ impl Supervisor {
                 }
             }
         }
+        // A wait to the end of the clock ("never") stays a valid timespec.
         let ts = timeout.map(|t| rustix::time::Timespec {
-            tv_sec: t.as_secs() as i64,
-            tv_nsec: t.subsec_nanos() as i64,
+            tv_sec: i64::try_from(t.as_secs()).unwrap_or(i64::MAX),
+            tv_nsec: t.subsec_nanos().into(),
         });
         // EINTR (a signal) is just a wake-up.
         let _ = rustix::event::poll(&mut fds, ts.as_ref());
@@ -816,7 +864,7 @@ impl Supervisor {
                         > 0
                 }
                 Watch::ProcPoll(at) if *at <= now => {
-                    *at = now + PROC_POLL_INTERVAL;
+                    *at = clock::after(now, PROC_POLL_INTERVAL);
                     unit.identity.is_none_or(|id| !procfs::is_same_live_process(id))
                 }
                 Watch::ProcPoll(_) => false,
@@ -863,7 +911,7 @@ impl Supervisor {
                     continue;
                 }
                 c.in_flight = true;
-                c.next_at = now + c.spec.interval;
+                c.next_at = clock::after(now, c.spec.interval);
                 match &c.spec.probe {
                     Probe::Script { argv } => match spawn::spawn_probe(&unit.spec, &ctx, argv) {
                         Ok(probe_pid) => {
@@ -872,7 +920,7 @@ impl Supervisor {
                                 ProbeRun {
                                     unit: name.clone(),
                                     check: i,
-                                    deadline: now + c.spec.timeout,
+                                    deadline: clock::after(now, c.spec.timeout),
                                 },
                             );
                         }
@@ -964,7 +1012,7 @@ impl Supervisor {
                     restarts: u.machine.restart_count,
                     last_exit: u.machine.last_exit,
                     message,
-                    kill_timeout_ms: u.spec.kill_timeout.as_millis() as u64,
+                    kill_timeout_ms: u64::try_from(u.spec.kill_timeout.as_millis()).unwrap_or(u64::MAX),
                 },
             );
         }
@@ -1074,7 +1122,7 @@ fn start_process(unit: &mut Unit, ctx: &spawn::SpawnContext<'_>, prepared: &spaw
             unit.watch = Watch::Child;
             let now = Instant::now();
             for c in &mut unit.checks {
-                c.next_at = now + c.spec.interval.min(Duration::from_secs(1));
+                c.next_at = clock::after(now, c.spec.interval.min(Duration::from_secs(1)));
                 c.result = None;
             }
             Event::Spawned {
@@ -1097,6 +1145,6 @@ fn signal_group(unit: &Unit, sig: Signal) {
 fn watch_adopted(pid: i32) -> Watch {
     match Pid::from_raw(pid).map(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())) {
         Some(Ok(fd)) => Watch::Pidfd(fd),
-        _ => Watch::ProcPoll(Instant::now() + PROC_POLL_INTERVAL),
+        _ => Watch::ProcPoll(clock::after(Instant::now(), PROC_POLL_INTERVAL)),
     }
 }

@@ -5,7 +5,8 @@ use super::table::{self, Include};
 use super::{json, json_as, parse_body, with_warnings, AppState};
 use crate::api::meta::API_VERSION;
 use crate::server::admission::FieldValidation;
-use crate::server::registry::{DeleteOptions, ListOptions, Part, Propagation, WriteOptions};
+use crate::server::events::Kind;
+use crate::server::registry::{DeleteOptions, ListOptions, Part, Propagation, WriteOptions, Written};
 use crate::server::resources::{self, Resource};
 use crate::server::selector::{FieldSelector, LabelSelector};
 use crate::server::status::Status;
@@ -22,6 +23,17 @@ pub type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
 fn params(q: Params) -> Result<HashMap<String, String>, Status> {
     q.map(|Query(m)| m)
         .map_err(|e| Status::bad_request(format!("invalid query string: {e}")))
+}
+
+/// What validation warned about an object just stored becomes a Warning
+/// event on it too: the apply's `Warning:` lines scroll away, `kubectl
+/// describe` keeps telling.
+fn record_findings(app: &AppState, w: &Written) {
+    for finding in &w.findings {
+        app.agents
+            .events
+            .record(&w.object, Kind::Warning, "ValidationWarning", finding.clone());
+    }
 }
 
 fn resource(plural: &str) -> Result<&'static Resource, Status> {
@@ -173,6 +185,7 @@ pub async fn create(
                 .registry
                 .create(res, &ns, body, Part::Main, write_options(&q)?)
                 .await?;
+            record_findings(&app, &w);
             Ok(with_warnings(
                 render_object(res, StatusCode::CREATED, &w.object, &headers, &q),
                 &w.warnings,
@@ -200,6 +213,7 @@ async fn replace(
                 .registry
                 .replace(res, &ns, &name, body, part, write_options(&q)?)
                 .await?;
+            record_findings(&app, &w);
             Ok(with_warnings(
                 render_object(res, StatusCode::OK, &w.object, &headers, &q),
                 &w.warnings,
@@ -275,6 +289,7 @@ async fn patch(
                 .registry
                 .patch(res, &ns, &name, &patch, part, write_options(&q)?)
                 .await?;
+            record_findings(&app, &w);
             Ok(with_warnings(
                 render_object(res, StatusCode::OK, &w.object, &headers, &q),
                 &w.warnings,
