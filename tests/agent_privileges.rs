@@ -342,3 +342,40 @@ fn root_tasks_follow_the_robot_policy() {
     assert_eq!(agent.wait_exit(), 0, "{}", agent.output());
     assert_eq!(stdout(&sb, "anon").unwrap(), "65534\n");
 }
+
+/// The group's shared directory is the group's: owned by the one user its
+/// tasks run as (0700, so other groups' tasks cannot read it), where two
+/// of them pass a file; a group whose tasks run as different users keeps
+/// it the agent's, 0755 (readable by all of them).
+#[test]
+fn the_groups_shared_directory_belongs_to_its_one_user() {
+    if skip_unless_root() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let file = sb.job(&job(
+        "share",
+        "batch",
+        r#"    - name: one
+      tasks:
+        - {name: writer, driver: exec, user: nobody, config: {execConfig: {command: /bin/sh, args: ["-c", "echo hi > $K8S4R_ALLOC_DIR/msg.tmp && mv $K8S4R_ALLOC_DIR/msg.tmp $K8S4R_ALLOC_DIR/msg"]}}}
+        - {name: reader, driver: exec, user: nobody, config: {execConfig: {command: /bin/sh, args: ["-c", "while [ ! -e $K8S4R_ALLOC_DIR/msg ]; do sleep 0.05; done; cat $K8S4R_ALLOC_DIR/msg"]}}}
+    - name: mixed
+      tasks:
+        - {name: a, driver: exec, user: nobody, config: {execConfig: {command: /bin/true}}}
+        - {name: b, driver: exec, user: daemon, config: {execConfig: {command: /bin/true}}}
+"#,
+    ));
+    let mut agent = sb.run(&file, &[]);
+    assert_eq!(agent.wait_exit(), 0, "{}", agent.output());
+    let out = std::fs::read_to_string(sb.data().join("alloc/share-one/r0/reader/logs/stdout")).unwrap();
+    assert_eq!(out, "hi\n");
+    assert_eq!(
+        owner_and_mode(&sb.data().join("alloc/share-one/alloc")),
+        (65534, 65534, 0o700)
+    );
+    assert_eq!(
+        owner_and_mode(&sb.data().join("alloc/share-mixed/alloc")),
+        (0, 0, 0o755)
+    );
+}

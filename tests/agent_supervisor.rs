@@ -48,6 +48,7 @@ fn daemon(data: &Path, name: &str, value: &str, revision: u64) -> UnitSpec {
         alloc_dir: data.join("alloc"),
         user: None,
         dir_owner: DirOwner::Task,
+        alloc_user: None,
         policy: Policy::Daemon {
             base_delay: Duration::from_millis(50),
         },

@@ -128,6 +128,8 @@ pub struct Reconciler {
     gc: Option<AllocGc>,
     /// Per desired task, a stamp of what its unit was last built from.
     ensured: BTreeMap<String, u64>,
+    /// Per group, who its shared directory belongs to (see `group_alloc_user`).
+    alloc_users: BTreeMap<String, Option<String>>,
 }
 
 impl Reconciler {
@@ -143,6 +145,7 @@ impl Reconciler {
             lingering: BTreeSet::new(),
             finished: BTreeSet::new(),
             ensured: BTreeMap::new(),
+            alloc_users: BTreeMap::new(),
         }
     }
 
@@ -172,6 +175,8 @@ impl Reconciler {
                 continue;
             }
             self.finished.remove(&key);
+            let alloc_user = group_alloc_user(&tasks, self.config.default_user.as_deref());
+            self.alloc_users.insert(key.clone(), alloc_user);
             match self.prepare_group(&key, tasks[0], sup) {
                 Ok(GroupReady::Yes(proxy_env)) => {
                     // Building a unit's spec allocates a lot (env, argv,
@@ -198,6 +203,7 @@ impl Reconciler {
         // units until their tasks are gone.
         let keys: BTreeSet<String> = desired.iter().map(AssignedTask::group_key).collect();
         self.failed.retain(|k, _| keys.contains(k));
+        self.alloc_users.retain(|k, _| keys.contains(k));
         self.proxies.retain(|k, _| keys.contains(k));
         self.finished.retain(|k| keys.contains(k));
 
@@ -455,6 +461,7 @@ impl Reconciler {
             alloc_dir: self.group_dir(key).join("alloc"),
             user: self.config.proxy_user.clone(),
             dir_owner: DirOwner::Agent,
+            alloc_user: None,
             policy: Policy::Daemon {
                 base_delay: Duration::from_secs(1),
             },
@@ -567,6 +574,7 @@ impl Reconciler {
             .map(|a| expand(&a, &env))
             .collect();
         let resources = spec.resources.as_ref();
+        let alloc_user = self.alloc_users.get(&group_key_of(&alloc_dir)).cloned().flatten();
         let mut unit = UnitSpec {
             name,
             label,
@@ -576,6 +584,7 @@ impl Reconciler {
             alloc_dir,
             user: spec.user.clone().or_else(|| self.config.default_user.clone()),
             dir_owner: DirOwner::Task,
+            alloc_user,
             policy,
             timeout: spec.timeout.as_ref().and_then(|d| d.get()).filter(|d| !d.is_zero()),
             kill_timeout: spec
@@ -694,6 +703,37 @@ fn task_path() -> String {
         .ok()
         .filter(|p| !p.is_empty())
         .unwrap_or_else(|| DEFAULT_PATH.to_string())
+}
+
+/// Who the group's shared directory belongs to: the one user that every
+/// task and init task of the group naming a user (or getting
+/// `--default-user`) names; None when none does or they differ (then the
+/// directory stays the agent's, readable by all of them).
+fn group_alloc_user(tasks: &[&AssignedTask], default_user: Option<&str>) -> Option<String> {
+    let inits = tasks
+        .first()
+        .into_iter()
+        .flat_map(|t| &t.spec.init_tasks)
+        .filter(|i| !i.is_robot_scoped());
+    let users: BTreeSet<&str> = tasks
+        .iter()
+        .map(|t| &t.spec)
+        .chain(inits)
+        .filter_map(|t| t.user.as_deref().or(default_user))
+        .collect();
+    match users.into_iter().collect::<Vec<_>>()[..] {
+        [one] => Some(one.to_string()),
+        _ => None,
+    }
+}
+
+/// `alloc/<key>/alloc` → `<key>`.
+fn group_key_of(alloc_dir: &Path) -> String {
+    alloc_dir
+        .parent()
+        .and_then(Path::file_name)
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// The units a group's tasks rely on: init tasks (and daemons), the proxy.

@@ -90,7 +90,7 @@ pub fn prepare(spec: &UnitSpec, ctx: &SpawnContext<'_>) -> Result<Prepared, Spaw
         RunAs::Agent => None,
         RunAs::Account(account) => Some(account),
     };
-    make_dirs(spec, account.as_ref())?;
+    make_dirs(spec, account.as_ref(), ctx.is_root)?;
     let prepared = Prepared { account };
     templates::write_all(&spec.templates, &spec.env, &spec.dir, &spec.alloc_dir, prepared.owner())
         .map_err(SpawnError::Template)?;
@@ -144,8 +144,8 @@ fn run_as(spec: &UnitSpec, ctx: &SpawnContext<'_>) -> Result<RunAs, SpawnError> 
 /// [`DirOwner::Agent`] units the directory is the agent's, readable by the
 /// unit's group, with no `local/`). `logs/`: the agent's, 0700 (the task
 /// writes its output through pipes the agent opened). The group's alloc
-/// directory: the agent's, created here if missing.
-fn make_dirs(spec: &UnitSpec, account: Option<&Account>) -> Result<(), SpawnError> {
+/// directory: its `alloc_user`'s (0700), or else the agent's (0755).
+fn make_dirs(spec: &UnitSpec, account: Option<&Account>, is_root: bool) -> Result<(), SpawnError> {
     let owner = account.map(|a| (a.uid, a.gid));
     // The parents (`alloc/<job>-<group>/r0/`, ...) are the agent's: nothing
     // the task controls is on the way.
@@ -184,7 +184,16 @@ fn make_dirs(spec: &UnitSpec, account: Option<&Account>) -> Result<(), SpawnErro
     dirfd::own(&sub, &logs, None, 0o700)?;
     // A robot-scoped daemon's alloc directory is its own directory.
     if spec.alloc_dir != spec.dir {
-        dirfd::open_or_create(None, &spec.alloc_dir)?;
+        let alloc = dirfd::open_or_create(None, &spec.alloc_dir)?;
+        let me = (rustix::process::geteuid().as_raw(), rustix::process::getegid().as_raw());
+        let alloc_owner = match spec.alloc_user.as_deref().filter(|_| is_root) {
+            Some(user) => Some(accounts::lookup(user).map_err(SpawnError::User)?),
+            None => None,
+        };
+        match alloc_owner {
+            Some(a) => dirfd::own(&alloc, &spec.alloc_dir, Some((a.uid, a.gid)), 0o700)?,
+            None => dirfd::own(&alloc, &spec.alloc_dir, Some(me), 0o755)?,
+        }
     }
     Ok(())
 }
