@@ -1197,3 +1197,29 @@ fn a_departed_groups_directory_is_removed_after_gc_after() {
         agent.log_text()
     );
 }
+
+/// More finished tasks than the server takes in one report
+/// (`--max-status-updates 4`, 12 tasks ending together): the agent sends
+/// them in batches, every status arrives, the Job succeeds.
+#[test]
+fn statuses_beyond_the_servers_per_report_cap_arrive_in_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, agent) = robot_with(
+        &["--max-status-updates", "4"],
+        "robot-batches",
+        "demo=true",
+        &dir.path().join("r"),
+        &[],
+    );
+    let job = json!({
+        "apiVersion": "robot.k8s4r.io/v1alpha1", "kind": "Job",
+        "metadata": {"name": "many", "namespace": "default"},
+        "spec": {"type": "batch", "robotSelector": {"demo": "true"}, "taskGroups": [{
+            "name": "g", "count": 12,
+            "tasks": [{"name": "t", "driver": "exec", "config": {"execConfig": {"command": "/bin/true"}}}]
+        }]}
+    });
+    assert_eq!(server.send_json("POST", JOBS, &job).status, 201);
+    wait_job(&server, "many", "completed", &agent);
+    assert!(!agent.log_text().contains("413"), "{}", agent.log_text());
+}

@@ -30,7 +30,7 @@ use crate::agent::clock;
 use crate::api::agent_protocol::{Assignments, StatusReport};
 use crate::api::{JobType, Task, TaskState, TaskStatus};
 use backoff::Backoff;
-use client::Client;
+use client::{Client, ClientError};
 use config::AgentConfig;
 use identity::Identity;
 use outbox::Outbox;
@@ -282,10 +282,15 @@ fn spawn_poller(shared: Arc<Shared>, client: Client, id: Identity, waker: Waker,
     });
 }
 
+/// Most status updates in one report; halved while the server answers 413
+/// (its `--max-status-updates` is lower).
+const REPORT_BATCH: usize = 500;
+
 fn spawn_reporter(shared: Arc<Shared>, client: Client, id: Identity, data_dir: PathBuf) {
     std::thread::spawn(move || {
         let mut backoff = Backoff::new(RETRY_BASE, RETRY_MAX);
         let mut device_due = Instant::now();
+        let mut batch = REPORT_BATCH;
         while !shared.stop.load(Ordering::SeqCst) {
             let (updates, send_device) = {
                 let mut outbox = lock(&shared.outbox);
@@ -297,7 +302,14 @@ fn spawn_reporter(shared: Arc<Shared>, client: Client, id: Identity, data_dir: P
                         .unwrap_or_else(|p| p.into_inner());
                     outbox = guard;
                 }
-                (outbox.pending(), Instant::now() >= device_due)
+                let mut updates = outbox.pending();
+                // In batches the server takes (--max-status-updates), oldest
+                // first: a robot back from a long outage with more pending
+                // is not refused forever, and no task waits behind busier
+                // ones; the rest go next round.
+                updates.sort_by_key(|u| u.seq);
+                updates.truncate(batch);
+                (updates, Instant::now() >= device_due)
             };
             if updates.is_empty() && !send_device {
                 continue;
@@ -319,6 +331,11 @@ fn spawn_reporter(shared: Arc<Shared>, client: Client, id: Identity, data_dir: P
                     if let Err(e) = lock(&shared.outbox).acknowledge(&acked) {
                         say(&format!("agent: outbox: {e}"));
                     }
+                }
+                // Too large for this server: smaller batches, at once.
+                Err(ClientError::Status { code: 413, .. }) if batch > 1 && report.updates.len() > 1 => {
+                    batch = (report.updates.len() / 2).max(1);
+                    log::debug!("status report too large; batches of {batch} from now on");
                 }
                 Err(e) => {
                     let pause = backoff.next_delay();
