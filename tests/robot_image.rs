@@ -274,16 +274,15 @@ fn clock_ticks_per_second() -> u64 {
 }
 
 /// An image built without --server or --job (what `make image` makes):
-/// the agent waits instead of exiting into init's respawn loop. Over the
-/// window the whole image uses under 1% of a CPU, the agent stays the same
-/// process, and its log says once what it is missing. (The issue asks for
-/// a minute; 10 s with the same bound keeps the test short. Busybox init
-/// sleeps 1 s between respawns, so on a fast x86 host the old respawn loop
-/// measured 0.1%: it is caught by a new agent process every second and a
-/// line a second in the log, which is what fills a robot's console.)
+/// the agent waits instead of exiting into init's respawn loop. Over a
+/// minute the whole image uses under 1% of a CPU, the agent stays the same
+/// process, and its log says what it is missing once a minute. (Busybox
+/// init sleeps 1 s between respawns, so on a fast x86 host the old respawn
+/// loop measured 0.1%: it is caught by a new agent process every second and
+/// a line a second in the log, which is what fills a robot's console.)
 #[test]
 fn an_unconfigured_image_waits_quietly() {
-    const WINDOW: Duration = Duration::from_secs(10);
+    const WINDOW: Duration = Duration::from_secs(60);
     let (Some(agent), true) = (static_agent("x86_64"), can_boot()) else {
         return;
     };
@@ -315,5 +314,6 @@ fn an_unconfigured_image_waits_quietly() {
     assert!(share < 0.01, "{:.2}% of a CPU\n{text}", share * 100.0);
     assert_eq!(seen.len(), 1, "one agent process throughout: {seen:?}\n{text}");
     let missing = "waiting: no server";
-    assert_eq!(text.matches(missing).count(), 1, "said once (a minute apart): {text}");
+    let said = text.matches(missing).count();
+    assert!((1..=2).contains(&said), "said once a minute, {said} times in {elapsed:?}: {text}");
 }
