@@ -1223,3 +1223,48 @@ fn statuses_beyond_the_servers_per_report_cap_arrive_in_batches() {
     wait_job(&server, "many", "completed", &agent);
     assert!(!agent.log_text().contains("413"), "{}", agent.log_text());
 }
+
+/// A robot that forbids root tasks (`--allow-root-tasks false`) given a
+/// task with no `user` (its agent is root): the task fails, its status and
+/// a Warning event on it say why and name the flag; nothing ran.
+#[test]
+fn a_root_task_on_a_robot_that_forbids_them_fails_with_a_status_and_an_event() {
+    if !common::standalone::is_root() {
+        eprintln!("SKIP: the policy concerns a root agent");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let (server, agent) = robot_at(
+        "robot-strict",
+        "demo=true",
+        &dir.path().join("r"),
+        &["--allow-root-tasks", "false"],
+    );
+    let job = json!({
+        "apiVersion": "robot.k8s4r.io/v1alpha1", "kind": "Job",
+        "metadata": {"name": "asroot", "namespace": "default"},
+        "spec": {"type": "batch", "robotSelector": {"demo": "true"}, "taskGroups": [{
+            "name": "g",
+            "tasks": [{"name": "t", "driver": "exec", "config": {"execConfig": {
+                "command": "/bin/sh", "args": ["-c", format!("touch {}", marker.display())]}}}]
+        }]}
+    });
+    assert_eq!(server.send_json("POST", JOBS, &job).status, 201);
+    wait_job(&server, "asroot", "failed", &agent);
+    let t = task(&server, "asroot-g-r0-t").unwrap();
+    let message = t["status"]["message"].as_str().unwrap_or_default().to_string();
+    assert!(
+        message.contains("refusing to run as root") && message.contains("--allow-root-tasks"),
+        "{t}"
+    );
+    let events = wait_for("the Failed event", Duration::from_secs(30), || {
+        let events = server.events_of("Task", "asroot-g-r0-t");
+        events.iter().any(|(reason, _, _)| reason == "Failed").then_some(events)
+    });
+    assert!(
+        events.iter().any(|(_, m, _)| m.contains("refusing to run as root")),
+        "{events:?}"
+    );
+    assert!(!marker.exists(), "the task ran");
+}

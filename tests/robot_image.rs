@@ -315,5 +315,8 @@ fn an_unconfigured_image_waits_quietly() {
     assert_eq!(seen.len(), 1, "one agent process throughout: {seen:?}\n{text}");
     let missing = "waiting: no server";
     let said = text.matches(missing).count();
-    assert!((1..=2).contains(&said), "said once a minute, {said} times in {elapsed:?}: {text}");
+    assert!(
+        (1..=2).contains(&said),
+        "said once a minute, {said} times in {elapsed:?}: {text}"
+    );
 }
