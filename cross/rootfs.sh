@@ -88,14 +88,12 @@ cat > "$out/etc/init.d/k8s4r-agent" <<'AGENT'
 # Started (and restarted) by init. Settings come from /etc/k8s4r/agent.env:
 #   K8S4R_SERVER, K8S4R_JOIN_TOKEN, K8S4R_NAME, K8S4R_LABELS  -> connected mode
 #   K8S4R_JOB_FILE                                             -> standalone run -f
-# Connected mode reads the file itself and re-reads it while it has nothing
-# to do (no server yet): nothing is exported from here, as a value exported
-# at boot would shadow the file's later fixes.
+# The agent reads the file itself (a job file without a server: it runs
+# `run -f`) and re-reads it while it has nothing to do (no server, no job
+# file yet): nothing is exported from here, as a value exported at boot
+# would shadow the file's later fixes.
 . /etc/k8s4r/agent.env
 data=${K8S4R_DATA_DIR:-/var/lib/k8s4r}
-if [ -n "$K8S4R_JOB_FILE" ]; then
-  exec /usr/bin/k8s4r-agent run -f "$K8S4R_JOB_FILE" --data-dir "$data" >>/var/log/k8s4r-agent.log 2>&1
-fi
 exec /usr/bin/k8s4r-agent --data-dir "$data" >>/var/log/k8s4r-agent.log 2>&1
 AGENT
 

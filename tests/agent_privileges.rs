@@ -91,41 +91,6 @@ fn a_task_that_swaps_local_for_a_symlink_gets_nothing_at_its_restart() {
     assert_eq!(owner_and_mode(&task_dir), (65534, 65534, 0o700));
 }
 
-/// Directories and templates of a task with a user are its own and
-/// private; logs/ is the agent's.
-#[test]
-fn task_directories_and_templates_are_private_to_the_task() {
-    if skip_unless_root() {
-        return;
-    }
-    let sb = Sandbox::new();
-    let file = sb.job(&job(
-        "own",
-        "batch",
-        r#"    - name: g
-      tasks:
-        - name: t
-          driver: exec
-          user: nobody
-          templates: [{destPath: local/app.conf, embeddedTmpl: "key: value\n"}]
-          config: {execConfig: {command: /bin/sh, args: ["-c", "cat local/app.conf && touch secrets/token"]}}
-"#,
-    ));
-    let mut agent = sb.run(&file, &[]);
-    assert_eq!(agent.wait_exit(), 0, "{}", agent.output());
-    let dir = sb.data().join("alloc/own-g/r0/t");
-    assert_eq!(owner_and_mode(&dir), (65534, 65534, 0o700));
-    assert_eq!(owner_and_mode(&dir.join("local")), (65534, 65534, 0o700));
-    assert_eq!(owner_and_mode(&dir.join("secrets")), (65534, 65534, 0o700));
-    assert_eq!(owner_and_mode(&dir.join("logs")), (0, 0, 0o700));
-    // No perms in the manifest: readable by the task's user only.
-    assert_eq!(owner_and_mode(&dir.join("local/app.conf")), (65534, 65534, 0o600));
-    assert_eq!(
-        std::fs::read_to_string(dir.join("logs/stdout")).unwrap(),
-        "key: value\n"
-    );
-}
-
 /// The task writes its own check script; the check must run it exactly as
 /// the task runs: uid/gid nobody, NoNewPrivs, no capabilities.
 #[test]

@@ -234,11 +234,7 @@ fn log_rotation_cap_holds_under_50_mib_of_output() {
     }
     assert_eq!(files, 3);
     assert!(total <= 3 * 1024 * 1024);
-    let out = Command::new(agent_bin())
-        .args(["logs", "chatty-g-r0-t", "--tail", "1", "--data-dir"])
-        .arg(sb.data())
-        .output()
-        .unwrap();
+    let out = sb.agent_cmd(&["logs", "chatty-g-r0-t", "--tail", "1"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "the-end\n");
 }
 
@@ -365,11 +361,7 @@ fn keep_running_leaves_tasks_and_stop_all_stops_them() {
     signal(agent.child.id(), "TERM");
     assert_eq!(agent.wait_exit(), 0);
     assert!(alive(pid), "--keep-running must leave the task running");
-    let out = Command::new(agent_bin())
-        .args(["stop-all", "--data-dir"])
-        .arg(sb.data())
-        .output()
-        .unwrap();
+    let out = sb.agent_cmd(&["stop-all"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "stopped 1 process group(s)\n");
     // stop-all escalated to SIGKILL for the process that ignores SIGTERM.
@@ -490,13 +482,7 @@ fn path_traversal_is_refused_lexically_and_through_symlinks() {
           config: {execConfig: {command: /bin/true}}
 "#,
     ));
-    let out = Command::new(agent_bin())
-        .args(["run", "--no-cgroups", "-f"])
-        .arg(&file)
-        .arg("--data-dir")
-        .arg(sb.data())
-        .output()
-        .unwrap();
+    let out = sb.agent_cmd(&["run", "--no-cgroups", "-f", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -619,13 +605,7 @@ fn run_refuses_a_duration_past_the_limit_with_its_field_path() {
         - {name: t, driver: exec, timeout: 3000000000000000h, config: {execConfig: {command: /bin/true}}}
 "#,
     ));
-    let out = Command::new(agent_bin())
-        .args(["run", "--no-cgroups", "-f"])
-        .arg(&file)
-        .arg("--data-dir")
-        .arg(sb.data())
-        .output()
-        .unwrap();
+    let out = sb.agent_cmd(&["run", "--no-cgroups", "-f", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -867,11 +847,7 @@ fn logs_follow_prints_new_output() {
     std::fs::write(sb.data().join("alloc/talk-g/alloc/go"), "").unwrap();
     assert_eq!(rx.recv_timeout(T).unwrap(), "second");
     drop(follow);
-    let err = Command::new(agent_bin())
-        .args(["logs", "talk-g-r0-t", "--stderr", "--data-dir"])
-        .arg(sb.data())
-        .output()
-        .unwrap();
+    let err = sb.agent_cmd(&["logs", "talk-g-r0-t", "--stderr"]);
     assert_eq!(String::from_utf8_lossy(&err.stdout), "oops\n");
     assert_eq!(agent.wait_exit(), 0, "{}", agent.output());
 }
@@ -891,18 +867,31 @@ fn tasks_run_as_their_user_when_the_agent_is_root() {
         - name: t
           driver: exec
           user: nobody
-          templates: [{destPath: local/secret.txt, perms: "0600", embeddedTmpl: "for ${K8S4R_TASK} only\n"}]
-          config: {execConfig: {command: /bin/sh, args: ["-c", "id -u; id -G; cat local/secret.txt; touch local/mine"]}}
+          templates:
+            - {destPath: local/secret.txt, perms: "0600", embeddedTmpl: "for ${K8S4R_TASK} only\n"}
+            - {destPath: local/app.conf, embeddedTmpl: "key: value\n"}
+          config: {execConfig: {command: /bin/sh, args: ["-c", "id -u; id -G; cat local/secret.txt local/app.conf; touch local/mine secrets/token"]}}
 "#,
     ));
     let mut agent = sb.run(&file, &[]);
     assert_eq!(agent.wait_exit(), 0, "{}", agent.output());
     let dir = sb.data().join("alloc/users-g/r0/t");
     let out = std::fs::read_to_string(dir.join("logs/stdout")).unwrap();
-    // uid, groups (root's dropped), and a 0600 template the task can read.
-    assert_eq!(out, "65534\n65534\nfor t only\n");
+    // uid, groups (root's dropped), and templates the task can read.
+    assert_eq!(out, "65534\n65534\nfor t only\nkey: value\n");
     use std::os::unix::fs::MetadataExt;
-    assert_eq!(std::fs::metadata(dir.join("local/mine")).unwrap().uid(), 65534);
+    let owner_and_mode = |p: &str| {
+        let m = std::fs::symlink_metadata(dir.join(p)).unwrap();
+        (m.uid(), m.gid(), m.mode() & 0o7777)
+    };
+    assert_eq!(owner_and_mode("local/mine").0, 65534);
+    // Its directories are its own and private; logs/ is the agent's; a
+    // template without perms is readable by the task's user only.
+    for own in [".", "local", "secrets"] {
+        assert_eq!(owner_and_mode(own), (65534, 65534, 0o700), "{own}");
+    }
+    assert_eq!(owner_and_mode("logs"), (0, 0, 0o700));
+    assert_eq!(owner_and_mode("local/app.conf"), (65534, 65534, 0o600));
 }
 
 #[test]
@@ -1072,11 +1061,7 @@ fn stop_all_stops_a_running_agent_and_its_tasks() {
     ));
     let mut agent = sb.run(&file, &[]);
     let pid = agent.pid_of("g r0 t: running pid");
-    let out = Command::new(agent_bin())
-        .args(["stop-all", "--data-dir"])
-        .arg(sb.data())
-        .output()
-        .unwrap();
+    let out = sb.agent_cmd(&["stop-all"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // The agent was asked to stop (SIGTERM) and took its task down with it.
     assert_eq!(agent.wait_exit(), 0, "{}", agent.output());

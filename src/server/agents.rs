@@ -52,6 +52,11 @@ fn token_error(e: TokenError) -> Status {
             ),
             None,
         ),
+        TokenError::Contended => Status::new(
+            503,
+            "ServiceUnavailable",
+            "the join token is being used by many registrations at once; retry",
+        ),
         TokenError::NameTaken(ns) => Status::new(
             409,
             "AlreadyExists",

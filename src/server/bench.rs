@@ -270,10 +270,12 @@ async fn run_one(n: usize, timeout: Duration, use_kubectl: bool, setup: Setup) -
     } else {
         None
     };
-    let extra: Vec<String> = match &etcd {
-        Some(e) => vec!["--etcd".into(), e.url.clone()],
-        None => vec![],
-    };
+    // One join token onboards the whole simulated fleet: what is measured
+    // is dispatch, not the per-token cap.
+    let mut extra: Vec<String> = vec!["--max-robots-per-join-token".into(), n.max(1).to_string()];
+    if let Some(e) = &etcd {
+        extra.extend(["--etcd".into(), e.url.clone()]);
+    }
     let servers = (0..setup.replicas.max(1))
         .map(|_| ServerProc::start(&extra))
         .collect::<Result<Vec<_>, _>>()?;

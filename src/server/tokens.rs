@@ -37,6 +37,10 @@ const MAX_SECRET: usize = 256;
 /// Compare-and-swap attempts before a contended write gives up.
 const CAS_ATTEMPTS: usize = 5;
 
+/// Attempts at a join token's counter: replicas onboarding robots with one
+/// token at once all swap it (a fleet of thousands registers in minutes).
+const SPEND_ATTEMPTS: usize = 50;
+
 pub fn hash(secret: &str) -> String {
     hex(&Sha256::digest(secret.as_bytes()))
 }
@@ -56,6 +60,8 @@ pub enum TokenError {
     NameTaken(String),
     /// The join token created as many Robots as it may (the limit).
     JoinTokenUsedUp(u64),
+    /// Other replicas kept changing the join token's counter: try again.
+    Contended,
     Store(StoreError),
 }
 
@@ -96,6 +102,11 @@ fn str_field<'a>(value: &'a Value, field: &str) -> &'a str {
 
 pub struct Tokens {
     store: Arc<dyn Store>,
+    /// Spending a join token is a read-modify-write of its counter: this
+    /// replica's registrations take turns (a fleet onboarding with one
+    /// token registers hundreds at once, and compare-and-swap retries
+    /// alone ran out); other replicas' are still caught by the swap.
+    spending: tokio::sync::Mutex<()>,
 }
 
 /// The robot a robot token belongs to.
@@ -113,7 +124,10 @@ pub struct JoinGrant {
 
 impl Tokens {
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Tokens { store }
+        Tokens {
+            store,
+            spending: tokio::sync::Mutex::new(()),
+        }
     }
 
     /// A new join token valid for `ttl_seconds`; returns (secret, expiry, id).
@@ -228,7 +242,19 @@ impl Tokens {
     /// `limit` already.
     async fn spend(&self, grant: &JoinGrant, limit: u64) -> Result<(), TokenError> {
         let key = Key::new(JOIN, "", &grant.hash);
-        for _ in 0..CAS_ATTEMPTS {
+        let _turn = self.spending.lock().await;
+        for attempt in 0..SPEND_ATTEMPTS {
+            if attempt > 0 {
+                // Replicas spending the same token collide: back off a
+                // little, by a different amount each, before reading again.
+                let jitter = u64::from(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .subsec_nanos(),
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(jitter % (1 + 2 * attempt as u64))).await;
+            }
             let Some(s) = self.store.get(&key).await? else {
                 return Err(TokenError::Invalid);
             };
@@ -248,9 +274,7 @@ impl Tokens {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(TokenError::Store(StoreError::Backend(
-            "the join token is being used by too many registrations at once; retry".into(),
-        )))
+        Err(TokenError::Contended)
     }
 
     /// Issue (or replace) the token of robot `ns/name`. A name not

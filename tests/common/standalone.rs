@@ -50,6 +50,16 @@ impl Sandbox {
         std::fs::write(&p, yaml).unwrap();
         p
     }
+    /// `k8s4r-agent ARGS... --data-dir DATA` to its end (logs, stop-all, a
+    /// `run` expected to refuse its job).
+    pub fn agent_cmd(&self, args: &[&str]) -> std::process::Output {
+        Command::new(agent_bin())
+            .args(args)
+            .arg("--data-dir")
+            .arg(self.data())
+            .output()
+            .unwrap()
+    }
     /// `k8s4r-agent run -f JOB --data-dir DATA --no-cgroups EXTRA...`
     pub fn run(&self, job: &Path, extra: &[&str]) -> Agent {
         self.run_with_env(job, extra, &[])

@@ -51,6 +51,11 @@ pub fn decide(flags: &Settings, env: &Settings, file: &Result<Settings, ConfigEr
     };
     if get("K8S4R_SERVER").is_none() {
         return match get(JOB_FILE_KEY) {
+            // A job file named but not there yet (an image whose job comes
+            // later): `run -f` would exit at once, into init's respawn loop.
+            Some(job) if !std::path::Path::new(job).is_file() => Start::Wait(format!(
+                "no server, and the job file {job} ({JOB_FILE_KEY}) does not exist"
+            )),
             Some(job) => Start::RunJob(PathBuf::from(job)),
             None => Start::Wait(format!(
                 "no server (--server or K8S4R_SERVER) and no job file ({JOB_FILE_KEY})"
@@ -302,11 +307,17 @@ mod tests {
     #[test]
     fn a_job_file_without_a_server_runs_standalone_and_a_server_wins() {
         let none = Settings::new();
-        let file = Ok(map(&[("K8S4R_SERVER", ""), (JOB_FILE_KEY, "/etc/k8s4r/job.yaml")]));
-        assert_eq!(
-            decide(&none, &none, &file, "h"),
-            Start::RunJob(PathBuf::from("/etc/k8s4r/job.yaml"))
-        );
+        let dir = tempfile::tempdir().unwrap();
+        let job = dir.path().join("job.yaml");
+        let named = job.display().to_string();
+        let file = Ok(map(&[("K8S4R_SERVER", ""), (JOB_FILE_KEY, named.as_str())]));
+        // Named but not there yet: wait for it rather than fail at once.
+        match decide(&none, &none, &file, "h") {
+            Start::Wait(why) => assert!(why.contains("does not exist"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        std::fs::write(&job, "kind: Job\n").unwrap();
+        assert_eq!(decide(&none, &none, &file, "h"), Start::RunJob(job));
         let env = map(&[("K8S4R_SERVER", "http://s:1")]);
         assert!(matches!(decide(&none, &env, &file, "h"), Start::Connect(_)));
     }
