@@ -216,7 +216,7 @@ fn spawn_latency() -> (f64, f64, f64) {
             alloc_dir: data.join("alloc/bench-g/alloc"),
             user: None,
             dir_owner: DirOwner::Task,
-            alloc_user: None,
+            alloc_users: Vec::new(),
             policy: Policy::RunToCompletion(RestartRules {
                 attempts: 0,
                 interval: Duration::from_secs(60),

@@ -310,13 +310,30 @@ fn root_tasks_follow_the_robot_policy() {
 
 /// The group's shared directory is the group's: owned by the one user its
 /// tasks run as (0700, so other groups' tasks cannot read it), where two
-/// of them pass a file; a group whose tasks run as different users keeps
-/// it the agent's, 0755 (readable by all of them).
+/// of them pass a file; tasks as two users with a group in common share it
+/// through that group (root's, 02770); users with no group in common can
+/// only read it (the agent's, 0755).
 #[test]
-fn the_groups_shared_directory_belongs_to_its_one_user() {
+fn the_groups_shared_directory_belongs_to_its_users() {
     if skip_unless_root() {
         return;
     }
+    // Debian's sync has nobody's primary group (nogroup); daemon does not.
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    let gid_of = |user: &str| {
+        passwd
+            .lines()
+            .find(|l| l.starts_with(&format!("{user}:")))
+            .and_then(|l| l.split(':').nth(3)?.parse::<u32>().ok())
+    };
+    let (Some(nogroup), Some(sync_gid), Some(daemon_gid)) = (gid_of("nobody"), gid_of("sync"), gid_of("daemon")) else {
+        eprintln!("SKIP: needs the accounts nobody, sync and daemon");
+        return;
+    };
+    assert!(
+        nogroup == sync_gid && nogroup != daemon_gid,
+        "unexpected accounts: {passwd}"
+    );
     let sb = Sandbox::new();
     let file = sb.job(&job(
         "share",
@@ -325,7 +342,11 @@ fn the_groups_shared_directory_belongs_to_its_one_user() {
       tasks:
         - {name: writer, driver: exec, user: nobody, config: {execConfig: {command: /bin/sh, args: ["-c", "echo hi > $K8S4R_ALLOC_DIR/msg.tmp && mv $K8S4R_ALLOC_DIR/msg.tmp $K8S4R_ALLOC_DIR/msg"]}}}
         - {name: reader, driver: exec, user: nobody, config: {execConfig: {command: /bin/sh, args: ["-c", "while [ ! -e $K8S4R_ALLOC_DIR/msg ]; do sleep 0.05; done; cat $K8S4R_ALLOC_DIR/msg"]}}}
-    - name: mixed
+    - name: grouped
+      tasks:
+        - {name: writer, driver: exec, user: nobody, config: {execConfig: {command: /bin/sh, args: ["-c", "echo from-nobody > $K8S4R_ALLOC_DIR/msg.tmp && mv $K8S4R_ALLOC_DIR/msg.tmp $K8S4R_ALLOC_DIR/msg"]}}}
+        - {name: reader, driver: exec, user: sync, config: {execConfig: {command: /bin/sh, args: ["-c", "while [ ! -e $K8S4R_ALLOC_DIR/msg ]; do sleep 0.05; done; cat $K8S4R_ALLOC_DIR/msg"]}}}
+    - name: apart
       tasks:
         - {name: a, driver: exec, user: nobody, config: {execConfig: {command: /bin/true}}}
         - {name: b, driver: exec, user: daemon, config: {execConfig: {command: /bin/true}}}
@@ -333,14 +354,19 @@ fn the_groups_shared_directory_belongs_to_its_one_user() {
     ));
     let mut agent = sb.run(&file, &[]);
     assert_eq!(agent.wait_exit(), 0, "{}", agent.output());
-    let out = std::fs::read_to_string(sb.data().join("alloc/share-one/r0/reader/logs/stdout")).unwrap();
-    assert_eq!(out, "hi\n");
+    let read = |p: &str| std::fs::read_to_string(sb.data().join(p)).unwrap();
+    assert_eq!(read("alloc/share-one/r0/reader/logs/stdout"), "hi\n");
+    assert_eq!(read("alloc/share-grouped/r0/reader/logs/stdout"), "from-nobody\n");
     assert_eq!(
         owner_and_mode(&sb.data().join("alloc/share-one/alloc")),
-        (65534, 65534, 0o700)
+        (65534, nogroup, 0o700)
     );
     assert_eq!(
-        owner_and_mode(&sb.data().join("alloc/share-mixed/alloc")),
+        owner_and_mode(&sb.data().join("alloc/share-grouped/alloc")),
+        (0, nogroup, 0o2770)
+    );
+    assert_eq!(
+        owner_and_mode(&sb.data().join("alloc/share-apart/alloc")),
         (0, 0, 0o755)
     );
 }

@@ -48,7 +48,7 @@ fn daemon(data: &Path, name: &str, value: &str, revision: u64) -> UnitSpec {
         alloc_dir: data.join("alloc"),
         user: None,
         dir_owner: DirOwner::Task,
-        alloc_user: None,
+        alloc_users: Vec::new(),
         policy: Policy::Daemon {
             base_delay: Duration::from_millis(50),
         },

@@ -128,8 +128,8 @@ pub struct Reconciler {
     gc: Option<AllocGc>,
     /// Per desired task, a stamp of what its unit was last built from.
     ensured: BTreeMap<String, u64>,
-    /// Per group, who its shared directory belongs to (see `group_alloc_user`).
-    alloc_users: BTreeMap<String, Option<String>>,
+    /// Per group, the users its tasks run as (see `group_users`).
+    alloc_users: BTreeMap<String, Vec<String>>,
 }
 
 impl Reconciler {
@@ -175,8 +175,8 @@ impl Reconciler {
                 continue;
             }
             self.finished.remove(&key);
-            let alloc_user = group_alloc_user(&tasks, self.config.default_user.as_deref());
-            self.alloc_users.insert(key.clone(), alloc_user);
+            let users = group_users(&tasks, self.config.default_user.as_deref());
+            self.alloc_users.insert(key.clone(), users);
             match self.prepare_group(&key, tasks[0], sup) {
                 Ok(GroupReady::Yes(proxy_env)) => {
                     // Building a unit's spec allocates a lot (env, argv,
@@ -461,7 +461,7 @@ impl Reconciler {
             alloc_dir: self.group_dir(key).join("alloc"),
             user: self.config.proxy_user.clone(),
             dir_owner: DirOwner::Agent,
-            alloc_user: None,
+            alloc_users: Vec::new(),
             policy: Policy::Daemon {
                 base_delay: Duration::from_secs(1),
             },
@@ -574,7 +574,11 @@ impl Reconciler {
             .map(|a| expand(&a, &env))
             .collect();
         let resources = spec.resources.as_ref();
-        let alloc_user = self.alloc_users.get(&group_key_of(&alloc_dir)).cloned().flatten();
+        let alloc_users = self
+            .alloc_users
+            .get(&group_key_of(&alloc_dir))
+            .cloned()
+            .unwrap_or_default();
         let mut unit = UnitSpec {
             name,
             label,
@@ -584,7 +588,7 @@ impl Reconciler {
             alloc_dir,
             user: spec.user.clone().or_else(|| self.config.default_user.clone()),
             dir_owner: DirOwner::Task,
-            alloc_user,
+            alloc_users,
             policy,
             timeout: spec.timeout.as_ref().and_then(|d| d.get()).filter(|d| !d.is_zero()),
             kill_timeout: spec
@@ -705,11 +709,9 @@ fn task_path() -> String {
         .unwrap_or_else(|| DEFAULT_PATH.to_string())
 }
 
-/// Who the group's shared directory belongs to: the one user that every
-/// task and init task of the group naming a user (or getting
-/// `--default-user`) names; None when none does or they differ (then the
-/// directory stays the agent's, readable by all of them).
-fn group_alloc_user(tasks: &[&AssignedTask], default_user: Option<&str>) -> Option<String> {
+/// The users the group's tasks and init tasks run as (a `user`, or
+/// `--default-user`), distinct: they share the group's directory.
+fn group_users(tasks: &[&AssignedTask], default_user: Option<&str>) -> Vec<String> {
     let inits = tasks
         .first()
         .into_iter()
@@ -721,10 +723,7 @@ fn group_alloc_user(tasks: &[&AssignedTask], default_user: Option<&str>) -> Opti
         .chain(inits)
         .filter_map(|t| t.user.as_deref().or(default_user))
         .collect();
-    match users.into_iter().collect::<Vec<_>>()[..] {
-        [one] => Some(one.to_string()),
-        _ => None,
-    }
+    users.into_iter().map(String::from).collect()
 }
 
 /// `alloc/<key>/alloc` → `<key>`.

@@ -49,11 +49,9 @@ pub struct UnitSpec {
     pub user: Option<String>,
     /// Who owns the unit's directory (see [`DirOwner`]).
     pub dir_owner: DirOwner,
-    /// The user the group's shared directory belongs to (0700): the one
-    /// user every task of the group that names a user names. None: the
-    /// agent's, 0755 (readable by all the group's users, written by the
-    /// agent and root tasks).
-    pub alloc_user: Option<String>,
+    /// The users the group's tasks run as (distinct), who share its
+    /// directory: see `spawn::make_dirs` for what each case gets.
+    pub alloc_users: Vec<String>,
     pub policy: Policy,
     pub timeout: Option<Duration>,
     pub kill_timeout: Duration,
@@ -564,7 +562,7 @@ impl Supervisor {
                         alloc_dir: saved.dir.clone(),
                         user: None,
                         dir_owner: DirOwner::Task,
-                        alloc_user: None,
+                        alloc_users: Vec::new(),
                         policy: Policy::Daemon {
                             base_delay: Duration::from_secs(1),
                         },

@@ -144,7 +144,10 @@ fn run_as(spec: &UnitSpec, ctx: &SpawnContext<'_>) -> Result<RunAs, SpawnError> 
 /// [`DirOwner::Agent`] units the directory is the agent's, readable by the
 /// unit's group, with no `local/`). `logs/`: the agent's, 0700 (the task
 /// writes its output through pipes the agent opened). The group's alloc
-/// directory: its `alloc_user`'s (0700), or else the agent's (0755).
+/// directory, shared by the group's tasks (`alloc_users`): the one user's
+/// (0700) when they all run as one; root's with a group all of them are in
+/// (02770) when they run as several; readable by all (0755) when they share
+/// no group; the agent's (0700) when none has a user.
 fn make_dirs(spec: &UnitSpec, account: Option<&Account>, is_root: bool) -> Result<(), SpawnError> {
     let owner = account.map(|a| (a.uid, a.gid));
     // The parents (`alloc/<job>-<group>/r0/`, ...) are the agent's: nothing
@@ -185,17 +188,35 @@ fn make_dirs(spec: &UnitSpec, account: Option<&Account>, is_root: bool) -> Resul
     // A robot-scoped daemon's alloc directory is its own directory.
     if spec.alloc_dir != spec.dir {
         let alloc = dirfd::open_or_create(None, &spec.alloc_dir)?;
-        let me = (rustix::process::geteuid().as_raw(), rustix::process::getegid().as_raw());
-        let alloc_owner = match spec.alloc_user.as_deref().filter(|_| is_root) {
-            Some(user) => Some(accounts::lookup(user).map_err(SpawnError::User)?),
-            None => None,
-        };
-        match alloc_owner {
-            Some(a) => dirfd::own(&alloc, &spec.alloc_dir, Some((a.uid, a.gid)), 0o700)?,
-            None => dirfd::own(&alloc, &spec.alloc_dir, Some(me), 0o755)?,
-        }
+        let (owner, mode) = alloc_access(&spec.alloc_users, is_root)?;
+        dirfd::own(&alloc, &spec.alloc_dir, Some(owner), mode)?;
     }
     Ok(())
+}
+
+/// (owner, mode) of a group's shared directory for the users of its tasks
+/// (see `make_dirs`).
+fn alloc_access(users: &[String], is_root: bool) -> Result<((u32, u32), u32), SpawnError> {
+    let me = (rustix::process::geteuid().as_raw(), rustix::process::getegid().as_raw());
+    if !is_root || users.is_empty() {
+        return Ok((me, 0o700));
+    }
+    let accounts = users
+        .iter()
+        .map(|u| accounts::lookup(u).map_err(SpawnError::User))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let [one] = accounts.as_slice() {
+        return Ok(((one.uid, one.gid), 0o700));
+    }
+    let shared = accounts[0]
+        .groups
+        .iter()
+        .chain(std::iter::once(&accounts[0].gid))
+        .find(|g| accounts.iter().all(|a| a.gid == **g || a.groups.contains(g)));
+    Ok(match shared {
+        Some(g) => ((me.0, *g), 0o2770),
+        None => (me, 0o755),
+    })
 }
 
 /// Directories by descriptor, never following a symlink in the last
