@@ -30,7 +30,7 @@ tools:
 	bash .ci/install-tools.sh
 
 # Everything: format and lint gates, the agent's small build, all tests.
-test:
+test: tools
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) clippy --no-default-features --lib --bins -- -D warnings
@@ -58,7 +58,7 @@ reliability: cross
 	bash .ci/reliability.sh
 
 # The main job: control plane (SQLite) + connected agent + a Job through Envoy.
-demo:
+demo: tools
 	bash examples/demo.sh
 
 # Benchmarks (never timed tests), side by side with references measured in
