@@ -36,6 +36,7 @@ cases=(
   "isolation|robot token used on another robot|401/403, notAssigned|server_fleet|robots_only_see_their_own_objects"
   "isolation|API without the operator token|401|server_api|operator_token_guards_the_api"
   "isolation|a robot token on the Kubernetes API (create Job, list, mint join tokens)|403, with or without an operator token|server_isolation|a_robot_token_is_never_an_operator_credential"
+  "isolation|an agent registers claiming k8s4r.io/env=production (operator-only) and zone=lab; an operator labels it|the claim is dropped with an OperatorLabelsIgnored event; a Job selecting k8s4r.io/env is not placed until the operator labels it; the operator's zone wins over the robot's|server_isolation|a_robot_cannot_label_itself_into_an_operator_selector"
   "isolation|an expired join token|401 \"invalid or expired\", listed as expired|server_isolation|join_tokens_expire"
   "isolation|a revoked join token (by id prefix or secret)|401; robots registered with it keep working; secrets never listed|server_isolation|join_tokens_are_revoked_by_id_or_secret_and_robots_keep_their_own"
   "isolation|a revoked robot token|401 until the robot registers again with a valid join token|server_isolation|a_revoked_robot_token_is_refused_until_the_robot_registers_again"

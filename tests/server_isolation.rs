@@ -183,3 +183,81 @@ fn a_robot_token_is_never_an_operator_credential() {
     }
     assert!(open.object("jobs", "sneaky").is_none());
 }
+
+/// A robot's own claim to an operator-only label (`k8s4r.io/...`) is
+/// dropped, with a Warning event saying so; a Job selecting on that label
+/// is not placed on it until an operator labels the robot (kubectl label:
+/// metadata.labels); for any key, the operator's value wins over the
+/// robot's claim.
+#[test]
+fn a_robot_cannot_label_itself_into_an_operator_selector() {
+    let s = Server::start();
+    let join = s.join_token();
+    let _sly = Robot::register(&s, &join, "sly", json!({"k8s4r.io/env": "production", "zone": "lab"}));
+    let robot = s.object("robots", "sly").unwrap();
+    assert_eq!(robot["spec"]["labels"], json!({"zone": "lab"}), "{robot}");
+    let events = s.events_of("Robot", "sly");
+    assert!(
+        events
+            .iter()
+            .any(|(reason, m, _)| reason == "OperatorLabelsIgnored" && m.contains("k8s4r.io/env")),
+        "{events:?}"
+    );
+    let jobs = "/apis/robot.k8s4r.io/v1alpha1/namespaces/default/jobs";
+    let job = |name: &str, selector: Value| {
+        json!({"apiVersion": "robot.k8s4r.io/v1alpha1", "kind": "Job", "metadata": {"name": name},
+               "spec": {"type": "service", "robotSelector": selector, "taskGroups": [{"name": "g",
+                 "tasks": [{"name": "main", "driver": "exec", "config": {"execConfig": {"command": "/bin/true"}}}]}]}})
+    };
+    let placed = |task: &str| {
+        s.object("tasks", task)
+            .and_then(|t| t["spec"]["targetRobot"].as_str().map(String::from))
+            .filter(|r| !r.is_empty())
+    };
+    assert_eq!(
+        s.send_json("POST", jobs, &job("prod", json!({"k8s4r.io/env": "production"})))
+            .status,
+        201
+    );
+    wait_for(
+        "FailedScheduling of the production task",
+        Duration::from_secs(30),
+        || {
+            s.events_of("Task", "prod-g-r0-main")
+                .iter()
+                .any(|(reason, _, _)| reason == "FailedScheduling")
+                .then_some(())
+        },
+    );
+    assert_eq!(placed("prod-g-r0-main"), None);
+    // The operator labels it, and overrides the robot's own zone.
+    let patch = json!({"metadata": {"labels": {"k8s4r.io/env": "production", "zone": "hall-2"}}});
+    let r = s.request(
+        "PATCH",
+        "/apis/robot.k8s4r.io/v1alpha1/namespaces/default/robots/sly",
+        "application/merge-patch+json",
+        Some(patch.to_string().as_bytes()),
+        &[],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    wait_for("the production task placed on sly", Duration::from_secs(30), || {
+        placed("prod-g-r0-main").filter(|r| r == "sly")
+    });
+    assert_eq!(
+        s.send_json("POST", jobs, &job("lab", json!({"zone": "lab"}))).status,
+        201
+    );
+    assert_eq!(
+        s.send_json("POST", jobs, &job("hall", json!({"zone": "hall-2"})))
+            .status,
+        201
+    );
+    wait_for("the hall-2 task placed on sly", Duration::from_secs(30), || {
+        placed("hall-g-r0-main").filter(|r| r == "sly")
+    });
+    assert_eq!(
+        placed("lab-g-r0-main"),
+        None,
+        "the robot's own zone lost to the operator's"
+    );
+}

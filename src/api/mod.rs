@@ -5,6 +5,7 @@ pub mod agent_protocol;
 pub mod decode;
 pub mod meta;
 pub mod placement;
+pub mod robot_labels;
 #[cfg(feature = "server")]
 mod schema;
 pub mod types;

@@ -176,6 +176,8 @@ impl Agents {
             .issue_robot(&grant, self.limits.robots_per_join_token, &ns, &req.name)
             .await
             .map_err(token_error)?;
+        // Operator-only labels a robot claims are dropped (and said so).
+        let (labels, refused) = crate::api::robot_labels::split_claim(&req.labels);
         let mut status = json!({"phase": "Online", "lastHeartbeatTime": time::now_rfc3339()});
         if let Some(d) = &req.device_info {
             status["deviceInfo"] = d.clone();
@@ -188,7 +190,7 @@ impl Agents {
                 let body = json!({
                     "apiVersion": crate::api::API_VERSION, "kind": "Robot",
                     "metadata": {"name": req.name, "namespace": ns},
-                    "spec": {"robotId": req.name, "labels": req.labels},
+                    "spec": {"robotId": req.name, "labels": labels},
                     "status": status,
                 });
                 self.registry.create(&ROBOTS, &ns, body, Part::All, INTERNAL).await?
@@ -196,8 +198,8 @@ impl Agents {
             Err(e) => return Err(e),
             Ok(_) => {
                 let mut patch = json!({"status": status});
-                if !req.labels.is_empty() {
-                    patch["spec"] = json!({"labels": req.labels});
+                if !labels.is_empty() {
+                    patch["spec"] = json!({"labels": labels});
                 }
                 self.registry
                     .patch(&ROBOTS, &ns, &req.name, &patch, Part::All, INTERNAL)
@@ -210,6 +212,17 @@ impl Agents {
             "Registered",
             "the agent registered with a join token",
         );
+        if !refused.is_empty() {
+            self.events.record(
+                &robot.object,
+                Kind::Warning,
+                "OperatorLabelsIgnored",
+                format!(
+                    "the agent claimed labels only operators may set (kubectl label robot): {}; ignored",
+                    refused.join(", ")
+                ),
+            );
+        }
         self.hub.fleet.wrote_heartbeat(&ns, &req.name);
         Ok(RegisterResponse {
             name: req.name,

@@ -132,8 +132,10 @@ pub fn robots(ctx: &Ctx, ns: &str) -> Vec<RobotInfo> {
         .list("robots", Some(ns))
         .iter()
         .map(|r| {
-            let mut labels = string_map(r.get("metadata").and_then(|m| m.get("labels")));
-            labels.extend(string_map(r.get("spec").and_then(|s| s.get("labels"))));
+            let labels = crate::api::robot_labels::effective(
+                &string_map(r.get("metadata").and_then(|m| m.get("labels"))),
+                &string_map(r.get("spec").and_then(|s| s.get("labels"))),
+            );
             let mut attrs = BTreeMap::new();
             if let Some(d) = r.get("status").and_then(|s| s.get("deviceInfo")) {
                 flatten("", d, &mut attrs, 0);
