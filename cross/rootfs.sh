@@ -118,6 +118,9 @@ chmod 0755 "$out"/etc/init.d/*
     echo "K8S4R_JOB_FILE="
   fi
 } > "$out/etc/k8s4r/agent.env"
+# It holds the join token until the agent has registered (then the agent
+# blanks it): readable by root only.
+chmod 0600 "$out/etc/k8s4r/agent.env"
 echo "${name:-robot}" > "$out/etc/hostname"
 # k8s4r-proxy: the groups' Envoys run as this dedicated account (the
 # agent's --proxy-user default when it exists), not as root or nobody.

@@ -91,6 +91,22 @@ fn an_agent_without_a_server_waits_then_registers_once_its_config_names_one() {
     let log = agent.log_text();
     assert!(agent.exited().is_none(), "the same process carries on: {log}");
     assert!(log.contains("changed; starting afresh"), "{log}");
+    // Registered: the join token is gone from the file (0600 now), the
+    // rest is as written.
+    wait_for("the join token removed from the config file", T, || {
+        let text = std::fs::read_to_string(&config).ok()?;
+        (!text.contains(&token)).then_some(text)
+    });
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert_eq!(
+        text,
+        format!(
+            "K8S4R_SERVER={}\nK8S4R_JOIN_TOKEN=\nK8S4R_NAME=waiter\nK8S4R_JOB_FILE=\n",
+            server.base
+        )
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&config).unwrap().permissions().mode() & 0o777, 0o600);
 }
 
 #[test]

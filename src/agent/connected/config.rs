@@ -107,6 +107,36 @@ pub fn resolve(
     })
 }
 
+/// The join token is needed once: after registering, the robot token in
+/// the data dir is what the agent uses. Blank `K8S4R_JOIN_TOKEN` in the
+/// config file (other lines kept as written) and make the file 0600, so a
+/// copied image or a stolen robot disk does not carry a secret that
+/// registers more robots. Returns whether the file changed.
+pub fn forget_join_token(path: &std::path::Path) -> std::io::Result<bool> {
+    let text = std::fs::read_to_string(path)?;
+    let mut changed = false;
+    let lines: Vec<String> = text
+        .lines()
+        .map(|line| {
+            let setting = line.trim_start();
+            let setting = setting.strip_prefix("export ").unwrap_or(setting).trim_start();
+            match setting.strip_prefix("K8S4R_JOIN_TOKEN=") {
+                Some(value) if !value.trim().trim_matches(['"', '\'']).is_empty() => {
+                    changed = true;
+                    "K8S4R_JOIN_TOKEN=".to_string()
+                }
+                _ => line.to_string(),
+            }
+        })
+        .collect();
+    if changed {
+        let mut out = lines.join("\n");
+        out.push('\n');
+        crate::agent::state::write_atomic(path, out.as_bytes(), 0o600)?;
+    }
+    Ok(changed)
+}
+
 /// The process environment's K8S4R_* variables.
 pub fn env_settings() -> Settings {
     std::env::vars().filter(|(k, _)| k.starts_with("K8S4R_")).collect()
@@ -147,6 +177,27 @@ mod tests {
         assert_eq!(c.name, "from-flag");
         assert_eq!(c.labels.get("b").map(String::as_str), Some("2"));
         assert_eq!(c.namespace, "default");
+    }
+
+    #[test]
+    fn the_join_token_is_forgotten_and_nothing_else() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.env");
+        std::fs::write(
+            &path,
+            "# robot 7\nK8S4R_SERVER=http://s:1\nexport K8S4R_JOIN_TOKEN=\"k8s4r-join-x\"\nK8S4R_NAME=r7\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(forget_join_token(&path).unwrap());
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            text,
+            "# robot 7\nK8S4R_SERVER=http://s:1\nK8S4R_JOIN_TOKEN=\nK8S4R_NAME=r7\n"
+        );
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(!forget_join_token(&path).unwrap(), "nothing left to forget");
     }
 
     #[test]

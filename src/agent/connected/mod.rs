@@ -107,6 +107,22 @@ pub fn run(opts: ConnectedOptions) -> Result<i32, String> {
         "agent: robot {} connected to {}",
         identity.name, opts.config.server
     ));
+    // The join token came from the config file: it is not needed again.
+    let from_file = opts.watch.read.as_ref().ok().and_then(|f| f.get("K8S4R_JOIN_TOKEN"));
+    if from_file.is_some_and(|t| !t.is_empty() && Some(t) == opts.config.join_token.as_ref()) {
+        let file = std::path::Path::new(opts.watch.file());
+        match config::forget_join_token(file) {
+            Ok(true) => say(&format!(
+                "agent: registered; removed the join token from {} (the robot token is kept in the data dir)",
+                file.display()
+            )),
+            Ok(false) => {}
+            Err(e) => say(&format!(
+                "agent: could not remove the join token from {}: {e}",
+                file.display()
+            )),
+        }
+    }
 
     let shared = Arc::new(Shared {
         inbox: Mutex::new(Inbox::default()),
