@@ -261,3 +261,105 @@ fn a_robot_cannot_label_itself_into_an_operator_selector() {
         "the robot's own zone lost to the operator's"
     );
 }
+
+/// `POST /agent/v1/register` of `name` with `join`: (status, body).
+fn register_reply(s: &Server, join: &str, name: &str) -> (u16, String) {
+    let r = s.send_json("POST", "/agent/v1/register", &json!({"joinToken": join, "name": name}));
+    (r.status, r.body)
+}
+
+/// `k8s4r token create ARGS`: (secret, id): the last line of stdout, and
+/// the id from "join token ID (expires ...)" on stderr.
+fn create_token(s: &Server, args: &[&str]) -> (String, String) {
+    let (ok, out, err) = token_cli(s, &[&["create"], args].concat());
+    assert!(ok, "{err}");
+    let id = err
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or_else(|| panic!("no id in {err:?}"));
+    (out.lines().last().unwrap().trim().to_string(), id.to_string())
+}
+
+/// The `token list` row of token `id`.
+fn listed_row(s: &Server, id: &str) -> String {
+    let (ok, listed, err) = token_cli(s, &["list"]);
+    assert!(ok, "{err}");
+    listed
+        .lines()
+        .find(|l| l.starts_with(id))
+        .unwrap_or_else(|| panic!("no row for {id} in {listed}"))
+        .trim_end()
+        .to_string()
+}
+
+#[test]
+fn join_token_lifetimes_are_capped_by_the_server() {
+    let s = Server::start();
+    let ask = |ttl: u64| s.send_json("POST", "/agent/v1/jointokens", &json!({"ttlSeconds": ttl}));
+    let r = ask(86_401);
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body
+            .contains("ttlSeconds: 86401 seconds is more than the limit of 86400 seconds (--max-join-token-ttl)"),
+        "{}",
+        r.body
+    );
+    let r = ask(86_400);
+    assert_eq!(r.status, 200, "the default limit is a day: {}", r.body);
+    assert_eq!(register(&s, r.json()["token"].as_str().unwrap(), "a"), 200);
+
+    let short = Server::start_with(&["--max-join-token-ttl", "2h"]);
+    let (ok, _, err) = token_cli(&short, &["create", "--ttl", "3h"]);
+    assert!(
+        !ok && err.contains("400") && err.contains("(--max-join-token-ttl)"),
+        "{err}"
+    );
+    // Without --ttl the day the server would give is shortened to its limit.
+    let (join, _) = create_token(&short, &[]);
+    assert_eq!(register(&short, &join, "b"), 200);
+    let (join, _) = create_token(&short, &["--ttl", "2h"]);
+    assert_eq!(register(&short, &join, "c"), 200);
+}
+
+#[test]
+fn a_join_token_with_uses_registers_that_many_robots() {
+    let s = Server::start();
+    let (join, id) = create_token(&s, &["--uses", "2"]);
+    assert!(listed_row(&s, &id).contains(" 0/2 "), "{}", listed_row(&s, &id));
+    assert_eq!(register_reply(&s, &join, "a").0, 200);
+    // Registering a name the token registered already uses nothing.
+    assert_eq!(register_reply(&s, &join, "a").0, 200);
+    assert_eq!(register_reply(&s, &join, "b").0, 200);
+    let (code, body) = register_reply(&s, &join, "c");
+    assert_eq!(code, 429, "{body}");
+    assert!(
+        body.contains("registered the 2 robots it was created for (k8s4r token create --uses 2)"),
+        "{body}"
+    );
+    assert!(s.object("robots", "c").is_none());
+    assert!(listed_row(&s, &id).contains(" 2/2 "), "{}", listed_row(&s, &id));
+    let (ok, _, err) = token_cli(&s, &["create", "--uses", "0"]);
+    assert!(!ok && err.contains("--uses: must be at least 1"), "{err}");
+}
+
+#[test]
+fn a_join_token_bound_to_a_name_registers_only_that_robot() {
+    let s = Server::start();
+    let (join, id) = create_token(&s, &["--name", "r1"]);
+    assert!(listed_row(&s, &id).ends_with(" r1"), "{}", listed_row(&s, &id));
+    let (code, body) = register_reply(&s, &join, "r2");
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains(r#"registers only robot \"r1\""#), "{body}");
+    assert!(s.object("robots", "r2").is_none());
+    let mut r1 = Robot::register(&s, &join, "r1", json!({}));
+    assert!(r1.task_names().is_empty());
+    assert!(listed_row(&s, &id).contains(" 1 "), "{}", listed_row(&s, &id));
+    let (_, unbound) = create_token(&s, &[]);
+    assert!(
+        listed_row(&s, &unbound).ends_with(" <any>"),
+        "{}",
+        listed_row(&s, &unbound)
+    );
+    let (ok, _, err) = token_cli(&s, &["create", "--name", "Not_A_Name"]);
+    assert!(!ok && err.contains("400") && err.contains("name: "), "{err}");
+}

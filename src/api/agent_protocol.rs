@@ -153,9 +153,17 @@ pub struct StatusReply {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct JoinTokenRequest {
-    /// Lifetime in seconds; default one day.
+    /// Lifetime in seconds; default one day, or the server's
+    /// `--max-join-token-ttl` if shorter; more than that is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_seconds: Option<u64>,
+    /// Distinct robots the token may register (at least 1); the server's
+    /// `--max-robots-per-join-token` applies if smaller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uses: Option<u64>,
+    /// The one robot name the token may register.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -166,6 +174,10 @@ pub struct JoinToken {
     /// Public name of the token (a prefix of its hash) for `list`/`revoke`.
     #[serde(default)]
     pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uses: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// `GET /agent/v1/jointokens`: the tokens the server knows, never their
@@ -180,4 +192,13 @@ pub struct JoinTokenInfo {
     pub id: String,
     pub expires: String,
     pub expired: bool,
+    /// Robots the token registered so far.
+    #[serde(default)]
+    pub robots: u64,
+    /// The token's own limit on robots (`token create --uses`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uses: Option<u64>,
+    /// The one robot name the token may register (`token create --name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }

@@ -3,8 +3,8 @@
 //! reports. A robot token opens only that robot's objects.
 
 use crate::api::agent_protocol::{
-    JoinToken, JoinTokenList, LogUpload, Outcome, RegisterRequest, RegisterResponse, StatusReply, StatusReport,
-    StatusResult,
+    JoinToken, JoinTokenList, JoinTokenRequest, LogUpload, Outcome, RegisterRequest, RegisterResponse, StatusReply,
+    StatusReport, StatusResult,
 };
 use crate::api::validate::check_dns_subdomain;
 use crate::api::FieldError;
@@ -19,7 +19,7 @@ use crate::server::registry::{Part, Registry, WriteOptions};
 use crate::server::resources::{ROBOTS, TASKS};
 use crate::server::status::Status;
 use crate::server::time;
-use crate::server::tokens::{RevokeError, RobotIdentity, TokenError, Tokens};
+use crate::server::tokens::{RevokeError, RobotIdentity, TokenError, Tokens, UsesLimit};
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -45,7 +45,17 @@ fn token_error(e: TokenError) -> Status {
     match e {
         TokenError::Invalid => Status::unauthorized("the token is invalid or expired"),
         TokenError::OtherRobot(other) => Status::forbidden(format!("this token is robot {other:?}'s")),
-        TokenError::JoinTokenUsedUp(limit) => Status::too_many_requests(
+        TokenError::JoinTokenUsedUp(UsesLimit::Token(limit)) => Status::too_many_requests(
+            format!(
+                "this join token has registered the {limit} robots it was created for \
+                 (k8s4r token create --uses {limit}); create another join token"
+            ),
+            None,
+        ),
+        TokenError::BoundToName(bound) => Status::forbidden(format!(
+            "this join token registers only robot {bound:?} (k8s4r token create --name {bound})"
+        )),
+        TokenError::JoinTokenUsedUp(UsesLimit::Server(limit)) => Status::too_many_requests(
             format!(
                 "this join token has registered its limit of {limit} robots \
                  (--max-robots-per-join-token); create another join token"
@@ -127,9 +137,16 @@ impl Agents {
         }
     }
 
-    pub async fn create_join_token(&self, ttl_seconds: u64) -> Result<JoinToken, Status> {
-        let (token, expires, id) = self.tokens.create_join(ttl_seconds).await.map_err(token_error)?;
-        Ok(JoinToken { token, expires, id })
+    pub async fn create_join_token(&self, req: &JoinTokenRequest) -> Result<JoinToken, Status> {
+        let terms = self.limits.join_terms(req)?;
+        let (token, expires, id) = self.tokens.create_join(&terms).await.map_err(token_error)?;
+        Ok(JoinToken {
+            token,
+            expires,
+            id,
+            uses: terms.uses,
+            name: terms.name,
+        })
     }
 
     pub async fn list_join_tokens(&self) -> Result<JoinTokenList, Status> {

@@ -1,13 +1,16 @@
 //! Caps on what one client can make the server hold. Each is a `k8s4r
 //! server` flag whose default is below (and in `--help`); hitting one
 //! answers a Kubernetes Status naming the limit and its flag: 429
-//! TooManyRequests for counts, 413 RequestEntityTooLarge for sizes.
+//! TooManyRequests for counts, 413 RequestEntityTooLarge for sizes, 400
+//! BadRequest for a join token asked to live longer than the server allows.
 //!
 //! Time is bounded separately: every duration a request names is at most
 //! [`crate::server::time::MAX_DURATION`].
 
-use crate::api::agent_protocol::StatusReport;
+use crate::api::agent_protocol::{JoinTokenRequest, StatusReport};
+use crate::api::validate::check_dns_subdomain;
 use crate::server::status::Status;
+use crate::server::tokens::JoinTerms;
 use serde_json::Value;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,7 +24,13 @@ pub struct Limits {
     /// Robots one join token may create (`--max-robots-per-join-token`);
     /// registering again under a known name creates none.
     pub robots_per_join_token: u64,
+    /// Longest lifetime of a join token, in seconds (`--max-join-token-ttl`):
+    /// a leaked token is useless after at most this long.
+    pub join_token_ttl_seconds: u64,
 }
+
+/// A join token's lifetime when none is asked for (if the server allows it).
+pub const DEFAULT_JOIN_TOKEN_TTL_SECONDS: u64 = 86_400;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -30,6 +39,7 @@ impl Default for Limits {
             status_updates: 1000,
             device_info_bytes: 64 * 1024,
             robots_per_join_token: 1000,
+            join_token_ttl_seconds: DEFAULT_JOIN_TOKEN_TTL_SECONDS,
         }
     }
 }
@@ -79,6 +89,34 @@ impl Limits {
         }
     }
 
+    /// What a new join token may be, or 400 naming every field that asks
+    /// for too much: a lifetime over `--max-join-token-ttl` (no lifetime:
+    /// a day, or that limit if shorter), zero uses, a name no robot can have.
+    pub fn join_terms(&self, req: &JoinTokenRequest) -> Result<JoinTerms, Status> {
+        let max = self.join_token_ttl_seconds;
+        let ttl_seconds = req.ttl_seconds.unwrap_or(DEFAULT_JOIN_TOKEN_TTL_SECONDS.min(max));
+        let mut problems = Vec::new();
+        if ttl_seconds > max {
+            problems.push(format!(
+                "ttlSeconds: {ttl_seconds} seconds is more than the limit of {max} seconds (--max-join-token-ttl)"
+            ));
+        }
+        if req.uses == Some(0) {
+            problems.push("uses: must be at least 1".to_string());
+        }
+        if let Some(Err(e)) = req.name.as_deref().map(check_dns_subdomain) {
+            problems.push(format!("name: {e}"));
+        }
+        if !problems.is_empty() {
+            return Err(Status::bad_request(problems.join("; ")));
+        }
+        Ok(JoinTerms {
+            ttl_seconds,
+            uses: req.uses,
+            name: req.name.clone(),
+        })
+    }
+
     /// 429 for a watch over the limit (the client may retry shortly).
     pub fn watches_exhausted(&self) -> Status {
         Status::too_many_requests(
@@ -109,5 +147,66 @@ mod tests {
         let e = limits.check_device_info(&bigger).unwrap_err();
         assert_eq!((e.code, e.reason), (413, "RequestEntityTooLarge"));
         assert!(e.message.starts_with("deviceInfo:"), "{}", e.message);
+    }
+
+    #[test]
+    fn join_tokens_live_at_most_the_servers_limit() {
+        let limits = Limits::default();
+        let ask = |ttl| JoinTokenRequest {
+            ttl_seconds: ttl,
+            ..JoinTokenRequest::default()
+        };
+        assert_eq!(limits.join_terms(&ask(None)).unwrap().ttl_seconds, 86_400);
+        assert_eq!(limits.join_terms(&ask(Some(86_400))).unwrap().ttl_seconds, 86_400);
+        let e = limits.join_terms(&ask(Some(86_401))).unwrap_err();
+        assert_eq!(e.code, 400);
+        assert!(
+            e.message.starts_with("ttlSeconds: 86401 seconds")
+                && e.message.contains("86400 seconds (--max-join-token-ttl)"),
+            "{}",
+            e.message
+        );
+        let short = Limits {
+            join_token_ttl_seconds: 600,
+            ..Limits::default()
+        };
+        assert_eq!(
+            short.join_terms(&ask(None)).unwrap().ttl_seconds,
+            600,
+            "the default shrinks to the limit"
+        );
+        let long = Limits {
+            join_token_ttl_seconds: 7 * 86_400,
+            ..Limits::default()
+        };
+        assert_eq!(
+            long.join_terms(&ask(None)).unwrap().ttl_seconds,
+            86_400,
+            "the default stays a day"
+        );
+    }
+
+    #[test]
+    fn join_terms_name_every_bad_field() {
+        let req = JoinTokenRequest {
+            ttl_seconds: Some(u64::MAX),
+            uses: Some(0),
+            name: Some("Not A Name".into()),
+        };
+        let e = Limits::default().join_terms(&req).unwrap_err();
+        assert_eq!(e.code, 400);
+        for field in ["ttlSeconds:", "uses:", "name:"] {
+            assert!(e.message.contains(field), "{field} missing in {}", e.message);
+        }
+        let req = JoinTokenRequest {
+            ttl_seconds: Some(60),
+            uses: Some(3),
+            name: Some("r1".into()),
+        };
+        let terms = Limits::default().join_terms(&req).unwrap();
+        assert_eq!(
+            (terms.ttl_seconds, terms.uses, terms.name.as_deref()),
+            (60, Some(3), Some("r1"))
+        );
     }
 }

@@ -68,6 +68,8 @@ OPTIONS:
                              Robots one join token may create; registering again
                              under a known name creates none; more get 429
                              [default: 1000]
+    --max-join-token-ttl DUR Longest lifetime a join token may be created with;
+                             longer is refused (400) [default: 24h]
     --log-level LEVEL        off, error, warn, info, debug, trace [default: info]
     --admin-token-file FILE  Require this bearer token for the Kubernetes API and
                              join tokens [default: open API]. kubectl sends tokens
@@ -192,6 +194,13 @@ pub fn cmd_server(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
             }
             Long("max-robots-per-join-token") => {
                 cfg.limits.robots_per_join_token = count_arg(parser, "--max-robots-per-join-token", u64::MAX)?
+            }
+            Long("max-join-token-ttl") => {
+                let d = bounded_duration_arg(parser, "--max-join-token-ttl", time::MAX_DURATION)?;
+                if d.as_secs() == 0 {
+                    return Err("--max-join-token-ttl: must be at least 1s".into());
+                }
+                cfg.limits.join_token_ttl_seconds = d.as_secs();
             }
             Short('h') | Long("help") => {
                 print!("{USAGE}");
@@ -402,20 +411,27 @@ const TOKEN_USAGE: &str = "\
 k8s4r token — join tokens for robots, and revocation
 
 USAGE:
-    k8s4r token create [--ttl DUR]     Print a new join token (last line)
-    k8s4r token list                   Join tokens: id, expiry (never secrets)
+    k8s4r token create [--ttl DUR] [--uses N] [--name ROBOT]
+                                       Print a new join token (last line)
+    k8s4r token list                   Join tokens: id, expiry, robots registered
+                                       of its uses, bound name (never secrets)
     k8s4r token revoke ID|TOKEN        Revoke a join token (id prefix of 8+ hex digits)
     k8s4r token revoke --robot NAME    Revoke a robot's own token (it must register again)
 
 OPTIONS:
     --server URL        Control plane [default: http://127.0.0.1:7443]
-    --ttl DUR           Lifetime of a new token [default: 24h]
+    --ttl DUR           Lifetime of a new token, at most the server's
+                        --max-join-token-ttl [default: 24h, or that limit if shorter]
+    --uses N            Distinct robots the token may register (registering a
+                        name again uses none); the server's
+                        --max-robots-per-join-token applies if smaller
+    --name ROBOT        The token registers only the robot named ROBOT
     --token-file FILE   The operator token, if the server requires one
 ";
 
 pub fn cmd_token(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
     let mut server = "http://127.0.0.1:7443".to_string();
-    let mut ttl = Duration::from_secs(86_400);
+    let mut terms = crate::api::agent_protocol::JoinTokenRequest::default();
     let mut words: Vec<String> = Vec::new();
     let mut robot = None;
     let mut admin = None;
@@ -427,7 +443,15 @@ pub fn cmd_token(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
                 let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
                 admin = Some(text.trim().to_string());
             }
-            Long("ttl") => ttl = duration_arg(parser, "--ttl")?,
+            Long("ttl") => terms.ttl_seconds = Some(duration_arg(parser, "--ttl")?.as_secs()),
+            Long("uses") => {
+                let uses = count_arg(parser, "--uses", u64::MAX)?;
+                if uses == 0 {
+                    return Err("--uses: must be at least 1".into());
+                }
+                terms.uses = Some(uses);
+            }
+            Long("name") => terms.name = Some(parser.value()?.string()?),
             Long("robot") => robot = Some(parser.value()?.string()?),
             Short('h') | Long("help") => {
                 print!("{TOKEN_USAGE}");
@@ -439,10 +463,11 @@ pub fn cmd_token(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
     }
     let base = format!("{}/agent/v1", server.trim_end_matches('/'));
     let (method, url, body) = match (words.iter().map(String::as_str).collect::<Vec<_>>().as_slice(), &robot) {
+        // No --ttl: the server's default, which its limit may shorten.
         (["create"], None) => (
             "POST",
             format!("{base}/jointokens"),
-            Some(serde_json::json!({"ttlSeconds": ttl.as_secs()}).to_string()),
+            Some(serde_json::to_string(&terms).map_err(|e| e.to_string())?),
         ),
         (["list"], None) => ("GET", format!("{base}/jointokens"), None),
         (["revoke", id], None) => ("DELETE", format!("{base}/jointokens/{}", path_segment(id)), None),
@@ -467,7 +492,9 @@ pub fn cmd_token(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
     match words[0].as_str() {
         "create" => match serde_json::from_str::<JoinToken>(&text) {
             Ok(t) => {
-                eprintln!("join token {} (expires {}):", t.id, t.expires);
+                let uses = t.uses.map(|n| format!(", {n} uses")).unwrap_or_default();
+                let name = t.name.map(|n| format!(", robot {n} only")).unwrap_or_default();
+                eprintln!("join token {} (expires {}{uses}{name}):", t.id, t.expires);
                 println!("{}", t.token);
                 Ok(0)
             }
@@ -475,10 +502,16 @@ pub fn cmd_token(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
         },
         "list" => match serde_json::from_str::<JoinTokenList>(&text) {
             Ok(list) => {
-                println!("{:<14}{:<22}STATE", "ID", "EXPIRES");
+                println!("{:<14}{:<22}{:<9}{:<10}NAME", "ID", "EXPIRES", "STATE", "USED");
                 for t in list.items {
                     let state = if t.expired { "expired" } else { "valid" };
-                    println!("{:<14}{:<22}{state}", t.id, t.expires);
+                    // "1/3": one robot of the three it was created for.
+                    let used = match t.uses {
+                        Some(n) => format!("{}/{n}", t.robots),
+                        None => t.robots.to_string(),
+                    };
+                    let name = t.name.as_deref().unwrap_or("<any>");
+                    println!("{:<14}{:<22}{state:<9}{used:<10}{name}", t.id, t.expires);
                 }
                 Ok(0)
             }

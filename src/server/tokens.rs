@@ -2,8 +2,10 @@
 //! store's internal resources, never served by the Kubernetes API); the
 //! secrets are shown once.
 //!
-//! - `_jointokens/<hash>`: `{expires, robots}`, `robots` counting the Robots
-//!   the token created (capped per token).
+//! - `_jointokens/<hash>`: `{expires, robots, uses?, name?}`, `robots`
+//!   counting the Robots the token created, capped by its own `uses` and
+//!   the server's limit, whichever is smaller; `name` the one robot name it
+//!   may register. Tokens stored without `uses` or `name` have neither bound.
 //! - `_robottokens/<robot name>`: `{namespace, hash}`, the name's
 //!   reservation (robot names are unique across namespaces) and the handle
 //!   for revocation by name.
@@ -59,7 +61,9 @@ pub enum TokenError {
     /// The robot name is registered in another namespace.
     NameTaken(String),
     /// The join token created as many Robots as it may (the limit).
-    JoinTokenUsedUp(u64),
+    JoinTokenUsedUp(UsesLimit),
+    /// The join token may register only this robot name.
+    BoundToName(String),
     /// Other replicas kept changing the join token's counter: try again.
     Contended,
     Store(StoreError),
@@ -88,6 +92,47 @@ fn join_id(hash: &str) -> &str {
 /// A stored join token's expiry; a damaged record counts as expired.
 fn expires_at(value: &Value) -> i64 {
     value.get("expires").and_then(Value::as_i64).unwrap_or(i64::MIN)
+}
+
+/// Which limit caps the Robots a join token may create.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UsesLimit {
+    /// Its own `uses` (`k8s4r token create --uses N`).
+    Token(u64),
+    /// The server's `--max-robots-per-join-token`.
+    Server(u64),
+}
+
+impl UsesLimit {
+    pub fn count(self) -> u64 {
+        match self {
+            UsesLimit::Token(n) | UsesLimit::Server(n) => n,
+        }
+    }
+}
+
+/// The smaller of a stored join token's own `uses` and the server's cap
+/// (the token's on a tie: the refusal then names what its creator asked
+/// for). A damaged `uses` allows nothing: a bound must never fall away.
+fn uses_limit(value: &Value, server: u64) -> UsesLimit {
+    match value.get("uses") {
+        None | Some(Value::Null) => UsesLimit::Server(server),
+        Some(v) => match v.as_u64() {
+            Some(own) if own > server => UsesLimit::Server(server),
+            Some(own) => UsesLimit::Token(own),
+            None => UsesLimit::Token(0),
+        },
+    }
+}
+
+/// The robot name a stored join token is bound to; Err for a damaged
+/// binding (the token is then refused, never unbound).
+fn bound_name(value: &Value) -> Result<Option<String>, TokenError> {
+    match value.get("name") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(n)) => Ok(Some(n.clone())),
+        Some(_) => Err(TokenError::Invalid),
+    }
 }
 
 /// Robots a stored join token created so far (0 for records from before
@@ -120,6 +165,19 @@ pub struct RobotIdentity {
 #[derive(Debug)]
 pub struct JoinGrant {
     hash: String,
+    /// The one robot name it may register.
+    name: Option<String>,
+}
+
+/// What a new join token allows (checked against the server's limits by
+/// the caller).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JoinTerms {
+    pub ttl_seconds: u64,
+    /// Distinct Robots it may create; None: only the server's cap.
+    pub uses: Option<u64>,
+    /// The one robot name it may register.
+    pub name: Option<String>,
 }
 
 impl Tokens {
@@ -130,9 +188,9 @@ impl Tokens {
         }
     }
 
-    /// A new join token valid for `ttl_seconds`; returns (secret, expiry, id).
+    /// A new join token on `terms`; returns (secret, expiry, id).
     /// Expired tokens are dropped on the way: they can never be used again.
-    pub async fn create_join(&self, ttl_seconds: u64) -> Result<(String, String, String), TokenError> {
+    pub async fn create_join(&self, terms: &JoinTerms) -> Result<(String, String, String), TokenError> {
         let now = time::now_unix();
         for stored in self.store.list(JOIN, None).await?.items {
             if expires_at(&stored.value) <= now {
@@ -141,14 +199,21 @@ impl Tokens {
             }
         }
         let secret = format!("k8s4r-join-{}", hex(&random_bytes::<20>()));
-        let expires = now.saturating_add(i64::try_from(ttl_seconds).unwrap_or(i64::MAX));
-        let value = json!({"expires": expires, "robots": 0});
+        let expires = now.saturating_add(i64::try_from(terms.ttl_seconds).unwrap_or(i64::MAX));
+        let mut value = json!({"expires": expires, "robots": 0});
+        if let Some(uses) = terms.uses {
+            value["uses"] = json!(uses);
+        }
+        if let Some(name) = &terms.name {
+            value["name"] = json!(name);
+        }
         let h = hash(&secret);
         self.store.create(&Key::new(JOIN, "", &h), value).await?;
         Ok((secret, time::format_rfc3339(expires), join_id(&h).to_string()))
     }
 
-    /// Every join token still stored: its id and expiry, never a secret.
+    /// Every join token still stored: its id, expiry, use and binding,
+    /// never a secret.
     pub async fn list_join(&self) -> Result<Vec<JoinTokenInfo>, TokenError> {
         let now = time::now_unix();
         let mut items: Vec<JoinTokenInfo> = (self.store.list(JOIN, None).await?.items)
@@ -159,6 +224,9 @@ impl Tokens {
                     id: join_id(&s.key.name).to_string(),
                     expires: time::format_rfc3339(expires),
                     expired: expires <= now,
+                    robots: robots_created(&s.value),
+                    uses: s.value.get("uses").and_then(Value::as_u64),
+                    name: s.value.get("name").and_then(Value::as_str).map(String::from),
                 }
             })
             .collect();
@@ -233,13 +301,16 @@ impl Tokens {
         }
         let h = hash(secret);
         match self.store.get(&Key::new(JOIN, "", &h)).await? {
-            Some(s) if expires_at(&s.value) > time::now_unix() => Ok(JoinGrant { hash: h }),
+            Some(s) if expires_at(&s.value) > time::now_unix() => Ok(JoinGrant {
+                name: bound_name(&s.value)?,
+                hash: h,
+            }),
             _ => Err(TokenError::Invalid),
         }
     }
 
-    /// Count one more Robot created with `grant`, unless it created
-    /// `limit` already.
+    /// Count one more Robot created with `grant`, unless it created its
+    /// own `uses` or the server's `limit` already.
     async fn spend(&self, grant: &JoinGrant, limit: u64) -> Result<(), TokenError> {
         let key = Key::new(JOIN, "", &grant.hash);
         let _turn = self.spending.lock().await;
@@ -262,7 +333,8 @@ impl Tokens {
                 return Err(TokenError::Invalid);
             }
             let created = robots_created(&s.value);
-            if created >= limit {
+            let limit = uses_limit(&s.value, limit);
+            if created >= limit.count() {
                 return Err(TokenError::JoinTokenUsedUp(limit));
             }
             let mut value = s.value.clone();
@@ -278,7 +350,8 @@ impl Tokens {
     }
 
     /// Issue (or replace) the token of robot `ns/name`. A name not
-    /// registered yet spends one of `grant`'s `robots_per_join` Robots.
+    /// registered yet spends one of `grant`'s Robots (its own `uses`, at
+    /// most `robots_per_join`); a grant bound to another name gets none.
     pub async fn issue_robot(
         &self,
         grant: &JoinGrant,
@@ -286,6 +359,9 @@ impl Tokens {
         ns: &str,
         name: &str,
     ) -> Result<String, TokenError> {
+        if let Some(bound) = grant.name.as_ref().filter(|b| *b != name) {
+            return Err(TokenError::BoundToName(bound.clone()));
+        }
         let key = Key::new(ROBOT, "", name);
         let existing = self.store.get(&key).await?;
         match &existing {
@@ -440,6 +516,13 @@ mod tests {
         (Tokens::new(store.clone()), store, dir)
     }
 
+    fn hour() -> JoinTerms {
+        JoinTerms {
+            ttl_seconds: 3600,
+            ..JoinTerms::default()
+        }
+    }
+
     async fn register(t: &Tokens, join: &str, ns: &str, name: &str, limit: u64) -> Result<String, TokenError> {
         let grant = t.check_join(join).await?;
         t.issue_robot(&grant, limit, ns, name).await
@@ -448,7 +531,7 @@ mod tests {
     #[tokio::test]
     async fn every_token_check_is_one_lookup_and_no_scan() {
         let (t, store, _dir) = tokens();
-        let (join, _, _) = t.create_join(3600).await.unwrap();
+        let (join, _, _) = t.create_join(&hour()).await.unwrap();
         let a = register(&t, &join, "default", "a", 10).await.unwrap();
         let b = register(&t, &join, "default", "b", 10).await.unwrap();
         store.reads();
@@ -471,7 +554,7 @@ mod tests {
     #[tokio::test]
     async fn reissued_and_revoked_tokens_stop_working() {
         let (t, _store, _dir) = tokens();
-        let (join, _, _) = t.create_join(3600).await.unwrap();
+        let (join, _, _) = t.create_join(&hour()).await.unwrap();
         let first = register(&t, &join, "default", "r", 10).await.unwrap();
         let second = register(&t, &join, "default", "r", 10).await.unwrap();
         assert!(matches!(t.authenticate("r", &first).await, Err(TokenError::Invalid)));
@@ -503,16 +586,106 @@ mod tests {
     #[tokio::test]
     async fn a_join_token_creates_at_most_its_limit_of_robots() {
         let (t, _store, _dir) = tokens();
-        let (join, _, _) = t.create_join(3600).await.unwrap();
+        let (join, _, _) = t.create_join(&hour()).await.unwrap();
         register(&t, &join, "default", "a", 2).await.unwrap();
         register(&t, &join, "default", "b", 2).await.unwrap();
         assert!(matches!(
             register(&t, &join, "default", "c", 2).await,
-            Err(TokenError::JoinTokenUsedUp(2))
+            Err(TokenError::JoinTokenUsedUp(UsesLimit::Server(2)))
         ));
         // Registering again under a known name creates no Robot.
         register(&t, &join, "default", "a", 2).await.unwrap();
-        let (other, _, _) = t.create_join(3600).await.unwrap();
+        let (other, _, _) = t.create_join(&hour()).await.unwrap();
         register(&t, &other, "default", "c", 2).await.unwrap();
+    }
+
+    #[test]
+    fn the_smaller_of_the_tokens_uses_and_the_servers_cap_applies() {
+        assert_eq!(uses_limit(&json!({"robots": 0}), 5), UsesLimit::Server(5));
+        assert_eq!(uses_limit(&json!({"uses": null}), 5), UsesLimit::Server(5));
+        assert_eq!(uses_limit(&json!({"uses": 2}), 5), UsesLimit::Token(2));
+        assert_eq!(uses_limit(&json!({"uses": 5}), 5), UsesLimit::Token(5));
+        assert_eq!(uses_limit(&json!({"uses": 9}), 5), UsesLimit::Server(5));
+        assert_eq!(
+            uses_limit(&json!({"uses": "many"}), 5),
+            UsesLimit::Token(0),
+            "damaged: nothing"
+        );
+        assert_eq!(
+            uses_limit(&json!({"uses": -1}), 5),
+            UsesLimit::Token(0),
+            "damaged: nothing"
+        );
+    }
+
+    #[test]
+    fn a_damaged_name_binding_refuses_the_token() {
+        assert_eq!(bound_name(&json!({})).unwrap(), None);
+        assert_eq!(bound_name(&json!({"name": "r1"})).unwrap().as_deref(), Some("r1"));
+        assert!(matches!(bound_name(&json!({"name": 7})), Err(TokenError::Invalid)));
+    }
+
+    #[tokio::test]
+    async fn a_token_with_uses_creates_that_many_robots_and_a_known_name_spends_none() {
+        let (t, _store, _dir) = tokens();
+        let terms = JoinTerms {
+            uses: Some(2),
+            ..hour()
+        };
+        let (join, _, _) = t.create_join(&terms).await.unwrap();
+        register(&t, &join, "default", "a", 10).await.unwrap();
+        register(&t, &join, "default", "a", 10).await.unwrap();
+        register(&t, &join, "default", "b", 10).await.unwrap();
+        assert!(matches!(
+            register(&t, &join, "default", "c", 10).await,
+            Err(TokenError::JoinTokenUsedUp(UsesLimit::Token(2)))
+        ));
+        // The server's cap, when smaller, wins.
+        let (capped, _, _) = t.create_join(&terms).await.unwrap();
+        register(&t, &capped, "default", "d", 1).await.unwrap();
+        assert!(matches!(
+            register(&t, &capped, "default", "e", 1).await,
+            Err(TokenError::JoinTokenUsedUp(UsesLimit::Server(1)))
+        ));
+        let listed = t.list_join().await.unwrap();
+        let mut used: Vec<_> = listed.iter().map(|i| (i.robots, i.uses)).collect();
+        used.sort();
+        assert_eq!(used, [(1, Some(2)), (2, Some(2))]);
+    }
+
+    #[tokio::test]
+    async fn a_token_bound_to_a_name_registers_only_that_name() {
+        let (t, _store, _dir) = tokens();
+        let terms = JoinTerms {
+            name: Some("r1".into()),
+            ..hour()
+        };
+        let (join, _, _) = t.create_join(&terms).await.unwrap();
+        assert!(matches!(
+            register(&t, &join, "default", "r2", 10).await,
+            Err(TokenError::BoundToName(n)) if n == "r1"
+        ));
+        let token = register(&t, &join, "default", "r1", 10).await.unwrap();
+        assert_eq!(t.authenticate("r1", &token).await.unwrap().name, "r1");
+        assert_eq!(t.list_join().await.unwrap()[0].name.as_deref(), Some("r1"));
+    }
+
+    #[tokio::test]
+    async fn tokens_stored_without_uses_or_name_keep_working() {
+        let (t, store, _dir) = tokens();
+        let secret = "k8s4r-join-legacy";
+        let legacy = json!({"expires": time::now_unix() + 3600, "robots": 0});
+        store.create(&Key::new(JOIN, "", &hash(secret)), legacy).await.unwrap();
+        register(&t, secret, "default", "a", 2).await.unwrap();
+        register(&t, secret, "default", "b", 2).await.unwrap();
+        assert!(matches!(
+            register(&t, secret, "default", "c", 2).await,
+            Err(TokenError::JoinTokenUsedUp(UsesLimit::Server(2)))
+        ));
+        let listed = t.list_join().await.unwrap();
+        assert_eq!(
+            (listed[0].robots, listed[0].uses, listed[0].name.as_deref()),
+            (2, None, None)
+        );
     }
 }

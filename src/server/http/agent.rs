@@ -48,9 +48,7 @@ pub async fn create_join_token(
                 Ok(bytes) if bytes.is_empty() => JoinTokenRequest::default(),
                 _ => body(&headers, b)?,
             };
-            let ttl = req.ttl_seconds.unwrap_or(86_400);
-            super::check_seconds("ttlSeconds", ttl)?;
-            app.agents.create_join_token(ttl).await
+            app.agents.create_join_token(&req).await
         }
         .await,
     )
