@@ -324,7 +324,8 @@ fn offline_robots_lose_tasks_and_service_jobs_move() {
     let first = wait_for("svc placed", T, || target(&s, "svc-g-r0-main"));
     wait_for("bat placed", T, || target(&s, "bat-g-r0-main"));
     // Keep the other robot alive; let the first one go silent.
-    let (mut alive, dead) = if first == "r1" { (r2, "r1") } else { (r1, "r2") };
+    let (mut alive, mut back) = if first == "r1" { (r2, r1) } else { (r1, r2) };
+    let dead = if first == "r1" { "r1" } else { "r2" };
     let bat_on_dead = target(&s, "bat-g-r0-main").as_deref() == Some(dead);
     wait_for("svc moved to the live robot", Duration::from_secs(30), || {
         alive.poll("0s");
@@ -347,10 +348,10 @@ fn offline_robots_lose_tasks_and_service_jobs_move() {
             (field(&s, "jobs", "bat", &["status", "state"]) == "failed").then_some(())
         });
     }
-    // The dead robot comes back: Online again, and the server settles the
-    // two copies (default reconcile: bestScore, the robot that ranks better
-    // now keeps it): exactly one robot has svc, and that is its target.
-    let mut back = Robot::register(&s, &join, dead, json!({}));
+    // The dead robot comes back (polls with its token again): Online again,
+    // and the server settles the two copies (default reconcile: bestScore,
+    // the robot that ranks better now keeps it): exactly one robot has svc,
+    // and that is its target.
     let svc = "svc-g-r0-main".to_string();
     let keeper = wait_for("one copy of svc after the return", T, || {
         let on_alive = alive.task_names().contains(&svc);

@@ -363,3 +363,68 @@ fn a_join_token_bound_to_a_name_registers_only_that_robot() {
     let (ok, _, err) = token_cli(&s, &["create", "--name", "Not_A_Name"]);
     assert!(!ok && err.contains("400") && err.contains("name: "), "{err}");
 }
+
+/// A join token alone cannot take over a registered robot's name: 409
+/// saying what would (its robot token, or an operator's revoke), and the
+/// real robot keeps its token and its task. The robot itself, proving who
+/// it is with its token, registers again; after `token revoke --robot` the
+/// name is free for a join token.
+#[test]
+fn a_join_token_cannot_take_over_a_registered_robot() {
+    let s = Server::start();
+    let join = s.join_token();
+    let mut real = Robot::register(&s, &join, "owned", json!({"role": "real"}));
+    let job = json!({"apiVersion": "robot.k8s4r.io/v1alpha1", "kind": "Job", "metadata": {"name": "work"},
+        "spec": {"type": "service", "robotSelector": {"role": "real"}, "taskGroups": [{"name": "g",
+          "tasks": [{"name": "main", "driver": "exec", "config": {"execConfig": {"command": "/bin/sleep", "args": ["60"]}}}]}]}});
+    let r = s.send_json("POST", "/apis/robot.k8s4r.io/v1alpha1/namespaces/default/jobs", &job);
+    assert_eq!(r.status, 201, "{}", r.body);
+    let has_task = |v: &Value| v["tasks"].as_array().is_some_and(|t| !t.is_empty());
+    wait_for("the task on the real robot", Duration::from_secs(30), || {
+        has_task(&real.poll("0s")).then_some(())
+    });
+
+    let register = |headers: &[(&str, &str)]| {
+        let body = json!({"joinToken": join, "name": "owned", "labels": {"role": "impostor"}});
+        s.request(
+            "POST",
+            "/agent/v1/register",
+            "application/json",
+            Some(body.to_string().as_bytes()),
+            headers,
+        )
+    };
+    let r = register(&[]);
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(
+        r.body.contains("registered already") && r.body.contains("token revoke --robot owned"),
+        "{}",
+        r.body
+    );
+    let guess = register(&[("Authorization", "Bearer k8s4r-robot-0000")]);
+    assert_eq!(guess.status, 409, "{}", guess.body);
+    // Nothing changed for the real robot: its token, labels and task.
+    assert!(has_task(&real.poll("0s")));
+    assert_eq!(s.object("robots", "owned").unwrap()["spec"]["labels"]["role"], "real");
+
+    // The robot itself may register again (e.g. after a server move).
+    let own = format!("Bearer {}", real.token);
+    let again = register(&[("Authorization", &own)]);
+    assert_eq!(again.status, 200, "{}", again.body);
+    let old = real.token.clone();
+    real.token = again.json()["token"].as_str().unwrap().to_string();
+    assert!(has_task(&real.poll("0s")));
+    let stale = s.request(
+        "GET",
+        "/agent/v1/robots/owned/assignments?since=0&wait=0s",
+        "",
+        None,
+        &[("Authorization", &format!("Bearer {old}"))],
+    );
+    assert_eq!(stale.status, 401, "the replaced token is dead: {}", stale.body);
+
+    // An operator frees the name; then a join token registers it.
+    let (ok, _, err) = token_cli(&s, &["revoke", "--robot", "owned"]);
+    assert!(ok, "{err}");
+    assert_eq!(register(&[]).status, 200);
+}

@@ -67,6 +67,15 @@ fn token_error(e: TokenError) -> Status {
             "ServiceUnavailable",
             "the join token is being used by many registrations at once; retry",
         ),
+        TokenError::NameRegistered(name) => Status::new(
+            409,
+            "AlreadyExists",
+            format!(
+                "robot {name:?} is registered already: registering it again needs its robot token \
+                 (its agent sends the one in its data dir), or an operator's \
+                 `k8s4r token revoke --robot {name}` first"
+            ),
+        ),
         TokenError::NameTaken(ns) => Status::new(
             409,
             "AlreadyExists",
@@ -170,7 +179,10 @@ impl Agents {
             .map_err(|e| revoke_error(e, &format!("a token of robot {name:?}")))
     }
 
-    pub async fn register(&self, req: RegisterRequest) -> Result<RegisterResponse, Status> {
+    /// `proof`: the robot token the agent holds from an earlier
+    /// registration (its Authorization header), needed to register a name
+    /// that is registered already.
+    pub async fn register(&self, req: RegisterRequest, proof: Option<&str>) -> Result<RegisterResponse, Status> {
         let grant = self.tokens.check_join(&req.join_token).await.map_err(token_error)?;
         if let Some(d) = &req.device_info {
             self.limits.check_device_info(d)?;
@@ -190,7 +202,7 @@ impl Agents {
         // Reserve the name (and mint the token) before touching the Robot.
         let token = self
             .tokens
-            .issue_robot(&grant, self.limits.robots_per_join_token, &ns, &req.name)
+            .issue_robot(&grant, self.limits.robots_per_join_token, &ns, &req.name, proof)
             .await
             .map_err(token_error)?;
         // Operator-only labels a robot claims are dropped (and said so).

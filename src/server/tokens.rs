@@ -60,6 +60,9 @@ pub enum TokenError {
     OtherRobot(String),
     /// The robot name is registered in another namespace.
     NameTaken(String),
+    /// The name is registered and the request does not carry its robot
+    /// token: a join token alone cannot take over an existing robot.
+    NameRegistered(String),
     /// The join token created as many Robots as it may (the limit).
     JoinTokenUsedUp(UsesLimit),
     /// The join token may register only this robot name.
@@ -351,13 +354,17 @@ impl Tokens {
 
     /// Issue (or replace) the token of robot `ns/name`. A name not
     /// registered yet spends one of `grant`'s Robots (its own `uses`, at
-    /// most `robots_per_join`); a grant bound to another name gets none.
+    /// most `robots_per_join`); a grant bound to another name gets none. A
+    /// name registered already is replaced only for the robot that proves
+    /// it is that robot (`proof`: its current robot token); an operator
+    /// frees a name with `k8s4r token revoke --robot NAME`.
     pub async fn issue_robot(
         &self,
         grant: &JoinGrant,
         robots_per_join: u64,
         ns: &str,
         name: &str,
+        proof: Option<&str>,
     ) -> Result<String, TokenError> {
         if let Some(bound) = grant.name.as_ref().filter(|b| *b != name) {
             return Err(TokenError::BoundToName(bound.clone()));
@@ -369,6 +376,11 @@ impl Tokens {
                 let owner = str_field(&e.value, "namespace");
                 if owner != ns {
                     return Err(TokenError::NameTaken(owner.to_string()));
+                }
+                let stored = str_field(&e.value, "hash");
+                let proven = proof.is_some_and(|p| p.len() <= MAX_SECRET && same(&hash(p), stored));
+                if !proven {
+                    return Err(TokenError::NameRegistered(name.to_string()));
                 }
                 // The old token dies before the new one exists.
                 self.forget_hash(str_field(&e.value, "hash")).await?;
@@ -524,8 +536,20 @@ mod tests {
     }
 
     async fn register(t: &Tokens, join: &str, ns: &str, name: &str, limit: u64) -> Result<String, TokenError> {
+        register_as(t, join, ns, name, limit, None).await
+    }
+
+    /// [`register`] carrying a robot token as proof of identity.
+    async fn register_as(
+        t: &Tokens,
+        join: &str,
+        ns: &str,
+        name: &str,
+        limit: u64,
+        proof: Option<&str>,
+    ) -> Result<String, TokenError> {
         let grant = t.check_join(join).await?;
-        t.issue_robot(&grant, limit, ns, name).await
+        t.issue_robot(&grant, limit, ns, name, proof).await
     }
 
     #[tokio::test]
@@ -556,7 +580,20 @@ mod tests {
         let (t, _store, _dir) = tokens();
         let (join, _, _) = t.create_join(&hour()).await.unwrap();
         let first = register(&t, &join, "default", "r", 10).await.unwrap();
-        let second = register(&t, &join, "default", "r", 10).await.unwrap();
+        // A join token alone cannot take the name over; the robot itself can.
+        assert!(matches!(
+            register(&t, &join, "default", "r", 10).await,
+            Err(TokenError::NameRegistered(n)) if n == "r"
+        ));
+        assert!(matches!(
+            register_as(&t, &join, "default", "r", 10, Some("k8s4r-robot-guess")).await,
+            Err(TokenError::NameRegistered(_))
+        ));
+        assert!(
+            t.authenticate("r", &first).await.is_ok(),
+            "the refusals changed nothing"
+        );
+        let second = register_as(&t, &join, "default", "r", 10, Some(&first)).await.unwrap();
         assert!(matches!(t.authenticate("r", &first).await, Err(TokenError::Invalid)));
         assert!(t.authenticate("r", &second).await.is_ok());
         assert!(matches!(
@@ -587,14 +624,14 @@ mod tests {
     async fn a_join_token_creates_at_most_its_limit_of_robots() {
         let (t, _store, _dir) = tokens();
         let (join, _, _) = t.create_join(&hour()).await.unwrap();
-        register(&t, &join, "default", "a", 2).await.unwrap();
+        let a = register(&t, &join, "default", "a", 2).await.unwrap();
         register(&t, &join, "default", "b", 2).await.unwrap();
         assert!(matches!(
             register(&t, &join, "default", "c", 2).await,
             Err(TokenError::JoinTokenUsedUp(UsesLimit::Server(2)))
         ));
-        // Registering again under a known name creates no Robot.
-        register(&t, &join, "default", "a", 2).await.unwrap();
+        // The robot registering again under its name creates no Robot.
+        register_as(&t, &join, "default", "a", 2, Some(&a)).await.unwrap();
         let (other, _, _) = t.create_join(&hour()).await.unwrap();
         register(&t, &other, "default", "c", 2).await.unwrap();
     }
@@ -633,8 +670,8 @@ mod tests {
             ..hour()
         };
         let (join, _, _) = t.create_join(&terms).await.unwrap();
-        register(&t, &join, "default", "a", 10).await.unwrap();
-        register(&t, &join, "default", "a", 10).await.unwrap();
+        let a = register(&t, &join, "default", "a", 10).await.unwrap();
+        register_as(&t, &join, "default", "a", 10, Some(&a)).await.unwrap();
         register(&t, &join, "default", "b", 10).await.unwrap();
         assert!(matches!(
             register(&t, &join, "default", "c", 10).await,

@@ -58,8 +58,10 @@ impl Client {
         }
     }
 
-    pub fn register(&self, req: &RegisterRequest) -> Result<RegisterResponse, ClientError> {
-        self.post(&format!("{PREFIX}/register"), None, req)
+    /// `proof`: the robot token of an earlier registration of this name,
+    /// which the server asks for before it replaces a registered robot.
+    pub fn register(&self, req: &RegisterRequest, proof: Option<&str>) -> Result<RegisterResponse, ClientError> {
+        self.post(&format!("{PREFIX}/register"), proof, req)
     }
 
     /// Long poll: returns at once if the desired set changed after `since`,

@@ -53,15 +53,25 @@ pub fn register(
     device_info: serde_json::Value,
 ) -> Result<Identity, RegisterError> {
     let join_token = config.join_token.clone().ok_or(RegisterError::NoJoinToken)?;
+    // A token this robot was given before (another server address, say)
+    // proves it is the robot of that name: the server replaces a registered
+    // robot only for itself.
+    let earlier = std::fs::read(data_dir.join(FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Identity>(&b).ok())
+        .filter(|id| id.name == config.name);
     let reply = client
-        .register(&RegisterRequest {
-            join_token,
-            name: config.name.clone(),
-            namespace: Some(config.namespace.clone()),
-            labels: config.labels.clone(),
-            device_info: Some(device_info),
-            agent_version: Some(crate::agent::device::AGENT_VERSION.to_string()),
-        })
+        .register(
+            &RegisterRequest {
+                join_token,
+                name: config.name.clone(),
+                namespace: Some(config.namespace.clone()),
+                labels: config.labels.clone(),
+                device_info: Some(device_info),
+                agent_version: Some(crate::agent::device::AGENT_VERSION.to_string()),
+            },
+            earlier.as_ref().map(|id| id.token.as_str()),
+        )
         .map_err(RegisterError::Client)?;
     let id = Identity {
         server: config.server.clone(),

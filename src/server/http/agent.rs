@@ -80,7 +80,7 @@ pub async fn register(State(app): State<AppState>, headers: HeaderMap, b: Result
     result(
         async {
             let req: RegisterRequest = body(&headers, b)?;
-            app.agents.register(req).await
+            app.agents.register(req, bearer(&headers)).await
         }
         .await,
     )
