@@ -202,6 +202,7 @@ fn spawn_latency() -> (f64, f64, f64) {
         log_limits: LogLimits::default(),
         cgroup_root: None,
         allow_root_tasks: true,
+        require_artifact_checksums: false,
     })
     .unwrap();
     let mut times = Vec::new();

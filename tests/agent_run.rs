@@ -6,9 +6,9 @@
 mod common;
 
 use common::standalone::*;
-use common::{agent_bin, shared_dir, wait_for};
+use common::{agent_bin, serve_recording, shared_dir, wait_for};
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 
 #[test]
@@ -372,27 +372,7 @@ fn keep_running_leaves_tasks_and_stop_all_stops_them() {
 
 /// Serve `body` over HTTP on 127.0.0.1 for as many requests as come.
 fn serve(body: &'static [u8]) -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for mut s in listener.incoming().map_while(Result::ok) {
-            let mut request = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !request.ends_with(b"\r\n\r\n") {
-                match s.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => request.extend_from_slice(&buf[..n]),
-                }
-            }
-            let _ = write!(
-                s,
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = s.write_all(body);
-        }
-    });
-    port
+    serve_recording(body).0
 }
 
 fn sha256_hex(data: &[u8]) -> String {
@@ -466,6 +446,66 @@ fn templates_and_artifacts_are_in_place_and_a_bad_checksum_fails_cleanly() {
         .unwrap()
         .collect();
     assert!(local.is_empty(), "nothing half-written may remain: {local:?}");
+}
+
+/// `--require-artifact-checksums`: a task with a plain-http artifact that
+/// has no checksum fails naming the artifact and the flag, and nothing of
+/// it is downloaded (not even its checksummed artifact listed first); a
+/// task whose http artifact has a checksum runs. Without the flag the same
+/// Job runs entirely, with validation's warning.
+#[test]
+fn require_artifact_checksums_refuses_unverified_http_before_any_download() {
+    let body: &'static [u8] = b"#!/bin/sh\necho verified\n";
+    let (port, requests) = serve_recording(body);
+    let sum = sha256_hex(body);
+    let groups = format!(
+        r#"    - name: g
+      tasks:
+        - name: checked
+          driver: exec
+          artifacts: [{{getterSource: "http://127.0.0.1:{port}/checked.sh", getterOptions: {{checksum: "sha256:{sum}"}}}}]
+          config: {{execConfig: {{command: /bin/sh, args: [local/checked.sh]}}}}
+        - name: unchecked
+          driver: exec
+          artifacts:
+            - {{getterSource: "http://127.0.0.1:{port}/first.sh", getterOptions: {{checksum: "sha256:{sum}"}}}}
+            - {{getterSource: "http://127.0.0.1:{port}/unverified.sh"}}
+          config: {{execConfig: {{command: /bin/sh, args: [local/unverified.sh]}}}}
+"#
+    );
+    let sb = Sandbox::new();
+    let file = sb.job(&job("integrity", "batch", &groups));
+    let mut agent = sb.run(&file, &["--require-artifact-checksums"]);
+    assert_eq!(agent.wait_exit(), 1, "{}", agent.output());
+    let out = agent.output();
+    let refused = format!("g r0 unchecked: failed: failed to start: artifact http://127.0.0.1:{port}/unverified.sh (artifacts[1]): plain http without getterOptions.checksum, refused by --require-artifact-checksums (K8S4R_REQUIRE_ARTIFACT_CHECKSUMS); nothing was downloaded");
+    assert!(
+        out.lines().any(|l| l.ends_with(&refused)),
+        "missing {refused:?} in:\n{out}"
+    );
+    assert!(out.contains("g r0 checked: exited 0"), "{out}");
+    let task = |t: &str| sb.data().join("alloc/integrity-g/r0").join(t);
+    assert_eq!(
+        std::fs::read_to_string(task("checked").join("logs/stdout")).unwrap(),
+        "verified\n"
+    );
+    assert_eq!(
+        *requests.lock().unwrap(),
+        vec!["GET /checked.sh HTTP/1.1".to_string()],
+        "the refused task downloaded something"
+    );
+    assert_eq!(std::fs::read_dir(task("unchecked").join("local")).unwrap().count(), 0);
+
+    // The policy is the robot's: without the flag the same Job runs, and
+    // validation said what was not verified.
+    requests.lock().unwrap().clear();
+    let sb = Sandbox::new();
+    let file = sb.job(&job("integrity", "batch", &groups));
+    let mut agent = sb.run_keeping_stderr(&file, &[]);
+    assert_eq!(agent.wait_exit(), 0, "{}\n{}", agent.output(), sb.stderr());
+    assert_eq!(requests.lock().unwrap().len(), 3);
+    let warning = format!("spec.taskGroups[0].tasks[1].artifacts[1].getterSource: \"http://127.0.0.1:{port}/unverified.sh\" is fetched over plain http without getterOptions.checksum (sha256:<hex>): integrity not verified");
+    assert!(sb.stderr().contains(&warning), "{}", sb.stderr());
 }
 
 #[test]

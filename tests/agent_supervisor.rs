@@ -99,6 +99,7 @@ fn a_changed_spec_replaces_the_process_and_an_unchanged_one_does_not() {
         log_limits: LogLimits::default(),
         cgroup_root: None,
         allow_root_tasks: true,
+        require_artifact_checksums: false,
     };
     let (mut sup, _) = Supervisor::new(config).unwrap();
 
@@ -123,6 +124,7 @@ fn a_changed_spec_replaces_the_process_and_an_unchanged_one_does_not() {
         log_limits: LogLimits::default(),
         cgroup_root: None,
         allow_root_tasks: true,
+        require_artifact_checksums: false,
     });
     assert!(again.err().unwrap().to_string().contains("another agent is running"));
 
@@ -164,6 +166,7 @@ fn a_network_change_updates_the_running_proxy_and_restarts_tasks_with_new_variab
         log_limits: LogLimits::default(),
         cgroup_root: None,
         allow_root_tasks: true,
+        require_artifact_checksums: false,
     };
     let (mut sup, _) = Supervisor::new(config).unwrap();
     let mut rec = Reconciler::new(ReconcileConfig {
@@ -282,6 +285,7 @@ fn a_damaged_state_file_is_set_aside_not_fatal() {
         log_limits: LogLimits::default(),
         cgroup_root: None,
         allow_root_tasks: true,
+        require_artifact_checksums: false,
     };
     let (_sup, notices) = Supervisor::new(config).unwrap();
     assert!(

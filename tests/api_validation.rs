@@ -355,6 +355,59 @@ fn original_manifest_patterns_validate_with_warnings() {
     }
 }
 
+/// An artifact fetched over plain http without a checksum is accepted
+/// with a warning on its `getterSource` (integrity not verified); with a
+/// checksum, from a file, or over https (which an agent without TLS
+/// refuses when it fetches, not here) it is not warned about.
+#[test]
+fn plain_http_artifacts_without_a_checksum_are_a_warning_with_their_path() {
+    let text = apply(vec![
+        Set(
+            "/spec/taskGroups/0/tasks/0/artifacts/1",
+            json!({"getterSource": "http://example.com/tool", "getterOptions": {"filename": "t"}}),
+        ),
+        Set(
+            "/spec/taskGroups/0/tasks/0/artifacts/2",
+            json!({"getterSource": "https://example.com/b.tgz"}),
+        ),
+        Set(
+            "/spec/taskGroups/0/tasks/0/artifacts/3",
+            json!({"getterSource": "file:///opt/c.bin"}),
+        ),
+        Set(
+            "/spec/taskGroups/0/initTasks/0/artifacts",
+            json!([{"getterSource": "http://10.0.0.1/init.sh"}]),
+        ),
+    ]);
+    let d = api::decode_all(&text).remove(0).unwrap();
+    let found = api::review(&d.object);
+    assert_eq!(found.errors, vec![], "accepted");
+    let warnings: Vec<String> = found.warnings.iter().map(|w| w.to_string()).collect();
+    let unverified = |field: &str, url: &str| {
+        format!("{G}.{field}.getterSource: \"{url}\" is fetched over plain http without getterOptions.checksum (sha256:<hex>): integrity not verified; robots with --require-artifact-checksums refuse it")
+    };
+    assert_eq!(
+        warnings,
+        vec![
+            unverified("initTasks[0].artifacts[0]", "http://10.0.0.1/init.sh"),
+            unverified("tasks[0].artifacts[1]", "http://example.com/tool"),
+        ]
+    );
+    // `k8s4r validate` prints them and still says ok.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("unverified.json");
+    std::fs::write(&file, &text).unwrap();
+    let out = validate_cli(&file);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for w in &warnings {
+        assert!(
+            stderr.contains(&format!("warning: {}: Job/demo: {w}", file.display())),
+            "{stderr}"
+        );
+    }
+}
+
 /// `k8s4r validate -f FILE`.
 fn validate_cli(file: &Path) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_k8s4r"))

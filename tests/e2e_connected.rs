@@ -1268,3 +1268,54 @@ fn a_root_task_on_a_robot_that_forbids_them_fails_with_a_status_and_an_event() {
     );
     assert!(!marker.exists(), "the task ran");
 }
+
+/// A robot started with `--require-artifact-checksums` given a task whose
+/// http artifact has no checksum: the task fails before anything is
+/// downloaded, its status and a Warning event name the artifact and the
+/// flag.
+#[test]
+fn an_unverified_artifact_on_a_robot_that_requires_checksums_fails_before_any_download() {
+    let (port, requests) = common::serve_recording(b"#!/bin/sh\necho ran\n");
+    let dir = tempfile::tempdir().unwrap();
+    let (server, agent) = robot_at(
+        "robot-verify",
+        "demo=true",
+        &dir.path().join("r"),
+        &["--require-artifact-checksums"],
+    );
+    let url = format!("http://127.0.0.1:{port}/tool.sh");
+    let job = json!({
+        "apiVersion": "robot.k8s4r.io/v1alpha1", "kind": "Job",
+        "metadata": {"name": "unverified", "namespace": "default"},
+        "spec": {"type": "batch", "robotSelector": {"demo": "true"}, "taskGroups": [{
+            "name": "g",
+            "tasks": [{"name": "t", "driver": "exec", "artifacts": [{"getterSource": url}],
+                "config": {"execConfig": {"command": "/bin/sh", "args": ["local/tool.sh"]}}}]
+        }]}
+    });
+    assert_eq!(server.send_json("POST", JOBS, &job).status, 201);
+    wait_job(&server, "unverified", "failed", &agent);
+    let t = task(&server, "unverified-g-r0-t").unwrap();
+    let message = t["status"]["message"].as_str().unwrap_or_default().to_string();
+    assert!(
+        message.contains(&format!(
+            "artifact {url} (artifacts[0]): plain http without getterOptions.checksum"
+        )) && message.contains("--require-artifact-checksums"),
+        "{t}"
+    );
+    let events = wait_for("the Failed event", Duration::from_secs(30), || {
+        let events = server.events_of("Task", "unverified-g-r0-t");
+        events.iter().any(|(reason, _, _)| reason == "Failed").then_some(events)
+    });
+    assert!(
+        events
+            .iter()
+            .any(|(_, m, _)| m.contains("--require-artifact-checksums")),
+        "{events:?}"
+    );
+    assert_eq!(
+        *requests.lock().unwrap(),
+        Vec::<String>::new(),
+        "something was downloaded"
+    );
+}

@@ -900,7 +900,7 @@ fn a_check_on_no_port_is_accepted_with_a_warning_header_and_a_job_event() {
         "checks": [{"name": "alive", "type": "http", "path": "/health", "interval": "10s"}]}]);
     let legacy = job("legacy", "service", json!({}), json!([g]));
     let warning = r#"spec.taskGroups[0].tasks[0].services[0].portLabel: "http" names no port this agent can probe (http checks need a port number, 1-65535): the check "alive" is not run"#;
-    let header = format!("299 - \"{}\"", warning.replace('"', "\\\""));
+    let header = warning_header(warning);
     let r = s.send_json("POST", &format!("{}?dryRun=All", jobs()), &legacy);
     assert_eq!(
         (r.status, r.warnings.clone()),
@@ -910,9 +910,24 @@ fn a_check_on_no_port_is_accepted_with_a_warning_header_and_a_job_event() {
     );
     let r = s.send_json("POST", jobs(), &legacy);
     assert_eq!((r.status, r.warnings.clone()), (201, vec![header]), "{}", r.body);
-    let path = "/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3Dlegacy,involvedObject.kind%3DJob";
+    let event = validation_warning_event(&s, "legacy");
+    assert_eq!(event["message"], warning, "{event}");
+    assert_eq!(event["count"], 1, "the dry run recorded nothing: {event}");
+}
+
+/// A validation warning as kubectl shows it (`Warning:` header, RFC 7234).
+fn warning_header(warning: &str) -> String {
+    format!("299 - \"{}\"", warning.replace('"', "\\\""))
+}
+
+/// The Warning event validation recorded on Job `name`, checked to be on
+/// the stored object.
+fn validation_warning_event(s: &Server, name: &str) -> Value {
+    let path = format!(
+        "/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3D{name},involvedObject.kind%3DJob"
+    );
     let event = wait_for("the ValidationWarning event", T, || {
-        let list = s.get(path).json();
+        let list = s.get(&path).json();
         list["items"]
             .as_array()?
             .iter()
@@ -920,10 +935,34 @@ fn a_check_on_no_port_is_accepted_with_a_warning_header_and_a_job_event() {
             .cloned()
     });
     assert_eq!(event["type"], "Warning", "{event}");
-    assert_eq!(event["message"], warning, "{event}");
-    assert_eq!(event["count"], 1, "the dry run recorded nothing: {event}");
     assert_eq!(
         event["involvedObject"]["uid"],
-        s.object("jobs", "legacy").unwrap()["metadata"]["uid"]
+        s.object("jobs", name).unwrap()["metadata"]["uid"]
     );
+    event
+}
+
+/// An artifact over plain http without a checksum is accepted with a
+/// `Warning` header and a Job event saying its integrity is not verified;
+/// its checksummed neighbour is not warned about.
+#[test]
+fn an_unverified_http_artifact_is_accepted_with_a_warning_header_and_a_job_event() {
+    let s = Server::start();
+    let mut g = group("dl", 1, None);
+    g["tasks"][0]["artifacts"] = json!([
+        {"getterSource": "http://artifacts.example/ok.bin",
+         "getterOptions": {"checksum": format!("sha256:{}", "b".repeat(64))}},
+        {"getterSource": "http://artifacts.example/tool.bin"}
+    ]);
+    let fetcher = job("fetcher", "batch", json!({}), json!([g]));
+    let warning = r#"spec.taskGroups[0].tasks[0].artifacts[1].getterSource: "http://artifacts.example/tool.bin" is fetched over plain http without getterOptions.checksum (sha256:<hex>): integrity not verified; robots with --require-artifact-checksums refuse it"#;
+    let r = s.send_json("POST", jobs(), &fetcher);
+    assert_eq!(
+        (r.status, r.warnings.clone()),
+        (201, vec![warning_header(warning)]),
+        "{}",
+        r.body
+    );
+    let event = validation_warning_event(&s, "fetcher");
+    assert_eq!(event["message"], warning, "{event}");
 }

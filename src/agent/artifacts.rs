@@ -4,6 +4,9 @@
 //! sha256:<hex>` the content is verified while it streams to a temp file;
 //! only a verified, complete file is renamed into place, so a mismatch or a
 //! broken download leaves nothing behind. Archives are not unpacked.
+//! A robot started with `--require-artifact-checksums` refuses a task with
+//! an `http://` artifact that has no checksum before it fetches anything:
+//! plain http can be altered on the way (see [`require_checksums`]).
 //!
 //! Destination: `relativeDest` (default `local/`) is a directory, the file
 //! name is `getterOptions.filename` or the last segment of the source; with
@@ -47,6 +50,11 @@ pub enum ArtifactError {
         expected: String,
         actual: String,
     },
+    /// Plain http without a checksum on a robot that requires one.
+    Unverified {
+        source: String,
+        index: usize,
+    },
     Write {
         source: String,
         error: std::io::Error,
@@ -70,6 +78,10 @@ impl std::fmt::Display for ArtifactError {
                 )
             }
             ArtifactError::Write { source, error } => write!(f, "artifact {source}: writing: {error}"),
+            ArtifactError::Unverified { source, index } => write!(
+                f,
+                "artifact {source} (artifacts[{index}]): plain http without getterOptions.checksum, refused by --require-artifact-checksums (K8S4R_REQUIRE_ARTIFACT_CHECKSUMS); nothing was downloaded"
+            ),
         }
     }
 }
@@ -102,6 +114,22 @@ pub fn destination(a: &Artifact) -> Result<String, ArtifactError> {
         }
     };
     Ok(format!("{}/{name}", dest.trim_end_matches('/')))
+}
+
+/// For `--require-artifact-checksums`: the first `http://` artifact
+/// without a checksum, as an error. Checked for all of a task's artifacts
+/// before any is fetched, so a refused task downloads nothing.
+pub fn require_checksums(artifacts: &[Artifact]) -> Result<(), ArtifactError> {
+    match artifacts
+        .iter()
+        .position(|a| a.getter_source.starts_with("http://") && !a.getter_options.contains_key("checksum"))
+    {
+        Some(index) => Err(ArtifactError::Unverified {
+            source: artifacts[index].getter_source.clone(),
+            index,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Fetch every artifact of a task, none larger than `max_bytes`.
@@ -299,6 +327,21 @@ mod tests {
             "{err}"
         );
         assert_eq!(std::fs::read_dir(task.path().join("local")).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn only_plain_http_without_a_checksum_is_unverified() {
+        let mut checked = artifact("http://h/a.bin");
+        checked
+            .getter_options
+            .insert("checksum".into(), format!("sha256:{}", "a".repeat(64)));
+        let local = artifact("file:///etc/hostname");
+        assert!(require_checksums(&[checked.clone(), local.clone()]).is_ok());
+        let err = require_checksums(&[checked, local, artifact("http://h/b.bin")]).unwrap_err();
+        assert!(
+            matches!(&err, ArtifactError::Unverified { source, index: 2 } if source == "http://h/b.bin"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -114,6 +114,7 @@ mod tests {
             log_limits: LogLimits::default(),
             cgroup_root: None,
             allow_root_tasks: true,
+            require_artifact_checksums: false,
         })
         .unwrap();
         for key in ["old-g", "kept-g"] {

@@ -78,6 +78,9 @@ OPTIONS:
     --default-user USER     User for tasks that name none (root agent only) [env K8S4R_DEFAULT_USER]
     --proxy-user USER       User of the groups' Envoys when the agent is root
                             [env K8S4R_PROXY_USER; default k8s4r-proxy if it exists, else nobody]
+    --require-artifact-checksums[=BOOL]  Refuse a task with an http:// artifact that has no
+                            sha256 checksum (integrity not verified), before any download
+                            [env K8S4R_REQUIRE_ARTIFACT_CHECKSUMS; default false]
     -h, --help              Print help
 ";
 
@@ -158,12 +161,8 @@ pub fn cmd_run(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
         match arg {
             Short('f') | Long("filename") => file = Some(parser.value()?.string()?),
             Long(flag) if privileges::KEYS.iter().any(|(f, _)| *f == flag) => {
-                let key = privileges::KEYS
-                    .iter()
-                    .find(|(f, _)| *f == flag)
-                    .map(|(_, k)| *k)
-                    .unwrap_or_default();
-                privilege_flags.insert(key.to_string(), parser.value()?.string()?);
+                let flag = flag.to_string();
+                privileges::take_flag(&flag, parser, &mut privilege_flags)?;
             }
             Long("data-dir") => data_dir = Some(PathBuf::from(parser.value()?)),
             Long("robot") => robot = Some(parser.value()?.string()?),
@@ -198,6 +197,7 @@ pub fn cmd_run(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
             log_limits: limits,
             cgroup_root,
             allow_root_tasks: privileges.allow_root_tasks,
+            require_artifact_checksums: privileges.require_artifact_checksums,
         },
         reconcile: reconcile::ReconcileConfig {
             robot: robot.unwrap_or_else(default_robot),

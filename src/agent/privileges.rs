@@ -1,5 +1,6 @@
-//! The robot's privilege policy for the processes the agent starts, from
-//! flags, the environment or the config file (same keys as connected mode):
+//! The robot's privilege policy for the processes the agent starts and
+//! what they may run, from flags, the environment or the config file (same
+//! keys as connected mode; `run` and connected mode parse the flags here):
 //!
 //! - `--allow-root-tasks BOOL` [`K8S4R_ALLOW_ROOT_TASKS`]: may a task run as
 //!   uid 0? True by default so existing Jobs keep working; on a robot that
@@ -12,7 +13,12 @@
 //!   account (robot images made by `make image` do), else `nobody`. A
 //!   dedicated account is better: a task running as the proxy's user could
 //!   signal or trace the proxy. `root` keeps the proxy privileged.
+//! - `--require-artifact-checksums[=BOOL]` [`K8S4R_REQUIRE_ARTIFACT_CHECKSUMS`]:
+//!   refuse a task with an `http://` artifact that has no sha256 checksum
+//!   (anyone on the path could swap the file), before it downloads
+//!   anything. Off by default: validation only warns about such artifacts.
 
+use lexopt::ValueExt;
 use std::collections::BTreeMap;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,6 +28,7 @@ pub struct Privileges {
     /// None: the proxy runs as the agent's user (given or not, a non-root
     /// agent cannot switch).
     pub proxy_user: Option<String>,
+    pub require_artifact_checksums: bool,
 }
 
 impl Default for Privileges {
@@ -30,6 +37,7 @@ impl Default for Privileges {
             allow_root_tasks: true,
             default_user: None,
             proxy_user: None,
+            require_artifact_checksums: false,
         }
     }
 }
@@ -48,11 +56,34 @@ pub fn default_proxy_user(passwd: &str) -> &'static str {
 }
 
 /// The environment names of the flags, for settings maps.
-pub const KEYS: [(&str, &str); 3] = [
+pub const KEYS: [(&str, &str); 4] = [
     ("allow-root-tasks", "K8S4R_ALLOW_ROOT_TASKS"),
     ("default-user", "K8S4R_DEFAULT_USER"),
     ("proxy-user", "K8S4R_PROXY_USER"),
+    ("require-artifact-checksums", "K8S4R_REQUIRE_ARTIFACT_CHECKSUMS"),
 ];
+
+/// Flags that mean `true` alone; `--flag=false` says otherwise.
+const SWITCHES: [&str; 1] = ["require-artifact-checksums"];
+
+/// If `flag` (a long option's name) is one of the policy's, take its value
+/// from `parser` into `settings` under its environment name and say so.
+pub fn take_flag(
+    flag: &str,
+    parser: &mut lexopt::Parser,
+    settings: &mut BTreeMap<String, String>,
+) -> Result<bool, lexopt::Error> {
+    let Some((_, key)) = KEYS.iter().find(|(f, _)| *f == flag) else {
+        return Ok(false);
+    };
+    let value = match parser.optional_value() {
+        Some(v) => v.string()?,
+        None if SWITCHES.contains(&flag) => "true".to_string(),
+        None => parser.value()?.string()?,
+    };
+    settings.insert(key.to_string(), value);
+    Ok(true)
+}
 
 impl Privileges {
     /// From settings keyed by environment name, highest priority first
@@ -88,10 +119,17 @@ impl Privileges {
             crate::api::validate::check_user(user).map_err(|e| format!("--proxy-user: {e}"))?;
         }
         let proxy_user = is_root.then(|| proxy_user.unwrap_or_else(|| default_proxy_user(passwd).to_string()));
+        let require_artifact_checksums = match get("K8S4R_REQUIRE_ARTIFACT_CHECKSUMS") {
+            None => false,
+            Some(v) => {
+                parse_bool(&v).ok_or_else(|| format!("--require-artifact-checksums {v:?}: expected true or false"))?
+            }
+        };
         Ok(Privileges {
             allow_root_tasks,
             default_user,
             proxy_user,
+            require_artifact_checksums,
         })
     }
 }
@@ -107,6 +145,10 @@ impl Privileges {
         if let Some(u) = &self.proxy_user {
             flags.extend(["--proxy-user".to_string(), u.clone()]);
         }
+        flags.push(format!(
+            "--require-artifact-checksums={}",
+            self.require_artifact_checksums
+        ));
         flags
     }
 }
@@ -160,5 +202,35 @@ mod tests {
             .starts_with("--allow-root-tasks"));
         let bad = map(&[("K8S4R_DEFAULT_USER", "root; rm")]);
         assert!(Privileges::resolve(&[&bad]).unwrap_err().starts_with("--default-user"));
+        let bad = map(&[("K8S4R_REQUIRE_ARTIFACT_CHECKSUMS", "sometimes")]);
+        assert!(Privileges::resolve(&[&bad])
+            .unwrap_err()
+            .starts_with("--require-artifact-checksums"));
+    }
+
+    /// Both command lines take the policy's flags through `take_flag`: a
+    /// switch alone is true, `=false` turns it off, others need a value.
+    #[test]
+    fn flags_parse_alike_and_survive_the_hand_over_to_run() {
+        let parse = |args: &[&str]| {
+            let mut parser = lexopt::Parser::from_args(args.iter().copied());
+            let mut settings = BTreeMap::new();
+            while let Some(lexopt::Arg::Long(flag)) = parser.next().unwrap() {
+                let flag = flag.to_string();
+                assert!(take_flag(&flag, &mut parser, &mut settings).unwrap(), "{flag}");
+            }
+            Privileges::resolve_for(&[&settings], false, "").unwrap()
+        };
+        let strict = parse(&["--require-artifact-checksums", "--allow-root-tasks", "false"]);
+        assert!(strict.require_artifact_checksums && !strict.allow_root_tasks);
+        assert!(!parse(&["--require-artifact-checksums=false"]).require_artifact_checksums);
+        let flags = strict.as_flags();
+        assert_eq!(parse(&flags.iter().map(String::as_str).collect::<Vec<_>>()), strict);
+        let env = map(&[("K8S4R_REQUIRE_ARTIFACT_CHECKSUMS", "yes")]);
+        assert!(
+            Privileges::resolve_for(&[&env], false, "")
+                .unwrap()
+                .require_artifact_checksums
+        );
     }
 }

@@ -4,7 +4,9 @@
 //!
 //! Besides errors it finds warnings: what the original implementation
 //! accepted and this one accepts too, but does not act on (a service
-//! check whose `portLabel` names no port is not run). They name their
+//! check whose `portLabel` names no port is not run) or acts on without
+//! the safety it would need (an artifact over plain http without a
+//! checksum: integrity not verified). They name their
 //! field the same way; the server returns them as `Warning` headers and
 //! records them as events on the Job, `k8s4r validate` and `run -f` print
 //! them.
@@ -645,6 +647,17 @@ fn check_task(errs: &mut Errors, path: &str, t: &TaskSpec, role: TaskRole) {
                     format!("{mode:?} is not one of any, file, dir"),
                 );
             }
+        }
+        // Plain http can be altered on the way, and the agent has no TLS:
+        // accepted (the original implementation fetched it too), but said,
+        // as a robot with `--require-artifact-checksums` refuses it.
+        if src.starts_with("http://") && !a.getter_options.contains_key("checksum") {
+            errs.warn(
+                &format!("{p}.getterSource"),
+                format!(
+                    "{src:?} is fetched over plain http without getterOptions.checksum (sha256:<hex>): integrity not verified; robots with --require-artifact-checksums refuse it"
+                ),
+            );
         }
         for (k, v) in &a.getter_options {
             match k.as_str() {

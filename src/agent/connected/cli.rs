@@ -38,6 +38,9 @@ config file; flags win over the environment, the environment over the file):
     --default-user USER   User for tasks that name none (root agent only) [K8S4R_DEFAULT_USER]
     --proxy-user USER     User of the groups' Envoys when the agent is root
                           [default k8s4r-proxy if it exists, else nobody] [K8S4R_PROXY_USER]
+    --require-artifact-checksums[=BOOL]  Refuse a task with an http:// artifact that
+                          has no sha256 checksum, before any download
+                          [default false]          [K8S4R_REQUIRE_ARTIFACT_CHECKSUMS]
     --config-recheck DURATION  While the agent has nothing to do (no server or
                           job file yet, or the server refuses it), re-read the
                           config file this often [default 10s] [K8S4R_CONFIG_RECHECK]
@@ -94,15 +97,15 @@ fn connect(
                 None => break,
             },
         };
+        if crate::agent::privileges::take_flag(&name, parser, &mut flags)? {
+            continue;
+        }
         let key = match name.as_str() {
             "server" => "K8S4R_SERVER",
             "join-token" => "K8S4R_JOIN_TOKEN",
             "name" => "K8S4R_NAME",
             "labels" => "K8S4R_LABELS",
             "namespace" => "K8S4R_NAMESPACE",
-            "allow-root-tasks" => "K8S4R_ALLOW_ROOT_TASKS",
-            "default-user" => "K8S4R_DEFAULT_USER",
-            "proxy-user" => "K8S4R_PROXY_USER",
             "config-recheck" => waiting::RECHECK_ENV,
             "waiting-notice" => waiting::NOTICE_ENV,
             "config" => {
@@ -218,6 +221,7 @@ fn connect(
             log_limits: limits,
             cgroup_root,
             allow_root_tasks: privileges.allow_root_tasks,
+            require_artifact_checksums: privileges.require_artifact_checksums,
         },
         reconcile: reconcile::ReconcileConfig {
             robot: config.name.clone(),

@@ -130,6 +130,9 @@ pub struct SupervisorConfig {
     /// `--allow-root-tasks`; true for compatibility, the first thing a
     /// robot on an untrusted network should turn off.
     pub allow_root_tasks: bool,
+    /// Refuse tasks with a plain-http artifact that has no checksum
+    /// (`--require-artifact-checksums`).
+    pub require_artifact_checksums: bool,
 }
 
 /// How the end of a unit's process is noticed.
@@ -261,6 +264,7 @@ pub struct Supervisor {
     fetch_rx: mpsc::Receiver<FetchDone>,
     /// Largest artifact a unit may download.
     artifact_max_bytes: u64,
+    require_artifact_checksums: bool,
     _lock: std::fs::File,
 }
 
@@ -364,6 +368,7 @@ impl Supervisor {
             fetch_tx,
             fetch_rx,
             artifact_max_bytes,
+            require_artifact_checksums: config.require_artifact_checksums,
             _lock: lock,
         };
         Ok((sup, notices))
@@ -664,10 +669,18 @@ impl Supervisor {
                                 let (dir, alloc) = (unit.spec.dir.clone(), unit.spec.alloc_dir.clone());
                                 let (tx, waker, unit_name) =
                                     (self.fetch_tx.clone(), self.wakeups.waker(), name.to_string());
-                                let max_bytes = self.artifact_max_bytes;
+                                let (max_bytes, require_checksums) =
+                                    (self.artifact_max_bytes, self.require_artifact_checksums);
                                 std::thread::spawn(move || {
-                                    let result = spawn::fetch_artifacts(&artifacts, &dir, &alloc, owner, max_bytes)
-                                        .map_err(|e| e.to_string());
+                                    let result = spawn::fetch_artifacts(
+                                        &artifacts,
+                                        &dir,
+                                        &alloc,
+                                        owner,
+                                        max_bytes,
+                                        require_checksums,
+                                    )
+                                    .map_err(|e| e.to_string());
                                     let _ = tx.send(FetchDone {
                                         unit: unit_name,
                                         ticket,

@@ -273,14 +273,20 @@ mod dirfd {
 }
 
 /// Second step, possibly slow (downloads), so the supervisor runs it on a
-/// worker thread when there is anything to fetch.
+/// worker thread when there is anything to fetch. With
+/// `require_checksums`, a plain-http artifact without one fails the step
+/// before anything is fetched.
 pub fn fetch_artifacts(
     artifacts: &[crate::api::Artifact],
     dir: &std::path::Path,
     alloc_dir: &std::path::Path,
     owner: Option<(u32, u32)>,
     max_bytes: u64,
+    require_checksums: bool,
 ) -> Result<(), SpawnError> {
+    if require_checksums {
+        artifacts::require_checksums(artifacts).map_err(SpawnError::Artifact)?;
+    }
     artifacts::fetch_all(artifacts, dir, alloc_dir, owner, max_bytes).map_err(SpawnError::Artifact)
 }
 
