@@ -83,6 +83,10 @@ cases=(
   "compat|original manifest patterns: Nomad /local /secrets /alloc destPath/relativeDest, checks on a portLabel that names no port|validate with warnings naming the field (k8s4r validate exit 0)|api_validation|original_manifest_patterns_validate_with_warnings"
   "compat|the same patterns under run -f|files land in the task/alloc dirs, secrets/ 0700; warnings on stderr; the unresolvable checks never run while a runnable one does|agent_run|original_manifest_patterns_run_with_warnings"
   "compat|POST of a Job with a check on no port|201 with the Warning header and one ValidationWarning event on the Job; a dry run records none|server_fleet|a_check_on_no_port_is_accepted_with_a_warning_header_and_a_job_event"
+  "bad input|http artifact without a checksum|accepted; warning naming artifacts[i].getterSource (integrity not verified); https, file:// and checksummed ones not warned; k8s4r validate exit 0|api_validation|plain_http_artifacts_without_a_checksum_are_a_warning_with_their_path"
+  "bad input|POST of a Job with an http artifact without a checksum|201 with the Warning header and a ValidationWarning event on the Job; its checksummed neighbour not warned about|server_fleet|an_unverified_http_artifact_is_accepted_with_a_warning_header_and_a_job_event"
+  "isolation|run --require-artifact-checksums: a task with a checksummed and an unchecksummed http artifact, beside a task with a checksummed one|the first fails naming the artifact and the flag, no request for any of its artifacts reaches the server, nothing in local/; the checksummed task runs; without the flag all run, with the warning|agent_run|require_artifact_checksums_refuses_unverified_http_before_any_download"
+  "isolation|a connected robot with --require-artifact-checksums given a task with an http artifact without a checksum|the task fails; its status and a Failed event name the artifact and the flag; the HTTP server received no request|e2e_connected|an_unverified_artifact_on_a_robot_that_requires_checksums_fails_before_any_download"
   "isolation|wrong or foreign SPIFFE ID|mTLS refused, no byte reaches PostgreSQL|e2e_postgres|"
 )
 
