@@ -330,15 +330,7 @@ fn a_join_token_with_uses_registers_that_many_robots() {
     assert_eq!(code, 200, "{body}");
     // The robot registering its name again (with its token) uses nothing.
     let token: Value = serde_json::from_str(&body).unwrap();
-    let own = format!("Bearer {}", token["token"].as_str().unwrap());
-    let again = json!({"joinToken": join, "name": "a"}).to_string();
-    let r = s.request(
-        "POST",
-        "/agent/v1/register",
-        "application/json",
-        Some(again.as_bytes()),
-        &[("Authorization", &own)],
-    );
+    let r = s.register(&json!({"joinToken": join, "name": "a"}), token["token"].as_str());
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(register_reply(&s, &join, "b").0, 200);
     let (code, body) = register_reply(&s, &join, "c");
@@ -395,32 +387,23 @@ fn a_join_token_cannot_take_over_a_registered_robot() {
         has_task(&real.poll("0s")).then_some(())
     });
 
-    let register = |headers: &[(&str, &str)]| {
-        let body = json!({"joinToken": join, "name": "owned", "labels": {"role": "impostor"}});
-        s.request(
-            "POST",
-            "/agent/v1/register",
-            "application/json",
-            Some(body.to_string().as_bytes()),
-            headers,
-        )
-    };
-    let r = register(&[]);
+    let impostor = json!({"joinToken": join, "name": "owned", "labels": {"role": "impostor"}});
+    let register = |proof: Option<&str>| s.register(&impostor, proof);
+    let r = register(None);
     assert_eq!(r.status, 409, "{}", r.body);
     assert!(
         r.body.contains("registered already") && r.body.contains("token revoke --robot owned"),
         "{}",
         r.body
     );
-    let guess = register(&[("Authorization", "Bearer k8s4r-robot-0000")]);
+    let guess = register(Some("k8s4r-robot-0000"));
     assert_eq!(guess.status, 409, "{}", guess.body);
     // Nothing changed for the real robot: its token, labels and task.
     assert!(has_task(&real.poll("0s")));
     assert_eq!(s.object("robots", "owned").unwrap()["spec"]["labels"]["role"], "real");
 
     // The robot itself may register again (e.g. after a server move).
-    let own = format!("Bearer {}", real.token);
-    let again = register(&[("Authorization", &own)]);
+    let again = register(Some(&real.token));
     assert_eq!(again.status, 200, "{}", again.body);
     let old = real.token.clone();
     real.token = again.json()["token"].as_str().unwrap().to_string();
@@ -437,5 +420,5 @@ fn a_join_token_cannot_take_over_a_registered_robot() {
     // An operator frees the name; then a join token registers it.
     let (ok, _, err) = token_cli(&s, &["revoke", "--robot", "owned"]);
     assert!(ok, "{err}");
-    assert_eq!(register(&[]).status, 200);
+    assert_eq!(register(None).status, 200);
 }

@@ -336,14 +336,9 @@ fn a_join_token_creates_at_most_its_limit_of_robots() {
     assert!(message.contains("--max-robots-per-join-token"), "{message}");
     assert!(s.object("robots", "r3").is_none());
     // A robot registering again (with its token) creates no Robot: not counted.
-    let own = format!("Bearer {}", first.json()["token"].as_str().unwrap());
-    let again = json!({"joinToken": join, "name": "r1"}).to_string();
-    let r = s.request(
-        "POST",
-        "/agent/v1/register",
-        "application/json",
-        Some(again.as_bytes()),
-        &[("Authorization", &own)],
+    let r = s.register(
+        &json!({"joinToken": join, "name": "r1"}),
+        first.json()["token"].as_str(),
     );
     assert_eq!(r.status, 200, "{}", r.body);
     let other = s.join_token();

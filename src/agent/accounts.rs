@@ -52,12 +52,23 @@ pub fn supplementary_groups(text: &str, user: &str, primary: u32) -> Vec<u32> {
 
 /// `user` from /etc/passwd with its groups from /etc/group.
 pub fn lookup(user: &str) -> Result<Account, String> {
+    Ok(lookup_all(&[user])?.remove(0))
+}
+
+/// [`lookup`] for several users, reading the files once.
+pub fn lookup_all(users: &[&str]) -> Result<Vec<Account>, String> {
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    let mut account = lookup_user(&passwd, user).ok_or_else(|| format!("user {user:?} not found in /etc/passwd"))?;
     // Device access on robots is often by group (dialout, video, gpio).
     let group_file = std::fs::read_to_string("/etc/group").unwrap_or_default();
-    account.groups = supplementary_groups(&group_file, &account.name, account.gid);
-    Ok(account)
+    users
+        .iter()
+        .map(|user| {
+            let mut account =
+                lookup_user(&passwd, user).ok_or_else(|| format!("user {user:?} not found in /etc/passwd"))?;
+            account.groups = supplementary_groups(&group_file, &account.name, account.gid);
+            Ok(account)
+        })
+        .collect()
 }
 
 impl Account {
@@ -99,13 +110,17 @@ impl Account {
     /// The first `bin` on `search` (a PATH value) this account can run, or
     /// `bin` itself when it is a path.
     pub fn find_executable(&self, bin: &Path, search: &std::ffi::OsStr) -> Option<PathBuf> {
-        if bin.components().count() > 1 || bin.is_absolute() {
-            return self.can_execute(bin).then(|| bin.to_path_buf());
-        }
-        std::env::split_paths(search)
-            .map(|d| d.join(bin))
-            .find(|p| self.can_execute(p))
+        find_on_path(bin, search, |p| self.can_execute(p))
     }
+}
+
+/// `bin` itself when it is a path, else the first `<dir>/bin` of `search`
+/// (a PATH value), that `usable` accepts.
+pub fn find_on_path(bin: &Path, search: &std::ffi::OsStr, usable: impl Fn(&Path) -> bool) -> Option<PathBuf> {
+    if bin.components().count() > 1 || bin.is_absolute() {
+        return usable(bin).then(|| bin.to_path_buf());
+    }
+    std::env::split_paths(search).map(|d| d.join(bin)).find(|p| usable(p))
 }
 
 #[cfg(test)]

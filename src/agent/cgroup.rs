@@ -160,16 +160,21 @@ impl Cgroups {
         if self.version == Version::V2 && std::fs::write(dir.join("cgroup.kill"), "1").is_ok() {
             return;
         }
+        // A process forked while the list was read shows up in the next
+        // read; stop once a read brings none not signalled already (killed
+        // processes stay listed until reaped).
+        let mut signalled = std::collections::HashSet::new();
         for _ in 0..100 {
-            let pids: Vec<i32> = std::fs::read_to_string(dir.join("cgroup.procs"))
+            let fresh: Vec<i32> = std::fs::read_to_string(dir.join("cgroup.procs"))
                 .unwrap_or_default()
                 .lines()
                 .filter_map(|l| l.trim().parse().ok())
+                .filter(|pid| signalled.insert(*pid))
                 .collect();
-            if pids.is_empty() {
+            if fresh.is_empty() {
                 return;
             }
-            for pid in pids.into_iter().filter_map(rustix::process::Pid::from_raw) {
+            for pid in fresh.into_iter().filter_map(rustix::process::Pid::from_raw) {
                 let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
             }
         }

@@ -106,10 +106,11 @@ impl Privileges {
                 .iter()
                 .find_map(|m| m.get(key).filter(|v| !v.is_empty()).cloned())
         };
-        let allow_root_tasks = match get("K8S4R_ALLOW_ROOT_TASKS") {
-            None => true,
-            Some(v) => parse_bool(&v).ok_or_else(|| format!("--allow-root-tasks {v:?}: expected true or false"))?,
+        let switch = |key: &str, flag: &str, default: bool| match get(key) {
+            None => Ok(default),
+            Some(v) => parse_bool(&v).ok_or_else(|| format!("--{flag} {v:?}: expected true or false")),
         };
+        let allow_root_tasks = switch("K8S4R_ALLOW_ROOT_TASKS", "allow-root-tasks", true)?;
         let default_user = get("K8S4R_DEFAULT_USER");
         if let Some(user) = &default_user {
             crate::api::validate::check_user(user).map_err(|e| format!("--default-user: {e}"))?;
@@ -119,12 +120,8 @@ impl Privileges {
             crate::api::validate::check_user(user).map_err(|e| format!("--proxy-user: {e}"))?;
         }
         let proxy_user = is_root.then(|| proxy_user.unwrap_or_else(|| default_proxy_user(passwd).to_string()));
-        let require_artifact_checksums = match get("K8S4R_REQUIRE_ARTIFACT_CHECKSUMS") {
-            None => false,
-            Some(v) => {
-                parse_bool(&v).ok_or_else(|| format!("--require-artifact-checksums {v:?}: expected true or false"))?
-            }
-        };
+        let require_artifact_checksums =
+            switch("K8S4R_REQUIRE_ARTIFACT_CHECKSUMS", "require-artifact-checksums", false)?;
         Ok(Privileges {
             allow_root_tasks,
             default_user,
@@ -132,9 +129,7 @@ impl Privileges {
             require_artifact_checksums,
         })
     }
-}
 
-impl Privileges {
     /// The same policy as `run` flags (for an agent that hands over to
     /// `run -f`).
     pub fn as_flags(&self) -> Vec<String> {

