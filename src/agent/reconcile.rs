@@ -179,7 +179,9 @@ impl Reconciler {
                     // Building a unit's spec allocates a lot (env, argv,
                     // templates) and this runs for every task on every
                     // wake-up: skip tasks whose input did not change.
-                    let env_stamp = hash_debug(&proxy_env);
+                    // The group's users decide its shared directory's owner:
+                    // a change there rebuilds every task of the group alike.
+                    let env_stamp = hash_debug(&(&proxy_env, &users));
                     for t in &tasks {
                         let stamp = hash_debug(&(t.job_type, &t.spec, env_stamp));
                         if self.ensured.get(&t.name) == Some(&stamp) && sup.view(&t.name).is_some() {

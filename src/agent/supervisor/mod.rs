@@ -464,6 +464,10 @@ impl Supervisor {
                 } else {
                     self.drive(&name, Event::Stop);
                 }
+            } else {
+                // Who shares the group's directory is not what the unit runs
+                // (no restart for it), but its next start must see it.
+                unit.spec.alloc_users = spec.alloc_users;
             }
             return;
         }
