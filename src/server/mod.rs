@@ -11,6 +11,7 @@
 
 pub mod admission;
 pub mod agents;
+pub mod auth;
 pub mod bench;
 pub mod bench_etcd;
 pub mod bench_report;
@@ -31,6 +32,7 @@ pub mod poll_slots;
 pub mod registry;
 pub mod resources;
 pub mod scheduler;
+pub mod secrets;
 pub mod selector;
 pub mod status;
 pub mod store;
