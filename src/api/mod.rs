@@ -3,8 +3,10 @@
 
 pub mod agent_protocol;
 pub mod decode;
+pub mod hex;
 pub mod meta;
 pub mod placement;
+pub mod robot_channel;
 pub mod robot_labels;
 #[cfg(feature = "server")]
 mod schema;
