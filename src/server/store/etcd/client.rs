@@ -1,6 +1,7 @@
 //! A small etcd v3 client over etcd's JSON gateway (`/v3/kv/range`,
 //! `/v3/kv/txn`, `/v3/watch`, `/v3/lease/*`): HTTP/1.1 POSTs of JSON with
-//! base64 keys and values, on the hyper stack the server already has.
+//! base64 keys and values, on the hyper stack the server already has, plain
+//! or over rustls as the [`Endpoints`] say.
 //!
 //! Requests go to one endpoint at a time; when it cannot be reached (a
 //! member is down), the next one is tried. Only requests that never reached
@@ -520,6 +521,20 @@ mod tests {
         assert_eq!(prefix_end(b"/k8s4r/"), b"/k8s4r0".to_vec());
         assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
         assert_eq!(prefix_end(b"\xff"), vec![0]);
+    }
+
+    #[test]
+    fn a_tls_reason_is_found_inside_io_errors() {
+        use std::io::{Error, ErrorKind};
+        let alert = rustls::Error::AlertReceived(rustls::AlertDescription::BadCertificate);
+        let wrapped = Error::other(Error::new(ErrorKind::InvalidData, alert));
+        let hint = causes(&wrapped).find_map(|c| tls::hint(c, false));
+        assert!(hint.is_some_and(|h| h.contains("--etcd-certfile")), "{hint:?}");
+        assert!(with_causes(&wrapped).contains("BadCertificate"));
+        // An end of stream is a hint only while connecting.
+        let eof = Error::new(ErrorKind::UnexpectedEof, "tls handshake eof");
+        assert!(causes(&eof).find_map(|c| tls::hint(c, true)).is_some());
+        assert!(causes(&eof).find_map(|c| tls::hint(c, false)).is_none());
     }
 
     #[test]

@@ -89,7 +89,7 @@ impl Endpoints {
         Ok(Endpoints { urls: clean, tls })
     }
 
-    /// Plain `http://` URLs (tests and throwaway local members).
+    /// Plain `http://` URLs, with no TLS files (tests).
     pub fn http(urls: &[String]) -> Result<Endpoints, EndpointError> {
         Endpoints::new(urls, &TlsFiles::default())
     }
@@ -103,7 +103,7 @@ impl Endpoints {
         self.tls.as_ref()
     }
 
-    /// Whether the members are reached over TLS with a client certificate.
+    /// The URLs and how they are reached, for the startup line.
     pub fn describe(&self) -> String {
         let how = match &self.tls {
             None => "",
