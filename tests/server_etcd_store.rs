@@ -129,7 +129,7 @@ fn the_leader_compacts_etcd_history() {
         let k = Key::new("jobs", "d", "a");
         let first = s.create(&k, json!({"n": 0})).await.unwrap().revision;
         let last = s.update(&k, json!({"n": 1}), None).await.unwrap().revision;
-        let client = Arc::new(Client::new(&endpoints).unwrap());
+        let client = Arc::new(Client::new(&endpoints));
         let (leader, rx) = tokio::sync::watch::channel(true);
         let compactor = tokio::spawn(compact::run(client.clone(), rx, Duration::from_millis(100)));
         // Until etcd answers a watch from `first` with "compacted".

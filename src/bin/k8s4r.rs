@@ -11,6 +11,7 @@ USAGE:
 COMMANDS:
     server [--listen ADDR] [--data DIR]   Run the control plane
     server --etcd URL[,URL...]        ... on etcd; run several replicas
+    server --etcd URL --etcd-cafile FILE  ... over TLS (with --etcd-certfile, --etcd-keyfile)
     migrate --from-data DIR --to-etcd URL  Move a stopped server's state to etcd
     logs TASK [-f] [--tail N]         A task's output, fetched from its robot
     token create|list|revoke          Join tokens for robots; revoke one (or a robot's own)

@@ -7,7 +7,9 @@
 //! so agents that polled the old server (and remember its revision) are
 //! answered in full by the new one.
 
-use super::store::etcd::{client::Client, EtcdStore, DEFAULT_PREFIX, EVENTS_PREFIX};
+use super::store::etcd::endpoints::EndpointError;
+use super::store::etcd::tls::TlsFiles;
+use super::store::etcd::{client::Client, Endpoints, EtcdStore, DEFAULT_PREFIX, EVENTS_PREFIX};
 use super::store::sqlite::{OpenError, SqliteStore};
 use super::store::{Key, Store, StoreError};
 use lexopt::prelude::*;
@@ -19,15 +21,23 @@ const USAGE: &str = "\
 k8s4r migrate — move a control plane's state from SQLite to etcd
 
 USAGE:
-    k8s4r migrate --from-data DIR --to-etcd URL[,URL...]
+    k8s4r migrate --from-data DIR --to-etcd URL[,URL...] [OPTIONS]
+
+OPTIONS:
+    --etcd-cafile FILE       CA certificates (PEM) etcd's serving certificate must
+                             chain to; required for https:// endpoints
+    --etcd-certfile FILE     Client certificate (PEM) presented to etcd
+    --etcd-keyfile FILE      Its private key (PEM); with --etcd-certfile
 
 Stop the server first. Copies every object, token and event from the data
 directory DIR into etcd (which must hold no k8s4r state yet); then start the
-servers with --etcd URL.
+servers with --etcd URL (and the same TLS flags).
 ";
 
 #[derive(Debug)]
 pub enum MigrateError {
+    /// `--to-etcd` and its TLS flags do not make a usable connection.
+    Endpoints(EndpointError),
     /// The directory holds no server database.
     NoDatabase(PathBuf),
     Open(OpenError),
@@ -40,6 +50,7 @@ pub enum MigrateError {
 impl std::fmt::Display for MigrateError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            MigrateError::Endpoints(e) => write!(f, "{e}"),
             MigrateError::NoDatabase(p) => write!(f, "{} holds no k8s4r.db", p.display()),
             MigrateError::Open(e) => write!(f, "opening the data directory: {e}"),
             MigrateError::Source(e) => write!(f, "reading the SQLite store: {e}"),
@@ -64,18 +75,14 @@ pub struct Summary {
 pub fn cmd_migrate(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
     let mut from: Option<PathBuf> = None;
     let mut to: Vec<String> = Vec::new();
+    let mut tls = TlsFiles::default();
     while let Some(arg) = parser.next()? {
         match arg {
             Long("from-data") => from = Some(parser.value()?.into()),
-            Long("to-etcd") => {
-                to = parser
-                    .value()?
-                    .string()?
-                    .split(',')
-                    .map(|u| u.trim().to_string())
-                    .filter(|u| !u.is_empty())
-                    .collect()
-            }
+            Long("to-etcd") => to = super::url_list(&parser.value()?.string()?),
+            Long("etcd-cafile") => tls.ca = Some(parser.value()?.into()),
+            Long("etcd-certfile") => tls.cert = Some(parser.value()?.into()),
+            Long("etcd-keyfile") => tls.key = Some(parser.value()?.into()),
             Short('h') | Long("help") => {
                 print!("{USAGE}");
                 return Ok(0);
@@ -87,11 +94,18 @@ pub fn cmd_migrate(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
         eprint!("{USAGE}");
         return Ok(2);
     };
+    let endpoints = match Endpoints::new(&to, &tls) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: {}", MigrateError::Endpoints(e));
+            return Ok(1);
+        }
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("starting the runtime: {e}"))?;
-    match rt.block_on(migrate(&from, &to)) {
+    match rt.block_on(migrate(&from, &endpoints)) {
         Ok(s) => {
             println!(
                 "migrated {} objects and {} events (SQLite revision {}, etcd now at {})",
@@ -107,7 +121,7 @@ pub fn cmd_migrate(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
 }
 
 /// Copy `data` (a server's SQLite data directory) into etcd at `endpoints`.
-pub async fn migrate(data: &Path, endpoints: &[String]) -> Result<Summary, MigrateError> {
+pub async fn migrate(data: &Path, endpoints: &Endpoints) -> Result<Summary, MigrateError> {
     if !data.join("k8s4r.db").exists() {
         return Err(MigrateError::NoDatabase(data.to_path_buf()));
     }

@@ -55,7 +55,12 @@ OPTIONS:
     --listen ADDR            Address to serve on [default: 127.0.0.1:7443]
     --data DIR               Data directory (SQLite database) [default: ./k8s4r-data]
     --etcd URL[,URL...]      Keep everything in etcd v3 instead (client URLs of its
-                             members); run any number of replicas on one cluster
+                             members, all http:// or all https://); run any number
+                             of replicas on one cluster
+    --etcd-cafile FILE       CA certificates (PEM) etcd's serving certificate must
+                             chain to; required for https:// endpoints
+    --etcd-certfile FILE     Client certificate (PEM) presented to etcd
+    --etcd-keyfile FILE      Its private key (PEM); with --etcd-certfile
     --poll-interval DUR      Base long-poll wait / heartbeat interval of agents [default: 30s]
     --offline-after DUR      Robot Offline after this long without a poll [default: 3 × poll interval]
     --max-poll-rate N        Target agent polls per second; the interval grows with the fleet [default: 500]
@@ -102,6 +107,8 @@ pub struct Config {
     pub data: PathBuf,
     /// etcd client URLs; empty: the SQLite store in `data`.
     pub etcd: Vec<String>,
+    /// `--etcd-cafile`, `--etcd-certfile`, `--etcd-keyfile`.
+    pub etcd_tls: store::etcd::tls::TlsFiles,
     pub fleet: fleet::FleetConfig,
     pub watch_history: usize,
     pub limits: limits::Limits,
@@ -116,6 +123,7 @@ impl Default for Config {
             admin_token_file: None,
             data: PathBuf::from("k8s4r-data"),
             etcd: Vec::new(),
+            etcd_tls: Default::default(),
             fleet: fleet::FleetConfig::default(),
             watch_history: 10_000,
             limits: limits::Limits::default(),
@@ -153,6 +161,14 @@ where
     Ok(n)
 }
 
+/// A comma-separated list of URLs (`--etcd`), blanks dropped.
+pub fn url_list(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(|u| u.trim().to_string())
+        .filter(|u| !u.is_empty())
+        .collect()
+}
+
 /// `k8s4r server ...`
 pub fn cmd_server(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
     let mut cfg = Config::default();
@@ -162,15 +178,10 @@ pub fn cmd_server(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
             Long("log-level") => level = logging::parse_level(&parser.value()?.string()?)?,
             Long("listen") => cfg.listen = parser.value()?.string()?,
             Long("data") => cfg.data = parser.value()?.into(),
-            Long("etcd") => {
-                cfg.etcd = parser
-                    .value()?
-                    .string()?
-                    .split(',')
-                    .filter(|u| !u.trim().is_empty())
-                    .map(|u| u.trim().to_string())
-                    .collect()
-            }
+            Long("etcd") => cfg.etcd = url_list(&parser.value()?.string()?),
+            Long("etcd-cafile") => cfg.etcd_tls.ca = Some(parser.value()?.into()),
+            Long("etcd-certfile") => cfg.etcd_tls.cert = Some(parser.value()?.into()),
+            Long("etcd-keyfile") => cfg.etcd_tls.key = Some(parser.value()?.into()),
             // `--auth-token-file` is the name Kubernetes users look for.
             Long("admin-token-file" | "auth-token-file") => cfg.admin_token_file = Some(parser.value()?.into()),
             Long("poll-interval") => {
@@ -211,6 +222,9 @@ pub fn cmd_server(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
             other => return Err(other.unexpected()),
         }
     }
+    if let (true, Some(flag)) = (cfg.etcd.is_empty(), cfg.etcd_tls.first_flag()) {
+        return Err(format!("{flag} needs --etcd (it is for https:// etcd endpoints)").into());
+    }
     // Test-only (tests/server_robustness.rs): an environment variable, not
     // a flag, so no one turns it on from `--help`.
     cfg.test_panic_route = std::env::var_os("K8S4R_TEST_PANIC_ROUTE").is_some_and(|v| v == "1");
@@ -250,6 +264,8 @@ pub fn raise_fd_limit() {
 #[derive(Debug)]
 pub enum ServeError {
     Store(store::sqlite::OpenError),
+    /// `--etcd` and its TLS flags do not make a usable connection.
+    EtcdConfig(store::etcd::endpoints::EndpointError),
     Etcd(store::StoreError),
     TokenIndex(store::StoreError),
     Bind(String, std::io::Error),
@@ -261,6 +277,7 @@ impl std::fmt::Display for ServeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ServeError::Store(e) => write!(f, "opening the store: {e}"),
+            ServeError::EtcdConfig(e) => write!(f, "{e}"),
             ServeError::Etcd(e) => write!(f, "connecting to etcd: {e}"),
             ServeError::TokenIndex(e) => write!(f, "indexing the robot tokens: {e}"),
             ServeError::Bind(a, e) => write!(f, "listening on {a}: {e}"),
@@ -369,17 +386,18 @@ async fn open_stores(cfg: &Config) -> Result<Backend, ServeError> {
             describe: cfg.data.display().to_string(),
         });
     }
-    let objects = store::etcd::EtcdStore::connect(&cfg.etcd, store::etcd::DEFAULT_PREFIX, cfg.watch_history)
+    // The TLS files are read and checked here, once, before any connection.
+    let endpoints = store::etcd::Endpoints::new(&cfg.etcd, &cfg.etcd_tls).map_err(ServeError::EtcdConfig)?;
+    let objects = store::etcd::EtcdStore::connect(&endpoints, store::etcd::DEFAULT_PREFIX, cfg.watch_history)
         .await
         .map_err(ServeError::Etcd)?;
-    let events = store::etcd::EtcdStore::connect(&cfg.etcd, store::etcd::EVENTS_PREFIX, 1)
+    let events = store::etcd::EtcdStore::connect(&endpoints, store::etcd::EVENTS_PREFIX, 1)
         .await
         .map_err(ServeError::Etcd)?;
     // "<pid>:<random>": which process leads, for operators and tests.
     let id = format!("{}:{}", std::process::id(), object::hex(&object::random_bytes::<4>()));
     // Its own connections: lease renewals never wait behind store traffic.
-    let client = store::etcd::client::Client::new(&cfg.etcd)
-        .map_err(|e| ServeError::Etcd(store::StoreError::Backend(e.to_string())))?;
+    let client = store::etcd::client::Client::new(&endpoints);
     let (election, leader) = election::Election::start(Arc::new(client), store::etcd::LEADER_KEY.to_string(), id);
     panics::spawn_essential(
         "etcd compaction",
@@ -390,7 +408,7 @@ async fn open_stores(cfg: &Config) -> Result<Backend, ServeError> {
         events: Arc::new(events),
         leader,
         election: Some(election),
-        describe: format!("etcd {}", cfg.etcd.join(",")),
+        describe: format!("etcd {}", endpoints.describe()),
     })
 }
 

@@ -1,8 +1,12 @@
 //! A real etcd for tests: one member or a small cluster on free loopback
-//! ports, each with its own temp data directory, killed on drop.
+//! ports, each with its own temp data directory, killed on drop; or one
+//! member serving clients over TLS and requiring their certificates.
 
+use k8s4r::server::store::etcd::Endpoints;
 use std::net::TcpListener;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 const READY: Duration = Duration::from_secs(20);
@@ -14,6 +18,88 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Certificates for an etcd that serves clients over TLS, as PEM files in
+/// a temp directory: a CA, etcd's serving certificate (127.0.0.1,
+/// localhost) and a client certificate signed by it, and a second CA that
+/// signed neither.
+pub struct Pki {
+    /// The CA that signed etcd's and the client's certificates.
+    pub ca: PathBuf,
+    /// A CA that signed nothing here.
+    pub other_ca: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    etcd_cert: PathBuf,
+    etcd_key: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn ca(name: &str) -> (rcgen::Certificate, rcgen::KeyPair) {
+    let key = rcgen::KeyPair::generate().expect("CA key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    params.distinguished_name.push(rcgen::DnType::CommonName, name);
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    (params.self_signed(&key).expect("CA certificate"), key)
+}
+
+impl Pki {
+    pub fn generate() -> Pki {
+        use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let write = |name: &str, pem: String| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, pem).expect("write PEM");
+            p
+        };
+        let (ca_cert, ca_key) = ca("k8s4r test etcd CA");
+        let leaf = |cn: &str, sans: &[&str], usages| {
+            let key = rcgen::KeyPair::generate().expect("key");
+            let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
+            let mut params = rcgen::CertificateParams::new(sans).expect("params");
+            params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+            params.extended_key_usages = usages;
+            let cert = params.signed_by(&key, &ca_cert, &ca_key).expect("sign");
+            (cert.pem(), key.serialize_pem())
+        };
+        // etcd's JSON gateway reaches etcd's own gRPC port with this
+        // certificate as its client certificate: it needs both usages.
+        let (etcd_cert, etcd_key) = leaf("etcd", &["127.0.0.1", "localhost"], vec![ServerAuth, ClientAuth]);
+        let (client_cert, client_key) = leaf("k8s4r", &[], vec![ClientAuth]);
+        Pki {
+            ca: write("ca.pem", ca_cert.pem()),
+            other_ca: write("other-ca.pem", ca("another CA").0.pem()),
+            client_cert: write("client.pem", client_cert),
+            client_key: write("client-key.pem", client_key),
+            etcd_cert: write("etcd.pem", etcd_cert),
+            etcd_key: write("etcd-key.pem", etcd_key),
+            _dir: dir,
+        }
+    }
+
+    /// An HTTP client that trusts the CA and presents the client certificate.
+    fn agent(&self) -> ureq::Agent {
+        use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
+        let read = |p: &Path| std::fs::read(p).expect("read PEM");
+        let (ca, cert, key) = (read(&self.ca), read(&self.client_cert), read(&self.client_key));
+        let tls = TlsConfig::builder()
+            .root_certs(RootCerts::new_with_certs(&[Certificate::from_pem(&ca).expect("CA")]))
+            .client_cert(Some(ClientCert::new_with_certs(
+                &[Certificate::from_pem(&cert).expect("client certificate")],
+                PrivateKey::from_pem(&key).expect("client key"),
+            )))
+            .build();
+        ureq::Agent::config_builder()
+            .tls_config(tls)
+            .timeout_global(Some(Duration::from_secs(5)))
+            .build()
+            .into()
+    }
+}
+
 pub struct Member {
     pub name: String,
     pub client_url: String,
@@ -21,11 +107,25 @@ pub struct Member {
     child: Option<Child>,
     dir: tempfile::TempDir,
     initial_cluster: String,
+    /// Clients over TLS with certificates from this.
+    tls: Option<Arc<Pki>>,
+    /// For health checks (with the client certificate under TLS).
+    agent: ureq::Agent,
 }
 
 impl Member {
     fn spawn(&mut self, state: &str) {
-        let child = Command::new("etcd")
+        let mut cmd = Command::new("etcd");
+        if let Some(pki) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(&pki.etcd_cert)
+                .arg("--key-file")
+                .arg(&pki.etcd_key)
+                .arg("--trusted-ca-file")
+                .arg(&pki.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = cmd
             .arg("--name")
             .arg(&self.name)
             .arg("--data-dir")
@@ -61,7 +161,8 @@ impl Member {
     }
 
     fn healthy(&self) -> bool {
-        ureq::get(&format!("{}/health", self.client_url))
+        self.agent
+            .get(&format!("{}/health", self.client_url))
             .call()
             .ok()
             .and_then(|mut r| r.body_mut().read_to_string().ok())
@@ -84,8 +185,23 @@ impl Etcd {
         Etcd::cluster(1)
     }
 
+    /// One member serving clients on `https://127.0.0.1:PORT` with the
+    /// certificates of `pki`, requiring a client certificate it signed.
+    pub fn start_tls(pki: Arc<Pki>) -> Etcd {
+        Etcd::start_members(1, Some(pki))
+    }
+
     /// `n` members forming one cluster; returns once all are healthy.
     pub fn cluster(n: usize) -> Etcd {
+        Etcd::start_members(n, None)
+    }
+
+    fn start_members(n: usize, tls: Option<Arc<Pki>>) -> Etcd {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let agent = match &tls {
+            Some(pki) => pki.agent(),
+            None => ureq::Agent::new_with_defaults(),
+        };
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let initial: Vec<String> = ports
             .iter()
@@ -97,11 +213,13 @@ impl Etcd {
             .enumerate()
             .map(|(i, (c, p))| Member {
                 name: format!("m{i}"),
-                client_url: format!("http://127.0.0.1:{c}"),
+                client_url: format!("{scheme}://127.0.0.1:{c}"),
                 peer_url: format!("http://127.0.0.1:{p}"),
                 child: None,
                 dir: tempfile::tempdir().expect("tempdir"),
                 initial_cluster: initial.join(","),
+                tls: tls.clone(),
+                agent: agent.clone(),
             })
             .collect();
         for m in &mut members {
@@ -132,7 +250,29 @@ impl Etcd {
             .join(",")
     }
 
-    pub fn endpoint_list(&self) -> Vec<String> {
-        self.members.iter().map(|m| m.client_url.clone()).collect()
+    /// The value of `key`, read from the first member (with the client
+    /// certificate under TLS); None when absent.
+    pub fn value(&self, key: &str) -> Option<Vec<u8>> {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let m = &self.members[0];
+        let body = serde_json::json!({ "key": b64.encode(key) }).to_string();
+        let text = m
+            .agent
+            .post(&format!("{}/v3/kv/range", m.client_url))
+            .send(body.as_str())
+            .unwrap_or_else(|e| panic!("etcd range {key}: {e}"))
+            .body_mut()
+            .read_to_string()
+            .expect("etcd answer");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("etcd JSON");
+        let value = v["kvs"][0]["value"].as_str()?;
+        Some(b64.decode(value).expect("base64 value"))
+    }
+
+    /// The http:// members' endpoints, for opening stores in the test.
+    pub fn endpoint_list(&self) -> Endpoints {
+        let urls: Vec<String> = self.members.iter().map(|m| m.client_url.clone()).collect();
+        Endpoints::http(&urls).expect("http endpoints")
     }
 }

@@ -517,3 +517,32 @@ impl<'a> Robot<'a> {
         r.json()
     }
 }
+
+/// Start `k8s4r server ARGS` (temp data dir, any port) expecting it to give
+/// up: its exit code and stderr, once it has exited within `within`.
+pub fn server_refuses(args: &[&str], within: Duration) -> (Option<i32>, String) {
+    let data = tempfile::tempdir().expect("tempdir");
+    // stderr to a file: a pipe nobody reads while waiting could fill up.
+    let err_path = data.path().join("stderr");
+    let err = std::fs::File::create(&err_path).expect("stderr file");
+    let mut child = Command::new(server_bin())
+        .args(["server", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data.path().join("data"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(err)
+        .spawn()
+        .expect("start k8s4r server");
+    let waited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_for("the server to give up", within, || child.try_wait().ok().flatten())
+    }));
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    match waited {
+        Ok(status) => (status.code(), stderr),
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("k8s4r server {args:?} still runs after {within:?}; it said:\n{stderr}");
+        }
+    }
+}

@@ -1,19 +1,24 @@
 //! A small etcd v3 client over etcd's JSON gateway (`/v3/kv/range`,
 //! `/v3/kv/txn`, `/v3/watch`, `/v3/lease/*`): HTTP/1.1 POSTs of JSON with
-//! base64 keys and values, on the hyper stack the server already has.
+//! base64 keys and values, on the hyper stack the server already has, plain
+//! or over rustls as the [`Endpoints`] say.
 //!
 //! Requests go to one endpoint at a time; when it cannot be reached (a
 //! member is down), the next one is tried. Only requests that never reached
 //! a member are retried elsewhere, so a write is never applied twice.
 
+use super::endpoints::Endpoints;
+use super::tls;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
-use hyper_util::client::legacy::{connect::HttpConnector, Client as HttpClient};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::{connect::HttpConnector, Client as HttpClient, ResponseFuture};
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long one unary request may take.
@@ -26,7 +31,7 @@ const UNAVAILABLE_RETRY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum EtcdError {
-    /// No endpoint was given, or one is not an `http://host:port` URL.
+    /// A request could not be built for an endpoint.
     Endpoint(String),
     /// No member could be reached; the last failure.
     Unreachable(String),
@@ -45,7 +50,7 @@ pub enum EtcdError {
 impl std::fmt::Display for EtcdError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            EtcdError::Endpoint(e) => write!(f, "etcd endpoint {e:?}: expected http://HOST:PORT"),
+            EtcdError::Endpoint(e) => write!(f, "etcd request to {e}"),
             EtcdError::Unreachable(e) => write!(f, "no etcd member reachable: {e}"),
             EtcdError::Status { path, code, body } => write!(f, "etcd {path}: HTTP {code}: {body}"),
             EtcdError::Decode { path, detail } => write!(f, "etcd {path}: unexpected answer: {detail}"),
@@ -141,8 +146,74 @@ pub fn header_revision(v: &Value) -> u64 {
     int(&v["header"]["revision"])
 }
 
+/// The connections to etcd: plain for http:// members, rustls for https://
+/// ones (never both: [`Endpoints`] refuses a mixed list).
+enum Transport {
+    Plain(HttpClient<HttpConnector, Full<Bytes>>),
+    Tls(HttpClient<HttpsConnector<HttpConnector>, Full<Bytes>>),
+}
+
+impl Transport {
+    fn new(endpoints: &Endpoints) -> Transport {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        let mut builder = HttpClient::builder(TokioExecutor::new());
+        builder.pool_idle_timeout(Duration::from_secs(30));
+        match endpoints.tls() {
+            None => Transport::Plain(builder.build(connector)),
+            Some(config) => {
+                // The TLS layer gets the https:// URLs the TCP layer would refuse.
+                connector.enforce_http(false);
+                let https = hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config(config.as_ref().clone())
+                    .https_only()
+                    .enable_http1()
+                    .wrap_connector(connector);
+                Transport::Tls(builder.build(https))
+            }
+        }
+    }
+
+    fn request(&self, req: hyper::Request<Full<Bytes>>) -> ResponseFuture {
+        match self {
+            Transport::Plain(c) => c.request(req),
+            Transport::Tls(c) => c.request(req),
+        }
+    }
+}
+
+/// `e` and its causes. rustls's error travels inside io::Errors, whose
+/// source() skips what they wrap: they are looked through.
+fn causes<'e>(e: &'e (dyn std::error::Error + 'static)) -> impl Iterator<Item = &'e (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(e), |c| {
+        match c.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => c.source(),
+        }
+    })
+}
+
+/// `e` with its causes: hyper's own text ("client error (Connect)") hides
+/// what went wrong (refused, a certificate, a TLS alert).
+fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = String::new();
+    for c in causes(e) {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&more);
+        }
+    }
+    text
+}
+
 pub struct Client {
-    http: HttpClient<HttpConnector, Full<Bytes>>,
+    http: Transport,
+    /// The TLS configuration of https:// members, for [`tls::probe`].
+    tls: Option<Arc<rustls::ClientConfig>>,
     endpoints: Vec<String>,
     /// The endpoint that answered last.
     current: AtomicUsize,
@@ -150,34 +221,30 @@ pub struct Client {
 }
 
 impl Client {
-    /// `endpoints`: `http://host:port` URLs of the cluster's members.
-    pub fn new(endpoints: &[String]) -> Result<Self, EtcdError> {
-        if endpoints.is_empty() {
-            return Err(EtcdError::Endpoint(String::new()));
-        }
-        let mut clean = Vec::new();
-        for e in endpoints {
-            let e = e.trim().trim_end_matches('/');
-            let rest = e
-                .strip_prefix("http://")
-                .ok_or_else(|| EtcdError::Endpoint(e.to_string()))?;
-            if rest.is_empty() || rest.contains('/') || e.parse::<hyper::Uri>().is_err() {
-                return Err(EtcdError::Endpoint(e.to_string()));
-            }
-            clean.push(e.to_string());
-        }
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(2)));
-        let http = HttpClient::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
-        Ok(Client {
-            http,
-            endpoints: clean,
+    pub fn new(endpoints: &Endpoints) -> Self {
+        Client {
+            http: Transport::new(endpoints),
+            tls: endpoints.tls().cloned(),
+            endpoints: endpoints.urls().to_vec(),
             current: AtomicUsize::new(0),
             in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
-        })
+        }
+    }
+
+    /// For a TLS member, what the operator can check about `e`;
+    /// `connecting`: the connection was not made.
+    fn hint(&self, e: &(dyn std::error::Error + 'static), connecting: bool) -> Option<&'static str> {
+        self.tls.as_ref()?;
+        causes(e).find_map(|c| tls::hint(c, connecting))
+    }
+
+    /// What went wrong with a request that did not reach etcd or got no
+    /// answer, with the hint in parentheses.
+    fn failure(&self, e: &(dyn std::error::Error + 'static), connecting: bool) -> String {
+        match self.hint(e, connecting) {
+            Some(hint) => format!("{} ({hint})", with_causes(e)),
+            None => with_causes(e),
+        }
     }
 
     /// Send one POST, to the current endpoint and then to the others while
@@ -211,8 +278,18 @@ impl Client {
                     self.current.store(idx, Ordering::Relaxed);
                     return Ok(resp);
                 }
-                Err(e) if e.is_connect() => last = format!("{uri}: {e}"),
-                Err(e) => return Err(EtcdError::Unreachable(format!("{uri}: {e}"))),
+                Err(e) if e.is_connect() => last = format!("{uri}: {}", self.failure(&e, true)),
+                Err(e) => {
+                    let mut text = format!("{uri}: {}", self.failure(&e, false));
+                    // No reason given: under TLS a member's verdict on the
+                    // handshake may have been lost in a race (tls::probe).
+                    if let (Some(tls), None) = (&self.tls, self.hint(&e, false)) {
+                        if let Some(why) = tls::probe(&self.endpoints[idx], tls).await {
+                            text = format!("{text}; a new TLS connection shows why: {}", self.failure(&why, true));
+                        }
+                    }
+                    return Err(EtcdError::Unreachable(text));
+                }
             }
         }
         Err(EtcdError::Unreachable(last))
@@ -447,11 +524,17 @@ mod tests {
     }
 
     #[test]
-    fn endpoints_must_be_http_urls() {
-        assert!(Client::new(&[]).is_err());
-        assert!(Client::new(&["127.0.0.1:2379".into()]).is_err());
-        assert!(Client::new(&["http://127.0.0.1:2379/x".into()]).is_err());
-        assert!(Client::new(&["http://127.0.0.1:2379".into(), "http://h:1/".into()]).is_ok());
+    fn a_tls_reason_is_found_inside_io_errors() {
+        use std::io::{Error, ErrorKind};
+        let alert = rustls::Error::AlertReceived(rustls::AlertDescription::BadCertificate);
+        let wrapped = Error::other(Error::new(ErrorKind::InvalidData, alert));
+        let hint = causes(&wrapped).find_map(|c| tls::hint(c, false));
+        assert!(hint.is_some_and(|h| h.contains("--etcd-certfile")), "{hint:?}");
+        assert!(with_causes(&wrapped).contains("BadCertificate"));
+        // An end of stream is a hint only while connecting.
+        let eof = Error::new(ErrorKind::UnexpectedEof, "tls handshake eof");
+        assert!(causes(&eof).find_map(|c| tls::hint(c, true)).is_some());
+        assert!(causes(&eof).find_map(|c| tls::hint(c, false)).is_none());
     }
 
     #[test]

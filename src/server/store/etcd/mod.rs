@@ -16,11 +16,14 @@
 
 pub mod client;
 pub mod compact;
+pub mod endpoints;
+pub mod tls;
 
 use super::{
     stamp_revision, BatchOp, BoxFuture, Event, EventKind, EventLog, Key, Listed, Store, StoreError, Stored, Watch,
 };
 use client::{Client, EtcdError, KeyValue, WatchEvent};
+pub use endpoints::Endpoints;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,8 +77,8 @@ fn succeeded(resp: &Value) -> bool {
 impl EtcdStore {
     /// Connect to the cluster at `endpoints`, keeping objects under `prefix`
     /// and `history` changes for resumable watches.
-    pub async fn connect(endpoints: &[String], prefix: &str, history: usize) -> Result<Self, StoreError> {
-        let client = Arc::new(Client::new(endpoints).map_err(backend)?);
+    pub async fn connect(endpoints: &Endpoints, prefix: &str, history: usize) -> Result<Self, StoreError> {
+        let client = Arc::new(Client::new(endpoints));
         let prefix = prefix.trim_end_matches('/').to_string();
         let now = client::header_revision(&client.range(prefix.as_bytes(), None).await.map_err(backend)?);
         // Start the history up to `history` revisions back (as far as etcd
