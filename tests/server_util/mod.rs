@@ -460,7 +460,13 @@ impl<'a> Robot<'a> {
     /// Register again with this robot's keys and `join`.
     pub fn register_again(&mut self, join: &str, fields: Value) -> Reply {
         let token = JoinToken::parse(join).unwrap_or_else(|e| panic!("join token {join:?}: {e}"));
-        let req: RegisterRequest = serde_json::from_value(fields).expect("RegisterRequest fields");
+        // The given fields over an empty request (the session fills in the
+        // token id, name, keys, time, nonce and proof).
+        let mut v = serde_json::to_value(RegisterRequest::default()).expect("a RegisterRequest serialises");
+        for (k, f) in fields.as_object().expect("RegisterRequest fields as an object") {
+            v[k] = f.clone();
+        }
+        let req: RegisterRequest = serde_json::from_value(v).expect("RegisterRequest fields");
         let p = self.session.register(&token, req);
         self.exchange(&p)
     }
