@@ -295,7 +295,7 @@ pub fn check_seconds(name: &str, seconds: u64) -> Result<(), Status> {
 
 /// Paths open without the operator token: health, version (kubectl's
 /// dispatcher asks before it sends credentials) and the robots' own API
-/// (robot tokens).
+/// (signed by the robots' keys, checked by the robot channel).
 fn is_open(path: &str) -> bool {
     matches!(
         path,
