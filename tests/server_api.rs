@@ -303,11 +303,7 @@ fn validation_errors_and_hostile_input() {
         assert!((400..500).contains(&r.status), "POST {path}: {} {}", r.status, r.body);
         assert_eq!(r.json()["kind"], "Status", "POST {path}: {}", r.body);
     }
-    let r = s.send_json(
-        "POST",
-        "/agent/v1/register",
-        &json!({"joinToken": join, "name": "../etc"}),
-    );
+    let (_, r) = server_util::Robot::try_register(&s, &join, "../etc", json!({}));
     assert_eq!(r.status, 422, "{}", r.body);
     assert!(r.body.contains("name"), "the error names the field: {}", r.body);
     assert_eq!(s.get("/version").status, 200, "still serving");
@@ -521,7 +517,7 @@ fn operator_token_guards_the_api() {
         .trim()
         .to_string();
     let mut robot = server_util::Robot::register(&s, &join, "r1", json!({}));
-    assert!(robot.task_names().is_empty(), "robot endpoints use robot tokens");
+    assert!(robot.task_names().is_empty(), "robot endpoints use the robot's keys");
     // (kubectl sends bearer tokens only over https, so with kubectl the
     // token is for a TLS-terminating proxy in front of the server.)
     let listed = s.request(

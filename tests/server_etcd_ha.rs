@@ -109,27 +109,25 @@ fn replicas_share_one_etcd_and_survive_failures() {
     {
         let mut robot = Robot::register(&servers[follower], &join, "watcher", json!({"fleet": "w"}));
         robot.poll("0s");
-        let base = servers[follower].base.clone();
-        let (token, since) = (robot.token.clone(), robot.since);
-        let poller = std::thread::spawn(move || {
-            let s = Server::attach(&base);
-            let r = s.request(
-                "GET",
-                &format!("/agent/v1/robots/watcher/assignments?since={since}&wait=30s"),
-                "",
-                None,
-                &[("Authorization", &format!("Bearer {token}"))],
+        let since = robot.since;
+        let (created, (status, reply, answered)) = std::thread::scope(|scope| {
+            let poller = scope.spawn(|| {
+                let r = robot.send(
+                    "GET",
+                    &format!("/agent/v1/robots/watcher/assignments?since={since}&wait=30s"),
+                    None,
+                );
+                (r.status, r.json(), Instant::now())
+            });
+            let created = Instant::now();
+            let r = servers[other].send_json(
+                "POST",
+                jobs_path(),
+                &job("watched", json!({"matchLabels": {"fleet": "w"}}), 1),
             );
-            (r.status, r.json(), Instant::now())
+            assert_eq!(r.status, 201, "{}", r.body);
+            (created, poller.join().expect("poller"))
         });
-        let created = Instant::now();
-        let r = servers[other].send_json(
-            "POST",
-            jobs_path(),
-            &job("watched", json!({"matchLabels": {"fleet": "w"}}), 1),
-        );
-        assert_eq!(r.status, 201, "{}", r.body);
-        let (status, reply, answered) = poller.join().expect("poller");
         assert_eq!(status, 200);
         let tasks = reply["tasks"].as_array().expect("tasks");
         assert_eq!(
@@ -292,24 +290,12 @@ fn a_log_request_reaches_a_robot_polling_another_replica() {
     assert_eq!(request["task"], "talk-g-r0-main");
     assert_eq!(request["tailLines"], 5);
     let upload = json!({"id": request["id"], "task": "talk-g-r0-main", "text": "hello from far away\n"});
-    let r = robots_side.request(
-        "POST",
-        "/agent/v1/robots/far/logs",
-        "application/json",
-        Some(upload.to_string().as_bytes()),
-        &[("Authorization", &robot.auth())],
-    );
+    let r = robot.send("POST", "/agent/v1/robots/far/logs", Some(&upload));
     assert_eq!(r.status, 200, "{}", r.body);
     let text = operator.join().unwrap();
     assert!(text.contains("hello from far away"), "{text}");
     // Answered once: the request is gone from the store.
-    let again = robots_side.request(
-        "POST",
-        "/agent/v1/robots/far/logs",
-        "application/json",
-        Some(upload.to_string().as_bytes()),
-        &[("Authorization", &robot.auth())],
-    );
+    let again = robot.send("POST", "/agent/v1/robots/far/logs", Some(&upload));
     assert_eq!(again.status, 404, "{}", again.body);
 }
 

@@ -41,7 +41,7 @@ fn migrate_moves_a_fleet_from_sqlite_to_etcd() {
     let uid = old.object("tasks", task).unwrap()["metadata"]["uid"].clone();
     assert_eq!(robot.task_names(), [task]);
     let since = robot.since;
-    let token = robot.token.clone();
+    let session = robot.session;
     old.stop();
 
     let out = migrate(old.data.path(), &etcd);
@@ -56,12 +56,13 @@ fn migrate_moves_a_fleet_from_sqlite_to_etcd() {
     let new = Server::start_with(&["--etcd", &etcd.endpoints()]);
     assert_eq!(new.object("tasks", task).expect("task moved")["metadata"]["uid"], uid);
     assert_eq!(new.object("jobs", "j").expect("job moved")["spec"]["type"], "service");
-    // The robot's token (stored hashed) still authenticates, and its poll
-    // from the old revision is answered in full, at once.
+    // The robot's keys (and the server's) moved: its requests still
+    // verify, and its poll from the old revision is answered in full, at
+    // once.
     let mut moved = Robot {
         server: &new,
         name: "r1".into(),
-        token,
+        session,
         since,
         seq: 0,
     };

@@ -8,7 +8,7 @@ mod common;
 mod server_util;
 
 use serde_json::{json, Value};
-use server_util::{wait_for, Robot, Server};
+use server_util::{wait_for, Robot, RobotSession, Server};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -67,14 +67,13 @@ fn register_poll_report_round_trip() {
         .unwrap()
         .trim()
         .to_string();
-    assert!(join.starts_with("k8s4r-join-"), "{join}");
+    assert!(join.starts_with("K8R1"), "{join}");
 
-    let bad = s.send_json(
-        "POST",
-        "/agent/v1/register",
-        &json!({"joinToken": "nope", "name": "r1"}),
-    );
-    assert_eq!(bad.status, 401);
+    // An agent from before the signed channel sends its join token: told
+    // to upgrade.
+    let old = s.send_json("POST", "/agent/v1/register", &json!({"joinToken": join, "name": "r1"}));
+    assert_eq!(old.status, 400, "{}", old.body);
+    assert!(old.body.contains("upgrade the agent"), "{}", old.body);
     let mut r1 = Robot::register(&s, &join, "r1", json!({"fleet": "a"}));
     let robot = s.object("robots", "r1").expect("register creates the Robot");
     assert_eq!(robot["status"]["phase"], "Online");
@@ -87,25 +86,22 @@ fn register_poll_report_round_trip() {
 
     // A long poll is answered as soon as a task is placed on the robot.
     let since = r1.since;
-    let base = s.base.clone();
-    let token = r1.token.clone();
-    let started = Instant::now();
-    let waiter = std::thread::spawn(move || {
-        let s2 = Server::attach(&base);
-        let r = s2.request(
-            "GET",
-            &format!("/agent/v1/robots/r1/assignments?since={since}&wait=25s"),
-            "",
-            None,
-            &[("Authorization", &format!("Bearer {token}"))],
+    let (status, reply, took) = std::thread::scope(|scope| {
+        let waiter = scope.spawn(|| {
+            let started = Instant::now();
+            let r = r1.send(
+                "GET",
+                &format!("/agent/v1/robots/r1/assignments?since={since}&wait=25s"),
+                None,
+            );
+            (r.status, r.json(), started.elapsed())
+        });
+        create(
+            &s,
+            &job("hello", "batch", json!({"fleet": "a"}), json!([group("g", 1, None)])),
         );
-        (r.status, r.json(), started.elapsed())
+        waiter.join().unwrap()
     });
-    create(
-        &s,
-        &job("hello", "batch", json!({"fleet": "a"}), json!([group("g", 1, None)])),
-    );
-    let (status, reply, took) = waiter.join().unwrap();
     assert_eq!(status, 200);
     assert!(took < Duration::from_secs(15), "long poll woke up after {took:?}");
     let tasks = reply["tasks"].as_array().unwrap();
@@ -168,8 +164,8 @@ fn register_poll_report_round_trip() {
 fn robots_only_see_their_own_objects() {
     let s = Server::start();
     let join = s.join_token();
-    let a = Robot::register(&s, &join, "ra", json!({"fleet": "x"}));
-    let b = Robot::register(&s, &join, "rb", json!({"fleet": "y"}));
+    let mut a = Robot::register(&s, &join, "ra", json!({"fleet": "x"}));
+    let mut b = Robot::register(&s, &join, "rb", json!({"fleet": "y"}));
     create(
         &s,
         &job("only-a", "service", json!({"fleet": "x"}), json!([group("g", 1, None)])),
@@ -178,20 +174,15 @@ fn robots_only_see_their_own_objects() {
         (target(&s, "only-a-g-r0-main").as_deref() == Some("ra")).then_some(())
     });
     let path = "/agent/v1/robots/ra/assignments?since=0&wait=0s";
-    let with = |tok: &str| s.request("GET", path, "", None, &[("Authorization", tok)]).status;
-    assert_eq!(with(&a.auth()), 200);
-    assert_eq!(with(&b.auth()), 403, "robot b may not read robot a's assignments");
-    assert_eq!(with("Bearer k8s4r-robot-forged"), 401);
-    assert_eq!(s.get(path).status, 401, "no token");
+    assert_eq!(a.send("GET", path, None).status, 200);
+    // Robot b's key does not verify as robot a's: refused, signed.
+    let r = b.send("GET", path, None);
+    assert_eq!(r.status, 401, "robot b may not read robot a's assignments");
+    assert!(r.body.contains("bad signature"), "{}", r.body);
+    assert_eq!(s.get(path).status, 401, "not signed");
     let body = json!({"updates": [{"task": "only-a-g-r0-main", "seq": 1, "status": {"state": "failed"}}]});
-    let r = s.request(
-        "POST",
-        "/agent/v1/robots/ra/status",
-        "application/json",
-        Some(body.to_string().as_bytes()),
-        &[("Authorization", &b.auth())],
-    );
-    assert_eq!(r.status, 403, "robot b may not write robot a's status");
+    let r = b.send("POST", "/agent/v1/robots/ra/status", Some(&body));
+    assert_eq!(r.status, 401, "robot b may not write robot a's status");
     let r = b.report_seq("only-a-g-r0-main", 1, json!({"state": "failed"}));
     assert_eq!(
         r["results"][0]["outcome"], "notAssigned",
@@ -199,11 +190,7 @@ fn robots_only_see_their_own_objects() {
     );
     assert_ne!(field(&s, "tasks", "only-a-g-r0-main", &["status", "state"]), "failed");
     // Re-registering a name in another namespace is refused.
-    let r = s.send_json(
-        "POST",
-        "/agent/v1/register",
-        &json!({"joinToken": join, "name": "ra", "namespace": "other"}),
-    );
+    let (_, r) = Robot::try_register(&s, &join, "ra", json!({"namespace": "other"}));
     assert_eq!(r.status, 409, "{}", r.body);
 }
 
@@ -369,24 +356,25 @@ fn offline_robots_lose_tasks_and_service_jobs_move() {
 }
 
 #[test]
-fn restart_keeps_robots_tokens_and_assignments() {
+fn restart_keeps_robots_keys_and_assignments() {
     let mut s = Server::start();
     let join = s.join_token();
-    let (token, since) = {
+    let (session, since) = {
         let mut r = Robot::register(&s, &join, "r1", json!({}));
         create(&s, &job("keep", "service", json!({}), json!([group("g", 1, None)])));
         wait_for("placed", T, || target(&s, "keep-g-r0-main"));
         let v = r.poll("0s");
         assert_eq!(v["tasks"].as_array().unwrap().len(), 1);
-        (r.token.clone(), r.since)
+        (r.session, r.since)
     };
     s.restart();
-    // The same robot token works; a poll from before the restart gets the
-    // complete set at once (level-triggered: nothing is lost).
+    // The same robot keys work (and the server key, and the counters go
+    // on); a poll from before the restart gets the complete set at once
+    // (level-triggered: nothing is lost).
     let mut r = Robot {
         server: &s,
         name: "r1".into(),
-        token,
+        session,
         since,
         seq: 0,
     };
@@ -503,7 +491,7 @@ fn disconnect_policy_grace_and_no_replace() {
 fn deleting_a_robot_moves_its_service_tasks() {
     let s = Server::start();
     let join = s.join_token();
-    let r1 = Robot::register(&s, &join, "r1", json!({}));
+    let mut r1 = Robot::register(&s, &join, "r1", json!({}));
     create(&s, &job("svc", "service", json!({}), json!([group("g", 1, None)])));
     wait_for("placed on r1", T, || {
         (target(&s, "svc-g-r0-main").as_deref() == Some("r1")).then_some(())
@@ -520,13 +508,7 @@ fn deleting_a_robot_moves_its_service_tasks() {
     });
     assert_eq!(r2.task_names(), ["svc-g-r0-main"]);
     // The deleted robot's agent is told to register again.
-    let r = s.request(
-        "GET",
-        "/agent/v1/robots/r1/assignments?since=0&wait=0s",
-        "",
-        None,
-        &[("Authorization", &r1.auth())],
-    );
+    let r = r1.send("GET", "/agent/v1/robots/r1/assignments?since=0&wait=0s", None);
     assert_eq!(r.status, 404, "{}", r.body);
     assert!(r.body.contains("register again"));
 }
@@ -535,8 +517,7 @@ fn deleting_a_robot_moves_its_service_tasks() {
 /// or died mid-request (the outcome of that batch is then unknown).
 fn post_statuses(
     base: &str,
-    robot: &str,
-    token: &str,
+    robot: &mut RobotSession,
     updates: &[Value],
 ) -> Result<Vec<(String, u64, String)>, String> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -545,14 +526,20 @@ fn post_statuses(
         .build()
         .into();
     let body = json!({ "updates": updates }).to_string();
-    let mut reply = agent
-        .post(&format!("{base}/agent/v1/robots/{robot}/status"))
-        .header("Content-Type", "application/json")
-        .header("Authorization", &format!("Bearer {token}"))
-        .send(body.as_str())
-        .map_err(|e| e.to_string())?;
-    let text = reply.body_mut().read_to_string().map_err(|e| e.to_string())?;
-    assert_eq!(reply.status().as_u16(), 200, "{text}");
+    let path = format!("/agent/v1/robots/{}/status", robot.name);
+    let p = robot.request("POST", &path, Some(body.as_bytes())).unwrap();
+    let mut req = agent.post(&format!("{base}{path}"));
+    for (k, v) in &p.headers {
+        req = req.header(*k, v);
+    }
+    let mut reply = req.send(&p.body[..]).map_err(|e| e.to_string())?;
+    let status = reply.status().as_u16();
+    let headers = reply.headers().clone();
+    let bytes = reply.body_mut().read_to_vec().map_err(|e| e.to_string())?;
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let opened = robot.answer(&p, status, &header, &bytes).expect("a signed answer");
+    let text = String::from_utf8_lossy(&opened);
+    assert_eq!(status, 200, "{text}");
     let v: Value = serde_json::from_str(&text).unwrap();
     Ok(v["results"]
         .as_array()
@@ -574,7 +561,7 @@ fn a_server_kill_9_during_1000_status_updates_loses_and_duplicates_nothing() {
     const ROUNDS: u64 = 20;
     let mut s = Server::start();
     let join = s.join_token();
-    let token = {
+    let mut session = {
         let mut r = Robot::register(&s, &join, "burst", json!({}));
         create(
             &s,
@@ -583,7 +570,7 @@ fn a_server_kill_9_during_1000_status_updates_loses_and_duplicates_nothing() {
         wait_for("all tasks placed on the robot", T, || {
             (r.task_names().len() == TASKS).then_some(())
         });
-        r.token.clone()
+        r.session
     };
     let tasks: Vec<String> = (0..TASKS).map(|i| format!("burst-g-r{i}-main")).collect();
     let updates: Vec<Value> = (1..=ROUNDS)
@@ -614,7 +601,7 @@ fn a_server_kill_9_during_1000_status_updates_loses_and_duplicates_nothing() {
     let mut crashed = false;
     let mut i = 0;
     while i < batches.len() {
-        match post_statuses(&s.base, "burst", &token, batches[i]) {
+        match post_statuses(&s.base, &mut session, batches[i]) {
             Ok(results) => {
                 assert_eq!(results.len(), batches[i].len());
                 for (task, seq, outcome) in results {
@@ -651,7 +638,7 @@ fn a_server_kill_9_during_1000_status_updates_loses_and_duplicates_nothing() {
     }
     // Everything acknowledged survived the crash: sent again, all duplicates.
     for batch in &batches {
-        for (task, seq, outcome) in post_statuses(&s.base, "burst", &token, batch).unwrap() {
+        for (task, seq, outcome) in post_statuses(&s.base, &mut session, batch).unwrap() {
             assert_eq!(outcome, "duplicate", "{task} seq {seq} was acknowledged but lost");
         }
     }

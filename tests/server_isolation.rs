@@ -1,8 +1,7 @@
 #![cfg(feature = "server")]
 //! Who may do what: join tokens expire and can be revoked (by id or
-//! secret), a robot's own token can be revoked, and a robot token never
-//! works as an operator credential on the Kubernetes API, with or without
-//! an operator token configured.
+//! whole text), a robot's keys can be reset, and a robot's signature never
+//! works as an operator credential on the Kubernetes API.
 
 mod common;
 mod server_util;
@@ -15,9 +14,9 @@ use std::time::Duration;
 
 const JOBS: &str = "/apis/robot.k8s4r.io/v1alpha1/namespaces/default/jobs";
 
+/// Register `name` (new keys) with `join`: the answer's status.
 fn register(s: &Server, join: &str, name: &str) -> u16 {
-    s.send_json("POST", "/agent/v1/register", &json!({"joinToken": join, "name": name}))
-        .status
+    register_reply(s, join, name).0
 }
 
 /// `k8s4r token ARGS --server URL`: (success, stdout, stderr).
@@ -52,21 +51,17 @@ fn join_tokens_expire() {
     let mut n = 0;
     let refused = wait_for("the 1 s join token to expire", Duration::from_secs(30), || {
         n += 1;
-        let r = s.send_json(
-            "POST",
-            "/agent/v1/register",
-            &json!({"joinToken": join, "name": format!("late-{n}")}),
-        );
+        let (_, r) = Robot::try_register(&s, &join, &format!("late-{n}"), json!({}));
         (r.status == 401).then_some(r)
     });
-    assert!(refused.body.contains("invalid or expired"), "{}", refused.body);
+    assert!(refused.body.contains("unknown or expired"), "{}", refused.body);
     let (ok, out, err) = token_cli(&s, &["list"]);
     assert!(ok, "{err}");
     assert!(out.contains("expired"), "{out}");
 }
 
 #[test]
-fn join_tokens_are_revoked_by_id_or_secret_and_robots_keep_their_own() {
+fn join_tokens_are_revoked_by_id_or_text_and_robots_keep_their_keys() {
     let s = Server::start();
     let (ok, out, err) = token_cli(&s, &["create", "--ttl", "1h"]);
     assert!(ok, "{err}");
@@ -84,7 +79,8 @@ fn join_tokens_are_revoked_by_id_or_secret_and_robots_keep_their_own() {
     let (ok, listed, err) = token_cli(&s, &["list"]);
     assert!(ok, "{err}");
     assert!(listed.contains(&id) && listed.contains("valid"), "{listed}");
-    assert!(!listed.contains(&first), "a secret must never be listed: {listed}");
+    let secret = first.rsplit('.').next().unwrap();
+    assert!(!listed.contains(secret), "a secret must never be listed: {listed}");
 
     // Too short a prefix is refused rather than guessed.
     let (ok, _, err) = token_cli(&s, &["revoke", &id[..4]]);
@@ -98,7 +94,7 @@ fn join_tokens_are_revoked_by_id_or_secret_and_robots_keep_their_own() {
     );
     assert!(early.task_names().is_empty(), "a robot registered before keeps working");
 
-    // By secret, too; revoking twice says it is gone.
+    // By its whole text, too; revoking twice says it is gone.
     let (ok, _, err) = token_cli(&s, &["revoke", &second]);
     assert!(ok, "{err}");
     assert_eq!(register(&s, &second, "late2"), 401);
@@ -108,80 +104,78 @@ fn join_tokens_are_revoked_by_id_or_secret_and_robots_keep_their_own() {
     assert!(ok && !listed.contains(&id), "{listed}");
 }
 
+/// `k8s4r robot reset` (and its old name, `token revoke --robot`) unbinds
+/// a robot's keys: its requests are refused until a join token binds the
+/// name again.
 #[test]
-fn a_revoked_robot_token_is_refused_until_the_robot_registers_again() {
+fn a_reset_robot_is_refused_until_it_registers_again() {
     let s = Server::start();
     let join = s.join_token();
     let mut robot = Robot::register(&s, &join, "r1", json!({}));
     assert!(robot.task_names().is_empty());
+    let robot_cli = |args: &[&str]| {
+        Command::new(server_bin())
+            .args(args)
+            .args(["--server", &s.base])
+            .output()
+            .unwrap()
+    };
+    let out = robot_cli(&["robot", "reset", "r1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = robot.try_poll("0s");
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(r.body.contains("unknown robot"), "{}", r.body);
+    let out = robot_cli(&["robot", "reset", "nobody"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
+    // The Robot object stays; a join token binds the name again.
+    assert!(s.object("robots", "r1").is_some());
+    let r = robot.register_again(&join, json!({}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(robot.task_names().is_empty());
     let (ok, _, err) = token_cli(&s, &["revoke", "--robot", "r1"]);
     assert!(ok, "{err}");
-    let r = s.request(
-        "GET",
-        "/agent/v1/robots/r1/assignments?wait=0s",
-        "",
-        None,
-        &[("Authorization", &robot.auth())],
-    );
-    assert_eq!(r.status, 401, "{}", r.body);
-    let (ok, _, err) = token_cli(&s, &["revoke", "--robot", "nobody"]);
-    assert!(!ok && err.contains("not found"), "{err}");
-    // The Robot object stays; registering again issues a new token.
-    assert!(s.object("robots", "r1").is_some());
-    let mut again = Robot::register(&s, &join, "r1", json!({}));
-    assert_ne!(again.token, robot.token);
-    assert!(again.task_names().is_empty());
+    assert_eq!(robot.try_poll("0s").status, 401);
 }
 
+/// A robot's signed request is no operator credential: on a server with
+/// an operator token it is refused on the Kubernetes API and for join
+/// tokens.
 #[test]
-fn a_robot_token_is_never_an_operator_credential() {
+fn a_robot_signature_is_never_an_operator_credential() {
     let dir = tempfile::tempdir().unwrap();
     let tf = dir.path().join("admin-token");
     std::fs::write(&tf, "operator-secret-0123456789\n").unwrap();
-    let open = Server::start();
-    let guarded = Server::start_with(&["--admin-token-file", tf.to_str().unwrap()]);
-    for (s, join) in [
-        (&open, open.join_token()),
-        (
-            &guarded,
-            guarded
-                .request(
-                    "POST",
-                    "/agent/v1/jointokens",
-                    "application/json",
-                    Some(b"{}"),
-                    &[("Authorization", "Bearer operator-secret-0123456789")],
-                )
-                .json()["token"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        ),
-    ] {
-        let robot = Robot::register(s, &join, "bot", json!({}));
-        let auth = robot.auth();
-        let body = serde_json::to_vec(&a_job()).unwrap();
-        let create = s.request(
-            "POST",
-            JOBS,
-            "application/json",
-            Some(&body),
-            &[("Authorization", &auth)],
-        );
-        assert_eq!(create.status, 403, "{}", create.body);
-        assert!(create.body.contains("robot token"), "{}", create.body);
-        let read = s.request("GET", JOBS, "", None, &[("Authorization", &auth)]);
-        assert_eq!(read.status, 403, "{}", read.body);
-        let mint = s.request(
+    let s = Server::start_with(&["--admin-token-file", tf.to_str().unwrap()]);
+    let join = s
+        .request(
             "POST",
             "/agent/v1/jointokens",
             "application/json",
             Some(b"{}"),
-            &[("Authorization", &auth)],
+            &[("Authorization", "Bearer operator-secret-0123456789")],
+        )
+        .json()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut robot = Robot::register(&s, &join, "bot", json!({}));
+    for (method, path, body) in [
+        ("POST", JOBS, Some(a_job())),
+        ("GET", JOBS, None),
+        ("POST", "/agent/v1/jointokens", Some(json!({}))),
+    ] {
+        let p = robot.prepare(method, path, body.as_ref());
+        let r = robot.send_raw(&p, &p.body);
+        assert!(
+            r.status == 401 || r.status == 415,
+            "{method} {path} signed by a robot: {} {}",
+            r.status,
+            r.body
         );
-        assert_eq!(mint.status, 403, "a robot cannot mint join tokens: {}", mint.body);
     }
-    assert!(open.object("jobs", "sneaky").is_none());
+    let r = s.send_json("GET", JOBS, &json!({}));
+    assert_eq!(r.status, 401);
 }
 
 /// A robot's own claim to an operator-only label (`k8s4r.io/...`) is
@@ -262,9 +256,10 @@ fn a_robot_cannot_label_itself_into_an_operator_selector() {
     );
 }
 
-/// `POST /agent/v1/register` of `name` with `join`: (status, body).
+/// `POST /agent/v1/register` of `name` (new keys) with `join`: (status,
+/// body) of the verified answer.
 fn register_reply(s: &Server, join: &str, name: &str) -> (u16, String) {
-    let r = s.send_json("POST", "/agent/v1/register", &json!({"joinToken": join, "name": name}));
+    let (_, r) = Robot::try_register(s, join, name, json!({}));
     (r.status, r.body)
 }
 
@@ -326,11 +321,10 @@ fn a_join_token_with_uses_registers_that_many_robots() {
     let s = Server::start();
     let (join, id) = create_token(&s, &["--uses", "2"]);
     assert!(listed_row(&s, &id).contains(" 0/2 "), "{}", listed_row(&s, &id));
-    let (code, body) = register_reply(&s, &join, "a");
-    assert_eq!(code, 200, "{body}");
-    // The robot registering its name again (with its token) uses nothing.
-    let token: Value = serde_json::from_str(&body).unwrap();
-    let r = s.register(&json!({"joinToken": join, "name": "a"}), token["token"].as_str());
+    let (mut a, r) = Robot::try_register(&s, &join, "a", json!({}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    // The robot registering its name again (with its keys) uses nothing.
+    let r = a.register_again(&join, json!({}));
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(register_reply(&s, &join, "b").0, 200);
     let (code, body) = register_reply(&s, &join, "c");
@@ -368,10 +362,10 @@ fn a_join_token_bound_to_a_name_registers_only_that_robot() {
 }
 
 /// A join token alone cannot take over a registered robot's name: 409
-/// saying what would (its robot token, or an operator's revoke), and the
-/// real robot keeps its token and its task. The robot itself, proving who
-/// it is with its token, registers again; after `token revoke --robot` the
-/// name is free for a join token.
+/// saying what would (an operator's `k8s4r robot reset`), and the real
+/// robot keeps its keys and its task. The robot itself, proving who it is
+/// with its keys, registers again; after `k8s4r robot reset` the name is
+/// free for a join token and new keys, and the old keys are refused.
 #[test]
 fn a_join_token_cannot_take_over_a_registered_robot() {
     let s = Server::start();
@@ -387,38 +381,31 @@ fn a_join_token_cannot_take_over_a_registered_robot() {
         has_task(&real.poll("0s")).then_some(())
     });
 
-    let impostor = json!({"joinToken": join, "name": "owned", "labels": {"role": "impostor"}});
-    let register = |proof: Option<&str>| s.register(&impostor, proof);
-    let r = register(None);
+    let impostor = json!({"labels": {"role": "impostor"}});
+    let (mut thief, r) = Robot::try_register(&s, &join, "owned", impostor.clone());
     assert_eq!(r.status, 409, "{}", r.body);
     assert!(
-        r.body.contains("registered already") && r.body.contains("token revoke --robot owned"),
+        r.body.contains("registered with another key") && r.body.contains("k8s4r robot reset owned"),
         "{}",
         r.body
     );
-    let guess = register(Some("k8s4r-robot-0000"));
-    assert_eq!(guess.status, 409, "{}", guess.body);
-    // Nothing changed for the real robot: its token, labels and task.
+    // Nothing changed for the real robot: its keys, labels and task.
     assert!(has_task(&real.poll("0s")));
     assert_eq!(s.object("robots", "owned").unwrap()["spec"]["labels"]["role"], "real");
+    assert_eq!(thief.try_poll("0s").status, 401, "the impostor's keys open nothing");
 
     // The robot itself may register again (e.g. after a server move).
-    let again = register(Some(&real.token));
+    let again = real.register_again(&join, json!({"labels": {"role": "real"}}));
     assert_eq!(again.status, 200, "{}", again.body);
-    let old = real.token.clone();
-    real.token = again.json()["token"].as_str().unwrap().to_string();
     assert!(has_task(&real.poll("0s")));
-    let stale = s.request(
-        "GET",
-        "/agent/v1/robots/owned/assignments?since=0&wait=0s",
-        "",
-        None,
-        &[("Authorization", &format!("Bearer {old}"))],
-    );
-    assert_eq!(stale.status, 401, "the replaced token is dead: {}", stale.body);
 
-    // An operator frees the name; then a join token registers it.
-    let (ok, _, err) = token_cli(&s, &["revoke", "--robot", "owned"]);
-    assert!(ok, "{err}");
-    assert_eq!(register(None).status, 200);
+    // An operator frees the name; then a join token registers new keys,
+    // and the old ones are refused.
+    let out = Command::new(server_bin())
+        .args(["robot", "reset", "owned", "--server", &s.base])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(thief.register_again(&join, impostor).status, 200);
+    assert_eq!(real.try_poll("0s").status, 401, "the old keys are unbound");
 }

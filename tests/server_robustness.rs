@@ -109,13 +109,7 @@ fn durations_beyond_the_clock_are_refused_and_the_server_lives() {
             "wait={wait} was not capped by the 1 s poll interval"
         );
     }
-    let r = s.request(
-        "GET",
-        "/agent/v1/robots/patient/assignments?wait=forever",
-        "",
-        None,
-        &[("Authorization", &robot.auth())],
-    );
+    let r = robot.send("GET", "/agent/v1/robots/patient/assignments?wait=forever", None);
     assert_eq!(status_of(&r).0, 400, "{}", r.body);
     still_serving(&s);
 }
@@ -225,24 +219,34 @@ fn a_second_long_poll_of_a_robot_ends_the_first() {
     let join = s.join_token();
     let mut robot = Robot::register(&s, &join, "twin", json!({}));
     robot.poll("0s");
-    let (auth, since) = (robot.auth(), robot.since);
-    let base = s.base.clone();
-    let first = std::thread::spawn(move || {
-        let started = Instant::now();
-        let s = Server::attach(&base);
-        let path = format!("/agent/v1/robots/twin/assignments?since={since}&wait=20s");
-        let r = s.request("GET", &path, "", None, &[("Authorization", &auth)]);
-        (r.status, r.body, started.elapsed())
+    // Both polls are signed before either is sent, the first with the
+    // lower counter (a robot's requests arrive in order).
+    let first_poll = robot.prepare(
+        "GET",
+        &format!("/agent/v1/robots/twin/assignments?since={}&wait=20s", robot.since),
+        None,
+    );
+    let second_poll = robot.prepare("GET", "/agent/v1/robots/twin/assignments?since=0&wait=20s", None);
+    let (first, second) = std::thread::scope(|scope| {
+        let (robot, first_poll) = (&robot, &first_poll);
+        let first = scope.spawn(move || {
+            let started = Instant::now();
+            let r = robot.send_raw(first_poll, &[]);
+            (r, started.elapsed())
+        });
+        wait_for("the first poll to wait", Duration::from_secs(20), || {
+            (s.metric("k8s4r_long_polls_open") == 1).then_some(())
+        });
+        // The second (asking from the start, so it answers at once) takes
+        // the robot's one slot: the first ends now, not after its 20 s.
+        let second = robot.send_raw(&second_poll, &[]);
+        (first.join().unwrap(), second)
     });
-    wait_for("the first poll to wait", Duration::from_secs(20), || {
-        (s.metric("k8s4r_long_polls_open") == 1).then_some(())
-    });
-    // A second poll (asking from the start, so it answers at once) takes
-    // the robot's one slot: the first ends now, not after its 20 s.
-    robot.since = 0;
-    let second = robot.poll("20s");
-    assert!(second["revision"].as_u64().is_some());
-    let (code, body, took) = first.join().unwrap();
+    assert!(robot.verify(&second_poll, &second).is_ok());
+    assert_eq!(second.status, 200, "{}", second.body);
+    let (first, took) = first;
+    assert!(robot.verify(&first_poll, &first).is_ok(), "the 429 is signed too");
+    let (code, body) = (first.status, first.body);
     assert_eq!(code, 429, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["reason"], "TooManyRequests", "{body}");
@@ -259,18 +263,12 @@ fn a_second_long_poll_of_a_robot_ends_the_first() {
 fn status_updates_per_report_are_capped() {
     let s = Server::start_with(&["--max-status-updates", "3"]);
     let join = s.join_token();
-    let robot = Robot::register(&s, &join, "chatty", json!({}));
-    let report = |n: usize| {
+    let mut robot = Robot::register(&s, &join, "chatty", json!({}));
+    let mut report = |n: usize| {
         let updates: Vec<Value> = (0..n)
             .map(|i| json!({"task": format!("t{i}"), "seq": 1, "status": {"state": "running"}}))
             .collect();
-        s.request(
-            "POST",
-            "/agent/v1/robots/chatty/status",
-            "application/json",
-            Some(json!({ "updates": updates }).to_string().as_bytes()),
-            &[("Authorization", &robot.auth())],
-        )
+        robot.try_report(&json!({ "updates": updates }))
     };
     let r = report(4);
     let (code, reason, message) = status_of(&r);
@@ -290,11 +288,7 @@ fn device_info_size_is_capped() {
     let s = Server::start_with(&["--max-device-info", "1024"]);
     let join = s.join_token();
     let big = json!({"hostname": "h", "notes": "x".repeat(2000)});
-    let r = s.send_json(
-        "POST",
-        "/agent/v1/register",
-        &json!({"joinToken": join, "name": "bulky", "deviceInfo": big}),
-    );
+    let (_, r) = Robot::try_register(&s, &join, "bulky", json!({"deviceInfo": big}));
     let (code, reason, message) = status_of(&r);
     assert_eq!((code, reason.as_str()), (413, "RequestEntityTooLarge"), "{}", r.body);
     assert!(message.contains("deviceInfo") && message.contains("1024"), "{message}");
@@ -302,16 +296,8 @@ fn device_info_size_is_capped() {
         s.object("robots", "bulky").is_none(),
         "a refused registration creates no Robot"
     );
-    let robot = Robot::register(&s, &join, "bulky", json!({}));
-    let report = |info: &Value| {
-        s.request(
-            "POST",
-            "/agent/v1/robots/bulky/status",
-            "application/json",
-            Some(json!({"updates": [], "deviceInfo": info}).to_string().as_bytes()),
-            &[("Authorization", &robot.auth())],
-        )
-    };
+    let mut robot = Robot::register(&s, &join, "bulky", json!({}));
+    let mut report = |info: &Value| robot.try_report(&json!({"updates": [], "deviceInfo": info}));
     let r = report(&big);
     assert_eq!(status_of(&r).0, 413, "{}", r.body);
     let r = report(&json!({"hostname": "small"}));
@@ -325,68 +311,67 @@ fn device_info_size_is_capped() {
 fn a_join_token_creates_at_most_its_limit_of_robots() {
     let s = Server::start_with(&["--max-robots-per-join-token", "2"]);
     let join = s.join_token();
-    let register =
-        |join: &str, name: &str| s.send_json("POST", "/agent/v1/register", &json!({"joinToken": join, "name": name}));
-    let first = register(&join, "r1");
-    assert_eq!(first.status, 200);
+    let register = |join: &str, name: &str| Robot::try_register(&s, join, name, json!({})).1;
+    let (mut first, r) = Robot::try_register(&s, &join, "r1", json!({}));
+    assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(register(&join, "r2").status, 200);
     let r = register(&join, "r3");
     let (code, reason, message) = status_of(&r);
     assert_eq!((code, reason.as_str()), (429, "TooManyRequests"), "{}", r.body);
     assert!(message.contains("--max-robots-per-join-token"), "{message}");
     assert!(s.object("robots", "r3").is_none());
-    // A robot registering again (with its token) creates no Robot: not counted.
-    let r = s.register(
-        &json!({"joinToken": join, "name": "r1"}),
-        first.json()["token"].as_str(),
-    );
+    // A robot registering again (with its keys) creates no Robot: not counted.
+    let r = first.register_again(&join, json!({}));
     assert_eq!(r.status, 200, "{}", r.body);
     let other = s.join_token();
     assert_eq!(register(&other, "r3").status, 200);
     still_serving(&s);
 }
 
+/// Requests on a robot's path without valid signature headers (a bearer
+/// token, a malformed or oversized header) are refused with a signed 401
+/// naming the header, and spend nothing: the robot's own request with the
+/// same counter goes through afterwards.
 #[test]
-fn robot_tokens_are_found_by_hash_and_old_ones_keep_working() {
-    let mut s = Server::start();
+fn unsigned_or_malformed_robot_requests_get_a_signed_401() {
+    let s = Server::start();
     let join = s.join_token();
-    let a = Robot::register(&s, &join, "ra", json!({})).auth();
-    let b = Robot::register(&s, &join, "rb", json!({})).auth();
-    let poll_with = |s: &Server, robot: &str, auth: &str| {
-        let path = format!("/agent/v1/robots/{robot}/assignments?wait=0s");
-        s.request("GET", &path, "", None, &[("Authorization", auth)])
+    let mut robot = Robot::register(&s, &join, "ra", json!({}));
+    let path = "/agent/v1/robots/ra/assignments?wait=0s";
+    let p = robot.prepare("GET", path, None);
+    let with = |name: &str, value: &str| -> Vec<(String, String)> {
+        let mut h: Vec<(String, String)> = p
+            .headers
+            .iter()
+            .filter(|(k, _)| *k != name)
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        if !value.is_empty() {
+            h.push((name.to_string(), value.to_string()));
+        }
+        h
     };
-    assert_eq!(poll_with(&s, "ra", &a).status, 200);
-    let r = poll_with(&s, "ra", &b);
-    let (code, _, message) = status_of(&r);
-    assert_eq!(code, 403, "{}", r.body);
-    assert!(message.contains("\"rb\"") && message.contains("\"ra\""), "{message}");
-    let invalid = [
-        "Bearer k8s4r-robot-0000",
-        "Bearer nope",
-        &format!("Bearer {}", "z".repeat(4000)),
+    let cases = [
+        (
+            vec![("Authorization".to_string(), "Bearer k8s4r-robot-0000".to_string())],
+            "K8s4r-",
+        ),
+        (with("K8s4r-Signature", "zz"), "K8s4r-Signature"),
+        (with("K8s4r-Counter", "-1"), "K8s4r-Counter"),
+        (with("K8s4r-Time", &"9".repeat(4000)), "K8s4r-Time"),
+        (with("K8s4r-Server-Key", ""), "K8s4r-Server-Key"),
     ];
-    for auth in invalid {
-        assert_eq!(poll_with(&s, "ra", auth).status, 401);
+    for (headers, named) in cases {
+        let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let r = s.request("GET", path, "", None, &h);
+        let (code, _, message) = status_of(&r);
+        assert_eq!(code, 401, "{headers:?}: {}", r.body);
+        assert!(message.contains(named), "{headers:?}: {message}");
+        assert!(r.header("K8s4r-Signature").is_some(), "every answer is signed");
     }
-
-    // Tokens stored by a version without the hash index: remove the index
-    // from the database of a stopped server; the restart indexes them again.
-    s.stop();
-    let db = rusqlite::Connection::open(s.data.path().join("k8s4r.db")).unwrap();
-    let removed = db
-        .execute("DELETE FROM objects WHERE resource = '_robottokenhashes'", [])
-        .unwrap();
-    assert_eq!(removed, 2, "one index entry per robot token");
-    drop(db);
-    s.start_again();
-    assert_eq!(
-        poll_with(&s, "ra", &a).status,
-        200,
-        "an old token works after the restart"
-    );
-    assert_eq!(poll_with(&s, "rb", &b).status, 200);
-    assert_eq!(poll_with(&s, "ra", &b).status, 403);
+    let r = robot.exchange(&p);
+    assert_eq!(r.status, 200, "the refusals spent no counter: {}", r.body);
+    assert!(s.metric("k8s4r_robot_channel_refused_total") >= 5);
     still_serving(&s);
 }
 
@@ -419,6 +404,8 @@ fn bodies_of_other_media_types_get_415() {
     assert!(reply.contains("needs a Content-Type"), "{reply}");
     assert!(s.object("jobs", "csrf").is_none(), "no refused body created anything");
     let join = s.join_token();
+    // A registration must be signed (headers no page can add without
+    // asking first), and one carrying a join token is from an old agent.
     let r = s.request(
         "POST",
         "/agent/v1/register",
@@ -426,7 +413,8 @@ fn bodies_of_other_media_types_get_415() {
         Some(json!({"joinToken": join, "name": "sneaky"}).to_string().as_bytes()),
         &[],
     );
-    assert_eq!(status_of(&r).0, 415);
+    assert_eq!(status_of(&r).0, 400, "{}", r.body);
+    assert!(s.object("robots", "sneaky").is_none());
 
     // What kubectl and the agent send is accepted.
     let r = s.request(

@@ -1,44 +1,65 @@
 //! The agent API (`/agent/v1`, plain HTTP + JSON): request and response
 //! bodies shared by the server and the agent. No I/O here.
 //!
-//! - `POST /agent/v1/register` — [`RegisterRequest`] → [`RegisterResponse`].
-//!   A join token (from `k8s4r token create`) buys a per-robot token.
-//! - `GET /agent/v1/robots/{name}/assignments?since=REV&wait=30s` with
-//!   `Authorization: Bearer <robot token>` → [`Assignments`]: the complete
+//! Every request and answer is signed, and bodies under `robots/` are
+//! sealed: the wire format is [`crate::api::robot_channel`].
+//!
+//! - `POST /agent/v1/register` — [`RegisterRequest`] → [`RegisterResponse`]:
+//!   proof of a join token (from `k8s4r token create`) binds the name to the
+//!   robot's keys.
+//! - `GET /agent/v1/robots/{name}/assignments?since=REV&wait=30s`
+//!   → [`Assignments`]: the complete
 //!   desired set of Tasks for this robot. Answers at once when the set
 //!   changed after `since`, else when it changes or `wait` runs out. Each
 //!   poll is the robot's heartbeat.
-//! - `POST /agent/v1/robots/{name}/status` (Bearer) with a [`StatusReport`]
+//! - `POST /agent/v1/robots/{name}/status` with a [`StatusReport`]
 //!   → [`StatusReply`]. Per-task sequence numbers make re-sending a batch
 //!   harmless; device info rides along.
 //! - `POST /agent/v1/jointokens` → [`JoinToken`], `GET` → [`JoinTokenList`],
 //!   `DELETE /agent/v1/jointokens/{id}` revokes one (operator tool);
-//!   `DELETE /agent/v1/robottokens/{robot}` revokes a robot's own token.
+//!   `DELETE /agent/v1/robotkeys/{robot}` unbinds a robot's keys (`k8s4r
+//!   robot reset`), `POST /agent/v1/serverkeys/rotate` rotates the server's
+//!   key ([`RotateRequest`] → [`ServerKeyList`]).
 //!
-//! Errors are Kubernetes `Status` objects (401 bad token, 403 another
-//! robot's objects, 404 unknown robot).
+//! Errors are Kubernetes `Status` objects, signed (401 unknown robot, bad
+//! signature, stale time, replayed counter; 409 a name bound to other keys).
 
 use super::types::{StringMap, Task, TaskStatus};
 use serde::{Deserialize, Serialize};
 
 pub const PREFIX: &str = "/agent/v1";
 
+/// `POST /agent/v1/register` (a signed request by the robot's new key; see
+/// [`crate::api::robot_channel`]). The join secret itself is never sent:
+/// `proof` shows the robot knows it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RegisterRequest {
-    pub join_token: String,
+    /// The id part of the join token (`K8R1<pin>::<id>.<secret>`).
+    pub token_id: String,
     /// The robot's name (a DNS-1123 subdomain), unique in the fleet.
     pub name: String,
     /// Namespace of the Robot object; default `default`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
-    /// Labels robotSelector matches (added to the Robot's spec.labels).
+    /// Labels the robot reports (spec.labels; operator-only keys dropped).
     #[serde(default, skip_serializing_if = "StringMap::is_empty")]
     pub labels: StringMap,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_info: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_version: Option<String>,
+    /// The robot's Ed25519 public key, hex.
+    pub signing_key: String,
+    /// The robot's X25519 public key, hex.
+    pub sealing_key: String,
+    /// Unix seconds of the claim (within the server's clock skew).
+    pub time: u64,
+    /// 32 hex digits, fresh per attempt.
+    pub nonce: String,
+    /// Hex HMAC-SHA256 of the claim keyed by SHA-256(join secret)
+    /// ([`crate::api::robot_channel::Claim::prove`]).
+    pub proof: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -46,8 +67,6 @@ pub struct RegisterRequest {
 pub struct RegisterResponse {
     pub name: String,
     pub namespace: String,
-    /// Secret for `Authorization: Bearer`; the server keeps only its hash.
-    pub token: String,
     pub poll_interval_seconds: u64,
 }
 
@@ -201,4 +220,35 @@ pub struct JoinTokenInfo {
     /// The one robot name the token may register (`token create --name`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+}
+
+/// `POST /agent/v1/serverkeys/rotate`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RotateRequest {
+    /// How long the old key keeps answering robots that have not switched
+    /// yet; default one day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlap_seconds: Option<u64>,
+}
+
+/// The server's robot-channel keys (public halves only).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServerKeyList {
+    pub items: Vec<ServerKeyInfo>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerKeyInfo {
+    /// First 16 hex digits of the pin.
+    pub id: String,
+    /// Hex SHA-256 of the signing key, as join tokens carry it.
+    pub pin: String,
+    pub created: String,
+    /// When the key stops answering (a rotated-out key), if ever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retire_at: Option<String>,
+    /// The key new join tokens pin and answers move robots to.
+    pub current: bool,
 }

@@ -14,7 +14,9 @@ COMMANDS:
     server --etcd URL --etcd-cafile FILE  ... over TLS (with --etcd-certfile, --etcd-keyfile)
     migrate --from-data DIR --to-etcd URL  Move a stopped server's state to etcd
     logs TASK [-f] [--tail N]         A task's output, fetched from its robot
-    token create|list|revoke          Join tokens for robots; revoke one (or a robot's own)
+    token create|list|revoke          Join tokens for robots
+    robot reset NAME                  Unbind a robot's keys (a new robot may take the name)
+    robot-keys list|rotate [--overlap DUR]  The server's robot-channel keys
     bench robots N [N...]             Fleet load test; writes target/bench/server.json
     bench report                      target/bench/report.md from all benchmark results
     render-envoy -f FILE [--group NAME]  Print a TaskGroup's Envoy config
@@ -36,6 +38,8 @@ fn main() {
             "logs" => k8s4r::server::logs_cli::cmd_logs(parser),
             "migrate" => k8s4r::server::migrate::cmd_migrate(parser),
             "token" => k8s4r::server::cmd_token(parser),
+            "robot" => k8s4r::server::cmd_robot(parser),
+            "robot-keys" => k8s4r::server::cmd_robot_keys(parser),
             "bench" => k8s4r::server::bench::cmd_bench(parser),
             "render-envoy" => k8s4r::envoy::cmd_render(parser),
             "validate" => cli::cmd_validate(parser),

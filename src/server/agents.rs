@@ -1,11 +1,14 @@
-//! The agent API's logic: registration with join tokens, the long poll that
-//! hands each robot its complete desired Task set, and idempotent status
-//! reports. A robot token opens only that robot's objects.
+//! The agent API's logic: registration (a join token's proof binds a robot
+//! name to the robot's keys), the long poll that hands each robot its
+//! complete desired Task set, and idempotent status reports. Requests reach
+//! it verified as one robot's ([`crate::server::robot_channel`]), and open
+//! only that robot's objects.
 
 use crate::api::agent_protocol::{
-    JoinToken, JoinTokenList, JoinTokenRequest, LogUpload, Outcome, RegisterRequest, RegisterResponse, StatusReply,
-    StatusReport, StatusResult,
+    JoinToken, JoinTokenList, JoinTokenRequest, LogUpload, Outcome, RegisterRequest, RegisterResponse, ServerKeyList,
+    StatusReply, StatusReport, StatusResult,
 };
+use crate::api::robot_channel::{Claim, PublicKeys};
 use crate::api::validate::check_dns_subdomain;
 use crate::api::FieldError;
 use crate::server::controllers::jobs::ANN_STATUS_SEQ;
@@ -17,9 +20,11 @@ use crate::server::object;
 use crate::server::poll_slots::PollSlots;
 use crate::server::registry::{Part, Registry, WriteOptions};
 use crate::server::resources::{ROBOTS, TASKS};
+use crate::server::robot_channel::verify::{check_time, Refusal, SignedRequest};
+use crate::server::robot_channel::{self, Channel};
 use crate::server::status::Status;
 use crate::server::time;
-use crate::server::tokens::{RevokeError, RobotIdentity, TokenError, Tokens, UsesLimit};
+use crate::server::tokens::{Bound, RevokeError, RobotIdentity, RobotRecord, TokenError, Tokens, UsesLimit};
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -27,7 +32,9 @@ use std::time::Duration;
 
 pub struct Agents {
     pub registry: Registry,
-    pub tokens: Tokens,
+    pub tokens: Arc<Tokens>,
+    /// The robot channel's keys, robots and checks.
+    pub channel: Channel,
     pub hub: Arc<Hub>,
     pub events: Recorder,
     /// Operators' requests for task output, answered by the robots.
@@ -43,8 +50,7 @@ pub const LOG_TIMEOUT: Duration = Duration::from_secs(15);
 
 fn token_error(e: TokenError) -> Status {
     match e {
-        TokenError::Invalid => Status::unauthorized("the token is invalid or expired"),
-        TokenError::OtherRobot(other) => Status::forbidden(format!("this token is robot {other:?}'s")),
+        TokenError::Invalid => Status::unauthorized("the join token is unknown or expired"),
         TokenError::JoinTokenUsedUp(UsesLimit::Token(limit)) => Status::too_many_requests(
             format!(
                 "this join token has registered the {limit} robots it was created for \
@@ -70,11 +76,7 @@ fn token_error(e: TokenError) -> Status {
         TokenError::NameRegistered(name) => Status::new(
             409,
             "AlreadyExists",
-            format!(
-                "robot {name:?} is registered already: registering it again needs its robot token \
-                 (its agent sends the one in its data dir), or an operator's \
-                 `k8s4r token revoke --robot {name}` first"
-            ),
+            format!("robot {name} is registered with another key; `k8s4r robot reset {name}` lets a new one take it"),
         ),
         TokenError::NameTaken(ns) => Status::new(
             409,
@@ -132,23 +134,10 @@ const INTERNAL: WriteOptions = WriteOptions {
 };
 
 impl Agents {
-    /// Who is calling: the token must be `name`'s (401 if it is nobody's,
-    /// 403 if it is another robot's).
-    pub async fn authenticate(&self, name: &str, bearer: Option<&str>) -> Result<RobotIdentity, Status> {
-        let secret = bearer.ok_or_else(|| Status::unauthorized("missing Authorization: Bearer <robot token>"))?;
-        match self.tokens.authenticate(name, secret).await {
-            Ok(id) => Ok(id),
-            Err(TokenError::Invalid) => Err(Status::unauthorized("the robot token is invalid")),
-            Err(TokenError::OtherRobot(other)) => Err(Status::forbidden(format!(
-                "robot {other:?} may not access the objects of robot {name:?}"
-            ))),
-            Err(e) => Err(token_error(e)),
-        }
-    }
-
     pub async fn create_join_token(&self, req: &JoinTokenRequest) -> Result<JoinToken, Status> {
         let terms = self.limits.join_terms(req)?;
-        let (token, expires, id) = self.tokens.create_join(&terms).await.map_err(token_error)?;
+        let pin = self.channel.keys.current().public.pin();
+        let (token, expires, id) = self.tokens.create_join(&terms, pin).await.map_err(token_error)?;
         Ok(JoinToken {
             token,
             expires,
@@ -170,20 +159,46 @@ impl Agents {
             .map_err(|e| revoke_error(e, &format!("join token {id:?}")))
     }
 
-    /// Revoke a robot's own token; the Robot object and its tasks stay (the
-    /// robot goes Offline unless it registers again).
-    pub async fn revoke_robot_token(&self, name: &str) -> Result<(), Status> {
-        self.tokens
-            .revoke_robot(name)
-            .await
-            .map_err(|e| revoke_error(e, &format!("a token of robot {name:?}")))
+    /// Unbind robot `name`'s keys (`k8s4r robot reset`); the Robot object
+    /// and its tasks stay (the robot goes Offline unless a robot registers
+    /// the name again with a join token).
+    pub async fn reset_robot(&self, name: &str) -> Result<(), Status> {
+        let reset = self.tokens.reset_robot(name).await;
+        // Forgotten here either way: another replica may have reset it.
+        self.channel.robots.forget(name);
+        reset.map_err(|e| revoke_error(e, &format!("keys of robot {name:?}")))?;
+        log::info!("robot {name:?}: keys reset; a join token may bind the name to new keys");
+        Ok(())
     }
 
-    /// `proof`: the robot token the agent holds from an earlier
-    /// registration (its Authorization header), needed to register a name
-    /// that is registered already.
-    pub async fn register(&self, req: RegisterRequest, proof: Option<&str>) -> Result<RegisterResponse, Status> {
-        let grant = self.tokens.check_join(&req.join_token).await.map_err(token_error)?;
+    /// Add a new server key; the current one answers for `overlap` more.
+    pub async fn rotate_server_keys(&self, overlap: Duration) -> Result<ServerKeyList, Status> {
+        let list = self.channel.keys.rotate(overlap).await.map_err(|e| match e {
+            robot_channel::server_keys::KeyError::Contended => Status::new(409, "Conflict", e.to_string()),
+            e => Status::internal(e.to_string()),
+        })?;
+        log::info!("robot channel: server key rotated; the old one answers for {overlap:?} more");
+        Ok(list)
+    }
+
+    /// A refused registration: logged, counted, 401.
+    fn refuse_registration(&self, name: &str, reason: impl std::fmt::Display) -> Status {
+        self.channel.refuse(name, "registration", &reason);
+        Status::unauthorized(reason.to_string())
+    }
+
+    /// `signed`: the request's signature headers. A name not registered is
+    /// bound to the keys the request carries; a name bound to them already
+    /// registers again; a name bound to other keys is 409.
+    pub async fn register(&self, req: RegisterRequest, signed: &SignedRequest) -> Result<RegisterResponse, Status> {
+        let name = req.name.as_str();
+        if self.channel.keys.find(&signed.server_key).await.is_none() {
+            return Err(self.refuse_registration(name, Refusal::UnknownServerKey(signed.server_key.clone())));
+        }
+        let keys = PublicKeys::from_hex(&req.signing_key, &req.sealing_key)
+            .map_err(|e| Status::bad_request(format!("signingKey, sealingKey: {e}")))?;
+        let proof =
+            crate::api::hex::decode::<32>(&req.proof).ok_or_else(|| Status::bad_request("proof: not 64 hex digits"))?;
         if let Some(d) = &req.device_info {
             self.limits.check_device_info(d)?;
         }
@@ -192,19 +207,74 @@ impl Agents {
             .clone()
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| "default".into());
-        let subject = ROBOTS.subject(&req.name);
-        if let Err(e) = check_dns_subdomain(&req.name) {
+        let subject = ROBOTS.subject(name);
+        if let Err(e) = check_dns_subdomain(name) {
             return Err(Status::invalid(subject, &[FieldError::new("name", e)]));
         }
         if let Err(e) = check_dns_subdomain(&ns) {
             return Err(Status::invalid(subject, &[FieldError::new("namespace", e)]));
         }
-        // Reserve the name (and mint the token) before touching the Robot.
-        let token = self
+        if !keys.verify(signed.head(name).text().as_bytes(), &signed.signature) {
+            return Err(self.refuse_registration(name, Refusal::BadSignature));
+        }
+        let now = robot_channel::now();
+        check_time(signed.time, now, self.channel.skew).map_err(|e| self.refuse_registration(name, e))?;
+        check_time(req.time, now, self.channel.skew).map_err(|e| self.refuse_registration(name, e))?;
+        let grant = match self.tokens.check_join(&req.token_id).await {
+            Ok(g) => g,
+            Err(TokenError::Invalid) => {
+                return Err(
+                    self.refuse_registration(name, format!("join token {:?} is unknown or expired", req.token_id))
+                )
+            }
+            Err(e) => return Err(token_error(e)),
+        };
+        let claim = Claim {
+            token_id: &req.token_id,
+            namespace: &ns,
+            name,
+            keys: &keys,
+            time: req.time,
+            nonce: &req.nonce,
+        };
+        if !claim.check(&grant.secret_hash, &proof) {
+            return Err(
+                self.refuse_registration(name, format!("the proof does not match join token {:?}", req.token_id))
+            );
+        }
+        // Bind the name (or find it bound to these keys) before touching
+        // the Robot.
+        let record = RobotRecord {
+            namespace: ns.clone(),
+            keys,
+            counter: signed.counter,
+        };
+        match self
             .tokens
-            .issue_robot(&grant, self.limits.robots_per_join_token, &ns, &req.name, proof)
+            .bind_robot(&grant, self.limits.robots_per_join_token, name, &record)
             .await
-            .map_err(token_error)?;
+        {
+            Ok(Bound::New) => self.channel.robots.bound(name, record),
+            Ok(Bound::Again) => {
+                let bound = self.channel.robots.get(name).await?;
+                let last = bound.map(|r| r.accept(signed.counter));
+                if let Some(Err(last)) = last {
+                    return Err(self.refuse_registration(
+                        name,
+                        Refusal::Replayed {
+                            counter: signed.counter,
+                            last,
+                        },
+                    ));
+                }
+            }
+            Err(e @ (TokenError::NameRegistered(_) | TokenError::NameTaken(_))) => {
+                let status = token_error(e);
+                self.channel.refuse(name, "registration", &status.message);
+                return Err(status);
+            }
+            Err(e) => return Err(token_error(e)),
+        }
         // Operator-only labels a robot claims are dropped (and said so).
         let (labels, refused) = crate::api::robot_labels::split_claim(&req.labels);
         let mut status = json!({"phase": "Online", "lastHeartbeatTime": time::now_rfc3339()});
@@ -214,12 +284,12 @@ impl Agents {
         if let Some(v) = &req.agent_version {
             status["agentVersion"] = json!(v);
         }
-        let robot = match self.registry.get(&ROBOTS, &ns, &req.name).await {
+        let robot = match self.registry.get(&ROBOTS, &ns, name).await {
             Err(e) if e.code == 404 => {
                 let body = json!({
                     "apiVersion": crate::api::API_VERSION, "kind": "Robot",
-                    "metadata": {"name": req.name, "namespace": ns},
-                    "spec": {"robotId": req.name, "labels": labels},
+                    "metadata": {"name": name, "namespace": ns},
+                    "spec": {"robotId": name, "labels": labels},
                     "status": status,
                 });
                 self.registry.create(&ROBOTS, &ns, body, Part::All, INTERNAL).await?
@@ -231,7 +301,7 @@ impl Agents {
                     patch["spec"] = json!({"labels": labels});
                 }
                 self.registry
-                    .patch(&ROBOTS, &ns, &req.name, &patch, Part::All, INTERNAL)
+                    .patch(&ROBOTS, &ns, name, &patch, Part::All, INTERNAL)
                     .await?
             }
         };
@@ -252,11 +322,10 @@ impl Agents {
                 ),
             );
         }
-        self.hub.fleet.wrote_heartbeat(&ns, &req.name);
+        self.hub.fleet.wrote_heartbeat(&ns, name);
         Ok(RegisterResponse {
             name: req.name,
             namespace: ns,
-            token,
             poll_interval_seconds: self.hub.fleet.poll_interval().as_secs().max(1),
         })
     }
@@ -288,10 +357,17 @@ impl Agents {
             .patch(&ROBOTS, ns, name, &patch, Part::Status, INTERNAL)
             .await
         {
-            Ok(w) if !online => self
-                .events
-                .record(&w.object, Kind::Normal, "RobotOnline", "heartbeats resumed"),
-            Ok(_) => {}
+            Ok(w) => {
+                if !online {
+                    self.events
+                        .record(&w.object, Kind::Normal, "RobotOnline", "heartbeats resumed");
+                }
+                // The robot's request counter goes to the store with its
+                // heartbeat, not with every request.
+                if let Err(e) = self.channel.save_counter(name).await {
+                    log::warn!("robot {ns}/{name}: saving its request counter: {e}");
+                }
+            }
             Err(e) => {
                 self.hub.fleet.forget_persisted(ns, name);
                 return Err(if e.code == 404 {

@@ -14,7 +14,9 @@
 //! `k8s4r bench report` turns all benchmark JSON files into one markdown
 //! page (bench_report.rs).
 
-use crate::api::agent_protocol::RegisterResponse;
+use crate::api::agent_protocol::RegisterRequest;
+use crate::api::robot_channel::JoinToken;
+use crate::server::robot_channel::client::{Prepared, RobotSession};
 use serde::de::IgnoredAny;
 use serde_json::{json, Value};
 use std::io::BufRead;
@@ -65,20 +67,52 @@ impl Conn {
         auth: Option<&str>,
         body: Option<&str>,
     ) -> std::io::Result<(u16, Vec<u8>)> {
-        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", self.host);
+        let mut headers = Vec::new();
         if let Some(a) = auth {
-            req.push_str(&format!("Authorization: Bearer {a}\r\n"));
+            headers.push(("Authorization", format!("Bearer {a}")));
         }
         let body = body.unwrap_or("");
         if !body.is_empty() || method == "POST" {
-            req.push_str(&format!(
-                "Content-Type: application/json\r\nContent-Length: {}\r\n",
-                body.len()
-            ));
+            headers.push(("Content-Type", "application/json".to_string()));
+        }
+        let (code, _, body) = self.exchange(method, path, &headers, body.as_bytes()).await?;
+        Ok((code, body))
+    }
+
+    /// A robot-channel request, its answer verified (and opened) by `robot`.
+    async fn robot(&mut self, robot: &mut RobotSession, p: &Prepared) -> Result<(u16, Vec<u8>), String> {
+        let (code, headers, body) = self
+            .exchange(&p.method, &p.target, &p.headers, &p.body)
+            .await
+            .map_err(|e| format!("{} {}: {e}", p.method, p.target))?;
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.clone())
+        };
+        let body = robot.answer(p, code, &header, &body)?;
+        Ok((code, body))
+    }
+
+    async fn exchange(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, String)],
+        body: &[u8],
+    ) -> std::io::Result<(u16, Vec<(String, String)>, Vec<u8>)> {
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", self.host);
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if !body.is_empty() || method == "POST" {
+            req.push_str(&format!("Content-Length: {}\r\n", body.len()));
         }
         req.push_str("\r\n");
-        req.push_str(body);
-        self.stream.get_mut().write_all(req.as_bytes()).await?;
+        let mut bytes = req.into_bytes();
+        bytes.extend_from_slice(body);
+        self.stream.get_mut().write_all(&bytes).await?;
         let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
         let mut line = String::new();
         self.stream.read_line(&mut line).await?;
@@ -88,6 +122,7 @@ impl Conn {
             .and_then(|c| c.parse().ok())
             .ok_or_else(|| bad("bad status line"))?;
         let mut len = None;
+        let mut got = Vec::new();
         loop {
             line.clear();
             if self.stream.read_line(&mut line).await? == 0 {
@@ -101,11 +136,12 @@ impl Conn {
                 if k.eq_ignore_ascii_case("content-length") {
                     len = v.trim().parse::<usize>().ok();
                 }
+                got.push((k.trim().to_string(), v.trim().to_string()));
             }
         }
         let mut buf = vec![0; len.ok_or_else(|| bad("no content-length"))?];
         self.stream.read_exact(&mut buf).await?;
-        Ok((code, buf))
+        Ok((code, got, buf))
     }
 }
 
@@ -300,7 +336,7 @@ async fn run_one(n: usize, timeout: Duration, use_kubectl: bool, setup: Setup) -
         .await
         .map_err(|e| e.to_string())?;
     let join: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
-    let join = join["token"].as_str().ok_or("no join token")?.to_string();
+    let join = JoinToken::parse(join["token"].as_str().ok_or("no join token")?).map_err(|e| e.to_string())?;
 
     // Register and start N robots; each reports when it got its task.
     let t_register = Instant::now();
@@ -314,35 +350,38 @@ async fn run_one(n: usize, timeout: Duration, use_kubectl: bool, setup: Setup) -
             let mut passed = false;
             let res = async {
                 let name = format!("bench-{i:05}");
-                let (mut conn, token) = {
+                // Every simulated robot signs, seals, verifies and opens
+                // as an agent does: the channel's cost is part of what is
+                // measured.
+                let mut robot = RobotSession::new(&name, join.pin);
+                let mut conn = {
                     let _permit = limit.acquire().await.map_err(|e| e.to_string())?;
                     let mut conn = Conn::connect(&addr).await.map_err(|e| format!("connect: {e}"))?;
-                    let body = json!({"joinToken": join, "name": name, "labels": {"bench": "yes"}}).to_string();
-                    let (code, reply) = conn
-                        .request("POST", "/agent/v1/register", None, Some(&body))
-                        .await
-                        .map_err(|e| format!("register: {e}"))?;
+                    let labels = [("bench".to_string(), "yes".to_string())].into_iter().collect();
+                    let p = robot.register(
+                        &join,
+                        RegisterRequest {
+                            labels,
+                            ..RegisterRequest::default()
+                        },
+                    );
+                    let (code, reply) = conn.robot(&mut robot, &p).await.map_err(|e| format!("register: {e}"))?;
                     if code != 200 {
                         return Err(format!("register {name}: {code} {}", String::from_utf8_lossy(&reply)));
                     }
-                    let r: RegisterResponse = serde_json::from_slice(&reply).map_err(|e| e.to_string())?;
-                    (conn, r.token)
+                    conn
                 };
                 let path = |since: u64| format!("/agent/v1/robots/{name}/assignments?since={since}&wait=60s");
-                let (_, first) = conn
-                    .request("GET", &path(0), Some(&token), None)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let p = robot.request("GET", &path(0), None)?;
+                let (_, first) = conn.robot(&mut robot, &p).await?;
                 let mut since = serde_json::from_slice::<Slim>(&first)
                     .map_err(|e| e.to_string())?
                     .revision;
                 ready.wait().await;
                 passed = true;
                 loop {
-                    let (code, body) = conn
-                        .request("GET", &path(since), Some(&token), None)
-                        .await
-                        .map_err(|e| format!("poll: {e}"))?;
+                    let p = robot.request("GET", &path(since), None)?;
+                    let (code, body) = conn.robot(&mut robot, &p).await.map_err(|e| format!("poll: {e}"))?;
                     if code != 200 {
                         return Err(format!("poll {name}: {code}"));
                     }

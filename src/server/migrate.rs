@@ -1,8 +1,9 @@
 //! `k8s4r migrate`: copy a fleet's state from the SQLite data directory of a
 //! stopped server into etcd, for the highly available control plane.
 //!
-//! Every object (API objects, the hashed join and robot tokens, events) is
-//! created under the etcd prefixes the server uses. The target must hold no
+//! Every object (API objects, the hashed join tokens, robots' public keys,
+//! the server's secrets, events) is created under the etcd prefixes the
+//! server uses. The target must hold no
 //! k8s4r state yet. Afterwards etcd's revision is moved past the SQLite one,
 //! so agents that polled the old server (and remember its revision) are
 //! answered in full by the new one.

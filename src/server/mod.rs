@@ -31,6 +31,7 @@ pub mod patch;
 pub mod poll_slots;
 pub mod registry;
 pub mod resources;
+pub mod robot_channel;
 pub mod scheduler;
 pub mod secrets;
 pub mod selector;
@@ -77,6 +78,8 @@ OPTIONS:
                              [default: 1000]
     --max-join-token-ttl DUR Longest lifetime a join token may be created with;
                              longer is refused (400) [default: 24h]
+    --robot-clock-skew DUR   How far a robot request's time may be from the
+                             server's; further is refused (401) [default: 5m, at most 24h]
     --log-level LEVEL        off, error, warn, info, debug, trace [default: info]
     --admin-token-file FILE  Require this bearer token for the Kubernetes API and
                              join tokens [default: open API]. kubectl sends tokens
@@ -112,6 +115,8 @@ pub struct Config {
     pub fleet: fleet::FleetConfig,
     pub watch_history: usize,
     pub limits: limits::Limits,
+    /// `--robot-clock-skew`.
+    pub robot_clock_skew: Duration,
     /// Serve a route that panics, for tests (`K8S4R_TEST_PANIC_ROUTE=1`).
     pub test_panic_route: bool,
 }
@@ -127,6 +132,7 @@ impl Default for Config {
             fleet: fleet::FleetConfig::default(),
             watch_history: 10_000,
             limits: limits::Limits::default(),
+            robot_clock_skew: robot_channel::verify::DEFAULT_SKEW,
             test_panic_route: false,
         }
     }
@@ -215,6 +221,10 @@ pub fn cmd_server(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
                 }
                 cfg.limits.join_token_ttl_seconds = d.as_secs();
             }
+            Long("robot-clock-skew") => {
+                cfg.robot_clock_skew =
+                    bounded_duration_arg(parser, "--robot-clock-skew", robot_channel::verify::MAX_SKEW)?
+            }
             Short('h') | Long("help") => {
                 print!("{USAGE}");
                 return Ok(0);
@@ -267,7 +277,7 @@ pub enum ServeError {
     /// `--etcd` and its TLS flags do not make a usable connection.
     EtcdConfig(store::etcd::endpoints::EndpointError),
     Etcd(store::StoreError),
-    TokenIndex(store::StoreError),
+    ServerKeys(robot_channel::server_keys::KeyError),
     Bind(String, std::io::Error),
     AdminToken(PathBuf, String),
     Serve(std::io::Error),
@@ -279,7 +289,7 @@ impl std::fmt::Display for ServeError {
             ServeError::Store(e) => write!(f, "opening the store: {e}"),
             ServeError::EtcdConfig(e) => write!(f, "{e}"),
             ServeError::Etcd(e) => write!(f, "connecting to etcd: {e}"),
-            ServeError::TokenIndex(e) => write!(f, "indexing the robot tokens: {e}"),
+            ServeError::ServerKeys(e) => write!(f, "{e}"),
             ServeError::Bind(a, e) => write!(f, "listening on {a}: {e}"),
             ServeError::AdminToken(p, e) => write!(f, "reading the admin token {}: {e}", p.display()),
             ServeError::Serve(e) => write!(f, "serving: {e}"),
@@ -314,12 +324,11 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     let hub = controllers::run_when_leading(registry.clone(), fleet, recorder.clone(), backend.leader).await;
     let logs = Arc::new(logs::Logs::new(store.clone()));
     panics::spawn_essential("the log request relay", logs.clone().relay(hub.fleet.clone()));
-    let tokens = tokens::Tokens::new(store);
-    match tokens.index_legacy().await {
-        Ok(0) => {}
-        Ok(n) => log::info!("indexed {n} robot tokens stored by an earlier version"),
-        Err(e) => return Err(ServeError::TokenIndex(e)),
-    }
+    let server_keys = robot_channel::server_keys::ServerKeys::load_or_create(store.clone())
+        .await
+        .map_err(ServeError::ServerKeys)?;
+    let tokens = Arc::new(tokens::Tokens::new(store));
+    let channel = robot_channel::Channel::new(server_keys, tokens.clone(), cfg.robot_clock_skew);
     let app = Arc::new(http::App {
         admin_token_hash,
         registry: registry.clone(),
@@ -327,6 +336,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         agents: agents::Agents {
             registry,
             tokens,
+            channel,
             hub,
             events: recorder,
             logs,
@@ -436,7 +446,7 @@ USAGE:
     k8s4r token list                   Join tokens: id, expiry, robots registered
                                        of its uses, bound name (never secrets)
     k8s4r token revoke ID|TOKEN        Revoke a join token (id prefix of 8+ hex digits)
-    k8s4r token revoke --robot NAME    Revoke a robot's own token (it must register again)
+    k8s4r token revoke --robot NAME    Same as `k8s4r robot reset NAME`
 
 OPTIONS:
     --server URL        Control plane [default: http://127.0.0.1:7443]
@@ -491,7 +501,7 @@ pub fn cmd_token(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
         ),
         (["list"], None) => ("GET", format!("{base}/jointokens"), None),
         (["revoke", id], None) => ("DELETE", format!("{base}/jointokens/{}", path_segment(id)), None),
-        (["revoke"], Some(name)) => ("DELETE", format!("{base}/robottokens/{}", path_segment(name)), None),
+        (["revoke"], Some(name)) => ("DELETE", format!("{base}/robotkeys/{}", path_segment(name)), None),
         _ => {
             eprint!("{TOKEN_USAGE}");
             return Ok(2);
@@ -591,4 +601,153 @@ fn admin_request(method: &str, url: &str, admin: Option<&str>, body: Option<&str
         return Err(format!("{code}: {message}"));
     }
     Ok(text)
+}
+
+const ROBOT_USAGE: &str = "\
+k8s4r robot — robot identities
+
+USAGE:
+    k8s4r robot reset NAME    Unbind robot NAME's keys: its agent is refused (401)
+                              from then on, and a join token may register the name
+                              with new keys (a re-imaged robot, say)
+
+OPTIONS:
+    --server URL        Control plane [default: http://127.0.0.1:7443]
+    --token-file FILE   The operator token, if the server requires one
+";
+
+const ROBOT_KEYS_USAGE: &str = "\
+k8s4r robot-keys — the server's robot-channel keys
+
+USAGE:
+    k8s4r robot-keys list                  Key ids, pins, and which is current
+    k8s4r robot-keys rotate [--overlap DUR]
+                                           Make a new current key; the old one keeps
+                                           answering robots for DUR [default: 24h],
+                                           each answer telling them the new one
+
+OPTIONS:
+    --server URL        Control plane [default: http://127.0.0.1:7443]
+    --token-file FILE   The operator token, if the server requires one
+";
+
+/// The options every operator command takes, and its other words.
+struct AdminArgs {
+    server: String,
+    admin: Option<String>,
+    words: Vec<String>,
+    overlap: Option<Duration>,
+}
+
+fn admin_args(parser: &mut lexopt::Parser, usage: &str, overlap: bool) -> Result<Option<AdminArgs>, lexopt::Error> {
+    let mut a = AdminArgs {
+        server: "http://127.0.0.1:7443".to_string(),
+        admin: None,
+        words: Vec::new(),
+        overlap: None,
+    };
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Long("server") => a.server = parser.value()?.string()?,
+            Long("token-file") => {
+                let p: PathBuf = parser.value()?.into();
+                let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+                a.admin = Some(text.trim().to_string());
+            }
+            Long("overlap") if overlap => {
+                a.overlap = Some(bounded_duration_arg(
+                    parser,
+                    "--overlap",
+                    robot_channel::server_keys::MAX_OVERLAP,
+                )?)
+            }
+            Short('h') | Long("help") => {
+                print!("{usage}");
+                return Ok(None);
+            }
+            Value(v) if a.words.len() < 2 => a.words.push(v.string()?),
+            other => return Err(other.unexpected()),
+        }
+    }
+    Ok(Some(a))
+}
+
+/// `k8s4r robot reset NAME`
+pub fn cmd_robot(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
+    let Some(a) = admin_args(parser, ROBOT_USAGE, false)? else {
+        return Ok(0);
+    };
+    let [verb, name] = a.words.as_slice() else {
+        eprint!("{ROBOT_USAGE}");
+        return Ok(2);
+    };
+    if verb != "reset" {
+        eprint!("{ROBOT_USAGE}");
+        return Ok(2);
+    }
+    let url = format!(
+        "{}/agent/v1/robotkeys/{}",
+        a.server.trim_end_matches('/'),
+        path_segment(name)
+    );
+    match admin_request("DELETE", &url, a.admin.as_deref(), None) {
+        Ok(_) => {
+            println!("robot {name}: keys reset; a join token may register the name again");
+            Ok(0)
+        }
+        Err(e) => {
+            eprintln!("error: DELETE {url}: {e}");
+            Ok(1)
+        }
+    }
+}
+
+/// `k8s4r robot-keys list|rotate [--overlap DUR]`
+pub fn cmd_robot_keys(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
+    let Some(a) = admin_args(parser, ROBOT_KEYS_USAGE, true)? else {
+        return Ok(0);
+    };
+    let base = format!("{}/agent/v1/serverkeys", a.server.trim_end_matches('/'));
+    let (method, url, body) = match a.words.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["list"] if a.overlap.is_none() => ("GET", base, None),
+        ["rotate"] => {
+            let req = crate::api::agent_protocol::RotateRequest {
+                overlap_seconds: a.overlap.map(|d| d.as_secs()),
+            };
+            (
+                "POST",
+                format!("{base}/rotate"),
+                Some(serde_json::to_string(&req).map_err(|e| e.to_string())?),
+            )
+        }
+        _ => {
+            eprint!("{ROBOT_KEYS_USAGE}");
+            return Ok(2);
+        }
+    };
+    let text = match admin_request(method, &url, a.admin.as_deref(), body.as_deref()) {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!("error: {method} {url}: {e}");
+            return Ok(1);
+        }
+    };
+    match serde_json::from_str::<crate::api::agent_protocol::ServerKeyList>(&text) {
+        Ok(list) => {
+            println!("{:<18}{:<22}{:<22}PIN", "ID", "CREATED", "RETIRES");
+            for k in list.items {
+                let retires = match (&k.retire_at, k.current) {
+                    (_, true) => "<current>".to_string(),
+                    (Some(at), false) => at.clone(),
+                    (None, false) => "-".to_string(),
+                };
+                println!("{:<18}{:<22}{retires:<22}{}", k.id, k.created, k.pin);
+            }
+            Ok(0)
+        }
+        Err(e) => {
+            eprintln!("error: unexpected answer from {url}: {e}");
+            Ok(1)
+        }
+    }
 }

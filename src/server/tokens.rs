@@ -1,43 +1,35 @@
-//! Join tokens and per-robot tokens. Only SHA-256 hashes are stored (in the
-//! store's internal resources, never served by the Kubernetes API); the
-//! secrets are shown once.
+//! Join tokens and robot identities (the names bound to robot keys), in
+//! the store's internal resources (never served by the Kubernetes API).
 //!
-//! - `_jointokens/<hash>`: `{expires, robots, uses?, name?}`, `robots`
-//!   counting the Robots the token created, capped by its own `uses` and
-//!   the server's limit, whichever is smaller; `name` the one robot name it
-//!   may register. Tokens stored without `uses` or `name` have neither bound.
-//! - `_robottokens/<robot name>`: `{namespace, hash}`, the name's
-//!   reservation (robot names are unique across namespaces) and the handle
-//!   for revocation by name.
-//! - `_robottokenhashes/<hash>`: `{namespace, name}`, the index a request is
-//!   authenticated with: one lookup, whichever robot the token belongs to
-//!   (a wrong or foreign token never costs a scan).
-//!
-//! The index is the authority: a token is valid exactly while its index
-//! entry exists. Writes keep that safe without transactions: re-issuing and
-//! revoking delete the old index entry *first* (a crash in between leaves a
-//! robot without a valid token, never a revoked token valid), and a new
-//! entry is written before its secret is handed out (a crash leaves an entry
-//! for a secret nobody knows). Robot tokens stored before the index existed
-//! get their entry at start-up ([`Tokens::index_legacy`]).
+//! - `_jointokens/<id>`: `{hash, expires, robots, uses?, name?}`: `hash` is
+//!   hex SHA-256 of the token's secret (the secret itself is shown once and
+//!   never stored; it is also the key of the registration proof), `robots`
+//!   counts the Robots the token created, capped by its own `uses` and the
+//!   server's limit, whichever is smaller; `name` the one robot name it may
+//!   register. Tokens stored without `uses` or `name` have neither bound.
+//! - `_robotkeys/<robot name>`: `{namespace, sign, seal, counter}`: the
+//!   name's reservation (robot names are unique across namespaces), the
+//!   robot's public keys (hex) every request of it is verified with, and
+//!   the last request counter persisted (see
+//!   [`crate::server::robot_channel`]). Deleting it (`k8s4r robot reset`)
+//!   frees the name for a new key.
 
 use super::object::{hex, random_bytes};
 use super::store::{Key, Store, StoreError};
 use super::time;
 use crate::api::agent_protocol::JoinTokenInfo;
+use crate::api::robot_channel::{JoinToken, PublicKeys};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
 const JOIN: &str = "_jointokens";
-const ROBOT: &str = "_robottokens";
-const ROBOT_BY_HASH: &str = "_robottokenhashes";
-/// Every robot token starts with this (so the API can tell one at a glance).
+const ROBOT_KEYS: &str = "_robotkeys";
+/// Bearer tokens of robots before the signed channel started with this; the
+/// operator API still refuses them outright.
 pub const ROBOT_TOKEN_PREFIX: &str = "k8s4r-robot-";
-/// Longer bearer strings are nobody's token (ours are under 80 bytes).
-const MAX_SECRET: usize = 256;
-/// Compare-and-swap attempts before a contended write gives up.
-const CAS_ATTEMPTS: usize = 5;
+/// Longest join token id accepted in a lookup (ours are 16 hex digits).
+const MAX_ID: usize = 64;
 
 /// Attempts at a join token's counter: replicas onboarding robots with one
 /// token at once all swap it (a fleet of thousands registers in minutes).
@@ -56,12 +48,10 @@ pub fn same(a: &str, b: &str) -> bool {
 pub enum TokenError {
     /// Unknown, malformed or expired.
     Invalid,
-    /// A valid robot token, but of this other robot.
-    OtherRobot(String),
     /// The robot name is registered in another namespace.
     NameTaken(String),
-    /// The name is registered and the request does not carry its robot
-    /// token: a join token alone cannot take over an existing robot.
+    /// The name is bound to other keys: a join token alone cannot take over
+    /// an existing robot.
     NameRegistered(String),
     /// The join token created as many Robots as it may (the limit).
     JoinTokenUsedUp(UsesLimit),
@@ -85,11 +75,6 @@ pub enum RevokeError {
     /// The prefix names this many tokens.
     Ambiguous(usize),
     Store(StoreError),
-}
-
-/// The public id of a join token: the first 12 hex digits of its hash.
-fn join_id(hash: &str) -> &str {
-    &hash[..hash.len().min(12)]
 }
 
 /// A stored join token's expiry; a damaged record counts as expired.
@@ -157,17 +142,42 @@ pub struct Tokens {
     spending: tokio::sync::Mutex<()>,
 }
 
-/// The robot a robot token belongs to.
+/// The robot a request is verified as.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RobotIdentity {
     pub namespace: String,
     pub name: String,
 }
 
+/// A stored robot identity: its namespace, keys and persisted counter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RobotRecord {
+    pub namespace: String,
+    pub keys: PublicKeys,
+    pub counter: u64,
+}
+
+impl RobotRecord {
+    fn from_value(v: &Value) -> Option<Self> {
+        Some(RobotRecord {
+            namespace: str_field(v, "namespace").to_string(),
+            keys: PublicKeys::from_hex(str_field(v, "sign"), str_field(v, "seal")).ok()?,
+            counter: v.get("counter").and_then(Value::as_u64).unwrap_or(0),
+        })
+    }
+
+    fn to_value(&self) -> Value {
+        json!({"namespace": self.namespace, "sign": self.keys.sign_hex(),
+               "seal": self.keys.seal_hex(), "counter": self.counter})
+    }
+}
+
 /// A join token that was valid when checked: what registration spends.
 #[derive(Debug)]
 pub struct JoinGrant {
-    hash: String,
+    id: String,
+    /// SHA-256 of the secret: the key the registration proof is checked with.
+    pub secret_hash: [u8; 32],
     /// The one robot name it may register.
     name: Option<String>,
 }
@@ -183,6 +193,15 @@ pub struct JoinTerms {
     pub name: Option<String>,
 }
 
+/// What binding a name to keys did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Bound {
+    /// A new robot name, one use of the join token spent.
+    New,
+    /// The name was bound to these very keys already (re-registration).
+    Again,
+}
+
 impl Tokens {
     pub fn new(store: Arc<dyn Store>) -> Self {
         Tokens {
@@ -191,9 +210,10 @@ impl Tokens {
         }
     }
 
-    /// A new join token on `terms`; returns (secret, expiry, id).
-    /// Expired tokens are dropped on the way: they can never be used again.
-    pub async fn create_join(&self, terms: &JoinTerms) -> Result<(String, String, String), TokenError> {
+    /// A new join token on `terms`, pinning the server key `pin`; returns
+    /// (token text, expiry, id). Expired tokens are dropped on the way: they
+    /// can never be used again.
+    pub async fn create_join(&self, terms: &JoinTerms, pin: [u8; 32]) -> Result<(String, String, String), TokenError> {
         let now = time::now_unix();
         for stored in self.store.list(JOIN, None).await?.items {
             if expires_at(&stored.value) <= now {
@@ -201,22 +221,25 @@ impl Tokens {
                 let _ = self.store.delete(&stored.key, Some(stored.revision)).await;
             }
         }
-        let secret = format!("k8s4r-join-{}", hex(&random_bytes::<20>()));
+        let token = JoinToken {
+            pin,
+            id: hex(&random_bytes::<8>()),
+            secret: hex(&random_bytes::<20>()),
+        };
         let expires = now.saturating_add(i64::try_from(terms.ttl_seconds).unwrap_or(i64::MAX));
-        let mut value = json!({"expires": expires, "robots": 0});
+        let mut value = json!({"hash": hex(&token.secret_hash()), "expires": expires, "robots": 0});
         if let Some(uses) = terms.uses {
             value["uses"] = json!(uses);
         }
         if let Some(name) = &terms.name {
             value["name"] = json!(name);
         }
-        let h = hash(&secret);
-        self.store.create(&Key::new(JOIN, "", &h), value).await?;
-        Ok((secret, time::format_rfc3339(expires), join_id(&h).to_string()))
+        self.store.create(&Key::new(JOIN, "", &token.id), value).await?;
+        Ok((token.to_text(), time::format_rfc3339(expires), token.id))
     }
 
     /// Every join token still stored: its id, expiry, use and binding,
-    /// never a secret.
+    /// never a secret or its hash.
     pub async fn list_join(&self) -> Result<Vec<JoinTokenInfo>, TokenError> {
         let now = time::now_unix();
         let mut items: Vec<JoinTokenInfo> = (self.store.list(JOIN, None).await?.items)
@@ -224,7 +247,7 @@ impl Tokens {
             .map(|s| {
                 let expires = expires_at(&s.value);
                 JoinTokenInfo {
-                    id: join_id(&s.key.name).to_string(),
+                    id: s.key.name.clone(),
                     expires: time::format_rfc3339(expires),
                     expired: expires <= now,
                     robots: robots_created(&s.value),
@@ -238,15 +261,16 @@ impl Tokens {
     }
 
     /// Revoke the join token named by `id` (as `list` shows it, or any
-    /// unambiguous prefix of at least 8 hex digits) or by its secret.
-    /// Robots already registered keep their own tokens.
+    /// unambiguous prefix of at least 8 characters), or by its whole text.
+    /// Robots already registered keep their keys.
     pub async fn revoke_join(&self, id: &str) -> Result<(), RevokeError> {
-        let by_secret = hash(id);
-        let prefix = id.to_ascii_lowercase();
-        let usable_prefix = prefix.len() >= 8 && prefix.bytes().all(|b| b.is_ascii_hexdigit());
+        let id = match JoinToken::parse(id) {
+            Ok(token) => token.id,
+            Err(_) => id.to_ascii_lowercase(),
+        };
         let matches: Vec<_> = (self.store.list(JOIN, None).await.map_err(RevokeError::Store)?.items)
             .into_iter()
-            .filter(|s| s.key.name == by_secret || (usable_prefix && s.key.name.starts_with(&prefix)))
+            .filter(|s| s.key.name == id || (id.len() >= 8 && s.key.name.starts_with(&id)))
             .collect();
         match matches.as_slice() {
             [] => Err(RevokeError::NotFound),
@@ -260,62 +284,29 @@ impl Tokens {
         }
     }
 
-    /// Revoke robot `name`'s own token: its agent gets 401 from then on and
-    /// must register again with a valid join token.
-    pub async fn revoke_robot(&self, name: &str) -> Result<(), RevokeError> {
-        let key = Key::new(ROBOT, "", name);
-        for _ in 0..CAS_ATTEMPTS {
-            let Some(found) = self.store.get(&key).await.map_err(RevokeError::Store)? else {
-                return Err(RevokeError::NotFound);
-            };
-            let h = str_field(&found.value, "hash");
-            // The token stops working first; then the name is released;
-            // then the index entry is removed once more, in case a
-            // start-up migration on another replica wrote it back between
-            // the two (it re-reads the name record, which is gone by now).
-            self.forget_hash(h).await.map_err(RevokeError::Store)?;
-            match self.store.delete(&key, Some(found.revision)).await {
-                Ok(_) => return self.forget_hash(h).await.map_err(RevokeError::Store),
-                // Re-issued meanwhile: revoke the new token too.
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(StoreError::NotFound(_)) => return Err(RevokeError::NotFound),
-                Err(e) => return Err(RevokeError::Store(e)),
-            }
-        }
-        Err(RevokeError::Store(StoreError::Backend(format!(
-            "robot token {name:?} kept changing while being revoked"
-        ))))
-    }
-
-    /// Delete the index entry of token hash `h`, if any.
-    async fn forget_hash(&self, h: &str) -> Result<(), StoreError> {
-        if h.is_empty() {
-            return Ok(());
-        }
-        match self.store.delete(&Key::new(ROBOT_BY_HASH, "", h), None).await {
-            Ok(_) | Err(StoreError::NotFound(_)) => Ok(()),
-            Err(e) => Err(e),
-        }
-    }
-
-    pub async fn check_join(&self, secret: &str) -> Result<JoinGrant, TokenError> {
-        if secret.is_empty() || secret.len() > MAX_SECRET {
+    /// The join token `id`, if it exists and has not expired.
+    pub async fn check_join(&self, id: &str) -> Result<JoinGrant, TokenError> {
+        if id.is_empty() || id.len() > MAX_ID {
             return Err(TokenError::Invalid);
         }
-        let h = hash(secret);
-        match self.store.get(&Key::new(JOIN, "", &h)).await? {
-            Some(s) if expires_at(&s.value) > time::now_unix() => Ok(JoinGrant {
-                name: bound_name(&s.value)?,
-                hash: h,
-            }),
-            _ => Err(TokenError::Invalid),
-        }
+        let found = self.store.get(&Key::new(JOIN, "", id)).await?;
+        let Some(s) = found.filter(|s| expires_at(&s.value) > time::now_unix()) else {
+            return Err(TokenError::Invalid);
+        };
+        // A record without a secret hash (from before the signed channel)
+        // can prove nothing.
+        let secret_hash = crate::api::hex::decode::<32>(str_field(&s.value, "hash")).ok_or(TokenError::Invalid)?;
+        Ok(JoinGrant {
+            id: id.to_string(),
+            secret_hash,
+            name: bound_name(&s.value)?,
+        })
     }
 
     /// Count one more Robot created with `grant`, unless it created its
     /// own `uses` or the server's `limit` already.
     async fn spend(&self, grant: &JoinGrant, limit: u64) -> Result<(), TokenError> {
-        let key = Key::new(JOIN, "", &grant.hash);
+        let key = Key::new(JOIN, "", &grant.id);
         let _turn = self.spending.lock().await;
         for attempt in 0..SPEND_ATTEMPTS {
             if attempt > 0 {
@@ -352,119 +343,87 @@ impl Tokens {
         Err(TokenError::Contended)
     }
 
-    /// Issue (or replace) the token of robot `ns/name`. A name not
-    /// registered yet spends one of `grant`'s Robots (its own `uses`, at
-    /// most `robots_per_join`); a grant bound to another name gets none. A
-    /// name registered already is replaced only for the robot that proves
-    /// it is that robot (`proof`: its current robot token); an operator
-    /// frees a name with `k8s4r token revoke --robot NAME`.
-    pub async fn issue_robot(
+    /// The keys robot `name` is bound to, if any (a damaged record counts
+    /// as none, so it can be reset but never verifies anything).
+    pub async fn robot(&self, name: &str) -> Result<Option<RobotRecord>, StoreError> {
+        Ok(self
+            .store
+            .get(&Key::new(ROBOT_KEYS, "", name))
+            .await?
+            .and_then(|s| RobotRecord::from_value(&s.value)))
+    }
+
+    /// Bind robot `ns/name` to `record`'s keys. A name not registered yet
+    /// spends one of `grant`'s Robots (its own `uses`, at most
+    /// `robots_per_join`); a grant bound to another name gets none. A name
+    /// bound already is accepted only with the same keys (the caller has
+    /// checked the request's counter against `record.counter` then); an
+    /// operator frees a name with `k8s4r robot reset NAME`.
+    pub async fn bind_robot(
         &self,
         grant: &JoinGrant,
         robots_per_join: u64,
-        ns: &str,
         name: &str,
-        proof: Option<&str>,
-    ) -> Result<String, TokenError> {
+        record: &RobotRecord,
+    ) -> Result<Bound, TokenError> {
         if let Some(bound) = grant.name.as_ref().filter(|b| *b != name) {
             return Err(TokenError::BoundToName(bound.clone()));
         }
-        let key = Key::new(ROBOT, "", name);
-        let existing = self.store.get(&key).await?;
-        match &existing {
-            Some(e) => {
-                let owner = str_field(&e.value, "namespace");
-                if owner != ns {
-                    return Err(TokenError::NameTaken(owner.to_string()));
-                }
-                let stored = str_field(&e.value, "hash");
-                let proven = proof.is_some_and(|p| p.len() <= MAX_SECRET && same(&hash(p), stored));
-                if !proven {
-                    return Err(TokenError::NameRegistered(name.to_string()));
-                }
-                // The old token dies before the new one exists.
-                self.forget_hash(str_field(&e.value, "hash")).await?;
+        let key = Key::new(ROBOT_KEYS, "", name);
+        if let Some(e) = self.store.get(&key).await? {
+            let owner = str_field(&e.value, "namespace");
+            if owner != record.namespace {
+                return Err(TokenError::NameTaken(owner.to_string()));
             }
-            None => self.spend(grant, robots_per_join).await?,
+            let same_keys = RobotRecord::from_value(&e.value).is_some_and(|r| r.keys == record.keys);
+            if !same_keys {
+                return Err(TokenError::NameRegistered(name.to_string()));
+            }
+            return Ok(Bound::Again);
         }
-        let secret = format!("{ROBOT_TOKEN_PREFIX}{}", hex(&random_bytes::<24>()));
-        let h = hash(&secret);
-        let index = Key::new(ROBOT_BY_HASH, "", &h);
-        self.store
-            .create(&index, json!({"namespace": ns, "name": name}))
-            .await?;
-        let value = json!({"namespace": ns, "hash": h});
-        let reserved = match existing {
-            Some(e) => self.store.update(&key, value, Some(e.revision)).await,
-            None => self.store.create(&key, value).await,
-        };
-        if let Err(e) = reserved {
-            // Another registration of this name won the race; this token
-            // is never handed out.
-            let _ = self.store.delete(&index, None).await;
-            return Err(e.into());
+        self.spend(grant, robots_per_join).await?;
+        match self.store.create(&key, record.to_value()).await {
+            Ok(_) => Ok(Bound::New),
+            // Another registration of this name won the race.
+            Err(StoreError::AlreadyExists(_)) => Err(TokenError::NameRegistered(name.to_string())),
+            Err(e) => Err(e.into()),
         }
-        Ok(secret)
     }
 
-    /// Which robot `secret` authenticates, if it is the token of `name`:
-    /// one lookup of its hash, whatever the answer.
-    pub async fn authenticate(&self, name: &str, secret: &str) -> Result<RobotIdentity, TokenError> {
-        if secret.len() > MAX_SECRET {
-            return Err(TokenError::Invalid);
-        }
-        let found = self
-            .store
-            .get(&Key::new(ROBOT_BY_HASH, "", &hash(secret)))
-            .await?
-            .ok_or(TokenError::Invalid)?;
-        let owner = str_field(&found.value, "name");
-        if owner != name {
-            return Err(TokenError::OtherRobot(owner.to_string()));
-        }
-        Ok(RobotIdentity {
-            namespace: found
-                .value
-                .get("namespace")
-                .and_then(Value::as_str)
-                .unwrap_or("default")
-                .to_string(),
-            name: name.to_string(),
-        })
-    }
-
-    /// Give robot tokens issued before the hash index existed their index
-    /// entry (idempotent; run at start-up). Returns how many were added.
-    pub async fn index_legacy(&self) -> Result<usize, StoreError> {
-        let indexed: std::collections::HashSet<String> = (self.store.list(ROBOT_BY_HASH, None).await?.items)
-            .into_iter()
-            .map(|s| s.key.name)
-            .collect();
-        let mut added = 0;
-        for s in self.store.list(ROBOT, None).await?.items {
-            let (ns, h) = (str_field(&s.value, "namespace"), str_field(&s.value, "hash"));
-            if h.is_empty() || indexed.contains(h) {
-                continue;
+    /// Persist robot `name`'s counter (raised only: a lower one from a
+    /// slower replica never overwrites a higher one). Ok(false) when the
+    /// name is no longer bound to `keys` (reset meanwhile).
+    pub async fn save_counter(&self, name: &str, keys: &PublicKeys, counter: u64) -> Result<bool, StoreError> {
+        let key = Key::new(ROBOT_KEYS, "", name);
+        for _ in 0..5 {
+            let Some(s) = self.store.get(&key).await? else {
+                return Ok(false);
+            };
+            let Some(mut record) = RobotRecord::from_value(&s.value).filter(|r| &r.keys == keys) else {
+                return Ok(false);
+            };
+            if record.counter >= counter {
+                return Ok(true);
             }
-            let index = Key::new(ROBOT_BY_HASH, "", h);
-            match self
-                .store
-                .create(&index, json!({"namespace": ns, "name": s.key.name}))
-                .await
-            {
-                Ok(_) => added += 1,
-                Err(StoreError::AlreadyExists(_)) => continue,
+            record.counter = counter;
+            match self.store.update(&key, record.to_value(), Some(s.revision)).await {
+                Ok(_) => return Ok(true),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(StoreError::NotFound(_)) => return Ok(false),
                 Err(e) => return Err(e),
             }
-            // Revoked or re-issued meanwhile (on another replica): that
-            // token must not come back to life.
-            let now = self.store.get(&s.key).await?;
-            if now.is_none_or(|n| str_field(&n.value, "hash") != h) {
-                self.forget_hash(h).await?;
-                added -= 1;
-            }
         }
-        Ok(added)
+        Ok(true)
+    }
+
+    /// Unbind robot `name`'s keys: its agent gets 401 from then on, and a
+    /// join token may bind the name to new keys.
+    pub async fn reset_robot(&self, name: &str) -> Result<(), RevokeError> {
+        match self.store.delete(&Key::new(ROBOT_KEYS, "", name), None).await {
+            Ok(_) => Ok(()),
+            Err(StoreError::NotFound(_)) => Err(RevokeError::NotFound),
+            Err(e) => Err(RevokeError::Store(e)),
+        }
     }
 }
 
@@ -535,105 +494,153 @@ mod tests {
         }
     }
 
-    async fn register(t: &Tokens, join: &str, ns: &str, name: &str, limit: u64) -> Result<String, TokenError> {
-        register_as(t, join, ns, name, limit, None).await
+    const PIN: [u8; 32] = [9; 32];
+
+    async fn join(t: &Tokens, terms: &JoinTerms) -> JoinToken {
+        let (text, _, id) = t.create_join(terms, PIN).await.unwrap();
+        let token = JoinToken::parse(&text).unwrap();
+        assert_eq!((token.id.as_str(), token.pin), (id.as_str(), PIN));
+        token
     }
 
-    /// [`register`] carrying a robot token as proof of identity.
-    async fn register_as(
+    fn record(ns: &str, keys: &PublicKeys) -> RobotRecord {
+        RobotRecord {
+            namespace: ns.into(),
+            keys: keys.clone(),
+            counter: 1,
+        }
+    }
+
+    fn keys() -> PublicKeys {
+        crate::api::robot_channel::KeyPair::generate().public()
+    }
+
+    /// Bind `name` in `ns` to `keys` with join token `token`.
+    async fn register(
         t: &Tokens,
-        join: &str,
+        token: &JoinToken,
         ns: &str,
         name: &str,
+        keys: &PublicKeys,
         limit: u64,
-        proof: Option<&str>,
-    ) -> Result<String, TokenError> {
-        let grant = t.check_join(join).await?;
-        t.issue_robot(&grant, limit, ns, name, proof).await
+    ) -> Result<Bound, TokenError> {
+        let grant = t.check_join(&token.id).await?;
+        assert_eq!(grant.secret_hash, token.secret_hash());
+        t.bind_robot(&grant, limit, name, &record(ns, keys)).await
     }
 
     #[tokio::test]
-    async fn every_token_check_is_one_lookup_and_no_scan() {
+    async fn a_lookup_is_one_read_and_no_scan_and_no_secret_is_stored() {
         let (t, store, _dir) = tokens();
-        let (join, _, _) = t.create_join(&hour()).await.unwrap();
-        let a = register(&t, &join, "default", "a", 10).await.unwrap();
-        let b = register(&t, &join, "default", "b", 10).await.unwrap();
+        let token = join(&t, &hour()).await;
+        let k = keys();
+        register(&t, &token, "default", "a", &k, 10).await.unwrap();
         store.reads();
-        assert_eq!(t.authenticate("a", &a).await.unwrap().name, "a");
+        assert!(t.check_join(&token.id).await.is_ok());
         assert_eq!(store.reads(), (1, 0));
-        assert!(matches!(t.authenticate("a", &b).await, Err(TokenError::OtherRobot(o)) if o == "b"));
-        assert_eq!(store.reads(), (1, 0));
-        assert!(matches!(
-            t.authenticate("a", "k8s4r-robot-nope").await,
-            Err(TokenError::Invalid)
-        ));
+        assert!(matches!(t.check_join("nope").await, Err(TokenError::Invalid)));
         assert_eq!(store.reads(), (1, 0));
         assert!(matches!(
-            t.authenticate("a", &"x".repeat(10_000)).await,
+            t.check_join(&"x".repeat(10_000)).await,
             Err(TokenError::Invalid)
         ));
-        assert_eq!(store.reads(), (0, 0), "an oversized bearer is refused without a lookup");
+        assert_eq!(store.reads(), (0, 0), "an oversized id is refused without a lookup");
+        assert_eq!(t.robot("a").await.unwrap().unwrap().keys, k);
+        assert_eq!(store.reads(), (1, 0));
+        for r in [JOIN, ROBOT_KEYS] {
+            for s in store.inner.list(r, None).await.unwrap().items {
+                assert!(!s.value.to_string().contains(&token.secret), "{r} holds the secret");
+            }
+        }
     }
 
     #[tokio::test]
-    async fn reissued_and_revoked_tokens_stop_working() {
+    async fn a_name_bound_to_keys_takes_only_those_keys_until_reset() {
         let (t, _store, _dir) = tokens();
-        let (join, _, _) = t.create_join(&hour()).await.unwrap();
-        let first = register(&t, &join, "default", "r", 10).await.unwrap();
+        let token = join(&t, &hour()).await;
+        let (mine, theirs) = (keys(), keys());
+        assert_eq!(
+            register(&t, &token, "default", "r", &mine, 10).await.unwrap(),
+            Bound::New
+        );
         // A join token alone cannot take the name over; the robot itself can.
         assert!(matches!(
-            register(&t, &join, "default", "r", 10).await,
+            register(&t, &token, "default", "r", &theirs, 10).await,
             Err(TokenError::NameRegistered(n)) if n == "r"
         ));
-        assert!(matches!(
-            register_as(&t, &join, "default", "r", 10, Some("k8s4r-robot-guess")).await,
-            Err(TokenError::NameRegistered(_))
-        ));
-        assert!(
-            t.authenticate("r", &first).await.is_ok(),
-            "the refusals changed nothing"
+        assert_eq!(
+            t.robot("r").await.unwrap().unwrap().keys,
+            mine,
+            "the refusal changed nothing"
         );
-        let second = register_as(&t, &join, "default", "r", 10, Some(&first)).await.unwrap();
-        assert!(matches!(t.authenticate("r", &first).await, Err(TokenError::Invalid)));
-        assert!(t.authenticate("r", &second).await.is_ok());
+        assert_eq!(
+            register(&t, &token, "default", "r", &mine, 10).await.unwrap(),
+            Bound::Again
+        );
         assert!(matches!(
-            register(&t, &join, "other", "r", 10).await,
+            register(&t, &token, "other", "r", &mine, 10).await,
             Err(TokenError::NameTaken(ns)) if ns == "default"
         ));
-        t.revoke_robot("r").await.unwrap();
-        assert!(matches!(t.authenticate("r", &second).await, Err(TokenError::Invalid)));
-        assert!(matches!(t.revoke_robot("r").await, Err(RevokeError::NotFound)));
+        t.reset_robot("r").await.unwrap();
+        assert_eq!(t.robot("r").await.unwrap(), None);
+        assert!(matches!(t.reset_robot("r").await, Err(RevokeError::NotFound)));
+        assert_eq!(
+            register(&t, &token, "default", "r", &theirs, 10).await.unwrap(),
+            Bound::New
+        );
     }
 
     #[tokio::test]
-    async fn tokens_stored_before_the_index_keep_working() {
-        let (t, store, _dir) = tokens();
-        let secret = format!("{ROBOT_TOKEN_PREFIX}legacy");
-        let legacy = json!({"namespace": "lab", "hash": hash(&secret)});
-        store.create(&Key::new(ROBOT, "", "old"), legacy).await.unwrap();
-        assert!(matches!(t.authenticate("old", &secret).await, Err(TokenError::Invalid)));
-        assert_eq!(t.index_legacy().await.unwrap(), 1);
-        assert_eq!(t.index_legacy().await.unwrap(), 0, "idempotent");
-        let id = t.authenticate("old", &secret).await.unwrap();
-        assert_eq!((id.namespace.as_str(), id.name.as_str()), ("lab", "old"));
-        t.revoke_robot("old").await.unwrap();
-        assert!(matches!(t.authenticate("old", &secret).await, Err(TokenError::Invalid)));
+    async fn a_saved_counter_only_rises_and_stops_at_a_reset() {
+        let (t, _store, _dir) = tokens();
+        let token = join(&t, &hour()).await;
+        let k = keys();
+        register(&t, &token, "default", "r", &k, 10).await.unwrap();
+        assert!(t.save_counter("r", &k, 50).await.unwrap());
+        assert!(t.save_counter("r", &k, 20).await.unwrap());
+        assert_eq!(t.robot("r").await.unwrap().unwrap().counter, 50);
+        assert!(!t.save_counter("r", &keys(), 60).await.unwrap(), "other keys");
+        t.reset_robot("r").await.unwrap();
+        assert!(!t.save_counter("r", &k, 70).await.unwrap());
+        assert_eq!(
+            t.robot("r").await.unwrap(),
+            None,
+            "a save never brings a reset name back"
+        );
     }
 
     #[tokio::test]
     async fn a_join_token_creates_at_most_its_limit_of_robots() {
         let (t, _store, _dir) = tokens();
-        let (join, _, _) = t.create_join(&hour()).await.unwrap();
-        let a = register(&t, &join, "default", "a", 2).await.unwrap();
-        register(&t, &join, "default", "b", 2).await.unwrap();
+        let token = join(&t, &hour()).await;
+        let a = keys();
+        register(&t, &token, "default", "a", &a, 2).await.unwrap();
+        register(&t, &token, "default", "b", &keys(), 2).await.unwrap();
         assert!(matches!(
-            register(&t, &join, "default", "c", 2).await,
+            register(&t, &token, "default", "c", &keys(), 2).await,
             Err(TokenError::JoinTokenUsedUp(UsesLimit::Server(2)))
         ));
         // The robot registering again under its name creates no Robot.
-        register_as(&t, &join, "default", "a", 2, Some(&a)).await.unwrap();
-        let (other, _, _) = t.create_join(&hour()).await.unwrap();
-        register(&t, &other, "default", "c", 2).await.unwrap();
+        register(&t, &token, "default", "a", &a, 2).await.unwrap();
+        let other = join(&t, &hour()).await;
+        register(&t, &other, "default", "c", &keys(), 2).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn revoked_and_expired_tokens_bind_nothing() {
+        let (t, _store, _dir) = tokens();
+        let token = join(&t, &hour()).await;
+        assert!(matches!(
+            t.revoke_join(&token.id[..4]).await,
+            Err(RevokeError::NotFound)
+        ));
+        t.revoke_join(&token.id[..8]).await.unwrap();
+        assert!(matches!(t.check_join(&token.id).await, Err(TokenError::Invalid)));
+        let by_text = join(&t, &hour()).await;
+        t.revoke_join(&by_text.to_text()).await.unwrap();
+        assert!(matches!(t.check_join(&by_text.id).await, Err(TokenError::Invalid)));
+        let expired = join(&t, &JoinTerms::default()).await;
+        assert!(matches!(t.check_join(&expired.id).await, Err(TokenError::Invalid)));
     }
 
     #[test]
@@ -669,19 +676,20 @@ mod tests {
             uses: Some(2),
             ..hour()
         };
-        let (join, _, _) = t.create_join(&terms).await.unwrap();
-        let a = register(&t, &join, "default", "a", 10).await.unwrap();
-        register_as(&t, &join, "default", "a", 10, Some(&a)).await.unwrap();
-        register(&t, &join, "default", "b", 10).await.unwrap();
+        let token = join(&t, &terms).await;
+        let a = keys();
+        register(&t, &token, "default", "a", &a, 10).await.unwrap();
+        register(&t, &token, "default", "a", &a, 10).await.unwrap();
+        register(&t, &token, "default", "b", &keys(), 10).await.unwrap();
         assert!(matches!(
-            register(&t, &join, "default", "c", 10).await,
+            register(&t, &token, "default", "c", &keys(), 10).await,
             Err(TokenError::JoinTokenUsedUp(UsesLimit::Token(2)))
         ));
         // The server's cap, when smaller, wins.
-        let (capped, _, _) = t.create_join(&terms).await.unwrap();
-        register(&t, &capped, "default", "d", 1).await.unwrap();
+        let capped = join(&t, &terms).await;
+        register(&t, &capped, "default", "d", &keys(), 1).await.unwrap();
         assert!(matches!(
-            register(&t, &capped, "default", "e", 1).await,
+            register(&t, &capped, "default", "e", &keys(), 1).await,
             Err(TokenError::JoinTokenUsedUp(UsesLimit::Server(1)))
         ));
         let listed = t.list_join().await.unwrap();
@@ -697,26 +705,29 @@ mod tests {
             name: Some("r1".into()),
             ..hour()
         };
-        let (join, _, _) = t.create_join(&terms).await.unwrap();
+        let token = join(&t, &terms).await;
         assert!(matches!(
-            register(&t, &join, "default", "r2", 10).await,
+            register(&t, &token, "default", "r2", &keys(), 10).await,
             Err(TokenError::BoundToName(n)) if n == "r1"
         ));
-        let token = register(&t, &join, "default", "r1", 10).await.unwrap();
-        assert_eq!(t.authenticate("r1", &token).await.unwrap().name, "r1");
+        register(&t, &token, "default", "r1", &keys(), 10).await.unwrap();
         assert_eq!(t.list_join().await.unwrap()[0].name.as_deref(), Some("r1"));
     }
 
     #[tokio::test]
     async fn tokens_stored_without_uses_or_name_keep_working() {
         let (t, store, _dir) = tokens();
-        let secret = "k8s4r-join-legacy";
-        let legacy = json!({"expires": time::now_unix() + 3600, "robots": 0});
-        store.create(&Key::new(JOIN, "", &hash(secret)), legacy).await.unwrap();
-        register(&t, secret, "default", "a", 2).await.unwrap();
-        register(&t, secret, "default", "b", 2).await.unwrap();
+        let token = JoinToken {
+            pin: PIN,
+            id: "legacy".into(),
+            secret: "s3cret".into(),
+        };
+        let old = json!({"hash": hex(&token.secret_hash()), "expires": time::now_unix() + 3600, "robots": 0});
+        store.create(&Key::new(JOIN, "", "legacy"), old).await.unwrap();
+        register(&t, &token, "default", "a", &keys(), 2).await.unwrap();
+        register(&t, &token, "default", "b", &keys(), 2).await.unwrap();
         assert!(matches!(
-            register(&t, secret, "default", "c", 2).await,
+            register(&t, &token, "default", "c", &keys(), 2).await,
             Err(TokenError::JoinTokenUsedUp(UsesLimit::Server(2)))
         ));
         let listed = t.list_join().await.unwrap();
@@ -724,5 +735,10 @@ mod tests {
             (listed[0].robots, listed[0].uses, listed[0].name.as_deref()),
             (2, None, None)
         );
+        // A record from before the signed channel has no secret hash: it
+        // proves nothing.
+        let bearer_era = json!({"expires": time::now_unix() + 3600, "robots": 0});
+        store.create(&Key::new(JOIN, "", "old"), bearer_era).await.unwrap();
+        assert!(matches!(t.check_join("old").await, Err(TokenError::Invalid)));
     }
 }

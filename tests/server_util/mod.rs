@@ -6,6 +6,9 @@
 
 pub mod etcd;
 
+use k8s4r::api::agent_protocol::RegisterRequest;
+use k8s4r::api::robot_channel::JoinToken;
+pub use k8s4r::server::robot_channel::client::{Prepared, RobotSession};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -36,6 +39,9 @@ pub struct Reply {
     pub body: String,
     pub warnings: Vec<String>,
     pub content_type: String,
+    /// Every header (name lowercase) and the body's bytes as received.
+    pub headers: Vec<(String, String)>,
+    pub bytes: Vec<u8>,
 }
 
 impl Reply {
@@ -215,18 +221,25 @@ impl Server {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
+        let headers = resp
+            .headers()
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+            .collect();
         let status = resp.status().as_u16();
-        let body = resp
+        let bytes = resp
             .body_mut()
             .with_config()
             .limit(64 << 20)
-            .read_to_string()
+            .read_to_vec()
             .unwrap_or_default();
         Reply {
             status,
-            body,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
             warnings,
             content_type,
+            headers,
+            bytes,
         }
     }
 
@@ -248,21 +261,6 @@ impl Server {
 
     pub fn get(&self, path: &str) -> Reply {
         self.request("GET", path, "", None, &[])
-    }
-
-    /// `POST /agent/v1/register` with `body`; `proof`: the robot token of
-    /// an earlier registration of the name (a name that is registered is
-    /// registered again only with it).
-    pub fn register(&self, body: &Value, proof: Option<&str>) -> Reply {
-        let auth = proof.map(|t| format!("Bearer {t}"));
-        let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
-        self.request(
-            "POST",
-            "/agent/v1/register",
-            "application/json",
-            Some(body.to_string().as_bytes()),
-            &headers,
-        )
     }
 
     pub fn send_json(&self, method: &str, path: &str, body: &Value) -> Reply {
@@ -408,50 +406,142 @@ pub fn heartbeat_age(robot: &Value) -> i64 {
     i64::try_from(now).expect("seconds fit") - at
 }
 
-/// A simulated robot speaking the agent API.
+impl Reply {
+    /// One header's value (names are case-insensitive).
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    }
+}
+
+/// A simulated robot speaking the agent API over the signed, sealed robot
+/// channel (k8s4r's own client side of it): every request is signed (and
+/// its body sealed), every answer's signature is checked and its body
+/// opened, so the tests that use it exercise the real protocol. An answer
+/// that does not verify fails the test.
 pub struct Robot<'a> {
     pub server: &'a Server,
     pub name: String,
-    pub token: String,
+    /// Keys, counter, trusted server key, clock offset.
+    pub session: RobotSession,
     pub since: u64,
     pub seq: u64,
 }
 
 impl<'a> Robot<'a> {
+    /// Register `name` with join token `join` and robot labels `labels`;
+    /// the registration must succeed.
     pub fn register(server: &'a Server, join: &str, name: &str, labels: Value) -> Robot<'a> {
-        let r = server.send_json(
-            "POST",
-            "/agent/v1/register",
-            &json!({"joinToken": join, "name": name, "labels": labels,
-                    "deviceInfo": {"hostname": format!("{name}.local"), "platform": {"os": "linux", "arch": "x86_64"}}}),
-        );
+        let fields = json!({"labels": labels,
+            "deviceInfo": {"hostname": format!("{name}.local"), "platform": {"os": "linux", "arch": "x86_64"}}});
+        let (robot, r) = Robot::try_register(server, join, name, fields);
         assert_eq!(r.status, 200, "register {name}: {}", r.body);
-        Robot {
-            server,
-            name: name.into(),
-            token: r.json()["token"].as_str().unwrap().to_string(),
-            since: 0,
-            seq: 0,
-        }
+        robot
     }
 
-    pub fn auth(&self) -> String {
-        format!("Bearer {}", self.token)
+    /// Register `name` (new keys) with `fields` of the RegisterRequest
+    /// (labels, namespace, deviceInfo...); the verified answer, whatever its
+    /// status.
+    pub fn try_register(server: &'a Server, join: &str, name: &str, fields: Value) -> (Robot<'a>, Reply) {
+        let token = JoinToken::parse(join).unwrap_or_else(|e| panic!("join token {join:?}: {e}"));
+        let mut robot = Robot {
+            server,
+            name: name.into(),
+            session: RobotSession::new(name, token.pin),
+            since: 0,
+            seq: 0,
+        };
+        let r = robot.register_again(join, fields);
+        (robot, r)
+    }
+
+    /// Register again with this robot's keys and `join`.
+    pub fn register_again(&mut self, join: &str, fields: Value) -> Reply {
+        let token = JoinToken::parse(join).unwrap_or_else(|e| panic!("join token {join:?}: {e}"));
+        // The given fields over an empty request (the session fills in the
+        // token id, name, keys, time, nonce and proof).
+        let mut v = serde_json::to_value(RegisterRequest::default()).expect("a RegisterRequest serialises");
+        for (k, f) in fields.as_object().expect("RegisterRequest fields as an object") {
+            v[k] = f.clone();
+        }
+        let req: RegisterRequest = serde_json::from_value(v).expect("RegisterRequest fields");
+        let p = self.session.register(&token, req);
+        self.exchange(&p)
+    }
+
+    /// A signed request (its body sealed), not sent.
+    pub fn prepare(&mut self, method: &str, path: &str, body: Option<&Value>) -> Prepared {
+        let plain = body.map(|b| b.to_string().into_bytes());
+        self.session
+            .request(method, path, plain.as_deref())
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    /// Send a prepared request as it is; the raw answer, unverified.
+    pub fn send_raw(&self, p: &Prepared, body: &[u8]) -> Reply {
+        // `request` sets the Content-Type of a body itself.
+        let headers: Vec<(&str, &str)> = p
+            .headers
+            .iter()
+            .filter(|(k, _)| *k != "Content-Type")
+            .map(|(k, v)| (*k, v.as_str()))
+            .collect();
+        let content_type = p
+            .headers
+            .iter()
+            .find(|(k, _)| *k == "Content-Type")
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("");
+        let body = (!body.is_empty() || p.method == "POST").then_some(body);
+        self.server.request(&p.method, &p.target, content_type, body, &headers)
+    }
+
+    /// Verify `r`, the answer to `p`: Ok(the opened body), or why not.
+    pub fn verify(&mut self, p: &Prepared, r: &Reply) -> Result<Vec<u8>, String> {
+        self.session.answer(p, r.status, &|name| r.header(name), &r.bytes)
+    }
+
+    /// Send `p` and verify its answer (which must verify); the reply's body
+    /// is the opened one.
+    pub fn exchange(&mut self, p: &Prepared) -> Reply {
+        let mut r = self.send_raw(p, &p.body);
+        let opened = self
+            .verify(p, &r)
+            .unwrap_or_else(|e| panic!("{} {} answered {}: {e}: {}", p.method, p.target, r.status, r.body));
+        r.body = String::from_utf8_lossy(&opened).into_owned();
+        r.bytes = opened;
+        r
+    }
+
+    /// One signed request under this robot's path; the verified answer.
+    pub fn send(&mut self, method: &str, path: &str, body: Option<&Value>) -> Reply {
+        let p = self.prepare(method, path, body);
+        self.exchange(&p)
+    }
+
+    fn assignments_path(&self, wait: &str) -> String {
+        format!(
+            "/agent/v1/robots/{}/assignments?since={}&wait={wait}",
+            self.name, self.since
+        )
     }
 
     /// One long poll; returns the full reply and advances `since`.
     pub fn poll(&mut self, wait: &str) -> Value {
-        let path = format!(
-            "/agent/v1/robots/{}/assignments?since={}&wait={wait}",
-            self.name, self.since
-        );
-        let r = self
-            .server
-            .request("GET", &path, "", None, &[("Authorization", &self.auth())]);
+        let path = self.assignments_path(wait);
+        let r = self.send("GET", &path, None);
         assert_eq!(r.status, 200, "poll {}: {}", self.name, r.body);
         let v = r.json();
         self.since = v["revision"].as_u64().unwrap();
         v
+    }
+
+    /// A poll from `since` that may fail: the verified answer.
+    pub fn try_poll(&mut self, wait: &str) -> Reply {
+        let path = self.assignments_path(wait);
+        self.send("GET", &path, None)
     }
 
     /// Names of the tasks in the robot's desired set (polling without wait).
@@ -504,15 +594,15 @@ impl<'a> Robot<'a> {
         self.report_seq(task, seq, json!({"state": state}))
     }
 
-    pub fn report_seq(&self, task: &str, seq: u64, status: Value) -> Value {
+    /// A status report that may fail: the verified answer.
+    pub fn try_report(&mut self, body: &Value) -> Reply {
+        let path = format!("/agent/v1/robots/{}/status", self.name);
+        self.send("POST", &path, Some(body))
+    }
+
+    pub fn report_seq(&mut self, task: &str, seq: u64, status: Value) -> Value {
         let body = json!({"updates": [{"task": task, "seq": seq, "status": status}]});
-        let r = self.server.request(
-            "POST",
-            &format!("/agent/v1/robots/{}/status", self.name),
-            "application/json",
-            Some(body.to_string().as_bytes()),
-            &[("Authorization", &self.auth())],
-        );
+        let r = self.try_report(&body);
         assert_eq!(r.status, 200, "status from {}: {}", self.name, r.body);
         r.json()
     }

@@ -1,16 +1,21 @@
-//! Handlers of `/agent/v1`: bearer token, JSON in, JSON out; the logic is in
-//! [`crate::server::agents`].
+//! Handlers of `/agent/v1`: JSON in, JSON out; the logic is in
+//! [`crate::server::agents`]. Robot requests reach them verified and opened
+//! (and leave them to be sealed and signed) by [`super::channel`].
 
 use super::{json, parse_body, AppState};
-use crate::api::agent_protocol::{JoinTokenRequest, RegisterRequest, StatusReport};
+use crate::api::agent_protocol::{JoinTokenRequest, RegisterRequest, RotateRequest, StatusReport};
+use crate::server::robot_channel::robots::Robot;
+use crate::server::robot_channel::server_keys::MAX_OVERLAP;
+use crate::server::robot_channel::verify::SignedRequest;
 use crate::server::status::Status;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 fn result<T: serde::Serialize>(r: Result<T, Status>) -> Response {
@@ -26,15 +31,6 @@ fn body<T: DeserializeOwned>(headers: &HeaderMap, b: Result<Bytes, BytesRejectio
         let field = e.path().to_string();
         Status::bad_request(format!("{field}: {}", e.into_inner()))
     })
-}
-
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
 }
 
 pub async fn create_join_token(
@@ -67,20 +63,75 @@ pub async fn revoke_join_token(State(app): State<AppState>, Path(id): Path<Strin
     )
 }
 
-pub async fn revoke_robot_token(State(app): State<AppState>, Path(name): Path<String>) -> Response {
+/// `DELETE /agent/v1/robotkeys/{name}` (`k8s4r robot reset`; also under its
+/// old name `robottokens`).
+pub async fn reset_robot(State(app): State<AppState>, Path(name): Path<String>) -> Response {
     result(
         app.agents
-            .revoke_robot_token(&name)
+            .reset_robot(&name)
             .await
-            .map(|()| serde_json::json!({"revoked": name})),
+            .map(|()| serde_json::json!({"reset": name})),
     )
 }
 
-pub async fn register(State(app): State<AppState>, headers: HeaderMap, b: Result<Bytes, BytesRejection>) -> Response {
+/// `POST /agent/v1/serverkeys/rotate` (`k8s4r robot-keys rotate`).
+pub async fn rotate_server_keys(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> Response {
     result(
         async {
-            let req: RegisterRequest = body(&headers, b)?;
-            app.agents.register(req, bearer(&headers)).await
+            let req: RotateRequest = match &b {
+                Ok(bytes) if bytes.is_empty() => RotateRequest::default(),
+                _ => body(&headers, b)?,
+            };
+            let overlap = req.overlap_seconds.unwrap_or(86_400);
+            if overlap > MAX_OVERLAP.as_secs() {
+                return Err(Status::bad_request(format!(
+                    "overlapSeconds: {overlap} is more than the limit of {}",
+                    MAX_OVERLAP.as_secs()
+                )));
+            }
+            app.agents.rotate_server_keys(Duration::from_secs(overlap)).await
+        }
+        .await,
+    )
+}
+
+/// `GET /agent/v1/serverkeys`: the public halves of the server's keys.
+pub async fn list_server_keys(State(app): State<AppState>) -> Response {
+    json(StatusCode::OK, &app.agents.channel.keys.list())
+}
+
+/// 400 for an agent that sends its join token (from before the signed
+/// channel).
+pub fn old_agent() -> Status {
+    Status::bad_request(
+        "joinToken: this agent sends its join token in the clear, which this server no longer \
+         accepts; upgrade the agent (it proves the token without sending it)",
+    )
+}
+
+/// `POST /agent/v1/register`, signed by the keys the body claims (checked
+/// by [`crate::server::agents::Agents::register`]).
+pub async fn register(
+    State(app): State<AppState>,
+    Extension(signed): Extension<SignedRequest>,
+    headers: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> Response {
+    result(
+        async {
+            let v = parse_body(&headers, b)?;
+            if v.get("joinToken").is_some() {
+                return Err(old_agent());
+            }
+            let req: RegisterRequest = serde_path_to_error::deserialize(v).map_err(|e| {
+                let field = e.path().to_string();
+                Status::bad_request(format!("{field}: {}", e.into_inner()))
+            })?;
+            app.agents.register(req, &signed).await
         }
         .await,
     )
@@ -101,16 +152,15 @@ fn parse_wait(text: Option<&String>) -> Result<Duration, Status> {
 
 pub async fn assignments(
     State(app): State<AppState>,
-    Path(name): Path<String>,
+    Extension(robot): Extension<Arc<Robot>>,
     q: super::k8s::Params,
-    headers: HeaderMap,
 ) -> Response {
     result(
         async {
             let q: HashMap<String, String> = q
                 .map(|axum::extract::Query(m)| m)
                 .map_err(|e| Status::bad_request(format!("invalid query string: {e}")))?;
-            let id = app.agents.authenticate(&name, bearer(&headers)).await?;
+            let id = &robot.id;
             let since = match q.get("since").map(String::as_str) {
                 None | Some("") => 0,
                 Some(s) => s
@@ -118,7 +168,7 @@ pub async fn assignments(
                     .map_err(|_| Status::bad_request(format!("since {s:?} is not a revision")))?,
             };
             let wait = parse_wait(q.get("wait"))?;
-            app.agents.poll_exclusive(&id, since, wait).await
+            app.agents.poll_exclusive(id, since, wait).await
         }
         .await,
     )
@@ -126,15 +176,14 @@ pub async fn assignments(
 
 pub async fn status(
     State(app): State<AppState>,
-    Path(name): Path<String>,
+    Extension(robot): Extension<Arc<Robot>>,
     headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> Response {
     result(
         async {
-            let id = app.agents.authenticate(&name, bearer(&headers)).await?;
             let report: StatusReport = body(&headers, b)?;
-            app.agents.report(&id, report).await
+            app.agents.report(&robot.id, report).await
         }
         .await,
     )
@@ -143,15 +192,17 @@ pub async fn status(
 /// `POST /agent/v1/robots/{name}/logs`: a robot answers a log request.
 pub async fn upload_log(
     State(app): State<AppState>,
-    Path(name): Path<String>,
+    Extension(robot): Extension<Arc<Robot>>,
     headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> Response {
     result(
         async {
-            let id = app.agents.authenticate(&name, bearer(&headers)).await?;
             let upload: crate::api::agent_protocol::LogUpload = body(&headers, b)?;
-            app.agents.upload_log(&id, upload).await.map(|()| serde_json::json!({}))
+            app.agents
+                .upload_log(&robot.id, upload)
+                .await
+                .map(|()| serde_json::json!({}))
         }
         .await,
     )

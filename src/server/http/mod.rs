@@ -4,6 +4,7 @@
 //! [`Status`] objects.
 
 mod agent;
+mod channel;
 mod discovery;
 mod events;
 mod k8s;
@@ -72,9 +73,13 @@ const DISCOVERY: &[&str] = &[
 pub fn router(app: AppState) -> Router {
     // Outside the routes: a slash must be removed before routing, and a
     // panic anywhere below (middleware included) must become a 500.
+    // The robot channel signs every answer on its paths, a panic's 500
+    // too: it sits between two panic containers.
     Router::new()
-        .fallback_service(routes(app))
+        .fallback_service(routes(app.clone()))
         .layer(axum::middleware::from_fn(without_trailing_slash))
+        .layer(axum::middleware::from_fn(contain_panics))
+        .layer(axum::middleware::from_fn_with_state(app, channel::robot_channel))
         .layer(axum::middleware::from_fn(contain_panics))
 }
 
@@ -134,7 +139,10 @@ fn routes(app: AppState) -> Router {
             post(agent::create_join_token).get(agent::list_join_tokens),
         )
         .route("/agent/v1/jointokens/{id}", delete(agent::revoke_join_token))
-        .route("/agent/v1/robottokens/{name}", delete(agent::revoke_robot_token))
+        .route("/agent/v1/robotkeys/{name}", delete(agent::reset_robot))
+        .route("/agent/v1/robottokens/{name}", delete(agent::reset_robot))
+        .route("/agent/v1/serverkeys", get(agent::list_server_keys))
+        .route("/agent/v1/serverkeys/rotate", post(agent::rotate_server_keys))
         .route("/agent/v1/robots/{name}/assignments", get(agent::assignments))
         .route("/agent/v1/robots/{name}/status", post(agent::status))
         .route("/agent/v1/robots/{name}/logs", post(agent::upload_log))
@@ -163,9 +171,13 @@ async fn metrics(axum::extract::State(app): axum::extract::State<AppState>) -> R
          k8s4r_watches_open {watches}\n\
          # HELP k8s4r_long_polls_open Robots with a long poll open (one each at most).\n\
          # TYPE k8s4r_long_polls_open gauge\n\
-         k8s4r_long_polls_open {}\n",
+         k8s4r_long_polls_open {}\n\
+         # HELP k8s4r_robot_channel_refused_total Robot requests refused (bad signature, stale time, replayed counter, ...).\n\
+         # TYPE k8s4r_robot_channel_refused_total counter\n\
+         k8s4r_robot_channel_refused_total {}\n",
         crate::server::panics::metrics_text(),
         app.agents.polls.open(),
+        app.agents.channel.refused_total(),
     );
     let mut r = text.into_response();
     r.headers_mut().insert(
@@ -283,7 +295,7 @@ pub fn check_seconds(name: &str, seconds: u64) -> Result<(), Status> {
 
 /// Paths open without the operator token: health, version (kubectl's
 /// dispatcher asks before it sends credentials) and the robots' own API
-/// (robot tokens).
+/// (signed by the robots' keys, checked by the robot channel).
 fn is_open(path: &str) -> bool {
     matches!(
         path,

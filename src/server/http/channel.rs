@@ -1,0 +1,200 @@
+//! The robot channel on HTTP, in one place: every request to
+//! `/agent/v1/robots/{name}/` is verified (signature, time, counter) and its
+//! sealed body opened before a handler sees it; every answer there and on
+//! `/agent/v1/register`, errors included, is signed and bound to the
+//! request it answers, and a robot's 200 answers are sealed to it. The
+//! handlers behind it read plain JSON and the verified robot
+//! ([`Robot`] as a request extension).
+
+use super::{AppState, MAX_BODY};
+use crate::api::robot_channel::{self as wire, PublicKeys};
+use crate::server::robot_channel::answer::{self, Answered};
+use crate::server::robot_channel::robots::Robot;
+use crate::server::robot_channel::verify::{request_signature, Refusal, SignedRequest};
+use crate::server::robot_channel::{self, Channel};
+use crate::server::status::Status;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use std::sync::Arc;
+
+/// Largest answer read back for signing (assignments of a robot with many
+/// tasks are the big ones).
+const MAX_ANSWER: usize = 64 << 20;
+
+const REGISTER: &str = "/agent/v1/register";
+const ROBOTS: &str = "/agent/v1/robots/";
+
+fn refusal_status(r: &Refusal) -> Status {
+    match r.code() {
+        400 => Status::bad_request(r.to_string()),
+        _ => Status::unauthorized(r.to_string()),
+    }
+}
+
+/// Does a registration body carry a join token in the clear (an agent from
+/// before the signed channel)?
+fn sends_join_token(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|v| v.get("joinToken").is_some())
+}
+
+/// The robot a registration body names, for the log of a refusal.
+fn claimed_name(body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("name")?.as_str().map(|n| n.chars().take(253).collect()))
+        .unwrap_or_else(|| "?".into())
+}
+
+pub async fn robot_channel(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    let robot = if path == REGISTER {
+        None
+    } else if let Some(rest) = path.strip_prefix(ROBOTS) {
+        Some(rest.split('/').next().unwrap_or("").to_string())
+    } else {
+        return next.run(req).await;
+    };
+    let channel = &app.agents.channel;
+    channel.keys.refresh().await;
+    let (mut parts, body) = req.into_parts();
+    let request_sig = request_signature(&parts.headers);
+    let named = parts
+        .headers
+        .get(wire::SERVER_KEY)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_string());
+    let target = parts
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str().to_string())
+        .unwrap_or_else(|| parts.uri.path().to_string());
+    let what = format!("{} {}", parts.method, parts.uri.path());
+    let mut seal_to = None;
+    let response = match axum::body::to_bytes(body, MAX_BODY).await {
+        Err(_) => Status::too_large(format!("the request body is larger than {MAX_BODY} bytes")).into_response(),
+        Ok(bytes) => match SignedRequest::parse(parts.method.as_str(), &target, &parts.headers, &bytes) {
+            Err(refusal) => {
+                let name = robot.clone().unwrap_or_else(|| claimed_name(&bytes));
+                channel.refuse(&name, &what, &refusal);
+                if robot.is_none() && sends_join_token(&bytes) {
+                    super::agent::old_agent().into_response()
+                } else {
+                    refusal_status(&refusal).into_response()
+                }
+            }
+            Ok(signed) => match &robot {
+                None => {
+                    parts.extensions.insert(signed);
+                    next.run(Request::from_parts(parts, Body::from(bytes))).await
+                }
+                Some(name) => {
+                    let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+                    match channel.verify(name, &signed, content_type, &bytes).await {
+                        Err(refusal) => {
+                            channel.refuse(name, &what, &refusal);
+                            refusal_status(&refusal).into_response()
+                        }
+                        Ok(v) => {
+                            seal_to = Some((v.robot.keys.clone(), name.clone()));
+                            // The handler reads the opened body as JSON.
+                            parts.headers.remove(header::CONTENT_TYPE);
+                            parts
+                                .headers
+                                .insert(header::CONTENT_LENGTH, HeaderValue::from(v.body.len()));
+                            if !v.body.is_empty() {
+                                parts
+                                    .headers
+                                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                            }
+                            parts.extensions.insert::<Arc<Robot>>(v.robot);
+                            next.run(Request::from_parts(parts, Body::from(v.body))).await
+                        }
+                    }
+                }
+            },
+        },
+    };
+    sign(
+        channel,
+        response,
+        named.as_deref(),
+        &request_sig,
+        seal_to,
+        robot.is_none(),
+    )
+    .await
+}
+
+/// Seal a 200 answer to the robot (when `seal_to`) and sign the answer with
+/// the key the request named (the current one when it named none held).
+async fn sign(
+    channel: &Channel,
+    response: Response,
+    named: Option<&str>,
+    request_sig: &[u8; 64],
+    seal_to: Option<(PublicKeys, String)>,
+    register: bool,
+) -> Response {
+    let (mut parts, body) = response.into_parts();
+    let mut body = match axum::body::to_bytes(body, MAX_ANSWER).await {
+        Ok(b) => b.to_vec(),
+        Err(e) => {
+            let (p, b) = Status::internal(format!("reading the answer: {e}"))
+                .into_response()
+                .into_parts();
+            parts = p;
+            axum::body::to_bytes(b, MAX_ANSWER)
+                .await
+                .map(|b| b.to_vec())
+                .unwrap_or_default()
+        }
+    };
+    if let (StatusCode::OK, Some((keys, robot))) = (parts.status, seal_to) {
+        match answer::seal(&keys, &robot, request_sig, &body) {
+            Ok(sealed) => {
+                body = sealed;
+                parts
+                    .headers
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static(wire::SEALED));
+            }
+            Err(e) => {
+                let (p, b) = Status::internal(format!("sealing the answer: {e}"))
+                    .into_response()
+                    .into_parts();
+                parts = p;
+                body = axum::body::to_bytes(b, MAX_ANSWER)
+                    .await
+                    .map(|b| b.to_vec())
+                    .unwrap_or_default();
+            }
+        }
+    }
+    let current = channel.keys.current();
+    let signer = match named {
+        Some(id) => channel.keys.find(id).await.unwrap_or_else(|| current.clone()),
+        None => current.clone(),
+    };
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let answered = Answered {
+        request_signature: request_sig,
+        status: parts.status.as_u16(),
+        time: robot_channel::now(),
+        content_type: &content_type,
+        body: &body,
+    };
+    for (name, value) in answer::headers(&signer, &current, &answered, register) {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            parts.headers.insert(name, v);
+        }
+    }
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(body))
+}
