@@ -14,6 +14,7 @@ COMMANDS:
     migrate --from-data DIR --to-etcd URL  Move a stopped server's state to etcd
     logs TASK [-f] [--tail N]         A task's output, fetched from its robot
     token create|list|revoke          Join tokens for robots; revoke one (or a robot's own)
+    kubeconfig [--user NAME] [--group G]...  A kubeconfig signed by the cluster's CA
     bench robots N [N...]             Fleet load test; writes target/bench/server.json
     bench report                      target/bench/report.md from all benchmark results
     render-envoy -f FILE [--group NAME]  Print a TaskGroup's Envoy config
@@ -35,6 +36,7 @@ fn main() {
             "logs" => k8s4r::server::logs_cli::cmd_logs(parser),
             "migrate" => k8s4r::server::migrate::cmd_migrate(parser),
             "token" => k8s4r::server::cmd_token(parser),
+            "kubeconfig" => k8s4r::server::kubeconfig_cli::cmd_kubeconfig(parser),
             "bench" => k8s4r::server::bench::cmd_bench(parser),
             "render-envoy" => k8s4r::envoy::cmd_render(parser),
             "validate" => cli::cmd_validate(parser),

@@ -20,6 +20,9 @@ pub mod election;
 pub mod events;
 pub mod fleet;
 pub mod http;
+pub mod kubeclient;
+pub mod kubeconfig;
+pub mod kubeconfig_cli;
 pub mod limits;
 pub mod logging;
 pub mod logs;
@@ -37,6 +40,7 @@ pub mod selector;
 pub mod status;
 pub mod store;
 pub mod time;
+pub mod tls;
 pub mod tokens;
 
 use lexopt::prelude::*;
@@ -52,8 +56,12 @@ USAGE:
     k8s4r server [OPTIONS]
 
 OPTIONS:
-    --listen ADDR            Address to serve on [default: 127.0.0.1:7443]
-    --data DIR               Data directory (SQLite database) [default: ./k8s4r-data]
+    --listen ADDR            Address of the Kubernetes API (HTTPS) [default: 127.0.0.1:7443]
+    --agent-listen ADDR      Address of the plain-HTTP agent listener, which serves
+                             only the robots' protocol (/agent/v1/register,
+                             /agent/v1/robots/...) [default: 127.0.0.1:7080]
+    --data DIR               Data directory (SQLite database, admin.kubeconfig)
+                             [default: ./k8s4r-data]
     --etcd URL[,URL...]      Keep everything in etcd v3 instead (client URLs of its
                              members); run any number of replicas on one cluster
     --poll-interval DUR      Base long-poll wait / heartbeat interval of agents [default: 30s]
@@ -72,6 +80,17 @@ OPTIONS:
                              [default: 1000]
     --max-join-token-ttl DUR Longest lifetime a join token may be created with;
                              longer is refused (400) [default: 24h]
+    --tls-san NAME|IP        Another name or address for the generated serving
+                             certificate (repeatable); it always covers localhost,
+                             127.0.0.1, ::1, the hostname and a specific --listen IP
+    --tls-cert-file FILE     Serve with this certificate chain (PEM) instead of a
+                             generated one; needs --tls-private-key-file
+    --tls-private-key-file FILE
+                             The key of --tls-cert-file (PEM)
+    --client-ca-file FILE    Accept client certificates signed by these CAs (PEM)
+                             instead of the generated CA
+    --insecure-http          Serve the Kubernetes API over plain HTTP, without TLS:
+                             only on a loopback --listen address (for tests)
     --log-level LEVEL        off, error, warn, info, debug, trace [default: info]
     --admin-token-file FILE  Require this bearer token for the Kubernetes API and
                              join tokens [default: open API]. kubectl sends tokens
@@ -79,8 +98,14 @@ OPTIONS:
                              (Also accepted as --auth-token-file.)
     -h, --help               Print help
 
-Prints `listening on http://ADDR` once it accepts connections. Use it with
-kubectl: kubectl --server http://ADDR get jobs
+On first start it creates a CA and a serving certificate (kept in the store,
+so replicas on one etcd share them). On every start it writes
+<data>/admin.kubeconfig (0600: the CA, the URL, an admin client certificate)
+and prints, once it accepts connections:
+    listening on https://ADDR
+    agent channel on http://ADDR
+    export KUBECONFIG=<data>/admin.kubeconfig
+More kubeconfigs: k8s4r kubeconfig --user NAME --group GROUP.
 
 Each robot has at most one long poll open: a newer one ends the older (429).
 Durations in requests (timeoutSeconds, ttlSeconds) are at most 10 years.
@@ -97,6 +122,11 @@ const MAX_WATCHES: usize = 1_000_000;
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: String,
+    /// The plain-HTTP listener of the agent protocol only.
+    pub agent_listen: String,
+    pub tls: tls::TlsFlags,
+    /// Serve the Kubernetes API without TLS (loopback only).
+    pub insecure_http: bool,
     /// File holding the operator bearer token; None: the API is open.
     pub admin_token_file: Option<PathBuf>,
     pub data: PathBuf,
@@ -113,6 +143,9 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: "127.0.0.1:7443".into(),
+            agent_listen: "127.0.0.1:7080".into(),
+            tls: tls::TlsFlags::default(),
+            insecure_http: false,
             admin_token_file: None,
             data: PathBuf::from("k8s4r-data"),
             etcd: Vec::new(),
@@ -161,6 +194,16 @@ pub fn cmd_server(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
         match arg {
             Long("log-level") => level = logging::parse_level(&parser.value()?.string()?)?,
             Long("listen") => cfg.listen = parser.value()?.string()?,
+            Long("agent-listen") => cfg.agent_listen = parser.value()?.string()?,
+            Long("tls-san") => {
+                let san = parser.value()?.string()?;
+                tls::sans::check(&san).map_err(|e| format!("--tls-san: {e}"))?;
+                cfg.tls.sans.push(san);
+            }
+            Long("tls-cert-file") => cfg.tls.cert_file = Some(parser.value()?.into()),
+            Long("tls-private-key-file") => cfg.tls.key_file = Some(parser.value()?.into()),
+            Long("client-ca-file") => cfg.tls.client_ca_file = Some(parser.value()?.into()),
+            Long("insecure-http") => cfg.insecure_http = true,
             Long("data") => cfg.data = parser.value()?.into(),
             Long("etcd") => {
                 cfg.etcd = parser
@@ -253,6 +296,11 @@ pub enum ServeError {
     Etcd(store::StoreError),
     TokenIndex(store::StoreError),
     Bind(String, std::io::Error),
+    /// `--insecure-http` on an address other machines can reach.
+    InsecureHttp(SocketAddr),
+    Tls(tls::TlsError),
+    /// Writing `<data>/admin.kubeconfig`.
+    Kubeconfig(String),
     AdminToken(PathBuf, String),
     Serve(std::io::Error),
 }
@@ -264,6 +312,13 @@ impl std::fmt::Display for ServeError {
             ServeError::Etcd(e) => write!(f, "connecting to etcd: {e}"),
             ServeError::TokenIndex(e) => write!(f, "indexing the robot tokens: {e}"),
             ServeError::Bind(a, e) => write!(f, "listening on {a}: {e}"),
+            ServeError::InsecureHttp(a) => write!(
+                f,
+                "--insecure-http serves the Kubernetes API without TLS, so only on a loopback \
+                 address; {a} is not one (drop --insecure-http, or --listen 127.0.0.1:PORT)"
+            ),
+            ServeError::Tls(e) => write!(f, "setting up HTTPS: {e}"),
+            ServeError::Kubeconfig(e) => write!(f, "the data directory or its admin kubeconfig: {e}"),
             ServeError::AdminToken(p, e) => write!(f, "reading the admin token {}: {e}", p.display()),
             ServeError::Serve(e) => write!(f, "serving: {e}"),
         }
@@ -288,6 +343,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
             Some(tokens::hash(token))
         }
     };
+    private_dir(&cfg.data).map_err(ServeError::Kubeconfig)?;
     let backend = open_stores(&cfg).await?;
     let store = backend.objects.clone();
     let event_store = backend.events.clone();
@@ -297,6 +353,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     let hub = controllers::run_when_leading(registry.clone(), fleet, recorder.clone(), backend.leader).await;
     let logs = Arc::new(logs::Logs::new(store.clone()));
     panics::spawn_essential("the log request relay", logs.clone().relay(hub.fleet.clone()));
+    let store_for_secrets = store.clone();
     let tokens = tokens::Tokens::new(store);
     match tokens.index_legacy().await {
         Ok(0) => {}
@@ -320,28 +377,152 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         limits: cfg.limits.clone(),
         test_panic_route: cfg.test_panic_route,
     });
-    let listener = tokio::net::TcpListener::bind(&cfg.listen)
-        .await
-        .map_err(|e| ServeError::Bind(cfg.listen.clone(), e))?;
-    let addr: SocketAddr = listener
-        .local_addr()
-        .map_err(|e| ServeError::Bind(cfg.listen.clone(), e))?;
+    let listener = bind(&cfg.listen).await?;
+    let addr = local_addr(&listener, &cfg.listen)?;
+    if cfg.insecure_http && !addr.ip().is_loopback() {
+        return Err(ServeError::InsecureHttp(addr));
+    }
+    let agent_listener = bind(&cfg.agent_listen).await?;
+    let agent_addr = local_addr(&agent_listener, &cfg.agent_listen)?;
     if cfg.admin_token_file.is_none() && !addr.ip().is_loopback() {
         log::warn!("the API on {addr} is open to anyone who can reach it; use --admin-token-file");
     }
-    println!("listening on http://{addr}");
-    eprintln!(
-        "k8s4r server: data in {}, kubectl --server http://{addr}",
-        backend.describe
+    let https = if cfg.insecure_http {
+        None
+    } else {
+        let ca = tls::ca::Ca::load_or_create(store_for_secrets.as_ref())
+            .await
+            .map_err(ServeError::Tls)?;
+        let https = tls::configure(&cfg.tls, store_for_secrets.as_ref(), &ca, addr)
+            .await
+            .map_err(ServeError::Tls)?;
+        Some((ca, https))
+    };
+    let kubeconfig = write_admin_kubeconfig(&cfg.data, addr, https.as_ref())?;
+    let scheme = if https.is_some() { "https" } else { "http" };
+    // One write: a reader that takes the first line and closes the pipe
+    // cannot make a later print fail.
+    print!(
+        "listening on {scheme}://{addr}\nagent channel on http://{agent_addr}\nexport KUBECONFIG={}\n",
+        kubeconfig.display()
     );
-    let served = axum::serve(listener, http::router(app))
-        .with_graceful_shutdown(shutdown())
-        .await
-        .map_err(ServeError::Serve);
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    eprintln!(
+        "k8s4r server: data in {}; kubectl: export KUBECONFIG={}",
+        backend.describe,
+        kubeconfig.display()
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown().await;
+        let _ = stop.send(true);
+    });
+    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let agents = axum::serve(agent_listener, http::agent_router(app.clone()))
+        .with_graceful_shutdown(until_stopped(stopped.clone()));
+    let api = async {
+        match https {
+            Some((_, https)) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(https.config);
+                let tls = tls::listener::TlsListener::new(listener, acceptor)
+                    .map_err(|e| ServeError::Bind(cfg.listen.clone(), e))?;
+                let service = http::router(app)
+                    .layer(axum::middleware::map_request(tls::listener::insert_cert_user))
+                    .into_make_service_with_connect_info::<tls::listener::TlsPeer>();
+                axum::serve(tls, service)
+                    .with_graceful_shutdown(until_stopped(stopped.clone()))
+                    .await
+            }
+            None => {
+                axum::serve(listener, http::router(app))
+                    .with_graceful_shutdown(until_stopped(stopped.clone()))
+                    .await
+            }
+        }
+        .map_err(ServeError::Serve)
+    };
+    let served = tokio::try_join!(api, async { agents.await.map_err(ServeError::Serve) }).map(|_| ());
     if let Some(e) = &backend.election {
         e.resign().await;
     }
     served
+}
+
+async fn bind(listen: &str) -> Result<tokio::net::TcpListener, ServeError> {
+    tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| ServeError::Bind(listen.to_string(), e))
+}
+
+fn local_addr(listener: &tokio::net::TcpListener, listen: &str) -> Result<SocketAddr, ServeError> {
+    listener
+        .local_addr()
+        .map_err(|e| ServeError::Bind(listen.to_string(), e))
+}
+
+/// The data directory holds the CA key (in the SQLite store) and the admin
+/// kubeconfig: created 0700, and tightened to that when it is wider.
+fn private_dir(dir: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let mode = std::fs::metadata(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        log::warn!(
+            "{}: mode {:o} lets others read the CA key; setting 0700",
+            dir.display(),
+            mode & 0o777
+        );
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// `<data>/admin.kubeconfig`, rewritten on every start (the port may have
+/// changed): the server's URL (loopback when it listens on every address),
+/// what to trust it with, and a new admin client certificate (CN admin,
+/// O system:masters). Without TLS: the URL only.
+fn write_admin_kubeconfig(
+    data: &std::path::Path,
+    addr: SocketAddr,
+    https: Option<&(tls::ca::Ca, tls::Https)>,
+) -> Result<PathBuf, ServeError> {
+    let fail = ServeError::Kubeconfig;
+    let dir = std::fs::canonicalize(data).map_err(|e| fail(format!("{}: {e}", data.display())))?;
+    let path = dir.join("admin.kubeconfig");
+    let reach = match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::from(([127, 0, 0, 1], addr.port())),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()))
+        }
+        _ => addr,
+    };
+    let text = match https {
+        Some((ca, https)) => {
+            let admin = ca
+                .issue_client_cert("admin", &[auth::SYSTEM_MASTERS.to_string()])
+                .map_err(|e| fail(e.to_string()))?;
+            kubeconfig::render(
+                "k8s4r",
+                &format!("https://{reach}"),
+                Some(&https.trust_pem),
+                "admin",
+                Some((&admin.cert_pem, &admin.key_pem)),
+            )
+        }
+        None => kubeconfig::render("k8s4r", &format!("http://{reach}"), None, "admin", None),
+    };
+    kubeconfig::write_private(&path, &text).map_err(fail)?;
+    Ok(path)
 }
 
 /// Where the server keeps its state, and whether it may run controllers.
@@ -421,29 +602,24 @@ USAGE:
     k8s4r token revoke --robot NAME    Revoke a robot's own token (it must register again)
 
 OPTIONS:
-    --server URL        Control plane [default: http://127.0.0.1:7443]
     --ttl DUR           Lifetime of a new token, at most the server's
                         --max-join-token-ttl [default: 24h, or that limit if shorter]
     --uses N            Distinct robots the token may register (registering a
                         name again uses none); the server's
                         --max-robots-per-join-token applies if smaller
     --name ROBOT        The token registers only the robot named ROBOT
-    --token-file FILE   The operator token, if the server requires one
 ";
 
 pub fn cmd_token(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
-    let mut server = "http://127.0.0.1:7443".to_string();
+    let mut client = kubeclient::ClientFlags::default();
     let mut terms = crate::api::agent_protocol::JoinTokenRequest::default();
     let mut words: Vec<String> = Vec::new();
     let mut robot = None;
-    let mut admin = None;
     while let Some(arg) = parser.next()? {
         match arg {
-            Long("server") => server = parser.value()?.string()?,
-            Long("token-file") => {
-                let p: PathBuf = parser.value()?.into();
-                let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
-                admin = Some(text.trim().to_string());
+            Long(flag) if kubeclient::ClientFlags::owns(flag) => {
+                let flag = flag.to_string();
+                client.set(&flag, parser)?;
             }
             Long("ttl") => terms.ttl_seconds = Some(duration_arg(parser, "--ttl")?.as_secs()),
             Long("uses") => {
@@ -456,15 +632,15 @@ pub fn cmd_token(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
             Long("name") => terms.name = Some(parser.value()?.string()?),
             Long("robot") => robot = Some(parser.value()?.string()?),
             Short('h') | Long("help") => {
-                print!("{TOKEN_USAGE}");
+                print!("{TOKEN_USAGE}{}", kubeclient::USAGE);
                 return Ok(0);
             }
             Value(v) if words.len() < 2 => words.push(v.string()?),
             other => return Err(other.unexpected()),
         }
     }
-    let base = format!("{}/agent/v1", server.trim_end_matches('/'));
-    let (method, url, body) = match (words.iter().map(String::as_str).collect::<Vec<_>>().as_slice(), &robot) {
+    let base = "/agent/v1";
+    let (method, path, body) = match (words.iter().map(String::as_str).collect::<Vec<_>>().as_slice(), &robot) {
         // No --ttl: the server's default, which its limit may shorten.
         (["create"], None) => (
             "POST",
@@ -475,20 +651,26 @@ pub fn cmd_token(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
         (["revoke", id], None) => ("DELETE", format!("{base}/jointokens/{}", path_segment(id)), None),
         (["revoke"], Some(name)) => ("DELETE", format!("{base}/robottokens/{}", path_segment(name)), None),
         _ => {
-            eprint!("{TOKEN_USAGE}");
+            eprint!("{TOKEN_USAGE}{}", kubeclient::USAGE);
             return Ok(2);
         }
     };
-    let text = match admin_request(method, &url, admin.as_deref(), body.as_deref()) {
+    let answer = kubeclient::KubeClient::new(&client).and_then(|c| {
+        let url = format!("{}{path}", c.server);
+        c.request(method, &path, body.as_deref())?
+            .ok()
+            .map_err(|e| format!("{method} {url}: {e}"))
+    });
+    let text = match answer {
         Ok(text) => text,
         Err(e) => {
-            eprintln!("error: {method} {url}: {e}");
+            eprintln!("error: {e}");
             return Ok(1);
         }
     };
     use crate::api::agent_protocol::{JoinToken, JoinTokenList};
     let unexpected = |e: serde_json::Error| {
-        eprintln!("error: unexpected answer from {url}: {e}");
+        eprintln!("error: unexpected answer to {method} {path}: {e}");
         Ok(1)
     };
     match words[0].as_str() {
@@ -535,42 +717,4 @@ fn path_segment(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
-}
-
-/// One request to the operator part of the agent API; a Status error body
-/// becomes its message.
-fn admin_request(method: &str, url: &str, admin: Option<&str>, body: Option<&str>) -> Result<String, String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-    let auth = admin.map(|t| format!("Bearer {t}"));
-    let reply = match (method, body) {
-        ("POST", Some(b)) => {
-            let mut req = agent.post(url).header("Content-Type", "application/json");
-            if let Some(a) = &auth {
-                req = req.header("Authorization", a);
-            }
-            req.send(b)
-        }
-        _ => {
-            let mut req = if method == "DELETE" {
-                agent.delete(url)
-            } else {
-                agent.get(url)
-            };
-            if let Some(a) = &auth {
-                req = req.header("Authorization", a);
-            }
-            req.call()
-        }
-    };
-    let mut reply = reply.map_err(|e| e.to_string())?;
-    let code = reply.status().as_u16();
-    let text = reply.body_mut().read_to_string().map_err(|e| e.to_string())?;
-    if code >= 400 {
-        let message = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_string))
-            .unwrap_or(text);
-        return Err(format!("{code}: {message}"));
-    }
-    Ok(text)
 }

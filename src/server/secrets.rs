@@ -20,6 +20,11 @@ pub async fn load(store: &dyn Store, name: &str) -> Result<Option<Value>, StoreE
     Ok(store.get(&key(name)).await?.map(|s| s.value))
 }
 
+/// The secret `name` and its revision (to [`replace`] it), if stored.
+pub async fn load_versioned(store: &dyn Store, name: &str) -> Result<Option<(Value, u64)>, StoreError> {
+    Ok(store.get(&key(name)).await?.map(|s| (s.value, s.revision)))
+}
+
 /// The secret `name`; made by `create` and stored when there is none yet.
 /// `create` may run and its value be dropped when another replica stored
 /// one first: it must have no effect but its result.

@@ -4,12 +4,15 @@
 //! [`Status`] objects.
 
 mod agent;
+mod agent_listener;
 mod discovery;
 mod events;
 mod k8s;
 mod openapi;
 pub mod table;
 mod watch;
+
+pub use agent_listener::{agent_router, is_robot_channel};
 
 use crate::server::agents::Agents;
 use crate::server::limits::Limits;
