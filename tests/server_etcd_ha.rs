@@ -109,11 +109,10 @@ fn replicas_share_one_etcd_and_survive_failures() {
     {
         let mut robot = Robot::register(&servers[follower], &join, "watcher", json!({"fleet": "w"}));
         robot.poll("0s");
-        let base = servers[follower].base.clone();
+        let s = servers[follower].handle();
         let (token, since) = (robot.token.clone(), robot.since);
         let poller = std::thread::spawn(move || {
-            let s = Server::attach(&base);
-            let r = s.request(
+            let r = s.agent_request(
                 "GET",
                 &format!("/agent/v1/robots/watcher/assignments?since={since}&wait=30s"),
                 "",
@@ -273,9 +272,8 @@ fn a_log_request_reaches_a_robot_polling_another_replica() {
     // The operator's replica answers log requests from its cache, which
     // follows etcd a moment behind the GET above: as a client would, retry
     // while it does not know the task (404) or the robot's phase (503).
-    let base = operator_side.base.clone();
+    let s = operator_side.handle();
     let operator = std::thread::spawn(move || {
-        let s = Server::attach(&base);
         wait_for("the log request answered", T, || {
             let r = s.get("/apis/robot.k8s4r.io/v1alpha1/namespaces/default/tasks/talk-g-r0-main/log?tailLines=5");
             match r.status {
@@ -292,7 +290,7 @@ fn a_log_request_reaches_a_robot_polling_another_replica() {
     assert_eq!(request["task"], "talk-g-r0-main");
     assert_eq!(request["tailLines"], 5);
     let upload = json!({"id": request["id"], "task": "talk-g-r0-main", "text": "hello from far away\n"});
-    let r = robots_side.request(
+    let r = robots_side.agent_request(
         "POST",
         "/agent/v1/robots/far/logs",
         "application/json",
@@ -303,7 +301,7 @@ fn a_log_request_reaches_a_robot_polling_another_replica() {
     let text = operator.join().unwrap();
     assert!(text.contains("hello from far away"), "{text}");
     // Answered once: the request is gone from the store.
-    let again = robots_side.request(
+    let again = robots_side.agent_request(
         "POST",
         "/agent/v1/robots/far/logs",
         "application/json",
@@ -326,9 +324,8 @@ fn an_etcd_member_restart_during_writes_loses_and_duplicates_nothing() {
     Robot::register(&servers[0], &join, "worker", json!({"fleet": "m"}));
     let acked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let writer = {
-        let (base, acked) = (servers[0].base.clone(), acked.clone());
+        let (s, acked) = (servers[0].handle(), acked.clone());
         std::thread::spawn(move || {
-            let s = Server::attach(&base);
             let mut created = Vec::new();
             for i in 0..CREATES {
                 let name = format!("steady-{i}");

@@ -56,10 +56,7 @@ fn field(s: &Server, plural: &str, name: &str, path: &[&str]) -> Value {
 fn register_poll_report_round_trip() {
     let s = Server::start();
     // `k8s4r token create` prints the token as its last line.
-    let out = Command::new(server_util::server_bin())
-        .args(["token", "create", "--server", &s.base])
-        .output()
-        .unwrap();
+    let out = s.k8s4r_cmd().args(["token", "create"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let join = String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -69,10 +66,11 @@ fn register_poll_report_round_trip() {
         .to_string();
     assert!(join.starts_with("k8s4r-join-"), "{join}");
 
-    let bad = s.send_json(
+    let bad = s.agent_json(
         "POST",
         "/agent/v1/register",
         &json!({"joinToken": "nope", "name": "r1"}),
+        &[],
     );
     assert_eq!(bad.status, 401);
     let mut r1 = Robot::register(&s, &join, "r1", json!({"fleet": "a"}));
@@ -87,12 +85,11 @@ fn register_poll_report_round_trip() {
 
     // A long poll is answered as soon as a task is placed on the robot.
     let since = r1.since;
-    let base = s.base.clone();
+    let s2 = s.handle();
     let token = r1.token.clone();
     let started = Instant::now();
     let waiter = std::thread::spawn(move || {
-        let s2 = Server::attach(&base);
-        let r = s2.request(
+        let r = s2.agent_request(
             "GET",
             &format!("/agent/v1/robots/r1/assignments?since={since}&wait=25s"),
             "",
@@ -178,13 +175,13 @@ fn robots_only_see_their_own_objects() {
         (target(&s, "only-a-g-r0-main").as_deref() == Some("ra")).then_some(())
     });
     let path = "/agent/v1/robots/ra/assignments?since=0&wait=0s";
-    let with = |tok: &str| s.request("GET", path, "", None, &[("Authorization", tok)]).status;
+    let with = |tok: &str| s.agent_request("GET", path, "", None, &[("Authorization", tok)]).status;
     assert_eq!(with(&a.auth()), 200);
     assert_eq!(with(&b.auth()), 403, "robot b may not read robot a's assignments");
     assert_eq!(with("Bearer k8s4r-robot-forged"), 401);
-    assert_eq!(s.get(path).status, 401, "no token");
+    assert_eq!(s.agent_request("GET", path, "", None, &[]).status, 401, "no token");
     let body = json!({"updates": [{"task": "only-a-g-r0-main", "seq": 1, "status": {"state": "failed"}}]});
-    let r = s.request(
+    let r = s.agent_request(
         "POST",
         "/agent/v1/robots/ra/status",
         "application/json",
@@ -199,10 +196,11 @@ fn robots_only_see_their_own_objects() {
     );
     assert_ne!(field(&s, "tasks", "only-a-g-r0-main", &["status", "state"]), "failed");
     // Re-registering a name in another namespace is refused.
-    let r = s.send_json(
+    let r = s.agent_json(
         "POST",
         "/agent/v1/register",
         &json!({"joinToken": join, "name": "ra", "namespace": "other"}),
+        &[],
     );
     assert_eq!(r.status, 409, "{}", r.body);
 }
@@ -520,7 +518,7 @@ fn deleting_a_robot_moves_its_service_tasks() {
     });
     assert_eq!(r2.task_names(), ["svc-g-r0-main"]);
     // The deleted robot's agent is told to register again.
-    let r = s.request(
+    let r = s.agent_request(
         "GET",
         "/agent/v1/robots/r1/assignments?since=0&wait=0s",
         "",
@@ -614,7 +612,7 @@ fn a_server_kill_9_during_1000_status_updates_loses_and_duplicates_nothing() {
     let mut crashed = false;
     let mut i = 0;
     while i < batches.len() {
-        match post_statuses(&s.base, "burst", &token, batches[i]) {
+        match post_statuses(&s.agent_base, "burst", &token, batches[i]) {
             Ok(results) => {
                 assert_eq!(results.len(), batches[i].len());
                 for (task, seq, outcome) in results {
@@ -651,7 +649,7 @@ fn a_server_kill_9_during_1000_status_updates_loses_and_duplicates_nothing() {
     }
     // Everything acknowledged survived the crash: sent again, all duplicates.
     for batch in &batches {
-        for (task, seq, outcome) in post_statuses(&s.base, "burst", &token, batch).unwrap() {
+        for (task, seq, outcome) in post_statuses(&s.agent_base, "burst", &token, batch).unwrap() {
             assert_eq!(outcome, "duplicate", "{task} seq {seq} was acknowledged but lost");
         }
     }

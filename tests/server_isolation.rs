@@ -9,25 +9,24 @@ mod server_util;
 
 use common::wait_for;
 use serde_json::{json, Value};
-use server_util::{server_bin, Robot, Server};
-use std::process::Command;
+use server_util::{Robot, Server};
 use std::time::Duration;
 
 const JOBS: &str = "/apis/robot.k8s4r.io/v1alpha1/namespaces/default/jobs";
 
 fn register(s: &Server, join: &str, name: &str) -> u16 {
-    s.send_json("POST", "/agent/v1/register", &json!({"joinToken": join, "name": name}))
-        .status
+    s.agent_json(
+        "POST",
+        "/agent/v1/register",
+        &json!({"joinToken": join, "name": name}),
+        &[],
+    )
+    .status
 }
 
-/// `k8s4r token ARGS --server URL`: (success, stdout, stderr).
+/// `k8s4r token ARGS` with the admin kubeconfig: (success, stdout, stderr).
 fn token_cli(s: &Server, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(server_bin())
-        .arg("token")
-        .args(args)
-        .args(["--server", &s.base])
-        .output()
-        .unwrap();
+    let out = s.k8s4r_cmd().arg("token").args(args).output().unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -52,10 +51,11 @@ fn join_tokens_expire() {
     let mut n = 0;
     let refused = wait_for("the 1 s join token to expire", Duration::from_secs(30), || {
         n += 1;
-        let r = s.send_json(
+        let r = s.agent_json(
             "POST",
             "/agent/v1/register",
             &json!({"joinToken": join, "name": format!("late-{n}")}),
+            &[],
         );
         (r.status == 401).then_some(r)
     });
@@ -116,7 +116,7 @@ fn a_revoked_robot_token_is_refused_until_the_robot_registers_again() {
     assert!(robot.task_names().is_empty());
     let (ok, _, err) = token_cli(&s, &["revoke", "--robot", "r1"]);
     assert!(ok, "{err}");
-    let r = s.request(
+    let r = s.agent_request(
         "GET",
         "/agent/v1/robots/r1/assignments?wait=0s",
         "",
@@ -264,7 +264,12 @@ fn a_robot_cannot_label_itself_into_an_operator_selector() {
 
 /// `POST /agent/v1/register` of `name` with `join`: (status, body).
 fn register_reply(s: &Server, join: &str, name: &str) -> (u16, String) {
-    let r = s.send_json("POST", "/agent/v1/register", &json!({"joinToken": join, "name": name}));
+    let r = s.agent_json(
+        "POST",
+        "/agent/v1/register",
+        &json!({"joinToken": join, "name": name}),
+        &[],
+    );
     (r.status, r.body)
 }
 
@@ -408,7 +413,7 @@ fn a_join_token_cannot_take_over_a_registered_robot() {
     let old = real.token.clone();
     real.token = again.json()["token"].as_str().unwrap().to_string();
     assert!(has_task(&real.poll("0s")));
-    let stale = s.request(
+    let stale = s.agent_request(
         "GET",
         "/agent/v1/robots/owned/assignments?since=0&wait=0s",
         "",

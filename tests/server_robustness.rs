@@ -109,7 +109,7 @@ fn durations_beyond_the_clock_are_refused_and_the_server_lives() {
             "wait={wait} was not capped by the 1 s poll interval"
         );
     }
-    let r = s.request(
+    let r = s.agent_request(
         "GET",
         "/agent/v1/robots/patient/assignments?wait=forever",
         "",
@@ -226,12 +226,11 @@ fn a_second_long_poll_of_a_robot_ends_the_first() {
     let mut robot = Robot::register(&s, &join, "twin", json!({}));
     robot.poll("0s");
     let (auth, since) = (robot.auth(), robot.since);
-    let base = s.base.clone();
+    let s2 = s.handle();
     let first = std::thread::spawn(move || {
         let started = Instant::now();
-        let s = Server::attach(&base);
         let path = format!("/agent/v1/robots/twin/assignments?since={since}&wait=20s");
-        let r = s.request("GET", &path, "", None, &[("Authorization", &auth)]);
+        let r = s2.agent_request("GET", &path, "", None, &[("Authorization", &auth)]);
         (r.status, r.body, started.elapsed())
     });
     wait_for("the first poll to wait", Duration::from_secs(20), || {
@@ -264,7 +263,7 @@ fn status_updates_per_report_are_capped() {
         let updates: Vec<Value> = (0..n)
             .map(|i| json!({"task": format!("t{i}"), "seq": 1, "status": {"state": "running"}}))
             .collect();
-        s.request(
+        s.agent_request(
             "POST",
             "/agent/v1/robots/chatty/status",
             "application/json",
@@ -290,10 +289,11 @@ fn device_info_size_is_capped() {
     let s = Server::start_with(&["--max-device-info", "1024"]);
     let join = s.join_token();
     let big = json!({"hostname": "h", "notes": "x".repeat(2000)});
-    let r = s.send_json(
+    let r = s.agent_json(
         "POST",
         "/agent/v1/register",
         &json!({"joinToken": join, "name": "bulky", "deviceInfo": big}),
+        &[],
     );
     let (code, reason, message) = status_of(&r);
     assert_eq!((code, reason.as_str()), (413, "RequestEntityTooLarge"), "{}", r.body);
@@ -304,7 +304,7 @@ fn device_info_size_is_capped() {
     );
     let robot = Robot::register(&s, &join, "bulky", json!({}));
     let report = |info: &Value| {
-        s.request(
+        s.agent_request(
             "POST",
             "/agent/v1/robots/bulky/status",
             "application/json",
@@ -325,8 +325,14 @@ fn device_info_size_is_capped() {
 fn a_join_token_creates_at_most_its_limit_of_robots() {
     let s = Server::start_with(&["--max-robots-per-join-token", "2"]);
     let join = s.join_token();
-    let register =
-        |join: &str, name: &str| s.send_json("POST", "/agent/v1/register", &json!({"joinToken": join, "name": name}));
+    let register = |join: &str, name: &str| {
+        s.agent_json(
+            "POST",
+            "/agent/v1/register",
+            &json!({"joinToken": join, "name": name}),
+            &[],
+        )
+    };
     let first = register(&join, "r1");
     assert_eq!(first.status, 200);
     assert_eq!(register(&join, "r2").status, 200);
@@ -354,7 +360,7 @@ fn robot_tokens_are_found_by_hash_and_old_ones_keep_working() {
     let b = Robot::register(&s, &join, "rb", json!({})).auth();
     let poll_with = |s: &Server, robot: &str, auth: &str| {
         let path = format!("/agent/v1/robots/{robot}/assignments?wait=0s");
-        s.request("GET", &path, "", None, &[("Authorization", auth)])
+        s.agent_request("GET", &path, "", None, &[("Authorization", auth)])
     };
     assert_eq!(poll_with(&s, "ra", &a).status, 200);
     let r = poll_with(&s, "ra", &b);
@@ -419,7 +425,7 @@ fn bodies_of_other_media_types_get_415() {
     assert!(reply.contains("needs a Content-Type"), "{reply}");
     assert!(s.object("jobs", "csrf").is_none(), "no refused body created anything");
     let join = s.join_token();
-    let r = s.request(
+    let r = s.agent_request(
         "POST",
         "/agent/v1/register",
         "text/plain",

@@ -400,13 +400,15 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     };
     let kubeconfig = write_admin_kubeconfig(&cfg.data, addr, https.as_ref())?;
     let scheme = if https.is_some() { "https" } else { "http" };
-    // One write: a reader that takes the first line and closes the pipe
-    // cannot make a later print fail.
-    print!(
+    // One write of all three lines, its error ignored: a reader that takes
+    // the first line and closes the pipe does not stop the server.
+    let ready = format!(
         "listening on {scheme}://{addr}\nagent channel on http://{agent_addr}\nexport KUBECONFIG={}\n",
         kubeconfig.display()
     );
-    let _ = std::io::Write::flush(&mut std::io::stdout());
+    let mut out = std::io::stdout().lock();
+    let _ = std::io::Write::write_all(&mut out, ready.as_bytes()).and_then(|()| std::io::Write::flush(&mut out));
+    drop(out);
     eprintln!(
         "k8s4r server: data in {}; kubectl: export KUBECONFIG={}",
         backend.describe,
