@@ -264,10 +264,11 @@ fn statuses_survive_a_server_outage_and_an_agent_kill() {
 /// back, its spec replaces the cached one and the task runs again.
 #[test]
 fn huge_durations_in_cached_assignments_do_not_abort_the_agent() {
-    let listen = format!("127.0.0.1:{}", envoy_fixtures::free_port());
+    // Fixed ports: the agent finds the restarted server where it was.
+    let [listen, agent_listen] = [(); 2].map(|_| format!("127.0.0.1:{}", envoy_fixtures::free_port()));
     let dir = tempfile::tempdir().unwrap();
     let (mut server, mut agent) = robot_with(
-        &["--listen", &listen],
+        &["--listen", &listen, "--agent-listen", &agent_listen],
         "robot-huge",
         "demo=true",
         &dir.path().join("huge"),

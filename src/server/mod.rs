@@ -398,7 +398,13 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
             .map_err(ServeError::Tls)?;
         Some((ca, https))
     };
-    let kubeconfig = write_admin_kubeconfig(&cfg.data, addr, https.as_ref())?;
+    // A certificate from the generated CA is refused where --client-ca-file
+    // replaces it: the admin kubeconfig then carries none.
+    let admin_cert = cfg.tls.client_ca_file.is_none();
+    if !admin_cert {
+        log::info!("--client-ca-file: admin.kubeconfig has no client certificate; add one your CA signed");
+    }
+    let kubeconfig = write_admin_kubeconfig(&cfg.data, addr, https.as_ref(), admin_cert)?;
     let scheme = if https.is_some() { "https" } else { "http" };
     // One write of all three lines, its error ignored: a reader that takes
     // the first line and closes the pipe does not stop the server.
@@ -492,11 +498,13 @@ fn private_dir(dir: &std::path::Path) -> Result<(), String> {
 /// `<data>/admin.kubeconfig`, rewritten on every start (the port may have
 /// changed): the server's URL (loopback when it listens on every address),
 /// what to trust it with, and a new admin client certificate (CN admin,
-/// O system:masters). Without TLS: the URL only.
+/// O system:masters) unless `admin_cert` is false. Without TLS: the URL
+/// only.
 fn write_admin_kubeconfig(
     data: &std::path::Path,
     addr: SocketAddr,
     https: Option<&(tls::ca::Ca, tls::Https)>,
+    admin_cert: bool,
 ) -> Result<PathBuf, ServeError> {
     let fail = ServeError::Kubeconfig;
     let dir = std::fs::canonicalize(data).map_err(|e| fail(format!("{}: {e}", data.display())))?;
@@ -510,15 +518,19 @@ fn write_admin_kubeconfig(
     };
     let text = match https {
         Some((ca, https)) => {
-            let admin = ca
-                .issue_client_cert("admin", &[auth::SYSTEM_MASTERS.to_string()])
-                .map_err(|e| fail(e.to_string()))?;
+            let admin = match admin_cert {
+                true => Some(
+                    ca.issue_client_cert("admin", &[auth::SYSTEM_MASTERS.to_string()])
+                        .map_err(|e| fail(e.to_string()))?,
+                ),
+                false => None,
+            };
             kubeconfig::render(
                 "k8s4r",
                 &format!("https://{reach}"),
                 Some(&https.trust_pem),
                 "admin",
-                Some((&admin.cert_pem, &admin.key_pem)),
+                admin.as_ref().map(|a| (a.cert_pem.as_str(), a.key_pem.as_str())),
             )
         }
         None => kubeconfig::render("k8s4r", &format!("http://{reach}"), None, "admin", None),

@@ -155,3 +155,8 @@ pub async fn insert_cert_user(mut req: axum::extract::Request) -> axum::extract:
     }
     req
 }
+
+/// Whether `req` came through the TLS listener.
+pub fn over_tls(req: &axum::extract::Request) -> bool {
+    req.extensions().get::<ConnectInfo<TlsPeer>>().is_some()
+}
