@@ -546,3 +546,22 @@ fn the_official_python_client_works_from_the_generated_kubeconfig() {
     assert_eq!(names, ["from-python", "from-rust"]);
     assert_eq!(seen["gitVersion"], s.get("/version").json()["gitVersion"]);
 }
+
+#[test]
+fn replicas_on_one_etcd_share_the_ca_and_the_serving_certificate() {
+    let etcd = server_util::etcd::Etcd::start();
+    let a = Server::start_with(&["--etcd", &etcd.endpoints()]);
+    let b = Server::start_with(&["--etcd", &etcd.endpoints(), "--tls-san", "replica-b.example.test"]);
+    let (ka, kb) = (kubeconfig_parts(&a.kubeconfig), kubeconfig_parts(&b.kubeconfig));
+    assert_eq!(ka.ca_pem, kb.ca_pem, "one CA for every replica");
+    // Each replica accepts the other's admin certificate, and serves a
+    // certificate that covers the names either wanted.
+    for (server, creds) in [(&a, &kb), (&b, &ka)] {
+        let config = client_config(&certs(creds.ca_pem.as_ref().unwrap()), Some(identity(creds)));
+        let reply = tls_get(addr_of(&server.base), "127.0.0.1", config, JOBS).unwrap();
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    }
+    let config = client_config(&certs(ka.ca_pem.as_ref().unwrap()), None);
+    let reply = tls_get(addr_of(&b.base), "replica-b.example.test", config, "/version").unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+}
