@@ -7,6 +7,7 @@
 #                   iproute2, openssl, file (robot image, etcd, e2e tests),
 #                   faketime (clock-jump test), s6 and supervisor (the
 #                   side-by-side supervision benchmark)
+#   Python venv     ~/.cache/k8s4r/pyclient with the kubernetes client
 set -euo pipefail
 
 log() { printf '[tools] %s\n' "$*"; }
@@ -101,5 +102,16 @@ if [ "$(id -u)" = 0 ] && [ -f /usr/lib/binfmt.d/qemu-aarch64.conf ]; then
     log "registering qemu-aarch64 with binfmt_misc"
     sed -n 1p /usr/lib/binfmt.d/qemu-aarch64.conf > "$bfm/register" 2>/dev/null || log "binfmt registration refused; aarch64 spawn tests will skip"
   fi
+fi
+# --- Kubernetes' official Python client -------------------------------------
+# tests/server_tls.rs drives the server with it from the generated
+# kubeconfig (a client library, not kubectl). Its own venv, so nothing of
+# the system's Python changes; the test names this path.
+pyclient="$HOME/.cache/k8s4r/pyclient"
+kube_client=37.0.2
+if ! "$pyclient/bin/python" -c "import kubernetes, sys; sys.exit(kubernetes.__version__ != '$kube_client')" 2>/dev/null; then
+  log "python venv $pyclient with kubernetes==$kube_client"
+  python3 -m venv "$pyclient"
+  "$pyclient/bin/pip" install --quiet --disable-pip-version-check "kubernetes==$kube_client"
 fi
 log "ready"

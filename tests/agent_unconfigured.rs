@@ -81,7 +81,7 @@ fn an_agent_without_a_server_waits_then_registers_once_its_config_names_one() {
         &config,
         &format!(
             "K8S4R_SERVER={}\nK8S4R_JOIN_TOKEN={token}\nK8S4R_NAME=waiter\nK8S4R_JOB_FILE=\n",
-            server.base
+            server.agent_base
         ),
     );
     robot_online(&server, "waiter");
@@ -102,7 +102,7 @@ fn an_agent_without_a_server_waits_then_registers_once_its_config_names_one() {
         text,
         format!(
             "K8S4R_SERVER={}\nK8S4R_JOIN_TOKEN=\nK8S4R_NAME=waiter\nK8S4R_JOB_FILE=\n",
-            server.base
+            server.agent_base
         )
     );
     use std::os::unix::fs::PermissionsExt;
@@ -117,7 +117,7 @@ fn a_refused_agent_waits_then_registers_once_its_join_token_is_fixed() {
     let settings = |token: &str| {
         format!(
             "K8S4R_SERVER={}\nK8S4R_JOIN_TOKEN={token}\nK8S4R_NAME=refused\n",
-            server.base
+            server.agent_base
         )
     };
     write_config(&config, &settings("not-a-join-token"));

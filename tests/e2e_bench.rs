@@ -48,7 +48,7 @@ fn apply_to_running_latency() {
     let token = server.join_token();
     let dir = tempfile::tempdir().unwrap();
     let agent = ConnectedAgent::start(
-        &server.base,
+        &server.agent_base,
         &token,
         "bench-robot",
         "bench=true",

@@ -33,7 +33,7 @@ fn robot_at(name: &str, labels: &str, data: &Path, extra: &[&str]) -> (Server, A
 fn robot_with(server_args: &[&str], name: &str, labels: &str, data: &Path, extra: &[&str]) -> (Server, Agent) {
     let server = Server::start_with(server_args);
     let token = server.join_token();
-    let agent = Agent::start(&server.base, &token, name, labels, data, extra);
+    let agent = Agent::start(&server.agent_base, &token, name, labels, data, extra);
     robot_online(&server, name);
     (server, agent)
 }
@@ -46,7 +46,7 @@ fn robot_pair(dir: &Path, names: [&'static str; 2], labels: &str) -> (Server, [(
     let agents = names.map(|name| {
         (
             name,
-            Agent::start(&server.base, &token, name, labels, &dir.join(name), &[]),
+            Agent::start(&server.agent_base, &token, name, labels, &dir.join(name), &[]),
         )
     });
     for name in names {
@@ -134,8 +134,9 @@ fn connected_agent_runs_the_demo_job_through_envoy() {
     );
 
     // Without SSH: the server asks the robot for the log and relays it.
-    let out = Command::new(server_util::server_bin())
-        .args(["logs", "demo-hello-r0-fetch", "--tail", "1", "--server", &server.base])
+    let out = server
+        .k8s4r_cmd()
+        .args(["logs", "demo-hello-r0-fetch", "--tail", "1"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -180,14 +181,14 @@ fn gated_job(name: &str, gate: &Path) -> Value {
 
 #[test]
 fn statuses_survive_a_server_outage_and_an_agent_kill() {
-    let port = envoy_fixtures::free_port().to_string();
-    let listen = format!("127.0.0.1:{port}");
-    let mut server = Server::start_with(&["--listen", &listen]);
+    let [port, agent_port] = [(); 2].map(|_| envoy_fixtures::free_port());
+    let (listen, agent_listen) = (format!("127.0.0.1:{port}"), format!("127.0.0.1:{agent_port}"));
+    let mut server = Server::start_with(&["--listen", &listen, "--agent-listen", &agent_listen]);
     let token = server.join_token();
     let dir = tempfile::tempdir().unwrap();
     let gate = dir.path().join("gate");
     let mut agent = Agent::start(
-        &server.base,
+        &server.agent_base,
         &token,
         "robot-outage",
         "demo=true",
@@ -220,7 +221,8 @@ fn statuses_survive_a_server_outage_and_an_agent_kill() {
 
     // Same address, same data: the server comes back.
     server.restart();
-    assert_eq!(server.base, format!("http://{listen}"));
+    assert_eq!(server.base, format!("https://{listen}"));
+    assert_eq!(server.agent_base, format!("http://{agent_listen}"));
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let t = loop {
         let t = task(&server, task_name);
@@ -262,10 +264,11 @@ fn statuses_survive_a_server_outage_and_an_agent_kill() {
 /// back, its spec replaces the cached one and the task runs again.
 #[test]
 fn huge_durations_in_cached_assignments_do_not_abort_the_agent() {
-    let listen = format!("127.0.0.1:{}", envoy_fixtures::free_port());
+    // Fixed ports: the agent finds the restarted server where it was.
+    let [listen, agent_listen] = [(); 2].map(|_| format!("127.0.0.1:{}", envoy_fixtures::free_port()));
     let dir = tempfile::tempdir().unwrap();
     let (mut server, mut agent) = robot_with(
-        &["--listen", &listen],
+        &["--listen", &listen, "--agent-listen", &agent_listen],
         "robot-huge",
         "demo=true",
         &dir.path().join("huge"),
@@ -522,12 +525,21 @@ fn running_pid(server: &Server, task_name: &str) -> Option<i64> {
 fn a_network_cut_keeps_tasks_running_and_nothing_runs_twice_after() {
     let Some(net) = Netns::create() else { return };
     let listen = format!("{}:0", net.host_ip);
-    let server = Server::start_with(&["--listen", &listen, "--poll-interval", "1s", "--offline-after", "2s"]);
+    let server = Server::start_with(&[
+        "--listen",
+        &listen,
+        "--agent-listen",
+        &listen,
+        "--poll-interval",
+        "1s",
+        "--offline-after",
+        "2s",
+    ]);
     let token = server.join_token();
     let dir = tempfile::tempdir().unwrap();
     let _agent = Agent::start_in_netns(
         &net.name,
-        &server.base,
+        &server.agent_base,
         &token,
         "robot-wifi",
         "net=cut",
@@ -1137,7 +1149,14 @@ fn robot_manifests_go_online_when_their_agent_registers() {
         assert_ne!(robot["status"]["phase"], "Online", "no agent yet: {robot}");
         let token = server.join_token();
         let dir = tempfile::tempdir().unwrap();
-        let _agent = Agent::start(&server.base, &token, "robot-001", "", &dir.path().join("robot"), &[]);
+        let _agent = Agent::start(
+            &server.agent_base,
+            &token,
+            "robot-001",
+            "",
+            &dir.path().join("robot"),
+            &[],
+        );
         robot_online(&server, "robot-001");
         let robot = server.object("robots", "robot-001").unwrap();
         let doc = k8s4r::api::decode_all(&text).remove(0).unwrap().object;

@@ -371,7 +371,7 @@ fn app_reaches_real_postgres_only_through_envoy_mtls_with_the_right_spiffe_ids()
     // The control plane and a connected agent.
     let server = Server::start();
     let agent = ConnectedAgent::start(
-        &server.base,
+        &server.agent_base,
         &server.join_token(),
         ROBOT,
         "postgres-e2e=true",

@@ -299,7 +299,7 @@ fn validation_errors_and_hostile_input() {
         ("/agent/v1/robots/x/logs", deep.as_bytes()),
     ];
     for (path, body) in hostile {
-        let r = s.request("POST", path, "application/json", Some(body), &[]);
+        let r = s.agent_request("POST", path, "application/json", Some(body), &[]);
         assert!((400..500).contains(&r.status), "POST {path}: {} {}", r.status, r.body);
         assert_eq!(r.json()["kind"], "Status", "POST {path}: {}", r.body);
     }
@@ -498,15 +498,9 @@ fn operator_token_guards_the_api() {
     assert_eq!(ok.status, 200, "{}", ok.body);
     assert_eq!(s.send_json("POST", "/agent/v1/jointokens", &json!({})).status, 401);
     // token create with the operator token; robots then use their own.
-    let out = std::process::Command::new(server_util::server_bin())
-        .args([
-            "token",
-            "create",
-            "--server",
-            &s.base,
-            "--token-file",
-            tf.to_str().unwrap(),
-        ])
+    let out = s
+        .k8s4r_cmd()
+        .args(["token", "create", "--token-file", tf.to_str().unwrap()])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -271,9 +271,8 @@ fn a_log_request_reaches_a_robot_polling_another_replica() {
     // The operator's replica answers log requests from its cache, which
     // follows etcd a moment behind the GET above: as a client would, retry
     // while it does not know the task (404) or the robot's phase (503).
-    let base = operator_side.base.clone();
+    let s = operator_side.handle();
     let operator = std::thread::spawn(move || {
-        let s = Server::attach(&base);
         wait_for("the log request answered", T, || {
             let r = s.get("/apis/robot.k8s4r.io/v1alpha1/namespaces/default/tasks/talk-g-r0-main/log?tailLines=5");
             match r.status {
@@ -312,9 +311,8 @@ fn an_etcd_member_restart_during_writes_loses_and_duplicates_nothing() {
     Robot::register(&servers[0], &join, "worker", json!({"fleet": "m"}));
     let acked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let writer = {
-        let (base, acked) = (servers[0].base.clone(), acked.clone());
+        let (s, acked) = (servers[0].handle(), acked.clone());
         std::thread::spawn(move || {
-            let s = Server::attach(&base);
             let mut created = Vec::new();
             for i in 0..CREATES {
                 let name = format!("steady-{i}");

@@ -56,10 +56,7 @@ fn field(s: &Server, plural: &str, name: &str, path: &[&str]) -> Value {
 fn register_poll_report_round_trip() {
     let s = Server::start();
     // `k8s4r token create` prints the token as its last line.
-    let out = Command::new(server_util::server_bin())
-        .args(["token", "create", "--server", &s.base])
-        .output()
-        .unwrap();
+    let out = s.k8s4r_cmd().args(["token", "create"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let join = String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -601,7 +598,7 @@ fn a_server_kill_9_during_1000_status_updates_loses_and_duplicates_nothing() {
     let mut crashed = false;
     let mut i = 0;
     while i < batches.len() {
-        match post_statuses(&s.base, &mut session, batches[i]) {
+        match post_statuses(&s.agent_base, &mut session, batches[i]) {
             Ok(results) => {
                 assert_eq!(results.len(), batches[i].len());
                 for (task, seq, outcome) in results {
@@ -638,7 +635,7 @@ fn a_server_kill_9_during_1000_status_updates_loses_and_duplicates_nothing() {
     }
     // Everything acknowledged survived the crash: sent again, all duplicates.
     for batch in &batches {
-        for (task, seq, outcome) in post_statuses(&s.base, &mut session, batch).unwrap() {
+        for (task, seq, outcome) in post_statuses(&s.agent_base, &mut session, batch).unwrap() {
             assert_eq!(outcome, "duplicate", "{task} seq {seq} was acknowledged but lost");
         }
     }

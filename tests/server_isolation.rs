@@ -8,8 +8,7 @@ mod server_util;
 
 use common::wait_for;
 use serde_json::{json, Value};
-use server_util::{server_bin, Robot, Server};
-use std::process::Command;
+use server_util::{Robot, Server};
 use std::time::Duration;
 
 const JOBS: &str = "/apis/robot.k8s4r.io/v1alpha1/namespaces/default/jobs";
@@ -19,14 +18,9 @@ fn register(s: &Server, join: &str, name: &str) -> u16 {
     register_reply(s, join, name).0
 }
 
-/// `k8s4r token ARGS --server URL`: (success, stdout, stderr).
+/// `k8s4r token ARGS` with the admin kubeconfig: (success, stdout, stderr).
 fn token_cli(s: &Server, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(server_bin())
-        .arg("token")
-        .args(args)
-        .args(["--server", &s.base])
-        .output()
-        .unwrap();
+    let out = s.k8s4r_cmd().arg("token").args(args).output().unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -113,13 +107,7 @@ fn a_reset_robot_is_refused_until_it_registers_again() {
     let join = s.join_token();
     let mut robot = Robot::register(&s, &join, "r1", json!({}));
     assert!(robot.task_names().is_empty());
-    let robot_cli = |args: &[&str]| {
-        Command::new(server_bin())
-            .args(args)
-            .args(["--server", &s.base])
-            .output()
-            .unwrap()
-    };
+    let robot_cli = |args: &[&str]| s.k8s4r_cmd().args(args).output().unwrap();
     let out = robot_cli(&["robot", "reset", "r1"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let r = robot.try_poll("0s");
@@ -401,10 +389,7 @@ fn a_join_token_cannot_take_over_a_registered_robot() {
 
     // An operator frees the name; then a join token registers new keys,
     // and the old ones are refused.
-    let out = Command::new(server_bin())
-        .args(["robot", "reset", "owned", "--server", &s.base])
-        .output()
-        .unwrap();
+    let out = s.k8s4r_cmd().args(["robot", "reset", "owned"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(thief.register_again(&join, impostor).status, 200);
     assert_eq!(real.try_poll("0s").status, 401, "the old keys are unbound");

@@ -173,8 +173,9 @@ fn after_a_key_rotation_robots_switch_and_the_old_key_retires() {
     let task = place_secret_task(&s, &mut mover, "kept");
     let old_id = mover.session.server_id();
 
-    let out = Command::new(server_bin())
-        .args(["robot-keys", "rotate", "--overlap", "5s", "--server", &s.base])
+    let out = s
+        .k8s4r_cmd()
+        .args(["robot-keys", "rotate", "--overlap", "5s"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -17,6 +17,7 @@ COMMANDS:
     token create|list|revoke          Join tokens for robots
     robot reset NAME                  Unbind a robot's keys (a new robot may take the name)
     robot-keys list|rotate [--overlap DUR]  The server's robot-channel keys
+    kubeconfig [--user NAME] [--group G]...  A kubeconfig signed by the cluster's CA
     bench robots N [N...]             Fleet load test; writes target/bench/server.json
     bench report                      target/bench/report.md from all benchmark results
     render-envoy -f FILE [--group NAME]  Print a TaskGroup's Envoy config
@@ -40,6 +41,7 @@ fn main() {
             "token" => k8s4r::server::cmd_token(parser),
             "robot" => k8s4r::server::cmd_robot(parser),
             "robot-keys" => k8s4r::server::cmd_robot_keys(parser),
+            "kubeconfig" => k8s4r::server::kubeconfig_cli::cmd_kubeconfig(parser),
             "bench" => k8s4r::server::bench::cmd_bench(parser),
             "render-envoy" => k8s4r::envoy::cmd_render(parser),
             "validate" => cli::cmd_validate(parser),

@@ -177,8 +177,11 @@ impl ServerProc {
             crate::server::object::name_suffix()
         ));
         let exe = std::env::current_exe().map_err(|e| format!("finding this binary: {e}"))?;
+        // Plain HTTP on loopback: the bench measures the fleet, not TLS,
+        // and its simulated robots speak the agent API on the same port.
         let mut child = Command::new(exe)
-            .args(["server", "--listen", "127.0.0.1:0", "--data"])
+            .args(["server", "--insecure-http", "--agent-listen", "127.0.0.1:0"])
+            .args(["--listen", "127.0.0.1:0", "--data"])
             .arg(&dir)
             .args(extra)
             .stdout(Stdio::piped())

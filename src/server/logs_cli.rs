@@ -3,9 +3,9 @@
 //! endpoint works with kubectl:
 //! `kubectl get --raw "/apis/robot.k8s4r.io/v1alpha1/namespaces/default/tasks/TASK/log?tailLines=20"`.
 
+use super::kubeclient::{self, KubeClient};
 use lexopt::prelude::*;
 use std::io::Write;
-use std::path::PathBuf;
 use std::time::Duration;
 
 const USAGE: &str = "\
@@ -16,12 +16,14 @@ OPTIONS:
     --tail N             Only the last N lines
     --stderr             Standard error instead of standard output
     -n, --namespace NS   [default: default]
-    --server URL         Control plane [default: http://127.0.0.1:7443]
-    --token-file FILE    Operator bearer token (servers run with --admin-token-file)
     -h, --help           Print help
-
+{CLIENT}
 Also: kubectl get --raw \"/apis/robot.k8s4r.io/v1alpha1/namespaces/NS/tasks/TASK/log?tailLines=N\"
 ";
+
+fn usage() -> String {
+    USAGE.replace("{CLIENT}", kubeclient::USAGE)
+}
 
 const FOLLOW_EVERY: Duration = Duration::from_secs(2);
 
@@ -31,22 +33,19 @@ pub fn cmd_logs(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
     let mut tail = None;
     let mut stream = "stdout";
     let mut ns = "default".to_string();
-    let mut server = "http://127.0.0.1:7443".to_string();
-    let mut token = None;
+    let mut client = kubeclient::ClientFlags::default();
     while let Some(arg) = parser.next()? {
         match arg {
+            Long(flag) if kubeclient::ClientFlags::owns(flag) => {
+                let flag = flag.to_string();
+                client.set(&flag, parser)?;
+            }
             Short('f') | Long("follow") => follow = true,
             Long("tail") => tail = Some(parser.value()?.parse::<u32>()?),
             Long("stderr") => stream = "stderr",
             Short('n') | Long("namespace") => ns = parser.value()?.string()?,
-            Long("server") => server = parser.value()?.string()?,
-            Long("token-file") => {
-                let p: PathBuf = parser.value()?.into();
-                let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
-                token = Some(text.trim().to_string());
-            }
             Short('h') | Long("help") => {
-                print!("{USAGE}");
+                print!("{}", usage());
                 return Ok(0);
             }
             Value(v) if task.is_none() => task = Some(v.string()?),
@@ -54,37 +53,23 @@ pub fn cmd_logs(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
         }
     }
     let Some(task) = task else {
-        eprint!("{USAGE}");
+        eprint!("{}", usage());
         return Ok(2);
     };
-    let base = format!(
-        "{}/apis/robot.k8s4r.io/v1alpha1/namespaces/{ns}/tasks/{task}/log?stream={stream}",
-        server.trim_end_matches('/')
-    );
+    let client = match KubeClient::new(&client) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(1);
+        }
+    };
+    let base = format!("/apis/robot.k8s4r.io/v1alpha1/namespaces/{ns}/tasks/{task}/log?stream={stream}");
     let fetch = |tail: Option<u32>| -> Result<String, String> {
-        let url = match tail {
+        let path = match tail {
             Some(n) => format!("{base}&tailLines={n}"),
             None => base.clone(),
         };
-        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-        let mut req = agent.get(&url);
-        if let Some(t) = &token {
-            req = req.header("Authorization", &format!("Bearer {t}"));
-        }
-        let mut resp = req.call().map_err(|e| format!("GET {url}: {e}"))?;
-        let code = resp.status().as_u16();
-        let body = resp
-            .body_mut()
-            .read_to_string()
-            .map_err(|e| format!("GET {url}: {e}"))?;
-        if code != 200 {
-            let msg = serde_json::from_str::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v.get("message")?.as_str().map(String::from))
-                .unwrap_or(body);
-            return Err(msg);
-        }
-        Ok(body)
+        client.request("GET", &path, None)?.ok()
     };
     let mut out = std::io::stdout().lock();
     let mut seen = match fetch(tail) {

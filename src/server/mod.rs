@@ -20,6 +20,9 @@ pub mod election;
 pub mod events;
 pub mod fleet;
 pub mod http;
+pub mod kubeclient;
+pub mod kubeconfig;
+pub mod kubeconfig_cli;
 pub mod limits;
 pub mod logging;
 pub mod logs;
@@ -38,6 +41,7 @@ pub mod selector;
 pub mod status;
 pub mod store;
 pub mod time;
+pub mod tls;
 pub mod tokens;
 
 use lexopt::prelude::*;
@@ -53,8 +57,12 @@ USAGE:
     k8s4r server [OPTIONS]
 
 OPTIONS:
-    --listen ADDR            Address to serve on [default: 127.0.0.1:7443]
-    --data DIR               Data directory (SQLite database) [default: ./k8s4r-data]
+    --listen ADDR            Address of the Kubernetes API (HTTPS) [default: 127.0.0.1:7443]
+    --agent-listen ADDR      Address of the plain-HTTP agent listener, which serves
+                             only the robots' protocol (/agent/v1/register,
+                             /agent/v1/robots/...) [default: 127.0.0.1:7080]
+    --data DIR               Data directory (SQLite database, admin.kubeconfig)
+                             [default: ./k8s4r-data]
     --etcd URL[,URL...]      Keep everything in etcd v3 instead (client URLs of its
                              members, all http:// or all https://); run any number
                              of replicas on one cluster
@@ -80,6 +88,17 @@ OPTIONS:
                              longer is refused (400) [default: 24h]
     --robot-clock-skew DUR   How far a robot request's time may be from the
                              server's; further is refused (401) [default: 5m, at most 24h]
+    --tls-san NAME|IP        Another name or address for the generated serving
+                             certificate (repeatable); it always covers localhost,
+                             127.0.0.1, ::1, the hostname and a specific --listen IP
+    --tls-cert-file FILE     Serve with this certificate chain (PEM) instead of a
+                             generated one; needs --tls-private-key-file
+    --tls-private-key-file FILE
+                             The key of --tls-cert-file (PEM)
+    --client-ca-file FILE    Accept client certificates signed by these CAs (PEM)
+                             instead of the generated CA
+    --insecure-http          Serve the Kubernetes API over plain HTTP, without TLS:
+                             only on a loopback --listen address (for tests)
     --log-level LEVEL        off, error, warn, info, debug, trace [default: info]
     --admin-token-file FILE  Require this bearer token for the Kubernetes API and
                              join tokens [default: open API]. kubectl sends tokens
@@ -87,8 +106,14 @@ OPTIONS:
                              (Also accepted as --auth-token-file.)
     -h, --help               Print help
 
-Prints `listening on http://ADDR` once it accepts connections. Use it with
-kubectl: kubectl --server http://ADDR get jobs
+On first start it creates a CA and a serving certificate (kept in the store,
+so replicas on one etcd share them). On every start it writes
+<data>/admin.kubeconfig (0600: the CA, the URL, an admin client certificate)
+and prints, once it accepts connections:
+    listening on https://ADDR
+    agent channel on http://ADDR
+    export KUBECONFIG=<data>/admin.kubeconfig
+More kubeconfigs: k8s4r kubeconfig --user NAME --group GROUP.
 
 Each robot has at most one long poll open: a newer one ends the older (429).
 Durations in requests (timeoutSeconds, ttlSeconds) are at most 10 years.
@@ -105,6 +130,11 @@ const MAX_WATCHES: usize = 1_000_000;
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: String,
+    /// The plain-HTTP listener of the agent protocol only.
+    pub agent_listen: String,
+    pub tls: tls::TlsFlags,
+    /// Serve the Kubernetes API without TLS (loopback only).
+    pub insecure_http: bool,
     /// File holding the operator bearer token; None: the API is open.
     pub admin_token_file: Option<PathBuf>,
     pub data: PathBuf,
@@ -125,6 +155,9 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: "127.0.0.1:7443".into(),
+            agent_listen: "127.0.0.1:7080".into(),
+            tls: tls::TlsFlags::default(),
+            insecure_http: false,
             admin_token_file: None,
             data: PathBuf::from("k8s4r-data"),
             etcd: Vec::new(),
@@ -183,6 +216,16 @@ pub fn cmd_server(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
         match arg {
             Long("log-level") => level = logging::parse_level(&parser.value()?.string()?)?,
             Long("listen") => cfg.listen = parser.value()?.string()?,
+            Long("agent-listen") => cfg.agent_listen = parser.value()?.string()?,
+            Long("tls-san") => {
+                let san = parser.value()?.string()?;
+                tls::sans::check(&san).map_err(|e| format!("--tls-san: {e}"))?;
+                cfg.tls.sans.push(san);
+            }
+            Long("tls-cert-file") => cfg.tls.cert_file = Some(parser.value()?.into()),
+            Long("tls-private-key-file") => cfg.tls.key_file = Some(parser.value()?.into()),
+            Long("client-ca-file") => cfg.tls.client_ca_file = Some(parser.value()?.into()),
+            Long("insecure-http") => cfg.insecure_http = true,
             Long("data") => cfg.data = parser.value()?.into(),
             Long("etcd") => cfg.etcd = url_list(&parser.value()?.string()?),
             Long("etcd-cafile") => cfg.etcd_tls.ca = Some(parser.value()?.into()),
@@ -279,6 +322,11 @@ pub enum ServeError {
     Etcd(store::StoreError),
     ServerKeys(robot_channel::server_keys::KeyError),
     Bind(String, std::io::Error),
+    /// `--insecure-http` on an address other machines can reach.
+    InsecureHttp(SocketAddr),
+    Tls(tls::TlsError),
+    /// Writing `<data>/admin.kubeconfig`.
+    Kubeconfig(String),
     AdminToken(PathBuf, String),
     Serve(std::io::Error),
 }
@@ -291,6 +339,13 @@ impl std::fmt::Display for ServeError {
             ServeError::Etcd(e) => write!(f, "connecting to etcd: {e}"),
             ServeError::ServerKeys(e) => write!(f, "{e}"),
             ServeError::Bind(a, e) => write!(f, "listening on {a}: {e}"),
+            ServeError::InsecureHttp(a) => write!(
+                f,
+                "--insecure-http serves the Kubernetes API without TLS, so only on a loopback \
+                 address; {a} is not one (drop --insecure-http, or --listen 127.0.0.1:PORT)"
+            ),
+            ServeError::Tls(e) => write!(f, "setting up HTTPS: {e}"),
+            ServeError::Kubeconfig(e) => write!(f, "the data directory or its admin kubeconfig: {e}"),
             ServeError::AdminToken(p, e) => write!(f, "reading the admin token {}: {e}", p.display()),
             ServeError::Serve(e) => write!(f, "serving: {e}"),
         }
@@ -315,6 +370,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
             Some(tokens::hash(token))
         }
     };
+    private_dir(&cfg.data).map_err(ServeError::Kubeconfig)?;
     let backend = open_stores(&cfg).await?;
     let store = backend.objects.clone();
     let event_store = backend.events.clone();
@@ -324,6 +380,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     let hub = controllers::run_when_leading(registry.clone(), fleet, recorder.clone(), backend.leader).await;
     let logs = Arc::new(logs::Logs::new(store.clone()));
     panics::spawn_essential("the log request relay", logs.clone().relay(hub.fleet.clone()));
+    let store_for_secrets = store.clone();
     let server_keys = robot_channel::server_keys::ServerKeys::load_or_create(store.clone())
         .await
         .map_err(ServeError::ServerKeys)?;
@@ -347,28 +404,166 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         limits: cfg.limits.clone(),
         test_panic_route: cfg.test_panic_route,
     });
-    let listener = tokio::net::TcpListener::bind(&cfg.listen)
-        .await
-        .map_err(|e| ServeError::Bind(cfg.listen.clone(), e))?;
-    let addr: SocketAddr = listener
-        .local_addr()
-        .map_err(|e| ServeError::Bind(cfg.listen.clone(), e))?;
+    let listener = bind(&cfg.listen).await?;
+    let addr = local_addr(&listener, &cfg.listen)?;
+    if cfg.insecure_http && !addr.ip().is_loopback() {
+        return Err(ServeError::InsecureHttp(addr));
+    }
+    let agent_listener = bind(&cfg.agent_listen).await?;
+    let agent_addr = local_addr(&agent_listener, &cfg.agent_listen)?;
     if cfg.admin_token_file.is_none() && !addr.ip().is_loopback() {
         log::warn!("the API on {addr} is open to anyone who can reach it; use --admin-token-file");
     }
-    println!("listening on http://{addr}");
-    eprintln!(
-        "k8s4r server: data in {}, kubectl --server http://{addr}",
-        backend.describe
+    let https = if cfg.insecure_http {
+        None
+    } else {
+        let ca = tls::ca::Ca::load_or_create(store_for_secrets.as_ref())
+            .await
+            .map_err(ServeError::Tls)?;
+        let https = tls::configure(&cfg.tls, store_for_secrets.as_ref(), &ca, addr)
+            .await
+            .map_err(ServeError::Tls)?;
+        Some((ca, https))
+    };
+    // A certificate from the generated CA is refused where --client-ca-file
+    // replaces it: the admin kubeconfig then carries none.
+    let admin_cert = cfg.tls.client_ca_file.is_none();
+    if !admin_cert {
+        log::info!("--client-ca-file: admin.kubeconfig has no client certificate; add one your CA signed");
+    }
+    let kubeconfig = write_admin_kubeconfig(&cfg.data, addr, https.as_ref(), admin_cert)?;
+    let scheme = if https.is_some() { "https" } else { "http" };
+    // One write of all three lines, its error ignored: a reader that takes
+    // the first line and closes the pipe does not stop the server.
+    let ready = format!(
+        "listening on {scheme}://{addr}\nagent channel on http://{agent_addr}\nexport KUBECONFIG={}\n",
+        kubeconfig.display()
     );
-    let served = axum::serve(listener, http::router(app))
-        .with_graceful_shutdown(shutdown())
-        .await
-        .map_err(ServeError::Serve);
+    let mut out = std::io::stdout().lock();
+    let _ = std::io::Write::write_all(&mut out, ready.as_bytes()).and_then(|()| std::io::Write::flush(&mut out));
+    drop(out);
+    eprintln!(
+        "k8s4r server: data in {}; kubectl: export KUBECONFIG={}",
+        backend.describe,
+        kubeconfig.display()
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown().await;
+        let _ = stop.send(true);
+    });
+    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let agents = axum::serve(agent_listener, http::agent_router(app.clone()))
+        .with_graceful_shutdown(until_stopped(stopped.clone()));
+    let api = async {
+        match https {
+            Some((_, https)) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(https.config);
+                let tls = tls::listener::TlsListener::new(listener, acceptor)
+                    .map_err(|e| ServeError::Bind(cfg.listen.clone(), e))?;
+                let service = http::router(app)
+                    .layer(axum::middleware::map_request(tls::listener::insert_cert_user))
+                    .into_make_service_with_connect_info::<tls::listener::TlsPeer>();
+                axum::serve(tls, service)
+                    .with_graceful_shutdown(until_stopped(stopped.clone()))
+                    .await
+            }
+            None => {
+                axum::serve(listener, http::router(app))
+                    .with_graceful_shutdown(until_stopped(stopped.clone()))
+                    .await
+            }
+        }
+        .map_err(ServeError::Serve)
+    };
+    let served = tokio::try_join!(api, async { agents.await.map_err(ServeError::Serve) }).map(|_| ());
     if let Some(e) = &backend.election {
         e.resign().await;
     }
     served
+}
+
+async fn bind(listen: &str) -> Result<tokio::net::TcpListener, ServeError> {
+    tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| ServeError::Bind(listen.to_string(), e))
+}
+
+fn local_addr(listener: &tokio::net::TcpListener, listen: &str) -> Result<SocketAddr, ServeError> {
+    listener
+        .local_addr()
+        .map_err(|e| ServeError::Bind(listen.to_string(), e))
+}
+
+/// The data directory holds the CA key (in the SQLite store) and the admin
+/// kubeconfig: created 0700, and tightened to that when it is wider.
+fn private_dir(dir: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let mode = std::fs::metadata(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        log::warn!(
+            "{}: mode {:o} lets others read the CA key; setting 0700",
+            dir.display(),
+            mode & 0o777
+        );
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// `<data>/admin.kubeconfig`, rewritten on every start (the port may have
+/// changed): the server's URL (loopback when it listens on every address),
+/// what to trust it with, and a new admin client certificate (CN admin,
+/// O system:masters) unless `admin_cert` is false. Without TLS: the URL
+/// only.
+fn write_admin_kubeconfig(
+    data: &std::path::Path,
+    addr: SocketAddr,
+    https: Option<&(tls::ca::Ca, tls::Https)>,
+    admin_cert: bool,
+) -> Result<PathBuf, ServeError> {
+    let fail = ServeError::Kubeconfig;
+    let dir = std::fs::canonicalize(data).map_err(|e| fail(format!("{}: {e}", data.display())))?;
+    let path = dir.join("admin.kubeconfig");
+    let reach = match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::from(([127, 0, 0, 1], addr.port())),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()))
+        }
+        _ => addr,
+    };
+    let text = match https {
+        Some((ca, https)) => {
+            let admin = match admin_cert {
+                true => Some(
+                    ca.issue_client_cert("admin", &[auth::SYSTEM_MASTERS.to_string()])
+                        .map_err(|e| fail(e.to_string()))?,
+                ),
+                false => None,
+            };
+            kubeconfig::render(
+                "k8s4r",
+                &format!("https://{reach}"),
+                Some(&https.trust_pem),
+                "admin",
+                admin.as_ref().map(|a| (a.cert_pem.as_str(), a.key_pem.as_str())),
+            )
+        }
+        None => kubeconfig::render("k8s4r", &format!("http://{reach}"), None, "admin", None),
+    };
+    kubeconfig::write_private(&path, &text).map_err(fail)?;
+    Ok(path)
 }
 
 /// Where the server keeps its state, and whether it may run controllers.
@@ -449,29 +644,24 @@ USAGE:
     k8s4r token revoke --robot NAME    Same as `k8s4r robot reset NAME`
 
 OPTIONS:
-    --server URL        Control plane [default: http://127.0.0.1:7443]
     --ttl DUR           Lifetime of a new token, at most the server's
                         --max-join-token-ttl [default: 24h, or that limit if shorter]
     --uses N            Distinct robots the token may register (registering a
                         name again uses none); the server's
                         --max-robots-per-join-token applies if smaller
     --name ROBOT        The token registers only the robot named ROBOT
-    --token-file FILE   The operator token, if the server requires one
 ";
 
 pub fn cmd_token(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
-    let mut server = "http://127.0.0.1:7443".to_string();
+    let mut client = kubeclient::ClientFlags::default();
     let mut terms = crate::api::agent_protocol::JoinTokenRequest::default();
     let mut words: Vec<String> = Vec::new();
     let mut robot = None;
-    let mut admin = None;
     while let Some(arg) = parser.next()? {
         match arg {
-            Long("server") => server = parser.value()?.string()?,
-            Long("token-file") => {
-                let p: PathBuf = parser.value()?.into();
-                let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
-                admin = Some(text.trim().to_string());
+            Long(flag) if kubeclient::ClientFlags::owns(flag) => {
+                let flag = flag.to_string();
+                client.set(&flag, parser)?;
             }
             Long("ttl") => terms.ttl_seconds = Some(duration_arg(parser, "--ttl")?.as_secs()),
             Long("uses") => {
@@ -484,15 +674,15 @@ pub fn cmd_token(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
             Long("name") => terms.name = Some(parser.value()?.string()?),
             Long("robot") => robot = Some(parser.value()?.string()?),
             Short('h') | Long("help") => {
-                print!("{TOKEN_USAGE}");
+                print!("{TOKEN_USAGE}{}", kubeclient::USAGE);
                 return Ok(0);
             }
             Value(v) if words.len() < 2 => words.push(v.string()?),
             other => return Err(other.unexpected()),
         }
     }
-    let base = format!("{}/agent/v1", server.trim_end_matches('/'));
-    let (method, url, body) = match (words.iter().map(String::as_str).collect::<Vec<_>>().as_slice(), &robot) {
+    let base = "/agent/v1";
+    let (method, path, body) = match (words.iter().map(String::as_str).collect::<Vec<_>>().as_slice(), &robot) {
         // No --ttl: the server's default, which its limit may shorten.
         (["create"], None) => (
             "POST",
@@ -503,20 +693,26 @@ pub fn cmd_token(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
         (["revoke", id], None) => ("DELETE", format!("{base}/jointokens/{}", path_segment(id)), None),
         (["revoke"], Some(name)) => ("DELETE", format!("{base}/robotkeys/{}", path_segment(name)), None),
         _ => {
-            eprint!("{TOKEN_USAGE}");
+            eprint!("{TOKEN_USAGE}{}", kubeclient::USAGE);
             return Ok(2);
         }
     };
-    let text = match admin_request(method, &url, admin.as_deref(), body.as_deref()) {
+    let answer = kubeclient::KubeClient::new(&client).and_then(|c| {
+        let url = format!("{}{path}", c.server);
+        c.request(method, &path, body.as_deref())?
+            .ok()
+            .map_err(|e| format!("{method} {url}: {e}"))
+    });
+    let text = match answer {
         Ok(text) => text,
         Err(e) => {
-            eprintln!("error: {method} {url}: {e}");
+            eprintln!("error: {e}");
             return Ok(1);
         }
     };
     use crate::api::agent_protocol::{JoinToken, JoinTokenList};
     let unexpected = |e: serde_json::Error| {
-        eprintln!("error: unexpected answer from {url}: {e}");
+        eprintln!("error: unexpected answer to {method} {path}: {e}");
         Ok(1)
     };
     match words[0].as_str() {
@@ -565,44 +761,6 @@ fn path_segment(s: &str) -> String {
         .collect()
 }
 
-/// One request to the operator part of the agent API; a Status error body
-/// becomes its message.
-fn admin_request(method: &str, url: &str, admin: Option<&str>, body: Option<&str>) -> Result<String, String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-    let auth = admin.map(|t| format!("Bearer {t}"));
-    let reply = match (method, body) {
-        ("POST", Some(b)) => {
-            let mut req = agent.post(url).header("Content-Type", "application/json");
-            if let Some(a) = &auth {
-                req = req.header("Authorization", a);
-            }
-            req.send(b)
-        }
-        _ => {
-            let mut req = if method == "DELETE" {
-                agent.delete(url)
-            } else {
-                agent.get(url)
-            };
-            if let Some(a) = &auth {
-                req = req.header("Authorization", a);
-            }
-            req.call()
-        }
-    };
-    let mut reply = reply.map_err(|e| e.to_string())?;
-    let code = reply.status().as_u16();
-    let text = reply.body_mut().read_to_string().map_err(|e| e.to_string())?;
-    if code >= 400 {
-        let message = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_string))
-            .unwrap_or(text);
-        return Err(format!("{code}: {message}"));
-    }
-    Ok(text)
-}
-
 const ROBOT_USAGE: &str = "\
 k8s4r robot — robot identities
 
@@ -611,9 +769,6 @@ USAGE:
                               from then on, and a join token may register the name
                               with new keys (a re-imaged robot, say)
 
-OPTIONS:
-    --server URL        Control plane [default: http://127.0.0.1:7443]
-    --token-file FILE   The operator token, if the server requires one
 ";
 
 const ROBOT_KEYS_USAGE: &str = "\
@@ -626,33 +781,26 @@ USAGE:
                                            answering robots for DUR [default: 24h],
                                            each answer telling them the new one
 
-OPTIONS:
-    --server URL        Control plane [default: http://127.0.0.1:7443]
-    --token-file FILE   The operator token, if the server requires one
 ";
 
 /// The options every operator command takes, and its other words.
 struct AdminArgs {
-    server: String,
-    admin: Option<String>,
+    client: kubeclient::ClientFlags,
     words: Vec<String>,
     overlap: Option<Duration>,
 }
 
 fn admin_args(parser: &mut lexopt::Parser, usage: &str, overlap: bool) -> Result<Option<AdminArgs>, lexopt::Error> {
     let mut a = AdminArgs {
-        server: "http://127.0.0.1:7443".to_string(),
-        admin: None,
+        client: kubeclient::ClientFlags::default(),
         words: Vec::new(),
         overlap: None,
     };
     while let Some(arg) = parser.next()? {
         match arg {
-            Long("server") => a.server = parser.value()?.string()?,
-            Long("token-file") => {
-                let p: PathBuf = parser.value()?.into();
-                let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
-                a.admin = Some(text.trim().to_string());
+            Long(flag) if kubeclient::ClientFlags::owns(flag) => {
+                let flag = flag.to_string();
+                a.client.set(&flag, parser)?;
             }
             Long("overlap") if overlap => {
                 a.overlap = Some(bounded_duration_arg(
@@ -662,7 +810,7 @@ fn admin_args(parser: &mut lexopt::Parser, usage: &str, overlap: bool) -> Result
                 )?)
             }
             Short('h') | Long("help") => {
-                print!("{usage}");
+                print!("{usage}{}", kubeclient::USAGE);
                 return Ok(None);
             }
             Value(v) if a.words.len() < 2 => a.words.push(v.string()?),
@@ -670,6 +818,15 @@ fn admin_args(parser: &mut lexopt::Parser, usage: &str, overlap: bool) -> Result
         }
     }
     Ok(Some(a))
+}
+
+/// One operator request through the kubeconfig's client; the answer's body.
+fn admin_request(client: &kubeclient::ClientFlags, method: &str, path: &str, body: Option<&str>) -> Result<String, String> {
+    kubeclient::KubeClient::new(client).and_then(|c| {
+        c.request(method, path, body)?
+            .ok()
+            .map_err(|e| format!("{method} {}{path}: {e}", c.server))
+    })
 }
 
 /// `k8s4r robot reset NAME`
@@ -685,18 +842,14 @@ pub fn cmd_robot(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
         eprint!("{ROBOT_USAGE}");
         return Ok(2);
     }
-    let url = format!(
-        "{}/agent/v1/robotkeys/{}",
-        a.server.trim_end_matches('/'),
-        path_segment(name)
-    );
-    match admin_request("DELETE", &url, a.admin.as_deref(), None) {
+    let path = format!("/agent/v1/robotkeys/{}", path_segment(name));
+    match admin_request(&a.client, "DELETE", &path, None) {
         Ok(_) => {
             println!("robot {name}: keys reset; a join token may register the name again");
             Ok(0)
         }
         Err(e) => {
-            eprintln!("error: DELETE {url}: {e}");
+            eprintln!("error: {e}");
             Ok(1)
         }
     }
@@ -707,7 +860,7 @@ pub fn cmd_robot_keys(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error>
     let Some(a) = admin_args(parser, ROBOT_KEYS_USAGE, true)? else {
         return Ok(0);
     };
-    let base = format!("{}/agent/v1/serverkeys", a.server.trim_end_matches('/'));
+    let base = "/agent/v1/serverkeys".to_string();
     let (method, url, body) = match a.words.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["list"] if a.overlap.is_none() => ("GET", base, None),
         ["rotate"] => {
@@ -721,14 +874,14 @@ pub fn cmd_robot_keys(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error>
             )
         }
         _ => {
-            eprint!("{ROBOT_KEYS_USAGE}");
+            eprint!("{ROBOT_KEYS_USAGE}{}", kubeclient::USAGE);
             return Ok(2);
         }
     };
-    let text = match admin_request(method, &url, a.admin.as_deref(), body.as_deref()) {
+    let text = match admin_request(&a.client, method, &url, body.as_deref()) {
         Ok(text) => text,
         Err(e) => {
-            eprintln!("error: {method} {url}: {e}");
+            eprintln!("error: {e}");
             return Ok(1);
         }
     };

@@ -1,7 +1,9 @@
 //! Harness for the control-plane tests: start the real `k8s4r server` on an
-//! ephemeral port with a temp data dir, talk to it over HTTP (raw, kubectl,
-//! or as a simulated robot speaking the agent API). Every wait has a
-//! deadline; nothing sleeps in place of a condition.
+//! ephemeral port with a temp data dir, on its secure defaults, and talk to
+//! it as an operator would (HTTPS with the generated admin.kubeconfig's CA
+//! and client certificate: raw, kubectl, the k8s4r CLI) or as a robot does
+//! (plain HTTP to the agent listener). Every wait has a deadline; nothing
+//! sleeps in place of a condition.
 #![allow(dead_code)]
 
 pub mod etcd;
@@ -27,7 +29,15 @@ pub use crate::common::wait_for;
 
 pub struct Server {
     child: Option<Child>,
+    /// The Kubernetes API: `https://127.0.0.1:PORT` (`http://` with
+    /// `--insecure-http`).
     pub base: String,
+    /// The plain-HTTP agent listener, where robots talk.
+    pub agent_base: String,
+    /// `<data>/admin.kubeconfig`, written by the server.
+    pub kubeconfig: PathBuf,
+    /// Trusts the server's CA and presents the admin client certificate.
+    client: ureq::Agent,
     pub data: tempfile::TempDir,
     cache: tempfile::TempDir,
     args: Vec<String>,
@@ -50,17 +60,45 @@ impl Reply {
     }
 }
 
-fn agent() -> ureq::Agent {
+/// How long one request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A plain-HTTP client (the robots' side).
+fn plain_agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(60)))
+        .timeout_global(Some(REQUEST_TIMEOUT))
         .build()
         .into()
 }
 
-fn spawn(data: &Path, args: &[String], env: &[(String, String)]) -> (Child, String) {
+/// What a started server printed.
+struct Started {
+    child: Child,
+    base: String,
+    agent_base: String,
+    kubeconfig: PathBuf,
+}
+
+impl Started {
+    /// A client as the kubeconfig describes it (the CA, the admin
+    /// certificate), built once per start.
+    fn client(&self) -> ureq::Agent {
+        let resolved = k8s4r::server::kubeconfig::load(&self.kubeconfig).expect("the admin kubeconfig");
+        k8s4r::server::kubeclient::agent(&resolved, Some(REQUEST_TIMEOUT)).expect("a client from the admin kubeconfig")
+    }
+}
+
+fn spawn(data: &Path, args: &[String], env: &[(String, String)]) -> Started {
     let mut child = Command::new(server_bin())
-        .args(["server", "--listen", "127.0.0.1:0", "--data"])
+        .args([
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--agent-listen",
+            "127.0.0.1:0",
+            "--data",
+        ])
         .arg(data)
         .args(args)
         .envs(env.iter().map(|(k, v)| (k, v)))
@@ -72,15 +110,31 @@ fn spawn(data: &Path, args: &[String], env: &[(String, String)]) -> (Child, Stri
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(addr) = line.strip_prefix("listening on ") {
-                let _ = tx.send(addr.to_string());
-            }
+            let _ = tx.send(line);
         }
     });
-    let base = rx
-        .recv_timeout(STARTUP)
-        .unwrap_or_else(|_| panic!("server did not print its address within {STARTUP:?}"));
-    (child, base)
+    // Three lines, printed together once it accepts connections.
+    let (mut base, mut agent_base, mut kubeconfig) = (None, None, None);
+    let deadline = Instant::now() + STARTUP;
+    while base.is_none() || agent_base.is_none() || kubeconfig.is_none() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("server did not print its addresses and kubeconfig within {STARTUP:?}"));
+        if let Some(a) = line.strip_prefix("listening on ") {
+            base = Some(a.to_string());
+        } else if let Some(a) = line.strip_prefix("agent channel on ") {
+            agent_base = Some(a.to_string());
+        } else if let Some(k) = line.strip_prefix("export KUBECONFIG=") {
+            kubeconfig = Some(PathBuf::from(k));
+        }
+    }
+    Started {
+        child,
+        base: base.unwrap_or_default(),
+        agent_base: agent_base.unwrap_or_default(),
+        kubeconfig: kubeconfig.unwrap_or_default(),
+    }
 }
 
 impl Server {
@@ -97,10 +151,13 @@ impl Server {
         let data = tempfile::tempdir().expect("tempdir");
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let (child, base) = spawn(data.path(), &args, &env);
+        let started = spawn(data.path(), &args, &env);
         Server {
-            child: Some(child),
-            base,
+            client: started.client(),
+            child: Some(started.child),
+            base: started.base,
+            agent_base: started.agent_base,
+            kubeconfig: started.kubeconfig,
             data,
             cache: tempfile::tempdir().expect("tempdir"),
             args,
@@ -108,17 +165,31 @@ impl Server {
         }
     }
 
-    /// A handle on an already running server (for other threads); it does
-    /// not own the process.
-    pub fn attach(base: &str) -> Server {
+    /// A handle on this running server for another thread: same addresses
+    /// and credentials; it does not own the process.
+    pub fn handle(&self) -> Server {
         Server {
             child: None,
-            base: base.to_string(),
+            base: self.base.clone(),
+            agent_base: self.agent_base.clone(),
+            kubeconfig: self.kubeconfig.clone(),
+            client: self.client.clone(),
             data: tempfile::tempdir().expect("tempdir"),
             cache: tempfile::tempdir().expect("tempdir"),
             args: vec![],
             env: vec![],
         }
+    }
+
+    /// Start the server process again on its data and arguments (new
+    /// ports, a new admin certificate from the same CA).
+    fn respawn(&mut self) {
+        let started = spawn(self.data.path(), &self.args, &self.env);
+        self.client = started.client();
+        self.child = Some(started.child);
+        self.base = started.base;
+        self.agent_base = started.agent_base;
+        self.kubeconfig = started.kubeconfig;
     }
 
     pub fn stop(&mut self) {
@@ -143,13 +214,8 @@ impl Server {
     /// SIGKILL the server (no shutdown at all) and start it again on the
     /// same data directory.
     pub fn crash_and_restart(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let (child, base) = spawn(self.data.path(), &self.args, &self.env);
-        self.child = Some(child);
-        self.base = base;
+        self.kill();
+        self.respawn();
     }
 
     /// The server's process id, while it runs.
@@ -169,24 +235,21 @@ impl Server {
     /// arguments (new port).
     pub fn start_again(&mut self) {
         self.kill();
-        let (child, base) = spawn(self.data.path(), &self.args, &self.env);
-        self.child = Some(child);
-        self.base = base;
+        self.respawn();
     }
 
     /// Stop and start again on the same data directory (new port).
     pub fn restart(&mut self) {
         self.stop();
-        let (child, base) = spawn(self.data.path(), &self.args, &self.env);
-        self.child = Some(child);
-        self.base = base;
+        self.respawn();
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
-    /// One HTTP request; `body` is sent as-is with `content_type`.
+    /// One request to the Kubernetes API as the admin; `body` is sent
+    /// as-is with `content_type`.
     pub fn request(
         &self,
         method: &str,
@@ -195,60 +258,97 @@ impl Server {
         body: Option<&[u8]>,
         headers: &[(&str, &str)],
     ) -> Reply {
-        let url = self.url(path);
-        let a = agent();
-        let mut req = ureq::http::Request::builder().method(method).uri(&url);
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        if body.is_some() {
-            req = req.header("Content-Type", content_type);
-        }
-        let result = match body {
-            Some(b) => a.run(req.body(b.to_vec()).expect("request")),
-            None => a.run(req.body(()).expect("request")),
-        };
-        let mut resp = result.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
-        let warnings = resp
-            .headers()
-            .get_all("warning")
-            .iter()
-            .filter_map(|v| v.to_str().ok().map(str::to_string))
-            .collect();
-        let content_type = resp
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        let headers = resp
-            .headers()
-            .iter()
-            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
-            .collect();
-        let status = resp.status().as_u16();
-        let bytes = resp
-            .body_mut()
-            .with_config()
-            .limit(64 << 20)
-            .read_to_vec()
-            .unwrap_or_default();
-        Reply {
-            status,
-            body: String::from_utf8_lossy(&bytes).into_owned(),
-            warnings,
-            content_type,
-            headers,
-            bytes,
-        }
+        send(&self.client, method, &self.url(path), content_type, body, headers)
     }
 
+    /// One request to the agent listener, as a robot sends it.
+    pub fn agent_request(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: Option<&[u8]>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let url = format!("{}{path}", self.agent_base);
+        send(&plain_agent(), method, &url, content_type, body, headers)
+    }
+
+    /// A robot's JSON request to the agent listener.
+    pub fn agent_json(&self, method: &str, path: &str, body: &Value, headers: &[(&str, &str)]) -> Reply {
+        self.agent_request(
+            method,
+            path,
+            "application/json",
+            Some(body.to_string().as_bytes()),
+            headers,
+        )
+    }
+}
+
+/// One HTTP request with `a`.
+fn send(
+    a: &ureq::Agent,
+    method: &str,
+    url: &str,
+    content_type: &str,
+    body: Option<&[u8]>,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let mut req = ureq::http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    if body.is_some() {
+        req = req.header("Content-Type", content_type);
+    }
+    let result = match body {
+        Some(b) => a.run(req.body(b.to_vec()).expect("request")),
+        None => a.run(req.body(()).expect("request")),
+    };
+    let mut resp = result.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let warnings = resp
+        .headers()
+        .get_all("warning")
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_string))
+        .collect();
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let headers = resp
+        .headers()
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect();
+    let status = resp.status().as_u16();
+    let bytes = resp
+        .body_mut()
+        .with_config()
+        .limit(64 << 20)
+        .read_to_vec()
+        .unwrap_or_default();
+    Reply {
+        status,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+        warnings,
+        content_type,
+        headers,
+        bytes,
+    }
+}
+
+impl Server {
     /// Stream the lines of a long response (a watch) into a channel.
     pub fn stream(&self, path: &str) -> mpsc::Receiver<String> {
         let url = self.url(path);
         let (tx, rx) = mpsc::channel();
+        let client = self.client.clone();
         std::thread::spawn(move || {
-            let resp = agent().get(&url).call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
+            let resp = client.get(&url).call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
             let reader = BufReader::new(resp.into_body().into_reader());
             for line in reader.lines().map_while(Result::ok) {
                 if tx.send(line).is_err() {
@@ -267,15 +367,21 @@ impl Server {
         self.request(method, path, "application/json", Some(body.to_string().as_bytes()), &[])
     }
 
+    /// kubectl with the server's admin.kubeconfig.
     pub fn kubectl_cmd(&self) -> Command {
         let mut c = Command::new("kubectl");
-        c.env("KUBECONFIG", "/dev/null")
+        c.env("KUBECONFIG", &self.kubeconfig)
             .env_remove("KUBERNETES_SERVICE_HOST")
-            .arg("--server")
-            .arg(&self.base)
             .arg("--cache-dir")
             .arg(self.cache.path())
             .arg("--request-timeout=30s");
+        c
+    }
+
+    /// `k8s4r` (token, logs, ...) with the server's admin.kubeconfig.
+    pub fn k8s4r_cmd(&self) -> Command {
+        let mut c = Command::new(server_bin());
+        c.env("KUBECONFIG", &self.kubeconfig);
         c
     }
 
@@ -327,17 +433,54 @@ impl Server {
             .unwrap_or_else(|| panic!("no {name} in /metrics:\n{}", r.body))
     }
 
-    /// One request written as raw HTTP/1.1 text (for what an HTTP client
-    /// library would not send); returns the whole raw answer.
+    /// One request written as raw HTTP/1.1 text to the Kubernetes API (for
+    /// what an HTTP client library would not send), over TLS as the admin
+    /// unless the server runs with --insecure-http; the whole raw answer.
     pub fn raw(&self, request: &str) -> String {
         use std::io::{Read, Write};
-        let addr = self.base.trim_start_matches("http://").to_string();
-        let mut c = std::net::TcpStream::connect(&addr).expect("connect");
-        c.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-        c.write_all(request.as_bytes()).expect("send");
+        let (tls, addr) = match self.base.strip_prefix("https://") {
+            Some(a) => (true, a),
+            None => (false, self.base.trim_start_matches("http://")),
+        };
+        let tcp = std::net::TcpStream::connect(addr).expect("connect");
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
         let mut reply = Vec::new();
-        let _ = c.read_to_end(&mut reply);
+        if tls {
+            let conn = rustls::ClientConnection::new(self.tls_client_config(), "127.0.0.1".try_into().expect("an IP"))
+                .expect("a TLS client");
+            let mut c = rustls::StreamOwned::new(conn, tcp);
+            c.write_all(request.as_bytes()).expect("send");
+            // The server may close without close_notify: what came counts.
+            let _ = c.read_to_end(&mut reply);
+        } else {
+            let mut c = tcp;
+            c.write_all(request.as_bytes()).expect("send");
+            let _ = c.read_to_end(&mut reply);
+        }
         String::from_utf8_lossy(&reply).into_owned()
+    }
+
+    /// A rustls client trusting the admin kubeconfig's CA and presenting
+    /// its client certificate.
+    pub fn tls_client_config(&self) -> std::sync::Arc<rustls::ClientConfig> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let r = k8s4r::server::kubeconfig::load(&self.kubeconfig).expect("the admin kubeconfig");
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(&r.ca_pem.expect("CA data")) {
+            roots.add(c.expect("a CA certificate")).expect("a usable CA");
+        }
+        let chain: Vec<_> = CertificateDer::pem_slice_iter(&r.cert_pem.expect("a client certificate"))
+            .map(|c| c.expect("a client certificate"))
+            .collect();
+        let key = PrivateKeyDer::from_pem_slice(&r.key_pem.expect("a client key")).expect("a client key");
+        let config = rustls::ClientConfig::builder_with_provider(k8s4r::server::tls::crypto_provider())
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .expect("the client certificate");
+        std::sync::Arc::new(config)
     }
 
     /// Events about one object as (reason, message, count): repeats of one
@@ -495,7 +638,7 @@ impl<'a> Robot<'a> {
             .map(|(_, v)| v.as_str())
             .unwrap_or("");
         let body = (!body.is_empty() || p.method == "POST").then_some(body);
-        self.server.request(&p.method, &p.target, content_type, body, &headers)
+        self.server.agent_request(&p.method, &p.target, content_type, body, &headers)
     }
 
     /// Verify `r`, the answer to `p`: Ok(the opened body), or why not.

@@ -5,12 +5,15 @@
 
 mod agent;
 mod channel;
+mod agent_listener;
 mod discovery;
 mod events;
 mod k8s;
 mod openapi;
 pub mod table;
 mod watch;
+
+pub use agent_listener::{agent_router, is_robot_channel};
 
 use crate::server::agents::Agents;
 use crate::server::limits::Limits;
@@ -247,8 +250,9 @@ fn has_body(headers: &HeaderMap) -> bool {
 /// 415 for a body in any other media type. This also stops a web page
 /// from writing to the API: a browser sends a cross-origin POST without
 /// asking first only as text/plain, form data, or with no Content-Type at
-/// all, and none of those is accepted (kube-apiserver reads a body without
-/// a Content-Type as JSON; this server refuses it).
+/// all, and none of those is accepted on plain HTTP (kube-apiserver reads
+/// a body without a Content-Type as JSON; this server does so over TLS
+/// only).
 async fn require_known_body_type(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     if has_body(req.headers()) {
         let given = req
@@ -256,7 +260,12 @@ async fn require_known_body_type(req: axum::extract::Request, next: axum::middle
             .get(header::CONTENT_TYPE)
             .map(|v| v.to_str().unwrap_or("?"));
         let media = given.map(|t| t.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
-        let known = media.as_deref().is_some_and(|m| BODY_TYPES.contains(&m));
+        // Over TLS a body without a type is JSON, as kube-apiserver reads
+        // it (Kubernetes' Python client sends none); no browser completes a
+        // handshake with the HTTPS listener without trusting the cluster's
+        // CA, so the rule is for the plain-HTTP listeners.
+        let untyped_over_tls = given.is_none() && crate::server::tls::listener::over_tls(&req);
+        let known = media.as_deref().is_some_and(|m| BODY_TYPES.contains(&m)) || untyped_over_tls;
         if !known {
             let what = match given {
                 Some(t) => format!("Content-Type {t:?} is not supported"),
