@@ -169,6 +169,12 @@ impl Request<'_> {
     }
 }
 
+/// The path and query `url` puts on the request line (what a signature
+/// over the request must cover).
+pub fn request_target(url: &str) -> Result<String, HttpError> {
+    split_url(url).map(|(_, _, path)| path)
+}
+
 /// `http://host[:port][/path]` → (host, port, path-and-query).
 fn split_url(url: &str) -> Result<(String, u16, String), HttpError> {
     let rest = url.strip_prefix("http://").ok_or_else(|| HttpError::Url(url.into()))?;

@@ -23,22 +23,37 @@ use serde::{Deserialize, Serialize};
 
 pub const PREFIX: &str = "/agent/v1";
 
+/// `POST /agent/v1/register` (a signed request by the robot's new key; see
+/// [`crate::api::robot_channel`]). The join secret itself is never sent:
+/// `proof` shows the robot knows it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RegisterRequest {
-    pub join_token: String,
+    /// The id part of the join token (`K8R1<pin>::<id>.<secret>`).
+    pub token_id: String,
     /// The robot's name (a DNS-1123 subdomain), unique in the fleet.
     pub name: String,
     /// Namespace of the Robot object; default `default`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
-    /// Labels robotSelector matches (added to the Robot's spec.labels).
+    /// Labels the robot reports (spec.labels; operator-only keys dropped).
     #[serde(default, skip_serializing_if = "StringMap::is_empty")]
     pub labels: StringMap,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_info: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_version: Option<String>,
+    /// The robot's Ed25519 public key, hex.
+    pub signing_key: String,
+    /// The robot's X25519 public key, hex.
+    pub sealing_key: String,
+    /// Unix seconds of the claim (within the server's clock skew).
+    pub time: u64,
+    /// 32 hex digits, fresh per attempt.
+    pub nonce: String,
+    /// Hex HMAC-SHA256 of the claim keyed by SHA-256(join secret)
+    /// ([`crate::api::robot_channel::Claim::prove`]).
+    pub proof: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -46,8 +61,6 @@ pub struct RegisterRequest {
 pub struct RegisterResponse {
     pub name: String,
     pub namespace: String,
-    /// Secret for `Authorization: Bearer`; the server keeps only its hash.
-    pub token: String,
     pub poll_interval_seconds: u64,
 }
 

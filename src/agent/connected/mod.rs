@@ -15,10 +15,15 @@
 //! leaves every task running for the next agent, which re-adopts them.
 
 pub mod backoff;
+pub mod channel;
+#[cfg(test)]
+mod channel_tests;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod counter;
 pub mod identity;
+pub mod keys;
 pub mod outbox;
 pub mod restart_delay;
 pub mod waiting;
@@ -98,7 +103,11 @@ pub fn run(opts: ConnectedOptions) -> Result<i32, String> {
     for n in notices {
         say(&format!("agent: {n}"));
     }
-    let client = Client::new(&opts.config.server);
+    // The robot's key and request counter, before anything is sent.
+    let keys = keys::load_or_create(&data_dir).map_err(|e| e.to_string())?;
+    let counter = counter::Counter::open(&data_dir).map_err(|e| format!("request counter: {e}"))?;
+    let channel = Arc::new(channel::Channel::new(data_dir.clone(), keys, counter));
+    let client = Client::new(&opts.config.server, Arc::clone(&channel));
     let Some(identity) = obtain_identity(&client, &opts.config, &opts.watch, &data_dir, &mut sup)? else {
         say("agent: signalled before registering; exiting");
         return Ok(0);
@@ -113,7 +122,7 @@ pub fn run(opts: ConnectedOptions) -> Result<i32, String> {
         let file = std::path::Path::new(opts.watch.file());
         match config::forget_join_token(file) {
             Ok(true) => say(&format!(
-                "agent: registered; removed the join token from {} (the robot token is kept in the data dir)",
+                "agent: registered; removed the join token from {} (the robot's key and identity are kept in the data dir)",
                 file.display()
             )),
             Ok(false) => {}
@@ -133,15 +142,13 @@ pub fn run(opts: ConnectedOptions) -> Result<i32, String> {
     let waker = sup.waker().map_err(|e| format!("waker: {e}"))?;
     spawn_poller(
         Arc::clone(&shared),
-        Client::new(&opts.config.server),
-        identity.clone(),
+        Client::new(&opts.config.server, Arc::clone(&channel)),
         waker,
         data_dir.clone(),
     );
     spawn_reporter(
         Arc::clone(&shared),
-        Client::new(&opts.config.server),
-        identity.clone(),
+        Client::new(&opts.config.server, channel),
         data_dir.clone(),
     );
 
@@ -198,6 +205,7 @@ fn obtain_identity(
     sup: &mut Supervisor,
 ) -> Result<Option<Identity>, String> {
     if let Some(id) = identity::load(data_dir, config) {
+        client.channel().set_identity(id.clone());
         return Ok(Some(id));
     }
     let mut backoff = Backoff::new(RETRY_BASE, RETRY_MAX);
@@ -209,7 +217,7 @@ fn obtain_identity(
         };
         let pause = backoff.next_delay();
         match &e {
-            identity::RegisterError::Client(client::ClientError::Transport(_)) => {
+            identity::RegisterError::Client(ClientError::Transport(_) | ClientError::Refused(_)) => {
                 say(&format!("agent: {e}; retrying in {pause:.1?}"))
             }
             _ => watch.remind(&mut reminder, &e.to_string(), "retrying with backoff, "),
@@ -235,14 +243,14 @@ fn obtain_identity(
     }
 }
 
-fn spawn_poller(shared: Arc<Shared>, client: Client, id: Identity, waker: Waker, data_dir: PathBuf) {
+fn spawn_poller(shared: Arc<Shared>, client: Client, waker: Waker, data_dir: PathBuf) {
     std::thread::spawn(move || {
         let mut since = 0u64;
         let mut wait = Duration::ZERO; // the first poll answers at once
         let mut backoff = Backoff::new(RETRY_BASE, RETRY_MAX);
         let mut reported_down = false;
         while !shared.stop.load(Ordering::SeqCst) {
-            match client.assignments(&id.name, &id.token, since, wait) {
+            match client.assignments(since, wait) {
                 Ok(mut a) => {
                     backoff.reset();
                     if reported_down {
@@ -273,7 +281,7 @@ fn spawn_poller(shared: Arc<Shared>, client: Client, id: Identity, waker: Waker,
                     shared.changed.notify_all();
                     for req in log_requests {
                         let upload = read_log(&data_dir, &req);
-                        if let Err(e) = client.upload_log(&id.name, &id.token, &upload) {
+                        if let Err(e) = client.upload_log(&upload) {
                             say(&format!("agent: sending the log of {}: {e}", req.task));
                         }
                     }
@@ -281,10 +289,13 @@ fn spawn_poller(shared: Arc<Shared>, client: Client, id: Identity, waker: Waker,
                 Err(e) => {
                     lock(&shared.inbox).offline_since.get_or_insert_with(Instant::now);
                     waker.wake();
-                    if e.is_unauthorized() {
-                        // The server no longer knows our token (wiped or
-                        // revoked): forget it so the next start registers.
-                        let _ = std::fs::remove_file(data_dir.join("identity.json"));
+                    // Only a signed answer saying the server no longer knows
+                    // this robot (wiped, or reset by an operator) forgets the
+                    // identity, so the next start registers: an unsigned or
+                    // forged 401 is refused like any tampering and changes
+                    // nothing.
+                    if e.is_unknown_robot() {
+                        let _ = std::fs::remove_file(data_dir.join(identity::FILE));
                     }
                     let pause = backoff.next_delay();
                     if !reported_down {
@@ -302,7 +313,7 @@ fn spawn_poller(shared: Arc<Shared>, client: Client, id: Identity, waker: Waker,
 /// (its `--max-status-updates` is lower).
 const REPORT_BATCH: usize = 500;
 
-fn spawn_reporter(shared: Arc<Shared>, client: Client, id: Identity, data_dir: PathBuf) {
+fn spawn_reporter(shared: Arc<Shared>, client: Client, data_dir: PathBuf) {
     std::thread::spawn(move || {
         let mut backoff = Backoff::new(RETRY_BASE, RETRY_MAX);
         let mut device_due = Instant::now();
@@ -335,7 +346,7 @@ fn spawn_reporter(shared: Arc<Shared>, client: Client, id: Identity, data_dir: P
                 device_info: send_device.then(|| super::device::collect(&data_dir)),
                 agent_version: Some(super::device::AGENT_VERSION.to_string()),
             };
-            match client.report(&id.name, &id.token, &report) {
+            match client.report(&report) {
                 Ok(reply) => {
                     backoff.reset();
                     if send_device {
