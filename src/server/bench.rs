@@ -326,7 +326,9 @@ async fn run_one(n: usize, timeout: Duration, use_kubectl: bool, setup: Setup) -
                         return Err(format!("register {name}: {code} {}", String::from_utf8_lossy(&reply)));
                     }
                     let r: RegisterResponse = serde_json::from_slice(&reply).map_err(|e| e.to_string())?;
-                    (conn, r.token)
+                    // Compile shim until the server side of the signed channel is merged.
+                    let _ = r;
+                    (conn, String::new())
                 };
                 let path = |since: u64| format!("/agent/v1/robots/{name}/assignments?since={since}&wait=60s");
                 let (_, first) = conn

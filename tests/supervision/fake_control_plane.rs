@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-const TOKEN: &str = "bench-robot-token";
 const POLL_SECONDS: u64 = 30;
 
 #[derive(Default)]
@@ -153,7 +152,6 @@ fn serve(conn: TcpStream, shared: &Shared) -> std::io::Result<()> {
             let r = RegisterResponse {
                 name: req["name"].as_str().unwrap_or("robot").to_string(),
                 namespace: "default".into(),
-                token: TOKEN.into(),
                 poll_interval_seconds: POLL_SECONDS,
             };
             Arc::new(serde_json::to_vec(&r).unwrap())
