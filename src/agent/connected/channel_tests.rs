@@ -450,8 +450,18 @@ fn a_tampered_forged_or_replayed_answer_is_refused_and_changes_nothing() {
         })),
     ]);
     let client = registered(dir.path(), &base, &server.public());
-    let first = client.assignments(0, Duration::ZERO).unwrap();
-    assert_eq!(first.revision, 7);
+    // The poller's own handling, as in the agent: only a verified answer
+    // reaches the main thread's desired set.
+    let mut poller = super::Poller::new();
+    let mut inbox = super::Inbox::default();
+    let first = client.assignments(poller.since, Duration::ZERO);
+    assert!(matches!(
+        poller.take(first, &mut inbox, dir.path()),
+        super::AfterPoll::Answered { wake: true, .. }
+    ));
+    let desired = inbox.latest.take().expect("the first desired set");
+    assert_eq!(desired.revision, 7);
+    let cfg = config(&base, None);
     for want in [
         "the signature does not verify",
         "does not open",
@@ -462,22 +472,38 @@ fn a_tampered_forged_or_replayed_answer_is_refused_and_changes_nothing() {
         "not sealed",
         "no valid K8s4r-Signature",
     ] {
-        match client.assignments(7, Duration::ZERO) {
+        let result = client.assignments(poller.since, Duration::ZERO);
+        match &result {
             Err(e @ ClientError::Refused(_)) => {
                 assert!(e.to_string().starts_with("refused answer: "), "{e}");
                 assert!(e.to_string().contains(want), "{e} (wanted {want})");
-                assert!(!e.is_unknown_robot());
             }
             other => panic!("{other:?} (wanted a refusal: {want})"),
         }
+        assert!(matches!(
+            poller.take(result, &mut inbox, dir.path()),
+            super::AfterPoll::Failed(_)
+        ));
+        assert!(
+            inbox.latest.is_none(),
+            "a refused answer reached the desired set ({want})"
+        );
+        assert!(inbox.offline_since.is_some(), "counted as an unreachable server");
+        assert!(
+            identity::load(dir.path(), &cfg).is_some(),
+            "the identity is kept ({want})"
+        );
+        assert_eq!(poller.since, 7);
     }
-    let e = client.assignments(7, Duration::ZERO).unwrap_err();
-    assert!(e.is_unknown_robot(), "{e}");
-    // Nothing an answer said was adopted: same identity, same trust.
-    let cfg = config(&base, None);
+    // The real server's word: registering again is the way forward.
+    let e = client.assignments(poller.since, Duration::ZERO);
+    assert!(e.as_ref().is_err_and(ClientError::is_unknown_robot), "{e:?}");
+    poller.take(e, &mut inbox, dir.path());
+    assert!(inbox.latest.is_none());
     assert_eq!(
-        identity::load(dir.path(), &cfg).and_then(|i| i.server_keys()),
-        Some(server.public())
+        identity::load(dir.path(), &cfg),
+        None,
+        "forgotten: the next start registers"
     );
     let asked = t.join().unwrap();
     for a in &asked {

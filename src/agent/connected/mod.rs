@@ -245,36 +245,13 @@ fn obtain_identity(
 
 fn spawn_poller(shared: Arc<Shared>, client: Client, waker: Waker, data_dir: PathBuf) {
     std::thread::spawn(move || {
-        let mut since = 0u64;
-        let mut wait = Duration::ZERO; // the first poll answers at once
-        let mut backoff = Backoff::new(RETRY_BASE, RETRY_MAX);
-        let mut reported_down = false;
+        let mut poller = Poller::new();
         while !shared.stop.load(Ordering::SeqCst) {
-            match client.assignments(since, wait) {
-                Ok(mut a) => {
-                    backoff.reset();
-                    if reported_down {
-                        say("agent: server reachable again");
-                        reported_down = false;
-                    }
-                    // The server's number, within reason: a long poll that
-                    // outlasts MAX_POLL_WAIT would look like a dead server.
-                    wait = if a.poll_interval_seconds > 0 {
-                        Duration::from_secs(a.poll_interval_seconds).min(MAX_POLL_WAIT)
-                    } else {
-                        DEFAULT_POLL_WAIT
-                    };
-                    let fresh = a.revision != since || since == 0;
-                    since = a.revision;
-                    let log_requests = std::mem::take(&mut a.log_requests);
-                    let mut inbox = lock(&shared.inbox);
-                    if inbox.offline_since.take().is_some() {
-                        // Tasks stopped by stopOnClientAfter may run again.
-                        waker.wake();
-                    }
-                    if fresh {
-                        inbox.latest = Some(a);
-                        drop(inbox);
+            let result = client.assignments(poller.since, poller.wait);
+            let after = poller.take(result, &mut lock(&shared.inbox), &data_dir);
+            match after {
+                AfterPoll::Answered { wake, log_requests } => {
+                    if wake {
                         waker.wake();
                     }
                     // A new connection may be the moment to flush statuses.
@@ -286,27 +263,95 @@ fn spawn_poller(shared: Arc<Shared>, client: Client, waker: Waker, data_dir: Pat
                         }
                     }
                 }
-                Err(e) => {
-                    lock(&shared.inbox).offline_since.get_or_insert_with(Instant::now);
+                AfterPoll::Failed(pause) => {
                     waker.wake();
-                    // Only a signed answer saying the server no longer knows
-                    // this robot (wiped, or reset by an operator) forgets the
-                    // identity, so the next start registers: an unsigned or
-                    // forged 401 is refused like any tampering and changes
-                    // nothing.
-                    if e.is_unknown_robot() {
-                        let _ = std::fs::remove_file(data_dir.join(identity::FILE));
-                    }
-                    let pause = backoff.next_delay();
-                    if !reported_down {
-                        say(&format!("agent: {e}; tasks keep running, retrying with backoff"));
-                        reported_down = true;
-                    }
-                    shared.pause(pause);
+                    shared.pause(pause)
                 }
             }
         }
     });
+}
+
+/// The poller's memory between long polls.
+struct Poller {
+    since: u64,
+    wait: Duration,
+    backoff: Backoff,
+    reported_down: bool,
+}
+
+/// What one long poll's outcome leaves the poller thread to do.
+enum AfterPoll {
+    /// Answered (and verified): wake the main thread if the desired set
+    /// changed or the server is back; answer these log requests.
+    Answered {
+        wake: bool,
+        log_requests: Vec<crate::api::agent_protocol::LogRequest>,
+    },
+    /// Unreachable, refused or an error status: pause this long.
+    Failed(Duration),
+}
+
+impl Poller {
+    fn new() -> Poller {
+        Poller {
+            since: 0,
+            wait: Duration::ZERO, // the first poll answers at once
+            backoff: Backoff::new(RETRY_BASE, RETRY_MAX),
+            reported_down: false,
+        }
+    }
+
+    /// Apply one long poll's outcome to the inbox. Only a verified answer
+    /// reaches the desired set; any failure, a refused (forged, altered,
+    /// replayed) answer included, leaves it as it is and counts as the
+    /// server being unreachable.
+    fn take(&mut self, result: Result<Assignments, ClientError>, inbox: &mut Inbox, data_dir: &Path) -> AfterPoll {
+        match result {
+            Ok(mut a) => {
+                self.backoff.reset();
+                if self.reported_down {
+                    say("agent: server reachable again");
+                    self.reported_down = false;
+                }
+                // The server's number, within reason: a long poll that
+                // outlasts MAX_POLL_WAIT would look like a dead server.
+                self.wait = if a.poll_interval_seconds > 0 {
+                    Duration::from_secs(a.poll_interval_seconds).min(MAX_POLL_WAIT)
+                } else {
+                    DEFAULT_POLL_WAIT
+                };
+                let fresh = a.revision != self.since || self.since == 0;
+                self.since = a.revision;
+                let log_requests = std::mem::take(&mut a.log_requests);
+                // Online again: tasks stopped by stopOnClientAfter may run.
+                let back = inbox.offline_since.take().is_some();
+                if fresh {
+                    inbox.latest = Some(a);
+                }
+                AfterPoll::Answered {
+                    wake: back || fresh,
+                    log_requests,
+                }
+            }
+            Err(e) => {
+                inbox.offline_since.get_or_insert_with(Instant::now);
+                // Only a signed answer saying the server no longer knows
+                // this robot (wiped, or reset by an operator) forgets the
+                // identity, so the next start registers: an unsigned or
+                // forged 401 is refused like any tampering and changes
+                // nothing.
+                if e.is_unknown_robot() {
+                    let _ = std::fs::remove_file(data_dir.join(identity::FILE));
+                }
+                if !self.reported_down {
+                    say(&format!("agent: {e}; tasks keep running, retrying with backoff"));
+                    self.reported_down = true;
+                }
+                AfterPoll::Failed(self.backoff.next_delay())
+            }
+        }
+    }
 }
 
 /// Most status updates in one report; halved while the server answers 413
