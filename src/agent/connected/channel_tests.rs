@@ -233,6 +233,28 @@ fn assignments(revision: u64) -> Vec<u8> {
     .unwrap()
 }
 
+/// `K8s4r-Server-Keys` of `k`.
+fn keys_header(k: &KeyPair) -> String {
+    format!("{}.{}", k.public().sign_hex(), k.public().seal_hex())
+}
+/// The server's 200 answer to a registration, at `time`.
+fn registered_at(s: &KeyPair, a: &Asked, time: u64) -> Vec<u8> {
+    let req: RegisterRequest = serde_json::from_slice(&a.body).unwrap();
+    let body = serde_json::to_vec(&serde_json::json!({
+        "name": req.name, "namespace": "default", "pollIntervalSeconds": 30
+    }))
+    .unwrap();
+    Signed {
+        server: s,
+        status: 200,
+        content_type: "application/json",
+        body,
+        time,
+        extra: vec![(SERVER_KEYS, keys_header(s))],
+    }
+    .to(a)
+}
+
 #[test]
 fn registration_proves_the_token_without_sending_it_and_trusts_only_the_pinned_key() {
     let server = Arc::new(KeyPair::generate());
@@ -242,25 +264,6 @@ fn registration_proves_the_token_without_sending_it_and_trusts_only_the_pinned_k
         secret: "the-join-secret".into(),
     };
     let impostor = Arc::new(KeyPair::generate());
-    fn keys_header(k: &KeyPair) -> String {
-        format!("{}.{}", k.public().sign_hex(), k.public().seal_hex())
-    }
-    fn ok(s: &KeyPair, a: &Asked) -> Vec<u8> {
-        let req: RegisterRequest = serde_json::from_slice(&a.body).unwrap();
-        let body = serde_json::to_vec(&serde_json::json!({
-            "name": req.name, "namespace": "default", "pollIntervalSeconds": 30
-        }))
-        .unwrap();
-        Signed {
-            server: s,
-            status: 200,
-            content_type: "application/json",
-            body,
-            time: now(),
-            extra: vec![(SERVER_KEYS, keys_header(s))],
-        }
-        .to(a)
-    }
     let (s1, s2, s3, i1) = (
         Arc::clone(&server),
         Arc::clone(&server),
@@ -269,10 +272,10 @@ fn registration_proves_the_token_without_sending_it_and_trusts_only_the_pinned_k
     );
     let (base, t) = serve(vec![
         // A man in the middle answering with his own key: not the pin.
-        Box::new(move |a| ok(&i1, a)),
+        Box::new(move |a| registered_at(&i1, a, now())),
         // The pinned key named, but the answer signed by another.
         Box::new(move |a| {
-            let mut bytes = ok(&impostor, a);
+            let mut bytes = registered_at(&impostor, a, now());
             let text = String::from_utf8_lossy(&bytes)
                 .replace(&keys_header(&impostor), &keys_header(&s1))
                 .replace(&impostor.public().id(), &s1.public().id());
@@ -291,7 +294,7 @@ fn registration_proves_the_token_without_sending_it_and_trusts_only_the_pinned_k
             }
             .to(a)
         }),
-        Box::new(move |a| ok(&s3, a)),
+        Box::new(move |a| registered_at(&s3, a, now())),
     ]);
     let dir = tempfile::tempdir().unwrap();
     let ch = channel(dir.path());
@@ -442,7 +445,7 @@ fn a_tampered_forged_or_replayed_answer_is_refused_and_changes_nothing() {
                 server: s,
                 status: 401,
                 content_type: "application/json",
-                body: status_json(401, "unknown robot r1: register again"),
+                body: status_json(401, "unknown robot: no keys are registered under this name"),
                 time: now(),
                 extra: vec![],
             }
@@ -656,4 +659,48 @@ fn a_next_server_key_is_adopted_only_with_a_valid_endorsement() {
     let ids: Vec<&str> = asked.iter().map(|a| a.header(SERVER_KEY).unwrap()).collect();
     let (old, new) = (server.public().id(), next.public().id());
     assert_eq!(ids, [old.as_str(), &old, &old, &new], "the next key's id from then on");
+}
+
+#[test]
+fn a_registration_with_a_clock_far_off_is_claimed_again_with_the_servers_time() {
+    let server = Arc::new(KeyPair::generate());
+    let token = JoinToken {
+        pin: server.public().pin(),
+        id: "tok1".into(),
+        secret: "s".into(),
+    };
+    let ahead = now() + 86_400;
+    let step = || -> Script {
+        let s = Arc::clone(&server);
+        Box::new(move |a| {
+            let req: RegisterRequest = serde_json::from_slice(&a.body).unwrap();
+            if req.time.abs_diff(ahead) > 300 || a.time().abs_diff(ahead) > 300 {
+                Signed {
+                    server: &s,
+                    status: 401,
+                    content_type: "application/json",
+                    body: status_json(401, "the request time is off by 86400s"),
+                    time: ahead,
+                    extra: vec![(SERVER_KEYS, keys_header(&s))],
+                }
+                .to(a)
+            } else {
+                registered_at(&s, a, ahead)
+            }
+        })
+    };
+    let (base, t) = serve(vec![step(), step()]);
+    let dir = tempfile::tempdir().unwrap();
+    let client = Client::new(&base, channel(dir.path()));
+    let cfg = config(&base, Some(token.to_text()));
+    identity::register(&client, &cfg, dir.path(), serde_json::Value::Null).unwrap();
+    let asked = t.join().unwrap();
+    let claimed: Vec<u64> = asked
+        .iter()
+        .map(|a| serde_json::from_slice::<RegisterRequest>(&a.body).unwrap().time)
+        .collect();
+    assert!(
+        claimed[0].abs_diff(now()) < 60 && claimed[1].abs_diff(ahead) < 60,
+        "{claimed:?}"
+    );
 }
