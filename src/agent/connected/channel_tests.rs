@@ -420,6 +420,9 @@ fn a_tampered_forged_or_replayed_answer_is_refused_and_changes_nothing() {
             bytes.extend_from_slice(&body);
             bytes
         }),
+        // A redirect elsewhere: not followed (the next scripted answer
+        // would otherwise be taken by the redirected request).
+        Box::new(|_| b"HTTP/1.1 302 Found\r\nLocation: /elsewhere\r\nContent-Length: 0\r\n\r\n".to_vec()),
         // Plain JSON, correctly signed: under robots/ only sealed bodies.
         step(Box::new(|s, _, a| {
             Signed {
@@ -472,6 +475,7 @@ fn a_tampered_forged_or_replayed_answer_is_refused_and_changes_nothing() {
         "the signature does not verify",
         "not the trusted",
         "no valid K8s4r-Signature",
+        "no valid K8s4r-Signature (status 302)",
         "not sealed",
         "no valid K8s4r-Signature",
     ] {
@@ -703,4 +707,32 @@ fn a_registration_with_a_clock_far_off_is_claimed_again_with_the_servers_time() 
         claimed[0].abs_diff(now()) < 60 && claimed[1].abs_diff(ahead) < 60,
         "{claimed:?}"
     );
+}
+
+#[test]
+fn a_registration_answer_endorsing_the_next_key_makes_the_robot_trust_it() {
+    // The token pins the key of its day; the server has rotated since.
+    let old = Arc::new(KeyPair::generate());
+    let next = KeyPair::generate().public();
+    let token = JoinToken {
+        pin: old.public().pin(),
+        id: "tok1".into(),
+        secret: "s".into(),
+    };
+    let endorsed = next_key_header(&next, &old.sign(endorsement_text(&next).as_bytes()));
+    let o = Arc::clone(&old);
+    let (base, t) = serve(vec![Box::new(move |a| {
+        let mut bytes = registered_at(&o, a, now());
+        // Headers are not signed: add the endorsement to the head.
+        let at = bytes.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let line = format!("\r\n{NEXT_KEY}: {endorsed}");
+        bytes.splice(at..at, line.into_bytes());
+        bytes
+    })]);
+    let dir = tempfile::tempdir().unwrap();
+    let client = Client::new(&base, channel(dir.path()));
+    let cfg = config(&base, Some(token.to_text()));
+    let id = identity::register(&client, &cfg, dir.path(), serde_json::Value::Null).unwrap();
+    assert_eq!(id.server_keys(), Some(next));
+    t.join().unwrap();
 }
