@@ -13,6 +13,12 @@
 //! cached on disk and keeps running; statuses wait in the outbox;
 //! reconnects back off exponentially with jitter. SIGTERM exits cleanly and
 //! leaves every task running for the next agent, which re-adopts them.
+//!
+//! The network is not trusted (plain HTTP, no TLS stack): every request is
+//! signed by the robot's key (`keys`, `counter`), every answer must be
+//! signed by the server's and bound to its request, and bodies are sealed
+//! both ways (`channel`). An answer that fails a check is refused and
+//! counts as the server being unreachable: it never changes what runs.
 
 pub mod backoff;
 pub mod channel;
