@@ -7,6 +7,12 @@
 #       --out target/rootfs-x86_64 [--tar target/k8s4r-rootfs-x86_64.tar.gz] \
 #       [--job examples/quickstart.yaml] [--server URL --join-token TOKEN --name ROBOT]
 #
+# The join token (`k8s4r token create`: K8R1<server pin>::<id>.<secret>) may
+# come from a file (--join-token-file FILE) to keep it off this host's
+# process list. The image holds it in /etc/k8s4r/agent.env (0600) only
+# until the robot has registered: the agent then blanks it, and keeps its
+# own key in /var/lib/k8s4r (0700).
+#
 # busybox: the host's Debian busybox-static for x86_64; for aarch64 the
 # arm64 busybox-static .deb is fetched with `apt-get download` (needs
 # `dpkg --add-architecture arm64`, done by `make tools`).
@@ -22,13 +28,20 @@ while [ $# -gt 0 ]; do
     --job) job=$2; shift 2 ;;
     --server) server=$2; shift 2 ;;
     --join-token) token=$2; shift 2 ;;
+    --join-token-file) token=$(tr -d ' \t\r\n' < "$2"); shift 2 ;;
     --name) name=$2; shift 2 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "rootfs.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
 [ -n "$agent" ] && [ -n "$out" ] || { echo "rootfs.sh: --agent and --out are required" >&2; exit 2; }
 [ -x "$agent" ] || { echo "rootfs.sh: $agent is not an executable" >&2; exit 1; }
+# A token without the server's pin (from before the signed robot channel)
+# would only make the robot wait for a new one: refuse it here.
+case "$token" in
+  ""|K8R1*::*.*) ;;
+  *) echo "rootfs.sh: the join token has no server pin (K8R1<pin>::<id>.<secret>): create one with \`k8s4r token create\`" >&2; exit 2 ;;
+esac
 
 busybox_for_arch() {
   case "$1" in
@@ -52,6 +65,7 @@ bb=$(busybox_for_arch "$arch")
 rm -rf "$out"
 mkdir -p "$out"/{bin,sbin,usr/bin,usr/sbin,etc/init.d,etc/k8s4r,var/lib/k8s4r,var/log,proc,sys,dev,tmp,run,root}
 chmod 1777 "$out/tmp"
+chmod 0700 "$out/var/lib/k8s4r"
 install -m 0755 "$bb" "$out/bin/busybox"
 install -m 0755 "$agent" "$out/usr/bin/k8s4r-agent"
 

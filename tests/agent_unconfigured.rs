@@ -120,8 +120,21 @@ fn a_refused_agent_waits_then_registers_once_its_join_token_is_fixed() {
             server.agent_base
         )
     };
+    // A token without the server's pin is refused before anything is sent.
     write_config(&config, &settings("not-a-join-token"));
     let mut agent = waiting_agent(&config, &dir.path().join("data"));
+    wait_for("the agent to say the token has no pin", T, || {
+        agent
+            .log_text()
+            .contains("waiting: join token: it does not start with K8R1")
+            .then_some(())
+    });
+    assert!(agent.exited().is_none(), "still up: {}", agent.log_text());
+    // The right pin but a wrong secret: the server refuses the proof.
+    let good = server.join_token();
+    let mut wrong = k8s4r::api::robot_channel::JoinToken::parse(&good).unwrap();
+    wrong.secret = "not-the-secret".into();
+    write_config(&config, &settings(&wrong.to_text()));
     wait_for("the agent to say the server refused it", T, || {
         agent
             .log_text()
@@ -131,7 +144,7 @@ fn a_refused_agent_waits_then_registers_once_its_join_token_is_fixed() {
     assert!(agent.exited().is_none(), "still up: {}", agent.log_text());
     assert!(server.object("robots", "refused").is_none());
 
-    write_config(&config, &settings(&server.join_token()));
+    write_config(&config, &settings(&good));
     robot_online(&server, "refused");
     assert!(
         agent.exited().is_none(),

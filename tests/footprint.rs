@@ -1,7 +1,8 @@
 //! The agent's flash budget, as a guard with a margin: the stripped static
 //! agents `make agent` / `make cross` built must stay under the sizes a
-//! robot image can afford (issue goal: aarch64 ≤ 1.5 MiB now, 1.0 MiB
-//! later). Exact sizes and idle RSS are measured by `make bench`.
+//! robot image can afford (issue goal: aarch64 ≤ 1.5 MiB, plus what issue 15
+//! allows the signed robot channel; 1.0 MiB later). Exact sizes and idle
+//! RSS are measured by `make bench`.
 
 use std::path::Path;
 
@@ -30,9 +31,15 @@ fn check(arch: &str, budget: u64) {
     );
 }
 
+/// The aarch64 agent before the signed robot channel (issue 15).
+const AARCH64_BEFORE_CHANNEL: u64 = 1_509_376;
+/// What issue 15 allows the channel (Ed25519, X25519 + HPKE sealing, the
+/// key and counter files) to add to it: 150 KiB.
+const CHANNEL_ALLOWANCE: u64 = 150 * 1024;
+
 #[test]
 fn aarch64_agent_fits_the_flash_budget() {
-    check("aarch64", 3 * MIB / 2);
+    check("aarch64", AARCH64_BEFORE_CHANNEL + CHANNEL_ALLOWANCE);
 }
 
 #[test]

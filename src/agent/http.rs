@@ -132,6 +132,12 @@ impl Request<'_> {
         Err(HttpError::TooManyRedirects(visited.pop().unwrap_or_default()))
     }
 
+    /// Send it without following a redirect: for signed requests, whose
+    /// signature covers this URL's path and query only.
+    pub fn send_here(&self) -> Result<Response, HttpError> {
+        self.send_once(self.url)
+    }
+
     fn send_once(&self, url: &str) -> Result<Response, HttpError> {
         let (host, port, path) = split_url(url)?;
         let addr = format!("{host}:{port}");
@@ -167,6 +173,12 @@ impl Request<'_> {
         }
         read_response(BufReader::new(stream))
     }
+}
+
+/// The path and query `url` puts on the request line (what a signature
+/// over the request must cover).
+pub fn request_target(url: &str) -> Result<String, HttpError> {
+    split_url(url).map(|(_, _, path)| path)
 }
 
 /// `http://host[:port][/path]` → (host, port, path-and-query).

@@ -65,7 +65,7 @@ impl Agent {
                     "--server",
                     &cp.url,
                     "--join-token",
-                    "bench",
+                    &cp.join_token(),
                     "--name",
                     "bench-robot",
                     "--no-cgroups",

@@ -3,6 +3,10 @@
 //! set that the benchmark replaces. Registration always succeeds, every
 //! status is acknowledged, long polls answer as soon as the desired set
 //! changes. No store, no scheduler: the agent is measured, not the server.
+//! It speaks the signed robot channel as far as the agent checks it: a
+//! server key pinned by the join token it hands out, every answer signed
+//! and bound to its request, assignments sealed to the robot, reports
+//! opened. It does not check the robot's signatures (nothing to protect).
 //! Like the real server, it serves each Task with the last status the
 //! agent reported for it; otherwise the agent sees the server disagree and
 //! re-reports every task on every change.
@@ -11,8 +15,11 @@
 //! of a request starts when the answer is ready to go out, as a supervisor
 //! command is ready when written.
 
-use k8s4r::api::agent_protocol::{Outcome, RegisterResponse, StatusReply, StatusReport, StatusResult, PREFIX};
-use k8s4r::api::{Task, TaskStatus};
+use k8s4r::api::agent_protocol::{
+    Outcome, RegisterRequest, RegisterResponse, StatusReply, StatusReport, StatusResult, PREFIX,
+};
+use k8s4r::api::robot_channel::{self as wire, AnswerHead, JoinToken, KeyPair, PublicKeys, RequestHead};
+use k8s4r::api::{hex, Task, TaskStatus};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -36,6 +43,9 @@ struct Shared {
     waiting_since: AtomicU64,
     /// The last status reported per task.
     statuses: Mutex<HashMap<String, TaskStatus>>,
+    server: KeyPair,
+    /// The robot's keys, from its registration.
+    robot: Mutex<Option<PublicKeys>>,
 }
 
 pub struct FakeControlPlane {
@@ -60,6 +70,8 @@ impl FakeControlPlane {
             stop: AtomicBool::new(false),
             waiting_since: AtomicU64::new(0),
             statuses: Mutex::new(HashMap::new()),
+            server: KeyPair::generate(),
+            robot: Mutex::new(None),
         });
         let cp = FakeControlPlane {
             url: format!("http://127.0.0.1:{port}"),
@@ -80,6 +92,16 @@ impl FakeControlPlane {
             }
         });
         cp
+    }
+
+    /// A join token pinning this control plane's key.
+    pub fn join_token(&self) -> String {
+        JoinToken {
+            pin: self.shared.server.public().pin(),
+            id: "bench".into(),
+            secret: "bench-secret".into(),
+        }
+        .to_text()
     }
 
     /// Serialise the desired set `tasks` as revision `revision`.
@@ -130,27 +152,59 @@ fn serve(conn: TcpStream, shared: &Shared) -> std::io::Result<()> {
     let mut line = String::new();
     reader.read_line(&mut line)?;
     let mut parts = line.split_whitespace();
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or("").to_string());
-    let mut length = 0;
+    let (method, target) = (
+        parts.next().unwrap_or("").to_string(),
+        parts.next().unwrap_or("").to_string(),
+    );
+    let mut headers = HashMap::new();
     loop {
         let mut h = String::new();
         if reader.read_line(&mut h)? == 0 || h.trim().is_empty() {
             break;
         }
         if let Some((k, v)) = h.split_once(':') {
-            if k.eq_ignore_ascii_case("content-length") {
-                length = v.trim().parse().unwrap_or(0);
-            }
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
         }
     }
+    let header = |name: &str| {
+        headers
+            .get(&name.to_ascii_lowercase())
+            .map(String::as_str)
+            .unwrap_or("")
+    };
+    let length = header("content-length").parse().unwrap_or(0);
     let mut body = vec![0; length];
     reader.read_exact(&mut body)?;
+    let signature = hex::decode::<64>(header(wire::SIGNATURE)).unwrap_or([0; 64]);
     let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-    let reply: Arc<Vec<u8>> = match (method, path.strip_prefix(PREFIX).unwrap_or("")) {
+    let path = path.strip_prefix(PREFIX).unwrap_or("");
+    let robot = path
+        .strip_prefix("/robots/")
+        .and_then(|p| p.split('/').next())
+        .unwrap_or("");
+    // A body sent to the server opens with its key (aad: the request head).
+    let open = |body: &[u8]| {
+        let head = RequestHead {
+            method: &method,
+            target: &target,
+            robot,
+            time: header(wire::TIME).parse().unwrap_or(0),
+            counter: header(wire::COUNTER).parse().unwrap_or(0),
+            server_key: header(wire::SERVER_KEY),
+            body_digest: wire::digest(body),
+        };
+        let info = wire::info_to_server(robot);
+        shared
+            .server
+            .open(info.as_bytes(), head.seal_aad().as_bytes(), body)
+            .unwrap_or_default()
+    };
+    let reply: Arc<Vec<u8>> = match (method.as_str(), path) {
         ("POST", "/register") => {
-            let req: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let req: RegisterRequest = serde_json::from_slice(&body).unwrap_or_default();
+            *shared.robot.lock().unwrap() = PublicKeys::from_hex(&req.signing_key, &req.sealing_key).ok();
             let r = RegisterResponse {
-                name: req["name"].as_str().unwrap_or("robot").to_string(),
+                name: req.name,
                 namespace: "default".into(),
                 poll_interval_seconds: POLL_SECONDS,
             };
@@ -158,7 +212,7 @@ fn serve(conn: TcpStream, shared: &Shared) -> std::io::Result<()> {
         }
         ("GET", p) if p.ends_with("/assignments") => long_poll(shared, query),
         ("POST", p) if p.ends_with("/status") => {
-            let report: StatusReport = serde_json::from_slice(&body).unwrap_or_default();
+            let report: StatusReport = serde_json::from_slice(&open(&body)).unwrap_or_default();
             let mut statuses = shared.statuses.lock().unwrap();
             for u in &report.updates {
                 statuses.insert(u.task.clone(), u.status.clone());
@@ -177,11 +231,42 @@ fn serve(conn: TcpStream, shared: &Shared) -> std::io::Result<()> {
         }
         _ => Arc::new(b"{}".to_vec()),
     };
+    // Under robots/ every answer body is sealed to the robot, bound to the
+    // request it answers.
+    let (content_type, reply) = match shared.robot.lock().unwrap().as_ref() {
+        Some(keys) if !robot.is_empty() => {
+            let info = wire::info_to_robot(robot);
+            let sealed = keys.seal_to(info.as_bytes(), &signature, &reply).unwrap();
+            (wire::SEALED, sealed)
+        }
+        _ => ("application/json", reply.to_vec()),
+    };
+    let time = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let head = AnswerHead {
+        request_signature: &signature,
+        status: 200,
+        time,
+        content_type,
+        body_digest: wire::digest(&reply),
+    };
+    let public = shared.server.public();
     let mut out = conn;
     write!(
         out,
-        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        reply.len()
+        "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\
+         {}: {time}\r\n{}: {}\r\n{}: {}\r\n{}: {}.{}\r\n\r\n",
+        reply.len(),
+        wire::TIME,
+        wire::SERVER_KEY,
+        public.id(),
+        wire::SIGNATURE,
+        hex::encode(&shared.server.sign(head.text().as_bytes())),
+        wire::SERVER_KEYS,
+        public.sign_hex(),
+        public.seal_hex(),
     )?;
     out.write_all(&reply)?;
     out.flush()

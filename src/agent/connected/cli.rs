@@ -15,12 +15,15 @@ k8s4r-agent [connect] [OPTIONS]
 
 Connected mode: register with the control plane once (join token), then
 long-poll this robot's tasks and run them; statuses go through an on-disk
-outbox. SIGTERM exits and leaves tasks running for the next agent.
+outbox. Plain HTTP, every message signed and bodies sealed (the robot's key
+is <data-dir>/robot.key). SIGTERM exits and leaves tasks running for the
+next agent.
 
 OPTIONS (each also as an environment variable, or a KEY=value line in the
 config file; flags win over the environment, the environment over the file):
     --server URL          Control plane, http://HOST:PORT          [K8S4R_SERVER]
-    --join-token TOKEN    From `k8s4r token create`; needed once   [K8S4R_JOIN_TOKEN]
+    --join-token TOKEN    From `k8s4r token create` (it pins the server's key);
+                          needed once                              [K8S4R_JOIN_TOKEN]
     --name ROBOT          This robot's name [default: hostname]    [K8S4R_NAME]
     --labels k=v,...      Labels robotSelector matches             [K8S4R_LABELS]
     --namespace NS        Namespace of the Robot [default: default] [K8S4R_NAMESPACE]

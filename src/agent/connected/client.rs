@@ -1,14 +1,19 @@
 //! The agent API over plain HTTP (the agent's own small client; blocking,
-//! no async runtime).
+//! no async runtime). Every request is signed and every answer checked by
+//! `channel` before anything in it is used; no bearer secret is ever sent.
 //! HTTP stays here: callers get typed requests and responses.
 
-use crate::agent::http::{HttpError, Request, Response};
+use super::channel::{Answer, Channel, Outgoing, Peer, Refusal, Reply, ANSWER_HEADERS};
+use crate::agent::http::{request_target, Request};
 use crate::api::agent_protocol::{
     Assignments, LogUpload, RegisterRequest, RegisterResponse, StatusReply, StatusReport, PREFIX,
 };
+use crate::api::robot_channel::{PublicKeys, SEALED, SERVER_KEYS};
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Largest response we read: a robot's full desired set stays far below.
@@ -16,20 +21,39 @@ const MAX_RESPONSE: u64 = 16 << 20;
 /// Added to the long-poll wait so the server answers before we give up.
 const POLL_SLACK: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// A signed 401 from a server whose clock is this far from the time the
+/// request claimed says the robot's clock is off: retry at once with the
+/// server's time (learned from that answer).
+pub(super) const CLOCK_OFF: u64 = 60;
 
 #[derive(Debug)]
 pub enum ClientError {
     /// Could not reach the server or the connection broke.
     Transport(String),
     /// The server answered with an error status (message from its Status).
+    /// Only ever from a verified answer.
     Status { code: u16, message: String },
-    /// The answer was not what the protocol says.
+    /// The answer failed a check of the signed channel: never acted on.
+    Refused(String),
+    /// The answer was verified but not what the protocol says.
     Decode(String),
+    /// This robot could not prepare the request (its counter file, say).
+    Local(String),
 }
 
 impl ClientError {
-    pub fn is_unauthorized(&self) -> bool {
-        matches!(self, ClientError::Status { code: 401, .. })
+    /// A verified answer saying the server does not know this robot or its
+    /// keys (wiped, or reset by an operator): registering again is the
+    /// only way forward. Any other 401 (a replayed counter, a stale time)
+    /// passes.
+    pub fn is_unknown_robot(&self) -> bool {
+        let ClientError::Status { code: 401, message } = self else {
+            return false;
+        };
+        let m = message.to_ascii_lowercase();
+        ["unknown robot", "not registered", "unknown key", "no robot"]
+            .iter()
+            .any(|w| m.contains(w))
     }
 }
 
@@ -38,7 +62,9 @@ impl fmt::Display for ClientError {
         match self {
             ClientError::Transport(m) => write!(f, "cannot reach the server: {m}"),
             ClientError::Status { code, message } => write!(f, "server answered {code}: {message}"),
+            ClientError::Refused(m) => write!(f, "refused answer: {m}"),
             ClientError::Decode(m) => write!(f, "unexpected answer from the server: {m}"),
+            ClientError::Local(m) => write!(f, "{m}"),
         }
     }
 }
@@ -48,106 +74,247 @@ impl std::error::Error for ClientError {}
 pub struct Client {
     base: String,
     user_agent: String,
+    channel: Arc<Channel>,
+}
+
+/// What one exchange sends: `plain` is sealed under `robots/`.
+struct Call<'a> {
+    method: &'a str,
+    path: String,
+    plain: Vec<u8>,
+    timeout: Duration,
+    /// Retry once at once after a signed 401 about the clock or counter
+    /// (not for registration: its claim carries the time, see `identity`).
+    retry: bool,
 }
 
 impl Client {
-    pub fn new(base: &str) -> Self {
+    pub fn new(base: &str, channel: Arc<Channel>) -> Self {
         Client {
             base: base.trim_end_matches('/').to_string(),
             user_agent: format!("k8s4r-agent/{}", env!("CARGO_PKG_VERSION")),
+            channel,
         }
     }
 
-    /// `proof`: the robot token of an earlier registration of this name,
-    /// which the server asks for before it replaces a registered robot.
-    pub fn register(&self, req: &RegisterRequest, proof: Option<&str>) -> Result<RegisterResponse, ClientError> {
-        self.post(&format!("{PREFIX}/register"), proof, req)
+    pub fn channel(&self) -> &Arc<Channel> {
+        &self.channel
+    }
+
+    /// Register `name` under the join token's `pin`: the answer counts only
+    /// if the server's keys (`K8s4r-Server-Keys`) match the pin and sign it.
+    /// Returns the answer and the server's keys to trust from now on.
+    pub fn register(
+        &self,
+        name: &str,
+        pin: &[u8; 32],
+        req: &RegisterRequest,
+    ) -> Result<(RegisterResponse, PublicKeys), ClientError> {
+        let call = Call {
+            method: "POST",
+            path: format!("{PREFIX}/register"),
+            plain: to_json(req)?,
+            timeout: REQUEST_TIMEOUT,
+            retry: false,
+        };
+        let (answer, server) = self.exchange(name, &Peer::Pinned(pin), &call)?;
+        let trusted = answer.next_key.clone().unwrap_or(server);
+        let reply: RegisterResponse = read_json(answer)?;
+        Ok((reply, trusted))
     }
 
     /// Long poll: returns at once if the desired set changed after `since`,
     /// else when it changes or `wait` is over.
-    pub fn assignments(
-        &self,
-        robot: &str,
-        token: &str,
-        since: u64,
-        wait: Duration,
-    ) -> Result<Assignments, ClientError> {
-        let url = format!(
-            "{}{PREFIX}/robots/{robot}/assignments?since={since}&wait={}s",
-            self.base,
-            wait.as_secs()
-        );
-        let auth = format!("Bearer {token}");
-        let headers = [
-            ("Authorization", auth.as_str()),
-            ("Accept", "application/json"),
-            ("User-Agent", &self.user_agent),
-        ];
-        let req = Request {
+    pub fn assignments(&self, since: u64, wait: Duration) -> Result<Assignments, ClientError> {
+        let robot = self.robot()?;
+        let call = Call {
             method: "GET",
-            url: &url,
-            headers: &headers,
-            body: None,
+            path: format!(
+                "{PREFIX}/robots/{robot}/assignments?since={since}&wait={}s",
+                wait.as_secs()
+            ),
+            plain: Vec::new(),
             timeout: wait.saturating_add(POLL_SLACK),
+            retry: true,
         };
-        read_json(req.send())
+        self.robot_call(&robot, &call)
     }
 
-    pub fn report(&self, robot: &str, token: &str, report: &StatusReport) -> Result<StatusReply, ClientError> {
-        self.post(&format!("{PREFIX}/robots/{robot}/status"), Some(token), report)
+    pub fn report(&self, report: &StatusReport) -> Result<StatusReply, ClientError> {
+        let robot = self.robot()?;
+        let call = Call {
+            method: "POST",
+            path: format!("{PREFIX}/robots/{robot}/status"),
+            plain: to_json(report)?,
+            timeout: REQUEST_TIMEOUT,
+            retry: true,
+        };
+        self.robot_call(&robot, &call)
     }
 
-    pub fn upload_log(&self, robot: &str, token: &str, upload: &LogUpload) -> Result<(), ClientError> {
-        self.post::<_, serde_json::Value>(&format!("{PREFIX}/robots/{robot}/logs"), Some(token), upload)
-            .map(|_| ())
+    pub fn upload_log(&self, upload: &LogUpload) -> Result<(), ClientError> {
+        let robot = self.robot()?;
+        let call = Call {
+            method: "POST",
+            path: format!("{PREFIX}/robots/{robot}/logs"),
+            plain: to_json(upload)?,
+            timeout: REQUEST_TIMEOUT,
+            retry: true,
+        };
+        self.robot_call::<serde_json::Value>(&robot, &call).map(|_| ())
     }
 
-    fn post<B: Serialize, R: DeserializeOwned>(
-        &self,
-        path: &str,
-        token: Option<&str>,
-        body: &B,
-    ) -> Result<R, ClientError> {
-        let bytes = serde_json::to_vec(body).map_err(|e| ClientError::Decode(e.to_string()))?;
-        let url = format!("{}{path}", self.base);
-        let auth = token.map(|t| format!("Bearer {t}")).unwrap_or_default();
-        let mut headers = vec![
-            ("Content-Type", "application/json"),
-            ("Accept", "application/json"),
-            ("User-Agent", self.user_agent.as_str()),
-        ];
-        if token.is_some() {
-            headers.push(("Authorization", auth.as_str()));
+    fn robot(&self) -> Result<String, ClientError> {
+        self.channel
+            .identity()
+            .map(|id| id.name)
+            .ok_or_else(|| ClientError::Local("not registered".into()))
+    }
+
+    /// A call under `robots/`: sealed both ways, with the trusted key.
+    fn robot_call<R: DeserializeOwned>(&self, robot: &str, call: &Call) -> Result<R, ClientError> {
+        let server = self
+            .channel
+            .identity()
+            .and_then(|id| id.server_keys())
+            .ok_or_else(|| ClientError::Local("no trusted server key".into()))?;
+        let (answer, _) = self.exchange(robot, &Peer::Trusted(&server), call)?;
+        if let Some(next) = &answer.next_key {
+            self.channel.adopt(next);
+        }
+        read_json(answer)
+    }
+
+    /// Send `call` signed, and check the answer; a verified 401 saying the
+    /// robot's clock or counter is off is retried once at once (the clock
+    /// corrected from that answer, a fresh counter). Returns the verified
+    /// answer and the server key it verified under.
+    fn exchange(&self, robot: &str, peer: &Peer, call: &Call) -> Result<(Answer, PublicKeys), ClientError> {
+        let mut retried = !call.retry;
+        loop {
+            let (answer, server, sent) = self.exchange_once(robot, peer, call)?;
+            if answer.status == 401 && !retried {
+                let message = status_message(&answer.body).to_ascii_lowercase();
+                let clock_off = sent.abs_diff(answer.time) > CLOCK_OFF
+                    || ["time", "clock", "counter"].iter().any(|w| message.contains(w));
+                if clock_off {
+                    retried = true;
+                    continue;
+                }
+            }
+            return Ok((answer, server));
+        }
+    }
+
+    fn exchange_once(&self, robot: &str, peer: &Peer, call: &Call) -> Result<(Answer, PublicKeys, u64), ClientError> {
+        let url = format!("{}{}", self.base, call.path);
+        let target = request_target(&url).map_err(|e| ClientError::Transport(e.to_string()))?;
+        let sealed = matches!(peer, Peer::Trusted(_));
+        let out = self
+            .channel
+            .sign(
+                robot,
+                call.method,
+                &target,
+                peer,
+                &call.plain,
+                sealed && !call.plain.is_empty(),
+            )
+            .map_err(ClientError::Local)?;
+        let content_type = if sealed { SEALED } else { "application/json" };
+        let mut headers: Vec<(&str, &str)> = out.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        headers.push(("Accept", "application/json"));
+        headers.push(("User-Agent", &self.user_agent));
+        if call.method != "GET" {
+            headers.push(("Content-Type", content_type));
         }
         let req = Request {
-            method: "POST",
+            method: call.method,
             url: &url,
             headers: &headers,
-            body: Some(&bytes),
-            timeout: REQUEST_TIMEOUT,
+            body: (call.method != "GET").then_some(out.body.as_slice()),
+            timeout: call.timeout,
         };
-        read_json(req.send())
+        // A redirect is not followed: the signature covers this target only
+        // (and a signed answer is what counts, wherever it comes from).
+        let response = req.send_here().map_err(|e| ClientError::Transport(e.to_string()))?;
+        let status = response.status;
+        let headers = ANSWER_HEADERS
+            .iter()
+            .filter_map(|k| response.header(k).map(|v| (k.to_string(), v.to_string())))
+            .collect();
+        let body = response
+            .read_body(MAX_RESPONSE)
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        let reply = Reply { status, headers, body };
+        match self.verify(robot, peer, &out, reply, sealed) {
+            Ok((answer, server)) => Ok((answer, server, out.time)),
+            Err(Refusal(why)) => {
+                super::say(&format!(
+                    "agent: refused answer: {why} (robot {robot}, {} {target})",
+                    call.method
+                ));
+                Err(ClientError::Refused(why))
+            }
+        }
+    }
+
+    /// The key to check the answer with: the trusted one, or while
+    /// registering the one the answer names if it is the token's pin.
+    fn verify(
+        &self,
+        robot: &str,
+        peer: &Peer,
+        out: &Outgoing,
+        reply: Reply,
+        sealed: bool,
+    ) -> Result<(Answer, PublicKeys), Refusal> {
+        let status = reply.status;
+        let server = match peer {
+            Peer::Trusted(k) => (*k).clone(),
+            Peer::Pinned(pin) => {
+                let keys = reply
+                    .header(SERVER_KEYS)
+                    .and_then(|h| h.split_once('.'))
+                    .and_then(|(sign, seal)| PublicKeys::from_hex(sign.trim(), seal.trim()).ok())
+                    .ok_or_else(|| Refusal(format!("no valid {SERVER_KEYS} (status {status})")))?;
+                if keys.pin() != **pin {
+                    return Err(Refusal(format!(
+                        "the server's key {} does not match the join token's pin",
+                        keys.id()
+                    )));
+                }
+                keys
+            }
+        };
+        let answer = self.channel.check(robot, out, &server, reply, sealed)?;
+        Ok((answer, server))
     }
 }
 
-fn read_json<R: DeserializeOwned>(response: Result<Response, HttpError>) -> Result<R, ClientError> {
-    let response = response.map_err(|e| ClientError::Transport(e.to_string()))?;
-    let code = response.status;
-    let body = response
-        .read_body(MAX_RESPONSE)
-        .map_err(|e| ClientError::Transport(e.to_string()))?;
-    if !(200..300).contains(&code) {
-        // Errors are Kubernetes Status objects; fall back to the raw text.
-        let message = serde_json::from_slice::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(String::from))
-            .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(200).collect());
-        return Err(ClientError::Status { code, message });
+fn to_json<B: Serialize>(body: &B) -> Result<Vec<u8>, ClientError> {
+    serde_json::to_vec(body).map_err(|e| ClientError::Local(e.to_string()))
+}
+
+/// The message of a Kubernetes Status body, or the start of the raw text.
+fn status_message(body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(String::from))
+        .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(200).collect())
+}
+
+fn read_json<R: DeserializeOwned>(answer: Answer) -> Result<R, ClientError> {
+    if !(200..300).contains(&answer.status) {
+        return Err(ClientError::Status {
+            code: answer.status,
+            message: status_message(&answer.body),
+        });
     }
     // Through the one typed decoder the agent already has (api::decode):
     // a second serde instantiation of every API type would grow the binary.
-    let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| ClientError::Decode(e.to_string()))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&answer.body).map_err(|e| ClientError::Decode(e.to_string()))?;
     crate::api::decode::decode_typed(value)
         .map(|d| d.object)
         .map_err(|e| ClientError::Decode(e.to_string()))

@@ -107,8 +107,8 @@ pub fn resolve(
     })
 }
 
-/// The join token is needed once: after registering, the robot token in
-/// the data dir is what the agent uses. Blank `K8S4R_JOIN_TOKEN` in the
+/// The join token is needed once: after registering, the robot's own key
+/// in the data dir is what the agent uses. Blank `K8S4R_JOIN_TOKEN` in the
 /// config file (other lines kept as written) and make the file 0600, so a
 /// copied image or a stolen robot disk does not carry a secret that
 /// registers more robots. Returns whether the file changed.

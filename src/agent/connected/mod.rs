@@ -13,12 +13,23 @@
 //! cached on disk and keeps running; statuses wait in the outbox;
 //! reconnects back off exponentially with jitter. SIGTERM exits cleanly and
 //! leaves every task running for the next agent, which re-adopts them.
+//!
+//! The network is not trusted (plain HTTP, no TLS stack): every request is
+//! signed by the robot's key (`keys`, `counter`), every answer must be
+//! signed by the server's and bound to its request, and bodies are sealed
+//! both ways (`channel`). An answer that fails a check is refused and
+//! counts as the server being unreachable: it never changes what runs.
 
 pub mod backoff;
+pub mod channel;
+#[cfg(test)]
+mod channel_tests;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod counter;
 pub mod identity;
+pub mod keys;
 pub mod outbox;
 pub mod restart_delay;
 pub mod waiting;
@@ -98,7 +109,11 @@ pub fn run(opts: ConnectedOptions) -> Result<i32, String> {
     for n in notices {
         say(&format!("agent: {n}"));
     }
-    let client = Client::new(&opts.config.server);
+    // The robot's key and request counter, before anything is sent.
+    let keys = keys::load_or_create(&data_dir).map_err(|e| e.to_string())?;
+    let counter = counter::Counter::open(&data_dir).map_err(|e| format!("request counter: {e}"))?;
+    let channel = Arc::new(channel::Channel::new(data_dir.clone(), keys, counter));
+    let client = Client::new(&opts.config.server, Arc::clone(&channel));
     let Some(identity) = obtain_identity(&client, &opts.config, &opts.watch, &data_dir, &mut sup)? else {
         say("agent: signalled before registering; exiting");
         return Ok(0);
@@ -113,7 +128,7 @@ pub fn run(opts: ConnectedOptions) -> Result<i32, String> {
         let file = std::path::Path::new(opts.watch.file());
         match config::forget_join_token(file) {
             Ok(true) => say(&format!(
-                "agent: registered; removed the join token from {} (the robot token is kept in the data dir)",
+                "agent: registered; removed the join token from {} (the robot's key and identity are kept in the data dir)",
                 file.display()
             )),
             Ok(false) => {}
@@ -133,15 +148,13 @@ pub fn run(opts: ConnectedOptions) -> Result<i32, String> {
     let waker = sup.waker().map_err(|e| format!("waker: {e}"))?;
     spawn_poller(
         Arc::clone(&shared),
-        Client::new(&opts.config.server),
-        identity.clone(),
+        Client::new(&opts.config.server, Arc::clone(&channel)),
         waker,
         data_dir.clone(),
     );
     spawn_reporter(
         Arc::clone(&shared),
-        Client::new(&opts.config.server),
-        identity.clone(),
+        Client::new(&opts.config.server, channel),
         data_dir.clone(),
     );
 
@@ -198,6 +211,7 @@ fn obtain_identity(
     sup: &mut Supervisor,
 ) -> Result<Option<Identity>, String> {
     if let Some(id) = identity::load(data_dir, config) {
+        client.channel().set_identity(id.clone());
         return Ok(Some(id));
     }
     let mut backoff = Backoff::new(RETRY_BASE, RETRY_MAX);
@@ -209,7 +223,7 @@ fn obtain_identity(
         };
         let pause = backoff.next_delay();
         match &e {
-            identity::RegisterError::Client(client::ClientError::Transport(_)) => {
+            identity::RegisterError::Client(ClientError::Transport(_) | ClientError::Refused(_)) => {
                 say(&format!("agent: {e}; retrying in {pause:.1?}"))
             }
             _ => watch.remind(&mut reminder, &e.to_string(), "retrying with backoff, "),
@@ -235,74 +249,122 @@ fn obtain_identity(
     }
 }
 
-fn spawn_poller(shared: Arc<Shared>, client: Client, id: Identity, waker: Waker, data_dir: PathBuf) {
+fn spawn_poller(shared: Arc<Shared>, client: Client, waker: Waker, data_dir: PathBuf) {
     std::thread::spawn(move || {
-        let mut since = 0u64;
-        let mut wait = Duration::ZERO; // the first poll answers at once
-        let mut backoff = Backoff::new(RETRY_BASE, RETRY_MAX);
-        let mut reported_down = false;
+        let mut poller = Poller::new();
         while !shared.stop.load(Ordering::SeqCst) {
-            match client.assignments(&id.name, &id.token, since, wait) {
-                Ok(mut a) => {
-                    backoff.reset();
-                    if reported_down {
-                        say("agent: server reachable again");
-                        reported_down = false;
-                    }
-                    // The server's number, within reason: a long poll that
-                    // outlasts MAX_POLL_WAIT would look like a dead server.
-                    wait = if a.poll_interval_seconds > 0 {
-                        Duration::from_secs(a.poll_interval_seconds).min(MAX_POLL_WAIT)
-                    } else {
-                        DEFAULT_POLL_WAIT
-                    };
-                    let fresh = a.revision != since || since == 0;
-                    since = a.revision;
-                    let log_requests = std::mem::take(&mut a.log_requests);
-                    let mut inbox = lock(&shared.inbox);
-                    if inbox.offline_since.take().is_some() {
-                        // Tasks stopped by stopOnClientAfter may run again.
-                        waker.wake();
-                    }
-                    if fresh {
-                        inbox.latest = Some(a);
-                        drop(inbox);
+            let result = client.assignments(poller.since, poller.wait);
+            let after = poller.take(result, &mut lock(&shared.inbox), &data_dir);
+            match after {
+                AfterPoll::Answered { wake, log_requests } => {
+                    if wake {
                         waker.wake();
                     }
                     // A new connection may be the moment to flush statuses.
                     shared.changed.notify_all();
                     for req in log_requests {
                         let upload = read_log(&data_dir, &req);
-                        if let Err(e) = client.upload_log(&id.name, &id.token, &upload) {
+                        if let Err(e) = client.upload_log(&upload) {
                             say(&format!("agent: sending the log of {}: {e}", req.task));
                         }
                     }
                 }
-                Err(e) => {
-                    lock(&shared.inbox).offline_since.get_or_insert_with(Instant::now);
+                AfterPoll::Failed(pause) => {
                     waker.wake();
-                    if e.is_unauthorized() {
-                        // The server no longer knows our token (wiped or
-                        // revoked): forget it so the next start registers.
-                        let _ = std::fs::remove_file(data_dir.join("identity.json"));
-                    }
-                    let pause = backoff.next_delay();
-                    if !reported_down {
-                        say(&format!("agent: {e}; tasks keep running, retrying with backoff"));
-                        reported_down = true;
-                    }
-                    shared.pause(pause);
+                    shared.pause(pause)
                 }
             }
         }
     });
 }
 
+/// The poller's memory between long polls.
+struct Poller {
+    since: u64,
+    wait: Duration,
+    backoff: Backoff,
+    reported_down: bool,
+}
+
+/// What one long poll's outcome leaves the poller thread to do.
+enum AfterPoll {
+    /// Answered (and verified): wake the main thread if the desired set
+    /// changed or the server is back; answer these log requests.
+    Answered {
+        wake: bool,
+        log_requests: Vec<crate::api::agent_protocol::LogRequest>,
+    },
+    /// Unreachable, refused or an error status: pause this long.
+    Failed(Duration),
+}
+
+impl Poller {
+    fn new() -> Poller {
+        Poller {
+            since: 0,
+            wait: Duration::ZERO, // the first poll answers at once
+            backoff: Backoff::new(RETRY_BASE, RETRY_MAX),
+            reported_down: false,
+        }
+    }
+
+    /// Apply one long poll's outcome to the inbox. Only a verified answer
+    /// reaches the desired set; any failure, a refused (forged, altered,
+    /// replayed) answer included, leaves it as it is and counts as the
+    /// server being unreachable.
+    fn take(&mut self, result: Result<Assignments, ClientError>, inbox: &mut Inbox, data_dir: &Path) -> AfterPoll {
+        match result {
+            Ok(mut a) => {
+                self.backoff.reset();
+                if self.reported_down {
+                    say("agent: server reachable again");
+                    self.reported_down = false;
+                }
+                // The server's number, within reason: a long poll that
+                // outlasts MAX_POLL_WAIT would look like a dead server.
+                self.wait = if a.poll_interval_seconds > 0 {
+                    Duration::from_secs(a.poll_interval_seconds).min(MAX_POLL_WAIT)
+                } else {
+                    DEFAULT_POLL_WAIT
+                };
+                let fresh = a.revision != self.since || self.since == 0;
+                self.since = a.revision;
+                let log_requests = std::mem::take(&mut a.log_requests);
+                // Online again: tasks stopped by stopOnClientAfter may run.
+                let back = inbox.offline_since.take().is_some();
+                if fresh {
+                    inbox.latest = Some(a);
+                }
+                AfterPoll::Answered {
+                    wake: back || fresh,
+                    log_requests,
+                }
+            }
+            Err(e) => {
+                inbox.offline_since.get_or_insert_with(Instant::now);
+                // Only a signed answer saying the server no longer knows
+                // this robot (wiped, or reset by an operator) forgets the
+                // identity, so the next start registers: an unsigned or
+                // forged 401 is refused like any tampering and changes
+                // nothing.
+                if e.is_unknown_robot() {
+                    let _ = std::fs::remove_file(data_dir.join(identity::FILE));
+                }
+                if !self.reported_down {
+                    say(&format!("agent: {e}; tasks keep running, retrying with backoff"));
+                    self.reported_down = true;
+                }
+                AfterPoll::Failed(self.backoff.next_delay())
+            }
+        }
+    }
+}
+
 /// Most status updates in one report; halved while the server answers 413
 /// (its `--max-status-updates` is lower).
 const REPORT_BATCH: usize = 500;
 
-fn spawn_reporter(shared: Arc<Shared>, client: Client, id: Identity, data_dir: PathBuf) {
+fn spawn_reporter(shared: Arc<Shared>, client: Client, data_dir: PathBuf) {
     std::thread::spawn(move || {
         let mut backoff = Backoff::new(RETRY_BASE, RETRY_MAX);
         let mut device_due = Instant::now();
@@ -335,7 +397,7 @@ fn spawn_reporter(shared: Arc<Shared>, client: Client, id: Identity, data_dir: P
                 device_info: send_device.then(|| super::device::collect(&data_dir)),
                 agent_version: Some(super::device::AGENT_VERSION.to_string()),
             };
-            match client.report(&id.name, &id.token, &report) {
+            match client.report(&report) {
                 Ok(reply) => {
                     backoff.reset();
                     if send_device {
