@@ -73,10 +73,16 @@ OPTIONS:
     --max-join-token-ttl DUR Longest lifetime a join token may be created with;
                              longer is refused (400) [default: 24h]
     --log-level LEVEL        off, error, warn, info, debug, trace [default: info]
-    --admin-token-file FILE  Require this bearer token for the Kubernetes API and
-                             join tokens [default: open API]. kubectl sends tokens
-                             only over https: put a TLS-terminating proxy in front.
-                             (Also accepted as --auth-token-file.)
+    --token-auth-file FILE   Static bearer tokens, kube-apiserver's CSV format:
+                             token,user,uid[,\"group1,group2\"] per line. Groups:
+                             k8s4r:admins (or system:masters), k8s4r:operators,
+                             k8s4r:viewers. kubectl sends tokens only over https.
+    --admin-token-file FILE  One bearer token for user \"admin\" in system:masters
+                             (also accepted as --auth-token-file)
+    --audit-log-path FILE    Write an audit event (audit.k8s.io/v1, one JSON line)
+                             per mutating request; `-` is standard output
+    --audit-log-maxsize MB   Rotate the audit log to FILE.1 at this size; 0 never
+                             [default: 100]
     -h, --help               Print help
 
 Prints `listening on http://ADDR` once it accepts connections. Use it with
@@ -90,6 +96,9 @@ Durations in requests (timeoutSeconds, ttlSeconds) are at most 10 years.
 const MAX_POLL_INTERVAL: Duration = Duration::from_secs(86_400);
 /// Longest `--offline-after`.
 const MAX_OFFLINE_AFTER: Duration = Duration::from_secs(30 * 86_400);
+/// Largest `--audit-log-maxsize` (1 TiB): the byte count stays far from
+/// overflowing.
+const MAX_AUDIT_LOG_MB: u64 = 1 << 20;
 /// Largest `--max-watches` (each open watch holds memory and a connection).
 const MAX_WATCHES: usize = 1_000_000;
 
@@ -97,8 +106,14 @@ const MAX_WATCHES: usize = 1_000_000;
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: String,
-    /// File holding the operator bearer token; None: the API is open.
+    /// File holding the admin's bearer token.
     pub admin_token_file: Option<PathBuf>,
+    /// kube-apiserver's static token file (`--token-auth-file`).
+    pub token_auth_file: Option<PathBuf>,
+    /// `--audit-log-path` (`-`: stdout); None: no audit log.
+    pub audit_log_path: Option<PathBuf>,
+    /// `--audit-log-maxsize` in MiB; 0: never rotate.
+    pub audit_log_max_mb: u64,
     pub data: PathBuf,
     /// etcd client URLs; empty: the SQLite store in `data`.
     pub etcd: Vec<String>,
@@ -114,6 +129,9 @@ impl Default for Config {
         Config {
             listen: "127.0.0.1:7443".into(),
             admin_token_file: None,
+            token_auth_file: None,
+            audit_log_path: None,
+            audit_log_max_mb: auth::audit::DEFAULT_MAX_MB,
             data: PathBuf::from("k8s4r-data"),
             etcd: Vec::new(),
             fleet: fleet::FleetConfig::default(),
@@ -173,6 +191,11 @@ pub fn cmd_server(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
             }
             // `--auth-token-file` is the name Kubernetes users look for.
             Long("admin-token-file" | "auth-token-file") => cfg.admin_token_file = Some(parser.value()?.into()),
+            Long("token-auth-file") => cfg.token_auth_file = Some(parser.value()?.into()),
+            Long("audit-log-path") => cfg.audit_log_path = Some(parser.value()?.into()),
+            Long("audit-log-maxsize") => {
+                cfg.audit_log_max_mb = count_arg(parser, "--audit-log-maxsize", MAX_AUDIT_LOG_MB)?
+            }
             Long("poll-interval") => {
                 cfg.fleet.poll_interval = bounded_duration_arg(parser, "--poll-interval", MAX_POLL_INTERVAL)?
             }
@@ -253,7 +276,8 @@ pub enum ServeError {
     Etcd(store::StoreError),
     TokenIndex(store::StoreError),
     Bind(String, std::io::Error),
-    AdminToken(PathBuf, String),
+    Tokens(auth::authn::TokenFileError),
+    AuditLog(PathBuf, std::io::Error),
     Serve(std::io::Error),
 }
 
@@ -264,7 +288,8 @@ impl std::fmt::Display for ServeError {
             ServeError::Etcd(e) => write!(f, "connecting to etcd: {e}"),
             ServeError::TokenIndex(e) => write!(f, "indexing the robot tokens: {e}"),
             ServeError::Bind(a, e) => write!(f, "listening on {a}: {e}"),
-            ServeError::AdminToken(p, e) => write!(f, "reading the admin token {}: {e}", p.display()),
+            ServeError::Tokens(e) => write!(f, "reading the tokens: {e}"),
+            ServeError::AuditLog(p, e) => write!(f, "opening the audit log {}: {e}", p.display()),
             ServeError::Serve(e) => write!(f, "serving: {e}"),
         }
     }
@@ -274,19 +299,12 @@ impl std::error::Error for ServeError {}
 
 /// Open the store, start the controllers, serve until SIGINT/SIGTERM.
 pub async fn serve(cfg: Config) -> Result<(), ServeError> {
-    let admin_token_hash = match &cfg.admin_token_file {
-        None => None,
-        Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|e| ServeError::AdminToken(p.clone(), e.to_string()))?;
-            let token = text.trim();
-            if token.len() < 16 {
-                return Err(ServeError::AdminToken(
-                    p.clone(),
-                    "the token must be at least 16 characters".into(),
-                ));
-            }
-            Some(tokens::hash(token))
-        }
+    let authn = auth::authn::Authenticator::load(cfg.token_auth_file.as_deref(), cfg.admin_token_file.as_deref())
+        .map_err(ServeError::Tokens)?;
+    let audit = match &cfg.audit_log_path {
+        None => auth::audit::Audit::disabled(),
+        Some(p) => auth::audit::Audit::open(p, cfg.audit_log_max_mb.saturating_mul(1024 * 1024))
+            .map_err(|e| ServeError::AuditLog(p.clone(), e))?,
     };
     let backend = open_stores(&cfg).await?;
     let store = backend.objects.clone();
@@ -304,7 +322,8 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         Err(e) => return Err(ServeError::TokenIndex(e)),
     }
     let app = Arc::new(http::App {
-        admin_token_hash,
+        authn,
+        audit,
         registry: registry.clone(),
         events: event_store,
         agents: agents::Agents {
@@ -326,15 +345,16 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     let addr: SocketAddr = listener
         .local_addr()
         .map_err(|e| ServeError::Bind(cfg.listen.clone(), e))?;
-    if cfg.admin_token_file.is_none() && !addr.ip().is_loopback() {
-        log::warn!("the API on {addr} is open to anyone who can reach it; use --admin-token-file");
-    }
     println!("listening on http://{addr}");
     eprintln!(
         "k8s4r server: data in {}, kubectl --server http://{addr}",
         backend.describe
     );
-    let served = axum::serve(listener, http::router(app))
+    // The peer address: the audit log's sourceIPs.
+    let served = axum::serve(
+        listener,
+        http::router(app).into_make_service_with_connect_info::<SocketAddr>(),
+    )
         .with_graceful_shutdown(shutdown())
         .await
         .map_err(ServeError::Serve);

@@ -29,6 +29,28 @@ pub struct Server {
     cache: tempfile::TempDir,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    /// The bearer token requests carry unless they bring their own.
+    token: Option<String>,
+}
+
+/// The admin token of servers the harness configures itself.
+pub const ADMIN_TOKEN: &str = "harness-admin-token-0123456789abcdef";
+
+/// Flags that configure credentials: a test passing one speaks for itself
+/// (and its requests carry only the headers it gives).
+const AUTH_FLAGS: &[&str] = &["--token-auth-file", "--admin-token-file", "--auth-token-file"];
+
+/// The harness's credentials for a new server in `data`: a token file
+/// with an admin (its flags, and the token requests then carry), unless
+/// `args` configure credentials already.
+fn harness_credentials(data: &Path, args: &[String]) -> (Vec<String>, Option<String>) {
+    if args.iter().any(|a| AUTH_FLAGS.contains(&a.as_str())) {
+        return (vec![], None);
+    }
+    let file = data.join("harness-tokens.csv");
+    std::fs::write(&file, format!("{ADMIN_TOKEN},admin,0,k8s4r:admins\n")).expect("write the token file");
+    let flags = vec!["--token-auth-file".to_string(), file.display().to_string()];
+    (flags, Some(ADMIN_TOKEN.to_string()))
 }
 
 pub struct Reply {
@@ -89,7 +111,9 @@ impl Server {
     /// With extra environment variables (test-only switches of the server).
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
         let data = tempfile::tempdir().expect("tempdir");
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let (auth_flags, token) = harness_credentials(data.path(), &args);
+        args.extend(auth_flags);
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let (child, base) = spawn(data.path(), &args, &env);
         Server {
@@ -99,6 +123,7 @@ impl Server {
             cache: tempfile::tempdir().expect("tempdir"),
             args,
             env,
+            token,
         }
     }
 
@@ -112,6 +137,7 @@ impl Server {
             cache: tempfile::tempdir().expect("tempdir"),
             args: vec![],
             env: vec![],
+            token: Some(ADMIN_TOKEN.to_string()),
         }
     }
 
@@ -176,6 +202,11 @@ impl Server {
         self.base = base;
     }
 
+    /// The `Authorization` header requests carry by default, if any.
+    pub fn auth_header(&self) -> Option<(&'static str, String)> {
+        self.token.as_ref().map(|t| ("Authorization", format!("Bearer {t}")))
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -194,6 +225,13 @@ impl Server {
         let mut req = ureq::http::Request::builder().method(method).uri(&url);
         for (k, v) in headers {
             req = req.header(*k, *v);
+        }
+        // Robots carry their own credentials, never a user's.
+        let user_path = !k8s4r::server::auth::is_robot_channel(path.split('?').next().unwrap_or(path));
+        if user_path && !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("authorization")) {
+            if let Some((k, v)) = self.auth_header() {
+                req = req.header(k, v);
+            }
         }
         if body.is_some() {
             req = req.header("Content-Type", content_type);
@@ -233,9 +271,14 @@ impl Server {
     /// Stream the lines of a long response (a watch) into a channel.
     pub fn stream(&self, path: &str) -> mpsc::Receiver<String> {
         let url = self.url(path);
+        let auth = self.auth_header();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
-            let resp = agent().get(&url).call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
+            let mut req = agent().get(&url);
+            if let Some((k, v)) = auth {
+                req = req.header(k, v);
+            }
+            let resp = req.call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
             let reader = BufReader::new(resp.into_body().into_reader());
             for line in reader.lines().map_while(Result::ok) {
                 if tx.send(line).is_err() {
@@ -278,6 +321,9 @@ impl Server {
             .arg("--cache-dir")
             .arg(self.cache.path())
             .arg("--request-timeout=30s");
+        if let Some(t) = &self.token {
+            c.arg("--token").arg(t);
+        }
         c
     }
 
@@ -330,9 +376,14 @@ impl Server {
     }
 
     /// One request written as raw HTTP/1.1 text (for what an HTTP client
-    /// library would not send); returns the whole raw answer.
+    /// library would not send), with the default `Authorization` header
+    /// added after the request line; returns the whole raw answer.
     pub fn raw(&self, request: &str) -> String {
         use std::io::{Read, Write};
+        let request = match (self.auth_header(), request.split_once("\r\n")) {
+            (Some((k, v)), Some((line, rest))) => format!("{line}\r\n{k}: {v}\r\n{rest}"),
+            _ => request.to_string(),
+        };
         let addr = self.base.trim_start_matches("http://").to_string();
         let mut c = std::net::TcpStream::connect(&addr).expect("connect");
         c.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");

@@ -6,8 +6,10 @@
 mod agent;
 mod discovery;
 mod events;
+mod guard;
 mod k8s;
 mod openapi;
+mod reviews;
 pub mod table;
 mod watch;
 
@@ -30,9 +32,10 @@ use std::time::Duration;
 
 /// Everything the handlers need.
 pub struct App {
-    /// SHA-256 of the operator token; when set, the Kubernetes API and
-    /// join-token creation need `Authorization: Bearer <token>`.
-    pub admin_token_hash: Option<String>,
+    /// Who a request is from (certificate, bearer token).
+    pub authn: crate::server::auth::authn::Authenticator,
+    /// Where mutating requests are recorded.
+    pub audit: crate::server::auth::audit::Audit,
     pub registry: Registry,
     /// Where Events are kept (`/api/v1/namespaces/{ns}/events`).
     pub events: Arc<dyn crate::server::store::Store>,
@@ -58,6 +61,7 @@ const GV: &str = "/apis/robot.k8s4r.io/v1alpha1";
 const DISCOVERY: &[&str] = &[
     "/version",
     "/healthz",
+    "/livez",
     "/readyz",
     "/metrics",
     "/api",
@@ -67,6 +71,10 @@ const DISCOVERY: &[&str] = &[
     GV,
     "/openapi/v3",
     "/openapi/v3/apis/robot.k8s4r.io/v1alpha1",
+    "/apis/authorization.k8s.io",
+    "/apis/authorization.k8s.io/v1",
+    "/apis/authentication.k8s.io",
+    "/apis/authentication.k8s.io/v1",
 ];
 
 pub fn router(app: AppState) -> Router {
@@ -86,6 +94,7 @@ fn routes(app: AppState) -> Router {
             get(|| async { json(StatusCode::OK, &discovery::version()) }),
         )
         .route("/healthz", get(|| async { "ok" }))
+        .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
         .route(
@@ -142,6 +151,35 @@ fn routes(app: AppState) -> Router {
             &format!("{g}/namespaces/{{ns}}/{{plural}}/{{name}}/log"),
             get(agent::task_log),
         );
+    for g in discovery::REVIEW_GROUPS {
+        let gv = format!("/apis/{}/{}", g.group, discovery::REVIEW_VERSION);
+        r = r
+            .route(
+                &format!("/apis/{}", g.group),
+                get(move || async move { json(StatusCode::OK, &discovery::review_group(g)) }),
+            )
+            .route(
+                &gv,
+                get(move || async move { json(StatusCode::OK, &discovery::review_resources(g)) }),
+            );
+    }
+    r = r
+        .route(
+            &format!(
+                "/apis/{}/v1/{}",
+                crate::server::auth::authz::AUTHORIZATION_GROUP,
+                crate::server::auth::authz::ACCESS_REVIEWS
+            ),
+            post(reviews::access_review),
+        )
+        .route(
+            &format!(
+                "/apis/{}/v1/{}",
+                crate::server::auth::authz::AUTHENTICATION_GROUP,
+                crate::server::auth::authz::SELF_REVIEWS
+            ),
+            post(reviews::self_review),
+        );
     if app.test_panic_route {
         r = r.route("/debug/panic", get(deliberate_panic));
     }
@@ -149,7 +187,7 @@ fn routes(app: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(require_known_body_type))
-        .layer(axum::middleware::from_fn_with_state(app.clone(), require_admin))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), guard::guard))
         .layer(axum::middleware::from_fn(reject_oversized))
         .with_state(app)
 }
@@ -158,13 +196,14 @@ fn routes(app: AppState) -> Router {
 async fn metrics(axum::extract::State(app): axum::extract::State<AppState>) -> Response {
     let watches = app.limits.watches.saturating_sub(app.watch_slots.available_permits());
     let text = format!(
-        "{}# HELP k8s4r_watches_open Watches being served (at most --max-watches).\n\
+        "{}{}# HELP k8s4r_watches_open Watches being served (at most --max-watches).\n\
          # TYPE k8s4r_watches_open gauge\n\
          k8s4r_watches_open {watches}\n\
          # HELP k8s4r_long_polls_open Robots with a long poll open (one each at most).\n\
          # TYPE k8s4r_long_polls_open gauge\n\
          k8s4r_long_polls_open {}\n",
         crate::server::panics::metrics_text(),
+        app.audit.metrics_text(),
         app.agents.polls.open(),
     );
     let mut r = text.into_response();
@@ -279,52 +318,6 @@ pub fn check_seconds(name: &str, seconds: u64) -> Result<(), Status> {
         )));
     }
     Ok(())
-}
-
-/// Paths open without the operator token: health, version (kubectl's
-/// dispatcher asks before it sends credentials) and the robots' own API
-/// (robot tokens).
-fn is_open(path: &str) -> bool {
-    matches!(
-        path,
-        "/version" | "/healthz" | "/readyz" | "/metrics" | "/agent/v1/register"
-    ) || (path.starts_with("/agent/v1/robots/"))
-}
-
-/// With an operator token configured, every other request must carry it.
-async fn require_admin(
-    axum::extract::State(app): axum::extract::State<AppState>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    if is_open(req.uri().path()) {
-        return next.run(req).await;
-    }
-    let bearer = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    // A robot token is never an operator: even on a server without an
-    // operator token, a (possibly compromised) robot cannot create Jobs or
-    // read other robots' objects through the Kubernetes API.
-    if bearer.is_some_and(|t| t.starts_with(crate::server::tokens::ROBOT_TOKEN_PREFIX)) {
-        return Status::forbidden("a robot token may only use its own /agent/v1/robots/<name>/ endpoints")
-            .into_response();
-    }
-    let Some(want) = &app.admin_token_hash else {
-        return next.run(req).await;
-    };
-    let given = bearer.map(crate::server::tokens::hash);
-    match given {
-        Some(h) if crate::server::tokens::same(&h, want) => next.run(req).await,
-        Some(_) => Status::unauthorized("the bearer token is not the operator token").into_response(),
-        None => Status::unauthorized(
-            "this server needs Authorization: Bearer <operator token> (kubectl sends it only over https)",
-        )
-        .into_response(),
-    }
 }
 
 /// Refuse a body whose declared length is over the limit before reading
