@@ -355,9 +355,9 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         listener,
         http::router(app).into_make_service_with_connect_info::<SocketAddr>(),
     )
-        .with_graceful_shutdown(shutdown())
-        .await
-        .map_err(ServeError::Serve);
+    .with_graceful_shutdown(shutdown())
+    .await
+    .map_err(ServeError::Serve);
     if let Some(e) = &backend.election {
         e.resign().await;
     }

@@ -67,7 +67,11 @@ impl Entry<'_> {
         }
         if let Target::Resource(r) = &self.request.target {
             let mut obj = json!({"resource": r.resource, "apiGroup": r.group, "apiVersion": r.version});
-            for (field, value) in [("subresource", &r.subresource), ("namespace", &r.namespace), ("name", &r.name)] {
+            for (field, value) in [
+                ("subresource", &r.subresource),
+                ("namespace", &r.namespace),
+                ("name", &r.name),
+            ] {
                 if !value.is_empty() {
                     obj[field] = json!(value);
                 }
@@ -225,7 +229,11 @@ mod tests {
 
     #[test]
     fn events_have_the_kubernetes_shape() {
-        let req = parse("DELETE", "/apis/robot.k8s4r.io/v1alpha1/namespaces/default/jobs/x", None);
+        let req = parse(
+            "DELETE",
+            "/apis/robot.k8s4r.io/v1alpha1/namespaces/default/jobs/x",
+            None,
+        );
         let alice = User {
             name: "alice".into(),
             groups: vec!["k8s4r:operators".into()],

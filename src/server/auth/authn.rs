@@ -216,7 +216,13 @@ pub fn parse_token_file(file: &Path, text: &str) -> Result<Vec<TokenEntry>, Toke
         let uid = fields[2].trim().to_string();
         let groups: Vec<String> = fields
             .get(3)
-            .map(|g| g.split(',').map(str::trim).filter(|g| !g.is_empty()).map(String::from).collect())
+            .map(|g| {
+                g.split(',')
+                    .map(str::trim)
+                    .filter(|g| !g.is_empty())
+                    .map(String::from)
+                    .collect()
+            })
             .unwrap_or_default();
         if let Some(earlier) = first_line.insert(hash(&token), line) {
             return Err(err(format!("token (field 1): the same token as line {earlier}")));
@@ -276,12 +282,7 @@ fn split_csv(line: &str) -> Result<Vec<String>, String> {
                         return Ok(fields);
                     }
                     Some(',') => break,
-                    Some('"') => {
-                        return Err(format!(
-                            "field {}: a quote inside an unquoted field",
-                            fields.len() + 1
-                        ))
-                    }
+                    Some('"') => return Err(format!("field {}: a quote inside an unquoted field", fields.len() + 1)),
                     Some(c) => field.push(c),
                 }
             }
@@ -309,9 +310,7 @@ mod tests {
 
     #[test]
     fn reads_kube_apiserver_lines() {
-        let text = format!(
-            "# comment\n\n{T1},alice,1001,\"k8s4r:operators,team-a\"\n{T2}, bob ,1002\n"
-        );
+        let text = format!("# comment\n\n{T1},alice,1001,\"k8s4r:operators,team-a\"\n{T2}, bob ,1002\n");
         let got = parse(&text).unwrap();
         assert_eq!(got.len(), 2);
         assert_eq!(got[0].token, T1);
@@ -345,7 +344,10 @@ mod tests {
         let (_, msg) = line_error("k8s4r-robot-0123456789abcdef,r,1");
         assert!(msg.contains("robot tokens"), "{msg}");
         let e = parse("x,y").unwrap_err();
-        assert_eq!(e.to_string(), "tokens.csv: line 1: 2 field(s); need at least 3: token,user,uid[,\"group1,group2\"]");
+        assert_eq!(
+            e.to_string(),
+            "tokens.csv: line 1: 2 field(s); need at least 3: token,user,uid[,\"group1,group2\"]"
+        );
     }
 
     #[test]
@@ -372,11 +374,20 @@ mod tests {
         std::fs::write(&admin, format!("{T2}\n")).unwrap();
         let a = Authenticator::load(Some(&tokens), Some(&admin)).unwrap();
         let none = Extensions::new();
-        let alice = a.authenticate(&none, &headers(&format!("Bearer {T1}"))).unwrap().unwrap();
+        let alice = a
+            .authenticate(&none, &headers(&format!("Bearer {T1}")))
+            .unwrap()
+            .unwrap();
         assert_eq!(alice.name, "alice");
         assert_eq!(alice.groups, vec!["k8s4r:viewers", AUTHENTICATED]);
-        let admin = a.authenticate(&none, &headers(&format!("Bearer {T2}"))).unwrap().unwrap();
-        assert_eq!((admin.name.as_str(), admin.groups[0].as_str()), (ADMIN_USER, SYSTEM_MASTERS));
+        let admin = a
+            .authenticate(&none, &headers(&format!("Bearer {T2}")))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (admin.name.as_str(), admin.groups[0].as_str()),
+            (ADMIN_USER, SYSTEM_MASTERS)
+        );
         assert_eq!(a.authenticate(&none, &HeaderMap::new()), Ok(None));
         assert_eq!(
             a.authenticate(&none, &headers("Bearer nobody-knows-this-one")),

@@ -75,9 +75,7 @@ impl Request {
     /// Whether this request changes state (and is audited).
     pub fn is_mutating(&self) -> bool {
         match &self.target {
-            Target::Resource(r) => {
-                MUTATING.contains(&self.verb.as_str()) && !is_self_review(r)
-            }
+            Target::Resource(r) => MUTATING.contains(&self.verb.as_str()) && !is_self_review(r),
             Target::Path(_) => matches!(self.verb.as_str(), "post" | "put" | "patch" | "delete"),
         }
     }
@@ -208,7 +206,10 @@ const OPERATED: &[&str] = &["jobs", "taskgroups", "tasks"];
 /// Discovery, OpenAPI, version and health: readable by every user.
 fn is_discovery(path: &str) -> bool {
     let under = |root: &str| path == root || path.starts_with(&format!("{root}/"));
-    under("/api") || under("/apis") || under("/openapi") || matches!(path, "/version" | "/healthz" | "/livez" | "/readyz")
+    under("/api")
+        || under("/apis")
+        || under("/openapi")
+        || matches!(path, "/version" | "/healthz" | "/livez" | "/readyz")
 }
 
 /// May `user` do `req`? Rules in the module doc, in that order.
@@ -233,9 +234,9 @@ pub fn decide(user: &User, req: &Request) -> Decision {
             if is_self_review(r) && verb == "create" {
                 return allow("every authenticated user may review its own access");
             }
-            let fleet = FLEET
-                .iter()
-                .any(|(g, plural, subs)| *g == r.group && *plural == r.resource && subs.contains(&r.subresource.as_str()));
+            let fleet = FLEET.iter().any(|(g, plural, subs)| {
+                *g == r.group && *plural == r.resource && subs.contains(&r.subresource.as_str())
+            });
             if fleet && operator && OPERATED.contains(&r.resource.as_str()) && ALL_VERBS.contains(&verb) {
                 return allow(format!("operators may {verb} {}", r.resource));
             }
@@ -321,29 +322,120 @@ mod tests {
     fn parses_paths_as_kube_apiserver_does() {
         let ns = format!("{G}/namespaces/default");
         let cases: Vec<(&str, String, Option<&str>, Request)> = vec![
-            ("GET", format!("{ns}/jobs"), None, res("list", GROUP, "jobs", "", "default", "")),
-            ("GET", format!("{ns}/jobs"), Some("watch=true&resourceVersion=4"), res("watch", GROUP, "jobs", "", "default", "")),
-            ("GET", format!("{G}/tasks"), None, res("list", GROUP, "tasks", "", "", "")),
-            ("GET", format!("{ns}/jobs/x"), None, res("get", GROUP, "jobs", "", "default", "x")),
-            ("POST", format!("{ns}/jobs"), Some("fieldManager=kubectl"), res("create", GROUP, "jobs", "", "default", "")),
-            ("PUT", format!("{ns}/jobs/x"), None, res("update", GROUP, "jobs", "", "default", "x")),
-            ("PATCH", format!("{ns}/jobs/x/status"), None, res("patch", GROUP, "jobs", "status", "default", "x")),
-            ("DELETE", format!("{ns}/jobs/x"), None, res("delete", GROUP, "jobs", "", "default", "x")),
-            ("DELETE", format!("{ns}/jobs"), None, res("deletecollection", GROUP, "jobs", "", "default", "")),
-            ("GET", format!("{ns}/tasks/t/log"), Some("follow=true"), res("get", GROUP, "tasks", "log", "default", "t")),
-            ("GET", "/api/v1/namespaces/default/events".into(), None, res("list", "", "events", "", "default", "")),
-            ("GET", "/api/v1/events".into(), None, res("list", "", "events", "", "", "")),
-            ("GET", "/api/v1/namespaces/kube-system".into(), None, res("get", "", "namespaces", "", "kube-system", "kube-system")),
+            (
+                "GET",
+                format!("{ns}/jobs"),
+                None,
+                res("list", GROUP, "jobs", "", "default", ""),
+            ),
+            (
+                "GET",
+                format!("{ns}/jobs"),
+                Some("watch=true&resourceVersion=4"),
+                res("watch", GROUP, "jobs", "", "default", ""),
+            ),
+            (
+                "GET",
+                format!("{G}/tasks"),
+                None,
+                res("list", GROUP, "tasks", "", "", ""),
+            ),
+            (
+                "GET",
+                format!("{ns}/jobs/x"),
+                None,
+                res("get", GROUP, "jobs", "", "default", "x"),
+            ),
+            (
+                "POST",
+                format!("{ns}/jobs"),
+                Some("fieldManager=kubectl"),
+                res("create", GROUP, "jobs", "", "default", ""),
+            ),
+            (
+                "PUT",
+                format!("{ns}/jobs/x"),
+                None,
+                res("update", GROUP, "jobs", "", "default", "x"),
+            ),
+            (
+                "PATCH",
+                format!("{ns}/jobs/x/status"),
+                None,
+                res("patch", GROUP, "jobs", "status", "default", "x"),
+            ),
+            (
+                "DELETE",
+                format!("{ns}/jobs/x"),
+                None,
+                res("delete", GROUP, "jobs", "", "default", "x"),
+            ),
+            (
+                "DELETE",
+                format!("{ns}/jobs"),
+                None,
+                res("deletecollection", GROUP, "jobs", "", "default", ""),
+            ),
+            (
+                "GET",
+                format!("{ns}/tasks/t/log"),
+                Some("follow=true"),
+                res("get", GROUP, "tasks", "log", "default", "t"),
+            ),
+            (
+                "GET",
+                "/api/v1/namespaces/default/events".into(),
+                None,
+                res("list", "", "events", "", "default", ""),
+            ),
+            (
+                "GET",
+                "/api/v1/events".into(),
+                None,
+                res("list", "", "events", "", "", ""),
+            ),
+            (
+                "GET",
+                "/api/v1/namespaces/kube-system".into(),
+                None,
+                res("get", "", "namespaces", "", "kube-system", "kube-system"),
+            ),
             // The router decodes `%73`: so does the parser.
-            ("POST", format!("{ns}/job%73"), None, res("create", GROUP, "jobs", "", "default", "")),
-            ("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews".into(), None,
-             Request { verb: "create".into(), target: Target::Resource(Resource {
-                 group: AUTHORIZATION_GROUP.into(), version: "v1".into(), resource: ACCESS_REVIEWS.into(), ..Default::default() }) }),
+            (
+                "POST",
+                format!("{ns}/job%73"),
+                None,
+                res("create", GROUP, "jobs", "", "default", ""),
+            ),
+            (
+                "POST",
+                "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews".into(),
+                None,
+                Request {
+                    verb: "create".into(),
+                    target: Target::Resource(Resource {
+                        group: AUTHORIZATION_GROUP.into(),
+                        version: "v1".into(),
+                        resource: ACCESS_REVIEWS.into(),
+                        ..Default::default()
+                    }),
+                },
+            ),
             ("GET", G.into(), None, path("get", G)),
             ("GET", "/apis".into(), None, path("get", "/apis")),
             ("GET", "/api/v1".into(), None, path("get", "/api/v1")),
-            ("POST", "/agent/v1/jointokens".into(), None, path("post", "/agent/v1/jointokens")),
-            ("DELETE", "/agent/v1/robottokens/r1".into(), None, path("delete", "/agent/v1/robottokens/r1")),
+            (
+                "POST",
+                "/agent/v1/jointokens".into(),
+                None,
+                path("post", "/agent/v1/jointokens"),
+            ),
+            (
+                "DELETE",
+                "/agent/v1/robottokens/r1".into(),
+                None,
+                path("delete", "/agent/v1/robottokens/r1"),
+            ),
         ];
         for (method, p, query, want) in cases {
             assert_eq!(parse(method, &p, query), want, "{method} {p}");
@@ -369,28 +461,62 @@ mod tests {
         let log = format!("{G}/namespaces/default/tasks/t/log");
         let events = "/api/v1/namespaces/default/events";
         for g in [ADMINS, SYSTEM_MASTERS] {
-            for (m, p) in [("POST", jobs.as_str()), ("DELETE", &robots), ("POST", "/agent/v1/jointokens"), ("GET", "/nowhere")] {
+            for (m, p) in [
+                ("POST", jobs.as_str()),
+                ("DELETE", &robots),
+                ("POST", "/agent/v1/jointokens"),
+                ("GET", "/nowhere"),
+            ] {
                 assert!(may(&[g], m, p), "{g} {m} {p}");
             }
         }
         let op = [OPERATORS];
-        for (m, p) in [("POST", &jobs), ("PUT", &job), ("PATCH", &job), ("DELETE", &job), ("DELETE", &jobs),
-                       ("GET", &log), ("GET", &robots), ("PUT", &format!("{job}/status"))] {
+        for (m, p) in [
+            ("POST", &jobs),
+            ("PUT", &job),
+            ("PATCH", &job),
+            ("DELETE", &job),
+            ("DELETE", &jobs),
+            ("GET", &log),
+            ("GET", &robots),
+            ("PUT", &format!("{job}/status")),
+        ] {
             assert!(may(&op, m, p), "operator {m} {p}");
         }
         assert!(may(&op, "GET", events) && may(&op, "GET", "/metrics"));
-        for (m, p) in [("POST", robots.as_str()), ("DELETE", &format!("{robots}/r1")), ("PATCH", &format!("{robots}/r1")),
-                       ("POST", "/agent/v1/jointokens"), ("GET", "/agent/v1/jointokens"),
-                       ("DELETE", "/agent/v1/robottokens/r1"), ("POST", "/agent/v1/anything-new"), ("POST", events)] {
+        for (m, p) in [
+            ("POST", robots.as_str()),
+            ("DELETE", &format!("{robots}/r1")),
+            ("PATCH", &format!("{robots}/r1")),
+            ("POST", "/agent/v1/jointokens"),
+            ("GET", "/agent/v1/jointokens"),
+            ("DELETE", "/agent/v1/robottokens/r1"),
+            ("POST", "/agent/v1/anything-new"),
+            ("POST", events),
+        ] {
             assert!(!may(&op, m, p), "operator must not {m} {p}");
         }
         let view = [VIEWERS];
-        for (m, p) in [("GET", jobs.as_str()), ("GET", &job), ("GET", &log), ("GET", &robots), ("GET", events), ("GET", "/metrics")] {
+        for (m, p) in [
+            ("GET", jobs.as_str()),
+            ("GET", &job),
+            ("GET", &log),
+            ("GET", &robots),
+            ("GET", events),
+            ("GET", "/metrics"),
+        ] {
             assert!(may(&view, m, p), "viewer {m} {p}");
         }
         assert!(decide(&user(&view), &parse("GET", &jobs, Some("watch=true"))).allowed);
-        for (m, p) in [("POST", jobs.as_str()), ("PUT", &job), ("PATCH", &job), ("DELETE", &job), ("DELETE", &jobs),
-                       ("GET", "/agent/v1/jointokens"), ("GET", "/debug/panic")] {
+        for (m, p) in [
+            ("POST", jobs.as_str()),
+            ("PUT", &job),
+            ("PATCH", &job),
+            ("DELETE", &job),
+            ("DELETE", &jobs),
+            ("GET", "/agent/v1/jointokens"),
+            ("GET", "/debug/panic"),
+        ] {
             assert!(!may(&view, m, p), "viewer must not {m} {p}");
         }
         // Unknown resources are nobody's but the admins'.
@@ -398,10 +524,22 @@ mod tests {
         assert!(!may(&view, "GET", "/api/v1/namespaces/default/pods"));
         // Everyone authenticated: discovery and self reviews, nothing more.
         for groups in [&[][..], &["system:authenticated"], &view, &op] {
-            for p in ["/api", "/api/v1", "/apis", "/apis/robot.k8s4r.io", G, "/openapi/v3", "/version"] {
+            for p in [
+                "/api",
+                "/api/v1",
+                "/apis",
+                "/apis/robot.k8s4r.io",
+                G,
+                "/openapi/v3",
+                "/version",
+            ] {
                 assert!(may(groups, "GET", p), "{groups:?} GET {p}");
             }
-            assert!(may(groups, "POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"));
+            assert!(may(
+                groups,
+                "POST",
+                "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+            ));
             assert!(may(groups, "POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews"));
         }
         let nobody: [&str; 1] = ["system:authenticated"];

@@ -142,9 +142,18 @@ mod tests {
         for (body, want) in [
             (json!({"spec": {}}), "exactly one of"),
             (json!({}), "spec"),
-            (json!({"spec": {"resourceAttributes": {"verb": 3}}}), "spec.resourceAttributes.verb"),
-            (json!({"spec": {"resourceAttributes": {"resource": "jobs"}}}), "verb: required"),
-            (json!({"spec": {"nonResourceAttributes": {"verb": "get"}}}), "path and verb"),
+            (
+                json!({"spec": {"resourceAttributes": {"verb": 3}}}),
+                "spec.resourceAttributes.verb",
+            ),
+            (
+                json!({"spec": {"resourceAttributes": {"resource": "jobs"}}}),
+                "verb: required",
+            ),
+            (
+                json!({"spec": {"nonResourceAttributes": {"verb": "get"}}}),
+                "path and verb",
+            ),
         ] {
             let e = access_review(&u, body).unwrap_err();
             assert_eq!(e.code, 400);

@@ -17,7 +17,11 @@ use axum::response::{IntoResponse, Response};
 use std::net::SocketAddr;
 use std::time::SystemTime;
 
-pub async fn guard(State(app): State<AppState>, mut req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+pub async fn guard(
+    State(app): State<AppState>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
     let path = req.uri().path();
     if is_public(path) || is_robot_channel(path) {
         return next.run(req).await;
@@ -83,7 +87,12 @@ struct AuditContext {
 impl AuditContext {
     fn of(req: &axum::extract::Request) -> Self {
         AuditContext {
-            uri: req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string(),
+            uri: req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/")
+                .to_string(),
             source: req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()),
             user_agent: req
                 .headers()
