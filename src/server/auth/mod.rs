@@ -8,7 +8,8 @@
 //!
 //! - [`authn`]: the request's [`User`] (certificate, then bearer token).
 //! - [`authz`]: what a request asks to do, and whether its user may.
-//! - [`review`]: `kubectl auth can-i` and `kubectl auth whoami`.
+//! - [`review`]: `kubectl auth can-i` and `kubectl auth whoami` (read from
+//!   JSON, or from protobuf by [`proto`], as kubectl sends them).
 //! - [`audit`]: the audit log of mutating requests.
 //!
 //! Two kinds of path bypass all of this: [`is_public`] (health and
@@ -17,6 +18,7 @@
 pub mod audit;
 pub mod authn;
 pub mod authz;
+pub mod proto;
 pub mod review;
 
 /// Everything: tokens, robots, Jobs (kube-apiserver's `system:masters` is

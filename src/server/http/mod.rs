@@ -164,22 +164,8 @@ fn routes(app: AppState) -> Router {
             );
     }
     r = r
-        .route(
-            &format!(
-                "/apis/{}/v1/{}",
-                crate::server::auth::authz::AUTHORIZATION_GROUP,
-                crate::server::auth::authz::ACCESS_REVIEWS
-            ),
-            post(reviews::access_review),
-        )
-        .route(
-            &format!(
-                "/apis/{}/v1/{}",
-                crate::server::auth::authz::AUTHENTICATION_GROUP,
-                crate::server::auth::authz::SELF_REVIEWS
-            ),
-            post(reviews::self_review),
-        );
+        .route(reviews::ACCESS_REVIEWS, post(reviews::access_review))
+        .route(reviews::SELF_REVIEWS, post(reviews::self_review));
     if app.test_panic_route {
         r = r.route("/debug/panic", get(deliberate_panic));
     }
@@ -275,7 +261,9 @@ fn has_body(headers: &HeaderMap) -> bool {
 /// from writing to the API: a browser sends a cross-origin POST without
 /// asking first only as text/plain, form data, or with no Content-Type at
 /// all, and none of those is accepted (kube-apiserver reads a body without
-/// a Content-Type as JSON; this server refuses it).
+/// a Content-Type as JSON; this server refuses it). Protobuf, which
+/// kubectl uses for its access reviews, is accepted there only (a browser
+/// asks first before sending it cross-origin).
 async fn require_known_body_type(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     if has_body(req.headers()) {
         let given = req
@@ -283,7 +271,9 @@ async fn require_known_body_type(req: axum::extract::Request, next: axum::middle
             .get(header::CONTENT_TYPE)
             .map(|v| v.to_str().unwrap_or("?"));
         let media = given.map(|t| t.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
-        let known = media.as_deref().is_some_and(|m| BODY_TYPES.contains(&m));
+        let known = media.as_deref().is_some_and(|m| {
+            BODY_TYPES.contains(&m) || (m == reviews::PROTOBUF && reviews::takes_protobuf(req.uri().path()))
+        });
         if !known {
             let what = match given {
                 Some(t) => format!("Content-Type {t:?} is not supported"),
