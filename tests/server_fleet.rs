@@ -58,6 +58,7 @@ fn register_poll_report_round_trip() {
     // `k8s4r token create` prints the token as its last line.
     let out = Command::new(server_util::server_bin())
         .args(["token", "create", "--server", &s.base])
+        .args(s.cli_auth_args())
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -26,6 +26,7 @@ fn token_cli(s: &Server, args: &[&str]) -> (bool, String, String) {
         .arg("token")
         .args(args)
         .args(["--server", &s.base])
+        .args(s.cli_auth_args())
         .output()
         .unwrap();
     (

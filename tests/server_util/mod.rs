@@ -31,6 +31,10 @@ pub struct Server {
     env: Vec<(String, String)>,
     /// The bearer token requests carry unless they bring their own.
     token: Option<String>,
+    /// The admin token the harness's own helpers use (`metric`,
+    /// `join_token`, `cli_auth_args`): the harness's, or the one a test
+    /// configured with `--admin-token-file`.
+    admin: Option<String>,
 }
 
 /// The admin token of servers the harness configures itself.
@@ -39,6 +43,9 @@ pub const ADMIN_TOKEN: &str = "harness-admin-token-0123456789abcdef";
 /// Flags that configure credentials: a test passing one speaks for itself
 /// (and its requests carry only the headers it gives).
 const AUTH_FLAGS: &[&str] = &["--token-auth-file", "--admin-token-file", "--auth-token-file"];
+
+/// Where the admin token is for `k8s4r token --token-file`.
+const ADMIN_TOKEN_FILE: &str = "harness-admin-token";
 
 /// The harness's credentials for a new server in `data`: a token file
 /// with an admin (its flags, and the token requests then carry), unless
@@ -49,8 +56,18 @@ fn harness_credentials(data: &Path, args: &[String]) -> (Vec<String>, Option<Str
     }
     let file = data.join("harness-tokens.csv");
     std::fs::write(&file, format!("{ADMIN_TOKEN},admin,0,k8s4r:admins\n")).expect("write the token file");
+    std::fs::write(data.join(ADMIN_TOKEN_FILE), ADMIN_TOKEN).expect("write the admin token");
     let flags = vec!["--token-auth-file".to_string(), file.display().to_string()];
     (flags, Some(ADMIN_TOKEN.to_string()))
+}
+
+/// The token of `--admin-token-file FILE` (or `--auth-token-file`) in `args`.
+fn configured_admin(args: &[String]) -> Option<String> {
+    let at = args
+        .iter()
+        .position(|a| a == "--admin-token-file" || a == "--auth-token-file")?;
+    let text = std::fs::read_to_string(args.get(at + 1)?).ok()?;
+    Some(text.trim().to_string())
 }
 
 pub struct Reply {
@@ -113,6 +130,7 @@ impl Server {
         let data = tempfile::tempdir().expect("tempdir");
         let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let (auth_flags, token) = harness_credentials(data.path(), &args);
+        let admin = token.clone().or_else(|| configured_admin(&args));
         args.extend(auth_flags);
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let (child, base) = spawn(data.path(), &args, &env);
@@ -124,6 +142,7 @@ impl Server {
             args,
             env,
             token,
+            admin,
         }
     }
 
@@ -138,6 +157,7 @@ impl Server {
             args: vec![],
             env: vec![],
             token: Some(ADMIN_TOKEN.to_string()),
+            admin: Some(ADMIN_TOKEN.to_string()),
         }
     }
 
@@ -205,6 +225,26 @@ impl Server {
     /// The `Authorization` header requests carry by default, if any.
     pub fn auth_header(&self) -> Option<(&'static str, String)> {
         self.token.as_ref().map(|t| ("Authorization", format!("Bearer {t}")))
+    }
+
+    /// An admin's `Authorization` header, for the harness's own helpers.
+    fn admin_headers(&self) -> Vec<(&'static str, String)> {
+        self.admin
+            .iter()
+            .map(|t| ("Authorization", format!("Bearer {t}")))
+            .collect()
+    }
+
+    /// Flags that give `k8s4r token` / `k8s4r logs` the harness's admin
+    /// credentials (none for a server the test configured itself).
+    pub fn cli_auth_args(&self) -> Vec<String> {
+        match &self.token {
+            Some(_) => vec![
+                "--token-file".into(),
+                self.data.path().join(ADMIN_TOKEN_FILE).display().to_string(),
+            ],
+            None => vec![],
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -366,7 +406,9 @@ impl Server {
 
     /// One counter or gauge of `/metrics`.
     pub fn metric(&self, name: &str) -> u64 {
-        let r = self.get("/metrics");
+        let admin = self.admin_headers();
+        let headers: Vec<(&str, &str)> = admin.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let r = self.request("GET", "/metrics", "", None, &headers);
         assert_eq!(r.status, 200, "{}", r.body);
         r.body
             .lines()
@@ -416,7 +458,15 @@ impl Server {
     }
 
     pub fn join_token(&self) -> String {
-        let r = self.send_json("POST", "/agent/v1/jointokens", &json!({}));
+        let admin = self.admin_headers();
+        let headers: Vec<(&str, &str)> = admin.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let r = self.request(
+            "POST",
+            "/agent/v1/jointokens",
+            "application/json",
+            Some(b"{}"),
+            &headers,
+        );
         assert_eq!(r.status, 200, "{}", r.body);
         r.json()["token"].as_str().unwrap().to_string()
     }
