@@ -156,6 +156,8 @@ struct Slim {
 struct ServerProc {
     child: Child,
     addr: String,
+    /// Its admin bearer token (`--admin-token-file`).
+    token: String,
     _dir: tempfile_dir::TempDir,
 }
 
@@ -179,10 +181,16 @@ impl ServerProc {
         let exe = std::env::current_exe().map_err(|e| format!("finding this binary: {e}"))?;
         // Plain HTTP on loopback: the bench measures the fleet, not TLS,
         // and its simulated robots speak the agent API on the same port.
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let token = crate::server::object::hex(&crate::server::object::random_bytes::<16>());
+        let token_file = dir.join("admin-token");
+        std::fs::write(&token_file, &token).map_err(|e| format!("writing {}: {e}", token_file.display()))?;
         let mut child = Command::new(exe)
             .args(["server", "--insecure-http", "--agent-listen", "127.0.0.1:0"])
             .args(["--listen", "127.0.0.1:0", "--data"])
             .arg(&dir)
+            .arg("--admin-token-file")
+            .arg(&token_file)
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -201,6 +209,7 @@ impl ServerProc {
         Ok(ServerProc {
             child,
             addr,
+            token,
             _dir: tempfile_dir::TempDir(dir),
         })
     }
@@ -253,10 +262,10 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// `kubectl apply -f -` against the bench server (its own cache dir).
-async fn kubectl_apply(addr: &str, doc: &str) -> Result<(), String> {
+async fn kubectl_apply(addr: &str, token: &str, doc: &str) -> Result<(), String> {
     let cache = std::env::temp_dir().join(format!("k8s4r-bench-kubectl-{}", crate::server::object::name_suffix()));
     let _cleanup = tempfile_dir::TempDir(cache.clone());
-    let (addr, doc) = (addr.to_string(), doc.to_string());
+    let (addr, token, doc) = (addr.to_string(), token.to_string(), doc.to_string());
     let out = tokio::task::spawn_blocking(move || -> std::io::Result<std::process::Output> {
         use std::io::Write;
         let mut child = Command::new("kubectl")
@@ -265,6 +274,8 @@ async fn kubectl_apply(addr: &str, doc: &str) -> Result<(), String> {
             .arg(format!("http://{addr}"))
             .arg("--cache-dir")
             .arg(&cache)
+            .arg("--token")
+            .arg(&token)
             .args(["apply", "-f", "-"])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -333,9 +344,10 @@ async fn run_one(n: usize, timeout: Duration, use_kubectl: bool, setup: Setup) -
         .collect();
     let cpu = || pids.iter().map(|&p| cpu_ms(p)).sum::<f64>();
     let addr = addrs[0].clone();
+    let token = servers[0].token.clone();
     let mut admin = Conn::connect(&addr).await.map_err(|e| e.to_string())?;
     let (_, body) = admin
-        .request("POST", "/agent/v1/jointokens", None, Some("{}"))
+        .request("POST", "/agent/v1/jointokens", Some(&token), Some("{}"))
         .await
         .map_err(|e| e.to_string())?;
     let join: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
@@ -414,14 +426,14 @@ async fn run_one(n: usize, timeout: Duration, use_kubectl: bool, setup: Setup) -
             "tasks": [{"name": "t", "driver": "exec", "config": {"execConfig": {"command": "/bin/true"}}}]}]}});
     let t0 = Instant::now();
     let applied_with = if use_kubectl {
-        kubectl_apply(&addr, &jobdoc.to_string()).await?;
+        kubectl_apply(&addr, &token, &jobdoc.to_string()).await?;
         "kubectl apply"
     } else {
         let (code, reply) = admin
             .request(
                 "POST",
                 "/apis/robot.k8s4r.io/v1alpha1/namespaces/default/jobs",
-                None,
+                Some(&token),
                 Some(&jobdoc.to_string()),
             )
             .await

@@ -100,10 +100,16 @@ OPTIONS:
     --insecure-http          Serve the Kubernetes API over plain HTTP, without TLS:
                              only on a loopback --listen address (for tests)
     --log-level LEVEL        off, error, warn, info, debug, trace [default: info]
-    --admin-token-file FILE  Require this bearer token for the Kubernetes API and
-                             join tokens [default: open API]. kubectl sends tokens
-                             only over https: put a TLS-terminating proxy in front.
-                             (Also accepted as --auth-token-file.)
+    --token-auth-file FILE   Static bearer tokens, kube-apiserver's CSV format:
+                             token,user,uid[,\"group1,group2\"] per line. Groups:
+                             k8s4r:admins (or system:masters), k8s4r:operators,
+                             k8s4r:viewers. kubectl sends tokens only over https.
+    --admin-token-file FILE  One bearer token for user \"admin\" in system:masters
+                             (also accepted as --auth-token-file)
+    --audit-log-path FILE    Write an audit event (audit.k8s.io/v1, one JSON line)
+                             per mutating request; `-` is standard output
+    --audit-log-maxsize MB   Rotate the audit log to FILE.1 at this size; 0 never
+                             [default: 100]
     -h, --help               Print help
 
 On first start it creates a CA and a serving certificate (kept in the store,
@@ -123,6 +129,9 @@ Durations in requests (timeoutSeconds, ttlSeconds) are at most 10 years.
 const MAX_POLL_INTERVAL: Duration = Duration::from_secs(86_400);
 /// Longest `--offline-after`.
 const MAX_OFFLINE_AFTER: Duration = Duration::from_secs(30 * 86_400);
+/// Largest `--audit-log-maxsize` (1 TiB): the byte count stays far from
+/// overflowing.
+const MAX_AUDIT_LOG_MB: u64 = 1 << 20;
 /// Largest `--max-watches` (each open watch holds memory and a connection).
 const MAX_WATCHES: usize = 1_000_000;
 
@@ -135,8 +144,14 @@ pub struct Config {
     pub tls: tls::TlsFlags,
     /// Serve the Kubernetes API without TLS (loopback only).
     pub insecure_http: bool,
-    /// File holding the operator bearer token; None: the API is open.
+    /// File holding the admin's bearer token.
     pub admin_token_file: Option<PathBuf>,
+    /// kube-apiserver's static token file (`--token-auth-file`).
+    pub token_auth_file: Option<PathBuf>,
+    /// `--audit-log-path` (`-`: stdout); None: no audit log.
+    pub audit_log_path: Option<PathBuf>,
+    /// `--audit-log-maxsize` in MiB; 0: never rotate.
+    pub audit_log_max_mb: u64,
     pub data: PathBuf,
     /// etcd client URLs; empty: the SQLite store in `data`.
     pub etcd: Vec<String>,
@@ -159,6 +174,9 @@ impl Default for Config {
             tls: tls::TlsFlags::default(),
             insecure_http: false,
             admin_token_file: None,
+            token_auth_file: None,
+            audit_log_path: None,
+            audit_log_max_mb: auth::audit::DEFAULT_MAX_MB,
             data: PathBuf::from("k8s4r-data"),
             etcd: Vec::new(),
             etcd_tls: Default::default(),
@@ -233,6 +251,11 @@ pub fn cmd_server(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
             Long("etcd-keyfile") => cfg.etcd_tls.key = Some(parser.value()?.into()),
             // `--auth-token-file` is the name Kubernetes users look for.
             Long("admin-token-file" | "auth-token-file") => cfg.admin_token_file = Some(parser.value()?.into()),
+            Long("token-auth-file") => cfg.token_auth_file = Some(parser.value()?.into()),
+            Long("audit-log-path") => cfg.audit_log_path = Some(parser.value()?.into()),
+            Long("audit-log-maxsize") => {
+                cfg.audit_log_max_mb = count_arg(parser, "--audit-log-maxsize", MAX_AUDIT_LOG_MB)?
+            }
             Long("poll-interval") => {
                 cfg.fleet.poll_interval = bounded_duration_arg(parser, "--poll-interval", MAX_POLL_INTERVAL)?
             }
@@ -327,7 +350,8 @@ pub enum ServeError {
     Tls(tls::TlsError),
     /// Writing `<data>/admin.kubeconfig`.
     Kubeconfig(String),
-    AdminToken(PathBuf, String),
+    Tokens(auth::authn::TokenFileError),
+    AuditLog(PathBuf, std::io::Error),
     Serve(std::io::Error),
 }
 
@@ -346,7 +370,8 @@ impl std::fmt::Display for ServeError {
             ),
             ServeError::Tls(e) => write!(f, "setting up HTTPS: {e}"),
             ServeError::Kubeconfig(e) => write!(f, "the data directory or its admin kubeconfig: {e}"),
-            ServeError::AdminToken(p, e) => write!(f, "reading the admin token {}: {e}", p.display()),
+            ServeError::Tokens(e) => write!(f, "reading the tokens: {e}"),
+            ServeError::AuditLog(p, e) => write!(f, "opening the audit log {}: {e}", p.display()),
             ServeError::Serve(e) => write!(f, "serving: {e}"),
         }
     }
@@ -356,19 +381,12 @@ impl std::error::Error for ServeError {}
 
 /// Open the store, start the controllers, serve until SIGINT/SIGTERM.
 pub async fn serve(cfg: Config) -> Result<(), ServeError> {
-    let admin_token_hash = match &cfg.admin_token_file {
-        None => None,
-        Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|e| ServeError::AdminToken(p.clone(), e.to_string()))?;
-            let token = text.trim();
-            if token.len() < 16 {
-                return Err(ServeError::AdminToken(
-                    p.clone(),
-                    "the token must be at least 16 characters".into(),
-                ));
-            }
-            Some(tokens::hash(token))
-        }
+    let authn = auth::authn::Authenticator::load(cfg.token_auth_file.as_deref(), cfg.admin_token_file.as_deref())
+        .map_err(ServeError::Tokens)?;
+    let audit = match &cfg.audit_log_path {
+        None => auth::audit::Audit::disabled(),
+        Some(p) => auth::audit::Audit::open(p, cfg.audit_log_max_mb.saturating_mul(1024 * 1024))
+            .map_err(|e| ServeError::AuditLog(p.clone(), e))?,
     };
     private_dir(&cfg.data).map_err(ServeError::Kubeconfig)?;
     let backend = open_stores(&cfg).await?;
@@ -387,7 +405,8 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     let tokens = Arc::new(tokens::Tokens::new(store));
     let channel = robot_channel::Channel::new(server_keys, tokens.clone(), cfg.robot_clock_skew);
     let app = Arc::new(http::App {
-        admin_token_hash,
+        authn,
+        audit,
         registry: registry.clone(),
         events: event_store,
         agents: agents::Agents {
@@ -411,9 +430,6 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     }
     let agent_listener = bind(&cfg.agent_listen).await?;
     let agent_addr = local_addr(&agent_listener, &cfg.agent_listen)?;
-    if cfg.admin_token_file.is_none() && !addr.ip().is_loopback() {
-        log::warn!("the API on {addr} is open to anyone who can reach it; use --admin-token-file");
-    }
     let https = if cfg.insecure_http {
         None
     } else {
@@ -455,7 +471,11 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let agents = axum::serve(agent_listener, http::agent_router(app.clone()))
+    // The peer address: the audit log's sourceIPs.
+    let agents = axum::serve(
+        agent_listener,
+        http::agent_router(app.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+    )
         .with_graceful_shutdown(until_stopped(stopped.clone()));
     let api = async {
         match https {
@@ -471,7 +491,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
                     .await
             }
             None => {
-                axum::serve(listener, http::router(app))
+                axum::serve(listener, http::router(app).into_make_service_with_connect_info::<SocketAddr>())
                     .with_graceful_shutdown(until_stopped(stopped.clone()))
                     .await
             }

@@ -74,6 +74,15 @@ pub fn format_rfc3339(secs: i64) -> String {
     )
 }
 
+/// `t` with microseconds (`2024-05-01T10:00:00.123456Z`), as audit events
+/// carry their timestamps; times before 1970 are 1970.
+pub fn format_rfc3339_micros(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2);
+    let whole = format_rfc3339(secs);
+    format!("{}.{:06}Z", whole.trim_end_matches('Z'), d.subsec_micros())
+}
+
 /// Parse `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)`.
 pub fn parse_rfc3339(text: &str) -> Option<i64> {
     let b = text.as_bytes();
@@ -161,6 +170,10 @@ mod tests {
             assert_eq!(parse_rfc3339(&format_rfc3339(t)), Some(t));
         }
         assert_eq!(format_rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(
+            format_rfc3339_micros(UNIX_EPOCH + Duration::from_micros(1_700_000_000_000_123)),
+            "2023-11-14T22:13:20.000123Z"
+        );
         assert_eq!(parse_rfc3339("2023-11-14T23:13:20.5+01:00"), Some(1_700_000_000));
         assert_eq!(parse_rfc3339("yesterday"), None);
         assert_eq!(parse_rfc3339("2023-13-14T23:13:20Z"), None);

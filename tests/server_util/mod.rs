@@ -36,12 +36,51 @@ pub struct Server {
     pub agent_base: String,
     /// `<data>/admin.kubeconfig`, written by the server.
     pub kubeconfig: PathBuf,
-    /// Trusts the server's CA and presents the admin client certificate.
+    /// Trusts the server's CA; no client certificate (see [`Started::client`]).
     client: ureq::Agent,
     pub data: tempfile::TempDir,
     cache: tempfile::TempDir,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    /// The bearer token requests carry unless they bring their own.
+    token: Option<String>,
+    /// The admin token the harness's own helpers use (`metric`,
+    /// `join_token`, `cli_auth_args`): the harness's, or the one a test
+    /// configured with `--admin-token-file`.
+    admin: Option<String>,
+}
+
+/// The admin token of servers the harness configures itself.
+pub const ADMIN_TOKEN: &str = "harness-admin-token-0123456789abcdef";
+
+/// Flags that configure credentials: a test passing one speaks for itself
+/// (and its requests carry only the headers it gives).
+const AUTH_FLAGS: &[&str] = &["--token-auth-file", "--admin-token-file", "--auth-token-file"];
+
+/// Where the admin token is for `k8s4r token --token-file`.
+const ADMIN_TOKEN_FILE: &str = "harness-admin-token";
+
+/// The harness's credentials for a new server in `data`: a token file
+/// with an admin (its flags, and the token requests then carry), unless
+/// `args` configure credentials already.
+fn harness_credentials(data: &Path, args: &[String]) -> (Vec<String>, Option<String>) {
+    if args.iter().any(|a| AUTH_FLAGS.contains(&a.as_str())) {
+        return (vec![], None);
+    }
+    let file = data.join("harness-tokens.csv");
+    std::fs::write(&file, format!("{ADMIN_TOKEN},admin,0,k8s4r:admins\n")).expect("write the token file");
+    std::fs::write(data.join(ADMIN_TOKEN_FILE), ADMIN_TOKEN).expect("write the admin token");
+    let flags = vec!["--token-auth-file".to_string(), file.display().to_string()];
+    (flags, Some(ADMIN_TOKEN.to_string()))
+}
+
+/// The token of `--admin-token-file FILE` (or `--auth-token-file`) in `args`.
+fn configured_admin(args: &[String]) -> Option<String> {
+    let at = args
+        .iter()
+        .position(|a| a == "--admin-token-file" || a == "--auth-token-file")?;
+    let text = std::fs::read_to_string(args.get(at + 1)?).ok()?;
+    Some(text.trim().to_string())
 }
 
 pub struct Reply {
@@ -81,10 +120,14 @@ struct Started {
 }
 
 impl Started {
-    /// A client as the kubeconfig describes it (the CA, the admin
-    /// certificate), built once per start.
+    /// A client trusting the kubeconfig's CA, built once per start.
     fn client(&self) -> ureq::Agent {
-        let resolved = k8s4r::server::kubeconfig::load(&self.kubeconfig).expect("the admin kubeconfig");
+        let mut resolved = k8s4r::server::kubeconfig::load(&self.kubeconfig).expect("the admin kubeconfig");
+        // Requests authenticate with bearer tokens (the harness's admin
+        // token, or a test's own), so a test's token decides who it is;
+        // kubectl and the k8s4r CLI use the kubeconfig's certificate.
+        resolved.cert_pem = None;
+        resolved.key_pem = None;
         k8s4r::server::kubeclient::agent(&resolved, Some(REQUEST_TIMEOUT)).expect("a client from the admin kubeconfig")
     }
 }
@@ -149,7 +192,10 @@ impl Server {
     /// With extra environment variables (test-only switches of the server).
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
         let data = tempfile::tempdir().expect("tempdir");
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let (auth_flags, token) = harness_credentials(data.path(), &args);
+        let admin = token.clone().or_else(|| configured_admin(&args));
+        args.extend(auth_flags);
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let started = spawn(data.path(), &args, &env);
         Server {
@@ -162,6 +208,8 @@ impl Server {
             cache: tempfile::tempdir().expect("tempdir"),
             args,
             env,
+            token,
+            admin,
         }
     }
 
@@ -178,6 +226,8 @@ impl Server {
             cache: tempfile::tempdir().expect("tempdir"),
             args: vec![],
             env: vec![],
+            token: Some(ADMIN_TOKEN.to_string()),
+            admin: Some(ADMIN_TOKEN.to_string()),
         }
     }
 
@@ -244,6 +294,31 @@ impl Server {
         self.respawn();
     }
 
+    /// The `Authorization` header requests carry by default, if any.
+    pub fn auth_header(&self) -> Option<(&'static str, String)> {
+        self.token.as_ref().map(|t| ("Authorization", format!("Bearer {t}")))
+    }
+
+    /// An admin's `Authorization` header, for the harness's own helpers.
+    fn admin_headers(&self) -> Vec<(&'static str, String)> {
+        self.admin
+            .iter()
+            .map(|t| ("Authorization", format!("Bearer {t}")))
+            .collect()
+    }
+
+    /// Flags that give `k8s4r token` / `k8s4r logs` the harness's admin
+    /// credentials (none for a server the test configured itself).
+    pub fn cli_auth_args(&self) -> Vec<String> {
+        match &self.token {
+            Some(_) => vec![
+                "--token-file".into(),
+                self.data.path().join(ADMIN_TOKEN_FILE).display().to_string(),
+            ],
+            None => vec![],
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -258,7 +333,15 @@ impl Server {
         body: Option<&[u8]>,
         headers: &[(&str, &str)],
     ) -> Reply {
-        send(&self.client, method, &self.url(path), content_type, body, headers)
+        // Robots carry their own credentials, never a user's.
+        let user_path = !k8s4r::server::auth::is_robot_channel(path.split('?').next().unwrap_or(path));
+        let brings_own = headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("authorization"));
+        let default_auth = self.auth_header().filter(|_| user_path && !brings_own);
+        let mut all = headers.to_vec();
+        if let Some((k, v)) = &default_auth {
+            all.push((k, v.as_str()));
+        }
+        send(&self.client, method, &self.url(path), content_type, body, &all)
     }
 
     /// One request to the agent listener, as a robot sends it.
@@ -345,10 +428,15 @@ impl Server {
     /// Stream the lines of a long response (a watch) into a channel.
     pub fn stream(&self, path: &str) -> mpsc::Receiver<String> {
         let url = self.url(path);
+        let auth = self.auth_header();
         let (tx, rx) = mpsc::channel();
         let client = self.client.clone();
         std::thread::spawn(move || {
-            let resp = client.get(&url).call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
+            let mut req = client.get(&url);
+            if let Some((k, v)) = auth {
+                req = req.header(k, v);
+            }
+            let resp = req.call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
             let reader = BufReader::new(resp.into_body().into_reader());
             for line in reader.lines().map_while(Result::ok) {
                 if tx.send(line).is_err() {
@@ -424,7 +512,9 @@ impl Server {
 
     /// One counter or gauge of `/metrics`.
     pub fn metric(&self, name: &str) -> u64 {
-        let r = self.get("/metrics");
+        let admin = self.admin_headers();
+        let headers: Vec<(&str, &str)> = admin.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let r = self.request("GET", "/metrics", "", None, &headers);
         assert_eq!(r.status, 200, "{}", r.body);
         r.body
             .lines()
@@ -434,10 +524,16 @@ impl Server {
     }
 
     /// One request written as raw HTTP/1.1 text to the Kubernetes API (for
-    /// what an HTTP client library would not send), over TLS as the admin
-    /// unless the server runs with --insecure-http; the whole raw answer.
+    /// what an HTTP client library would not send), with the default
+    /// `Authorization` header added after the request line, over TLS as
+    /// the admin unless the server runs with --insecure-http; the whole raw
+    /// answer.
     pub fn raw(&self, request: &str) -> String {
         use std::io::{Read, Write};
+        let request = match (self.auth_header(), request.split_once("\r\n")) {
+            (Some((k, v)), Some((line, rest))) => format!("{line}\r\n{k}: {v}\r\n{rest}"),
+            _ => request.to_string(),
+        };
         let (tls, addr) = match self.base.strip_prefix("https://") {
             Some(a) => (true, a),
             None => (false, self.base.trim_start_matches("http://")),
@@ -506,7 +602,15 @@ impl Server {
     }
 
     pub fn join_token(&self) -> String {
-        let r = self.send_json("POST", "/agent/v1/jointokens", &json!({}));
+        let admin = self.admin_headers();
+        let headers: Vec<(&str, &str)> = admin.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let r = self.request(
+            "POST",
+            "/agent/v1/jointokens",
+            "application/json",
+            Some(b"{}"),
+            &headers,
+        );
         assert_eq!(r.status, 200, "{}", r.body);
         r.json()["token"].as_str().unwrap().to_string()
     }

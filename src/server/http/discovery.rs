@@ -25,7 +25,10 @@ fn group_entry() -> Value {
 }
 
 pub fn api_group_list() -> Value {
-    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [group_entry()]})
+    let groups: Vec<Value> = std::iter::once(group_entry())
+        .chain(REVIEW_GROUPS.iter().map(|g| review_group_entry(g.group)))
+        .collect();
+    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
 pub fn api_group() -> Value {
@@ -69,5 +72,51 @@ pub fn core_resources() -> Value {
     json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1", "resources": [{
         "name": "events", "singularName": "event", "namespaced": true, "kind": "Event",
         "verbs": ["get", "list"], "shortNames": ["ev"],
+    }]})
+}
+
+/// The review groups `kubectl auth can-i` and `kubectl auth whoami` find
+/// through discovery: each serves one create-only, cluster-scoped resource.
+pub struct ReviewGroup {
+    pub group: &'static str,
+    pub plural: &'static str,
+    singular: &'static str,
+    kind: &'static str,
+}
+
+pub const REVIEW_GROUPS: &[ReviewGroup] = &[
+    ReviewGroup {
+        group: crate::server::auth::authz::AUTHORIZATION_GROUP,
+        plural: crate::server::auth::authz::ACCESS_REVIEWS,
+        singular: "selfsubjectaccessreview",
+        kind: "SelfSubjectAccessReview",
+    },
+    ReviewGroup {
+        group: crate::server::auth::authz::AUTHENTICATION_GROUP,
+        plural: crate::server::auth::authz::SELF_REVIEWS,
+        singular: "selfsubjectreview",
+        kind: "SelfSubjectReview",
+    },
+];
+
+/// Both review groups are served at v1 only.
+pub const REVIEW_VERSION: &str = "v1";
+
+fn review_group_entry(group: &str) -> Value {
+    let gv = json!({"groupVersion": format!("{group}/{REVIEW_VERSION}"), "version": REVIEW_VERSION});
+    json!({"name": group, "versions": [gv.clone()], "preferredVersion": gv})
+}
+
+pub fn review_group(g: &ReviewGroup) -> Value {
+    let mut v = review_group_entry(g.group);
+    v["kind"] = json!("APIGroup");
+    v["apiVersion"] = json!("v1");
+    v
+}
+
+pub fn review_resources(g: &ReviewGroup) -> Value {
+    json!({"kind": "APIResourceList", "apiVersion": "v1",
+           "groupVersion": format!("{}/{REVIEW_VERSION}", g.group), "resources": [{
+        "name": g.plural, "singularName": g.singular, "namespaced": false, "kind": g.kind, "verbs": ["create"],
     }]})
 }

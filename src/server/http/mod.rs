@@ -8,8 +8,10 @@ mod channel;
 mod agent_listener;
 mod discovery;
 mod events;
+mod guard;
 mod k8s;
 mod openapi;
+mod reviews;
 pub mod table;
 mod watch;
 
@@ -34,9 +36,10 @@ use std::time::Duration;
 
 /// Everything the handlers need.
 pub struct App {
-    /// SHA-256 of the operator token; when set, the Kubernetes API and
-    /// join-token creation need `Authorization: Bearer <token>`.
-    pub admin_token_hash: Option<String>,
+    /// Who a request is from (certificate, bearer token).
+    pub authn: crate::server::auth::authn::Authenticator,
+    /// Where mutating requests are recorded.
+    pub audit: crate::server::auth::audit::Audit,
     pub registry: Registry,
     /// Where Events are kept (`/api/v1/namespaces/{ns}/events`).
     pub events: Arc<dyn crate::server::store::Store>,
@@ -62,6 +65,7 @@ const GV: &str = "/apis/robot.k8s4r.io/v1alpha1";
 const DISCOVERY: &[&str] = &[
     "/version",
     "/healthz",
+    "/livez",
     "/readyz",
     "/metrics",
     "/api",
@@ -71,6 +75,10 @@ const DISCOVERY: &[&str] = &[
     GV,
     "/openapi/v3",
     "/openapi/v3/apis/robot.k8s4r.io/v1alpha1",
+    "/apis/authorization.k8s.io",
+    "/apis/authorization.k8s.io/v1",
+    "/apis/authentication.k8s.io",
+    "/apis/authentication.k8s.io/v1",
 ];
 
 pub fn router(app: AppState) -> Router {
@@ -94,6 +102,7 @@ fn routes(app: AppState) -> Router {
             get(|| async { json(StatusCode::OK, &discovery::version()) }),
         )
         .route("/healthz", get(|| async { "ok" }))
+        .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
         .route(
@@ -153,6 +162,21 @@ fn routes(app: AppState) -> Router {
             &format!("{g}/namespaces/{{ns}}/{{plural}}/{{name}}/log"),
             get(agent::task_log),
         );
+    for g in discovery::REVIEW_GROUPS {
+        let gv = format!("/apis/{}/{}", g.group, discovery::REVIEW_VERSION);
+        r = r
+            .route(
+                &format!("/apis/{}", g.group),
+                get(move || async move { json(StatusCode::OK, &discovery::review_group(g)) }),
+            )
+            .route(
+                &gv,
+                get(move || async move { json(StatusCode::OK, &discovery::review_resources(g)) }),
+            );
+    }
+    r = r
+        .route(reviews::ACCESS_REVIEWS, post(reviews::access_review))
+        .route(reviews::SELF_REVIEWS, post(reviews::self_review));
     if app.test_panic_route {
         r = r.route("/debug/panic", get(deliberate_panic));
     }
@@ -160,7 +184,7 @@ fn routes(app: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(require_known_body_type))
-        .layer(axum::middleware::from_fn_with_state(app.clone(), require_admin))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), guard::guard))
         .layer(axum::middleware::from_fn(reject_oversized))
         .with_state(app)
 }
@@ -169,7 +193,7 @@ fn routes(app: AppState) -> Router {
 async fn metrics(axum::extract::State(app): axum::extract::State<AppState>) -> Response {
     let watches = app.limits.watches.saturating_sub(app.watch_slots.available_permits());
     let text = format!(
-        "{}# HELP k8s4r_watches_open Watches being served (at most --max-watches).\n\
+        "{}{}# HELP k8s4r_watches_open Watches being served (at most --max-watches).\n\
          # TYPE k8s4r_watches_open gauge\n\
          k8s4r_watches_open {watches}\n\
          # HELP k8s4r_long_polls_open Robots with a long poll open (one each at most).\n\
@@ -179,6 +203,7 @@ async fn metrics(axum::extract::State(app): axum::extract::State<AppState>) -> R
          # TYPE k8s4r_robot_channel_refused_total counter\n\
          k8s4r_robot_channel_refused_total {}\n",
         crate::server::panics::metrics_text(),
+        app.audit.metrics_text(),
         app.agents.polls.open(),
         app.agents.channel.refused_total(),
     );
@@ -252,7 +277,9 @@ fn has_body(headers: &HeaderMap) -> bool {
 /// asking first only as text/plain, form data, or with no Content-Type at
 /// all, and none of those is accepted on plain HTTP (kube-apiserver reads
 /// a body without a Content-Type as JSON; this server does so over TLS
-/// only).
+/// only). Protobuf, which
+/// kubectl uses for its access reviews, is accepted there only (a browser
+/// asks first before sending it cross-origin).
 async fn require_known_body_type(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     if has_body(req.headers()) {
         let given = req
@@ -265,7 +292,9 @@ async fn require_known_body_type(req: axum::extract::Request, next: axum::middle
         // handshake with the HTTPS listener without trusting the cluster's
         // CA, so the rule is for the plain-HTTP listeners.
         let untyped_over_tls = given.is_none() && crate::server::tls::listener::over_tls(&req);
-        let known = media.as_deref().is_some_and(|m| BODY_TYPES.contains(&m)) || untyped_over_tls;
+        let known = media.as_deref().is_some_and(|m| {
+            BODY_TYPES.contains(&m) || (m == reviews::PROTOBUF && reviews::takes_protobuf(req.uri().path()))
+        }) || untyped_over_tls;
         if !known {
             let what = match given {
                 Some(t) => format!("Content-Type {t:?} is not supported"),
@@ -300,52 +329,6 @@ pub fn check_seconds(name: &str, seconds: u64) -> Result<(), Status> {
         )));
     }
     Ok(())
-}
-
-/// Paths open without the operator token: health, version (kubectl's
-/// dispatcher asks before it sends credentials) and the robots' own API
-/// (signed by the robots' keys, checked by the robot channel).
-fn is_open(path: &str) -> bool {
-    matches!(
-        path,
-        "/version" | "/healthz" | "/readyz" | "/metrics" | "/agent/v1/register"
-    ) || (path.starts_with("/agent/v1/robots/"))
-}
-
-/// With an operator token configured, every other request must carry it.
-async fn require_admin(
-    axum::extract::State(app): axum::extract::State<AppState>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    if is_open(req.uri().path()) {
-        return next.run(req).await;
-    }
-    let bearer = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    // A robot token is never an operator: even on a server without an
-    // operator token, a (possibly compromised) robot cannot create Jobs or
-    // read other robots' objects through the Kubernetes API.
-    if bearer.is_some_and(|t| t.starts_with(crate::server::tokens::ROBOT_TOKEN_PREFIX)) {
-        return Status::forbidden("a robot token may only use its own /agent/v1/robots/<name>/ endpoints")
-            .into_response();
-    }
-    let Some(want) = &app.admin_token_hash else {
-        return next.run(req).await;
-    };
-    let given = bearer.map(crate::server::tokens::hash);
-    match given {
-        Some(h) if crate::server::tokens::same(&h, want) => next.run(req).await,
-        Some(_) => Status::unauthorized("the bearer token is not the operator token").into_response(),
-        None => Status::unauthorized(
-            "this server needs Authorization: Bearer <operator token> (kubectl sends it only over https)",
-        )
-        .into_response(),
-    }
 }
 
 /// Refuse a body whose declared length is over the limit before reading

@@ -144,14 +144,17 @@ pub fn cert_user(der: &[u8]) -> Option<CertUser> {
     Some(CertUser(User { name, groups }))
 }
 
-/// Put the connection's [`CertUser`] into each request's extensions.
+/// Put the connection's peer address and [`CertUser`] into each request's
+/// extensions.
 pub async fn insert_cert_user(mut req: axum::extract::Request) -> axum::extract::Request {
-    let user = req
-        .extensions()
-        .get::<ConnectInfo<TlsPeer>>()
-        .and_then(|ConnectInfo(peer)| peer.user.clone());
-    if let Some(user) = user {
-        req.extensions_mut().insert(user);
+    let peer = req.extensions().get::<ConnectInfo<TlsPeer>>().map(|ConnectInfo(p)| p.clone());
+    if let Some(peer) = peer {
+        // The plain peer address too, as the plain listeners give it (the
+        // audit log's sourceIPs reads it).
+        req.extensions_mut().insert(ConnectInfo(peer.addr));
+        if let Some(user) = peer.user {
+            req.extensions_mut().insert(user);
+        }
     }
     req
 }
