@@ -17,7 +17,8 @@ pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Clus
 /// Who this Envoy is, and where its admin socket lives.
 #[derive(Clone, Debug)]
 pub struct Identity<'a> {
-    /// `node.id`: `<job>/<group>`, shown in Envoy's logs and /server_info.
+    /// `node.id`: `<robot>/<job>/<group>`, shown in Envoy's logs and
+    /// /server_info (see [`super::GroupProxy::node_id`]).
     pub node_id: String,
     pub admin_socket: &'a Path,
 }
@@ -32,6 +33,7 @@ pub fn render_static(plan: &Plan, id: &Identity<'_>, opts: &ProxyOptions) -> Res
             ("node_cluster", Slot::text("k8s4r")),
             ("admin", Slot::json(admin(id)?)),
             ("overload", Slot::json(overload(opts)?)),
+            ("stats", Slot::json(fill(t::STATS, &[])?)),
             ("listeners", Slot::json(list(&r.listeners))),
             ("clusters", Slot::json(list(&r.clusters))),
             (
@@ -99,6 +101,7 @@ pub fn render_runtime(
             ("node_cluster", Slot::text("k8s4r")),
             ("admin", Slot::json(admin(&id)?)),
             ("overload", Slot::json(overload(opts)?)),
+            ("stats", Slot::json(fill(t::STATS, &[])?)),
             ("lds_path", Slot::text(layout.lds.to_string_lossy())),
             ("cds_path", Slot::text(layout.cds.to_string_lossy())),
             ("xds_dir", Slot::text(layout.xds_dir.to_string_lossy())),

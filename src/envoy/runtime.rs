@@ -130,6 +130,10 @@ pub fn argv_with(proxy: &GroupProxy, o: &ProxyOptions, layout: &Layout) -> Vec<S
         o.log_level.clone(),
         "--drain-time-s".into(),
         o.drain_time_s.to_string(),
+        // Extensions no rendered config can use are not registered at all
+        // (less memory, less attack surface); see `extensions`.
+        "--disable-extensions".into(),
+        super::extensions::disabled().join(","),
     ]
 }
 
