@@ -24,7 +24,9 @@
 //! - every HTTP/2 options block bounds its stream and connection windows
 //!   (at most 1 MiB);
 //! - outlier detection enforces every consecutive_* counter it sets;
-//! - the router adds no x-envoy-* headers.
+//! - the router adds no x-envoy-* headers;
+//! - in the robot-wide proxy, a listener of a group (name `<group>/...`)
+//!   names only that group's clusters.
 
 use serde_json::{Map, Value};
 use std::collections::HashSet;
@@ -128,6 +130,19 @@ pub fn check_structure(doc: &Value) -> Result<(), String> {
     for v in listeners.iter().chain(clusters) {
         refs.walk(v);
         settings(v)?;
+    }
+    for l in listeners {
+        let name = l["name"].as_str().unwrap_or_default();
+        if let Some((group, _)) = name.split_once('/') {
+            let mut own = Refs::default();
+            own.walk(l);
+            let scope = format!("{group}/");
+            if let Some(other) = own.clusters.iter().find(|c| !c.starts_with(&scope)) {
+                return Err(format!(
+                    "listener {name:?} of group {group} names cluster {other:?} of another group"
+                ));
+            }
+        }
     }
     if let Some(missing) = refs.clusters.iter().find(|c| !cluster_names.contains(c.as_str())) {
         return Err(format!("cluster {missing:?} is referenced but not defined"));

@@ -90,11 +90,29 @@ pub fn render_runtime(
     opts: &ProxyOptions,
 ) -> Result<Runtime, RenderError> {
     let r: Resources = resources::render(plan, opts, FileSecrets::Sds { dir: &layout.sds_dir })?;
+    let sds = match &r.file_secrets {
+        None => Vec::new(),
+        Some(pair) => vec![
+            (SDS_CERT_FILE, xds_file(std::slice::from_ref(&pair.cert), SECRET_TYPE)?),
+            (SDS_CA_FILE, xds_file(std::slice::from_ref(&pair.ca), SECRET_TYPE)?),
+        ],
+    };
+    Ok(Runtime {
+        bootstrap: bootstrap(node_id, layout, opts)?,
+        lds: xds_file(&r.listeners, LISTENER_TYPE)?,
+        cds: xds_file(&r.clusters, CLUSTER_TYPE)?,
+        sds,
+    })
+}
+
+/// The bootstrap of the runtime form: node, admin, overload manager,
+/// stats and the paths of the xDS files; no resources.
+pub fn bootstrap(node_id: &str, layout: &Layout, opts: &ProxyOptions) -> Result<String, RenderError> {
     let id = Identity {
         node_id: node_id.to_string(),
         admin_socket: &layout.admin_socket,
     };
-    let bootstrap = fill(
+    let doc = fill(
         t::BOOTSTRAP,
         &[
             ("node_id", Slot::text(node_id)),
@@ -107,19 +125,21 @@ pub fn render_runtime(
             ("xds_dir", Slot::text(layout.xds_dir.to_string_lossy())),
         ],
     )?;
-    let sds = match &r.file_secrets {
-        None => Vec::new(),
-        Some(pair) => vec![
-            (SDS_CERT_FILE, xds_file(std::slice::from_ref(&pair.cert), SECRET_TYPE)?),
-            (SDS_CA_FILE, xds_file(std::slice::from_ref(&pair.ca), SECRET_TYPE)?),
-        ],
-    };
-    Ok(Runtime {
-        bootstrap: pretty(&bootstrap),
-        lds: xds_file(&r.listeners, LISTENER_TYPE)?,
-        cds: xds_file(&r.clusters, CLUSTER_TYPE)?,
-        sds,
-    })
+    Ok(pretty(&doc))
+}
+
+/// One LDS or CDS file from listeners or clusters already rendered.
+pub fn lds_file(listeners: &[String]) -> Result<String, RenderError> {
+    xds_file(listeners, LISTENER_TYPE)
+}
+
+pub fn cds_file(clusters: &[String]) -> Result<String, RenderError> {
+    xds_file(clusters, CLUSTER_TYPE)
+}
+
+/// A filesystem-SDS secret file.
+pub fn sds_file(secret: &str) -> Result<String, RenderError> {
+    xds_file(std::slice::from_ref(&secret.to_string()), SECRET_TYPE)
 }
 
 /// A filesystem xDS file: `{"version_info", "resources": [Any...]}`. The

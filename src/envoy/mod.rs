@@ -26,6 +26,8 @@
 //! - [`inbound`]: the inbound mTLS + RBAC manifest field; [`cli`]: `render-envoy`;
 //! - [`extensions`]: the `--disable-extensions` list, derived from what
 //!   the renderer emits;
+//! - [`shared`]: the robot-wide Envoy of `--proxy-mode shared`, every
+//!   group's resources scoped by its name;
 //! - [`check`]: the structural check every rendered config passes (tests, fuzzing).
 
 pub mod admin;
@@ -41,6 +43,7 @@ pub mod ports;
 pub mod render;
 pub mod resources;
 pub mod runtime;
+pub mod shared;
 pub mod templates;
 
 pub use inbound::Inbound;
