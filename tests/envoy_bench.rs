@@ -10,6 +10,10 @@
 //! - memory with a stalled upstream: 50 app connections pushing data to an
 //!   upstream that never reads, i.e. what the per-connection buffer limit
 //!   (32 KiB vs Envoy's 1 MiB) is for;
+//! - memory by proxy mode: 1, 5 and 10 groups, one Envoy per group vs the
+//!   robot-wide one (`--proxy-mode shared`), PSS and private anonymous
+//!   memory summed over the proxy processes (also alone:
+//!   `proxy_modes_memory`);
 //! - added latency app → upstream: 10,000 64-byte request/response round
 //!   trips on one connection, direct vs through the plain proxy vs through
 //!   mTLS (robot Envoy → server Envoy → echo), p50/p99.
@@ -38,8 +42,9 @@ fn proxy_benchmark() {
     let memory = idle_memory(&bin, tmp.path());
     let stalled = stalled_memory(&bin, tmp.path());
     let latency = latencies(&bin, tmp.path());
+    let modes = modes_memory(&bin, tmp.path());
     let report = format!(
-        "{{\n  \"envoy\": {:?},\n  \"render\": {render},\n  \"idle_memory\": {memory},\n  \"stalled_upstream_memory\": {stalled},\n  \"latency_us\": {latency}\n}}\n",
+        "{{\n  \"envoy\": {:?},\n  \"render\": {render},\n  \"idle_memory\": {memory},\n  \"stalled_upstream_memory\": {stalled},\n  \"proxy_modes_memory\": {modes},\n  \"latency_us\": {latency}\n}}\n",
         envoy_version(&bin)
     );
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
@@ -47,6 +52,95 @@ fn proxy_benchmark() {
     std::fs::write(out.join("proxy.json"), &report).unwrap();
     serde_json::from_str::<serde_json::Value>(&report).expect("the report is JSON");
     println!("{report}");
+}
+
+#[test]
+#[ignore = "benchmark: run with --ignored (make bench)"]
+fn proxy_modes_memory() {
+    let Some(bin) = envoy_or_skip("proxy_modes_memory") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    println!("{}", modes_memory(&bin, tmp.path()));
+}
+
+/// (PSS, private anonymous) of a process in KiB, from smaps_rollup.
+fn pss_and_anon(pid: u32) -> (u64, u64) {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let field = |name: &str| -> u64 {
+        smaps
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("Pss:"), field("Anonymous:"))
+}
+
+/// 1, 5 and 10 groups (each `demo_network`), idle: one Envoy per group vs
+/// one robot-wide Envoy; PSS and anonymous memory summed over the proxy
+/// processes, the median of three runs.
+fn modes_memory(bin: &Path, tmp: &Path) -> String {
+    let echo = Server::echo();
+    let median = |mut v: Vec<(u64, u64)>| {
+        v.sort();
+        let pss = v[v.len() / 2].0;
+        v.sort_by_key(|x| x.1);
+        (pss, v[v.len() / 2].1)
+    };
+    let per_group = |n: usize, run: usize| -> (u64, u64) {
+        let envoys: Vec<Envoy> = (0..n)
+            .map(|i| {
+                let dir = tmp.join(format!("modes-group-{n}-{run}-{i}"));
+                let g = GroupProxy {
+                    envoy_bin: bin.to_path_buf(),
+                    ..proxy(&format!("g{i}"), &dir, demo_network(echo.port))
+                };
+                let mut e = Envoy::start(&envoy::prepare(&g).unwrap(), dir.join("envoy.log"));
+                e.wait_ready();
+                e
+            })
+            .collect();
+        envoys
+            .iter()
+            .map(|e| pss_and_anon(e.pid()))
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    };
+    let shared = |n: usize, run: usize| -> (u64, u64) {
+        let robot = envoy::shared::SharedProxy {
+            robot: "bench".into(),
+            dir: tmp.join(format!("modes-shared-{n}-{run}")),
+            envoy_bin: bin.to_path_buf(),
+            options: Default::default(),
+        };
+        let members: Vec<envoy::shared::Member> = (0..n)
+            .map(|i| envoy::shared::Member {
+                key: format!("job-g{i}"),
+                network: demo_network(echo.port),
+                extras: ProxyExtras::default(),
+            })
+            .collect();
+        let launch = envoy::shared::prepare(&robot, &members).unwrap();
+        let mut e = Envoy::start(&launch, robot.dir.join("envoy.log"));
+        e.wait_ready();
+        pss_and_anon(e.pid())
+    };
+    let mut rows = Vec::new();
+    for n in [1, 5, 10] {
+        let (gp, ga) = median((0..3).map(|r| per_group(n, r)).collect());
+        let (sp, sa) = median((0..3).map(|r| shared(n, r)).collect());
+        println!(
+            "groups {n:>2}: per group {:>4} MiB PSS / {:>4} MiB anon | shared {:>4} MiB PSS / {:>4} MiB anon",
+            gp / 1024,
+            ga / 1024,
+            sp / 1024,
+            sa / 1024
+        );
+        rows.push(format!(
+            "{{\"groups\": {n}, \"per_group\": {{\"pss_kib\": {gp}, \"anon_kib\": {ga}}}, \"shared\": {{\"pss_kib\": {sp}, \"anon_kib\": {sa}}}}}"
+        ));
+    }
+    format!("[{}]", rows.join(", "))
 }
 
 fn envoy_version(bin: &Path) -> String {

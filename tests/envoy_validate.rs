@@ -121,6 +121,10 @@ fn every_static_variant_passes_envoy_validate() {
             admin_socket: &layout.admin_socket,
         };
         let text = render_static(&plan, &id, &Default::default()).unwrap();
+        let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+        if let Err(e) = k8s4r::envoy::check::check_structure(&doc) {
+            failures.push(format!("{}: check: {e}", v.name));
+        }
         let file = tmp.path().join(format!("{}.json", v.name));
         std::fs::write(&file, &text).unwrap();
         if let Err(e) = validate(&envoy, &file) {
@@ -145,6 +149,35 @@ fn envoy_validate_rejects_a_broken_config() {
     )
     .unwrap();
     assert!(validate(&envoy, &file).is_err());
+}
+
+/// The allowlist is really applied: a config naming an extension the
+/// renderer never emits (the echo network filter) validates without the
+/// flag and is refused with it.
+#[test]
+fn disabled_extensions_are_refused_by_envoy() {
+    let Some(envoy) = envoy_or_skip("disabled_extensions_are_refused_by_envoy") else {
+        return;
+    };
+    let off = k8s4r::envoy::extensions::disabled();
+    assert!(off
+        .iter()
+        .any(|e| e == "envoy.filters.network/envoy.filters.network.echo"));
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("echo.json");
+    std::fs::write(
+        &file,
+        r#"{"static_resources":{"listeners":[{"name":"x","address":{"socket_address":{"address":"127.0.0.1","port_value":1}},"filter_chains":[{"filters":[{"name":"envoy.filters.network.echo","typed_config":{"@type":"type.googleapis.com/envoy.extensions.filters.network.echo.v3.Echo"}}]}]}]}}"#,
+    )
+    .unwrap();
+    let plain = std::process::Command::new(&envoy)
+        .args(["--mode", "validate", "--log-level", "error", "-c"])
+        .arg(&file)
+        .status()
+        .unwrap();
+    assert!(plain.success(), "the echo filter validates without the allowlist");
+    let err = validate(&envoy, &file).unwrap_err();
+    assert!(err.contains("echo"), "{err}");
 }
 
 /// The runtime form of every variant: Envoy starts from the bootstrap and

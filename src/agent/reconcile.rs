@@ -445,6 +445,7 @@ impl Reconciler {
             })?,
         };
         Ok(GroupProxy {
+            robot: self.config.robot.clone(),
             job: first.job().to_string(),
             group: first.group().to_string(),
             network: network.clone(),

@@ -407,6 +407,10 @@ pub struct Upstream {
     /// Per-upstream trust domain / SPIRE socket, overriding the group's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spiffe: Option<SpiffeConfig>,
+    /// tcp: a connection with no traffic either way for this long is
+    /// closed (default 1h; `0s`: never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Upstream {

@@ -409,6 +409,13 @@ fn check_network(
         if let Some(s) = &up.spiffe {
             check_spiffe(errs, &format!("{p}.spiffe"), s);
         }
+        errs.duration(&format!("{p}.idleTimeout"), &up.idle_timeout);
+        if up.idle_timeout.is_some() && up.protocol() != crate::api::Protocol::Tcp {
+            errs.add(
+                &format!("{p}.idleTimeout"),
+                "only for protocol tcp (http and grpc pool their connections)",
+            );
+        }
         if up.tls() && net.is_active() {
             let spiffe = up.spiffe.as_ref().or(net.spiffe.as_ref());
             if spiffe.is_none() && net.tls_files.is_none() {

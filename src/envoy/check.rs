@@ -15,7 +15,18 @@
 //! - every cluster named by a tcp_proxy, route or gRPC service exists;
 //! - every SDS secret has a source: a static secret of that name, a gRPC
 //!   SDS cluster, or a file path;
-//! - the admin API is on a unix socket, never a TCP port.
+//! - the admin API is on a unix socket, never a TCP port;
+//! - a TLS (inbound) listener skips the global connection budget, has its
+//!   own connection limit as its first filter and a handshake timeout;
+//! - every TLS context allows TLS 1.3 as its maximum;
+//! - a cluster whose endpoint is an IP literal is STATIC; a DNS cluster
+//!   respects TTLs and backs off on failures;
+//! - every HTTP/2 options block bounds its stream and connection windows
+//!   (at most 1 MiB);
+//! - outlier detection enforces every consecutive_* counter it sets;
+//! - the router adds no x-envoy-* headers;
+//! - in the robot-wide proxy, a listener of a group (name `<group>/...`)
+//!   names only that group's clusters.
 
 use serde_json::{Map, Value};
 use std::collections::HashSet;
@@ -66,7 +77,8 @@ pub fn check_structure(doc: &Value) -> Result<(), String> {
                 Some(t) if t.pointer("/typed_config/require_client_certificate") != Some(&Value::Bool(true)) => {
                     return Err(format!("{what}: a TLS listener must require client certificates"))
                 }
-                _ => {}
+                Some(_) => inbound_chain(l, chain).map_err(|e| format!("{what}: {e}"))?,
+                None => {}
             }
         }
     }
@@ -90,6 +102,19 @@ pub fn check_structure(doc: &Value) -> Result<(), String> {
         if endpoints.is_empty() {
             return Err(format!("{what}: no endpoints"));
         }
+        let ip_literal = endpoints
+            .iter()
+            .any(|a| socket_address(a).is_some_and(|(h, _)| h.parse::<IpAddr>().is_ok()));
+        if ip_literal && c["type"].as_str() != Some("STATIC") {
+            return Err(format!("{what}: an IP literal endpoint must be a STATIC cluster"));
+        }
+        if let Some(dns) = c.pointer("/cluster_type/typed_config") {
+            if dns["respect_dns_ttl"] != Value::Bool(true) || dns.get("dns_failure_refresh_rate").is_none() {
+                return Err(format!(
+                    "{what}: a DNS cluster must respect TTLs and back off on failures"
+                ));
+            }
+        }
         for addr in endpoints {
             let pipe = addr.pointer("/pipe/path").and_then(Value::as_str);
             match (socket_address(addr), pipe) {
@@ -104,6 +129,20 @@ pub fn check_structure(doc: &Value) -> Result<(), String> {
     let mut refs = Refs::default();
     for v in listeners.iter().chain(clusters) {
         refs.walk(v);
+        settings(v)?;
+    }
+    for l in listeners {
+        let name = l["name"].as_str().unwrap_or_default();
+        if let Some((group, _)) = name.split_once('/') {
+            let mut own = Refs::default();
+            own.walk(l);
+            let scope = format!("{group}/");
+            if let Some(other) = own.clusters.iter().find(|c| !c.starts_with(&scope)) {
+                return Err(format!(
+                    "listener {name:?} of group {group} names cluster {other:?} of another group"
+                ));
+            }
+        }
     }
     if let Some(missing) = refs.clusters.iter().find(|c| !cluster_names.contains(c.as_str())) {
         return Err(format!("cluster {missing:?} is referenced but not defined"));
@@ -124,6 +163,64 @@ pub fn check_structure(doc: &Value) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// An inbound (TLS) filter chain: its own budget and a handshake deadline,
+/// so network peers cannot take the apps' connections.
+fn inbound_chain(listener: &Value, chain: &Value) -> Result<(), String> {
+    if listener["ignore_global_conn_limit"] != Value::Bool(true) {
+        return Err("an inbound listener must not use the apps' global connection budget".into());
+    }
+    let first = chain.pointer("/filters/0/typed_config/@type").and_then(Value::as_str);
+    if !first.is_some_and(|t| t.ends_with(".ConnectionLimit")) {
+        return Err("an inbound listener's first filter must be its connection limit".into());
+    }
+    if chain["transport_socket_connect_timeout"]
+        .as_str()
+        .is_none_or(str::is_empty)
+    {
+        return Err("an inbound listener needs a TLS handshake timeout".into());
+    }
+    Ok(())
+}
+
+/// Settings checked wherever they appear below a listener or cluster.
+fn settings(v: &Value) -> Result<(), String> {
+    match v {
+        Value::Array(items) => items.iter().try_for_each(settings),
+        Value::Object(map) => {
+            if let Some(params) = map.get("common_tls_context").map(|c| &c["tls_params"]) {
+                if params["tls_maximum_protocol_version"].as_str() != Some("TLSv1_3") {
+                    return Err("a TLS context must allow TLS 1.3 as its maximum".into());
+                }
+            }
+            if let Some(h2) = map.get("http2_protocol_options").filter(|h| !h.is_null()) {
+                for key in ["initial_stream_window_size", "initial_connection_window_size"] {
+                    if h2[key].as_u64().is_none_or(|w| w > 1 << 20) {
+                        return Err(format!("http2_protocol_options.{key} must be set, at most 1 MiB"));
+                    }
+                }
+            }
+            for (key, value) in map {
+                if let Some(counter) = key.strip_prefix("consecutive_").filter(|c| *c != "5xx") {
+                    let enforcing = &map.get(&format!("enforcing_consecutive_{counter}")).cloned();
+                    if value.as_u64().is_some() && enforcing.as_ref().and_then(Value::as_u64).is_none_or(|p| p == 0) {
+                        return Err(format!("outlier detection counts {key} but never enforces it"));
+                    }
+                }
+            }
+            if map
+                .get("@type")
+                .and_then(Value::as_str)
+                .is_some_and(|t| t.ends_with("router.v3.Router"))
+                && map.get("suppress_envoy_headers") != Some(&Value::Bool(true))
+            {
+                return Err("the router must suppress x-envoy-* headers".into());
+            }
+            map.values().try_for_each(settings)
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Check the runtime form (bootstrap, LDS and CDS files) by folding it into
@@ -224,9 +321,11 @@ mod tests {
                 }],
                 "clusters": [{
                     "name": "out-db",
+                    "outlier_detection": {"consecutive_gateway_failure": 3, "enforcing_consecutive_gateway_failure": 100},
                     "load_assignment": {"cluster_name": "out-db", "endpoints": [{"lb_endpoints": [
                         {"endpoint": {"address": {"socket_address": {"address": "db", "port_value": 5432}}}}]}]},
                     "transport_socket": {"typed_config": {"common_tls_context": {
+                        "tls_params": {"tls_maximum_protocol_version": "TLSv1_3"},
                         "tls_certificate_sds_secret_configs": [{"name": "cert", "sds_config": null}],
                         "combined_validation_context": {"validation_context_sds_secret_config": {"name": "ca", "sds_config": null}}
                     }}}
@@ -267,5 +366,67 @@ mod tests {
             c["admin"] = json!({"address": {"socket_address": {"address": "0.0.0.0", "port_value": 9901}}})
         });
         assert!(e.contains("admin"), "{e}");
+        let e = broken(&|c| {
+            c["static_resources"]["clusters"][0]["transport_socket"]["typed_config"]["common_tls_context"]
+                ["tls_params"] = json!({})
+        });
+        assert!(e.contains("TLS 1.3"), "{e}");
+        let e = broken(&|c| {
+            c["static_resources"]["clusters"][0]["outlier_detection"]
+                .as_object_mut()
+                .unwrap()
+                .remove("enforcing_consecutive_gateway_failure");
+        });
+        assert!(e.contains("never enforces"), "{e}");
+        let e = broken(&|c| {
+            c["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+                ["address"]["socket_address"]["address"] = json!("10.0.0.1")
+        });
+        assert!(e.contains("STATIC"), "{e}");
+        let e = broken(&|c| c["static_resources"]["clusters"][0]["http2_protocol_options"] = json!({}));
+        assert!(e.contains("initial_stream_window_size"), "{e}");
+    }
+
+    /// The renderer's own output for an inbound listener passes, and each
+    /// inbound protection taken away is named.
+    #[test]
+    fn inbound_listeners_keep_their_own_budget_and_deadline() {
+        use crate::api::{Inbound, NetworkConfig, SpiffeConfig};
+        use crate::envoy::config::{render_static, Identity};
+        let network = NetworkConfig {
+            spiffe: Some(SpiffeConfig {
+                trust_domain: "example.org".into(),
+                agent_socket_path: None,
+            }),
+            inbound: vec![Inbound {
+                name: "api".into(),
+                port: 8443,
+                target_port: 8080,
+                address: None,
+                allowed_spiffe_ids: vec!["spiffe://example.org/a".into()],
+                spiffe: None,
+            }],
+            ..Default::default()
+        };
+        let p = crate::envoy::plan::plan(&network, &[]).unwrap();
+        let id = Identity {
+            node_id: "r/j/g".into(),
+            admin_socket: std::path::Path::new("/a.sock"),
+        };
+        let doc: Value = serde_json::from_str(&render_static(&p, &id, &Default::default()).unwrap()).unwrap();
+        check_structure(&doc).unwrap();
+        let broken = |f: &dyn Fn(&mut Value)| {
+            let mut c = doc.clone();
+            f(&mut c["static_resources"]["listeners"][0]);
+            check_structure(&c).unwrap_err()
+        };
+        let e = broken(&|l| l["ignore_global_conn_limit"] = json!(false));
+        assert!(e.contains("global connection budget"), "{e}");
+        let e = broken(&|l| {
+            l["filter_chains"][0]["filters"].as_array_mut().unwrap().remove(0);
+        });
+        assert!(e.contains("connection limit"), "{e}");
+        let e = broken(&|l| l["filter_chains"][0]["transport_socket_connect_timeout"] = json!(null));
+        assert!(e.contains("handshake timeout"), "{e}");
     }
 }

@@ -17,7 +17,8 @@ pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Clus
 /// Who this Envoy is, and where its admin socket lives.
 #[derive(Clone, Debug)]
 pub struct Identity<'a> {
-    /// `node.id`: `<job>/<group>`, shown in Envoy's logs and /server_info.
+    /// `node.id`: `<robot>/<job>/<group>`, shown in Envoy's logs and
+    /// /server_info (see [`super::GroupProxy::node_id`]).
     pub node_id: String,
     pub admin_socket: &'a Path,
 }
@@ -32,6 +33,7 @@ pub fn render_static(plan: &Plan, id: &Identity<'_>, opts: &ProxyOptions) -> Res
             ("node_cluster", Slot::text("k8s4r")),
             ("admin", Slot::json(admin(id)?)),
             ("overload", Slot::json(overload(opts)?)),
+            ("stats", Slot::json(fill(t::STATS, &[])?)),
             ("listeners", Slot::json(list(&r.listeners))),
             ("clusters", Slot::json(list(&r.clusters))),
             (
@@ -88,22 +90,6 @@ pub fn render_runtime(
     opts: &ProxyOptions,
 ) -> Result<Runtime, RenderError> {
     let r: Resources = resources::render(plan, opts, FileSecrets::Sds { dir: &layout.sds_dir })?;
-    let id = Identity {
-        node_id: node_id.to_string(),
-        admin_socket: &layout.admin_socket,
-    };
-    let bootstrap = fill(
-        t::BOOTSTRAP,
-        &[
-            ("node_id", Slot::text(node_id)),
-            ("node_cluster", Slot::text("k8s4r")),
-            ("admin", Slot::json(admin(&id)?)),
-            ("overload", Slot::json(overload(opts)?)),
-            ("lds_path", Slot::text(layout.lds.to_string_lossy())),
-            ("cds_path", Slot::text(layout.cds.to_string_lossy())),
-            ("xds_dir", Slot::text(layout.xds_dir.to_string_lossy())),
-        ],
-    )?;
     let sds = match &r.file_secrets {
         None => Vec::new(),
         Some(pair) => vec![
@@ -112,11 +98,48 @@ pub fn render_runtime(
         ],
     };
     Ok(Runtime {
-        bootstrap: pretty(&bootstrap),
+        bootstrap: bootstrap(node_id, layout, opts)?,
         lds: xds_file(&r.listeners, LISTENER_TYPE)?,
         cds: xds_file(&r.clusters, CLUSTER_TYPE)?,
         sds,
     })
+}
+
+/// The bootstrap of the runtime form: node, admin, overload manager,
+/// stats and the paths of the xDS files; no resources.
+pub fn bootstrap(node_id: &str, layout: &Layout, opts: &ProxyOptions) -> Result<String, RenderError> {
+    let id = Identity {
+        node_id: node_id.to_string(),
+        admin_socket: &layout.admin_socket,
+    };
+    let doc = fill(
+        t::BOOTSTRAP,
+        &[
+            ("node_id", Slot::text(node_id)),
+            ("node_cluster", Slot::text("k8s4r")),
+            ("admin", Slot::json(admin(&id)?)),
+            ("overload", Slot::json(overload(opts)?)),
+            ("stats", Slot::json(fill(t::STATS, &[])?)),
+            ("lds_path", Slot::text(layout.lds.to_string_lossy())),
+            ("cds_path", Slot::text(layout.cds.to_string_lossy())),
+            ("xds_dir", Slot::text(layout.xds_dir.to_string_lossy())),
+        ],
+    )?;
+    Ok(pretty(&doc))
+}
+
+/// One LDS or CDS file from listeners or clusters already rendered.
+pub fn lds_file(listeners: &[String]) -> Result<String, RenderError> {
+    xds_file(listeners, LISTENER_TYPE)
+}
+
+pub fn cds_file(clusters: &[String]) -> Result<String, RenderError> {
+    xds_file(clusters, CLUSTER_TYPE)
+}
+
+/// A filesystem-SDS secret file.
+pub fn sds_file(secret: &str) -> Result<String, RenderError> {
+    xds_file(std::slice::from_ref(&secret.to_string()), SECRET_TYPE)
 }
 
 /// A filesystem xDS file: `{"version_info", "resources": [Any...]}`. The

@@ -24,12 +24,17 @@
 //! - [`files`]: atomic file replacement; [`options`]: sizing and flags;
 //! - [`admin`]: HTTP over the admin unix socket; [`ports`]: port clashes;
 //! - [`inbound`]: the inbound mTLS + RBAC manifest field; [`cli`]: `render-envoy`;
+//! - [`extensions`]: the `--disable-extensions` list, derived from what
+//!   the renderer emits;
+//! - [`shared`]: the robot-wide Envoy of `--proxy-mode shared`, every
+//!   group's resources scoped by its name;
 //! - [`check`]: the structural check every rendered config passes (tests, fuzzing).
 
 pub mod admin;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod extensions;
 pub mod files;
 pub mod inbound;
 pub mod options;
@@ -38,6 +43,7 @@ pub mod ports;
 pub mod render;
 pub mod resources;
 pub mod runtime;
+pub mod shared;
 pub mod templates;
 
 pub use inbound::Inbound;
@@ -50,6 +56,8 @@ use std::path::{Path, PathBuf};
 /// One TaskGroup's proxy, as the agent sees it on a robot.
 #[derive(Clone, Debug)]
 pub struct GroupProxy {
+    /// The robot's name: part of `node.id` (empty: left out).
+    pub robot: String,
     pub job: String,
     pub group: String,
     /// The group-level network merged with task-level ones (all upstreams);
@@ -64,6 +72,7 @@ pub struct GroupProxy {
 impl Default for GroupProxy {
     fn default() -> Self {
         GroupProxy {
+            robot: String::new(),
             job: String::new(),
             group: String::new(),
             network: NetworkConfig::default(),
@@ -74,9 +83,13 @@ impl Default for GroupProxy {
 }
 
 impl GroupProxy {
-    /// `node.id` in Envoy: `<job>/<group>`.
+    /// `node.id` in Envoy: `<robot>/<job>/<group>`, unique per robot (the
+    /// robot left out when unknown, as in `render-envoy`).
     pub fn node_id(&self) -> String {
-        format!("{}/{}", self.job, self.group)
+        match self.robot.as_str() {
+            "" => format!("{}/{}", self.job, self.group),
+            robot => format!("{robot}/{}/{}", self.job, self.group),
+        }
     }
 }
 

@@ -30,6 +30,18 @@ pub struct ProxyOptions {
     /// agent reports the missing identity instead of starting tasks that
     /// cannot connect.
     pub sds_initial_fetch_timeout_s: u32,
+    /// Connections one inbound listener holds at once (its own budget,
+    /// apart from `max_downstream_connections`, which the apps' loopback
+    /// listeners share): a network peer cannot starve the apps.
+    pub inbound_max_connections: u32,
+    /// Seconds a network peer has to finish its TLS handshake.
+    pub inbound_handshake_timeout_s: u32,
+    /// Seconds a pooled HTTP/1 upstream connection may stay unused: below
+    /// common servers' keep-alive (Node.js, Apache: 5 s).
+    pub http1_idle_timeout_s: u32,
+    /// The same for HTTP/2 (gRPC) upstreams, which close with GOAWAY
+    /// instead of racing a request, so a connection may be kept longer.
+    pub http2_idle_timeout_s: u32,
 }
 
 impl Default for ProxyOptions {
@@ -43,6 +55,10 @@ impl Default for ProxyOptions {
             drain_time_s: 30,
             health_check_interval_s: 10,
             sds_initial_fetch_timeout_s: 0,
+            inbound_max_connections: 256,
+            inbound_handshake_timeout_s: 10,
+            http1_idle_timeout_s: 4,
+            http2_idle_timeout_s: 300,
         }
     }
 }

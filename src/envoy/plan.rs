@@ -120,6 +120,8 @@ pub struct Outbound {
     pub port: u16,
     pub protocol: Protocol,
     pub tls: Option<Tls>,
+    /// tcp_proxy's idle timeout (`idleTimeout`); None: Envoy's 1 h.
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 impl Outbound {
@@ -158,6 +160,10 @@ pub struct Plan {
     pub spire_agents: Vec<SpireAgent>,
     /// Set when some TLS context reads `network.tlsFiles`.
     pub files: Option<crate::api::TlsFiles>,
+    /// Prefix of every resource name: empty in a group's own Envoy,
+    /// `<taskGroup>/` in the robot-wide one, where it keeps each group's
+    /// listeners, clusters and secrets apart (see [`Plan::scoped`]).
+    pub scope: String,
 }
 
 /// Plan the proxy for `network` (its upstreams and inbound listeners) plus
@@ -175,6 +181,7 @@ pub fn plan(network: &NetworkConfig, extra_inbound: &[Inbound]) -> Result<Plan, 
         inbound: Vec::new(),
         spire_agents: Vec::new(),
         files: None,
+        scope: String::new(),
     };
     let mut ports: Vec<(u16, String)> = Vec::new();
     let mut claim = |port: u16, who: String| match ports.iter().find(|(p, _)| *p == port) {
@@ -220,6 +227,7 @@ pub fn plan(network: &NetworkConfig, extra_inbound: &[Inbound]) -> Result<Plan, 
             port,
             protocol: up.protocol(),
             tls,
+            idle_timeout: up.idle_timeout.as_ref().and_then(|d| d.get()),
         });
     }
 
@@ -276,6 +284,18 @@ pub fn split_host_port(s: &str) -> Result<(String, u16), String> {
 }
 
 impl Plan {
+    /// The same plan with every resource name under `scope` (a group's key
+    /// followed by `/`), for the robot-wide Envoy.
+    pub fn scoped(mut self, scope: &str) -> Plan {
+        self.scope = scope.to_string();
+        self
+    }
+
+    /// A resource's name in Envoy: the plan's scope, then `name`.
+    pub fn name(&self, name: &str) -> String {
+        format!("{}{name}", self.scope)
+    }
+
     /// Where one TLS context gets its certificates. A spiffe block on the
     /// upstream/inbound itself names its own SPIRE agent; otherwise the
     /// group's tlsFiles (explicitly "instead of a SPIRE agent") win over the

@@ -1,6 +1,8 @@
 //! A tiny placeholder filler for the JSON templates in `templates/`.
 //!
-//! Every template is itself valid JSON, so placeholders live inside strings:
+//! A template is JSON plus whole-line comments: a line whose first
+//! non-blank characters are `//` says why a setting is there and is dropped
+//! before filling ([`strip_comments`]). Placeholders live inside strings:
 //! - `{{name}}` anywhere inside a JSON string is replaced by the value,
 //!   escaped as JSON string content (so a hostile name cannot break out);
 //! - `"{{raw:name}}"` (the whole string, quotes included) is replaced by a
@@ -81,7 +83,8 @@ pub struct Template {
 
 /// Fill `template` with `vars` and check that the result is JSON.
 pub fn fill(template: Template, vars: &[(&str, Slot)]) -> Result<String, RenderError> {
-    let src = template.text;
+    let stripped = strip_comments(template.text);
+    let src = stripped.as_str();
     let mut out = String::with_capacity(src.len() + 256);
     let mut used = vec![false; vars.len()];
     let mut rest = src;
@@ -139,6 +142,17 @@ pub fn fill(template: Template, vars: &[(&str, Slot)]) -> Result<String, RenderE
         error: e.to_string(),
     })?;
     Ok(out)
+}
+
+/// `text` without its comment lines (first non-blank characters `//`).
+/// JSON has no comments and a `//` can only start a line inside a string
+/// that spans lines, which JSON does not allow either, so this never drops
+/// data.
+pub fn strip_comments(text: &str) -> String {
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Escape `s` as the content of a JSON string (RFC 8259 §7).
@@ -222,6 +236,17 @@ mod tests {
             fill(T, &[("name", Slot::text("a")), ("n", Slot::json("{"))]),
             Err(RenderError::NotJson { .. })
         ));
+    }
+
+    #[test]
+    fn comment_lines_are_dropped() {
+        let commented = Template {
+            name: "c",
+            text: "{\n  // why: a reason\n  \"a\": \"{{v}}\"\n}",
+        };
+        let s = fill(commented, &[("v", Slot::text("//x"))]).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+        assert_eq!(v["a"], "//x");
     }
 
     #[test]

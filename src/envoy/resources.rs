@@ -47,13 +47,13 @@ pub struct FileSecretPair {
 }
 
 pub fn render(plan: &Plan, opts: &ProxyOptions, files: FileSecrets<'_>) -> Result<Resources, RenderError> {
-    let ctx = Ctx { opts, files };
+    let ctx = Ctx { opts, files, plan };
     let mut out = Resources::default();
     for agent in &plan.spire_agents {
         out.clusters.push(fill(
             t::SDS_CLUSTER,
             &[
-                ("name", Slot::text(&agent.cluster)),
+                ("name", Slot::text(plan.name(&agent.cluster))),
                 ("socket", Slot::text(&agent.socket)),
             ],
         )?);
@@ -67,7 +67,7 @@ pub fn render(plan: &Plan, opts: &ProxyOptions, files: FileSecrets<'_>) -> Resul
         out.clusters.push(ctx.local_cluster(ib)?);
     }
     if let Some(f) = &plan.files {
-        out.file_secrets = Some(file_secrets(f)?);
+        out.file_secrets = Some(file_secrets(plan, f)?);
     }
     Ok(out)
 }
@@ -75,13 +75,22 @@ pub fn render(plan: &Plan, opts: &ProxyOptions, files: FileSecrets<'_>) -> Resul
 struct Ctx<'a> {
     opts: &'a ProxyOptions,
     files: FileSecrets<'a>,
+    plan: &'a Plan,
 }
+
+/// Envoy's tcp_proxy idle timeout when the upstream sets none.
+const TCP_IDLE_TIMEOUT_DEFAULT: &str = "3600s";
 
 impl Ctx<'_> {
     fn outbound_listener(&self, up: &Outbound) -> Result<String, RenderError> {
-        let name = up.resource_name();
+        let name = self.plan.name(&up.resource_name());
         let filter = match up.protocol {
-            Protocol::Tcp => tcp_proxy(&name, &name, ConnectWhen::Accepted)?,
+            Protocol::Tcp => {
+                let idle = up
+                    .idle_timeout
+                    .map_or(TCP_IDLE_TIMEOUT_DEFAULT.to_string(), |d| format!("{}s", d.as_secs()));
+                tcp_proxy(&name, &name, ConnectWhen::Accepted, &idle)?
+            }
             // Plain HTTP APIs: a bounded request time; retry only what is safe
             // to retry for any method (nothing reached the upstream app).
             Protocol::Http => http_filter(&name, "15s", "300s")?,
@@ -96,14 +105,17 @@ impl Ctx<'_> {
                 ("address", Slot::text("127.0.0.1")),
                 ("port", Slot::number(up.local_port)),
                 ("buffer_limit", Slot::number(self.opts.buffer_limit_bytes)),
+                ("ignore_global_conn_limit", Slot::json("false")),
+                ("access_log", Slot::json("null")),
                 ("network_filters", Slot::json(list(&[filter]))),
                 ("transport_socket", Slot::json("null")),
+                ("handshake_timeout", Slot::json("null")),
             ],
         )
     }
 
     fn outbound_cluster(&self, up: &Outbound) -> Result<String, RenderError> {
-        let name = up.resource_name();
+        let name = self.plan.name(&up.resource_name());
         // Active TCP checks give the agent an upstream health verdict for
         // the group's status; while the app sends nothing, probe 6x less
         // often so an idle fleet does not load the servers. 0 turns them
@@ -123,8 +135,23 @@ impl Ctx<'_> {
             )?],
         };
         let protocol_options = match up.protocol {
-            Protocol::Grpc => fill(t::HTTP2_OPTIONS, &[])?,
-            Protocol::Tcp | Protocol::Http => "null".into(),
+            Protocol::Tcp => "null".into(),
+            Protocol::Http => {
+                http_protocol_options(self.opts.http1_idle_timeout_s, r#"{"http_protocol_options":{}}"#.into())?
+            }
+            Protocol::Grpc => {
+                let keepalive = r#"{"interval":"30s","timeout":"5s"}"#;
+                let h2 = fill(t::HTTP2_OPTIONS, &[("keepalive", Slot::json(keepalive))])?;
+                http_protocol_options(
+                    self.opts.http2_idle_timeout_s,
+                    format!(r#"{{"http2_protocol_options":{h2}}}"#),
+                )?
+            }
+        };
+        // An IP literal has nothing to resolve.
+        let (discovery, cluster_type) = match up.host.parse::<std::net::IpAddr>() {
+            Ok(_) => (quoted("STATIC"), "null".to_string()),
+            Err(_) => ("null".to_string(), fill(t::DNS_CLUSTER, &[])?),
         };
         let transport_socket = match &up.tls {
             None => "null".into(),
@@ -152,9 +179,11 @@ impl Ctx<'_> {
             t::CLUSTER,
             &[
                 ("name", Slot::text(&name)),
-                ("discovery", Slot::text("STRICT_DNS")),
+                ("type", Slot::json(discovery)),
+                ("cluster_type", Slot::json(cluster_type)),
                 ("connect_timeout", Slot::text("5s")),
                 ("buffer_limit", Slot::number(self.opts.buffer_limit_bytes)),
+                ("connection_options", Slot::json(fill(t::TCP_KEEPALIVE, &[])?)),
                 ("host", Slot::text(&up.host)),
                 ("port", Slot::number(up.port)),
                 ("outlier_detection", Slot::json(fill(t::OUTLIER_DETECTION, &[])?)),
@@ -166,7 +195,7 @@ impl Ctx<'_> {
     }
 
     fn inbound_listener(&self, ib: &InboundRoute) -> Result<String, RenderError> {
-        let name = ib.resource_name();
+        let name = self.plan.name(&ib.resource_name());
         let principals: Vec<String> = ib
             .allowed
             .iter()
@@ -184,7 +213,16 @@ impl Ctx<'_> {
                 ("principals", Slot::json(list(&principals))),
             ],
         )?;
-        let proxy = tcp_proxy(&name, &local_cluster_name(ib), ConnectWhen::PeerVerified)?;
+        let limit = fill(
+            t::FILTER_CONNECTION_LIMIT,
+            &[
+                ("stat_prefix", Slot::text(&name)),
+                ("max_connections", Slot::number(self.opts.inbound_max_connections)),
+            ],
+        )?;
+        let local = self.plan.name(&local_cluster_name(ib));
+        let proxy = tcp_proxy(&name, &local, ConnectWhen::PeerVerified, TCP_IDLE_TIMEOUT_DEFAULT)?;
+        let access_log = fill(t::ACCESS_LOG_REFUSED, &[("listener", Slot::text(&name))])?;
         let tls = &ib.tls;
         let transport_socket = fill(
             t::TLS_DOWNSTREAM,
@@ -203,8 +241,15 @@ impl Ctx<'_> {
                 ("address", Slot::text(ib.address.to_string())),
                 ("port", Slot::number(ib.port)),
                 ("buffer_limit", Slot::number(self.opts.buffer_limit_bytes)),
-                ("network_filters", Slot::json(list(&[rbac, proxy]))),
+                ("ignore_global_conn_limit", Slot::json("true")),
+                ("access_log", Slot::json(list(&[access_log]))),
+                // The limit first: a connection past it costs no RBAC work.
+                ("network_filters", Slot::json(list(&[limit, rbac, proxy]))),
                 ("transport_socket", Slot::json(transport_socket)),
+                (
+                    "handshake_timeout",
+                    Slot::json(quoted(&format!("{}s", self.opts.inbound_handshake_timeout_s))),
+                ),
             ],
         )
     }
@@ -213,10 +258,13 @@ impl Ctx<'_> {
         fill(
             t::CLUSTER,
             &[
-                ("name", Slot::text(local_cluster_name(ib))),
-                ("discovery", Slot::text("STATIC")),
+                ("name", Slot::text(self.plan.name(&local_cluster_name(ib)))),
+                ("type", Slot::json(quoted("STATIC"))),
+                ("cluster_type", Slot::json("null")),
                 ("connect_timeout", Slot::text("1s")),
                 ("buffer_limit", Slot::number(self.opts.buffer_limit_bytes)),
+                // Loopback: no path to lose.
+                ("connection_options", Slot::json("null")),
                 ("host", Slot::text("127.0.0.1")),
                 ("port", Slot::number(ib.target_port)),
                 ("outlier_detection", Slot::json("null")),
@@ -230,14 +278,14 @@ impl Ctx<'_> {
     fn cert_name(&self, tls: &Tls) -> String {
         match &tls.source {
             CertSource::Spire { .. } => SPIRE_SVID_NAME.into(),
-            CertSource::Files => FILES_CERT_NAME.into(),
+            CertSource::Files => self.plan.name(FILES_CERT_NAME),
         }
     }
 
     fn ca_name(&self, tls: &Tls) -> String {
         match &tls.source {
             CertSource::Spire { trust_domain, .. } => spire_bundle_name(trust_domain),
-            CertSource::Files => FILES_CA_NAME.into(),
+            CertSource::Files => self.plan.name(FILES_CA_NAME),
         }
     }
 
@@ -248,7 +296,7 @@ impl Ctx<'_> {
             (CertSource::Spire { cluster, .. }, _) => fill(
                 t::SDS_GRPC,
                 &[
-                    ("cluster", Slot::text(cluster)),
+                    ("cluster", Slot::text(self.plan.name(cluster))),
                     (
                         "initial_fetch_timeout",
                         Slot::text(format!("{}s", self.opts.sds_initial_fetch_timeout_s)),
@@ -282,7 +330,7 @@ enum ConnectWhen {
     PeerVerified,
 }
 
-fn tcp_proxy(stat_prefix: &str, cluster: &str, when: ConnectWhen) -> Result<String, RenderError> {
+fn tcp_proxy(stat_prefix: &str, cluster: &str, when: ConnectWhen, idle_timeout: &str) -> Result<String, RenderError> {
     // Envoy wants an early-data limit with a delayed connect: 0 keeps the
     // peer's bytes in the socket until the task is connected (null: unset).
     let (mode, early_data) = match when {
@@ -296,6 +344,19 @@ fn tcp_proxy(stat_prefix: &str, cluster: &str, when: ConnectWhen) -> Result<Stri
             ("cluster", Slot::text(cluster)),
             ("connect_mode", Slot::text(mode)),
             ("early_data", Slot::json(early_data)),
+            ("idle_timeout", Slot::text(idle_timeout)),
+        ],
+    )
+}
+
+/// An upstream's HTTP protocol options: the pooled connections' idle
+/// timeout and the protocol (`explicit_http_config`).
+fn http_protocol_options(idle_timeout_s: u32, explicit: String) -> Result<String, RenderError> {
+    fill(
+        t::HTTP_PROTOCOL_OPTIONS,
+        &[
+            ("idle_timeout", Slot::text(format!("{idle_timeout_s}s"))),
+            ("explicit_http_config", Slot::json(explicit)),
         ],
     )
 }
@@ -308,6 +369,10 @@ fn http_filter(name: &str, route_timeout: &str, stream_idle_timeout: &str) -> Re
             ("cluster", Slot::text(name)),
             ("route_timeout", Slot::text(route_timeout)),
             ("stream_idle_timeout", Slot::text(stream_idle_timeout)),
+            (
+                "http2_options",
+                Slot::json(fill(t::HTTP2_OPTIONS, &[("keepalive", Slot::json("null"))])?),
+            ),
             // Safe for any method: the request never reached the upstream app.
             (
                 "retry_on",
@@ -336,7 +401,7 @@ fn san_matchers(checks: &[SanCheck]) -> String {
 /// The certificate and CA secrets read from `tlsFiles`. Cert and key are
 /// watched through their directory when they share one, so a rotation that
 /// moves both in at once is read as one consistent pair.
-fn file_secrets(files: &TlsFiles) -> Result<FileSecretPair, RenderError> {
+fn file_secrets(plan: &Plan, files: &TlsFiles) -> Result<FileSecretPair, RenderError> {
     let parent = |p: &str| Path::new(p).parent().map(|d| d.to_string_lossy().into_owned());
     let watch = |dir: Option<String>| match dir {
         Some(d) if !d.is_empty() => format!(r#"{{"path":{}}}"#, quoted(&d)),
@@ -346,7 +411,7 @@ fn file_secrets(files: &TlsFiles) -> Result<FileSecretPair, RenderError> {
     let cert = fill(
         t::SECRET_CERT,
         &[
-            ("name", Slot::text(FILES_CERT_NAME)),
+            ("name", Slot::text(plan.name(FILES_CERT_NAME))),
             ("cert_path", Slot::text(&files.cert_path)),
             ("key_path", Slot::text(&files.key_path)),
             ("watched_directory", Slot::json(watch(cert_dir))),
@@ -355,7 +420,7 @@ fn file_secrets(files: &TlsFiles) -> Result<FileSecretPair, RenderError> {
     let ca = fill(
         t::SECRET_CA,
         &[
-            ("name", Slot::text(FILES_CA_NAME)),
+            ("name", Slot::text(plan.name(FILES_CA_NAME))),
             ("ca_path", Slot::text(&files.ca_path)),
             ("watched_directory", Slot::json(watch(parent(&files.ca_path)))),
         ],

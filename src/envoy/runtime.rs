@@ -95,7 +95,7 @@ pub fn remove(proxy: &GroupProxy) -> Result<(), EnvoyError> {
 }
 
 /// A removal's result, where a file already gone is fine.
-fn gone(r: std::io::Result<()>, p: &Path) -> Result<(), EnvoyError> {
+pub(super) fn gone(r: std::io::Result<()>, p: &Path) -> Result<(), EnvoyError> {
     match r {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(EnvoyError::Write(p.to_path_buf(), e)),
         _ => Ok(()),
@@ -103,7 +103,7 @@ fn gone(r: std::io::Result<()>, p: &Path) -> Result<(), EnvoyError> {
 }
 
 /// The bootstrap and the xDS and SDS files (not the admin socket).
-fn remove_config(layout: &Layout) -> Result<(), EnvoyError> {
+pub(super) fn remove_config(layout: &Layout) -> Result<(), EnvoyError> {
     gone(fs::remove_file(&layout.bootstrap), &layout.bootstrap)?;
     gone(fs::remove_dir_all(&layout.xds_dir), &layout.xds_dir)?;
     gone(fs::remove_dir_all(&layout.sds_dir), &layout.sds_dir)
@@ -116,8 +116,14 @@ pub fn argv(proxy: &GroupProxy, layout: &Layout) -> Vec<String> {
 
 /// [`argv`] with non-default options.
 pub fn argv_with(proxy: &GroupProxy, o: &ProxyOptions, layout: &Layout) -> Vec<String> {
+    command_line(&proxy.envoy_bin, o, layout)
+}
+
+/// The Envoy command line for the bootstrap in `layout` (a group's or the
+/// robot-wide one).
+pub fn command_line(envoy_bin: &Path, o: &ProxyOptions, layout: &Layout) -> Vec<String> {
     vec![
-        proxy.envoy_bin.to_string_lossy().into_owned(),
+        envoy_bin.to_string_lossy().into_owned(),
         "-c".into(),
         layout.bootstrap.to_string_lossy().into_owned(),
         "--concurrency".into(),
@@ -130,6 +136,10 @@ pub fn argv_with(proxy: &GroupProxy, o: &ProxyOptions, layout: &Layout) -> Vec<S
         o.log_level.clone(),
         "--drain-time-s".into(),
         o.drain_time_s.to_string(),
+        // Extensions no rendered config can use are not registered at all
+        // (less memory, less attack surface); see `extensions`.
+        "--disable-extensions".into(),
+        super::extensions::disabled().join(","),
     ]
 }
 
@@ -143,7 +153,7 @@ fn write_resources(layout: &Layout, rt: &config::Runtime) -> Result<(), EnvoyErr
     write(&layout.lds, &rt.lds)
 }
 
-fn write(path: &Path, content: &str) -> Result<(), EnvoyError> {
+pub(super) fn write(path: &Path, content: &str) -> Result<(), EnvoyError> {
     files::replace(path, content)
         .map(|_| ())
         .map_err(|e| EnvoyError::Write(path.to_path_buf(), e))
@@ -171,14 +181,14 @@ fn short_socket_dir() -> PathBuf {
 /// The fallback sockets' parent sits in a shared temp dir: the agent's,
 /// 0711 (a proxy running as another user may pass through to its own
 /// directory; nobody may list or add).
-fn short_socket_parent() -> Result<(), EnvoyError> {
+pub(super) fn short_socket_parent() -> Result<(), EnvoyError> {
     own_dir(&short_socket_dir(), None, 0o711)
 }
 
 /// The directory the proxy creates its admin socket in: the agent's, with
 /// the proxy directory's group, 0770 and sticky (the proxy may add its
 /// socket; no one but a file's owner may remove or rename it).
-fn socket_dir_for_proxy(dir: &Path, proxy_dir: &Path) -> Result<(), EnvoyError> {
+pub(super) fn socket_dir_for_proxy(dir: &Path, proxy_dir: &Path) -> Result<(), EnvoyError> {
     let group = fs::metadata(proxy_dir)
         .map_err(|e| EnvoyError::Write(proxy_dir.to_path_buf(), e))?
         .gid();
@@ -211,7 +221,7 @@ fn own_dir(dir: &Path, group: Option<u32>, mode: u32) -> Result<(), EnvoyError> 
     rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode)).map_err(werr)
 }
 
-fn check_socket_path(socket: &Path) -> Result<(), EnvoyError> {
+pub(super) fn check_socket_path(socket: &Path) -> Result<(), EnvoyError> {
     let len = socket.as_os_str().len();
     if len > MAX_SOCKET_PATH {
         return Err(EnvoyError::Invalid(format!(
@@ -223,7 +233,7 @@ fn check_socket_path(socket: &Path) -> Result<(), EnvoyError> {
 }
 
 /// Every listener port must be free, except the ones in `ours`.
-fn check_ports(plan: &Plan, ours: &HashSet<u16>) -> Result<(), EnvoyError> {
+pub(super) fn check_ports(plan: &Plan, ours: &HashSet<u16>) -> Result<(), EnvoyError> {
     let loopback = IpAddr::from([127, 0, 0, 1]);
     let wanted = plan
         .outbound
@@ -243,7 +253,7 @@ fn check_ports(plan: &Plan, ours: &HashSet<u16>) -> Result<(), EnvoyError> {
 }
 
 /// Ports of the listeners in the current LDS file.
-fn current_ports(lds: &Path) -> HashSet<u16> {
+pub(super) fn current_ports(lds: &Path) -> HashSet<u16> {
     let Ok(text) = fs::read_to_string(lds) else {
         return HashSet::new();
     };

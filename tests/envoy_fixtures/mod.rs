@@ -33,10 +33,14 @@ pub fn envoy_or_skip(test: &str) -> Option<PathBuf> {
     found
 }
 
-/// `envoy --mode validate -c file`: Ok, or Envoy's own words.
+/// `envoy --mode validate -c file` with the extensions the agent disables
+/// disabled (so every variant proves the allowlist keeps what it needs):
+/// Ok, or Envoy's own words.
 pub fn validate(envoy: &Path, file: &Path) -> Result<(), String> {
     let out = Command::new(envoy)
-        .args(["--mode", "validate", "--log-level", "error", "-c"])
+        .args(["--mode", "validate", "--log-level", "error", "--disable-extensions"])
+        .arg(envoy::extensions::disabled().join(","))
+        .arg("-c")
         .arg(file)
         .output()
         .map_err(|e| format!("running {}: {e}", envoy.display()))?;
