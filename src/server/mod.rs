@@ -476,7 +476,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         agent_listener,
         http::agent_router(app.clone()).into_make_service_with_connect_info::<SocketAddr>(),
     )
-        .with_graceful_shutdown(until_stopped(stopped.clone()));
+    .with_graceful_shutdown(until_stopped(stopped.clone()));
     let api = async {
         match https {
             Some((_, https)) => {
@@ -491,9 +491,12 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
                     .await
             }
             None => {
-                axum::serve(listener, http::router(app).into_make_service_with_connect_info::<SocketAddr>())
-                    .with_graceful_shutdown(until_stopped(stopped.clone()))
-                    .await
+                axum::serve(
+                    listener,
+                    http::router(app).into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(until_stopped(stopped.clone()))
+                .await
             }
         }
         .map_err(ServeError::Serve)
@@ -841,7 +844,12 @@ fn admin_args(parser: &mut lexopt::Parser, usage: &str, overlap: bool) -> Result
 }
 
 /// One operator request through the kubeconfig's client; the answer's body.
-fn admin_request(client: &kubeclient::ClientFlags, method: &str, path: &str, body: Option<&str>) -> Result<String, String> {
+fn admin_request(
+    client: &kubeclient::ClientFlags,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Result<String, String> {
     kubeclient::KubeClient::new(client).and_then(|c| {
         c.request(method, path, body)?
             .ok()

@@ -742,7 +742,8 @@ impl<'a> Robot<'a> {
             .map(|(_, v)| v.as_str())
             .unwrap_or("");
         let body = (!body.is_empty() || p.method == "POST").then_some(body);
-        self.server.agent_request(&p.method, &p.target, content_type, body, &headers)
+        self.server
+            .agent_request(&p.method, &p.target, content_type, body, &headers)
     }
 
     /// Verify `r`, the answer to `p`: Ok(the opened body), or why not.

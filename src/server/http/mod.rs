@@ -4,8 +4,8 @@
 //! [`Status`] objects.
 
 mod agent;
-mod channel;
 mod agent_listener;
+mod channel;
 mod discovery;
 mod events;
 mod guard;

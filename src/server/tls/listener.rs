@@ -147,7 +147,10 @@ pub fn cert_user(der: &[u8]) -> Option<CertUser> {
 /// Put the connection's peer address and [`CertUser`] into each request's
 /// extensions.
 pub async fn insert_cert_user(mut req: axum::extract::Request) -> axum::extract::Request {
-    let peer = req.extensions().get::<ConnectInfo<TlsPeer>>().map(|ConnectInfo(p)| p.clone());
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<TlsPeer>>()
+        .map(|ConnectInfo(p)| p.clone());
     if let Some(peer) = peer {
         // The plain peer address too, as the plain listeners give it (the
         // audit log's sourceIPs reads it).
