@@ -7,13 +7,53 @@ cd "$(dirname "$0")/.."
 
 # area | fault or input | what must happen | test binary | test name
 cases=(
+  "channel|a man in the middle between a real agent and the real server: a byte flipped in a status body, a Task injected into a long-poll answer, an earlier empty answer replayed, a status report replayed|each refused and logged (server: bad signature / replayed counter, counted; agent: refused answer); the task keeps its process, the injected task never runs; the recorded bytes hold no join secret, env value, template text or Authorization header|robot_channel_mitm|a_man_in_the_middle_can_neither_read_nor_forge_the_robot_channel"
+  "channel|registration with a wrong join-token proof; the same signed registration sent twice|401 (proof does not match / replayed counter), signed, counted; no Robot|server_robot_channel|a_wrong_proof_or_a_replayed_registration_is_refused"
+  "channel|assignments carrying a task env value|sealed to the robot (no env, task name or command in the bytes), answer signature valid only for its request|server_robot_channel|assignments_are_sealed_to_the_robot_and_every_answer_is_signed"
+  "channel|a byte flipped in a sealed status body; the same status request replayed|signed 401, counted; the task's status unchanged|server_robot_channel|a_tampered_or_replayed_status_report_changes_nothing"
+  "channel|a robot request 1h off the server's clock|signed 401 naming the skew and --robot-clock-skew; the robot takes the server's time and its next request passes; --robot-clock-skew over 24h refused|server_robot_channel|a_request_an_hour_off_gets_a_signed_401_and_the_robot_takes_the_servers_time"
+  "channel|robot-keys rotate --overlap 5s|old-key robots answered with K8s4r-Next-Key, switch and keep working; new join tokens pin the new key; after the overlap the old key is refused|server_robot_channel|after_a_key_rotation_robots_switch_and_the_old_key_retires"
+  "channel|the join secret|in no answer (headers or body) and no file of the data directory|server_robot_channel|no_answer_or_stored_value_holds_the_join_secret"
+  "channel|answers to the agent: body byte flipped, sealed byte flipped, earlier answer replayed, bound to another request, unsigned 401, injected plain JSON, 302 redirect|refused and logged, desired set unchanged, identity kept, treated as unreachable (no re-registration)|lib|agent::connected::channel_tests::a_tampered_forged_or_replayed_answer_is_refused_and_changes_nothing"
+  "channel|registration answered by a key not matching the token's pin, or a forged signature|refused, nothing saved, retried|lib|agent::connected::channel_tests::registration_proves_the_token_without_sending_it_and_trusts_only_the_pinned_key"
+  "channel|robot clock a day off (no RTC)|a signed 401 corrects the clock, one immediate retry|lib|agent::connected::channel_tests::a_signed_401_about_the_clock_corrects_it_and_retries_once"
+  "channel|K8s4r-Next-Key forged or garbage / validly endorsed|ignored / stored and used from then on|lib|agent::connected::channel_tests::a_next_server_key_is_adopted_only_with_a_valid_endorsement"
+  "channel|agent restart mid counter reservation|a counter is never reused|lib|agent::connected::counter::tests::counters_only_grow_across_restarts_and_write_once_per_step"
+  "channel|robot.key damaged, world-readable, or a symlink|clear error, the key is never replaced|lib|agent::connected::keys::tests::damaged_exposed_or_linked_keys_are_errors_not_replaced"
+  "auth|requests without credentials or with an unknown token|401 on the API, discovery, /metrics and /agent/v1 operator paths; 200 on /healthz /livez /readyz /version|server_auth|anonymous_requests_get_401_outside_the_health_paths"
+  "auth|viewer creates/deletes a Job; operator creates a Robot or a join token|403 with kube-apiserver's message; viewer reads, operator runs Jobs, nobody-group sees discovery only, admins do everything|server_auth|each_group_gets_what_its_rules_give"
+  "auth|a robot's signed request, or a bearer shaped like an old robot token, on the API, join tokens and whoami|401 / 403, nothing created|server_auth|a_robot_is_never_a_user"
+  "bad input|token file with a missing field, a short token, an unclosed quote|the server refuses to start naming file, line and field|server_auth|a_malformed_token_file_stops_the_server"
+  "auth|create, delete, a refused create (403), an anonymous delete (401), a join token create|one audit.k8s.io/v1 Event each with user, verb, resource, name, code, sourceIP; reads not logged; file 0600|server_auth|mutating_requests_are_audited_allowed_or_not"
+  "fault|audit log on a device that refuses writes (/dev/full)|requests still succeed, failures counted in /metrics, no panic|server_auth|a_failing_audit_log_is_counted_not_fatal"
+  "auth|SelfSubjectAccessReview / SelfSubjectReview per group|allowed matches what the API then does; whoami shows user and groups|server_auth|reviews_answer_from_the_same_rules"
+  "auth|kubectl auth can-i create jobs.robot.k8s4r.io / whoami over https|viewer no, operator and admin yes; whoami user and groups|server_auth|kubectl_auth_can_i_and_whoami"
+  "bad input|plain HTTP to the HTTPS port|no HTTP answer; server unharmed|server_tls|plain_http_to_the_https_port_gets_no_answer"
+  "isolation|a client verifying the server as localhost, 127.0.0.1, a --tls-san name/IP, an unlisted name, or trusting another CA|the first four verify, the last two fail the handshake|server_tls|the_certificate_verifies_for_localhost_loopback_and_tls_sans_only"
+  "bad input|--insecure-http with --listen 0.0.0.0:0|refuses to start naming --insecure-http and loopback; on 127.0.0.1 it serves|server_tls|insecure_http_is_refused_off_loopback_and_serves_on_it"
+  "isolation|Kubernetes API, metrics, join-token paths and a Job POST on the plain agent listener|404, nothing created; register and polls served there and on HTTPS|server_tls|the_agent_listener_serves_the_agent_protocol_only"
+  "isolation|--tls-cert-file without its key; BYO chain and --client-ca-file; a client cert from the generated CA|exit 1 naming both flags; the chain verifies, the operator's client cert is accepted, the generated CA's refused in the handshake|server_tls|bring_your_own_serving_certificate_and_client_ca"
+  "bad input|k8s4r kubeconfig with an empty, control-character or 300-byte name; a --data without a server|exit 2 naming the flag; exit 1 naming k8s4r.db; a valid one is 0600 with CN and every O, accepted by the server and kubectl|server_tls|kubeconfig_issues_client_certificates_the_server_accepts"
+  "fault|server restart|same CA; the earlier admin certificate still accepted (kubectl too); admin.kubeconfig 0600, data dir 0700|server_tls|the_admin_kubeconfig_is_private_and_survives_a_restart"
+  "compat|Kubernetes' official Python client (37.0.2) from admin.kubeconfig|create/get/list a Job through CustomObjectsApi and read /version|server_tls|the_official_python_client_works_from_the_generated_kubeconfig"
+  "fault|two replicas on one etcd, one with another --tls-san|one CA; each accepts the other's admin certificate; the serving certificate covers both replicas' names|server_tls|replicas_on_one_etcd_share_the_ca_and_the_serving_certificate"
+  "bad input|etcd requires a client certificate the server was not given|the server exits within seconds with etcd's alert and the flags that would help; never hangs|server_etcd_tls|without_a_client_certificate_etcd_refuses_and_the_server_says_so"
+  "bad input|etcd's serving certificate from another CA than --etcd-cafile|the server exits: invalid peer certificate (UnknownIssuer) and what to check|server_etcd_tls|an_etcd_certificate_from_another_ca_is_refused"
+  "bad input|https:// URL to an etcd member serving plain HTTP|the server exits saying the member is not serving TLS|server_etcd_tls|https_to_a_member_serving_plain_http_is_refused_clearly"
+  "bad input|https:// etcd without --etcd-cafile; cert without key; missing CA file; mixed http/https; TLS flags on http://|refused before any connection, naming the flag (and file)|server_etcd_tls|mistakes_in_the_etcd_flags_are_refused_before_connecting"
+  "compat|etcd serving clients over TLS with --client-cert-auth, server restarted|a Job created through the API is in etcd and served again after the restart|server_etcd_tls|the_server_keeps_its_objects_in_etcd_over_tls_with_a_client_certificate"
+  "compat|k8s4r migrate into an etcd over TLS|without --etcd-cafile refused; with the three flags the SQLite Job moves and the server on TLS etcd serves it|server_etcd_tls|migrate_moves_a_sqlite_fleet_into_etcd_over_tls"
+  "proxy|1,100 idle TCP connects to a group's inbound port|the app's outbound proxy keeps forwarding (new and open connections), the excess refused by the inbound limit, idle peers dropped at the handshake timeout and logged|envoy_limits|an_inbound_flood_does_not_starve_the_apps_outbound_proxy"
+  "proxy|a config using an extension the renderer never emits|refused by Envoy under the agent's --disable-extensions list; every rendered variant still validates|envoy_validate|disabled_extensions_are_refused_by_envoy"
+  "proxy|two groups in one robot-wide Envoy (envoy::shared)|each reaches only its own upstream; a listener naming another group's cluster is refused by the check; a port clash names both groups|envoy_shared|two_groups_share_one_envoy_each_reaching_only_its_own_upstream"
+  "proxy|a group added and another removed in the shared Envoy; Envoy killed -9|the remaining group's open connection stays up (same pid); after kill -9 every group is back|envoy_shared|groups_come_and_go_while_another_groups_connection_stays_up"
   "fault|agent kill -9 with 10 running tasks|same 10 pids re-adopted, none duplicated, a later exit noticed|agent_run|agent_killed_with_9_readopts_its_ten_tasks"
   "fault|task exits while the agent is down|reported, restart policy applied|agent_run|a_task_that_ended_while_the_agent_was_down_is_reported_and_restarted"
   "fault|agent kill -9 under busybox init|init respawns it, task re-adopted, poweroff stops all|robot_image|x86_64_image_boots_respawns_the_agent_and_powers_off_cleanly"
   "fault|server down, task finishes, agent kill -9, server back|status delivered exactly once, nothing lost|e2e_connected|statuses_survive_a_server_outage_and_an_agent_kill"
   "fault|server kill -9 after acknowledged writes|every acknowledged write still there|server_api|acknowledged_writes_survive_a_crash"
   "fault|server kill -9 during a burst of 1,000 status updates|every acknowledged update survives, none applied twice, all 1,000 re-sent come back duplicate|server_fleet|a_server_kill_9_during_1000_status_updates_loses_and_duplicates_nothing"
-  "fault|server restart|robots, tokens and assignments intact|server_fleet|restart_keeps_robots_tokens_and_assignments"
+  "fault|server restart|robots, their keys and assignments intact; counters go on|server_fleet|restart_keeps_robots_keys_and_assignments"
   "fault|SQLite on a full disk (2 MiB tmpfs)|5xx Status naming the cause, nothing lost, recovers when space returns|server_full_disk|a_full_disk_gives_clear_errors_and_loses_nothing"
   "fault|Envoy kill -9|proxy brought back, same config|envoy_live|after_kill_9_prepare_and_start_bring_the_proxy_back"
   "fault|a group's Envoy killed -9 under the agent|a new Envoy carries traffic on the same port; the group's task keeps its pid, never restarted|agent_faults|a_killed_group_proxy_is_restarted_and_its_tasks_are_untouched"
@@ -35,15 +75,15 @@ cases=(
   "bad input|artifact download truncated (Content-Length, chunked), redirect loop, oversized (announced, streamed)|task fails naming the URL and reason; nothing left at the destination|agent_faults|broken_artifact_downloads_fail_cleanly_and_leave_nothing"
   "isolation|robot token used on another robot|401/403, notAssigned|server_fleet|robots_only_see_their_own_objects"
   "isolation|API without the operator token|401|server_api|operator_token_guards_the_api"
-  "isolation|a robot token on the Kubernetes API (create Job, list, mint join tokens)|403, with or without an operator token|server_isolation|a_robot_token_is_never_an_operator_credential"
+  "isolation|a robot's signed request on the Kubernetes API (create Job, list, mint join tokens)|401 with an operator token configured|server_isolation|a_robot_signature_is_never_an_operator_credential"
   "isolation|an agent registers claiming k8s4r.io/env=production (operator-only) and zone=lab; an operator labels it|the claim is dropped with an OperatorLabelsIgnored event; a Job selecting k8s4r.io/env is not placed until the operator labels it; the operator's zone wins over the robot's|server_isolation|a_robot_cannot_label_itself_into_an_operator_selector"
   "isolation|a join token asked to live longer than --max-join-token-ttl|400 naming ttlSeconds and the limit; exactly the limit is accepted; no --ttl gets the limit when shorter than a day|server_isolation|join_token_lifetimes_are_capped_by_the_server"
   "isolation|a third robot registering with a token created with --uses 2|429 naming --uses 2, no Robot created; registering a known name again uses nothing; list shows 2/2|server_isolation|a_join_token_with_uses_registers_that_many_robots"
   "isolation|another robot name registering with a token created with --name r1|403 naming the binding to r1, no Robot created; r1 registers; list shows the name|server_isolation|a_join_token_bound_to_a_name_registers_only_that_robot"
-  "isolation|a join token used to register a robot name that is registered (no token, a guessed token)|409 naming what would do it (its robot token, or token revoke --robot); the real robot keeps its token, labels and task; the robot itself re-registers with its token; after revoke the name is free|server_isolation|a_join_token_cannot_take_over_a_registered_robot"
+  "isolation|a join token used to register a name bound to other keys|409 naming k8s4r robot reset; the real robot keeps its keys, labels and task, the impostor's keys open nothing; the robot itself re-registers; after reset the new keys take the name and the old ones are refused|server_isolation|a_join_token_cannot_take_over_a_registered_robot"
   "isolation|an expired join token|401 \"invalid or expired\", listed as expired|server_isolation|join_tokens_expire"
-  "isolation|a revoked join token (by id prefix or secret)|401; robots registered with it keep working; secrets never listed|server_isolation|join_tokens_are_revoked_by_id_or_secret_and_robots_keep_their_own"
-  "isolation|a revoked robot token|401 until the robot registers again with a valid join token|server_isolation|a_revoked_robot_token_is_refused_until_the_robot_registers_again"
+  "isolation|a revoked join token (by id prefix or whole text)|401; robots registered with it keep working; secrets never listed|server_isolation|join_tokens_are_revoked_by_id_or_text_and_robots_keep_their_keys"
+  "isolation|k8s4r robot reset NAME (or token revoke --robot)|the robot's requests 401 (unknown robot) until a join token binds the name again|server_isolation|a_reset_robot_is_refused_until_it_registers_again"
   "isolation|task with user: set, agent root|runs unprivileged; task dir, local/, secrets/ 0700 the task's; logs/ 0700 the agent's; templates without perms 0600|agent_run|tasks_run_as_their_user_when_the_agent_is_root"
   "isolation|task with user: nobody (agent root)|cannot write root-owned files or dirs; uid/gid 65534; no capabilities; NoNewPrivs|agent_faults|a_task_with_a_user_has_no_privileges_left"
   "isolation|group Envoy sockets seen by ss|listeners on 127.0.0.1 only, no TCP admin port, admin socket without group/other bits|agent_faults|the_group_proxy_listens_on_loopback_only_with_a_private_admin_socket"
@@ -58,7 +98,7 @@ cases=(
   "bad input|agent report with more updates than --max-status-updates|413 naming updates and the flag; a report at the limit applies|server_robustness|status_updates_per_report_are_capped"
   "bad input|deviceInfo over --max-device-info at register and in a report|413 naming deviceInfo; no Robot created; a small one is stored|server_robustness|device_info_size_is_capped"
   "isolation|more registrations with one join token than --max-robots-per-join-token|429, no Robot created; re-registering a known name is free; another token works|server_robustness|a_join_token_creates_at_most_its_limit_of_robots"
-  "isolation|another robot's token, forged and 4 KB bearers on /agent/v1/robots/*; tokens stored before the hash index|403/401 from one lookup by hash, no scan; old tokens work after a restart|server_robustness|robot_tokens_are_found_by_hash_and_old_ones_keep_working"
+  "channel|bearer token, malformed, oversized or missing signature headers on /agent/v1/robots/*|signed 401 naming the header, counted; no counter spent|server_robustness|unsigned_or_malformed_robot_requests_get_a_signed_401"
   "isolation|a Job POSTed as text/plain, form data, multipart or without Content-Type (what a web page can send)|415 UnsupportedMediaType, nothing created; JSON, YAML, merge patch, delete bodies and the agent unaffected|server_robustness|bodies_of_other_media_types_get_415"
   "bad input|/version/, /apis/, /api/, group and group-version paths with a trailing slash|same answer as without the slash, same auth rules|server_robustness|discovery_paths_answer_with_a_trailing_slash"
   "fault|a task (as nobody) swaps its local/ for a symlink to a root-owned directory and exits; the agent restarts it|the restart refuses the symlink with a message; the target keeps its owner and mode (ownership set through O_NOFOLLOW descriptors, never a path)|agent_privileges|a_task_that_swaps_local_for_a_symlink_gets_nothing_at_its_restart"
@@ -109,6 +149,9 @@ if [ "${1:-}" = "--from-log" ]; then
   # "bin::test ok|FAILED" for every test result in the log.
   results=$(awk '
     /^ *Running tests\// { bin = $2; sub(/^tests\//, "", bin); sub(/\.rs$/, "", bin); next }
+    # The library'"'"'s own tests (rows name them "lib|module::path::test").
+    /^ *Running unittests src\/lib\.rs/ { bin = "lib"; next }
+    /^ *Running unittests / { bin = ""; next }
     # A server log line may share the line with a result: match anywhere.
     bin != "" && match($0, /test [A-Za-z0-9_:]+ \.\.\. (ok|FAILED|ignored)/) {
       n = split(substr($0, RSTART, RLENGTH), f, " "); print bin "::" f[2], f[n]
@@ -155,7 +198,9 @@ for c in "${cases[@]}"; do
   fi
   filter=()
   [ -n "$name" ] && filter=("$name" --exact)
-  if cargo test --quiet --test "$bin" -- "${filter[@]}" >/tmp/reliability.$$.log 2>&1; then
+  target=(--test "$bin")
+  [ "$bin" = lib ] && target=(--lib)
+  if cargo test --quiet "${target[@]}" -- "${filter[@]}" >/tmp/reliability.$$.log 2>&1; then
     result=pass; pass=$((pass + 1))
   else
     result="**FAIL**"; fail=$((fail + 1))
