@@ -4,7 +4,7 @@ CARGO ?= cargo
 X86_MUSL := x86_64-unknown-linux-musl
 ARM_MUSL := aarch64-unknown-linux-musl
 
-.PHONY: all build agent cross image tools test test-aarch64 reliability demo bench fuzz fmt lint clean
+.PHONY: all build agent cross image tools test test-aarch64 reliability demo bench fuzz fmt lint cycles clean
 
 all: build
 
@@ -29,8 +29,10 @@ cross: agent
 tools:
 	bash .ci/install-tools.sh
 
-# Everything: format and lint gates, the agent's small build, all tests.
-test: tools
+# Everything: format and lint gates, no import cycles between source files
+# (.ci/cycles.py, known ones in .ci/cycles-allowed.txt), the agent's small
+# build, all tests.
+test: tools cycles
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) clippy --no-default-features --lib --bins -- -D warnings
@@ -92,6 +94,11 @@ fuzz:
 
 fmt:
 	$(CARGO) fmt --all
+
+# The cycle checker checks itself on small trees first, then src/.
+cycles:
+	python3 .ci/cycles.py --self-test
+	python3 .ci/cycles.py
 
 lint:
 	$(CARGO) fmt --all -- --check
