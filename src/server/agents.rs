@@ -11,7 +11,7 @@ use crate::api::agent_protocol::{
 use crate::api::robot_channel::{Claim, PublicKeys};
 use crate::api::validate::check_dns_subdomain;
 use crate::api::FieldError;
-use crate::server::controllers::jobs::ANN_STATUS_SEQ;
+use crate::server::annotations::{ANN_STATUS_SEQ, ANN_UNKNOWN_SINCE};
 use crate::server::controllers::Hub;
 use crate::server::events::{Kind, Recorder};
 use crate::server::fleet::{self, Heartbeat};
@@ -23,6 +23,7 @@ use crate::server::resources::{ROBOTS, TASKS};
 use crate::server::robot_channel::verify::{check_time, Refusal, SignedRequest};
 use crate::server::robot_channel::{self, Channel};
 use crate::server::status::Status;
+use crate::server::stored_task;
 use crate::server::time;
 use crate::server::tokens::{Bound, RevokeError, RobotIdentity, RobotRecord, TokenError, Tokens, UsesLimit};
 use serde::Serialize;
@@ -600,12 +601,7 @@ impl Agents {
                 Err(e) if e.code == 404 => return Ok(Outcome::NotFound),
                 Err(e) => return Err(e),
             };
-            if cur
-                .get("spec")
-                .and_then(|s| s.get("targetRobot"))
-                .and_then(Value::as_str)
-                != Some(robot)
-            {
+            if stored_task::target_robot(&cur) != Some(robot) {
                 return Ok(Outcome::NotAssigned);
             }
             let last: u64 = object::annotation(&cur, ANN_STATUS_SEQ)
@@ -618,7 +614,7 @@ impl Agents {
             body["status"] = serde_json::to_value(&u.status).map_err(|e| Status::bad_request(e.to_string()))?;
             object::set_annotation(&mut body, ANN_STATUS_SEQ, Some(&u.seq.to_string()));
             // Heard from again: no longer Unknown.
-            object::set_annotation(&mut body, crate::server::controllers::liveness::ANN_UNKNOWN_SINCE, None);
+            object::set_annotation(&mut body, ANN_UNKNOWN_SINCE, None);
             let before = cur.get("status").and_then(|s| s.get("state")).cloned();
             match self
                 .registry

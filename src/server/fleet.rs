@@ -8,7 +8,7 @@
 //! request rate stays bounded however large the fleet (as Nomad stretches
 //! heartbeat TTLs).
 
-use crate::server::controllers::cache::Change;
+use crate::server::cache::Change;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -76,7 +76,7 @@ pub fn stored_heartbeat_age(robot: &Value) -> Option<Duration> {
 }
 
 fn placement(v: &Value) -> Option<(String, i64)> {
-    let robot = v.get("spec")?.get("targetRobot")?.as_str().filter(|s| !s.is_empty())?;
+    let robot = crate::server::stored_task::target_robot(v)?;
     Some((robot.to_string(), crate::server::object::generation(v)))
 }
 

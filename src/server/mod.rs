@@ -11,10 +11,12 @@
 
 pub mod admission;
 pub mod agents;
+pub mod annotations;
 pub mod auth;
 pub mod bench;
 pub mod bench_etcd;
 pub mod bench_report;
+pub mod cache;
 pub mod controllers;
 pub mod election;
 pub mod events;
@@ -40,6 +42,7 @@ pub mod secrets;
 pub mod selector;
 pub mod status;
 pub mod store;
+pub mod stored_task;
 pub mod time;
 pub mod tls;
 pub mod tokens;

@@ -21,27 +21,24 @@
 //! A replacement that is not placed, or whose robot is not Online, always
 //! loses: the returning copy is the only one that can run.
 
-use super::jobs::ANN_STATUS_SEQ;
+use super::task_objects::ALL;
 use super::Ctx;
+use crate::api::placement::task_name;
 use crate::api::{DisconnectPolicy, Job, TaskGroupTemplate};
+use crate::server::annotations::{
+    ANN_ORIGINAL_PLACED_AT, ANN_ORIGINAL_ROBOT, ANN_PLACED_AT, ANN_STATUS_SEQ, ANN_UNKNOWN_SINCE,
+};
 use crate::server::events::Kind;
 use crate::server::object;
 use crate::server::registry::Part;
 use crate::server::resources::TASKS;
 use crate::server::scheduler;
 use crate::server::status::Status;
+use crate::server::stored_task;
 use crate::server::time;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
-
-/// The robot a replica was moved away from while it was lost, until settled.
-pub const ANN_ORIGINAL_ROBOT: &str = "robot.k8s4r.io/original-robot";
-/// When the original copy was placed (RFC 3339).
-pub const ANN_ORIGINAL_PLACED_AT: &str = "robot.k8s4r.io/original-placed-at";
-/// When the current placement was made (RFC 3339); absent for the first
-/// placement, which is the Task's creationTimestamp.
-pub const ANN_PLACED_AT: &str = "robot.k8s4r.io/placed-at";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -138,10 +135,6 @@ fn robot_online(ctx: &Ctx, ns: &str, robot: &str) -> Option<bool> {
     Some(r.get("status").and_then(|s| s.get("phase")).and_then(Value::as_str) == Some("Online"))
 }
 
-fn spec_str<'a>(v: &'a Value, f: &str) -> Option<&'a str> {
-    v.get("spec")?.get(f)?.as_str().filter(|s| !s.is_empty())
-}
-
 /// Settle every replica of group `g` whose original robot is back (or
 /// deleted). Updates `existing` with what it wrote. A replica whose robot
 /// is still Offline waits (the robot being Online again requeues the Job).
@@ -159,7 +152,7 @@ pub async fn settle(
         let names: Vec<String> = g
             .tasks
             .iter()
-            .map(|t| super::jobs::task_name(name, &g.name, i, &t.name))
+            .map(|t| task_name(name, &g.name, i, &t.name))
             .filter(|n| existing.contains_key(n))
             .collect();
         let current: Vec<Arc<Value>> = names.iter().map(|n| existing[n].clone()).collect();
@@ -175,7 +168,7 @@ pub async fn settle(
             // The robot was deleted: its copy is gone with it.
             None => Keep::Replacement,
             Some(true) => {
-                let replacement = current.iter().find_map(|t| spec_str(t, "targetRobot"));
+                let replacement = current.iter().find_map(|t| stored_task::target_robot(t));
                 let copies = Copies {
                     replacement_online: replacement.is_some_and(|r| robot_online(ctx, ns, r) == Some(true)),
                     original_placed_at: current
@@ -198,7 +191,7 @@ pub async fn settle(
             }
         };
         for (tname, cur) in names.iter().zip(&current) {
-            let replacement = spec_str(cur, "targetRobot").map(str::to_string);
+            let replacement = stored_task::target_robot(cur).map(str::to_string);
             let mut body = (**cur).clone();
             let since = object::annotation(cur, ANN_ORIGINAL_PLACED_AT).map(str::to_string);
             object::set_annotation(&mut body, ANN_ORIGINAL_ROBOT, None);
@@ -211,7 +204,7 @@ pub async fn settle(
                     object::set_annotation(&mut body, ANN_PLACED_AT, since.as_deref());
                     // The returning agent numbers its statuses afresh for us.
                     object::set_annotation(&mut body, ANN_STATUS_SEQ, None);
-                    object::set_annotation(&mut body, super::liveness::ANN_UNKNOWN_SINCE, None);
+                    object::set_annotation(&mut body, ANN_UNKNOWN_SINCE, None);
                     match &replacement {
                         Some(r) => format!(
                             "robot {original} is back: {} keeps its copy; the copy on robot {r} is stopped",
@@ -226,10 +219,7 @@ pub async fn settle(
                     replacement.as_deref().unwrap_or("(none)")
                 ),
             };
-            let w = ctx
-                .registry
-                .replace(&TASKS, ns, tname, body, Part::All, super::jobs::ALL)
-                .await?;
+            let w = ctx.registry.replace(&TASKS, ns, tname, body, Part::All, ALL).await?;
             ctx.wrote("tasks", &w.object);
             ctx.events.record(&w.object, Kind::Normal, "Reconciled", message);
             existing.insert(tname.clone(), Arc::new(w.object));

@@ -5,62 +5,28 @@
 //! replica per matching robot instead (`system.rs`). Idempotent: it compares the
 //! desired objects with the cached ones and writes only differences.
 
-use super::{Ctx, Next};
-use crate::api::placement;
-use crate::api::{
-    Job, JobType, ObjectMeta, OwnerReference, TaskGroupSpec, TaskGroupTemplate, TaskSpec, TaskState, API_VERSION,
+use super::task_objects::{
+    create_tasks, owner, placed_status, record_placement, task_object, to_value, ALL, CREATE_BATCH,
 };
-use crate::server::events::Kind;
+use super::{Ctx, Next};
+use crate::api::placement::{self, task_name};
+use crate::api::{Job, JobType, ObjectMeta, OwnerReference, TaskGroupSpec, TaskGroupTemplate, TaskState, API_VERSION};
+use crate::server::annotations::{ANN_RESCHEDULES, ANN_STATUS_SEQ, ANN_UNKNOWN_SINCE, LABEL_GROUP, LABEL_JOB};
 use crate::server::object;
-use crate::server::registry::{DeleteOptions, Part, WriteOptions};
+use crate::server::registry::{DeleteOptions, Part};
 use crate::server::resources::{TASKGROUPS, TASKS};
 use crate::server::scheduler::{self, RobotInfo};
 use crate::server::status::Status;
+use crate::server::stored_task;
 use crate::server::time;
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub const LABEL_JOB: &str = "robot.k8s4r.io/job";
-pub const LABEL_GROUP: &str = "robot.k8s4r.io/taskgroup";
-pub const LABEL_REPLICA: &str = "robot.k8s4r.io/replica";
-/// How often a Task's replica was moved to another robot.
-pub const ANN_RESCHEDULES: &str = "robot.k8s4r.io/reschedules";
-/// Last status sequence number applied from the agent.
-pub const ANN_STATUS_SEQ: &str = "robot.k8s4r.io/status-seq";
-
 /// Retry placing unschedulable replicas at least this often (robot changes
 /// trigger a retry at once).
 const UNSCHEDULABLE_RETRY: Duration = Duration::from_secs(10);
-
-pub use crate::api::placement::task_name;
-
-fn owner(kind: &str, name: &str, uid: &str) -> OwnerReference {
-    OwnerReference {
-        api_version: API_VERSION.into(),
-        kind: kind.into(),
-        name: name.into(),
-        uid: uid.into(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
-}
-
-fn spec_str<'a>(v: &'a Value, f: &str) -> Option<&'a str> {
-    v.get("spec")?.get(f)?.as_str().filter(|s| !s.is_empty())
-}
-
-pub fn task_state(v: &Value) -> TaskState {
-    v.get("status")
-        .and_then(|s| s.get("state"))
-        .and_then(|s| serde_json::from_value(s.clone()).ok())
-        .unwrap_or_default()
-}
-
-fn to_value<T: serde::Serialize>(x: &T) -> Result<Value, Status> {
-    serde_json::to_value(x).map_err(|e| Status::internal(format!("encoding: {e}")))
-}
 
 fn group_spec(job: &str, g: &TaskGroupTemplate) -> TaskGroupSpec {
     TaskGroupSpec {
@@ -77,58 +43,6 @@ fn group_spec(job: &str, g: &TaskGroupTemplate) -> TaskGroupSpec {
         meta: g.meta.clone(),
         resources: g.resources.clone(),
         disconnect: g.disconnect.clone(),
-    }
-}
-
-/// Tasks created per store batch.
-pub(super) const CREATE_BATCH: usize = 256;
-
-/// Create `tasks` in one batch; returns how many were created, or the
-/// first error (after recording every success).
-pub(super) async fn create_tasks(
-    ctx: &Ctx,
-    ns: &str,
-    tasks: Vec<(Value, Option<Result<String, String>>)>,
-) -> Result<usize, Status> {
-    if tasks.is_empty() {
-        return Ok(0);
-    }
-    let (bodies, placements): (Vec<Value>, Vec<_>) = tasks.into_iter().unzip();
-    let results = ctx.registry.create_many(&TASKS, ns, bodies, Part::All, ALL).await?;
-    let mut created = 0;
-    let mut first_error = None;
-    for (r, p) in results.into_iter().zip(placements) {
-        match r {
-            Ok(w) => {
-                record_placement(ctx, &w.object, p.as_ref(), None);
-                ctx.wrote_owned("tasks", w.object);
-                created += 1;
-            }
-            Err(e) => {
-                first_error.get_or_insert(e);
-            }
-        }
-    }
-    match first_error {
-        Some(e) => Err(e),
-        None => Ok(created),
-    }
-}
-
-pub(super) fn record_placement(ctx: &Ctx, task: &Value, p: Option<&Result<String, String>>, from: Option<&str>) {
-    match (p, from) {
-        (Some(Ok(robot)), Some(old)) => ctx.events.record(
-            task,
-            Kind::Normal,
-            "Rescheduled",
-            format!("robot {old} was lost; placed on robot {robot}"),
-        ),
-        (Some(Ok(robot)), None) => {
-            ctx.events
-                .record(task, Kind::Normal, "Scheduled", format!("placed on robot {robot}"))
-        }
-        (Some(Err(why)), _) => ctx.events.record(task, Kind::Warning, "FailedScheduling", why.clone()),
-        (None, _) => {}
     }
 }
 
@@ -170,50 +84,9 @@ fn may_reschedule(job: &Job, g: &TaskGroupTemplate, tasks: &[&Arc<Value>]) -> Re
     Ok(true)
 }
 
-pub(super) fn placed_status(robot: &str, rescheduled_from: Option<&str>) -> Value {
-    match rescheduled_from {
-        Some(old) => json!({"state": "scheduled", "reason": "Rescheduled",
-                            "message": format!("robot {old} was lost; placed on robot {robot}")}),
-        None => json!({"state": "scheduled", "reason": "Scheduled", "message": format!("placed on robot {robot}")}),
-    }
-}
-
 fn pending_status(why: &str) -> Value {
     json!({"state": "pending", "reason": "Unschedulable", "message": why})
 }
-
-#[allow(clippy::too_many_arguments)]
-pub(super) fn task_object(
-    ns: &str,
-    name: &str,
-    job: &str,
-    g: &TaskGroupTemplate,
-    i: i32,
-    owner: &OwnerReference,
-    spec: &TaskSpec,
-    status: Value,
-) -> Result<Value, Status> {
-    let meta = ObjectMeta {
-        name: name.into(),
-        namespace: Some(ns.into()),
-        labels: [
-            (LABEL_JOB.to_string(), job.to_string()),
-            (LABEL_GROUP.to_string(), g.name.clone()),
-            (LABEL_REPLICA.to_string(), i.to_string()),
-        ]
-        .into(),
-        owner_references: vec![owner.clone()],
-        ..Default::default()
-    };
-    Ok(
-        json!({"apiVersion": API_VERSION, "kind": "Task", "metadata": to_value(&meta)?, "spec": to_value(spec)?, "status": status}),
-    )
-}
-
-pub(super) const ALL: WriteOptions = WriteOptions {
-    validation: crate::server::admission::FieldValidation::Ignore,
-    dry_run: false,
-};
 
 /// Create or update the TaskGroup of `g`; returns its uid.
 async fn ensure_group(
@@ -343,8 +216,8 @@ pub async fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<Next, Status> 
                 .iter()
                 .filter_map(|t| existing.get(&task_name(name, &g.name, i, &t.name)))
                 .collect();
-            let target = current.iter().find_map(|t| spec_str(t, "targetRobot"));
-            let lost = current.iter().any(|t| task_state(t) == TaskState::Lost);
+            let target = current.iter().find_map(|t| stored_task::target_robot(t));
+            let lost = current.iter().any(|t| stored_task::state(t) == TaskState::Lost);
             let complete = current.len() == g.tasks.len();
             match target {
                 None => need.push(i),
@@ -401,7 +274,7 @@ pub async fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<Next, Status> 
                         }
                     }
                     (Some(cur), Some(p)) => {
-                        let old = spec_str(cur, "targetRobot").map(str::to_string);
+                        let old = stored_task::target_robot(cur).map(str::to_string);
                         let (status, moved) = match p {
                             Ok(robot) => {
                                 spec.target_robot = Some(robot.clone());
@@ -422,7 +295,7 @@ pub async fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<Next, Status> 
                                 Some(&count).filter(|c| *c != "0").map(|c| c.as_str()),
                             );
                             object::set_annotation(&mut body, ANN_STATUS_SEQ, None);
-                            object::set_annotation(&mut body, super::liveness::ANN_UNKNOWN_SINCE, None);
+                            object::set_annotation(&mut body, ANN_UNKNOWN_SINCE, None);
                         }
                         if body != **cur {
                             let w = ctx.registry.replace(&TASKS, ns, &tname, body, Part::All, ALL).await?;
@@ -433,7 +306,7 @@ pub async fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<Next, Status> 
                     (Some(cur), None) => {
                         // Roll spec changes (network, env, ...) to the task
                         // in place: the agent sees an update, not a new task.
-                        spec.target_robot = spec_str(cur, "targetRobot").map(str::to_string);
+                        spec.target_robot = stored_task::target_robot(cur).map(str::to_string);
                         let spec = to_value(&spec)?;
                         if cur.get("spec") != Some(&spec) {
                             let mut body = (**cur).clone();

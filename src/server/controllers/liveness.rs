@@ -5,13 +5,14 @@
 //! is what tells, with this replica's own sign of the robot where newer.
 
 use super::{Ctx, Next, Work};
-use crate::api::TaskState;
+use crate::server::annotations::ANN_UNKNOWN_SINCE;
 use crate::server::events::Kind;
 use crate::server::fleet::stored_heartbeat_age;
 use crate::server::object;
 use crate::server::registry::{Part, WriteOptions};
 use crate::server::resources::{ROBOTS, TASKS};
 use crate::server::status::Status;
+use crate::server::stored_task;
 use crate::server::time;
 use serde_json::{json, Value};
 
@@ -20,13 +21,6 @@ fn phase(v: &Value) -> &str {
         .and_then(|s| s.get("phase"))
         .and_then(Value::as_str)
         .unwrap_or("")
-}
-
-fn task_state(v: &Value) -> TaskState {
-    v.get("status")
-        .and_then(|s| s.get("state"))
-        .and_then(|s| serde_json::from_value(s.clone()).ok())
-        .unwrap_or_default()
 }
 
 pub async fn check(ctx: &Ctx) -> Result<Next, Status> {
@@ -81,16 +75,11 @@ async fn deleted_robots(ctx: &Ctx) -> Result<(), Status> {
         .map(|r| (object::namespace(r).to_string(), object::name(r).to_string()))
         .collect();
     for task in ctx.cache().list("tasks", None) {
-        let Some(robot) = task
-            .get("spec")
-            .and_then(|s| s.get("targetRobot"))
-            .and_then(Value::as_str)
-        else {
+        let Some(robot) = stored_task::target_robot(&task) else {
             continue;
         };
         let ns = object::namespace(&task);
-        if robot.is_empty() || robots.contains(&(ns.to_string(), robot.to_string())) || task_state(&task).is_terminal()
-        {
+        if robots.contains(&(ns.to_string(), robot.to_string())) || stored_task::state(&task).is_terminal() {
             continue;
         }
         let patch = json!({"status": {
@@ -122,12 +111,7 @@ async fn deleted_robots(ctx: &Ctx) -> Result<(), Status> {
             "TaskLost",
             format!("robot {robot} was deleted"),
         );
-        if let Some(job) = w
-            .object
-            .get("spec")
-            .and_then(|s| s.get("jobName"))
-            .and_then(Value::as_str)
-        {
+        if let Some(job) = stored_task::job_name(&w.object) {
             ctx.hub.queue.add(Work::Job {
                 namespace: ns.to_string(),
                 name: job.to_string(),
@@ -136,9 +120,6 @@ async fn deleted_robots(ctx: &Ctx) -> Result<(), Status> {
     }
     Ok(())
 }
-
-/// When a task on an Offline robot was first marked Unknown.
-pub const ANN_UNKNOWN_SINCE: &str = "robot.k8s4r.io/unknown-since";
 
 /// The group's `disconnect.lostAfter`, as carried on the Task.
 fn lost_after(task: &Value) -> Option<std::time::Duration> {
@@ -150,12 +131,8 @@ fn lost_after(task: &Value) -> Option<std::time::Duration> {
 /// or, with a `disconnect.lostAfter`, Unknown first and Lost after it.
 async fn mark_lost(ctx: &Ctx, ns: &str, robot: &str) -> Result<(), Status> {
     for task in ctx.cache().tasks_on_robot(ns, robot) {
-        let state = task_state(&task);
-        let placed_here = task
-            .get("spec")
-            .and_then(|s| s.get("targetRobot"))
-            .and_then(Value::as_str)
-            == Some(robot);
+        let state = stored_task::state(&task);
+        let placed_here = stored_task::target_robot(&task) == Some(robot);
         if state.is_terminal() || !placed_here {
             continue;
         }
@@ -192,12 +169,7 @@ async fn mark_lost(ctx: &Ctx, ns: &str, robot: &str) -> Result<(), Status> {
         ctx.wrote("tasks", &w.object);
         ctx.events
             .record(&w.object, Kind::Warning, reason, format!("robot {robot} went offline"));
-        if let Some(job) = w
-            .object
-            .get("spec")
-            .and_then(|s| s.get("jobName"))
-            .and_then(Value::as_str)
-        {
+        if let Some(job) = stored_task::job_name(&w.object) {
             ctx.hub.queue.add(Work::Job {
                 namespace: ns.to_string(),
                 name: job.to_string(),

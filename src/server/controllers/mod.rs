@@ -2,11 +2,17 @@
 //! de-duplicating queue. The [`Hub`] feeds the cache from the store's watch
 //! and turns changes into work (and into wake-ups for long-polling robots).
 //!
-//! Everything here acts on the store through the [`Registry`], so the same
-//! code can later run only on an elected leader: start [`run`] when
-//! leadership is gained, stop it when lost.
+//! Everything here acts on the store through the [`Registry`]. Every
+//! replica keeps the cache (it serves the robots' long polls); only the
+//! elected leader (`server::election`, on etcd) runs the workers:
+//! [`run_when_leading`] starts them when leadership is gained and stops them
+//! when it is lost. [`run`] is the single-replica case (always leading).
+//!
+//! The cache (`server::cache`) and the fleet (`server::fleet`) sit beside
+//! this module; the labels and annotations written here are in
+//! `server::annotations`, stored Task fields are read through
+//! `server::stored_task`, and Task objects are built in `task_objects.rs`.
 
-pub mod cache;
 pub mod disconnect;
 mod gc;
 pub mod jobs;
@@ -14,14 +20,17 @@ pub mod liveness;
 mod snapshot;
 mod status;
 mod system;
+mod task_objects;
 
+use crate::server::annotations::ANN_ORIGINAL_ROBOT;
+use crate::server::cache::{Cache, Change, RESOURCES};
 use crate::server::events::Recorder;
 use crate::server::fleet::Fleet;
 use crate::server::object;
 use crate::server::registry::Registry;
 use crate::server::status::Status;
 use crate::server::store::{EventKind, StoreError};
-use cache::{Cache, Change, RESOURCES};
+use crate::server::stored_task;
 use futures_util::FutureExt;
 use serde_json::Value;
 use std::collections::HashSet;
@@ -92,10 +101,6 @@ pub struct Hub {
     pub queue: Arc<Queue>,
 }
 
-fn spec_str<'a>(v: &'a Value, f: &str) -> Option<&'a str> {
-    v.get("spec")?.get(f)?.as_str()
-}
-
 /// What of a Robot matters to scheduling (not its heartbeat time).
 fn robot_facts(v: &Value) -> (Option<&Value>, Option<&Value>, Option<&Value>) {
     (
@@ -115,7 +120,7 @@ impl Hub {
 
     fn job_of(c: &Change) -> Option<String> {
         let v = c.new.as_deref().or(c.prev.as_deref())?;
-        spec_str(v, "jobName").map(str::to_string)
+        stored_task::job_name(v).map(str::to_string)
     }
 
     fn dispatch(&self, c: &Change) {
@@ -127,7 +132,7 @@ impl Hub {
                 // its desired set changed.
                 let original = |v: &Option<Arc<Value>>| {
                     v.as_deref()
-                        .and_then(|v| object::annotation(v, disconnect::ANN_ORIGINAL_ROBOT))
+                        .and_then(|v| object::annotation(v, ANN_ORIGINAL_ROBOT))
                         .map(str::to_string)
                 };
                 let (before, after) = (original(&c.prev), original(&c.new));

@@ -2,18 +2,14 @@
 //! their labels, attributes and capacity, and what is already placed on each
 //! (ports, replicas per group, requests).
 
-use super::jobs::task_state;
 use super::Ctx;
 use crate::api::placement;
 use crate::api::{TaskGroupTemplate, TaskState};
 use crate::server::object;
 use crate::server::scheduler::RobotInfo;
+use crate::server::stored_task;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-
-fn spec_str<'a>(v: &'a Value, f: &str) -> Option<&'a str> {
-    v.get("spec")?.get(f)?.as_str().filter(|s| !s.is_empty())
-}
 
 /// Ports the group's Envoy listens on: upstream localPorts (127.0.0.1)
 /// and inbound ports (the robot's network). Both are per-robot resources.
@@ -167,17 +163,17 @@ pub fn snapshot(ctx: &Ctx, ns: &str) -> Vec<RobotInfo> {
     let index: HashMap<String, usize> = robots.iter().enumerate().map(|(i, r)| (r.name.clone(), i)).collect();
     let mut seen = HashSet::new();
     for t in ctx.cache().list("tasks", Some(ns)) {
-        let Some(&i) = spec_str(&t, "targetRobot").and_then(|r| index.get(r)) else {
+        let Some(&i) = stored_task::target_robot(&t).and_then(|r| index.get(r)) else {
             continue;
         };
         // A Lost system replica still holds its robot's resources: it is
         // never moved and resumes there when the robot is back.
         let system = t.get("spec").and_then(|s| s.get("jobType")).and_then(Value::as_str) == Some("system");
-        let state = task_state(&t);
+        let state = stored_task::state(&t);
         if state.is_terminal() && !(system && state == TaskState::Lost) {
             continue;
         }
-        let group = format!("{ns}/{}", spec_str(&t, "taskGroupName").unwrap_or(""));
+        let group = format!("{ns}/{}", stored_task::task_group_name(&t).unwrap_or(""));
         let replica = t
             .get("spec")
             .and_then(|s| s.get("replicaIndex"))

@@ -2,20 +2,18 @@
 //! and the Job's (counts, state, summary, startedAt/completedAt). A system
 //! job counts one replica per robot and says on how many robots it runs.
 
-use super::jobs::{task_name, task_state};
+use super::task_objects::ALL;
 use super::Ctx;
+use crate::api::placement::task_name;
 use crate::api::{GroupState, GroupSummary, Job, JobStatus, JobType, TaskGroupStatus, TaskGroupTemplate, TaskState};
 use crate::server::object;
 use crate::server::registry::Part;
 use crate::server::status::Status;
+use crate::server::stored_task;
 use crate::server::time;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-
-fn spec_str<'a>(v: &'a Value, f: &str) -> Option<&'a str> {
-    v.get("spec")?.get(f)?.as_str().filter(|s| !s.is_empty())
-}
 
 fn to_value<T: serde::Serialize>(x: &T) -> Result<Value, Status> {
     serde_json::to_value(x).map_err(|e| Status::internal(format!("encoding: {e}")))
@@ -108,10 +106,10 @@ pub async fn update_status(
         // (replica, robot): one per replica, or one per robot (system).
         let mut assigned = BTreeMap::new();
         for (i, task) in group_tasks(ctx, ns, name, kind, g, tg_name) {
-            let s = task_state(&task);
+            let s = stored_task::state(&task);
             c.add(s);
             all.add(s);
-            if let Some(r) = spec_str(&task, "targetRobot") {
+            if let Some(r) = stored_task::target_robot(&task) {
                 let key = if kind == JobType::System { r } else { "" };
                 assigned.insert((i, key.to_string()), r.to_string());
                 robots.insert(r.to_string());
@@ -217,7 +215,7 @@ fn group_tasks(
             .cache()
             .of_job("tasks", ns, job)
             .into_iter()
-            .filter(|t| spec_str(t, "taskGroupName") == Some(tg_name))
+            .filter(|t| stored_task::task_group_name(t) == Some(tg_name))
             .map(|t| (0, t))
             .collect();
     }
@@ -245,14 +243,7 @@ async fn write_status(ctx: &Ctx, plural: &str, cur: &Value, status: Value) -> Re
     }
     let w = ctx
         .registry
-        .replace(
-            res,
-            object::namespace(cur),
-            object::name(cur),
-            body,
-            Part::Status,
-            super::jobs::ALL,
-        )
+        .replace(res, object::namespace(cur), object::name(cur), body, Part::Status, ALL)
         .await?;
     ctx.wrote(plural, &w.object);
     Ok(())

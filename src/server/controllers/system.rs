@@ -22,7 +22,7 @@
 //! no state maps robots to replica numbers. Every system Task has replica
 //! index 0 (`K8S4R_REPLICA=0`, `alloc/<job>-<group>/r0/<task>` on its robot).
 
-use super::jobs::{create_tasks, placed_status, record_placement, task_object, ALL, CREATE_BATCH};
+use super::task_objects::{create_tasks, placed_status, record_placement, task_object, ALL, CREATE_BATCH};
 use super::Ctx;
 use crate::api::placement;
 use crate::api::{Job, OwnerReference, TaskGroupTemplate};
@@ -32,16 +32,13 @@ use crate::server::registry::Part;
 use crate::server::resources::TASKS;
 use crate::server::scheduler::{self, RobotInfo, SystemPlan};
 use crate::server::status::Status;
+use crate::server::stored_task;
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 /// (namespace, job, job uid, group, robot) -> the reason last reported.
 pub type Unfit = HashMap<(String, String, String, String, String), String>;
-
-fn spec_str<'a>(v: &'a Value, f: &str) -> Option<&'a str> {
-    v.get("spec")?.get(f)?.as_str().filter(|s| !s.is_empty())
-}
 
 /// Robots holding a replica of `g` now: the targetRobot of each of the
 /// group's Tasks that carries the system name for that robot (a Task of
@@ -55,7 +52,7 @@ pub fn placed_robots<'a>(
     tasks
         .into_iter()
         .filter_map(|(name, t)| {
-            let robot = spec_str(t, "targetRobot")?;
+            let robot = stored_task::target_robot(t)?;
             g.tasks
                 .iter()
                 .any(|x| placement::system_task_name(job, &g.name, robot, &x.name) == name)
@@ -113,7 +110,7 @@ pub(super) async fn reconcile_group(ctx: &Ctx, s: &Group<'_>, b: &mut Batch<'_>)
     let mine: Vec<(&str, &Value)> = b
         .existing
         .iter()
-        .filter(|(_, t)| spec_str(t, "taskGroupName") == Some(s.tg_name))
+        .filter(|(_, t)| stored_task::task_group_name(t) == Some(s.tg_name))
         .map(|(n, t)| (n.as_str(), &**t))
         .collect();
     let placed = placed_robots(name, g, mine);
@@ -138,7 +135,7 @@ pub(super) async fn reconcile_group(ctx: &Ctx, s: &Group<'_>, b: &mut Batch<'_>)
                     // Roll spec changes in place; a Task of this name is
                     // always on this robot (the name says so).
                     let spec = serde_json::to_value(&spec).map_err(|e| Status::internal(format!("encoding: {e}")))?;
-                    let moved = spec_str(cur, "targetRobot") != Some(robot.as_str());
+                    let moved = stored_task::target_robot(cur) != Some(robot.as_str());
                     if cur.get("spec") != Some(&spec) {
                         let mut body = (**cur).clone();
                         body["spec"] = spec;

@@ -3,7 +3,9 @@
 //! never acts on a state older than what it just wrote). Indexed by robot
 //! and by job. Every change is reported once, with the previous state.
 
+use crate::server::annotations::ANN_ORIGINAL_ROBOT;
 use crate::server::object;
+use crate::server::stored_task;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
@@ -44,10 +46,6 @@ pub fn resource_name(resource: &str) -> Option<&'static str> {
     RESOURCES.iter().copied().find(|r| *r == resource)
 }
 
-fn spec_str<'a>(v: &'a Value, field: &str) -> Option<&'a str> {
-    v.get("spec")?.get(field)?.as_str().filter(|s| !s.is_empty())
-}
-
 impl Inner {
     fn index(&mut self, resource: &'static str, key: &NsName, v: &Value, add: bool) {
         let ns = key.0.clone();
@@ -70,8 +68,8 @@ impl Inner {
             // A robot's desired set: the tasks placed on it, and the copies
             // it ran before it was lost until they are settled
             // (disconnect.rs).
-            let original = object::annotation(v, super::disconnect::ANN_ORIGINAL_ROBOT).filter(|r| !r.is_empty());
-            for robot in spec_str(v, "targetRobot").into_iter().chain(original) {
+            let original = object::annotation(v, ANN_ORIGINAL_ROBOT).filter(|r| !r.is_empty());
+            for robot in stored_task::target_robot(v).into_iter().chain(original) {
                 let k = (ns.clone(), robot.to_string());
                 edit(self.by_robot.entry(k.clone()).or_default());
                 if self.by_robot.get(&k).is_some_and(BTreeSet::is_empty) {
@@ -80,7 +78,7 @@ impl Inner {
             }
         }
         if resource == "tasks" || resource == "taskgroups" {
-            if let Some(job) = spec_str(v, "jobName") {
+            if let Some(job) = stored_task::job_name(v) {
                 let k = (resource, (ns, job.to_string()));
                 edit(self.by_job.entry(k.clone()).or_default());
                 if self.by_job.get(&k).is_some_and(BTreeSet::is_empty) {
@@ -263,7 +261,7 @@ mod tests {
         let t = |robot: &str, original: Option<&str>| {
             let mut v = json!({"metadata": {"name": "t", "uid": "u1"}, "spec": {"targetRobot": robot, "jobName": "j"}});
             if let Some(o) = original {
-                v["metadata"]["annotations"] = json!({super::super::disconnect::ANN_ORIGINAL_ROBOT: o});
+                v["metadata"]["annotations"] = json!({ANN_ORIGINAL_ROBOT: o});
             }
             Arc::new(v)
         };
