@@ -5,9 +5,11 @@
 //! - `envoy`: renders a TaskGroup's Envoy config from compiled-in templates.
 //! - `server`: the control plane (feature `server`, never in the agent build).
 //! - `cli`: small helpers shared by the binaries' command lines.
+//! - `atomic_file`: the one atomic, durable file replacement.
 
 pub mod agent;
 pub mod api;
+pub mod atomic_file;
 pub mod cli;
 pub mod envoy;
 #[cfg(feature = "server")]

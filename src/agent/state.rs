@@ -9,8 +9,8 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{self, Write};
+
+use std::io;
 use std::path::{Path, PathBuf};
 
 pub const STATE_FILE: &str = "state.json";
@@ -109,35 +109,15 @@ impl StateFile {
         if bytes == self.last_written {
             return Ok(false);
         }
-        write_atomic(&self.path, &bytes, 0o600).map_err(|e| StateError::Write(self.path.clone(), e))?;
+        crate::atomic_file::write(&self.path, &bytes, 0o600).map_err(|e| StateError::Write(self.path.clone(), e))?;
         self.last_written = bytes;
         Ok(true)
     }
 }
 
-/// temp file in the same directory, fsync, rename over, fsync the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
+/// The one atomic write (`crate::atomic_file::write`), under the name
+/// `connected/config.rs` still calls it by.
+pub use crate::atomic_file::write as write_atomic;
 
 #[cfg(test)]
 mod tests {

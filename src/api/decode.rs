@@ -3,9 +3,9 @@
 //! warnings with their paths, the way kubectl reports them. Type errors name
 //! the field; YAML syntax errors name the line and column.
 
+use super::findings::FieldError;
 use super::meta::API_VERSION;
 use super::types::{Job, Robot, Task, TaskGroup};
-use super::validate::FieldError;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -40,15 +40,6 @@ impl AnyObject {
         }
     }
 }
-
-/// The kinds we serve, with their REST names.
-pub const KINDS: &[(&str, &str, &str)] = &[
-    // (kind, plural, singular)
-    ("Job", "jobs", "job"),
-    ("TaskGroup", "taskgroups", "taskgroup"),
-    ("Task", "tasks", "task"),
-    ("Robot", "robots", "robot"),
-];
 
 /// One document that did not decode.
 #[derive(Clone, Debug, PartialEq)]

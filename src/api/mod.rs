@@ -3,6 +3,7 @@
 
 pub mod agent_protocol;
 pub mod decode;
+pub mod findings;
 pub mod hex;
 pub mod meta;
 pub mod placement;
@@ -15,7 +16,8 @@ pub mod units;
 pub mod validate;
 
 pub use decode::{decode_all, AnyObject, DecodeError, Decoded};
+pub use findings::{FieldError, Findings};
 pub use meta::{Object, ObjectMeta, OwnerReference, API_VERSION};
 pub use types::*;
 pub use units::{Duration, Quantity};
-pub use validate::{review, validate, FieldError, Findings};
+pub use validate::{review, validate};

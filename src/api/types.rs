@@ -758,22 +758,6 @@ pub struct Assignment {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
-pub struct TaskCounts {
-    #[serde(default)]
-    pub total_tasks: i32,
-    #[serde(default)]
-    pub pending_tasks: i32,
-    #[serde(default)]
-    pub running_tasks: i32,
-    #[serde(default)]
-    pub succeeded_tasks: i32,
-    #[serde(default)]
-    pub failed_tasks: i32,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
-#[serde(rename_all = "camelCase")]
 pub struct TaskGroupStatus {
     #[serde(default)]
     pub state: GroupState,

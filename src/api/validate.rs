@@ -11,45 +11,10 @@
 //! records them as events on the Job, `k8s4r validate` and `run -f` print
 //! them.
 
+use super::findings::{FieldError, Findings};
 use super::types::*;
 use super::units::{check_max_duration, Duration, Quantity};
 use std::collections::{BTreeMap, HashSet};
-use std::fmt;
-
-/// One problem with one field. Also the shape of a Kubernetes `StatusCause`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FieldError {
-    pub field: String,
-    pub message: String,
-}
-
-impl FieldError {
-    pub fn new(field: &str, message: impl Into<String>) -> Self {
-        FieldError {
-            field: field.to_string(),
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for FieldError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.field.is_empty() {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "{}: {}", self.field, self.message)
-        }
-    }
-}
-
-/// Everything validation found about one object.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Findings {
-    /// The object is refused.
-    pub errors: Vec<FieldError>,
-    /// Accepted, but part of it is not acted on (each says what and why).
-    pub warnings: Vec<FieldError>,
-}
 
 /// Accumulates errors and warnings while walking an object.
 #[derive(Default)]

@@ -211,34 +211,7 @@ fn resolve(config: &Kubeconfig, dir: &Path) -> Result<Resolved, String> {
 /// reader sees the old file or the new one and nothing else ever sees the
 /// key.
 pub fn write_private(path: &Path, text: &str) -> Result<(), String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let base = path.file_name().and_then(|n| n.to_str()).unwrap_or("kubeconfig");
-    let tmp = dir.join(format!(
-        ".{base}.{}.tmp",
-        crate::server::object::hex(&crate::server::object::random_bytes::<6>())
-    ));
-    let fail = |e: std::io::Error| format!("writing {}: {e}", path.display());
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(&tmp)
-        .map_err(fail)?;
-    let written = file
-        .write_all(text.as_bytes())
-        .and_then(|()| file.sync_all())
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(fail(e));
-    }
-    Ok(())
+    crate::atomic_file::write(path, text.as_bytes(), 0o600).map_err(|e| format!("writing {}: {e}", path.display()))
 }
 
 #[cfg(test)]

@@ -183,7 +183,3 @@ pub static ALL: [&Resource; 4] = [&JOBS, &TASKGROUPS, &TASKS, &ROBOTS];
 pub fn by_plural(plural: &str) -> Option<&'static Resource> {
     ALL.iter().copied().find(|r| r.plural == plural)
 }
-
-pub fn by_kind(kind: &str) -> Option<&'static Resource> {
-    ALL.iter().copied().find(|r| r.kind == kind)
-}

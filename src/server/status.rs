@@ -153,10 +153,6 @@ impl Status {
         Status::new(405, "MethodNotAllowed", message)
     }
 
-    pub fn not_acceptable(message: impl Into<String>) -> Self {
-        Status::new(406, "NotAcceptable", message)
-    }
-
     pub fn gone(message: impl Into<String>) -> Self {
         Status::new(410, "Expired", message)
     }

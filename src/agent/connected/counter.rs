@@ -7,7 +7,7 @@
 //! used before the restart (at most the reservation) is never used again.
 
 use super::keys::read_private;
-use crate::agent::state::write_atomic;
+use crate::atomic_file;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -60,7 +60,7 @@ impl Counter {
             .ok_or_else(|| io::Error::other("the request counter is exhausted"))?;
         if n > self.reserved {
             let reserve = n.saturating_add(STEP - 1);
-            write_atomic(&self.path, format!("{reserve}\n").as_bytes(), 0o600)?;
+            atomic_file::write(&self.path, format!("{reserve}\n").as_bytes(), 0o600)?;
             self.reserved = reserve;
         }
         self.next = after;

@@ -8,9 +8,9 @@ use super::channel::Channel;
 use super::client::{Client, ClientError};
 use super::config::AgentConfig;
 use super::keys::read_private;
-use crate::agent::state::write_atomic;
 use crate::api::agent_protocol::RegisterRequest;
 use crate::api::robot_channel::{nonce, ChannelError, Claim, JoinToken, PublicKeys};
+use crate::atomic_file;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -51,7 +51,7 @@ pub fn load(data_dir: &Path, config: &AgentConfig) -> Option<Identity> {
 
 pub fn save(data_dir: &Path, id: &Identity) -> std::io::Result<()> {
     let bytes = serde_json::to_vec(id).map_err(std::io::Error::other)?;
-    write_atomic(&data_dir.join(FILE), &bytes, 0o600)
+    atomic_file::write(&data_dir.join(FILE), &bytes, 0o600)
 }
 
 #[derive(Debug)]

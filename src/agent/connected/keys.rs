@@ -5,9 +5,9 @@
 //! error naming the problem, never silently replaced: a new key would lose
 //! the robot's name to a 409 until an operator resets it.
 
-use crate::agent::state::write_atomic;
 use crate::api::hex;
 use crate::api::robot_channel::KeyPair;
+use crate::atomic_file;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::io::{self, Read};
@@ -103,7 +103,7 @@ pub fn load_or_create(data_dir: &Path) -> Result<KeyPair, KeyError> {
                 seal: hex::encode(&seal),
             };
             let bytes = serde_json::to_vec(&file).map_err(|e| KeyError::Write(path.clone(), io::Error::other(e)))?;
-            write_atomic(&path, &bytes, 0o600).map_err(|e| KeyError::Write(path, e))?;
+            atomic_file::write(&path, &bytes, 0o600).map_err(|e| KeyError::Write(path, e))?;
             Ok(keys)
         }
     }
@@ -151,7 +151,7 @@ mod tests {
             (&b"{\"sign\":\"00\",\"seal\":\"00\"}"[..], "sign is not 64 hex digits"),
             (b"garbage", "not the key JSON"),
         ] {
-            write_atomic(&path, bad, 0o600).unwrap();
+            atomic_file::write(&path, bad, 0o600).unwrap();
             let e = load_or_create(dir.path()).err().unwrap().to_string();
             assert!(e.contains(why) && e.contains("robot reset"), "{e}");
             assert_eq!(std::fs::read(&path).unwrap(), bad, "a damaged key is never overwritten");

@@ -514,7 +514,7 @@ fn load_cached(data_dir: &Path) -> Vec<AssignedTask> {
 fn save_cached(data_dir: &Path, tasks: &[Task]) {
     let result = serde_json::to_vec(tasks)
         .map_err(std::io::Error::other)
-        .and_then(|b| super::state::write_atomic(&data_dir.join(CACHE), &b, 0o600));
+        .and_then(|b| crate::atomic_file::write(&data_dir.join(CACHE), &b, 0o600));
     if let Err(e) = result {
         say(&format!("agent: caching assignments: {e}"));
     }

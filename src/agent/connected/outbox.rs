@@ -11,9 +11,9 @@
 //! The file is rewritten (atomically, fsync'd) only when a status changes
 //! or an acknowledgement removes entries: an idle robot writes nothing.
 
-use crate::agent::state::write_atomic;
 use crate::api::agent_protocol::TaskStatusUpdate;
 use crate::api::TaskStatus;
+use crate::atomic_file;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io;
@@ -154,7 +154,7 @@ impl Outbox {
 
     fn save(&self) -> io::Result<()> {
         let bytes = serde_json::to_vec(&self.file).map_err(io::Error::other)?;
-        write_atomic(&self.path, &bytes, 0o600)
+        atomic_file::write(&self.path, &bytes, 0o600)
     }
 }
 

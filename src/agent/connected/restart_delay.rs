@@ -79,7 +79,7 @@ pub fn record(data_dir: &Path) -> (Duration, Option<std::io::Error>) {
         delay,
     };
     let written = std::fs::create_dir_all(data_dir)
-        .and_then(|()| crate::agent::state::write_atomic(&path, rec.render().as_bytes(), 0o600));
+        .and_then(|()| crate::atomic_file::write(&path, rec.render().as_bytes(), 0o600));
     match written {
         Ok(()) => (delay, None),
         Err(e) => (LONGEST, Some(e)),
