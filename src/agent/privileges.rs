@@ -160,8 +160,9 @@ impl Privileges {
             switch("K8S4R_REQUIRE_ARTIFACT_CHECKSUMS", "require-artifact-checksums", false)?;
         let proxy_mode = match get("K8S4R_PROXY_MODE") {
             None => ProxyMode::default(),
-            Some(v) => ProxyMode::parse(&v)
-                .ok_or_else(|| format!("--proxy-mode {v:?}: expected per-group or shared"))?,
+            Some(v) => {
+                ProxyMode::parse(&v).ok_or_else(|| format!("--proxy-mode {v:?}: expected per-group or shared"))?
+            }
         };
         Ok(Privileges {
             allow_root_tasks,
@@ -270,7 +271,11 @@ mod tests {
         ]);
         assert!(strict.require_artifact_checksums && !strict.allow_root_tasks);
         assert_eq!(strict.proxy_mode, ProxyMode::Shared);
-        assert_eq!(parse(&[]).proxy_mode, ProxyMode::PerGroup, "one Envoy per group by default");
+        assert_eq!(
+            parse(&[]).proxy_mode,
+            ProxyMode::PerGroup,
+            "one Envoy per group by default"
+        );
         assert!(!parse(&["--require-artifact-checksums=false"]).require_artifact_checksums);
         let flags = strict.as_flags();
         assert_eq!(parse(&flags.iter().map(String::as_str).collect::<Vec<_>>()), strict);

@@ -472,8 +472,10 @@ impl Reconciler {
         match rp.want(key, network, now, PROXY_READY_POLL)? {
             Part::Ready { newly } => {
                 if newly {
-                    self.notices
-                        .push((key.to_string(), format!("proxy ready (its part of {})", robot_proxy::UNIT)));
+                    self.notices.push((
+                        key.to_string(),
+                        format!("proxy ready (its part of {})", robot_proxy::UNIT),
+                    ));
                 }
                 Ok(GroupReady::Yes(envoy::proxy_env(network)))
             }
@@ -795,7 +797,9 @@ fn group_users(tasks: &[&AssignedTask], default_user: Option<&str>) -> Vec<Strin
 fn support_units<'a>(key: &str, t: &'a AssignedTask, mode: ProxyMode) -> impl Iterator<Item = String> + 'a {
     let key = key.to_string();
     let own_proxy = (mode == ProxyMode::PerGroup).then(|| format!("{key}-envoy"));
-    own_proxy.into_iter().chain(t.spec.init_tasks.iter().map(move |i| init_unit_name(&key, i)))
+    own_proxy
+        .into_iter()
+        .chain(t.spec.init_tasks.iter().map(move |i| init_unit_name(&key, i)))
 }
 
 /// `<taskGroup>-<init>` for group init tasks, `robot-<name>` for robot-scoped daemons.

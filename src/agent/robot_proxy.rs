@@ -96,8 +96,10 @@ impl RobotProxy {
         self.joined.retain(|k, _| wanted.contains_key(k));
         let mut next = self.applied.clone();
         next.retain(|k, _| wanted.contains_key(k) || draining.contains(k));
-        let changed: Vec<(&String, &NetworkConfig)> =
-            wanted.iter().filter(|(k, n)| self.applied.get(*k) != Some(*n)).collect();
+        let changed: Vec<(&String, &NetworkConfig)> = wanted
+            .iter()
+            .filter(|(k, n)| self.applied.get(*k) != Some(*n))
+            .collect();
         let mut failures = Vec::new();
         if next.len() != self.applied.len() || !changed.is_empty() {
             let mut all = next.clone();

@@ -379,7 +379,10 @@ mod tests {
         let h = health_from_clusters(clusters, "j-b/");
         assert_eq!(h.len(), 1);
         assert_eq!((h[0].upstream.as_str(), h[0].healthy), ("db", false));
-        assert!(health_from_clusters(clusters, "").is_empty(), "scoped names are not a group's own");
+        assert!(
+            health_from_clusters(clusters, "").is_empty(),
+            "scoped names are not a group's own"
+        );
     }
 
     #[test]
