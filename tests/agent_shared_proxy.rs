@@ -7,7 +7,8 @@
 //!   stays up through the same Envoy process;
 //! - kill -9 of the shared Envoy: every group's proxy is back, tasks
 //!   untouched;
-//! - per-group → shared across an agent restart: tasks keep running.
+//! - per-group → shared and back across an agent restart: tasks keep
+//!   running.
 
 mod common;
 
@@ -229,49 +230,68 @@ fn a_killed_shared_envoy_comes_back_with_every_group_and_tasks_untouched() {
     stop(&sb, agent, &["j-a", "j-b"]);
 }
 
-#[test]
-fn switching_from_per_group_to_shared_across_an_agent_restart_keeps_tasks_running() {
+/// The robot's tasks run under an agent with proxy `from` (flags), the
+/// agent leaves them running and one with `to` takes over: the old mode's
+/// Envoys (pids on lines `old`) stop, the new one (`new`) serves both
+/// groups, and the tasks are adopted, never started again.
+fn switch_keeps_tasks_running(from: &[&str], old: &[&str], to: &[&str], new: &[&str]) {
     let Some(envoy) = envoy_bin() else { return };
     let (up_a, up_b) = (tagged_upstream("a"), tagged_upstream("b"));
     let (pa, pb) = (free_port(), free_port());
     let sb = Sandbox::new();
     let groups = [group("a", pa, up_a, ""), group("b", pb, up_b, "")];
-    let before = run(&sb, &groups, &envoy, &["--keep-running"]);
+    let before = run(&sb, &groups, &envoy, &[from, &["--keep-running"]].concat());
     let tasks = [
         before.pid_of("j-a r0 t: running pid"),
         before.pid_of("j-b r0 t: running pid"),
     ];
-    let own = [
-        before.pid_of("j-a envoy: running pid"),
-        before.pid_of("j-b envoy: running pid"),
-    ];
+    let old: Vec<i32> = old.iter().map(|l| before.pid_of(l)).collect();
     assert_eq!(wait_for("traffic through a", T, || through(pa, "1")), "a:1");
     signal(before.child.id(), "TERM");
     before.wait_line("leaving tasks running");
     drop(before);
 
-    let after = run(&sb, &groups, &envoy, &["--proxy-mode", "shared"]);
-    let robot = after.pid_of("robot envoy: running pid");
-    assert_eq!(wait_for("a through the shared Envoy", T, || through(pa, "2")), "a:2");
-    assert_eq!(wait_for("b through the shared Envoy", T, || through(pb, "2")), "b:2");
-    for pid in own {
-        assert!(!alive(pid), "the per-group Envoys are stopped");
+    let mut after = run(&sb, &groups, &envoy, to);
+    let new: Vec<i32> = new.iter().map(|l| after.pid_of(l)).collect();
+    assert_eq!(wait_for("a through the new proxy", T, || through(pa, "2")), "a:2");
+    assert_eq!(wait_for("b through the new proxy", T, || through(pb, "2")), "b:2");
+    // Adopted, not started again, once each group's proxy is served.
+    after.pid_of("j-a r0 t: adopted running pid");
+    after.pid_of("j-b r0 t: adopted running pid");
+    for pid in old {
+        assert!(!alive(pid), "the old mode's Envoys are stopped");
     }
     for pid in tasks {
         assert!(alive(pid), "the tasks keep running across the switch");
     }
-    // Adopted, not started again, once each group's part is served.
-    after.pid_of("j-a r0 t: adopted running pid");
-    after.pid_of("j-b r0 t: adopted running pid");
     assert!(
         after.lines_with("r0 t: running pid").is_empty(),
         "no task started again: {}",
         after.output()
     );
-    assert!(alive(robot));
+    assert!(new.iter().all(|p| alive(*p)));
     // Re-adopted tasks' exit codes are unknowable: stop them by signal.
-    let mut after = after;
     signal(after.child.id(), "TERM");
     assert_eq!(after.wait_exit(), 0, "{}", after.output());
     assert!(sandbox_pids(&sb.data()).is_empty(), "everything stopped");
+}
+
+#[test]
+fn switching_from_per_group_to_shared_across_an_agent_restart_keeps_tasks_running() {
+    switch_keeps_tasks_running(
+        &[],
+        &["j-a envoy: running pid", "j-b envoy: running pid"],
+        &["--proxy-mode", "shared"],
+        &["robot envoy: running pid"],
+    );
+}
+
+#[test]
+fn switching_back_from_shared_to_per_group_keeps_tasks_running() {
+    switch_keeps_tasks_running(
+        &["--proxy-mode", "shared"],
+        &["robot envoy: running pid"],
+        &["--proxy-mode", "per-group"],
+        &["j-a envoy: running pid", "j-b envoy: running pid"],
+    );
 }

@@ -329,6 +329,13 @@ impl Reconciler {
     ) -> Result<GroupReady, String> {
         for init in &first.spec.init_tasks {
             let name = init_unit_name(key, init);
+            if self.config.proxy_mode == ProxyMode::Shared && name == robot_proxy::UNIT {
+                return Err(format!(
+                    "init task {}: a robot-scoped daemon of that name would be {name}, the robot-wide proxy's unit \
+                     (--proxy-mode shared); rename it",
+                    init.name
+                ));
+            }
             // A robot-scoped daemon is shared: the first group to declare it
             // decides how it runs, so groups that declare it differently do
             // not keep replacing each other's process.
