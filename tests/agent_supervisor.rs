@@ -176,6 +176,7 @@ fn a_network_change_updates_the_running_proxy_and_restarts_tasks_with_new_variab
         gc_after: None,
         default_user: None,
         proxy_user: None,
+        proxy_mode: Default::default(),
     });
     let port = || {
         std::net::TcpListener::bind("127.0.0.1:0")

@@ -153,8 +153,10 @@ fn a_robot_signature_is_never_an_operator_credential() {
         ("GET", JOBS, None),
         ("POST", "/agent/v1/jointokens", Some(json!({}))),
     ] {
+        // On the Kubernetes API's listener, with nothing but the signature.
         let p = robot.prepare(method, path, body.as_ref());
-        let r = robot.send_raw(&p, &p.body);
+        let headers: Vec<(&str, &str)> = p.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let r = s.request(method, path, "application/json", Some(&p.body), &headers);
         assert!(
             r.status == 401 || r.status == 415,
             "{method} {path} signed by a robot: {} {}",

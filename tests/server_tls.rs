@@ -13,7 +13,7 @@ mod server_util;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::{json, Value};
-use server_util::{have_kubectl, server_bin, wait_for, Server};
+use server_util::{have_kubectl, server_bin, wait_for, Robot, Server};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -170,8 +170,14 @@ fn insecure_http_is_refused_off_loopback_and_serves_on_it() {
     assert_eq!(s.get("/version").status, 200);
     let r = s.send_json("POST", JOBS, &a_job("plain"));
     assert_eq!(r.status, 201, "{}", r.body);
+    // Still authenticated: the harness's bearer token above; none, 401.
+    let anonymous = s.request("GET", JOBS, "", None, &[("Authorization", "")]);
+    assert_eq!(anonymous.status, 401, "{}", anonymous.body);
     if have_kubectl() {
-        assert!(s.kubectl_ok(&["get", "jobs"]).contains("plain"));
+        // kubectl sends no credentials over plain HTTP: refused.
+        let out = s.kubectl(&["get", "jobs"]);
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("credentials"));
     }
 }
 
@@ -180,23 +186,9 @@ fn the_agent_listener_serves_the_agent_protocol_only() {
     let s = Server::start();
     assert!(s.agent_base.starts_with("http://127.0.0.1:"), "{}", s.agent_base);
     let join = s.join_token();
-    let r = s.agent_json(
-        "POST",
-        "/agent/v1/register",
-        &json!({"joinToken": join, "name": "r1"}),
-        &[],
-    );
-    assert_eq!(r.status, 200, "{}", r.body);
-    let token = r.json()["token"].as_str().unwrap().to_string();
-    let auth = format!("Bearer {token}");
-    let poll = s.agent_request(
-        "GET",
-        "/agent/v1/robots/r1/assignments?wait=0s",
-        "",
-        None,
-        &[("Authorization", &auth)],
-    );
-    assert_eq!(poll.status, 200, "{}", poll.body);
+    // Registration and polls: served on the agent listener.
+    let mut robot = Robot::register(&s, &join, "r1", json!({}));
+    assert!(robot.task_names().is_empty());
     for path in [
         JOBS,
         "/version",
@@ -205,7 +197,9 @@ fn the_agent_listener_serves_the_agent_protocol_only() {
         "/agent/v1/jointokens",
         "/openapi/v3",
     ] {
-        let r = s.agent_request("GET", path, "", None, &[("Authorization", &auth)]);
+        let p = robot.prepare("GET", path, None);
+        let headers: Vec<(&str, &str)> = p.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let r = s.agent_request("GET", path, "", None, &headers);
         assert_eq!(r.status, 404, "{path} on the agent listener: {}", r.body);
     }
     let r = s.agent_json("POST", JOBS, &a_job("sneaky"), &[]);
@@ -214,13 +208,9 @@ fn the_agent_listener_serves_the_agent_protocol_only() {
     assert_eq!(r.status, 404, "{}", r.body);
     assert!(s.object("jobs", "sneaky").is_none());
     // The HTTPS listener serves the agent protocol too.
-    let r = s.request(
-        "GET",
-        "/agent/v1/robots/r1/assignments?wait=0s",
-        "",
-        None,
-        &[("Authorization", &auth)],
-    );
+    let p = robot.prepare("GET", "/agent/v1/robots/r1/assignments?wait=0s", None);
+    let headers: Vec<(&str, &str)> = p.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let r = s.request("GET", &p.target, "", None, &headers);
     assert_eq!(r.status, 200, "{}", r.body);
 }
 

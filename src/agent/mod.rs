@@ -1,6 +1,7 @@
 //! The robot agent: desired tasks in, supervised processes out.
 //!
 //! - `reconcile`: decides which units must run (init order, proxies, tasks);
+//!   `robot_proxy`: its part for the robot-wide Envoy of `--proxy-mode shared`;
 //! - `supervisor`: runs them (fork/exec, reaping, restarts, timeouts, logs,
 //!   checks, persisted state and re-adoption);
 //! - `standalone`: `run -f job.yaml`, the desired set from a file;
@@ -11,7 +12,8 @@
 //!
 //! Decisions worth knowing (details in each module):
 //! - units are named `<job>-<group>-r<i>-<task>` (tasks), `<job>-<group>-<init>`
-//!   (init tasks and group daemons), `<job>-<group>-envoy` (the proxy) and
+//!   (init tasks and group daemons), `<job>-<group>-envoy` (the proxy;
+//!   `robot-envoy` for every group with `--proxy-mode shared`) and
 //!   `robot-<name>` (init tasks with `scope: robot` and `daemon: true`: one
 //!   per robot whichever groups declare them);
 //! - data dir layout: `state.json`, `agent.lock`, `alloc/<job>-<group>/`
@@ -42,6 +44,7 @@ pub mod paths;
 pub mod privileges;
 pub mod procfs;
 pub mod reconcile;
+pub mod robot_proxy;
 pub mod standalone;
 pub mod state;
 pub mod supervisor;
@@ -81,6 +84,8 @@ OPTIONS:
     --require-artifact-checksums[=BOOL]  Refuse a task with an http:// artifact that has no
                             sha256 checksum (integrity not verified), before any download
                             [env K8S4R_REQUIRE_ARTIFACT_CHECKSUMS; default false]
+    --proxy-mode MODE       per-group: one Envoy per task group; shared: one robot-wide
+                            Envoy (robot-envoy) for all [env K8S4R_PROXY_MODE; default per-group]
     -h, --help              Print help
 ";
 
@@ -206,6 +211,7 @@ pub fn cmd_run(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
             gc_after: None,
             default_user: privileges.default_user,
             proxy_user: privileges.proxy_user,
+            proxy_mode: privileges.proxy_mode,
         },
     };
     match standalone::run(opts) {

@@ -9,7 +9,11 @@
 //!    `scope: robot` daemons run once per robot as `robot-<name>`, shared by
 //!    every group that declares one of that name (e.g. one SPIRE agent);
 //! 2. if the group has an active network, its proxy `<taskGroup>-envoy`,
-//!    waited on until ready; its PROXY_* variables go to the tasks;
+//!    waited on until ready; its PROXY_* variables go to the tasks. With
+//!    `--proxy-mode shared` the group's part of the robot-wide `robot-envoy`
+//!    instead (see `robot_proxy`), waited on until its listeners are served;
+//!    a proxy of the other mode left by an earlier agent is stopped first
+//!    (it holds the ports), the tasks keep running meanwhile;
 //! 3. the tasks, `<job>-<group>-r<i>-<task>`.
 //!
 //! Everything is derived again on every pass from the desired set and the
@@ -24,6 +28,8 @@
 
 use super::cgroup::Limits;
 use super::checks;
+use super::privileges::ProxyMode;
+use super::robot_proxy::{self, Part, RobotProxy};
 use super::supervisor::machine::{Phase, Policy, RestartRules};
 use super::supervisor::{DirOwner, PreStart, UnitSpec, Units};
 use crate::agent::clock;
@@ -89,6 +95,8 @@ pub struct ReconcileConfig {
     /// Who runs the groups' Envoys when the agent is root (`--proxy-user`;
     /// None: the agent's user).
     pub proxy_user: Option<String>,
+    /// One Envoy per group, or one for the robot (`--proxy-mode`).
+    pub proxy_mode: ProxyMode,
 }
 
 /// What became of one desired task.
@@ -128,6 +136,8 @@ pub struct Reconciler {
     gc: Option<AllocGc>,
     /// Per desired task, a stamp of what its unit was last built from.
     ensured: BTreeMap<String, u64>,
+    /// `--proxy-mode shared`: the robot-wide Envoy, once a group needed it.
+    robot_proxy: Option<RobotProxy>,
 }
 
 impl Reconciler {
@@ -143,6 +153,7 @@ impl Reconciler {
             lingering: BTreeSet::new(),
             finished: BTreeSet::new(),
             ensured: BTreeMap::new(),
+            robot_proxy: None,
         }
     }
 
@@ -214,10 +225,11 @@ impl Reconciler {
         // A task that left and comes back must be ensured again (it may have
         // been stopped meanwhile).
         self.ensured.retain(|n, _| names.contains(n.as_str()));
+        let mode = self.config.proxy_mode;
         for t in desired {
             let (tasks, support) = self.seen.entry(t.group_key()).or_default();
             tasks.insert(t.name.clone());
-            support.extend(support_units(&t.group_key(), t));
+            support.extend(support_units(&t.group_key(), t, mode));
         }
         self.lingering.clear();
         self.seen.retain(|key, (tasks, support)| {
@@ -227,6 +239,13 @@ impl Reconciler {
             }
             keys.contains(key) || draining
         });
+        if let Some(rp) = &mut self.robot_proxy {
+            let draining: BTreeSet<String> = self.seen.keys().filter(|k| !keys.contains(*k)).cloned().collect();
+            for (key, reason) in rp.apply(&draining, sup) {
+                self.notices.push((key.clone(), format!("task group failed: {reason}")));
+                self.failed.insert(key, reason);
+            }
+        }
         recheck
     }
 
@@ -274,8 +293,12 @@ impl Reconciler {
             names.insert(t.name.clone());
             let key = t.group_key();
             if !self.finished.contains(&key) {
-                names.extend(support_units(&key, t));
+                names.extend(support_units(&key, t, self.config.proxy_mode));
             }
+        }
+        // Shared by every group with a network: wanted while one is a member.
+        if self.robot_proxy.as_ref().is_some_and(RobotProxy::in_use) {
+            names.insert(robot_proxy::UNIT.to_string());
         }
         names
     }
@@ -306,6 +329,13 @@ impl Reconciler {
     ) -> Result<GroupReady, String> {
         for init in &first.spec.init_tasks {
             let name = init_unit_name(key, init);
+            if self.config.proxy_mode == ProxyMode::Shared && name == robot_proxy::UNIT {
+                return Err(format!(
+                    "init task {}: a robot-scoped daemon of that name would be {name}, the robot-wide proxy's unit \
+                     (--proxy-mode shared); rename it",
+                    init.name
+                ));
+            }
             // A robot-scoped daemon is shared: the first group to declare it
             // decides how it runs, so groups that declare it differently do
             // not keep replacing each other's process.
@@ -347,6 +377,18 @@ impl Reconciler {
     ) -> Result<GroupReady, String> {
         let name = format!("{key}-envoy");
         let now = sup.now();
+        // A proxy of the other mode (an earlier agent's) holds the ports
+        // until the stop of unwanted units ends it; the tasks run on.
+        let other = match self.config.proxy_mode {
+            ProxyMode::PerGroup => robot_proxy::UNIT,
+            ProxyMode::Shared => name.as_str(),
+        };
+        if sup.has_process(other) {
+            return Ok(GroupReady::NotYet(Some(clock::after(now, PROXY_READY_POLL))));
+        }
+        if self.config.proxy_mode == ProxyMode::Shared {
+            return self.prepare_shared(key, &network, now);
+        }
         if !self.proxies.contains_key(key) {
             let proxy = self.group_proxy(key, first, &network)?;
             // Render now, so a network that cannot become a proxy fails the
@@ -418,10 +460,52 @@ impl Reconciler {
         Ok(GroupReady::Yes(p.env.clone()))
     }
 
+    /// Group `key`'s part of the robot-wide Envoy (`--proxy-mode shared`).
+    fn prepare_shared(&mut self, key: &str, network: &NetworkConfig, now: Instant) -> Result<GroupReady, String> {
+        if self.robot_proxy.is_none() {
+            let dir = self.config.data_dir.join("robot").join("envoy");
+            std::fs::create_dir_all(&dir).map_err(|e| format!("proxy: creating {}: {e}", dir.display()))?;
+            let shared = envoy::shared::SharedProxy {
+                robot: self.config.robot.clone(),
+                dir,
+                envoy_bin: self.envoy_bin()?,
+                options: envoy::ProxyOptions::default(),
+            };
+            self.robot_proxy = Some(RobotProxy::new(shared, self.config.proxy_user.clone()));
+        }
+        let Some(rp) = self.robot_proxy.as_mut() else {
+            return Ok(GroupReady::NotYet(None));
+        };
+        match rp.want(key, network, now, PROXY_READY_POLL)? {
+            Part::Ready { newly } => {
+                if newly {
+                    self.notices.push((
+                        key.to_string(),
+                        format!("proxy ready (its part of {})", robot_proxy::UNIT),
+                    ));
+                }
+                Ok(GroupReady::Yes(envoy::proxy_env(network)))
+            }
+            Part::NotYet(at) => Ok(GroupReady::NotYet(Some(at))),
+        }
+    }
+
     fn group_proxy(&self, key: &str, first: &AssignedTask, network: &NetworkConfig) -> Result<GroupProxy, String> {
         let dir = self.group_dir(key).join("envoy");
         std::fs::create_dir_all(&dir).map_err(|e| format!("proxy: creating {}: {e}", dir.display()))?;
-        let envoy_bin = match &self.config.proxy_user {
+        Ok(GroupProxy {
+            robot: self.config.robot.clone(),
+            job: first.job().to_string(),
+            group: first.group().to_string(),
+            network: network.clone(),
+            dir,
+            envoy_bin: self.envoy_bin()?,
+        })
+    }
+
+    /// The Envoy executable the proxy's user can run.
+    fn envoy_bin(&self) -> Result<PathBuf, String> {
+        Ok(match &self.config.proxy_user {
             // The proxy's user must be able to run it: the first one on
             // PATH it can reach (a root-only install is skipped).
             Some(user) => {
@@ -443,14 +527,6 @@ impl Reconciler {
                     self.config.envoy_bin
                 )
             })?,
-        };
-        Ok(GroupProxy {
-            robot: self.config.robot.clone(),
-            job: first.job().to_string(),
-            group: first.group().to_string(),
-            network: network.clone(),
-            dir,
-            envoy_bin,
         })
     }
 
@@ -642,7 +718,7 @@ fn fingerprint(u: &UnitSpec) -> u64 {
 
 /// Hash of a value's Debug form, streamed into the hasher: the spec of
 /// every desired unit is fingerprinted on every pass, so no string is built.
-fn hash_debug(value: &impl std::fmt::Debug) -> u64 {
+pub(super) fn hash_debug(value: &impl std::fmt::Debug) -> u64 {
     use std::fmt::Write;
     use std::hash::Hasher;
     struct Feed<'a>(&'a mut std::collections::hash_map::DefaultHasher);
@@ -699,7 +775,7 @@ pub fn find_executable(bin: &Path) -> Option<PathBuf> {
 
 /// The PATH tasks get: the agent's own (so `run -f` on a developer machine
 /// finds the same tools), or a standard one.
-fn task_path() -> String {
+pub(super) fn task_path() -> String {
     std::env::var("PATH")
         .ok()
         .filter(|p| !p.is_empty())
@@ -723,10 +799,14 @@ fn group_users(tasks: &[&AssignedTask], default_user: Option<&str>) -> Vec<Strin
     users.into_iter().map(String::from).collect()
 }
 
-/// The units a group's tasks rely on: init tasks (and daemons), the proxy.
-fn support_units<'a>(key: &str, t: &'a AssignedTask) -> impl Iterator<Item = String> + 'a {
+/// The units a group's tasks rely on: init tasks (and daemons), its own
+/// proxy (the robot-wide one is wanted while it has members).
+fn support_units<'a>(key: &str, t: &'a AssignedTask, mode: ProxyMode) -> impl Iterator<Item = String> + 'a {
     let key = key.to_string();
-    std::iter::once(format!("{key}-envoy")).chain(t.spec.init_tasks.iter().map(move |i| init_unit_name(&key, i)))
+    let own_proxy = (mode == ProxyMode::PerGroup).then(|| format!("{key}-envoy"));
+    own_proxy
+        .into_iter()
+        .chain(t.spec.init_tasks.iter().map(move |i| init_unit_name(&key, i)))
 }
 
 /// `<taskGroup>-<init>` for group init tasks, `robot-<name>` for robot-scoped daemons.

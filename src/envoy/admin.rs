@@ -93,6 +93,39 @@ pub fn failed_listeners(socket: &Path) -> Result<Vec<FailedListener>, AdminError
     failed_from_config_dump(&r.body).map_err(|m| AdminError::BadResponse(socket.into(), m))
 }
 
+/// Names of the listeners Envoy serves (in their active state, from
+/// `/config_dump`).
+pub fn active_listeners(socket: &Path) -> Result<Vec<String>, AdminError> {
+    let r = get(socket, "/config_dump?resource=dynamic_listeners")?;
+    if r.status != 200 {
+        return Err(AdminError::BadResponse(
+            socket.into(),
+            format!("config_dump: HTTP {}", r.status),
+        ));
+    }
+    active_from_config_dump(&r.body).map_err(|m| AdminError::BadResponse(socket.into(), m))
+}
+
+/// True when Envoy is LIVE and serves every listener in `names`: one
+/// group's part of the robot-wide Envoy is ready although another group's
+/// listener may have failed.
+pub fn serves_listeners(socket: &Path, names: &[String]) -> bool {
+    matches!(get(socket, "/ready"), Ok(Response { status: 200, .. }))
+        && active_listeners(socket).is_ok_and(|active| names.iter().all(|n| active.contains(n)))
+}
+
+fn active_from_config_dump(text: &str) -> Result<Vec<String>, String> {
+    let doc: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("config_dump: {e}"))?;
+    let empty = Vec::new();
+    Ok(doc["configs"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .filter(|c| c.get("active_state").is_some())
+        .filter_map(|c| c["name"].as_str().map(String::from))
+        .collect())
+}
+
 fn failed_from_config_dump(text: &str) -> Result<Vec<FailedListener>, String> {
     let doc: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("config_dump: {e}"))?;
     let empty = Vec::new();
@@ -118,27 +151,35 @@ fn failed_from_config_dump(text: &str) -> Result<Vec<FailedListener>, String> {
 /// which SPIRE agent socket cannot be reached, rejected config updates.
 /// `spire_sockets` maps SDS cluster names to socket paths (see
 /// [`super::runtime::spire_sockets`]). Empty when nothing specific was found.
-pub fn not_ready_reasons(socket: &Path, spire_sockets: &[(String, String)]) -> Result<Vec<String>, AdminError> {
+/// `scope` is the prefix of the group's resource names in the robot-wide
+/// Envoy (`<taskGroup>/`; empty for a group's own Envoy): only that
+/// group's listeners and clusters are named, and by their manifest names.
+pub fn not_ready_reasons(
+    socket: &Path,
+    spire_sockets: &[(String, String)],
+    scope: &str,
+) -> Result<Vec<String>, AdminError> {
     let mut reasons: Vec<String> = failed_listeners(socket)?
         .into_iter()
-        .map(|f| {
-            let what = match f.name.strip_prefix("out-") {
+        .filter_map(|f| {
+            let name = f.name.strip_prefix(scope)?;
+            let what = match name.strip_prefix("out-") {
                 Some(up) => format!("upstream {up:?} (listener {})", f.name),
                 None => format!("listener {}", f.name),
             };
             let owner = f.port.and_then(super::ports::owner_of);
-            match owner {
+            Some(match owner {
                 Some(o) => format!("{what}: {}; the port is held by {o}", f.details),
                 None => format!("{what}: {}", f.details),
-            }
+            })
         })
         .collect();
     let stats = get(socket, "/stats")?;
-    reasons.extend(reasons_from_stats(&stats.body, spire_sockets));
+    reasons.extend(reasons_from_stats(&stats.body, spire_sockets, scope));
     Ok(reasons)
 }
 
-fn reasons_from_stats(stats: &str, spire_sockets: &[(String, String)]) -> Vec<String> {
+fn reasons_from_stats(stats: &str, spire_sockets: &[(String, String)], scope: &str) -> Vec<String> {
     let mut reasons = Vec::new();
     for line in stats.lines() {
         let Some((name, value)) = line.split_once(": ") else {
@@ -148,7 +189,10 @@ fn reasons_from_stats(stats: &str, spire_sockets: &[(String, String)]) -> Vec<St
         if value == 0 {
             continue;
         }
-        let cluster_stat = name.strip_prefix("cluster.").and_then(|n| n.split_once('.'));
+        let cluster_stat = name
+            .strip_prefix("cluster.")
+            .and_then(|n| n.split_once('.'))
+            .and_then(|(c, stat)| Some((c.strip_prefix(scope)?, stat)));
         match cluster_stat {
             Some((cluster, "warming_state")) => reasons.push(match cluster.strip_prefix("out-") {
                 Some(up) => format!(
@@ -157,7 +201,8 @@ fn reasons_from_stats(stats: &str, spire_sockets: &[(String, String)]) -> Vec<St
                 None => format!("cluster {cluster}: not initialised yet"),
             }),
             Some((cluster, "upstream_cx_connect_fail")) => {
-                if let Some((_, path)) = spire_sockets.iter().find(|(c, _)| c == cluster) {
+                let full = format!("{scope}{cluster}");
+                if let Some((_, path)) = spire_sockets.iter().find(|(c, _)| *c == full) {
                     reasons.push(format!(
                         "SPIRE agent socket {path}: {value} failed connection attempts (is the agent running?)"
                     ));
@@ -194,18 +239,19 @@ pub struct UpstreamHealth {
     pub flags: String,
 }
 
-/// Health of every upstream host, for the group's status.
-pub fn upstream_health(socket: &Path) -> Result<Vec<UpstreamHealth>, AdminError> {
+/// Health of every upstream host of the group whose resource names start
+/// with `scope` (see [`not_ready_reasons`]), for its status.
+pub fn upstream_health(socket: &Path, scope: &str) -> Result<Vec<UpstreamHealth>, AdminError> {
     let r = get(socket, "/clusters")?;
-    Ok(health_from_clusters(&r.body))
+    Ok(health_from_clusters(&r.body, scope))
 }
 
-fn health_from_clusters(text: &str) -> Vec<UpstreamHealth> {
+fn health_from_clusters(text: &str, scope: &str) -> Vec<UpstreamHealth> {
     text.lines()
         .filter_map(|line| {
             let (cluster, rest) = line.split_once("::")?;
             let (host, flags) = rest.split_once("::health_flags::")?;
-            let upstream = cluster.strip_prefix("out-")?;
+            let upstream = cluster.strip_prefix(scope)?.strip_prefix("out-")?;
             Some(UpstreamHealth {
                 upstream: upstream.to_string(),
                 host: host.to_string(),
@@ -310,11 +356,33 @@ mod tests {
         let stats = "cluster.out-db.warming_state: 1\ncluster.out-api.warming_state: 0\n\
                      cluster.spire-ab.upstream_cx_connect_fail: 3\nlistener_manager.lds.update_rejected: 1\n\
                      cluster.spire-ab.upstream_cx_connect_ms: No recorded values\n";
-        let r = reasons_from_stats(stats, &[("spire-ab".into(), "/run/spire.sock".into())]);
+        let r = reasons_from_stats(stats, &[("spire-ab".into(), "/run/spire.sock".into())], "");
         assert_eq!(r.len(), 3, "{r:?}");
         assert!(r[0].starts_with("upstream \"db\""));
         assert!(r[1].contains("/run/spire.sock"));
         assert!(r[2].contains("rejected"));
+    }
+
+    /// In the robot-wide Envoy a group is told about its own upstreams
+    /// only, by their manifest names.
+    #[test]
+    fn scoped_reasons_and_health_name_only_the_groups_own_upstreams() {
+        let stats = "cluster.j-a/out-db.warming_state: 1\ncluster.j-b/out-db.warming_state: 1\n\
+                     cluster.j-a/spire-ab.upstream_cx_connect_fail: 2\n";
+        let sockets = [("j-a/spire-ab".to_string(), "/run/spire.sock".to_string())];
+        let r = reasons_from_stats(stats, &sockets, "j-a/");
+        assert_eq!(r.len(), 2, "{r:?}");
+        assert!(r[0].starts_with("upstream \"db\""), "{r:?}");
+        assert!(r[1].contains("/run/spire.sock"), "{r:?}");
+        let clusters = "j-a/out-db::10.0.0.1:5432::health_flags::healthy\n\
+                        j-b/out-db::10.0.0.2:5432::health_flags::/failed_active_hc\n";
+        let h = health_from_clusters(clusters, "j-b/");
+        assert_eq!(h.len(), 1);
+        assert_eq!((h[0].upstream.as_str(), h[0].healthy), ("db", false));
+        assert!(
+            health_from_clusters(clusters, "").is_empty(),
+            "scoped names are not a group's own"
+        );
     }
 
     #[test]
@@ -322,7 +390,7 @@ mod tests {
         let text = "out-db::10.0.0.1:5432::cx_active::0\nout-db::10.0.0.1:5432::health_flags::healthy\n\
                     out-api::127.0.0.1:80::health_flags::/failed_active_hc\n\
                     spire-ab::/run/a.sock::health_flags::healthy\n";
-        let h = health_from_clusters(text);
+        let h = health_from_clusters(text, "");
         assert_eq!(h.len(), 2);
         assert_eq!(
             (h[0].upstream.as_str(), h[0].host.as_str(), h[0].healthy),
@@ -351,6 +419,7 @@ mod tests {
             }]
         );
         assert_eq!(failed_from_config_dump("{}").unwrap(), []);
+        assert_eq!(active_from_config_dump(dump).unwrap(), ["out-a"]);
         assert!(failed_from_config_dump("not json").is_err());
     }
 

@@ -202,7 +202,7 @@ pub fn is_ready(admin_socket: &Path) -> bool {
 /// its readiness deadline passes (names upstreams and SPIRE sockets).
 pub fn not_ready_reasons(proxy: &GroupProxy) -> Vec<String> {
     let layout = config::Layout::new(&proxy.dir);
-    match admin::not_ready_reasons(&layout.admin_socket, &runtime::spire_sockets(&proxy.dir)) {
+    match admin::not_ready_reasons(&layout.admin_socket, &runtime::spire_sockets(&proxy.dir), "") {
         Ok(r) if r.is_empty() => vec!["Envoy is not ready; no specific cause found in its stats".into()],
         Ok(r) => r,
         Err(e) => vec![e.to_string()],
@@ -212,7 +212,7 @@ pub fn not_ready_reasons(proxy: &GroupProxy) -> Vec<String> {
 /// Health of the group's upstreams (active TCP health checks every
 /// `health_check_interval_s`, plus outlier detection), for its status.
 pub fn upstream_health(proxy: &GroupProxy) -> Result<Vec<admin::UpstreamHealth>, admin::AdminError> {
-    admin::upstream_health(&config::Layout::new(&proxy.dir).admin_socket)
+    admin::upstream_health(&config::Layout::new(&proxy.dir).admin_socket, "")
 }
 
 /// `PROXY_<NAME>_ADDR`, `_HOST`, `_PORT` for every upstream (name upper-cased,

@@ -56,6 +56,11 @@ impl SharedProxy {
     pub fn admin_socket(&self) -> PathBuf {
         self.layout().admin_socket
     }
+
+    /// The command line [`prepare`] returns, without writing anything.
+    pub fn argv(&self) -> Vec<String> {
+        runtime::command_line(&self.envoy_bin, &self.options, &self.layout())
+    }
 }
 
 /// Scope prefix of a group's resources.
@@ -188,6 +193,45 @@ fn write(layout: &Layout, r: &Rendered) -> Result<(), EnvoyError> {
     }
     runtime::write(&layout.cds, &r.cds)?;
     runtime::write(&layout.lds, &r.lds)
+}
+
+/// Refuse `members` as [`prepare`] and [`update`] would (a network that
+/// cannot become a proxy, a port two groups want), writing nothing.
+pub fn check(members: &[Member]) -> Result<(), EnvoyError> {
+    plans(members).map(|_| ())
+}
+
+/// The names of `member`'s listeners in the shared Envoy.
+pub fn listener_names(member: &Member) -> Result<Vec<String>, EnvoyError> {
+    let p = plans(std::slice::from_ref(member))?.remove(0).1;
+    let outbound = p.outbound.iter().map(|o| p.name(&o.resource_name()));
+    let inbound = p.inbound.iter().map(|i| p.name(&i.resource_name()));
+    Ok(outbound.chain(inbound).collect())
+}
+
+/// True once the shared Envoy is LIVE and serves every listener of
+/// `member` (another group's failed listener does not hold it back).
+pub fn is_ready(shared: &SharedProxy, member: &Member) -> bool {
+    listener_names(member).is_ok_and(|names| super::admin::serves_listeners(&shared.admin_socket(), &names))
+}
+
+/// Why group `key`'s part of the shared Envoy is not ready, naming only
+/// its own upstreams and SPIRE sockets.
+pub fn not_ready_reasons(shared: &SharedProxy, key: &str) -> Vec<String> {
+    let sockets = runtime::spire_sockets(&shared.dir);
+    match super::admin::not_ready_reasons(&shared.admin_socket(), &sockets, &scope(key)) {
+        Ok(r) if r.is_empty() => vec!["Envoy is not ready; no specific cause found in its stats".into()],
+        Ok(r) => r,
+        Err(e) => vec![e.to_string()],
+    }
+}
+
+/// Health of group `key`'s upstreams, by their manifest names.
+pub fn upstream_health(
+    shared: &SharedProxy,
+    key: &str,
+) -> Result<Vec<super::admin::UpstreamHealth>, super::admin::AdminError> {
+    super::admin::upstream_health(&shared.admin_socket(), &scope(key))
 }
 
 /// Remove the shared proxy's files once it stopped for good.

@@ -20,7 +20,7 @@ use crate::server::robot_channel::client::{Prepared, RobotSession};
 use serde::de::IgnoredAny;
 use serde_json::{json, Value};
 use std::io::BufRead;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,8 +43,8 @@ OPTIONS:
                       count [default: 1]
 ";
 
-/// One minimal HTTP/1.1 keep-alive connection (the bench must not be the
-/// bottleneck, and the agent API needs nothing more).
+/// One minimal HTTP/1.1 keep-alive connection to the agent listener (the
+/// bench must not be the bottleneck, and the agent API needs nothing more).
 struct Conn {
     stream: BufReader<TcpStream>,
     host: String,
@@ -58,25 +58,6 @@ impl Conn {
             stream: BufReader::new(s),
             host: addr.to_string(),
         })
-    }
-
-    async fn request(
-        &mut self,
-        method: &str,
-        path: &str,
-        auth: Option<&str>,
-        body: Option<&str>,
-    ) -> std::io::Result<(u16, Vec<u8>)> {
-        let mut headers = Vec::new();
-        if let Some(a) = auth {
-            headers.push(("Authorization", format!("Bearer {a}")));
-        }
-        let body = body.unwrap_or("");
-        if !body.is_empty() || method == "POST" {
-            headers.push(("Content-Type", "application/json".to_string()));
-        }
-        let (code, _, body) = self.exchange(method, path, &headers, body.as_bytes()).await?;
-        Ok((code, body))
     }
 
     /// A robot-channel request, its answer verified (and opened) by `robot`.
@@ -155,9 +136,10 @@ struct Slim {
 
 struct ServerProc {
     child: Child,
-    addr: String,
-    /// Its admin bearer token (`--admin-token-file`).
-    token: String,
+    /// The robots' plain-HTTP agent listener (`host:port`).
+    agent_addr: String,
+    /// `<data>/admin.kubeconfig`: the HTTPS API's CA and admin certificate.
+    kubeconfig: PathBuf,
     _dir: tempfile_dir::TempDir,
 }
 
@@ -179,37 +161,39 @@ impl ServerProc {
             crate::server::object::name_suffix()
         ));
         let exe = std::env::current_exe().map_err(|e| format!("finding this binary: {e}"))?;
-        // Plain HTTP on loopback: the bench measures the fleet, not TLS,
-        // and its simulated robots speak the agent API on the same port.
-        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-        let token = crate::server::object::hex(&crate::server::object::random_bytes::<16>());
-        let token_file = dir.join("admin-token");
-        std::fs::write(&token_file, &token).map_err(|e| format!("writing {}: {e}", token_file.display()))?;
+        // The secure defaults, as deployed: the operator side over HTTPS
+        // with the generated admin kubeconfig, the simulated robots on the
+        // plain agent listener (signed and sealed, as agents speak it).
         let mut child = Command::new(exe)
-            .args(["server", "--insecure-http", "--agent-listen", "127.0.0.1:0"])
-            .args(["--listen", "127.0.0.1:0", "--data"])
+            .args([
+                "server",
+                "--listen",
+                "127.0.0.1:0",
+                "--agent-listen",
+                "127.0.0.1:0",
+                "--data",
+            ])
             .arg(&dir)
-            .arg("--admin-token-file")
-            .arg(&token_file)
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .map_err(|e| format!("starting the server: {e}"))?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
-        let mut line = String::new();
-        std::io::BufReader::new(stdout)
-            .read_line(&mut line)
-            .map_err(|e| format!("reading the server's address: {e}"))?;
-        let addr = line
-            .trim()
-            .strip_prefix("listening on http://")
-            .ok_or_else(|| format!("unexpected server output {line:?}"))?
-            .to_string();
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let agent_addr = loop {
+            let line = lines
+                .next()
+                .ok_or("the server exited before printing its addresses")?
+                .map_err(|e| format!("reading the server's addresses: {e}"))?;
+            if let Some(a) = line.trim().strip_prefix("agent channel on http://") {
+                break a.to_string();
+            }
+        };
         Ok(ServerProc {
             child,
-            addr,
-            token,
+            agent_addr,
+            kubeconfig: dir.join("admin.kubeconfig"),
             _dir: tempfile_dir::TempDir(dir),
         })
     }
@@ -261,21 +245,18 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-/// `kubectl apply -f -` against the bench server (its own cache dir).
-async fn kubectl_apply(addr: &str, token: &str, doc: &str) -> Result<(), String> {
+/// `kubectl apply -f -` against the bench server with its admin kubeconfig
+/// (its own cache dir).
+async fn kubectl_apply(kubeconfig: &Path, doc: &str) -> Result<(), String> {
     let cache = std::env::temp_dir().join(format!("k8s4r-bench-kubectl-{}", crate::server::object::name_suffix()));
     let _cleanup = tempfile_dir::TempDir(cache.clone());
-    let (addr, token, doc) = (addr.to_string(), token.to_string(), doc.to_string());
+    let (kubeconfig, doc) = (kubeconfig.to_path_buf(), doc.to_string());
     let out = tokio::task::spawn_blocking(move || -> std::io::Result<std::process::Output> {
         use std::io::Write;
         let mut child = Command::new("kubectl")
-            .env("KUBECONFIG", "/dev/null")
-            .arg("--server")
-            .arg(format!("http://{addr}"))
+            .env("KUBECONFIG", &kubeconfig)
             .arg("--cache-dir")
             .arg(&cache)
-            .arg("--token")
-            .arg(&token)
             .args(["apply", "-f", "-"])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -296,6 +277,28 @@ async fn kubectl_apply(addr: &str, token: &str, doc: &str) -> Result<(), String>
         ));
     }
     Ok(())
+}
+
+/// One operator request over HTTPS with the admin kubeconfig; the answer's
+/// body if it is 2xx.
+async fn admin_request(
+    kubeconfig: &Path,
+    method: &'static str,
+    path: &'static str,
+    body: String,
+) -> Result<String, String> {
+    let flags = crate::server::kubeclient::ClientFlags {
+        kubeconfig: Some(kubeconfig.to_path_buf()),
+        ..Default::default()
+    };
+    tokio::task::spawn_blocking(move || {
+        crate::server::kubeclient::KubeClient::new(&flags)?
+            .request(method, path, Some(&body))?
+            .ok()
+            .map_err(|e| format!("{method} {path}: {e}"))
+    })
+    .await
+    .map_err(|e| e.to_string())?
 }
 
 fn have_kubectl() -> bool {
@@ -329,7 +332,7 @@ async fn run_one(n: usize, timeout: Duration, use_kubectl: bool, setup: Setup) -
     let servers = (0..setup.replicas.max(1))
         .map(|_| ServerProc::start(&extra))
         .collect::<Result<Vec<_>, _>>()?;
-    let addrs: Vec<String> = servers.iter().map(|s| s.addr.clone()).collect();
+    let addrs: Vec<String> = servers.iter().map(|s| s.agent_addr.clone()).collect();
     let rss = || {
         servers
             .iter()
@@ -343,14 +346,9 @@ async fn run_one(n: usize, timeout: Duration, use_kubectl: bool, setup: Setup) -
         .chain(etcd.as_ref().map(|e| e.pid()))
         .collect();
     let cpu = || pids.iter().map(|&p| cpu_ms(p)).sum::<f64>();
-    let addr = addrs[0].clone();
-    let token = servers[0].token.clone();
-    let mut admin = Conn::connect(&addr).await.map_err(|e| e.to_string())?;
-    let (_, body) = admin
-        .request("POST", "/agent/v1/jointokens", Some(&token), Some("{}"))
-        .await
-        .map_err(|e| e.to_string())?;
-    let join: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+    let kubeconfig = servers[0].kubeconfig.clone();
+    let body = admin_request(&kubeconfig, "POST", "/agent/v1/jointokens", "{}".into()).await?;
+    let join: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
     let join = JoinToken::parse(join["token"].as_str().ok_or("no join token")?).map_err(|e| e.to_string())?;
 
     // Register and start N robots; each reports when it got its task.
@@ -426,22 +424,18 @@ async fn run_one(n: usize, timeout: Duration, use_kubectl: bool, setup: Setup) -
             "tasks": [{"name": "t", "driver": "exec", "config": {"execConfig": {"command": "/bin/true"}}}]}]}});
     let t0 = Instant::now();
     let applied_with = if use_kubectl {
-        kubectl_apply(&addr, &token, &jobdoc.to_string()).await?;
+        kubectl_apply(&kubeconfig, &jobdoc.to_string()).await?;
         "kubectl apply"
     } else {
-        let (code, reply) = admin
-            .request(
-                "POST",
-                "/apis/robot.k8s4r.io/v1alpha1/namespaces/default/jobs",
-                Some(&token),
-                Some(&jobdoc.to_string()),
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        if code != 201 {
-            return Err(format!("creating the job: {code} {}", String::from_utf8_lossy(&reply)));
-        }
-        "HTTP POST"
+        admin_request(
+            &kubeconfig,
+            "POST",
+            "/apis/robot.k8s4r.io/v1alpha1/namespaces/default/jobs",
+            jobdoc.to_string(),
+        )
+        .await
+        .map_err(|e| format!("creating the job: {e}"))?;
+        "HTTPS POST"
     };
     let mut lat = Vec::with_capacity(n);
     let deadline = tokio::time::Instant::now() + timeout;

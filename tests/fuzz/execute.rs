@@ -117,6 +117,7 @@ fn config(gc_after: Option<Duration>) -> ReconcileConfig {
         gc_after,
         default_user: None,
         proxy_user: None,
+        proxy_mode: Default::default(),
     }
 }
 

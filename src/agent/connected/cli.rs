@@ -44,6 +44,8 @@ config file; flags win over the environment, the environment over the file):
     --require-artifact-checksums[=BOOL]  Refuse a task with an http:// artifact that
                           has no sha256 checksum, before any download
                           [default false]          [K8S4R_REQUIRE_ARTIFACT_CHECKSUMS]
+    --proxy-mode MODE     per-group: one Envoy per task group; shared: one
+                          robot-wide Envoy for all [default per-group] [K8S4R_PROXY_MODE]
     --config-recheck DURATION  While the agent has nothing to do (no server or
                           job file yet, or the server refuses it), re-read the
                           config file this often [default 10s] [K8S4R_CONFIG_RECHECK]
@@ -233,6 +235,7 @@ fn connect(
             gc_after: Some(gc_after),
             default_user: privileges.default_user,
             proxy_user: privileges.proxy_user,
+            proxy_mode: privileges.proxy_mode,
         },
         config,
         watch,
