@@ -416,7 +416,7 @@ pub fn stop_all(data_dir: &Path) -> Result<usize, String> {
     let path = data_dir.join(state::STATE_FILE);
     if path.exists() {
         let bytes = serde_json::to_vec_pretty(&state).map_err(|e| e.to_string())?;
-        state::write_atomic(&path, &bytes, 0o600).map_err(|e| format!("{}: {e}", path.display()))?;
+        crate::atomic_file::write(&path, &bytes, 0o600).map_err(|e| format!("{}: {e}", path.display()))?;
     }
     Ok(live.len())
 }

@@ -116,7 +116,7 @@ impl StateFile {
 }
 
 /// The one atomic write (`crate::atomic_file::write`), under the name
-/// `connected/config.rs` still calls it by.
+/// `reconcile.rs` and `connected/config.rs` still call it by.
 pub use crate::atomic_file::write as write_atomic;
 
 #[cfg(test)]
