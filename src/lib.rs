@@ -4,12 +4,16 @@
 //! - `agent`: the robot side (supervisor, reconcile, standalone `run -f`).
 //! - `envoy`: renders a TaskGroup's Envoy config from compiled-in templates.
 //! - `server`: the control plane (feature `server`, never in the agent build).
+//! - `bench`: `k8s4r bench`, the control plane's load test and the report
+//!   of every benchmark (feature `server`).
 //! - `cli`: small helpers shared by the binaries' command lines.
 //! - `atomic_file`: the one atomic, durable file replacement.
 
 pub mod agent;
 pub mod api;
 pub mod atomic_file;
+#[cfg(feature = "server")]
+pub mod bench;
 pub mod cli;
 pub mod envoy;
 #[cfg(feature = "server")]

@@ -31,9 +31,9 @@ pub struct RunOptions {
 }
 
 /// Expand a Job into its assigned tasks, exactly as the control plane
-/// splits it (`api::placement`).
+/// splits it (`api::job_expansion`).
 pub fn expand(job: &Job) -> Vec<AssignedTask> {
-    crate::api::placement::expand(job)
+    crate::api::job_expansion::expand(job)
         .into_iter()
         .map(|(name, spec)| AssignedTask {
             name,

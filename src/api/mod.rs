@@ -5,8 +5,8 @@ pub mod agent_protocol;
 pub mod decode;
 pub mod findings;
 pub mod hex;
+pub mod job_expansion;
 pub mod meta;
-pub mod placement;
 pub mod robot_channel;
 pub mod robot_labels;
 #[cfg(feature = "server")]
@@ -17,6 +17,9 @@ pub mod validate;
 
 pub use decode::{decode_all, AnyObject, DecodeError, Decoded};
 pub use findings::{FieldError, Findings};
+/// The old name of [`job_expansion`], for `envoy/mod.rs` until the proxy
+/// work there moves to the new one.
+pub use job_expansion as placement;
 pub use meta::{Object, ObjectMeta, OwnerReference, API_VERSION};
 pub use types::*;
 pub use units::{Duration, Quantity};

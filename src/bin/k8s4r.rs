@@ -42,7 +42,7 @@ fn main() {
             "robot" => k8s4r::server::cmd_robot(parser),
             "robot-keys" => k8s4r::server::cmd_robot_keys(parser),
             "kubeconfig" => k8s4r::server::kubeconfig_cli::cmd_kubeconfig(parser),
-            "bench" => k8s4r::server::bench::cmd_bench(parser),
+            "bench" => k8s4r::bench::cli::cmd_bench(parser),
             "render-envoy" => k8s4r::envoy::cmd_render(parser),
             "validate" => cli::cmd_validate(parser),
             other => Err(cli::unknown_command("k8s4r", other)),

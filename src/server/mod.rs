@@ -1,21 +1,26 @@
 //! The control plane: a Kubernetes-compatible API server for
-//! robot.k8s4r.io/v1alpha1, controllers and scheduler, the embedded store,
-//! and the agent API.
+//! robot.k8s4r.io/v1alpha1, controllers and scheduler, the store (embedded
+//! SQLite, or etcd shared by several replicas), and the agent API.
 //!
-//! - `store`: the `Store` trait, its SQLite backend and conformance suite.
-//! - `registry`, `admission`, `patch`, `selector`, `status`: API semantics.
-//! - `http`: the Kubernetes API and the agent API over HTTP (translation only).
+//! - `store`: the `Store` trait, its SQLite and etcd backends and the
+//!   conformance suite both pass; `election`: the leader among replicas on
+//!   etcd; `migrate`: SQLite to etcd.
+//! - `registry`, `admission`, `patch`, `selector`, `status` (the Kubernetes
+//!   `Status` error), `object` (raw object metadata): API semantics.
+//! - `http`: the Kubernetes API and the agent API over HTTP (translation
+//!   only); `tls`, `auth`, `kubeconfig`: HTTPS, who calls and what they may do.
 //! - `controllers`, `scheduler`: Job → TaskGroups → Tasks, placement, status,
-//!   robot liveness, garbage collection.
-//! - `agents`, `fleet`, `tokens`: the agent side of the control plane.
-
+//!   robot liveness, garbage collection; `cache` (the informer they and the
+//!   robots' long polls read), `annotations`, `stored_task` (reading a stored
+//!   Task's fields).
+//! - `agents`, `fleet`, `tokens`, `robot_channel`: the agent side of the
+//!   control plane (registration, heartbeats, the signed and sealed channel).
+//!
+//! The load test of all this lives outside, in `crate::bench`.
 pub mod admission;
 pub mod agents;
 pub mod annotations;
 pub mod auth;
-pub mod bench;
-pub mod bench_etcd;
-pub mod bench_report;
 pub mod cache;
 pub mod controllers;
 pub mod election;

@@ -23,7 +23,7 @@
 
 use super::task_objects::ALL;
 use super::Ctx;
-use crate::api::placement::task_name;
+use crate::api::job_expansion::task_name;
 use crate::api::{DisconnectPolicy, Job, TaskGroupTemplate};
 use crate::server::annotations::{
     ANN_ORIGINAL_PLACED_AT, ANN_ORIGINAL_ROBOT, ANN_PLACED_AT, ANN_STATUS_SEQ, ANN_UNKNOWN_SINCE,

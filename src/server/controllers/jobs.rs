@@ -9,7 +9,7 @@ use super::task_objects::{
     create_tasks, owner, placed_status, record_placement, task_object, to_value, ALL, CREATE_BATCH,
 };
 use super::{Ctx, Next};
-use crate::api::placement::{self, task_name};
+use crate::api::job_expansion::{self, task_name};
 use crate::api::{Job, JobType, ObjectMeta, OwnerReference, TaskGroupSpec, TaskGroupTemplate, TaskState, API_VERSION};
 use crate::server::annotations::{ANN_RESCHEDULES, ANN_STATUS_SEQ, ANN_UNKNOWN_SINCE, LABEL_GROUP, LABEL_JOB};
 use crate::server::object;
@@ -255,7 +255,7 @@ pub async fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<Next, Status> 
             for t in &g.tasks {
                 let tname = task_name(name, &g.name, i, &t.name);
                 desired.insert(tname.clone());
-                let mut spec = placement::place_task(&job, g, t, i);
+                let mut spec = job_expansion::place_task(&job, g, t, i);
                 let placement = placements.get(&i);
                 match (existing.get(&tname), placement) {
                     (None, p) => {
@@ -337,7 +337,7 @@ pub async fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<Next, Status> 
     if created > 0 {
         log::info!("job {ns}/{name}: created {created} tasks in {:?}", started.elapsed());
     }
-    super::status::update_status(ctx, ns, name, &job, &job_v, &groups, unschedulable.as_deref()).await?;
+    super::job_status::update_status(ctx, ns, name, &job, &job_v, &groups, unschedulable.as_deref()).await?;
     if unschedulable.is_some() && next == Next::Done {
         next = Next::RequeueAfter(UNSCHEDULABLE_RETRY);
     }

@@ -15,10 +15,10 @@
 
 pub mod disconnect;
 mod gc;
+mod job_status;
 pub mod jobs;
 pub mod liveness;
 mod snapshot;
-mod status;
 mod system;
 mod task_objects;
 

@@ -3,7 +3,7 @@
 //! (ports, replicas per group, requests).
 
 use super::Ctx;
-use crate::api::placement;
+use crate::api::job_expansion;
 use crate::api::{TaskGroupTemplate, TaskState};
 use crate::server::object;
 use crate::server::scheduler::RobotInfo;
@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 /// Ports the group's Envoy listens on: upstream localPorts (127.0.0.1)
 /// and inbound ports (the robot's network). Both are per-robot resources.
 pub fn group_ports(g: &TaskGroupTemplate) -> BTreeSet<i64> {
-    placement::group_network(g.network.as_ref(), &g.tasks)
+    job_expansion::group_network(g.network.as_ref(), &g.tasks)
         .filter(|n| n.is_active())
         .map(|n| {
             n.upstreams

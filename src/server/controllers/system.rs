@@ -17,14 +17,14 @@
 //!   resume when the robot reports them again.
 //!
 //! Tasks are named `{job}-{group}-{task}.{robot}`
-//! ([`placement::system_task_name`]), a function of the names alone, so the
+//! ([`job_expansion::system_task_name`]), a function of the names alone, so the
 //! same robot always gets the same names, also across server restarts, and
 //! no state maps robots to replica numbers. Every system Task has replica
 //! index 0 (`K8S4R_REPLICA=0`, `alloc/<job>-<group>/r0/<task>` on its robot).
 
 use super::task_objects::{create_tasks, placed_status, record_placement, task_object, ALL, CREATE_BATCH};
 use super::Ctx;
-use crate::api::placement;
+use crate::api::job_expansion;
 use crate::api::{Job, OwnerReference, TaskGroupTemplate};
 use crate::server::events::Kind;
 use crate::server::object;
@@ -55,7 +55,7 @@ pub fn placed_robots<'a>(
             let robot = stored_task::target_robot(t)?;
             g.tasks
                 .iter()
-                .any(|x| placement::system_task_name(job, &g.name, robot, &x.name) == name)
+                .any(|x| job_expansion::system_task_name(job, &g.name, robot, &x.name) == name)
                 .then(|| robot.to_string())
         })
         .collect()
@@ -119,9 +119,9 @@ pub(super) async fn reconcile_group(ctx: &Ctx, s: &Group<'_>, b: &mut Batch<'_>)
     let added: HashSet<&str> = plan.add.iter().map(String::as_str).collect();
     for robot in plan.keep.iter().chain(&plan.add) {
         for t in &g.tasks {
-            let tname = placement::system_task_name(name, &g.name, robot, &t.name);
+            let tname = job_expansion::system_task_name(name, &g.name, robot, &t.name);
             b.desired.insert(tname.clone());
-            let mut spec = placement::place_task(s.job, g, t, 0);
+            let mut spec = job_expansion::place_task(s.job, g, t, 0);
             spec.target_robot = Some(robot.clone());
             match b.existing.get(&tname) {
                 None => {

@@ -1,5 +1,5 @@
 //! A robot's side of the channel without I/O, for the server's own load
-//! test ([`crate::server::bench`]) and the control-plane tests' simulated
+//! test ([`crate::bench`]) and the control-plane tests' simulated
 //! robots: it signs and seals requests and verifies and opens answers
 //! exactly as the wire format says, so that every simulated request pays
 //! and tests the real protocol. (The agent has its own, in its lean build.)

@@ -1,4 +1,4 @@
-//! How a Job is split into TaskGroups and Tasks — one definition shared by
+//! How a Job expands into TaskGroups and Tasks, and their names — one definition shared by
 //! the control plane's controller and the agent's standalone `run -f`, so
 //! the two can never disagree on names, the network a task carries, or
 //! which policy applies.

@@ -11,8 +11,8 @@
 //! time of the servers (and of etcd) is recorded for registration and for
 //! the dispatch.
 //!
-//! `k8s4r bench report` turns all benchmark JSON files into one markdown
-//! page (bench_report.rs).
+//! The command line is `cli.rs`; `k8s4r bench report` (`report.rs`) turns
+//! all benchmark JSON files into one markdown page.
 
 use crate::api::agent_protocol::RegisterRequest;
 use crate::api::robot_channel::JoinToken;
@@ -27,21 +27,6 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::{Barrier, Semaphore};
-
-const USAGE: &str = "\
-k8s4r bench robots N [N...] — fleet load test of the control plane
-k8s4r bench report          — target/bench/report.md from the benchmarks' JSON files
-
-OPTIONS:
-    --out FILE        Where to write the results [default: target/bench/server.json,
-                      for report: target/bench/report.md]
-    --timeout DUR     Give up on a run after this long [default: 120s]
-    --http            Create the Job with an HTTP POST even if kubectl is installed
-                      (default: `kubectl apply`, timed from kubectl's start)
-    --etcd            Store in a throwaway local etcd instead of SQLite
-    --replicas K[,K]  Server replicas on that etcd; each size runs with each
-                      count [default: 1]
-";
 
 /// One minimal HTTP/1.1 keep-alive connection to the agent listener (the
 /// bench must not be the bottleneck, and the agent API needs nothing more).
@@ -301,7 +286,7 @@ async fn admin_request(
     .map_err(|e| e.to_string())?
 }
 
-fn have_kubectl() -> bool {
+pub(super) fn have_kubectl() -> bool {
     Command::new("kubectl")
         .args(["version", "--client"])
         .stdout(Stdio::null())
@@ -312,14 +297,14 @@ fn have_kubectl() -> bool {
 
 /// What the servers of one run store into, and how many there are.
 #[derive(Clone, Copy, Debug)]
-struct Setup {
-    etcd: bool,
-    replicas: usize,
+pub(super) struct Setup {
+    pub etcd: bool,
+    pub replicas: usize,
 }
 
-async fn run_one(n: usize, timeout: Duration, use_kubectl: bool, setup: Setup) -> Result<Value, String> {
+pub(super) async fn run_one(n: usize, timeout: Duration, use_kubectl: bool, setup: Setup) -> Result<Value, String> {
     let etcd = if setup.etcd {
-        Some(crate::server::bench_etcd::LocalEtcd::start()?)
+        Some(super::etcd::LocalEtcd::start()?)
     } else {
         None
     };
@@ -470,99 +455,4 @@ async fn run_one(n: usize, timeout: Duration, use_kubectl: bool, setup: Setup) -
         "server_cpu_ms_register": cpu_registered,
         "server_cpu_ms_dispatch": cpu_dispatch,
     }))
-}
-
-/// `k8s4r bench robots N [N...]`
-pub fn cmd_bench(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
-    use lexopt::prelude::*;
-    let mut sizes = Vec::new();
-    let mut out = None;
-    let mut timeout = Duration::from_secs(120);
-    let mut what = None;
-    let mut http_only = false;
-    let mut etcd = false;
-    let mut replicas: Vec<usize> = vec![1];
-    while let Some(arg) = parser.next()? {
-        match arg {
-            Long("out") => out = Some(PathBuf::from(parser.value()?)),
-            Long("http") => http_only = true,
-            Long("etcd") => etcd = true,
-            Long("replicas") => {
-                replicas = parser
-                    .value()?
-                    .string()?
-                    .split(',')
-                    .map(|k| k.trim().parse::<usize>())
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| format!("--replicas: {e}"))?
-            }
-            Long("timeout") => {
-                let t = parser.value()?.string()?;
-                timeout = crate::api::Duration::parse(&t).map_err(|e| format!("--timeout {t:?}: {e}"))?;
-            }
-            Short('h') | Long("help") => {
-                print!("{USAGE}");
-                return Ok(0);
-            }
-            Value(v) if what.is_none() => what = Some(v.string()?),
-            Value(v) => sizes.push(v.parse::<usize>()?),
-            other => return Err(other.unexpected()),
-        }
-    }
-    if what.as_deref() == Some("report") {
-        let out = out.unwrap_or_else(|| PathBuf::from("target/bench/report.md"));
-        let dir = out.parent().unwrap_or(std::path::Path::new(".")).to_path_buf();
-        return match crate::server::bench_report::write(&dir, &out) {
-            Ok(()) => Ok(0),
-            Err(e) => {
-                eprintln!("error: {e}");
-                Ok(1)
-            }
-        };
-    }
-    let out = out.unwrap_or_else(|| PathBuf::from("target/bench/server.json"));
-    if what.as_deref() != Some("robots") || sizes.is_empty() || replicas.is_empty() || replicas.contains(&0) {
-        eprint!("{USAGE}");
-        return Ok(2);
-    }
-    if replicas.iter().any(|&k| k > 1) && !etcd {
-        eprintln!("error: --replicas needs --etcd (SQLite serves one server)");
-        eprint!("{USAGE}");
-        return Ok(2);
-    }
-    crate::server::raise_fd_limit();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("starting the runtime: {e}"))?;
-    let use_kubectl = !http_only && have_kubectl();
-    let mut runs = Vec::new();
-    let mut failed = false;
-    let runs_of: Vec<(usize, Setup)> = sizes
-        .iter()
-        .flat_map(|&n| replicas.iter().map(move |&k| (n, Setup { etcd, replicas: k })))
-        .collect();
-    for (n, setup) in runs_of {
-        eprintln!("bench: {n} robots, {setup:?} ...");
-        match rt.block_on(run_one(n, timeout, use_kubectl, setup)) {
-            Ok(r) => {
-                eprintln!("bench: {r}");
-                runs.push(r);
-            }
-            Err(e) => {
-                eprintln!("bench: {n} robots failed: {e}");
-                runs.push(json!({"robots": n, "error": e}));
-                failed = true;
-            }
-        }
-    }
-    let doc = json!({"tool": "k8s4r bench robots", "version": crate::cli::VERSION,
-                     "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), "runs": runs});
-    if let Some(dir) = out.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    std::fs::write(&out, serde_json::to_string_pretty(&doc).unwrap_or_default())
-        .map_err(|e| format!("writing {}: {e}", out.display()))?;
-    println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
-    Ok(i32::from(failed))
 }

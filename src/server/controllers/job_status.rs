@@ -4,7 +4,7 @@
 
 use super::task_objects::ALL;
 use super::Ctx;
-use crate::api::placement::task_name;
+use crate::api::job_expansion::task_name;
 use crate::api::{GroupState, GroupSummary, Job, JobStatus, JobType, TaskGroupStatus, TaskGroupTemplate, TaskState};
 use crate::server::object;
 use crate::server::registry::Part;

@@ -1,0 +1,12 @@
+//! Benchmarks of the control plane, kept out of the product's `server`
+//! module (they drive it from outside, as a client would): `k8s4r bench
+//! robots N...` runs a fleet load test (`fleet.rs`, on SQLite or on a
+//! throwaway etcd from `etcd.rs`), `k8s4r bench report` writes
+//! target/bench/report.md from every benchmark's JSON (`report.rs`).
+//! `make bench` runs them beside the agent, proxy and end-to-end benchmarks
+//! of tests/.
+
+pub mod cli;
+pub mod etcd;
+pub mod fleet;
+pub mod report;
