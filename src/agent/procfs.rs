@@ -5,14 +5,14 @@
 use std::io;
 
 /// Identity of one running process: pid plus its start time in clock ticks
-/// since boot (field 22 of /proc/<pid>/stat).
+/// since boot (field 22 of `/proc/<pid>/stat`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProcIdentity {
     pub pid: i32,
     pub start_time: u64,
 }
 
-/// The parts of /proc/<pid>/stat the agent needs.
+/// The parts of `/proc/<pid>/stat` the agent needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProcStat {
     pub state: char,
@@ -28,7 +28,7 @@ impl ProcStat {
     }
 }
 
-/// Parse /proc/<pid>/stat. The command name (field 2) may contain spaces
+/// Parse `/proc/<pid>/stat`. The command name (field 2) may contain spaces
 /// and parentheses, so fields are counted after the *last* ')'.
 pub fn parse_stat(text: &str) -> Option<ProcStat> {
     let after = &text[text.rfind(')')? + 1..];

@@ -39,7 +39,7 @@ pub struct SavedUnit {
     pub phase: SavedPhase,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<i32>,
-    /// Clock ticks since boot (/proc/<pid>/stat field 22).
+    /// Clock ticks since boot (`/proc/<pid>/stat` field 22).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<u64>,
     /// The task directory (cwd, logs).

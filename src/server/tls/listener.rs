@@ -1,5 +1,5 @@
 //! The HTTPS listener: TLS handshakes off the accept loop (each bounded in
-//! time, at most [`MAX_HANDSHAKES`] at once), and the identity of a
+//! time, at most `MAX_HANDSHAKES` at once), and the identity of a
 //! verified client certificate handed to every request of its connection
 //! as a [`CertUser`] extension, for authentication to read.
 //!

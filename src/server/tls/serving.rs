@@ -3,7 +3,7 @@
 //! replicas on one etcd agree on it. Reissued when a name this server wants
 //! is missing (covering the stored names too, so replicas with different
 //! hostnames converge on one certificate) or when it expires within
-//! [`RENEW_BEFORE`].
+//! `RENEW_BEFORE`.
 
 use super::ca::{Ca, Issued, CERT_LIFETIME};
 use super::TlsError;

@@ -162,7 +162,7 @@ const PROBE_WAIT: Duration = Duration::from_secs(3);
 /// has finished its side of the handshake; when the member's alert wins the
 /// race with the first request, hyper reports only "canceled" and the
 /// reason is lost. This handshake sends nothing and waits up to
-/// [`PROBE_WAIT`] for that alert: the error carrying it, or None.
+/// `PROBE_WAIT` for that alert: the error carrying it, or None.
 pub async fn probe(url: &str, config: &Arc<rustls::ClientConfig>) -> Option<std::io::Error> {
     use tokio::io::AsyncReadExt;
     let uri: hyper::Uri = url.parse().ok()?;
