@@ -7,7 +7,8 @@ use super::channel::Channel;
 use super::client::{Client, ClientError};
 use super::config::AgentConfig;
 use super::counter::Counter;
-use super::identity::{self, Identity, RegisterError};
+use super::identity::{self, Identity};
+use super::register::{self, RegisterError};
 use crate::api::agent_protocol::{Assignments, RegisterRequest, StatusReply, StatusReport};
 use crate::api::hex;
 use crate::api::robot_channel::{
@@ -207,7 +208,7 @@ fn channel(dir: &Path) -> Arc<Channel> {
     Arc::new(Channel::new(dir.to_path_buf(), keys, Counter::open(dir).unwrap()))
 }
 
-/// A robot registered with `server` at `base`, as after `identity::register`.
+/// A robot registered with `server` at `base`, as after `register::register`.
 fn registered(dir: &Path, base: &str, server: &PublicKeys) -> Client {
     let ch = channel(dir);
     let mut id = Identity {
@@ -303,7 +304,7 @@ fn registration_proves_the_token_without_sending_it_and_trusts_only_the_pinned_k
     let info = serde_json::json!({"arch": "aarch64"});
 
     for want in ["does not match the join token's pin", "the signature does not verify"] {
-        match identity::register(&client, &cfg, dir.path(), info.clone()) {
+        match register::register(&client, &cfg, dir.path(), info.clone()) {
             Err(RegisterError::Client(ClientError::Refused(why))) => assert!(why.contains(want), "{why}"),
             other => panic!("{other:?}"),
         }
@@ -313,9 +314,9 @@ fn registration_proves_the_token_without_sending_it_and_trusts_only_the_pinned_k
             "nothing kept from a refused answer"
         );
     }
-    let e = identity::register(&client, &cfg, dir.path(), info.clone()).unwrap_err();
+    let e = register::register(&client, &cfg, dir.path(), info.clone()).unwrap_err();
     assert!(e.to_string().contains("k8s4r robot reset"), "{e}");
-    let id = identity::register(&client, &cfg, dir.path(), info).unwrap();
+    let id = register::register(&client, &cfg, dir.path(), info).unwrap();
     assert_eq!(id.server_keys(), Some(server.public()));
     assert_eq!(identity::load(dir.path(), &cfg), Some(id.clone()));
     assert_eq!(ch.identity(), Some(id));
@@ -359,7 +360,7 @@ fn a_join_token_without_a_pin_is_a_clear_error_and_sends_nothing() {
     // Nothing listens there: an attempt to send would be a Transport error.
     let client = Client::new("http://127.0.0.1:9", ch);
     let cfg = config("http://127.0.0.1:9", Some("k8s4r-join-abcdef".into()));
-    let e = identity::register(&client, &cfg, dir.path(), serde_json::Value::Null).unwrap_err();
+    let e = register::register(&client, &cfg, dir.path(), serde_json::Value::Null).unwrap_err();
     assert!(matches!(e, RegisterError::JoinToken(_)), "{e:?}");
     assert!(e.to_string().contains("no server pin"), "{e}");
 }
@@ -697,7 +698,7 @@ fn a_registration_with_a_clock_far_off_is_claimed_again_with_the_servers_time() 
     let dir = tempfile::tempdir().unwrap();
     let client = Client::new(&base, channel(dir.path()));
     let cfg = config(&base, Some(token.to_text()));
-    identity::register(&client, &cfg, dir.path(), serde_json::Value::Null).unwrap();
+    register::register(&client, &cfg, dir.path(), serde_json::Value::Null).unwrap();
     let asked = t.join().unwrap();
     let claimed: Vec<u64> = asked
         .iter()
@@ -732,7 +733,7 @@ fn a_registration_answer_endorsing_the_next_key_makes_the_robot_trust_it() {
     let dir = tempfile::tempdir().unwrap();
     let client = Client::new(&base, channel(dir.path()));
     let cfg = config(&base, Some(token.to_text()));
-    let id = identity::register(&client, &cfg, dir.path(), serde_json::Value::Null).unwrap();
+    let id = register::register(&client, &cfg, dir.path(), serde_json::Value::Null).unwrap();
     assert_eq!(id.server_keys(), Some(next));
     t.join().unwrap();
 }

@@ -31,6 +31,7 @@ pub mod counter;
 pub mod identity;
 pub mod keys;
 pub mod outbox;
+pub mod register;
 pub mod restart_delay;
 pub mod waiting;
 
@@ -217,13 +218,13 @@ fn obtain_identity(
     let mut backoff = Backoff::new(RETRY_BASE, RETRY_MAX);
     let mut reminder = waiting::Reminder::new(watch.intervals.notice);
     loop {
-        let e = match identity::register(client, config, data_dir, super::device::collect(data_dir)) {
+        let e = match register::register(client, config, data_dir, super::device::collect(data_dir)) {
             Ok(id) => return Ok(Some(id)),
             Err(e) => e,
         };
         let pause = backoff.next_delay();
         match &e {
-            identity::RegisterError::Client(ClientError::Transport(_) | ClientError::Refused(_)) => {
+            register::RegisterError::Client(ClientError::Transport(_) | ClientError::Refused(_)) => {
                 say(&format!("agent: {e}; retrying in {pause:.1?}"))
             }
             _ => watch.remind(&mut reminder, &e.to_string(), "retrying with backoff, "),
