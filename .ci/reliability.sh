@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 
 # area | fault or input | what must happen | test binary | test name
 cases=(
+  "files|a symlink planted at an atomic write's temp name|the target is written, the link's victim untouched|lib|atomic_file::tests::never_writes_through_a_link_at_the_temp_name"
   "proxy|two groups in --proxy-mode shared (real agent)|one robot-envoy; each group's PROXY_DB_* port reaches only its own upstream; every listener names only its own group's cluster|agent_shared_proxy|two_groups_share_one_envoy_each_reaching_only_its_own_upstream"
   "proxy|a group joins then finishes while another group holds a long-lived connection (shared mode)|the joining group is served once its task runs, its listener goes when it finishes; the other connection stays up; same Envoy pid|agent_shared_proxy|a_group_joins_and_leaves_while_another_groups_connection_stays_up"
   "fault|kill -9 of robot-envoy|a new Envoy serves every group; tasks keep their pids and are not restarted|agent_shared_proxy|a_killed_shared_envoy_comes_back_with_every_group_and_tasks_untouched"
