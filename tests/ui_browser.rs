@@ -9,6 +9,7 @@ mod common;
 mod server_util;
 mod ui_util;
 
+use common::ConnectedAgent;
 use serde_json::json;
 use server_util::{have_kubectl, wait_for, Robot, Server};
 use std::time::{Duration, Instant};
@@ -40,17 +41,22 @@ fn server() -> (Server, tempfile::TempDir) {
     (s, dir)
 }
 
-fn job_yaml(name: &str) -> String {
+/// A Job of one task running `command args`.
+fn job_yaml(name: &str, command: &str, args: &str) -> String {
     format!(
-        "apiVersion: robot.k8s4r.io/v1alpha1\nkind: Job\nmetadata:\n  name: {name}\nspec:\n  taskGroups:\n    - name: g\n      tasks:\n        - {{name: t, driver: exec, config: {{execConfig: {{command: /bin/sleep, args: ['60']}}}}}}\n"
+        "apiVersion: robot.k8s4r.io/v1alpha1\nkind: Job\nmetadata:\n  name: {name}\nspec:\n  taskGroups:\n    - name: g\n      tasks:\n        - {{name: t, driver: exec, config: {{execConfig: {{command: {command}, args: {args}}}}}}}\n"
     )
 }
 
-fn apply(s: &Server, name: &str) {
+fn apply_yaml(s: &Server, yaml: &str) {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("job.yaml");
-    std::fs::write(&f, job_yaml(name)).unwrap();
+    std::fs::write(&f, yaml).unwrap();
     s.kubectl_ok(&["apply", "-f", f.to_str().unwrap()]);
+}
+
+fn apply(s: &Server, name: &str) {
+    apply_yaml(s, &job_yaml(name, "/bin/sleep", "['60']"));
 }
 
 /// Whether Job `name` exists, asked with kubectl (the admin's kubeconfig).
@@ -251,4 +257,49 @@ fn pages_are_small_and_carry_a_strict_content_security_policy() {
         "{}",
         r.body
     );
+}
+
+/// The highest `tick-N` in a log text.
+fn last_tick(log: &str) -> Option<u64> {
+    log.lines()
+        .filter_map(|l| l.strip_prefix("tick-")?.trim().parse().ok())
+        .max()
+}
+
+#[test]
+fn a_tasks_log_tail_updates_live_from_a_real_agent() {
+    assert!(have_kubectl(), "kubectl is needed: run `bash .ci/install-tools.sh`");
+    let (s, tokens) = server();
+    let join = s.join_token();
+    let _agent = ConnectedAgent::start(
+        &s.agent_base,
+        &join,
+        "logbot",
+        "demo=true",
+        &tokens.path().join("agent"),
+        &[],
+    );
+    wait_for("robot logbot Online", Duration::from_secs(30), || {
+        let out = s.kubectl(&["get", "robot", "logbot", "-o", "jsonpath={.status.phase}"]);
+        (String::from_utf8_lossy(&out.stdout) == "Online").then_some(())
+    });
+    let ticking = "['-c', 'i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.2; done']";
+    apply_yaml(&s, &job_yaml("ticker", "/bin/sh", ticking));
+    let b = Browser::start();
+    log_in(&b, &s, ADMIN);
+    b.goto(&s.url("/ui/tasks/default/ticker-g-r0-t"));
+    b.script("window.__sameDocument = 7;");
+    let first = wait_for("the first log lines on the task page", Duration::from_secs(30), || {
+        last_tick(&b.text("#log"))
+    });
+    // The tail grows on the open page: no reload (the marker survives).
+    wait_for("the log tail to grow", Duration::from_secs(20), || {
+        last_tick(&b.text("#log")).filter(|n| *n >= first + 3)
+    });
+    assert_eq!(
+        b.script("return window.__sameDocument;"),
+        json!(7),
+        "the page was reloaded"
+    );
+    b.screenshot("task-log");
 }

@@ -57,7 +57,9 @@
       .then(function (res) {
         var p = document.getElementById("log");
         if (!p) return;
+        var atEnd = p.scrollTop + p.clientHeight >= p.scrollHeight - 4;
         p.textContent = res[0] ? res[1] : "(log not available: " + res[1] + ")";
+        if (atEnd) p.scrollTop = p.scrollHeight; // follow the tail unless scrolled up
         p.setAttribute("data-fetched", String(Date.now()));
       })
       .catch(function () {});
