@@ -250,6 +250,35 @@ fn pages_are_small_and_carry_a_strict_content_security_policy() {
             assert!(!r.body.contains("<script>"), "inline script on {page}");
         }
     }
+    // Paged on the server: 55 robots are 50 rows and a next page of 5;
+    // search and label selectors apply before paging.
+    let robots: String = (0..55)
+        .map(|i| {
+            format!(
+                "---\napiVersion: robot.k8s4r.io/v1alpha1\nkind: Robot\nmetadata:\n  name: robot-{i:03}\n  labels: {{half: \"{}\"}}\nspec:\n  robotId: robot-{i:03}\n",
+                i % 2
+            )
+        })
+        .collect();
+    apply_yaml(&s, &robots);
+    let rows = |path: &str| {
+        let r = http.send("GET", path, None, &[("Cookie", &cookie)]);
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        (r.body.matches("<tr data-name=").count(), r.body)
+    };
+    let (n, first) = rows("/ui/fleet");
+    assert_eq!(n, 50, "{first}");
+    assert!(
+        first.contains("id=\"next\"") && !first.contains("id=\"prev\""),
+        "{first}"
+    );
+    let (n, second) = rows("/ui/fleet?offset=50");
+    assert_eq!(n, 5, "{second}");
+    assert!(second.contains("robot-054") && !second.contains("id=\"next\"") && second.contains("id=\"prev\""));
+    assert_eq!(rows("/ui/fleet?q=robot-05").0, 5);
+    assert_eq!(rows("/ui/fleet?selector=half%3D1").0, 27);
+    assert_eq!(rows("/ui/fleet?selector=half%3D1&q=robot-05").0, 2);
+
     // Names are escaped: an event message or label can hold markup.
     let r = http.send("GET", "/ui/fleet?q=%3Cscript%3Ex", None, &[("Cookie", &cookie)]);
     assert!(

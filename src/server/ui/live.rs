@@ -24,6 +24,11 @@ use std::time::Duration;
 /// A comment line this often, so a closed tab's stream is noticed and
 /// ended (the write fails) and proxies keep the connection open.
 const KEEPALIVE: Duration = Duration::from_secs(15);
+/// A stream ends after this long and the browser opens a new one (the
+/// page fetches itself again then, so nothing is missed): an open tab
+/// never holds a connection for good, and so never holds up a graceful
+/// shutdown for longer than this.
+const MAX_STREAM: Duration = Duration::from_secs(60);
 /// Most lines of a log tail the page asks for.
 const MAX_TAIL: u32 = 1000;
 
@@ -106,11 +111,13 @@ pub async fn stream(State(ui): State<UiState>, parts: Parts, Query(q): Query<Has
     })
     .boxed();
     watches.push(keepalive);
-    let body = stream::select_all(watches).map(move |line| {
-        // The permit lives as long as the stream does.
-        let _held = &permit;
-        Ok::<_, Infallible>(Bytes::from(line))
-    });
+    let body = stream::select_all(watches)
+        .take_until(tokio::time::sleep(MAX_STREAM))
+        .map(move |line| {
+            // The permit lives as long as the stream does.
+            let _held = &permit;
+            Ok::<_, Infallible>(Bytes::from(line))
+        });
     let mut r = Response::new(Body::from_stream(body));
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));

@@ -2,9 +2,9 @@
 //! (listing robots, getting a Job, ...) before reading anything, and shows
 //! a mutating control only to a viewer the rules let use it.
 //!
-//! Long lists (robots, Jobs) are paged on the server through the store's
-//! own paging (`limit` and `continue`), so a fleet of 10,000 robots costs
-//! one page of work per request, search included.
+//! Long lists (robots, Jobs) are paged on the server ([`PAGE`] rows, one
+//! read of the store per page, search and label selector included), so a
+//! page of a fleet of 10,000 robots is one list and 50 rows of HTML.
 
 use super::view::{self, age, events_table, labels, n, s, state};
 use super::{api_path, csrf_ok, refuse, same_origin, to_login, Ui, UiState, Viewer};
@@ -24,8 +24,6 @@ use std::collections::{HashMap, HashSet};
 
 /// Rows on one page of a long list.
 const PAGE: usize = 50;
-/// Objects read from the store at a time while searching a long list.
-const CHUNK: usize = 500;
 /// Events shown on one page (the newest).
 const MAX_EVENTS: usize = 200;
 
@@ -49,71 +47,56 @@ fn failed(e: Status) -> Response {
     refuse(code, &e.message)
 }
 
-/// Where the next page starts: the store's continue token of a chunk and
-/// how many matches of that chunk the pages before took.
-struct Cursor {
-    cont: Option<String>,
-    skip: usize,
-}
-
-impl Cursor {
-    fn from_query(q: &HashMap<String, String>) -> Cursor {
-        Cursor {
-            cont: q.get("continue").filter(|c| !c.is_empty()).cloned(),
-            skip: q.get("skip").and_then(|s| s.parse().ok()).unwrap_or(0),
-        }
-    }
-}
-
-/// Up to [`PAGE`] objects of `res` matching `labels` and `keep`, from
-/// `at`; and where the page after starts, when there is one.
+/// Up to [`PAGE`] objects of `res` matching `labels` and `keep`, skipping
+/// the first `offset` matches; and the offset of the page after, when
+/// there is one. One read of the store per page whatever the filter: the
+/// store lists whole collections, so reading it in chunks would cost a
+/// whole read per chunk.
 async fn page_of(
     ui: &Ui,
     res: &Resource,
     labels: &LabelSelector,
     keep: impl Fn(&Value) -> bool,
-    at: Cursor,
-) -> Result<(Vec<Value>, Option<Cursor>), Status> {
-    let (mut cont, mut skip) = (at.cont, at.skip);
-    let mut out = Vec::new();
-    loop {
-        let opts = ListOptions {
-            labels: labels.clone(),
-            limit: Some(CHUNK),
-            continue_token: cont.clone(),
-            ..Default::default()
-        };
-        let listed = ui.app.registry.list(res, &opts).await?;
-        for (i, item) in listed.items.into_iter().filter(|v| keep(v)).enumerate().skip(skip) {
-            if out.len() == PAGE {
-                return Ok((out, Some(Cursor { cont, skip: i })));
-            }
-            out.push(item);
-        }
-        skip = 0;
-        match listed.continue_token {
-            Some(c) => cont = Some(c),
-            None => return Ok((out, None)),
-        }
-    }
+    offset: usize,
+) -> Result<(Vec<Value>, Option<usize>), Status> {
+    let opts = ListOptions {
+        labels: labels.clone(),
+        ..Default::default()
+    };
+    let listed = ui.app.registry.list(res, &opts).await?;
+    let mut page: Vec<Value> = listed
+        .items
+        .into_iter()
+        .filter(|v| keep(v))
+        .skip(offset)
+        .take(PAGE + 1)
+        .collect();
+    let more = page.len() > PAGE;
+    page.truncate(PAGE);
+    Ok((page, more.then(|| offset.saturating_add(PAGE))))
 }
 
-/// The link to the page after, keeping the filters.
-fn next_link(base: &str, filters: &[(&str, &str)], next: &Option<Cursor>) -> Markup {
-    let Some(c) = next else { return html! {} };
-    let mut q: Vec<(String, String)> = filters
-        .iter()
-        .filter(|(_, v)| !v.is_empty())
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    q.push(("continue".into(), c.cont.clone().unwrap_or_default()));
-    q.push(("skip".into(), c.skip.to_string()));
-    let query: String = q
-        .iter()
-        .map(|(k, v)| format!("{k}={}", encode(v)))
-        .collect::<Vec<_>>()
-        .join("&");
-    html! { p.pager { a #next href={ (base) "?" (query) } { "Next page →" } } }
+fn offset(q: &HashMap<String, String>) -> usize {
+    q.get("offset").and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+/// The links to the pages before and after, keeping the filters.
+fn pager(base: &str, filters: &[(&str, &str)], at: usize, next: Option<usize>) -> Markup {
+    let link = |to: usize| {
+        let mut q: Vec<String> = filters
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| format!("{k}={}", encode(v)))
+            .collect();
+        q.push(format!("offset={to}"));
+        format!("{base}?{}", q.join("&"))
+    };
+    html! {
+        p.pager {
+            @if at > 0 { a #prev href=(link(at.saturating_sub(PAGE))) { "← Previous page" } " " }
+            @if let Some(n) = next { a #next href=(link(n)) { "Next page →" } }
+        }
+    }
 }
 
 /// Percent-encoding of a query value.
@@ -165,7 +148,8 @@ pub async fn fleet(State(ui): State<UiState>, parts: Parts, Query(q): Q) -> Resp
     };
     let needle = search.to_lowercase();
     let keep = |r: &Value| needle.is_empty() || s(r, "/metadata/name").to_lowercase().contains(&needle);
-    let (robots, next) = match page_of(&ui, &ROBOTS, &selector, keep, Cursor::from_query(&q)).await {
+    let at = offset(&q);
+    let (robots, next) = match page_of(&ui, &ROBOTS, &selector, keep, at).await {
         Ok(p) => p,
         Err(e) => return failed(e),
     };
@@ -214,7 +198,7 @@ pub async fn fleet(State(ui): State<UiState>, parts: Parts, Query(q): Q) -> Resp
                 }
             }
         }
-        (next_link("/ui/fleet", &[("q", &search), ("selector", &selector_text)], &next))
+        (pager("/ui/fleet", &[("q", &search), ("selector", &selector_text)], at, next))
     };
     view::page("Fleet", Some(&viewer), "robots", body)
 }
@@ -296,7 +280,8 @@ pub async fn jobs(State(ui): State<UiState>, parts: Parts, Query(q): Q) -> Respo
         Ok(v) => v,
         Err(r) => return *r,
     };
-    let (jobs, next) = match page_of(&ui, &JOBS, &LabelSelector::default(), |_| true, Cursor::from_query(&q)).await {
+    let at = offset(&q);
+    let (jobs, next) = match page_of(&ui, &JOBS, &LabelSelector::default(), |_| true, at).await {
         Ok(p) => p,
         Err(e) => return failed(e),
     };
@@ -324,7 +309,7 @@ pub async fn jobs(State(ui): State<UiState>, parts: Parts, Query(q): Q) -> Respo
                 }
             }
         }
-        (next_link("/ui/jobs", &[], &next))
+        (pager("/ui/jobs", &[], at, next))
     };
     view::page("Jobs", Some(&viewer), "jobs", body)
 }

@@ -41,8 +41,14 @@
   var watch = document.body.getAttribute("data-watch");
   if (watch && window.EventSource) {
     var es = new EventSource("/ui/live?watch=" + encodeURIComponent(watch));
-    es.addEventListener("open", function () { if (live) live.className = "live on"; });
-    es.addEventListener("error", function () { if (live) live.className = "live off"; });
+    var lost = false;
+    es.addEventListener("open", function () {
+      if (live) live.className = "live on";
+      // Reconnected (the server ends each stream after a while): catch up.
+      if (lost) schedule();
+      lost = false;
+    });
+    es.addEventListener("error", function () { lost = true; if (live) live.className = "live off"; });
     es.addEventListener("change", schedule);
     es.addEventListener("reset", function () { es.close(); location.reload(); });
   }
