@@ -121,6 +121,13 @@ fn an_admin_logs_in_sees_the_fleet_and_a_new_job_appears_live() {
     assert!(table.contains("site=lab"), "{table}");
     b.screenshot("fleet");
 
+    // A robot's page: its device information as the agent reported it.
+    b.click("#robots a[href$='/arm-1']");
+    wait_for("the robot page", T, || {
+        b.text("pre.device").contains("arm-1.local").then_some(())
+    });
+    b.screenshot("robot");
+
     // Search by name, on the server.
     b.goto(&s.url("/ui/fleet?q=arm"));
     let table = b.text("#robots");
@@ -158,6 +165,12 @@ fn an_admin_logs_in_sees_the_fleet_and_a_new_job_appears_live() {
         b.url().ends_with("/ui/jobs").then_some(())
     });
     wait_for("the job to be gone", T, || (!job_exists(&s, "ui-live")).then_some(()));
+
+    // The events page lists what the controllers recorded.
+    b.goto(&s.url("/ui/events"));
+    wait_for("the events of the job", T, || {
+        b.text("#events").contains("ui-live").then_some(())
+    });
 
     // Log out: the cookie names no session any more.
     b.goto(&s.url("/ui/fleet"));
