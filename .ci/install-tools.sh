@@ -6,7 +6,8 @@
 #   Debian          busybox-static, qemu-user-static, etcd-server, postgresql,
 #                   iproute2, openssl, file (robot image, etcd, e2e tests),
 #                   faketime (clock-jump test), s6 and supervisor (the
-#                   side-by-side supervision benchmark)
+#                   side-by-side supervision benchmark), chromium and
+#                   chromium-driver (the dashboard's browser tests)
 #   Python venv     ~/.cache/k8s4r/pyclient with the kubernetes client
 set -euo pipefail
 
@@ -64,6 +65,8 @@ declare -A want=(
   [faketime]=faketime
   [s6-svscan]=s6
   [supervisord]=supervisor
+  [chromium]=chromium
+  [chromedriver]=chromium-driver
 )
 missing=()
 for cmd in "${!want[@]}"; do

@@ -12,7 +12,9 @@
 #      examples/quickstart.yaml, a plain job (init task, template, 2 replicas),
 #      and examples/demo.yaml: an init daemon serves a file, the group's Envoy
 #      proxies to it, and the task fetches it through 127.0.0.1:$PROXY_WEB_PORT
-#   4. the result, the task's output, then everything is stopped.
+#   4. the result, the task's output, the dashboard's URL and the token to
+#      log in with (the server reads it from --admin-token-file), then
+#      everything is stopped.
 # Set KEEP=1 to leave the server and agent running (it prints how to stop).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,8 +49,11 @@ wait_until() { # DESCRIPTION SECONDS COMMAND...
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
 step "control plane (SQLite in $work/server): HTTPS, a generated CA and admin kubeconfig"
+# A random admin token for the dashboard's login page (kubectl keeps using
+# the kubeconfig's client certificate), in a file only this user can read.
+(umask 077; head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$work/admin-token")
 "$bin/k8s4r" server --listen 127.0.0.1:0 --agent-listen 127.0.0.1:0 --data "$work/server" \
-  >"$work/server.out" 2>"$work/server.log" &
+  --admin-token-file "$work/admin-token" >"$work/server.out" 2>"$work/server.log" &
 server_pid=$!
 wait_until "the server" 20 grep -q "^export KUBECONFIG=" "$work/server.out"
 cat "$work/server.out"
@@ -118,6 +123,12 @@ if job_ok quickstart && job_ok demo; then
 else
   step "demo FAILED"; exit 1
 fi
+step "dashboard"
+echo "open $url/ui/ in a browser (trust the cluster CA in $work/ca.pem, or accept the certificate warning)"
+echo "log in with the admin token in $work/admin-token:"
+echo "  $(cat "$work/admin-token")"
+echo "(other users: a --token-auth-file line 'TOKEN,NAME,UID,k8s4r:viewers' or k8s4r:operators)"
+[ -n "${KEEP:-}" ] || echo "the server stops now; run KEEP=1 make demo to keep it (and the dashboard) up"
 if [ -n "${KEEP:-}" ]; then
   echo "left running: server pid $server_pid ($url, robots on $agent_url), agent pid $agent_pid, data in $work"
   echo "  export KUBECONFIG=$KUBECONFIG; kubectl get robots,jobs,tasks"

@@ -51,6 +51,7 @@ pub mod stored_task;
 pub mod time;
 pub mod tls;
 pub mod tokens;
+pub mod ui;
 
 use lexopt::prelude::*;
 use std::net::SocketAddr;
@@ -491,7 +492,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
                 let acceptor = tokio_rustls::TlsAcceptor::from(https.config);
                 let tls = tls::listener::TlsListener::new(listener, acceptor)
                     .map_err(|e| ServeError::Bind(cfg.listen.clone(), e))?;
-                let service = http::router(app)
+                let service = http::router_with(app.clone(), ui::router(app))
                     .layer(axum::middleware::map_request(tls::listener::insert_cert_user))
                     .into_make_service_with_connect_info::<tls::listener::TlsPeer>();
                 axum::serve(tls, service)
@@ -501,7 +502,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
             None => {
                 axum::serve(
                     listener,
-                    http::router(app).into_make_service_with_connect_info::<SocketAddr>(),
+                    http::router_with(app.clone(), ui::router(app)).into_make_service_with_connect_info::<SocketAddr>(),
                 )
                 .with_graceful_shutdown(until_stopped(stopped.clone()))
                 .await

@@ -83,14 +83,22 @@ impl Authenticator {
             .to_str()
             .ok()
             .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty() && t.len() <= MAX_TOKEN_LEN)
             .ok_or(Denied::UnknownToken)?;
+        self.user_of_token(token).map(Some)
+    }
+
+    /// The user of a bearer token (also what the dashboard's login form
+    /// takes).
+    pub fn user_of_token(&self, token: &str) -> Result<User, Denied> {
+        let token = token.trim();
+        if token.is_empty() || token.len() > MAX_TOKEN_LEN {
+            return Err(Denied::UnknownToken);
+        }
         if token.starts_with(ROBOT_TOKEN_PREFIX) {
             return Err(Denied::RobotToken);
         }
         match self.tokens.get(&hash(token)) {
-            Some(u) => Ok(Some(with_authenticated(u.clone()))),
+            Some(u) => Ok(with_authenticated(u.clone())),
             None => Err(Denied::UnknownToken),
         }
     }

@@ -11,6 +11,7 @@
 //! - [`review`]: `kubectl auth can-i` and `kubectl auth whoami` (read from
 //!   JSON, or from protobuf by [`proto`], as kubectl sends them).
 //! - [`audit`]: the audit log of mutating requests.
+//! - [`session`]: the dashboard's browser sessions (cookie → user).
 //!
 //! Two kinds of path bypass all of this: [`is_public`] (health and
 //! version) and [`is_robot_channel`] (robots authenticate themselves there).
@@ -20,6 +21,7 @@ pub mod authn;
 pub mod authz;
 pub mod proto;
 pub mod review;
+pub mod session;
 
 /// Everything: tokens, robots, Jobs (kube-apiserver's `system:masters` is
 /// accepted as the same group).

@@ -82,11 +82,20 @@ const DISCOVERY: &[&str] = &[
 ];
 
 pub fn router(app: AppState) -> Router {
+    router_with(app, Router::new())
+}
+
+/// The API with `pages` beside it: the dashboard (`/ui/`, built by
+/// `crate::server::ui`, which authenticates and authorizes its requests
+/// itself: browser sessions, CSRF tokens, the same authz rules). Passed in
+/// so this module need not know the dashboard.
+pub fn router_with(app: AppState, pages: Router) -> Router {
     // Outside the routes: a slash must be removed before routing, and a
     // panic anywhere below (middleware included) must become a 500.
     // The robot channel signs every answer on its paths, a panic's 500
     // too: it sits between two panic containers.
     Router::new()
+        .merge(pages)
         .fallback_service(routes(app.clone()))
         .layer(axum::middleware::from_fn(without_trailing_slash))
         .layer(axum::middleware::from_fn(contain_panics))
