@@ -7,6 +7,11 @@ cd "$(dirname "$0")/.."
 
 # area | fault or input | what must happen | test binary | test name
 cases=(
+  "dashboard|wrong token at the login page; a logged-out session cookie|refused (401 page), no cookie; sent to the login page (303), no data|ui_browser|an_admin_logs_in_sees_the_fleet_and_a_new_job_appears_live"
+  "dashboard|a viewer's forged POST (no / wrong / own CSRF token), a POST without cookie, an operator's POST from another origin|403 / 403 / 403 / 401 / 403; the Job kept; no delete control shown to the viewer|ui_browser|a_viewer_sees_no_mutating_control_and_forged_posts_are_refused"
+  "dashboard|a task writing its log on a real agent|the task page's log tail grows without reload|ui_browser|a_tasks_log_tail_updates_live_from_a_real_agent"
+  "dashboard|markup in a search; every page and asset|escaped; each response < 50 KB with a strict CSP (no inline script)|ui_browser|pages_are_small_and_carry_a_strict_content_security_policy"
+  "dashboard|session table full or a session expired|the oldest dropped, the count bounded; an expired session refused|lib|server::auth::session::tests::the_table_is_bounded_and_drops_the_oldest"
   "files|a symlink planted at an atomic write's temp name|the target is written, the link's victim untouched|lib|atomic_file::tests::never_writes_through_a_link_at_the_temp_name"
   "proxy|two groups in --proxy-mode shared (real agent)|one robot-envoy; each group's PROXY_DB_* port reaches only its own upstream; every listener names only its own group's cluster|agent_shared_proxy|two_groups_share_one_envoy_each_reaching_only_its_own_upstream"
   "proxy|a group joins then finishes while another group holds a long-lived connection (shared mode)|the joining group is served once its task runs, its listener goes when it finishes; the other connection stays up; same Envoy pid|agent_shared_proxy|a_group_joins_and_leaves_while_another_groups_connection_stays_up"
