@@ -6,7 +6,8 @@
 mod common;
 mod server_util;
 
-use server_util::{have_kubectl, wait_for, Server};
+use serde_json::json;
+use server_util::{have_kubectl, wait_for, Robot, Server};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -335,4 +336,132 @@ fn explain_documents_nested_fields_from_the_api_types() {
     assert!(state.contains("FIELD: state"), "{state}");
     let selector = s.kubectl_ok(&["explain", "jobs.spec.robotSelector"]);
     assert!(selector.contains("matchExpressions"), "{selector}");
+}
+
+/// A batch Job of one task on robots labelled fleet=a.
+fn one_task_job(name: &str) -> String {
+    format!(
+        "apiVersion: robot.k8s4r.io/v1alpha1\nkind: Job\nmetadata:\n  name: {name}\nspec:\n  type: batch\n  robotSelector:\n    fleet: a\n  taskGroups:\n  - name: g\n    tasks:\n    - name: main\n      driver: exec\n      config:\n        execConfig:\n          command: /bin/true\n"
+    )
+}
+
+/// The robot's only task, once placed.
+fn placed_task(robot: &mut Robot) -> String {
+    wait_for("the task placed on the robot", T, || robot.task_names().pop())
+}
+
+#[test]
+fn kubectl_wait_for_conditions_of_robots_tasks_and_jobs() {
+    if !have_kubectl() {
+        return;
+    }
+    let s = Server::start();
+    let join = s.join_token();
+    let mut r1 = Robot::register(&s, &join, "r1", json!({"fleet": "a"}));
+    s.kubectl_ok(&["wait", "--for=condition=Ready", "robot/r1", "--timeout=20s"]);
+
+    let dir = tempfile::tempdir().unwrap();
+    s.kubectl_ok(&["apply", "-f", &write(&dir, "job.yaml", &one_task_job("hello"))]);
+    let task = placed_task(&mut r1);
+    r1.report(&task, "running");
+    s.kubectl_ok(&[
+        "wait",
+        "--for=condition=Ready",
+        &format!("task/{task}"),
+        "--timeout=20s",
+    ]);
+
+    // kubectl waits while the Job runs, and returns once it completes.
+    let waiting = s
+        .kubectl_cmd()
+        .args(["wait", "--for=condition=Complete", "job/hello", "--timeout=30s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let complete_while_running = wait_for("the Job running", T, || {
+        let job = s.object("jobs", "hello")?;
+        (job["status"]["state"] == "running").then(|| job["status"]["conditions"][0].clone())
+    });
+    assert_eq!(complete_while_running["type"], "Complete");
+    assert_eq!(
+        complete_while_running["status"], "False",
+        "a running Job is not Complete"
+    );
+    r1.report(&task, "completed");
+    let out = waiting.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("job.robot.k8s4r.io/hello condition met"), "{text}");
+    s.kubectl_ok(&[
+        "wait",
+        "--for=condition=Succeeded",
+        &format!("task/{task}"),
+        "--timeout=20s",
+    ]);
+    let job = s.object("jobs", "hello").unwrap();
+    let conditions = job["status"]["conditions"].as_array().unwrap();
+    let failed = conditions.iter().find(|c| c["type"] == "Failed").unwrap();
+    assert_eq!(failed["status"], "False", "{job}");
+    let complete = conditions.iter().find(|c| c["type"] == "Complete").unwrap();
+    assert_eq!(complete["reason"], "AllTasksSucceeded");
+    assert!(
+        complete["lastTransitionTime"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "{complete}"
+    );
+}
+
+#[test]
+fn kubectl_patch_type_json() {
+    if !have_kubectl() {
+        return;
+    }
+    let s = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    s.kubectl_ok(&["apply", "-f", &write(&dir, "job.yaml", &one_task_job("hello"))]);
+    let out = s.kubectl_ok(&[
+        "patch",
+        "job",
+        "hello",
+        "--type=json",
+        "-p",
+        r#"[{"op":"test","path":"/spec/type","value":"batch"},
+            {"op":"replace","path":"/spec/taskGroups/0/count","value":2},
+            {"op":"add","path":"/metadata/labels","value":{"team":"a"}},
+            {"op":"copy","from":"/spec/taskGroups/0/tasks/0","path":"/spec/taskGroups/0/tasks/-"},
+            {"op":"replace","path":"/spec/taskGroups/0/tasks/1/name","value":"second"}]"#,
+    ]);
+    assert!(out.contains("job.robot.k8s4r.io/hello patched"), "{out}");
+    let job = s.object("jobs", "hello").unwrap();
+    assert_eq!(job["spec"]["taskGroups"][0]["count"], 2);
+    assert_eq!(job["metadata"]["labels"]["team"], "a");
+    assert_eq!(job["spec"]["taskGroups"][0]["tasks"][1]["name"], "second");
+
+    // A failed test applies nothing, and says which operation failed.
+    let refused = s.kubectl(&[
+        "patch",
+        "job",
+        "hello",
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/metadata/labels"},{"op":"test","path":"/spec/type","value":"service"}]"#,
+    ]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(err.contains("operation 1: test: /spec/type is \"batch\""), "{err}");
+    assert_eq!(s.object("jobs", "hello").unwrap()["metadata"]["labels"]["team"], "a");
+    // The result is validated like any write.
+    let invalid = s.kubectl(&[
+        "patch",
+        "job",
+        "hello",
+        "--type=json",
+        "-p",
+        r#"[{"op":"replace","path":"/spec/taskGroups/0/count","value":-1}]"#,
+    ]);
+    assert!(!invalid.status.success());
+    let err = String::from_utf8_lossy(&invalid.stderr);
+    assert!(err.contains("count"), "{err}");
 }

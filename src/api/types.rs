@@ -700,6 +700,9 @@ pub struct TaskStatus {
     pub events: Vec<TaskEvent>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allocated_resources: Option<serde_json::Value>,
+    /// Kubernetes conditions derived from the state (see [`Condition`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
 }
 
 // ---------------------------------------------------------------- TaskGroup
@@ -821,6 +824,36 @@ pub struct JobStatus {
     pub create_index: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub modify_index: Option<i64>,
+    /// Kubernetes conditions derived from the state (see [`Condition`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+// ---------------------------------------------------------------- Conditions
+
+/// One observation about an object in the Kubernetes form
+/// (`metav1.Condition`): what `kubectl wait --for=condition=TYPE` reads.
+/// The server derives them from the object's state on every status write.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// The condition's name: Complete or Failed (batch Jobs), Available or
+    /// Progressing (service and system Jobs), Ready (Robots and Tasks),
+    /// Succeeded or Failed (Tasks).
+    #[serde(rename = "type")]
+    pub condition_type: String,
+    /// "True", "False" or "Unknown".
+    pub status: String,
+    /// When `status` last changed (RFC 3339).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub last_transition_time: String,
+    /// Why, as one CamelCase word.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// Why, for people.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
 }
 
 // ---------------------------------------------------------------- Robot
@@ -863,4 +896,7 @@ pub struct RobotStatus {
     /// the shape of the original CRD's `deviceInfo`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_info: Option<serde_json::Value>,
+    /// Kubernetes conditions derived from the state (see [`Condition`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
 }

@@ -22,6 +22,7 @@ pub mod agents;
 pub mod annotations;
 pub mod auth;
 pub mod cache;
+pub mod conditions;
 pub mod controllers;
 pub mod election;
 pub mod events;

@@ -6,7 +6,7 @@
 
 use super::admission::{admit, Admitted, FieldValidation};
 use super::object;
-use super::patch::merge_patch;
+use super::patch::{json_patch, merge_patch};
 use super::resources::{self, Resource};
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::Status;
@@ -274,6 +274,7 @@ impl Registry {
                 o.remove("status");
             }
         }
+        super::conditions::derive(res.kind, None, &mut value);
         Ok((name, value, admitted))
     }
 
@@ -323,13 +324,51 @@ impl Registry {
                 })
             })
             .transpose()?;
+        self.patch_with(res, ns, name, pinned, part, opts, |current| {
+            let mut patched = current.clone();
+            merge_patch(&mut patched, patch);
+            Ok(patched)
+        })
+        .await
+    }
+
+    /// PATCH with an RFC 6902 JSON patch (a `test` operation on
+    /// /metadata/resourceVersion pins the version, as in Kubernetes).
+    pub async fn json_patch(
+        &self,
+        res: &Resource,
+        ns: &str,
+        name: &str,
+        patch: &Value,
+        part: Part,
+        opts: WriteOptions,
+    ) -> Result<Written, Status> {
+        self.patch_with(res, ns, name, None, part, opts, |current| {
+            json_patch(current, patch).map_err(Status::bad_request)
+        })
+        .await
+    }
+
+    /// Write `patched(latest object)`; unless `pinned` names the version
+    /// the patch is for, a race with another writer is retried on the
+    /// newer object.
+    #[allow(clippy::too_many_arguments)]
+    async fn patch_with(
+        &self,
+        res: &Resource,
+        ns: &str,
+        name: &str,
+        pinned: Option<u64>,
+        part: Part,
+        opts: WriteOptions,
+        patched: impl Fn(&Value) -> Result<Value, Status>,
+    ) -> Result<Written, Status> {
         let mut attempts = 0;
         loop {
             let current = self.get_stored(res, ns, name).await?;
-            let mut patched = current.value.clone();
-            merge_patch(&mut patched, patch);
+            let body = patched(&current.value)?;
             let expected = pinned.unwrap_or(current.revision);
-            match self.write_update(res, &current, patched, part, expected, opts).await {
+            match self.write_update(res, &current, body, part, expected, opts).await {
                 Err(e) if e.reason == "Conflict" && pinned.is_none() && attempts < 5 => attempts += 1,
                 other => return other,
             }
@@ -390,6 +429,7 @@ impl Registry {
                 m.insert("resourceVersion".into(), Value::String(current.revision.to_string()));
             }
         }
+        super::conditions::derive(res.kind, Some(cur), &mut new);
         if expected != current.revision {
             return Err(Status::conflict(res.subject(name)));
         }

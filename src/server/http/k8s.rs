@@ -261,11 +261,19 @@ async fn patch(
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
             let media = content_type.split(';').next().unwrap_or("").trim();
-            match media {
-                "application/merge-patch+json" => {}
+            let opts = write_options(&q)?;
+            let w = match media {
+                "application/merge-patch+json" => {
+                    let patch = parse_body(&headers, body)?;
+                    app.registry.patch(res, &ns, &name, &patch, part, opts).await?
+                }
+                "application/json-patch+json" => {
+                    let patch = parse_body(&headers, body)?;
+                    app.registry.json_patch(res, &ns, &name, &patch, part, opts).await?
+                }
                 "application/strategic-merge-patch+json" => {
                     return Err(Status::unsupported_media_type(
-                        "strategic merge patch is not supported for robot.k8s4r.io resources; use --type=merge",
+                        "strategic merge patch is not supported for robot.k8s4r.io resources; use --type=merge or --type=json",
                     ))
                 }
                 "application/apply-patch+yaml" => {
@@ -273,22 +281,12 @@ async fn patch(
                         "server-side apply is not supported; use client-side `kubectl apply` (without --server-side)",
                     ))
                 }
-                "application/json-patch+json" => {
-                    return Err(Status::unsupported_media_type(
-                        "JSON patch is not supported; use --type=merge",
-                    ))
-                }
                 other => {
                     return Err(Status::unsupported_media_type(format!(
-                        "the patch content type {other:?} is not supported (expected application/merge-patch+json)"
+                        "the patch content type {other:?} is not supported (expected application/merge-patch+json or application/json-patch+json)"
                     )))
                 }
-            }
-            let patch = parse_body(&headers, body)?;
-            let w = app
-                .registry
-                .patch(res, &ns, &name, &patch, part, write_options(&q)?)
-                .await?;
+            };
             record_findings(&app, &w);
             Ok(with_warnings(
                 render_object(res, StatusCode::OK, &w.object, &headers, &q),
