@@ -465,3 +465,39 @@ fn kubectl_patch_type_json() {
     let err = String::from_utf8_lossy(&invalid.stderr);
     assert!(err.contains("count"), "{err}");
 }
+
+#[test]
+fn describe_job_shows_the_events_of_its_tasks() {
+    if !have_kubectl() {
+        return;
+    }
+    let s = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    // No robot is labelled fleet=a: the Task gets a FailedScheduling warning.
+    s.kubectl_ok(&["apply", "-f", &write(&dir, "job.yaml", &one_task_job("lonely"))]);
+    let described = wait_for("the Task's warning in the Job's describe", T, || {
+        let out = s.kubectl_ok(&["describe", "job", "lonely"]);
+        out.contains("FailedScheduling").then_some(out)
+    });
+    let events = described.split("Events:").nth(1).unwrap_or_default();
+    assert!(
+        events.contains("Warning") && events.contains("FailedScheduling"),
+        "{described}"
+    );
+    // The Task's own describe keeps it too, and another Job's does not show it.
+    let task = s.kubectl_ok(&["describe", "task", "lonely-g-r0-main"]);
+    assert!(task.contains("FailedScheduling"), "{task}");
+    s.kubectl_ok(&["apply", "-f", &write(&dir, "other.yaml", &one_task_job("lonely2"))]);
+    let about = wait_for("lonely2's events", T, || {
+        let r = s.get(
+            "/api/v1/namespaces/default/events?fieldSelector=involvedObject.kind%3DJob,involvedObject.name%3Dlonely2",
+        );
+        let names: Vec<String> = r.json()["items"]
+            .as_array()?
+            .iter()
+            .map(|e| e["involvedObject"]["name"].as_str().unwrap_or("").to_string())
+            .collect();
+        (!names.is_empty()).then_some(names)
+    });
+    assert!(about.iter().all(|n| n.starts_with("lonely2")), "{about:?}");
+}
