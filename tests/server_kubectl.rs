@@ -235,10 +235,6 @@ fn reapply_removes_a_deleted_field_and_validation_errors_name_fields() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("Warning: unknown field \"spec.colour\""), "{err}");
-    // server-side apply is refused clearly.
-    let out = s.kubectl(&["apply", "--server-side", "-f", &f]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("server-side apply is not supported"));
     // kubectl patch --type=merge works; strategic (the default) is 415.
     s.kubectl_ok(&[
         "patch",
@@ -500,4 +496,74 @@ fn describe_job_shows_the_events_of_its_tasks() {
         (!names.is_empty()).then_some(names)
     });
     assert!(about.iter().all(|n| n.starts_with("lonely2")), "{about:?}");
+}
+
+#[test]
+fn kubectl_apply_server_side_create_update_conflict_force() {
+    if !have_kubectl() {
+        return;
+    }
+    let s = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let first = write(&dir, "job.yaml", &one_task_job("ssa"));
+    let out = s.kubectl_ok(&["apply", "--server-side", "-f", &first]);
+    assert!(out.contains("job.robot.k8s4r.io/ssa serverside-applied"), "{out}");
+    let job = s.object("jobs", "ssa").unwrap();
+    let managed = &job["metadata"]["managedFields"][0];
+    assert_eq!(managed["manager"], "kubectl");
+    assert_eq!(managed["operation"], "Apply");
+    assert!(managed["fieldsV1"]["f:spec"].get("f:taskGroups").is_some(), "{managed}");
+
+    // The same manager changes its fields and drops one (the selector).
+    let second = write(
+        &dir,
+        "job2.yaml",
+        &one_task_job("ssa")
+            .replace("  robotSelector:\n    fleet: a\n", "")
+            .replace("type: batch", "type: service"),
+    );
+    s.kubectl_ok(&["apply", "--server-side", "-f", &second]);
+    let job = s.object("jobs", "ssa").unwrap();
+    assert_eq!(job["spec"]["type"], "service");
+    assert!(job["spec"].get("robotSelector").is_none(), "{job}");
+
+    // Another manager changing a field kubectl owns: 409 naming both.
+    let third = write(
+        &dir,
+        "job3.yaml",
+        &one_task_job("ssa").replace("robotSelector:\n    fleet: a\n  ", ""),
+    );
+    let refused = s.kubectl(&["apply", "--server-side", "--field-manager=flux", "-f", &third]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{err}");
+    assert!(err.contains("conflict with \"kubectl\""), "{err}");
+    assert!(err.contains(".spec.type"), "{err}");
+    assert_eq!(
+        s.object("jobs", "ssa").unwrap()["spec"]["type"],
+        "service",
+        "nothing written"
+    );
+
+    // --force-conflicts takes the field over.
+    s.kubectl_ok(&[
+        "apply",
+        "--server-side",
+        "--field-manager=flux",
+        "--force-conflicts",
+        "-f",
+        &third,
+    ]);
+    let job = s.object("jobs", "ssa").unwrap();
+    assert_eq!(job["spec"]["type"], "batch");
+    let managers: Vec<(String, bool)> = job["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let owns_type = m["fieldsV1"]["f:spec"].get("f:type").is_some();
+            (m["manager"].as_str().unwrap().to_string(), owns_type)
+        })
+        .collect();
+    assert!(managers.contains(&("flux".into(), true)), "{managers:?}");
+    assert!(managers.contains(&("kubectl".into(), false)), "{managers:?}");
 }

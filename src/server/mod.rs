@@ -20,6 +20,7 @@
 pub mod admission;
 pub mod agents;
 pub mod annotations;
+pub mod apply;
 pub mod auth;
 pub mod cache;
 pub mod conditions;

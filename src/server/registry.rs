@@ -349,6 +349,53 @@ impl Registry {
         .await
     }
 
+    /// Server-side apply of `config` by `manager` (see [`super::apply`]):
+    /// creates the object when it does not exist; `true` when it did not.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn apply(
+        &self,
+        res: &Resource,
+        ns: &str,
+        name: &str,
+        mut config: Value,
+        manager: &str,
+        force: bool,
+        opts: WriteOptions,
+    ) -> Result<(Written, bool), Status> {
+        let given = object::meta_str(&config, "name").unwrap_or("");
+        if !given.is_empty() && given != name {
+            return Err(Status::bad_request(format!(
+                "metadata.name {given:?} does not match the request ({name:?})"
+            )));
+        }
+        if let Some(m) = object::meta_mut(&mut config) {
+            m.insert("name".into(), Value::String(name.into()));
+            m.insert("namespace".into(), Value::String(ns.into()));
+        }
+        let normalize = |v: Value| admit(res, v, name, FieldValidation::Ignore).map(|a| a.value);
+        for _ in 0..5 {
+            match self.get_stored(res, ns, name).await {
+                Err(e) if e.code == 404 => {
+                    let obj = super::apply::apply(None, &config, manager, force, normalize)?;
+                    match self.create(res, ns, obj, Part::Main, opts).await {
+                        Err(e) if e.reason == "AlreadyExists" => continue,
+                        other => return other.map(|w| (w, true)),
+                    }
+                }
+                Err(e) => return Err(e),
+                Ok(_) => {
+                    let w = self
+                        .patch_with(res, ns, name, None, Part::Main, opts, |current| {
+                            super::apply::apply(Some(current), &config, manager, force, normalize)
+                        })
+                        .await?;
+                    return Ok((w, false));
+                }
+            }
+        }
+        Err(Status::conflict(res.subject(name)))
+    }
+
     /// Write `patched(latest object)`; unless `pinned` names the version
     /// the patch is for, a race with another writer is retried on the
     /// newer object.
@@ -422,6 +469,12 @@ impl Registry {
                 };
             }
             m.remove("generateName");
+            // A replace without managedFields keeps them (as Kubernetes).
+            if !m.contains_key("managedFields") {
+                if let Some(v) = cm.get("managedFields") {
+                    m.insert("managedFields".into(), v.clone());
+                }
+            }
             let spec_changed = new.get("spec") != cur.get("spec");
             let generation = object::generation(cur).max(1) + i64::from(spec_changed);
             if let Some(m) = object::meta_mut(&mut new) {

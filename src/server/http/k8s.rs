@@ -276,9 +276,24 @@ async fn patch(
                         "strategic merge patch is not supported for robot.k8s4r.io resources; use --type=merge or --type=json",
                     ))
                 }
+                "application/apply-patch+yaml" if part == Part::Main => {
+                    let config = parse_body(&headers, body)?;
+                    let manager = q.get("fieldManager").map(String::as_str).unwrap_or("");
+                    let force = q.get("force").is_some_and(|f| f == "true");
+                    let (w, created) = app
+                        .registry
+                        .apply(res, &ns, &name, config, manager, force, opts)
+                        .await?;
+                    record_findings(&app, &w);
+                    let code = if created { StatusCode::CREATED } else { StatusCode::OK };
+                    return Ok(with_warnings(
+                        render_object(res, code, &w.object, &headers, &q),
+                        &w.warnings,
+                    ));
+                }
                 "application/apply-patch+yaml" => {
                     return Err(Status::unsupported_media_type(
-                        "server-side apply is not supported; use client-side `kubectl apply` (without --server-side)",
+                        "server-side apply of the status subresource is not supported; apply the object",
                     ))
                 }
                 other => {
