@@ -567,3 +567,62 @@ fn kubectl_apply_server_side_create_update_conflict_force() {
     assert!(managers.contains(&("flux".into(), true)), "{managers:?}");
     assert!(managers.contains(&("kubectl".into(), false)), "{managers:?}");
 }
+
+#[test]
+fn core_view_get_pods_nodes_and_kubectl_logs() {
+    if !have_kubectl() {
+        return;
+    }
+    let s = Server::start();
+    let join = s.join_token();
+    let mut r1 = Robot::register(&s, &join, "r1", json!({"fleet": "a"}));
+    let dir = tempfile::tempdir().unwrap();
+    s.kubectl_ok(&["apply", "-f", &write(&dir, "job.yaml", &one_task_job("logged"))]);
+    let task = placed_task(&mut r1);
+    r1.report(&task, "running");
+
+    let nodes = s.kubectl_ok(&["get", "nodes"]);
+    let row: Vec<&str> = nodes.lines().nth(1).unwrap_or("").split_whitespace().collect();
+    assert_eq!(row[..3], ["r1", "Ready", "robot"], "{nodes}");
+    let pods = s.kubectl_ok(&["get", "pods", "-o", "wide"]);
+    let row: Vec<&str> = pods.lines().nth(1).unwrap_or("").split_whitespace().collect();
+    assert_eq!(row[..4], [task.as_str(), "1/1", "Running", "0"], "{pods}");
+    assert_eq!(row.last(), Some(&"r1"), "{pods}");
+    let phase = s.kubectl_ok(&["get", "pod", &task, "-o", "jsonpath={.status.phase} {.spec.nodeName}"]);
+    assert_eq!(phase, "Running r1");
+    // kubectl describe node lists the robot's pods (fieldSelector spec.nodeName).
+    let described = s.kubectl_ok(&["describe", "node", "r1"]);
+    assert!(described.contains(&task), "{described}");
+
+    // kubectl logs asks for the pod, then pods/NAME/log; the robot's agent
+    // answers with the log when it next polls (a live agent long-polls).
+    let logs = std::thread::scope(|scope| {
+        let asked = scope.spawn(|| s.kubectl(&["logs", &task, "--tail", "2"]));
+        let mut served = false;
+        while !asked.is_finished() {
+            let poll = r1.poll("1s");
+            for req in poll["logRequests"].as_array().into_iter().flatten() {
+                // As the agent does: the last tailLines lines.
+                let all = ["line 1", "line 2", "line 3"];
+                let n = req["tailLines"]
+                    .as_u64()
+                    .map_or(all.len(), |n| (n as usize).min(all.len()));
+                let text: String = all[all.len() - n..].iter().map(|l| format!("{l}\n")).collect();
+                let body = json!({"task": req["task"], "id": req["id"], "text": text});
+                let up = r1.send("POST", "/agent/v1/robots/r1/logs", Some(&body));
+                assert_eq!(up.status, 200, "{}", up.body);
+                served = true;
+            }
+        }
+        (asked.join().unwrap(), served)
+    });
+    let (out, served) = logs;
+    assert!(served, "no log request reached the robot");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "line 2\nline 3\n");
+
+    // Read-only: kubectl delete pod is refused.
+    let refused = s.kubectl(&["delete", "pod", &task]);
+    assert!(!refused.status.success());
+    assert!(s.object("tasks", &task).is_some());
+}
