@@ -626,3 +626,44 @@ fn core_view_get_pods_nodes_and_kubectl_logs() {
     assert!(!refused.status.success());
     assert!(s.object("tasks", &task).is_some());
 }
+
+#[test]
+fn one_label_set_per_robot_for_agents_selectors_and_kubectl_label() {
+    if !have_kubectl() {
+        return;
+    }
+    let s = Server::start();
+    let join = s.join_token();
+    let claim = json!({"demo": "true", "zone": "lab", "k8s4r.io/env": "production"});
+    let mut r1 = Robot::register(&s, &join, "r1", claim.clone());
+    let found = s.kubectl_ok(&["get", "robots", "-l", "demo=true", "-o", "name"]);
+    assert_eq!(found.trim(), "robot.robot.k8s4r.io/r1", "a robot labelled by its agent");
+    let claimed = s.kubectl_ok(&["get", "robots", "-l", "k8s4r.io/env", "-o", "name"]);
+    assert_eq!(claimed.trim(), "", "operator-only labels a robot claims are dropped");
+
+    // kubectl label edits the same set, and selectors (the scheduler's
+    // too) see it.
+    s.kubectl_ok(&["label", "robot", "r1", "fleet=a", "zone=hall-2", "--overwrite"]);
+    let dir = tempfile::tempdir().unwrap();
+    s.kubectl_ok(&["apply", "-f", &write(&dir, "job.yaml", &one_task_job("labelled"))]);
+    assert_eq!(placed_task(&mut r1), "labelled-g-r0-main");
+    s.kubectl_ok(&["label", "robot", "r1", "demo-"]);
+    let gone = s.kubectl_ok(&["get", "robots", "-l", "demo=true", "-o", "name"]);
+    assert_eq!(gone.trim(), "", "kubectl label removes an agent's label");
+
+    // The agent registers again: its keys come back, the operator's value
+    // of zone stays, the agent's dropped key goes.
+    let again = json!({"demo": "true", "zone": "lab"});
+    let r = r1.register_again(&join, json!({"labels": again}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let labels = s.object("robots", "r1").unwrap()["metadata"]["labels"].clone();
+    assert_eq!(
+        labels,
+        json!({"demo": "true", "zone": "hall-2", "fleet": "a"}),
+        "{labels}"
+    );
+    let r = r1.register_again(&join, json!({"labels": {"zone": "lab"}}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let labels = s.object("robots", "r1").unwrap()["metadata"]["labels"].clone();
+    assert_eq!(labels, json!({"zone": "hall-2", "fleet": "a"}), "{labels}");
+}

@@ -1,10 +1,13 @@
-//! Who decides a Robot's labels. An operator labels robots (`kubectl label
-//! robot`, metadata.labels); an agent reports labels of its own
-//! (`--labels`, spec.labels). Labels under the project's domains
-//! (`k8s4r.io/`, `robot.k8s4r.io/`, any `*.k8s4r.io/`) are operator-only:
-//! a robot's claim to one is dropped, so a selector on them (say
-//! `k8s4r.io/env: production`) cannot be joined by a robot that says so
-//! itself. Where both set a key, the operator's value wins.
+//! Who decides a Robot's labels. A Robot has one label set,
+//! `metadata.labels`: what selectors match, what `kubectl label robot`
+//! edits, and where an agent's own labels (`--labels`) land when it
+//! registers. `spec.labels` keeps the agent's last report, so the server
+//! can tell the agent's keys from the operator's. Labels under the
+//! project's domains (`k8s4r.io/`, `robot.k8s4r.io/`, any `*.k8s4r.io/`)
+//! are operator-only: a robot's claim to one is dropped, so a selector on
+//! them (say `k8s4r.io/env: production`) cannot be joined by a robot that
+//! says so itself. Where the operator has set a key to another value than
+//! the agent reported, the operator's value wins.
 
 use std::collections::BTreeMap;
 
@@ -23,15 +26,30 @@ pub fn split_claim(claimed: &BTreeMap<String, String>) -> (BTreeMap<String, Stri
     (kept, dropped.into_keys().collect())
 }
 
-/// The labels selectors see: the robot's own (minus operator-only keys),
-/// then the operator's over them.
-pub fn effective(operator: &BTreeMap<String, String>, robot: &BTreeMap<String, String>) -> BTreeMap<String, String> {
-    let mut labels: BTreeMap<String, String> = robot
-        .iter()
-        .filter(|(k, _)| !is_operator_only(k))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    labels.extend(operator.iter().map(|(k, v)| (k.clone(), v.clone())));
+/// The Robot's labels after its agent reports `reported` (operator-only
+/// keys already dropped), given its labels now (`current`) and the agent's
+/// previous report (`previous`). A key the agent reports is set unless the
+/// operator changed it from what the agent reported before; a key the
+/// agent stopped reporting goes unless the operator changed it. (A key the
+/// operator removed comes back when the agent reports it again, as a
+/// kubelet's node labels do when it registers.)
+pub fn merge_report(
+    current: &BTreeMap<String, String>,
+    previous: &BTreeMap<String, String>,
+    reported: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let agents = |k: &String| current.get(k).is_none_or(|v| previous.get(k) == Some(v));
+    let mut labels = current.clone();
+    for k in previous.keys() {
+        if !reported.contains_key(k) && current.contains_key(k) && agents(k) {
+            labels.remove(k);
+        }
+    }
+    for (k, v) in reported {
+        if agents(k) {
+            labels.insert(k.clone(), v.clone());
+        }
+    }
     labels
 }
 
@@ -59,10 +77,15 @@ mod tests {
         let (kept, dropped) = split_claim(&claim);
         assert_eq!(kept, map(&[("zone", "lab"), ("arch", "arm64")]));
         assert_eq!(dropped, ["k8s4r.io/env"]);
-        let operator = map(&[("zone", "hall-2"), ("k8s4r.io/env", "staging")]);
+        // First registration: the kept claim is the label set.
+        assert_eq!(merge_report(&map(&[]), &map(&[]), &kept), kept);
+        // The operator relabels zone and adds one; the agent reports again
+        // without arch and with a new key.
+        let current = map(&[("zone", "hall-2"), ("arch", "arm64"), ("k8s4r.io/env", "staging")]);
+        let again = map(&[("zone", "lab2"), ("gpu", "yes")]);
         assert_eq!(
-            effective(&operator, &claim),
-            map(&[("zone", "hall-2"), ("arch", "arm64"), ("k8s4r.io/env", "staging")])
+            merge_report(&current, &kept, &again),
+            map(&[("zone", "hall-2"), ("gpu", "yes"), ("k8s4r.io/env", "staging")])
         );
     }
 }

@@ -289,18 +289,23 @@ impl Agents {
             Err(e) if e.code == 404 => {
                 let body = json!({
                     "apiVersion": crate::api::API_VERSION, "kind": "Robot",
-                    "metadata": {"name": name, "namespace": ns},
+                    "metadata": {"name": name, "namespace": ns, "labels": labels},
                     "spec": {"robotId": name, "labels": labels},
                     "status": status,
                 });
                 self.registry.create(&ROBOTS, &ns, body, Part::All, INTERNAL).await?
             }
             Err(e) => return Err(e),
-            Ok(_) => {
-                let mut patch = json!({"status": status});
-                if !labels.is_empty() {
-                    patch["spec"] = json!({"labels": labels});
-                }
+            Ok(current) => {
+                // One label set (metadata.labels); spec.labels keeps this
+                // report to tell the agent's keys from the operator's.
+                let string_map = crate::server::controllers::snapshot::string_map;
+                let now = string_map(current.pointer("/metadata/labels"));
+                let previous = string_map(current.pointer("/spec/labels"));
+                let merged = crate::api::robot_labels::merge_report(&now, &previous, &labels);
+                let patch = json!({"status": status,
+                    "metadata": {"labels": label_patch(&now, &merged)},
+                    "spec": {"labels": label_patch(&previous, &labels)}});
                 self.registry
                     .patch(&ROBOTS, &ns, name, &patch, Part::All, INTERNAL)
                     .await?
@@ -633,4 +638,17 @@ impl Agents {
         }
         Err(Status::conflict(TASKS.subject(&u.task)))
     }
+}
+
+/// A merge patch turning label map `old` into `new` (removed keys null).
+fn label_patch(
+    old: &std::collections::BTreeMap<String, String>,
+    new: &std::collections::BTreeMap<String, String>,
+) -> Value {
+    let mut p = serde_json::Map::new();
+    for k in old.keys().filter(|k| !new.contains_key(*k)) {
+        p.insert(k.clone(), Value::Null);
+    }
+    p.extend(new.iter().map(|(k, v)| (k.clone(), json!(v))));
+    Value::Object(p)
 }
