@@ -332,6 +332,20 @@ fn explain_documents_nested_fields_from_the_api_types() {
     assert!(state.contains("FIELD: state"), "{state}");
     let selector = s.kubectl_ok(&["explain", "jobs.spec.robotSelector"]);
     assert!(selector.contains("matchExpressions"), "{selector}");
+    // Every field has a description, from the types' doc comments.
+    let groups = s.kubectl_ok(&["explain", "job.spec.taskGroups"]);
+    assert!(!groups.contains("<no description>"), "{groups}");
+    assert!(groups.contains("How many replicas of the group to run"), "{groups}");
+    let restart = s.kubectl_ok(&["explain", "job.spec.taskGroups.restartPolicy.mode"]);
+    assert!(restart.contains("once `attempts` restarts happened"), "{restart}");
+    // An enum lists its allowed values.
+    let kind = s.kubectl_ok(&["explain", "job.spec.type"]);
+    assert!(
+        kind.contains("ENUM:") && kind.contains("batch") && kind.contains("system"),
+        "{kind}"
+    );
+    let state = s.kubectl_ok(&["explain", "task.status.state"]);
+    assert!(state.contains("ENUM:") && state.contains("lost"), "{state}");
 }
 
 /// A batch Job of one task on robots labelled fleet=a.
