@@ -666,7 +666,8 @@ fn one_label_set_per_robot_for_agents_selectors_and_kubectl_label() {
     assert_eq!(gone.trim(), "", "kubectl label removes an agent's label");
 
     // The agent registers again: its keys come back, the operator's value
-    // of zone stays, the agent's dropped key goes.
+    // of zone stays; a key it no longer reports stays (an agent only adds
+    // and changes: its labels may have come from the Robot's manifest).
     let again = json!({"demo": "true", "zone": "lab"});
     let r = r1.register_again(&join, json!({"labels": again}));
     assert_eq!(r.status, 200, "{}", r.body);
@@ -679,5 +680,25 @@ fn one_label_set_per_robot_for_agents_selectors_and_kubectl_label() {
     let r = r1.register_again(&join, json!({"labels": {"zone": "lab"}}));
     assert_eq!(r.status, 200, "{}", r.body);
     let labels = s.object("robots", "r1").unwrap()["metadata"]["labels"].clone();
-    assert_eq!(labels, json!({"zone": "hall-2", "fleet": "a"}), "{labels}");
+    assert_eq!(
+        labels,
+        json!({"demo": "true", "zone": "hall-2", "fleet": "a"}),
+        "{labels}"
+    );
+
+    // A Robot manifest in the original CRD's form (labels in spec.labels):
+    // the same one set, before and after its agent registers.
+    let manifest = "apiVersion: robot.k8s4r.io/v1alpha1\nkind: Robot\nmetadata:\n  name: r2\nspec:\n  labels:\n    fleet: warehouse\n";
+    s.kubectl_ok(&["apply", "-f", &write(&dir, "r2.yaml", manifest)]);
+    let found = s.kubectl_ok(&["get", "robots", "-l", "fleet=warehouse", "-o", "name"]);
+    assert_eq!(found.trim(), "robot.robot.k8s4r.io/r2");
+    let _r2 = Robot::register(&s, &join, "r2", json!({"arch": "arm64"}));
+    let r2 = s.object("robots", "r2").unwrap();
+    assert_eq!(
+        r2["metadata"]["labels"],
+        json!({"fleet": "warehouse", "arch": "arm64"}),
+        "{r2}"
+    );
+    let again = s.kubectl_ok(&["apply", "-f", &write(&dir, "r2.yaml", manifest)]);
+    assert!(again.contains("unchanged"), "{again}");
 }

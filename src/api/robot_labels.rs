@@ -1,13 +1,14 @@
 //! Who decides a Robot's labels. A Robot has one label set,
-//! `metadata.labels`: what selectors match, what `kubectl label robot`
-//! edits, and where an agent's own labels (`--labels`) land when it
-//! registers. `spec.labels` keeps the agent's last report, so the server
-//! can tell the agent's keys from the operator's. Labels under the
-//! project's domains (`k8s4r.io/`, `robot.k8s4r.io/`, any `*.k8s4r.io/`)
-//! are operator-only: a robot's claim to one is dropped, so a selector on
-//! them (say `k8s4r.io/env: production`) cannot be joined by a robot that
-//! says so itself. Where the operator has set a key to another value than
-//! the agent reported, the operator's value wins.
+//! `metadata.labels`: what selectors match and what `kubectl label robot`
+//! edits. Labels declared in `spec.labels` (an agent's `--labels`, which
+//! it reports when it registers, or the original CRD's manifests) land
+//! there too; `spec.labels` keeps what was declared, so the server can tell
+//! declared keys from the operator's. Labels under the project's domains
+//! (`k8s4r.io/`, `robot.k8s4r.io/`, any `*.k8s4r.io/`) are operator-only: a
+//! robot's claim to one is dropped, so a selector on them (say
+//! `k8s4r.io/env: production`) cannot be joined by a robot that says so
+//! itself. Where the operator has set a key to another value than the
+//! declared one, the operator's value wins.
 
 use std::collections::BTreeMap;
 
@@ -26,13 +27,12 @@ pub fn split_claim(claimed: &BTreeMap<String, String>) -> (BTreeMap<String, Stri
     (kept, dropped.into_keys().collect())
 }
 
-/// The Robot's labels after its agent reports `reported` (operator-only
-/// keys already dropped), given its labels now (`current`) and the agent's
-/// previous report (`previous`). A key the agent reports is set unless the
-/// operator changed it from what the agent reported before; a key the
-/// agent stopped reporting goes unless the operator changed it. (A key the
-/// operator removed comes back when the agent reports it again, as a
-/// kubelet's node labels do when it registers.)
+/// The Robot's labels after its declared labels change from `previous`
+/// to `declared`, given its labels now (`current`). A declared key is set
+/// unless the operator changed it from what was declared before; a key
+/// no longer declared goes unless the operator changed it. (A key the
+/// operator removed comes back when it is declared again, as a kubelet's
+/// node labels do when it registers.)
 pub fn merge_report(
     current: &BTreeMap<String, String>,
     previous: &BTreeMap<String, String>,
@@ -79,8 +79,8 @@ mod tests {
         assert_eq!(dropped, ["k8s4r.io/env"]);
         // First registration: the kept claim is the label set.
         assert_eq!(merge_report(&map(&[]), &map(&[]), &kept), kept);
-        // The operator relabels zone and adds one; the agent reports again
-        // without arch and with a new key.
+        // The operator relabels zone and adds one; the declared set changes
+        // (arch dropped, gpu added).
         let current = map(&[("zone", "hall-2"), ("arch", "arm64"), ("k8s4r.io/env", "staging")]);
         let again = map(&[("zone", "lab2"), ("gpu", "yes")]);
         assert_eq!(

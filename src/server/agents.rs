@@ -297,15 +297,21 @@ impl Agents {
             }
             Err(e) => return Err(e),
             Ok(current) => {
-                // One label set (metadata.labels); spec.labels keeps this
-                // report to tell the agent's keys from the operator's.
-                let string_map = crate::server::controllers::snapshot::string_map;
+                // An agent adds to or changes its declared labels, never
+                // removes one (it may have come from the Robot's manifest);
+                // the registry carries the change into metadata.labels,
+                // the one label set. A key declared before that is missing
+                // there (removed by the operator, or a Robot stored before
+                // there was one set) is put back, as a kubelet does.
+                let string_map = object::string_map;
                 let now = string_map(current.pointer("/metadata/labels"));
                 let previous = string_map(current.pointer("/spec/labels"));
-                let merged = crate::api::robot_labels::merge_report(&now, &previous, &labels);
+                let mut declared = previous.clone();
+                declared.extend(labels);
+                let merged = crate::api::robot_labels::merge_report(&now, &previous, &declared);
                 let patch = json!({"status": status,
                     "metadata": {"labels": label_patch(&now, &merged)},
-                    "spec": {"labels": label_patch(&previous, &labels)}});
+                    "spec": {"labels": declared}});
                 self.registry
                     .patch(&ROBOTS, &ns, name, &patch, Part::All, INTERNAL)
                     .await?

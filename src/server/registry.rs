@@ -275,6 +275,9 @@ impl Registry {
             }
         }
         super::conditions::derive(res.kind, None, &mut value);
+        if res.kind == "Robot" {
+            fold_declared_labels(None, &mut value);
+        }
         Ok((name, value, admitted))
     }
 
@@ -483,6 +486,9 @@ impl Registry {
             }
         }
         super::conditions::derive(res.kind, Some(cur), &mut new);
+        if res.kind == "Robot" {
+            fold_declared_labels(Some(cur), &mut new);
+        }
         if expected != current.revision {
             return Err(Status::conflict(res.subject(name)));
         }
@@ -706,6 +712,27 @@ impl ResourceWatch {
 
     pub fn revision(&self) -> u64 {
         self.inner.last_revision()
+    }
+}
+
+/// One label set per Robot: a change of its declared labels
+/// (`spec.labels`: an agent's, or a manifest's in the original CRD's form)
+/// is carried into `metadata.labels`, the set selectors match, keeping
+/// what the operator changed there (see [`crate::api::robot_labels`]).
+fn fold_declared_labels(old: Option<&Value>, new: &mut Value) {
+    let previous = object::string_map(old.and_then(|o| o.pointer("/spec/labels")));
+    let declared = object::string_map(new.pointer("/spec/labels"));
+    if previous == declared {
+        return;
+    }
+    let current = object::string_map(new.pointer("/metadata/labels"));
+    let merged = crate::api::robot_labels::merge_report(&current, &previous, &declared);
+    if let Some(m) = object::meta_mut(new) {
+        if merged.is_empty() {
+            m.remove("labels");
+        } else {
+            m.insert("labels".into(), serde_json::json!(merged));
+        }
     }
 }
 

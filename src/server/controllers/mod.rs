@@ -18,7 +18,7 @@ mod gc;
 mod job_status;
 pub mod jobs;
 pub mod liveness;
-pub mod snapshot;
+mod snapshot;
 mod system;
 mod task_objects;
 
