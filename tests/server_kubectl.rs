@@ -580,6 +580,29 @@ fn kubectl_apply_server_side_create_update_conflict_force() {
         .collect();
     assert!(managers.contains(&("flux".into(), true)), "{managers:?}");
     assert!(managers.contains(&("kubectl".into(), false)), "{managers:?}");
+
+    // Other writes are Update operations: kubectl label owns the label it
+    // set, and an apply changing it conflicts with kubectl-label.
+    s.kubectl_ok(&["label", "job", "ssa", "team=a"]);
+    let labelled = write(
+        &dir,
+        "job4.yaml",
+        &one_task_job("ssa")
+            .replace("robotSelector:\n    fleet: a\n  ", "")
+            .replace("  name: ssa\n", "  name: ssa\n  labels:\n    team: b\n"),
+    );
+    let refused = s.kubectl(&["apply", "--server-side", "--field-manager=flux", "-f", &labelled]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{err}");
+    assert!(err.contains("conflict with \"kubectl-label\""), "{err}");
+    assert!(err.contains(".metadata.labels.team"), "{err}");
+    // A client-side apply's create is recorded too.
+    s.kubectl_ok(&["apply", "-f", &write(&dir, "csa.yaml", &one_task_job("csa"))]);
+    let csa = s.object("jobs", "csa").unwrap();
+    let entry = &csa["metadata"]["managedFields"][0];
+    assert_eq!(entry["manager"], "kubectl-client-side-apply", "{csa}");
+    assert_eq!(entry["operation"], "Update");
+    assert!(entry["fieldsV1"]["f:spec"].get("f:taskGroups").is_some(), "{entry}");
 }
 
 #[test]

@@ -132,6 +132,7 @@ fn after(d: Duration) -> tokio::time::Instant {
 const INTERNAL: WriteOptions = WriteOptions {
     validation: crate::server::admission::FieldValidation::Ignore,
     dry_run: false,
+    manager: None,
 };
 
 impl Agents {

@@ -10,8 +10,11 @@
 //! Simplifications, said plainly: maps are owned key by key, but a list is
 //! one field (owned atomically, as kube does for lists without merge keys:
 //! `taskGroups` is replaced whole); the map-itself marker `"."` is not
-//! written; only apply operations record ownership (writes by PUT, merge
-//! or JSON patch keep the managers' sets as they are).
+//! written. Other writes through the API (create, PUT, merge and JSON
+//! patch, with their fieldManager or the user agent's name) are Update
+//! operations: the fields they change become theirs, taken from whoever
+//! owned them, without conflict (as in Kubernetes). The control plane's
+//! own writes (status, placement) are not recorded.
 
 use crate::server::status::{Status, StatusCause, StatusDetails};
 use crate::server::time;
@@ -290,6 +293,59 @@ pub fn apply(
     Ok(obj)
 }
 
+/// Record an Update by `manager` from `old` (None: a create) to `new`: the
+/// fields it changed are its own now, and no one else's; fields it removed
+/// are no one's. Nothing changes when no field did.
+pub fn track_update(old: Option<&Value>, new: &mut Value, manager: &str) {
+    let new_fields = fields_of(new);
+    let old_fields = old.map(fields_of).unwrap_or_default();
+    let changed: Fields = new_fields
+        .iter()
+        .filter(|p| old.is_none_or(|o| at(o, p) != at(new, p)))
+        .cloned()
+        .collect();
+    let removed: Fields = old_fields.difference(&new_fields).cloned().collect();
+    if changed.is_empty() && removed.is_empty() {
+        return;
+    }
+    let mut list = entries(Some(new));
+    for e in &mut list {
+        e.fields
+            .retain(|f| !removed.contains(f) && !changed.iter().any(|c| overlaps(c, f)));
+    }
+    let mine = list
+        .iter()
+        .position(|e| e.manager == manager && e.value.get("operation").and_then(Value::as_str) == Some("Update"));
+    let api_version = new.get("apiVersion").cloned().unwrap_or(Value::Null);
+    match mine {
+        Some(i) => {
+            list[i].fields.extend(changed);
+            list[i].value["time"] = json!(time::now_rfc3339());
+        }
+        None => list.push(Entry {
+            manager: manager.to_string(),
+            value: json!({"manager": manager, "operation": "Update", "apiVersion": api_version,
+                "time": time::now_rfc3339(), "fieldsType": "FieldsV1"}),
+            fields: changed,
+        }),
+    }
+    let managed: Vec<Value> = list
+        .into_iter()
+        .filter(|e| !e.fields.is_empty())
+        .map(|mut e| {
+            e.value["fieldsV1"] = to_fields_v1(&e.fields);
+            e.value
+        })
+        .collect();
+    if let Some(m) = new.get_mut("metadata").and_then(Value::as_object_mut) {
+        if managed.is_empty() {
+            m.remove("managedFields");
+        } else {
+            m.insert("managedFields".into(), Value::Array(managed));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -333,6 +389,35 @@ mod tests {
         // Alice still applies taskGroups and her label; no longer type.
         let after = apply(Some(&forced), &config("service", json!({"a": "1"})), "alice", false, Ok);
         assert!(after.is_ok());
+    }
+
+    #[test]
+    fn an_update_takes_the_fields_it_changes_without_conflict() {
+        let obj = apply(None, &config("batch", json!({"a": "1"})), "alice", false, Ok).unwrap();
+        let mut edited = obj.clone();
+        edited["spec"]["type"] = json!("service");
+        edited["metadata"]["labels"]["b"] = json!("2");
+        track_update(Some(&obj), &mut edited, "kubectl-edit");
+        let managed = edited["metadata"]["managedFields"].as_array().unwrap();
+        let edit = managed.iter().find(|e| e["manager"] == "kubectl-edit").unwrap();
+        assert_eq!(edit["operation"], "Update");
+        assert_eq!(
+            edit["fieldsV1"],
+            json!({"f:metadata": {"f:labels": {"f:b": {}}}, "f:spec": {"f:type": {}}})
+        );
+        let alice = managed.iter().find(|e| e["manager"] == "alice").unwrap();
+        assert!(alice["fieldsV1"]["f:spec"].get("f:type").is_none(), "{alice}");
+        // Alice applying her old type now conflicts with the editor.
+        let err = apply(Some(&edited), &config("batch", json!({"a": "1"})), "alice", false, Ok).unwrap_err();
+        assert!(
+            err.message.contains("conflict with \"kubectl-edit\""),
+            "{}",
+            err.message
+        );
+        // An unchanged write records nothing.
+        let mut same = edited.clone();
+        track_update(Some(&edited), &mut same, "other");
+        assert_eq!(same, edited);
     }
 
     #[test]

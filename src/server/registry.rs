@@ -21,9 +21,13 @@ pub struct Registry {
 }
 
 #[derive(Clone, Copy, Debug, Default)]
-pub struct WriteOptions {
+pub struct WriteOptions<'a> {
     pub validation: FieldValidation,
     pub dry_run: bool,
+    /// Who writes (the request's fieldManager): its changes to the object
+    /// are recorded as its fields in managedFields (an Update operation,
+    /// see [`super::apply`]); None for the control plane's own writes.
+    pub manager: Option<&'a str>,
 }
 
 /// Which part of an object a write may change.
@@ -162,7 +166,7 @@ impl Registry {
         ns: &str,
         body: Value,
         part: Part,
-        opts: WriteOptions,
+        opts: WriteOptions<'_>,
     ) -> Result<Written, Status> {
         let (name, value, admitted) = Self::prepare_create(res, ns, body, part, opts)?;
         if opts.dry_run {
@@ -192,7 +196,7 @@ impl Registry {
         ns: &str,
         bodies: Vec<Value>,
         part: Part,
-        opts: WriteOptions,
+        opts: WriteOptions<'_>,
     ) -> Result<Vec<Result<Written, Status>>, Status> {
         let mut out: Vec<Option<Result<Written, Status>>> = Vec::with_capacity(bodies.len());
         let mut ops = Vec::new();
@@ -231,7 +235,7 @@ impl Registry {
         ns: &str,
         mut body: Value,
         part: Part,
-        opts: WriteOptions,
+        opts: WriteOptions<'_>,
     ) -> Result<(String, Value, Admitted), Status> {
         let body_ns = object::namespace(&body).to_string();
         if !body_ns.is_empty() && body_ns != ns {
@@ -278,6 +282,9 @@ impl Registry {
         if res.kind == "Robot" {
             fold_declared_labels(None, &mut value);
         }
+        if let (Some(manager), Part::Main) = (opts.manager, part) {
+            super::apply::track_update(None, &mut value, manager);
+        }
         Ok((name, value, admitted))
     }
 
@@ -290,7 +297,7 @@ impl Registry {
         name: &str,
         body: Value,
         part: Part,
-        opts: WriteOptions,
+        opts: WriteOptions<'_>,
     ) -> Result<Written, Status> {
         let current = self.get_stored(res, ns, name).await?;
         let expected = match object::meta_str(&body, "resourceVersion") {
@@ -313,7 +320,7 @@ impl Registry {
         name: &str,
         patch: &Value,
         part: Part,
-        opts: WriteOptions,
+        opts: WriteOptions<'_>,
     ) -> Result<Written, Status> {
         if !patch.is_object() {
             return Err(Status::bad_request("a merge patch must be a JSON object"));
@@ -344,7 +351,7 @@ impl Registry {
         name: &str,
         patch: &Value,
         part: Part,
-        opts: WriteOptions,
+        opts: WriteOptions<'_>,
     ) -> Result<Written, Status> {
         self.patch_with(res, ns, name, None, part, opts, |current| {
             json_patch(current, patch).map_err(Status::bad_request)
@@ -363,7 +370,7 @@ impl Registry {
         mut config: Value,
         manager: &str,
         force: bool,
-        opts: WriteOptions,
+        opts: WriteOptions<'_>,
     ) -> Result<(Written, bool), Status> {
         let given = object::meta_str(&config, "name").unwrap_or("");
         if !given.is_empty() && given != name {
@@ -376,6 +383,8 @@ impl Registry {
             m.insert("namespace".into(), Value::String(ns.into()));
         }
         let normalize = |v: Value| admit(res, v, name, FieldValidation::Ignore).map(|a| a.value);
+        // The apply records its own ownership (an Apply operation).
+        let opts = WriteOptions { manager: None, ..opts };
         for _ in 0..5 {
             match self.get_stored(res, ns, name).await {
                 Err(e) if e.code == 404 => {
@@ -410,7 +419,7 @@ impl Registry {
         name: &str,
         pinned: Option<u64>,
         part: Part,
-        opts: WriteOptions,
+        opts: WriteOptions<'_>,
         patched: impl Fn(&Value) -> Result<Value, Status>,
     ) -> Result<Written, Status> {
         let mut attempts = 0;
@@ -432,7 +441,7 @@ impl Registry {
         mut body: Value,
         part: Part,
         expected: u64,
-        opts: WriteOptions,
+        opts: WriteOptions<'_>,
     ) -> Result<Written, Status> {
         let (ns, name) = (current.key.namespace.as_str(), current.key.name.as_str());
         if !body.is_object() {
@@ -488,6 +497,9 @@ impl Registry {
         super::conditions::derive(res.kind, Some(cur), &mut new);
         if res.kind == "Robot" {
             fold_declared_labels(Some(cur), &mut new);
+        }
+        if let (Some(manager), Part::Main) = (opts.manager, part) {
+            super::apply::track_update(Some(cur), &mut new, manager);
         }
         if expected != current.revision {
             return Err(Status::conflict(res.subject(name)));

@@ -44,10 +44,25 @@ fn accept(headers: &HeaderMap) -> &str {
     headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("")
 }
 
-fn write_options(q: &HashMap<String, String>) -> Result<WriteOptions, Status> {
+/// Longest fieldManager, as kube-apiserver allows.
+const MAX_MANAGER: usize = 128;
+
+fn write_options<'a>(q: &'a HashMap<String, String>, headers: &'a HeaderMap) -> Result<WriteOptions<'a>, Status> {
+    // Without a fieldManager, the user agent's program name (as Kubernetes).
+    let manager = q.get("fieldManager").map(String::as_str).or_else(|| {
+        let agent = headers.get(header::USER_AGENT)?.to_str().ok()?;
+        agent.split('/').next().filter(|a| !a.is_empty())
+    });
+    if let Some(m) = manager.filter(|m| m.len() > MAX_MANAGER || m.chars().any(char::is_control)) {
+        return Err(Status::bad_request(format!(
+            "fieldManager {:?}... must be at most {MAX_MANAGER} printable characters",
+            m.chars().take(32).collect::<String>()
+        )));
+    }
     Ok(WriteOptions {
         validation: FieldValidation::parse(q.get("fieldValidation").map(String::as_str))?,
         dry_run: q.get("dryRun").is_some_and(|v| v == "All"),
+        manager,
     })
 }
 
@@ -183,7 +198,7 @@ pub async fn create(
             let body = parse_body(&headers, body)?;
             let w = app
                 .registry
-                .create(res, &ns, body, Part::Main, write_options(&q)?)
+                .create(res, &ns, body, Part::Main, write_options(&q, &headers)?)
                 .await?;
             record_findings(&app, &w);
             Ok(with_warnings(
@@ -211,7 +226,7 @@ async fn replace(
             let body = parse_body(&headers, body)?;
             let w = app
                 .registry
-                .replace(res, &ns, &name, body, part, write_options(&q)?)
+                .replace(res, &ns, &name, body, part, write_options(&q, &headers)?)
                 .await?;
             record_findings(&app, &w);
             Ok(with_warnings(
@@ -261,7 +276,7 @@ async fn patch(
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
             let media = content_type.split(';').next().unwrap_or("").trim();
-            let opts = write_options(&q)?;
+            let opts = write_options(&q, &headers)?;
             let w = match media {
                 "application/merge-patch+json" => {
                     let patch = parse_body(&headers, body)?;
