@@ -132,8 +132,8 @@ fn crud_conflicts_patch_and_status() {
     let p = s.request(
         "PATCH",
         &format!("{}/r1", robots()),
-        "application/json-patch+json",
-        Some(b"[]"),
+        "application/strategic-merge-patch+json",
+        Some(b"{}"),
         &[],
     );
     assert_eq!(
@@ -168,7 +168,10 @@ fn crud_conflicts_patch_and_status() {
         Some(br#"{"status":{"message":"hi"}}"#),
         &[],
     );
-    assert_eq!(ps.json()["status"], json!({"phase": "Online", "message": "hi"}));
+    let status = &ps.json()["status"];
+    assert_eq!((&status["phase"], &status["message"]), (&json!("Online"), &json!("hi")));
+    assert_eq!(status["conditions"][0]["type"], "Ready", "derived from the phase");
+    assert_eq!(status["conditions"][0]["status"], "True");
 
     // Delete with a stale precondition, then for real.
     let d = s.send_json(

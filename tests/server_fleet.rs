@@ -761,8 +761,9 @@ fn system_jobs_run_one_replica_on_every_matching_robot() {
         (heartbeat(&mut r4) == ["daemon-agent-main.r4"]).then_some(())
     });
 
-    // r2 is relabelled out of the selector: its replica leaves its set.
-    let patch = json!({"spec": {"labels": {"fleet": "b"}}});
+    // r2 is relabelled out of the selector (its one label set, as `kubectl
+    // label` does): its replica leaves its set.
+    let patch = json!({"metadata": {"labels": {"fleet": "b"}}});
     let r = s.request(
         "PATCH",
         "/apis/robot.k8s4r.io/v1alpha1/namespaces/default/robots/r2",

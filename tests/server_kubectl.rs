@@ -6,7 +6,8 @@
 mod common;
 mod server_util;
 
-use server_util::{have_kubectl, wait_for, Server};
+use serde_json::json;
+use server_util::{have_kubectl, wait_for, Robot, Server};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -234,10 +235,6 @@ fn reapply_removes_a_deleted_field_and_validation_errors_name_fields() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("Warning: unknown field \"spec.colour\""), "{err}");
-    // server-side apply is refused clearly.
-    let out = s.kubectl(&["apply", "--server-side", "-f", &f]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("server-side apply is not supported"));
     // kubectl patch --type=merge works; strategic (the default) is 415.
     s.kubectl_ok(&[
         "patch",
@@ -335,4 +332,396 @@ fn explain_documents_nested_fields_from_the_api_types() {
     assert!(state.contains("FIELD: state"), "{state}");
     let selector = s.kubectl_ok(&["explain", "jobs.spec.robotSelector"]);
     assert!(selector.contains("matchExpressions"), "{selector}");
+    // Every field has a description, from the types' doc comments.
+    let groups = s.kubectl_ok(&["explain", "job.spec.taskGroups"]);
+    assert!(!groups.contains("<no description>"), "{groups}");
+    assert!(groups.contains("How many replicas of the group to run"), "{groups}");
+    let restart = s.kubectl_ok(&["explain", "job.spec.taskGroups.restartPolicy.mode"]);
+    assert!(restart.contains("once `attempts` restarts happened"), "{restart}");
+    // An enum lists its allowed values.
+    let kind = s.kubectl_ok(&["explain", "job.spec.type"]);
+    assert!(
+        kind.contains("ENUM:") && kind.contains("batch") && kind.contains("system"),
+        "{kind}"
+    );
+    let state = s.kubectl_ok(&["explain", "task.status.state"]);
+    assert!(state.contains("ENUM:") && state.contains("lost"), "{state}");
+}
+
+/// A batch Job of one task on robots labelled fleet=a.
+fn one_task_job(name: &str) -> String {
+    format!(
+        "apiVersion: robot.k8s4r.io/v1alpha1\nkind: Job\nmetadata:\n  name: {name}\nspec:\n  type: batch\n  robotSelector:\n    fleet: a\n  taskGroups:\n  - name: g\n    tasks:\n    - name: main\n      driver: exec\n      config:\n        execConfig:\n          command: /bin/true\n"
+    )
+}
+
+/// The robot's only task, once placed.
+fn placed_task(robot: &mut Robot) -> String {
+    wait_for("the task placed on the robot", T, || robot.task_names().pop())
+}
+
+#[test]
+fn kubectl_wait_for_conditions_of_robots_tasks_and_jobs() {
+    if !have_kubectl() {
+        return;
+    }
+    let s = Server::start();
+    let join = s.join_token();
+    let mut r1 = Robot::register(&s, &join, "r1", json!({"fleet": "a"}));
+    s.kubectl_ok(&["wait", "--for=condition=Ready", "robot/r1", "--timeout=20s"]);
+
+    let dir = tempfile::tempdir().unwrap();
+    s.kubectl_ok(&["apply", "-f", &write(&dir, "job.yaml", &one_task_job("hello"))]);
+    let task = placed_task(&mut r1);
+    r1.report(&task, "running");
+    s.kubectl_ok(&[
+        "wait",
+        "--for=condition=Ready",
+        &format!("task/{task}"),
+        "--timeout=20s",
+    ]);
+
+    // kubectl waits while the Job runs, and returns once it completes.
+    let waiting = s
+        .kubectl_cmd()
+        .args(["wait", "--for=condition=Complete", "job/hello", "--timeout=30s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let complete_while_running = wait_for("the Job running", T, || {
+        let job = s.object("jobs", "hello")?;
+        (job["status"]["state"] == "running").then(|| job["status"]["conditions"][0].clone())
+    });
+    assert_eq!(complete_while_running["type"], "Complete");
+    assert_eq!(
+        complete_while_running["status"], "False",
+        "a running Job is not Complete"
+    );
+    r1.report(&task, "completed");
+    let out = waiting.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("job.robot.k8s4r.io/hello condition met"), "{text}");
+    s.kubectl_ok(&[
+        "wait",
+        "--for=condition=Succeeded",
+        &format!("task/{task}"),
+        "--timeout=20s",
+    ]);
+    let job = s.object("jobs", "hello").unwrap();
+    let conditions = job["status"]["conditions"].as_array().unwrap();
+    let failed = conditions.iter().find(|c| c["type"] == "Failed").unwrap();
+    assert_eq!(failed["status"], "False", "{job}");
+    let complete = conditions.iter().find(|c| c["type"] == "Complete").unwrap();
+    assert_eq!(complete["reason"], "AllTasksSucceeded");
+    assert!(
+        complete["lastTransitionTime"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "{complete}"
+    );
+}
+
+#[test]
+fn kubectl_patch_type_json() {
+    if !have_kubectl() {
+        return;
+    }
+    let s = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    s.kubectl_ok(&["apply", "-f", &write(&dir, "job.yaml", &one_task_job("hello"))]);
+    let out = s.kubectl_ok(&[
+        "patch",
+        "job",
+        "hello",
+        "--type=json",
+        "-p",
+        r#"[{"op":"test","path":"/spec/type","value":"batch"},
+            {"op":"replace","path":"/spec/taskGroups/0/count","value":2},
+            {"op":"add","path":"/metadata/labels","value":{"team":"a"}},
+            {"op":"copy","from":"/spec/taskGroups/0/tasks/0","path":"/spec/taskGroups/0/tasks/-"},
+            {"op":"replace","path":"/spec/taskGroups/0/tasks/1/name","value":"second"}]"#,
+    ]);
+    assert!(out.contains("job.robot.k8s4r.io/hello patched"), "{out}");
+    let job = s.object("jobs", "hello").unwrap();
+    assert_eq!(job["spec"]["taskGroups"][0]["count"], 2);
+    assert_eq!(job["metadata"]["labels"]["team"], "a");
+    assert_eq!(job["spec"]["taskGroups"][0]["tasks"][1]["name"], "second");
+
+    // A failed test applies nothing, and says which operation failed.
+    let refused = s.kubectl(&[
+        "patch",
+        "job",
+        "hello",
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/metadata/labels"},{"op":"test","path":"/spec/type","value":"service"}]"#,
+    ]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(err.contains("operation 1: test: /spec/type is \"batch\""), "{err}");
+    assert_eq!(s.object("jobs", "hello").unwrap()["metadata"]["labels"]["team"], "a");
+    // The result is validated like any write.
+    let invalid = s.kubectl(&[
+        "patch",
+        "job",
+        "hello",
+        "--type=json",
+        "-p",
+        r#"[{"op":"replace","path":"/spec/taskGroups/0/count","value":-1}]"#,
+    ]);
+    assert!(!invalid.status.success());
+    let err = String::from_utf8_lossy(&invalid.stderr);
+    assert!(err.contains("count"), "{err}");
+}
+
+#[test]
+fn describe_job_shows_the_events_of_its_tasks() {
+    if !have_kubectl() {
+        return;
+    }
+    let s = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    // No robot is labelled fleet=a: the Task gets a FailedScheduling warning.
+    s.kubectl_ok(&["apply", "-f", &write(&dir, "job.yaml", &one_task_job("lonely"))]);
+    let described = wait_for("the Task's warning in the Job's describe", T, || {
+        let out = s.kubectl_ok(&["describe", "job", "lonely"]);
+        out.contains("FailedScheduling").then_some(out)
+    });
+    let events = described.split("Events:").nth(1).unwrap_or_default();
+    assert!(
+        events.contains("Warning") && events.contains("FailedScheduling"),
+        "{described}"
+    );
+    // The Task's own describe keeps it too, and another Job's does not show it.
+    let task = s.kubectl_ok(&["describe", "task", "lonely-g-r0-main"]);
+    assert!(task.contains("FailedScheduling"), "{task}");
+    s.kubectl_ok(&["apply", "-f", &write(&dir, "other.yaml", &one_task_job("lonely2"))]);
+    let about = wait_for("lonely2's events", T, || {
+        let r = s.get(
+            "/api/v1/namespaces/default/events?fieldSelector=involvedObject.kind%3DJob,involvedObject.name%3Dlonely2",
+        );
+        let names: Vec<String> = r.json()["items"]
+            .as_array()?
+            .iter()
+            .map(|e| e["involvedObject"]["name"].as_str().unwrap_or("").to_string())
+            .collect();
+        (!names.is_empty()).then_some(names)
+    });
+    assert!(about.iter().all(|n| n.starts_with("lonely2")), "{about:?}");
+}
+
+#[test]
+fn kubectl_apply_server_side_create_update_conflict_force() {
+    if !have_kubectl() {
+        return;
+    }
+    let s = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let first = write(&dir, "job.yaml", &one_task_job("ssa"));
+    let out = s.kubectl_ok(&["apply", "--server-side", "-f", &first]);
+    assert!(out.contains("job.robot.k8s4r.io/ssa serverside-applied"), "{out}");
+    let job = s.object("jobs", "ssa").unwrap();
+    let managed = &job["metadata"]["managedFields"][0];
+    assert_eq!(managed["manager"], "kubectl");
+    assert_eq!(managed["operation"], "Apply");
+    assert!(managed["fieldsV1"]["f:spec"].get("f:taskGroups").is_some(), "{managed}");
+
+    // The same manager changes its fields and drops one (the selector).
+    let second = write(
+        &dir,
+        "job2.yaml",
+        &one_task_job("ssa")
+            .replace("  robotSelector:\n    fleet: a\n", "")
+            .replace("type: batch", "type: service"),
+    );
+    s.kubectl_ok(&["apply", "--server-side", "-f", &second]);
+    let job = s.object("jobs", "ssa").unwrap();
+    assert_eq!(job["spec"]["type"], "service");
+    assert!(job["spec"].get("robotSelector").is_none(), "{job}");
+
+    // Another manager changing a field kubectl owns: 409 naming both.
+    let third = write(
+        &dir,
+        "job3.yaml",
+        &one_task_job("ssa").replace("robotSelector:\n    fleet: a\n  ", ""),
+    );
+    let refused = s.kubectl(&["apply", "--server-side", "--field-manager=flux", "-f", &third]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{err}");
+    assert!(err.contains("conflict with \"kubectl\""), "{err}");
+    assert!(err.contains(".spec.type"), "{err}");
+    assert_eq!(
+        s.object("jobs", "ssa").unwrap()["spec"]["type"],
+        "service",
+        "nothing written"
+    );
+
+    // --force-conflicts takes the field over.
+    s.kubectl_ok(&[
+        "apply",
+        "--server-side",
+        "--field-manager=flux",
+        "--force-conflicts",
+        "-f",
+        &third,
+    ]);
+    let job = s.object("jobs", "ssa").unwrap();
+    assert_eq!(job["spec"]["type"], "batch");
+    let managers: Vec<(String, bool)> = job["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let owns_type = m["fieldsV1"]["f:spec"].get("f:type").is_some();
+            (m["manager"].as_str().unwrap().to_string(), owns_type)
+        })
+        .collect();
+    assert!(managers.contains(&("flux".into(), true)), "{managers:?}");
+    assert!(managers.contains(&("kubectl".into(), false)), "{managers:?}");
+
+    // Other writes are Update operations: kubectl label owns the label it
+    // set, and an apply changing it conflicts with kubectl-label.
+    s.kubectl_ok(&["label", "job", "ssa", "team=a"]);
+    let labelled = write(
+        &dir,
+        "job4.yaml",
+        &one_task_job("ssa")
+            .replace("robotSelector:\n    fleet: a\n  ", "")
+            .replace("  name: ssa\n", "  name: ssa\n  labels:\n    team: b\n"),
+    );
+    let refused = s.kubectl(&["apply", "--server-side", "--field-manager=flux", "-f", &labelled]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{err}");
+    assert!(err.contains("conflict with \"kubectl-label\""), "{err}");
+    assert!(err.contains(".metadata.labels.team"), "{err}");
+    // A client-side apply's create is recorded too.
+    s.kubectl_ok(&["apply", "-f", &write(&dir, "csa.yaml", &one_task_job("csa"))]);
+    let csa = s.object("jobs", "csa").unwrap();
+    let entry = &csa["metadata"]["managedFields"][0];
+    assert_eq!(entry["manager"], "kubectl-client-side-apply", "{csa}");
+    assert_eq!(entry["operation"], "Update");
+    assert!(entry["fieldsV1"]["f:spec"].get("f:taskGroups").is_some(), "{entry}");
+}
+
+#[test]
+fn core_view_get_pods_nodes_and_kubectl_logs() {
+    if !have_kubectl() {
+        return;
+    }
+    let s = Server::start();
+    let join = s.join_token();
+    let mut r1 = Robot::register(&s, &join, "r1", json!({"fleet": "a"}));
+    let dir = tempfile::tempdir().unwrap();
+    s.kubectl_ok(&["apply", "-f", &write(&dir, "job.yaml", &one_task_job("logged"))]);
+    let task = placed_task(&mut r1);
+    r1.report(&task, "running");
+
+    let nodes = s.kubectl_ok(&["get", "nodes"]);
+    let row: Vec<&str> = nodes.lines().nth(1).unwrap_or("").split_whitespace().collect();
+    assert_eq!(row[..3], ["r1", "Ready", "robot"], "{nodes}");
+    let pods = s.kubectl_ok(&["get", "pods", "-o", "wide"]);
+    let row: Vec<&str> = pods.lines().nth(1).unwrap_or("").split_whitespace().collect();
+    assert_eq!(row[..4], [task.as_str(), "1/1", "Running", "0"], "{pods}");
+    assert_eq!(row.last(), Some(&"r1"), "{pods}");
+    let phase = s.kubectl_ok(&["get", "pod", &task, "-o", "jsonpath={.status.phase} {.spec.nodeName}"]);
+    assert_eq!(phase, "Running r1");
+    // kubectl describe node lists the robot's pods (fieldSelector spec.nodeName).
+    let described = s.kubectl_ok(&["describe", "node", "r1"]);
+    assert!(described.contains(&task), "{described}");
+
+    // kubectl logs asks for the pod, then pods/NAME/log; the robot's agent
+    // answers with the log when it next polls (a live agent long-polls).
+    let logs = std::thread::scope(|scope| {
+        let asked = scope.spawn(|| s.kubectl(&["logs", &task, "--tail", "2"]));
+        let mut served = false;
+        while !asked.is_finished() {
+            let poll = r1.poll("1s");
+            for req in poll["logRequests"].as_array().into_iter().flatten() {
+                // As the agent does: the last tailLines lines.
+                let all = ["line 1", "line 2", "line 3"];
+                let n = req["tailLines"]
+                    .as_u64()
+                    .map_or(all.len(), |n| (n as usize).min(all.len()));
+                let text: String = all[all.len() - n..].iter().map(|l| format!("{l}\n")).collect();
+                let body = json!({"task": req["task"], "id": req["id"], "text": text});
+                let up = r1.send("POST", "/agent/v1/robots/r1/logs", Some(&body));
+                assert_eq!(up.status, 200, "{}", up.body);
+                served = true;
+            }
+        }
+        (asked.join().unwrap(), served)
+    });
+    let (out, served) = logs;
+    assert!(served, "no log request reached the robot");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "line 2\nline 3\n");
+
+    // Read-only: kubectl delete pod is refused.
+    let refused = s.kubectl(&["delete", "pod", &task]);
+    assert!(!refused.status.success());
+    assert!(s.object("tasks", &task).is_some());
+}
+
+#[test]
+fn one_label_set_per_robot_for_agents_selectors_and_kubectl_label() {
+    if !have_kubectl() {
+        return;
+    }
+    let s = Server::start();
+    let join = s.join_token();
+    let claim = json!({"demo": "true", "zone": "lab", "k8s4r.io/env": "production"});
+    let mut r1 = Robot::register(&s, &join, "r1", claim.clone());
+    let found = s.kubectl_ok(&["get", "robots", "-l", "demo=true", "-o", "name"]);
+    assert_eq!(found.trim(), "robot.robot.k8s4r.io/r1", "a robot labelled by its agent");
+    let claimed = s.kubectl_ok(&["get", "robots", "-l", "k8s4r.io/env", "-o", "name"]);
+    assert_eq!(claimed.trim(), "", "operator-only labels a robot claims are dropped");
+
+    // kubectl label edits the same set, and selectors (the scheduler's
+    // too) see it.
+    s.kubectl_ok(&["label", "robot", "r1", "fleet=a", "zone=hall-2", "--overwrite"]);
+    let dir = tempfile::tempdir().unwrap();
+    s.kubectl_ok(&["apply", "-f", &write(&dir, "job.yaml", &one_task_job("labelled"))]);
+    assert_eq!(placed_task(&mut r1), "labelled-g-r0-main");
+    s.kubectl_ok(&["label", "robot", "r1", "demo-"]);
+    let gone = s.kubectl_ok(&["get", "robots", "-l", "demo=true", "-o", "name"]);
+    assert_eq!(gone.trim(), "", "kubectl label removes an agent's label");
+
+    // The agent registers again: its keys come back, the operator's value
+    // of zone stays; a key it no longer reports stays (an agent only adds
+    // and changes: its labels may have come from the Robot's manifest).
+    let again = json!({"demo": "true", "zone": "lab"});
+    let r = r1.register_again(&join, json!({"labels": again}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let labels = s.object("robots", "r1").unwrap()["metadata"]["labels"].clone();
+    assert_eq!(
+        labels,
+        json!({"demo": "true", "zone": "hall-2", "fleet": "a"}),
+        "{labels}"
+    );
+    let r = r1.register_again(&join, json!({"labels": {"zone": "lab"}}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let labels = s.object("robots", "r1").unwrap()["metadata"]["labels"].clone();
+    assert_eq!(
+        labels,
+        json!({"demo": "true", "zone": "hall-2", "fleet": "a"}),
+        "{labels}"
+    );
+
+    // A Robot manifest in the original CRD's form (labels in spec.labels):
+    // the same one set, before and after its agent registers.
+    let manifest = "apiVersion: robot.k8s4r.io/v1alpha1\nkind: Robot\nmetadata:\n  name: r2\nspec:\n  labels:\n    fleet: warehouse\n";
+    s.kubectl_ok(&["apply", "-f", &write(&dir, "r2.yaml", manifest)]);
+    let found = s.kubectl_ok(&["get", "robots", "-l", "fleet=warehouse", "-o", "name"]);
+    assert_eq!(found.trim(), "robot.robot.k8s4r.io/r2");
+    let _r2 = Robot::register(&s, &join, "r2", json!({"arch": "arm64"}));
+    let r2 = s.object("robots", "r2").unwrap();
+    assert_eq!(
+        r2["metadata"]["labels"],
+        json!({"fleet": "warehouse", "arch": "arm64"}),
+        "{r2}"
+    );
+    let again = s.kubectl_ok(&["apply", "-f", &write(&dir, "r2.yaml", manifest)]);
+    assert!(again.contains("unchanged"), "{again}");
 }

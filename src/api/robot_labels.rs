@@ -1,10 +1,14 @@
-//! Who decides a Robot's labels. An operator labels robots (`kubectl label
-//! robot`, metadata.labels); an agent reports labels of its own
-//! (`--labels`, spec.labels). Labels under the project's domains
-//! (`k8s4r.io/`, `robot.k8s4r.io/`, any `*.k8s4r.io/`) are operator-only:
-//! a robot's claim to one is dropped, so a selector on them (say
+//! Who decides a Robot's labels. A Robot has one label set,
+//! `metadata.labels`: what selectors match and what `kubectl label robot`
+//! edits. Labels declared in `spec.labels` (an agent's `--labels`, which
+//! it reports when it registers, or the original CRD's manifests) land
+//! there too; `spec.labels` keeps what was declared, so the server can tell
+//! declared keys from the operator's. Labels under the project's domains
+//! (`k8s4r.io/`, `robot.k8s4r.io/`, any `*.k8s4r.io/`) are operator-only: a
+//! robot's claim to one is dropped, so a selector on them (say
 //! `k8s4r.io/env: production`) cannot be joined by a robot that says so
-//! itself. Where both set a key, the operator's value wins.
+//! itself. Where the operator has set a key to another value than the
+//! declared one, the operator's value wins.
 
 use std::collections::BTreeMap;
 
@@ -23,15 +27,29 @@ pub fn split_claim(claimed: &BTreeMap<String, String>) -> (BTreeMap<String, Stri
     (kept, dropped.into_keys().collect())
 }
 
-/// The labels selectors see: the robot's own (minus operator-only keys),
-/// then the operator's over them.
-pub fn effective(operator: &BTreeMap<String, String>, robot: &BTreeMap<String, String>) -> BTreeMap<String, String> {
-    let mut labels: BTreeMap<String, String> = robot
-        .iter()
-        .filter(|(k, _)| !is_operator_only(k))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    labels.extend(operator.iter().map(|(k, v)| (k.clone(), v.clone())));
+/// The Robot's labels after its declared labels change from `previous`
+/// to `declared`, given its labels now (`current`). A declared key is set
+/// unless the operator changed it from what was declared before; a key
+/// no longer declared goes unless the operator changed it. (A key the
+/// operator removed comes back when it is declared again, as a kubelet's
+/// node labels do when it registers.)
+pub fn merge_report(
+    current: &BTreeMap<String, String>,
+    previous: &BTreeMap<String, String>,
+    reported: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let agents = |k: &String| current.get(k).is_none_or(|v| previous.get(k) == Some(v));
+    let mut labels = current.clone();
+    for k in previous.keys() {
+        if !reported.contains_key(k) && current.contains_key(k) && agents(k) {
+            labels.remove(k);
+        }
+    }
+    for (k, v) in reported {
+        if agents(k) {
+            labels.insert(k.clone(), v.clone());
+        }
+    }
     labels
 }
 
@@ -59,10 +77,15 @@ mod tests {
         let (kept, dropped) = split_claim(&claim);
         assert_eq!(kept, map(&[("zone", "lab"), ("arch", "arm64")]));
         assert_eq!(dropped, ["k8s4r.io/env"]);
-        let operator = map(&[("zone", "hall-2"), ("k8s4r.io/env", "staging")]);
+        // First registration: the kept claim is the label set.
+        assert_eq!(merge_report(&map(&[]), &map(&[]), &kept), kept);
+        // The operator relabels zone and adds one; the declared set changes
+        // (arch dropped, gpu added).
+        let current = map(&[("zone", "hall-2"), ("arch", "arm64"), ("k8s4r.io/env", "staging")]);
+        let again = map(&[("zone", "lab2"), ("gpu", "yes")]);
         assert_eq!(
-            effective(&operator, &claim),
-            map(&[("zone", "hall-2"), ("arch", "arm64"), ("k8s4r.io/env", "staging")])
+            merge_report(&current, &kept, &again),
+            map(&[("zone", "hall-2"), ("gpu", "yes"), ("k8s4r.io/env", "staging")])
         );
     }
 }

@@ -43,8 +43,10 @@ impl JsonSchema for RobotSelector {
             "type": "object",
             "description": "Which robots may run the Job: a plain label map ({env: prod}, the original form) or a Kubernetes LabelSelector (matchLabels, matchExpressions).",
             "properties": {
-                "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}},
-                "matchExpressions": {"type": "array", "items": requirement},
+                "matchLabels": {"type": "object", "additionalProperties": {"type": "string"},
+                    "description": "Labels a robot must all have, with these values."},
+                "matchExpressions": {"type": "array", "items": requirement,
+                    "description": "Requirements a robot's labels must all meet (In, NotIn, Exists, DoesNotExist)."},
             },
             "additionalProperties": {"type": "string"},
         })

@@ -20,6 +20,7 @@ fn is_false(b: &bool) -> bool {
 
 // ---------------------------------------------------------------- Job
 
+/// How a Job's tasks run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
@@ -40,16 +41,21 @@ pub struct JobSpec {
     /// Legacy copy of metadata.name kept by the original CRD.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
+    /// How the Job's tasks run: batch, service or system.
     #[serde(default, rename = "type")]
     pub job_type: JobType,
+    /// Priority, 0-100, as in Nomad (kept from the original CRD).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<i32>,
+    /// Datacenters the Job may run in (kept from the original CRD).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub datacenters: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub robot_selector: Option<RobotSelector>,
+    /// Free-form key/value metadata, available to templates.
     #[serde(default, skip_serializing_if = "StringMap::is_empty")]
     pub meta: StringMap,
+    /// The groups of tasks to run; each group's tasks run together on one robot, count times.
     #[serde(default)]
     pub task_groups: Vec<TaskGroupTemplate>,
 }
@@ -69,9 +75,11 @@ pub struct RobotSelector {
 #[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct LabelSelectorRequirement {
+    /// The label key the requirement applies to.
     pub key: String,
     /// In, NotIn, Exists, DoesNotExist.
     pub operator: String,
+    /// Values for In and NotIn (must be empty for Exists and DoesNotExist).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub values: Vec<String>,
 }
@@ -158,27 +166,39 @@ impl<'de> Deserialize<'de> for RobotSelector {
 #[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct TaskGroupTemplate {
+    /// Name of the group, unique in the Job (a DNS label).
     pub name: String,
+    /// How many replicas of the group to run (default 1); each replica runs on one robot.
     #[serde(default = "one")]
     pub count: i32,
+    /// Tasks run to completion (or as daemons) before the main tasks start.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub init_tasks: Vec<TaskSpec>,
+    /// The group's tasks, started together on the same robot.
     #[serde(default)]
     pub tasks: Vec<TaskSpec>,
+    /// The group's network: the Envoy proxy, its upstreams and inbound listeners.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkConfig>,
+    /// Placement constraints on robot attributes (${attr.os} = linux ...).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub constraints: Vec<Constraint>,
+    /// How failed tasks are restarted on their robot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart_policy: Option<RestartPolicy>,
+    /// How failed or lost replicas are moved to other robots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reschedule_policy: Option<ReschedulePolicy>,
+    /// Kept from the original CRD (Nomad's ephemeral disk); not acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ephemeral_disk: Option<EphemeralDisk>,
+    /// Free-form key/value metadata of the group.
     #[serde(default, skip_serializing_if = "StringMap::is_empty")]
     pub meta: StringMap,
+    /// Resources reserved for the whole group on its robot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<Resources>,
+    /// What happens when the group's robot loses its connection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disconnect: Option<DisconnectPolicy>,
 }
@@ -191,14 +211,18 @@ fn one() -> i32 {
 #[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Constraint {
+    /// Left side: an attribute such as ${attr.os} or ${meta.zone}.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub l_target: String,
+    /// Comparison: =, !=, >, >=, <, <=, regexp, set_contains or version.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub operand: String,
+    /// Right side: the value compared with.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub r_target: String,
 }
 
+/// What happens when a task's restart attempts are used up.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
@@ -214,12 +238,16 @@ pub enum RestartMode {
 #[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RestartPolicy {
+    /// Restarts allowed within interval.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempts: Option<i32>,
+    /// The window attempts are counted in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<Duration>,
+    /// Wait before each restart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay: Option<Duration>,
+    /// What happens when the attempts are used up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<RestartMode>,
 }
@@ -228,16 +256,22 @@ pub struct RestartPolicy {
 #[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ReschedulePolicy {
+    /// Reschedules allowed within interval.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempts: Option<i32>,
+    /// The window attempts are counted in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<Duration>,
+    /// Wait before the first reschedule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay: Option<Duration>,
+    /// How the delay grows: constant, exponential or fibonacci.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay_function: Option<String>,
+    /// Upper bound of the growing delay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_delay: Option<Duration>,
+    /// Reschedule without limit (attempts and interval ignored).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unlimited: Option<bool>,
 }
@@ -246,10 +280,13 @@ pub struct ReschedulePolicy {
 #[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct EphemeralDisk {
+    /// Kept from the original CRD (Nomad's migrate); not acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migrate: Option<bool>,
+    /// Kept from the original CRD (Nomad's size in MB); not acted on.
     #[serde(default, rename = "sizeMB", skip_serializing_if = "Option::is_none")]
     pub size_mb: Option<i32>,
+    /// Kept from the original CRD (Nomad's sticky); not acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sticky: Option<bool>,
 }
@@ -264,8 +301,10 @@ pub struct EphemeralDisk {
 #[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct DisconnectPolicy {
+    /// How long a disconnected robot's tasks stay Unknown before they are Lost.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lost_after: Option<Duration>,
+    /// The robot stops the group's tasks itself after this long without the server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_on_client_after: Option<Duration>,
     /// Default true: a lost service task is rescheduled on another robot.
@@ -294,11 +333,13 @@ pub struct NetworkConfig {
     /// `envoy` (default) or `none`.
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
     pub proxy_type: Option<String>,
+    /// The SPIRE agent and trust domain the proxy gets its identity from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spiffe: Option<SpiffeConfig>,
     /// Certificates from files instead of a SPIRE agent (robots without SPIRE).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_files: Option<TlsFiles>,
+    /// Services the tasks reach through the proxy on 127.0.0.1:localPort.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub upstreams: Vec<Upstream>,
     /// Task ports exposed to the network over mTLS, for listed SPIFFE IDs only.
@@ -328,6 +369,7 @@ impl NetworkConfig {
 #[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Inbound {
+    /// Name of the listener, a DNS label unique in the group.
     pub name: String,
     /// The port peers connect to. Kept wide so validation reports bad values.
     pub port: i64,
@@ -356,7 +398,9 @@ pub const DEFAULT_SPIRE_SOCKET: &str = "/run/spire/sockets/agent.sock";
 #[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct SpiffeConfig {
+    /// The SPIFFE trust domain (example.org).
     pub trust_domain: String,
+    /// Path of the SPIRE agent's Workload API socket (default /run/spire/sockets/agent.sock).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_socket_path: Option<String>,
 }
@@ -371,18 +415,25 @@ impl SpiffeConfig {
 #[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct TlsFiles {
+    /// Path of the certificate (PEM) on the robot.
     pub cert_path: String,
+    /// Path of the private key (PEM) on the robot.
     pub key_path: String,
+    /// Path of the CA bundle (PEM) peers are checked against.
     pub ca_path: String,
 }
 
+/// What the proxy speaks to an upstream.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
+    /// Plain TCP (default).
     #[default]
     Tcp,
+    /// HTTP/1.1 and HTTP/2.
     Http,
+    /// gRPC over HTTP/2.
     Grpc,
 }
 
@@ -390,12 +441,14 @@ pub enum Protocol {
 #[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Upstream {
+    /// Name of the upstream, unique in the group.
     pub name: String,
     /// Port the app connects to on 127.0.0.1. Kept wide so validation, not the
     /// decoder, reports out-of-range values with their path.
     pub local_port: i64,
     /// `host:port` of the real service.
     pub upstream: String,
+    /// What the proxy speaks to the upstream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<Protocol>,
     /// Defaults to true (as in the original CRD): mTLS with a SPIFFE identity.
@@ -428,6 +481,7 @@ impl Upstream {
 #[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct DriverConfig {
+    /// The command the exec driver runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exec_config: Option<ExecConfig>,
     /// Accepted for compatibility with the original CRD; not run by this agent.
@@ -442,8 +496,10 @@ pub struct DriverConfig {
 #[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ExecConfig {
+    /// The program to run.
     #[serde(default)]
     pub command: String,
+    /// Arguments passed to the command.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
 }
@@ -452,11 +508,15 @@ pub struct ExecConfig {
 #[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Artifact {
+    /// Where to fetch the artifact from: an http://, https:// or file:// URL.
     pub getter_source: String,
+    /// Where in the task directory to put it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relative_dest: Option<String>,
+    /// any, file or dir.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub getter_mode: Option<String>,
+    /// Options of the download (checksum ...).
     #[serde(default, skip_serializing_if = "StringMap::is_empty")]
     pub getter_options: StringMap,
 }
@@ -465,20 +525,27 @@ pub struct Artifact {
 #[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Template {
+    /// The template text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embedded_tmpl: Option<String>,
+    /// A template file on the robot, instead of embeddedTmpl.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_path: Option<String>,
+    /// Where the rendered file is written, relative to the task directory.
     pub dest_path: String,
     /// Octal file mode, e.g. "0644".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub perms: Option<String>,
+    /// What happens to the task when the rendered file changes: noop, restart or signal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub change_mode: Option<String>,
+    /// The signal sent with changeMode signal (SIGHUP ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub change_signal: Option<String>,
+    /// Left template delimiter (default {{).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub left_delim: Option<String>,
+    /// Right template delimiter (default }}).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub right_delim: Option<String>,
 }
@@ -487,11 +554,15 @@ pub struct Template {
 #[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Service {
+    /// Name of the service.
     pub name: String,
+    /// The port the service is on: a port label or a number.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub port_label: String,
+    /// Tags of the service.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+    /// Health checks; their results are the task's health.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<ServiceCheck>,
 }
@@ -500,25 +571,33 @@ pub struct Service {
 #[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceCheck {
+    /// Name of the check.
     pub name: String,
     /// http, tcp, script (grpc is accepted by the old CRD but not run).
     #[serde(rename = "type")]
     pub check_type: String,
+    /// How often the check runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<Duration>,
+    /// How long one check may take.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
+    /// HTTP path of an http check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     /// A port label or a plain port number for tcp/http checks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port_label: Option<String>,
+    /// http or https for http checks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
+    /// Command of a script check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,
+    /// Arguments of a script check's command.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
+    /// Kept from the original CRD (the status before the first result); not acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initial_status: Option<String>,
 }
@@ -527,14 +606,19 @@ pub struct ServiceCheck {
 #[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Resources {
+    /// CPU limit, as a quantity (500m is half a core).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu: Option<Quantity>,
+    /// Memory limit, as a quantity (512Mi).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<Quantity>,
+    /// Disk for the task, as a quantity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk: Option<Quantity>,
+    /// Disk operations per second (kept from the original CRD; not enforced).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iops: Option<i64>,
+    /// Network resources of the original CRD (accepted, not enforced).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub networks: Option<serde_json::Value>,
     /// Most processes and threads the task may have at once (cgroup
@@ -558,30 +642,44 @@ impl Resources {
 #[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct TaskSpec {
+    /// Name of the task, unique in its group (a DNS label).
     pub name: String,
+    /// How the task runs: exec (docker and java are accepted, not run).
     pub driver: String,
+    /// The driver's configuration.
     #[serde(default)]
     pub config: DriverConfig,
+    /// Init tasks only: keeps running beside the main tasks instead of running to completion.
     #[serde(default, skip_serializing_if = "is_false")]
     pub daemon: bool,
+    /// Environment variables of the task.
     #[serde(default, skip_serializing_if = "StringMap::is_empty")]
     pub env: StringMap,
+    /// The user the task runs as.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// The task is stopped (and fails) after running this long.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
+    /// Time between SIGTERM and SIGKILL when the task is stopped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kill_timeout: Option<Duration>,
+    /// How the task is restarted when it fails (default: the group's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart_policy: Option<RestartPolicy>,
+    /// Files downloaded into the task directory before it starts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub artifacts: Vec<Artifact>,
+    /// Files rendered into the task directory before it starts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub templates: Vec<Template>,
+    /// Services the task offers, with their health checks.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<Service>,
+    /// Resource limits of the task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<Resources>,
+    /// The task's own network settings (usually the group's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkConfig>,
     /// Robot-scoped daemon (init tasks only): one instance per robot, shared by
@@ -590,21 +688,26 @@ pub struct TaskSpec {
     pub scope: Option<String>,
 
     // Placement, set by the control plane on Task objects only.
+    /// Task objects: the Job the task belongs to (set by the control plane).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_name: Option<String>,
+    /// Task objects: the TaskGroup the task belongs to (set by the control plane).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_group_name: Option<String>,
     /// The Job's type, so the robot knows whether an exited task is done
     /// (batch) or should be kept running (service).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_type: Option<JobType>,
+    /// Task objects: which replica of its group the task is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replica_index: Option<i32>,
+    /// Task objects: the robot the task is placed on (set by the scheduler).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_robot: Option<String>,
     /// The group's init tasks, carried on every Task so the robot can run them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub init_tasks: Vec<TaskSpec>,
+    /// Task objects: the group's constraints, carried to the robot.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub constraints: Vec<Constraint>,
     /// The group's disconnect policy, carried to the robot.
@@ -618,18 +721,27 @@ impl TaskSpec {
     }
 }
 
+/// Where a task is in its life.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum TaskState {
+    /// Waiting to be placed on a robot.
     #[default]
     Pending,
+    /// Placed on a robot, not yet started.
     Scheduled,
+    /// Being started on its robot.
     Starting,
+    /// Running.
     Running,
+    /// Exited successfully.
     Completed,
+    /// Failed (after its restarts).
     Failed,
+    /// Its robot was disconnected for longer than lostAfter.
     Lost,
+    /// Its robot is disconnected; the task may still run.
     Unknown,
 }
 
@@ -655,11 +767,15 @@ impl TaskState {
 #[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct TaskEvent {
+    /// When it happened (RFC 3339).
     pub time: String,
+    /// What happened (Started, Terminated, Restarting ...).
     #[serde(rename = "type")]
     pub event_type: String,
+    /// What happened, for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display_message: Option<String>,
+    /// Details (exit code, signal ...).
     #[serde(default, skip_serializing_if = "StringMap::is_empty")]
     pub details: StringMap,
 }
@@ -668,38 +784,57 @@ pub struct TaskEvent {
 #[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct TaskStatus {
+    /// Where the task is in its life.
     #[serde(default)]
     pub state: TaskState,
+    /// Exit code of the last run, once it exited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
+    /// The signal that ended the last run, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signal: Option<i32>,
+    /// How often the task was restarted on its robot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart_count: Option<i32>,
+    /// Process id of the running task on its robot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<i32>,
+    /// Result of the task's service checks: healthy or unhealthy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<String>,
+    /// Why the task is in its state, for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Why the task is in its state, as one word.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// When the current or last run started (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<String>,
+    /// When the last run ended (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<String>,
+    /// When the task was last restarted (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_restart_time: Option<String>,
+    /// Kept from the original CRD; logs are fetched with kubectl logs TASK.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logs: Option<String>,
+    /// Kept from the original CRD; logs are fetched with kubectl logs TASK.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logs_stdout: Option<String>,
+    /// Kept from the original CRD; logs are fetched with kubectl logs TASK --stream stderr.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logs_stderr: Option<String>,
+    /// The task's recent lifecycle events on its robot.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<TaskEvent>,
+    /// Resources the robot gave the task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allocated_resources: Option<serde_json::Value>,
+    /// Kubernetes conditions derived from the state (see [`Condition`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
 }
 
 // ---------------------------------------------------------------- TaskGroup
@@ -708,28 +843,41 @@ pub struct TaskStatus {
 #[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct TaskGroupSpec {
+    /// The Job this group belongs to.
     pub job_name: String,
+    /// The group's name in its Job.
     pub group_name: String,
+    /// How many replicas of the group run.
     #[serde(default = "one")]
     pub count: i32,
+    /// The group's init tasks (see Job taskGroups.initTasks).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub init_tasks: Vec<TaskSpec>,
+    /// The group's tasks (see Job taskGroups.tasks).
     #[serde(default)]
     pub tasks: Vec<TaskSpec>,
+    /// The group's network (see Job taskGroups.network).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkConfig>,
+    /// The group's placement constraints.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub constraints: Vec<Constraint>,
+    /// The group's restart policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart_policy: Option<RestartPolicy>,
+    /// The group's reschedule policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reschedule_policy: Option<ReschedulePolicy>,
+    /// Kept from the original CRD (Nomad's ephemeral disk); not acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ephemeral_disk: Option<EphemeralDisk>,
+    /// The group's free-form metadata.
     #[serde(default, skip_serializing_if = "StringMap::is_empty")]
     pub meta: StringMap,
+    /// Resources reserved for the group.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<Resources>,
+    /// The group's disconnect policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disconnect: Option<DisconnectPolicy>,
 }
@@ -739,11 +887,16 @@ pub struct TaskGroupSpec {
 #[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum GroupState {
+    /// No task placed yet.
     #[default]
     Pending,
+    /// Tasks placed and starting.
     Scheduled,
+    /// A task is running.
     Running,
+    /// Every task completed.
     Completed,
+    /// Tasks failed or were lost.
     Failed,
 }
 
@@ -751,7 +904,9 @@ pub enum GroupState {
 #[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Assignment {
+    /// The replica placed.
     pub replica_index: i32,
+    /// The robot it is placed on.
     pub robot_name: String,
 }
 
@@ -759,24 +914,34 @@ pub struct Assignment {
 #[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct TaskGroupStatus {
+    /// Where the group is in its life, rolled up from its tasks.
     #[serde(default)]
     pub state: GroupState,
+    /// The task counts in words, and why tasks wait if they do.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_description: Option<String>,
+    /// Which robot runs which replica.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub assigned_robots: Vec<Assignment>,
+    /// Tasks of the group.
     #[serde(default)]
     pub total_tasks: i32,
+    /// Tasks not yet running (pending, scheduled or starting).
     #[serde(default)]
     pub pending_tasks: i32,
+    /// Tasks running.
     #[serde(default)]
     pub running_tasks: i32,
+    /// Tasks that completed.
     #[serde(default)]
     pub succeeded_tasks: i32,
+    /// Tasks that failed or were lost.
     #[serde(default)]
     pub failed_tasks: i32,
+    /// When the first task started (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<String>,
+    /// When the group completed or failed (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<String>,
 }
@@ -785,11 +950,17 @@ pub struct TaskGroupStatus {
 #[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct GroupSummary {
+    /// Tasks waiting to be placed.
     pub queued: i32,
+    /// Tasks placed and starting.
     pub starting: i32,
+    /// Tasks running.
     pub running: i32,
+    /// Tasks that completed.
     pub complete: i32,
+    /// Tasks that failed.
     pub failed: i32,
+    /// Tasks lost with their robot.
     pub lost: i32,
 }
 
@@ -797,30 +968,72 @@ pub struct GroupSummary {
 #[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct JobStatus {
+    /// Where the Job is in its life, rolled up from its tasks.
     #[serde(default)]
     pub state: GroupState,
+    /// The task counts in words, and why tasks wait if they do.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_description: Option<String>,
+    /// Tasks of the Job.
     #[serde(default)]
     pub total_tasks: i32,
+    /// Tasks not yet running (pending, scheduled or starting).
     #[serde(default)]
     pub pending_tasks: i32,
+    /// Tasks running.
     #[serde(default)]
     pub running_tasks: i32,
+    /// Tasks that completed.
     #[serde(default)]
     pub succeeded_tasks: i32,
+    /// Tasks that failed or were lost.
     #[serde(default)]
     pub failed_tasks: i32,
+    /// Names of the Job's TaskGroup objects.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub task_groups: Vec<String>,
+    /// Kept from the original CRD (empty: list tasks with -l robot.k8s4r.io/job=NAME).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tasks: Vec<String>,
+    /// Task counts per group, by state.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub task_group_summary: BTreeMap<String, GroupSummary>,
+    /// Kept from the original CRD.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create_index: Option<i64>,
+    /// Kept from the original CRD.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub modify_index: Option<i64>,
+    /// Kubernetes conditions derived from the state (see [`Condition`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+// ---------------------------------------------------------------- Conditions
+
+/// One observation about an object in the Kubernetes form
+/// (`metav1.Condition`): what `kubectl wait --for=condition=TYPE` reads.
+/// The server derives them from the object's state on every status write.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// The condition's name: Complete or Failed (batch Jobs), Available or
+    /// Progressing (service and system Jobs), Ready (Robots and Tasks),
+    /// Succeeded or Failed (Tasks).
+    #[serde(rename = "type")]
+    pub condition_type: String,
+    /// "True", "False" or "Unknown".
+    pub status: String,
+    /// When `status` last changed (RFC 3339).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub last_transition_time: String,
+    /// Why, as one CamelCase word.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// Why, for people.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
 }
 
 // ---------------------------------------------------------------- Robot
@@ -829,21 +1042,29 @@ pub struct JobStatus {
 #[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RobotSpec {
+    /// The robot's id (its name, for robots that registered themselves).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub robot_id: String,
+    /// What the robot is, for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// The labels the robot's agent last reported (--labels). Read-only record: selectors match metadata.labels, where the agent's labels land too.
     #[serde(default, skip_serializing_if = "StringMap::is_empty")]
     pub labels: StringMap,
 }
 
+/// Whether a robot is connected.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 pub enum RobotPhase {
+    /// Never connected.
     #[default]
     Pending,
+    /// Connected: its agent polls the server.
     Online,
+    /// Not heard from for longer than the offline timeout.
     Offline,
+    /// State not known.
     Unknown,
 }
 
@@ -851,16 +1072,23 @@ pub enum RobotPhase {
 #[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RobotStatus {
+    /// Whether the robot is connected.
     #[serde(default)]
     pub phase: RobotPhase,
+    /// Why the robot is in its phase, for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// When the robot was last heard from (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_heartbeat_time: Option<String>,
+    /// Version of the robot's agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_version: Option<String>,
     /// Free-form device facts (hostname, platform, cpu, memory, disks, ...), in
     /// the shape of the original CRD's `deviceInfo`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_info: Option<serde_json::Value>,
+    /// Kubernetes conditions derived from the state (see [`Condition`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
 }

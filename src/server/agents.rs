@@ -132,6 +132,7 @@ fn after(d: Duration) -> tokio::time::Instant {
 const INTERNAL: WriteOptions = WriteOptions {
     validation: crate::server::admission::FieldValidation::Ignore,
     dry_run: false,
+    manager: None,
 };
 
 impl Agents {
@@ -289,18 +290,29 @@ impl Agents {
             Err(e) if e.code == 404 => {
                 let body = json!({
                     "apiVersion": crate::api::API_VERSION, "kind": "Robot",
-                    "metadata": {"name": name, "namespace": ns},
+                    "metadata": {"name": name, "namespace": ns, "labels": labels},
                     "spec": {"robotId": name, "labels": labels},
                     "status": status,
                 });
                 self.registry.create(&ROBOTS, &ns, body, Part::All, INTERNAL).await?
             }
             Err(e) => return Err(e),
-            Ok(_) => {
-                let mut patch = json!({"status": status});
-                if !labels.is_empty() {
-                    patch["spec"] = json!({"labels": labels});
-                }
+            Ok(current) => {
+                // An agent adds to or changes its declared labels, never
+                // removes one (it may have come from the Robot's manifest);
+                // the registry carries the change into metadata.labels,
+                // the one label set. A key declared before that is missing
+                // there (removed by the operator, or a Robot stored before
+                // there was one set) is put back, as a kubelet does.
+                let string_map = object::string_map;
+                let now = string_map(current.pointer("/metadata/labels"));
+                let previous = string_map(current.pointer("/spec/labels"));
+                let mut declared = previous.clone();
+                declared.extend(labels);
+                let merged = crate::api::robot_labels::merge_report(&now, &previous, &declared);
+                let patch = json!({"status": status,
+                    "metadata": {"labels": label_patch(&now, &merged)},
+                    "spec": {"labels": declared}});
                 self.registry
                     .patch(&ROBOTS, &ns, name, &patch, Part::All, INTERNAL)
                     .await?
@@ -633,4 +645,17 @@ impl Agents {
         }
         Err(Status::conflict(TASKS.subject(&u.task)))
     }
+}
+
+/// A merge patch turning label map `old` into `new` (removed keys null).
+fn label_patch(
+    old: &std::collections::BTreeMap<String, String>,
+    new: &std::collections::BTreeMap<String, String>,
+) -> Value {
+    let mut p = serde_json::Map::new();
+    for k in old.keys().filter(|k| !new.contains_key(*k)) {
+        p.insert(k.clone(), Value::Null);
+    }
+    p.extend(new.iter().map(|(k, v)| (k.clone(), json!(v))));
+    Value::Object(p)
 }

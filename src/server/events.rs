@@ -5,6 +5,7 @@
 //! into one with a count, and events older than an hour are removed.
 
 use super::object;
+use super::selector::FieldSelector;
 use super::store::{Key, Store, StoreError};
 use super::time;
 use serde_json::{json, Value};
@@ -25,6 +26,8 @@ pub enum Kind {
 
 struct Pending {
     involved: Value,
+    /// The Job a Task's or TaskGroup's event is also about (`related`).
+    related: Option<Value>,
     kind: Kind,
     reason: String,
     message: String,
@@ -70,11 +73,61 @@ impl Recorder {
         });
         let _ = self.tx.try_send(Pending {
             involved,
+            related: job_of(obj),
             kind,
             reason: reason.to_string(),
             message: message.into(),
         });
     }
+}
+
+/// The Job a Task or TaskGroup belongs to, as an ObjectReference: a
+/// TaskGroup's owner (with the Job's uid); a Task's job label (by name:
+/// a Task does not carry its Job's uid).
+fn job_of(obj: &Value) -> Option<Value> {
+    let kind = obj.get("kind").and_then(Value::as_str)?;
+    let meta = object::meta(obj)?;
+    let (name, uid) = match kind {
+        "TaskGroup" => {
+            let owner = meta
+                .get("ownerReferences")?
+                .as_array()?
+                .iter()
+                .find(|o| o.get("kind").and_then(Value::as_str) == Some("Job"))?;
+            (owner.get("name")?.as_str()?, owner.get("uid").and_then(Value::as_str))
+        }
+        "Task" => (meta.get("labels")?.get(super::annotations::LABEL_JOB)?.as_str()?, None),
+        _ => return None,
+    };
+    let mut r = json!({"apiVersion": obj.get("apiVersion").cloned().unwrap_or(Value::Null),
+        "kind": "Job", "name": name, "namespace": object::namespace(obj)});
+    if let Some(uid) = uid {
+        r["uid"] = json!(uid);
+    }
+    Some(r)
+}
+
+/// Does `event` answer `fields`, a selector over `involvedObject.*` (what
+/// `kubectl describe` sends)? Either its own object matches, or the Job it
+/// is `related` to does: so a Job's describe shows the events of its
+/// TaskGroups and Tasks too. (Aggregated when read rather than recorded
+/// twice: describe is rare, event writes are not, and one occurrence stays
+/// one Event.) A related reference without a uid matches any uid asked for.
+pub fn matches(fields: &FieldSelector, event: &Value) -> bool {
+    if fields.matches(event) {
+        return true;
+    }
+    let Some(related) = event.get("related").filter(|r| r.is_object()) else {
+        return false;
+    };
+    let mut view = event.clone();
+    view["involvedObject"] = related.clone();
+    if related.get("uid").is_none() {
+        if let Some(uid) = fields.required("involvedObject.uid") {
+            view["involvedObject"]["uid"] = json!(uid);
+        }
+    }
+    fields.matches(&view)
 }
 
 async fn write(store: &dyn Store, p: Pending) -> Result<(), StoreError> {
@@ -105,7 +158,7 @@ async fn write(store: &dyn Store, p: Pending) -> Result<(), StoreError> {
                 }
             }
             None => {
-                let v = json!({
+                let mut v = json!({
                     "apiVersion": "v1", "kind": "Event",
                     "metadata": {"name": name, "namespace": ns, "creationTimestamp": now, "uid": object::new_uid()},
                     "involvedObject": p.involved,
@@ -115,6 +168,9 @@ async fn write(store: &dyn Store, p: Pending) -> Result<(), StoreError> {
                     "source": {"component": "k8s4r-controller"},
                     "reportingComponent": "k8s4r-controller",
                 });
+                if let Some(related) = &p.related {
+                    v["related"] = related.clone();
+                }
                 match store.create(&key, v).await {
                     Err(StoreError::AlreadyExists(_)) => continue,
                     other => return other.map(|_| ()),
@@ -160,4 +216,43 @@ pub fn supports_field(field: &str) -> bool {
             | "reason"
             | "type"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn describe(name: &str, uid: &str) -> FieldSelector {
+        let text = format!(
+            "involvedObject.name={name},involvedObject.namespace=default,involvedObject.kind=Job,involvedObject.uid={uid}"
+        );
+        FieldSelector::parse(&text, supports_field).unwrap()
+    }
+
+    fn event_about(obj: &Value) -> Value {
+        json!({"involvedObject": {"kind": obj["kind"], "name": obj["metadata"]["name"], "namespace": "default", "uid": "t1"},
+               "related": job_of(obj)})
+    }
+
+    #[test]
+    fn a_jobs_describe_finds_the_events_of_its_groups_and_tasks() {
+        let task = json!({"apiVersion": "robot.k8s4r.io/v1alpha1", "kind": "Task",
+            "metadata": {"name": "demo-g-r0-main", "namespace": "default", "labels": {"robot.k8s4r.io/job": "demo"}}});
+        let group = json!({"apiVersion": "robot.k8s4r.io/v1alpha1", "kind": "TaskGroup",
+            "metadata": {"name": "demo-g", "namespace": "default",
+                "ownerReferences": [{"kind": "Job", "name": "demo", "uid": "j1"}]}});
+        let other = json!({"kind": "Task", "metadata": {"name": "x", "namespace": "default", "labels": {"robot.k8s4r.io/job": "demo2"}}});
+        assert!(
+            matches(&describe("demo", "j1"), &event_about(&task)),
+            "by name: a Task has no Job uid"
+        );
+        assert!(matches(&describe("demo", "j1"), &event_about(&group)));
+        assert!(
+            !matches(&describe("demo", "j2"), &event_about(&group)),
+            "a group of an older Job demo"
+        );
+        assert!(!matches(&describe("demo", "j1"), &event_about(&other)));
+        let robot = json!({"kind": "Robot", "metadata": {"name": "demo", "namespace": "default"}});
+        assert_eq!(job_of(&robot), None);
+    }
 }

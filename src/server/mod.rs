@@ -20,8 +20,10 @@
 pub mod admission;
 pub mod agents;
 pub mod annotations;
+pub mod apply;
 pub mod auth;
 pub mod cache;
+pub mod conditions;
 pub mod controllers;
 pub mod election;
 pub mod events;

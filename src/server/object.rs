@@ -136,3 +136,14 @@ pub fn name_suffix() -> String {
         .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
         .collect()
 }
+
+/// A JSON map of strings (labels) as a BTreeMap; non-strings are skipped.
+pub fn string_map(v: Option<&Value>) -> std::collections::BTreeMap<String, String> {
+    v.and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, x)| Some((k.clone(), x.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
+}

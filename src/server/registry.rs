@@ -6,7 +6,7 @@
 
 use super::admission::{admit, Admitted, FieldValidation};
 use super::object;
-use super::patch::merge_patch;
+use super::patch::{json_patch, merge_patch};
 use super::resources::{self, Resource};
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::Status;
@@ -21,9 +21,13 @@ pub struct Registry {
 }
 
 #[derive(Clone, Copy, Debug, Default)]
-pub struct WriteOptions {
+pub struct WriteOptions<'a> {
     pub validation: FieldValidation,
     pub dry_run: bool,
+    /// Who writes (the request's fieldManager): its changes to the object
+    /// are recorded as its fields in managedFields (an Update operation,
+    /// see [`super::apply`]); None for the control plane's own writes.
+    pub manager: Option<&'a str>,
 }
 
 /// Which part of an object a write may change.
@@ -162,7 +166,7 @@ impl Registry {
         ns: &str,
         body: Value,
         part: Part,
-        opts: WriteOptions,
+        opts: WriteOptions<'_>,
     ) -> Result<Written, Status> {
         let (name, value, admitted) = Self::prepare_create(res, ns, body, part, opts)?;
         if opts.dry_run {
@@ -192,7 +196,7 @@ impl Registry {
         ns: &str,
         bodies: Vec<Value>,
         part: Part,
-        opts: WriteOptions,
+        opts: WriteOptions<'_>,
     ) -> Result<Vec<Result<Written, Status>>, Status> {
         let mut out: Vec<Option<Result<Written, Status>>> = Vec::with_capacity(bodies.len());
         let mut ops = Vec::new();
@@ -231,7 +235,7 @@ impl Registry {
         ns: &str,
         mut body: Value,
         part: Part,
-        opts: WriteOptions,
+        opts: WriteOptions<'_>,
     ) -> Result<(String, Value, Admitted), Status> {
         let body_ns = object::namespace(&body).to_string();
         if !body_ns.is_empty() && body_ns != ns {
@@ -274,6 +278,13 @@ impl Registry {
                 o.remove("status");
             }
         }
+        super::conditions::derive(res.kind, None, &mut value);
+        if res.kind == "Robot" {
+            fold_declared_labels(None, &mut value);
+        }
+        if let (Some(manager), Part::Main) = (opts.manager, part) {
+            super::apply::track_update(None, &mut value, manager);
+        }
         Ok((name, value, admitted))
     }
 
@@ -286,7 +297,7 @@ impl Registry {
         name: &str,
         body: Value,
         part: Part,
-        opts: WriteOptions,
+        opts: WriteOptions<'_>,
     ) -> Result<Written, Status> {
         let current = self.get_stored(res, ns, name).await?;
         let expected = match object::meta_str(&body, "resourceVersion") {
@@ -309,7 +320,7 @@ impl Registry {
         name: &str,
         patch: &Value,
         part: Part,
-        opts: WriteOptions,
+        opts: WriteOptions<'_>,
     ) -> Result<Written, Status> {
         if !patch.is_object() {
             return Err(Status::bad_request("a merge patch must be a JSON object"));
@@ -323,13 +334,100 @@ impl Registry {
                 })
             })
             .transpose()?;
+        self.patch_with(res, ns, name, pinned, part, opts, |current| {
+            let mut patched = current.clone();
+            merge_patch(&mut patched, patch);
+            Ok(patched)
+        })
+        .await
+    }
+
+    /// PATCH with an RFC 6902 JSON patch (a `test` operation on
+    /// /metadata/resourceVersion pins the version, as in Kubernetes).
+    pub async fn json_patch(
+        &self,
+        res: &Resource,
+        ns: &str,
+        name: &str,
+        patch: &Value,
+        part: Part,
+        opts: WriteOptions<'_>,
+    ) -> Result<Written, Status> {
+        self.patch_with(res, ns, name, None, part, opts, |current| {
+            json_patch(current, patch).map_err(Status::bad_request)
+        })
+        .await
+    }
+
+    /// Server-side apply of `config` by `manager` (see [`super::apply`]):
+    /// creates the object when it does not exist; `true` when it did not.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn apply(
+        &self,
+        res: &Resource,
+        ns: &str,
+        name: &str,
+        mut config: Value,
+        manager: &str,
+        force: bool,
+        opts: WriteOptions<'_>,
+    ) -> Result<(Written, bool), Status> {
+        let given = object::meta_str(&config, "name").unwrap_or("");
+        if !given.is_empty() && given != name {
+            return Err(Status::bad_request(format!(
+                "metadata.name {given:?} does not match the request ({name:?})"
+            )));
+        }
+        if let Some(m) = object::meta_mut(&mut config) {
+            m.insert("name".into(), Value::String(name.into()));
+            m.insert("namespace".into(), Value::String(ns.into()));
+        }
+        let normalize = |v: Value| admit(res, v, name, FieldValidation::Ignore).map(|a| a.value);
+        // The apply records its own ownership (an Apply operation).
+        let opts = WriteOptions { manager: None, ..opts };
+        for _ in 0..5 {
+            match self.get_stored(res, ns, name).await {
+                Err(e) if e.code == 404 => {
+                    let obj = super::apply::apply(None, &config, manager, force, normalize)?;
+                    match self.create(res, ns, obj, Part::Main, opts).await {
+                        Err(e) if e.reason == "AlreadyExists" => continue,
+                        other => return other.map(|w| (w, true)),
+                    }
+                }
+                Err(e) => return Err(e),
+                Ok(_) => {
+                    let w = self
+                        .patch_with(res, ns, name, None, Part::Main, opts, |current| {
+                            super::apply::apply(Some(current), &config, manager, force, normalize)
+                        })
+                        .await?;
+                    return Ok((w, false));
+                }
+            }
+        }
+        Err(Status::conflict(res.subject(name)))
+    }
+
+    /// Write `patched(latest object)`; unless `pinned` names the version
+    /// the patch is for, a race with another writer is retried on the
+    /// newer object.
+    #[allow(clippy::too_many_arguments)]
+    async fn patch_with(
+        &self,
+        res: &Resource,
+        ns: &str,
+        name: &str,
+        pinned: Option<u64>,
+        part: Part,
+        opts: WriteOptions<'_>,
+        patched: impl Fn(&Value) -> Result<Value, Status>,
+    ) -> Result<Written, Status> {
         let mut attempts = 0;
         loop {
             let current = self.get_stored(res, ns, name).await?;
-            let mut patched = current.value.clone();
-            merge_patch(&mut patched, patch);
+            let body = patched(&current.value)?;
             let expected = pinned.unwrap_or(current.revision);
-            match self.write_update(res, &current, patched, part, expected, opts).await {
+            match self.write_update(res, &current, body, part, expected, opts).await {
                 Err(e) if e.reason == "Conflict" && pinned.is_none() && attempts < 5 => attempts += 1,
                 other => return other,
             }
@@ -343,7 +441,7 @@ impl Registry {
         mut body: Value,
         part: Part,
         expected: u64,
-        opts: WriteOptions,
+        opts: WriteOptions<'_>,
     ) -> Result<Written, Status> {
         let (ns, name) = (current.key.namespace.as_str(), current.key.name.as_str());
         if !body.is_object() {
@@ -383,12 +481,25 @@ impl Registry {
                 };
             }
             m.remove("generateName");
+            // A replace without managedFields keeps them (as Kubernetes).
+            if !m.contains_key("managedFields") {
+                if let Some(v) = cm.get("managedFields") {
+                    m.insert("managedFields".into(), v.clone());
+                }
+            }
             let spec_changed = new.get("spec") != cur.get("spec");
             let generation = object::generation(cur).max(1) + i64::from(spec_changed);
             if let Some(m) = object::meta_mut(&mut new) {
                 m.insert("generation".into(), Value::from(generation));
                 m.insert("resourceVersion".into(), Value::String(current.revision.to_string()));
             }
+        }
+        super::conditions::derive(res.kind, Some(cur), &mut new);
+        if res.kind == "Robot" {
+            fold_declared_labels(Some(cur), &mut new);
+        }
+        if let (Some(manager), Part::Main) = (opts.manager, part) {
+            super::apply::track_update(Some(cur), &mut new, manager);
         }
         if expected != current.revision {
             return Err(Status::conflict(res.subject(name)));
@@ -613,6 +724,27 @@ impl ResourceWatch {
 
     pub fn revision(&self) -> u64 {
         self.inner.last_revision()
+    }
+}
+
+/// One label set per Robot: a change of its declared labels
+/// (`spec.labels`: an agent's, or a manifest's in the original CRD's form)
+/// is carried into `metadata.labels`, the set selectors match, keeping
+/// what the operator changed there (see [`crate::api::robot_labels`]).
+fn fold_declared_labels(old: Option<&Value>, new: &mut Value) {
+    let previous = object::string_map(old.and_then(|o| o.pointer("/spec/labels")));
+    let declared = object::string_map(new.pointer("/spec/labels"));
+    if previous == declared {
+        return;
+    }
+    let current = object::string_map(new.pointer("/metadata/labels"));
+    let merged = crate::api::robot_labels::merge_report(&current, &previous, &declared);
+    if let Some(m) = object::meta_mut(new) {
+        if merged.is_empty() {
+            m.remove("labels");
+        } else {
+            m.insert("labels".into(), serde_json::json!(merged));
+        }
     }
 }
 

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 pub struct RobotInfo {
     pub name: String,
     pub online: bool,
-    /// metadata.labels and spec.labels merged.
+    /// metadata.labels (the operator's and the agent's).
     pub labels: StringMap,
     /// Attributes for constraints (`${attr.os}` ...), from device info.
     pub attrs: StringMap,

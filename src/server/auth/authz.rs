@@ -8,8 +8,8 @@
 //!    `/apis*`, `/openapi*`, `/version`, health), and creating its own
 //!    SelfSubjectAccessReviews and SelfSubjectReviews.
 //! 3. operators (`k8s4r:operators`): every verb on Jobs, TaskGroups and
-//!    Tasks (with `status` and `log`); get/list/watch on Robots and Events;
-//!    `GET /metrics`.
+//!    Tasks (with `status` and `log`); get/list/watch on Robots, Events and
+//!    the core/v1 view (Pods with `log`, Nodes); `GET /metrics`.
 //! 4. viewers (`k8s4r:viewers`): get/list/watch on all of those, logs
 //!    included; `GET /metrics`.
 //! 5. nothing else: other paths (join tokens, robot credentials and every
@@ -199,6 +199,9 @@ const FLEET: &[(&str, &str, &[&str])] = &[
     (GROUP, "tasks", &["", "status", "log"]),
     (GROUP, "robots", &["", "status"]),
     ("", "events", &[""]),
+    // The read-only core/v1 view: Tasks as Pods, Robots as Nodes.
+    ("", "pods", &["", "log"]),
+    ("", "nodes", &[""]),
 ];
 /// Of those, what operators may also change.
 const OPERATED: &[&str] = &["jobs", "taskgroups", "tasks"];
@@ -504,8 +507,20 @@ mod tests {
             ("GET", &robots),
             ("GET", events),
             ("GET", "/metrics"),
+            ("GET", "/api/v1/namespaces/default/pods"),
+            ("GET", "/api/v1/namespaces/default/pods/t/log"),
+            ("GET", "/api/v1/nodes/r1"),
         ] {
             assert!(may(&view, m, p), "viewer {m} {p}");
+        }
+        // The core/v1 view is read-only, for operators too.
+        for (m, p) in [
+            ("DELETE", "/api/v1/namespaces/default/pods/t"),
+            ("POST", "/api/v1/namespaces/default/pods"),
+            ("PATCH", "/api/v1/nodes/r1"),
+            ("GET", "/api/v1/namespaces/default/pods/t/exec"),
+        ] {
+            assert!(!may(&op, m, p), "operator must not {m} {p}");
         }
         assert!(decide(&user(&view), &parse("GET", &jobs, Some("watch=true"))).allowed);
         for (m, p) in [
@@ -521,7 +536,7 @@ mod tests {
         }
         // Unknown resources are nobody's but the admins'.
         assert!(!may(&op, "GET", &format!("{G}/namespaces/default/secrets")));
-        assert!(!may(&view, "GET", "/api/v1/namespaces/default/pods"));
+        assert!(!may(&view, "GET", "/api/v1/namespaces/default/secrets"));
         // Everyone authenticated: discovery and self reviews, nothing more.
         for groups in [&[][..], &["system:authenticated"], &view, &op] {
             for p in [

@@ -195,6 +195,7 @@ pub async fn update_status(
         task_group_summary: summary,
         create_index: old.create_index,
         modify_index: old.modify_index,
+        conditions: old.conditions,
     };
     write_status(ctx, "jobs", job_v, to_value(&new)?).await
 }
@@ -231,15 +232,17 @@ fn group_tasks(
 }
 
 async fn write_status(ctx: &Ctx, plural: &str, cur: &Value, status: Value) -> Result<(), Status> {
-    if cur.get("status") == Some(&status) {
-        return Ok(());
-    }
     let Some(res) = crate::server::resources::by_plural(plural) else {
         return Ok(());
     };
     let mut body = cur.clone();
     if let Some(o) = body.as_object_mut() {
         o.insert("status".into(), status);
+    }
+    // As the registry will store it: unchanged is no write at all.
+    crate::server::conditions::derive(res.kind, Some(cur), &mut body);
+    if cur.get("status") == body.get("status") {
+        return Ok(());
     }
     let w = ctx
         .registry

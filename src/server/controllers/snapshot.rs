@@ -111,16 +111,6 @@ fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, String>, depth: u
     }
 }
 
-fn string_map(v: Option<&Value>) -> BTreeMap<String, String> {
-    v.and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, x)| Some((k.clone(), x.as_str()?.to_string())))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// The robots of `ns` with their labels, attributes and capacity, but
 /// nothing of what is placed on them (cheap: no pass over the tasks).
 pub fn robots(ctx: &Ctx, ns: &str) -> Vec<RobotInfo> {
@@ -128,10 +118,8 @@ pub fn robots(ctx: &Ctx, ns: &str) -> Vec<RobotInfo> {
         .list("robots", Some(ns))
         .iter()
         .map(|r| {
-            let labels = crate::api::robot_labels::effective(
-                &string_map(r.get("metadata").and_then(|m| m.get("labels"))),
-                &string_map(r.get("spec").and_then(|s| s.get("labels"))),
-            );
+            // One label set: metadata.labels (the agent's land there too).
+            let labels = crate::server::object::string_map(r.get("metadata").and_then(|m| m.get("labels")));
             let mut attrs = BTreeMap::new();
             if let Some(d) = r.get("status").and_then(|s| s.get("deviceInfo")) {
                 flatten("", d, &mut attrs, 0);

@@ -31,6 +31,7 @@ pub fn to_value<T: serde::Serialize>(x: &T) -> Result<Value, Status> {
 pub const ALL: WriteOptions = WriteOptions {
     validation: crate::server::admission::FieldValidation::Ignore,
     dry_run: false,
+    manager: None,
 };
 
 /// Tasks created per store batch.

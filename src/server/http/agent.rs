@@ -216,10 +216,16 @@ pub async fn task_log(
     Path((ns, plural, name)): Path<(String, String, String)>,
     q: super::k8s::Params,
 ) -> Response {
+    if plural != "tasks" {
+        return Status::new(404, "NotFound", format!("{plural} have no log; tasks do")).into_response();
+    }
+    task_log_of(&app, &ns, &name, q).await
+}
+
+/// A task's log as text/plain (`tailLines`, `stream` from the query): the
+/// tasks/NAME/log route's answer, and pods/NAME/log's (`kubectl logs`).
+pub async fn task_log_of(app: &AppState, ns: &str, name: &str, q: super::k8s::Params) -> Response {
     let r = async {
-        if plural != "tasks" {
-            return Err(Status::new(404, "NotFound", format!("{plural} have no log; tasks do")));
-        }
         let q: HashMap<String, String> = q
             .map(|axum::extract::Query(m)| m)
             .map_err(|e| Status::bad_request(format!("invalid query string: {e}")))?;
@@ -231,7 +237,7 @@ pub async fn task_log(
             ),
         };
         let stream = q.get("stream").map(String::as_str).unwrap_or("stdout");
-        app.agents.task_log(&ns, &name, stream, tail).await
+        app.agents.task_log(ns, name, stream, tail).await
     }
     .await;
     match r {

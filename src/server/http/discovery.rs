@@ -61,8 +61,9 @@ pub fn resource_list() -> Value {
     json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": API_VERSION, "resources": resources})
 }
 
-/// The core group serves only Events (for `kubectl describe` and `kubectl
-/// get events`).
+/// The core group serves Events (for `kubectl describe` and `kubectl get
+/// events`) and the read-only view of Tasks as Pods (with their log) and
+/// Robots as Nodes.
 pub fn core_versions() -> Value {
     json!({"kind": "APIVersions", "versions": ["v1"],
            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": ""}]})
@@ -72,6 +73,14 @@ pub fn core_resources() -> Value {
     json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1", "resources": [{
         "name": "events", "singularName": "event", "namespaced": true, "kind": "Event",
         "verbs": ["get", "list"], "shortNames": ["ev"],
+    }, {
+        "name": "pods", "singularName": "pod", "namespaced": true, "kind": "Pod",
+        "verbs": ["get", "list"], "shortNames": ["po"], "categories": ["all"],
+    }, {
+        "name": "pods/log", "singularName": "", "namespaced": true, "kind": "Pod", "verbs": ["get"],
+    }, {
+        "name": "nodes", "singularName": "node", "namespaced": false, "kind": "Node",
+        "verbs": ["get", "list"], "shortNames": ["no"],
     }]})
 }
 

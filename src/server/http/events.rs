@@ -5,7 +5,7 @@
 use super::k8s::Params;
 use super::table::{self, CONTENT_TYPE};
 use super::{json, json_as, AppState};
-use crate::server::events::{supports_field, RESOURCE};
+use crate::server::events::{self, supports_field, RESOURCE};
 use crate::server::selector::FieldSelector;
 use crate::server::status::Status;
 use crate::server::time;
@@ -46,7 +46,7 @@ async fn list(app: AppState, ns: Option<String>, q: Params, headers: HeaderMap) 
         .items
         .iter()
         .map(|s| &s.value)
-        .filter(|v| fields.matches(v))
+        .filter(|v| events::matches(&fields, v))
         .collect();
     items.sort_by_key(|v| v["lastTimestamp"].as_str().and_then(time::parse_rfc3339).unwrap_or(0));
     let meta = json!({"resourceVersion": listed.revision.to_string()});

@@ -44,10 +44,25 @@ fn accept(headers: &HeaderMap) -> &str {
     headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("")
 }
 
-fn write_options(q: &HashMap<String, String>) -> Result<WriteOptions, Status> {
+/// Longest fieldManager, as kube-apiserver allows.
+const MAX_MANAGER: usize = 128;
+
+fn write_options<'a>(q: &'a HashMap<String, String>, headers: &'a HeaderMap) -> Result<WriteOptions<'a>, Status> {
+    // Without a fieldManager, the user agent's program name (as Kubernetes).
+    let manager = q.get("fieldManager").map(String::as_str).or_else(|| {
+        let agent = headers.get(header::USER_AGENT)?.to_str().ok()?;
+        agent.split('/').next().filter(|a| !a.is_empty())
+    });
+    if let Some(m) = manager.filter(|m| m.len() > MAX_MANAGER || m.chars().any(char::is_control)) {
+        return Err(Status::bad_request(format!(
+            "fieldManager {:?}... must be at most {MAX_MANAGER} printable characters",
+            m.chars().take(32).collect::<String>()
+        )));
+    }
     Ok(WriteOptions {
         validation: FieldValidation::parse(q.get("fieldValidation").map(String::as_str))?,
         dry_run: q.get("dryRun").is_some_and(|v| v == "All"),
+        manager,
     })
 }
 
@@ -183,7 +198,7 @@ pub async fn create(
             let body = parse_body(&headers, body)?;
             let w = app
                 .registry
-                .create(res, &ns, body, Part::Main, write_options(&q)?)
+                .create(res, &ns, body, Part::Main, write_options(&q, &headers)?)
                 .await?;
             record_findings(&app, &w);
             Ok(with_warnings(
@@ -211,7 +226,7 @@ async fn replace(
             let body = parse_body(&headers, body)?;
             let w = app
                 .registry
-                .replace(res, &ns, &name, body, part, write_options(&q)?)
+                .replace(res, &ns, &name, body, part, write_options(&q, &headers)?)
                 .await?;
             record_findings(&app, &w);
             Ok(with_warnings(
@@ -261,34 +276,47 @@ async fn patch(
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
             let media = content_type.split(';').next().unwrap_or("").trim();
-            match media {
-                "application/merge-patch+json" => {}
+            let opts = write_options(&q, &headers)?;
+            let w = match media {
+                "application/merge-patch+json" => {
+                    let patch = parse_body(&headers, body)?;
+                    app.registry.patch(res, &ns, &name, &patch, part, opts).await?
+                }
+                "application/json-patch+json" => {
+                    let patch = parse_body(&headers, body)?;
+                    app.registry.json_patch(res, &ns, &name, &patch, part, opts).await?
+                }
                 "application/strategic-merge-patch+json" => {
                     return Err(Status::unsupported_media_type(
-                        "strategic merge patch is not supported for robot.k8s4r.io resources; use --type=merge",
+                        "strategic merge patch is not supported for robot.k8s4r.io resources; use --type=merge or --type=json",
                     ))
+                }
+                "application/apply-patch+yaml" if part == Part::Main => {
+                    let config = parse_body(&headers, body)?;
+                    let manager = q.get("fieldManager").map(String::as_str).unwrap_or("");
+                    let force = q.get("force").is_some_and(|f| f == "true");
+                    let (w, created) = app
+                        .registry
+                        .apply(res, &ns, &name, config, manager, force, opts)
+                        .await?;
+                    record_findings(&app, &w);
+                    let code = if created { StatusCode::CREATED } else { StatusCode::OK };
+                    return Ok(with_warnings(
+                        render_object(res, code, &w.object, &headers, &q),
+                        &w.warnings,
+                    ));
                 }
                 "application/apply-patch+yaml" => {
                     return Err(Status::unsupported_media_type(
-                        "server-side apply is not supported; use client-side `kubectl apply` (without --server-side)",
-                    ))
-                }
-                "application/json-patch+json" => {
-                    return Err(Status::unsupported_media_type(
-                        "JSON patch is not supported; use --type=merge",
+                        "server-side apply of the status subresource is not supported; apply the object",
                     ))
                 }
                 other => {
                     return Err(Status::unsupported_media_type(format!(
-                        "the patch content type {other:?} is not supported (expected application/merge-patch+json)"
+                        "the patch content type {other:?} is not supported (expected application/merge-patch+json or application/json-patch+json)"
                     )))
                 }
-            }
-            let patch = parse_body(&headers, body)?;
-            let w = app
-                .registry
-                .patch(res, &ns, &name, &patch, part, write_options(&q)?)
-                .await?;
+            };
             record_findings(&app, &w);
             Ok(with_warnings(
                 render_object(res, StatusCode::OK, &w.object, &headers, &q),

@@ -6,6 +6,7 @@
 mod agent;
 mod agent_listener;
 mod channel;
+mod core_view;
 mod discovery;
 mod events;
 mod guard;
@@ -153,6 +154,12 @@ fn routes(app: AppState) -> Router {
             get(|| async { json(StatusCode::OK, &discovery::core_resources()) }),
         )
         .route("/api/v1/events", get(events::list_all))
+        .route("/api/v1/pods", get(core_view::list_pods_all))
+        .route("/api/v1/namespaces/{ns}/pods", get(core_view::list_pods_ns))
+        .route("/api/v1/namespaces/{ns}/pods/{name}", get(core_view::get_pod))
+        .route("/api/v1/namespaces/{ns}/pods/{name}/log", get(core_view::pod_log))
+        .route("/api/v1/nodes", get(core_view::list_nodes))
+        .route("/api/v1/nodes/{name}", get(core_view::get_node))
         .route("/api/v1/namespaces/{ns}/events", get(events::list_ns))
         .route("/agent/v1/register", post(agent::register))
         .route(

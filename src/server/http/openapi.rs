@@ -109,6 +109,7 @@ fn explainable(v: &mut Value) {
     match v {
         Value::Object(o) => {
             o.remove("title");
+            enum_values(o);
             let null_or_ref = o.get("anyOf").and_then(Value::as_array).and_then(|alts| {
                 let is_null = |a: &Value| a.get("enum") == Some(&json!([null]));
                 match alts.as_slice() {
@@ -129,6 +130,72 @@ fn explainable(v: &mut Value) {
     }
 }
 
+/// An enum whose values have doc comments comes out of schemars as
+/// `oneOf: [{const, description}, ...]`; kubectl explain lists allowed
+/// values from `enum` only. Rewritten as `enum` plus one description
+/// naming each value's meaning.
+fn enum_values(o: &mut Map<String, Value>) {
+    let Some(alts) = o.get("oneOf").and_then(Value::as_array) else {
+        return;
+    };
+    let consts: Option<Vec<(Value, String)>> = alts
+        .iter()
+        .map(|a| {
+            let c = a.get("const").or_else(|| a.get("enum").and_then(|e| e.get(0)))?;
+            let d = a.get("description").and_then(Value::as_str).unwrap_or("");
+            Some((c.clone(), d.to_string()))
+        })
+        .collect();
+    let Some(consts) = consts else { return };
+    let mut text = o.get("description").and_then(Value::as_str).unwrap_or("").to_string();
+    for (c, d) in &consts {
+        let name = c.as_str().map(str::to_string).unwrap_or_else(|| c.to_string());
+        text.push_str(&format!("\n - {name}: {d}"));
+    }
+    o.remove("oneOf");
+    o.insert("type".into(), json!("string"));
+    o.insert(
+        "enum".into(),
+        Value::Array(consts.into_iter().map(|(c, _)| c).collect()),
+    );
+    o.insert("description".into(), json!(text.trim_start()));
+}
+
+/// kubectl explain prints `ENUM:` only from a field's own schema, not
+/// from the schema it refers to: a field of an enum type gets the values
+/// (and keeps the reference, for the description).
+fn inline_enums(schemas: &mut Map<String, Value>) {
+    let enums: Map<String, Value> = schemas
+        .iter()
+        .filter_map(|(name, s)| Some((format!("#/components/schemas/{name}"), s.get("enum")?.clone())))
+        .collect();
+    fn visit(v: &mut Value, enums: &Map<String, Value>) {
+        match v {
+            Value::Object(o) => {
+                let target = o
+                    .get("$ref")
+                    .or_else(|| o.get("allOf").and_then(|a| a.get(0)).and_then(|a| a.get("$ref")))
+                    .and_then(Value::as_str)
+                    .and_then(|r| enums.get(r))
+                    .cloned();
+                if let Some(values) = target {
+                    if let Some(r) = o.remove("$ref") {
+                        o.insert("allOf".into(), json!([{"$ref": r}]));
+                    }
+                    o.insert("type".into(), json!("string"));
+                    o.insert("enum".into(), values);
+                    // Below is only the reference itself.
+                    return;
+                }
+                o.values_mut().for_each(|c| visit(c, enums));
+            }
+            Value::Array(a) => a.iter_mut().for_each(|c| visit(c, enums)),
+            _ => {}
+        }
+    }
+    schemas.values_mut().for_each(|s| visit(s, &enums));
+}
+
 /// The group-version document and its hash (kubectl caches by hash).
 pub fn group_version_doc() -> &'static (Value, String) {
     static DOC: OnceLock<(Value, String)> = OnceLock::new();
@@ -143,6 +210,7 @@ pub fn group_version_doc() -> &'static (Value, String) {
         // Everything the kinds refer to (`#/components/schemas/...`).
         schemas.extend(generator.take_definitions(true));
         schemas.values_mut().for_each(explainable);
+        inline_enums(&mut schemas);
         let doc = json!({
             "openapi": "3.0.0",
             "info": {"title": "k8s4r", "version": crate::cli::VERSION},
@@ -159,4 +227,66 @@ pub fn root() -> Value {
     json!({"paths": {
         format!("apis/{API_VERSION}"): {"serverRelativeURL": format!("/openapi/v3/apis/{API_VERSION}?hash={hash}")}
     }})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fields whose schema says nothing (no description of their own, nor
+    /// of the schema they refer to), as `Schema.field` paths.
+    fn undescribed(schemas: &Map<String, Value>) -> Vec<String> {
+        let described = |s: &Value| {
+            let own = s
+                .get("description")
+                .and_then(Value::as_str)
+                .is_some_and(|d| !d.is_empty());
+            let referred = s
+                .get("allOf")
+                .and_then(|a| a[0].get("$ref"))
+                .or_else(|| s.get("$ref"))
+                .or_else(|| s.pointer("/items/$ref"))
+                .and_then(Value::as_str)
+                .and_then(|r| schemas.get(r.trim_start_matches("#/components/schemas/")))
+                .and_then(|t| t.get("description"))
+                .is_some();
+            own || referred
+        };
+        let mut out = Vec::new();
+        for (name, schema) in schemas {
+            for (field, s) in schema
+                .get("properties")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+            {
+                if !described(s) {
+                    out.push(format!("{name}.{field}"));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_field_is_described_and_enums_list_their_values() {
+        let doc = &group_version_doc().0;
+        let schemas = doc["components"]["schemas"].as_object().unwrap();
+        let missing = undescribed(schemas);
+        assert!(
+            missing.is_empty(),
+            "{} fields without a description: {missing:#?}",
+            missing.len()
+        );
+        let job_type = &schemas["JobType"];
+        assert_eq!(job_type["enum"], json!(["batch", "service", "system"]), "{job_type}");
+        assert!(job_type.get("oneOf").is_none(), "{job_type}");
+        assert!(
+            job_type["description"]
+                .as_str()
+                .unwrap()
+                .contains("system: One instance"),
+            "{job_type}"
+        );
+    }
 }
