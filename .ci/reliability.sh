@@ -7,6 +7,12 @@ cd "$(dirname "$0")/.."
 
 # area | fault or input | what must happen | test binary | test name
 cases=(
+  "api|a batch Job completes|kubectl wait --for=condition=Complete returns once the task completes; Robot and Task Ready/Succeeded conditions are waited on too|server_kubectl|kubectl_wait_for_conditions_of_robots_tasks_and_jobs"
+  "api|a Task unschedulable|kubectl describe job shows the Task's FailedScheduling warning; another Job's describe does not|server_kubectl|describe_job_shows_the_events_of_its_tasks"
+  "bad input|kubectl patch --type=json with a failing test op|nothing applied; the error names the operation and its path; an invalid result is refused by validation|server_kubectl|kubectl_patch_type_json"
+  "api|apply --server-side by two managers, then kubectl label|create, update and removal by the owner; 409 naming the field and the other manager; --force-conflicts takes ownership|server_kubectl|kubectl_apply_server_side_create_update_conflict_force"
+  "api|kubectl get pods/nodes, logs --tail, delete pod|tables with READY/STATUS/NODE and Ready/robot; the log tail fetched from the robot; delete refused|server_kubectl|core_view_get_pods_nodes_and_kubectl_logs"
+  "api|agent labels, kubectl label, an original-CRD Robot manifest|one metadata.labels set that -l and the scheduler match; the operator's values win; operator-only labels claimed by a robot dropped|server_kubectl|one_label_set_per_robot_for_agents_selectors_and_kubectl_label"
   "dashboard|wrong token at the login page; a logged-out session cookie|refused (401 page), no cookie; sent to the login page (303), no data|ui_browser|an_admin_logs_in_sees_the_fleet_and_a_new_job_appears_live"
   "dashboard|a viewer's forged POST (no / wrong / own CSRF token), a POST without cookie, an operator's POST from another origin|403 / 403 / 403 / 401 / 403; the Job kept; no delete control shown to the viewer|ui_browser|a_viewer_sees_no_mutating_control_and_forged_posts_are_refused"
   "dashboard|a task writing its log on a real agent|the task page's log tail grows without reload|ui_browser|a_tasks_log_tail_updates_live_from_a_real_agent"
