@@ -54,7 +54,9 @@ use std::time::{Duration, Instant};
 const DEFAULT_POLL_WAIT: Duration = Duration::from_secs(30);
 /// Longest long poll, whatever the server asks for.
 const MAX_POLL_WAIT: Duration = Duration::from_secs(3600);
-const DEVICE_INFO_EVERY: Duration = Duration::from_secs(300);
+/// How often a status report carries the device's facts (the link bench
+/// reads it to scale an idle robot's month).
+pub const DEVICE_INFO_EVERY: Duration = Duration::from_secs(300);
 const RETRY_BASE: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(60);
 
