@@ -80,13 +80,8 @@ impl Response {
     }
 
     /// The whole body, at most `limit` bytes (more is an error).
-    pub fn read_body(self, limit: u64) -> Result<Vec<u8>, HttpError> {
-        let mut out = Vec::new();
-        self.body.take(limit + 1).read_to_end(&mut out)?;
-        if out.len() as u64 > limit {
-            return Err(HttpError::Protocol(format!("response body larger than {limit} bytes")));
-        }
-        Ok(out)
+    pub fn read_body(mut self, limit: u64) -> Result<Vec<u8>, HttpError> {
+        read_limited(&mut *self.body, limit)
     }
 }
 
@@ -314,17 +309,21 @@ impl KeepAlive {
         let framing = framing(&headers)?;
         let closes = matches!(framing, Framing::Close)
             || find(&headers, "connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
-        let mut body = Vec::new();
-        let n = match framing {
-            Framing::Chunked => Chunked::new(&mut reader).take(limit + 1).read_to_end(&mut body)?,
-            Framing::Length(len) => Announced::new(&mut reader, len)
-                .take(limit + 1)
-                .read_to_end(&mut body)?,
-            Framing::Close => (&mut reader).take(limit + 1).read_to_end(&mut body)?,
+        // The same readers as `Request::send`'s, taken apart again after.
+        let (body, reader) = match framing {
+            Framing::Chunked => {
+                let mut c = Chunked::new(reader);
+                (read_limited(&mut c, limit)?, c.inner)
+            }
+            Framing::Length(len) => {
+                let mut a = Announced::new(reader, len);
+                (read_limited(&mut a, limit)?, a.inner)
+            }
+            Framing::Close => {
+                let mut r = reader;
+                (read_limited(&mut r, limit)?, r)
+            }
         };
-        if n as u64 > limit {
-            return Err(HttpError::Protocol(format!("response body larger than {limit} bytes")).into());
-        }
         // Nothing may be left over: the next answer must start clean.
         if !closes && reader.buffer().is_empty() {
             self.held = Some(Held {
@@ -388,6 +387,17 @@ fn absolute(base: &str, location: &str) -> Result<String, HttpError> {
         format!("/{location}")
     };
     Ok(format!("http://{host}:{port}{path}"))
+}
+
+/// All of `r`, at most `limit` bytes (more is an error). Through `dyn`
+/// so every body reader shares one copy of this code (flash is scarce).
+fn read_limited(r: &mut dyn Read, limit: u64) -> Result<Vec<u8>, HttpError> {
+    let mut out = Vec::new();
+    r.take(limit + 1).read_to_end(&mut out)?;
+    if out.len() as u64 > limit {
+        return Err(HttpError::Protocol(format!("response body larger than {limit} bytes")));
+    }
+    Ok(out)
 }
 
 /// The status and headers of a response.

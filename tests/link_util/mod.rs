@@ -181,18 +181,11 @@ impl Drop for Relay {
 }
 
 fn serve(s: Arc<Shared>, client: TcpStream, target: &str) {
-    let faults = lock(&s.faults).clone();
-    let fate = if s.cut() || s.roll() < faults.drop {
+    if s.cut() || s.roll() < lock(&s.faults).drop {
         lock(&s.counts).dropped += u64::from(!s.cut());
         let _ = client.shutdown(Shutdown::Both);
         return;
-    } else if s.roll() < faults.stall {
-        Fate::Stall
-    } else if s.roll() < faults.reset {
-        Fate::Reset
-    } else {
-        Fate::Pass
-    };
+    }
     let Ok(server) = TcpStream::connect(target) else {
         return;
     };
@@ -204,13 +197,28 @@ fn serve(s: Arc<Shared>, client: TcpStream, target: &str) {
     // The index of this connection's current exchange in `exchanges`
     // (None until its first request).
     let current: Arc<Mutex<Option<usize>>> = Arc::default();
+    // What happens to the answer of the request in flight, rolled for each
+    // request (a kept-alive connection meets the link's faults too).
+    let fate: Arc<Mutex<Option<Fate>>> = Arc::default();
     let up = {
-        let (s, current) = (s.clone(), current.clone());
+        let (s, current, fate) = (s.clone(), current.clone(), fate.clone());
         let (from, to) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-        std::thread::spawn(move || pump(&s, from, to, &current, connection, true, Fate::Pass))
+        std::thread::spawn(move || pump(&s, from, to, &current, connection, true, &fate))
     };
-    pump(&s, server, client, &current, connection, false, fate);
+    pump(&s, server, client, &current, connection, false, &fate);
     let _ = up.join();
+}
+
+/// The fate of the next answer.
+fn roll_fate(s: &Shared) -> Fate {
+    let f = lock(&s.faults).clone();
+    if s.roll() < f.stall {
+        Fate::Stall
+    } else if s.roll() < f.reset {
+        Fate::Reset
+    } else {
+        Fate::Pass
+    }
 }
 
 /// The request's kind from the start of its head, if `chunk` starts one.
@@ -233,19 +241,67 @@ fn request_kind(chunk: &[u8]) -> Option<String> {
 }
 
 /// Copy `from` → `to` (`up`: agent to server) until either side ends,
-/// counting, and applying the link's faults.
+/// counting, and applying the link's faults. A reader stamps each chunk
+/// with when it is due at the far end (latency and jitter, never before
+/// the chunk ahead of it: TCP keeps order); a writer delivers it then, at
+/// the capped rate.
 fn pump(
-    s: &Shared,
+    s: &Arc<Shared>,
     mut from: TcpStream,
-    mut to: TcpStream,
+    to: TcpStream,
     current: &Mutex<Option<usize>>,
     connection: u64,
     up: bool,
-    fate: Fate,
+    fate: &Arc<Mutex<Option<Fate>>>,
 ) {
     let _ = from.set_read_timeout(Some(READ_TICK));
+    let (tx, rx) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
+    let writer = {
+        let s = s.clone();
+        let fate = fate.clone();
+        let to_close = from.try_clone().ok();
+        let mut to = to.try_clone().unwrap();
+        std::thread::spawn(move || {
+            while let Ok((due, chunk)) = rx.recv() {
+                if s.done() {
+                    break;
+                }
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                let this = if up { None } else { lock(&fate).take() };
+                if let Some(this) = this {
+                    match this {
+                        Fate::Stall => {
+                            lock(&s.counts).stalled += 1;
+                            let hold = lock(&s.faults).stall_for;
+                            std::thread::sleep(hold);
+                            break;
+                        }
+                        Fate::Reset => {
+                            lock(&s.counts).reset += 1;
+                            let _ = to.write_all(&chunk[..chunk.len() / 2]);
+                            break;
+                        }
+                        Fate::Pass => {}
+                    }
+                }
+                if to.write_all(&chunk).is_err() {
+                    break;
+                }
+                let bps = lock(&s.faults).bits_per_sec;
+                if bps > 0 {
+                    std::thread::sleep(Duration::from_secs_f64(chunk.len() as f64 * 8.0 / bps as f64));
+                }
+            }
+            let _ = to.shutdown(Shutdown::Both);
+            if let Some(f) = to_close {
+                let _ = f.shutdown(Shutdown::Both);
+            }
+        })
+    };
     let mut buf = vec![0u8; 16 * 1024];
-    let mut answered = false;
+    let mut last_due = Instant::now();
     loop {
         if s.done() {
             break;
@@ -259,12 +315,13 @@ fn pump(
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
             Err(_) => break,
         };
-        let chunk = &buf[..n];
+        let chunk = buf[..n].to_vec();
         {
             let mut counts = lock(&s.counts);
             let mut cur = lock(current);
             if up {
-                if let Some(kind) = request_kind(chunk) {
+                if let Some(kind) = request_kind(&chunk) {
+                    *lock(fate) = Some(roll_fate(s));
                     counts.exchanges.push(Exchange {
                         kind,
                         up: 0,
@@ -282,36 +339,14 @@ fn pump(
                 }
             }
         }
-        let mut delay = faults.latency;
-        if !faults.jitter.is_zero() {
-            delay += faults.jitter.mul_f64(s.roll());
-        }
-        if faults.bits_per_sec > 0 {
-            delay += Duration::from_secs_f64(n as f64 * 8.0 / faults.bits_per_sec as f64);
-        }
-        if !delay.is_zero() {
-            std::thread::sleep(delay);
-        }
-        if !up && !answered {
-            answered = true;
-            match fate {
-                Fate::Stall => {
-                    lock(&s.counts).stalled += 1;
-                    std::thread::sleep(lock(&s.faults).stall_for);
-                    break;
-                }
-                Fate::Reset => {
-                    lock(&s.counts).reset += 1;
-                    let _ = to.write_all(&chunk[..n / 2]);
-                    break;
-                }
-                Fate::Pass => {}
-            }
-        }
-        if to.write_all(chunk).is_err() {
+        let delay = faults.latency + faults.jitter.mul_f64(s.roll());
+        last_due = last_due.max(Instant::now() + delay);
+        if tx.send((last_due, chunk)).is_err() {
             break;
         }
     }
+    drop(tx);
+    let _ = writer.join();
     let _ = from.shutdown(Shutdown::Both);
     let _ = to.shutdown(Shutdown::Both);
 }
