@@ -120,7 +120,20 @@ fn bytes_per_robot_per_month() {
     let poll_secs = k8s4r::server::fleet::FleetConfig::default().poll_interval.as_secs_f64();
     let device_secs = k8s4r::agent::connected::DEVICE_INFO_EVERY.as_secs_f64();
 
-    let idle0 = idle_month(&idle_polls(&relay, 5), &device, poll_secs, device_secs);
+    let poll0 = idle_polls(&relay, 5);
+    let idle0 = idle_month(&poll0, &device, poll_secs, device_secs);
+    // What the server's --poll-interval trades: bytes against the time to
+    // notice a robot gone (offline after 3 intervals by default).
+    let by_interval: Vec<Value> = [30.0, 120.0, 300.0, 900.0]
+        .iter()
+        .map(|&p| {
+            let m = idle_month(&poll0, &device, p, device_secs);
+            let no_device = idle_month(&poll0, &json!({}), p, f64::INFINITY);
+            json!({"poll_interval_secs": p, "offline_after_secs": 3.0 * p,
+                "total_bytes_month": m["total_bytes_month"],
+                "polls_only_bytes_month": no_device["total_bytes_month"]})
+        })
+        .collect();
 
     let post = |name: &str, count: usize| {
         let r = server.send_json(
@@ -193,6 +206,7 @@ fn bytes_per_robot_per_month() {
         "month_at": {"poll_interval_secs": poll_secs, "device_report_secs": device_secs},
         "tcp_ip": "estimated: 52 B a segment, one per 1448 B of data each way plus an ACK each way, 7 per new connection",
         "idle_no_tasks": idle0,
+        "idle_no_tasks_by_poll_interval": by_interval,
         "idle_10_tasks": idle10,
         "one_task_added_to_100": added,
         "status_change": status,
