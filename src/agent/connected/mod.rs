@@ -121,6 +121,9 @@ pub fn run(opts: ConnectedOptions) -> Result<i32, String> {
         say("agent: signalled before registering; exiting");
         return Ok(0);
     };
+    // Its kept-alive connection goes with it: an idle one left open would
+    // cost the server's keepalive probes for as long as the agent runs.
+    drop(client);
     say(&format!(
         "agent: robot {} connected to {}",
         identity.name, opts.config.server
