@@ -65,7 +65,8 @@ demo: tools
 
 # Benchmarks (never timed tests), side by side with references measured in
 # the same run: supervision vs s6 and supervisord, agent footprint, proxy
-# cost, end to end, fleet load on SQLite and etcd. Every benchmark writes
+# cost, end to end, link bytes (before -> now: tests/link_before.json), fleet
+# load on SQLite and etcd. Every benchmark writes
 # target/bench/<name>.json; `k8s4r bench report` makes target/bench/report.md.
 # A failing benchmark does not stop the others; its section says "not run"
 # and make fails at the end. Knobs: K8S4R_BENCH_IDLE_SECS (60),
@@ -80,6 +81,8 @@ bench: cross
 	-$(CARGO) test --release --test supervision_bench -- --ignored --nocapture --test-threads=1
 	-$(CARGO) test --release --test envoy_bench -- --ignored --nocapture
 	-$(CARGO) test --release --test e2e_bench -- --ignored --nocapture
+	cp tests/link_before.json target/bench/link-before.json
+	-$(CARGO) test --release --test link_bench -- --ignored --nocapture
 	-$(CARGO) run --release --bin k8s4r -- bench robots 100 1000 10000
 	-$(CARGO) run --release --bin k8s4r -- bench robots 1000 10000 --etcd --replicas 1,3 --out target/bench/server-etcd.json
 	$(CARGO) run --release --bin k8s4r -- bench report

@@ -184,8 +184,9 @@ fn relay(mut client: TcpStream, upstream: &str, tape: &Mutex<Tape>, mode: &Mutex
     if server.write_all(&request).is_err() {
         return;
     }
-    let mut answer = Vec::new();
-    let _ = server.read_to_end(&mut answer);
+    // One answer, framed by its Content-Length: the server keeps the
+    // connection open for more (keep-alive), so there is no end to read to.
+    let mut answer = read_message(&mut server).unwrap_or_default();
     {
         let mut t = tape.lock().unwrap();
         t.bytes.extend_from_slice(&answer);
@@ -276,8 +277,7 @@ fn a_man_in_the_middle_can_neither_read_nor_forge_the_robot_channel() {
     });
     let mut s = TcpStream::connect(server.agent_base.trim_start_matches("http://")).unwrap();
     s.write_all(&replay).unwrap();
-    let mut answer = Vec::new();
-    let _ = s.read_to_end(&mut answer);
+    let answer = read_message(&mut s).unwrap_or_default();
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 401"), "replayed status answered: {answer}");
 

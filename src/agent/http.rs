@@ -1,13 +1,14 @@
 //! A small HTTP/1.1 client for the agent: plain `http://`, one request per
-//! connection, Content-Length or chunked bodies, bounded redirects and
-//! timeouts. The agent needs no more (the control plane speaks plain HTTP,
+//! connection ([`Request::send`]) or one connection kept open across
+//! requests ([`KeepAlive`]), Content-Length or chunked bodies, bounded
+//! redirects and timeouts. The agent needs no more (the control plane speaks plain HTTP,
 //! artifacts are checksummed), and writing it here keeps a general-purpose
 //! client and its dependencies out of a binary that robots flash.
 
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Largest response head (status line + headers) accepted.
 const MAX_HEAD: usize = 64 * 1024;
@@ -79,13 +80,8 @@ impl Response {
     }
 
     /// The whole body, at most `limit` bytes (more is an error).
-    pub fn read_body(self, limit: u64) -> Result<Vec<u8>, HttpError> {
-        let mut out = Vec::new();
-        self.body.take(limit + 1).read_to_end(&mut out)?;
-        if out.len() as u64 > limit {
-            return Err(HttpError::Protocol(format!("response body larger than {limit} bytes")));
-        }
-        Ok(out)
+    pub fn read_body(mut self, limit: u64) -> Result<Vec<u8>, HttpError> {
+        read_limited(&mut *self.body, limit)
     }
 }
 
@@ -132,31 +128,24 @@ impl Request<'_> {
         Err(HttpError::TooManyRedirects(visited.pop().unwrap_or_default()))
     }
 
-    /// Send it without following a redirect: for signed requests, whose
-    /// signature covers this URL's path and query only.
-    pub fn send_here(&self) -> Result<Response, HttpError> {
-        self.send_once(self.url)
-    }
-
     fn send_once(&self, url: &str) -> Result<Response, HttpError> {
         let (host, port, path) = split_url(url)?;
-        let addr = format!("{host}:{port}");
-        let target = addr
-            .to_socket_addrs()
-            .map_err(|e| HttpError::Connect(addr.clone(), e))?
-            .next()
-            .ok_or_else(|| HttpError::Connect(addr.clone(), io::ErrorKind::NotFound.into()))?;
-        let stream =
-            TcpStream::connect_timeout(&target, self.timeout).map_err(|e| HttpError::Connect(addr.clone(), e))?;
-        stream.set_read_timeout(Some(self.timeout))?;
-        stream.set_write_timeout(Some(self.timeout))?;
-        let _ = stream.set_nodelay(true);
+        let stream = connect(&format!("{host}:{port}"), self.timeout)?;
+        let mut writer = &stream;
+        self.write(
+            &mut writer,
+            &format!("{host}:{port}"),
+            &path,
+            &[("Connection", "close")],
+        )?;
+        read_response(BufReader::new(stream))
+    }
 
-        let mut head = format!(
-            "{} {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n",
-            self.method
-        );
-        for (k, v) in self.headers {
+    /// Write the request line, `Host`, `extra` and the request's own
+    /// headers, then the body.
+    fn write(&self, w: &mut impl Write, authority: &str, path: &str, extra: &[(&str, &str)]) -> Result<(), HttpError> {
+        let mut head = format!("{} {path} HTTP/1.1\r\nHost: {authority}\r\n", self.method);
+        for (k, v) in extra.iter().chain(self.headers) {
             if k.contains(['\r', '\n']) || v.contains(['\r', '\n']) {
                 return Err(HttpError::Protocol("header with a line break".into()));
             }
@@ -166,12 +155,184 @@ impl Request<'_> {
             head.push_str(&format!("Content-Length: {}\r\n", b.len()));
         }
         head.push_str("\r\n");
-        let mut writer = &stream;
-        writer.write_all(head.as_bytes())?;
-        if let Some(b) = self.body {
-            writer.write_all(b)?;
+        // One write where it fits: a request in one segment, not two.
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(self.body.unwrap_or_default());
+        w.write_all(&bytes)?;
+        Ok(())
+    }
+}
+
+fn connect(addr: &str, timeout: Duration) -> Result<TcpStream, HttpError> {
+    let target = addr
+        .to_socket_addrs()
+        .map_err(|e| HttpError::Connect(addr.to_string(), e))?
+        .next()
+        .ok_or_else(|| HttpError::Connect(addr.to_string(), io::ErrorKind::NotFound.into()))?;
+    let stream = TcpStream::connect_timeout(&target, timeout).map_err(|e| HttpError::Connect(addr.to_string(), e))?;
+    let _ = stream.set_nodelay(true);
+    set_timeouts(&stream, timeout)?;
+    Ok(stream)
+}
+
+fn closed(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe
+    )
+}
+
+fn set_timeouts(stream: &TcpStream, timeout: Duration) -> Result<(), HttpError> {
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    Ok(())
+}
+
+/// A response read whole off a kept-alive connection.
+pub struct Full {
+    pub status: u16,
+    headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Full {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        find(&self.headers, name)
+    }
+}
+
+/// One connection to a server kept open across requests (HTTP/1.1
+/// keep-alive): a robot on a metered link pays the TCP handshake and
+/// teardown once, not on every poll. A new connection is opened when there
+/// is none, when the last one went to another server, after any error,
+/// when the server said it closes, and when it sat unused longer than the
+/// idle limit (a NAT may have forgotten it: reusing it would fail only
+/// after a timeout). A request the kept connection fails before any byte
+/// of the answer came back (the server closed it meanwhile) is sent once
+/// more on a new one; callers' requests must bear that (signed requests
+/// do: a replayed one is refused and signed afresh).
+pub struct KeepAlive {
+    held: Option<Held>,
+    idle_limit: Duration,
+    /// Headers sent once per connection (the User-Agent).
+    hello: Vec<(String, String)>,
+}
+
+struct Held {
+    authority: String,
+    reader: BufReader<TcpStream>,
+    since: Instant,
+}
+
+/// Why one try on a connection failed.
+enum Try {
+    /// On a reused connection, before any answer: send again on a new one.
+    Stale,
+    Failed(HttpError),
+}
+
+impl From<HttpError> for Try {
+    fn from(e: HttpError) -> Self {
+        Try::Failed(e)
+    }
+}
+
+impl From<io::Error> for Try {
+    fn from(e: io::Error) -> Self {
+        Try::Failed(HttpError::Io(e))
+    }
+}
+
+impl KeepAlive {
+    pub fn new(idle_limit: Duration, hello: &[(&str, &str)]) -> KeepAlive {
+        KeepAlive {
+            held: None,
+            idle_limit,
+            hello: hello.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         }
-        read_response(BufReader::new(stream))
+    }
+
+    /// Send `req` (no redirect followed) and read its whole answer, at
+    /// most `limit` bytes of body.
+    pub fn send(&mut self, req: &Request, limit: u64) -> Result<Full, HttpError> {
+        let (host, port, path) = split_url(req.url)?;
+        let authority = format!("{host}:{port}");
+        let kept = self
+            .held
+            .take()
+            .filter(|h| h.authority == authority && h.since.elapsed() < self.idle_limit);
+        if let Some(held) = kept {
+            match self.exchange(held.reader, req, &authority, &path, limit, false) {
+                Ok(full) => return Ok(full),
+                Err(Try::Failed(e)) => return Err(e),
+                Err(Try::Stale) => {}
+            }
+        }
+        let reader = BufReader::new(connect(&authority, req.timeout)?);
+        match self.exchange(reader, req, &authority, &path, limit, true) {
+            Ok(full) => Ok(full),
+            Err(Try::Failed(e)) => Err(e),
+            Err(Try::Stale) => Err(HttpError::Protocol(
+                "connection closed before the response head ended".into(),
+            )),
+        }
+    }
+
+    fn exchange(
+        &mut self,
+        mut reader: BufReader<TcpStream>,
+        req: &Request,
+        authority: &str,
+        path: &str,
+        limit: u64,
+        fresh: bool,
+    ) -> Result<Full, Try> {
+        let hello: Vec<(&str, &str)> = if fresh {
+            self.hello.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+        } else {
+            Vec::new()
+        };
+        set_timeouts(reader.get_ref(), req.timeout)?;
+        let mut writer = reader.get_ref();
+        if let Err(e) = req.write(&mut writer, authority, path, &hello) {
+            return Err(if fresh { Try::Failed(e) } else { Try::Stale });
+        }
+        // Closed or reset under us (not timed out: that is the server's
+        // or the link's slowness, and sending again would only wait twice).
+        match reader.fill_buf() {
+            Ok([]) if !fresh => return Err(Try::Stale),
+            Err(e) if !fresh && closed(&e) => return Err(Try::Stale),
+            Err(e) => return Err(e.into()),
+            Ok(_) => {}
+        }
+        let (status, headers) = read_head(&mut reader)?;
+        let framing = framing(&headers)?;
+        let closes = matches!(framing, Framing::Close)
+            || find(&headers, "connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        // The same readers as `Request::send`'s, taken apart again after.
+        let (body, reader) = match framing {
+            Framing::Chunked => {
+                let mut c = Chunked::new(reader);
+                (read_limited(&mut c, limit)?, c.inner)
+            }
+            Framing::Length(len) => {
+                let mut a = Announced::new(reader, len);
+                (read_limited(&mut a, limit)?, a.inner)
+            }
+            Framing::Close => {
+                let mut r = reader;
+                (read_limited(&mut r, limit)?, r)
+            }
+        };
+        // Nothing may be left over: the next answer must start clean.
+        if !closes && reader.buffer().is_empty() {
+            self.held = Some(Held {
+                authority: authority.to_string(),
+                reader,
+                since: Instant::now(),
+            });
+        }
+        Ok(Full { status, headers, body })
     }
 }
 
@@ -228,10 +389,22 @@ fn absolute(base: &str, location: &str) -> Result<String, HttpError> {
     Ok(format!("http://{host}:{port}{path}"))
 }
 
-fn read_response(mut r: BufReader<TcpStream>) -> Result<Response, HttpError> {
+/// All of `r`, at most `limit` bytes (more is an error). Through `dyn`
+/// so every body reader shares one copy of this code (flash is scarce).
+fn read_limited(r: &mut dyn Read, limit: u64) -> Result<Vec<u8>, HttpError> {
+    let mut out = Vec::new();
+    r.take(limit + 1).read_to_end(&mut out)?;
+    if out.len() as u64 > limit {
+        return Err(HttpError::Protocol(format!("response body larger than {limit} bytes")));
+    }
+    Ok(out)
+}
+
+/// The status and headers of a response.
+fn read_head<R: BufRead>(r: &mut R) -> Result<(u16, Vec<(String, String)>), HttpError> {
     let mut head_bytes = 0usize;
     let mut line = String::new();
-    let mut next_line = |r: &mut BufReader<TcpStream>| -> Result<String, HttpError> {
+    let mut next_line = |r: &mut R| -> Result<String, HttpError> {
         line.clear();
         let n = r
             .by_ref()
@@ -250,7 +423,7 @@ fn read_response(mut r: BufReader<TcpStream>) -> Result<Response, HttpError> {
         }
         Ok(line.trim_end_matches(['\r', '\n']).to_string())
     };
-    let status_line = next_line(&mut r)?;
+    let status_line = next_line(r)?;
     let mut parts = status_line.splitn(3, ' ');
     let (version, code) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     if !version.starts_with("HTTP/1.") {
@@ -260,8 +433,13 @@ fn read_response(mut r: BufReader<TcpStream>) -> Result<Response, HttpError> {
         .parse()
         .map_err(|_| HttpError::Protocol(format!("status line {status_line:?}")))?;
     let mut headers = Vec::new();
+    // HTTP/1.0 closes after each answer unless it says otherwise: read as
+    // `Connection: close`.
+    if version == "HTTP/1.0" {
+        headers.push(("Connection".to_string(), "close".to_string()));
+    }
     loop {
-        let l = next_line(&mut r)?;
+        let l = next_line(r)?;
         if l.is_empty() {
             break;
         }
@@ -270,41 +448,65 @@ fn read_response(mut r: BufReader<TcpStream>) -> Result<Response, HttpError> {
             .ok_or_else(|| HttpError::Protocol(format!("header line {l:?}")))?;
         headers.push((k.trim().to_string(), v.trim().to_string()));
     }
-    let find = |name: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone())
-    };
-    let body: Box<dyn Read + Send> = if find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-        Box::new(Chunked {
-            inner: r,
-            left: 0,
-            done: false,
-        })
-    } else if let Some(len) = find("content-length") {
-        let len: u64 = len
+    Ok((status, headers))
+}
+
+fn find<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// How a response's body ends.
+enum Framing {
+    Chunked,
+    Length(u64),
+    /// At the end of the connection.
+    Close,
+}
+
+fn framing(headers: &[(String, String)]) -> Result<Framing, HttpError> {
+    if find(headers, "transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        return Ok(Framing::Chunked);
+    }
+    match find(headers, "content-length") {
+        Some(len) => len
             .parse()
-            .map_err(|_| HttpError::Protocol(format!("content-length {len:?}")))?;
-        Box::new(Announced {
-            inner: r,
-            len,
-            left: len,
-        })
-    } else {
-        Box::new(r)
-    };
+            .map(Framing::Length)
+            .map_err(|_| HttpError::Protocol(format!("content-length {len:?}"))),
+        None => Ok(Framing::Close),
+    }
+}
+
+fn body_reader<R: BufRead + Send + 'static>(r: R, framing: Framing) -> Box<dyn Read + Send> {
+    match framing {
+        Framing::Chunked => Box::new(Chunked::new(r)),
+        Framing::Length(len) => Box::new(Announced::new(r, len)),
+        Framing::Close => Box::new(r),
+    }
+}
+
+fn read_response(mut r: BufReader<TcpStream>) -> Result<Response, HttpError> {
+    let (status, headers) = read_head(&mut r)?;
+    let body = body_reader(r, framing(&headers)?);
     Ok(Response { status, headers, body })
 }
 
 /// A body of a known length (Content-Length): ending early is an error.
-struct Announced {
-    inner: BufReader<TcpStream>,
+struct Announced<R> {
+    inner: R,
     len: u64,
     left: u64,
 }
 
-impl Read for Announced {
+impl<R> Announced<R> {
+    fn new(inner: R, len: u64) -> Self {
+        Announced { inner, len, left: len }
+    }
+}
+
+impl<R: Read> Read for Announced<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.left == 0 || buf.is_empty() {
             return Ok(0);
@@ -334,13 +536,23 @@ fn chunked_cut_short() -> io::Error {
 }
 
 /// A chunked transfer-encoded body.
-struct Chunked {
-    inner: BufReader<TcpStream>,
+struct Chunked<R> {
+    inner: R,
     left: u64,
     done: bool,
 }
 
-impl Read for Chunked {
+impl<R> Chunked<R> {
+    fn new(inner: R) -> Self {
+        Chunked {
+            inner,
+            left: 0,
+            done: false,
+        }
+    }
+}
+
+impl<R: BufRead> Read for Chunked<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.done || buf.is_empty() {
             return Ok(0);
@@ -354,6 +566,17 @@ impl Read for Chunked {
             self.left = u64::from_str_radix(hex, 16)
                 .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("bad chunk size {hex:?}")))?;
             if self.left == 0 {
+                // The trailer, up to its empty line: on a kept-alive
+                // connection the next answer starts after it.
+                loop {
+                    let mut line = String::new();
+                    if self.inner.by_ref().take(1024).read_line(&mut line)? == 0 {
+                        return Err(chunked_cut_short());
+                    }
+                    if line.trim_end_matches(['\r', '\n']).is_empty() {
+                        break;
+                    }
+                }
                 self.done = true;
                 return Ok(0);
             }
@@ -483,5 +706,87 @@ mod tests {
             Request::get(&base, Duration::from_secs(5)).send(),
             Err(HttpError::Protocol(_))
         ));
+    }
+
+    /// Serve each accepted connection the answers of its entry in `conns`,
+    /// one per request, then close it; returns each connection's request
+    /// heads.
+    fn serve_kept(conns: Vec<Vec<&'static str>>) -> (String, std::thread::JoinHandle<Vec<Vec<String>>>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", l.local_addr().unwrap());
+        let t = std::thread::spawn(move || {
+            let mut asked = Vec::new();
+            for answers in conns {
+                let (mut s, _) = l.accept().unwrap();
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut heads = Vec::new();
+                for a in answers {
+                    let mut head = String::new();
+                    loop {
+                        let mut line = String::new();
+                        r.read_line(&mut line).unwrap();
+                        if line == "\r\n" || line.is_empty() {
+                            break;
+                        }
+                        head.push_str(&line);
+                    }
+                    heads.push(head);
+                    s.write_all(a.as_bytes()).unwrap();
+                }
+                asked.push(heads);
+            }
+            asked
+        });
+        (base, t)
+    }
+
+    #[test]
+    fn keep_alive_reuses_one_connection_and_reconnects_when_it_closes() {
+        let (base, t) = serve_kept(vec![
+            vec![
+                "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nab",
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\ncd\r\n0\r\nX-Trailer: 1\r\n\r\n",
+                "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nef",
+            ],
+            // The server closes the first connection after three answers:
+            // the fourth request goes again on a new one, then "close".
+            vec!["HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\ngh"],
+            vec!["HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nij"],
+        ]);
+        let mut link = KeepAlive::new(Duration::from_secs(60), &[("User-Agent", "test/1")]);
+        let url = format!("{base}/p");
+        let mut bodies = Vec::new();
+        for _ in 0..5 {
+            let full = link.send(&Request::get(&url, Duration::from_secs(5)), 100).unwrap();
+            bodies.push(String::from_utf8(full.body).unwrap());
+        }
+        assert_eq!(bodies, ["ab", "cd", "ef", "gh", "ij"]);
+        let asked = t.join().unwrap();
+        assert_eq!(asked.iter().map(Vec::len).collect::<Vec<_>>(), [3, 1, 1]);
+        for heads in &asked {
+            assert!(heads[0].contains("User-Agent: test/1\r\n"), "{}", heads[0]);
+            for h in &heads[1..] {
+                assert!(!h.contains("User-Agent") && !h.contains("Connection"), "{h}");
+            }
+        }
+    }
+
+    #[test]
+    fn keep_alive_does_not_reuse_a_connection_idle_past_its_limit() {
+        let ok = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        let (base, t) = serve_kept(vec![vec![ok], vec![ok]]);
+        let mut link = KeepAlive::new(Duration::ZERO, &[]);
+        for _ in 0..2 {
+            link.send(&Request::get(&base, Duration::from_secs(5)), 10).unwrap();
+        }
+        assert_eq!(t.join().unwrap().len(), 2, "one connection each");
+        // Over the limit, and no answer: errors, not a short body.
+        let (base, _t) = serve_kept(vec![vec!["HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n0123456789"]]);
+        let mut link = KeepAlive::new(Duration::from_secs(60), &[]);
+        let e = link
+            .send(&Request::get(&base, Duration::from_secs(5)), 5)
+            .err()
+            .unwrap();
+        assert!(matches!(e, HttpError::Protocol(_)), "{e}");
     }
 }

@@ -76,7 +76,8 @@ pub struct Assignments {
     /// Pass back as `since` on the next poll.
     pub revision: u64,
     /// Every Task placed on this robot (with its last known status); a task
-    /// missing here must be stopped.
+    /// missing here must be stopped. Empty, and to be ignored, when
+    /// `revision` is the `since` the poll named: the robot has that set.
     pub tasks: Vec<Task>,
     /// How long the next poll should wait (`wait=`); grows with the fleet so
     /// the server's request rate stays bounded.

@@ -450,6 +450,65 @@ fn control_plane(out: &mut String, dir: &Path) {
     t.render(out);
 }
 
+/// Bytes with a unit that reads at a glance.
+fn size(b: Option<f64>) -> String {
+    or_dash(b.map(|b| {
+        if b >= 1024.0 * 1024.0 {
+            format!("{:.1} MiB", b / (1024.0 * 1024.0))
+        } else if b >= 1024.0 {
+            format!("{:.1} KiB", b / 1024.0)
+        } else {
+            format!("{b:.0} B")
+        }
+    }))
+}
+
+/// The link: bytes a connected robot moves (`link.json`, measured by the
+/// recording relay), next to the same bench run on the commit before the
+/// link work (`link-before.json`, copied in by `make bench`).
+fn link(out: &mut String, dir: &Path) {
+    out.push_str("## Link: bytes per robot, through a recording relay\n\n");
+    let Some(now) = read(dir, "link.json") else {
+        return not_run(out, &["link.json"]);
+    };
+    let before = read(dir, "link-before.json");
+    let mut t = Table::new(&["", "before", "now", "now ÷ before"]);
+    let rows = [
+        (
+            "idle, no tasks, per month (application)",
+            "idle_no_tasks.app_bytes_month",
+        ),
+        (
+            "idle, no tasks, per month (with TCP/IP, estimated)",
+            "idle_no_tasks.total_bytes_month",
+        ),
+        (
+            "idle, 10 running tasks, per month (with TCP/IP)",
+            "idle_10_tasks.total_bytes_month",
+        ),
+        (
+            "one task added to a robot with 100 (the poll answer)",
+            "one_task_added_to_100.total",
+        ),
+        ("a status change (its report)", "status_change.total"),
+        ("a log request (poll answer + upload)", "log_request.total"),
+    ];
+    for (label, path) in rows {
+        let b = before.as_ref().and_then(|v| num(v, path));
+        let n = num(&now, path);
+        t.row(vec![label.into(), size(b), size(n), ratio(n, b)]);
+    }
+    t.render(out);
+    let _ = writeln!(
+        out,
+        "Measured with polls every {}s, scaled to a month of polls every {}s and a device report every {}s. {}.\n",
+        now["measured_with"]["poll_interval_secs"],
+        now["month_at"]["poll_interval_secs"],
+        now["month_at"]["device_report_secs"],
+        now["tcp_ip"].as_str().unwrap_or("")
+    );
+}
+
 /// The whole report from the JSON files in `dir`.
 pub fn render(dir: &Path) -> String {
     let mut out = String::from(
@@ -461,6 +520,7 @@ pub fn render(dir: &Path) -> String {
     proxy(&mut out, dir);
     end_to_end(&mut out, dir);
     control_plane(&mut out, dir);
+    link(&mut out, dir);
     out
 }
 
@@ -481,7 +541,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("k8s4r-report-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let text = render(&dir);
-        assert_eq!(text.matches("_not run_").count(), 5, "{text}");
+        assert_eq!(text.matches("_not run_").count(), 6, "{text}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

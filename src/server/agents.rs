@@ -397,16 +397,25 @@ impl Agents {
         Ok(self.hub.fleet.heartbeat_refresh())
     }
 
-    fn desired(&self, id: &RobotIdentity, revision: u64) -> AssignmentsView {
-        AssignmentsView {
-            revision,
-            tasks: self
-                .hub
+    /// The answer to a poll at `revision`. A robot that named this very
+    /// revision as `since` has this set already and gets no tasks: agents
+    /// take the set only from an answer whose revision differs from their
+    /// `since` (every agent so far did), so an idle poll on a metered link
+    /// costs a few hundred bytes, not the whole set each time.
+    fn desired(&self, id: &RobotIdentity, revision: u64, since: u64) -> AssignmentsView {
+        let tasks = if revision == since {
+            Vec::new()
+        } else {
+            self.hub
                 .cache
                 .tasks_on_robot(&id.namespace, &id.name)
                 .into_iter()
                 .map(Shared)
-                .collect(),
+                .collect()
+        };
+        AssignmentsView {
+            revision,
+            tasks,
             poll_interval_seconds: self.hub.fleet.poll_interval().as_secs().max(1),
             offline_after_seconds: self.hub.fleet.offline_after().as_secs(),
             log_requests: self.logs.broker.take_unsent(&id.namespace, &id.name),
@@ -443,7 +452,7 @@ impl Agents {
             }
         }
         let rev = self.hub.fleet.revision(&id.namespace, &id.name);
-        Ok(self.desired(id, rev))
+        Ok(self.desired(id, rev, since))
     }
 
     /// [`Agents::poll`] holding the robot's one poll slot: a newer poll

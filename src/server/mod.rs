@@ -484,7 +484,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     };
     // The peer address: the audit log's sourceIPs.
     let agents = axum::serve(
-        agent_listener,
+        axum::serve::ListenerExt::tap_io(agent_listener, robot_channel::link::tune),
         http::agent_router(app.clone()).into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(until_stopped(stopped.clone()));

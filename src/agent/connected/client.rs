@@ -4,7 +4,7 @@
 //! HTTP stays here: callers get typed requests and responses.
 
 use super::channel::{Answer, Channel, Outgoing, Peer, Refusal, Reply, ANSWER_HEADERS};
-use crate::agent::http::{request_target, Request};
+use crate::agent::http::{request_target, KeepAlive, Request};
 use crate::api::agent_protocol::{
     Assignments, LogUpload, RegisterRequest, RegisterResponse, StatusReply, StatusReport, PREFIX,
 };
@@ -13,7 +13,7 @@ use crate::api::robot_channel::{PublicKeys, SEALED, SERVER_KEYS};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Largest response we read: a robot's full desired set stays far below.
@@ -21,6 +21,12 @@ const MAX_RESPONSE: u64 = 16 << 20;
 /// Added to the long-poll wait so the server answers before we give up.
 const POLL_SLACK: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// A kept-alive connection unused this long is closed rather than reused:
+/// NATs on cellular links forget idle TCP mappings after a few minutes (some
+/// sooner), and a forgotten one fails only after a whole timeout. The
+/// poller's connection is never idle that long (it polls again at once);
+/// the reporter's, idle between device reports, reconnects.
+const LINK_IDLE: Duration = Duration::from_secs(45);
 /// A signed 401 from a server whose clock is this far from the time the
 /// request claimed says the robot's clock is off: retry at once with the
 /// server's time (learned from that answer).
@@ -73,8 +79,9 @@ impl std::error::Error for ClientError {}
 
 pub struct Client {
     base: String,
-    user_agent: String,
     channel: Arc<Channel>,
+    /// One connection reused across this client's requests.
+    link: Mutex<KeepAlive>,
 }
 
 /// What one exchange sends: `plain` is sealed under `robots/`.
@@ -90,10 +97,12 @@ struct Call<'a> {
 
 impl Client {
     pub fn new(base: &str, channel: Arc<Channel>) -> Self {
+        let user_agent = format!("k8s4r-agent/{}", env!("CARGO_PKG_VERSION"));
         Client {
             base: base.trim_end_matches('/').to_string(),
-            user_agent: format!("k8s4r-agent/{}", env!("CARGO_PKG_VERSION")),
             channel,
+            // Who is calling is said once per connection, not per request.
+            link: Mutex::new(KeepAlive::new(LINK_IDLE, &[("User-Agent", &user_agent)])),
         }
     }
 
@@ -222,9 +231,9 @@ impl Client {
             )
             .map_err(ClientError::Local)?;
         let content_type = if sealed { SEALED } else { "application/json" };
+        // Only what the channel needs: answers are JSON or sealed whatever
+        // the request accepts, so no Accept.
         let mut headers: Vec<(&str, &str)> = out.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        headers.push(("Accept", "application/json"));
-        headers.push(("User-Agent", &self.user_agent));
         if call.method != "GET" {
             headers.push(("Content-Type", content_type));
         }
@@ -237,15 +246,18 @@ impl Client {
         };
         // A redirect is not followed: the signature covers this target only
         // (and a signed answer is what counts, wherever it comes from).
-        let response = req.send_here().map_err(|e| ClientError::Transport(e.to_string()))?;
+        let response = self
+            .link
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(&req, MAX_RESPONSE)
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
         let status = response.status;
         let headers = ANSWER_HEADERS
             .iter()
             .filter_map(|k| response.header(k).map(|v| (k.to_string(), v.to_string())))
             .collect();
-        let body = response
-            .read_body(MAX_RESPONSE)
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        let body = response.body;
         let reply = Reply { status, headers, body };
         match self.verify(robot, peer, &out, reply, sealed) {
             Ok((answer, server)) => Ok((answer, server, out.time)),

@@ -54,7 +54,9 @@ use std::time::{Duration, Instant};
 const DEFAULT_POLL_WAIT: Duration = Duration::from_secs(30);
 /// Longest long poll, whatever the server asks for.
 const MAX_POLL_WAIT: Duration = Duration::from_secs(3600);
-const DEVICE_INFO_EVERY: Duration = Duration::from_secs(300);
+/// How often a status report carries the device's facts (the link bench
+/// reads it to scale an idle robot's month).
+pub const DEVICE_INFO_EVERY: Duration = Duration::from_secs(300);
 const RETRY_BASE: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(60);
 
@@ -119,6 +121,9 @@ pub fn run(opts: ConnectedOptions) -> Result<i32, String> {
         say("agent: signalled before registering; exiting");
         return Ok(0);
     };
+    // Its kept-alive connection goes with it: an idle one left open would
+    // cost the server's keepalive probes for as long as the agent runs.
+    drop(client);
     say(&format!(
         "agent: robot {} connected to {}",
         identity.name, opts.config.server

@@ -1,13 +1,15 @@
 //! The server side of the robot channel (wire format:
 //! [`crate::api::robot_channel`]): the server's keys and their rotation
 //! ([`server_keys`]), the robots' keys and counters ([`robots`]), request
-//! checks ([`verify`]) and signed, sealed answers ([`answer`]). The HTTP
+//! checks ([`verify`]), signed, sealed answers ([`answer`]) and the agent
+//! listener's TCP settings ([`link`]). The HTTP
 //! layer applies them to every `/agent/v1/register` and
 //! `/agent/v1/robots/` request in one place
 //! (`crate::server::http::channel`).
 
 pub mod answer;
 pub mod client;
+pub mod link;
 pub mod robots;
 pub mod server_keys;
 pub mod verify;
