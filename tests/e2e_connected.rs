@@ -484,14 +484,18 @@ impl Drop for Netns {
     }
 }
 
-/// Processes whose command line is exactly `cmd` (e.g. "sleep 300").
-fn count_procs(cmd: &str) -> usize {
+/// Processes whose command line is exactly `cmd` (e.g. "sleep 300") and
+/// whose working directory (a task directory) is under `data`: this
+/// test's robots only, whatever else runs on the machine (another run of
+/// the same test, say).
+fn count_procs(cmd: &str, data: &Path) -> usize {
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
         .filter(|e| {
             std::fs::read(e.path().join("cmdline"))
                 .is_ok_and(|c| String::from_utf8_lossy(&c).replace('\0', " ").trim() == cmd)
+                && std::fs::read_link(e.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(data))
         })
         .count()
 }
@@ -585,7 +589,8 @@ fn a_network_cut_keeps_tasks_running_and_nothing_runs_twice_after() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(pid_alive(keep_pid), "the cut-off robot keeps its tasks running");
-    assert_eq!((count_procs("sleep 301"), count_procs("sleep 302")), (1, 1));
+    let ours = dir.path();
+    assert_eq!((count_procs("sleep 301", ours), count_procs("sleep 302", ours)), (1, 1));
 
     net.link(true);
     robot_online(&server, "robot-wifi");
@@ -599,7 +604,7 @@ fn a_network_cut_keeps_tasks_running_and_nothing_runs_twice_after() {
     );
     assert!(pid_alive(keep_pid), "replace: false keeps the very same process");
     wait_for("one process per task", Duration::from_secs(30), || {
-        (count_procs("sleep 301") == 1 && count_procs("sleep 302") == 1).then_some(())
+        (count_procs("sleep 301", ours) == 1 && count_procs("sleep 302", ours) == 1).then_some(())
     });
 }
 
@@ -702,7 +707,7 @@ fn an_agent_kill_9_under_the_server_restarts_and_duplicates_nothing() {
     });
     assert_eq!(pids(&server), Some(before.clone()), "same processes after the restart");
     assert!(before.iter().all(|p| pid_alive(*p)));
-    assert_eq!(count_procs("sleep 303"), 2, "no duplicate started");
+    assert_eq!(count_procs("sleep 303", &agent.data), 2, "no duplicate started");
 }
 
 /// The examples (and the original implementation's runnable manifest) on a
@@ -790,7 +795,11 @@ fn keep_original_keeps_the_returning_robots_process_and_stops_the_replacement() 
     });
     assert_ne!(first_pid, second_pid);
     assert!(pid_alive(first_pid), "the silent robot keeps its copy running");
-    assert_eq!(count_procs("sleep 304"), 2, "both copies run while the robot is away");
+    assert_eq!(
+        count_procs("sleep 304", dir.path()),
+        2,
+        "both copies run while the robot is away"
+    );
 
     // The robot's agent comes back: it keeps (re-adopts) its copy, and the
     // server keeps that one and stops the replacement.
@@ -809,7 +818,7 @@ fn keep_original_keeps_the_returning_robots_process_and_stops_the_replacement() 
         "the very same process"
     );
     assert!(pid_alive(first_pid));
-    assert_eq!(count_procs("sleep 304"), 1, "exactly one copy survives");
+    assert_eq!(count_procs("sleep 304", dir.path()), 1, "exactly one copy survives");
     let t = task(&server, name).unwrap();
     assert!(
         t["metadata"]["annotations"]["robot.k8s4r.io/original-robot"].is_null(),
