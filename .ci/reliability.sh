@@ -7,6 +7,10 @@ cd "$(dirname "$0")/.."
 
 # area | fault or input | what must happen | test binary | test name
 cases=(
+  "link|20% of connections dropped, 20% of answers cut, 1 s ±0.3 s latency, 64 kbit/s (lossy relay)|a 20-task Job converges: 20 tasks running on the server|link_faults|twenty_tasks_converge_over_a_lossy_slow_narrow_link"
+  "link|50 answers stalled (1.5 s, then cut) or cut halfway|every status applied once: the agent's outbox empties, one Completed event per task, no Started repeated|link_faults|statuses_arrive_exactly_once_across_50_stalls_and_resets"
+  "link|1 s ±0.5 s added latency each way, --poll-interval 3s (Offline after 9 s)|the robot stays Online for 30 s, at least 5 polls|link_faults|a_second_of_latency_each_way_never_marks_the_robot_offline"
+  "link|link cut for K8S4R_LINK_CUT_SECS (600 s in make reliability; 15 s in make test)|robot Offline during the cut, its task keeps running; Online within 90 s after; a Job posted during the cut runs|link_faults|a_cut_link_recovers_and_converges"
   "api|a batch Job completes|kubectl wait --for=condition=Complete returns once the task completes; Robot and Task Ready/Succeeded conditions are waited on too|server_kubectl|kubectl_wait_for_conditions_of_robots_tasks_and_jobs"
   "api|a Task unschedulable|kubectl describe job shows the Task's FailedScheduling warning; another Job's describe does not|server_kubectl|describe_job_shows_the_events_of_its_tasks"
   "bad input|kubectl patch --type=json with a failing test op|nothing applied; the error names the operation and its path; an invalid result is refused by validation|server_kubectl|kubectl_patch_type_json"
@@ -193,6 +197,7 @@ logged_result() {
 # The long form: the network cut lasts a minute (make test: just past the
 # offline limit).
 export K8S4R_CUT_SECS=${K8S4R_CUT_SECS:-60}
+export K8S4R_LINK_CUT_SECS=${K8S4R_LINK_CUT_SECS:-600}
 
 mkdir -p target
 out=target/reliability.md
