@@ -59,13 +59,7 @@ fn migrate_moves_a_fleet_from_sqlite_to_etcd() {
     // The robot's keys (and the server's) moved: its requests still
     // verify, and its poll from the old revision is answered in full, at
     // once.
-    let mut moved = Robot {
-        server: &new,
-        name: "r1".into(),
-        session,
-        since,
-        seq: 0,
-    };
+    let mut moved = Robot::resume(&new, "r1", session, since);
     let reply = moved.poll("10s");
     assert!(moved.since > since, "etcd's revision moved past the SQLite one");
     assert_eq!(reply["tasks"][0]["metadata"]["name"], task);

@@ -368,13 +368,7 @@ fn restart_keeps_robots_keys_and_assignments() {
     // The same robot keys work (and the server key, and the counters go
     // on); a poll from before the restart gets the complete set at once
     // (level-triggered: nothing is lost).
-    let mut r = Robot {
-        server: &s,
-        name: "r1".into(),
-        session,
-        since,
-        seq: 0,
-    };
+    let mut r = Robot::resume(&s, "r1", session, since);
     let started = Instant::now();
     let v = r.poll("20s");
     assert!(

@@ -675,9 +675,26 @@ pub struct Robot<'a> {
     pub session: RobotSession,
     pub since: u64,
     pub seq: u64,
+    /// The desired set of the last answer that carried one: an answer
+    /// with nothing new since `since` leaves its tasks out, and the robot
+    /// keeps what it has (as the agent does).
+    tasks: Value,
 }
 
 impl<'a> Robot<'a> {
+    /// A robot that registered before (its `session` kept) polling
+    /// `server` again from `since`, e.g. after the server moved or restarted.
+    pub fn resume(server: &'a Server, name: &str, session: RobotSession, since: u64) -> Robot<'a> {
+        Robot {
+            server,
+            name: name.into(),
+            session,
+            since,
+            seq: 0,
+            tasks: json!([]),
+        }
+    }
+
     /// Register `name` with join token `join` and robot labels `labels`;
     /// the registration must succeed.
     pub fn register(server: &'a Server, join: &str, name: &str, labels: Value) -> Robot<'a> {
@@ -699,6 +716,7 @@ impl<'a> Robot<'a> {
             session: RobotSession::new(name, token.pin),
             since: 0,
             seq: 0,
+            tasks: json!([]),
         };
         let r = robot.register_again(join, fields);
         (robot, r)
@@ -781,8 +799,14 @@ impl<'a> Robot<'a> {
         let path = self.assignments_path(wait);
         let r = self.send("GET", &path, None);
         assert_eq!(r.status, 200, "poll {}: {}", self.name, r.body);
-        let v = r.json();
-        self.since = v["revision"].as_u64().unwrap();
+        let mut v = r.json();
+        let revision = v["revision"].as_u64().unwrap();
+        if revision == self.since && self.since != 0 {
+            v["tasks"] = self.tasks.clone();
+        } else {
+            self.tasks = v["tasks"].clone();
+        }
+        self.since = revision;
         v
     }
 
