@@ -37,6 +37,7 @@ pub mod checks;
 pub mod clock;
 pub mod connected;
 pub mod device;
+pub mod expand;
 pub mod gc;
 pub mod http;
 pub mod logs;

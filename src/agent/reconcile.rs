@@ -649,13 +649,13 @@ impl Reconciler {
         let mut env: BTreeMap<String, String> = BTreeMap::from([("PATH".to_string(), task_path())]);
         let injected_map: BTreeMap<String, String> = injected.iter().cloned().collect();
         for (k, v) in &spec.env {
-            env.insert(k.clone(), expand(v, &injected_map));
+            env.insert(k.clone(), super::expand::expand(v, &injected_map));
         }
         env.extend(injected);
         let exec = spec.config.exec_config.clone().unwrap_or_default();
         let argv = std::iter::once(exec.command)
             .chain(exec.args)
-            .map(|a| expand(&a, &env))
+            .map(|a| super::expand::expand(&a, &env))
             .collect();
         let resources = spec.resources.as_ref();
         let mut unit = UnitSpec {
@@ -851,28 +851,6 @@ pub fn restart_rules(p: Option<&RestartPolicy>, default_attempts: u32) -> Restar
     }
 }
 
-/// `${VAR}` from `vars`; unknown variables are left as written.
-fn expand(text: &str, vars: &BTreeMap<String, String>) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        match after.find('}') {
-            Some(end) if vars.contains_key(&after[..end]) => {
-                out.push_str(&vars[&after[..end]]);
-                rest = &after[end + 1..];
-            }
-            _ => {
-                out.push_str("${");
-                rest = after;
-            }
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
 /// The last lines of a unit's stderr and stdout, for failure messages.
 pub fn log_tail(dir: &Path, lines: usize) -> String {
     let mut parts = Vec::new();
@@ -889,12 +867,6 @@ pub fn log_tail(dir: &Path, lines: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn expands_known_variables_only() {
-        let vars = BTreeMap::from([("K8S4R_TASK_DIR".to_string(), "/d/t".to_string())]);
-        assert_eq!(expand("${K8S4R_TASK_DIR}/x ${HOME} $$", &vars), "/d/t/x ${HOME} $$");
-    }
 
     #[test]
     fn restart_rule_defaults() {

@@ -1,9 +1,11 @@
 //! Task templates (`templates[]`): text rendered with the task's
 //! environment and written atomically inside the task directory before the
-//! task starts. Supported substitutions: `${VAR}` and `{{ env "VAR" }}`
-//! (with the template's own delimiters when `leftDelim`/`rightDelim` are
-//! set). Unset variables render empty, like a shell; any other `{{ ... }}`
-//! action is an error rather than silently copied through.
+//! task starts. Supported substitutions: `${VAR}`, by the agent's one rule
+//! ([`super::expand`]: an unset VAR is kept as written, as in the task's
+//! command), and `{{ env "VAR" }}` (with the template's own delimiters when
+//! `leftDelim`/`rightDelim` are set), which renders an unset VAR empty like
+//! consul-template's `env`. Any other `{{ ... }}` action is an error rather
+//! than silently copied through.
 
 use super::paths::{self, PathError, PendingFile};
 use crate::api::Template;
@@ -32,7 +34,7 @@ impl std::error::Error for TemplateError {}
 
 /// Substitute `${VAR}` and `{{ env "VAR" }}` in `text`.
 pub fn render(text: &str, env: &BTreeMap<String, String>, left: &str, right: &str) -> Result<String, String> {
-    let dollar = substitute_dollar(text, env)?;
+    let dollar = super::expand::expand(text, env);
     let mut out = String::with_capacity(dollar.len());
     let mut rest = dollar.as_str();
     while let Some(start) = rest.find(left) {
@@ -52,20 +54,6 @@ pub fn render(text: &str, env: &BTreeMap<String, String>, left: &str, right: &st
             })?;
         out.push_str(env.get(var).map(String::as_str).unwrap_or(""));
         rest = &after[end + right.len()..];
-    }
-    out.push_str(rest);
-    Ok(out)
-}
-
-fn substitute_dollar(text: &str, env: &BTreeMap<String, String>) -> Result<String, String> {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let end = after.find('}').ok_or("unclosed \"${\"")?;
-        out.push_str(env.get(&after[..end]).map(String::as_str).unwrap_or(""));
-        rest = &after[end + 1..];
     }
     out.push_str(rest);
     Ok(out)
@@ -140,11 +128,12 @@ mod tests {
             render("[[env \"A\"]] {{keep}}", &env(), "[[", "]]").unwrap(),
             "1 {{keep}}"
         );
-        assert_eq!(render("${MISSING}|", &env(), "{{", "}}").unwrap(), "|");
+        assert_eq!(render("${MISSING}|", &env(), "{{", "}}").unwrap(), "${MISSING}|");
+        assert_eq!(render("{{ env \"MISSING\" }}|", &env(), "{{", "}}").unwrap(), "|");
         assert!(render("{{ .Foo }}", &env(), "{{", "}}")
             .unwrap_err()
             .contains("unsupported template action"));
-        assert!(render("${A", &env(), "{{", "}}").is_err());
+        assert_eq!(render("${A", &env(), "{{", "}}").unwrap(), "${A");
         assert!(render("{{ env \"A\"", &env(), "{{", "}}").is_err());
     }
 
