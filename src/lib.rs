@@ -8,6 +8,8 @@
 //!   of every benchmark (feature `server`).
 //! - `cli`: small helpers shared by the binaries' command lines.
 //! - `atomic_file`: the one atomic, durable file replacement.
+//! - `http_client`: the one HTTP/1.1 client (robot channel, artifacts,
+//!   Envoy's admin socket).
 
 pub mod agent;
 pub mod api;
@@ -16,5 +18,6 @@ pub mod atomic_file;
 pub mod bench;
 pub mod cli;
 pub mod envoy;
+pub mod http_client;
 #[cfg(feature = "server")]
 pub mod server;

@@ -186,7 +186,7 @@ fn fetch(
     let mut reader: Box<dyn Read> = if let Some(path) = source.strip_prefix("file://") {
         Box::new(std::fs::File::open(path).map_err(|e| fetch_err(format!("{path}: {e}")))?)
     } else if source.starts_with("http://") {
-        let response = crate::agent::http::Request::get(&source, FETCH_TIMEOUT)
+        let response = crate::http_client::Request::get(&source, FETCH_TIMEOUT)
             .send()
             .map_err(|e| fetch_err(e.to_string()))?;
         if !(200..300).contains(&response.status) {

@@ -39,7 +39,6 @@ pub mod connected;
 pub mod device;
 pub mod expand;
 pub mod gc;
-pub mod http;
 pub mod logs;
 pub mod paths;
 pub mod privileges;

@@ -1,12 +1,13 @@
-//! Envoy's admin API over the group's unix socket: one HTTP/1.1 GET per
-//! connection (`Connection: close`), with std only.
+//! Envoy's admin API over the proxy's Unix socket: one HTTP/1.1 GET per
+//! connection through the crate's one client ([`crate::http_client`]), and
+//! what the agent reads out of the answers.
 //!
 //! Envoy's admin listener refuses HTTP/1.0 unless configured otherwise, so
 //! requests are HTTP/1.1; bodies may come chunked.
 
+use crate::http_client::{self, HttpError};
 use std::fmt;
-use std::io::{self, Read, Write};
-use std::os::unix::net::UnixStream;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -49,18 +50,15 @@ pub struct Response {
 
 /// `GET path` on the admin socket.
 pub fn get(socket: &Path, path: &str) -> Result<Response, AdminError> {
-    let mut stream = UnixStream::connect(socket).map_err(|e| AdminError::Connect(socket.into(), e))?;
-    let io_err = |e| AdminError::Io(socket.into(), e);
-    stream.set_read_timeout(Some(TIMEOUT)).map_err(io_err)?;
-    stream.set_write_timeout(Some(TIMEOUT)).map_err(io_err)?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: envoy-admin\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(io_err)?;
-    let mut raw = Vec::new();
-    stream.take(MAX_RESPONSE).read_to_end(&mut raw).map_err(io_err)?;
-    parse(&raw).map_err(|m| AdminError::BadResponse(socket.into(), m))
+    let full = http_client::get_unix(socket, path, TIMEOUT, MAX_RESPONSE).map_err(|e| match e {
+        HttpError::Connect(_, e) => AdminError::Connect(socket.into(), e),
+        HttpError::Io(e) => AdminError::Io(socket.into(), e),
+        e => AdminError::BadResponse(socket.into(), e.to_string()),
+    })?;
+    Ok(Response {
+        status: full.status,
+        body: String::from_utf8_lossy(&full.body).into_owned(),
+    })
 }
 
 /// True when Envoy is LIVE (`/ready` answers 200) and serves every listener
@@ -282,74 +280,9 @@ fn escape_regex(s: &str) -> String {
     out
 }
 
-fn parse(raw: &[u8]) -> Result<Response, String> {
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("no end of headers")?;
-    let head = std::str::from_utf8(&raw[..split]).map_err(|_| "headers are not UTF-8")?;
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
-    let chunked = lines.any(|l| {
-        l.split_once(':').is_some_and(|(k, v)| {
-            k.trim().eq_ignore_ascii_case("transfer-encoding") && v.trim().eq_ignore_ascii_case("chunked")
-        })
-    });
-    let body = &raw[split + 4..];
-    let body = if chunked { dechunk(body)? } else { body.to_vec() };
-    Ok(Response {
-        status,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    })
-}
-
-fn dechunk(mut body: &[u8]) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    loop {
-        let eol = body
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or("truncated chunk size")?;
-        let size_text = std::str::from_utf8(&body[..eol]).map_err(|_| "bad chunk size")?;
-        let size_text = size_text.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_text, 16).map_err(|_| format!("bad chunk size {size_text:?}"))?;
-        body = &body[eol + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        if body.len() < size {
-            return Err("truncated chunk".into());
-        }
-        out.extend_from_slice(&body[..size]);
-        body = body.get(size + 2..).ok_or("truncated chunk end")?;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_plain_and_chunked_answers() {
-        let r = parse(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nLIVE\n").unwrap();
-        assert_eq!((r.status, r.body.as_str()), (200, "LIVE\n"));
-        let r = parse(b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nPRE\r\n5\r\nFILL\n\r\n0\r\n\r\n")
-            .unwrap();
-        assert_eq!((r.status, r.body.as_str()), (503, "PREFILL\n"));
-    }
-
-    #[test]
-    fn rejects_garbage_without_panicking() {
-        assert!(parse(b"nonsense").is_err());
-        assert!(parse(b"HTTP/1.1 abc\r\n\r\n").is_err());
-        assert!(parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n").is_err());
-        assert!(parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n9\r\nab").is_err());
-    }
 
     #[test]
     fn reasons_name_upstreams_and_spire_sockets() {

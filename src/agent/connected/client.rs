@@ -4,11 +4,11 @@
 //! HTTP stays here: callers get typed requests and responses.
 
 use super::channel::{Answer, Channel, Outgoing, Peer, Refusal, Reply, ANSWER_HEADERS};
-use crate::agent::http::{request_target, KeepAlive, Request};
 use crate::api::agent_protocol::{
     Assignments, LogUpload, RegisterRequest, RegisterResponse, StatusReply, StatusReport, PREFIX,
 };
 use crate::api::robot_channel::{PublicKeys, SEALED, SERVER_KEYS};
+use crate::http_client::{request_target, KeepAlive, Request};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;

@@ -1,13 +1,25 @@
-//! A small HTTP/1.1 client for the agent: plain `http://`, one request per
-//! connection ([`Request::send`]) or one connection kept open across
-//! requests ([`KeepAlive`]), Content-Length or chunked bodies, bounded
-//! redirects and timeouts. The agent needs no more (the control plane speaks plain HTTP,
-//! artifacts are checksummed), and writing it here keeps a general-purpose
-//! client and its dependencies out of a binary that robots flash.
+//! The one HTTP/1.1 client of the agent and of the Envoy admin code:
+//! `http://` over TCP, one request per connection ([`Request::send`], artifact
+//! downloads) or one connection kept open across requests ([`KeepAlive`],
+//! the robot channel), and one request over a Unix socket ([`get_unix`],
+//! Envoy's admin API). Content-Length, chunked or to-the-close bodies (one
+//! decoder each), bounded heads, bodies, redirects and timeouts.
+//!
+//! Written here rather than taken from `ureq` (the design card's choice)
+//! because of size: `ureq` 3 with no default features in place of this
+//! module costs the stripped static aarch64 agent 164,992 B (+9.9%:
+//! 1,674,152 B with this client, 1,839,144 B with ureq in its place, both
+//! `make cross` builds of the same tree), far above the 60 KiB allowed for
+//! it; and ureq would still need a connector of its own for Envoy's Unix
+//! socket. The agent needs no more than this: the
+//! robot channel signs and seals its bodies itself, artifacts are
+//! checksummed, Envoy's admin is local.
 
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// Largest response head (status line + headers) accepted.
@@ -18,6 +30,8 @@ const MAX_REDIRECTS: usize = 5;
 pub enum HttpError {
     /// Not an `http://host[:port]/path` URL.
     Url(String),
+    /// Not a request target (`/path?query`, no spaces or line breaks).
+    Target(String),
     Connect(String, io::Error),
     Io(io::Error),
     /// The server's answer is not HTTP/1.x as we know it.
@@ -31,6 +45,7 @@ impl fmt::Display for HttpError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             HttpError::Url(u) => write!(f, "{u:?} is not an http:// URL"),
+            HttpError::Target(t) => write!(f, "{t:?} is not a request path"),
             HttpError::Connect(addr, e) => write!(f, "connecting to {addr}: {e}"),
             HttpError::Io(e) => write!(f, "{e}"),
             HttpError::Protocol(m) => write!(f, "bad HTTP response: {m}"),
@@ -56,10 +71,7 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        find(&self.headers, name)
     }
 
     /// The length the server announced (Content-Length), if any.
@@ -188,7 +200,7 @@ fn set_timeouts(stream: &TcpStream, timeout: Duration) -> Result<(), HttpError> 
     Ok(())
 }
 
-/// A response read whole off a kept-alive connection.
+/// A response read whole (off a kept-alive connection, or a Unix socket).
 pub struct Full {
     pub status: u16,
     headers: Vec<(String, String)>,
@@ -305,25 +317,7 @@ impl KeepAlive {
             Err(e) => return Err(e.into()),
             Ok(_) => {}
         }
-        let (status, headers) = read_head(&mut reader)?;
-        let framing = framing(&headers)?;
-        let closes = matches!(framing, Framing::Close)
-            || find(&headers, "connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
-        // The same readers as `Request::send`'s, taken apart again after.
-        let (body, reader) = match framing {
-            Framing::Chunked => {
-                let mut c = Chunked::new(reader);
-                (read_limited(&mut c, limit)?, c.inner)
-            }
-            Framing::Length(len) => {
-                let mut a = Announced::new(reader, len);
-                (read_limited(&mut a, limit)?, a.inner)
-            }
-            Framing::Close => {
-                let mut r = reader;
-                (read_limited(&mut r, limit)?, r)
-            }
-        };
+        let (full, reader, closes) = read_whole(reader, limit)?;
         // Nothing may be left over: the next answer must start clean.
         if !closes && reader.buffer().is_empty() {
             self.held = Some(Held {
@@ -332,8 +326,48 @@ impl KeepAlive {
                 since: Instant::now(),
             });
         }
-        Ok(Full { status, headers, body })
+        Ok(full)
     }
+}
+
+/// `GET path` over the Unix socket at `socket` (`Connection: close`): the
+/// whole answer, at most `limit` bytes of body. Connect, and each read or
+/// write, must finish within `timeout`.
+pub fn get_unix(socket: &Path, path: &str, timeout: Duration, limit: u64) -> Result<Full, HttpError> {
+    if !path.starts_with('/') || path.contains([' ', '\r', '\n']) {
+        return Err(HttpError::Target(path.into()));
+    }
+    let stream = UnixStream::connect(socket).map_err(|e| HttpError::Connect(socket.display().to_string(), e))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    Request::get(path, timeout).write(&mut &stream, "localhost", path, &[("Connection", "close")])?;
+    let (full, _, _) = read_whole(BufReader::new(stream), limit)?;
+    Ok(full)
+}
+
+/// A whole response off `reader`, at most `limit` bytes of body; the reader
+/// back, just past the answer, and whether the connection ends with it.
+fn read_whole<R: BufRead>(mut reader: R, limit: u64) -> Result<(Full, R, bool), HttpError> {
+    let (status, headers) = read_head(&mut reader)?;
+    let framing = framing(&headers)?;
+    let closes = matches!(framing, Framing::Close)
+        || find(&headers, "connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+    // The same readers as `Request::send`'s, taken apart again after.
+    let (body, reader) = match framing {
+        Framing::Chunked => {
+            let mut c = Chunked::new(reader);
+            (read_limited(&mut c, limit)?, c.inner)
+        }
+        Framing::Length(len) => {
+            let mut a = Announced::new(reader, len);
+            (read_limited(&mut a, limit)?, a.inner)
+        }
+        Framing::Close => {
+            let mut r = reader;
+            (read_limited(&mut r, limit)?, r)
+        }
+    };
+    Ok((Full { status, headers, body }, reader, closes))
 }
 
 /// The path and query `url` puts on the request line (what a signature
@@ -788,5 +822,62 @@ mod tests {
             .err()
             .unwrap();
         assert!(matches!(e, HttpError::Protocol(_)), "{e}");
+    }
+
+    #[test]
+    fn whole_answers_plain_chunked_and_garbage() {
+        let whole = |raw: &[u8]| read_whole(raw, 1 << 20).map(|(f, _, closes)| (f.status, f.body, closes));
+        assert_eq!(
+            whole(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nLIVE\n").unwrap(),
+            (200, b"LIVE\n".to_vec(), false)
+        );
+        assert_eq!(
+            whole(b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nPRE\r\n5\r\nFILL\n\r\n0\r\n\r\n")
+                .unwrap(),
+            (503, b"PREFILL\n".to_vec(), false)
+        );
+        assert_eq!(
+            whole(b"HTTP/1.0 200 OK\r\n\r\nto the end").unwrap(),
+            (200, b"to the end".to_vec(), true)
+        );
+        for garbage in [
+            &b"nonsense"[..],
+            b"HTTP/1.1 abc\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n9\r\nab",
+            b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+        ] {
+            assert!(whole(garbage).is_err(), "{:?}", String::from_utf8_lossy(garbage));
+        }
+    }
+
+    #[test]
+    fn get_over_a_unix_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("admin.sock");
+        let l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let t = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut head = String::new();
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            while !head.ends_with("\r\n\r\n") {
+                r.read_line(&mut head).unwrap();
+            }
+            s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nLIVE\r\n0\r\n\r\n")
+                .unwrap();
+            head
+        });
+        let full = get_unix(&sock, "/stats?filter=^a\\.b$", Duration::from_secs(5), 100).unwrap();
+        assert_eq!((full.status, full.body.as_slice()), (200, &b"LIVE"[..]));
+        let head = t.join().unwrap();
+        assert!(head.starts_with("GET /stats?filter=^a\\.b$ HTTP/1.1\r\n"), "{head}");
+        assert!(head.contains("Connection: close\r\n"), "{head}");
+        // Nothing listening, and a path that cannot be a request line.
+        let e = get_unix(&dir.path().join("none.sock"), "/ready", Duration::from_secs(5), 10)
+            .err()
+            .unwrap();
+        assert!(matches!(e, HttpError::Connect(..)), "{e}");
+        let e = get_unix(&sock, "/a b", Duration::from_secs(5), 10).err().unwrap();
+        assert!(matches!(e, HttpError::Target(_)), "{e}");
     }
 }
