@@ -175,7 +175,51 @@ impl Request<'_> {
     }
 }
 
-fn connect(addr: &str, timeout: Duration) -> Result<TcpStream, HttpError> {
+/// A connection: TCP (`http://`) or a Unix socket (Envoy's admin). One
+/// type, so the head and body readers below are compiled once for both
+/// (flash is scarce).
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for &Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => (&*s).write(buf),
+            Stream::Unix(s) => (&*s).write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn set_timeouts(stream: &Stream, timeout: Duration) -> Result<(), HttpError> {
+    match stream {
+        Stream::Tcp(s) => {
+            s.set_read_timeout(Some(timeout))?;
+            s.set_write_timeout(Some(timeout))?;
+        }
+        Stream::Unix(s) => {
+            s.set_read_timeout(Some(timeout))?;
+            s.set_write_timeout(Some(timeout))?;
+        }
+    }
+    Ok(())
+}
+
+fn connect(addr: &str, timeout: Duration) -> Result<Stream, HttpError> {
     let target = addr
         .to_socket_addrs()
         .map_err(|e| HttpError::Connect(addr.to_string(), e))?
@@ -183,6 +227,7 @@ fn connect(addr: &str, timeout: Duration) -> Result<TcpStream, HttpError> {
         .ok_or_else(|| HttpError::Connect(addr.to_string(), io::ErrorKind::NotFound.into()))?;
     let stream = TcpStream::connect_timeout(&target, timeout).map_err(|e| HttpError::Connect(addr.to_string(), e))?;
     let _ = stream.set_nodelay(true);
+    let stream = Stream::Tcp(stream);
     set_timeouts(&stream, timeout)?;
     Ok(stream)
 }
@@ -192,12 +237,6 @@ fn closed(e: &io::Error) -> bool {
         e.kind(),
         io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe
     )
-}
-
-fn set_timeouts(stream: &TcpStream, timeout: Duration) -> Result<(), HttpError> {
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    Ok(())
 }
 
 /// A response read whole (off a kept-alive connection, or a Unix socket).
@@ -232,7 +271,7 @@ pub struct KeepAlive {
 
 struct Held {
     authority: String,
-    reader: BufReader<TcpStream>,
+    reader: BufReader<Stream>,
     since: Instant,
 }
 
@@ -292,7 +331,7 @@ impl KeepAlive {
 
     fn exchange(
         &mut self,
-        mut reader: BufReader<TcpStream>,
+        mut reader: BufReader<Stream>,
         req: &Request,
         authority: &str,
         path: &str,
@@ -338,8 +377,8 @@ pub fn get_unix(socket: &Path, path: &str, timeout: Duration, limit: u64) -> Res
         return Err(HttpError::Target(path.into()));
     }
     let stream = UnixStream::connect(socket).map_err(|e| HttpError::Connect(socket.display().to_string(), e))?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
+    let stream = Stream::Unix(stream);
+    set_timeouts(&stream, timeout)?;
     Request::get(path, timeout).write(&mut &stream, "localhost", path, &[("Connection", "close")])?;
     let (full, _, _) = read_whole(BufReader::new(stream), limit)?;
     Ok(full)
@@ -521,7 +560,7 @@ fn body_reader<R: BufRead + Send + 'static>(r: R, framing: Framing) -> Box<dyn R
     }
 }
 
-fn read_response(mut r: BufReader<TcpStream>) -> Result<Response, HttpError> {
+fn read_response(mut r: BufReader<Stream>) -> Result<Response, HttpError> {
     let (status, headers) = read_head(&mut r)?;
     let body = body_reader(r, framing(&headers)?);
     Ok(Response { status, headers, body })
