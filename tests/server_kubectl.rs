@@ -35,11 +35,13 @@ fn apply_get_describe_delete_examples() {
     let out = s.kubectl_ok(&["apply", "-f", examples().to_str().unwrap()]);
     for line in [
         "job.robot.k8s4r.io/quickstart created",
-        "job.robot.k8s4r.io/telemetry created",
-        "robot.robot.k8s4r.io/robot-001 created",
+        "job.robot.k8s4r.io/network-demo created",
     ] {
         assert!(out.contains(line), "apply output lacks {line:?}:\n{out}");
     }
+    // The Robot example (a robot that is never Online without its agent)
+    // lives in examples/extra/, out of the default directory.
+    assert!(!out.contains("robot.robot.k8s4r.io/"), "{out}");
     // Re-applying unchanged manifests writes nothing.
     let again = s.kubectl_ok(&["apply", "-f", examples().to_str().unwrap()]);
     assert!(again.contains("job.robot.k8s4r.io/quickstart unchanged"), "{again}");
@@ -77,6 +79,9 @@ fn apply_get_describe_delete_examples() {
         "{tasks}"
     );
     assert!(tasks.contains("pending"), "{tasks}");
+    let robot = examples().join("extra/robot.yaml");
+    let out = s.kubectl_ok(&["apply", "-f", robot.to_str().unwrap()]);
+    assert!(out.contains("robot.robot.k8s4r.io/robot-001 created"), "{out}");
     let robots = s.kubectl_ok(&["get", "robots"]);
     assert!(
         robots.starts_with("NAME") && robots.contains("PHASE") && robots.contains("LAST-HEARTBEAT"),
@@ -138,7 +143,7 @@ fn apply_get_describe_delete_examples() {
     });
     assert!(
         s.kubectl_ok(&["get", "tasks", "-o", "name"])
-            .contains("telemetry-uplink-r0-reporter"),
+            .contains("network-demo-app-r0-client"),
         "other jobs untouched"
     );
     let missing = s.kubectl(&["get", "job", "quickstart"]);
