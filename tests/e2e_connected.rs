@@ -710,58 +710,50 @@ fn an_agent_kill_9_under_the_server_restarts_and_duplicates_nothing() {
     assert_eq!(count_procs("sleep 303", &agent.data), 2, "no duplicate started");
 }
 
-/// The examples (and the original implementation's runnable manifest) on a
-/// live robot reach their expected final states: batch jobs complete, the
-/// service job runs (through its Envoy) until deleted.
+/// `kubectl apply -f examples/` against a robot like `make demo`'s (a
+/// connected agent labelled demo=true): every example composes (distinct
+/// ports, selectors the robot matches, no Robot object that never comes
+/// Online) and reaches its final state: batch Jobs complete, the others
+/// run. The original implementation's runnable manifest joins them.
 #[test]
-fn examples_reach_their_expected_states_on_a_live_robot() {
-    if !have_envoy() {
+fn kubectl_apply_examples_directory_runs_every_example_on_the_demo_robot() {
+    let Some(_envoy) = envoy_fixtures::envoy_or_skip("examples on the demo robot") else {
+        return;
+    };
+    if !server_util::have_kubectl() {
         return;
     }
-    // The examples select robots by these labels; quickstart selects any.
-    let (_dir, server, _agent) = server_and_robot("robot-ex");
+    let (_dir, server, agent) = server_and_robot("demo-robot");
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut files = vec![
-        (root.join("examples/quickstart.yaml"), "quickstart", "completed"),
-        (root.join("examples/demo.yaml"), "demo", "completed"),
-        (root.join("examples/network-proxy.yaml"), "network-demo", "running"),
-        (
-            root.join("examples/system-heartbeat.yaml"),
-            "robot-heartbeat",
-            "running",
-        ),
-    ];
+    server.kubectl_ok(&["apply", "-f", root.join("examples").to_str().unwrap()]);
     if let Some(shared) = common::shared_dir() {
-        files.push((
-            shared.join("compat/test-taskgroup-simple.yaml"),
-            "test-taskgroup-simple",
-            "completed",
-        ));
-    }
-    for (file, _, _) in &files {
-        let text = std::fs::read_to_string(file).unwrap();
-        for doc in k8s4r::api::decode_all(&text) {
-            let obj = doc.unwrap().object;
-            let plural = if obj.kind() == "Job" { "jobs" } else { "robots" };
-            let body = serde_json::to_value(&obj).unwrap();
-            let r = server.send_json(
-                "POST",
-                &format!("/apis/robot.k8s4r.io/v1alpha1/namespaces/default/{plural}"),
-                &body,
-            );
-            assert_eq!(r.status, 201, "{}: {}", file.display(), r.body);
-        }
-    }
-    for (file, job, want) in &files {
-        wait_for(
-            &format!("{job} ({}) {want}", file.display()),
-            Duration::from_secs(60),
-            || (job_state(&server, job).as_deref() == Some(*want)).then_some(()),
+        let compat = shared.join("compat/test-taskgroup-simple.yaml");
+        apply_text(
+            &server,
+            "compat/test-taskgroup-simple.yaml",
+            &std::fs::read_to_string(compat).unwrap(),
         );
     }
+    let jobs = server.list("jobs", "")["items"].as_array().cloned().unwrap_or_default();
+    assert!(jobs.len() >= 4, "every example Job applied: {jobs:?}");
+    for job in &jobs {
+        let name = job["metadata"]["name"].as_str().unwrap();
+        let want = if job["spec"]["type"] == "batch" {
+            "completed"
+        } else {
+            "running"
+        };
+        wait_job(&server, name, want, &agent);
+    }
+    let robots = server.list("robots", "")["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let names: Vec<&str> = robots.iter().filter_map(|r| r["metadata"]["name"].as_str()).collect();
+    assert_eq!(names, ["demo-robot"], "no Robot example in the default directory");
     // The system Job's replica is named after the robot it belongs to.
-    let beat = task(&server, "robot-heartbeat-beat-log.robot-ex").expect("the system replica");
-    assert_eq!(beat["spec"]["targetRobot"], "robot-ex", "{beat}");
+    let beat = task(&server, "robot-heartbeat-beat-log.demo-robot").expect("the system replica");
+    assert_eq!(beat["spec"]["targetRobot"], "demo-robot", "{beat}");
 }
 
 /// `disconnect.reconcile: keepOriginal` with two real robots: the robot
@@ -904,7 +896,7 @@ fn wait_job(server: &Server, job: &str, want: &str, agent: &Agent) {
     }
 }
 
-/// examples/spire-mtls.yaml on a live robot: its robot-scoped SPIRE agent
+/// examples/extra/spire-mtls.yaml on a live robot: its robot-scoped SPIRE agent
 /// daemon starts, the group's Envoy gets its SVID and bundle over SDS from
 /// the Workload API socket (the test's SDS fixture), opens its mTLS inbound
 /// listener, and the reporter runs (a service: `running`).
@@ -938,7 +930,7 @@ fn spire_mtls_example_runs_against_a_local_spire_workload_api() {
     write_exec(&spire, &fake_spire_agent());
     let [metrics, events, scrape] = [(); 3].map(|_| envoy_fixtures::free_port());
     let text = substitute(
-        &example("spire-mtls.yaml"),
+        &example("extra/spire-mtls.yaml"),
         &[
             // No SPIRE package here: the stand-in binary and its config.
             ("/opt/spire/bin/spire-agent", spire.display().to_string()),
@@ -953,7 +945,7 @@ fn spire_mtls_example_runs_against_a_local_spire_workload_api() {
     );
     // Labels the example's selector asks for (matchLabels + matchExpressions).
     let (server, agent) = robot_at("robot-spire", "fleet=warehouse,arch=amd64", &root.join("robot"), &[]);
-    apply_text(&server, "examples/spire-mtls.yaml", &text);
+    apply_text(&server, "examples/extra/spire-mtls.yaml", &text);
     wait_job(&server, "telemetry", "running", &agent);
     let out = wait_for("the reporter's first line", Duration::from_secs(30), || {
         let out = agent.task_output("telemetry-uplink-r0-reporter");
@@ -976,7 +968,7 @@ fn spire_mtls_example_runs_against_a_local_spire_workload_api() {
     );
 }
 
-/// examples/tls-files.yaml on a live robot: the group's Envoy takes its
+/// examples/extra/tls-files.yaml on a live robot: the group's Envoy takes its
 /// certificate, key and CA from files (locally generated ones at the
 /// substituted paths) and the db upstream carries bytes over mTLS to a
 /// server-side Envoy that admits only the robot's SPIFFE ID.
@@ -1003,7 +995,7 @@ fn tls_files_example_runs_with_local_certificate_files() {
     );
     let [telemetry, dbport] = [(); 2].map(|_| envoy_fixtures::free_port());
     let text = substitute(
-        &example("tls-files.yaml"),
+        &example("extra/tls-files.yaml"),
         &[
             // Locally generated certificates instead of the robot's /etc.
             ("/etc/k8s4r/tls/cert.pem", client.cert.display().to_string()),
@@ -1011,7 +1003,7 @@ fn tls_files_example_runs_with_local_certificate_files() {
             ("/etc/k8s4r/tls/ca.pem", ca.cert.display().to_string()),
             // Fixed ports could be taken by other tests running at once.
             ("localPort: 14317", format!("localPort: {telemetry}")),
-            ("localPort: 15432", format!("localPort: {dbport}")),
+            ("localPort: 15433", format!("localPort: {dbport}")),
             // A real mTLS peer on loopback instead of db.example.org.
             (
                 "upstream: db.example.org:5432",
@@ -1020,7 +1012,7 @@ fn tls_files_example_runs_with_local_certificate_files() {
         ],
     );
     let (server, agent) = robot_at("robot-files", "demo=true", &root.join("robot"), &[]);
-    apply_text(&server, "examples/tls-files.yaml", &text);
+    apply_text(&server, "examples/extra/tls-files.yaml", &text);
     wait_job(&server, "files-mtls", "running", &agent);
     let back = wait_for(
         "bytes through the robot's mTLS upstream",
@@ -1140,13 +1132,13 @@ fn compat_job_with_envoy_proxy_completes_with_local_downloads() {
     );
 }
 
-/// The Robot manifests (examples/robot.yaml, compat/robot.yaml): an
+/// The Robot manifests (examples/extra/robot.yaml, compat/robot.yaml): an
 /// operator pre-creates the Robot, the robot's agent registers under that
 /// name, and the object becomes Online, keeping the operator's labels.
 #[test]
 fn robot_manifests_go_online_when_their_agent_registers() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut files = vec![root.join("examples/robot.yaml")];
+    let mut files = vec![root.join("examples/extra/robot.yaml")];
     if let Some(shared) = common::shared_dir() {
         files.push(shared.join("compat/robot.yaml"));
     }

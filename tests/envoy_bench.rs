@@ -150,7 +150,8 @@ fn envoy_version(bin: &Path) -> String {
 
 /// Mean time to plan + render the SPIRE example's group, both forms.
 fn render_times() -> String {
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/spire-mtls.yaml")).unwrap();
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/extra/spire-mtls.yaml")).unwrap();
     let doc = k8s4r::api::decode_all(&text).into_iter().next().unwrap().unwrap();
     let k8s4r::api::AnyObject::Job(job) = doc.object else {
         panic!("the example is a Job")
@@ -179,7 +180,7 @@ fn render_times() -> String {
     }
     let runtime_us = start.elapsed().as_secs_f64() * 1e6 / f64::from(RENDERS);
     format!(
-        "{{\"config\": \"examples/spire-mtls.yaml (2 upstreams, SPIRE SDS)\", \"static_us\": {static_us:.1}, \
+        "{{\"config\": \"examples/extra/spire-mtls.yaml (2 upstreams, SPIRE SDS)\", \"static_us\": {static_us:.1}, \
          \"static_bytes\": {size}, \"runtime_us\": {runtime_us:.1}, \"bootstrap_bytes\": {}, \"lds_bytes\": {}, \"cds_bytes\": {}}}",
         sizes.0, sizes.1, sizes.2
     )

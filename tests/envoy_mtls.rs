@@ -27,19 +27,6 @@ fn robot(bin: &Path, dir: &Path, network: NetworkConfig) -> Envoy {
     Envoy::run(&g)
 }
 
-fn tls_upstream(name: &str, local_port: u16, server_port: u16, peer_id: Option<&str>) -> Upstream {
-    Upstream {
-        spiffe_id: peer_id.map(String::from),
-        ..upstream(
-            name,
-            local_port,
-            &format!("localhost:{server_port}"),
-            Protocol::Tcp,
-            true,
-        )
-    }
-}
-
 /// The proxy must refuse: the app's connection is closed without an echo.
 /// The usual far side: an echo server behind a server-side Envoy that
 /// demands a client certificate from a fresh example.org CA (server leaf

@@ -279,7 +279,7 @@ fn render_envoy_cli_output_passes_validate() {
     let tmp = tempfile::tempdir().unwrap();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     for bin in [env!("CARGO_BIN_EXE_k8s4r"), env!("CARGO_BIN_EXE_k8s4r-agent")] {
-        for (example, group) in [("network-proxy.yaml", None), ("spire-mtls.yaml", Some("uplink"))] {
+        for (example, group) in [("network-proxy.yaml", None), ("extra/spire-mtls.yaml", Some("uplink"))] {
             let mut cmd = std::process::Command::new(bin);
             cmd.arg("render-envoy")
                 .arg("-f")
@@ -293,7 +293,7 @@ fn render_envoy_cli_output_passes_validate() {
                 "{bin} {example}: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
-            let file = tmp.path().join(example.replace(".yaml", ".json"));
+            let file = tmp.path().join(example.replace(".yaml", ".json").replace('/', "-"));
             std::fs::write(&file, &out.stdout).unwrap();
             validate(&envoy, &file).unwrap();
             // App-side listeners are loopback only; the one inbound mTLS

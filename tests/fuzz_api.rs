@@ -105,8 +105,9 @@ fn decode_and_validate(text: &str) -> usize {
 
 fn seeds() -> Vec<String> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
-    let mut out: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
+    let mut out: Vec<String> = [dir.clone(), dir.join("extra")]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).unwrap())
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("yaml"))
         .map(|p| std::fs::read_to_string(p).unwrap())

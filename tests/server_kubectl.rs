@@ -35,11 +35,13 @@ fn apply_get_describe_delete_examples() {
     let out = s.kubectl_ok(&["apply", "-f", examples().to_str().unwrap()]);
     for line in [
         "job.robot.k8s4r.io/quickstart created",
-        "job.robot.k8s4r.io/telemetry created",
-        "robot.robot.k8s4r.io/robot-001 created",
+        "job.robot.k8s4r.io/network-demo created",
     ] {
         assert!(out.contains(line), "apply output lacks {line:?}:\n{out}");
     }
+    // The Robot example (a robot that is never Online without its agent)
+    // lives in examples/extra/, out of the default directory.
+    assert!(!out.contains("robot.robot.k8s4r.io/"), "{out}");
     // Re-applying unchanged manifests writes nothing.
     let again = s.kubectl_ok(&["apply", "-f", examples().to_str().unwrap()]);
     assert!(again.contains("job.robot.k8s4r.io/quickstart unchanged"), "{again}");
@@ -77,6 +79,9 @@ fn apply_get_describe_delete_examples() {
         "{tasks}"
     );
     assert!(tasks.contains("pending"), "{tasks}");
+    let robot = examples().join("extra/robot.yaml");
+    let out = s.kubectl_ok(&["apply", "-f", robot.to_str().unwrap()]);
+    assert!(out.contains("robot.robot.k8s4r.io/robot-001 created"), "{out}");
     let robots = s.kubectl_ok(&["get", "robots"]);
     assert!(
         robots.starts_with("NAME") && robots.contains("PHASE") && robots.contains("LAST-HEARTBEAT"),
@@ -138,7 +143,7 @@ fn apply_get_describe_delete_examples() {
     });
     assert!(
         s.kubectl_ok(&["get", "tasks", "-o", "name"])
-            .contains("telemetry-uplink-r0-reporter"),
+            .contains("network-demo-app-r0-client"),
         "other jobs untouched"
     );
     let missing = s.kubectl(&["get", "job", "quickstart"]);
@@ -263,51 +268,83 @@ fn get_watch_sees_changes() {
         )
     };
     s.kubectl_ok(&["apply", "-f", &write(&dir, "r.yaml", &robot("one"))]);
-    let mut child = s
-        .kubectl_cmd()
-        .args([
-            "get",
-            "robots",
-            "-w",
-            "-o",
-            "custom-columns=NAME:.metadata.name,DESC:.spec.description",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut seen = Vec::new();
-    let expect = |want: &str, seen: &mut Vec<String>| {
-        let deadline = std::time::Instant::now() + T;
-        while !seen
-            .iter()
-            .any(|l: &String| l.split_whitespace().collect::<Vec<_>>() == want.split_whitespace().collect::<Vec<_>>())
-        {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(l) => seen.push(l),
-                Err(_) => panic!("kubectl get -w did not print {want:?}; saw {seen:?}"),
-            }
-        }
-    };
-    expect("w1 one", &mut seen);
+    let mut w = Lines::of(s.kubectl_cmd().args([
+        "get",
+        "robots",
+        "-w",
+        "-o",
+        "custom-columns=NAME:.metadata.name,DESC:.spec.description",
+    ]));
+    w.expect("w1 one");
     s.kubectl_ok(&["apply", "-f", &write(&dir, "r.yaml", &robot("two"))]);
-    expect("w1 two", &mut seen);
+    w.expect("w1 two");
     s.kubectl_ok(&[
         "apply",
         "-f",
         &write(&dir, "r2.yaml", &robot("three").replace("w1", "w2")),
     ]);
-    expect("w2 three", &mut seen);
-    let _ = child.kill();
-    let _ = child.wait();
+    w.expect("w2 three");
+}
+
+/// A long-running kubectl (`get -w`, `logs -f`) whose output lines are
+/// read as they come; killed when dropped.
+struct Lines {
+    child: std::process::Child,
+    rx: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Lines {
+    fn of(cmd: &mut std::process::Command) -> Lines {
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Lines {
+            child,
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Wait for a line whose words start with `want`'s.
+    fn expect(&mut self, want: &str) {
+        let want: Vec<&str> = want.split_whitespace().collect();
+        let deadline = std::time::Instant::now() + T;
+        while !self
+            .seen
+            .iter()
+            .any(|l| l.split_whitespace().take(want.len()).eq(want.iter().copied()))
+        {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(l) => self.seen.push(l),
+                Err(_) => panic!("kubectl did not print {want:?}; saw {:?}", self.seen),
+            }
+        }
+    }
+
+    /// Every line until kubectl exits by itself (within `within`), and
+    /// its exit status.
+    fn until_exit(&mut self, within: Duration) -> (Vec<String>, std::process::ExitStatus) {
+        let status = wait_for("kubectl to finish by itself", within, || {
+            self.child.try_wait().ok().flatten()
+        });
+        // Exited: its output is complete once the reader has seen EOF.
+        self.seen.extend(self.rx.iter());
+        (self.seen.clone(), status)
+    }
+}
+
+impl Drop for Lines {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 #[test]
@@ -724,4 +761,63 @@ fn one_label_set_per_robot_for_agents_selectors_and_kubectl_label() {
     );
     let again = s.kubectl_ok(&["apply", "-f", &write(&dir, "r2.yaml", manifest)]);
     assert!(again.contains("unchanged"), "{again}");
+}
+
+/// `kubectl get nodes -w` and `get pods -w` follow a real agent and its
+/// task; `kubectl logs -f --tail 1` prints the newest line, then every new
+/// line exactly once in order, and ends by itself when the task completes.
+#[test]
+fn kubectl_follows_logs_and_watches_pods_and_nodes() {
+    if !have_kubectl() {
+        return;
+    }
+    let s = Server::start();
+    let data = tempfile::tempdir().unwrap();
+    let mut nodes = Lines::of(s.kubectl_cmd().args(["get", "nodes", "-w"]));
+    let mut pods = Lines::of(s.kubectl_cmd().args(["get", "pods", "-w"]));
+    let _agent = common::ConnectedAgent::start(
+        &s.agent_base,
+        &s.join_token(),
+        "follow-bot",
+        "fleet=a",
+        &data.path().join("agent"),
+        &[],
+    );
+    nodes.expect("follow-bot Ready robot");
+    // 40 lines over ~10 s: long enough to start following while it runs.
+    let ticks = "['-c', 'for i in $(seq 1 40); do echo tick-$i; sleep 0.25; done']";
+    let job = one_task_job("ticker").replace(
+        "command: /bin/true",
+        &format!("command: /bin/sh\n          args: {ticks}"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    s.kubectl_ok(&["apply", "-f", &write(&dir, "ticker.yaml", &job)]);
+    let task = "ticker-g-r0-main";
+    pods.expect(&format!("{task} 1/1 Running"));
+    let mut follow = Lines::of(s.kubectl_cmd().args(["logs", task, "-f", "--tail", "1"]));
+    let (lines, status) = follow.until_exit(Duration::from_secs(60));
+    assert!(status.success(), "kubectl logs -f failed: {lines:?}");
+    let numbers: Vec<u32> = lines
+        .iter()
+        .map(|l| {
+            l.strip_prefix("tick-")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("{l:?} in {lines:?}"))
+        })
+        .collect();
+    assert_eq!(
+        numbers.last(),
+        Some(&40),
+        "follow ends with the task's last line: {lines:?}"
+    );
+    assert!(
+        numbers.len() >= 2,
+        "--tail 1 then new lines, not only the end: {lines:?}"
+    );
+    let first = numbers[0];
+    assert_eq!(numbers, (first..=40).collect::<Vec<_>>(), "each line once, in order");
+    pods.expect(&format!("{task} 0/1 Completed"));
+    // --tail N without -f, from the real agent's files.
+    let tail = s.kubectl_ok(&["logs", task, "--tail", "2"]);
+    assert_eq!(tail, "tick-39\ntick-40\n");
 }

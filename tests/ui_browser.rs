@@ -344,4 +344,34 @@ fn a_tasks_log_tail_updates_live_from_a_real_agent() {
         "the page was reloaded"
     );
     b.screenshot("task-log");
+
+    // The fleet page: each robot's agent version and the task statuses it
+    // still held undelivered at its last report (none for the connected
+    // agent; many for a robot flushing a long outage in batches).
+    let mut slow = Robot::register(&s, &join, "slowlink", json!({}));
+    let r = slow.try_report(&json!({"updates": [], "agentVersion": "0.0.9", "backlog": 1234}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    b.goto(&s.url("/ui/fleet"));
+    let texts = |selector: &str| -> Vec<String> {
+        let js =
+            format!("return Array.from(document.querySelectorAll(\"{selector}\")).map(c => c.textContent.trim());");
+        serde_json::from_value(b.script(&js)).unwrap()
+    };
+    let head = texts("#robots thead th");
+    let col = |name: &str| {
+        head.iter()
+            .position(|h| h == name)
+            .unwrap_or_else(|| panic!("no {name} column: {head:?}"))
+    };
+    let (agent_col, backlog_col) = (col("Agent"), col("Backlog"));
+    let cells = |robot: &str| texts(&format!("#robots tr[data-name='{robot}'] td"));
+    let logbot = cells("logbot");
+    assert_eq!(logbot[agent_col], env!("CARGO_PKG_VERSION"), "{logbot:?}");
+    assert_eq!(logbot[backlog_col], "0", "{logbot:?}");
+    // One label set: what selectors match, shown once.
+    assert_eq!(logbot[col("Labels")], "demo=true", "{logbot:?}");
+    let slow_row = cells("slowlink");
+    assert_eq!(slow_row[agent_col], "0.0.9", "{slow_row:?}");
+    assert_eq!(slow_row[backlog_col], "1234", "{slow_row:?}");
+    b.screenshot("fleet-backlog");
 }

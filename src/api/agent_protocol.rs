@@ -132,6 +132,10 @@ pub struct StatusReport {
     pub device_info: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_version: Option<String>,
+    /// Task statuses the agent still holds undelivered beyond this report
+    /// (it sends them in batches, oldest first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backlog: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

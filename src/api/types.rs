@@ -1084,6 +1084,12 @@ pub struct RobotStatus {
     /// Version of the robot's agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_version: Option<String>,
+    /// Task statuses the robot's agent still held undelivered after its
+    /// last report (it sends them in batches; a robot back from a long
+    /// outage may hold many). What the robot collects while offline is
+    /// known only when it reports again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_backlog: Option<u64>,
     /// Free-form device facts (hostname, platform, cpu, memory, disks, ...), in
     /// the shape of the original CRD's `deviceInfo`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

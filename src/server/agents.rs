@@ -554,7 +554,7 @@ impl Agents {
         self.limits.check_report(&report)?;
         self.heartbeat(id).await?;
         let (ns, robot) = (id.namespace.as_str(), id.name.as_str());
-        if report.device_info.is_some() || report.agent_version.is_some() {
+        if report.device_info.is_some() || report.agent_version.is_some() || report.backlog.is_some() {
             let cached = self.hub.cache.get("robots", ns, robot);
             let status = cached.as_ref().and_then(|r| r.get("status"));
             let mut patch = json!({});
@@ -566,6 +566,11 @@ impl Agents {
             if let Some(v) = &report.agent_version {
                 if status.and_then(|s| s.get("agentVersion")).and_then(Value::as_str) != Some(v) {
                     patch["agentVersion"] = json!(v);
+                }
+            }
+            if let Some(n) = report.backlog {
+                if status.and_then(|s| s.get("statusBacklog")).and_then(Value::as_u64) != Some(n) {
+                    patch["statusBacklog"] = json!(n);
                 }
             }
             if patch.as_object().is_some_and(|m| !m.is_empty()) {

@@ -320,6 +320,21 @@ pub fn upstream(name: &str, local_port: u16, target: &str, protocol: Protocol, t
     }
 }
 
+/// A tcp upstream over mTLS to `server_port` on loopback, the server's
+/// SPIFFE ID pinned to `peer_id`.
+pub fn tls_upstream(name: &str, local_port: u16, server_port: u16, peer_id: Option<&str>) -> Upstream {
+    Upstream {
+        spiffe_id: peer_id.map(String::from),
+        ..upstream(
+            name,
+            local_port,
+            &format!("localhost:{server_port}"),
+            Protocol::Tcp,
+            true,
+        )
+    }
+}
+
 pub fn spiffe(td: &str, socket: Option<&Path>) -> SpiffeConfig {
     SpiffeConfig {
         trust_domain: td.into(),

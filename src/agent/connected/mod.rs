@@ -376,7 +376,7 @@ fn spawn_reporter(shared: Arc<Shared>, client: Client, data_dir: PathBuf) {
         let mut device_due = Instant::now();
         let mut batch = REPORT_BATCH;
         while !shared.stop.load(Ordering::SeqCst) {
-            let (updates, send_device) = {
+            let (updates, backlog, send_device) = {
                 let mut outbox = lock(&shared.outbox);
                 let now = Instant::now();
                 if outbox.is_empty() && now < device_due {
@@ -392,8 +392,10 @@ fn spawn_reporter(shared: Arc<Shared>, client: Client, data_dir: PathBuf) {
                 // is not refused forever, and no task waits behind busier
                 // ones; the rest go next round.
                 updates.sort_by_key(|u| u.seq);
+                let pending = updates.len();
                 updates.truncate(batch);
-                (updates, Instant::now() >= device_due)
+                let backlog = (pending - updates.len()) as u64;
+                (updates, backlog, Instant::now() >= device_due)
             };
             if updates.is_empty() && !send_device {
                 continue;
@@ -402,6 +404,7 @@ fn spawn_reporter(shared: Arc<Shared>, client: Client, data_dir: PathBuf) {
                 updates,
                 device_info: send_device.then(|| super::device::collect(&data_dir)),
                 agent_version: Some(super::device::AGENT_VERSION.to_string()),
+                backlog: Some(backlog),
             };
             match client.report(&report) {
                 Ok(reply) => {

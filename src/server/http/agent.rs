@@ -222,8 +222,15 @@ pub async fn task_log(
     task_log_of(&app, &ns, &name, q).await
 }
 
-/// A task's log as text/plain (`tailLines`, `stream` from the query): the
-/// tasks/NAME/log route's answer, and pods/NAME/log's (`kubectl logs`).
+/// A log request's answer: the tail at once, or a stream that follows.
+enum LogAnswer {
+    Tail(crate::api::agent_protocol::LogUpload),
+    Followed(Response),
+}
+
+/// A task's log as text/plain (`tailLines`, `stream`, `follow` from the
+/// query): the tasks/NAME/log route's answer, and pods/NAME/log's
+/// (`kubectl logs [-f] [--tail N]`).
 pub async fn task_log_of(app: &AppState, ns: &str, name: &str, q: super::k8s::Params) -> Response {
     let r = async {
         let q: HashMap<String, String> = q
@@ -237,11 +244,17 @@ pub async fn task_log_of(app: &AppState, ns: &str, name: &str, q: super::k8s::Pa
             ),
         };
         let stream = q.get("stream").map(String::as_str).unwrap_or("stdout");
-        app.agents.task_log(ns, name, stream, tail).await
+        if q.get("follow").is_some_and(|f| f == "true" || f == "1") {
+            return super::log_follow::follow(app, ns, name, stream, tail)
+                .await
+                .map(LogAnswer::Followed);
+        }
+        app.agents.task_log(ns, name, stream, tail).await.map(LogAnswer::Tail)
     }
     .await;
     match r {
-        Ok(upload) => {
+        Ok(LogAnswer::Followed(stream)) => stream,
+        Ok(LogAnswer::Tail(upload)) => {
             let mut resp = (StatusCode::OK, upload.text).into_response();
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,

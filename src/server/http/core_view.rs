@@ -1,12 +1,14 @@
 //! A read-only core/v1 view of the fleet, as KubeEdge presents edge nodes:
 //! each Task as a Pod (one container, the task), each Robot as a Node.
 //! Enough for `kubectl get pods`, `kubectl logs TASK [--tail N]`,
-//! `kubectl get nodes`, `kubectl describe node` and dashboards written for
-//! Kubernetes. Listing and getting only: the objects are written as Tasks
-//! and Robots; watches are not offered here.
+//! `kubectl get nodes`, `kubectl describe node`, `kubectl get pods -w` and
+//! dashboards written for Kubernetes. Listing, getting and watching only:
+//! the objects are written as Tasks and Robots, and a watch here is the
+//! watch of those, each object converted.
 
 use super::k8s::{list_options, Params};
 use super::table::{self, CONTENT_TYPE};
+use super::watch::{self, View};
 use super::{json, json_as, AppState};
 use crate::server::object;
 use crate::server::resources::{ROBOTS, TASKS};
@@ -203,29 +205,46 @@ fn node_columns() -> Vec<Value> {
     ]
 }
 
+/// A Table of view objects; column definitions only when `headers` (a
+/// watch sends them with its first event).
+fn table_of(
+    items: &[Value],
+    headers: bool,
+    meta: Value,
+    columns: fn() -> Vec<Value>,
+    row: fn(&Value, i64) -> Vec<Value>,
+) -> Value {
+    let now = time::now_unix();
+    let rows: Vec<Value> = items
+        .iter()
+        .map(|v| {
+            json!({"cells": row(v, now), "object": {"kind": "PartialObjectMetadata",
+            "apiVersion": "meta.k8s.io/v1", "metadata": v["metadata"]}})
+        })
+        .collect();
+    json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": meta,
+           "columnDefinitions": if headers { columns() } else { Vec::new() }, "rows": rows})
+}
+
+fn pod_table(items: &[Value], headers: bool, meta: Value) -> Value {
+    table_of(items, headers, meta, pod_columns, pod_row)
+}
+
+fn node_table(items: &[Value], headers: bool, meta: Value) -> Value {
+    table_of(items, headers, meta, node_columns, node_row)
+}
+
 /// Objects as a list, or as a Table when kubectl asks for one.
 fn render(
     kind: &str,
     items: &[Value],
     revision: u64,
     headers: &HeaderMap,
-    columns: Vec<Value>,
-    row: fn(&Value, i64) -> Vec<Value>,
+    table: fn(&[Value], bool, Value) -> Value,
 ) -> Response {
     let meta = json!({"resourceVersion": revision.to_string()});
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if table::wants_table(accept) {
-        let now = time::now_unix();
-        let rows: Vec<Value> = items
-            .iter()
-            .map(|v| {
-                json!({"cells": row(v, now), "object": {"kind": "PartialObjectMetadata",
-                "apiVersion": "meta.k8s.io/v1", "metadata": v["metadata"]}})
-            })
-            .collect();
-        let t = json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": meta,
-                       "columnDefinitions": columns, "rows": rows});
-        return json_as(StatusCode::OK, &t, CONTENT_TYPE);
+    if table::wants_table(accept(headers)) {
+        return json_as(StatusCode::OK, &table(items, true, meta), CONTENT_TYPE);
     }
     json(
         StatusCode::OK,
@@ -233,13 +252,8 @@ fn render(
     )
 }
 
-fn refuse_watch(q: &HashMap<String, String>) -> Result<(), Status> {
-    if q.get("watch").is_some_and(|w| w == "1" || w == "true") {
-        return Err(Status::method_not_allowed(
-            "watching the core/v1 view is not supported; watch tasks or robots instead",
-        ));
-    }
-    Ok(())
+fn is_watch(q: &HashMap<String, String>) -> bool {
+    q.get("watch").is_some_and(|w| w == "1" || w == "true")
 }
 
 /// A fieldSelector over the view's own fields (`spec.nodeName`,
@@ -257,12 +271,22 @@ fn view_fields(q: &HashMap<String, String>, extra: &[&str]) -> Result<FieldSelec
 
 async fn list_pods(app: AppState, ns: Option<&str>, q: Params, headers: HeaderMap) -> Result<Response, Status> {
     let mut q = params(q)?;
-    refuse_watch(&q)?;
     let fields = view_fields(&q, &["spec.nodeName", "status.phase"])?;
     q.remove("fieldSelector");
-    let listed = app.registry.list(&TASKS, &list_options(&TASKS, ns, &q)?).await?;
+    let opts = list_options(&TASKS, ns, &q)?;
+    if is_watch(&q) {
+        let view = View {
+            kind: "Pod",
+            api_version: "v1",
+            convert: pod,
+            fields,
+            table: pod_table,
+        };
+        return watch::serve(app, &TASKS, Some(view), opts, &q, accept(&headers)).await;
+    }
+    let listed = app.registry.list(&TASKS, &opts).await?;
     let pods: Vec<Value> = listed.items.iter().map(pod).filter(|p| fields.matches(p)).collect();
-    Ok(render("Pod", &pods, listed.revision, &headers, pod_columns(), pod_row))
+    Ok(render("Pod", &pods, listed.revision, &headers, pod_table))
 }
 
 pub async fn list_pods_ns(
@@ -296,7 +320,7 @@ pub async fn get_pod(
         let p = pod(&task);
         if table::wants_table(accept(&headers)) {
             let rv = str_at(&p, "/metadata/resourceVersion").parse().unwrap_or(0);
-            return Ok(render("Pod", &[p], rv, &headers, pod_columns(), pod_row));
+            return Ok(render("Pod", &[p], rv, &headers, pod_table));
         }
         Ok(json(StatusCode::OK, &p))
     };
@@ -320,19 +344,22 @@ async fn robots(app: &AppState) -> Result<(Vec<Value>, u64), Status> {
 pub async fn list_nodes(State(app): State<AppState>, q: Params, headers: HeaderMap) -> Response {
     let r = async {
         let mut q = params(q)?;
-        refuse_watch(&q)?;
         let fields = view_fields(&q, &[])?;
         q.remove("fieldSelector");
-        let listed = app.registry.list(&ROBOTS, &list_options(&ROBOTS, None, &q)?).await?;
+        let opts = list_options(&ROBOTS, None, &q)?;
+        if is_watch(&q) {
+            let view = View {
+                kind: "Node",
+                api_version: "v1",
+                convert: node,
+                fields,
+                table: node_table,
+            };
+            return watch::serve(app, &ROBOTS, Some(view), opts, &q, accept(&headers)).await;
+        }
+        let listed = app.registry.list(&ROBOTS, &opts).await?;
         let nodes: Vec<Value> = listed.items.iter().map(node).filter(|n| fields.matches(n)).collect();
-        Ok(render(
-            "Node",
-            &nodes,
-            listed.revision,
-            &headers,
-            node_columns(),
-            node_row,
-        ))
+        Ok(render("Node", &nodes, listed.revision, &headers, node_table))
     };
     r.await.unwrap_or_else(|e: Status| e.into_response())
 }
@@ -348,7 +375,7 @@ pub async fn get_node(State(app): State<AppState>, Path(name): Path<String>, hea
             .ok_or_else(|| Status::new(404, "NotFound", format!("nodes \"{name}\" not found")))?;
         let n = node(robot);
         if table::wants_table(accept(&headers)) {
-            return Ok(render("Node", &[n], revision, &headers, node_columns(), node_row));
+            return Ok(render("Node", &[n], revision, &headers, node_table));
         }
         Ok(json(StatusCode::OK, &n))
     };

@@ -129,7 +129,7 @@ async fn list(
     let q = params(q)?;
     let opts = list_options(res, ns, &q)?;
     if is_watch(&q) {
-        return super::watch::serve(app, res, opts, &q, accept(headers)).await;
+        return super::watch::serve(app, res, None, opts, &q, accept(headers)).await;
     }
     let listed = app.registry.list(res, &opts).await?;
     let mut list_meta = json!({"resourceVersion": listed.revision.to_string()});

@@ -11,6 +11,7 @@ mod discovery;
 mod events;
 mod guard;
 mod k8s;
+mod log_follow;
 mod openapi;
 mod reviews;
 pub mod table;

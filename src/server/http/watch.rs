@@ -2,12 +2,16 @@
 //! server sends them. Starts with ADDED events for every existing object when
 //! no resourceVersion is given; otherwise resumes after it (410 Expired when
 //! that history is gone).
+//!
+//! The core/v1 view (Pods, Nodes) watches its source kind (Tasks, Robots)
+//! through the same stream, each object shown through a [`View`].
 
 use super::table::{self, Include};
 use super::AppState;
 use crate::api::meta::API_VERSION;
 use crate::server::registry::{ListOptions, ResourceWatch};
 use crate::server::resources::Resource;
+use crate::server::selector::FieldSelector;
 use crate::server::status::Status;
 use crate::server::store::EventKind;
 use crate::server::time;
@@ -23,8 +27,21 @@ use tokio::time::{Duration, Instant};
 /// How often an idle watch with `allowWatchBookmarks` gets a bookmark.
 const BOOKMARK_EVERY: Duration = Duration::from_secs(2);
 
+/// How a view shows the objects of the kind it is made of: the core/v1
+/// view's Pods from Tasks, Nodes from Robots.
+pub struct View {
+    pub kind: &'static str,
+    pub api_version: &'static str,
+    pub convert: fn(&Value) -> Value,
+    /// A fieldSelector over the converted objects (`spec.nodeName`).
+    pub fields: FieldSelector,
+    /// A Table of converted objects (column definitions when `headers`).
+    pub table: fn(&[Value], bool, Value) -> Value,
+}
+
 struct Stream {
     res: &'static Resource,
+    view: Option<View>,
     initial: VecDeque<Value>,
     watch: ResourceWatch,
     as_table: bool,
@@ -57,7 +74,23 @@ fn kind_name(k: EventKind) -> &'static str {
 }
 
 impl Stream {
-    fn line(&mut self, kind: &str, obj: &Value) -> Bytes {
+    /// An event's line; None when a view's fieldSelector leaves it out.
+    fn line(&mut self, kind: &str, obj: &Value) -> Option<Bytes> {
+        if let Some(view) = &self.view {
+            let shown = (view.convert)(obj);
+            if !view.fields.matches(&shown) {
+                return None;
+            }
+            let object = if self.as_table {
+                let rv = shown["metadata"]["resourceVersion"].clone();
+                let t = (view.table)(&[shown], !self.headers_sent, json!({"resourceVersion": rv}));
+                self.headers_sent = true;
+                t
+            } else {
+                shown
+            };
+            return Some(event_line(kind, &object));
+        }
         let object = if self.as_table {
             let rv = obj["metadata"]["resourceVersion"].clone();
             let t = table::table(
@@ -72,12 +105,19 @@ impl Stream {
         } else {
             obj.clone()
         };
-        let mut text = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
-        text.push(b'\n');
-        Bytes::from(text)
+        Some(event_line(kind, &object))
     }
 
     async fn next_chunk(&mut self) -> Option<Bytes> {
+        loop {
+            if let Some(line) = self.next_event().await? {
+                return Some(line);
+            }
+        }
+    }
+
+    /// The next event: Some(None) for one a view leaves out.
+    async fn next_event(&mut self) -> Option<Option<Bytes>> {
         if self.done {
             return None;
         }
@@ -93,21 +133,21 @@ impl Stream {
                 }
                 Err(status) => {
                     self.done = true;
-                    let mut text = serde_json::to_vec(&json!({"type": "ERROR", "object": status})).unwrap_or_default();
-                    text.push(b'\n');
-                    Some(Bytes::from(text))
+                    Some(Some(event_line("ERROR", &serde_json::to_value(status).unwrap_or_default())))
                 }
             },
             () = until(self.next_bookmark) => {
                 self.next_bookmark = self.bookmark_after();
+                let (kind, api_version) = match &self.view {
+                    Some(v) => (v.kind, v.api_version),
+                    None => (self.res.kind, API_VERSION),
+                };
                 let obj = json!({
-                    "kind": self.res.kind,
-                    "apiVersion": API_VERSION,
+                    "kind": kind,
+                    "apiVersion": api_version,
                     "metadata": {"resourceVersion": self.watch.revision().to_string()},
                 });
-                let mut text = serde_json::to_vec(&json!({"type": "BOOKMARK", "object": obj})).unwrap_or_default();
-                text.push(b'\n');
-                Some(Bytes::from(text))
+                Some(Some(event_line("BOOKMARK", &obj)))
             },
             () = until(self.deadline) => None,
         }
@@ -118,9 +158,18 @@ impl Stream {
     }
 }
 
+/// One watch event as a line of JSON.
+fn event_line(kind: &str, object: &Value) -> Bytes {
+    let mut text = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
+    text.push(b'\n');
+    Bytes::from(text)
+}
+
+/// Serve a watch of `res`, shown as stored or through `view`.
 pub async fn serve(
     app: AppState,
     res: &'static Resource,
+    view: Option<View>,
     mut opts: ListOptions,
     q: &HashMap<String, String>,
     accept: &str,
@@ -152,6 +201,7 @@ pub async fn serve(
     let bookmarks = q.get("allowWatchBookmarks").is_some_and(|v| v == "true" || v == "1");
     let state = Stream {
         res,
+        view,
         initial,
         watch,
         as_table,

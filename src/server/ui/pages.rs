@@ -183,16 +183,18 @@ pub async fn fleet(State(ui): State<UiState>, parts: Parts, Query(q): Q) -> Resp
                 thead { tr {
                     th { "Robot" } th { "Phase" } th { "Labels" } th { "Agent" }
                     th { "Last contact" } th { "Tasks" }
+                    th title="Task statuses the robot still held undelivered at its last report" { "Backlog" }
                 } }
                 tbody {
                     @for (r, count) in robots.iter().zip(&counts) {
                         tr data-name=(s(r, "/metadata/name")) {
                             td { a href={ "/ui/robots/" (s(r, "/metadata/namespace")) "/" (s(r, "/metadata/name")) } { (s(r, "/metadata/name")) } }
                             td { (state(s(r, "/status/phase"))) }
-                            td { (labels(r, "/metadata/labels")) (labels(r, "/spec/labels")) }
+                            td { (labels(r, "/metadata/labels")) }
                             td { (s(r, "/status/agentVersion")) }
                             td { (age(r, "/status/lastHeartbeatTime")) }
                             td.num { (count) }
+                            td.num.backlog { (n(r, "/status/statusBacklog")) }
                         }
                     }
                 }
@@ -235,7 +237,7 @@ pub async fn robot(State(ui): State<UiState>, parts: Parts, Path((ns, name)): Pa
         dl.facts {
             dt { "Phase" } dd { (state(s(&r, "/status/phase"))) }
             dt { "Message" } dd { (s(&r, "/status/message")) }
-            dt { "Labels" } dd { (labels(&r, "/metadata/labels")) (labels(&r, "/spec/labels")) }
+            dt { "Labels" } dd { (labels(&r, "/metadata/labels")) }
             dt { "Agent version" } dd { (s(&r, "/status/agentVersion")) }
             dt { "Last contact" } dd { (age(&r, "/status/lastHeartbeatTime")) }
         }
