@@ -19,6 +19,9 @@ pub enum AnyObject {
     TaskGroup(TaskGroup),
     Task(Task),
     Robot(Robot),
+    /// Written by the server, steered by operators: not in the agent.
+    #[cfg(feature = "server")]
+    Rollout(super::rollout::Rollout),
 }
 
 impl AnyObject {
@@ -28,6 +31,8 @@ impl AnyObject {
             AnyObject::TaskGroup(_) => "TaskGroup",
             AnyObject::Task(_) => "Task",
             AnyObject::Robot(_) => "Robot",
+            #[cfg(feature = "server")]
+            AnyObject::Rollout(_) => "Rollout",
         }
     }
 
@@ -37,6 +42,8 @@ impl AnyObject {
             AnyObject::TaskGroup(o) => o.name(),
             AnyObject::Task(o) => o.name(),
             AnyObject::Robot(o) => o.name(),
+            #[cfg(feature = "server")]
+            AnyObject::Rollout(o) => o.name(),
         }
     }
 }
@@ -229,6 +236,8 @@ pub fn decode_value(value: serde_json::Value) -> Result<Decoded<AnyObject>, Deco
         "TaskGroup" => decode_typed::<TaskGroup>(value).map(|d| d.map(AnyObject::TaskGroup)),
         "Task" => decode_typed::<Task>(value).map(|d| d.map(AnyObject::Task)),
         "Robot" => decode_typed::<Robot>(value).map(|d| d.map(AnyObject::Robot)),
+        #[cfg(feature = "server")]
+        "Rollout" => decode_typed::<super::rollout::Rollout>(value).map(|d| d.map(AnyObject::Rollout)),
         "" => Err(invalid("kind", "is required".into())),
         other => Err(invalid(
             "kind",

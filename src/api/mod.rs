@@ -9,6 +9,7 @@ pub mod job_expansion;
 pub mod meta;
 pub mod robot_channel;
 pub mod robot_labels;
+pub mod rollout;
 #[cfg(feature = "server")]
 mod schema;
 pub mod types;

@@ -201,6 +201,9 @@ pub struct TaskGroupTemplate {
     /// What happens when the group's robot loses its connection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disconnect: Option<DisconnectPolicy>,
+    /// How a change of the group's spec reaches its robots (a staged rollout); without it, every robot at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update: Option<super::rollout::UpdateStrategy>,
 }
 
 fn one() -> i32 {

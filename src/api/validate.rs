@@ -976,6 +976,13 @@ fn review_job(job: &Job) -> Findings {
                 disconnect: g.disconnect.as_ref(),
             },
         );
+        if let Some(u) = &g.update {
+            errs.0.errors.extend(super::rollout::check_update(
+                &format!("{path}.update"),
+                spec.job_type,
+                u,
+            ));
+        }
         // As in Nomad: a system group has exactly one replica per matching
         // robot, so a count above 1 is a mistake, not a wish to honour.
         if spec.job_type == JobType::System && g.count > 1 {
@@ -1073,7 +1080,32 @@ pub fn review(obj: &super::decode::AnyObject) -> Findings {
             errors: validate_robot(o),
             warnings: Vec::new(),
         },
+        #[cfg(feature = "server")]
+        AnyObject::Rollout(o) => review_rollout(o),
     }
+}
+
+/// A Rollout: its version's template must be a valid Job spec (a revert
+/// writes it back into the Job).
+#[cfg(feature = "server")]
+fn review_rollout(r: &super::rollout::Rollout) -> Findings {
+    let mut errs = Errors::default();
+    check_meta(&mut errs, &r.metadata);
+    if let Err(e) = check_dns_subdomain(&r.spec.job_name) {
+        errs.add("spec.jobName", e);
+    }
+    if r.spec.version < 1 {
+        errs.add("spec.version", format!("{} must be at least 1", r.spec.version));
+    }
+    let ns = r.metadata.namespace.as_deref().unwrap_or("default");
+    let job = Job::new("Job", &r.spec.job_name, ns, r.spec.template.clone());
+    // The Job's name is checked above; its spec's findings are the template's.
+    for e in review_job(&job).errors {
+        if let Some(field) = e.field.strip_prefix("spec.") {
+            errs.add(&format!("spec.template.{field}"), e.message);
+        }
+    }
+    errs.0
 }
 
 #[cfg(test)]

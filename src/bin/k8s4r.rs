@@ -14,6 +14,7 @@ COMMANDS:
     server --etcd URL --etcd-cafile FILE  ... over TLS (with --etcd-certfile, --etcd-keyfile)
     migrate --from-data DIR --to-etcd URL  Move a stopped server's state to etcd
     logs TASK [-f] [--tail N]         A task's output, fetched from its robot
+    job history|revert|promote|pause|resume NAME  A Job's versions and staged rollout
     token create|list|revoke          Join tokens for robots
     robot reset NAME                  Unbind a robot's keys (a new robot may take the name)
     robot-keys list|rotate [--overlap DUR]  The server's robot-channel keys
@@ -37,6 +38,7 @@ fn main() {
         match cmd.as_str() {
             "server" => k8s4r::server::cmd_server(parser),
             "logs" => k8s4r::server::logs_cli::cmd_logs(parser),
+            "job" => k8s4r::server::job_cli::cmd_job(parser),
             "migrate" => k8s4r::server::migrate::cmd_migrate(parser),
             "token" => k8s4r::server::cmd_token(parser),
             "robot" => k8s4r::server::cmd_robot(parser),

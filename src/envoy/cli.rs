@@ -125,6 +125,8 @@ fn groups_of(object: &AnyObject) -> Vec<Found> {
             network: task.spec.network.clone(),
         }],
         AnyObject::Robot(_) => Vec::new(),
+        #[cfg(feature = "server")]
+        AnyObject::Rollout(_) => Vec::new(),
     }
 }
 

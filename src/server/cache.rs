@@ -10,7 +10,7 @@ use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
-pub const RESOURCES: [&str; 4] = ["jobs", "taskgroups", "tasks", "robots"];
+pub const RESOURCES: [&str; 5] = ["jobs", "taskgroups", "tasks", "robots", "rollouts"];
 
 type NsName = (String, String);
 
@@ -77,7 +77,7 @@ impl Inner {
                 }
             }
         }
-        if resource == "tasks" || resource == "taskgroups" {
+        if resource == "tasks" || resource == "taskgroups" || resource == "rollouts" {
             if let Some(job) = stored_task::job_name(v) {
                 let k = (resource, (ns, job.to_string()));
                 edit(self.by_job.entry(k.clone()).or_default());

@@ -24,7 +24,13 @@ pub struct FleetConfig {
     pub offline_after: Option<Duration>,
     /// Target polls per second across the fleet.
     pub max_poll_rate: f64,
+    /// Versions of each Job's spec kept (`--job-history`): the Rollout
+    /// objects `k8s4r job history` lists and a revert can go back to.
+    pub job_history: usize,
 }
+
+/// Most `--job-history`: each version holds a whole Job spec.
+pub const MAX_JOB_HISTORY: usize = 1000;
 
 impl Default for FleetConfig {
     fn default() -> Self {
@@ -32,6 +38,7 @@ impl Default for FleetConfig {
             poll_interval: Duration::from_secs(30),
             offline_after: None,
             max_poll_rate: 500.0,
+            job_history: 10,
         }
     }
 }
@@ -119,6 +126,11 @@ impl Fleet {
                 e.notify.notify_waiters();
             }
         }
+    }
+
+    /// Versions of each Job's spec to keep.
+    pub fn job_history(&self) -> usize {
+        self.cfg.job_history.max(1)
     }
 
     pub fn poll_interval(&self) -> Duration {
@@ -248,6 +260,7 @@ mod tests {
             poll_interval: Duration::from_secs(1),
             offline_after: Some(Duration::from_secs(6)),
             max_poll_rate: 500.0,
+            job_history: 10,
         })
     }
 

@@ -29,6 +29,7 @@ pub mod election;
 pub mod events;
 pub mod fleet;
 pub mod http;
+pub mod job_cli;
 pub mod kubeclient;
 pub mod kubeconfig;
 pub mod kubeconfig_cli;
@@ -85,6 +86,8 @@ OPTIONS:
     --offline-after DUR      Robot Offline after this long without a poll [default: 3 × poll interval]
     --max-poll-rate N        Target agent polls per second; the interval grows with the fleet [default: 500]
     --watch-history N        Changes kept for resuming watches [default: 10000]
+    --job-history N          Versions of a Job's spec kept (Rollout objects) for
+                             `k8s4r job history` and revert [default: 10]
     --max-watches N          Watches open at once, all clients together; more
                              get 429 [default: 1000]
     --max-status-updates N   Task status updates in one agent report; more get
@@ -281,6 +284,9 @@ pub fn cmd_server(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
                 cfg.fleet.max_poll_rate = rate;
             }
             Long("watch-history") => cfg.watch_history = parser.value()?.parse()?,
+            Long("job-history") => {
+                cfg.fleet.job_history = count_arg(parser, "--job-history", fleet::MAX_JOB_HISTORY)?.max(1)
+            }
             Long("max-watches") => cfg.limits.watches = count_arg(parser, "--max-watches", MAX_WATCHES)?,
             Long("max-status-updates") => {
                 cfg.limits.status_updates = count_arg(parser, "--max-status-updates", usize::MAX)?

@@ -87,7 +87,7 @@ pub struct DeleteOptions {
 }
 
 /// Resources that may own others (owner before dependent).
-const CASCADE: &[&str] = &["jobs", "taskgroups", "tasks"];
+const CASCADE: &[&str] = &["jobs", "taskgroups", "tasks", "rollouts"];
 
 fn key(res: &Resource, ns: &str, name: &str) -> Key {
     Key::new(res.plural, ns, name)

@@ -178,7 +178,43 @@ pub static ROBOTS: Resource = Resource {
     field_selectors: &["status.phase", "spec.robotId"],
 };
 
-pub static ALL: [&Resource; 4] = [&JOBS, &TASKGROUPS, &TASKS, &ROBOTS];
+/// Versions of Jobs and their staged rollouts (`controllers::rollout`).
+pub static ROLLOUTS: Resource = Resource {
+    kind: "Rollout",
+    plural: "rollouts",
+    singular: "rollout",
+    short_names: &["ro"],
+    columns: &[
+        col("Job", Str, "spec.jobName", "The Job this is a version of"),
+        col("Version", Integer, "spec.version", "The Job's version"),
+        col("State", Str, "status.state", "Where the rollout is"),
+        col("Canaries", Integer, "status.canaries", "Replicas updated as canaries"),
+        col("Healthy", Integer, "status.healthy", "Updated replicas found healthy"),
+        col(
+            "Unhealthy",
+            Integer,
+            "status.unhealthy",
+            "Updated replicas found unhealthy",
+        ),
+        col("Progress", Str, "status.progress", "Replicas on this version / all"),
+        col(
+            "Age",
+            Age,
+            "metadata.creationTimestamp",
+            "Time since the version was made",
+        ),
+        wide(
+            "Pending",
+            Integer,
+            "status.pending",
+            "Replicas on offline robots, skipped until back",
+        ),
+        wide("Message", Str, "status.message", "Why the rollout is in its state"),
+    ],
+    field_selectors: &["spec.jobName", "status.state"],
+};
+
+pub static ALL: [&Resource; 5] = [&JOBS, &TASKGROUPS, &TASKS, &ROBOTS, &ROLLOUTS];
 
 pub fn by_plural(plural: &str) -> Option<&'static Resource> {
     ALL.iter().copied().find(|r| r.plural == plural)

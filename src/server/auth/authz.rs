@@ -198,13 +198,15 @@ const FLEET: &[(&str, &str, &[&str])] = &[
     (GROUP, "taskgroups", &["", "status"]),
     (GROUP, "tasks", &["", "status", "log"]),
     (GROUP, "robots", &["", "status"]),
+    (GROUP, "rollouts", &["", "status"]),
     ("", "events", &[""]),
     // The read-only core/v1 view: Tasks as Pods, Robots as Nodes.
     ("", "pods", &["", "log"]),
     ("", "nodes", &[""]),
 ];
 /// Of those, what operators may also change.
-const OPERATED: &[&str] = &["jobs", "taskgroups", "tasks"];
+// Rollouts: operators pause, resume and promote them (spec.paused, spec.promoted).
+const OPERATED: &[&str] = &["jobs", "taskgroups", "tasks", "rollouts"];
 
 /// Discovery, OpenAPI, version and health: readable by every user.
 fn is_discovery(path: &str) -> bool {

@@ -1,4 +1,5 @@
-//! Garbage collection through ownerReferences (Job → TaskGroups → Tasks):
+//! Garbage collection through ownerReferences (Job → TaskGroups → Tasks,
+//! Job → Rollouts):
 //! an object whose every owner is gone is deleted, which in turn orphans its
 //! own dependents for the next pass. Level-triggered: it also cleans up
 //! after a restart or a missed event.
@@ -11,7 +12,7 @@ use crate::server::status::Status;
 
 pub async fn collect(ctx: &Ctx) -> Result<Next, Status> {
     let mut deleted = 0;
-    for plural in ["taskgroups", "tasks"] {
+    for plural in ["taskgroups", "tasks", "rollouts"] {
         let Some(res) = resources::by_plural(plural) else {
             continue;
         };

@@ -5,6 +5,7 @@
 //! replica per matching robot instead (`system.rs`). Idempotent: it compares the
 //! desired objects with the cached ones and writes only differences.
 
+use super::rollout::{ReplicaTasks, RolledTask};
 use super::task_objects::{
     create_tasks, owner, placed_status, record_placement, task_object, to_value, ALL, CREATE_BATCH,
 };
@@ -20,7 +21,7 @@ use crate::server::status::Status;
 use crate::server::stored_task;
 use crate::server::time;
 use serde_json::{json, Value};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -147,6 +148,9 @@ pub async fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<Next, Status> 
     let job_uid = object::uid(&job_v).to_string();
     let job_owner = owner("Job", name, &job_uid);
     let mut next = Next::Done;
+    let versions = super::rollout::sync(ctx, ns, &job, &job_v).await?;
+    // Placed replicas whose spec may change, per group: the rollout decides.
+    let mut rolling: Vec<(&TaskGroupTemplate, Vec<ReplicaTasks>)> = Vec::new();
 
     // TaskGroups.
     let mut groups = Vec::new();
@@ -195,17 +199,21 @@ pub async fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<Next, Status> 
                 g,
                 tg_name,
                 tg_owner: &tg_owner,
+                versions: &versions,
             };
+            let mut replicas = Vec::new();
             let mut batch = super::system::Batch {
                 existing: &existing,
                 robots: &mut robots,
                 desired: &mut desired,
                 new_tasks: &mut new_tasks,
                 created: &mut created,
+                rolling: &mut replicas,
             };
             if let Some(why) = super::system::reconcile_group(ctx, &group, &mut batch).await? {
                 unschedulable.get_or_insert(why);
             }
+            rolling.push((g, replicas));
             continue;
         }
         let mut need = Vec::new();
@@ -251,11 +259,12 @@ pub async fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<Next, Status> 
                 unschedulable.get_or_insert(format!("group {}: {w}", g.name));
             }
         }
+        let mut replicas: BTreeMap<i32, ReplicaTasks> = BTreeMap::new();
         for i in 0..g.count {
             for t in &g.tasks {
                 let tname = task_name(name, &g.name, i, &t.name);
                 desired.insert(tname.clone());
-                let mut spec = job_expansion::place_task(&job, g, t, i);
+                let mut spec = versions.place(&job, g, t, i);
                 let placement = placements.get(&i);
                 match (existing.get(&tname), placement) {
                     (None, p) => {
@@ -304,20 +313,43 @@ pub async fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<Next, Status> 
                         }
                     }
                     (Some(cur), None) => {
-                        // Roll spec changes (network, env, ...) to the task
-                        // in place: the agent sees an update, not a new task.
-                        spec.target_robot = stored_task::target_robot(cur).map(str::to_string);
-                        let spec = to_value(&spec)?;
-                        if cur.get("spec") != Some(&spec) {
-                            let mut body = (**cur).clone();
-                            body["spec"] = spec;
-                            let w = ctx.registry.replace(&TASKS, ns, &tname, body, Part::Main, ALL).await?;
-                            ctx.wrote("tasks", &w.object);
-                        }
+                        // Spec changes (network, env, ...) reach the task in
+                        // place, as the rollout paces them: the agent sees
+                        // an update, not a new task.
+                        let Some(robot) = stored_task::target_robot(cur).map(str::to_string) else {
+                            continue;
+                        };
+                        let mut target = job_expansion::place_task(&job, g, t, i);
+                        target.target_robot = Some(robot.clone());
+                        let base = versions.base_task(&g.name, &t.name, i).map(|mut b| {
+                            b.target_robot = Some(robot.clone());
+                            b
+                        });
+                        let task = RolledTask {
+                            name: tname.clone(),
+                            cur: cur.clone(),
+                            target: to_value(&target)?,
+                            base: base.as_ref().map(to_value).transpose()?,
+                        };
+                        replicas
+                            .entry(i)
+                            .or_insert_with(|| ReplicaTasks {
+                                robot,
+                                tasks: Vec::new(),
+                            })
+                            .tasks
+                            .push(task);
                     }
                 }
             }
         }
+        rolling.push((g, replicas.into_values().collect()));
+    }
+    if let Some(wait) = super::rollout::roll(ctx, ns, &job, &job_v, &versions, rolling).await? {
+        next = match next {
+            Next::RequeueAfter(d) => Next::RequeueAfter(d.min(wait)),
+            Next::Done => Next::RequeueAfter(wait),
+        };
     }
     for (tname, t) in &existing {
         if !desired.contains(tname)

@@ -18,6 +18,7 @@ mod gc;
 mod job_status;
 pub mod jobs;
 pub mod liveness;
+pub mod rollout;
 mod snapshot;
 mod system;
 mod task_objects;
@@ -148,7 +149,8 @@ impl Hub {
                     });
                 }
             }
-            "taskgroups" => {
+            // An operator's pause, resume or promote reaches the Job's rollout.
+            "taskgroups" | "rollouts" => {
                 if let Some(job) = Self::job_of(c) {
                     self.queue.add(Work::Job {
                         namespace: ns,

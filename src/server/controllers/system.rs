@@ -22,7 +22,7 @@
 //! no state maps robots to replica numbers. Every system Task has replica
 //! index 0 (`K8S4R_REPLICA=0`, `alloc/<job>-<group>/r0/<task>` on its robot).
 
-use super::task_objects::{create_tasks, placed_status, record_placement, task_object, ALL, CREATE_BATCH};
+use super::task_objects::{create_tasks, placed_status, record_placement, task_object, to_value, ALL, CREATE_BATCH};
 use super::Ctx;
 use crate::api::job_expansion;
 use crate::api::{Job, OwnerReference, TaskGroupTemplate};
@@ -91,6 +91,7 @@ pub(super) struct Group<'a> {
     pub g: &'a TaskGroupTemplate,
     pub tg_name: &'a str,
     pub tg_owner: &'a OwnerReference,
+    pub versions: &'a super::rollout::Versions,
 }
 
 /// What the Job reconciler collects over all groups.
@@ -100,6 +101,8 @@ pub(super) struct Batch<'a> {
     pub desired: &'a mut HashSet<String>,
     pub new_tasks: &'a mut Vec<(Value, Option<Result<String, String>>)>,
     pub created: &'a mut usize,
+    /// Replicas already on their robot, for the rollout to update.
+    pub rolling: &'a mut Vec<super::rollout::ReplicaTasks>,
 }
 
 /// Reconcile one system group: its Tasks on every matching robot go into
@@ -118,10 +121,14 @@ pub(super) async fn reconcile_group(ctx: &Ctx, s: &Group<'_>, b: &mut Batch<'_>)
     let plan = plan(ctx, ns, &req, b.robots, &placed);
     let added: HashSet<&str> = plan.add.iter().map(String::as_str).collect();
     for robot in plan.keep.iter().chain(&plan.add) {
+        let mut replica = super::rollout::ReplicaTasks {
+            robot: robot.clone(),
+            tasks: Vec::new(),
+        };
         for t in &g.tasks {
             let tname = job_expansion::system_task_name(name, &g.name, robot, &t.name);
             b.desired.insert(tname.clone());
-            let mut spec = job_expansion::place_task(s.job, g, t, 0);
+            let mut spec = s.versions.place(s.job, g, t, 0);
             spec.target_robot = Some(robot.clone());
             match b.existing.get(&tname) {
                 None => {
@@ -131,28 +138,35 @@ pub(super) async fn reconcile_group(ctx: &Ctx, s: &Group<'_>, b: &mut Batch<'_>)
                         *b.created += create_tasks(ctx, ns, std::mem::take(b.new_tasks)).await?;
                     }
                 }
+                Some(cur) if stored_task::target_robot(cur) == Some(robot.as_str()) => {
+                    // On its robot: the rollout paces spec changes.
+                    let mut target = job_expansion::place_task(s.job, g, t, 0);
+                    target.target_robot = Some(robot.clone());
+                    let base = s.versions.base_task(&g.name, &t.name, 0).map(|mut b| {
+                        b.target_robot = Some(robot.clone());
+                        b
+                    });
+                    replica.tasks.push(super::rollout::RolledTask {
+                        name: tname.clone(),
+                        cur: cur.clone(),
+                        target: to_value(&target)?,
+                        base: base.as_ref().map(to_value).transpose()?,
+                    });
+                }
                 Some(cur) => {
-                    // Roll spec changes in place; a Task of this name is
-                    // always on this robot (the name says so).
-                    let spec = serde_json::to_value(&spec).map_err(|e| Status::internal(format!("encoding: {e}")))?;
-                    let moved = stored_task::target_robot(cur) != Some(robot.as_str());
-                    if cur.get("spec") != Some(&spec) {
-                        let mut body = (**cur).clone();
-                        body["spec"] = spec;
-                        let part = if moved {
-                            body["status"] = placed_status(robot, None);
-                            Part::All
-                        } else {
-                            Part::Main
-                        };
-                        let w = ctx.registry.replace(&TASKS, ns, &tname, body, part, ALL).await?;
-                        ctx.wrote("tasks", &w.object);
-                        if moved {
-                            record_placement(ctx, &w.object, Some(&Ok(robot.clone())), None);
-                        }
-                    }
+                    // A Task of this name is always on this robot (the name
+                    // says so): put it back there.
+                    let mut body = (**cur).clone();
+                    body["spec"] = to_value(&spec)?;
+                    body["status"] = placed_status(robot, None);
+                    let w = ctx.registry.replace(&TASKS, ns, &tname, body, Part::All, ALL).await?;
+                    ctx.wrote("tasks", &w.object);
+                    record_placement(ctx, &w.object, Some(&Ok(robot.clone())), None);
                 }
             }
+        }
+        if !replica.tasks.is_empty() {
+            b.rolling.push(replica);
         }
     }
     if !added.is_empty() {

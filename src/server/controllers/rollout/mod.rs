@@ -1,0 +1,446 @@
+//! Staged rollouts: how a new version of a Job's spec reaches its robots.
+//! The Job reconciler hands over every placed replica whose tasks exist,
+//! with the specs of the new version and of the base one; this module reads
+//! their health from what the robots report, asks the planner (`plan.rs`)
+//! which replicas change now, writes their Task specs (the agent sees an
+//! update of its desired set), and keeps the Rollout object's status and the
+//! Job's events in step.
+//!
+//! Health is the server's observation of what the robot reports: an updated
+//! replica is healthy once every task has been `running` (checks passing,
+//! unless `healthCheck: taskStates`) for `minHealthyTime` without a restart.
+//! The server notes when it first saw each run (`ANN_RUNNING_SINCE`), so a
+//! robot's clock plays no part.
+
+pub mod plan;
+mod versions;
+
+use super::task_objects::{to_value, ALL};
+use super::Ctx;
+use crate::api::rollout::{HealthCheck, RolloutState, RolloutStatus, Strategy};
+use crate::api::{Job, JobType, TaskGroupTemplate, TaskState};
+use crate::server::events::Kind;
+use crate::server::object;
+use crate::server::registry::Part;
+use crate::server::resources::{ROLLOUTS, TASKS};
+use crate::server::status::Status;
+use crate::server::time;
+use plan::{Health, Outcome, Replica};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+pub use versions::{sync, Versions, ANN_REVERT_TO};
+
+/// On a Task: when the rollout wrote its current spec (ms since the epoch).
+const ANN_UPDATED_AT: &str = "rollout.k8s4r.io/updated-at";
+/// On a Task: `ms,startedAt,restarts` of the run the server first saw
+/// running at `ms`; a new run (start time or restart count) starts anew.
+const ANN_RUNNING_SINCE: &str = "rollout.k8s4r.io/running-since";
+
+/// One task of a replica: its object and its spec at the new version and at
+/// the base version (`None`: the base has no such task).
+pub struct RolledTask {
+    pub name: String,
+    pub cur: Arc<Value>,
+    pub target: Value,
+    pub base: Option<Value>,
+}
+
+/// One replica: its robot and tasks.
+pub struct ReplicaTasks {
+    pub robot: String,
+    pub tasks: Vec<RolledTask>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn rfc3339_ms(ms: i64) -> String {
+    time::format_rfc3339(ms / 1000)
+}
+
+fn online(ctx: &Ctx, ns: &str, robot: &str) -> bool {
+    ctx.cache()
+        .get("robots", ns, robot)
+        .and_then(|r| Some(r.get("status")?.get("phase")?.as_str()? == "Online"))
+        .unwrap_or(false)
+}
+
+/// The run a task's status describes: (startedAt, restarts).
+fn run_of(t: &Value) -> (String, i64) {
+    let st = t.get("status");
+    let started = st
+        .and_then(|s| s.get("startedAt"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let restarts = st
+        .and_then(|s| s.get("restartCount"))
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    (started, restarts)
+}
+
+/// Does the task count as up now (before minHealthyTime)?
+fn up(t: &Value, check: HealthCheck) -> bool {
+    let st = t.get("status");
+    let running = crate::server::stored_task::state(t) == TaskState::Running;
+    let has_checks = t
+        .get("spec")
+        .and_then(|s| s.get("services"))
+        .and_then(Value::as_array)
+        .is_some_and(|svcs| {
+            svcs.iter()
+                .any(|s| s.get("checks").and_then(Value::as_array).is_some_and(|c| !c.is_empty()))
+        });
+    let health = st.and_then(|s| s.get("health")).and_then(Value::as_str);
+    running && (check == HealthCheck::TaskStates || !has_checks || health == Some("healthy"))
+}
+
+/// The `ANN_RUNNING_SINCE` value the task should carry now.
+fn running_since(t: &Value, check: HealthCheck, now: i64) -> Option<String> {
+    if !up(t, check) {
+        return None;
+    }
+    let (started, restarts) = run_of(t);
+    if let Some(cur) = object::annotation(t, ANN_RUNNING_SINCE) {
+        let mut parts = cur.splitn(3, ',');
+        let (_, s, r) = (parts.next(), parts.next(), parts.next());
+        if s == Some(started.as_str()) && r == Some(restarts.to_string().as_str()) {
+            return Some(cur.to_string());
+        }
+    }
+    Some(format!("{now},{started},{restarts}"))
+}
+
+fn since_ms(t: &Value) -> Option<i64> {
+    object::annotation(t, ANN_RUNNING_SINCE)?
+        .split(',')
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn updated_at(t: &Value) -> Option<i64> {
+    object::annotation(t, ANN_UPDATED_AT)?.parse().ok()
+}
+
+/// The health of a replica on the new version.
+fn health(tasks: &[RolledTask], s: Option<&Strategy>, now: i64) -> Health {
+    let Some(s) = s else { return Health::Healthy(now) };
+    let min = i64::try_from(s.min_healthy_time.as_millis()).unwrap_or(i64::MAX);
+    let mut healthy_at = 0i64;
+    let mut wait: Option<Duration> = None;
+    let mut all = true;
+    for t in tasks {
+        let state = crate::server::stored_task::state(&t.cur);
+        if matches!(state, TaskState::Failed | TaskState::Lost) {
+            let msg = t
+                .cur
+                .get("status")
+                .and_then(|s| s.get("message"))
+                .and_then(Value::as_str)
+                .unwrap_or(state.as_str());
+            return Health::Unhealthy(format!("task {} {}: {msg}", t.name, state.as_str()));
+        }
+        match since_ms(&t.cur).filter(|_| up(&t.cur, s.health_check)) {
+            Some(since) if now.saturating_sub(since) >= min => healthy_at = healthy_at.max(since.saturating_add(min)),
+            Some(since) => {
+                all = false;
+                let left = Duration::from_millis(since.saturating_add(min).saturating_sub(now).max(1) as u64);
+                wait = Some(wait.map_or(left, |w| w.min(left)));
+            }
+            None => all = false,
+        }
+    }
+    if all {
+        return Health::Healthy(healthy_at);
+    }
+    let deadline_ms = i64::try_from(s.healthy_deadline.as_millis()).unwrap_or(i64::MAX);
+    let updated = tasks.iter().filter_map(|t| updated_at(&t.cur)).max().unwrap_or(now);
+    let deadline = updated.saturating_add(deadline_ms);
+    if now >= deadline {
+        return Health::Unhealthy(format!("not healthy within healthyDeadline ({:?})", s.healthy_deadline));
+    }
+    let to_deadline = Duration::from_millis((deadline - now) as u64);
+    Health::Waiting(Some(wait.map_or(to_deadline, |w| w.min(to_deadline))))
+}
+
+/// Write `spec` to a task: a new version (or the base again) for its robot.
+async fn write_spec(
+    ctx: &Ctx,
+    ns: &str,
+    t: &RolledTask,
+    spec: &Value,
+    reason: &str,
+    version: i64,
+) -> Result<(), Status> {
+    let mut body = (*t.cur).clone();
+    body["spec"] = spec.clone();
+    body["status"] = json!({"state": "scheduled", "reason": reason, "message": format!("version {version}")});
+    let now = now_ms();
+    object::set_annotation(&mut body, ANN_UPDATED_AT, Some(&now.to_string()));
+    object::set_annotation(&mut body, ANN_RUNNING_SINCE, None);
+    let w = ctx.registry.replace(&TASKS, ns, &t.name, body, Part::All, ALL).await?;
+    ctx.wrote("tasks", &w.object);
+    Ok(())
+}
+
+/// Keep a task's `ANN_RUNNING_SINCE` in step with its reported run.
+async fn note_run(ctx: &Ctx, ns: &str, t: &mut RolledTask, check: HealthCheck, now: i64) -> Result<(), Status> {
+    let want = running_since(&t.cur, check, now);
+    if object::annotation(&t.cur, ANN_RUNNING_SINCE) == want.as_deref() {
+        return Ok(());
+    }
+    let mut body = (*t.cur).clone();
+    object::set_annotation(&mut body, ANN_RUNNING_SINCE, want.as_deref());
+    let w = ctx.registry.replace(&TASKS, ns, &t.name, body, Part::Main, ALL).await?;
+    ctx.wrote("tasks", &w.object);
+    t.cur = Arc::new(w.object);
+    Ok(())
+}
+
+/// Roll the Job's replicas toward its newest version; returns when to look
+/// again.
+pub async fn roll(
+    ctx: &Ctx,
+    ns: &str,
+    job: &Job,
+    job_v: &Value,
+    versions: &Versions,
+    groups: Vec<(&TaskGroupTemplate, Vec<ReplicaTasks>)>,
+) -> Result<Option<Duration>, Status> {
+    let now = now_ms();
+    let version = versions.spec.version;
+    let started = versions
+        .status
+        .started_at
+        .as_deref()
+        .and_then(time::parse_rfc3339)
+        .map_or(now, |s| s.saturating_mul(1000));
+    let mut status = versions.status.clone();
+    let mut total = plan::Counts::default();
+    let mut outcomes = Vec::new();
+    let mut wake: Option<Duration> = None;
+    let mut auto_promote_all = true;
+    let mut any_canary_phase = false;
+    for (g, mut replicas) in groups {
+        let strategy = g.update.as_ref().map(|u| u.resolve());
+        let check = strategy.as_ref().map_or(HealthCheck::TaskStates, |s| s.health_check);
+        let mut snapshot = Vec::with_capacity(replicas.len());
+        for r in &mut replicas {
+            let on_target = r.tasks.iter().all(|t| t.cur.get("spec") == Some(&t.target));
+            let on_base = r
+                .tasks
+                .iter()
+                .all(|t| t.base.as_ref().is_some_and(|b| t.cur.get("spec") == Some(b)));
+            if on_target && strategy.is_some() && !versions.status.state.is_settled() {
+                for t in &mut r.tasks {
+                    note_run(ctx, ns, t, check, now).await?;
+                }
+            }
+            let health = if on_target {
+                health(&r.tasks, strategy.as_ref(), now)
+            } else {
+                Health::Waiting(None)
+            };
+            snapshot.push(Replica {
+                on_target,
+                on_base,
+                online: online(ctx, ns, &r.robot),
+                health,
+                updated_at_ms: r.tasks.iter().filter_map(|t| updated_at(&t.cur)).max(),
+            });
+        }
+        let input = plan::Input {
+            strategy: strategy.as_ref(),
+            system: job.spec.job_type == JobType::System,
+            state: versions.status.state,
+            paused: versions.spec.paused,
+            promoted: versions.spec.promoted || versions.status.auto_promoted,
+            at_once: versions.spec.revert_of.is_some(),
+            has_base: versions.base.is_some(),
+            started_ms: started,
+            now_ms: now,
+        };
+        let p = plan::plan(&input, &snapshot);
+        if strategy.as_ref().is_some_and(|s| s.canary.of(snapshot.len()) > 0) && !input.promoted {
+            any_canary_phase = true;
+            auto_promote_all &= p.auto_promote;
+        }
+        let canary_phase = strategy.as_ref().is_some_and(|s| s.canary.of(snapshot.len()) > 0) && !input.promoted;
+        for i in &p.update {
+            let r = &replicas[*i];
+            for t in &r.tasks {
+                write_spec(ctx, ns, t, &t.target, "Updated", version).await?;
+            }
+            if strategy.is_some() && !versions.status.state.is_settled() && versions.base.is_some() {
+                let what = if canary_phase { "CanaryPlaced" } else { "Updated" };
+                ctx.events.record(
+                    job_v,
+                    Kind::Normal,
+                    what,
+                    format!("group {}: robot {} gets version {version}", g.name, r.robot),
+                );
+            }
+        }
+        for i in &p.revert {
+            let r = &replicas[*i];
+            for t in &r.tasks {
+                if let Some(base) = &t.base {
+                    write_spec(ctx, ns, t, base, "Reverted", versions.spec.base_version.unwrap_or(0)).await?;
+                }
+            }
+            ctx.events.record(
+                job_v,
+                Kind::Warning,
+                "Reverted",
+                format!(
+                    "group {}: robot {} back on version {}",
+                    g.name,
+                    r.robot,
+                    versions.spec.base_version.unwrap_or(0)
+                ),
+            );
+        }
+        let last_healthy = snapshot
+            .iter()
+            .filter_map(|r| match r.health {
+                Health::Healthy(at) if r.on_target => Some(at),
+                _ => None,
+            })
+            .max();
+        if let Some(at) = last_healthy {
+            status.last_progress_at = Some(rfc3339_ms(at));
+        }
+        total.total += p.counts.total;
+        total.updated += p.counts.updated + p.update.len();
+        total.healthy += p.counts.healthy;
+        total.unhealthy += p.counts.unhealthy;
+        total.pending += p.counts.pending;
+        total.canaries += p.counts.canaries.max(if canary_phase { p.update.len() } else { 0 });
+        wake = match (wake, p.wake_in) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        outcomes.push((g.name.clone(), p.outcome));
+    }
+    if any_canary_phase && auto_promote_all && !status.auto_promoted {
+        status.auto_promoted = true;
+        ctx.events.record(
+            job_v,
+            Kind::Normal,
+            "Promoted",
+            format!("version {version}: canaries healthy, promoted automatically"),
+        );
+    }
+    settle(ctx, ns, job_v, versions, status, total, &outcomes).await?;
+    Ok(wake)
+}
+
+/// The Rollout's new status from its groups' outcomes; events on changes.
+async fn settle(
+    ctx: &Ctx,
+    ns: &str,
+    job_v: &Value,
+    versions: &Versions,
+    mut status: RolloutStatus,
+    counts: plan::Counts,
+    outcomes: &[(String, Outcome)],
+) -> Result<(), Status> {
+    let version = versions.spec.version;
+    let before = versions.status.state;
+    if !before.is_settled() {
+        let failed = outcomes.iter().find_map(|(g, o)| match o {
+            Outcome::Failed(why) => Some(format!("group {g}: {why}")),
+            _ => None,
+        });
+        let (state, message) = if let Some(why) = failed {
+            (RolloutState::Failed, Some(why))
+        } else if outcomes.iter().all(|(_, o)| *o == Outcome::Done) {
+            (RolloutState::Succeeded, None)
+        } else if outcomes.iter().any(|(_, o)| *o == Outcome::Paused) {
+            (
+                RolloutState::Paused,
+                Some("paused: k8s4r job resume continues".to_string()),
+            )
+        } else if outcomes.iter().any(|(_, o)| *o == Outcome::WaitingForPromotion) {
+            (
+                RolloutState::WaitingForPromotion,
+                Some("canaries healthy: k8s4r job promote continues, k8s4r job revert goes back".to_string()),
+            )
+        } else {
+            (RolloutState::Progressing, None)
+        };
+        if state != before {
+            let base = versions.spec.base_version.unwrap_or(0);
+            let (kind, reason, text) = match state {
+                RolloutState::Failed => {
+                    let reverting = versions
+                        .spec
+                        .template
+                        .task_groups
+                        .iter()
+                        .any(|g| g.update.as_ref().is_some_and(|u| u.auto_revert == Some(true)))
+                        && versions.base.is_some();
+                    let then = if reverting {
+                        format!("; reverting to version {base}")
+                    } else {
+                        String::new()
+                    };
+                    (
+                        Kind::Warning,
+                        "RolloutFailed",
+                        format!("version {version}: {}{then}", message.clone().unwrap_or_default()),
+                    )
+                }
+                RolloutState::Succeeded => (
+                    Kind::Normal,
+                    "RolloutSucceeded",
+                    format!("version {version} is on every robot"),
+                ),
+                RolloutState::Paused => (Kind::Normal, "Paused", format!("version {version}: paused")),
+                RolloutState::WaitingForPromotion => (
+                    Kind::Normal,
+                    "CanariesHealthy",
+                    format!("version {version}: canaries healthy, waiting for promotion"),
+                ),
+                _ if before == RolloutState::WaitingForPromotion => (
+                    Kind::Normal,
+                    "Promoted",
+                    format!("version {version}: promoted; updating the rest"),
+                ),
+                _ => (Kind::Normal, "Resumed", format!("version {version}: progressing")),
+            };
+            if versions.base.is_some() || state != RolloutState::Succeeded {
+                ctx.events.record(job_v, kind, reason, text);
+            }
+            if state == RolloutState::Succeeded || state == RolloutState::Failed {
+                status.finished_at = Some(time::now_rfc3339());
+            }
+        }
+        status.state = state;
+        status.message = message;
+    }
+    status.total = i32::try_from(counts.total).unwrap_or(i32::MAX);
+    status.updated = i32::try_from(counts.updated.min(counts.total)).unwrap_or(i32::MAX);
+    status.canaries = i32::try_from(counts.canaries).unwrap_or(i32::MAX);
+    status.healthy = i32::try_from(counts.healthy).unwrap_or(i32::MAX);
+    status.unhealthy = i32::try_from(counts.unhealthy).unwrap_or(i32::MAX);
+    status.pending = i32::try_from(counts.pending).unwrap_or(i32::MAX);
+    status.progress = format!("{}/{}", status.updated, status.total);
+    if status != versions.status {
+        let mut body = (*versions.object).clone();
+        body["status"] = to_value(&status)?;
+        let name = object::name(&versions.object).to_string();
+        let w = ctx
+            .registry
+            .replace(&ROLLOUTS, ns, &name, body, Part::Status, ALL)
+            .await?;
+        ctx.wrote("rollouts", &w.object);
+    }
+    Ok(())
+}
