@@ -44,6 +44,8 @@ pub struct Agents {
     pub limits: Limits,
     /// The one long poll each robot may have open.
     pub polls: PollSlots,
+    /// The agent release key's public half (hex), `--release-public-key`.
+    pub release_key: Option<String>,
 }
 
 /// How long an operator's log request waits for the robot's answer.
@@ -340,6 +342,7 @@ impl Agents {
             name: req.name,
             namespace: ns,
             poll_interval_seconds: self.hub.fleet.poll_interval().as_secs().max(1),
+            release_key: self.release_key.clone(),
         })
     }
 
