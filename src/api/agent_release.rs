@@ -55,7 +55,10 @@ pub struct AgentReleaseSpec {
     /// How many robots may be updating at once: a robot counts as updating from when it is offered the release until it reports the new version (healthy) or a failure. Default 1 (a canary of one); at most 10000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_parallel: Option<u32>,
-    /// Stop offering the release to more robots (robots already updating finish).
+    /// Failed robots (refused or rolled back) the rollout tolerates; one more halts it. Default 0: the first failure halts the rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_failures: Option<u32>,
+    /// Offer the release to no robot for now (an agent already swapping finishes).
     #[serde(default, skip_serializing_if = "is_false")]
     pub paused: bool,
     /// One signed binary per architecture.
@@ -255,6 +258,34 @@ pub fn check_binary_fields(b: &ReleaseBinary) -> Result<(), ReleaseError> {
         return Err(ReleaseError::Field("signature", "expected 128 hex digits".into()));
     }
     Ok(())
+}
+
+/// Every problem of a spec (besides its robotSelector), each with its
+/// field path. Signatures are not checked here: the server need not hold
+/// the release key; robots check them.
+pub fn spec_problems(spec: &AgentReleaseSpec) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if let Err(ReleaseError::Field(_, m)) = check_version(&spec.version) {
+        out.push(("spec.version".to_string(), m));
+    }
+    if let Some(n) = spec.max_parallel.filter(|n| !(1..=10_000).contains(n)) {
+        out.push(("spec.maxParallel".into(), format!("{n} is out of range (1-10000)")));
+    }
+    if spec.binaries.is_empty() {
+        out.push(("spec.binaries".into(), "at least one binary is required".into()));
+    }
+    for (i, b) in spec.binaries.iter().enumerate() {
+        if let Err(ReleaseError::Field(field, m)) = check_binary_fields(b) {
+            out.push((format!("spec.binaries[{i}].{field}"), m));
+        }
+        if spec.binaries[..i].iter().any(|o| o.arch == b.arch) {
+            out.push((
+                format!("spec.binaries[{i}].arch"),
+                format!("duplicate architecture {:?}", b.arch),
+            ));
+        }
+    }
+    out
 }
 
 /// Order two versions: dot-separated parts compared as numbers (a part's

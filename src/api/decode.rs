@@ -3,6 +3,7 @@
 //! warnings with their paths, the way kubectl reports them. Type errors name
 //! the field; YAML syntax errors name the line and column.
 
+use super::agent_release::AgentRelease;
 use super::findings::FieldError;
 use super::meta::API_VERSION;
 use super::types::{Job, Robot, Task, TaskGroup};
@@ -19,6 +20,7 @@ pub enum AnyObject {
     TaskGroup(TaskGroup),
     Task(Task),
     Robot(Robot),
+    AgentRelease(AgentRelease),
 }
 
 impl AnyObject {
@@ -28,6 +30,7 @@ impl AnyObject {
             AnyObject::TaskGroup(_) => "TaskGroup",
             AnyObject::Task(_) => "Task",
             AnyObject::Robot(_) => "Robot",
+            AnyObject::AgentRelease(_) => "AgentRelease",
         }
     }
 
@@ -37,6 +40,7 @@ impl AnyObject {
             AnyObject::TaskGroup(o) => o.name(),
             AnyObject::Task(o) => o.name(),
             AnyObject::Robot(o) => o.name(),
+            AnyObject::AgentRelease(o) => o.name(),
         }
     }
 }
@@ -229,10 +233,11 @@ pub fn decode_value(value: serde_json::Value) -> Result<Decoded<AnyObject>, Deco
         "TaskGroup" => decode_typed::<TaskGroup>(value).map(|d| d.map(AnyObject::TaskGroup)),
         "Task" => decode_typed::<Task>(value).map(|d| d.map(AnyObject::Task)),
         "Robot" => decode_typed::<Robot>(value).map(|d| d.map(AnyObject::Robot)),
+        "AgentRelease" => decode_typed::<AgentRelease>(value).map(|d| d.map(AnyObject::AgentRelease)),
         "" => Err(invalid("kind", "is required".into())),
         other => Err(invalid(
             "kind",
-            format!("{other:?} is not a kind of {API_VERSION} (expected Job, TaskGroup, Task or Robot)"),
+            format!("{other:?} is not a kind of {API_VERSION} (expected Job, TaskGroup, Task, Robot or AgentRelease)"),
         )),
     }
 }

@@ -18,6 +18,7 @@
 //!
 //! The load test of all this lives outside, in `crate::bench`.
 pub mod admission;
+pub mod agent_rollout;
 pub mod agents;
 pub mod annotations;
 pub mod apply;

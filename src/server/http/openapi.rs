@@ -88,6 +88,7 @@ fn schema_for(r: &Resource, generator: &mut SchemaGenerator) -> Value {
         "Job" => generator.root_schema_for::<Job>(),
         "TaskGroup" => generator.root_schema_for::<TaskGroup>(),
         "Task" => generator.root_schema_for::<Task>(),
+        "AgentRelease" => generator.root_schema_for::<crate::api::agent_release::AgentRelease>(),
         _ => generator.root_schema_for::<Robot>(),
     };
     let mut schema = root.to_value();
