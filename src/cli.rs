@@ -115,10 +115,11 @@ pub enum FirstArg {
 }
 
 /// The start both binaries share: no arguments → usage and exit 2; `-h`,
-/// `-V`; otherwise `dispatch` runs the command. Errors print as
-/// `error: ...` and exit 2.
+/// `-V` (prints `version`); otherwise `dispatch` runs the command. Errors
+/// print as `error: ...` and exit 2.
 pub fn run_main(
     name: &str,
+    version: &str,
     usage: &str,
     dispatch: impl FnOnce(FirstArg, &mut lexopt::Parser) -> Result<i32, lexopt::Error>,
 ) -> ! {
@@ -135,7 +136,7 @@ pub fn run_main(
                 return Ok(0);
             }
             Some(Short('V') | Long("version")) => {
-                println!("{name} {VERSION}");
+                println!("{name} {version}");
                 return Ok(0);
             }
             Some(Value(v)) => FirstArg::Command(v.string()?),

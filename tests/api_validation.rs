@@ -258,7 +258,7 @@ fn bad_manifests_name_field_and_reason() {
         (vec![Set("/spec/taskGroups/0/network/inbound", json!([{"name": "metrics", "port": 9443, "targetPort": 0, "allowedSpiffeIDs": ["spiffe://example.org/c"]}]))], format!("{G}.network.inbound[0].targetPort: 0 is not a valid port (1-65535)")),
         (vec![Set("/spec/taskGroups/0/disconnect", json!({"lostAfter": "soon"}))], format!("{G}.disconnect.lostAfter: invalid duration \"soon\": expected a number at \"soon\"")),
         (vec![Set("/spec/taskGroups/0/disconnect", json!({"reconcile": "newest"}))], format!("{G}.disconnect.reconcile: \"newest\" is not one of keepOriginal, keepReplacement, bestScore, longestRunning")),
-        (vec![Set("/kind", json!("Pod"))], "kind: \"Pod\" is not a kind of robot.k8s4r.io/v1alpha1 (expected Job, TaskGroup, Task or Robot)".into()),
+        (vec![Set("/kind", json!("Pod"))], "kind: \"Pod\" is not a kind of robot.k8s4r.io/v1alpha1 (expected Job, TaskGroup, Task, Robot or AgentRelease)".into()),
         (vec![Set("/apiVersion", json!("batch/v1"))], "apiVersion: \"batch/v1\" is not supported (expected \"robot.k8s4r.io/v1alpha1\")".into()),
     ];
     assert!(cases.len() >= 40, "only {} cases", cases.len());

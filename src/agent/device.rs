@@ -7,8 +7,6 @@ use serde_json::{json, Value};
 use std::fs;
 use std::path::Path;
 
-pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
-
 /// The kernel's boot id: changes on every boot, so a (pid, start time) pair
 /// recorded before a reboot can never be mistaken for a live process.
 pub fn boot_id() -> String {
@@ -32,7 +30,7 @@ pub fn collect(data_dir: &Path) -> Value {
     json!({
         "hostname": hostname,
         "bootId": boot_id(),
-        "agentVersion": AGENT_VERSION,
+        "agentVersion": super::version::current(),
         "uptime": uptime as u64,
         "platform": {
             "os": std::env::consts::OS,

@@ -50,6 +50,8 @@ pub mod state;
 pub mod supervisor;
 mod sys;
 pub mod templates;
+pub mod update;
+pub mod version;
 
 use lexopt::prelude::*;
 use logs::LogLimits;

@@ -96,3 +96,11 @@ pub fn mark_inherited_fds_cloexec() {
         }
     }
 }
+
+/// Read a static through a volatile load, so the compiler cannot use what
+/// it knew at build time: the agent's version slot is patched in copies of
+/// the binary (`agent::version`).
+pub fn read_volatile<const N: usize>(bytes: &'static [u8; N]) -> [u8; N] {
+    // SAFETY: a valid, aligned reference to initialised, immutable bytes.
+    unsafe { std::ptr::read_volatile(bytes) }
+}

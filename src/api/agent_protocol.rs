@@ -24,6 +24,7 @@
 //! Errors are Kubernetes `Status` objects, signed (401 unknown robot, bad
 //! signature, stale time, replayed counter; 409 a name bound to other keys).
 
+use super::agent_release::{AgentUpdate, UpdateResult};
 use super::types::{StringMap, Task, TaskStatus};
 use serde::{Deserialize, Serialize};
 
@@ -68,6 +69,10 @@ pub struct RegisterResponse {
     pub name: String,
     pub namespace: String,
     pub poll_interval_seconds: u64,
+    /// The public half of the release key (`--release-public-key` on the
+    /// server, hex), for robots started without `--release-key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_key: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -89,6 +94,13 @@ pub struct Assignments {
     /// each with a [`LogUpload`] to `POST /agent/v1/robots/{name}/logs`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub log_requests: Vec<LogRequest>,
+    /// A new agent to install (an AgentRelease's entry for this robot's
+    /// architecture), in every answer while the release is offered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_update: Option<AgentUpdate>,
+    /// As in [`RegisterResponse`]: kept by a robot that has no release key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_key: Option<String>,
 }
 
 /// Largest log tail an agent uploads for one request.
@@ -136,6 +148,13 @@ pub struct StatusReport {
     /// (it sends them in batches, oldest first).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backlog: Option<u64>,
+    /// The agent's architecture (x86_64, aarch64, armv7), with device info.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub architecture: Option<String>,
+    /// How the last self-update ended, when that changed (and after each
+    /// agent start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_update: Option<UpdateResult>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

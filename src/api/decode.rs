@@ -3,6 +3,7 @@
 //! warnings with their paths, the way kubectl reports them. Type errors name
 //! the field; YAML syntax errors name the line and column.
 
+use super::agent_release::AgentRelease;
 use super::findings::FieldError;
 use super::meta::API_VERSION;
 use super::types::{Job, Robot, Task, TaskGroup};
@@ -22,6 +23,7 @@ pub enum AnyObject {
     /// Written by the server, steered by operators: not in the agent.
     #[cfg(feature = "server")]
     Rollout(super::rollout::Rollout),
+    AgentRelease(AgentRelease),
 }
 
 impl AnyObject {
@@ -33,6 +35,7 @@ impl AnyObject {
             AnyObject::Robot(_) => "Robot",
             #[cfg(feature = "server")]
             AnyObject::Rollout(_) => "Rollout",
+            AnyObject::AgentRelease(_) => "AgentRelease",
         }
     }
 
@@ -44,6 +47,7 @@ impl AnyObject {
             AnyObject::Robot(o) => o.name(),
             #[cfg(feature = "server")]
             AnyObject::Rollout(o) => o.name(),
+            AnyObject::AgentRelease(o) => o.name(),
         }
     }
 }
@@ -238,10 +242,11 @@ pub fn decode_value(value: serde_json::Value) -> Result<Decoded<AnyObject>, Deco
         "Robot" => decode_typed::<Robot>(value).map(|d| d.map(AnyObject::Robot)),
         #[cfg(feature = "server")]
         "Rollout" => decode_typed::<super::rollout::Rollout>(value).map(|d| d.map(AnyObject::Rollout)),
+        "AgentRelease" => decode_typed::<AgentRelease>(value).map(|d| d.map(AnyObject::AgentRelease)),
         "" => Err(invalid("kind", "is required".into())),
         other => Err(invalid(
             "kind",
-            format!("{other:?} is not a kind of {API_VERSION} (expected Job, TaskGroup, Task or Robot)"),
+            format!("{other:?} is not a kind of {API_VERSION} (expected Job, TaskGroup, Task, Robot or AgentRelease)"),
         )),
     }
 }

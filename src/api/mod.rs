@@ -2,11 +2,13 @@
 //! Shared by the agent and the control plane; does no I/O.
 
 pub mod agent_protocol;
+pub mod agent_release;
 pub mod decode;
 pub mod findings;
 pub mod hex;
 pub mod job_expansion;
 pub mod meta;
+pub mod rfc3339;
 pub mod robot_channel;
 pub mod robot_labels;
 pub mod rollout;

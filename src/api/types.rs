@@ -1093,6 +1093,12 @@ pub struct RobotStatus {
     /// known only when it reports again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_backlog: Option<u64>,
+    /// CPU architecture the agent is built for (x86_64, aarch64, armv7): which AgentRelease binary it takes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub architecture: Option<String>,
+    /// How the agent's last over-the-air update ended (AgentRelease).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_update: Option<crate::api::agent_release::UpdateResult>,
     /// Free-form device facts (hostname, platform, cpu, memory, disks, ...), in
     /// the shape of the original CRD's `deviceInfo`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

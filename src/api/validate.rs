@@ -1064,6 +1064,18 @@ pub fn validate_robot(robot: &Robot) -> Vec<FieldError> {
     errs.0.errors
 }
 
+pub fn validate_agent_release(r: &super::agent_release::AgentRelease) -> Vec<FieldError> {
+    let mut errs = Errors::default();
+    check_meta(&mut errs, &r.metadata);
+    if let Some(sel) = &r.spec.robot_selector {
+        check_selector(&mut errs, "spec.robotSelector", sel);
+    }
+    for (field, message) in super::agent_release::spec_problems(&r.spec) {
+        errs.add(&field, message);
+    }
+    errs.0.errors
+}
+
 /// The errors of `obj` (empty: valid).
 pub fn validate(obj: &super::decode::AnyObject) -> Vec<FieldError> {
     review(obj).errors
@@ -1082,6 +1094,10 @@ pub fn review(obj: &super::decode::AnyObject) -> Findings {
         },
         #[cfg(feature = "server")]
         AnyObject::Rollout(o) => review_rollout(o),
+        AnyObject::AgentRelease(o) => Findings {
+            errors: validate_agent_release(o),
+            warnings: Vec::new(),
+        },
     }
 }
 

@@ -23,17 +23,22 @@ OPTIONS:
 ";
 
 fn main() {
-    cli::run_main("k8s4r-agent", USAGE, |first, parser| match first {
-        // Robot images start the agent with options only: connected mode.
-        FirstArg::Option(opt) => connected::cli::cmd_connect(Some(opt), parser),
-        FirstArg::Command(cmd) => match cmd.as_str() {
-            "connect" => connected::cli::cmd_connect(None, parser),
-            "run" => k8s4r::agent::cmd_run(parser),
-            "logs" => k8s4r::agent::cmd_logs(parser),
-            "stop-all" => k8s4r::agent::cmd_stop_all(parser),
-            "render-envoy" => k8s4r::envoy::cmd_render(parser),
-            "validate" => cli::cmd_validate(parser),
-            other => Err(cli::unknown_command("k8s4r-agent", other)),
+    cli::run_main(
+        "k8s4r-agent",
+        k8s4r::agent::version::current(),
+        USAGE,
+        |first, parser| match first {
+            // Robot images start the agent with options only: connected mode.
+            FirstArg::Option(opt) => connected::cli::cmd_connect(Some(opt), parser),
+            FirstArg::Command(cmd) => match cmd.as_str() {
+                "connect" => connected::cli::cmd_connect(None, parser),
+                "run" => k8s4r::agent::cmd_run(parser),
+                "logs" => k8s4r::agent::cmd_logs(parser),
+                "stop-all" => k8s4r::agent::cmd_stop_all(parser),
+                "render-envoy" => k8s4r::envoy::cmd_render(parser),
+                "validate" => cli::cmd_validate(parser),
+                other => Err(cli::unknown_command("k8s4r-agent", other)),
+            },
         },
-    })
+    )
 }

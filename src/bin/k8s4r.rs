@@ -19,6 +19,7 @@ COMMANDS:
     robot reset NAME                  Unbind a robot's keys (a new robot may take the name)
     robot-keys list|rotate [--overlap DUR]  The server's robot-channel keys
     kubeconfig [--user NAME] [--group G]...  A kubeconfig signed by the cluster's CA
+    release keygen|sign|set-version   Sign agent releases offline (AgentRelease)
     bench robots N [N...]             Fleet load test; writes target/bench/server.json
     bench report                      target/bench/report.md from all benchmark results
     render-envoy -f FILE [--group NAME]  Print a TaskGroup's Envoy config
@@ -30,7 +31,7 @@ OPTIONS:
 ";
 
 fn main() {
-    cli::run_main("k8s4r", USAGE, |first, parser| {
+    cli::run_main("k8s4r", cli::VERSION, USAGE, |first, parser| {
         let cmd = match first {
             FirstArg::Command(c) => c,
             FirstArg::Option(o) => return Err(format!("unexpected option '--{o}'; see k8s4r --help").into()),
@@ -44,6 +45,7 @@ fn main() {
             "robot" => k8s4r::server::cmd_robot(parser),
             "robot-keys" => k8s4r::server::cmd_robot_keys(parser),
             "kubeconfig" => k8s4r::server::kubeconfig_cli::cmd_kubeconfig(parser),
+            "release" => k8s4r::server::release_cli::cmd_release(parser),
             "bench" => k8s4r::bench::cli::cmd_bench(parser),
             "render-envoy" => k8s4r::envoy::cmd_render(parser),
             "validate" => cli::cmd_validate(parser),

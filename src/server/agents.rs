@@ -44,6 +44,8 @@ pub struct Agents {
     pub limits: Limits,
     /// The one long poll each robot may have open.
     pub polls: PollSlots,
+    /// The agent release key's public half (hex), `--release-public-key`.
+    pub release_key: Option<String>,
 }
 
 /// How long an operator's log request waits for the robot's answer.
@@ -108,6 +110,12 @@ pub struct AssignmentsView {
     pub offline_after_seconds: u64,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub log_requests: Vec<crate::api::agent_protocol::LogRequest>,
+    /// An agent release to install (see `agent_rollout`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_update: Option<crate::api::agent_release::AgentUpdate>,
+    /// With an agent update: the release key, for robots that have none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub release_key: Option<String>,
 }
 
 /// A cached object, serialised in place.
@@ -340,6 +348,7 @@ impl Agents {
             name: req.name,
             namespace: ns,
             poll_interval_seconds: self.hub.fleet.poll_interval().as_secs().max(1),
+            release_key: self.release_key.clone(),
         })
     }
 
@@ -403,6 +412,7 @@ impl Agents {
     /// `since` (every agent so far did), so an idle poll on a metered link
     /// costs a few hundred bytes, not the whole set each time.
     fn desired(&self, id: &RobotIdentity, revision: u64, since: u64) -> AssignmentsView {
+        let agent_update = crate::server::agent_rollout::offer_for(&self.hub.cache, &id.namespace, &id.name);
         let tasks = if revision == since {
             Vec::new()
         } else {
@@ -419,6 +429,8 @@ impl Agents {
             poll_interval_seconds: self.hub.fleet.poll_interval().as_secs().max(1),
             offline_after_seconds: self.hub.fleet.offline_after().as_secs(),
             log_requests: self.logs.broker.take_unsent(&id.namespace, &id.name),
+            release_key: agent_update.as_ref().and(self.release_key.clone()),
+            agent_update,
         }
     }
 
@@ -554,7 +566,12 @@ impl Agents {
         self.limits.check_report(&report)?;
         self.heartbeat(id).await?;
         let (ns, robot) = (id.namespace.as_str(), id.name.as_str());
-        if report.device_info.is_some() || report.agent_version.is_some() || report.backlog.is_some() {
+        if report.device_info.is_some()
+            || report.agent_version.is_some()
+            || report.backlog.is_some()
+            || report.architecture.is_some()
+            || report.last_update.is_some()
+        {
             let cached = self.hub.cache.get("robots", ns, robot);
             let status = cached.as_ref().and_then(|r| r.get("status"));
             let mut patch = json!({});
@@ -573,10 +590,26 @@ impl Agents {
                     patch["statusBacklog"] = json!(n);
                 }
             }
+            if let Some(a) = &report.architecture {
+                if status.and_then(|s| s.get("architecture")).and_then(Value::as_str) != Some(a) {
+                    patch["architecture"] = json!(a);
+                }
+            }
+            let new_update = report.last_update.as_ref().and_then(|u| {
+                let value = serde_json::to_value(u).ok()?;
+                (status.and_then(|s| s.get("lastUpdate")) != Some(&value)).then_some((u, value))
+            });
+            if let Some((_, value)) = &new_update {
+                patch["lastUpdate"] = value.clone();
+            }
             if patch.as_object().is_some_and(|m| !m.is_empty()) {
-                self.registry
+                let w = self
+                    .registry
                     .patch(&ROBOTS, ns, robot, &json!({"status": patch}), Part::Status, INTERNAL)
                     .await?;
+                if let Some((u, _)) = new_update {
+                    self.record_update(&w.object, u);
+                }
             }
         }
         let mut results = Vec::with_capacity(report.updates.len());
@@ -589,6 +622,18 @@ impl Agents {
             });
         }
         Ok(StatusReply { results })
+    }
+
+    /// An event on the Robot for each new self-update result.
+    fn record_update(&self, robot: &Value, u: &crate::api::agent_release::UpdateResult) {
+        use crate::api::agent_release::UpdateOutcome as O;
+        let (kind, reason) = match u.result {
+            O::Applied => (Kind::Normal, "AgentUpdated"),
+            O::Refused => (Kind::Warning, "AgentUpdateRefused"),
+            O::RolledBack => (Kind::Warning, "AgentUpdateRolledBack"),
+        };
+        let message = format!("{} {}: {}", u.release, u.version, u.message);
+        self.events.record(robot, kind, reason, message);
     }
 
     fn record_transition(&self, task: &Value, robot: &str, st: &crate::api::TaskStatus) {

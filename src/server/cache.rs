@@ -10,7 +10,7 @@ use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
-pub const RESOURCES: [&str; 5] = ["jobs", "taskgroups", "tasks", "robots", "rollouts"];
+pub const RESOURCES: [&str; 6] = ["jobs", "taskgroups", "tasks", "robots", "rollouts", "agentreleases"];
 
 type NsName = (String, String);
 

@@ -18,6 +18,7 @@
 //!
 //! The load test of all this lives outside, in `crate::bench`.
 pub mod admission;
+pub mod agent_rollout;
 pub mod agents;
 pub mod annotations;
 pub mod apply;
@@ -43,6 +44,7 @@ pub mod panics;
 pub mod patch;
 pub mod poll_slots;
 pub mod registry;
+pub mod release_cli;
 pub mod resources;
 pub mod robot_channel;
 pub mod scheduler;
@@ -98,6 +100,10 @@ OPTIONS:
                              Robots one join token may create; registering again
                              under a known name creates none; more get 429
                              [default: 1000]
+    --release-public-key FILE  The public half of the agent release key
+                             (`k8s4r release keygen`): sent to robots at
+                             registration; they install only agent releases
+                             signed by it
     --max-join-token-ttl DUR Longest lifetime a join token may be created with;
                              longer is refused (400) [default: 24h]
     --robot-clock-skew DUR   How far a robot request's time may be from the
@@ -160,6 +166,8 @@ pub struct Config {
     pub insecure_http: bool,
     /// File holding the admin's bearer token.
     pub admin_token_file: Option<PathBuf>,
+    /// `--release-public-key`: the release key's public half, hex.
+    pub release_public_key: Option<String>,
     /// kube-apiserver's static token file (`--token-auth-file`).
     pub token_auth_file: Option<PathBuf>,
     /// `--audit-log-path` (`-`: stdout); None: no audit log.
@@ -186,6 +194,7 @@ impl Default for Config {
             listen: "127.0.0.1:7443".into(),
             agent_listen: "127.0.0.1:7080".into(),
             tls: tls::TlsFlags::default(),
+            release_public_key: None,
             insecure_http: false,
             admin_token_file: None,
             token_auth_file: None,
@@ -296,6 +305,13 @@ pub fn cmd_server(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
             }
             Long("max-robots-per-join-token") => {
                 cfg.limits.robots_per_join_token = count_arg(parser, "--max-robots-per-join-token", u64::MAX)?
+            }
+            Long("release-public-key") => {
+                let file = parser.value()?.string()?;
+                let text = std::fs::read_to_string(&file).map_err(|e| format!("--release-public-key {file}: {e}"))?;
+                let key = crate::api::agent_release::parse_public_key(&text)
+                    .map_err(|e| format!("--release-public-key {file}: {e}"))?;
+                cfg.release_public_key = Some(crate::api::hex::encode(&key));
             }
             Long("max-join-token-ttl") => {
                 let d = bounded_duration_arg(parser, "--max-join-token-ttl", time::MAX_DURATION)?;
@@ -435,6 +451,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
             logs,
             limits: cfg.limits.clone(),
             polls: poll_slots::PollSlots::default(),
+            release_key: cfg.release_public_key.clone(),
         },
         watch_slots: Arc::new(tokio::sync::Semaphore::new(cfg.limits.watches)),
         limits: cfg.limits.clone(),

@@ -171,9 +171,15 @@ pub static ROBOTS: Resource = Resource {
             "Time since the last heartbeat persisted",
         ),
         col("Age", Age, "metadata.creationTimestamp", "Time since creation"),
-        wide("Agent", Str, "status.agentVersion", "Agent version"),
+        col("Version", Str, "status.agentVersion", "Agent version the robot reports"),
         wide("OS", Str, "status.deviceInfo.platform.os", "Operating system"),
-        wide("Arch", Str, "status.deviceInfo.platform.arch", "CPU architecture"),
+        wide("Arch", Str, "status.architecture", "CPU architecture of the agent"),
+        wide(
+            "Update",
+            Str,
+            "status.lastUpdate.result",
+            "How the last agent update ended",
+        ),
     ],
     field_selectors: &["status.phase", "spec.robotId"],
 };
@@ -214,7 +220,30 @@ pub static ROLLOUTS: Resource = Resource {
     field_selectors: &["spec.jobName", "status.state"],
 };
 
-pub static ALL: [&Resource; 5] = [&JOBS, &TASKGROUPS, &TASKS, &ROBOTS, &ROLLOUTS];
+pub static AGENTRELEASES: Resource = Resource {
+    kind: "AgentRelease",
+    plural: "agentreleases",
+    singular: "agentrelease",
+    short_names: &["arel"],
+    columns: &[
+        col("Version", Str, "spec.version", "Agent version the release installs"),
+        col("Selected", Integer, "status.selected", "Robots the release selects"),
+        col("Updated", Integer, "status.updated", "Robots that report the version"),
+        col(
+            "Updating",
+            Integer,
+            "status.updating",
+            "Robots offered the release, not done yet",
+        ),
+        col("Failed", Integer, "status.failed", "Robots that refused or rolled back"),
+        col("Age", Age, "metadata.creationTimestamp", "Time since creation"),
+        wide("Max-Parallel", Integer, "spec.maxParallel", "Robots updating at once"),
+        wide("Message", Str, "status.message", "Where the rollout is"),
+    ],
+    field_selectors: &["spec.version"],
+};
+
+pub static ALL: [&Resource; 6] = [&JOBS, &TASKGROUPS, &TASKS, &ROBOTS, &ROLLOUTS, &AGENTRELEASES];
 
 pub fn by_plural(plural: &str) -> Option<&'static Resource> {
     ALL.iter().copied().find(|r| r.plural == plural)

@@ -97,6 +97,10 @@ pub struct ConnectedAgent {
     args: Vec<String>,
     /// A command the agent runs under, e.g. `ip netns exec NS`.
     wrapper: Vec<String>,
+    /// The agent binary (a copy, for tests that replace it; default
+    /// [`agent_bin`]) and extra environment, used by [`Self::spawn`].
+    pub binary: PathBuf,
+    pub env: Vec<(String, String)>,
 }
 
 impl ConnectedAgent {
@@ -148,6 +152,32 @@ impl ConnectedAgent {
             log: data.with_extension("log"),
             args,
             wrapper,
+            binary: agent_bin(),
+            env: Vec::new(),
+        };
+        a.spawn();
+        a
+    }
+
+    /// Like [`ConnectedAgent::start`], running `binary` with `env` added.
+    pub fn start_binary(
+        binary: &std::path::Path,
+        env: &[(&str, &str)],
+        server: &str,
+        token: &str,
+        name: &str,
+        labels: &str,
+        data: &std::path::Path,
+    ) -> ConnectedAgent {
+        searchable_by_all(data);
+        let mut a = ConnectedAgent {
+            child: None,
+            data: data.to_path_buf(),
+            log: data.with_extension("log"),
+            args: ConnectedAgent::args_for(server, token, name, labels, data, &[]),
+            wrapper: Vec::new(),
+            binary: binary.to_path_buf(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         a.spawn();
         a
@@ -190,13 +220,14 @@ impl ConnectedAgent {
         let mut cmd = match self.wrapper.split_first() {
             Some((program, rest)) => {
                 let mut c = std::process::Command::new(program);
-                c.args(rest).arg(agent_bin());
+                c.args(rest).arg(&self.binary);
                 c
             }
-            None => std::process::Command::new(agent_bin()),
+            None => std::process::Command::new(&self.binary),
         };
         let child = cmd
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().expect("dup agent log"))
             .stderr(log)
             .stdin(std::process::Stdio::null())

@@ -162,7 +162,9 @@ pub fn render_object(object: &AnyObject) -> Vec<String> {
             .map(|net| (tg.spec.job_name.clone(), tg.spec.group_name.clone(), net))
             .into_iter()
             .collect(),
-        AnyObject::Task(_) | AnyObject::Robot(_) | AnyObject::Rollout(_) => Vec::new(),
+        AnyObject::Task(_) | AnyObject::Robot(_) | AnyObject::AgentRelease(_) => Vec::new(),
+        #[cfg(feature = "server")]
+        AnyObject::Rollout(_) => Vec::new(),
     };
     networks
         .into_iter()

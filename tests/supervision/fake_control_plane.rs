@@ -117,6 +117,7 @@ impl FakeControlPlane {
             poll_interval_seconds: POLL_SECONDS,
             offline_after_seconds: 3 * POLL_SECONDS,
             log_requests: Vec::new(),
+            ..Default::default()
         };
         Prepared {
             revision,
@@ -207,6 +208,7 @@ fn serve(conn: TcpStream, shared: &Shared) -> std::io::Result<()> {
                 name: req.name,
                 namespace: "default".into(),
                 poll_interval_seconds: POLL_SECONDS,
+                release_key: None,
             };
             Arc::new(serde_json::to_vec(&r).unwrap())
         }

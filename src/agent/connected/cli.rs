@@ -5,7 +5,7 @@
 use super::config::{self, Settings};
 use super::waiting::{self, ConfigWatch, Intervals, Start};
 use super::{restart_delay, say, ConnectedOptions};
-use crate::agent::{cgroup, default_data_dir, default_envoy, logs::LogLimits, reconcile, supervisor};
+use crate::agent::{cgroup, default_data_dir, default_envoy, logs::LogLimits, reconcile, supervisor, update};
 use lexopt::prelude::*;
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -51,6 +51,12 @@ config file; flags win over the environment, the environment over the file):
                           config file this often [default 10s] [K8S4R_CONFIG_RECHECK]
     --waiting-notice DURATION  ...and say what is missing this often
                           [default 1m]                          [K8S4R_WAITING_NOTICE]
+    --release-key KEY|FILE  Public release key (64 hex digits, or a file holding
+                          them) agent updates must be signed with [default: the
+                          one the server sent at registration] [K8S4R_RELEASE_KEY]
+    --update-deadline DURATION  A self-updated agent must reach the server within
+                          this (while the server answers), else the previous one
+                          comes back [default 5m]             [K8S4R_UPDATE_DEADLINE]
     -h, --help            Print help
 
 With no server and no job file (K8S4R_JOB_FILE: the job it then runs as
@@ -112,6 +118,8 @@ fn connect(
             "labels" => "K8S4R_LABELS",
             "namespace" => "K8S4R_NAMESPACE",
             "config-recheck" => waiting::RECHECK_ENV,
+            "release-key" => update::key::ENV,
+            "update-deadline" => update::DEADLINE_ENV,
             "waiting-notice" => waiting::NOTICE_ENV,
             "config" => {
                 config_file = Some(parser.value()?.string()?);
@@ -219,7 +227,9 @@ fn connect(
             _ => DEFAULT_GC_AFTER,
         },
     };
+    let update = update_settings(&[&flags, &env, &file], &data_dir)?;
     let opts = ConnectedOptions {
+        update,
         artifact_max_bytes,
         supervisor: supervisor::SupervisorConfig {
             data_dir: data_dir.clone(),
@@ -253,4 +263,27 @@ const DEFAULT_GC_AFTER: std::time::Duration = std::time::Duration::from_secs(360
 /// Bounded like a manifest's durations: it is added to the clock.
 fn parse_gc_after(text: &str) -> Result<std::time::Duration, lexopt::Error> {
     crate::api::Duration::parse_bounded(text).map_err(|e| format!("--gc-after {text:?}: {e}").into())
+}
+
+/// The self-update's settings: the release key and the deadline from the
+/// first source that has them, the binary as this process was started.
+fn update_settings(sources: &[&Settings], data_dir: &std::path::Path) -> Result<update::Settings, lexopt::Error> {
+    let get = |key: &str| sources.iter().find_map(|m| m.get(key).filter(|v| !v.is_empty()));
+    let release_key = get(update::key::ENV)
+        .map(|text| update::key::parse_setting(text))
+        .transpose()?;
+    let deadline = match get(update::DEADLINE_ENV) {
+        Some(text) => {
+            crate::api::Duration::parse_bounded(text).map_err(|e| format!("--update-deadline {text:?}: {e}"))?
+        }
+        None => update::DEFAULT_DEADLINE,
+    };
+    // /proc/self/exe: the path this agent was started from (before any swap).
+    let binary = std::env::current_exe().map_err(|e| format!("the agent's own binary: {e}"))?;
+    Ok(update::Settings {
+        data_dir: data_dir.to_path_buf(),
+        binary,
+        release_key,
+        deadline,
+    })
 }

@@ -97,7 +97,7 @@ struct Call<'a> {
 
 impl Client {
     pub fn new(base: &str, channel: Arc<Channel>) -> Self {
-        let user_agent = format!("k8s4r-agent/{}", env!("CARGO_PKG_VERSION"));
+        let user_agent = format!("k8s4r-agent/{}", crate::agent::version::current());
         Client {
             base: base.trim_end_matches('/').to_string(),
             channel,

@@ -40,6 +40,7 @@ use super::supervisor::machine::{Exit, Phase};
 use super::supervisor::{Supervisor, SupervisorConfig, Waker};
 use crate::agent::clock;
 use crate::api::agent_protocol::{Assignments, StatusReport};
+use crate::api::agent_release::{AgentUpdate, UpdateResult};
 use crate::api::{JobType, Task, TaskState, TaskStatus};
 use backoff::Backoff;
 use client::{Client, ClientError};
@@ -68,6 +69,7 @@ pub struct ConnectedOptions {
     pub artifact_max_bytes: Option<u64>,
     pub supervisor: SupervisorConfig,
     pub reconcile: ReconcileConfig,
+    pub update: super::update::Settings,
 }
 
 /// What the poller hands to the main thread.
@@ -77,6 +79,13 @@ struct Inbox {
     /// Since when the server has been unreachable (monotonic clock, so a
     /// robot's clock jump cannot shorten or stretch it).
     offline_since: Option<Instant>,
+    /// The latest verified answer's agent update and release key.
+    offer: Option<(Option<AgentUpdate>, Option<String>)>,
+    /// A verified answer arrived (a new agent on probation is good).
+    reached: bool,
+    /// Since the last verified answer, the server answered but not
+    /// acceptably: the network is up (a new agent's deadline counts).
+    server_answers: bool,
 }
 
 /// State shared by the three threads, with a condition variable so the
@@ -84,6 +93,8 @@ struct Inbox {
 struct Shared {
     inbox: Mutex<Inbox>,
     outbox: Mutex<Outbox>,
+    /// A self-update result to report (set with the outbox locked).
+    last_update: Mutex<Option<UpdateResult>>,
     changed: Condvar,
     stop: AtomicBool,
 }
@@ -105,6 +116,8 @@ fn say(line: &str) {
 pub fn run(opts: ConnectedOptions) -> Result<i32, String> {
     let data_dir = opts.supervisor.data_dir.clone();
     std::fs::create_dir_all(&data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
+    // First: a new agent on probation counts this start, or rolls back.
+    let mut updater = super::update::Updater::start(opts.update);
     let (mut sup, notices) = Supervisor::new(opts.supervisor).map_err(|e| e.to_string())?;
     if let Some(max) = opts.artifact_max_bytes {
         sup.set_artifact_max_bytes(max);
@@ -148,10 +161,12 @@ pub fn run(opts: ConnectedOptions) -> Result<i32, String> {
     let shared = Arc::new(Shared {
         inbox: Mutex::new(Inbox::default()),
         outbox: Mutex::new(Outbox::open(&data_dir).map_err(|e| format!("outbox: {e}"))?),
+        last_update: Mutex::new(None),
         changed: Condvar::new(),
         stop: AtomicBool::new(false),
     });
     let waker = sup.waker().map_err(|e| format!("waker: {e}"))?;
+    let update_waker = Arc::new(sup.waker().map_err(|e| format!("waker: {e}"))?);
     spawn_poller(
         Arc::clone(&shared),
         Client::new(&opts.config.server, Arc::clone(&channel)),
@@ -178,11 +193,13 @@ pub fn run(opts: ConnectedOptions) -> Result<i32, String> {
             }
         }
         let offline_since = lock(&shared.inbox).offline_since;
+        let update_at = step_update(&mut updater, &shared, &update_waker, &mut sup);
         let (running, stop_at) = apply_disconnect_policy(&desired, offline_since, Instant::now());
         let recheck = rec
             .step(&running, &mut sup, &mut |line| say(&line))
             .into_iter()
             .chain(stop_at)
+            .chain(update_at)
             .min();
         // The outbox may only say what state.json already says: a kill -9
         // between the two must not leave a restarted agent contradicting a
@@ -198,6 +215,33 @@ pub fn run(opts: ConnectedOptions) -> Result<i32, String> {
         }
         sup.run_once(recheck).map_err(|e| e.to_string())?;
     }
+}
+
+/// Hand the self-update what the poller learned, move it on, and queue
+/// its result for the reporter. When to look again at the latest.
+fn step_update(
+    updater: &mut super::update::Updater,
+    shared: &Shared,
+    waker: &Arc<Waker>,
+    sup: &mut Supervisor,
+) -> Option<Instant> {
+    let server_answers = {
+        let mut inbox = lock(&shared.inbox);
+        if std::mem::take(&mut inbox.reached) {
+            updater.reached_server();
+        }
+        if let Some((offer, key)) = inbox.offer.take() {
+            updater.offered(offer, key.as_deref());
+        }
+        inbox.server_answers
+    };
+    let at = updater.step(server_answers, waker, &mut || sup.flush().map_err(|e| e.to_string()));
+    if let Some(result) = updater.take_report() {
+        let _outbox = lock(&shared.outbox);
+        *lock(&shared.last_update) = Some(result);
+        shared.changed.notify_all();
+    }
+    at.into_iter().chain(updater.deadline()).min()
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -338,16 +382,24 @@ impl Poller {
                 let log_requests = std::mem::take(&mut a.log_requests);
                 // Online again: tasks stopped by stopOnClientAfter may run.
                 let back = inbox.offline_since.take().is_some();
+                let update = a.agent_update.take();
+                let offered = update.is_some();
+                inbox.offer = Some((update, a.release_key.take()));
+                inbox.reached = true;
+                inbox.server_answers = false;
                 if fresh {
                     inbox.latest = Some(a);
                 }
                 AfterPoll::Answered {
-                    wake: back || fresh,
+                    wake: back || fresh || offered,
                     log_requests,
                 }
             }
             Err(e) => {
                 inbox.offline_since.get_or_insert_with(Instant::now);
+                if !matches!(e, ClientError::Transport(_)) {
+                    inbox.server_answers = true;
+                }
                 // Only a signed answer saying the server no longer knows
                 // this robot (wiped, or reset by an operator) forgets the
                 // identity, so the next start registers: an unsigned or
@@ -379,7 +431,7 @@ fn spawn_reporter(shared: Arc<Shared>, client: Client, data_dir: PathBuf) {
             let (updates, backlog, send_device) = {
                 let mut outbox = lock(&shared.outbox);
                 let now = Instant::now();
-                if outbox.is_empty() && now < device_due {
+                if outbox.is_empty() && now < device_due && lock(&shared.last_update).is_none() {
                     let (guard, _) = shared
                         .changed
                         .wait_timeout(outbox, device_due - now)
@@ -397,16 +449,24 @@ fn spawn_reporter(shared: Arc<Shared>, client: Client, data_dir: PathBuf) {
                 let backlog = (pending - updates.len()) as u64;
                 (updates, backlog, Instant::now() >= device_due)
             };
-            if updates.is_empty() && !send_device {
+            let last_update = lock(&shared.last_update).take();
+            if updates.is_empty() && !send_device && last_update.is_none() {
                 continue;
             }
             let report = StatusReport {
                 updates,
                 device_info: send_device.then(|| super::device::collect(&data_dir)),
-                agent_version: Some(super::device::AGENT_VERSION.to_string()),
+                agent_version: Some(super::version::current().to_string()),
                 backlog: Some(backlog),
+                architecture: send_device.then(|| crate::api::agent_release::this_arch().to_string()),
+                last_update,
             };
-            match client.report(&report) {
+            let result = client.report(&report);
+            if let (Err(_), Some(r)) = (&result, &report.last_update) {
+                // Reported again next time, unless a newer one came.
+                lock(&shared.last_update).get_or_insert_with(|| r.clone());
+            }
+            match result {
                 Ok(reply) => {
                     backoff.reset();
                     if send_device {

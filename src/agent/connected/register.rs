@@ -64,7 +64,7 @@ fn claim(
         namespace: Some(config.namespace.clone()),
         labels: config.labels.clone(),
         device_info: Some(device_info.clone()),
-        agent_version: Some(crate::agent::device::AGENT_VERSION.to_string()),
+        agent_version: Some(crate::agent::version::current().to_string()),
         signing_key: keys.sign_hex(),
         sealing_key: keys.seal_hex(),
         time,
@@ -113,6 +113,10 @@ pub fn register(
     };
     id.set_server_keys(&server_keys);
     identity::save(data_dir, &id).map_err(RegisterError::Save)?;
+    // Kept unless the robot has one already (see update::key).
+    if let Some(key) = &reply.release_key {
+        let _ = crate::agent::update::key::learn(data_dir, key);
+    }
     channel.set_identity(id.clone());
     Ok(id)
 }

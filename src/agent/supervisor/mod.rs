@@ -813,8 +813,10 @@ impl Supervisor {
             let owner = self
                 .units
                 .iter()
-                .find(|(_, u)| matches!(u.watch, Watch::Child) && u.machine.phase.pid() == Some(pid))
+                .find(|(_, u)| u.machine.phase.pid() == Some(pid))
                 .map(|(n, _)| n.clone());
+            // Any watch: after the agent exec'd itself (a self-update),
+            // re-adopted tasks are still its children and reaped here.
             // No owner: an orphaned grandchild, now reaped.
             if let Some(name) = owner {
                 self.drive(&name, Event::Exited(exit));

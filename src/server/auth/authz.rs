@@ -199,6 +199,8 @@ const FLEET: &[(&str, &str, &[&str])] = &[
     (GROUP, "tasks", &["", "status", "log"]),
     (GROUP, "robots", &["", "status"]),
     (GROUP, "rollouts", &["", "status"]),
+    // Written by admins only: a release replaces robots' agents.
+    (GROUP, "agentreleases", &["", "status"]),
     ("", "events", &[""]),
     // The read-only core/v1 view: Tasks as Pods, Robots as Nodes.
     ("", "pods", &["", "log"]),

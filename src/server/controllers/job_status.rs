@@ -231,7 +231,7 @@ fn group_tasks(
     out
 }
 
-async fn write_status(ctx: &Ctx, plural: &str, cur: &Value, status: Value) -> Result<(), Status> {
+pub(super) async fn write_status(ctx: &Ctx, plural: &str, cur: &Value, status: Value) -> Result<(), Status> {
     let Some(res) = crate::server::resources::by_plural(plural) else {
         return Ok(());
     };

@@ -13,6 +13,7 @@
 //! `server::annotations`, stored Task fields are read through
 //! `server::stored_task`, and Task objects are built in `task_objects.rs`.
 
+mod agent_releases;
 pub mod disconnect;
 mod gc;
 mod job_status;
@@ -48,6 +49,8 @@ pub enum Work {
     Gc,
     /// Mark silent robots Offline and their tasks Lost.
     Liveness,
+    /// The status of a namespace's AgentReleases.
+    AgentReleases { namespace: String },
 }
 
 /// What a reconcile asks for next.
@@ -170,7 +173,9 @@ impl Hub {
                     self.queue.add(Work::Gc);
                 }
             }
+            "agentreleases" => self.queue.add(Work::AgentReleases { namespace: ns }),
             "robots" => {
+                self.queue.add(Work::AgentReleases { namespace: ns.clone() });
                 let changed = c.prev.as_deref().map(robot_facts) != c.new.as_deref().map(robot_facts);
                 if c.new.is_none() {
                     self.fleet.forget(&ns, &c.name);
@@ -392,6 +397,7 @@ pub fn start_workers(
                     Work::Job { namespace, name } => jobs::reconcile(&ctx, namespace, name).await,
                     Work::Gc => gc::collect(&ctx).await,
                     Work::Liveness => liveness::check(&ctx).await,
+                    Work::AgentReleases { namespace } => agent_releases::reconcile(&ctx, namespace).await,
                 }
             };
             // A reconcile that panics (a bug, counted in /metrics) must not

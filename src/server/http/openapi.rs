@@ -89,6 +89,7 @@ fn schema_for(r: &Resource, generator: &mut SchemaGenerator) -> Value {
         "TaskGroup" => generator.root_schema_for::<TaskGroup>(),
         "Task" => generator.root_schema_for::<Task>(),
         "Rollout" => generator.root_schema_for::<crate::api::rollout::Rollout>(),
+        "AgentRelease" => generator.root_schema_for::<crate::api::agent_release::AgentRelease>(),
         _ => generator.root_schema_for::<Robot>(),
     };
     let mut schema = root.to_value();

@@ -1,0 +1,485 @@
+//! Over-the-air agent updates on real parts: the control plane with a
+//! release key, a connected agent running from a copy of its binary (the
+//! tests replace it) with two service tasks, AgentReleases signed by
+//! `k8s4r release sign`, and "another build" made by patching the copy's
+//! version slot (`k8s4r release set-version`). The test is the robot's
+//! init: an agent that dies is started again by it.
+
+mod common;
+mod server_util;
+
+use common::ConnectedAgent as Agent;
+use serde_json::{json, Value};
+use server_util::{server_bin, wait_for, Server};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const RELEASES: &str = "/apis/robot.k8s4r.io/v1alpha1/namespaces/default/agentreleases";
+const JOBS: &str = "/apis/robot.k8s4r.io/v1alpha1/namespaces/default/jobs";
+const ROBOT: &str = "ota-robot";
+const SLOW: Duration = Duration::from_secs(90);
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    server: Server,
+    /// The agent binary the robot runs (replaced by updates).
+    bin: PathBuf,
+    /// Its bytes before any update.
+    original: Vec<u8>,
+    /// The binaries robots download: served over HTTP with Range support.
+    files: PathBuf,
+    port: u16,
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+fn run(cmd: &mut std::process::Command) -> String {
+    let out = cmd.output().expect("run k8s4r");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("release");
+        run(std::process::Command::new(server_bin())
+            .args(["release", "keygen", "--out"])
+            .arg(&key));
+        let public = format!("{}.pub", key.display());
+        let server = Server::start_with(&["--poll-interval", "1s", "--release-public-key", &public]);
+        // A stripped copy: a tenth of the debug build's bytes to move.
+        let bin_dir = dir.path().join("bin");
+        std::fs::create_dir_all(&bin_dir).unwrap();
+        let bin = bin_dir.join("k8s4r-agent");
+        let stripped = std::process::Command::new("strip")
+            .arg("-o")
+            .arg(&bin)
+            .arg(common::agent_bin())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !stripped {
+            std::fs::copy(common::agent_bin(), &bin).unwrap();
+        }
+        let original = std::fs::read(&bin).unwrap();
+        let files = dir.path().join("files");
+        std::fs::create_dir_all(&files).unwrap();
+        let (port, requests) = serve_dir(files.clone());
+        Fixture {
+            dir,
+            server,
+            bin,
+            original,
+            files,
+            port,
+            requests,
+        }
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The connected agent (from the copy), with `env`.
+    fn agent(&self, env: &[(&str, &str)]) -> Agent {
+        let token = self.server.join_token();
+        let agent = Agent::start_binary(
+            &self.bin,
+            env,
+            &self.server.agent_base,
+            &token,
+            ROBOT,
+            "ota=yes",
+            &self.data(),
+        );
+        wait_for("the robot Online", SLOW, || {
+            (self.server.object("robots", ROBOT)?["status"]["phase"] == "Online").then_some(())
+        });
+        agent
+    }
+
+    /// "Another build": the original with `version` in its slot, served as
+    /// files/<version>; its bytes.
+    fn build(&self, version: &str) -> Vec<u8> {
+        let out = self.files.join(version);
+        run(std::process::Command::new(server_bin())
+            .args(["release", "set-version", "--version", version])
+            .arg(&self.bin)
+            .arg(&out));
+        std::fs::read(out).unwrap()
+    }
+
+    /// `k8s4r release sign` of files/<version> (with `key`, default the
+    /// server's), created on the server.
+    fn release(&self, name: &str, version: &str, key: Option<&Path>) -> Value {
+        let default_key = self.dir.path().join("release.key");
+        let yaml = run(std::process::Command::new(server_bin())
+            .args(["release", "sign", "--key"])
+            .arg(key.unwrap_or(&default_key))
+            .args(["--arch", k8s4r::api::agent_release::this_arch(), "--name", name])
+            .args(["--url", &format!("http://127.0.0.1:{}/{version}", self.port)])
+            .arg(self.files.join(version)));
+        let release: Value = serde_yaml_ng::from_str(&yaml).unwrap();
+        let r = self.server.send_json("POST", RELEASES, &release);
+        assert_eq!(r.status, 201, "{}", r.body);
+        release
+    }
+
+    /// Two service tasks; their (name, pid) once both run.
+    fn two_tasks(&self) -> Vec<(String, i64)> {
+        let tasks: Vec<Value> = ["a", "b"]
+            .map(|t| {
+                json!({"name": t, "driver": "exec", "config": {"execConfig": {
+                    "command": "/bin/sh", "args": ["-c", "exec sleep 3600"]}}})
+            })
+            .to_vec();
+        let job = json!({
+            "apiVersion": "robot.k8s4r.io/v1alpha1", "kind": "Job",
+            "metadata": {"name": "steady", "namespace": "default"},
+            "spec": {"type": "service", "robotSelector": {"ota": "yes"}, "taskGroups": [{
+                "name": "g", "count": 1,
+                "tasks": tasks
+            }]}
+        });
+        let r = self.server.send_json("POST", JOBS, &job);
+        assert_eq!(r.status, 201, "{}", r.body);
+        wait_for("two tasks running", SLOW, || {
+            let tasks = self.running();
+            (tasks.len() == 2).then_some(tasks)
+        })
+    }
+
+    /// (name, pid) of the running tasks, by name.
+    fn running(&self) -> Vec<(String, i64)> {
+        let list = self.server.list("tasks", "");
+        let mut out: Vec<(String, i64)> = list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|t| t["status"]["state"] == "running")
+            .filter_map(|t| {
+                Some((
+                    t["metadata"]["name"].as_str()?.to_string(),
+                    t["status"]["pid"].as_i64()?,
+                ))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn robot_status(&self) -> Value {
+        self.server
+            .object("robots", ROBOT)
+            .map(|r| r["status"].clone())
+            .unwrap_or_default()
+    }
+
+    fn wait_last_update(&self, result: &str) -> Value {
+        wait_for(&format!("lastUpdate {result}"), SLOW, || {
+            let s = self.robot_status();
+            (s["lastUpdate"]["result"] == result).then_some(s)
+        })
+    }
+
+    /// An event on the Robot (events are written asynchronously).
+    fn wait_event(&self, reason: &str) {
+        wait_for(&format!("a {reason} event"), SLOW, || {
+            self.server
+                .events_of("Robot", ROBOT)
+                .iter()
+                .any(|e| e.0 == reason)
+                .then_some(())
+        });
+    }
+
+    fn binary_requests(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+}
+
+/// Every task keeps its pid, is alive, and was started once (restartCount
+/// 0, one Started event).
+fn same_tasks(f: &Fixture, before: &[(String, i64)]) {
+    assert_eq!(f.running(), before, "the tasks keep their pids");
+    for (name, pid) in before {
+        assert!(Path::new(&format!("/proc/{pid}")).exists(), "{name} ({pid}) runs");
+        let t = f.server.object("tasks", name).unwrap();
+        assert_eq!(
+            t["status"]["restartCount"].as_i64().unwrap_or(0),
+            0,
+            "{name}: {}",
+            t["status"]
+        );
+        let started = f
+            .server
+            .events_of("Task", name)
+            .iter()
+            .filter(|e| e.0 == "Started")
+            .count();
+        assert!(started <= 1, "{name} started {started} times");
+    }
+}
+
+#[test]
+fn a_signed_release_replaces_the_agent_in_place_and_no_task_restarts() {
+    let f = Fixture::new();
+    let agent = f.agent(&[]);
+    let tasks = f.two_tasks();
+    let agent_pid = agent.pid().unwrap();
+    let status = f.robot_status();
+    assert_eq!(status["agentVersion"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(status["architecture"], k8s4r::api::agent_release::this_arch());
+    let v2 = f.build("0.1.1-ota");
+    f.release("agent-0-1-1", "0.1.1-ota", None);
+    let status = wait_for("the robot reports 0.1.1-ota", SLOW, || {
+        let s = f.robot_status();
+        (s["agentVersion"] == "0.1.1-ota" && s["lastUpdate"]["result"] == "Applied").then_some(s)
+    });
+    assert_eq!(status["lastUpdate"]["release"], "agent-0-1-1");
+    assert_eq!(agent.pid(), Some(agent_pid), "exec in place: the same process");
+    assert!(Path::new(&format!("/proc/{agent_pid}")).exists());
+    assert_eq!(std::fs::read(&f.bin).unwrap(), v2, "the new binary is in place");
+    assert_eq!(
+        std::fs::read(f.bin.with_extension("prev")).unwrap_or_default(),
+        f.original,
+        "the previous one is kept as .prev"
+    );
+    same_tasks(&f, &tasks);
+    f.wait_event("AgentUpdated");
+    let release = wait_for("the release's status", SLOW, || {
+        let r = f.server.object("agentreleases", "agent-0-1-1")?;
+        (r["status"]["updated"] == 1).then_some(r)
+    });
+    assert!(
+        release["status"]["message"].as_str().unwrap().starts_with("complete"),
+        "{release}"
+    );
+    assert!(
+        !f.data().join("update/pending.json").exists(),
+        "probation ended when the new agent reached the server"
+    );
+    // The tasks are children of the new program image: a task that dies is
+    // reaped with its real exit and restarted by policy.
+    let (name, pid) = tasks[0].clone();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    wait_for("the killed task seen and restarted", SLOW, || {
+        let t = f.server.object("tasks", &name)?;
+        let restarted = t["status"]["pid"].as_i64().is_some_and(|p| p != pid) && t["status"]["state"] == "running";
+        restarted.then_some(())
+    });
+    let t = f.server.object("tasks", &name).unwrap();
+    assert_eq!(
+        t["status"]["signal"], 9,
+        "the exit was reaped, not guessed: {}",
+        t["status"]
+    );
+}
+
+#[test]
+fn a_release_that_dies_at_start_is_rolled_back_after_three_starts() {
+    let f = Fixture::new();
+    let mut agent = f.agent(&[("K8S4R_TEST_FAULT", "exit-at-start@0.1.1-bad")]);
+    let tasks = f.two_tasks();
+    f.build("0.1.1-bad");
+    f.release("agent-bad", "0.1.1-bad", None);
+    // Init: start the agent again whenever it exits, and count the exits.
+    let mut exits = Vec::new();
+    let status = wait_for("the release rolled back", SLOW, || {
+        if let Some(code) = agent.exited() {
+            exits.push(code.code());
+            same_tasks(&f, &tasks);
+            agent.spawn();
+        }
+        let s = f.robot_status();
+        (s["lastUpdate"]["result"] == "RolledBack").then_some(s)
+    });
+    assert_eq!(
+        exits,
+        [Some(70); 3],
+        "three starts of the bad release, then the rollback"
+    );
+    assert_eq!(status["agentVersion"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(status["lastUpdate"]["version"], "0.1.1-bad");
+    assert!(
+        status["lastUpdate"]["message"].as_str().unwrap().contains("3 starts"),
+        "{status}"
+    );
+    assert_eq!(
+        std::fs::read(&f.bin).unwrap(),
+        f.original,
+        "the previous binary is back"
+    );
+    same_tasks(&f, &tasks);
+    f.wait_event("AgentUpdateRolledBack");
+    let release = wait_for("the rollout halted", SLOW, || {
+        let r = f.server.object("agentreleases", "agent-bad")?;
+        (r["status"]["failed"] == 1).then_some(r)
+    });
+    assert!(
+        release["status"]["message"].as_str().unwrap().contains("halted"),
+        "{release}"
+    );
+    // Not tried again: the agent keeps running the old version.
+    let downloads = f.binary_requests();
+    common::throughout("no second attempt", Duration::from_secs(3), || {
+        if agent.exited().is_some() {
+            return Err("the agent exited".into());
+        }
+        if f.binary_requests() != downloads {
+            return Err("downloaded again".into());
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn a_bad_signature_is_refused_before_any_download() {
+    let f = Fixture::new();
+    let agent = f.agent(&[]);
+    let tasks = f.two_tasks();
+    f.build("0.1.1-forged");
+    let other = f.dir.path().join("other");
+    run(std::process::Command::new(server_bin())
+        .args(["release", "keygen", "--out"])
+        .arg(&other));
+    f.release("agent-forged", "0.1.1-forged", Some(&other.with_extension("key")));
+    let status = f.wait_last_update("Refused");
+    assert!(
+        status["lastUpdate"]["message"].as_str().unwrap().contains("signature"),
+        "{status}"
+    );
+    assert_eq!(f.binary_requests(), 0, "nothing was downloaded");
+    assert_eq!(std::fs::read(&f.bin).unwrap(), f.original);
+    assert!(!f.bin.with_extension("prev").exists(), "no swap");
+    assert_eq!(status["agentVersion"], env!("CARGO_PKG_VERSION"));
+    assert!(agent.pid().is_some());
+    same_tasks(&f, &tasks);
+    f.wait_event("AgentUpdateRefused");
+}
+
+#[test]
+fn kill_9_at_every_step_leaves_a_working_agent_and_starts_no_task_twice() {
+    for (i, point) in [
+        "kill-mid-download",
+        "kill-after-verify",
+        "kill-after-rename",
+        "kill-after-exec",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let f = Fixture::new();
+        let mut agent = f.agent(&[("K8S4R_TEST_FAULT", point)]);
+        let tasks = f.two_tasks();
+        let version = format!("0.1.{}-k{i}", i + 2);
+        let v2 = f.build(&version);
+        f.release(&format!("agent-k{i}"), &version, None);
+        wait_for(&format!("{point}: the agent killed"), SLOW, || agent.exited());
+        // A power cut here: whatever is at the binary's path must run.
+        let out = std::process::Command::new(&f.bin).arg("--version").output().unwrap();
+        assert!(out.status.success(), "{point}: the binary in place runs");
+        same_tasks(&f, &tasks);
+        // Init starts it again (the fault was one power cut).
+        agent.env.clear();
+        agent.spawn();
+        let status = wait_for(&format!("{point}: {version} reported"), SLOW, || {
+            let s = f.robot_status();
+            (s["agentVersion"] == version.as_str() && s["lastUpdate"]["result"] == "Applied").then_some(s)
+        });
+        assert_eq!(std::fs::read(&f.bin).unwrap(), v2, "{point}");
+        same_tasks(&f, &tasks);
+        if point == "kill-mid-download" {
+            let ranged = f
+                .requests
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|r| r.contains("Range: bytes="))
+                .count();
+            assert_eq!(
+                ranged,
+                1,
+                "{point}: the download resumed: {:?}",
+                f.requests.lock().unwrap()
+            );
+        }
+        let leftovers: Vec<_> = std::fs::read_dir(f.data().join("update"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(leftovers, ["last.json"], "{point}: nothing left behind; {status}");
+    }
+}
+
+/// A loopback HTTP server for the files of `dir` (GET, `Range: bytes=N-`
+/// answered 206); every request's line and Range header, recorded.
+fn serve_dir(dir: PathBuf) -> (u16, Arc<Mutex<Vec<String>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&requests);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            let (dir, seen) = (dir.clone(), Arc::clone(&seen));
+            std::thread::spawn(move || serve_one(stream, &dir, &seen));
+        }
+    });
+    (port, requests)
+}
+
+fn serve_one(stream: std::net::TcpStream, dir: &Path, seen: &Mutex<Vec<String>>) {
+    let mut reader = BufReader::new(&stream);
+    let mut line = String::new();
+    let _ = reader.read_line(&mut line);
+    let mut from = 0u64;
+    let mut record = line.trim().to_string();
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+            break;
+        }
+        if let Some(v) = h.trim().strip_prefix("Range: bytes=") {
+            from = v.trim_end_matches('-').parse().unwrap_or(0);
+            record.push_str(&format!(" Range: bytes={from}-"));
+        }
+    }
+    seen.lock().unwrap().push(record);
+    let name = line.split_whitespace().nth(1).unwrap_or("/").trim_start_matches('/');
+    let mut out = &stream;
+    let Ok(mut file) = std::fs::File::open(dir.join(name)) else {
+        let _ = write!(
+            out,
+            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        return;
+    };
+    let size = file.metadata().unwrap().len();
+    let head = if from > 0 {
+        use std::io::Seek;
+        file.seek(std::io::SeekFrom::Start(from)).unwrap();
+        format!(
+            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {from}-{}/{size}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            size - 1,
+            size - from
+        )
+    } else {
+        format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n")
+    };
+    let _ = out.write_all(head.as_bytes());
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(n) = file.read(&mut buf) {
+        if n == 0 || out.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+}
