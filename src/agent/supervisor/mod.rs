@@ -14,6 +14,7 @@ pub use signals::Waker;
 use crate::agent::cgroup::{Cgroups, Limits};
 use crate::agent::checks::{self, CheckSpec, Probe};
 use crate::agent::clock;
+use crate::agent::layout::Layout;
 use crate::agent::logs::{self, LogLimits, LogPump};
 use crate::agent::procfs::{self, ProcIdentity};
 use crate::agent::state::{SavedPhase, SavedState, SavedUnit, StateError, StateFile};
@@ -278,7 +279,8 @@ impl Supervisor {
     pub fn new(config: SupervisorConfig) -> Result<(Supervisor, Vec<String>), SupervisorError> {
         let data = &config.data_dir;
         std::fs::create_dir_all(data).map_err(|e| SupervisorError::DataDir(data.clone(), e))?;
-        let lock_path = data.join("agent.lock");
+        let layout = Layout::new(data);
+        let lock_path = layout.lock_file();
         let lock = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -288,7 +290,7 @@ impl Supervisor {
         rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
             .map_err(|_| SupervisorError::Locked(lock_path.clone()))?;
         // The agent's pid, for `stop-all` (written once, not on every change).
-        let _ = std::fs::write(data.join("agent.pid"), format!("{}\n", std::process::id()));
+        let _ = std::fs::write(layout.pid_file(), format!("{}\n", std::process::id()));
 
         crate::agent::sys::mark_inherited_fds_cloexec();
         let mut notices = Vec::new();
@@ -323,7 +325,7 @@ impl Supervisor {
                 u.start_time = None;
             }
         }
-        notices.extend(claim_unrecorded(data, &mut leftovers));
+        notices.extend(claim_unrecorded(&layout, &mut leftovers));
         let cgroups = match &config.cgroup_root {
             Some(root) => match Cgroups::detect(root) {
                 Ok((cg, notice)) => {
@@ -1058,10 +1060,11 @@ impl Supervisor {
 /// final outcome are considered; a leader whose parent is another such
 /// leader of the same unit (a task's own `setsid` child) is not the unit's
 /// process. Returns notices for the log.
-fn claim_unrecorded(data: &Path, leftovers: &mut BTreeMap<String, SavedUnit>) -> Vec<String> {
-    let dirs: HashMap<PathBuf, String> = crate::agent::unit_dirs(data)
+fn claim_unrecorded(layout: &Layout, leftovers: &mut BTreeMap<String, SavedUnit>) -> Vec<String> {
+    let dirs: HashMap<PathBuf, String> = layout
+        .unit_dirs()
         .into_iter()
-        .map(|(name, dir)| (dir, name))
+        .map(|(unit, dir)| (dir, unit.name()))
         .collect();
     if dirs.is_empty() {
         return Vec::new();
