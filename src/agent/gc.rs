@@ -104,7 +104,7 @@ impl AllocGc {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::logs::LogLimits;
+    use crate::agent::supervisor::logs::LogLimits;
     use crate::agent::supervisor::{Supervisor, SupervisorConfig};
 
     #[test]

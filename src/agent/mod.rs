@@ -3,12 +3,14 @@
 //! - `reconcile`: decides which units must run (init order, proxies, tasks);
 //!   `robot_proxy`: its part for the robot-wide Envoy of `--proxy-mode shared`;
 //! - `supervisor`: runs them (fork/exec, reaping, restarts, timeouts, logs,
-//!   checks, persisted state and re-adoption);
+//!   checks, persisted state and re-adoption), with what only it uses:
+//!   `logs`, `state`, `checks`, `cgroup`, `procfs` and `sys` (the only
+//!   `unsafe`);
+//! - `layout`: the data directory's layout and the units' names;
 //! - `standalone`: `run -f job.yaml`, the desired set from a file;
 //! - `connected`: the desired set from the server's long poll;
-//! - helpers with one job each: `logs`, `state`, `templates`, `artifacts`,
-//!   `paths`, `checks`, `cgroup`, `procfs`, `device`, `clock` (deadlines
-//!   that cannot overflow), and `sys` (the only `unsafe`).
+//! - helpers with one job each: `templates`, `artifacts`, `paths`,
+//!   `device`, `clock` (deadlines that cannot overflow).
 //!
 //! Decisions worth knowing (details in each module):
 //! - units are named `<job>-<group>-r<i>-<task>` (tasks), `<job>-<group>-<init>`
@@ -30,25 +32,23 @@
 
 pub mod accounts;
 pub mod artifacts;
-pub mod cgroup;
-pub mod checks;
 pub mod clock;
 pub mod connected;
 pub mod device;
 pub mod gc;
 pub mod http;
 pub mod layout;
-pub mod logs;
 pub mod paths;
 pub mod privileges;
-pub mod procfs;
 pub mod reconcile;
 pub mod robot_proxy;
 pub mod standalone;
-pub mod state;
 pub mod supervisor;
-mod sys;
 pub mod templates;
+
+// Owned by the supervisor; named here too for the connected agent and the
+// `logs`/`stop-all` commands, which read what it left on disk.
+pub use supervisor::{cgroup, logs, procfs, state};
 
 use lexopt::prelude::*;
 use logs::LogLimits;

@@ -22,10 +22,10 @@
 //!
 //! Where each unit lives and what it is called: `layout`.
 
-use super::cgroup::Limits;
-use super::checks;
 use super::privileges::ProxyMode;
 use super::robot_proxy::{Part, RobotProxy};
+use super::supervisor::cgroup::Limits;
+use super::supervisor::checks;
 use super::supervisor::machine::{Phase, Policy, RestartRules};
 use super::supervisor::{DirOwner, PreStart, UnitSpec, Units};
 use crate::agent::clock;
@@ -754,7 +754,7 @@ fn write_launch(path: &Path, launch: &envoy::Launch) -> std::io::Result<()> {
         admin_socket: launch.admin_socket.clone(),
     };
     let bytes = serde_json::to_vec(&saved).map_err(std::io::Error::other)?;
-    super::state::write_atomic(path, &bytes, 0o600)
+    crate::atomic_file::write(path, &bytes, 0o600)
 }
 
 /// `bin` itself if it names a path, else the first executable `bin` on the
@@ -895,7 +895,7 @@ fn expand(text: &str, vars: &BTreeMap<String, String>) -> String {
 pub fn log_tail(dir: &Path, lines: usize) -> String {
     let mut parts = Vec::new();
     for stream in ["stderr", "stdout"] {
-        let tail = super::logs::read_tail(&dir.join("logs"), stream, Some(lines));
+        let tail = super::supervisor::logs::read_tail(&dir.join("logs"), stream, Some(lines));
         let text = String::from_utf8_lossy(&tail).trim_end().to_string();
         if !text.is_empty() {
             parts.push(format!("[{stream}] {}", text.replace('\n', &format!("\n[{stream}] "))));

@@ -8,8 +8,8 @@
 //! died comes back with every group's config. A group's tasks start once
 //! its own listeners are served ([`RobotProxy::ready`]).
 
-use super::cgroup::Limits;
 use super::reconcile::{hash_debug, task_path, DEFAULT_KILL_TIMEOUT, PROXY_READY_TIMEOUT};
+use super::supervisor::cgroup::Limits;
 use super::supervisor::machine::Policy;
 use super::supervisor::{DirOwner, PreStart, UnitSpec, Units};
 use crate::agent::layout::UnitId;

@@ -5,25 +5,31 @@
 //! too), pump logs, run checks, persist state. It decides nothing about
 //! *which* units should exist: that is `reconcile`'s job.
 
+pub mod cgroup;
+pub mod checks;
+pub mod logs;
 pub mod machine;
+pub mod procfs;
 mod signals;
 pub mod spawn;
+pub mod state;
+mod sys;
 
 pub use signals::Waker;
 
-use crate::agent::cgroup::{Cgroups, Limits};
-use crate::agent::checks::{self, CheckSpec, Probe};
 use crate::agent::clock;
 use crate::agent::layout::Layout;
-use crate::agent::logs::{self, LogLimits, LogPump};
-use crate::agent::procfs::{self, ProcIdentity};
-use crate::agent::state::{SavedPhase, SavedState, SavedUnit, StateError, StateFile};
 use crate::api::{Artifact, Template};
+use cgroup::{Cgroups, Limits};
+use checks::{CheckSpec, Probe};
+use logs::{LogLimits, LogPump};
 use machine::{Action, Event, Exit, Machine, Phase, Policy};
+use procfs::ProcIdentity;
 use rustix::event::{PollFd, PollFlags};
 use rustix::fd::OwnedFd;
 use rustix::process::{Pid, Signal, WaitOptions};
 use signals::Wakeups;
+use state::{SavedPhase, SavedState, SavedUnit, StateError, StateFile};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -292,7 +298,7 @@ impl Supervisor {
         // The agent's pid, for `stop-all` (written once, not on every change).
         let _ = std::fs::write(layout.pid_file(), format!("{}\n", std::process::id()));
 
-        crate::agent::sys::mark_inherited_fds_cloexec();
+        sys::mark_inherited_fds_cloexec();
         let mut notices = Vec::new();
         if let Err(e) = rustix::process::set_child_subreaper(Some(rustix::process::getpid())) {
             notices.push(format!(
