@@ -10,7 +10,6 @@ use super::state::{SavedPhase, SavedUnit};
 use super::{Supervisor, Unit, Watch, PROC_POLL_INTERVAL};
 use crate::agent::clock;
 use crate::agent::layout::Layout;
-use rustix::process::Pid;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -21,7 +20,7 @@ impl Supervisor {
     /// re-adopted (verified by pid + start time); a process that ended
     /// while no agent watched is reported as such. Returns the event to
     /// feed the unit's machine, if any.
-    pub(super) fn restore(&self, unit: &mut Unit, saved: SavedUnit) -> Option<Event> {
+    pub(super) fn restore(&mut self, unit: &mut Unit, saved: SavedUnit) -> Option<Event> {
         unit.machine.restart_count = saved.restarts;
         unit.machine.last_exit = saved.last_exit;
         match saved.phase {
@@ -38,10 +37,13 @@ impl Supervisor {
                 (Some(pid), Some(start_time)) => {
                     let id = ProcIdentity { pid, start_time };
                     unit.identity = Some(id);
-                    if !procfs::is_same_live_process(id) {
+                    if !self.host.is_alive(id) {
                         return Some(Event::Exited(Exit::Unknown));
                     }
-                    unit.watch = watch_adopted(pid);
+                    unit.watch = match self.host.pidfd(pid) {
+                        Some(fd) => Watch::Pidfd(fd),
+                        None => Watch::ProcPoll(clock::after(Instant::now(), PROC_POLL_INTERVAL)),
+                    };
                     let logs_dir = unit.spec.dir.join("logs");
                     unit.pumps = logs::STREAMS
                         .iter()
@@ -142,12 +144,4 @@ pub(super) fn claim_unrecorded(layout: &Layout, leftovers: &mut BTreeMap<String,
         ));
     }
     notices
-}
-
-/// Watch a process that is not our child: pidfd if the kernel has it.
-fn watch_adopted(pid: i32) -> Watch {
-    match Pid::from_raw(pid).map(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())) {
-        Some(Ok(fd)) => Watch::Pidfd(fd),
-        _ => Watch::ProcPoll(clock::after(Instant::now(), PROC_POLL_INTERVAL)),
-    }
 }

@@ -4,11 +4,9 @@
 //! deadlines, start due checks.
 
 use super::machine::{Event, Exit, Phase};
-use super::procfs;
 use super::{Change, Supervisor, SupervisorError, Watch, PROC_POLL_INTERVAL};
 use crate::agent::clock;
 use rustix::event::{PollFd, PollFlags};
-use rustix::process::WaitOptions;
 use std::time::{Duration, Instant};
 
 impl Supervisor {
@@ -74,22 +72,8 @@ impl Supervisor {
     }
 
     /// Collect every exited child: units, script probes and orphans.
-    fn reap(&mut self) {
-        loop {
-            // wait() is waitpid(-1): any child (rustix's waitpid(None) would be
-            // waitpid(0), only our own process group, which tasks have left).
-            let (pid, status) = match rustix::process::wait(WaitOptions::NOHANG) {
-                Ok(Some(r)) => r,
-                Ok(None) | Err(rustix::io::Errno::CHILD) => return,
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(_) => return,
-            };
-            let pid = pid.as_raw_nonzero().get();
-            let exit = match (status.exit_status(), status.terminating_signal()) {
-                (Some(code), _) => Exit::Code(code),
-                (None, Some(sig)) => Exit::Signal(sig),
-                _ => Exit::Unknown,
-            };
+    pub(super) fn reap(&mut self) {
+        while let Some((pid, exit)) = self.host.reap() {
             if let Some(probe) = self.probes.remove(&pid) {
                 let result = if exit.success() {
                     Ok(())
@@ -147,7 +131,7 @@ impl Supervisor {
                 }
                 Watch::ProcPoll(at) if *at <= now => {
                     *at = clock::after(now, PROC_POLL_INTERVAL);
-                    unit.identity.is_none_or(|id| !procfs::is_same_live_process(id))
+                    unit.identity.is_none_or(|id| !self.host.is_alive(id))
                 }
                 Watch::ProcPoll(_) => false,
             };

@@ -4,12 +4,13 @@
 //! actions it returns (spawn, signal the process group, report).
 
 use super::cgroup::Limits;
+use super::host::Host;
 use super::machine::{self, Action, Event, Machine, Phase, Policy};
 use super::probes::CheckState;
-use super::procfs::{self, ProcIdentity};
+use super::procfs::ProcIdentity;
 use super::{spawn, Change, DirOwner, Supervisor, Unit, UnitSpec, Watch};
 use crate::agent::clock;
-use rustix::process::{Pid, Signal};
+use rustix::process::Signal;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -107,7 +108,7 @@ impl Supervisor {
                 continue;
             };
             if let (Some(pid), Some(start_time)) = (saved.pid, saved.start_time) {
-                if procfs::is_same_live_process(ProcIdentity { pid, start_time }) {
+                if self.host.is_alive(ProcIdentity { pid, start_time }) {
                     // Adopt it only to stop it.
                     let spec = UnitSpec {
                         name: name.clone(),
@@ -172,9 +173,9 @@ impl Supervisor {
                         label: unit.spec.label.clone(),
                         message,
                     }),
-                    Action::TerminateGroup => signal_group(unit, Signal::TERM),
+                    Action::TerminateGroup => signal_group(&mut *self.host, unit, Signal::TERM),
                     Action::KillGroup => {
-                        signal_group(unit, Signal::KILL);
+                        signal_group(&mut *self.host, unit, Signal::KILL);
                         if let Some(cg) = &self.cgroups {
                             cg.kill(name);
                         }
@@ -199,10 +200,10 @@ impl Supervisor {
                                 message,
                             });
                         }
-                        match spawn::prepare(&unit.spec, &ctx) {
+                        match self.host.prepare(&unit.spec, &ctx) {
                             Err(e) => queue.push_back(Event::SpawnFailed(e.to_string())),
                             Ok(prepared) if unit.spec.artifacts.is_empty() => {
-                                queue.push_back(start_process(unit, &ctx, &prepared))
+                                queue.push_back(start_process(&mut *self.host, unit, &ctx, &prepared))
                             }
                             Ok(prepared) => {
                                 // Downloads may take long: fetch on a worker
@@ -286,7 +287,7 @@ impl Supervisor {
                 continue;
             }
             let event = match done.result {
-                Ok(()) => start_process(unit, &ctx, &prepared),
+                Ok(()) => start_process(&mut *self.host, unit, &ctx, &prepared),
                 Err(e) => Event::SpawnFailed(e),
             };
             self.drive(&done.unit, event);
@@ -295,8 +296,13 @@ impl Supervisor {
 }
 
 /// Exec a prepared unit; the event says how it went.
-fn start_process(unit: &mut Unit, ctx: &spawn::SpawnContext<'_>, prepared: &spawn::Prepared) -> Event {
-    match spawn::exec(&unit.spec, ctx, prepared) {
+fn start_process(
+    host: &mut dyn Host,
+    unit: &mut Unit,
+    ctx: &spawn::SpawnContext<'_>,
+    prepared: &spawn::Prepared,
+) -> Event {
+    match host.exec(&unit.spec, ctx, prepared) {
         Ok(spawned) => {
             unit.identity = Some(spawned.identity);
             unit.pumps = spawned.pumps;
@@ -315,10 +321,10 @@ fn start_process(unit: &mut Unit, ctx: &spawn::SpawnContext<'_>, prepared: &spaw
 }
 
 /// Signal the unit's process group (its pid: every task leads its own
-/// session). ESRCH (all gone) is fine.
-fn signal_group(unit: &Unit, sig: Signal) {
-    if let Some(pid) = unit.identity.and_then(|id| Pid::from_raw(id.pid)) {
-        let _ = rustix::process::kill_process_group(pid, sig);
+/// session).
+fn signal_group(host: &mut dyn Host, unit: &Unit, sig: Signal) {
+    if let Some(id) = unit.identity {
+        host.signal_group(id.pid, sig);
     }
 }
 

@@ -14,6 +14,7 @@ mod adoption;
 pub mod cgroup;
 pub mod checks;
 mod event_loop;
+pub mod host;
 mod lifecycle;
 pub mod logs;
 pub mod machine;
@@ -31,6 +32,7 @@ use crate::api::{Artifact, Template};
 use adoption::claim_unrecorded;
 use cgroup::{Cgroups, Limits};
 use checks::CheckSpec;
+use host::{Host, System};
 use lifecycle::FetchDone;
 use logs::{LogLimits, LogPump};
 use machine::{Exit, Machine, Phase, Policy};
@@ -254,6 +256,8 @@ pub struct Supervisor {
     /// Largest artifact a unit may download.
     artifact_max_bytes: u64,
     require_artifact_checksums: bool,
+    /// Processes: the real system, or a fake in tests.
+    host: Box<dyn Host>,
     _lock: std::fs::File,
 }
 
@@ -265,6 +269,14 @@ impl Supervisor {
     /// One supervisor per process: it reaps every child of the process
     /// (waitpid(-1)), including children it did not start.
     pub fn new(config: SupervisorConfig) -> Result<(Supervisor, Vec<String>), SupervisorError> {
+        Supervisor::with_host(config, Box::new(System))
+    }
+
+    /// [`Supervisor::new`] with processes handled by `host`.
+    pub fn with_host(
+        config: SupervisorConfig,
+        host: Box<dyn Host>,
+    ) -> Result<(Supervisor, Vec<String>), SupervisorError> {
         let data = &config.data_dir;
         std::fs::create_dir_all(data).map_err(|e| SupervisorError::DataDir(data.clone(), e))?;
         let layout = Layout::new(data);
@@ -359,6 +371,7 @@ impl Supervisor {
             fetch_rx,
             artifact_max_bytes,
             require_artifact_checksums: config.require_artifact_checksums,
+            host,
             _lock: lock,
         };
         Ok((sup, notices))
@@ -414,7 +427,7 @@ impl Supervisor {
                     start_time: u.start_time?,
                 })
             })
-            .is_some_and(procfs::is_same_live_process)
+            .is_some_and(|id| self.host.is_alive(id))
     }
 
     /// True when no unit has a process any more.
@@ -464,3 +477,6 @@ impl Supervisor {
         self.save()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -6,7 +6,7 @@ use super::checks::{self, CheckSpec, Probe};
 use super::machine::Phase;
 use super::{spawn, Change, Supervisor};
 use crate::agent::clock;
-use rustix::process::{Pid, Signal};
+use rustix::process::Signal;
 use std::time::Instant;
 
 impl Supervisor {
@@ -29,7 +29,7 @@ impl Supervisor {
                 c.in_flight = true;
                 c.next_at = clock::after(now, c.spec.interval);
                 match &c.spec.probe {
-                    Probe::Script { argv } => match spawn::spawn_probe(&unit.spec, &ctx, argv) {
+                    Probe::Script { argv } => match self.host.spawn_probe(&unit.spec, &ctx, argv) {
                         Ok(probe_pid) => {
                             self.probes.insert(
                                 probe_pid,
@@ -77,9 +77,7 @@ impl Supervisor {
         for pid in late {
             // The probe's exit, when the kill lands, is reaped like any orphan.
             if let Some(probe) = self.probes.remove(&pid) {
-                if let Some(pid) = Pid::from_raw(pid) {
-                    let _ = rustix::process::kill_process_group(pid, Signal::KILL);
-                }
+                self.host.signal_group(pid, Signal::KILL);
                 self.record_check(&probe.unit, probe.check, Err("script timed out".into()));
             }
         }

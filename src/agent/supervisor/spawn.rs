@@ -71,8 +71,8 @@ pub struct Spawned {
     pub pumps: Vec<LogPump>,
 }
 
-/// What `prepare` found out, for `exec`.
-#[derive(Clone, Debug)]
+/// What `prepare` found out, for `exec` (the default: run as the agent's user).
+#[derive(Clone, Debug, Default)]
 pub struct Prepared {
     account: Option<Account>,
 }
