@@ -16,8 +16,8 @@
 
 mod common;
 
-use k8s4r::agent::cgroup::Limits;
-use k8s4r::agent::logs::LogLimits;
+use k8s4r::agent::supervisor::cgroup::Limits;
+use k8s4r::agent::supervisor::logs::LogLimits;
 use k8s4r::agent::supervisor::machine::{Phase, Policy, RestartRules};
 use k8s4r::agent::supervisor::{DirOwner, Supervisor, SupervisorConfig, UnitSpec};
 use std::collections::BTreeMap;

@@ -9,9 +9,10 @@
 //! clock starts then (or when this agent first saw it, after a restart).
 
 use crate::agent::clock;
+use crate::agent::layout::Layout;
 use crate::agent::supervisor::Units;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// How often the alloc directory is listed at most.
@@ -28,9 +29,9 @@ pub struct AllocGc {
 }
 
 impl AllocGc {
-    pub fn new(data_dir: &Path, after: Duration) -> Self {
+    pub fn new(layout: &Layout, after: Duration) -> Self {
         AllocGc {
-            alloc: data_dir.join("alloc"),
+            alloc: layout.groups_dir(),
             after,
             unused_since: BTreeMap::new(),
             next_scan: None,
@@ -103,7 +104,7 @@ impl AllocGc {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::logs::LogLimits;
+    use crate::agent::supervisor::logs::LogLimits;
     use crate::agent::supervisor::{Supervisor, SupervisorConfig};
 
     #[test]
@@ -120,7 +121,7 @@ mod tests {
         for key in ["old-g", "kept-g"] {
             std::fs::create_dir_all(data.path().join("alloc").join(key).join("r0/t/logs")).unwrap();
         }
-        let mut gc = AllocGc::new(data.path(), Duration::from_secs(60));
+        let mut gc = AllocGc::new(&Layout::new(data.path()), Duration::from_secs(60));
         let in_use: BTreeSet<String> = ["kept-g".to_string()].into();
         let t0 = Instant::now();
         assert!(gc.sweep(&in_use, &sup, t0).is_empty(), "the clock only starts now");

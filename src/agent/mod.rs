@@ -3,22 +3,22 @@
 //! - `reconcile`: decides which units must run (init order, proxies, tasks);
 //!   `robot_proxy`: its part for the robot-wide Envoy of `--proxy-mode shared`;
 //! - `supervisor`: runs them (fork/exec, reaping, restarts, timeouts, logs,
-//!   checks, persisted state and re-adoption);
+//!   checks, persisted state and re-adoption), with what only it uses:
+//!   `logs`, `state`, `checks`, `cgroup`, `procfs` and `sys` (the only
+//!   `unsafe`);
+//! - `layout`: the data directory's layout and the units' names;
 //! - `standalone`: `run -f job.yaml`, the desired set from a file;
 //! - `connected`: the desired set from the server's long poll;
-//! - helpers with one job each: `logs`, `state`, `templates`, `artifacts`,
-//!   `paths`, `checks`, `cgroup`, `procfs`, `device`, `clock` (deadlines
-//!   that cannot overflow), and `sys` (the only `unsafe`).
+//! - helpers with one job each: `templates`, `artifacts`, `paths`,
+//!   `device`, `clock` (deadlines that cannot overflow).
 //!
 //! Decisions worth knowing (details in each module):
 //! - units are named `<job>-<group>-r<i>-<task>` (tasks), `<job>-<group>-<init>`
 //!   (init tasks and group daemons), `<job>-<group>-envoy` (the proxy;
 //!   `robot-envoy` for every group with `--proxy-mode shared`) and
 //!   `robot-<name>` (init tasks with `scope: robot` and `daemon: true`: one
-//!   per robot whichever groups declare them);
-//! - data dir layout: `state.json`, `agent.lock`, `alloc/<job>-<group>/`
-//!   with `alloc/` (K8S4R_ALLOC_DIR), `init/<task>/`, `r<i>/<task>/`,
-//!   `envoy/`, and `robot/<name>/`; a task directory has `local/` and `logs/`;
+//!   per robot whichever groups declare them), and live in the data dir as
+//!   `layout` says (its one owner);
 //! - a task that exits 0 is complete and not restarted, in batch and service
 //!   Jobs alike; failures follow restartPolicy (default: none for batch, 2
 //!   restarts in 30 min for service), daemons restart after any exit;
@@ -32,26 +32,25 @@
 
 pub mod accounts;
 pub mod artifacts;
-pub mod cgroup;
-pub mod checks;
 pub mod clock;
 pub mod connected;
 pub mod device;
 pub mod expand;
 pub mod gc;
-pub mod logs;
+pub mod layout;
 pub mod paths;
 pub mod privileges;
-pub mod procfs;
 pub mod reconcile;
 pub mod robot_proxy;
 pub mod standalone;
-pub mod state;
 pub mod supervisor;
-mod sys;
 pub mod templates;
 pub mod update;
 pub mod version;
+
+// Owned by the supervisor; named here too for the connected agent and the
+// `logs`/`stop-all` commands, which read what it left on disk.
+pub use supervisor::{cgroup, logs, procfs, state};
 
 use lexopt::prelude::*;
 use logs::LogLimits;
@@ -225,62 +224,10 @@ pub fn cmd_run(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
     }
 }
 
-/// Every unit directory under `data_dir` with its unit name, from the
-/// directory layout (see `reconcile`), so logs stay readable after the
-/// agent has finished and forgotten the units.
-pub(crate) fn unit_dirs(data_dir: &Path) -> Vec<(String, PathBuf)> {
-    let subdirs = |p: &Path| -> Vec<(String, PathBuf)> {
-        std::fs::read_dir(p)
-            .into_iter()
-            .flatten()
-            .filter_map(|e| {
-                let e = e.ok()?;
-                e.file_type()
-                    .ok()?
-                    .is_dir()
-                    .then(|| (e.file_name().to_string_lossy().into_owned(), e.path()))
-            })
-            .collect()
-    };
-    let mut out = Vec::new();
-    for (key, group_dir) in subdirs(&data_dir.join("alloc")) {
-        for (sub, sub_dir) in subdirs(&group_dir) {
-            if sub == "init" {
-                out.extend(subdirs(&sub_dir).into_iter().map(|(t, d)| (format!("{key}-{t}"), d)));
-            } else if sub == "envoy" {
-                out.push((format!("{key}-envoy"), sub_dir));
-            } else if sub.strip_prefix('r').is_some_and(|n| n.parse::<u32>().is_ok()) {
-                out.extend(
-                    subdirs(&sub_dir)
-                        .into_iter()
-                        .map(|(t, d)| (format!("{key}-{sub}-{t}"), d)),
-                );
-            }
-        }
-    }
-    out.extend(
-        subdirs(&data_dir.join("robot"))
-            .into_iter()
-            .map(|(n, d)| (format!("robot-{n}"), d)),
-    );
-    out
-}
-
-/// Find a unit's directory by unit name or, if unambiguous, task name.
+/// Find a unit's directory by unit name or, if unambiguous, task name
+/// (see [`layout::Layout::find_unit_dir`]).
 pub(crate) fn find_unit_dir(data_dir: &Path, task: &str) -> Result<PathBuf, String> {
-    let units = unit_dirs(data_dir);
-    if let Some((_, d)) = units.iter().find(|(n, _)| n == task) {
-        return Ok(d.clone());
-    }
-    let matches: Vec<&(String, PathBuf)> = units.iter().filter(|(n, _)| n.ends_with(&format!("-{task}"))).collect();
-    match matches.as_slice() {
-        [(_, d)] => Ok(d.clone()),
-        [] => Err(format!("no task {task:?} in {}", data_dir.display())),
-        many => Err(format!(
-            "{task:?} is ambiguous: {}",
-            many.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
-        )),
-    }
+    layout::Layout::new(data_dir).find_unit_dir(task)
 }
 
 /// `k8s4r-agent logs TASK [-f] [--tail N] [--stderr]`
@@ -359,11 +306,12 @@ pub fn cmd_stop_all(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
 pub fn stop_all(data_dir: &Path) -> Result<usize, String> {
     use procfs::ProcIdentity;
     use rustix::process::{kill_process, kill_process_group, Pid, Signal};
-    let lock_path = data_dir.join("agent.lock");
+    let layout = layout::Layout::new(data_dir);
+    let lock_path = layout.lock_file();
     if let Ok(lock) = std::fs::OpenOptions::new().write(true).open(&lock_path) {
         if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
             // An agent holds the directory: ask it to stop, wait for the lock.
-            let pid = std::fs::read_to_string(data_dir.join("agent.pid"))
+            let pid = std::fs::read_to_string(layout.pid_file())
                 .ok()
                 .and_then(|s| s.trim().parse::<i32>().ok());
             if let Some(pid) = pid.and_then(Pid::from_raw) {

@@ -20,20 +20,17 @@
 //! supervisor's units, so an agent restart (which restores the units from
 //! disk) resumes where it was: completed init tasks are not run again.
 //!
-//! Directory layout under the data dir:
-//! `alloc/<job>-<group>/alloc/` (the group's shared K8S4R_ALLOC_DIR),
-//! `alloc/<job>-<group>/init/<init task>/`, `alloc/<job>-<group>/r<i>/<task>/`
-//! (a task directory: cwd, `local/`, `logs/`), `alloc/<job>-<group>/envoy/`,
-//! and `robot/<name>/` for robot-scoped daemons.
+//! Where each unit lives and what it is called: `layout`.
 
-use super::cgroup::Limits;
-use super::checks;
 use super::privileges::ProxyMode;
-use super::robot_proxy::{self, Part, RobotProxy};
+use super::robot_proxy::{Part, RobotProxy};
+use super::supervisor::cgroup::Limits;
+use super::supervisor::checks;
 use super::supervisor::machine::{Phase, Policy, RestartRules};
 use super::supervisor::{DirOwner, PreStart, UnitSpec, Units};
 use crate::agent::clock;
 use crate::agent::gc::AllocGc;
+use crate::agent::layout::{Layout, UnitId};
 use crate::api::{JobType, NetworkConfig, RestartMode, RestartPolicy, TaskSpec};
 use crate::envoy::{self, GroupProxy};
 use std::collections::{BTreeMap, BTreeSet};
@@ -119,6 +116,7 @@ struct ProxyStart {
 
 pub struct Reconciler {
     config: ReconcileConfig,
+    layout: Layout,
     /// Groups that failed (init task or proxy), with the reason.
     failed: BTreeMap<String, String>,
     proxies: BTreeMap<String, ProxyStart>,
@@ -142,9 +140,11 @@ pub struct Reconciler {
 
 impl Reconciler {
     pub fn new(config: ReconcileConfig) -> Self {
-        let gc = config.gc_after.map(|after| AllocGc::new(&config.data_dir, after));
+        let layout = Layout::new(&config.data_dir);
+        let gc = config.gc_after.map(|after| AllocGc::new(&layout, after));
         Reconciler {
             gc,
+            layout,
             config,
             failed: BTreeMap::new(),
             proxies: BTreeMap::new(),
@@ -160,10 +160,6 @@ impl Reconciler {
     /// Group-level events since the last call: (group key, message).
     pub fn take_notices(&mut self) -> Vec<(String, String)> {
         std::mem::take(&mut self.notices)
-    }
-
-    fn group_dir(&self, key: &str) -> PathBuf {
-        self.config.data_dir.join("alloc").join(key)
     }
 
     /// One pass. Returns when it wants to look again even if nothing
@@ -185,24 +181,25 @@ impl Reconciler {
             self.finished.remove(&key);
             // Who shares the group's directory (see `group_users`).
             let users = group_users(&tasks, self.config.default_user.as_deref());
-            match self.prepare_group(&key, tasks[0], &users, sup) {
-                Ok(GroupReady::Yes(proxy_env)) => {
+            let units: Result<Vec<UnitId>, String> = tasks.iter().map(|t| task_unit_id(t)).collect();
+            match units.and_then(|units| Ok((units, self.prepare_group(&key, tasks[0], &users, sup)?))) {
+                Ok((units, GroupReady::Yes(proxy_env))) => {
                     // Building a unit's spec allocates a lot (env, argv,
                     // templates) and this runs for every task on every
                     // wake-up: skip tasks whose input did not change.
                     // The group's users decide its shared directory's owner:
                     // a change there rebuilds every task of the group alike.
                     let env_stamp = hash_debug(&(&proxy_env, &users));
-                    for t in &tasks {
+                    for (t, unit) in tasks.iter().zip(&units) {
                         let stamp = hash_debug(&(t.job_type, &t.spec, env_stamp));
                         if self.ensured.get(&t.name) == Some(&stamp) && sup.view(&t.name).is_some() {
                             continue;
                         }
-                        sup.ensure(self.task_unit(t, &proxy_env, &users));
+                        sup.ensure(self.task_unit(t, unit, &proxy_env, &users));
                         self.ensured.insert(t.name.clone(), stamp);
                     }
                 }
-                Ok(GroupReady::NotYet(at)) => recheck = recheck.into_iter().chain(at).min(),
+                Ok((_, GroupReady::NotYet(at))) => recheck = recheck.into_iter().chain(at).min(),
                 Err(reason) => {
                     self.notices.push((key.clone(), format!("task group failed: {reason}")));
                     self.failed.insert(key, reason);
@@ -298,7 +295,7 @@ impl Reconciler {
         }
         // Shared by every group with a network: wanted while one is a member.
         if self.robot_proxy.as_ref().is_some_and(RobotProxy::in_use) {
-            names.insert(robot_proxy::UNIT.to_string());
+            names.insert(UnitId::robot_proxy().name());
         }
         names
     }
@@ -328,8 +325,10 @@ impl Reconciler {
         sup: &mut impl Units,
     ) -> Result<GroupReady, String> {
         for init in &first.spec.init_tasks {
-            let name = init_unit_name(key, init);
-            if self.config.proxy_mode == ProxyMode::Shared && name == robot_proxy::UNIT {
+            let unit = init_unit_id(key, init);
+            unit.check()?;
+            let name = unit.name();
+            if self.config.proxy_mode == ProxyMode::Shared && unit == UnitId::robot_proxy() {
                 return Err(format!(
                     "init task {}: a robot-scoped daemon of that name would be {name}, the robot-wide proxy's unit \
                      (--proxy-mode shared); rename it",
@@ -342,7 +341,7 @@ impl Reconciler {
             if init.is_robot_scoped() && sup.view(&name).is_some() {
                 continue;
             }
-            sup.ensure(self.init_unit(first, init, &name, users));
+            sup.ensure(self.init_unit(first, init, &unit, users));
             if init.daemon {
                 continue;
             }
@@ -375,15 +374,17 @@ impl Reconciler {
         network: NetworkConfig,
         sup: &mut impl Units,
     ) -> Result<GroupReady, String> {
-        let name = format!("{key}-envoy");
+        let unit = UnitId::Proxy { group: key.to_string() };
+        unit.check()?;
+        let name = unit.name();
         let now = sup.now();
         // A proxy of the other mode (an earlier agent's) holds the ports
         // until the stop of unwanted units ends it; the tasks run on.
         let other = match self.config.proxy_mode {
-            ProxyMode::PerGroup => robot_proxy::UNIT,
-            ProxyMode::Shared => name.as_str(),
+            ProxyMode::PerGroup => UnitId::robot_proxy().name(),
+            ProxyMode::Shared => name.clone(),
         };
-        if sup.has_process(other) {
+        if sup.has_process(&other) {
             return Ok(GroupReady::NotYet(Some(clock::after(now, PROXY_READY_POLL))));
         }
         if self.config.proxy_mode == ProxyMode::Shared {
@@ -395,7 +396,7 @@ impl Reconciler {
             // group with its reason instead of crash-looping a daemon. An
             // Envoy re-adopted from an earlier agent keeps its config; how
             // it was launched is remembered next to it.
-            let launch_file = self.group_dir(key).join("envoy-launch.json");
+            let launch_file = self.layout.proxy_launch_file(key);
             let launch = match read_launch(&launch_file).filter(|_| sup.has_process(&name)) {
                 Some(launch) => launch,
                 None => {
@@ -463,7 +464,7 @@ impl Reconciler {
     /// Group `key`'s part of the robot-wide Envoy (`--proxy-mode shared`).
     fn prepare_shared(&mut self, key: &str, network: &NetworkConfig, now: Instant) -> Result<GroupReady, String> {
         if self.robot_proxy.is_none() {
-            let dir = self.config.data_dir.join("robot").join("envoy");
+            let dir = self.layout.dir(&UnitId::robot_proxy());
             std::fs::create_dir_all(&dir).map_err(|e| format!("proxy: creating {}: {e}", dir.display()))?;
             let shared = envoy::shared::SharedProxy {
                 robot: self.config.robot.clone(),
@@ -481,7 +482,7 @@ impl Reconciler {
                 if newly {
                     self.notices.push((
                         key.to_string(),
-                        format!("proxy ready (its part of {})", robot_proxy::UNIT),
+                        format!("proxy ready (its part of {})", UnitId::robot_proxy().name()),
                     ));
                 }
                 Ok(GroupReady::Yes(envoy::proxy_env(network)))
@@ -491,7 +492,7 @@ impl Reconciler {
     }
 
     fn group_proxy(&self, key: &str, first: &AssignedTask, network: &NetworkConfig) -> Result<GroupProxy, String> {
-        let dir = self.group_dir(key).join("envoy");
+        let dir = self.layout.dir(&UnitId::Proxy { group: key.to_string() });
         std::fs::create_dir_all(&dir).map_err(|e| format!("proxy: creating {}: {e}", dir.display()))?;
         Ok(GroupProxy {
             robot: self.config.robot.clone(),
@@ -534,12 +535,12 @@ impl Reconciler {
     fn proxy_unit(&self, key: &str, first: &AssignedTask, proxy: &GroupProxy, argv: Vec<String>) -> UnitSpec {
         let hook_proxy = proxy.clone();
         UnitSpec {
-            name: format!("{key}-envoy"),
+            name: UnitId::Proxy { group: key.to_string() }.name(),
             label: format!("{} envoy", first.group_key()),
             argv,
             env: BTreeMap::from([("PATH".to_string(), task_path())]),
             dir: proxy.dir.clone(),
-            alloc_dir: self.group_dir(key).join("alloc"),
+            alloc_dir: self.layout.alloc_dir(&UnitId::Proxy { group: key.to_string() }),
             user: self.config.proxy_user.clone(),
             dir_owner: DirOwner::Agent,
             alloc_users: Vec::new(),
@@ -563,18 +564,12 @@ impl Reconciler {
         }
     }
 
-    fn init_unit(&self, first: &AssignedTask, init: &TaskSpec, name: &str, users: &[String]) -> UnitSpec {
-        let key = first.group_key();
-        let (dir, alloc_dir, label) = if init.is_robot_scoped() {
-            let dir = self.config.data_dir.join("robot").join(&init.name);
-            (dir.clone(), dir, format!("robot {}", init.name))
+    fn init_unit(&self, first: &AssignedTask, init: &TaskSpec, unit: &UnitId, users: &[String]) -> UnitSpec {
+        let (dir, alloc_dir) = (self.layout.dir(unit), self.layout.alloc_dir(unit));
+        let label = if init.is_robot_scoped() {
+            format!("robot {}", init.name)
         } else {
-            let g = self.group_dir(&key);
-            (
-                g.join("init").join(&init.name),
-                g.join("alloc"),
-                format!("{} {}", first.group_key(), init.name),
-            )
+            format!("{} {}", first.group_key(), init.name)
         };
         let policy = if init.daemon {
             let delay = init
@@ -593,13 +588,11 @@ impl Reconciler {
         }
         // A robot-scoped daemon's directory is its own, not a group's.
         let users = if init.is_robot_scoped() { &[][..] } else { users };
-        self.unit(name.to_string(), label, init, policy, injected, dir, alloc_dir, users)
+        self.unit(unit.name(), label, init, policy, injected, dir, alloc_dir, users)
     }
 
-    fn task_unit(&self, t: &AssignedTask, proxy_env: &[(String, String)], users: &[String]) -> UnitSpec {
-        let g = self.group_dir(&t.group_key());
-        let dir = g.join(format!("r{}", t.replica())).join(&t.spec.name);
-        let alloc_dir = g.join("alloc");
+    fn task_unit(&self, t: &AssignedTask, unit: &UnitId, proxy_env: &[(String, String)], users: &[String]) -> UnitSpec {
+        let (dir, alloc_dir) = (self.layout.dir(unit), self.layout.alloc_dir(unit));
         // The Task's own jobType (set by the control plane) wins.
         let job_type = t.spec.job_type.unwrap_or(t.job_type);
         let default_attempts = if job_type == JobType::Batch { 0 } else { 2 };
@@ -761,7 +754,7 @@ fn write_launch(path: &Path, launch: &envoy::Launch) -> std::io::Result<()> {
         admin_socket: launch.admin_socket.clone(),
     };
     let bytes = serde_json::to_vec(&saved).map_err(std::io::Error::other)?;
-    super::state::write_atomic(path, &bytes, 0o600)
+    crate::atomic_file::write(path, &bytes, 0o600)
 }
 
 /// `bin` itself if it names a path, else the first executable `bin` on the
@@ -803,19 +796,44 @@ fn group_users(tasks: &[&AssignedTask], default_user: Option<&str>) -> Vec<Strin
 /// proxy (the robot-wide one is wanted while it has members).
 fn support_units<'a>(key: &str, t: &'a AssignedTask, mode: ProxyMode) -> impl Iterator<Item = String> + 'a {
     let key = key.to_string();
-    let own_proxy = (mode == ProxyMode::PerGroup).then(|| format!("{key}-envoy"));
+    let own_proxy = (mode == ProxyMode::PerGroup).then(|| UnitId::Proxy { group: key.clone() }.name());
     own_proxy
         .into_iter()
         .chain(t.spec.init_tasks.iter().map(move |i| init_unit_name(&key, i)))
 }
 
+/// An init task's unit: the group's, or the robot's (`scope: robot`).
+pub fn init_unit_id(group_key: &str, init: &TaskSpec) -> UnitId {
+    if init.is_robot_scoped() {
+        UnitId::Robot {
+            name: init.name.clone(),
+        }
+    } else {
+        UnitId::Init {
+            group: group_key.to_string(),
+            task: init.name.clone(),
+        }
+    }
+}
+
 /// `<taskGroup>-<init>` for group init tasks, `robot-<name>` for robot-scoped daemons.
 pub fn init_unit_name(group_key: &str, init: &TaskSpec) -> String {
-    if init.is_robot_scoped() {
-        format!("robot-{}", init.name)
-    } else {
-        format!("{group_key}-{}", init.name)
-    }
+    init_unit_id(group_key, init).name()
+}
+
+/// Where a task's unit lives (the unit is named after its Task object).
+/// Names that would leave the data directory, and negative replica
+/// indices, are refused (the control plane sends neither).
+fn task_unit_id(t: &AssignedTask) -> Result<UnitId, String> {
+    let replica = u32::try_from(t.replica())
+        .map_err(|_| format!("task {}: replica index {} is negative", t.name, t.replica()))?;
+    let unit = UnitId::Task {
+        group: t.group_key(),
+        replica,
+        task: t.spec.name.clone(),
+    };
+    unit.check()?;
+    Ok(unit)
 }
 
 /// Every task of the group on this robot has ended for good: completed, or
@@ -855,7 +873,7 @@ pub fn restart_rules(p: Option<&RestartPolicy>, default_attempts: u32) -> Restar
 pub fn log_tail(dir: &Path, lines: usize) -> String {
     let mut parts = Vec::new();
     for stream in ["stderr", "stdout"] {
-        let tail = super::logs::read_tail(&dir.join("logs"), stream, Some(lines));
+        let tail = super::supervisor::logs::read_tail(&dir.join("logs"), stream, Some(lines));
         let text = String::from_utf8_lossy(&tail).trim_end().to_string();
         if !text.is_empty() {
             parts.push(format!("[{stream}] {}", text.replace('\n', &format!("\n[{stream}] "))));

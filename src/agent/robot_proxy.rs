@@ -8,10 +8,11 @@
 //! died comes back with every group's config. A group's tasks start once
 //! its own listeners are served ([`RobotProxy::ready`]).
 
-use super::cgroup::Limits;
 use super::reconcile::{hash_debug, task_path, DEFAULT_KILL_TIMEOUT, PROXY_READY_TIMEOUT};
+use super::supervisor::cgroup::Limits;
 use super::supervisor::machine::Policy;
 use super::supervisor::{DirOwner, PreStart, UnitSpec, Units};
+use crate::agent::layout::UnitId;
 use crate::api::NetworkConfig;
 use crate::envoy::shared::{self, Member, SharedProxy};
 use crate::envoy::{EnvoyError, ProxyExtras};
@@ -20,7 +21,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The unit's name.
-pub const UNIT: &str = "robot-envoy";
+fn unit_name() -> String {
+    UnitId::robot_proxy().name()
+}
 
 pub struct RobotProxy {
     proxy: SharedProxy,
@@ -81,7 +84,8 @@ impl RobotProxy {
         if now.saturating_duration_since(since) > PROXY_READY_TIMEOUT {
             let reasons = shared::not_ready_reasons(&self.proxy, key).join("; ");
             return Err(format!(
-                "its part of the robot-wide proxy ({UNIT}) not ready after {PROXY_READY_TIMEOUT:?}: {reasons}"
+                "its part of the robot-wide proxy ({}) not ready after {PROXY_READY_TIMEOUT:?}: {reasons}",
+                unit_name()
             ));
         }
         Ok(Part::NotYet(crate::agent::clock::after(now, poll)))
@@ -141,7 +145,8 @@ impl RobotProxy {
     /// rewritten live.
     fn write(&self, set: &BTreeMap<String, NetworkConfig>, sup: &impl Units) -> Result<(), EnvoyError> {
         let members: Vec<Member> = set.iter().map(|(k, n)| member(k, n)).collect();
-        if sup.view(UNIT).is_some() || sup.has_process(UNIT) {
+        let name = unit_name();
+        if sup.view(&name).is_some() || sup.has_process(&name) {
             shared::update(&self.proxy, &members)?;
         } else {
             shared::prepare(&self.proxy, &members)?;
@@ -154,7 +159,7 @@ impl RobotProxy {
         let proxy = self.proxy.clone();
         let written = Arc::clone(&self.written);
         UnitSpec {
-            name: UNIT.to_string(),
+            name: unit_name(),
             label: "robot envoy".to_string(),
             argv: self.proxy.argv(),
             env: BTreeMap::from([("PATH".to_string(), task_path())]),

@@ -73,7 +73,7 @@ pub struct Event {
 pub struct Events {
     fifo: PathBuf,
     rx: Receiver<Event>,
-    seen: Vec<k8s4r::agent::procfs::ProcIdentity>,
+    seen: Vec<k8s4r::agent::supervisor::procfs::ProcIdentity>,
 }
 
 impl Events {
@@ -120,8 +120,8 @@ impl Events {
     pub fn next(&mut self, what: &str, timeout: Duration) -> Event {
         match self.rx.recv_timeout(timeout) {
             Ok(e) => {
-                if let Ok(stat) = k8s4r::agent::procfs::read_stat(e.pid as i32) {
-                    self.seen.push(k8s4r::agent::procfs::ProcIdentity {
+                if let Ok(stat) = k8s4r::agent::supervisor::procfs::read_stat(e.pid as i32) {
+                    self.seen.push(k8s4r::agent::supervisor::procfs::ProcIdentity {
                         pid: e.pid as i32,
                         start_time: stat.start_time,
                     });
@@ -145,7 +145,7 @@ impl Events {
     pub fn kill_reported(&self) {
         use rustix::process::{kill_process, Pid, Signal};
         for id in &self.seen {
-            if k8s4r::agent::procfs::is_same_live_process(*id) {
+            if k8s4r::agent::supervisor::procfs::is_same_live_process(*id) {
                 if let Some(pid) = Pid::from_raw(id.pid) {
                     let _ = kill_process(pid, Signal::KILL);
                 }

@@ -77,7 +77,8 @@ pub fn children(parent: u32) -> Vec<u32> {
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
-            k8s4r::agent::procfs::read_stat(*pid as i32).is_ok_and(|s| s.ppid == parent as i32 && s.is_alive())
+            k8s4r::agent::supervisor::procfs::read_stat(*pid as i32)
+                .is_ok_and(|s| s.ppid == parent as i32 && s.is_alive())
         })
         .collect()
 }

@@ -10,13 +10,13 @@
 //! exec failure back through a close-on-exec pipe, so `exec` returns only
 //! once the task's program is running.
 
+use super::cgroup::{CgroupError, Cgroups};
+use super::logs::{self, LogError, LogLimits, LogPump};
+use super::procfs::{self, ProcIdentity};
+use super::sys::{self, ChildSetup, Credentials};
 use super::{DirOwner, UnitSpec};
 use crate::agent::accounts::{self, Account};
 use crate::agent::artifacts::{self, ArtifactError};
-use crate::agent::cgroup::{CgroupError, Cgroups};
-use crate::agent::logs::{self, LogError, LogLimits, LogPump};
-use crate::agent::procfs::{self, ProcIdentity};
-use crate::agent::sys::{self, ChildSetup, Credentials};
 use crate::agent::templates::{self, TemplateError};
 use rustix::process::{Resource, Rlimit};
 use std::path::PathBuf;
@@ -71,8 +71,8 @@ pub struct Spawned {
     pub pumps: Vec<LogPump>,
 }
 
-/// What `prepare` found out, for `exec`.
-#[derive(Clone, Debug)]
+/// What `prepare` found out, for `exec` (the default: run as the agent's user).
+#[derive(Clone, Debug, Default)]
 pub struct Prepared {
     account: Option<Account>,
 }

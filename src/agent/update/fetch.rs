@@ -118,7 +118,7 @@ fn open_source(url: &str, from: u64) -> Result<(Box<dyn Read>, u64), FetchError>
     }
     let range = format!("bytes={from}-");
     let headers = [("Range", range.as_str())];
-    let mut req = crate::agent::http::Request::get(url, TIMEOUT);
+    let mut req = crate::http_client::Request::get(url, TIMEOUT);
     if from > 0 {
         req.headers = &headers;
     }

@@ -48,7 +48,7 @@ pub struct SavedUnit {
     pub restarts: u32,
     /// How the last run ended, so a restarted agent still reports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_exit: Option<crate::agent::supervisor::machine::Exit>,
+    pub last_exit: Option<super::machine::Exit>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     /// Used by `stop-all` to give the process its grace period.

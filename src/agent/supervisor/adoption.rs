@@ -1,0 +1,147 @@
+//! Processes an earlier agent left: restored from the saved state
+//! (verified by pid + start time + boot id) or, when the last agent was
+//! killed before recording them, found in /proc; watched through a pidfd
+//! (or /proc polling) since they are not our children.
+
+use super::logs;
+use super::machine::{Event, Exit, Phase};
+use super::procfs::{self, ProcIdentity};
+use super::state::{SavedPhase, SavedUnit};
+use super::{Supervisor, Unit, Watch, PROC_POLL_INTERVAL};
+use crate::agent::clock;
+use crate::agent::layout::Layout;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+impl Supervisor {
+    /// Take over what an earlier agent saved about a unit: a finished unit
+    /// keeps its outcome (nothing is run again); a live process is
+    /// re-adopted (verified by pid + start time); a process that ended
+    /// while no agent watched is reported as such. Returns the event to
+    /// feed the unit's machine, if any.
+    pub(super) fn restore(&mut self, unit: &mut Unit, saved: SavedUnit) -> Option<Event> {
+        unit.machine.restart_count = saved.restarts;
+        unit.machine.last_exit = saved.last_exit;
+        match saved.phase {
+            SavedPhase::Completed => {
+                unit.machine.phase = Phase::Completed;
+                None
+            }
+            SavedPhase::Failed => {
+                let reason = saved.message.unwrap_or_else(|| "failed".into());
+                unit.machine.phase = Phase::Failed { reason };
+                None
+            }
+            SavedPhase::Running => match (saved.pid, saved.start_time) {
+                (Some(pid), Some(start_time)) => {
+                    let id = ProcIdentity { pid, start_time };
+                    unit.identity = Some(id);
+                    if !self.host.is_alive(id) {
+                        return Some(Event::Exited(Exit::Unknown));
+                    }
+                    unit.watch = match self.host.pidfd(pid) {
+                        Some(fd) => Watch::Pidfd(fd),
+                        None => Watch::ProcPoll(clock::after(Instant::now(), PROC_POLL_INTERVAL)),
+                    };
+                    let logs_dir = unit.spec.dir.join("logs");
+                    unit.pumps = logs::STREAMS
+                        .iter()
+                        .filter_map(|s| logs::reopen_stream(&logs_dir, s, self.log_limits).ok())
+                        .collect();
+                    let age = procfs::age(start_time).unwrap_or_default();
+                    Some(Event::Adopted { pid, age })
+                }
+                // It was waiting to (re)start when the agent stopped.
+                _ => Some(Event::Start),
+            },
+        }
+    }
+}
+
+/// Processes an earlier agent started but was killed before it recorded
+/// them (state is written before the agent sleeps, so a kill -9 between a
+/// fork and that write loses the pid): found in /proc as process-group
+/// leaders (every unit is started with setsid) whose working directory, or
+/// else `K8S4R_TASK_DIR`, is a unit's directory, and recorded as leftovers
+/// so they are re-adopted (or stopped, when unwanted) instead of started a
+/// second time. Only units without a live recorded process and without a
+/// final outcome are considered; a leader whose parent is another such
+/// leader of the same unit (a task's own `setsid` child) is not the unit's
+/// process. Returns notices for the log.
+pub(super) fn claim_unrecorded(layout: &Layout, leftovers: &mut BTreeMap<String, SavedUnit>) -> Vec<String> {
+    let dirs: HashMap<PathBuf, String> = layout
+        .unit_dirs()
+        .into_iter()
+        .map(|(unit, dir)| (dir, unit.name()))
+        .collect();
+    if dirs.is_empty() {
+        return Vec::new();
+    }
+    let open = |name: &str| match leftovers.get(name) {
+        None => true,
+        Some(u) if u.phase == SavedPhase::Running => !matches!(
+            (u.pid, u.start_time),
+            (Some(pid), Some(start_time)) if procfs::is_same_live_process(ProcIdentity { pid, start_time })
+        ),
+        Some(_) => false,
+    };
+    let unit_of = |pid: i32| -> Option<&String> {
+        if let Some(name) = std::fs::read_link(format!("/proc/{pid}/cwd"))
+            .ok()
+            .and_then(|cwd| dirs.get(&cwd))
+        {
+            return Some(name);
+        }
+        let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+        let dir = env
+            .split(|b| *b == 0)
+            .find_map(|v| v.strip_prefix(b"K8S4R_TASK_DIR="))?;
+        dirs.get(Path::new(std::str::from_utf8(dir).ok()?))
+    };
+    let own = std::process::id() as i32;
+    let mut found: BTreeMap<String, Vec<(ProcIdentity, i32)>> = BTreeMap::new();
+    let pids = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok());
+    for pid in pids.filter(|p| *p != own) {
+        let Ok(stat) = procfs::read_stat(pid) else { continue };
+        if stat.pgrp != pid || !stat.is_alive() {
+            continue;
+        }
+        if let Some(name) = unit_of(pid).filter(|n| open(n)) {
+            let id = ProcIdentity {
+                pid,
+                start_time: stat.start_time,
+            };
+            found.entry(name.clone()).or_default().push((id, stat.ppid));
+        }
+    }
+    let mut notices = Vec::new();
+    for (name, mut procs) in found {
+        let leaders: Vec<i32> = procs.iter().map(|(id, _)| id.pid).collect();
+        procs.retain(|(_, ppid)| !leaders.contains(ppid));
+        let Some((id, _)) = procs.into_iter().min_by_key(|(id, _)| id.start_time) else {
+            continue;
+        };
+        let dir = dirs.iter().find(|(_, n)| **n == name).map(|(d, _)| d.clone());
+        let saved = leftovers.remove(&name);
+        let unit = SavedUnit {
+            phase: SavedPhase::Running,
+            pid: Some(id.pid),
+            start_time: Some(id.start_time),
+            dir: saved.as_ref().map(|u| u.dir.clone()).or(dir).unwrap_or_default(),
+            restarts: saved.as_ref().map_or(0, |u| u.restarts),
+            last_exit: saved.as_ref().and_then(|u| u.last_exit),
+            message: None,
+            kill_timeout_ms: saved.as_ref().map_or(0, |u| u.kill_timeout_ms),
+        };
+        leftovers.insert(name.clone(), unit);
+        notices.push(format!(
+            "{name}: pid {} runs but was not recorded (the last agent was killed while starting it); taking it over",
+            id.pid
+        ));
+    }
+    notices
+}

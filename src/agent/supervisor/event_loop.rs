@@ -1,0 +1,149 @@
+//! One turn of the supervisor: persist, sleep until something happens
+//! (a signal, log output, an adopted process ending, a check result, a
+//! deadline), then handle it all: reap, pump logs, collect results, fire
+//! deadlines, start due checks.
+
+use super::machine::{Event, Exit, Phase};
+use super::{Change, Supervisor, SupervisorError, Watch, PROC_POLL_INTERVAL};
+use crate::agent::clock;
+use rustix::event::{PollFd, PollFlags};
+use std::time::{Duration, Instant};
+
+impl Supervisor {
+    /// Persist the state if it changed, then wait for something to happen
+    /// (a signal, log output, an adopted process ending, a check result) or
+    /// for the next deadline, at most until `until`; then handle it all.
+    pub fn run_once(&mut self, until: Option<Instant>) -> Result<(), SupervisorError> {
+        // Persist before sleeping, not after waking: everything that changed
+        // since the last wait (events handled, and the caller's ensure/stop
+        // calls) is on disk in one write while the agent idles, so a kill -9
+        // at any idle moment finds the state current.
+        self.save()?;
+        let now = Instant::now();
+        let deadline = self.next_deadline().into_iter().chain(until).min();
+        let timeout = deadline.map(|d| d.saturating_duration_since(now));
+        self.wait(timeout);
+        self.wakeups.drain();
+        self.reap();
+        self.pump_logs();
+        self.collect_check_results();
+        self.collect_fetches();
+        self.fire_deadlines();
+        self.run_due_checks();
+        Ok(())
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let units = self.units.values().flat_map(|u| {
+            let running = matches!(u.machine.phase, Phase::Running { .. });
+            let checks = u
+                .checks
+                .iter()
+                .filter(move |c| running && !c.in_flight)
+                .map(|c| c.next_at);
+            let poll = match u.watch {
+                Watch::ProcPoll(at) if u.machine.phase.pid().is_some() => Some(at),
+                _ => None,
+            };
+            u.machine.next_deadline().into_iter().chain(checks).chain(poll)
+        });
+        units.chain(self.probes.values().map(|p| p.deadline)).min()
+    }
+
+    fn wait(&self, timeout: Option<Duration>) {
+        let mut fds = vec![PollFd::from_borrowed_fd(self.wakeups.fd(), PollFlags::IN)];
+        for unit in self.units.values() {
+            for pump in &unit.pumps {
+                fds.push(PollFd::from_borrowed_fd(pump.fd(), PollFlags::IN));
+            }
+            if let Watch::Pidfd(fd) = &unit.watch {
+                if unit.machine.phase.pid().is_some() {
+                    fds.push(PollFd::new(fd, PollFlags::IN));
+                }
+            }
+        }
+        // A wait to the end of the clock ("never") stays a valid timespec.
+        let ts = timeout.map(|t| rustix::time::Timespec {
+            tv_sec: i64::try_from(t.as_secs()).unwrap_or(i64::MAX),
+            tv_nsec: t.subsec_nanos().into(),
+        });
+        // EINTR (a signal) is just a wake-up.
+        let _ = rustix::event::poll(&mut fds, ts.as_ref());
+    }
+
+    /// Collect every exited child: units, script probes and orphans.
+    pub(super) fn reap(&mut self) {
+        while let Some((pid, exit)) = self.host.reap() {
+            if let Some(probe) = self.probes.remove(&pid) {
+                let result = if exit.success() {
+                    Ok(())
+                } else {
+                    Err(format!("script {exit}"))
+                };
+                self.record_check(&probe.unit, probe.check, result);
+                continue;
+            }
+            let owner = self
+                .units
+                .iter()
+                .find(|(_, u)| u.machine.phase.pid() == Some(pid))
+                .map(|(n, _)| n.clone());
+            // Any watch: after the agent exec'd itself (a self-update),
+            // re-adopted tasks are still its children and reaped here.
+            // No owner: an orphaned grandchild, now reaped.
+            if let Some(name) = owner {
+                self.drive(&name, Event::Exited(exit));
+            }
+        }
+    }
+
+    fn pump_logs(&mut self) {
+        for (name, unit) in &mut self.units {
+            unit.pumps.retain_mut(|pump| match pump.drain() {
+                Ok(eof) => !eof,
+                Err(e) => {
+                    self.changes.push(Change {
+                        unit: name.clone(),
+                        label: unit.spec.label.clone(),
+                        message: format!("log capture stopped: {e}"),
+                    });
+                    false
+                }
+            });
+        }
+    }
+
+    fn fire_deadlines(&mut self) {
+        let now = Instant::now();
+        let mut due = Vec::new();
+        for (name, unit) in &mut self.units {
+            if unit.machine.next_deadline().is_some_and(|d| d <= now) {
+                due.push((name.clone(), Event::Tick));
+            }
+            if unit.machine.phase.pid().is_none() {
+                continue;
+            }
+            // Only re-adopted processes are watched here; children are reaped.
+            let gone = match &mut unit.watch {
+                Watch::Child => false,
+                Watch::Pidfd(fd) => {
+                    let mut p = [PollFd::new(fd, PollFlags::IN)];
+                    rustix::event::poll(&mut p, Some(&rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 })).unwrap_or(0)
+                        > 0
+                }
+                Watch::ProcPoll(at) if *at <= now => {
+                    *at = clock::after(now, PROC_POLL_INTERVAL);
+                    unit.identity.is_none_or(|id| !self.host.is_alive(id))
+                }
+                Watch::ProcPoll(_) => false,
+            };
+            if gone {
+                due.push((name.clone(), Event::Exited(Exit::Unknown)));
+            }
+        }
+        for (name, event) in due {
+            self.drive(&name, event);
+        }
+        self.expire_probes(now);
+    }
+}

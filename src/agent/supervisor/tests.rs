@@ -1,0 +1,300 @@
+//! The supervisor against a recording fake host: what it asks of the
+//! system (prepare, exec, signals) for each event, and what it makes of
+//! exits it reaps, without processes.
+
+use super::host::Host;
+use super::logs::LogLimits;
+use super::machine::{Exit, Phase, Policy, RestartRules};
+use super::procfs::ProcIdentity;
+use super::spawn::{Prepared, SpawnContext, SpawnError, Spawned};
+use super::{DirOwner, Supervisor, SupervisorConfig, UnitSpec};
+use crate::agent::supervisor::cgroup::Limits;
+use rustix::fd::OwnedFd;
+use rustix::process::Signal;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Clone, Debug, PartialEq)]
+enum Call {
+    Prepare(String),
+    Exec(String, i32),
+    Signal(i32, Signal),
+}
+
+#[derive(Default)]
+struct Record {
+    calls: Vec<Call>,
+    /// Exits the next reaps return.
+    exits: VecDeque<(i32, Exit)>,
+    /// Live processes (for adoption).
+    alive: BTreeSet<i32>,
+    /// Units whose start fails.
+    refuse: BTreeSet<String>,
+    last_pid: i32,
+}
+
+#[derive(Clone, Default)]
+struct Fake(Arc<Mutex<Record>>);
+
+impl Fake {
+    fn with<T>(&self, f: impl FnOnce(&mut Record) -> T) -> T {
+        f(&mut self.0.lock().unwrap())
+    }
+    /// The calls since the last look.
+    fn calls(&self) -> Vec<Call> {
+        self.with(|r| std::mem::take(&mut r.calls))
+    }
+    fn exit(&self, pid: i32, exit: Exit) {
+        self.with(|r| {
+            r.alive.remove(&pid);
+            r.exits.push_back((pid, exit));
+        });
+    }
+}
+
+impl Host for Fake {
+    fn prepare(&mut self, spec: &UnitSpec, _: &SpawnContext<'_>) -> Result<Prepared, SpawnError> {
+        self.with(|r| {
+            r.calls.push(Call::Prepare(spec.name.clone()));
+            if r.refuse.contains(&spec.name) {
+                return Err(SpawnError::User(format!("no user {:?}", spec.user)));
+            }
+            Ok(Prepared::default())
+        })
+    }
+    fn exec(&mut self, spec: &UnitSpec, _: &SpawnContext<'_>, _: &Prepared) -> Result<Spawned, SpawnError> {
+        self.with(|r| {
+            r.last_pid = r.last_pid.max(99) + 1;
+            let pid = r.last_pid;
+            r.alive.insert(pid);
+            r.calls.push(Call::Exec(spec.name.clone(), pid));
+            Ok(Spawned {
+                identity: ProcIdentity { pid, start_time: 7 },
+                pumps: Vec::new(),
+            })
+        })
+    }
+    fn spawn_probe(&mut self, spec: &UnitSpec, _: &SpawnContext<'_>, _: &[String]) -> Result<i32, SpawnError> {
+        Err(SpawnError::PreStart(format!("{}: no probes here", spec.name)))
+    }
+    fn signal_group(&mut self, pid: i32, signal: Signal) {
+        self.with(|r| r.calls.push(Call::Signal(pid, signal)));
+    }
+    fn reap(&mut self) -> Option<(i32, Exit)> {
+        self.with(|r| r.exits.pop_front())
+    }
+    fn pidfd(&mut self, _: i32) -> Option<OwnedFd> {
+        None
+    }
+    fn is_alive(&self, id: ProcIdentity) -> bool {
+        self.with(|r| r.alive.contains(&id.pid))
+    }
+}
+
+fn supervisor(data: &Path, fake: &Fake) -> Supervisor {
+    let config = SupervisorConfig {
+        data_dir: data.to_path_buf(),
+        log_limits: LogLimits::default(),
+        cgroup_root: None,
+        allow_root_tasks: true,
+        require_artifact_checksums: false,
+    };
+    Supervisor::with_host(config, Box::new(fake.clone())).unwrap().0
+}
+
+fn unit(data: &Path, name: &str, policy: Policy) -> UnitSpec {
+    UnitSpec {
+        name: name.to_string(),
+        label: name.to_string(),
+        argv: vec!["/bin/true".into()],
+        env: BTreeMap::new(),
+        dir: data.join(name),
+        alloc_dir: data.join("alloc"),
+        user: None,
+        dir_owner: DirOwner::Task,
+        alloc_users: Vec::new(),
+        policy,
+        timeout: None,
+        // Zero: a stop's SIGKILL is due at once (no waiting in tests).
+        kill_timeout: Duration::ZERO,
+        templates: Vec::new(),
+        artifacts: Vec::new(),
+        checks: Vec::new(),
+        limits: Limits::default(),
+        pre_start: None,
+        revision: 1,
+    }
+}
+
+fn run_once(restarts: u32) -> Policy {
+    Policy::RunToCompletion(RestartRules {
+        attempts: restarts,
+        interval: Duration::from_secs(60),
+        delay: Duration::ZERO,
+        delay_mode: false,
+    })
+}
+
+fn daemon() -> Policy {
+    Policy::Daemon {
+        base_delay: Duration::ZERO,
+    }
+}
+
+fn phase(sup: &Supervisor, name: &str) -> Phase {
+    sup.view(name).map(|v| v.phase.clone()).expect("unit exists")
+}
+
+fn messages(sup: &mut Supervisor) -> Vec<String> {
+    sup.take_changes().into_iter().map(|c| c.message).collect()
+}
+
+#[test]
+fn a_unit_starts_once_and_a_clean_exit_completes_it() {
+    let data = tempfile::tempdir().unwrap();
+    let fake = Fake::default();
+    let mut sup = supervisor(data.path(), &fake);
+    sup.ensure(unit(data.path(), "t", run_once(0)));
+    assert_eq!(fake.calls(), [Call::Prepare("t".into()), Call::Exec("t".into(), 100)]);
+    assert!(matches!(phase(&sup, "t"), Phase::Running { pid: 100, .. }));
+    // Ensuring the same spec again changes nothing.
+    sup.ensure(unit(data.path(), "t", run_once(0)));
+    assert_eq!(fake.calls(), []);
+
+    // An orphan's exit is reaped and ignored; the unit's ends it.
+    fake.exit(555, Exit::Code(1));
+    fake.exit(100, Exit::Code(0));
+    sup.reap();
+    assert_eq!(phase(&sup, "t"), Phase::Completed);
+    assert!(!sup.has_process("t"));
+    assert!(sup.all_finished());
+    // Whatever the task left in its process group goes with it; nothing restarts.
+    assert_eq!(fake.calls(), [Call::Signal(100, Signal::KILL)]);
+}
+
+#[test]
+fn a_failed_run_restarts_within_its_attempts_then_fails() {
+    let data = tempfile::tempdir().unwrap();
+    let fake = Fake::default();
+    let mut sup = supervisor(data.path(), &fake);
+    sup.ensure(unit(data.path(), "t", run_once(1)));
+    fake.calls();
+    fake.exit(100, Exit::Code(3));
+    sup.reap();
+    assert!(matches!(phase(&sup, "t"), Phase::Backoff { .. }));
+    // The restart delay (zero) has passed at the next tick.
+    sup.drive("t", super::machine::Event::Tick);
+    assert_eq!(
+        fake.calls(),
+        [
+            Call::Signal(100, Signal::KILL),
+            Call::Prepare("t".into()),
+            Call::Exec("t".into(), 101)
+        ]
+    );
+    assert_eq!(sup.view("t").map(|v| v.restarts), Some(1));
+    fake.exit(101, Exit::Signal(9));
+    sup.reap();
+    let Phase::Failed { reason } = phase(&sup, "t") else {
+        panic!("{}", phase(&sup, "t"))
+    };
+    assert!(reason.contains('9'), "{reason}");
+    assert_eq!(sup.view("t").and_then(|v| v.last_exit), Some(Exit::Signal(9)));
+}
+
+#[test]
+fn a_stop_terms_the_group_then_kills_it_and_retain_forgets_the_unit() {
+    let data = tempfile::tempdir().unwrap();
+    let fake = Fake::default();
+    let mut sup = supervisor(data.path(), &fake);
+    sup.ensure(unit(data.path(), "d", daemon()));
+    fake.calls();
+    sup.retain(|_| false);
+    assert_eq!(fake.calls(), [Call::Signal(100, Signal::TERM)]);
+    assert!(matches!(phase(&sup, "d"), Phase::Stopping { pid: 100, .. }));
+    // Its kill timeout (zero) is over at the next tick.
+    sup.drive("d", super::machine::Event::Tick);
+    assert_eq!(fake.calls(), [Call::Signal(100, Signal::KILL)]);
+    fake.exit(100, Exit::Signal(9));
+    sup.reap();
+    assert_eq!(phase(&sup, "d"), Phase::Stopped);
+    assert_eq!(
+        fake.calls(),
+        [Call::Signal(100, Signal::KILL)],
+        "its group's leftovers are killed; a daemon stopped on request is not restarted"
+    );
+    sup.retain(|_| false);
+    assert!(sup.view("d").is_none(), "a finished unit nobody wants is forgotten");
+}
+
+#[test]
+fn a_new_revision_replaces_the_process_once_the_old_one_ended() {
+    let data = tempfile::tempdir().unwrap();
+    let fake = Fake::default();
+    let mut sup = supervisor(data.path(), &fake);
+    sup.ensure(unit(data.path(), "d", daemon()));
+    fake.calls();
+    let mut next = unit(data.path(), "d", daemon());
+    next.revision = 2;
+    next.label = "d v2".into();
+    sup.ensure(next.clone());
+    assert_eq!(fake.calls(), [Call::Signal(100, Signal::TERM)]);
+    assert!(messages(&mut sup).iter().any(|m| m == "spec changed; replacing"));
+    // Asked again meanwhile: still one replacement.
+    sup.ensure(next);
+    assert_eq!(fake.calls(), []);
+    fake.exit(100, Exit::Code(0));
+    sup.reap();
+    assert_eq!(
+        fake.calls(),
+        [
+            Call::Signal(100, Signal::KILL),
+            Call::Prepare("d".into()),
+            Call::Exec("d".into(), 101)
+        ]
+    );
+    assert!(matches!(phase(&sup, "d"), Phase::Running { pid: 101, .. }));
+    assert_eq!(sup.view("d").map(|v| v.label), Some("d v2"));
+}
+
+#[test]
+fn a_start_that_cannot_be_prepared_fails_the_unit_with_the_reason() {
+    let data = tempfile::tempdir().unwrap();
+    let fake = Fake::default();
+    fake.with(|r| r.refuse.insert("t".into()));
+    let mut sup = supervisor(data.path(), &fake);
+    sup.ensure(unit(data.path(), "t", run_once(0)));
+    assert_eq!(fake.calls(), [Call::Prepare("t".into())], "no exec");
+    let Phase::Failed { reason } = phase(&sup, "t") else {
+        panic!("{}", phase(&sup, "t"))
+    };
+    assert!(reason.contains("no user"), "{reason}");
+}
+
+#[test]
+fn the_next_supervisor_adopts_a_live_process_and_sees_a_dead_one_ended() {
+    let data = tempfile::tempdir().unwrap();
+    let fake = Fake::default();
+    {
+        let mut sup = supervisor(data.path(), &fake);
+        sup.ensure(unit(data.path(), "alive", daemon()));
+        sup.ensure(unit(data.path(), "gone", run_once(0)));
+        sup.flush().unwrap();
+    }
+    // The agent went away; one of its processes ended meanwhile.
+    fake.with(|r| r.alive.remove(&101));
+    fake.calls();
+    let mut sup = supervisor(data.path(), &fake);
+    assert!(
+        sup.has_process("alive") && !sup.has_process("gone"),
+        "leftovers known before ensure"
+    );
+    sup.ensure(unit(data.path(), "alive", daemon()));
+    sup.ensure(unit(data.path(), "gone", run_once(0)));
+    assert!(matches!(phase(&sup, "alive"), Phase::Running { pid: 100, .. }));
+    assert_eq!(sup.view("gone").and_then(|v| v.last_exit), Some(Exit::Unknown));
+    assert!(matches!(phase(&sup, "gone"), Phase::Failed { .. }));
+    assert_eq!(fake.calls(), [], "nothing started again, nothing signalled");
+}
