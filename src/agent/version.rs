@@ -15,7 +15,7 @@ static SLOT: [u8; VERSION_SLOT_LEN] = version_slot(env!("CARGO_PKG_VERSION"));
 pub fn current() -> &'static str {
     static VERSION: OnceLock<String> = OnceLock::new();
     VERSION.get_or_init(|| {
-        let slot = super::sys::read_volatile(&SLOT);
+        let slot = super::supervisor::sys::read_volatile(&SLOT);
         slot_version(&slot).unwrap_or(env!("CARGO_PKG_VERSION")).to_string()
     })
 }

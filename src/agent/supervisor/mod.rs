@@ -23,7 +23,7 @@ pub mod procfs;
 mod signals;
 pub mod spawn;
 pub mod state;
-mod sys;
+pub(in crate::agent) mod sys;
 
 pub use signals::Waker;
 
