@@ -14,7 +14,10 @@
 //!   robots' long polls read), `annotations`, `stored_task` (reading a stored
 //!   Task's fields).
 //! - `agents`, `fleet`, `tokens`, `robot_channel`: the agent side of the
-//!   control plane (registration, heartbeats, the signed and sealed channel).
+//!   control plane (registration, heartbeats, the signed and sealed channel);
+//!   `task_logs`: a task's output relayed from its robot to an operator.
+//! - `logger`: the server's own log lines on stderr; `panics`: a panicking
+//!   request answers 500 and the process lives.
 //!
 //! - `cli`: the `k8s4r` commands (server, token, robot, robot-keys, logs,
 //!   kubeconfig): flags in, answers out; [`serve`] and [`Config`] here are
@@ -37,8 +40,7 @@ pub mod http;
 pub mod kubeclient;
 pub mod kubeconfig;
 pub mod limits;
-pub mod logging;
-pub mod logs;
+pub mod logger;
 pub mod migrate;
 pub mod object;
 pub mod panics;
@@ -53,6 +55,7 @@ pub mod selector;
 pub mod status;
 pub mod store;
 pub mod stored_task;
+pub mod task_logs;
 pub mod time;
 pub mod tls;
 pub mod tokens;
@@ -190,7 +193,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     let fleet = Arc::new(fleet::Fleet::new(cfg.fleet.clone()));
     let recorder = events::Recorder::start(event_store.clone());
     let hub = controllers::run_when_leading(registry.clone(), fleet, recorder.clone(), backend.leader).await;
-    let logs = Arc::new(logs::Logs::new(store.clone()));
+    let logs = Arc::new(task_logs::Logs::new(store.clone()));
     panics::spawn_essential("the log request relay", logs.clone().relay(hub.fleet.clone()));
     let store_for_secrets = store.clone();
     let server_keys = robot_channel::server_keys::ServerKeys::load_or_create(store.clone())

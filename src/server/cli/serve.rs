@@ -2,7 +2,7 @@
 //! [`crate::server::serve`] on a Tokio runtime until SIGINT/SIGTERM.
 
 use super::{bounded_duration_arg, count_arg, url_list};
-use crate::server::{http, logging, panics, raise_fd_limit, robot_channel, serve, time, tls, Config};
+use crate::server::{http, logger, panics, raise_fd_limit, robot_channel, serve, time, tls, Config};
 use lexopt::prelude::*;
 use std::time::Duration;
 
@@ -97,7 +97,7 @@ pub fn cmd_server(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
     let mut level = log::LevelFilter::Info;
     while let Some(arg) = parser.next()? {
         match arg {
-            Long("log-level") => level = logging::parse_level(&parser.value()?.string()?)?,
+            Long("log-level") => level = logger::parse_level(&parser.value()?.string()?)?,
             Long("listen") => cfg.listen = parser.value()?.string()?,
             Long("agent-listen") => cfg.agent_listen = parser.value()?.string()?,
             Long("tls-san") => {
@@ -169,7 +169,7 @@ pub fn cmd_server(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
     // Test-only (tests/server_robustness.rs): an environment variable, not
     // a flag, so no one turns it on from `--help`.
     cfg.test_panic_route = std::env::var_os("K8S4R_TEST_PANIC_ROUTE").is_some_and(|v| v == "1");
-    logging::init(level);
+    logger::init(level);
     if cfg.test_panic_route {
         log::warn!("K8S4R_TEST_PANIC_ROUTE=1: GET /debug/panic panics (for tests only)");
     }
