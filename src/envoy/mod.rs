@@ -233,8 +233,8 @@ pub fn proxy_env(network: &NetworkConfig) -> Vec<(String, String)> {
 }
 
 /// A group's whole network (group block plus every task block): one
-/// definition shared with the control plane, in `api::placement`.
-pub use crate::api::placement::group_network;
+/// definition shared with the control plane, in `api::job_expansion`.
+pub use crate::api::job_expansion::group_network;
 
 /// `render-envoy -f FILE [--group NAME]` (both binaries).
 pub fn cmd_render(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
