@@ -407,7 +407,7 @@ fn a_deep_group_directory_still_gets_an_admin_socket() {
     );
     let launch = envoy::prepare(&g).unwrap();
     assert!(!launch.admin_socket.starts_with(&dir));
-    assert!(launch.admin_socket.as_os_str().len() <= envoy::runtime::MAX_SOCKET_PATH);
+    assert!(launch.admin_socket.as_os_str().len() <= envoy::config::MAX_SOCKET_PATH);
     // The socket's own directory: the agent's, writable by the proxy's
     // group and sticky; the shared parent: the agent's, 0711.
     let parent = launch.admin_socket.parent().unwrap();

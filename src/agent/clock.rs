@@ -41,7 +41,7 @@ mod tests {
         assert_eq!(after(end, Duration::from_secs(1)), end);
         assert_eq!(after(end, Duration::ZERO), end);
         // From just below the end: the rest of the way, not past it.
-        let near = end - Duration::from_secs(3);
+        let near = end.checked_sub(Duration::from_secs(3)).unwrap();
         assert_eq!(after(near, Duration::from_secs(2)), near + Duration::from_secs(2));
         assert_eq!(after(near, Duration::from_secs(4)), end);
         assert_eq!(latest_from(near), end);

@@ -2,22 +2,22 @@
 //! what they may run, from flags, the environment or the config file (same
 //! keys as connected mode; `run` and connected mode parse the flags here):
 //!
-//! - `--allow-root-tasks BOOL` [`K8S4R_ALLOW_ROOT_TASKS`]: may a task run as
+//! - `--allow-root-tasks BOOL` (`K8S4R_ALLOW_ROOT_TASKS`): may a task run as
 //!   uid 0? True by default so existing Jobs keep working; on a robot that
 //!   runs other people's Jobs it is the first thing to turn off. A refused
 //!   task fails with a status saying why (see `supervisor::spawn`).
-//! - `--default-user USER` [`K8S4R_DEFAULT_USER`]: who runs a task whose
+//! - `--default-user USER` (`K8S4R_DEFAULT_USER`): who runs a task whose
 //!   manifest names no `user` (only a root agent can switch users).
-//! - `--proxy-user USER` [`K8S4R_PROXY_USER`]: who runs the groups' Envoys
+//! - `--proxy-user USER` (`K8S4R_PROXY_USER`): who runs the groups' Envoys
 //!   when the agent is root. Default: `k8s4r-proxy` when the robot has that
 //!   account (robot images made by `make image` do), else `nobody`. A
 //!   dedicated account is better: a task running as the proxy's user could
 //!   signal or trace the proxy. `root` keeps the proxy privileged.
-//! - `--require-artifact-checksums[=BOOL]` [`K8S4R_REQUIRE_ARTIFACT_CHECKSUMS`]:
+//! - `--require-artifact-checksums[=BOOL]` (`K8S4R_REQUIRE_ARTIFACT_CHECKSUMS`):
 //!   refuse a task with an `http://` artifact that has no sha256 checksum
 //!   (anyone on the path could swap the file), before it downloads
 //!   anything. Off by default: validation only warns about such artifacts.
-//! - `--proxy-mode per-group|shared` [`K8S4R_PROXY_MODE`]: one Envoy per
+//! - `--proxy-mode per-group|shared` (`K8S4R_PROXY_MODE`): one Envoy per
 //!   TaskGroup (`<taskGroup>-envoy`, the default: a crash touches one
 //!   group) or one robot-wide Envoy (`robot-envoy`) carrying every group's
 //!   listeners, ≈ 14 MiB less private memory per group after the first.

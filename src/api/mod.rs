@@ -20,9 +20,6 @@ pub mod validate;
 
 pub use decode::{decode_all, AnyObject, DecodeError, Decoded};
 pub use findings::{FieldError, Findings};
-/// The old name of [`job_expansion`], for `envoy/mod.rs` until the proxy
-/// work there moves to the new one.
-pub use job_expansion as placement;
 pub use meta::{Object, ObjectMeta, OwnerReference, API_VERSION};
 pub use types::*;
 pub use units::{Duration, Quantity};

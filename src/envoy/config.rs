@@ -1,7 +1,9 @@
 //! Whole Envoy documents for one group: the self-contained static config
 //! (`render-envoy`) and the runtime form (bootstrap + filesystem xDS files).
 //! Both are built from the same resources, so what `render-envoy` shows and
-//! `envoy --mode validate` accepts is what the agent runs.
+//! `envoy --mode validate` accepts is what the agent runs. Also where the
+//! runtime form's files and the admin socket go ([`Layout`]), which the
+//! documents name and `runtime` writes.
 
 use super::options::ProxyOptions;
 use super::plan::Plan;
@@ -54,7 +56,7 @@ pub struct Layout {
     pub cds: PathBuf,
     pub sds_dir: PathBuf,
     /// `<dir>/admin.sock`, or a short stand-in when that path is too long
-    /// for a unix socket (see [`super::runtime::admin_socket_path`]).
+    /// for a unix socket (see [`admin_socket_path`]).
     pub admin_socket: PathBuf,
 }
 
@@ -68,9 +70,31 @@ impl Layout {
             cds: xds_dir.join("cds.json"),
             xds_dir,
             sds_dir,
-            admin_socket: super::runtime::admin_socket_path(dir),
+            admin_socket: admin_socket_path(dir),
         }
     }
+}
+
+/// `sun_path` holds 108 bytes including the terminating NUL.
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// Where a group's admin socket lives: `<dir>/admin/admin.sock`, unless
+/// that path is longer than a unix socket address holds (107 bytes; long job
+/// and group names under a deep data directory get there). Then it is
+/// `<tmp>/k8s4r-envoy-<uid>/<hash of dir>/admin.sock`: short, stable for
+/// the directory, so every caller computes the same path.
+pub fn admin_socket_path(dir: &Path) -> PathBuf {
+    let inside = dir.join("admin/admin.sock");
+    if inside.as_os_str().len() <= MAX_SOCKET_PATH {
+        return inside;
+    }
+    let digest = Sha256::digest(dir.as_os_str().as_encoded_bytes());
+    let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    short_socket_dir().join(hex).join("admin.sock")
+}
+
+pub(super) fn short_socket_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("k8s4r-envoy-{}", rustix::process::getuid().as_raw()))
 }
 
 /// The runtime form's file contents.
@@ -205,6 +229,21 @@ mod tests {
     use super::*;
     use crate::api::{NetworkConfig, Protocol, SpiffeConfig, TlsFiles, Upstream};
     use crate::envoy::{plan, Inbound};
+
+    #[test]
+    fn a_long_directory_gets_a_short_private_admin_socket() {
+        let short = Path::new("/var/lib/k8s4r/alloc/job-group/envoy");
+        assert_eq!(admin_socket_path(short), short.join("admin/admin.sock"));
+        let long = PathBuf::from(format!("/var/lib/k8s4r/alloc/{}/envoy", "g".repeat(120)));
+        let socket = admin_socket_path(&long);
+        assert!(socket.as_os_str().len() <= MAX_SOCKET_PATH, "{}", socket.display());
+        assert_eq!(
+            socket.parent().and_then(Path::parent),
+            Some(short_socket_dir().as_path())
+        );
+        assert_eq!(socket, admin_socket_path(&long), "stable for the directory");
+        assert_ne!(socket, admin_socket_path(&long.join("other")));
+    }
 
     /// Unvalidated, hostile strings end up as data, never as JSON syntax.
     #[test]

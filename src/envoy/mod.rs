@@ -1,19 +1,23 @@
 //! Envoy configuration for a TaskGroup's proxy, rendered from templates
 //! compiled into the binary (no YAML/protobuf runtime).
 //!
-//! CONTRACT used by the agent's reconcile (src/agent): keep these signatures.
-//! - [`GroupProxy`]: what the agent knows about a group that has a network.
+//! What the agent calls (src/agent/reconcile.rs and robot_proxy.rs):
+//! - [`GroupProxy`]: what the agent knows about a group that has a network
+//!   (its `network` block, `network.inbound` included).
 //! - [`prepare`]: write bootstrap + filesystem-xDS files into the group's
-//!   proxy directory (atomically) and return how to launch Envoy.
+//!   proxy directory (atomically) and return how to launch Envoy ([`Launch`]).
 //! - [`update`]: rewrite the xDS files for a changed network, no restart.
 //! - [`is_ready`]: Envoy's admin `/ready` over the per-group unix socket.
 //! - [`proxy_env`]: the `PROXY_<NAME>_{ADDR,HOST,PORT}` variables for tasks.
+//! - [`shared`] (`--proxy-mode shared`): prepare, update, readiness and
+//!   not-ready reasons of the robot-wide Envoy, with [`ProxyExtras`] and
+//!   [`ProxyOptions`] at their defaults.
 //!
-//! Also for the agent: [`group_network`] (merge group and task blocks),
-//! [`not_ready_reasons`] (what to say when the readiness deadline passes),
-//! [`upstream_health`] (for the group's status), [`remove`] (last task
-//! gone), and [`prepare_with`]/[`update_with`] taking [`ProxyExtras`]
-//! (inbound listeners, tuning) until the manifest carries them.
+//! Used by the tests (and `render-envoy`), not by the agent: [`prepare_with`]
+//! and [`update_with`] (extra inbound listeners and tuning beyond the
+//! manifest, in [`ProxyExtras`]), [`not_ready_reasons`] and
+//! [`upstream_health`] of a group's own Envoy, [`remove`], and
+//! [`group_network`] (also the control plane's).
 //!
 //! Modules, each with one job:
 //! - [`plan`]: network (manifest) → which listeners/clusters/secrets; pure;
@@ -21,8 +25,8 @@
 //! - [`resources`]: plan → listener/cluster/secret JSON;
 //! - [`config`]: whole documents (static one-file form, runtime form);
 //! - [`runtime`]: files on disk, atomically, and the Envoy command line;
-//! - [`files`]: atomic file replacement; [`options`]: sizing and flags;
-//! - [`admin`]: HTTP over the admin unix socket; [`ports`]: port clashes;
+//! - [`files`]: the xDS files, through the one atomic write; [`options`]: sizing and flags;
+//! - [`admin`]: the admin API (over [`crate::http_client`]); [`ports`]: port clashes;
 //! - [`inbound`]: the inbound mTLS + RBAC manifest field; [`cli`]: `render-envoy`;
 //! - [`extensions`]: the `--disable-extensions` list, derived from what
 //!   the renderer emits;
@@ -93,9 +97,9 @@ impl GroupProxy {
     }
 }
 
-/// What the manifest does not carry (yet) but a proxy may have: inbound
-/// mTLS listeners (the `network.inbound` field, see [`inbound`]) and tuning.
-/// Kept apart from [`GroupProxy`] so the agent's code builds unchanged.
+/// What a proxy may have beyond its manifest: inbound mTLS listeners added
+/// to the `network.inbound` ones (see [`inbound`]) and tuning. The agent
+/// and `render-envoy` pass the defaults; the tests set them.
 #[derive(Clone, Debug, Default)]
 pub struct ProxyExtras {
     pub inbound: Vec<Inbound>,
@@ -229,8 +233,8 @@ pub fn proxy_env(network: &NetworkConfig) -> Vec<(String, String)> {
 }
 
 /// A group's whole network (group block plus every task block): one
-/// definition shared with the control plane, in `api::placement`.
-pub use crate::api::placement::group_network;
+/// definition shared with the control plane, in `api::job_expansion`.
+pub use crate::api::job_expansion::group_network;
 
 /// `render-envoy -f FILE [--group NAME]` (both binaries).
 pub fn cmd_render(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {

@@ -6,7 +6,7 @@
 //! <dir>/xds/lds.json    listeners  (watched directory: replaced by rename)
 //! <dir>/xds/cds.json    clusters, SPIRE SDS clusters first
 //! <dir>/sds/*.json      secrets from tlsFiles (filesystem SDS), if any
-//! <dir>/admin/admin.sock  admin API (mode 0600); see admin_socket_path
+//! <dir>/admin/admin.sock  admin API (mode 0600); see config::admin_socket_path
 //! ```
 //!
 //! Who may do what: the agent writes every file; the proxy, which may run
@@ -17,19 +17,15 @@
 //! it cannot rewrite its own config, and the agent, often root, never
 //! writes where the proxy could have planted a link.
 
-use super::config::{self, Layout};
+use super::config::{self, short_socket_dir, Layout, MAX_SOCKET_PATH};
 use super::options::ProxyOptions;
 use super::plan::{self, Plan};
 use super::{files, ports, EnvoyError, GroupProxy, Launch, ProxyExtras};
-use sha2::{Digest, Sha256};
 use std::collections::HashSet;
 use std::fs;
 use std::net::IpAddr;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::{Path, PathBuf};
-
-/// `sun_path` holds 108 bytes including the terminating NUL.
-pub const MAX_SOCKET_PATH: usize = 107;
+use std::path::Path;
 
 pub fn prepare(proxy: &GroupProxy, extras: &ProxyExtras) -> Result<Launch, EnvoyError> {
     let plan = plan::plan(&proxy.network, &extras.inbound)?;
@@ -81,7 +77,7 @@ pub fn update(proxy: &GroupProxy, extras: &ProxyExtras) -> Result<(), EnvoyError
 
 /// Remove what [`prepare`] made, once the group's Envoy has stopped for
 /// good: the config files and the admin socket (which may live outside the
-/// directory, see [`admin_socket_path`]). Missing files are fine.
+/// directory, see [`config::admin_socket_path`]). Missing files are fine.
 pub fn remove(proxy: &GroupProxy) -> Result<(), EnvoyError> {
     let layout = Layout::new(&proxy.dir);
     if fs::symlink_metadata(&layout.admin_socket).is_ok_and(|m| m.file_type().is_socket()) {
@@ -157,25 +153,6 @@ pub(super) fn write(path: &Path, content: &str) -> Result<(), EnvoyError> {
     files::replace(path, content)
         .map(|_| ())
         .map_err(|e| EnvoyError::Write(path.to_path_buf(), e))
-}
-
-/// Where a group's admin socket lives: `<dir>/admin/admin.sock`, unless
-/// that path is longer than a unix socket address holds (107 bytes; long job
-/// and group names under a deep data directory get there). Then it is
-/// `<tmp>/k8s4r-envoy-<uid>/<hash of dir>/admin.sock`: short, stable for
-/// the directory, so every caller computes the same path.
-pub fn admin_socket_path(dir: &Path) -> PathBuf {
-    let inside = dir.join("admin/admin.sock");
-    if inside.as_os_str().len() <= MAX_SOCKET_PATH {
-        return inside;
-    }
-    let digest = Sha256::digest(dir.as_os_str().as_encoded_bytes());
-    let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
-    short_socket_dir().join(hex).join("admin.sock")
-}
-
-fn short_socket_dir() -> PathBuf {
-    std::env::temp_dir().join(format!("k8s4r-envoy-{}", rustix::process::getuid().as_raw()))
 }
 
 /// The fallback sockets' parent sits in a shared temp dir: the agent's,
@@ -300,21 +277,6 @@ pub fn spire_sockets(dir: &Path) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_long_directory_gets_a_short_private_admin_socket() {
-        let short = Path::new("/var/lib/k8s4r/alloc/job-group/envoy");
-        assert_eq!(admin_socket_path(short), short.join("admin/admin.sock"));
-        let long = PathBuf::from(format!("/var/lib/k8s4r/alloc/{}/envoy", "g".repeat(120)));
-        let socket = admin_socket_path(&long);
-        assert!(socket.as_os_str().len() <= MAX_SOCKET_PATH, "{}", socket.display());
-        assert_eq!(
-            socket.parent().and_then(Path::parent),
-            Some(short_socket_dir().as_path())
-        );
-        assert_eq!(socket, admin_socket_path(&long), "stable for the directory");
-        assert_ne!(socket, admin_socket_path(&long.join("other")));
-    }
 
     #[test]
     fn a_socket_path_that_cannot_fit_is_refused() {

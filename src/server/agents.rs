@@ -39,7 +39,7 @@ pub struct Agents {
     pub hub: Arc<Hub>,
     pub events: Recorder,
     /// Operators' requests for task output, answered by the robots.
-    pub logs: Arc<crate::server::logs::Logs>,
+    pub logs: Arc<crate::server::task_logs::Logs>,
     /// Caps on what one robot or join token can make the server hold.
     pub limits: Limits,
     /// The one long poll each robot may have open.

@@ -80,7 +80,7 @@ pub fn cmd_migrate(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
     while let Some(arg) = parser.next()? {
         match arg {
             Long("from-data") => from = Some(parser.value()?.into()),
-            Long("to-etcd") => to = super::url_list(&parser.value()?.string()?),
+            Long("to-etcd") => to = super::cli::url_list(&parser.value()?.string()?),
             Long("etcd-cafile") => tls.ca = Some(parser.value()?.into()),
             Long("etcd-certfile") => tls.cert = Some(parser.value()?.into()),
             Long("etcd-keyfile") => tls.key = Some(parser.value()?.into()),

@@ -620,7 +620,7 @@ mod tests {
         let huge = Duration::from_secs(3_000_000_000_000_000 * 3600);
         let end = clock::after(Instant::now(), Duration::MAX);
         // (At `end` itself every deadline is due: the clock is over.)
-        for now in [Instant::now(), end - Duration::from_secs(1)] {
+        for now in [Instant::now(), end.checked_sub(Duration::from_secs(1)).unwrap()] {
             let policy = Policy::RunToCompletion(RestartRules {
                 attempts: 2,
                 interval: huge,

@@ -8,11 +8,11 @@
 //! viewer of the dashboard is a viewer of the API. A mutation (deleting a
 //! Job) also needs the session's CSRF token and a same-origin request.
 //!
-//! - [`login`]: log in and out.
-//! - [`pages`]: the HTML pages (fleet, robot, jobs, job, task, events).
-//! - [`view`]: the page shell and small HTML pieces shared by the pages.
-//! - [`live`]: server-sent events from the store's watch, and the log tail.
-//! - [`assets`]: the embedded JavaScript and CSS.
+//! - `login`: log in and out.
+//! - `pages`: the HTML pages (fleet, robot, jobs, job, task, events).
+//! - `view`: the page shell and small HTML pieces shared by the pages.
+//! - `live`: server-sent events from the store's watch, and the log tail.
+//! - `assets`: the embedded JavaScript and CSS.
 
 mod assets;
 mod live;

@@ -4,9 +4,9 @@
 //! The user is the certificate's CN, each group an O (what authorization
 //! decides by).
 
-use super::kubeconfig;
-use super::store::{self, Store};
-use super::tls::ca::Ca;
+use crate::server::kubeconfig;
+use crate::server::store::{self, Store};
+use crate::server::tls::ca::Ca;
 use lexopt::prelude::*;
 use std::path::PathBuf;
 
@@ -87,7 +87,7 @@ pub fn cmd_kubeconfig(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error>
         }
     }
     if user.is_none() && groups.is_empty() {
-        groups.push(super::auth::SYSTEM_MASTERS.to_string());
+        groups.push(crate::server::auth::SYSTEM_MASTERS.to_string());
     }
     let user = user.unwrap_or_else(|| "admin".to_string());
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -3,7 +3,7 @@
 //! endpoint works with kubectl:
 //! `kubectl get --raw "/apis/robot.k8s4r.io/v1alpha1/namespaces/default/tasks/TASK/log?tailLines=20"`.
 
-use super::kubeclient::{self, KubeClient};
+use crate::server::kubeclient::{self, KubeClient};
 use lexopt::prelude::*;
 use std::io::Write;
 use std::time::Duration;
