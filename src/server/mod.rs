@@ -41,6 +41,7 @@ pub mod object;
 pub mod panics;
 pub mod patch;
 pub mod poll_slots;
+pub mod progress;
 pub mod registry;
 pub mod resources;
 pub mod robot_channel;
