@@ -417,6 +417,22 @@ fn bench_tool_runs_a_small_fleet() {
         assert!(said.lines().any(|l| l == line), "no {line:?} in:\n{said}");
     }
     assert!(!said.contains('\r') && !said.contains('\u{1b}'), "{said}");
+
+    // The report from that run: its table, and the chart beside it.
+    let report = dir.path().join("report.md");
+    let made = Command::new(server_util::server_bin())
+        .args(["bench", "report", "--out"])
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let text = std::fs::read_to_string(&report).unwrap();
+    assert!(text.contains("(control-plane.svg)"), "{text}");
+    let svg = std::fs::read_to_string(dir.path().join("control-plane.svg")).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("sqlite") && svg.contains("<polyline"),
+        "{svg}"
+    );
 }
 
 /// On a terminal (a pseudo-terminal from util-linux's `script`), the same
