@@ -52,6 +52,14 @@ fn migrate_moves_a_fleet_from_sqlite_to_etcd() {
     );
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("migrated"), "{said}");
+    // Not a terminal: progress as plain lines, ending with the count.
+    let progress = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        progress
+            .lines()
+            .any(|l| l.starts_with("copying objects: ") && l.ends_with(" copied")),
+        "{progress}"
+    );
 
     let new = Server::start_with(&["--etcd", &etcd.endpoints()]);
     assert_eq!(new.object("tasks", task).expect("task moved")["metadata"]["uid"], uid);

@@ -407,6 +407,56 @@ fn bench_tool_runs_a_small_fleet() {
     let p99 = r["delivery_p99_seconds"].as_f64().unwrap();
     assert!(p99 > 0.0 && p99 < 30.0, "{v}");
     assert!(r["server_rss_mib"].as_f64().unwrap() > 1.0, "{v}");
+    // Not a terminal: progress as plain lines, no redraws.
+    let said = String::from_utf8_lossy(&run.stderr);
+    for line in [
+        "20 robots registering: 10/20 (50%)",
+        "20 robots registering: 20/20 registered and polling",
+        "tasks delivered to 20 robots: 20/20 delivered",
+    ] {
+        assert!(said.lines().any(|l| l == line), "no {line:?} in:\n{said}");
+    }
+    assert!(!said.contains('\r') && !said.contains('\u{1b}'), "{said}");
+
+    // The report from that run: its table, and the chart beside it.
+    let report = dir.path().join("report.md");
+    let made = Command::new(server_util::server_bin())
+        .args(["bench", "report", "--out"])
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let text = std::fs::read_to_string(&report).unwrap();
+    assert!(text.contains("(control-plane.svg)"), "{text}");
+    let svg = std::fs::read_to_string(dir.path().join("control-plane.svg")).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("sqlite") && svg.contains("<polyline"),
+        "{svg}"
+    );
+}
+
+/// On a terminal (a pseudo-terminal from util-linux's `script`), the same
+/// progress is a bar redrawn in place, ending with the plain line.
+#[test]
+fn bench_tool_draws_a_progress_bar_on_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("server.json");
+    let command = format!(
+        "{} bench robots 5 --timeout 60s --out {}",
+        server_util::server_bin().display(),
+        out.display()
+    );
+    let run = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .output()
+        .expect("script(1) from util-linux");
+    let said = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{said}");
+    assert!(
+        said.contains("5 robots registering [") && said.contains("\u{1b}[2K"),
+        "{said}"
+    );
+    assert!(said.contains("tasks delivered to 5 robots: 5/5 delivered"), "{said}");
 }
 
 #[test]

@@ -16,6 +16,7 @@
 
 use crate::api::agent_protocol::RegisterRequest;
 use crate::api::robot_channel::JoinToken;
+use crate::server::progress::Progress;
 use crate::server::robot_channel::client::{Prepared, RobotSession};
 use serde::de::IgnoredAny;
 use serde_json::{json, Value};
@@ -341,9 +342,11 @@ pub(super) async fn run_one(n: usize, timeout: Duration, use_kubectl: bool, setu
     let limit = Arc::new(Semaphore::new(64));
     let ready = Arc::new(Barrier::new(n + 1));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Result<Instant, String>>();
+    let registering = Progress::new(&format!("{n} robots registering"), n as u64);
     for i in 0..n {
         let addr = addrs[i % addrs.len()].clone();
         let (join, limit, ready, tx) = (join.clone(), limit.clone(), ready.clone(), tx.clone());
+        let registering = registering.clone();
         tokio::spawn(async move {
             let mut passed = false;
             let res = async {
@@ -375,6 +378,7 @@ pub(super) async fn run_one(n: usize, timeout: Duration, use_kubectl: bool, setu
                 let mut since = serde_json::from_slice::<Slim>(&first)
                     .map_err(|e| e.to_string())?
                     .revision;
+                registering.inc(1);
                 ready.wait().await;
                 passed = true;
                 loop {
@@ -400,6 +404,7 @@ pub(super) async fn run_one(n: usize, timeout: Duration, use_kubectl: bool, setu
     }
     drop(tx);
     ready.wait().await;
+    registering.finish("registered and polling");
     let register_s = t_register.elapsed().as_secs_f64();
     let (rss_idle, _) = rss();
     let cpu_registered = cpu();
@@ -424,9 +429,13 @@ pub(super) async fn run_one(n: usize, timeout: Duration, use_kubectl: bool, setu
     };
     let mut lat = Vec::with_capacity(n);
     let deadline = tokio::time::Instant::now() + timeout;
+    let delivering = Progress::new(&format!("tasks delivered to {n} robots"), n as u64);
     while lat.len() < n {
         match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some(Ok(at))) => lat.push(at.saturating_duration_since(t0).as_secs_f64()),
+            Ok(Some(Ok(at))) => {
+                lat.push(at.saturating_duration_since(t0).as_secs_f64());
+                delivering.inc(1);
+            }
             Ok(Some(Err(e))) => return Err(e),
             Ok(None) => break,
             Err(_) => {
@@ -437,6 +446,7 @@ pub(super) async fn run_one(n: usize, timeout: Duration, use_kubectl: bool, setu
             }
         }
     }
+    delivering.finish("delivered");
     lat.sort_by(|a, b| a.total_cmp(b));
     let cpu_dispatch = cpu() - cpu_registered;
     let (rss, peak) = rss();

@@ -2,10 +2,12 @@
 //! module (they drive it from outside, as a client would): `k8s4r bench
 //! robots N...` runs a fleet load test (`fleet.rs`, on SQLite or on a
 //! throwaway etcd from `etcd.rs`), `k8s4r bench report` writes
-//! target/bench/report.md from every benchmark's JSON (`report.rs`).
+//! target/bench/report.md from every benchmark's JSON (`report.rs`), with
+//! its key comparisons drawn as SVG beside it (`charts.rs`).
 //! `make bench` runs them beside the agent, proxy and end-to-end benchmarks
 //! of tests/.
 
+pub mod charts;
 pub mod cli;
 pub mod etcd;
 pub mod fleet;

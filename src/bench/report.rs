@@ -3,8 +3,11 @@
 //! next to a reference measured in the same run (another supervisor,
 //! Envoy's defaults, a direct connection, SQLite), as a ratio where one
 //! helps. A missing or unreadable file becomes "not run"; numbers are only
-//! ever read from the files, never typed in here.
+//! ever read from the files, never typed in here. The key comparisons are
+//! also drawn as SVG charts next to the report, which links them
+//! ([`super::charts`]).
 
+use super::charts::{self, Chart};
 use serde_json::Value;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -85,12 +88,20 @@ fn read(dir: &Path, file: &str) -> Option<Value> {
     serde_json::from_slice(&std::fs::read(dir.join(file)).ok()?).ok()
 }
 
+/// Link `chart` from the report and keep it to be written beside it.
+fn link_chart(out: &mut String, charts: &mut Vec<Chart>, chart: Option<Chart>) {
+    if let Some(c) = chart {
+        let _ = writeln!(out, "![{}]({})\n", c.title, c.file);
+        charts.push(c);
+    }
+}
+
 fn not_run(out: &mut String, files: &[&str]) {
     let files: Vec<String> = files.iter().map(|f| format!("`target/bench/{f}`")).collect();
     let _ = writeln!(out, "_not run_ (no readable {})\n", files.join(" or "));
 }
 
-fn supervision(out: &mut String, dir: &Path) {
+fn supervision(out: &mut String, charts: &mut Vec<Chart>, dir: &Path) {
     out.push_str("## Supervision: k8s4r-agent vs s6 vs supervisord\n\n");
     let Some(doc) = read(dir, "supervision.json") else {
         return not_run(out, &["supervision.json"]);
@@ -169,6 +180,7 @@ fn supervision(out: &mut String, dir: &Path) {
         t.row(r);
     }
     t.render(out);
+    link_chart(out, charts, charts::supervision(&doc));
     for s in &systems {
         let name = s["system"].as_str().unwrap_or("?");
         if let Some(why) = s["skipped"].as_str() {
@@ -323,7 +335,7 @@ fn cycle_rows(t: &mut Table, c: &Value) {
     ]);
 }
 
-fn proxy(out: &mut String, dir: &Path) {
+fn proxy(out: &mut String, charts: &mut Vec<Chart>, dir: &Path) {
     out.push_str("## Proxy: one Envoy per TaskGroup\n\n");
     let Some(p) = read(dir, "proxy.json") else {
         return not_run(out, &["proxy.json"]);
@@ -367,6 +379,38 @@ fn proxy(out: &mut String, dir: &Path) {
         ]);
     }
     t.render(out);
+    proxy_modes(out, charts, &p);
+}
+
+/// Memory by proxy mode: one Envoy per group vs the robot-wide one.
+fn proxy_modes(out: &mut String, charts: &mut Vec<Chart>, p: &Value) {
+    let Some(rows) = p["proxy_modes_memory"].as_array() else {
+        return;
+    };
+    out.push_str(
+        "Memory by proxy mode (idle, loopback, median of 3; PSS / private anonymous memory summed over the \
+         proxy processes):\n\n",
+    );
+    let mut t = Table::new(&[
+        "groups on the robot",
+        "one Envoy per group",
+        "one shared Envoy",
+        "shared ÷ per group (anon)",
+    ]);
+    for r in rows {
+        let cell = |mode: &str| match (num(&r[mode], "pss_kib"), num(&r[mode], "anon_kib")) {
+            (Some(pss), Some(anon)) => format!("{:.0} MiB / {:.0} MiB", pss / 1024.0, anon / 1024.0),
+            _ => "—".into(),
+        };
+        t.row(vec![
+            r["groups"].to_string(),
+            cell("per_group"),
+            cell("shared"),
+            ratio(num(&r["shared"], "anon_kib"), num(&r["per_group"], "anon_kib")),
+        ]);
+    }
+    t.render(out);
+    link_chart(out, charts, charts::proxy_modes(p));
 }
 
 fn end_to_end(out: &mut String, dir: &Path) {
@@ -394,7 +438,7 @@ fn end_to_end(out: &mut String, dir: &Path) {
     t.render(out);
 }
 
-fn control_plane(out: &mut String, dir: &Path) {
+fn control_plane(out: &mut String, charts: &mut Vec<Chart>, dir: &Path) {
     out.push_str("## Control plane: SQLite vs etcd, simulated robots long-polling\n\n");
     let sqlite = read(dir, "server.json");
     let etcd = read(dir, "server-etcd.json");
@@ -448,6 +492,7 @@ fn control_plane(out: &mut String, dir: &Path) {
         ]);
     }
     t.render(out);
+    link_chart(out, charts, charts::control_plane(&runs));
 }
 
 /// Bytes with a unit that reads at a glance.
@@ -509,24 +554,31 @@ fn link(out: &mut String, dir: &Path) {
     );
 }
 
-/// The whole report from the JSON files in `dir`.
-pub fn render(dir: &Path) -> String {
+/// The whole report from the JSON files in `dir`, and the charts it links.
+pub fn render(dir: &Path) -> (String, Vec<Chart>) {
+    let mut charts = Vec::new();
     let mut out = String::from(
         "# k8s4r benchmarks\n\nWritten by `make bench` from the JSON files next to this one; every figure \
          comes from that run, side by side with a reference measured in the same run on the same machine.\n\n",
     );
-    supervision(&mut out, dir);
+    supervision(&mut out, &mut charts, dir);
     agent_footprint(&mut out, dir);
-    proxy(&mut out, dir);
+    proxy(&mut out, &mut charts, dir);
     end_to_end(&mut out, dir);
-    control_plane(&mut out, dir);
+    control_plane(&mut out, &mut charts, dir);
     link(&mut out, dir);
-    out
+    (out, charts)
 }
 
-/// `k8s4r bench report`: write `out` and print it.
+/// `k8s4r bench report`: write `out` and its charts beside it, and print
+/// the report.
 pub fn write(dir: &Path, out: &Path) -> Result<(), String> {
-    let text = render(dir);
+    let (text, charts) = render(dir);
+    let beside = out.parent().unwrap_or(Path::new("."));
+    for c in &charts {
+        let file = beside.join(c.file);
+        std::fs::write(&file, &c.svg).map_err(|e| format!("writing {}: {e}", file.display()))?;
+    }
     std::fs::write(out, &text).map_err(|e| format!("writing {}: {e}", out.display()))?;
     print!("{text}");
     Ok(())
@@ -540,8 +592,9 @@ mod tests {
     fn missing_files_say_not_run() {
         let dir = std::env::temp_dir().join(format!("k8s4r-report-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let text = render(&dir);
+        let (text, charts) = render(&dir);
         assert_eq!(text.matches("_not run_").count(), 6, "{text}");
+        assert!(charts.is_empty() && !text.contains(".svg"), "{text}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -8,6 +8,7 @@
 //! so agents that polled the old server (and remember its revision) are
 //! answered in full by the new one.
 
+use super::progress::Progress;
 use super::store::etcd::endpoints::EndpointError;
 use super::store::etcd::tls::TlsFiles;
 use super::store::etcd::{client::Client, Endpoints, EtcdStore, DEFAULT_PREFIX, EVENTS_PREFIX};
@@ -131,14 +132,14 @@ pub async fn migrate(data: &Path, endpoints: &Endpoints) -> Result<Summary, Migr
         .await
         .map_err(MigrateError::Target)?;
     let source_revision = source.revision().await.map_err(MigrateError::Source)?;
-    let copied = copy_all(&source, &objects).await?;
+    let copied = copy_all(&source, &objects, "objects").await?;
     let events_dir = data.join("events");
     let events = if events_dir.join("k8s4r.db").exists() {
         let src = SqliteStore::open(&events_dir, 1).map_err(MigrateError::Open)?;
         let dst = EtcdStore::connect(endpoints, EVENTS_PREFIX, 1)
             .await
             .map_err(MigrateError::Target)?;
-        copy_all(&src, &dst).await?
+        copy_all(&src, &dst, "events").await?
     } else {
         0
     };
@@ -153,7 +154,9 @@ pub async fn migrate(data: &Path, endpoints: &Endpoints) -> Result<Summary, Migr
     })
 }
 
-async fn copy_all(source: &SqliteStore, target: &EtcdStore) -> Result<usize, MigrateError> {
+/// Copy every item of `source` into `target` (`what` names them in the
+/// progress shown).
+async fn copy_all(source: &SqliteStore, target: &EtcdStore, what: &str) -> Result<usize, MigrateError> {
     let resources = source.resources().map_err(MigrateError::Source)?;
     for r in &resources {
         if !target
@@ -166,16 +169,21 @@ async fn copy_all(source: &SqliteStore, target: &EtcdStore) -> Result<usize, Mig
             return Err(MigrateError::NotEmpty(r.clone()));
         }
     }
-    let mut n = 0;
+    let mut listed = Vec::with_capacity(resources.len());
     for r in &resources {
-        let listed = source.list(r, None).await.map_err(MigrateError::Source)?;
-        for item in listed.items {
+        listed.push((r, source.list(r, None).await.map_err(MigrateError::Source)?.items));
+    }
+    let total = listed.iter().map(|(_, items)| items.len()).sum::<usize>();
+    let progress = Progress::new(&format!("copying {what}"), total as u64);
+    for (r, items) in listed {
+        for item in items {
             let key = Key::new(r, &item.key.namespace, &item.key.name);
             target.create(&key, item.value).await.map_err(MigrateError::Target)?;
-            n += 1;
+            progress.inc(1);
         }
     }
-    Ok(n)
+    progress.finish("copied");
+    Ok(total)
 }
 
 /// Write a marker key until etcd's revision is above `rev`; the revision
@@ -183,6 +191,7 @@ async fn copy_all(source: &SqliteStore, target: &EtcdStore) -> Result<usize, Mig
 async fn advance_past(client: &Arc<Client>, rev: u64) -> Result<u64, StoreError> {
     let backend = |e: super::store::etcd::client::EtcdError| StoreError::Backend(e.to_string());
     let key = super::store::etcd::client::b64(b"/k8s4r-migrated");
+    let mut progress: Option<Progress> = None;
     loop {
         let resp = client
             .txn(&json!({"success": [{"request_put": {"key": key, "value": ""}}]}))
@@ -190,7 +199,16 @@ async fn advance_past(client: &Arc<Client>, rev: u64) -> Result<u64, StoreError>
             .map_err(backend)?;
         let now = super::store::etcd::client::header_revision(&resp);
         if now > rev {
+            if let Some(p) = &progress {
+                p.finish("reached");
+            }
             return Ok(now);
         }
+        // One write a revision: many for a long-lived fleet.
+        progress
+            .get_or_insert_with(|| {
+                Progress::new(&format!("moving etcd's revision past {rev}"), rev.saturating_sub(now))
+            })
+            .inc(1);
     }
 }

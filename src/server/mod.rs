@@ -48,6 +48,7 @@ pub mod object;
 pub mod panics;
 pub mod patch;
 pub mod poll_slots;
+pub mod progress;
 pub mod registry;
 pub mod release_cli;
 pub mod resources;
