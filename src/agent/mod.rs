@@ -42,6 +42,7 @@ pub mod paths;
 pub mod privileges;
 pub mod reconcile;
 pub mod robot_proxy;
+pub mod specs;
 pub mod standalone;
 pub mod supervisor;
 pub mod templates;

@@ -24,10 +24,11 @@
 
 use super::privileges::ProxyMode;
 use super::robot_proxy::{Part, RobotProxy};
+use super::specs::{self, hash_debug, task_path, ProxyUnit};
 use super::supervisor::cgroup::Limits;
 use super::supervisor::checks;
 use super::supervisor::machine::{Phase, Policy, RestartRules};
-use super::supervisor::{DirOwner, PreStart, UnitSpec, Units};
+use super::supervisor::{DirOwner, UnitSpec, Units};
 use crate::agent::clock;
 use crate::agent::gc::AllocGc;
 use crate::agent::layout::{Layout, UnitId};
@@ -35,14 +36,10 @@ use crate::api::{JobType, NetworkConfig, RestartMode, RestartPolicy, TaskSpec};
 use crate::envoy::{self, GroupProxy};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub const DEFAULT_KILL_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a proxy may take to answer /ready before the group fails.
-pub const PROXY_READY_TIMEOUT: Duration = Duration::from_secs(30);
+pub use super::specs::{DEFAULT_KILL_TIMEOUT, PROXY_READY_TIMEOUT};
 const PROXY_READY_POLL: Duration = Duration::from_millis(100);
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// One task assigned to this robot, with its placement filled in
 /// (`jobName`, `taskGroupName`, `replicaIndex`, the group's `initTasks`,
@@ -533,35 +530,25 @@ impl Reconciler {
 
     /// The proxy daemon `<taskGroup>-envoy`; its revision follows the network.
     fn proxy_unit(&self, key: &str, first: &AssignedTask, proxy: &GroupProxy, argv: Vec<String>) -> UnitSpec {
+        let unit = UnitId::Proxy { group: key.to_string() };
         let hook_proxy = proxy.clone();
-        UnitSpec {
-            name: UnitId::Proxy { group: key.to_string() }.name(),
+        ProxyUnit {
+            name: unit.name(),
             label: format!("{} envoy", first.group_key()),
             argv,
-            env: BTreeMap::from([("PATH".to_string(), task_path())]),
             dir: proxy.dir.clone(),
-            alloc_dir: self.layout.alloc_dir(&UnitId::Proxy { group: key.to_string() }),
+            alloc_dir: self.layout.alloc_dir(&unit),
             user: self.config.proxy_user.clone(),
-            dir_owner: DirOwner::Agent,
-            alloc_users: Vec::new(),
-            policy: Policy::Daemon {
-                base_delay: Duration::from_secs(1),
-            },
-            timeout: None,
-            kill_timeout: DEFAULT_KILL_TIMEOUT,
-            templates: Vec::new(),
-            artifacts: Vec::new(),
-            checks: Vec::new(),
-            limits: Limits::default(),
             // Every (re)start renders afresh and clears a stale admin socket.
-            pre_start: Some(PreStart(Arc::new(move || {
+            pre_start: specs::pre_start(move || {
                 envoy::prepare(&hook_proxy)
                     .map(|l| l.argv)
                     .map_err(|e| format!("proxy: {e}"))
-            }))),
+            }),
             // A new proxy user restarts the proxy too.
             revision: hash_debug(&(&proxy.network, &self.config.proxy_user)),
         }
+        .build()
     }
 
     fn init_unit(&self, first: &AssignedTask, init: &TaskSpec, unit: &UnitId, users: &[String]) -> UnitSpec {
@@ -709,23 +696,6 @@ fn fingerprint(u: &UnitSpec) -> u64 {
     ))
 }
 
-/// Hash of a value's Debug form, streamed into the hasher: the spec of
-/// every desired unit is fingerprinted on every pass, so no string is built.
-pub(super) fn hash_debug(value: &impl std::fmt::Debug) -> u64 {
-    use std::fmt::Write;
-    use std::hash::Hasher;
-    struct Feed<'a>(&'a mut std::collections::hash_map::DefaultHasher);
-    impl Write for Feed<'_> {
-        fn write_str(&mut self, s: &str) -> std::fmt::Result {
-            self.0.write(s.as_bytes());
-            Ok(())
-        }
-    }
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    let _ = write!(Feed(&mut h), "{value:?}");
-    h.finish()
-}
-
 enum GroupReady {
     /// Init done, proxy ready: start tasks with these proxy variables.
     Yes(Vec<(String, String)>),
@@ -764,15 +734,6 @@ pub fn find_executable(bin: &Path) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let executable = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
     crate::agent::accounts::find_on_path(bin, &std::env::var_os("PATH").unwrap_or_default(), executable)
-}
-
-/// The PATH tasks get: the agent's own (so `run -f` on a developer machine
-/// finds the same tools), or a standard one.
-pub(super) fn task_path() -> String {
-    std::env::var("PATH")
-        .ok()
-        .filter(|p| !p.is_empty())
-        .unwrap_or_else(|| DEFAULT_PATH.to_string())
 }
 
 /// The users the group's tasks and init tasks run as (a `user`, or
