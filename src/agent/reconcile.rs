@@ -28,7 +28,7 @@ use super::specs::{self, hash_debug, task_path, ProxyUnit};
 use super::supervisor::cgroup::Limits;
 use super::supervisor::checks;
 use super::supervisor::machine::{Phase, Policy, RestartRules};
-use super::supervisor::{DirOwner, UnitSpec, Units};
+use super::supervisor::{DirOwner, Plan, UnitSpec, Units};
 use crate::agent::clock;
 use crate::agent::gc::AllocGc;
 use crate::agent::layout::{Layout, UnitId};
@@ -159,9 +159,14 @@ impl Reconciler {
         std::mem::take(&mut self.notices)
     }
 
-    /// One pass. Returns when it wants to look again even if nothing
-    /// happens (a proxy's readiness), so the caller's wait is bounded.
-    pub fn reconcile(&mut self, desired: &[AssignedTask], sup: &mut impl Units) -> Option<Instant> {
+    /// One pass, deciding from the desired set and what the supervisor
+    /// runs (read only) which units must run: the [`Plan`] the supervisor
+    /// then applies. Also returns when it wants to look again even if
+    /// nothing happens (a proxy's readiness), so the caller's wait is
+    /// bounded. Touches the system only for proxies (their config files
+    /// and readiness) and for an init task's last output when it failed.
+    pub fn plan(&mut self, desired: &[AssignedTask], sup: &impl Units) -> (Plan, Option<Instant>) {
+        let mut plan = Plan::default();
         let mut recheck = None;
         for (key, tasks) in by_group(desired) {
             if self.failed.contains_key(&key) {
@@ -179,7 +184,9 @@ impl Reconciler {
             // Who shares the group's directory (see `group_users`).
             let users = group_users(&tasks, self.config.default_user.as_deref());
             let units: Result<Vec<UnitId>, String> = tasks.iter().map(|t| task_unit_id(t)).collect();
-            match units.and_then(|units| Ok((units, self.prepare_group(&key, tasks[0], &users, sup)?))) {
+            let ready =
+                units.and_then(|units| Ok((units, self.prepare_group(&key, tasks[0], &users, sup, &mut plan)?)));
+            match ready {
                 Ok((units, GroupReady::Yes(proxy_env))) => {
                     // Building a unit's spec allocates a lot (env, argv,
                     // templates) and this runs for every task on every
@@ -192,7 +199,7 @@ impl Reconciler {
                         if self.ensured.get(&t.name) == Some(&stamp) && sup.view(&t.name).is_some() {
                             continue;
                         }
-                        sup.ensure(self.task_unit(t, unit, &proxy_env, &users));
+                        plan.ensure(self.task_unit(t, unit, &proxy_env, &users));
                         self.ensured.insert(t.name.clone(), stamp);
                     }
                 }
@@ -235,12 +242,17 @@ impl Reconciler {
         });
         if let Some(rp) = &mut self.robot_proxy {
             let draining: BTreeSet<String> = self.seen.keys().filter(|k| !keys.contains(*k)).cloned().collect();
-            for (key, reason) in rp.apply(&draining, sup) {
+            let (failures, unit) = rp.apply(&draining, sup);
+            for (key, reason) in failures {
                 self.notices.push((key.clone(), format!("task group failed: {reason}")));
                 self.failed.insert(key, reason);
             }
+            if let Some(unit) = unit {
+                plan.ensure(unit);
+            }
         }
-        recheck
+        plan.wanted = self.wanted(desired);
+        (plan, recheck)
     }
 
     /// Remove directories of groups that left (after the stops of this
@@ -267,9 +279,22 @@ impl Reconciler {
         for c in sup.take_changes() {
             say(format!("{}: {}", c.label, c.message));
         }
-        let recheck = self.reconcile(desired, sup);
-        let wanted = self.wanted(desired);
-        sup.retain(&|n| wanted.contains(n));
+        // A plan builds on what runs, and a unit's first start can end at
+        // once (restored as completed, or failing to spawn): plan again
+        // while the last plan started new units, so an init task restored
+        // as done lets the next one start in this step. Each round gets at
+        // least one init task further, so the rounds are bounded.
+        let rounds = 2 + desired.iter().map(|t| t.spec.init_tasks.len()).max().unwrap_or(0);
+        let mut recheck = None;
+        for _ in 0..rounds {
+            let (plan, at) = self.plan(desired, sup);
+            recheck = at;
+            let fresh = plan.units.iter().any(|s| sup.view(&s.name).is_none());
+            sup.apply(plan);
+            if !fresh {
+                break;
+            }
+        }
         let recheck = recheck.into_iter().chain(self.collect_garbage(sup)).min();
         for (group, msg) in self.take_notices() {
             say(format!("{group}: {msg}"));
@@ -313,13 +338,14 @@ impl Reconciler {
         }
     }
 
-    /// Init tasks and proxy of one group.
+    /// Init tasks and proxy of one group: the units they need go to `plan`.
     fn prepare_group(
         &mut self,
         key: &str,
         first: &AssignedTask,
         users: &[String],
-        sup: &mut impl Units,
+        sup: &impl Units,
+        plan: &mut Plan,
     ) -> Result<GroupReady, String> {
         for init in &first.spec.init_tasks {
             let unit = init_unit_id(key, init);
@@ -338,7 +364,7 @@ impl Reconciler {
             if init.is_robot_scoped() && sup.view(&name).is_some() {
                 continue;
             }
-            sup.ensure(self.init_unit(first, init, &unit, users));
+            plan.ensure(self.init_unit(first, init, &unit, users));
             if init.daemon {
                 continue;
             }
@@ -361,7 +387,7 @@ impl Reconciler {
             Some(n) if n.is_active() => n.clone(),
             _ => return Ok(GroupReady::Yes(Vec::new())),
         };
-        self.prepare_proxy(key, first, network, sup)
+        self.prepare_proxy(key, first, network, sup, plan)
     }
 
     fn prepare_proxy(
@@ -369,7 +395,8 @@ impl Reconciler {
         key: &str,
         first: &AssignedTask,
         network: NetworkConfig,
-        sup: &mut impl Units,
+        sup: &impl Units,
+        plan: &mut Plan,
     ) -> Result<GroupReady, String> {
         let unit = UnitId::Proxy { group: key.to_string() };
         unit.check()?;
@@ -403,7 +430,7 @@ impl Reconciler {
                     launch
                 }
             };
-            sup.ensure(self.proxy_unit(key, first, &proxy, launch.argv));
+            plan.ensure(self.proxy_unit(key, first, &proxy, launch.argv));
             let env = envoy::proxy_env(&network);
             let start = ProxyStart {
                 admin_socket: launch.admin_socket,
@@ -428,7 +455,7 @@ impl Reconciler {
                     self.notices
                         .push((key.to_string(), format!("proxy restarts for the network change: {e}")));
                     let argv = envoy::prepare(&proxy).map_err(|e| format!("proxy: {e}"))?.argv;
-                    sup.ensure(self.proxy_unit(key, first, &proxy, argv));
+                    plan.ensure(self.proxy_unit(key, first, &proxy, argv));
                     true
                 }
             };

@@ -90,10 +90,14 @@ impl RobotProxy {
     }
 
     /// After a pass: write the members wanted this pass plus those of
-    /// `draining` groups (gone, their tasks still stopping), and make sure
-    /// the unit runs while there is any. Returns the groups that could not
-    /// join, with why (the others are written without them).
-    pub fn apply(&mut self, draining: &BTreeSet<String>, sup: &mut impl Units) -> Vec<(String, String)> {
+    /// `draining` groups (gone, their tasks still stopping). Returns the
+    /// groups that could not join, with why (the others are written without
+    /// them), and the unit to run while there is any member.
+    pub fn apply(
+        &mut self,
+        draining: &BTreeSet<String>,
+        sup: &impl Units,
+    ) -> (Vec<(String, String)>, Option<UnitSpec>) {
         let wanted = std::mem::take(&mut self.wanted);
         self.joined.retain(|k, _| wanted.contains_key(k));
         let mut next = self.applied.clone();
@@ -127,10 +131,8 @@ impl RobotProxy {
             }
             self.applied = next;
         }
-        if !self.applied.is_empty() {
-            sup.ensure(self.unit());
-        }
-        failures
+        let unit = self.in_use().then(|| self.unit());
+        (failures, unit)
     }
 
     /// Is the unit needed (any member)?
