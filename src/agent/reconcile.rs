@@ -895,6 +895,238 @@ pub fn log_tail(dir: &Path, lines: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::supervisor::UnitView;
+
+    /// What runs, as planning sees it: read only (a plan that tried to
+    /// change the units would panic here).
+    struct Running {
+        now: Instant,
+        units: BTreeMap<String, (Phase, PathBuf)>,
+    }
+
+    impl Running {
+        fn new() -> Self {
+            Running {
+                now: Instant::now(),
+                units: BTreeMap::new(),
+            }
+        }
+        fn set(&mut self, name: &str, phase: Phase) {
+            self.units
+                .insert(name.to_string(), (phase, PathBuf::from("/nonexistent")));
+        }
+    }
+
+    impl Units for Running {
+        fn now(&self) -> Instant {
+            self.now
+        }
+        fn view(&self, name: &str) -> Option<UnitView<'_>> {
+            self.units.get_key_value(name).map(|(label, (phase, dir))| UnitView {
+                phase,
+                restarts: 0,
+                health: None,
+                last_exit: None,
+                dir,
+                label,
+            })
+        }
+        fn names(&self) -> Vec<&str> {
+            self.units.keys().map(String::as_str).collect()
+        }
+        fn has_process(&self, name: &str) -> bool {
+            self.units.get(name).is_some_and(|(p, _)| p.pid().is_some())
+        }
+        fn ensure(&mut self, spec: UnitSpec) {
+            panic!("planning started {} itself", spec.name)
+        }
+        fn retain(&mut self, _: &dyn Fn(&str) -> bool) {
+            panic!("planning stopped units itself")
+        }
+        fn take_changes(&mut self) -> Vec<crate::agent::supervisor::Change> {
+            Vec::new()
+        }
+    }
+
+    fn running() -> Phase {
+        Phase::Running {
+            pid: 42,
+            deadline: None,
+        }
+    }
+
+    fn init(name: &str, daemon: bool) -> TaskSpec {
+        TaskSpec {
+            name: name.into(),
+            daemon,
+            ..Default::default()
+        }
+    }
+
+    fn task(group: &str, replica: i32, name: &str, inits: &[TaskSpec]) -> AssignedTask {
+        AssignedTask {
+            name: format!("j-{group}-r{replica}-{name}"),
+            job_type: JobType::Service,
+            spec: TaskSpec {
+                name: name.into(),
+                job_name: Some("j".into()),
+                task_group_name: Some(format!("j-{group}")),
+                replica_index: Some(replica),
+                init_tasks: inits.to_vec(),
+                ..Default::default()
+            },
+        }
+    }
+
+    fn reconciler(data: &Path) -> Reconciler {
+        Reconciler::new(ReconcileConfig {
+            robot: "r1".into(),
+            data_dir: data.to_path_buf(),
+            envoy_bin: "envoy".into(),
+            gc_after: None,
+            default_user: None,
+            proxy_user: None,
+            proxy_mode: ProxyMode::PerGroup,
+        })
+    }
+
+    fn started(plan: &Plan) -> Vec<&str> {
+        plan.units.iter().map(|u| u.name.as_str()).collect()
+    }
+
+    fn set(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn init_tasks_run_one_at_a_time_before_the_tasks() {
+        let data = tempfile::tempdir().unwrap();
+        let mut rec = reconciler(data.path());
+        let inits = [init("setup", false), init("sidecar", true)];
+        let desired = [task("g", 0, "a", &inits), task("g", 1, "b", &inits)];
+        let mut now = Running::new();
+
+        let (plan, _) = rec.plan(&desired, &now);
+        assert_eq!(started(&plan), ["j-g-setup"], "only the first init task");
+        let all = set(&["j-g-r0-a", "j-g-r1-b", "j-g-setup", "j-g-sidecar", "j-g-envoy"]);
+        assert_eq!(plan.wanted, all, "the rest is wanted, not started yet");
+
+        now.set("j-g-setup", running());
+        assert_eq!(started(&rec.plan(&desired, &now).0), ["j-g-setup"], "waits for it");
+
+        now.set("j-g-setup", Phase::Completed);
+        let (plan, _) = rec.plan(&desired, &now);
+        assert_eq!(started(&plan), ["j-g-setup", "j-g-sidecar", "j-g-r0-a", "j-g-r1-b"]);
+        let b = &plan.units[3];
+        assert_eq!(b.dir, data.path().join("alloc/j-g/r1/b"));
+        assert_eq!(b.alloc_dir, data.path().join("alloc/j-g/alloc"));
+        assert_eq!(b.env.get("K8S4R_REPLICA").map(String::as_str), Some("1"));
+        assert_eq!(b.env.get("K8S4R_TASKGROUP").map(String::as_str), Some("g"));
+        assert_eq!(plan.units[1].dir, data.path().join("alloc/j-g/init/sidecar"));
+
+        // Tasks whose input did not change are not built again.
+        now.set("j-g-r0-a", running());
+        now.set("j-g-r1-b", running());
+        assert_eq!(started(&rec.plan(&desired, &now).0), ["j-g-setup", "j-g-sidecar"]);
+    }
+
+    #[test]
+    fn a_failed_init_task_fails_its_group_and_starts_nothing_more() {
+        let data = tempfile::tempdir().unwrap();
+        let mut rec = reconciler(data.path());
+        let desired = [task("g", 0, "a", &[init("setup", false)])];
+        let mut now = Running::new();
+        now.set(
+            "j-g-setup",
+            Phase::Failed {
+                reason: "exited 3".into(),
+            },
+        );
+        let (plan, _) = rec.plan(&desired, &now);
+        assert_eq!(started(&plan), ["j-g-setup"]);
+        let notices = rec.take_notices();
+        assert_eq!(
+            notices,
+            [(
+                "j-g".to_string(),
+                "task group failed: init task setup exited 3".to_string()
+            )]
+        );
+        assert_eq!(
+            rec.outcome(&desired[0], &now),
+            Outcome::Failed("not started: init task setup exited 3".into())
+        );
+        let (plan, _) = rec.plan(&desired, &now);
+        assert!(plan.units.is_empty(), "a failed group is left alone");
+        assert!(plan.wanted.contains("j-g-setup"), "its units are kept for their logs");
+    }
+
+    #[test]
+    fn a_robot_scoped_daemon_runs_once_as_the_first_group_declares_it() {
+        let data = tempfile::tempdir().unwrap();
+        let mut rec = reconciler(data.path());
+        let spire = |arg: &str| TaskSpec {
+            scope: Some("robot".into()),
+            env: BTreeMap::from([("MODE".to_string(), arg.to_string())]),
+            ..init("spire", true)
+        };
+        let desired = [
+            task("a", 0, "t", &[spire("first")]),
+            task("b", 0, "t", &[spire("second")]),
+        ];
+        let (plan, _) = rec.plan(&desired, &Running::new());
+        assert_eq!(started(&plan), ["robot-spire", "j-a-r0-t", "j-b-r0-t"]);
+        let daemon = &plan.units[0];
+        assert_eq!(daemon.env.get("MODE").map(String::as_str), Some("first"));
+        assert_eq!(daemon.dir, data.path().join("robot/spire"));
+        assert!(!daemon.env.contains_key("K8S4R_TASKGROUP"), "no group's identity");
+    }
+
+    #[test]
+    fn a_finished_group_releases_its_daemons_and_a_departed_one_keeps_them_while_its_tasks_stop() {
+        let data = tempfile::tempdir().unwrap();
+        let mut rec = reconciler(data.path());
+        let desired = [task("g", 0, "a", &[init("sidecar", true)])];
+        let mut now = Running::new();
+        now.set("j-g-sidecar", running());
+        now.set("j-g-r0-a", running());
+        let support = set(&["j-g-r0-a", "j-g-sidecar", "j-g-envoy"]);
+        assert_eq!(rec.plan(&desired, &now).0.wanted, support);
+
+        // The Job left while its task still stops: its daemon stays.
+        let (plan, _) = rec.plan(&[], &now);
+        assert_eq!(plan.wanted, set(&["j-g-sidecar", "j-g-envoy"]));
+        now.set("j-g-r0-a", Phase::Stopped);
+        assert_eq!(rec.plan(&[], &now).0.wanted, set(&[]), "then nothing is wanted");
+
+        // Back, and every task ends: the daemon is released, the task kept.
+        now.set("j-g-r0-a", Phase::Completed);
+        let (plan, _) = rec.plan(&desired, &now);
+        assert_eq!(plan.wanted, set(&["j-g-r0-a"]));
+        assert!(plan.units.is_empty());
+        let notices = rec.take_notices();
+        assert!(
+            notices
+                .iter()
+                .any(|(_, m)| m.contains("proxy and group daemons released")),
+            "{notices:?}"
+        );
+    }
+
+    #[test]
+    fn a_name_that_would_leave_the_data_directory_fails_its_group() {
+        let data = tempfile::tempdir().unwrap();
+        let mut rec = reconciler(data.path());
+        let desired = [task("g", 0, "..", &[])];
+        let (plan, _) = rec.plan(&desired, &Running::new());
+        assert!(plan.units.is_empty());
+        let notices = rec.take_notices();
+        assert_eq!(notices.len(), 1);
+        assert!(
+            notices[0].1.contains("task name \"..\" is not a plain directory name"),
+            "{notices:?}"
+        );
+    }
 
     #[test]
     fn expands_known_variables_only() {
