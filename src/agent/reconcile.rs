@@ -19,6 +19,9 @@
 //! Everything is derived again on every pass from the desired set and the
 //! supervisor's units, so an agent restart (which restores the units from
 //! disk) resumes where it was: completed init tasks are not run again.
+//! A pass only reads the units and returns a `Plan` (units to start or
+//! replace, every unit wanted); the supervisor applies it in one call and
+//! stops what is not wanted.
 //!
 //! Where each unit lives and what it is called: `layout`.
 
@@ -787,7 +790,7 @@ fn support_units<'a>(key: &str, t: &'a AssignedTask, mode: ProxyMode) -> impl It
     let own_proxy = (mode == ProxyMode::PerGroup).then(|| UnitId::Proxy { group: key.clone() }.name());
     own_proxy
         .into_iter()
-        .chain(t.spec.init_tasks.iter().map(move |i| init_unit_name(&key, i)))
+        .chain(t.spec.init_tasks.iter().map(move |i| init_unit_id(&key, i).name()))
 }
 
 /// An init task's unit: the group's, or the robot's (`scope: robot`).
@@ -802,11 +805,6 @@ pub fn init_unit_id(group_key: &str, init: &TaskSpec) -> UnitId {
             task: init.name.clone(),
         }
     }
-}
-
-/// `<taskGroup>-<init>` for group init tasks, `robot-<name>` for robot-scoped daemons.
-pub fn init_unit_name(group_key: &str, init: &TaskSpec) -> String {
-    init_unit_id(group_key, init).name()
 }
 
 /// Where a task's unit lives (the unit is named after its Task object).
@@ -1159,7 +1157,9 @@ mod tests {
             name: "setup".into(),
             ..Default::default()
         };
-        assert_eq!(init_unit_name("j-a", &spire), init_unit_name("j-b", &spire));
-        assert_eq!(init_unit_name("j-a", &setup), "j-a-setup");
+        let name = |group: &str, init: &TaskSpec| init_unit_id(group, init).name();
+        assert_eq!(name("j-a", &spire), name("j-b", &spire));
+        assert_eq!(name("j-a", &spire), "robot-spire-agent");
+        assert_eq!(name("j-a", &setup), "j-a-setup");
     }
 }
