@@ -261,9 +261,8 @@ fn drive_until(
 ) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let recheck = rec.reconcile(desired, sup);
-        let wanted = rec.wanted(desired);
-        sup.retain(|n| wanted.contains(n));
+        let (plan, recheck) = rec.plan(desired, sup);
+        k8s4r::agent::supervisor::Units::apply(sup, plan);
         notices.extend(rec.take_notices().into_iter().map(|(_, m)| m));
         if done(sup) {
             return;

@@ -1,7 +1,9 @@
 //! The robot agent: desired tasks in, supervised processes out.
 //!
-//! - `reconcile`: decides which units must run (init order, proxies, tasks);
-//!   `robot_proxy`: its part for the robot-wide Envoy of `--proxy-mode shared`;
+//! - `reconcile`: decides which units must run (init order, proxies, tasks)
+//!   as a plan the supervisor applies; `robot_proxy`: its part for the
+//!   robot-wide Envoy of `--proxy-mode shared`; `specs`: what every unit
+//!   spec shares (PATH, revision hash, the proxy unit builder);
 //! - `supervisor`: runs them (fork/exec, reaping, restarts, timeouts, logs,
 //!   checks, persisted state and re-adoption), with what only it uses:
 //!   `logs`, `state`, `checks`, `cgroup`, `procfs` and `sys` (the only
@@ -42,6 +44,7 @@ pub mod paths;
 pub mod privileges;
 pub mod reconcile;
 pub mod robot_proxy;
+pub mod specs;
 pub mod standalone;
 pub mod supervisor;
 pub mod templates;

@@ -19,15 +19,19 @@
 //! Everything is derived again on every pass from the desired set and the
 //! supervisor's units, so an agent restart (which restores the units from
 //! disk) resumes where it was: completed init tasks are not run again.
+//! A pass only reads the units and returns a `Plan` (units to start or
+//! replace, every unit wanted); the supervisor applies it in one call and
+//! stops what is not wanted.
 //!
 //! Where each unit lives and what it is called: `layout`.
 
 use super::privileges::ProxyMode;
 use super::robot_proxy::{Part, RobotProxy};
+use super::specs::{self, hash_debug, task_path, ProxyUnit};
 use super::supervisor::cgroup::Limits;
 use super::supervisor::checks;
 use super::supervisor::machine::{Phase, Policy, RestartRules};
-use super::supervisor::{DirOwner, PreStart, UnitSpec, Units};
+use super::supervisor::{DirOwner, Plan, UnitSpec, Units};
 use crate::agent::clock;
 use crate::agent::gc::AllocGc;
 use crate::agent::layout::{Layout, UnitId};
@@ -35,14 +39,10 @@ use crate::api::{JobType, NetworkConfig, RestartMode, RestartPolicy, TaskSpec};
 use crate::envoy::{self, GroupProxy};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub const DEFAULT_KILL_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a proxy may take to answer /ready before the group fails.
-pub const PROXY_READY_TIMEOUT: Duration = Duration::from_secs(30);
+pub use super::specs::{DEFAULT_KILL_TIMEOUT, PROXY_READY_TIMEOUT};
 const PROXY_READY_POLL: Duration = Duration::from_millis(100);
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// One task assigned to this robot, with its placement filled in
 /// (`jobName`, `taskGroupName`, `replicaIndex`, the group's `initTasks`,
@@ -162,9 +162,14 @@ impl Reconciler {
         std::mem::take(&mut self.notices)
     }
 
-    /// One pass. Returns when it wants to look again even if nothing
-    /// happens (a proxy's readiness), so the caller's wait is bounded.
-    pub fn reconcile(&mut self, desired: &[AssignedTask], sup: &mut impl Units) -> Option<Instant> {
+    /// One pass, deciding from the desired set and what the supervisor
+    /// runs (read only) which units must run: the [`Plan`] the supervisor
+    /// then applies. Also returns when it wants to look again even if
+    /// nothing happens (a proxy's readiness), so the caller's wait is
+    /// bounded. Touches the system only for proxies (their config files
+    /// and readiness) and for an init task's last output when it failed.
+    pub fn plan(&mut self, desired: &[AssignedTask], sup: &impl Units) -> (Plan, Option<Instant>) {
+        let mut plan = Plan::default();
         let mut recheck = None;
         for (key, tasks) in by_group(desired) {
             if self.failed.contains_key(&key) {
@@ -182,7 +187,9 @@ impl Reconciler {
             // Who shares the group's directory (see `group_users`).
             let users = group_users(&tasks, self.config.default_user.as_deref());
             let units: Result<Vec<UnitId>, String> = tasks.iter().map(|t| task_unit_id(t)).collect();
-            match units.and_then(|units| Ok((units, self.prepare_group(&key, tasks[0], &users, sup)?))) {
+            let ready =
+                units.and_then(|units| Ok((units, self.prepare_group(&key, tasks[0], &users, sup, &mut plan)?)));
+            match ready {
                 Ok((units, GroupReady::Yes(proxy_env))) => {
                     // Building a unit's spec allocates a lot (env, argv,
                     // templates) and this runs for every task on every
@@ -195,7 +202,7 @@ impl Reconciler {
                         if self.ensured.get(&t.name) == Some(&stamp) && sup.view(&t.name).is_some() {
                             continue;
                         }
-                        sup.ensure(self.task_unit(t, unit, &proxy_env, &users));
+                        plan.ensure(self.task_unit(t, unit, &proxy_env, &users));
                         self.ensured.insert(t.name.clone(), stamp);
                     }
                 }
@@ -238,12 +245,17 @@ impl Reconciler {
         });
         if let Some(rp) = &mut self.robot_proxy {
             let draining: BTreeSet<String> = self.seen.keys().filter(|k| !keys.contains(*k)).cloned().collect();
-            for (key, reason) in rp.apply(&draining, sup) {
+            let (failures, unit) = rp.apply(&draining, sup);
+            for (key, reason) in failures {
                 self.notices.push((key.clone(), format!("task group failed: {reason}")));
                 self.failed.insert(key, reason);
             }
+            if let Some(unit) = unit {
+                plan.ensure(unit);
+            }
         }
-        recheck
+        plan.wanted = self.wanted(desired);
+        (plan, recheck)
     }
 
     /// Remove directories of groups that left (after the stops of this
@@ -270,9 +282,22 @@ impl Reconciler {
         for c in sup.take_changes() {
             say(format!("{}: {}", c.label, c.message));
         }
-        let recheck = self.reconcile(desired, sup);
-        let wanted = self.wanted(desired);
-        sup.retain(&|n| wanted.contains(n));
+        // A plan builds on what runs, and a unit's first start can end at
+        // once (restored as completed, or failing to spawn): plan again
+        // while the last plan started new units, so an init task restored
+        // as done lets the next one start in this step. Each round gets at
+        // least one init task further, so the rounds are bounded.
+        let rounds = 2 + desired.iter().map(|t| t.spec.init_tasks.len()).max().unwrap_or(0);
+        let mut recheck = None;
+        for _ in 0..rounds {
+            let (plan, at) = self.plan(desired, sup);
+            recheck = at;
+            let fresh = plan.units.iter().any(|s| sup.view(&s.name).is_none());
+            sup.apply(plan);
+            if !fresh {
+                break;
+            }
+        }
         let recheck = recheck.into_iter().chain(self.collect_garbage(sup)).min();
         for (group, msg) in self.take_notices() {
             say(format!("{group}: {msg}"));
@@ -316,13 +341,14 @@ impl Reconciler {
         }
     }
 
-    /// Init tasks and proxy of one group.
+    /// Init tasks and proxy of one group: the units they need go to `plan`.
     fn prepare_group(
         &mut self,
         key: &str,
         first: &AssignedTask,
         users: &[String],
-        sup: &mut impl Units,
+        sup: &impl Units,
+        plan: &mut Plan,
     ) -> Result<GroupReady, String> {
         for init in &first.spec.init_tasks {
             let unit = init_unit_id(key, init);
@@ -341,7 +367,7 @@ impl Reconciler {
             if init.is_robot_scoped() && sup.view(&name).is_some() {
                 continue;
             }
-            sup.ensure(self.init_unit(first, init, &unit, users));
+            plan.ensure(self.init_unit(first, init, &unit, users));
             if init.daemon {
                 continue;
             }
@@ -364,7 +390,7 @@ impl Reconciler {
             Some(n) if n.is_active() => n.clone(),
             _ => return Ok(GroupReady::Yes(Vec::new())),
         };
-        self.prepare_proxy(key, first, network, sup)
+        self.prepare_proxy(key, first, network, sup, plan)
     }
 
     fn prepare_proxy(
@@ -372,7 +398,8 @@ impl Reconciler {
         key: &str,
         first: &AssignedTask,
         network: NetworkConfig,
-        sup: &mut impl Units,
+        sup: &impl Units,
+        plan: &mut Plan,
     ) -> Result<GroupReady, String> {
         let unit = UnitId::Proxy { group: key.to_string() };
         unit.check()?;
@@ -406,7 +433,7 @@ impl Reconciler {
                     launch
                 }
             };
-            sup.ensure(self.proxy_unit(key, first, &proxy, launch.argv));
+            plan.ensure(self.proxy_unit(key, first, &proxy, launch.argv));
             let env = envoy::proxy_env(&network);
             let start = ProxyStart {
                 admin_socket: launch.admin_socket,
@@ -431,7 +458,7 @@ impl Reconciler {
                     self.notices
                         .push((key.to_string(), format!("proxy restarts for the network change: {e}")));
                     let argv = envoy::prepare(&proxy).map_err(|e| format!("proxy: {e}"))?.argv;
-                    sup.ensure(self.proxy_unit(key, first, &proxy, argv));
+                    plan.ensure(self.proxy_unit(key, first, &proxy, argv));
                     true
                 }
             };
@@ -533,35 +560,25 @@ impl Reconciler {
 
     /// The proxy daemon `<taskGroup>-envoy`; its revision follows the network.
     fn proxy_unit(&self, key: &str, first: &AssignedTask, proxy: &GroupProxy, argv: Vec<String>) -> UnitSpec {
+        let unit = UnitId::Proxy { group: key.to_string() };
         let hook_proxy = proxy.clone();
-        UnitSpec {
-            name: UnitId::Proxy { group: key.to_string() }.name(),
+        ProxyUnit {
+            name: unit.name(),
             label: format!("{} envoy", first.group_key()),
             argv,
-            env: BTreeMap::from([("PATH".to_string(), task_path())]),
             dir: proxy.dir.clone(),
-            alloc_dir: self.layout.alloc_dir(&UnitId::Proxy { group: key.to_string() }),
+            alloc_dir: self.layout.alloc_dir(&unit),
             user: self.config.proxy_user.clone(),
-            dir_owner: DirOwner::Agent,
-            alloc_users: Vec::new(),
-            policy: Policy::Daemon {
-                base_delay: Duration::from_secs(1),
-            },
-            timeout: None,
-            kill_timeout: DEFAULT_KILL_TIMEOUT,
-            templates: Vec::new(),
-            artifacts: Vec::new(),
-            checks: Vec::new(),
-            limits: Limits::default(),
             // Every (re)start renders afresh and clears a stale admin socket.
-            pre_start: Some(PreStart(Arc::new(move || {
+            pre_start: specs::pre_start(move || {
                 envoy::prepare(&hook_proxy)
                     .map(|l| l.argv)
                     .map_err(|e| format!("proxy: {e}"))
-            }))),
+            }),
             // A new proxy user restarts the proxy too.
             revision: hash_debug(&(&proxy.network, &self.config.proxy_user)),
         }
+        .build()
     }
 
     fn init_unit(&self, first: &AssignedTask, init: &TaskSpec, unit: &UnitId, users: &[String]) -> UnitSpec {
@@ -709,23 +726,6 @@ fn fingerprint(u: &UnitSpec) -> u64 {
     ))
 }
 
-/// Hash of a value's Debug form, streamed into the hasher: the spec of
-/// every desired unit is fingerprinted on every pass, so no string is built.
-pub(super) fn hash_debug(value: &impl std::fmt::Debug) -> u64 {
-    use std::fmt::Write;
-    use std::hash::Hasher;
-    struct Feed<'a>(&'a mut std::collections::hash_map::DefaultHasher);
-    impl Write for Feed<'_> {
-        fn write_str(&mut self, s: &str) -> std::fmt::Result {
-            self.0.write(s.as_bytes());
-            Ok(())
-        }
-    }
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    let _ = write!(Feed(&mut h), "{value:?}");
-    h.finish()
-}
-
 enum GroupReady {
     /// Init done, proxy ready: start tasks with these proxy variables.
     Yes(Vec<(String, String)>),
@@ -766,15 +766,6 @@ pub fn find_executable(bin: &Path) -> Option<PathBuf> {
     crate::agent::accounts::find_on_path(bin, &std::env::var_os("PATH").unwrap_or_default(), executable)
 }
 
-/// The PATH tasks get: the agent's own (so `run -f` on a developer machine
-/// finds the same tools), or a standard one.
-pub(super) fn task_path() -> String {
-    std::env::var("PATH")
-        .ok()
-        .filter(|p| !p.is_empty())
-        .unwrap_or_else(|| DEFAULT_PATH.to_string())
-}
-
 /// The users the group's tasks and init tasks run as (a `user`, or
 /// `--default-user`), distinct: they share the group's directory.
 fn group_users(tasks: &[&AssignedTask], default_user: Option<&str>) -> Vec<String> {
@@ -799,7 +790,7 @@ fn support_units<'a>(key: &str, t: &'a AssignedTask, mode: ProxyMode) -> impl It
     let own_proxy = (mode == ProxyMode::PerGroup).then(|| UnitId::Proxy { group: key.clone() }.name());
     own_proxy
         .into_iter()
-        .chain(t.spec.init_tasks.iter().map(move |i| init_unit_name(&key, i)))
+        .chain(t.spec.init_tasks.iter().map(move |i| init_unit_id(&key, i).name()))
 }
 
 /// An init task's unit: the group's, or the robot's (`scope: robot`).
@@ -814,11 +805,6 @@ pub fn init_unit_id(group_key: &str, init: &TaskSpec) -> UnitId {
             task: init.name.clone(),
         }
     }
-}
-
-/// `<taskGroup>-<init>` for group init tasks, `robot-<name>` for robot-scoped daemons.
-pub fn init_unit_name(group_key: &str, init: &TaskSpec) -> String {
-    init_unit_id(group_key, init).name()
 }
 
 /// Where a task's unit lives (the unit is named after its Task object).
@@ -885,6 +871,238 @@ pub fn log_tail(dir: &Path, lines: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::supervisor::UnitView;
+
+    /// What runs, as planning sees it: read only (a plan that tried to
+    /// change the units would panic here).
+    struct Running {
+        now: Instant,
+        units: BTreeMap<String, (Phase, PathBuf)>,
+    }
+
+    impl Running {
+        fn new() -> Self {
+            Running {
+                now: Instant::now(),
+                units: BTreeMap::new(),
+            }
+        }
+        fn set(&mut self, name: &str, phase: Phase) {
+            self.units
+                .insert(name.to_string(), (phase, PathBuf::from("/nonexistent")));
+        }
+    }
+
+    impl Units for Running {
+        fn now(&self) -> Instant {
+            self.now
+        }
+        fn view(&self, name: &str) -> Option<UnitView<'_>> {
+            self.units.get_key_value(name).map(|(label, (phase, dir))| UnitView {
+                phase,
+                restarts: 0,
+                health: None,
+                last_exit: None,
+                dir,
+                label,
+            })
+        }
+        fn names(&self) -> Vec<&str> {
+            self.units.keys().map(String::as_str).collect()
+        }
+        fn has_process(&self, name: &str) -> bool {
+            self.units.get(name).is_some_and(|(p, _)| p.pid().is_some())
+        }
+        fn ensure(&mut self, spec: UnitSpec) {
+            panic!("planning started {} itself", spec.name)
+        }
+        fn retain(&mut self, _: &dyn Fn(&str) -> bool) {
+            panic!("planning stopped units itself")
+        }
+        fn take_changes(&mut self) -> Vec<crate::agent::supervisor::Change> {
+            Vec::new()
+        }
+    }
+
+    fn running() -> Phase {
+        Phase::Running {
+            pid: 42,
+            deadline: None,
+        }
+    }
+
+    fn init(name: &str, daemon: bool) -> TaskSpec {
+        TaskSpec {
+            name: name.into(),
+            daemon,
+            ..Default::default()
+        }
+    }
+
+    fn task(group: &str, replica: i32, name: &str, inits: &[TaskSpec]) -> AssignedTask {
+        AssignedTask {
+            name: format!("j-{group}-r{replica}-{name}"),
+            job_type: JobType::Service,
+            spec: TaskSpec {
+                name: name.into(),
+                job_name: Some("j".into()),
+                task_group_name: Some(format!("j-{group}")),
+                replica_index: Some(replica),
+                init_tasks: inits.to_vec(),
+                ..Default::default()
+            },
+        }
+    }
+
+    fn reconciler(data: &Path) -> Reconciler {
+        Reconciler::new(ReconcileConfig {
+            robot: "r1".into(),
+            data_dir: data.to_path_buf(),
+            envoy_bin: "envoy".into(),
+            gc_after: None,
+            default_user: None,
+            proxy_user: None,
+            proxy_mode: ProxyMode::PerGroup,
+        })
+    }
+
+    fn started(plan: &Plan) -> Vec<&str> {
+        plan.units.iter().map(|u| u.name.as_str()).collect()
+    }
+
+    fn set(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn init_tasks_run_one_at_a_time_before_the_tasks() {
+        let data = tempfile::tempdir().unwrap();
+        let mut rec = reconciler(data.path());
+        let inits = [init("setup", false), init("sidecar", true)];
+        let desired = [task("g", 0, "a", &inits), task("g", 1, "b", &inits)];
+        let mut now = Running::new();
+
+        let (plan, _) = rec.plan(&desired, &now);
+        assert_eq!(started(&plan), ["j-g-setup"], "only the first init task");
+        let all = set(&["j-g-r0-a", "j-g-r1-b", "j-g-setup", "j-g-sidecar", "j-g-envoy"]);
+        assert_eq!(plan.wanted, all, "the rest is wanted, not started yet");
+
+        now.set("j-g-setup", running());
+        assert_eq!(started(&rec.plan(&desired, &now).0), ["j-g-setup"], "waits for it");
+
+        now.set("j-g-setup", Phase::Completed);
+        let (plan, _) = rec.plan(&desired, &now);
+        assert_eq!(started(&plan), ["j-g-setup", "j-g-sidecar", "j-g-r0-a", "j-g-r1-b"]);
+        let b = &plan.units[3];
+        assert_eq!(b.dir, data.path().join("alloc/j-g/r1/b"));
+        assert_eq!(b.alloc_dir, data.path().join("alloc/j-g/alloc"));
+        assert_eq!(b.env.get("K8S4R_REPLICA").map(String::as_str), Some("1"));
+        assert_eq!(b.env.get("K8S4R_TASKGROUP").map(String::as_str), Some("g"));
+        assert_eq!(plan.units[1].dir, data.path().join("alloc/j-g/init/sidecar"));
+
+        // Tasks whose input did not change are not built again.
+        now.set("j-g-r0-a", running());
+        now.set("j-g-r1-b", running());
+        assert_eq!(started(&rec.plan(&desired, &now).0), ["j-g-setup", "j-g-sidecar"]);
+    }
+
+    #[test]
+    fn a_failed_init_task_fails_its_group_and_starts_nothing_more() {
+        let data = tempfile::tempdir().unwrap();
+        let mut rec = reconciler(data.path());
+        let desired = [task("g", 0, "a", &[init("setup", false)])];
+        let mut now = Running::new();
+        now.set(
+            "j-g-setup",
+            Phase::Failed {
+                reason: "exited 3".into(),
+            },
+        );
+        let (plan, _) = rec.plan(&desired, &now);
+        assert_eq!(started(&plan), ["j-g-setup"]);
+        let notices = rec.take_notices();
+        assert_eq!(
+            notices,
+            [(
+                "j-g".to_string(),
+                "task group failed: init task setup exited 3".to_string()
+            )]
+        );
+        assert_eq!(
+            rec.outcome(&desired[0], &now),
+            Outcome::Failed("not started: init task setup exited 3".into())
+        );
+        let (plan, _) = rec.plan(&desired, &now);
+        assert!(plan.units.is_empty(), "a failed group is left alone");
+        assert!(plan.wanted.contains("j-g-setup"), "its units are kept for their logs");
+    }
+
+    #[test]
+    fn a_robot_scoped_daemon_runs_once_as_the_first_group_declares_it() {
+        let data = tempfile::tempdir().unwrap();
+        let mut rec = reconciler(data.path());
+        let spire = |arg: &str| TaskSpec {
+            scope: Some("robot".into()),
+            env: BTreeMap::from([("MODE".to_string(), arg.to_string())]),
+            ..init("spire", true)
+        };
+        let desired = [
+            task("a", 0, "t", &[spire("first")]),
+            task("b", 0, "t", &[spire("second")]),
+        ];
+        let (plan, _) = rec.plan(&desired, &Running::new());
+        assert_eq!(started(&plan), ["robot-spire", "j-a-r0-t", "j-b-r0-t"]);
+        let daemon = &plan.units[0];
+        assert_eq!(daemon.env.get("MODE").map(String::as_str), Some("first"));
+        assert_eq!(daemon.dir, data.path().join("robot/spire"));
+        assert!(!daemon.env.contains_key("K8S4R_TASKGROUP"), "no group's identity");
+    }
+
+    #[test]
+    fn a_finished_group_releases_its_daemons_and_a_departed_one_keeps_them_while_its_tasks_stop() {
+        let data = tempfile::tempdir().unwrap();
+        let mut rec = reconciler(data.path());
+        let desired = [task("g", 0, "a", &[init("sidecar", true)])];
+        let mut now = Running::new();
+        now.set("j-g-sidecar", running());
+        now.set("j-g-r0-a", running());
+        let support = set(&["j-g-r0-a", "j-g-sidecar", "j-g-envoy"]);
+        assert_eq!(rec.plan(&desired, &now).0.wanted, support);
+
+        // The Job left while its task still stops: its daemon stays.
+        let (plan, _) = rec.plan(&[], &now);
+        assert_eq!(plan.wanted, set(&["j-g-sidecar", "j-g-envoy"]));
+        now.set("j-g-r0-a", Phase::Stopped);
+        assert_eq!(rec.plan(&[], &now).0.wanted, set(&[]), "then nothing is wanted");
+
+        // Back, and every task ends: the daemon is released, the task kept.
+        now.set("j-g-r0-a", Phase::Completed);
+        let (plan, _) = rec.plan(&desired, &now);
+        assert_eq!(plan.wanted, set(&["j-g-r0-a"]));
+        assert!(plan.units.is_empty());
+        let notices = rec.take_notices();
+        assert!(
+            notices
+                .iter()
+                .any(|(_, m)| m.contains("proxy and group daemons released")),
+            "{notices:?}"
+        );
+    }
+
+    #[test]
+    fn a_name_that_would_leave_the_data_directory_fails_its_group() {
+        let data = tempfile::tempdir().unwrap();
+        let mut rec = reconciler(data.path());
+        let desired = [task("g", 0, "..", &[])];
+        let (plan, _) = rec.plan(&desired, &Running::new());
+        assert!(plan.units.is_empty());
+        let notices = rec.take_notices();
+        assert_eq!(notices.len(), 1);
+        assert!(
+            notices[0].1.contains("task name \"..\" is not a plain directory name"),
+            "{notices:?}"
+        );
+    }
 
     #[test]
     fn restart_rule_defaults() {
@@ -911,7 +1129,9 @@ mod tests {
             name: "setup".into(),
             ..Default::default()
         };
-        assert_eq!(init_unit_name("j-a", &spire), init_unit_name("j-b", &spire));
-        assert_eq!(init_unit_name("j-a", &setup), "j-a-setup");
+        let name = |group: &str, init: &TaskSpec| init_unit_id(group, init).name();
+        assert_eq!(name("j-a", &spire), name("j-b", &spire));
+        assert_eq!(name("j-a", &spire), "robot-spire-agent");
+        assert_eq!(name("j-a", &setup), "j-a-setup");
     }
 }

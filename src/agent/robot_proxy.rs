@@ -8,10 +8,8 @@
 //! died comes back with every group's config. A group's tasks start once
 //! its own listeners are served ([`RobotProxy::want`] answers [`Part::Ready`]).
 
-use super::reconcile::{hash_debug, task_path, DEFAULT_KILL_TIMEOUT, PROXY_READY_TIMEOUT};
-use super::supervisor::cgroup::Limits;
-use super::supervisor::machine::Policy;
-use super::supervisor::{DirOwner, PreStart, UnitSpec, Units};
+use super::specs::{self, hash_debug, ProxyUnit, PROXY_READY_TIMEOUT};
+use super::supervisor::{UnitSpec, Units};
 use crate::agent::layout::UnitId;
 use crate::api::NetworkConfig;
 use crate::envoy::shared::{self, Member, SharedProxy};
@@ -92,10 +90,14 @@ impl RobotProxy {
     }
 
     /// After a pass: write the members wanted this pass plus those of
-    /// `draining` groups (gone, their tasks still stopping), and make sure
-    /// the unit runs while there is any. Returns the groups that could not
-    /// join, with why (the others are written without them).
-    pub fn apply(&mut self, draining: &BTreeSet<String>, sup: &mut impl Units) -> Vec<(String, String)> {
+    /// `draining` groups (gone, their tasks still stopping). Returns the
+    /// groups that could not join, with why (the others are written without
+    /// them), and the unit to run while there is any member.
+    pub fn apply(
+        &mut self,
+        draining: &BTreeSet<String>,
+        sup: &impl Units,
+    ) -> (Vec<(String, String)>, Option<UnitSpec>) {
         let wanted = std::mem::take(&mut self.wanted);
         self.joined.retain(|k, _| wanted.contains_key(k));
         let mut next = self.applied.clone();
@@ -129,10 +131,8 @@ impl RobotProxy {
             }
             self.applied = next;
         }
-        if !self.applied.is_empty() {
-            sup.ensure(self.unit());
-        }
-        failures
+        let unit = self.in_use().then(|| self.unit());
+        (failures, unit)
     }
 
     /// Is the unit needed (any member)?
@@ -158,36 +158,26 @@ impl RobotProxy {
     fn unit(&self) -> UnitSpec {
         let proxy = self.proxy.clone();
         let written = Arc::clone(&self.written);
-        UnitSpec {
-            name: unit_name(),
+        let unit = UnitId::robot_proxy();
+        ProxyUnit {
+            name: unit.name(),
             label: "robot envoy".to_string(),
             argv: self.proxy.argv(),
-            env: BTreeMap::from([("PATH".to_string(), task_path())]),
             dir: self.proxy.dir.clone(),
             alloc_dir: self.proxy.dir.clone(),
             user: self.user.clone(),
-            dir_owner: DirOwner::Agent,
-            alloc_users: Vec::new(),
-            policy: Policy::Daemon {
-                base_delay: Duration::from_secs(1),
-            },
-            timeout: None,
-            kill_timeout: DEFAULT_KILL_TIMEOUT,
-            templates: Vec::new(),
-            artifacts: Vec::new(),
-            checks: Vec::new(),
-            limits: Limits::default(),
             // Every (re)start renders every current member afresh and
             // clears a stale admin socket.
-            pre_start: Some(PreStart(Arc::new(move || {
+            pre_start: specs::pre_start(move || {
                 let members = written.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 shared::prepare(&proxy, &members)
                     .map(|l| l.argv)
                     .map_err(|e| format!("proxy: {e}"))
-            }))),
+            }),
             // Groups come and go through the files, not by a new process:
             // only the binary and its user make a new revision.
             revision: hash_debug(&(&self.proxy.envoy_bin, &self.user)),
         }
+        .build()
     }
 }

@@ -41,7 +41,7 @@ use procfs::ProcIdentity;
 use rustix::fd::OwnedFd;
 use signals::Wakeups;
 use state::{SavedPhase, SavedState, SavedUnit, StateError, StateFile};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -208,6 +208,38 @@ pub trait Units {
     fn retain(&mut self, wanted: &dyn Fn(&str) -> bool);
     /// State changes since the last call.
     fn take_changes(&mut self) -> Vec<Change>;
+    /// Carry out a plan: ensure its units in order, then stop every unit
+    /// it does not want.
+    fn apply(&mut self, plan: Plan) {
+        for spec in plan.units {
+            self.ensure(spec);
+        }
+        self.retain(&|n| plan.wanted.contains(n));
+    }
+}
+
+/// What reconcile decided in one pass, for the supervisor to apply in one
+/// call ([`Units::apply`]).
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Units to start, or to replace where the revision changed (the
+    /// supervisor tells which), in order.
+    pub units: Vec<UnitSpec>,
+    /// Every unit the desired set needs: the others are stopped, and
+    /// forgotten once they have ended.
+    pub wanted: BTreeSet<String>,
+    /// Names in `units`.
+    names: BTreeSet<String>,
+}
+
+impl Plan {
+    /// Add a unit; the first spec of a name wins (a robot-scoped daemon is
+    /// run as the first group that declares it says).
+    pub fn ensure(&mut self, spec: UnitSpec) {
+        if self.names.insert(spec.name.clone()) {
+            self.units.push(spec);
+        }
+    }
 }
 
 impl Units for Supervisor {

@@ -298,3 +298,32 @@ fn the_next_supervisor_adopts_a_live_process_and_sees_a_dead_one_ended() {
     assert!(matches!(phase(&sup, "gone"), Phase::Failed { .. }));
     assert_eq!(fake.calls(), [], "nothing started again, nothing signalled");
 }
+
+#[test]
+fn a_plan_is_applied_in_one_call_starting_in_order_and_stopping_the_unwanted() {
+    use super::{Plan, Units};
+    let data = tempfile::tempdir().unwrap();
+    let fake = Fake::default();
+    let mut sup = supervisor(data.path(), &fake);
+    let mut plan = Plan::default();
+    plan.ensure(unit(data.path(), "b", daemon()));
+    plan.ensure(unit(data.path(), "a", daemon()));
+    plan.ensure(unit(data.path(), "a", run_once(0)));
+    plan.wanted = ["a", "b"].iter().map(|n| n.to_string()).collect();
+    sup.apply(plan);
+    assert_eq!(
+        fake.calls(),
+        [
+            Call::Prepare("b".into()),
+            Call::Exec("b".into(), 100),
+            Call::Prepare("a".into()),
+            Call::Exec("a".into(), 101)
+        ],
+        "in the plan's order, the first spec of a name only"
+    );
+    let mut plan = Plan::default();
+    plan.ensure(unit(data.path(), "a", daemon()));
+    plan.wanted = ["a".to_string()].into();
+    sup.apply(plan);
+    assert_eq!(fake.calls(), [Call::Signal(100, Signal::TERM)], "b stops");
+}
