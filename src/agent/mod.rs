@@ -45,6 +45,7 @@ pub mod privileges;
 pub mod procfs;
 pub mod reconcile;
 pub mod robot_proxy;
+pub mod rollback;
 pub mod standalone;
 pub mod state;
 pub mod supervisor;
