@@ -45,6 +45,7 @@ pub mod privileges;
 pub mod reconcile;
 pub mod robot_proxy;
 pub mod specs;
+pub mod rollback;
 pub mod standalone;
 pub mod supervisor;
 pub mod templates;

@@ -134,6 +134,10 @@ pub struct Reconciler {
     gc: Option<AllocGc>,
     /// Per desired task, a stamp of what its unit was last built from.
     ensured: BTreeMap<String, u64>,
+    /// Per desired task, its spec when its unit was last built: a service
+    /// or system task that ended runs again when its spec changes (a
+    /// rollout's fix, or its revert).
+    built: BTreeMap<String, u64>,
     /// `--proxy-mode shared`: the robot-wide Envoy, once a group needed it.
     robot_proxy: Option<RobotProxy>,
 }
@@ -153,6 +157,7 @@ impl Reconciler {
             lingering: BTreeSet::new(),
             finished: BTreeSet::new(),
             ensured: BTreeMap::new(),
+            built: BTreeMap::new(),
             robot_proxy: None,
         }
     }
@@ -175,7 +180,10 @@ impl Reconciler {
             if self.failed.contains_key(&key) {
                 continue;
             }
-            if group_finished(&tasks, sup) {
+            let respecced = tasks.iter().any(|t| {
+                t.job_type != JobType::Batch && self.built.get(&t.name).is_some_and(|h| *h != hash_debug(&t.spec))
+            });
+            if group_finished(&tasks, sup) && !respecced {
                 // `wanted` no longer lists its proxy and daemons: they stop.
                 if self.finished.insert(key.clone()) {
                     self.notices
@@ -204,6 +212,7 @@ impl Reconciler {
                         }
                         plan.ensure(self.task_unit(t, unit, &proxy_env, &users));
                         self.ensured.insert(t.name.clone(), stamp);
+                        self.built.insert(t.name.clone(), hash_debug(&t.spec));
                     }
                 }
                 Ok((_, GroupReady::NotYet(at))) => recheck = recheck.into_iter().chain(at).min(),
@@ -229,6 +238,7 @@ impl Reconciler {
         // A task that left and comes back must be ensured again (it may have
         // been stopped meanwhile).
         self.ensured.retain(|n, _| names.contains(n.as_str()));
+        self.built.retain(|n, _| names.contains(n.as_str()));
         let mode = self.config.proxy_mode;
         for t in desired {
             let (tasks, support) = self.seen.entry(t.group_key()).or_default();

@@ -180,11 +180,15 @@ pub fn run(opts: ConnectedOptions) -> Result<i32, String> {
     );
 
     let mut desired = load_cached(&data_dir);
+    let mut rollback = super::rollback::Rollback::load(&data_dir);
     let mut rec = Reconciler::new(opts.reconcile);
     loop {
         if let Some(a) = lock(&shared.inbox).latest.take() {
             desired = assigned_tasks(&a.tasks);
             save_cached(&data_dir, &a.tasks);
+            if let Err(e) = rollback.learn(&a.tasks) {
+                say(&format!("agent: rollback state: {e}"));
+            }
             // Level-triggered both ways: where the server's record of a task
             // lost what we reported (a reschedule resets it), report again.
             let mut outbox = lock(&shared.outbox);
@@ -195,17 +199,20 @@ pub fn run(opts: ConnectedOptions) -> Result<i32, String> {
         let offline_since = lock(&shared.inbox).offline_since;
         let update_at = step_update(&mut updater, &shared, &update_waker, &mut sup);
         let (running, stop_at) = apply_disconnect_policy(&desired, offline_since, Instant::now());
+        // A rollout's new version that fails on this robot: back to the previous.
+        let (running, revert_at) = rollback.apply(running, &rec, &sup, Instant::now());
         let recheck = rec
             .step(&running, &mut sup, &mut |line| say(&line))
             .into_iter()
             .chain(stop_at)
             .chain(update_at)
+            .chain(revert_at)
             .min();
         // The outbox may only say what state.json already says: a kill -9
         // between the two must not leave a restarted agent contradicting a
         // status the server may already have.
         sup.flush().map_err(|e| e.to_string())?;
-        queue_statuses(&shared, &running, &rec, &sup);
+        queue_statuses(&shared, &running, &rec, &sup, &rollback);
         if sup.shutdown_requested() {
             sup.flush().map_err(|e| e.to_string())?;
             shared.stop.store(true, Ordering::SeqCst);
@@ -591,11 +598,19 @@ fn save_cached(data_dir: &Path, tasks: &[Task]) {
 
 /// Queue the current status of every desired task; the outbox drops
 /// repeats, so this is cheap and writes only on change.
-fn queue_statuses(shared: &Shared, desired: &[AssignedTask], rec: &Reconciler, sup: &Supervisor) {
+fn queue_statuses(
+    shared: &Shared,
+    desired: &[AssignedTask],
+    rec: &Reconciler,
+    sup: &Supervisor,
+    rollback: &super::rollback::Rollback,
+) {
     let mut outbox = lock(&shared.outbox);
     let mut queued = false;
     for t in desired {
-        match outbox.push(&t.name, task_status(t, rec, sup)) {
+        let mut status = task_status(t, rec, sup);
+        rollback.mark(&t.name, &mut status);
+        match outbox.push(&t.name, status) {
             Ok(new) => queued |= new,
             Err(e) => say(&format!("agent: outbox: {e}")),
         }

@@ -17,6 +17,7 @@ mod versions;
 
 use super::task_objects::{to_value, ALL};
 use super::Ctx;
+use crate::agent::rollback::{ANN_AUTO_REVERT, ANN_PREVIOUS_SPEC};
 use crate::api::rollout::{HealthCheck, RolloutState, RolloutStatus, Strategy};
 use crate::api::{Job, JobType, TaskGroupTemplate, TaskState};
 use crate::server::events::Kind;
@@ -137,7 +138,14 @@ fn health(tasks: &[RolledTask], s: Option<&Strategy>, now: i64) -> Health {
     let mut all = true;
     for t in tasks {
         let state = crate::server::stored_task::state(&t.cur);
-        if matches!(state, TaskState::Failed | TaskState::Lost) {
+        let st = t.cur.get("status");
+        if st.and_then(|s| s.get("reason")).and_then(Value::as_str) == Some(crate::agent::rollback::REASON) {
+            let msg = st.and_then(|s| s.get("message")).and_then(Value::as_str).unwrap_or("");
+            return Health::Unhealthy(format!("task {}: {msg}", t.name));
+        }
+        // Lost or Unknown is the link, not the version: the robot says
+        // how the version did when it is back.
+        if state == TaskState::Failed {
             let msg = t
                 .cur
                 .get("status")
@@ -170,6 +178,8 @@ fn health(tasks: &[RolledTask], s: Option<&Strategy>, now: i64) -> Health {
 }
 
 /// Write `spec` to a task: a new version (or the base again) for its robot.
+/// `revert_on_robot`: (healthyDeadline, minHealthyTime) when the robot may
+/// go back to the base on its own (`agent::rollback`).
 async fn write_spec(
     ctx: &Ctx,
     ns: &str,
@@ -177,15 +187,39 @@ async fn write_spec(
     spec: &Value,
     reason: &str,
     version: i64,
+    revert_on_robot: Option<(Duration, Duration)>,
 ) -> Result<(), Status> {
     let mut body = (*t.cur).clone();
     body["spec"] = spec.clone();
+    let offer = revert_on_robot.and_then(|(deadline, min)| {
+        let base = t.base.as_ref()?;
+        Some((
+            base.to_string(),
+            format!("{},{}", deadline.as_millis(), min.as_millis()),
+        ))
+    });
+    object::set_annotation(&mut body, ANN_PREVIOUS_SPEC, offer.as_ref().map(|o| o.0.as_str()));
+    object::set_annotation(&mut body, ANN_AUTO_REVERT, offer.as_ref().map(|o| o.1.as_str()));
     body["status"] = json!({"state": "scheduled", "reason": reason, "message": format!("version {version}")});
     let now = now_ms();
     object::set_annotation(&mut body, ANN_UPDATED_AT, Some(&now.to_string()));
     object::set_annotation(&mut body, ANN_RUNNING_SINCE, None);
     let w = ctx.registry.replace(&TASKS, ns, &t.name, body, Part::All, ALL).await?;
     ctx.wrote("tasks", &w.object);
+    Ok(())
+}
+
+/// A settled rollout: the robot no longer keeps the previous version.
+async fn drop_offer(ctx: &Ctx, ns: &str, t: &mut RolledTask) -> Result<(), Status> {
+    if object::annotation(&t.cur, ANN_AUTO_REVERT).is_none() {
+        return Ok(());
+    }
+    let mut body = (*t.cur).clone();
+    object::set_annotation(&mut body, ANN_AUTO_REVERT, None);
+    object::set_annotation(&mut body, ANN_PREVIOUS_SPEC, None);
+    let w = ctx.registry.replace(&TASKS, ns, &t.name, body, Part::Main, ALL).await?;
+    ctx.wrote("tasks", &w.object);
+    t.cur = Arc::new(w.object);
     Ok(())
 }
 
@@ -242,6 +276,11 @@ pub async fn roll(
                     note_run(ctx, ns, t, check, now).await?;
                 }
             }
+            if versions.status.state.is_settled() {
+                for t in &mut r.tasks {
+                    drop_offer(ctx, ns, t).await?;
+                }
+            }
             let health = if on_target {
                 health(&r.tasks, strategy.as_ref(), now)
             } else {
@@ -274,8 +313,12 @@ pub async fn roll(
         let canary_phase = strategy.as_ref().is_some_and(|s| s.canary.of(snapshot.len()) > 0) && !input.promoted;
         for i in &p.update {
             let r = &replicas[*i];
+            let on_robot = strategy
+                .as_ref()
+                .filter(|s| s.auto_revert && !versions.status.state.is_settled() && versions.base.is_some())
+                .map(|s| (s.healthy_deadline, s.min_healthy_time));
             for t in &r.tasks {
-                write_spec(ctx, ns, t, &t.target, "Updated", version).await?;
+                write_spec(ctx, ns, t, &t.target, "Updated", version, on_robot).await?;
             }
             if strategy.is_some() && !versions.status.state.is_settled() && versions.base.is_some() {
                 let what = if canary_phase { "CanaryPlaced" } else { "Updated" };
@@ -291,7 +334,16 @@ pub async fn roll(
             let r = &replicas[*i];
             for t in &r.tasks {
                 if let Some(base) = &t.base {
-                    write_spec(ctx, ns, t, base, "Reverted", versions.spec.base_version.unwrap_or(0)).await?;
+                    write_spec(
+                        ctx,
+                        ns,
+                        t,
+                        base,
+                        "Reverted",
+                        versions.spec.base_version.unwrap_or(0),
+                        None,
+                    )
+                    .await?;
                 }
             }
             ctx.events.record(
@@ -408,13 +460,16 @@ async fn settle(
                     "CanariesHealthy",
                     format!("version {version}: canaries healthy, waiting for promotion"),
                 ),
-                _ if before == RolloutState::WaitingForPromotion => (
-                    Kind::Normal,
-                    "Promoted",
-                    format!("version {version}: promoted; updating the rest"),
-                ),
                 _ => (Kind::Normal, "Resumed", format!("version {version}: progressing")),
             };
+            if before == RolloutState::WaitingForPromotion && versions.spec.promoted {
+                ctx.events.record(
+                    job_v,
+                    Kind::Normal,
+                    "Promoted",
+                    format!("version {version}: promoted by an operator"),
+                );
+            }
             if versions.base.is_some() || state != RolloutState::Succeeded {
                 ctx.events.record(job_v, kind, reason, text);
             }

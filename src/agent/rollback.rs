@@ -1,0 +1,322 @@
+//! Robot-local revert: while a staged rollout with `autoRevert` updates a
+//! task, the server hands the robot the previous version's spec with it
+//! (Task annotations [`ANN_PREVIOUS_SPEC`], [`ANN_AUTO_REVERT`]). If the new
+//! version is not healthy (running `minHealthyTime` without a restart)
+//! within `healthyDeadline`, or fails, the robot goes back to the previous
+//! spec on its own, at once, connected or not, and keeps it until the
+//! server changes the task again; it reports the task with reason
+//! [`REASON`] so the server fails the rollout and reverts the rest.
+//!
+//! The decision is pure (`Rollback::choose` takes what the supervisor
+//! sees and the time); the little state it needs (offers, and which tasks
+//! went back) is kept in `rollback.json` in the data dir, so an agent
+//! restarted while reverted stays reverted.
+
+use super::reconcile::{AssignedTask, Outcome, Reconciler};
+use super::supervisor::Units;
+use crate::api::{Task, TaskSpec, TaskStatus};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// On a Task: the spec the robot ran before this version (JSON).
+pub const ANN_PREVIOUS_SPEC: &str = "rollout.k8s4r.io/previous-spec";
+/// On a Task: `healthyDeadlineMs,minHealthyTimeMs`: revert on the robot.
+pub const ANN_AUTO_REVERT: &str = "rollout.k8s4r.io/auto-revert";
+/// The status reason of a task the robot put back on its previous version.
+pub const REASON: &str = "RolledBack";
+
+/// What the server offered for one task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Offer {
+    /// The new spec, as JSON: the offer holds for this spec only.
+    new: String,
+    previous: TaskSpec,
+    deadline_ms: u64,
+    min_healthy_ms: u64,
+    /// Why the robot went back, once it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reverted: Option<String>,
+}
+
+/// What the supervisor shows of a task's unit now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Seen {
+    pub running: bool,
+    pub failed: bool,
+    pub restarts: u32,
+}
+
+#[derive(Default)]
+struct Watch {
+    first_seen: Option<Instant>,
+    run: Option<(Instant, u32)>,
+    healthy: bool,
+}
+
+#[derive(Default)]
+pub struct Rollback {
+    file: Option<PathBuf>,
+    offers: BTreeMap<String, Offer>,
+    watch: BTreeMap<String, Watch>,
+}
+
+fn spec_json(spec: &TaskSpec) -> String {
+    serde_json::to_string(spec).unwrap_or_default()
+}
+
+fn offer_of(t: &Task) -> Option<Offer> {
+    let ann = &t.metadata.annotations;
+    let (deadline, min) = ann.get(ANN_AUTO_REVERT)?.split_once(',')?;
+    let previous: TaskSpec = serde_json::from_str(ann.get(ANN_PREVIOUS_SPEC)?).ok()?;
+    Some(Offer {
+        new: spec_json(&t.spec),
+        previous,
+        deadline_ms: deadline.parse().ok()?,
+        min_healthy_ms: min.parse().ok()?,
+        reverted: None,
+    })
+}
+
+impl Rollback {
+    /// The state kept in `data_dir` (none yet: empty).
+    pub fn load(data_dir: &Path) -> Rollback {
+        let file = data_dir.join("rollback.json");
+        let offers = std::fs::read(&file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        Rollback {
+            file: Some(file),
+            offers,
+            watch: BTreeMap::new(),
+        }
+    }
+
+    fn save(&self) -> Result<(), String> {
+        let Some(file) = &self.file else { return Ok(()) };
+        let bytes = serde_json::to_vec(&self.offers).map_err(|e| e.to_string())?;
+        crate::atomic_file::write(file, &bytes, 0o600).map_err(|e| format!("{}: {e}", file.display()))
+    }
+
+    /// A new desired set from the server: keep the offers it makes (a
+    /// reverted task stays reverted while the server still asks for the
+    /// spec it went back from).
+    pub fn learn(&mut self, tasks: &[Task]) -> Result<(), String> {
+        let mut next = BTreeMap::new();
+        for t in tasks {
+            let name = t.metadata.name.clone();
+            let Some(mut offer) = offer_of(t) else { continue };
+            if let Some(old) = self.offers.get(&name).filter(|o| o.new == offer.new) {
+                offer.reverted = old.reverted.clone();
+            } else {
+                self.watch.remove(&name);
+            }
+            next.insert(name, offer);
+        }
+        self.watch.retain(|n, _| next.contains_key(n));
+        let changed = next != self.offers;
+        self.offers = next;
+        if changed {
+            self.save()?;
+        }
+        Ok(())
+    }
+
+    /// The spec task `name` (desired `spec`) runs now, given what the
+    /// supervisor `seen` of it at `now`; and when to look again. Goes back
+    /// to the previous spec when the new one fails or is not healthy in time.
+    pub fn choose(
+        &mut self,
+        name: &str,
+        spec: &TaskSpec,
+        seen: Option<Seen>,
+        now: Instant,
+    ) -> (Option<TaskSpec>, Option<Instant>) {
+        let Some(offer) = self.offers.get_mut(name) else {
+            return (None, None);
+        };
+        if offer.new != spec_json(spec) {
+            return (None, None);
+        }
+        if offer.reverted.is_some() {
+            return (Some(offer.previous.clone()), None);
+        }
+        let w = self.watch.entry(name.to_string()).or_default();
+        if w.healthy {
+            return (None, None);
+        }
+        let first = *w.first_seen.get_or_insert(now);
+        let min = Duration::from_millis(offer.min_healthy_ms);
+        let deadline = crate::agent::clock::after(first, Duration::from_millis(offer.deadline_ms));
+        let seen = seen.unwrap_or(Seen {
+            running: false,
+            failed: false,
+            restarts: 0,
+        });
+        let mut why = None;
+        if seen.failed {
+            why = Some("the new version failed".to_string());
+        } else if seen.running {
+            let (since, restarts) = *w.run.get_or_insert((now, seen.restarts));
+            if restarts != seen.restarts {
+                w.run = Some((now, seen.restarts));
+            } else if now.saturating_duration_since(since) >= min {
+                w.healthy = true;
+                return (None, None);
+            }
+        } else {
+            w.run = None;
+        }
+        if why.is_none() && now >= deadline {
+            why = Some(format!(
+                "the new version was not healthy within healthyDeadline ({:?})",
+                Duration::from_millis(offer.deadline_ms)
+            ));
+        }
+        match why {
+            Some(why) => {
+                offer.reverted = Some(why);
+                let previous = offer.previous.clone();
+                // Kept even if the write fails: going back matters more.
+                let _ = self.save();
+                (Some(previous), None)
+            }
+            None => {
+                let healthy_at = w.run.map(|(s, _)| crate::agent::clock::after(s, min));
+                (None, Some(healthy_at.map_or(deadline, |h| h.min(deadline))))
+            }
+        }
+    }
+
+    /// `tasks` as they run now: a task whose new version failed its health
+    /// runs its previous spec. Also when to look again.
+    pub fn apply(
+        &mut self,
+        tasks: Vec<AssignedTask>,
+        rec: &Reconciler,
+        sup: &impl Units,
+        now: Instant,
+    ) -> (Vec<AssignedTask>, Option<Instant>) {
+        let mut wake: Option<Instant> = None;
+        let out = tasks
+            .into_iter()
+            .map(|mut t| {
+                if !self.offers.contains_key(&t.name) {
+                    return t;
+                }
+                let seen = sup.view(&t.name).map(|v| Seen {
+                    running: rec.outcome(&t, sup) == Outcome::Running,
+                    failed: matches!(rec.outcome(&t, sup), Outcome::Failed(_)),
+                    restarts: v.restarts,
+                });
+                let (spec, at) = self.choose(&t.name, &t.spec, seen, now);
+                wake = wake.into_iter().chain(at).min();
+                if let Some(previous) = spec {
+                    t.spec = previous;
+                }
+                t
+            })
+            .collect();
+        (out, wake)
+    }
+
+    /// A task the robot put back on its previous version says so in its status.
+    pub fn mark(&self, name: &str, status: &mut TaskStatus) {
+        if let Some(why) = self.offers.get(name).and_then(|o| o.reverted.as_ref()) {
+            status.reason = Some(REASON.to_string());
+            status.message = Some(format!("the robot went back to the previous version: {why}"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn task(v: &str, offer: bool) -> Task {
+        let mut t: Task = serde_json::from_value(json!({"apiVersion": "robot.k8s4r.io/v1alpha1", "kind": "Task",
+            "metadata": {"name": "t"}, "spec": {"name": "main", "driver": "exec", "env": {"V": v}}}))
+        .unwrap();
+        if offer {
+            let prev = json!({"name": "main", "driver": "exec", "env": {"V": "1"}}).to_string();
+            t.metadata.annotations.insert(ANN_PREVIOUS_SPEC.into(), prev);
+            t.metadata
+                .annotations
+                .insert(ANN_AUTO_REVERT.into(), "5000,1000".into());
+        }
+        t
+    }
+
+    const RUNNING: Seen = Seen {
+        running: true,
+        failed: false,
+        restarts: 0,
+    };
+
+    #[test]
+    fn a_failing_new_version_goes_back_at_once_and_stays_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rb = Rollback::load(dir.path());
+        let t = task("2", true);
+        rb.learn(std::slice::from_ref(&t)).unwrap();
+        let now = Instant::now();
+        let (spec, wake) = rb.choose("t", &t.spec, Some(RUNNING), now);
+        assert!(spec.is_none());
+        assert_eq!(wake, Some(now + Duration::from_secs(1)));
+        let failed = Seen {
+            failed: true,
+            ..RUNNING
+        };
+        let (spec, _) = rb.choose("t", &t.spec, Some(failed), now);
+        assert_eq!(spec.unwrap().env["V"], "1");
+        let mut st = TaskStatus::default();
+        rb.mark("t", &mut st);
+        assert_eq!(st.reason.as_deref(), Some(REASON));
+        // A restarted agent (same offer from its cache) stays back.
+        let mut again = Rollback::load(dir.path());
+        again.learn(std::slice::from_ref(&t)).unwrap();
+        assert_eq!(again.choose("t", &t.spec, None, now).0.unwrap().env["V"], "1");
+        // The server moves the task on (here: back to version 1): done.
+        again.learn(&[task("1", false)]).unwrap();
+        assert!(again.choose("t", &task("1", false).spec, None, now).0.is_none());
+    }
+
+    #[test]
+    fn healthy_in_time_keeps_the_new_version_restarts_start_over_and_the_deadline_reverts() {
+        let mut rb = Rollback::default();
+        let t = task("2", true);
+        rb.learn(std::slice::from_ref(&t)).unwrap();
+        let now = Instant::now();
+        rb.choose("t", &t.spec, Some(RUNNING), now);
+        let restarted = Seen { restarts: 1, ..RUNNING };
+        assert!(rb
+            .choose("t", &t.spec, Some(restarted), now + Duration::from_millis(900))
+            .0
+            .is_none());
+        // 1 s after the first start but only 0.1 s into the restarted run.
+        assert!(rb
+            .choose("t", &t.spec, Some(restarted), now + Duration::from_millis(1000))
+            .0
+            .is_none());
+        assert!(rb
+            .choose("t", &t.spec, Some(restarted), now + Duration::from_millis(1900))
+            .0
+            .is_none());
+        // Healthy: never reverted afterwards, even past the deadline.
+        assert!(rb.choose("t", &t.spec, None, now + Duration::from_secs(9)).0.is_none());
+
+        let mut rb = Rollback::default();
+        rb.learn(std::slice::from_ref(&t)).unwrap();
+        rb.choose("t", &t.spec, None, now);
+        assert!(rb
+            .choose("t", &t.spec, None, now + Duration::from_millis(4999))
+            .0
+            .is_none());
+        assert!(rb.choose("t", &t.spec, None, now + Duration::from_secs(5)).0.is_some());
+        // No offer: nothing to do.
+        assert_eq!(rb.choose("x", &t.spec, None, now), (None, None));
+    }
+}

@@ -1,0 +1,417 @@
+//! Staged rollouts on real parts: the control plane on SQLite and three
+//! connected agents running a system job, whose spec changes reach the
+//! robots as the `update` block says (one at a time after the previous is
+//! healthy; one canary, reverted when it fails; promoted, paused, resumed
+//! and reverted by `k8s4r job`; a robot cut off during the rollout ends on
+//! the settled version).
+
+mod common;
+mod link_util;
+mod server_util;
+
+use common::{throughout, wait_for, ConnectedAgent as Agent};
+use link_util::Relay;
+use serde_json::{json, Value};
+use server_util::Server;
+use std::time::Duration;
+
+const JOBS: &str = "/apis/robot.k8s4r.io/v1alpha1/namespaces/default/jobs";
+const ROBOTS: [&str; 3] = ["r1", "r2", "r3"];
+const T: Duration = Duration::from_secs(60);
+
+/// A server polled every second, and three robots labelled fleet=r17
+/// (robot `behind_relay` reaching it through a relay that can cut its
+/// link), all Online.
+fn fleet(dir: &std::path::Path, behind_relay: Option<&str>) -> (Server, Option<Relay>, Vec<Agent>) {
+    let server = Server::start_with(&["--poll-interval", "1s", "--offline-after", "2s"]);
+    let token = server.join_token();
+    let relay = behind_relay.map(|_| Relay::start(&server.agent_base));
+    let agents = ROBOTS
+        .iter()
+        .map(|name| {
+            let base = match &relay {
+                Some(r) if behind_relay == Some(*name) => r.base.clone(),
+                _ => server.agent_base.clone(),
+            };
+            Agent::start(&base, &token, name, "fleet=r17", &dir.join(name), &[])
+        })
+        .collect();
+    for name in ROBOTS {
+        wait_for(&format!("robot {name} Online"), T, || {
+            (phase(&server, name)? == "Online").then_some(())
+        });
+    }
+    (server, relay, agents)
+}
+
+fn phase(server: &Server, robot: &str) -> Option<String> {
+    server.object("robots", robot)?["status"]["phase"]
+        .as_str()
+        .map(String::from)
+}
+
+/// The system job `app` at `version`: its task prints the version and
+/// keeps running, or (`good: false`) exits 1.
+fn app(version: u32, good: bool, update: Value) -> Value {
+    let script = if good {
+        format!("echo version {version} >> ran.log; exec sleep 600")
+    } else {
+        format!("echo version {version} >> ran.log; exit 1")
+    };
+    json!({"apiVersion": "robot.k8s4r.io/v1alpha1", "kind": "Job", "metadata": {"name": "app"},
+        "spec": {"type": "system", "robotSelector": {"fleet": "r17"}, "taskGroups": [{"name": "g",
+            "update": update,
+            "tasks": [{"name": "main", "driver": "exec", "env": {"V": version.to_string()},
+                "config": {"execConfig": {"command": "/bin/sh", "args": ["-c", script]}}}]}]}})
+}
+
+fn task_name(robot: &str) -> String {
+    format!("app-g-main.{robot}")
+}
+
+/// Change the Job's spec to `job`'s (a new version).
+fn put(server: &Server, job: &Value) {
+    let mut cur = server.object("jobs", "app").expect("job app");
+    cur["spec"] = job["spec"].clone();
+    let r = server.send_json("PUT", &format!("{JOBS}/app"), &cur);
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+/// The version a robot's task spec is at (its V), and its state.
+fn on(server: &Server, robot: &str) -> Option<(String, String)> {
+    let t = server.object("tasks", &task_name(robot))?;
+    Some((
+        t["spec"]["env"]["V"].as_str()?.to_string(),
+        t["status"]["state"].as_str()?.to_string(),
+    ))
+}
+
+fn all_running(server: &Server, version: &str) -> Option<()> {
+    ROBOTS
+        .iter()
+        .all(|r| on(server, r) == Some((version.into(), "running".into())))
+        .then_some(())
+}
+
+/// Wait until every robot runs `version`; on timeout the panic shows the
+/// tasks and the Job's events.
+fn wait_running(server: &Server, version: &str) {
+    let deadline = std::time::Instant::now() + T;
+    while all_running(server, version).is_none() {
+        if std::time::Instant::now() >= deadline {
+            panic!(
+                "version {version} is not running on every robot:\n{:#}\n{:#}\nevents: {:#}",
+                server.list("tasks", ""),
+                server.list("rollouts", ""),
+                server.get("/api/v1/namespaces/default/events").json()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn rollout(server: &Server, version: u32) -> Option<Value> {
+    server.object("rollouts", &format!("app-v{version}"))
+}
+
+fn wait_state(server: &Server, version: u32, state: &str) -> Value {
+    wait_for(&format!("rollout app-v{version} {state}"), T, || {
+        let r = rollout(server, version)?;
+        (r["status"]["state"] == state).then_some(r)
+    })
+}
+
+/// Job events with `reason`.
+fn events(server: &Server, reason: &str) -> Vec<String> {
+    server
+        .events_of("Job", "app")
+        .into_iter()
+        .filter(|(r, _, _)| r == reason)
+        .map(|(_, m, _)| m)
+        .collect()
+}
+
+/// Wait until the Job has exactly `n` events with `reason` (events are
+/// written behind the reconcile); their messages.
+fn wait_events(server: &Server, reason: &str, n: usize) -> Vec<String> {
+    wait_for(&format!("{n} {reason} events"), T, || {
+        let e = events(server, reason);
+        (e.len() == n).then_some(e)
+    })
+}
+
+fn annotation(server: &Server, robot: &str, key: &str) -> Option<i64> {
+    let t = server.object("tasks", &task_name(robot))?;
+    let v = t["metadata"]["annotations"][key].as_str()?;
+    v.split(',').next()?.parse().ok()
+}
+
+fn k8s4r_job(server: &Server, args: &[&str]) -> String {
+    let out = server
+        .k8s4r_cmd()
+        .arg("job")
+        .args(args)
+        .output()
+        .expect("run k8s4r job");
+    assert!(
+        out.status.success(),
+        "k8s4r job {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Robots whose task ran `version` (each run appends to ran.log in its
+/// task directory, which outlives the runs).
+fn ran(agents: &[Agent], version: u32) -> Vec<&'static str> {
+    ROBOTS
+        .iter()
+        .zip(agents)
+        .filter(|(_, a)| {
+            std::fs::read_to_string(a.data.join("alloc/app-g/r0/main/ran.log"))
+                .unwrap_or_default()
+                .contains(&format!("version {version}"))
+        })
+        .map(|(r, _)| *r)
+        .collect()
+}
+
+const FAST: &str = r#"{"minHealthyTime": "2s", "healthyDeadline": "20s", "progressDeadline": "40s",
+    "stagger": "0s", "healthCheck": "taskStates"}"#;
+
+fn update(extra: Value) -> Value {
+    let mut u: Value = serde_json::from_str(FAST).unwrap();
+    for (k, v) in extra.as_object().unwrap() {
+        u[k] = v.clone();
+    }
+    u
+}
+
+fn start_v1(server: &Server, u: &Value) {
+    let r = server.send_json("POST", JOBS, &app(1, true, u.clone()));
+    assert_eq!(r.status, 201, "{}", r.body);
+    wait_running(server, "1");
+    wait_state(server, 1, "Succeeded");
+}
+
+#[test]
+fn a_good_version_rolls_one_robot_at_a_time_each_after_the_previous_is_healthy() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _relay, agents) = fleet(dir.path(), None);
+    let u = update(json!({"maxParallel": 1}));
+    start_v1(&server, &u);
+
+    put(&server, &app(2, true, u));
+    let done = wait_state(&server, 2, "Succeeded");
+    wait_running(&server, "2");
+    assert_eq!(done["status"]["progress"], "3/3", "{done}");
+    assert_eq!(done["status"]["healthy"], 3, "{done}");
+    assert_eq!(ran(&agents, 2).len(), 3);
+
+    // Each robot got version 2 only once the one before had run it for
+    // minHealthyTime (both times are the server's own).
+    let mut steps: Vec<(i64, i64)> = ROBOTS
+        .iter()
+        .map(|r| {
+            (
+                annotation(&server, r, "rollout.k8s4r.io/updated-at").expect("updated-at"),
+                annotation(&server, r, "rollout.k8s4r.io/running-since").expect("running-since"),
+            )
+        })
+        .collect();
+    steps.sort();
+    for w in steps.windows(2) {
+        let ((_, since), (next_update, _)) = (w[0], w[1]);
+        assert!(
+            next_update >= since + 2000,
+            "a robot was updated {} ms after the previous one ran: {steps:?}",
+            next_update - since
+        );
+    }
+    wait_events(&server, "Updated", 3);
+    wait_events(&server, "RolloutSucceeded", 1);
+
+    let history = k8s4r_job(&server, &["history", "app"]);
+    assert_eq!(
+        history.lines().filter(|l| l.contains("Succeeded")).count(),
+        2,
+        "{history}"
+    );
+    if server_util::have_kubectl() {
+        let table = server.kubectl_ok(&["get", "rollouts"]);
+        let head = table
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect::<Vec<_>>();
+        assert_eq!(
+            head,
+            [
+                "NAME",
+                "JOB",
+                "VERSION",
+                "STATE",
+                "CANARIES",
+                "HEALTHY",
+                "UNHEALTHY",
+                "PROGRESS",
+                "AGE"
+            ],
+            "{table}"
+        );
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with("app-v2") && l.contains("Succeeded") && l.contains("3/3")),
+            "{table}"
+        );
+    }
+}
+
+#[test]
+fn a_bad_canary_with_auto_revert_runs_on_one_robot_only_and_is_reverted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _relay, agents) = fleet(dir.path(), None);
+    let u = update(json!({"canary": 1, "autoRevert": true, "healthyDeadline": "8s"}));
+    start_v1(&server, &u);
+
+    put(&server, &app(2, false, u));
+    let failed = wait_state(&server, 2, "Failed");
+    wait_running(&server, "1");
+    assert_eq!(ran(&agents, 2).len(), 1, "only the canary ran version 2");
+    let touched: Vec<&str> = ROBOTS
+        .iter()
+        .copied()
+        .filter(|r| annotation(&server, r, "rollout.k8s4r.io/updated-at").is_some())
+        .collect();
+    assert_eq!(touched.len(), 1, "only the canary's spec changed: {touched:?}");
+    wait_events(&server, "CanaryPlaced", 1);
+    wait_events(&server, "Reverted", 1);
+    let why = wait_events(&server, "RolloutFailed", 1);
+    assert!(why[0].contains("reverting to version 1"), "{why:?}");
+    assert!(
+        failed["status"]["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{failed}"
+    );
+    // Settled: nobody gets version 2 afterwards.
+    throughout("the others stay on version 1", Duration::from_secs(2), || {
+        all_running(&server, "1").ok_or_else(|| "a robot left version 1".to_string())
+    });
+}
+
+#[test]
+fn canary_promote_pause_resume_and_revert_by_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _relay, _agents) = fleet(dir.path(), None);
+    let u = update(json!({"canary": 1, "maxParallel": 1, "minHealthyTime": "1s"}));
+    start_v1(&server, &u);
+
+    put(&server, &app(2, true, u));
+    wait_state(&server, 2, "WaitingForPromotion");
+    let on_two = || {
+        ROBOTS
+            .iter()
+            .filter(|r| on(&server, r).is_some_and(|(v, _)| v == "2"))
+            .count()
+    };
+    throughout(
+        "the canary alone waits for promotion",
+        Duration::from_millis(1500),
+        || match on_two() {
+            1 => Ok(()),
+            n => Err(format!("{n} robots on version 2")),
+        },
+    );
+    k8s4r_job(&server, &["pause", "app"]);
+    k8s4r_job(&server, &["promote", "app"]);
+    wait_state(&server, 2, "Paused");
+    throughout(
+        "paused: no further robot",
+        Duration::from_millis(1500),
+        || match on_two() {
+            1 => Ok(()),
+            n => Err(format!("{n} robots on version 2")),
+        },
+    );
+    k8s4r_job(&server, &["resume", "app"]);
+    wait_state(&server, 2, "Succeeded");
+    wait_running(&server, "2");
+    wait_events(&server, "Promoted", 1);
+
+    let said = k8s4r_job(&server, &["revert", "app"]);
+    assert!(said.contains("reverting to version 1"), "{said}");
+    let v3 = wait_state(&server, 3, "Succeeded");
+    assert_eq!(v3["spec"]["revertOf"], 1, "{v3}");
+    wait_running(&server, "1");
+    let history = k8s4r_job(&server, &["history", "app"]);
+    assert!(history.contains("revert to version 1"), "{history}");
+    assert_eq!(history.lines().count(), 4, "{history}");
+}
+
+#[test]
+fn a_robot_cut_off_during_rollouts_ends_on_the_settled_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, relay, agents) = fleet(dir.path(), Some("r3"));
+    let relay = relay.unwrap();
+    let u = update(json!({"maxParallel": 1, "minHealthyTime": "1s"}));
+    start_v1(&server, &u);
+
+    // r3 is cut off: a good version goes through without it, and reaches
+    // it when it is back.
+    relay.cut_for(Duration::from_secs(600));
+    wait_for("r3 Offline", T, || (phase(&server, "r3")? == "Offline").then_some(()));
+    put(&server, &app(2, true, u.clone()));
+    let done = wait_state(&server, 2, "Succeeded");
+    assert_eq!(done["status"]["pending"], 1, "{done}");
+    relay.cut_for(Duration::ZERO);
+    wait_running(&server, "2");
+
+    // Cut off again: a bad version fails on its canary and is reverted;
+    // back, r3 runs the settled version 2, never the abandoned 3.
+    relay.cut_for(Duration::from_secs(600));
+    wait_for("r3 Offline again", T, || {
+        (phase(&server, "r3")? == "Offline").then_some(())
+    });
+    let bad = update(json!({"canary": 1, "autoRevert": true, "healthyDeadline": "8s"}));
+    put(&server, &app(3, false, bad));
+    wait_state(&server, 3, "Failed");
+    relay.cut_for(Duration::ZERO);
+    wait_for("r3 Online", T, || (phase(&server, "r3")? == "Online").then_some(()));
+    wait_running(&server, "2");
+    let ran3 = ran(&agents, 3);
+    assert_eq!(ran3.len(), 1, "only the canary ran version 3: {ran3:?}");
+    assert_ne!(ran3[0], "r3");
+}
+
+#[test]
+fn a_canary_cut_off_reverts_itself_and_the_server_then_fails_the_rollout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, relay, agents) = fleet(dir.path(), Some("r1"));
+    let relay = relay.unwrap();
+    let u = update(json!({"canary": 1, "autoRevert": true, "minHealthyTime": "5s", "healthyDeadline": "20s"}));
+    start_v1(&server, &u);
+
+    // A version whose task starts, then fails after 1 s (and after its
+    // restarts, well before healthyDeadline); r1 (the first robot) is its
+    // canary and is cut off as soon as it runs it.
+    let mut bad = app(2, false, u);
+    bad["spec"]["taskGroups"][0]["tasks"][0]["config"]["execConfig"]["args"][1] =
+        json!("echo version 2 >> ran.log; sleep 1; exit 1");
+    put(&server, &bad);
+    wait_for("r1 runs version 2", T, || ran(&agents, 2).contains(&"r1").then_some(()));
+    relay.cut_for(Duration::from_secs(600));
+    // Cut off, the robot goes back to version 1 on its own.
+    let log = agents[0].data.join("alloc/app-g/r0/main/ran.log");
+    wait_for("r1 back on version 1 while cut off", T, || {
+        let text = std::fs::read_to_string(&log).ok()?;
+        text.trim_end().ends_with("version 1").then_some(())
+    });
+    assert_eq!(ran(&agents, 2), ["r1"]);
+    relay.cut_for(Duration::ZERO);
+    let failed = wait_state(&server, 2, "Failed");
+    let why = failed["status"]["message"].as_str().unwrap_or_default().to_string();
+    assert!(why.contains("went back to the previous version"), "{failed}");
+    wait_running(&server, "1");
+    assert_eq!(ran(&agents, 2), ["r1"], "the others never ran version 2");
+}
