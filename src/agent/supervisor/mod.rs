@@ -92,7 +92,7 @@ pub enum DirOwner {
     #[default]
     Task,
     /// The agent, which writes the unit's files; the unit's user only reads
-    /// them, through the directory's group (root:<its gid>, 02750: the
+    /// them, through the directory's group (`root:<its gid>`, 02750: the
     /// setgid bit gives every file the agent writes later that group). The
     /// group's Envoy: it must not be able to rewrite its own config, since
     /// the agent (root) writes there.
