@@ -6,7 +6,7 @@
 //! for byte the same, so Envoy keeps them and their connections. The
 //! unit's pre-start hook renders every current member, so an Envoy that
 //! died comes back with every group's config. A group's tasks start once
-//! its own listeners are served ([`RobotProxy::want`] answers [`Part::Ready`]).
+//! its own listeners are served ([`RobotProxy::want`] says so).
 
 use super::specs::{self, hash_debug, ProxyUnit, PROXY_READY_TIMEOUT};
 use super::supervisor::{UnitSpec, Units};
