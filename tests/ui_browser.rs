@@ -153,6 +153,11 @@ fn an_admin_logs_in_sees_the_fleet_and_a_new_job_appears_live() {
         "the page was reloaded"
     );
     eprintln!("the job appeared {took:?} after kubectl apply returned");
+    // Its first version (a Rollout) shows in the Rollout column, live too.
+    wait_for("the job's rollout on the jobs page", T, || {
+        let cell = b.text("#jobs tr[data-name='ui-live'] td.rollout");
+        cell.starts_with("v1 ").then_some(())
+    });
     b.screenshot("jobs");
 
     // The admin sees the delete control on the job's page, and it works.

@@ -12,7 +12,7 @@ use crate::server::auth::audit::Entry;
 use crate::server::auth::authz;
 use crate::server::events::RESOURCE as EVENTS;
 use crate::server::registry::{DeleteOptions, ListOptions};
-use crate::server::resources::{Resource, JOBS, ROBOTS, TASKGROUPS, TASKS};
+use crate::server::resources::{Resource, JOBS, ROBOTS, ROLLOUTS, TASKGROUPS, TASKS};
 use crate::server::selector::{FieldSelector, LabelSelector};
 use crate::server::status::Status;
 use axum::extract::{Form, Path, Query, State};
@@ -287,12 +287,22 @@ pub async fn jobs(State(ui): State<UiState>, parts: Parts, Query(q): Q) -> Respo
         Ok(p) => p,
         Err(e) => return failed(e),
     };
+    // The newest version of each Job on the page, when its viewer may read
+    // rollouts: one list (bounded by Jobs × --job-history).
+    let rollouts = if Ui::may(&viewer, "GET", &api_path("rollouts", "", ""), None) {
+        match ui.app.registry.list(&ROLLOUTS, &ListOptions::default()).await {
+            Ok(l) => newest_rollouts(l.items),
+            Err(e) => return failed(e),
+        }
+    } else {
+        HashMap::new()
+    };
     let body = html! {
         @if jobs.is_empty() { p.empty { "No jobs." } } @else {
             table #jobs {
                 thead { tr {
                     th { "Job" } th { "Namespace" } th { "Type" } th { "State" }
-                    th { "Total" } th { "Running" } th { "Succeeded" } th { "Failed" } th { "Age" }
+                    th { "Total" } th { "Running" } th { "Succeeded" } th { "Failed" } th { "Rollout" } th { "Age" }
                 } }
                 tbody {
                     @for j in &jobs {
@@ -305,6 +315,7 @@ pub async fn jobs(State(ui): State<UiState>, parts: Parts, Query(q): Q) -> Respo
                             td.num { (n(j, "/status/runningTasks")) }
                             td.num { (n(j, "/status/succeededTasks")) }
                             td.num { (n(j, "/status/failedTasks")) }
+                            td.rollout { (rollout_cell(rollouts.get(&(s(j, "/metadata/namespace").to_string(), s(j, "/metadata/name").to_string())))) }
                             td { (age(j, "/metadata/creationTimestamp")) }
                         }
                     }
@@ -313,7 +324,36 @@ pub async fn jobs(State(ui): State<UiState>, parts: Parts, Query(q): Q) -> Respo
         }
         (pager("/ui/jobs", &[], at, next))
     };
-    view::page("Jobs", Some(&viewer), "jobs", body)
+    view::page("Jobs", Some(&viewer), "jobs,rollouts", body)
+}
+
+/// The newest Rollout (highest version) of each Job, by namespace and name.
+fn newest_rollouts(items: Vec<Value>) -> HashMap<(String, String), Value> {
+    let mut newest: HashMap<(String, String), Value> = HashMap::new();
+    for r in items {
+        let key = (
+            s(&r, "/metadata/namespace").to_string(),
+            s(&r, "/spec/jobName").to_string(),
+        );
+        let version = r.pointer("/spec/version").and_then(Value::as_i64).unwrap_or(0);
+        let older = newest
+            .get(&key)
+            .is_none_or(|o| o.pointer("/spec/version").and_then(Value::as_i64).unwrap_or(0) < version);
+        if older {
+            newest.insert(key, r);
+        }
+    }
+    newest
+}
+
+/// "v3 Progressing 2/5" for a Job's newest version, a dash without one.
+fn rollout_cell(rollout: Option<&Value>) -> Markup {
+    match rollout {
+        None => html! { "—" },
+        Some(r) => html! {
+            "v" (n(r, "/spec/version")) " " (state(s(r, "/status/state"))) " " (s(r, "/status/progress"))
+        },
+    }
 }
 
 pub async fn job(State(ui): State<UiState>, parts: Parts, Path((ns, name)): Path<(String, String)>) -> Response {
