@@ -27,12 +27,16 @@ pub const ANN_AUTO_REVERT: &str = "rollout.k8s4r.io/auto-revert";
 /// The status reason of a task the robot put back on its previous version.
 pub const REASON: &str = "RolledBack";
 
-/// What the server offered for one task.
+/// What the server offered for one task. Specs are kept as text, not as
+/// `TaskSpec`s: serializing a `TaskSpec` (or parsing one from another
+/// reader) would compile a second copy of its serde code into the agent,
+/// about 130 KiB on aarch64.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct Offer {
-    /// The new spec, as JSON: the offer holds for this spec only.
+    /// The new spec's identity ([`spec_id`]): the offer holds for it only.
     new: String,
-    previous: TaskSpec,
+    /// The previous version's spec, as the server sent it (JSON).
+    previous: String,
     deadline_ms: u64,
     min_healthy_ms: u64,
     /// Why the robot went back, once it did.
@@ -62,17 +66,26 @@ pub struct Rollback {
     watch: BTreeMap<String, Watch>,
 }
 
-fn spec_json(spec: &TaskSpec) -> String {
-    serde_json::to_string(spec).unwrap_or_default()
+/// A spec's identity that survives agent restarts and updates: SHA-256 of
+/// its `Debug` form (std's hasher may change between Rust releases).
+fn spec_id(spec: &TaskSpec) -> String {
+    use sha2::{Digest, Sha256};
+    crate::api::hex::encode(&Sha256::digest(format!("{spec:?}").as_bytes()))
+}
+
+/// The previous spec of an offer (parsed as the agent parses every answer).
+fn parse_spec(text: &str) -> Option<TaskSpec> {
+    serde_json::from_slice(text.as_bytes()).ok()
 }
 
 fn offer_of(t: &Task) -> Option<Offer> {
     let ann = &t.metadata.annotations;
     let (deadline, min) = ann.get(ANN_AUTO_REVERT)?.split_once(',')?;
-    let previous: TaskSpec = serde_json::from_str(ann.get(ANN_PREVIOUS_SPEC)?).ok()?;
+    let previous = ann.get(ANN_PREVIOUS_SPEC)?;
+    parse_spec(previous)?;
     Some(Offer {
-        new: spec_json(&t.spec),
-        previous,
+        new: spec_id(&t.spec),
+        previous: previous.clone(),
         deadline_ms: deadline.parse().ok()?,
         min_healthy_ms: min.parse().ok()?,
         reverted: None,
@@ -137,11 +150,11 @@ impl Rollback {
         let Some(offer) = self.offers.get_mut(name) else {
             return (None, None);
         };
-        if offer.new != spec_json(spec) {
+        if offer.new != spec_id(spec) {
             return (None, None);
         }
         if offer.reverted.is_some() {
-            return (Some(offer.previous.clone()), None);
+            return (parse_spec(&offer.previous), None);
         }
         let w = self.watch.entry(name.to_string()).or_default();
         if w.healthy {
@@ -178,10 +191,10 @@ impl Rollback {
         match why {
             Some(why) => {
                 offer.reverted = Some(why);
-                let previous = offer.previous.clone();
+                let previous = parse_spec(&offer.previous);
                 // Kept even if the write fails: going back matters more.
                 let _ = self.save();
-                (Some(previous), None)
+                (previous, None)
             }
             None => {
                 let healthy_at = w.run.map(|(s, _)| crate::agent::clock::after(s, min));
