@@ -69,12 +69,17 @@ fn task_name(robot: &str) -> String {
     format!("app-g-main.{robot}")
 }
 
-/// Change the Job's spec to `job`'s (a new version).
+/// Change the Job's spec to `job`'s (a new version). The write names the
+/// version it read: one that races the controller's status write is
+/// refused (409) and made again from a fresh read.
 fn put(server: &Server, job: &Value) {
-    let mut cur = server.object("jobs", "app").expect("job app");
-    cur["spec"] = job["spec"].clone();
-    let r = server.send_json("PUT", &format!("{JOBS}/app"), &cur);
-    assert_eq!(r.status, 200, "{}", r.body);
+    wait_for("the Job's spec written", T, || {
+        let mut cur = server.object("jobs", "app").expect("job app");
+        cur["spec"] = job["spec"].clone();
+        let r = server.send_json("PUT", &format!("{JOBS}/app"), &cur);
+        assert!(r.status == 200 || r.status == 409, "{}", r.body);
+        (r.status == 200).then_some(())
+    });
 }
 
 /// The version a robot's task spec is at (its V), and its state.

@@ -357,11 +357,13 @@ pub async fn roll(
             now_ms: now,
         };
         let p = plan::plan(&input, &snapshot);
-        if strategy.as_ref().is_some_and(|s| s.canary.of(snapshot.len()) > 0) && !input.promoted {
+        let has_canaries = strategy.as_ref().is_some_and(|s| s.canary.of(snapshot.len()) > 0) && !input.promoted;
+        if has_canaries {
             any_canary_phase = true;
             auto_promote_all &= p.auto_promote;
         }
-        let canary_phase = strategy.as_ref().is_some_and(|s| s.canary.of(snapshot.len()) > 0) && !input.promoted;
+        // Updates now are canaries unless the canaries just promoted themselves.
+        let canary_phase = has_canaries && !p.auto_promote;
         for i in &p.update {
             let r = &replicas[*i];
             let paced = strategy.is_some() && !input.at_once && input.has_base && !input.state.is_settled();

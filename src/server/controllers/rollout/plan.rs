@@ -15,7 +15,10 @@
 //! - canaries first (until promoted), then maxParallel at a time, each batch
 //!   only once the previous one is healthy (system jobs: `stagger` apart);
 //! - an offline robot is never picked, never failed, never waited for: it
-//!   is counted pending and gets the settled version when it returns.
+//!   is counted pending and gets the settled version when it returns;
+//! - a robot whose task holds an update lock keeps its slot (the rollout
+//!   waits for it) until the lock goes or `lockDeadline` passes, when the
+//!   lock is overridden.
 
 use crate::api::rollout::{RolloutState, Strategy};
 use std::time::Duration;
