@@ -69,12 +69,17 @@ fn task_name(robot: &str) -> String {
     format!("app-g-main.{robot}")
 }
 
-/// Change the Job's spec to `job`'s (a new version).
+/// Change the Job's spec to `job`'s (a new version). The write names the
+/// version it read: one that races the controller's status write is
+/// refused (409) and made again from a fresh read.
 fn put(server: &Server, job: &Value) {
-    let mut cur = server.object("jobs", "app").expect("job app");
-    cur["spec"] = job["spec"].clone();
-    let r = server.send_json("PUT", &format!("{JOBS}/app"), &cur);
-    assert_eq!(r.status, 200, "{}", r.body);
+    wait_for("the Job's spec written", T, || {
+        let mut cur = server.object("jobs", "app").expect("job app");
+        cur["spec"] = job["spec"].clone();
+        let r = server.send_json("PUT", &format!("{JOBS}/app"), &cur);
+        assert!(r.status == 200 || r.status == 409, "{}", r.body);
+        (r.status == 200).then_some(())
+    });
 }
 
 /// The version a robot's task spec is at (its V), and its state.
@@ -255,6 +260,7 @@ fn a_good_version_rolls_one_robot_at_a_time_each_after_the_previous_is_healthy()
                 "CANARIES",
                 "HEALTHY",
                 "UNHEALTHY",
+                "LOCKED",
                 "PROGRESS",
                 "AGE"
             ],
@@ -414,4 +420,44 @@ fn a_canary_cut_off_reverts_itself_and_the_server_then_fails_the_rollout() {
     assert!(why.contains("went back to the previous version"), "{failed}");
     wait_running(&server, "1");
     assert_eq!(ran(&agents, 2), ["r1"], "the others never ran version 2");
+}
+
+#[test]
+fn a_locked_robot_is_waited_for_and_overridden_at_its_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _relay, agents) = fleet(dir.path(), None);
+    let u = update(json!({"maxParallel": 1, "minHealthyTime": "1s", "lockDeadline": "5m"}));
+    start_v1(&server, &u);
+    let lock = |i: usize| agents[i].data.join("alloc/app-g/r0/main/k8s4r-update.lock");
+
+    // r2 is mid-mission: its task holds the update lock.
+    std::fs::write(lock(1), b"mission 7").unwrap();
+    put(&server, &app(2, true, u.clone()));
+    wait_for("the rollout waiting for locked r2", T, || {
+        let r = rollout(&server, 2)?;
+        (r["status"]["locked"] == 1).then_some(())
+    });
+    throughout("r2 keeps version 1 and r3 waits", Duration::from_secs(2), || {
+        let r = rollout(&server, 2).ok_or("no rollout")?;
+        if ran(&agents, 2).contains(&"r2") || on(&server, "r3").is_some_and(|(v, _)| v == "2") {
+            return Err(format!("updated past the lock: {r}"));
+        }
+        (r["status"]["locked"] == 1 && r["status"]["state"] == "Progressing")
+            .then_some(())
+            .ok_or(format!("{r}"))
+    });
+    assert_eq!(ran(&agents, 2), ["r1"]);
+    std::fs::remove_file(lock(1)).unwrap();
+    wait_state(&server, 2, "Succeeded");
+    wait_running(&server, "2");
+    assert_eq!(ran(&agents, 2).len(), 3);
+
+    // A lock held past lockDeadline is overridden.
+    std::fs::write(lock(2), b"mission 8").unwrap();
+    let short = update(json!({"maxParallel": 1, "minHealthyTime": "1s", "lockDeadline": "3s"}));
+    put(&server, &app(3, true, short));
+    wait_state(&server, 3, "Succeeded");
+    wait_running(&server, "3");
+    assert!(ran(&agents, 3).contains(&"r3"));
+    wait_events(&server, "LockOverridden", 1);
 }

@@ -7,6 +7,13 @@
 //! server changes the task again; it reports the task with reason
 //! [`REASON`] so the server fails the rollout and reverts the rest.
 //!
+//! Update locks (balena's term): a task that must not be interrupted now (a
+//! robot mid-mission) creates [`LOCK_FILE`] in its task directory; while it
+//! exists, a new spec for the task waits (the task keeps running the spec it
+//! has) and the task reports `updateLocked`, which the rollout counts and
+//! waits for, up to its `lockDeadline`; then the server sets
+//! [`ANN_LOCK_OVERRIDE`] and the update goes ahead.
+//!
 //! The decision is pure (`Rollback::choose` takes what the supervisor
 //! sees and the time); the little state it needs (offers, and which tasks
 //! went back) is kept in `rollback.json` in the data dir, so an agent
@@ -26,6 +33,12 @@ pub const ANN_PREVIOUS_SPEC: &str = "rollout.k8s4r.io/previous-spec";
 pub const ANN_AUTO_REVERT: &str = "rollout.k8s4r.io/auto-revert";
 /// The status reason of a task the robot put back on its previous version.
 pub const REASON: &str = "RolledBack";
+/// In a task directory: the task holds an update lock.
+pub const LOCK_FILE: &str = "k8s4r-update.lock";
+/// On a Task: its rollout's lockDeadline passed; update despite the lock.
+pub const ANN_LOCK_OVERRIDE: &str = "rollout.k8s4r.io/lock-override";
+/// How often a held lock is looked at again.
+const LOCK_RECHECK: Duration = Duration::from_secs(1);
 
 /// What the server offered for one task. Specs are kept as text, not as
 /// `TaskSpec`s: serializing a `TaskSpec` (or parsing one from another
@@ -64,6 +77,11 @@ pub struct Rollback {
     file: Option<PathBuf>,
     offers: BTreeMap<String, Offer>,
     watch: BTreeMap<String, Watch>,
+    /// The spec each task runs, and whether the server overrides its lock.
+    applied: BTreeMap<String, TaskSpec>,
+    overridden: std::collections::BTreeSet<String>,
+    /// Tasks whose new spec waits for their lock.
+    deferred: std::collections::BTreeSet<String>,
 }
 
 /// A spec's identity that survives agent restarts and updates: SHA-256 of
@@ -103,7 +121,7 @@ impl Rollback {
         Rollback {
             file: Some(file),
             offers,
-            watch: BTreeMap::new(),
+            ..Default::default()
         }
     }
 
@@ -117,6 +135,11 @@ impl Rollback {
     /// reverted task stays reverted while the server still asks for the
     /// spec it went back from).
     pub fn learn(&mut self, tasks: &[Task]) -> Result<(), String> {
+        self.overridden = tasks
+            .iter()
+            .filter(|t| t.metadata.annotations.contains_key(ANN_LOCK_OVERRIDE))
+            .map(|t| t.metadata.name.clone())
+            .collect();
         let mut next = BTreeMap::new();
         for t in tasks {
             let name = t.metadata.name.clone();
@@ -213,9 +236,23 @@ impl Rollback {
         now: Instant,
     ) -> (Vec<AssignedTask>, Option<Instant>) {
         let mut wake: Option<Instant> = None;
+        let names: std::collections::BTreeSet<String> = tasks.iter().map(|t| t.name.clone()).collect();
+        self.applied.retain(|n, _| names.contains(n));
+        self.deferred.clear();
         let out = tasks
             .into_iter()
             .map(|mut t| {
+                // An update lock holds a changed spec back.
+                if let (Some(old), Some(v)) = (self.applied.get(&t.name), sup.view(&t.name)) {
+                    let locked = v.dir.join(LOCK_FILE).exists() && !self.overridden.contains(&t.name);
+                    if *old != t.spec && locked && v.phase.pid().is_some() {
+                        self.deferred.insert(t.name.clone());
+                        wake = wake.into_iter().chain(Some(now + LOCK_RECHECK)).min();
+                        t.spec = old.clone();
+                        return t;
+                    }
+                }
+                self.applied.insert(t.name.clone(), t.spec.clone());
                 if !self.offers.contains_key(&t.name) {
                     return t;
                 }
@@ -237,6 +274,9 @@ impl Rollback {
 
     /// A task the robot put back on its previous version says so in its status.
     pub fn mark(&self, name: &str, status: &mut TaskStatus) {
+        if self.deferred.contains(name) {
+            status.update_locked = Some(true);
+        }
         if let Some(why) = self.offers.get(name).and_then(|o| o.reverted.as_ref()) {
             status.reason = Some(REASON.to_string());
             status.message = Some(format!("the robot went back to the previous version: {why}"));

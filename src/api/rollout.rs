@@ -122,6 +122,9 @@ pub struct UpdateStrategy {
     /// System jobs: the least time between the starts of two batches of maxParallel robots (default 30s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stagger: Option<Duration>,
+    /// How long the rollout waits for a robot whose task holds an update lock (k8s4r-update.lock in its task directory) before updating it anyway (default 1h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_deadline: Option<Duration>,
 }
 
 /// Nomad's defaults.
@@ -129,6 +132,8 @@ pub const DEFAULT_MIN_HEALTHY: std::time::Duration = std::time::Duration::from_s
 pub const DEFAULT_HEALTHY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(300);
 pub const DEFAULT_PROGRESS_DEADLINE: std::time::Duration = std::time::Duration::from_secs(600);
 pub const DEFAULT_STAGGER: std::time::Duration = std::time::Duration::from_secs(30);
+/// Not Nomad's (it has no update locks): an hour for a mission to end.
+pub const DEFAULT_LOCK_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// An update block with every default filled in.
 #[derive(Clone, Debug, PartialEq)]
@@ -142,6 +147,7 @@ pub struct Strategy {
     pub auto_promote: bool,
     pub health_check: HealthCheck,
     pub stagger: std::time::Duration,
+    pub lock_deadline: std::time::Duration,
 }
 
 impl UpdateStrategy {
@@ -157,6 +163,7 @@ impl UpdateStrategy {
             auto_promote: self.auto_promote.unwrap_or(false),
             health_check: self.health_check.unwrap_or_default(),
             stagger: d(&self.stagger, DEFAULT_STAGGER),
+            lock_deadline: d(&self.lock_deadline, DEFAULT_LOCK_DEADLINE),
         }
     }
 }
@@ -202,6 +209,7 @@ pub fn check_update(path: &str, job_type: JobType, u: &UpdateStrategy) -> Vec<Fi
         ("healthyDeadline", &u.healthy_deadline),
         ("progressDeadline", &u.progress_deadline),
         ("stagger", &u.stagger),
+        ("lockDeadline", &u.lock_deadline),
     ];
     for (field, d) in durations {
         let Some(d) = d else { continue };
@@ -321,6 +329,9 @@ pub struct RolloutStatus {
     /// Replicas whose robot is offline: skipped, they get the settled version when back.
     #[serde(default)]
     pub pending: i32,
+    /// Replicas whose task holds an update lock: the rollout waits for them (up to lockDeadline).
+    #[serde(default)]
+    pub locked: i32,
     /// `updated/total`, for the table.
     #[serde(default)]
     pub progress: String,

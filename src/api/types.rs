@@ -805,6 +805,9 @@ pub struct TaskStatus {
     /// Result of the task's service checks: healthy or unhealthy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<String>,
+    /// The task holds an update lock (the file k8s4r-update.lock in its task directory): the robot keeps it on its current version for now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_locked: Option<bool>,
     /// Why the task is in its state, for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,

@@ -383,6 +383,12 @@ impl Agents {
                 if !online {
                     self.events
                         .record(&w.object, Kind::Normal, "RobotOnline", "heartbeats resumed");
+                    // Back: its next answer carries the whole set, so the
+                    // agent sees what the server marked Lost meanwhile and
+                    // reports its tasks again.
+                    if let Some(rev) = object::resource_version(&w.object) {
+                        self.hub.fleet.wake(ns, name, rev);
+                    }
                 }
                 // The robot's request counter goes to the store with its
                 // heartbeat, not with every request.

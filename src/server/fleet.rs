@@ -82,9 +82,13 @@ pub fn stored_heartbeat_age(robot: &Value) -> Option<Duration> {
     Some(Duration::from_secs(secs.unsigned_abs()))
 }
 
-fn placement(v: &Value) -> Option<(String, i64)> {
+/// What of a Task its robot acts on: where it is, its spec (generation),
+/// and a rollout's override of the task's update lock (an annotation, so no
+/// new generation, but the robot must hear of it).
+fn placement(v: &Value) -> Option<(String, i64, bool)> {
     let robot = crate::server::stored_task::target_robot(v)?;
-    Some((robot.to_string(), crate::server::object::generation(v)))
+    let lock_override = crate::server::object::annotation(v, crate::agent::rollback::ANN_LOCK_OVERRIDE).is_some();
+    Some((robot.to_string(), crate::server::object::generation(v), lock_override))
 }
 
 impl Fleet {
@@ -233,7 +237,7 @@ impl Fleet {
             return;
         }
         let mut map = self.lock();
-        for (robot, _) in [before, after].into_iter().flatten() {
+        for (robot, _, _) in [before, after].into_iter().flatten() {
             let e = self.entry(&mut map, &c.namespace, &robot);
             e.revision = e.revision.max(c.revision);
             e.notify.notify_waiters();

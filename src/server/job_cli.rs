@@ -149,10 +149,29 @@ impl Job<'_> {
         Ok(out)
     }
 
+    fn read(&self, path: &str) -> Result<Value, String> {
+        serde_json::from_str(&self.client.request("GET", path, None)?.ok()?).map_err(|e| format!("{path}: {e}"))
+    }
+
+    /// PUT `obj` changed by `change`; the write names the version read, so
+    /// a concurrent write (the server's status updates) is a conflict: read
+    /// again and retry, a few times.
+    fn write(&self, path: &str, mut obj: Value, change: impl Fn(&mut Value)) -> Result<(), String> {
+        for _ in 0..5 {
+            change(&mut obj);
+            let answer = self.client.request("PUT", path, Some(&obj.to_string()))?;
+            if answer.status != 409 {
+                return answer.ok().map(|_| ());
+            }
+            obj = self.read(path)?;
+        }
+        Err(format!("{path}: changed by others on every try; try again"))
+    }
+
     /// Set `spec.<field>` of the newest version (a read, then a write
     /// naming the version read: a concurrent change is a conflict, not lost).
     fn steer(&self, field: &str, value: bool) -> Result<String, String> {
-        let (mut obj, r) = self.versions()?.pop().ok_or("no versions")?;
+        let (obj, r) = self.versions()?.pop().ok_or("no versions")?;
         let st = r.status.unwrap_or_default().state;
         if st.is_settled() {
             return Err(format!(
@@ -166,10 +185,9 @@ impl Job<'_> {
                 }
             ));
         }
-        obj["spec"][field] = Value::Bool(value);
         let name = crate::server::object::name(&obj).to_string();
         let path = format!("{API}/{}/rollouts/{name}", self.ns);
-        self.client.request("PUT", &path, Some(&obj.to_string()))?.ok()?;
+        self.write(&path, obj, |o| o["spec"][field] = Value::Bool(value))?;
         let what = match (field, value) {
             ("promoted", _) => "promoted",
             (_, true) => "paused",
@@ -201,15 +219,16 @@ impl Job<'_> {
         };
         let version = pick.1.spec.version;
         let path = format!("{API}/{}/jobs/{}", self.ns, self.name);
-        let mut job: Value = serde_json::from_str(&self.client.request("GET", &path, None)?.ok()?)
-            .map_err(|e| format!("job {}: {e}", self.name))?;
-        job["spec"] = serde_json::to_value(&pick.1.spec.template).map_err(|e| e.to_string())?;
-        crate::server::object::set_annotation(
-            &mut job,
-            crate::server::controllers::rollout::ANN_REVERT_TO,
-            Some(&version.to_string()),
-        );
-        self.client.request("PUT", &path, Some(&job.to_string()))?.ok()?;
+        let template = serde_json::to_value(&pick.1.spec.template).map_err(|e| e.to_string())?;
+        let job = self.read(&path)?;
+        self.write(&path, job, |job| {
+            job["spec"] = template.clone();
+            crate::server::object::set_annotation(
+                job,
+                crate::server::controllers::rollout::ANN_REVERT_TO,
+                Some(&version.to_string()),
+            );
+        })?;
         Ok(format!(
             "job {}: reverting to version {version} on every robot (as version {})\n",
             self.name,

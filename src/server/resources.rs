@@ -202,6 +202,12 @@ pub static ROLLOUTS: Resource = Resource {
             "status.unhealthy",
             "Updated replicas found unhealthy",
         ),
+        col(
+            "Locked",
+            Integer,
+            "status.locked",
+            "Replicas whose task holds an update lock",
+        ),
         col("Progress", Str, "status.progress", "Replicas on this version / all"),
         col(
             "Age",

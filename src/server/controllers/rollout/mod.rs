@@ -17,7 +17,7 @@ mod versions;
 
 use super::task_objects::{to_value, ALL};
 use super::Ctx;
-use crate::agent::rollback::{ANN_AUTO_REVERT, ANN_PREVIOUS_SPEC};
+use crate::agent::rollback::{ANN_AUTO_REVERT, ANN_LOCK_OVERRIDE, ANN_PREVIOUS_SPEC};
 use crate::api::rollout::{HealthCheck, RolloutState, RolloutStatus, Strategy};
 use crate::api::{Job, JobType, TaskGroupTemplate, TaskState};
 use crate::server::events::Kind;
@@ -34,8 +34,8 @@ pub use versions::{sync, Versions, ANN_REVERT_TO};
 
 /// On a Task: when the rollout wrote its current spec (ms since the epoch).
 const ANN_UPDATED_AT: &str = "rollout.k8s4r.io/updated-at";
-/// On a Task: `ms,startedAt,restarts` of the run the server first saw
-/// running at `ms`; a new run (start time or restart count) starts anew.
+/// On a Task: `ms,run,restarts` of the run (its start time or process id)
+/// the server first saw running at `ms`; a new run starts anew.
 const ANN_RUNNING_SINCE: &str = "rollout.k8s4r.io/running-since";
 
 /// One task of a replica: its object and its spec at the new version and at
@@ -70,14 +70,16 @@ fn online(ctx: &Ctx, ns: &str, robot: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// The run a task's status describes: (startedAt, restarts).
+/// The run a task's status describes: (its start time or process id,
+/// restarts): a new process is a new run.
 fn run_of(t: &Value) -> (String, i64) {
     let st = t.get("status");
     let started = st
         .and_then(|s| s.get("startedAt"))
         .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
+        .unwrap_or("");
+    let pid = st.and_then(|s| s.get("pid")).and_then(Value::as_i64).unwrap_or(0);
+    let started = format!("{started}{pid}");
     let restarts = st
         .and_then(|s| s.get("restartCount"))
         .and_then(Value::as_i64)
@@ -185,8 +187,7 @@ async fn write_spec(
     ns: &str,
     t: &RolledTask,
     spec: &Value,
-    reason: &str,
-    version: i64,
+    paced: Option<(&str, i64)>,
     revert_on_robot: Option<(Duration, Duration)>,
 ) -> Result<(), Status> {
     let mut body = (*t.cur).clone();
@@ -200,12 +201,57 @@ async fn write_spec(
     });
     object::set_annotation(&mut body, ANN_PREVIOUS_SPEC, offer.as_ref().map(|o| o.0.as_str()));
     object::set_annotation(&mut body, ANN_AUTO_REVERT, offer.as_ref().map(|o| o.1.as_str()));
-    body["status"] = json!({"state": "scheduled", "reason": reason, "message": format!("version {version}")});
-    let now = now_ms();
-    object::set_annotation(&mut body, ANN_UPDATED_AT, Some(&now.to_string()));
     object::set_annotation(&mut body, ANN_RUNNING_SINCE, None);
-    let w = ctx.registry.replace(&TASKS, ns, &t.name, body, Part::All, ALL).await?;
+    object::set_annotation(&mut body, ANN_LOCKED_SINCE, None);
+    object::set_annotation(&mut body, ANN_LOCK_OVERRIDE, None);
+    // A paced update is judged by its health: what the robot reports from
+    // now on, not what it reported of the version before. Otherwise (all at
+    // once, a revert, settling) the status stays until the robot reports.
+    let part = match paced {
+        Some((reason, version)) => {
+            body["status"] = json!({"state": "scheduled", "reason": reason, "message": format!("version {version}")});
+            object::set_annotation(&mut body, ANN_UPDATED_AT, Some(&now_ms().to_string()));
+            Part::All
+        }
+        None => Part::Main,
+    };
+    let w = ctx.registry.replace(&TASKS, ns, &t.name, body, part, ALL).await?;
     ctx.wrote("tasks", &w.object);
+    Ok(())
+}
+
+/// On a Task: since when (ms) its robot reports the update held back by
+/// an update lock.
+const ANN_LOCKED_SINCE: &str = "rollout.k8s4r.io/locked-since";
+
+fn locked_since(t: &Value) -> Option<i64> {
+    object::annotation(t, ANN_LOCKED_SINCE)?.parse().ok()
+}
+
+/// Keep `ANN_LOCKED_SINCE` in step with the robot's `updateLocked`; when
+/// the lock goes, the new version starts now (its healthyDeadline too).
+async fn note_lock(ctx: &Ctx, ns: &str, t: &mut RolledTask, now: i64) -> Result<(), Status> {
+    let reported = t
+        .cur
+        .get("status")
+        .and_then(|s| s.get("updateLocked"))
+        .and_then(Value::as_bool)
+        == Some(true);
+    let noted = locked_since(&t.cur).is_some();
+    if reported == noted {
+        return Ok(());
+    }
+    let mut body = (*t.cur).clone();
+    if reported {
+        object::set_annotation(&mut body, ANN_LOCKED_SINCE, Some(&now.to_string()));
+    } else {
+        object::set_annotation(&mut body, ANN_LOCKED_SINCE, None);
+        object::set_annotation(&mut body, ANN_UPDATED_AT, Some(&now.to_string()));
+        object::set_annotation(&mut body, ANN_RUNNING_SINCE, None);
+    }
+    let w = ctx.registry.replace(&TASKS, ns, &t.name, body, Part::Main, ALL).await?;
+    ctx.wrote("tasks", &w.object);
+    t.cur = Arc::new(w.object);
     Ok(())
 }
 
@@ -273,15 +319,19 @@ pub async fn roll(
                 .all(|t| t.base.as_ref().is_some_and(|b| t.cur.get("spec") == Some(b)));
             if on_target && strategy.is_some() && !versions.status.state.is_settled() {
                 for t in &mut r.tasks {
-                    note_run(ctx, ns, t, check, now).await?;
+                    note_lock(ctx, ns, t, now).await?;
+                    if locked_since(&t.cur).is_none() {
+                        note_run(ctx, ns, t, check, now).await?;
+                    }
                 }
             }
+            let locked_since_ms = r.tasks.iter().filter_map(|t| locked_since(&t.cur)).min();
             if versions.status.state.is_settled() {
                 for t in &mut r.tasks {
                     drop_offer(ctx, ns, t).await?;
                 }
             }
-            let health = if on_target {
+            let health = if on_target && locked_since_ms.is_none() {
                 health(&r.tasks, strategy.as_ref(), now)
             } else {
                 Health::Waiting(None)
@@ -292,6 +342,7 @@ pub async fn roll(
                 online: online(ctx, ns, &r.robot),
                 health,
                 updated_at_ms: r.tasks.iter().filter_map(|t| updated_at(&t.cur)).max(),
+                locked_since_ms,
             });
         }
         let input = plan::Input {
@@ -306,19 +357,22 @@ pub async fn roll(
             now_ms: now,
         };
         let p = plan::plan(&input, &snapshot);
-        if strategy.as_ref().is_some_and(|s| s.canary.of(snapshot.len()) > 0) && !input.promoted {
+        let has_canaries = strategy.as_ref().is_some_and(|s| s.canary.of(snapshot.len()) > 0) && !input.promoted;
+        if has_canaries {
             any_canary_phase = true;
             auto_promote_all &= p.auto_promote;
         }
-        let canary_phase = strategy.as_ref().is_some_and(|s| s.canary.of(snapshot.len()) > 0) && !input.promoted;
+        // Updates now are canaries unless the canaries just promoted themselves.
+        let canary_phase = has_canaries && !p.auto_promote;
         for i in &p.update {
             let r = &replicas[*i];
+            let paced = strategy.is_some() && !input.at_once && input.has_base && !input.state.is_settled();
             let on_robot = strategy
                 .as_ref()
                 .filter(|s| s.auto_revert && !versions.status.state.is_settled() && versions.base.is_some())
                 .map(|s| (s.healthy_deadline, s.min_healthy_time));
             for t in &r.tasks {
-                write_spec(ctx, ns, t, &t.target, "Updated", version, on_robot).await?;
+                write_spec(ctx, ns, t, &t.target, paced.then_some(("Updated", version)), on_robot).await?;
             }
             if strategy.is_some() && !versions.status.state.is_settled() && versions.base.is_some() {
                 let what = if canary_phase { "CanaryPlaced" } else { "Updated" };
@@ -330,20 +384,29 @@ pub async fn roll(
                 );
             }
         }
+        for i in &p.override_lock {
+            let r = &replicas[*i];
+            for t in &r.tasks {
+                let mut body = (*t.cur).clone();
+                object::set_annotation(&mut body, ANN_LOCK_OVERRIDE, Some("true"));
+                let w = ctx.registry.replace(&TASKS, ns, &t.name, body, Part::Main, ALL).await?;
+                ctx.wrote("tasks", &w.object);
+            }
+            ctx.events.record(
+                job_v,
+                Kind::Warning,
+                "LockOverridden",
+                format!(
+                    "group {}: robot {} held its update lock past lockDeadline; updating it anyway",
+                    g.name, r.robot
+                ),
+            );
+        }
         for i in &p.revert {
             let r = &replicas[*i];
             for t in &r.tasks {
                 if let Some(base) = &t.base {
-                    write_spec(
-                        ctx,
-                        ns,
-                        t,
-                        base,
-                        "Reverted",
-                        versions.spec.base_version.unwrap_or(0),
-                        None,
-                    )
-                    .await?;
+                    write_spec(ctx, ns, t, base, None, None).await?;
                 }
             }
             ctx.events.record(
@@ -373,6 +436,7 @@ pub async fn roll(
         total.healthy += p.counts.healthy;
         total.unhealthy += p.counts.unhealthy;
         total.pending += p.counts.pending;
+        total.locked += p.counts.locked;
         total.canaries += p.counts.canaries.max(if canary_phase { p.update.len() } else { 0 });
         wake = match (wake, p.wake_in) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -486,6 +550,7 @@ async fn settle(
     status.healthy = i32::try_from(counts.healthy).unwrap_or(i32::MAX);
     status.unhealthy = i32::try_from(counts.unhealthy).unwrap_or(i32::MAX);
     status.pending = i32::try_from(counts.pending).unwrap_or(i32::MAX);
+    status.locked = i32::try_from(counts.locked).unwrap_or(i32::MAX);
     status.progress = format!("{}/{}", status.updated, status.total);
     if status != versions.status {
         let mut body = (*versions.object).clone();

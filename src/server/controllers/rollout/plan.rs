@@ -15,7 +15,10 @@
 //! - canaries first (until promoted), then maxParallel at a time, each batch
 //!   only once the previous one is healthy (system jobs: `stagger` apart);
 //! - an offline robot is never picked, never failed, never waited for: it
-//!   is counted pending and gets the settled version when it returns.
+//!   is counted pending and gets the settled version when it returns;
+//! - a robot whose task holds an update lock keeps its slot (the rollout
+//!   waits for it) until the lock goes or `lockDeadline` passes, when the
+//!   lock is overridden.
 
 use crate::api::rollout::{RolloutState, Strategy};
 use std::time::Duration;
@@ -33,6 +36,8 @@ pub struct Replica {
     pub health: Health,
     /// When the new version was written to it (ms since the epoch).
     pub updated_at_ms: Option<i64>,
+    /// Since when (ms) its robot holds the new version back by an update lock.
+    pub locked_since_ms: Option<i64>,
 }
 
 /// An updated replica's health, read from what its robot reports.
@@ -85,6 +90,7 @@ pub struct Counts {
     pub unhealthy: usize,
     pub pending: usize,
     pub canaries: usize,
+    pub locked: usize,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -93,6 +99,8 @@ pub struct Plan {
     pub update: Vec<usize>,
     /// Indices of replicas to put back on the base version now.
     pub revert: Vec<usize>,
+    /// Indices of locked replicas whose lockDeadline passed: update anyway.
+    pub override_lock: Vec<usize>,
     pub outcome: Outcome,
     /// The canaries are placed and healthy, and the group promotes itself.
     pub auto_promote: bool,
@@ -129,7 +137,9 @@ fn healthy_new(r: &Replica) -> bool {
 
 pub fn plan(input: &Input<'_>, replicas: &[Replica]) -> Plan {
     let now = input.now_ms;
-    let in_flight = |r: &Replica| r.on_target && r.online && matches!(r.health, Health::Waiting(_));
+    let in_flight =
+        |r: &Replica| r.on_target && r.online && r.locked_since_ms.is_none() && matches!(r.health, Health::Waiting(_));
+    let locked = |r: &Replica| r.on_target && r.online && r.locked_since_ms.is_some();
     let counts = Counts {
         total: replicas.len(),
         updated: replicas.iter().filter(|r| r.on_target).count(),
@@ -140,10 +150,12 @@ pub fn plan(input: &Input<'_>, replicas: &[Replica]) -> Plan {
             .count(),
         pending: replicas.iter().filter(|r| !r.online && !healthy_new(r)).count(),
         canaries: 0,
+        locked: replicas.iter().filter(|r| locked(r)).count(),
     };
     let mut out = Plan {
         update: vec![],
         revert: vec![],
+        override_lock: vec![],
         outcome: Outcome::Progressing,
         auto_promote: false,
         wake_in: None,
@@ -212,12 +224,21 @@ pub fn plan(input: &Input<'_>, replicas: &[Replica]) -> Plan {
             out.wake_in = earliest(out.wake_in, w);
         }
     }
+    // A held lock is waited for up to lockDeadline, then overridden.
+    for (i, r) in replicas.iter().enumerate().filter(|(_, r)| locked(r)) {
+        let until_ms = r.locked_since_ms.unwrap_or(now).saturating_add(ms(s.lock_deadline));
+        match until(until_ms, now) {
+            Some(wait) => out.wake_in = earliest(out.wake_in, Some(wait)),
+            None => out.override_lock.push(i),
+        }
+    }
 
     let total = replicas.len();
     let eligible: Vec<usize> = (0..total)
         .filter(|i| !replicas[*i].on_target && replicas[*i].online)
         .collect();
-    let flying = replicas.iter().filter(|r| in_flight(r)).count();
+    // A locked robot keeps its slot: the rollout waits for it.
+    let flying = replicas.iter().filter(|r| in_flight(r) || locked(r)).count();
     let canaries = s.canary.of(total).min(total);
     if !input.promoted && canaries > 0 {
         out.counts.canaries = out.counts.updated.min(canaries);
@@ -299,6 +320,7 @@ mod tests {
             online: true,
             health: Health::Waiting(None),
             updated_at_ms: None,
+            locked_since_ms: None,
         }
     }
 
@@ -309,6 +331,7 @@ mod tests {
             online: true,
             health,
             updated_at_ms: Some(NOW - 500),
+            locked_since_ms: None,
         }
     }
 
@@ -427,6 +450,22 @@ mod tests {
         let mut settled = i.clone();
         settled.state = RolloutState::Succeeded;
         assert_eq!(plan(&settled, &[offline(old()), new(Health::Healthy(NOW))]).update, [0]);
+    }
+
+    #[test]
+    fn a_locked_robot_is_waited_for_then_overridden_at_the_deadline() {
+        let s = strategy(|s| s.lock_deadline = Duration::from_secs(60));
+        let i = input(&s);
+        let mut held = new(Health::Waiting(None));
+        held.locked_since_ms = Some(NOW - 1000);
+        let p = plan(&i, &[held.clone(), old()]);
+        assert_eq!(p.counts.locked, 1);
+        assert!(p.update.is_empty(), "maxParallel 1: the locked robot keeps its slot");
+        assert!(p.override_lock.is_empty());
+        assert_eq!(p.wake_in, Some(Duration::from_secs(59)));
+        assert_eq!(p.outcome, Outcome::Progressing);
+        held.locked_since_ms = Some(NOW - 60_000);
+        assert_eq!(plan(&i, &[held, old()]).override_lock, [0]);
     }
 
     #[test]

@@ -145,7 +145,7 @@ async fn create_version(
             all.iter()
                 .any(|(_, r)| r.spec.version == *v && r.spec.template == job.spec)
         });
-    if let Some((prev_v, prev, st)) = &previous {
+    if let Some((prev_v, _, st)) = &previous {
         if !st.state.is_settled() {
             let mut body = (***prev_v).clone();
             let mut st = st.clone();
@@ -158,7 +158,6 @@ async fn create_version(
                 .replace(&ROLLOUTS, ns, object::name(prev_v), body, Part::Status, ALL)
                 .await?;
             ctx.wrote("rollouts", &w.object);
-            let _ = prev;
         }
     }
     let spec = RolloutSpec {
