@@ -91,9 +91,11 @@ fn spec_id(spec: &TaskSpec) -> String {
     crate::api::hex::encode(&Sha256::digest(format!("{spec:?}").as_bytes()))
 }
 
-/// The previous spec of an offer (parsed as the agent parses every answer).
+/// The previous spec of an offer, through the one typed decoder the agent
+/// already has (as every answer is read).
 fn parse_spec(text: &str) -> Option<TaskSpec> {
-    serde_json::from_slice(text.as_bytes()).ok()
+    let value = serde_json::from_slice(text.as_bytes()).ok()?;
+    crate::api::decode::decode_typed(value).ok().map(|d| d.object)
 }
 
 fn offer_of(t: &Task) -> Option<Offer> {
