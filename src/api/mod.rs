@@ -16,6 +16,7 @@ pub mod rollout;
 mod schema;
 pub mod types;
 pub mod units;
+pub mod update_strategy;
 pub mod validate;
 
 pub use decode::{decode_all, AnyObject, DecodeError, Decoded};

@@ -203,7 +203,7 @@ pub struct TaskGroupTemplate {
     pub disconnect: Option<DisconnectPolicy>,
     /// How a change of the group's spec reaches its robots (a staged rollout); without it, every robot at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub update: Option<super::rollout::UpdateStrategy>,
+    pub update: Option<super::update_strategy::UpdateStrategy>,
 }
 
 fn one() -> i32 {

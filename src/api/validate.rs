@@ -14,6 +14,7 @@
 use super::findings::{FieldError, Findings};
 use super::types::*;
 use super::units::{check_max_duration, Duration, Quantity};
+use super::update_strategy::{CountOrPercent, UpdateStrategy};
 use std::collections::{BTreeMap, HashSet};
 
 /// Accumulates errors and warnings while walking an object.
@@ -977,11 +978,9 @@ fn review_job(job: &Job) -> Findings {
             },
         );
         if let Some(u) = &g.update {
-            errs.0.errors.extend(super::rollout::check_update(
-                &format!("{path}.update"),
-                spec.job_type,
-                u,
-            ));
+            errs.0
+                .errors
+                .extend(check_update(&format!("{path}.update"), spec.job_type, u));
         }
         // As in Nomad: a system group has exactly one replica per matching
         // robot, so a count above 1 is a mistake, not a wish to honour.
@@ -1122,6 +1121,129 @@ fn review_rollout(r: &super::rollout::Rollout) -> Findings {
         }
     }
     errs.0
+}
+
+/// The errors of `u`, the update block at `path` of a group of a `job_type` job.
+pub fn check_update(path: &str, job_type: JobType, u: &UpdateStrategy) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    if job_type == JobType::Batch {
+        errs.push(FieldError::new(
+            path,
+            "batch jobs run to completion and are not rolled out (update applies to service and system jobs)",
+        ));
+    }
+    let count = |field: &str, v: &Option<CountOrPercent>, least: i64, errs: &mut Vec<FieldError>| {
+        let f = format!("{path}.{field}");
+        match v {
+            None => {}
+            Some(CountOrPercent::Count(n)) if *n < least || *n > i64::from(MAX_COUNT) => errs.push(FieldError::new(
+                &f,
+                format!("{n} is out of range ({least}-{})", MAX_COUNT),
+            )),
+            Some(CountOrPercent::Count(_)) => {}
+            Some(CountOrPercent::Percent(p)) if job_type != JobType::System => errs.push(FieldError::new(
+                &f,
+                format!("{p}%: a percentage is for system jobs (of their matching robots); give a number of robots"),
+            )),
+            Some(CountOrPercent::Percent(p)) if *p > 100 || (*p < 1 && least > 0) => {
+                errs.push(FieldError::new(&f, format!("{p}% is out of range ({least}%-100%)")))
+            }
+            Some(CountOrPercent::Percent(_)) => {}
+            Some(CountOrPercent::Invalid(t)) => errs.push(FieldError::new(
+                &f,
+                format!("{t:?} is neither a number of robots nor a percentage such as \"10%\""),
+            )),
+        }
+    };
+    count("maxParallel", &u.max_parallel, 1, &mut errs);
+    count("canary", &u.canary, 0, &mut errs);
+    let durations = [
+        ("minHealthyTime", &u.min_healthy_time),
+        ("healthyDeadline", &u.healthy_deadline),
+        ("progressDeadline", &u.progress_deadline),
+        ("stagger", &u.stagger),
+        ("lockDeadline", &u.lock_deadline),
+    ];
+    for (field, d) in durations {
+        let Some(d) = d else { continue };
+        let f = format!("{path}.{field}");
+        match d.get() {
+            None => errs.push(FieldError::new(&f, d.error().unwrap_or("invalid duration").to_string())),
+            Some(v) => {
+                if let Err(e) = check_max_duration(v, d.text()) {
+                    errs.push(FieldError::new(&f, e));
+                }
+            }
+        }
+    }
+    let s = u.resolve();
+    if errs.is_empty() && s.min_healthy_time >= s.healthy_deadline {
+        errs.push(FieldError::new(
+            &format!("{path}.minHealthyTime"),
+            format!(
+                "{:?} must be less than healthyDeadline ({:?}): no replica could ever be healthy in time",
+                s.min_healthy_time, s.healthy_deadline
+            ),
+        ));
+    }
+    if errs.is_empty() && s.healthy_deadline > s.progress_deadline {
+        errs.push(FieldError::new(
+            &format!("{path}.progressDeadline"),
+            format!(
+                "{:?} must be at least healthyDeadline ({:?})",
+                s.progress_deadline, s.healthy_deadline
+            ),
+        ));
+    }
+    errs
+}
+
+#[cfg(test)]
+mod update_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn update(v: serde_json::Value) -> UpdateStrategy {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn percentages_round_up_and_are_for_system_jobs() {
+        let u = update(json!({"maxParallel": "10%", "canary": "5%"}));
+        assert_eq!(u.resolve().max_parallel.of(1000), 100);
+        assert_eq!(u.resolve().canary.of(3), 1);
+        assert_eq!(u.resolve().canary.of(0), 0);
+        assert!(check_update("u", JobType::System, &u).is_empty());
+        let errs = check_update("spec.taskGroups[0].update", JobType::Service, &u);
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert_eq!(errs[0].field, "spec.taskGroups[0].update.maxParallel");
+        assert!(errs[0].message.contains("system jobs"), "{}", errs[0].message);
+        assert_eq!(
+            serde_json::to_value(&u).unwrap(),
+            json!({"maxParallel": "10%", "canary": "5%"})
+        );
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let u = update(json!({"maxParallel": 0, "canary": "lots", "minHealthyTime": "soon", "stagger": "5s"}));
+        let fields: Vec<String> = check_update("u", JobType::Service, &u)
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
+        assert_eq!(fields, ["u.maxParallel", "u.canary", "u.minHealthyTime"]);
+        let u = update(json!({"minHealthyTime": "5m", "healthyDeadline": "1m"}));
+        assert_eq!(check_update("u", JobType::Service, &u)[0].field, "u.minHealthyTime");
+        let u = update(json!({"healthyDeadline": "20m"}));
+        assert_eq!(check_update("u", JobType::Service, &u)[0].field, "u.progressDeadline");
+        let errs = check_update("u", JobType::Batch, &UpdateStrategy::default());
+        assert_eq!(errs[0].field, "u");
+        assert!(
+            check_update("u", JobType::System, &update(json!({"maxParallel": "101%"})))[0]
+                .message
+                .contains("out of range")
+        );
+    }
 }
 
 #[cfg(test)]

@@ -20,7 +20,8 @@
 //!   waits for it) until the lock goes or `lockDeadline` passes, when the
 //!   lock is overridden.
 
-use crate::api::rollout::{RolloutState, Strategy};
+use crate::api::rollout::RolloutState;
+use crate::api::update_strategy::Strategy;
 use std::time::Duration;
 
 /// One replica of the group (one robot's copy, for system jobs).
@@ -289,7 +290,7 @@ pub fn plan(input: &Input<'_>, replicas: &[Replica]) -> Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::rollout::{CountOrPercent, UpdateStrategy};
+    use crate::api::update_strategy::{CountOrPercent, UpdateStrategy};
 
     const NOW: i64 = 1_000_000;
 
