@@ -1,6 +1,7 @@
 //! The one HTTP/1.1 client of the agent and of the Envoy admin code:
-//! `http://` over TCP, one request per connection ([`Request::send`], artifact
-//! downloads) or one connection kept open across requests ([`KeepAlive`],
+//! `http://` over TCP, one request per connection ([`Request::send`]: artifact
+//! and self-update downloads; [`Request::send_once`], no redirect followed:
+//! http health checks) or one connection kept open across requests ([`KeepAlive`],
 //! the robot channel), and one request over a Unix socket ([`get_unix`],
 //! Envoy's admin API). Content-Length, chunked or to-the-close bodies (one
 //! decoder each), bounded heads, bodies, redirects and timeouts.
@@ -123,7 +124,7 @@ impl Request<'_> {
         let mut visited = vec![self.url.to_string()];
         for _ in 0..=MAX_REDIRECTS {
             let url = visited.last().cloned().unwrap_or_default();
-            let resp = self.send_once(&url)?;
+            let resp = self.send_to(&url)?;
             let redirect = matches!(resp.status, 301 | 302 | 303 | 307 | 308) && self.method == "GET";
             match resp.header("location") {
                 Some(loc) if redirect => {
@@ -140,7 +141,13 @@ impl Request<'_> {
         Err(HttpError::TooManyRedirects(visited.pop().unwrap_or_default()))
     }
 
-    fn send_once(&self, url: &str) -> Result<Response, HttpError> {
+    /// Send it and return the first answer, a redirect included (a
+    /// health probe judges the status it is given).
+    pub fn send_once(&self) -> Result<Response, HttpError> {
+        self.send_to(self.url)
+    }
+
+    fn send_to(&self, url: &str) -> Result<Response, HttpError> {
         let (host, port, path) = split_url(url)?;
         let stream = connect(&format!("{host}:{port}"), self.timeout)?;
         let mut writer = &stream;

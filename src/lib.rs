@@ -9,7 +9,7 @@
 //! - `cli`: small helpers shared by the binaries' command lines.
 //! - `atomic_file`: the one atomic, durable file replacement.
 //! - `http_client`: the one HTTP/1.1 client (robot channel, artifacts,
-//!   Envoy's admin socket).
+//!   self-update downloads, http health checks, Envoy's admin socket).
 
 pub mod agent;
 pub mod api;

@@ -446,8 +446,7 @@ fn broken_artifact_downloads_fail_cleanly_and_leave_nothing() {
 /// root-owned 0755 directory.
 #[test]
 fn a_task_with_a_user_has_no_privileges_left() {
-    if !is_root() {
-        eprintln!("SKIP: user switching needs the agent to run as root");
+    if skip_unless_root("user switching needs the agent to run as root") {
         return;
     }
     use std::os::unix::fs::PermissionsExt;
@@ -582,8 +581,7 @@ fn the_group_proxy_listens_on_loopback_only_with_a_private_admin_socket() {
 #[test]
 fn the_group_proxy_runs_as_an_unprivileged_user_that_cannot_rewrite_its_config() {
     let Some(envoy) = envoy_bin() else { return };
-    if !is_root() {
-        eprintln!("SKIP: the proxy user is switched only by a root agent");
+    if skip_unless_root("the proxy user is switched only by a root agent") {
         return;
     }
     let upstream_port = pong_upstream();

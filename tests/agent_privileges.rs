@@ -19,13 +19,7 @@ use std::time::Duration;
 
 const T: Duration = Duration::from_secs(30);
 
-fn skip_unless_root() -> bool {
-    if !is_root() {
-        eprintln!("SKIP: user switching needs the agent to run as root");
-        return true;
-    }
-    false
-}
+const USER_SWITCH: &str = "user switching needs the agent to run as root";
 
 /// A root-owned directory outside the agent's data dir standing in for
 /// /etc (the real /etc is never put at risk by a test).
@@ -47,7 +41,7 @@ fn owner_and_mode(p: &Path) -> (u32, u32, u32) {
 /// link: the restart is refused with a message and the victim stays root's.
 #[test]
 fn a_task_that_swaps_local_for_a_symlink_gets_nothing_at_its_restart() {
-    if skip_unless_root() {
+    if skip_unless_root(USER_SWITCH) {
         return;
     }
     let sb = Sandbox::new();
@@ -95,7 +89,7 @@ fn a_task_that_swaps_local_for_a_symlink_gets_nothing_at_its_restart() {
 /// the task runs: uid/gid nobody, NoNewPrivs, no capabilities.
 #[test]
 fn a_check_script_rewritten_by_its_task_runs_as_the_task_user() {
-    if skip_unless_root() {
+    if skip_unless_root(USER_SWITCH) {
         return;
     }
     let sb = Sandbox::new();
@@ -264,7 +258,7 @@ fn a_fork_bomb_stays_under_pids_max_while_the_agent_and_another_task_carry_on() 
 /// runs. `--default-user nobody` makes the task without a user run as nobody.
 #[test]
 fn root_tasks_follow_the_robot_policy() {
-    if skip_unless_root() {
+    if skip_unless_root(USER_SWITCH) {
         return;
     }
     let groups = r#"    - name: g
@@ -315,7 +309,7 @@ fn root_tasks_follow_the_robot_policy() {
 /// only read it (the agent's, 0755).
 #[test]
 fn the_groups_shared_directory_belongs_to_its_users() {
-    if skip_unless_root() {
+    if skip_unless_root(USER_SWITCH) {
         return;
     }
     // Debian's sync has nobody's primary group (nogroup); daemon does not.

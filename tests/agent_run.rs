@@ -894,8 +894,7 @@ fn logs_follow_prints_new_output() {
 
 #[test]
 fn tasks_run_as_their_user_when_the_agent_is_root() {
-    if !is_root() {
-        eprintln!("SKIP: user switching needs the agent to run as root");
+    if skip_unless_root("user switching needs the agent to run as root") {
         return;
     }
     let sb = Sandbox::new();

@@ -911,12 +911,7 @@ fn spire_mtls_example_runs_against_a_local_spire_workload_api() {
     let svid = ca.leaf("robot", "spiffe://example.org/robot/robot-spire", 1);
     let socket = root.join("agent.sock");
     common::searchable_by_all(&socket);
-    let sds = envoy_fixtures::sds::SdsServer::start(
-        &socket,
-        "default",
-        (&read(&svid.cert), &read(&svid.key)),
-        &[("example.org", &read(&ca.cert))],
-    );
+    let sds = envoy_fixtures::sds::SdsServer::spire(&socket, &svid, &ca);
     let conf = root.join("agent.conf");
     std::fs::write(
         &conf,
@@ -1077,12 +1072,7 @@ fn compat_job_with_envoy_proxy_completes_with_local_downloads() {
     let svid = ca.leaf("robot", "spiffe://example.org/robot/robot-compat", 1);
     let socket = fs.join("run/spire/sockets/agent.sock");
     common::searchable_by_all(&socket);
-    let sds = envoy_fixtures::sds::SdsServer::start(
-        &socket,
-        "default",
-        (&read(&svid.cert), &read(&svid.key)),
-        &[("example.org", &read(&ca.cert))],
-    );
+    let sds = envoy_fixtures::sds::SdsServer::spire(&socket, &svid, &ca);
     let [database, api] = [(); 2].map(|_| envoy_fixtures::free_port());
     let under = |p: &str| fs.join(p.trim_start_matches('/')).display().to_string();
     let text = substitute(

@@ -346,13 +346,7 @@ fn app_reaches_real_postgres_only_through_envoy_mtls_with_the_right_spiffe_ids()
     let ca = Ca::new(tmp.path(), "example.org");
     let robot_id = format!("spiffe://example.org/robot/{ROBOT}");
     let svid = ca.leaf("robot", &robot_id, 2);
-    let read = |p: &Path| std::fs::read(p).unwrap();
-    let spire = SdsServer::start(
-        &tmp.path().join("spire-agent.sock"),
-        "default",
-        (&read(&svid.cert), &read(&svid.key)),
-        &[("example.org", &read(&ca.cert))],
-    );
+    let spire = SdsServer::spire(&tmp.path().join("spire-agent.sock"), &svid, &ca);
     let db_side = ServerSide::start(
         &tools.envoy,
         &tmp.path().join("db-side"),
@@ -462,12 +456,7 @@ fn app_reaches_real_postgres_only_through_envoy_mtls_with_the_right_spiffe_ids()
     // A workload whose SPIRE agent hands it another robot's identity: the
     // server-side Envoy's RBAC refuses it.
     let intruder_svid = ca.leaf("intruder", "spiffe://example.org/robot/intruder", 3);
-    let intruder_spire = SdsServer::start(
-        &tmp.path().join("intruder-agent.sock"),
-        "default",
-        (&read(&intruder_svid.cert), &read(&intruder_svid.key)),
-        &[("example.org", &read(&ca.cert))],
-    );
+    let intruder_spire = SdsServer::spire(&tmp.path().join("intruder-agent.sock"), &intruder_svid, &ca);
     let intruder = AppJob {
         name: "pg-intruder",
         count: 1,

@@ -179,12 +179,7 @@ fn spire_sds_gives_the_svid_and_bundle_and_rotation_needs_no_restart() {
     let (_echo, ca, server) = guarded_echo(&bin, tmp.path(), 30);
     let svid = ca.leaf("robot", ROBOT_ID, 0x31);
     let read = |p: &Path| std::fs::read(p).unwrap();
-    let spire = SdsServer::start(
-        &tmp.path().join("agent.sock"),
-        "default",
-        (&read(&svid.cert), &read(&svid.key)),
-        &[("example.org", &read(&ca.cert))],
-    );
+    let spire = SdsServer::spire(&tmp.path().join("agent.sock"), &svid, &ca);
 
     let (right, wrong) = (free_port(), free_port());
     let network = NetworkConfig {
@@ -266,21 +261,10 @@ fn two_trust_domains_through_two_spire_agents() {
         &["spiffe://partner.net/robot/r1"],
         echo.port,
     );
-    let read = |p: &Path| std::fs::read(p).unwrap();
     let svid = ours.leaf("robot", ROBOT_ID, 42);
     let partner_svid = partner.leaf("robot", "spiffe://partner.net/robot/r1", 43);
-    let agent = SdsServer::start(
-        &tmp.path().join("agent.sock"),
-        "default",
-        (&read(&svid.cert), &read(&svid.key)),
-        &[("example.org", &read(&ours.cert))],
-    );
-    let partner_agent = SdsServer::start(
-        &tmp.path().join("partner.sock"),
-        "default",
-        (&read(&partner_svid.cert), &read(&partner_svid.key)),
-        &[("partner.net", &read(&partner.cert))],
-    );
+    let agent = SdsServer::spire(&tmp.path().join("agent.sock"), &svid, &ours);
+    let partner_agent = SdsServer::spire(&tmp.path().join("partner.sock"), &partner_svid, &partner);
     let (p1, p2, p3) = (free_port(), free_port(), free_port());
     // A partner.net peer through our own agent: only example.org is trusted.
     let cross = tls_upstream("cross", p3, partner_server.port, None);
@@ -403,13 +387,7 @@ fn live_update_adds_a_spire_mtls_upstream_without_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let (echo, ca, server) = guarded_echo(&bin, tmp.path(), 70);
     let svid = ca.leaf("robot", ROBOT_ID, 71);
-    let read = |p: &Path| std::fs::read(p).unwrap();
-    let spire = SdsServer::start(
-        &tmp.path().join("agent.sock"),
-        "default",
-        (&read(&svid.cert), &read(&svid.key)),
-        &[("example.org", &read(&ca.cert))],
-    );
+    let spire = SdsServer::spire(&tmp.path().join("agent.sock"), &svid, &ca);
     let (plain_port, mtls_port) = (free_port(), free_port());
     let mut g = GroupProxy {
         envoy_bin: bin.clone(),
@@ -477,13 +455,7 @@ fn envoy_waits_for_a_late_spire_agent_and_names_it_meanwhile() {
     assert!(!envoy::is_ready(&launch.admin_socket));
 
     let svid = ca.leaf("robot", ROBOT_ID, 81);
-    let read = |p: &Path| std::fs::read(p).unwrap();
-    let _spire = SdsServer::start(
-        &socket,
-        "default",
-        (&read(&svid.cert), &read(&svid.key)),
-        &[("example.org", &read(&ca.cert))],
-    );
+    let _spire = SdsServer::spire(&socket, &svid, &ca);
     e.wait_ready();
     assert_eq!(echo_through(port, b"late but fine").unwrap(), b"late but fine");
 }
@@ -533,14 +505,8 @@ fn inbound_listener_with_spire_sds_and_rbac() {
     let tmp = tempfile::tempdir().unwrap();
     let echo = Server::echo();
     let ca = Ca::new(tmp.path(), "example.org");
-    let read = |p: &Path| std::fs::read(p).unwrap();
     let server_svid = ca.leaf("server", SERVER_ID, 100);
-    let server_agent = SdsServer::start(
-        &tmp.path().join("server-agent.sock"),
-        "default",
-        (&read(&server_svid.cert), &read(&server_svid.key)),
-        &[("example.org", &read(&ca.cert))],
-    );
+    let server_agent = SdsServer::spire(&tmp.path().join("server-agent.sock"), &server_svid, &ca);
     let inbound_port = free_port();
     let server = GroupProxy {
         envoy_bin: bin.clone(),
@@ -569,12 +535,7 @@ fn inbound_listener_with_spire_sds_and_rbac() {
     server_envoy.wait_ready();
 
     let robot_svid = ca.leaf("robot", ROBOT_ID, 101);
-    let robot_agent = SdsServer::start(
-        &tmp.path().join("robot-agent.sock"),
-        "default",
-        (&read(&robot_svid.cert), &read(&robot_svid.key)),
-        &[("example.org", &read(&ca.cert))],
-    );
+    let robot_agent = SdsServer::spire(&tmp.path().join("robot-agent.sock"), &robot_svid, &ca);
     let port = free_port();
     let _r = robot(
         &bin,

@@ -12,7 +12,7 @@
 //! name is `getterOptions.filename` or the last segment of the source; with
 //! `getterMode: file`, `relativeDest` is the file path itself.
 
-use super::paths::{self, PathError, PendingFile};
+use super::manifest_paths::{self, PathError, PendingFile};
 use crate::api::Artifact;
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
@@ -165,10 +165,10 @@ fn fetch(
         ),
         None => None,
     };
-    let dest = paths::resolve(&destination(a)?, task_dir, alloc_dir).map_err(ArtifactError::Path)?;
+    let dest = manifest_paths::resolve(&destination(a)?, task_dir, alloc_dir).map_err(ArtifactError::Path)?;
     // Already there and verified (a restart of the same task): keep it.
     if let Some(want) = &expected {
-        if let Ok(bytes) = paths::read(&dest) {
+        if let Ok(bytes) = manifest_paths::read(&dest) {
             if hex(&Sha256::digest(&bytes)) == *want {
                 return Ok(());
             }

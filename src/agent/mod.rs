@@ -11,8 +11,9 @@
 //! - `layout`: the data directory's layout and the units' names;
 //! - `standalone`: `run -f job.yaml`, the desired set from a file;
 //! - `connected`: the desired set from the server's long poll;
-//! - helpers with one job each: `templates`, `artifacts`, `paths`,
-//!   `device`, `clock` (deadlines that cannot overflow).
+//! - helpers with one job each: `templates`, `artifacts`,
+//!   `manifest_paths` (a manifest's destination paths kept inside the task
+//!   directory), `device`, `clock` (deadlines that cannot overflow).
 //!
 //! Decisions worth knowing (details in each module):
 //! - units are named `<job>-<group>-r<i>-<task>` (tasks), `<job>-<group>-<init>`
@@ -40,7 +41,7 @@ pub mod device;
 pub mod expand;
 pub mod gc;
 pub mod layout;
-pub mod paths;
+pub mod manifest_paths;
 pub mod privileges;
 pub mod reconcile;
 pub mod robot_proxy;

@@ -69,7 +69,7 @@ impl AssignedTask {
     pub fn replica(&self) -> i32 {
         self.spec.replica_index.unwrap_or(0)
     }
-    /// The TaskGroup object's name, `<job>-<group>`, as `api::placement`
+    /// The TaskGroup object's name, `<job>-<group>`, as `api::job_expansion`
     /// sets `taskGroupName`.
     pub fn group_key(&self) -> String {
         self.spec

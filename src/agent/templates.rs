@@ -7,7 +7,7 @@
 //! consul-template's `env`. Any other `{{ ... }}` action is an error rather
 //! than silently copied through.
 
-use super::paths::{self, PathError, PendingFile};
+use super::manifest_paths::{self, PathError, PendingFile};
 use crate::api::Template;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -68,12 +68,12 @@ pub fn write_all(
     owner: Option<(u32, u32)>,
 ) -> Result<(), TemplateError> {
     for tpl in templates {
-        let dest = paths::resolve(&tpl.dest_path, task_dir, alloc_dir).map_err(TemplateError::Path)?;
+        let dest = manifest_paths::resolve(&tpl.dest_path, task_dir, alloc_dir).map_err(TemplateError::Path)?;
         let source = match (&tpl.embedded_tmpl, &tpl.source_path) {
             (Some(text), _) => text.clone(),
             (None, Some(src)) => {
-                let src = paths::resolve(src, task_dir, alloc_dir).map_err(TemplateError::Path)?;
-                let bytes = paths::read(&src).map_err(TemplateError::Path)?;
+                let src = manifest_paths::resolve(src, task_dir, alloc_dir).map_err(TemplateError::Path)?;
+                let bytes = manifest_paths::read(&src).map_err(TemplateError::Path)?;
                 String::from_utf8(bytes).map_err(|_| TemplateError::Syntax {
                     dest: tpl.dest_path.clone(),
                     message: "source is not UTF-8 text".into(),

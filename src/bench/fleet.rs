@@ -20,7 +20,6 @@ use crate::server::progress::Progress;
 use crate::server::robot_channel::client::{Prepared, RobotSession};
 use serde::de::IgnoredAny;
 use serde_json::{json, Value};
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -150,36 +149,26 @@ impl ServerProc {
         // The secure defaults, as deployed: the operator side over HTTPS
         // with the generated admin kubeconfig, the simulated robots on the
         // plain agent listener (signed and sealed, as agents speak it).
-        let mut child = Command::new(exe)
-            .args([
-                "server",
-                "--listen",
-                "127.0.0.1:0",
-                "--agent-listen",
-                "127.0.0.1:0",
-                "--data",
-            ])
-            .arg(&dir)
+        let mut child = crate::server::ready::loopback(&exe, &dir)
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .map_err(|e| format!("starting the server: {e}"))?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
-        let mut lines = std::io::BufReader::new(stdout).lines();
-        let agent_addr = loop {
-            let line = lines
-                .next()
-                .ok_or("the server exited before printing its addresses")?
-                .map_err(|e| format!("reading the server's addresses: {e}"))?;
-            if let Some(a) = line.trim().strip_prefix("agent channel on http://") {
-                break a.to_string();
+        let ready = crate::server::ready::Ready::wait(stdout, Duration::from_secs(60));
+        let ready = match ready {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e);
             }
         };
         Ok(ServerProc {
             child,
-            agent_addr,
-            kubeconfig: dir.join("admin.kubeconfig"),
+            agent_addr: ready.agent_base.trim_start_matches("http://").to_string(),
+            kubeconfig: ready.kubeconfig,
             _dir: tempfile_dir::TempDir(dir),
         })
     }

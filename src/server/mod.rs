@@ -49,6 +49,7 @@ pub mod panics;
 pub mod patch;
 pub mod poll_slots;
 pub mod progress;
+pub mod ready;
 pub mod registry;
 pub mod release_cli;
 pub mod resources;
@@ -256,10 +257,12 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     let scheme = if https.is_some() { "https" } else { "http" };
     // One write of all three lines, its error ignored: a reader that takes
     // the first line and closes the pipe does not stop the server.
-    let ready = format!(
-        "listening on {scheme}://{addr}\nagent channel on http://{agent_addr}\nexport KUBECONFIG={}\n",
-        kubeconfig.display()
-    );
+    let ready = ready::Ready {
+        base: format!("{scheme}://{addr}"),
+        agent_base: format!("http://{agent_addr}"),
+        kubeconfig: kubeconfig.clone(),
+    }
+    .lines();
     let mut out = std::io::stdout().lock();
     let _ = std::io::Write::write_all(&mut out, ready.as_bytes()).and_then(|()| std::io::Write::flush(&mut out));
     drop(out);

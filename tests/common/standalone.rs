@@ -179,6 +179,15 @@ pub fn is_root() -> bool {
         .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
 }
 
+/// True, after saying the test is skipped and why, when not root.
+pub fn skip_unless_root(why: &str) -> bool {
+    if is_root() {
+        return false;
+    }
+    eprintln!("SKIP: {why}");
+    true
+}
+
 impl Agent {
     pub fn output(&self) -> String {
         self.lines

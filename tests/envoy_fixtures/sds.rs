@@ -61,6 +61,18 @@ impl SdsServer {
         SdsServer::start_with(socket, svid_name, svid, bundles, BundleForm::SpiffeValidator)
     }
 
+    /// SPIRE's agent as a group's Envoy asks it: the SVID `default` from
+    /// `svid`, and `ca`'s trust domain bundle.
+    pub fn spire(socket: &Path, svid: &super::Leaf, ca: &super::Ca) -> SdsServer {
+        let read = |p: &Path| std::fs::read(p).expect("read a test certificate");
+        SdsServer::start(
+            socket,
+            "default",
+            (&read(&svid.cert), &read(&svid.key)),
+            &[(&ca.trust_domain, &read(&ca.cert))],
+        )
+    }
+
     pub fn start_with(
         socket: &Path,
         svid_name: &str,

@@ -10,6 +10,7 @@ pub mod etcd;
 
 use k8s4r::api::agent_protocol::RegisterRequest;
 use k8s4r::api::robot_channel::JoinToken;
+use k8s4r::server::ready::{self, Ready};
 pub use k8s4r::server::robot_channel::client::{Prepared, RobotSession};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
@@ -133,50 +134,19 @@ impl Started {
 }
 
 fn spawn(data: &Path, args: &[String], env: &[(String, String)]) -> Started {
-    let mut child = Command::new(server_bin())
-        .args([
-            "server",
-            "--listen",
-            "127.0.0.1:0",
-            "--agent-listen",
-            "127.0.0.1:0",
-            "--data",
-        ])
-        .arg(data)
+    let mut child = ready::loopback(&server_bin(), data)
         .args(args)
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start k8s4r server");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    // Three lines, printed together once it accepts connections.
-    let (mut base, mut agent_base, mut kubeconfig) = (None, None, None);
-    let deadline = Instant::now() + STARTUP;
-    while base.is_none() || agent_base.is_none() || kubeconfig.is_none() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx
-            .recv_timeout(left)
-            .unwrap_or_else(|_| panic!("server did not print its addresses and kubeconfig within {STARTUP:?}"));
-        if let Some(a) = line.strip_prefix("listening on ") {
-            base = Some(a.to_string());
-        } else if let Some(a) = line.strip_prefix("agent channel on ") {
-            agent_base = Some(a.to_string());
-        } else if let Some(k) = line.strip_prefix("export KUBECONFIG=") {
-            kubeconfig = Some(PathBuf::from(k));
-        }
-    }
+    let ready = Ready::wait(child.stdout.take().expect("stdout"), STARTUP).unwrap_or_else(|e| panic!("{e}"));
     Started {
         child,
-        base: base.unwrap_or_default(),
-        agent_base: agent_base.unwrap_or_default(),
-        kubeconfig: kubeconfig.unwrap_or_default(),
+        base: ready.base,
+        agent_base: ready.agent_base,
+        kubeconfig: ready.kubeconfig,
     }
 }
 

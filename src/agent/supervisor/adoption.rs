@@ -1,17 +1,19 @@
 //! Processes an earlier agent left: restored from the saved state
 //! (verified by pid + start time + boot id) or, when the last agent was
-//! killed before recording them, found in /proc; watched through a pidfd
-//! (or /proc polling) since they are not our children.
+//! killed before recording them, found among the process-group leaders
+//! the host lists (/proc); watched through a pidfd (or /proc polling)
+//! since they are not our children.
 
+use super::host::Host;
 use super::logs;
 use super::machine::{Event, Exit, Phase};
-use super::procfs::{self, ProcIdentity};
+use super::procfs::{self, Leader, ProcIdentity};
 use super::state::{SavedPhase, SavedUnit};
 use super::{Supervisor, Unit, Watch, PROC_POLL_INTERVAL};
 use crate::agent::clock;
 use crate::agent::layout::Layout;
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 impl Supervisor {
@@ -61,15 +63,20 @@ impl Supervisor {
 
 /// Processes an earlier agent started but was killed before it recorded
 /// them (state is written before the agent sleeps, so a kill -9 between a
-/// fork and that write loses the pid): found in /proc as process-group
-/// leaders (every unit is started with setsid) whose working directory, or
+/// fork and that write loses the pid): found among the process-group
+/// leaders the host lists (every unit is started with setsid; the real
+/// host reads /proc) whose working directory, or
 /// else `K8S4R_TASK_DIR`, is a unit's directory, and recorded as leftovers
 /// so they are re-adopted (or stopped, when unwanted) instead of started a
 /// second time. Only units without a live recorded process and without a
 /// final outcome are considered; a leader whose parent is another such
 /// leader of the same unit (a task's own `setsid` child) is not the unit's
 /// process. Returns notices for the log.
-pub(super) fn claim_unrecorded(layout: &Layout, leftovers: &mut BTreeMap<String, SavedUnit>) -> Vec<String> {
+pub(super) fn claim_unrecorded(
+    host: &dyn Host,
+    layout: &Layout,
+    leftovers: &mut BTreeMap<String, SavedUnit>,
+) -> Vec<String> {
     let dirs: HashMap<PathBuf, String> = layout
         .unit_dirs()
         .into_iter()
@@ -82,40 +89,21 @@ pub(super) fn claim_unrecorded(layout: &Layout, leftovers: &mut BTreeMap<String,
         None => true,
         Some(u) if u.phase == SavedPhase::Running => !matches!(
             (u.pid, u.start_time),
-            (Some(pid), Some(start_time)) if procfs::is_same_live_process(ProcIdentity { pid, start_time })
+            (Some(pid), Some(start_time)) if host.is_alive(ProcIdentity { pid, start_time })
         ),
         Some(_) => false,
     };
-    let unit_of = |pid: i32| -> Option<&String> {
-        if let Some(name) = std::fs::read_link(format!("/proc/{pid}/cwd"))
-            .ok()
-            .and_then(|cwd| dirs.get(&cwd))
-        {
-            return Some(name);
-        }
-        let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-        let dir = env
-            .split(|b| *b == 0)
-            .find_map(|v| v.strip_prefix(b"K8S4R_TASK_DIR="))?;
-        dirs.get(Path::new(std::str::from_utf8(dir).ok()?))
+    let unit_of = |leader: &Leader| -> Option<&String> {
+        leader
+            .cwd
+            .as_ref()
+            .and_then(|cwd| dirs.get(cwd))
+            .or_else(|| dirs.get(leader.task_dir.as_ref()?))
     };
-    let own = std::process::id() as i32;
     let mut found: BTreeMap<String, Vec<(ProcIdentity, i32)>> = BTreeMap::new();
-    let pids = std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok());
-    for pid in pids.filter(|p| *p != own) {
-        let Ok(stat) = procfs::read_stat(pid) else { continue };
-        if stat.pgrp != pid || !stat.is_alive() {
-            continue;
-        }
-        if let Some(name) = unit_of(pid).filter(|n| open(n)) {
-            let id = ProcIdentity {
-                pid,
-                start_time: stat.start_time,
-            };
-            found.entry(name.clone()).or_default().push((id, stat.ppid));
+    for leader in host.group_leaders() {
+        if let Some(name) = unit_of(&leader).filter(|n| open(n)) {
+            found.entry(name.clone()).or_default().push((leader.id, leader.ppid));
         }
     }
     let mut notices = Vec::new();

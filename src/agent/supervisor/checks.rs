@@ -5,7 +5,7 @@
 //! processes, so the supervisor starts and reaps them like everything else.
 
 use crate::api::Service;
-use std::io::{Read, Write};
+use crate::http_client::{HttpError, Request};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
@@ -75,48 +75,34 @@ pub fn from_services(services: &[Service]) -> Vec<CheckSpec> {
     out
 }
 
-/// Run an http or tcp probe against 127.0.0.1 (blocking, bounded by `timeout`).
+/// Run an http or tcp probe against 127.0.0.1 (blocking: the connect, and
+/// each read and write, bounded by `timeout`). An http probe passes on a
+/// status from 200 to 399 (a redirect is not followed: it is an answer);
+/// only the head is read, never the body.
 pub fn run_network_probe(probe: &Probe, timeout: Duration) -> Result<(), String> {
-    let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
     match probe {
-        Probe::Tcp { port } => TcpStream::connect_timeout(&addr(*port), timeout)
+        Probe::Tcp { port } => TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], *port)), timeout)
             .map(|_| ())
             .map_err(|e| format!("tcp 127.0.0.1:{port}: {e}")),
         Probe::Http { port, path } => {
-            let fail = |e: std::io::Error| format!("http 127.0.0.1:{port}{path}: {e}");
-            let mut s = TcpStream::connect_timeout(&addr(*port), timeout).map_err(fail)?;
-            s.set_read_timeout(Some(timeout)).map_err(fail)?;
-            s.set_write_timeout(Some(timeout)).map_err(fail)?;
-            // One write: a server that answers early must not see a torn request.
-            let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: k8s4r-agent\r\n\r\n");
-            s.write_all(request.as_bytes()).map_err(fail)?;
-            // The status line may arrive in pieces: read until its end.
-            let mut head = [0u8; 64];
-            let mut n = 0;
-            while n < head.len() && !head[..n].contains(&b'\n') {
-                match s.read(&mut head[n..]).map_err(fail)? {
-                    0 => break,
-                    got => n += got,
-                }
+            let fail = |e: &dyn std::fmt::Display| format!("http 127.0.0.1:{port}{path}: {e}");
+            if !path.starts_with('/') {
+                return Err(fail(&HttpError::Target(path.clone())));
             }
-            let status =
-                parse_status(&head[..n]).ok_or_else(|| format!("http 127.0.0.1:{port}{path}: not an HTTP response"))?;
+            let url = format!("http://127.0.0.1:{port}{path}");
+            let request = Request {
+                headers: &[("User-Agent", "k8s4r-agent")],
+                ..Request::get(&url, timeout)
+            };
+            let status = request.send_once().map_err(|e| fail(&e))?.status;
             if (200..400).contains(&status) {
                 Ok(())
             } else {
-                Err(format!("http 127.0.0.1:{port}{path}: status {status}"))
+                Err(fail(&format!("status {status}")))
             }
         }
         Probe::Script { .. } => Err("script probes are run by the supervisor".into()),
     }
-}
-
-/// The status code of an HTTP/1.x status line.
-fn parse_status(head: &[u8]) -> Option<u16> {
-    let line = std::str::from_utf8(head).ok()?;
-    let mut parts = line.split_whitespace();
-    parts.next().filter(|v| v.starts_with("HTTP/"))?;
-    parts.next()?.parse().ok()
 }
 
 /// The task's health from its checks' latest results (None: no result yet).
@@ -144,7 +130,9 @@ pub fn health(results: &[(String, Option<Result<(), String>>)]) -> Option<String
 mod tests {
     use super::*;
     use crate::api::ServiceCheck;
+    use std::io::{BufRead, BufReader, Write};
     use std::net::TcpListener;
+    use std::time::Instant;
 
     #[test]
     fn builds_checks_from_services() {
@@ -185,32 +173,141 @@ mod tests {
         assert_eq!(checks[1].interval, DEFAULT_INTERVAL);
     }
 
+    /// Python's `http.server` on a free loopback port, serving `dir`;
+    /// killed when dropped.
+    struct PythonHttp {
+        child: std::process::Child,
+        port: u16,
+    }
+
+    impl PythonHttp {
+        fn start(dir: &std::path::Path) -> PythonHttp {
+            let child = std::process::Command::new("python3")
+                .args(["-u", "-m", "http.server", "0", "--bind", "127.0.0.1", "--directory"])
+                .arg(dir)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("python3 (the tests' HTTP server) must be installed");
+            // Killed on drop from here on, a failed start included.
+            let mut server = PythonHttp { child, port: 0 };
+            // "Serving HTTP on 127.0.0.1 port 41234 (...)": the port it bound.
+            let stdout = server.child.stdout.take().unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let mut line = String::new();
+                let _ = BufReader::new(stdout).read_line(&mut line);
+                let _ = tx.send(line);
+            });
+            let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
+            server.port = line
+                .split(" port ")
+                .nth(1)
+                .and_then(|rest| rest.split(' ').next()?.parse().ok())
+                .unwrap_or_else(|| panic!("http.server did not say its port: {line:?}"));
+            server
+        }
+    }
+
+    impl Drop for PythonHttp {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
     #[test]
-    fn tcp_and_http_probes_against_a_local_listener() {
+    fn http_probes_against_a_real_http_server() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("healthz"), "ok").unwrap();
+        std::fs::create_dir(dir.path().join("app")).unwrap();
+        let server = PythonHttp::start(dir.path());
+        let probe = |path: &str| {
+            run_network_probe(
+                &Probe::Http {
+                    port: server.port,
+                    path: path.into(),
+                },
+                Duration::from_secs(5),
+            )
+        };
+        assert_eq!(probe("/healthz"), Ok(()));
+        assert_eq!(probe("/healthz?verbose=1"), Ok(()));
+        // A directory without its slash: 301, an answer in 200-399.
+        assert_eq!(probe("/app"), Ok(()));
+        let err = probe("/missing").unwrap_err();
+        assert_eq!(err, format!("http 127.0.0.1:{}/missing: status 404", server.port));
+        let err = probe("healthz").unwrap_err();
+        assert!(err.contains("is not a request path"), "{err}");
+        assert_eq!(
+            run_network_probe(&Probe::Tcp { port: server.port }, Duration::from_secs(5)),
+            Ok(())
+        );
+    }
+
+    /// Answers each connection with the next of `answers` (whole), after
+    /// reading the request head; then stops listening.
+    fn scripted(answers: Vec<&'static str>) -> (u16, std::thread::JoinHandle<Vec<String>>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let server = std::thread::spawn(move || {
-            for status in ["200 OK", "503 Service Unavailable"] {
-                let (mut s, _) = listener.accept().unwrap();
-                let mut request = Vec::new();
-                let mut buf = [0u8; 512];
-                while !request.ends_with(b"\r\n\r\n") {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => request.extend_from_slice(&buf[..n]),
-                    }
-                }
-                s.write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes())
-                    .unwrap();
+            let mut heads = Vec::new();
+            for answer in answers {
+                let (s, _) = listener.accept().unwrap();
+                let mut reader = BufReader::new(&s);
+                let mut head = String::new();
+                while !head.ends_with("\r\n\r\n") && reader.read_line(&mut head).is_ok_and(|n| n > 0) {}
+                (&s).write_all(answer.as_bytes()).unwrap();
+                heads.push(head);
             }
+            heads
         });
+        (port, server)
+    }
+
+    #[test]
+    fn http_probe_edges() {
         let t = Duration::from_secs(2);
-        assert_eq!(run_network_probe(&Probe::Http { port, path: "/".into() }, t), Ok(()));
-        let err = run_network_probe(&Probe::Http { port, path: "/".into() }, t).unwrap_err();
-        assert!(err.contains("status 503"), "{err}");
-        server.join().unwrap();
+        let (port, server) = scripted(vec![
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n",
+            // An answer, not followed: no request for /elsewhere below.
+            "HTTP/1.1 302 Found\r\nLocation: /elsewhere\r\nContent-Length: 0\r\n\r\n",
+            // A body far larger than anything read: the status decides.
+            "HTTP/1.0 200 OK\r\nContent-Length: 100000000\r\n\r\npartial",
+            "SSH-2.0-OpenSSH_9.6\r\n",
+        ]);
+        let probe = Probe::Http {
+            port,
+            path: "/ready".into(),
+        };
+        let err = run_network_probe(&probe, t).unwrap_err();
+        assert_eq!(err, format!("http 127.0.0.1:{port}/ready: status 503"));
+        assert_eq!(run_network_probe(&probe, t), Ok(()));
+        assert_eq!(run_network_probe(&probe, t), Ok(()));
+        let err = run_network_probe(&probe, t).unwrap_err();
+        assert!(err.contains("bad HTTP response"), "{err}");
+        let heads = server.join().unwrap();
+        assert!(heads[0].starts_with("GET /ready HTTP/1.1\r\n"), "{heads:?}");
+        assert!(heads[0].contains(&format!("Host: 127.0.0.1:{port}\r\n")), "{heads:?}");
+        assert!(heads[0].contains("User-Agent: k8s4r-agent\r\n"), "{heads:?}");
+        assert!(heads.iter().all(|h| h.starts_with("GET /ready ")), "{heads:?}");
         // Nothing listens any more.
         assert!(run_network_probe(&Probe::Tcp { port }, t).is_err());
+        assert!(run_network_probe(&probe, t)
+            .unwrap_err()
+            .contains("connecting to 127.0.0.1"));
+    }
+
+    #[test]
+    fn http_probe_times_out_on_a_silent_server() {
+        // Accepts (the kernel does, from the backlog) and never answers.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let started = Instant::now();
+        let err = run_network_probe(&Probe::Http { port, path: "/".into() }, Duration::from_millis(200)).unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        assert!(err.starts_with(&format!("http 127.0.0.1:{port}/: ")), "{err}");
+        drop(listener);
     }
 
     #[test]

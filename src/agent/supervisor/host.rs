@@ -1,14 +1,15 @@
 //! What the supervisor asks of the operating system about processes, as
 //! one trait: start a unit (its directories, user lookup and templates,
 //! then fork/exec), start a script probe, signal a process group, reap an
-//! exited child, open a pidfd, tell whether a process still lives. [`System`]
-//! is the real one; the supervisor's tests drive units against a recording
-//! fake (as youki tests its container lifecycle without processes).
-//! Taking the data directory, signal handling and the /proc scan for
-//! unrecorded leftovers stay with the supervisor's construction.
+//! exited child, open a pidfd, tell whether a process still lives, list
+//! the process-group leaders (the scan for leftovers an earlier agent did
+//! not record). [`System`] is the real one; the supervisor's tests drive
+//! units against a recording fake (as youki tests its container lifecycle
+//! without processes). Taking the data directory and signal handling stay
+//! with the supervisor's construction.
 
 use super::machine::Exit;
-use super::procfs::{self, ProcIdentity};
+use super::procfs::{self, Leader, ProcIdentity};
 use super::spawn::{self, Prepared, SpawnContext, SpawnError, Spawned};
 use super::UnitSpec;
 use rustix::fd::OwnedFd;
@@ -30,6 +31,8 @@ pub trait Host {
     fn pidfd(&mut self, pid: i32) -> Option<OwnedFd>;
     /// Does this process (pid + start time) still run?
     fn is_alive(&self, id: ProcIdentity) -> bool;
+    /// Every live process-group leader but the agent itself.
+    fn group_leaders(&self) -> Vec<Leader>;
 }
 
 /// The real operating system.
@@ -78,5 +81,9 @@ impl Host for System {
 
     fn is_alive(&self, id: ProcIdentity) -> bool {
         procfs::is_same_live_process(id)
+    }
+
+    fn group_leaders(&self) -> Vec<Leader> {
+        procfs::group_leaders(std::process::id() as i32)
     }
 }

@@ -357,7 +357,7 @@ impl Supervisor {
                 u.start_time = None;
             }
         }
-        notices.extend(claim_unrecorded(&layout, &mut leftovers));
+        notices.extend(claim_unrecorded(&*host, &layout, &mut leftovers));
         let cgroups = match &config.cgroup_root {
             Some(root) => match Cgroups::detect(root) {
                 Ok((cg, notice)) => {

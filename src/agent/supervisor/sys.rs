@@ -1,9 +1,11 @@
 //! The agent's only `unsafe` code: the child-side hook that runs between
-//! fork and exec, and borrowing raw descriptors listed in /proc/self/fd.
+//! fork and exec, borrowing raw descriptors listed in /proc/self/fd, and
+//! the volatile read of the version slot.
 //!
 //! Everything the pre-exec hook touches is prepared by the parent before
-//! fork (the cgroup descriptor, the limits); in the child it only makes raw
-//! system calls (setsid, setrlimit, write), which are async-signal-safe: no
+//! fork (the cgroup descriptor, the limits, the user's ids and groups); in
+//! the child it only makes raw system calls (setsid, setrlimit, write,
+//! setgroups, setgid, setuid, prctl), which are async-signal-safe: no
 //! allocation, no locks, no stdio.
 
 use rustix::fd::{BorrowedFd, OwnedFd};

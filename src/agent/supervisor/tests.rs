@@ -5,14 +5,15 @@
 use super::host::Host;
 use super::logs::LogLimits;
 use super::machine::{Exit, Phase, Policy, RestartRules};
-use super::procfs::ProcIdentity;
+use super::procfs::{Leader, ProcIdentity};
 use super::spawn::{Prepared, SpawnContext, SpawnError, Spawned};
 use super::{DirOwner, Supervisor, SupervisorConfig, UnitSpec};
+use crate::agent::layout::{Layout, UnitId};
 use crate::agent::supervisor::cgroup::Limits;
 use rustix::fd::OwnedFd;
 use rustix::process::Signal;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,6 +31,8 @@ struct Record {
     exits: VecDeque<(i32, Exit)>,
     /// Live processes (for adoption).
     alive: BTreeSet<i32>,
+    /// Process-group leaders the host lists (those still alive).
+    leaders: Vec<Leader>,
     /// Units whose start fails.
     refuse: BTreeSet<String>,
     last_pid: i32,
@@ -90,6 +93,15 @@ impl Host for Fake {
     }
     fn is_alive(&self, id: ProcIdentity) -> bool {
         self.with(|r| r.alive.contains(&id.pid))
+    }
+    fn group_leaders(&self) -> Vec<Leader> {
+        self.with(|r| {
+            r.leaders
+                .iter()
+                .filter(|l| r.alive.contains(&l.id.pid))
+                .cloned()
+                .collect()
+        })
     }
 }
 
@@ -326,4 +338,65 @@ fn a_plan_is_applied_in_one_call_starting_in_order_and_stopping_the_unwanted() {
     plan.wanted = ["a".to_string()].into();
     sup.apply(plan);
     assert_eq!(fake.calls(), [Call::Signal(100, Signal::TERM)], "b stops");
+}
+
+#[test]
+fn a_live_process_the_last_agent_did_not_record_is_claimed_and_a_stranger_is_not() {
+    let data = tempfile::tempdir().unwrap();
+    let layout = Layout::new(data.path());
+    let id = |replica: u32| UnitId::Task {
+        group: "j-g".into(),
+        replica,
+        task: "web".into(),
+    };
+    let dir = |replica: u32| layout.dir(&id(replica));
+    for replica in 0..3 {
+        std::fs::create_dir_all(dir(replica)).unwrap();
+    }
+    let leader = |pid: i32, ppid: i32, cwd: &Path, task_dir: Option<PathBuf>| Leader {
+        id: ProcIdentity { pid, start_time: 7 },
+        ppid,
+        cwd: Some(cwd.to_path_buf()),
+        task_dir,
+    };
+    let fake = Fake::default();
+    fake.with(|r| {
+        r.leaders = vec![
+            // A task's own setsid child, listed first and started in the
+            // same tick as its parent: still not the unit's process...
+            leader(501, 500, &dir(0), None),
+            // ... which is r0's, found by its working directory.
+            leader(500, 1, &dir(0), None),
+            // r1's process moved elsewhere but names its task dir.
+            leader(700, 1, Path::new("/"), Some(dir(1))),
+            // Strangers: another working directory, a task dir that is no unit's.
+            leader(600, 1, Path::new("/home/someone"), None),
+            leader(800, 1, data.path(), Some(data.path().join("alloc/j-g"))),
+        ];
+        r.alive.extend([500, 501, 600, 700, 800]);
+    });
+    let config = SupervisorConfig {
+        data_dir: data.path().to_path_buf(),
+        log_limits: LogLimits::default(),
+        cgroup_root: None,
+        allow_root_tasks: true,
+        require_artifact_checksums: false,
+    };
+    let (mut sup, notices) = Supervisor::with_host(config, Box::new(fake.clone())).unwrap();
+    let claims: Vec<&String> = notices.iter().filter(|n| n.contains("was not recorded")).collect();
+    assert_eq!(claims.len(), 2, "{notices:?}");
+    assert!(claims[0].starts_with("j-g-r0-web: pid 500 runs"), "{notices:?}");
+    assert!(claims[1].starts_with("j-g-r1-web: pid 700 runs"), "{notices:?}");
+    for replica in 0..3 {
+        let mut spec = unit(data.path(), &id(replica).name(), daemon());
+        spec.dir = dir(replica);
+        sup.ensure(spec);
+    }
+    assert!(matches!(phase(&sup, "j-g-r0-web"), Phase::Running { pid: 500, .. }));
+    assert!(matches!(phase(&sup, "j-g-r1-web"), Phase::Running { pid: 700, .. }));
+    // Only r2, which no process claimed, is started; no stranger is signalled.
+    assert_eq!(
+        fake.calls(),
+        [Call::Prepare("j-g-r2-web".into()), Call::Exec("j-g-r2-web".into(), 100)]
+    );
 }
