@@ -7,6 +7,15 @@ cd "$(dirname "$0")/.."
 
 # area | fault or input | what must happen | test binary | test name
 cases=(
+  "rollout|a good version, maxParallel 1, three real robots|each robot gets it only after the previous one ran it minHealthyTime; all end on it; Table 3/3 Succeeded|e2e_rollout|a_good_version_rolls_one_robot_at_a_time_each_after_the_previous_is_healthy"
+  "rollout|a bad version (exits 1), canary 1, autoRevert|runs on exactly one robot, which goes back; the others never run it; rollout Failed|e2e_rollout|a_bad_canary_with_auto_revert_runs_on_one_robot_only_and_is_reverted"
+  "rollout|canary, then pause, promote, resume and revert by k8s4r job|the canary alone until promoted; pause holds the rest; revert puts version 1 on every robot at once|e2e_rollout|canary_promote_pause_resume_and_revert_by_command"
+  "rollout|a robot cut off (relay) during a good, then a bad rollout|skipped and counted pending; back, it runs the settled version, never the abandoned one|e2e_rollout|a_robot_cut_off_during_rollouts_ends_on_the_settled_version"
+  "rollout|the canary robot cut off while its new version fails|the robot goes back to the previous version on its own while cut off; back online it reports RolledBack and the server fails the rollout|e2e_rollout|a_canary_cut_off_reverts_itself_and_the_server_then_fails_the_rollout"
+  "rollout|a task holding k8s4r-update.lock|its robot keeps the old version and the rollout waits (LOCKED 1); lock removed: it goes on; held past lockDeadline: overridden|e2e_rollout|a_locked_robot_is_waited_for_and_overridden_at_its_deadline"
+  "agent|http check: 200, 301, 404, a query, a path without / against Python's http.server|2xx/3xx healthy (redirect not followed), 404 unhealthy naming the status, a bad path refused by name|lib|agent::supervisor::checks::tests::http_probes_against_a_real_http_server"
+  "agent|http check: a silent server|unhealthy at the check's timeout|lib|agent::supervisor::checks::tests::http_probe_times_out_on_a_silent_server"
+  "agent|agent killed between fork and saving state: leftover leaders in /proc (by cwd, by K8S4R_TASK_DIR), the task's own setsid child, strangers|the unit's process is adopted, no second start; children and strangers untouched|lib|agent::supervisor::tests::a_live_process_the_last_agent_did_not_record_is_claimed_and_a_stranger_is_not"
   "agent|a unit name part that is \"..\", \"/x\" or empty|the group fails naming the field; nothing started|lib|agent::reconcile::tests::a_name_that_would_leave_the_data_directory_fails_its_group"
   "agent|an init task fails|the group fails with its reason; no task starts|lib|agent::reconcile::tests::a_failed_init_task_fails_its_group_and_starts_nothing_more"
   "agent|a unit's start cannot be prepared (unknown user)|the unit fails with the reason; no exec|lib|agent::supervisor::tests::a_start_that_cannot_be_prepared_fails_the_unit_with_the_reason"
