@@ -4,7 +4,7 @@ CARGO ?= cargo
 X86_MUSL := x86_64-unknown-linux-musl
 ARM_MUSL := aarch64-unknown-linux-musl
 
-.PHONY: all build agent cross image tools test test-aarch64 reliability demo bench fuzz fmt lint cycles clean
+.PHONY: all build agent cross image tools test test-aarch64 reliability demo bench bloat fuzz fmt lint cycles clean
 
 all: build
 
@@ -87,6 +87,14 @@ bench: cross
 	-$(CARGO) run --release --bin k8s4r -- bench robots 1000 10000 --etcd --replicas 1,3 --out target/bench/server-etcd.json
 	$(CARGO) run --release --bin k8s4r -- bench report
 	@! grep -q "_not run_" target/bench/report.md || { echo "error: some benchmarks did not run (see report.md)"; exit 1; }
+
+# Where the aarch64 agent's bytes go (issue 20): by crate, then the largest
+# functions (cargo-bloat, installed if missing; an unstripped build of the
+# same release profile, in its own target dir so `make cross` stays as is).
+bloat:
+	@command -v cargo-bloat >/dev/null || $(CARGO) install cargo-bloat --locked
+	$(AGENT_PROFILE) $(CARGO) bloat --release --no-default-features --bin k8s4r-agent --target $(ARM_MUSL) --target-dir target/bloat --crates -n 20
+	$(AGENT_PROFILE) $(CARGO) bloat --release --no-default-features --bin k8s4r-agent --target $(ARM_MUSL) --target-dir target/bloat -n 40
 
 # cargo-fuzz (nightly, installed if missing): each target of tests/fuzz/ for
 # FUZZ_SECS (default 120) seconds; crash inputs land in
