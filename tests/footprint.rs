@@ -43,12 +43,21 @@ const CHANNEL_ALLOWANCE: u64 = 150 * 1024;
 /// guard only stops silent growth.
 const SAME_ROUND: u64 = 64 * 1024;
 
+/// Issue 19, the agent's self-update over the air (agent/update: signed
+/// release check, resumable download, swap, exec, start counter, rollback):
+/// measured +57,424 B on aarch64 (1,674,680 -> 1,732,104 B), most of it
+/// inside the headroom above; this is what it needed beyond that.
+const OTA_ALLOWANCE: u64 = 16 * 1024;
+
 #[test]
 fn aarch64_agent_fits_the_flash_budget() {
-    check("aarch64", AARCH64_BEFORE_CHANNEL + CHANNEL_ALLOWANCE + SAME_ROUND);
+    check(
+        "aarch64",
+        AARCH64_BEFORE_CHANNEL + CHANNEL_ALLOWANCE + SAME_ROUND + OTA_ALLOWANCE,
+    );
 }
 
 #[test]
 fn x86_64_agent_fits_the_flash_budget() {
-    check("x86_64", 2 * MIB + 2 * SAME_ROUND);
+    check("x86_64", 2 * MIB + 2 * SAME_ROUND + OTA_ALLOWANCE);
 }

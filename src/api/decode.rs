@@ -3,6 +3,7 @@
 //! warnings with their paths, the way kubectl reports them. Type errors name
 //! the field; YAML syntax errors name the line and column.
 
+#[cfg(feature = "server")]
 use super::agent_release::AgentRelease;
 use super::findings::FieldError;
 use super::meta::API_VERSION;
@@ -20,6 +21,9 @@ pub enum AnyObject {
     TaskGroup(TaskGroup),
     Task(Task),
     Robot(Robot),
+    /// Control-plane builds only: the agent has no use for it, and its
+    /// decoder would cost flash on every robot.
+    #[cfg(feature = "server")]
     AgentRelease(AgentRelease),
 }
 
@@ -30,6 +34,7 @@ impl AnyObject {
             AnyObject::TaskGroup(_) => "TaskGroup",
             AnyObject::Task(_) => "Task",
             AnyObject::Robot(_) => "Robot",
+            #[cfg(feature = "server")]
             AnyObject::AgentRelease(_) => "AgentRelease",
         }
     }
@@ -40,6 +45,7 @@ impl AnyObject {
             AnyObject::TaskGroup(o) => o.name(),
             AnyObject::Task(o) => o.name(),
             AnyObject::Robot(o) => o.name(),
+            #[cfg(feature = "server")]
             AnyObject::AgentRelease(o) => o.name(),
         }
     }
@@ -233,6 +239,7 @@ pub fn decode_value(value: serde_json::Value) -> Result<Decoded<AnyObject>, Deco
         "TaskGroup" => decode_typed::<TaskGroup>(value).map(|d| d.map(AnyObject::TaskGroup)),
         "Task" => decode_typed::<Task>(value).map(|d| d.map(AnyObject::Task)),
         "Robot" => decode_typed::<Robot>(value).map(|d| d.map(AnyObject::Robot)),
+        #[cfg(feature = "server")]
         "AgentRelease" => decode_typed::<AgentRelease>(value).map(|d| d.map(AnyObject::AgentRelease)),
         "" => Err(invalid("kind", "is required".into())),
         other => Err(invalid(

@@ -1057,6 +1057,7 @@ pub fn validate_robot(robot: &Robot) -> Vec<FieldError> {
     errs.0.errors
 }
 
+#[cfg(feature = "server")]
 pub fn validate_agent_release(r: &super::agent_release::AgentRelease) -> Vec<FieldError> {
     let mut errs = Errors::default();
     check_meta(&mut errs, &r.metadata);
@@ -1085,6 +1086,7 @@ pub fn review(obj: &super::decode::AnyObject) -> Findings {
             errors: validate_robot(o),
             warnings: Vec::new(),
         },
+        #[cfg(feature = "server")]
         AnyObject::AgentRelease(o) => Findings {
             errors: validate_agent_release(o),
             warnings: Vec::new(),

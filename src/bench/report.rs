@@ -509,6 +509,52 @@ fn link(out: &mut String, dir: &Path) {
     );
 }
 
+fn agent_rollout(out: &mut String, dir: &Path) {
+    out.push_str("## Agent release rolled out to simulated robots (canary, then maxParallel N/10)\n\n");
+    let Some(doc) = read(dir, "rollout.json") else {
+        return not_run(out, &["rollout.json"]);
+    };
+    let mut t = Table::new(&[
+        "robots",
+        "canary (s)",
+        "all updated (s)",
+        "install p50 / p99 (s)",
+        "server CPU (ms)",
+        "store writes (per robot)",
+        "server RSS (MiB)",
+    ]);
+    for r in doc["runs"].as_array().into_iter().flatten() {
+        if let Some(e) = r["error"].as_str() {
+            t.row(vec![
+                r["robots"].to_string(),
+                format!("failed: {e}"),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ]);
+            continue;
+        }
+        let f = |k: &str| num(r, k).map_or("—".into(), |v| format!("{v:.1}"));
+        t.row(vec![
+            r["robots"].to_string(),
+            f("canary_seconds"),
+            f("all_updated_seconds"),
+            format!("{} / {}", f("install_p50_seconds"), f("install_p99_seconds")),
+            format!("{:.0}", num(r, "server_cpu_ms_rollout").unwrap_or(0.0)),
+            format!("{} ({})", r["store_writes_rollout"], f("store_writes_per_robot")),
+            f("server_peak_rss_mib"),
+        ]);
+    }
+    t.render(out);
+    out.push_str(
+        "A robot installs by reporting the new version (download and exec are the agent tests' part). Each step \
+         of the rollout waits for the robots' next poll (every 2 s here), so the time is about (N / maxParallel \
+         + 1) poll intervals; the store takes one Robot status write per robot plus the release's status.\n\n",
+    );
+}
+
 /// The whole report from the JSON files in `dir`.
 pub fn render(dir: &Path) -> String {
     let mut out = String::from(
@@ -520,6 +566,7 @@ pub fn render(dir: &Path) -> String {
     proxy(&mut out, dir);
     end_to_end(&mut out, dir);
     control_plane(&mut out, dir);
+    agent_rollout(&mut out, dir);
     link(&mut out, dir);
     out
 }
@@ -541,7 +588,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("k8s4r-report-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let text = render(&dir);
-        assert_eq!(text.matches("_not run_").count(), 6, "{text}");
+        assert_eq!(text.matches("_not run_").count(), 7, "{text}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

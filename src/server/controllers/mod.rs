@@ -294,6 +294,8 @@ pub struct Ctx {
     /// Robots a system group's replica does not fit on, and why, as last
     /// told in a FailedScheduling event (told again only when it changes).
     unfit: Mutex<system::Unfit>,
+    /// Robots each AgentRelease was last offered to (woken when they enter).
+    offered: Mutex<agent_releases::Offered>,
 }
 
 impl Ctx {
@@ -382,6 +384,7 @@ pub fn start_workers(
         hub: hub.clone(),
         events,
         unfit: Mutex::default(),
+        offered: Mutex::default(),
     };
     let leading = leader.clone();
     crate::server::panics::spawn_essential("the reconcile worker", async move {
