@@ -342,6 +342,32 @@ fn a_release_that_dies_at_start_is_rolled_back_after_three_starts() {
 }
 
 #[test]
+fn a_release_that_never_reaches_the_server_is_rolled_back_at_its_deadline() {
+    let f = Fixture::new();
+    let agent = f.agent(&[
+        ("K8S4R_TEST_FAULT", "refuse-answers@0.1.1-deaf"),
+        ("K8S4R_UPDATE_DEADLINE", "3s"),
+    ]);
+    let tasks = f.two_tasks();
+    let agent_pid = agent.pid().unwrap();
+    f.build("0.1.1-deaf");
+    f.release("agent-deaf", "0.1.1-deaf", None);
+    let status = f.wait_last_update("RolledBack");
+    assert!(
+        status["lastUpdate"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("did not reach the server within 3s"),
+        "{status}"
+    );
+    assert_eq!(status["agentVersion"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(agent.pid(), Some(agent_pid), "both execs in place");
+    assert_eq!(std::fs::read(&f.bin).unwrap(), f.original);
+    same_tasks(&f, &tasks);
+    f.wait_event("AgentUpdateRolledBack");
+}
+
+#[test]
 fn a_bad_signature_is_refused_before_any_download() {
     let f = Fixture::new();
     let agent = f.agent(&[]);

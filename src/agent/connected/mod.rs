@@ -363,6 +363,11 @@ impl Poller {
     /// replayed) answer included, leaves it as it is and counts as the
     /// server being unreachable.
     fn take(&mut self, result: Result<Assignments, ClientError>, inbox: &mut Inbox, data_dir: &Path) -> AfterPoll {
+        // Test fault: a build whose channel refuses every answer.
+        let result = match result {
+            Ok(_) if super::update::fault::armed("refuse-answers") => Err(ClientError::Refused("test fault".into())),
+            other => other,
+        };
         match result {
             Ok(mut a) => {
                 self.backoff.reset();
