@@ -116,9 +116,10 @@ fn say(line: &str) {
 pub fn run(opts: ConnectedOptions) -> Result<i32, String> {
     let data_dir = opts.supervisor.data_dir.clone();
     std::fs::create_dir_all(&data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
-    // First: a new agent on probation counts this start, or rolls back.
-    let mut updater = super::update::Updater::start(opts.update);
     let (mut sup, notices) = Supervisor::new(opts.supervisor).map_err(|e| e.to_string())?;
+    // With the data dir locked (one agent): a new agent on probation counts
+    // this start, or rolls back before anything else.
+    let mut updater = super::update::Updater::start(opts.update);
     if let Some(max) = opts.artifact_max_bytes {
         sup.set_artifact_max_bytes(max);
     }
