@@ -543,7 +543,12 @@ fn agent_rollout(out: &mut String, dir: &Path) {
             f("all_updated_seconds"),
             format!("{} / {}", f("install_p50_seconds"), f("install_p99_seconds")),
             format!("{:.0}", num(r, "server_cpu_ms_rollout").unwrap_or(0.0)),
-            format!("{} ({})", r["store_writes_rollout"], f("store_writes_per_robot")),
+            format!(
+                "{} ({} beyond idle; idle {}/s)",
+                r["store_writes_rollout"],
+                f("store_writes_beyond_idle_per_robot"),
+                f("store_writes_idle_per_second")
+            ),
             f("server_peak_rss_mib"),
         ]);
     }

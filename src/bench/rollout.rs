@@ -176,6 +176,12 @@ pub(super) async fn run(n: usize, timeout: Duration) -> Result<Value, String> {
     }
     drop(tx);
     ready.wait().await;
+    // The fleet's own writes (persisted heartbeats) while nothing rolls out,
+    // so the rollout's share can be told apart.
+    let idle = Duration::from_secs(5);
+    let before_idle = store_revision(&kubeconfig).await?;
+    tokio::time::sleep(idle).await;
+    let idle_writes_per_s = (store_revision(&kubeconfig).await? - before_idle) as f64 / idle.as_secs_f64();
     let (cpu0, rev0) = (cpu_ms(pid), store_revision(&kubeconfig).await?);
     let sha = "0".repeat(64);
     let size = 2_000_000;
@@ -244,7 +250,8 @@ pub(super) async fn run(n: usize, timeout: Duration) -> Result<Value, String> {
         "install_p99_seconds": percentile(&lat, 0.99),
         "server_cpu_ms_rollout": cpu,
         "store_writes_rollout": rev,
-        "store_writes_per_robot": rev as f64 / n.max(1) as f64,
+        "store_writes_idle_per_second": idle_writes_per_s,
+        "store_writes_beyond_idle_per_robot": (rev as f64 - idle_writes_per_s * all).max(0.0) / n.max(1) as f64,
         "server_rss_mib": rss,
         "server_peak_rss_mib": peak,
         "release_status": status["status"],
