@@ -173,7 +173,12 @@ impl Hub {
             }
             "agentreleases" => self.queue.add(Work::AgentReleases { namespace: ns }),
             "robots" => {
-                self.queue.add(Work::AgentReleases { namespace: ns.clone() });
+                // Only what a rollout plan reads: a persisted heartbeat
+                // (a thousand a second in a big fleet) changes none of it.
+                let facts = |v: &Option<Arc<Value>>| v.as_deref().map(crate::server::agent_rollout::RobotFacts::of);
+                if facts(&c.prev) != facts(&c.new) {
+                    self.queue.add(Work::AgentReleases { namespace: ns.clone() });
+                }
                 let changed = c.prev.as_deref().map(robot_facts) != c.new.as_deref().map(robot_facts);
                 if c.new.is_none() {
                     self.fleet.forget(&ns, &c.name);
