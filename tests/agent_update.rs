@@ -11,7 +11,6 @@ mod server_util;
 use common::ConnectedAgent as Agent;
 use serde_json::{json, Value};
 use server_util::{server_bin, wait_for, Server};
-use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -69,7 +68,7 @@ impl Fixture {
         let original = std::fs::read(&bin).unwrap();
         let files = dir.path().join("files");
         std::fs::create_dir_all(&files).unwrap();
-        let (port, requests) = serve_dir(files.clone());
+        let (port, requests) = common::serve_dir(files.clone());
         Fixture {
             dir,
             server,
@@ -343,6 +342,32 @@ fn a_release_that_dies_at_start_is_rolled_back_after_three_starts() {
 }
 
 #[test]
+fn a_release_that_never_reaches_the_server_is_rolled_back_at_its_deadline() {
+    let f = Fixture::new();
+    let agent = f.agent(&[
+        ("K8S4R_TEST_FAULT", "refuse-answers@0.1.1-deaf"),
+        ("K8S4R_UPDATE_DEADLINE", "3s"),
+    ]);
+    let tasks = f.two_tasks();
+    let agent_pid = agent.pid().unwrap();
+    f.build("0.1.1-deaf");
+    f.release("agent-deaf", "0.1.1-deaf", None);
+    let status = f.wait_last_update("RolledBack");
+    assert!(
+        status["lastUpdate"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("did not reach the server within 3s"),
+        "{status}"
+    );
+    assert_eq!(status["agentVersion"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(agent.pid(), Some(agent_pid), "both execs in place");
+    assert_eq!(std::fs::read(&f.bin).unwrap(), f.original);
+    same_tasks(&f, &tasks);
+    f.wait_event("AgentUpdateRolledBack");
+}
+
+#[test]
 fn a_bad_signature_is_refused_before_any_download() {
     let f = Fixture::new();
     let agent = f.agent(&[]);
@@ -418,68 +443,5 @@ fn kill_9_at_every_step_leaves_a_working_agent_and_starts_no_task_twice() {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         assert_eq!(leftovers, ["last.json"], "{point}: nothing left behind; {status}");
-    }
-}
-
-/// A loopback HTTP server for the files of `dir` (GET, `Range: bytes=N-`
-/// answered 206); every request's line and Range header, recorded.
-fn serve_dir(dir: PathBuf) -> (u16, Arc<Mutex<Vec<String>>>) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let requests = Arc::new(Mutex::new(Vec::new()));
-    let seen = Arc::clone(&requests);
-    std::thread::spawn(move || {
-        for stream in listener.incoming().map_while(Result::ok) {
-            let (dir, seen) = (dir.clone(), Arc::clone(&seen));
-            std::thread::spawn(move || serve_one(stream, &dir, &seen));
-        }
-    });
-    (port, requests)
-}
-
-fn serve_one(stream: std::net::TcpStream, dir: &Path, seen: &Mutex<Vec<String>>) {
-    let mut reader = BufReader::new(&stream);
-    let mut line = String::new();
-    let _ = reader.read_line(&mut line);
-    let mut from = 0u64;
-    let mut record = line.trim().to_string();
-    loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
-            break;
-        }
-        if let Some(v) = h.trim().strip_prefix("Range: bytes=") {
-            from = v.trim_end_matches('-').parse().unwrap_or(0);
-            record.push_str(&format!(" Range: bytes={from}-"));
-        }
-    }
-    seen.lock().unwrap().push(record);
-    let name = line.split_whitespace().nth(1).unwrap_or("/").trim_start_matches('/');
-    let mut out = &stream;
-    let Ok(mut file) = std::fs::File::open(dir.join(name)) else {
-        let _ = write!(
-            out,
-            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        );
-        return;
-    };
-    let size = file.metadata().unwrap().len();
-    let head = if from > 0 {
-        use std::io::Seek;
-        file.seek(std::io::SeekFrom::Start(from)).unwrap();
-        format!(
-            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {from}-{}/{size}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            size - 1,
-            size - from
-        )
-    } else {
-        format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n")
-    };
-    let _ = out.write_all(head.as_bytes());
-    let mut buf = vec![0u8; 64 * 1024];
-    while let Ok(n) = file.read(&mut buf) {
-        if n == 0 || out.write_all(&buf[..n]).is_err() {
-            break;
-        }
     }
 }

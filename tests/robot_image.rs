@@ -10,6 +10,7 @@
 //! static agents (`make agent`, `make cross`); skips with a message otherwise.
 
 mod common;
+mod server_util;
 
 use common::wait_for;
 use std::path::{Path, PathBuf};
@@ -319,4 +320,186 @@ fn an_unconfigured_image_waits_quietly() {
         (1..=2).contains(&said),
         "said once a minute, {said} times in {elapsed:?}: {text}"
     );
+}
+
+/// Over-the-air updates in the image (init is busybox, the agent
+/// /usr/bin/k8s4r-agent, connected to a control plane on the host): a good
+/// release (the same static agent with another version in its slot) is
+/// applied in place, the agent keeps its process and both tasks theirs; a
+/// release that dies at start is restarted by init three times and then
+/// rolled back, the tasks untouched; a release with a forged signature is
+/// refused before anything is downloaded.
+fn update_in_image(arch: &str, agent: &Path) {
+    use server_util::Server;
+    use std::process::Command;
+    let tmp = tempfile::tempdir().unwrap();
+    let key = tmp.path().join("release");
+    let k8s4r = |args: &[&std::ffi::OsStr]| {
+        let out = Command::new(server_util::server_bin()).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    k8s4r(&["release".as_ref(), "keygen".as_ref(), "--out".as_ref(), key.as_os_str()]);
+    let public = key.with_extension("pub");
+    let server = Server::start_with(&[
+        "--poll-interval",
+        "1s",
+        "--release-public-key",
+        public.to_str().unwrap(),
+    ]);
+    let token = server.join_token();
+    let rootfs = build_rootfs(
+        tmp.path(),
+        arch,
+        agent,
+        &[
+            "--server".as_ref(),
+            server.agent_base.as_ref(),
+            "--join-token".as_ref(),
+            token.as_ref(),
+            "--name".as_ref(),
+            "img".as_ref(),
+        ],
+    );
+    // Test-only fault: the "0.9.2-dies" build exits at every start.
+    let script = rootfs.join("etc/init.d/k8s4r-agent");
+    let text = std::fs::read_to_string(&script).unwrap();
+    std::fs::write(
+        &script,
+        text.replace(
+            "exec /usr/bin",
+            "K8S4R_TEST_FAULT=exit-at-start@0.9.2-dies exec /usr/bin",
+        ),
+    )
+    .unwrap();
+    let files = tmp.path().join("files");
+    std::fs::create_dir_all(&files).unwrap();
+    let (port, requests) = common::serve_dir(files.clone());
+    let _boot = boot(&rootfs);
+    let status = || {
+        server
+            .object("robots", "img")
+            .map(|r| r["status"].clone())
+            .unwrap_or_default()
+    };
+    let slow = Duration::from_secs(120);
+    wait_for("the image's robot Online", slow, || {
+        (status()["phase"] == "Online").then_some(())
+    });
+    let pair: Vec<serde_json::Value> = ["a", "b"]
+        .map(|t| {
+            serde_json::json!({"name": t, "driver": "exec",
+                "config": {"execConfig": {"command": "/bin/sh", "args": ["-c", "exec sleep 3600"]}}})
+        })
+        .to_vec();
+    let job = serde_json::json!({
+        "apiVersion": "robot.k8s4r.io/v1alpha1", "kind": "Job",
+        "metadata": {"name": "pair", "namespace": "default"},
+        "spec": {"type": "service", "taskGroups": [{"name": "g", "tasks": pair}]}
+    });
+    let r = server.send_json("POST", "/apis/robot.k8s4r.io/v1alpha1/namespaces/default/jobs", &job);
+    assert_eq!(r.status, 201, "{}", r.body);
+    let tasks = wait_for("two tasks in the image", slow, || {
+        let found = find(&rootfs, "sleep 3600");
+        (found.len() == 2).then_some(found)
+    });
+    let agent_pid = find(&rootfs, "k8s4r-agent --data-dir")[0];
+    let release = |name: &str, version: &str, key: &Path| {
+        let file = files.join(version);
+        k8s4r(&[
+            "release".as_ref(),
+            "set-version".as_ref(),
+            "--version".as_ref(),
+            version.as_ref(),
+            agent.as_os_str(),
+            file.as_os_str(),
+        ]);
+        let url = format!("http://127.0.0.1:{port}/{version}");
+        let yaml = k8s4r(&[
+            "release".as_ref(),
+            "sign".as_ref(),
+            "--key".as_ref(),
+            key.as_os_str(),
+            "--arch".as_ref(),
+            arch.as_ref(),
+            "--url".as_ref(),
+            url.as_ref(),
+            "--name".as_ref(),
+            name.as_ref(),
+            file.as_os_str(),
+        ]);
+        let body: serde_json::Value = serde_yaml_ng::from_str(&yaml).unwrap();
+        let r = server.send_json(
+            "POST",
+            "/apis/robot.k8s4r.io/v1alpha1/namespaces/default/agentreleases",
+            &body,
+        );
+        assert_eq!(r.status, 201, "{}", r.body);
+    };
+    let same = |what: &str| {
+        assert_eq!(
+            find(&rootfs, "sleep 3600"),
+            tasks,
+            "{what}: the same two task processes"
+        );
+    };
+    let log = rootfs.join("var/log/k8s4r-agent.log");
+
+    release("a-good", "0.9.1-good", &key.with_extension("key"));
+    wait_for("0.9.1-good reported", slow, || {
+        let s = status();
+        (s["agentVersion"] == "0.9.1-good" && s["lastUpdate"]["result"] == "Applied").then_some(())
+    });
+    same("after the update");
+    assert_eq!(
+        find(&rootfs, "k8s4r-agent --data-dir"),
+        vec![agent_pid],
+        "exec in place: init saw nothing"
+    );
+    assert!(rootfs.join("usr/bin/k8s4r-agent.prev").exists());
+
+    release("b-dies", "0.9.2-dies", &key.with_extension("key"));
+    let s = wait_for("0.9.2-dies rolled back", Duration::from_secs(180), || {
+        let s = status();
+        (s["lastUpdate"]["result"] == "RolledBack").then_some(s)
+    });
+    assert_eq!(s["agentVersion"], "0.9.1-good", "{s}");
+    same("after the rollback");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(text.matches("test fault exit-at-start").count(), 3, "{text}");
+
+    let other = tmp.path().join("other");
+    k8s4r(&[
+        "release".as_ref(),
+        "keygen".as_ref(),
+        "--out".as_ref(),
+        other.as_os_str(),
+    ]);
+    let before = requests.lock().unwrap().len();
+    release("c-forged", "0.9.3-forged", &other.with_extension("key"));
+    let s = wait_for("0.9.3-forged refused", slow, || {
+        let s = status();
+        (s["lastUpdate"]["version"] == "0.9.3-forged").then_some(s)
+    });
+    assert_eq!(s["lastUpdate"]["result"], "Refused", "{s}");
+    assert_eq!(requests.lock().unwrap().len(), before, "nothing downloaded");
+    same("after the refusal");
+}
+
+#[test]
+fn x86_64_image_updates_its_agent_over_the_air() {
+    if let (Some(agent), true) = (static_agent("x86_64"), can_boot()) {
+        update_in_image("x86_64", &agent);
+    }
+}
+
+#[test]
+fn aarch64_image_updates_its_agent_over_the_air_under_qemu_user() {
+    if let (true, Some(agent), true) = (can_boot(), static_agent("aarch64"), aarch64_runs_here()) {
+        update_in_image("aarch64", &agent);
+    }
 }

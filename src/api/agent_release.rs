@@ -26,6 +26,7 @@
 use super::hex;
 use super::meta::Object;
 use super::types::RobotSelector;
+pub use super::types::{UpdateOutcome, UpdateResult};
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
@@ -118,38 +119,6 @@ pub struct AgentUpdate {
     #[serde(default, skip_serializing_if = "is_false")]
     pub allow_downgrade: bool,
     pub binary: ReleaseBinary,
-}
-
-/// How a robot's last update ended (`status.lastUpdate` of its Robot).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
-#[serde(rename_all = "camelCase")]
-pub struct UpdateResult {
-    /// The AgentRelease's name.
-    #[serde(default)]
-    pub release: String,
-    /// The version the update was to install.
-    pub version: String,
-    /// Applied, Refused or RolledBack.
-    pub result: UpdateOutcome,
-    /// Why, for people.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub message: String,
-    /// When (RFC 3339, the robot's clock).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub time: String,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
-pub enum UpdateOutcome {
-    /// The new agent runs and reached the server.
-    #[default]
-    Applied,
-    /// Not installed (bad signature, size or checksum, another architecture, a downgrade, no room): the running agent is untouched.
-    Refused,
-    /// Installed, but the new agent did not come up; the previous one is back.
-    RolledBack,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,6 +3,7 @@
 //! warnings with their paths, the way kubectl reports them. Type errors name
 //! the field; YAML syntax errors name the line and column.
 
+#[cfg(feature = "server")]
 use super::agent_release::AgentRelease;
 use super::findings::FieldError;
 use super::meta::API_VERSION;
@@ -23,6 +24,7 @@ pub enum AnyObject {
     /// Written by the server, steered by operators: not in the agent.
     #[cfg(feature = "server")]
     Rollout(super::rollout::Rollout),
+    #[cfg(feature = "server")]
     AgentRelease(AgentRelease),
 }
 
@@ -35,6 +37,7 @@ impl AnyObject {
             AnyObject::Robot(_) => "Robot",
             #[cfg(feature = "server")]
             AnyObject::Rollout(_) => "Rollout",
+            #[cfg(feature = "server")]
             AnyObject::AgentRelease(_) => "AgentRelease",
         }
     }
@@ -47,6 +50,7 @@ impl AnyObject {
             AnyObject::Robot(o) => o.name(),
             #[cfg(feature = "server")]
             AnyObject::Rollout(o) => o.name(),
+            #[cfg(feature = "server")]
             AnyObject::AgentRelease(o) => o.name(),
         }
     }
@@ -242,6 +246,7 @@ pub fn decode_value(value: serde_json::Value) -> Result<Decoded<AnyObject>, Deco
         "Robot" => decode_typed::<Robot>(value).map(|d| d.map(AnyObject::Robot)),
         #[cfg(feature = "server")]
         "Rollout" => decode_typed::<super::rollout::Rollout>(value).map(|d| d.map(AnyObject::Rollout)),
+        #[cfg(feature = "server")]
         "AgentRelease" => decode_typed::<AgentRelease>(value).map(|d| d.map(AnyObject::AgentRelease)),
         "" => Err(invalid("kind", "is required".into())),
         other => Err(invalid(

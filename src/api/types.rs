@@ -1101,7 +1101,7 @@ pub struct RobotStatus {
     pub architecture: Option<String>,
     /// How the agent's last over-the-air update ended (AgentRelease).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_update: Option<crate::api::agent_release::UpdateResult>,
+    pub last_update: Option<UpdateResult>,
     /// Free-form device facts (hostname, platform, cpu, memory, disks, ...), in
     /// the shape of the original CRD's `deviceInfo`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1109,4 +1109,36 @@ pub struct RobotStatus {
     /// Kubernetes conditions derived from the state (see [`Condition`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// How a robot's last update ended (`status.lastUpdate` of its Robot).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateResult {
+    /// The AgentRelease's name.
+    #[serde(default)]
+    pub release: String,
+    /// The version the update was to install.
+    pub version: String,
+    /// Applied, Refused or RolledBack.
+    pub result: UpdateOutcome,
+    /// Why, for people.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// When (RFC 3339, the robot's clock).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub time: String,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(schemars::JsonSchema))]
+pub enum UpdateOutcome {
+    /// The new agent runs and reached the server.
+    #[default]
+    Applied,
+    /// Not installed (bad signature, size or checksum, another architecture, a downgrade, no room): the running agent is untouched.
+    Refused,
+    /// Installed, but the new agent did not come up; the previous one is back.
+    RolledBack,
 }

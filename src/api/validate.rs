@@ -1063,6 +1063,7 @@ pub fn validate_robot(robot: &Robot) -> Vec<FieldError> {
     errs.0.errors
 }
 
+#[cfg(feature = "server")]
 pub fn validate_agent_release(r: &super::agent_release::AgentRelease) -> Vec<FieldError> {
     let mut errs = Errors::default();
     check_meta(&mut errs, &r.metadata);
@@ -1093,6 +1094,7 @@ pub fn review(obj: &super::decode::AnyObject) -> Findings {
         },
         #[cfg(feature = "server")]
         AnyObject::Rollout(o) => review_rollout(o),
+        #[cfg(feature = "server")]
         AnyObject::AgentRelease(o) => Findings {
             errors: validate_agent_release(o),
             warnings: Vec::new(),

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 const USAGE: &str = "\
 k8s4r bench robots N [N...] — fleet load test of the control plane
+k8s4r bench rollout N [N...] — an AgentRelease rolled out to N simulated robots with
+                              a canary; writes target/bench/rollout.json
 k8s4r bench report          — target/bench/report.md from the benchmarks' JSON files
 
 OPTIONS:
@@ -69,6 +71,10 @@ pub fn cmd_bench(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
             }
         };
     }
+    if what.as_deref() == Some("rollout") && !sizes.is_empty() {
+        let out = out.unwrap_or_else(|| PathBuf::from("target/bench/rollout.json"));
+        return run_rollouts(&sizes, timeout, &out);
+    }
     let out = out.unwrap_or_else(|| PathBuf::from("target/bench/server.json"));
     if what.as_deref() != Some("robots") || sizes.is_empty() || replicas.is_empty() || replicas.contains(&0) {
         eprint!("{USAGE}");
@@ -113,5 +119,38 @@ pub fn cmd_bench(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
     std::fs::write(&out, serde_json::to_string_pretty(&doc).unwrap_or_default())
         .map_err(|e| format!("writing {}: {e}", out.display()))?;
     println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+    Ok(i32::from(failed))
+}
+
+/// `k8s4r bench rollout N...`: one rollout per size, the results to `out`.
+fn run_rollouts(sizes: &[usize], timeout: Duration, out: &std::path::Path) -> Result<i32, lexopt::Error> {
+    crate::server::raise_fd_limit();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the runtime: {e}"))?;
+    let mut runs = Vec::new();
+    let mut failed = false;
+    for &n in sizes {
+        eprintln!("bench: rollout to {n} robots ...");
+        match rt.block_on(super::rollout::run(n, timeout)) {
+            Ok(r) => {
+                eprintln!("bench: {r}");
+                runs.push(r);
+            }
+            Err(e) => {
+                eprintln!("bench: rollout to {n} robots failed: {e}");
+                runs.push(json!({"robots": n, "error": e}));
+                failed = true;
+            }
+        }
+    }
+    let doc = json!({"tool": "k8s4r bench rollout", "version": crate::cli::VERSION, "runs": runs});
+    if let Some(dir) = out.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let text = serde_json::to_string_pretty(&doc).unwrap_or_default();
+    std::fs::write(out, &text).map_err(|e| format!("writing {}: {e}", out.display()))?;
+    println!("{text}");
     Ok(i32::from(failed))
 }

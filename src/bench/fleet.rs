@@ -30,13 +30,13 @@ use tokio::sync::{Barrier, Semaphore};
 
 /// One minimal HTTP/1.1 keep-alive connection to the agent listener (the
 /// bench must not be the bottleneck, and the agent API needs nothing more).
-struct Conn {
+pub(super) struct Conn {
     stream: BufReader<TcpStream>,
     host: String,
 }
 
 impl Conn {
-    async fn connect(addr: &str) -> std::io::Result<Conn> {
+    pub(super) async fn connect(addr: &str) -> std::io::Result<Conn> {
         let s = TcpStream::connect(addr).await?;
         s.set_nodelay(true)?;
         Ok(Conn {
@@ -46,7 +46,7 @@ impl Conn {
     }
 
     /// A robot-channel request, its answer verified (and opened) by `robot`.
-    async fn robot(&mut self, robot: &mut RobotSession, p: &Prepared) -> Result<(u16, Vec<u8>), String> {
+    pub(super) async fn robot(&mut self, robot: &mut RobotSession, p: &Prepared) -> Result<(u16, Vec<u8>), String> {
         let (code, headers, body) = self
             .exchange(&p.method, &p.target, &p.headers, &p.body)
             .await
@@ -119,12 +119,12 @@ struct Slim {
     tasks: Vec<IgnoredAny>,
 }
 
-struct ServerProc {
-    child: Child,
+pub(super) struct ServerProc {
+    pub(super) child: Child,
     /// The robots' plain-HTTP agent listener (`host:port`).
-    agent_addr: String,
+    pub(super) agent_addr: String,
     /// `<data>/admin.kubeconfig`: the HTTPS API's CA and admin certificate.
-    kubeconfig: PathBuf,
+    pub(super) kubeconfig: PathBuf,
     _dir: tempfile_dir::TempDir,
 }
 
@@ -139,7 +139,7 @@ mod tempfile_dir {
 }
 
 impl ServerProc {
-    fn start(extra: &[String]) -> Result<ServerProc, String> {
+    pub(super) fn start(extra: &[String]) -> Result<ServerProc, String> {
         let dir = std::env::temp_dir().join(format!(
             "k8s4r-bench-{}-{}",
             std::process::id(),
@@ -174,7 +174,7 @@ impl ServerProc {
     }
 
     /// (current RSS, peak RSS) in MiB.
-    fn rss_mib(&self) -> (f64, f64) {
+    pub(super) fn rss_mib(&self) -> (f64, f64) {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
         let field = |name: &str| -> f64 {
             status
@@ -190,7 +190,7 @@ impl ServerProc {
 
 /// CPU time (user + system, all threads, exited ones too) of a process, in
 /// ms; 10 ms resolution (USER_HZ), plenty for runs of 50 ms and more.
-fn cpu_ms(pid: u32) -> f64 {
+pub(super) fn cpu_ms(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let ticks: u64 = stat
         .rsplit_once(')')
@@ -212,7 +212,7 @@ impl Drop for ServerProc {
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(super) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -256,19 +256,20 @@ async fn kubectl_apply(kubeconfig: &Path, doc: &str) -> Result<(), String> {
 
 /// One operator request over HTTPS with the admin kubeconfig; the answer's
 /// body if it is 2xx.
-async fn admin_request(
+pub(super) async fn admin_request(
     kubeconfig: &Path,
     method: &'static str,
-    path: &'static str,
+    path: impl Into<String>,
     body: String,
 ) -> Result<String, String> {
+    let path = path.into();
     let flags = crate::server::kubeclient::ClientFlags {
         kubeconfig: Some(kubeconfig.to_path_buf()),
         ..Default::default()
     };
     tokio::task::spawn_blocking(move || {
         crate::server::kubeclient::KubeClient::new(&flags)?
-            .request(method, path, Some(&body))?
+            .request(method, &path, Some(&body))?
             .ok()
             .map_err(|e| format!("{method} {path}: {e}"))
     })

@@ -12,3 +12,4 @@ pub mod cli;
 pub mod etcd;
 pub mod fleet;
 pub mod report;
+mod rollout;

@@ -554,6 +554,57 @@ fn link(out: &mut String, dir: &Path) {
     );
 }
 
+fn agent_rollout(out: &mut String, dir: &Path) {
+    out.push_str("## Agent release rolled out to simulated robots (canary, then maxParallel N/10)\n\n");
+    let Some(doc) = read(dir, "rollout.json") else {
+        return not_run(out, &["rollout.json"]);
+    };
+    let mut t = Table::new(&[
+        "robots",
+        "canary (s)",
+        "all updated (s)",
+        "install p50 / p99 (s)",
+        "server CPU (ms)",
+        "store writes (per robot)",
+        "server RSS (MiB)",
+    ]);
+    for r in doc["runs"].as_array().into_iter().flatten() {
+        if let Some(e) = r["error"].as_str() {
+            t.row(vec![
+                r["robots"].to_string(),
+                format!("failed: {e}"),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ]);
+            continue;
+        }
+        let f = |k: &str| num(r, k).map_or("—".into(), |v| format!("{v:.1}"));
+        t.row(vec![
+            r["robots"].to_string(),
+            f("canary_seconds"),
+            f("all_updated_seconds"),
+            format!("{} / {}", f("install_p50_seconds"), f("install_p99_seconds")),
+            format!("{:.0}", num(r, "server_cpu_ms_rollout").unwrap_or(0.0)),
+            format!(
+                "{} ({} beyond idle; idle {}/s)",
+                r["store_writes_rollout"],
+                f("store_writes_beyond_idle_per_robot"),
+                f("store_writes_idle_per_second")
+            ),
+            f("server_peak_rss_mib"),
+        ]);
+    }
+    t.render(out);
+    out.push_str(
+        "A robot installs by reporting the new version (download and exec are the agent tests' part). Each step \
+         of the rollout waits for the robots' next poll (every 2 s here), so the time is about (N / maxParallel \
+         + 1) poll intervals; the store takes one Robot status write per robot plus the release's status.\n\n",
+    );
+}
+
 /// The whole report from the JSON files in `dir`, and the charts it links.
 pub fn render(dir: &Path) -> (String, Vec<Chart>) {
     let mut charts = Vec::new();
@@ -566,6 +617,7 @@ pub fn render(dir: &Path) -> (String, Vec<Chart>) {
     proxy(&mut out, &mut charts, dir);
     end_to_end(&mut out, dir);
     control_plane(&mut out, &mut charts, dir);
+    agent_rollout(&mut out, dir);
     link(&mut out, dir);
     (out, charts)
 }
@@ -593,7 +645,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("k8s4r-report-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let (text, charts) = render(&dir);
-        assert_eq!(text.matches("_not run_").count(), 6, "{text}");
+        assert_eq!(text.matches("_not run_").count(), 7, "{text}");
         assert!(charts.is_empty() && !text.contains(".svg"), "{text}");
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -124,9 +124,9 @@ fn groups_of(object: &AnyObject) -> Vec<Found> {
             group: task.spec.task_group_name.clone().unwrap_or_default(),
             network: task.spec.network.clone(),
         }],
-        AnyObject::Robot(_) | AnyObject::AgentRelease(_) => Vec::new(),
+        AnyObject::Robot(_) => Vec::new(),
         #[cfg(feature = "server")]
-        AnyObject::Rollout(_) => Vec::new(),
+        AnyObject::AgentRelease(_) | AnyObject::Rollout(_) => Vec::new(),
     }
 }
 

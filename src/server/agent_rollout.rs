@@ -14,8 +14,11 @@
 //! 5. `paused`, or more failures than `maxFailures` (default 0: the first
 //!    failure halts), offers the release to no one.
 //!
-//! The long poll asks [`offer_for`] (a namespace without releases costs one
-//! cache lookup); a controller writes [`plan`]'s counts to the status.
+//! The long poll asks [`Memo::offer_for`] (a namespace without releases
+//! costs one cache lookup; with releases, the plans are computed at most
+//! every [`MEMO_FOR`] per namespace, not once per poll: a fleet polling
+//! hundreds of times a second would otherwise recompute them each time);
+//! a controller writes [`plan`]'s counts to the status.
 
 use crate::api::agent_release::{AgentRelease, AgentReleaseSpec, AgentReleaseStatus, AgentUpdate, UpdateOutcome};
 use crate::api::types::StringMap;
@@ -135,37 +138,73 @@ pub fn plan(spec: &AgentReleaseSpec, robots: &[RobotFacts]) -> Plan {
     p
 }
 
-/// The release a polling robot should install now, if any (the first, by
-/// name, of the namespace's releases that offers it one).
-pub fn offer_for(cache: &Cache, ns: &str, robot: &str) -> Option<AgentUpdate> {
-    let releases = cache.list("agentreleases", Some(ns));
-    if releases.is_empty() {
-        return None;
-    }
-    let robots: Vec<RobotFacts> = cache
-        .list("robots", Some(ns))
-        .iter()
-        .map(|r| RobotFacts::of(r))
-        .collect();
-    let me = robots.iter().find(|r| r.name == robot)?;
-    let arch = me.arch.clone()?;
-    let mut releases: Vec<AgentRelease> = releases
-        .iter()
-        .filter_map(|v| serde_json::from_value(Value::clone(v)).ok())
-        .collect();
-    releases.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-    releases.into_iter().find_map(|r| {
-        if !plan(&r.spec, &robots).offered.contains(robot) {
+/// How long a namespace's plans are reused by polls. An offer half a
+/// second old is harmless: the window only moves forward, and a robot that
+/// already runs the version ignores it.
+pub const MEMO_FOR: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// A namespace's releases (by name) and whom each offers itself to.
+type Plans = Vec<(AgentRelease, BTreeSet<String>)>;
+
+/// The plans of each namespace, as last computed, and when.
+#[derive(Default)]
+pub struct Memo(std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, std::sync::Arc<Plans>)>>);
+
+impl Memo {
+    /// The release a polling robot should install now, if any (the first,
+    /// by name, of the namespace's releases that offers it one, for the
+    /// robot's architecture).
+    pub fn offer_for(&self, cache: &Cache, ns: &str, robot: &str) -> Option<AgentUpdate> {
+        if cache.list("agentreleases", Some(ns)).is_empty() {
             return None;
         }
-        let binary = r.spec.binaries.iter().find(|b| b.arch == arch)?.clone();
-        Some(AgentUpdate {
-            release: r.metadata.name.clone(),
-            version: r.spec.version.clone(),
-            allow_downgrade: r.spec.allow_downgrade,
-            binary,
+        let plans = self.plans(cache, ns);
+        let me = cache.get("robots", ns, robot).map(|r| RobotFacts::of(&r))?;
+        let arch = me.arch?;
+        plans.iter().find_map(|(r, offered)| {
+            if !offered.contains(robot) {
+                return None;
+            }
+            let binary = r.spec.binaries.iter().find(|b| b.arch == arch)?.clone();
+            Some(AgentUpdate {
+                release: r.metadata.name.clone(),
+                version: r.spec.version.clone(),
+                allow_downgrade: r.spec.allow_downgrade,
+                binary,
+            })
         })
-    })
+    }
+
+    fn plans(&self, cache: &Cache, ns: &str) -> std::sync::Arc<Plans> {
+        let now = std::time::Instant::now();
+        let mut memo = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, plans)) = memo.get(ns) {
+            if now.saturating_duration_since(*at) < MEMO_FOR {
+                return std::sync::Arc::clone(plans);
+            }
+        }
+        let robots: Vec<RobotFacts> = cache
+            .list("robots", Some(ns))
+            .iter()
+            .map(|r| RobotFacts::of(r))
+            .collect();
+        let mut releases: Vec<AgentRelease> = cache
+            .list("agentreleases", Some(ns))
+            .iter()
+            .filter_map(|v| serde_json::from_value(Value::clone(v)).ok())
+            .collect();
+        releases.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        let plans: Plans = releases
+            .into_iter()
+            .map(|r| {
+                let offered = plan(&r.spec, &robots).offered;
+                (r, offered)
+            })
+            .collect();
+        let plans = std::sync::Arc::new(plans);
+        memo.insert(ns.to_string(), (now, std::sync::Arc::clone(&plans)));
+        plans
+    }
 }
 
 #[cfg(test)]

@@ -46,6 +46,8 @@ pub struct Agents {
     pub polls: PollSlots,
     /// The agent release key's public half (hex), `--release-public-key`.
     pub release_key: Option<String>,
+    /// The AgentRelease plans polls read (recomputed twice a second at most).
+    pub rollouts: crate::server::agent_rollout::Memo,
 }
 
 /// How long an operator's log request waits for the robot's answer.
@@ -418,7 +420,7 @@ impl Agents {
     /// `since` (every agent so far did), so an idle poll on a metered link
     /// costs a few hundred bytes, not the whole set each time.
     fn desired(&self, id: &RobotIdentity, revision: u64, since: u64) -> AssignmentsView {
-        let agent_update = crate::server::agent_rollout::offer_for(&self.hub.cache, &id.namespace, &id.name);
+        let agent_update = self.rollouts.offer_for(&self.hub.cache, &id.namespace, &id.name);
         let tasks = if revision == since {
             Vec::new()
         } else {

@@ -311,3 +311,67 @@ pub fn serve_recording(body: &'static [u8]) -> (u16, std::sync::Arc<std::sync::M
     });
     (port, requests)
 }
+
+/// A loopback HTTP server for the files of `dir` (GET, `Range: bytes=N-`
+/// answered 206); every request's line and Range header, recorded.
+pub fn serve_dir(dir: PathBuf) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = std::sync::Arc::clone(&requests);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            let (dir, seen) = (dir.clone(), std::sync::Arc::clone(&seen));
+            std::thread::spawn(move || serve_one(stream, &dir, &seen));
+        }
+    });
+    (port, requests)
+}
+
+fn serve_one(stream: std::net::TcpStream, dir: &std::path::Path, seen: &std::sync::Mutex<Vec<String>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut reader = BufReader::new(&stream);
+    let mut line = String::new();
+    let _ = reader.read_line(&mut line);
+    let mut from = 0u64;
+    let mut record = line.trim().to_string();
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+            break;
+        }
+        if let Some(v) = h.trim().strip_prefix("Range: bytes=") {
+            from = v.trim_end_matches('-').parse().unwrap_or(0);
+            record.push_str(&format!(" Range: bytes={from}-"));
+        }
+    }
+    seen.lock().unwrap().push(record);
+    let name = line.split_whitespace().nth(1).unwrap_or("/").trim_start_matches('/');
+    let mut out = &stream;
+    let Ok(mut file) = std::fs::File::open(dir.join(name)) else {
+        let _ = write!(
+            out,
+            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        return;
+    };
+    let size = file.metadata().unwrap().len();
+    let head = if from > 0 {
+        use std::io::Seek;
+        file.seek(std::io::SeekFrom::Start(from)).unwrap();
+        format!(
+            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {from}-{}/{size}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            size - 1,
+            size - from
+        )
+    } else {
+        format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n")
+    };
+    let _ = out.write_all(head.as_bytes());
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(n) = file.read(&mut buf) {
+        if n == 0 || out.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+}

@@ -116,9 +116,10 @@ fn say(line: &str) {
 pub fn run(opts: ConnectedOptions) -> Result<i32, String> {
     let data_dir = opts.supervisor.data_dir.clone();
     std::fs::create_dir_all(&data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
-    // First: a new agent on probation counts this start, or rolls back.
-    let mut updater = super::update::Updater::start(opts.update);
     let (mut sup, notices) = Supervisor::new(opts.supervisor).map_err(|e| e.to_string())?;
+    // With the data dir locked (one agent): a new agent on probation counts
+    // this start, or rolls back before anything else.
+    let mut updater = super::update::Updater::start(opts.update);
     if let Some(max) = opts.artifact_max_bytes {
         sup.set_artifact_max_bytes(max);
     }
@@ -370,6 +371,11 @@ impl Poller {
     /// replayed) answer included, leaves it as it is and counts as the
     /// server being unreachable.
     fn take(&mut self, result: Result<Assignments, ClientError>, inbox: &mut Inbox, data_dir: &Path) -> AfterPoll {
+        // Test fault: a build whose channel refuses every answer.
+        let result = match result {
+            Ok(_) if super::update::fault::armed("refuse-answers") => Err(ClientError::Refused("test fault".into())),
+            other => other,
+        };
         match result {
             Ok(mut a) => {
                 self.backoff.reset();

@@ -57,9 +57,8 @@ pub fn install(data_dir: &Path, binary: &Path, part: &Path, pending: &Pending) -
     let prev = prev_path(binary);
     let prev_tmp = with_suffix(binary, ".prev.tmp");
     let _ = std::fs::remove_file(&prev_tmp);
-    if std::fs::hard_link(binary, &prev_tmp).is_err() {
-        std::fs::copy(binary, &prev_tmp).map_err(|e| step("keeping the running agent", e))?;
-    }
+    // A hard link (same directory, so same filesystem): no copy written.
+    std::fs::hard_link(binary, &prev_tmp).map_err(|e| step("keeping the running agent", e))?;
     std::fs::rename(&prev_tmp, &prev).map_err(|e| step(&format!("renaming to {}", prev.display()), e))?;
     sync_dir(binary).map_err(|e| step("syncing the binary's directory", e))?;
     record::save_pending(data_dir, pending).map_err(|e| step("recording the update", e))?;

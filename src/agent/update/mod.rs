@@ -35,8 +35,7 @@ use crate::api::agent_release::{this_arch, AgentUpdate, UpdateOutcome, UpdateRes
 use fetch::FetchError;
 use record::{Last, Pending};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Receiver, TryRecvError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long a new agent has to reach the server (while the network is up).
@@ -54,9 +53,13 @@ pub struct Settings {
     pub deadline: Duration,
 }
 
+/// A download thread's result, once it has one (a Mutex rather than a
+/// channel: one value, and less code on the robot's flash).
+type Outcome = Arc<Mutex<Option<Result<PathBuf, FetchError>>>>;
+
 struct Download {
     offer: AgentUpdate,
-    done: Receiver<Result<PathBuf, FetchError>>,
+    done: Outcome,
 }
 
 pub struct Updater {
@@ -240,27 +243,25 @@ impl Updater {
             }
             return None;
         }
-        if let Some(d) = &self.download {
-            match d.done.try_recv() {
-                Err(TryRecvError::Empty) => return None,
-                Err(TryRecvError::Disconnected) => self.download = None,
-                Ok(result) => {
-                    let d = self.download.take()?;
-                    let current = self.offer.as_ref().is_some_and(|o| o.binary == d.offer.binary);
-                    match result {
-                        _ if !current => {}
-                        Ok(part) => self.swap(&d.offer, &part, before_exec),
-                        Err(FetchError::Transport(m)) => {
-                            self.retry_at = Some(crate::agent::clock::after(now, self.retry_delay));
-                            say(&format!(
-                                "update: downloading {}: {m}; retrying in {:?}",
-                                d.offer.version, self.retry_delay
-                            ));
-                            self.retry_delay = (self.retry_delay * 2).min(RETRY_MAX);
-                        }
-                        Err(e) => self.refuse(&d.offer, e.to_string()),
-                    }
+        let finished = self
+            .download
+            .as_ref()
+            .and_then(|d| d.done.lock().unwrap_or_else(|p| p.into_inner()).take());
+        if let Some(result) = finished {
+            let d = self.download.take()?;
+            let current = self.offer.as_ref().is_some_and(|o| o.binary == d.offer.binary);
+            match result {
+                _ if !current => {}
+                Ok(part) => self.swap(&d.offer, &part, before_exec),
+                Err(FetchError::Transport(m)) => {
+                    self.retry_at = Some(crate::agent::clock::after(now, self.retry_delay));
+                    say(&format!(
+                        "update: downloading {}: {m}; retrying in {:?}",
+                        d.offer.version, self.retry_delay
+                    ));
+                    self.retry_delay = (self.retry_delay * 2).min(RETRY_MAX);
                 }
+                Err(e) => self.refuse(&d.offer, e.to_string()),
             }
         }
         let offer = self.offer.clone()?;
@@ -290,10 +291,16 @@ impl Updater {
                     "update: downloading {} {} from {}",
                     offer.release, offer.version, offer.binary.url
                 ));
-                let (tx, done) = mpsc::channel();
-                let (data_dir, binary, waker) = (self.s.data_dir.clone(), offer.binary.clone(), Arc::clone(waker));
+                let done = Outcome::default();
+                let (data_dir, binary, waker, out) = (
+                    self.s.data_dir.clone(),
+                    offer.binary.clone(),
+                    Arc::clone(waker),
+                    Arc::clone(&done),
+                );
                 std::thread::spawn(move || {
-                    let _ = tx.send(fetch::fetch(&data_dir, &binary));
+                    let result = fetch::fetch(&data_dir, &binary);
+                    *out.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
                     waker.wake();
                 });
                 self.download = Some(Download { offer, done });

@@ -31,7 +31,6 @@ pub struct Pending {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Last {
-    #[serde(flatten)]
     pub result: UpdateResult,
     /// Of the binary it was about (not retried when refused or rolled back).
     #[serde(default)]

@@ -175,7 +175,12 @@ impl Hub {
             }
             "agentreleases" => self.queue.add(Work::AgentReleases { namespace: ns }),
             "robots" => {
-                self.queue.add(Work::AgentReleases { namespace: ns.clone() });
+                // Only what a rollout plan reads: a persisted heartbeat
+                // (a thousand a second in a big fleet) changes none of it.
+                let facts = |v: &Option<Arc<Value>>| v.as_deref().map(crate::server::agent_rollout::RobotFacts::of);
+                if facts(&c.prev) != facts(&c.new) {
+                    self.queue.add(Work::AgentReleases { namespace: ns.clone() });
+                }
                 let changed = c.prev.as_deref().map(robot_facts) != c.new.as_deref().map(robot_facts);
                 if c.new.is_none() {
                     self.fleet.forget(&ns, &c.name);
@@ -296,6 +301,8 @@ pub struct Ctx {
     /// Robots a system group's replica does not fit on, and why, as last
     /// told in a FailedScheduling event (told again only when it changes).
     unfit: Mutex<system::Unfit>,
+    /// Robots each AgentRelease was last offered to (woken when they enter).
+    offered: Mutex<agent_releases::Offered>,
 }
 
 impl Ctx {
@@ -384,6 +391,7 @@ pub fn start_workers(
         hub: hub.clone(),
         events,
         unfit: Mutex::default(),
+        offered: Mutex::default(),
     };
     let leading = leader.clone();
     crate::server::panics::spawn_essential("the reconcile worker", async move {
