@@ -7,6 +7,13 @@ cd "$(dirname "$0")/.."
 
 # area | fault or input | what must happen | test binary | test name
 cases=(
+  "agent update|a signed AgentRelease (a patched second build) to a connected robot with two running tasks|the agent execs in place (same pid), the Robot reports the new version, lastUpdate Applied, AgentUpdated event; both tasks keep their pids and never restart; a task killed afterwards is reaped with its real signal|agent_update|a_signed_release_replaces_the_agent_in_place_and_no_task_restarts"
+  "agent update|a release that exits at every start (restarted as init would)|three starts, then .prev restored and exec'd; lastUpdate RolledBack, event, release halted; tasks keep pids; not downloaded again|agent_update|a_release_that_dies_at_start_is_rolled_back_after_three_starts"
+  "agent update|a new agent whose answers never verify while the server answers, --update-deadline 3s|rolled back at the deadline, same agent pid, tasks keep pids, AgentUpdateRolledBack event|agent_update|a_release_that_never_reaches_the_server_is_rolled_back_at_its_deadline"
+  "bad input|an AgentRelease signed by another key|refused before any download: no request for the binary, no swap, no .prev; lastUpdate Refused names the signature; AgentUpdateRefused event|agent_update|a_bad_signature_is_refused_before_any_download"
+  "agent update|kill -9 mid download, after verify, after rename, right after exec|the binary in place runs after each kill; the restarted agent resumes (one Range request) and installs; tasks keep pids and never start twice; only update/last.json is left|agent_update|kill_9_at_every_step_leaves_a_working_agent_and_starts_no_task_twice"
+  "agent update|busybox-init image x86_64: a good release, one dying at start, a forged one|same agent and task processes; init restarts the dying one 3 times, then rollback; forged: nothing downloaded|robot_image|x86_64_image_updates_its_agent_over_the_air"
+  "agent update|the same, aarch64 image under qemu-user|as x86_64|robot_image|aarch64_image_updates_its_agent_over_the_air_under_qemu_user"
   "rollout|a good version, maxParallel 1, three real robots|each robot gets it only after the previous one ran it minHealthyTime; all end on it; Table 3/3 Succeeded|e2e_rollout|a_good_version_rolls_one_robot_at_a_time_each_after_the_previous_is_healthy"
   "rollout|a bad version (exits 1), canary 1, autoRevert|runs on exactly one robot, which goes back; the others never run it; rollout Failed|e2e_rollout|a_bad_canary_with_auto_revert_runs_on_one_robot_only_and_is_reverted"
   "rollout|canary, then pause, promote, resume and revert by k8s4r job|the canary alone until promoted; pause holds the rest; revert puts version 1 on every robot at once|e2e_rollout|canary_promote_pause_resume_and_revert_by_command"
