@@ -99,7 +99,9 @@ impl Kept {
             keyed.push((name, version, t));
         }
         // Old news (the robot holds `revision` already): nothing to apply.
-        let new = a.revision != since || since == 0;
+        // But a complete set with its digest (the server could not answer
+        // a resuming agent's `since` with a delta) replaces whatever is kept.
+        let new = a.revision != since || since == 0 || (!a.delta && a.digest.is_some());
         if new && a.delta && self.revision != since {
             let held = self.revision;
             self.revision = 0;
@@ -305,6 +307,26 @@ mod tests {
             panic!("complete set not taken")
         };
         assert_eq!((names(&u.tasks), kept.revision()), (vec!["a"], 7));
+    }
+
+    #[test]
+    fn a_complete_set_at_the_kept_revision_replaces_the_kept_set() {
+        // Resuming at revision 5 from a file; the server (restarted) sends
+        // its complete set at that same revision.
+        let mut kept = Kept::default();
+        let mut a = answer(5, false, &[("a", 'a')], &[], &[("a", 'a')]);
+        kept.take(&mut a, 0);
+        let mut a = answer(5, false, &[("a", 'b'), ("b", 'b')], &[], &[("a", 'b'), ("b", 'b')]);
+        let Taken::Changed(u) = kept.take(&mut a, 5) else {
+            panic!("complete set not taken")
+        };
+        assert_eq!(names(&u.tasks), ["a", "b"]);
+        // Without a digest (an answer to a poll without delta=1), an answer
+        // at `since` has nothing new.
+        let mut a = answer(5, false, &[], &[], &[]);
+        a.digest = None;
+        assert!(matches!(kept.take(&mut a, 5), Taken::Same));
+        assert_eq!(kept.tasks().len(), 2);
     }
 
     #[test]
