@@ -88,6 +88,10 @@ pub struct Assignments {
     /// missing here must be stopped. Empty, and to be ignored, when
     /// `revision` is the `since` the poll named: the robot has that set.
     /// In a delta answer, only the tasks added or changed after `since`.
+    /// With `delta=1` each task carries only what an agent reads: apiVersion,
+    /// kind, metadata name, namespace, generation, labels and annotations
+    /// (not the server's `robot.k8s4r.io/` bookkeeping), spec, and status
+    /// state and pid.
     pub tasks: Vec<Task>,
     /// `tasks` and `removed` are changes to the set the robot held at
     /// `since` (only when the poll asked `delta=1`); false: `tasks` is the

@@ -93,6 +93,47 @@ pub fn task_version(task: &Value) -> [u8; 32] {
     Sha256::digest(&bytes).into()
 }
 
+/// A Task as an agent that asked for deltas gets it: what it reads, no
+/// more (no status conditions, owner references, uid or timestamps; of the
+/// status, only what it compares with its own: state and pid).
+pub fn slim(task: &Value) -> Value {
+    let mut out = serde_json::Map::new();
+    for k in ["apiVersion", "kind", "spec"] {
+        if let Some(v) = task.get(k) {
+            out.insert(k.to_string(), v.clone());
+        }
+    }
+    let meta = task.get("metadata");
+    let mut m = serde_json::Map::new();
+    for k in ["name", "namespace", "generation", "labels"] {
+        if let Some(v) = meta.and_then(|m| m.get(k)) {
+            m.insert(k.to_string(), v.clone());
+        }
+    }
+    if let Some(a) = meta.and_then(|m| m.get("annotations")).and_then(Value::as_object) {
+        let kept: serde_json::Map<String, Value> = a
+            .iter()
+            .filter(|(k, _)| !k.starts_with(BOOKKEEPING))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if !kept.is_empty() {
+            m.insert("annotations".into(), Value::Object(kept));
+        }
+    }
+    out.insert("metadata".into(), Value::Object(m));
+    let status = task.get("status");
+    let mut s = serde_json::Map::new();
+    for k in ["state", "pid"] {
+        if let Some(v) = status.and_then(|st| st.get(k)) {
+            s.insert(k.to_string(), v.clone());
+        }
+    }
+    if !s.is_empty() {
+        out.insert("status".into(), Value::Object(s));
+    }
+    Value::Object(out)
+}
+
 fn name_of(task: &Value) -> Option<&str> {
     task.get("metadata")?.get("name")?.as_str()
 }
@@ -131,7 +172,7 @@ pub fn answer(now: &Delivered, base: Option<&Delivered>) -> Answer {
         if base.and_then(|b| b.tasks.get(name)).is_some_and(|(_, v)| v == version) {
             continue;
         }
-        out.tasks.push(task.clone());
+        out.tasks.push(Arc::new(slim(task)));
         out.versions.insert(name.clone(), hex::encode(version));
     }
     if let Some(b) = base {
@@ -186,6 +227,23 @@ mod tests {
             task_version(&c),
             "annotations are part of the version"
         );
+    }
+
+    #[test]
+    fn slim_tasks_keep_what_an_agent_reads() {
+        let mut t = (*task("t", "x")).clone();
+        t["metadata"]["annotations"] =
+            json!({"robot.k8s4r.io/status-seq": "3", "rollout.k8s4r.io/previous-spec": "{}"});
+        t["metadata"]["ownerReferences"] = json!([{"kind": "TaskGroup"}]);
+        t["status"] = json!({"state": "running", "pid": 7, "conditions": [{"type": "Ready"}]});
+        let s = slim(&t);
+        assert_eq!(
+            s,
+            json!({"metadata": {"name": "t", "generation": 1,
+                    "annotations": {"rollout.k8s4r.io/previous-spec": "{}"}},
+                "spec": t["spec"], "status": {"state": "running", "pid": 7}})
+        );
+        assert_eq!(task_version(&s), task_version(&t), "the same version either way");
     }
 
     #[test]
