@@ -89,7 +89,7 @@ pub struct Assignments {
     /// `revision` is the `since` the poll named: the robot has that set.
     /// In a delta answer, only the tasks added or changed after `since`.
     /// With `delta=1` each task carries only what an agent reads: apiVersion,
-    /// kind, metadata name, namespace, generation, labels and annotations
+    /// kind, metadata name, namespace, uid, generation, labels and annotations
     /// (not the server's `robot.k8s4r.io/` bookkeeping), spec, and status
     /// state and pid.
     pub tasks: Vec<Task>,

@@ -2,11 +2,13 @@
 //! sends delta assignments and the agent that applies them. No I/O here.
 //!
 //! Each task has a *version hash*, computed by the server: SHA-256 over the
-//! JSON array `[name, generation, labels, annotations, spec]` of the stored
+//! JSON array `[name, uid, generation, labels, annotations, spec]` of the stored
 //! Task (object keys sorted, as serde_json writes a map; a missing field is
 //! null, missing annotations `{}`), lowercase hex. Status, the server's own
 //! bookkeeping annotations (`robot.k8s4r.io/...`) and other metadata are
-//! left out: a status report must not make a task look changed. The *digest* of a set is SHA-256 over one line
+//! left out: a status report must not make a task look changed; a Task
+//! deleted and created again (a new uid, its status reset) is a new
+//! version. The *digest* of a set is SHA-256 over one line
 //! `<name> <version hash>\n` per task, in byte order of the names,
 //! lowercase hex; the empty set's digest is SHA-256 of nothing. An agent
 //! holding the same names at the same versions computes the same digest,

@@ -83,6 +83,7 @@ pub fn task_version(task: &Value) -> [u8; 32] {
         .unwrap_or_default();
     let canonical = Value::Array(vec![
         field(meta, "name"),
+        field(meta, "uid"),
         field(meta, "generation"),
         field(meta, "labels"),
         Value::Object(annotations),
@@ -94,7 +95,7 @@ pub fn task_version(task: &Value) -> [u8; 32] {
 }
 
 /// A Task as an agent that asked for deltas gets it: what it reads, no
-/// more (no status conditions, owner references, uid or timestamps; of the
+/// more (no status conditions, owner references or timestamps; of the
 /// status, only what it compares with its own: state and pid).
 pub fn slim(task: &Value) -> Value {
     let mut out = serde_json::Map::new();
@@ -105,7 +106,7 @@ pub fn slim(task: &Value) -> Value {
     }
     let meta = task.get("metadata");
     let mut m = serde_json::Map::new();
-    for k in ["name", "namespace", "generation", "labels"] {
+    for k in ["name", "namespace", "uid", "generation", "labels"] {
         if let Some(v) = meta.and_then(|m| m.get(k)) {
             m.insert(k.to_string(), v.clone());
         }
@@ -235,11 +236,12 @@ mod tests {
         t["metadata"]["annotations"] =
             json!({"robot.k8s4r.io/status-seq": "3", "rollout.k8s4r.io/previous-spec": "{}"});
         t["metadata"]["ownerReferences"] = json!([{"kind": "TaskGroup"}]);
+        t["metadata"]["uid"] = json!("u1");
         t["status"] = json!({"state": "running", "pid": 7, "conditions": [{"type": "Ready"}]});
         let s = slim(&t);
         assert_eq!(
             s,
-            json!({"metadata": {"name": "t", "generation": 1,
+            json!({"metadata": {"name": "t", "uid": "u1", "generation": 1,
                     "annotations": {"rollout.k8s4r.io/previous-spec": "{}"}},
                 "spec": t["spec"], "status": {"state": "running", "pid": 7}})
         );
