@@ -305,8 +305,9 @@ fn huge_durations_in_cached_assignments_do_not_abort_the_agent() {
     server.stop();
     agent.kill9();
     let cache = agent.data.join("assignments.json");
-    let mut tasks: Value = serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
-    let spec = &mut tasks[0]["spec"];
+    // The kept set: {revision, versions, tasks} (src/agent/connected/desired.rs).
+    let mut kept: Value = serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
+    let spec = &mut kept["tasks"][0]["spec"];
     assert_eq!(spec["timeout"], "1h", "the cached task: {spec}");
     for pointer in [
         "/timeout",
@@ -319,7 +320,7 @@ fn huge_durations_in_cached_assignments_do_not_abort_the_agent() {
     ] {
         *spec.pointer_mut(pointer).unwrap() = json!(huge);
     }
-    std::fs::write(&cache, serde_json::to_vec(&tasks).unwrap()).unwrap();
+    std::fs::write(&cache, serde_json::to_vec(&kept).unwrap()).unwrap();
 
     agent.spawn();
     let adopted = format!("huge-g r0 run: adopted running pid {pid}");
@@ -352,7 +353,7 @@ fn huge_durations_in_cached_assignments_do_not_abort_the_agent() {
     assert!(pid_alive(again));
     let cached: Value = serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
     assert_eq!(
-        cached[0]["spec"]["timeout"], "1h",
+        cached["tasks"][0]["spec"]["timeout"], "1h",
         "the server's assignments replaced the cache"
     );
     assert_eq!(agent.exited(), None);

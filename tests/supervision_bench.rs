@@ -6,8 +6,8 @@
 //!   as on robots) in connected mode, long-polling a minimal fake control
 //!   plane inside this test (tests/supervision/fake_control_plane.rs), so
 //!   the agent is measured and not our server. A request is one long-poll
-//!   answer with the complete desired set, serialised before the clock
-//!   starts.
+//!   answer with the changes to the desired set (delta assignments, as the
+//!   real server sends them), serialised before the clock starts.
 //! - **s6** (Debian `s6`): `s6-svscan` + one `s6-supervise` per service; a
 //!   request is the byte `s6-svc` would write to `supervise/control`.
 //! - **supervisord** (Debian `supervisor`): its XML-RPC over its unix

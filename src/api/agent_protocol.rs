@@ -7,11 +7,15 @@
 //! - `POST /agent/v1/register` — [`RegisterRequest`] → [`RegisterResponse`]:
 //!   proof of a join token (from `k8s4r token create`) binds the name to the
 //!   robot's keys.
-//! - `GET /agent/v1/robots/{name}/assignments?since=REV&wait=30s`
-//!   → [`Assignments`]: the complete
-//!   desired set of Tasks for this robot. Answers at once when the set
-//!   changed after `since`, else when it changes or `wait` runs out. Each
-//!   poll is the robot's heartbeat.
+//! - `GET /agent/v1/robots/{name}/assignments?since=REV&wait=30s[&delta=1[&verify=1]]`
+//!   → [`Assignments`]: the desired set of Tasks for this robot. Answers at
+//!   once when the set changed after `since`, else when it changes or
+//!   `wait` runs out. Each poll is the robot's heartbeat. Without `delta=1`
+//!   an answer with changes holds the complete set; with it, only what
+//!   changed since `since` when the server still knows what it sent then
+//!   (see [`Assignments::delta`]), plus the digest of the complete set
+//!   ([`crate::api::assignment_set`]). `verify=1` asks for the digest even
+//!   when nothing changed (an agent resuming from its state file).
 //! - `POST /agent/v1/robots/{name}/status` with a [`StatusReport`]
 //!   → [`StatusReply`]. Per-task sequence numbers make re-sending a batch
 //!   harmless; device info rides along.
@@ -83,7 +87,28 @@ pub struct Assignments {
     /// Every Task placed on this robot (with its last known status); a task
     /// missing here must be stopped. Empty, and to be ignored, when
     /// `revision` is the `since` the poll named: the robot has that set.
+    /// In a delta answer, only the tasks added or changed after `since`.
+    /// With `delta=1` each task carries only what an agent reads: apiVersion,
+    /// kind, metadata name, namespace, uid, generation, labels and annotations
+    /// (not the server's `robot.k8s4r.io/` bookkeeping), spec, and status
+    /// state and pid.
     pub tasks: Vec<Task>,
+    /// `tasks` and `removed` are changes to the set the robot held at
+    /// `since` (only when the poll asked `delta=1`); false: `tasks` is the
+    /// complete set.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delta: bool,
+    /// In a delta answer: names no longer in the set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<String>,
+    /// With `delta=1`: the version hash of each task in `tasks`, by name.
+    #[serde(default, skip_serializing_if = "StringMap::is_empty")]
+    pub versions: StringMap,
+    /// With `delta=1`: the digest of the complete set at `revision`, when
+    /// anything changed or the poll asked `verify=1`. An agent whose set
+    /// has another digest asks for the complete set (`since=0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
     /// How long the next poll should wait (`wait=`); grows with the fleet so
     /// the server's request rate stays bounded.
     pub poll_interval_seconds: u64,

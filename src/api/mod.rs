@@ -3,6 +3,7 @@
 
 pub mod agent_protocol;
 pub mod agent_release;
+pub mod assignment_set;
 pub mod decode;
 pub mod findings;
 pub mod hex;

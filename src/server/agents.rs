@@ -1,6 +1,6 @@
 //! The agent API's logic: registration (a join token's proof binds a robot
 //! name to the robot's keys), the long poll that hands each robot its
-//! complete desired Task set, and idempotent status reports. Requests reach
+//! desired Task set (complete, or what changed: [`assignments`]), and idempotent status reports. Requests reach
 //! it verified as one robot's ([`crate::server::robot_channel`]), and open
 //! only that robot's objects.
 
@@ -12,6 +12,7 @@ use crate::api::robot_channel::{Claim, PublicKeys};
 use crate::api::validate::check_dns_subdomain;
 use crate::api::FieldError;
 use crate::server::annotations::{ANN_STATUS_SEQ, ANN_UNKNOWN_SINCE};
+use crate::server::assignments::{self, Ask};
 use crate::server::controllers::Hub;
 use crate::server::events::{Kind, Recorder};
 use crate::server::fleet::{self, Heartbeat};
@@ -108,6 +109,14 @@ fn revoke_error(e: RevokeError, what: &str) -> Status {
 pub struct AssignmentsView {
     pub revision: u64,
     pub tasks: Vec<Shared>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub delta: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<String>,
+    #[serde(skip_serializing_if = "crate::api::StringMap::is_empty")]
+    pub versions: crate::api::StringMap,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
     pub poll_interval_seconds: u64,
     pub offline_after_seconds: u64,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -418,33 +427,76 @@ impl Agents {
     /// revision as `since` has this set already and gets no tasks: agents
     /// take the set only from an answer whose revision differs from their
     /// `since` (every agent so far did), so an idle poll on a metered link
-    /// costs a few hundred bytes, not the whole set each time.
-    fn desired(&self, id: &RobotIdentity, revision: u64, since: u64) -> AssignmentsView {
+    /// costs a few hundred bytes, not the whole set each time. An agent
+    /// that asked for deltas gets only what changed when the server
+    /// remembers the set it delivered at `since` ([`assignments`]).
+    fn desired(&self, id: &RobotIdentity, revision: u64, since: u64, ask: Ask) -> AssignmentsView {
         let agent_update = self.rollouts.offer_for(&self.hub.cache, &id.namespace, &id.name);
-        let tasks = if revision == since {
-            Vec::new()
-        } else {
-            self.hub
-                .cache
-                .tasks_on_robot(&id.namespace, &id.name)
-                .into_iter()
-                .map(Shared)
-                .collect()
-        };
-        AssignmentsView {
+        let mut view = AssignmentsView {
             revision,
-            tasks,
+            tasks: Vec::new(),
+            delta: false,
+            removed: Vec::new(),
+            versions: crate::api::StringMap::new(),
+            digest: None,
             poll_interval_seconds: self.hub.fleet.poll_interval().as_secs().max(1),
             offline_after_seconds: self.hub.fleet.offline_after().as_secs(),
             log_requests: self.logs.broker.take_unsent(&id.namespace, &id.name),
             release_key: agent_update.as_ref().and(self.release_key.clone()),
             agent_update,
+        };
+        let (ns, name) = (id.namespace.as_str(), id.name.as_str());
+        if !ask.delta {
+            if revision != since {
+                view.tasks = self
+                    .hub
+                    .cache
+                    .tasks_on_robot(ns, name)
+                    .into_iter()
+                    .map(Shared)
+                    .collect();
+            }
+            return view;
         }
+        let kept = self.hub.fleet.delivered(ns, name);
+        let base = kept.iter().find(|d| d.revision == since && since != 0);
+        if revision == since {
+            // Nothing new; a resuming agent still learns whether its set
+            // is the server's (unknown here: the complete set, below).
+            match (ask.verify, base) {
+                (false, _) => return view,
+                (true, Some(b)) => {
+                    view.delta = true;
+                    view.digest = Some(b.digest().to_string());
+                    return view;
+                }
+                (true, None) => {}
+            }
+        }
+        let now = assignments::delivered(
+            self.hub.cache.tasks_on_robot(ns, name),
+            revision,
+            kept.last().map(|d| &**d),
+        );
+        let answer = assignments::answer(&now, base.map(|d| &**d));
+        self.hub.fleet.remember_delivered(ns, name, Arc::new(now));
+        view.delta = answer.delta;
+        view.tasks = answer.tasks.into_iter().map(Shared).collect();
+        view.removed = answer.removed;
+        view.versions = answer.versions;
+        view.digest = Some(answer.digest);
+        view
     }
 
     /// The long poll: answer when the robot's desired set has a revision
     /// above `since`, or after `wait` (capped by the fleet's interval).
-    pub async fn poll(&self, id: &RobotIdentity, since: u64, wait: Duration) -> Result<AssignmentsView, Status> {
+    pub async fn poll(
+        &self,
+        id: &RobotIdentity,
+        since: u64,
+        wait: Duration,
+        ask: Ask,
+    ) -> Result<AssignmentsView, Status> {
         let fresh_for = self.heartbeat(id).await?;
         let wait = wait.min(self.hub.fleet.poll_interval());
         let (_, notify) = self.hub.fleet.subscribe(&id.namespace, &id.name);
@@ -472,7 +524,7 @@ impl Agents {
             }
         }
         let rev = self.hub.fleet.revision(&id.namespace, &id.name);
-        Ok(self.desired(id, rev, since))
+        Ok(self.desired(id, rev, since, ask))
     }
 
     /// [`Agents::poll`] holding the robot's one poll slot: a newer poll
@@ -484,10 +536,11 @@ impl Agents {
         id: &RobotIdentity,
         since: u64,
         wait: Duration,
+        ask: Ask,
     ) -> Result<AssignmentsView, Status> {
         let mut slot = self.polls.enter(&id.namespace, &id.name);
         tokio::select! {
-            answer = self.poll(id, since, wait) => answer,
+            answer = self.poll(id, since, wait, ask) => answer,
             () = slot.superseded() => Err(Status::too_many_requests(
                 format!(
                     "a newer poll from robot {:?} replaced this one (one long poll per robot; \

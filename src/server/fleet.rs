@@ -49,6 +49,8 @@ struct Entry {
     persisted: Option<Instant>,
     revision: u64,
     notify: Arc<Notify>,
+    /// The desired sets last delivered to it, for delta answers.
+    delivered: Vec<Arc<crate::server::assignments::Delivered>>,
 }
 
 pub struct Fleet {
@@ -115,6 +117,7 @@ impl Fleet {
             persisted: None,
             revision: base,
             notify: Arc::new(Notify::new()),
+            delivered: Vec::new(),
         })
     }
 
@@ -215,6 +218,20 @@ impl Fleet {
     pub fn revision(&self, ns: &str, name: &str) -> u64 {
         let mut map = self.lock();
         self.entry(&mut map, ns, name).revision
+    }
+
+    /// The sets last delivered to the robot, oldest first.
+    pub fn delivered(&self, ns: &str, name: &str) -> Vec<Arc<crate::server::assignments::Delivered>> {
+        self.lock()
+            .get(&(ns.to_string(), name.to_string()))
+            .map(|e| e.delivered.clone())
+            .unwrap_or_default()
+    }
+
+    /// The robot was sent `set`.
+    pub fn remember_delivered(&self, ns: &str, name: &str, set: Arc<crate::server::assignments::Delivered>) {
+        let mut map = self.lock();
+        crate::server::assignments::remember(&mut self.entry(&mut map, ns, name).delivered, set);
     }
 
     pub fn forget(&self, ns: &str, name: &str) {

@@ -29,6 +29,7 @@ pub mod agent_rollout;
 pub mod agents;
 pub mod annotations;
 pub mod apply;
+pub mod assignments;
 pub mod auth;
 pub mod cache;
 pub mod cli;

@@ -160,7 +160,7 @@ impl Supervision for Agent {
             "version": version,
             "binary": self.bin.display().to_string(),
             "tree": "one k8s4r-agent process (3 threads)",
-            "driver": "connected mode, long poll to an in-test fake control plane; one answer = the complete desired set",
+            "driver": "connected mode, long poll to an in-test fake control plane; one answer = the changes to the desired set (delta assignments)",
             "restart": "restartPolicy delay 0s: immediate (default: 1 s, doubling)",
             "output": "captured to per-task log files (always)",
         })

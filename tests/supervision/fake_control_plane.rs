@@ -13,14 +13,17 @@
 //!
 //! A new desired set is serialised *before* it is published, so the time
 //! of a request starts when the answer is ready to go out, as a supervisor
-//! command is ready when written.
+//! command is ready when written. As the real server, it answers an agent
+//! that asks `delta=1` with what changed since the previous set (each
+//! task's version hash and the digest of the complete set) when the poll
+//! names that set's revision, and with the complete set otherwise.
 
 use k8s4r::api::agent_protocol::{
-    Outcome, RegisterRequest, RegisterResponse, StatusReply, StatusReport, StatusResult, PREFIX,
+    Assignments, Outcome, RegisterRequest, RegisterResponse, StatusReply, StatusReport, StatusResult, PREFIX,
 };
 use k8s4r::api::robot_channel::{self as wire, AnswerHead, JoinToken, KeyPair, PublicKeys, RequestHead};
-use k8s4r::api::{hex, Task, TaskStatus};
-use std::collections::HashMap;
+use k8s4r::api::{assignment_set, hex, Task, TaskStatus};
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -33,6 +36,8 @@ const POLL_SECONDS: u64 = 30;
 struct Desired {
     revision: u64,
     body: Arc<Vec<u8>>,
+    /// The changes from the set before (at `base`), for `delta=1` polls.
+    delta: Option<(u64, Arc<Vec<u8>>)>,
 }
 
 struct Shared {
@@ -46,6 +51,8 @@ struct Shared {
     server: KeyPair,
     /// The robot's keys, from its registration.
     robot: Mutex<Option<PublicKeys>>,
+    /// The last prepared set: revision, and each task's version hash.
+    last: Mutex<(u64, BTreeMap<String, String>)>,
 }
 
 pub struct FakeControlPlane {
@@ -58,6 +65,7 @@ pub struct FakeControlPlane {
 pub struct Prepared {
     revision: u64,
     body: Vec<u8>,
+    delta: Option<(u64, Vec<u8>)>,
 }
 
 impl FakeControlPlane {
@@ -72,6 +80,7 @@ impl FakeControlPlane {
             statuses: Mutex::new(HashMap::new()),
             server: KeyPair::generate(),
             robot: Mutex::new(None),
+            last: Mutex::new((0, BTreeMap::new())),
         });
         let cp = FakeControlPlane {
             url: format!("http://127.0.0.1:{port}"),
@@ -104,24 +113,54 @@ impl FakeControlPlane {
         .to_text()
     }
 
-    /// Serialise the desired set `tasks` as revision `revision`.
+    /// Serialise the desired set `tasks` as revision `revision`: complete,
+    /// and as the changes from the set prepared before.
     pub fn prepare(&self, revision: u64, mut tasks: Vec<Task>) -> Prepared {
         let statuses = self.shared.statuses.lock().unwrap();
         for t in &mut tasks {
             t.status = statuses.get(&t.metadata.name).cloned();
         }
         drop(statuses);
-        let a = k8s4r::api::agent_protocol::Assignments {
-            revision,
-            tasks,
-            poll_interval_seconds: POLL_SECONDS,
-            offline_after_seconds: 3 * POLL_SECONDS,
-            log_requests: Vec::new(),
-            ..Default::default()
+        let versions: BTreeMap<String, String> = tasks
+            .iter()
+            .map(|t| {
+                let v = k8s4r::server::assignments::task_version(&serde_json::to_value(t).unwrap());
+                (t.metadata.name.clone(), hex::encode(&v))
+            })
+            .collect();
+        let digest = assignment_set::digest(versions.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+        let mut last = self.shared.last.lock().unwrap();
+        let (base, before) = std::mem::replace(&mut *last, (revision, versions.clone()));
+        drop(last);
+        let answer = |delta: bool, tasks: Vec<Task>, removed: Vec<String>| {
+            let versions = tasks
+                .iter()
+                .map(|t| (t.metadata.name.clone(), versions[&t.metadata.name].clone()))
+                .collect();
+            let a = Assignments {
+                revision,
+                tasks,
+                delta,
+                removed,
+                versions,
+                digest: Some(digest.clone()),
+                poll_interval_seconds: POLL_SECONDS,
+                offline_after_seconds: 3 * POLL_SECONDS,
+                ..Default::default()
+            };
+            serde_json::to_vec(&a).unwrap()
         };
+        let changed: Vec<Task> = tasks
+            .iter()
+            .filter(|t| before.get(&t.metadata.name) != versions.get(&t.metadata.name))
+            .cloned()
+            .collect();
+        let removed = before.keys().filter(|n| !versions.contains_key(*n)).cloned().collect();
+        let delta = (base != 0).then(|| (base, answer(true, changed, removed)));
         Prepared {
             revision,
-            body: serde_json::to_vec(&a).unwrap(),
+            body: answer(false, tasks, Vec::new()),
+            delta,
         }
     }
 
@@ -130,6 +169,7 @@ impl FakeControlPlane {
         let mut d = self.shared.desired.lock().unwrap();
         d.revision = p.revision;
         d.body = Arc::new(p.body);
+        d.delta = p.delta.map(|(base, body)| (base, Arc::new(body)));
         self.shared.changed.notify_all();
     }
 
@@ -295,5 +335,8 @@ fn long_poll(shared: &Shared, query: &str) -> Arc<Vec<u8>> {
             d.revision == since && !shared.stop.load(Ordering::SeqCst)
         })
         .unwrap();
-    Arc::clone(&d.body)
+    match &d.delta {
+        Some((base, body)) if *base == since && param("delta") == "1" => Arc::clone(body),
+        _ => Arc::clone(&d.body),
+    }
 }

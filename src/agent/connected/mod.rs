@@ -28,6 +28,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod counter;
+pub mod desired;
 pub mod identity;
 pub mod keys;
 pub mod outbox;
@@ -75,7 +76,7 @@ pub struct ConnectedOptions {
 /// What the poller hands to the main thread.
 #[derive(Default)]
 struct Inbox {
-    latest: Option<Assignments>,
+    latest: Option<desired::Update>,
     /// Since when the server has been unreachable (monotonic clock, so a
     /// robot's clock jump cannot shorten or stretch it).
     offline_since: Option<Instant>,
@@ -168,11 +169,15 @@ pub fn run(opts: ConnectedOptions) -> Result<i32, String> {
     });
     let waker = sup.waker().map_err(|e| format!("waker: {e}"))?;
     let update_waker = Arc::new(sup.waker().map_err(|e| format!("waker: {e}"))?);
+    // The last desired set keeps running until the server answers.
+    let kept = desired::Kept::load(&data_dir);
+    let mut desired = assigned_tasks(&kept.tasks());
     spawn_poller(
         Arc::clone(&shared),
         Client::new(&opts.config.server, Arc::clone(&channel)),
         waker,
         data_dir.clone(),
+        kept,
     );
     spawn_reporter(
         Arc::clone(&shared),
@@ -180,20 +185,18 @@ pub fn run(opts: ConnectedOptions) -> Result<i32, String> {
         data_dir.clone(),
     );
 
-    let mut desired = load_cached(&data_dir);
     let mut rollback = super::rollback::Rollback::load(&data_dir);
     let mut rec = Reconciler::new(opts.reconcile);
     loop {
         if let Some(a) = lock(&shared.inbox).latest.take() {
             desired = assigned_tasks(&a.tasks);
-            save_cached(&data_dir, &a.tasks);
             if let Err(e) = rollback.learn(&a.tasks) {
                 say(&format!("agent: rollback state: {e}"));
             }
             // Level-triggered both ways: where the server's record of a task
             // lost what we reported (a reschedule resets it), report again.
             let mut outbox = lock(&shared.outbox);
-            for t in &a.tasks {
+            for t in &a.changed {
                 outbox.server_disagrees(t.name(), &t.status.clone().unwrap_or_default());
             }
         }
@@ -307,11 +310,11 @@ fn obtain_identity(
     }
 }
 
-fn spawn_poller(shared: Arc<Shared>, client: Client, waker: Waker, data_dir: PathBuf) {
+fn spawn_poller(shared: Arc<Shared>, client: Client, waker: Waker, data_dir: PathBuf, kept: desired::Kept) {
     std::thread::spawn(move || {
-        let mut poller = Poller::new();
+        let mut poller = Poller::new(kept);
         while !shared.stop.load(Ordering::SeqCst) {
-            let result = client.assignments(poller.since, poller.wait);
+            let result = client.assignments(poller.since, poller.wait, poller.verify);
             let after = poller.take(result, &mut lock(&shared.inbox), &data_dir);
             match after {
                 AfterPoll::Answered { wake, log_requests } => {
@@ -340,6 +343,9 @@ fn spawn_poller(shared: Arc<Shared>, client: Client, waker: Waker, data_dir: Pat
 struct Poller {
     since: u64,
     wait: Duration,
+    /// Ask for the digest even if nothing changed (a set loaded from disk).
+    verify: bool,
+    kept: desired::Kept,
     backoff: Backoff,
     reported_down: bool,
 }
@@ -357,9 +363,11 @@ enum AfterPoll {
 }
 
 impl Poller {
-    fn new() -> Poller {
+    fn new(kept: desired::Kept) -> Poller {
         Poller {
-            since: 0,
+            since: kept.revision(),
+            verify: kept.revision() != 0,
+            kept,
             wait: Duration::ZERO, // the first poll answers at once
             backoff: Backoff::new(RETRY_BASE, RETRY_MAX),
             reported_down: false,
@@ -390,8 +398,24 @@ impl Poller {
                 } else {
                     DEFAULT_POLL_WAIT
                 };
-                let fresh = a.revision != self.since || self.since == 0;
-                self.since = a.revision;
+                let fresh = match self.kept.take(&mut a, self.since) {
+                    desired::Taken::Same => false,
+                    desired::Taken::Changed(update) => {
+                        say(&format!("agent: desired set at revision {}: {update}", a.revision));
+                        if let Err(e) = self.kept.save(data_dir) {
+                            say(&format!("agent: caching assignments: {e}"));
+                        }
+                        inbox.latest = Some(update);
+                        true
+                    }
+                    desired::Taken::Mismatch(why) => {
+                        say(&format!("agent: {why}; asking for the complete set"));
+                        self.wait = Duration::ZERO;
+                        false
+                    }
+                };
+                self.since = self.kept.revision();
+                self.verify = false;
                 let log_requests = std::mem::take(&mut a.log_requests);
                 // Online again: tasks stopped by stopOnClientAfter may run.
                 let back = inbox.offline_since.take().is_some();
@@ -400,9 +424,6 @@ impl Poller {
                 inbox.offer = Some((update, a.release_key.take()));
                 inbox.reached = true;
                 inbox.server_answers = false;
-                if fresh {
-                    inbox.latest = Some(a);
-                }
                 AfterPoll::Answered {
                     wake: back || fresh || offered,
                     log_requests,
@@ -577,29 +598,6 @@ pub fn assigned_tasks(tasks: &[Task]) -> Vec<AssignedTask> {
             spec: t.spec.clone(),
         })
         .collect()
-}
-
-const CACHE: &str = "assignments.json";
-
-/// The last desired set, so a robot that restarts while offline keeps
-/// running its work.
-fn load_cached(data_dir: &Path) -> Vec<AssignedTask> {
-    std::fs::read(data_dir.join(CACHE))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|v| crate::api::decode::decode_typed::<Vec<Task>>(v).ok())
-        .map(|d| d.object)
-        .map(|tasks| assigned_tasks(&tasks))
-        .unwrap_or_default()
-}
-
-fn save_cached(data_dir: &Path, tasks: &[Task]) {
-    let result = serde_json::to_vec(tasks)
-        .map_err(std::io::Error::other)
-        .and_then(|b| crate::atomic_file::write(&data_dir.join(CACHE), &b, 0o600));
-    if let Err(e) = result {
-        say(&format!("agent: caching assignments: {e}"));
-    }
 }
 
 /// Queue the current status of every desired task; the outbox drops

@@ -137,6 +137,15 @@ pub async fn register(
     )
 }
 
+/// A yes/no query parameter: absent or `0` is no, `1` is yes.
+fn flag(q: &HashMap<String, String>, name: &str) -> Result<bool, Status> {
+    match q.get(name).map(String::as_str) {
+        None | Some("0") => Ok(false),
+        Some("1") => Ok(true),
+        Some(other) => Err(Status::bad_request(format!("{name} {other:?} must be 0 or 1"))),
+    }
+}
+
 /// The long poll's `wait` (seconds, or a duration such as `30s`). Any
 /// length parses; the poll itself waits at most the fleet's poll interval.
 fn parse_wait(text: Option<&String>) -> Result<Duration, Status> {
@@ -168,7 +177,11 @@ pub async fn assignments(
                     .map_err(|_| Status::bad_request(format!("since {s:?} is not a revision")))?,
             };
             let wait = parse_wait(q.get("wait"))?;
-            app.agents.poll_exclusive(id, since, wait).await
+            let ask = crate::server::assignments::Ask {
+                delta: flag(&q, "delta")?,
+                verify: flag(&q, "verify")?,
+            };
+            app.agents.poll_exclusive(id, since, wait, ask).await
         }
         .await,
     )

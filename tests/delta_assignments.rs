@@ -1,0 +1,297 @@
+//! Delta assignments on real parts: the server's long poll answers an
+//! agent that asks `delta=1` with what changed since its revision (tasks
+//! added or changed, names removed) and the digest of the complete set;
+//! a real connected agent applies them, gets a one-task change on a robot
+//! with many tasks in a small answer, and converges through the complete
+//! set when the set it kept is not the server's.
+
+mod common;
+mod link_util;
+mod server_util;
+
+use common::{wait_for, ConnectedAgent};
+use k8s4r::api::assignment_set;
+use link_util::{Exchange, Relay};
+use serde_json::{json, Value};
+use server_util::{Robot, Server};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+const JOBS: &str = "/apis/robot.k8s4r.io/v1alpha1/namespaces/default/jobs";
+
+/// A service Job of `count` tasks on robots labelled delta=true, each
+/// sleeping with `marker` as its argument (so its processes can be counted).
+fn job(name: &str, count: usize, marker: &str) -> Value {
+    json!({
+        "apiVersion": "robot.k8s4r.io/v1alpha1", "kind": "Job",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"type": "service", "robotSelector": {"delta": "true"}, "taskGroups": group(count, marker)}
+    })
+}
+
+fn group(count: usize, marker: &str) -> Value {
+    json!([{"name": "g", "count": count,
+        "tasks": [{"name": "t", "driver": "exec", "config": {"execConfig": {
+            "command": "/bin/sleep", "args": [marker]}}}]}])
+}
+
+/// Scale Job `name` to `count` (the whole task group replaced).
+fn scale(server: &Server, name: &str, count: usize, marker: &str) {
+    let patch = json!({"spec": {"taskGroups": group(count, marker)}});
+    let r = server.request(
+        "PATCH",
+        &format!("{JOBS}/{name}"),
+        "application/merge-patch+json",
+        Some(patch.to_string().as_bytes()),
+        &[],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+/// Tasks the server has placed on `robot`.
+fn placed(server: &Server, robot: &str) -> usize {
+    server.list("tasks", "")["items"].as_array().map_or(0, |items| {
+        items.iter().filter(|t| t["spec"]["targetRobot"] == robot).count()
+    })
+}
+
+fn names(tasks: &Value) -> Vec<String> {
+    let mut n: Vec<String> = tasks
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    n.sort();
+    n
+}
+
+/// A poll asking for deltas from `since`, without waiting.
+fn delta_poll(robot: &mut Robot, since: u64, extra: &str) -> Value {
+    let path = format!(
+        "/agent/v1/robots/{}/assignments?since={since}&wait=0s&delta=1{extra}",
+        robot.name
+    );
+    let r = robot.send("GET", &path, None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()
+}
+
+/// Poll from `since` as an agent does (applying each answer, moving on to
+/// its revision) until the kept set has `want` tasks; every answer must be
+/// a delta. The last revision and the answers that changed something.
+fn follow(robot: &mut Robot, mut since: u64, kept: &mut BTreeMap<String, String>, want: usize) -> (u64, Vec<Value>) {
+    let mut answers = Vec::new();
+    wait_for(&format!("{want} tasks delivered"), Duration::from_secs(10), || {
+        let a = delta_poll(robot, since, "");
+        let revision = a["revision"].as_u64().unwrap();
+        if revision != since {
+            assert_eq!(a["delta"], true, "from {since}: {a}");
+            apply(kept, &a);
+            answers.push(a);
+            since = revision;
+        }
+        (kept.len() == want).then_some(())
+    });
+    (since, answers)
+}
+
+/// Apply an answer to `kept` (name → version) as an agent would, and check
+/// the server's digest against it.
+fn apply(kept: &mut BTreeMap<String, String>, a: &Value) {
+    if a["delta"] != true {
+        kept.clear();
+    }
+    for n in a["removed"].as_array().into_iter().flatten() {
+        kept.remove(n.as_str().unwrap());
+    }
+    for (n, v) in a["versions"].as_object().into_iter().flatten() {
+        kept.insert(n.clone(), v.as_str().unwrap().to_string());
+    }
+    assert_eq!(
+        names(&a["tasks"]).len(),
+        a["versions"].as_object().map_or(0, |m| m.len())
+    );
+    let have = assignment_set::digest(kept.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+    assert_eq!(a["digest"].as_str(), Some(have.as_str()), "digest of the kept set: {a}");
+}
+
+#[test]
+fn the_poll_answers_with_what_changed_when_the_robot_asks_for_deltas() {
+    let server = Server::start();
+    let mut robot = Robot::register(&server, &server.join_token(), "r-delta", json!({"delta": "true"}));
+    assert_eq!(server.send_json("POST", JOBS, &job("many", 20, "100001")).status, 201);
+    wait_for("20 tasks placed", Duration::from_secs(30), || {
+        (placed(&server, "r-delta") == 20).then_some(())
+    });
+    let mut kept = BTreeMap::new();
+    let full = delta_poll(&mut robot, 0, "");
+    assert!(full["delta"].is_null(), "since=0 gets the complete set: {full}");
+    assert_eq!(names(&full["tasks"]).len(), 20);
+    apply(&mut kept, &full);
+    let r0 = full["revision"].as_u64().unwrap();
+
+    // One more task: the answer carries it alone.
+    scale(&server, "many", 21, "100001");
+    wait_for("21 tasks placed", Duration::from_secs(30), || {
+        (placed(&server, "r-delta") == 21).then_some(())
+    });
+    let (r1, answers) = follow(&mut robot, r0, &mut kept, 21);
+    let sent: usize = answers.iter().map(|a| names(&a["tasks"]).len()).sum();
+    assert_eq!(sent, 1, "only the new task travels: {answers:?}");
+
+    // Nothing new: no tasks, no digest, unless asked (verify=1).
+    let idle = delta_poll(&mut robot, r1, "");
+    assert_eq!(
+        (idle["revision"].as_u64(), idle["tasks"].as_array().map(Vec::len)),
+        (Some(r1), Some(0))
+    );
+    assert!(idle["digest"].is_null(), "{idle}");
+    let verify = delta_poll(&mut robot, r1, "&verify=1");
+    assert_eq!(verify["tasks"].as_array().map(Vec::len), Some(0));
+    apply(&mut kept, &verify);
+
+    // Down to 18: three names removed, no task sent.
+    scale(&server, "many", 18, "100001");
+    wait_for("18 tasks placed", Duration::from_secs(30), || {
+        (placed(&server, "r-delta") == 18).then_some(())
+    });
+    let (r2, answers) = follow(&mut robot, r1, &mut kept, 18);
+    let sent: usize = answers.iter().map(|a| names(&a["tasks"]).len()).sum();
+    let gone: usize = answers
+        .iter()
+        .map(|a| a["removed"].as_array().map_or(0, Vec::len))
+        .sum();
+    assert_eq!((sent, gone), (0, 3), "{answers:?}");
+
+    // A revision the server no longer remembers (it keeps the last two
+    // delivered), or never delivered: the complete set, marked so.
+    for since in [r0, r2 + 1_000_000] {
+        let a = delta_poll(&mut robot, since, "");
+        assert!(a["delta"].is_null(), "since={since}: {a}");
+        assert_eq!(names(&a["tasks"]).len(), 18);
+        let mut fresh = BTreeMap::new();
+        apply(&mut fresh, &a);
+        assert_eq!(fresh, kept);
+    }
+    // An agent that does not ask for deltas gets the complete set as before.
+    robot.since = r1;
+    let old = robot.poll("0s");
+    assert_eq!(names(&old["tasks"]).len(), 18);
+    assert!(old["delta"].is_null() && old["digest"].is_null() && old["versions"].is_null());
+}
+
+/// `sleep MARKER` processes under `data`.
+fn sleepers(marker: &str, data: &Path) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).replace('\0', " ").trim() == format!("/bin/sleep {marker}"))
+                && std::fs::read_link(e.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(data))
+        })
+        .count()
+}
+
+fn running(server: &Server) -> usize {
+    server.list("tasks", "")["items"].as_array().map_or(0, |items| {
+        items.iter().filter(|t| t["status"]["state"] == "running").count()
+    })
+}
+
+#[test]
+fn a_real_agent_applies_deltas_and_recovers_from_a_set_that_is_not_the_servers() {
+    const MARKER: &str = "100002";
+    let server = Server::start_with(&["--poll-interval", "2s"]);
+    let relay = Relay::start(&server.agent_base);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("a");
+    let mut agent = ConnectedAgent::start(&relay.base, &server.join_token(), "r-real", "delta=true", &data, &[]);
+    assert_eq!(server.send_json("POST", JOBS, &job("many", 40, MARKER)).status, 201);
+    wait_for("40 tasks running", Duration::from_secs(120), || {
+        (running(&server) == 40 && sleepers(MARKER, &data) == 40).then_some(())
+    });
+    // The largest poll answer since `mark`, counting the poll held open
+    // at the mark (the one a change answers).
+    let largest = |mark: usize| {
+        let ex: Vec<Exchange> = relay.exchanges();
+        let from = ex[..mark].iter().rposition(|e| e.kind == "assignments").unwrap_or(mark);
+        ex[from..]
+            .iter()
+            .filter(|e| e.kind == "assignments")
+            .map(|e| e.down)
+            .max()
+            .unwrap_or(0)
+    };
+    let complete = largest(0);
+
+    // One task added: a small answer, applied as a delta.
+    let mark = relay.exchanges().len();
+    scale(&server, "many", 41, MARKER);
+    wait_for("41 tasks running", Duration::from_secs(60), || {
+        (running(&server) == 41 && sleepers(MARKER, &data) == 41).then_some(())
+    });
+    let one = largest(mark);
+    eprintln!("poll answers: the complete set of 40 tasks {complete} bytes, one task added {one} bytes");
+    assert!(
+        one < 3000 && one * 10 < complete,
+        "the answer adding one task is {one} bytes, the complete set's {complete}"
+    );
+    assert!(
+        agent
+            .log_text()
+            .contains("41 tasks (delta: 1 added or changed, 0 removed)"),
+        "{}",
+        agent.log_text()
+    );
+
+    // Three removed: their processes stop, the rest keep running.
+    scale(&server, "many", 38, MARKER);
+    wait_for("38 tasks left", Duration::from_secs(60), || {
+        (placed(&server, "r-real") == 38 && sleepers(MARKER, &data) == 38).then_some(())
+    });
+    assert!(agent
+        .log_text()
+        .contains("38 tasks (delta: 0 added or changed, 3 removed)"));
+
+    // The kept set tampered while the agent is down: one task gone from it.
+    agent.kill9();
+    let file = data.join("assignments.json");
+    let mut state: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let gone = state["tasks"][0]["metadata"]["name"].as_str().unwrap().to_string();
+    state["tasks"].as_array_mut().unwrap().remove(0);
+    state["versions"].as_object_mut().unwrap().remove(&gone);
+    std::fs::write(&file, serde_json::to_vec(&state).unwrap()).unwrap();
+    let log_before = agent.log_text().len();
+    agent.spawn();
+    wait_for("the complete set after the mismatch", Duration::from_secs(60), || {
+        let log = agent.log_text();
+        let new = &log[log_before..];
+        (new.contains("is not the server's") && new.contains("38 tasks (complete set)")).then_some(())
+    });
+    wait_for("all 38 running again, once each", Duration::from_secs(60), || {
+        (sleepers(MARKER, &data) == 38 && running(&server) == 38).then_some(())
+    });
+
+    // State lost altogether: the complete set. (An agent that starts with
+    // no kept set runs nothing until the server answers, as before delta
+    // assignments; then everything again, nothing twice.)
+    agent.kill9();
+    std::fs::remove_file(&file).unwrap();
+    let log_before = agent.log_text().len();
+    agent.spawn();
+    wait_for("the complete set after losing state", Duration::from_secs(60), || {
+        agent.log_text()[log_before..]
+            .contains("38 tasks (complete set)")
+            .then_some(())
+    });
+    wait_for("all 38 running again", Duration::from_secs(60), || {
+        (sleepers(MARKER, &data) == 38 && running(&server) == 38).then_some(())
+    });
+    common::throughout("38 sleepers, once each", Duration::from_secs(2), || {
+        let n = sleepers(MARKER, &data);
+        (n == 38).then_some(()).ok_or(format!("{n} sleepers"))
+    });
+}
