@@ -394,9 +394,11 @@ impl Agents {
                 if !online {
                     self.events
                         .record(&w.object, Kind::Normal, "RobotOnline", "heartbeats resumed");
-                    // Back: its next answer carries the whole set, so the
-                    // agent sees what the server marked Lost meanwhile and
-                    // reports its tasks again.
+                    // Back: its next answer carries the whole set (not a
+                    // delta, whose unchanged tasks the agent would not look
+                    // at), so the agent sees what the server marked Lost
+                    // meanwhile and reports its tasks again.
+                    self.hub.fleet.forget_delivered(ns, name);
                     if let Some(rev) = object::resource_version(&w.object) {
                         self.hub.fleet.wake(ns, name, rev);
                     }

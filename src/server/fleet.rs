@@ -234,6 +234,14 @@ impl Fleet {
         crate::server::assignments::remember(&mut self.entry(&mut map, ns, name).delivered, set);
     }
 
+    /// Forget the sets last delivered to the robot: its next answer is the
+    /// complete set (the agent then checks every task's status again).
+    pub fn forget_delivered(&self, ns: &str, name: &str) {
+        if let Some(e) = self.lock().get_mut(&(ns.to_string(), name.to_string())) {
+            e.delivered.clear();
+        }
+    }
+
     pub fn forget(&self, ns: &str, name: &str) {
         self.lock().remove(&(ns.to_string(), name.to_string()));
     }
