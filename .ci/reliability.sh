@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 
 # area | fault or input | what must happen | test binary | test name
 cases=(
+  "delta assignments|one task added to a robot with 40, three removed, the kept set tampered while the agent is down, the state file deleted|the answer carries the added task only (< 3 KB) and names the removed ones, their processes stop; a digest mismatch brings the complete set; every task runs once, none twice|delta_assignments|a_real_agent_applies_deltas_and_recovers_from_a_set_that_is_not_the_servers"
+  "delta assignments|since forgotten (older than the last two sets), unknown, or no delta=1|the complete set, marked so, digest matching|delta_assignments|the_poll_answers_with_what_changed_when_the_robot_asks_for_deltas"
+  "delta assignments|a digest that does not match the kept set|the agent asks for the complete set and keeps running what it had|lib|agent::connected::desired::tests::a_digest_mismatch_asks_for_the_complete_set"
   "agent update|a signed AgentRelease (a patched second build) to a connected robot with two running tasks|the agent execs in place (same pid), the Robot reports the new version, lastUpdate Applied, AgentUpdated event; both tasks keep their pids and never restart; a task killed afterwards is reaped with its real signal|agent_update|a_signed_release_replaces_the_agent_in_place_and_no_task_restarts"
   "agent update|a release that exits at every start (restarted as init would)|three starts, then .prev restored and exec'd; lastUpdate RolledBack, event, release halted; tasks keep pids; not downloaded again|agent_update|a_release_that_dies_at_start_is_rolled_back_after_three_starts"
   "agent update|a new agent whose answers never verify while the server answers, --update-deadline 3s|rolled back at the deadline, same agent pid, tasks keep pids, AgentUpdateRolledBack event|agent_update|a_release_that_never_reaches_the_server_is_rolled_back_at_its_deadline"
