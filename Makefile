@@ -36,6 +36,7 @@ test: tools cycles
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) clippy --no-default-features --lib --bins -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps
 	$(MAKE) cross
 	$(CARGO) test --no-default-features --lib
 	$(CARGO) test
