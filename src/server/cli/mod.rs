@@ -8,11 +8,15 @@
 //! - [`robot`]: `k8s4r robot reset`, `k8s4r robot-keys`.
 //! - [`logs`]: `k8s4r logs`, a task's output.
 //! - [`kubeconfig`]: `k8s4r kubeconfig`, credentials for another user.
+//! - [`job`]: `k8s4r job history|revert|promote|pause|resume`, a Job's rollouts.
+//! - [`release`]: `k8s4r release keygen|sign|set-version`, agent releases.
 //!
 //! (`k8s4r migrate` lives with the migration, in `server::migrate`.)
 
+pub mod job;
 pub mod kubeconfig;
 pub mod logs;
+pub mod release;
 pub mod robot;
 pub mod serve;
 pub mod token;

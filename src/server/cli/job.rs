@@ -3,8 +3,8 @@
 //! kubeconfig (the same as `kubectl get rollouts -l robot.k8s4r.io/job=NAME`
 //! and `kubectl patch rollout NAME-vN --type merge -p '{"spec":{...}}'`).
 
-use super::kubeclient::{self, KubeClient};
 use crate::api::rollout::{Rollout, RolloutState};
+use crate::server::kubeclient::{self, KubeClient};
 use lexopt::prelude::*;
 use serde_json::Value;
 
