@@ -87,6 +87,7 @@ bench: cross
 	-$(CARGO) run --release --bin k8s4r -- bench robots 100 1000 10000
 	-$(CARGO) run --release --bin k8s4r -- bench robots 1000 10000 --etcd --replicas 1,3 --out target/bench/server-etcd.json
 	-$(CARGO) run --release --bin k8s4r -- bench rollout 1000
+	-$(CARGO) run --release --bin k8s4r -- bench job-rollout 1000 --timeout 300s
 	$(CARGO) run --release --bin k8s4r -- bench report
 	@! grep -q "_not run_" target/bench/report.md || { echo "error: some benchmarks did not run (see report.md)"; exit 1; }
 

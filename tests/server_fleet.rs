@@ -435,6 +435,43 @@ fn bench_tool_runs_a_small_fleet() {
     );
 }
 
+/// `k8s4r bench job-rollout` at a small scale: the bad version reaches its
+/// one canary only, which goes back on its own, and every robot is back
+/// on the good version well within the goal; the good version reaches all.
+#[test]
+fn bench_tool_rolls_a_job_out_to_a_small_fleet() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("job-rollout.json");
+    let run = Command::new(server_util::server_bin())
+        .args(["bench", "job-rollout", "20", "--timeout", "90s", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let r = &v["runs"][0];
+    assert!(r.get("error").is_none(), "{v}");
+    let bad = &r["bad"];
+    assert_eq!(bad["canaries"], 1, "{v}");
+    assert_eq!(bad["robots_that_got_it"], 1, "{v}");
+    assert_eq!(bad["robots_reverted_on_their_own"], 1, "{v}");
+    assert_eq!(bad["status"]["state"], "Failed", "{v}");
+    let back = bad["all_back_on_good_seconds"].as_f64().unwrap();
+    assert!(back > 0.0 && back <= bad["goal_seconds"].as_f64().unwrap(), "{v}");
+    assert_eq!(r["good"]["max_parallel"], 2, "{v}");
+    assert!(r["good"]["all_updated_seconds"].as_f64().unwrap() > 0.0, "{v}");
+
+    let report = dir.path().join("report.md");
+    let made = Command::new(server_util::server_bin())
+        .args(["bench", "report", "--out"])
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let text = std::fs::read_to_string(&report).unwrap();
+    assert!(text.lines().any(|l| l.starts_with("| 20 | 1 / 1 |")), "{text}");
+}
+
 /// On a terminal (a pseudo-terminal from util-linux's `script`), the same
 /// progress is a bar redrawn in place, ending with the plain line.
 #[test]

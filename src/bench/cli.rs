@@ -10,6 +10,9 @@ const USAGE: &str = "\
 k8s4r bench robots N [N...] — fleet load test of the control plane
 k8s4r bench rollout N [N...] — an AgentRelease rolled out to N simulated robots with
                               a canary; writes target/bench/rollout.json
+k8s4r bench job-rollout N [N...] — a system Job's bad version (5% canaries, auto-revert)
+                              and good version (maxParallel 10%) rolled out to N simulated
+                              robots; writes target/bench/job-rollout.json
 k8s4r bench report          — target/bench/report.md from the benchmarks' JSON files
 
 OPTIONS:
@@ -73,7 +76,13 @@ pub fn cmd_bench(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
     }
     if what.as_deref() == Some("rollout") && !sizes.is_empty() {
         let out = out.unwrap_or_else(|| PathBuf::from("target/bench/rollout.json"));
-        return run_rollouts(&sizes, timeout, &out);
+        return run_each(&sizes, &out, "k8s4r bench rollout", |n| super::rollout::run(n, timeout));
+    }
+    if what.as_deref() == Some("job-rollout") && !sizes.is_empty() {
+        let out = out.unwrap_or_else(|| PathBuf::from("target/bench/job-rollout.json"));
+        return run_each(&sizes, &out, "k8s4r bench job-rollout", |n| {
+            super::job_rollout::run(n, timeout)
+        });
     }
     let out = out.unwrap_or_else(|| PathBuf::from("target/bench/server.json"));
     if what.as_deref() != Some("robots") || sizes.is_empty() || replicas.is_empty() || replicas.contains(&0) {
@@ -122,8 +131,14 @@ pub fn cmd_bench(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
     Ok(i32::from(failed))
 }
 
-/// `k8s4r bench rollout N...`: one rollout per size, the results to `out`.
-fn run_rollouts(sizes: &[usize], timeout: Duration, out: &std::path::Path) -> Result<i32, lexopt::Error> {
+/// `k8s4r bench rollout|job-rollout N...`: one `run` per size, the results
+/// to `out`.
+fn run_each<F: std::future::Future<Output = Result<serde_json::Value, String>>>(
+    sizes: &[usize],
+    out: &std::path::Path,
+    tool: &str,
+    run: impl Fn(usize) -> F,
+) -> Result<i32, lexopt::Error> {
     crate::server::raise_fd_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -132,20 +147,20 @@ fn run_rollouts(sizes: &[usize], timeout: Duration, out: &std::path::Path) -> Re
     let mut runs = Vec::new();
     let mut failed = false;
     for &n in sizes {
-        eprintln!("bench: rollout to {n} robots ...");
-        match rt.block_on(super::rollout::run(n, timeout)) {
+        eprintln!("bench: {tool} to {n} robots ...");
+        match rt.block_on(run(n)) {
             Ok(r) => {
                 eprintln!("bench: {r}");
                 runs.push(r);
             }
             Err(e) => {
-                eprintln!("bench: rollout to {n} robots failed: {e}");
+                eprintln!("bench: {tool} to {n} robots failed: {e}");
                 runs.push(json!({"robots": n, "error": e}));
                 failed = true;
             }
         }
     }
-    let doc = json!({"tool": "k8s4r bench rollout", "version": crate::cli::VERSION, "runs": runs});
+    let doc = json!({"tool": tool, "version": crate::cli::VERSION, "runs": runs});
     if let Some(dir) = out.parent() {
         let _ = std::fs::create_dir_all(dir);
     }

@@ -14,6 +14,7 @@
 //! The command line is `cli.rs`; `k8s4r bench report` (`report.rs`) turns
 //! all benchmark JSON files into one markdown page.
 
+use super::sim::SimRobot;
 use crate::api::agent_protocol::RegisterRequest;
 use crate::api::robot_channel::JoinToken;
 use crate::server::progress::Progress;
@@ -340,31 +341,16 @@ pub(super) async fn run_one(n: usize, timeout: Duration, use_kubectl: bool, setu
         tokio::spawn(async move {
             let mut passed = false;
             let res = async {
-                let name = format!("bench-{i:05}");
-                // Every simulated robot signs, seals, verifies and opens
-                // as an agent does: the channel's cost is part of what is
-                // measured.
-                let mut robot = RobotSession::new(&name, join.pin);
-                let mut conn = {
+                let mut robot = {
                     let _permit = limit.acquire().await.map_err(|e| e.to_string())?;
-                    let mut conn = Conn::connect(&addr).await.map_err(|e| format!("connect: {e}"))?;
                     let labels = [("bench".to_string(), "yes".to_string())].into_iter().collect();
-                    let p = robot.register(
-                        &join,
-                        RegisterRequest {
-                            labels,
-                            ..RegisterRequest::default()
-                        },
-                    );
-                    let (code, reply) = conn.robot(&mut robot, &p).await.map_err(|e| format!("register: {e}"))?;
-                    if code != 200 {
-                        return Err(format!("register {name}: {code} {}", String::from_utf8_lossy(&reply)));
-                    }
-                    conn
+                    let req = RegisterRequest {
+                        labels,
+                        ..RegisterRequest::default()
+                    };
+                    SimRobot::register(&addr, &join, format!("bench-{i:05}"), req).await?
                 };
-                let path = |since: u64| format!("/agent/v1/robots/{name}/assignments?since={since}&wait=60s");
-                let p = robot.request("GET", &path(0), None)?;
-                let (_, first) = conn.robot(&mut robot, &p).await?;
+                let first = robot.poll(0).await?;
                 let mut since = serde_json::from_slice::<Slim>(&first)
                     .map_err(|e| e.to_string())?
                     .revision;
@@ -372,11 +358,7 @@ pub(super) async fn run_one(n: usize, timeout: Duration, use_kubectl: bool, setu
                 ready.wait().await;
                 passed = true;
                 loop {
-                    let p = robot.request("GET", &path(since), None)?;
-                    let (code, body) = conn.robot(&mut robot, &p).await.map_err(|e| format!("poll: {e}"))?;
-                    if code != 200 {
-                        return Err(format!("poll {name}: {code}"));
-                    }
+                    let body = robot.poll(since).await?;
                     let a: Slim = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
                     if !a.tasks.is_empty() {
                         return Ok(Instant::now());

@@ -11,5 +11,7 @@ pub mod charts;
 pub mod cli;
 pub mod etcd;
 pub mod fleet;
+mod job_rollout;
 pub mod report;
 mod rollout;
+mod sim;

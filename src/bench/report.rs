@@ -605,6 +605,51 @@ fn agent_rollout(out: &mut String, dir: &Path) {
     );
 }
 
+fn job_rollout(out: &mut String, dir: &Path) {
+    out.push_str(
+        "## Job versions rolled out to simulated robots (a bad one with 5% canaries, a good one 10% at a time)\n\n",
+    );
+    let Some(doc) = read(dir, "job-rollout.json") else {
+        return not_run(out, &["job-rollout.json"]);
+    };
+    let mut t = Table::new(&[
+        "robots",
+        "bad: got it / canaries",
+        "bad: failed (s)",
+        "bad: all back on good (s) / goal",
+        "good: maxParallel",
+        "good: all updated (s)",
+        "good: server CPU (ms)",
+        "server RSS (MiB)",
+    ]);
+    for r in doc["runs"].as_array().into_iter().flatten() {
+        let f = |k: &str| num(r, k).map_or("—".into(), |v| format!("{v:.1}"));
+        if let Some(e) = r["error"].as_str() {
+            let mut row = vec![r["robots"].to_string(), format!("failed: {e}")];
+            row.resize(8, String::new());
+            t.row(row);
+            continue;
+        }
+        t.row(vec![
+            r["robots"].to_string(),
+            format!("{} / {}", r["bad"]["robots_that_got_it"], r["bad"]["canaries"]),
+            f("bad.rollout_failed_seconds"),
+            format!("{} / {}", f("bad.all_back_on_good_seconds"), f("bad.goal_seconds")),
+            r["good"]["max_parallel"].to_string(),
+            f("good.all_updated_seconds"),
+            format!("{:.0}", num(r, "good.server_cpu_ms").unwrap_or(0.0)),
+            f("server_peak_rss_mib"),
+        ]);
+    }
+    t.render(out);
+    out.push_str(
+        "A simulated robot fails a task whose spec says so (exit 1) and runs any other; offered the previous \
+         version (autoRevert), it goes back to it at once and says so, as the agent does. The goal for the bad \
+         version is healthyDeadline + one poll interval; the good one takes about one minHealthyTime plus a \
+         poll per batch.\n\n",
+    );
+}
+
 /// The whole report from the JSON files in `dir`, and the charts it links.
 pub fn render(dir: &Path) -> (String, Vec<Chart>) {
     let mut charts = Vec::new();
@@ -618,6 +663,7 @@ pub fn render(dir: &Path) -> (String, Vec<Chart>) {
     end_to_end(&mut out, dir);
     control_plane(&mut out, &mut charts, dir);
     agent_rollout(&mut out, dir);
+    job_rollout(&mut out, dir);
     link(&mut out, dir);
     (out, charts)
 }
@@ -645,7 +691,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("k8s4r-report-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let (text, charts) = render(&dir);
-        assert_eq!(text.matches("_not run_").count(), 7, "{text}");
+        assert_eq!(text.matches("_not run_").count(), 8, "{text}");
         assert!(charts.is_empty() && !text.contains(".svg"), "{text}");
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -11,11 +11,11 @@
 //! times, the server's CPU and RSS, and the store writes the rollout cost
 //! (the store revision's growth).
 
-use super::fleet::{admin_request, cpu_ms, percentile, Conn, ServerProc};
+use super::fleet::{admin_request, cpu_ms, percentile, ServerProc};
+use super::sim::SimRobot;
 use crate::api::agent_protocol::{RegisterRequest, StatusReport};
 use crate::api::agent_release::{self, UpdateOutcome, UpdateResult};
 use crate::api::robot_channel::JoinToken;
-use crate::server::robot_channel::client::RobotSession;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -55,16 +55,6 @@ async fn store_revision(kubeconfig: &std::path::Path) -> Result<u64, String> {
         .as_str()
         .and_then(|r| r.parse().ok())
         .ok_or_else(|| "no resourceVersion".into())
-}
-
-async fn report(conn: &mut Conn, robot: &mut RobotSession, name: &str, r: &StatusReport) -> Result<(), String> {
-    let body = serde_json::to_vec(r).map_err(|e| e.to_string())?;
-    let p = robot.request("POST", &format!("/agent/v1/robots/{name}/status"), Some(&body))?;
-    let (code, reply) = conn.robot(robot, &p).await?;
-    if code != 200 {
-        return Err(format!("report {name}: {code} {}", String::from_utf8_lossy(&reply)));
-    }
-    Ok(())
 }
 
 type Installs = tokio::sync::mpsc::UnboundedReceiver<Result<(usize, Instant), String>>;
@@ -114,27 +104,19 @@ pub(super) async fn run(n: usize, timeout: Duration) -> Result<Value, String> {
         tokio::spawn(async move {
             let mut passed = false;
             let res: Result<(), String> = async {
-                let name = format!("fleet-{i:05}");
-                let mut robot = RobotSession::new(&name, join.pin);
-                let mut conn = {
+                let mut robot = {
                     let _permit = limit.acquire().await.map_err(|e| e.to_string())?;
-                    let mut conn = Conn::connect(&addr).await.map_err(|e| format!("connect: {e}"))?;
-                    let p = robot.register(&join, RegisterRequest::default());
-                    let (code, reply) = conn.robot(&mut robot, &p).await.map_err(|e| format!("register: {e}"))?;
-                    if code != 200 {
-                        return Err(format!("register {name}: {code} {}", String::from_utf8_lossy(&reply)));
-                    }
+                    let name = format!("fleet-{i:05}");
+                    let mut robot = SimRobot::register(&addr, &join, name, RegisterRequest::default()).await?;
                     let first = StatusReport {
                         agent_version: Some(FROM.into()),
                         architecture: Some(arch.into()),
                         ..Default::default()
                     };
-                    report(&mut conn, &mut robot, &name, &first).await?;
-                    conn
+                    robot.report(&first).await?;
+                    robot
                 };
-                let path = |since: u64| format!("/agent/v1/robots/{name}/assignments?since={since}&wait=60s");
-                let p = robot.request("GET", &path(0), None)?;
-                let (_, first) = conn.robot(&mut robot, &p).await?;
+                let first = robot.poll(0).await?;
                 let mut since = serde_json::from_slice::<Slim>(&first)
                     .map_err(|e| e.to_string())?
                     .revision;
@@ -142,11 +124,7 @@ pub(super) async fn run(n: usize, timeout: Duration) -> Result<Value, String> {
                 passed = true;
                 let mut installed = false;
                 loop {
-                    let p = robot.request("GET", &path(since), None)?;
-                    let (code, body) = conn.robot(&mut robot, &p).await.map_err(|e| format!("poll: {e}"))?;
-                    if code != 200 {
-                        return Err(format!("poll {name}: {code}"));
-                    }
+                    let body = robot.poll(since).await?;
                     let a: Slim = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
                     since = a.revision;
                     if let (Some(offer), false) = (a.agent_update, installed) {
@@ -161,7 +139,7 @@ pub(super) async fn run(n: usize, timeout: Duration) -> Result<Value, String> {
                             }),
                             ..Default::default()
                         };
-                        report(&mut conn, &mut robot, &name, &done).await?;
+                        robot.report(&done).await?;
                         installed = true;
                         let _ = tx.send(Ok((i, Instant::now())));
                     }
