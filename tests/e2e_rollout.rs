@@ -395,7 +395,7 @@ fn a_canary_cut_off_reverts_itself_and_the_server_then_fails_the_rollout() {
     let dir = tempfile::tempdir().unwrap();
     let (server, relay, agents) = fleet(dir.path(), Some("r1"));
     let relay = relay.unwrap();
-    let u = update(json!({"canary": 1, "autoRevert": true, "minHealthyTime": "5s", "healthyDeadline": "20s"}));
+    let u = update(json!({"canary": 1, "autoRevert": true, "minHealthyTime": "5s", "healthyDeadline": "10s"}));
     start_v1(&server, &u);
 
     // A version whose task starts, then fails after 1 s (and after its
@@ -414,6 +414,18 @@ fn a_canary_cut_off_reverts_itself_and_the_server_then_fails_the_rollout() {
         text.trim_end().ends_with("version 1").then_some(())
     });
     assert_eq!(ran(&agents, 2), ["r1"]);
+    // Back only after the server's own healthyDeadline for r1 passed: the
+    // server must wait for the robot's word on the version (its task is
+    // Lost meanwhile), not fail it on the deadline as soon as the robot
+    // polls again, before its report.
+    let updated = annotation(&server, "r1", "rollout.k8s4r.io/updated-at").expect("updated-at");
+    wait_for("the server's healthyDeadline for r1 passed", T, || {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_millis();
+        (now >= u128::try_from(updated).ok()? + 10_000).then_some(())
+    });
     relay.cut_for(Duration::ZERO);
     let failed = wait_state(&server, 2, "Failed");
     let why = failed["status"]["message"].as_str().unwrap_or_default().to_string();

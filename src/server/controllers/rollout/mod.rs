@@ -139,6 +139,7 @@ fn health(tasks: &[RolledTask], s: Option<&Strategy>, now: i64) -> Health {
     let mut healthy_at = 0i64;
     let mut wait: Option<Duration> = None;
     let mut all = true;
+    let mut away = false;
     for t in tasks {
         let state = crate::server::stored_task::state(&t.cur);
         let st = t.cur.get("status");
@@ -146,8 +147,6 @@ fn health(tasks: &[RolledTask], s: Option<&Strategy>, now: i64) -> Health {
             let msg = st.and_then(|s| s.get("message")).and_then(Value::as_str).unwrap_or("");
             return Health::Unhealthy(format!("task {}: {msg}", t.name));
         }
-        // Lost or Unknown is the link, not the version: the robot says
-        // how the version did when it is back.
         if state == TaskState::Failed {
             let msg = t
                 .cur
@@ -156,6 +155,10 @@ fn health(tasks: &[RolledTask], s: Option<&Strategy>, now: i64) -> Health {
                 .and_then(Value::as_str)
                 .unwrap_or(state.as_str());
             return Health::Unhealthy(format!("task {} {}: {msg}", t.name, state.as_str()));
+        }
+        if matches!(state, TaskState::Lost | TaskState::Unknown) {
+            (away, all) = (true, false);
+            continue;
         }
         match since_ms(&t.cur).filter(|_| up(&t.cur, s.health_check)) {
             Some(since) if now.saturating_sub(since) >= min => healthy_at = healthy_at.max(since.saturating_add(min)),
@@ -169,6 +172,15 @@ fn health(tasks: &[RolledTask], s: Option<&Strategy>, now: i64) -> Health {
     }
     if all {
         return Health::Healthy(healthy_at);
+    }
+    // Lost or Unknown is the link, not the version: wait for the robot's
+    // word on how the version did (with autoRevert it kept healthyDeadline
+    // on its own clock and went back by itself), which follows its first
+    // poll back (it then sees the task Lost and reports it again), instead
+    // of failing the version on the deadline in between.
+    // progressDeadline still bounds the wait.
+    if away {
+        return Health::Waiting(None);
     }
     let deadline_ms = i64::try_from(s.healthy_deadline.as_millis()).unwrap_or(i64::MAX);
     let updated = tasks.iter().filter_map(|t| updated_at(&t.cur)).max().unwrap_or(now);
@@ -564,4 +576,43 @@ async fn settle(
         ctx.wrote("rollouts", &w.object);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::update_strategy::UpdateStrategy;
+
+    const NOW: i64 = 10_000_000;
+
+    /// A task updated at `updated` (ms) whose robot reports `state`.
+    fn task(state: &str, updated: i64) -> RolledTask {
+        let cur = json!({"metadata": {"name": "t", "annotations": {ANN_UPDATED_AT: updated.to_string()}},
+            "spec": {}, "status": {"state": state}});
+        RolledTask {
+            name: "t".into(),
+            cur: Arc::new(cur),
+            target: json!({}),
+            base: None,
+        }
+    }
+
+    #[test]
+    fn past_healthy_deadline_a_task_the_robot_reports_is_unhealthy_one_lost_waits_for_the_robot() {
+        let s = UpdateStrategy::default().resolve();
+        let past = NOW - i64::try_from(s.healthy_deadline.as_millis()).unwrap() - 1;
+        assert!(matches!(
+            health(&[task("starting", past)], Some(&s), NOW),
+            Health::Unhealthy(_)
+        ));
+        for away in ["lost", "unknown"] {
+            let h = health(&[task(away, past)], Some(&s), NOW);
+            assert_eq!(h, Health::Waiting(None), "{away}");
+        }
+        // The robot's word, once it comes, still decides.
+        assert!(matches!(
+            health(&[task("failed", past)], Some(&s), NOW),
+            Health::Unhealthy(_)
+        ));
+    }
 }
