@@ -2,13 +2,15 @@
 //! connected agents running a system job, whose spec changes reach the
 //! robots as the `update` block says (one at a time after the previous is
 //! healthy; one canary, reverted when it fails; promoted, paused, resumed
-//! and reverted by `k8s4r job`; a robot cut off during the rollout ends on
-//! the settled version).
+//! and reverted by `k8s4r job`; a robot cut off during the rollout, through
+//! a relay or in a network namespace whose link goes down, ends on the
+//! settled version).
 
 mod common;
 mod link_util;
 mod server_util;
 
+use common::netns::Netns;
 use common::{throughout, wait_for, ConnectedAgent as Agent};
 use link_util::Relay;
 use serde_json::{json, Value};
@@ -19,21 +21,60 @@ const JOBS: &str = "/apis/robot.k8s4r.io/v1alpha1/namespaces/default/jobs";
 const ROBOTS: [&str; 3] = ["r1", "r2", "r3"];
 const T: Duration = Duration::from_secs(60);
 
+/// How a robot's link to the server can be cut.
+enum Link {
+    /// Through a relay that ends its connections and refuses new ones.
+    Relay,
+    /// From inside a network namespace whose veth pair goes down: packets
+    /// are lost, nothing is reset.
+    Netns(Netns),
+}
+
+/// A link that is cut: `set(true)`, or whole again: `set(false)`.
+enum Cut {
+    Relay(Relay),
+    Netns(Netns),
+}
+
+impl Cut {
+    fn set(&self, cut: bool) {
+        match self {
+            Cut::Relay(r) => r.cut_for(if cut { Duration::from_secs(600) } else { Duration::ZERO }),
+            Cut::Netns(n) => n.link(!cut),
+        }
+    }
+}
+
 /// A server polled every second, and three robots labelled fleet=r17
-/// (robot `behind_relay` reaching it through a relay that can cut its
-/// link), all Online.
-fn fleet(dir: &std::path::Path, behind_relay: Option<&str>) -> (Server, Option<Relay>, Vec<Agent>) {
-    let server = Server::start_with(&["--poll-interval", "1s", "--offline-after", "2s"]);
+/// (robot `cut.0` reaching it over a link that can be cut), all Online.
+fn fleet(dir: &std::path::Path, cut: Option<(&str, Link)>) -> (Server, Option<Cut>, Vec<Agent>) {
+    // A robot in a namespace reaches the server at the host end of its pair.
+    let listen = match &cut {
+        Some((_, Link::Netns(n))) => Some(format!("{}:0", n.host_ip)),
+        _ => None,
+    };
+    let mut args = vec!["--poll-interval", "1s", "--offline-after", "2s"];
+    if let Some(l) = &listen {
+        args.extend(["--listen", l, "--agent-listen", l]);
+    }
+    let server = Server::start_with(&args);
     let token = server.join_token();
-    let relay = behind_relay.map(|_| Relay::start(&server.agent_base));
+    let (behind, cut) = match cut {
+        None => (None, None),
+        Some((name, Link::Relay)) => (Some(name), Some(Cut::Relay(Relay::start(&server.agent_base)))),
+        Some((name, Link::Netns(n))) => (Some(name), Some(Cut::Netns(n))),
+    };
     let agents = ROBOTS
         .iter()
         .map(|name| {
-            let base = match &relay {
-                Some(r) if behind_relay == Some(*name) => r.base.clone(),
-                _ => server.agent_base.clone(),
-            };
-            Agent::start(&base, &token, name, "fleet=r17", &dir.join(name), &[])
+            let data = dir.join(name);
+            match (&cut, behind == Some(*name)) {
+                (Some(Cut::Relay(r)), true) => Agent::start(&r.base, &token, name, "fleet=r17", &data, &[]),
+                (Some(Cut::Netns(n)), true) => {
+                    Agent::start_in_netns(&n.name, &server.agent_base, &token, name, "fleet=r17", &data)
+                }
+                _ => Agent::start(&server.agent_base, &token, name, "fleet=r17", &data, &[]),
+            }
         })
         .collect();
     for name in ROBOTS {
@@ -41,7 +82,7 @@ fn fleet(dir: &std::path::Path, behind_relay: Option<&str>) -> (Server, Option<R
             (phase(&server, name)? == "Online").then_some(())
         });
     }
-    (server, relay, agents)
+    (server, cut, agents)
 }
 
 fn phase(server: &Server, robot: &str) -> Option<String> {
@@ -202,7 +243,7 @@ fn start_v1(server: &Server, u: &Value) {
 #[test]
 fn a_good_version_rolls_one_robot_at_a_time_each_after_the_previous_is_healthy() {
     let dir = tempfile::tempdir().unwrap();
-    let (server, _relay, agents) = fleet(dir.path(), None);
+    let (server, _, agents) = fleet(dir.path(), None);
     let u = update(json!({"maxParallel": 1}));
     start_v1(&server, &u);
 
@@ -278,7 +319,7 @@ fn a_good_version_rolls_one_robot_at_a_time_each_after_the_previous_is_healthy()
 #[test]
 fn a_bad_canary_with_auto_revert_runs_on_one_robot_only_and_is_reverted() {
     let dir = tempfile::tempdir().unwrap();
-    let (server, _relay, agents) = fleet(dir.path(), None);
+    let (server, _, agents) = fleet(dir.path(), None);
     let u = update(json!({"canary": 1, "autoRevert": true, "healthyDeadline": "8s"}));
     start_v1(&server, &u);
 
@@ -309,7 +350,7 @@ fn a_bad_canary_with_auto_revert_runs_on_one_robot_only_and_is_reverted() {
 #[test]
 fn canary_promote_pause_resume_and_revert_by_command() {
     let dir = tempfile::tempdir().unwrap();
-    let (server, _relay, _agents) = fleet(dir.path(), None);
+    let (server, _, _agents) = fleet(dir.path(), None);
     let u = update(json!({"canary": 1, "maxParallel": 1, "minHealthyTime": "1s"}));
     start_v1(&server, &u);
 
@@ -355,34 +396,35 @@ fn canary_promote_pause_resume_and_revert_by_command() {
     assert_eq!(history.lines().count(), 4, "{history}");
 }
 
-#[test]
-fn a_robot_cut_off_during_rollouts_ends_on_the_settled_version() {
+/// r3 is cut off by `link` during a good rollout and again during a bad
+/// one; back, it runs the version each settled on.
+fn cut_off_during_rollouts(link: Link) {
     let dir = tempfile::tempdir().unwrap();
-    let (server, relay, agents) = fleet(dir.path(), Some("r3"));
-    let relay = relay.unwrap();
+    let (server, cut, agents) = fleet(dir.path(), Some(("r3", link)));
+    let cut = cut.unwrap();
     let u = update(json!({"maxParallel": 1, "minHealthyTime": "1s"}));
     start_v1(&server, &u);
 
     // r3 is cut off: a good version goes through without it, and reaches
     // it when it is back.
-    relay.cut_for(Duration::from_secs(600));
+    cut.set(true);
     wait_for("r3 Offline", T, || (phase(&server, "r3")? == "Offline").then_some(()));
     put(&server, &app(2, true, u.clone()));
     let done = wait_state(&server, 2, "Succeeded");
     assert_eq!(done["status"]["pending"], 1, "{done}");
-    relay.cut_for(Duration::ZERO);
+    cut.set(false);
     wait_running(&server, "2");
 
     // Cut off again: a bad version fails on its canary and is reverted;
     // back, r3 runs the settled version 2, never the abandoned 3.
-    relay.cut_for(Duration::from_secs(600));
+    cut.set(true);
     wait_for("r3 Offline again", T, || {
         (phase(&server, "r3")? == "Offline").then_some(())
     });
     let bad = update(json!({"canary": 1, "autoRevert": true, "healthyDeadline": "8s"}));
     put(&server, &app(3, false, bad));
     wait_state(&server, 3, "Failed");
-    relay.cut_for(Duration::ZERO);
+    cut.set(false);
     wait_for("r3 Online", T, || (phase(&server, "r3")? == "Online").then_some(()));
     wait_running(&server, "2");
     let ran3 = ran(&agents, 3);
@@ -391,10 +433,25 @@ fn a_robot_cut_off_during_rollouts_ends_on_the_settled_version() {
 }
 
 #[test]
+fn a_robot_cut_off_during_rollouts_ends_on_the_settled_version() {
+    cut_off_during_rollouts(Link::Relay);
+}
+
+/// The same with the robot in a network namespace whose link goes down
+/// (skipped without root and iproute2).
+#[test]
+fn a_robot_cut_off_by_a_network_namespace_during_rollouts_ends_on_the_settled_version() {
+    let Some(net) = Netns::create("k8s4r-roll", 252) else {
+        return;
+    };
+    cut_off_during_rollouts(Link::Netns(net));
+}
+
+#[test]
 fn a_canary_cut_off_reverts_itself_and_the_server_then_fails_the_rollout() {
     let dir = tempfile::tempdir().unwrap();
-    let (server, relay, agents) = fleet(dir.path(), Some("r1"));
-    let relay = relay.unwrap();
+    let (server, cut, agents) = fleet(dir.path(), Some(("r1", Link::Relay)));
+    let cut = cut.unwrap();
     let u = update(json!({"canary": 1, "autoRevert": true, "minHealthyTime": "5s", "healthyDeadline": "10s"}));
     start_v1(&server, &u);
 
@@ -406,7 +463,7 @@ fn a_canary_cut_off_reverts_itself_and_the_server_then_fails_the_rollout() {
         json!("echo version 2 >> ran.log; sleep 1; exit 1");
     put(&server, &bad);
     wait_for("r1 runs version 2", T, || ran(&agents, 2).contains(&"r1").then_some(()));
-    relay.cut_for(Duration::from_secs(600));
+    cut.set(true);
     // Cut off, the robot goes back to version 1 on its own.
     let log = agents[0].data.join("alloc/app-g/r0/main/ran.log");
     wait_for("r1 back on version 1 while cut off", T, || {
@@ -426,7 +483,7 @@ fn a_canary_cut_off_reverts_itself_and_the_server_then_fails_the_rollout() {
             .as_millis();
         (now >= u128::try_from(updated).ok()? + 10_000).then_some(())
     });
-    relay.cut_for(Duration::ZERO);
+    cut.set(false);
     let failed = wait_state(&server, 2, "Failed");
     let why = failed["status"]["message"].as_str().unwrap_or_default().to_string();
     assert!(why.contains("went back to the previous version"), "{failed}");
@@ -437,7 +494,7 @@ fn a_canary_cut_off_reverts_itself_and_the_server_then_fails_the_rollout() {
 #[test]
 fn a_locked_robot_is_waited_for_and_overridden_at_its_deadline() {
     let dir = tempfile::tempdir().unwrap();
-    let (server, _relay, agents) = fleet(dir.path(), None);
+    let (server, _, agents) = fleet(dir.path(), None);
     let u = update(json!({"maxParallel": 1, "minHealthyTime": "1s", "lockDeadline": "5m"}));
     start_v1(&server, &u);
     let lock = |i: usize| agents[i].data.join("alloc/app-g/r0/main/k8s4r-update.lock");
