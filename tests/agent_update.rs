@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-const RELEASES: &str = "/apis/robot.k8s4r.io/v1alpha1/namespaces/default/agentreleases";
+const RELEASES: &str = "/apis/robot.k8s4r.io/v1alpha1/agentreleases";
 const JOBS: &str = "/apis/robot.k8s4r.io/v1alpha1/namespaces/default/jobs";
 const ROBOT: &str = "ota-robot";
 const SLOW: Duration = Duration::from_secs(90);
@@ -172,6 +172,12 @@ impl Fixture {
         out
     }
 
+    /// An AgentRelease (cluster-scoped) as stored.
+    fn release_object(&self, name: &str) -> Option<Value> {
+        let r = self.server.get(&format!("{RELEASES}/{name}"));
+        (r.status == 200).then(|| r.json())
+    }
+
     fn robot_status(&self) -> Value {
         self.server
             .object("robots", ROBOT)
@@ -252,7 +258,7 @@ fn a_signed_release_replaces_the_agent_in_place_and_no_task_restarts() {
     same_tasks(&f, &tasks);
     f.wait_event("AgentUpdated");
     let release = wait_for("the release's status", SLOW, || {
-        let r = f.server.object("agentreleases", "agent-0-1-1")?;
+        let r = f.release_object("agent-0-1-1")?;
         (r["status"]["updated"] == 1).then_some(r)
     });
     assert!(
@@ -321,7 +327,7 @@ fn a_release_that_dies_at_start_is_rolled_back_after_three_starts() {
     same_tasks(&f, &tasks);
     f.wait_event("AgentUpdateRolledBack");
     let release = wait_for("the rollout halted", SLOW, || {
-        let r = f.server.object("agentreleases", "agent-bad")?;
+        let r = f.release_object("agent-bad")?;
         (r["status"]["failed"] == 1).then_some(r)
     });
     assert!(
