@@ -116,17 +116,21 @@ impl Fixture {
     /// `k8s4r release sign` of files/<version> (with `key`, default the
     /// server's), created on the server.
     fn release(&self, name: &str, version: &str, key: Option<&Path>) -> Value {
+        let release: Value = serde_yaml_ng::from_str(&self.signed(name, version, key)).unwrap();
+        let r = self.server.send_json("POST", RELEASES, &release);
+        assert_eq!(r.status, 201, "{}", r.body);
+        release
+    }
+
+    /// What `k8s4r release sign` prints for files/<version>.
+    fn signed(&self, name: &str, version: &str, key: Option<&Path>) -> String {
         let default_key = self.dir.path().join("release.key");
-        let yaml = run(std::process::Command::new(server_bin())
+        run(std::process::Command::new(server_bin())
             .args(["release", "sign", "--key"])
             .arg(key.unwrap_or(&default_key))
             .args(["--arch", k8s4r::api::agent_release::this_arch(), "--name", name])
             .args(["--url", &format!("http://127.0.0.1:{}/{version}", self.port)])
-            .arg(self.files.join(version)));
-        let release: Value = serde_yaml_ng::from_str(&yaml).unwrap();
-        let r = self.server.send_json("POST", RELEASES, &release);
-        assert_eq!(r.status, 201, "{}", r.body);
-        release
+            .arg(self.files.join(version)))
     }
 
     /// Two service tasks; their (name, pid) once both run.
@@ -450,4 +454,110 @@ fn kill_9_at_every_step_leaves_a_working_agent_and_starts_no_task_twice() {
             .collect();
         assert_eq!(leftovers, ["last.json"], "{point}: nothing left behind; {status}");
     }
+}
+
+/// AgentRelease is cluster-scoped: `k8s4r release sign` prints no
+/// namespace, kubectl applies and lists it without one, discovery says so,
+/// and the namespaced path does not serve it. A release stored under a
+/// namespace (as releases were before) is moved to the cluster scope on
+/// start, kept to its namespace's robots (spec.namespaces), renamed
+/// `<namespace>-<name>` when a cluster release has its name; nothing lost.
+#[test]
+fn agent_releases_are_cluster_scoped_and_namespaced_ones_move_there_unwidened() {
+    use k8s4r::server::store::{sqlite::SqliteStore, Key, Store};
+    let mut f = Fixture::new();
+    f.build("0.1.5");
+    let yaml = f.signed("clash", "0.1.5", None);
+    assert!(!yaml.contains("namespace"), "{yaml}");
+    let file = f.dir.path().join("clash.yaml");
+    std::fs::write(&file, &yaml).unwrap();
+    f.server.kubectl_ok(&["apply", "-f", file.to_str().unwrap()]);
+    let table = f.server.kubectl_ok(&["get", "agentreleases"]);
+    assert!(
+        table.contains("VERSION") && table.contains("clash") && table.contains("0.1.5"),
+        "{table}"
+    );
+    assert!(!table.contains("NAMESPACE"), "{table}");
+    let listed = f.server.get(RELEASES).json();
+    assert!(listed["items"][0]["metadata"].get("namespace").is_none(), "{listed}");
+    let discovery = f.server.get("/apis/robot.k8s4r.io/v1alpha1").json();
+    let scope = |name: &str| {
+        discovery["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .map(|r| r["namespaced"].clone())
+    };
+    assert_eq!(scope("agentreleases"), Some(json!(false)));
+    assert_eq!(scope("agentreleases/status"), Some(json!(false)));
+    assert_eq!(scope("robots"), Some(json!(true)));
+    let g = "/apis/robot.k8s4r.io/v1alpha1";
+    assert_eq!(
+        f.server.get(&format!("{g}/namespaces/default/agentreleases")).status,
+        404
+    );
+    assert_eq!(
+        f.server
+            .get(&format!("{g}/namespaces/default/agentreleases/clash"))
+            .status,
+        404
+    );
+    assert_eq!(
+        f.server.get(&format!("{g}/jobs/steady")).status,
+        404,
+        "a namespaced kind at a cluster path"
+    );
+
+    // Releases of an earlier version, stored under the namespace "lab".
+    f.server.stop();
+    let body: Value = serde_yaml_ng::from_str(&yaml).unwrap();
+    let old = |name: &str| {
+        let mut v = body.clone();
+        v["metadata"] = json!({"name": name, "namespace": "lab", "uid": format!("uid-{name}"),
+                               "labels": {"ring": "field"}, "creationTimestamp": "2026-01-01T00:00:00Z"});
+        v["spec"]["maxParallel"] = json!(3);
+        v
+    };
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let store = SqliteStore::open(f.server.data.path(), 10).unwrap();
+            for name in ["old", "clash"] {
+                store
+                    .create(&Key::new("agentreleases", "lab", name), old(name))
+                    .await
+                    .unwrap();
+            }
+        });
+    f.server.start_again();
+    let items = wait_for("the namespaced releases moved", SLOW, || {
+        let items = f.server.get(RELEASES).json()["items"].as_array()?.clone();
+        (items.len() == 3 && items.iter().all(|i| i["status"]["message"].is_string())).then_some(items)
+    });
+    let by_name = |n: &str| {
+        items
+            .iter()
+            .find(|i| i["metadata"]["name"] == n)
+            .unwrap_or_else(|| panic!("{n}: {items:?}"))
+    };
+    for (name, from) in [("old", "lab/old"), ("lab-clash", "lab/clash")] {
+        let r = by_name(name);
+        assert!(r["metadata"].get("namespace").is_none(), "{r}");
+        assert_eq!(r["spec"]["namespaces"], json!(["lab"]), "kept to its namespace: {r}");
+        assert_eq!(r["spec"]["maxParallel"], 3, "{r}");
+        assert_eq!(r["metadata"]["labels"]["ring"], "field", "{r}");
+        assert_eq!(r["metadata"]["annotations"]["k8s4r.io/migrated-from"], from, "{r}");
+    }
+    assert!(
+        by_name("clash")["spec"].get("namespaces").is_none(),
+        "the cluster one untouched"
+    );
+    let store_left = f
+        .server
+        .get(&format!("{g}/agentreleases?fieldSelector=metadata.namespace%3Dlab"))
+        .json();
+    assert_eq!(store_left["items"], json!([]), "{store_left}");
 }
