@@ -561,3 +561,57 @@ fn agent_releases_are_cluster_scoped_and_namespaced_ones_move_there_unwidened() 
         .json();
     assert_eq!(store_left["items"], json!([]), "{store_left}");
 }
+
+/// autoRevert: a release that halts (here: another robot of the fleet
+/// rolled it back) takes the robots already on it back to the newest
+/// earlier release, a downgrade they accept for that offer only; the tasks
+/// keep their processes. Meanwhile the earlier release offers nothing to a
+/// robot on the newer version (it would refuse the downgrade).
+#[test]
+fn a_halted_release_with_auto_revert_takes_its_robots_back_to_the_previous_release() {
+    let f = Fixture::new();
+    let _agent = f.agent(&[]);
+    let tasks = f.two_tasks();
+    let version_of = |v: &str| {
+        wait_for(&format!("the robot reports {v}"), SLOW, || {
+            let s = f.robot_status();
+            (s["agentVersion"] == v && s["lastUpdate"]["version"] == v).then_some(s)
+        })
+    };
+    f.build("0.1.1");
+    f.release("agent-a", "0.1.1", None);
+    version_of("0.1.1");
+    f.build("0.1.2");
+    let mut b: Value = serde_yaml_ng::from_str(&f.signed("agent-b", "0.1.2", None)).unwrap();
+    b["spec"]["autoRevert"] = json!(true);
+    let r = f.server.send_json("POST", RELEASES, &b);
+    assert_eq!(r.status, 201, "{}", r.body);
+    version_of("0.1.2");
+    // Another robot of the fleet rolls 0.1.2 back: the rollout halts.
+    let robots = "/apis/robot.k8s4r.io/v1alpha1/namespaces/default/robots";
+    let ghost =
+        json!({"apiVersion": "robot.k8s4r.io/v1alpha1", "kind": "Robot", "metadata": {"name": "ghost"}, "spec": {}});
+    let r = f.server.send_json("POST", robots, &ghost);
+    assert_eq!(r.status, 201, "{}", r.body);
+    let failed = json!({"status": {"architecture": k8s4r::api::agent_release::this_arch(), "agentVersion": "0.1.1",
+        "lastUpdate": {"release": "agent-b", "version": "0.1.2", "result": "RolledBack", "message": "exited at start"}}});
+    f.server.kubectl_ok(&[
+        "patch",
+        "robot",
+        "ghost",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &failed.to_string(),
+    ]);
+    let s = version_of("0.1.1");
+    assert_eq!(s["lastUpdate"]["release"], "agent-a", "{s}");
+    assert_eq!(s["lastUpdate"]["result"], "Applied", "{s}");
+    same_tasks(&f, &tasks);
+    let b = f.release_object("agent-b").unwrap();
+    let message = b["status"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("halted: 1 robot(s)") && message.contains("autoRevert"),
+        "{b}"
+    );
+}

@@ -72,6 +72,9 @@ pub struct AgentReleaseSpec {
     /// Robots updated first (a count, or a percentage of the selected robots such as "5%", rounded up): the rest wait until that many report the version and stay Online for minHealthyTime. Default 0: no canary phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<CountOrPercent>,
+    /// When the rollout halts (more failures than maxFailures), offer the robots that already run this version the newest earlier AgentRelease for their architecture, as a downgrade they accept (allowDowngrade for that offer only).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub auto_revert: bool,
     /// How long a canary must report the new version while Online to count healthy (default 10s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_healthy_time: Option<Duration>,

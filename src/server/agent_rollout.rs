@@ -21,7 +21,11 @@
 //!    leaves that window only by reporting the new version or by failing;
 //!    Offline robots take no place in it;
 //! 6. `paused`, or more failures than `maxFailures` (default 0: the first
-//!    failure halts), offers the release to no one.
+//!    failure halts), offers the release to no one; halted with
+//!    `autoRevert`, the Online robots that run its version are *reverted*:
+//!    offered the newest earlier release for their architecture (all at
+//!    once, as the Job rollout's autoRevert), with allowDowngrade for that
+//!    offer only (the release's author asked for that downgrade).
 //!
 //! Why not the Job rollout's planner (`controllers::rollout::plan`): there
 //! the server puts a replica on the new version and then watches its
@@ -117,6 +121,8 @@ impl RobotFacts {
 pub struct Plan {
     /// Robots offered the release now.
     pub offered: BTreeSet<RobotKey>,
+    /// Robots to take back to the previous release (halted, autoRevert).
+    pub revert: BTreeSet<RobotKey>,
     pub status: AgentReleaseStatus,
     /// Look again after this long: a canary becomes healthy then.
     pub wake_in: Option<Duration>,
@@ -139,6 +145,7 @@ pub fn plan(spec: &AgentReleaseSpec, robots: &[RobotFacts], now: i64) -> Plan {
     let mut p = Plan::default();
     let mut waiting: Vec<&RobotFacts> = Vec::new();
     let mut failures = Vec::new();
+    let mut on_version = Vec::new();
     let min_healthy = spec
         .min_healthy_time
         .as_ref()
@@ -156,6 +163,9 @@ pub fn plan(spec: &AgentReleaseSpec, robots: &[RobotFacts], now: i64) -> Plan {
         p.status.selected += 1;
         if r.version.as_deref() == Some(spec.version.as_str()) {
             p.status.updated += 1;
+            if r.online {
+                on_version.push(r.key());
+            }
             match healthy_at(r, min_healthy) {
                 Some(at) if at <= now => p.status.healthy += 1,
                 Some(at) => {
@@ -204,10 +214,21 @@ pub fn plan(spec: &AgentReleaseSpec, robots: &[RobotFacts], now: i64) -> Plan {
             .map(|r| r.key())
             .collect();
     }
+    if halted && spec.auto_revert {
+        p.revert = on_version.into_iter().collect();
+    }
     p.status.updating = p.offered.len() as u32;
     p.status.message = Some(if halted {
+        let reverting = if spec.auto_revert {
+            format!(
+                "; autoRevert: {} robot(s) on it offered the newest earlier release for their architecture",
+                p.revert.len()
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "halted: {} robot(s) refused or rolled back {} (more than maxFailures {max_failures}): {}",
+            "halted: {} robot(s) refused or rolled back {} (more than maxFailures {max_failures}): {}{reverting}",
             p.status.failed,
             spec.version,
             failures.join(", ")
@@ -243,8 +264,8 @@ pub fn plan(spec: &AgentReleaseSpec, robots: &[RobotFacts], now: i64) -> Plan {
 /// already runs the version ignores it.
 pub const MEMO_FOR: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// The releases (by name) and whom each offers itself to.
-type Plans = Vec<(AgentRelease, BTreeSet<RobotKey>)>;
+/// The releases (by name) and their plans.
+type Plans = Vec<(AgentRelease, Plan)>;
 
 /// The fleet's plans, as last computed, and when.
 #[derive(Default)]
@@ -262,17 +283,23 @@ impl Memo {
         let me = cache.get("robots", ns, robot).map(|r| RobotFacts::of(&r))?;
         let arch = me.arch.clone()?;
         let key = me.key();
-        plans.iter().find_map(|(r, offered)| {
-            if !offered.contains(&key) {
-                return None;
-            }
+        let update = |r: &AgentRelease, allow_downgrade: bool| {
             let binary = r.spec.binaries.iter().find(|b| b.arch == arch)?.clone();
             Some(AgentUpdate {
                 release: r.metadata.name.clone(),
                 version: r.spec.version.clone(),
-                allow_downgrade: r.spec.allow_downgrade,
+                allow_downgrade,
                 binary,
             })
+        };
+        plans.iter().find_map(|(r, p)| {
+            if p.offered.contains(&key) {
+                update(r, r.spec.allow_downgrade)
+            } else if p.revert.contains(&key) {
+                update(previous(&plans, r, &arch)?, true)
+            } else {
+                None
+            }
         })
     }
 
@@ -314,7 +341,19 @@ pub fn plan_fleet(cache: &Cache) -> Vec<(AgentRelease, Value, Plan)> {
 }
 
 fn plan_all(cache: &Cache) -> Plans {
-    plan_fleet(cache).into_iter().map(|(r, _, p)| (r, p.offered)).collect()
+    plan_fleet(cache).into_iter().map(|(r, _, p)| (r, p)).collect()
+}
+
+/// What a revert of `from` installs on an `arch` robot: the release with
+/// the newest version older than `from`'s that has a binary for `arch`.
+fn previous<'a>(plans: &'a Plans, from: &AgentRelease, arch: &str) -> Option<&'a AgentRelease> {
+    use std::cmp::Ordering::Less;
+    plans
+        .iter()
+        .map(|(r, _)| r)
+        .filter(|r| compare_versions(&r.spec.version, &from.spec.version) == Less)
+        .filter(|r| r.spec.binaries.iter().any(|b| b.arch == arch))
+        .max_by(|a, b| compare_versions(&a.spec.version, &b.spec.version))
 }
 
 #[cfg(test)]
@@ -450,6 +489,24 @@ mod tests {
             .message
             .unwrap()
             .contains("halted: 1 robot(s) refused or rolled back 0.2.0"));
+    }
+
+    #[test]
+    fn a_halted_release_with_auto_revert_takes_its_online_robots_back() {
+        let mut fleet: Vec<RobotFacts> = (0..4).map(|i| robot(&format!("r{i}"), "0.2.0", true)).collect();
+        fleet[2].online = false;
+        fleet[3].version = Some("0.1.0".into());
+        fleet[3].last_update = Some(("0.2.0".into(), UpdateOutcome::RolledBack));
+        let mut s = spec(4);
+        assert!(plan(&s, &fleet, NOW).revert.is_empty(), "no autoRevert");
+        s.auto_revert = true;
+        let p = plan(&s, &fleet, NOW);
+        let reverted: Vec<&str> = p.revert.iter().map(|(_, n)| n.as_str()).collect();
+        assert_eq!(reverted, ["r0", "r1"], "Online on the version; r2 when it is back");
+        assert!(p.offered.is_empty());
+        assert!(p.status.message.unwrap().contains("autoRevert: 2 robot(s)"));
+        s.max_failures = Some(1);
+        assert!(plan(&s, &fleet, NOW).revert.is_empty(), "not halted: nothing reverted");
     }
 
     #[test]

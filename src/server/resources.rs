@@ -254,6 +254,12 @@ pub static AGENTRELEASES: Resource = Resource {
         col("Failed", Integer, "status.failed", "Robots that refused or rolled back"),
         col("Age", Age, "metadata.creationTimestamp", "Time since creation"),
         wide("Max-Parallel", Integer, "spec.maxParallel", "Robots updating at once"),
+        wide(
+            "Healthy",
+            Integer,
+            "status.healthy",
+            "Robots Online on the version for minHealthyTime",
+        ),
         wide("Message", Str, "status.message", "Where the rollout is"),
     ],
     field_selectors: &["spec.version"],

@@ -21,7 +21,7 @@ use std::collections::{BTreeSet, HashMap};
 /// On a release moved to the cluster scope: `<namespace>/<name>` it had.
 pub const ANN_MIGRATED_FROM: &str = "k8s4r.io/migrated-from";
 
-/// Release name -> robots offered it at the last reconcile.
+/// Release name -> robots offered it (or its revert) at the last reconcile.
 pub type Offered = HashMap<String, BTreeSet<RobotKey>>;
 
 pub async fn reconcile(ctx: &Ctx) -> Result<Next, Status> {
@@ -32,16 +32,14 @@ pub async fn reconcile(ctx: &Ctx) -> Result<Next, Status> {
     }
     let mut next = Next::Done;
     for (release, stored, plan) in plan_fleet(ctx.cache()) {
+        let offered: BTreeSet<RobotKey> = plan.offered.union(&plan.revert).cloned().collect();
         let before = ctx
             .offered
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(release.metadata.name.clone(), plan.offered.clone())
+            .insert(release.metadata.name.clone(), offered.clone())
             .unwrap_or_default();
-        // Revision 0: the poll answers at once with the offer, its desired
-        // set unchanged (tasks are not sent again). Robots polling another
-        // replica learn it at their next poll.
-        for (ns, robot) in plan.offered.difference(&before) {
+        for (ns, robot) in offered.difference(&before) {
             ctx.hub.fleet.wake(ns, robot, 0);
         }
         if let Some(wait) = plan.wake_in {
