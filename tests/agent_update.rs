@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-const RELEASES: &str = "/apis/robot.k8s4r.io/v1alpha1/namespaces/default/agentreleases";
+const RELEASES: &str = "/apis/robot.k8s4r.io/v1alpha1/agentreleases";
 const JOBS: &str = "/apis/robot.k8s4r.io/v1alpha1/namespaces/default/jobs";
 const ROBOT: &str = "ota-robot";
 const SLOW: Duration = Duration::from_secs(90);
@@ -116,17 +116,21 @@ impl Fixture {
     /// `k8s4r release sign` of files/<version> (with `key`, default the
     /// server's), created on the server.
     fn release(&self, name: &str, version: &str, key: Option<&Path>) -> Value {
+        let release: Value = serde_yaml_ng::from_str(&self.signed(name, version, key)).unwrap();
+        let r = self.server.send_json("POST", RELEASES, &release);
+        assert_eq!(r.status, 201, "{}", r.body);
+        release
+    }
+
+    /// What `k8s4r release sign` prints for files/<version>.
+    fn signed(&self, name: &str, version: &str, key: Option<&Path>) -> String {
         let default_key = self.dir.path().join("release.key");
-        let yaml = run(std::process::Command::new(server_bin())
+        run(std::process::Command::new(server_bin())
             .args(["release", "sign", "--key"])
             .arg(key.unwrap_or(&default_key))
             .args(["--arch", k8s4r::api::agent_release::this_arch(), "--name", name])
             .args(["--url", &format!("http://127.0.0.1:{}/{version}", self.port)])
-            .arg(self.files.join(version)));
-        let release: Value = serde_yaml_ng::from_str(&yaml).unwrap();
-        let r = self.server.send_json("POST", RELEASES, &release);
-        assert_eq!(r.status, 201, "{}", r.body);
-        release
+            .arg(self.files.join(version)))
     }
 
     /// Two service tasks; their (name, pid) once both run.
@@ -170,6 +174,12 @@ impl Fixture {
             .collect();
         out.sort();
         out
+    }
+
+    /// An AgentRelease (cluster-scoped) as stored.
+    fn release_object(&self, name: &str) -> Option<Value> {
+        let r = self.server.get(&format!("{RELEASES}/{name}"));
+        (r.status == 200).then(|| r.json())
     }
 
     fn robot_status(&self) -> Value {
@@ -252,7 +262,7 @@ fn a_signed_release_replaces_the_agent_in_place_and_no_task_restarts() {
     same_tasks(&f, &tasks);
     f.wait_event("AgentUpdated");
     let release = wait_for("the release's status", SLOW, || {
-        let r = f.server.object("agentreleases", "agent-0-1-1")?;
+        let r = f.release_object("agent-0-1-1")?;
         (r["status"]["updated"] == 1).then_some(r)
     });
     assert!(
@@ -321,7 +331,7 @@ fn a_release_that_dies_at_start_is_rolled_back_after_three_starts() {
     same_tasks(&f, &tasks);
     f.wait_event("AgentUpdateRolledBack");
     let release = wait_for("the rollout halted", SLOW, || {
-        let r = f.server.object("agentreleases", "agent-bad")?;
+        let r = f.release_object("agent-bad")?;
         (r["status"]["failed"] == 1).then_some(r)
     });
     assert!(
@@ -444,4 +454,164 @@ fn kill_9_at_every_step_leaves_a_working_agent_and_starts_no_task_twice() {
             .collect();
         assert_eq!(leftovers, ["last.json"], "{point}: nothing left behind; {status}");
     }
+}
+
+/// AgentRelease is cluster-scoped: `k8s4r release sign` prints no
+/// namespace, kubectl applies and lists it without one, discovery says so,
+/// and the namespaced path does not serve it. A release stored under a
+/// namespace (as releases were before) is moved to the cluster scope on
+/// start, kept to its namespace's robots (spec.namespaces), renamed
+/// `<namespace>-<name>` when a cluster release has its name; nothing lost.
+#[test]
+fn agent_releases_are_cluster_scoped_and_namespaced_ones_move_there_unwidened() {
+    use k8s4r::server::store::{sqlite::SqliteStore, Key, Store};
+    let mut f = Fixture::new();
+    f.build("0.1.5");
+    let yaml = f.signed("clash", "0.1.5", None);
+    assert!(!yaml.contains("namespace"), "{yaml}");
+    let file = f.dir.path().join("clash.yaml");
+    std::fs::write(&file, &yaml).unwrap();
+    f.server.kubectl_ok(&["apply", "-f", file.to_str().unwrap()]);
+    let table = f.server.kubectl_ok(&["get", "agentreleases"]);
+    assert!(
+        table.contains("VERSION") && table.contains("clash") && table.contains("0.1.5"),
+        "{table}"
+    );
+    assert!(!table.contains("NAMESPACE"), "{table}");
+    let listed = f.server.get(RELEASES).json();
+    assert!(listed["items"][0]["metadata"].get("namespace").is_none(), "{listed}");
+    let discovery = f.server.get("/apis/robot.k8s4r.io/v1alpha1").json();
+    let scope = |name: &str| {
+        discovery["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .map(|r| r["namespaced"].clone())
+    };
+    assert_eq!(scope("agentreleases"), Some(json!(false)));
+    assert_eq!(scope("agentreleases/status"), Some(json!(false)));
+    assert_eq!(scope("robots"), Some(json!(true)));
+    let g = "/apis/robot.k8s4r.io/v1alpha1";
+    assert_eq!(
+        f.server.get(&format!("{g}/namespaces/default/agentreleases")).status,
+        404
+    );
+    assert_eq!(
+        f.server
+            .get(&format!("{g}/namespaces/default/agentreleases/clash"))
+            .status,
+        404
+    );
+    assert_eq!(
+        f.server.get(&format!("{g}/jobs/steady")).status,
+        404,
+        "a namespaced kind at a cluster path"
+    );
+
+    // Releases of an earlier version, stored under the namespace "lab".
+    f.server.stop();
+    let body: Value = serde_yaml_ng::from_str(&yaml).unwrap();
+    let old = |name: &str| {
+        let mut v = body.clone();
+        v["metadata"] = json!({"name": name, "namespace": "lab", "uid": format!("uid-{name}"),
+                               "labels": {"ring": "field"}, "creationTimestamp": "2026-01-01T00:00:00Z"});
+        v["spec"]["maxParallel"] = json!(3);
+        v
+    };
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let store = SqliteStore::open(f.server.data.path(), 10).unwrap();
+            for name in ["old", "clash"] {
+                store
+                    .create(&Key::new("agentreleases", "lab", name), old(name))
+                    .await
+                    .unwrap();
+            }
+        });
+    f.server.start_again();
+    let items = wait_for("the namespaced releases moved", SLOW, || {
+        let items = f.server.get(RELEASES).json()["items"].as_array()?.clone();
+        (items.len() == 3 && items.iter().all(|i| i["status"]["message"].is_string())).then_some(items)
+    });
+    let by_name = |n: &str| {
+        items
+            .iter()
+            .find(|i| i["metadata"]["name"] == n)
+            .unwrap_or_else(|| panic!("{n}: {items:?}"))
+    };
+    for (name, from) in [("old", "lab/old"), ("lab-clash", "lab/clash")] {
+        let r = by_name(name);
+        assert!(r["metadata"].get("namespace").is_none(), "{r}");
+        assert_eq!(r["spec"]["namespaces"], json!(["lab"]), "kept to its namespace: {r}");
+        assert_eq!(r["spec"]["maxParallel"], 3, "{r}");
+        assert_eq!(r["metadata"]["labels"]["ring"], "field", "{r}");
+        assert_eq!(r["metadata"]["annotations"]["k8s4r.io/migrated-from"], from, "{r}");
+    }
+    assert!(
+        by_name("clash")["spec"].get("namespaces").is_none(),
+        "the cluster one untouched"
+    );
+    let store_left = f
+        .server
+        .get(&format!("{g}/agentreleases?fieldSelector=metadata.namespace%3Dlab"))
+        .json();
+    assert_eq!(store_left["items"], json!([]), "{store_left}");
+}
+
+/// autoRevert: a release that halts (here: another robot of the fleet
+/// rolled it back) takes the robots already on it back to the newest
+/// earlier release, a downgrade they accept for that offer only; the tasks
+/// keep their processes. Meanwhile the earlier release offers nothing to a
+/// robot on the newer version (it would refuse the downgrade).
+#[test]
+fn a_halted_release_with_auto_revert_takes_its_robots_back_to_the_previous_release() {
+    let f = Fixture::new();
+    let _agent = f.agent(&[]);
+    let tasks = f.two_tasks();
+    let version_of = |v: &str| {
+        wait_for(&format!("the robot reports {v}"), SLOW, || {
+            let s = f.robot_status();
+            (s["agentVersion"] == v && s["lastUpdate"]["version"] == v).then_some(s)
+        })
+    };
+    f.build("0.1.1");
+    f.release("agent-a", "0.1.1", None);
+    version_of("0.1.1");
+    f.build("0.1.2");
+    let mut b: Value = serde_yaml_ng::from_str(&f.signed("agent-b", "0.1.2", None)).unwrap();
+    b["spec"]["autoRevert"] = json!(true);
+    let r = f.server.send_json("POST", RELEASES, &b);
+    assert_eq!(r.status, 201, "{}", r.body);
+    version_of("0.1.2");
+    // Another robot of the fleet rolls 0.1.2 back: the rollout halts.
+    let robots = "/apis/robot.k8s4r.io/v1alpha1/namespaces/default/robots";
+    let ghost =
+        json!({"apiVersion": "robot.k8s4r.io/v1alpha1", "kind": "Robot", "metadata": {"name": "ghost"}, "spec": {}});
+    let r = f.server.send_json("POST", robots, &ghost);
+    assert_eq!(r.status, 201, "{}", r.body);
+    let failed = json!({"status": {"architecture": k8s4r::api::agent_release::this_arch(), "agentVersion": "0.1.1",
+        "lastUpdate": {"release": "agent-b", "version": "0.1.2", "result": "RolledBack", "message": "exited at start"}}});
+    f.server.kubectl_ok(&[
+        "patch",
+        "robot",
+        "ghost",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &failed.to_string(),
+    ]);
+    let s = version_of("0.1.1");
+    assert_eq!(s["lastUpdate"]["release"], "agent-a", "{s}");
+    assert_eq!(s["lastUpdate"]["result"], "Applied", "{s}");
+    same_tasks(&f, &tasks);
+    let b = f.release_object("agent-b").unwrap();
+    let message = b["status"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("halted: 1 robot(s)") && message.contains("autoRevert"),
+        "{b}"
+    );
 }

@@ -328,8 +328,10 @@ fn an_unconfigured_image_waits_quietly() {
 /// applied in place, the agent keeps its process and both tasks theirs; a
 /// release that dies at start is restarted by init three times and then
 /// rolled back, the tasks untouched; a release with a forged signature is
-/// refused before anything is downloaded.
-fn update_in_image(arch: &str, agent: &Path) {
+/// refused before anything is downloaded; then a kill -9 at each of
+/// `kill_points` while a release is applied leaves a working agent (init
+/// respawns it, it finishes the update) and starts no task twice.
+fn update_in_image(arch: &str, agent: &Path, kill_points: &[&str]) {
     use server_util::Server;
     use std::process::Command;
     let tmp = tempfile::tempdir().unwrap();
@@ -365,14 +367,19 @@ fn update_in_image(arch: &str, agent: &Path) {
             "img".as_ref(),
         ],
     );
-    // Test-only fault: the "0.9.2-dies" build exits at every start.
+    // Test-only faults: the "0.9.2-dies" build exits at every start; a
+    // fault written to FAULT_FILE applies to the next start only (init's
+    // script consumes it), and the agent exec'd from that start inherits it.
     let script = rootfs.join("etc/init.d/k8s4r-agent");
     let text = std::fs::read_to_string(&script).unwrap();
     std::fs::write(
         &script,
         text.replace(
             "exec /usr/bin",
-            "K8S4R_TEST_FAULT=exit-at-start@0.9.2-dies exec /usr/bin",
+            &format!(
+                "f=$(cat {FAULT_FILE} 2>/dev/null); rm -f {FAULT_FILE}\n\
+                 K8S4R_TEST_FAULT=${{f:-exit-at-start@0.9.2-dies}} exec /usr/bin"
+            ),
         ),
     )
     .unwrap();
@@ -433,11 +440,7 @@ fn update_in_image(arch: &str, agent: &Path) {
             file.as_os_str(),
         ]);
         let body: serde_json::Value = serde_yaml_ng::from_str(&yaml).unwrap();
-        let r = server.send_json(
-            "POST",
-            "/apis/robot.k8s4r.io/v1alpha1/namespaces/default/agentreleases",
-            &body,
-        );
+        let r = server.send_json("POST", "/apis/robot.k8s4r.io/v1alpha1/agentreleases", &body);
         assert_eq!(r.status, 201, "{}", r.body);
     };
     let same = |what: &str| {
@@ -488,18 +491,101 @@ fn update_in_image(arch: &str, agent: &Path) {
     assert_eq!(s["lastUpdate"]["result"], "Refused", "{s}");
     assert_eq!(requests.lock().unwrap().len(), before, "nothing downloaded");
     same("after the refusal");
+
+    // kill -9 at each step of an update, respawned by init: each release
+    // still ends Applied, with the same two tasks. The fault of step i is in
+    // the environment of the agent that receives release i; it is written to
+    // FAULT_FILE before release i-1 and so taken by the start that step i-1's
+    // kill causes (the first by a kill of an idle agent), scoped to the
+    // version that meets it, so the recovery of step i-1 passes through it.
+    let versions: Vec<String> = (0..kill_points.len()).map(|i| format!("0.9.{}-k{i}", i + 4)).collect();
+    let scoped = |i: usize| {
+        let point = kill_points[i];
+        // kill-after-exec strikes in the new agent, the others in the old.
+        let meets = if point == "kill-after-exec" {
+            versions[i].as_str()
+        } else if i == 0 {
+            "0.9.1-good"
+        } else {
+            versions[i - 1].as_str()
+        };
+        format!("{point}@{meets}")
+    };
+    let fault_file = rootfs.join(FAULT_FILE.trim_start_matches('/'));
+    let agent_now = || find(&rootfs, "k8s4r-agent --data-dir");
+    if !kill_points.is_empty() {
+        std::fs::write(&fault_file, scoped(0)).unwrap();
+        let idle = agent_now()[0];
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(idle as i32).unwrap(),
+            rustix::process::Signal::KILL,
+        )
+        .unwrap();
+        wait_for("init to respawn the idle agent, armed", slow, || {
+            (!fault_file.exists() && agent_now().iter().any(|p| *p != idle)).then_some(())
+        });
+    }
+    for (i, point) in kill_points.iter().enumerate() {
+        let step = std::time::Instant::now();
+        let version = versions[i].as_str();
+        if i + 1 < kill_points.len() {
+            std::fs::write(&fault_file, scoped(i + 1)).unwrap();
+        }
+        release(&format!("k{i}"), version, &key.with_extension("key"));
+        let s = wait_for(&format!("{point}: {version} applied"), slow, || {
+            let s = status();
+            let done = s["lastUpdate"]["version"] == version
+                && (s["lastUpdate"]["result"] != "Applied" || s["agentVersion"] == version);
+            done.then_some(s)
+        });
+        assert_eq!(s["lastUpdate"]["result"], "Applied", "{point}: {s}");
+        assert_eq!(s["agentVersion"], version, "{point}: {s}");
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(
+            text.matches(&format!("test fault {point}")).count(),
+            1,
+            "{point}: killed once: {text}"
+        );
+        // Init's start took the next step's fault: the kill happened.
+        assert!(!fault_file.exists(), "{point}: init restarted the agent");
+        same(point);
+        assert_eq!(
+            std::fs::read(rootfs.join("usr/bin/k8s4r-agent")).unwrap(),
+            std::fs::read(files.join(version)).unwrap(),
+            "{point}: the new binary in place"
+        );
+        let mut left: Vec<String> = std::fs::read_dir(rootfs.join("var/lib/k8s4r/update"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["last.json"], "{point}: nothing left behind");
+        eprintln!("{arch}: {point} step in {:?}", step.elapsed());
+    }
 }
+
+/// The steps of an update a kill -9 (a power cut) may hit.
+const KILL_POINTS: [&str; 4] = [
+    "kill-mid-download",
+    "kill-after-verify",
+    "kill-after-rename",
+    "kill-after-exec",
+];
+
+/// Where the test leaves a fault for the agent's next start (see
+/// `update_in_image`).
+const FAULT_FILE: &str = "/etc/k8s4r/test-fault";
 
 #[test]
 fn x86_64_image_updates_its_agent_over_the_air() {
     if let (Some(agent), true) = (static_agent("x86_64"), can_boot()) {
-        update_in_image("x86_64", &agent);
+        update_in_image("x86_64", &agent, &KILL_POINTS);
     }
 }
 
 #[test]
 fn aarch64_image_updates_its_agent_over_the_air_under_qemu_user() {
     if let (true, Some(agent), true) = (can_boot(), static_agent("aarch64"), aarch64_runs_here()) {
-        update_in_image("aarch64", &agent);
+        update_in_image("aarch64", &agent, &KILL_POINTS);
     }
 }

@@ -27,6 +27,8 @@ use super::hex;
 use super::meta::Object;
 use super::types::RobotSelector;
 pub use super::types::{UpdateOutcome, UpdateResult};
+use super::units::Duration;
+use super::update_strategy::CountOrPercent;
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
@@ -38,6 +40,8 @@ pub type AgentRelease = Object<AgentReleaseSpec, AgentReleaseStatus>;
 pub const ARCHES: &[&str] = &["x86_64", "aarch64", "armv7"];
 /// Longest version string (it must fit the binary's version slot).
 pub const MAX_VERSION_LEN: usize = 39;
+/// Most namespaces a release may list.
+pub const MAX_NAMESPACES: usize = 100;
 /// Largest agent binary a release may name.
 pub const MAX_BINARY_SIZE: u64 = 256 << 20;
 
@@ -53,6 +57,9 @@ pub struct AgentReleaseSpec {
     /// Which robots get the release (labels, as a Job's robotSelector); none = every robot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub robot_selector: Option<RobotSelector>,
+    /// Only robots of these namespaces (the release itself is cluster-scoped); none = every namespace. At most 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespaces: Option<Vec<String>>,
     /// How many robots may be updating at once: a robot counts as updating from when it is offered the release until it reports the new version (healthy) or a failure. Default 1 (a canary of one); at most 10000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_parallel: Option<u32>,
@@ -62,6 +69,15 @@ pub struct AgentReleaseSpec {
     /// Offer the release to no robot for now (an agent already swapping finishes).
     #[serde(default, skip_serializing_if = "is_false")]
     pub paused: bool,
+    /// Robots updated first (a count, or a percentage of the selected robots such as "5%", rounded up): the rest wait until that many report the version and stay Online for minHealthyTime. Default 0: no canary phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CountOrPercent>,
+    /// When the rollout halts (more failures than maxFailures), offer the robots that already run this version the newest earlier AgentRelease for their architecture, as a downgrade they accept (allowDowngrade for that offer only).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub auto_revert: bool,
+    /// How long a canary must report the new version while Online to count healthy (default 10s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_healthy_time: Option<Duration>,
     /// One signed binary per architecture.
     #[serde(default)]
     pub binaries: Vec<ReleaseBinary>,
@@ -70,6 +86,13 @@ pub struct AgentReleaseSpec {
 fn is_false(b: &bool) -> bool {
     !*b
 }
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// minHealthyTime when the release does not say.
+pub const DEFAULT_MIN_HEALTHY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One architecture's binary, signed by the release key.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,6 +127,12 @@ pub struct AgentReleaseStatus {
     /// Robots that refused the release or rolled it back.
     #[serde(default)]
     pub failed: u32,
+    /// Updated robots Online on the version for minHealthyTime.
+    #[serde(default)]
+    pub healthy: u32,
+    /// Canaries the rollout waits for before the rest (0: none, or done).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub canaries: u32,
     /// Why the rollout is where it is, for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -242,6 +271,34 @@ pub fn spec_problems(spec: &AgentReleaseSpec) -> Vec<(String, String)> {
     }
     if spec.binaries.is_empty() {
         out.push(("spec.binaries".into(), "at least one binary is required".into()));
+    }
+    match &spec.canary {
+        Some(CountOrPercent::Count(n)) if !(0..=10_000).contains(n) => {
+            out.push(("spec.canary".into(), format!("{n} is out of range (0-10000)")))
+        }
+        Some(CountOrPercent::Percent(p)) if *p > 100 => {
+            out.push(("spec.canary".into(), format!("{p}% is more than 100%")))
+        }
+        Some(CountOrPercent::Invalid(t)) => out.push((
+            "spec.canary".into(),
+            format!("{t:?} is neither a count nor a percentage such as \"5%\""),
+        )),
+        _ => {}
+    }
+    if let Some(e) = spec.min_healthy_time.as_ref().and_then(Duration::error) {
+        out.push(("spec.minHealthyTime".into(), e.to_string()));
+    }
+    let namespaces = spec.namespaces.as_deref().unwrap_or_default();
+    if namespaces.len() > MAX_NAMESPACES {
+        out.push((
+            "spec.namespaces".into(),
+            format!("{} namespaces, at most {MAX_NAMESPACES}", namespaces.len()),
+        ));
+    }
+    for (i, ns) in namespaces.iter().enumerate().take(MAX_NAMESPACES) {
+        if let Err(m) = super::validate::check_dns_label(ns) {
+            out.push((format!("spec.namespaces[{i}]"), m));
+        }
     }
     for (i, b) in spec.binaries.iter().enumerate() {
         if let Err(ReleaseError::Field(field, m)) = check_binary_fields(b) {

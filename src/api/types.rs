@@ -1090,6 +1090,9 @@ pub struct RobotStatus {
     /// Version of the robot's agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_version: Option<String>,
+    /// When the server learned agentVersion (RFC 3339, the server's clock): how long the robot has run it, for an AgentRelease's canary health.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_version_time: Option<String>,
     /// Task statuses the robot's agent still held undelivered after its
     /// last report (it sends them in batches; a robot back from a long
     /// outage may hold many). What the robot collects while offline is

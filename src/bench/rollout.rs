@@ -23,7 +23,7 @@ use tokio::sync::{Barrier, Semaphore};
 
 const FROM: &str = "0.1.0";
 const TO: &str = "0.2.0-bench";
-const RELEASES: &str = "/apis/robot.k8s4r.io/v1alpha1/namespaces/default/agentreleases";
+const RELEASES: &str = "/apis/robot.k8s4r.io/v1alpha1/agentreleases";
 /// How often robots poll: each step of the rollout waits for the next poll.
 const POLL: &str = "2s";
 

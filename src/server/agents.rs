@@ -646,6 +646,7 @@ impl Agents {
             if let Some(v) = &report.agent_version {
                 if status.and_then(|s| s.get("agentVersion")).and_then(Value::as_str) != Some(v) {
                     patch["agentVersion"] = json!(v);
+                    patch["agentVersionTime"] = json!(crate::server::time::now_rfc3339());
                 }
             }
             if let Some(n) = report.backlog {

@@ -238,13 +238,15 @@ impl Registry {
         opts: WriteOptions<'_>,
     ) -> Result<(String, Value, Admitted), Status> {
         let body_ns = object::namespace(&body).to_string();
-        if !body_ns.is_empty() && body_ns != ns {
+        // A cluster-scoped object (ns empty) has no namespace: one in the
+        // body is dropped, as Kubernetes does.
+        if !ns.is_empty() && !body_ns.is_empty() && body_ns != ns {
             return Err(Status::bad_request(format!(
                 "the namespace of the object ({body_ns}) does not match the namespace on the request ({ns})"
             )));
         }
         let meta = object::meta_mut(&mut body).ok_or_else(|| Status::bad_request("the body must be a JSON object"))?;
-        meta.insert("namespace".into(), Value::String(ns.to_string()));
+        set_namespace(meta, ns);
         let name = meta.get("name").and_then(Value::as_str).unwrap_or("").to_string();
         if name.is_empty() {
             match meta.get("generateName").and_then(Value::as_str) {
@@ -380,7 +382,7 @@ impl Registry {
         }
         if let Some(m) = object::meta_mut(&mut config) {
             m.insert("name".into(), Value::String(name.into()));
-            m.insert("namespace".into(), Value::String(ns.into()));
+            set_namespace(m, ns);
         }
         let normalize = |v: Value| admit(res, v, name, FieldValidation::Ignore).map(|a| a.value);
         // The apply records its own ownership (an Apply operation).
@@ -449,7 +451,7 @@ impl Registry {
         }
         for (field, want) in [("name", name), ("namespace", ns)] {
             let got = object::meta_str(&body, field).unwrap_or("");
-            if !got.is_empty() && got != want {
+            if !got.is_empty() && got != want && !(field == "namespace" && ns.is_empty()) {
                 return Err(Status::bad_request(format!(
                     "metadata.{field} {got:?} does not match the request ({want:?})"
                 )));
@@ -457,7 +459,7 @@ impl Registry {
         }
         if let Some(m) = object::meta_mut(&mut body) {
             m.insert("name".into(), Value::String(name.into()));
-            m.insert("namespace".into(), Value::String(ns.into()));
+            set_namespace(m, ns);
         }
         let admitted = admit(res, body, name, opts.validation)?;
         let mut new = admitted.value;
@@ -745,6 +747,16 @@ fn fold_declared_labels(old: Option<&Value>, new: &mut Value) {
         } else {
             m.insert("labels".into(), serde_json::json!(merged));
         }
+    }
+}
+
+/// `metadata.namespace` of an object stored under `ns`: none for a
+/// cluster-scoped object (`ns` empty).
+fn set_namespace(meta: &mut serde_json::Map<String, Value>, ns: &str) {
+    if ns.is_empty() {
+        meta.remove("namespace");
+    } else {
+        meta.insert("namespace".into(), Value::String(ns.into()));
     }
 }
 

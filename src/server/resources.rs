@@ -41,6 +41,9 @@ pub struct Resource {
     pub columns: &'static [Column],
     /// Beyond metadata.name and metadata.namespace.
     pub field_selectors: &'static [&'static str],
+    /// Objects live in a namespace (`/namespaces/{ns}/{plural}`); false:
+    /// cluster-scoped (`/{plural}`, kept under the empty namespace).
+    pub namespaced: bool,
 }
 
 impl Resource {
@@ -107,6 +110,7 @@ pub static JOBS: Resource = Resource {
         ),
     ],
     field_selectors: &["spec.type", "status.state"],
+    namespaced: true,
 };
 
 pub static TASKGROUPS: Resource = Resource {
@@ -130,6 +134,7 @@ pub static TASKGROUPS: Resource = Resource {
         ),
     ],
     field_selectors: &["spec.jobName", "spec.groupName", "status.state"],
+    namespaced: true,
 };
 
 pub static TASKS: Resource = Resource {
@@ -149,6 +154,7 @@ pub static TASKS: Resource = Resource {
         wide("Message", Str, "status.message", "Details"),
     ],
     field_selectors: &["spec.targetRobot", "spec.jobName", "spec.taskGroupName", "status.state"],
+    namespaced: true,
 };
 
 pub static ROBOTS: Resource = Resource {
@@ -182,6 +188,7 @@ pub static ROBOTS: Resource = Resource {
         ),
     ],
     field_selectors: &["status.phase", "spec.robotId"],
+    namespaced: true,
 };
 
 /// Versions of Jobs and their staged rollouts (`controllers::rollout`).
@@ -224,8 +231,11 @@ pub static ROLLOUTS: Resource = Resource {
         wide("Message", Str, "status.message", "Why the rollout is in its state"),
     ],
     field_selectors: &["spec.jobName", "status.state"],
+    namespaced: true,
 };
 
+/// Agent releases: cluster-scoped (one release key, one fleet; a release
+/// narrows itself with robotSelector and namespaces).
 pub static AGENTRELEASES: Resource = Resource {
     kind: "AgentRelease",
     plural: "agentreleases",
@@ -244,9 +254,16 @@ pub static AGENTRELEASES: Resource = Resource {
         col("Failed", Integer, "status.failed", "Robots that refused or rolled back"),
         col("Age", Age, "metadata.creationTimestamp", "Time since creation"),
         wide("Max-Parallel", Integer, "spec.maxParallel", "Robots updating at once"),
+        wide(
+            "Healthy",
+            Integer,
+            "status.healthy",
+            "Robots Online on the version for minHealthyTime",
+        ),
         wide("Message", Str, "status.message", "Where the rollout is"),
     ],
     field_selectors: &["spec.version"],
+    namespaced: false,
 };
 
 pub static ALL: [&Resource; 6] = [&JOBS, &TASKGROUPS, &TASKS, &ROBOTS, &ROLLOUTS, &AGENTRELEASES];

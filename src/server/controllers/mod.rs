@@ -49,8 +49,8 @@ pub enum Work {
     Gc,
     /// Mark silent robots Offline and their tasks Lost.
     Liveness,
-    /// The status of a namespace's AgentReleases.
-    AgentReleases { namespace: String },
+    /// The status of the AgentReleases (one plan over the fleet).
+    AgentReleases,
 }
 
 /// What a reconcile asks for next.
@@ -173,13 +173,13 @@ impl Hub {
                     self.queue.add(Work::Gc);
                 }
             }
-            "agentreleases" => self.queue.add(Work::AgentReleases { namespace: ns }),
+            "agentreleases" => self.queue.add(Work::AgentReleases),
             "robots" => {
                 // Only what a rollout plan reads: a persisted heartbeat
                 // (a thousand a second in a big fleet) changes none of it.
                 let facts = |v: &Option<Arc<Value>>| v.as_deref().map(crate::server::agent_rollout::RobotFacts::of);
                 if facts(&c.prev) != facts(&c.new) {
-                    self.queue.add(Work::AgentReleases { namespace: ns.clone() });
+                    self.queue.add(Work::AgentReleases);
                 }
                 let changed = c.prev.as_deref().map(robot_facts) != c.new.as_deref().map(robot_facts);
                 if c.new.is_none() {
@@ -405,7 +405,7 @@ pub fn start_workers(
                     Work::Job { namespace, name } => jobs::reconcile(&ctx, namespace, name).await,
                     Work::Gc => gc::collect(&ctx).await,
                     Work::Liveness => liveness::check(&ctx).await,
-                    Work::AgentReleases { namespace } => agent_releases::reconcile(&ctx, namespace).await,
+                    Work::AgentReleases => agent_releases::reconcile(&ctx).await,
                 }
             };
             // A reconcile that panics (a bug, counted in /metrics) must not
@@ -453,6 +453,8 @@ pub fn start_workers(
         let mut leader = leader;
         while leader.wait_for(|l| *l).await.is_ok() {
             queue.add(Work::Gc);
+            // Also moves releases stored under a namespace to the cluster scope.
+            queue.add(Work::AgentReleases);
             for j in hub.cache.list("jobs", None) {
                 queue.add(Work::Job {
                     namespace: object::namespace(&j).to_string(),

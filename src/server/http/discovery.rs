@@ -44,7 +44,7 @@ pub fn resource_list() -> Value {
         resources.push(json!({
             "name": r.plural,
             "singularName": r.singular,
-            "namespaced": true,
+            "namespaced": r.namespaced,
             "kind": r.kind,
             "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
             "shortNames": r.short_names,
@@ -53,7 +53,7 @@ pub fn resource_list() -> Value {
         resources.push(json!({
             "name": format!("{}/status", r.plural),
             "singularName": "",
-            "namespaced": true,
+            "namespaced": r.namespaced,
             "kind": r.kind,
             "verbs": ["get", "patch", "update"],
         }));

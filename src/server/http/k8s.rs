@@ -40,6 +40,29 @@ fn resource(plural: &str) -> Result<&'static Resource, Status> {
     resources::by_plural(plural).ok_or_else(|| Status::path_not_found(&format!("/apis/{API_VERSION}/{plural}")))
 }
 
+/// A route's path parameters: `ns` (absent on cluster-scoped paths),
+/// `plural`, `name` (absent on collections).
+pub type Route = Path<HashMap<String, String>>;
+
+/// The resource, namespace and name a route names, the resource served at
+/// that scope: a namespaced kind under `namespaces/{ns}/`, a cluster-scoped
+/// one without (its objects kept under the empty namespace). A path of the
+/// wrong scope is not found, as in Kubernetes.
+fn scoped(p: &HashMap<String, String>) -> Result<(&'static Resource, String, String), Status> {
+    let plural = p.get("plural").map(String::as_str).unwrap_or("");
+    let res = resource(plural)?;
+    let ns = p.get("ns").cloned().unwrap_or_default();
+    if res.namespaced == ns.is_empty() {
+        let path = if ns.is_empty() {
+            format!("/apis/{API_VERSION}/{plural}")
+        } else {
+            format!("/apis/{API_VERSION}/namespaces/{ns}/{plural}")
+        };
+        return Err(Status::path_not_found(&path));
+    }
+    Ok((res, ns, p.get("name").cloned().unwrap_or_default()))
+}
+
 fn accept(headers: &HeaderMap) -> &str {
     headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("")
 }
@@ -109,13 +132,14 @@ pub async fn list_all(
     result(list(app, &plural, None, q, &headers).await)
 }
 
-pub async fn list_ns(
-    State(app): State<AppState>,
-    Path((ns, plural)): Path<(String, String)>,
-    q: Params,
-    headers: HeaderMap,
-) -> Response {
-    result(list(app, &plural, Some(&ns), q, &headers).await)
+pub async fn list_ns(State(app): State<AppState>, Path(p): Route, q: Params, headers: HeaderMap) -> Response {
+    result(
+        async {
+            let (res, ns, _) = scoped(&p)?;
+            list(app, res.plural, Some(&ns), q, &headers).await
+        }
+        .await,
+    )
 }
 
 async fn list(
@@ -166,16 +190,10 @@ fn render_object(
     json(code, obj)
 }
 
-pub async fn get_item(
-    State(app): State<AppState>,
-    Path(p): Path<(String, String, String)>,
-    q: Params,
-    headers: HeaderMap,
-) -> Response {
-    let (ns, plural, name) = p;
+pub async fn get_item(State(app): State<AppState>, Path(p): Route, q: Params, headers: HeaderMap) -> Response {
     result(
         async {
-            let res = resource(&plural)?;
+            let (res, ns, name) = scoped(&p)?;
             let q = params(q)?;
             let obj = app.registry.get(res, &ns, &name).await?;
             Ok(render_object(res, StatusCode::OK, &obj, &headers, &q))
@@ -186,14 +204,14 @@ pub async fn get_item(
 
 pub async fn create(
     State(app): State<AppState>,
-    Path((ns, plural)): Path<(String, String)>,
+    Path(p): Route,
     q: Params,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     result(
         async {
-            let res = resource(&plural)?;
+            let (res, ns, _) = scoped(&p)?;
             let q = params(q)?;
             let body = parse_body(&headers, body)?;
             let w = app
@@ -212,16 +230,15 @@ pub async fn create(
 
 async fn replace(
     app: AppState,
-    p: (String, String, String),
+    p: HashMap<String, String>,
     part: Part,
     q: Params,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let (ns, plural, name) = p;
     result(
         async {
-            let res = resource(&plural)?;
+            let (res, ns, name) = scoped(&p)?;
             let q = params(q)?;
             let body = parse_body(&headers, body)?;
             let w = app
@@ -240,7 +257,7 @@ async fn replace(
 
 pub async fn put_item(
     State(app): State<AppState>,
-    Path(p): Path<(String, String, String)>,
+    Path(p): Route,
     q: Params,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -250,7 +267,7 @@ pub async fn put_item(
 
 pub async fn put_status(
     State(app): State<AppState>,
-    Path(p): Path<(String, String, String)>,
+    Path(p): Route,
     q: Params,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -260,16 +277,15 @@ pub async fn put_status(
 
 async fn patch(
     app: AppState,
-    p: (String, String, String),
+    p: HashMap<String, String>,
     part: Part,
     q: Params,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let (ns, plural, name) = p;
     result(
         async {
-            let res = resource(&plural)?;
+            let (res, ns, name) = scoped(&p)?;
             let q = params(q)?;
             let content_type = headers
                 .get(header::CONTENT_TYPE)
@@ -329,7 +345,7 @@ async fn patch(
 
 pub async fn patch_item(
     State(app): State<AppState>,
-    Path(p): Path<(String, String, String)>,
+    Path(p): Route,
     q: Params,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -339,7 +355,7 @@ pub async fn patch_item(
 
 pub async fn patch_status(
     State(app): State<AppState>,
-    Path(p): Path<(String, String, String)>,
+    Path(p): Route,
     q: Params,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -360,14 +376,14 @@ fn propagation(text: Option<&str>) -> Result<Propagation, Status> {
 
 pub async fn delete_item(
     State(app): State<AppState>,
-    Path((ns, plural, name)): Path<(String, String, String)>,
+    Path(p): Route,
     q: Params,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     result(
         async {
-            let res = resource(&plural)?;
+            let (res, ns, name) = scoped(&p)?;
             let q = params(q)?;
             // DeleteOptions may come as a body (kubectl) or as query parameters.
             let body = match body {

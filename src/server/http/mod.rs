@@ -130,7 +130,20 @@ fn routes(app: AppState) -> Router {
             "/openapi/v3/apis/robot.k8s4r.io/v1alpha1",
             get(|| async { json(StatusCode::OK, &openapi::group_version_doc().0) }),
         )
-        .route(&format!("{g}/{{plural}}"), get(k8s::list_all))
+        // Collections across namespaces, and cluster-scoped kinds (whose
+        // objects live here; `k8s::scoped` refuses the wrong scope).
+        .route(&format!("{g}/{{plural}}"), get(k8s::list_all).post(k8s::create))
+        .route(
+            &format!("{g}/{{plural}}/{{name}}"),
+            get(k8s::get_item)
+                .put(k8s::put_item)
+                .patch(k8s::patch_item)
+                .delete(k8s::delete_item),
+        )
+        .route(
+            &format!("{g}/{{plural}}/{{name}}/status"),
+            get(k8s::get_item).put(k8s::put_status).patch(k8s::patch_status),
+        )
         .route(
             &format!("{g}/namespaces/{{ns}}/{{plural}}"),
             get(k8s::list_ns).post(k8s::create),

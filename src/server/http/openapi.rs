@@ -44,9 +44,18 @@ fn op(r: &Resource, action: &str, body: Option<Value>, query: &[&str]) -> Value 
 fn paths_for(r: &Resource, paths: &mut Map<String, Value>) {
     let reference = json!({"$ref": format!("#/components/schemas/{}", schema_name(r))});
     let write = ["dryRun", "fieldManager", "fieldValidation", "pretty"];
-    let collection = format!("/apis/{API_VERSION}/namespaces/{{namespace}}/{}", r.plural);
+    let collection = if r.namespaced {
+        format!("/apis/{API_VERSION}/namespaces/{{namespace}}/{}", r.plural)
+    } else {
+        format!("/apis/{API_VERSION}/{}", r.plural)
+    };
     let item = format!("{collection}/{{name}}");
-    let ns = param("namespace", "path", true);
+    // Path parameters: the namespace (namespaced kinds only), the name.
+    let scope: Vec<Value> = r
+        .namespaced
+        .then(|| param("namespace", "path", true))
+        .into_iter()
+        .collect();
     let name = param("name", "path", true);
     let json_body = json!({"application/json": {"schema": reference}});
     // Only merge patch: kubectl then computes a JSON merge patch for apply
@@ -58,14 +67,14 @@ fn paths_for(r: &Resource, paths: &mut Map<String, Value>) {
     paths.insert(
         collection,
         json!({
-            "parameters": [ns],
+            "parameters": scope.clone(),
             "get": op(r, "list", None, &["labelSelector", "fieldSelector", "limit", "continue", "watch", "resourceVersion", "timeoutSeconds"]),
             "post": op(r, "post", Some(json_body.clone()), &write),
         }),
     );
     for (path, action_suffix) in [(item.clone(), ""), (format!("{item}/status"), "Status")] {
         let mut entry = json!({
-            "parameters": [ns.clone(), name.clone()],
+            "parameters": scope.iter().cloned().chain([name.clone()]).collect::<Vec<_>>(),
             "get": op(r, "get", None, &[]),
             "put": op(r, "put", Some(json_body.clone()), &write),
             "patch": op(r, "patch", Some(patch_body.clone()), &["dryRun", "fieldManager", "fieldValidation", "force"]),
