@@ -52,6 +52,9 @@ pub struct AssignedTask {
     /// `<job>-<group>-r<i>-<task>`.
     pub name: String,
     pub job_type: JobType,
+    /// The group's name in the Job (`<group>`), as the Job or the server's
+    /// group part gives it.
+    pub group: String,
     pub spec: TaskSpec,
 }
 
@@ -61,10 +64,7 @@ impl AssignedTask {
     }
     /// The group's name in the Job (`<group>`), for people and K8S4R_TASKGROUP.
     pub fn group(&self) -> &str {
-        let tg = self.spec.task_group_name.as_deref().unwrap_or("");
-        tg.strip_prefix(self.job())
-            .and_then(|r| r.strip_prefix('-'))
-            .unwrap_or(tg)
+        &self.group
     }
     pub fn replica(&self) -> i32 {
         self.spec.replica_index.unwrap_or(0)
@@ -953,6 +953,7 @@ mod tests {
         AssignedTask {
             name: format!("j-{group}-r{replica}-{name}"),
             job_type: JobType::Service,
+            group: group.into(),
             spec: TaskSpec {
                 name: name.into(),
                 job_name: Some("j".into()),
