@@ -92,7 +92,8 @@ pub struct Assignments {
     /// With `delta=1` each task carries only what an agent reads: apiVersion,
     /// kind, metadata name, namespace, uid, generation, labels and annotations
     /// (not the server's `robot.k8s4r.io/` bookkeeping), spec, and status
-    /// state and pid.
+    /// state and pid; with `groups=1` also no `generation`, and a task
+    /// whose group fields are its group's part (`groups`) without them.
     pub tasks: Vec<Task>,
     /// `tasks` and `removed` are changes to the set the robot held at
     /// `since` (only when the poll asked `delta=1`); false: `tasks` is the
