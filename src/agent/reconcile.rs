@@ -23,6 +23,22 @@
 //! replace, every unit wanted); the supervisor applies it in one call and
 //! stops what is not wanted.
 //!
+//! Groups come as data: each task carries its group's key
+//! (`taskGroupName`), name and shared fields (init tasks, network), filled
+//! in from the group's part of the server's answer
+//! (`connected::desired`) or from the Job (`standalone`); nothing here
+//! takes a name apart.
+//!
+//! Not a pure function yet: besides the units (through [`Units`], its
+//! clock included), planning a group's proxy does I/O — it renders the
+//! Envoy config and checks its ports (`envoy::prepare`, `envoy::update`,
+//! `RobotProxy::want`), reads and writes the launch file of a re-adopted
+//! Envoy, asks the admin socket whether Envoy is ready, creates the proxy's
+//! directory and looks up the Envoy binary (PATH, `--proxy-user`'s
+//! account); and a failed init task's message carries the tail of its log
+//! (`log_tail`). Everything else a pass decides from its inputs, and the
+//! unit tests below drive it with a read-only fake of the units.
+//!
 //! Where each unit lives and what it is called: `layout`.
 
 use super::privileges::ProxyMode;
