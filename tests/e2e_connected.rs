@@ -305,7 +305,9 @@ fn huge_durations_in_cached_assignments_do_not_abort_the_agent() {
     server.stop();
     agent.kill9();
     let cache = agent.data.join("assignments.json");
-    // The kept set: {revision, versions, tasks} (src/agent/connected/desired.rs).
+    // The kept set: {revision, versions, tasks, groups, groupVersions}
+    // (src/agent/connected/desired.rs); the group's shared data, its
+    // disconnect policy included, is in `groups`.
     let mut kept: Value = serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
     let spec = &mut kept["tasks"][0]["spec"];
     assert_eq!(spec["timeout"], "1h", "the cached task: {spec}");
@@ -314,12 +316,12 @@ fn huge_durations_in_cached_assignments_do_not_abort_the_agent() {
         "/killTimeout",
         "/restartPolicy/interval",
         "/restartPolicy/delay",
-        "/disconnect/stopOnClientAfter",
         "/services/0/checks/0/interval",
         "/services/0/checks/0/timeout",
     ] {
         *spec.pointer_mut(pointer).unwrap() = json!(huge);
     }
+    *kept.pointer_mut("/groups/huge-g/disconnect/stopOnClientAfter").unwrap() = json!(huge);
     std::fs::write(&cache, serde_json::to_vec(&kept).unwrap()).unwrap();
 
     agent.spawn();

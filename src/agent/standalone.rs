@@ -33,11 +33,25 @@ pub struct RunOptions {
 /// Expand a Job into its assigned tasks, exactly as the control plane
 /// splits it (`api::job_expansion`).
 pub fn expand(job: &Job) -> Vec<AssignedTask> {
-    crate::api::job_expansion::expand(job)
+    use crate::api::job_expansion::{self, task_group_name};
+    // Each group's name in the Job, by the key its tasks carry.
+    let names: std::collections::BTreeMap<String, &str> = job
+        .spec
+        .task_groups
+        .iter()
+        .map(|g| (task_group_name(job.name(), &g.name), g.name.as_str()))
+        .collect();
+    job_expansion::expand(job)
         .into_iter()
         .map(|(name, spec)| AssignedTask {
             name,
             job_type: job.spec.job_type,
+            group: spec
+                .task_group_name
+                .as_ref()
+                .and_then(|k| names.get(k))
+                .map(|g| (*g).to_string())
+                .unwrap_or_default(),
             spec,
         })
         .collect()

@@ -6,9 +6,15 @@
 //! unknown (revision 0) so the next poll asks for the complete one. Until
 //! that arrives the robot keeps running what it ran: a mismatch never
 //! reaches the reconciler.
+//!
+//! In the group form (`groups=1`) the set also holds each TaskGroup's
+//! shared data once, with its version hash; tasks that travelled without
+//! their group's fields get them back from it when the set is handed on
+//! ([`assignment_set::GroupPart::fill`]), so everything after the poller
+//! sees each Task as the control plane stored it.
 
 use crate::api::agent_protocol::Assignments;
-use crate::api::assignment_set;
+use crate::api::assignment_set::{self, GroupPart};
 use crate::api::Task;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -21,8 +27,10 @@ pub const FILE: &str = "assignments.json";
 pub struct Kept {
     /// The revision the set is at; 0: unknown (ask for the complete set).
     revision: u64,
-    /// Name → (version hash, task).
+    /// Name → (version hash, task as it travelled).
     tasks: BTreeMap<String, (String, Task)>,
+    /// Group form: `taskGroupName` → (version hash, the group's part).
+    groups: BTreeMap<String, (String, GroupPart)>,
 }
 
 /// What one answer did to the kept set.
@@ -48,6 +56,10 @@ pub struct Update {
     /// tasks.
     pub delta: bool,
     pub removed: usize,
+    /// Group parts the answer carried (added or changed).
+    pub groups_changed: usize,
+    /// Each group's name in its Job, by `taskGroupName` (group form).
+    pub group_names: BTreeMap<String, String>,
 }
 
 impl std::fmt::Display for Update {
@@ -55,11 +67,15 @@ impl std::fmt::Display for Update {
         if self.delta {
             write!(
                 f,
-                "{} tasks (delta: {} added or changed, {} removed)",
+                "{} tasks (delta: {} added or changed, {} removed",
                 self.tasks.len(),
                 self.changed.len(),
                 self.removed
-            )
+            )?;
+            if self.groups_changed > 0 {
+                write!(f, "; {} task group(s) changed", self.groups_changed)?;
+            }
+            write!(f, ")")
         } else {
             write!(f, "{} tasks (complete set)", self.tasks.len())
         }
@@ -67,10 +83,15 @@ impl std::fmt::Display for Update {
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct Stored<'a> {
     revision: u64,
     versions: BTreeMap<&'a str, &'a str>,
     tasks: Vec<&'a Task>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    groups: BTreeMap<&'a str, &'a GroupPart>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    group_versions: BTreeMap<&'a str, &'a str>,
 }
 
 impl Kept {
@@ -79,13 +100,34 @@ impl Kept {
         self.revision
     }
 
+    /// The complete set, each task with its group's fields.
     pub fn tasks(&self) -> Vec<Task> {
-        self.tasks.values().map(|(_, t)| t.clone()).collect()
+        self.tasks.values().map(|(_, t)| self.filled(t)).collect()
     }
 
-    /// The digest of the set as kept.
+    fn filled(&self, t: &Task) -> Task {
+        let mut t = t.clone();
+        let group = t.spec.task_group_name.as_ref().and_then(|k| self.groups.get(k));
+        if let Some((_, part)) = group {
+            part.fill(&mut t.spec);
+        }
+        t
+    }
+
+    /// Each group's name in its Job, by `taskGroupName`.
+    pub fn group_names(&self) -> BTreeMap<String, String> {
+        self.groups
+            .iter()
+            .filter_map(|(k, (_, p))| Some((k.clone(), p.group_name.clone()?)))
+            .collect()
+    }
+
+    /// The digest of the set as kept (with its groups: the group form's).
     pub fn digest(&self) -> String {
-        assignment_set::digest(self.tasks.iter().map(|(n, (v, _))| (n.as_str(), v.as_str())))
+        assignment_set::digest_with_groups(
+            self.tasks.iter().map(|(n, (v, _))| (n.as_str(), v.as_str())),
+            self.groups.iter().map(|(k, (v, _))| (k.as_str(), v.as_str())),
+        )
     }
 
     /// Apply a verified answer to a poll that named `since`.
@@ -107,6 +149,8 @@ impl Kept {
             self.revision = 0;
             return Taken::Mismatch(format!("a delta from revision {since}, but the set kept is at {held}"));
         }
+        let groups = std::mem::take(&mut a.groups);
+        let groups_changed = groups.len();
         let mut changed = Vec::new();
         let mut removed = 0;
         if new {
@@ -114,12 +158,22 @@ impl Kept {
                 for name in &a.removed {
                     removed += usize::from(self.tasks.remove(name).is_some());
                 }
+                for key in &a.removed_groups {
+                    self.groups.remove(key);
+                }
             } else {
                 self.tasks.clear();
+                self.groups.clear();
+            }
+            for (key, part) in groups {
+                let version = a.group_versions.remove(&key).unwrap_or_default();
+                self.groups.insert(key, (version, part));
             }
             for (name, version, t) in keyed {
-                changed.push(t.clone());
-                self.tasks.insert(name, (version, t));
+                self.tasks.insert(name.clone(), (version, t));
+                if let Some((_, t)) = self.tasks.get(&name) {
+                    changed.push(self.filled(t));
+                }
             }
             self.revision = a.revision;
         }
@@ -139,6 +193,8 @@ impl Kept {
                 changed,
                 delta: a.delta,
                 removed,
+                groups_changed,
+                group_names: self.group_names(),
             })
         } else {
             Taken::Same
@@ -155,23 +211,45 @@ impl Kept {
         else {
             return Kept::default();
         };
-        let (revision, versions, tasks) = match value {
+        let take = |v: &mut serde_json::Value, k: &str| v.get_mut(k).map(serde_json::Value::take).unwrap_or_default();
+        let (revision, versions, tasks, groups, group_versions) = match value {
             // The complete set alone (agents before delta assignments).
-            serde_json::Value::Array(_) => (0, serde_json::Value::Null, value),
+            serde_json::Value::Array(_) => (0, serde_json::Value::Null, value, None, serde_json::Value::Null),
             mut v => (
                 v.get("revision").and_then(serde_json::Value::as_u64).unwrap_or(0),
-                v.get_mut("versions").map(serde_json::Value::take).unwrap_or_default(),
-                v.get_mut("tasks").map(serde_json::Value::take).unwrap_or_default(),
+                take(&mut v, "versions"),
+                take(&mut v, "tasks"),
+                v.get_mut("groups").map(serde_json::Value::take),
+                take(&mut v, "groupVersions"),
             ),
         };
         // Through the one typed decoder the agent has (api::decode).
         let Ok(tasks) = crate::api::decode::decode_typed::<Vec<Task>>(tasks).map(|d| d.object) else {
             return Kept::default();
         };
+        let groups = match groups {
+            None => BTreeMap::new(),
+            Some(g) => match crate::api::decode::decode_typed::<BTreeMap<String, GroupPart>>(g) {
+                Ok(d) => d.object,
+                Err(_) => return Kept::default(),
+            },
+        };
         let mut kept = Kept {
             revision,
             tasks: BTreeMap::new(),
+            groups: BTreeMap::new(),
         };
+        for (key, part) in groups {
+            let version = group_versions
+                .get(key.as_str())
+                .and_then(serde_json::Value::as_str)
+                .filter(|v| assignment_set::is_hash(v));
+            if version.is_none() {
+                kept.revision = 0;
+            }
+            let version = version.unwrap_or_default().to_string();
+            kept.groups.insert(key, (version, part));
+        }
         for t in tasks {
             let version = versions
                 .get(t.metadata.name.as_str())
@@ -192,6 +270,8 @@ impl Kept {
             revision: self.revision,
             versions: self.tasks.iter().map(|(n, (v, _))| (n.as_str(), v.as_str())).collect(),
             tasks: self.tasks.values().map(|(_, t)| t).collect(),
+            groups: self.groups.iter().map(|(k, (_, p))| (k.as_str(), p)).collect(),
+            group_versions: self.groups.iter().map(|(k, (v, _))| (k.as_str(), v.as_str())).collect(),
         };
         let bytes = serde_json::to_vec(&stored).map_err(std::io::Error::other)?;
         crate::atomic_file::write(&data_dir.join(FILE), &bytes, 0o600)
@@ -327,6 +407,78 @@ mod tests {
         a.digest = None;
         assert!(matches!(kept.take(&mut a, 5), Taken::Same));
         assert_eq!(kept.tasks().len(), 2);
+    }
+
+    #[test]
+    fn the_group_form_keeps_each_groups_data_once_and_fills_its_tasks() {
+        let part = |init: &str| GroupPart {
+            group_name: Some("g".into()),
+            job_name: Some("j".into()),
+            init_tasks: vec![crate::api::TaskSpec {
+                name: init.into(),
+                ..Default::default()
+            }],
+            ..GroupPart::default()
+        };
+        let grouped =
+            |mut a: Assignments, groups: &[(&str, &str, char)], all: &[(&str, char)], all_groups: &[(&str, char)]| {
+                for (key, init, v) in groups {
+                    a.groups.insert((*key).to_string(), part(init));
+                    a.group_versions.insert((*key).to_string(), version(*v));
+                }
+                let tasks: Vec<(String, String)> = all.iter().map(|(n, v)| ((*n).to_string(), version(*v))).collect();
+                let gs: Vec<(String, String)> = all_groups
+                    .iter()
+                    .map(|(k, v)| ((*k).to_string(), version(*v)))
+                    .collect();
+                a.digest = Some(assignment_set::digest_with_groups(
+                    tasks.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+                    gs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                ));
+                for t in &mut a.tasks {
+                    t.spec.task_group_name = Some("j-g".into());
+                }
+                a
+            };
+        let mut kept = Kept::default();
+        let mut a = grouped(
+            answer(5, false, &[("a", 'a'), ("b", 'b')], &[], &[]),
+            &[("j-g", "setup", 'c')],
+            &[("a", 'a'), ("b", 'b')],
+            &[("j-g", 'c')],
+        );
+        let Taken::Changed(u) = kept.take(&mut a, 0) else {
+            panic!("complete set not taken")
+        };
+        assert!(u
+            .tasks
+            .iter()
+            .all(|t| t.spec.init_tasks[0].name == "setup" && t.spec.job_name.as_deref() == Some("j")));
+        assert_eq!(u.group_names.get("j-g").map(String::as_str), Some("g"));
+        // The group's data changes: the group alone travels.
+        let mut a = grouped(
+            answer(6, true, &[], &[], &[]),
+            &[("j-g", "setup2", 'd')],
+            &[("a", 'a'), ("b", 'b')],
+            &[("j-g", 'd')],
+        );
+        let Taken::Changed(u) = kept.take(&mut a, 5) else {
+            panic!("group change not taken")
+        };
+        assert_eq!((u.changed.len(), u.groups_changed), (0, 1));
+        assert!(u.tasks.iter().all(|t| t.spec.init_tasks[0].name == "setup2"));
+        assert!(u.to_string().ends_with("0 removed; 1 task group(s) changed)"), "{u}");
+        // Kept across restarts with its groups.
+        let dir = tempfile::tempdir().unwrap();
+        kept.save(dir.path()).unwrap();
+        let again = Kept::load(dir.path());
+        assert_eq!((again.revision(), again.digest()), (6, kept.digest()));
+        assert_eq!(again.tasks()[0].spec.init_tasks[0].name, "setup2");
+        // The group removed with its tasks.
+        let mut a = answer(7, true, &[], &["a", "b"], &[]);
+        a.removed_groups = vec!["j-g".into()];
+        assert!(matches!(kept.take(&mut a, 6), Taken::Changed(_)));
+        assert!(kept.groups.is_empty() && kept.tasks.is_empty());
     }
 
     #[test]
