@@ -2,6 +2,7 @@
 //! dirs, paths to the built binaries.
 #![allow(dead_code)]
 
+pub mod netns;
 pub mod standalone;
 
 use std::path::PathBuf;
