@@ -5,6 +5,7 @@ mod common;
 mod envoy_fixtures;
 mod server_util;
 
+use common::netns::Netns;
 use common::ConnectedAgent as Agent;
 use serde_json::{json, Value};
 use server_util::{wait_for, Server};
@@ -419,74 +420,6 @@ fn a_lost_robots_service_task_moves_and_never_runs_twice() {
 
 /// A network namespace with a veth pair to the host, made and removed by
 /// the test: the robot's side of a Wi-Fi link that can be cut.
-struct Netns {
-    name: String,
-    host_if: String,
-    host_ip: String,
-}
-
-impl Netns {
-    fn create() -> Option<Netns> {
-        let root = rustix::process::geteuid().is_root();
-        let ip = Command::new("ip")
-            .arg("-V")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !(root && ip) {
-            eprintln!("SKIP: the network-cut test needs root and iproute2 (make tools)");
-            return None;
-        }
-        let id = std::process::id() % 200 + 20;
-        let n = Netns {
-            name: format!("k8s4r-cut-{}", std::process::id()),
-            host_if: format!("k4h{}", std::process::id()),
-            host_ip: format!("10.253.{id}.1"),
-        };
-        let robot_if = format!("k4r{}", std::process::id());
-        let robot_ip = format!("10.253.{id}.2/30");
-        let host_cidr = format!("{}/30", n.host_ip);
-        let steps: Vec<Vec<&str>> = vec![
-            vec!["netns", "add", &n.name],
-            vec!["link", "add", &n.host_if, "type", "veth", "peer", "name", &robot_if],
-            vec!["link", "set", &robot_if, "netns", &n.name],
-            vec!["addr", "add", &host_cidr, "dev", &n.host_if],
-            vec!["link", "set", &n.host_if, "up"],
-            vec!["-n", &n.name, "addr", "add", &robot_ip, "dev", &robot_if],
-            vec!["-n", &n.name, "link", "set", &robot_if, "up"],
-            vec!["-n", &n.name, "link", "set", "lo", "up"],
-        ];
-        for step in steps {
-            let ok = Command::new("ip").args(&step).status().is_ok_and(|s| s.success());
-            if !ok {
-                eprintln!(
-                    "SKIP: `ip {}` failed: network namespaces are not available here",
-                    step.join(" ")
-                );
-                return None;
-            }
-        }
-        Some(n)
-    }
-
-    fn link(&self, up: bool) {
-        let state = if up { "up" } else { "down" };
-        let ok = Command::new("ip")
-            .args(["link", "set", &self.host_if, state])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "ip link set {} {state}", self.host_if);
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.host_if]).status();
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
-    }
-}
-
 /// Processes whose command line is exactly `cmd` (e.g. "sleep 300") and
 /// whose working directory (a task directory) is under `data`: this
 /// test's robots only, whatever else runs on the machine (another run of
@@ -530,7 +463,9 @@ fn running_pid(server: &Server, task_name: &str) -> Option<i64> {
 /// process of each task runs after reconciliation, never two.
 #[test]
 fn a_network_cut_keeps_tasks_running_and_nothing_runs_twice_after() {
-    let Some(net) = Netns::create() else { return };
+    let Some(net) = Netns::create("k8s4r-cut", 253) else {
+        return;
+    };
     let listen = format!("{}:0", net.host_ip);
     let server = Server::start_with(&[
         "--listen",

@@ -7,8 +7,15 @@
 //! The server runs with `--poll-interval 2s` so the bench sees many polls
 //! in seconds; a poll's bytes do not depend on its wait (a digit or two),
 //! and the month is scaled to the defaults (the server's poll interval,
-//! the agent's device-report period). TCP/IP headers are estimated per
-//! segment (`link_util::tcp_overhead`): no packet capture here.
+//! the agent's device-report period).
+//!
+//! On the wire: the agent runs in a network namespace joined by a veth
+//! pair to the relay (`common::netns`), and each row is also counted on the
+//! pair's interface counters over a window of whole exchanges, TCP/IP
+//! headers, ACKs, handshakes and teardowns included (reported IP-level, as
+//! a cellular link bills, and as Ethernet frames). Where namespaces are
+//! not possible (not root) the bench says SKIP for the wire and estimates
+//! TCP/IP headers per segment (`link_util::tcp_overhead`) as before.
 //!
 //! `cargo test --release --test link_bench -- --ignored --nocapture`
 
@@ -16,6 +23,7 @@ mod common;
 mod link_util;
 mod server_util;
 
+use common::netns::{Netns, Wire};
 use common::{wait_for, ConnectedAgent};
 use link_util::{tcp_overhead, Exchange, Relay};
 use serde_json::{json, Value};
@@ -47,15 +55,39 @@ fn of_kind<'a>(ex: &'a [Exchange], kind: &'a str) -> impl Iterator<Item = (usize
     ex.iter().enumerate().filter(move |(_, e)| e.kind == kind)
 }
 
+/// The link's interface counters, when the agent sits behind a veth pair.
+fn wire(net: Option<&Netns>) -> Wire {
+    net.map(Netns::wire).unwrap_or_default()
+}
+
+fn polls_seen(relay: &Relay) -> usize {
+    relay.exchanges().iter().filter(|e| e.kind == "assignments").count()
+}
+
+/// Wait until a poll later than the `seen`th has gone out (the one before
+/// answered) and read the counters then: windows between two such points
+/// hold whole poll cycles. Returns (polls seen, counters).
+fn at_next_poll(relay: &Relay, net: Option<&Netns>, seen: usize) -> (usize, Wire) {
+    wait_for("the next poll", Duration::from_secs(60), || {
+        let n = polls_seen(relay);
+        (n > seen).then(|| (n, wire(net)))
+    })
+}
+
 /// Average bytes (up, down) and new connections of the next `n` polls,
-/// each complete (a later poll has started).
-fn idle_polls(relay: &Relay, n: usize) -> Value {
-    let start = relay.exchanges().len();
-    let polls = wait_for("idle polls", Duration::from_secs(60), || {
-        let ex = relay.exchanges();
-        let polls: Vec<Exchange> = of_kind(&ex[start..], "assignments").map(|(_, e)| e.clone()).collect();
-        (polls.len() > n).then(|| polls[..n].to_vec())
-    });
+/// each complete (a later poll has started), and what they cost on the
+/// wire (`ip_bytes`, `frame_bytes`, `packets` a poll).
+fn idle_polls(relay: &Relay, net: Option<&Netns>, n: usize) -> Value {
+    let (first, w0) = at_next_poll(relay, net, polls_seen(relay));
+    let (_, w1) = at_next_poll(relay, net, first + n - 1);
+    let ex = relay.exchanges();
+    // The window runs from the request of poll number `first` to that of
+    // poll `first + n`: n polls whole.
+    let start = of_kind(&ex, "assignments").nth(first - 1).map_or(0, |(i, _)| i);
+    let polls: Vec<Exchange> = of_kind(&ex[start..], "assignments")
+        .take(n)
+        .map(|(_, e)| e.clone())
+        .collect();
     let up = polls.iter().map(|e| e.up).sum::<u64>() as f64 / n as f64;
     let down = polls.iter().map(|e| e.down).sum::<u64>() as f64 / n as f64;
     let mut conns: Vec<u64> = polls.iter().map(|e| e.connection).collect();
@@ -63,7 +95,13 @@ fn idle_polls(relay: &Relay, n: usize) -> Value {
     // A poll that reuses the previous poll's connection opens none.
     let first_new = ex_conn_before(relay, start, polls[0].connection);
     let new_conns = (conns.len() - usize::from(!first_new)) as f64 / n as f64;
-    json!({"up": up, "down": down, "new_connections_per_poll": new_conns})
+    let mut v = json!({"up": up, "down": down, "new_connections_per_poll": new_conns});
+    if net.is_some() {
+        let w = w1 - w0;
+        v["wire"] = json!({"ip_bytes": w.ip_bytes() as f64 / n as f64,
+            "frame_bytes": w.bytes as f64 / n as f64, "packets": w.packets as f64 / n as f64});
+    }
+    v
 }
 
 /// Was `conn` opened at or after exchange `start` (not reused from before)?
@@ -72,14 +110,22 @@ fn ex_conn_before(relay: &Relay, start: usize, conn: u64) -> bool {
 }
 
 /// Bytes a month of idling costs: polls at the default interval, a device
-/// report every period, each with its TCP/IP headers.
-fn idle_month(poll: &Value, device: &Value, poll_secs: f64, device_secs: f64) -> Value {
+/// report every period, each with its TCP/IP headers (counted on the wire
+/// when `poll` has a `wire` figure; `report_tcp_ip` is a report's, from
+/// the status-change window, or estimated).
+fn idle_month(poll: &Value, device: &Value, report_tcp_ip: f64, poll_secs: f64, device_secs: f64) -> Value {
     let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(0.0);
     let per_poll = f(poll, "up") + f(poll, "down");
-    let poll_tcp = tcp_overhead(f(poll, "up") as u64, f(poll, "down") as u64, 0) as f64
-        + f(poll, "new_connections_per_poll") * (link_util::CONNECTION_SEGMENTS * link_util::SEGMENT_OVERHEAD) as f64;
+    let poll_tcp = match poll["wire"]["ip_bytes"].as_f64() {
+        Some(ip) => ip - per_poll,
+        None => {
+            tcp_overhead(f(poll, "up") as u64, f(poll, "down") as u64, 0) as f64
+                + f(poll, "new_connections_per_poll")
+                    * (link_util::CONNECTION_SEGMENTS * link_util::SEGMENT_OVERHEAD) as f64
+        }
+    };
     let per_device = f(device, "up") + f(device, "down");
-    let device_tcp = tcp_overhead(f(device, "up") as u64, f(device, "down") as u64, 1) as f64;
+    let device_tcp = if per_device > 0.0 { report_tcp_ip } else { 0.0 };
     let (polls, reports) = (MONTH_SECS / poll_secs, MONTH_SECS / device_secs);
     let app = per_poll * polls + per_device * reports;
     let tcp = poll_tcp * polls + device_tcp * reports;
@@ -93,21 +139,49 @@ fn bytes(e: &Exchange) -> Value {
     json!({"up": e.up, "down": e.down, "total": e.up + e.down, "tcp_ip_estimate": tcp_overhead(e.up, e.down, 0)})
 }
 
+/// Polls a window of a change runs on after it, so the reporter's
+/// connection (closed by the agent after 45 s unused) ends inside it.
+const SETTLE_POLLS: usize = 25;
+
+/// What `change` costs on the wire: the counters from a poll before it to
+/// [`SETTLE_POLLS`] polls after `done` holds, less the idle polls in that
+/// window at `idle`'s measured cost (the poll that carried the change
+/// stays in). Null without the veth pair.
+fn change_on_wire(relay: &Relay, net: Option<&Netns>, idle: &Value, change: impl FnOnce() -> Value) -> (Value, Value) {
+    let (seen, w0) = at_next_poll(relay, net, polls_seen(relay));
+    let out = change();
+    let now = polls_seen(relay);
+    let (end, w1) = at_next_poll(relay, net, now + SETTLE_POLLS - 1);
+    let Some(per_poll) = idle["wire"]["ip_bytes"].as_f64() else {
+        return (out, Value::Null);
+    };
+    let w = w1 - w0;
+    let idle_polls = (end - seen - 1) as f64;
+    let ip = w.ip_bytes() as f64 - idle_polls * per_poll;
+    (
+        out,
+        json!({"ip_bytes": ip, "window_ip_bytes": w.ip_bytes(), "window_polls": end - seen,
+        "idle_poll_ip_bytes": per_poll}),
+    )
+}
+
 #[test]
 #[ignore = "benchmark: run with --ignored (make bench)"]
 fn bytes_per_robot_per_month() {
+    let net = Netns::create("k8s4r-link", 254);
+    let net = net.as_ref();
     let server = Server::start_with(&["--poll-interval", "2s"]);
-    let relay = Relay::start(&server.agent_base);
+    let relay = match net {
+        Some(n) => Relay::start_on(&n.host_ip, &server.agent_base),
+        None => Relay::start(&server.agent_base),
+    };
     let dir = tempfile::tempdir().unwrap();
     let token = server.join_token();
-    let _agent = ConnectedAgent::start(
-        &relay.base,
-        &token,
-        "link-robot",
-        "link=true",
-        &dir.path().join("a"),
-        &[],
-    );
+    let data = dir.path().join("a");
+    let _agent = match net {
+        Some(n) => ConnectedAgent::start_in_netns(&n.name, &relay.base, &token, "link-robot", "link=true", &data),
+        None => ConnectedAgent::start(&relay.base, &token, "link-robot", "link=true", &data, &[]),
+    };
     wait_for("robot online", Duration::from_secs(30), || {
         (server.object("robots", "link-robot")?["status"]["phase"] == "Online").then_some(())
     });
@@ -120,20 +194,7 @@ fn bytes_per_robot_per_month() {
     let poll_secs = k8s4r::server::fleet::FleetConfig::default().poll_interval.as_secs_f64();
     let device_secs = k8s4r::agent::connected::DEVICE_INFO_EVERY.as_secs_f64();
 
-    let poll0 = idle_polls(&relay, 5);
-    let idle0 = idle_month(&poll0, &device, poll_secs, device_secs);
-    // What the server's --poll-interval trades: bytes against the time to
-    // notice a robot gone (offline after 3 intervals by default).
-    let by_interval: Vec<Value> = [30.0, 120.0, 300.0, 900.0]
-        .iter()
-        .map(|&p| {
-            let m = idle_month(&poll0, &device, p, device_secs);
-            let no_device = idle_month(&poll0, &json!({}), p, f64::INFINITY);
-            json!({"poll_interval_secs": p, "offline_after_secs": 3.0 * p,
-                "total_bytes_month": m["total_bytes_month"],
-                "polls_only_bytes_month": no_device["total_bytes_month"]})
-        })
-        .collect();
+    let poll0 = idle_polls(&relay, net, 10);
 
     let post = |name: &str, count: usize| {
         let r = server.send_json(
@@ -147,67 +208,109 @@ fn bytes_per_robot_per_month() {
     wait_for("10 tasks running", Duration::from_secs(60), || {
         (running_tasks(&server) == 10).then_some(())
     });
-    let idle10 = idle_month(&idle_polls(&relay, 5), &device, poll_secs, device_secs);
+    let poll10 = idle_polls(&relay, net, 10);
 
     post("ninety", 90);
     wait_for("100 tasks running", Duration::from_secs(120), || {
         (running_tasks(&server) == 100).then_some(())
     });
-    idle_polls(&relay, 2); // settled: the reports are in
+    idle_polls(&relay, None, 2); // settled: the reports are in
+    let poll100 = idle_polls(&relay, net, 10);
     let mark = relay.exchanges().len();
-    post("one-more", 1);
-    wait_for("the 101st task running", Duration::from_secs(60), || {
-        (running_tasks(&server) == 101).then_some(())
-    });
-    // The poll that carried the change: the first to end with the new set,
-    // i.e. the first poll answered after the mark (held then, or started
-    // after it) whose answer is larger than an idle one's.
-    let (added, status) = wait_for("the change's exchanges complete", Duration::from_secs(30), || {
-        let ex = relay.exchanges();
-        let start = ex[..mark].iter().rposition(|e| e.kind == "assignments").unwrap_or(mark);
-        let polls: Vec<&Exchange> = of_kind(&ex[start..], "assignments").map(|(_, e)| e).collect();
-        let carried = polls.iter().copied().max_by_key(|e| e.down)?;
-        let statuses: Vec<&Exchange> = of_kind(&ex[mark..], "status").map(|(_, e)| e).collect();
-        // Complete once the agent polls again after the last report.
-        let last_status = ex.iter().rposition(|e| e.kind == "status")?;
-        let again = ex[last_status..].iter().any(|e| e.kind == "assignments");
-        (again && !statuses.is_empty()).then(|| {
-            let up: u64 = statuses.iter().map(|e| e.up).sum();
-            let down: u64 = statuses.iter().map(|e| e.down).sum();
-            (
-                bytes(carried),
-                json!({"reports": statuses.len(), "up": up, "down": down, "total": up + down,
-                "tcp_ip_estimate": tcp_overhead(up, down, 0)}),
-            )
+    let (change, change_wire) = change_on_wire(&relay, net, &poll100, || {
+        post("one-more", 1);
+        wait_for("the 101st task running", Duration::from_secs(60), || {
+            (running_tasks(&server) == 101).then_some(())
+        });
+        // The poll that carried the change: the largest answer from the
+        // poll held at the mark on.
+        wait_for("the change's exchanges complete", Duration::from_secs(30), || {
+            let ex = relay.exchanges();
+            let start = ex[..mark].iter().rposition(|e| e.kind == "assignments").unwrap_or(mark);
+            let polls: Vec<&Exchange> = of_kind(&ex[start..], "assignments").map(|(_, e)| e).collect();
+            let carried = polls.iter().copied().max_by_key(|e| e.down)?;
+            let statuses: Vec<&Exchange> = of_kind(&ex[mark..], "status").map(|(_, e)| e).collect();
+            // Complete once the agent polls again after the last report.
+            let last_status = ex.iter().rposition(|e| e.kind == "status")?;
+            let again = ex[last_status..].iter().any(|e| e.kind == "assignments");
+            (again && !statuses.is_empty()).then(|| {
+                let up: u64 = statuses.iter().map(|e| e.up).sum();
+                let down: u64 = statuses.iter().map(|e| e.down).sum();
+                json!({"added": bytes(carried), "status": {"reports": statuses.len(), "up": up, "down": down,
+                    "total": up + down, "tcp_ip_estimate": tcp_overhead(up, down, 0)}})
+            })
         })
     });
+    let (mut added, mut status) = (change["added"].clone(), change["status"].clone());
+    // On the wire the poll answer and the reports share one window; the
+    // TCP/IP part of it is shared out by application bytes.
+    let app = |v: &Value| v["total"].as_f64().unwrap_or(0.0);
+    let report_tcp_ip = match change_wire["ip_bytes"].as_f64() {
+        Some(ip) => {
+            let both = app(&added) + app(&status);
+            let tcp = ip - both;
+            added["wire"] = json!({"ip_bytes": app(&added) + tcp * app(&added) / both});
+            status["wire"] = json!({"ip_bytes": app(&status) + tcp * app(&status) / both});
+            added["wire_window"] = change_wire.clone();
+            tcp * app(&status) / both
+        }
+        None => status["tcp_ip_estimate"].as_f64().unwrap_or(0.0),
+    };
 
     // A log request: the held poll carries it, the agent uploads the log.
-    let mark = relay.exchanges().len();
-    let held = relay.exchanges()[..mark].iter().rposition(|e| e.kind == "assignments");
     let task = server.list("tasks", "")["items"][0]["metadata"]["name"]
         .as_str()
         .unwrap()
         .to_string();
-    let r = server.get(&format!(
-        "/apis/robot.k8s4r.io/v1alpha1/namespaces/default/tasks/{task}/log?stream=stdout"
-    ));
-    assert_eq!(r.status, 200, "{}", r.body);
-    let log = {
+    let (mut log, log_wire) = change_on_wire(&relay, net, &poll100, || {
+        let mark = relay.exchanges().len();
+        let held = relay.exchanges()[..mark].iter().rposition(|e| e.kind == "assignments");
+        let r = server.get(&format!(
+            "/apis/robot.k8s4r.io/v1alpha1/namespaces/default/tasks/{task}/log?stream=stdout"
+        ));
+        assert_eq!(r.status, 200, "{}", r.body);
         let ex = relay.exchanges();
         let carried: u64 = held.map_or(0, |i| ex[i].up + ex[i].down);
         let uploads: Vec<&Exchange> = of_kind(&ex[mark..], "logs").map(|(_, e)| e).collect();
         let upload: u64 = uploads.iter().map(|e| e.up + e.down).sum();
         json!({"poll_carrying_it": carried, "upload": upload, "total": carried + upload})
-    };
+    });
+    if !log_wire.is_null() {
+        log["wire"] = log_wire;
+    }
 
+    let idle0 = idle_month(&poll0, &device, report_tcp_ip, poll_secs, device_secs);
+    let idle10 = idle_month(&poll10, &device, report_tcp_ip, poll_secs, device_secs);
+    // What the server's --poll-interval trades: bytes against the time to
+    // notice a robot gone (offline after 3 intervals by default).
+    let by_interval: Vec<Value> = [30.0, 120.0, 300.0, 900.0]
+        .iter()
+        .map(|&p| {
+            let m = idle_month(&poll0, &device, report_tcp_ip, p, device_secs);
+            let no_device = idle_month(&poll0, &json!({}), 0.0, p, f64::INFINITY);
+            json!({"poll_interval_secs": p, "offline_after_secs": 3.0 * p,
+                "total_bytes_month": m["total_bytes_month"],
+                "polls_only_bytes_month": no_device["total_bytes_month"]})
+        })
+        .collect();
+
+    let tcp_ip = match net {
+        Some(_) => {
+            "counted on a veth pair (interface counters, IP level: Ethernet headers taken off); \
+                    a device report's TCP/IP taken from the status-change window"
+        }
+        None => "estimated: 52 B a segment, one per 1448 B of data each way plus an ACK each way, 7 per new connection",
+    };
     let out = json!({
-        "measured_with": {"poll_interval_secs": 2, "relay": "userspace TCP relay on loopback"},
+        "measured_with": {"poll_interval_secs": 2, "relay": if net.is_some() {
+            "userspace TCP relay on the host end of a veth pair, the agent in a network namespace"
+        } else { "userspace TCP relay on loopback" }},
         "month_at": {"poll_interval_secs": poll_secs, "device_report_secs": device_secs},
-        "tcp_ip": "estimated: 52 B a segment, one per 1448 B of data each way plus an ACK each way, 7 per new connection",
+        "tcp_ip": tcp_ip,
         "idle_no_tasks": idle0,
         "idle_no_tasks_by_poll_interval": by_interval,
         "idle_10_tasks": idle10,
+        "idle_poll_100_tasks": poll100,
         "one_task_added_to_100": added,
         "status_change": status,
         "log_request": log,

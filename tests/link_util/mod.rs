@@ -66,7 +66,7 @@ pub struct Relay {
     pub base: String,
     shared: Arc<Shared>,
     accept: Option<std::thread::JoinHandle<()>>,
-    port: u16,
+    addr: std::net::SocketAddr,
 }
 
 /// What happens to a connection, decided when it is accepted.
@@ -106,9 +106,15 @@ impl Shared {
 impl Relay {
     /// A relay to `upstream` (`http://host:port`), passing everything.
     pub fn start(upstream: &str) -> Relay {
+        Relay::start_on("127.0.0.1", upstream)
+    }
+
+    /// A relay listening on `ip` (e.g. the host end of a veth pair, for an
+    /// agent in a network namespace).
+    pub fn start_on(ip: &str, upstream: &str) -> Relay {
         let target = upstream.trim_start_matches("http://").trim_end_matches('/').to_string();
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the relay");
-        let port = listener.local_addr().unwrap().port();
+        let listener = TcpListener::bind((ip, 0)).expect("bind the relay");
+        let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared {
             faults: Mutex::new(Faults::default()),
             counts: Mutex::new(Counts::default()),
@@ -129,10 +135,10 @@ impl Relay {
             }
         });
         Relay {
-            base: format!("http://127.0.0.1:{port}"),
+            base: format!("http://{addr}"),
             shared,
             accept: Some(accept),
-            port,
+            addr,
         }
     }
 
@@ -173,7 +179,7 @@ impl Drop for Relay {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
         // Wake the accept loop so it sees the flag.
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        let _ = TcpStream::connect(self.addr);
         if let Some(t) = self.accept.take() {
             let _ = t.join();
         }
