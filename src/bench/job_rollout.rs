@@ -98,6 +98,8 @@ struct Run {
     reverted_from: Option<Value>,
     seq: u64,
     pid: i32,
+    /// The last status reported.
+    last: Option<TaskStatus>,
 }
 
 fn running(pid: i32, reason: Option<String>) -> TaskStatus {
@@ -116,6 +118,7 @@ fn running(pid: i32, reason: Option<String>) -> TaskStatus {
 
 impl Run {
     async fn say(&mut self, robot: &mut SimRobot, status: TaskStatus) -> Result<(), String> {
+        self.last = Some(status.clone());
         self.seq += 1;
         let r = StatusReport {
             updates: vec![TaskStatusUpdate {
@@ -136,6 +139,16 @@ impl Run {
             // offers the version the robot went back from: nothing to run.
             if *spec == self.spec && self.reverted_from.take().is_some() {
                 return self.say(robot, running(self.pid, None)).await.map(|()| false);
+            }
+            // The server's record differs from the last report (it marked
+            // the task Lost while the robot seemed away): say it again, as
+            // the agent's outbox does.
+            let st = &task["status"];
+            if let Some(last) = self.last.clone() {
+                let pid = st["pid"].as_i64().and_then(|p| i32::try_from(p).ok());
+                if st["state"].as_str() != Some(last.state.as_str()) || pid != last.pid {
+                    self.say(robot, last).await?;
+                }
             }
             return Ok(false);
         }
@@ -211,6 +224,7 @@ async fn robot(
                 reverted_from: None,
                 seq: 0,
                 pid: 1000,
+                last: None,
             });
             let rolled_back = r.start(&mut robot, task).await?;
             let seen = Seen {
