@@ -561,7 +561,8 @@ fn agent_rollout(out: &mut String, dir: &Path) {
     };
     let mut t = Table::new(&[
         "robots",
-        "canary (s)",
+        "canaries updated (s)",
+        "next robot (s)",
         "all updated (s)",
         "install p50 / p99 (s)",
         "server CPU (ms)",
@@ -578,13 +579,15 @@ fn agent_rollout(out: &mut String, dir: &Path) {
                 String::new(),
                 String::new(),
                 String::new(),
+                String::new(),
             ]);
             continue;
         }
         let f = |k: &str| num(r, k).map_or("—".into(), |v| format!("{v:.1}"));
         t.row(vec![
             r["robots"].to_string(),
-            f("canary_seconds"),
+            format!("{} ({})", f("canaries_updated_seconds"), r["canaries"]),
+            f("first_beyond_canaries_seconds"),
             f("all_updated_seconds"),
             format!("{} / {}", f("install_p50_seconds"), f("install_p99_seconds")),
             format!("{:.0}", num(r, "server_cpu_ms_rollout").unwrap_or(0.0)),
@@ -599,9 +602,11 @@ fn agent_rollout(out: &mut String, dir: &Path) {
     }
     t.render(out);
     out.push_str(
-        "A robot installs by reporting the new version (download and exec are the agent tests' part). Each step \
-         of the rollout waits for the robots' next poll (every 2 s here), so the time is about (N / maxParallel \
-         + 1) poll intervals; the store takes one Robot status write per robot plus the release's status.\n\n",
+        "A robot installs by reporting the new version (download and exec are the agent tests' part). The release \
+         has `canary: 1%`, `minHealthyTime: 5s`, maxParallel N/10: the next robot installs only once every canary \
+         has been on the version and Online for 5 s (the bench fails otherwise). Each later step waits for the \
+         robots' next poll (every 2 s here); the store takes one Robot status write per robot plus the release's \
+         status.\n\n",
     );
 }
 

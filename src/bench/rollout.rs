@@ -1,15 +1,17 @@
 //! `k8s4r bench rollout N`: an AgentRelease rolled out to N simulated
 //! robots with a canary. A fresh server (SQLite) with a release key; N
 //! robots register, report their agent version and architecture, and
-//! long-poll; a release signed with the key is created with maxParallel 1
-//! (the canary); once the canary reports the new version, maxParallel is
-//! raised to N/10 and the rest follow. A simulated robot "installs" by
-//! reporting the new version with lastUpdate Applied (the robot side's
-//! download and exec are measured by the agent tests, not here).
+//! long-poll; a release signed with the key is created with `canary: 1%`,
+//! `minHealthyTime: 5s` and maxParallel N/10: the canaries are offered it
+//! first, the rest only once every canary has reported the version and
+//! stayed Online for minHealthyTime (checked here: no other robot installs
+//! before). A simulated robot "installs" by reporting the new version with
+//! lastUpdate Applied (the robot side's download and exec are measured by
+//! the agent tests, not here).
 //!
-//! Recorded: time to the canary, to the whole fleet, per-robot install
-//! times, the server's CPU and RSS, and the store writes the rollout cost
-//! (the store revision's growth).
+//! Recorded: time to the canaries, to their health, to the whole fleet,
+//! per-robot install times, the server's CPU and RSS, and the store writes
+//! the rollout cost (the store revision's growth).
 
 use super::fleet::{admin_request, cpu_ms, percentile, ServerProc};
 use super::sim::SimRobot;
@@ -26,6 +28,9 @@ const TO: &str = "0.2.0-bench";
 const RELEASES: &str = "/apis/robot.k8s4r.io/v1alpha1/agentreleases";
 /// How often robots poll: each step of the rollout waits for the next poll.
 const POLL: &str = "2s";
+/// The release's canary share and how long a canary must stay healthy.
+const CANARY: &str = "1%";
+const MIN_HEALTHY: Duration = Duration::from_secs(5);
 
 /// Just what a simulated robot reads of an Assignments reply.
 #[derive(serde::Deserialize)]
@@ -165,40 +170,17 @@ pub(super) async fn run(n: usize, timeout: Duration) -> Result<Value, String> {
     let size = 2_000_000;
     let binary = json!({"arch": arch, "url": "http://releases.invalid/agent", "size": size, "sha256": sha,
         "signature": agent_release::sign(&secret, TO, arch, size, &sha)});
+    let window = (n / 10).max(1);
+    let canaries = crate::api::update_strategy::CountOrPercent::Percent(1).of(n);
     let doc = json!({"apiVersion": "robot.k8s4r.io/v1alpha1", "kind": "AgentRelease",
-        "metadata": {"name": "bench", "namespace": "default"},
-        "spec": {"version": TO, "maxParallel": 1, "binaries": [binary]}});
+        "metadata": {"name": "bench"},
+        "spec": {"version": TO, "canary": CANARY, "minHealthyTime": format!("{}s", MIN_HEALTHY.as_secs()),
+                 "maxParallel": window, "binaries": [binary]}});
     let t0 = Instant::now();
     admin_request(&kubeconfig, "POST", RELEASES, doc.to_string()).await?;
     let deadline = tokio::time::Instant::now() + timeout;
-    let (_, canary_at) = match next(&mut rx, deadline, timeout).await {
-        Ok(v) => v,
-        Err(e) => {
-            let robot = admin_request(
-                &kubeconfig,
-                "GET",
-                "/apis/robot.k8s4r.io/v1alpha1/namespaces/default/robots/fleet-00000",
-                String::new(),
-            )
-            .await;
-            let rel = admin_request(&kubeconfig, "GET", format!("{RELEASES}/bench"), String::new()).await;
-            return Err(format!("{e}; no canary: {robot:?} {rel:?}"));
-        }
-    };
-    let canary = canary_at.saturating_duration_since(t0).as_secs_f64();
-    // The canary is healthy (it reports the version): open the window.
-    let window = (n / 10).max(1);
-    let mut release: Value =
-        serde_json::from_str(&admin_request(&kubeconfig, "GET", format!("{RELEASES}/bench"), String::new()).await?)
-            .map_err(|e| e.to_string())?;
-    release["spec"]["maxParallel"] = json!(window);
-    // Unconditional: the controller writes the status meanwhile.
-    if let Some(m) = release["metadata"].as_object_mut() {
-        m.remove("resourceVersion");
-    }
-    let t1 = Instant::now();
-    admin_request(&kubeconfig, "PUT", format!("{RELEASES}/bench"), release.to_string()).await?;
-    let mut lat = vec![canary];
+    let mut lat = Vec::with_capacity(n);
+    let mut canaries_at = t0;
     while lat.len() < n {
         let (_, at) = match next(&mut rx, deadline, timeout).await {
             Ok(v) => v,
@@ -207,10 +189,26 @@ pub(super) async fn run(n: usize, timeout: Duration) -> Result<Value, String> {
                 return Err(format!("{e} ({} of {n} updated): {rel:?}", lat.len()));
             }
         };
+        if lat.len() == canaries {
+            // The first robot beyond the canaries: only after they were
+            // healthy, minHealthyTime after the last of them reported.
+            let gap = at.saturating_duration_since(canaries_at);
+            if gap < MIN_HEALTHY {
+                return Err(format!(
+                    "robot {} of {n} installed {gap:?} after the last canary, before minHealthyTime {MIN_HEALTHY:?}",
+                    lat.len() + 1
+                ));
+            }
+        }
+        if lat.len() + 1 == canaries {
+            canaries_at = at;
+        }
         lat.push(at.saturating_duration_since(t0).as_secs_f64());
     }
+    let canary = canaries_at.saturating_duration_since(t0).as_secs_f64();
+    let rest_from = lat.get(canaries).copied().unwrap_or(canary);
     let all = t0.elapsed().as_secs_f64();
-    let after_canary = t1.elapsed().as_secs_f64();
+    let after_canary = all - rest_from;
     let (cpu, rev) = (cpu_ms(pid) - cpu0, store_revision(&kubeconfig).await? - rev0);
     let status: Value =
         serde_json::from_str(&admin_request(&kubeconfig, "GET", format!("{RELEASES}/bench"), String::new()).await?)
@@ -220,9 +218,13 @@ pub(super) async fn run(n: usize, timeout: Duration) -> Result<Value, String> {
     Ok(json!({
         "robots": n,
         "poll_interval": POLL,
-        "max_parallel_after_canary": window,
-        "canary_seconds": canary,
-        "rest_after_canary_seconds": after_canary,
+        "canary": CANARY,
+        "canaries": canaries,
+        "min_healthy_seconds": MIN_HEALTHY.as_secs(),
+        "max_parallel": window,
+        "canaries_updated_seconds": canary,
+        "first_beyond_canaries_seconds": rest_from,
+        "rest_after_canaries_seconds": after_canary,
         "all_updated_seconds": all,
         "install_p50_seconds": percentile(&lat, 0.50),
         "install_p99_seconds": percentile(&lat, 0.99),
