@@ -27,8 +27,10 @@
 //! again: [`GroupPart::fill`]); a task whose group fields differ (replicas
 //! of one group mid-rollout) travels with all of them, `jobName` included,
 //! and keeps its own. The group part is what most of the group's tasks on
-//! the robot carry (on a tie, the first of them in byte order of the
-//! names). Then a task's version hash is
+//! the robot carry (on a tie, the part the robot holds, else the first
+//! task's in byte order of the names): the control plane writes a group's
+//! Tasks one by one, so an answer in between carries the tasks of the
+//! smaller side with their own fields, and the part changes once. Then a task's version hash is
 //! over the task as it travels (its spec without the group fields when
 //! they were left out; `generation` left out, as it only follows the
 //! spec), a group's version hash is SHA-256 over the JSON of its part
