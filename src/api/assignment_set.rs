@@ -132,6 +132,17 @@ impl GroupPart {
         spec.constraints.clone_from(&self.constraints);
         spec.disconnect.clone_from(&self.disconnect);
     }
+
+    /// Undo [`GroupPart::fill`]: the spec as it travelled without its
+    /// group's fields.
+    pub fn strip(spec: &mut TaskSpec) {
+        spec.job_name = None;
+        spec.job_type = None;
+        spec.init_tasks = Vec::new();
+        spec.network = None;
+        spec.constraints = Vec::new();
+        spec.disconnect = None;
+    }
 }
 
 /// True if `text` looks like a version hash or digest (64 lowercase hex
@@ -212,5 +223,9 @@ mod tests {
             own.init_tasks.is_empty() && own.job_type.is_none(),
             "its own fields stay"
         );
+        let mut again = bare.clone();
+        GroupPart::strip(&mut again);
+        part.fill(&mut again);
+        assert_eq!(again, bare, "strip undoes fill");
     }
 }
