@@ -27,8 +27,10 @@
 //! again: [`GroupPart::fill`]); a task whose group fields differ (replicas
 //! of one group mid-rollout) travels with all of them, `jobName` included,
 //! and keeps its own. The group part is what most of the group's tasks on
-//! the robot carry (on a tie, the first of them in byte order of the
-//! names). Then a task's version hash is
+//! the robot carry (on a tie, the part the robot holds, else the first
+//! task's in byte order of the names): the control plane writes a group's
+//! Tasks one by one, so an answer in between carries the tasks of the
+//! smaller side with their own fields, and the part changes once. Then a task's version hash is
 //! over the task as it travels (its spec without the group fields when
 //! they were left out; `generation` left out, as it only follows the
 //! spec), a group's version hash is SHA-256 over the JSON of its part
@@ -130,6 +132,17 @@ impl GroupPart {
         spec.constraints.clone_from(&self.constraints);
         spec.disconnect.clone_from(&self.disconnect);
     }
+
+    /// Undo [`GroupPart::fill`]: the spec as it travelled without its
+    /// group's fields.
+    pub fn strip(spec: &mut TaskSpec) {
+        spec.job_name = None;
+        spec.job_type = None;
+        spec.init_tasks = Vec::new();
+        spec.network = None;
+        spec.constraints = Vec::new();
+        spec.disconnect = None;
+    }
 }
 
 /// True if `text` looks like a version hash or digest (64 lowercase hex
@@ -210,5 +223,9 @@ mod tests {
             own.init_tasks.is_empty() && own.job_type.is_none(),
             "its own fields stay"
         );
+        let mut again = bare.clone();
+        GroupPart::strip(&mut again);
+        part.fill(&mut again);
+        assert_eq!(again, bare, "strip undoes fill");
     }
 }

@@ -256,9 +256,11 @@ pub fn delivered(current: Vec<Arc<Value>>, revision: u64, known: Option<&Deliver
         .into_iter()
         .filter_map(|t| Some((name_of(&t)?.to_string(), t)))
         .collect();
-    // Each group's part: what most of its tasks here carry (the first
-    // task's by name on a tie), so a rollout writing the group's Tasks one
-    // by one changes the part once, when most have the new version.
+    // Each group's part: what most of its tasks here carry (on a tie, the
+    // part the robot holds, else the first task's by name), so a rollout
+    // writing the group's Tasks one by one changes the part once, when
+    // most have the new version; a poll answered in between carries the
+    // fewer side's tasks with their own fields.
     let mut variants: BTreeMap<&str, Vec<(Value, usize)>> = BTreeMap::new();
     if grouped {
         for t in by_name.values() {
@@ -274,8 +276,12 @@ pub fn delivered(current: Vec<Arc<Value>>, revision: u64, known: Option<&Deliver
     let mut groups: BTreeMap<String, (Arc<Value>, [u8; 32])> = BTreeMap::new();
     for (key, seen) in variants {
         let most = seen.iter().map(|(_, n)| *n).max().unwrap_or(0);
-        let Some((part, _)) = seen.into_iter().find(|(_, n)| *n == most) else {
-            continue;
+        let held = known.and_then(|k| k.groups.get(key)).map(|(p, _)| &**p);
+        let mut tops = seen.into_iter().filter(|(_, n)| *n == most);
+        let Some(first) = tops.next() else { continue };
+        let part = match held {
+            Some(h) if first.0 != *h => tops.find(|(p, _)| p == h).unwrap_or(first).0,
+            _ => first.0,
         };
         // Serialising a Value cannot fail (string keys only).
         let version = Sha256::digest(serde_json::to_vec(&part).unwrap_or_default()).into();
@@ -576,8 +582,27 @@ mod tests {
         groups.extend(delta.groups.clone());
         assert_eq!(filled(&delta, &groups, 0), spec_of(&d2));
 
+        // A tie keeps the part the robot holds (a2's now, though a1 comes
+        // first): a1, changed, travels with its own fields, a2 without.
+        let tie = delivered(
+            vec![gtask("a1", "a", "next"), gtask("a2", "a", "setup2")],
+            4,
+            Some(&mixed),
+            true,
+        );
+        let delta = answer(&tie, Some(&mixed));
+        assert!(delta.groups.is_empty(), "{delta:?}");
+        assert_eq!(names(&delta), ["a1", "a2"]);
+        assert_eq!(
+            (
+                &delta.tasks[0]["spec"]["jobName"],
+                delta.tasks[1]["spec"].get("jobName")
+            ),
+            (&json!("j"), None)
+        );
+
         // A group leaves with its tasks.
-        let gone = delivered(vec![gtask("a1", "a", "setup2"), d2], 4, Some(&mixed), true);
+        let gone = delivered(vec![gtask("a1", "a", "setup2"), d2], 5, Some(&mixed), true);
         let delta = answer(&gone, Some(&mixed));
         assert_eq!(
             (delta.removed.clone(), delta.removed_groups.clone()),
@@ -585,7 +610,7 @@ mod tests {
         );
 
         // A base in the other form gives the complete set.
-        let tasks_form = delivered(vec![c2], 5, None, false);
+        let tasks_form = delivered(vec![c2], 6, None, false);
         assert!(!answer(&gone, Some(&tasks_form)).delta);
         assert!(answer(&tasks_form, None).groups.is_empty());
     }

@@ -11,7 +11,10 @@
 //! shared data once, with its version hash; tasks that travelled without
 //! their group's fields get them back from it when the set is handed on
 //! ([`assignment_set::GroupPart::fill`]), so everything after the poller
-//! sees each Task as the control plane stored it.
+//! sees each Task as the control plane stored it. The file holds the tasks
+//! filled too (with the names of those that travelled without their
+//! group's fields, `bare`): an older agent (a self-update rolled back)
+//! reads it as it always did and runs each task with its group's data.
 
 use crate::api::agent_protocol::Assignments;
 use crate::api::assignment_set::{self, GroupPart};
@@ -87,7 +90,9 @@ impl std::fmt::Display for Update {
 struct Stored<'a> {
     revision: u64,
     versions: BTreeMap<&'a str, &'a str>,
-    tasks: Vec<&'a Task>,
+    tasks: Vec<Task>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    bare: Vec<&'a str>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     groups: BTreeMap<&'a str, &'a GroupPart>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -103,6 +108,15 @@ impl Kept {
     /// The complete set, each task with its group's fields.
     pub fn tasks(&self) -> Vec<Task> {
         self.tasks.values().map(|(_, t)| self.filled(t)).collect()
+    }
+
+    /// `t` travelled without its group's fields (they are filled in).
+    fn is_bare(&self, t: &Task) -> bool {
+        t.spec.job_name.is_none()
+            && t.spec
+                .task_group_name
+                .as_ref()
+                .is_some_and(|k| self.groups.contains_key(k))
     }
 
     fn filled(&self, t: &Task) -> Task {
@@ -212,17 +226,25 @@ impl Kept {
             return Kept::default();
         };
         let take = |v: &mut serde_json::Value, k: &str| v.get_mut(k).map(serde_json::Value::take).unwrap_or_default();
-        let (revision, versions, tasks, groups, group_versions) = match value {
+        let null = serde_json::Value::Null;
+        let (revision, versions, tasks, groups, group_versions, bare) = match value {
             // The complete set alone (agents before delta assignments).
-            serde_json::Value::Array(_) => (0, serde_json::Value::Null, value, None, serde_json::Value::Null),
+            serde_json::Value::Array(_) => (0, null.clone(), value, None, null.clone(), null),
             mut v => (
                 v.get("revision").and_then(serde_json::Value::as_u64).unwrap_or(0),
                 take(&mut v, "versions"),
                 take(&mut v, "tasks"),
                 v.get_mut("groups").map(serde_json::Value::take),
                 take(&mut v, "groupVersions"),
+                take(&mut v, "bare"),
             ),
         };
+        let bare: std::collections::BTreeSet<&str> = bare
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(serde_json::Value::as_str)
+            .collect();
         // Through the one typed decoder the agent has (api::decode).
         let Ok(tasks) = crate::api::decode::decode_typed::<Vec<Task>>(tasks).map(|d| d.object) else {
             return Kept::default();
@@ -250,7 +272,11 @@ impl Kept {
             let version = version.unwrap_or_default().to_string();
             kept.groups.insert(key, (version, part));
         }
-        for t in tasks {
+        for mut t in tasks {
+            // Kept filled; held as it travelled.
+            if bare.contains(t.metadata.name.as_str()) {
+                GroupPart::strip(&mut t.spec);
+            }
             let version = versions
                 .get(t.metadata.name.as_str())
                 .and_then(serde_json::Value::as_str)
@@ -269,7 +295,13 @@ impl Kept {
         let stored = Stored {
             revision: self.revision,
             versions: self.tasks.iter().map(|(n, (v, _))| (n.as_str(), v.as_str())).collect(),
-            tasks: self.tasks.values().map(|(_, t)| t).collect(),
+            tasks: self.tasks(),
+            bare: self
+                .tasks
+                .iter()
+                .filter(|(_, (_, t))| self.is_bare(t))
+                .map(|(n, _)| n.as_str())
+                .collect(),
             groups: self.groups.iter().map(|(k, (_, p))| (k.as_str(), p)).collect(),
             group_versions: self.groups.iter().map(|(k, (v, _))| (k.as_str(), v.as_str())).collect(),
         };
@@ -471,9 +503,23 @@ mod tests {
         // Kept across restarts with its groups.
         let dir = tempfile::tempdir().unwrap();
         kept.save(dir.path()).unwrap();
-        let again = Kept::load(dir.path());
+        let mut again = Kept::load(dir.path());
         assert_eq!((again.revision(), again.digest()), (6, kept.digest()));
         assert_eq!(again.tasks()[0].spec.init_tasks[0].name, "setup2");
+        // An older agent reads the tasks with their group's data.
+        let file: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join(FILE)).unwrap()).unwrap();
+        assert_eq!(file["tasks"][0]["spec"]["initTasks"][0]["name"], "setup2");
+        // Reloaded, the tasks still follow their group's next change.
+        let mut a = grouped(
+            answer(7, true, &[], &[], &[]),
+            &[("j-g", "setup3", 'e')],
+            &[("a", 'a'), ("b", 'b')],
+            &[("j-g", 'e')],
+        );
+        let Taken::Changed(u) = again.take(&mut a, 6) else {
+            panic!("group change after a reload not taken")
+        };
+        assert!(u.tasks.iter().all(|t| t.spec.init_tasks[0].name == "setup3"));
         // The group removed with its tasks.
         let mut a = answer(7, true, &[], &["a", "b"], &[]);
         a.removed_groups = vec!["j-g".into()];
