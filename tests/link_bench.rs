@@ -7,7 +7,7 @@
 //! The server runs with `--poll-interval 2s` so the bench sees many polls
 //! in seconds; a poll's bytes do not depend on its wait (a digit or two),
 //! and the month is scaled to the defaults (the server's poll interval,
-//! the agent's device-report period).
+//! the agent's refresh of unchanged device facts).
 //!
 //! On the wire: the agent runs in a network namespace joined by a veth
 //! pair to the relay (`common::netns`), and each row is also counted on the
@@ -192,7 +192,8 @@ fn bytes_per_robot_per_month() {
         (ex.len() > i + 1 || e.down > 0).then(|| json!({"up": e.up, "down": e.down}))
     });
     let poll_secs = k8s4r::server::fleet::FleetConfig::default().poll_interval.as_secs_f64();
-    let device_secs = k8s4r::agent::connected::DEVICE_INFO_EVERY.as_secs_f64();
+    // An idle robot's facts do not change: they go out with the refresh.
+    let device_secs = k8s4r::agent::connected::device_facts::REFRESH_EVERY.as_secs_f64();
 
     let poll0 = idle_polls(&relay, net, 10);
 

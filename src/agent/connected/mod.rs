@@ -7,7 +7,7 @@
 //!   supervisor's poll(); the others wake it through its waker;
 //! - the poller holds one long-poll open (`wait=30s`), which is also the
 //!   heartbeat, and hands every new desired set to the main thread;
-//! - the reporter sends the outbox (and device info every few minutes).
+//! - the reporter sends the outbox (and the device facts when they change).
 //!
 //! Losing the server changes nothing on the robot: the last desired set is
 //! cached on disk and keeps running; statuses wait in the outbox;
@@ -29,6 +29,7 @@ pub mod client;
 pub mod config;
 pub mod counter;
 pub mod desired;
+pub mod device_facts;
 pub mod identity;
 pub mod keys;
 pub mod outbox;
@@ -57,9 +58,9 @@ use std::time::{Duration, Instant};
 const DEFAULT_POLL_WAIT: Duration = Duration::from_secs(30);
 /// Longest long poll, whatever the server asks for.
 const MAX_POLL_WAIT: Duration = Duration::from_secs(3600);
-/// How often a status report carries the device's facts (the link bench
-/// reads it to scale an idle robot's month).
-pub const DEVICE_INFO_EVERY: Duration = Duration::from_secs(300);
+/// How often the device's facts are read; they go to the server only when
+/// changed or due for a refresh (see [`device_facts`]).
+pub const DEVICE_INFO_EVERY: Duration = device_facts::CHECK_EVERY;
 const RETRY_BASE: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(60);
 
@@ -461,9 +462,10 @@ fn spawn_reporter(shared: Arc<Shared>, client: Client, data_dir: PathBuf) {
     std::thread::spawn(move || {
         let mut backoff = Backoff::new(RETRY_BASE, RETRY_MAX);
         let mut device_due = Instant::now();
+        let mut device_gate = device_facts::Gate::default();
         let mut batch = REPORT_BATCH;
         while !shared.stop.load(Ordering::SeqCst) {
-            let (updates, backlog, send_device) = {
+            let (updates, backlog, check_device) = {
                 let mut outbox = lock(&shared.outbox);
                 let now = Instant::now();
                 if outbox.is_empty() && now < device_due && lock(&shared.last_update).is_none() {
@@ -484,13 +486,26 @@ fn spawn_reporter(shared: Arc<Shared>, client: Client, data_dir: PathBuf) {
                 let backlog = (pending - updates.len()) as u64;
                 (updates, backlog, Instant::now() >= device_due)
             };
+            // Read when due, sent when changed (or due for a refresh).
+            let device_info = if check_device {
+                let facts = super::device::collect(&data_dir);
+                if device_gate.wants(&facts, Instant::now()) {
+                    Some(facts)
+                } else {
+                    device_due = clock::after(Instant::now(), DEVICE_INFO_EVERY);
+                    None
+                }
+            } else {
+                None
+            };
+            let send_device = device_info.is_some();
             let last_update = lock(&shared.last_update).take();
             if updates.is_empty() && !send_device && last_update.is_none() {
                 continue;
             }
             let report = StatusReport {
                 updates,
-                device_info: send_device.then(|| super::device::collect(&data_dir)),
+                device_info,
                 agent_version: Some(super::version::current().to_string()),
                 backlog: Some(backlog),
                 architecture: send_device.then(|| crate::api::agent_release::this_arch().to_string()),
@@ -504,7 +519,8 @@ fn spawn_reporter(shared: Arc<Shared>, client: Client, data_dir: PathBuf) {
             match result {
                 Ok(reply) => {
                     backoff.reset();
-                    if send_device {
+                    if let Some(facts) = &report.device_info {
+                        device_gate.delivered(facts, Instant::now());
                         device_due = clock::after(Instant::now(), DEVICE_INFO_EVERY);
                     }
                     // Every outcome (applied, duplicate, not assigned, not
