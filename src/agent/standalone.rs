@@ -34,24 +34,21 @@ pub struct RunOptions {
 /// splits it (`api::job_expansion`).
 pub fn expand(job: &Job) -> Vec<AssignedTask> {
     use crate::api::job_expansion::{self, task_group_name};
-    // Each group's name in the Job, by the key its tasks carry.
-    let names: std::collections::BTreeMap<String, &str> = job
-        .spec
-        .task_groups
-        .iter()
-        .map(|g| (task_group_name(job.name(), &g.name), g.name.as_str()))
-        .collect();
+    // Each group's name in the Job, found by the key its tasks carry.
+    let group_of = |key: Option<&String>| {
+        job.spec
+            .task_groups
+            .iter()
+            .find(|g| key.is_some_and(|k| *k == task_group_name(job.name(), &g.name)))
+            .map(|g| g.name.clone())
+            .unwrap_or_default()
+    };
     job_expansion::expand(job)
         .into_iter()
         .map(|(name, spec)| AssignedTask {
             name,
             job_type: job.spec.job_type,
-            group: spec
-                .task_group_name
-                .as_ref()
-                .and_then(|k| names.get(k))
-                .map(|g| (*g).to_string())
-                .unwrap_or_default(),
+            group: group_of(spec.task_group_name.as_ref()),
             spec,
         })
         .collect()

@@ -524,7 +524,7 @@ fn link(out: &mut String, dir: &Path) {
             "idle_no_tasks.app_bytes_month",
         ),
         (
-            "idle, no tasks, per month (with TCP/IP, estimated)",
+            "idle, no tasks, per month (with TCP/IP)",
             "idle_no_tasks.total_bytes_month",
         ),
         (

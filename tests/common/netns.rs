@@ -118,6 +118,24 @@ impl Netns {
         );
     }
 
+    /// A TCP connection to `addr` made from inside the namespace (its
+    /// socket stays there), as a robot's process would make it.
+    pub fn connect_from_inside(&self, addr: std::net::SocketAddr) -> std::net::TcpStream {
+        let path = format!("/var/run/netns/{}", self.name);
+        // A thread of its own enters the namespace; this one stays here.
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            rustix::thread::move_into_link_name_space(
+                std::os::fd::AsFd::as_fd(&ns),
+                Some(rustix::thread::LinkNameSpaceType::Network),
+            )
+            .unwrap_or_else(|e| panic!("entering {path}: {e}"));
+            std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr} from {path}: {e}"))
+        })
+        .join()
+        .expect("the connecting thread")
+    }
+
     /// Both ways through the host end so far.
     pub fn wire(&self) -> Wire {
         let stat = |name: &str| -> u64 {

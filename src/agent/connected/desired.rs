@@ -18,7 +18,7 @@
 
 use crate::api::agent_protocol::Assignments;
 use crate::api::assignment_set::{self, GroupPart};
-use crate::api::Task;
+use crate::api::{StringMap, Task};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -33,7 +33,10 @@ pub struct Kept {
     /// Name → (version hash, task as it travelled).
     tasks: BTreeMap<String, (String, Task)>,
     /// Group form: `taskGroupName` → (version hash, the group's part).
-    groups: BTreeMap<String, (String, GroupPart)>,
+    groups: BTreeMap<String, GroupPart>,
+    /// Group form: `taskGroupName` → version hash. (Map types the agent
+    /// has already: each new one costs flash.)
+    group_versions: StringMap,
 }
 
 /// What one answer did to the kept set.
@@ -94,9 +97,9 @@ struct Stored<'a> {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     bare: Vec<&'a str>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    groups: BTreeMap<&'a str, &'a GroupPart>,
+    groups: &'a BTreeMap<String, GroupPart>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    group_versions: BTreeMap<&'a str, &'a str>,
+    group_versions: &'a StringMap,
 }
 
 impl Kept {
@@ -122,7 +125,7 @@ impl Kept {
     fn filled(&self, t: &Task) -> Task {
         let mut t = t.clone();
         let group = t.spec.task_group_name.as_ref().and_then(|k| self.groups.get(k));
-        if let Some((_, part)) = group {
+        if let Some(part) = group {
             part.fill(&mut t.spec);
         }
         t
@@ -132,7 +135,7 @@ impl Kept {
     pub fn group_names(&self) -> BTreeMap<String, String> {
         self.groups
             .iter()
-            .filter_map(|(k, (_, p))| Some((k.clone(), p.group_name.clone()?)))
+            .filter_map(|(k, p)| Some((k.clone(), p.group_name.clone()?)))
             .collect()
     }
 
@@ -140,7 +143,7 @@ impl Kept {
     pub fn digest(&self) -> String {
         assignment_set::digest_with_groups(
             self.tasks.iter().map(|(n, (v, _))| (n.as_str(), v.as_str())),
-            self.groups.iter().map(|(k, (v, _))| (k.as_str(), v.as_str())),
+            self.group_versions.iter().map(|(k, v)| (k.as_str(), v.as_str())),
         )
     }
 
@@ -174,15 +177,18 @@ impl Kept {
                 }
                 for key in &a.removed_groups {
                     self.groups.remove(key);
+                    self.group_versions.remove(key);
                 }
             } else {
                 self.tasks.clear();
                 self.groups.clear();
+                self.group_versions.clear();
             }
-            for (key, part) in groups {
-                let version = a.group_versions.remove(&key).unwrap_or_default();
-                self.groups.insert(key, (version, part));
+            for key in groups.keys() {
+                let version = a.group_versions.remove(key).unwrap_or_default();
+                self.group_versions.insert(key.clone(), version);
             }
+            self.groups.extend(groups);
             for (name, version, t) in keyed {
                 self.tasks.insert(name.clone(), (version, t));
                 if let Some((_, t)) = self.tasks.get(&name) {
@@ -239,7 +245,7 @@ impl Kept {
                 take(&mut v, "bare"),
             ),
         };
-        let bare: std::collections::BTreeSet<&str> = bare
+        let bare: Vec<&str> = bare
             .as_array()
             .into_iter()
             .flatten()
@@ -259,9 +265,10 @@ impl Kept {
         let mut kept = Kept {
             revision,
             tasks: BTreeMap::new(),
-            groups: BTreeMap::new(),
+            groups,
+            group_versions: StringMap::new(),
         };
-        for (key, part) in groups {
+        for key in kept.groups.keys() {
             let version = group_versions
                 .get(key.as_str())
                 .and_then(serde_json::Value::as_str)
@@ -270,11 +277,11 @@ impl Kept {
                 kept.revision = 0;
             }
             let version = version.unwrap_or_default().to_string();
-            kept.groups.insert(key, (version, part));
+            kept.group_versions.insert(key.clone(), version);
         }
         for mut t in tasks {
             // Kept filled; held as it travelled.
-            if bare.contains(t.metadata.name.as_str()) {
+            if bare.contains(&t.metadata.name.as_str()) {
                 GroupPart::strip(&mut t.spec);
             }
             let version = versions
@@ -302,8 +309,8 @@ impl Kept {
                 .filter(|(_, (_, t))| self.is_bare(t))
                 .map(|(n, _)| n.as_str())
                 .collect(),
-            groups: self.groups.iter().map(|(k, (_, p))| (k.as_str(), p)).collect(),
-            group_versions: self.groups.iter().map(|(k, (v, _))| (k.as_str(), v.as_str())).collect(),
+            groups: &self.groups,
+            group_versions: &self.group_versions,
         };
         let bytes = serde_json::to_vec(&stored).map_err(std::io::Error::other)?;
         crate::atomic_file::write(&data_dir.join(FILE), &bytes, 0o600)
@@ -313,7 +320,6 @@ impl Kept {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::StringMap;
 
     fn task(name: &str) -> Task {
         let mut t = Task {
