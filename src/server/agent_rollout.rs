@@ -117,7 +117,7 @@ impl RobotFacts {
     }
 }
 
-#[derive(Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Plan {
     /// Robots offered the release now.
     pub offered: BTreeSet<RobotKey>,
@@ -265,7 +265,7 @@ pub fn plan(spec: &AgentReleaseSpec, robots: &[RobotFacts], now: i64) -> Plan {
 pub const MEMO_FOR: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The releases (by name) and their plans.
-type Plans = Vec<(AgentRelease, Plan)>;
+pub type Plans = Vec<(AgentRelease, Plan)>;
 
 /// The fleet's plans, as last computed, and when.
 #[derive(Default)]
@@ -301,6 +301,14 @@ impl Memo {
                 None
             }
         })
+    }
+
+    /// Plans just computed (by the controller, before it wakes the robots
+    /// that enter a window: their polls must see the new window, not one
+    /// up to [`MEMO_FOR`] old).
+    pub fn store(&self, plans: Plans) {
+        let mut memo = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        *memo = Some((std::time::Instant::now(), std::sync::Arc::new(plans)));
     }
 
     fn plans(&self, cache: &Cache) -> std::sync::Arc<Plans> {

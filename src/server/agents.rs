@@ -47,8 +47,6 @@ pub struct Agents {
     pub polls: PollSlots,
     /// The agent release key's public half (hex), `--release-public-key`.
     pub release_key: Option<String>,
-    /// The AgentRelease plans polls read (recomputed twice a second at most).
-    pub rollouts: crate::server::agent_rollout::Memo,
 }
 
 /// How long an operator's log request waits for the robot's answer.
@@ -440,7 +438,7 @@ impl Agents {
     /// that asked for deltas gets only what changed when the server
     /// remembers the set it delivered at `since` ([`assignments`]).
     fn desired(&self, id: &RobotIdentity, revision: u64, since: u64, ask: Ask) -> AssignmentsView {
-        let agent_update = self.rollouts.offer_for(&self.hub.cache, &id.namespace, &id.name);
+        let agent_update = self.hub.rollouts.offer_for(&self.hub.cache, &id.namespace, &id.name);
         let mut view = AssignmentsView {
             revision,
             tasks: Vec::new(),

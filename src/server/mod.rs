@@ -223,7 +223,6 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
             limits: cfg.limits.clone(),
             polls: poll_slots::PollSlots::default(),
             release_key: cfg.release_public_key.clone(),
-            rollouts: Default::default(),
         },
         watch_slots: Arc::new(tokio::sync::Semaphore::new(cfg.limits.watches)),
         limits: cfg.limits.clone(),

@@ -31,7 +31,11 @@ pub async fn reconcile(ctx: &Ctx) -> Result<Next, Status> {
         }
     }
     let mut next = Next::Done;
-    for (release, stored, plan) in plan_fleet(ctx.cache()) {
+    let fleet = plan_fleet(ctx.cache());
+    ctx.hub
+        .rollouts
+        .store(fleet.iter().map(|(r, _, p)| (r.clone(), p.clone())).collect());
+    for (release, stored, plan) in fleet {
         let offered: BTreeSet<RobotKey> = plan.offered.union(&plan.revert).cloned().collect();
         let before = ctx
             .offered

@@ -103,6 +103,9 @@ pub struct Hub {
     pub cache: Arc<Cache>,
     pub fleet: Arc<Fleet>,
     pub queue: Arc<Queue>,
+    /// The AgentRelease plans polls read; the controller refreshes them
+    /// before it wakes robots that enter a window.
+    pub rollouts: crate::server::agent_rollout::Memo,
 }
 
 /// What of a Robot matters to scheduling (not its heartbeat time).
@@ -367,6 +370,7 @@ pub async fn start_cache(registry: Registry, fleet: Arc<Fleet>) -> (Arc<Hub>, mp
         cache: Arc::new(Cache::default()),
         fleet,
         queue,
+        rollouts: Default::default(),
     });
     let (synced_tx, mut synced_rx) = watch::channel(false);
     crate::server::panics::spawn_essential("the cache", hub.clone().run(registry, synced_tx));
