@@ -189,6 +189,8 @@ cases=(
   "delta assignments|a TaskGroup's shared data changes (its init daemon) on a robot with 10 of its tasks|the group's part reaches the robot once; the daemon is replaced; the tasks keep running (same pids)|delta_assignments|the_group_form_sends_a_groups_shared_data_once_and_the_robot_follows"
   "delta assignments|a group's replicas disagree mid-rollout, a tie, a group removed, a set remembered in the other form|the differing tasks travel with their own fields and are rebuilt exactly; on a tie the part the robot holds stays; removed groups are named; the other form gets the complete set|lib|server::assignments::tests::the_group_form_sends_a_groups_data_once_and_its_tasks_without_it"
   "agent|assignments.json in the group form across a restart; a group change after the reload; an older agent reading the file|tasks are filled from their group, the digest matches, the next group change reaches them; the file holds whole tasks|lib|agent::connected::desired::tests::the_group_form_keeps_each_groups_data_once_and_fills_its_tasks"
+  "rollout|robot cut off by a network namespace (veth link down) during a good rollout and again during a bad one|back, it runs the version each rollout settled on, never the abandoned one; it is counted pending, never failed|e2e_rollout|a_robot_cut_off_by_a_network_namespace_during_rollouts_ends_on_the_settled_version"
+  "rollout bench|bad version with 5% canaries and a good one with maxParallel 10% on 20 simulated robots|only the one canary ran the bad version and reverted on its own; every robot back on good within healthyDeadline + one poll; the good version reaches all|server_fleet|bench_tool_rolls_a_job_out_to_a_small_fleet"
 )
 
 # --table: print the table without running anything (for README.md).
