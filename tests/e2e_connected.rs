@@ -304,8 +304,10 @@ fn huge_durations_in_cached_assignments_do_not_abort_the_agent() {
 
     server.stop();
     agent.kill9();
+    // The kept set: {revision, versions, tasks} (src/agent/connected/desired.rs),
+    // with the deltas since in assignments.log folded in first.
+    k8s4r::agent::connected::desired::Kept::compact(&agent.data).unwrap();
     let cache = agent.data.join("assignments.json");
-    // The kept set: {revision, versions, tasks} (src/agent/connected/desired.rs).
     let mut kept: Value = serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
     let spec = &mut kept["tasks"][0]["spec"];
     assert_eq!(spec["timeout"], "1h", "the cached task: {spec}");
