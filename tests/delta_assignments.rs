@@ -3,7 +3,9 @@
 //! added or changed, names removed) and the digest of the complete set;
 //! a real connected agent applies them, gets a one-task change on a robot
 //! with many tasks in a small answer, and converges through the complete
-//! set when the set it kept is not the server's.
+//! set when the set it kept is not the server's. In the group form
+//! (`groups=1`, what agents ask now) a TaskGroup's shared data travels once
+//! per group, not in each of its tasks.
 
 mod common;
 mod link_util;
@@ -297,4 +299,140 @@ fn a_real_agent_applies_deltas_and_recovers_from_a_set_that_is_not_the_servers()
         let n = sleepers(MARKER, &data);
         (n == 38).then_some(()).ok_or(format!("{n} sleepers"))
     });
+}
+
+/// A group of `count` sleepers (`sleep TASK`) with an init daemon
+/// (`sleep daemon`): the daemon is the group's shared data.
+fn daemon_group(count: usize, task: &str, daemon: &str) -> Value {
+    json!([{"name": "g", "count": count,
+        "initTasks": [{"name": "side", "daemon": true, "driver": "exec",
+            "config": {"execConfig": {"command": "/bin/sleep", "args": [daemon]}}}],
+        "tasks": [{"name": "t", "driver": "exec", "config": {"execConfig": {
+            "command": "/bin/sleep", "args": [task]}}}]}])
+}
+
+/// Pids of `sleep MARKER` processes under `data`.
+fn sleeper_pids(marker: &str, data: &Path) -> std::collections::BTreeSet<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).replace('\0', " ").trim() == format!("/bin/sleep {marker}"))
+                && std::fs::read_link(e.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(data))
+        })
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn the_group_form_sends_a_groups_shared_data_once_and_the_robot_follows() {
+    const TASK: &str = "100003";
+    const OLD: &str = "100004";
+    const NEW: &str = "100005";
+    let server = Server::start_with(&["--poll-interval", "2s"]);
+
+    // On the wire: the group's part once, its tasks without it.
+    let mut robot = Robot::register(&server, &server.join_token(), "r-wire", json!({"wire": "true"}));
+    let wire_job = json!({
+        "apiVersion": "robot.k8s4r.io/v1alpha1", "kind": "Job",
+        "metadata": {"name": "wire", "namespace": "default"},
+        "spec": {"type": "service", "robotSelector": {"wire": "true"}, "taskGroups": daemon_group(3, TASK, OLD)}
+    });
+    assert_eq!(server.send_json("POST", JOBS, &wire_job).status, 201);
+    wait_for("3 tasks placed", Duration::from_secs(30), || {
+        (placed(&server, "r-wire") == 3).then_some(())
+    });
+    let full = delta_poll(&mut robot, 0, "&groups=1");
+    assert_eq!(full["groups"].as_object().map(|g| g.len()), Some(1), "{full}");
+    let part = &full["groups"]["wire-g"];
+    assert_eq!(
+        (part["groupName"].as_str(), part["jobName"].as_str()),
+        (Some("g"), Some("wire"))
+    );
+    assert_eq!(part["initTasks"][0]["config"]["execConfig"]["args"][0], OLD);
+    for t in full["tasks"].as_array().unwrap() {
+        assert!(
+            t["spec"].get("initTasks").is_none() && t["spec"].get("jobName").is_none(),
+            "{t}"
+        );
+        assert_eq!(t["spec"]["taskGroupName"], "wire-g");
+    }
+    let tasks: BTreeMap<&str, &str> = full["versions"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str().unwrap()))
+        .collect();
+    let groups: BTreeMap<&str, &str> = full["groupVersions"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        full["digest"].as_str(),
+        Some(assignment_set::digest_with_groups(tasks.into_iter(), groups.into_iter()).as_str()),
+        "the documented digest over tasks and groups"
+    );
+
+    // A real agent: the group's daemon changes, the tasks keep running.
+    let relay = Relay::start(&server.agent_base);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("a");
+    let agent = ConnectedAgent::start(&relay.base, &server.join_token(), "r-group", "delta=true", &data, &[]);
+    let body = json!({
+        "apiVersion": "robot.k8s4r.io/v1alpha1", "kind": "Job",
+        "metadata": {"name": "grp", "namespace": "default"},
+        "spec": {"type": "service", "robotSelector": {"delta": "true"}, "taskGroups": daemon_group(10, TASK, OLD)}
+    });
+    assert_eq!(server.send_json("POST", JOBS, &body).status, 201);
+    wait_for("10 tasks and the daemon running", Duration::from_secs(120), || {
+        (sleeper_pids(TASK, &data).len() == 10 && sleeper_pids(OLD, &data).len() == 1).then_some(())
+    });
+    let tasks_before = sleeper_pids(TASK, &data);
+    let complete = relay
+        .exchanges()
+        .iter()
+        .filter(|e| e.kind == "assignments")
+        .map(|e| e.down)
+        .max()
+        .unwrap_or(0);
+    let mark = relay.exchanges().len();
+    let log_before = agent.log_text().len();
+    let patch = json!({"spec": {"taskGroups": daemon_group(10, TASK, NEW)}});
+    let r = server.request(
+        "PATCH",
+        &format!("{JOBS}/grp"),
+        "application/merge-patch+json",
+        Some(patch.to_string().as_bytes()),
+        &[],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    // The controller writes the group's Tasks one by one: an answer in
+    // between carries the tasks already changed, with their own group
+    // fields; the group's part travels once, when most have changed.
+    wait_for("the group's new part", Duration::from_secs(60), || {
+        agent.log_text()[log_before..]
+            .contains("task group(s) changed")
+            .then_some(())
+    });
+    wait_for("the new daemon in place of the old", Duration::from_secs(60), || {
+        (sleeper_pids(NEW, &data).len() == 1 && sleeper_pids(OLD, &data).is_empty()).then_some(())
+    });
+    common::throughout("the group's part sent once", Duration::from_secs(3), || {
+        let log = agent.log_text()[log_before..].to_string();
+        let n = log.matches("task group(s) changed").count();
+        (n == 1).then_some(()).ok_or(format!("{n} times: {log}"))
+    });
+    assert_eq!(sleeper_pids(TASK, &data), tasks_before, "the tasks kept running");
+    let after: Vec<u64> = relay.exchanges()[mark..]
+        .iter()
+        .filter(|e| e.kind == "assignments")
+        .map(|e| e.down)
+        .collect();
+    eprintln!(
+        "poll answers: the complete set of 10 tasks {complete} bytes; after the group's change {after:?}; agent: {}",
+        agent.log_text()[log_before..].trim()
+    );
 }

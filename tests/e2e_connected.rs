@@ -304,11 +304,20 @@ fn huge_durations_in_cached_assignments_do_not_abort_the_agent() {
 
     server.stop();
     agent.kill9();
-    // The kept set: {revision, versions, tasks} (src/agent/connected/desired.rs),
-    // with the deltas since in assignments.log folded in first.
+    // The kept set: {revision, versions, tasks, bare, groups, groupVersions}
+    // (src/agent/connected/desired.rs), with the deltas since in
+    // assignments.log folded in first. The task travelled without its
+    // group's fields (it is in `bare`: stripped again on load), so the
+    // group's shared data, its disconnect policy included, is edited in
+    // `groups`.
     k8s4r::agent::connected::desired::Kept::compact(&agent.data).unwrap();
     let cache = agent.data.join("assignments.json");
     let mut kept: Value = serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
+    assert_eq!(
+        kept["bare"],
+        json!(["huge-g-r0-run"]),
+        "the group's part is the task's: {kept}"
+    );
     let spec = &mut kept["tasks"][0]["spec"];
     assert_eq!(spec["timeout"], "1h", "the cached task: {spec}");
     for pointer in [
@@ -316,12 +325,12 @@ fn huge_durations_in_cached_assignments_do_not_abort_the_agent() {
         "/killTimeout",
         "/restartPolicy/interval",
         "/restartPolicy/delay",
-        "/disconnect/stopOnClientAfter",
         "/services/0/checks/0/interval",
         "/services/0/checks/0/timeout",
     ] {
         *spec.pointer_mut(pointer).unwrap() = json!(huge);
     }
+    *kept.pointer_mut("/groups/huge-g/disconnect/stopOnClientAfter").unwrap() = json!(huge);
     std::fs::write(&cache, serde_json::to_vec(&kept).unwrap()).unwrap();
 
     agent.spawn();

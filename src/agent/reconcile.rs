@@ -23,6 +23,22 @@
 //! replace, every unit wanted); the supervisor applies it in one call and
 //! stops what is not wanted.
 //!
+//! Groups come as data: each task carries its group's key
+//! (`taskGroupName`), name and shared fields (init tasks, network), filled
+//! in from the group's part of the server's answer
+//! (`connected::desired`) or from the Job (`standalone`); nothing here
+//! takes a name apart.
+//!
+//! Not a pure function yet: besides the units (through [`Units`], its
+//! clock included), planning a group's proxy does I/O — it renders the
+//! Envoy config and checks its ports (`envoy::prepare`, `envoy::update`,
+//! `RobotProxy::want`), reads and writes the launch file of a re-adopted
+//! Envoy, asks the admin socket whether Envoy is ready, creates the proxy's
+//! directory and looks up the Envoy binary (PATH, `--proxy-user`'s
+//! account); and a failed init task's message carries the tail of its log
+//! (`log_tail`). Everything else a pass decides from its inputs, and the
+//! unit tests below drive it with a read-only fake of the units.
+//!
 //! Where each unit lives and what it is called: `layout`.
 
 use super::privileges::ProxyMode;
@@ -52,6 +68,9 @@ pub struct AssignedTask {
     /// `<job>-<group>-r<i>-<task>`.
     pub name: String,
     pub job_type: JobType,
+    /// The group's name in the Job (`<group>`), as the Job or the server's
+    /// group part gives it.
+    pub group: String,
     pub spec: TaskSpec,
 }
 
@@ -61,10 +80,7 @@ impl AssignedTask {
     }
     /// The group's name in the Job (`<group>`), for people and K8S4R_TASKGROUP.
     pub fn group(&self) -> &str {
-        let tg = self.spec.task_group_name.as_deref().unwrap_or("");
-        tg.strip_prefix(self.job())
-            .and_then(|r| r.strip_prefix('-'))
-            .unwrap_or(tg)
+        &self.group
     }
     pub fn replica(&self) -> i32 {
         self.spec.replica_index.unwrap_or(0)
@@ -956,6 +972,7 @@ mod tests {
         AssignedTask {
             name: format!("j-{group}-r{replica}-{name}"),
             job_type: JobType::Service,
+            group: group.into(),
             spec: TaskSpec {
                 name: name.into(),
                 job_name: Some("j".into()),

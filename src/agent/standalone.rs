@@ -33,11 +33,22 @@ pub struct RunOptions {
 /// Expand a Job into its assigned tasks, exactly as the control plane
 /// splits it (`api::job_expansion`).
 pub fn expand(job: &Job) -> Vec<AssignedTask> {
-    crate::api::job_expansion::expand(job)
+    use crate::api::job_expansion::{self, task_group_name};
+    // Each group's name in the Job, found by the key its tasks carry.
+    let group_of = |key: Option<&String>| {
+        job.spec
+            .task_groups
+            .iter()
+            .find(|g| key.is_some_and(|k| *k == task_group_name(job.name(), &g.name)))
+            .map(|g| g.name.clone())
+            .unwrap_or_default()
+    };
+    job_expansion::expand(job)
         .into_iter()
         .map(|(name, spec)| AssignedTask {
             name,
             job_type: job.spec.job_type,
+            group: group_of(spec.task_group_name.as_ref()),
             spec,
         })
         .collect()

@@ -29,6 +29,7 @@
 //! signature, stale time, replayed counter; 409 a name bound to other keys).
 
 use super::agent_release::{AgentUpdate, UpdateResult};
+use super::assignment_set::GroupPart;
 use super::types::{StringMap, Task, TaskStatus};
 use serde::{Deserialize, Serialize};
 
@@ -91,7 +92,8 @@ pub struct Assignments {
     /// With `delta=1` each task carries only what an agent reads: apiVersion,
     /// kind, metadata name, namespace, uid, generation, labels and annotations
     /// (not the server's `robot.k8s4r.io/` bookkeeping), spec, and status
-    /// state and pid.
+    /// state and pid; with `groups=1` also no `generation`, and a task
+    /// whose group fields are its group's part (`groups`) without them.
     pub tasks: Vec<Task>,
     /// `tasks` and `removed` are changes to the set the robot held at
     /// `since` (only when the poll asked `delta=1`); false: `tasks` is the
@@ -109,6 +111,18 @@ pub struct Assignments {
     /// has another digest asks for the complete set (`since=0`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
+    /// With `groups=1` (the group form, [`crate::api::assignment_set`]):
+    /// the shared data of each TaskGroup added or changed, by
+    /// `taskGroupName`; its tasks in `tasks` travel without it. The digest
+    /// then covers the groups too.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub groups: std::collections::BTreeMap<String, GroupPart>,
+    /// With `groups=1`: the version hash of each group in `groups`.
+    #[serde(default, skip_serializing_if = "StringMap::is_empty")]
+    pub group_versions: StringMap,
+    /// With `groups=1`, in a delta answer: groups no longer in the set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed_groups: Vec<String>,
     /// How long the next poll should wait (`wait=`); grows with the fleet so
     /// the server's request rate stays bounded.
     pub poll_interval_seconds: u64,

@@ -997,10 +997,6 @@ fn review_job(job: &Job) -> Findings {
     errs.0
 }
 
-pub fn validate_task_group(tg: &TaskGroup) -> Vec<FieldError> {
-    review_task_group(tg).errors
-}
-
 fn review_task_group(tg: &TaskGroup) -> Findings {
     let mut errs = Errors::default();
     check_meta(&mut errs, &tg.metadata);

@@ -117,6 +117,13 @@ pub struct AssignmentsView {
     pub versions: crate::api::StringMap,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
+    /// The group form's group parts (`groups=1`).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub groups: std::collections::BTreeMap<String, Shared>,
+    #[serde(skip_serializing_if = "crate::api::StringMap::is_empty")]
+    pub group_versions: crate::api::StringMap,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub removed_groups: Vec<String>,
     pub poll_interval_seconds: u64,
     pub offline_after_seconds: u64,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -441,6 +448,9 @@ impl Agents {
             removed: Vec::new(),
             versions: crate::api::StringMap::new(),
             digest: None,
+            groups: std::collections::BTreeMap::new(),
+            group_versions: crate::api::StringMap::new(),
+            removed_groups: Vec::new(),
             poll_interval_seconds: self.hub.fleet.poll_interval().as_secs().max(1),
             offline_after_seconds: self.hub.fleet.offline_after().as_secs(),
             log_requests: self.logs.broker.take_unsent(&id.namespace, &id.name),
@@ -461,7 +471,11 @@ impl Agents {
             return view;
         }
         let kept = self.hub.fleet.delivered(ns, name);
-        let base = kept.iter().find(|d| d.revision == since && since != 0);
+        // A set remembered in the other form is no base (an agent updated
+        // in between gets the complete set).
+        let base = kept
+            .iter()
+            .find(|d| d.revision == since && since != 0 && d.grouped == ask.groups);
         if revision == since {
             // Nothing new; a resuming agent still learns whether its set
             // is the server's (unknown here: the complete set, below).
@@ -479,6 +493,7 @@ impl Agents {
             self.hub.cache.tasks_on_robot(ns, name),
             revision,
             kept.last().map(|d| &**d),
+            ask.groups,
         );
         let answer = assignments::answer(&now, base.map(|d| &**d));
         self.hub.fleet.remember_delivered(ns, name, Arc::new(now));
@@ -486,6 +501,9 @@ impl Agents {
         view.tasks = answer.tasks.into_iter().map(Shared).collect();
         view.removed = answer.removed;
         view.versions = answer.versions;
+        view.groups = answer.groups.into_iter().map(|(k, g)| (k, Shared(g))).collect();
+        view.group_versions = answer.group_versions;
+        view.removed_groups = answer.removed_groups;
         view.digest = Some(answer.digest);
         view
     }

@@ -133,14 +133,15 @@ impl Client {
     }
 
     /// Long poll: returns at once if the desired set changed after `since`,
-    /// else when it changes or `wait` is over. Asks for deltas, and with
-    /// `verify` for the digest even when nothing changed.
+    /// else when it changes or `wait` is over. Asks for deltas in the group
+    /// form (each TaskGroup's shared data once), and with `verify` for the
+    /// digest even when nothing changed.
     pub fn assignments(&self, since: u64, wait: Duration, verify: bool) -> Result<Assignments, ClientError> {
         let robot = self.robot()?;
         let call = Call {
             method: "GET",
             path: format!(
-                "{PREFIX}/robots/{robot}/assignments?since={since}&wait={}s&delta=1{}",
+                "{PREFIX}/robots/{robot}/assignments?since={since}&wait={}s&delta=1&groups=1{}",
                 wait.as_secs(),
                 if verify { "&verify=1" } else { "" }
             ),

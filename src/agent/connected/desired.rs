@@ -7,23 +7,39 @@
 //! that arrives the robot keeps running what it ran: a mismatch never
 //! reaches the reconciler.
 //!
+//! In the group form (`groups=1`) the set also holds each TaskGroup's
+//! shared data once, with its version hash; tasks that travelled without
+//! their group's fields get them back from it when the set is handed on
+//! ([`assignment_set::GroupPart::fill`]), so everything after the poller
+//! sees each Task as the control plane stored it.
+//!
 //! On disk, one durable write per change: a complete set is written whole
 //! (`assignments.json`, the snapshot: atomic rename); a delta is appended to
 //! `assignments.log` as one line (what it added or changed with their
-//! versions, the names it removed, the revision it applies to and the one
-//! it makes) and fdatasync'd. Loading replays the log onto the snapshot
-//! while each line applies to the revision the one before made; the first
-//! line that does not (torn by a crash mid-append, unreadable, or left from
-//! before the snapshot) ends the replay, and the next save writes a new
-//! snapshot instead of appending after it. The log is folded into a new
-//! snapshot once it is larger than the snapshot (or 64 KiB): the log is
-//! removed first, so a crash in between leaves an older snapshot, which
-//! the server brings up to date (a resumed set is always verified against
-//! the server's digest, see `Poller`).
+//! versions, the names it removed, the group parts it added or changed
+//! with their versions and the groups it removed, the revision it applies
+//! to and the one it makes) and fdatasync'd. Loading replays the log onto
+//! the snapshot while each line applies to the revision the one before
+//! made; the first line that does not (torn by a crash mid-append,
+//! unreadable, or left from before the snapshot) ends the replay, and the
+//! next save writes a new snapshot instead of appending after it. The log
+//! is folded into a new snapshot once it is larger than the snapshot (or
+//! 64 KiB): the log is removed first, so a crash in between leaves an older
+//! snapshot, which the server brings up to date (a resumed set is always
+//! verified against the server's digest, see `Poller`).
+//!
+//! The snapshot holds the tasks filled with their group's data, with the
+//! names of those that travelled without it (`bare`, stripped again on
+//! load so the next change to their group still reaches them): an older
+//! agent (a self-update rolled back) reads it as it always did and runs
+//! each task with its group's data. A log line holds its tasks as they
+//! travelled (a bare one is the one without `jobName` whose group the set
+//! holds, as in memory), so it needs no such names; only this agent reads
+//! the log.
 
 use crate::api::agent_protocol::Assignments;
-use crate::api::assignment_set;
-use crate::api::Task;
+use crate::api::assignment_set::{self, GroupPart};
+use crate::api::{StringMap, Task};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -43,8 +59,13 @@ const COMPACT_AFTER_BYTES: u64 = 64 * 1024;
 pub struct Kept {
     /// The revision the set is at; 0: unknown (ask for the complete set).
     revision: u64,
-    /// Name → (version hash, task).
+    /// Name → (version hash, task as it travelled).
     tasks: BTreeMap<String, (String, Task)>,
+    /// Group form: `taskGroupName` → the group's part.
+    groups: BTreeMap<String, GroupPart>,
+    /// Group form: `taskGroupName` → version hash. (Map types the agent
+    /// has already: each new one costs flash.)
+    group_versions: StringMap,
     /// What the last answers changed and `save` has not written yet.
     unsaved: Unsaved,
     /// The log, open for appending once written to in this run.
@@ -59,25 +80,36 @@ pub struct Kept {
 enum Unsaved {
     #[default]
     Nothing,
-    /// One delta: from `base`, these names removed and these (re)written.
+    /// One delta: from `base`, these task names and group keys removed and
+    /// these (re)written.
     Delta {
         base: u64,
         removed: Vec<String>,
         changed: Vec<String>,
+        removed_groups: Vec<String>,
+        changed_groups: Vec<String>,
     },
     /// A complete set, several deltas, or a log that cannot be appended
     /// to: write a new snapshot.
     Snapshot,
 }
 
-/// One line of the log.
+/// One line of the log: one delta, its tasks as they travelled.
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct Record<'a> {
     base: u64,
     revision: u64,
     removed: &'a [String],
     versions: BTreeMap<&'a str, &'a str>,
     tasks: Vec<&'a Task>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    removed_groups: &'a [String],
+    /// Owned: the answer's map types (no new ones in the agent).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    groups: BTreeMap<String, GroupPart>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    group_versions: StringMap,
 }
 
 /// What one answer did to the kept set.
@@ -103,6 +135,10 @@ pub struct Update {
     /// tasks.
     pub delta: bool,
     pub removed: usize,
+    /// Group parts the answer carried (added or changed).
+    pub groups_changed: usize,
+    /// Each group's name in its Job, by `taskGroupName` (group form).
+    pub group_names: BTreeMap<String, String>,
 }
 
 impl std::fmt::Display for Update {
@@ -110,22 +146,34 @@ impl std::fmt::Display for Update {
         if self.delta {
             write!(
                 f,
-                "{} tasks (delta: {} added or changed, {} removed)",
+                "{} tasks (delta: {} added or changed, {} removed",
                 self.tasks.len(),
                 self.changed.len(),
                 self.removed
-            )
+            )?;
+            if self.groups_changed > 0 {
+                write!(f, "; {} task group(s) changed", self.groups_changed)?;
+            }
+            write!(f, ")")
         } else {
             write!(f, "{} tasks (complete set)", self.tasks.len())
         }
     }
 }
 
+/// The snapshot: the tasks filled (module doc).
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct Stored<'a> {
     revision: u64,
     versions: BTreeMap<&'a str, &'a str>,
-    tasks: Vec<&'a Task>,
+    tasks: Vec<Task>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    bare: Vec<&'a str>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    groups: &'a BTreeMap<String, GroupPart>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    group_versions: &'a StringMap,
 }
 
 impl Kept {
@@ -134,13 +182,43 @@ impl Kept {
         self.revision
     }
 
+    /// The complete set, each task with its group's fields.
     pub fn tasks(&self) -> Vec<Task> {
-        self.tasks.values().map(|(_, t)| t.clone()).collect()
+        self.tasks.values().map(|(_, t)| self.filled(t)).collect()
     }
 
-    /// The digest of the set as kept.
+    /// `t` travelled without its group's fields (they are filled in).
+    fn is_bare(&self, t: &Task) -> bool {
+        t.spec.job_name.is_none()
+            && t.spec
+                .task_group_name
+                .as_ref()
+                .is_some_and(|k| self.groups.contains_key(k))
+    }
+
+    fn filled(&self, t: &Task) -> Task {
+        let mut t = t.clone();
+        let group = t.spec.task_group_name.as_ref().and_then(|k| self.groups.get(k));
+        if let Some(part) = group {
+            part.fill(&mut t.spec);
+        }
+        t
+    }
+
+    /// Each group's name in its Job, by `taskGroupName`.
+    pub fn group_names(&self) -> BTreeMap<String, String> {
+        self.groups
+            .iter()
+            .filter_map(|(k, p)| Some((k.clone(), p.group_name.clone()?)))
+            .collect()
+    }
+
+    /// The digest of the set as kept (with its groups: the group form's).
     pub fn digest(&self) -> String {
-        assignment_set::digest(self.tasks.iter().map(|(n, (v, _))| (n.as_str(), v.as_str())))
+        assignment_set::digest_with_groups(
+            self.tasks.iter().map(|(n, (v, _))| (n.as_str(), v.as_str())),
+            self.group_versions.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        )
     }
 
     /// Apply a verified answer to a poll that named `since`.
@@ -162,15 +240,18 @@ impl Kept {
             self.revision = 0;
             return Taken::Mismatch(format!("a delta from revision {since}, but the set kept is at {held}"));
         }
+        let groups = std::mem::take(&mut a.groups);
+        let groups_changed = groups.len();
         let mut changed = Vec::new();
         let mut removed = 0;
         if new {
-            let names = keyed.iter().map(|(n, _, _)| n.clone()).collect();
             self.unsaved = match self.unsaved {
                 Unsaved::Nothing if a.delta => Unsaved::Delta {
                     base: self.revision,
                     removed: a.removed.clone(),
-                    changed: names,
+                    changed: keyed.iter().map(|(n, _, _)| n.clone()).collect(),
+                    removed_groups: a.removed_groups.clone(),
+                    changed_groups: groups.keys().cloned().collect(),
                 },
                 _ => Unsaved::Snapshot,
             };
@@ -178,12 +259,25 @@ impl Kept {
                 for name in &a.removed {
                     removed += usize::from(self.tasks.remove(name).is_some());
                 }
+                for key in &a.removed_groups {
+                    self.groups.remove(key);
+                    self.group_versions.remove(key);
+                }
             } else {
                 self.tasks.clear();
+                self.groups.clear();
+                self.group_versions.clear();
             }
+            for key in groups.keys() {
+                let version = a.group_versions.remove(key).unwrap_or_default();
+                self.group_versions.insert(key.clone(), version);
+            }
+            self.groups.extend(groups);
             for (name, version, t) in keyed {
-                changed.push(t.clone());
-                self.tasks.insert(name, (version, t));
+                self.tasks.insert(name.clone(), (version, t));
+                if let Some((_, t)) = self.tasks.get(&name) {
+                    changed.push(self.filled(t));
+                }
             }
             self.revision = a.revision;
         }
@@ -203,15 +297,18 @@ impl Kept {
                 changed,
                 delta: a.delta,
                 removed,
+                groups_changed,
+                group_names: self.group_names(),
             })
         } else {
             Taken::Same
         }
     }
 
-    /// The kept set from the data dir; an empty one at revision 0 when
-    /// there is none, it cannot be read, or it lacks version hashes (then
-    /// its tasks still run until the server answers).
+    /// The kept set from the data dir (the snapshot, then the log); an
+    /// empty one at revision 0 when there is none, it cannot be read, or it
+    /// lacks version hashes (then its tasks still run until the server
+    /// answers).
     pub fn load(data_dir: &Path) -> Kept {
         let Some(value) = std::fs::read(data_dir.join(FILE))
             .ok()
@@ -219,25 +316,44 @@ impl Kept {
         else {
             return Kept::default();
         };
-        let (revision, versions, tasks) = match value {
+        let take = |v: &mut serde_json::Value, k: &str| v.get_mut(k).map(serde_json::Value::take).unwrap_or_default();
+        let null = serde_json::Value::Null;
+        let (revision, versions, tasks, groups, group_versions, bare) = match value {
             // The complete set alone (agents before delta assignments).
-            serde_json::Value::Array(_) => (0, serde_json::Value::Null, value),
+            serde_json::Value::Array(_) => (0, null.clone(), value, null.clone(), null.clone(), null),
             mut v => (
                 v.get("revision").and_then(serde_json::Value::as_u64).unwrap_or(0),
-                v.get_mut("versions").map(serde_json::Value::take).unwrap_or_default(),
-                v.get_mut("tasks").map(serde_json::Value::take).unwrap_or_default(),
+                take(&mut v, "versions"),
+                take(&mut v, "tasks"),
+                take(&mut v, "groups"),
+                take(&mut v, "groupVersions"),
+                take(&mut v, "bare"),
             ),
         };
+        let bare: Vec<&str> = bare
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(serde_json::Value::as_str)
+            .collect();
         // Through the one typed decoder the agent has (api::decode).
-        let Ok(tasks) = crate::api::decode::decode_typed::<Vec<Task>>(tasks).map(|d| d.object) else {
+        let Ok(mut tasks) = crate::api::decode::decode_typed::<Vec<Task>>(tasks).map(|d| d.object) else {
             return Kept::default();
         };
+        let Some(groups) = decode_groups(groups) else {
+            return Kept::default();
+        };
+        // Kept filled; held as it travelled.
+        for t in tasks.iter_mut().filter(|t| bare.contains(&t.metadata.name.as_str())) {
+            GroupPart::strip(&mut t.spec);
+        }
         let mut kept = Kept {
             revision,
             snapshot_bytes: std::fs::metadata(data_dir.join(FILE)).map_or(0, |m| m.len()),
             ..Kept::default()
         };
-        if !kept.insert_all(tasks, &versions) {
+        let groups_versioned = kept.insert_groups(groups, &group_versions);
+        if !kept.insert_all(tasks, &versions) || !groups_versioned {
             kept.revision = 0;
         }
         kept.replay(data_dir);
@@ -248,13 +364,24 @@ impl Kept {
     fn insert_all(&mut self, tasks: Vec<Task>, versions: &serde_json::Value) -> bool {
         let mut all = true;
         for t in tasks {
-            let version = versions
-                .get(t.metadata.name.as_str())
-                .and_then(serde_json::Value::as_str)
-                .filter(|v| assignment_set::is_hash(v));
+            let version = hash_of(versions, &t.metadata.name);
             all &= version.is_some();
             let version = version.unwrap_or_default().to_string();
             self.tasks.insert(t.metadata.name.clone(), (version, t));
+        }
+        all
+    }
+
+    /// Add group parts with their `versions`; false if one has no valid
+    /// version.
+    fn insert_groups(&mut self, groups: BTreeMap<String, GroupPart>, versions: &serde_json::Value) -> bool {
+        let mut all = true;
+        for (key, part) in groups {
+            let version = hash_of(versions, &key);
+            all &= version.is_some();
+            let version = version.unwrap_or_default().to_string();
+            self.group_versions.insert(key.clone(), version);
+            self.groups.insert(key, part);
         }
         all
     }
@@ -278,7 +405,8 @@ impl Kept {
         }
     }
 
-    /// One log line, if it applies to the revision the set is at.
+    /// One log line, if it applies to the revision the set is at: in the
+    /// order `take` applied it (removals, then groups, then tasks).
     fn apply_line(&mut self, line: &[u8]) -> bool {
         let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(line) else {
             return false;
@@ -287,25 +415,35 @@ impl Kept {
         let (Some(base), Some(revision)) = (field(&v, "base"), field(&v, "revision")) else {
             return false;
         };
-        let removed: Option<Vec<String>> = v.get("removed").and_then(|r| serde_json::from_value(r.clone()).ok());
+        let names = |v: &serde_json::Value, k: &str| match v.get(k) {
+            Some(r) => serde_json::from_value::<Vec<String>>(r.clone()).ok(),
+            None => Some(Vec::new()),
+        };
+        // `removed` is always written; `removedGroups` only when not empty.
+        let removed = v.get("removed").and_then(|_| names(&v, "removed"));
+        let removed_groups = names(&v, "removedGroups");
         let tasks = v.get_mut("tasks").map(serde_json::Value::take).unwrap_or_default();
         let tasks = crate::api::decode::decode_typed::<Vec<Task>>(tasks).map(|d| d.object);
-        let (Some(removed), Ok(tasks)) = (removed, tasks) else {
+        let groups = decode_groups(v.get_mut("groups").map(serde_json::Value::take).unwrap_or_default());
+        let (Some(removed), Some(removed_groups), Ok(tasks), Some(groups)) = (removed, removed_groups, tasks, groups)
+        else {
             return false;
         };
         let versions = v.get("versions").cloned().unwrap_or_default();
-        let versioned = tasks.iter().all(|t| {
-            versions
-                .get(t.metadata.name.as_str())
-                .and_then(serde_json::Value::as_str)
-                .is_some_and(assignment_set::is_hash)
-        });
+        let group_versions = v.get("groupVersions").cloned().unwrap_or_default();
+        let versioned = tasks.iter().all(|t| hash_of(&versions, &t.metadata.name).is_some())
+            && groups.keys().all(|k| hash_of(&group_versions, k).is_some());
         if base != self.revision || revision == 0 || !versioned {
             return false;
         }
         for name in &removed {
             self.tasks.remove(name);
         }
+        for key in &removed_groups {
+            self.groups.remove(key);
+            self.group_versions.remove(key);
+        }
+        self.insert_groups(groups, &group_versions);
         self.insert_all(tasks, &versions);
         self.revision = revision;
         true
@@ -317,10 +455,36 @@ impl Kept {
     pub fn save(&mut self, data_dir: &Path) -> io::Result<()> {
         let result = match std::mem::take(&mut self.unsaved) {
             Unsaved::Nothing => return Ok(()),
-            Unsaved::Delta { base, removed, changed }
-                if self.log_bytes <= self.snapshot_bytes.max(COMPACT_AFTER_BYTES) =>
-            {
-                self.append(data_dir, base, &removed, &changed)
+            Unsaved::Delta {
+                base,
+                removed,
+                changed,
+                removed_groups,
+                changed_groups,
+            } if self.log_bytes <= self.snapshot_bytes.max(COMPACT_AFTER_BYTES) => {
+                let changed: Vec<&(String, Task)> = changed.iter().filter_map(|n| self.tasks.get(n)).collect();
+                let record = Record {
+                    base,
+                    revision: self.revision,
+                    removed: &removed,
+                    versions: changed
+                        .iter()
+                        .map(|(v, t)| (t.metadata.name.as_str(), v.as_str()))
+                        .collect(),
+                    tasks: changed.iter().map(|(_, t)| t).collect(),
+                    removed_groups: &removed_groups,
+                    groups: changed_groups
+                        .iter()
+                        .filter_map(|k| Some((k.clone(), self.groups.get(k)?.clone())))
+                        .collect(),
+                    group_versions: changed_groups
+                        .iter()
+                        .filter_map(|k| Some((k.clone(), self.group_versions.get(k)?.clone())))
+                        .collect(),
+                };
+                serde_json::to_vec(&record)
+                    .map_err(io::Error::other)
+                    .and_then(|line| self.append(data_dir, line))
             }
             _ => self.write_snapshot(data_dir),
         };
@@ -330,19 +494,8 @@ impl Kept {
         result
     }
 
-    fn append(&mut self, data_dir: &Path, base: u64, removed: &[String], changed: &[String]) -> io::Result<()> {
-        let changed: Vec<&(String, Task)> = changed.iter().filter_map(|n| self.tasks.get(n)).collect();
-        let record = Record {
-            base,
-            revision: self.revision,
-            removed,
-            versions: changed
-                .iter()
-                .map(|(v, t)| (t.metadata.name.as_str(), v.as_str()))
-                .collect(),
-            tasks: changed.iter().map(|(_, t)| t).collect(),
-        };
-        let mut line = serde_json::to_vec(&record).map_err(io::Error::other)?;
+    /// One line to the log, fdatasync'd.
+    fn append(&mut self, data_dir: &Path, mut line: Vec<u8>) -> io::Result<()> {
         line.push(b'\n');
         if self.log.is_none() {
             let path = data_dir.join(LOG);
@@ -377,7 +530,15 @@ impl Kept {
         let stored = Stored {
             revision: self.revision,
             versions: self.tasks.iter().map(|(n, (v, _))| (n.as_str(), v.as_str())).collect(),
-            tasks: self.tasks.values().map(|(_, t)| t).collect(),
+            tasks: self.tasks(),
+            bare: self
+                .tasks
+                .iter()
+                .filter(|(_, (_, t))| self.is_bare(t))
+                .map(|(n, _)| n.as_str())
+                .collect(),
+            groups: &self.groups,
+            group_versions: &self.group_versions,
         };
         let bytes = serde_json::to_vec(&stored).map_err(io::Error::other)?;
         // Its directory fsync also makes the log's removal durable.
@@ -393,10 +554,27 @@ impl Kept {
     }
 }
 
+/// The version hash `versions` (a JSON object) holds for `name`, if valid.
+fn hash_of<'a>(versions: &'a serde_json::Value, name: &str) -> Option<&'a str> {
+    versions
+        .get(name)
+        .and_then(serde_json::Value::as_str)
+        .filter(|v| assignment_set::is_hash(v))
+}
+
+/// Group parts as stored (absent: none), through the agent's one typed
+/// decoder; None if they cannot be read.
+fn decode_groups(groups: serde_json::Value) -> Option<BTreeMap<String, GroupPart>> {
+    if groups.is_null() {
+        return Some(BTreeMap::new());
+    }
+    crate::api::decode::decode_typed(groups).ok().map(|d| d.object)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::StringMap;
+    use serde_json::{json, Value};
 
     fn task(name: &str) -> Task {
         let mut t = Task {
@@ -524,6 +702,104 @@ mod tests {
         assert_eq!(kept.tasks().len(), 2);
     }
 
+    /// A group's part whose one init task is `init`.
+    fn part(init: &str) -> GroupPart {
+        GroupPart {
+            group_name: Some("g".into()),
+            job_name: Some("j".into()),
+            init_tasks: vec![crate::api::TaskSpec {
+                name: init.into(),
+                ..Default::default()
+            }],
+            ..GroupPart::default()
+        }
+    }
+
+    /// `a` in the group form: with these group parts (key, init task,
+    /// version), its tasks in group `j-g` without their group's fields, and
+    /// the digest of `all` tasks and `all_groups`.
+    fn grouped(
+        mut a: Assignments,
+        groups: &[(&str, &str, char)],
+        all: &[(&str, char)],
+        all_groups: &[(&str, char)],
+    ) -> Assignments {
+        for (key, init, v) in groups {
+            a.groups.insert((*key).to_string(), part(init));
+            a.group_versions.insert((*key).to_string(), version(*v));
+        }
+        let tasks: Vec<(String, String)> = all.iter().map(|(n, v)| ((*n).to_string(), version(*v))).collect();
+        let gs: Vec<(String, String)> = all_groups
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), version(*v)))
+            .collect();
+        a.digest = Some(assignment_set::digest_with_groups(
+            tasks.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+            gs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        ));
+        for t in &mut a.tasks {
+            t.spec.task_group_name = Some("j-g".into());
+        }
+        a
+    }
+
+    #[test]
+    fn the_group_form_keeps_each_groups_data_once_and_fills_its_tasks() {
+        let mut kept = Kept::default();
+        let mut a = grouped(
+            answer(5, false, &[("a", 'a'), ("b", 'b')], &[], &[]),
+            &[("j-g", "setup", 'c')],
+            &[("a", 'a'), ("b", 'b')],
+            &[("j-g", 'c')],
+        );
+        let Taken::Changed(u) = kept.take(&mut a, 0) else {
+            panic!("complete set not taken")
+        };
+        assert!(u
+            .tasks
+            .iter()
+            .all(|t| t.spec.init_tasks[0].name == "setup" && t.spec.job_name.as_deref() == Some("j")));
+        assert_eq!(u.group_names.get("j-g").map(String::as_str), Some("g"));
+        // The group's data changes: the group alone travels.
+        let mut a = grouped(
+            answer(6, true, &[], &[], &[]),
+            &[("j-g", "setup2", 'd')],
+            &[("a", 'a'), ("b", 'b')],
+            &[("j-g", 'd')],
+        );
+        let Taken::Changed(u) = kept.take(&mut a, 5) else {
+            panic!("group change not taken")
+        };
+        assert_eq!((u.changed.len(), u.groups_changed), (0, 1));
+        assert!(u.tasks.iter().all(|t| t.spec.init_tasks[0].name == "setup2"));
+        assert!(u.to_string().ends_with("0 removed; 1 task group(s) changed)"), "{u}");
+        // Kept across restarts with its groups.
+        let dir = tempfile::tempdir().unwrap();
+        kept.save(dir.path()).unwrap();
+        let mut again = Kept::load(dir.path());
+        assert_eq!((again.revision(), again.digest()), (6, kept.digest()));
+        assert_eq!(again.tasks()[0].spec.init_tasks[0].name, "setup2");
+        // An older agent reads the tasks with their group's data.
+        let file: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join(FILE)).unwrap()).unwrap();
+        assert_eq!(file["tasks"][0]["spec"]["initTasks"][0]["name"], "setup2");
+        // Reloaded, the tasks still follow their group's next change.
+        let mut a = grouped(
+            answer(7, true, &[], &[], &[]),
+            &[("j-g", "setup3", 'e')],
+            &[("a", 'a'), ("b", 'b')],
+            &[("j-g", 'e')],
+        );
+        let Taken::Changed(u) = again.take(&mut a, 6) else {
+            panic!("group change after a reload not taken")
+        };
+        assert!(u.tasks.iter().all(|t| t.spec.init_tasks[0].name == "setup3"));
+        // The group removed with its tasks.
+        let mut a = answer(7, true, &[], &["a", "b"], &[]);
+        a.removed_groups = vec!["j-g".into()];
+        assert!(matches!(kept.take(&mut a, 6), Taken::Changed(_)));
+        assert!(kept.groups.is_empty() && kept.tasks.is_empty());
+    }
+
     #[test]
     fn a_delta_to_another_revision_is_refused() {
         let mut kept = Kept::default();
@@ -647,6 +923,102 @@ mod tests {
         Kept::compact(dir.path()).unwrap();
         assert!(!dir.path().join(LOG).exists());
         assert_eq!(Kept::load(dir.path()).digest(), kept.digest());
+    }
+
+    fn last_line(dir: &Path) -> Value {
+        let log = std::fs::read_to_string(dir.join(LOG)).unwrap();
+        serde_json::from_str(log.lines().last().unwrap()).unwrap()
+    }
+
+    /// `loaded` is `kept`: revision, tasks as they travelled, groups and
+    /// their versions.
+    fn assert_same(loaded: &Kept, kept: &Kept) {
+        assert_eq!((loaded.revision(), loaded.digest()), (kept.revision(), kept.digest()));
+        assert_eq!(loaded.tasks, kept.tasks, "the tasks as they travelled");
+        assert_eq!(
+            (&loaded.groups, &loaded.group_versions),
+            (&kept.groups, &kept.group_versions)
+        );
+        assert_eq!(loaded.tasks(), kept.tasks(), "the tasks filled");
+    }
+
+    #[test]
+    fn a_delta_that_changes_a_group_is_one_appended_line_and_a_restart_replays_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut kept = Kept::default();
+        let tasks = [("a", 'a'), ("b", 'b')];
+        let mut a = grouped(
+            answer(5, false, &tasks, &[], &[]),
+            &[("j-g", "setup", 'c')],
+            &tasks,
+            &[("j-g", 'c')],
+        );
+        kept.take(&mut a, 0);
+        kept.save(dir.path()).unwrap();
+        let snapshot = snapshot_inode(dir.path());
+        // The group's part changes: it alone travels, one line.
+        let mut a = grouped(
+            answer(6, true, &[], &[], &[]),
+            &[("j-g", "setup2", 'd')],
+            &tasks,
+            &[("j-g", 'd')],
+        );
+        let Taken::Changed(u) = kept.take(&mut a, 5) else {
+            panic!("group change not taken")
+        };
+        assert_eq!((u.changed.len(), u.groups_changed), (0, 1));
+        kept.save(dir.path()).unwrap();
+        assert_eq!((lines(dir.path()), snapshot_inode(dir.path())), (1, snapshot));
+        let line = last_line(dir.path());
+        assert_eq!(line["groups"]["j-g"]["initTasks"][0]["name"], "setup2", "{line}");
+        assert_eq!(
+            (
+                line["groupVersions"]["j-g"].as_str(),
+                line["tasks"].as_array().map(Vec::len)
+            ),
+            (Some(version('d').as_str()), Some(0))
+        );
+        let again = Kept::load(dir.path());
+        assert_same(&again, &kept);
+        assert!(again.tasks().iter().all(|t| t.spec.init_tasks[0].name == "setup2"));
+        // A task in a new group arrives with its group; then the first group
+        // goes with its tasks: a line each, the tasks as they travelled.
+        let all = [("a", 'a'), ("b", 'b'), ("c", 'e')];
+        let mut a = grouped(
+            answer(7, true, &[("c", 'e')], &[], &all),
+            &[("k-g", "init-k", 'f')],
+            &all,
+            &[("j-g", 'd'), ("k-g", 'f')],
+        );
+        a.tasks[0].spec.task_group_name = Some("k-g".into());
+        assert!(matches!(kept.take(&mut a, 6), Taken::Changed(_)));
+        kept.save(dir.path()).unwrap();
+        let line = last_line(dir.path());
+        let spec = &line["tasks"][0]["spec"];
+        assert_eq!(
+            (&spec["taskGroupName"], &spec["jobName"], &spec["initTasks"]),
+            (&json!("k-g"), &Value::Null, &Value::Null),
+            "as it travelled: {line}"
+        );
+        assert_eq!(line["groups"]["k-g"]["initTasks"][0]["name"], "init-k", "{line}");
+        let mut a = grouped(
+            answer(8, true, &[], &["a", "b"], &[]),
+            &[],
+            &[("c", 'e')],
+            &[("k-g", 'f')],
+        );
+        a.removed_groups = vec!["j-g".into()];
+        assert!(matches!(kept.take(&mut a, 7), Taken::Changed(_)));
+        kept.save(dir.path()).unwrap();
+        assert_eq!((lines(dir.path()), snapshot_inode(dir.path())), (3, snapshot));
+        let again = Kept::load(dir.path());
+        assert_same(&again, &kept);
+        assert_eq!(names(&again.tasks()), ["c"]);
+        assert_eq!(again.tasks()[0].spec.init_tasks[0].name, "init-k");
+        // Folded into the snapshot (the older agent's form), still the same.
+        Kept::compact(dir.path()).unwrap();
+        assert!(!dir.path().join(LOG).exists());
+        assert_same(&Kept::load(dir.path()), &kept);
     }
 
     #[test]

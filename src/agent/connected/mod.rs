@@ -48,6 +48,7 @@ use client::{Client, ClientError};
 use config::AgentConfig;
 use identity::Identity;
 use outbox::Outbox;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -171,7 +172,7 @@ pub fn run(opts: ConnectedOptions) -> Result<i32, String> {
     let update_waker = Arc::new(sup.waker().map_err(|e| format!("waker: {e}"))?);
     // The last desired set keeps running until the server answers.
     let kept = desired::Kept::load(&data_dir);
-    let mut desired = assigned_tasks(&kept.tasks());
+    let mut desired = assigned_tasks(&kept.tasks(), &kept.group_names());
     spawn_poller(
         Arc::clone(&shared),
         Client::new(&opts.config.server, Arc::clone(&channel)),
@@ -189,7 +190,7 @@ pub fn run(opts: ConnectedOptions) -> Result<i32, String> {
     let mut rec = Reconciler::new(opts.reconcile);
     loop {
         if let Some(a) = lock(&shared.inbox).latest.take() {
-            desired = assigned_tasks(&a.tasks);
+            desired = assigned_tasks(&a.tasks, &a.group_names);
             if let Err(e) = rollback.learn(&a.tasks) {
                 say(&format!("agent: rollback state: {e}"));
             }
@@ -588,14 +589,29 @@ fn read_log(data_dir: &Path, req: &crate::api::agent_protocol::LogRequest) -> cr
     upload
 }
 
-/// Turn the server's Task objects into the reconciler's assigned tasks.
-pub fn assigned_tasks(tasks: &[Task]) -> Vec<AssignedTask> {
+/// Turn the server's Task objects into the reconciler's assigned tasks;
+/// `group_names`: each group's name in its Job, by `taskGroupName` (the
+/// group form's). A set from a server without the group form names no
+/// groups: then the name is what `taskGroupName` (`{job}-{group}`) has
+/// after the job's.
+pub fn assigned_tasks(tasks: &[Task], group_names: &BTreeMap<String, String>) -> Vec<AssignedTask> {
     tasks
         .iter()
-        .map(|t| AssignedTask {
-            name: t.metadata.name.clone(),
-            job_type: t.spec.job_type.unwrap_or(JobType::Service),
-            spec: t.spec.clone(),
+        .map(|t| {
+            let key = t.spec.task_group_name.as_deref().unwrap_or("");
+            let group = group_names.get(key).cloned().unwrap_or_else(|| {
+                let job = t.spec.job_name.as_deref().unwrap_or("");
+                key.strip_prefix(job)
+                    .and_then(|r| r.strip_prefix('-'))
+                    .unwrap_or(key)
+                    .to_string()
+            });
+            AssignedTask {
+                name: t.metadata.name.clone(),
+                job_type: t.spec.job_type.unwrap_or(JobType::Service),
+                group,
+                spec: t.spec.clone(),
+            }
         })
         .collect()
 }
@@ -670,6 +686,7 @@ mod tests {
         AssignedTask {
             name: name.into(),
             job_type: JobType::Service,
+            group: "g".into(),
             spec: TaskSpec {
                 disconnect: stop_after.map(|d| DisconnectPolicy {
                     stop_on_client_after: Some(KDuration::new(d)),

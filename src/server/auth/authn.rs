@@ -66,11 +66,6 @@ impl Authenticator {
         Ok(a)
     }
 
-    /// Whether any token is configured.
-    pub fn has_tokens(&self) -> bool {
-        !self.tokens.is_empty()
-    }
-
     /// The request's user; `Ok(None)` when it carries no credentials.
     pub fn authenticate(&self, extensions: &Extensions, headers: &HeaderMap) -> Result<Option<User>, Denied> {
         if let Some(CertUser(u)) = extensions.get::<CertUser>() {

@@ -180,6 +180,7 @@ pub async fn assignments(
             let ask = crate::server::assignments::Ask {
                 delta: flag(&q, "delta")?,
                 verify: flag(&q, "verify")?,
+                groups: flag(&q, "groups")?,
             };
             app.agents.poll_exclusive(id, since, wait, ask).await
         }
