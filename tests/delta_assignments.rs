@@ -260,6 +260,8 @@ fn a_real_agent_applies_deltas_and_recovers_from_a_set_that_is_not_the_servers()
 
     // The kept set tampered while the agent is down: one task gone from it.
     agent.kill9();
+    // The deltas since the last snapshot are in assignments.log: fold them in.
+    k8s4r::agent::connected::desired::Kept::compact(&data).unwrap();
     let file = data.join("assignments.json");
     let mut state: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
     let gone = state["tasks"][0]["metadata"]["name"].as_str().unwrap().to_string();
@@ -282,6 +284,7 @@ fn a_real_agent_applies_deltas_and_recovers_from_a_set_that_is_not_the_servers()
     // assignments; then everything again, nothing twice.)
     agent.kill9();
     std::fs::remove_file(&file).unwrap();
+    let _ = std::fs::remove_file(data.join("assignments.log"));
     let log_before = agent.log_text().len();
     agent.spawn();
     wait_for("the complete set after losing state", Duration::from_secs(60), || {

@@ -305,11 +305,20 @@ fn huge_durations_in_cached_assignments_do_not_abort_the_agent() {
 
     server.stop();
     agent.kill9();
+    // The kept set: {revision, versions, tasks, bare, groups, groupVersions}
+    // (src/agent/connected/desired.rs), with the deltas since in
+    // assignments.log folded in first. The task travelled without its
+    // group's fields (it is in `bare`: stripped again on load), so the
+    // group's shared data, its disconnect policy included, is edited in
+    // `groups`.
+    k8s4r::agent::connected::desired::Kept::compact(&agent.data).unwrap();
     let cache = agent.data.join("assignments.json");
-    // The kept set: {revision, versions, tasks, groups, groupVersions}
-    // (src/agent/connected/desired.rs); the group's shared data, its
-    // disconnect policy included, is in `groups`.
     let mut kept: Value = serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
+    assert_eq!(
+        kept["bare"],
+        json!(["huge-g-r0-run"]),
+        "the group's part is the task's: {kept}"
+    );
     let spec = &mut kept["tasks"][0]["spec"];
     assert_eq!(spec["timeout"], "1h", "the cached task: {spec}");
     for pointer in [

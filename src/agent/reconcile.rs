@@ -196,8 +196,11 @@ impl Reconciler {
             if self.failed.contains_key(&key) {
                 continue;
             }
-            let respecced = tasks.iter().any(|t| {
-                t.job_type != JobType::Batch && self.built.get(&t.name).is_some_and(|h| *h != hash_debug(&t.spec))
+            // Each spec is hashed once per pass (its Debug form: the
+            // costliest step of a pass with 100 tasks).
+            let spec_hashes: Vec<u64> = tasks.iter().map(|t| hash_debug(&t.spec)).collect();
+            let respecced = tasks.iter().zip(&spec_hashes).any(|(t, spec_hash)| {
+                t.job_type != JobType::Batch && self.built.get(&t.name).is_some_and(|h| h != spec_hash)
             });
             if group_finished(&tasks, sup) && !respecced {
                 // `wanted` no longer lists its proxy and daemons: they stop.
@@ -221,14 +224,14 @@ impl Reconciler {
                     // The group's users decide its shared directory's owner:
                     // a change there rebuilds every task of the group alike.
                     let env_stamp = hash_debug(&(&proxy_env, &users));
-                    for (t, unit) in tasks.iter().zip(&units) {
-                        let stamp = hash_debug(&(t.job_type, &t.spec, env_stamp));
+                    for ((t, unit), spec_hash) in tasks.iter().zip(&units).zip(&spec_hashes) {
+                        let stamp = hash_debug(&(t.job_type, spec_hash, env_stamp));
                         if self.ensured.get(&t.name) == Some(&stamp) && sup.view(&t.name).is_some() {
                             continue;
                         }
                         plan.ensure(self.task_unit(t, unit, &proxy_env, &users));
                         self.ensured.insert(t.name.clone(), stamp);
-                        self.built.insert(t.name.clone(), hash_debug(&t.spec));
+                        self.built.insert(t.name.clone(), *spec_hash);
                     }
                 }
                 Ok((_, GroupReady::NotYet(at))) => recheck = recheck.into_iter().chain(at).min(),

@@ -245,16 +245,20 @@ impl Rollback {
             .into_iter()
             .map(|mut t| {
                 // An update lock holds a changed spec back.
+                // (The lock file is looked at only for a changed spec: this
+                // runs for every task on every wake-up.)
                 if let (Some(old), Some(v)) = (self.applied.get(&t.name), sup.view(&t.name)) {
-                    let locked = v.dir.join(LOCK_FILE).exists() && !self.overridden.contains(&t.name);
-                    if *old != t.spec && locked && v.phase.pid().is_some() {
+                    let changed = *old != t.spec && v.phase.pid().is_some();
+                    if changed && !self.overridden.contains(&t.name) && v.dir.join(LOCK_FILE).exists() {
                         self.deferred.insert(t.name.clone());
                         wake = wake.into_iter().chain(Some(now + LOCK_RECHECK)).min();
                         t.spec = old.clone();
                         return t;
                     }
                 }
-                self.applied.insert(t.name.clone(), t.spec.clone());
+                if self.applied.get(&t.name) != Some(&t.spec) {
+                    self.applied.insert(t.name.clone(), t.spec.clone());
+                }
                 if !self.offers.contains_key(&t.name) {
                     return t;
                 }

@@ -57,7 +57,9 @@ impl S6 {
         }
         service(&scan, "short", &w.short_script());
         let svscan = Group::spawn(
+            // Its default limit is 500 services (the large robot has more).
             Command::new("s6-svscan")
+                .args(["-c", &(w.sleepers + 16).to_string()])
                 .arg(&scan)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -72,7 +74,8 @@ impl S6 {
             .map(|k| format!("sleep{k}"))
             .chain(["short".into()])
             .collect();
-        super::wait_until("every s6-supervise listening", Duration::from_secs(30), || {
+        let wait = Duration::from_secs(30) + Duration::from_millis(30) * w.sleepers as u32;
+        super::wait_until("every s6-supervise listening", wait, || {
             names.iter().all(|n| control(&s6.scan, n, b"").is_ok())
         });
         s6

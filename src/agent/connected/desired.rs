@@ -11,20 +11,49 @@
 //! shared data once, with its version hash; tasks that travelled without
 //! their group's fields get them back from it when the set is handed on
 //! ([`assignment_set::GroupPart::fill`]), so everything after the poller
-//! sees each Task as the control plane stored it. The file holds the tasks
-//! filled too (with the names of those that travelled without their
-//! group's fields, `bare`): an older agent (a self-update rolled back)
-//! reads it as it always did and runs each task with its group's data.
+//! sees each Task as the control plane stored it.
+//!
+//! On disk, one durable write per change: a complete set is written whole
+//! (`assignments.json`, the snapshot: atomic rename); a delta is appended to
+//! `assignments.log` as one line (what it added or changed with their
+//! versions, the names it removed, the group parts it added or changed
+//! with their versions and the groups it removed, the revision it applies
+//! to and the one it makes) and fdatasync'd. Loading replays the log onto
+//! the snapshot while each line applies to the revision the one before
+//! made; the first line that does not (torn by a crash mid-append,
+//! unreadable, or left from before the snapshot) ends the replay, and the
+//! next save writes a new snapshot instead of appending after it. The log
+//! is folded into a new snapshot once it is larger than the snapshot (or
+//! 64 KiB): the log is removed first, so a crash in between leaves an older
+//! snapshot, which the server brings up to date (a resumed set is always
+//! verified against the server's digest, see `Poller`).
+//!
+//! The snapshot holds the tasks filled with their group's data, with the
+//! names of those that travelled without it (`bare`, stripped again on
+//! load so the next change to their group still reaches them): an older
+//! agent (a self-update rolled back) reads it as it always did and runs
+//! each task with its group's data. A log line holds its tasks as they
+//! travelled (a bare one is the one without `jobName` whose group the set
+//! holds, as in memory), so it needs no such names; only this agent reads
+//! the log.
 
 use crate::api::agent_protocol::Assignments;
 use crate::api::assignment_set::{self, GroupPart};
 use crate::api::{StringMap, Task};
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-/// The state file (under the data dir).
+/// The snapshot (under the data dir).
 pub const FILE: &str = "assignments.json";
+/// The deltas since the snapshot, one JSON line each.
+pub const LOG: &str = "assignments.log";
+/// The log is folded into a new snapshot once larger than this and than
+/// the snapshot: replaying it costs at most about as much as the snapshot.
+const COMPACT_AFTER_BYTES: u64 = 64 * 1024;
 
 #[derive(Debug, Default)]
 pub struct Kept {
@@ -32,10 +61,54 @@ pub struct Kept {
     revision: u64,
     /// Name → (version hash, task as it travelled).
     tasks: BTreeMap<String, (String, Task)>,
-    /// Group form: `taskGroupName` → (version hash, the group's part).
+    /// Group form: `taskGroupName` → the group's part.
     groups: BTreeMap<String, GroupPart>,
     /// Group form: `taskGroupName` → version hash. (Map types the agent
     /// has already: each new one costs flash.)
+    group_versions: StringMap,
+    /// What the last answers changed and `save` has not written yet.
+    unsaved: Unsaved,
+    /// The log, open for appending once written to in this run.
+    log: Option<File>,
+    /// Bytes in the log (valid lines), and in the snapshot.
+    log_bytes: u64,
+    snapshot_bytes: u64,
+}
+
+/// What `save` has to write.
+#[derive(Debug, Default)]
+enum Unsaved {
+    #[default]
+    Nothing,
+    /// One delta: from `base`, these task names and group keys removed and
+    /// these (re)written.
+    Delta {
+        base: u64,
+        removed: Vec<String>,
+        changed: Vec<String>,
+        removed_groups: Vec<String>,
+        changed_groups: Vec<String>,
+    },
+    /// A complete set, several deltas, or a log that cannot be appended
+    /// to: write a new snapshot.
+    Snapshot,
+}
+
+/// One line of the log: one delta, its tasks as they travelled.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Record<'a> {
+    base: u64,
+    revision: u64,
+    removed: &'a [String],
+    versions: BTreeMap<&'a str, &'a str>,
+    tasks: Vec<&'a Task>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    removed_groups: &'a [String],
+    /// Owned: the answer's map types (no new ones in the agent).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    groups: BTreeMap<String, GroupPart>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     group_versions: StringMap,
 }
 
@@ -88,6 +161,7 @@ impl std::fmt::Display for Update {
     }
 }
 
+/// The snapshot: the tasks filled (module doc).
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Stored<'a> {
@@ -171,6 +245,16 @@ impl Kept {
         let mut changed = Vec::new();
         let mut removed = 0;
         if new {
+            self.unsaved = match self.unsaved {
+                Unsaved::Nothing if a.delta => Unsaved::Delta {
+                    base: self.revision,
+                    removed: a.removed.clone(),
+                    changed: keyed.iter().map(|(n, _, _)| n.clone()).collect(),
+                    removed_groups: a.removed_groups.clone(),
+                    changed_groups: groups.keys().cloned().collect(),
+                },
+                _ => Unsaved::Snapshot,
+            };
             if a.delta {
                 for name in &a.removed {
                     removed += usize::from(self.tasks.remove(name).is_some());
@@ -221,9 +305,10 @@ impl Kept {
         }
     }
 
-    /// The kept set from the data dir; an empty one at revision 0 when
-    /// there is none, it cannot be read, or it lacks version hashes (then
-    /// its tasks still run until the server answers).
+    /// The kept set from the data dir (the snapshot, then the log); an
+    /// empty one at revision 0 when there is none, it cannot be read, or it
+    /// lacks version hashes (then its tasks still run until the server
+    /// answers).
     pub fn load(data_dir: &Path) -> Kept {
         let Some(value) = std::fs::read(data_dir.join(FILE))
             .ok()
@@ -235,12 +320,12 @@ impl Kept {
         let null = serde_json::Value::Null;
         let (revision, versions, tasks, groups, group_versions, bare) = match value {
             // The complete set alone (agents before delta assignments).
-            serde_json::Value::Array(_) => (0, null.clone(), value, None, null.clone(), null),
+            serde_json::Value::Array(_) => (0, null.clone(), value, null.clone(), null.clone(), null),
             mut v => (
                 v.get("revision").and_then(serde_json::Value::as_u64).unwrap_or(0),
                 take(&mut v, "versions"),
                 take(&mut v, "tasks"),
-                v.get_mut("groups").map(serde_json::Value::take),
+                take(&mut v, "groups"),
                 take(&mut v, "groupVersions"),
                 take(&mut v, "bare"),
             ),
@@ -252,53 +337,196 @@ impl Kept {
             .filter_map(serde_json::Value::as_str)
             .collect();
         // Through the one typed decoder the agent has (api::decode).
-        let Ok(tasks) = crate::api::decode::decode_typed::<Vec<Task>>(tasks).map(|d| d.object) else {
+        let Ok(mut tasks) = crate::api::decode::decode_typed::<Vec<Task>>(tasks).map(|d| d.object) else {
             return Kept::default();
         };
-        let groups = match groups {
-            None => BTreeMap::new(),
-            Some(g) => match crate::api::decode::decode_typed::<BTreeMap<String, GroupPart>>(g) {
-                Ok(d) => d.object,
-                Err(_) => return Kept::default(),
-            },
+        let Some(groups) = decode_groups(groups) else {
+            return Kept::default();
         };
+        // Kept filled; held as it travelled.
+        for t in tasks.iter_mut().filter(|t| bare.contains(&t.metadata.name.as_str())) {
+            GroupPart::strip(&mut t.spec);
+        }
         let mut kept = Kept {
             revision,
-            tasks: BTreeMap::new(),
-            groups,
-            group_versions: StringMap::new(),
+            snapshot_bytes: std::fs::metadata(data_dir.join(FILE)).map_or(0, |m| m.len()),
+            ..Kept::default()
         };
-        for key in kept.groups.keys() {
-            let version = group_versions
-                .get(key.as_str())
-                .and_then(serde_json::Value::as_str)
-                .filter(|v| assignment_set::is_hash(v));
-            if version.is_none() {
-                kept.revision = 0;
-            }
-            let version = version.unwrap_or_default().to_string();
-            kept.group_versions.insert(key.clone(), version);
+        let groups_versioned = kept.insert_groups(groups, &group_versions);
+        if !kept.insert_all(tasks, &versions) || !groups_versioned {
+            kept.revision = 0;
         }
-        for mut t in tasks {
-            // Kept filled; held as it travelled.
-            if bare.contains(&t.metadata.name.as_str()) {
-                GroupPart::strip(&mut t.spec);
-            }
-            let version = versions
-                .get(t.metadata.name.as_str())
-                .and_then(serde_json::Value::as_str)
-                .filter(|v| assignment_set::is_hash(v));
-            if version.is_none() {
-                kept.revision = 0;
-            }
-            let version = version.unwrap_or_default().to_string();
-            kept.tasks.insert(t.metadata.name.clone(), (version, t));
-        }
+        kept.replay(data_dir);
         kept
     }
 
-    /// Write the set to the data dir (atomically).
-    pub fn save(&self, data_dir: &Path) -> std::io::Result<()> {
+    /// Add `tasks` with their `versions`; false if one has no valid version.
+    fn insert_all(&mut self, tasks: Vec<Task>, versions: &serde_json::Value) -> bool {
+        let mut all = true;
+        for t in tasks {
+            let version = hash_of(versions, &t.metadata.name);
+            all &= version.is_some();
+            let version = version.unwrap_or_default().to_string();
+            self.tasks.insert(t.metadata.name.clone(), (version, t));
+        }
+        all
+    }
+
+    /// Add group parts with their `versions`; false if one has no valid
+    /// version.
+    fn insert_groups(&mut self, groups: BTreeMap<String, GroupPart>, versions: &serde_json::Value) -> bool {
+        let mut all = true;
+        for (key, part) in groups {
+            let version = hash_of(versions, &key);
+            all &= version.is_some();
+            let version = version.unwrap_or_default().to_string();
+            self.group_versions.insert(key.clone(), version);
+            self.groups.insert(key, part);
+        }
+        all
+    }
+
+    /// Apply the log's lines that follow on from the snapshot (module doc).
+    fn replay(&mut self, data_dir: &Path) {
+        let Ok(bytes) = std::fs::read(data_dir.join(LOG)) else {
+            return;
+        };
+        let mut used = 0;
+        for line in bytes.split_inclusive(|b| *b == b'\n') {
+            if self.revision == 0 || !line.ends_with(b"\n") || !self.apply_line(line) {
+                break;
+            }
+            used += line.len();
+        }
+        self.log_bytes = used as u64;
+        if used < bytes.len() {
+            // Appending after a line that ends the replay would be lost.
+            self.unsaved = Unsaved::Snapshot;
+        }
+    }
+
+    /// One log line, if it applies to the revision the set is at: in the
+    /// order `take` applied it (removals, then groups, then tasks).
+    fn apply_line(&mut self, line: &[u8]) -> bool {
+        let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(line) else {
+            return false;
+        };
+        let field = |v: &serde_json::Value, k: &str| v.get(k).and_then(serde_json::Value::as_u64);
+        let (Some(base), Some(revision)) = (field(&v, "base"), field(&v, "revision")) else {
+            return false;
+        };
+        let names = |v: &serde_json::Value, k: &str| match v.get(k) {
+            Some(r) => serde_json::from_value::<Vec<String>>(r.clone()).ok(),
+            None => Some(Vec::new()),
+        };
+        // `removed` is always written; `removedGroups` only when not empty.
+        let removed = v.get("removed").and_then(|_| names(&v, "removed"));
+        let removed_groups = names(&v, "removedGroups");
+        let tasks = v.get_mut("tasks").map(serde_json::Value::take).unwrap_or_default();
+        let tasks = crate::api::decode::decode_typed::<Vec<Task>>(tasks).map(|d| d.object);
+        let groups = decode_groups(v.get_mut("groups").map(serde_json::Value::take).unwrap_or_default());
+        let (Some(removed), Some(removed_groups), Ok(tasks), Some(groups)) = (removed, removed_groups, tasks, groups)
+        else {
+            return false;
+        };
+        let versions = v.get("versions").cloned().unwrap_or_default();
+        let group_versions = v.get("groupVersions").cloned().unwrap_or_default();
+        let versioned = tasks.iter().all(|t| hash_of(&versions, &t.metadata.name).is_some())
+            && groups.keys().all(|k| hash_of(&group_versions, k).is_some());
+        if base != self.revision || revision == 0 || !versioned {
+            return false;
+        }
+        for name in &removed {
+            self.tasks.remove(name);
+        }
+        for key in &removed_groups {
+            self.groups.remove(key);
+            self.group_versions.remove(key);
+        }
+        self.insert_groups(groups, &group_versions);
+        self.insert_all(tasks, &versions);
+        self.revision = revision;
+        true
+    }
+
+    /// Write what changed since the last save: one line appended to the
+    /// log for a delta, else a new snapshot (module doc). After a failure
+    /// the next save writes a snapshot.
+    pub fn save(&mut self, data_dir: &Path) -> io::Result<()> {
+        let result = match std::mem::take(&mut self.unsaved) {
+            Unsaved::Nothing => return Ok(()),
+            Unsaved::Delta {
+                base,
+                removed,
+                changed,
+                removed_groups,
+                changed_groups,
+            } if self.log_bytes <= self.snapshot_bytes.max(COMPACT_AFTER_BYTES) => {
+                let changed: Vec<&(String, Task)> = changed.iter().filter_map(|n| self.tasks.get(n)).collect();
+                let record = Record {
+                    base,
+                    revision: self.revision,
+                    removed: &removed,
+                    versions: changed
+                        .iter()
+                        .map(|(v, t)| (t.metadata.name.as_str(), v.as_str()))
+                        .collect(),
+                    tasks: changed.iter().map(|(_, t)| t).collect(),
+                    removed_groups: &removed_groups,
+                    groups: changed_groups
+                        .iter()
+                        .filter_map(|k| Some((k.clone(), self.groups.get(k)?.clone())))
+                        .collect(),
+                    group_versions: changed_groups
+                        .iter()
+                        .filter_map(|k| Some((k.clone(), self.group_versions.get(k)?.clone())))
+                        .collect(),
+                };
+                serde_json::to_vec(&record)
+                    .map_err(io::Error::other)
+                    .and_then(|line| self.append(data_dir, line))
+            }
+            _ => self.write_snapshot(data_dir),
+        };
+        if result.is_err() {
+            self.unsaved = Unsaved::Snapshot;
+        }
+        result
+    }
+
+    /// One line to the log, fdatasync'd.
+    fn append(&mut self, data_dir: &Path, mut line: Vec<u8>) -> io::Result<()> {
+        line.push(b'\n');
+        if self.log.is_none() {
+            let path = data_dir.join(LOG);
+            let created = !path.exists();
+            let file = OpenOptions::new()
+                .append(true)
+                .create(true)
+                .mode(0o600)
+                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                .open(&path)?;
+            if created {
+                // The new name must survive a crash too.
+                File::open(data_dir)?.sync_all()?;
+            }
+            self.log = Some(file);
+        }
+        let log = self.log.as_mut().expect("opened above");
+        log.write_all(&line)?;
+        log.sync_data()?;
+        self.log_bytes = self.log_bytes.saturating_add(line.len() as u64);
+        Ok(())
+    }
+
+    /// The whole set as the new snapshot; the log goes first (module doc).
+    fn write_snapshot(&mut self, data_dir: &Path) -> io::Result<()> {
+        self.log = None;
+        match std::fs::remove_file(data_dir.join(LOG)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        self.log_bytes = 0;
         let stored = Stored {
             revision: self.revision,
             versions: self.tasks.iter().map(|(n, (v, _))| (n.as_str(), v.as_str())).collect(),
@@ -312,14 +540,41 @@ impl Kept {
             groups: &self.groups,
             group_versions: &self.group_versions,
         };
-        let bytes = serde_json::to_vec(&stored).map_err(std::io::Error::other)?;
-        crate::atomic_file::write(&data_dir.join(FILE), &bytes, 0o600)
+        let bytes = serde_json::to_vec(&stored).map_err(io::Error::other)?;
+        // Its directory fsync also makes the log's removal durable.
+        crate::atomic_file::write(&data_dir.join(FILE), &bytes, 0o600)?;
+        self.snapshot_bytes = bytes.len() as u64;
+        Ok(())
     }
+
+    /// Fold the log into a new snapshot now (tests read the set from the
+    /// snapshot alone).
+    pub fn compact(data_dir: &Path) -> io::Result<()> {
+        Kept::load(data_dir).write_snapshot(data_dir)
+    }
+}
+
+/// The version hash `versions` (a JSON object) holds for `name`, if valid.
+fn hash_of<'a>(versions: &'a serde_json::Value, name: &str) -> Option<&'a str> {
+    versions
+        .get(name)
+        .and_then(serde_json::Value::as_str)
+        .filter(|v| assignment_set::is_hash(v))
+}
+
+/// Group parts as stored (absent: none), through the agent's one typed
+/// decoder; None if they cannot be read.
+fn decode_groups(groups: serde_json::Value) -> Option<BTreeMap<String, GroupPart>> {
+    if groups.is_null() {
+        return Some(BTreeMap::new());
+    }
+    crate::api::decode::decode_typed(groups).ok().map(|d| d.object)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{json, Value};
 
     fn task(name: &str) -> Task {
         let mut t = Task {
@@ -447,9 +702,9 @@ mod tests {
         assert_eq!(kept.tasks().len(), 2);
     }
 
-    #[test]
-    fn the_group_form_keeps_each_groups_data_once_and_fills_its_tasks() {
-        let part = |init: &str| GroupPart {
+    /// A group's part whose one init task is `init`.
+    fn part(init: &str) -> GroupPart {
+        GroupPart {
             group_name: Some("g".into()),
             job_name: Some("j".into()),
             init_tasks: vec![crate::api::TaskSpec {
@@ -457,27 +712,39 @@ mod tests {
                 ..Default::default()
             }],
             ..GroupPart::default()
-        };
-        let grouped =
-            |mut a: Assignments, groups: &[(&str, &str, char)], all: &[(&str, char)], all_groups: &[(&str, char)]| {
-                for (key, init, v) in groups {
-                    a.groups.insert((*key).to_string(), part(init));
-                    a.group_versions.insert((*key).to_string(), version(*v));
-                }
-                let tasks: Vec<(String, String)> = all.iter().map(|(n, v)| ((*n).to_string(), version(*v))).collect();
-                let gs: Vec<(String, String)> = all_groups
-                    .iter()
-                    .map(|(k, v)| ((*k).to_string(), version(*v)))
-                    .collect();
-                a.digest = Some(assignment_set::digest_with_groups(
-                    tasks.iter().map(|(n, v)| (n.as_str(), v.as_str())),
-                    gs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-                ));
-                for t in &mut a.tasks {
-                    t.spec.task_group_name = Some("j-g".into());
-                }
-                a
-            };
+        }
+    }
+
+    /// `a` in the group form: with these group parts (key, init task,
+    /// version), its tasks in group `j-g` without their group's fields, and
+    /// the digest of `all` tasks and `all_groups`.
+    fn grouped(
+        mut a: Assignments,
+        groups: &[(&str, &str, char)],
+        all: &[(&str, char)],
+        all_groups: &[(&str, char)],
+    ) -> Assignments {
+        for (key, init, v) in groups {
+            a.groups.insert((*key).to_string(), part(init));
+            a.group_versions.insert((*key).to_string(), version(*v));
+        }
+        let tasks: Vec<(String, String)> = all.iter().map(|(n, v)| ((*n).to_string(), version(*v))).collect();
+        let gs: Vec<(String, String)> = all_groups
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), version(*v)))
+            .collect();
+        a.digest = Some(assignment_set::digest_with_groups(
+            tasks.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+            gs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        ));
+        for t in &mut a.tasks {
+            t.spec.task_group_name = Some("j-g".into());
+        }
+        a
+    }
+
+    #[test]
+    fn the_group_form_keeps_each_groups_data_once_and_fills_its_tasks() {
         let mut kept = Kept::default();
         let mut a = grouped(
             answer(5, false, &[("a", 'a'), ("b", 'b')], &[], &[]),
@@ -541,6 +808,217 @@ mod tests {
         let mut a = answer(9, true, &[("b", 'b')], &[], &[("a", 'a'), ("b", 'b')]);
         assert!(matches!(kept.take(&mut a, 7), Taken::Mismatch(_)));
         assert_eq!(kept.revision(), 0);
+    }
+
+    fn lines(dir: &Path) -> usize {
+        std::fs::read_to_string(dir.join(LOG)).map_or(0, |t| t.lines().count())
+    }
+
+    fn snapshot_inode(dir: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(dir.join(FILE)).unwrap().ino()
+    }
+
+    #[test]
+    fn a_delta_is_one_appended_line_and_a_restart_replays_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut kept = Kept::default();
+        let all = [("a", 'a'), ("b", 'b')];
+        kept.take(&mut answer(5, false, &all, &[], &all), 0);
+        kept.save(dir.path()).unwrap();
+        let snapshot = snapshot_inode(dir.path());
+        assert_eq!(lines(dir.path()), 0, "a complete set is a snapshot");
+        // Change b, add c; then remove a.
+        let all = [("a", 'a'), ("b", 'c'), ("c", 'c')];
+        kept.take(&mut answer(6, true, &[("b", 'c'), ("c", 'c')], &[], &all), 5);
+        kept.save(dir.path()).unwrap();
+        let all = [("b", 'c'), ("c", 'c')];
+        kept.take(&mut answer(7, true, &[], &["a"], &all), 6);
+        kept.save(dir.path()).unwrap();
+        assert_eq!(lines(dir.path()), 2, "one line per delta");
+        assert_eq!(snapshot_inode(dir.path()), snapshot, "the snapshot is not rewritten");
+        let again = Kept::load(dir.path());
+        assert_eq!((again.revision(), again.digest()), (7, kept.digest()));
+        assert_eq!(names(&again.tasks()), ["b", "c"]);
+        assert_eq!(again.tasks["b"].0, version('c'));
+        // Nothing new: nothing written.
+        let mut again = again;
+        again.take(&mut answer(7, true, &[], &[], &all), 7);
+        again.save(dir.path()).unwrap();
+        assert_eq!(lines(dir.path()), 2);
+    }
+
+    #[test]
+    fn a_torn_or_stale_log_line_ends_the_replay_and_the_next_save_is_a_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut kept = Kept::default();
+        kept.take(&mut answer(5, false, &[("a", 'a')], &[], &[("a", 'a')]), 0);
+        kept.save(dir.path()).unwrap();
+        let all = [("a", 'a'), ("b", 'b')];
+        kept.take(&mut answer(6, true, &[("b", 'b')], &[], &all), 5);
+        kept.save(dir.path()).unwrap();
+        // A crash in the middle of the next append.
+        let mut log = OpenOptions::new().append(true).open(dir.path().join(LOG)).unwrap();
+        log.write_all(br#"{"base":6,"revision":7,"removed":["a"],"ver"#)
+            .unwrap();
+        let mut again = Kept::load(dir.path());
+        assert_eq!((again.revision(), names(&again.tasks())), (6, vec!["a", "b"]));
+        // Appending after the torn line would be lost on the next load.
+        let all = [("a", 'a'), ("b", 'b'), ("c", 'c')];
+        again.take(&mut answer(8, true, &[("c", 'c')], &[], &all), 6);
+        again.save(dir.path()).unwrap();
+        assert!(!dir.path().join(LOG).exists(), "folded into a snapshot");
+        let loaded = Kept::load(dir.path());
+        assert_eq!((loaded.revision(), loaded.digest()), (8, again.digest()));
+
+        // A line that does not follow on from the snapshot (left from before
+        // it) is not applied.
+        let stale = br#"{"base":3,"revision":4,"removed":["a","b","c"],"versions":{},"tasks":[]}"#;
+        std::fs::write(dir.path().join(LOG), [&stale[..], b"\n"].concat()).unwrap();
+        let loaded = Kept::load(dir.path());
+        assert_eq!((loaded.revision(), loaded.tasks().len()), (8, 3));
+        // Nor one whose task lacks a version.
+        let unversioned = format!(
+            r#"{{"base":8,"revision":9,"removed":[],"versions":{{}},"tasks":[{}]}}"#,
+            serde_json::to_string(&task("d")).unwrap()
+        );
+        std::fs::write(dir.path().join(LOG), unversioned + "\n").unwrap();
+        let loaded = Kept::load(dir.path());
+        assert_eq!((loaded.revision(), loaded.tasks().len()), (8, 3));
+    }
+
+    #[test]
+    fn the_log_is_folded_into_the_snapshot_once_it_outgrows_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut kept = Kept::default();
+        kept.take(&mut answer(1, false, &[], &[], &[]), 0);
+        kept.save(dir.path()).unwrap();
+        // Each delta replaces one large task (a 4 KiB annotation).
+        let mut snapshots = 0;
+        let mut inode = snapshot_inode(dir.path());
+        for r in 2..60u64 {
+            let mut a = answer(r, true, &[("big", 'a')], &[], &[("big", 'a')]);
+            let big = &mut a.tasks[0];
+            big.metadata
+                .annotations
+                .insert("n".into(), format!("{r:04}").repeat(1024));
+            // The version names the content (any hash does here).
+            let v = version(char::from(b'a' + (r % 6) as u8));
+            a.versions.insert("big".into(), v.clone());
+            a.digest = Some(assignment_set::digest([("big", v.as_str())]));
+            assert!(matches!(kept.take(&mut a, r - 1), Taken::Changed(_)));
+            kept.save(dir.path()).unwrap();
+            if snapshot_inode(dir.path()) != inode {
+                snapshots += 1;
+                inode = snapshot_inode(dir.path());
+            }
+            let log = std::fs::metadata(dir.path().join(LOG)).map_or(0, |m| m.len());
+            assert!(log <= COMPACT_AFTER_BYTES + 8 * 1024, "the log grew to {log} bytes");
+        }
+        assert!((1..=5).contains(&snapshots), "{snapshots} snapshots in 58 deltas");
+        let loaded = Kept::load(dir.path());
+        assert_eq!((loaded.revision(), loaded.digest()), (59, kept.digest()));
+        assert!(loaded.tasks["big"].1.metadata.annotations["n"].starts_with("0059"));
+        // Tests fold it on demand.
+        Kept::compact(dir.path()).unwrap();
+        assert!(!dir.path().join(LOG).exists());
+        assert_eq!(Kept::load(dir.path()).digest(), kept.digest());
+    }
+
+    fn last_line(dir: &Path) -> Value {
+        let log = std::fs::read_to_string(dir.join(LOG)).unwrap();
+        serde_json::from_str(log.lines().last().unwrap()).unwrap()
+    }
+
+    /// `loaded` is `kept`: revision, tasks as they travelled, groups and
+    /// their versions.
+    fn assert_same(loaded: &Kept, kept: &Kept) {
+        assert_eq!((loaded.revision(), loaded.digest()), (kept.revision(), kept.digest()));
+        assert_eq!(loaded.tasks, kept.tasks, "the tasks as they travelled");
+        assert_eq!(
+            (&loaded.groups, &loaded.group_versions),
+            (&kept.groups, &kept.group_versions)
+        );
+        assert_eq!(loaded.tasks(), kept.tasks(), "the tasks filled");
+    }
+
+    #[test]
+    fn a_delta_that_changes_a_group_is_one_appended_line_and_a_restart_replays_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut kept = Kept::default();
+        let tasks = [("a", 'a'), ("b", 'b')];
+        let mut a = grouped(
+            answer(5, false, &tasks, &[], &[]),
+            &[("j-g", "setup", 'c')],
+            &tasks,
+            &[("j-g", 'c')],
+        );
+        kept.take(&mut a, 0);
+        kept.save(dir.path()).unwrap();
+        let snapshot = snapshot_inode(dir.path());
+        // The group's part changes: it alone travels, one line.
+        let mut a = grouped(
+            answer(6, true, &[], &[], &[]),
+            &[("j-g", "setup2", 'd')],
+            &tasks,
+            &[("j-g", 'd')],
+        );
+        let Taken::Changed(u) = kept.take(&mut a, 5) else {
+            panic!("group change not taken")
+        };
+        assert_eq!((u.changed.len(), u.groups_changed), (0, 1));
+        kept.save(dir.path()).unwrap();
+        assert_eq!((lines(dir.path()), snapshot_inode(dir.path())), (1, snapshot));
+        let line = last_line(dir.path());
+        assert_eq!(line["groups"]["j-g"]["initTasks"][0]["name"], "setup2", "{line}");
+        assert_eq!(
+            (
+                line["groupVersions"]["j-g"].as_str(),
+                line["tasks"].as_array().map(Vec::len)
+            ),
+            (Some(version('d').as_str()), Some(0))
+        );
+        let again = Kept::load(dir.path());
+        assert_same(&again, &kept);
+        assert!(again.tasks().iter().all(|t| t.spec.init_tasks[0].name == "setup2"));
+        // A task in a new group arrives with its group; then the first group
+        // goes with its tasks: a line each, the tasks as they travelled.
+        let all = [("a", 'a'), ("b", 'b'), ("c", 'e')];
+        let mut a = grouped(
+            answer(7, true, &[("c", 'e')], &[], &all),
+            &[("k-g", "init-k", 'f')],
+            &all,
+            &[("j-g", 'd'), ("k-g", 'f')],
+        );
+        a.tasks[0].spec.task_group_name = Some("k-g".into());
+        assert!(matches!(kept.take(&mut a, 6), Taken::Changed(_)));
+        kept.save(dir.path()).unwrap();
+        let line = last_line(dir.path());
+        let spec = &line["tasks"][0]["spec"];
+        assert_eq!(
+            (&spec["taskGroupName"], &spec["jobName"], &spec["initTasks"]),
+            (&json!("k-g"), &Value::Null, &Value::Null),
+            "as it travelled: {line}"
+        );
+        assert_eq!(line["groups"]["k-g"]["initTasks"][0]["name"], "init-k", "{line}");
+        let mut a = grouped(
+            answer(8, true, &[], &["a", "b"], &[]),
+            &[],
+            &[("c", 'e')],
+            &[("k-g", 'f')],
+        );
+        a.removed_groups = vec!["j-g".into()];
+        assert!(matches!(kept.take(&mut a, 7), Taken::Changed(_)));
+        kept.save(dir.path()).unwrap();
+        assert_eq!((lines(dir.path()), snapshot_inode(dir.path())), (3, snapshot));
+        let again = Kept::load(dir.path());
+        assert_same(&again, &kept);
+        assert_eq!(names(&again.tasks()), ["c"]);
+        assert_eq!(again.tasks()[0].spec.init_tasks[0].name, "init-k");
+        // Folded into the snapshot (the older agent's form), still the same.
+        Kept::compact(dir.path()).unwrap();
+        assert!(!dir.path().join(LOG).exists());
+        assert_same(&Kept::load(dir.path()), &kept);
     }
 
     #[test]

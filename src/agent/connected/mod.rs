@@ -641,16 +641,18 @@ fn queue_statuses(
     sup: &Supervisor,
     rollback: &super::rollback::Rollback,
 ) {
-    let mut outbox = lock(&shared.outbox);
-    let mut queued = false;
-    for t in desired {
+    let statuses = desired.iter().map(|t| {
         let mut status = task_status(t, rec, sup);
         rollback.mark(&t.name, &mut status);
-        match outbox.push(&t.name, status) {
-            Ok(new) => queued |= new,
-            Err(e) => say(&format!("agent: outbox: {e}")),
-        }
-    }
+        (t.name.clone(), status)
+    });
+    let mut outbox = lock(&shared.outbox);
+    // One write for the whole pass, before the reporter (waiting on this
+    // lock) can send any of it.
+    let queued = outbox.push_all(statuses).unwrap_or_else(|e| {
+        say(&format!("agent: outbox: {e}"));
+        false
+    });
     let names: std::collections::BTreeSet<&str> = desired.iter().map(|t| t.name.as_str()).collect();
     if let Err(e) = outbox.retain(|n| names.contains(n)) {
         say(&format!("agent: outbox: {e}"));

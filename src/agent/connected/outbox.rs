@@ -80,11 +80,34 @@ impl Outbox {
         })
     }
 
-    /// Queue `status` for `task` unless it equals the last one queued.
-    /// Returns true if something new is waiting to be sent.
+    /// Queue `status` for `task` unless it equals the last one queued, and
+    /// write the file. Returns true if something new is waiting to be sent.
     pub fn push(&mut self, task: &str, status: TaskStatus) -> io::Result<bool> {
+        let new = self.queue(task, status);
+        if new {
+            self.save()?;
+        }
+        Ok(new)
+    }
+
+    /// Queue every `(task, status)` as [`push`](Self::push) does, in one
+    /// write: a pass that starts 1,000 tasks writes the file once, not
+    /// 1,000 times. Returns true if something new is waiting to be sent.
+    pub fn push_all(&mut self, statuses: impl IntoIterator<Item = (String, TaskStatus)>) -> io::Result<bool> {
+        let mut new = false;
+        for (task, status) in statuses {
+            new |= self.queue(&task, status);
+        }
+        if new {
+            self.save()?;
+        }
+        Ok(new)
+    }
+
+    /// Queue without writing (the caller writes before anything is sent).
+    fn queue(&mut self, task: &str, status: TaskStatus) -> bool {
         if self.last_status.get(task) == Some(&status) {
-            return Ok(false);
+            return false;
         }
         self.file.last_seq += 1;
         let seq = self.file.last_seq;
@@ -97,8 +120,7 @@ impl Outbox {
             },
         );
         self.last_status.insert(task.to_string(), status);
-        self.save()?;
-        Ok(true)
+        true
     }
 
     /// The server's record of `task` disagrees with the last status we
@@ -258,6 +280,28 @@ mod tests {
             "the server reset it: send again"
         );
         assert_eq!(ob.pending()[0].seq, 2);
+    }
+
+    #[test]
+    fn a_batch_of_statuses_is_one_write_and_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.json");
+        let mut ob = Outbox::open(dir.path()).unwrap();
+        let batch = (0..50).map(|i| (format!("t{i}"), status(TaskState::Running)));
+        assert!(ob.push_all(batch).unwrap());
+        use std::os::unix::fs::MetadataExt;
+        let written = std::fs::metadata(&path).unwrap().ino();
+        // Repeats: nothing new, nothing written.
+        let again = (0..50).map(|i| (format!("t{i}"), status(TaskState::Running)));
+        assert!(!ob.push_all(again).unwrap());
+        assert_eq!(std::fs::metadata(&path).unwrap().ino(), written);
+        drop(ob);
+        let ob = Outbox::open(dir.path()).unwrap();
+        let pending = ob.pending();
+        assert_eq!(pending.len(), 50);
+        let mut seqs: Vec<u64> = pending.iter().map(|u| u.seq).collect();
+        seqs.sort_unstable();
+        assert_eq!(seqs, (1..=50).collect::<Vec<u64>>(), "one number each, all kept");
     }
 
     #[test]
