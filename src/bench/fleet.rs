@@ -15,8 +15,6 @@
 //! all benchmark JSON files into one markdown page.
 
 use super::sim::SimRobot;
-use crate::api::agent_protocol::RegisterRequest;
-use crate::api::robot_channel::JoinToken;
 use crate::server::progress::Progress;
 use crate::server::robot_channel::client::{Prepared, RobotSession};
 use serde::de::IgnoredAny;
@@ -324,9 +322,7 @@ pub(super) async fn run_one(n: usize, timeout: Duration, use_kubectl: bool, setu
         .collect();
     let cpu = || pids.iter().map(|&p| cpu_ms(p)).sum::<f64>();
     let kubeconfig = servers[0].kubeconfig.clone();
-    let body = admin_request(&kubeconfig, "POST", "/agent/v1/jointokens", "{}".into()).await?;
-    let join: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
-    let join = JoinToken::parse(join["token"].as_str().ok_or("no join token")?).map_err(|e| e.to_string())?;
+    let join = super::sim::join_token(&kubeconfig).await?;
 
     // Register and start N robots; each reports when it got its task.
     let t_register = Instant::now();
@@ -341,15 +337,7 @@ pub(super) async fn run_one(n: usize, timeout: Duration, use_kubectl: bool, setu
         tokio::spawn(async move {
             let mut passed = false;
             let res = async {
-                let mut robot = {
-                    let _permit = limit.acquire().await.map_err(|e| e.to_string())?;
-                    let labels = [("bench".to_string(), "yes".to_string())].into_iter().collect();
-                    let req = RegisterRequest {
-                        labels,
-                        ..RegisterRequest::default()
-                    };
-                    SimRobot::register(&addr, &join, format!("bench-{i:05}"), req).await?
-                };
+                let mut robot = SimRobot::register_labelled(&addr, &join, format!("bench-{i:05}"), &limit).await?;
                 let first = robot.poll(0).await?;
                 let mut since = serde_json::from_slice::<Slim>(&first)
                     .map_err(|e| e.to_string())?

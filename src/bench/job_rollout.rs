@@ -18,7 +18,7 @@
 use super::fleet::{admin_request, cpu_ms, ServerProc};
 use super::sim::SimRobot;
 use crate::agent::rollback::{ANN_AUTO_REVERT, ANN_PREVIOUS_SPEC, REASON};
-use crate::api::agent_protocol::{RegisterRequest, StatusReport, TaskStatusUpdate};
+use crate::api::agent_protocol::{StatusReport, TaskStatusUpdate};
 use crate::api::robot_channel::JoinToken;
 use crate::api::{TaskState, TaskStatus};
 use serde_json::{json, Value};
@@ -194,15 +194,7 @@ async fn robot(
 ) {
     let mut passed = false;
     let res: Result<(), String> = async {
-        let mut robot = {
-            let _permit = limit.acquire().await.map_err(|e| e.to_string())?;
-            let labels = [("bench".to_string(), "yes".to_string())].into_iter().collect();
-            let req = RegisterRequest {
-                labels,
-                ..RegisterRequest::default()
-            };
-            SimRobot::register(&addr, &join, format!("roll-{i:05}"), req).await?
-        };
+        let mut robot = SimRobot::register_labelled(&addr, &join, format!("roll-{i:05}"), &limit).await?;
         let mut since = serde_json::from_slice::<Value>(&robot.poll(0).await?).map_err(|e| e.to_string())?["revision"]
             .as_u64()
             .unwrap_or(0);
@@ -361,9 +353,7 @@ pub(super) async fn run(n: usize, timeout: Duration) -> Result<Value, String> {
     ])?;
     let pid = server.child.id();
     let kubeconfig = server.kubeconfig.clone();
-    let body = admin_request(&kubeconfig, "POST", "/agent/v1/jointokens", "{}".into()).await?;
-    let join: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
-    let join = JoinToken::parse(join["token"].as_str().ok_or("no join token")?).map_err(|e| e.to_string())?;
+    let join = super::sim::join_token(&kubeconfig).await?;
 
     let limit = Arc::new(Semaphore::new(64));
     let ready = Arc::new(Barrier::new(n + 1));

@@ -17,7 +17,6 @@ use super::fleet::{admin_request, cpu_ms, percentile, ServerProc};
 use super::sim::SimRobot;
 use crate::api::agent_protocol::{RegisterRequest, StatusReport};
 use crate::api::agent_release::{self, UpdateOutcome, UpdateResult};
-use crate::api::robot_channel::JoinToken;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -95,9 +94,7 @@ pub(super) async fn run(n: usize, timeout: Duration) -> Result<Value, String> {
     let _ = std::fs::remove_dir_all(&dir);
     let pid = server.child.id();
     let kubeconfig = server.kubeconfig.clone();
-    let body = admin_request(&kubeconfig, "POST", "/agent/v1/jointokens", "{}".into()).await?;
-    let join: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
-    let join = JoinToken::parse(join["token"].as_str().ok_or("no join token")?).map_err(|e| e.to_string())?;
+    let join = super::sim::join_token(&kubeconfig).await?;
 
     let limit = Arc::new(Semaphore::new(64));
     let ready = Arc::new(Barrier::new(n + 1));

@@ -14,7 +14,32 @@ pub(super) struct SimRobot {
     conn: Conn,
 }
 
+/// A fresh join token from the server behind `kubeconfig` (as an admin).
+pub(super) async fn join_token(kubeconfig: &std::path::Path) -> Result<JoinToken, String> {
+    let body = super::fleet::admin_request(kubeconfig, "POST", "/agent/v1/jointokens", "{}".into()).await?;
+    let join: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+    JoinToken::parse(join["token"].as_str().ok_or("no join token")?).map_err(|e| e.to_string())
+}
+
 impl SimRobot {
+    /// Register as `name` labelled `bench=yes` (what the benches' Jobs
+    /// select), holding one of `limit`'s permits meanwhile so registrations
+    /// do not all hit the server at once.
+    pub(super) async fn register_labelled(
+        addr: &str,
+        join: &JoinToken,
+        name: String,
+        limit: &tokio::sync::Semaphore,
+    ) -> Result<SimRobot, String> {
+        let _permit = limit.acquire().await.map_err(|e| e.to_string())?;
+        let labels = [("bench".to_string(), "yes".to_string())].into_iter().collect();
+        let req = RegisterRequest {
+            labels,
+            ..RegisterRequest::default()
+        };
+        SimRobot::register(addr, join, name, req).await
+    }
+
     /// Connect to `addr` and register as `name` with `join`.
     pub(super) async fn register(
         addr: &str,
