@@ -31,21 +31,20 @@
 //!
 //! A pass is split at the system's edge ([`Reconciler::pass`]):
 //! [`Reconciler::observe`] reads what planning needs beyond the units (a
-//! waiting proxy's readiness from its admin socket, the launch file of an
-//! Envoy left running by an earlier agent, a failed init task's last
-//! output, the Envoy binary on PATH or `--proxy-user`'s account) into an
-//! [`Observed`]; [`Reconciler::plan`] decides from that, the desired set and
-//! the units (read through [`Units`], its clock included) and reads no
-//! file or socket (of the environment, only the temp dir's name, where an
-//! admin socket path would be too long inside the proxy's directory): a
-//! group proxy's config is rendered in memory to refuse a bad network, and
-//! the files to write (config with its
-//! port check, launch file, an update of a running Envoy) come back as
-//! [`Effect`]s, carried out before the units start. The unit tests below
-//! drive planning with a read-only fake of the units and given facts.
-//! Still done while planning in `--proxy-mode shared`: creating the
-//! robot-wide proxy's directory, asking its admin socket whether a group's
-//! part is served, and writing the members' files (`RobotProxy`).
+//! waiting proxy's readiness, or its part's in the robot-wide Envoy, from
+//! the admin socket, and why not once past its deadline; the launch file
+//! of an Envoy left running by an earlier agent; a failed init task's last
+//! output; the Envoy binary on PATH or `--proxy-user`'s account) into an
+//! [`Observed`]. [`Reconciler::plan`] decides from that, the desired set
+//! and the units (read through [`Units`], its clock included) and reads no
+//! file or socket; of the environment, only the temp dir's name where an
+//! admin socket path would be too long inside the proxy's directory, and
+//! PATH for a proxy unit (`specs::ProxyUnit`). A group proxy's config is
+//! rendered in memory to refuse a bad network; the files to write (config
+//! with its port check, launch file, a running Envoy's update, the
+//! robot-wide Envoy's members) come back as [`Effect`]s, carried out
+//! before the units start. The unit tests below drive planning with a
+//! read-only fake of the units and given facts, and no data directory.
 //!
 //! Where each unit lives and what it is called: `layout`.
 
@@ -145,6 +144,12 @@ pub struct Observed {
     /// The Envoy binary the proxy's user can run, or why there is none:
     /// looked up (PATH, `--proxy-user`'s account) when a proxy is to start.
     pub envoy_bin: Option<Result<PathBuf, String>>,
+    /// `--proxy-mode shared`: groups whose part of the robot-wide Envoy it
+    /// now serves.
+    pub shared_served: BTreeSet<String>,
+    /// `--proxy-mode shared`: groups past their readiness deadline, with
+    /// what Envoy says about their upstreams.
+    pub shared_reasons: BTreeMap<String, String>,
 }
 
 /// I/O a pass asks for, carried out (by [`Reconciler::step`]) before its
@@ -168,6 +173,11 @@ pub enum Effect {
         proxy: GroupProxy,
         restart: Box<UnitSpec>,
     },
+    /// `--proxy-mode shared`: write the robot-wide Envoy's members, the
+    /// groups that asked this pass plus the `draining` ones (gone, their
+    /// tasks still stopping); a group that cannot join fails. The
+    /// robot-wide unit runs while there is any member.
+    ShareProxy { draining: BTreeSet<String> },
 }
 
 /// One pass's decision: the units for the supervisor, the I/O to do before
@@ -219,6 +229,8 @@ pub struct Reconciler {
     robot_proxy: Option<RobotProxy>,
     /// I/O asked for during this pass (returned in its [`Pass`]).
     effects: Vec<Effect>,
+    /// The tasks' PATH (the agent's, read once).
+    path: String,
 }
 
 impl Reconciler {
@@ -239,6 +251,7 @@ impl Reconciler {
             built: BTreeMap::new(),
             robot_proxy: None,
             effects: Vec::new(),
+            path: task_path(),
         }
     }
 
@@ -250,8 +263,7 @@ impl Reconciler {
     /// One pass, deciding from the desired set, what the supervisor runs
     /// (read only) and what was `seen` of the system which units must run
     /// and which files must be written first: the [`Pass`] the supervisor
-    /// then applies. Reads no file or socket itself (`--proxy-mode shared`
-    /// aside, see the module's doc).
+    /// then applies. Reads no file or socket itself.
     pub fn plan(&mut self, desired: &[AssignedTask], sup: &impl Units, seen: &Observed) -> Pass {
         let mut plan = Plan::default();
         let mut recheck = None;
@@ -332,16 +344,9 @@ impl Reconciler {
             }
             keys.contains(key) || draining
         });
-        if let Some(rp) = &mut self.robot_proxy {
+        if self.robot_proxy.is_some() {
             let draining: BTreeSet<String> = self.seen.keys().filter(|k| !keys.contains(*k)).cloned().collect();
-            let (failures, unit) = rp.apply(&draining, sup);
-            for (key, reason) in failures {
-                self.notices.push((key.clone(), format!("task group failed: {reason}")));
-                self.failed.insert(key, reason);
-            }
-            if let Some(unit) = unit {
-                plan.ensure(unit);
-            }
+            self.effects.push(Effect::ShareProxy { draining });
         }
         plan.wanted = self.wanted(desired);
         Pass {
@@ -380,11 +385,22 @@ impl Reconciler {
                 }
                 break;
             }
-            if !first.spec.network.as_ref().is_some_and(NetworkConfig::is_active) {
+            let Some(network) = first.spec.network.as_ref().filter(|n| n.is_active()) else {
                 continue;
-            }
+            };
             if self.config.proxy_mode == ProxyMode::Shared {
-                starts_proxy |= self.robot_proxy.is_none();
+                match &self.robot_proxy {
+                    Some(rp) => {
+                        let (served, reasons) = rp.observe(&key, network, sup.now());
+                        if served {
+                            seen.shared_served.insert(key.clone());
+                        }
+                        if let Some(reasons) = reasons {
+                            seen.shared_reasons.insert(key, reasons);
+                        }
+                    }
+                    None => starts_proxy = true,
+                }
                 continue;
             }
             match self.proxies.get(&key) {
@@ -413,9 +429,33 @@ impl Reconciler {
     /// Carry out a pass's [`Effect`]s, before its units start. A proxy
     /// whose files cannot be written fails its group (its unit is not
     /// started).
-    fn carry_out(&mut self, effects: Vec<Effect>, plan: &mut Plan, now: Instant) {
+    fn carry_out(&mut self, effects: Vec<Effect>, plan: &mut Plan, sup: &impl Units) {
+        let now = sup.now();
         for effect in effects {
             let (key, done) = match effect {
+                Effect::ShareProxy { draining } => {
+                    let Some(rp) = self.robot_proxy.as_mut() else {
+                        continue;
+                    };
+                    let (failures, unit) = rp.apply(&draining, sup);
+                    for (key, reason) in failures {
+                        self.notices.push((key.clone(), format!("task group failed: {reason}")));
+                        self.failed.insert(key, reason);
+                    }
+                    // Planned before the members were written: wanted
+                    // while it has any.
+                    let name = UnitId::robot_proxy().name();
+                    match unit {
+                        Some(unit) => {
+                            plan.wanted.insert(name);
+                            plan.ensure(unit);
+                        }
+                        None => {
+                            plan.wanted.remove(&name);
+                        }
+                    }
+                    continue;
+                }
                 Effect::PrepareProxy {
                     key,
                     proxy,
@@ -475,8 +515,8 @@ impl Reconciler {
             effects,
             recheck,
         } = self.plan(desired, sup, &seen);
-        let acted = !effects.is_empty();
-        self.carry_out(effects, &mut plan, sup.now());
+        let acted = effects.iter().any(|e| matches!(e, Effect::UpdateProxy { .. }));
+        self.carry_out(effects, &mut plan, &*sup);
         let fresh = plan.units.iter().any(|s| sup.view(&s.name).is_none());
         sup.apply(plan);
         (fresh || acted, recheck)
@@ -711,11 +751,9 @@ impl Reconciler {
                 .envoy_bin
                 .clone()
                 .unwrap_or_else(|| Err("proxy: the Envoy binary was not looked up".into()))?;
-            let dir = self.layout.dir(&UnitId::robot_proxy());
-            std::fs::create_dir_all(&dir).map_err(|e| format!("proxy: creating {}: {e}", dir.display()))?;
             let shared = envoy::shared::SharedProxy {
                 robot: self.config.robot.clone(),
-                dir,
+                dir: self.layout.dir(&UnitId::robot_proxy()),
                 envoy_bin,
                 options: envoy::ProxyOptions::default(),
             };
@@ -724,7 +762,9 @@ impl Reconciler {
         let Some(rp) = self.robot_proxy.as_mut() else {
             return Ok(GroupReady::NotYet(None));
         };
-        match rp.want(key, network, now, PROXY_READY_POLL)? {
+        let served = seen.shared_served.contains(key);
+        let reasons = seen.shared_reasons.get(key).map(String::as_str);
+        match rp.want(key, network, now, PROXY_READY_POLL, served, reasons)? {
             Part::Ready { newly } => {
                 if newly {
                     self.notices.push((
@@ -874,7 +914,7 @@ impl Reconciler {
     ) -> UnitSpec {
         // The task's own variables may use the injected ones (`${K8S4R_TASK_DIR}/x`);
         // the injected ones always win, so a manifest cannot fake them.
-        let mut env: BTreeMap<String, String> = BTreeMap::from([("PATH".to_string(), task_path())]);
+        let mut env: BTreeMap<String, String> = BTreeMap::from([("PATH".to_string(), self.path.clone())]);
         let injected_map: BTreeMap<String, String> = injected.iter().cloned().collect();
         for (k, v) in &spec.env {
             env.insert(k.clone(), super::expand::expand(v, &injected_map));
@@ -1494,6 +1534,31 @@ mod tests {
                 "task group failed: proxy: envoy binary \"envoy\" not found".to_string()
             )]
         );
+    }
+
+    #[test]
+    fn in_shared_mode_a_group_asks_to_join_the_robot_proxy_and_waits_to_be_served() {
+        let mut rec = Reconciler::new(ReconcileConfig {
+            proxy_mode: ProxyMode::Shared,
+            ..reconciler(nowhere()).config
+        });
+        let desired = [networked(15432)];
+        let pass = rec.plan(&desired, &Running::new(), &with_envoy());
+        assert!(pass.plan.units.is_empty(), "the members are written first");
+        match &pass.effects[..] {
+            [Effect::ShareProxy { draining }] => assert!(draining.is_empty()),
+            other => panic!("{other:?}"),
+        }
+        assert!(pass.recheck.is_some());
+        // Not written (the effect was not carried out): told it is served,
+        // the group still waits for its own network to be written.
+        let served = Observed {
+            shared_served: set(&["j-g"]),
+            ..Default::default()
+        };
+        let pass = rec.plan(&desired, &Running::new(), &served);
+        assert!(pass.plan.units.is_empty());
+        assert!(!pass.plan.wanted.contains("robot-envoy"), "no member yet");
     }
 
     #[test]
