@@ -38,12 +38,12 @@
 //! [`Observed`]. [`Reconciler::plan`] decides from that, the desired set
 //! and the units (read through [`Units`], its clock included) and reads no
 //! file or socket; of the environment, only the temp dir's name where an
-//! admin socket path would be too long inside the proxy's directory, and
-//! PATH for a proxy unit (`specs::ProxyUnit`). A group proxy's config is
-//! rendered in memory to refuse a bad network; the files to write (config
-//! with its port check, launch file, a running Envoy's update, the
-//! robot-wide Envoy's members) come back as [`Effect`]s, carried out
-//! before the units start. The unit tests below drive planning with a
+//! admin socket path would be too long inside the proxy's directory (the
+//! PATH units get is read once, in [`Reconciler::new`]). A group proxy's
+//! config is rendered in memory to refuse a bad network; the files to
+//! write (config with its port check, launch file, a running Envoy's
+//! update, the robot-wide Envoy's members) come back as [`Effect`]s,
+//! carried out before the units start. The unit tests below drive planning with a
 //! read-only fake of the units and given facts, and no data directory.
 //!
 //! Where each unit lives and what it is called: `layout`.
@@ -757,7 +757,11 @@ impl Reconciler {
                 envoy_bin,
                 options: envoy::ProxyOptions::default(),
             };
-            self.robot_proxy = Some(RobotProxy::new(shared, self.config.proxy_user.clone()));
+            self.robot_proxy = Some(RobotProxy::new(
+                shared,
+                self.config.proxy_user.clone(),
+                self.path.clone(),
+            ));
         }
         let Some(rp) = self.robot_proxy.as_mut() else {
             return Ok(GroupReady::NotYet(None));
@@ -827,6 +831,7 @@ impl Reconciler {
             dir: proxy.dir.clone(),
             alloc_dir: self.layout.alloc_dir(&unit),
             user: self.config.proxy_user.clone(),
+            path: self.path.clone(),
             // Every (re)start renders afresh and clears a stale admin socket.
             pre_start: specs::pre_start(move || {
                 envoy::prepare(&hook_proxy)

@@ -28,6 +28,8 @@ fn unit_name() -> String {
 pub struct RobotProxy {
     proxy: SharedProxy,
     user: Option<String>,
+    /// The unit's PATH.
+    path: String,
     /// The members as last written: read by the unit's pre-start hook on
     /// every (re)start.
     written: Arc<Mutex<Vec<Member>>>,
@@ -57,10 +59,11 @@ fn member(key: &str, network: &NetworkConfig) -> Member {
 }
 
 impl RobotProxy {
-    pub fn new(proxy: SharedProxy, user: Option<String>) -> Self {
+    pub fn new(proxy: SharedProxy, user: Option<String>, path: String) -> Self {
         RobotProxy {
             proxy,
             user,
+            path,
             written: Arc::new(Mutex::new(Vec::new())),
             applied: BTreeMap::new(),
             wanted: BTreeMap::new(),
@@ -194,6 +197,7 @@ impl RobotProxy {
             dir: self.proxy.dir.clone(),
             alloc_dir: self.proxy.dir.clone(),
             user: self.user.clone(),
+            path: self.path.clone(),
             // Every (re)start renders every current member afresh and
             // clears a stale admin socket.
             pre_start: specs::pre_start(move || {
