@@ -1567,6 +1567,52 @@ mod tests {
     }
 
     #[test]
+    fn a_proxy_whose_port_is_taken_fails_its_group_when_its_files_are_written() {
+        let data = tempfile::tempdir().unwrap();
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let mut rec = reconciler(data.path());
+        let desired = [networked(i64::from(port))];
+        let now = Running::new();
+        let Pass { mut plan, effects, .. } = rec.plan(&desired, &now, &with_envoy());
+        assert_eq!(started(&plan), ["j-g-envoy"]);
+        rec.carry_out(effects, &mut plan, &now);
+        assert!(plan.units.is_empty(), "the proxy does not start");
+        let notices = rec.take_notices();
+        assert!(
+            notices.len() == 1
+                && notices[0].1.starts_with("task group failed: proxy: ")
+                && notices[0].1.contains(&port.to_string()),
+            "{notices:?}"
+        );
+        assert!(matches!(rec.outcome(&desired[0], &now), Outcome::Failed(_)));
+    }
+
+    #[test]
+    fn the_launch_file_written_for_a_proxy_lets_the_next_agent_readopt_it() {
+        let data = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut rec = reconciler(data.path());
+        let desired = [networked(i64::from(port))];
+        let Pass { mut plan, effects, .. } = rec.plan(&desired, &Running::new(), &with_envoy());
+        let argv = plan.units[0].argv.clone();
+        rec.carry_out(effects, &mut plan, &Running::new());
+        assert!(rec.take_notices().is_empty());
+        assert!(data.path().join("alloc/j-g/envoy/envoy.json").is_file());
+
+        let next = reconciler(data.path());
+        let mut now = Running::new();
+        assert!(next.observe(&desired, &now).launches.is_empty(), "no Envoy runs");
+        now.set("j-g-envoy", running());
+        let seen = next.observe(&desired, &now);
+        assert_eq!(seen.launches.get("j-g").map(|l| &l.argv), Some(&argv));
+    }
+
+    #[test]
     fn a_failed_init_task_reports_the_last_output_it_was_given() {
         let mut rec = reconciler(nowhere());
         let desired = [task("g", 0, "a", &[init("setup", false)])];
