@@ -369,7 +369,9 @@ impl Reconciler {
                 continue;
             }
             let first = tasks[0];
-            // The init task `prepare_group` stops at, if it failed.
+            // The init task `prepare_group` stops at, if it failed; the
+            // proxy matters once none is left to wait for.
+            let mut inits_done = true;
             for init in &first.spec.init_tasks {
                 let name = init_unit_id(&key, init).name();
                 let view = sup.view(&name);
@@ -383,9 +385,10 @@ impl Reconciler {
                     }
                     _ => {}
                 }
+                inits_done = false;
                 break;
             }
-            let Some(network) = first.spec.network.as_ref().filter(|n| n.is_active()) else {
+            let Some(network) = first.spec.network.as_ref().filter(|n| n.is_active() && inits_done) else {
                 continue;
             };
             if self.config.proxy_mode == ProxyMode::Shared {
@@ -1610,6 +1613,21 @@ mod tests {
         now.set("j-g-envoy", running());
         let seen = next.observe(&desired, &now);
         assert_eq!(seen.launches.get("j-g").map(|l| &l.argv), Some(&argv));
+    }
+
+    #[test]
+    fn observing_asks_about_the_proxy_only_once_the_init_tasks_are_done() {
+        let rec = reconciler(nowhere());
+        let mut t = networked(15432);
+        t.spec.init_tasks = vec![init("setup", false)];
+        let mut now = Running::new();
+        now.set("j-g-setup", running());
+        assert!(rec.observe(&[t.clone()], &now).envoy_bin.is_none(), "setup still runs");
+        now.set("j-g-setup", Phase::Completed);
+        assert!(
+            rec.observe(&[t], &now).envoy_bin.is_some(),
+            "the proxy is next: its binary is looked up"
+        );
     }
 
     #[test]
