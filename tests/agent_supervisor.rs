@@ -262,8 +262,7 @@ fn drive_until(
 ) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (plan, recheck) = rec.plan(desired, sup);
-        k8s4r::agent::supervisor::Units::apply(sup, plan);
+        let (_, recheck) = rec.pass(desired, sup);
         notices.extend(rec.take_notices().into_iter().map(|(_, m)| m));
         if done(sup) {
             return;

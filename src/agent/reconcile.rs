@@ -19,9 +19,9 @@
 //! Everything is derived again on every pass from the desired set and the
 //! supervisor's units, so an agent restart (which restores the units from
 //! disk) resumes where it was: completed init tasks are not run again.
-//! A pass only reads the units and returns a `Plan` (units to start or
-//! replace, every unit wanted); the supervisor applies it in one call and
-//! stops what is not wanted.
+//! A pass only reads the units and returns a [`Pass`]: a `Plan` (units to
+//! start or replace, every unit wanted), which the supervisor applies in
+//! one call, stopping what is not wanted, and the files to write first.
 //!
 //! Groups come as data: each task carries its group's key
 //! (`taskGroupName`), name and shared fields (init tasks, network), filled
@@ -29,15 +29,22 @@
 //! (`connected::desired`) or from the Job (`standalone`); nothing here
 //! takes a name apart.
 //!
-//! Not a pure function yet: besides the units (through [`Units`], its
-//! clock included), planning a group's proxy does I/O — it renders the
-//! Envoy config and checks its ports (`envoy::prepare`, `envoy::update`,
-//! `RobotProxy::want`), reads and writes the launch file of a re-adopted
-//! Envoy, asks the admin socket whether Envoy is ready, creates the proxy's
-//! directory and looks up the Envoy binary (PATH, `--proxy-user`'s
-//! account); and a failed init task's message carries the tail of its log
-//! (`log_tail`). Everything else a pass decides from its inputs, and the
-//! unit tests below drive it with a read-only fake of the units.
+//! A pass is split at the system's edge ([`Reconciler::pass`]):
+//! [`Reconciler::observe`] reads what planning needs beyond the units (a
+//! waiting proxy's readiness, or its part's in the robot-wide Envoy, from
+//! the admin socket, and why not once past its deadline; the launch file
+//! of an Envoy left running by an earlier agent; a failed init task's last
+//! output; the Envoy binary on PATH or `--proxy-user`'s account) into an
+//! [`Observed`]. [`Reconciler::plan`] decides from that, the desired set
+//! and the units (read through [`Units`], its clock included) and reads no
+//! file or socket; of the environment, only the temp dir's name where an
+//! admin socket path would be too long inside the proxy's directory (the
+//! PATH units get is read once, in [`Reconciler::new`]). A group proxy's
+//! config is rendered in memory to refuse a bad network; the files to
+//! write (config with its port check, launch file, a running Envoy's
+//! update, the robot-wide Envoy's members) come back as [`Effect`]s,
+//! carried out before the units start. The unit tests below drive planning with a
+//! read-only fake of the units and given facts, and no data directory.
 //!
 //! Where each unit lives and what it is called: `layout`.
 
@@ -121,9 +128,73 @@ pub enum Outcome {
     Failed(String),
 }
 
+/// What a pass needs to know of the system beyond the units, read before
+/// it by [`Reconciler::observe`]: planning itself reads no file, socket or
+/// environment.
+#[derive(Debug, Default)]
+pub struct Observed {
+    /// Groups (keys) whose proxy was waiting to be ready and now is (its
+    /// admin socket answered).
+    pub proxy_ready: BTreeSet<String>,
+    /// Groups (keys) whose Envoy runs, left by an earlier agent, with how it
+    /// was launched (its launch file): it is re-adopted, config and all.
+    pub launches: BTreeMap<String, envoy::Launch>,
+    /// Failed init tasks (unit names) with the last lines of their output.
+    pub log_tails: BTreeMap<String, String>,
+    /// The Envoy binary the proxy's user can run, or why there is none:
+    /// looked up (PATH, `--proxy-user`'s account) when a proxy is to start.
+    pub envoy_bin: Option<Result<PathBuf, String>>,
+    /// `--proxy-mode shared`: groups whose part of the robot-wide Envoy it
+    /// now serves.
+    pub shared_served: BTreeSet<String>,
+    /// `--proxy-mode shared`: groups past their readiness deadline, with
+    /// what Envoy says about their upstreams.
+    pub shared_reasons: BTreeMap<String, String>,
+}
+
+/// I/O a pass asks for, carried out (by [`Reconciler::step`]) before its
+/// units start; a failure fails the group, as the same error at planning
+/// would.
+#[derive(Debug)]
+pub enum Effect {
+    /// Group `key`'s new proxy: create its directory, write its config
+    /// (checking its ports are free) and the launch file that lets a later
+    /// agent re-adopt it.
+    PrepareProxy {
+        key: String,
+        proxy: GroupProxy,
+        launch_file: PathBuf,
+    },
+    /// Group `key`'s network changed: rewrite the xDS files, which the
+    /// running Envoy picks up; if that is not enough, write the config
+    /// afresh and replace the proxy with `restart` (a new revision).
+    UpdateProxy {
+        key: String,
+        proxy: GroupProxy,
+        restart: Box<UnitSpec>,
+    },
+    /// `--proxy-mode shared`: write the robot-wide Envoy's members, the
+    /// groups that asked this pass plus the `draining` ones (gone, their
+    /// tasks still stopping); a group that cannot join fails. The
+    /// robot-wide unit runs while there is any member.
+    ShareProxy { draining: BTreeSet<String> },
+}
+
+/// One pass's decision: the units for the supervisor, the I/O to do before
+/// they start, and when to look again even if nothing happens (a proxy's
+/// readiness), so the caller's wait is bounded.
+#[derive(Debug, Default)]
+pub struct Pass {
+    pub plan: Plan,
+    pub effects: Vec<Effect>,
+    pub recheck: Option<Instant>,
+}
+
 struct ProxyStart {
     /// The network the proxy was configured with.
     network: NetworkConfig,
+    /// The Envoy binary it was started with (looked up once).
+    envoy_bin: PathBuf,
     admin_socket: PathBuf,
     since: Instant,
     ready: bool,
@@ -156,6 +227,10 @@ pub struct Reconciler {
     built: BTreeMap<String, u64>,
     /// `--proxy-mode shared`: the robot-wide Envoy, once a group needed it.
     robot_proxy: Option<RobotProxy>,
+    /// I/O asked for during this pass (returned in its [`Pass`]).
+    effects: Vec<Effect>,
+    /// The tasks' PATH (the agent's, read once).
+    path: String,
 }
 
 impl Reconciler {
@@ -175,6 +250,8 @@ impl Reconciler {
             ensured: BTreeMap::new(),
             built: BTreeMap::new(),
             robot_proxy: None,
+            effects: Vec::new(),
+            path: task_path(),
         }
     }
 
@@ -183,13 +260,11 @@ impl Reconciler {
         std::mem::take(&mut self.notices)
     }
 
-    /// One pass, deciding from the desired set and what the supervisor
-    /// runs (read only) which units must run: the [`Plan`] the supervisor
-    /// then applies. Also returns when it wants to look again even if
-    /// nothing happens (a proxy's readiness), so the caller's wait is
-    /// bounded. Touches the system only for proxies (their config files
-    /// and readiness) and for an init task's last output when it failed.
-    pub fn plan(&mut self, desired: &[AssignedTask], sup: &impl Units) -> (Plan, Option<Instant>) {
+    /// One pass, deciding from the desired set, what the supervisor runs
+    /// (read only) and what was `seen` of the system which units must run
+    /// and which files must be written first: the [`Pass`] the supervisor
+    /// then applies. Reads no file or socket itself.
+    pub fn plan(&mut self, desired: &[AssignedTask], sup: &impl Units, seen: &Observed) -> Pass {
         let mut plan = Plan::default();
         let mut recheck = None;
         for (key, tasks) in by_group(desired) {
@@ -215,7 +290,7 @@ impl Reconciler {
             let users = group_users(&tasks, self.config.default_user.as_deref());
             let units: Result<Vec<UnitId>, String> = tasks.iter().map(|t| task_unit_id(t)).collect();
             let ready =
-                units.and_then(|units| Ok((units, self.prepare_group(&key, tasks[0], &users, sup, &mut plan)?)));
+                units.and_then(|units| Ok((units, self.prepare_group(&key, tasks[0], &users, sup, seen, &mut plan)?)));
             match ready {
                 Ok((units, GroupReady::Yes(proxy_env))) => {
                     // Building a unit's spec allocates a lot (env, argv,
@@ -272,19 +347,155 @@ impl Reconciler {
             }
             keys.contains(key) || draining
         });
-        if let Some(rp) = &mut self.robot_proxy {
+        if self.robot_proxy.is_some() {
             let draining: BTreeSet<String> = self.seen.keys().filter(|k| !keys.contains(*k)).cloned().collect();
-            let (failures, unit) = rp.apply(&draining, sup);
-            for (key, reason) in failures {
+            self.effects.push(Effect::ShareProxy { draining });
+        }
+        plan.wanted = self.wanted(desired);
+        Pass {
+            plan,
+            effects: std::mem::take(&mut self.effects),
+            recheck,
+        }
+    }
+
+    /// What the next pass needs to know of the system (see [`Observed`]),
+    /// read only where it will be used: the readiness of proxies still
+    /// waiting, the launch file of an Envoy this agent has not configured
+    /// but finds running, the output of an init task that failed, the Envoy
+    /// binary when a proxy is to start.
+    pub fn observe(&self, desired: &[AssignedTask], sup: &impl Units) -> Observed {
+        let mut seen = Observed::default();
+        let mut starts_proxy = false;
+        for (key, tasks) in by_group(desired) {
+            if self.failed.contains_key(&key) {
+                continue;
+            }
+            let first = tasks[0];
+            // The init task `prepare_group` stops at, if it failed; the
+            // proxy matters once none is left to wait for.
+            let mut inits_done = true;
+            for init in &first.spec.init_tasks {
+                let name = init_unit_id(&key, init).name();
+                let view = sup.view(&name);
+                if init.daemon || (init.is_robot_scoped() && view.is_some()) {
+                    continue;
+                }
+                match view {
+                    Some(v) if matches!(v.phase, Phase::Completed) => continue,
+                    Some(v) if matches!(v.phase, Phase::Failed { .. }) => {
+                        seen.log_tails.insert(name, log_tail(v.dir, 5));
+                    }
+                    _ => {}
+                }
+                inits_done = false;
+                break;
+            }
+            let Some(network) = first.spec.network.as_ref().filter(|n| n.is_active() && inits_done) else {
+                continue;
+            };
+            if self.config.proxy_mode == ProxyMode::Shared {
+                match &self.robot_proxy {
+                    Some(rp) => {
+                        let (served, reasons) = rp.observe(&key, network, sup.now());
+                        if served {
+                            seen.shared_served.insert(key.clone());
+                        }
+                        if let Some(reasons) = reasons {
+                            seen.shared_reasons.insert(key, reasons);
+                        }
+                    }
+                    None => starts_proxy = true,
+                }
+                continue;
+            }
+            match self.proxies.get(&key) {
+                Some(p) => {
+                    if !p.ready && envoy::is_ready(&p.admin_socket) {
+                        seen.proxy_ready.insert(key);
+                    }
+                }
+                None => {
+                    starts_proxy = true;
+                    let unit = UnitId::Proxy { group: key.clone() };
+                    if unit.check().is_ok() && sup.has_process(&unit.name()) {
+                        if let Some(launch) = read_launch(&self.layout.proxy_launch_file(&key)) {
+                            seen.launches.insert(key, launch);
+                        }
+                    }
+                }
+            }
+        }
+        if starts_proxy {
+            seen.envoy_bin = Some(self.envoy_bin());
+        }
+        seen
+    }
+
+    /// Carry out a pass's [`Effect`]s, before its units start. A proxy
+    /// whose files cannot be written fails its group (its unit is not
+    /// started).
+    fn carry_out(&mut self, effects: Vec<Effect>, plan: &mut Plan, sup: &impl Units) {
+        let now = sup.now();
+        for effect in effects {
+            let (key, done) = match effect {
+                Effect::ShareProxy { draining } => {
+                    let Some(rp) = self.robot_proxy.as_mut() else {
+                        continue;
+                    };
+                    let (failures, unit) = rp.apply(&draining, sup);
+                    for (key, reason) in failures {
+                        self.notices.push((key.clone(), format!("task group failed: {reason}")));
+                        self.failed.insert(key, reason);
+                    }
+                    // Planned before the members were written: wanted
+                    // while it has any.
+                    let name = UnitId::robot_proxy().name();
+                    match unit {
+                        Some(unit) => {
+                            plan.wanted.insert(name);
+                            plan.ensure(unit);
+                        }
+                        None => {
+                            plan.wanted.remove(&name);
+                        }
+                    }
+                    continue;
+                }
+                Effect::PrepareProxy {
+                    key,
+                    proxy,
+                    launch_file,
+                } => (key, write_proxy(&proxy, &launch_file)),
+                Effect::UpdateProxy { key, proxy, restart } => {
+                    let done = match envoy::update(&proxy) {
+                        Ok(()) => {
+                            self.notices.push((key.clone(), "proxy config updated in place".into()));
+                            Ok(())
+                        }
+                        Err(e) => {
+                            self.notices
+                                .push((key.clone(), format!("proxy restarts for the network change: {e}")));
+                            envoy::prepare(&proxy).map_err(|e| format!("proxy: {e}")).map(|_| {
+                                plan.ensure(*restart);
+                                if let Some(p) = self.proxies.get_mut(&key) {
+                                    p.ready = false;
+                                    p.since = now;
+                                }
+                            })
+                        }
+                    };
+                    (key, done)
+                }
+            };
+            if let Err(reason) = done {
+                let unit = UnitId::Proxy { group: key.clone() }.name();
+                plan.units.retain(|u| u.name != unit);
+                self.proxies.remove(&key);
                 self.notices.push((key.clone(), format!("task group failed: {reason}")));
                 self.failed.insert(key, reason);
             }
-            if let Some(unit) = unit {
-                plan.ensure(unit);
-            }
         }
-        plan.wanted = self.wanted(desired);
-        (plan, recheck)
     }
 
     /// Remove directories of groups that left (after the stops of this
@@ -297,6 +508,24 @@ impl Reconciler {
                 .push((key, "left this robot: its directory was removed (--gc-after)".into()));
         }
         gc.next_due()
+    }
+
+    /// One pass carried out: what the system shows ([`Self::observe`]),
+    /// the plan, its effects, then the supervisor applies it. Returns
+    /// whether planning again may get further (it started a unit or wrote
+    /// files), and when to look again.
+    pub fn pass(&mut self, desired: &[AssignedTask], sup: &mut impl Units) -> (bool, Option<Instant>) {
+        let seen = self.observe(desired, sup);
+        let Pass {
+            mut plan,
+            effects,
+            recheck,
+        } = self.plan(desired, sup, &seen);
+        let acted = effects.iter().any(|e| matches!(e, Effect::UpdateProxy { .. }));
+        self.carry_out(effects, &mut plan, &*sup);
+        let fresh = plan.units.iter().any(|s| sup.view(&s.name).is_none());
+        sup.apply(plan);
+        (fresh || acted, recheck)
     }
 
     /// One pass with its story told in the order things happened: what the
@@ -318,12 +547,12 @@ impl Reconciler {
         // least one init task further, so the rounds are bounded.
         let rounds = 2 + desired.iter().map(|t| t.spec.init_tasks.len()).max().unwrap_or(0);
         let mut recheck = None;
+        // A pass that wrote a proxy's files plans again too: a proxy
+        // updated in place lets its tasks take the new network at once.
         for _ in 0..rounds {
-            let (plan, at) = self.plan(desired, sup);
+            let (again, at) = self.pass(desired, sup);
             recheck = at;
-            let fresh = plan.units.iter().any(|s| sup.view(&s.name).is_none());
-            sup.apply(plan);
-            if !fresh {
+            if !again {
                 break;
             }
         }
@@ -377,6 +606,7 @@ impl Reconciler {
         first: &AssignedTask,
         users: &[String],
         sup: &impl Units,
+        seen: &Observed,
         plan: &mut Plan,
     ) -> Result<GroupReady, String> {
         for init in &first.spec.init_tasks {
@@ -403,12 +633,9 @@ impl Reconciler {
             match sup.view(&name).map(|v| v.phase) {
                 Some(Phase::Completed) => continue,
                 Some(Phase::Failed { reason }) => {
-                    let dir = sup.view(&name).map(|v| v.dir.to_path_buf()).unwrap_or_default();
-                    let tail = log_tail(&dir, 5);
-                    let tail = if tail.is_empty() {
-                        String::new()
-                    } else {
-                        format!("; last output:\n{tail}")
+                    let tail = match seen.log_tails.get(&name) {
+                        Some(tail) if !tail.is_empty() => format!("; last output:\n{tail}"),
+                        _ => String::new(),
                     };
                     return Err(format!("init task {} {reason}{tail}", init.name));
                 }
@@ -419,7 +646,7 @@ impl Reconciler {
             Some(n) if n.is_active() => n.clone(),
             _ => return Ok(GroupReady::Yes(Vec::new())),
         };
-        self.prepare_proxy(key, first, network, sup, plan)
+        self.prepare_proxy(key, first, network, sup, seen, plan)
     }
 
     fn prepare_proxy(
@@ -428,6 +655,7 @@ impl Reconciler {
         first: &AssignedTask,
         network: NetworkConfig,
         sup: &impl Units,
+        seen: &Observed,
         plan: &mut Plan,
     ) -> Result<GroupReady, String> {
         let unit = UnitId::Proxy { group: key.to_string() };
@@ -444,21 +672,28 @@ impl Reconciler {
             return Ok(GroupReady::NotYet(Some(clock::after(now, PROXY_READY_POLL))));
         }
         if self.config.proxy_mode == ProxyMode::Shared {
-            return self.prepare_shared(key, &network, now);
+            return self.prepare_shared(key, &network, now, seen);
         }
         if !self.proxies.contains_key(key) {
-            let proxy = self.group_proxy(key, first, &network)?;
+            let envoy_bin = seen
+                .envoy_bin
+                .clone()
+                .unwrap_or_else(|| Err("proxy: the Envoy binary was not looked up".into()))?;
+            let proxy = self.group_proxy(key, first, &network, envoy_bin.clone());
             // Render now, so a network that cannot become a proxy fails the
-            // group with its reason instead of crash-looping a daemon. An
-            // Envoy re-adopted from an earlier agent keeps its config; how
-            // it was launched is remembered next to it.
-            let launch_file = self.layout.proxy_launch_file(key);
-            let launch = match read_launch(&launch_file).filter(|_| sup.has_process(&name)) {
-                Some(launch) => launch,
+            // group with its reason instead of crash-looping a daemon; the
+            // files are written before the unit starts (`Effect`). An Envoy
+            // re-adopted from an earlier agent keeps its config; how it was
+            // launched is remembered next to it.
+            let launch = match seen.launches.get(key) {
+                Some(launch) => launch.clone(),
                 None => {
-                    let launch = envoy::prepare(&proxy).map_err(|e| format!("proxy: {e}"))?;
-                    write_launch(&launch_file, &launch)
-                        .map_err(|e| format!("proxy: writing {}: {e}", launch_file.display()))?;
+                    let launch = envoy::launch(&proxy).map_err(|e| format!("proxy: {e}"))?;
+                    self.effects.push(Effect::PrepareProxy {
+                        key: key.to_string(),
+                        launch_file: self.layout.proxy_launch_file(key),
+                        proxy: proxy.clone(),
+                    });
                     launch
                 }
             };
@@ -466,45 +701,37 @@ impl Reconciler {
             let env = envoy::proxy_env(&network);
             let start = ProxyStart {
                 admin_socket: launch.admin_socket,
+                envoy_bin,
                 since: now,
                 ready: false,
                 env,
                 network,
             };
             self.proxies.insert(key.to_string(), start);
-        } else if self.proxies.get(key).is_some_and(|p| p.network != network) {
+        } else if let Some(p) = self.proxies.get(key).filter(|p| p.network != network) {
             // The network changed: rewrite the xDS files, which the running
             // Envoy picks up; if that is not enough, restart it (a new
-            // revision makes the supervisor replace the process).
-            let proxy = self.group_proxy(key, first, &network)?;
-            let restart = match envoy::update(&proxy) {
-                Ok(()) => {
-                    self.notices
-                        .push((key.to_string(), "proxy config updated in place".into()));
-                    false
-                }
-                Err(e) => {
-                    self.notices
-                        .push((key.to_string(), format!("proxy restarts for the network change: {e}")));
-                    let argv = envoy::prepare(&proxy).map_err(|e| format!("proxy: {e}"))?.argv;
-                    plan.ensure(self.proxy_unit(key, first, &proxy, argv));
-                    true
-                }
-            };
+            // revision makes the supervisor replace the process). The tasks
+            // wait for the outcome (the next pass, at once).
+            let proxy = self.group_proxy(key, first, &network, p.envoy_bin.clone());
+            let argv = envoy::launch(&proxy).map_err(|e| format!("proxy: {e}"))?.argv;
+            let restart = Box::new(self.proxy_unit(key, first, &proxy, argv));
+            self.effects.push(Effect::UpdateProxy {
+                key: key.to_string(),
+                proxy,
+                restart,
+            });
             if let Some(p) = self.proxies.get_mut(key) {
                 p.env = envoy::proxy_env(&network);
                 p.network = network;
-                if restart {
-                    p.ready = false;
-                    p.since = now;
-                }
             }
+            return Ok(GroupReady::NotYet(Some(now)));
         }
         let Some(p) = self.proxies.get_mut(key) else {
             return Ok(GroupReady::NotYet(None));
         };
         if !p.ready {
-            if envoy::is_ready(&p.admin_socket) {
+            if seen.proxy_ready.contains(key) {
                 p.ready = true;
                 self.notices.push((key.to_string(), "proxy ready".into()));
             } else if now.saturating_duration_since(p.since) > PROXY_READY_TIMEOUT {
@@ -518,22 +745,36 @@ impl Reconciler {
     }
 
     /// Group `key`'s part of the robot-wide Envoy (`--proxy-mode shared`).
-    fn prepare_shared(&mut self, key: &str, network: &NetworkConfig, now: Instant) -> Result<GroupReady, String> {
+    fn prepare_shared(
+        &mut self,
+        key: &str,
+        network: &NetworkConfig,
+        now: Instant,
+        seen: &Observed,
+    ) -> Result<GroupReady, String> {
         if self.robot_proxy.is_none() {
-            let dir = self.layout.dir(&UnitId::robot_proxy());
-            std::fs::create_dir_all(&dir).map_err(|e| format!("proxy: creating {}: {e}", dir.display()))?;
+            let envoy_bin = seen
+                .envoy_bin
+                .clone()
+                .unwrap_or_else(|| Err("proxy: the Envoy binary was not looked up".into()))?;
             let shared = envoy::shared::SharedProxy {
                 robot: self.config.robot.clone(),
-                dir,
-                envoy_bin: self.envoy_bin()?,
+                dir: self.layout.dir(&UnitId::robot_proxy()),
+                envoy_bin,
                 options: envoy::ProxyOptions::default(),
             };
-            self.robot_proxy = Some(RobotProxy::new(shared, self.config.proxy_user.clone()));
+            self.robot_proxy = Some(RobotProxy::new(
+                shared,
+                self.config.proxy_user.clone(),
+                self.path.clone(),
+            ));
         }
         let Some(rp) = self.robot_proxy.as_mut() else {
             return Ok(GroupReady::NotYet(None));
         };
-        match rp.want(key, network, now, PROXY_READY_POLL)? {
+        let served = seen.shared_served.contains(key);
+        let reasons = seen.shared_reasons.get(key).map(String::as_str);
+        match rp.want(key, network, now, PROXY_READY_POLL, served, reasons)? {
             Part::Ready { newly } => {
                 if newly {
                     self.notices.push((
@@ -547,17 +788,15 @@ impl Reconciler {
         }
     }
 
-    fn group_proxy(&self, key: &str, first: &AssignedTask, network: &NetworkConfig) -> Result<GroupProxy, String> {
-        let dir = self.layout.dir(&UnitId::Proxy { group: key.to_string() });
-        std::fs::create_dir_all(&dir).map_err(|e| format!("proxy: creating {}: {e}", dir.display()))?;
-        Ok(GroupProxy {
+    fn group_proxy(&self, key: &str, first: &AssignedTask, network: &NetworkConfig, envoy_bin: PathBuf) -> GroupProxy {
+        GroupProxy {
             robot: self.config.robot.clone(),
             job: first.job().to_string(),
             group: first.group().to_string(),
             network: network.clone(),
-            dir,
-            envoy_bin: self.envoy_bin()?,
-        })
+            dir: self.layout.dir(&UnitId::Proxy { group: key.to_string() }),
+            envoy_bin,
+        }
     }
 
     /// The Envoy executable the proxy's user can run.
@@ -598,6 +837,7 @@ impl Reconciler {
             dir: proxy.dir.clone(),
             alloc_dir: self.layout.alloc_dir(&unit),
             user: self.config.proxy_user.clone(),
+            path: self.path.clone(),
             // Every (re)start renders afresh and clears a stale admin socket.
             pre_start: specs::pre_start(move || {
                 envoy::prepare(&hook_proxy)
@@ -685,7 +925,7 @@ impl Reconciler {
     ) -> UnitSpec {
         // The task's own variables may use the injected ones (`${K8S4R_TASK_DIR}/x`);
         // the injected ones always win, so a manifest cannot fake them.
-        let mut env: BTreeMap<String, String> = BTreeMap::from([("PATH".to_string(), task_path())]);
+        let mut env: BTreeMap<String, String> = BTreeMap::from([("PATH".to_string(), self.path.clone())]);
         let injected_map: BTreeMap<String, String> = injected.iter().cloned().collect();
         for (k, v) in &spec.env {
             env.insert(k.clone(), super::expand::expand(v, &injected_map));
@@ -775,6 +1015,13 @@ fn read_launch(path: &Path) -> Option<envoy::Launch> {
         argv: saved.argv,
         admin_socket: saved.admin_socket,
     })
+}
+
+/// [`Effect::PrepareProxy`]: the proxy's directory, config and launch file.
+fn write_proxy(proxy: &GroupProxy, launch_file: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(&proxy.dir).map_err(|e| format!("proxy: creating {}: {e}", proxy.dir.display()))?;
+    let launch = envoy::prepare(proxy).map_err(|e| format!("proxy: {e}"))?;
+    write_launch(launch_file, &launch).map_err(|e| format!("proxy: writing {}: {e}", launch_file.display()))
 }
 
 fn write_launch(path: &Path, launch: &envoy::Launch) -> std::io::Result<()> {
@@ -1012,16 +1259,20 @@ mod tests {
         let desired = [task("g", 0, "a", &inits), task("g", 1, "b", &inits)];
         let mut now = Running::new();
 
-        let (plan, _) = rec.plan(&desired, &now);
+        let plan = rec.plan(&desired, &now, &Observed::default()).plan;
         assert_eq!(started(&plan), ["j-g-setup"], "only the first init task");
         let all = set(&["j-g-r0-a", "j-g-r1-b", "j-g-setup", "j-g-sidecar", "j-g-envoy"]);
         assert_eq!(plan.wanted, all, "the rest is wanted, not started yet");
 
         now.set("j-g-setup", running());
-        assert_eq!(started(&rec.plan(&desired, &now).0), ["j-g-setup"], "waits for it");
+        assert_eq!(
+            started(&rec.plan(&desired, &now, &Observed::default()).plan),
+            ["j-g-setup"],
+            "waits for it"
+        );
 
         now.set("j-g-setup", Phase::Completed);
-        let (plan, _) = rec.plan(&desired, &now);
+        let plan = rec.plan(&desired, &now, &Observed::default()).plan;
         assert_eq!(started(&plan), ["j-g-setup", "j-g-sidecar", "j-g-r0-a", "j-g-r1-b"]);
         let b = &plan.units[3];
         assert_eq!(b.dir, data.path().join("alloc/j-g/r1/b"));
@@ -1033,7 +1284,10 @@ mod tests {
         // Tasks whose input did not change are not built again.
         now.set("j-g-r0-a", running());
         now.set("j-g-r1-b", running());
-        assert_eq!(started(&rec.plan(&desired, &now).0), ["j-g-setup", "j-g-sidecar"]);
+        assert_eq!(
+            started(&rec.plan(&desired, &now, &Observed::default()).plan),
+            ["j-g-setup", "j-g-sidecar"]
+        );
     }
 
     #[test]
@@ -1048,7 +1302,7 @@ mod tests {
                 reason: "exited 3".into(),
             },
         );
-        let (plan, _) = rec.plan(&desired, &now);
+        let plan = rec.plan(&desired, &now, &Observed::default()).plan;
         assert_eq!(started(&plan), ["j-g-setup"]);
         let notices = rec.take_notices();
         assert_eq!(
@@ -1062,7 +1316,7 @@ mod tests {
             rec.outcome(&desired[0], &now),
             Outcome::Failed("not started: init task setup exited 3".into())
         );
-        let (plan, _) = rec.plan(&desired, &now);
+        let plan = rec.plan(&desired, &now, &Observed::default()).plan;
         assert!(plan.units.is_empty(), "a failed group is left alone");
         assert!(plan.wanted.contains("j-g-setup"), "its units are kept for their logs");
     }
@@ -1080,7 +1334,7 @@ mod tests {
             task("a", 0, "t", &[spire("first")]),
             task("b", 0, "t", &[spire("second")]),
         ];
-        let (plan, _) = rec.plan(&desired, &Running::new());
+        let plan = rec.plan(&desired, &Running::new(), &Observed::default()).plan;
         assert_eq!(started(&plan), ["robot-spire", "j-a-r0-t", "j-b-r0-t"]);
         let daemon = &plan.units[0];
         assert_eq!(daemon.env.get("MODE").map(String::as_str), Some("first"));
@@ -1097,17 +1351,21 @@ mod tests {
         now.set("j-g-sidecar", running());
         now.set("j-g-r0-a", running());
         let support = set(&["j-g-r0-a", "j-g-sidecar", "j-g-envoy"]);
-        assert_eq!(rec.plan(&desired, &now).0.wanted, support);
+        assert_eq!(rec.plan(&desired, &now, &Observed::default()).plan.wanted, support);
 
         // The Job left while its task still stops: its daemon stays.
-        let (plan, _) = rec.plan(&[], &now);
+        let plan = rec.plan(&[], &now, &Observed::default()).plan;
         assert_eq!(plan.wanted, set(&["j-g-sidecar", "j-g-envoy"]));
         now.set("j-g-r0-a", Phase::Stopped);
-        assert_eq!(rec.plan(&[], &now).0.wanted, set(&[]), "then nothing is wanted");
+        assert_eq!(
+            rec.plan(&[], &now, &Observed::default()).plan.wanted,
+            set(&[]),
+            "then nothing is wanted"
+        );
 
         // Back, and every task ends: the daemon is released, the task kept.
         now.set("j-g-r0-a", Phase::Completed);
-        let (plan, _) = rec.plan(&desired, &now);
+        let plan = rec.plan(&desired, &now, &Observed::default()).plan;
         assert_eq!(plan.wanted, set(&["j-g-r0-a"]));
         assert!(plan.units.is_empty());
         let notices = rec.take_notices();
@@ -1124,7 +1382,7 @@ mod tests {
         let data = tempfile::tempdir().unwrap();
         let mut rec = reconciler(data.path());
         let desired = [task("g", 0, "..", &[])];
-        let (plan, _) = rec.plan(&desired, &Running::new());
+        let plan = rec.plan(&desired, &Running::new(), &Observed::default()).plan;
         assert!(plan.units.is_empty());
         let notices = rec.take_notices();
         assert_eq!(notices.len(), 1);
@@ -1132,6 +1390,298 @@ mod tests {
             notices[0].1.contains("task name \"..\" is not a plain directory name"),
             "{notices:?}"
         );
+    }
+
+    /// A task of group `j-g` behind a proxy with upstream `db` on `port`.
+    fn networked(port: i64) -> AssignedTask {
+        let mut t = task("g", 0, "a", &[]);
+        t.spec.network = Some(NetworkConfig {
+            upstreams: vec![crate::api::Upstream {
+                name: "db".into(),
+                local_port: port,
+                upstream: "db.example:5432".into(),
+                tls: Some(false),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        t
+    }
+
+    fn with_envoy() -> Observed {
+        Observed {
+            envoy_bin: Some(Ok("/opt/envoy/bin/envoy".into())),
+            ..Default::default()
+        }
+    }
+
+    /// A data directory that does not exist: planning must not need one.
+    fn nowhere() -> &'static Path {
+        Path::new("/nonexistent/k8s4r-data")
+    }
+
+    #[test]
+    fn a_group_with_a_network_starts_its_proxy_first_and_asks_for_its_files() {
+        let mut rec = reconciler(nowhere());
+        let desired = [networked(15432)];
+        let pass = rec.plan(&desired, &Running::new(), &with_envoy());
+        assert_eq!(started(&pass.plan), ["j-g-envoy"], "the proxy, not the task yet");
+        let proxy = &pass.plan.units[0];
+        assert_eq!(proxy.argv[0], "/opt/envoy/bin/envoy");
+        assert_eq!(proxy.dir, nowhere().join("alloc/j-g/envoy"));
+        match &pass.effects[..] {
+            [Effect::PrepareProxy {
+                key,
+                proxy,
+                launch_file,
+            }] => {
+                assert_eq!(key, "j-g");
+                assert_eq!(proxy.network.upstreams[0].local_port, 15432);
+                assert_eq!(launch_file, &nowhere().join("alloc/j-g/envoy-launch.json"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(pass.recheck.is_some(), "it looks again for the proxy's readiness");
+        assert!(pass.plan.wanted.contains("j-g-r0-a"));
+    }
+
+    #[test]
+    fn tasks_wait_for_their_proxy_to_be_ready_then_get_its_variables() {
+        let mut rec = reconciler(nowhere());
+        let desired = [networked(15432)];
+        let mut now = Running::new();
+        rec.plan(&desired, &now, &with_envoy());
+        now.set("j-g-envoy", running());
+
+        let pass = rec.plan(&desired, &now, &Observed::default());
+        assert!(pass.plan.units.is_empty(), "not ready: nothing starts");
+        assert!(pass.effects.is_empty(), "the files are written once");
+        assert!(pass.recheck.is_some());
+
+        let ready = Observed {
+            proxy_ready: set(&["j-g"]),
+            ..Default::default()
+        };
+        let pass = rec.plan(&desired, &now, &ready);
+        assert_eq!(started(&pass.plan), ["j-g-r0-a"]);
+        let env = &pass.plan.units[0].env;
+        assert_eq!(env.get("PROXY_DB_PORT").map(String::as_str), Some("15432"));
+        assert_eq!(env.get("PROXY_DB_ADDR").map(String::as_str), Some("127.0.0.1:15432"));
+        assert_eq!(rec.take_notices(), [("j-g".to_string(), "proxy ready".to_string())]);
+    }
+
+    #[test]
+    fn a_running_envoy_from_an_earlier_agent_is_readopted_as_it_was_launched() {
+        let mut rec = reconciler(nowhere());
+        let desired = [networked(15432)];
+        let mut now = Running::new();
+        now.set("j-g-envoy", running());
+        let argv = vec!["/old/envoy".to_string(), "-c".to_string(), "old.json".to_string()];
+        let seen = Observed {
+            launches: BTreeMap::from([(
+                "j-g".to_string(),
+                envoy::Launch {
+                    argv: argv.clone(),
+                    admin_socket: "/old/admin.sock".into(),
+                },
+            )]),
+            ..with_envoy()
+        };
+        let pass = rec.plan(&desired, &now, &seen);
+        assert!(pass.effects.is_empty(), "its config is kept, not written again");
+        assert_eq!(started(&pass.plan), ["j-g-envoy"]);
+        assert_eq!(pass.plan.units[0].argv, argv);
+    }
+
+    #[test]
+    fn a_network_change_asks_for_an_update_and_the_tasks_wait_for_it() {
+        let mut rec = reconciler(nowhere());
+        let mut now = Running::new();
+        rec.plan(&[networked(15432)], &now, &with_envoy());
+        now.set("j-g-envoy", running());
+        let ready = Observed {
+            proxy_ready: set(&["j-g"]),
+            ..Default::default()
+        };
+        rec.plan(&[networked(15432)], &now, &ready);
+        now.set("j-g-r0-a", running());
+
+        let pass = rec.plan(&[networked(15433)], &now, &Observed::default());
+        assert!(pass.plan.units.is_empty(), "the tasks wait for the outcome");
+        match &pass.effects[..] {
+            [Effect::UpdateProxy { key, proxy, restart }] => {
+                assert_eq!(key, "j-g");
+                assert_eq!(proxy.network.upstreams[0].local_port, 15433);
+                assert_eq!(proxy.envoy_bin, Path::new("/opt/envoy/bin/envoy"), "looked up once");
+                assert_eq!(restart.name, "j-g-envoy");
+            }
+            other => panic!("{other:?}"),
+        }
+        let pass = rec.plan(&[networked(15433)], &now, &Observed::default());
+        assert_eq!(
+            started(&pass.plan),
+            ["j-g-r0-a"],
+            "updated in place: the task takes the new port"
+        );
+        assert_eq!(
+            pass.plan.units[0].env.get("PROXY_DB_PORT").map(String::as_str),
+            Some("15433")
+        );
+    }
+
+    #[test]
+    fn no_envoy_binary_fails_the_group_with_the_reason() {
+        let mut rec = reconciler(nowhere());
+        let seen = Observed {
+            envoy_bin: Some(Err("proxy: envoy binary \"envoy\" not found".into())),
+            ..Default::default()
+        };
+        let pass = rec.plan(&[networked(15432)], &Running::new(), &seen);
+        assert!(pass.plan.units.is_empty() && pass.effects.is_empty());
+        assert_eq!(
+            rec.take_notices(),
+            [(
+                "j-g".to_string(),
+                "task group failed: proxy: envoy binary \"envoy\" not found".to_string()
+            )]
+        );
+    }
+
+    #[test]
+    fn in_shared_mode_a_group_asks_to_join_the_robot_proxy_and_waits_to_be_served() {
+        let mut rec = Reconciler::new(ReconcileConfig {
+            proxy_mode: ProxyMode::Shared,
+            ..reconciler(nowhere()).config
+        });
+        let desired = [networked(15432)];
+        let pass = rec.plan(&desired, &Running::new(), &with_envoy());
+        assert!(pass.plan.units.is_empty(), "the members are written first");
+        match &pass.effects[..] {
+            [Effect::ShareProxy { draining }] => assert!(draining.is_empty()),
+            other => panic!("{other:?}"),
+        }
+        assert!(pass.recheck.is_some());
+        // Not written (the effect was not carried out): told it is served,
+        // the group still waits for its own network to be written.
+        let served = Observed {
+            shared_served: set(&["j-g"]),
+            ..Default::default()
+        };
+        let pass = rec.plan(&desired, &Running::new(), &served);
+        assert!(pass.plan.units.is_empty());
+        assert!(!pass.plan.wanted.contains("robot-envoy"), "no member yet");
+    }
+
+    #[test]
+    fn a_proxy_whose_port_is_taken_fails_its_group_when_its_files_are_written() {
+        let data = tempfile::tempdir().unwrap();
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let mut rec = reconciler(data.path());
+        let desired = [networked(i64::from(port))];
+        let now = Running::new();
+        let Pass { mut plan, effects, .. } = rec.plan(&desired, &now, &with_envoy());
+        assert_eq!(started(&plan), ["j-g-envoy"]);
+        rec.carry_out(effects, &mut plan, &now);
+        assert!(plan.units.is_empty(), "the proxy does not start");
+        let notices = rec.take_notices();
+        assert!(
+            notices.len() == 1
+                && notices[0].1.starts_with("task group failed: proxy: ")
+                && notices[0].1.contains(&port.to_string()),
+            "{notices:?}"
+        );
+        assert!(matches!(rec.outcome(&desired[0], &now), Outcome::Failed(_)));
+    }
+
+    #[test]
+    fn the_launch_file_written_for_a_proxy_lets_the_next_agent_readopt_it() {
+        let data = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut rec = reconciler(data.path());
+        let desired = [networked(i64::from(port))];
+        let Pass { mut plan, effects, .. } = rec.plan(&desired, &Running::new(), &with_envoy());
+        let argv = plan.units[0].argv.clone();
+        rec.carry_out(effects, &mut plan, &Running::new());
+        assert!(rec.take_notices().is_empty());
+        assert!(data.path().join("alloc/j-g/envoy/envoy.json").is_file());
+
+        let next = reconciler(data.path());
+        let mut now = Running::new();
+        assert!(next.observe(&desired, &now).launches.is_empty(), "no Envoy runs");
+        now.set("j-g-envoy", running());
+        let seen = next.observe(&desired, &now);
+        assert_eq!(seen.launches.get("j-g").map(|l| &l.argv), Some(&argv));
+    }
+
+    #[test]
+    fn observing_asks_about_the_proxy_only_once_the_init_tasks_are_done() {
+        let rec = reconciler(nowhere());
+        let mut t = networked(15432);
+        t.spec.init_tasks = vec![init("setup", false)];
+        let mut now = Running::new();
+        now.set("j-g-setup", running());
+        assert!(rec.observe(&[t.clone()], &now).envoy_bin.is_none(), "setup still runs");
+        now.set("j-g-setup", Phase::Completed);
+        assert!(
+            rec.observe(&[t], &now).envoy_bin.is_some(),
+            "the proxy is next: its binary is looked up"
+        );
+    }
+
+    #[test]
+    fn a_failed_init_task_reports_the_last_output_it_was_given() {
+        let mut rec = reconciler(nowhere());
+        let desired = [task("g", 0, "a", &[init("setup", false)])];
+        let mut now = Running::new();
+        now.set(
+            "j-g-setup",
+            Phase::Failed {
+                reason: "exited 3".into(),
+            },
+        );
+        let seen = Observed {
+            log_tails: BTreeMap::from([("j-g-setup".to_string(), "[stderr] disk full".to_string())]),
+            ..Default::default()
+        };
+        rec.plan(&desired, &now, &seen);
+        assert_eq!(
+            rec.take_notices(),
+            [(
+                "j-g".to_string(),
+                "task group failed: init task setup exited 3; last output:\n[stderr] disk full".to_string()
+            )]
+        );
+    }
+
+    #[test]
+    fn observing_reads_the_output_of_the_init_task_that_failed() {
+        let data = tempfile::tempdir().unwrap();
+        let rec = reconciler(data.path());
+        let desired = [task("g", 0, "a", &[init("setup", false)])];
+        let logs = data.path().join("setup/logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        std::fs::write(logs.join("stderr"), "disk full\n").unwrap();
+        let mut now = Running::new();
+        now.units.insert(
+            "j-g-setup".into(),
+            (
+                Phase::Failed {
+                    reason: "exited 3".into(),
+                },
+                data.path().join("setup"),
+            ),
+        );
+        let seen = rec.observe(&desired, &now);
+        assert_eq!(
+            seen.log_tails.get("j-g-setup").map(String::as_str),
+            Some("[stderr] disk full")
+        );
+        assert!(seen.envoy_bin.is_none(), "no proxy to start: no lookup");
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! `--proxy-mode shared`: the robot-wide Envoy, unit `robot-envoy`
 //! (directory `robot/envoy/`, like the robot-scoped daemons), as reconcile
 //! drives it. Each pass, every group whose init tasks are done asks to be
-//! a member ([`RobotProxy::want`]); after the pass the members are written
-//! at once ([`RobotProxy::apply`]): unchanged groups' resources stay byte
+//! a member ([`RobotProxy::want`], told what the admin socket said of its
+//! part before the pass, [`RobotProxy::observe`]); after the pass, before
+//! its units start, the members are written at once
+//! ([`RobotProxy::apply`]): unchanged groups' resources stay byte
 //! for byte the same, so Envoy keeps them and their connections. The
 //! unit's pre-start hook renders every current member, so an Envoy that
 //! died comes back with every group's config. A group's tasks start once
@@ -26,6 +28,8 @@ fn unit_name() -> String {
 pub struct RobotProxy {
     proxy: SharedProxy,
     user: Option<String>,
+    /// The unit's PATH.
+    path: String,
     /// The members as last written: read by the unit's pre-start hook on
     /// every (re)start.
     written: Arc<Mutex<Vec<Member>>>,
@@ -55,10 +59,11 @@ fn member(key: &str, network: &NetworkConfig) -> Member {
 }
 
 impl RobotProxy {
-    pub fn new(proxy: SharedProxy, user: Option<String>) -> Self {
+    pub fn new(proxy: SharedProxy, user: Option<String>, path: String) -> Self {
         RobotProxy {
             proxy,
             user,
+            path,
             written: Arc::new(Mutex::new(Vec::new())),
             applied: BTreeMap::new(),
             wanted: BTreeMap::new(),
@@ -66,27 +71,50 @@ impl RobotProxy {
         }
     }
 
-    /// Group `key` wants its part with `network`; is it served yet? A group
-    /// not ready within [`PROXY_READY_TIMEOUT`] of asking fails, with what
-    /// Envoy says about its own upstreams.
-    pub fn want(&mut self, key: &str, network: &NetworkConfig, now: Instant, poll: Duration) -> Result<Part, String> {
+    /// Group `key` wants its part with `network`; is it served yet
+    /// (`served`: Envoy serves its listeners, see [`Self::observe`])? A
+    /// group not ready within [`PROXY_READY_TIMEOUT`] of asking fails, with
+    /// what Envoy says about its own upstreams (`reasons`).
+    pub fn want(
+        &mut self,
+        key: &str,
+        network: &NetworkConfig,
+        now: Instant,
+        poll: Duration,
+        served: bool,
+        reasons: Option<&str>,
+    ) -> Result<Part, String> {
         self.wanted.insert(key.to_string(), network.clone());
         let (since, ready) = *self.joined.entry(key.to_string()).or_insert((now, false));
         if ready {
             return Ok(Part::Ready { newly: false });
         }
-        if self.applied.get(key) == Some(network) && shared::is_ready(&self.proxy, &member(key, network)) {
+        if self.applied.get(key) == Some(network) && served {
             self.joined.insert(key.to_string(), (since, true));
             return Ok(Part::Ready { newly: true });
         }
         if now.saturating_duration_since(since) > PROXY_READY_TIMEOUT {
-            let reasons = shared::not_ready_reasons(&self.proxy, key).join("; ");
+            let reasons = reasons.unwrap_or_default();
             return Err(format!(
                 "its part of the robot-wide proxy ({}) not ready after {PROXY_READY_TIMEOUT:?}: {reasons}",
                 unit_name()
             ));
         }
         Ok(Part::NotYet(crate::agent::clock::after(now, poll)))
+    }
+
+    /// What [`Self::want`] needs to know of group `key`'s part, asked of the
+    /// admin socket before a pass: whether Envoy serves it (asked only
+    /// while it waits with its network written), and, past its deadline,
+    /// why not.
+    pub fn observe(&self, key: &str, network: &NetworkConfig, now: Instant) -> (bool, Option<String>) {
+        let waiting = self.joined.get(key).filter(|(_, ready)| !ready);
+        let served = self.joined.get(key).is_none_or(|(_, ready)| !ready)
+            && self.applied.get(key) == Some(network)
+            && shared::is_ready(&self.proxy, &member(key, network));
+        let overdue = waiting.is_some_and(|(since, _)| now.saturating_duration_since(*since) > PROXY_READY_TIMEOUT);
+        let reasons = (overdue && !served).then(|| shared::not_ready_reasons(&self.proxy, key).join("; "));
+        (served, reasons)
     }
 
     /// After a pass: write the members wanted this pass plus those of
@@ -149,6 +177,9 @@ impl RobotProxy {
         if sup.view(&name).is_some() || sup.has_process(&name) {
             shared::update(&self.proxy, &members)?;
         } else {
+            // Made as any unit's directory (the proxy's user reaches it),
+            // before `prepare` makes its own private ones inside.
+            std::fs::create_dir_all(&self.proxy.dir).map_err(|e| EnvoyError::Write(self.proxy.dir.clone(), e))?;
             shared::prepare(&self.proxy, &members)?;
         }
         *self.written.lock().unwrap_or_else(|e| e.into_inner()) = members;
@@ -166,6 +197,7 @@ impl RobotProxy {
             dir: self.proxy.dir.clone(),
             alloc_dir: self.proxy.dir.clone(),
             user: self.user.clone(),
+            path: self.path.clone(),
             // Every (re)start renders every current member afresh and
             // clears a stale admin socket.
             pre_start: specs::pre_start(move || {

@@ -50,6 +50,8 @@ pub struct ProxyUnit {
     pub dir: PathBuf,
     pub alloc_dir: PathBuf,
     pub user: Option<String>,
+    /// Its PATH (see [`task_path`]).
+    pub path: String,
     /// Renders the config afresh and clears a stale admin socket before
     /// every (re)start; returns the argv to exec.
     pub pre_start: PreStart,
@@ -65,7 +67,7 @@ impl ProxyUnit {
             name: self.name,
             label: self.label,
             argv: self.argv,
-            env: BTreeMap::from([("PATH".to_string(), task_path())]),
+            env: BTreeMap::from([("PATH".to_string(), self.path)]),
             dir: self.dir,
             alloc_dir: self.alloc_dir,
             user: self.user,

@@ -180,6 +180,13 @@ pub fn prepare_with(proxy: &GroupProxy, extras: &ProxyExtras) -> Result<Launch, 
     runtime::prepare(proxy, extras)
 }
 
+/// The command line and admin socket [`prepare`] would give, with the
+/// config rendered in memory to refuse a network that cannot become a
+/// proxy; no file is read or written and no port probed.
+pub fn launch(proxy: &GroupProxy) -> Result<Launch, EnvoyError> {
+    runtime::launch(proxy, &ProxyExtras::default())
+}
+
 /// Rewrite the xDS files after the network changed; Envoy picks them up live.
 /// Listeners whose config is unchanged keep their connections.
 pub fn update(proxy: &GroupProxy) -> Result<(), EnvoyError> {

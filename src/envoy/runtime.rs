@@ -57,6 +57,20 @@ pub fn prepare(proxy: &GroupProxy, extras: &ProxyExtras) -> Result<Launch, Envoy
     })
 }
 
+/// What [`prepare`] would launch, planned and rendered in memory only: a
+/// network that cannot become a proxy is refused here, before any file is
+/// written or port probed (those checks stay in [`prepare`] and [`update`]).
+pub fn launch(proxy: &GroupProxy, extras: &ProxyExtras) -> Result<Launch, EnvoyError> {
+    let plan = plan::plan(&proxy.network, &extras.inbound)?;
+    let layout = Layout::new(&proxy.dir);
+    check_socket_path(&layout.admin_socket)?;
+    config::render_runtime(&plan, &proxy.node_id(), &layout, &extras.options)?;
+    Ok(Launch {
+        argv: argv_with(proxy, &extras.options, &layout),
+        admin_socket: layout.admin_socket,
+    })
+}
+
 pub fn update(proxy: &GroupProxy, extras: &ProxyExtras) -> Result<(), EnvoyError> {
     let plan = plan::plan(&proxy.network, &extras.inbound)?;
     let layout = Layout::new(&proxy.dir);
