@@ -258,8 +258,9 @@ pub fn check_binary_fields(b: &ReleaseBinary) -> Result<(), ReleaseError> {
     Ok(())
 }
 
-/// Every problem of a spec (besides its robotSelector), each with its
-/// field path. Signatures are not checked here: the server need not hold
+/// Every problem of a spec (besides its robotSelector and the names in
+/// its namespaces, which `validate` checks as it checks every name), each
+/// with its field path. Signatures are not checked here: the server need not hold
 /// the release key; robots check them.
 pub fn spec_problems(spec: &AgentReleaseSpec) -> Vec<(String, String)> {
     let mut out = Vec::new();
@@ -294,11 +295,6 @@ pub fn spec_problems(spec: &AgentReleaseSpec) -> Vec<(String, String)> {
             "spec.namespaces".into(),
             format!("{} namespaces, at most {MAX_NAMESPACES}", namespaces.len()),
         ));
-    }
-    for (i, ns) in namespaces.iter().enumerate().take(MAX_NAMESPACES) {
-        if let Err(m) = super::validate::check_dns_label(ns) {
-            out.push((format!("spec.namespaces[{i}]"), m));
-        }
     }
     for (i, b) in spec.binaries.iter().enumerate() {
         if let Err(ReleaseError::Field(field, m)) = check_binary_fields(b) {

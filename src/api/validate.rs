@@ -1069,6 +1069,12 @@ pub fn validate_agent_release(r: &super::agent_release::AgentRelease) -> Vec<Fie
     for (field, message) in super::agent_release::spec_problems(&r.spec) {
         errs.add(&field, message);
     }
+    let namespaces = r.spec.namespaces.as_deref().unwrap_or_default();
+    for (i, ns) in namespaces.iter().enumerate().take(super::agent_release::MAX_NAMESPACES) {
+        if let Err(m) = check_dns_label(ns) {
+            errs.add(&format!("spec.namespaces[{i}]"), m);
+        }
+    }
     errs.0.errors
 }
 

@@ -15,100 +15,15 @@
 //! all benchmark JSON files into one markdown page.
 
 use super::sim::SimRobot;
+use crate::api::robot_channel::JoinToken;
 use crate::server::progress::Progress;
-use crate::server::robot_channel::client::{Prepared, RobotSession};
 use serde::de::IgnoredAny;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 use tokio::sync::{Barrier, Semaphore};
-
-/// One minimal HTTP/1.1 keep-alive connection to the agent listener (the
-/// bench must not be the bottleneck, and the agent API needs nothing more).
-pub(super) struct Conn {
-    stream: BufReader<TcpStream>,
-    host: String,
-}
-
-impl Conn {
-    pub(super) async fn connect(addr: &str) -> std::io::Result<Conn> {
-        let s = TcpStream::connect(addr).await?;
-        s.set_nodelay(true)?;
-        Ok(Conn {
-            stream: BufReader::new(s),
-            host: addr.to_string(),
-        })
-    }
-
-    /// A robot-channel request, its answer verified (and opened) by `robot`.
-    pub(super) async fn robot(&mut self, robot: &mut RobotSession, p: &Prepared) -> Result<(u16, Vec<u8>), String> {
-        let (code, headers, body) = self
-            .exchange(&p.method, &p.target, &p.headers, &p.body)
-            .await
-            .map_err(|e| format!("{} {}: {e}", p.method, p.target))?;
-        let header = |name: &str| {
-            headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.clone())
-        };
-        let body = robot.answer(p, code, &header, &body)?;
-        Ok((code, body))
-    }
-
-    async fn exchange(
-        &mut self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, String)],
-        body: &[u8],
-    ) -> std::io::Result<(u16, Vec<(String, String)>, Vec<u8>)> {
-        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", self.host);
-        for (k, v) in headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
-        }
-        if !body.is_empty() || method == "POST" {
-            req.push_str(&format!("Content-Length: {}\r\n", body.len()));
-        }
-        req.push_str("\r\n");
-        let mut bytes = req.into_bytes();
-        bytes.extend_from_slice(body);
-        self.stream.get_mut().write_all(&bytes).await?;
-        let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
-        let mut line = String::new();
-        self.stream.read_line(&mut line).await?;
-        let code: u16 = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| bad("bad status line"))?;
-        let mut len = None;
-        let mut got = Vec::new();
-        loop {
-            line.clear();
-            if self.stream.read_line(&mut line).await? == 0 {
-                return Err(bad("connection closed"));
-            }
-            let l = line.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = l.split_once(':') {
-                if k.eq_ignore_ascii_case("content-length") {
-                    len = v.trim().parse::<usize>().ok();
-                }
-                got.push((k.trim().to_string(), v.trim().to_string()));
-            }
-        }
-        let mut buf = vec![0; len.ok_or_else(|| bad("no content-length"))?];
-        self.stream.read_exact(&mut buf).await?;
-        Ok((code, got, buf))
-    }
-}
 
 /// Just what the bench needs of an Assignments reply (the simulated robots
 /// share the server's CPUs, so they decode as little as possible).
@@ -255,6 +170,13 @@ async fn kubectl_apply(kubeconfig: &Path, doc: &str) -> Result<(), String> {
 
 /// One operator request over HTTPS with the admin kubeconfig; the answer's
 /// body if it is 2xx.
+/// A fresh join token from the server behind `kubeconfig` (as an admin).
+pub(super) async fn join_token(kubeconfig: &Path) -> Result<JoinToken, String> {
+    let body = admin_request(kubeconfig, "POST", "/agent/v1/jointokens", "{}".into()).await?;
+    let join: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+    JoinToken::parse(join["token"].as_str().ok_or("no join token")?).map_err(|e| e.to_string())
+}
+
 pub(super) async fn admin_request(
     kubeconfig: &Path,
     method: &'static str,
@@ -322,7 +244,7 @@ pub(super) async fn run_one(n: usize, timeout: Duration, use_kubectl: bool, setu
         .collect();
     let cpu = || pids.iter().map(|&p| cpu_ms(p)).sum::<f64>();
     let kubeconfig = servers[0].kubeconfig.clone();
-    let join = super::sim::join_token(&kubeconfig).await?;
+    let join = join_token(&kubeconfig).await?;
 
     // Register and start N robots; each reports when it got its task.
     let t_register = Instant::now();

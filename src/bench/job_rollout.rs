@@ -353,7 +353,7 @@ pub(super) async fn run(n: usize, timeout: Duration) -> Result<Value, String> {
     ])?;
     let pid = server.child.id();
     let kubeconfig = server.kubeconfig.clone();
-    let join = super::sim::join_token(&kubeconfig).await?;
+    let join = super::fleet::join_token(&kubeconfig).await?;
 
     let limit = Arc::new(Semaphore::new(64));
     let ready = Arc::new(Barrier::new(n + 1));
