@@ -197,6 +197,8 @@ cases=(
   "delta assignments|58 deltas of a 4 KiB task|log folded into a new snapshot once it outgrows it or 64 KiB; replayed set equals the kept one|lib|agent::connected::desired::tests::the_log_is_folded_into_the_snapshot_once_it_outgrows_it"
   "agent|statuses of 50 tasks queued in one pass, then a restart|one outbox write, one sequence number each, all kept|lib|agent::connected::outbox::tests::a_batch_of_statuses_is_one_write_and_survives_a_restart"
   "agent|output on a log pipe that poll did not report ready|not read until poll reports it, then copied whole|lib|agent::supervisor::logs::tests::only_a_pipe_poll_found_ready_is_read"
+  "agent|a group's proxy port already taken when its files are written|the group fails naming the port; its proxy unit is not started|lib|agent::reconcile::tests::a_proxy_whose_port_is_taken_fails_its_group_when_its_files_are_written"
+  "agent|no Envoy binary for a group with a network (planned without a process or a data dir)|the group fails with the reason; its tasks do not start|lib|agent::reconcile::tests::no_envoy_binary_fails_the_group_with_the_reason"
 )
 
 # --table: print the table without running anything (for README.md).
