@@ -3,6 +3,15 @@
 //! on another replica takes effect) and the last counter accepted from
 //! each. Counters live in memory and reach the store with the robot's
 //! heartbeat writes ([`Robots::save_counter`]), never once per request.
+//!
+//! A robot's poller and status reporter take counters from one sequence
+//! but send on their own connections, so requests can arrive slightly out
+//! of order. Accepted counters are therefore checked against a sliding
+//! window, the anti-replay window of IPsec (RFC 4303 section 3.4.3): the
+//! highest accepted counter plus a bitmap of the [`WINDOW`] below it; a
+//! counter inside the window is taken once, one below it never. After a
+//! server restart or a reload from the store, the window starts full:
+//! nothing below the stored counter is accepted.
 
 use crate::api::robot_channel::PublicKeys;
 use crate::server::store::StoreError;
@@ -10,6 +19,9 @@ use crate::server::tokens::{RobotIdentity, RobotRecord, Tokens};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// How many counters below the highest accepted one may still arrive.
+pub const WINDOW: u64 = 64;
 
 /// How long a replica trusts its copy of a robot's keys.
 pub const RECHECK: Duration = Duration::from_secs(60);
@@ -22,12 +34,44 @@ pub struct Robot {
     loaded: Instant,
 }
 
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 struct Counter {
     /// The highest counter accepted.
     last: u64,
+    /// Bit i set: counter `last - i` was accepted (or is too old to take).
+    seen: u64,
     /// The highest one written to the store.
     saved: u64,
+}
+
+impl Counter {
+    /// Known up to `last` (from the store or a registration): nothing at or
+    /// below it is accepted.
+    fn at(last: u64) -> Counter {
+        Counter {
+            last,
+            seen: u64::MAX,
+            saved: last,
+        }
+    }
+
+    /// Take `counter` once: above the highest, or inside the window and
+    /// not taken before. Else the highest accepted.
+    fn take(&mut self, counter: u64) -> Result<(), u64> {
+        if counter > self.last {
+            let shift = counter - self.last;
+            self.seen = if shift >= WINDOW { 0 } else { self.seen << shift };
+            self.seen |= 1;
+            self.last = counter;
+            return Ok(());
+        }
+        let behind = self.last - counter;
+        if behind >= WINDOW || self.seen & (1 << behind) != 0 {
+            return Err(self.last);
+        }
+        self.seen |= 1 << behind;
+        Ok(())
+    }
 }
 
 impl Robot {
@@ -47,14 +91,10 @@ impl Robot {
         self.counter.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Take `counter` if it is above every one accepted; else the last one.
+    /// Take `counter` once (see the module doc); else the highest one
+    /// accepted.
     pub fn accept(&self, counter: u64) -> Result<(), u64> {
-        let mut c = self.lock();
-        if counter <= c.last {
-            return Err(c.last);
-        }
-        c.last = counter;
-        Ok(())
+        self.lock().take(counter)
     }
 }
 
@@ -89,16 +129,16 @@ impl Robots {
         // may be behind them); new keys start from the stored ones. Merged
         // under the lock, so a request accepted meanwhile is not forgotten.
         let mut map = self.map();
-        let mut counter = Counter {
-            last: record.counter,
-            saved: record.counter,
-        };
+        let mut counter = Counter::at(record.counter);
         if let Some(old) = map
             .get(name)
             .filter(|c| c.keys == record.keys && c.id.namespace == record.namespace)
         {
             let seen = *old.lock();
-            counter.last = counter.last.max(seen.last);
+            if seen.last >= counter.last {
+                counter.last = seen.last;
+                counter.seen = seen.seen;
+            }
             counter.saved = counter.saved.max(seen.saved);
         }
         let robot = Arc::new(Robot::new(name, record, counter));
@@ -109,10 +149,7 @@ impl Robots {
     /// A robot just bound (registered) with `record`, whose registration
     /// used counter `record.counter`.
     pub fn bound(&self, name: &str, record: RobotRecord) {
-        let counter = Counter {
-            last: record.counter,
-            saved: record.counter,
-        };
+        let counter = Counter::at(record.counter);
         self.map()
             .insert(name.to_string(), Arc::new(Robot::new(name, record, counter)));
     }
@@ -129,7 +166,7 @@ impl Robots {
         let Some(robot) = self.map().get(name).cloned() else {
             return Ok(());
         };
-        let Counter { last, saved } = *robot.lock();
+        let Counter { last, saved, .. } = *robot.lock();
         if last <= saved {
             return Ok(());
         }
@@ -141,5 +178,32 @@ impl Robots {
             self.forget(name);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod window_tests {
+    use super::{Counter, WINDOW};
+
+    #[test]
+    fn counters_out_of_order_inside_the_window_are_taken_once_and_older_ones_never() {
+        let mut c = Counter::at(1000);
+        // Nothing at or below what the store knew.
+        assert_eq!(c.take(1000), Err(1000));
+        assert_eq!(c.take(999), Err(1000));
+        // The status reporter's 1002 overtakes the poller's 1001.
+        assert_eq!(c.take(1002), Ok(()));
+        assert_eq!(c.take(1001), Ok(()));
+        // Each once.
+        assert_eq!(c.take(1001), Err(1002));
+        assert_eq!(c.take(1002), Err(1002));
+        // Far ahead: everything the window no longer covers is refused.
+        assert_eq!(c.take(1002 + WINDOW + 5), Ok(()));
+        assert_eq!(c.take(1002 + 5), Err(1002 + WINDOW + 5));
+        // Just inside the new window, not seen: taken once.
+        let top = 1002 + WINDOW + 5;
+        assert_eq!(c.take(top - (WINDOW - 1)), Ok(()));
+        assert_eq!(c.take(top - (WINDOW - 1)), Err(top));
+        assert_eq!(c.take(top - WINDOW), Err(top));
     }
 }

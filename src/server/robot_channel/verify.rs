@@ -96,7 +96,8 @@ pub enum Refusal {
         now: u64,
         skew: u64,
     },
-    /// `counter` is not above `last`.
+    /// `counter` was taken before, or is older than the window below
+    /// `last` (the highest accepted).
     Replayed {
         counter: u64,
         last: u64,
@@ -134,7 +135,9 @@ impl std::fmt::Display for Refusal {
             ),
             Refusal::Replayed { counter, last } => write!(
                 f,
-                "replayed counter: {counter} is not above {last}, the last one accepted from this robot"
+                "replayed counter: {counter} was accepted before or is more than {} below {last}, \
+                 the highest one accepted from this robot",
+                super::robots::WINDOW
             ),
             Refusal::NotSealed => write!(f, "the body is not sealed (Content-Type {})", wire::SEALED),
             Refusal::Open(e) => write!(f, "{e}"),
