@@ -41,13 +41,7 @@ fn group(count: usize, marker: &str) -> Value {
 /// Scale Job `name` to `count` (the whole task group replaced).
 fn scale(server: &Server, name: &str, count: usize, marker: &str) {
     let patch = json!({"spec": {"taskGroups": group(count, marker)}});
-    let r = server.request(
-        "PATCH",
-        &format!("{JOBS}/{name}"),
-        "application/merge-patch+json",
-        Some(patch.to_string().as_bytes()),
-        &[],
-    );
+    let r = server.merge_patch(&format!("{JOBS}/{name}"), &patch);
     assert_eq!(r.status, 200, "{}", r.body);
 }
 
@@ -401,13 +395,7 @@ fn the_group_form_sends_a_groups_shared_data_once_and_the_robot_follows() {
     let mark = relay.exchanges().len();
     let log_before = agent.log_text().len();
     let patch = json!({"spec": {"taskGroups": daemon_group(10, TASK, NEW)}});
-    let r = server.request(
-        "PATCH",
-        &format!("{JOBS}/grp"),
-        "application/merge-patch+json",
-        Some(patch.to_string().as_bytes()),
-        &[],
-    );
+    let r = server.merge_patch(&format!("{JOBS}/grp"), &patch);
     assert_eq!(r.status, 200, "{}", r.body);
     // The controller writes the group's Tasks one by one: an answer in
     // between carries the tasks already changed, with their own group

@@ -598,13 +598,7 @@ fn a_job_update_adds_an_upstream_to_the_running_envoy() {
         "network": {"upstreams": [upstream("first", port_a, first.port), upstream("second", port_b, second.port)]},
         "tasks": job["spec"]["taskGroups"][0]["tasks"].clone()
     }]}});
-    let r = server.request(
-        "PATCH",
-        &format!("{JOBS}/live"),
-        "application/merge-patch+json",
-        Some(patch.to_string().as_bytes()),
-        &[],
-    );
+    let r = server.merge_patch(&format!("{JOBS}/live"), &patch);
     assert_eq!(r.status, 200, "{}", r.body);
     wait_for("traffic through the added upstream", Duration::from_secs(60), || {
         envoy_fixtures::echo_through(port_b, b"two")

@@ -9,6 +9,7 @@ mod server_util;
 
 use serde_json::{json, Value};
 use server_util::{wait_for, Robot, RobotSession, Server};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -271,13 +272,7 @@ fn job_updates_roll_into_tasks() {
     let uid = field(&s, "tasks", "roll-g-r0-main", &["metadata", "uid"]);
     // Change the upstream: the same Tasks get the new network config.
     let patch = json!({"spec": {"taskGroups": [group("g", 1, Some(9001))]}});
-    let r = s.request(
-        "PATCH",
-        &format!("{}/roll", jobs()),
-        "application/merge-patch+json",
-        Some(patch.to_string().as_bytes()),
-        &[],
-    );
+    let r = s.merge_patch(&format!("{}/roll", jobs()), &patch);
     assert_eq!(r.status, 200, "{}", r.body);
     wait_for("network update reaches the task", T, || {
         (field(&s, "tasks", "roll-g-r0-main", &["spec", "network", "upstreams"])[0]["localPort"] == 9001).then_some(())
@@ -379,13 +374,7 @@ fn restart_keeps_robots_keys_and_assignments() {
     assert_eq!(field(&s, "robots", "r1", &["status", "phase"]), "Online");
     // The controllers pick up where they left off: scaling still works.
     let patch = json!({"spec": {"taskGroups": [group("g", 2, None)]}});
-    let p = s.request(
-        "PATCH",
-        &format!("{}/keep", jobs()),
-        "application/merge-patch+json",
-        Some(patch.to_string().as_bytes()),
-        &[],
-    );
+    let p = s.merge_patch(&format!("{}/keep", jobs()), &patch);
     assert_eq!(p.status, 200);
     wait_for("second replica after restart", T, || target(&s, "keep-g-r1-main"));
 }
@@ -393,14 +382,7 @@ fn restart_keeps_robots_keys_and_assignments() {
 #[test]
 fn bench_tool_runs_a_small_fleet() {
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("server.json");
-    let run = Command::new(server_util::server_bin())
-        .args(["bench", "robots", "20", "--timeout", "60s", "--out"])
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-    let v: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let (v, said) = run_bench(&dir.path().join("server.json"), &["robots", "20", "--timeout", "60s"]);
     let r = &v["runs"][0];
     assert_eq!(r["robots"], 20, "{v}");
     assert!(r.get("error").is_none(), "{v}");
@@ -408,7 +390,6 @@ fn bench_tool_runs_a_small_fleet() {
     assert!(p99 > 0.0 && p99 < 30.0, "{v}");
     assert!(r["server_rss_mib"].as_f64().unwrap() > 1.0, "{v}");
     // Not a terminal: progress as plain lines, no redraws.
-    let said = String::from_utf8_lossy(&run.stderr);
     for line in [
         "20 robots registering: 10/20 (50%)",
         "20 robots registering: 20/20 registered and polling",
@@ -419,14 +400,7 @@ fn bench_tool_runs_a_small_fleet() {
     assert!(!said.contains('\r') && !said.contains('\u{1b}'), "{said}");
 
     // The report from that run: its table, and the chart beside it.
-    let report = dir.path().join("report.md");
-    let made = Command::new(server_util::server_bin())
-        .args(["bench", "report", "--out"])
-        .arg(&report)
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
-    let text = std::fs::read_to_string(&report).unwrap();
+    let text = bench_report(dir.path());
     assert!(text.contains("(control-plane.svg)"), "{text}");
     let svg = std::fs::read_to_string(dir.path().join("control-plane.svg")).unwrap();
     assert!(
@@ -441,14 +415,10 @@ fn bench_tool_runs_a_small_fleet() {
 #[test]
 fn bench_tool_rolls_a_job_out_to_a_small_fleet() {
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("job-rollout.json");
-    let run = Command::new(server_util::server_bin())
-        .args(["bench", "job-rollout", "20", "--timeout", "90s", "--out"])
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-    let v: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let (v, _) = run_bench(
+        &dir.path().join("job-rollout.json"),
+        &["job-rollout", "20", "--timeout", "90s"],
+    );
     let r = &v["runs"][0];
     assert!(r.get("error").is_none(), "{v}");
     let bad = &r["bad"];
@@ -461,15 +431,36 @@ fn bench_tool_rolls_a_job_out_to_a_small_fleet() {
     assert_eq!(r["good"]["max_parallel"], 2, "{v}");
     assert!(r["good"]["all_updated_seconds"].as_f64().unwrap() > 0.0, "{v}");
 
-    let report = dir.path().join("report.md");
+    let text = bench_report(dir.path());
+    assert!(text.lines().any(|l| l.starts_with("| 20 | 1 / 1 |")), "{text}");
+}
+
+/// `k8s4r bench ARGS --out OUT`, which must succeed: OUT's JSON and what
+/// the bench said on stderr.
+fn run_bench(out: &Path, args: &[&str]) -> (Value, String) {
+    let run = Command::new(server_util::server_bin())
+        .arg("bench")
+        .args(args)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&run.stderr).into_owned();
+    assert!(run.status.success(), "{said}");
+    let v = serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap();
+    (v, said)
+}
+
+/// `k8s4r bench report` over the JSON files in `dir`: report.md's text.
+fn bench_report(dir: &Path) -> String {
+    let report = dir.join("report.md");
     let made = Command::new(server_util::server_bin())
         .args(["bench", "report", "--out"])
         .arg(&report)
         .output()
         .unwrap();
     assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
-    let text = std::fs::read_to_string(&report).unwrap();
-    assert!(text.lines().any(|l| l.starts_with("| 20 | 1 / 1 |")), "{text}");
+    std::fs::read_to_string(&report).unwrap()
 }
 
 /// On a terminal (a pseudo-terminal from util-linux's `script`), the same
@@ -845,13 +836,7 @@ fn system_jobs_run_one_replica_on_every_matching_robot() {
     // r2 is relabelled out of the selector (its one label set, as `kubectl
     // label` does): its replica leaves its set.
     let patch = json!({"metadata": {"labels": {"fleet": "b"}}});
-    let r = s.request(
-        "PATCH",
-        "/apis/robot.k8s4r.io/v1alpha1/namespaces/default/robots/r2",
-        "application/merge-patch+json",
-        Some(patch.to_string().as_bytes()),
-        &[],
-    );
+    let r = s.merge_patch("/apis/robot.k8s4r.io/v1alpha1/namespaces/default/robots/r2", &patch);
     assert_eq!(r.status, 200, "{}", r.body);
     wait_for("r2's replica removed", T, || {
         heartbeat(&mut r1);

@@ -216,13 +216,7 @@ fn a_robot_cannot_label_itself_into_an_operator_selector() {
     assert_eq!(placed("prod-g-r0-main"), None);
     // The operator labels it, and overrides the robot's own zone.
     let patch = json!({"metadata": {"labels": {"k8s4r.io/env": "production", "zone": "hall-2"}}});
-    let r = s.request(
-        "PATCH",
-        "/apis/robot.k8s4r.io/v1alpha1/namespaces/default/robots/sly",
-        "application/merge-patch+json",
-        Some(patch.to_string().as_bytes()),
-        &[],
-    );
+    let r = s.merge_patch("/apis/robot.k8s4r.io/v1alpha1/namespaces/default/robots/sly", &patch);
     assert_eq!(r.status, 200, "{}", r.body);
     wait_for("the production task placed on sly", Duration::from_secs(30), || {
         placed("prod-g-r0-main").filter(|r| r == "sly")

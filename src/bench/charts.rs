@@ -116,24 +116,10 @@ pub fn lines(
             let mut chart = builder
                 .build_cartesian_2d((x_lo..x_hi).log_scale(), 0.0..y_max)
                 .map_err(failed)?;
-            chart
-                .configure_mesh()
-                .x_desc(x_desc)
-                .y_desc(y_desc)
-                .x_label_formatter(&|x| format!("{x:.0}"))
-                .draw()
-                .map_err(failed)?;
-            draw_lines(&mut chart, series)?;
+            draw_axes_and_lines(&mut chart, (x_desc, y_desc), series)?;
         } else {
             let mut chart = builder.build_cartesian_2d(x_lo..x_hi, 0.0..y_max).map_err(failed)?;
-            chart
-                .configure_mesh()
-                .x_desc(x_desc)
-                .y_desc(y_desc)
-                .x_label_formatter(&|x| format!("{x:.0}"))
-                .draw()
-                .map_err(failed)?;
-            draw_lines(&mut chart, series)?;
+            draw_axes_and_lines(&mut chart, (x_desc, y_desc), series)?;
         }
         root.present().map_err(failed)?;
     }
@@ -144,13 +130,21 @@ pub fn lines(
     })
 }
 
-fn draw_lines<'a, X>(
+fn draw_axes_and_lines<'a, X>(
     chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, plotters::coord::types::RangedCoordf64>>,
+    (x_desc, y_desc): (&str, &str),
     series: &[(String, Vec<(f64, f64)>)],
 ) -> Result<(), String>
 where
-    X: Ranged<ValueType = f64>,
+    X: Ranged<ValueType = f64> + plotters::coord::ranged1d::ValueFormatter<f64>,
 {
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .draw()
+        .map_err(failed)?;
     for (i, (name, pts)) in series.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         chart

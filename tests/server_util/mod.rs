@@ -425,6 +425,17 @@ impl Server {
         self.request(method, path, "application/json", Some(body.to_string().as_bytes()), &[])
     }
 
+    /// A JSON merge patch (RFC 7386) of the object at `path`.
+    pub fn merge_patch(&self, path: &str, patch: &Value) -> Reply {
+        self.request(
+            "PATCH",
+            path,
+            "application/merge-patch+json",
+            Some(patch.to_string().as_bytes()),
+            &[],
+        )
+    }
+
     /// kubectl with the server's admin.kubeconfig.
     pub fn kubectl_cmd(&self) -> Command {
         let mut c = Command::new("kubectl");
