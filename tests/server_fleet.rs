@@ -1017,3 +1017,16 @@ fn an_unverified_http_artifact_is_accepted_with_a_warning_header_and_a_job_event
     let event = validation_warning_event(&s, "fetcher");
     assert_eq!(event["message"], warning, "{event}");
 }
+
+/// A `--timeout` past what a bench takes is refused before anything
+/// starts, naming the flag (deadlines are computed as now + timeout).
+#[test]
+fn bench_tool_refuses_a_timeout_too_long_to_add_to_the_clock() {
+    let run = Command::new(server_util::server_bin())
+        .args(["bench", "job-rollout", "1", "--timeout", "100000h"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "{said}");
+    assert!(said.contains("--timeout") && said.contains("at most 24h"), "{said}");
+}

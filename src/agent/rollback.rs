@@ -251,7 +251,10 @@ impl Rollback {
                     let changed = *old != t.spec && v.phase.pid().is_some();
                     if changed && !self.overridden.contains(&t.name) && v.dir.join(LOCK_FILE).exists() {
                         self.deferred.insert(t.name.clone());
-                        wake = wake.into_iter().chain(Some(now + LOCK_RECHECK)).min();
+                        wake = wake
+                            .into_iter()
+                            .chain(Some(crate::agent::clock::after(now, LOCK_RECHECK)))
+                            .min();
                         t.spec = old.clone();
                         return t;
                     }
@@ -262,10 +265,13 @@ impl Rollback {
                 if !self.offers.contains_key(&t.name) {
                     return t;
                 }
-                let seen = sup.view(&t.name).map(|v| Seen {
-                    running: rec.outcome(&t, sup) == Outcome::Running,
-                    failed: matches!(rec.outcome(&t, sup), Outcome::Failed(_)),
-                    restarts: v.restarts,
+                let seen = sup.view(&t.name).map(|v| {
+                    let outcome = rec.outcome(&t, sup);
+                    Seen {
+                        running: outcome == Outcome::Running,
+                        failed: matches!(outcome, Outcome::Failed(_)),
+                        restarts: v.restarts,
+                    }
                 });
                 let (spec, at) = self.choose(&t.name, &t.spec, seen, now);
                 wake = wake.into_iter().chain(at).min();

@@ -27,6 +27,9 @@ OPTIONS:
 ";
 
 /// `k8s4r bench robots N [N...]` and `k8s4r bench report`.
+/// The longest `--timeout` a bench takes.
+const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
 pub fn cmd_bench(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
     use lexopt::prelude::*;
     let mut sizes = Vec::new();
@@ -53,6 +56,11 @@ pub fn cmd_bench(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
             Long("timeout") => {
                 let t = parser.value()?.string()?;
                 timeout = crate::api::Duration::parse(&t).map_err(|e| format!("--timeout {t:?}: {e}"))?;
+                // Deadlines are `now + timeout`: a bound here keeps that
+                // arithmetic from overflowing in every bench.
+                if timeout > MAX_TIMEOUT {
+                    return Err(format!("--timeout {t:?}: at most 24h").into());
+                }
             }
             Short('h') | Long("help") => {
                 print!("{USAGE}");
