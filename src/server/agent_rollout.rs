@@ -137,8 +137,15 @@ fn healthy_at(r: &RobotFacts, min_healthy: Duration) -> Option<i64> {
     // The later of the two (a Robot that reported its version before
     // agentVersionTime was kept counts from its Ready transition).
     let since = r.version_since.max(r.online_since)?;
-    let min = i64::try_from(min_healthy.as_secs()).unwrap_or(i64::MAX);
-    Some(since.saturating_add(min))
+    // Both times are whole seconds (RFC 3339 in the Robot's status): the
+    // report came somewhere in `since`'s second, so count from its end, and
+    // a fractional minHealthyTime rounds up: a robot is never healthy
+    // earlier than minHealthyTime after it was seen (at most 1 s later).
+    // `make bench`'s rollout caught a robot offered the release 4.83 s
+    // after a canary with minHealthyTime 5s before this.
+    let min = min_healthy.as_secs() + u64::from(min_healthy.subsec_nanos() > 0);
+    let min = i64::try_from(min).unwrap_or(i64::MAX);
+    Some(since.saturating_add(1).saturating_add(min))
 }
 
 pub fn plan(spec: &AgentReleaseSpec, robots: &[RobotFacts], now: i64) -> Plan {
@@ -460,8 +467,8 @@ mod tests {
         assert_eq!((p.status.updated, p.status.healthy), (1, 0));
         assert_eq!(
             p.wake_in,
-            Some(Duration::from_secs(50)),
-            "looked at again when r0 is due"
+            Some(Duration::from_secs(51)),
+            "looked at again when r0 is due (its report came within second NOW - 10)"
         );
         // Both report; healthy only once Online on it for 60 s.
         fleet[1].version = Some("0.2.0".into());
@@ -472,6 +479,11 @@ mod tests {
         fleet[0].online_since = Some(NOW - 30);
         assert!(plan(&s, &fleet, NOW).offered.is_empty());
         fleet[0].online_since = Some(NOW - 60);
+        assert!(
+            plan(&s, &fleet, NOW).offered.is_empty(),
+            "back Online within second NOW - 60: maybe less than 60 s ago"
+        );
+        fleet[0].online_since = Some(NOW - 61);
         let p = plan(&s, &fleet, NOW);
         assert_eq!(p.status.healthy, 2);
         assert_eq!(p.status.canaries, 0, "the canary phase is over");
