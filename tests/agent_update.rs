@@ -349,6 +349,34 @@ fn a_release_that_dies_at_start_is_rolled_back_after_three_starts() {
         }
         Ok(())
     });
+    // Nor after another update overwrote lastUpdate: a forged release is
+    // refused, and the rolled-back one is still not offered again (the
+    // robot image test caught it downloaded and installed a second time).
+    let other = f.dir.path().join("other");
+    run(std::process::Command::new(server_bin())
+        .args(["release", "keygen", "--out"])
+        .arg(&other));
+    f.build("0.1.2-forged");
+    f.release("agent-forged", "0.1.2-forged", Some(&other.with_extension("key")));
+    let status = wait_for("the forged release refused", SLOW, || {
+        let s = f.robot_status();
+        (s["lastUpdate"]["version"] == "0.1.2-forged").then_some(s)
+    });
+    assert_eq!(status["lastUpdate"]["result"], "Refused", "{status}");
+    assert_eq!(
+        status["failedUpdates"],
+        serde_json::json!(["0.1.1-bad", "0.1.2-forged"]),
+        "{status}"
+    );
+    common::throughout("no attempt after the refusal", Duration::from_secs(3), || {
+        if agent.exited().is_some() {
+            return Err("the agent exited".into());
+        }
+        if f.binary_requests() != downloads {
+            return Err("downloaded again".into());
+        }
+        Ok(())
+    });
 }
 
 #[test]

@@ -12,7 +12,7 @@
 mod common;
 mod server_util;
 
-use common::wait_for;
+use common::{wait_for, wait_for_or_explain};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -532,12 +532,26 @@ fn update_in_image(arch: &str, agent: &Path, kill_points: &[&str]) {
             std::fs::write(&fault_file, scoped(i + 1)).unwrap();
         }
         release(&format!("k{i}"), version, &key.with_extension("key"));
-        let s = wait_for(&format!("{point}: {version} applied"), slow, || {
-            let s = status();
-            let done = s["lastUpdate"]["version"] == version
-                && (s["lastUpdate"]["result"] != "Applied" || s["agentVersion"] == version);
-            done.then_some(s)
-        });
+        let s = wait_for_or_explain(
+            &format!("{point}: {version} applied"),
+            slow,
+            || {
+                let s = status();
+                let done = s["lastUpdate"]["version"] == version
+                    && (s["lastUpdate"]["result"] != "Applied" || s["agentVersion"] == version);
+                done.then_some(s)
+            },
+            || {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(60).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                format!(
+                    "\nRobot status: {}\nagent log (last 60 lines):\n{}",
+                    status(),
+                    tail.join("\n")
+                )
+            },
+        );
         assert_eq!(s["lastUpdate"]["result"], "Applied", "{point}: {s}");
         assert_eq!(s["agentVersion"], version, "{point}: {s}");
         let text = std::fs::read_to_string(&log).unwrap();

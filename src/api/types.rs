@@ -1105,6 +1105,12 @@ pub struct RobotStatus {
     /// How the agent's last over-the-air update ended (AgentRelease).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_update: Option<UpdateResult>,
+    /// Versions this robot refused or rolled back, newest last (at most
+    /// [`MAX_FAILED_UPDATES`]; kept by the server from each failed
+    /// `lastUpdate`): no AgentRelease offers it one of them again, though a
+    /// later update overwrites `lastUpdate`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_updates: Vec<String>,
     /// Free-form device facts (hostname, platform, cpu, memory, disks, ...), in
     /// the shape of the original CRD's `deviceInfo`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1113,6 +1119,9 @@ pub struct RobotStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
+
+/// How many versions `status.failedUpdates` keeps (the oldest goes first).
+pub const MAX_FAILED_UPDATES: usize = 16;
 
 /// How a robot's last update ended (`status.lastUpdate` of its Robot).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

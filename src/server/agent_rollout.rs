@@ -10,7 +10,8 @@
 //!    of `status.agentVersionTime` and its Ready condition's transition,
 //!    server clock);
 //! 3. *failed*: its `status.lastUpdate` is about this version and says
-//!    Refused or RolledBack;
+//!    Refused or RolledBack, or the version is among its
+//!    `status.failedUpdates` (a later update overwrote `lastUpdate`);
 //! 4. *ahead*: without `allowDowngrade`, a robot that reports a newer
 //!    version is left alone (its agent would refuse the downgrade, and that
 //!    refusal would overwrite its last update's result);
@@ -69,6 +70,9 @@ pub struct RobotFacts {
     pub arch: Option<String>,
     /// `status.lastUpdate`: (version, outcome).
     pub last_update: Option<(String, UpdateOutcome)>,
+    /// Every version it refused or rolled back (`status.failedUpdates`):
+    /// `last_update` alone forgets one as soon as another update is tried.
+    pub failed_updates: Vec<String>,
     /// Since when (unix seconds, server clock) it reports `version`, and
     /// is Online (its Ready condition's transition).
     pub version_since: Option<i64>,
@@ -89,6 +93,10 @@ impl RobotFacts {
             let outcome = serde_json::from_value(u.get("result")?.clone()).ok()?;
             Some((version, outcome))
         });
+        let failed_updates = status
+            .and_then(|s| s.get("failedUpdates"))
+            .and_then(|f| serde_json::from_value(f.clone()).ok())
+            .unwrap_or_default();
         let online = text("phase").as_deref() == Some("Online");
         let online_since = status
             .and_then(|s| s.get("conditions"))
@@ -107,6 +115,7 @@ impl RobotFacts {
             version: text("agentVersion"),
             arch: text("architecture"),
             last_update,
+            failed_updates,
             version_since: text("agentVersionTime").as_deref().and_then(time::parse_rfc3339),
             online_since: online.then_some(online_since).flatten(),
         }
@@ -185,6 +194,7 @@ pub fn plan(spec: &AgentReleaseSpec, robots: &[RobotFacts], now: i64) -> Plan {
             .last_update
             .as_ref()
             .is_some_and(|(v, o)| *v == spec.version && *o != UpdateOutcome::Applied)
+            || r.failed_updates.contains(&spec.version)
         {
             p.status.failed += 1;
             failures.push(format!("{}/{}", r.namespace, r.name));
@@ -571,5 +581,12 @@ mod tests {
         // A failed update of another version does not count.
         fleet[0].last_update = Some(("0.1.5".into(), UpdateOutcome::Refused));
         assert_eq!(names(&plan(&spec(1), &fleet, NOW)), ["r1"]);
+        // But a failure of this version stays one after a later update
+        // overwrote lastUpdate (the image test re-offered a rolled-back
+        // release once a forged one was refused).
+        fleet[0].failed_updates = vec!["0.2.0".into(), "0.1.5".into()];
+        let p = plan(&spec(1), &fleet, NOW);
+        assert!(p.offered.is_empty(), "not offered again, and it halts");
+        assert_eq!(p.status.failed, 1);
     }
 }

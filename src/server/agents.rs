@@ -679,8 +679,23 @@ impl Agents {
                 let value = serde_json::to_value(u).ok()?;
                 (status.and_then(|s| s.get("lastUpdate")) != Some(&value)).then_some((u, value))
             });
-            if let Some((_, value)) = &new_update {
+            if let Some((u, value)) = &new_update {
                 patch["lastUpdate"] = value.clone();
+                if u.result != crate::api::agent_release::UpdateOutcome::Applied {
+                    // Read from the store, not the cache: two failures
+                    // reported close together must both be kept.
+                    let stored = self.registry.get(&ROBOTS, ns, robot).await?;
+                    let mut failed: Vec<String> = stored
+                        .pointer("/status/failedUpdates")
+                        .and_then(|f| serde_json::from_value(f.clone()).ok())
+                        .unwrap_or_default();
+                    if !failed.contains(&u.version) {
+                        failed.push(u.version.clone());
+                        let over = failed.len().saturating_sub(crate::api::types::MAX_FAILED_UPDATES);
+                        failed.drain(..over);
+                        patch["failedUpdates"] = json!(failed);
+                    }
+                }
             }
             if patch.as_object().is_some_and(|m| !m.is_empty()) {
                 let w = self

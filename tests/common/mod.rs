@@ -40,7 +40,18 @@ pub fn share_with_proxy(files: &[&std::path::Path]) {
 /// Poll `cond` until it returns `Some`, or panic with `what` after `timeout`.
 /// The poll interval is short and bounded; this is a wait for a condition,
 /// not a sleep standing in for synchronisation.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut cond: impl FnMut() -> Option<T>) -> T {
+pub fn wait_for<T>(what: &str, timeout: Duration, cond: impl FnMut() -> Option<T>) -> T {
+    wait_for_or_explain(what, timeout, cond, String::new)
+}
+
+/// [`wait_for`], and on a timeout the panic message adds what `explain`
+/// returns then (a log tail, the object's status).
+pub fn wait_for_or_explain<T>(
+    what: &str,
+    timeout: Duration,
+    mut cond: impl FnMut() -> Option<T>,
+    explain: impl FnOnce() -> String,
+) -> T {
     let deadline = Instant::now() + timeout;
     let mut pause = Duration::from_millis(2);
     loop {
@@ -48,7 +59,7 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut cond: impl FnMut() -> Opti
             return v;
         }
         if Instant::now() >= deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
+            panic!("timed out after {timeout:?} waiting for {what}{}", explain());
         }
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(50));
