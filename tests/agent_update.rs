@@ -643,3 +643,62 @@ fn a_halted_release_with_auto_revert_takes_its_robots_back_to_the_previous_relea
         "{b}"
     );
 }
+
+#[test]
+fn release_revert_by_command_takes_its_robots_back_and_pause_stops_offers() {
+    let f = Fixture::new();
+    let _agent = f.agent(&[]);
+    let tasks = f.two_tasks();
+    let version_of = |v: &str| {
+        wait_for(&format!("the robot reports {v}"), SLOW, || {
+            let s = f.robot_status();
+            (s["agentVersion"] == v && s["lastUpdate"]["version"] == v).then_some(s)
+        })
+    };
+    let release_cmd = |args: &[&str]| {
+        let out = f.server.k8s4r_cmd().arg("release").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    f.build("0.1.1");
+    f.release("agent-a", "0.1.1", None);
+    version_of("0.1.1");
+    // Paused before a robot takes it: nobody is offered 0.1.2.
+    f.build("0.1.2");
+    let mut b: Value = serde_yaml_ng::from_str(&f.signed("agent-b", "0.1.2", None)).unwrap();
+    b["spec"]["paused"] = json!(true);
+    let r = f.server.send_json("POST", RELEASES, &b);
+    assert_eq!(r.status, 201, "{}", r.body);
+    let downloads = f.binary_requests();
+    common::throughout("paused: not offered", Duration::from_secs(3), || {
+        if f.binary_requests() != downloads {
+            return Err("downloaded while paused".into());
+        }
+        Ok(())
+    });
+    assert!(release_cmd(&["resume", "agent-b"]).contains("resumed"));
+    version_of("0.1.2");
+    let out = release_cmd(&["revert", "agent-b"]);
+    assert!(out.contains("reverted"), "{out}");
+    let s = version_of("0.1.1");
+    assert_eq!(s["lastUpdate"]["release"], "agent-a", "{s}");
+    same_tasks(&f, &tasks);
+    let b = wait_for("agent-b's status says reverted", SLOW, || {
+        let b = f.release_object("agent-b")?;
+        b["status"]["message"].as_str()?.starts_with("reverted:").then_some(b)
+    });
+    assert_eq!(b["spec"]["revert"], true, "{b}");
+    // A name that is not one is refused before any request.
+    let out = f
+        .server
+        .k8s4r_cmd()
+        .args(["release", "revert", "a/b"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NAME \"a/b\""));
+}

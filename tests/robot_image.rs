@@ -591,7 +591,6 @@ const KILL_POINTS: [&str; 4] = [
 const FAULT_FILE: &str = "/etc/k8s4r/test-fault";
 
 #[test]
-#[ignore = "flaky since the 2026-12-05 merges: a step's release sometimes never reports Applied within 120 s (seen 3 of 5 runs under load, at different steps); `cargo test --test robot_image -- --ignored` runs it"]
 fn x86_64_image_updates_its_agent_over_the_air() {
     if let (Some(agent), true) = (static_agent("x86_64"), can_boot()) {
         update_in_image("x86_64", &agent, &KILL_POINTS);
@@ -599,7 +598,6 @@ fn x86_64_image_updates_its_agent_over_the_air() {
 }
 
 #[test]
-#[ignore = "flaky since the 2026-12-05 merges: a step's release sometimes never reports Applied within 120 s (seen 3 of 5 runs under load, at different steps); `cargo test --test robot_image -- --ignored` runs it"]
 fn aarch64_image_updates_its_agent_over_the_air_under_qemu_user() {
     if let (true, Some(agent), true) = (can_boot(), static_agent("aarch64"), aarch64_runs_here()) {
         update_in_image("aarch64", &agent, &KILL_POINTS);

@@ -75,6 +75,9 @@ pub struct AgentReleaseSpec {
     /// When the rollout halts (more failures than maxFailures), offer the robots that already run this version the newest earlier AgentRelease for their architecture, as a downgrade they accept (allowDowngrade for that offer only).
     #[serde(default, skip_serializing_if = "is_false")]
     pub auto_revert: bool,
+    /// Take the release back now (`k8s4r release revert NAME`): offer it to no robot, and offer the robots that run its version the newest earlier AgentRelease for their architecture, as autoRevert does on a halt.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub revert: bool,
     /// How long a canary must report the new version while Online to count healthy (default 10s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_healthy_time: Option<Duration>,

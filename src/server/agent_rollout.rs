@@ -26,7 +26,9 @@
 //!    `autoRevert`, the Online robots that run its version are *reverted*:
 //!    offered the newest earlier release for their architecture (all at
 //!    once, as the Job rollout's autoRevert), with allowDowngrade for that
-//!    offer only (the release's author asked for that downgrade).
+//!    offer only (the release's author asked for that downgrade);
+//! 7. `revert` (by hand: `k8s4r release revert NAME`) offers it to no one
+//!    and reverts the Online robots on its version as 6 does.
 //!
 //! Why not the Job rollout's planner (`controllers::rollout::plan`): there
 //! the server puts a replica on the new version and then watches its
@@ -223,7 +225,7 @@ pub fn plan(spec: &AgentReleaseSpec, robots: &[RobotFacts], now: i64) -> Plan {
     } else {
         spec.max_parallel.unwrap_or(1) as usize
     };
-    if !spec.paused && !halted {
+    if !spec.paused && !halted && !spec.revert {
         p.offered = waiting
             .iter()
             .filter(|r| r.online)
@@ -231,11 +233,17 @@ pub fn plan(spec: &AgentReleaseSpec, robots: &[RobotFacts], now: i64) -> Plan {
             .map(|r| r.key())
             .collect();
     }
-    if halted && spec.auto_revert {
+    if spec.revert || (halted && spec.auto_revert) {
         p.revert = on_version.into_iter().collect();
     }
     p.status.updating = p.offered.len() as u32;
-    p.status.message = Some(if halted {
+    p.status.message = Some(if spec.revert {
+        format!(
+            "reverted: offered to no robot; {} robot(s) on {} offered the newest earlier release for their architecture",
+            p.revert.len(),
+            spec.version
+        )
+    } else if halted {
         let reverting = if spec.auto_revert {
             format!(
                 "; autoRevert: {} robot(s) on it offered the newest earlier release for their architecture",
@@ -581,6 +589,17 @@ mod tests {
         // A failed update of another version does not count.
         fleet[0].last_update = Some(("0.1.5".into(), UpdateOutcome::Refused));
         assert_eq!(names(&plan(&spec(1), &fleet, NOW)), ["r1"]);
+        // Reverted by hand: offered to no one, its robots sent back.
+        let mut back = spec(3);
+        back.revert = true;
+        fleet[0].failed_updates.clear();
+        fleet[0].last_update = None;
+        fleet[1].version = Some("0.2.0".into());
+        let p = plan(&back, &fleet, NOW);
+        assert!(p.offered.is_empty());
+        assert_eq!(p.revert.iter().map(|k| k.1.as_str()).collect::<Vec<_>>(), ["r2"]);
+        assert!(p.status.message.unwrap().starts_with("reverted:"));
+        fleet[1].version = Some("0.1.0".into());
         // But a failure of this version stays one after a later update
         // overwrote lastUpdate (the image test re-offered a rolled-back
         // release once a forged one was refused).

@@ -135,6 +135,26 @@ impl KubeClient {
             .map_err(|e| format!("{method} {url}: {e}"))?;
         Ok(Answer { status, body })
     }
+
+    /// GET `path` as JSON.
+    pub fn get_json(&self, path: &str) -> Result<serde_json::Value, String> {
+        serde_json::from_str(&self.request("GET", path, None)?.ok()?).map_err(|e| format!("{path}: {e}"))
+    }
+
+    /// Read `path`, change it with `change` and PUT it back: the write names
+    /// the version read, so a concurrent write (the server's status
+    /// updates) is a conflict, not lost: read again and retry, a few times.
+    pub fn update(&self, path: &str, change: impl Fn(&mut serde_json::Value)) -> Result<(), String> {
+        for _ in 0..5 {
+            let mut obj = self.get_json(path)?;
+            change(&mut obj);
+            let answer = self.request("PUT", path, Some(&obj.to_string()))?;
+            if answer.status != 409 {
+                return answer.ok().map(|_| ());
+            }
+        }
+        Err(format!("{path}: changed by others on every try; try again"))
+    }
 }
 
 /// A ureq agent that trusts `r`'s CA (the public roots when it names

@@ -737,3 +737,37 @@ fn a_registration_answer_endorsing_the_next_key_makes_the_robot_trust_it() {
     assert_eq!(id.server_keys(), Some(next));
     t.join().unwrap();
 }
+
+/// The first verified answer since the start wakes the main thread even
+/// when nothing changed and nothing is offered: it ends a new agent's
+/// probation (the robot image test once waited for the update deadline).
+#[test]
+fn the_first_answer_wakes_the_main_thread_even_when_nothing_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    // A set at revision 5 kept by an earlier start.
+    let mut earlier = super::Poller::new(super::desired::Kept::default());
+    let mut inbox = super::Inbox::default();
+    let full = crate::api::agent_protocol::Assignments {
+        revision: 5,
+        ..Default::default()
+    };
+    earlier.take(Ok(full), &mut inbox, dir.path());
+    inbox.latest.take().expect("the first set");
+    let mut poller = super::Poller::new(earlier.kept);
+    assert_eq!(poller.since, 5);
+    let same = || {
+        Ok(crate::api::agent_protocol::Assignments {
+            revision: 5,
+            delta: true,
+            ..Default::default()
+        })
+    };
+    for (n, want) in [(1, true), (2, false)] {
+        match poller.take(same(), &mut inbox, dir.path()) {
+            super::AfterPoll::Answered { wake, .. } => assert_eq!(wake, want, "answer {n}"),
+            super::AfterPoll::Failed(_) => panic!("answer {n} counted as a failure"),
+        }
+        assert!(std::mem::take(&mut inbox.reached), "answer {n} reached the server");
+        assert!(inbox.latest.is_none(), "answer {n}: nothing changed");
+    }
+}

@@ -350,6 +350,8 @@ struct Poller {
     kept: desired::Kept,
     backoff: Backoff,
     reported_down: bool,
+    /// A verified answer came since the agent started.
+    answered: bool,
 }
 
 /// What one long poll's outcome leaves the poller thread to do.
@@ -373,6 +375,7 @@ impl Poller {
             wait: Duration::ZERO, // the first poll answers at once
             backoff: Backoff::new(RETRY_BASE, RETRY_MAX),
             reported_down: false,
+            answered: false,
         }
     }
 
@@ -426,8 +429,14 @@ impl Poller {
                 inbox.offer = Some((update, a.release_key.take()));
                 inbox.reached = true;
                 inbox.server_answers = false;
+                // The first verified answer since the start ends a new
+                // version's probation: wake the main thread for it even if
+                // nothing changed (else it waited for its next timer, up to
+                // the update deadline: seen when the server had already
+                // stopped offering the release the agent just installed).
+                let first = !std::mem::replace(&mut self.answered, true);
                 AfterPoll::Answered {
-                    wake: back || fresh || offered,
+                    wake: back || fresh || offered || first,
                     log_requests,
                 }
             }

@@ -149,25 +149,6 @@ impl Job<'_> {
         Ok(out)
     }
 
-    fn read(&self, path: &str) -> Result<Value, String> {
-        serde_json::from_str(&self.client.request("GET", path, None)?.ok()?).map_err(|e| format!("{path}: {e}"))
-    }
-
-    /// PUT `obj` changed by `change`; the write names the version read, so
-    /// a concurrent write (the server's status updates) is a conflict: read
-    /// again and retry, a few times.
-    fn write(&self, path: &str, mut obj: Value, change: impl Fn(&mut Value)) -> Result<(), String> {
-        for _ in 0..5 {
-            change(&mut obj);
-            let answer = self.client.request("PUT", path, Some(&obj.to_string()))?;
-            if answer.status != 409 {
-                return answer.ok().map(|_| ());
-            }
-            obj = self.read(path)?;
-        }
-        Err(format!("{path}: changed by others on every try; try again"))
-    }
-
     /// Set `spec.<field>` of the newest version (a read, then a write
     /// naming the version read: a concurrent change is a conflict, not lost).
     fn steer(&self, field: &str, value: bool) -> Result<String, String> {
@@ -187,7 +168,7 @@ impl Job<'_> {
         }
         let name = crate::server::object::name(&obj).to_string();
         let path = format!("{API}/{}/rollouts/{name}", self.ns);
-        self.write(&path, obj, |o| o["spec"][field] = Value::Bool(value))?;
+        self.client.update(&path, |o| o["spec"][field] = Value::Bool(value))?;
         let what = match (field, value) {
             ("promoted", _) => "promoted",
             (_, true) => "paused",
@@ -220,8 +201,7 @@ impl Job<'_> {
         let version = pick.1.spec.version;
         let path = format!("{API}/{}/jobs/{}", self.ns, self.name);
         let template = serde_json::to_value(&pick.1.spec.template).map_err(|e| e.to_string())?;
-        let job = self.read(&path)?;
-        self.write(&path, job, |job| {
+        self.client.update(&path, |job| {
             job["spec"] = template.clone();
             crate::server::object::set_annotation(
                 job,

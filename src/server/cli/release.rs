@@ -1,10 +1,13 @@
 //! `k8s4r release keygen|sign|set-version`: the offline half of agent
 //! updates. The release key is made and used on an operator's machine (or
 //! an air-gapped one): the server and the robots only ever see its public
-//! half and the signatures it made.
+//! half and the signatures it made. `k8s4r release pause|resume|revert
+//! NAME` steer a release's rollout through the Kubernetes API (the same as
+//! `kubectl patch agentrelease NAME --type merge -p '{"spec":{...}}'`).
 
 use crate::api::agent_release::{self, AgentRelease, AgentReleaseSpec, ReleaseBinary};
 use crate::api::hex;
+use crate::server::kubeclient::{self, KubeClient};
 use lexopt::prelude::*;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -26,13 +29,17 @@ USAGE:
     k8s4r release set-version --version V IN OUT
         Copy an agent binary with another version in its version slot (tests,
         or a rebuild-free re-version).
-";
+    k8s4r release pause|resume|revert NAME [CLIENT OPTIONS]
+        Steer the rollout of the AgentRelease NAME: pause offers it to no
+        more robots, resume goes on, revert offers it to no robot and takes
+        the robots that run it back to the newest earlier release.
+{CLIENT}";
 
 pub fn cmd_release(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
     let sub = match parser.next()? {
         Some(Value(v)) => v.string()?,
         Some(Short('h') | Long("help")) | None => {
-            print!("{USAGE}");
+            print!("{}", USAGE.replace("{CLIENT}", kubeclient::USAGE));
             return Ok(0);
         }
         Some(other) => return Err(other.unexpected()),
@@ -41,7 +48,46 @@ pub fn cmd_release(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
         "keygen" => keygen(parser),
         "sign" => sign(parser),
         "set-version" => set_version(parser),
+        "pause" => steer(parser, "paused", true),
+        "resume" => steer(parser, "paused", false),
+        "revert" => steer(parser, "revert", true),
         other => Err(format!("unknown release command {other:?}; see k8s4r release --help").into()),
+    }
+}
+
+/// Set `spec.<field>` of the AgentRelease named on the command line.
+fn steer(parser: &mut lexopt::Parser, field: &str, value: bool) -> Result<i32, lexopt::Error> {
+    let mut flags = kubeclient::ClientFlags::default();
+    let mut name = None;
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Long(flag) if kubeclient::ClientFlags::owns(flag) => {
+                let flag = flag.to_string();
+                flags.set(&flag, parser)?;
+            }
+            Value(v) if name.is_none() => name = Some(v.string()?),
+            other => return Err(other.unexpected()),
+        }
+    }
+    let name = name.ok_or("release pause|resume|revert needs the AgentRelease's NAME")?;
+    crate::api::validate::check_dns_subdomain(&name).map_err(|e| format!("NAME {name:?}: {e}"))?;
+    let path = format!("/apis/robot.k8s4r.io/v1alpha1/agentreleases/{name}");
+    let done =
+        KubeClient::new(&flags).and_then(|c| c.update(&path, |r| r["spec"][field] = serde_json::Value::Bool(value)));
+    match done {
+        Ok(()) => {
+            let what = match (field, value) {
+                ("revert", _) => "reverted: offered to no robot; its robots go back to the newest earlier release",
+                (_, true) => "paused",
+                _ => "resumed",
+            };
+            println!("agentrelease {name}: {what}");
+            Ok(0)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(1)
+        }
     }
 }
 
