@@ -702,3 +702,42 @@ fn release_revert_by_command_takes_its_robots_back_and_pause_stops_offers() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("NAME \"a/b\""));
 }
+
+#[test]
+fn a_served_binary_that_is_not_the_signed_one_is_refused_and_nothing_is_left() {
+    let f = Fixture::new();
+    let agent = f.agent(&[]);
+    let tasks = f.two_tasks();
+    let agent_pid = agent.pid().unwrap();
+    let mut bytes = f.build("0.1.1-evil");
+    let release: Value = serde_yaml_ng::from_str(&f.signed("agent-evil", "0.1.1-evil", None)).unwrap();
+    // A mirror (or anyone on the plain-http path) serves other bytes of
+    // the signed size: one flipped bit in the middle.
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(f.files.join("0.1.1-evil"), &bytes).unwrap();
+    let r = f.server.send_json("POST", RELEASES, &release);
+    assert_eq!(r.status, 201, "{}", r.body);
+    let status = f.wait_last_update("Refused");
+    let message = status["lastUpdate"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("sha256") && message.contains("the release says"),
+        "{status}"
+    );
+    assert_eq!(f.binary_requests(), 1, "downloaded once, not retried");
+    assert_eq!(
+        std::fs::read(&f.bin).unwrap(),
+        f.original,
+        "the running agent untouched"
+    );
+    assert!(!f.bin.with_extension("prev").exists(), "no swap");
+    assert_eq!(agent.pid(), Some(agent_pid));
+    let left: Vec<_> = std::fs::read_dir(f.data().join("update"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(left, ["last.json"], "no download left behind");
+    assert_eq!(status["failedUpdates"], json!(["0.1.1-evil"]), "{status}");
+    same_tasks(&f, &tasks);
+    f.wait_event("AgentUpdateRefused");
+}
