@@ -27,8 +27,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// On a Task: the spec the robot ran before this version (JSON).
+/// On a Task: the spec the robot ran before this version (JSON), or
+/// [`ABSENT`].
 pub const ANN_PREVIOUS_SPEC: &str = "rollout.k8s4r.io/previous-spec";
+/// [`ANN_PREVIOUS_SPEC`] of a task the new version adds: the previous
+/// version has no such task.
+pub const ABSENT: &str = "absent";
 /// On a Task: `healthyDeadlineMs,minHealthyTimeMs`: revert on the robot.
 pub const ANN_AUTO_REVERT: &str = "rollout.k8s4r.io/auto-revert";
 /// The status reason of a task the robot put back on its previous version.
