@@ -599,6 +599,48 @@ fn an_added_task_rolls_one_robot_at_a_time_each_after_the_previous_is_healthy() 
 }
 
 #[test]
+fn a_bad_added_task_runs_on_the_canary_only_which_stops_it_itself_and_it_is_gone_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _, agents) = fleet(dir.path(), None);
+    let u = update(json!({"canary": 1, "autoRevert": true}));
+    start_v1(&server, &u);
+
+    // Version 2 adds `side`, which exits 1 (after its 2 restarts, well
+    // within healthyDeadline: the robot, not the server's deadline, decides).
+    put(&server, &with_side(app(1, true, u), false));
+    let failed = wait_state(&server, 2, "Failed");
+    let why = failed["status"]["message"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("went back to the previous version, which does not have this task"),
+        "the canary stopped the added task itself: {failed}"
+    );
+    wait_events(&server, "CanaryPlaced", 1);
+    wait_events(&server, "Reverted", 1);
+    wait_for("the added task gone from every robot", T, || {
+        ROBOTS
+            .iter()
+            .all(|r| server.object("tasks", &side_name(r)).is_none())
+            .then_some(())
+    });
+    assert_eq!(ran_task(&agents, "side", "side").len(), 1, "only the canary ran it");
+    let touched: Vec<&str> = ROBOTS
+        .iter()
+        .copied()
+        .filter(|r| annotation(&server, &task_name(r), "rollout.k8s4r.io/updated-at").is_some())
+        .collect();
+    assert_eq!(touched.len(), 1, "only the canary was updated: {touched:?}");
+    wait_running(&server, "1");
+    throughout(
+        "nobody gets the added task afterwards",
+        Duration::from_secs(2),
+        || match ROBOTS.iter().find(|r| server.object("tasks", &side_name(r)).is_some()) {
+            Some(r) => Err(format!("robot {r} has it")),
+            None => Ok(()),
+        },
+    );
+}
+
+#[test]
 fn a_removed_task_keeps_running_where_not_yet_updated_and_revert_brings_it_back() {
     let dir = tempfile::tempdir().unwrap();
     let (server, _, _agents) = fleet(dir.path(), None);
