@@ -261,16 +261,16 @@ fn ran_task(agents: &[Agent], task: &str, line: &str) -> Vec<&'static str> {
         .collect()
 }
 
-/// Each robot's task `task` (named by `name_of`) got the new version only
-/// once the one before had run it for `min_healthy_ms` (both times are
-/// the server's own).
-fn assert_one_at_a_time(server: &Server, name_of: fn(&str) -> String, min_healthy_ms: i64) {
-    let mut steps: Vec<(i64, i64)> = ROBOTS
+/// Each of `tasks` (one per robot) got the new version only once the one
+/// before had run it for `min_healthy_ms` (both times are the server's
+/// own).
+fn assert_one_at_a_time(server: &Server, tasks: &[String], min_healthy_ms: i64) {
+    let mut steps: Vec<(i64, i64)> = tasks
         .iter()
-        .map(|r| {
+        .map(|t| {
             (
-                annotation(server, &name_of(r), "rollout.k8s4r.io/updated-at").expect("updated-at"),
-                annotation(server, &name_of(r), "rollout.k8s4r.io/running-since").expect("running-since"),
+                annotation(server, t, "rollout.k8s4r.io/updated-at").expect("updated-at"),
+                annotation(server, t, "rollout.k8s4r.io/running-since").expect("running-since"),
             )
         })
         .collect();
@@ -322,7 +322,7 @@ fn a_good_version_rolls_one_robot_at_a_time_each_after_the_previous_is_healthy()
     assert_eq!(done["status"]["healthy"], 3, "{done}");
     assert_eq!(ran(&agents, 2).len(), 3);
 
-    assert_one_at_a_time(&server, task_name, 2000);
+    assert_one_at_a_time(&server, &ROBOTS.map(task_name), 2000);
     wait_events(&server, "Updated", 3);
     wait_events(&server, "RolloutSucceeded", 1);
 
@@ -593,7 +593,7 @@ fn an_added_task_rolls_one_robot_at_a_time_each_after_the_previous_is_healthy() 
     assert_eq!(done["status"]["progress"], "3/3", "{done}");
     wait_for("side running on every robot", T, || sides_running(&server));
     assert_eq!(ran_task(&agents, "side", "side").len(), 3);
-    assert_one_at_a_time(&server, side_name, 2000);
+    assert_one_at_a_time(&server, &ROBOTS.map(side_name), 2000);
     wait_events(&server, "Updated", 3);
     wait_running(&server, "1");
 }
@@ -686,4 +686,41 @@ fn a_removed_task_keeps_running_where_not_yet_updated_and_revert_brings_it_back(
         }
     }
     wait_running(&server, "1");
+}
+
+/// The same through a service job's replicas (one per robot: the
+/// scheduler spreads them), named by replica index.
+#[test]
+fn a_task_added_to_a_service_job_rolls_one_replica_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _, _agents) = fleet(dir.path(), None);
+    let mut job = app(1, true, update(json!({"maxParallel": 1})));
+    job["spec"]["type"] = json!("service");
+    job["spec"]["taskGroups"][0]["count"] = json!(3);
+    let r = server.send_json("POST", JOBS, &job);
+    assert_eq!(r.status, 201, "{}", r.body);
+    let replicas = |task: &str| [0, 1, 2].map(|i| format!("app-g-r{i}-{task}"));
+    let running = |task: &str| {
+        replicas(task)
+            .iter()
+            .all(|t| {
+                server
+                    .object("tasks", t)
+                    .is_some_and(|t| t["status"]["state"] == "running")
+            })
+            .then_some(())
+    };
+    wait_for("main running in every replica", T, || running("main"));
+    wait_state(&server, 1, "Succeeded");
+
+    put(&server, &with_side(job, true));
+    let done = wait_state(&server, 2, "Succeeded");
+    assert_eq!(done["status"]["progress"], "3/3", "{done}");
+    wait_for("side running in every replica", T, || running("side"));
+    assert_one_at_a_time(&server, &replicas("side"), 2000);
+    let on: std::collections::BTreeSet<String> = replicas("side")
+        .iter()
+        .filter_map(|t| Some(server.object("tasks", t)?["spec"]["targetRobot"].as_str()?.to_string()))
+        .collect();
+    assert_eq!(on.len(), 3, "one replica per robot: {on:?}");
 }
