@@ -1,11 +1,11 @@
 //! Staged rollouts on real parts: the control plane on SQLite and three
-//! connected agents running a system job, whose spec changes reach the
-//! robots as the `update` block says (one at a time after the previous is
-//! healthy; one canary, reverted when it fails; promoted, paused, resumed
-//! and reverted by `k8s4r job`; a robot cut off during the rollout, through
-//! a relay or in a network namespace whose link goes down, ends on the
-//! settled version; a task added to or removed from the group reaches
-//! the robots the same way, and goes back with a revert).
+//! connected agents running a system job (once a service job), whose spec
+//! changes reach the robots as the `update` block says (one at a time after
+//! the previous is healthy; one canary, reverted when it fails; promoted,
+//! paused, resumed and reverted by `k8s4r job`; a robot cut off during the
+//! rollout, through a relay or in a network namespace whose link goes down,
+//! ends on the settled version; a task added to or removed from the group
+//! reaches the robots the same way, and goes back with a revert).
 
 mod common;
 mod link_util;

@@ -536,7 +536,15 @@ mod tests {
         let tasks = [added, other];
         let mut rb = Rollback::default();
         rb.learn(&tasks).unwrap();
-        let assigned = crate::agent::connected::assigned_tasks(&tasks, &BTreeMap::new());
+        let assigned: Vec<AssignedTask> = tasks
+            .iter()
+            .map(|t| AssignedTask {
+                name: t.metadata.name.clone(),
+                job_type: crate::api::JobType::Service,
+                group: "g".into(),
+                spec: t.spec.clone(),
+            })
+            .collect();
         let now = Instant::now();
         let (run, wake) = rb.apply(assigned.clone(), &rec, &NoUnits, now);
         assert_eq!(run.len(), 2);

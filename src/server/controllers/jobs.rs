@@ -220,10 +220,10 @@ pub async fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<Next, Status> 
             });
             continue;
         }
-        // A replica's tasks: the new version's and those only the base has
-        // (the rollout adds and removes tasks as it changes them).
-        let base_g = versions.base_group(&g.name);
-        let names = super::rollout::task_names(g, base_g);
+        // A replica's tasks: the new version's and those only the base has.
+        // One on its robot holds any of them (the rollout adds, removes and
+        // re-creates tasks as it changes its version); one with none is new.
+        let names = super::rollout::task_names(g, versions.base_group(&g.name));
         let mut need = Vec::new();
         let mut previous: HashMap<i32, String> = HashMap::new();
         for i in 0..g.count {
@@ -233,11 +233,8 @@ pub async fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<Next, Status> 
                 .collect();
             let target = current.iter().find_map(|t| stored_task::target_robot(t));
             let lost = current.iter().any(|t| stored_task::state(t) == TaskState::Lost);
-            let complete =
-                super::rollout::complete(g, base_g, |t| existing.contains_key(&task_name(name, &g.name, i, t)));
             match target {
                 None => need.push(i),
-                Some(_) if !complete => need.push(i),
                 Some(robot) if lost => match may_reschedule(&job, g, &current) {
                     Ok(true) => {
                         previous.insert(i, robot.to_string());
@@ -285,8 +282,8 @@ pub async fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<Next, Status> 
                 }
                 continue;
             };
-            // Placed now (new, incomplete, or moved from a lost robot): the
-            // settled version's tasks, at once.
+            // Placed now (new, or moved from a lost robot): the settled
+            // version's tasks, at once.
             for t in &settled_g.tasks {
                 let tname = name_of(&t.name);
                 desired.insert(tname.clone());

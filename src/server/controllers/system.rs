@@ -120,8 +120,7 @@ pub(super) async fn reconcile_group(ctx: &Ctx, s: &Group<'_>, b: &mut Batch<'_>)
         .collect();
     // A replica's tasks: the new version's and those only the base has
     // (the rollout adds and removes tasks as it changes them).
-    let base_g = s.versions.base_group(&g.name);
-    let names = super::rollout::task_names(g, base_g);
+    let names = super::rollout::task_names(g, s.versions.base_group(&g.name));
     let placed = placed_robots(name, &g.name, &names, mine);
     let req = super::snapshot::placement_request(ns, s.tg_name, s.job, g);
     let plan = plan(ctx, ns, &req, b.robots, &placed);
@@ -129,8 +128,7 @@ pub(super) async fn reconcile_group(ctx: &Ctx, s: &Group<'_>, b: &mut Batch<'_>)
     let (settled_job, settled_g) = s.versions.settled_group(s.job, g);
     for robot in plan.keep.iter().chain(&plan.add) {
         let name_of = |t: &str| job_expansion::system_task_name(name, &g.name, robot, t);
-        let complete = super::rollout::complete(g, base_g, |t| b.existing.contains_key(&name_of(t)));
-        if placed.contains(robot) && complete {
+        if placed.contains(robot) {
             // On its robot: the rollout changes its version (changed,
             // added and removed tasks together, in its turn).
             b.desired.extend(names.iter().map(|t| name_of(t)));
@@ -138,8 +136,7 @@ pub(super) async fn reconcile_group(ctx: &Ctx, s: &Group<'_>, b: &mut Batch<'_>)
             b.rolling.push(replica);
             continue;
         }
-        // New on this robot (or missing a task of both versions): the
-        // settled version's tasks, at once.
+        // New on this robot: the settled version's tasks, at once.
         for t in &settled_g.tasks {
             let tname = name_of(&t.name);
             b.desired.insert(tname.clone());

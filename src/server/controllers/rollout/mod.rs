@@ -31,7 +31,7 @@ use crate::server::status::Status;
 use crate::server::time;
 use plan::{Health, Outcome, Replica};
 use replica::Step;
-pub use replica::{complete, replica, task_names, GroupReplicas, ReplicaTasks, RolledTask};
+pub use replica::{replica, task_names, GroupReplicas, ReplicaTasks, RolledTask};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -196,12 +196,17 @@ struct Write<'a> {
     /// (healthyDeadline, minHealthyTime) when the robot may go back to the
     /// base on its own (`agent::rollback`).
     revert_on_robot: Option<(Duration, Duration)>,
+    check: HealthCheck,
 }
 
 /// Put task `t` of replica `r` at `want` (a version's spec, or absent):
 /// create, write or delete it.
 async fn put(ctx: &Ctx, w: Write<'_>, r: &ReplicaTasks, t: &RolledTask, want: Option<&Value>) -> Result<(), Status> {
-    let (mut body, created) = match t.step_to(want) {
+    let step = t.step_to(want);
+    // The same spec again (a sibling of a changed, added or removed task):
+    // the robot keeps its process and has nothing new to report.
+    let same = matches!(step, Step::Write(cur, spec) if cur.get("spec") == Some(spec));
+    let (mut body, created) = match step {
         Step::Nothing => return Ok(()),
         Step::Delete => {
             return match ctx
@@ -240,9 +245,17 @@ async fn put(ctx: &Ctx, w: Write<'_>, r: &ReplicaTasks, t: &RolledTask, want: Op
     object::set_annotation(&mut body, ANN_LOCKED_SINCE, None);
     object::set_annotation(&mut body, ANN_LOCK_OVERRIDE, None);
     // A paced update is judged by its health: what the robot reports from
-    // now on, not what it reported of the version before. Otherwise (all at
-    // once, a revert, settling) the status stays until the robot reports.
+    // now on, not what it reported of the version before (for a task left
+    // as it was: its run from now on). Otherwise (all at once, a revert,
+    // settling) the status stays until the robot reports.
     let part = match w.paced {
+        Some(_) if same => {
+            let now = now_ms();
+            let since = running_since(&body, w.check, now);
+            object::set_annotation(&mut body, ANN_RUNNING_SINCE, since.as_deref());
+            object::set_annotation(&mut body, ANN_UPDATED_AT, Some(&now.to_string()));
+            Part::Main
+        }
         Some((reason, version)) => {
             body["status"] = json!({"state": "scheduled", "reason": reason, "message": format!("version {version}")});
             object::set_annotation(&mut body, ANN_UPDATED_AT, Some(&now_ms().to_string()));
@@ -420,6 +433,7 @@ pub async fn roll(
                 .as_ref()
                 .filter(|s| s.auto_revert && !versions.status.state.is_settled() && has_base)
                 .map(|s| (s.healthy_deadline, s.min_healthy_time)),
+            check,
         };
         let to_base = Write {
             paced: None,

@@ -109,14 +109,6 @@ pub fn task_names<'a>(g: &'a TaskGroupTemplate, base: Option<&'a TaskGroupTempla
     names
 }
 
-/// Does a replica whose tasks `has` says exist hold every task of one
-/// version of its group (the new one `g`, or `base`)? One that does is
-/// rolled; one that does not is placed again with the settled version's.
-pub fn complete(g: &TaskGroupTemplate, base: Option<&TaskGroupTemplate>, has: impl Fn(&str) -> bool) -> bool {
-    let all = |grp: &TaskGroupTemplate| grp.tasks.iter().all(|t| has(&t.name));
-    all(g) || base.is_some_and(all)
-}
-
 /// Replica `index` of group `g` on `robot`: its tasks (`name_of` names
 /// each by its name in the group) with their objects from `existing`.
 pub fn replica(
@@ -186,22 +178,6 @@ mod tests {
         let (new, base) = (group(&["main", "side"]), group(&["old", "main"]));
         assert_eq!(task_names(&new, Some(&base)), ["main", "side", "old"]);
         assert_eq!(task_names(&new, None), ["main", "side"]);
-    }
-
-    #[test]
-    fn a_replica_with_one_versions_tasks_is_complete_one_missing_a_task_of_both_is_not() {
-        let (new, base) = (group(&["main", "side"]), group(&["main", "old"]));
-        let has = |names: &'static [&'static str]| move |n: &str| names.contains(&n);
-        assert!(complete(&new, Some(&base), has(&["main", "old"])), "at the base");
-        assert!(
-            complete(&new, Some(&base), has(&["main", "side"])),
-            "at the new version"
-        );
-        assert!(!complete(&new, Some(&base), has(&["side", "old"])), "main was lost");
-        assert!(
-            !complete(&new, None, has(&["main"])),
-            "no base: the new version's tasks"
-        );
     }
 
     #[test]
