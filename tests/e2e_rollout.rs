@@ -1,10 +1,11 @@
 //! Staged rollouts on real parts: the control plane on SQLite and three
-//! connected agents running a system job, whose spec changes reach the
-//! robots as the `update` block says (one at a time after the previous is
-//! healthy; one canary, reverted when it fails; promoted, paused, resumed
-//! and reverted by `k8s4r job`; a robot cut off during the rollout, through
-//! a relay or in a network namespace whose link goes down, ends on the
-//! settled version).
+//! connected agents running a system job (once a service job), whose spec
+//! changes reach the robots as the `update` block says (one at a time after
+//! the previous is healthy; one canary, reverted when it fails; promoted,
+//! paused, resumed and reverted by `k8s4r job`; a robot cut off during the
+//! rollout, through a relay or in a network namespace whose link goes down,
+//! ends on the settled version; a task added to or removed from the group
+//! reaches the robots the same way, and goes back with a revert).
 
 mod common;
 mod link_util;
@@ -106,8 +107,41 @@ fn app(version: u32, good: bool, update: Value) -> Value {
                 "config": {"execConfig": {"command": "/bin/sh", "args": ["-c", script]}}}]}]}})
 }
 
+/// `job` with a second task `side` in its group, which records its runs
+/// in its own ran.log ("side") and keeps running, or (`good: false`)
+/// exits 1.
+fn with_side(mut job: Value, good: bool) -> Value {
+    let tasks = &mut job["spec"]["taskGroups"][0]["tasks"];
+    let mut side = tasks[0].clone();
+    side["name"] = json!("side");
+    side["config"]["execConfig"]["args"][1] = json!(if good {
+        "echo side >> ran.log; exec sleep 600"
+    } else {
+        "echo side >> ran.log; exit 1"
+    });
+    tasks.as_array_mut().expect("tasks").push(side);
+    job
+}
+
 fn task_name(robot: &str) -> String {
     format!("app-g-main.{robot}")
+}
+
+fn side_name(robot: &str) -> String {
+    format!("app-g-side.{robot}")
+}
+
+/// The state and process id a robot reports for its `side` task.
+fn side(server: &Server, robot: &str) -> Option<(String, i64)> {
+    let t = server.object("tasks", &side_name(robot))?;
+    Some((t["status"]["state"].as_str()?.to_string(), t["status"]["pid"].as_i64()?))
+}
+
+fn sides_running(server: &Server) -> Option<Vec<i64>> {
+    ROBOTS
+        .iter()
+        .map(|r| side(server, r).filter(|(s, _)| s == "running").map(|(_, pid)| pid))
+        .collect()
 }
 
 /// Change the Job's spec to `job`'s (a new version). The write names the
@@ -186,8 +220,8 @@ fn wait_events(server: &Server, reason: &str, n: usize) -> Vec<String> {
     })
 }
 
-fn annotation(server: &Server, robot: &str, key: &str) -> Option<i64> {
-    let t = server.object("tasks", &task_name(robot))?;
+fn annotation(server: &Server, task: &str, key: &str) -> Option<i64> {
+    let t = server.object("tasks", task)?;
     let v = t["metadata"]["annotations"][key].as_str()?;
     v.split(',').next()?.parse().ok()
 }
@@ -210,16 +244,45 @@ fn k8s4r_job(server: &Server, args: &[&str]) -> String {
 /// Robots whose task ran `version` (each run appends to ran.log in its
 /// task directory, which outlives the runs).
 fn ran(agents: &[Agent], version: u32) -> Vec<&'static str> {
+    ran_task(agents, "main", &format!("version {version}"))
+}
+
+/// Robots whose task `task` wrote `line` to its ran.log.
+fn ran_task(agents: &[Agent], task: &str, line: &str) -> Vec<&'static str> {
     ROBOTS
         .iter()
         .zip(agents)
         .filter(|(_, a)| {
-            std::fs::read_to_string(a.data.join("alloc/app-g/r0/main/ran.log"))
+            std::fs::read_to_string(a.data.join(format!("alloc/app-g/r0/{task}/ran.log")))
                 .unwrap_or_default()
-                .contains(&format!("version {version}"))
+                .contains(line)
         })
         .map(|(r, _)| *r)
         .collect()
+}
+
+/// Each of `tasks` (one per robot) got the new version only once the one
+/// before had run it for `min_healthy_ms` (both times are the server's
+/// own).
+fn assert_one_at_a_time(server: &Server, tasks: &[String], min_healthy_ms: i64) {
+    let mut steps: Vec<(i64, i64)> = tasks
+        .iter()
+        .map(|t| {
+            (
+                annotation(server, t, "rollout.k8s4r.io/updated-at").expect("updated-at"),
+                annotation(server, t, "rollout.k8s4r.io/running-since").expect("running-since"),
+            )
+        })
+        .collect();
+    steps.sort();
+    for w in steps.windows(2) {
+        let ((_, since), (next_update, _)) = (w[0], w[1]);
+        assert!(
+            next_update >= since + min_healthy_ms,
+            "a robot was updated {} ms after the previous one ran: {steps:?}",
+            next_update - since
+        );
+    }
 }
 
 const FAST: &str = r#"{"minHealthyTime": "2s", "healthyDeadline": "20s", "progressDeadline": "40s",
@@ -234,7 +297,12 @@ fn update(extra: Value) -> Value {
 }
 
 fn start_v1(server: &Server, u: &Value) {
-    let r = server.send_json("POST", JOBS, &app(1, true, u.clone()));
+    start(server, &app(1, true, u.clone()));
+}
+
+/// Create `job` (version 1) and wait until it runs everywhere.
+fn start(server: &Server, job: &Value) {
+    let r = server.send_json("POST", JOBS, job);
     assert_eq!(r.status, 201, "{}", r.body);
     wait_running(server, "1");
     wait_state(server, 1, "Succeeded");
@@ -254,26 +322,7 @@ fn a_good_version_rolls_one_robot_at_a_time_each_after_the_previous_is_healthy()
     assert_eq!(done["status"]["healthy"], 3, "{done}");
     assert_eq!(ran(&agents, 2).len(), 3);
 
-    // Each robot got version 2 only once the one before had run it for
-    // minHealthyTime (both times are the server's own).
-    let mut steps: Vec<(i64, i64)> = ROBOTS
-        .iter()
-        .map(|r| {
-            (
-                annotation(&server, r, "rollout.k8s4r.io/updated-at").expect("updated-at"),
-                annotation(&server, r, "rollout.k8s4r.io/running-since").expect("running-since"),
-            )
-        })
-        .collect();
-    steps.sort();
-    for w in steps.windows(2) {
-        let ((_, since), (next_update, _)) = (w[0], w[1]);
-        assert!(
-            next_update >= since + 2000,
-            "a robot was updated {} ms after the previous one ran: {steps:?}",
-            next_update - since
-        );
-    }
+    assert_one_at_a_time(&server, &ROBOTS.map(task_name), 2000);
     wait_events(&server, "Updated", 3);
     wait_events(&server, "RolloutSucceeded", 1);
 
@@ -330,7 +379,7 @@ fn a_bad_canary_with_auto_revert_runs_on_one_robot_only_and_is_reverted() {
     let touched: Vec<&str> = ROBOTS
         .iter()
         .copied()
-        .filter(|r| annotation(&server, r, "rollout.k8s4r.io/updated-at").is_some())
+        .filter(|r| annotation(&server, &task_name(r), "rollout.k8s4r.io/updated-at").is_some())
         .collect();
     assert_eq!(touched.len(), 1, "only the canary's spec changed: {touched:?}");
     wait_events(&server, "CanaryPlaced", 1);
@@ -475,7 +524,7 @@ fn a_canary_cut_off_reverts_itself_and_the_server_then_fails_the_rollout() {
     // server must wait for the robot's word on the version (its task is
     // Lost meanwhile), not fail it on the deadline as soon as the robot
     // polls again, before its report.
-    let updated = annotation(&server, "r1", "rollout.k8s4r.io/updated-at").expect("updated-at");
+    let updated = annotation(&server, &task_name("r1"), "rollout.k8s4r.io/updated-at").expect("updated-at");
     wait_for("the server's healthyDeadline for r1 passed", T, || {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -529,4 +578,149 @@ fn a_locked_robot_is_waited_for_and_overridden_at_its_deadline() {
     wait_running(&server, "3");
     assert!(ran(&agents, 3).contains(&"r3"));
     wait_events(&server, "LockOverridden", 1);
+}
+
+#[test]
+fn an_added_task_rolls_one_robot_at_a_time_each_after_the_previous_is_healthy() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _, agents) = fleet(dir.path(), None);
+    let u = update(json!({"maxParallel": 1}));
+    start_v1(&server, &u);
+
+    // Version 2 keeps `main` as it is and adds `side`.
+    put(&server, &with_side(app(1, true, u), true));
+    let done = wait_state(&server, 2, "Succeeded");
+    assert_eq!(done["status"]["progress"], "3/3", "{done}");
+    wait_for("side running on every robot", T, || sides_running(&server));
+    assert_eq!(ran_task(&agents, "side", "side").len(), 3);
+    assert_one_at_a_time(&server, &ROBOTS.map(side_name), 2000);
+    wait_events(&server, "Updated", 3);
+    wait_running(&server, "1");
+}
+
+#[test]
+fn a_bad_added_task_runs_on_the_canary_only_which_stops_it_itself_and_it_is_gone_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _, agents) = fleet(dir.path(), None);
+    let u = update(json!({"canary": 1, "autoRevert": true}));
+    start_v1(&server, &u);
+
+    // Version 2 adds `side`, which exits 1 (after its 2 restarts, well
+    // within healthyDeadline: the robot, not the server's deadline, decides).
+    put(&server, &with_side(app(1, true, u), false));
+    let failed = wait_state(&server, 2, "Failed");
+    let why = failed["status"]["message"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("went back to the previous version, which does not have this task"),
+        "the canary stopped the added task itself: {failed}"
+    );
+    wait_events(&server, "CanaryPlaced", 1);
+    wait_events(&server, "Reverted", 1);
+    wait_for("the added task gone from every robot", T, || {
+        ROBOTS
+            .iter()
+            .all(|r| server.object("tasks", &side_name(r)).is_none())
+            .then_some(())
+    });
+    assert_eq!(ran_task(&agents, "side", "side").len(), 1, "only the canary ran it");
+    let touched: Vec<&str> = ROBOTS
+        .iter()
+        .copied()
+        .filter(|r| annotation(&server, &task_name(r), "rollout.k8s4r.io/updated-at").is_some())
+        .collect();
+    assert_eq!(touched.len(), 1, "only the canary was updated: {touched:?}");
+    wait_running(&server, "1");
+    throughout(
+        "nobody gets the added task afterwards",
+        Duration::from_secs(2),
+        || match ROBOTS.iter().find(|r| server.object("tasks", &side_name(r)).is_some()) {
+            Some(r) => Err(format!("robot {r} has it")),
+            None => Ok(()),
+        },
+    );
+}
+
+#[test]
+fn a_removed_task_keeps_running_where_not_yet_updated_and_revert_brings_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _, _agents) = fleet(dir.path(), None);
+    // minHealthyTime keeps the rollout at its first robot for the test.
+    let u = update(
+        json!({"maxParallel": 1, "minHealthyTime": "30s", "healthyDeadline": "60s",
+        "progressDeadline": "2m"}),
+    );
+    start(&server, &with_side(app(1, true, u.clone()), true));
+    let before = wait_for("side running on every robot", T, || sides_running(&server));
+
+    // Version 2 removes `side`.
+    put(&server, &app(1, true, u));
+    let first = wait_for("one robot updated", T, || {
+        let gone: Vec<usize> = (0..ROBOTS.len())
+            .filter(|i| server.object("tasks", &side_name(ROBOTS[*i])).is_none())
+            .collect();
+        (gone.len() == 1).then(|| gone[0])
+    });
+    let alive = |pid: i64| std::path::Path::new(&format!("/proc/{pid}")).exists();
+    for (i, r) in ROBOTS.iter().enumerate().filter(|(i, _)| *i != first) {
+        assert_eq!(
+            side(&server, r),
+            Some(("running".to_string(), before[i])),
+            "robot {r} not yet updated keeps its side task"
+        );
+        assert!(alive(before[i]), "robot {r}'s side process runs");
+    }
+    wait_for("the updated robot's agent stops its side task", T, || {
+        (!alive(before[first])).then_some(())
+    });
+    assert_eq!(rollout(&server, 2).expect("v2")["status"]["state"], "Progressing");
+
+    let said = k8s4r_job(&server, &["revert", "app"]);
+    assert!(said.contains("reverting to version 1"), "{said}");
+    wait_state(&server, 3, "Succeeded");
+    let after = wait_for("side running again on every robot", T, || sides_running(&server));
+    for i in 0..ROBOTS.len() {
+        if i == first {
+            assert_ne!(after[i], before[i], "{}: side started again", ROBOTS[i]);
+        } else {
+            assert_eq!(after[i], before[i], "{}: side left running", ROBOTS[i]);
+        }
+    }
+    wait_running(&server, "1");
+}
+
+/// The same through a service job's replicas (one per robot: the
+/// scheduler spreads them), named by replica index.
+#[test]
+fn a_task_added_to_a_service_job_rolls_one_replica_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _, _agents) = fleet(dir.path(), None);
+    let mut job = app(1, true, update(json!({"maxParallel": 1})));
+    job["spec"]["type"] = json!("service");
+    job["spec"]["taskGroups"][0]["count"] = json!(3);
+    let r = server.send_json("POST", JOBS, &job);
+    assert_eq!(r.status, 201, "{}", r.body);
+    let replicas = |task: &str| [0, 1, 2].map(|i| format!("app-g-r{i}-{task}"));
+    let running = |task: &str| {
+        replicas(task)
+            .iter()
+            .all(|t| {
+                server
+                    .object("tasks", t)
+                    .is_some_and(|t| t["status"]["state"] == "running")
+            })
+            .then_some(())
+    };
+    wait_for("main running in every replica", T, || running("main"));
+    wait_state(&server, 1, "Succeeded");
+
+    put(&server, &with_side(job, true));
+    let done = wait_state(&server, 2, "Succeeded");
+    assert_eq!(done["status"]["progress"], "3/3", "{done}");
+    wait_for("side running in every replica", T, || running("side"));
+    assert_one_at_a_time(&server, &replicas("side"), 2000);
+    let on: std::collections::BTreeSet<String> = replicas("side")
+        .iter()
+        .filter_map(|t| Some(server.object("tasks", t)?["spec"]["targetRobot"].as_str()?.to_string()))
+        .collect();
+    assert_eq!(on.len(), 3, "one replica per robot: {on:?}");
 }

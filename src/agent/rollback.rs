@@ -7,6 +7,12 @@
 //! server changes the task again; it reports the task with reason
 //! [`REASON`] so the server fails the rollout and reverts the rest.
 //!
+//! A task the new version adds has no previous spec: the server says so
+//! with [`ABSENT`] as the previous spec, and going back means stopping the
+//! task (it leaves the set the supervisor runs, its status is still
+//! reported, with reason [`REASON`]) until the server deletes it or
+//! changes it again.
+//!
 //! Update locks (balena's term): a task that must not be interrupted now (a
 //! robot mid-mission) creates [`LOCK_FILE`] in its task directory; while it
 //! exists, a new spec for the task waits (the task keeps running the spec it
@@ -27,8 +33,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// On a Task: the spec the robot ran before this version (JSON).
+/// On a Task: the spec the robot ran before this version (JSON), or
+/// [`ABSENT`].
 pub const ANN_PREVIOUS_SPEC: &str = "rollout.k8s4r.io/previous-spec";
+/// [`ANN_PREVIOUS_SPEC`] of a task the new version adds: going back stops it.
+pub const ABSENT: &str = "absent";
 /// On a Task: `healthyDeadlineMs,minHealthyTimeMs`: revert on the robot.
 pub const ANN_AUTO_REVERT: &str = "rollout.k8s4r.io/auto-revert";
 /// The status reason of a task the robot put back on its previous version.
@@ -48,7 +57,7 @@ const LOCK_RECHECK: Duration = Duration::from_secs(1);
 struct Offer {
     /// The new spec's identity ([`spec_id`]): the offer holds for it only.
     new: String,
-    /// The previous version's spec, as the server sent it (JSON).
+    /// The previous version's spec, as the server sent it (JSON), or [`ABSENT`].
     previous: String,
     deadline_ms: u64,
     min_healthy_ms: u64,
@@ -82,6 +91,16 @@ pub struct Rollback {
     overridden: std::collections::BTreeSet<String>,
     /// Tasks whose new spec waits for their lock.
     deferred: std::collections::BTreeSet<String>,
+    /// Tasks that went back to not existing: stopped, still reported.
+    stopped: Vec<AssignedTask>,
+}
+
+/// Where a task goes back to.
+#[derive(Debug, PartialEq)]
+pub enum Previous {
+    Spec(Box<TaskSpec>),
+    /// The previous version has no such task: stop it.
+    Absent,
 }
 
 /// A spec's identity that survives agent restarts and updates: SHA-256 of
@@ -98,11 +117,18 @@ fn parse_spec(text: &str) -> Option<TaskSpec> {
     crate::api::decode::decode_typed(value).ok().map(|d| d.object)
 }
 
+fn previous(text: &str) -> Option<Previous> {
+    if text == ABSENT {
+        return Some(Previous::Absent);
+    }
+    parse_spec(text).map(|s| Previous::Spec(Box::new(s)))
+}
+
 fn offer_of(t: &Task) -> Option<Offer> {
     let ann = &t.metadata.annotations;
     let (deadline, min) = ann.get(ANN_AUTO_REVERT)?.split_once(',')?;
     let previous = ann.get(ANN_PREVIOUS_SPEC)?;
-    parse_spec(previous)?;
+    self::previous(previous)?;
     Some(Offer {
         new: spec_id(&t.spec),
         previous: previous.clone(),
@@ -171,7 +197,7 @@ impl Rollback {
         spec: &TaskSpec,
         seen: Option<Seen>,
         now: Instant,
-    ) -> (Option<TaskSpec>, Option<Instant>) {
+    ) -> (Option<Previous>, Option<Instant>) {
         let Some(offer) = self.offers.get_mut(name) else {
             return (None, None);
         };
@@ -179,7 +205,7 @@ impl Rollback {
             return (None, None);
         }
         if offer.reverted.is_some() {
-            return (parse_spec(&offer.previous), None);
+            return (previous(&offer.previous), None);
         }
         let w = self.watch.entry(name.to_string()).or_default();
         if w.healthy {
@@ -216,7 +242,7 @@ impl Rollback {
         match why {
             Some(why) => {
                 offer.reverted = Some(why);
-                let previous = parse_spec(&offer.previous);
+                let previous = previous(&offer.previous);
                 // Kept even if the write fails: going back matters more.
                 let _ = self.save();
                 (previous, None)
@@ -229,7 +255,9 @@ impl Rollback {
     }
 
     /// `tasks` as they run now: a task whose new version failed its health
-    /// runs its previous spec. Also when to look again.
+    /// runs its previous spec, or, if the previous version has no such
+    /// task, is left out (and kept for [`Rollback::stopped`]). Also when to
+    /// look again.
     pub fn apply(
         &mut self,
         tasks: Vec<AssignedTask>,
@@ -241,9 +269,10 @@ impl Rollback {
         let names: std::collections::BTreeSet<String> = tasks.iter().map(|t| t.name.clone()).collect();
         self.applied.retain(|n, _| names.contains(n));
         self.deferred.clear();
+        self.stopped.clear();
         let out = tasks
             .into_iter()
-            .map(|mut t| {
+            .filter_map(|mut t| {
                 // An update lock holds a changed spec back.
                 // (The lock file is looked at only for a changed spec: this
                 // runs for every task on every wake-up.)
@@ -256,14 +285,14 @@ impl Rollback {
                             .chain(Some(crate::agent::clock::after(now, LOCK_RECHECK)))
                             .min();
                         t.spec = old.clone();
-                        return t;
+                        return Some(t);
                     }
                 }
                 if self.applied.get(&t.name) != Some(&t.spec) {
                     self.applied.insert(t.name.clone(), t.spec.clone());
                 }
                 if !self.offers.contains_key(&t.name) {
-                    return t;
+                    return Some(t);
                 }
                 let seen = sup.view(&t.name).map(|v| {
                     let outcome = rec.outcome(&t, sup);
@@ -273,15 +302,27 @@ impl Rollback {
                         restarts: v.restarts,
                     }
                 });
-                let (spec, at) = self.choose(&t.name, &t.spec, seen, now);
+                let (back, at) = self.choose(&t.name, &t.spec, seen, now);
                 wake = wake.into_iter().chain(at).min();
-                if let Some(previous) = spec {
-                    t.spec = previous;
+                match back {
+                    Some(Previous::Spec(spec)) => t.spec = *spec,
+                    Some(Previous::Absent) => {
+                        self.stopped.push(t);
+                        return None;
+                    }
+                    None => {}
                 }
-                t
+                Some(t)
             })
             .collect();
         (out, wake)
+    }
+
+    /// The tasks the last [`Rollback::apply`] left out because their
+    /// previous version does not have them: still desired by the server,
+    /// so their status (reverted) is still reported.
+    pub fn stopped(&self) -> &[AssignedTask] {
+        &self.stopped
     }
 
     /// A task the robot put back on its previous version says so in its status.
@@ -289,9 +330,14 @@ impl Rollback {
         if self.deferred.contains(name) {
             status.update_locked = Some(true);
         }
-        if let Some(why) = self.offers.get(name).and_then(|o| o.reverted.as_ref()) {
+        if let Some((offer, why)) = self.offers.get(name).and_then(|o| Some((o, o.reverted.as_ref()?))) {
+            let stopped = if offer.previous == ABSENT {
+                ", which does not have this task (stopped)"
+            } else {
+                ""
+            };
             status.reason = Some(REASON.to_string());
-            status.message = Some(format!("the robot went back to the previous version: {why}"));
+            status.message = Some(format!("the robot went back to the previous version{stopped}: {why}"));
         }
     }
 }
@@ -315,6 +361,14 @@ mod tests {
         t
     }
 
+    /// The V of the spec a task went back to.
+    fn back_to(p: Option<Previous>) -> String {
+        match p {
+            Some(Previous::Spec(s)) => s.env["V"].clone(),
+            other => panic!("not back to a spec: {other:?}"),
+        }
+    }
+
     const RUNNING: Seen = Seen {
         running: true,
         failed: false,
@@ -336,14 +390,14 @@ mod tests {
             ..RUNNING
         };
         let (spec, _) = rb.choose("t", &t.spec, Some(failed), now);
-        assert_eq!(spec.unwrap().env["V"], "1");
+        assert_eq!(back_to(spec), "1");
         let mut st = TaskStatus::default();
         rb.mark("t", &mut st);
         assert_eq!(st.reason.as_deref(), Some(REASON));
         // A restarted agent (same offer from its cache) stays back.
         let mut again = Rollback::load(dir.path());
         again.learn(std::slice::from_ref(&t)).unwrap();
-        assert_eq!(again.choose("t", &t.spec, None, now).0.unwrap().env["V"], "1");
+        assert_eq!(back_to(again.choose("t", &t.spec, None, now).0), "1");
         // The server moves the task on (here: back to version 1): done.
         again.learn(&[task("1", false)]).unwrap();
         assert!(again.choose("t", &task("1", false).spec, None, now).0.is_none());
@@ -383,5 +437,123 @@ mod tests {
         assert!(rb.choose("t", &t.spec, None, now + Duration::from_secs(5)).0.is_some());
         // No offer: nothing to do.
         assert_eq!(rb.choose("x", &t.spec, None, now), (None, None));
+    }
+
+    #[test]
+    fn an_added_task_that_fails_is_stopped_and_stays_stopped_until_the_server_moves_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rb = Rollback::load(dir.path());
+        let mut t = task("2", true);
+        t.metadata.annotations.insert(ANN_PREVIOUS_SPEC.into(), ABSENT.into());
+        rb.learn(std::slice::from_ref(&t)).unwrap();
+        let now = Instant::now();
+        assert_eq!(rb.choose("t", &t.spec, Some(RUNNING), now).0, None);
+        let failed = Seen {
+            failed: true,
+            ..RUNNING
+        };
+        assert_eq!(rb.choose("t", &t.spec, Some(failed), now).0, Some(Previous::Absent));
+        let mut st = TaskStatus::default();
+        rb.mark("t", &mut st);
+        assert_eq!(st.reason.as_deref(), Some(REASON));
+        let msg = st.message.unwrap_or_default();
+        assert!(
+            msg.contains("does not have this task") && msg.contains("failed"),
+            "{msg}"
+        );
+        // A restarted agent keeps it stopped.
+        let mut again = Rollback::load(dir.path());
+        again.learn(std::slice::from_ref(&t)).unwrap();
+        assert_eq!(again.choose("t", &t.spec, None, now).0, Some(Previous::Absent));
+        // Not healthy in time stops it too.
+        let mut late = Rollback::default();
+        late.learn(std::slice::from_ref(&t)).unwrap();
+        late.choose("t", &t.spec, None, now);
+        let past = now + Duration::from_secs(5);
+        assert_eq!(late.choose("t", &t.spec, None, past).0, Some(Previous::Absent));
+        // The server deletes it (a revert): nothing is kept.
+        again.learn(&[]).unwrap();
+        assert_eq!(again.choose("t", &t.spec, None, now), (None, None));
+    }
+
+    #[test]
+    fn an_offer_with_a_previous_spec_that_does_not_parse_is_ignored() {
+        let mut t = task("2", true);
+        t.metadata
+            .annotations
+            .insert(ANN_PREVIOUS_SPEC.into(), "absent-ish".into());
+        let mut rb = Rollback::default();
+        rb.learn(std::slice::from_ref(&t)).unwrap();
+        let failed = Seen {
+            failed: true,
+            ..RUNNING
+        };
+        assert_eq!(rb.choose("t", &t.spec, Some(failed), Instant::now()), (None, None));
+    }
+
+    /// A supervisor that runs nothing (no task has started yet).
+    struct NoUnits;
+
+    impl Units for NoUnits {
+        fn now(&self) -> Instant {
+            Instant::now()
+        }
+        fn view(&self, _: &str) -> Option<crate::agent::supervisor::UnitView<'_>> {
+            None
+        }
+        fn names(&self) -> Vec<&str> {
+            Vec::new()
+        }
+        fn has_process(&self, _: &str) -> bool {
+            false
+        }
+        fn ensure(&mut self, _: crate::agent::supervisor::UnitSpec) {}
+        fn retain(&mut self, _: &dyn Fn(&str) -> bool) {}
+        fn take_changes(&mut self) -> Vec<crate::agent::supervisor::Change> {
+            Vec::new()
+        }
+    }
+
+    #[test]
+    fn apply_leaves_out_an_added_task_gone_back_and_keeps_it_to_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = Reconciler::new(crate::agent::reconcile::ReconcileConfig {
+            robot: "r1".into(),
+            data_dir: dir.path().to_path_buf(),
+            envoy_bin: "envoy".into(),
+            gc_after: None,
+            default_user: None,
+            proxy_user: None,
+            proxy_mode: crate::agent::privileges::ProxyMode::PerGroup,
+        });
+        let mut added = task("2", true);
+        added
+            .metadata
+            .annotations
+            .insert(ANN_PREVIOUS_SPEC.into(), ABSENT.into());
+        let mut other = task("1", false);
+        other.metadata.name = "u".into();
+        let tasks = [added, other];
+        let mut rb = Rollback::default();
+        rb.learn(&tasks).unwrap();
+        let assigned: Vec<AssignedTask> = tasks
+            .iter()
+            .map(|t| AssignedTask {
+                name: t.metadata.name.clone(),
+                job_type: crate::api::JobType::Service,
+                group: "g".into(),
+                spec: t.spec.clone(),
+            })
+            .collect();
+        let now = Instant::now();
+        let (run, wake) = rb.apply(assigned.clone(), &rec, &NoUnits, now);
+        assert_eq!(run.len(), 2);
+        assert_eq!(wake, Some(now + Duration::from_secs(5)));
+        assert!(rb.stopped().is_empty());
+        // Not started within healthyDeadline: stopped, still reported.
+        let (run, _) = rb.apply(assigned, &rec, &NoUnits, now + Duration::from_secs(5));
+        let names = |ts: &[AssignedTask]| ts.iter().map(|t| t.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&run), ["u"]);
+        assert_eq!(names(rb.stopped()), ["t"]);
     }
 }

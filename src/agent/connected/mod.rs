@@ -650,7 +650,10 @@ fn queue_statuses(
     sup: &Supervisor,
     rollback: &super::rollback::Rollback,
 ) {
-    let statuses = desired.iter().map(|t| {
+    // A task stopped by a robot-local revert is still the server's: its
+    // status says it went back.
+    let desired = || desired.iter().chain(rollback.stopped());
+    let statuses = desired().map(|t| {
         let mut status = task_status(t, rec, sup);
         rollback.mark(&t.name, &mut status);
         (t.name.clone(), status)
@@ -662,7 +665,7 @@ fn queue_statuses(
         say(&format!("agent: outbox: {e}"));
         false
     });
-    let names: std::collections::BTreeSet<&str> = desired.iter().map(|t| t.name.as_str()).collect();
+    let names: std::collections::BTreeSet<&str> = desired().map(|t| t.name.as_str()).collect();
     if let Err(e) = outbox.retain(|n| names.contains(n)) {
         say(&format!("agent: outbox: {e}"));
     }

@@ -5,7 +5,7 @@
 //! replica per matching robot instead (`system.rs`). Idempotent: it compares the
 //! desired objects with the cached ones and writes only differences.
 
-use super::rollout::{ReplicaTasks, RolledTask};
+use super::rollout::GroupReplicas;
 use super::task_objects::{
     create_tasks, owner, placed_status, record_placement, task_object, to_value, ALL, CREATE_BATCH,
 };
@@ -21,7 +21,7 @@ use crate::server::status::Status;
 use crate::server::stored_task;
 use crate::server::time;
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -150,7 +150,7 @@ pub async fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<Next, Status> 
     let mut next = Next::Done;
     let versions = super::rollout::sync(ctx, ns, &job, &job_v).await?;
     // Placed replicas whose spec may change, per group: the rollout decides.
-    let mut rolling: Vec<(&TaskGroupTemplate, Vec<ReplicaTasks>)> = Vec::new();
+    let mut rolling: Vec<GroupReplicas<'_>> = Vec::new();
 
     // TaskGroups.
     let mut groups = Vec::new();
@@ -213,23 +213,28 @@ pub async fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<Next, Status> 
             if let Some(why) = super::system::reconcile_group(ctx, &group, &mut batch).await? {
                 unschedulable.get_or_insert(why);
             }
-            rolling.push((g, replicas));
+            rolling.push(GroupReplicas {
+                g,
+                owner: tg_owner.clone(),
+                replicas,
+            });
             continue;
         }
+        // A replica's tasks: the new version's and those only the base has.
+        // One on its robot holds any of them (the rollout adds, removes and
+        // re-creates tasks as it changes its version); one with none is new.
+        let names = super::rollout::task_names(g, versions.base_group(&g.name));
         let mut need = Vec::new();
         let mut previous: HashMap<i32, String> = HashMap::new();
         for i in 0..g.count {
-            let current: Vec<&Arc<Value>> = g
-                .tasks
+            let current: Vec<&Arc<Value>> = names
                 .iter()
-                .filter_map(|t| existing.get(&task_name(name, &g.name, i, &t.name)))
+                .filter_map(|t| existing.get(&task_name(name, &g.name, i, t)))
                 .collect();
             let target = current.iter().find_map(|t| stored_task::target_robot(t));
             let lost = current.iter().any(|t| stored_task::state(t) == TaskState::Lost);
-            let complete = current.len() == g.tasks.len();
             match target {
                 None => need.push(i),
-                Some(_) if !complete => need.push(i),
                 Some(robot) if lost => match may_reschedule(&job, g, &current) {
                     Ok(true) => {
                         previous.insert(i, robot.to_string());
@@ -259,30 +264,46 @@ pub async fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<Next, Status> 
                 unschedulable.get_or_insert(format!("group {}: {w}", g.name));
             }
         }
-        let mut replicas: BTreeMap<i32, ReplicaTasks> = BTreeMap::new();
+        let (settled_job, settled_g) = versions.settled_group(&job, g);
+        let mut replicas = Vec::new();
         for i in 0..g.count {
-            for t in &g.tasks {
-                let tname = task_name(name, &g.name, i, &t.name);
+            let name_of = |t: &str| task_name(name, &g.name, i, t);
+            let Some(p) = placements.get(&i) else {
+                // On its robot: the rollout changes its version (changed,
+                // added and removed tasks together, in its turn).
+                let robot = names
+                    .iter()
+                    .find_map(|t| stored_task::target_robot(existing.get(&name_of(t))?));
+                if let Some(robot) = robot {
+                    desired.extend(names.iter().map(|t| name_of(t)));
+                    replicas.push(super::rollout::replica(
+                        &versions, &job, g, i, robot, &existing, name_of,
+                    )?);
+                }
+                continue;
+            };
+            // Placed now (new, or moved from a lost robot): the settled
+            // version's tasks, at once.
+            for t in &settled_g.tasks {
+                let tname = name_of(&t.name);
                 desired.insert(tname.clone());
-                let mut spec = versions.place(&job, g, t, i);
-                let placement = placements.get(&i);
-                match (existing.get(&tname), placement) {
-                    (None, p) => {
+                let mut spec = job_expansion::place_task(settled_job, settled_g, t, i);
+                match existing.get(&tname) {
+                    None => {
                         let status = match p {
-                            Some(Ok(robot)) => {
+                            Ok(robot) => {
                                 spec.target_robot = Some(robot.clone());
                                 placed_status(robot, None)
                             }
-                            Some(Err(why)) => pending_status(why),
-                            None => pending_status("waiting for placement"),
+                            Err(why) => pending_status(why),
                         };
                         let body = task_object(ns, &tname, name, g, i, &tg_owner, &spec, status)?;
-                        new_tasks.push((body, p.cloned()));
+                        new_tasks.push((body, Some(p.clone())));
                         if new_tasks.len() >= CREATE_BATCH {
                             created += create_tasks(ctx, ns, std::mem::take(&mut new_tasks)).await?;
                         }
                     }
-                    (Some(cur), Some(p)) => {
+                    Some(cur) => {
                         let old = stored_task::target_robot(cur).map(str::to_string);
                         let (status, moved) = match p {
                             Ok(robot) => {
@@ -312,38 +333,14 @@ pub async fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<Next, Status> 
                             record_placement(ctx, &w.object, Some(p), previous.get(&i).map(String::as_str));
                         }
                     }
-                    (Some(cur), None) => {
-                        // Spec changes (network, env, ...) reach the task in
-                        // place, as the rollout paces them: the agent sees
-                        // an update, not a new task.
-                        let Some(robot) = stored_task::target_robot(cur).map(str::to_string) else {
-                            continue;
-                        };
-                        let mut target = job_expansion::place_task(&job, g, t, i);
-                        target.target_robot = Some(robot.clone());
-                        let base = versions.base_task(&g.name, &t.name, i).map(|mut b| {
-                            b.target_robot = Some(robot.clone());
-                            b
-                        });
-                        let task = RolledTask {
-                            name: tname.clone(),
-                            cur: cur.clone(),
-                            target: to_value(&target)?,
-                            base: base.as_ref().map(to_value).transpose()?,
-                        };
-                        replicas
-                            .entry(i)
-                            .or_insert_with(|| ReplicaTasks {
-                                robot,
-                                tasks: Vec::new(),
-                            })
-                            .tasks
-                            .push(task);
-                    }
                 }
             }
         }
-        rolling.push((g, replicas.into_values().collect()));
+        rolling.push(GroupReplicas {
+            g,
+            owner: tg_owner,
+            replicas,
+        });
     }
     if let Some(wait) = super::rollout::roll(ctx, ns, &job, &job_v, &versions, rolling).await? {
         next = match next {

@@ -40,22 +40,24 @@ use std::sync::Arc;
 /// (namespace, job, job uid, group, robot) -> the reason last reported.
 pub type Unfit = HashMap<(String, String, String, String, String), String>;
 
-/// Robots holding a replica of `g` now: the targetRobot of each of the
-/// group's Tasks that carries the system name for that robot (a Task of
+/// Robots holding a replica of group `group` now: the targetRobot of each
+/// Task that carries the system name for that robot and one of the
+/// group's task names `names` (of its new or its base version; a Task of
 /// another naming, e.g. from before the Job became a system job, holds
 /// nothing and is deleted as undesired).
 pub fn placed_robots<'a>(
     job: &str,
-    g: &TaskGroupTemplate,
+    group: &str,
+    names: &[&str],
     tasks: impl IntoIterator<Item = (&'a str, &'a Value)>,
 ) -> BTreeSet<String> {
     tasks
         .into_iter()
         .filter_map(|(name, t)| {
             let robot = stored_task::target_robot(t)?;
-            g.tasks
+            names
                 .iter()
-                .any(|x| job_expansion::system_task_name(job, &g.name, robot, &x.name) == name)
+                .any(|x| job_expansion::system_task_name(job, group, robot, x) == name)
                 .then(|| robot.to_string())
         })
         .collect()
@@ -101,7 +103,7 @@ pub(super) struct Batch<'a> {
     pub desired: &'a mut HashSet<String>,
     pub new_tasks: &'a mut Vec<(Value, Option<Result<String, String>>)>,
     pub created: &'a mut usize,
-    /// Replicas already on their robot, for the rollout to update.
+    /// Replicas already on their robot, for the rollout to change.
     pub rolling: &'a mut Vec<super::rollout::ReplicaTasks>,
 }
 
@@ -116,19 +118,29 @@ pub(super) async fn reconcile_group(ctx: &Ctx, s: &Group<'_>, b: &mut Batch<'_>)
         .filter(|(_, t)| stored_task::task_group_name(t) == Some(s.tg_name))
         .map(|(n, t)| (n.as_str(), &**t))
         .collect();
-    let placed = placed_robots(name, g, mine);
+    // A replica's tasks: the new version's and those only the base has
+    // (the rollout adds and removes tasks as it changes them).
+    let names = super::rollout::task_names(g, s.versions.base_group(&g.name));
+    let placed = placed_robots(name, &g.name, &names, mine);
     let req = super::snapshot::placement_request(ns, s.tg_name, s.job, g);
     let plan = plan(ctx, ns, &req, b.robots, &placed);
     let added: HashSet<&str> = plan.add.iter().map(String::as_str).collect();
+    let (settled_job, settled_g) = s.versions.settled_group(s.job, g);
     for robot in plan.keep.iter().chain(&plan.add) {
-        let mut replica = super::rollout::ReplicaTasks {
-            robot: robot.clone(),
-            tasks: Vec::new(),
-        };
-        for t in &g.tasks {
-            let tname = job_expansion::system_task_name(name, &g.name, robot, &t.name);
+        let name_of = |t: &str| job_expansion::system_task_name(name, &g.name, robot, t);
+        if placed.contains(robot) {
+            // On its robot: the rollout changes its version (changed,
+            // added and removed tasks together, in its turn).
+            b.desired.extend(names.iter().map(|t| name_of(t)));
+            let replica = super::rollout::replica(s.versions, s.job, g, 0, robot, b.existing, name_of)?;
+            b.rolling.push(replica);
+            continue;
+        }
+        // New on this robot: the settled version's tasks, at once.
+        for t in &settled_g.tasks {
+            let tname = name_of(&t.name);
             b.desired.insert(tname.clone());
-            let mut spec = s.versions.place(s.job, g, t, 0);
+            let mut spec = job_expansion::place_task(settled_job, settled_g, t, 0);
             spec.target_robot = Some(robot.clone());
             match b.existing.get(&tname) {
                 None => {
@@ -137,21 +149,6 @@ pub(super) async fn reconcile_group(ctx: &Ctx, s: &Group<'_>, b: &mut Batch<'_>)
                     if b.new_tasks.len() >= CREATE_BATCH {
                         *b.created += create_tasks(ctx, ns, std::mem::take(b.new_tasks)).await?;
                     }
-                }
-                Some(cur) if stored_task::target_robot(cur) == Some(robot.as_str()) => {
-                    // On its robot: the rollout paces spec changes.
-                    let mut target = job_expansion::place_task(s.job, g, t, 0);
-                    target.target_robot = Some(robot.clone());
-                    let base = s.versions.base_task(&g.name, &t.name, 0).map(|mut b| {
-                        b.target_robot = Some(robot.clone());
-                        b
-                    });
-                    replica.tasks.push(super::rollout::RolledTask {
-                        name: tname.clone(),
-                        cur: cur.clone(),
-                        target: to_value(&target)?,
-                        base: base.as_ref().map(to_value).transpose()?,
-                    });
                 }
                 Some(cur) => {
                     // A Task of this name is always on this robot (the name
@@ -164,9 +161,6 @@ pub(super) async fn reconcile_group(ctx: &Ctx, s: &Group<'_>, b: &mut Batch<'_>)
                     record_placement(ctx, &w.object, Some(&Ok(robot.clone())), None);
                 }
             }
-        }
-        if !replica.tasks.is_empty() {
-            b.rolling.push(replica);
         }
     }
     if !added.is_empty() {
@@ -233,13 +227,12 @@ mod tests {
 
     #[test]
     fn placed_robots_are_read_from_system_named_tasks_only() {
-        let g: TaskGroupTemplate = serde_json::from_value(json!({"name": "g", "tasks": [
-            {"name": "a", "driver": "exec"}, {"name": "b", "driver": "exec"}]}))
-        .unwrap();
         let t = |robot: &str| json!({"spec": {"targetRobot": robot}});
-        let (r1, r2, old, pending) = (t("r1"), t("r2"), t("r3"), json!({"spec": {}}));
+        let (r1, r2, old, pending, r5) = (t("r1"), t("r2"), t("r3"), json!({"spec": {}}), t("r5"));
         let tasks = [
             ("j-g-a.r1", &r1),
+            // A task only the base version has still holds its robot.
+            ("j-g-c.r5", &r5),
             ("j-g-b.r1", &r1),
             ("j-g-b.r2", &r2),
             ("j-g-r0-a", &old),
@@ -247,7 +240,7 @@ mod tests {
             // Named for another robot than it is on: holds nothing.
             ("j-g-a.r4", &r2),
         ];
-        let placed = placed_robots("j", &g, tasks);
-        assert_eq!(placed.into_iter().collect::<Vec<_>>(), ["r1", "r2"]);
+        let placed = placed_robots("j", "g", &["a", "b", "c"], tasks);
+        assert_eq!(placed.into_iter().collect::<Vec<_>>(), ["r1", "r2", "r5"]);
     }
 }

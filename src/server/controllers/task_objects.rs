@@ -5,7 +5,7 @@
 //! roll-up, so none of them imports another for it.
 
 use super::Ctx;
-use crate::api::{ObjectMeta, OwnerReference, TaskGroupTemplate, TaskSpec, API_VERSION};
+use crate::api::{ObjectMeta, OwnerReference, TaskGroupTemplate, API_VERSION};
 use crate::server::annotations::{LABEL_GROUP, LABEL_JOB, LABEL_REPLICA};
 use crate::server::events::Kind;
 use crate::server::registry::{Part, WriteOptions};
@@ -102,7 +102,7 @@ pub fn task_object(
     g: &TaskGroupTemplate,
     i: i32,
     owner: &OwnerReference,
-    spec: &TaskSpec,
+    spec: &impl serde::Serialize,
     status: Value,
 ) -> Result<Value, Status> {
     let meta = ObjectMeta {

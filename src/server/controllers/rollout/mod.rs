@@ -1,10 +1,11 @@
 //! Staged rollouts: how a new version of a Job's spec reaches its robots.
-//! The Job reconciler hands over every placed replica whose tasks exist,
-//! with the specs of the new version and of the base one; this module reads
-//! their health from what the robots report, asks the planner (`plan.rs`)
-//! which replicas change now, writes their Task specs (the agent sees an
-//! update of its desired set), and keeps the Rollout object's status and the
-//! Job's events in step.
+//! The Job reconciler hands over every placed replica, with the specs of
+//! its tasks at the new version and at the base one (`replica.rs`: a task
+//! one of them lacks was added or removed); this module reads their health
+//! from what the robots report, asks the planner (`plan.rs`) which replicas
+//! change now, writes, creates and deletes their Tasks (the agent sees an
+//! update of its desired set), and keeps the Rollout object's status and
+//! the Job's events in step.
 //!
 //! Health is the server's observation of what the robot reports: an updated
 //! replica is healthy once every task has been `running` (checks passing,
@@ -13,21 +14,24 @@
 //! robot's clock plays no part.
 
 pub mod plan;
+mod replica;
 mod versions;
 
-use super::task_objects::{to_value, ALL};
+use super::task_objects::{placed_status, record_placement, task_object, to_value, ALL};
 use super::Ctx;
-use crate::agent::rollback::{ANN_AUTO_REVERT, ANN_LOCK_OVERRIDE, ANN_PREVIOUS_SPEC};
+use crate::agent::rollback::{ABSENT, ANN_AUTO_REVERT, ANN_LOCK_OVERRIDE, ANN_PREVIOUS_SPEC};
 use crate::api::rollout::{RolloutState, RolloutStatus};
 use crate::api::update_strategy::{HealthCheck, Strategy};
-use crate::api::{Job, JobType, TaskGroupTemplate, TaskState};
+use crate::api::{Job, JobType, TaskState};
 use crate::server::events::Kind;
 use crate::server::object;
-use crate::server::registry::Part;
+use crate::server::registry::{DeleteOptions, Part};
 use crate::server::resources::{ROLLOUTS, TASKS};
 use crate::server::status::Status;
 use crate::server::time;
 use plan::{Health, Outcome, Replica};
+use replica::Step;
+pub use replica::{replica, task_names, GroupReplicas, ReplicaTasks, RolledTask};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,21 +42,6 @@ const ANN_UPDATED_AT: &str = "rollout.k8s4r.io/updated-at";
 /// On a Task: `ms,run,restarts` of the run (its start time or process id)
 /// the server first saw running at `ms`; a new run starts anew.
 const ANN_RUNNING_SINCE: &str = "rollout.k8s4r.io/running-since";
-
-/// One task of a replica: its object and its spec at the new version and at
-/// the base version (`None`: the base has no such task).
-pub struct RolledTask {
-    pub name: String,
-    pub cur: Arc<Value>,
-    pub target: Value,
-    pub base: Option<Value>,
-}
-
-/// One replica: its robot and tasks.
-pub struct ReplicaTasks {
-    pub robot: String,
-    pub tasks: Vec<RolledTask>,
-}
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -132,7 +121,8 @@ fn updated_at(t: &Value) -> Option<i64> {
     object::annotation(t, ANN_UPDATED_AT)?.parse().ok()
 }
 
-/// The health of a replica on the new version.
+/// The health of a replica on the new version: of every task it has there
+/// (its added ones too).
 fn health(tasks: &[RolledTask], s: Option<&Strategy>, now: i64) -> Health {
     let Some(s) = s else { return Health::Healthy(now) };
     let min = i64::try_from(s.min_healthy_time.as_millis()).unwrap_or(i64::MAX);
@@ -140,16 +130,15 @@ fn health(tasks: &[RolledTask], s: Option<&Strategy>, now: i64) -> Health {
     let mut wait: Option<Duration> = None;
     let mut all = true;
     let mut away = false;
-    for t in tasks {
-        let state = crate::server::stored_task::state(&t.cur);
-        let st = t.cur.get("status");
+    for (t, cur) in tasks.iter().filter_map(|t| Some((t, t.cur.as_ref()?))) {
+        let state = crate::server::stored_task::state(cur);
+        let st = cur.get("status");
         if st.and_then(|s| s.get("reason")).and_then(Value::as_str) == Some(crate::agent::rollback::REASON) {
             let msg = st.and_then(|s| s.get("message")).and_then(Value::as_str).unwrap_or("");
             return Health::Unhealthy(format!("task {}: {msg}", t.name));
         }
         if state == TaskState::Failed {
-            let msg = t
-                .cur
+            let msg = cur
                 .get("status")
                 .and_then(|s| s.get("message"))
                 .and_then(Value::as_str)
@@ -160,7 +149,7 @@ fn health(tasks: &[RolledTask], s: Option<&Strategy>, now: i64) -> Health {
             (away, all) = (true, false);
             continue;
         }
-        match since_ms(&t.cur).filter(|_| up(&t.cur, s.health_check)) {
+        match since_ms(cur).filter(|_| up(cur, s.health_check)) {
             Some(since) if now.saturating_sub(since) >= min => healthy_at = healthy_at.max(since.saturating_add(min)),
             Some(since) => {
                 all = false;
@@ -183,7 +172,11 @@ fn health(tasks: &[RolledTask], s: Option<&Strategy>, now: i64) -> Health {
         return Health::Waiting(None);
     }
     let deadline_ms = i64::try_from(s.healthy_deadline.as_millis()).unwrap_or(i64::MAX);
-    let updated = tasks.iter().filter_map(|t| updated_at(&t.cur)).max().unwrap_or(now);
+    let updated = tasks
+        .iter()
+        .filter_map(|t| updated_at(t.cur.as_deref()?))
+        .max()
+        .unwrap_or(now);
     let deadline = updated.saturating_add(deadline_ms);
     if now >= deadline {
         return Health::Unhealthy(format!("not healthy within healthyDeadline ({:?})", s.healthy_deadline));
@@ -192,25 +185,59 @@ fn health(tasks: &[RolledTask], s: Option<&Strategy>, now: i64) -> Health {
     Health::Waiting(Some(wait.map_or(to_deadline, |w| w.min(to_deadline))))
 }
 
-/// Write `spec` to a task: a new version (or the base again) for its robot.
-/// `revert_on_robot`: (healthyDeadline, minHealthyTime) when the robot may
-/// go back to the base on its own (`agent::rollback`).
-async fn write_spec(
-    ctx: &Ctx,
-    ns: &str,
-    t: &RolledTask,
-    spec: &Value,
-    paced: Option<(&str, i64)>,
+/// How a version is written to a replica's tasks.
+#[derive(Clone, Copy)]
+struct Write<'a> {
+    ns: &'a str,
+    job: &'a str,
+    group: &'a GroupReplicas<'a>,
+    /// (reason, version) of a paced update, judged by its health.
+    paced: Option<(&'a str, i64)>,
+    /// (healthyDeadline, minHealthyTime) when the robot may go back to the
+    /// base on its own (`agent::rollback`).
     revert_on_robot: Option<(Duration, Duration)>,
-) -> Result<(), Status> {
-    let mut body = (*t.cur).clone();
-    body["spec"] = spec.clone();
-    let offer = revert_on_robot.and_then(|(deadline, min)| {
-        let base = t.base.as_ref()?;
-        Some((
-            base.to_string(),
-            format!("{},{}", deadline.as_millis(), min.as_millis()),
-        ))
+    check: HealthCheck,
+}
+
+/// Put task `t` of replica `r` at `want` (a version's spec, or absent):
+/// create, write or delete it.
+async fn put(ctx: &Ctx, w: Write<'_>, r: &ReplicaTasks, t: &RolledTask, want: Option<&Value>) -> Result<(), Status> {
+    let step = t.step_to(want);
+    // The same spec again (a sibling of a changed, added or removed task):
+    // the robot keeps its process and has nothing new to report.
+    let same = matches!(step, Step::Write(cur, spec) if cur.get("spec") == Some(spec));
+    let (mut body, created) = match step {
+        Step::Nothing => return Ok(()),
+        Step::Delete => {
+            return match ctx
+                .registry
+                .delete(&TASKS, w.ns, &t.name, &DeleteOptions::default())
+                .await
+            {
+                Ok(last) => {
+                    ctx.deleted("tasks", &last);
+                    Ok(())
+                }
+                Err(e) if e.code == 404 => Ok(()),
+                Err(e) => Err(e),
+            };
+        }
+        Step::Create(spec) => {
+            let status = placed_status(&r.robot, None);
+            let body = task_object(w.ns, &t.name, w.job, w.group.g, r.index, &w.group.owner, spec, status)?;
+            (body, true)
+        }
+        Step::Write(cur, spec) => {
+            let mut body = cur.clone();
+            body["spec"] = spec.clone();
+            (body, false)
+        }
+    };
+    // The robot keeps the base version's spec, or the word that the base
+    // has no such task, to go back to.
+    let offer = w.revert_on_robot.map(|(deadline, min)| {
+        let previous = t.base.as_ref().map_or_else(|| ABSENT.to_string(), Value::to_string);
+        (previous, format!("{},{}", deadline.as_millis(), min.as_millis()))
     });
     object::set_annotation(&mut body, ANN_PREVIOUS_SPEC, offer.as_ref().map(|o| o.0.as_str()));
     object::set_annotation(&mut body, ANN_AUTO_REVERT, offer.as_ref().map(|o| o.1.as_str()));
@@ -218,9 +245,17 @@ async fn write_spec(
     object::set_annotation(&mut body, ANN_LOCKED_SINCE, None);
     object::set_annotation(&mut body, ANN_LOCK_OVERRIDE, None);
     // A paced update is judged by its health: what the robot reports from
-    // now on, not what it reported of the version before. Otherwise (all at
-    // once, a revert, settling) the status stays until the robot reports.
-    let part = match paced {
+    // now on, not what it reported of the version before (for a task left
+    // as it was: its run from now on). Otherwise (all at once, a revert,
+    // settling) the status stays until the robot reports.
+    let part = match w.paced {
+        Some(_) if same => {
+            let now = now_ms();
+            let since = running_since(&body, w.check, now);
+            object::set_annotation(&mut body, ANN_RUNNING_SINCE, since.as_deref());
+            object::set_annotation(&mut body, ANN_UPDATED_AT, Some(&now.to_string()));
+            Part::Main
+        }
         Some((reason, version)) => {
             body["status"] = json!({"state": "scheduled", "reason": reason, "message": format!("version {version}")});
             object::set_annotation(&mut body, ANN_UPDATED_AT, Some(&now_ms().to_string()));
@@ -228,8 +263,14 @@ async fn write_spec(
         }
         None => Part::Main,
     };
-    let w = ctx.registry.replace(&TASKS, ns, &t.name, body, part, ALL).await?;
-    ctx.wrote("tasks", &w.object);
+    if created {
+        let written = ctx.registry.create(&TASKS, w.ns, body, Part::All, ALL).await?;
+        record_placement(ctx, &written.object, Some(&Ok(r.robot.clone())), None);
+        ctx.wrote("tasks", &written.object);
+    } else {
+        let written = ctx.registry.replace(&TASKS, w.ns, &t.name, body, part, ALL).await?;
+        ctx.wrote("tasks", &written.object);
+    }
     Ok(())
 }
 
@@ -244,17 +285,17 @@ fn locked_since(t: &Value) -> Option<i64> {
 /// Keep `ANN_LOCKED_SINCE` in step with the robot's `updateLocked`; when
 /// the lock goes, the new version starts now (its healthyDeadline too).
 async fn note_lock(ctx: &Ctx, ns: &str, t: &mut RolledTask, now: i64) -> Result<(), Status> {
-    let reported = t
-        .cur
+    let Some(cur) = &t.cur else { return Ok(()) };
+    let reported = cur
         .get("status")
         .and_then(|s| s.get("updateLocked"))
         .and_then(Value::as_bool)
         == Some(true);
-    let noted = locked_since(&t.cur).is_some();
+    let noted = locked_since(cur).is_some();
     if reported == noted {
         return Ok(());
     }
-    let mut body = (*t.cur).clone();
+    let mut body = (**cur).clone();
     if reported {
         object::set_annotation(&mut body, ANN_LOCKED_SINCE, Some(&now.to_string()));
     } else {
@@ -264,35 +305,40 @@ async fn note_lock(ctx: &Ctx, ns: &str, t: &mut RolledTask, now: i64) -> Result<
     }
     let w = ctx.registry.replace(&TASKS, ns, &t.name, body, Part::Main, ALL).await?;
     ctx.wrote("tasks", &w.object);
-    t.cur = Arc::new(w.object);
+    t.cur = Some(Arc::new(w.object));
     Ok(())
 }
 
 /// A settled rollout: the robot no longer keeps the previous version.
 async fn drop_offer(ctx: &Ctx, ns: &str, t: &mut RolledTask) -> Result<(), Status> {
-    if object::annotation(&t.cur, ANN_AUTO_REVERT).is_none() {
+    let Some(cur) = t
+        .cur
+        .as_ref()
+        .filter(|c| object::annotation(c, ANN_AUTO_REVERT).is_some())
+    else {
         return Ok(());
-    }
-    let mut body = (*t.cur).clone();
+    };
+    let mut body = (**cur).clone();
     object::set_annotation(&mut body, ANN_AUTO_REVERT, None);
     object::set_annotation(&mut body, ANN_PREVIOUS_SPEC, None);
     let w = ctx.registry.replace(&TASKS, ns, &t.name, body, Part::Main, ALL).await?;
     ctx.wrote("tasks", &w.object);
-    t.cur = Arc::new(w.object);
+    t.cur = Some(Arc::new(w.object));
     Ok(())
 }
 
 /// Keep a task's `ANN_RUNNING_SINCE` in step with its reported run.
 async fn note_run(ctx: &Ctx, ns: &str, t: &mut RolledTask, check: HealthCheck, now: i64) -> Result<(), Status> {
-    let want = running_since(&t.cur, check, now);
-    if object::annotation(&t.cur, ANN_RUNNING_SINCE) == want.as_deref() {
+    let Some(cur) = &t.cur else { return Ok(()) };
+    let want = running_since(cur, check, now);
+    if object::annotation(cur, ANN_RUNNING_SINCE) == want.as_deref() {
         return Ok(());
     }
-    let mut body = (*t.cur).clone();
+    let mut body = (**cur).clone();
     object::set_annotation(&mut body, ANN_RUNNING_SINCE, want.as_deref());
     let w = ctx.registry.replace(&TASKS, ns, &t.name, body, Part::Main, ALL).await?;
     ctx.wrote("tasks", &w.object);
-    t.cur = Arc::new(w.object);
+    t.cur = Some(Arc::new(w.object));
     Ok(())
 }
 
@@ -304,7 +350,7 @@ pub async fn roll(
     job: &Job,
     job_v: &Value,
     versions: &Versions,
-    groups: Vec<(&TaskGroupTemplate, Vec<ReplicaTasks>)>,
+    groups: Vec<GroupReplicas<'_>>,
 ) -> Result<Option<Duration>, Status> {
     let now = now_ms();
     let version = versions.spec.version;
@@ -320,25 +366,25 @@ pub async fn roll(
     let mut wake: Option<Duration> = None;
     let mut auto_promote_all = true;
     let mut any_canary_phase = false;
-    for (g, mut replicas) in groups {
+    for mut group in groups {
+        let g = group.g;
+        // A group the base version does not have is new: not rolled.
+        let has_base = versions.base_group(&g.name).is_some();
         let strategy = g.update.as_ref().map(|u| u.resolve());
         let check = strategy.as_ref().map_or(HealthCheck::TaskStates, |s| s.health_check);
-        let mut snapshot = Vec::with_capacity(replicas.len());
-        for r in &mut replicas {
-            let on_target = r.tasks.iter().all(|t| t.cur.get("spec") == Some(&t.target));
-            let on_base = r
-                .tasks
-                .iter()
-                .all(|t| t.base.as_ref().is_some_and(|b| t.cur.get("spec") == Some(b)));
+        let mut snapshot = Vec::with_capacity(group.replicas.len());
+        for r in &mut group.replicas {
+            let on_target = r.on_target();
+            let on_base = r.on_base();
             if on_target && strategy.is_some() && !versions.status.state.is_settled() {
                 for t in &mut r.tasks {
                     note_lock(ctx, ns, t, now).await?;
-                    if locked_since(&t.cur).is_none() {
+                    if t.cur.as_deref().and_then(locked_since).is_none() {
                         note_run(ctx, ns, t, check, now).await?;
                     }
                 }
             }
-            let locked_since_ms = r.tasks.iter().filter_map(|t| locked_since(&t.cur)).min();
+            let locked_since_ms = r.objects().filter_map(|t| locked_since(t)).min();
             if versions.status.state.is_settled() {
                 for t in &mut r.tasks {
                     drop_offer(ctx, ns, t).await?;
@@ -354,7 +400,7 @@ pub async fn roll(
                 on_base,
                 online: online(ctx, ns, &r.robot),
                 health,
-                updated_at_ms: r.tasks.iter().filter_map(|t| updated_at(&t.cur)).max(),
+                updated_at_ms: r.objects().filter_map(|t| updated_at(t)).max(),
                 locked_since_ms,
             });
         }
@@ -365,7 +411,7 @@ pub async fn roll(
             paused: versions.spec.paused,
             promoted: versions.spec.promoted || versions.status.auto_promoted,
             at_once: versions.spec.revert_of.is_some(),
-            has_base: versions.base.is_some(),
+            has_base,
             started_ms: started,
             now_ms: now,
         };
@@ -377,17 +423,29 @@ pub async fn roll(
         }
         // Updates now are canaries unless the canaries just promoted themselves.
         let canary_phase = has_canaries && !p.auto_promote;
-        for i in &p.update {
-            let r = &replicas[*i];
-            let paced = strategy.is_some() && !input.at_once && input.has_base && !input.state.is_settled();
-            let on_robot = strategy
+        let paced = strategy.is_some() && !input.at_once && has_base && !input.state.is_settled();
+        let to_target = Write {
+            ns,
+            job: job.name(),
+            group: &group,
+            paced: paced.then_some(("Updated", version)),
+            revert_on_robot: strategy
                 .as_ref()
-                .filter(|s| s.auto_revert && !versions.status.state.is_settled() && versions.base.is_some())
-                .map(|s| (s.healthy_deadline, s.min_healthy_time));
+                .filter(|s| s.auto_revert && !versions.status.state.is_settled() && has_base)
+                .map(|s| (s.healthy_deadline, s.min_healthy_time)),
+            check,
+        };
+        let to_base = Write {
+            paced: None,
+            revert_on_robot: None,
+            ..to_target
+        };
+        for i in &p.update {
+            let r = &group.replicas[*i];
             for t in &r.tasks {
-                write_spec(ctx, ns, t, &t.target, paced.then_some(("Updated", version)), on_robot).await?;
+                put(ctx, to_target, r, t, t.target.as_ref()).await?;
             }
-            if strategy.is_some() && !versions.status.state.is_settled() && versions.base.is_some() {
+            if strategy.is_some() && !versions.status.state.is_settled() && has_base {
                 let what = if canary_phase { "CanaryPlaced" } else { "Updated" };
                 ctx.events.record(
                     job_v,
@@ -398,11 +456,14 @@ pub async fn roll(
             }
         }
         for i in &p.override_lock {
-            let r = &replicas[*i];
-            for t in &r.tasks {
-                let mut body = (*t.cur).clone();
+            let r = &group.replicas[*i];
+            for t in r.objects() {
+                let mut body = (**t).clone();
                 object::set_annotation(&mut body, ANN_LOCK_OVERRIDE, Some("true"));
-                let w = ctx.registry.replace(&TASKS, ns, &t.name, body, Part::Main, ALL).await?;
+                let w = ctx
+                    .registry
+                    .replace(&TASKS, ns, object::name(t), body, Part::Main, ALL)
+                    .await?;
                 ctx.wrote("tasks", &w.object);
             }
             ctx.events.record(
@@ -416,11 +477,9 @@ pub async fn roll(
             );
         }
         for i in &p.revert {
-            let r = &replicas[*i];
+            let r = &group.replicas[*i];
             for t in &r.tasks {
-                if let Some(base) = &t.base {
-                    write_spec(ctx, ns, t, base, None, None).await?;
-                }
+                put(ctx, to_base, r, t, t.base.as_ref()).await?;
             }
             ctx.events.record(
                 job_v,
@@ -591,8 +650,8 @@ mod tests {
             "spec": {}, "status": {"state": state}});
         RolledTask {
             name: "t".into(),
-            cur: Arc::new(cur),
-            target: json!({}),
+            cur: Some(Arc::new(cur)),
+            target: Some(json!({})),
             base: None,
         }
     }

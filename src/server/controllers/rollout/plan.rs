@@ -8,8 +8,9 @@
 //! - a settled rollout settles every replica: Succeeded puts the new
 //!   version on all (an offline robot gets it when it comes back), Failed
 //!   with autoRevert puts the base version on all;
-//! - no update block, a revert, or no base version (the Job's first
-//!   version): every replica at once;
+//! - no update block, a revert, or no base version of the group (the
+//!   Job's first version, or a group new in this one): every replica at
+//!   once, never reverted;
 //! - an updated replica found unhealthy, or no progress for
 //!   progressDeadline, fails the rollout (autoRevert: back to base);
 //! - canaries first (until promoted), then maxParallel at a time, each batch
@@ -65,7 +66,7 @@ pub struct Input<'a> {
     pub promoted: bool,
     /// A revert: restores a known version at once.
     pub at_once: bool,
-    /// There is a base version to keep and revert to.
+    /// The group has a base version to keep and revert to.
     pub has_base: bool,
     /// When the rollout started (ms since the epoch).
     pub started_ms: i64,
@@ -507,5 +508,20 @@ mod tests {
         let mut i = input(&s);
         i.has_base = false;
         assert_eq!(plan(&i, &[old(), old()]).outcome, Outcome::Done);
+    }
+
+    #[test]
+    fn a_group_without_a_base_is_never_reverted() {
+        // A group new in this version: its replicas have nothing to go
+        // back to (reverting would delete what the next pass creates).
+        let s = strategy(|s| s.auto_revert = true);
+        let mut i = input(&s);
+        i.has_base = false;
+        let replicas = [new(Health::Unhealthy("exited".into())), old()];
+        let p = plan(&i, &replicas);
+        assert!(p.revert.is_empty());
+        assert_eq!(p.update, [1]);
+        i.state = RolloutState::Failed;
+        assert!(plan(&i, &replicas).revert.is_empty());
     }
 }

@@ -61,11 +61,22 @@ impl Versions {
         }
     }
 
-    /// The spec of task `t` of replica `i` of group `g` for a replica placed
-    /// now (new, or moved from a lost robot): the settled version's.
-    pub fn place(&self, target: &Job, g: &TaskGroupTemplate, t: &TaskSpec, i: i32) -> TaskSpec {
+    /// The Job and group a replica placed now (new, or moved from a lost
+    /// robot) gets its tasks from: the settled version's, so a replica
+    /// placed during a rollout runs the base version's tasks (and the
+    /// rollout updates it in its turn). A group the base does not have is
+    /// new: the new version's.
+    pub fn settled_group<'a>(&'a self, target: &'a Job, g: &'a TaskGroupTemplate) -> (&'a Job, &'a TaskGroupTemplate) {
         let job = self.settled_job(target, g);
-        render(job, &g.name, &t.name, i).unwrap_or_else(|| job_expansion::place_task(target, g, t, i))
+        match job.spec.task_groups.iter().find(|x| x.name == g.name) {
+            Some(sg) => (job, sg),
+            None => (target, g),
+        }
+    }
+
+    /// Group `group` at the base version, if the base has it.
+    pub fn base_group(&self, group: &str) -> Option<&TaskGroupTemplate> {
+        self.base.as_ref()?.spec.task_groups.iter().find(|g| g.name == group)
     }
 
     /// Task `task` of replica `i` of group `group` at the base version, if
