@@ -189,6 +189,15 @@ impl Fixture {
             .unwrap_or_default()
     }
 
+    /// The Robot's status once it reports `version`, installed by its last
+    /// update.
+    fn version_of(&self, version: &str) -> Value {
+        wait_for(&format!("the robot reports {version}"), SLOW, || {
+            let s = self.robot_status();
+            (s["agentVersion"] == version && s["lastUpdate"]["version"] == version).then_some(s)
+        })
+    }
+
     fn wait_last_update(&self, result: &str) -> Value {
         wait_for(&format!("lastUpdate {result}"), SLOW, || {
             let s = self.robot_status();
@@ -600,21 +609,15 @@ fn a_halted_release_with_auto_revert_takes_its_robots_back_to_the_previous_relea
     let f = Fixture::new();
     let _agent = f.agent(&[]);
     let tasks = f.two_tasks();
-    let version_of = |v: &str| {
-        wait_for(&format!("the robot reports {v}"), SLOW, || {
-            let s = f.robot_status();
-            (s["agentVersion"] == v && s["lastUpdate"]["version"] == v).then_some(s)
-        })
-    };
     f.build("0.1.1");
     f.release("agent-a", "0.1.1", None);
-    version_of("0.1.1");
+    f.version_of("0.1.1");
     f.build("0.1.2");
     let mut b: Value = serde_yaml_ng::from_str(&f.signed("agent-b", "0.1.2", None)).unwrap();
     b["spec"]["autoRevert"] = json!(true);
     let r = f.server.send_json("POST", RELEASES, &b);
     assert_eq!(r.status, 201, "{}", r.body);
-    version_of("0.1.2");
+    f.version_of("0.1.2");
     // Another robot of the fleet rolls 0.1.2 back: the rollout halts.
     let robots = "/apis/robot.k8s4r.io/v1alpha1/namespaces/default/robots";
     let ghost =
@@ -632,7 +635,7 @@ fn a_halted_release_with_auto_revert_takes_its_robots_back_to_the_previous_relea
         "-p",
         &failed.to_string(),
     ]);
-    let s = version_of("0.1.1");
+    let s = f.version_of("0.1.1");
     assert_eq!(s["lastUpdate"]["release"], "agent-a", "{s}");
     assert_eq!(s["lastUpdate"]["result"], "Applied", "{s}");
     same_tasks(&f, &tasks);
@@ -649,12 +652,6 @@ fn release_revert_by_command_takes_its_robots_back_and_pause_stops_offers() {
     let f = Fixture::new();
     let _agent = f.agent(&[]);
     let tasks = f.two_tasks();
-    let version_of = |v: &str| {
-        wait_for(&format!("the robot reports {v}"), SLOW, || {
-            let s = f.robot_status();
-            (s["agentVersion"] == v && s["lastUpdate"]["version"] == v).then_some(s)
-        })
-    };
     let release_cmd = |args: &[&str]| {
         let out = f.server.k8s4r_cmd().arg("release").args(args).output().unwrap();
         assert!(
@@ -666,7 +663,7 @@ fn release_revert_by_command_takes_its_robots_back_and_pause_stops_offers() {
     };
     f.build("0.1.1");
     f.release("agent-a", "0.1.1", None);
-    version_of("0.1.1");
+    f.version_of("0.1.1");
     // Paused before a robot takes it: nobody is offered 0.1.2.
     f.build("0.1.2");
     let mut b: Value = serde_yaml_ng::from_str(&f.signed("agent-b", "0.1.2", None)).unwrap();
@@ -681,10 +678,10 @@ fn release_revert_by_command_takes_its_robots_back_and_pause_stops_offers() {
         Ok(())
     });
     assert!(release_cmd(&["resume", "agent-b"]).contains("resumed"));
-    version_of("0.1.2");
+    f.version_of("0.1.2");
     let out = release_cmd(&["revert", "agent-b"]);
     assert!(out.contains("reverted"), "{out}");
-    let s = version_of("0.1.1");
+    let s = f.version_of("0.1.1");
     assert_eq!(s["lastUpdate"]["release"], "agent-a", "{s}");
     same_tasks(&f, &tasks);
     let b = wait_for("agent-b's status says reverted", SLOW, || {
