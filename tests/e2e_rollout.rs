@@ -724,3 +724,36 @@ fn a_task_added_to_a_service_job_rolls_one_replica_at_a_time() {
         .collect();
     assert_eq!(on.len(), 3, "one replica per robot: {on:?}");
 }
+
+/// After a rollout failed (no autoRevert), a task deleted by hand comes
+/// back at the version its replica is on: the base on a robot the rollout
+/// did not reach, the new version on the canary it updated (a replica of
+/// two tasks: one that remains shows the version).
+#[test]
+fn after_a_failed_rollout_a_deleted_task_comes_back_at_its_replicas_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _, _agents) = fleet(dir.path(), None);
+    let u = update(json!({"canary": 1, "healthyDeadline": "4s"}));
+    start(&server, &with_side(app(1, true, u.clone()), true));
+    put(&server, &with_side(app(2, false, u), true));
+    wait_state(&server, 2, "Failed");
+    let canary: Vec<&str> = ROBOTS
+        .iter()
+        .copied()
+        .filter(|r| on(&server, r).is_some_and(|(v, _)| v == "2"))
+        .collect();
+    assert_eq!(canary.len(), 1, "one canary on version 2");
+    let other = ROBOTS.iter().copied().find(|r| *r != canary[0]).unwrap();
+    for (name, version) in [(task_name(other), "1"), (side_name(canary[0]), "2")] {
+        let uid = server.object("tasks", &name).unwrap()["metadata"]["uid"].clone();
+        server.kubectl_ok(&["delete", "task", &name]);
+        let back = wait_for(&format!("{name} re-created"), T, || {
+            let t = server.object("tasks", &name)?;
+            (t["metadata"]["uid"] != uid).then_some(t)
+        });
+        assert_eq!(back["spec"]["env"]["V"], version, "{name}: {back}");
+    }
+    wait_for("the re-created base task running", T, || {
+        (on(&server, other) == Some(("1".into(), "running".into()))).then_some(())
+    });
+}
