@@ -398,6 +398,7 @@ pub async fn roll(
             snapshot.push(Replica {
                 on_target,
                 on_base,
+                shows_target: r.shows_target(),
                 online: online(ctx, ns, &r.robot),
                 health,
                 updated_at_ms: r.objects().filter_map(|t| updated_at(t)).max(),
@@ -440,24 +441,6 @@ pub async fn roll(
             revert_on_robot: None,
             ..to_target
         };
-        // Settled: nothing is paced any more, but a task deleted by hand
-        // comes back at the version its replica is on: the new one after
-        // a success or where the replica shows it was updated (a task at a
-        // spec only the new version has), else the base one.
-        if versions.status.state.is_settled() {
-            for r in &group.replicas {
-                let updated = versions.status.state == RolloutState::Succeeded
-                    || r.tasks
-                        .iter()
-                        .any(|t| t.cur.is_some() && t.target != t.base && t.is_at(t.target.as_ref()));
-                for t in r.tasks.iter().filter(|t| t.cur.is_none()) {
-                    let want = if updated { t.target.as_ref() } else { t.base.as_ref() };
-                    if want.is_some() {
-                        put(ctx, to_base, r, t, want).await?;
-                    }
-                }
-            }
-        }
         for i in &p.update {
             let r = &group.replicas[*i];
             for t in &r.tasks {

@@ -7,7 +7,9 @@
 //! The rules, in order:
 //! - a settled rollout settles every replica: Succeeded puts the new
 //!   version on all (an offline robot gets it when it comes back), Failed
-//!   with autoRevert puts the base version on all;
+//!   with autoRevert puts the base version on all, Failed without it only
+//!   makes a half replica (a task deleted by hand) whole at the version it
+//!   shows;
 //! - no update block, a revert, or no base version of the group (the
 //!   Job's first version, or a group new in this one): every replica at
 //!   once, never reverted;
@@ -32,6 +34,9 @@ pub struct Replica {
     pub on_target: bool,
     /// Runs the base version.
     pub on_base: bool,
+    /// Shows the new version: a task at a spec only the new version has
+    /// (also when the replica is neither whole on target nor on base).
+    pub shows_target: bool,
     /// Its robot is Online.
     pub online: bool,
     /// Health of the new version on it (meaningful when `on_target`).
@@ -177,7 +182,21 @@ pub fn plan(input: &Input<'_>, replicas: &[Replica]) -> Plan {
             out.outcome = Outcome::Done;
             return out;
         }
-        RolloutState::Failed | RolloutState::Superseded => return fail(out, "failed".into()),
+        RolloutState::Failed | RolloutState::Superseded => {
+            let mut out = fail(out, "failed".into());
+            if !auto_revert {
+                // Nothing goes back, but a replica left half (a task
+                // deleted by hand) is made whole at the version it shows.
+                for (i, r) in replicas.iter().enumerate().filter(|(_, r)| !r.on_target && !r.on_base) {
+                    if r.shows_target {
+                        out.update.push(i);
+                    } else {
+                        out.revert.push(i);
+                    }
+                }
+            }
+            return out;
+        }
         _ => {}
     }
     let Some(s) = input.strategy.filter(|_| !input.at_once && input.has_base) else {
@@ -319,6 +338,7 @@ mod tests {
         Replica {
             on_target: false,
             on_base: true,
+            shows_target: false,
             online: true,
             health: Health::Waiting(None),
             updated_at_ms: None,
@@ -330,6 +350,7 @@ mod tests {
         Replica {
             on_target: true,
             on_base: false,
+            shows_target: true,
             online: true,
             health,
             updated_at_ms: Some(NOW - 500),
@@ -430,6 +451,19 @@ mod tests {
         // Without autoRevert the failed replica is left as it is.
         let s = strategy(|s| s.canary = CountOrPercent::Count(1));
         assert!(plan(&input(&s), &replicas).revert.is_empty());
+        // Settled as failed without autoRevert: whole replicas stay, half
+        // ones (a task deleted by hand) are made whole at the version they
+        // show.
+        let half = |shows_target| Replica {
+            on_target: false,
+            on_base: false,
+            shows_target,
+            ..old()
+        };
+        let mut i = input(&s);
+        i.state = RolloutState::Failed;
+        let p = plan(&i, &[new(Health::Healthy(NOW)), old(), half(true), half(false)]);
+        assert_eq!((p.update, p.revert), (vec![2], vec![3]));
     }
 
     #[test]

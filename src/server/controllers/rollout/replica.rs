@@ -82,6 +82,14 @@ impl ReplicaTasks {
         self.tasks.iter().all(|t| t.is_at(t.base.as_ref()))
     }
 
+    /// A task exists at a spec only the new version has: the replica was
+    /// updated (even if another of its tasks is missing).
+    pub fn shows_target(&self) -> bool {
+        self.tasks
+            .iter()
+            .any(|t| t.cur.is_some() && t.target != t.base && t.is_at(t.target.as_ref()))
+    }
+
     /// The objects of the tasks that exist.
     pub fn objects(&self) -> impl Iterator<Item = &Arc<Value>> {
         self.tasks.iter().filter_map(|t| t.cur.as_ref())
@@ -218,5 +226,10 @@ mod tests {
         // v2 changes main and adds side; only main was written.
         let half = replica_of(vec![task(Some(2), Some(2), Some(1)), task(None, Some(2), None)]);
         assert!(!half.on_target() && !half.on_base());
+        assert!(half.shows_target(), "main is at a spec only v2 has");
+        // On base with a task deleted by hand: an unchanged task shows
+        // nothing (both versions have its spec).
+        let base_half = replica_of(vec![task(Some(1), Some(1), Some(1)), task(None, Some(2), Some(1))]);
+        assert!(!base_half.on_target() && !base_half.on_base() && !base_half.shows_target());
     }
 }
