@@ -1200,6 +1200,13 @@ mod tests {
         }
     }
 
+    /// What a failed init task reports.
+    fn exited_3() -> Phase {
+        Phase::Failed {
+            reason: "exited 3".into(),
+        }
+    }
+
     fn running() -> Phase {
         Phase::Running {
             pid: 42,
@@ -1296,12 +1303,7 @@ mod tests {
         let mut rec = reconciler(data.path());
         let desired = [task("g", 0, "a", &[init("setup", false)])];
         let mut now = Running::new();
-        now.set(
-            "j-g-setup",
-            Phase::Failed {
-                reason: "exited 3".into(),
-            },
-        );
+        now.set("j-g-setup", exited_3());
         let plan = rec.plan(&desired, &now, &Observed::default()).plan;
         assert_eq!(started(&plan), ["j-g-setup"]);
         let notices = rec.take_notices();
@@ -1638,12 +1640,7 @@ mod tests {
         let mut rec = reconciler(nowhere());
         let desired = [task("g", 0, "a", &[init("setup", false)])];
         let mut now = Running::new();
-        now.set(
-            "j-g-setup",
-            Phase::Failed {
-                reason: "exited 3".into(),
-            },
-        );
+        now.set("j-g-setup", exited_3());
         let seen = Observed {
             log_tails: BTreeMap::from([("j-g-setup".to_string(), "[stderr] disk full".to_string())]),
             ..Default::default()
@@ -1667,15 +1664,8 @@ mod tests {
         std::fs::create_dir_all(&logs).unwrap();
         std::fs::write(logs.join("stderr"), "disk full\n").unwrap();
         let mut now = Running::new();
-        now.units.insert(
-            "j-g-setup".into(),
-            (
-                Phase::Failed {
-                    reason: "exited 3".into(),
-                },
-                data.path().join("setup"),
-            ),
-        );
+        now.units
+            .insert("j-g-setup".into(), (exited_3(), data.path().join("setup")));
         let seen = rec.observe(&desired, &now);
         assert_eq!(
             seen.log_tails.get("j-g-setup").map(String::as_str),
