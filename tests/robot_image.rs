@@ -160,6 +160,11 @@ fn build_rootfs(tmp: &Path, arch: &str, agent: &Path, extra: &[&std::ffi::OsStr]
 }
 
 /// Boot `rootfs`: its /sbin/init as PID 1 of new PID and mount namespaces.
+/// How long one step of a booted image may take: the five image tests run
+/// at once, two of them under qemu-user, and 20 s ran out on a loaded
+/// 2-core CI machine.
+const STEP: Duration = Duration::from_secs(120);
+
 fn boot(rootfs: &Path) -> Boot {
     let child = Command::new("unshare")
         .args(["--pid", "--mount", "--fork", "--propagation", "private", "chroot"])
@@ -188,16 +193,14 @@ fn boot_image(arch: &str, agent: &Path) {
     let mut boot = boot(&rootfs);
 
     // init -> agent -> task.
-    let first_agent = wait_for("the agent started by init", Duration::from_secs(20), || {
+    let first_agent = wait_for("the agent started by init", STEP, || {
         find(&rootfs, "k8s4r-agent run").first().copied()
     });
-    let task = wait_for("the job's task", Duration::from_secs(20), || {
-        find(&rootfs, "sleep 3600").first().copied()
-    });
+    let task = wait_for("the job's task", STEP, || find(&rootfs, "sleep 3600").first().copied());
     let log = rootfs.join("var/log/k8s4r-agent.log");
     // The agent persists a unit once it runs; only then can a successor adopt it.
     let state = rootfs.join("var/lib/k8s4r/state.json");
-    wait_for("the task's pid persisted", Duration::from_secs(20), || {
+    wait_for("the task's pid persisted", STEP, || {
         std::fs::read_to_string(&state).ok()?.contains("\"pid\"").then_some(())
     });
 
@@ -207,10 +210,10 @@ fn boot_image(arch: &str, agent: &Path) {
         rustix::process::Signal::KILL,
     )
     .unwrap();
-    let second_agent = wait_for("init to respawn the agent", Duration::from_secs(20), || {
+    let second_agent = wait_for("init to respawn the agent", STEP, || {
         find(&rootfs, "k8s4r-agent run").into_iter().find(|p| *p != first_agent)
     });
-    wait_for("the new agent to re-adopt the task", Duration::from_secs(20), || {
+    wait_for("the new agent to re-adopt the task", STEP, || {
         std::fs::read_to_string(&log)
             .ok()?
             .contains("adopted running pid")
@@ -293,7 +296,7 @@ fn an_unconfigured_image_waits_quietly() {
     let log = rootfs.join("var/log/k8s4r-agent.log");
     let agent_pids = || find(&rootfs, "k8s4r-agent --data-dir");
     // Its first words (whatever they are) say init has started it.
-    wait_for("init to start the agent", Duration::from_secs(20), || {
+    wait_for("init to start the agent", STEP, || {
         (std::fs::metadata(&log).ok()?.len() > 0).then_some(())
     });
     // Every agent process seen in the window: one, unless it exits and
