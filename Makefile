@@ -12,9 +12,14 @@ build:
 	$(CARGO) build --release
 
 # The robot agents abort on panic (smaller; the server's release build
-# unwinds, see Cargo.toml). Every build of a musl agent goes through these
-# two targets.
-AGENT_PROFILE := CARGO_PROFILE_RELEASE_PANIC=abort
+# unwinds, see Cargo.toml), so they are linked with rust-lld without unwind
+# tables (.cargo/agent-link.ld says why). Every build of a musl agent goes
+# through these two targets; test builds for the musl targets unwind and
+# keep their tables.
+AGENT_LINK := -C linker=rust-lld -C link-arg=-T$(CURDIR)/.cargo/agent-link.ld -C link-arg=--no-eh-frame-hdr
+AGENT_PROFILE := CARGO_PROFILE_RELEASE_PANIC=abort \
+	CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_RUSTFLAGS="$(AGENT_LINK)" \
+	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUSTFLAGS="$(AGENT_LINK)"
 
 # Static x86_64 agent: no server features, musl, size-tuned release profile.
 agent:
