@@ -105,6 +105,12 @@ pub struct Request<'a> {
     pub body: Option<&'a [u8]>,
     /// Connect, and each read or write, must finish within this.
     pub timeout: Duration,
+    /// On a kept-alive TCP connection ([`KeepAlive`]), waiting for the
+    /// answer to begin: give up once the connection has received nothing
+    /// at all (not even a TCP keepalive probe, [`crate::tcp_info`]) for
+    /// this long. A held long poll's server probes the connection while it
+    /// waits, so silence means the server, or the path to it, is gone.
+    pub silence: Option<Duration>,
 }
 
 impl Request<'_> {
@@ -115,6 +121,7 @@ impl Request<'_> {
             headers: &[],
             body: None,
             timeout,
+            silence: None,
         }
     }
 
@@ -357,12 +364,13 @@ impl KeepAlive {
         }
         // Closed or reset under us (not timed out: that is the server's
         // or the link's slowness, and sending again would only wait twice).
-        match reader.fill_buf() {
-            Ok([]) if !fresh => return Err(Try::Stale),
+        match first_byte(&mut reader, req) {
+            Ok(false) if !fresh => return Err(Try::Stale),
             Err(e) if !fresh && closed(&e) => return Err(Try::Stale),
             Err(e) => return Err(e.into()),
             Ok(_) => {}
         }
+        set_timeouts(reader.get_ref(), req.timeout)?;
         let (full, reader, closes) = read_whole(reader, limit)?;
         // Nothing may be left over: the next answer must start clean.
         if !closes && reader.buffer().is_empty() {
@@ -373,6 +381,44 @@ impl KeepAlive {
             });
         }
         Ok(full)
+    }
+}
+
+/// Wait for the answer's first byte (false: the connection closed first).
+/// With [`Request::silence`], the wait reads the socket in slices of a
+/// quarter of it and ends early once nothing at all arrived for that long;
+/// it ends at `timeout` either way.
+fn first_byte(reader: &mut BufReader<Stream>, req: &Request) -> io::Result<bool> {
+    let (Some(silence), Stream::Tcp(tcp)) = (req.silence, reader.get_ref()) else {
+        return reader.fill_buf().map(|b| !b.is_empty());
+    };
+    let slice = (silence / 4).clamp(Duration::from_millis(100), req.timeout.max(Duration::from_millis(100)));
+    tcp.set_read_timeout(Some(slice))?;
+    let start = Instant::now();
+    let mut heard = (start, crate::tcp_info::read(tcp)?.segments_in);
+    loop {
+        match reader.fill_buf() {
+            Ok(b) => return Ok(!b.is_empty()),
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                let Stream::Tcp(tcp) = reader.get_ref() else {
+                    return Err(e);
+                };
+                let now = Instant::now();
+                let segments = crate::tcp_info::read(tcp)?.segments_in;
+                if segments != heard.1 {
+                    heard = (now, segments);
+                } else if now.saturating_duration_since(heard.0) >= silence {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("nothing from the server for {silence:?} (not even a keepalive probe)"),
+                    ));
+                }
+                if now.saturating_duration_since(start) >= req.timeout {
+                    return Err(e);
+                }
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -925,5 +971,53 @@ mod tests {
         assert!(matches!(e, HttpError::Connect(..)), "{e}");
         let e = get_unix(&sock, "/a b", Duration::from_secs(5), 10).err().unwrap();
         assert!(matches!(e, HttpError::Target(_)), "{e}");
+    }
+
+    /// A server that reads one request and answers it after `answer_after`,
+    /// probing the connection every second meanwhile when `probe`.
+    fn slow_server(answer_after: Duration, probe: bool) -> String {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", l.local_addr().unwrap());
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            if probe {
+                use rustix::net::sockopt;
+                sockopt::set_tcp_keepidle(&s, Duration::from_secs(1)).unwrap();
+                sockopt::set_tcp_keepintvl(&s, Duration::from_secs(1)).unwrap();
+                sockopt::set_socket_keepalive(&s, true).unwrap();
+            }
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            while r.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                line.clear();
+            }
+            std::thread::sleep(answer_after);
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        });
+        base
+    }
+
+    #[test]
+    fn a_held_request_gives_up_on_a_silent_connection_but_not_on_a_probed_one() {
+        let held = |base: &str| {
+            let url = format!("{base}/poll");
+            let req = Request {
+                silence: Some(Duration::from_millis(2500)),
+                ..Request::get(&url, Duration::from_secs(30))
+            };
+            let started = Instant::now();
+            let got = KeepAlive::new(Duration::from_secs(60), &[]).send(&req, 10);
+            (got, started.elapsed())
+        };
+        // Nothing arrives for 2.5 s: given up long before the 30 s timeout
+        // (and before the answer at 8 s).
+        let (got, took) = held(&slow_server(Duration::from_secs(8), false));
+        let e = got.err().expect("a silent connection is given up");
+        assert!(e.to_string().contains("nothing from the server"), "{e}");
+        assert!(took < Duration::from_secs(7), "{took:?}");
+        // Probed every second: the same wait ends with the answer.
+        let (got, took) = held(&slow_server(Duration::from_secs(4), true));
+        assert_eq!(got.unwrap().body, b"ok");
+        assert!(took >= Duration::from_secs(4), "{took:?}");
     }
 }

@@ -10,6 +10,7 @@
 //! - `atomic_file`: the one atomic, durable file replacement.
 //! - `http_client`: the one HTTP/1.1 client (robot channel, artifacts,
 //!   self-update downloads, http health checks, Envoy's admin socket).
+//! - `tcp_info`: what the kernel knows of a TCP connection (held polls).
 
 pub mod agent;
 pub mod api;
@@ -21,3 +22,4 @@ pub mod envoy;
 pub mod http_client;
 #[cfg(feature = "server")]
 pub mod server;
+pub mod tcp_info;

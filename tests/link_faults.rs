@@ -6,6 +6,11 @@
 //!
 //! `K8S4R_LINK_CUT_SECS` sets the cut's length (default 15 s; `make
 //! reliability` holds it 600 s).
+//!
+//! The relay terminates TCP on both sides, so it would answer a held
+//! poll's keepalive probes itself: these servers run with `--poll-hold 0`
+//! (a poll every interval, the mode for paths through TCP-terminating
+//! proxies). Held polls over a real link, cut for real: tests/link_hold.rs.
 
 mod common;
 mod link_util;
@@ -50,7 +55,8 @@ fn phase(server: &Server) -> String {
 /// A server (`args`), a relay in front of its agent listener, and an agent
 /// through the relay, Online before the link turns bad.
 fn setup(args: &[&str]) -> (Server, Relay, ConnectedAgent, tempfile::TempDir) {
-    let server = Server::start_with(args);
+    let args: Vec<&str> = args.iter().copied().chain(["--poll-hold", "0s"]).collect();
+    let server = Server::start_with(&args);
     let relay = Relay::start(&server.agent_base);
     let dir = tempfile::tempdir().unwrap();
     let agent = ConnectedAgent::start(

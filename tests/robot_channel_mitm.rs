@@ -236,7 +236,10 @@ fn alive(pid: i64) -> bool {
 #[test]
 fn a_man_in_the_middle_can_neither_read_nor_forge_the_robot_channel() {
     let _ = std::fs::remove_file("/tmp/k8s4r-mitm-pwned");
-    let server = Server::start_with(&["--poll-interval", "1s"]);
+    // A poll answered every second gives the man in the middle answers to
+    // tamper with: not held (a held poll answers only on a change, and
+    // the proxy, terminating TCP, would swallow its keepalive probes).
+    let server = Server::start_with(&["--poll-interval", "1s", "--poll-hold", "0s"]);
     let mitm = Mitm::start(&server.agent_base);
     let token = server.join_token();
     let dir = tempfile::tempdir().unwrap();

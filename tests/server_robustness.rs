@@ -51,7 +51,14 @@ fn still_serving(s: &Server) {
 fn durations_beyond_the_clock_are_refused_and_the_server_lives() {
     // Join tokens may live as long as any duration here (the server's
     // default cap is a day): the 10-year bound is what is tested.
-    let s = Server::start_with(&["--poll-interval", "1s", "--max-join-token-ttl", "87600h"]);
+    let s = Server::start_with(&[
+        "--poll-interval",
+        "1s",
+        "--poll-hold",
+        "2s",
+        "--max-join-token-ttl",
+        "87600h",
+    ]);
     // The request that aborted the server: no credentials needed.
     for t in ["10000000000000000000", "18446744073709551615", "315360001"] {
         let r = s.get(&format!("{G}/namespaces/default/tasks?watch=true&timeoutSeconds={t}"));
@@ -97,7 +104,8 @@ fn durations_beyond_the_clock_are_refused_and_the_server_lives() {
     let r = s.send_json("POST", "/agent/v1/jointokens", &json!({"ttlSeconds": 315_360_000}));
     assert_eq!(r.status, 200, "{}", r.body);
 
-    // The long poll's wait: any length parses, the fleet's interval caps it.
+    // The long poll's wait: any length parses, --poll-hold caps it (the
+    // poll interval where the server cannot watch the connection).
     let join = s.join_token();
     let mut robot = Robot::register(&s, &join, "patient", json!({}));
     robot.poll("0s");
@@ -106,7 +114,7 @@ fn durations_beyond_the_clock_are_refused_and_the_server_lives() {
         robot.poll(wait);
         assert!(
             started.elapsed() < Duration::from_secs(20),
-            "wait={wait} was not capped by the 1 s poll interval"
+            "wait={wait} was not capped by the 2 s --poll-hold"
         );
     }
     let r = robot.send("GET", "/agent/v1/robots/patient/assignments?wait=forever", None);

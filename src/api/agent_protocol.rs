@@ -129,6 +129,14 @@ pub struct Assignments {
     /// The robot is marked Offline (its tasks Lost) after this long without
     /// a poll.
     pub offline_after_seconds: u64,
+    /// The server may hold a poll this long (ask it as `wait`): it then
+    /// counts the robot alive while its TCP connection answers keepalive
+    /// probes, sent every `probe_seconds`. Zero (older servers, or over
+    /// HTTPS): poll every `poll_interval_seconds`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub hold_seconds: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub probe_seconds: u64,
     /// Operators asking for task output (`k8s4r logs`): the agent answers
     /// each with a [`LogUpload`] to `POST /agent/v1/robots/{name}/logs`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -314,4 +322,9 @@ pub struct ServerKeyInfo {
     pub retire_at: Option<String>,
     /// The key new join tokens pin and answers move robots to.
     pub current: bool,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+pub(crate) fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

@@ -21,6 +21,7 @@ use crate::server::object;
 use crate::server::poll_slots::PollSlots;
 use crate::server::registry::{Part, Registry, WriteOptions};
 use crate::server::resources::{ROBOTS, TASKS};
+use crate::server::robot_channel::link::{HoldTiming, Link};
 use crate::server::robot_channel::verify::{check_time, Refusal, SignedRequest};
 use crate::server::robot_channel::{self, Channel};
 use crate::server::status::Status;
@@ -124,6 +125,12 @@ pub struct AssignmentsView {
     pub removed_groups: Vec<String>,
     pub poll_interval_seconds: u64,
     pub offline_after_seconds: u64,
+    /// Over the agent listener: how long a poll may be held (the agent
+    /// asks that as its `wait`) and how often its connection is probed.
+    #[serde(skip_serializing_if = "crate::api::agent_protocol::is_zero")]
+    pub hold_seconds: u64,
+    #[serde(skip_serializing_if = "crate::api::agent_protocol::is_zero")]
+    pub probe_seconds: u64,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub log_requests: Vec<crate::api::agent_protocol::LogRequest>,
     /// An agent release to install (see `agent_rollout`).
@@ -204,6 +211,10 @@ impl Agents {
             e => Status::internal(e.to_string()),
         })?;
         log::info!("robot channel: server key rotated; the old one answers for {overlap:?} more");
+        // Held polls answer now, endorsing the new key, rather than up to
+        // --poll-hold later (robots polling other replicas hear of it with
+        // their next answer: keep the overlap above --poll-hold).
+        self.hub.fleet.wake_all();
         Ok(list)
     }
 
@@ -372,7 +383,16 @@ impl Agents {
     /// getting old (whichever replica wrote it) or the Robot is not Online.
     /// Returns how long the stored heartbeat stays fresh.
     async fn heartbeat(&self, id: &RobotIdentity) -> Result<Duration, Status> {
+        self.heartbeat_seen(id, Duration::ZERO).await
+    }
+
+    /// [`Agents::heartbeat`] for a sign of life `ago` in the past (a held
+    /// poll's last TCP acknowledgement).
+    async fn heartbeat_seen(&self, id: &RobotIdentity, ago: Duration) -> Result<Duration, Status> {
         let (ns, name) = (id.namespace.as_str(), id.name.as_str());
+        let seen = std::time::Instant::now()
+            .checked_sub(ago)
+            .unwrap_or_else(std::time::Instant::now);
         let cached = self.hub.cache.get("robots", ns, name);
         let online = cached
             .as_ref()
@@ -386,10 +406,12 @@ impl Agents {
             .as_deref()
             .filter(|_| online)
             .and_then(fleet::stored_heartbeat_age);
-        if let Heartbeat::FreshFor(left) = self.hub.fleet.heartbeat(ns, name, stored_age) {
+        if let Heartbeat::FreshFor(left) = self.hub.fleet.heartbeat_seen(ns, name, stored_age, seen) {
             return Ok(left);
         }
-        let patch = json!({"status": {"phase": "Online", "lastHeartbeatTime": time::now_rfc3339(), "message": null}});
+        let at = time::now_unix().saturating_sub(i64::try_from(ago.as_secs()).unwrap_or(i64::MAX));
+        let patch =
+            json!({"status": {"phase": "Online", "lastHeartbeatTime": time::format_rfc3339(at), "message": null}});
         match self
             .registry
             .patch(&ROBOTS, ns, name, &patch, Part::Status, INTERNAL)
@@ -451,6 +473,8 @@ impl Agents {
             removed_groups: Vec::new(),
             poll_interval_seconds: self.hub.fleet.poll_interval().as_secs().max(1),
             offline_after_seconds: self.hub.fleet.offline_after().as_secs(),
+            hold_seconds: 0,
+            probe_seconds: 0,
             log_requests: self.logs.broker.take_unsent(&id.namespace, &id.name),
             release_key: agent_update.as_ref().and(self.release_key.clone()),
             agent_update,
@@ -507,16 +531,38 @@ impl Agents {
     }
 
     /// The long poll: answer when the robot's desired set has a revision
-    /// above `since`, or after `wait` (capped by the fleet's interval).
+    /// above `since`, or after `wait`: at most the fleet's interval, or,
+    /// over a connection the server can watch (`link`, the agent
+    /// listener), up to `--poll-hold` with the connection's TCP keepalive
+    /// as the heartbeat meanwhile.
     pub async fn poll(
         &self,
         id: &RobotIdentity,
         since: u64,
         wait: Duration,
         ask: Ask,
+        link: Option<&Link>,
     ) -> Result<AssignmentsView, Status> {
         let fresh_for = self.heartbeat(id).await?;
-        let wait = wait.min(self.hub.fleet.poll_interval());
+        let interval = self.hub.fleet.poll_interval();
+        let offline_after = self.hub.fleet.offline_after();
+        let timing = HoldTiming::for_offline_after(offline_after);
+        // Held past the interval only when asked, and only where the
+        // robot's acknowledgements can be read; the probes are set up here.
+        let hold = self.hub.fleet.poll_hold().filter(|_| link.is_some());
+        let held = link
+            .filter(|_| hold.is_some() && wait > interval)
+            .filter(|l| match l.hold(timing, offline_after) {
+                Ok(()) => true,
+                Err(e) => {
+                    log::debug!("robot {}: not holding its poll: {e}", id.name);
+                    false
+                }
+            });
+        let wait = wait.min(match (held, hold) {
+            (Some(_), Some(hold)) => hold,
+            _ => interval,
+        });
         let (_, notify) = self.hub.fleet.subscribe(&id.namespace, &id.name);
         let notified = notify.notified();
         tokio::pin!(notified);
@@ -526,23 +572,40 @@ impl Agents {
             // The robot holding its poll open is alive: its stored heartbeat
             // is refreshed when it falls due during the wait, not only when
             // the robot comes back (that could be a whole wait too late).
+            // Held longer than the interval, it is alive while its end of
+            // the connection answers the probes: the heartbeat written is
+            // its last acknowledgement's time, and a connection silent
+            // past the offline limit (or closed) ends the poll.
             let end = after(wait);
             let mut fresh_for = fresh_for;
             loop {
-                if tokio::time::timeout_at(after(fresh_for).min(end), notified.as_mut())
+                let next = match held {
+                    Some(_) => fresh_for.min(timing.check),
+                    None => fresh_for,
+                };
+                if tokio::time::timeout_at(after(next).min(end), notified.as_mut())
                     .await
                     .is_ok()
                 {
                     break;
                 }
-                fresh_for = self.heartbeat(id).await?;
+                fresh_for = match held.map(Link::ack_age) {
+                    None => self.heartbeat(id).await?,
+                    Some(Ok(ago)) if ago < offline_after => self.heartbeat_seen(id, ago).await?,
+                    Some(Ok(_) | Err(_)) => break,
+                };
                 if tokio::time::Instant::now() >= end {
                     break;
                 }
             }
         }
         let rev = self.hub.fleet.revision(&id.namespace, &id.name);
-        Ok(self.desired(id, rev, since, ask))
+        let mut view = self.desired(id, rev, since, ask);
+        if let Some(hold) = hold {
+            view.hold_seconds = hold.as_secs();
+            view.probe_seconds = timing.probe.as_secs();
+        }
+        Ok(view)
     }
 
     /// [`Agents::poll`] holding the robot's one poll slot: a newer poll
@@ -555,10 +618,11 @@ impl Agents {
         since: u64,
         wait: Duration,
         ask: Ask,
+        link: Option<&Link>,
     ) -> Result<AssignmentsView, Status> {
         let mut slot = self.polls.enter(&id.namespace, &id.name);
         tokio::select! {
-            answer = self.poll(id, since, wait, ask) => answer,
+            answer = self.poll(id, since, wait, ask, link) => answer,
             () = slot.superseded() => Err(Status::too_many_requests(
                 format!(
                     "a newer poll from robot {:?} replaced this one (one long poll per robot; \

@@ -27,10 +27,17 @@ pub struct FleetConfig {
     /// Versions of each Job's spec kept (`--job-history`): the Rollout
     /// objects `k8s4r job history` lists and a revert can go back to.
     pub job_history: usize,
+    /// Longest a long poll is held on the agent listener for an agent that
+    /// asks (`--poll-hold`, zero: never longer than the poll interval):
+    /// the connection's TCP keepalive is the heartbeat meanwhile.
+    pub poll_hold: Duration,
 }
 
 /// Most `--job-history`: each version holds a whole Job spec.
 pub const MAX_JOB_HISTORY: usize = 1000;
+
+/// `--poll-hold`'s default: an idle robot opens one poll an hour.
+pub const DEFAULT_POLL_HOLD: Duration = Duration::from_secs(3600);
 
 impl Default for FleetConfig {
     fn default() -> Self {
@@ -39,6 +46,7 @@ impl Default for FleetConfig {
             offline_after: None,
             max_poll_rate: 500.0,
             job_history: 10,
+            poll_hold: DEFAULT_POLL_HOLD,
         }
     }
 }
@@ -170,20 +178,37 @@ impl Fleet {
     /// [`Heartbeat::Write`] claims the write: the caller must write it, and
     /// call [`Fleet::forget_persisted`] if that fails.
     pub fn heartbeat(&self, ns: &str, name: &str, stored_age: Option<Duration>) -> Heartbeat {
+        self.heartbeat_seen(ns, name, stored_age, Instant::now())
+    }
+
+    /// [`Fleet::heartbeat`] for a sign of life `seen` earlier than now (a
+    /// held poll's last acknowledgement): the heartbeat written is that
+    /// moment's, and nothing is written when it is no newer than the last
+    /// one written.
+    pub fn heartbeat_seen(&self, ns: &str, name: &str, stored_age: Option<Duration>, seen: Instant) -> Heartbeat {
         let refresh = self.heartbeat_refresh();
         let mut map = self.lock();
         let e = self.entry(&mut map, ns, name);
         let now = Instant::now();
-        e.last_seen = now;
+        e.last_seen = e.last_seen.max(seen);
         let own = e.persisted.map(|p| now.saturating_duration_since(p));
         let age = [stored_age, own].into_iter().flatten().min();
+        let newer = e.persisted.is_none_or(|p| seen > p);
         match age.and_then(|a| refresh.checked_sub(a)).filter(|left| !left.is_zero()) {
             Some(left) => Heartbeat::FreshFor(left),
+            None if !newer => Heartbeat::FreshFor(refresh),
             None => {
-                e.persisted = Some(now);
+                e.persisted = Some(seen);
                 Heartbeat::Write
             }
         }
+    }
+
+    /// How long a poll on the agent listener may be held for an agent that
+    /// asks: `--poll-hold`, never below the poll interval; None when
+    /// `--poll-hold 0` turned holding off.
+    pub fn poll_hold(&self) -> Option<Duration> {
+        (!self.cfg.poll_hold.is_zero()).then(|| self.cfg.poll_hold.max(self.poll_interval()))
     }
 
     /// The heartbeat was just written (at registration).
@@ -246,6 +271,14 @@ impl Fleet {
         self.lock().remove(&(ns.to_string(), name.to_string()));
     }
 
+    /// Answer every long poll held here now (their answers carry what
+    /// changed for all robots, such as a rotated server key's endorsement).
+    pub fn wake_all(&self) {
+        for e in self.lock().values() {
+            e.notify.notify_waiters();
+        }
+    }
+
     /// `robot`'s desired set changed at `revision`: answer its long poll.
     pub fn wake(&self, ns: &str, robot: &str, revision: u64) {
         let mut map = self.lock();
@@ -290,6 +323,7 @@ mod tests {
             offline_after: Some(Duration::from_secs(6)),
             max_poll_rate: 500.0,
             job_history: 10,
+            poll_hold: DEFAULT_POLL_HOLD,
         })
     }
 

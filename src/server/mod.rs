@@ -278,10 +278,13 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    // The peer address: the audit log's sourceIPs.
+    // The peer address (the audit log's sourceIPs) and the connection
+    // (held long polls watch it).
     let agents = axum::serve(
-        axum::serve::ListenerExt::tap_io(agent_listener, robot_channel::link::tune),
-        http::agent_router(app.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+        robot_channel::link::AgentListener(agent_listener),
+        http::agent_router(app.clone())
+            .layer(axum::middleware::map_request(robot_channel::link::insert_link))
+            .into_make_service_with_connect_info::<robot_channel::link::AgentPeer>(),
     )
     .with_graceful_shutdown(until_stopped(stopped.clone()));
     let api = async {

@@ -461,7 +461,7 @@ fn a_tampered_forged_or_replayed_answer_is_refused_and_changes_nothing() {
     // reaches the main thread's desired set.
     let mut poller = super::Poller::new(super::desired::Kept::default());
     let mut inbox = super::Inbox::default();
-    let first = client.assignments(poller.since, Duration::ZERO, false);
+    let first = client.assignments(poller.since, Duration::ZERO, false, None);
     assert!(matches!(
         poller.take(first, &mut inbox, dir.path()),
         super::AfterPoll::Answered { wake: true, .. }
@@ -480,7 +480,7 @@ fn a_tampered_forged_or_replayed_answer_is_refused_and_changes_nothing() {
         "not sealed",
         "no valid K8s4r-Signature",
     ] {
-        let result = client.assignments(poller.since, Duration::ZERO, false);
+        let result = client.assignments(poller.since, Duration::ZERO, false, None);
         match &result {
             Err(e @ ClientError::Refused(_)) => {
                 assert!(e.to_string().starts_with("refused answer: "), "{e}");
@@ -504,7 +504,7 @@ fn a_tampered_forged_or_replayed_answer_is_refused_and_changes_nothing() {
         assert_eq!(poller.since, 7);
     }
     // The real server's word: registering again is the way forward.
-    let e = client.assignments(poller.since, Duration::ZERO, false);
+    let e = client.assignments(poller.since, Duration::ZERO, false, None);
     assert!(e.as_ref().is_err_and(ClientError::is_unknown_robot), "{e:?}");
     poller.take(e, &mut inbox, dir.path());
     assert!(inbox.latest.is_none());
@@ -602,9 +602,9 @@ fn a_signed_401_about_the_clock_corrects_it_and_retries_once() {
     };
     let (base, t) = serve(vec![step(false), step(false), step(true), step(true)]);
     let client = registered(dir.path(), &base, &server.public());
-    assert_eq!(client.assignments(0, Duration::ZERO, false).unwrap().revision, 3);
+    assert_eq!(client.assignments(0, Duration::ZERO, false, None).unwrap().revision, 3);
     // Still refused after the correction: one retry, then the error.
-    let e = client.assignments(0, Duration::ZERO, false).unwrap_err();
+    let e = client.assignments(0, Duration::ZERO, false, None).unwrap_err();
     assert!(matches!(e, ClientError::Status { code: 401, .. }), "{e}");
     assert!(!e.is_unknown_robot());
     let asked = t.join().unwrap();
@@ -646,20 +646,20 @@ fn a_next_server_key_is_adopted_only_with_a_valid_endorsement() {
     let client = registered(dir.path(), &base, &server.public());
     let cfg = config(&base, None);
     for _ in 0..2 {
-        client.assignments(0, Duration::ZERO, false).unwrap();
+        client.assignments(0, Duration::ZERO, false, None).unwrap();
         assert_eq!(
             identity::load(dir.path(), &cfg).and_then(|i| i.server_keys()),
             Some(server.public()),
             "an unendorsed next key is ignored"
         );
     }
-    client.assignments(0, Duration::ZERO, false).unwrap();
+    client.assignments(0, Duration::ZERO, false, None).unwrap();
     assert_eq!(
         identity::load(dir.path(), &cfg).and_then(|i| i.server_keys()),
         Some(next.public()),
         "the endorsed key is stored"
     );
-    client.assignments(0, Duration::ZERO, false).unwrap();
+    client.assignments(0, Duration::ZERO, false, None).unwrap();
     let asked = t.join().unwrap();
     let ids: Vec<&str> = asked.iter().map(|a| a.header(SERVER_KEY).unwrap()).collect();
     let (old, new) = (server.public().id(), next.public().id());

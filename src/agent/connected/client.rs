@@ -90,6 +90,8 @@ struct Call<'a> {
     path: String,
     plain: Vec<u8>,
     timeout: Duration,
+    /// See [`Request::silence`] (a held long poll).
+    silence: Option<Duration>,
     /// Retry once at once after a signed 401 about the clock or counter
     /// (not for registration: its claim carries the time, see `identity`).
     retry: bool,
@@ -124,6 +126,7 @@ impl Client {
             path: format!("{PREFIX}/register"),
             plain: to_json(req)?,
             timeout: REQUEST_TIMEOUT,
+            silence: None,
             retry: false,
         };
         let (answer, server) = self.exchange(name, &Peer::Pinned(pin), &call)?;
@@ -135,8 +138,16 @@ impl Client {
     /// Long poll: returns at once if the desired set changed after `since`,
     /// else when it changes or `wait` is over. Asks for deltas in the group
     /// form (each TaskGroup's shared data once), and with `verify` for the
-    /// digest even when nothing changed.
-    pub fn assignments(&self, since: u64, wait: Duration, verify: bool) -> Result<Assignments, ClientError> {
+    /// digest even when nothing changed. A held poll (`silence`: the
+    /// server probes the connection meanwhile) gives up once the
+    /// connection has been silent that long.
+    pub fn assignments(
+        &self,
+        since: u64,
+        wait: Duration,
+        verify: bool,
+        silence: Option<Duration>,
+    ) -> Result<Assignments, ClientError> {
         let robot = self.robot()?;
         let call = Call {
             method: "GET",
@@ -147,6 +158,7 @@ impl Client {
             ),
             plain: Vec::new(),
             timeout: wait.saturating_add(POLL_SLACK),
+            silence,
             retry: true,
         };
         self.robot_call(&robot, &call)
@@ -159,6 +171,7 @@ impl Client {
             path: format!("{PREFIX}/robots/{robot}/status"),
             plain: to_json(report)?,
             timeout: REQUEST_TIMEOUT,
+            silence: None,
             retry: true,
         };
         self.robot_call(&robot, &call)
@@ -171,6 +184,7 @@ impl Client {
             path: format!("{PREFIX}/robots/{robot}/logs"),
             plain: to_json(upload)?,
             timeout: REQUEST_TIMEOUT,
+            silence: None,
             retry: true,
         };
         self.robot_call::<serde_json::Value>(&robot, &call).map(|_| ())
@@ -246,6 +260,7 @@ impl Client {
             headers: &headers,
             body: (call.method != "GET").then_some(out.body.as_slice()),
             timeout: call.timeout,
+            silence: call.silence,
         };
         // A redirect is not followed: the signature covers this target only
         // (and a signed answer is what counts, wherever it comes from).

@@ -5,8 +5,10 @@
 //! Three threads, no async runtime:
 //! - the main thread owns the supervisor and reconciler and sleeps in the
 //!   supervisor's poll(); the others wake it through its waker;
-//! - the poller holds one long-poll open (`wait=30s`), which is also the
-//!   heartbeat, and hands every new desired set to the main thread;
+//! - the poller holds one long-poll open (`wait=30s`, or as long as the
+//!   server holds it, an hour by default, while its TCP keepalive probes
+//!   say both ends are there), which is also the heartbeat, and hands
+//!   every new desired set to the main thread;
 //! - the reporter sends the outbox (and the device facts when they change).
 //!
 //! Losing the server changes nothing on the robot: the last desired set is
@@ -58,6 +60,8 @@ use std::time::{Duration, Instant};
 const DEFAULT_POLL_WAIT: Duration = Duration::from_secs(30);
 /// Longest long poll, whatever the server asks for.
 const MAX_POLL_WAIT: Duration = Duration::from_secs(3600);
+/// Longest held poll (the server probes its connection meanwhile).
+const MAX_POLL_HOLD: Duration = Duration::from_secs(86_400);
 /// How often the device's facts are read; they go to the server only when
 /// changed or due for a refresh (see [`device_facts`]).
 pub const DEVICE_INFO_EVERY: Duration = device_facts::CHECK_EVERY;
@@ -316,7 +320,7 @@ fn spawn_poller(shared: Arc<Shared>, client: Client, waker: Waker, data_dir: Pat
     std::thread::spawn(move || {
         let mut poller = Poller::new(kept);
         while !shared.stop.load(Ordering::SeqCst) {
-            let result = client.assignments(poller.since, poller.wait, poller.verify);
+            let result = client.assignments(poller.since, poller.wait, poller.verify, poller.silence);
             let after = poller.take(result, &mut lock(&shared.inbox), &data_dir);
             match after {
                 AfterPoll::Answered { wake, log_requests } => {
@@ -345,6 +349,8 @@ fn spawn_poller(shared: Arc<Shared>, client: Client, waker: Waker, data_dir: Pat
 struct Poller {
     since: u64,
     wait: Duration,
+    /// A held poll: give up on a connection silent this long.
+    silence: Option<Duration>,
     /// Ask for the digest even if nothing changed (a set loaded from disk).
     verify: bool,
     kept: desired::Kept,
@@ -373,6 +379,7 @@ impl Poller {
             verify: kept.revision() != 0,
             kept,
             wait: Duration::ZERO, // the first poll answers at once
+            silence: None,
             backoff: Backoff::new(RETRY_BASE, RETRY_MAX),
             reported_down: false,
             answered: false,
@@ -398,10 +405,19 @@ impl Poller {
                 }
                 // The server's number, within reason: a long poll that
                 // outlasts MAX_POLL_WAIT would look like a dead server.
-                self.wait = if a.poll_interval_seconds > 0 {
-                    Duration::from_secs(a.poll_interval_seconds).min(MAX_POLL_WAIT)
+                // Held polls may last longer: the server's keepalive probes
+                // (every probe_seconds) say meanwhile that it is there, and
+                // a quarter of that again without any is silence.
+                (self.wait, self.silence) = if a.hold_seconds > 0 && a.probe_seconds > 0 {
+                    let probe = Duration::from_secs(a.probe_seconds).min(MAX_POLL_WAIT);
+                    (
+                        Duration::from_secs(a.hold_seconds).min(MAX_POLL_HOLD),
+                        Some(probe.saturating_add(probe / 4)),
+                    )
+                } else if a.poll_interval_seconds > 0 {
+                    (Duration::from_secs(a.poll_interval_seconds).min(MAX_POLL_WAIT), None)
                 } else {
-                    DEFAULT_POLL_WAIT
+                    (DEFAULT_POLL_WAIT, None)
                 };
                 let fresh = match self.kept.take(&mut a, self.since) {
                     desired::Taken::Same => false,

@@ -28,6 +28,9 @@ OPTIONS:
     --etcd-keyfile FILE      Its private key (PEM); with --etcd-certfile
     --poll-interval DUR      Base long-poll wait / heartbeat interval of agents [default: 30s]
     --offline-after DUR      Robot Offline after this long without a poll [default: 3 × poll interval]
+    --poll-hold DUR          Longest a robot's long poll is held on --agent-listen; its
+                             TCP keepalive (a probe every 2/3 of --offline-after) is
+                             the heartbeat meanwhile; 0: never past the interval [default: 1h]
     --max-poll-rate N        Target agent polls per second; the interval grows with the fleet [default: 500]
     --watch-history N        Changes kept for resuming watches [default: 10000]
     --job-history N          Versions of a Job's spec kept (Rollout objects) for
@@ -133,6 +136,7 @@ pub fn cmd_server(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
             Long("offline-after") => {
                 cfg.fleet.offline_after = Some(bounded_duration_arg(parser, "--offline-after", MAX_OFFLINE_AFTER)?)
             }
+            Long("poll-hold") => cfg.fleet.poll_hold = bounded_duration_arg(parser, "--poll-hold", MAX_POLL_INTERVAL)?,
             Long("max-poll-rate") => {
                 let rate: f64 = parser.value()?.parse()?;
                 if !(rate.is_finite() && rate > 0.0) {

@@ -4,6 +4,7 @@
 
 use super::{json, parse_body, AppState};
 use crate::api::agent_protocol::{JoinTokenRequest, RegisterRequest, RotateRequest, StatusReport};
+use crate::server::robot_channel::link::Link;
 use crate::server::robot_channel::robots::Robot;
 use crate::server::robot_channel::server_keys::MAX_OVERLAP;
 use crate::server::robot_channel::verify::SignedRequest;
@@ -147,7 +148,8 @@ fn flag(q: &HashMap<String, String>, name: &str) -> Result<bool, Status> {
 }
 
 /// The long poll's `wait` (seconds, or a duration such as `30s`). Any
-/// length parses; the poll itself waits at most the fleet's poll interval.
+/// length parses; the poll itself waits at most the fleet's poll interval,
+/// or `--poll-hold` where it can watch the connection.
 fn parse_wait(text: Option<&String>) -> Result<Duration, Status> {
     match text.map(String::as_str) {
         None | Some("") => Ok(Duration::from_secs(30)),
@@ -162,6 +164,7 @@ fn parse_wait(text: Option<&String>) -> Result<Duration, Status> {
 pub async fn assignments(
     State(app): State<AppState>,
     Extension(robot): Extension<Arc<Robot>>,
+    link: Option<Extension<Link>>,
     q: super::k8s::Params,
 ) -> Response {
     result(
@@ -182,7 +185,9 @@ pub async fn assignments(
                 verify: flag(&q, "verify")?,
                 groups: flag(&q, "groups")?,
             };
-            app.agents.poll_exclusive(id, since, wait, ask).await
+            app.agents
+                .poll_exclusive(id, since, wait, ask, link.as_ref().map(|Extension(l)| l))
+                .await
         }
         .await,
     )

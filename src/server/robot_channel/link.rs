@@ -1,13 +1,27 @@
-//! The TCP side of the agent listener. Agents keep one connection open
-//! across requests (HTTP/1.1 keep-alive, which hyper serves by default and
-//! never times out here), so a robot that loses power or its link leaves a
-//! connection nothing will ever write to. TCP keepalive finds those: after
-//! [`IDLE`] without a byte, [`PROBES`] probes [`INTERVAL`] apart, then the
-//! kernel closes it. A live agent never leaves a connection idle that long
-//! (it polls again at once and closes its own idle ones), so the probes
-//! cost a healthy robot's metered link nothing at the default settings.
+//! The TCP side of the agent listener.
+//!
+//! Agents keep one connection open across requests (HTTP/1.1 keep-alive,
+//! which hyper serves by default and never times out here), so a robot
+//! that loses power or its link leaves a connection nothing will ever
+//! write to. TCP keepalive finds those: after [`IDLE`] without a byte,
+//! [`PROBES`] probes [`INTERVAL`] apart, then the kernel closes it.
+//!
+//! A held long poll (an agent that asked to wait longer than the poll
+//! interval, `--poll-hold`) is silent for up to an hour, so there the
+//! connection itself is the heartbeat: [`Link::hold`] makes the kernel
+//! probe every [`HoldTiming::probe`] (a probe and its answer are ≈ 100
+//! bytes on the wire, against ≈ 1 KB for a poll), and the poll counts the
+//! robot alive as long as the last acknowledgement ([`Link::ack_age`],
+//! `TCP_INFO`) is recent. Each connection's [`Link`] reaches the handlers
+//! as a request extension ([`AgentPeer`], [`insert_link`]).
 
+use axum::extract::ConnectInfo;
+use axum::serve::Listener;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
 
 pub const IDLE: Duration = Duration::from_secs(15 * 60);
 pub const INTERVAL: Duration = Duration::from_secs(60);
@@ -15,13 +29,188 @@ pub const PROBES: u32 = 5;
 
 /// Applied to every accepted agent connection; a socket that refuses the
 /// options is served anyway (the options only reclaim dead peers sooner).
-pub fn tune(tcp: &mut tokio::net::TcpStream) {
-    use rustix::net::sockopt;
-    let set = sockopt::set_socket_keepalive(&*tcp, true)
-        .and_then(|()| sockopt::set_tcp_keepidle(&*tcp, IDLE))
-        .and_then(|()| sockopt::set_tcp_keepintvl(&*tcp, INTERVAL))
-        .and_then(|()| sockopt::set_tcp_keepcnt(&*tcp, PROBES));
-    if let Err(e) = set {
+pub fn tune(tcp: &mut TcpStream) {
+    if let Err(e) = keepalive(&*tcp, IDLE, INTERVAL, PROBES) {
         log::debug!("agent connection: TCP keepalive not set: {e}");
+    }
+}
+
+fn keepalive(fd: impl AsFd, idle: Duration, interval: Duration, probes: u32) -> std::io::Result<()> {
+    use rustix::net::sockopt;
+    let fd = fd.as_fd();
+    sockopt::set_socket_keepalive(fd, true)?;
+    sockopt::set_tcp_keepidle(fd, idle)?;
+    sockopt::set_tcp_keepintvl(fd, interval)?;
+    sockopt::set_tcp_keepcnt(fd, probes)?;
+    Ok(())
+}
+
+/// How a held poll watches its connection, from the fleet's offline limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HoldTiming {
+    /// Keepalive idle time: a probe this long after the last segment.
+    pub probe: Duration,
+    /// A probe not answered is sent again this much later.
+    pub retry: Duration,
+    /// How often the poll reads the last acknowledgement's age.
+    pub check: Duration,
+}
+
+impl HoldTiming {
+    /// Probes every two thirds of `offline_after` (60 s of the default
+    /// 90 s) leave room for two lost probes (re-sent a twelfth of that
+    /// apart) and a check (a ninth) before the robot counts as silent.
+    pub fn for_offline_after(offline_after: Duration) -> HoldTiming {
+        let at_least_1s = |d: Duration| d.max(Duration::from_secs(1));
+        HoldTiming {
+            probe: at_least_1s(offline_after.saturating_mul(2) / 3),
+            retry: at_least_1s(offline_after / 18),
+            check: at_least_1s(offline_after / 9),
+        }
+    }
+}
+
+/// One agent connection, as the handlers of its requests see it: a
+/// duplicate of the socket's descriptor, closed with the connection's
+/// service (hyper drops both together when the connection ends).
+#[derive(Clone, Debug)]
+pub struct Link(Arc<OwnedFd>);
+
+impl Link {
+    fn of(tcp: &TcpStream) -> Option<Link> {
+        tcp.as_fd().try_clone_to_owned().ok().map(|fd| Link(Arc::new(fd)))
+    }
+
+    /// Make the kernel probe this connection as a held poll needs (see
+    /// [`HoldTiming`]); the probes stop counting against it once the
+    /// robot is past its offline limit anyway.
+    pub fn hold(&self, t: HoldTiming, offline_after: Duration) -> std::io::Result<()> {
+        let after_probe = offline_after.saturating_sub(t.probe);
+        let probes = u32::try_from(after_probe.as_secs() / t.retry.as_secs().max(1))
+            .unwrap_or(u32::MAX)
+            .clamp(1, 127);
+        keepalive(&*self.0, t.probe, t.retry, probes)
+    }
+
+    /// How long ago the robot's end last acknowledged anything; an error
+    /// when the connection is no longer established (reset, closed, timed
+    /// out by the probes).
+    pub fn ack_age(&self) -> std::io::Result<Duration> {
+        let info = crate::tcp_info::read(&*self.0)?;
+        if !info.established {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                "the connection is no longer established",
+            ));
+        }
+        Ok(info.last_ack)
+    }
+}
+
+/// The agent listener's per-connection data: the peer's address (the
+/// audit log's sourceIPs) and its [`Link`].
+#[derive(Clone, Debug)]
+pub struct AgentPeer {
+    pub addr: SocketAddr,
+    pub link: Option<Link>,
+}
+
+/// The agent listener: every accepted connection [`tune`]d, and its
+/// [`AgentPeer`] the connection's address (axum hands it to each request
+/// as `ConnectInfo<AgentPeer>`).
+pub struct AgentListener(pub TcpListener);
+
+impl Listener for AgentListener {
+    type Io = TcpStream;
+    type Addr = AgentPeer;
+
+    async fn accept(&mut self) -> (TcpStream, AgentPeer) {
+        let (mut tcp, addr) = Listener::accept(&mut self.0).await;
+        tune(&mut tcp);
+        let link = Link::of(&tcp);
+        (tcp, AgentPeer { addr, link })
+    }
+
+    fn local_addr(&self) -> std::io::Result<AgentPeer> {
+        Ok(AgentPeer {
+            addr: self.0.local_addr()?,
+            link: None,
+        })
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, AgentListener>> for AgentPeer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, AgentListener>) -> Self {
+        stream.remote_addr().clone()
+    }
+}
+
+/// Give each request the plain peer address (as the other listeners do)
+/// and its connection's [`Link`].
+pub async fn insert_link(mut req: axum::extract::Request) -> axum::extract::Request {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<AgentPeer>>()
+        .map(|ConnectInfo(p)| p.clone());
+    if let Some(peer) = peer {
+        req.extensions_mut().insert(ConnectInfo(peer.addr));
+        if let Some(link) = peer.link {
+            req.extensions_mut().insert(link);
+        }
+    }
+    req
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_offline_limit_probes_every_minute() {
+        let t = HoldTiming::for_offline_after(Duration::from_secs(90));
+        assert_eq!(t.probe, Duration::from_secs(60));
+        assert_eq!(t.retry, Duration::from_secs(5));
+        assert_eq!(t.check, Duration::from_secs(10));
+        // Short test limits still give whole seconds the kernel accepts.
+        let t = HoldTiming::for_offline_after(Duration::from_secs(3));
+        assert_eq!(
+            (t.probe, t.retry, t.check),
+            (Duration::from_secs(2), Duration::from_secs(1), Duration::from_secs(1))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_held_link_is_probed_and_reports_its_last_ack() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        let link = Link::of(&s).unwrap();
+        let t = HoldTiming::for_offline_after(Duration::from_secs(3));
+        link.hold(t, Duration::from_secs(3)).unwrap();
+        assert_eq!(rustix::net::sockopt::tcp_keepidle(&s).unwrap(), Duration::from_secs(2));
+        // Nothing is written either way; only the kernel's probes (every 2 s)
+        // and their answers keep the last ACK young.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut aged = false;
+        let mut young_again = false;
+        while std::time::Instant::now() < deadline && !young_again {
+            let age = link.ack_age().unwrap();
+            if age >= Duration::from_millis(1500) {
+                aged = true;
+            } else if aged {
+                young_again = true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(young_again, "a probe's answer never refreshed the last ACK");
+        drop(c);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while link.ack_age().is_ok() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the closed peer still looks established"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }

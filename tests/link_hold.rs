@@ -1,0 +1,123 @@
+//! Held long polls (`--poll-hold`): a quiet robot's poll stays open and its
+//! TCP connection is the heartbeat. The real agent runs in a network
+//! namespace and talks to the real server across a veth pair with nothing
+//! in between, so the server's keepalive probes and their answers really
+//! cross the link and a cut really loses them (a userspace relay would
+//! answer the probes itself).
+
+mod common;
+mod server_util;
+
+use common::netns::Netns;
+use common::{throughout, wait_for, ConnectedAgent};
+use server_util::Server;
+use std::time::{Duration, Instant};
+
+fn phase(server: &Server, robot: &str) -> String {
+    server
+        .object("robots", robot)
+        .and_then(|r| r["status"]["phase"].as_str().map(String::from))
+        .unwrap_or_default()
+}
+
+/// Offline after 6 s: the server probes a held connection every 4 s (two
+/// thirds), so the robot's only traffic while it idles is probes.
+#[test]
+fn a_held_poll_keeps_a_quiet_robot_online_on_probes_alone_and_a_cut_link_turns_it_offline() {
+    let Some(net) = Netns::create("hold", 253) else {
+        return;
+    };
+    let listen = format!("{}:0", net.host_ip);
+    let server = Server::start_with(&[
+        "--agent-listen",
+        &listen,
+        "--poll-interval",
+        "1s",
+        "--offline-after",
+        "6s",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("a");
+    let agent = ConnectedAgent::start_in_netns(&net.name, &server.agent_base, &server.join_token(), "held", "", &data);
+    wait_for("robot online", Duration::from_secs(30), || {
+        (phase(&server, "held") == "Online").then_some(())
+    });
+    // Past the start's exchanges (registration, the first polls, the
+    // first report of the device's facts): a 4 s window with less than a
+    // poll's bytes in it.
+    wait_for("the link to go quiet", Duration::from_secs(60), || {
+        let w0 = net.wire();
+        std::thread::sleep(Duration::from_secs(4)); // the window measured, not a synchronisation
+        ((net.wire() - w0).ip_bytes() < 600).then_some(())
+    });
+
+    // Three offline windows: Online throughout, and what crossed the link
+    // is probes and their answers (a 1 s poll each second would be ≈ 1 KB
+    // a second; the probes are ≈ 100 B every 4 s, plus the reporter's
+    // connection closing).
+    let w0 = net.wire();
+    throughout(
+        "the quiet robot stays Online",
+        Duration::from_secs(18),
+        || match phase(&server, "held").as_str() {
+            "Online" => Ok(()),
+            other => Err(format!("phase {other:?}")),
+        },
+    );
+    let quiet = net.wire() - w0;
+    assert!(
+        quiet.ip_bytes() < 2_500,
+        "18 s of a held poll moved {} B in {} packets; agent log:\n{}",
+        quiet.ip_bytes(),
+        quiet.packets,
+        agent.log_text()
+    );
+    assert!(quiet.packets >= 4, "no probes crossed the link: {quiet:?}");
+
+    // Cut: the probes go unanswered, so the robot turns Offline within
+    // the offline limit (plus the liveness controller's tick), not after
+    // the hour the poll may be held.
+    net.link(false);
+    let cut = Instant::now();
+    wait_for("the cut robot to turn Offline", Duration::from_secs(30), || {
+        (phase(&server, "held") == "Offline").then_some(())
+    });
+    let took = cut.elapsed();
+    assert!(took < Duration::from_secs(15), "Offline only {took:?} after the cut");
+
+    // Back: the agent, whose held connection went silent, gave it up and
+    // polls again on a new one; the robot is Online again.
+    net.link(true);
+    wait_for("the robot back Online", Duration::from_secs(90), || {
+        (phase(&server, "held") == "Online").then_some(())
+    });
+    assert!(
+        agent.log_text().contains("nothing from the server"),
+        "the agent never noticed the silent connection:\n{}",
+        agent.log_text()
+    );
+}
+
+/// `--poll-hold 0`: polls are never held past the interval, as before.
+#[test]
+fn with_poll_hold_0_a_robot_polls_every_interval() {
+    let Some(net) = Netns::create("nohold", 252) else {
+        return;
+    };
+    let listen = format!("{}:0", net.host_ip);
+    let server = Server::start_with(&["--agent-listen", &listen, "--poll-interval", "1s", "--poll-hold", "0s"]);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("a");
+    let _agent =
+        ConnectedAgent::start_in_netns(&net.name, &server.agent_base, &server.join_token(), "plain", "", &data);
+    wait_for("robot online", Duration::from_secs(30), || {
+        (phase(&server, "plain") == "Online").then_some(())
+    });
+    // A poll a second, each ≈ 1 KB with its TCP/IP: far more than probes.
+    let w0 = net.wire();
+    let w = wait_for("five polls' worth of traffic", Duration::from_secs(30), || {
+        let w = net.wire() - w0;
+        (w.ip_bytes() > 4_000).then_some(w)
+    });
+    assert!(w.packets > 10, "{w:?}");
+}
