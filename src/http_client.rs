@@ -40,6 +40,9 @@ pub enum HttpError {
     TooManyRedirects(String),
     /// A redirect led back to a URL already visited: every URL in order.
     RedirectLoop(Vec<String>),
+    /// Waiting for the answer, the connection received nothing at all for
+    /// this long ([`Request::silence`]).
+    Silent(Duration),
 }
 
 impl fmt::Display for HttpError {
@@ -52,6 +55,7 @@ impl fmt::Display for HttpError {
             HttpError::Protocol(m) => write!(f, "bad HTTP response: {m}"),
             HttpError::TooManyRedirects(u) => write!(f, "more than {MAX_REDIRECTS} redirects (last: {u})"),
             HttpError::RedirectLoop(chain) => write!(f, "redirect loop: {}", chain.join(" -> ")),
+            HttpError::Silent(d) => write!(f, "nothing from the server for {d:?} (not even a keepalive probe)"),
         }
     }
 }
@@ -367,7 +371,12 @@ impl KeepAlive {
         match first_byte(&mut reader, req) {
             Ok(false) if !fresh => return Err(Try::Stale),
             Err(e) if !fresh && closed(&e) => return Err(Try::Stale),
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                return Err(match e.get_ref().and_then(|inner| inner.downcast_ref::<Silence>()) {
+                    Some(Silence(d)) => Try::Failed(HttpError::Silent(*d)),
+                    None => e.into(),
+                })
+            }
             Ok(_) => {}
         }
         set_timeouts(reader.get_ref(), req.timeout)?;
@@ -383,6 +392,18 @@ impl KeepAlive {
         Ok(full)
     }
 }
+
+/// [`first_byte`]'s silence, carried inside its `io::Error`.
+#[derive(Debug)]
+struct Silence(Duration);
+
+impl fmt::Display for Silence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "silent for {:?}", self.0)
+    }
+}
+
+impl std::error::Error for Silence {}
 
 /// Wait for the answer's first byte (false: the connection closed first).
 /// With [`Request::silence`], the wait reads the socket in slices of a
@@ -408,10 +429,7 @@ fn first_byte(reader: &mut BufReader<Stream>, req: &Request) -> io::Result<bool>
                 if segments != heard.1 {
                     heard = (now, segments);
                 } else if now.saturating_duration_since(heard.0) >= silence {
-                    return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("nothing from the server for {silence:?} (not even a keepalive probe)"),
-                    ));
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, Silence(silence)));
                 }
                 if now.saturating_duration_since(start) >= req.timeout {
                     return Err(e);
@@ -1013,7 +1031,7 @@ mod tests {
         // (and before the answer at 8 s).
         let (got, took) = held(&slow_server(Duration::from_secs(8), false));
         let e = got.err().expect("a silent connection is given up");
-        assert!(e.to_string().contains("nothing from the server"), "{e}");
+        assert!(matches!(e, HttpError::Silent(_)), "{e}");
         assert!(took < Duration::from_secs(7), "{took:?}");
         // Probed every second: the same wait ends with the answer.
         let (got, took) = held(&slow_server(Duration::from_secs(4), true));

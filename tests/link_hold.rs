@@ -6,10 +6,12 @@
 //! answer the probes itself).
 
 mod common;
+mod link_util;
 mod server_util;
 
 use common::netns::Netns;
 use common::{throughout, wait_for, ConnectedAgent};
+use link_util::Relay;
 use server_util::Server;
 use std::time::{Duration, Instant};
 
@@ -92,7 +94,7 @@ fn a_held_poll_keeps_a_quiet_robot_online_on_probes_alone_and_a_cut_link_turns_i
         (phase(&server, "held") == "Online").then_some(())
     });
     assert!(
-        agent.log_text().contains("nothing from the server"),
+        agent.log_text().contains("connection was silent"),
         "the agent never noticed the silent connection:\n{}",
         agent.log_text()
     );
@@ -120,4 +122,60 @@ fn with_poll_hold_0_a_robot_polls_every_interval() {
         (w.ip_bytes() > 4_000).then_some(w)
     });
     assert!(w.packets > 10, "{w:?}");
+}
+
+/// Behind a TCP-terminating relay (a proxy: it answers the server's probes
+/// itself and sends none on), a held poll goes silent: the agent gives it
+/// up, polls once unheld, and holds again; the robot stays Online and a
+/// Job still reaches it at once.
+#[test]
+fn behind_a_proxy_that_swallows_the_probes_the_agent_falls_back_and_stays_online() {
+    let server = Server::start_with(&["--poll-interval", "1s", "--offline-after", "3s"]);
+    let relay = Relay::start(&server.agent_base);
+    let dir = tempfile::tempdir().unwrap();
+    let agent = ConnectedAgent::start(
+        &relay.base,
+        &server.join_token(),
+        "proxied",
+        "",
+        &dir.path().join("a"),
+        &[],
+    );
+    wait_for("robot online", Duration::from_secs(30), || {
+        (phase(&server, "proxied") == "Online").then_some(())
+    });
+    // Four offline windows: the held polls go silent after 2.5 s (5/4 of
+    // the 2 s probe period) and are replaced, and the robot never flaps.
+    throughout(
+        "the proxied robot stays Online",
+        Duration::from_secs(12),
+        || match phase(&server, "proxied").as_str() {
+            "Online" => Ok(()),
+            other => Err(format!("phase {other:?}")),
+        },
+    );
+    let log = agent.log_text();
+    assert!(log.contains("connection was silent"), "{log}");
+    assert_eq!(log.matches("connection was silent").count(), 1, "said once: {log}");
+    assert!(
+        !log.contains("retrying with backoff"),
+        "a silent poll is not an outage: {log}"
+    );
+    let job = serde_json::json!({
+        "apiVersion": "robot.k8s4r.io/v1alpha1", "kind": "Job",
+        "metadata": {"name": "p", "namespace": "default"},
+        "spec": {"type": "service", "taskGroups": [{"name": "g", "count": 1,
+            "tasks": [{"name": "t", "driver": "exec", "config": {"execConfig": {
+                "command": "/bin/sh", "args": ["-c", "exec sleep 600"]}}}]}]}
+    });
+    let r = server.send_json("POST", "/apis/robot.k8s4r.io/v1alpha1/namespaces/default/jobs", &job);
+    assert_eq!(r.status, 201, "{}", r.body);
+    wait_for("the task running behind the proxy", Duration::from_secs(30), || {
+        let list = server.list("tasks", "");
+        list["items"]
+            .as_array()?
+            .iter()
+            .any(|t| t["status"]["state"] == "running")
+            .then_some(())
+    });
 }

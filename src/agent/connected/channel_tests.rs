@@ -765,9 +765,49 @@ fn the_first_answer_wakes_the_main_thread_even_when_nothing_changed() {
     for (n, want) in [(1, true), (2, false)] {
         match poller.take(same(), &mut inbox, dir.path()) {
             super::AfterPoll::Answered { wake, .. } => assert_eq!(wake, want, "answer {n}"),
-            super::AfterPoll::Failed(_) => panic!("answer {n} counted as a failure"),
+            super::AfterPoll::Failed(_) | super::AfterPoll::Again => panic!("answer {n} counted as a failure"),
         }
         assert!(std::mem::take(&mut inbox.reached), "answer {n} reached the server");
         assert!(inbox.latest.is_none(), "answer {n}: nothing changed");
     }
+}
+
+/// A server that holds polls: the poller asks for the hold and watches
+/// for silence; a silent held poll is no outage (no backoff, not offline)
+/// and the next poll waits the interval unheld; then it holds again.
+#[test]
+fn a_silent_held_poll_is_polled_again_unheld_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut inbox = super::Inbox::default();
+    let mut poller = super::Poller::new(super::desired::Kept::default());
+    let held = || {
+        Ok(crate::api::agent_protocol::Assignments {
+            revision: 5,
+            poll_interval_seconds: 30,
+            offline_after_seconds: 90,
+            hold_seconds: 3600,
+            probe_seconds: 60,
+            ..Default::default()
+        })
+    };
+    assert!(matches!(
+        poller.take(held(), &mut inbox, dir.path()),
+        super::AfterPoll::Answered { .. }
+    ));
+    assert_eq!(
+        (poller.wait, poller.silence),
+        (Duration::from_secs(3600), Some(Duration::from_secs(75)))
+    );
+    let silent = Err(ClientError::Silent(Duration::from_secs(75)));
+    assert!(matches!(
+        poller.take(silent, &mut inbox, dir.path()),
+        super::AfterPoll::Again
+    ));
+    assert_eq!((poller.wait, poller.silence), (Duration::from_secs(30), None));
+    assert!(inbox.offline_since.is_none(), "a silent held poll is not an outage");
+    assert!(matches!(
+        poller.take(held(), &mut inbox, dir.path()),
+        super::AfterPoll::Answered { .. }
+    ));
+    assert_eq!(poller.wait, Duration::from_secs(3600), "held again");
 }

@@ -45,6 +45,10 @@ pub enum ClientError {
     Decode(String),
     /// This robot could not prepare the request (its counter file, say).
     Local(String),
+    /// A held poll's connection received nothing, not even the server's
+    /// keepalive probes, for this long: a NAT forgot it, or something on
+    /// the path answers the probes itself. Not a sign the server is down.
+    Silent(Duration),
 }
 
 impl ClientError {
@@ -71,6 +75,11 @@ impl fmt::Display for ClientError {
             ClientError::Refused(m) => write!(f, "refused answer: {m}"),
             ClientError::Decode(m) => write!(f, "unexpected answer from the server: {m}"),
             ClientError::Local(m) => write!(f, "{m}"),
+            ClientError::Silent(d) => write!(
+                f,
+                "the held poll's connection was silent for {d:?} (no keepalive probe arrived: \
+                 a NAT forgot it, or a proxy on the path answers the probes itself)"
+            ),
         }
     }
 }
@@ -269,7 +278,10 @@ impl Client {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .send(&req, MAX_RESPONSE)
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
+            .map_err(|e| match e {
+                crate::http_client::HttpError::Silent(d) => ClientError::Silent(d),
+                e => ClientError::Transport(e.to_string()),
+            })?;
         let status = response.status;
         let headers = ANSWER_HEADERS
             .iter()

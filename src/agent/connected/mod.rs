@@ -340,6 +340,7 @@ fn spawn_poller(shared: Arc<Shared>, client: Client, waker: Waker, data_dir: Pat
                     waker.wake();
                     shared.pause(pause)
                 }
+                AfterPoll::Again => {}
             }
         }
     });
@@ -351,6 +352,13 @@ struct Poller {
     wait: Duration,
     /// A held poll: give up on a connection silent this long.
     silence: Option<Duration>,
+    /// After a held poll went silent: the next poll is not held (it waits
+    /// the poll interval), so a path that swallows the probes still sees
+    /// answers; the one after it holds again.
+    unheld: Option<Duration>,
+    /// Said that a held poll went silent (said again after a held poll is
+    /// answered).
+    told_silent: bool,
     /// Ask for the digest even if nothing changed (a set loaded from disk).
     verify: bool,
     kept: desired::Kept,
@@ -370,6 +378,8 @@ enum AfterPoll {
     },
     /// Unreachable, refused or an error status: pause this long.
     Failed(Duration),
+    /// A held poll went silent: poll again at once (not held).
+    Again,
 }
 
 impl Poller {
@@ -380,6 +390,8 @@ impl Poller {
             kept,
             wait: Duration::ZERO, // the first poll answers at once
             silence: None,
+            unheld: None,
+            told_silent: false,
             backoff: Backoff::new(RETRY_BASE, RETRY_MAX),
             reported_down: false,
             answered: false,
@@ -408,6 +420,9 @@ impl Poller {
                 // Held polls may last longer: the server's keepalive probes
                 // (every probe_seconds) say meanwhile that it is there, and
                 // a quarter of that again without any is silence.
+                if self.silence.is_some() {
+                    self.told_silent = false;
+                }
                 (self.wait, self.silence) = if a.hold_seconds > 0 && a.probe_seconds > 0 {
                     let probe = Duration::from_secs(a.probe_seconds).min(MAX_POLL_WAIT);
                     (
@@ -419,6 +434,8 @@ impl Poller {
                 } else {
                     (DEFAULT_POLL_WAIT, None)
                 };
+                self.unheld = (a.poll_interval_seconds > 0)
+                    .then(|| Duration::from_secs(a.poll_interval_seconds).min(MAX_POLL_WAIT));
                 let fresh = match self.kept.take(&mut a, self.since) {
                     desired::Taken::Same => false,
                     desired::Taken::Changed(update) => {
@@ -455,6 +472,17 @@ impl Poller {
                     wake: back || fresh || offered || first,
                     log_requests,
                 }
+            }
+            Err(ClientError::Silent(d)) => {
+                if !std::mem::replace(&mut self.told_silent, true) {
+                    say(&format!(
+                        "agent: {}; polling again, the next poll not held",
+                        ClientError::Silent(d)
+                    ));
+                }
+                self.wait = self.unheld.unwrap_or(DEFAULT_POLL_WAIT);
+                self.silence = None;
+                AfterPoll::Again
             }
             Err(e) => {
                 inbox.offline_since.get_or_insert_with(Instant::now);
