@@ -488,7 +488,7 @@ fn a_network_cut_keeps_tasks_running_and_nothing_runs_twice_after() {
     ]);
     let token = server.join_token();
     let dir = tempfile::tempdir().unwrap();
-    let _agent = Agent::start_in_netns(
+    let agent = Agent::start_in_netns(
         &net.name,
         &server.agent_base,
         &token,
@@ -541,12 +541,21 @@ fn a_network_cut_keeps_tasks_running_and_nothing_runs_twice_after() {
 
     net.link(true);
     robot_online(&server, "robot-wifi");
-    wait_for(
+    common::wait_for_or_explain(
         "both tasks running again in the server's view",
         Duration::from_secs(30),
         || {
             (running_pid(&server, "keep-g-r0-walk")? == keep_pid).then_some(())?;
             running_pid(&server, "move-g-r0-walk")
+        },
+        || {
+            let status = |t: &str| task(&server, t).map(|v| v["status"].to_string()).unwrap_or_default();
+            format!(
+                "\nkeep: {}\nmove: {}\nagent log:\n{}",
+                status("keep-g-r0-walk"),
+                status("move-g-r0-walk"),
+                agent.log_text()
+            )
         },
     );
     assert!(pid_alive(keep_pid), "replace: false keeps the very same process");

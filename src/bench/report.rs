@@ -528,6 +528,10 @@ fn link(out: &mut String, dir: &Path) {
             "idle_no_tasks.total_bytes_month",
         ),
         (
+            "idle, no tasks, per month, held polls (the default; TCP/IP on the wire), Offline after 90 s",
+            "idle_no_tasks_held_poll_by_offline_after.0.total_bytes_month",
+        ),
+        (
             "idle, 10 running tasks, per month (with TCP/IP)",
             "idle_10_tasks.total_bytes_month",
         ),
@@ -546,8 +550,10 @@ fn link(out: &mut String, dir: &Path) {
     t.render(out);
     let _ = writeln!(
         out,
-        "Measured with polls every {}s, scaled to a month of polls every {}s and a device report every {}s. {}.\n",
+        "Measured with polls every {}s (not held; held polls measured on their own: a probe and its answer {} B on the wire), \
+         scaled to a month of polls every {}s and a device report every {}s. {}.\n",
         now["measured_with"]["poll_interval_secs"],
+        or_dash(num(&now, "held_poll_probe.ip_bytes").map(|b| format!("{b:.0}"))),
         now["month_at"]["poll_interval_secs"],
         now["month_at"]["device_report_secs"],
         now["tcp_ip"].as_str().unwrap_or("")

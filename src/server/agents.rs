@@ -153,6 +153,10 @@ impl Serialize for Shared {
 
 /// Now plus `d`, for a deadline (a duration too large to add is as good as
 /// never).
+/// Two readings of a connection's last acknowledgement this close are
+/// the same acknowledgement.
+const SAME_ACK: Duration = Duration::from_millis(50);
+
 fn after(d: Duration) -> tokio::time::Instant {
     let now = tokio::time::Instant::now();
     now.checked_add(d)
@@ -578,6 +582,10 @@ impl Agents {
             // past the offline limit (or closed) ends the poll.
             let end = after(wait);
             let mut fresh_for = fresh_for;
+            // The last acknowledgement this poll counted: only a newer one
+            // is news (the kernel's clock for it ticks in milliseconds, so
+            // the same one read twice differs by a few).
+            let mut counted: Option<std::time::Instant> = None;
             loop {
                 let next = match held {
                     Some(_) => fresh_for.min(timing.check),
@@ -591,7 +599,23 @@ impl Agents {
                 }
                 fresh_for = match held.map(Link::ack_age) {
                     None => self.heartbeat(id).await?,
-                    Some(Ok(ago)) if ago < offline_after => self.heartbeat_seen(id, ago).await?,
+                    Some(Ok(ago)) if ago < offline_after => {
+                        let seen = std::time::Instant::now().checked_sub(ago);
+                        let news = match (seen, counted) {
+                            (Some(seen), Some(before)) => seen > before + SAME_ACK,
+                            _ => true,
+                        };
+                        // An old acknowledgement read again is no sign of
+                        // life: counting it could turn a robot Online that
+                        // the liveness controller has just (rightly) marked
+                        // Offline, while its link is down.
+                        if news {
+                            counted = seen;
+                            self.heartbeat_seen(id, ago).await?
+                        } else {
+                            timing.check
+                        }
+                    }
                     Some(Ok(_) | Err(_)) => break,
                 };
                 if tokio::time::Instant::now() >= end {

@@ -203,7 +203,7 @@ pub fn run(opts: ConnectedOptions) -> Result<i32, String> {
             // lost what we reported (a reschedule resets it), report again.
             let mut outbox = lock(&shared.outbox);
             for t in &a.changed {
-                outbox.server_disagrees(t.name(), &t.status.clone().unwrap_or_default());
+                outbox.server_disagrees(t.name(), &t.status.clone().unwrap_or_default(), !a.delta);
             }
         }
         let offline_since = lock(&shared.inbox).offline_since;
@@ -419,7 +419,8 @@ impl Poller {
                 // outlasts MAX_POLL_WAIT would look like a dead server.
                 // Held polls may last longer: the server's keepalive probes
                 // (every probe_seconds) say meanwhile that it is there, and
-                // a quarter of that again without any is silence.
+                // a quarter of that again (at least 2 s, for the kernel's
+                // whole-second keepalive timers) without any is silence.
                 if self.silence.is_some() {
                     self.told_silent = false;
                 }
@@ -427,7 +428,7 @@ impl Poller {
                     let probe = Duration::from_secs(a.probe_seconds).min(MAX_POLL_WAIT);
                     (
                         Duration::from_secs(a.hold_seconds).min(MAX_POLL_HOLD),
-                        Some(probe.saturating_add(probe / 4)),
+                        Some(probe.saturating_add((probe / 4).max(Duration::from_secs(2)))),
                     )
                 } else if a.poll_interval_seconds > 0 {
                     (Duration::from_secs(a.poll_interval_seconds).min(MAX_POLL_WAIT), None)

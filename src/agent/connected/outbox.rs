@@ -15,7 +15,7 @@ use crate::api::agent_protocol::TaskStatusUpdate;
 use crate::api::TaskStatus;
 use crate::atomic_file;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -53,6 +53,11 @@ pub struct Outbox {
     file: OutboxFile,
     /// The last status queued per task, to drop repeats without writing.
     last_status: BTreeMap<String, TaskStatus>,
+    /// Tasks whose status the server showed otherwise while one of ours
+    /// was still on its way (a report held up by a cut link lands after
+    /// the server reset the task on the robot's return): once it is
+    /// acknowledged, the status is sent again.
+    disputed: BTreeSet<String>,
 }
 
 impl Outbox {
@@ -77,6 +82,7 @@ impl Outbox {
             path,
             file,
             last_status,
+            disputed: BTreeSet::new(),
         })
     }
 
@@ -125,15 +131,24 @@ impl Outbox {
 
     /// The server's record of `task` disagrees with the last status we
     /// queued (e.g. it rescheduled the task and reset its status): queue it
-    /// again on the next push, with a new sequence number. Does nothing
-    /// while a status for the task is still on its way.
-    pub fn server_disagrees(&mut self, task: &str, server: &TaskStatus) {
+    /// again on the next push, with a new sequence number. While a status
+    /// for the task is still on its way the server may just not have it
+    /// yet (a delta shows a new task's status from before our first
+    /// report): nothing then, unless the record came in a complete set
+    /// (`complete`: a robot back Online, a task reset on its return), in
+    /// which case the status is sent again once acknowledged, since the
+    /// reset may have come after it.
+    pub fn server_disagrees(&mut self, task: &str, server: &TaskStatus, complete: bool) {
         let differs = self
             .last_status
             .get(task)
             .is_some_and(|ours| ours.state != server.state || ours.pid != server.pid);
-        if differs && !self.file.pending.contains_key(task) {
-            self.last_status.remove(task);
+        if differs {
+            if !self.file.pending.contains_key(task) {
+                self.last_status.remove(task);
+            } else if complete {
+                self.disputed.insert(task.to_string());
+            }
         }
     }
 
@@ -153,6 +168,9 @@ impl Outbox {
             if self.file.pending.get(task).is_some_and(|u| u.seq <= *seq) {
                 self.file.pending.remove(task);
                 changed = true;
+                if self.disputed.remove(task) {
+                    self.last_status.remove(task);
+                }
             }
         }
         if changed {
@@ -217,6 +235,27 @@ mod tests {
         assert_eq!(ob.pending()[0].seq, 3, "sequence numbers never go back");
     }
 
+    /// A report held up by a cut link lands after the server, seeing the
+    /// robot back, reset the task (and showed so): acknowledged, it is
+    /// sent again, since the server's reset may have come after it.
+    #[test]
+    fn a_status_the_server_disputed_while_in_flight_is_sent_again_once_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ob = Outbox::open(dir.path()).unwrap();
+        ob.push("t", status(TaskState::Running)).unwrap();
+        ob.server_disagrees("t", &status(TaskState::Scheduled), true);
+        ob.acknowledge(&[("t".into(), 1)]).unwrap();
+        assert!(ob.is_empty());
+        assert!(
+            ob.push("t", status(TaskState::Running)).unwrap(),
+            "running is sent again"
+        );
+        assert_eq!(ob.pending()[0].seq, 2);
+        // Undisputed, an acknowledged status is not repeated.
+        ob.acknowledge(&[("t".into(), 2)]).unwrap();
+        assert!(!ob.push("t", status(TaskState::Running)).unwrap());
+    }
+
     #[test]
     fn a_task_that_leaves_and_returns_keeps_counting_up() {
         let dir = tempfile::tempdir().unwrap();
@@ -263,18 +302,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut ob = Outbox::open(dir.path()).unwrap();
         ob.push("t", status(TaskState::Running)).unwrap();
-        ob.server_disagrees("t", &status(TaskState::Scheduled));
+        ob.server_disagrees("t", &status(TaskState::Scheduled), false);
         assert!(
             !ob.push("t", status(TaskState::Running)).unwrap(),
             "still on its way: no resend"
         );
         ob.acknowledge(&[("t".into(), 1)]).unwrap();
-        ob.server_disagrees("t", &status(TaskState::Running));
+        ob.server_disagrees("t", &status(TaskState::Running), false);
         assert!(
             !ob.push("t", status(TaskState::Running)).unwrap(),
             "the server agrees: nothing to send"
         );
-        ob.server_disagrees("t", &status(TaskState::Scheduled));
+        ob.server_disagrees("t", &status(TaskState::Scheduled), false);
         assert!(
             ob.push("t", status(TaskState::Running)).unwrap(),
             "the server reset it: send again"

@@ -222,6 +222,18 @@ pub async fn settle(
             let w = ctx.registry.replace(&TASKS, ns, tname, body, Part::All, ALL).await?;
             ctx.wrote("tasks", &w.object);
             ctx.events.record(&w.object, Kind::Normal, "Reconciled", message);
+            if keep == Keep::Original {
+                // Only the status changed (it is not part of a task's
+                // version): the robot's next answer carries its complete
+                // set, now, so its agent sees that the server waits for
+                // the task's state and reports it again, whenever the
+                // robot polled since it came back (a held poll would
+                // otherwise wait out its hold).
+                ctx.hub.fleet.forget_delivered(ns, &original);
+                if let Some(rev) = object::resource_version(&w.object) {
+                    ctx.hub.fleet.wake(ns, &original, rev);
+                }
+            }
             existing.insert(tname.clone(), Arc::new(w.object));
         }
         log::info!(
