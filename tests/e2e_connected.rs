@@ -483,8 +483,10 @@ fn a_network_cut_keeps_tasks_running_and_nothing_runs_twice_after() {
         &listen,
         "--poll-interval",
         "1s",
+        // Held polls (the default) need 6 s or more: the cut is found by
+        // the server's keepalive probes going unanswered.
         "--offline-after",
-        "2s",
+        "6s",
     ]);
     let token = server.join_token();
     let dir = tempfile::tempdir().unwrap();

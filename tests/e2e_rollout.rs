@@ -269,7 +269,8 @@ fn assert_one_at_a_time(server: &Server, tasks: &[String], min_healthy_ms: i64) 
         .iter()
         .map(|t| {
             (
-                annotation(server, t, "rollout.k8s4r.io/updated-at").expect("updated-at"),
+                annotation(server, t, "rollout.k8s4r.io/updated-at")
+                    .unwrap_or_else(|| panic!("{t} has no updated-at: {:#}", server.list("tasks", ""))),
                 annotation(server, t, "rollout.k8s4r.io/running-since").expect("running-since"),
             )
         })
@@ -568,7 +569,11 @@ fn a_locked_robot_is_waited_for_and_overridden_at_its_deadline() {
     std::fs::remove_file(lock(1)).unwrap();
     wait_state(&server, 2, "Succeeded");
     wait_running(&server, "2");
-    assert_eq!(ran(&agents, 2).len(), 3);
+    // The server's record says running before the new process has
+    // written its line (it reports on start): wait for the line.
+    wait_for("version 2 ran on every robot", T, || {
+        (ran(&agents, 2).len() == 3).then_some(())
+    });
 
     // A lock held past lockDeadline is overridden.
     std::fs::write(lock(2), b"mission 8").unwrap();
@@ -576,7 +581,9 @@ fn a_locked_robot_is_waited_for_and_overridden_at_its_deadline() {
     put(&server, &app(3, true, short));
     wait_state(&server, 3, "Succeeded");
     wait_running(&server, "3");
-    assert!(ran(&agents, 3).contains(&"r3"));
+    wait_for("version 3 ran on the locked r3", T, || {
+        ran(&agents, 3).contains(&"r3").then_some(())
+    });
     wait_events(&server, "LockOverridden", 1);
 }
 

@@ -130,7 +130,7 @@ fn with_poll_hold_0_a_robot_polls_every_interval() {
 /// Job still reaches it at once.
 #[test]
 fn behind_a_proxy_that_swallows_the_probes_the_agent_falls_back_and_stays_online() {
-    let server = Server::start_with(&["--poll-interval", "1s", "--offline-after", "3s"]);
+    let server = Server::start_with(&["--poll-interval", "1s", "--offline-after", "6s"]);
     let relay = Relay::start(&server.agent_base);
     let dir = tempfile::tempdir().unwrap();
     let agent = ConnectedAgent::start(
@@ -144,11 +144,11 @@ fn behind_a_proxy_that_swallows_the_probes_the_agent_falls_back_and_stays_online
     wait_for("robot online", Duration::from_secs(30), || {
         (phase(&server, "proxied") == "Online").then_some(())
     });
-    // Four offline windows: the held polls go silent after 2.5 s (5/4 of
-    // the 2 s probe period) and are replaced, and the robot never flaps.
+    // Three offline windows: the held polls go silent after 6 s (the 4 s
+    // probe period and 2 s) and are replaced, and the robot never flaps.
     throughout(
         "the proxied robot stays Online",
-        Duration::from_secs(12),
+        Duration::from_secs(18),
         || match phase(&server, "proxied").as_str() {
             "Online" => Ok(()),
             other => Err(format!("phase {other:?}")),

@@ -21,7 +21,7 @@ use crate::server::object;
 use crate::server::poll_slots::PollSlots;
 use crate::server::registry::{Part, Registry, WriteOptions};
 use crate::server::resources::{ROBOTS, TASKS};
-use crate::server::robot_channel::link::{HoldTiming, Link};
+use crate::server::robot_channel::link::{self, HoldTiming, Link};
 use crate::server::robot_channel::verify::{check_time, Refusal, SignedRequest};
 use crate::server::robot_channel::{self, Channel};
 use crate::server::status::Status;
@@ -553,7 +553,11 @@ impl Agents {
         let timing = HoldTiming::for_offline_after(offline_after);
         // Held past the interval only when asked, and only where the
         // robot's acknowledgements can be read; the probes are set up here.
-        let hold = self.hub.fleet.poll_hold().filter(|_| link.is_some());
+        let hold = self
+            .hub
+            .fleet
+            .poll_hold()
+            .filter(|_| link.is_some() && offline_after >= link::MIN_OFFLINE_AFTER);
         let held = link
             .filter(|_| hold.is_some() && wait > interval)
             .filter(|l| match l.hold(timing, offline_after) {

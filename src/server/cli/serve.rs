@@ -30,7 +30,8 @@ OPTIONS:
     --offline-after DUR      Robot Offline after this long without a poll [default: 3 × poll interval]
     --poll-hold DUR          Longest a robot's long poll is held on --agent-listen; its
                              TCP keepalive (a probe every 2/3 of --offline-after) is
-                             the heartbeat meanwhile; 0: never past the interval [default: 1h]
+                             the heartbeat meanwhile; 0, or --offline-after under 6s:
+                             never past the interval [default: 1h]
     --max-poll-rate N        Target agent polls per second; the interval grows with the fleet [default: 500]
     --watch-history N        Changes kept for resuming watches [default: 10000]
     --job-history N          Versions of a Job's spec kept (Rollout objects) for

@@ -45,6 +45,12 @@ fn keepalive(fd: impl AsFd, idle: Duration, interval: Duration, probes: u32) -> 
     Ok(())
 }
 
+/// The shortest offline limit under which polls are held: below it the
+/// kernel's whole-second keepalive timers leave too little room between a
+/// probe's answer and the limit (a robot polls every interval instead;
+/// at such limits polls cost little next to what they detect).
+pub const MIN_OFFLINE_AFTER: Duration = Duration::from_secs(6);
+
 /// How a held poll watches its connection, from the fleet's offline limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HoldTiming {
@@ -58,14 +64,17 @@ pub struct HoldTiming {
 
 impl HoldTiming {
     /// Probes every two thirds of `offline_after` (60 s of the default
-    /// 90 s) leave room for two lost probes (re-sent a twelfth of that
+    /// 90 s) leave room for lost probes (re-sent an eighteenth of that
     /// apart) and a check (a ninth) before the robot counts as silent.
+    /// The kernel takes whole seconds (at least one), rounded down so a
+    /// short limit keeps its room; the checks are the poll's own timer and
+    /// keep their fraction.
     pub fn for_offline_after(offline_after: Duration) -> HoldTiming {
-        let at_least_1s = |d: Duration| d.max(Duration::from_secs(1));
+        let whole_seconds = |d: Duration| Duration::from_secs(d.as_secs().max(1));
         HoldTiming {
-            probe: at_least_1s(offline_after.saturating_mul(2) / 3),
-            retry: at_least_1s(offline_after / 18),
-            check: at_least_1s(offline_after / 9),
+            probe: whole_seconds(offline_after.saturating_mul(2) / 3),
+            retry: whole_seconds(offline_after / 18),
+            check: (offline_after / 9).max(Duration::from_millis(100)),
         }
     }
 }
@@ -171,12 +180,11 @@ mod tests {
         assert_eq!(t.probe, Duration::from_secs(60));
         assert_eq!(t.retry, Duration::from_secs(5));
         assert_eq!(t.check, Duration::from_secs(10));
-        // Short test limits still give whole seconds the kernel accepts.
-        let t = HoldTiming::for_offline_after(Duration::from_secs(3));
-        assert_eq!(
-            (t.probe, t.retry, t.check),
-            (Duration::from_secs(2), Duration::from_secs(1), Duration::from_secs(1))
-        );
+        // Short test limits still give whole seconds the kernel accepts,
+        // and checks often enough to see each probe's answer in time.
+        let t = HoldTiming::for_offline_after(Duration::from_secs(2));
+        assert_eq!((t.probe, t.retry), (Duration::from_secs(1), Duration::from_secs(1)));
+        assert_eq!(t.check, Duration::from_secs(2) / 9);
     }
 
     #[tokio::test]
