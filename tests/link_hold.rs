@@ -22,6 +22,15 @@ fn phase(server: &Server, robot: &str) -> String {
         .unwrap_or_default()
 }
 
+fn stays_online(server: &Server, robot: &str, window: Duration) {
+    throughout(&format!("robot {robot} stays Online"), window, || {
+        match phase(server, robot).as_str() {
+            "Online" => Ok(()),
+            other => Err(format!("phase {other:?}")),
+        }
+    });
+}
+
 /// Offline after 6 s: the server probes a held connection every 4 s (two
 /// thirds), so the robot's only traffic while it idles is probes.
 #[test]
@@ -58,14 +67,7 @@ fn a_held_poll_keeps_a_quiet_robot_online_on_probes_alone_and_a_cut_link_turns_i
     // a second; the probes are ≈ 100 B every 4 s, plus the reporter's
     // connection closing).
     let w0 = net.wire();
-    throughout(
-        "the quiet robot stays Online",
-        Duration::from_secs(18),
-        || match phase(&server, "held").as_str() {
-            "Online" => Ok(()),
-            other => Err(format!("phase {other:?}")),
-        },
-    );
+    stays_online(&server, "held", Duration::from_secs(18));
     let quiet = net.wire() - w0;
     assert!(
         quiet.ip_bytes() < 2_500,
@@ -146,14 +148,7 @@ fn behind_a_proxy_that_swallows_the_probes_the_agent_falls_back_and_stays_online
     });
     // Three offline windows: the held polls go silent after 6 s (the 4 s
     // probe period and 2 s) and are replaced, and the robot never flaps.
-    throughout(
-        "the proxied robot stays Online",
-        Duration::from_secs(18),
-        || match phase(&server, "proxied").as_str() {
-            "Online" => Ok(()),
-            other => Err(format!("phase {other:?}")),
-        },
-    );
+    stays_online(&server, "proxied", Duration::from_secs(18));
     let log = agent.log_text();
     assert!(log.contains("connection was silent"), "{log}");
     assert_eq!(log.matches("connection was silent").count(), 1, "said once: {log}");

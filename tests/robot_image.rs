@@ -193,9 +193,21 @@ fn boot_image(arch: &str, agent: &Path) {
     let mut boot = boot(&rootfs);
 
     // init -> agent -> task.
-    let first_agent = wait_for("the agent started by init", STEP, || {
-        find(&rootfs, "k8s4r-agent run").first().copied()
-    });
+    // (Failed twice in CI under load, once at 20 s and once at 120 s,
+    // never here: say what the image was running and what the agent wrote.)
+    let first_agent = wait_for_or_explain(
+        "the agent started by init",
+        STEP,
+        || find(&rootfs, "k8s4r-agent run").first().copied(),
+        || {
+            format!(
+                "\nprocesses in the image: {:?}\nagent log: {}\nunshare exited: {:?}",
+                inside(&rootfs),
+                std::fs::read_to_string(rootfs.join("var/log/k8s4r-agent.log")).unwrap_or_else(|e| e.to_string()),
+                boot.child.try_wait()
+            )
+        },
+    );
     let task = wait_for("the job's task", STEP, || find(&rootfs, "sleep 3600").first().copied());
     let log = rootfs.join("var/log/k8s4r-agent.log");
     // The agent persists a unit once it runs; only then can a successor adopt it.
