@@ -416,7 +416,12 @@ fn first_byte(reader: &mut BufReader<Stream>, req: &Request) -> io::Result<bool>
     let slice = (silence / 4).clamp(Duration::from_millis(100), req.timeout.max(Duration::from_millis(100)));
     tcp.set_read_timeout(Some(slice))?;
     let start = Instant::now();
-    let mut heard = (start, crate::tcp_info::read(tcp)?.segments_in);
+    let Some(segments) = crate::tcp_info::read(tcp)?.segments_in else {
+        // Nothing to tell silence by: wait as any request does.
+        tcp.set_read_timeout(Some(req.timeout))?;
+        return reader.fill_buf().map(|b| !b.is_empty());
+    };
+    let mut heard = (start, segments);
     loop {
         match reader.fill_buf() {
             Ok(b) => return Ok(!b.is_empty()),
@@ -425,7 +430,7 @@ fn first_byte(reader: &mut BufReader<Stream>, req: &Request) -> io::Result<bool>
                     return Err(e);
                 };
                 let now = Instant::now();
-                let segments = crate::tcp_info::read(tcp)?.segments_in;
+                let segments = crate::tcp_info::read(tcp)?.segments_in.unwrap_or(heard.1);
                 if segments != heard.1 {
                     heard = (now, segments);
                 } else if now.saturating_duration_since(heard.0) >= silence {
@@ -1017,6 +1022,10 @@ mod tests {
 
     #[test]
     fn a_held_request_gives_up_on_a_silent_connection_but_not_on_a_probed_one() {
+        if !crate::tcp_info::counts_segments() {
+            eprintln!("SKIP: this kernel (or qemu-user) reports no TCP_INFO segment counts");
+            return;
+        }
         let held = |base: &str| {
             let url = format!("{base}/poll");
             let req = Request {

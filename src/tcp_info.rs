@@ -23,8 +23,26 @@ pub struct TcpInfo {
     /// Since the last acknowledgement from the peer (keepalive answers
     /// included).
     pub last_ack: Duration,
-    /// Segments received, keepalive probes and bare ACKs included.
-    pub segments_in: u32,
+    /// Segments received, keepalive probes and bare ACKs included; None
+    /// where the kernel does not count them (before Linux 4.2, or under
+    /// qemu-user, which passes no TCP_INFO through): a connected socket has
+    /// always received at least one.
+    pub segments_in: Option<u32>,
+}
+
+/// Whether this kernel counts a connection's received segments (tried once
+/// on a loopback pair): the agent holds polls only where it can tell a
+/// silent connection from a quiet one.
+pub fn counts_segments() -> bool {
+    static COUNTS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *COUNTS.get_or_init(|| {
+        let probe = || -> io::Result<bool> {
+            let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+            let c = std::net::TcpStream::connect(l.local_addr()?)?;
+            Ok(read(&c)?.segments_in.is_some())
+        };
+        probe().unwrap_or(false)
+    })
 }
 
 /// Read `TCP_INFO` of the TCP socket `fd`.
@@ -51,10 +69,12 @@ pub fn read(fd: impl AsFd) -> io::Result<TcpInfo> {
     // SAFETY: zeroed is a valid tcp_info (plain integers), and the kernel
     // wrote a prefix of it.
     let info = unsafe { info.assume_init() };
+    let reaches_segs_in = usize::try_from(len)
+        .is_ok_and(|n| n >= std::mem::offset_of!(libc::tcp_info, tcpi_segs_in) + std::mem::size_of::<u32>());
     Ok(TcpInfo {
         established: u32::from(info.tcpi_state) == TCP_ESTABLISHED,
         last_ack: Duration::from_millis(u64::from(info.tcpi_last_ack_recv)),
-        segments_in: info.tcpi_segs_in,
+        segments_in: Some(info.tcpi_segs_in).filter(|n| reaches_segs_in && *n > 0),
     })
 }
 
@@ -69,6 +89,10 @@ mod tests {
 
     #[test]
     fn a_live_connection_is_established_and_counts_what_arrives() {
+        if !counts_segments() {
+            eprintln!("SKIP: this kernel (or qemu-user) reports no TCP_INFO segment counts");
+            return;
+        }
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (mut s, _) = l.accept().unwrap();

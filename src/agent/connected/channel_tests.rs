@@ -777,6 +777,10 @@ fn the_first_answer_wakes_the_main_thread_even_when_nothing_changed() {
 /// and the next poll waits the interval unheld; then it holds again.
 #[test]
 fn a_silent_held_poll_is_polled_again_unheld_at_once() {
+    if !crate::tcp_info::counts_segments() {
+        eprintln!("SKIP: this kernel (or qemu-user) reports no TCP_INFO segment counts: polls are not held");
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let mut inbox = super::Inbox::default();
     let mut poller = super::Poller::new(super::desired::Kept::default());

@@ -424,17 +424,20 @@ impl Poller {
                 if self.silence.is_some() {
                     self.told_silent = false;
                 }
-                (self.wait, self.silence) = if a.hold_seconds > 0 && a.probe_seconds > 0 {
-                    let probe = Duration::from_secs(a.probe_seconds).min(MAX_POLL_WAIT);
-                    (
-                        Duration::from_secs(a.hold_seconds).min(MAX_POLL_HOLD),
-                        Some(probe.saturating_add((probe / 4).max(Duration::from_secs(2)))),
-                    )
-                } else if a.poll_interval_seconds > 0 {
-                    (Duration::from_secs(a.poll_interval_seconds).min(MAX_POLL_WAIT), None)
-                } else {
-                    (DEFAULT_POLL_WAIT, None)
-                };
+                // Held only where a silent connection can be told from a
+                // quiet one (the kernel counts received segments).
+                (self.wait, self.silence) =
+                    if a.hold_seconds > 0 && a.probe_seconds > 0 && crate::tcp_info::counts_segments() {
+                        let probe = Duration::from_secs(a.probe_seconds).min(MAX_POLL_WAIT);
+                        (
+                            Duration::from_secs(a.hold_seconds).min(MAX_POLL_HOLD),
+                            Some(probe.saturating_add((probe / 4).max(Duration::from_secs(2)))),
+                        )
+                    } else if a.poll_interval_seconds > 0 {
+                        (Duration::from_secs(a.poll_interval_seconds).min(MAX_POLL_WAIT), None)
+                    } else {
+                        (DEFAULT_POLL_WAIT, None)
+                    };
                 self.unheld = (a.poll_interval_seconds > 0)
                     .then(|| Duration::from_secs(a.poll_interval_seconds).min(MAX_POLL_WAIT));
                 let fresh = match self.kept.take(&mut a, self.since) {
