@@ -129,29 +129,58 @@ impl Drop for Envoy {
 }
 
 /// A port that was free a moment ago, never handed out twice in this test
-/// process. Taken from 20000-31999, below Linux's ephemeral range
-/// (32768-60999), so outgoing connections (which get ephemeral ports) cannot
-/// grab it between this check and Envoy binding it.
+/// process. Taken outside the kernel's ephemeral range (the one `connect`
+/// picks local ports from: 32768-60999 by default, but CI machines widen
+/// it), so an outgoing connection cannot grab it between this check and
+/// Envoy binding it: a connected socket on the port makes Envoy's bind fail
+/// although nothing listens there.
 pub fn free_port() -> u16 {
     use std::collections::HashSet;
     use std::sync::Mutex;
     static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
     let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
     let given = given.get_or_insert_with(HashSet::new);
+    let (lo, hi) = outside_ephemeral();
+    let span = usize::from(hi - lo) + 1;
     // Spread processes apart; then walk the range.
     let seed = std::process::id() as usize * 7919
         + std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos() as usize)
             .unwrap_or(0);
-    for i in 0..12_000 {
-        let port = 20_000 + ((seed + i * 7) % 12_000) as u16;
+    for i in 0..span {
+        let port = lo + ((seed + i * 7) % span) as u16;
         if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
             given.insert(port);
             return port;
         }
     }
-    panic!("no free port in 20000-31999")
+    panic!("no free port in {lo}-{hi}")
+}
+
+/// The widest run of unprivileged ports outside
+/// /proc/sys/net/ipv4/ip_local_port_range, capped to 12,000 ports starting
+/// at 20000 when that fits (the default range leaves 1024-32767).
+fn outside_ephemeral() -> (u16, u16) {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let mut bounds = range.split_whitespace().filter_map(|n| n.parse::<u16>().ok());
+    let (eph_lo, eph_hi) = match (bounds.next(), bounds.next()) {
+        (Some(lo), Some(hi)) if lo <= hi => (lo, hi),
+        _ => (32_768, 60_999),
+    };
+    let below = (1_024u16, eph_lo.saturating_sub(1));
+    let above = (eph_hi.saturating_add(1).max(1_024), u16::MAX);
+    let width = |(lo, hi): (u16, u16)| if hi >= lo { hi - lo } else { 0 };
+    let (lo, hi) = if width(below) >= width(above) { below } else { above };
+    assert!(
+        hi > lo + 100,
+        "the ephemeral port range {eph_lo}-{eph_hi} leaves no room for fixed test ports"
+    );
+    if lo <= 20_000 && hi >= 31_999 {
+        (20_000, 31_999)
+    } else {
+        (lo, hi)
+    }
 }
 
 /// A server thread per listener; one thread per connection. Stopped on drop.
