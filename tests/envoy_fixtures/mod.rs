@@ -170,7 +170,7 @@ fn outside_ephemeral() -> (u16, u16) {
     };
     let below = (1_024u16, eph_lo.saturating_sub(1));
     let above = (eph_hi.saturating_add(1).max(1_024), u16::MAX);
-    let width = |(lo, hi): (u16, u16)| if hi >= lo { hi - lo } else { 0 };
+    let width = |(lo, hi): (u16, u16)| hi.saturating_sub(lo);
     let (lo, hi) = if width(below) >= width(above) { below } else { above };
     assert!(
         hi > lo + 100,
