@@ -209,7 +209,7 @@ fn a_network_change_updates_the_running_proxy_and_restarts_tasks_with_new_variab
             name: "j-g-r0-t".into(),
             job_type: JobType::Service,
             group: "g".into(),
-            spec,
+            spec: spec.into(),
         }]
     };
     let a = upstream("alpha");

@@ -62,6 +62,7 @@ use crate::api::{JobType, NetworkConfig, RestartMode, RestartPolicy, TaskSpec};
 use crate::envoy::{self, GroupProxy};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use super::specs::{DEFAULT_KILL_TIMEOUT, PROXY_READY_TIMEOUT};
@@ -78,7 +79,71 @@ pub struct AssignedTask {
     /// The group's name in the Job (`<group>`), as the Job or the server's
     /// group part gives it.
     pub group: String,
-    pub spec: TaskSpec,
+    /// Shared: a task whose spec did not change keeps it from answer to
+    /// answer (see `connected::assigned_tasks`), so copies of the desired
+    /// set copy no spec, and its hash is computed once.
+    pub spec: Arc<DesiredSpec>,
+}
+
+/// A desired task's spec with its hash ([`hash_debug`]: formatting every
+/// spec on every pass was the costliest step of a pass with 100 tasks),
+/// computed when first asked for and forgotten when the spec is changed.
+pub struct DesiredSpec {
+    spec: TaskSpec,
+    hash: std::sync::OnceLock<u64>,
+}
+
+impl DesiredSpec {
+    pub fn hash(&self) -> u64 {
+        *self.hash.get_or_init(|| hash_debug(&self.spec))
+    }
+}
+
+impl From<TaskSpec> for DesiredSpec {
+    fn from(spec: TaskSpec) -> Self {
+        DesiredSpec {
+            spec,
+            hash: std::sync::OnceLock::new(),
+        }
+    }
+}
+
+impl From<TaskSpec> for Arc<DesiredSpec> {
+    fn from(spec: TaskSpec) -> Self {
+        Arc::new(spec.into())
+    }
+}
+
+impl Clone for DesiredSpec {
+    fn clone(&self) -> Self {
+        self.spec.clone().into()
+    }
+}
+
+impl PartialEq for DesiredSpec {
+    fn eq(&self, other: &Self) -> bool {
+        self.spec == other.spec
+    }
+}
+
+impl std::fmt::Debug for DesiredSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.spec.fmt(f)
+    }
+}
+
+impl std::ops::Deref for DesiredSpec {
+    type Target = TaskSpec;
+    fn deref(&self) -> &TaskSpec {
+        &self.spec
+    }
+}
+
+impl std::ops::DerefMut for DesiredSpec {
+    fn deref_mut(&mut self) -> &mut TaskSpec {
+        self.hash = std::sync::OnceLock::new();
+        &mut self.spec
+    }
 }
 
 impl AssignedTask {
@@ -271,9 +336,7 @@ impl Reconciler {
             if self.failed.contains_key(&key) {
                 continue;
             }
-            // Each spec is hashed once per pass (its Debug form: the
-            // costliest step of a pass with 100 tasks).
-            let spec_hashes: Vec<u64> = tasks.iter().map(|t| hash_debug(&t.spec)).collect();
+            let spec_hashes: Vec<u64> = tasks.iter().map(|t| t.spec.hash()).collect();
             let respecced = tasks.iter().zip(&spec_hashes).any(|(t, spec_hash)| {
                 t.job_type != JobType::Batch && self.built.get(&t.name).is_some_and(|h| h != spec_hash)
             });
@@ -1052,7 +1115,7 @@ fn group_users(tasks: &[&AssignedTask], default_user: Option<&str>) -> Vec<Strin
         .filter(|i| !i.is_robot_scoped());
     let users: BTreeSet<&str> = tasks
         .iter()
-        .map(|t| &t.spec)
+        .map(|t| -> &TaskSpec { &t.spec })
         .chain(inits)
         .filter_map(|t| t.user.as_deref().or(default_user))
         .collect();
@@ -1227,14 +1290,14 @@ mod tests {
             name: format!("j-{group}-r{replica}-{name}"),
             job_type: JobType::Service,
             group: group.into(),
-            spec: TaskSpec {
+            spec: Arc::new(DesiredSpec::from(TaskSpec {
                 name: name.into(),
                 job_name: Some("j".into()),
                 task_group_name: Some(format!("j-{group}")),
                 replica_index: Some(replica),
                 init_tasks: inits.to_vec(),
                 ..Default::default()
-            },
+            })),
         }
     }
 
@@ -1397,7 +1460,7 @@ mod tests {
     /// A task of group `j-g` behind a proxy with upstream `db` on `port`.
     fn networked(port: i64) -> AssignedTask {
         let mut t = task("g", 0, "a", &[]);
-        t.spec.network = Some(NetworkConfig {
+        Arc::make_mut(&mut t.spec).network = Some(NetworkConfig {
             upstreams: vec![crate::api::Upstream {
                 name: "db".into(),
                 local_port: port,
@@ -1624,7 +1687,7 @@ mod tests {
     fn observing_asks_about_the_proxy_only_once_the_init_tasks_are_done() {
         let rec = reconciler(nowhere());
         let mut t = networked(15432);
-        t.spec.init_tasks = vec![init("setup", false)];
+        Arc::make_mut(&mut t.spec).init_tasks = vec![init("setup", false)];
         let mut now = Running::new();
         now.set("j-g-setup", running());
         assert!(rec.observe(&[t.clone()], &now).envoy_bin.is_none(), "setup still runs");

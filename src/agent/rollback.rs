@@ -25,12 +25,13 @@
 //! went back) is kept in `rollback.json` in the data dir, so an agent
 //! restarted while reverted stays reverted.
 
-use super::reconcile::{AssignedTask, Outcome, Reconciler};
+use super::reconcile::{AssignedTask, DesiredSpec, Outcome, Reconciler};
 use super::supervisor::Units;
 use crate::api::{Task, TaskSpec, TaskStatus};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// On a Task: the spec the robot ran before this version (JSON), or
@@ -87,7 +88,7 @@ pub struct Rollback {
     offers: BTreeMap<String, Offer>,
     watch: BTreeMap<String, Watch>,
     /// The spec each task runs, and whether the server overrides its lock.
-    applied: BTreeMap<String, TaskSpec>,
+    applied: BTreeMap<String, Arc<DesiredSpec>>,
     overridden: std::collections::BTreeSet<String>,
     /// Tasks whose new spec waits for their lock.
     deferred: std::collections::BTreeSet<String>,
@@ -277,19 +278,19 @@ impl Rollback {
                 // (The lock file is looked at only for a changed spec: this
                 // runs for every task on every wake-up.)
                 if let (Some(old), Some(v)) = (self.applied.get(&t.name), sup.view(&t.name)) {
-                    let changed = *old != t.spec && v.phase.pid().is_some();
+                    let changed = !Arc::ptr_eq(old, &t.spec) && **old != *t.spec && v.phase.pid().is_some();
                     if changed && !self.overridden.contains(&t.name) && v.dir.join(LOCK_FILE).exists() {
                         self.deferred.insert(t.name.clone());
                         wake = wake
                             .into_iter()
                             .chain(Some(crate::agent::clock::after(now, LOCK_RECHECK)))
                             .min();
-                        t.spec = old.clone();
+                        t.spec = Arc::clone(old);
                         return Some(t);
                     }
                 }
-                if self.applied.get(&t.name) != Some(&t.spec) {
-                    self.applied.insert(t.name.clone(), t.spec.clone());
+                if !self.applied.get(&t.name).is_some_and(|a| Arc::ptr_eq(a, &t.spec)) {
+                    self.applied.insert(t.name.clone(), Arc::clone(&t.spec));
                 }
                 if !self.offers.contains_key(&t.name) {
                     return Some(t);
@@ -305,7 +306,7 @@ impl Rollback {
                 let (back, at) = self.choose(&t.name, &t.spec, seen, now);
                 wake = wake.into_iter().chain(at).min();
                 match back {
-                    Some(Previous::Spec(spec)) => t.spec = *spec,
+                    Some(Previous::Spec(spec)) => t.spec = (*spec).into(),
                     Some(Previous::Absent) => {
                         self.stopped.push(t);
                         return None;
@@ -542,7 +543,7 @@ mod tests {
                 name: t.metadata.name.clone(),
                 job_type: crate::api::JobType::Service,
                 group: "g".into(),
-                spec: t.spec.clone(),
+                spec: t.spec.clone().into(),
             })
             .collect();
         let now = Instant::now();

@@ -49,7 +49,7 @@ pub fn expand(job: &Job) -> Vec<AssignedTask> {
             name,
             job_type: job.spec.job_type,
             group: group_of(spec.task_group_name.as_ref()),
-            spec,
+            spec: spec.into(),
         })
         .collect()
 }

@@ -177,7 +177,7 @@ pub fn run(opts: ConnectedOptions) -> Result<i32, String> {
     let update_waker = Arc::new(sup.waker().map_err(|e| format!("waker: {e}"))?);
     // The last desired set keeps running until the server answers.
     let kept = desired::Kept::load(&data_dir);
-    let mut desired = assigned_tasks(&kept.tasks(), &kept.group_names());
+    let mut desired = assigned_tasks(&kept.tasks(), &kept.group_names(), &[]);
     spawn_poller(
         Arc::clone(&shared),
         Client::new(&opts.config.server, Arc::clone(&channel)),
@@ -195,7 +195,7 @@ pub fn run(opts: ConnectedOptions) -> Result<i32, String> {
     let mut rec = Reconciler::new(opts.reconcile);
     loop {
         if let Some(a) = lock(&shared.inbox).latest.take() {
-            desired = assigned_tasks(&a.tasks, &a.group_names);
+            desired = assigned_tasks(&a.tasks, &a.group_names, &desired);
             if let Err(e) = rollback.learn(&a.tasks) {
                 say(&format!("agent: rollback state: {e}"));
             }
@@ -514,6 +514,9 @@ impl Poller {
 /// Most status updates in one report; halved while the server answers 413
 /// (its `--max-status-updates` is lower).
 const REPORT_BATCH: usize = 500;
+/// How long the reporter waits, with nothing to send, before writing down
+/// acknowledgements no status write has taken along (see `outbox`).
+const ACKS_SAVED_AFTER: Duration = Duration::from_secs(1);
 
 fn spawn_reporter(shared: Arc<Shared>, client: Client, data_dir: PathBuf) {
     std::thread::spawn(move || {
@@ -526,11 +529,23 @@ fn spawn_reporter(shared: Arc<Shared>, client: Client, data_dir: PathBuf) {
                 let mut outbox = lock(&shared.outbox);
                 let now = Instant::now();
                 if outbox.is_empty() && now < device_due && lock(&shared.last_update).is_none() {
-                    let (guard, _) = shared
+                    // Acknowledgements wait for a quiet moment to be written
+                    // (or for the next status, whose write takes them along).
+                    let quiet = if outbox.acks_unsaved() {
+                        ACKS_SAVED_AFTER
+                    } else {
+                        device_due - now
+                    };
+                    let (guard, waited) = shared
                         .changed
-                        .wait_timeout(outbox, device_due - now)
+                        .wait_timeout(outbox, quiet.min(device_due - now))
                         .unwrap_or_else(|p| p.into_inner());
                     outbox = guard;
+                    if waited.timed_out() && outbox.is_empty() {
+                        if let Err(e) = outbox.save_acks() {
+                            say(&format!("agent: outbox: {e}"));
+                        }
+                    }
                 }
                 let mut updates = outbox.pending();
                 // In batches the server takes (--max-status-updates), oldest
@@ -583,9 +598,7 @@ fn spawn_reporter(shared: Arc<Shared>, client: Client, data_dir: PathBuf) {
                     // Every outcome (applied, duplicate, not assigned, not
                     // found) means the server needs this status no more.
                     let acked: Vec<(String, u64)> = reply.results.into_iter().map(|r| (r.task, r.seq)).collect();
-                    if let Err(e) = lock(&shared.outbox).acknowledge(&acked) {
-                        say(&format!("agent: outbox: {e}"));
-                    }
+                    lock(&shared.outbox).acknowledge(&acked);
                 }
                 // Too large for this server: smaller batches, at once.
                 Err(ClientError::Status { code: 413, .. }) if batch > 1 && report.updates.len() > 1 => {
@@ -666,8 +679,13 @@ fn read_log(data_dir: &Path, req: &crate::api::agent_protocol::LogRequest) -> cr
 /// `group_names`: each group's name in its Job, by `taskGroupName` (the
 /// group form's). A set from a server without the group form names no
 /// groups: then the name is what `taskGroupName` (`{job}-{group}`) has
-/// after the job's.
-pub fn assigned_tasks(tasks: &[Task], group_names: &BTreeMap<String, String>) -> Vec<AssignedTask> {
+/// after the job's. A task whose spec equals its spec in `previous` keeps
+/// that spec's allocation (see [`AssignedTask::spec`]).
+pub fn assigned_tasks(
+    tasks: &[Task],
+    group_names: &BTreeMap<String, String>,
+    previous: &[AssignedTask],
+) -> Vec<AssignedTask> {
     tasks
         .iter()
         .map(|t| {
@@ -679,11 +697,18 @@ pub fn assigned_tasks(tasks: &[Task], group_names: &BTreeMap<String, String>) ->
                     .unwrap_or(key)
                     .to_string()
             });
+            // Both sets come in name order (the kept set is a map).
+            let same = previous
+                .binary_search_by(|p| p.name.as_str().cmp(&t.metadata.name))
+                .ok()
+                .map(|i| &previous[i].spec)
+                .filter(|p| ****p == t.spec);
+            let spec = same.map_or_else(|| t.spec.clone().into(), Arc::clone);
             AssignedTask {
                 name: t.metadata.name.clone(),
                 job_type: t.spec.job_type.unwrap_or(JobType::Service),
                 group,
-                spec: t.spec.clone(),
+                spec,
             }
         })
         .collect()
@@ -756,6 +781,7 @@ pub fn task_status(t: &AssignedTask, rec: &Reconciler, sup: &Supervisor) -> Task
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::reconcile::DesiredSpec;
     use crate::api::{DisconnectPolicy, Duration as KDuration, TaskSpec};
 
     fn task(name: &str, stop_after: Option<&str>) -> AssignedTask {
@@ -763,14 +789,35 @@ mod tests {
             name: name.into(),
             job_type: JobType::Service,
             group: "g".into(),
-            spec: TaskSpec {
+            spec: Arc::new(DesiredSpec::from(TaskSpec {
                 disconnect: stop_after.map(|d| DisconnectPolicy {
                     stop_on_client_after: Some(KDuration::new(d)),
                     ..Default::default()
                 }),
                 ..Default::default()
-            },
+            })),
         }
+    }
+
+    /// An unchanged spec keeps its allocation from answer to answer, so
+    /// the reconciler hashes it once; a changed one gets a new one.
+    #[test]
+    fn an_unchanged_spec_is_shared_with_the_previous_set() {
+        let server_task = |name: &str, user: &str| {
+            let mut t = Task::default();
+            t.metadata.name = name.into();
+            t.spec.job_name = Some("j".into());
+            t.spec.task_group_name = Some("j-g".into());
+            t.spec.user = Some(user.into());
+            t
+        };
+        let names = BTreeMap::new();
+        let first = assigned_tasks(&[server_task("a", "x"), server_task("b", "x")], &names, &[]);
+        let next = assigned_tasks(&[server_task("a", "x"), server_task("b", "y")], &names, &first);
+        assert!(Arc::ptr_eq(&first[0].spec, &next[0].spec), "a: unchanged, shared");
+        assert!(!Arc::ptr_eq(&first[1].spec, &next[1].spec), "b: changed");
+        assert_eq!(next[1].spec.user.as_deref(), Some("y"));
+        assert_eq!(next[0].group, "g");
     }
 
     #[test]

@@ -9,7 +9,13 @@
 //! re-sends. One counter, not one per task: what the file keeps is bounded
 //! by the tasks currently waiting, however many tasks the robot ever ran.
 //! The file is rewritten (atomically, fsync'd) only when a status changes
-//! or an acknowledgement removes entries: an idle robot writes nothing.
+//! or unsent ones are dropped: an idle robot writes nothing. What the
+//! server acknowledged leaves the file with the next write, or when the
+//! reporter has been idle a moment ([`Outbox::save_acks`]), not in a
+//! write of its own: on a busy robot that halves the writes. A crash in
+//! between sends those statuses once more after the restart, which is
+//! harmless: each is the latest status its task had, under the sequence
+//! number the server already applied (it answers "duplicate").
 
 use crate::api::agent_protocol::TaskStatusUpdate;
 use crate::api::TaskStatus;
@@ -58,6 +64,8 @@ pub struct Outbox {
     /// the server reset the task on the robot's return): once it is
     /// acknowledged, the status is sent again.
     disputed: BTreeSet<String>,
+    /// Acknowledged statuses are gone from memory, not yet from the file.
+    acks_unsaved: bool,
 }
 
 impl Outbox {
@@ -83,6 +91,7 @@ impl Outbox {
             file,
             last_status,
             disputed: BTreeSet::new(),
+            acks_unsaved: false,
         })
     }
 
@@ -161,19 +170,28 @@ impl Outbox {
         self.file.pending.is_empty()
     }
 
-    /// The server has the status `seq` (or a newer one) of `task`.
-    pub fn acknowledge(&mut self, acked: &[(String, u64)]) -> io::Result<()> {
-        let mut changed = false;
+    /// The server has the status `seq` (or a newer one) of `task`. The
+    /// file learns it with the next write (see the module doc).
+    pub fn acknowledge(&mut self, acked: &[(String, u64)]) {
         for (task, seq) in acked {
             if self.file.pending.get(task).is_some_and(|u| u.seq <= *seq) {
                 self.file.pending.remove(task);
-                changed = true;
+                self.acks_unsaved = true;
                 if self.disputed.remove(task) {
                     self.last_status.remove(task);
                 }
             }
         }
-        if changed {
+    }
+
+    /// Whether acknowledgements wait to be written.
+    pub fn acks_unsaved(&self) -> bool {
+        self.acks_unsaved
+    }
+
+    /// Write down what was acknowledged, if a write has not done it yet.
+    pub fn save_acks(&mut self) -> io::Result<()> {
+        if self.acks_unsaved {
             self.save()?;
         }
         Ok(())
@@ -192,9 +210,11 @@ impl Outbox {
         Ok(())
     }
 
-    fn save(&self) -> io::Result<()> {
+    fn save(&mut self) -> io::Result<()> {
         let bytes = serde_json::to_vec(&self.file).map_err(io::Error::other)?;
-        atomic_file::write(&self.path, &bytes, 0o600)
+        atomic_file::write(&self.path, &bytes, 0o600)?;
+        self.acks_unsaved = false;
+        Ok(())
     }
 }
 
@@ -227,12 +247,50 @@ mod tests {
 
         let mut ob = Outbox::open(dir.path()).unwrap();
         assert_eq!(ob.pending()[0].seq, 2, "pending statuses survive a restart");
-        ob.acknowledge(&[("t".into(), 2)]).unwrap();
+        ob.acknowledge(&[("t".into(), 2)]);
         assert!(ob.is_empty());
         assert!(ob.push("t", status(TaskState::Completed)).unwrap());
         drop(ob);
         let ob = Outbox::open(dir.path()).unwrap();
         assert_eq!(ob.pending()[0].seq, 3, "sequence numbers never go back");
+    }
+
+    /// An acknowledgement costs no write of its own: the next status's
+    /// write, or `save_acks` once the reporter is idle, takes it along. A
+    /// restart before either sends the acknowledged status once more.
+    #[test]
+    fn acknowledgements_ride_on_the_next_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("outbox.json");
+        let on_disk = || {
+            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+            v["pending"]
+                .as_object()
+                .map(|p| p.keys().cloned().collect::<Vec<_>>())
+                .unwrap_or_default()
+        };
+        let mut ob = Outbox::open(dir.path()).unwrap();
+        ob.push("a", status(TaskState::Running)).unwrap();
+        ob.acknowledge(&[("a".into(), 1)]);
+        assert!(ob.is_empty() && ob.acks_unsaved());
+        assert_eq!(on_disk(), ["a"], "not written yet");
+        let reopened = Outbox::open(dir.path()).unwrap();
+        assert_eq!(reopened.pending()[0].seq, 1, "a restart now sends it again, same seq");
+        drop(reopened);
+        // The next status's write takes the acknowledgement along.
+        ob.push("b", status(TaskState::Running)).unwrap();
+        assert!(!ob.acks_unsaved());
+        assert_eq!(on_disk(), ["b"]);
+        ob.acknowledge(&[("b".into(), 2)]);
+        ob.save_acks().unwrap();
+        assert!(on_disk().is_empty());
+        let modified = std::fs::metadata(&file).unwrap().modified().unwrap();
+        ob.save_acks().unwrap();
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().modified().unwrap(),
+            modified,
+            "nothing to write"
+        );
     }
 
     /// A report held up by a cut link lands after the server, seeing the
@@ -244,7 +302,7 @@ mod tests {
         let mut ob = Outbox::open(dir.path()).unwrap();
         ob.push("t", status(TaskState::Running)).unwrap();
         ob.server_disagrees("t", &status(TaskState::Scheduled), true);
-        ob.acknowledge(&[("t".into(), 1)]).unwrap();
+        ob.acknowledge(&[("t".into(), 1)]);
         assert!(ob.is_empty());
         assert!(
             ob.push("t", status(TaskState::Running)).unwrap(),
@@ -252,7 +310,7 @@ mod tests {
         );
         assert_eq!(ob.pending()[0].seq, 2);
         // Undisputed, an acknowledged status is not repeated.
-        ob.acknowledge(&[("t".into(), 2)]).unwrap();
+        ob.acknowledge(&[("t".into(), 2)]);
         assert!(!ob.push("t", status(TaskState::Running)).unwrap());
     }
 
@@ -274,9 +332,10 @@ mod tests {
         for i in 0..300 {
             let task = format!("job-{i}-g-r0-t");
             ob.push(&task, status(TaskState::Completed)).unwrap();
-            ob.acknowledge(&[(task.clone(), u64::MAX)]).unwrap();
+            ob.acknowledge(&[(task.clone(), u64::MAX)]);
             ob.retain(|_| false).unwrap();
         }
+        ob.save_acks().unwrap();
         let size = std::fs::metadata(dir.path().join("outbox.json")).unwrap().len();
         assert!(size < 100, "outbox.json grew to {size} bytes");
         ob.push("next", status(TaskState::Running)).unwrap();
@@ -307,7 +366,7 @@ mod tests {
             !ob.push("t", status(TaskState::Running)).unwrap(),
             "still on its way: no resend"
         );
-        ob.acknowledge(&[("t".into(), 1)]).unwrap();
+        ob.acknowledge(&[("t".into(), 1)]);
         ob.server_disagrees("t", &status(TaskState::Running), false);
         assert!(
             !ob.push("t", status(TaskState::Running)).unwrap(),
@@ -349,7 +408,7 @@ mod tests {
         let mut ob = Outbox::open(dir.path()).unwrap();
         ob.push("t", status(TaskState::Running)).unwrap();
         ob.push("t", status(TaskState::Failed)).unwrap();
-        ob.acknowledge(&[("t".into(), 1)]).unwrap();
+        ob.acknowledge(&[("t".into(), 1)]);
         assert_eq!(ob.pending()[0].seq, 2);
     }
 }

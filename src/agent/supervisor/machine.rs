@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// How a process ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Exit {
     Code(i32),
     Signal(i32),

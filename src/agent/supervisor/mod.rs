@@ -178,6 +178,56 @@ struct Unit {
     fetching: Option<(u64, spawn::Prepared)>,
 }
 
+/// What the state file keeps of a unit, borrowed; None for a stopped one
+/// (it is not kept).
+#[derive(Hash)]
+struct SavedFields<'a> {
+    phase: SavedPhase,
+    message: Option<&'a str>,
+    pid: Option<i32>,
+    start_time: Option<u64>,
+    dir: &'a Path,
+    restarts: u32,
+    last_exit: Option<Exit>,
+    kill_timeout_ms: u64,
+}
+
+fn saved_fields(u: &Unit) -> Option<SavedFields<'_>> {
+    let (phase, message) = match &u.machine.phase {
+        Phase::Completed => (SavedPhase::Completed, None),
+        Phase::Failed { reason } => (SavedPhase::Failed, Some(reason.as_str())),
+        Phase::Stopped => return None,
+        _ => (SavedPhase::Running, None),
+    };
+    let running = u.machine.phase.pid().is_some();
+    let identity = u.identity.filter(|_| running);
+    Some(SavedFields {
+        phase,
+        message,
+        pid: identity.map(|i| i.pid),
+        start_time: identity.map(|i| i.start_time),
+        dir: &u.spec.dir,
+        restarts: u.machine.restart_count,
+        last_exit: u.machine.last_exit,
+        kill_timeout_ms: u64::try_from(u.spec.kill_timeout.as_millis()).unwrap_or(u64::MAX),
+    })
+}
+
+impl SavedFields<'_> {
+    fn to_saved(&self) -> SavedUnit {
+        SavedUnit {
+            phase: self.phase,
+            pid: self.pid,
+            start_time: self.start_time,
+            dir: self.dir.to_path_buf(),
+            restarts: self.restarts,
+            last_exit: self.last_exit,
+            message: self.message.map(String::from),
+            kill_timeout_ms: self.kill_timeout_ms,
+        }
+    }
+}
+
 /// A read-only view of a unit for reconcile and reports.
 pub struct UnitView<'a> {
     pub phase: &'a Phase,
@@ -282,6 +332,8 @@ pub struct Supervisor {
     allow_root_tasks: bool,
     changes: Vec<Change>,
     dirty: bool,
+    /// `state_fingerprint` of the last state written.
+    saved_fingerprint: Option<u64>,
     fetch_seq: u64,
     fetch_tx: mpsc::Sender<FetchDone>,
     fetch_rx: mpsc::Receiver<FetchDone>,
@@ -398,6 +450,7 @@ impl Supervisor {
             allow_root_tasks: config.allow_root_tasks,
             changes: Vec::new(),
             dirty: false,
+            saved_fingerprint: None,
             fetch_seq: 0,
             fetch_tx,
             fetch_rx,
@@ -473,34 +526,38 @@ impl Supervisor {
             return Ok(());
         }
         self.dirty = false;
+        // Most wake-ups change nothing the file holds (a log line, a check,
+        // another unit's output): hashing what it would hold is far cheaper
+        // than building and serialising it to find that out.
+        let fingerprint = self.state_fingerprint();
+        if self.saved_fingerprint == Some(fingerprint) {
+            return Ok(());
+        }
         let mut state = SavedState {
             boot_id: self.boot_id.clone(),
             units: self.leftovers.clone(),
         };
         for (name, u) in &self.units {
-            let (phase, message) = match &u.machine.phase {
-                Phase::Completed => (SavedPhase::Completed, None),
-                Phase::Failed { reason } => (SavedPhase::Failed, Some(reason.clone())),
-                Phase::Stopped => continue,
-                _ => (SavedPhase::Running, None),
-            };
-            let running = u.machine.phase.pid().is_some();
-            state.units.insert(
-                name.clone(),
-                SavedUnit {
-                    phase,
-                    pid: u.identity.filter(|_| running).map(|i| i.pid),
-                    start_time: u.identity.filter(|_| running).map(|i| i.start_time),
-                    dir: u.spec.dir.clone(),
-                    restarts: u.machine.restart_count,
-                    last_exit: u.machine.last_exit,
-                    message,
-                    kill_timeout_ms: u64::try_from(u.spec.kill_timeout.as_millis()).unwrap_or(u64::MAX),
-                },
-            );
+            if let Some(f) = saved_fields(u) {
+                state.units.insert(name.clone(), f.to_saved());
+            }
         }
         self.state_file.save(&state).map_err(SupervisorError::State)?;
+        self.saved_fingerprint = Some(fingerprint);
         Ok(())
+    }
+
+    /// A hash of everything `save` writes.
+    fn state_fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.leftovers.hash(&mut h);
+        for (name, u) in &self.units {
+            if let Some(f) = saved_fields(u) {
+                (name, f).hash(&mut h);
+            }
+        }
+        h.finish()
     }
 
     /// Persist now (e.g. before exiting).

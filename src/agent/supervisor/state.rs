@@ -24,7 +24,7 @@ pub struct SavedState {
     pub units: BTreeMap<String, SavedUnit>,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SavedPhase {
     #[default]
@@ -33,7 +33,7 @@ pub enum SavedPhase {
     Failed,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SavedUnit {
     pub phase: SavedPhase,
