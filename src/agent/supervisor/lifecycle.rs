@@ -86,7 +86,7 @@ impl Supervisor {
             None => Some(Event::Start),
             Some(saved) => self.restore(&mut unit, saved),
         };
-        self.units.insert(name.clone(), unit);
+        self.units.insert(name.clone(), Box::new(unit));
         if let Some(event) = event {
             self.drive(&name, event);
         }

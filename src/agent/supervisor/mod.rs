@@ -317,7 +317,9 @@ impl Units for Supervisor {
 }
 
 pub struct Supervisor {
-    units: BTreeMap<String, Unit>,
+    /// Boxed: a unit is large, and a map node moves its neighbours on
+    /// every insert and remove.
+    units: BTreeMap<String, Box<Unit>>,
     /// Units saved by an earlier agent, not yet claimed by `ensure`.
     leftovers: BTreeMap<String, SavedUnit>,
     state_file: StateFile,

@@ -79,6 +79,9 @@ impl std::error::Error for StateError {}
 pub struct StateFile {
     path: PathBuf,
     last_written: Vec<u8>,
+    /// The next content, serialised into a buffer kept between saves (it
+    /// grows once, not by doubling on every save).
+    next: Vec<u8>,
 }
 
 impl StateFile {
@@ -97,6 +100,7 @@ impl StateFile {
             StateFile {
                 path,
                 last_written: bytes,
+                next: Vec::new(),
             },
             state,
         ))
@@ -104,13 +108,16 @@ impl StateFile {
 
     /// Write `state` if it differs from what is on disk. Returns whether it wrote.
     pub fn save(&mut self, state: &SavedState) -> Result<bool, StateError> {
-        let mut bytes = serde_json::to_vec_pretty(state).map_err(|e| StateError::Write(self.path.clone(), e.into()))?;
-        bytes.push(b'\n');
-        if bytes == self.last_written {
+        self.next.clear();
+        serde_json::to_writer_pretty(&mut self.next, state)
+            .map_err(|e| StateError::Write(self.path.clone(), e.into()))?;
+        self.next.push(b'\n');
+        if self.next == self.last_written {
             return Ok(false);
         }
-        crate::atomic_file::write(&self.path, &bytes, 0o600).map_err(|e| StateError::Write(self.path.clone(), e))?;
-        self.last_written = bytes;
+        crate::atomic_file::write(&self.path, &self.next, 0o600)
+            .map_err(|e| StateError::Write(self.path.clone(), e))?;
+        std::mem::swap(&mut self.last_written, &mut self.next);
         Ok(true)
     }
 }
