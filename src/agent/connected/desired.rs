@@ -59,8 +59,9 @@ const COMPACT_AFTER_BYTES: u64 = 64 * 1024;
 pub struct Kept {
     /// The revision the set is at; 0: unknown (ask for the complete set).
     revision: u64,
-    /// Name → (version hash, task as it travelled).
-    tasks: BTreeMap<String, (String, Task)>,
+    /// Name → (version hash, task as it travelled). Boxed: a Task is
+    /// ≈ 2 KB inline, and a map node holds eleven.
+    tasks: BTreeMap<String, (String, Box<Task>)>,
     /// Group form: `taskGroupName` → the group's part.
     groups: BTreeMap<String, GroupPart>,
     /// Group form: `taskGroupName` → version hash. (Map types the agent
@@ -274,7 +275,7 @@ impl Kept {
             }
             self.groups.extend(groups);
             for (name, version, t) in keyed {
-                self.tasks.insert(name.clone(), (version, t));
+                self.tasks.insert(name.clone(), (version, Box::new(t)));
                 if let Some((_, t)) = self.tasks.get(&name) {
                     changed.push(self.filled(t));
                 }
@@ -367,7 +368,7 @@ impl Kept {
             let version = hash_of(versions, &t.metadata.name);
             all &= version.is_some();
             let version = version.unwrap_or_default().to_string();
-            self.tasks.insert(t.metadata.name.clone(), (version, t));
+            self.tasks.insert(t.metadata.name.clone(), (version, Box::new(t)));
         }
         all
     }
@@ -462,7 +463,7 @@ impl Kept {
                 removed_groups,
                 changed_groups,
             } if self.log_bytes <= self.snapshot_bytes.max(COMPACT_AFTER_BYTES) => {
-                let changed: Vec<&(String, Task)> = changed.iter().filter_map(|n| self.tasks.get(n)).collect();
+                let changed: Vec<&(String, Box<Task>)> = changed.iter().filter_map(|n| self.tasks.get(n)).collect();
                 let record = Record {
                     base,
                     revision: self.revision,
@@ -471,7 +472,7 @@ impl Kept {
                         .iter()
                         .map(|(v, t)| (t.metadata.name.as_str(), v.as_str()))
                         .collect(),
-                    tasks: changed.iter().map(|(_, t)| t).collect(),
+                    tasks: changed.iter().map(|(_, t)| &**t).collect(),
                     removed_groups: &removed_groups,
                     groups: changed_groups
                         .iter()
