@@ -370,13 +370,9 @@ impl KeepAlive {
         // or the link's slowness, and sending again would only wait twice).
         match first_byte(&mut reader, req) {
             Ok(false) if !fresh => return Err(Try::Stale),
-            Err(e) if !fresh && closed(&e) => return Err(Try::Stale),
-            Err(e) => {
-                return Err(match e.get_ref().and_then(|inner| inner.downcast_ref::<Silence>()) {
-                    Some(Silence(d)) => Try::Failed(HttpError::Silent(*d)),
-                    None => e.into(),
-                })
-            }
+            Err(FirstByte::Io(e)) if !fresh && closed(&e) => return Err(Try::Stale),
+            Err(FirstByte::Io(e)) => return Err(e.into()),
+            Err(FirstByte::Silent(d)) => return Err(Try::Failed(HttpError::Silent(d))),
             Ok(_) => {}
         }
         set_timeouts(reader.get_ref(), req.timeout)?;
@@ -395,23 +391,26 @@ impl KeepAlive {
 
 /// [`first_byte`]'s silence, carried inside its `io::Error`.
 #[derive(Debug)]
-struct Silence(Duration);
-
-impl fmt::Display for Silence {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "silent for {:?}", self.0)
-    }
+/// Why no first byte came.
+enum FirstByte {
+    Io(io::Error),
+    /// Nothing at all arrived for this long (see [`Request::silence`]).
+    Silent(Duration),
 }
 
-impl std::error::Error for Silence {}
+impl From<io::Error> for FirstByte {
+    fn from(e: io::Error) -> Self {
+        FirstByte::Io(e)
+    }
+}
 
 /// Wait for the answer's first byte (false: the connection closed first).
 /// With [`Request::silence`], the wait reads the socket in slices of a
 /// quarter of it and ends early once nothing at all arrived for that long;
 /// it ends at `timeout` either way.
-fn first_byte(reader: &mut BufReader<Stream>, req: &Request) -> io::Result<bool> {
+fn first_byte(reader: &mut BufReader<Stream>, req: &Request) -> Result<bool, FirstByte> {
     let (Some(silence), Stream::Tcp(tcp)) = (req.silence, reader.get_ref()) else {
-        return reader.fill_buf().map(|b| !b.is_empty());
+        return Ok(reader.fill_buf().map(|b| !b.is_empty())?);
     };
     let slice = (silence / 4).clamp(Duration::from_millis(100), req.timeout.max(Duration::from_millis(100)));
     tcp.set_read_timeout(Some(slice))?;
@@ -419,7 +418,7 @@ fn first_byte(reader: &mut BufReader<Stream>, req: &Request) -> io::Result<bool>
     let Some(segments) = crate::tcp_info::read(tcp)?.segments_in else {
         // Nothing to tell silence by: wait as any request does.
         tcp.set_read_timeout(Some(req.timeout))?;
-        return reader.fill_buf().map(|b| !b.is_empty());
+        return Ok(reader.fill_buf().map(|b| !b.is_empty())?);
     };
     let mut heard = (start, segments);
     loop {
@@ -427,20 +426,20 @@ fn first_byte(reader: &mut BufReader<Stream>, req: &Request) -> io::Result<bool>
             Ok(b) => return Ok(!b.is_empty()),
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
                 let Stream::Tcp(tcp) = reader.get_ref() else {
-                    return Err(e);
+                    return Err(e.into());
                 };
                 let now = Instant::now();
                 let segments = crate::tcp_info::read(tcp)?.segments_in.unwrap_or(heard.1);
                 if segments != heard.1 {
                     heard = (now, segments);
                 } else if now.saturating_duration_since(heard.0) >= silence {
-                    return Err(io::Error::new(io::ErrorKind::TimedOut, Silence(silence)));
+                    return Err(FirstByte::Silent(silence));
                 }
                 if now.saturating_duration_since(start) >= req.timeout {
-                    return Err(e);
+                    return Err(e.into());
                 }
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
     }
 }

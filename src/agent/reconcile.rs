@@ -586,9 +586,24 @@ impl Reconciler {
         } = self.plan(desired, sup, &seen);
         let acted = effects.iter().any(|e| matches!(e, Effect::UpdateProxy { .. }));
         self.carry_out(effects, &mut plan, &*sup);
-        let fresh = plan.units.iter().any(|s| sup.view(&s.name).is_none());
+        let fresh: Vec<String> = plan
+            .units
+            .iter()
+            .filter(|s| sup.view(&s.name).is_none())
+            .map(|s| s.name.clone())
+            .collect();
         sup.apply(plan);
-        (fresh || acted, recheck)
+        // Planning again can only differ where a new unit ended at once
+        // (restored as completed, or failing to spawn) or is one a group
+        // waits on (an init task or daemon, a proxy); a new task unit that
+        // runs changes nothing the next pass decides.
+        let again = !fresh.is_empty() && {
+            let tasks: BTreeSet<&str> = desired.iter().map(|t| t.name.as_str()).collect();
+            fresh
+                .iter()
+                .any(|n| !tasks.contains(n.as_str()) || sup.view(n).is_some_and(|v| v.phase.is_terminal()))
+        };
+        (again || acted, recheck)
     }
 
     /// One pass with its story told in the order things happened: what the
@@ -605,8 +620,9 @@ impl Reconciler {
         }
         // A plan builds on what runs, and a unit's first start can end at
         // once (restored as completed, or failing to spawn): plan again
-        // while the last plan started new units, so an init task restored
-        // as done lets the next one start in this step. Each round gets at
+        // while the last plan started units a group waits on or that ended
+        // at once (see `pass`), so an init task restored as done lets the
+        // next one start in this step. Each round gets at
         // least one init task further, so the rounds are bounded.
         let rounds = 2 + desired.iter().map(|t| t.spec.init_tasks.len()).max().unwrap_or(0);
         let mut recheck = None;

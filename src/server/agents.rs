@@ -387,16 +387,14 @@ impl Agents {
     /// getting old (whichever replica wrote it) or the Robot is not Online.
     /// Returns how long the stored heartbeat stays fresh.
     async fn heartbeat(&self, id: &RobotIdentity) -> Result<Duration, Status> {
-        self.heartbeat_seen(id, Duration::ZERO).await
+        self.heartbeat_seen(id, std::time::Instant::now()).await
     }
 
-    /// [`Agents::heartbeat`] for a sign of life `ago` in the past (a held
+    /// [`Agents::heartbeat`] for a sign of life `seen` earlier (a held
     /// poll's last TCP acknowledgement).
-    async fn heartbeat_seen(&self, id: &RobotIdentity, ago: Duration) -> Result<Duration, Status> {
+    async fn heartbeat_seen(&self, id: &RobotIdentity, seen: std::time::Instant) -> Result<Duration, Status> {
         let (ns, name) = (id.namespace.as_str(), id.name.as_str());
-        let seen = std::time::Instant::now()
-            .checked_sub(ago)
-            .unwrap_or_else(std::time::Instant::now);
+        let ago = seen.elapsed();
         let cached = self.hub.cache.get("robots", ns, name);
         let online = cached
             .as_ref()
@@ -604,18 +602,16 @@ impl Agents {
                 fresh_for = match held.map(Link::ack_age) {
                     None => self.heartbeat(id).await?,
                     Some(Ok(ago)) if ago < offline_after => {
-                        let seen = std::time::Instant::now().checked_sub(ago);
-                        let news = match (seen, counted) {
-                            (Some(seen), Some(before)) => seen > before + SAME_ACK,
-                            _ => true,
-                        };
+                        let seen = std::time::Instant::now()
+                            .checked_sub(ago)
+                            .unwrap_or_else(std::time::Instant::now);
                         // An old acknowledgement read again is no sign of
                         // life: counting it could turn a robot Online that
                         // the liveness controller has just (rightly) marked
                         // Offline, while its link is down.
-                        if news {
-                            counted = seen;
-                            self.heartbeat_seen(id, ago).await?
+                        if counted.is_none_or(|before| seen > before + SAME_ACK) {
+                            counted = Some(seen);
+                            self.heartbeat_seen(id, seen).await?
                         } else {
                             timing.check
                         }
