@@ -1337,6 +1337,81 @@ mod tests {
         names.iter().map(|n| n.to_string()).collect()
     }
 
+    /// Units that start what a plan asks (running, or completed at once
+    /// where `ends_at_once` names them) and count the plans applied.
+    struct Starting {
+        units: Running,
+        ends_at_once: BTreeSet<String>,
+        applied: usize,
+    }
+
+    impl Units for Starting {
+        fn now(&self) -> Instant {
+            self.units.now
+        }
+        fn view(&self, name: &str) -> Option<UnitView<'_>> {
+            self.units.view(name)
+        }
+        fn names(&self) -> Vec<&str> {
+            self.units.names()
+        }
+        fn has_process(&self, name: &str) -> bool {
+            self.units.has_process(name)
+        }
+        fn apply(&mut self, plan: Plan) {
+            self.applied += 1;
+            for spec in plan.units {
+                self.ensure(spec);
+            }
+        }
+        fn ensure(&mut self, spec: UnitSpec) {
+            let phase = if self.ends_at_once.contains(&spec.name) {
+                Phase::Completed
+            } else {
+                running()
+            };
+            self.units.set(&spec.name, phase);
+        }
+        fn retain(&mut self, _: &dyn Fn(&str) -> bool) {}
+        fn take_changes(&mut self) -> Vec<crate::agent::supervisor::Change> {
+            Vec::new()
+        }
+    }
+
+    /// A step plans again only where the next plan can differ: new task
+    /// units that run change nothing; an init task that ended at once
+    /// lets the tasks start in the same step.
+    #[test]
+    fn a_step_plans_again_only_after_a_unit_its_group_waits_on() {
+        let data = tempfile::tempdir().unwrap();
+        let mut rec = reconciler(data.path());
+        let desired = [task("g", 0, "a", &[]), task("g", 1, "b", &[])];
+        let mut sup = Starting {
+            units: Running::new(),
+            ends_at_once: BTreeSet::new(),
+            applied: 0,
+        };
+        rec.step(&desired, &mut sup, &mut |_| {});
+        assert_eq!(sup.applied, 1, "two new tasks: one plan");
+        assert_eq!(sup.names(), ["j-g-r0-a", "j-g-r1-b"]);
+
+        let mut rec = reconciler(data.path());
+        let inits = [init("setup", false)];
+        let desired = [task("h", 0, "a", &inits)];
+        let mut sup = Starting {
+            units: Running::new(),
+            ends_at_once: set(&["j-h-setup"]),
+            applied: 0,
+        };
+        rec.step(&desired, &mut sup, &mut |_| {});
+        assert_eq!(
+            sup.names(),
+            ["j-h-r0-a", "j-h-setup"],
+            "the task starts in the same step"
+        );
+        assert_eq!(sup.applied, 2, "the init task, then the task; no third plan");
+    }
+
     #[test]
     fn init_tasks_run_one_at_a_time_before_the_tasks() {
         let data = tempfile::tempdir().unwrap();
