@@ -514,8 +514,8 @@ impl Poller {
 /// Most status updates in one report; halved while the server answers 413
 /// (its `--max-status-updates` is lower).
 const REPORT_BATCH: usize = 500;
-/// How long the reporter waits, with nothing to send, before writing down
-/// acknowledgements no status write has taken along (see `outbox`).
+/// How long after an acknowledgement the reporter, with nothing to send,
+/// writes it down if no status write has taken it along (see `outbox`).
 const ACKS_SAVED_AFTER: Duration = Duration::from_secs(1);
 
 fn spawn_reporter(shared: Arc<Shared>, client: Client, data_dir: PathBuf) {
@@ -530,18 +530,16 @@ fn spawn_reporter(shared: Arc<Shared>, client: Client, data_dir: PathBuf) {
                 let now = Instant::now();
                 if outbox.is_empty() && now < device_due && lock(&shared.last_update).is_none() {
                     // Acknowledgements wait for a quiet moment to be written
-                    // (or for the next status, whose write takes them along).
-                    let quiet = if outbox.acks_unsaved() {
-                        ACKS_SAVED_AFTER
-                    } else {
-                        device_due - now
-                    };
-                    let (guard, waited) = shared
+                    // (or for the next status, whose write takes them along):
+                    // a second after the first of them, with nothing to send.
+                    let acks_due = outbox.acks_unsaved().map(|since| clock::after(since, ACKS_SAVED_AFTER));
+                    let until = acks_due.map_or(device_due, |due| due.min(device_due));
+                    let (guard, _) = shared
                         .changed
-                        .wait_timeout(outbox, quiet.min(device_due - now))
+                        .wait_timeout(outbox, until.saturating_duration_since(now))
                         .unwrap_or_else(|p| p.into_inner());
                     outbox = guard;
-                    if waited.timed_out() && outbox.is_empty() {
+                    if outbox.is_empty() && acks_due.is_some_and(|due| Instant::now() >= due) {
                         if let Err(e) = outbox.save_acks() {
                             say(&format!("agent: outbox: {e}"));
                         }

@@ -10,8 +10,8 @@
 //! by the tasks currently waiting, however many tasks the robot ever ran.
 //! The file is rewritten (atomically, fsync'd) only when a status changes
 //! or unsent ones are dropped: an idle robot writes nothing. What the
-//! server acknowledged leaves the file with the next write, or when the
-//! reporter has been idle a moment ([`Outbox::save_acks`]), not in a
+//! server acknowledged leaves the file with the next write, or a second
+//! later when nothing else is to be sent ([`Outbox::save_acks`]), not in a
 //! write of its own: on a busy robot that halves the writes. A crash in
 //! between sends those statuses once more after the restart, which is
 //! harmless: each is the latest status its task had, under the sequence
@@ -64,8 +64,9 @@ pub struct Outbox {
     /// the server reset the task on the robot's return): once it is
     /// acknowledged, the status is sent again.
     disputed: BTreeSet<String>,
-    /// Acknowledged statuses are gone from memory, not yet from the file.
-    acks_unsaved: bool,
+    /// Since when acknowledged statuses are gone from memory but not yet
+    /// from the file.
+    acks_unsaved: Option<std::time::Instant>,
 }
 
 impl Outbox {
@@ -91,7 +92,7 @@ impl Outbox {
             file,
             last_status,
             disputed: BTreeSet::new(),
-            acks_unsaved: false,
+            acks_unsaved: None,
         })
     }
 
@@ -176,7 +177,7 @@ impl Outbox {
         for (task, seq) in acked {
             if self.file.pending.get(task).is_some_and(|u| u.seq <= *seq) {
                 self.file.pending.remove(task);
-                self.acks_unsaved = true;
+                self.acks_unsaved.get_or_insert_with(std::time::Instant::now);
                 if self.disputed.remove(task) {
                     self.last_status.remove(task);
                 }
@@ -184,15 +185,17 @@ impl Outbox {
         }
     }
 
-    /// Whether acknowledgements wait to be written.
-    pub fn acks_unsaved(&self) -> bool {
+    /// Since when acknowledgements wait to be written, if they do.
+    pub fn acks_unsaved(&self) -> Option<std::time::Instant> {
         self.acks_unsaved
     }
 
     /// Write down what was acknowledged, if a write has not done it yet.
     pub fn save_acks(&mut self) -> io::Result<()> {
-        if self.acks_unsaved {
-            self.save()?;
+        if self.acks_unsaved.is_some() {
+            // A failed write is tried again a while later, not at once.
+            self.save()
+                .inspect_err(|_| self.acks_unsaved = Some(std::time::Instant::now()))?;
         }
         Ok(())
     }
@@ -213,7 +216,7 @@ impl Outbox {
     fn save(&mut self) -> io::Result<()> {
         let bytes = serde_json::to_vec(&self.file).map_err(io::Error::other)?;
         atomic_file::write(&self.path, &bytes, 0o600)?;
-        self.acks_unsaved = false;
+        self.acks_unsaved = None;
         Ok(())
     }
 }
@@ -272,14 +275,14 @@ mod tests {
         let mut ob = Outbox::open(dir.path()).unwrap();
         ob.push("a", status(TaskState::Running)).unwrap();
         ob.acknowledge(&[("a".into(), 1)]);
-        assert!(ob.is_empty() && ob.acks_unsaved());
+        assert!(ob.is_empty() && ob.acks_unsaved().is_some());
         assert_eq!(on_disk(), ["a"], "not written yet");
         let reopened = Outbox::open(dir.path()).unwrap();
         assert_eq!(reopened.pending()[0].seq, 1, "a restart now sends it again, same seq");
         drop(reopened);
         // The next status's write takes the acknowledgement along.
         ob.push("b", status(TaskState::Running)).unwrap();
-        assert!(!ob.acks_unsaved());
+        assert!(ob.acks_unsaved().is_none());
         assert_eq!(on_disk(), ["b"]);
         ob.acknowledge(&[("b".into(), 2)]);
         ob.save_acks().unwrap();
