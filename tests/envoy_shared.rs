@@ -105,10 +105,24 @@ fn groups_come_and_go_while_another_groups_connection_stays_up() {
     };
     let tmp = tempfile::tempdir().unwrap();
     let (echo_a, echo_b, echo_c) = (Server::echo(), Server::echo(), Server::echo());
-    let (pa, pb, pc) = (free_port(), free_port(), free_port());
     let robot = robot_proxy(&bin, tmp.path());
+    // A port free a moment ago can be taken meanwhile (twice in CI, by a
+    // socket /proc could not name): then other ports, as a user would.
+    let (pa, launch) = (0..5)
+        .find_map(|_| {
+            let (pa, pb) = (free_port(), free_port());
+            let members = [member("job-a", pa, echo_a.port), member("job-b", pb, echo_b.port)];
+            match shared::prepare(&robot, &members) {
+                Err(k8s4r::envoy::EnvoyError::Port(busy)) => {
+                    eprintln!("retrying with other ports: {busy}");
+                    None
+                }
+                other => Some((pa, other.unwrap())),
+            }
+        })
+        .expect("five sets of free ports were all taken");
+    let pc = free_port();
     let a = member("job-a", pa, echo_a.port);
-    let launch = shared::prepare(&robot, &[a.clone(), member("job-b", pb, echo_b.port)]).unwrap();
     let mut e = Envoy::start(&launch, tmp.path().join("envoy.log"));
     e.wait_ready();
     let pid = e.pid();

@@ -141,6 +141,19 @@ pub fn free_port() -> u16 {
     let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
     let given = given.get_or_insert_with(HashSet::new);
     let (lo, hi) = outside_ephemeral();
+    // Any socket on a port, listening or not (a connection a killed Envoy
+    // left closing), can make a later bind there fail.
+    let in_use: HashSet<u16> = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|text| {
+            text.lines()
+                .skip(1)
+                .filter_map(|l| l.split_whitespace().nth(1)?.rsplit(':').next().map(String::from))
+                .filter_map(|hex| u16::from_str_radix(&hex, 16).ok())
+                .collect::<Vec<_>>()
+        })
+        .collect();
     let span = usize::from(hi - lo) + 1;
     // Spread processes apart; then walk the range.
     let seed = std::process::id() as usize * 7919
@@ -150,7 +163,7 @@ pub fn free_port() -> u16 {
             .unwrap_or(0);
     for i in 0..span {
         let port = lo + ((seed + i * 7) % span) as u16;
-        if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if !given.contains(&port) && !in_use.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
             given.insert(port);
             return port;
         }
