@@ -4,7 +4,7 @@ CARGO ?= cargo
 X86_MUSL := x86_64-unknown-linux-musl
 ARM_MUSL := aarch64-unknown-linux-musl
 
-.PHONY: all build agent cross image tools test test-aarch64 reliability demo bench bloat fuzz fmt lint cycles clean
+.PHONY: all build agent cross image tools test test-aarch64 reliability demo bench soak bloat fuzz fmt lint cycles clean
 
 all: build
 
@@ -95,6 +95,19 @@ bench: cross
 	-$(CARGO) run --release --bin k8s4r -- bench job-rollout 1000 --timeout 300s
 	$(CARGO) run --release --bin k8s4r -- bench report
 	@! grep -q "_not run_" target/bench/report.md || { echo "error: some benchmarks did not run (see report.md)"; exit 1; }
+
+# The long run (issue 20; not part of `make test` or `make bench`):
+# SOAK_ROBOTS simulated robots on one SQLite server for SOAK_DURATION, a new
+# version of their Job every SOAK_CHURN, the server's RSS, CPU and store
+# size sampled every minute into target/bench/soak.json and soak.svg (and
+# `k8s4r bench report`'s Soak section); fails if the server's memory kept
+# growing, a robot failed or a version did not reach every robot.
+SOAK_ROBOTS ?= 10000
+SOAK_DURATION ?= 1h
+SOAK_CHURN ?= 5m
+soak:
+	$(CARGO) run --release --bin k8s4r -- bench soak $(SOAK_ROBOTS) --duration $(SOAK_DURATION) --churn $(SOAK_CHURN)
+	$(CARGO) run --release --bin k8s4r -- bench report
 
 # Where the aarch64 agent's bytes go (issue 20): by crate, then the largest
 # functions (cargo-bloat, installed if missing; an unstripped build of the

@@ -409,6 +409,71 @@ fn bench_tool_runs_a_small_fleet() {
     );
 }
 
+/// `k8s4r bench soak` at a small scale: a sample a second, a new version
+/// of the Job every two, each reaching all 20 robots; the JSON, its chart
+/// and the report's section. A run this short may well end above its
+/// first half (warm-up): then it must say so and exit 1, not pass.
+#[test]
+fn soak_tool_samples_a_small_fleet_over_versions_and_draws_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("soak.json");
+    let run = Command::new(server_util::server_bin())
+        .args([
+            "bench",
+            "soak",
+            "20",
+            "--duration",
+            "5s",
+            "--every",
+            "1s",
+            "--churn",
+            "2s",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&run.stderr).into_owned();
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert!(v.get("error").is_none(), "{v}\n{said}");
+    let flat = v["verdict"]["flat"].as_bool().unwrap();
+    assert_eq!(run.status.code(), Some(if flat { 0 } else { 1 }), "{said}");
+    assert_eq!(flat, !said.contains("the server's memory is not flat"), "{said}");
+    let samples = v["samples"].as_array().unwrap();
+    assert!(samples.len() >= 6, "one at the start and one a second: {v}");
+    for s in samples {
+        assert!(s["rss_mib"].as_f64().unwrap() > 1.0, "{s}");
+        assert!(s["store_mib"].as_f64().unwrap() > 0.0, "{s}");
+    }
+    let minutes: Vec<f64> = samples.iter().map(|s| s["minutes"].as_f64().unwrap()).collect();
+    assert!(minutes.windows(2).all(|w| w[0] < w[1]), "{minutes:?}");
+    // Version 1 at the start, then one every 2 s: 2 and 3 reached all 20.
+    let delivered: Vec<u64> = v["versions_delivered"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(&delivered[..3], [1, 2, 3], "{v}");
+    let svg = std::fs::read_to_string(dir.path().join("soak.svg")).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("server RSS") && svg.contains("store on disk"),
+        "{svg}"
+    );
+    let text = bench_report(dir.path());
+    assert!(text.contains("## Soak") && text.contains("(soak.svg)"), "{text}");
+
+    // Durations out of range are refused by name.
+    for (flag, value) in [("--every", "0s"), ("--churn", "25h"), ("--duration", "soon")] {
+        let bad = Command::new(server_util::server_bin())
+            .args(["bench", "soak", "5", flag, value])
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&bad.stderr);
+        assert!(!bad.status.success() && said.contains(flag), "{flag} {value}: {said}");
+    }
+}
+
 /// `k8s4r bench job-rollout` at a small scale: the bad version reaches its
 /// one canary only, which goes back on its own, and every robot is back
 /// on the good version well within the goal; the good version reaches all.

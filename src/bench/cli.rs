@@ -1,7 +1,8 @@
 //! `k8s4r bench ...`: the command line of the benchmarks; the work is in
-//! `fleet.rs` (robots) and `report.rs` (report).
+//! `fleet.rs` (robots), `soak.rs` (the long run) and `report.rs` (report).
 
 use super::fleet::{have_kubectl, run_one, Setup};
+use super::soak::Soak;
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -13,6 +14,10 @@ k8s4r bench rollout N [N...] — an AgentRelease rolled out to N simulated robot
 k8s4r bench job-rollout N [N...] — a system Job's bad version (5% canaries, auto-revert)
                               and good version (maxParallel 10%) rolled out to N simulated
                               robots; writes target/bench/job-rollout.json
+k8s4r bench soak [N]        — N simulated robots (default 10000) for --duration with a new
+                              version of their Job every --churn; the server's RSS, CPU
+                              and store size every --every; target/bench/soak.json and
+                              soak.svg; exit 1 if the server's memory kept growing
 k8s4r bench report          — target/bench/report.md from the benchmarks' JSON files
 
 OPTIONS:
@@ -24,6 +29,9 @@ OPTIONS:
     --etcd            Store in a throwaway local etcd instead of SQLite
     --replicas K[,K]  Server replicas on that etcd; each size runs with each
                       count [default: 1]
+    --duration DUR    soak: how long [default: 1h]
+    --every DUR       soak: sample the server this often [default: 60s]
+    --churn DUR       soak: a new version of the Job this often [default: 5m]
 ";
 
 /// `k8s4r bench robots N [N...]` and `k8s4r bench report`.
@@ -39,6 +47,12 @@ pub fn cmd_bench(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
     let mut http_only = false;
     let mut etcd = false;
     let mut replicas: Vec<usize> = vec![1];
+    let mut soak = Soak {
+        robots: 10_000,
+        duration: Duration::from_secs(3600),
+        every: Duration::from_secs(60),
+        churn: Duration::from_secs(300),
+    };
     while let Some(arg) = parser.next()? {
         match arg {
             Long("out") => out = Some(PathBuf::from(parser.value()?)),
@@ -53,15 +67,10 @@ pub fn cmd_bench(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
                     .collect::<Result<_, _>>()
                     .map_err(|e| format!("--replicas: {e}"))?
             }
-            Long("timeout") => {
-                let t = parser.value()?.string()?;
-                timeout = crate::api::Duration::parse(&t).map_err(|e| format!("--timeout {t:?}: {e}"))?;
-                // Deadlines are `now + timeout`: a bound here keeps that
-                // arithmetic from overflowing in every bench.
-                if timeout > MAX_TIMEOUT {
-                    return Err(format!("--timeout {t:?}: at most 24h").into());
-                }
-            }
+            Long("timeout") => timeout = duration(parser, "--timeout", Duration::ZERO)?,
+            Long("duration") => soak.duration = duration(parser, "--duration", Duration::ZERO)?,
+            Long("every") => soak.every = duration(parser, "--every", Duration::from_millis(100))?,
+            Long("churn") => soak.churn = duration(parser, "--churn", Duration::from_millis(100))?,
             Short('h') | Long("help") => {
                 print!("{USAGE}");
                 return Ok(0);
@@ -81,6 +90,18 @@ pub fn cmd_bench(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
                 Ok(1)
             }
         };
+    }
+    if what.as_deref() == Some("soak") {
+        let out = out.unwrap_or_else(|| PathBuf::from("target/bench/soak.json"));
+        match sizes[..] {
+            [] => {}
+            [n] if n > 0 => soak.robots = n,
+            _ => {
+                eprint!("{USAGE}");
+                return Ok(2);
+            }
+        }
+        return run_soak(soak, &out);
     }
     if what.as_deref() == Some("rollout") && !sizes.is_empty() {
         let out = out.unwrap_or_else(|| PathBuf::from("target/bench/rollout.json"));
@@ -137,6 +158,64 @@ pub fn cmd_bench(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
         .map_err(|e| format!("writing {}: {e}", out.display()))?;
     println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
     Ok(i32::from(failed))
+}
+
+/// A duration option's value: at least `min`, at most a day (deadlines are
+/// `now + duration`: the bound keeps that arithmetic from overflowing).
+fn duration(parser: &mut lexopt::Parser, flag: &str, min: Duration) -> Result<Duration, lexopt::Error> {
+    let t = lexopt::ValueExt::string(parser.value()?)?;
+    let d = crate::api::Duration::parse(&t).map_err(|e| format!("{flag} {t:?}: {e}"))?;
+    if d > MAX_TIMEOUT {
+        return Err(format!("{flag} {t:?}: at most 24h").into());
+    }
+    if d < min {
+        return Err(format!("{flag} {t:?}: at least {min:?}").into());
+    }
+    Ok(d)
+}
+
+/// `k8s4r bench soak`: the run, its JSON to `out` and its chart beside it.
+fn run_soak(soak: Soak, out: &std::path::Path) -> Result<i32, lexopt::Error> {
+    crate::server::raise_fd_limit();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the runtime: {e}"))?;
+    eprintln!("bench: soak, {soak:?} ...");
+    let mut doc = match rt.block_on(super::soak::run(soak)) {
+        Ok(doc) => doc,
+        Err(e) => json!({"robots": soak.robots, "error": e}),
+    };
+    doc["tool"] = json!("k8s4r bench soak");
+    doc["version"] = json!(crate::cli::VERSION);
+    let dir = out.parent().unwrap_or(std::path::Path::new("."));
+    let _ = std::fs::create_dir_all(dir);
+    let text = serde_json::to_string_pretty(&doc).unwrap_or_default();
+    std::fs::write(out, &text).map_err(|e| format!("writing {}: {e}", out.display()))?;
+    if let Some(chart) = super::soak::chart(&doc) {
+        let file = dir.join(chart.file);
+        std::fs::write(&file, &chart.svg).map_err(|e| format!("writing {}: {e}", file.display()))?;
+        eprintln!("bench: soak chart in {}", file.display());
+    }
+    println!("{text}");
+    if let Some(e) = doc["error"].as_str() {
+        eprintln!("error: soak: {e}");
+        return Ok(1);
+    }
+    let v = &doc["verdict"];
+    eprintln!(
+        "bench: soak: server RSS {:.0} MiB after warm-up, {:.0} MiB at most in the first half, {:.0} MiB at the end; store {:.1} -> {:.1} MiB",
+        v["rss_first_mib"].as_f64().unwrap_or(0.0),
+        v["rss_first_half_max_mib"].as_f64().unwrap_or(0.0),
+        v["rss_end_mib"].as_f64().unwrap_or(0.0),
+        v["store_first_mib"].as_f64().unwrap_or(0.0),
+        v["store_end_mib"].as_f64().unwrap_or(0.0),
+    );
+    if v["flat"] != true {
+        eprintln!("error: soak: the server's memory is not flat ({})", v["rule"]);
+        return Ok(1);
+    }
+    Ok(0)
 }
 
 /// `k8s4r bench rollout|job-rollout N...`: one `run` per size, the results

@@ -39,7 +39,7 @@ pub(super) struct ServerProc {
     pub(super) agent_addr: String,
     /// `<data>/admin.kubeconfig`: the HTTPS API's CA and admin certificate.
     pub(super) kubeconfig: PathBuf,
-    _dir: tempfile_dir::TempDir,
+    dir: tempfile_dir::TempDir,
 }
 
 /// A temp dir removed on drop (no dev-dependency in the binary).
@@ -83,8 +83,13 @@ impl ServerProc {
             child,
             agent_addr: ready.agent_base.trim_start_matches("http://").to_string(),
             kubeconfig: ready.kubeconfig,
-            _dir: tempfile_dir::TempDir(dir),
+            dir: tempfile_dir::TempDir(dir),
         })
+    }
+
+    /// The server's data dir (its store, keys and kubeconfig).
+    pub(super) fn data_dir(&self) -> &Path {
+        &self.dir.0
     }
 
     /// (current RSS, peak RSS) in MiB.

@@ -3,7 +3,9 @@
 //! robots N...` runs a fleet load test (`fleet.rs`, on SQLite or on a
 //! throwaway etcd from `etcd.rs`), `k8s4r bench rollout N` an AgentRelease
 //! (`rollout.rs`) and `k8s4r bench job-rollout N` a Job's versions
-//! (`job_rollout.rs`) to simulated robots (`sim.rs`), `k8s4r bench report` writes
+//! (`job_rollout.rs`) to simulated robots (`sim.rs`), `k8s4r bench soak N`
+//! keeps N of them busy for an hour and samples the server (`soak.rs`,
+//! `make soak`), `k8s4r bench report` writes
 //! target/bench/report.md from every benchmark's JSON (`report.rs`), with
 //! its key comparisons drawn as SVG beside it (`charts.rs`).
 //! `make bench` runs them beside the agent, proxy and end-to-end benchmarks
@@ -17,3 +19,4 @@ mod job_rollout;
 pub mod report;
 mod rollout;
 mod sim;
+pub mod soak;

@@ -661,6 +661,59 @@ fn job_rollout(out: &mut String, dir: &Path) {
     );
 }
 
+/// The soak (`make soak`, not part of `make bench`): a section only when
+/// its JSON is there.
+fn soak(out: &mut String, charts: &mut Vec<Chart>, dir: &Path) {
+    let Some(doc) = read(dir, "soak.json") else { return };
+    out.push_str("## Soak (`make soak`)\n\n");
+    if let Some(e) = doc["error"].as_str() {
+        let _ = writeln!(out, "{} robots: failed: {e}\n", doc["robots"]);
+        return;
+    }
+    let v = &doc["verdict"];
+    let f = |k: &str| num(v, k).map_or("—".into(), |x| format!("{x:.1}"));
+    let deliveries: Vec<f64> = doc["versions_delivered"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d["all_robots_seconds"].as_f64())
+        .collect();
+    let mut t = Table::new(&[
+        "robots",
+        "minutes",
+        "versions (slowest to all, s)",
+        "server RSS after warm-up / first-half max / end (MiB)",
+        "store first / end (MiB)",
+        "flat",
+    ]);
+    t.row(vec![
+        doc["robots"].to_string(),
+        format!("{:.0}", num(&doc, "minutes").unwrap_or(0.0)),
+        format!(
+            "{} ({:.1})",
+            deliveries.len(),
+            deliveries.iter().copied().fold(0.0, f64::max)
+        ),
+        format!(
+            "{} / {} / {}",
+            f("rss_first_mib"),
+            f("rss_first_half_max_mib"),
+            f("rss_end_mib")
+        ),
+        format!("{} / {}", f("store_first_mib"), f("store_end_mib")),
+        if v["flat"] == true { "yes" } else { "no" }.to_string(),
+    ]);
+    t.render(out);
+    let _ = writeln!(
+        out,
+        "A new version of the Job on every robot every {:.0} s, the server sampled every {:.0} s; flat: {}.\n",
+        num(&doc, "churn_every_seconds").unwrap_or(0.0),
+        num(&doc, "sample_every_seconds").unwrap_or(0.0),
+        v["rule"].as_str().unwrap_or("")
+    );
+    link_chart(out, charts, super::soak::chart(&doc));
+}
+
 /// The whole report from the JSON files in `dir`, and the charts it links.
 pub fn render(dir: &Path) -> (String, Vec<Chart>) {
     let mut charts = Vec::new();
@@ -676,6 +729,7 @@ pub fn render(dir: &Path) -> (String, Vec<Chart>) {
     agent_rollout(&mut out, dir);
     job_rollout(&mut out, dir);
     link(&mut out, dir);
+    soak(&mut out, &mut charts, dir);
     (out, charts)
 }
 
