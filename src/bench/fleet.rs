@@ -63,7 +63,15 @@ impl ServerProc {
         // The secure defaults, as deployed: the operator side over HTTPS
         // with the generated admin kubeconfig, the simulated robots on the
         // plain agent listener (signed and sealed, as agents speak it).
-        let mut child = crate::server::ready::loopback(&exe, &dir)
+        let mut cmd = crate::server::ready::loopback(&exe, &dir);
+        // A profiler in front of the server (e.g. `heaptrack`): what the
+        // bench's figures come from, found out on the same workload.
+        if let Some(wrap) = std::env::var_os("K8S4R_BENCH_SERVER_WRAP") {
+            let args: Vec<std::ffi::OsString> = cmd.get_args().map(ToOwned::to_owned).collect();
+            cmd = Command::new(wrap);
+            cmd.arg(&exe).args(args);
+        }
+        let mut child = cmd
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -290,7 +298,11 @@ pub(super) async fn run_one(n: usize, timeout: Duration, use_kubectl: bool, setu
         });
     }
     drop(tx);
-    ready.wait().await;
+    // Bounded: a server that stops accepting (its open-file limit) leaves
+    // robots waiting for an answer that never comes.
+    if tokio::time::timeout(timeout, ready.wait()).await.is_err() {
+        return Err(format!("the robots did not all register within {timeout:?}"));
+    }
     registering.finish("registered and polling");
     let register_s = t_register.elapsed().as_secs_f64();
     let (rss_idle, _) = rss();

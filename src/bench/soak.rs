@@ -29,6 +29,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Barrier, Semaphore};
 
 const JOBS: &str = "/apis/robot.k8s4r.io/v1alpha1/namespaces/default/jobs";
+/// How long the fleet may take to register.
+const REGISTER_WITHIN: Duration = Duration::from_secs(600);
 /// How much the end may sit above the first half's highest RSS sample.
 const FLAT_MARGIN: f64 = 0.10;
 
@@ -274,7 +276,11 @@ pub async fn run(soak: Soak) -> Result<Value, String> {
         tokio::spawn(robot(i, server.agent_addr.clone(), join.clone(), sync, tx.clone()));
     }
     drop(tx);
-    ready.wait().await;
+    // Bounded: a server that stops accepting (its open-file limit) leaves
+    // robots waiting for an answer that never comes.
+    if tokio::time::timeout(REGISTER_WITHIN, ready.wait()).await.is_err() {
+        return Err(format!("the robots did not all register within {REGISTER_WITHIN:?}"));
+    }
     registering.finish("registered and polling");
 
     let mut fleet = Fleet {

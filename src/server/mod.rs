@@ -127,17 +127,42 @@ impl Default for Config {
     }
 }
 
-/// Every robot holds a connection: allow as many descriptors as the hard
-/// limit permits.
-pub fn raise_fd_limit() {
+/// The open-file limit this asks for: a connection per robot, 100,000
+/// robots and room for the rest.
+const WANTED_OPEN_FILES: u64 = 1 << 20;
+
+/// Every robot holds a connection, one open file each: allow as many as
+/// the system permits (`fs.nr_open`, 1,048,576 by default). Raising the
+/// hard limit needs privilege (root, or systemd's `LimitNOFILE=`);
+/// without it the soft limit goes up to the hard one. The limit reached
+/// is returned (and logged: it caps the fleet one server holds).
+pub fn raise_fd_limit() -> u64 {
     use rustix::process::{getrlimit, setrlimit, Resource};
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(WANTED_OPEN_FILES);
     let mut l = getrlimit(Resource::Nofile);
-    if l.current < l.maximum {
-        l.current = l.maximum;
-        if let Err(e) = setrlimit(Resource::Nofile, l) {
-            log::warn!("raising the open-file limit: {e}");
+    let wanted = WANTED_OPEN_FILES.min(nr_open);
+    if l.maximum.is_some_and(|max| max < wanted) {
+        let higher = rustix::process::Rlimit {
+            current: Some(wanted),
+            maximum: Some(wanted),
+        };
+        if setrlimit(Resource::Nofile, higher).is_ok() {
+            l = getrlimit(Resource::Nofile);
         }
     }
+    if l.current < l.maximum {
+        l.current = l.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, l.clone()) {
+            log::warn!("raising the open-file limit: {e}");
+        }
+        l = getrlimit(Resource::Nofile);
+    }
+    let limit = l.current.unwrap_or(u64::MAX);
+    log::debug!("open-file limit {limit}: about that many robots connected at once");
+    limit
 }
 
 /// Why the server could not start.

@@ -14,13 +14,22 @@
 //! robot alive as long as the last acknowledgement ([`Link::ack_age`],
 //! `TCP_INFO`) is recent. Each connection's [`Link`] reaches the handlers
 //! as a request extension ([`AgentPeer`], [`insert_link`]).
+//!
+//! The [`Link`] and hyper share the connection's one socket
+//! ([`SharedTcp`]): a duplicate descriptor per connection would make two
+//! open files per robot, and a server's open-file limit is what caps its
+//! fleet first.
 
 use axum::extract::ConnectInfo;
 use axum::serve::Listener;
+use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
 pub const IDLE: Duration = Duration::from_secs(15 * 60);
@@ -79,15 +88,15 @@ impl HoldTiming {
     }
 }
 
-/// One agent connection, as the handlers of its requests see it: a
-/// duplicate of the socket's descriptor, closed with the connection's
-/// service (hyper drops both together when the connection ends).
+/// One agent connection, as the handlers of its requests see it: the
+/// socket hyper serves (closed once hyper and every request that holds it
+/// are done with it).
 #[derive(Clone, Debug)]
-pub struct Link(Arc<OwnedFd>);
+pub struct Link(Arc<TcpStream>);
 
 impl Link {
-    fn of(tcp: &TcpStream) -> Option<Link> {
-        tcp.as_fd().try_clone_to_owned().ok().map(|fd| Link(Arc::new(fd)))
+    fn of(tcp: &Arc<TcpStream>) -> Link {
+        Link(tcp.clone())
     }
 
     /// Make the kernel probe this connection as a held poll needs (see
@@ -130,20 +139,87 @@ pub struct AgentPeer {
 pub struct AgentListener(pub TcpListener);
 
 impl Listener for AgentListener {
-    type Io = TcpStream;
+    type Io = SharedTcp;
     type Addr = AgentPeer;
 
-    async fn accept(&mut self) -> (TcpStream, AgentPeer) {
+    async fn accept(&mut self) -> (SharedTcp, AgentPeer) {
         let (mut tcp, addr) = Listener::accept(&mut self.0).await;
         tune(&mut tcp);
-        let link = Link::of(&tcp);
-        (tcp, AgentPeer { addr, link })
+        let tcp = Arc::new(tcp);
+        let link = Some(Link::of(&tcp));
+        (SharedTcp(tcp), AgentPeer { addr, link })
     }
 
     fn local_addr(&self) -> std::io::Result<AgentPeer> {
         Ok(AgentPeer {
             addr: self.0.local_addr()?,
             link: None,
+        })
+    }
+}
+
+/// An accepted connection as hyper reads and writes it, through a shared
+/// reference (tokio's readiness and `try_*` calls work on `&TcpStream`), so
+/// its [`Link`] needs no descriptor of its own.
+pub struct SharedTcp(Arc<TcpStream>);
+
+impl AsyncRead for SharedTcp {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        loop {
+            ready!(self.0.poll_read_ready(cx))?;
+            // A read that would block clears the readiness: poll again.
+            match self.0.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for SharedTcp {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                done => return Poll::Ready(done),
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write_vectored(bufs) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                done => return Poll::Ready(done),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Nothing is buffered here: every write went to the socket.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let done = rustix::net::shutdown(&*self.0, rustix::net::Shutdown::Write);
+        // Already closed by the peer is as good as shut down.
+        Poll::Ready(match done {
+            Err(rustix::io::Errno::NOTCONN) => Ok(()),
+            other => other.map_err(io::Error::from),
         })
     }
 }
@@ -192,7 +268,8 @@ mod tests {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (s, _) = l.accept().await.unwrap();
-        let link = Link::of(&s).unwrap();
+        let s = Arc::new(s);
+        let link = Link::of(&s);
         let t = HoldTiming::for_offline_after(Duration::from_secs(3));
         link.hold(t, Duration::from_secs(3)).unwrap();
         assert_eq!(rustix::net::sockopt::tcp_keepidle(&s).unwrap(), Duration::from_secs(2));
