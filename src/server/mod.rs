@@ -155,7 +155,7 @@ pub fn raise_fd_limit() -> u64 {
     }
     if l.current < l.maximum {
         l.current = l.maximum;
-        if let Err(e) = setrlimit(Resource::Nofile, l.clone()) {
+        if let Err(e) = setrlimit(Resource::Nofile, l) {
             log::warn!("raising the open-file limit: {e}");
         }
         l = getrlimit(Resource::Nofile);
