@@ -19,6 +19,7 @@ pub async fn run_all(open: Factory<'_>) {
     update_missing_is_not_found(open(100).as_ref()).await;
     delete_compare_and_swap(open(100).as_ref()).await;
     list_filters_and_sorts(open(100).as_ref()).await;
+    list_field_reads_one_string_field(open(100).as_ref()).await;
     revisions_are_global_and_monotonic(open(100).as_ref()).await;
     watch_delivers_in_order(open(100).as_ref()).await;
     watch_resumes_from_revision(open(100).as_ref()).await;
@@ -159,6 +160,44 @@ pub async fn list_filters_and_sorts(s: &dyn Store) {
             "listed objects carry their resourceVersion"
         );
     }
+}
+
+pub async fn list_field_reads_one_string_field(s: &dyn Store) {
+    let with = |name: &str, at: Value| {
+        let mut o = obj(name, 0);
+        o["lastTimestamp"] = at;
+        o
+    };
+    s.create(
+        &Key::new("events", "b", "e1"),
+        with("e1", json!("2026-01-02T00:00:00Z")),
+    )
+    .await
+    .unwrap();
+    s.create(&Key::new("events", "a", "e2"), with("e2", json!(7)))
+        .await
+        .unwrap();
+    s.create(&Key::new("events", "a", "e3"), obj("e3", 0)).await.unwrap();
+    s.create(&Key::new("jobs", "a", "j"), with("j", json!("x")))
+        .await
+        .unwrap();
+    let e1 = s.get(&Key::new("events", "b", "e1")).await.unwrap().unwrap();
+    let got = s.list_field("events", "lastTimestamp").await.unwrap();
+    let seen: Vec<(String, Option<&str>)> = got
+        .iter()
+        .map(|f| (format!("{}/{}", f.key.namespace, f.key.name), f.value.as_deref()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("a/e2".to_string(), None),
+            ("a/e3".to_string(), None),
+            ("b/e1".to_string(), Some("2026-01-02T00:00:00Z"))
+        ],
+        "sorted, this resource only, a string field or None"
+    );
+    assert_eq!(got[2].revision, e1.revision, "with each object's revision");
+    assert_eq!(got[2].key.resource, "events");
 }
 
 pub async fn revisions_are_global_and_monotonic(s: &dyn Store) {

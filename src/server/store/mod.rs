@@ -142,6 +142,32 @@ pub trait Store: Send + Sync + 'static {
     /// Every change with a revision greater than `from`.
     fn watch(&self, from: u64) -> Result<Watch, StoreError>;
 
+    /// Every object of `resource` (all namespaces, sorted as [`list`]) with
+    /// the string at its top-level `field` (None when absent or not a
+    /// string): what a sweep over many objects needs, without holding them
+    /// all decoded at once. SQLite reads the field in SQL; the default
+    /// decodes the list and keeps only the field.
+    ///
+    /// [`list`]: Store::list
+    fn list_field<'a>(
+        &'a self,
+        resource: &'a str,
+        field: &'static str,
+    ) -> BoxFuture<'a, Result<Vec<Field>, StoreError>> {
+        Box::pin(async move {
+            let listed = self.list(resource, None).await?;
+            Ok(listed
+                .items
+                .into_iter()
+                .map(|o| Field {
+                    value: o.value[field].as_str().map(str::to_string),
+                    key: o.key,
+                    revision: o.revision,
+                })
+                .collect())
+        })
+    }
+
     /// Several writes, applied in order, each with its own result (not
     /// atomic as a whole: a failed operation does not stop the others).
     /// Backends may commit them together; the default runs them one by one.
@@ -163,6 +189,14 @@ pub trait Store: Send + Sync + 'static {
             Ok(out)
         })
     }
+}
+
+/// One object as [`Store::list_field`] lists it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Field {
+    pub key: Key,
+    pub revision: u64,
+    pub value: Option<String>,
 }
 
 /// One operation of [`Store::batch`].

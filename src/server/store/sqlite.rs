@@ -3,7 +3,8 @@
 //! transaction that bumps the revision kept in the `meta` table.
 
 use super::{
-    stamp_revision, BatchOp, BoxFuture, Event, EventKind, EventLog, Key, Listed, Store, StoreError, Stored, Watch,
+    stamp_revision, BatchOp, BoxFuture, Event, EventKind, EventLog, Field, Key, Listed, Store, StoreError, Stored,
+    Watch,
 };
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde_json::Value;
@@ -270,6 +271,34 @@ impl Store for SqliteStore {
                 });
             }
             Ok(Listed { items, revision })
+        })
+    }
+
+    fn list_field<'a>(
+        &'a self,
+        resource: &'a str,
+        field: &'static str,
+    ) -> BoxFuture<'a, Result<Vec<Field>, StoreError>> {
+        Box::pin(async move {
+            let conn = self.lock();
+            let path = format!("$.\"{}\"", field.replace('"', ""));
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT namespace, name, revision,
+                            CASE json_type(value, ?2) WHEN 'text' THEN json_extract(value, ?2) END
+                     FROM objects WHERE resource = ?1 ORDER BY namespace, name",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![resource, path], |r| {
+                    Ok(Field {
+                        key: Key::new(resource, &r.get::<_, String>(0)?, &r.get::<_, String>(1)?),
+                        revision: r.get::<_, i64>(2)? as u64,
+                        value: r.get::<_, Option<String>>(3)?,
+                    })
+                })
+                .map_err(backend)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(backend)
         })
     }
 
