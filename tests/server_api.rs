@@ -433,6 +433,39 @@ fn watch_resumes_and_expires() {
     s.send_json("DELETE", &format!("{}/r1", robots()), &json!({}));
     assert_eq!(next(), "DELETED r1");
 
+    // A label selector: a robot whose labels stop matching is DELETED from
+    // the watch's view, one that starts matching again ADDED (the state
+    // before each change decides).
+    assert_eq!(
+        s.send_json("POST", &robots(), &robot("z1", json!({"zone": "a"})))
+            .status,
+        201
+    );
+    let rx = s.stream(&format!(
+        "{}?watch=true&timeoutSeconds=10&labelSelector=zone%3Da",
+        robots()
+    ));
+    let next = || {
+        let line = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("watch event within 10 s");
+        let e = events(&line).remove(0);
+        format!("{} {}", e.0, e.1)
+    };
+    assert_eq!(next(), "ADDED z1");
+    for (zone, seen) in [("b", "DELETED z1"), ("a", "ADDED z1")] {
+        let body = format!(r#"{{"metadata":{{"labels":{{"zone":"{zone}"}}}}}}"#);
+        let p = s.request(
+            "PATCH",
+            &format!("{}/z1", robots()),
+            "application/merge-patch+json",
+            Some(body.as_bytes()),
+            &[],
+        );
+        assert_eq!(p.status, 200, "{}", p.body);
+        assert_eq!(next(), seen);
+    }
+
     // Push r0's revision out of the 5-event history: 410 Expired.
     for i in 3..10 {
         s.send_json("POST", &robots(), &robot(&format!("r{i}"), json!({})));

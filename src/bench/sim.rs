@@ -96,8 +96,26 @@ pub(super) struct Conn {
 }
 
 impl Conn {
+    /// Connect from a loopback source address of its own for each 16,000
+    /// connections (127.1.k.1): one source address has ≈ 28,000 ephemeral
+    /// ports, and a fleet of 100,000 simulated robots needs a connection
+    /// each. Other targets connect as usual.
     pub(super) async fn connect(addr: &str) -> std::io::Result<Conn> {
-        let s = TcpStream::connect(addr).await?;
+        static CONNECTIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let target = tokio::net::lookup_host(addr)
+            .await?
+            .next()
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("{addr}: no address")))?;
+        let s = match target {
+            std::net::SocketAddr::V4(v4) if v4.ip().is_loopback() => {
+                let n = CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let k = u8::try_from((n / 16_000) % 250).unwrap_or(0);
+                let socket = tokio::net::TcpSocket::new_v4()?;
+                socket.bind(std::net::SocketAddr::from(([127, 1, k, 1], 0)))?;
+                socket.connect(target).await?
+            }
+            _ => TcpStream::connect(target).await?,
+        };
         s.set_nodelay(true)?;
         Ok(Conn {
             stream: BufReader::new(s),

@@ -704,7 +704,13 @@ impl ResourceWatch {
                 continue;
             }
             let now = self.matches(&value);
-            let before = prev.as_deref().is_some_and(|p| self.matches(p));
+            // Only a watch with selectors decodes the state before.
+            let before = match &prev {
+                None => false,
+                // Without selectors only the namespace counts: the same.
+                Some(_) if self.opts.labels.is_empty() && self.opts.fields.is_empty() => now,
+                Some(p) => p.decode().is_ok_and(|p| self.matches(&p)),
+            };
             let kind = match kind {
                 EventKind::Added if now => EventKind::Added,
                 EventKind::Deleted if now => EventKind::Deleted,

@@ -109,6 +109,10 @@ impl LabelSelector {
 pub struct FieldSelector(Vec<(String, bool, String)>);
 
 impl FieldSelector {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// `supported` says which field paths may be used.
     pub fn parse(text: &str, supported: impl Fn(&str) -> bool) -> Result<Self, String> {
         let mut reqs = Vec::new();

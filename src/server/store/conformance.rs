@@ -236,7 +236,7 @@ pub async fn watch_delivers_in_order(s: &dyn Store) {
     let e2 = next(&mut w).await;
     assert_eq!((e2.kind, e2.revision), (EventKind::Modified, u.revision));
     assert_eq!(
-        e2.prev.as_ref().unwrap()["spec"]["n"],
+        e2.prev.as_ref().unwrap().decode().unwrap()["spec"]["n"],
         1,
         "modified carries the previous state"
     );

@@ -78,7 +78,25 @@ pub struct Event {
     pub key: Key,
     pub value: Arc<Value>,
     /// The state before this change (`None` for `Added`).
-    pub prev: Option<Arc<Value>>,
+    pub prev: Option<Prev>,
+}
+
+/// The state before a change as the store held it, JSON text: decoded only
+/// by the watchers that need it (a watch with selectors, to tell an object
+/// that stops matching). As a decoded tree in every event, the history
+/// held a second copy of each object it covers (≈ 100 MB at 2,000 robots)
+/// and every write decoded the row it replaced.
+#[derive(Clone, Debug)]
+pub struct Prev(Arc<str>);
+
+impl Prev {
+    pub fn new(text: &str) -> Prev {
+        Prev(Arc::from(text))
+    }
+
+    pub fn decode(&self) -> Result<Value, StoreError> {
+        serde_json::from_str(&self.0).map_err(|e| StoreError::Backend(format!("decoding a stored object: {e}")))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

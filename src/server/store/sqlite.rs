@@ -3,8 +3,8 @@
 //! transaction that bumps the revision kept in the `meta` table.
 
 use super::{
-    stamp_revision, BatchOp, BoxFuture, Event, EventKind, EventLog, Field, Key, Listed, Store, StoreError, Stored,
-    Watch,
+    stamp_revision, BatchOp, BoxFuture, Event, EventKind, EventLog, Field, Key, Listed, Prev, Store, StoreError,
+    Stored, Watch,
 };
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde_json::Value;
@@ -127,14 +127,13 @@ impl SqliteStore {
         key: &Key,
         decide: impl FnOnce(Option<u64>) -> Result<Option<Value>, StoreError>,
     ) -> Result<Event, StoreError> {
-        let current = match Self::read_row(tx, key)? {
-            Some((rev, text)) => Some((rev, decode(&text)?)),
-            None => None,
-        };
+        // The stored text is decoded only for a delete (its event carries
+        // the last state); a write needs just the current revision.
+        let current = Self::read_row(tx, key)?;
         let existed = current.is_some();
         let next = decide(current.as_ref().map(|(rev, _)| *rev))?;
-        let prev = current.map(|(_, v)| Arc::new(v));
         let rev = Self::next_revision(tx)?;
+        let prev = current.as_ref().map(|(_, text)| Prev::new(text));
         let (kind, value) = match next {
             Some(mut value) => {
                 stamp_revision(&mut value, rev);
@@ -153,7 +152,10 @@ impl SqliteStore {
                     .map_err(backend)?
                     .execute(params![key.resource, key.namespace, key.name])
                     .map_err(backend)?;
-                let mut last = prev.as_deref().cloned().unwrap_or(Value::Null);
+                let mut last = match &current {
+                    Some((_, text)) => decode(text)?,
+                    None => Value::Null,
+                };
                 stamp_revision(&mut last, rev);
                 (EventKind::Deleted, last)
             }

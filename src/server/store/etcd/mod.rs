@@ -20,7 +20,7 @@ pub mod endpoints;
 pub mod tls;
 
 use super::{
-    stamp_revision, BatchOp, BoxFuture, Event, EventKind, EventLog, Key, Listed, Store, StoreError, Stored, Watch,
+    stamp_revision, BatchOp, BoxFuture, Event, EventKind, EventLog, Key, Listed, Prev, Store, StoreError, Stored, Watch,
 };
 use client::{Client, EtcdError, KeyValue, WatchEvent};
 pub use endpoints::Endpoints;
@@ -253,13 +253,13 @@ fn event_of(prefix: &str, e: &WatchEvent) -> Result<Option<Event>, StoreError> {
     let Some(key) = EtcdStore::parse_key(prefix, &e.kv.key) else {
         return Ok(None);
     };
-    let prev = match &e.prev {
-        Some(p) => Some(Arc::new(decode_value(&p.value, p.mod_revision)?)),
-        None => None,
-    };
     let rev = e.kv.mod_revision;
     let (kind, value) = if e.deleted {
-        let mut last = prev.as_deref().cloned().unwrap_or(Value::Null);
+        // A delete carries no value: its last state is the previous one.
+        let mut last = match &e.prev {
+            Some(p) => decode_value(&p.value, p.mod_revision)?,
+            None => Value::Null,
+        };
         stamp_revision(&mut last, rev);
         (EventKind::Deleted, last)
     } else if e.kv.create_revision == e.kv.mod_revision {
@@ -267,7 +267,14 @@ fn event_of(prefix: &str, e: &WatchEvent) -> Result<Option<Event>, StoreError> {
     } else {
         (EventKind::Modified, decode_value(&e.kv.value, rev)?)
     };
-    let prev = if kind == EventKind::Added { None } else { prev };
+    let prev = match (&e.prev, kind) {
+        (Some(p), EventKind::Modified | EventKind::Deleted) => {
+            Some(Prev::new(std::str::from_utf8(&p.value).map_err(|err| {
+                StoreError::Backend(format!("{key}: not UTF-8: {err}"))
+            })?))
+        }
+        _ => None,
+    };
     Ok(Some(Event {
         kind,
         revision: rev,
