@@ -385,6 +385,19 @@ fn selectors_paging_and_tables() {
     assert!(t["metadata"]["resourceVersion"].as_str().is_some());
 }
 
+/// A watch of the robots with `query`; each call gives its next event as
+/// "TYPE name".
+fn watch_robots(s: &Server, query: &str) -> impl Fn() -> String {
+    let rx = s.stream(&format!("{}?watch=true&timeoutSeconds=10&{query}", robots()));
+    move || {
+        let line = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("watch event within 10 s");
+        let e = events(&line).remove(0);
+        format!("{} {}", e.0, e.1)
+    }
+}
+
 #[test]
 fn watch_resumes_and_expires() {
     let s = Server::start_with(&["--watch-history", "5"]);
@@ -409,17 +422,7 @@ fn watch_resumes_and_expires() {
         ]
     );
     // Without a resourceVersion: the current state as ADDED, then changes.
-    let rx = s.stream(&format!(
-        "{}?watch=true&timeoutSeconds=10&fieldSelector=metadata.name%3Dr1",
-        robots()
-    ));
-    let next = || {
-        let line = rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("watch event within 10 s");
-        let e = events(&line).remove(0);
-        format!("{} {}", e.0, e.1)
-    };
+    let next = watch_robots(&s, "fieldSelector=metadata.name%3Dr1");
     assert_eq!(next(), "ADDED r1");
     let p = s.request(
         "PATCH",
@@ -441,17 +444,7 @@ fn watch_resumes_and_expires() {
             .status,
         201
     );
-    let rx = s.stream(&format!(
-        "{}?watch=true&timeoutSeconds=10&labelSelector=zone%3Da",
-        robots()
-    ));
-    let next = || {
-        let line = rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("watch event within 10 s");
-        let e = events(&line).remove(0);
-        format!("{} {}", e.0, e.1)
-    };
+    let next = watch_robots(&s, "labelSelector=zone%3Da");
     assert_eq!(next(), "ADDED z1");
     for (zone, seen) in [("b", "DELETED z1"), ("a", "ADDED z1")] {
         let body = format!(r#"{{"metadata":{{"labels":{{"zone":"{zone}"}}}}}}"#);

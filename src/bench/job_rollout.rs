@@ -202,16 +202,11 @@ async fn robot(
         passed = true;
         let mut run: Option<Run> = None;
         loop {
-            let a: Value = serde_json::from_slice(&robot.poll(since).await?).map_err(|e| e.to_string())?;
-            let revision = a["revision"].as_u64().ok_or("an answer without revision")?;
-            if revision == since {
-                continue;
-            }
-            since = revision;
             // One task per robot (the Job has one group of one task).
-            let Some(task) = a["tasks"].as_array().and_then(|t| t.first()) else {
+            let Some(task) = robot.next_first_task(&mut since).await? else {
                 continue;
             };
+            let task = &task;
             let r = run.get_or_insert_with(|| Run {
                 name: task["metadata"]["name"].as_str().unwrap_or_default().to_string(),
                 spec: Value::Null,

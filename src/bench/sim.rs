@@ -70,6 +70,20 @@ impl SimRobot {
         Ok(body)
     }
 
+    /// Long-poll from `since` until the robot's set changes; the answer's
+    /// first task (None: it has none), with `since` moved to the answer's
+    /// revision (the benches' Jobs put one task on each robot).
+    pub(super) async fn next_first_task(&mut self, since: &mut u64) -> Result<Option<serde_json::Value>, String> {
+        loop {
+            let a: serde_json::Value = serde_json::from_slice(&self.poll(*since).await?).map_err(|e| e.to_string())?;
+            let revision = a["revision"].as_u64().ok_or("an answer without revision")?;
+            if revision != *since {
+                *since = revision;
+                return Ok(a["tasks"].as_array().and_then(|t| t.first()).cloned());
+            }
+        }
+    }
+
     /// Report the robot's status.
     pub(super) async fn report(&mut self, r: &StatusReport) -> Result<(), String> {
         let body = serde_json::to_vec(r).map_err(|e| e.to_string())?;

@@ -92,13 +92,7 @@ async fn robot(
         passed = true;
         let (mut running, mut seq) = (0u32, 0u64);
         loop {
-            let a: Value = serde_json::from_slice(&robot.poll(since).await?).map_err(|e| e.to_string())?;
-            let revision = a["revision"].as_u64().ok_or("an answer without revision")?;
-            if revision == since {
-                continue;
-            }
-            since = revision;
-            let Some(task) = a["tasks"].as_array().and_then(|t| t.first()) else {
+            let Some(task) = robot.next_first_task(&mut since).await? else {
                 continue;
             };
             let version = task["spec"]["env"]["V"]
