@@ -389,9 +389,8 @@ impl KeepAlive {
     }
 }
 
-/// [`first_byte`]'s silence, carried inside its `io::Error`.
+/// Why [`first_byte`] saw no first byte.
 #[derive(Debug)]
-/// Why no first byte came.
 enum FirstByte {
     Io(io::Error),
     /// Nothing at all arrived for this long (see [`Request::silence`]).

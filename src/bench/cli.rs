@@ -123,11 +123,7 @@ pub fn cmd_bench(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
         eprint!("{USAGE}");
         return Ok(2);
     }
-    crate::server::raise_fd_limit();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("starting the runtime: {e}"))?;
+    let rt = runtime()?;
     let use_kubectl = !http_only && have_kubectl();
     let mut runs = Vec::new();
     let mut failed = false;
@@ -160,6 +156,16 @@ pub fn cmd_bench(parser: &mut lexopt::Parser) -> Result<i32, lexopt::Error> {
     Ok(i32::from(failed))
 }
 
+/// A bench's runtime, with as many open files as allowed (a simulated
+/// robot holds a connection).
+fn runtime() -> Result<tokio::runtime::Runtime, lexopt::Error> {
+    crate::server::raise_fd_limit();
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the runtime: {e}"))?)
+}
+
 /// A duration option's value: at least `min`, at most a day (deadlines are
 /// `now + duration`: the bound keeps that arithmetic from overflowing).
 fn duration(parser: &mut lexopt::Parser, flag: &str, min: Duration) -> Result<Duration, lexopt::Error> {
@@ -176,11 +182,7 @@ fn duration(parser: &mut lexopt::Parser, flag: &str, min: Duration) -> Result<Du
 
 /// `k8s4r bench soak`: the run, its JSON to `out` and its chart beside it.
 fn run_soak(soak: Soak, out: &std::path::Path) -> Result<i32, lexopt::Error> {
-    crate::server::raise_fd_limit();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("starting the runtime: {e}"))?;
+    let rt = runtime()?;
     eprintln!("bench: soak, {soak:?} ...");
     let mut doc = match rt.block_on(super::soak::run(soak)) {
         Ok(doc) => doc,
@@ -226,11 +228,7 @@ fn run_each<F: std::future::Future<Output = Result<serde_json::Value, String>>>(
     tool: &str,
     run: impl Fn(usize) -> F,
 ) -> Result<i32, lexopt::Error> {
-    crate::server::raise_fd_limit();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("starting the runtime: {e}"))?;
+    let rt = runtime()?;
     let mut runs = Vec::new();
     let mut failed = false;
     for &n in sizes {

@@ -609,7 +609,7 @@ impl Agents {
                         // life: counting it could turn a robot Online that
                         // the liveness controller has just (rightly) marked
                         // Offline, while its link is down.
-                        if counted.is_none_or(|before| seen > before + SAME_ACK) {
+                        if counted.is_none_or(|before| before.checked_add(SAME_ACK).is_none_or(|b| seen > b)) {
                             counted = Some(seen);
                             self.heartbeat_seen(id, seen).await?
                         } else {

@@ -134,9 +134,9 @@ const WANTED_OPEN_FILES: u64 = 1 << 20;
 /// Every robot holds a connection, one open file each: allow as many as
 /// the system permits (`fs.nr_open`, 1,048,576 by default). Raising the
 /// hard limit needs privilege (root, or systemd's `LimitNOFILE=`);
-/// without it the soft limit goes up to the hard one. The limit reached
-/// is returned (and logged: it caps the fleet one server holds).
-pub fn raise_fd_limit() -> u64 {
+/// without it the soft limit goes up to the hard one. The limit reached is
+/// logged: it caps the fleet one server holds.
+pub fn raise_fd_limit() {
     use rustix::process::{getrlimit, setrlimit, Resource};
     let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
         .ok()
@@ -162,7 +162,6 @@ pub fn raise_fd_limit() -> u64 {
     }
     let limit = l.current.unwrap_or(u64::MAX);
     log::debug!("open-file limit {limit}: about that many robots connected at once");
-    limit
 }
 
 /// Why the server could not start.
