@@ -19,12 +19,15 @@ use std::time::{Duration, Instant};
 pub struct Faults {
     /// Share of new connections closed at once (the agent's request fails).
     pub drop: f64,
-    /// Share of new connections whose first answer is held `stall_for`,
-    /// then the connection cut (the request reached the server).
+    /// Share of answers held `stall_for`, then the connection cut (the
+    /// request reached the server).
     pub stall: f64,
     pub stall_for: Duration,
-    /// Share of new connections cut halfway through their first answer.
+    /// Share of answers cut halfway through.
     pub reset: f64,
+    /// The next this many answers are cut halfway through whatever the
+    /// dice say, so a test knows the link failed while it mattered.
+    pub reset_next: u64,
     /// Added to every chunk, each way, plus up to `jitter` more.
     pub latency: Duration,
     pub jitter: Duration,
@@ -217,7 +220,14 @@ fn serve(s: Arc<Shared>, client: TcpStream, target: &str) {
 
 /// The fate of the next answer.
 fn roll_fate(s: &Shared) -> Fate {
-    let f = lock(&s.faults).clone();
+    let f = {
+        let mut f = lock(&s.faults);
+        if f.reset_next > 0 {
+            f.reset_next -= 1;
+            return Fate::Reset;
+        }
+        f.clone()
+    };
     if s.roll() < f.stall {
         Fate::Stall
     } else if s.roll() < f.reset {
