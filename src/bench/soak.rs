@@ -17,7 +17,7 @@
 //! leak, a plateau is not.
 
 use super::fleet::{admin_request, cpu_ms, join_token, ServerProc};
-use super::sim::SimRobot;
+use super::sim::{SimRobot, REGISTER_WITHIN};
 use crate::api::agent_protocol::{StatusReport, TaskStatusUpdate};
 use crate::api::robot_channel::JoinToken;
 use crate::api::{TaskState, TaskStatus};
@@ -29,8 +29,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Barrier, Semaphore};
 
 const JOBS: &str = "/apis/robot.k8s4r.io/v1alpha1/namespaces/default/jobs";
-/// How long the fleet may take to register.
-const REGISTER_WITHIN: Duration = Duration::from_secs(600);
 /// How much the end may sit above the first half's highest RSS sample.
 const FLAT_MARGIN: f64 = 0.10;
 

@@ -25,6 +25,7 @@ pub async fn run_all(open: Factory<'_>) {
     watch_resumes_from_revision(open(100).as_ref()).await;
     watch_too_old_is_expired(open(3).as_ref()).await;
     batch_applies_each_operation(open(100).as_ref()).await;
+    batch_of_many_creates_is_written_and_watched_whole(open(1000).as_ref()).await;
 }
 
 /// [`run_all`] on its own runtime, for plain `#[test]`s.
@@ -358,4 +359,44 @@ pub async fn batch_applies_each_operation(s: &dyn Store) {
         "batch writes are watched"
     );
     assert_eq!(next(&mut w).await.revision, updated.revision);
+}
+
+/// 300 creates and an update in one batch (more than one etcd transaction
+/// may carry): each is stored with the revision it reports, and a watch
+/// from before the batch sees every one of them, in revision order.
+pub async fn batch_of_many_creates_is_written_and_watched_whole(s: &dyn Store) {
+    let start = s.revision().await.unwrap();
+    let first = s.create(&Key::new("tasks", "d", "x"), obj("x", 0)).await.unwrap();
+    let mut ops: Vec<BatchOp> = (0..300)
+        .map(|i| BatchOp::Create(Key::new("tasks", "d", &format!("t{i:03}")), obj(&format!("t{i:03}"), i)))
+        .collect();
+    ops.insert(
+        150,
+        BatchOp::Update(Key::new("tasks", "d", "x"), obj("x", 1), Some(first.revision)),
+    );
+    let results = s.batch(ops).await.expect("batch");
+    assert_eq!(results.len(), 301);
+    let mut want = std::collections::BTreeMap::new();
+    for r in &results {
+        let st = r.as_ref().expect("every op of the batch succeeds");
+        assert_eq!(st.value["metadata"]["resourceVersion"], st.revision.to_string());
+        let got = s.get(&st.key).await.unwrap().expect("stored");
+        assert_eq!(
+            got.revision, st.revision,
+            "{} is stored at the revision it reported",
+            st.key
+        );
+        want.insert(st.key.name.clone(), st.revision);
+    }
+    assert_eq!(want["x"], results[150].as_ref().unwrap().revision);
+    let mut w = s.watch(first.revision.max(start)).unwrap();
+    let mut seen = std::collections::BTreeMap::new();
+    let mut last = 0;
+    while seen.len() < want.len() {
+        let e = next(&mut w).await;
+        assert!(e.revision >= last, "watch in revision order");
+        last = e.revision;
+        seen.insert(e.key.name.clone(), e.revision);
+    }
+    assert_eq!(seen, want, "the watch sees every write of the batch at its revision");
 }

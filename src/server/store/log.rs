@@ -45,17 +45,30 @@ impl EventLog {
     /// Record one change. Backends call this in revision order, while still
     /// holding their write lock.
     pub fn publish(&self, event: Event) {
-        let rev = event.revision;
+        self.publish_all(std::iter::once(event));
+    }
+
+    /// Record changes in revision order, seen by watchers (and
+    /// [`EventLog::wait_for`]) all at once: every change of a revision that
+    /// several share must be in one call, so a writer waiting for its
+    /// revision finds all of them.
+    pub fn publish_all(&self, events: impl IntoIterator<Item = Event>) {
+        let mut latest = None;
         {
             let mut inner = self.lock();
-            inner.history.push_back(event);
+            for event in events {
+                latest = Some(event.revision);
+                inner.history.push_back(event);
+            }
             while inner.history.len() > inner.capacity {
                 if let Some(old) = inner.history.pop_front() {
                     inner.compacted = old.revision;
                 }
             }
         }
-        self.latest.send_replace(rev);
+        if let Some(rev) = latest {
+            self.latest.send_replace(rev);
+        }
     }
 
     /// Forget the history: watchers not yet past `rev` get `Expired` (and
@@ -78,24 +91,33 @@ impl EventLog {
             .is_ok_and(|r| r.is_ok())
     }
 
-    /// A watch of every change after `from`.
+    /// A watch of every change after `from`, and of every change at `from`
+    /// too when several share it (the watcher may have seen only some).
     pub fn watch(self: &Arc<Self>, from: u64) -> Result<Watch, StoreError> {
-        let oldest = self.lock().compacted;
-        if from < oldest {
+        let inner = self.lock();
+        if from < inner.compacted {
             return Err(StoreError::Expired {
                 requested: from,
-                oldest,
+                oldest: inner.compacted,
             });
         }
+        let at = inner.history.partition_point(|e| e.revision < from);
+        let shared = inner
+            .history
+            .range(at..)
+            .take_while(|e| e.revision == from)
+            .nth(1)
+            .is_some();
         Ok(Watch {
             log: self.clone(),
             rx: self.latest.subscribe(),
             buffer: VecDeque::new(),
-            last: from,
+            last: if shared { from - 1 } else { from },
         })
     }
 
-    /// Up to BATCH events after `after`, or Expired if they are gone.
+    /// About BATCH events after `after` (never splitting a revision), or
+    /// Expired if they are gone.
     fn read_after(&self, after: u64, into: &mut VecDeque<Event>) -> Result<(), StoreError> {
         let inner = self.lock();
         if after < inner.compacted {
@@ -104,8 +126,13 @@ impl EventLog {
                 oldest: inner.compacted,
             });
         }
-        let start = inner.history.partition_point(|e| e.revision <= after);
-        into.extend(inner.history.range(start..).take(BATCH).cloned());
+        let h = &inner.history;
+        let start = h.partition_point(|e| e.revision <= after);
+        let mut end = (start + BATCH).min(h.len());
+        while end > start && end < h.len() && h[end].revision == h[end - 1].revision {
+            end += 1;
+        }
+        into.extend(h.range(start..end).cloned());
         Ok(())
     }
 }
@@ -141,5 +168,70 @@ impl Watch {
     /// The revision of the last change delivered (or the start revision).
     pub fn last_revision(&self) -> u64 {
         self.last
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{EventKind, Key};
+    use super::*;
+    use serde_json::json;
+
+    fn event(name: &str, revision: u64) -> Event {
+        Event {
+            kind: EventKind::Added,
+            revision,
+            key: Key::new("tasks", "d", name),
+            value: Arc::new(json!({"metadata": {"name": name}})),
+            prev: None,
+        }
+    }
+
+    fn drain(w: &mut Watch, n: usize) -> Vec<(String, u64)> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        (0..n)
+            .map(|_| {
+                let e = rt.block_on(w.next()).unwrap();
+                (e.key.name, e.revision)
+            })
+            .collect()
+    }
+
+    /// 300 creates of one etcd transaction share revision 2: one read takes
+    /// all of them (a watcher resumes by revision, so a read that stopped
+    /// at 256 would lose the other 44), and a watch resuming from the
+    /// shared revision gets all of them again rather than none.
+    #[test]
+    fn a_shared_revision_is_read_whole_and_redelivered_on_resume() {
+        let log = EventLog::new(1000, 0);
+        log.publish(event("first", 1));
+        log.publish_all((0..300).map(|i| event(&format!("t{i}"), 2)));
+        log.publish(event("last", 3));
+
+        let mut w = log.watch(0).unwrap();
+        let seen = drain(&mut w, 302);
+        assert_eq!(seen[0], ("first".to_string(), 1));
+        assert!(seen[1..301].iter().all(|(_, r)| *r == 2));
+        assert_eq!(seen[301], ("last".to_string(), 3));
+        let mut buffer = VecDeque::new();
+        log.read_after(1, &mut buffer).unwrap();
+        assert_eq!(
+            buffer.len(),
+            300,
+            "past BATCH to the shared revision's end, and no further"
+        );
+
+        let mut again = log.watch(2).unwrap();
+        let seen = drain(&mut again, 301);
+        assert_eq!(seen.iter().filter(|(_, r)| *r == 2).count(), 300);
+        assert_eq!(seen[300].1, 3);
+        assert_eq!(
+            log.watch(3).unwrap().last_revision(),
+            3,
+            "a revision of one change is not repeated"
+        );
     }
 }
