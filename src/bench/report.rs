@@ -471,6 +471,7 @@ fn control_plane(out: &mut String, charts: &mut Vec<Chart>, dir: &Path) {
         "delivery p99",
         "p99 ÷ SQLite",
         "CPU during dispatch",
+        "of which etcd",
         "server RSS peak",
         "error",
     ]);
@@ -487,6 +488,7 @@ fn control_plane(out: &mut String, charts: &mut Vec<Chart>, dir: &Path) {
             ms(secs("delivery_p99_seconds")),
             ratio(num(r, "delivery_p99_seconds"), sqlite_p99),
             ms(num(r, "server_cpu_ms_dispatch")),
+            ms(num(r, "store_cpu_ms_dispatch").filter(|_| label.as_str() != "sqlite")),
             or_dash(num(r, "server_peak_rss_mib").map(|m| format!("{m:.0} MiB"))),
             r["error"].as_str().unwrap_or("").to_string(),
         ]);

@@ -416,7 +416,7 @@ impl Agents {
             json!({"status": {"phase": "Online", "lastHeartbeatTime": time::format_rfc3339(at), "message": null}});
         match self
             .registry
-            .patch(&ROBOTS, ns, name, &patch, Part::Status, INTERNAL)
+            .patch_known(&ROBOTS, cached.as_deref(), ns, name, &patch, Part::Status, INTERNAL)
             .await
         {
             Ok(w) => {

@@ -344,6 +344,44 @@ impl Registry {
         .await
     }
 
+    /// [`Registry::patch`] first tried over `known`, a copy of the object
+    /// the caller holds (the cache's): no read when it is current, as
+    /// Kubernetes' GuaranteedUpdate starts from its watch cache. The write
+    /// is conditional on `known`'s resourceVersion, so a stale copy costs a
+    /// conflict and then the ordinary patch, never a lost write. What a
+    /// robot's heartbeat takes (one write instead of a read and a write).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn patch_known(
+        &self,
+        res: &Resource,
+        known: Option<&Value>,
+        ns: &str,
+        name: &str,
+        patch: &Value,
+        part: Part,
+        opts: WriteOptions<'_>,
+    ) -> Result<Written, Status> {
+        let current = known.and_then(|v| {
+            Some(Stored {
+                key: key(res, ns, name),
+                revision: object::resource_version(v)?,
+                value: v.clone(),
+            })
+        });
+        if let Some(current) =
+            current.filter(|_| patch.is_object() && object::meta_str(patch, "resourceVersion").is_none())
+        {
+            let mut body = current.value.clone();
+            merge_patch(&mut body, patch);
+            let expected = current.revision;
+            match self.write_update(res, &current, body, part, expected, opts).await {
+                Err(e) if e.reason == "Conflict" || e.code == 404 => {}
+                other => return other,
+            }
+        }
+        self.patch(res, ns, name, patch, part, opts).await
+    }
+
     /// PATCH with an RFC 6902 JSON patch (a `test` operation on
     /// /metadata/resourceVersion pins the version, as in Kubernetes).
     pub async fn json_patch(
@@ -776,5 +814,65 @@ mod tests {
         assert_eq!(decode_continue(&t).unwrap(), ("default".into(), "a.b".into()));
         assert!(decode_continue("zz").is_err());
         assert!(decode_continue("abc").is_err());
+    }
+
+    /// A heartbeat writes over the cache's copy of the Robot without a
+    /// read; a copy older than the store (another replica, or an operator,
+    /// wrote since) must cost a conflict and a re-read, never the newer
+    /// write.
+    #[test]
+    fn a_patch_over_a_stale_copy_loses_no_write() {
+        use crate::server::resources::ROBOTS;
+        use crate::server::store::sqlite::SqliteStore;
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path(), 100).unwrap());
+        let registry = Registry::new(store);
+        let opts = WriteOptions::default();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let body = serde_json::json!({"apiVersion": "robot.k8s4r.io/v1alpha1", "kind": "Robot",
+                "metadata": {"name": "r1", "namespace": "default"}, "spec": {"robotId": "r1"},
+                "status": {"phase": "Online"}});
+            let first = registry
+                .create(&ROBOTS, "default", body, Part::All, opts)
+                .await
+                .unwrap()
+                .object;
+            // Current copy: written over, one revision on.
+            let beat = serde_json::json!({"status": {"lastHeartbeatTime": "2026-12-06T08:00:00Z"}});
+            let w = registry
+                .patch_known(&ROBOTS, Some(&first), "default", "r1", &beat, Part::Status, opts)
+                .await
+                .unwrap();
+            assert_eq!(w.object["status"]["lastHeartbeatTime"], "2026-12-06T08:00:00Z");
+            // `first` is stale now: the phase written meanwhile must stay.
+            let offline = serde_json::json!({"status": {"phase": "Offline"}});
+            registry
+                .patch(&ROBOTS, "default", "r1", &offline, Part::Status, opts)
+                .await
+                .unwrap();
+            let beat = serde_json::json!({"status": {"lastHeartbeatTime": "2026-12-06T08:01:00Z"}});
+            let w = registry
+                .patch_known(&ROBOTS, Some(&first), "default", "r1", &beat, Part::Status, opts)
+                .await
+                .unwrap();
+            assert_eq!(w.object["status"]["phase"], "Offline", "{}", w.object);
+            assert_eq!(w.object["status"]["lastHeartbeatTime"], "2026-12-06T08:01:00Z");
+            let stored = registry.get(&ROBOTS, "default", "r1").await.unwrap();
+            assert_eq!(stored["status"]["phase"], "Offline");
+            // Deleted meanwhile: NotFound, as the plain patch says.
+            registry
+                .delete(&ROBOTS, "default", "r1", &DeleteOptions::default())
+                .await
+                .unwrap();
+            let e = registry
+                .patch_known(&ROBOTS, Some(&first), "default", "r1", &beat, Part::Status, opts)
+                .await
+                .unwrap_err();
+            assert_eq!(e.code, 404);
+        });
     }
 }

@@ -172,6 +172,18 @@ impl RobotRecord {
     }
 }
 
+/// What [`Tokens::save_counter`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SavedCounter {
+    /// Stored (or a higher one was already): the record's revision now.
+    At(u64),
+    /// Other replicas kept writing the record; the next heartbeat tries
+    /// again.
+    Contended,
+    /// The name is no longer bound to these keys (reset meanwhile).
+    Unbound,
+}
+
 /// A join token that was valid when checked: what registration spends.
 #[derive(Debug)]
 pub struct JoinGrant {
@@ -346,11 +358,16 @@ impl Tokens {
     /// The keys robot `name` is bound to, if any (a damaged record counts
     /// as none, so it can be reset but never verifies anything).
     pub async fn robot(&self, name: &str) -> Result<Option<RobotRecord>, StoreError> {
+        Ok(self.robot_at(name).await?.map(|(record, _)| record))
+    }
+
+    /// [`Tokens::robot`] with the record's store revision.
+    pub async fn robot_at(&self, name: &str) -> Result<Option<(RobotRecord, u64)>, StoreError> {
         Ok(self
             .store
             .get(&Key::new(ROBOT_KEYS, "", name))
             .await?
-            .and_then(|s| RobotRecord::from_value(&s.value)))
+            .and_then(|s| Some((RobotRecord::from_value(&s.value)?, s.revision))))
     }
 
     /// Bind robot `ns/name` to `record`'s keys. A name not registered yet
@@ -391,29 +408,50 @@ impl Tokens {
     }
 
     /// Persist robot `name`'s counter (raised only: a lower one from a
-    /// slower replica never overwrites a higher one). Ok(false) when the
-    /// name is no longer bound to `keys` (reset meanwhile).
-    pub async fn save_counter(&self, name: &str, keys: &PublicKeys, counter: u64) -> Result<bool, StoreError> {
+    /// slower replica never overwrites a higher one). `known`: the record as this replica last read or
+    /// wrote it (namespace, revision): written over without a read, on the
+    /// condition that it is still at that revision (a heartbeat's second
+    /// write costs one store operation, not two).
+    pub async fn save_counter(
+        &self,
+        name: &str,
+        keys: &PublicKeys,
+        counter: u64,
+        known: Option<(&str, u64)>,
+    ) -> Result<SavedCounter, StoreError> {
         let key = Key::new(ROBOT_KEYS, "", name);
-        for _ in 0..5 {
-            let Some(s) = self.store.get(&key).await? else {
-                return Ok(false);
+        if let Some((namespace, revision)) = known {
+            let record = RobotRecord {
+                namespace: namespace.to_string(),
+                keys: keys.clone(),
+                counter,
             };
-            let Some(mut record) = RobotRecord::from_value(&s.value).filter(|r| &r.keys == keys) else {
-                return Ok(false);
-            };
-            if record.counter >= counter {
-                return Ok(true);
-            }
-            record.counter = counter;
-            match self.store.update(&key, record.to_value(), Some(s.revision)).await {
-                Ok(_) => return Ok(true),
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(StoreError::NotFound(_)) => return Ok(false),
+            match self.store.update(&key, record.to_value(), Some(revision)).await {
+                Ok(s) => return Ok(SavedCounter::At(s.revision)),
+                Err(StoreError::Conflict { .. }) => {}
+                Err(StoreError::NotFound(_)) => return Ok(SavedCounter::Unbound),
                 Err(e) => return Err(e),
             }
         }
-        Ok(true)
+        for _ in 0..5 {
+            let Some(s) = self.store.get(&key).await? else {
+                return Ok(SavedCounter::Unbound);
+            };
+            let Some(mut record) = RobotRecord::from_value(&s.value).filter(|r| &r.keys == keys) else {
+                return Ok(SavedCounter::Unbound);
+            };
+            if record.counter >= counter {
+                return Ok(SavedCounter::At(s.revision));
+            }
+            record.counter = counter;
+            match self.store.update(&key, record.to_value(), Some(s.revision)).await {
+                Ok(s) => return Ok(SavedCounter::At(s.revision)),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(StoreError::NotFound(_)) => return Ok(SavedCounter::Unbound),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(SavedCounter::Contended)
     }
 
     /// Unbind robot `name`'s keys: its agent gets 401 from then on, and a
@@ -596,12 +634,37 @@ mod tests {
         let token = join(&t, &hour()).await;
         let k = keys();
         register(&t, &token, "default", "r", &k, 10).await.unwrap();
-        assert!(t.save_counter("r", &k, 50).await.unwrap());
-        assert!(t.save_counter("r", &k, 20).await.unwrap());
+        let SavedCounter::At(at) = t.save_counter("r", &k, 50, None).await.unwrap() else {
+            panic!("bound")
+        };
+        assert!(matches!(
+            t.save_counter("r", &k, 20, None).await.unwrap(),
+            SavedCounter::At(_)
+        ));
         assert_eq!(t.robot("r").await.unwrap().unwrap().counter, 50);
-        assert!(!t.save_counter("r", &keys(), 60).await.unwrap(), "other keys");
+        // Over the revision it knows: no read, the same rule.
+        let SavedCounter::At(again) = t.save_counter("r", &k, 55, Some(("default", at))).await.unwrap() else {
+            panic!("bound")
+        };
+        assert!(again > at);
+        assert_eq!(t.robot_at("r").await.unwrap().unwrap().1, again);
+        // A stale revision (another replica wrote 80 meanwhile): a conflict,
+        // then the read, which never lowers it.
+        t.save_counter("r", &k, 80, Some(("default", again))).await.unwrap();
+        assert!(matches!(
+            t.save_counter("r", &k, 60, Some(("default", again))).await.unwrap(),
+            SavedCounter::At(_)
+        ));
+        assert_eq!(t.robot("r").await.unwrap().unwrap().counter, 80);
+        let unbound = |r: Result<SavedCounter, StoreError>| r.unwrap() == SavedCounter::Unbound;
+        assert!(unbound(t.save_counter("r", &keys(), 60, None).await), "other keys");
+        assert!(
+            unbound(t.save_counter("r", &keys(), 90, Some(("default", 1))).await),
+            "other keys, over a stale revision"
+        );
         t.reset_robot("r").await.unwrap();
-        assert!(!t.save_counter("r", &k, 70).await.unwrap());
+        assert!(unbound(t.save_counter("r", &k, 70, None).await));
+        assert!(unbound(t.save_counter("r", &k, 70, Some(("default", again))).await));
         assert_eq!(
             t.robot("r").await.unwrap(),
             None,

@@ -15,7 +15,7 @@
 
 use crate::api::robot_channel::PublicKeys;
 use crate::server::store::StoreError;
-use crate::server::tokens::{RobotIdentity, RobotRecord, Tokens};
+use crate::server::tokens::{RobotIdentity, RobotRecord, SavedCounter, Tokens};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -42,6 +42,9 @@ struct Counter {
     seen: u64,
     /// The highest one written to the store.
     saved: u64,
+    /// The revision of the stored record as this replica last read or
+    /// wrote it, if it knows.
+    record: Option<u64>,
 }
 
 impl Counter {
@@ -52,6 +55,7 @@ impl Counter {
             last,
             seen: u64::MAX,
             saved: last,
+            record: None,
         }
     }
 
@@ -121,7 +125,7 @@ impl Robots {
         if let Some(r) = cached.filter(|r| r.loaded.elapsed() < RECHECK) {
             return Ok(Some(r));
         }
-        let Some(record) = self.tokens.robot(name).await? else {
+        let Some((record, revision)) = self.tokens.robot_at(name).await? else {
             self.map().remove(name);
             return Ok(None);
         };
@@ -130,6 +134,7 @@ impl Robots {
         // under the lock, so a request accepted meanwhile is not forgotten.
         let mut map = self.map();
         let mut counter = Counter::at(record.counter);
+        counter.record = Some(revision);
         if let Some(old) = map
             .get(name)
             .filter(|c| c.keys == record.keys && c.id.namespace == record.namespace)
@@ -166,16 +171,26 @@ impl Robots {
         let Some(robot) = self.map().get(name).cloned() else {
             return Ok(());
         };
-        let Counter { last, saved, .. } = *robot.lock();
+        let Counter {
+            last, saved, record, ..
+        } = *robot.lock();
         if last <= saved {
             return Ok(());
         }
-        if self.tokens.save_counter(name, &robot.keys, last).await? {
-            let mut c = robot.lock();
-            c.saved = c.saved.max(last);
-        } else {
-            // Reset (or bound to new keys) meanwhile.
-            self.forget(name);
+        let known = record.map(|rev| (robot.id.namespace.as_str(), rev));
+        match self.tokens.save_counter(name, &robot.keys, last, known).await? {
+            SavedCounter::Unbound => {
+                // Reset (or bound to new keys) meanwhile.
+                self.forget(name);
+            }
+            saved => {
+                let mut c = robot.lock();
+                c.saved = c.saved.max(last);
+                c.record = match saved {
+                    SavedCounter::At(rev) => Some(rev),
+                    _ => None,
+                };
+            }
         }
         Ok(())
     }
