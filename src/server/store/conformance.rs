@@ -361,24 +361,36 @@ pub async fn batch_applies_each_operation(s: &dyn Store) {
     assert_eq!(next(&mut w).await.revision, updated.revision);
 }
 
-/// 300 creates and an update in one batch (more than one etcd transaction
-/// may carry): each is stored with the revision it reports, and a watch
-/// from before the batch sees every one of them, in revision order.
+/// 300 creates, a create of a taken key and an update in one batch (more
+/// than one etcd transaction may carry): each op has its own outcome, each
+/// write is stored with the revision it reports, and a watch from before
+/// the batch sees every one of them, in revision order.
 pub async fn batch_of_many_creates_is_written_and_watched_whole(s: &dyn Store) {
-    let start = s.revision().await.unwrap();
     let first = s.create(&Key::new("tasks", "d", "x"), obj("x", 0)).await.unwrap();
+    let taken = s.create(&Key::new("tasks", "d", "y"), obj("y", 0)).await.unwrap();
     let mut ops: Vec<BatchOp> = (0..300)
         .map(|i| BatchOp::Create(Key::new("tasks", "d", &format!("t{i:03}")), obj(&format!("t{i:03}"), i)))
         .collect();
+    ops.insert(75, BatchOp::Create(Key::new("tasks", "d", "y"), obj("y", 1)));
     ops.insert(
         150,
         BatchOp::Update(Key::new("tasks", "d", "x"), obj("x", 1), Some(first.revision)),
     );
     let results = s.batch(ops).await.expect("batch");
-    assert_eq!(results.len(), 301);
+    assert_eq!(results.len(), 302);
+    assert!(
+        matches!(results[75], Err(StoreError::AlreadyExists(_))),
+        "{:?}",
+        results[75]
+    );
+    assert_eq!(
+        s.get(&taken.key).await.unwrap().unwrap().revision,
+        taken.revision,
+        "a failed create writes nothing"
+    );
     let mut want = std::collections::BTreeMap::new();
-    for r in &results {
-        let st = r.as_ref().expect("every op of the batch succeeds");
+    for (i, r) in results.iter().enumerate().filter(|(i, _)| *i != 75) {
+        let st = r.as_ref().unwrap_or_else(|e| panic!("op {i} of the batch: {e}"));
         assert_eq!(st.value["metadata"]["resourceVersion"], st.revision.to_string());
         let got = s.get(&st.key).await.unwrap().expect("stored");
         assert_eq!(
@@ -389,7 +401,7 @@ pub async fn batch_of_many_creates_is_written_and_watched_whole(s: &dyn Store) {
         want.insert(st.key.name.clone(), st.revision);
     }
     assert_eq!(want["x"], results[150].as_ref().unwrap().revision);
-    let mut w = s.watch(first.revision.max(start)).unwrap();
+    let mut w = s.watch(taken.revision).unwrap();
     let mut seen = std::collections::BTreeMap::new();
     let mut last = 0;
     while seen.len() < want.len() {

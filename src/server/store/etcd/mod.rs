@@ -165,13 +165,18 @@ impl EtcdStore {
     }
 
     async fn create_raw(&self, key: &Key, value: Value) -> Result<Stored, StoreError> {
-        let k = client::b64(&self.key(key));
         let text = serde_json::to_vec(&value).map_err(|e| StoreError::Backend(e.to_string()))?;
+        self.create_text(key, value, &text).await
+    }
+
+    /// [`EtcdStore::create_raw`] of `value` whose JSON is `text`.
+    async fn create_text(&self, key: &Key, value: Value, text: &[u8]) -> Result<Stored, StoreError> {
+        let k = client::b64(&self.key(key));
         let resp = self
             .txn(
                 key,
                 json!({"target": "CREATE", "key": k, "result": "EQUAL", "create_revision": "0"}),
-                json!({"request_put": {"key": k, "value": client::b64(&text)}}),
+                json!({"request_put": {"key": k, "value": client::b64(text)}}),
             )
             .await?;
         if !succeeded(&resp) {
@@ -235,7 +240,7 @@ impl EtcdStore {
 
     /// Creates in one transaction, so all at one revision; if a key is
     /// taken (the transaction then writes nothing), each create on its own
-    /// for its own outcome.
+    /// (at once; the client bounds what is in flight) for its own outcome.
     async fn create_group(&self, group: Vec<Create>) -> Vec<Result<Stored, StoreError>> {
         if group.len() > 1 {
             let (mut compare, mut success) = (Vec::with_capacity(group.len()), Vec::with_capacity(group.len()));
@@ -263,11 +268,10 @@ impl EtcdStore {
                     .collect();
             }
         }
-        let mut out = Vec::with_capacity(group.len());
-        for (key, value, _) in group {
-            out.push(self.create_raw(&key, value).await);
-        }
-        out
+        let each = group
+            .into_iter()
+            .map(|(key, value, text)| async move { self.create_text(&key, value, &text).await });
+        futures_util::future::join_all(each).await
     }
 
     /// Wait until this replica's watchers can see revision `rev`.
@@ -449,7 +453,7 @@ impl Store for EtcdStore {
         self.log.watch(from)
     }
 
-    /// Runs of creates in one transaction each ([`EtcdStore::create_group`]),
+    /// Runs of creates in one transaction each (`create_group`),
     /// other operations one transaction each (etcd cannot give each
     /// operation of one transaction its own outcome), then one wait for
     /// all of them to reach the watch.
