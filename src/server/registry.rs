@@ -324,24 +324,7 @@ impl Registry {
         part: Part,
         opts: WriteOptions<'_>,
     ) -> Result<Written, Status> {
-        if !patch.is_object() {
-            return Err(Status::bad_request("a merge patch must be a JSON object"));
-        }
-        let pinned = object::meta_str(patch, "resourceVersion")
-            .map(|rv| {
-                rv.parse::<u64>().map_err(|_| {
-                    Status::bad_request(format!(
-                        "metadata.resourceVersion {rv:?} is not a valid resource version"
-                    ))
-                })
-            })
-            .transpose()?;
-        self.patch_with(res, ns, name, pinned, part, opts, |current| {
-            let mut patched = current.clone();
-            merge_patch(&mut patched, patch);
-            Ok(patched)
-        })
-        .await
+        self.patch_known(res, None, ns, name, patch, part, opts).await
     }
 
     /// [`Registry::patch`] first tried over `known`, a copy of the object
@@ -361,16 +344,26 @@ impl Registry {
         part: Part,
         opts: WriteOptions<'_>,
     ) -> Result<Written, Status> {
-        let current = known.and_then(|v| {
+        if !patch.is_object() {
+            return Err(Status::bad_request("a merge patch must be a JSON object"));
+        }
+        let pinned = object::meta_str(patch, "resourceVersion")
+            .map(|rv| {
+                rv.parse::<u64>().map_err(|_| {
+                    Status::bad_request(format!(
+                        "metadata.resourceVersion {rv:?} is not a valid resource version"
+                    ))
+                })
+            })
+            .transpose()?;
+        let current = known.filter(|_| pinned.is_none()).and_then(|v| {
             Some(Stored {
                 key: key(res, ns, name),
                 revision: object::resource_version(v)?,
                 value: v.clone(),
             })
         });
-        if let Some(current) =
-            current.filter(|_| patch.is_object() && object::meta_str(patch, "resourceVersion").is_none())
-        {
+        if let Some(current) = current {
             let mut body = current.value.clone();
             merge_patch(&mut body, patch);
             let expected = current.revision;
@@ -379,7 +372,12 @@ impl Registry {
                 other => return other,
             }
         }
-        self.patch(res, ns, name, patch, part, opts).await
+        self.patch_with(res, ns, name, pinned, part, opts, |current| {
+            let mut patched = current.clone();
+            merge_patch(&mut patched, patch);
+            Ok(patched)
+        })
+        .await
     }
 
     /// PATCH with an RFC 6902 JSON patch (a `test` operation on
