@@ -200,7 +200,8 @@ mod tests {
             .collect()
     }
 
-    /// 300 creates of one etcd transaction share revision 2: one read takes
+    /// 300 changes of one etcd transaction (another client's: k8s4r writes
+    /// one object per revision) share revision 2: one read takes
     /// all of them (a watcher resumes by revision, so a read that stopped
     /// at 256 would lose the other 44), and a watch resuming from the
     /// shared revision gets all of them again rather than none.
