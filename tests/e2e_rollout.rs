@@ -502,7 +502,14 @@ fn a_canary_cut_off_reverts_itself_and_the_server_then_fails_the_rollout() {
     let dir = tempfile::tempdir().unwrap();
     let (server, cut, agents) = fleet(dir.path(), Some(("r1", Link::Relay)));
     let cut = cut.unwrap();
-    let u = update(json!({"canary": 1, "autoRevert": true, "minHealthyTime": "5s", "healthyDeadline": "10s"}));
+    // progressDeadline far off: the rollout must fail on the robot's word
+    // once it is back, and a loaded machine (the CI runs this file's tests
+    // side by side) once stretched cut, revert and the agent's reconnection
+    // backoff past the default 40 s.
+    let u = update(
+        json!({"canary": 1, "autoRevert": true, "minHealthyTime": "5s", "healthyDeadline": "10s",
+        "progressDeadline": "3m"}),
+    );
     start_v1(&server, &u);
 
     // A version whose task starts, then fails after 1 s (and after its
