@@ -206,7 +206,6 @@ async fn robot(
             let Some(task) = robot.next_first_task(&mut since).await? else {
                 continue;
             };
-            let task = &task;
             let r = run.get_or_insert_with(|| Run {
                 name: task["metadata"]["name"].as_str().unwrap_or_default().to_string(),
                 spec: Value::Null,
@@ -215,7 +214,7 @@ async fn robot(
                 pid: 1000,
                 last: None,
             });
-            let rolled_back = r.start(&mut robot, task).await?;
+            let rolled_back = r.start(&mut robot, &task).await?;
             let seen = Seen {
                 robot: i,
                 assigned: version(&task["spec"]),

@@ -408,10 +408,11 @@ impl Tokens {
     }
 
     /// Persist robot `name`'s counter (raised only: a lower one from a
-    /// slower replica never overwrites a higher one). `known`: the record as this replica last read or
-    /// wrote it (namespace, revision): written over without a read, on the
-    /// condition that it is still at that revision (a heartbeat's second
-    /// write costs one store operation, not two).
+    /// slower replica never overwrites a higher one). `known`: the record
+    /// as this replica last read or wrote it (namespace, revision): written
+    /// over without a read, on the condition that it is still at that
+    /// revision (a heartbeat's second write costs one store operation, not
+    /// two).
     pub async fn save_counter(
         &self,
         name: &str,

@@ -201,10 +201,10 @@ mod tests {
     }
 
     /// 300 changes of one etcd transaction (another client's: k8s4r writes
-    /// one object per revision) share revision 2: one read takes
-    /// all of them (a watcher resumes by revision, so a read that stopped
-    /// at 256 would lose the other 44), and a watch resuming from the
-    /// shared revision gets all of them again rather than none.
+    /// one object per revision) share revision 2: one read takes all of
+    /// them (a watcher resumes by revision, so a read that stopped at 256
+    /// would lose the other 44), and a watch resuming from the shared
+    /// revision gets all of them again rather than none.
     #[test]
     fn a_shared_revision_is_read_whole_and_redelivered_on_resume() {
         let log = EventLog::new(1000, 0);
