@@ -535,6 +535,10 @@ mod tests {
         let eof = Error::new(ErrorKind::UnexpectedEof, "tls handshake eof");
         assert!(causes(&eof).find_map(|c| tls::hint(c, true)).is_some());
         assert!(causes(&eof).find_map(|c| tls::hint(c, false)).is_none());
+        // So is a reset: a plain HTTP member resets a ClientHello it left unread.
+        let reset = Error::new(ErrorKind::ConnectionReset, "reset by peer");
+        assert!(causes(&reset).find_map(|c| tls::hint(c, true)).is_some());
+        assert!(causes(&reset).find_map(|c| tls::hint(c, false)).is_none());
     }
 
     #[test]

@@ -188,8 +188,12 @@ pub fn hint(cause: &(dyn std::error::Error + 'static), handshake: bool) -> Optio
     const NOT_TLS: &str = "is this member serving TLS? its client URLs must be https://";
     if let Some(io) = cause.downcast_ref::<std::io::Error>() {
         // Before any request, only the handshake reads: a member that
-        // closes then did not take the ClientHello for TLS.
-        return (handshake && io.kind() == std::io::ErrorKind::UnexpectedEof).then_some(NOT_TLS);
+        // closes then did not take the ClientHello for TLS. A plain HTTP
+        // member answers 400 and closes with the rest of the ClientHello
+        // unread, so the kernel resets the connection and that reset may
+        // reach us before the answer does.
+        use std::io::ErrorKind::{ConnectionReset, UnexpectedEof};
+        return (handshake && matches!(io.kind(), UnexpectedEof | ConnectionReset)).then_some(NOT_TLS);
     }
     match cause.downcast_ref::<rustls::Error>()? {
         rustls::Error::InvalidCertificate(_) => Some(
