@@ -262,8 +262,8 @@ fn fifty_tasks_survive_ten_agent_kill_9s_with_none_lost_or_duplicated() {
     let pids: BTreeSet<i32> = original.values().copied().collect();
     assert_eq!(pids.len(), N, "one process per task");
     wait_for("the state file to list 50 pids", T, || {
-        let state = std::fs::read_to_string(sb.data().join("state.json")).ok()?;
-        (state.matches("\"pid\"").count() == N).then_some(())
+        let state = k8s4r::agent::supervisor::state::StateFile::read(&sb.data()).ok()?;
+        (state.units.values().filter(|u| u.pid.is_some()).count() == N).then_some(())
     });
     let live: BTreeSet<i32> = sandbox_pids(&sb.data()).into_iter().collect();
     assert_eq!(live, pids, "exactly one process per task:\n{}", second.output());

@@ -7,6 +7,7 @@ mod common;
 
 use common::standalone::*;
 use common::{agent_bin, serve_recording, shared_dir, wait_for};
+use k8s4r::agent::supervisor::state::StateFile;
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
@@ -309,8 +310,8 @@ fn agent_killed_with_9_readopts_its_ten_tasks() {
     let mut first = sb.run(&file, &[]);
     let pids = collect(&first, ": running pid");
     wait_for("the state file to list 10 pids", T, || {
-        let state = std::fs::read_to_string(sb.data().join("state.json")).ok()?;
-        (state.matches("\"pid\"").count() == 10).then_some(())
+        let state = StateFile::read(&sb.data()).ok()?;
+        (state.units.values().filter(|u| u.pid.is_some()).count() == 10).then_some(())
     });
     signal(first.child.id(), "KILL");
     first.wait_exit();
@@ -1069,8 +1070,9 @@ fn a_task_that_ended_while_the_agent_was_down_is_reported_and_restarted() {
     let r0 = first.pid_of("g r0 t: running pid");
     let r1 = first.pid_of("g r1 t: running pid");
     wait_for("both pids in the state file", T, || {
-        let state = std::fs::read_to_string(sb.data().join("state.json")).ok()?;
-        (state.contains(&format!("\"pid\": {r0}")) && state.contains(&format!("\"pid\": {r1}"))).then_some(())
+        let state = StateFile::read(&sb.data()).ok()?;
+        let pids: Vec<i32> = state.units.values().filter_map(|u| u.pid).collect();
+        (pids.contains(&r0) && pids.contains(&r1)).then_some(())
     });
     signal(first.child.id(), "KILL");
     first.wait_exit();

@@ -297,3 +297,37 @@ fn a_damaged_state_file_is_set_aside_not_fatal() {
         "{torn"
     );
 }
+
+#[test]
+fn a_damaged_state_journal_is_set_aside_and_the_snapshot_kept() {
+    let _serial = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let snapshot = r#"{"bootId": "another boot", "units": {}, "generation": 1}"#;
+    std::fs::write(data.join("state.json"), snapshot).unwrap();
+    // A whole line the agent cannot have written, then another line.
+    std::fs::write(
+        data.join("state.log"),
+        "{\"generation\":1,\"put\":7}\n{\"generation\":1}\n",
+    )
+    .unwrap();
+    let config = SupervisorConfig {
+        data_dir: data.clone(),
+        log_limits: LogLimits::default(),
+        cgroup_root: None,
+        allow_root_tasks: true,
+        require_artifact_checksums: false,
+    };
+    let (_sup, notices) = Supervisor::new(config).unwrap();
+    assert!(
+        notices.iter().any(|n| n.contains("state.log was damaged")),
+        "{notices:?}"
+    );
+    assert!(data.join("state.log.damaged").exists());
+    assert!(!data.join("state.log").exists());
+    // The snapshot was read (and folded forward), not set aside.
+    assert!(!data.join("state.json.damaged").exists());
+    let state = k8s4r::agent::supervisor::state::StateFile::read(&data).unwrap();
+    assert!(state.units.is_empty());
+}

@@ -568,8 +568,8 @@ fn a_network_cut_keeps_tasks_running_and_nothing_runs_twice_after() {
 
 /// Pid of unit `unit` as the agent persisted it.
 fn unit_pid(data: &Path, unit: &str) -> Option<i64> {
-    let state: Value = serde_json::from_slice(&std::fs::read(data.join("state.json")).ok()?).ok()?;
-    state["units"][unit]["pid"].as_i64()
+    let state = k8s4r::agent::supervisor::state::StateFile::read(data).ok()?;
+    state.units.get(unit)?.pid.map(i64::from)
 }
 
 /// A Job update reaches the robot's proxy live: a new upstream added

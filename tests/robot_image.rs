@@ -211,9 +211,10 @@ fn boot_image(arch: &str, agent: &Path) {
     let task = wait_for("the job's task", STEP, || find(&rootfs, "sleep 3600").first().copied());
     let log = rootfs.join("var/log/k8s4r-agent.log");
     // The agent persists a unit once it runs; only then can a successor adopt it.
-    let state = rootfs.join("var/lib/k8s4r/state.json");
+    let data = rootfs.join("var/lib/k8s4r");
     wait_for("the task's pid persisted", STEP, || {
-        std::fs::read_to_string(&state).ok()?.contains("\"pid\"").then_some(())
+        let state = k8s4r::agent::supervisor::state::StateFile::read(&data).ok()?;
+        state.units.values().any(|u| u.pid.is_some()).then_some(())
     });
 
     // kill -9 the agent: init respawns it and it re-adopts the same task.

@@ -313,6 +313,7 @@ fn footprint(agent: &Agent, data: &Path, cycles: usize, started: Instant) -> Val
         "threads": procstat::thread_count(pid),
         "cpu_ms": procstat::cpu_ns(&[pid]) as f64 / 1e6,
         "state_json_bytes": size("state.json"),
+        "state_log_bytes": size("state.log"),
         "outbox_json_bytes": size("outbox.json"),
     })
 }

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! <data dir>/
-//!   state.json agent.lock agent.pid  the supervisor's (see `supervisor::state`)
+//!   state.json state.log             the supervisor's state: snapshot and journal (`supervisor::state`)
+//!   agent.lock agent.pid             one agent per data dir
 //!   alloc/<key>/                     a task group on this robot, key `<job>-<group>`
 //!     alloc/                         shared by the group's units: K8S4R_ALLOC_DIR
 //!     init/<init>/                   unit `<key>-<init>` (init tasks, group daemons)

@@ -34,6 +34,7 @@
 //!   reported as such.
 
 pub mod accounts;
+pub mod append_log;
 pub mod artifacts;
 pub mod clock;
 pub mod connected;

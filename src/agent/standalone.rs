@@ -111,7 +111,7 @@ pub fn run(opts: RunOptions) -> Result<i32, String> {
             }
         } else if sup.shutdown_requested() {
             if opts.keep_running {
-                sup.flush().map_err(|e| e.to_string())?;
+                sup.checkpoint().map_err(|e| e.to_string())?;
                 say("agent: signalled; leaving tasks running (--keep-running)");
                 return Ok(0);
             }
@@ -137,7 +137,7 @@ pub fn run(opts: RunOptions) -> Result<i32, String> {
         }
         sup.run_once(recheck).map_err(|e| e.to_string())?;
     }
-    sup.flush().map_err(|e| e.to_string())?;
+    sup.checkpoint().map_err(|e| e.to_string())?;
     Ok(exit_code)
 }
 

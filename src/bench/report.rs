@@ -319,20 +319,27 @@ fn cycle_rows(t: &mut Table, c: &Value) {
         format!("{} later", ratio(late, early)),
     ]);
     t.row(vec![
-        "outbox.json / fds / threads at end".into(),
+        "state.json + state.log / outbox.json / fds / threads at end".into(),
         format!(
-            "{:.0} KiB / {} / {}",
+            "{:.1} KiB / {:.0} KiB / {} / {}",
+            state_kib(last),
             num(last, "outbox_json_bytes").unwrap_or(0.0) / 1024.0,
             last["fds"],
             last["threads"]
         ),
         format!(
-            "after warm-up: {:.1} KiB / {} / {}",
+            "after warm-up: {:.1} KiB / {:.1} KiB / {} / {}",
+            state_kib(warm),
             num(warm, "outbox_json_bytes").unwrap_or(0.0) / 1024.0,
             warm["fds"],
             warm["threads"]
         ),
     ]);
+}
+
+/// The agent's state files in a footprint sample (snapshot + journal).
+fn state_kib(sample: &Value) -> f64 {
+    (num(sample, "state_json_bytes").unwrap_or(0.0) + num(sample, "state_log_bytes").unwrap_or(0.0)) / 1024.0
 }
 
 fn proxy(out: &mut String, charts: &mut Vec<Chart>, dir: &Path) {

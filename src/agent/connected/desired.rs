@@ -37,14 +37,13 @@
 //! holds, as in memory), so it needs no such names; only this agent reads
 //! the log.
 
+use crate::agent::append_log::{self, AppendLog};
 use crate::api::agent_protocol::Assignments;
 use crate::api::assignment_set::{self, GroupPart};
 use crate::api::{StringMap, Task};
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io;
 use std::path::Path;
 
 /// The snapshot (under the data dir).
@@ -69,10 +68,9 @@ pub struct Kept {
     group_versions: StringMap,
     /// What the last answers changed and `save` has not written yet.
     unsaved: Unsaved,
-    /// The log, open for appending once written to in this run.
-    log: Option<File>,
-    /// Bytes in the log (valid lines), and in the snapshot.
-    log_bytes: u64,
+    /// The log (its valid lines), appended to once written in this run.
+    log: AppendLog,
+    /// Bytes in the snapshot.
     snapshot_bytes: u64,
 }
 
@@ -393,13 +391,13 @@ impl Kept {
             return;
         };
         let mut used = 0;
-        for line in bytes.split_inclusive(|b| *b == b'\n') {
-            if self.revision == 0 || !line.ends_with(b"\n") || !self.apply_line(line) {
+        for line in append_log::complete_lines(&bytes) {
+            if self.revision == 0 || !self.apply_line(line) {
                 break;
             }
             used += line.len();
         }
-        self.log_bytes = used as u64;
+        self.log = AppendLog::with_bytes(used as u64);
         if used < bytes.len() {
             // Appending after a line that ends the replay would be lost.
             self.unsaved = Unsaved::Snapshot;
@@ -462,7 +460,7 @@ impl Kept {
                 changed,
                 removed_groups,
                 changed_groups,
-            } if self.log_bytes <= self.snapshot_bytes.max(COMPACT_AFTER_BYTES) => {
+            } if self.log.bytes() <= self.snapshot_bytes.max(COMPACT_AFTER_BYTES) => {
                 let changed: Vec<&(String, Box<Task>)> = changed.iter().filter_map(|n| self.tasks.get(n)).collect();
                 let record = Record {
                     base,
@@ -485,7 +483,7 @@ impl Kept {
                 };
                 serde_json::to_vec(&record)
                     .map_err(io::Error::other)
-                    .and_then(|line| self.append(data_dir, line))
+                    .and_then(|line| self.log.append(&data_dir.join(LOG), line))
             }
             _ => self.write_snapshot(data_dir),
         };
@@ -495,39 +493,9 @@ impl Kept {
         result
     }
 
-    /// One line to the log, fdatasync'd.
-    fn append(&mut self, data_dir: &Path, mut line: Vec<u8>) -> io::Result<()> {
-        line.push(b'\n');
-        if self.log.is_none() {
-            let path = data_dir.join(LOG);
-            let created = !path.exists();
-            let file = OpenOptions::new()
-                .append(true)
-                .create(true)
-                .mode(0o600)
-                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-                .open(&path)?;
-            if created {
-                // The new name must survive a crash too.
-                File::open(data_dir)?.sync_all()?;
-            }
-            self.log = Some(file);
-        }
-        let log = self.log.as_mut().expect("opened above");
-        log.write_all(&line)?;
-        log.sync_data()?;
-        self.log_bytes = self.log_bytes.saturating_add(line.len() as u64);
-        Ok(())
-    }
-
     /// The whole set as the new snapshot; the log goes first (module doc).
     fn write_snapshot(&mut self, data_dir: &Path) -> io::Result<()> {
-        self.log = None;
-        match std::fs::remove_file(data_dir.join(LOG)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-        self.log_bytes = 0;
+        self.log.remove(&data_dir.join(LOG))?;
         let stored = Stored {
             revision: self.revision,
             versions: self.tasks.iter().map(|(n, (v, _))| (n.as_str(), v.as_str())).collect(),
@@ -859,9 +827,11 @@ mod tests {
         kept.take(&mut answer(6, true, &[("b", 'b')], &[], &all), 5);
         kept.save(dir.path()).unwrap();
         // A crash in the middle of the next append.
-        let mut log = OpenOptions::new().append(true).open(dir.path().join(LOG)).unwrap();
-        log.write_all(br#"{"base":6,"revision":7,"removed":["a"],"ver"#)
+        let mut log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(LOG))
             .unwrap();
+        std::io::Write::write_all(&mut log, br#"{"base":6,"revision":7,"removed":["a"],"ver"#).unwrap();
         let mut again = Kept::load(dir.path());
         assert_eq!((again.revision(), names(&again.tasks())), (6, vec!["a", "b"]));
         // Appending after the torn line would be lost on the next load.

@@ -224,7 +224,7 @@ pub fn run(opts: ConnectedOptions) -> Result<i32, String> {
         sup.flush().map_err(|e| e.to_string())?;
         queue_statuses(&shared, &running, &rec, &sup, &rollback);
         if sup.shutdown_requested() {
-            sup.flush().map_err(|e| e.to_string())?;
+            sup.checkpoint().map_err(|e| e.to_string())?;
             shared.stop.store(true, Ordering::SeqCst);
             shared.changed.notify_all();
             say("agent: signalled; exiting and leaving tasks running for the next agent");
@@ -252,7 +252,9 @@ fn step_update(
         }
         inbox.server_answers
     };
-    let at = updater.step(server_answers, waker, &mut || sup.flush().map_err(|e| e.to_string()));
+    let at = updater.step(server_answers, waker, &mut || {
+        sup.checkpoint().map_err(|e| e.to_string())
+    });
     if let Some(result) = updater.take_report() {
         let _outbox = lock(&shared.outbox);
         *lock(&shared.last_update) = Some(result);

@@ -386,22 +386,30 @@ impl Supervisor {
             ));
         }
         let wakeups = Wakeups::install().map_err(SupervisorError::Signals)?;
-        let (state_file, saved) = match StateFile::load(data) {
-            // Atomic writes make this unlikely (a failing disk): keep the
-            // damaged file for inspection and start afresh rather than
-            // leaving the robot without its workloads.
-            Err(StateError::Parse(path, e)) => {
-                let aside = path.with_extension("json.damaged");
-                let _ = std::fs::rename(&path, &aside);
-                notices.push(format!(
-                    "{} was damaged ({e}); moved to {} and starting with no saved state",
-                    path.display(),
-                    aside.display()
-                ));
-                StateFile::load(data).map_err(SupervisorError::State)?
+        let (mut state_file, saved) = loop {
+            match StateFile::load(data) {
+                // Atomic writes and appends make this unlikely (a failing
+                // disk): keep the damaged file (the snapshot or the journal)
+                // for inspection and go on without it rather than leaving
+                // the robot without its workloads.
+                Err(StateError::Parse(path, e)) => {
+                    let mut aside = path.clone().into_os_string();
+                    aside.push(".damaged");
+                    let aside = PathBuf::from(aside);
+                    std::fs::rename(&path, &aside)
+                        .map_err(|e| SupervisorError::State(StateError::Write(path.clone(), e)))?;
+                    notices.push(format!(
+                        "{} was damaged ({e}); moved to {} and starting without it",
+                        path.display(),
+                        aside.display()
+                    ));
+                }
+                other => break other.map_err(SupervisorError::State)?,
             }
-            other => other.map_err(SupervisorError::State)?,
         };
+        // The journal folded in: appends never follow a torn line, and an
+        // older agent reads the whole state from the snapshot.
+        state_file.compact().map_err(SupervisorError::State)?;
         let boot_id = procfs::boot_id();
         let mut leftovers = saved.units;
         if !saved.boot_id.is_empty() && saved.boot_id != boot_id {
@@ -562,10 +570,18 @@ impl Supervisor {
         h.finish()
     }
 
-    /// Persist now (e.g. before exiting).
+    /// Persist now (at the end of a pass: before statuses go out).
     pub fn flush(&mut self) -> Result<(), SupervisorError> {
         self.dirty = true;
         self.save()
+    }
+
+    /// Persist now, whole: the journal folded into the snapshot, before
+    /// the agent exits or execs another binary (an older agent, after a
+    /// rollback, reads the snapshot alone).
+    pub fn checkpoint(&mut self) -> Result<(), SupervisorError> {
+        self.flush()?;
+        self.state_file.compact().map_err(SupervisorError::State)
     }
 }
 

@@ -2,11 +2,27 @@
 //! time + boot id), and how finished units ended, so a restarted agent
 //! re-adopts instead of duplicating, and does not re-run completed work.
 //!
-//! Flash-friendly: the file is rewritten only when its content changes
-//! (compared with the last write, so an idle agent writes nothing), as one
-//! temp file + fsync + rename + fsync of the directory, so a crash leaves
-//! either the old or the new state, never a torn one.
+//! On disk, one durable write per change, appended: `state.json` is the
+//! snapshot (written whole, atomically: temp file, fsync, rename, fsync of
+//! the directory) and `state.log` the journal after it, one JSON line per
+//! save with the units that changed and the names that went
+//! ([`crate::agent::append_log`]: one write and one fdatasync). Only a
+//! save that changes what the files say writes anything, so an idle agent
+//! writes nothing.
+//!
+//! Both carry a generation: a snapshot is written with the next one and
+//! then the journal is removed, and loading replays only lines of the
+//! snapshot's generation, so a crash between the two (old lines beside a
+//! newer snapshot) loses nothing and replays nothing twice. A torn last
+//! line (a crash mid-append) is left out: that save had not returned, so
+//! nothing had acted on it. A damaged line before the end is an error
+//! naming `state.log`. The journal is folded into a new snapshot once it
+//! is larger than the snapshot (or 64 KiB), when the supervisor starts
+//! (so it never appends after a torn line) and before the agent exits or
+//! execs another binary ([`StateFile::compact`]): an older agent (a
+//! self-update rolled back) reads `state.json` alone, as it always did.
 
+use crate::agent::append_log::{self, AppendLog};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -14,6 +30,11 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub const STATE_FILE: &str = "state.json";
+/// The journal after the snapshot.
+pub const JOURNAL_FILE: &str = "state.log";
+/// The journal is folded into a new snapshot once larger than this and
+/// than the snapshot.
+const COMPACT_AFTER_BYTES: u64 = 64 * 1024;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -63,6 +84,15 @@ pub enum StateError {
     Write(PathBuf, io::Error),
 }
 
+impl StateError {
+    /// The file the error is about.
+    pub fn path(&self) -> &Path {
+        match self {
+            StateError::Read(p, _) | StateError::Parse(p, _) | StateError::Write(p, _) => p,
+        }
+    }
+}
+
 impl std::fmt::Display for StateError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -75,50 +105,197 @@ impl std::fmt::Display for StateError {
 
 impl std::error::Error for StateError {}
 
-/// The state file plus what was last written to it.
+/// The snapshot as written: the state and its generation.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SnapshotOut<'a> {
+    boot_id: &'a str,
+    units: &'a BTreeMap<String, SavedUnit>,
+    generation: u64,
+}
+
+/// The snapshot's generation, read apart from the state (0 when absent:
+/// written by an agent without a journal).
+#[derive(Deserialize)]
+struct Generation {
+    #[serde(default)]
+    generation: u64,
+}
+
+/// One line of the journal: one save's changes.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Entry {
+    generation: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    boot_id: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    put: BTreeMap<String, SavedUnit>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    removed: Vec<String>,
+}
+
+/// The state files and what they say.
 pub struct StateFile {
-    path: PathBuf,
-    last_written: Vec<u8>,
-    /// The next content, serialised into a buffer kept between saves (it
-    /// grows once, not by doubling on every save).
-    next: Vec<u8>,
+    dir: PathBuf,
+    /// The state as snapshot + journal hold it.
+    on_disk: SavedState,
+    generation: u64,
+    snapshot_bytes: u64,
+    journal: AppendLog,
+    /// The next save writes a snapshot (the journal holds lines that may
+    /// not be appended after, or an append failed).
+    snapshot_next: bool,
 }
 
 impl StateFile {
-    /// Open `<data dir>/state.json`; a missing file is an empty state.
+    /// Read `<data dir>/state.json` and replay `state.log` onto it; no
+    /// snapshot is an empty state.
     pub fn load(data_dir: &Path) -> Result<(StateFile, SavedState), StateError> {
         let path = data_dir.join(STATE_FILE);
-        let (bytes, state) = match std::fs::read(&path) {
+        let (snapshot_bytes, generation, mut state) = match std::fs::read(&path) {
             Ok(bytes) => {
-                let state = serde_json::from_slice(&bytes).map_err(|e| StateError::Parse(path.clone(), e))?;
-                (bytes, state)
+                let parse = |e| StateError::Parse(path.clone(), e);
+                let state: SavedState = serde_json::from_slice(&bytes).map_err(parse)?;
+                let g: Generation = serde_json::from_slice(&bytes).map_err(parse)?;
+                (bytes.len() as u64, g.generation, state)
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => (Vec::new(), SavedState::default()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => (0, 0, SavedState::default()),
             Err(e) => return Err(StateError::Read(path, e)),
         };
-        Ok((
-            StateFile {
-                path,
-                last_written: bytes,
-                next: Vec::new(),
-            },
-            state,
-        ))
+        let journal_path = data_dir.join(JOURNAL_FILE);
+        let journal = match std::fs::read(&journal_path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(StateError::Read(journal_path, e)),
+        };
+        let lines: Vec<&[u8]> = append_log::complete_lines(&journal).collect();
+        let mut replayed = 0u64;
+        for (i, line) in lines.iter().enumerate() {
+            let entry: Entry = match serde_json::from_slice(line) {
+                Ok(entry) => entry,
+                // A whole line the journal cannot have written: damage.
+                Err(e) if i + 1 < lines.len() => return Err(StateError::Parse(journal_path, e)),
+                Err(_) => break,
+            };
+            replayed += line.len() as u64;
+            if entry.generation == generation {
+                entry.apply(&mut state);
+            }
+        }
+        let file = StateFile {
+            dir: data_dir.to_path_buf(),
+            on_disk: state.clone(),
+            generation,
+            snapshot_bytes,
+            journal: AppendLog::with_bytes(replayed),
+            snapshot_next: !journal.is_empty(),
+        };
+        Ok((file, state))
     }
 
-    /// Write `state` if it differs from what is on disk. Returns whether it wrote.
+    /// What the files say, read without writing (for commands beside a
+    /// running agent, and tests).
+    pub fn read(data_dir: &Path) -> Result<SavedState, StateError> {
+        StateFile::load(data_dir).map(|(_, state)| state)
+    }
+
+    /// Write what changed between the files and `state`: one line
+    /// appended, or a new snapshot (module doc). Returns whether it wrote.
     pub fn save(&mut self, state: &SavedState) -> Result<bool, StateError> {
-        self.next.clear();
-        serde_json::to_writer_pretty(&mut self.next, state)
-            .map_err(|e| StateError::Write(self.path.clone(), e.into()))?;
-        self.next.push(b'\n');
-        if self.next == self.last_written {
+        let entry = self.changes(state);
+        if entry.boot_id.is_none() && entry.put.is_empty() && entry.removed.is_empty() {
             return Ok(false);
         }
-        crate::atomic_file::write(&self.path, &self.next, 0o600)
-            .map_err(|e| StateError::Write(self.path.clone(), e))?;
-        std::mem::swap(&mut self.last_written, &mut self.next);
+        if self.snapshot_next || self.journal.bytes() > self.snapshot_bytes.max(COMPACT_AFTER_BYTES) {
+            self.write_snapshot(state)?;
+            return Ok(true);
+        }
+        let path = self.dir.join(JOURNAL_FILE);
+        let appended = serde_json::to_vec(&entry)
+            .map_err(io::Error::other)
+            .and_then(|line| self.journal.append(&path, line));
+        if let Err(e) = appended {
+            self.snapshot_next = true;
+            return Err(StateError::Write(path, e));
+        }
+        entry.apply(&mut self.on_disk);
         Ok(true)
+    }
+
+    /// Fold the journal into a new snapshot, if it holds anything.
+    pub fn compact(&mut self) -> Result<(), StateError> {
+        if self.snapshot_next || self.journal.bytes() > 0 {
+            let state = std::mem::take(&mut self.on_disk);
+            let result = self.write_snapshot(&state);
+            if result.is_err() {
+                self.on_disk = state;
+            }
+            return result;
+        }
+        Ok(())
+    }
+
+    /// The journal line that takes the files to `state`.
+    fn changes(&self, state: &SavedState) -> Entry {
+        let old = &self.on_disk;
+        Entry {
+            generation: self.generation,
+            boot_id: (state.boot_id != old.boot_id).then(|| state.boot_id.clone()),
+            put: state
+                .units
+                .iter()
+                .filter(|(name, u)| old.units.get(*name) != Some(*u))
+                .map(|(name, u)| (name.clone(), u.clone()))
+                .collect(),
+            removed: old
+                .units
+                .keys()
+                .filter(|name| !state.units.contains_key(*name))
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// `state` whole, under the next generation; then the journal goes.
+    fn write_snapshot(&mut self, state: &SavedState) -> Result<(), StateError> {
+        let path = self.dir.join(STATE_FILE);
+        let generation = self.generation.saturating_add(1);
+        let out = SnapshotOut {
+            boot_id: &state.boot_id,
+            units: &state.units,
+            generation,
+        };
+        let mut bytes = serde_json::to_vec_pretty(&out).map_err(|e| StateError::Write(path.clone(), e.into()))?;
+        bytes.push(b'\n');
+        crate::atomic_file::write(&path, &bytes, 0o600).map_err(|e| StateError::Write(path, e))?;
+        // From here on the journal's lines are of an older generation: a
+        // crash before it is gone leaves them unreplayed.
+        self.generation = generation;
+        self.snapshot_bytes = bytes.len() as u64;
+        self.on_disk = state.clone();
+        let journal = self.dir.join(JOURNAL_FILE);
+        match self.journal.remove(&journal) {
+            Ok(()) => self.snapshot_next = false,
+            // Its lines are stale; appending after them is not safe.
+            Err(e) => {
+                self.snapshot_next = true;
+                return Err(StateError::Write(journal, e));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Entry {
+    fn apply(self, state: &mut SavedState) {
+        if let Some(boot_id) = self.boot_id {
+            state.boot_id = boot_id;
+        }
+        for name in &self.removed {
+            state.units.remove(name);
+        }
+        state.units.extend(self.put);
     }
 }
 
@@ -130,37 +307,156 @@ pub use crate::atomic_file::write as write_atomic;
 mod tests {
     use super::*;
 
-    #[test]
-    fn writes_only_on_change_and_reads_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut file, state) = StateFile::load(dir.path()).unwrap();
-        assert_eq!(state, SavedState::default());
-        let mut state = SavedState {
-            boot_id: "b".into(),
+    fn unit(pid: i32) -> SavedUnit {
+        SavedUnit {
+            pid: Some(pid),
+            start_time: Some(34),
+            dir: "/x".into(),
             ..Default::default()
-        };
-        state.units.insert(
-            "job-g-r0-t".into(),
-            SavedUnit {
-                pid: Some(12),
-                start_time: Some(34),
-                dir: "/x".into(),
-                ..Default::default()
-            },
-        );
-        assert!(file.save(&state).unwrap());
-        assert!(!file.save(&state).unwrap(), "unchanged state must not be rewritten");
-        let (_, again) = StateFile::load(dir.path()).unwrap();
-        assert_eq!(again, state);
-        // No temp files are left behind.
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        }
+    }
+
+    fn state(units: &[(&str, i32)]) -> SavedState {
+        SavedState {
+            boot_id: "b".into(),
+            units: units.iter().map(|(n, p)| (n.to_string(), unit(*p))).collect(),
+        }
+    }
+
+    fn lines(dir: &Path) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(dir.join(JOURNAL_FILE))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     }
 
     #[test]
-    fn damaged_state_is_reported_with_its_path() {
+    fn writes_only_on_change_and_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut file, loaded) = StateFile::load(dir.path()).unwrap();
+        assert_eq!(loaded, SavedState::default());
+        let s = state(&[("job-g-r0-t", 12)]);
+        assert!(file.save(&s).unwrap());
+        assert!(!file.save(&s).unwrap(), "unchanged state must not be written");
+        assert_eq!(StateFile::read(dir.path()).unwrap(), s);
+        // No temp files are left behind: the journal alone so far.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [JOURNAL_FILE]);
+    }
+
+    #[test]
+    fn a_change_appends_one_line_with_only_what_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut file, _) = StateFile::load(dir.path()).unwrap();
+        let mut s = state(&[("a", 1), ("b", 2), ("c", 3)]);
+        file.save(&s).unwrap();
+        file.compact().unwrap();
+        let snapshot = std::fs::read(dir.path().join(STATE_FILE)).unwrap();
+        s.units.insert("b".into(), unit(20));
+        s.units.remove("c");
+        s.units.insert("d".into(), unit(4));
+        assert!(file.save(&s).unwrap());
+        assert_eq!(
+            std::fs::read(dir.path().join(STATE_FILE)).unwrap(),
+            snapshot,
+            "no rewrite"
+        );
+        let lines = lines(dir.path());
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        let put: Vec<&String> = lines[0]["put"].as_object().unwrap().keys().collect();
+        assert_eq!(put, ["b", "d"]);
+        assert_eq!(lines[0]["removed"], serde_json::json!(["c"]));
+        assert!(lines[0].get("bootId").is_none());
+        assert_eq!(StateFile::read(dir.path()).unwrap(), s);
+    }
+
+    #[test]
+    fn a_long_journal_is_folded_into_a_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut file, _) = StateFile::load(dir.path()).unwrap();
+        let mut s = state(&[]);
+        for i in 0..2_000 {
+            s.units.insert("t".into(), unit(i));
+            file.save(&s).unwrap();
+            let journal = std::fs::metadata(dir.path().join(JOURNAL_FILE)).map_or(0, |m| m.len());
+            assert!(journal <= COMPACT_AFTER_BYTES + 1024, "{journal} bytes at save {i}");
+        }
+        let snapshot: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join(STATE_FILE)).unwrap()).unwrap();
+        assert!(snapshot["generation"].as_u64().unwrap() >= 2, "{snapshot}");
+        assert_eq!(StateFile::read(dir.path()).unwrap(), s);
+    }
+
+    #[test]
+    fn a_crash_between_snapshot_and_journal_removal_replays_nothing_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut file, _) = StateFile::load(dir.path()).unwrap();
+        file.save(&state(&[("a", 1)])).unwrap();
+        file.save(&state(&[("a", 1), ("b", 2)])).unwrap();
+        let old_journal = std::fs::read(dir.path().join(JOURNAL_FILE)).unwrap();
+        // Later: "b" is gone and the journal folded in; then the old
+        // journal is back, as if the removal had not happened.
+        let now = state(&[("a", 1)]);
+        file.save(&now).unwrap();
+        file.compact().unwrap();
+        assert!(!dir.path().join(JOURNAL_FILE).exists());
+        std::fs::write(dir.path().join(JOURNAL_FILE), old_journal).unwrap();
+        let (mut again, loaded) = StateFile::load(dir.path()).unwrap();
+        assert_eq!(loaded, now, "stale lines are not replayed");
+        // And the next save does not append after them.
+        let next = state(&[("a", 1), ("c", 3)]);
+        again.save(&next).unwrap();
+        assert!(!dir.path().join(JOURNAL_FILE).exists());
+        assert_eq!(StateFile::read(dir.path()).unwrap(), next);
+    }
+
+    #[test]
+    fn a_torn_last_line_is_left_out_and_never_appended_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut file, _) = StateFile::load(dir.path()).unwrap();
+        let first = state(&[("a", 1)]);
+        file.save(&first).unwrap();
+        let path = dir.path().join(JOURNAL_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend_from_slice(br#"{"generation":0,"put":{"b":{"pha"#);
+        std::fs::write(&path, bytes).unwrap();
+        let (mut file, loaded) = StateFile::load(dir.path()).unwrap();
+        assert_eq!(loaded, first);
+        let next = state(&[("a", 1), ("c", 3)]);
+        file.save(&next).unwrap();
+        assert!(!path.exists(), "a new snapshot, not a line after the torn one");
+        assert_eq!(StateFile::read(dir.path()).unwrap(), next);
+    }
+
+    #[test]
+    fn damage_is_reported_with_its_path() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(STATE_FILE), "{not json").unwrap();
         let err = StateFile::load(dir.path()).err().unwrap().to_string();
         assert!(err.contains("state.json is damaged"), "{err}");
+        std::fs::remove_file(dir.path().join(STATE_FILE)).unwrap();
+        // A whole line the journal did not write, before another line.
+        std::fs::write(dir.path().join(JOURNAL_FILE), "{\"generation\":0,\"put\":7}\n{}\n").unwrap();
+        let err = StateFile::load(dir.path()).err().unwrap();
+        assert_eq!(err.path(), dir.path().join(JOURNAL_FILE));
+        assert!(err.to_string().contains("state.log is damaged"), "{err}");
+    }
+
+    #[test]
+    fn a_snapshot_without_a_generation_is_read() {
+        // As agents before the journal wrote it.
+        let dir = tempfile::tempdir().unwrap();
+        let old = r#"{"bootId": "b", "units": {"a": {"phase": "running", "pid": 1, "startTime": 34, "dir": "/x", "restarts": 0, "killTimeoutMs": 0}}}"#;
+        std::fs::write(dir.path().join(STATE_FILE), old).unwrap();
+        let (mut file, loaded) = StateFile::load(dir.path()).unwrap();
+        assert_eq!(loaded, state(&[("a", 1)]));
+        let next = state(&[("a", 2)]);
+        file.save(&next).unwrap();
+        assert_eq!(lines(dir.path())[0]["generation"], 0);
+        assert_eq!(StateFile::read(dir.path()).unwrap(), next);
     }
 }

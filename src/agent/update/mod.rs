@@ -239,6 +239,12 @@ impl Updater {
                     "{} did not reach the server within {:?} while the server answered; rolled back to {}",
                     p.version, self.s.deadline, p.from_version
                 );
+                // The previous agent reads the tasks' state from the
+                // snapshot alone. Rolling back matters more than a state
+                // it could not save (it then re-adopts from an older one).
+                if let Err(e) = before_exec() {
+                    say(&format!("update: saving the tasks' state before rolling back: {e}"));
+                }
                 self.roll_back(&p, why);
             }
             return None;
