@@ -309,7 +309,7 @@ fn a_damaged_state_journal_is_set_aside_and_the_snapshot_kept() {
     // A whole line the agent cannot have written, then another line.
     std::fs::write(
         data.join("state.log"),
-        "{\"generation\":1,\"put\":7}\n{\"generation\":1}\n",
+        "{\"bootId\":\"b\",\"generation\":1,\"units\":7}\n{\"bootId\":\"b\",\"generation\":1}\n",
     )
     .unwrap();
     let config = SupervisorConfig {

@@ -332,7 +332,7 @@ pub fn stop_all(data_dir: &Path) -> Result<usize, String> {
             }
         }
     }
-    let (_, saved) = state::StateFile::load(data_dir).map_err(|e| e.to_string())?;
+    let (mut file, saved) = state::StateFile::load(data_dir).map_err(|e| e.to_string())?;
     let boot = procfs::boot_id();
     let live: Vec<(ProcIdentity, Duration)> = saved
         .units
@@ -369,10 +369,9 @@ pub fn stop_all(data_dir: &Path) -> Result<usize, String> {
         u.pid = None;
         u.start_time = None;
     }
-    let path = data_dir.join(state::STATE_FILE);
-    if path.exists() {
-        let bytes = serde_json::to_vec_pretty(&state).map_err(|e| e.to_string())?;
-        crate::atomic_file::write(&path, &bytes, 0o600).map_err(|e| format!("{}: {e}", path.display()))?;
-    }
+    // Written whole: the next agent, or an older one, reads the snapshot.
+    file.save(&state)
+        .and_then(|_| file.compact())
+        .map_err(|e| e.to_string())?;
     Ok(live.len())
 }

@@ -543,10 +543,7 @@ impl Supervisor {
         if self.saved_fingerprint == Some(fingerprint) {
             return Ok(());
         }
-        let mut state = SavedState {
-            boot_id: self.boot_id.clone(),
-            units: self.leftovers.clone(),
-        };
+        let mut state = SavedState::new(self.boot_id.clone(), self.leftovers.clone());
         for (name, u) in &self.units {
             if let Some(f) = saved_fields(u) {
                 state.units.insert(name.clone(), f.to_saved());

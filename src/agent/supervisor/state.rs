@@ -43,6 +43,25 @@ pub struct SavedState {
     pub boot_id: String,
     #[serde(default)]
     pub units: BTreeMap<String, SavedUnit>,
+    /// On disk only: the snapshot's generation, or the one a journal line
+    /// belongs to (absent in snapshots of agents before the journal: 0).
+    #[serde(default)]
+    generation: u64,
+    /// In a journal line only: the units gone. (A line is a `SavedState`
+    /// of what changed: one serde shape for both files, for the agent's
+    /// size.)
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    removed: Vec<String>,
+}
+
+impl SavedState {
+    pub fn new(boot_id: String, units: BTreeMap<String, SavedUnit>) -> SavedState {
+        SavedState {
+            boot_id,
+            units,
+            ..SavedState::default()
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -105,36 +124,6 @@ impl std::fmt::Display for StateError {
 
 impl std::error::Error for StateError {}
 
-/// The snapshot as written: the state and its generation.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct SnapshotOut<'a> {
-    boot_id: &'a str,
-    units: &'a BTreeMap<String, SavedUnit>,
-    generation: u64,
-}
-
-/// The snapshot's generation, read apart from the state (0 when absent:
-/// written by an agent without a journal).
-#[derive(Deserialize)]
-struct Generation {
-    #[serde(default)]
-    generation: u64,
-}
-
-/// One line of the journal: one save's changes.
-#[derive(Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Entry {
-    generation: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    boot_id: Option<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    put: BTreeMap<String, SavedUnit>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    removed: Vec<String>,
-}
-
 /// The state files and what they say.
 pub struct StateFile {
     dir: PathBuf,
@@ -153,16 +142,16 @@ impl StateFile {
     /// snapshot is an empty state.
     pub fn load(data_dir: &Path) -> Result<(StateFile, SavedState), StateError> {
         let path = data_dir.join(STATE_FILE);
-        let (snapshot_bytes, generation, mut state) = match std::fs::read(&path) {
+        let (snapshot_bytes, mut state) = match std::fs::read(&path) {
             Ok(bytes) => {
-                let parse = |e| StateError::Parse(path.clone(), e);
-                let state: SavedState = serde_json::from_slice(&bytes).map_err(parse)?;
-                let g: Generation = serde_json::from_slice(&bytes).map_err(parse)?;
-                (bytes.len() as u64, g.generation, state)
+                let state: SavedState =
+                    serde_json::from_slice(&bytes).map_err(|e| StateError::Parse(path.clone(), e))?;
+                (bytes.len() as u64, state)
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => (0, 0, SavedState::default()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => (0, SavedState::default()),
             Err(e) => return Err(StateError::Read(path, e)),
         };
+        let generation = std::mem::take(&mut state.generation);
         let journal_path = data_dir.join(JOURNAL_FILE);
         let journal = match std::fs::read(&journal_path) {
             Ok(bytes) => bytes,
@@ -172,7 +161,7 @@ impl StateFile {
         let lines: Vec<&[u8]> = append_log::complete_lines(&journal).collect();
         let mut replayed = 0u64;
         for (i, line) in lines.iter().enumerate() {
-            let entry: Entry = match serde_json::from_slice(line) {
+            let entry: SavedState = match serde_json::from_slice(line) {
                 Ok(entry) => entry,
                 // A whole line the journal cannot have written: damage.
                 Err(e) if i + 1 < lines.len() => return Err(StateError::Parse(journal_path, e)),
@@ -180,7 +169,7 @@ impl StateFile {
             };
             replayed += line.len() as u64;
             if entry.generation == generation {
-                entry.apply(&mut state);
+                entry.apply_to(&mut state);
             }
         }
         let file = StateFile {
@@ -204,7 +193,7 @@ impl StateFile {
     /// appended, or a new snapshot (module doc). Returns whether it wrote.
     pub fn save(&mut self, state: &SavedState) -> Result<bool, StateError> {
         let entry = self.changes(state);
-        if entry.boot_id.is_none() && entry.put.is_empty() && entry.removed.is_empty() {
+        if entry.boot_id == self.on_disk.boot_id && entry.units.is_empty() && entry.removed.is_empty() {
             return Ok(false);
         }
         if self.snapshot_next || self.journal.bytes() > self.snapshot_bytes.max(COMPACT_AFTER_BYTES) {
@@ -219,7 +208,7 @@ impl StateFile {
             self.snapshot_next = true;
             return Err(StateError::Write(path, e));
         }
-        entry.apply(&mut self.on_disk);
+        entry.apply_to(&mut self.on_disk);
         Ok(true)
     }
 
@@ -237,43 +226,46 @@ impl StateFile {
     }
 
     /// The journal line that takes the files to `state`.
-    fn changes(&self, state: &SavedState) -> Entry {
+    fn changes(&self, state: &SavedState) -> SavedState {
         let old = &self.on_disk;
-        Entry {
+        let mut line = SavedState {
             generation: self.generation,
-            boot_id: (state.boot_id != old.boot_id).then(|| state.boot_id.clone()),
-            put: state
-                .units
-                .iter()
-                .filter(|(name, u)| old.units.get(*name) != Some(*u))
-                .map(|(name, u)| (name.clone(), u.clone()))
-                .collect(),
-            removed: old
-                .units
-                .keys()
-                .filter(|name| !state.units.contains_key(*name))
-                .cloned()
-                .collect(),
+            boot_id: state.boot_id.clone(),
+            ..SavedState::default()
+        };
+        // Inserted one by one: collecting into a map would sort, and
+        // its sort's code costs the agent kilobytes.
+        for (name, u) in &state.units {
+            if old.units.get(name) != Some(u) {
+                line.units.insert(name.clone(), u.clone());
+            }
         }
+        for name in old.units.keys() {
+            if !state.units.contains_key(name) {
+                line.removed.push(name.clone());
+            }
+        }
+        line
     }
 
     /// `state` whole, under the next generation; then the journal goes.
     fn write_snapshot(&mut self, state: &SavedState) -> Result<(), StateError> {
         let path = self.dir.join(STATE_FILE);
         let generation = self.generation.saturating_add(1);
-        let out = SnapshotOut {
-            boot_id: &state.boot_id,
-            units: &state.units,
+        let out = SavedState {
             generation,
+            removed: Vec::new(),
+            ..state.clone()
         };
-        let mut bytes = serde_json::to_vec_pretty(&out).map_err(|e| StateError::Write(path.clone(), e.into()))?;
+        // Compact like the journal's lines: one serde_json formatter in the agent.
+        let mut bytes = serde_json::to_vec(&out).map_err(|e| StateError::Write(path.clone(), e.into()))?;
         bytes.push(b'\n');
         crate::atomic_file::write(&path, &bytes, 0o600).map_err(|e| StateError::Write(path, e))?;
         // From here on the journal's lines are of an older generation: a
         // crash before it is gone leaves them unreplayed.
         self.generation = generation;
         self.snapshot_bytes = bytes.len() as u64;
-        self.on_disk = state.clone();
+        self.on_disk = SavedState { generation: 0, ..out };
         let journal = self.dir.join(JOURNAL_FILE);
         match self.journal.remove(&journal) {
             Ok(()) => self.snapshot_next = false,
@@ -287,15 +279,14 @@ impl StateFile {
     }
 }
 
-impl Entry {
-    fn apply(self, state: &mut SavedState) {
-        if let Some(boot_id) = self.boot_id {
-            state.boot_id = boot_id;
-        }
+impl SavedState {
+    /// This journal line's changes, onto `state`.
+    fn apply_to(self, state: &mut SavedState) {
+        state.boot_id = self.boot_id;
         for name in &self.removed {
             state.units.remove(name);
         }
-        state.units.extend(self.put);
+        state.units.extend(self.units);
     }
 }
 
@@ -317,10 +308,10 @@ mod tests {
     }
 
     fn state(units: &[(&str, i32)]) -> SavedState {
-        SavedState {
-            boot_id: "b".into(),
-            units: units.iter().map(|(n, p)| (n.to_string(), unit(*p))).collect(),
-        }
+        SavedState::new(
+            "b".into(),
+            units.iter().map(|(n, p)| (n.to_string(), unit(*p))).collect(),
+        )
     }
 
     fn lines(dir: &Path) -> Vec<serde_json::Value> {
@@ -367,10 +358,9 @@ mod tests {
         );
         let lines = lines(dir.path());
         assert_eq!(lines.len(), 1, "{lines:?}");
-        let put: Vec<&String> = lines[0]["put"].as_object().unwrap().keys().collect();
+        let put: Vec<&String> = lines[0]["units"].as_object().unwrap().keys().collect();
         assert_eq!(put, ["b", "d"]);
         assert_eq!(lines[0]["removed"], serde_json::json!(["c"]));
-        assert!(lines[0].get("bootId").is_none());
         assert_eq!(StateFile::read(dir.path()).unwrap(), s);
     }
 
@@ -440,7 +430,11 @@ mod tests {
         assert!(err.contains("state.json is damaged"), "{err}");
         std::fs::remove_file(dir.path().join(STATE_FILE)).unwrap();
         // A whole line the journal did not write, before another line.
-        std::fs::write(dir.path().join(JOURNAL_FILE), "{\"generation\":0,\"put\":7}\n{}\n").unwrap();
+        std::fs::write(
+            dir.path().join(JOURNAL_FILE),
+            "{\"bootId\":\"b\",\"units\":7}\n{\"bootId\":\"b\"}\n",
+        )
+        .unwrap();
         let err = StateFile::load(dir.path()).err().unwrap();
         assert_eq!(err.path(), dir.path().join(JOURNAL_FILE));
         assert!(err.to_string().contains("state.log is damaged"), "{err}");
