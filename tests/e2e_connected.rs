@@ -211,10 +211,13 @@ fn statuses_survive_a_server_outage_and_an_agent_kill() {
     // The server goes away; the robot keeps working on its own.
     server.stop();
     std::fs::write(&gate, b"go").unwrap();
-    let outbox = agent.data.join("outbox.json");
+    let data = agent.data.clone();
+    let outbox = || k8s4r::agent::connected::outbox::pending_on_disk(&data).unwrap_or_default();
     wait_for("completed status queued in the outbox", Duration::from_secs(30), || {
-        let text = std::fs::read_to_string(&outbox).ok()?;
-        text.contains("\"completed\"").then_some(())
+        outbox()
+            .iter()
+            .any(|u| u.status.state == k8s4r::api::TaskState::Completed)
+            .then_some(())
     });
     // ... and even the agent dies before it could deliver it.
     agent.kill9();
@@ -232,8 +235,8 @@ fn statuses_survive_a_server_outage_and_an_agent_kill() {
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "completed status not delivered within 60s\ntask: {t:?}\noutbox: {}\nagent log:\n{}",
-            std::fs::read_to_string(&outbox).unwrap_or_default(),
+            "completed status not delivered within 60s\ntask: {t:?}\noutbox: {:?}\nagent log:\n{}",
+            outbox(),
             agent.log_text()
         );
         std::thread::sleep(Duration::from_millis(50));
@@ -249,8 +252,10 @@ fn statuses_survive_a_server_outage_and_an_agent_kill() {
         "the task ran once, never restarted: {t}"
     );
     wait_for("outbox drained", Duration::from_secs(30), || {
-        let text = std::fs::read_to_string(&outbox).ok()?;
-        (!text.contains("\"completed\"")).then_some(())
+        let drained = !outbox()
+            .iter()
+            .any(|u| u.status.state == k8s4r::api::TaskState::Completed);
+        drained.then_some(())
     });
 }
 

@@ -124,9 +124,8 @@ fn statuses_arrive_exactly_once_across_50_stalls_and_resets() {
     });
     // Every status acknowledged: nothing left in the agent's outbox.
     wait_for("an empty outbox", Duration::from_secs(60), || {
-        let text = std::fs::read(agent.data.join("outbox.json")).ok()?;
-        let v: Value = serde_json::from_slice(&text).ok()?;
-        v["pending"].as_object().is_none_or(|p| p.is_empty()).then_some(())
+        let pending = k8s4r::agent::connected::outbox::pending_on_disk(&agent.data).ok()?;
+        pending.is_empty().then_some(())
     });
     // Applied once each: one event per transition, none repeated (an old
     // status applied again would start the task over: a second Started).

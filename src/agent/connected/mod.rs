@@ -124,6 +124,9 @@ pub fn run(opts: ConnectedOptions) -> Result<i32, String> {
     let data_dir = opts.supervisor.data_dir.clone();
     std::fs::create_dir_all(&data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
     let (mut sup, notices) = Supervisor::new(opts.supervisor).map_err(|e| e.to_string())?;
+    // The outbox's journal folded in before a rollback can happen: the
+    // agent rolled back to reads outbox.json alone.
+    let outbox = Outbox::open(&data_dir).map_err(|e| format!("outbox: {e}"))?;
     // With the data dir locked (one agent): a new agent on probation counts
     // this start, or rolls back before anything else.
     let mut updater = super::update::Updater::start(opts.update);
@@ -168,7 +171,7 @@ pub fn run(opts: ConnectedOptions) -> Result<i32, String> {
 
     let shared = Arc::new(Shared {
         inbox: Mutex::new(Inbox::default()),
-        outbox: Mutex::new(Outbox::open(&data_dir).map_err(|e| format!("outbox: {e}"))?),
+        outbox: Mutex::new(outbox),
         last_update: Mutex::new(None),
         changed: Condvar::new(),
         stop: AtomicBool::new(false),
@@ -225,6 +228,9 @@ pub fn run(opts: ConnectedOptions) -> Result<i32, String> {
         queue_statuses(&shared, &running, &rec, &sup, &rollback);
         if sup.shutdown_requested() {
             sup.checkpoint().map_err(|e| e.to_string())?;
+            if let Err(e) = lock(&shared.outbox).compact() {
+                say(&format!("agent: outbox: {e}"));
+            }
             shared.stop.store(true, Ordering::SeqCst);
             shared.changed.notify_all();
             say("agent: signalled; exiting and leaving tasks running for the next agent");
@@ -252,8 +258,11 @@ fn step_update(
         }
         inbox.server_answers
     };
+    // Before an exec, everything whole in the snapshots (an older agent
+    // reads those alone).
     let at = updater.step(server_answers, waker, &mut || {
-        sup.checkpoint().map_err(|e| e.to_string())
+        sup.checkpoint().map_err(|e| e.to_string())?;
+        lock(&shared.outbox).compact().map_err(|e| format!("outbox: {e}"))
     });
     if let Some(result) = updater.take_report() {
         let _outbox = lock(&shared.outbox);

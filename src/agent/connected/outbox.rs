@@ -8,15 +8,26 @@
 //! task's statuses count up and the server applies each once and ignores
 //! re-sends. One counter, not one per task: what the file keeps is bounded
 //! by the tasks currently waiting, however many tasks the robot ever ran.
-//! The file is rewritten (atomically, fsync'd) only when a status changes
-//! or unsent ones are dropped: an idle robot writes nothing. What the
-//! server acknowledged leaves the file with the next write, or a second
-//! later when nothing else is to be sent ([`Outbox::save_acks`]), not in a
-//! write of its own: on a busy robot that halves the writes. A crash in
-//! between sends those statuses once more after the restart, which is
-//! harmless: each is the latest status its task had, under the sequence
-//! number the server already applied (it answers "duplicate").
+//! On disk, one durable write per change, appended: `outbox.json` is the
+//! snapshot and `outbox.log` the journal after it, one JSON line per write
+//! (the counter, the statuses queued since the last write, the tasks whose
+//! status left), through [`crate::agent::append_log`]; as the supervisor's
+//! state does (`supervisor::state`), both carry a generation, so lines
+//! left beside a newer snapshot by a crash are not replayed. Only a new
+//! status, or unsent ones dropped, is written: an idle robot writes
+//! nothing. The journal is folded into a new snapshot once it outgrows it
+//! (or 16 KiB), when the outbox is opened and before the agent exits or
+//! execs another binary ([`Outbox::compact`]): an older agent, after a
+//! rolled-back self-update, reads the snapshot alone and must count on
+//! from the last sequence number used. What the server acknowledged
+//! leaves the files with the next write, or a second later when nothing
+//! else is to be sent ([`Outbox::save_acks`]), not in a write of its own:
+//! on a busy robot that halves the writes. A crash in between sends those
+//! statuses once more after the restart, which is harmless: each is the
+//! latest status its task had, under the sequence number the server
+//! already applied (it answers "duplicate").
 
+use crate::agent::append_log::{self, AppendLog};
 use crate::api::agent_protocol::TaskStatusUpdate;
 use crate::api::TaskStatus;
 use crate::atomic_file;
@@ -25,14 +36,82 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
 
+/// The snapshot (under the data dir).
+const FILE: &str = "outbox.json";
+/// The journal after it.
+const LOG: &str = "outbox.log";
+/// The journal is folded into a new snapshot once larger than this and
+/// than the snapshot.
+const COMPACT_AFTER_BYTES: u64 = 16 * 1024;
+
+/// The snapshot, and (one serde shape for both, for the agent's size) a
+/// journal line: what changed.
 #[derive(Default, Serialize, Deserialize)]
 struct OutboxFile {
     /// The last sequence number given to any status (kept after delivery).
     #[serde(default)]
     last_seq: u64,
-    /// Undelivered statuses, by task.
+    /// Undelivered statuses, by task (a line: those queued since the
+    /// write before).
     #[serde(default)]
     pending: BTreeMap<String, TaskStatusUpdate>,
+    /// The snapshot's generation, or the one a line belongs to (absent
+    /// in files of agents before the journal: 0).
+    #[serde(default)]
+    generation: u64,
+    /// In a line only: tasks whose status left (acknowledged or moot).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    removed: Vec<String>,
+}
+
+impl OutboxFile {
+    /// This line's changes, onto `file`.
+    fn apply_to(self, file: &mut OutboxFile) {
+        file.last_seq = file.last_seq.max(self.last_seq);
+        for task in &self.removed {
+            file.pending.remove(task);
+        }
+        file.pending.extend(self.pending);
+    }
+}
+
+/// What the files hold: the snapshot with the journal's lines of its
+/// generation applied; the bytes of the lines read, and whether the
+/// journal holds anything at all (then it is folded before appending).
+fn read(data_dir: &Path) -> io::Result<(OutboxFile, u64, bool)> {
+    let path = data_dir.join(FILE);
+    let mut file = match std::fs::read(&path) {
+        Ok(bytes) => parse(&bytes).unwrap_or_else(|e| {
+            // A damaged outbox must not keep the robot from working; the
+            // next statuses rebuild it (they are level-triggered).
+            log::warn!("{}: unreadable ({e}); starting a new outbox", path.display());
+            OutboxFile::default()
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => OutboxFile::default(),
+        Err(e) => return Err(e),
+    };
+    let journal = match std::fs::read(data_dir.join(LOG)) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    let mut used = 0u64;
+    for line in append_log::complete_lines(&journal) {
+        // A line that cannot be read ends the replay (torn, or damaged:
+        // what follows it is lost, and rebuilt as a damaged snapshot is).
+        let Ok(change) = serde_json::from_slice::<OutboxFile>(line) else {
+            log::warn!(
+                "{}: an unreadable line; replayed up to it",
+                data_dir.join(LOG).display()
+            );
+            break;
+        };
+        used += line.len() as u64;
+        if change.generation == file.generation {
+            change.apply_to(&mut file);
+        }
+    }
+    Ok((file, used, !journal.is_empty()))
 }
 
 /// The file as earlier agents wrote it: a sequence number per task ever
@@ -49,14 +128,29 @@ fn parse(bytes: &[u8]) -> serde_json::Result<OutboxFile> {
         Ok(old) => Ok(OutboxFile {
             last_seq: old.last_seq.values().copied().max().unwrap_or(0),
             pending: old.pending,
+            ..OutboxFile::default()
         }),
         Err(_) => Err(e),
     })
 }
 
+/// The statuses waiting in `data_dir`'s outbox, read without writing (for
+/// a look beside a running agent, and tests).
+pub fn pending_on_disk(data_dir: &Path) -> io::Result<Vec<TaskStatusUpdate>> {
+    read(data_dir).map(|(file, _, _)| file.pending.into_values().collect())
+}
+
 pub struct Outbox {
-    path: PathBuf,
+    dir: PathBuf,
     file: OutboxFile,
+    journal: AppendLog,
+    snapshot_bytes: u64,
+    /// The next write is a snapshot (the journal holds what may not be
+    /// appended after, or an append failed).
+    snapshot_next: bool,
+    /// Tasks queued, and tasks whose status left, since the last write.
+    queued: BTreeSet<String>,
+    left: BTreeSet<String>,
     /// The last status queued per task, to drop repeats without writing.
     last_status: BTreeMap<String, TaskStatus>,
     /// Tasks whose status the server showed otherwise while one of ours
@@ -70,30 +164,31 @@ pub struct Outbox {
 }
 
 impl Outbox {
+    /// Open the outbox of `data_dir`, the journal folded in (module doc;
+    /// if that fails, the next write tries again).
     pub fn open(data_dir: &Path) -> io::Result<Outbox> {
-        let path = data_dir.join("outbox.json");
-        let file = match std::fs::read(&path) {
-            Ok(bytes) => parse(&bytes).unwrap_or_else(|e| {
-                // A damaged outbox must not keep the robot from working; the
-                // next statuses rebuild it (they are level-triggered).
-                log::warn!("{}: unreadable ({e}); starting a new outbox", path.display());
-                OutboxFile::default()
-            }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => OutboxFile::default(),
-            Err(e) => return Err(e),
-        };
+        let (file, journal_bytes, journal_any) = read(data_dir)?;
         let last_status = file
             .pending
             .iter()
             .map(|(k, u)| (k.clone(), u.status.clone()))
             .collect();
-        Ok(Outbox {
-            path,
+        let mut outbox = Outbox {
+            dir: data_dir.to_path_buf(),
             file,
+            journal: AppendLog::with_bytes(journal_bytes),
+            snapshot_bytes: std::fs::metadata(data_dir.join(FILE)).map_or(0, |m| m.len()),
+            snapshot_next: journal_any,
+            queued: BTreeSet::new(),
+            left: BTreeSet::new(),
             last_status,
             disputed: BTreeSet::new(),
             acks_unsaved: None,
-        })
+        };
+        if let Err(e) = outbox.compact() {
+            log::warn!("{}: folding the journal in: {e}", data_dir.join(LOG).display());
+        }
+        Ok(outbox)
     }
 
     /// Queue `status` for `task` unless it equals the last one queued, and
@@ -135,6 +230,7 @@ impl Outbox {
                 status: status.clone(),
             },
         );
+        self.queued.insert(task.to_string());
         self.last_status.insert(task.to_string(), status);
         true
     }
@@ -177,6 +273,7 @@ impl Outbox {
         for (task, seq) in acked {
             if self.file.pending.get(task).is_some_and(|u| u.seq <= *seq) {
                 self.file.pending.remove(task);
+                self.left.insert(task.clone());
                 self.acks_unsaved.get_or_insert_with(std::time::Instant::now);
                 if self.disputed.remove(task) {
                     self.last_status.remove(task);
@@ -205,7 +302,14 @@ impl Outbox {
     /// if the task comes back, its statuses still count as newer.
     pub fn retain(&mut self, keep: impl Fn(&str) -> bool) -> io::Result<()> {
         let before = self.file.pending.len();
-        self.file.pending.retain(|k, _| keep(k));
+        let left = &mut self.left;
+        self.file.pending.retain(|k, _| {
+            let kept = keep(k);
+            if !kept {
+                left.insert(k.clone());
+            }
+            kept
+        });
         self.last_status.retain(|k, _| keep(k));
         if before != self.file.pending.len() {
             self.save()?;
@@ -213,11 +317,69 @@ impl Outbox {
         Ok(())
     }
 
+    /// Write what changed since the last write: one line appended, or a
+    /// new snapshot (module doc).
     fn save(&mut self) -> io::Result<()> {
-        let bytes = serde_json::to_vec(&self.file).map_err(io::Error::other)?;
-        atomic_file::write(&self.path, &bytes, 0o600)?;
-        self.acks_unsaved = None;
+        if self.snapshot_next || self.journal.bytes() > self.snapshot_bytes.max(COMPACT_AFTER_BYTES) {
+            return self.write_snapshot();
+        }
+        let mut line = OutboxFile {
+            last_seq: self.file.last_seq,
+            generation: self.file.generation,
+            removed: self.left.iter().cloned().collect(),
+            ..OutboxFile::default()
+        };
+        for task in &self.queued {
+            if let Some(u) = self.file.pending.get(task) {
+                line.pending.insert(task.clone(), u.clone());
+            }
+        }
+        let appended = serde_json::to_vec(&line)
+            .map_err(io::Error::other)
+            .and_then(|line| self.journal.append(&self.dir.join(LOG), line));
+        if appended.is_err() {
+            self.snapshot_next = true;
+        }
+        appended?;
+        self.written();
         Ok(())
+    }
+
+    /// Fold the journal into a new snapshot, if it holds anything.
+    pub fn compact(&mut self) -> io::Result<()> {
+        if self.snapshot_next || self.journal.bytes() > 0 {
+            return self.write_snapshot();
+        }
+        Ok(())
+    }
+
+    /// Everything, under the next generation; then the journal goes.
+    fn write_snapshot(&mut self) -> io::Result<()> {
+        let generation = self.file.generation;
+        self.file.generation = generation.saturating_add(1);
+        let written = serde_json::to_vec(&self.file)
+            .map_err(io::Error::other)
+            .and_then(|bytes| atomic_file::write(&self.dir.join(FILE), &bytes, 0o600).map(|()| bytes.len()));
+        match written {
+            Ok(len) => self.snapshot_bytes = len as u64,
+            Err(e) => {
+                self.file.generation = generation;
+                return Err(e);
+            }
+        }
+        // The journal's lines are of an older generation now.
+        self.written();
+        self.snapshot_next = true;
+        self.journal.remove(&self.dir.join(LOG))?;
+        self.snapshot_next = false;
+        Ok(())
+    }
+
+    /// What changed is on disk.
+    fn written(&mut self) {
+        self.queued.clear();
+        self.left.clear();
+        self.acks_unsaved = None;
     }
 }
 
@@ -225,6 +387,12 @@ impl Outbox {
 mod tests {
     use super::*;
     use crate::api::TaskState;
+
+    /// Bytes in the snapshot and in the journal.
+    fn files(dir: &Path) -> (u64, u64) {
+        let size = |f| std::fs::metadata(dir.join(f)).map_or(0, |m| m.len());
+        (size(FILE), size(LOG))
+    }
 
     fn status(state: TaskState) -> TaskStatus {
         TaskStatus {
@@ -264,22 +432,14 @@ mod tests {
     #[test]
     fn acknowledgements_ride_on_the_next_write() {
         let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("outbox.json");
-        let on_disk = || {
-            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
-            v["pending"]
-                .as_object()
-                .map(|p| p.keys().cloned().collect::<Vec<_>>())
-                .unwrap_or_default()
-        };
+        let on_disk = || read(dir.path()).unwrap().0.pending.into_keys().collect::<Vec<_>>();
         let mut ob = Outbox::open(dir.path()).unwrap();
         ob.push("a", status(TaskState::Running)).unwrap();
         ob.acknowledge(&[("a".into(), 1)]);
         assert!(ob.is_empty() && ob.acks_unsaved().is_some());
         assert_eq!(on_disk(), ["a"], "not written yet");
-        let reopened = Outbox::open(dir.path()).unwrap();
-        assert_eq!(reopened.pending()[0].seq, 1, "a restart now sends it again, same seq");
-        drop(reopened);
+        let reopened = read(dir.path()).unwrap().0;
+        assert_eq!(reopened.pending["a"].seq, 1, "a restart now sends it again, same seq");
         // The next status's write takes the acknowledgement along.
         ob.push("b", status(TaskState::Running)).unwrap();
         assert!(ob.acks_unsaved().is_none());
@@ -287,13 +447,9 @@ mod tests {
         ob.acknowledge(&[("b".into(), 2)]);
         ob.save_acks().unwrap();
         assert!(on_disk().is_empty());
-        let modified = std::fs::metadata(&file).unwrap().modified().unwrap();
+        let written = files(dir.path());
         ob.save_acks().unwrap();
-        assert_eq!(
-            std::fs::metadata(&file).unwrap().modified().unwrap(),
-            modified,
-            "nothing to write"
-        );
+        assert_eq!(files(dir.path()), written, "nothing to write");
     }
 
     /// A report held up by a cut link lands after the server, seeing the
@@ -339,8 +495,18 @@ mod tests {
             ob.retain(|_| false).unwrap();
         }
         ob.save_acks().unwrap();
-        let size = std::fs::metadata(dir.path().join("outbox.json")).unwrap().len();
-        assert!(size < 100, "outbox.json grew to {size} bytes");
+        let (snapshot, journal) = files(dir.path());
+        assert!(
+            journal <= COMPACT_AFTER_BYTES + 1024,
+            "outbox.log grew to {journal} bytes"
+        );
+        assert!(
+            snapshot < 300,
+            "outbox.json grew to {snapshot} bytes (at most one status)"
+        );
+        ob.compact().unwrap();
+        let (snapshot, journal) = files(dir.path());
+        assert!(snapshot < 100 && journal == 0, "{snapshot} + {journal} bytes");
         ob.push("next", status(TaskState::Running)).unwrap();
         assert_eq!(ob.pending()[0].seq, 301, "the counter still only grows");
     }
@@ -386,16 +552,16 @@ mod tests {
     #[test]
     fn a_batch_of_statuses_is_one_write_and_survives_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("outbox.json");
         let mut ob = Outbox::open(dir.path()).unwrap();
         let batch = (0..50).map(|i| (format!("t{i}"), status(TaskState::Running)));
         assert!(ob.push_all(batch).unwrap());
-        use std::os::unix::fs::MetadataExt;
-        let written = std::fs::metadata(&path).unwrap().ino();
+        let lines = std::fs::read_to_string(dir.path().join(LOG)).unwrap();
+        assert_eq!(lines.lines().count(), 1, "one line for the batch");
+        let written = files(dir.path());
         // Repeats: nothing new, nothing written.
         let again = (0..50).map(|i| (format!("t{i}"), status(TaskState::Running)));
         assert!(!ob.push_all(again).unwrap());
-        assert_eq!(std::fs::metadata(&path).unwrap().ino(), written);
+        assert_eq!(files(dir.path()), written);
         drop(ob);
         let ob = Outbox::open(dir.path()).unwrap();
         let pending = ob.pending();
@@ -413,5 +579,66 @@ mod tests {
         ob.push("t", status(TaskState::Failed)).unwrap();
         ob.acknowledge(&[("t".into(), 1)]);
         assert_eq!(ob.pending()[0].seq, 2);
+    }
+
+    #[test]
+    fn a_change_is_one_appended_line_and_a_restart_replays_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ob = Outbox::open(dir.path()).unwrap();
+        ob.push("a", status(TaskState::Running)).unwrap();
+        ob.push("b", status(TaskState::Running)).unwrap();
+        ob.acknowledge(&[("a".into(), 1)]);
+        ob.push("b", status(TaskState::Completed)).unwrap();
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(dir.path().join(LOG))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        // The last line: b's new status and a's acknowledgement, nothing else.
+        assert_eq!(lines[2]["removed"], serde_json::json!(["a"]));
+        assert_eq!(lines[2]["pending"]["b"]["seq"], 3);
+        assert!(!dir.path().join(FILE).exists(), "no snapshot rewritten");
+        drop(ob);
+        let ob = Outbox::open(dir.path()).unwrap();
+        let pending: Vec<(String, u64)> = ob.pending().into_iter().map(|u| (u.task, u.seq)).collect();
+        assert_eq!(pending, [("b".to_string(), 3)]);
+        // Opening folded the journal into the snapshot.
+        assert_eq!(files(dir.path()).1, 0);
+    }
+
+    #[test]
+    fn lines_left_beside_a_newer_snapshot_are_not_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ob = Outbox::open(dir.path()).unwrap();
+        ob.push("a", status(TaskState::Running)).unwrap();
+        let stale = std::fs::read(dir.path().join(LOG)).unwrap();
+        ob.acknowledge(&[("a".into(), 1)]);
+        ob.compact().unwrap();
+        // A crash after the snapshot, before the journal's removal.
+        std::fs::write(dir.path().join(LOG), stale).unwrap();
+        let mut ob = Outbox::open(dir.path()).unwrap();
+        assert!(ob.is_empty(), "the acknowledged status stays gone");
+        assert!(ob.push("a", status(TaskState::Completed)).unwrap());
+        assert_eq!(ob.pending()[0].seq, 2, "the counter goes on");
+    }
+
+    #[test]
+    fn a_torn_line_ends_the_replay_and_is_never_appended_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ob = Outbox::open(dir.path()).unwrap();
+        ob.push("a", status(TaskState::Running)).unwrap();
+        drop(ob);
+        let mut log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(LOG))
+            .unwrap();
+        std::io::Write::write_all(&mut log, br#"{"last_seq":2,"pending":{"b""#).unwrap();
+        let mut ob = Outbox::open(dir.path()).unwrap();
+        assert_eq!(ob.pending().len(), 1);
+        ob.push("c", status(TaskState::Running)).unwrap();
+        let reopened = read(dir.path()).unwrap().0;
+        let tasks: Vec<&String> = reopened.pending.keys().collect();
+        assert_eq!(tasks, ["a", "c"]);
     }
 }
