@@ -402,7 +402,7 @@ fn update_in_image(arch: &str, agent: &Path, kill_points: &[&str]) {
     let files = tmp.path().join("files");
     std::fs::create_dir_all(&files).unwrap();
     let (port, requests) = common::serve_dir(files.clone());
-    let _boot = boot(&rootfs);
+    let mut booted = boot(&rootfs);
     let status = || {
         server
             .object("robots", "img")
@@ -410,9 +410,22 @@ fn update_in_image(arch: &str, agent: &Path, kill_points: &[&str]) {
             .unwrap_or_default()
     };
     let slow = Duration::from_secs(120);
-    wait_for("the image's robot Online", slow, || {
-        (status()["phase"] == "Online").then_some(())
-    });
+    // (Timed out once at 120 s in CI, the image tests side by side on 2
+    // cores under qemu; 17 s alone: a longer bound, and what the image ran.)
+    wait_for_or_explain(
+        "the image's robot Online",
+        slow * 2,
+        || (status()["phase"] == "Online").then_some(()),
+        || {
+            format!(
+                "\nrobot status: {}\nprocesses in the image: {:?}\nagent log: {}\nunshare exited: {:?}",
+                status(),
+                inside(&rootfs),
+                std::fs::read_to_string(rootfs.join("var/log/k8s4r-agent.log")).unwrap_or_else(|e| e.to_string()),
+                booted.child.try_wait()
+            )
+        },
+    );
     let pair: Vec<serde_json::Value> = ["a", "b"]
         .map(|t| {
             serde_json::json!({"name": t, "driver": "exec",
