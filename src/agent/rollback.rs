@@ -162,28 +162,52 @@ impl Rollback {
 
     /// A new desired set from the server: keep the offers it makes (a
     /// reverted task stays reverted while the server still asks for the
-    /// spec it went back from).
+    /// spec it went back from). The complete set: each of its tasks
+    /// changed, and every other name removed.
     pub fn learn(&mut self, tasks: &[Task]) -> Result<(), String> {
-        self.overridden = tasks
-            .iter()
-            .filter(|t| t.metadata.annotations.contains_key(ANN_LOCK_OVERRIDE))
-            .map(|t| t.metadata.name.clone())
-            .collect();
-        let mut next = BTreeMap::new();
-        for t in tasks {
-            let name = t.metadata.name.clone();
-            let Some(mut offer) = offer_of(t) else { continue };
-            if let Some(old) = self.offers.get(&name).filter(|o| o.new == offer.new) {
-                offer.reverted = old.reverted.clone();
-            } else {
-                self.watch.remove(&name);
+        let present = |n: &String| tasks.iter().any(|t| t.metadata.name == *n);
+        let mut gone: Vec<String> = Vec::new();
+        for name in self.offers.keys().chain(&self.overridden).chain(self.watch.keys()) {
+            if !present(name) && !gone.contains(name) {
+                gone.push(name.clone());
             }
-            next.insert(name, offer);
         }
-        self.watch.retain(|n, _| next.contains_key(n));
-        let changed = next != self.offers;
-        self.offers = next;
-        if changed {
+        self.learn_changes(tasks, &gone)
+    }
+
+    /// What a delta changed: the tasks it added or changed, and the names
+    /// it removed.
+    pub fn learn_changes(&mut self, changed: &[Task], removed: &[String]) -> Result<(), String> {
+        let mut offers_changed = false;
+        for name in removed {
+            self.overridden.remove(name);
+            self.watch.remove(name);
+            offers_changed |= self.offers.remove(name).is_some();
+        }
+        for t in changed {
+            let name = &t.metadata.name;
+            if t.metadata.annotations.contains_key(ANN_LOCK_OVERRIDE) {
+                self.overridden.insert(name.clone());
+            } else {
+                self.overridden.remove(name);
+            }
+            let Some(mut offer) = offer_of(t) else {
+                self.watch.remove(name);
+                offers_changed |= self.offers.remove(name).is_some();
+                continue;
+            };
+            match self.offers.get(name).filter(|o| o.new == offer.new) {
+                Some(old) => offer.reverted = old.reverted.clone(),
+                None => {
+                    self.watch.remove(name);
+                }
+            }
+            if self.offers.get(name) != Some(&offer) {
+                self.offers.insert(name.clone(), offer);
+                offers_changed = true;
+            }
+        }
+        if offers_changed {
             self.save()?;
         }
         Ok(())

@@ -126,14 +126,19 @@ pub enum Taken {
 /// A changed desired set, for the main thread.
 #[derive(Debug, Default)]
 pub struct Update {
-    /// The complete set.
-    pub tasks: Vec<Task>,
+    /// The complete set, when the receiver must take it whole (a complete
+    /// answer, a group changed, or it replaces an update the receiver has
+    /// not taken: [`Update::make_complete`]); else None: the receiver
+    /// applies `changed` and `removed` to the set it has (the work of an
+    /// answer grows with what it changed, not with the set).
+    pub tasks: Option<Vec<Task>>,
     /// The tasks the answer carried (their status is the server's latest).
     pub changed: Vec<Task>,
-    /// It came as a delta (else as the complete set), removing this many
-    /// tasks.
+    /// It came as a delta (else as the complete set), removing these tasks.
     pub delta: bool,
-    pub removed: usize,
+    pub removed: Vec<String>,
+    /// Tasks in the set.
+    pub total: usize,
     /// Group parts the answer carried (added or changed).
     pub groups_changed: usize,
     /// Each group's name in its Job, by `taskGroupName` (group form).
@@ -146,16 +151,26 @@ impl std::fmt::Display for Update {
             write!(
                 f,
                 "{} tasks (delta: {} added or changed, {} removed",
-                self.tasks.len(),
+                self.total,
                 self.changed.len(),
-                self.removed
+                self.removed.len()
             )?;
             if self.groups_changed > 0 {
                 write!(f, "; {} task group(s) changed", self.groups_changed)?;
             }
             write!(f, ")")
         } else {
-            write!(f, "{} tasks (complete set)", self.tasks.len())
+            write!(f, "{} tasks (complete set)", self.total)
+        }
+    }
+}
+
+impl Update {
+    /// Carry the complete set from `kept`: this update replaces one not
+    /// taken yet, whose changes would be lost otherwise.
+    pub fn make_complete(&mut self, kept: &Kept) {
+        if self.tasks.is_none() {
+            self.tasks = Some(kept.tasks());
         }
     }
 }
@@ -241,8 +256,9 @@ impl Kept {
         }
         let groups = std::mem::take(&mut a.groups);
         let groups_changed = groups.len();
+        let groups_removed = a.removed_groups.len();
         let mut changed = Vec::new();
-        let mut removed = 0;
+        let mut removed = Vec::new();
         if new {
             self.unsaved = match self.unsaved {
                 Unsaved::Nothing if a.delta => Unsaved::Delta {
@@ -256,7 +272,9 @@ impl Kept {
             };
             if a.delta {
                 for name in &a.removed {
-                    removed += usize::from(self.tasks.remove(name).is_some());
+                    if self.tasks.remove(name).is_some() {
+                        removed.push(name.clone());
+                    }
                 }
                 for key in &a.removed_groups {
                     self.groups.remove(key);
@@ -291,11 +309,15 @@ impl Kept {
             }
         }
         if new {
+            // A group's fields reach its tasks as they are handed on: a
+            // changed group changes tasks the answer did not carry.
+            let whole = !a.delta || groups_changed > 0 || groups_removed > 0;
             Taken::Changed(Update {
-                tasks: self.tasks(),
+                tasks: whole.then(|| self.tasks()),
                 changed,
                 delta: a.delta,
                 removed,
+                total: self.tasks.len(),
                 groups_changed,
                 group_names: self.group_names(),
             })
@@ -597,7 +619,10 @@ mod tests {
         let Taken::Changed(u) = kept.take(&mut a, 0) else {
             panic!("complete set not taken")
         };
-        assert_eq!((names(&u.tasks), kept.revision()), (vec!["a", "b"], 5));
+        assert_eq!(
+            (names(u.tasks.as_deref().unwrap()), kept.revision()),
+            (vec!["a", "b"], 5)
+        );
         // Add c, change b, keep a: only b and c travel.
         let mut a = answer(
             8,
@@ -609,14 +634,19 @@ mod tests {
         let Taken::Changed(u) = kept.take(&mut a, 5) else {
             panic!("delta not taken")
         };
-        assert_eq!(names(&u.tasks), ["a", "b", "c"]);
+        assert!(u.tasks.is_none(), "a delta hands on only what changed");
+        assert_eq!((u.total, names(&kept.tasks())), (3, vec!["a", "b", "c"]));
         assert_eq!(names(&u.changed), ["b", "c"], "only what the answer carried");
         // Remove a.
         let mut a = answer(9, true, &[], &["a"], &[("b", 'c'), ("c", 'c')]);
         let Taken::Changed(u) = kept.take(&mut a, 8) else {
             panic!("removal not taken")
         };
-        assert_eq!((names(&u.tasks), u.changed.len()), (vec!["b", "c"], 0));
+        assert_eq!((names(&kept.tasks()), u.changed.len()), (vec!["b", "c"], 0));
+        assert_eq!(
+            (u.tasks.is_none(), u.removed.as_slice()),
+            (true, &["a".to_string()][..])
+        );
         assert_eq!(kept.revision(), 9);
         // Nothing new, digest confirmed.
         let mut a = answer(9, true, &[], &[], &[("b", 'c'), ("c", 'c')]);
@@ -648,7 +678,7 @@ mod tests {
         let Taken::Changed(u) = kept.take(&mut a, 0) else {
             panic!("complete set not taken")
         };
-        assert_eq!((names(&u.tasks), kept.revision()), (vec!["a"], 7));
+        assert_eq!((names(u.tasks.as_deref().unwrap()), kept.revision()), (vec!["a"], 7));
     }
 
     #[test]
@@ -662,7 +692,7 @@ mod tests {
         let Taken::Changed(u) = kept.take(&mut a, 5) else {
             panic!("complete set not taken")
         };
-        assert_eq!(names(&u.tasks), ["a", "b"]);
+        assert_eq!(names(u.tasks.as_deref().unwrap()), ["a", "b"]);
         // Without a digest (an answer to a poll without delta=1), an answer
         // at `since` has nothing new.
         let mut a = answer(5, false, &[], &[], &[]);
@@ -724,10 +754,13 @@ mod tests {
         let Taken::Changed(u) = kept.take(&mut a, 0) else {
             panic!("complete set not taken")
         };
-        assert!(u
-            .tasks
-            .iter()
-            .all(|t| t.spec.init_tasks[0].name == "setup" && t.spec.job_name.as_deref() == Some("j")));
+        let tasks = u.tasks.as_deref().expect("the complete set");
+        assert!(
+            tasks.len() == 2
+                && tasks
+                    .iter()
+                    .all(|t| t.spec.init_tasks[0].name == "setup" && t.spec.job_name.as_deref() == Some("j"))
+        );
         assert_eq!(u.group_names.get("j-g").map(String::as_str), Some("g"));
         // The group's data changes: the group alone travels.
         let mut a = grouped(
@@ -740,7 +773,8 @@ mod tests {
             panic!("group change not taken")
         };
         assert_eq!((u.changed.len(), u.groups_changed), (0, 1));
-        assert!(u.tasks.iter().all(|t| t.spec.init_tasks[0].name == "setup2"));
+        let tasks = u.tasks.as_deref().expect("a group change hands on the complete set");
+        assert!(tasks.len() == 2 && tasks.iter().all(|t| t.spec.init_tasks[0].name == "setup2"));
         assert!(u.to_string().ends_with("0 removed; 1 task group(s) changed)"), "{u}");
         // Kept across restarts with its groups.
         let dir = tempfile::tempdir().unwrap();
@@ -761,7 +795,8 @@ mod tests {
         let Taken::Changed(u) = again.take(&mut a, 6) else {
             panic!("group change after a reload not taken")
         };
-        assert!(u.tasks.iter().all(|t| t.spec.init_tasks[0].name == "setup3"));
+        let tasks = u.tasks.as_deref().expect("a group change hands on the complete set");
+        assert!(tasks.len() == 2 && tasks.iter().all(|t| t.spec.init_tasks[0].name == "setup3"));
         // The group removed with its tasks.
         let mut a = answer(7, true, &[], &["a", "b"], &[]);
         a.removed_groups = vec!["j-g".into()];

@@ -198,8 +198,17 @@ pub fn run(opts: ConnectedOptions) -> Result<i32, String> {
     let mut rec = Reconciler::new(opts.reconcile);
     loop {
         if let Some(a) = lock(&shared.inbox).latest.take() {
-            desired = assigned_tasks(&a.tasks, &a.group_names, &desired);
-            if let Err(e) = rollback.learn(&a.tasks) {
+            let learned = match &a.tasks {
+                Some(all) => {
+                    desired = assigned_tasks(all, &a.group_names, &desired);
+                    rollback.learn(all)
+                }
+                None => {
+                    apply_changes(&mut desired, &a.changed, &a.removed, &a.group_names);
+                    rollback.learn_changes(&a.changed, &a.removed)
+                }
+            };
+            if let Err(e) = learned {
                 say(&format!("agent: rollback state: {e}"));
             }
             // Level-triggered both ways: where the server's record of a task
@@ -453,10 +462,13 @@ impl Poller {
                     .then(|| Duration::from_secs(a.poll_interval_seconds).min(MAX_POLL_WAIT));
                 let fresh = match self.kept.take(&mut a, self.since) {
                     desired::Taken::Same => false,
-                    desired::Taken::Changed(update) => {
+                    desired::Taken::Changed(mut update) => {
                         say(&format!("agent: desired set at revision {}: {update}", a.revision));
                         if let Err(e) = self.kept.save(data_dir) {
                             say(&format!("agent: caching assignments: {e}"));
+                        }
+                        if inbox.latest.is_some() {
+                            update.make_complete(&self.kept);
                         }
                         inbox.latest = Some(update);
                         true
@@ -695,32 +707,55 @@ pub fn assigned_tasks(
     group_names: &BTreeMap<String, String>,
     previous: &[AssignedTask],
 ) -> Vec<AssignedTask> {
-    tasks
-        .iter()
-        .map(|t| {
-            let key = t.spec.task_group_name.as_deref().unwrap_or("");
-            let group = group_names.get(key).cloned().unwrap_or_else(|| {
-                let job = t.spec.job_name.as_deref().unwrap_or("");
-                key.strip_prefix(job)
-                    .and_then(|r| r.strip_prefix('-'))
-                    .unwrap_or(key)
-                    .to_string()
-            });
-            // Both sets come in name order (the kept set is a map).
-            let same = previous
-                .binary_search_by(|p| p.name.as_str().cmp(&t.metadata.name))
-                .ok()
-                .map(|i| &previous[i].spec)
-                .filter(|p| ****p == t.spec);
-            let spec = same.map_or_else(|| t.spec.clone().into(), Arc::clone);
-            AssignedTask {
-                name: t.metadata.name.clone(),
-                job_type: t.spec.job_type.unwrap_or(JobType::Service),
-                group,
-                spec,
-            }
-        })
-        .collect()
+    tasks.iter().map(|t| assigned(t, group_names, previous)).collect()
+}
+
+/// A delta onto `desired` (in name order, as [`assigned_tasks`] makes it):
+/// the `removed` names out, the `changed` tasks in.
+pub fn apply_changes(
+    desired: &mut Vec<AssignedTask>,
+    changed: &[Task],
+    removed: &[String],
+    group_names: &BTreeMap<String, String>,
+) {
+    let at = |desired: &[AssignedTask], name: &str| desired.binary_search_by(|d| d.name.as_str().cmp(name));
+    for name in removed {
+        if let Ok(i) = at(desired, name) {
+            desired.remove(i);
+        }
+    }
+    for t in changed {
+        let task = assigned(t, group_names, desired);
+        match at(desired, &t.metadata.name) {
+            Ok(i) => desired[i] = task,
+            Err(i) => desired.insert(i, task),
+        }
+    }
+}
+
+/// One task of the set, its spec shared with `previous`'s (in name order)
+/// when equal.
+fn assigned(t: &Task, group_names: &BTreeMap<String, String>, previous: &[AssignedTask]) -> AssignedTask {
+    let key = t.spec.task_group_name.as_deref().unwrap_or("");
+    let group = group_names.get(key).cloned().unwrap_or_else(|| {
+        let job = t.spec.job_name.as_deref().unwrap_or("");
+        key.strip_prefix(job)
+            .and_then(|r| r.strip_prefix('-'))
+            .unwrap_or(key)
+            .to_string()
+    });
+    let same = previous
+        .binary_search_by(|p| p.name.as_str().cmp(&t.metadata.name))
+        .ok()
+        .map(|i| &previous[i].spec)
+        .filter(|p| ****p == t.spec);
+    let spec = same.map_or_else(|| t.spec.clone().into(), Arc::clone);
+    AssignedTask {
+        name: t.metadata.name.clone(),
+        job_type: t.spec.job_type.unwrap_or(JobType::Service),
+        group,
+        spec,
+    }
 }
 
 /// Queue the current status of every desired task; the outbox drops
@@ -827,6 +862,53 @@ mod tests {
         assert!(!Arc::ptr_eq(&first[1].spec, &next[1].spec), "b: changed");
         assert_eq!(next[1].spec.user.as_deref(), Some("y"));
         assert_eq!(next[0].group, "g");
+    }
+
+    /// A delta applied to the set the main loop has is the set built from
+    /// the complete answer; the tasks it did not carry keep their specs.
+    #[test]
+    fn a_delta_applied_is_the_complete_set_and_leaves_the_rest_alone() {
+        let server_task = |name: &str, user: &str| {
+            let mut t = Task::default();
+            t.metadata.name = name.into();
+            t.spec.job_name = Some("j".into());
+            t.spec.task_group_name = Some("j-g".into());
+            t.spec.user = Some(user.into());
+            t
+        };
+        let names = BTreeMap::new();
+        let all = ["a", "c", "e", "g"].map(|n| server_task(n, "x"));
+        let first = assigned_tasks(&all, &names, &[]);
+        let mut patched = assigned_tasks(&all, &names, &[]);
+        for (p, f) in patched.iter_mut().zip(&first) {
+            p.spec = Arc::clone(&f.spec);
+        }
+        // Added at the front, in the middle and at the end; one changed;
+        // two removed (one of them unknown).
+        let changed = [
+            server_task("0", "x"),
+            server_task("d", "x"),
+            server_task("e", "y"),
+            server_task("z", "x"),
+        ];
+        apply_changes(&mut patched, &changed, &["c".into(), "nope".into()], &names);
+        let after = ["0", "a", "d", "e", "g", "z"].map(|n| server_task(n, if n == "e" { "y" } else { "x" }));
+        let whole = assigned_tasks(&after, &names, &first);
+        let view = |set: &[AssignedTask]| {
+            set.iter()
+                .map(|t| (t.name.clone(), t.group.clone(), t.spec.user.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(view(&patched), view(&whole));
+        assert!(
+            Arc::ptr_eq(&patched[1].spec, &first[0].spec),
+            "a: not carried, untouched"
+        );
+        assert!(
+            Arc::ptr_eq(&patched[4].spec, &first[3].spec),
+            "g: not carried, untouched"
+        );
+        assert!(!Arc::ptr_eq(&patched[3].spec, &first[2].spec), "e: changed");
     }
 
     #[test]
