@@ -53,8 +53,10 @@ fn phase(server: &Server) -> String {
 }
 
 /// A server (`args`), a relay in front of its agent listener, and an agent
-/// through the relay, Online before the link turns bad.
-fn setup(args: &[&str]) -> (Server, Relay, ConnectedAgent, tempfile::TempDir) {
+/// through the relay, Online before the link turns bad. The data dir comes
+/// first: bindings drop in reverse, so the agent's drop (which stops the
+/// tasks it leaves, found from its state files) runs while the dir exists.
+fn setup(args: &[&str]) -> (tempfile::TempDir, Server, Relay, ConnectedAgent) {
     let args: Vec<&str> = args.iter().copied().chain(["--poll-hold", "0s"]).collect();
     let server = Server::start_with(&args);
     let relay = Relay::start(&server.agent_base);
@@ -70,12 +72,12 @@ fn setup(args: &[&str]) -> (Server, Relay, ConnectedAgent, tempfile::TempDir) {
     wait_for("robot online", Duration::from_secs(30), || {
         (phase(&server) == "Online").then_some(())
     });
-    (server, relay, agent, dir)
+    (dir, server, relay, agent)
 }
 
 #[test]
 fn twenty_tasks_converge_over_a_lossy_slow_narrow_link() {
-    let (server, relay, agent, _dir) = setup(&["--poll-interval", "5s"]);
+    let (_dir, server, relay, agent) = setup(&["--poll-interval", "5s"]);
     relay.set(Faults {
         drop: 0.2,
         reset: 0.2,
@@ -99,7 +101,7 @@ fn twenty_tasks_converge_over_a_lossy_slow_narrow_link() {
 
 #[test]
 fn statuses_arrive_exactly_once_across_50_stalls_and_resets() {
-    let (server, relay, agent, _dir) = setup(&["--poll-interval", "2s"]);
+    let (_dir, server, relay, agent) = setup(&["--poll-interval", "2s"]);
     relay.set(Faults {
         stall: 0.3,
         stall_for: Duration::from_millis(1500),
@@ -148,7 +150,7 @@ fn statuses_arrive_exactly_once_across_50_stalls_and_resets() {
 #[test]
 fn a_second_of_latency_each_way_never_marks_the_robot_offline() {
     // Offline after 3 × 3 s: polls that take 2-3 s more still arrive in time.
-    let (server, relay, _agent, _dir) = setup(&["--poll-interval", "3s"]);
+    let (_dir, server, relay, _agent) = setup(&["--poll-interval", "3s"]);
     relay.set(Faults {
         latency: Duration::from_secs(1),
         jitter: Duration::from_millis(500),
@@ -173,7 +175,7 @@ fn a_cut_link_recovers_and_converges() {
             .and_then(|s| s.parse().ok())
             .unwrap_or(15),
     );
-    let (server, relay, agent, _dir) = setup(&["--poll-interval", "2s"]);
+    let (_dir, server, relay, agent) = setup(&["--poll-interval", "2s"]);
     post(&server, &job("before", "service", 1, "exec sleep 100000"));
     wait_for("the first task running", Duration::from_secs(30), || {
         (tasks_in(&server, "running") == 1).then_some(())
