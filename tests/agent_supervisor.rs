@@ -88,19 +88,25 @@ fn run_until<T>(sup: &mut Supervisor, what: &str, mut cond: impl FnMut(&mut Supe
     }
 }
 
+/// A supervisor on `data`, as the tests here run it (root tasks allowed,
+/// no cgroups).
+fn config_for(data: &Path) -> SupervisorConfig {
+    SupervisorConfig {
+        data_dir: data.to_path_buf(),
+        log_limits: LogLimits::default(),
+        cgroup_root: None,
+        allow_root_tasks: true,
+        require_artifact_checksums: false,
+    }
+}
+
 #[test]
 fn a_changed_spec_replaces_the_process_and_an_unchanged_one_does_not() {
     let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let _cleanup = Cleanup(data.clone());
-    let config = SupervisorConfig {
-        data_dir: data.clone(),
-        log_limits: LogLimits::default(),
-        cgroup_root: None,
-        allow_root_tasks: true,
-        require_artifact_checksums: false,
-    };
+    let config = config_for(&data);
     let (mut sup, _) = Supervisor::new(config).unwrap();
 
     sup.ensure(daemon(&data, "d", "one", 1));
@@ -119,13 +125,7 @@ fn a_changed_spec_replaces_the_process_and_an_unchanged_one_does_not() {
     assert!(changes.iter().any(|m| m == "spec changed; replacing"), "{changes:?}");
 
     // A second agent on the same directory is refused (one owner of the tasks).
-    let again = Supervisor::new(SupervisorConfig {
-        data_dir: data.clone(),
-        log_limits: LogLimits::default(),
-        cgroup_root: None,
-        allow_root_tasks: true,
-        require_artifact_checksums: false,
-    });
+    let again = Supervisor::new(config_for(&data));
     assert!(again.err().unwrap().to_string().contains("another agent is running"));
 
     sup.retain(|_| false);
@@ -161,13 +161,7 @@ fn a_network_change_updates_the_running_proxy_and_restarts_tasks_with_new_variab
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let _cleanup = Cleanup(data.clone());
-    let config = SupervisorConfig {
-        data_dir: data.clone(),
-        log_limits: LogLimits::default(),
-        cgroup_root: None,
-        allow_root_tasks: true,
-        require_artifact_checksums: false,
-    };
+    let config = config_for(&data);
     let (mut sup, _) = Supervisor::new(config).unwrap();
     let mut rec = Reconciler::new(ReconcileConfig {
         robot: "r".into(),
@@ -280,13 +274,7 @@ fn a_damaged_state_file_is_set_aside_not_fatal() {
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(data.join("state.json"), "{torn").unwrap();
-    let config = SupervisorConfig {
-        data_dir: data.clone(),
-        log_limits: LogLimits::default(),
-        cgroup_root: None,
-        allow_root_tasks: true,
-        require_artifact_checksums: false,
-    };
+    let config = config_for(&data);
     let (_sup, notices) = Supervisor::new(config).unwrap();
     assert!(
         notices.iter().any(|n| n.contains("state.json was damaged")),
@@ -312,13 +300,7 @@ fn a_damaged_state_journal_is_set_aside_and_the_snapshot_kept() {
         "{\"bootId\":\"b\",\"generation\":1,\"units\":7}\n{\"bootId\":\"b\",\"generation\":1}\n",
     )
     .unwrap();
-    let config = SupervisorConfig {
-        data_dir: data.clone(),
-        log_limits: LogLimits::default(),
-        cgroup_root: None,
-        allow_root_tasks: true,
-        require_artifact_checksums: false,
-    };
+    let config = config_for(&data);
     let (_sup, notices) = Supervisor::new(config).unwrap();
     assert!(
         notices.iter().any(|n| n.contains("state.log was damaged")),

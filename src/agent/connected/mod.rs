@@ -843,18 +843,20 @@ mod tests {
         }
     }
 
+    /// A task of group `g` of Job `j` as the server sends it, run as `user`.
+    fn server_task(name: &str, user: &str) -> Task {
+        let mut t = Task::default();
+        t.metadata.name = name.into();
+        t.spec.job_name = Some("j".into());
+        t.spec.task_group_name = Some("j-g".into());
+        t.spec.user = Some(user.into());
+        t
+    }
+
     /// An unchanged spec keeps its allocation from answer to answer, so
     /// the reconciler hashes it once; a changed one gets a new one.
     #[test]
     fn an_unchanged_spec_is_shared_with_the_previous_set() {
-        let server_task = |name: &str, user: &str| {
-            let mut t = Task::default();
-            t.metadata.name = name.into();
-            t.spec.job_name = Some("j".into());
-            t.spec.task_group_name = Some("j-g".into());
-            t.spec.user = Some(user.into());
-            t
-        };
         let names = BTreeMap::new();
         let first = assigned_tasks(&[server_task("a", "x"), server_task("b", "x")], &names, &[]);
         let next = assigned_tasks(&[server_task("a", "x"), server_task("b", "y")], &names, &first);
@@ -868,14 +870,6 @@ mod tests {
     /// the complete answer; the tasks it did not carry keep their specs.
     #[test]
     fn a_delta_applied_is_the_complete_set_and_leaves_the_rest_alone() {
-        let server_task = |name: &str, user: &str| {
-            let mut t = Task::default();
-            t.metadata.name = name.into();
-            t.spec.job_name = Some("j".into());
-            t.spec.task_group_name = Some("j-g".into());
-            t.spec.user = Some(user.into());
-            t
-        };
         let names = BTreeMap::new();
         let all = ["a", "c", "e", "g"].map(|n| server_task(n, "x"));
         let first = assigned_tasks(&all, &names, &[]);
