@@ -369,10 +369,10 @@ impl Outbox {
         }
         // The journal's lines are of an older generation now.
         self.written();
-        self.snapshot_next = true;
-        self.journal.remove(&self.dir.join(LOG))?;
-        self.snapshot_next = false;
-        Ok(())
+        // Left in place, its stale lines may not be appended after.
+        let removed = self.journal.remove(&self.dir.join(LOG));
+        self.snapshot_next = removed.is_err();
+        removed
     }
 
     /// What changed is on disk.

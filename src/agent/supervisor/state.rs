@@ -215,12 +215,7 @@ impl StateFile {
     /// Fold the journal into a new snapshot, if it holds anything.
     pub fn compact(&mut self) -> Result<(), StateError> {
         if self.snapshot_next || self.journal.bytes() > 0 {
-            let state = std::mem::take(&mut self.on_disk);
-            let result = self.write_snapshot(&state);
-            if result.is_err() {
-                self.on_disk = state;
-            }
-            return result;
+            return self.write_snapshot(&self.on_disk.clone());
         }
         Ok(())
     }
