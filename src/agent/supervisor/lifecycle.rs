@@ -87,6 +87,7 @@ impl Supervisor {
             Some(saved) => self.restore(&mut unit, saved),
         };
         self.units.insert(name.clone(), Box::new(unit));
+        self.touch(&name);
         if let Some(event) = event {
             self.drive(&name, event);
         }
@@ -137,7 +138,7 @@ impl Supervisor {
                     self.stop(&name);
                 }
             }
-            self.dirty = true;
+            self.touch(&name);
         }
         let names: Vec<String> = self.units.keys().filter(|n| !wanted(n)).cloned().collect();
         for name in names {
@@ -153,7 +154,7 @@ impl Supervisor {
                 if let Some(cg) = &self.cgroups {
                     cg.remove(&name);
                 }
-                self.dirty = true;
+                self.touch(&name);
             } else {
                 self.stop(&name);
             }
@@ -242,7 +243,7 @@ impl Supervisor {
                     }
                 }
             }
-            self.dirty = true;
+            self.touch(name);
         }
         self.replace_if_due(name);
     }
@@ -257,6 +258,7 @@ impl Supervisor {
             return;
         }
         if let Some(mut old) = self.units.remove(name) {
+            self.touch(name);
             for pump in &mut old.pumps {
                 let _ = pump.drain();
             }

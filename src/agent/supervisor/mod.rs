@@ -40,7 +40,7 @@ use probes::{CheckResult, CheckState, ProbeRun};
 use procfs::ProcIdentity;
 use rustix::fd::OwnedFd;
 use signals::Wakeups;
-use state::{SavedPhase, SavedState, SavedUnit, StateError, StateFile};
+use state::{SavedPhase, SavedUnit, StateError, StateFile};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -178,54 +178,27 @@ struct Unit {
     fetching: Option<(u64, spawn::Prepared)>,
 }
 
-/// What the state file keeps of a unit, borrowed; None for a stopped one
-/// (it is not kept).
-#[derive(Hash)]
-struct SavedFields<'a> {
-    phase: SavedPhase,
-    message: Option<&'a str>,
-    pid: Option<i32>,
-    start_time: Option<u64>,
-    dir: &'a Path,
-    restarts: u32,
-    last_exit: Option<Exit>,
-    kill_timeout_ms: u64,
-}
-
-fn saved_fields(u: &Unit) -> Option<SavedFields<'_>> {
+/// What the state file keeps of a unit; None for a stopped one (it is not
+/// kept).
+fn saved_unit(u: &Unit) -> Option<SavedUnit> {
     let (phase, message) = match &u.machine.phase {
         Phase::Completed => (SavedPhase::Completed, None),
-        Phase::Failed { reason } => (SavedPhase::Failed, Some(reason.as_str())),
+        Phase::Failed { reason } => (SavedPhase::Failed, Some(reason.clone())),
         Phase::Stopped => return None,
         _ => (SavedPhase::Running, None),
     };
     let running = u.machine.phase.pid().is_some();
     let identity = u.identity.filter(|_| running);
-    Some(SavedFields {
+    Some(SavedUnit {
         phase,
         message,
         pid: identity.map(|i| i.pid),
         start_time: identity.map(|i| i.start_time),
-        dir: &u.spec.dir,
+        dir: u.spec.dir.clone(),
         restarts: u.machine.restart_count,
         last_exit: u.machine.last_exit,
         kill_timeout_ms: u64::try_from(u.spec.kill_timeout.as_millis()).unwrap_or(u64::MAX),
     })
-}
-
-impl SavedFields<'_> {
-    fn to_saved(&self) -> SavedUnit {
-        SavedUnit {
-            phase: self.phase,
-            pid: self.pid,
-            start_time: self.start_time,
-            dir: self.dir.to_path_buf(),
-            restarts: self.restarts,
-            last_exit: self.last_exit,
-            message: self.message.map(String::from),
-            kill_timeout_ms: self.kill_timeout_ms,
-        }
-    }
 }
 
 /// A read-only view of a unit for reconcile and reports.
@@ -333,9 +306,9 @@ pub struct Supervisor {
     is_root: bool,
     allow_root_tasks: bool,
     changes: Vec<Change>,
-    dirty: bool,
-    /// `state_fingerprint` of the last state written.
-    saved_fingerprint: Option<u64>,
+    /// Units whose saved fields may have changed since the last save (a
+    /// save looks at these only: its cost is what changed, not every unit).
+    touched: BTreeSet<String>,
     fetch_seq: u64,
     fetch_tx: mpsc::Sender<FetchDone>,
     fetch_rx: mpsc::Receiver<FetchDone>,
@@ -445,6 +418,9 @@ impl Supervisor {
         };
         let (check_tx, check_rx) = mpsc::channel();
         let (fetch_tx, fetch_rx) = mpsc::channel();
+        // Each saved unit once: the first save writes what a new boot
+        // changed of them (pids cleared) and what was claimed.
+        let touched = leftovers.keys().cloned().collect();
         let sup = Supervisor {
             units: BTreeMap::new(),
             leftovers,
@@ -459,8 +435,7 @@ impl Supervisor {
             is_root: rustix::process::geteuid().is_root(),
             allow_root_tasks: config.allow_root_tasks,
             changes: Vec::new(),
-            dirty: false,
-            saved_fingerprint: None,
+            touched,
             fetch_seq: 0,
             fetch_tx,
             fetch_rx,
@@ -530,46 +505,38 @@ impl Supervisor {
         self.units.values().all(|u| u.machine.phase.is_terminal()) && self.leftovers.values().all(|u| u.pid.is_none())
     }
 
-    /// Persist the state if anything changed (and then only if the bytes differ).
-    fn save(&mut self) -> Result<(), SupervisorError> {
-        if !self.dirty {
-            return Ok(());
+    /// Note that a unit's saved fields may have changed.
+    fn touch(&mut self, name: &str) {
+        if !self.touched.contains(name) {
+            self.touched.insert(name.to_string());
         }
-        self.dirty = false;
-        // Most wake-ups change nothing the file holds (a log line, a check,
-        // another unit's output): hashing what it would hold is far cheaper
-        // than building and serialising it to find that out.
-        let fingerprint = self.state_fingerprint();
-        if self.saved_fingerprint == Some(fingerprint) {
-            return Ok(());
-        }
-        let mut state = SavedState::new(self.boot_id.clone(), self.leftovers.clone());
-        for (name, u) in &self.units {
-            if let Some(f) = saved_fields(u) {
-                state.units.insert(name.clone(), f.to_saved());
-            }
-        }
-        self.state_file.save(&state).map_err(SupervisorError::State)?;
-        self.saved_fingerprint = Some(fingerprint);
-        Ok(())
     }
 
-    /// A hash of everything `save` writes.
-    fn state_fingerprint(&self) -> u64 {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        self.leftovers.hash(&mut h);
-        for (name, u) in &self.units {
-            if let Some(f) = saved_fields(u) {
-                (name, f).hash(&mut h);
-            }
+    /// Persist the units touched since the last save, where what the file
+    /// holds of them changed (most wake-ups change nothing it holds: a log
+    /// line, a check, another unit's output).
+    fn save(&mut self) -> Result<(), SupervisorError> {
+        if self.touched.is_empty() {
+            return Ok(());
         }
-        h.finish()
+        let touched = std::mem::take(&mut self.touched);
+        let units = touched.iter().map(|name| {
+            let saved = match self.units.get(name) {
+                Some(u) => saved_unit(u),
+                None => self.leftovers.get(name).cloned(),
+            };
+            (name.clone(), saved)
+        });
+        if let Err(e) = self.state_file.save_units(&self.boot_id, units) {
+            // Tried again at the next save.
+            self.touched = touched;
+            return Err(SupervisorError::State(e));
+        }
+        Ok(())
     }
 
     /// Persist now (at the end of a pass: before statuses go out).
     pub fn flush(&mut self) -> Result<(), SupervisorError> {
-        self.dirty = true;
         self.save()
     }
 

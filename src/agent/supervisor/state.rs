@@ -64,7 +64,7 @@ impl SavedState {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SavedPhase {
     #[default]
@@ -73,7 +73,7 @@ pub enum SavedPhase {
     Failed,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SavedUnit {
     pub phase: SavedPhase,
@@ -192,30 +192,63 @@ impl StateFile {
     /// Write what changed between the files and `state`: one line
     /// appended, or a new snapshot (module doc). Returns whether it wrote.
     pub fn save(&mut self, state: &SavedState) -> Result<bool, StateError> {
-        let entry = self.changes(state);
-        if entry.boot_id == self.on_disk.boot_id && entry.units.is_empty() && entry.removed.is_empty() {
+        let line = self.changes(state);
+        self.write(line)
+    }
+
+    /// Write the units named in `units` as given (None: gone) where the
+    /// files say otherwise, under `boot_id`: what [`Self::save`] does for
+    /// a whole state, for a caller that knows which units it touched (the
+    /// supervisor: a save costs what changed, not every unit).
+    pub fn save_units(
+        &mut self,
+        boot_id: &str,
+        units: impl IntoIterator<Item = (String, Option<SavedUnit>)>,
+    ) -> Result<bool, StateError> {
+        let mut line = SavedState {
+            generation: self.generation,
+            boot_id: boot_id.to_string(),
+            ..SavedState::default()
+        };
+        for (name, unit) in units {
+            match unit {
+                Some(u) if self.on_disk.units.get(&name) != Some(&u) => {
+                    line.units.insert(name, u);
+                }
+                None if self.on_disk.units.contains_key(&name) => line.removed.push(name),
+                _ => {}
+            }
+        }
+        self.write(line)
+    }
+
+    /// Append `line` (what changed), or fold it into a new snapshot.
+    fn write(&mut self, line: SavedState) -> Result<bool, StateError> {
+        if line.boot_id == self.on_disk.boot_id && line.units.is_empty() && line.removed.is_empty() {
             return Ok(false);
         }
         if self.snapshot_next || self.journal.bytes() > self.snapshot_bytes.max(COMPACT_AFTER_BYTES) {
-            self.write_snapshot(state)?;
+            let mut whole = self.on_disk.clone();
+            line.apply_to(&mut whole);
+            self.write_snapshot(whole)?;
             return Ok(true);
         }
         let path = self.dir.join(JOURNAL_FILE);
-        let appended = serde_json::to_vec(&entry)
+        let appended = serde_json::to_vec(&line)
             .map_err(io::Error::other)
-            .and_then(|line| self.journal.append(&path, line));
+            .and_then(|bytes| self.journal.append(&path, bytes));
         if let Err(e) = appended {
             self.snapshot_next = true;
             return Err(StateError::Write(path, e));
         }
-        entry.apply_to(&mut self.on_disk);
+        line.apply_to(&mut self.on_disk);
         Ok(true)
     }
 
     /// Fold the journal into a new snapshot, if it holds anything.
     pub fn compact(&mut self) -> Result<(), StateError> {
         if self.snapshot_next || self.journal.bytes() > 0 {
-            return self.write_snapshot(&self.on_disk.clone());
+            return self.write_snapshot(self.on_disk.clone());
         }
         Ok(())
     }
@@ -244,13 +277,13 @@ impl StateFile {
     }
 
     /// `state` whole, under the next generation; then the journal goes.
-    fn write_snapshot(&mut self, state: &SavedState) -> Result<(), StateError> {
+    fn write_snapshot(&mut self, state: SavedState) -> Result<(), StateError> {
         let path = self.dir.join(STATE_FILE);
         let generation = self.generation.saturating_add(1);
         let out = SavedState {
             generation,
             removed: Vec::new(),
-            ..state.clone()
+            ..state
         };
         // Compact like the journal's lines: one serde_json formatter in the agent.
         let mut bytes = serde_json::to_vec(&out).map_err(|e| StateError::Write(path.clone(), e.into()))?;
@@ -357,6 +390,27 @@ mod tests {
         assert_eq!(put, ["b", "d"]);
         assert_eq!(lines[0]["removed"], serde_json::json!(["c"]));
         assert_eq!(StateFile::read(dir.path()).unwrap(), s);
+    }
+
+    #[test]
+    fn saving_named_units_writes_only_those_that_differ() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut file, _) = StateFile::load(dir.path()).unwrap();
+        file.save(&state(&[("a", 1), ("b", 2)])).unwrap();
+        let same = [("a".to_string(), Some(unit(1))), ("gone".to_string(), None)];
+        assert!(!file.save_units("b", same).unwrap(), "nothing differs");
+        assert_eq!(lines(dir.path()).len(), 1);
+        let change = [("b".to_string(), None), ("c".to_string(), Some(unit(3)))];
+        assert!(file.save_units("b", change).unwrap());
+        let lines = lines(dir.path());
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(lines[1]["removed"], serde_json::json!(["b"]));
+        let put: Vec<&String> = lines[1]["units"].as_object().unwrap().keys().collect();
+        assert_eq!(put, ["c"], "a is not written again");
+        assert_eq!(StateFile::read(dir.path()).unwrap(), state(&[("a", 1), ("c", 3)]));
+        // A new boot is written even when no unit changed.
+        assert!(file.save_units("other boot", []).unwrap());
+        assert_eq!(StateFile::read(dir.path()).unwrap().boot_id, "other boot");
     }
 
     #[test]
