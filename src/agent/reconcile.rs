@@ -160,10 +160,11 @@ impl AssignedTask {
     /// The TaskGroup object's name, `<job>-<group>`, as `api::job_expansion`
     /// sets `taskGroupName`.
     pub fn group_key(&self) -> String {
-        self.spec
-            .task_group_name
-            .clone()
-            .unwrap_or_else(|| self.job().to_string())
+        self.group_key_str().to_string()
+    }
+
+    pub fn group_key_str(&self) -> &str {
+        self.spec.task_group_name.as_deref().unwrap_or_else(|| self.job())
     }
 }
 
@@ -215,6 +216,9 @@ pub struct Observed {
     /// `--proxy-mode shared`: groups past their readiness deadline, with
     /// what Envoy says about their upstreams.
     pub shared_reasons: BTreeMap<String, String>,
+    /// Units whose state changed since the last pass ([`Units::take_moved`]);
+    /// None: not known, so every group is planned.
+    pub moved: Option<Vec<String>>,
 }
 
 /// I/O a pass asks for, carried out (by [`Reconciler::step`]) before its
@@ -292,6 +296,15 @@ pub struct Reconciler {
     built: BTreeMap<String, u64>,
     /// `--proxy-mode shared`: the robot-wide Envoy, once a group needed it.
     robot_proxy: Option<RobotProxy>,
+    /// Groups whose last plan left them with nothing to wait for (every
+    /// task ensured, or all ended), with the tasks it planned. While these
+    /// are still the group's tasks and none of its units moved, planning it
+    /// again would decide the same: it is skipped, so a pass costs the
+    /// groups that changed, not every task on the robot.
+    settled: BTreeMap<String, Vec<AssignedTask>>,
+    /// Groups planned (not skipped as settled) since the last step began:
+    /// only their tasks' statuses can have changed ([`Self::replanned`]).
+    replanned: BTreeSet<String>,
     /// I/O asked for during this pass (returned in its [`Pass`]).
     effects: Vec<Effect>,
     /// The tasks' PATH (the agent's, read once).
@@ -314,6 +327,8 @@ impl Reconciler {
             finished: BTreeSet::new(),
             ensured: BTreeMap::new(),
             built: BTreeMap::new(),
+            settled: BTreeMap::new(),
+            replanned: BTreeSet::new(),
             robot_proxy: None,
             effects: Vec::new(),
             path: task_path(),
@@ -332,25 +347,37 @@ impl Reconciler {
     pub fn plan(&mut self, desired: &[AssignedTask], sup: &impl Units, seen: &Observed) -> Pass {
         let mut plan = Plan::default();
         let mut recheck = None;
-        for (key, tasks) in by_group(desired) {
+        let groups = by_group(desired);
+        self.unsettle(seen);
+        for (key, tasks) in &groups {
+            if self.settled.get(*key).is_some_and(|planned| same_tasks(planned, tasks)) {
+                continue;
+            }
+            let key = key.to_string();
+            self.settled.remove(&key);
+            if !self.replanned.contains(&key) {
+                self.replanned.insert(key.clone());
+            }
             if self.failed.contains_key(&key) {
                 continue;
             }
+            let tasks = tasks.as_slice();
             let spec_hashes: Vec<u64> = tasks.iter().map(|t| t.spec.hash()).collect();
             let respecced = tasks.iter().zip(&spec_hashes).any(|(t, spec_hash)| {
                 t.job_type != JobType::Batch && self.built.get(&t.name).is_some_and(|h| h != spec_hash)
             });
-            if group_finished(&tasks, sup) && !respecced {
+            if group_finished(tasks, sup) && !respecced {
                 // `wanted` no longer lists its proxy and daemons: they stop.
                 if self.finished.insert(key.clone()) {
                     self.notices
                         .push((key.clone(), "all tasks ended: proxy and group daemons released".into()));
                 }
+                self.settle(key, tasks);
                 continue;
             }
             self.finished.remove(&key);
             // Who shares the group's directory (see `group_users`).
-            let users = group_users(&tasks, self.config.default_user.as_deref());
+            let users = group_users(tasks, self.config.default_user.as_deref());
             let units: Result<Vec<UnitId>, String> = tasks.iter().map(|t| task_unit_id(t)).collect();
             let ready =
                 units.and_then(|units| Ok((units, self.prepare_group(&key, tasks[0], &users, sup, seen, &mut plan)?)));
@@ -371,6 +398,7 @@ impl Reconciler {
                         self.ensured.insert(t.name.clone(), stamp);
                         self.built.insert(t.name.clone(), *spec_hash);
                     }
+                    self.settle(key, tasks);
                 }
                 Ok((_, GroupReady::NotYet(at))) => recheck = recheck.into_iter().chain(at).min(),
                 Err(reason) => {
@@ -381,10 +409,11 @@ impl Reconciler {
         }
         // Forget groups that are no longer desired; keep their supporting
         // units until their tasks are gone.
-        let keys: BTreeSet<String> = desired.iter().map(AssignedTask::group_key).collect();
-        self.failed.retain(|k, _| keys.contains(k));
-        self.proxies.retain(|k, _| keys.contains(k));
-        self.finished.retain(|k| keys.contains(k));
+        let keys: BTreeSet<&str> = groups.keys().copied().collect();
+        self.failed.retain(|k, _| keys.contains(k.as_str()));
+        self.proxies.retain(|k, _| keys.contains(k.as_str()));
+        self.finished.retain(|k| keys.contains(k.as_str()));
+        self.settled.retain(|k, _| keys.contains(k.as_str()));
 
         // Task names are forgotten once neither desired nor running: a group
         // that cycles through new task names must not remember every one.
@@ -404,14 +433,20 @@ impl Reconciler {
         }
         self.lingering.clear();
         self.seen.retain(|key, (tasks, support)| {
-            let draining = !keys.contains(key) && tasks.iter().any(|n| sup.has_process(n));
+            let desired = keys.contains(key.as_str());
+            let draining = !desired && tasks.iter().any(|n| sup.has_process(n));
             if draining {
                 self.lingering.extend(support.iter().cloned());
             }
-            keys.contains(key) || draining
+            desired || draining
         });
         if self.robot_proxy.is_some() {
-            let draining: BTreeSet<String> = self.seen.keys().filter(|k| !keys.contains(*k)).cloned().collect();
+            let draining: BTreeSet<String> = self
+                .seen
+                .keys()
+                .filter(|k| !keys.contains(k.as_str()))
+                .cloned()
+                .collect();
             self.effects.push(Effect::ShareProxy { draining });
         }
         plan.wanted = self.wanted(desired);
@@ -419,6 +454,43 @@ impl Reconciler {
             plan,
             effects: std::mem::take(&mut self.effects),
             recheck,
+        }
+    }
+
+    /// Remember that group `key`'s plan left it nothing to wait for.
+    fn settle(&mut self, key: String, tasks: &[&AssignedTask]) {
+        // The robot-wide Envoy's members are decided across groups.
+        if self.config.proxy_mode == ProxyMode::PerGroup {
+            self.settled.insert(key, tasks.iter().map(|t| (*t).clone()).collect());
+        }
+    }
+
+    /// Forget what the last plans settled where something they depended
+    /// on moved: a unit of the group (a unit's name is its group's key, a
+    /// dash and more; a name whose dashes could end several keys unsettles
+    /// each), something observed of it, a robot-scoped daemon (any group
+    /// may declare it), or anything at all when that is not known.
+    fn unsettle(&mut self, seen: &Observed) {
+        if self.settled.is_empty() {
+            return;
+        }
+        let Some(moved) = &seen.moved else {
+            self.settled.clear();
+            return;
+        };
+        let observed = seen.proxy_ready.iter().chain(seen.launches.keys());
+        for key in observed {
+            self.settled.remove(key);
+        }
+        let robot = UnitId::Robot { name: String::new() }.name();
+        for name in moved.iter().chain(seen.log_tails.keys()) {
+            if name.starts_with(&robot) {
+                self.settled.clear();
+                return;
+            }
+            for (i, _) in name.match_indices('-') {
+                self.settled.remove(&name[..i]);
+            }
         }
     }
 
@@ -431,9 +503,10 @@ impl Reconciler {
         let mut seen = Observed::default();
         let mut starts_proxy = false;
         for (key, tasks) in by_group(desired) {
-            if self.failed.contains_key(&key) {
+            if self.failed.contains_key(key) {
                 continue;
             }
+            let key = key.to_string();
             let first = tasks[0];
             // The init task `prepare_group` stops at, if it failed; the
             // proxy matters once none is left to wait for.
@@ -509,6 +582,7 @@ impl Reconciler {
                     let (failures, unit) = rp.apply(&draining, sup);
                     for (key, reason) in failures {
                         self.notices.push((key.clone(), format!("task group failed: {reason}")));
+                        self.settled.remove(&key);
                         self.failed.insert(key, reason);
                     }
                     // Planned before the members were written: wanted
@@ -556,6 +630,7 @@ impl Reconciler {
                 plan.units.retain(|u| u.name != unit);
                 self.proxies.remove(&key);
                 self.notices.push((key.clone(), format!("task group failed: {reason}")));
+                self.settled.remove(&key);
                 self.failed.insert(key, reason);
             }
         }
@@ -578,7 +653,8 @@ impl Reconciler {
     /// whether planning again may get further (it started a unit or wrote
     /// files), and when to look again.
     pub fn pass(&mut self, desired: &[AssignedTask], sup: &mut impl Units) -> (bool, Option<Instant>) {
-        let seen = self.observe(desired, sup);
+        let mut seen = self.observe(desired, sup);
+        seen.moved = sup.take_moved();
         let Pass {
             mut plan,
             effects,
@@ -615,6 +691,7 @@ impl Reconciler {
         sup: &mut impl Units,
         say: &mut dyn FnMut(String),
     ) -> Option<Instant> {
+        self.replanned.clear();
         for c in sup.take_changes() {
             say(format!("{}: {}", c.label, c.message));
         }
@@ -643,6 +720,13 @@ impl Reconciler {
             say(format!("{}: {}", c.label, c.message));
         }
         recheck
+    }
+
+    /// The groups (keys) the last [`Self::step`] planned: the tasks of
+    /// every other group are as they were after the step before (their
+    /// units did not move, their tasks did not change).
+    pub fn replanned(&self) -> &BTreeSet<String> {
+        &self.replanned
     }
 
     /// Names of every unit the desired set may need; anything else is stopped.
@@ -1187,12 +1271,25 @@ fn group_finished(tasks: &[&AssignedTask], sup: &impl Units) -> bool {
     })
 }
 
-fn by_group(desired: &[AssignedTask]) -> BTreeMap<String, Vec<&AssignedTask>> {
-    let mut groups: BTreeMap<String, Vec<&AssignedTask>> = BTreeMap::new();
+fn by_group(desired: &[AssignedTask]) -> BTreeMap<&str, Vec<&AssignedTask>> {
+    let mut groups: BTreeMap<&str, Vec<&AssignedTask>> = BTreeMap::new();
     for t in desired {
-        groups.entry(t.group_key()).or_default().push(t);
+        groups.entry(t.group_key_str()).or_default().push(t);
     }
     groups
+}
+
+/// The tasks a group was planned with are still its tasks: the same
+/// names, types and specs (the same allocation: an unchanged spec is kept
+/// from answer to answer, see [`AssignedTask::spec`]; else equal).
+fn same_tasks(planned: &[AssignedTask], tasks: &[&AssignedTask]) -> bool {
+    planned.len() == tasks.len()
+        && planned.iter().zip(tasks).all(|(p, t)| {
+            p.name == t.name
+                && p.job_type == t.job_type
+                && p.group == t.group
+                && (Arc::ptr_eq(&p.spec, &t.spec) || p.spec == t.spec)
+        })
 }
 
 /// restartPolicy with defaults: `default_attempts` restarts in 30 minutes,
@@ -1376,6 +1473,48 @@ mod tests {
         fn take_changes(&mut self) -> Vec<crate::agent::supervisor::Change> {
             Vec::new()
         }
+    }
+
+    /// A group whose units did not move and whose tasks are the same is
+    /// not planned again; a unit of it that moved, a changed task or not
+    /// knowing what moved plans it again.
+    #[test]
+    fn a_pass_plans_only_the_groups_that_moved_or_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rec = reconciler(dir.path());
+        let mut desired = vec![task("a", 0, "t", &[]), task("a", 1, "t", &[]), task("b", 0, "t", &[])];
+        let mut sup = Running::new();
+        let moved = |names: &[&str]| Observed {
+            moved: Some(names.iter().map(|n| n.to_string()).collect()),
+            ..Observed::default()
+        };
+        let pass = rec.plan(&desired, &sup, &Observed::default());
+        assert_eq!(started(&pass.plan), ["j-a-r0-t", "j-a-r1-t", "j-b-r0-t"]);
+        for name in started(&pass.plan) {
+            sup.set(name, running());
+        }
+        // Gone without a word (a supervisor always says): proof that a
+        // settled group is not looked at.
+        sup.units.remove("j-a-r1-t");
+        sup.units.remove("j-b-r0-t");
+        let pass = rec.plan(&desired, &sup, &moved(&[]));
+        assert!(pass.plan.units.is_empty(), "{:?}", started(&pass.plan));
+        let tasks = ["j-a-r0-t", "j-a-r1-t", "j-b-r0-t"];
+        assert!(tasks.iter().all(|t| pass.plan.wanted.contains(*t)), "still wanted");
+        // A unit of group a moved: a is planned again, b is not.
+        let pass = rec.plan(&desired, &sup, &moved(&["j-a-r0-t"]));
+        assert_eq!(started(&pass.plan), ["j-a-r1-t"]);
+        sup.set("j-a-r1-t", running());
+        // A changed task of b plans b.
+        let mut spec = (*desired[2].spec).clone();
+        spec.user = Some("nobody".into());
+        desired[2].spec = Arc::new(spec);
+        let pass = rec.plan(&desired, &sup, &moved(&[]));
+        assert_eq!(started(&pass.plan), ["j-b-r0-t"]);
+        // Not knowing what moved plans every group.
+        sup.units.remove("j-a-r0-t");
+        let pass = rec.plan(&desired, &sup, &Observed::default());
+        assert_eq!(started(&pass.plan), ["j-a-r0-t", "j-b-r0-t"]);
     }
 
     /// A step plans again only where the next plan can differ: new task

@@ -350,6 +350,12 @@ impl Rollback {
         &self.stopped
     }
 
+    /// Does any task's status carry a mark now ([`Self::mark`]), or is
+    /// any task stopped by a revert?
+    pub fn marks_any(&self) -> bool {
+        !self.deferred.is_empty() || !self.offers.is_empty() || !self.stopped.is_empty()
+    }
+
     /// A task the robot put back on its previous version says so in its status.
     pub fn mark(&self, name: &str, status: &mut TaskStatus) {
         if self.deferred.contains(name) {

@@ -196,6 +196,7 @@ pub fn run(opts: ConnectedOptions) -> Result<i32, String> {
 
     let mut rollback = super::rollback::Rollback::load(&data_dir);
     let mut rec = Reconciler::new(opts.reconcile);
+    let mut queued = Queued::default();
     loop {
         if let Some(a) = lock(&shared.inbox).latest.take() {
             let learned = match &a.tasks {
@@ -234,7 +235,7 @@ pub fn run(opts: ConnectedOptions) -> Result<i32, String> {
         // between the two must not leave a restarted agent contradicting a
         // status the server may already have.
         sup.flush().map_err(|e| e.to_string())?;
-        queue_statuses(&shared, &running, &rec, &sup, &rollback);
+        queue_statuses(&shared, &running, &rec, &sup, &rollback, &mut queued);
         if sup.shutdown_requested() {
             sup.checkpoint().map_err(|e| e.to_string())?;
             if let Err(e) = lock(&shared.outbox).compact() {
@@ -758,33 +759,62 @@ fn assigned(t: &Task, group_names: &BTreeMap<String, String>, previous: &[Assign
     }
 }
 
-/// Queue the current status of every desired task; the outbox drops
-/// repeats, so this is cheap and writes only on change.
+/// What [`queue_statuses`] remembers between passes.
+#[derive(Default)]
+struct Queued {
+    /// A hash of the reported tasks' names: the outbox drops statuses of
+    /// tasks that left only when they changed.
+    members: Option<u64>,
+    /// The last pass marked statuses (a revert, a lock): all are looked
+    /// at again once, to take the marks away.
+    marked: bool,
+}
+
+/// Queue the status of every desired task that can have changed: those of
+/// the groups the step planned (the others' units did not move and their
+/// tasks did not change), those the outbox forgot, and all while a revert
+/// or a lock marks any. The outbox drops repeats and writes only on change.
 fn queue_statuses(
     shared: &Shared,
     desired: &[AssignedTask],
     rec: &Reconciler,
     sup: &Supervisor,
     rollback: &super::rollback::Rollback,
+    last: &mut Queued,
 ) {
     // A task stopped by a robot-local revert is still the server's: its
     // status says it went back.
     let desired = || desired.iter().chain(rollback.stopped());
-    let statuses = desired().map(|t| {
-        let mut status = task_status(t, rec, sup);
-        rollback.mark(&t.name, &mut status);
-        (t.name.clone(), status)
-    });
+    let marked = rollback.marks_any();
+    let all = marked || std::mem::replace(&mut last.marked, marked);
     let mut outbox = lock(&shared.outbox);
+    let forgotten: std::collections::BTreeSet<String> = outbox.take_forgotten().into_iter().collect();
+    let replanned = rec.replanned();
+    let statuses = desired()
+        .filter(|t| all || replanned.contains(t.group_key_str()) || forgotten.contains(&t.name))
+        .map(|t| {
+            let mut status = task_status(t, rec, sup);
+            rollback.mark(&t.name, &mut status);
+            (t.name.clone(), status)
+        });
     // One write for the whole pass, before the reporter (waiting on this
     // lock) can send any of it.
     let queued = outbox.push_all(statuses).unwrap_or_else(|e| {
         say(&format!("agent: outbox: {e}"));
         false
     });
-    let names: std::collections::BTreeSet<&str> = desired().map(|t| t.name.as_str()).collect();
-    if let Err(e) = outbox.retain(|n| names.contains(n)) {
-        say(&format!("agent: outbox: {e}"));
+    let members = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        desired().for_each(|t| t.name.hash(&mut h));
+        h.finish()
+    };
+    if last.members != Some(members) {
+        let names: std::collections::BTreeSet<&str> = desired().map(|t| t.name.as_str()).collect();
+        match outbox.retain(|n| names.contains(n)) {
+            Ok(()) => last.members = Some(members),
+            Err(e) => say(&format!("agent: outbox: {e}")),
+        }
     }
     drop(outbox);
     if queued {

@@ -158,6 +158,10 @@ pub struct Outbox {
     /// the server reset the task on the robot's return): once it is
     /// acknowledged, the status is sent again.
     disputed: BTreeSet<String>,
+    /// Tasks whose last status was forgotten (so the next push queues it
+    /// again) since [`Self::take_forgotten`]: a caller that pushes only
+    /// the statuses that changed pushes these too.
+    forgotten: Vec<String>,
     /// Since when acknowledged statuses are gone from memory but not yet
     /// from the file.
     acks_unsaved: Option<std::time::Instant>,
@@ -183,6 +187,7 @@ impl Outbox {
             left: BTreeSet::new(),
             last_status,
             disputed: BTreeSet::new(),
+            forgotten: Vec::new(),
             acks_unsaved: None,
         };
         if let Err(e) = outbox.compact() {
@@ -252,10 +257,17 @@ impl Outbox {
         if differs {
             if !self.file.pending.contains_key(task) {
                 self.last_status.remove(task);
+                self.forgotten.push(task.to_string());
             } else if complete {
                 self.disputed.insert(task.to_string());
             }
         }
+    }
+
+    /// Tasks whose last status was forgotten since the last call (see
+    /// [`Self::server_disagrees`]): their status is to be pushed again.
+    pub fn take_forgotten(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.forgotten)
     }
 
     /// Everything not yet acknowledged, oldest task name first.
@@ -277,6 +289,7 @@ impl Outbox {
                 self.acks_unsaved.get_or_insert_with(std::time::Instant::now);
                 if self.disputed.remove(task) {
                     self.last_status.remove(task);
+                    self.forgotten.push(task.clone());
                 }
             }
         }

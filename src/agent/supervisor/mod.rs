@@ -50,6 +50,10 @@ use std::time::{Duration, Instant};
 /// (kernels before 5.3). Only then does the agent poll anything.
 pub(super) const PROC_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Moved units kept for the planner between two passes (a bound for an
+/// agent whose planner never asks, as in tests); past it, it plans all.
+const MOVED_KEPT: usize = 4096;
+
 /// Everything needed to run one unit.
 #[derive(Clone, Debug)]
 pub struct UnitSpec {
@@ -231,6 +235,12 @@ pub trait Units {
     fn retain(&mut self, wanted: &dyn Fn(&str) -> bool);
     /// State changes since the last call.
     fn take_changes(&mut self) -> Vec<Change>;
+    /// Names of the units that started, changed phase or health, were
+    /// replaced or went since the last call (repeats possible); None when not known
+    /// (then a planner must assume every unit may have).
+    fn take_moved(&mut self) -> Option<Vec<String>> {
+        None
+    }
     /// Carry out a plan: ensure its units in order, then stop every unit
     /// it does not want.
     fn apply(&mut self, plan: Plan) {
@@ -287,6 +297,10 @@ impl Units for Supervisor {
     fn take_changes(&mut self) -> Vec<Change> {
         Supervisor::take_changes(self)
     }
+    fn take_moved(&mut self) -> Option<Vec<String>> {
+        let moved = std::mem::take(&mut self.moved);
+        (!std::mem::take(&mut self.moved_lost)).then_some(moved)
+    }
 }
 
 pub struct Supervisor {
@@ -309,6 +323,10 @@ pub struct Supervisor {
     /// Units whose saved fields may have changed since the last save (a
     /// save looks at these only: its cost is what changed, not every unit).
     touched: BTreeSet<String>,
+    /// Units that moved since the planner last asked ([`Units::take_moved`]),
+    /// at most [`MOVED_KEPT`]; past that only that some were lost.
+    moved: Vec<String>,
+    moved_lost: bool,
     fetch_seq: u64,
     fetch_tx: mpsc::Sender<FetchDone>,
     fetch_rx: mpsc::Receiver<FetchDone>,
@@ -436,6 +454,9 @@ impl Supervisor {
             allow_root_tasks: config.allow_root_tasks,
             changes: Vec::new(),
             touched,
+            moved: Vec::new(),
+            // What moved before anyone asked is not known.
+            moved_lost: true,
             fetch_seq: 0,
             fetch_tx,
             fetch_rx,
@@ -505,10 +526,16 @@ impl Supervisor {
         self.units.values().all(|u| u.machine.phase.is_terminal()) && self.leftovers.values().all(|u| u.pid.is_none())
     }
 
-    /// Note that a unit's saved fields may have changed.
+    /// Note that a unit's saved fields, or what reconcile and a status see
+    /// of it, may have changed.
     fn touch(&mut self, name: &str) {
         if !self.touched.contains(name) {
             self.touched.insert(name.to_string());
+        }
+        if self.moved.len() < MOVED_KEPT {
+            self.moved.push(name.to_string());
+        } else {
+            self.moved_lost = true;
         }
     }
 

@@ -114,6 +114,8 @@ impl Supervisor {
                 });
             }
             unit.health = health;
+            // Not saved, but a status says it.
+            self.touch(name);
         }
     }
 }
