@@ -302,6 +302,10 @@ pub struct Reconciler {
     /// again would decide the same: it is skipped, so a pass costs the
     /// groups that changed, not every task on the robot.
     settled: BTreeMap<String, Vec<AssignedTask>>,
+    /// A hash of the desired set's names and specs when [`Self::bookkeep`]
+    /// last ran, and the units it wanted then.
+    shape: Option<u64>,
+    wanted: Arc<BTreeSet<String>>,
     /// Groups planned (not skipped as settled) since the last step began:
     /// only their tasks' statuses can have changed ([`Self::replanned`]).
     replanned: BTreeSet<String>,
@@ -329,6 +333,8 @@ impl Reconciler {
             built: BTreeMap::new(),
             settled: BTreeMap::new(),
             replanned: BTreeSet::new(),
+            shape: None,
+            wanted: Arc::default(),
             robot_proxy: None,
             effects: Vec::new(),
             path: task_path(),
@@ -348,6 +354,7 @@ impl Reconciler {
         let mut plan = Plan::default();
         let mut recheck = None;
         let groups = by_group(desired);
+        let finished_before = self.finished.clone();
         self.unsettle(seen);
         for (key, tasks) in &groups {
             if self.settled.get(*key).is_some_and(|planned| same_tasks(planned, tasks)) {
@@ -415,6 +422,35 @@ impl Reconciler {
         self.finished.retain(|k| keys.contains(k.as_str()));
         self.settled.retain(|k, _| keys.contains(k.as_str()));
 
+        // The rest follows from the set's names and specs (a spec decides
+        // its support units), the finished groups, and groups draining: done
+        // again only when one of those changed, not on every wake-up.
+        let shape = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            for t in desired {
+                (&t.name, t.spec.hash()).hash(&mut h);
+            }
+            h.finish()
+        };
+        let draining = self.seen.keys().any(|k| !keys.contains(k.as_str()));
+        let reshaped = self.shape != Some(shape) || self.finished != finished_before;
+        if reshaped || draining || self.robot_proxy.is_some() {
+            self.bookkeep(desired, &keys, sup);
+            self.wanted = Arc::new(self.wanted(desired));
+            self.shape = Some(shape);
+        }
+        plan.wanted = Arc::clone(&self.wanted);
+        Pass {
+            plan,
+            effects: std::mem::take(&mut self.effects),
+            recheck,
+        }
+    }
+
+    /// What the reconciler remembers per group and task, brought in line
+    /// with `desired` (groups `keys`).
+    fn bookkeep(&mut self, desired: &[AssignedTask], keys: &BTreeSet<&str>, sup: &impl Units) {
         // Task names are forgotten once neither desired nor running: a group
         // that cycles through new task names must not remember every one.
         let names: BTreeSet<&str> = desired.iter().map(|t| t.name.as_str()).collect();
@@ -448,12 +484,6 @@ impl Reconciler {
                 .cloned()
                 .collect();
             self.effects.push(Effect::ShareProxy { draining });
-        }
-        plan.wanted = self.wanted(desired);
-        Pass {
-            plan,
-            effects: std::mem::take(&mut self.effects),
-            recheck,
         }
     }
 
@@ -590,11 +620,11 @@ impl Reconciler {
                     let name = UnitId::robot_proxy().name();
                     match unit {
                         Some(unit) => {
-                            plan.wanted.insert(name);
+                            Arc::make_mut(&mut plan.wanted).insert(name);
                             plan.ensure(unit);
                         }
                         None => {
-                            plan.wanted.remove(&name);
+                            Arc::make_mut(&mut plan.wanted).remove(&name);
                         }
                     }
                     continue;
@@ -1562,7 +1592,7 @@ mod tests {
         let plan = rec.plan(&desired, &now, &Observed::default()).plan;
         assert_eq!(started(&plan), ["j-g-setup"], "only the first init task");
         let all = set(&["j-g-r0-a", "j-g-r1-b", "j-g-setup", "j-g-sidecar", "j-g-envoy"]);
-        assert_eq!(plan.wanted, all, "the rest is wanted, not started yet");
+        assert_eq!(*plan.wanted, all, "the rest is wanted, not started yet");
 
         now.set("j-g-setup", running());
         assert_eq!(
@@ -1646,14 +1676,14 @@ mod tests {
         now.set("j-g-sidecar", running());
         now.set("j-g-r0-a", running());
         let support = set(&["j-g-r0-a", "j-g-sidecar", "j-g-envoy"]);
-        assert_eq!(rec.plan(&desired, &now, &Observed::default()).plan.wanted, support);
+        assert_eq!(*rec.plan(&desired, &now, &Observed::default()).plan.wanted, support);
 
         // The Job left while its task still stops: its daemon stays.
         let plan = rec.plan(&[], &now, &Observed::default()).plan;
-        assert_eq!(plan.wanted, set(&["j-g-sidecar", "j-g-envoy"]));
+        assert_eq!(*plan.wanted, set(&["j-g-sidecar", "j-g-envoy"]));
         now.set("j-g-r0-a", Phase::Stopped);
         assert_eq!(
-            rec.plan(&[], &now, &Observed::default()).plan.wanted,
+            *rec.plan(&[], &now, &Observed::default()).plan.wanted,
             set(&[]),
             "then nothing is wanted"
         );
@@ -1661,7 +1691,7 @@ mod tests {
         // Back, and every task ends: the daemon is released, the task kept.
         now.set("j-g-r0-a", Phase::Completed);
         let plan = rec.plan(&desired, &now, &Observed::default()).plan;
-        assert_eq!(plan.wanted, set(&["j-g-r0-a"]));
+        assert_eq!(*plan.wanted, set(&["j-g-r0-a"]));
         assert!(plan.units.is_empty());
         let notices = rec.take_notices();
         assert!(

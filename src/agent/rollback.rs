@@ -87,8 +87,9 @@ pub struct Rollback {
     file: Option<PathBuf>,
     offers: BTreeMap<String, Offer>,
     watch: BTreeMap<String, Watch>,
-    /// The spec each task runs, and whether the server overrides its lock.
-    applied: BTreeMap<String, Arc<DesiredSpec>>,
+    /// The spec each task of the last set runs (in its order), and whether
+    /// the server overrides its lock.
+    applied: Vec<(String, Arc<DesiredSpec>)>,
     overridden: std::collections::BTreeSet<String>,
     /// Tasks whose new spec waits for their lock.
     deferred: std::collections::BTreeSet<String>,
@@ -279,68 +280,87 @@ impl Rollback {
         }
     }
 
-    /// `tasks` as they run now: a task whose new version failed its health
-    /// runs its previous spec, or, if the previous version has no such
-    /// task, is left out (and kept for [`Rollback::stopped`]). Also when to
-    /// look again.
+    /// `tasks` as they run now: a task whose new version failed its health runs its previous
+    /// spec, or, if the previous version has no such task, is left out
+    /// (and kept for [`Rollback::stopped`]); a changed spec waits while
+    /// its task holds an update lock. None: all run as they are (no copy
+    /// of the set is made: this runs on every wake-up). Also when to look
+    /// again.
     pub fn apply(
         &mut self,
-        tasks: Vec<AssignedTask>,
+        tasks: &[AssignedTask],
         rec: &Reconciler,
         sup: &impl Units,
         now: Instant,
-    ) -> (Vec<AssignedTask>, Option<Instant>) {
+    ) -> (Option<Vec<AssignedTask>>, Option<Instant>) {
         let mut wake: Option<Instant> = None;
-        let names: std::collections::BTreeSet<String> = tasks.iter().map(|t| t.name.clone()).collect();
-        self.applied.retain(|n, _| names.contains(n));
         self.deferred.clear();
         self.stopped.clear();
-        let out = tasks
-            .into_iter()
-            .filter_map(|mut t| {
-                // An update lock holds a changed spec back.
-                // (The lock file is looked at only for a changed spec: this
-                // runs for every task on every wake-up.)
-                if let (Some(old), Some(v)) = (self.applied.get(&t.name), sup.view(&t.name)) {
-                    let changed = !Arc::ptr_eq(old, &t.spec) && **old != *t.spec && v.phase.pid().is_some();
-                    if changed && !self.overridden.contains(&t.name) && v.dir.join(LOCK_FILE).exists() {
-                        self.deferred.insert(t.name.clone());
-                        wake = wake
-                            .into_iter()
-                            .chain(Some(crate::agent::clock::after(now, LOCK_RECHECK)))
-                            .min();
-                        t.spec = Arc::clone(old);
-                        return Some(t);
-                    }
+        // Per task that does not run as it is: its spec, or None (left out).
+        let mut altered: Vec<(usize, Option<Arc<DesiredSpec>>)> = Vec::new();
+        // What each task ran last time, at the task's index (rebuilt when
+        // the set's names change, not on every wake-up).
+        let same_names =
+            self.applied.len() == tasks.len() && self.applied.iter().zip(tasks).all(|((n, _), t)| *n == t.name);
+        if !same_names {
+            let old: BTreeMap<String, Arc<DesiredSpec>> = std::mem::take(&mut self.applied).into_iter().collect();
+            self.applied = tasks
+                .iter()
+                .map(|t| (t.name.clone(), old.get(&t.name).unwrap_or(&t.spec).clone()))
+                .collect();
+        }
+        for (i, t) in tasks.iter().enumerate() {
+            let applied = &mut self.applied[i].1;
+            // An update lock holds a changed spec back. (The lock file is
+            // looked at only for a changed spec.)
+            if !Arc::ptr_eq(applied, &t.spec) && **applied != *t.spec {
+                let running = sup.view(&t.name).filter(|v| v.phase.pid().is_some());
+                if running.is_some_and(|v| !self.overridden.contains(&t.name) && v.dir.join(LOCK_FILE).exists()) {
+                    self.deferred.insert(t.name.clone());
+                    wake = wake
+                        .into_iter()
+                        .chain(Some(crate::agent::clock::after(now, LOCK_RECHECK)))
+                        .min();
+                    altered.push((i, Some(Arc::clone(applied))));
+                    continue;
                 }
-                if !self.applied.get(&t.name).is_some_and(|a| Arc::ptr_eq(a, &t.spec)) {
-                    self.applied.insert(t.name.clone(), Arc::clone(&t.spec));
+            }
+            *applied = Arc::clone(&t.spec);
+            if !self.offers.contains_key(&t.name) {
+                continue;
+            }
+            let seen = sup.view(&t.name).map(|v| {
+                let outcome = rec.outcome(t, sup);
+                Seen {
+                    running: outcome == Outcome::Running,
+                    failed: matches!(outcome, Outcome::Failed(_)),
+                    restarts: v.restarts,
                 }
-                if !self.offers.contains_key(&t.name) {
-                    return Some(t);
+            });
+            let (back, at) = self.choose(&t.name, &t.spec, seen, now);
+            wake = wake.into_iter().chain(at).min();
+            match back {
+                Some(Previous::Spec(spec)) => altered.push((i, Some((*spec).into()))),
+                Some(Previous::Absent) => {
+                    self.stopped.push(t.clone());
+                    altered.push((i, None));
                 }
-                let seen = sup.view(&t.name).map(|v| {
-                    let outcome = rec.outcome(&t, sup);
-                    Seen {
-                        running: outcome == Outcome::Running,
-                        failed: matches!(outcome, Outcome::Failed(_)),
-                        restarts: v.restarts,
-                    }
-                });
-                let (back, at) = self.choose(&t.name, &t.spec, seen, now);
-                wake = wake.into_iter().chain(at).min();
-                match back {
-                    Some(Previous::Spec(spec)) => t.spec = (*spec).into(),
-                    Some(Previous::Absent) => {
-                        self.stopped.push(t);
-                        return None;
-                    }
-                    None => {}
-                }
-                Some(t)
-            })
-            .collect();
-        (out, wake)
+                None => {}
+            }
+        }
+        if altered.is_empty() {
+            return (None, wake);
+        }
+        let mut out = Vec::with_capacity(tasks.len());
+        let mut next = altered.into_iter().peekable();
+        for (i, t) in tasks.iter().enumerate() {
+            match next.next_if(|(j, _)| *j == i) {
+                Some((_, Some(spec))) => out.push(AssignedTask { spec, ..t.clone() }),
+                Some((_, None)) => {}
+                None => out.push(t.clone()),
+            }
+        }
+        (Some(out), wake)
     }
 
     /// The tasks the last [`Rollback::apply`] left out because their
@@ -577,14 +597,14 @@ mod tests {
             })
             .collect();
         let now = Instant::now();
-        let (run, wake) = rb.apply(assigned.clone(), &rec, &NoUnits, now);
-        assert_eq!(run.len(), 2);
+        let (run, wake) = rb.apply(&assigned, &rec, &NoUnits, now);
+        assert!(run.is_none(), "both run as they are");
         assert_eq!(wake, Some(now + Duration::from_secs(5)));
         assert!(rb.stopped().is_empty());
         // Not started within healthyDeadline: stopped, still reported.
-        let (run, _) = rb.apply(assigned, &rec, &NoUnits, now + Duration::from_secs(5));
+        let (run, _) = rb.apply(&assigned, &rec, &NoUnits, now + Duration::from_secs(5));
         let names = |ts: &[AssignedTask]| ts.iter().map(|t| t.name.clone()).collect::<Vec<_>>();
-        assert_eq!(names(&run), ["u"]);
+        assert_eq!(names(&run.unwrap()), ["u"]);
         assert_eq!(names(rb.stopped()), ["t"]);
     }
 }

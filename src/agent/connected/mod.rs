@@ -221,11 +221,13 @@ pub fn run(opts: ConnectedOptions) -> Result<i32, String> {
         }
         let offline_since = lock(&shared.inbox).offline_since;
         let update_at = step_update(&mut updater, &shared, &update_waker, &mut sup);
-        let (running, stop_at) = apply_disconnect_policy(&desired, offline_since, Instant::now());
+        let (online, stop_at) = apply_disconnect_policy(&desired, offline_since, Instant::now());
+        let online = online.as_deref().unwrap_or(&desired);
         // A rollout's new version that fails on this robot: back to the previous.
-        let (running, revert_at) = rollback.apply(running, &rec, &sup, Instant::now());
+        let (reverted, revert_at) = rollback.apply(online, &rec, &sup, Instant::now());
+        let running = reverted.as_deref().unwrap_or(online);
         let recheck = rec
-            .step(&running, &mut sup, &mut |line| say(&line))
+            .step(running, &mut sup, &mut |line| say(&line))
             .into_iter()
             .chain(stop_at)
             .chain(update_at)
@@ -235,7 +237,7 @@ pub fn run(opts: ConnectedOptions) -> Result<i32, String> {
         // between the two must not leave a restarted agent contradicting a
         // status the server may already have.
         sup.flush().map_err(|e| e.to_string())?;
-        queue_statuses(&shared, &running, &rec, &sup, &rollback, &mut queued);
+        queue_statuses(&shared, running, &rec, &sup, &rollback, &mut queued);
         if sup.shutdown_requested() {
             sup.checkpoint().map_err(|e| e.to_string())?;
             if let Err(e) = lock(&shared.outbox).compact() {
@@ -637,16 +639,17 @@ fn spawn_reporter(shared: Arc<Shared>, client: Client, data_dir: PathBuf) {
     });
 }
 
-/// The tasks to keep running: all of them, except those whose group says
-/// to stop once the server has been unreachable for `stopOnClientAfter`.
-/// Also returns when the next such deadline falls, to wake up for it.
+/// The tasks to keep running: all of them (None: no copy is made), except
+/// those whose group says to stop once the server has been unreachable for
+/// `stopOnClientAfter`. Also returns when the next such deadline falls, to
+/// wake up for it.
 pub fn apply_disconnect_policy(
     desired: &[AssignedTask],
     offline_since: Option<Instant>,
     now: Instant,
-) -> (Vec<AssignedTask>, Option<Instant>) {
+) -> (Option<Vec<AssignedTask>>, Option<Instant>) {
     let Some(since) = offline_since else {
-        return (desired.to_vec(), None);
+        return (None, None);
     };
     let mut next = None;
     let keep = desired
@@ -669,7 +672,7 @@ pub fn apply_disconnect_policy(
         })
         .cloned()
         .collect();
-    (keep, next)
+    (Some(keep), next)
 }
 
 /// Answer an operator's log request from the task's log files: the newest
@@ -940,16 +943,19 @@ mod tests {
         let desired = vec![task("keep", None), task("stop", Some("10s"))];
         let t0 = Instant::now();
         let (all, next) = apply_disconnect_policy(&desired, None, t0);
-        assert_eq!((all.len(), next), (2, None), "online: everything runs");
+        assert_eq!((all, next), (None, None), "online: everything runs");
         let (early, next) = apply_disconnect_policy(&desired, Some(t0), t0 + Duration::from_secs(5));
-        assert_eq!(early.len(), 2);
+        assert_eq!(early.unwrap().len(), 2);
         assert_eq!(
             next,
             Some(t0 + Duration::from_secs(10)),
             "wake up when the limit falls due"
         );
         let (late, next) = apply_disconnect_policy(&desired, Some(t0), t0 + Duration::from_secs(10));
-        assert_eq!(late.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["keep"]);
+        assert_eq!(
+            late.unwrap().iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+            ["keep"]
+        );
         assert_eq!(next, None);
     }
 }

@@ -259,8 +259,9 @@ pub struct Plan {
     /// supervisor tells which), in order.
     pub units: Vec<UnitSpec>,
     /// Every unit the desired set needs: the others are stopped, and
-    /// forgotten once they have ended.
-    pub wanted: BTreeSet<String>,
+    /// forgotten once they have ended. (Shared: the planner keeps it from
+    /// pass to pass while it does not change.)
+    pub wanted: std::sync::Arc<BTreeSet<String>>,
     /// Names in `units`.
     names: BTreeSet<String>,
 }

@@ -321,7 +321,7 @@ fn a_plan_is_applied_in_one_call_starting_in_order_and_stopping_the_unwanted() {
     plan.ensure(unit(data.path(), "b", daemon()));
     plan.ensure(unit(data.path(), "a", daemon()));
     plan.ensure(unit(data.path(), "a", run_once(0)));
-    plan.wanted = ["a", "b"].iter().map(|n| n.to_string()).collect();
+    plan.wanted = std::sync::Arc::new(["a", "b"].iter().map(|n| n.to_string()).collect());
     sup.apply(plan);
     assert_eq!(
         fake.calls(),
@@ -335,7 +335,7 @@ fn a_plan_is_applied_in_one_call_starting_in_order_and_stopping_the_unwanted() {
     );
     let mut plan = Plan::default();
     plan.ensure(unit(data.path(), "a", daemon()));
-    plan.wanted = ["a".to_string()].into();
+    plan.wanted = std::sync::Arc::new(["a".to_string()].into());
     sup.apply(plan);
     assert_eq!(fake.calls(), [Call::Signal(100, Signal::TERM)], "b stops");
 }
