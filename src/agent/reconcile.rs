@@ -462,10 +462,14 @@ impl Reconciler {
         self.ensured.retain(|n, _| names.contains(n.as_str()));
         self.built.retain(|n, _| names.contains(n.as_str()));
         let mode = self.config.proxy_mode;
-        for t in desired {
-            let (tasks, support) = self.seen.entry(t.group_key()).or_default();
-            tasks.insert(t.name.clone());
-            support.extend(support_units(&t.group_key(), t, mode));
+        for (key, tasks) in by_group(desired) {
+            let (seen, support) = self.seen.entry(key.to_string()).or_default();
+            for t in &tasks {
+                if !seen.contains(&t.name) {
+                    seen.insert(t.name.clone());
+                }
+            }
+            support.extend(group_support(key, &tasks, mode));
         }
         self.lingering.clear();
         self.seen.retain(|key, (tasks, support)| {
@@ -762,11 +766,10 @@ impl Reconciler {
     /// Names of every unit the desired set may need; anything else is stopped.
     pub fn wanted(&self, desired: &[AssignedTask]) -> BTreeSet<String> {
         let mut names = self.lingering.clone();
-        for t in desired {
-            names.insert(t.name.clone());
-            let key = t.group_key();
-            if !self.finished.contains(&key) {
-                names.extend(support_units(&key, t, self.config.proxy_mode));
+        for (key, tasks) in by_group(desired) {
+            names.extend(tasks.iter().map(|t| t.name.clone()));
+            if !self.finished.contains(key) {
+                names.extend(group_support(key, &tasks, self.config.proxy_mode));
             }
         }
         // Shared by every group with a network: wanted while one is a member.
@@ -1260,6 +1263,23 @@ fn support_units<'a>(key: &str, t: &'a AssignedTask, mode: ProxyMode) -> impl It
     own_proxy
         .into_iter()
         .chain(t.spec.init_tasks.iter().map(move |i| init_unit_id(&key, i).name()))
+}
+
+/// [`support_units`] of a group's tasks, each once: a group's tasks share
+/// their init tasks (all but mid-rollout), so each distinct list is named
+/// once, not once per task.
+fn group_support(key: &str, tasks: &[&AssignedTask], mode: ProxyMode) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut named: Option<&[TaskSpec]> = None;
+    for t in tasks {
+        let inits = t.spec.init_tasks.as_slice();
+        if named.is_some_and(|n| n == inits) {
+            continue;
+        }
+        named = Some(inits);
+        out.extend(support_units(key, t, mode));
+    }
+    out
 }
 
 /// An init task's unit: the group's, or the robot's (`scope: robot`).

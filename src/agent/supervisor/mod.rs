@@ -302,6 +302,26 @@ impl Units for Supervisor {
         let moved = std::mem::take(&mut self.moved);
         (!std::mem::take(&mut self.moved_lost)).then_some(moved)
     }
+    fn apply(&mut self, plan: Plan) {
+        // The wanted set of the last pass, after which every unit was
+        // wanted, and only wanted units to start: nothing to stop, and no
+        // look at every unit to find that out.
+        let unchanged = self
+            .all_wanted
+            .as_ref()
+            .is_some_and(|w| std::sync::Arc::ptr_eq(w, &plan.wanted))
+            && self.leftovers.is_empty()
+            && plan.units.iter().all(|u| plan.wanted.contains(&u.name));
+        for spec in plan.units {
+            self.ensure(spec);
+        }
+        if unchanged {
+            return;
+        }
+        self.retain(|n| plan.wanted.contains(n));
+        let all = self.leftovers.is_empty() && self.units.keys().all(|n| plan.wanted.contains(n));
+        self.all_wanted = all.then_some(plan.wanted);
+    }
 }
 
 pub struct Supervisor {
@@ -328,6 +348,8 @@ pub struct Supervisor {
     /// at most [`MOVED_KEPT`]; past that only that some were lost.
     moved: Vec<String>,
     moved_lost: bool,
+    /// The wanted set of the last [`Units::apply`], if every unit was in it.
+    all_wanted: Option<std::sync::Arc<BTreeSet<String>>>,
     fetch_seq: u64,
     fetch_tx: mpsc::Sender<FetchDone>,
     fetch_rx: mpsc::Receiver<FetchDone>,
@@ -458,6 +480,7 @@ impl Supervisor {
             moved: Vec::new(),
             // What moved before anyone asked is not known.
             moved_lost: true,
+            all_wanted: None,
             fetch_seq: 0,
             fetch_tx,
             fetch_rx,
