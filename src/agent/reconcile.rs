@@ -522,7 +522,7 @@ impl Reconciler {
                 self.settled.clear();
                 return;
             }
-            for (i, _) in name.match_indices('-') {
+            for (i, _) in name.bytes().enumerate().filter(|(_, b)| *b == b'-') {
                 self.settled.remove(&name[..i]);
             }
         }

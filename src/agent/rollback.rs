@@ -303,7 +303,12 @@ impl Rollback {
         let same_names =
             self.applied.len() == tasks.len() && self.applied.iter().zip(tasks).all(|((n, _), t)| *n == t.name);
         if !same_names {
-            let old: BTreeMap<String, Arc<DesiredSpec>> = std::mem::take(&mut self.applied).into_iter().collect();
+            // Inserted one by one: collecting into a map sorts, and the
+            // sort's code costs the agent kilobytes.
+            let mut old = BTreeMap::new();
+            for (name, spec) in std::mem::take(&mut self.applied) {
+                old.insert(name, spec);
+            }
             self.applied = tasks
                 .iter()
                 .map(|t| (t.name.clone(), old.get(&t.name).unwrap_or(&t.spec).clone()))
@@ -325,7 +330,9 @@ impl Rollback {
                     continue;
                 }
             }
-            *applied = Arc::clone(&t.spec);
+            if !Arc::ptr_eq(applied, &t.spec) {
+                *applied = Arc::clone(&t.spec);
+            }
             if !self.offers.contains_key(&t.name) {
                 continue;
             }

@@ -791,7 +791,8 @@ fn queue_statuses(
     let marked = rollback.marks_any();
     let all = marked || std::mem::replace(&mut last.marked, marked);
     let mut outbox = lock(&shared.outbox);
-    let forgotten: std::collections::BTreeSet<String> = outbox.take_forgotten().into_iter().collect();
+    // Few (a server that reset a task): looked through, not indexed.
+    let forgotten = outbox.take_forgotten();
     let replanned = rec.replanned();
     let statuses = desired()
         .filter(|t| all || replanned.contains(t.group_key_str()) || forgotten.contains(&t.name))
