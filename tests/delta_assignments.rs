@@ -442,3 +442,82 @@ fn the_group_form_sends_a_groups_shared_data_once_and_the_robot_follows() {
         agent.log_text()[log_before..].trim()
     );
 }
+
+/// The task named `name`'s status on the server.
+fn status_of(server: &Server, name: &str) -> Value {
+    server.list("tasks", "")["items"]
+        .as_array()
+        .and_then(|items| items.iter().find(|t| t["metadata"]["name"] == name))
+        .map_or(Value::Null, |t| t["status"].clone())
+}
+
+/// A pass plans only the groups whose units moved or whose tasks changed,
+/// and looks only at their statuses: what changes in a group whose tasks
+/// did not (a check's result, a process killed and restarted) still
+/// reaches the server, and the other group's processes are left alone.
+#[test]
+fn what_changes_in_a_settled_group_still_reaches_the_server() {
+    const MARKER: &str = "100004";
+    let server = Server::start_with(&["--poll-interval", "2s"]);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("a");
+    let _agent = ConnectedAgent::start(
+        &server.agent_base,
+        &server.join_token(),
+        "r-settled",
+        "delta=true",
+        &data,
+        &[],
+    );
+    let job = json!({
+        "apiVersion": "robot.k8s4r.io/v1alpha1", "kind": "Job",
+        "metadata": {"name": "settled", "namespace": "default"},
+        "spec": {"type": "service", "robotSelector": {"delta": "true"}, "taskGroups": [
+            {"name": "quiet", "count": 3, "tasks": [{"name": "t", "driver": "exec",
+                "restartPolicy": {"attempts": 3, "interval": "30m", "delay": "0s"},
+                "config": {"execConfig": {"command": "/bin/sleep", "args": [MARKER]}}}]},
+            {"name": "checked", "tasks": [{"name": "t", "driver": "exec",
+                "services": [{"name": "s", "checks": [{"name": "ready", "type": "script", "command": "/bin/sh",
+                    "args": ["-c", "test -e local/ready"], "interval": "100ms", "timeout": "1s"}]}],
+                "config": {"execConfig": {"command": "/bin/sleep", "args": [MARKER]}}}]}
+        ]}
+    });
+    assert_eq!(server.send_json("POST", JOBS, &job).status, 201);
+    let checked = "settled-checked-r0-t";
+    wait_for(
+        "4 tasks running, the checked one unhealthy",
+        Duration::from_secs(120),
+        || {
+            let unhealthy = status_of(&server, checked)["health"]
+                .as_str()
+                .is_some_and(|h| h.starts_with("unhealthy"));
+            (running(&server) == 4 && sleepers(MARKER, &data) == 4 && unhealthy).then_some(())
+        },
+    );
+    let before: Vec<u32> = sleeper_pids(MARKER, &data).into_iter().collect();
+
+    // Its check passes: the health changes, nothing else does.
+    std::fs::write(data.join("alloc/settled-checked/r0/t/local/ready"), "").unwrap();
+    wait_for(
+        "the checked task healthy on the server",
+        Duration::from_secs(60),
+        || (status_of(&server, checked)["health"] == "healthy").then_some(()),
+    );
+
+    // A quiet task's process killed: restarted, and the server hears it.
+    let victim = "settled-quiet-r1-t";
+    let pid = status_of(&server, victim)["pid"].as_i64().unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    wait_for("the restart on the server", Duration::from_secs(60), || {
+        let s = status_of(&server, victim);
+        (s["restartCount"] == 1 && s["state"] == "running" && s["pid"].as_i64() != Some(pid)).then_some(())
+    });
+    // Every other process is the one it was.
+    let now = sleeper_pids(MARKER, &data);
+    let kept = before.iter().filter(|p| now.contains(p)).count();
+    assert_eq!(kept, 3, "only the killed one is new: {before:?} -> {now:?}");
+}
