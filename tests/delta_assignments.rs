@@ -445,9 +445,8 @@ fn the_group_form_sends_a_groups_shared_data_once_and_the_robot_follows() {
 
 /// The task named `name`'s status on the server.
 fn status_of(server: &Server, name: &str) -> Value {
-    server.list("tasks", "")["items"]
-        .as_array()
-        .and_then(|items| items.iter().find(|t| t["metadata"]["name"] == name))
+    server
+        .object("tasks", name)
         .map_or(Value::Null, |t| t["status"].clone())
 }
 

@@ -354,7 +354,8 @@ impl Reconciler {
         let mut plan = Plan::default();
         let mut recheck = None;
         let groups = by_group(desired);
-        let finished_before = self.finished.clone();
+        // Which groups ended decides the wanted set (their support units go).
+        let mut finished_changed = false;
         self.unsettle(seen);
         for (key, tasks) in &groups {
             if self.settled.get(*key).is_some_and(|planned| same_tasks(planned, tasks)) {
@@ -376,13 +377,14 @@ impl Reconciler {
             if group_finished(tasks, sup) && !respecced {
                 // `wanted` no longer lists its proxy and daemons: they stop.
                 if self.finished.insert(key.clone()) {
+                    finished_changed = true;
                     self.notices
                         .push((key.clone(), "all tasks ended: proxy and group daemons released".into()));
                 }
                 self.settle(key, tasks);
                 continue;
             }
-            self.finished.remove(&key);
+            finished_changed |= self.finished.remove(&key);
             // Who shares the group's directory (see `group_users`).
             let users = group_users(tasks, self.config.default_user.as_deref());
             let units: Result<Vec<UnitId>, String> = tasks.iter().map(|t| task_unit_id(t)).collect();
@@ -419,7 +421,9 @@ impl Reconciler {
         let keys: BTreeSet<&str> = groups.keys().copied().collect();
         self.failed.retain(|k, _| keys.contains(k.as_str()));
         self.proxies.retain(|k, _| keys.contains(k.as_str()));
+        let finished = self.finished.len();
         self.finished.retain(|k| keys.contains(k.as_str()));
+        finished_changed |= self.finished.len() != finished;
         self.settled.retain(|k, _| keys.contains(k.as_str()));
 
         // The rest follows from the set's names and specs (a spec decides
@@ -434,10 +438,10 @@ impl Reconciler {
             h.finish()
         };
         let draining = self.seen.keys().any(|k| !keys.contains(k.as_str()));
-        let reshaped = self.shape != Some(shape) || self.finished != finished_before;
+        let reshaped = self.shape != Some(shape) || finished_changed;
         if reshaped || draining || self.robot_proxy.is_some() {
-            self.bookkeep(desired, &keys, sup);
-            self.wanted = Arc::new(self.wanted(desired));
+            self.bookkeep(desired, &groups, &keys, sup);
+            self.wanted = Arc::new(self.wanted(&groups));
             self.shape = Some(shape);
         }
         plan.wanted = Arc::clone(&self.wanted);
@@ -450,7 +454,13 @@ impl Reconciler {
 
     /// What the reconciler remembers per group and task, brought in line
     /// with `desired` (groups `keys`).
-    fn bookkeep(&mut self, desired: &[AssignedTask], keys: &BTreeSet<&str>, sup: &impl Units) {
+    fn bookkeep(
+        &mut self,
+        desired: &[AssignedTask],
+        groups: &BTreeMap<&str, Vec<&AssignedTask>>,
+        keys: &BTreeSet<&str>,
+        sup: &impl Units,
+    ) {
         // Task names are forgotten once neither desired nor running: a group
         // that cycles through new task names must not remember every one.
         let names: BTreeSet<&str> = desired.iter().map(|t| t.name.as_str()).collect();
@@ -462,14 +472,14 @@ impl Reconciler {
         self.ensured.retain(|n, _| names.contains(n.as_str()));
         self.built.retain(|n, _| names.contains(n.as_str()));
         let mode = self.config.proxy_mode;
-        for (key, tasks) in by_group(desired) {
+        for (key, tasks) in groups {
             let (seen, support) = self.seen.entry(key.to_string()).or_default();
-            for t in &tasks {
+            for t in tasks {
                 if !seen.contains(&t.name) {
                     seen.insert(t.name.clone());
                 }
             }
-            support.extend(group_support(key, &tasks, mode));
+            support.extend(group_support(key, tasks, mode));
         }
         self.lingering.clear();
         self.seen.retain(|key, (tasks, support)| {
@@ -764,12 +774,12 @@ impl Reconciler {
     }
 
     /// Names of every unit the desired set may need; anything else is stopped.
-    pub fn wanted(&self, desired: &[AssignedTask]) -> BTreeSet<String> {
+    fn wanted(&self, groups: &BTreeMap<&str, Vec<&AssignedTask>>) -> BTreeSet<String> {
         let mut names = self.lingering.clone();
-        for (key, tasks) in by_group(desired) {
+        for (key, tasks) in groups {
             names.extend(tasks.iter().map(|t| t.name.clone()));
-            if !self.finished.contains(key) {
-                names.extend(group_support(key, &tasks, self.config.proxy_mode));
+            if !self.finished.contains(*key) {
+                names.extend(group_support(key, tasks, self.config.proxy_mode));
             }
         }
         // Shared by every group with a network: wanted while one is a member.

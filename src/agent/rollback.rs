@@ -280,12 +280,12 @@ impl Rollback {
         }
     }
 
-    /// `tasks` as they run now: a task whose new version failed its health runs its previous
-    /// spec, or, if the previous version has no such task, is left out
-    /// (and kept for [`Rollback::stopped`]); a changed spec waits while
-    /// its task holds an update lock. None: all run as they are (no copy
-    /// of the set is made: this runs on every wake-up). Also when to look
-    /// again.
+    /// `tasks` as they run now: a task whose new version failed its health
+    /// runs its previous spec, or, if the previous version has no such
+    /// task, is left out (and kept for [`Rollback::stopped`]); a changed
+    /// spec waits while its task holds an update lock. None: all run as
+    /// they are (no copy of the set is made: this runs on every wake-up).
+    /// Also when to look again.
     pub fn apply(
         &mut self,
         tasks: &[AssignedTask],
