@@ -48,6 +48,9 @@
 //! names tasks `{job}-{group}-r{i}-{task}`, so a new name means a new job;
 //! one group keeps the task directory, and so the disk, the same).
 //!
+//! One test here is not a benchmark and runs with the others: 30 quick
+//! cycles whose statuses must share reports (the agent's report spacing).
+//!
 //! Knobs: K8S4R_BENCH_SLEEPERS (100), K8S4R_BENCH_CYCLES (1000), K8S4R_BENCH_CYCLE_SECS (60: a
 //! system's cycles stop there; the report says how many were done),
 //! K8S4R_BENCH_RESTARTS (30),
@@ -296,6 +299,44 @@ fn supervision_side_by_side() {
         serde_json::to_string_pretty(&report).unwrap() + "\n",
     )
     .unwrap();
+}
+
+/// Not a benchmark: start/stop cycles as quick as the benchmark's share
+/// status reports. The agent sends at most one report per
+/// `REPORT_SPACING`, so a task that starts and is done within it, and the
+/// next cycle's, go in one report, not two each.
+#[test]
+fn quick_cycles_share_status_reports() {
+    use k8s4r::agent::connected::REPORT_SPACING;
+    const CYCLES: usize = 30;
+    let dir = tempfile::tempdir().unwrap();
+    let workload = Workload {
+        fifo: dir.path().join("reports"),
+        sleepers: 0,
+    };
+    let mut events = Events::open(&workload.fifo);
+    let mut agent = Agent::start(dir.path(), &workload);
+    let before = agent.report_times().len();
+    let started = Instant::now();
+    for i in 0..CYCLES {
+        agent.start_short(i);
+        let e = events.next(&format!("the short command, cycle {i}"), REPORT_TIMEOUT);
+        wait_reaped(e.pid, REPORT_TIMEOUT);
+    }
+    supervision::wait_until("the last cycle reported completed", REPORT_TIMEOUT, || {
+        agent.short_state(CYCLES - 1) == Some(k8s4r::api::TaskState::Completed)
+    });
+    let reports = agent.report_times().split_off(before);
+    let span = started.elapsed();
+    eprintln!("{CYCLES} cycles in {span:?}: {} status reports", reports.len());
+    // Two statuses per cycle, but no more reports than spacings fit in
+    // the run, plus the first and one of slack.
+    let fit = (span.as_micros() / REPORT_SPACING.as_micros()) as usize + 2;
+    assert!(
+        reports.len() <= fit && reports.len() < 2 * CYCLES,
+        "{} reports for {CYCLES} cycles in {span:?} (at most {fit} fit)",
+        reports.len()
+    );
 }
 
 /// One sample of the agent's footprint after `cycles` cycles.

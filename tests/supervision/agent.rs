@@ -91,6 +91,16 @@ impl Agent {
         agent
     }
 
+    /// The state the agent last reported for cycle `cycle`'s short command.
+    pub fn short_state(&self, cycle: usize) -> Option<k8s4r::api::TaskState> {
+        Some(self.cp.status_of(&format!("cycle-g-r0-c{cycle}"))?.state)
+    }
+
+    /// When each status report reached the control plane.
+    pub fn report_times(&self) -> Vec<Instant> {
+        self.cp.report_times()
+    }
+
     pub fn pid(&self) -> u32 {
         self.process.as_ref().map_or(0, Group::pid)
     }

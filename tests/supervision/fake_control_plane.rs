@@ -28,7 +28,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const POLL_SECONDS: u64 = 30;
 
@@ -53,6 +53,8 @@ struct Shared {
     robot: Mutex<Option<PublicKeys>>,
     /// The last prepared set: revision, and each task's version hash.
     last: Mutex<(u64, BTreeMap<String, String>)>,
+    /// When each status report arrived.
+    reports: Mutex<Vec<Instant>>,
 }
 
 pub struct FakeControlPlane {
@@ -81,6 +83,7 @@ impl FakeControlPlane {
             server: KeyPair::generate(),
             robot: Mutex::new(None),
             last: Mutex::new((0, BTreeMap::new())),
+            reports: Mutex::new(Vec::new()),
         });
         let cp = FakeControlPlane {
             url: format!("http://127.0.0.1:{port}"),
@@ -173,6 +176,16 @@ impl FakeControlPlane {
         self.shared.changed.notify_all();
     }
 
+    /// The last status the agent reported for `task`.
+    pub fn status_of(&self, task: &str) -> Option<TaskStatus> {
+        self.shared.statuses.lock().unwrap().get(task).cloned()
+    }
+
+    /// When each status report so far arrived.
+    pub fn report_times(&self) -> Vec<Instant> {
+        self.shared.reports.lock().unwrap().clone()
+    }
+
     /// The agent holds a long poll open on `revision`: it has everything.
     pub fn agent_waits_on(&self, revision: u64) -> bool {
         self.shared.waiting_since.load(Ordering::SeqCst) == revision
@@ -254,6 +267,7 @@ fn serve(conn: TcpStream, shared: &Shared) -> std::io::Result<()> {
         }
         ("GET", p) if p.ends_with("/assignments") => long_poll(shared, query),
         ("POST", p) if p.ends_with("/status") => {
+            shared.reports.lock().unwrap().push(Instant::now());
             let report: StatusReport = serde_json::from_slice(&open(&body)).unwrap_or_default();
             let mut statuses = shared.statuses.lock().unwrap();
             for u in &report.updates {

@@ -54,7 +54,7 @@ use outbox::Outbox;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 const DEFAULT_POLL_WAIT: Duration = Duration::from_secs(30);
@@ -107,6 +107,23 @@ struct Shared {
 }
 
 impl Shared {
+    /// Hold `outbox` released for `d` (statuses keep coming in), returning
+    /// early only when told to stop.
+    fn wait_out<'a>(&'a self, mut outbox: MutexGuard<'a, Outbox>, d: Duration) -> MutexGuard<'a, Outbox> {
+        let until = clock::after(Instant::now(), d);
+        while !self.stop.load(Ordering::SeqCst) {
+            let Some(left) = until.checked_duration_since(Instant::now()).filter(|l| !l.is_zero()) else {
+                break;
+            };
+            outbox = self
+                .changed
+                .wait_timeout(outbox, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        outbox
+    }
+
     /// Sleep up to `d`, returning early when told to stop or when woken.
     fn pause(&self, d: Duration) {
         let guard = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
@@ -284,7 +301,7 @@ fn step_update(
     at.into_iter().chain(updater.deadline()).min()
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -543,6 +560,12 @@ const REPORT_BATCH: usize = 500;
 /// How long after an acknowledgement the reporter, with nothing to send,
 /// writes it down if no status write has taken it along (see `outbox`).
 const ACKS_SAVED_AFTER: Duration = Duration::from_secs(1);
+/// At most one report per this long: a status that changes within it of
+/// the last report waits for the rest of it, so the statuses of a burst (a
+/// task started and done at once, a group starting) go in one signed and
+/// sealed report instead of one each. An isolated change goes at once.
+/// (Nomad's client batches allocation updates the same way, over 200 ms.)
+pub const REPORT_SPACING: Duration = Duration::from_millis(20);
 
 fn spawn_reporter(shared: Arc<Shared>, client: Client, data_dir: PathBuf) {
     std::thread::spawn(move || {
@@ -550,6 +573,7 @@ fn spawn_reporter(shared: Arc<Shared>, client: Client, data_dir: PathBuf) {
         let mut device_due = Instant::now();
         let mut device_gate = device_facts::Gate::default();
         let mut batch = REPORT_BATCH;
+        let mut last_sent: Option<Instant> = None;
         while !shared.stop.load(Ordering::SeqCst) {
             let (updates, backlog, check_device) = {
                 let mut outbox = lock(&shared.outbox);
@@ -570,6 +594,11 @@ fn spawn_reporter(shared: Arc<Shared>, client: Client, data_dir: PathBuf) {
                             say(&format!("agent: outbox: {e}"));
                         }
                     }
+                }
+                if let Some(wait) =
+                    last_sent.and_then(|at| clock::after(at, REPORT_SPACING).checked_duration_since(now))
+                {
+                    outbox = shared.wait_out(outbox, wait);
                 }
                 let mut updates = outbox.pending();
                 // In batches the server takes (--max-status-updates), oldest
@@ -607,6 +636,7 @@ fn spawn_reporter(shared: Arc<Shared>, client: Client, data_dir: PathBuf) {
                 architecture: send_device.then(|| crate::api::agent_release::this_arch().to_string()),
                 last_update,
             };
+            last_sent = Some(Instant::now());
             let result = client.report(&report);
             if let (Err(_), Some(r)) = (&result, &report.last_update) {
                 // Reported again next time, unless a newer one came.
