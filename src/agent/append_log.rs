@@ -21,12 +21,19 @@ use std::path::Path;
 pub struct AppendLog {
     file: Option<File>,
     bytes: u64,
+    /// How many appends were flushed (what tests check).
+    #[cfg(test)]
+    pub flushes: u64,
 }
 
 impl AppendLog {
     /// A log whose file already holds `bytes` (of complete lines).
     pub fn with_bytes(bytes: u64) -> AppendLog {
-        AppendLog { file: None, bytes }
+        AppendLog {
+            file: None,
+            bytes,
+            ..AppendLog::default()
+        }
     }
 
     pub fn bytes(&self) -> u64 {
@@ -36,7 +43,25 @@ impl AppendLog {
     /// Append `line` (a newline is added) to the file at `path`, creating
     /// it (0600, never through a symlink) and making the new name durable
     /// on first use; then fdatasync.
-    pub fn append(&mut self, path: &Path, mut line: Vec<u8>) -> io::Result<()> {
+    pub fn append(&mut self, path: &Path, line: Vec<u8>) -> io::Result<()> {
+        self.write(path, line)?.sync_data()?;
+        #[cfg(test)]
+        {
+            self.flushes += 1;
+        }
+        Ok(())
+    }
+
+    /// Append `line` as [`Self::append`] does, without the fdatasync: a
+    /// crash of the agent loses nothing (the kernel has it), a power loss
+    /// may lose it and every line after the last flushed one, never one
+    /// before (the next `append` flushes this one too). For an owner whose
+    /// line can be rebuilt after a power loss.
+    pub fn append_unflushed(&mut self, path: &Path, line: Vec<u8>) -> io::Result<()> {
+        self.write(path, line).map(|_| ())
+    }
+
+    fn write(&mut self, path: &Path, mut line: Vec<u8>) -> io::Result<&File> {
         line.push(b'\n');
         if self.file.is_none() {
             let created = !path.exists();
@@ -57,9 +82,8 @@ impl AppendLog {
         }
         let file = self.file.as_mut().expect("opened above");
         file.write_all(&line)?;
-        file.sync_data()?;
         self.bytes = self.bytes.saturating_add(line.len() as u64);
-        Ok(())
+        Ok(file)
     }
 
     /// Close and remove the file at `path` (gone already is fine). The

@@ -8,10 +8,18 @@
 //! task's statuses count up and the server applies each once and ignores
 //! re-sends. One counter, not one per task: what the file keeps is bounded
 //! by the tasks currently waiting, however many tasks the robot ever ran.
-//! On disk, one durable write per change, appended: `outbox.json` is the
+//! On disk, one write per change, appended: `outbox.json` is the
 //! snapshot and `outbox.log` the journal after it, one JSON line per write
 //! (the counter, the statuses queued since the last write, the tasks whose
-//! status left), through [`crate::agent::append_log`]; as the supervisor's
+//! status left), through [`crate::agent::append_log`]. A line is flushed
+//! (fdatasync) only when it raises the counter the files record, which
+//! runs [`SEQ_RESERVED`] numbers ahead of the last one given: the other
+//! lines cost a write, not a flush. Statuses need no flush of their own: an
+//! agent that crashes loses nothing (the kernel holds the lines), and after
+//! a power loss, which may take the unflushed lines, every task's status is
+//! queued again from the supervisor's durable state (a restart knows no
+//! task's last status), under numbers above the reserved ones, so no
+//! number is ever given twice and none the server applied is undercut. As the supervisor's
 //! state does (`supervisor::state`), both carry a generation, so lines
 //! left beside a newer snapshot by a crash are not replayed. Only a new
 //! status, or unsent ones dropped, is written: an idle robot writes
@@ -43,12 +51,16 @@ const LOG: &str = "outbox.log";
 /// The journal is folded into a new snapshot once larger than this and
 /// than the snapshot.
 const COMPACT_AFTER_BYTES: u64 = 16 * 1024;
+/// How far ahead of the last sequence number given the files' counter is
+/// set (module doc): one flushed write per this many statuses.
+pub const SEQ_RESERVED: u64 = 1024;
 
 /// The snapshot, and (one serde shape for both, for the agent's size) a
 /// journal line: what changed.
 #[derive(Default, Serialize, Deserialize)]
 struct OutboxFile {
-    /// The last sequence number given to any status (kept after delivery).
+    /// No status has a higher sequence number (kept after delivery; the
+    /// agent's own record runs ahead of the last number given, module doc).
     #[serde(default)]
     last_seq: u64,
     /// Undelivered statuses, by task (a line: those queued since the
@@ -143,6 +155,11 @@ pub fn pending_on_disk(data_dir: &Path) -> io::Result<Vec<TaskStatusUpdate>> {
 pub struct Outbox {
     dir: PathBuf,
     file: OutboxFile,
+    /// The last sequence number given (at most `file.last_seq`).
+    last_given: u64,
+    /// `file.last_seq` was raised since the last write: the next one is
+    /// flushed.
+    raised: bool,
     journal: AppendLog,
     snapshot_bytes: u64,
     /// The next write is a snapshot (the journal holds what may not be
@@ -179,6 +196,8 @@ impl Outbox {
             .collect();
         let mut outbox = Outbox {
             dir: data_dir.to_path_buf(),
+            last_given: file.last_seq,
+            raised: false,
             file,
             journal: AppendLog::with_bytes(journal_bytes),
             snapshot_bytes: std::fs::metadata(data_dir.join(FILE)).map_or(0, |m| m.len()),
@@ -225,8 +244,12 @@ impl Outbox {
         if self.last_status.get(task) == Some(&status) {
             return false;
         }
-        self.file.last_seq += 1;
-        let seq = self.file.last_seq;
+        self.last_given = self.last_given.saturating_add(1);
+        let seq = self.last_given;
+        if seq > self.file.last_seq {
+            self.file.last_seq = seq.saturating_add(SEQ_RESERVED - 1);
+            self.raised = true;
+        }
         self.file.pending.insert(
             task.to_string(),
             TaskStatusUpdate {
@@ -347,9 +370,13 @@ impl Outbox {
                 line.pending.insert(task.clone(), u.clone());
             }
         }
+        let path = self.dir.join(LOG);
         let appended = serde_json::to_vec(&line)
             .map_err(io::Error::other)
-            .and_then(|line| self.journal.append(&self.dir.join(LOG), line));
+            .and_then(|line| match self.raised {
+                true => self.journal.append(&path, line),
+                false => self.journal.append_unflushed(&path, line),
+            });
         if appended.is_err() {
             self.snapshot_next = true;
         }
@@ -390,6 +417,7 @@ impl Outbox {
 
     /// What changed is on disk.
     fn written(&mut self) {
+        self.raised = false;
         self.queued.clear();
         self.left.clear();
         self.acks_unsaved = None;
@@ -436,7 +464,11 @@ mod tests {
         assert!(ob.push("t", status(TaskState::Completed)).unwrap());
         drop(ob);
         let ob = Outbox::open(dir.path()).unwrap();
-        assert_eq!(ob.pending()[0].seq, 3, "sequence numbers never go back");
+        assert_eq!(
+            ob.pending()[0].seq,
+            SEQ_RESERVED + 1,
+            "sequence numbers never go back: a restart continues above those reserved"
+        );
     }
 
     /// An acknowledgement costs no write of its own: the next status's
@@ -633,7 +665,53 @@ mod tests {
         let mut ob = Outbox::open(dir.path()).unwrap();
         assert!(ob.is_empty(), "the acknowledged status stays gone");
         assert!(ob.push("a", status(TaskState::Completed)).unwrap());
-        assert_eq!(ob.pending()[0].seq, 2, "the counter goes on");
+        assert_eq!(ob.pending()[0].seq, SEQ_RESERVED + 1, "the counter goes on");
+    }
+
+    /// Only a write that raises the recorded counter is flushed; a power
+    /// loss that takes the unflushed lines after it leaves a counter above
+    /// every number given, so the statuses queued again after it are newer
+    /// than any the server may have applied.
+    #[test]
+    fn only_a_raised_counter_is_flushed_and_a_power_loss_never_reuses_a_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ob = Outbox::open(dir.path()).unwrap();
+        ob.push("a", status(TaskState::Running)).unwrap();
+        let flushed = std::fs::read(dir.path().join(LOG)).unwrap();
+        assert_eq!(ob.journal.flushes, 1, "the first status raises the counter");
+        let mut given = vec![1];
+        for (i, task) in ["b", "c", "d"].iter().enumerate() {
+            ob.push(task, status(TaskState::Running)).unwrap();
+            ob.acknowledge(&[(task.to_string(), i as u64 + 2)]);
+            given.push(i as u64 + 2);
+        }
+        ob.retain(|t| t != "a").unwrap();
+        assert_eq!(
+            ob.journal.flushes, 1,
+            "statuses within the reservation: written, not flushed"
+        );
+        let lines = std::fs::read_to_string(dir.path().join(LOG)).unwrap();
+        assert_eq!(lines.lines().count(), 5, "{lines}");
+        drop(ob);
+
+        // The power goes: the unflushed lines are lost.
+        std::fs::write(dir.path().join(LOG), flushed).unwrap();
+        let mut ob = Outbox::open(dir.path()).unwrap();
+        assert_eq!(ob.pending().len(), 1, "the flushed status is still there");
+        ob.push("b", status(TaskState::Completed)).unwrap();
+        let seq = ob.pending().iter().find(|u| u.task == "b").unwrap().seq;
+        assert!(
+            given.iter().all(|g| seq > *g),
+            "{seq} must be above every number given before: {given:?}"
+        );
+
+        // Past the reservation, the counter is raised again, and flushed.
+        let flushes = ob.journal.flushes;
+        for i in 0..SEQ_RESERVED {
+            ob.queue(&format!("t{i}"), status(TaskState::Running));
+        }
+        ob.save().unwrap();
+        assert_eq!(ob.journal.flushes, flushes + 1);
     }
 
     #[test]
