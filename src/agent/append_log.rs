@@ -32,7 +32,8 @@ impl AppendLog {
         AppendLog {
             file: None,
             bytes,
-            ..AppendLog::default()
+            #[cfg(test)]
+            flushes: 0,
         }
     }
 
