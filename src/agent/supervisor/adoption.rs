@@ -12,6 +12,7 @@ use super::state::{SavedPhase, SavedUnit};
 use super::{Supervisor, Unit, Watch, PROC_POLL_INTERVAL};
 use crate::agent::clock;
 use crate::agent::layout::Layout;
+use rustix::fd::AsFd;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -43,7 +44,10 @@ impl Supervisor {
                         return Some(Event::Exited(Exit::Unknown));
                     }
                     unit.watch = match self.host.pidfd(pid) {
-                        Some(fd) => Watch::Pidfd(fd),
+                        Some(fd) => {
+                            self.watcher.watch_once(fd.as_fd());
+                            Watch::Pidfd(fd)
+                        }
                         None => Watch::ProcPoll(clock::after(Instant::now(), PROC_POLL_INTERVAL)),
                     };
                     let logs_dir = unit.spec.dir.join("logs");
@@ -51,6 +55,9 @@ impl Supervisor {
                         .iter()
                         .filter_map(|s| logs::reopen_stream(&logs_dir, s, self.log_limits).ok())
                         .collect();
+                    for pump in &unit.pumps {
+                        self.watcher.watch(pump.fd());
+                    }
                     let age = procfs::age(start_time).unwrap_or_default();
                     Some(Event::Adopted { pid, age })
                 }

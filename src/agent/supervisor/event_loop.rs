@@ -7,7 +7,7 @@ use super::machine::{Event, Exit, Phase};
 use super::{Change, Supervisor, SupervisorError, Watch, PROC_POLL_INTERVAL};
 use crate::agent::clock;
 use rustix::event::{PollFd, PollFlags};
-use rustix::fd::{AsFd, AsRawFd, RawFd};
+use rustix::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 impl Supervisor {
@@ -29,7 +29,7 @@ impl Supervisor {
         self.pump_logs(&ready);
         self.collect_check_results();
         self.collect_fetches();
-        self.fire_deadlines();
+        self.fire_deadlines(&ready);
         self.run_due_checks();
         Ok(())
     }
@@ -51,33 +51,25 @@ impl Supervisor {
         units.chain(self.probes.values().map(|p| p.deadline)).min()
     }
 
-    /// Sleep in poll(); returns the log pipes it found readable (or hung
-    /// up), so only those are read: with 100 tasks, reading every pipe on
-    /// every wake-up was 200 reads that found nothing.
-    fn wait(&self, timeout: Option<Duration>) -> Vec<RawFd> {
-        let mut fds = vec![PollFd::from_borrowed_fd(self.wakeups.fd(), PollFlags::IN)];
-        for unit in self.units.values() {
-            for pump in &unit.pumps {
-                fds.push(PollFd::from_borrowed_fd(pump.fd(), PollFlags::IN));
+    /// Sleep on the watcher; returns the log pipes and pidfds it found
+    /// ready, so only those are read (with 100 tasks, reading every pipe
+    /// on every wake-up was 200 reads that found nothing). A watcher that
+    /// could not add one says everything is (see `watcher`).
+    fn wait(&mut self, timeout: Option<Duration>) -> Vec<RawFd> {
+        let mut ready = self.watcher.wait(timeout);
+        if let Some(why) = self.watcher.failed() {
+            if !self.watch_failure_told {
+                self.watch_failure_told = true;
+                log::warn!("agent: watching log pipes and processes ({why}): looking at all of them on every wake-up");
             }
-            if let Watch::Pidfd(fd) = &unit.watch {
-                if unit.machine.phase.pid().is_some() {
-                    fds.push(PollFd::new(fd, PollFlags::IN));
+            for unit in self.units.values() {
+                ready.extend(unit.pumps.iter().map(|p| p.fd().as_raw_fd()));
+                if let Watch::Pidfd(fd) = &unit.watch {
+                    ready.push(fd.as_raw_fd());
                 }
             }
         }
-        // A wait to the end of the clock ("never") stays a valid timespec.
-        let ts = timeout.map(|t| rustix::time::Timespec {
-            tv_sec: i64::try_from(t.as_secs()).unwrap_or(i64::MAX),
-            tv_nsec: t.subsec_nanos().into(),
-        });
-        // EINTR (a signal) is just a wake-up; nothing is ready then, and
-        // poll is level-triggered: unread output shows again next time.
-        let _ = rustix::event::poll(&mut fds, ts.as_ref());
-        fds.iter()
-            .filter(|fd| !fd.revents().is_empty())
-            .map(|fd| fd.as_fd().as_raw_fd())
-            .collect()
+        ready
     }
 
     /// Collect every exited child: units, script probes and orphans.
@@ -123,7 +115,9 @@ impl Supervisor {
         }
     }
 
-    fn fire_deadlines(&mut self) {
+    /// `ready`: what the wait found ready (a pidfd among them: its
+    /// process may have ended).
+    fn fire_deadlines(&mut self, ready: &[RawFd]) {
         let now = Instant::now();
         let mut due = Vec::new();
         for (name, unit) in &mut self.units {
@@ -136,7 +130,7 @@ impl Supervisor {
             // Only re-adopted processes are watched here; children are reaped.
             let gone = match &mut unit.watch {
                 Watch::Child => false,
-                Watch::Pidfd(fd) => {
+                Watch::Pidfd(fd) if ready.contains(&fd.as_raw_fd()) => {
                     let mut p = [PollFd::new(fd, PollFlags::IN)];
                     rustix::event::poll(&mut p, Some(&rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 })).unwrap_or(0)
                         > 0
@@ -145,7 +139,7 @@ impl Supervisor {
                     *at = clock::after(now, PROC_POLL_INTERVAL);
                     unit.identity.is_none_or(|id| !self.host.is_alive(id))
                 }
-                Watch::ProcPoll(_) => false,
+                Watch::ProcPoll(_) | Watch::Pidfd(_) => false,
             };
             if gone {
                 due.push((name.clone(), Event::Exited(Exit::Unknown)));

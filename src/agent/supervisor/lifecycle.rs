@@ -8,6 +8,7 @@ use super::host::Host;
 use super::machine::{self, Action, Event, Machine, Phase, Policy};
 use super::probes::CheckState;
 use super::procfs::ProcIdentity;
+use super::watcher::Watcher;
 use super::{spawn, Change, DirOwner, Supervisor, Unit, UnitSpec, Watch};
 use crate::agent::clock;
 use rustix::process::Signal;
@@ -203,9 +204,13 @@ impl Supervisor {
                         }
                         match self.host.prepare(&unit.spec, &ctx) {
                             Err(e) => queue.push_back(Event::SpawnFailed(e.to_string())),
-                            Ok(prepared) if unit.spec.artifacts.is_empty() => {
-                                queue.push_back(start_process(&mut *self.host, unit, &ctx, &prepared))
-                            }
+                            Ok(prepared) if unit.spec.artifacts.is_empty() => queue.push_back(start_process(
+                                &mut *self.host,
+                                &mut self.watcher,
+                                unit,
+                                &ctx,
+                                &prepared,
+                            )),
                             Ok(prepared) => {
                                 // Downloads may take long: fetch on a worker
                                 // thread, exec when it reports back.
@@ -289,7 +294,7 @@ impl Supervisor {
                 continue;
             }
             let event = match done.result {
-                Ok(()) => start_process(&mut *self.host, unit, &ctx, &prepared),
+                Ok(()) => start_process(&mut *self.host, &mut self.watcher, unit, &ctx, &prepared),
                 Err(e) => Event::SpawnFailed(e),
             };
             self.drive(&done.unit, event);
@@ -300,6 +305,7 @@ impl Supervisor {
 /// Exec a prepared unit; the event says how it went.
 fn start_process(
     host: &mut dyn Host,
+    watcher: &mut Watcher,
     unit: &mut Unit,
     ctx: &spawn::SpawnContext<'_>,
     prepared: &spawn::Prepared,
@@ -308,6 +314,9 @@ fn start_process(
         Ok(spawned) => {
             unit.identity = Some(spawned.identity);
             unit.pumps = spawned.pumps;
+            for pump in &unit.pumps {
+                watcher.watch(pump.fd());
+            }
             unit.watch = Watch::Child;
             let now = Instant::now();
             for c in &mut unit.checks {

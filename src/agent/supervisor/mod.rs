@@ -24,6 +24,7 @@ mod signals;
 pub mod spawn;
 pub mod state;
 pub(in crate::agent) mod sys;
+mod watcher;
 
 pub use signals::Waker;
 
@@ -135,7 +136,7 @@ impl std::fmt::Display for SupervisorError {
         match self {
             SupervisorError::DataDir(p, e) => write!(f, "data directory {}: {e}", p.display()),
             SupervisorError::Locked(p) => write!(f, "another agent is running on {} (its lock is held)", p.display()),
-            SupervisorError::Signals(e) => write!(f, "installing signal handlers: {e}"),
+            SupervisorError::Signals(e) => write!(f, "installing signal handlers or the wait set: {e}"),
             SupervisorError::State(e) => e.fmt(f),
         }
     }
@@ -333,6 +334,10 @@ pub struct Supervisor {
     state_file: StateFile,
     boot_id: String,
     wakeups: Wakeups,
+    /// What the loop sleeps on (log pipes, pidfds, the wake-up pipe).
+    watcher: watcher::Watcher,
+    /// The watcher's failure was logged (once).
+    watch_failure_told: bool,
     check_tx: mpsc::Sender<CheckResult>,
     check_rx: mpsc::Receiver<CheckResult>,
     probes: HashMap<i32, ProbeRun>,
@@ -400,6 +405,8 @@ impl Supervisor {
             ));
         }
         let wakeups = Wakeups::install().map_err(SupervisorError::Signals)?;
+        let mut watcher = watcher::Watcher::new().map_err(SupervisorError::Signals)?;
+        watcher.watch(wakeups.fd());
         let (mut state_file, saved) = loop {
             match StateFile::load(data) {
                 // Atomic writes and appends make this unlikely (a failing
@@ -468,6 +475,8 @@ impl Supervisor {
             state_file,
             boot_id,
             wakeups,
+            watcher,
+            watch_failure_told: false,
             check_tx,
             check_rx,
             probes: HashMap::new(),
