@@ -303,16 +303,32 @@ impl Rollback {
         let same_names =
             self.applied.len() == tasks.len() && self.applied.iter().zip(tasks).all(|((n, _), t)| *n == t.name);
         if !same_names {
-            // Inserted one by one: collecting into a map sorts, and the
-            // sort's code costs the agent kilobytes.
-            let mut old = BTreeMap::new();
-            for (name, spec) in std::mem::take(&mut self.applied) {
-                old.insert(name, spec);
+            let old = std::mem::take(&mut self.applied);
+            let tasks_in_order = tasks.windows(2).all(|w| w[0].name < w[1].name);
+            if tasks_in_order && old.windows(2).all(|w| w[0].0 < w[1].0) {
+                // Both in name order (as the connected loop hands the set
+                // on): one walk of both, each name moved, not cloned.
+                let mut old = old.into_iter().peekable();
+                self.applied = tasks
+                    .iter()
+                    .map(|t| {
+                        while old.next_if(|(n, _)| *n < t.name).is_some() {}
+                        old.next_if(|(n, _)| *n == t.name)
+                            .unwrap_or_else(|| (t.name.clone(), Arc::clone(&t.spec)))
+                    })
+                    .collect();
+            } else {
+                // Inserted one by one: collecting into a map sorts, and the
+                // sort's code costs the agent kilobytes.
+                let mut by_name = BTreeMap::new();
+                for (name, spec) in old {
+                    by_name.insert(name, spec);
+                }
+                self.applied = tasks
+                    .iter()
+                    .map(|t| (t.name.clone(), by_name.get(&t.name).unwrap_or(&t.spec).clone()))
+                    .collect();
             }
-            self.applied = tasks
-                .iter()
-                .map(|t| (t.name.clone(), old.get(&t.name).unwrap_or(&t.spec).clone()))
-                .collect();
         }
         for (i, t) in tasks.iter().enumerate() {
             let applied = &mut self.applied[i].1;
@@ -570,6 +586,92 @@ mod tests {
         fn take_changes(&mut self) -> Vec<crate::agent::supervisor::Change> {
             Vec::new()
         }
+    }
+
+    /// Every unit running, in a directory whose task holds the update lock.
+    struct AllLocked {
+        dir: std::path::PathBuf,
+        phase: crate::agent::supervisor::machine::Phase,
+    }
+
+    impl Units for AllLocked {
+        fn now(&self) -> Instant {
+            Instant::now()
+        }
+        fn view(&self, _: &str) -> Option<crate::agent::supervisor::UnitView<'_>> {
+            Some(crate::agent::supervisor::UnitView {
+                phase: &self.phase,
+                restarts: 0,
+                health: None,
+                last_exit: None,
+                dir: &self.dir,
+                label: "",
+            })
+        }
+        fn names(&self) -> Vec<&str> {
+            Vec::new()
+        }
+        fn has_process(&self, _: &str) -> bool {
+            true
+        }
+        fn ensure(&mut self, _: crate::agent::supervisor::UnitSpec) {}
+        fn retain(&mut self, _: &dyn Fn(&str) -> bool) {}
+        fn take_changes(&mut self) -> Vec<crate::agent::supervisor::Change> {
+            Vec::new()
+        }
+    }
+
+    /// What a locked task ran survives the set's names changing around it
+    /// (tasks added before, between and after it, others removed), whether
+    /// the set comes in name order (one walk) or not (a lookup each).
+    #[test]
+    fn a_locked_task_keeps_what_it_ran_while_the_names_around_it_change() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(LOCK_FILE), "").unwrap();
+        let rec = Reconciler::new(crate::agent::reconcile::ReconcileConfig {
+            robot: "r1".into(),
+            data_dir: dir.path().to_path_buf(),
+            envoy_bin: "envoy".into(),
+            gc_after: None,
+            default_user: None,
+            proxy_user: None,
+            proxy_mode: crate::agent::privileges::ProxyMode::PerGroup,
+        });
+        let units = AllLocked {
+            dir: dir.path().to_path_buf(),
+            phase: crate::agent::supervisor::machine::Phase::Running { pid: 1, deadline: None },
+        };
+        let assigned = |name: &str, v: &str| AssignedTask {
+            name: name.into(),
+            job_type: crate::api::JobType::Service,
+            group: "g".into(),
+            spec: task(v, false).spec.into(),
+        };
+        let v = |ts: &[AssignedTask], name: &str| ts.iter().find(|t| t.name == name).unwrap().spec.env["V"].clone();
+        let mut rb = Rollback::default();
+        let now = Instant::now();
+        let (run, _) = rb.apply(&[assigned("b", "1"), assigned("d", "1")], &rec, &units, now);
+        assert!(run.is_none(), "first sight: as they are");
+        // In name order: a and c added, d removed, b changed (held back).
+        let set = [
+            assigned("a", "1"),
+            assigned("b", "2"),
+            assigned("c", "1"),
+            assigned("e", "1"),
+        ];
+        let run = rb.apply(&set, &rec, &units, now).0.expect("b held back");
+        assert_eq!(v(&run, "b"), "1", "b keeps running what it ran");
+        assert_eq!((v(&run, "a"), v(&run, "e")), ("1".into(), "1".into()));
+        // Not in name order: e removed, f added first, b changed again.
+        let set = [
+            assigned("f", "1"),
+            assigned("c", "1"),
+            assigned("b", "3"),
+            assigned("a", "1"),
+        ];
+        let run = rb.apply(&set, &rec, &units, now).0.expect("b still held back");
+        assert_eq!(v(&run, "b"), "1");
+        assert_eq!(run.len(), 4);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use super::watcher::Watcher;
 use super::{spawn, Change, DirOwner, Supervisor, Unit, UnitSpec, Watch};
 use crate::agent::clock;
 use rustix::process::Signal;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 impl Supervisor {
@@ -104,6 +104,17 @@ impl Supervisor {
     /// Stop units `wanted` rejects (and processes of earlier agents nobody
     /// claims), forgetting those that have finished.
     pub fn retain(&mut self, wanted: impl Fn(&str) -> bool) {
+        self.retain_leftovers(&wanted);
+        let names: Vec<String> = self.units.keys().filter(|n| !wanted(n)).cloned().collect();
+        self.let_go(names);
+    }
+
+    /// Stop the processes of earlier agents `wanted` rejects (adopted to
+    /// be stopped: they are units then).
+    pub(super) fn retain_leftovers(&mut self, wanted: &impl Fn(&str) -> bool) {
+        if self.leftovers.is_empty() {
+            return;
+        }
         let unwanted: Vec<String> = self.leftovers.keys().filter(|n| !wanted(n)).cloned().collect();
         for name in unwanted {
             let Some(saved) = self.leftovers.remove(&name) else {
@@ -141,7 +152,26 @@ impl Supervisor {
             }
             self.touch(&name);
         }
-        let names: Vec<String> = self.units.keys().filter(|n| !wanted(n)).cloned().collect();
+    }
+
+    /// Units not in `wanted`, in one walk of both (each in name order)
+    /// instead of a lookup per unit.
+    pub(super) fn not_in(&self, wanted: &BTreeSet<String>) -> Vec<String> {
+        let mut want = wanted.iter().peekable();
+        self.units
+            .keys()
+            .filter(|name| {
+                while want.next_if(|w| *w < *name).is_some() {}
+                want.peek() != Some(name)
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Stop units `names`, forgetting those that have finished; true if
+    /// every one had (none is left).
+    pub(super) fn let_go(&mut self, names: Vec<String>) -> bool {
+        let mut all_gone = true;
         for name in names {
             let finished = self.units.get(&name).is_some_and(|u| u.machine.phase.is_terminal());
             if finished {
@@ -157,9 +187,11 @@ impl Supervisor {
                 }
                 self.touch(&name);
             } else {
+                all_gone &= !self.units.contains_key(&name);
                 self.stop(&name);
             }
         }
+        all_gone
     }
 
     /// Feed one event to a unit's machine and carry out its actions.

@@ -319,8 +319,9 @@ impl Units for Supervisor {
         if unchanged {
             return;
         }
-        self.retain(|n| plan.wanted.contains(n));
-        let all = self.leftovers.is_empty() && self.units.keys().all(|n| plan.wanted.contains(n));
+        self.retain_leftovers(&|n: &str| plan.wanted.contains(n));
+        let unwanted = self.not_in(&plan.wanted);
+        let all = self.let_go(unwanted) && self.leftovers.is_empty();
         self.all_wanted = all.then_some(plan.wanted);
     }
 }

@@ -340,6 +340,46 @@ fn a_plan_is_applied_in_one_call_starting_in_order_and_stopping_the_unwanted() {
     assert_eq!(fake.calls(), [Call::Signal(100, Signal::TERM)], "b stops");
 }
 
+/// The units a plan does not want are found in one walk of both name
+/// orders: interleaved, before, after and between the wanted ones.
+#[test]
+fn the_units_a_plan_does_not_want_are_those_and_only_those() {
+    use super::{Plan, Units};
+    let data = tempfile::tempdir().unwrap();
+    let fake = Fake::default();
+    let mut sup = supervisor(data.path(), &fake);
+    let all = ["a", "b", "b-1", "c", "d", "e", "f"];
+    let mut plan = Plan::default();
+    for name in all {
+        plan.ensure(unit(data.path(), name, daemon()));
+    }
+    plan.wanted = std::sync::Arc::new(all.iter().map(|n| n.to_string()).collect());
+    sup.apply(plan);
+    let pids: BTreeMap<String, i32> = fake
+        .calls()
+        .into_iter()
+        .filter_map(|c| match c {
+            Call::Exec(name, pid) => Some((name, pid)),
+            _ => None,
+        })
+        .collect();
+    let wanted: BTreeSet<String> = ["0", "b", "c", "ca", "e", "z"].iter().map(|n| n.to_string()).collect();
+    assert_eq!(sup.not_in(&wanted), ["a", "b-1", "d", "f"]);
+    let mut plan = Plan::default();
+    plan.wanted = std::sync::Arc::new(wanted);
+    sup.apply(plan);
+    let stopped: BTreeSet<i32> = fake
+        .calls()
+        .into_iter()
+        .filter_map(|c| match c {
+            Call::Signal(pid, Signal::TERM) => Some(pid),
+            _ => None,
+        })
+        .collect();
+    let expected: BTreeSet<i32> = ["a", "b-1", "d", "f"].iter().map(|n| pids[*n]).collect();
+    assert_eq!(stopped, expected);
+}
+
 #[test]
 fn a_live_process_the_last_agent_did_not_record_is_claimed_and_a_stranger_is_not() {
     let data = tempfile::tempdir().unwrap();
