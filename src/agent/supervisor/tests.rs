@@ -365,9 +365,10 @@ fn the_units_a_plan_does_not_want_are_those_and_only_those() {
         .collect();
     let wanted: BTreeSet<String> = ["0", "b", "c", "ca", "e", "z"].iter().map(|n| n.to_string()).collect();
     assert_eq!(sup.not_in(&wanted), ["a", "b-1", "d", "f"]);
-    let mut plan = Plan::default();
-    plan.wanted = std::sync::Arc::new(wanted);
-    sup.apply(plan);
+    sup.apply(Plan {
+        wanted: std::sync::Arc::new(wanted),
+        ..Plan::default()
+    });
     let stopped: BTreeSet<i32> = fake
         .calls()
         .into_iter()
