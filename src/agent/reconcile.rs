@@ -463,17 +463,42 @@ impl Reconciler {
     ) {
         // Task names are forgotten once neither desired nor running: a group
         // that cycles through new task names must not remember every one.
-        let names: BTreeSet<&str> = desired.iter().map(|t| t.name.as_str()).collect();
+        // The set in name order (as the connected loop hands it on) is
+        // searched and walked as it is; any other order, through a set of
+        // its names.
+        let in_order = desired.windows(2).all(|w| w[0].name < w[1].name);
+        let names: BTreeSet<&str> = match in_order {
+            true => BTreeSet::new(),
+            false => desired.iter().map(|t| t.name.as_str()).collect(),
+        };
+        let has = |n: &str| match in_order {
+            true => desired.binary_search_by(|t| t.name.as_str().cmp(n)).is_ok(),
+            false => names.contains(n),
+        };
         for (tasks, _) in self.seen.values_mut() {
-            tasks.retain(|n| names.contains(n.as_str()) || sup.has_process(n));
+            tasks.retain(|n| has(n) || sup.has_process(n));
         }
         // A task that left and comes back must be ensured again (it may have
         // been stopped meanwhile).
-        self.ensured.retain(|n, _| names.contains(n.as_str()));
-        self.built.retain(|n, _| names.contains(n.as_str()));
+        for stamps in [&mut self.ensured, &mut self.built] {
+            let mut next = desired.iter().peekable();
+            stamps.retain(|n, _| match in_order {
+                // Both in name order: one walk beside the set.
+                true => {
+                    while next.next_if(|t| t.name < *n).is_some() {}
+                    next.peek().is_some_and(|t| t.name == *n)
+                }
+                false => names.contains(n.as_str()),
+            });
+        }
         let mode = self.config.proxy_mode;
         for (key, tasks) in groups {
-            let (seen, support) = self.seen.entry(key.to_string()).or_default();
+            if !self.seen.contains_key(*key) {
+                self.seen.insert(key.to_string(), Default::default());
+            }
+            let Some((seen, support)) = self.seen.get_mut(*key) else {
+                continue;
+            };
             for t in tasks {
                 if !seen.contains(&t.name) {
                     seen.insert(t.name.clone());
@@ -1575,6 +1600,41 @@ mod tests {
         sup.units.remove("j-a-r0-t");
         let pass = rec.plan(&desired, &sup, &Observed::default());
         assert_eq!(started(&pass.plan), ["j-a-r0-t", "j-b-r0-t"]);
+    }
+
+    /// A task that leaves the set and comes back is started again (its unit
+    /// may have been stopped meanwhile), whatever the order of the set: in
+    /// name order the reconciler's records are walked beside it, in any
+    /// other through a set of its names.
+    #[test]
+    fn a_task_that_leaves_and_comes_back_is_started_again() {
+        for reversed in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut rec = reconciler(dir.path());
+            let order = |mut tasks: Vec<AssignedTask>| {
+                if reversed {
+                    tasks.reverse();
+                }
+                tasks
+            };
+            let all = order(vec![
+                task("a", 0, "t", &[]),
+                task("a", 1, "t", &[]),
+                task("a", 2, "t", &[]),
+            ]);
+            let mut sup = Running::new();
+            let pass = rec.plan(&all, &sup, &Observed::default());
+            assert_eq!(pass.plan.units.len(), 3);
+            for name in started(&pass.plan) {
+                sup.set(name, running());
+            }
+            let without = order(vec![task("a", 0, "t", &[]), task("a", 2, "t", &[])]);
+            rec.plan(&without, &sup, &Observed::default());
+            // Stopped by the supervisor, not yet forgotten.
+            sup.set("j-a-r1-t", Phase::Stopped);
+            let pass = rec.plan(&all, &sup, &Observed::default());
+            assert_eq!(started(&pass.plan), ["j-a-r1-t"], "reversed: {reversed}");
+        }
     }
 
     /// A step plans again only where the next plan can differ: new task
