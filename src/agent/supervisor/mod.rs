@@ -263,6 +263,9 @@ pub struct Plan {
     /// forgotten once they have ended. (Shared: the planner keeps it from
     /// pass to pass while it does not change.)
     pub wanted: std::sync::Arc<BTreeSet<String>>,
+    /// Which `wanted` this is: the planner counts up when it changes, so
+    /// the same number is the same set (0: not counted, never the same).
+    pub wanted_version: u64,
     /// Names in `units`.
     names: BTreeSet<String>,
 }
@@ -307,10 +310,8 @@ impl Units for Supervisor {
         // The wanted set of the last pass, after which every unit was
         // wanted, and only wanted units to start: nothing to stop, and no
         // look at every unit to find that out.
-        let unchanged = self
-            .all_wanted
-            .as_ref()
-            .is_some_and(|w| std::sync::Arc::ptr_eq(w, &plan.wanted))
+        let unchanged = plan.wanted_version != 0
+            && self.all_wanted == Some(plan.wanted_version)
             && self.leftovers.is_empty()
             && plan.units.iter().all(|u| plan.wanted.contains(&u.name));
         for spec in plan.units {
@@ -322,7 +323,7 @@ impl Units for Supervisor {
         self.retain_leftovers(&|n: &str| plan.wanted.contains(n));
         let unwanted = self.not_in(&plan.wanted);
         let all = self.let_go(unwanted) && self.leftovers.is_empty();
-        self.all_wanted = all.then_some(plan.wanted);
+        self.all_wanted = all.then_some(plan.wanted_version);
     }
 }
 
@@ -355,7 +356,7 @@ pub struct Supervisor {
     moved: Vec<String>,
     moved_lost: bool,
     /// The wanted set of the last [`Units::apply`], if every unit was in it.
-    all_wanted: Option<std::sync::Arc<BTreeSet<String>>>,
+    all_wanted: Option<u64>,
     fetch_seq: u64,
     fetch_tx: mpsc::Sender<FetchDone>,
     fetch_rx: mpsc::Receiver<FetchDone>,
