@@ -479,12 +479,19 @@ impl Reconciler {
             true => BTreeSet::new(),
             false => desired.iter().map(|t| t.name.as_str()).collect(),
         };
-        let has = |n: &str| match in_order {
-            true => desired.binary_search_by(|t| t.name.as_str().cmp(n)).is_ok(),
-            false => names.contains(n),
-        };
-        for (tasks, _) in self.seen.values_mut() {
-            tasks.retain(|n| has(n) || sup.has_process(n));
+        for (key, (tasks, _)) in self.seen.iter_mut() {
+            let mut next = groups.get(key.as_str()).into_iter().flatten().peekable();
+            tasks.retain(|n| {
+                let desired = match in_order {
+                    // The group's tasks, in name order too: one walk.
+                    true => {
+                        while next.next_if(|t| t.name < *n).is_some() {}
+                        next.peek().is_some_and(|t| t.name == *n)
+                    }
+                    false => names.contains(n.as_str()),
+                };
+                desired || sup.has_process(n)
+            });
         }
         // A task that left and comes back must be ensured again (it may have
         // been stopped meanwhile).
@@ -1670,6 +1677,10 @@ mod tests {
             ])
         );
         assert!(next.wanted_version > 0);
+        assert!(
+            rec.seen.values().all(|(tasks, _)| !tasks.contains("j-a-r1-t")),
+            "a task neither desired nor running is forgotten"
+        );
         let versions = [next.wanted_version];
         drop(next);
         let desired = vec![task("a", 0, "t", &[]), task("b", 0, "t", &[])];
