@@ -566,45 +566,23 @@ mod tests {
     }
 
     /// A supervisor that runs nothing (no task has started yet).
-    struct NoUnits;
+    /// Units as a test fixes them: none, or every one running in a
+    /// directory (where its task may hold the update lock).
+    struct Fixed(Option<(std::path::PathBuf, crate::agent::supervisor::machine::Phase)>);
 
-    impl Units for NoUnits {
+    const NO_UNITS: Fixed = Fixed(None);
+
+    impl Units for Fixed {
         fn now(&self) -> Instant {
             Instant::now()
         }
         fn view(&self, _: &str) -> Option<crate::agent::supervisor::UnitView<'_>> {
-            None
-        }
-        fn names(&self) -> Vec<&str> {
-            Vec::new()
-        }
-        fn has_process(&self, _: &str) -> bool {
-            false
-        }
-        fn ensure(&mut self, _: crate::agent::supervisor::UnitSpec) {}
-        fn retain(&mut self, _: &dyn Fn(&str) -> bool) {}
-        fn take_changes(&mut self) -> Vec<crate::agent::supervisor::Change> {
-            Vec::new()
-        }
-    }
-
-    /// Every unit running, in a directory whose task holds the update lock.
-    struct AllLocked {
-        dir: std::path::PathBuf,
-        phase: crate::agent::supervisor::machine::Phase,
-    }
-
-    impl Units for AllLocked {
-        fn now(&self) -> Instant {
-            Instant::now()
-        }
-        fn view(&self, _: &str) -> Option<crate::agent::supervisor::UnitView<'_>> {
-            Some(crate::agent::supervisor::UnitView {
-                phase: &self.phase,
+            self.0.as_ref().map(|(dir, phase)| crate::agent::supervisor::UnitView {
+                phase,
                 restarts: 0,
                 health: None,
                 last_exit: None,
-                dir: &self.dir,
+                dir,
                 label: "",
             })
         }
@@ -612,13 +590,25 @@ mod tests {
             Vec::new()
         }
         fn has_process(&self, _: &str) -> bool {
-            true
+            self.0.is_some()
         }
         fn ensure(&mut self, _: crate::agent::supervisor::UnitSpec) {}
         fn retain(&mut self, _: &dyn Fn(&str) -> bool) {}
         fn take_changes(&mut self) -> Vec<crate::agent::supervisor::Change> {
             Vec::new()
         }
+    }
+
+    fn reconciler(dir: &std::path::Path) -> Reconciler {
+        Reconciler::new(crate::agent::reconcile::ReconcileConfig {
+            robot: "r1".into(),
+            data_dir: dir.to_path_buf(),
+            envoy_bin: "envoy".into(),
+            gc_after: None,
+            default_user: None,
+            proxy_user: None,
+            proxy_mode: crate::agent::privileges::ProxyMode::PerGroup,
+        })
     }
 
     /// What a locked task ran survives the set's names changing around it
@@ -628,19 +618,11 @@ mod tests {
     fn a_locked_task_keeps_what_it_ran_while_the_names_around_it_change() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(LOCK_FILE), "").unwrap();
-        let rec = Reconciler::new(crate::agent::reconcile::ReconcileConfig {
-            robot: "r1".into(),
-            data_dir: dir.path().to_path_buf(),
-            envoy_bin: "envoy".into(),
-            gc_after: None,
-            default_user: None,
-            proxy_user: None,
-            proxy_mode: crate::agent::privileges::ProxyMode::PerGroup,
-        });
-        let units = AllLocked {
-            dir: dir.path().to_path_buf(),
-            phase: crate::agent::supervisor::machine::Phase::Running { pid: 1, deadline: None },
-        };
+        let rec = reconciler(dir.path());
+        let units = Fixed(Some((
+            dir.path().to_path_buf(),
+            crate::agent::supervisor::machine::Phase::Running { pid: 1, deadline: None },
+        )));
         let assigned = |name: &str, v: &str| AssignedTask {
             name: name.into(),
             job_type: crate::api::JobType::Service,
@@ -653,22 +635,13 @@ mod tests {
         let (run, _) = rb.apply(&[assigned("b", "1"), assigned("d", "1")], &rec, &units, now);
         assert!(run.is_none(), "first sight: as they are");
         // In name order: a and c added, d removed, b changed (held back).
-        let set = [
-            assigned("a", "1"),
-            assigned("b", "2"),
-            assigned("c", "1"),
-            assigned("e", "1"),
-        ];
+        let set_of = |specs: &[(&str, &str)]| specs.iter().map(|(n, v)| assigned(n, v)).collect::<Vec<_>>();
+        let set = set_of(&[("a", "1"), ("b", "2"), ("c", "1"), ("e", "1")]);
         let run = rb.apply(&set, &rec, &units, now).0.expect("b held back");
         assert_eq!(v(&run, "b"), "1", "b keeps running what it ran");
         assert_eq!((v(&run, "a"), v(&run, "e")), ("1".into(), "1".into()));
         // Not in name order: e removed, f added first, b changed again.
-        let set = [
-            assigned("f", "1"),
-            assigned("c", "1"),
-            assigned("b", "3"),
-            assigned("a", "1"),
-        ];
+        let set = set_of(&[("f", "1"), ("c", "1"), ("b", "3"), ("a", "1")]);
         let run = rb.apply(&set, &rec, &units, now).0.expect("b still held back");
         assert_eq!(v(&run, "b"), "1");
         assert_eq!(run.len(), 4);
@@ -677,15 +650,7 @@ mod tests {
     #[test]
     fn apply_leaves_out_an_added_task_gone_back_and_keeps_it_to_report() {
         let dir = tempfile::tempdir().unwrap();
-        let rec = Reconciler::new(crate::agent::reconcile::ReconcileConfig {
-            robot: "r1".into(),
-            data_dir: dir.path().to_path_buf(),
-            envoy_bin: "envoy".into(),
-            gc_after: None,
-            default_user: None,
-            proxy_user: None,
-            proxy_mode: crate::agent::privileges::ProxyMode::PerGroup,
-        });
+        let rec = reconciler(dir.path());
         let mut added = task("2", true);
         added
             .metadata
@@ -706,12 +671,12 @@ mod tests {
             })
             .collect();
         let now = Instant::now();
-        let (run, wake) = rb.apply(&assigned, &rec, &NoUnits, now);
+        let (run, wake) = rb.apply(&assigned, &rec, &NO_UNITS, now);
         assert!(run.is_none(), "both run as they are");
         assert_eq!(wake, Some(now + Duration::from_secs(5)));
         assert!(rb.stopped().is_empty());
         // Not started within healthyDeadline: stopped, still reported.
-        let (run, _) = rb.apply(&assigned, &rec, &NoUnits, now + Duration::from_secs(5));
+        let (run, _) = rb.apply(&assigned, &rec, &NO_UNITS, now + Duration::from_secs(5));
         let names = |ts: &[AssignedTask]| ts.iter().map(|t| t.name.clone()).collect::<Vec<_>>();
         assert_eq!(names(&run.unwrap()), ["u"]);
         assert_eq!(names(rb.stopped()), ["t"]);
