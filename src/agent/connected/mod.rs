@@ -107,9 +107,9 @@ struct Shared {
 }
 
 impl Shared {
-    /// Hold `outbox` released for `d` (statuses keep coming in), returning
-    /// early only when told to stop.
-    fn wait_out<'a>(&'a self, mut outbox: MutexGuard<'a, Outbox>, d: Duration) -> MutexGuard<'a, Outbox> {
+    /// Hold `outbox` released for up to `d` (statuses keep coming in),
+    /// returning early when told to stop and, if `woken_ends`, when woken.
+    fn wait<'a>(&'a self, mut outbox: MutexGuard<'a, Outbox>, d: Duration, woken_ends: bool) -> MutexGuard<'a, Outbox> {
         let until = clock::after(Instant::now(), d);
         while !self.stop.load(Ordering::SeqCst) {
             let Some(left) = until.checked_duration_since(Instant::now()).filter(|l| !l.is_zero()) else {
@@ -120,14 +120,16 @@ impl Shared {
                 .wait_timeout(outbox, left)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
+            if woken_ends {
+                break;
+            }
         }
         outbox
     }
 
     /// Sleep up to `d`, returning early when told to stop or when woken.
     fn pause(&self, d: Duration) {
-        let guard = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = self.changed.wait_timeout(guard, d);
+        drop(self.wait(lock(&self.outbox), d, true));
     }
 }
 
@@ -584,21 +586,19 @@ fn spawn_reporter(shared: Arc<Shared>, client: Client, data_dir: PathBuf) {
                     // a second after the first of them, with nothing to send.
                     let acks_due = outbox.acks_unsaved().map(|since| clock::after(since, ACKS_SAVED_AFTER));
                     let until = acks_due.map_or(device_due, |due| due.min(device_due));
-                    let (guard, _) = shared
-                        .changed
-                        .wait_timeout(outbox, until.saturating_duration_since(now))
-                        .unwrap_or_else(|p| p.into_inner());
-                    outbox = guard;
+                    outbox = shared.wait(outbox, until.saturating_duration_since(now), true);
                     if outbox.is_empty() && acks_due.is_some_and(|due| Instant::now() >= due) {
                         if let Err(e) = outbox.save_acks() {
                             say(&format!("agent: outbox: {e}"));
                         }
                     }
                 }
-                if let Some(wait) =
-                    last_sent.and_then(|at| clock::after(at, REPORT_SPACING).checked_duration_since(now))
-                {
-                    outbox = shared.wait_out(outbox, wait);
+                // Spacing holds back statuses only: a round woken for
+                // acknowledgements or device facts goes on at once.
+                let spacing_left =
+                    last_sent.and_then(|at| clock::after(at, REPORT_SPACING).checked_duration_since(Instant::now()));
+                if let (Some(left), false) = (spacing_left, outbox.is_empty()) {
+                    outbox = shared.wait(outbox, left, false);
                 }
                 let mut updates = outbox.pending();
                 // In batches the server takes (--max-status-updates), oldest
