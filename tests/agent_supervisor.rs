@@ -313,3 +313,67 @@ fn a_damaged_state_journal_is_set_aside_and_the_snapshot_kept() {
     let state = k8s4r::agent::supervisor::state::StateFile::read(&data).unwrap();
     assert!(state.units.is_empty());
 }
+
+/// A thread reading a socket (10 s timeout) is sent SIGCHLD while it waits
+/// (the agent's handler installed); for a worker, data follows once the
+/// signal shows pending on it. What its read returned.
+fn read_through_sigchld(worker: bool) -> std::io::Result<usize> {
+    use k8s4r::agent::supervisor::signals::{spawn_worker, Wakeups};
+    use std::io::{Read, Write};
+    let _wakeups = Wakeups::install().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let body = move || {
+        // SAFETY: both only name the calling thread.
+        tx.send(unsafe { (libc::gettid(), libc::pthread_self()) }).unwrap();
+        (&client).read(&mut [0u8; 8])
+    };
+    let reader = if worker {
+        spawn_worker(body)
+    } else {
+        std::thread::spawn(body)
+    };
+    let (tid, thread) = rx.recv().unwrap();
+    let proc_file = |f: &str| std::fs::read_to_string(format!("/proc/self/task/{tid}/{f}")).unwrap_or_default();
+    wait_for("the reader asleep in its read", Duration::from_secs(10), || {
+        proc_file("stat")
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('S'))
+            .then_some(())
+    });
+    // SAFETY: the thread is alive (it has not been joined).
+    assert_eq!(unsafe { libc::pthread_kill(thread, libc::SIGCHLD) }, 0);
+    if worker {
+        let sigchld = 1u64 << (libc::SIGCHLD - 1);
+        wait_for("SIGCHLD pending on the worker", Duration::from_secs(10), || {
+            proc_file("status")
+                .lines()
+                .find_map(|l| l.strip_prefix("SigPnd:"))
+                .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+                .is_some_and(|m| m & sigchld != 0)
+                .then_some(())
+        });
+        server.write_all(b"x").unwrap();
+    }
+    reader.join().unwrap()
+}
+
+/// A task's exit is a SIGCHLD, which the kernel gives to any thread not
+/// blocking it, and a socket read with a timeout is not restarted after a
+/// handler: the connected agent's long poll failed ("cannot reach the
+/// server") when a task ended. Its other threads block the signal.
+#[test]
+fn a_tasks_exit_signal_never_cuts_a_worker_threads_read() {
+    let _one = one_at_a_time();
+    let plain = read_through_sigchld(false);
+    assert_eq!(
+        plain.as_ref().map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::Interrupted),
+        "a plain thread's read is cut short (what the worker is for): {plain:?}"
+    );
+    assert_eq!(read_through_sigchld(true).unwrap(), 1);
+}

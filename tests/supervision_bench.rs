@@ -337,6 +337,13 @@ fn quick_cycles_share_status_reports() {
         "{} reports for {CYCLES} cycles in {span:?} (at most {fit} fit)",
         reports.len()
     );
+    // Thirty task exits, each a SIGCHLD: none may reach the poller's long
+    // poll (it failed with EINTR and reconnected when one did).
+    let log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap();
+    assert!(
+        !log.contains("cannot reach the server"),
+        "a task's exit broke the connection:\n{log}"
+    );
 }
 
 /// One sample of the agent's footprint after `cycles` cycles.

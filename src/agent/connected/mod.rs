@@ -41,7 +41,7 @@ pub mod waiting;
 
 use super::reconcile::{AssignedTask, Outcome, ReconcileConfig, Reconciler};
 use super::supervisor::machine::{Exit, Phase};
-use super::supervisor::{Supervisor, SupervisorConfig, Waker};
+use super::supervisor::{signals, Supervisor, SupervisorConfig, Waker};
 use crate::agent::clock;
 use crate::api::agent_protocol::{Assignments, StatusReport};
 use crate::api::agent_release::{AgentUpdate, UpdateResult};
@@ -359,7 +359,7 @@ fn obtain_identity(
 }
 
 fn spawn_poller(shared: Arc<Shared>, client: Client, waker: Waker, data_dir: PathBuf, kept: desired::Kept) {
-    std::thread::spawn(move || {
+    signals::spawn_worker(move || {
         let mut poller = Poller::new(kept);
         while !shared.stop.load(Ordering::SeqCst) {
             let result = client.assignments(poller.since, poller.wait, poller.verify, poller.silence);
@@ -570,7 +570,7 @@ const ACKS_SAVED_AFTER: Duration = Duration::from_secs(1);
 pub const REPORT_SPACING: Duration = Duration::from_millis(20);
 
 fn spawn_reporter(shared: Arc<Shared>, client: Client, data_dir: PathBuf) {
-    std::thread::spawn(move || {
+    signals::spawn_worker(move || {
         let mut backoff = Backoff::new(RETRY_BASE, RETRY_MAX);
         let mut device_due = Instant::now();
         let mut device_gate = device_facts::Gate::default();

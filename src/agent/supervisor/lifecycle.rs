@@ -256,7 +256,7 @@ impl Supervisor {
                                     (self.fetch_tx.clone(), self.wakeups.waker(), name.to_string());
                                 let (max_bytes, require_checksums) =
                                     (self.artifact_max_bytes, self.require_artifact_checksums);
-                                std::thread::spawn(move || {
+                                super::signals::spawn_worker(move || {
                                     let result = spawn::fetch_artifacts(
                                         &artifacts,
                                         &dir,

@@ -20,7 +20,7 @@ pub mod logs;
 pub mod machine;
 mod probes;
 pub mod procfs;
-mod signals;
+pub mod signals;
 pub mod spawn;
 pub mod state;
 pub(in crate::agent) mod sys;

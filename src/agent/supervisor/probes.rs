@@ -48,7 +48,7 @@ impl Supervisor {
                     probe => {
                         let (probe, timeout, tx) = (probe.clone(), c.spec.timeout, self.check_tx.clone());
                         let (unit_name, waker) = (name.clone(), self.wakeups.waker());
-                        std::thread::spawn(move || {
+                        super::signals::spawn_worker(move || {
                             let result = checks::run_network_probe(&probe, timeout);
                             let _ = tx.send(CheckResult {
                                 unit: unit_name,

@@ -3,12 +3,45 @@
 //! nothing else), check threads write one when they have a result, and the
 //! loop sleeps in poll() on the read end. No busy polling; an idle agent
 //! sleeps until a deadline or a signal.
+//!
+//! Those signals are for the loop's thread alone: every other agent thread
+//! is started with [`spawn_worker`], which blocks them there. Otherwise the
+//! kernel hands a task's SIGCHLD to whichever thread is asleep when the
+//! loop's is busy, and a socket read with a timeout is not restarted after
+//! a handler (signal(7)): the long poll failed with EINTR ("cannot reach
+//! the server") and a health check could fail, each time a task exited.
 
 use signal_hook::consts::{SIGCHLD, SIGINT, SIGTERM};
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+
+/// The signals the loop handles ([`Wakeups::install`]).
+const HANDLED: [i32; 3] = [SIGCHLD, SIGTERM, SIGINT];
+
+/// `std::thread::spawn`, with the loop's signals blocked in the new thread
+/// (see the module doc).
+pub fn spawn_worker<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+    std::thread::spawn(move || {
+        block_handled();
+        f()
+    })
+}
+
+fn block_handled() {
+    // SAFETY: sigemptyset/sigaddset fill a local set; pthread_sigmask
+    // changes only the calling thread's mask and cannot fail with a valid
+    // `how` and set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in HANDLED {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
 
 pub struct Wakeups {
     read: UnixStream,
@@ -32,7 +65,7 @@ impl Wakeups {
         read.set_nonblocking(true)?;
         write.set_nonblocking(true)?;
         let shutdown = Arc::new(AtomicBool::new(false));
-        for sig in [SIGCHLD, SIGTERM, SIGINT] {
+        for sig in HANDLED {
             signal_hook::low_level::pipe::register(sig, write.try_clone()?)?;
         }
         for sig in [SIGTERM, SIGINT] {
@@ -59,5 +92,30 @@ impl Wakeups {
     /// SIGTERM or SIGINT arrived.
     pub fn shutdown_requested(&self) -> bool {
         self.shutdown.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blocked_here() -> Vec<i32> {
+        // SAFETY: reads the calling thread's mask into a local set.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut set);
+            HANDLED
+                .into_iter()
+                .filter(|s| libc::sigismember(&set, *s) == 1)
+                .collect()
+        }
+    }
+
+    #[test]
+    fn a_worker_thread_never_takes_the_loops_signals() {
+        assert_eq!(spawn_worker(blocked_here).join().unwrap(), HANDLED.to_vec());
+        // A plain thread would (the mask is per thread, inherited from the
+        // test harness's, which blocks none of them).
+        assert_eq!(std::thread::spawn(blocked_here).join().unwrap(), Vec::<i32>::new());
     }
 }

@@ -30,7 +30,7 @@ pub mod install;
 pub mod key;
 pub mod record;
 
-use crate::agent::supervisor::Waker;
+use crate::agent::supervisor::{signals, Waker};
 use crate::api::agent_release::{this_arch, AgentUpdate, UpdateOutcome, UpdateResult};
 use fetch::FetchError;
 use record::{Last, Pending};
@@ -304,7 +304,7 @@ impl Updater {
                     Arc::clone(waker),
                     Arc::clone(&done),
                 );
-                std::thread::spawn(move || {
+                signals::spawn_worker(move || {
                     let result = fetch::fetch(&data_dir, &binary);
                     *out.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
                     waker.wake();
