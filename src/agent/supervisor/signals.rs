@@ -35,11 +35,11 @@ fn block_handled() {
     // `how` and set.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
+        libc::sigemptyset(&raw mut set);
         for sig in HANDLED {
-            libc::sigaddset(&mut set, sig);
+            libc::sigaddset(&raw mut set, sig);
         }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        libc::pthread_sigmask(libc::SIG_BLOCK, &raw const set, std::ptr::null_mut());
     }
 }
 
@@ -103,10 +103,10 @@ mod tests {
         // SAFETY: reads the calling thread's mask into a local set.
         unsafe {
             let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut set);
+            libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &raw mut set);
             HANDLED
                 .into_iter()
-                .filter(|s| libc::sigismember(&set, *s) == 1)
+                .filter(|s| libc::sigismember(&raw const set, *s) == 1)
                 .collect()
         }
     }
