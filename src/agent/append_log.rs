@@ -21,9 +21,12 @@ use std::path::Path;
 pub struct AppendLog {
     file: Option<File>,
     bytes: u64,
-    /// How many appends were flushed (what tests check).
+    /// How many appends were flushed, and the file's length at the last
+    /// flush (what a power loss would leave): what tests check.
     #[cfg(test)]
     pub flushes: u64,
+    #[cfg(test)]
+    pub flushed_bytes: u64,
 }
 
 impl AppendLog {
@@ -34,6 +37,8 @@ impl AppendLog {
             bytes,
             #[cfg(test)]
             flushes: 0,
+            #[cfg(test)]
+            flushed_bytes: bytes,
         }
     }
 
@@ -49,6 +54,7 @@ impl AppendLog {
         #[cfg(test)]
         {
             self.flushes += 1;
+            self.flushed_bytes = self.bytes;
         }
         Ok(())
     }
@@ -60,6 +66,20 @@ impl AppendLog {
     /// line can be rebuilt after a power loss.
     pub fn append_unflushed(&mut self, path: &Path, line: Vec<u8>) -> io::Result<()> {
         self.write(path, line).map(|_| ())
+    }
+
+    /// fdatasync what [`Self::append_unflushed`] wrote (nothing open:
+    /// nothing to flush).
+    pub fn flush(&mut self) -> io::Result<()> {
+        if let Some(file) = &self.file {
+            file.sync_data()?;
+            #[cfg(test)]
+            {
+                self.flushes += 1;
+                self.flushed_bytes = self.bytes;
+            }
+        }
+        Ok(())
     }
 
     fn write(&mut self, path: &Path, mut line: Vec<u8>) -> io::Result<&File> {

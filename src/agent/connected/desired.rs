@@ -18,7 +18,14 @@
 //! `assignments.log` as one line (what it added or changed with their
 //! versions, the names it removed, the group parts it added or changed
 //! with their versions and the groups it removed, the revision it applies
-//! to and the one it makes) and fdatasync'd. Loading replays the log onto
+//! to and the one it makes) and fdatasync'd: before the robot acts on it,
+//! or, for a delta that only adds tasks and groups, right after the main
+//! thread is woken for it ([`Kept::flush`]), so a new task's start does
+//! not wait for the disk. A power loss in between leaves the set before
+//! that delta, as if it had not come yet: the new tasks wait for the
+//! server after the reboot. A delta that stops or changes anything is on
+//! disk first: a rebooted robot, offline, never runs again what was
+//! stopped or changed. Loading replays the log onto
 //! the snapshot while each line applies to the revision the one before
 //! made; the first line that does not (torn by a crash mid-append,
 //! unreadable, or left from before the snapshot) ends the replay, and the
@@ -72,6 +79,8 @@ pub struct Kept {
     log: AppendLog,
     /// Bytes in the snapshot.
     snapshot_bytes: u64,
+    /// The last line appended is not flushed yet ([`Self::flush`]).
+    flush_due: bool,
 }
 
 /// What `save` has to write.
@@ -87,6 +96,8 @@ enum Unsaved {
         changed: Vec<String>,
         removed_groups: Vec<String>,
         changed_groups: Vec<String>,
+        /// Every task and group it names is new here (module doc).
+        adds_only: bool,
     },
     /// A complete set, several deltas, or a log that cannot be appended
     /// to: write a new snapshot.
@@ -267,6 +278,10 @@ impl Kept {
                     changed: keyed.iter().map(|(n, _, _)| n.clone()).collect(),
                     removed_groups: a.removed_groups.clone(),
                     changed_groups: groups.keys().cloned().collect(),
+                    adds_only: a.removed.is_empty()
+                        && a.removed_groups.is_empty()
+                        && keyed.iter().all(|(n, _, _)| !self.tasks.contains_key(n))
+                        && groups.keys().all(|k| !self.groups.contains_key(k)),
                 },
                 _ => Unsaved::Snapshot,
             };
@@ -482,6 +497,7 @@ impl Kept {
                 changed,
                 removed_groups,
                 changed_groups,
+                adds_only,
             } if self.log.bytes() <= self.snapshot_bytes.max(COMPACT_AFTER_BYTES) => {
                 let changed: Vec<&(String, Box<Task>)> = changed.iter().filter_map(|n| self.tasks.get(n)).collect();
                 let record = Record {
@@ -503,9 +519,13 @@ impl Kept {
                         .filter_map(|k| Some((k.clone(), self.group_versions.get(k)?.clone())))
                         .collect(),
                 };
+                self.flush_due = adds_only;
                 serde_json::to_vec(&record)
                     .map_err(io::Error::other)
-                    .and_then(|line| self.log.append(&data_dir.join(LOG), line))
+                    .and_then(|line| match adds_only {
+                        true => self.log.append_unflushed(&data_dir.join(LOG), line),
+                        false => self.log.append(&data_dir.join(LOG), line),
+                    })
             }
             _ => self.write_snapshot(data_dir),
         };
@@ -513,6 +533,20 @@ impl Kept {
             self.unsaved = Unsaved::Snapshot;
         }
         result
+    }
+
+    /// Flush the line [`Self::save`] left unflushed (a delta that only
+    /// adds), once the main thread has been woken for it.
+    pub fn flush(&mut self) -> io::Result<()> {
+        if !std::mem::take(&mut self.flush_due) {
+            return Ok(());
+        }
+        let flushed = self.log.flush();
+        if flushed.is_err() {
+            // Appending after a line that may not be on disk is not safe.
+            self.unsaved = Unsaved::Snapshot;
+        }
+        flushed
     }
 
     /// The whole set as the new snapshot; the log goes first (module doc).
@@ -850,6 +884,50 @@ mod tests {
         again.take(&mut answer(7, true, &[], &[], &all), 7);
         again.save(dir.path()).unwrap();
         assert_eq!(lines(dir.path()), 2);
+    }
+
+    #[test]
+    fn a_delta_that_only_adds_is_flushed_after_and_any_other_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut kept = Kept::default();
+        kept.take(&mut answer(5, false, &[("a", 'a')], &[], &[("a", 'a')]), 0);
+        kept.save(dir.path()).unwrap();
+        // (answer, flushed by save?)
+        let steps: [(Assignments, bool); 4] = [
+            (answer(6, true, &[("b", 'b')], &[], &[("a", 'a'), ("b", 'b')]), false),
+            (answer(7, true, &[("b", 'c')], &[], &[("a", 'a'), ("b", 'c')]), true),
+            (answer(8, true, &[], &["a"], &[("b", 'c')]), true),
+            (answer(9, true, &[("a", 'a')], &[], &[("a", 'a'), ("b", 'c')]), false),
+        ];
+        let owned = |k: &Kept| {
+            (
+                k.revision(),
+                names(&k.tasks()).iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            )
+        };
+        let mut at_last_flush = owned(&kept);
+        for (i, (mut a, by_save)) in steps.into_iter().enumerate() {
+            let since = kept.revision();
+            assert!(matches!(kept.take(&mut a, since), Taken::Changed(_)), "step {i}");
+            let before = kept.log.flushes;
+            kept.save(dir.path()).unwrap();
+            assert_eq!(kept.log.flushes - before, by_save as u64, "step {i}: flushed by save");
+            if by_save {
+                at_last_flush = owned(&kept);
+            }
+            // A power loss now: the log as its last flush left it.
+            let on_disk = std::fs::read(dir.path().join(LOG)).unwrap();
+            let copy = tempfile::tempdir().unwrap();
+            std::fs::copy(dir.path().join(FILE), copy.path().join(FILE)).unwrap();
+            std::fs::write(copy.path().join(LOG), &on_disk[..kept.log.flushed_bytes as usize]).unwrap();
+            let rebooted = Kept::load(copy.path());
+            assert_eq!(owned(&rebooted), at_last_flush, "step {i}");
+            kept.flush().unwrap();
+            assert_eq!(kept.log.flushes - before, 1, "step {i}: flushed once");
+            at_last_flush = owned(&kept);
+        }
+        assert_eq!(at_last_flush, (9, vec!["a".to_string(), "b".to_string()]));
+        assert_eq!(Kept::load(dir.path()).digest(), kept.digest());
     }
 
     #[test]

@@ -2,13 +2,23 @@
 //! time + boot id), and how finished units ended, so a restarted agent
 //! re-adopts instead of duplicating, and does not re-run completed work.
 //!
-//! On disk, one durable write per change, appended: `state.json` is the
-//! snapshot (written whole, atomically: temp file, fsync, rename, fsync of
-//! the directory) and `state.log` the journal after it, one JSON line per
-//! save with the units that changed and the names that went
-//! ([`crate::agent::append_log`]: one write and one fdatasync). Only a
-//! save that changes what the files say writes anything, so an idle agent
-//! writes nothing.
+//! On disk, one write per change, appended: `state.json` is the snapshot
+//! (written whole, atomically: temp file, fsync, rename, fsync of the
+//! directory) and `state.log` the journal after it, one JSON line per save
+//! with the units that changed and the names that went
+//! ([`crate::agent::append_log`]: one write, and one fdatasync where the
+//! line must outlive a power loss). Only a save that changes what the
+//! files say writes anything, so an idle agent writes nothing.
+//!
+//! What must outlive a power loss is how units ended: a completed unit is
+//! not run again after the reboot. A line that only records processes
+//! running (started, restarted, or gone while running) is not flushed:
+//! after a power loss the robot boots anew and no pid of the old boot
+//! means anything, while an agent that crashed or was killed finds the
+//! line in the page cache. A line that records an end, or replaces or
+//! drops a unit whose end the files hold (it runs again, or left and may
+//! come back under its name), or names a new boot, is flushed; flushing it
+//! flushes every line before it too. So a task's start costs no flush.
 //!
 //! Both carry a generation: a snapshot is written with the next one and
 //! then the journal is removed, and loading replays only lines of the
@@ -222,6 +232,15 @@ impl StateFile {
         self.write(line)
     }
 
+    /// Whether `line` must outlive a power loss (module doc).
+    fn must_flush(&self, line: &SavedState) -> bool {
+        let ended = |u: &SavedUnit| u.phase != SavedPhase::Running;
+        let ended_on_disk = |name: &String| self.on_disk.units.get(name).is_some_and(ended);
+        line.boot_id != self.on_disk.boot_id
+            || line.units.iter().any(|(name, u)| ended(u) || ended_on_disk(name))
+            || line.removed.iter().any(ended_on_disk)
+    }
+
     /// Append `line` (what changed), or fold it into a new snapshot.
     fn write(&mut self, line: SavedState) -> Result<bool, StateError> {
         if line.boot_id == self.on_disk.boot_id && line.units.is_empty() && line.removed.is_empty() {
@@ -234,9 +253,13 @@ impl StateFile {
             return Ok(true);
         }
         let path = self.dir.join(JOURNAL_FILE);
+        let flush = self.must_flush(&line);
         let appended = serde_json::to_vec(&line)
             .map_err(io::Error::other)
-            .and_then(|bytes| self.journal.append(&path, bytes));
+            .and_then(|bytes| match flush {
+                true => self.journal.append(&path, bytes),
+                false => self.journal.append_unflushed(&path, bytes),
+            });
         if let Err(e) = appended {
             self.snapshot_next = true;
             return Err(StateError::Write(path, e));
@@ -348,6 +371,53 @@ mod tests {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
+    }
+
+    #[test]
+    fn only_ends_are_flushed_and_a_power_loss_forgets_no_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut file, _) = StateFile::load(dir.path()).unwrap();
+        let ended = |pid| SavedUnit {
+            phase: SavedPhase::Completed,
+            ..unit(pid)
+        };
+        // (unit, record or gone, flushed?)
+        let steps: [(&str, Option<SavedUnit>, bool); 10] = [
+            ("a", Some(unit(1)), true), // a new boot
+            ("a", Some(unit(2)), false),
+            ("b", Some(unit(3)), false),
+            ("a", Some(ended(2)), true),
+            ("a", Some(unit(4)), true), // runs again: the end goes
+            ("b", None, false),
+            ("a", Some(ended(4)), true),
+            ("a", None, true), // left: may come back under its name
+            ("d", Some(ended(6)), true),
+            ("c", Some(unit(5)), false),
+        ];
+        let mut at_last_flush = SavedState::default();
+        let mut state = SavedState::new("b".into(), BTreeMap::new());
+        for (i, (name, record, flushed)) in steps.into_iter().enumerate() {
+            let before = file.journal.flushes;
+            match &record {
+                Some(u) => state.units.insert(name.to_string(), u.clone()),
+                None => state.units.remove(name),
+            };
+            assert!(file.save_units("b", [(name.to_string(), record)]).unwrap());
+            assert_eq!(file.journal.flushes - before, flushed as u64, "step {i}");
+            if flushed {
+                at_last_flush = state.clone();
+            }
+        }
+        assert_eq!(StateFile::read(dir.path()).unwrap(), state, "a crash loses nothing");
+        // A power loss: the file as the last flush left it.
+        let log = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.path().join(JOURNAL_FILE))
+            .unwrap();
+        log.set_len(file.journal.flushed_bytes).unwrap();
+        assert_eq!(StateFile::read(dir.path()).unwrap(), at_last_flush);
+        assert_eq!(at_last_flush.units.get("d"), Some(&ended(6)));
+        assert!(state.units.contains_key("c") && !at_last_flush.units.contains_key("c"));
     }
 
     #[test]
