@@ -403,7 +403,7 @@ mod tests {
                 None => state.units.remove(name),
             };
             assert!(file.save_units("b", [(name.to_string(), record)]).unwrap());
-            assert_eq!(file.journal.flushes - before, flushed as u64, "step {i}");
+            assert_eq!(file.journal.flushes - before, u64::from(flushed), "step {i}");
             if flushed {
                 at_last_flush = state.clone();
             }
