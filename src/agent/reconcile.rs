@@ -446,7 +446,7 @@ impl Reconciler {
             self.bookkeep(desired, &groups, &keys, sup);
             // The robot-wide proxy's members are decided anew each pass
             // (and the plan's copy changed after): never the same set.
-            if self.update_wanted(&groups) || self.robot_proxy.is_some() {
+            if self.update_wanted(desired, &groups) || self.robot_proxy.is_some() {
                 self.wanted_version += 1;
             }
             self.shape = Some(shape);
@@ -814,11 +814,12 @@ impl Reconciler {
     }
 
     /// Bring the wanted set (the names of every unit the desired set may
-    /// need; anything else is stopped) in line with `groups`, in place: an
-    /// answer that changed a few names adds and drops those, instead of a
-    /// copy of every name made and the last one freed (with 1,000 tasks,
-    /// a fifth of the agent's work per change). True if it changed.
-    fn update_wanted(&mut self, groups: &BTreeMap<&str, Vec<&AssignedTask>>) -> bool {
+    /// need; anything else is stopped) in line with `desired` (grouped as
+    /// `groups`), in place: an answer that changed a few names adds and
+    /// drops those, walking the task names beside the set instead of
+    /// collecting every name into a new set (with 1,000 tasks, that was a
+    /// twentieth of the agent's work per change). True if it changed.
+    fn update_wanted(&mut self, desired: &[AssignedTask], groups: &BTreeMap<&str, Vec<&AssignedTask>>) -> bool {
         let mut support = BTreeSet::new();
         for (key, tasks) in groups {
             if !self.finished.contains(*key) {
@@ -829,21 +830,23 @@ impl Reconciler {
         if self.robot_proxy.as_ref().is_some_and(RobotProxy::in_use) {
             support.insert(UnitId::robot_proxy().name());
         }
-        let mut names: BTreeSet<&str> = self.lingering.iter().map(String::as_str).collect();
-        names.extend(support.iter().map(String::as_str));
-        for tasks in groups.values() {
-            names.extend(tasks.iter().map(|t| t.name.as_str()));
+        // The task names in name order: as the connected loop hands them
+        // on; any other order is sorted here.
+        let mut tasks: Vec<&str> = desired.iter().map(|t| t.name.as_str()).collect();
+        if !tasks.is_sorted() {
+            tasks.sort_unstable();
         }
-        // Both in name order: one walk to drop, one to find what is new.
+        let lingering = &self.lingering;
         let wanted = Arc::make_mut(&mut self.wanted);
         let before = wanted.len();
-        let mut keep = names.iter().peekable();
+        // Both in name order: one walk to drop, one to find what is new.
+        let mut keep = tasks.iter().peekable();
         wanted.retain(|n| {
             while keep.next_if(|k| **k < n.as_str()).is_some() {}
-            keep.peek().is_some_and(|k| **k == n.as_str())
+            keep.peek().is_some_and(|k| **k == n.as_str()) || support.contains(n) || lingering.contains(n)
         });
         let mut have = wanted.iter().peekable();
-        let new: Vec<String> = names
+        let new: Vec<String> = tasks
             .iter()
             .filter(|n| {
                 while have.next_if(|h| h.as_str() < **n).is_some() {}
@@ -851,8 +854,11 @@ impl Reconciler {
             })
             .map(|n| n.to_string())
             .collect();
-        let changed = wanted.len() != before || !new.is_empty();
+        let mut changed = wanted.len() != before || !new.is_empty();
         wanted.extend(new);
+        for name in support.into_iter().chain(lingering.iter().cloned()) {
+            changed |= wanted.insert(name);
+        }
         changed
     }
 
@@ -1650,43 +1656,67 @@ mod tests {
     /// new one.
     #[test]
     fn the_wanted_set_follows_the_names_and_its_version_counts_changes() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut rec = reconciler(dir.path());
-        let sup = Running::new();
-        let desired = vec![task("a", 0, "t", &[]), task("a", 1, "t", &[]), task("b", 0, "t", &[])];
-        let first = rec.plan(&desired, &sup, &Observed::default()).plan;
-        assert_eq!(
-            *first.wanted,
-            set(&["j-a-envoy", "j-a-r0-t", "j-a-r1-t", "j-b-envoy", "j-b-r0-t"])
-        );
-        assert_ne!(first.wanted_version, 0);
-        let again = rec.plan(&desired, &sup, &Observed::default()).plan;
-        assert_eq!(again.wanted_version, first.wanted_version, "nothing changed");
-        drop((first, again));
-        let desired = vec![task("a", 0, "t", &[]), task("b", 0, "t", &[]), task("c", 0, "t", &[])];
-        let next = rec.plan(&desired, &sup, &Observed::default()).plan;
-        assert_eq!(
-            *next.wanted,
-            set(&[
-                "j-a-envoy",
-                "j-a-r0-t",
-                "j-b-envoy",
-                "j-b-r0-t",
-                "j-c-envoy",
-                "j-c-r0-t"
-            ])
-        );
-        assert!(next.wanted_version > 0);
-        assert!(
-            rec.seen.values().all(|(tasks, _)| !tasks.contains("j-a-r1-t")),
-            "a task neither desired nor running is forgotten"
-        );
-        let versions = [next.wanted_version];
-        drop(next);
-        let desired = vec![task("a", 0, "t", &[]), task("b", 0, "t", &[])];
-        let last = rec.plan(&desired, &sup, &Observed::default()).plan;
-        assert_eq!(*last.wanted, set(&["j-a-envoy", "j-a-r0-t", "j-b-envoy", "j-b-r0-t"]));
-        assert!(!versions.contains(&last.wanted_version));
+        // In name order (as the connected loop hands the set on) and not.
+        for reversed in [false, true] {
+            let order = |mut v: Vec<AssignedTask>| {
+                if reversed {
+                    v.reverse();
+                }
+                v
+            };
+            let dir = tempfile::tempdir().unwrap();
+            let mut rec = reconciler(dir.path());
+            let sup = Running::new();
+            let desired = order(vec![
+                task("a", 0, "t", &[]),
+                task("a", 1, "t", &[]),
+                task("b", 0, "t", &[]),
+            ]);
+            let first = rec.plan(&desired, &sup, &Observed::default()).plan;
+            assert_eq!(
+                *first.wanted,
+                set(&["j-a-envoy", "j-a-r0-t", "j-a-r1-t", "j-b-envoy", "j-b-r0-t"])
+            );
+            assert_ne!(first.wanted_version, 0);
+            let again = rec.plan(&desired, &sup, &Observed::default()).plan;
+            assert_eq!(again.wanted_version, first.wanted_version, "nothing changed");
+            let mut turned = desired.clone();
+            turned.rotate_left(1);
+            let again = rec.plan(&turned, &sup, &Observed::default()).plan;
+            assert_eq!(
+                again.wanted_version, first.wanted_version,
+                "the same names in another order"
+            );
+            drop((first, again));
+            let desired = order(vec![
+                task("a", 0, "t", &[]),
+                task("b", 0, "t", &[]),
+                task("c", 0, "t", &[]),
+            ]);
+            let next = rec.plan(&desired, &sup, &Observed::default()).plan;
+            assert_eq!(
+                *next.wanted,
+                set(&[
+                    "j-a-envoy",
+                    "j-a-r0-t",
+                    "j-b-envoy",
+                    "j-b-r0-t",
+                    "j-c-envoy",
+                    "j-c-r0-t"
+                ])
+            );
+            assert!(next.wanted_version > 0);
+            assert!(
+                rec.seen.values().all(|(tasks, _)| !tasks.contains("j-a-r1-t")),
+                "a task neither desired nor running is forgotten"
+            );
+            let versions = [next.wanted_version];
+            drop(next);
+            let desired = order(vec![task("a", 0, "t", &[]), task("b", 0, "t", &[])]);
+            let last = rec.plan(&desired, &sup, &Observed::default()).plan;
+            assert_eq!(*last.wanted, set(&["j-a-envoy", "j-a-r0-t", "j-b-envoy", "j-b-r0-t"]));
+            assert!(!versions.contains(&last.wanted_version));
+        }
     }
 
     /// A task that leaves the set and comes back is started again (its unit

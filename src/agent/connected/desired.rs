@@ -911,7 +911,11 @@ mod tests {
             assert!(matches!(kept.take(&mut a, since), Taken::Changed(_)), "step {i}");
             let before = kept.log.flushes;
             kept.save(dir.path()).unwrap();
-            assert_eq!(kept.log.flushes - before, u64::from(by_save), "step {i}: flushed by save");
+            assert_eq!(
+                kept.log.flushes - before,
+                u64::from(by_save),
+                "step {i}: flushed by save"
+            );
             if by_save {
                 at_last_flush = owned(&kept);
             }
