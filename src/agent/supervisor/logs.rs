@@ -114,7 +114,12 @@ pub struct LogSink {
 
 impl LogSink {
     pub fn open(logs_dir: &Path, name: &str, limits: LogLimits) -> Result<Self, LogError> {
-        let dir = open_dir(logs_dir)?;
+        LogSink::open_in(open_dir(logs_dir)?, logs_dir, name, limits)
+    }
+
+    /// [`Self::open`] with `logs_dir` open already (as `dir`, kept for
+    /// rotations).
+    fn open_in(dir: OwnedFd, logs_dir: &Path, name: &str, limits: LogLimits) -> Result<Self, LogError> {
         let path = logs_dir.join(name);
         let file = open_checked(
             &dir,
@@ -270,6 +275,8 @@ pub const MAX_DRAIN: usize = 1024 * 1024;
 /// ends: the agent's pump and the task's write end (read-write, see the
 /// module comment).
 pub fn open_stream(logs_dir: &Path, stream: &str, limits: LogLimits) -> Result<(LogPump, File), LogError> {
+    // The directory is opened once for the FIFO, both its ends and the log
+    // file (each open walks the whole path).
     let dir = open_dir(logs_dir)?;
     let name = fifo_name(stream);
     let shown = logs_dir.join(&name);
@@ -288,24 +295,24 @@ pub fn open_stream(logs_dir: &Path, stream: &str, limits: LogLimits) -> Result<(
         }
         Err(e) => return Err(LogError::CreateFifo(shown, e.into())),
     }
-    let pump = reopen_stream(logs_dir, stream, limits)?;
+    let reader = open_reader(&dir, &name, &shown)?;
     let task_end = open_checked(&dir, &name, OFlags::RDWR, FileType::Fifo, &shown)?;
-    Ok((pump, task_end))
+    let sink = LogSink::open_in(dir, logs_dir, stream, limits)?;
+    Ok((LogPump { fifo: reader, sink }, task_end))
 }
 
 /// Open the agent's end of an existing stream (after an agent restart).
 pub fn reopen_stream(logs_dir: &Path, stream: &str, limits: LogLimits) -> Result<LogPump, LogError> {
     let dir = open_dir(logs_dir)?;
     let name = fifo_name(stream);
-    let reader = open_checked(
-        &dir,
-        &name,
-        OFlags::RDONLY | OFlags::NONBLOCK,
-        FileType::Fifo,
-        &logs_dir.join(&name),
-    )?;
-    let sink = LogSink::open(logs_dir, stream, limits)?;
+    let reader = open_reader(&dir, &name, &logs_dir.join(&name))?;
+    let sink = LogSink::open_in(dir, logs_dir, stream, limits)?;
     Ok(LogPump { fifo: reader, sink })
+}
+
+/// The agent's (reading) end of a stream's FIFO.
+fn open_reader(dir: &OwnedFd, name: &str, shown: &Path) -> Result<File, LogError> {
+    open_checked(dir, name, OFlags::RDONLY | OFlags::NONBLOCK, FileType::Fifo, shown)
 }
 
 /// Log files are read without following a symlink: a task could plant one
