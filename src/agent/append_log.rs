@@ -68,20 +68,6 @@ impl AppendLog {
         self.write(path, line).map(|_| ())
     }
 
-    /// fdatasync what [`Self::append_unflushed`] wrote (nothing open:
-    /// nothing to flush).
-    pub fn flush(&mut self) -> io::Result<()> {
-        if let Some(file) = &self.file {
-            file.sync_data()?;
-            #[cfg(test)]
-            {
-                self.flushes += 1;
-                self.flushed_bytes = self.bytes;
-            }
-        }
-        Ok(())
-    }
-
     fn write(&mut self, path: &Path, mut line: Vec<u8>) -> io::Result<&File> {
         line.push(b'\n');
         if self.file.is_none() {

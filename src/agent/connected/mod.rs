@@ -369,11 +369,6 @@ fn spawn_poller(shared: Arc<Shared>, client: Client, waker: Waker, data_dir: Pat
                     if wake {
                         waker.wake();
                     }
-                    // A delta that only adds is flushed while the robot
-                    // starts its tasks (`desired` module doc).
-                    if let Err(e) = poller.kept.flush() {
-                        say(&format!("agent: caching assignments: {e}"));
-                    }
                     // A new connection may be the moment to flush statuses.
                     shared.changed.notify_all();
                     for req in log_requests {
