@@ -831,11 +831,17 @@ impl Reconciler {
             support.insert(UnitId::robot_proxy().name());
         }
         // The task names in name order: as the connected loop hands them
-        // on; any other order is sorted here.
-        let mut tasks: Vec<&str> = desired.iter().map(|t| t.name.as_str()).collect();
-        if !tasks.is_sorted() {
-            tasks.sort_unstable();
-        }
+        // on; any other order through a set (whose code the agent has
+        // already; a slice sort's would cost it kilobytes).
+        let tasks: Vec<&str> = match desired.is_sorted_by(|a, b| a.name < b.name) {
+            true => desired.iter().map(|t| t.name.as_str()).collect(),
+            false => desired
+                .iter()
+                .map(|t| t.name.as_str())
+                .collect::<BTreeSet<&str>>()
+                .into_iter()
+                .collect(),
+        };
         let lingering = &self.lingering;
         let wanted = Arc::make_mut(&mut self.wanted);
         let before = wanted.len();
