@@ -24,23 +24,9 @@ const HANDLED: [i32; 3] = [SIGCHLD, SIGTERM, SIGINT];
 /// (see the module doc).
 pub fn spawn_worker<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
     std::thread::spawn(move || {
-        block_handled();
+        super::sys::block_signals(&HANDLED);
         f()
     })
-}
-
-fn block_handled() {
-    // SAFETY: sigemptyset/sigaddset fill a local set; pthread_sigmask
-    // changes only the calling thread's mask and cannot fail with a valid
-    // `how` and set.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&raw mut set);
-        for sig in HANDLED {
-            libc::sigaddset(&raw mut set, sig);
-        }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &raw const set, std::ptr::null_mut());
-    }
 }
 
 pub struct Wakeups {
@@ -100,15 +86,7 @@ mod tests {
     use super::*;
 
     fn blocked_here() -> Vec<i32> {
-        // SAFETY: reads the calling thread's mask into a local set.
-        unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &raw mut set);
-            HANDLED
-                .into_iter()
-                .filter(|s| libc::sigismember(&raw const set, *s) == 1)
-                .collect()
-        }
+        super::super::sys::blocked_signals(&HANDLED)
     }
 
     #[test]

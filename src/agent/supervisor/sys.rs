@@ -1,6 +1,6 @@
 //! The agent's only `unsafe` code: the child-side hook that runs between
-//! fork and exec, borrowing raw descriptors listed in /proc/self/fd, and
-//! the volatile read of the version slot.
+//! fork and exec, borrowing raw descriptors listed in /proc/self/fd, the
+//! calling thread's signal mask, and the volatile read of the version slot.
 //!
 //! Everything the pre-exec hook touches is prepared by the parent before
 //! fork (the cgroup descriptor, the limits, the user's ids and groups); in
@@ -96,6 +96,37 @@ pub fn mark_inherited_fds_cloexec() {
         if let Ok(flags) = rustix::io::fcntl_getfd(borrowed) {
             let _ = rustix::io::fcntl_setfd(borrowed, flags | FdFlags::CLOEXEC);
         }
+    }
+}
+
+/// Block `signals` in the calling thread (its mask alone: other threads
+/// keep theirs).
+pub fn block_signals(signals: &[i32]) {
+    // SAFETY: sigemptyset/sigaddset fill a local set; pthread_sigmask
+    // changes only the calling thread's mask and cannot fail with a valid
+    // `how` and set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&raw mut set);
+        for sig in signals {
+            libc::sigaddset(&raw mut set, *sig);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &raw const set, std::ptr::null_mut());
+    }
+}
+
+/// Which of `signals` the calling thread blocks.
+#[cfg(test)]
+pub fn blocked_signals(signals: &[i32]) -> Vec<i32> {
+    // SAFETY: reads the calling thread's mask into a local set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &raw mut set);
+        signals
+            .iter()
+            .copied()
+            .filter(|s| libc::sigismember(&raw const set, *s) == 1)
+            .collect()
     }
 }
 
