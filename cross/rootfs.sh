@@ -51,11 +51,20 @@ busybox_for_arch() {
     aarch64)
       local cache
       cache="$(cd "$(dirname "$0")/.." && pwd)/target/busybox-arm64"
-      if [ ! -x "$cache/bin/busybox" ]; then
-        mkdir -p "$cache"
-        (cd "$cache" && apt-get download busybox-static:arm64 >/dev/null && dpkg-deb -x busybox-static_*_arm64.deb .) \
-          || { echo "rootfs.sh: cannot get busybox-static:arm64 (needs 'dpkg --add-architecture arm64' and apt-get update; make tools does it)" >&2; return 1; }
-      fi
+      mkdir -p "$(dirname "$cache")"
+      # Several images are built at once (the tests): one fills the cache,
+      # in a directory of its own renamed into place, while the others wait
+      # on the lock; a half-extracted busybox copied into an image dies of
+      # SIGBUS under qemu.
+      (
+        flock 9
+        if [ ! -x "$cache/bin/busybox" ]; then
+          tmp=$(mktemp -d "$cache.XXXXXX") && chmod 0755 "$tmp"
+          (cd "$tmp" && apt-get download busybox-static:arm64 >/dev/null && dpkg-deb -x busybox-static_*_arm64.deb .) \
+            || { rm -rf "$tmp"; echo "rootfs.sh: cannot get busybox-static:arm64 (needs 'dpkg --add-architecture arm64' and apt-get update; make tools does it)" >&2; exit 1; }
+          rm -rf "$cache" && mv "$tmp" "$cache"
+        fi
+      ) 9>"$cache.lock" || return 1
       echo "$cache/bin/busybox" ;;
     *) echo "unsupported arch $1" >&2; return 1 ;;
   esac
