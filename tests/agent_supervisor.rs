@@ -354,10 +354,8 @@ fn read_through_sigchld(worker: bool) -> std::io::Result<usize> {
             .then_some(())
     });
     // SAFETY: the thread is alive (it has not been joined).
-    assert_eq!(
-        unsafe { libc::pthread_kill(thread as libc::pthread_t, libc::SIGCHLD) },
-        0
-    );
+    let sent = unsafe { libc::pthread_kill(thread as libc::pthread_t, libc::SIGCHLD) };
+    assert_eq!(sent, 0);
     if worker {
         let sigchld = 1u64 << (libc::SIGCHLD - 1);
         wait_for("SIGCHLD pending on the worker", Duration::from_secs(10), || {
