@@ -1460,7 +1460,7 @@ pub fn log_tail(dir: &Path, lines: usize) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::agent::supervisor::UnitView;
 
@@ -1553,7 +1553,8 @@ mod tests {
         }
     }
 
-    fn reconciler(data: &Path) -> Reconciler {
+    /// A reconciler on `data` with the defaults (the rollback tests use it too).
+    pub(crate) fn reconciler(data: &Path) -> Reconciler {
         Reconciler::new(ReconcileConfig {
             robot: "r1".into(),
             data_dir: data.to_path_buf(),

@@ -599,17 +599,7 @@ mod tests {
         }
     }
 
-    fn reconciler(dir: &std::path::Path) -> Reconciler {
-        Reconciler::new(crate::agent::reconcile::ReconcileConfig {
-            robot: "r1".into(),
-            data_dir: dir.to_path_buf(),
-            envoy_bin: "envoy".into(),
-            gc_after: None,
-            default_user: None,
-            proxy_user: None,
-            proxy_mode: crate::agent::privileges::ProxyMode::PerGroup,
-        })
-    }
+    use crate::agent::reconcile::tests::reconciler;
 
     /// What a locked task ran survives the set's names changing around it
     /// (tasks added before, between and after it, others removed), whether
