@@ -62,6 +62,7 @@ declare -A want=(
   [openssl]=openssl
   [file]=file
   [curl]=curl
+  [flock]=util-linux
   [faketime]=faketime
   [s6-svscan]=s6
   [supervisord]=supervisor
