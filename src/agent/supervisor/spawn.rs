@@ -1,26 +1,25 @@
 //! Starting one unit's process, in three steps:
 //! 1. `prepare` (quick): directories, the user and its groups, templates;
 //! 2. `fetch_artifacts` (maybe slow, so on a worker thread when needed);
-//! 3. `exec` (quick): log pipes, cgroup, then fork/exec through
-//!    `std::process::Command` with the pre-exec hook of `sys` (new session,
-//!    limits, cgroup join, user switch).
+//! 3. `exec` (quick): log pipes, cgroup, then `sys::launch` (a vfork-style
+//!    start: new session, limits, cgroup join, user switch, exec).
 //!
-//! Every string and descriptor the child needs is prepared before fork;
-//! `std::process::Command` builds argv/envp before forking and reports an
-//! exec failure back through a close-on-exec pipe, so `exec` returns only
-//! once the task's program is running.
+//! Every string and descriptor the child needs is prepared before the
+//! start, and a failure before exec comes back as an error, so `exec`
+//! returns only once the task's program is running.
 
 use super::cgroup::{CgroupError, Cgroups};
 use super::logs::{self, LogError, LogLimits, LogPump};
 use super::procfs::{self, ProcIdentity};
-use super::sys::{self, ChildSetup, Credentials};
+use super::sys::launch::{self, LaunchError};
+use super::sys::{ChildSetup, Credentials};
 use super::{DirOwner, UnitSpec};
 use crate::agent::accounts::{self, Account};
 use crate::agent::artifacts::{self, ArtifactError};
 use crate::agent::templates::{self, TemplateError};
+use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::process::{Resource, Rlimit};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 
 #[derive(Debug)]
 pub enum SpawnError {
@@ -30,7 +29,7 @@ pub enum SpawnError {
     Logs(LogError),
     User(String),
     Cgroup(CgroupError),
-    Exec(String, std::io::Error),
+    Exec(String, LaunchError),
     Identity(i32, std::io::Error),
     PreStart(String),
 }
@@ -44,9 +43,7 @@ impl std::fmt::Display for SpawnError {
             SpawnError::Logs(e) => e.fmt(f),
             SpawnError::User(m) => f.write_str(m),
             SpawnError::Cgroup(e) => e.fmt(f),
-            SpawnError::Exec(cmd, e) if e.kind() == std::io::ErrorKind::NotFound => {
-                write!(f, "{cmd}: command not found")
-            }
+            SpawnError::Exec(cmd, e) if e.not_found() => write!(f, "{cmd}: command not found"),
             SpawnError::Exec(cmd, e) => write!(f, "{cmd}: {e}"),
             SpawnError::Identity(pid, e) => write!(f, "reading /proc/{pid}/stat of the new process: {e}"),
             SpawnError::PreStart(m) => f.write_str(m),
@@ -275,7 +272,7 @@ pub fn fetch_artifacts(
     artifacts::fetch_all(artifacts, dir, alloc_dir, owner, max_bytes).map_err(SpawnError::Artifact)
 }
 
-/// Last step, quick: log pipes, cgroup, fork/exec.
+/// Last step, quick: log pipes, cgroup, the start.
 pub fn exec(spec: &UnitSpec, ctx: &SpawnContext<'_>, prepared: &Prepared) -> Result<Spawned, SpawnError> {
     let logs_dir = spec.dir.join("logs");
     let account = &prepared.account;
@@ -287,23 +284,18 @@ pub fn exec(spec: &UnitSpec, ctx: &SpawnContext<'_>, prepared: &Prepared) -> Res
         Some(cg) => Some(cg.prepare(&spec.name, spec.limits).map_err(SpawnError::Cgroup)?),
         None => None,
     };
-    let (mut cmd, program) = unit_command(spec, &argv, account.as_ref(), cgroup_procs)?;
     let mut pumps = Vec::new();
+    let mut task_ends = Vec::new();
     for stream in logs::STREAMS {
         let (pump, task_end) = logs::open_stream(&logs_dir, stream, ctx.log_limits).map_err(SpawnError::Logs)?;
-        if stream == "stdout" {
-            cmd.stdout(task_end);
-        } else {
-            cmd.stderr(task_end);
-        }
         pumps.push(pump);
+        task_ends.push(task_end);
     }
-
-    let child = cmd.spawn().map_err(|e| SpawnError::Exec(program.to_string(), e))?;
-    let pid = child.id() as i32;
-    // The Child handle is dropped without waiting: the supervisor reaps
+    let [stdout, stderr] = [&task_ends[0], &task_ends[1]].map(|f| f.as_fd());
+    let pid = launch_unit(spec, &argv, account.as_ref(), cgroup_procs, [stdout, stderr])?;
+    // The task's ends of the log FIFOs close here; the supervisor reaps
     // every child with waitpid(-1) on SIGCHLD.
-    drop(child);
+    drop(task_ends);
     let stat = procfs::read_stat(pid).map_err(|e| SpawnError::Identity(pid, e))?;
     Ok(Spawned {
         identity: ProcIdentity {
@@ -355,35 +347,40 @@ pub fn spawn_probe(spec: &UnitSpec, ctx: &SpawnContext<'_>, argv: &[String]) -> 
         Some(cg) => Some(cg.join_existing(&spec.name).map_err(SpawnError::Cgroup)?),
         None => None,
     };
-    let (mut cmd, program) = unit_command(spec, argv, account.as_ref(), cgroup_procs)?;
-    cmd.stdout(Stdio::null()).stderr(Stdio::null());
-    let child = cmd.spawn().map_err(|e| SpawnError::Exec(program.to_string(), e))?;
-    Ok(child.id() as i32)
+    let null = dev_null()?;
+    launch_unit(spec, argv, account.as_ref(), cgroup_procs, [null.as_fd(), null.as_fd()])
 }
 
-/// `argv` as the unit runs it, for its process and its script checks
-/// alike: its environment (HOME from its account unless set), its
-/// directory, no stdin, and the child setup (new session, limits, its
-/// cgroup, its user). Returns the command and the program's name.
-fn unit_command<'a>(
+/// Start `argv` as the unit runs it, for its process and its script
+/// checks alike: its environment (HOME from its account unless set), its
+/// directory, no stdin, `output` as stdout and stderr, and the child setup
+/// (new session, limits, its cgroup, its user). Returns the pid.
+fn launch_unit(
     spec: &UnitSpec,
-    argv: &'a [String],
+    argv: &[String],
     account: Option<&Account>,
-    cgroup_procs: Option<rustix::fd::OwnedFd>,
-) -> Result<(Command, &'a str), SpawnError> {
+    cgroup_procs: Option<OwnedFd>,
+    output: [BorrowedFd<'_>; 2],
+) -> Result<i32, SpawnError> {
     let program = argv
         .first()
         .filter(|p| !p.is_empty())
         .ok_or_else(|| SpawnError::PreStart("no command to run".into()))?;
-    let mut cmd = Command::new(program);
-    cmd.args(&argv[1..])
-        .env_clear()
-        .envs(&spec.env)
-        .current_dir(&spec.dir)
-        .stdin(Stdio::null());
-    if let Some(account) = account.filter(|_| !spec.env.contains_key("HOME")) {
-        cmd.env("HOME", &account.home);
-    }
-    sys::install_child_setup(&mut cmd, child_setup(account, cgroup_procs));
-    Ok((cmd, program))
+    let home = account
+        .filter(|_| !spec.env.contains_key("HOME"))
+        .map(|a| ("HOME", a.home.as_str()));
+    let env = spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).chain(home);
+    let stdin = dev_null()?;
+    let setup = child_setup(account, cgroup_procs);
+    launch::launch(argv, env, &spec.dir, [stdin.as_fd(), output[0], output[1]], &setup)
+        .map_err(|e| SpawnError::Exec(program.clone(), e))
+}
+
+fn dev_null() -> Result<OwnedFd, SpawnError> {
+    rustix::fs::open(
+        "/dev/null",
+        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| SpawnError::Dir("/dev/null".into(), e.into()))
 }

@@ -1,18 +1,19 @@
-//! The agent's only `unsafe` code: the child-side hook that runs between
-//! fork and exec, borrowing raw descriptors listed in /proc/self/fd, the
-//! calling thread's signal mask, and the volatile read of the version slot.
+//! The agent's only `unsafe` code: starting a process ([`launch`]: a
+//! vfork-style clone and what the child does before exec), borrowing raw
+//! descriptors listed in /proc/self/fd, the calling thread's signal mask,
+//! and the volatile read of the version slot.
 //!
-//! Everything the pre-exec hook touches is prepared by the parent before
-//! fork (the cgroup descriptor, the limits, the user's ids and groups); in
-//! the child it only makes raw system calls (setsid, setrlimit, write,
-//! setgroups, setgid, setuid, prctl), which are async-signal-safe: no
-//! allocation, no locks, no stdio.
+//! Everything the child's setup touches is prepared by the parent before
+//! the clone (the cgroup descriptor, the limits, the user's ids and
+//! groups); in the child it only makes raw system calls (setsid,
+//! setrlimit, write, setgroups, setgid, setuid, prctl): no allocation, no
+//! locks, no stdio.
 
 use rustix::fd::{BorrowedFd, OwnedFd};
 use rustix::io::FdFlags;
 use rustix::process::{Gid, Resource, Rlimit, Uid};
-use std::os::unix::process::CommandExt;
-use std::process::Command;
+
+pub mod launch;
 
 /// What the child does to itself before exec.
 pub struct ChildSetup {
@@ -34,45 +35,31 @@ pub struct Credentials {
     pub groups: Vec<Gid>,
 }
 
-/// Install the pre-exec hook on `cmd`: new session (so the task is its own
-/// process group and `kill(-pgid)` reaches its whole tree), limits, cgroup,
-/// then the task's user, last.
-pub fn install_child_setup(cmd: &mut Command, setup: ChildSetup) {
-    let ChildSetup {
-        cgroup_procs,
-        rlimits,
-        credentials,
-    } = setup;
-    // SAFETY: the closure runs in the forked child before exec. It only
-    // calls setsid, setrlimit, write, setgroups, setgid, setuid and prctl through
-    // rustix, which are direct system calls (async-signal-safe: no
-    // allocation, no locks). Its captured data (a descriptor, the limits and
-    // the credentials) was allocated by the parent before fork and is only
-    // read here. Errors become io::Error values built from a raw errno (no
-    // allocation), which std reports to the parent.
-    unsafe {
-        cmd.pre_exec(move || {
-            rustix::process::setsid()?;
-            for (resource, limit) in &rlimits {
-                rustix::process::setrlimit(*resource, *limit)?;
-            }
-            if let Some(fd) = &cgroup_procs {
-                rustix::io::write(fd, b"0")?;
-            }
-            // rustix's set_thread_* are the raw per-thread system calls; the
-            // forked child has one thread, so they change the whole process.
-            if let Some(c) = &credentials {
-                rustix::thread::set_thread_groups(&c.groups)?;
-                rustix::thread::set_thread_gid(c.gid)?;
-                rustix::thread::set_thread_uid(c.uid)?;
-                // A task switched to a user stays that user: setuid-root
-                // programs on the robot cannot raise it back (as systemd's
-                // NoNewPrivileges=).
-                rustix::thread::set_no_new_privs(true)?;
-            }
-            Ok(())
-        });
+/// What the child does to itself before exec, in order: new session (so
+/// the task is its own process group and `kill(-pgid)` reaches its whole
+/// tree), limits, cgroup, then the task's user, last. Runs in the child
+/// of [`launch::launch`]: raw system calls on what the parent prepared.
+fn apply(setup: &ChildSetup) -> Result<(), (launch::Step, i32)> {
+    use launch::Step;
+    let err = |step| move |e: rustix::io::Errno| (step, e.raw_os_error());
+    rustix::process::setsid().map_err(err(Step::Session))?;
+    for (resource, limit) in &setup.rlimits {
+        rustix::process::setrlimit(*resource, *limit).map_err(err(Step::Limits))?;
     }
+    if let Some(fd) = &setup.cgroup_procs {
+        rustix::io::write(fd, b"0").map_err(err(Step::Cgroup))?;
+    }
+    // rustix's set_thread_* are the raw per-thread system calls; the
+    // child has one thread, so they change the whole process (and only it).
+    if let Some(c) = &setup.credentials {
+        rustix::thread::set_thread_groups(&c.groups).map_err(err(Step::User))?;
+        rustix::thread::set_thread_gid(c.gid).map_err(err(Step::User))?;
+        rustix::thread::set_thread_uid(c.uid).map_err(err(Step::User))?;
+        // A task switched to a user stays that user: setuid-root programs
+        // on the robot cannot raise it back (as systemd's NoNewPrivileges=).
+        rustix::thread::set_no_new_privs(true).map_err(err(Step::NoNewPrivs))?;
+    }
+    Ok(())
 }
 
 /// Mark every descriptor above stderr that the agent inherited from its own

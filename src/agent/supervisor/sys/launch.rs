@@ -1,0 +1,631 @@
+//! Starting a process without copying the agent: clone(2) with
+//! `CLONE_VM | CLONE_VFORK`, the way musl's and glibc's `posix_spawn` do.
+//! A fork copies the agent's page tables and then takes a copy-on-write
+//! fault for every page either side writes before the child's exec; with
+//! 100 tasks that was about a fifth of the agent's CPU per start (perf,
+//! issue 20). Here the child borrows the agent's memory and the calling
+//! thread sleeps until the child has exec'd or died.
+//!
+//! Written by hand because nothing well kept does it: `std::process::Command`
+//! forks whenever a pre-exec hook is set, and `posix_spawn` cannot join a
+//! cgroup, switch users or set NoNewPrivs, all of which must happen in the
+//! child before exec (see [`ChildSetup`]).
+//!
+//! What makes borrowing the agent's memory safe:
+//! - Everything the child reads is built by the parent before the clone:
+//!   the paths to try, argv and envp (C strings and pointer arrays), the
+//!   directory, descriptors, limits and the user's ids. The child allocates
+//!   nothing, takes no lock and makes system calls only (rustix's raw ones,
+//!   or libc's thin wrappers of one call), so the agent's other threads,
+//!   which keep running, never meet a half-changed heap.
+//! - The child never returns into the parent's frames: it runs on a stack
+//!   of its own (a buffer in [`launch`]'s frame) and ends in exec or _exit.
+//! - No agent signal handler runs in the child: the parent blocks every
+//!   signal across the clone; the child sets every caught signal back to
+//!   its default (its handler table is its own copy: no `CLONE_SIGHAND`),
+//!   and SIGPIPE too, which Rust's runtime ignores, before it unblocks them
+//!   (an empty mask, as `std::process::Command` leaves it).
+//! - The child's system calls change only the child: the user switch uses
+//!   the raw per-thread calls (libc's setuid would ask every agent thread
+//!   to switch too).
+//! - A failure comes back through a close-on-exec pipe (which step, which
+//!   errno), not through the shared memory, so the result is the same where
+//!   the clone is emulated by a fork (qemu-user does so).
+//!
+//! The program is looked up like musl's execvp: a name without a slash is
+//! tried in each directory of the child's `PATH` (musl's default when it
+//! has none), past directories where it is missing or not executable.
+
+use super::ChildSetup;
+use rustix::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+/// The search path of musl's execvp when the environment has no PATH.
+const DEFAULT_PATH: &str = "/usr/local/bin:/bin:/usr/bin";
+
+/// The child's stack. It makes system calls only, a few hundred bytes deep
+/// (musl's posix_spawn gives its child 5 KiB); debug builds need more.
+const CHILD_STACK: usize = 32 * 1024;
+
+#[repr(C, align(16))]
+struct ChildStack([u8; CHILD_STACK]);
+
+/// Where a start failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    Prepare,
+    Clone,
+    Stdio,
+    Chdir,
+    Session,
+    Limits,
+    Cgroup,
+    User,
+    NoNewPrivs,
+    Exec,
+}
+
+const STEPS: [Step; 10] = [
+    Step::Prepare,
+    Step::Clone,
+    Step::Stdio,
+    Step::Chdir,
+    Step::Session,
+    Step::Limits,
+    Step::Cgroup,
+    Step::User,
+    Step::NoNewPrivs,
+    Step::Exec,
+];
+
+impl Step {
+    fn what(self) -> &'static str {
+        match self {
+            Step::Prepare => "preparing the start",
+            Step::Clone => "creating the process",
+            Step::Stdio => "connecting its output",
+            Step::Chdir => "entering its directory",
+            Step::Session => "starting its session",
+            Step::Limits => "setting its limits",
+            Step::Cgroup => "joining its cgroup",
+            Step::User => "switching to its user",
+            Step::NoNewPrivs => "setting NoNewPrivs",
+            Step::Exec => "exec",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct LaunchError {
+    pub step: Step,
+    pub error: io::Error,
+}
+
+impl LaunchError {
+    fn new(step: Step, errno: i32) -> LaunchError {
+        LaunchError {
+            step,
+            error: io::Error::from_raw_os_error(errno),
+        }
+    }
+
+    /// The program was not found (in any directory of the search path).
+    pub fn not_found(&self) -> bool {
+        self.step == Step::Exec && self.error.kind() == io::ErrorKind::NotFound
+    }
+}
+
+impl std::fmt::Display for LaunchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.step {
+            Step::Exec => self.error.fmt(f),
+            step => write!(f, "{}: {}", step.what(), self.error),
+        }
+    }
+}
+
+/// What the child reads, all built before the clone.
+struct ChildArgs<'a> {
+    candidates: &'a [CString],
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+    cwd: &'a CStr,
+    stdio: [BorrowedFd<'a>; 3],
+    setup: &'a ChildSetup,
+    report: BorrowedFd<'a>,
+}
+
+/// Start `argv` with exactly `env`, in `cwd`, with `stdio` as its
+/// descriptors 0, 1 and 2, after `setup`; returns its pid once its program
+/// runs. The caller reaps it (the supervisor's waitpid(-1)); a child that
+/// failed before its exec is reaped here.
+pub fn launch<'e>(
+    argv: &[String],
+    env: impl IntoIterator<Item = (&'e str, &'e str)>,
+    cwd: &Path,
+    stdio: [BorrowedFd<'_>; 3],
+    setup: &ChildSetup,
+) -> Result<i32, LaunchError> {
+    let program = argv
+        .first()
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| invalid("no command to run".into()))?;
+    let args = argv
+        .iter()
+        .map(|a| c_string(a.as_bytes(), "an argument"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut envs = Vec::new();
+    let mut path = None;
+    for (key, value) in env {
+        if key == "PATH" {
+            path = Some(value);
+        }
+        envs.push(c_string(format!("{key}={value}").as_bytes(), "the environment")?);
+    }
+    let candidates = candidates(program, path)?;
+    let cwd = c_string(cwd.as_os_str().as_bytes(), "the directory")?;
+    let argv_ptrs = pointers(&args);
+    let envp_ptrs = pointers(&envs);
+    let os = |step| move |e: rustix::io::Errno| LaunchError::new(step, e.raw_os_error());
+    // The child moves these onto 0, 1 and 2 in that order, so none may sit
+    // there already (an agent started with a closed stdin gets its first
+    // pipe as descriptor 0); nor may the report pipe.
+    let mut lifted = Vec::new();
+    let low = |fd: BorrowedFd<'_>| -> Result<Option<OwnedFd>, LaunchError> {
+        match fd.as_raw_fd() {
+            0..=2 => Ok(Some(rustix::io::fcntl_dupfd_cloexec(fd, 3).map_err(os(Step::Stdio))?)),
+            _ => Ok(None),
+        }
+    };
+    for fd in stdio {
+        lifted.push(low(fd)?);
+    }
+    let (report_read, report_write) =
+        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(os(Step::Prepare))?;
+    let report_lifted = low(report_write.as_fd())?;
+    let pick = |i: usize| lifted[i].as_ref().map_or(stdio[i], |fd| fd.as_fd());
+    let child = ChildArgs {
+        candidates: &candidates,
+        argv: argv_ptrs.as_ptr(),
+        envp: envp_ptrs.as_ptr(),
+        cwd: &cwd,
+        stdio: [pick(0), pick(1), pick(2)],
+        setup,
+        report: report_lifted.as_ref().map_or(report_write.as_fd(), |fd| fd.as_fd()),
+    };
+
+    let mut stack = std::mem::MaybeUninit::<ChildStack>::uninit();
+    let saved_mask = set_signal_mask(!0);
+    // SAFETY: `child_main` runs on `stack` (its top, 16-byte aligned; the
+    // buffer outlives the child's use of it because CLONE_VFORK suspends
+    // this thread until the child has exec'd or exited) and reads `child`,
+    // which lives in this frame until after clone returns. With CLONE_VM
+    // the child shares this memory: the module doc says why it touches
+    // only what was prepared here. Every signal is blocked across the call
+    // so no handler runs in the child before it resets them.
+    let pid = unsafe {
+        let top = stack.as_mut_ptr().cast::<u8>().add(CHILD_STACK).cast::<c_void>();
+        libc::clone(
+            child_main,
+            top,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            (&raw const child).cast_mut().cast(),
+        )
+    };
+    let clone_error = io::Error::last_os_error();
+    set_signal_mask(saved_mask);
+    drop(report_lifted);
+    drop(report_write);
+    if pid < 0 {
+        return Err(LaunchError {
+            step: Step::Clone,
+            error: clone_error,
+        });
+    }
+    // End of file: the child's exec closed its end. Eight bytes (one
+    // write, atomic on a pipe): it failed and exited.
+    let mut report = [0u8; 8];
+    let read = loop {
+        match rustix::io::read(&report_read, &mut report) {
+            Err(rustix::io::Errno::INTR) => {}
+            read => break read,
+        }
+    };
+    let failure = match read {
+        Ok(0) => return Ok(pid),
+        Ok(_) => {
+            let step = u32::from_ne_bytes([report[0], report[1], report[2], report[3]]);
+            let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
+            LaunchError::new(STEPS.get(step as usize).copied().unwrap_or(Step::Prepare), errno)
+        }
+        Err(e) => {
+            // Never seen; whatever the child does, it must not run unknown.
+            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+            LaunchError::new(Step::Prepare, e.raw_os_error())
+        }
+    };
+    reap(pid);
+    Err(failure)
+}
+
+fn invalid(message: String) -> LaunchError {
+    LaunchError {
+        step: Step::Prepare,
+        error: io::Error::new(io::ErrorKind::InvalidInput, message),
+    }
+}
+
+fn c_string(bytes: &[u8], what: &str) -> Result<CString, LaunchError> {
+    CString::new(bytes).map_err(|_| invalid(format!("{what} contains a NUL byte")))
+}
+
+/// A NULL-terminated array of the strings' pointers (argv, envp).
+fn pointers(strings: &[CString]) -> Vec<*const c_char> {
+    strings
+        .iter()
+        .map(|s| s.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
+}
+
+/// The paths to try for `program`, in order (see the module doc).
+fn candidates(program: &str, path: Option<&str>) -> Result<Vec<CString>, LaunchError> {
+    if program.contains('/') {
+        return Ok(vec![c_string(program.as_bytes(), "the command")?]);
+    }
+    path.unwrap_or(DEFAULT_PATH)
+        .split(':')
+        .map(|dir| match dir {
+            "" => c_string(program.as_bytes(), "the command"),
+            dir => c_string(format!("{dir}/{program}").as_bytes(), "PATH"),
+        })
+        .collect()
+}
+
+/// Set the calling thread's signal mask (a raw bit set: every signal,
+/// including those libc keeps for itself, as both libcs' posix_spawn
+/// block them); returns the previous one.
+fn set_signal_mask(mask: u64) -> u64 {
+    let mut old = 0u64;
+    // SAFETY: rt_sigprocmask with valid pointers to two 8-byte sets (the
+    // kernel's sigset size on Linux's 64-bit targets) changes only the
+    // calling thread's mask.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &raw const mask,
+            &raw mut old,
+            std::mem::size_of::<u64>(),
+        );
+    }
+    old
+}
+
+/// Wait for a child that failed before its exec (it has exited or is
+/// about to).
+fn reap(pid: i32) {
+    let Some(pid) = rustix::process::Pid::from_raw(pid) else {
+        return;
+    };
+    while let Err(rustix::io::Errno::INTR) = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty())
+    {
+    }
+}
+
+/// The child, on its own stack, in the agent's memory: see the module doc
+/// for what it may do.
+extern "C" fn child_main(arg: *mut c_void) -> c_int {
+    // SAFETY: `arg` is the `ChildArgs` that `launch` passed to clone and
+    // keeps alive until the child has exec'd or exited.
+    let args = unsafe { &*arg.cast_const().cast::<ChildArgs<'_>>() };
+    let (step, errno) = match run_child(args) {
+        Ok(never) => match never {},
+        Err(failure) => failure,
+    };
+    let mut report = [0u8; 8];
+    report[..4].copy_from_slice(&(step as u32).to_ne_bytes());
+    report[4..].copy_from_slice(&errno.to_ne_bytes());
+    let _ = rustix::io::write(args.report, &report);
+    // SAFETY: _exit ends the child without running the agent's exit
+    // handlers or touching its stdio (they are the parent's).
+    unsafe { libc::_exit(127) }
+}
+
+fn run_child(args: &ChildArgs<'_>) -> Result<std::convert::Infallible, (Step, i32)> {
+    reset_signal_handlers();
+    let err = |step| move |e: rustix::io::Errno| (step, e.raw_os_error());
+    rustix::stdio::dup2_stdin(args.stdio[0]).map_err(err(Step::Stdio))?;
+    rustix::stdio::dup2_stdout(args.stdio[1]).map_err(err(Step::Stdio))?;
+    rustix::stdio::dup2_stderr(args.stdio[2]).map_err(err(Step::Stdio))?;
+    rustix::process::chdir(args.cwd).map_err(err(Step::Chdir))?;
+    super::apply(args.setup)?;
+    set_signal_mask(0);
+    let mut denied = false;
+    let mut last = libc::ENOENT;
+    for path in args.candidates {
+        // SAFETY: a NUL-terminated path and the NULL-terminated argv and
+        // envp arrays `launch` built; execve returns only on failure.
+        unsafe { libc::execve(path.as_ptr(), args.argv, args.envp) };
+        last = io::Error::last_os_error().raw_os_error().unwrap_or(libc::ENOENT);
+        match last {
+            libc::EACCES => denied = true,
+            libc::ENOENT | libc::ENOTDIR => {}
+            _ => break,
+        }
+    }
+    Err((
+        Step::Exec,
+        if denied && matches!(last, libc::ENOENT | libc::ENOTDIR) {
+            libc::EACCES
+        } else {
+            last
+        },
+    ))
+}
+
+/// Every caught signal back to its default, and SIGPIPE (see the module
+/// doc). SIGABRT is left alone: musl takes a lock to change it, and no
+/// agent code catches it. Signals 32-34 belong to libc.
+fn reset_signal_handlers() {
+    for sig in 1..=64 {
+        if matches!(sig, libc::SIGKILL | libc::SIGSTOP | libc::SIGABRT | 32..=34) {
+            continue;
+        }
+        // SAFETY: sigaction with a zeroed (SIG_DFL, no flags, empty mask)
+        // action and a local for the old one; it changes only this
+        // process's table (the clone did not share it).
+        unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(sig, std::ptr::null(), &raw mut old) != 0 {
+                continue;
+            }
+            let caught = old.sa_sigaction != libc::SIG_DFL && old.sa_sigaction != libc::SIG_IGN;
+            if caught || (sig == libc::SIGPIPE && old.sa_sigaction == libc::SIG_IGN) {
+                let default: libc::sigaction = std::mem::zeroed();
+                libc::sigaction(sig, &raw const default, std::ptr::null_mut());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn no_setup() -> ChildSetup {
+        ChildSetup {
+            cgroup_procs: None,
+            rlimits: Vec::new(),
+            credentials: None,
+        }
+    }
+
+    /// Start `argv` with `env` in `cwd`, its stdout and stderr into a pipe;
+    /// returns what it wrote by the time it closed them.
+    fn run(argv: &[&str], env: &[(&str, &str)], cwd: &Path) -> Result<String, LaunchError> {
+        let argv: Vec<String> = argv.iter().map(|a| a.to_string()).collect();
+        let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+        let null = rustix::fs::open(
+            "/dev/null",
+            rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .unwrap();
+        let pid = launch(
+            &argv,
+            env.iter().copied(),
+            cwd,
+            [null.as_fd(), write.as_fd(), write.as_fd()],
+            &no_setup(),
+        )?;
+        drop(write);
+        let mut out = String::new();
+        std::fs::File::from(read).read_to_string(&mut out).unwrap();
+        let _ = rustix::process::waitpid(
+            rustix::process::Pid::from_raw(pid),
+            rustix::process::WaitOptions::empty(),
+        );
+        Ok(out)
+    }
+
+    /// The children the calling thread has (zombies included).
+    fn my_children() -> Option<String> {
+        let tid = rustix::thread::gettid().as_raw_nonzero();
+        std::fs::read_to_string(format!("/proc/self/task/{tid}/children")).ok()
+    }
+
+    #[test]
+    fn a_started_program_gets_its_directory_environment_and_output_and_nothing_of_the_agent() {
+        // As the agent does at start-up: nothing the test runner inherited
+        // reaches a child.
+        super::super::mark_inherited_fds_cloexec();
+        let dir = tempfile::tempdir().unwrap();
+        // The caller's thread blocks a signal and the runtime ignores
+        // SIGPIPE and catches SIGSEGV: none of it may reach the program.
+        super::super::block_signals(&[libc::SIGUSR1]);
+        let out = run(
+            &[
+                "sh",
+                "-c",
+                r#"pwd; echo "$GREETING"; echo "${HOME-unset}"; ls /proc/$$/fd | tr '\n' ' '; echo;
+                   readlink /proc/$$/fd/0"#,
+            ],
+            &[("GREETING", "hello there"), ("PATH", "/usr/bin:/bin")],
+            dir.path(),
+        )
+        .unwrap();
+        // Straight from the start (a shell may reset its own mask).
+        let status = run(&["cat", "/proc/self/status"], &[], dir.path()).unwrap();
+        let unblocked = set_signal_mask(0);
+        assert_eq!(
+            unblocked & (1 << (libc::SIGUSR1 - 1)),
+            1 << (libc::SIGUSR1 - 1),
+            "the test's own mask"
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        let cwd = dir.path().canonicalize().unwrap();
+        assert_eq!(
+            lines[..5],
+            [cwd.to_str().unwrap(), "hello there", "unset", "0 1 2 ", "/dev/null"],
+            "{out}"
+        );
+        // qemu-user (the aarch64 tests) emulates the guest's signal state,
+        // so the kernel's view says nothing there.
+        // What the runner ignored it inherited (exec keeps it) is kept,
+        // as std::process::Command keeps it, except SIGPIPE.
+        if cfg!(target_arch = "x86_64") {
+            let field = |status: &str, name: &str| {
+                let line = status
+                    .lines()
+                    .find(|l| l.starts_with(name))
+                    .unwrap_or_else(|| panic!("{status}"));
+                u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+            };
+            let ours = std::fs::read_to_string("/proc/self/status").unwrap();
+            let pipe = 1 << (libc::SIGPIPE - 1);
+            assert_eq!(field(&ours, "SigIgn") & pipe, pipe, "the Rust runtime ignores SIGPIPE");
+            assert_eq!(field(&status, "SigBlk"), 0, "{status}");
+            assert_eq!(field(&status, "SigIgn"), field(&ours, "SigIgn") & !pipe, "{status}");
+        }
+    }
+
+    #[test]
+    fn a_program_is_found_like_execvp_finds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        for (d, mode) in [(&a, 0o644), (&b, 0o755)] {
+            std::fs::create_dir(d).unwrap();
+            let prog = d.join("prog");
+            std::fs::write(&prog, format!("#!/bin/sh\necho {}\n", d.display())).unwrap();
+            std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let path = format!("/nonexistent:{}:{}", a.display(), b.display());
+        // Past a missing directory and a file it may not run, the first it can.
+        let out = run(&["prog"], &[("PATH", &path)], dir.path()).unwrap();
+        assert_eq!(out.trim(), b.to_str().unwrap());
+        // Only files it may not run: permission denied, not "not found".
+        let e = run(&["prog"], &[("PATH", a.to_str().unwrap())], dir.path()).unwrap_err();
+        assert_eq!(
+            (e.step, e.error.raw_os_error()),
+            (Step::Exec, Some(libc::EACCES)),
+            "{e}"
+        );
+        // An empty entry is the directory the program starts in; a name
+        // with a slash is not looked up.
+        assert_eq!(
+            run(&["prog"], &[("PATH", ":/nonexistent")], &b).unwrap().trim(),
+            b.to_str().unwrap()
+        );
+        assert_eq!(
+            run(&["./prog"], &[("PATH", "/nonexistent")], &b).unwrap().trim(),
+            b.to_str().unwrap()
+        );
+        // No PATH: musl's default, which has sh.
+        assert_eq!(run(&["sh", "-c", "echo ok"], &[], dir.path()).unwrap().trim(), "ok");
+    }
+
+    #[test]
+    fn a_start_that_fails_says_which_step_and_leaves_no_process_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = my_children();
+        let e = run(&["no-such-program-anywhere"], &[], dir.path()).unwrap_err();
+        assert!(e.not_found(), "{e:?}");
+        let e = run(&["/bin/true"], &[], &dir.path().join("missing")).unwrap_err();
+        assert_eq!((e.step, e.error.raw_os_error()), (Step::Chdir, Some(libc::ENOENT)));
+        assert_eq!(
+            e.to_string(),
+            format!("entering its directory: {}", io::Error::from_raw_os_error(libc::ENOENT))
+        );
+        let e = run(&["/bin/echo", "a\0b"], &[], dir.path()).unwrap_err();
+        assert_eq!(
+            (e.step, e.to_string().as_str()),
+            (Step::Prepare, "preparing the start: an argument contains a NUL byte")
+        );
+        // Each child that failed was reaped: the thread has no zombie.
+        assert_eq!(my_children(), before);
+    }
+
+    static HANDLER_RAN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    extern "C" fn count(_: c_int) {
+        HANDLER_RAN.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// A signal that reaches the child before its exec finds the default
+    /// action, never the agent's handler (which would run on the agent's
+    /// memory). The child is held in its setup by a full pipe standing in
+    /// for cgroup.procs, signalled, then let go.
+    #[test]
+    #[cfg(target_arch = "x86_64")] // qemu-user turns the clone into a fork: no shared memory to watch
+    fn a_signal_before_exec_never_runs_the_agents_handler_in_the_child() {
+        // SAFETY: a handler that only increments an atomic.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = count as extern "C" fn(c_int) as usize;
+            assert_eq!(
+                libc::sigaction(libc::SIGUSR2, &raw const action, std::ptr::null_mut()),
+                0
+            );
+        }
+        let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+        rustix::io::ioctl_fionbio(&write, true).unwrap();
+        while rustix::io::write(&write, &[0; 4096]).is_ok() {}
+        while rustix::io::write(&write, &[0]).is_ok() {}
+        rustix::io::ioctl_fionbio(&write, false).unwrap();
+        let setup = ChildSetup {
+            cgroup_procs: Some(write),
+            rlimits: Vec::new(),
+            credentials: None,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let cwd = dir.path().to_path_buf();
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let starter = std::thread::spawn(move || {
+            tid_tx.send(rustix::thread::gettid().as_raw_nonzero().get()).unwrap();
+            let null = rustix::fs::open(
+                "/dev/null",
+                rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .unwrap();
+            launch(&["/bin/true".to_string()], [], &cwd, [null.as_fd(); 3], &setup)
+        });
+        let tid = tid_rx.recv().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let child: i32 = loop {
+            let children = std::fs::read_to_string(format!("/proc/self/task/{tid}/children")).unwrap();
+            if let Some(pid) = children.split_whitespace().next() {
+                break pid.parse().unwrap();
+            }
+            assert!(std::time::Instant::now() < deadline, "the child never appeared");
+            std::thread::yield_now();
+        };
+        let child_pid = rustix::process::Pid::from_raw(child).unwrap();
+        rustix::process::kill_process(child_pid, rustix::process::Signal::USR2).unwrap();
+        // Let the child's write through: it unblocks its signals after it.
+        let mut drain = vec![0u8; 1 << 20];
+        let _ = rustix::io::read(&read, &mut drain);
+        let pid = starter
+            .join()
+            .unwrap()
+            .expect("a child killed before exec ends like one that exits after it");
+        assert_eq!(pid, child);
+        let (_, status) = rustix::process::waitpid(Some(child_pid), rustix::process::WaitOptions::empty())
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            HANDLER_RAN.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "the agent's handler ran in the child"
+        );
+        assert_eq!(status.terminating_signal(), Some(libc::SIGUSR2), "{status:?}");
+    }
+}
