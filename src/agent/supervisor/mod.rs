@@ -401,6 +401,10 @@ impl Supervisor {
 
         sys::mark_inherited_fds_cloexec();
         let mut notices = Vec::new();
+        // Before the agent holds many: the first start would do it.
+        if let Err(e) = sys::launch::reserve() {
+            notices.push(format!("cannot reserve descriptors for starting tasks yet: {e}"));
+        }
         if let Err(e) = rustix::process::set_child_subreaper(Some(rustix::process::getpid())) {
             notices.push(format!(
                 "cannot become child subreaper ({e}): orphaned grandchildren will be reaped by init"

@@ -32,16 +32,30 @@
 //!   errno), not through the shared memory, so the result is the same where
 //!   the clone is emulated by a fork (qemu-user does so).
 //!
+//! Nor does a start copy the agent's descriptor table, which holds four
+//! descriptors per task (its two log FIFOs and log files): copying it and
+//! closing it again at exec cost ≈ 1 ms per start with 1,000 tasks (a
+//! fifth of the agent's CPU). The descriptors the child needs are first
+//! duplicated onto a few low numbers reserved at start-up ([`reserve`]);
+//! the child shares the agent's table (`CLONE_FILES`) and its first act on
+//! it is `close_range(first unreserved, ~0, CLOSE_RANGE_UNSHARE)`, which
+//! gives it a table of the numbers below only (Linux 5.9; before, or where
+//! the clone cannot share the table, the child copies the whole table, as
+//! a fork would).
+//!
 //! The program is looked up like musl's execvp: a name without a slash is
 //! tried in each directory of the child's `PATH` (musl's default when it
 //! has none), past directories where it is missing or not executable.
 
 use super::ChildSetup;
-use rustix::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use rustix::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd};
+use rustix::io::DupFlags;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 /// The search path of musl's execvp when the environment has no PATH.
 const DEFAULT_PATH: &str = "/usr/local/bin:/bin:/usr/bin";
@@ -52,6 +66,75 @@ const CHILD_STACK: usize = 32 * 1024;
 
 #[repr(C, align(16))]
 struct ChildStack([u8; CHILD_STACK]);
+
+/// The reserved numbers: the child's stdin, stdout, stderr, its report
+/// pipe and its cgroup.procs, in this order.
+const SLOTS: usize = 5;
+const REPORT: usize = 3;
+const CGROUP: usize = 4;
+
+/// Low descriptor numbers, each holding /dev/null between starts, onto
+/// which a start duplicates what its child needs (module doc). Behind a
+/// mutex: one start at a time uses them.
+struct Slots {
+    fds: [OwnedFd; SLOTS],
+    null: OwnedFd,
+    /// The first number the child does not need.
+    keep_below: u32,
+}
+
+static RESERVED: Mutex<Option<Slots>> = Mutex::new(None);
+
+/// Set when the clone could not share the descriptor table (qemu-user
+/// refuses `CLONE_FILES` for a process): later starts do not try again.
+static NO_SHARED_TABLE: AtomicBool = AtomicBool::new(false);
+
+/// Reserve the low descriptor numbers now, while the agent holds few
+/// (the supervisor calls it at start-up; otherwise the first start does).
+pub fn reserve() -> io::Result<()> {
+    let mut reserved = RESERVED.lock().unwrap_or_else(PoisonError::into_inner);
+    if reserved.is_none() {
+        *reserved = Some(Slots::open()?);
+    }
+    Ok(())
+}
+
+impl Slots {
+    fn open() -> io::Result<Slots> {
+        let null = || {
+            rustix::fs::open(
+                "/dev/null",
+                rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+        };
+        let mut fds = Vec::with_capacity(SLOTS);
+        while fds.len() < SLOTS {
+            let fd = null()?;
+            if fd.as_raw_fd() <= 2 {
+                // The agent was started with this one closed: /dev/null
+                // stays there, so nothing else lands on it.
+                let _ = fd.into_raw_fd();
+                continue;
+            }
+            fds.push(fd);
+        }
+        let keep_below = fds.iter().map(|fd| fd.as_raw_fd()).max().unwrap_or(2) as u32 + 1;
+        let fds: [OwnedFd; SLOTS] = fds.try_into().map_err(|_| io::Error::other("descriptor slots"))?;
+        Ok(Slots {
+            fds,
+            null: null()?,
+            keep_below,
+        })
+    }
+
+    /// Back to /dev/null: the agent holds no copy of what a child got.
+    fn clear(&mut self) {
+        for slot in &mut self.fds {
+            let _ = rustix::io::dup3(&self.null, slot, DupFlags::CLOEXEC);
+        }
+    }
+}
 
 /// Where a start failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,9 +216,10 @@ struct ChildArgs<'a> {
     argv: *const *const c_char,
     envp: *const *const c_char,
     cwd: &'a CStr,
-    stdio: [BorrowedFd<'a>; 3],
     setup: &'a ChildSetup,
-    report: BorrowedFd<'a>,
+    /// The reserved numbers, holding the child's descriptors.
+    slots: &'a [OwnedFd; SLOTS],
+    keep_below: u32,
 }
 
 /// Start `argv` with exactly `env`, in `cwd`, with `stdio` as its
@@ -170,55 +254,70 @@ pub fn launch<'e>(
     let argv_ptrs = pointers(&args);
     let envp_ptrs = pointers(&envs);
     let os = |step| move |e: rustix::io::Errno| LaunchError::new(step, e.raw_os_error());
-    // The child moves these onto 0, 1 and 2 in that order, so none may sit
-    // there already (an agent started with a closed stdin gets its first
-    // pipe as descriptor 0); nor may the report pipe.
-    let mut lifted = Vec::new();
-    let low = |fd: BorrowedFd<'_>| -> Result<Option<OwnedFd>, LaunchError> {
-        match fd.as_raw_fd() {
-            0..=2 => Ok(Some(rustix::io::fcntl_dupfd_cloexec(fd, 3).map_err(os(Step::Stdio))?)),
-            _ => Ok(None),
-        }
-    };
-    for fd in stdio {
-        lifted.push(low(fd)?);
-    }
     let (report_read, report_write) =
         rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(os(Step::Prepare))?;
-    let report_lifted = low(report_write.as_fd())?;
-    let pick = |i: usize| lifted[i].as_ref().map_or(stdio[i], |fd| fd.as_fd());
+
+    let mut reserved = RESERVED.lock().unwrap_or_else(PoisonError::into_inner);
+    if reserved.is_none() {
+        *reserved = Some(Slots::open().map_err(|error| LaunchError {
+            step: Step::Prepare,
+            error,
+        })?);
+    }
+    let Some(slots) = reserved.as_mut() else {
+        unreachable!("reserved above")
+    };
+    let sources = [stdio[0], stdio[1], stdio[2], report_write.as_fd()];
+    let cgroup = setup.cgroup_procs.as_ref().map(|fd| fd.as_fd());
+    for (slot, source) in slots.fds.iter_mut().zip(sources.into_iter().chain(cgroup)) {
+        if let Err(e) = rustix::io::dup3(source, slot, DupFlags::CLOEXEC) {
+            slots.clear();
+            return Err(os(Step::Stdio)(e));
+        }
+    }
+    drop(report_write);
     let child = ChildArgs {
         candidates: &candidates,
         argv: argv_ptrs.as_ptr(),
         envp: envp_ptrs.as_ptr(),
         cwd: &cwd,
-        stdio: [pick(0), pick(1), pick(2)],
         setup,
-        report: report_lifted.as_ref().map_or(report_write.as_fd(), |fd| fd.as_fd()),
+        slots: &slots.fds,
+        keep_below: slots.keep_below,
     };
 
     let mut stack = std::mem::MaybeUninit::<ChildStack>::uninit();
+    let top = stack
+        .as_mut_ptr()
+        .cast::<u8>()
+        .wrapping_add(CHILD_STACK)
+        .cast::<c_void>();
     let saved_mask = set_signal_mask(!0);
-    // SAFETY: `child_main` runs on `stack` (its top, 16-byte aligned; the
-    // buffer outlives the child's use of it because CLONE_VFORK suspends
-    // this thread until the child has exec'd or exited) and reads `child`,
-    // which lives in this frame until after clone returns. With CLONE_VM
-    // the child shares this memory: the module doc says why it touches
-    // only what was prepared here. Every signal is blocked across the call
-    // so no handler runs in the child before it resets them.
-    let pid = unsafe {
-        let top = stack.as_mut_ptr().cast::<u8>().add(CHILD_STACK).cast::<c_void>();
-        libc::clone(
-            child_main,
-            top,
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-            (&raw const child).cast_mut().cast(),
-        )
+    let mut flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD;
+    if !NO_SHARED_TABLE.load(Ordering::Relaxed) {
+        flags |= libc::CLONE_FILES;
+    }
+    let clone = |flags: c_int| {
+        // SAFETY: `child_main` runs on `stack` (its top, 16-byte aligned;
+        // the buffer outlives the child's use of it because CLONE_VFORK
+        // suspends this thread until the child has exec'd or exited) and
+        // reads `child`, which lives in this frame until after clone
+        // returns. With CLONE_VM the child shares this memory (and with
+        // CLONE_FILES the descriptor table until its first step): the
+        // module doc says why it touches only what was prepared here.
+        // Every signal is blocked across the call so no handler runs in
+        // the child before it resets them.
+        let pid = unsafe { libc::clone(child_main, top, flags, (&raw const child).cast_mut().cast()) };
+        (pid, io::Error::last_os_error())
     };
-    let clone_error = io::Error::last_os_error();
+    let (mut pid, mut clone_error) = clone(flags);
+    if pid < 0 && flags & libc::CLONE_FILES != 0 && clone_error.raw_os_error() == Some(libc::EINVAL) {
+        NO_SHARED_TABLE.store(true, Ordering::Relaxed);
+        (pid, clone_error) = clone(flags & !libc::CLONE_FILES);
+    }
     set_signal_mask(saved_mask);
-    drop(report_lifted);
-    drop(report_write);
+    slots.clear();
+    drop(reserved);
     if pid < 0 {
         return Err(LaunchError {
             step: Step::Clone,
@@ -331,7 +430,7 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
     let mut report = [0u8; 8];
     report[..4].copy_from_slice(&(step as u32).to_ne_bytes());
     report[4..].copy_from_slice(&errno.to_ne_bytes());
-    let _ = rustix::io::write(args.report, &report);
+    let _ = rustix::io::write(&args.slots[REPORT], &report);
     // SAFETY: _exit ends the child without running the agent's exit
     // handlers or touching its stdio (they are the parent's).
     unsafe { libc::_exit(127) }
@@ -340,11 +439,30 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
 fn run_child(args: &ChildArgs<'_>) -> Result<std::convert::Infallible, (Step, i32)> {
     reset_signal_handlers();
     let err = |step| move |e: rustix::io::Errno| (step, e.raw_os_error());
-    rustix::stdio::dup2_stdin(args.stdio[0]).map_err(err(Step::Stdio))?;
-    rustix::stdio::dup2_stdout(args.stdio[1]).map_err(err(Step::Stdio))?;
-    rustix::stdio::dup2_stderr(args.stdio[2]).map_err(err(Step::Stdio))?;
+    // A table of its own, of the numbers below the last slot only (module
+    // doc); where close_range cannot, a copy of the whole table.
+    // SAFETY: close_range on numbers this process does not use after it
+    // (the agent's, inherited through a fork or shared until this call).
+    let own = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            args.keep_below,
+            u32::MAX,
+            libc::CLOSE_RANGE_UNSHARE,
+        )
+    };
+    if own != 0 {
+        // SAFETY: no other thread of this process exists: the child is
+        // a process of its own whose table is shared with the agent at
+        // most, which this call stops.
+        unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::FILES) }.map_err(err(Step::Stdio))?;
+    }
+    rustix::stdio::dup2_stdin(&args.slots[0]).map_err(err(Step::Stdio))?;
+    rustix::stdio::dup2_stdout(&args.slots[1]).map_err(err(Step::Stdio))?;
+    rustix::stdio::dup2_stderr(&args.slots[2]).map_err(err(Step::Stdio))?;
     rustix::process::chdir(args.cwd).map_err(err(Step::Chdir))?;
-    super::apply(args.setup)?;
+    let cgroup = args.setup.cgroup_procs.as_ref().map(|_| args.slots[CGROUP].as_fd());
+    super::apply(args.setup, cgroup)?;
     set_signal_mask(0);
     let mut denied = false;
     let mut last = libc::ENOENT;

@@ -39,14 +39,15 @@ pub struct Credentials {
 /// the task is its own process group and `kill(-pgid)` reaches its whole
 /// tree), limits, cgroup, then the task's user, last. Runs in the child
 /// of [`launch::launch`]: raw system calls on what the parent prepared.
-fn apply(setup: &ChildSetup) -> Result<(), (launch::Step, i32)> {
+/// `cgroup` is the child's copy of `cgroup_procs`.
+fn apply(setup: &ChildSetup, cgroup: Option<BorrowedFd<'_>>) -> Result<(), (launch::Step, i32)> {
     use launch::Step;
     let err = |step| move |e: rustix::io::Errno| (step, e.raw_os_error());
     rustix::process::setsid().map_err(err(Step::Session))?;
     for (resource, limit) in &setup.rlimits {
         rustix::process::setrlimit(*resource, *limit).map_err(err(Step::Limits))?;
     }
-    if let Some(fd) = &setup.cgroup_procs {
+    if let Some(fd) = cgroup {
         rustix::io::write(fd, b"0").map_err(err(Step::Cgroup))?;
     }
     // rustix's set_thread_* are the raw per-thread system calls; the
