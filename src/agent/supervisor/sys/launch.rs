@@ -565,6 +565,18 @@ mod tests {
         // As the agent does at start-up: nothing the test runner inherited
         // reaches a child.
         super::super::mark_inherited_fds_cloexec();
+        // Descriptors the agent holds (log pipes and files, sockets): none
+        // of them reaches the program.
+        let held: Vec<OwnedFd> = (0..64)
+            .map(|_| {
+                rustix::fs::open(
+                    "/dev/null",
+                    rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+                    rustix::fs::Mode::empty(),
+                )
+                .unwrap()
+            })
+            .collect();
         let dir = tempfile::tempdir().unwrap();
         // The caller's thread blocks a signal and the runtime ignores
         // SIGPIPE and catches SIGSEGV: none of it may reach the program.
@@ -582,6 +594,7 @@ mod tests {
         .unwrap();
         // Straight from the start (a shell may reset its own mask).
         let status = run(&["cat", "/proc/self/status"], &[], dir.path()).unwrap();
+        drop(held);
         let unblocked = set_signal_mask(0);
         assert_eq!(
             unblocked & (1 << (libc::SIGUSR1 - 1)),
