@@ -43,6 +43,7 @@ pub mod expand;
 pub mod gc;
 pub mod layout;
 pub mod manifest_paths;
+pub mod ordered;
 pub mod privileges;
 pub mod reconcile;
 pub mod robot_proxy;

@@ -58,6 +58,7 @@ use super::supervisor::{DirOwner, Plan, UnitSpec, Units};
 use crate::agent::clock;
 use crate::agent::gc::AllocGc;
 use crate::agent::layout::{Layout, UnitId};
+use crate::agent::ordered;
 use crate::api::{JobType, NetworkConfig, RestartMode, RestartPolicy, TaskSpec};
 use crate::envoy::{self, GroupProxy};
 use std::collections::{BTreeMap, BTreeSet};
@@ -484,10 +485,7 @@ impl Reconciler {
             tasks.retain(|n| {
                 let desired = match in_order {
                     // The group's tasks, in name order too: one walk.
-                    true => {
-                        while next.next_if(|t| t.name < *n).is_some() {}
-                        next.peek().is_some_and(|t| t.name == *n)
-                    }
+                    true => ordered::reaches(&mut next, |t| t.name.as_str(), n),
                     false => names.contains(n.as_str()),
                 };
                 desired || sup.has_process(n)
@@ -499,10 +497,7 @@ impl Reconciler {
             let mut next = desired.iter().peekable();
             stamps.retain(|n, _| match in_order {
                 // Both in name order: one walk beside the set.
-                true => {
-                    while next.next_if(|t| t.name < *n).is_some() {}
-                    next.peek().is_some_and(|t| t.name == *n)
-                }
+                true => ordered::reaches(&mut next, |t| t.name.as_str(), n),
                 false => names.contains(n.as_str()),
             });
         }
@@ -514,11 +509,18 @@ impl Reconciler {
             let Some((seen, support)) = self.seen.get_mut(*key) else {
                 continue;
             };
-            for t in tasks {
-                if !seen.contains(&t.name) {
-                    seen.insert(t.name.clone());
-                }
-            }
+            // The group's tasks it does not know yet: a walk beside them
+            // when in name order.
+            let mut known = seen.iter().peekable();
+            let new: Vec<String> = tasks
+                .iter()
+                .filter(|t| match in_order {
+                    true => !ordered::reaches(&mut known, |k| k.as_str(), &t.name),
+                    false => !seen.contains(&t.name),
+                })
+                .map(|t| t.name.clone())
+                .collect();
+            seen.extend(new);
             support.extend(group_support(key, tasks, mode));
         }
         self.lingering.clear();
@@ -847,17 +849,11 @@ impl Reconciler {
         let before = wanted.len();
         // Both in name order: one walk to drop, one to find what is new.
         let mut keep = tasks.iter().peekable();
-        wanted.retain(|n| {
-            while keep.next_if(|k| **k < n.as_str()).is_some() {}
-            keep.peek().is_some_and(|k| **k == n.as_str()) || support.contains(n) || lingering.contains(n)
-        });
+        wanted.retain(|n| ordered::reaches(&mut keep, |k| k, n) || support.contains(n) || lingering.contains(n));
         let mut have = wanted.iter().peekable();
         let new: Vec<String> = tasks
             .iter()
-            .filter(|n| {
-                while have.next_if(|h| h.as_str() < **n).is_some() {}
-                have.peek().is_none_or(|h| h.as_str() != **n)
-            })
+            .filter(|n| !ordered::reaches(&mut have, |h| h.as_str(), n))
             .map(|n| n.to_string())
             .collect();
         let mut changed = wanted.len() != before || !new.is_empty();

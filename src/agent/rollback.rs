@@ -25,6 +25,7 @@
 //! went back) is kept in `rollback.json` in the data dir, so an agent
 //! restarted while reverted stays reverted.
 
+use super::ordered;
 use super::reconcile::{AssignedTask, DesiredSpec, Outcome, Reconciler};
 use super::supervisor::Units;
 use crate::api::{Task, TaskSpec, TaskStatus};
@@ -312,8 +313,9 @@ impl Rollback {
                 self.applied = tasks
                     .iter()
                     .map(|t| {
-                        while old.next_if(|(n, _)| *n < t.name).is_some() {}
-                        old.next_if(|(n, _)| *n == t.name)
+                        ordered::reaches(&mut old, |(n, _)| n.as_str(), &t.name)
+                            .then(|| old.next())
+                            .flatten()
                             .unwrap_or_else(|| (t.name.clone(), Arc::clone(&t.spec)))
                     })
                     .collect();

@@ -844,8 +844,13 @@ fn queue_statuses(
         h.finish()
     };
     if last.members != Some(members) {
-        let names: std::collections::BTreeSet<&str> = desired().map(|t| t.name.as_str()).collect();
-        match outbox.retain(|n| names.contains(n)) {
+        // In name order: as the loop hands the set on, else through a set.
+        let mut names: Vec<&str> = desired().map(|t| t.name.as_str()).collect();
+        if !names.is_sorted() {
+            let sorted: std::collections::BTreeSet<&str> = names.into_iter().collect();
+            names = sorted.into_iter().collect();
+        }
+        match outbox.retain(&names) {
             Ok(()) => last.members = Some(members),
             Err(e) => say(&format!("agent: outbox: {e}")),
         }

@@ -36,6 +36,7 @@
 //! already applied (it answers "duplicate").
 
 use crate::agent::append_log::{self, AppendLog};
+use crate::agent::ordered;
 use crate::api::agent_protocol::TaskStatusUpdate;
 use crate::api::TaskStatus;
 use crate::atomic_file;
@@ -333,20 +334,23 @@ impl Outbox {
         Ok(())
     }
 
-    /// Drop unsent statuses of tasks no longer assigned here (they are moot,
-    /// and must not land on the task's next placement). The counter goes on:
-    /// if the task comes back, its statuses still count as newer.
-    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) -> io::Result<()> {
+    /// Drop unsent statuses of tasks no longer assigned here, `names` (in
+    /// name order) being those that are (the others are moot, and must not
+    /// land on the task's next placement). The counter goes on: if the
+    /// task comes back, its statuses still count as newer.
+    pub fn retain(&mut self, names: &[&str]) -> io::Result<()> {
         let before = self.file.pending.len();
         let left = &mut self.left;
+        let mut keep = names.iter().peekable();
         self.file.pending.retain(|k, _| {
-            let kept = keep(k);
+            let kept = ordered::reaches(&mut keep, |n| n, k);
             if !kept {
                 left.insert(k.clone());
             }
             kept
         });
-        self.last_status.retain(|k, _| keep(k));
+        let mut keep = names.iter().peekable();
+        self.last_status.retain(|k, _| ordered::reaches(&mut keep, |n| n, k));
         if before != self.file.pending.len() {
             self.save()?;
         }
@@ -523,7 +527,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut ob = Outbox::open(dir.path()).unwrap();
         ob.push("t", status(TaskState::Running)).unwrap();
-        ob.retain(|_| false).unwrap();
+        ob.retain(&[]).unwrap();
         assert!(ob.is_empty(), "unsent statuses of a task that left are dropped");
         ob.push("t", status(TaskState::Running)).unwrap();
         assert_eq!(ob.pending()[0].seq, 2);
@@ -537,7 +541,7 @@ mod tests {
             let task = format!("job-{i}-g-r0-t");
             ob.push(&task, status(TaskState::Completed)).unwrap();
             ob.acknowledge(&[(task.clone(), u64::MAX)]);
-            ob.retain(|_| false).unwrap();
+            ob.retain(&[]).unwrap();
         }
         ob.save_acks().unwrap();
         let (snapshot, journal) = files(dir.path());
@@ -685,7 +689,7 @@ mod tests {
             ob.acknowledge(&[(task.to_string(), i as u64 + 2)]);
             given.push(i as u64 + 2);
         }
-        ob.retain(|t| t != "a").unwrap();
+        ob.retain(&["b", "c", "d"]).unwrap();
         assert_eq!(
             ob.journal.flushes, 1,
             "statuses within the reservation: written, not flushed"

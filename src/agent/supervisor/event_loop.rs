@@ -100,6 +100,12 @@ impl Supervisor {
 
     /// Read the log pipes poll found `ready`.
     fn pump_logs(&mut self, ready: &[RawFd]) {
+        // Most wake-ups are a signal or a waker and no log pipe: no walk
+        // of every unit for them.
+        let wakeups = self.wakeups.fd().as_raw_fd();
+        if ready.iter().all(|fd| *fd == wakeups) {
+            return;
+        }
         for (name, unit) in &mut self.units {
             unit.pumps.retain_mut(|pump| match pump.drain_if(ready) {
                 Ok(eof) => !eof,

@@ -10,7 +10,7 @@ use super::probes::CheckState;
 use super::procfs::ProcIdentity;
 use super::watcher::Watcher;
 use super::{spawn, Change, DirOwner, Supervisor, Unit, UnitSpec, Watch};
-use crate::agent::clock;
+use crate::agent::{clock, ordered};
 use rustix::process::Signal;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -160,10 +160,7 @@ impl Supervisor {
         let mut want = wanted.iter().peekable();
         self.units
             .keys()
-            .filter(|name| {
-                while want.next_if(|w| *w < *name).is_some() {}
-                want.peek() != Some(name)
-            })
+            .filter(|name| !ordered::reaches(&mut want, |w| w.as_str(), name))
             .cloned()
             .collect()
     }
