@@ -165,6 +165,45 @@ fn restart_policy_counts_and_backs_off_exponentially() {
     }
 }
 
+/// A task whose program cannot start fails with the reason, named for a
+/// person (not found; not executable), and its group's other task runs.
+#[test]
+fn a_task_that_cannot_start_says_why_and_its_neighbour_runs() {
+    let sb = Sandbox::new();
+    let file = sb.job(&job(
+        "nostart",
+        "batch",
+        r#"    - name: g
+      tasks:
+        - name: missing
+          driver: exec
+          restartPolicy: {attempts: 0, mode: fail}
+          config: {execConfig: {command: no-such-program-k8s4r}}
+        - name: notexec
+          driver: exec
+          restartPolicy: {attempts: 0, mode: fail}
+          config: {execConfig: {command: /etc/passwd}}
+        - name: fine
+          driver: exec
+          config: {execConfig: {command: /bin/sh, args: ["-c", "echo fine > $K8S4R_ALLOC_DIR/fine"]}}
+"#,
+    ));
+    let mut agent = sb.run(&file, &[]);
+    assert_eq!(agent.wait_exit(), 1, "{}", agent.output());
+    let out = agent.output();
+    assert!(
+        out.contains("g r0 missing: failed: failed to start: no-such-program-k8s4r: command not found"),
+        "{out}"
+    );
+    let denied = std::io::Error::from_raw_os_error(13);
+    assert!(
+        out.contains(&format!("g r0 notexec: failed: failed to start: /etc/passwd: {denied}")),
+        "{out}"
+    );
+    let fine = std::fs::read_to_string(sb.data().join("alloc/nostart-g/alloc/fine")).unwrap();
+    assert_eq!(fine.trim(), "fine");
+}
+
 #[test]
 fn timeout_kills_a_process_tree_of_three_generations() {
     let sb = Sandbox::new();
