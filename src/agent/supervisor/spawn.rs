@@ -1,8 +1,9 @@
 //! Starting one unit's process, in three steps:
 //! 1. `prepare` (quick): directories, the user and its groups, templates;
 //! 2. `fetch_artifacts` (maybe slow, so on a worker thread when needed);
-//! 3. `exec` (quick): log pipes, cgroup, then `sys::launch` (a vfork-style
-//!    start: new session, limits, cgroup join, user switch, exec).
+//! 3. `exec` (quick): log pipes, cgroup, then `sys::launch` (a clone
+//!    sharing the agent's memory: new session, limits, cgroup join, user
+//!    switch, exec).
 //!
 //! Every string and descriptor the child needs is prepared before the
 //! start, and a failure before exec comes back as an error, so `exec`

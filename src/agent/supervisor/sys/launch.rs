@@ -1,10 +1,17 @@
-//! Starting a process without copying the agent: clone(2) with
-//! `CLONE_VM | CLONE_VFORK`, the way musl's and glibc's `posix_spawn` do.
-//! A fork copies the agent's page tables and then takes a copy-on-write
-//! fault for every page either side writes before the child's exec; with
-//! 100 tasks that was about a fifth of the agent's CPU per start (perf,
-//! issue 20). Here the child borrows the agent's memory and the calling
-//! thread sleeps until the child has exec'd or died.
+//! Starting a process without copying the agent: clone(2) with `CLONE_VM`,
+//! as musl's and glibc's `posix_spawn` do. A fork copies the agent's page
+//! tables and then takes a copy-on-write fault for every page either side
+//! writes before the child's exec; with 100 tasks that was about a fifth of
+//! the agent's CPU per start (perf, issue 20). Here the child borrows the
+//! agent's memory and the calling thread waits until the child has exec'd
+//! or failed.
+//!
+//! That wait is bounded ([`START_WITHIN`]), which is why there is no
+//! `CLONE_VFORK` (posix_spawn's): its wait ends only with the child's exec
+//! or death. Once the child has switched to the task's user, any process
+//! of that user may send it SIGSTOP, which no mask blocks; under vfork
+//! that would hold the agent's supervision loop for as long as it liked.
+//! Here a child that has not exec'd in time is killed and the start fails.
 //!
 //! Written by hand because nothing well kept does it: `std::process::Command`
 //! forks whenever a pre-exec hook is set, and `posix_spawn` cannot join a
@@ -19,7 +26,9 @@
 //!   or libc's thin wrappers of one call), so the agent's other threads,
 //!   which keep running, never meet a half-changed heap.
 //! - The child never returns into the parent's frames: it runs on a stack
-//!   of its own (a buffer in [`launch`]'s frame) and ends in exec or _exit.
+//!   of its own (a heap buffer the parent frees only once the child has
+//!   exec'd or is gone) and ends in exec or _exit. The parent only waits
+//!   meanwhile, touching nothing the child reads.
 //! - No agent signal handler runs in the child: the parent blocks every
 //!   signal across the clone; the child sets every caught signal back to
 //!   its default (its handler table is its own copy: no `CLONE_SIGHAND`),
@@ -30,7 +39,7 @@
 //!   to switch too).
 //! - A failure comes back through a close-on-exec pipe (which step, which
 //!   errno), not through the shared memory, so the result is the same where
-//!   the clone is emulated by a fork (qemu-user does so).
+//!   the clone cannot share memory and is a fork (qemu-user refuses it).
 //!
 //! Nor does a start copy the agent's descriptor table, which holds four
 //! descriptors per task (its two log FIFOs and log files): copying it and
@@ -41,14 +50,16 @@
 //! it is `close_range(first unreserved, ~0, CLOSE_RANGE_UNSHARE)`, which
 //! gives it a table of the numbers below only (Linux 5.9; before, or where
 //! the clone cannot share the table, the child copies the whole table, as
-//! a fork would).
+//! a fork would). It then says so on the report pipe, and the agent puts
+//! /dev/null back in the slots, so that the child's exec closes the last
+//! copy of the pipe's write end.
 //!
 //! The program is looked up like musl's execvp: a name without a slash is
 //! tried in each directory of the child's `PATH` (musl's default when it
 //! has none), past directories where it is missing or not executable.
 
 use super::ChildSetup;
-use rustix::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd};
+use rustix::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
 use rustix::io::DupFlags;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::io;
@@ -56,6 +67,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 /// The search path of musl's execvp when the environment has no PATH.
 const DEFAULT_PATH: &str = "/usr/local/bin:/bin:/usr/bin";
@@ -85,9 +97,20 @@ struct Slots {
 
 static RESERVED: Mutex<Option<Slots>> = Mutex::new(None);
 
-/// Set when the clone could not share the descriptor table (qemu-user
-/// refuses `CLONE_FILES` for a process): later starts do not try again.
-static NO_SHARED_TABLE: AtomicBool = AtomicBool::new(false);
+/// Set when the clone could not share the memory and descriptor table
+/// (qemu-user refuses `CLONE_VM` and `CLONE_FILES` for a process): later
+/// starts go straight to a fork.
+static NO_SHARED_CLONE: AtomicBool = AtomicBool::new(false);
+
+/// How long a start may take from the clone to the exec (normally well
+/// under a millisecond) before the child is killed.
+pub const START_WITHIN: Duration = Duration::from_secs(10);
+
+/// The child's words on the report pipe: its table is its own (the agent
+/// may let its copies of the slots go), or it failed (then the step and
+/// errno, 4 bytes each).
+const OWN_TABLE: u8 = b'u';
+const FAILED: u8 = b'f';
 
 /// Reserve the low descriptor numbers now, while the agent holds few
 /// (the supervisor calls it at start-up; otherwise the first start does).
@@ -149,9 +172,10 @@ pub enum Step {
     User,
     NoNewPrivs,
     Exec,
+    Start,
 }
 
-const STEPS: [Step; 10] = [
+const STEPS: [Step; 11] = [
     Step::Prepare,
     Step::Clone,
     Step::Stdio,
@@ -162,6 +186,7 @@ const STEPS: [Step; 10] = [
     Step::User,
     Step::NoNewPrivs,
     Step::Exec,
+    Step::Start,
 ];
 
 impl Step {
@@ -177,6 +202,7 @@ impl Step {
             Step::User => "switching to its user",
             Step::NoNewPrivs => "setting NoNewPrivs",
             Step::Exec => "exec",
+            Step::Start => "waiting for it to start",
         }
     }
 }
@@ -218,7 +244,7 @@ struct ChildArgs<'a> {
     cwd: &'a CStr,
     setup: &'a ChildSetup,
     /// The reserved numbers, holding the child's descriptors.
-    slots: &'a [OwnedFd; SLOTS],
+    slots: [RawFd; SLOTS],
     keep_below: u32,
 }
 
@@ -232,6 +258,18 @@ pub fn launch<'e>(
     cwd: &Path,
     stdio: [BorrowedFd<'_>; 3],
     setup: &ChildSetup,
+) -> Result<i32, LaunchError> {
+    launch_within(argv, env, cwd, stdio, setup, START_WITHIN)
+}
+
+/// [`launch`], the child killed if it has not exec'd `within` the clone.
+fn launch_within<'e>(
+    argv: &[String],
+    env: impl IntoIterator<Item = (&'e str, &'e str)>,
+    cwd: &Path,
+    stdio: [BorrowedFd<'_>; 3],
+    setup: &ChildSetup,
+    within: Duration,
 ) -> Result<i32, LaunchError> {
     let program = argv
         .first()
@@ -282,74 +320,139 @@ pub fn launch<'e>(
         envp: envp_ptrs.as_ptr(),
         cwd: &cwd,
         setup,
-        slots: &slots.fds,
+        slots: slots.fds.each_ref().map(|fd| fd.as_raw_fd()),
         keep_below: slots.keep_below,
     };
 
-    let mut stack = std::mem::MaybeUninit::<ChildStack>::uninit();
+    // On the heap: freed only once the child is done with it (below).
+    let mut stack = Box::<ChildStack>::new_uninit();
     let top = stack
         .as_mut_ptr()
         .cast::<u8>()
         .wrapping_add(CHILD_STACK)
         .cast::<c_void>();
     let saved_mask = set_signal_mask(!0);
-    let mut flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD;
-    if !NO_SHARED_TABLE.load(Ordering::Relaxed) {
-        flags |= libc::CLONE_FILES;
+    let shared = libc::CLONE_VM | libc::CLONE_FILES;
+    let mut flags = libc::SIGCHLD;
+    if !NO_SHARED_CLONE.load(Ordering::Relaxed) {
+        flags |= shared;
     }
     let clone = |flags: c_int| {
-        // SAFETY: `child_main` runs on `stack` (its top, 16-byte aligned;
-        // the buffer outlives the child's use of it because CLONE_VFORK
-        // suspends this thread until the child has exec'd or exited) and
-        // reads `child`, which lives in this frame until after clone
-        // returns. With CLONE_VM the child shares this memory (and with
-        // CLONE_FILES the descriptor table until its first step): the
-        // module doc says why it touches only what was prepared here.
-        // Every signal is blocked across the call so no handler runs in
-        // the child before it resets them.
+        // SAFETY: `child_main` runs on `stack` (its top, 16-byte aligned)
+        // and reads `child`; both stay alive and untouched until the child
+        // has exec'd, or exited, or been killed and reaped
+        // (`wait_for_start`, then the end of this function). With CLONE_VM
+        // the child shares this memory, and with CLONE_FILES the
+        // descriptor table until its first step: the module doc says why it
+        // touches only what was prepared here. Every signal is blocked
+        // across the call so no handler runs in the child before it resets
+        // them.
         let pid = unsafe { libc::clone(child_main, top, flags, (&raw const child).cast_mut().cast()) };
         (pid, io::Error::last_os_error())
     };
     let (mut pid, mut clone_error) = clone(flags);
-    if pid < 0 && flags & libc::CLONE_FILES != 0 && clone_error.raw_os_error() == Some(libc::EINVAL) {
-        NO_SHARED_TABLE.store(true, Ordering::Relaxed);
-        (pid, clone_error) = clone(flags & !libc::CLONE_FILES);
+    if pid < 0 && flags & shared != 0 && clone_error.raw_os_error() == Some(libc::EINVAL) {
+        NO_SHARED_CLONE.store(true, Ordering::Relaxed);
+        (pid, clone_error) = clone(flags & !shared);
     }
     set_signal_mask(saved_mask);
-    slots.clear();
-    drop(reserved);
-    if pid < 0 {
-        return Err(LaunchError {
+    let outcome = match pid {
+        ..0 => Err(LaunchError {
             step: Step::Clone,
             error: clone_error,
-        });
-    }
-    // End of file: the child's exec closed its end. Eight bytes (one
-    // write, atomic on a pipe): it failed and exited.
-    let mut report = [0u8; 8];
-    let read = loop {
-        match rustix::io::read(&report_read, &mut report) {
-            Err(rustix::io::Errno::INTR) => {}
-            read => break read,
-        }
+        }),
+        _ => wait_for_start(pid, &report_read, slots, Instant::now() + within),
     };
-    let failure = match read {
-        Ok(0) => return Ok(pid),
-        Ok(_) => {
-            let step = u32::from_ne_bytes([report[0], report[1], report[2], report[3]]);
-            let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
+    slots.clear();
+    drop(reserved);
+    // The child has exec'd or is gone: what it read may go.
+    std::hint::black_box(&child);
+    drop(stack);
+    outcome
+}
+
+/// Wait until the child `pid` has exec'd (its end of the report pipe
+/// closes) or says why it could not, at most until `deadline`: a child
+/// stopped on its way (a process of the task's user may send it SIGSTOP
+/// once it has switched users) is killed then, so the agent is never held.
+/// The agent's copies of the slots are let go once the child's table is
+/// its own, so that the child's exec ends the pipe.
+fn wait_for_start(pid: i32, report: &OwnedFd, slots: &mut Slots, deadline: Instant) -> Result<i32, LaunchError> {
+    let mut record = [0u8; 9];
+    let heard = match read_by(report, &mut record[..1], deadline) {
+        Ok(Some(1)) if record[0] == OWN_TABLE => {
+            slots.clear();
+            read_by(report, &mut record, deadline)
+        }
+        // A failure before the child's table was its own.
+        Ok(Some(1)) => read_by(report, &mut record[1..], deadline).map(|got| got.map(|n| n + 1)),
+        // No end of file can come first: the agent holds a copy of the
+        // child's end until then. Taken as a report cut short.
+        Ok(Some(_)) => Ok(Some(1)),
+        other => other,
+    };
+    let failure = match heard {
+        // End of file: the exec closed the child's end.
+        Ok(Some(0)) => return Ok(pid),
+        Ok(Some(9)) if record[0] == FAILED => {
+            let step = u32::from_ne_bytes([record[1], record[2], record[3], record[4]]);
+            let errno = i32::from_ne_bytes([record[5], record[6], record[7], record[8]]);
             LaunchError::new(STEPS.get(step as usize).copied().unwrap_or(Step::Prepare), errno)
         }
-        Err(e) => {
-            // Never seen; whatever the child does, it must not run unknown.
-            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-            }
-            LaunchError::new(Step::Prepare, e.raw_os_error())
-        }
+        Ok(Some(_)) => LaunchError {
+            step: Step::Start,
+            error: io::Error::other("the new process's report was cut short"),
+        },
+        Ok(None) => LaunchError {
+            step: Step::Start,
+            error: io::Error::new(
+                io::ErrorKind::TimedOut,
+                "it did not reach its exec in time (stopped by a signal?); killed",
+            ),
+        },
+        Err(error) => LaunchError {
+            step: Step::Start,
+            error,
+        },
     };
+    // A child that failed has exited or is about to; any other must not
+    // go on unwatched.
+    if failure.step == Step::Start {
+        if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    }
     reap(pid);
     Err(failure)
+}
+
+/// Read `buf` full from `fd` by `deadline`: `Some(n)`, fewer than asked at
+/// end of file; `None` if the deadline came first.
+fn read_by(fd: &OwnedFd, buf: &mut [u8], deadline: Instant) -> io::Result<Option<usize>> {
+    let mut got = 0;
+    while got < buf.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(None);
+        }
+        let timeout = rustix::time::Timespec {
+            tv_sec: left.as_secs() as i64,
+            tv_nsec: left.subsec_nanos().into(),
+        };
+        let mut ready = [rustix::event::PollFd::new(fd, rustix::event::PollFlags::IN)];
+        match rustix::event::poll(&mut ready, Some(&timeout)) {
+            Ok(0) | Err(rustix::io::Errno::INTR) => continue,
+            Ok(_) => {}
+            Err(e) => return Err(e.into()),
+        }
+        match rustix::io::read(fd, &mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Some(got))
 }
 
 fn invalid(message: String) -> LaunchError {
@@ -427,13 +530,21 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
         Ok(never) => match never {},
         Err(failure) => failure,
     };
-    let mut report = [0u8; 8];
-    report[..4].copy_from_slice(&(step as u32).to_ne_bytes());
-    report[4..].copy_from_slice(&errno.to_ne_bytes());
-    let _ = rustix::io::write(&args.slots[REPORT], &report);
+    let mut report = [FAILED; 9];
+    report[1..5].copy_from_slice(&(step as u32).to_ne_bytes());
+    report[5..].copy_from_slice(&errno.to_ne_bytes());
+    let _ = rustix::io::write(slot(args, REPORT), &report);
     // SAFETY: _exit ends the child without running the agent's exit
     // handlers or touching its stdio (they are the parent's).
     unsafe { libc::_exit(127) }
+}
+
+/// The child's descriptor in slot `i`.
+fn slot<'a>(args: &'a ChildArgs<'_>, i: usize) -> BorrowedFd<'a> {
+    // SAFETY: the number was a reserved slot when the clone was made, and
+    // the child's table keeps it (the numbers below `keep_below`) until
+    // its exec; nothing in the child closes it.
+    unsafe { BorrowedFd::borrow_raw(args.slots[i]) }
 }
 
 fn run_child(args: &ChildArgs<'_>) -> Result<std::convert::Infallible, (Step, i32)> {
@@ -457,11 +568,13 @@ fn run_child(args: &ChildArgs<'_>) -> Result<std::convert::Infallible, (Step, i3
         // most, which this call stops.
         unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::FILES) }.map_err(err(Step::Stdio))?;
     }
-    rustix::stdio::dup2_stdin(&args.slots[0]).map_err(err(Step::Stdio))?;
-    rustix::stdio::dup2_stdout(&args.slots[1]).map_err(err(Step::Stdio))?;
-    rustix::stdio::dup2_stderr(&args.slots[2]).map_err(err(Step::Stdio))?;
+    // The agent may let its copies of the slots go now.
+    rustix::io::write(slot(args, REPORT), &[OWN_TABLE]).map_err(err(Step::Start))?;
+    rustix::stdio::dup2_stdin(slot(args, 0)).map_err(err(Step::Stdio))?;
+    rustix::stdio::dup2_stdout(slot(args, 1)).map_err(err(Step::Stdio))?;
+    rustix::stdio::dup2_stderr(slot(args, 2)).map_err(err(Step::Stdio))?;
     rustix::process::chdir(args.cwd).map_err(err(Step::Chdir))?;
-    let cgroup = args.setup.cgroup_procs.as_ref().map(|_| args.slots[CGROUP].as_fd());
+    let cgroup = args.setup.cgroup_procs.as_ref().map(|_| slot(args, CGROUP));
     super::apply(args.setup, cgroup)?;
     set_signal_mask(0);
     let mut denied = false;
@@ -585,15 +698,17 @@ mod tests {
             &[
                 "sh",
                 "-c",
-                r#"pwd; echo "$GREETING"; echo "${HOME-unset}"; ls /proc/$$/fd | tr '\n' ' '; echo;
-                   readlink /proc/$$/fd/0"#,
+                r#"pwd; echo "$GREETING"; echo "${HOME-unset}"; readlink /proc/$$/fd/0"#,
             ],
             &[("GREETING", "hello there"), ("PATH", "/usr/bin:/bin")],
             dir.path(),
         )
         .unwrap();
-        // Straight from the start (a shell may reset its own mask).
+        // Straight from the start (a shell may reset its own mask, and
+        // holds a pipeline's descriptors for a while).
         let status = run(&["cat", "/proc/self/status"], &[], dir.path()).unwrap();
+        // Its descriptors: 0, 1, 2, and 3 for ls's own listing.
+        let fds = run(&["ls", "/proc/self/fd"], &[], dir.path()).unwrap();
         drop(held);
         let unblocked = set_signal_mask(0);
         assert_eq!(
@@ -604,9 +719,14 @@ mod tests {
         let lines: Vec<&str> = out.lines().collect();
         let cwd = dir.path().canonicalize().unwrap();
         assert_eq!(
-            lines[..5],
-            [cwd.to_str().unwrap(), "hello there", "unset", "0 1 2 ", "/dev/null"],
+            lines,
+            [cwd.to_str().unwrap(), "hello there", "unset", "/dev/null"],
             "{out}"
+        );
+        assert_eq!(
+            fds.split_whitespace().collect::<Vec<_>>(),
+            ["0", "1", "2", "3"],
+            "{fds}"
         );
         // qemu-user (the aarch64 tests) emulates the guest's signal state,
         // so the kernel's view says nothing there.
@@ -706,46 +826,15 @@ mod tests {
                 0
             );
         }
-        let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
-        rustix::io::ioctl_fionbio(&write, true).unwrap();
-        while rustix::io::write(&write, &[0; 4096]).is_ok() {}
-        while rustix::io::write(&write, &[0]).is_ok() {}
-        rustix::io::ioctl_fionbio(&write, false).unwrap();
-        let setup = ChildSetup {
-            cgroup_procs: Some(write),
-            rlimits: Vec::new(),
-            credentials: None,
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let cwd = dir.path().to_path_buf();
-        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
-        let starter = std::thread::spawn(move || {
-            tid_tx.send(rustix::thread::gettid().as_raw_nonzero().get()).unwrap();
-            let null = rustix::fs::open(
-                "/dev/null",
-                rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
-                rustix::fs::Mode::empty(),
-            )
-            .unwrap();
-            launch(&["/bin/true".to_string()], [], &cwd, [null.as_fd(); 3], &setup)
-        });
-        let tid = tid_rx.recv().unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let child: i32 = loop {
-            let children = std::fs::read_to_string(format!("/proc/self/task/{tid}/children")).unwrap();
-            if let Some(pid) = children.split_whitespace().next() {
-                break pid.parse().unwrap();
-            }
-            assert!(std::time::Instant::now() < deadline, "the child never appeared");
-            std::thread::yield_now();
-        };
+        let (read, setup) = holding_setup();
+        let (child, done) = start_held(setup, START_WITHIN);
         let child_pid = rustix::process::Pid::from_raw(child).unwrap();
         rustix::process::kill_process(child_pid, rustix::process::Signal::USR2).unwrap();
         // Let the child's write through: it unblocks its signals after it.
         let mut drain = vec![0u8; 1 << 20];
         let _ = rustix::io::read(&read, &mut drain);
-        let pid = starter
-            .join()
+        let pid = done
+            .recv_timeout(Duration::from_secs(10))
             .unwrap()
             .expect("a child killed before exec ends like one that exits after it");
         assert_eq!(pid, child);
@@ -758,5 +847,85 @@ mod tests {
             "the agent's handler ran in the child"
         );
         assert_eq!(status.terminating_signal(), Some(libc::SIGUSR2), "{status:?}");
+    }
+
+    /// A full pipe standing in for cgroup.procs: a child writing to it is
+    /// held in its setup until the pipe is read.
+    fn holding_setup() -> (OwnedFd, ChildSetup) {
+        let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+        rustix::io::ioctl_fionbio(&write, true).unwrap();
+        while rustix::io::write(&write, &[0; 4096]).is_ok() {}
+        while rustix::io::write(&write, &[0]).is_ok() {}
+        rustix::io::ioctl_fionbio(&write, false).unwrap();
+        let setup = ChildSetup {
+            cgroup_procs: Some(write),
+            rlimits: Vec::new(),
+            credentials: None,
+        };
+        (read, setup)
+    }
+
+    /// Start `/bin/true` held by `setup` on a thread of its own; returns
+    /// the child's pid (once it exists) and the start's outcome to come.
+    fn start_held(setup: ChildSetup, within: Duration) -> (i32, std::sync::mpsc::Receiver<Result<i32, LaunchError>>) {
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            tid_tx.send(rustix::thread::gettid().as_raw_nonzero().get()).unwrap();
+            let null = rustix::fs::open(
+                "/dev/null",
+                rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .unwrap();
+            let started = launch_within(
+                &["/bin/true".to_string()],
+                [],
+                Path::new("/"),
+                [null.as_fd(); 3],
+                &setup,
+                within,
+            );
+            let _ = done_tx.send(started);
+        });
+        let tid = tid_rx.recv().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let children = std::fs::read_to_string(format!("/proc/self/task/{tid}/children")).unwrap_or_default();
+            if let Some(pid) = children.split_whitespace().next() {
+                return (pid.parse().unwrap(), done_rx);
+            }
+            assert!(Instant::now() < deadline, "the child never appeared");
+            std::thread::yield_now();
+        }
+    }
+
+    /// Once the child has switched to the task's user, a process of that
+    /// user may stop it (SIGSTOP is never blocked) before its exec. The
+    /// start gives up at its deadline and kills it: the agent is not held.
+    #[test]
+    fn a_child_stopped_before_its_exec_is_killed_and_the_start_gives_up_in_time() {
+        let (read, setup) = holding_setup();
+        let (child, done) = start_held(setup, Duration::from_millis(300));
+        let pid = rustix::process::Pid::from_raw(child).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+        let stat = format!("/proc/{child}/stat");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_to_string(&stat)
+            .is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('T')))
+        {
+            assert!(Instant::now() < deadline, "the child never stopped");
+            std::thread::yield_now();
+        }
+        // Let its write through: it stays stopped.
+        let mut drain = vec![0u8; 1 << 20];
+        let _ = rustix::io::read(&read, &mut drain);
+        let e = done
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the start must give up by its deadline")
+            .unwrap_err();
+        assert_eq!((e.step, e.error.kind()), (Step::Start, io::ErrorKind::TimedOut), "{e}");
+        // Killed and reaped: no process, not even a zombie.
+        assert!(!Path::new(&format!("/proc/{child}")).exists());
     }
 }

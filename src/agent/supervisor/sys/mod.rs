@@ -1,7 +1,7 @@
 //! The agent's only `unsafe` code: starting a process ([`launch`]: a
-//! vfork-style clone and what the child does before exec), borrowing raw
-//! descriptors listed in /proc/self/fd, the calling thread's signal mask,
-//! and the volatile read of the version slot.
+//! clone sharing the agent's memory, and what the child does before exec),
+//! borrowing raw descriptors listed in /proc/self/fd, the calling thread's
+//! signal mask, and the volatile read of the version slot.
 //!
 //! Everything the child's setup touches is prepared by the parent before
 //! the clone (the cgroup descriptor, the limits, the user's ids and
