@@ -187,6 +187,15 @@ spec:
     wait_for("the job's task to run", T, || {
         std::fs::read_to_string(&marker).ok()?.contains("ran").then_some(())
     });
+    // Recorded (so `stop-all`, when the agent is dropped, stops it: a task
+    // outlives its agent by design).
+    let data = dir.path().join("data");
+    wait_for("the task's pid in the state", T, || {
+        ["state.json", "state.log"]
+            .iter()
+            .any(|f| std::fs::read_to_string(data.join(f)).is_ok_and(|s| s.contains("\"pid\"")))
+            .then_some(())
+    });
     assert!(
         agent.exited().is_none(),
         "the same process runs it: {}",
