@@ -361,7 +361,12 @@ fn launch_within<'e>(
             step: Step::Clone,
             error: clone_error,
         }),
-        _ => wait_for_start(pid, &report_read, slots, Instant::now() + within),
+        _ => wait_for_start(
+            pid,
+            &report_read,
+            slots,
+            crate::agent::clock::after(Instant::now(), within),
+        ),
     };
     slots.clear();
     drop(reserved);
@@ -631,6 +636,15 @@ mod tests {
     use std::io::Read;
     use std::os::unix::fs::PermissionsExt;
 
+    fn null() -> OwnedFd {
+        rustix::fs::open(
+            "/dev/null",
+            rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .unwrap()
+    }
+
     fn no_setup() -> ChildSetup {
         ChildSetup {
             cgroup_procs: None,
@@ -644,12 +658,7 @@ mod tests {
     fn run(argv: &[&str], env: &[(&str, &str)], cwd: &Path) -> Result<String, LaunchError> {
         let argv: Vec<String> = argv.iter().map(|a| a.to_string()).collect();
         let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
-        let null = rustix::fs::open(
-            "/dev/null",
-            rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-        )
-        .unwrap();
+        let null = null();
         let pid = launch(
             &argv,
             env.iter().copied(),
@@ -680,16 +689,7 @@ mod tests {
         super::super::mark_inherited_fds_cloexec();
         // Descriptors the agent holds (log pipes and files, sockets): none
         // of them reaches the program.
-        let held: Vec<OwnedFd> = (0..64)
-            .map(|_| {
-                rustix::fs::open(
-                    "/dev/null",
-                    rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
-                    rustix::fs::Mode::empty(),
-                )
-                .unwrap()
-            })
-            .collect();
+        let held: Vec<OwnedFd> = (0..64).map(|_| null()).collect();
         let dir = tempfile::tempdir().unwrap();
         // The caller's thread blocks a signal and the runtime ignores
         // SIGPIPE and catches SIGSEGV: none of it may reach the program.
@@ -872,12 +872,7 @@ mod tests {
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             tid_tx.send(rustix::thread::gettid().as_raw_nonzero().get()).unwrap();
-            let null = rustix::fs::open(
-                "/dev/null",
-                rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
-                rustix::fs::Mode::empty(),
-            )
-            .unwrap();
+            let null = null();
             let started = launch_within(
                 &["/bin/true".to_string()],
                 [],
