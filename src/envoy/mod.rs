@@ -1,7 +1,7 @@
 //! Envoy configuration for a TaskGroup's proxy, rendered from templates
 //! compiled into the binary (no YAML/protobuf runtime).
 //!
-//! What the agent calls (src/agent/reconcile.rs and robot_proxy.rs):
+//! What the agent calls (src/agent/reconcile/ and robot_proxy.rs):
 //! - [`GroupProxy`]: what the agent knows about a group that has a network
 //!   (its `network` block, `network.inbound` included).
 //! - [`prepare`]: write bootstrap + filesystem-xDS files into the group's

@@ -23,6 +23,7 @@
 //! counts as the server being unreachable: it never changes what runs.
 
 pub mod backoff;
+mod changes;
 pub mod channel;
 #[cfg(test)]
 mod channel_tests;
@@ -39,7 +40,7 @@ pub mod register;
 pub mod restart_delay;
 pub mod waiting;
 
-use super::reconcile::{AssignedTask, Outcome, ReconcileConfig, Reconciler};
+use super::reconcile::{self, AssignedTask, Outcome, ReconcileConfig, Reconciler, Since};
 use super::supervisor::machine::{Exit, Phase};
 use super::supervisor::{signals, Supervisor, SupervisorConfig, Waker};
 use crate::agent::clock;
@@ -216,15 +217,23 @@ pub fn run(opts: ConnectedOptions) -> Result<i32, String> {
     let mut rollback = super::rollback::Rollback::load(&data_dir);
     let mut rec = Reconciler::new(opts.reconcile);
     let mut queued = Queued::default();
+    let mut changes = changes::Changes::default();
     loop {
         if let Some(a) = lock(&shared.inbox).latest.take() {
             let learned = match &a.tasks {
                 Some(all) => {
                     desired = assigned_tasks(all, &a.group_names, &desired);
+                    changes.complete();
                     rollback.learn(all)
                 }
                 None => {
                     apply_changes(&mut desired, &a.changed, &a.removed, &a.group_names);
+                    changes.delta(
+                        a.changed
+                            .iter()
+                            .map(|t| t.name().to_string())
+                            .chain(a.removed.iter().cloned()),
+                    );
                     rollback.learn_changes(&a.changed, &a.removed)
                 }
             };
@@ -241,9 +250,14 @@ pub fn run(opts: ConnectedOptions) -> Result<i32, String> {
         let offline_since = lock(&shared.inbox).offline_since;
         let update_at = step_update(&mut updater, &shared, &update_waker, &mut sup);
         let (online, stop_at) = apply_disconnect_policy(&desired, offline_since, Instant::now());
+        let offline_stops = online.is_some();
         let online = online.as_deref().unwrap_or(&desired);
         // A rollout's new version that fails on this robot: back to the previous.
         let (reverted, revert_at) = rollback.apply(online, &rec, &sup, Instant::now());
+        // A set the loop derived (offline stops, a revert) changes apart
+        // from the answers: compared whole, as the step after it is.
+        let told = changes.for_step(offline_stops || reverted.is_some());
+        rec.tell(told.clone());
         let running = reverted.as_deref().unwrap_or(online);
         let recheck = rec
             .step(running, &mut sup, &mut |line| say(&line))
@@ -256,7 +270,7 @@ pub fn run(opts: ConnectedOptions) -> Result<i32, String> {
         // between the two must not leave a restarted agent contradicting a
         // status the server may already have.
         sup.flush().map_err(|e| e.to_string())?;
-        queue_statuses(&shared, running, &rec, &sup, &rollback, &mut queued);
+        queue_statuses(&shared, running, &told, &rec, &sup, &rollback, &mut queued);
         if sup.shutdown_requested() {
             sup.checkpoint().map_err(|e| e.to_string())?;
             if let Err(e) = lock(&shared.outbox).compact() {
@@ -810,6 +824,7 @@ struct Queued {
 fn queue_statuses(
     shared: &Shared,
     desired: &[AssignedTask],
+    since: &Since,
     rec: &Reconciler,
     sup: &Supervisor,
     rollback: &super::rollback::Rollback,
@@ -817,14 +832,14 @@ fn queue_statuses(
 ) {
     // A task stopped by a robot-local revert is still the server's: its
     // status says it went back.
-    let desired = || desired.iter().chain(rollback.stopped());
+    let tasks = || desired.iter().chain(rollback.stopped());
     let marked = rollback.marks_any();
     let all = marked || std::mem::replace(&mut last.marked, marked);
     let mut outbox = lock(&shared.outbox);
     // Few (a server that reset a task): looked through, not indexed.
     let forgotten = outbox.take_forgotten();
     let replanned = rec.replanned();
-    let statuses = desired()
+    let statuses = tasks()
         .filter(|t| all || replanned.contains(t.group_key_str()) || forgotten.contains(&t.name))
         .map(|t| {
             let mut status = task_status(t, rec, sup);
@@ -837,22 +852,42 @@ fn queue_statuses(
         say(&format!("agent: outbox: {e}"));
         false
     });
-    let members = {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        desired().for_each(|t| t.name.hash(&mut h));
-        h.finish()
-    };
-    if last.members != Some(members) {
-        // In name order: as the loop hands the set on, else through a set.
-        let mut names: Vec<&str> = desired().map(|t| t.name.as_str()).collect();
-        if !names.is_sorted() {
-            let sorted: std::collections::BTreeSet<&str> = names.into_iter().collect();
-            names = sorted.into_iter().collect();
+    match (since, rollback.stopped().is_empty()) {
+        // Told which names changed (and no revert stopped any): the
+        // statuses of those that left go, found without a look at every
+        // name.
+        (Since::Touched(touched), true) => {
+            let left: Vec<&str> = touched
+                .iter()
+                .filter(|n| reconcile::task_named(desired, n).is_none())
+                .map(String::as_str)
+                .collect();
+            if !touched.is_empty() {
+                last.members = None;
+            }
+            if let Err(e) = outbox.forget(&left) {
+                say(&format!("agent: outbox: {e}"));
+            }
         }
-        match outbox.retain(&names) {
-            Ok(()) => last.members = Some(members),
-            Err(e) => say(&format!("agent: outbox: {e}")),
+        _ => {
+            let members = {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                tasks().for_each(|t| t.name.hash(&mut h));
+                h.finish()
+            };
+            if last.members != Some(members) {
+                // In name order: as the loop hands the set on, else through a set.
+                let mut names: Vec<&str> = tasks().map(|t| t.name.as_str()).collect();
+                if !names.is_sorted() {
+                    let sorted: std::collections::BTreeSet<&str> = names.into_iter().collect();
+                    names = sorted.into_iter().collect();
+                }
+                match outbox.retain(&names) {
+                    Ok(()) => last.members = Some(members),
+                    Err(e) => say(&format!("agent: outbox: {e}")),
+                }
+            }
         }
     }
     drop(outbox);

@@ -357,6 +357,23 @@ impl Outbox {
         Ok(())
     }
 
+    /// Drop unsent statuses of tasks `names`, no longer assigned here (as
+    /// [`Self::retain`] does for the names it is not given).
+    pub fn forget(&mut self, names: &[&str]) -> io::Result<()> {
+        let mut dropped = false;
+        for name in names {
+            if self.file.pending.remove(*name).is_some() {
+                self.left.insert(name.to_string());
+                dropped = true;
+            }
+            self.last_status.remove(*name);
+        }
+        match dropped {
+            true => self.save(),
+            false => Ok(()),
+        }
+    }
+
     /// Write what changed since the last write: one line appended, or a
     /// new snapshot (module doc).
     fn save(&mut self) -> io::Result<()> {

@@ -25,7 +25,9 @@ impl Supervisor {
         let timeout = deadline.map(|d| d.saturating_duration_since(now));
         let ready = self.wait(timeout);
         self.wakeups.drain();
-        self.reap();
+        if self.wakeups.take_child_exited() {
+            self.reap();
+        }
         self.pump_logs(&ready);
         self.collect_check_results();
         self.collect_fetches();

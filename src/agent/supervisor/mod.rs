@@ -266,6 +266,10 @@ pub struct Plan {
     /// Which `wanted` this is: the planner counts up when it changes, so
     /// the same number is the same set (0: not counted, never the same).
     pub wanted_version: u64,
+    /// The names wanted by the set one version before and not by this one
+    /// (None: not known): where every unit was wanted then, these are the
+    /// ones to stop, found without a walk of every unit.
+    pub dropped: Option<Vec<String>>,
     /// Names in `units`.
     names: BTreeSet<String>,
 }
@@ -310,18 +314,38 @@ impl Units for Supervisor {
         // The wanted set of the last pass, after which every unit was
         // wanted, and only wanted units to start: nothing to stop, and no
         // look at every unit to find that out.
-        let unchanged = plan.wanted_version != 0
-            && self.all_wanted == Some(plan.wanted_version)
-            && self.leftovers.is_empty()
-            && plan.units.iter().all(|u| plan.wanted.contains(&u.name));
+        let all_wanted = self.leftovers.is_empty() && plan.units.iter().all(|u| plan.wanted.contains(&u.name));
+        let unchanged = all_wanted && plan.wanted_version != 0 && self.all_wanted == Some(plan.wanted_version);
+        // Every unit was wanted by the version before: only what this one
+        // dropped is to stop.
+        let follows = all_wanted
+            && self
+                .all_wanted
+                .is_some_and(|v| v != 0 && v.checked_add(1) == Some(plan.wanted_version))
+            && plan.dropped.is_some();
         for spec in plan.units {
             self.ensure(spec);
         }
         if unchanged {
             return;
         }
-        self.retain_leftovers(&|n: &str| plan.wanted.contains(n));
-        let unwanted = self.not_in(&plan.wanted);
+        let unwanted = match plan.dropped.filter(|_| follows) {
+            Some(dropped) => {
+                let unwanted: Vec<String> = dropped.into_iter().filter(|n| self.units.contains_key(n)).collect();
+                #[cfg(debug_assertions)]
+                {
+                    let mut sorted = unwanted.clone();
+                    sorted.sort();
+                    let walked = self.not_in(&plan.wanted);
+                    assert_eq!(sorted, walked, "the units version {} dropped", plan.wanted_version);
+                }
+                unwanted
+            }
+            None => {
+                self.retain_leftovers(&|n: &str| plan.wanted.contains(n));
+                self.not_in(&plan.wanted)
+            }
+        };
         let all = self.let_go(unwanted) && self.leftovers.is_empty();
         self.all_wanted = all.then_some(plan.wanted_version);
     }

@@ -33,6 +33,8 @@ pub struct Wakeups {
     read: UnixStream,
     write: UnixStream,
     shutdown: Arc<AtomicBool>,
+    /// SIGCHLD arrived: a child may be waiting to be reaped.
+    child_exited: Arc<AtomicBool>,
 }
 
 /// A handle other threads use to wake the loop.
@@ -57,7 +59,16 @@ impl Wakeups {
         for sig in [SIGTERM, SIGINT] {
             signal_hook::flag::register(sig, Arc::clone(&shutdown))?;
         }
-        Ok(Wakeups { read, write, shutdown })
+        // Set at first: children may have ended before this (an agent
+        // that exec'd itself inherits its tasks, exited ones included).
+        let child_exited = Arc::new(AtomicBool::new(true));
+        signal_hook::flag::register(SIGCHLD, Arc::clone(&child_exited))?;
+        Ok(Wakeups {
+            read,
+            write,
+            shutdown,
+            child_exited,
+        })
     }
 
     pub fn waker(&self) -> io::Result<Waker> {
@@ -73,6 +84,14 @@ impl Wakeups {
     pub fn drain(&self) {
         let mut buf = [0u8; 256];
         while matches!((&self.read).read(&mut buf), Ok(n) if n > 0) {}
+    }
+
+    /// Whether SIGCHLD arrived since the last call: only then can
+    /// waitpid find a child (with 1,000 children, each waitpid walks them
+    /// all in the kernel, so it is not called on every wake-up). Taken
+    /// before reaping, so a child that ends meanwhile sets it again.
+    pub fn take_child_exited(&self) -> bool {
+        self.child_exited.swap(false, Ordering::SeqCst)
     }
 
     /// SIGTERM or SIGINT arrived.

@@ -342,7 +342,7 @@ impl SavedState {
 }
 
 /// The one atomic write (`crate::atomic_file::write`), under the name
-/// `reconcile.rs` and `connected/config.rs` still call it by.
+/// `reconcile/` and `connected/config.rs` still call it by.
 pub use crate::atomic_file::write as write_atomic;
 
 #[cfg(test)]

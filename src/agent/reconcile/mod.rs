@@ -58,7 +58,6 @@ use super::supervisor::{DirOwner, Plan, UnitSpec, Units};
 use crate::agent::clock;
 use crate::agent::gc::AllocGc;
 use crate::agent::layout::{Layout, UnitId};
-use crate::agent::ordered;
 use crate::api::{JobType, NetworkConfig, RestartMode, RestartPolicy, TaskSpec};
 use crate::envoy::{self, GroupProxy};
 use std::collections::{BTreeMap, BTreeSet};
@@ -66,7 +65,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod books;
+#[cfg(test)]
+mod books_tests;
+
 pub use super::specs::{DEFAULT_KILL_TIMEOUT, PROXY_READY_TIMEOUT};
+pub use books::{task_named, Since};
+use books::{GroupBooks, Groups};
 const PROXY_READY_POLL: Duration = Duration::from_millis(100);
 
 /// One task assigned to this robot, with its placement filled in
@@ -278,9 +283,9 @@ pub struct Reconciler {
     failed: BTreeMap<String, String>,
     proxies: BTreeMap<String, ProxyStart>,
     notices: Vec<(String, String)>,
-    /// Per group seen: its task units and its supporting units (init
-    /// daemons, proxy, robot daemons).
-    seen: BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)>,
+    /// Per group seen: its task units and the units supporting them
+    /// (init daemons, proxy, robot daemons), see [`GroupBooks`].
+    seen: BTreeMap<String, GroupBooks>,
     /// Supporting units of removed groups kept until the group's tasks have
     /// stopped: a task shutting down may still need its proxy or daemon.
     lingering: BTreeSet<String>,
@@ -316,6 +321,16 @@ pub struct Reconciler {
     effects: Vec<Effect>,
     /// The tasks' PATH (the agent's, read once).
     path: String,
+    /// What the caller told of the next step's set ([`Self::tell`]).
+    since: Since,
+    /// Task names kept in `seen` (under a group that no longer has them)
+    /// only while their process runs: looked at again on each bookkeeping.
+    departing: BTreeSet<String>,
+    /// The names in `wanted` that are not the desired tasks': support
+    /// units of unfinished groups, lingering ones, the robot-wide proxy.
+    extra: BTreeSet<String>,
+    /// The names the last change of `wanted` dropped ([`Plan::dropped`]).
+    dropped: Vec<String>,
 }
 
 impl Reconciler {
@@ -342,7 +357,18 @@ impl Reconciler {
             robot_proxy: None,
             effects: Vec::new(),
             path: task_path(),
+            since: Since::Unknown,
+            departing: BTreeSet::new(),
+            extra: BTreeSet::new(),
+            dropped: Vec::new(),
         }
+    }
+
+    /// Tell the next [`Self::step`] what changed in the set it will be
+    /// given since the set the step before was given (see [`Since`]).
+    /// Untold, a step compares the set whole.
+    pub fn tell(&mut self, since: Since) {
+        self.since = since;
     }
 
     /// Group-level events since the last call: (group key, message).
@@ -355,14 +381,39 @@ impl Reconciler {
     /// and which files must be written first: the [`Pass`] the supervisor
     /// then applies. Reads no file or socket itself.
     pub fn plan(&mut self, desired: &[AssignedTask], sup: &impl Units, seen: &Observed) -> Pass {
+        self.plan_since(desired, &by_group(desired), sup, seen, &Since::Unknown)
+    }
+
+    /// [`Self::plan`], told what changed in the set since the last pass
+    /// (`since`), and with the set `grouped` already.
+    fn plan_since(
+        &mut self,
+        desired: &[AssignedTask],
+        groups: &Groups<'_>,
+        sup: &impl Units,
+        seen: &Observed,
+        since: &Since,
+    ) -> Pass {
         let mut plan = Plan::default();
         let mut recheck = None;
-        let groups = by_group(desired);
         // Which groups ended decides the wanted set (their support units go).
         let mut finished_changed = false;
         self.unsettle(seen);
-        for (key, tasks) in &groups {
-            if self.settled.get(*key).is_some_and(|planned| same_tasks(planned, tasks)) {
+        // The groups the change can have touched (None: not known).
+        let touched_groups = match since {
+            Since::Touched(names) => self.groups_of(desired, names),
+            Since::Unknown => None,
+        };
+        for (key, tasks) in groups {
+            let same = |planned: &Vec<AssignedTask>| match &touched_groups {
+                // Its tasks are the ones it was planned with: told so.
+                Some(touched) if !touched.contains(*key) => {
+                    debug_assert!(same_tasks(planned, tasks), "{key}: untouched, yet changed");
+                    true
+                }
+                _ => same_tasks(planned, tasks),
+            };
+            if self.settled.get(*key).is_some_and(same) {
                 continue;
             }
             let key = key.to_string();
@@ -433,24 +484,34 @@ impl Reconciler {
         // The rest follows from the set's names and specs (a spec decides
         // its support units), the finished groups, and groups draining: done
         // again only when one of those changed, not on every wake-up.
-        let shape = {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            for t in desired {
-                (&t.name, t.spec.hash()).hash(&mut h);
+        // Told what changed, the names tell whether the set did; else a
+        // hash of its names and specs, compared with the last one's.
+        let (reshaped, shape) = match since {
+            Since::Touched(names) => (!names.is_empty(), None),
+            Since::Unknown => {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                for t in desired {
+                    (&t.name, t.spec.hash()).hash(&mut h);
+                }
+                let shape = h.finish();
+                (self.shape != Some(shape), Some(shape))
             }
-            h.finish()
         };
+        if reshaped {
+            self.shape = shape;
+        }
         let draining = self.seen.keys().any(|k| !keys.contains(k.as_str()));
-        let reshaped = self.shape != Some(shape) || finished_changed;
-        if reshaped || draining || self.robot_proxy.is_some() {
-            self.bookkeep(desired, &groups, &keys, sup);
+        if reshaped || finished_changed || draining || self.robot_proxy.is_some() {
+            self.bookkeep(desired, groups, &keys, sup, since);
             // The robot-wide proxy's members are decided anew each pass
-            // (and the plan's copy changed after): never the same set.
-            if self.update_wanted(desired, &groups) || self.robot_proxy.is_some() {
+            // (and the plan's copy changed after): never the same set, and
+            // what it dropped not known.
+            if self.update_wanted(desired, groups, since) || self.robot_proxy.is_some() {
                 self.wanted_version += 1;
+                let dropped = std::mem::take(&mut self.dropped);
+                plan.dropped = self.robot_proxy.is_none().then_some(dropped);
             }
-            self.shape = Some(shape);
         }
         plan.wanted = Arc::clone(&self.wanted);
         plan.wanted_version = self.wanted_version;
@@ -458,88 +519,6 @@ impl Reconciler {
             plan,
             effects: std::mem::take(&mut self.effects),
             recheck,
-        }
-    }
-
-    /// What the reconciler remembers per group and task, brought in line
-    /// with `desired` (groups `keys`).
-    fn bookkeep(
-        &mut self,
-        desired: &[AssignedTask],
-        groups: &BTreeMap<&str, Vec<&AssignedTask>>,
-        keys: &BTreeSet<&str>,
-        sup: &impl Units,
-    ) {
-        // Task names are forgotten once neither desired nor running: a group
-        // that cycles through new task names must not remember every one.
-        // The set in name order (as the connected loop hands it on) is
-        // searched and walked as it is; any other order, through a set of
-        // its names.
-        let in_order = desired.windows(2).all(|w| w[0].name < w[1].name);
-        let names: BTreeSet<&str> = match in_order {
-            true => BTreeSet::new(),
-            false => desired.iter().map(|t| t.name.as_str()).collect(),
-        };
-        for (key, (tasks, _)) in self.seen.iter_mut() {
-            let mut next = groups.get(key.as_str()).into_iter().flatten().peekable();
-            tasks.retain(|n| {
-                let desired = match in_order {
-                    // The group's tasks, in name order too: one walk.
-                    true => ordered::reaches(&mut next, |t| t.name.as_str(), n),
-                    false => names.contains(n.as_str()),
-                };
-                desired || sup.has_process(n)
-            });
-        }
-        // A task that left and comes back must be ensured again (it may have
-        // been stopped meanwhile).
-        for stamps in [&mut self.ensured, &mut self.built] {
-            let mut next = desired.iter().peekable();
-            stamps.retain(|n, _| match in_order {
-                // Both in name order: one walk beside the set.
-                true => ordered::reaches(&mut next, |t| t.name.as_str(), n),
-                false => names.contains(n.as_str()),
-            });
-        }
-        let mode = self.config.proxy_mode;
-        for (key, tasks) in groups {
-            if !self.seen.contains_key(*key) {
-                self.seen.insert(key.to_string(), Default::default());
-            }
-            let Some((seen, support)) = self.seen.get_mut(*key) else {
-                continue;
-            };
-            // The group's tasks it does not know yet: a walk beside them
-            // when in name order.
-            let mut known = seen.iter().peekable();
-            let new: Vec<String> = tasks
-                .iter()
-                .filter(|t| match in_order {
-                    true => !ordered::reaches(&mut known, |k| k.as_str(), &t.name),
-                    false => !seen.contains(&t.name),
-                })
-                .map(|t| t.name.clone())
-                .collect();
-            seen.extend(new);
-            support.extend(group_support(key, tasks, mode));
-        }
-        self.lingering.clear();
-        self.seen.retain(|key, (tasks, support)| {
-            let desired = keys.contains(key.as_str());
-            let draining = !desired && tasks.iter().any(|n| sup.has_process(n));
-            if draining {
-                self.lingering.extend(support.iter().cloned());
-            }
-            desired || draining
-        });
-        if self.robot_proxy.is_some() {
-            let draining: BTreeSet<String> = self
-                .seen
-                .keys()
-                .filter(|k| !keys.contains(k.as_str()))
-                .cloned()
-                .collect();
-            self.effects.push(Effect::ShareProxy { draining });
         }
     }
 
@@ -586,9 +565,13 @@ impl Reconciler {
     /// but finds running, the output of an init task that failed, the Envoy
     /// binary when a proxy is to start.
     pub fn observe(&self, desired: &[AssignedTask], sup: &impl Units) -> Observed {
+        self.observe_groups(&by_group(desired), sup)
+    }
+
+    fn observe_groups(&self, groups: &Groups<'_>, sup: &impl Units) -> Observed {
         let mut seen = Observed::default();
         let mut starts_proxy = false;
-        for (key, tasks) in by_group(desired) {
+        for (&key, tasks) in groups {
             if self.failed.contains_key(key) {
                 continue;
             }
@@ -739,13 +722,19 @@ impl Reconciler {
     /// whether planning again may get further (it started a unit or wrote
     /// files), and when to look again.
     pub fn pass(&mut self, desired: &[AssignedTask], sup: &mut impl Units) -> (bool, Option<Instant>) {
-        let mut seen = self.observe(desired, sup);
+        self.pass_since(desired, sup, &Since::Unknown)
+    }
+
+    /// [`Self::pass`], told what changed in the set since the last pass.
+    fn pass_since(&mut self, desired: &[AssignedTask], sup: &mut impl Units, since: &Since) -> (bool, Option<Instant>) {
+        let groups = by_group(desired);
+        let mut seen = self.observe_groups(&groups, sup);
         seen.moved = sup.take_moved();
         let Pass {
             mut plan,
             effects,
             recheck,
-        } = self.plan(desired, sup, &seen);
+        } = self.plan_since(desired, &groups, sup, &seen, since);
         let acted = effects.iter().any(|e| matches!(e, Effect::UpdateProxy { .. }));
         self.carry_out(effects, &mut plan, &*sup);
         let fresh: Vec<String> = plan
@@ -760,10 +749,18 @@ impl Reconciler {
         // waits on (an init task or daemon, a proxy); a new task unit that
         // runs changes nothing the next pass decides.
         let again = !fresh.is_empty() && {
-            let tasks: BTreeSet<&str> = desired.iter().map(|t| t.name.as_str()).collect();
+            // Looked up in the set as it is when in name order (told so).
+            let tasks: BTreeSet<&str> = match since {
+                Since::Touched(_) => BTreeSet::new(),
+                Since::Unknown => desired.iter().map(|t| t.name.as_str()).collect(),
+            };
+            let is_task = |n: &str| match since {
+                Since::Touched(_) => books::task_named(desired, n).is_some(),
+                Since::Unknown => tasks.contains(n),
+            };
             fresh
                 .iter()
-                .any(|n| !tasks.contains(n.as_str()) || sup.view(n).is_some_and(|v| v.phase.is_terminal()))
+                .any(|n| !is_task(n) || sup.view(n).is_some_and(|v| v.phase.is_terminal()))
         };
         (again || acted, recheck)
     }
@@ -789,13 +786,19 @@ impl Reconciler {
         // least one init task further, so the rounds are bounded.
         let rounds = 2 + desired.iter().map(|t| t.spec.init_tasks.len()).max().unwrap_or(0);
         let mut recheck = None;
+        // What the caller told of the set's change ([`Self::tell`]) is news
+        // to the first round; the rounds after see the same set again.
+        let mut since = std::mem::take(&mut self.since);
         // A pass that wrote a proxy's files plans again too: a proxy
         // updated in place lets its tasks take the new network at once.
         for _ in 0..rounds {
-            let (again, at) = self.pass(desired, sup);
+            let (again, at) = self.pass_since(desired, sup, &since);
             recheck = at;
             if !again {
                 break;
+            }
+            if let Since::Touched(names) = &mut since {
+                names.clear();
             }
         }
         let recheck = recheck.into_iter().chain(self.collect_garbage(sup)).min();
@@ -813,55 +816,6 @@ impl Reconciler {
     /// units did not move, their tasks did not change).
     pub fn replanned(&self) -> &BTreeSet<String> {
         &self.replanned
-    }
-
-    /// Bring the wanted set (the names of every unit the desired set may
-    /// need; anything else is stopped) in line with `desired` (grouped as
-    /// `groups`), in place: an answer that changed a few names adds and
-    /// drops those, walking the task names beside the set instead of
-    /// collecting every name into a new set (with 1,000 tasks, that was a
-    /// twentieth of the agent's work per change). True if it changed.
-    fn update_wanted(&mut self, desired: &[AssignedTask], groups: &BTreeMap<&str, Vec<&AssignedTask>>) -> bool {
-        let mut support = BTreeSet::new();
-        for (key, tasks) in groups {
-            if !self.finished.contains(*key) {
-                support.extend(group_support(key, tasks, self.config.proxy_mode));
-            }
-        }
-        // Shared by every group with a network: wanted while one is a member.
-        if self.robot_proxy.as_ref().is_some_and(RobotProxy::in_use) {
-            support.insert(UnitId::robot_proxy().name());
-        }
-        // The task names in name order: as the connected loop hands them
-        // on; any other order through a set (whose code the agent has
-        // already; a slice sort's would cost it kilobytes).
-        let tasks: Vec<&str> = match desired.is_sorted_by(|a, b| a.name < b.name) {
-            true => desired.iter().map(|t| t.name.as_str()).collect(),
-            false => desired
-                .iter()
-                .map(|t| t.name.as_str())
-                .collect::<BTreeSet<&str>>()
-                .into_iter()
-                .collect(),
-        };
-        let lingering = &self.lingering;
-        let wanted = Arc::make_mut(&mut self.wanted);
-        let before = wanted.len();
-        // Both in name order: one walk to drop, one to find what is new.
-        let mut keep = tasks.iter().peekable();
-        wanted.retain(|n| ordered::reaches(&mut keep, |k| k, n) || support.contains(n) || lingering.contains(n));
-        let mut have = wanted.iter().peekable();
-        let new: Vec<String> = tasks
-            .iter()
-            .filter(|n| !ordered::reaches(&mut have, |h| h.as_str(), n))
-            .map(|n| n.to_string())
-            .collect();
-        let mut changed = wanted.len() != before || !new.is_empty();
-        wanted.extend(new);
-        for name in support.into_iter().chain(lingering.iter().cloned()) {
-            changed |= wanted.insert(name);
-        }
-        changed
     }
 
     pub fn outcome(&self, task: &AssignedTask, sup: &impl Units) -> Outcome {
@@ -1406,7 +1360,7 @@ fn group_finished(tasks: &[&AssignedTask], sup: &impl Units) -> bool {
     })
 }
 
-fn by_group(desired: &[AssignedTask]) -> BTreeMap<&str, Vec<&AssignedTask>> {
+fn by_group(desired: &[AssignedTask]) -> Groups<'_> {
     let mut groups: BTreeMap<&str, Vec<&AssignedTask>> = BTreeMap::new();
     for t in desired {
         groups.entry(t.group_key_str()).or_default().push(t);
@@ -1710,7 +1664,7 @@ pub(crate) mod tests {
             );
             assert!(next.wanted_version > 0);
             assert!(
-                rec.seen.values().all(|(tasks, _)| !tasks.contains("j-a-r1-t")),
+                rec.seen.values().all(|group| !group.tasks.contains("j-a-r1-t")),
                 "a task neither desired nor running is forgotten"
             );
             let versions = [next.wanted_version];
