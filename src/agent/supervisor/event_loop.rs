@@ -10,6 +10,14 @@ use rustix::event::{PollFd, PollFlags};
 use rustix::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
+/// The earliest deadline of the units, if known (`Supervisor::unit_deadline`).
+#[derive(Clone, Copy)]
+pub(super) enum Earliest {
+    Unknown,
+    /// Walked since the units last changed (None: no deadline).
+    Known(Option<Instant>),
+}
+
 impl Supervisor {
     /// Persist the state if it changed, then wait for something to happen
     /// (a signal, log output, an adopted process ending, a check result) or
@@ -36,21 +44,46 @@ impl Supervisor {
         Ok(())
     }
 
-    fn next_deadline(&self) -> Option<Instant> {
-        let units = self.units.values().flat_map(|u| {
-            let running = matches!(u.machine.phase, Phase::Running { .. });
-            let checks = u
-                .checks
-                .iter()
-                .filter(move |c| running && !c.in_flight)
-                .map(|c| c.next_at);
-            let poll = match u.watch {
-                Watch::ProcPoll(at) if u.machine.phase.pid().is_some() => Some(at),
-                _ => None,
-            };
-            u.machine.next_deadline().into_iter().chain(checks).chain(poll)
-        });
-        units.chain(self.probes.values().map(|p| p.deadline)).min()
+    /// The earliest deadline of the units and the script probes.
+    fn next_deadline(&mut self) -> Option<Instant> {
+        let units = match self.unit_deadline {
+            Earliest::Known(known) => known,
+            Earliest::Unknown => {
+                let walked = self.units_deadline();
+                self.unit_deadline = Earliest::Known(walked);
+                walked
+            }
+        };
+        units.into_iter().chain(self.probes.values().map(|p| p.deadline)).min()
+    }
+
+    /// A unit's deadlines may have changed (see `unit_deadline`).
+    pub(super) fn forget_deadlines(&mut self) {
+        self.unit_deadline = Earliest::Unknown;
+    }
+
+    /// No unit has anything due at `now`, as far as known.
+    pub(super) fn nothing_due(&self, now: Instant) -> bool {
+        matches!(self.unit_deadline, Earliest::Known(d) if d.is_none_or(|d| d > now))
+    }
+
+    fn units_deadline(&self) -> Option<Instant> {
+        self.units
+            .values()
+            .flat_map(|u| {
+                let running = matches!(u.machine.phase, Phase::Running { .. });
+                let checks = u
+                    .checks
+                    .iter()
+                    .filter(move |c| running && !c.in_flight)
+                    .map(|c| c.next_at);
+                let poll = match u.watch {
+                    Watch::ProcPoll(at) if u.machine.phase.pid().is_some() => Some(at),
+                    _ => None,
+                };
+                u.machine.next_deadline().into_iter().chain(checks).chain(poll)
+            })
+            .min()
     }
 
     /// Sleep on the watcher; returns the log pipes and pidfds it found
@@ -127,6 +160,14 @@ impl Supervisor {
     /// process may have ended).
     fn fire_deadlines(&mut self, ready: &[RawFd]) {
         let now = Instant::now();
+        // Nothing due, and no pidfd among what woke the loop (only the
+        // wake-up socket did): no unit to look at.
+        let wakeups = self.wakeups.fd().as_raw_fd();
+        if self.nothing_due(now) && ready.iter().all(|fd| *fd == wakeups) {
+            self.expire_probes(now);
+            return;
+        }
+        self.forget_deadlines();
         let mut due = Vec::new();
         for (name, unit) in &mut self.units {
             if unit.machine.next_deadline().is_some_and(|d| d <= now) {

@@ -20,6 +20,7 @@ impl Supervisor {
     /// earlier agent left running, or restore how it ended. An existing
     /// unit is left alone.
     pub fn ensure(&mut self, spec: UnitSpec) {
+        self.forget_deadlines();
         if let Some(unit) = self.units.get_mut(&spec.name) {
             // Stopped because it was no longer wanted, and wanted again (a
             // task moved away and back): start it afresh, as a replacement.
@@ -193,6 +194,7 @@ impl Supervisor {
 
     /// Feed one event to a unit's machine and carry out its actions.
     pub(super) fn drive(&mut self, name: &str, event: Event) {
+        self.forget_deadlines();
         let mut queue = VecDeque::from([event]);
         while let Some(event) = queue.pop_front() {
             let Some(unit) = self.units.get_mut(name) else { return };
@@ -305,6 +307,7 @@ impl Supervisor {
     /// Start the units whose artifacts arrived (if they still want to start).
     pub(super) fn collect_fetches(&mut self) {
         while let Ok(done) = self.fetch_rx.try_recv() {
+            self.forget_deadlines();
             let ctx = spawn::SpawnContext {
                 log_limits: self.log_limits,
                 cgroups: self.cgroups.as_ref(),

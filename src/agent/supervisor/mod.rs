@@ -381,6 +381,11 @@ pub struct Supervisor {
     moved_lost: bool,
     /// The wanted set of the last [`Units::apply`], if every unit was in it.
     all_wanted: Option<u64>,
+    /// The earliest deadline of any unit (a machine's, a due check's, a
+    /// process poll's), while known: forgotten whenever a unit changes
+    /// ([`Self::forget_deadlines`]), so a wake-up that changed none finds
+    /// it, and that nothing is due, without a walk of every unit.
+    unit_deadline: event_loop::Earliest,
     fetch_seq: u64,
     fetch_tx: mpsc::Sender<FetchDone>,
     fetch_rx: mpsc::Receiver<FetchDone>,
@@ -520,6 +525,7 @@ impl Supervisor {
             // What moved before anyone asked is not known.
             moved_lost: true,
             all_wanted: None,
+            unit_deadline: event_loop::Earliest::Unknown,
             fetch_seq: 0,
             fetch_tx,
             fetch_rx,

@@ -12,6 +12,10 @@ use std::time::Instant;
 impl Supervisor {
     pub(super) fn run_due_checks(&mut self) {
         let now = Instant::now();
+        if self.nothing_due(now) {
+            return;
+        }
+        self.forget_deadlines();
         let ctx = spawn::SpawnContext {
             log_limits: self.log_limits,
             cgroups: self.cgroups.as_ref(),
@@ -85,6 +89,7 @@ impl Supervisor {
 
     pub(super) fn collect_check_results(&mut self) {
         while let Ok(r) = self.check_rx.try_recv() {
+            self.forget_deadlines();
             let current = self.units.get(&r.unit).and_then(|u| u.machine.phase.pid());
             if current == Some(r.pid) {
                 self.record_check(&r.unit, r.check, r.result);
@@ -95,6 +100,7 @@ impl Supervisor {
     }
 
     pub(super) fn record_check(&mut self, name: &str, check: usize, result: Result<(), String>) {
+        self.forget_deadlines();
         let Some(unit) = self.units.get_mut(name) else { return };
         let Some(c) = unit.checks.get_mut(check) else { return };
         c.in_flight = false;

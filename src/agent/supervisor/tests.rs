@@ -441,3 +441,47 @@ fn a_live_process_the_last_agent_did_not_record_is_claimed_and_a_stranger_is_not
         [Call::Prepare("j-g-r2-web".into()), Call::Exec("j-g-r2-web".into(), 100)]
     );
 }
+
+/// The loop remembers the units' earliest deadline between wake-ups that
+/// changed no unit (`Supervisor::unit_deadline`): a wake-up that changed
+/// nothing must not hide a deadline, and an exit reaped on a later one
+/// must bring its restart's deadline in.
+#[test]
+fn a_restart_is_due_on_time_across_wake_ups_that_changed_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let fake = Fake::default();
+    let mut sup = supervisor(data.path(), &fake);
+    let delay = Duration::from_millis(150);
+    let policy = Policy::RunToCompletion(RestartRules {
+        attempts: 2,
+        interval: Duration::from_secs(60),
+        delay,
+        delay_mode: false,
+    });
+    sup.ensure(unit(data.path(), "t", policy));
+    fake.calls();
+    let waker = sup.waker().unwrap();
+    // Wake-ups that change nothing: the deadline is walked once and kept.
+    for _ in 0..3 {
+        waker.wake();
+        sup.run_once(Some(std::time::Instant::now() + Duration::from_secs(5)))
+            .unwrap();
+        assert!(matches!(phase(&sup, "t"), Phase::Running { pid: 100, .. }));
+    }
+    // The exit, then another wake-up before the restart is due.
+    fake.exit(100, Exit::Code(3));
+    sup.reap();
+    assert!(matches!(phase(&sup, "t"), Phase::Backoff { .. }));
+    let exited = std::time::Instant::now();
+    waker.wake();
+    sup.run_once(None).unwrap();
+    // Then the loop sleeps until the restart is due, and restarts it, with
+    // nothing else to wake it: bounded by the run_once calls and the clock.
+    let deadline = exited + Duration::from_secs(10);
+    while !matches!(phase(&sup, "t"), Phase::Running { .. }) {
+        assert!(std::time::Instant::now() < deadline, "no restart: {}", phase(&sup, "t"));
+        sup.run_once(Some(deadline)).unwrap();
+    }
+    assert!(exited.elapsed() >= delay, "restarted before its delay");
+    assert!(fake.calls().contains(&Call::Exec("t".into(), 101)));
+}
