@@ -4,7 +4,7 @@
 //! deadlines, start due checks.
 
 use super::machine::{Event, Exit, Phase};
-use super::{Change, Supervisor, SupervisorError, Watch, PROC_POLL_INTERVAL};
+use super::{Change, Supervisor, SupervisorError, Unit, Watch, PROC_POLL_INTERVAL};
 use crate::agent::clock;
 use rustix::event::{PollFd, PollFlags};
 use rustix::fd::{AsRawFd, RawFd};
@@ -57,9 +57,21 @@ impl Supervisor {
         units.into_iter().chain(self.probes.values().map(|p| p.deadline)).min()
     }
 
-    /// A unit's deadlines may have changed (see `unit_deadline`).
+    /// Units' deadlines changed in ways not followed one by one (see
+    /// `unit_deadline`): the next look walks them all.
     pub(super) fn forget_deadlines(&mut self) {
         self.unit_deadline = Earliest::Unknown;
+    }
+
+    /// Unit `name` changed: its deadlines now count in the earliest known,
+    /// which stays a bound no later than the true one (a deadline it
+    /// dropped may leave the bound early: the wake-up then finds nothing
+    /// due, walks once, and learns the true one).
+    pub(super) fn lower_deadline(&mut self, name: &str) {
+        let next = self.units.get(name).and_then(|u| unit_deadline(u));
+        if let (Earliest::Known(known), Some(next)) = (&mut self.unit_deadline, next) {
+            *known = Some(known.map_or(next, |k| k.min(next)));
+        }
     }
 
     /// No unit has anything due at `now`, as far as known.
@@ -68,22 +80,7 @@ impl Supervisor {
     }
 
     fn units_deadline(&self) -> Option<Instant> {
-        self.units
-            .values()
-            .flat_map(|u| {
-                let running = matches!(u.machine.phase, Phase::Running { .. });
-                let checks = u
-                    .checks
-                    .iter()
-                    .filter(move |c| running && !c.in_flight)
-                    .map(|c| c.next_at);
-                let poll = match u.watch {
-                    Watch::ProcPoll(at) if u.machine.phase.pid().is_some() => Some(at),
-                    _ => None,
-                };
-                u.machine.next_deadline().into_iter().chain(checks).chain(poll)
-            })
-            .min()
+        self.units.values().filter_map(|u| unit_deadline(u)).min()
     }
 
     /// Sleep on the watcher; returns the log pipes and pidfds it found
@@ -199,4 +196,20 @@ impl Supervisor {
         }
         self.expire_probes(now);
     }
+}
+
+/// A unit's earliest deadline: its machine's, a due check's while it
+/// runs, a process poll's.
+fn unit_deadline(u: &Unit) -> Option<Instant> {
+    let running = matches!(u.machine.phase, Phase::Running { .. });
+    let checks = u
+        .checks
+        .iter()
+        .filter(move |c| running && !c.in_flight)
+        .map(|c| c.next_at);
+    let poll = match u.watch {
+        Watch::ProcPoll(at) if u.machine.phase.pid().is_some() => Some(at),
+        _ => None,
+    };
+    u.machine.next_deadline().into_iter().chain(checks).chain(poll).min()
 }

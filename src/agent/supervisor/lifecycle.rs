@@ -20,7 +20,12 @@ impl Supervisor {
     /// earlier agent left running, or restore how it ended. An existing
     /// unit is left alone.
     pub fn ensure(&mut self, spec: UnitSpec) {
-        self.forget_deadlines();
+        let name = spec.name.clone();
+        self.ensure_unit(spec);
+        self.lower_deadline(&name);
+    }
+
+    fn ensure_unit(&mut self, spec: UnitSpec) {
         if let Some(unit) = self.units.get_mut(&spec.name) {
             // Stopped because it was no longer wanted, and wanted again (a
             // task moved away and back): start it afresh, as a replacement.
@@ -194,7 +199,6 @@ impl Supervisor {
 
     /// Feed one event to a unit's machine and carry out its actions.
     pub(super) fn drive(&mut self, name: &str, event: Event) {
-        self.forget_deadlines();
         let mut queue = VecDeque::from([event]);
         while let Some(event) = queue.pop_front() {
             let Some(unit) = self.units.get_mut(name) else { return };
@@ -281,6 +285,7 @@ impl Supervisor {
             }
             self.touch(name);
         }
+        self.lower_deadline(name);
         self.replace_if_due(name);
     }
 
@@ -307,7 +312,6 @@ impl Supervisor {
     /// Start the units whose artifacts arrived (if they still want to start).
     pub(super) fn collect_fetches(&mut self) {
         while let Ok(done) = self.fetch_rx.try_recv() {
-            self.forget_deadlines();
             let ctx = spawn::SpawnContext {
                 log_limits: self.log_limits,
                 cgroups: self.cgroups.as_ref(),

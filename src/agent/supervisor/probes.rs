@@ -89,18 +89,17 @@ impl Supervisor {
 
     pub(super) fn collect_check_results(&mut self) {
         while let Ok(r) = self.check_rx.try_recv() {
-            self.forget_deadlines();
             let current = self.units.get(&r.unit).and_then(|u| u.machine.phase.pid());
             if current == Some(r.pid) {
                 self.record_check(&r.unit, r.check, r.result);
             } else if let Some(c) = self.units.get_mut(&r.unit).and_then(|u| u.checks.get_mut(r.check)) {
                 c.in_flight = false;
+                self.lower_deadline(&r.unit);
             }
         }
     }
 
     pub(super) fn record_check(&mut self, name: &str, check: usize, result: Result<(), String>) {
-        self.forget_deadlines();
         let Some(unit) = self.units.get_mut(name) else { return };
         let Some(c) = unit.checks.get_mut(check) else { return };
         c.in_flight = false;
@@ -123,6 +122,8 @@ impl Supervisor {
             // Not saved, but a status says it.
             self.touch(name);
         }
+        // Its next run counts again.
+        self.lower_deadline(name);
     }
 }
 

@@ -485,3 +485,37 @@ fn a_restart_is_due_on_time_across_wake_ups_that_changed_nothing() {
     assert!(exited.elapsed() >= delay, "restarted before its delay");
     assert!(fake.calls().contains(&Call::Exec("t".into(), 101)));
 }
+
+/// A deadline that goes away (a restart cancelled by a stop) may leave the
+/// earliest deadline known too early: the loop then wakes once for
+/// nothing and learns the true one, and never spins.
+#[test]
+fn a_cancelled_deadline_wakes_the_loop_once_at_most() {
+    let data = tempfile::tempdir().unwrap();
+    let fake = Fake::default();
+    let mut sup = supervisor(data.path(), &fake);
+    let policy = Policy::RunToCompletion(RestartRules {
+        attempts: 2,
+        interval: Duration::from_secs(60),
+        delay: Duration::from_millis(100),
+        delay_mode: false,
+    });
+    sup.ensure(unit(data.path(), "t", policy));
+    sup.run_once(Some(std::time::Instant::now())).unwrap();
+    fake.exit(100, Exit::Code(3));
+    sup.reap();
+    assert!(matches!(phase(&sup, "t"), Phase::Backoff { .. }));
+    sup.stop("t");
+    assert!(phase(&sup, "t").is_terminal(), "{}", phase(&sup, "t"));
+    let until = std::time::Instant::now() + Duration::from_millis(400);
+    let mut turns = 0;
+    while std::time::Instant::now() < until {
+        sup.run_once(Some(until)).unwrap();
+        turns += 1;
+        assert!(turns <= 5, "the loop spins: {turns} turns");
+    }
+    assert!(
+        fake.calls().iter().all(|c| !matches!(c, Call::Exec(_, 101))),
+        "restarted after its stop"
+    );
+}
