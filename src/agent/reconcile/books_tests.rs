@@ -6,54 +6,56 @@
 //! (`books::Reconciler::bookkeep`); here, what both ran and wanted, and
 //! that the wanted set's `dropped` names are exactly what left it.
 
-use super::tests::reconciler;
+use super::tests::{reconciler, Running};
 use super::*;
 use crate::agent::supervisor::{Change, UnitView};
 
 /// A supervisor stand-in: starts what a plan asks, stops what it no longer
 /// wants (a `slow` task only on the pass after), and checks `dropped`.
-#[derive(Default)]
 struct Fleet {
-    now: Option<Instant>,
-    units: BTreeMap<String, (Phase, PathBuf)>,
+    running: Running,
     stopping: BTreeSet<String>,
     wanted: BTreeSet<String>,
     version: u64,
     droppings_checked: usize,
 }
 
+impl Fleet {
+    fn new() -> Fleet {
+        Fleet {
+            running: Running::new(),
+            stopping: BTreeSet::new(),
+            wanted: BTreeSet::new(),
+            version: 0,
+            droppings_checked: 0,
+        }
+    }
+}
+
 impl Units for Fleet {
     fn now(&self) -> Instant {
-        self.now.unwrap_or_else(Instant::now)
+        self.running.now()
     }
     fn view(&self, name: &str) -> Option<UnitView<'_>> {
-        self.units.get_key_value(name).map(|(label, (phase, dir))| UnitView {
-            phase,
-            restarts: 0,
-            health: None,
-            last_exit: None,
-            dir,
-            label,
-        })
+        self.running.view(name)
     }
     fn names(&self) -> Vec<&str> {
-        self.units.keys().map(String::as_str).collect()
+        self.running.names()
     }
     fn has_process(&self, name: &str) -> bool {
-        self.units.get(name).is_some_and(|(p, _)| p.pid().is_some())
+        self.running.has_process(name)
     }
     fn ensure(&mut self, spec: UnitSpec) {
-        let phase = Phase::Running { pid: 7, deadline: None };
         self.stopping.remove(&spec.name);
-        self.units.insert(spec.name, (phase, PathBuf::from("/nonexistent")));
+        self.running.set(&spec.name, Phase::Running { pid: 7, deadline: None });
     }
     fn retain(&mut self, wanted: &dyn Fn(&str) -> bool) {
         let stopping = &mut self.stopping;
-        self.units.retain(|name, _| {
+        self.running.units.retain(|name, _| {
             let slow = name.ends_with("-slow") && stopping.insert(name.clone());
             wanted(name) || slow
         });
-        self.stopping.retain(|n| self.units.contains_key(n));
+        self.stopping.retain(|n| self.running.units.contains_key(n));
     }
     fn take_changes(&mut self) -> Vec<Change> {
         Vec::new()
@@ -118,7 +120,7 @@ fn assigned(group: &str, replica: i32, task: &str, daemons: &[&str], env: usize)
 fn a_reconciler_told_what_changed_decides_as_one_comparing_the_whole_set() {
     let dir = tempfile::tempdir().unwrap();
     let (mut told, mut whole) = (reconciler(dir.path()), reconciler(dir.path()));
-    let (mut told_units, mut whole_units) = (Fleet::default(), Fleet::default());
+    let (mut told_units, mut whole_units) = (Fleet::new(), Fleet::new());
     let mut dice = Dice(0x9e37_79b9_7f4a_7c15);
     let groups = ["a", "b", "c"];
     let daemon_sets: [&[&str]; 3] = [&[], &["sidecar"], &["sidecar", "log"]];
@@ -165,7 +167,7 @@ fn a_reconciler_told_what_changed_decides_as_one_comparing_the_whole_set() {
         told.step(&set, &mut told_units, &mut |_| {});
         whole.step(&set, &mut whole_units, &mut |_| {});
         assert_eq!(told_units.wanted, whole_units.wanted, "round {round}: wanted");
-        let names = |f: &Fleet| f.units.keys().cloned().collect::<Vec<_>>();
+        let names = |f: &Fleet| f.running.units.keys().cloned().collect::<Vec<_>>();
         assert_eq!(names(&told_units), names(&whole_units), "round {round}: units");
         // (Their books may differ for a while: a told change that changed
         // nothing, or an untold step after told ones, tidies them a step

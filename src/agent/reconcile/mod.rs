@@ -1416,19 +1416,19 @@ pub(crate) mod tests {
 
     /// What runs, as planning sees it: read only (a plan that tried to
     /// change the units would panic here).
-    struct Running {
-        now: Instant,
-        units: BTreeMap<String, (Phase, PathBuf)>,
+    pub(super) struct Running {
+        pub(super) now: Instant,
+        pub(super) units: BTreeMap<String, (Phase, PathBuf)>,
     }
 
     impl Running {
-        fn new() -> Self {
+        pub(super) fn new() -> Self {
             Running {
                 now: Instant::now(),
                 units: BTreeMap::new(),
             }
         }
-        fn set(&mut self, name: &str, phase: Phase) {
+        pub(super) fn set(&mut self, name: &str, phase: Phase) {
             self.units
                 .insert(name.to_string(), (phase, PathBuf::from("/nonexistent")));
         }
