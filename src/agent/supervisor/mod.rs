@@ -382,9 +382,10 @@ pub struct Supervisor {
     /// The wanted set of the last [`Units::apply`], if every unit was in it.
     all_wanted: Option<u64>,
     /// The earliest deadline of any unit (a machine's, a due check's, a
-    /// process poll's), while known: forgotten whenever a unit changes
-    /// ([`Self::forget_deadlines`]), so a wake-up that changed none finds
-    /// it, and that nothing is due, without a walk of every unit.
+    /// process poll's), or a bound no later than it: a changed unit brings
+    /// its own deadlines in ([`Self::lower_deadline`]), a walk that acted
+    /// on due ones forgets it. So a wake-up finds it, and that nothing is
+    /// due, without a walk of every unit.
     unit_deadline: event_loop::Earliest,
     fetch_seq: u64,
     fetch_tx: mpsc::Sender<FetchDone>,
