@@ -82,9 +82,8 @@ type Books = (
 
 impl Reconciler {
     /// The groups whose tasks a change of `touched` names can have
-    /// changed: where each name is now and where it was seen. None where
-    /// that cannot be told (the set is not in name order).
-    pub(super) fn groups_of(&self, desired: &[AssignedTask], touched: &BTreeSet<String>) -> Option<BTreeSet<String>> {
+    /// changed: where each name is now and where it was seen.
+    pub(super) fn groups_of(&self, desired: &[AssignedTask], touched: &BTreeSet<String>) -> BTreeSet<String> {
         debug_assert!(
             desired.is_sorted_by(|a, b| a.name < b.name),
             "told of changes, the set is in name order"
@@ -100,7 +99,7 @@ impl Reconciler {
                 }
             }
         }
-        Some(out)
+        out
     }
 
     /// Bring the books in line with `desired` (grouped as `groups`, their

@@ -401,7 +401,7 @@ impl Reconciler {
         self.unsettle(seen);
         // The groups the change can have touched (None: not known).
         let touched_groups = match since {
-            Since::Touched(names) => self.groups_of(desired, names),
+            Since::Touched(names) => Some(self.groups_of(desired, names)),
             Since::Unknown => None,
         };
         for (key, tasks) in groups {
