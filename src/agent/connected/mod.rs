@@ -218,16 +218,21 @@ pub fn run(opts: ConnectedOptions) -> Result<i32, String> {
     let mut rec = Reconciler::new(opts.reconcile);
     let mut queued = Queued::default();
     let mut changes = changes::Changes::default();
+    // The set the revert looked at last turn was derived (offline stops).
+    let mut derived_before = true;
     loop {
+        // The set's names as the turn before (no answer added or removed one).
+        let mut same_names = true;
         if let Some(a) = lock(&shared.inbox).latest.take() {
             let learned = match &a.tasks {
                 Some(all) => {
                     desired = assigned_tasks(all, &a.group_names, &desired);
+                    same_names = false;
                     changes.complete();
                     rollback.learn(all)
                 }
                 None => {
-                    apply_changes(&mut desired, &a.changed, &a.removed, &a.group_names);
+                    same_names &= !apply_changes(&mut desired, &a.changed, &a.removed, &a.group_names);
                     changes.delta(
                         a.changed
                             .iter()
@@ -253,7 +258,9 @@ pub fn run(opts: ConnectedOptions) -> Result<i32, String> {
         let offline_stops = online.is_some();
         let online = online.as_deref().unwrap_or(&desired);
         // A rollout's new version that fails on this robot: back to the previous.
-        let (reverted, revert_at) = rollback.apply(online, &rec, &sup, Instant::now());
+        let derived = std::mem::replace(&mut derived_before, offline_stops);
+        let same_names = same_names && !offline_stops && !derived;
+        let (reverted, revert_at) = rollback.apply(online, same_names, &rec, &sup, Instant::now());
         // A set the loop derived (offline stops, a revert) changes apart
         // from the answers: compared whole, as the step after it is.
         let told = changes.for_step(offline_stops || reverted.is_some());
@@ -759,26 +766,33 @@ pub fn assigned_tasks(
 }
 
 /// A delta onto `desired` (in name order, as [`assigned_tasks`] makes it):
-/// the `removed` names out, the `changed` tasks in.
+/// the `removed` names out, the `changed` tasks in. Whether a name came or
+/// went.
 pub fn apply_changes(
     desired: &mut Vec<AssignedTask>,
     changed: &[Task],
     removed: &[String],
     group_names: &BTreeMap<String, String>,
-) {
+) -> bool {
     let at = |desired: &[AssignedTask], name: &str| desired.binary_search_by(|d| d.name.as_str().cmp(name));
+    let mut moved = false;
     for name in removed {
         if let Ok(i) = at(desired, name) {
             desired.remove(i);
+            moved = true;
         }
     }
     for t in changed {
         let task = assigned(t, group_names, desired);
         match at(desired, &t.metadata.name) {
             Ok(i) => desired[i] = task,
-            Err(i) => desired.insert(i, task),
+            Err(i) => {
+                desired.insert(i, task);
+                moved = true;
+            }
         }
     }
+    moved
 }
 
 /// One task of the set, its spec shared with `previous`'s (in name order)
@@ -839,16 +853,44 @@ fn queue_statuses(
     // Few (a server that reset a task): looked through, not indexed.
     let forgotten = outbox.take_forgotten();
     let replanned = rec.replanned();
-    let statuses = tasks()
-        .filter(|t| all || replanned.contains(t.group_key_str()) || forgotten.contains(&t.name))
-        .map(|t| {
-            let mut status = task_status(t, rec, sup);
-            rollback.mark(&t.name, &mut status);
-            (t.name.clone(), status)
-        });
+    let status = |t: &AssignedTask| {
+        let mut status = task_status(t, rec, sup);
+        rollback.mark(&t.name, &mut status);
+        (t.name.clone(), status)
+    };
+    let picked = |t: &&AssignedTask| all || replanned.contains(t.group_key_str()) || forgotten.contains(&t.name);
     // One write for the whole pass, before the reporter (waiting on this
     // lock) can send any of it.
-    let queued = outbox.push_all(statuses).unwrap_or_else(|e| {
+    let queued = if all || !rollback.stopped().is_empty() {
+        outbox.push_all(tasks().filter(picked).map(status))
+    } else {
+        // The replanned groups' tasks, found through the reconciler's
+        // books, not by a look at every task's group (with 1,000 tasks
+        // that was a string comparison each, per wake-up), and the
+        // forgotten ones of other groups.
+        let of_groups = replanned
+            .iter()
+            .flat_map(|key| rec.group_tasks(key))
+            .filter_map(|n| reconcile::task_named(desired, n))
+            .filter(|t| replanned.contains(t.group_key_str()));
+        let others = forgotten
+            .iter()
+            .enumerate()
+            .filter(|(i, n)| !forgotten[..*i].contains(n))
+            .filter_map(|(_, n)| reconcile::task_named(desired, n))
+            .filter(|t| !replanned.contains(t.group_key_str()));
+        let found: Vec<&AssignedTask> = of_groups.chain(others).collect();
+        #[cfg(debug_assertions)]
+        {
+            let mut by_books: Vec<&str> = found.iter().map(|t| t.name.as_str()).collect();
+            by_books.sort_unstable();
+            let mut walked: Vec<&str> = tasks().filter(picked).map(|t| t.name.as_str()).collect();
+            walked.sort_unstable();
+            assert_eq!(by_books, walked, "the books' statuses are not the whole walk's");
+        }
+        outbox.push_all(found.into_iter().map(status))
+    }
+    .unwrap_or_else(|e| {
         say(&format!("agent: outbox: {e}"));
         false
     });
@@ -989,7 +1031,10 @@ mod tests {
             server_task("e", "y"),
             server_task("z", "x"),
         ];
-        apply_changes(&mut patched, &changed, &["c".into(), "nope".into()], &names);
+        assert!(
+            apply_changes(&mut patched, &changed, &["c".into(), "nope".into()], &names),
+            "names came and went"
+        );
         let after = ["0", "a", "d", "e", "g", "z"].map(|n| server_task(n, if n == "e" { "y" } else { "x" }));
         let whole = assigned_tasks(&after, &names, &first);
         let view = |set: &[AssignedTask]| {
@@ -1007,6 +1052,13 @@ mod tests {
             "g: not carried, untouched"
         );
         assert!(!Arc::ptr_eq(&patched[3].spec, &first[2].spec), "e: changed");
+        // Only changed in place, or removing what is not there: the names stay.
+        assert!(!apply_changes(
+            &mut patched,
+            &[server_task("e", "z")],
+            &["nope".into()],
+            &names
+        ));
     }
 
     #[test]

@@ -818,6 +818,16 @@ impl Reconciler {
         &self.replanned
     }
 
+    /// The task names the books hold for group `key`: after a step, every
+    /// task of the group in the set stepped (and any that left it while
+    /// its process ends).
+    pub fn group_tasks(&self, key: &str) -> impl Iterator<Item = &str> {
+        self.seen
+            .get(key)
+            .into_iter()
+            .flat_map(|g| g.tasks.iter().map(String::as_str))
+    }
+
     pub fn outcome(&self, task: &AssignedTask, sup: &impl Units) -> Outcome {
         match sup.view(&task.name) {
             Some(v) => match v.phase {
