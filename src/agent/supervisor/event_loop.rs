@@ -4,6 +4,7 @@
 //! deadlines, start due checks.
 
 use super::machine::{Event, Exit, Phase};
+use super::watcher::Ready;
 use super::{Change, Supervisor, SupervisorError, Unit, Watch, PROC_POLL_INTERVAL};
 use crate::agent::clock;
 use rustix::event::{PollFd, PollFlags};
@@ -36,7 +37,7 @@ impl Supervisor {
         if self.wakeups.take_child_exited() {
             self.reap();
         }
-        self.pump_logs(&ready);
+        self.pump_logs(&ready.fds);
         self.collect_check_results();
         self.collect_fetches();
         self.fire_deadlines(&ready);
@@ -87,17 +88,18 @@ impl Supervisor {
     /// ready, so only those are read (with 100 tasks, reading every pipe
     /// on every wake-up was 200 reads that found nothing). A watcher that
     /// could not add one says everything is (see `watcher`).
-    fn wait(&mut self, timeout: Option<Duration>) -> Vec<RawFd> {
+    fn wait(&mut self, timeout: Option<Duration>) -> Ready {
         let mut ready = self.watcher.wait(timeout);
         if let Some(why) = self.watcher.failed() {
             if !self.watch_failure_told {
                 self.watch_failure_told = true;
                 log::warn!("agent: watching log pipes and processes ({why}): looking at all of them on every wake-up");
             }
+            ready.once = true;
             for unit in self.units.values() {
-                ready.extend(unit.pumps.iter().map(|p| p.fd().as_raw_fd()));
+                ready.fds.extend(unit.pumps.iter().map(|p| p.fd().as_raw_fd()));
                 if let Watch::Pidfd(fd) = &unit.watch {
-                    ready.push(fd.as_raw_fd());
+                    ready.fds.push(fd.as_raw_fd());
                 }
             }
         }
@@ -155,12 +157,11 @@ impl Supervisor {
 
     /// `ready`: what the wait found ready (a pidfd among them: its
     /// process may have ended).
-    fn fire_deadlines(&mut self, ready: &[RawFd]) {
+    fn fire_deadlines(&mut self, ready: &Ready) {
         let now = Instant::now();
-        // Nothing due, and no pidfd among what woke the loop (only the
-        // wake-up socket did): no unit to look at.
-        let wakeups = self.wakeups.fd().as_raw_fd();
-        if self.nothing_due(now) && ready.iter().all(|fd| *fd == wakeups) {
+        // Nothing due, and no pidfd among what woke the loop (the wake-up
+        // socket or log output did): no unit to look at.
+        if self.nothing_due(now) && !ready.once {
             self.expire_probes(now);
             return;
         }
@@ -176,7 +177,7 @@ impl Supervisor {
             // Only re-adopted processes are watched here; children are reaped.
             let gone = match &mut unit.watch {
                 Watch::Child => false,
-                Watch::Pidfd(fd) if ready.contains(&fd.as_raw_fd()) => {
+                Watch::Pidfd(fd) if ready.fds.contains(&fd.as_raw_fd()) => {
                     let mut p = [PollFd::new(fd, PollFlags::IN)];
                     rustix::event::poll(&mut p, Some(&rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 })).unwrap_or(0)
                         > 0

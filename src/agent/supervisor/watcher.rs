@@ -31,6 +31,16 @@ const LONGEST_WAIT: Duration = Duration::from_secs(3600);
 /// Events taken per wake-up; more ready fds come with the next wait.
 const EVENTS: usize = 256;
 
+/// What one wait found ready.
+pub struct Ready {
+    pub fds: Vec<RawFd>,
+    /// A one-shot fd (a pidfd) among them: a process may have ended.
+    pub once: bool,
+}
+
+/// Marks a one-shot fd's event data (fd numbers fit in the low 32 bits).
+const ONCE: u64 = 1 << 32;
+
 pub struct Watcher {
     set: OwnedFd,
     /// An fd could not be added: every wake-up must look at everything.
@@ -47,16 +57,16 @@ impl Watcher {
 
     /// Wake when `fd` is readable or hung up (level-triggered).
     pub fn watch(&mut self, fd: BorrowedFd<'_>) {
-        self.add(fd, epoll::EventFlags::IN);
+        self.add(fd, epoll::EventFlags::IN, 0);
     }
 
     /// Wake once when `fd` becomes readable (a pidfd: its process ended).
     pub fn watch_once(&mut self, fd: BorrowedFd<'_>) {
-        self.add(fd, epoll::EventFlags::IN | epoll::EventFlags::ONESHOT);
+        self.add(fd, epoll::EventFlags::IN | epoll::EventFlags::ONESHOT, ONCE);
     }
 
-    fn add(&mut self, fd: BorrowedFd<'_>, flags: epoll::EventFlags) {
-        let data = epoll::EventData::new_u64(fd.as_raw_fd() as u64);
+    fn add(&mut self, fd: BorrowedFd<'_>, flags: epoll::EventFlags, mark: u64) {
+        let data = epoll::EventData::new_u64(fd.as_raw_fd() as u64 | mark);
         if let Err(e) = epoll::add(&self.set, fd, data, flags) {
             self.failed.get_or_insert_with(|| e.to_string());
         }
@@ -68,8 +78,9 @@ impl Watcher {
     }
 
     /// Sleep until something is ready or `timeout` (None: no limit) is up;
-    /// returns the fds found ready (none after a signal).
-    pub fn wait(&self, timeout: Option<Duration>) -> Vec<RawFd> {
+    /// returns the fds found ready (none after a signal), and whether a
+    /// one-shot one was among them.
+    pub fn wait(&self, timeout: Option<Duration>) -> Ready {
         let fallback = self.failed.is_some().then_some(FALLBACK_WAKE);
         let timeout = [timeout, fallback, Some(LONGEST_WAIT)].into_iter().flatten().min();
         let ts = timeout.map(|t| rustix::time::Timespec {
@@ -80,14 +91,17 @@ impl Watcher {
         // EINTR (a signal) is just a wake-up; level-triggered fds that are
         // still ready show again next time.
         let _ = epoll::wait(&self.set, rustix::buffer::spare_capacity(&mut events), ts.as_ref());
-        events
-            .iter()
-            .map(|e| {
-                // A copy: the event is packed on x86_64.
-                let data = e.data;
-                data.u64() as RawFd
-            })
-            .collect()
+        let mut ready = Ready {
+            fds: Vec::with_capacity(events.len()),
+            once: false,
+        };
+        for e in &events {
+            // A copy: the event is packed on x86_64.
+            let data = e.data.u64();
+            ready.once |= data & ONCE != 0;
+            ready.fds.push((data & !ONCE) as RawFd);
+        }
+        ready
     }
 }
 
@@ -107,13 +121,13 @@ mod tests {
         w.watch(r2.as_fd());
         let mut w2 = std::fs::File::from(w2);
         w2.write_all(b"x").unwrap();
-        assert_eq!(w.wait(Some(Duration::from_secs(5))), [r2.as_raw_fd()]);
+        assert_eq!(w.wait(Some(Duration::from_secs(5))).fds, [r2.as_raw_fd()]);
         // Level-triggered: unread, it shows again.
-        assert_eq!(w.wait(Some(Duration::ZERO)), [r2.as_raw_fd()]);
+        assert_eq!(w.wait(Some(Duration::ZERO)).fds, [r2.as_raw_fd()]);
         drop(r2);
         let started = Instant::now();
         assert!(
-            w.wait(Some(Duration::from_millis(50))).is_empty(),
+            w.wait(Some(Duration::from_millis(50))).fds.is_empty(),
             "closed: gone from the set"
         );
         assert!(
@@ -122,7 +136,8 @@ mod tests {
         );
         // A hung-up pipe is ready (the pump reads its end of stream).
         drop(w1);
-        assert_eq!(w.wait(Some(Duration::from_secs(5))), [r1.as_raw_fd()]);
+        let hung_up = w.wait(Some(Duration::from_secs(5)));
+        assert_eq!((hung_up.fds, hung_up.once), (vec![r1.as_raw_fd()], false));
         assert!(w.failed().is_none());
     }
 
@@ -132,9 +147,10 @@ mod tests {
         let (r, wr) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
         w.watch_once(r.as_fd());
         std::fs::File::from(wr).write_all(b"x").unwrap();
-        assert_eq!(w.wait(Some(Duration::from_secs(5))), [r.as_raw_fd()]);
+        let woke = w.wait(Some(Duration::from_secs(5)));
+        assert_eq!((woke.fds, woke.once), (vec![r.as_raw_fd()], true));
         assert!(
-            w.wait(Some(Duration::ZERO)).is_empty(),
+            w.wait(Some(Duration::ZERO)).fds.is_empty(),
             "still readable, but reported once"
         );
     }
