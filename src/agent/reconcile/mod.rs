@@ -1370,10 +1370,18 @@ fn group_finished(tasks: &[&AssignedTask], sup: &impl Units) -> bool {
     })
 }
 
+/// The set by group, each group's tasks in the set's order. A group's
+/// tasks mostly come in one run (their names start with its key), so the
+/// map is searched once per run, not once per task.
 fn by_group(desired: &[AssignedTask]) -> Groups<'_> {
     let mut groups: BTreeMap<&str, Vec<&AssignedTask>> = BTreeMap::new();
-    for t in desired {
-        groups.entry(t.group_key_str()).or_default().push(t);
+    let mut rest = desired;
+    while let Some(first) = rest.first() {
+        let key = first.group_key_str();
+        let run = rest.iter().take_while(|t| t.group_key_str() == key).count();
+        let (this, after) = rest.split_at(run);
+        groups.entry(key).or_default().extend(this);
+        rest = after;
     }
     groups
 }
@@ -1511,6 +1519,27 @@ pub(crate) mod tests {
                 ..Default::default()
             })),
         }
+    }
+
+    #[test]
+    fn by_group_keeps_each_groups_tasks_in_order_across_runs() {
+        // Runs of one group, and a group whose tasks come apart (not in
+        // name order: a set as a standalone caller may hand it).
+        let set = [
+            task("a", 0, "t", &[]),
+            task("a", 1, "t", &[]),
+            task("b", 0, "t", &[]),
+            task("a", 2, "t", &[]),
+            task("c", 0, "t", &[]),
+            task("c", 1, "t", &[]),
+        ];
+        let groups = by_group(&set);
+        let names = |key: &str| groups[key].iter().map(|t| t.name.as_str()).collect::<Vec<_>>();
+        assert_eq!(groups.keys().copied().collect::<Vec<_>>(), ["j-a", "j-b", "j-c"]);
+        assert_eq!(names("j-a"), ["j-a-r0-t", "j-a-r1-t", "j-a-r2-t"]);
+        assert_eq!(names("j-b"), ["j-b-r0-t"]);
+        assert_eq!(names("j-c"), ["j-c-r0-t", "j-c-r1-t"]);
+        assert!(by_group(&[]).is_empty());
     }
 
     /// A reconciler on `data` with the defaults (the rollback tests use it too).
