@@ -5,6 +5,12 @@
 //! when the file is created), so a change costs one small write and one
 //! flush instead of a temp file, two fsyncs and a rename.
 //!
+//! An owner whose line must be durable before some later action, not
+//! before the next step, appends it unflushed and hands the flush on as an
+//! [`Owed`]: whoever is about to take that action settles it first (the
+//! assignments log: a delta that stops a task is flushed before the
+//! supervisor stops anything, not before it starts the delta's new tasks).
+//!
 //! A crash can tear only the last line; [`complete_lines`] leaves a line
 //! without its newline out. Appending after a torn line would glue the
 //! next line to it, so an owner that finds one writes a new snapshot (and
@@ -15,11 +21,13 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 /// An open log and how many bytes it holds.
 #[derive(Debug, Default)]
 pub struct AppendLog {
-    file: Option<File>,
+    /// Shared with an [`Owed`] flush of it.
+    file: Option<Arc<File>>,
     bytes: u64,
     /// How many appends were flushed, and the file's length at the last
     /// flush (what a power loss would leave): what tests check.
@@ -68,6 +76,17 @@ impl AppendLog {
         self.write(path, line).map(|_| ())
     }
 
+    /// Append `line` as [`Self::append_unflushed`] does and make `owed`
+    /// owe its flush: the line (and every one before it) is durable once
+    /// the owed flush is settled ([`Owed::settle`]) or a later `append`
+    /// returns.
+    pub fn append_owed(&mut self, path: &Path, line: Vec<u8>, owed: &Owed) -> io::Result<()> {
+        self.write(path, line)?;
+        let file = self.file.clone().expect("written above");
+        *owed.pending.lock().unwrap_or_else(|e| e.into_inner()) = Some(file);
+        Ok(())
+    }
+
     fn write(&mut self, path: &Path, mut line: Vec<u8>) -> io::Result<&File> {
         line.push(b'\n');
         if self.file.is_none() {
@@ -85,9 +104,9 @@ impl AppendLog {
                     .unwrap_or(Path::new("."));
                 File::open(dir)?.sync_all()?;
             }
-            self.file = Some(file);
+            self.file = Some(Arc::new(file));
         }
-        let file = self.file.as_mut().expect("opened above");
+        let mut file: &File = self.file.as_deref().expect("opened above");
         file.write_all(&line)?;
         self.bytes = self.bytes.saturating_add(line.len() as u64);
         Ok(file)
@@ -103,6 +122,49 @@ impl AppendLog {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
+    }
+}
+
+/// A flush of an [`AppendLog`] that one thread owes and another settles
+/// before acting on what the log says (module doc). Cloned handles share
+/// one debt; settling a debt already settled costs nothing.
+#[derive(Clone, Debug, Default)]
+pub struct Owed {
+    pending: Arc<Mutex<Option<Arc<File>>>>,
+    /// How many settles flushed something: what tests check.
+    #[cfg(test)]
+    pub flushes: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Owed {
+    /// Flush the log if a line of it waits for one (fdatasync: that line
+    /// and every one before it). Ok(true) when something was flushed. On an
+    /// error the debt is dropped: the caller acts anyway (as after any
+    /// failed write of the log) and says so.
+    pub fn settle(&self) -> io::Result<bool> {
+        let Some(file) = self.pending.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return Ok(false);
+        };
+        file.sync_data()?;
+        #[cfg(test)]
+        self.flushes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(true)
+    }
+
+    /// Owe a flush of `file` (a log another owner appended to).
+    pub fn owe(&self, file: File) {
+        *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(file));
+    }
+
+    /// Forget the debt: what it was for is durable another way (the log
+    /// was folded into a snapshot written atomically).
+    pub fn forgive(&self) {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    /// Is a flush owed?
+    pub fn is_owed(&self) -> bool {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).is_some()
     }
 }
 

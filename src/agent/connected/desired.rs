@@ -18,13 +18,17 @@
 //! `assignments.log` as one line (what it added or changed with their
 //! versions, the names it removed, the group parts it added or changed
 //! with their versions and the groups it removed, the revision it applies
-//! to and the one it makes) and fdatasync'd before the robot acts on it:
-//! a rebooted robot, offline, never runs again what was stopped or
-//! changed. A delta that only adds tasks and groups is not flushed (the
-//! next flushed line, or the kernel, takes it along): a power loss that
-//! drops it leaves the set as if it had not come yet, and the new tasks
-//! wait for the server after the reboot; so a new task's start does not
-//! wait for the disk. Loading replays the log onto
+//! to and the one it makes). A line that removes or changes something is
+//! fdatasync'd before the robot stops, replaces or forgets anything: the
+//! flush is owed ([`append_log::Owed`], [`Kept::owed`]) and the supervisor
+//! settles it before its first such step, so a rebooted robot, offline,
+//! never runs again what was stopped or changed; the delta's new tasks
+//! start first, without waiting for the disk. A delta that only adds tasks
+//! and groups owes nothing (the next flushed line, or the kernel, takes it
+//! along): a power loss that drops it leaves the set as if it had not come
+//! yet, and the new tasks wait for the server after the reboot. A line
+//! replayed at start is owed again (the agent before may have crashed
+//! before it settled). Loading replays the log onto
 //! the snapshot while each line applies to the revision the one before
 //! made; the first line that does not (torn by a crash mid-append,
 //! unreadable, or left from before the snapshot) ends the replay, and the
@@ -78,6 +82,8 @@ pub struct Kept {
     log: AppendLog,
     /// Bytes in the snapshot.
     snapshot_bytes: u64,
+    /// The log's flush that acting on its last line needs (module doc).
+    owed: append_log::Owed,
 }
 
 /// What `save` has to write.
@@ -241,6 +247,12 @@ impl Kept {
             self.tasks.iter().map(|(n, (v, _))| (n.as_str(), v.as_str())),
             self.group_versions.iter().map(|(k, v)| (k.as_str(), v.as_str())),
         )
+    }
+
+    /// The flush the supervisor settles before it stops, replaces or
+    /// forgets anything (module doc); one debt, shared by every clone.
+    pub fn owed(&self) -> append_log::Owed {
+        self.owed.clone()
     }
 
     /// Apply a verified answer to a poll that named `since`.
@@ -432,6 +444,12 @@ impl Kept {
             used += line.len();
         }
         self.log = AppendLog::with_bytes(used as u64);
+        if used > 0 {
+            // Acted on now, maybe never flushed by the agent before.
+            if let Ok(file) = std::fs::File::open(data_dir.join(LOG)) {
+                self.owed.owe(file);
+            }
+        }
         if used < bytes.len() {
             // Appending after a line that ends the replay would be lost.
             self.unsaved = Unsaved::Snapshot;
@@ -520,7 +538,7 @@ impl Kept {
                     .map_err(io::Error::other)
                     .and_then(|line| match adds_only {
                         true => self.log.append_unflushed(&data_dir.join(LOG), line),
-                        false => self.log.append(&data_dir.join(LOG), line),
+                        false => self.log.append_owed(&data_dir.join(LOG), line, &self.owed),
                     })
             }
             _ => self.write_snapshot(data_dir),
@@ -551,6 +569,8 @@ impl Kept {
         // Its directory fsync also makes the log's removal durable.
         crate::atomic_file::write(&data_dir.join(FILE), &bytes, 0o600)?;
         self.snapshot_bytes = bytes.len() as u64;
+        // Everything the log held is in the durable snapshot now.
+        self.owed.forgive();
         Ok(())
     }
 
@@ -869,12 +889,12 @@ mod tests {
     }
 
     #[test]
-    fn a_delta_that_only_adds_is_not_flushed_and_a_power_loss_never_revives_a_stop() {
+    fn a_delta_that_stops_owes_a_flush_and_a_power_loss_never_revives_a_stop() {
         let dir = tempfile::tempdir().unwrap();
         let mut kept = Kept::default();
         kept.take(&mut answer(5, false, &[("a", 'a')], &[], &[("a", 'a')]), 0);
         kept.save(dir.path()).unwrap();
-        // (answer, flushed?)
+        // (answer, flush owed?)
         let steps: [(Assignments, bool); 5] = [
             (answer(6, true, &[("b", 'b')], &[], &[("a", 'a'), ("b", 'b')]), false),
             (answer(7, true, &[("b", 'c')], &[], &[("a", 'a'), ("b", 'c')]), true),
@@ -891,23 +911,39 @@ mod tests {
                 names(&k.tasks()).iter().map(|n| n.to_string()).collect::<Vec<_>>(),
             )
         };
+        let owed = kept.owed();
         let mut at_last_flush = owned(&kept);
-        for (i, (mut a, flushed)) in steps.into_iter().enumerate() {
-            let since = kept.revision();
-            assert!(matches!(kept.take(&mut a, since), Taken::Changed(_)), "step {i}");
-            let before = kept.log.flushes;
-            kept.save(dir.path()).unwrap();
-            assert_eq!(kept.log.flushes - before, u64::from(flushed), "step {i}");
-            if flushed {
-                at_last_flush = owned(&kept);
-            }
-            // A power loss now: the log as its last flush left it. The
-            // robot comes back at the last stop or change, never before it.
+        let mut durable_bytes = 0;
+        // A power loss now: the log as its last flush left it.
+        let power_loss = |durable_bytes: usize| {
             let on_disk = std::fs::read(dir.path().join(LOG)).unwrap();
             let copy = tempfile::tempdir().unwrap();
             std::fs::copy(dir.path().join(FILE), copy.path().join(FILE)).unwrap();
-            std::fs::write(copy.path().join(LOG), &on_disk[..kept.log.flushed_bytes as usize]).unwrap();
-            assert_eq!(owned(&Kept::load(copy.path())), at_last_flush, "step {i}");
+            std::fs::write(copy.path().join(LOG), &on_disk[..durable_bytes]).unwrap();
+            owned(&Kept::load(copy.path()))
+        };
+        for (i, (mut a, owes)) in steps.into_iter().enumerate() {
+            let since = kept.revision();
+            assert!(matches!(kept.take(&mut a, since), Taken::Changed(_)), "step {i}");
+            kept.save(dir.path()).unwrap();
+            assert_eq!(kept.log.flushes, 0, "step {i}: saving never waits for the disk");
+            assert_eq!(owed.is_owed(), owes, "step {i}");
+            // Before the supervisor settles (new tasks may have started):
+            // a power loss leaves the robot where the last flush did.
+            assert_eq!(power_loss(durable_bytes), at_last_flush, "step {i}");
+            // It settles before it stops, replaces or forgets anything.
+            let flushes = owed.flushes.load(std::sync::atomic::Ordering::Relaxed);
+            assert_eq!(owed.settle().unwrap(), owes, "step {i}");
+            assert_eq!(
+                owed.flushes.load(std::sync::atomic::Ordering::Relaxed) - flushes,
+                u64::from(owes)
+            );
+            if owes {
+                durable_bytes = std::fs::metadata(dir.path().join(LOG)).unwrap().len() as usize;
+                at_last_flush = owned(&kept);
+            }
+            // The robot comes back at the last stop or change, never before it.
+            assert_eq!(power_loss(durable_bytes), at_last_flush, "step {i}");
         }
         assert_eq!(at_last_flush, (8, vec!["b".to_string()]));
         // A crash of the agent alone loses nothing.

@@ -200,6 +200,7 @@ pub fn run(opts: ConnectedOptions) -> Result<i32, String> {
     let update_waker = Arc::new(sup.waker().map_err(|e| format!("waker: {e}"))?);
     // The last desired set keeps running until the server answers.
     let kept = desired::Kept::load(&data_dir);
+    sup.settle_before_stopping(kept.owed());
     let mut desired = assigned_tasks(&kept.tasks(), &kept.group_names(), &[]);
     spawn_poller(
         Arc::clone(&shared),

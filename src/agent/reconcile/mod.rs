@@ -801,6 +801,10 @@ impl Reconciler {
                 names.clear();
             }
         }
+        // What asked for this step is durable by its end, whatever it did
+        // (the supervisor settled it already if it stopped something), and
+        // before a directory is removed.
+        sup.settle_owed();
         let recheck = recheck.into_iter().chain(self.collect_garbage(sup)).min();
         for (group, msg) in self.take_notices() {
             say(format!("{group}: {msg}"));
@@ -1569,6 +1573,8 @@ pub(crate) mod tests {
         units: Running,
         ends_at_once: BTreeSet<String>,
         applied: usize,
+        /// Plans applied when each owed flush was settled.
+        settled_after: Vec<usize>,
     }
 
     impl Units for Starting {
@@ -1601,6 +1607,9 @@ pub(crate) mod tests {
         fn retain(&mut self, _: &dyn Fn(&str) -> bool) {}
         fn take_changes(&mut self) -> Vec<crate::agent::supervisor::Change> {
             Vec::new()
+        }
+        fn settle_owed(&mut self) {
+            self.settled_after.push(self.applied);
         }
     }
 
@@ -1762,9 +1771,15 @@ pub(crate) mod tests {
             units: Running::new(),
             ends_at_once: BTreeSet::new(),
             applied: 0,
+            settled_after: Vec::new(),
         };
         rec.step(&desired, &mut sup, &mut |_| {});
         assert_eq!(sup.applied, 1, "two new tasks: one plan");
+        assert_eq!(
+            sup.settled_after,
+            [1],
+            "what asked for the step is durable by its end, after the starts"
+        );
         assert_eq!(sup.names(), ["j-g-r0-a", "j-g-r1-b"]);
 
         let mut rec = reconciler(data.path());
@@ -1774,6 +1789,7 @@ pub(crate) mod tests {
             units: Running::new(),
             ends_at_once: set(&["j-h-setup"]),
             applied: 0,
+            settled_after: Vec::new(),
         };
         rec.step(&desired, &mut sup, &mut |_| {});
         assert_eq!(

@@ -43,6 +43,10 @@ impl Supervisor {
             );
             if (unit.spec.revision != spec.revision || stopped_on_request) && unit.replacement.is_none() {
                 let name = spec.name.clone();
+                self.settle_owed();
+                let Some(unit) = self.units.get_mut(&name) else {
+                    return;
+                };
                 let message = if stopped_on_request {
                     "wanted again; starting anew"
                 } else {
@@ -100,9 +104,22 @@ impl Supervisor {
         }
     }
 
+    /// Settle the flush owed before stopping, replacing or forgetting a
+    /// unit ([`Supervisor::settle_before_stopping`]).
+    pub(crate) fn settle_owed(&mut self) {
+        if let Err(e) = self.owed.settle() {
+            self.changes.push(Change {
+                unit: String::new(),
+                label: "agent".into(),
+                message: format!("flushing the assignments log before stopping: {e}"),
+            });
+        }
+    }
+
     /// Ask a unit to stop (SIGTERM, then SIGKILL after its kill timeout).
     pub fn stop(&mut self, name: &str) {
         if self.units.get(name).is_some_and(|u| !u.machine.phase.is_terminal()) {
+            self.settle_owed();
             self.drive(name, Event::Stop);
         }
     }
@@ -178,6 +195,7 @@ impl Supervisor {
         for name in names {
             let finished = self.units.get(&name).is_some_and(|u| u.machine.phase.is_terminal());
             if finished {
+                self.settle_owed();
                 // Keep the last words of its log; a descendant that escaped
                 // the process group must not hold the unit forever.
                 if let Some(mut unit) = self.units.remove(&name) {

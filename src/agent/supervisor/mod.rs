@@ -242,6 +242,9 @@ pub trait Units {
     fn take_moved(&mut self) -> Option<Vec<String>> {
         None
     }
+    /// Settle the flush owed before stopping, replacing or forgetting
+    /// anything ([`Supervisor::settle_before_stopping`]).
+    fn settle_owed(&mut self) {}
     /// Carry out a plan: ensure its units in order, then stop every unit
     /// it does not want.
     fn apply(&mut self, plan: Plan) {
@@ -305,6 +308,9 @@ impl Units for Supervisor {
     }
     fn take_changes(&mut self) -> Vec<Change> {
         Supervisor::take_changes(self)
+    }
+    fn settle_owed(&mut self) {
+        Supervisor::settle_owed(self)
     }
     fn take_moved(&mut self) -> Option<Vec<String>> {
         let moved = std::mem::take(&mut self.moved);
@@ -395,6 +401,9 @@ pub struct Supervisor {
     require_artifact_checksums: bool,
     /// Processes: the real system, or a fake in tests.
     host: Box<dyn Host>,
+    /// A flush to settle before stopping, replacing or forgetting a unit
+    /// ([`Supervisor::settle_before_stopping`]); none by default.
+    owed: crate::agent::append_log::Owed,
     _lock: std::fs::File,
 }
 
@@ -533,6 +542,7 @@ impl Supervisor {
             artifact_max_bytes,
             require_artifact_checksums: config.require_artifact_checksums,
             host,
+            owed: Default::default(),
             _lock: lock,
         };
         Ok((sup, notices))
@@ -569,6 +579,16 @@ impl Supervisor {
             dir: &u.spec.dir,
             label: &u.spec.label,
         })
+    }
+
+    /// Settle `owed` before every step that stops, replaces or forgets a
+    /// unit (a stop, a replacement, an ended unit let go), so what asked
+    /// for the step is durable before it: the connected agent's
+    /// assignments log, whose delta may start new tasks at once but must
+    /// not stop one until it would survive a power loss
+    /// (`connected::desired`).
+    pub fn settle_before_stopping(&mut self, owed: crate::agent::append_log::Owed) {
+        self.owed = owed;
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {

@@ -293,7 +293,7 @@ pub fn exec(spec: &UnitSpec, ctx: &SpawnContext<'_>, prepared: &Prepared) -> Res
         task_ends.push(task_end);
     }
     let [stdout, stderr] = [&task_ends[0], &task_ends[1]].map(|f| f.as_fd());
-    let pid = launch_unit(spec, &argv, account.as_ref(), cgroup_procs, [stdout, stderr])?;
+    let pid = launch_unit(spec, &argv, account.as_ref(), cgroup_procs, Some([stdout, stderr]))?;
     // The task's ends of the log FIFOs close here; the supervisor reaps
     // every child with waitpid(-1) on SIGCHLD.
     drop(task_ends);
@@ -348,20 +348,19 @@ pub fn spawn_probe(spec: &UnitSpec, ctx: &SpawnContext<'_>, argv: &[String]) -> 
         Some(cg) => Some(cg.join_existing(&spec.name).map_err(SpawnError::Cgroup)?),
         None => None,
     };
-    let null = dev_null()?;
-    launch_unit(spec, argv, account.as_ref(), cgroup_procs, [null.as_fd(), null.as_fd()])
+    launch_unit(spec, argv, account.as_ref(), cgroup_procs, None)
 }
 
 /// Start `argv` as the unit runs it, for its process and its script
 /// checks alike: its environment (HOME from its account unless set), its
-/// directory, no stdin, `output` as stdout and stderr, and the child setup
+/// directory, no stdin, `output` as stdout and stderr (None: discarded), and the child setup
 /// (new session, limits, its cgroup, its user). Returns the pid.
 fn launch_unit(
     spec: &UnitSpec,
     argv: &[String],
     account: Option<&Account>,
     cgroup_procs: Option<OwnedFd>,
-    output: [BorrowedFd<'_>; 2],
+    output: Option<[BorrowedFd<'_>; 2]>,
 ) -> Result<i32, SpawnError> {
     let program = argv
         .first()
@@ -371,17 +370,6 @@ fn launch_unit(
         .filter(|_| !spec.env.contains_key("HOME"))
         .map(|a| ("HOME", a.home.as_str()));
     let env = spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).chain(home);
-    let stdin = dev_null()?;
     let setup = child_setup(account, cgroup_procs);
-    launch::launch(argv, env, &spec.dir, [stdin.as_fd(), output[0], output[1]], &setup)
-        .map_err(|e| SpawnError::Exec(program.clone(), e))
-}
-
-fn dev_null() -> Result<OwnedFd, SpawnError> {
-    rustix::fs::open(
-        "/dev/null",
-        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
-        rustix::fs::Mode::empty(),
-    )
-    .map_err(|e| SpawnError::Dir("/dev/null".into(), e.into()))
+    launch::launch(argv, env, &spec.dir, output, &setup).map_err(|e| SpawnError::Exec(program.clone(), e))
 }

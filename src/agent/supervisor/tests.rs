@@ -36,6 +36,19 @@ struct Record {
     /// Units whose start fails.
     refuse: BTreeSet<String>,
     last_pid: i32,
+    /// A flush the supervisor may owe, and whether it was still owed at
+    /// each exec and signal.
+    owed: Option<crate::agent::append_log::Owed>,
+    owed_at: Vec<(Call, bool)>,
+}
+
+impl Record {
+    fn push(&mut self, call: Call) {
+        if let Some(owed) = &self.owed {
+            self.owed_at.push((call.clone(), owed.is_owed()));
+        }
+        self.calls.push(call);
+    }
 }
 
 #[derive(Clone, Default)]
@@ -72,7 +85,7 @@ impl Host for Fake {
             r.last_pid = r.last_pid.max(99) + 1;
             let pid = r.last_pid;
             r.alive.insert(pid);
-            r.calls.push(Call::Exec(spec.name.clone(), pid));
+            r.push(Call::Exec(spec.name.clone(), pid));
             Ok(Spawned {
                 identity: ProcIdentity { pid, start_time: 7 },
                 pumps: Vec::new(),
@@ -83,7 +96,7 @@ impl Host for Fake {
         Err(SpawnError::PreStart(format!("{}: no probes here", spec.name)))
     }
     fn signal_group(&mut self, pid: i32, signal: Signal) {
-        self.with(|r| r.calls.push(Call::Signal(pid, signal)));
+        self.with(|r| r.push(Call::Signal(pid, signal)));
     }
     fn reap(&mut self) -> Option<(i32, Exit)> {
         self.with(|r| r.exits.pop_front())
@@ -338,6 +351,93 @@ fn a_plan_is_applied_in_one_call_starting_in_order_and_stopping_the_unwanted() {
     plan.wanted = std::sync::Arc::new(["a".to_string()].into());
     sup.apply(plan);
     assert_eq!(fake.calls(), [Call::Signal(100, Signal::TERM)], "b stops");
+}
+
+/// A flush owed for what asked for a step (the connected agent's
+/// assignments log) is settled before the supervisor stops, replaces or
+/// forgets a unit, and not before it starts one: a delta that starts a
+/// task and stops another starts the new one without waiting for the disk.
+#[test]
+fn an_owed_flush_is_settled_before_a_stop_a_replacement_or_forgetting_not_before_a_start() {
+    use super::{Plan, Units};
+    use crate::agent::append_log::{AppendLog, Owed};
+    use std::sync::atomic::Ordering;
+    let data = tempfile::tempdir().unwrap();
+    let fake = Fake::default();
+    let owed = Owed::default();
+    fake.with(|r| r.owed = Some(owed.clone()));
+    let mut sup = supervisor(data.path(), &fake);
+    sup.settle_before_stopping(owed.clone());
+    let log_path = data.path().join("x.log");
+    let mut log = AppendLog::default();
+    let mut owe = || log.append_owed(&log_path, b"{}".to_vec(), &owed).unwrap();
+    let plan = |units: &[UnitSpec], wanted: &[&str]| {
+        let mut plan = Plan::default();
+        for u in units {
+            plan.ensure(u.clone());
+        }
+        plan.wanted = Arc::new(wanted.iter().map(|n| n.to_string()).collect());
+        plan
+    };
+    let (old, d, new) = (
+        unit(data.path(), "old", run_once(0)),
+        unit(data.path(), "d", daemon()),
+        unit(data.path(), "new", daemon()),
+    );
+    sup.apply(plan(&[old.clone(), d.clone()], &["old", "d"]));
+    fake.exit(100, Exit::Code(0));
+    sup.reap();
+    assert_eq!(phase(&sup, "old"), Phase::Completed);
+    fake.with(|r| r.owed_at.clear());
+    let flushes = || owed.flushes.load(Ordering::Relaxed);
+
+    // Start one, forget the ended one: the start does not wait.
+    owe();
+    sup.apply(plan(&[d.clone(), new.clone()], &["d", "new"]));
+    assert_eq!(
+        fake.with(|r| std::mem::take(&mut r.owed_at)),
+        [(Call::Exec("new".into(), 102), true)]
+    );
+    assert!(sup.view("old").is_none());
+    assert!(!owed.is_owed(), "settled before the ended unit was forgotten");
+    assert_eq!(flushes(), 1);
+
+    // Start nothing, stop one: settled before the signal.
+    owe();
+    sup.apply(plan(std::slice::from_ref(&new), &["new"]));
+    assert_eq!(
+        fake.with(|r| std::mem::take(&mut r.owed_at)),
+        [(Call::Signal(101, Signal::TERM), false)]
+    );
+    assert_eq!(flushes(), 2);
+
+    // A new revision: settled before the old process is stopped.
+    owe();
+    let mut next = new.clone();
+    next.revision = 2;
+    sup.ensure(next);
+    assert_eq!(
+        fake.with(|r| std::mem::take(&mut r.owed_at)),
+        [(Call::Signal(102, Signal::TERM), false)]
+    );
+    assert_eq!(flushes(), 3);
+
+    // Only a start: the debt stays for the end of the step.
+    fake.exit(101, Exit::Signal(15));
+    fake.exit(102, Exit::Signal(15));
+    sup.reap();
+    assert!(matches!(phase(&sup, "new"), Phase::Running { pid: 103, .. }));
+    fake.with(|r| r.owed_at.clear());
+    owe();
+    sup.apply(plan(&[unit(data.path(), "x", daemon())], &["d", "new", "x"]));
+    assert_eq!(
+        fake.with(|r| std::mem::take(&mut r.owed_at)),
+        [(Call::Exec("x".into(), 104), true)]
+    );
+    assert!(owed.is_owed());
+    assert_eq!(flushes(), 3);
+    Units::settle_owed(&mut sup);
+    assert_eq!((owed.is_owed(), flushes()), (false, 4));
 }
 
 /// The units a plan does not want are found in one walk of both name

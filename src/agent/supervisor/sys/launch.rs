@@ -115,14 +115,18 @@ const FAILED: u8 = b'f';
 /// Reserve the low descriptor numbers now, while the agent holds few
 /// (the supervisor calls it at start-up; otherwise the first start does).
 pub fn reserve() -> io::Result<()> {
-    let mut reserved = RESERVED.lock().unwrap_or_else(PoisonError::into_inner);
-    if reserved.is_none() {
-        *reserved = Some(Slots::open()?);
-    }
-    Ok(())
+    Slots::reserved(&mut RESERVED.lock().unwrap_or_else(PoisonError::into_inner)).map(|_| ())
 }
 
 impl Slots {
+    /// The reserved slots, opened on first use.
+    fn reserved(reserved: &mut Option<Slots>) -> io::Result<&mut Slots> {
+        match reserved {
+            Some(slots) => Ok(slots),
+            None => Ok(reserved.insert(Slots::open()?)),
+        }
+    }
+
     fn open() -> io::Result<Slots> {
         let null = || {
             rustix::fs::open(
@@ -248,18 +252,19 @@ struct ChildArgs<'a> {
     keep_below: u32,
 }
 
-/// Start `argv` with exactly `env`, in `cwd`, with `stdio` as its
-/// descriptors 0, 1 and 2, after `setup`; returns its pid once its program
+/// Start `argv` with exactly `env`, in `cwd`, with /dev/null as its
+/// descriptor 0 and `output` as 1 and 2 (None: /dev/null too), after
+/// `setup`; returns its pid once its program
 /// runs. The caller reaps it (the supervisor's waitpid(-1)); a child that
 /// failed before its exec is reaped here.
 pub fn launch<'e>(
     argv: &[String],
     env: impl IntoIterator<Item = (&'e str, &'e str)>,
     cwd: &Path,
-    stdio: [BorrowedFd<'_>; 3],
+    output: Option<[BorrowedFd<'_>; 2]>,
     setup: &ChildSetup,
 ) -> Result<i32, LaunchError> {
-    launch_within(argv, env, cwd, stdio, setup, START_WITHIN)
+    launch_within(argv, env, cwd, output, setup, START_WITHIN)
 }
 
 /// [`launch`], the child killed if it has not exec'd `within` the clone.
@@ -267,7 +272,7 @@ fn launch_within<'e>(
     argv: &[String],
     env: impl IntoIterator<Item = (&'e str, &'e str)>,
     cwd: &Path,
-    stdio: [BorrowedFd<'_>; 3],
+    output: Option<[BorrowedFd<'_>; 2]>,
     setup: &ChildSetup,
     within: Duration,
 ) -> Result<i32, LaunchError> {
@@ -296,22 +301,21 @@ fn launch_within<'e>(
         rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(os(Step::Prepare))?;
 
     let mut reserved = RESERVED.lock().unwrap_or_else(PoisonError::into_inner);
-    if reserved.is_none() {
-        *reserved = Some(Slots::open().map_err(|error| LaunchError {
-            step: Step::Prepare,
-            error,
-        })?);
-    }
-    let Some(slots) = reserved.as_mut() else {
-        unreachable!("reserved above")
-    };
-    let sources = [stdio[0], stdio[1], stdio[2], report_write.as_fd()];
+    let slots = Slots::reserved(&mut reserved).map_err(|error| LaunchError {
+        step: Step::Prepare,
+        error,
+    })?;
+    let Slots { fds, null, .. } = slots;
+    let [out, err] = output.unwrap_or([null.as_fd(); 2]);
+    let sources = [null.as_fd(), out, err, report_write.as_fd()];
     let cgroup = setup.cgroup_procs.as_ref().map(|fd| fd.as_fd());
-    for (slot, source) in slots.fds.iter_mut().zip(sources.into_iter().chain(cgroup)) {
-        if let Err(e) = rustix::io::dup3(source, slot, DupFlags::CLOEXEC) {
-            slots.clear();
-            return Err(os(Step::Stdio)(e));
-        }
+    let duplicated = fds
+        .iter_mut()
+        .zip(sources.into_iter().chain(cgroup))
+        .try_for_each(|(slot, source)| rustix::io::dup3(source, slot, DupFlags::CLOEXEC));
+    if let Err(e) = duplicated {
+        slots.clear();
+        return Err(os(Step::Stdio)(e));
     }
     drop(report_write);
     let child = ChildArgs {
@@ -658,12 +662,11 @@ mod tests {
     fn run(argv: &[&str], env: &[(&str, &str)], cwd: &Path) -> Result<String, LaunchError> {
         let argv: Vec<String> = argv.iter().map(|a| a.to_string()).collect();
         let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
-        let null = null();
         let pid = launch(
             &argv,
             env.iter().copied(),
             cwd,
-            [null.as_fd(), write.as_fd(), write.as_fd()],
+            Some([write.as_fd(), write.as_fd()]),
             &no_setup(),
         )?;
         drop(write);
@@ -872,15 +875,7 @@ mod tests {
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             tid_tx.send(rustix::thread::gettid().as_raw_nonzero().get()).unwrap();
-            let null = null();
-            let started = launch_within(
-                &["/bin/true".to_string()],
-                [],
-                Path::new("/"),
-                [null.as_fd(); 3],
-                &setup,
-                within,
-            );
+            let started = launch_within(&["/bin/true".to_string()], [], Path::new("/"), None, &setup, within);
             let _ = done_tx.send(started);
         });
         let tid = tid_rx.recv().unwrap();
