@@ -1,5 +1,6 @@
 //! A man in the middle between a real agent and the real server, on the
-//! plain-HTTP robot channel: it records every byte, flips a byte in a
+//! plain-HTTP robot channel (in the session the agent makes once the
+//! server says it takes them): it records every byte, flips a byte in a
 //! status body, injects a Task into a long-poll answer, replays an earlier
 //! (empty) answer and replays a status report. Every tampering must be
 //! refused and logged, the robot's tasks must stay exactly what the server
@@ -311,5 +312,10 @@ fn a_man_in_the_middle_can_neither_read_nor_forge_the_robot_channel() {
         !tape.to_ascii_lowercase().contains("authorization:"),
         "a bearer credential crossed the wire"
     );
+    // The tampering above met the agent's sessions: requests in one
+    // session, answers with its MAC.
+    let lower = tape.to_ascii_lowercase();
+    assert!(lower.contains("k8s4r-session:"), "no request went in a session");
+    assert!(lower.contains("k8s4r-mac:"), "no answer carried a session MAC");
     drop(agent);
 }

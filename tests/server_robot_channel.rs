@@ -12,9 +12,10 @@ mod common;
 mod server_util;
 
 use common::wait_for;
-use k8s4r::api::robot_channel::{JoinToken, SEALED};
+use k8s4r::api::hex;
+use k8s4r::api::robot_channel::{self as wire, AnswerHead, JoinToken, KeyPair, RequestHead, SessionKeys, SEALED};
 use serde_json::{json, Value};
-use server_util::{server_bin, Robot, Server};
+use server_util::{server_bin, Reply, Robot, Server};
 use std::process::Command;
 use std::time::Duration;
 
@@ -235,4 +236,176 @@ fn no_answer_or_stored_value_holds_the_join_secret() {
         checked += 1;
     }
     assert!(checked > 0, "the data directory holds the store");
+}
+
+/// One request of `robot` made by hand in `session` (or, with `signed`, a
+/// signature header beside it): headers and body as sent.
+fn session_request(
+    robot: &mut Robot,
+    session: &SessionKeys,
+    name: &str,
+    method: &str,
+    target: &str,
+    plain: &[u8],
+) -> (Vec<(&'static str, String)>, Vec<u8>, [u8; 32]) {
+    robot.session.counter += 1;
+    let server_key = robot.session.server_id();
+    let mut head = RequestHead {
+        method,
+        target,
+        robot: name,
+        time: robot.session.time(),
+        counter: robot.session.counter,
+        server_key: &server_key,
+        body_digest: [0; 32],
+    };
+    let body = match plain.is_empty() {
+        true => Vec::new(),
+        false => session.seal_request(head.seal_aad().as_bytes(), plain).unwrap(),
+    };
+    head.body_digest = wire::digest(&body);
+    let mac = session.request_mac(&head.text());
+    let headers = vec![
+        (wire::TIME, head.time.to_string()),
+        (wire::COUNTER, head.counter.to_string()),
+        (wire::SERVER_KEY, server_key.clone()),
+        (wire::SESSION, session.enc_hex()),
+        (wire::MAC, hex::encode(&mac)),
+    ];
+    (headers, body, mac)
+}
+
+fn send_in_session(s: &Server, target: &str, method: &str, headers: &[(&'static str, String)], body: &[u8]) -> Reply {
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let content_type = if body.is_empty() { "" } else { SEALED };
+    s.agent_request(
+        method,
+        target,
+        content_type,
+        (method == "POST").then_some(body),
+        &headers,
+    )
+}
+
+fn answer_head<'a>(r: &'a Reply, proof: &'a [u8]) -> AnswerHead<'a> {
+    AnswerHead {
+        request_signature: proof,
+        status: r.status,
+        time: r.header(wire::TIME).unwrap().parse().unwrap(),
+        content_type: &r.content_type,
+        body_digest: wire::digest(&r.bytes),
+    }
+}
+
+/// Sessions (api::robot_channel::session) against the real server: an
+/// answer in a session carries the session's MAC and is sealed with its
+/// key, not signed; a replayed, altered or forged session request, one
+/// under another robot's name and a session at registration are refused
+/// with a signed 401; a burst of new sessions under one name is refused
+/// after the first.
+#[test]
+fn a_session_is_taken_only_from_its_robot_and_answered_in_it() {
+    let s = Server::start();
+    let join = s.join_token();
+    let mut robot = Robot::register(&s, &join, "s1", json!({"robot": "s1"}));
+    let task = place_secret_task(&s, &mut robot, "insession");
+    let server = robot.session.server.clone().expect("the server key is trusted");
+    let session = SessionKeys::start("s1", &robot.session.keys, &server).unwrap();
+    let target = "/agent/v1/robots/s1/assignments?since=0&wait=0s";
+
+    // Answered in the session: its MAC, sealed with its key, no signature.
+    let (headers, body, mac) = session_request(&mut robot, &session, "s1", "GET", target, b"");
+    let r = send_in_session(&s, target, "GET", &headers, &body);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.content_type, SEALED);
+    assert_eq!(r.header(wire::SIGNATURE), None, "an answer in a session is not signed");
+    let answer_mac = hex::decode::<32>(&r.header(wire::MAC).expect("a MAC")).unwrap();
+    let text = answer_head(&r, &mac).text();
+    assert!(session.answer_mac_ok(&text, &answer_mac));
+    assert!(!session.answer_mac_ok(&answer_head(&r, &[0; 32]).text(), &answer_mac));
+    assert!(
+        !r.body.contains(SECRET_ENV),
+        "the session's answer crossed in the clear"
+    );
+    let opened: Value = serde_json::from_slice(&session.open_answer(&mac, &r.bytes).unwrap()).unwrap();
+    assert_eq!(opened["tasks"][0]["spec"]["env"]["TOKEN"], SECRET_ENV);
+
+    // A status report in the session: sealed both ways, applied.
+    let status_target = "/agent/v1/robots/s1/status";
+    let report = json!({"updates": [{"task": task, "seq": 1, "status": {"state": "running"}}]});
+    let (headers, body, mac) = session_request(
+        &mut robot,
+        &session,
+        "s1",
+        "POST",
+        status_target,
+        report.to_string().as_bytes(),
+    );
+    assert!(!String::from_utf8_lossy(&body).contains("running"));
+    let r = send_in_session(&s, status_target, "POST", &headers, &body);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let reply: Value = serde_json::from_slice(&session.open_answer(&mac, &r.bytes).unwrap()).unwrap();
+    assert_eq!(reply["results"][0]["outcome"], "applied", "{reply}");
+    assert_eq!(s.object("tasks", &task).unwrap()["status"]["state"], "running");
+
+    // Replayed, altered: refused, signed (the server did not take them).
+    let signed_refusal = |r: &Reply, proof: &[u8], why: &str| {
+        assert_eq!(r.status, 401, "{}", r.body);
+        assert!(r.body.contains(why), "{why:?} not in {}", r.body);
+        assert_eq!(r.header(wire::MAC), None);
+        let sig = hex::decode::<64>(&r.header(wire::SIGNATURE).expect("signed")).unwrap();
+        assert!(server.verify(answer_head(r, proof).text().as_bytes(), &sig));
+    };
+    let before = refused(&s);
+    let r = send_in_session(&s, status_target, "POST", &headers, &body);
+    signed_refusal(&r, &mac, "replayed counter");
+    let (mut headers, body, mac) = session_request(&mut robot, &session, "s1", "GET", target, b"");
+    let mut bad = mac;
+    bad[0] ^= 1;
+    headers[4].1 = hex::encode(&bad);
+    signed_refusal(
+        &send_in_session(&s, target, "GET", &headers, &body),
+        &bad,
+        "bad session MAC",
+    );
+    // Another robot's name on this robot's session (and its own MAC text).
+    let mut third = Robot::register(&s, &join, "s3", json!({}));
+    let third_target = "/agent/v1/robots/s3/assignments?since=0&wait=0s";
+    let (headers, body, mac) = session_request(&mut third, &session, "s3", "GET", third_target, b"");
+    signed_refusal(
+        &send_in_session(&s, third_target, "GET", &headers, &body),
+        &mac,
+        "bad session MAC",
+    );
+    // A session someone made with their own key under s2's name.
+    let mut other = Robot::register(&s, &join, "s2", json!({}));
+    let other_target = "/agent/v1/robots/s2/assignments?since=0&wait=0s";
+    let forger = KeyPair::generate();
+    let forged = SessionKeys::start("s2", &forger, &server).unwrap();
+    let (headers, body, mac) = session_request(&mut other, &forged, "s2", "GET", other_target, b"");
+    signed_refusal(
+        &send_in_session(&s, other_target, "GET", &headers, &body),
+        &mac,
+        "bad session MAC",
+    );
+    // And another new one at once: not even derived.
+    let forged = SessionKeys::start("s2", &forger, &server).unwrap();
+    let (headers, body, mac) = session_request(&mut other, &forged, "s2", "GET", other_target, b"");
+    signed_refusal(
+        &send_in_session(&s, other_target, "GET", &headers, &body),
+        &mac,
+        "a new session less than",
+    );
+    // No session at registration.
+    let (headers, body, mac) = session_request(&mut robot, &session, "s1", "POST", "/agent/v1/register", b"{}");
+    signed_refusal(
+        &send_in_session(&s, "/agent/v1/register", "POST", &headers, &body),
+        &mac,
+        "registration is signed",
+    );
+    assert!(refused(&s) >= before + 6);
+    // The robot's own session still works; signed requests too.
+    let (headers, body, _) = session_request(&mut robot, &session, "s1", "GET", target, b"");
+    assert_eq!(send_in_session(&s, target, "GET", &headers, &body).status, 200);
+    robot.poll("0s");
 }

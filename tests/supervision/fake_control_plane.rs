@@ -6,7 +6,9 @@
 //! It speaks the signed robot channel as far as the agent checks it: a
 //! server key pinned by the join token it hands out, every answer signed
 //! and bound to its request, assignments sealed to the robot, reports
-//! opened. It does not check the robot's signatures (nothing to protect).
+//! opened; it takes sessions as the real server does (answers in a
+//! session carry its MAC and are sealed with its key). It does not check
+//! the robot's signatures or MACs (nothing to protect).
 //! Like the real server, it serves each Task with the last status the
 //! agent reported for it; otherwise the agent sees the server disagree and
 //! re-reports every task on every change.
@@ -21,7 +23,7 @@
 use k8s4r::api::agent_protocol::{
     Assignments, Outcome, RegisterRequest, RegisterResponse, StatusReply, StatusReport, StatusResult, PREFIX,
 };
-use k8s4r::api::robot_channel::{self as wire, AnswerHead, JoinToken, KeyPair, PublicKeys, RequestHead};
+use k8s4r::api::robot_channel::{self as wire, AnswerHead, JoinToken, KeyPair, PublicKeys, RequestHead, SessionKeys};
 use k8s4r::api::{assignment_set, hex, Task, TaskStatus};
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -55,6 +57,8 @@ struct Shared {
     last: Mutex<(u64, BTreeMap<String, String>)>,
     /// When each status report arrived.
     reports: Mutex<Vec<Instant>>,
+    /// The robot's current session, derived once.
+    session: Mutex<Option<SessionKeys>>,
 }
 
 pub struct FakeControlPlane {
@@ -84,6 +88,7 @@ impl FakeControlPlane {
             robot: Mutex::new(None),
             last: Mutex::new((0, BTreeMap::new())),
             reports: Mutex::new(Vec::new()),
+            session: Mutex::new(None),
         });
         let cp = FakeControlPlane {
             url: format!("http://127.0.0.1:{port}"),
@@ -238,7 +243,21 @@ fn serve_one(reader: &mut BufReader<TcpStream>, mut out: &TcpStream, shared: &Sh
     let length = header("content-length").parse().unwrap_or(0);
     let mut body = vec![0; length];
     reader.read_exact(&mut body)?;
-    let signature = hex::decode::<64>(header(wire::SIGNATURE)).unwrap_or([0; 64]);
+    // In a session the answer binds to the request's MAC, else to its
+    // signature.
+    let session = hex::decode::<32>(header(wire::SESSION)).and_then(|enc| {
+        let mut known = shared.session.lock().unwrap();
+        if known.as_ref().is_none_or(|k| k.enc != enc) {
+            let robot_keys = shared.robot.lock().unwrap().clone()?;
+            let name = target.split('/').nth(4).unwrap_or("");
+            *known = SessionKeys::accept(name, &robot_keys, &shared.server, &enc).ok();
+        }
+        known.clone()
+    });
+    let proof = match &session {
+        Some(_) => hex::decode::<32>(header(wire::MAC)).unwrap_or([0; 32]).to_vec(),
+        None => hex::decode::<64>(header(wire::SIGNATURE)).unwrap_or([0; 64]).to_vec(),
+    };
     let (path, query) = target.split_once('?').unwrap_or((&target, ""));
     let path = path.strip_prefix(PREFIX).unwrap_or("");
     let robot = path
@@ -257,10 +276,11 @@ fn serve_one(reader: &mut BufReader<TcpStream>, mut out: &TcpStream, shared: &Sh
             body_digest: wire::digest(body),
         };
         let info = wire::info_to_server(robot);
-        shared
-            .server
-            .open(info.as_bytes(), head.seal_aad().as_bytes(), body)
-            .unwrap_or_default()
+        match &session {
+            Some(s) => s.open_request(head.seal_aad().as_bytes(), body),
+            None => shared.server.open(info.as_bytes(), head.seal_aad().as_bytes(), body),
+        }
+        .unwrap_or_default()
     };
     let reply: Arc<Vec<u8>> = match (method.as_str(), path) {
         ("POST", "/register") => {
@@ -298,10 +318,11 @@ fn serve_one(reader: &mut BufReader<TcpStream>, mut out: &TcpStream, shared: &Sh
     };
     // Under robots/ every answer body is sealed to the robot, bound to the
     // request it answers.
-    let (content_type, reply) = match shared.robot.lock().unwrap().as_ref() {
-        Some(keys) if !robot.is_empty() => {
+    let (content_type, reply) = match (shared.robot.lock().unwrap().as_ref(), &session) {
+        (Some(_), Some(s)) if !robot.is_empty() => (wire::SEALED, s.seal_answer(&proof, &reply).unwrap()),
+        (Some(keys), None) if !robot.is_empty() => {
             let info = wire::info_to_robot(robot);
-            let sealed = keys.seal_to(info.as_bytes(), &signature, &reply).unwrap();
+            let sealed = keys.seal_to(info.as_bytes(), &proof, &reply).unwrap();
             (wire::SEALED, sealed)
         }
         _ => ("application/json", reply.to_vec()),
@@ -311,11 +332,18 @@ fn serve_one(reader: &mut BufReader<TcpStream>, mut out: &TcpStream, shared: &Sh
         .unwrap()
         .as_secs();
     let head = AnswerHead {
-        request_signature: &signature,
+        request_signature: &proof,
         status: 200,
         time,
         content_type,
         body_digest: wire::digest(&reply),
+    };
+    let (proof_header, proof) = match &session {
+        Some(s) => (wire::MAC, hex::encode(&s.answer_mac(&head.text()))),
+        None => (
+            wire::SIGNATURE,
+            hex::encode(&shared.server.sign(head.text().as_bytes())),
+        ),
     };
     let public = shared.server.public();
     // Head and body in one write: two would wait on Nagle's algorithm for
@@ -324,13 +352,12 @@ fn serve_one(reader: &mut BufReader<TcpStream>, mut out: &TcpStream, shared: &Sh
     write!(
         answer,
         "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
-         {}: {time}\r\n{}: {}\r\n{}: {}\r\n{}: {}.{}\r\n\r\n",
+         {}: {time}\r\n{}: {}\r\n{proof_header}: {proof}\r\n{}: 1\r\n{}: {}.{}\r\n\r\n",
         reply.len(),
         wire::TIME,
         wire::SERVER_KEY,
         public.id(),
-        wire::SIGNATURE,
-        hex::encode(&shared.server.sign(head.text().as_bytes())),
+        wire::SESSIONS,
         wire::SERVER_KEYS,
         public.sign_hex(),
         public.seal_hex(),

@@ -17,6 +17,18 @@
 //!
 //! A refused answer is logged ("refused answer: ...") and reported to the
 //! caller as an error that changes nothing, like an unreachable server.
+//!
+//! Sessions (`crate::api::robot_channel::SessionKeys`): once a verified
+//! answer says the server takes them (`K8s4r-Sessions: 1`), requests under
+//! `robots/` carry a session and its MAC instead of a signature, and their
+//! answers must carry the session's MAC (rule 1) and be sealed with its
+//! key (rule 4); an answer signed instead is checked as in rule 1 and ends
+//! the session (the server did not take it: it restarted without it, the
+//! key rotated, or someone replayed it), and sessions pause for
+//! [`SESSION_PAUSE`], requests signed meanwhile. A session is started
+//! anew at least every `SESSION_LIFETIME`, after `SESSION_MESSAGES`
+//! requests, and when the trusted server key changes; its keys live in
+//! memory only.
 
 use super::counter::Counter;
 use super::identity::{self, Identity};
@@ -24,9 +36,15 @@ use crate::api::robot_channel::{
     digest, endorsed_next_key, info_to_robot, info_to_server, AnswerHead, KeyPair, PublicKeys, RequestHead, COUNTER,
     NEXT_KEY, SEALED, SERVER_KEY, SERVER_KEYS, SIGNATURE, TIME,
 };
+use crate::api::robot_channel::{SessionKeys, MAC, SESSION, SESSIONS, SESSION_LIFETIME, SESSION_MESSAGES};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// After the server answered a session request with a signature, requests
+/// are signed this long before the next session.
+pub const SESSION_PAUSE: Duration = Duration::from_secs(60);
 
 /// The server key a request names, and seals to when it has a body.
 pub enum Peer<'a> {
@@ -50,7 +68,10 @@ pub struct Outgoing {
     pub headers: Vec<(&'static str, String)>,
     /// The body as sent (sealed when it goes under `robots/`).
     pub body: Vec<u8>,
-    pub signature: [u8; 64],
+    /// What an answer binds to: the request's signature, or its MAC when
+    /// it went in `session`.
+    pub proof: Vec<u8>,
+    pub session: Option<SessionKeys>,
     /// The time the request claimed (the robot's idea of the server's).
     pub time: u64,
 }
@@ -65,6 +86,9 @@ pub struct Answer {
     pub time: u64,
     /// A next server key the trusted one endorsed (key rotation).
     pub next_key: Option<PublicKeys>,
+    /// The request went in a session and the server answered with a
+    /// signature instead: it did not take the session, which has ended.
+    pub session_refused: bool,
 }
 
 /// An answer as received, before any check.
@@ -85,7 +109,16 @@ impl Reply {
 }
 
 /// The headers of an answer the channel reads.
-pub const ANSWER_HEADERS: [&str; 6] = [SIGNATURE, SERVER_KEY, TIME, NEXT_KEY, SERVER_KEYS, "content-type"];
+pub const ANSWER_HEADERS: [&str; 8] = [
+    SIGNATURE,
+    MAC,
+    SERVER_KEY,
+    TIME,
+    NEXT_KEY,
+    SERVER_KEYS,
+    SESSIONS,
+    "content-type",
+];
 
 /// Why an answer was refused (shown after "refused answer: ").
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +139,25 @@ pub struct Channel {
     offset: AtomicI64,
     /// Who the robot is and which server key it trusts, once registered.
     identity: Mutex<Option<Identity>>,
+    /// The server said it takes sessions.
+    sessions: AtomicBool,
+    session: Mutex<Sessions>,
+}
+
+/// The robot's session with the server (module doc).
+#[derive(Default)]
+struct Sessions {
+    current: Option<Session>,
+    /// No session before this (the server answered one with a signature).
+    paused_until: Option<Instant>,
+}
+
+struct Session {
+    keys: SessionKeys,
+    /// The server key it was made with.
+    server_key: String,
+    started: Instant,
+    requests: u64,
 }
 
 fn unix_now() -> i64 {
@@ -123,7 +175,56 @@ impl Channel {
             counter: Mutex::new(counter),
             offset: AtomicI64::new(0),
             identity: Mutex::new(None),
+            sessions: AtomicBool::new(false),
+            session: Mutex::new(Sessions::default()),
         }
+    }
+
+    /// The session for a request to `server` from `robot`: the current one
+    /// while it is young, made for this key and not used up; a new one
+    /// otherwise. None while the server has not said it takes sessions,
+    /// or they pause (module doc).
+    fn session_for(&self, robot: &str, server: &PublicKeys) -> Option<SessionKeys> {
+        if !self.sessions.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut sessions = lock(&self.session);
+        let now = Instant::now();
+        if sessions.paused_until.is_some_and(|t| now < t) {
+            return None;
+        }
+        let id = server.id();
+        let usable = sessions.current.as_ref().is_some_and(|s| {
+            s.server_key == id && now.duration_since(s.started) < SESSION_LIFETIME && s.requests < SESSION_MESSAGES
+        });
+        if !usable {
+            match SessionKeys::start(robot, &self.keys, server) {
+                Ok(keys) => {
+                    sessions.current = Some(Session {
+                        keys,
+                        server_key: id,
+                        started: now,
+                        requests: 0,
+                    })
+                }
+                Err(e) => {
+                    super::say(&format!("agent: starting a session: {e}; signing instead"));
+                    return None;
+                }
+            }
+        }
+        let session = sessions.current.as_mut()?;
+        session.requests += 1;
+        Some(session.keys.clone())
+    }
+
+    /// The server did not take session `keys`: end it, and sign for a while.
+    fn end_session(&self, keys: &SessionKeys) {
+        let mut sessions = lock(&self.session);
+        if sessions.current.as_ref().is_some_and(|s| s.keys.enc == keys.enc) {
+            sessions.current = None;
+        }
+        sessions.paused_until = Some(Instant::now() + SESSION_PAUSE);
     }
 
     pub fn public(&self) -> PublicKeys {
@@ -194,7 +295,59 @@ impl Channel {
         Ok(Outgoing {
             headers,
             body,
-            signature,
+            proof: signature.to_vec(),
+            session: None,
+            time,
+        })
+    }
+
+    /// A request from `robot` under `robots/` to the trusted `server`: in a
+    /// session when there is one (module doc), else signed as [`Self::sign`].
+    pub fn prepare(
+        &self,
+        robot: &str,
+        method: &str,
+        target: &str,
+        server: &PublicKeys,
+        plain: &[u8],
+    ) -> Result<Outgoing, String> {
+        let Some(session) = self.session_for(robot, server) else {
+            return self.sign(robot, method, target, &Peer::Trusted(server), plain, !plain.is_empty());
+        };
+        let counter = lock(&self.counter)
+            .take()
+            .map_err(|e| format!("reserving a request counter: {e}"))?;
+        let time = self.now();
+        let server_key = server.id();
+        let mut head = RequestHead {
+            method,
+            target,
+            robot,
+            time,
+            counter,
+            server_key: &server_key,
+            body_digest: [0; 32],
+        };
+        let body = match plain.is_empty() {
+            true => Vec::new(),
+            false => session
+                .seal_request(head.seal_aad().as_bytes(), plain)
+                .map_err(|e| e.to_string())?,
+        };
+        head.body_digest = digest(&body);
+        let mac = session.request_mac(&head.text());
+        let headers = vec![
+            (TIME, time.to_string()),
+            (COUNTER, counter.to_string()),
+            (SERVER_KEY, server_key.clone()),
+            (SESSION, session.enc_hex()),
+            (MAC, crate::api::hex::encode(&mac)),
+        ];
+        Ok(Outgoing {
+            headers,
+            body,
+            proof: mac.to_vec(),
+            session: Some(session),
             time,
         })
     }
@@ -212,8 +365,15 @@ impl Channel {
         let refuse = |why: String| Err(Refusal(why));
         let status = reply.status;
         let header = |name| reply.header(name);
-        let Some(signature) = header(SIGNATURE).and_then(crate::api::hex::decode::<64>) else {
-            return refuse(format!("no valid {SIGNATURE} (status {status})"));
+        let session = request.session.as_ref();
+        // In a session the answer carries its MAC; signed, it ends the session.
+        let mac = session.and(header(MAC)).map(crate::api::hex::decode::<32>);
+        let signature = match mac {
+            Some(_) => None,
+            None => match header(SIGNATURE).and_then(crate::api::hex::decode::<64>) {
+                Some(s) => Some(s),
+                None => return refuse(format!("no valid {SIGNATURE} (status {status})")),
+            },
         };
         if header(SERVER_KEY) != Some(server.id().as_str()) {
             return refuse(format!(
@@ -227,19 +387,39 @@ impl Channel {
         };
         let content_type = header("content-type").unwrap_or("");
         let head = AnswerHead {
-            request_signature: &request.signature,
+            request_signature: &request.proof,
             status,
             time,
             content_type,
             body_digest: digest(&reply.body),
         };
-        if !server.verify(head.text().as_bytes(), &signature) {
-            return refuse(format!(
-                "the signature does not verify (status {status}): altered, or not an answer to this request"
-            ));
+        let text = head.text();
+        match (mac, signature, session) {
+            (Some(mac), _, Some(keys)) => {
+                if !mac.is_some_and(|mac| keys.answer_mac_ok(&text, &mac)) {
+                    return refuse(format!(
+                        "the session MAC does not verify (status {status}): altered, or not an answer to this request"
+                    ));
+                }
+            }
+            (_, Some(signature), _) => {
+                if !server.verify(text.as_bytes(), &signature) {
+                    return refuse(format!(
+                        "the signature does not verify (status {status}): altered, or not an answer to this request"
+                    ));
+                }
+                if let Some(keys) = session {
+                    // The server did not take the session.
+                    self.end_session(keys);
+                }
+            }
+            _ => unreachable!("a MAC only with a session, else a signature"),
         }
         // Verified: from here on the answer is the server's own.
         self.learn_time(time);
+        if header(SESSIONS) == Some("1") {
+            self.sessions.store(true, Ordering::Relaxed);
+        }
         let next_key = match header(NEXT_KEY) {
             None => None,
             Some(h) => {
@@ -257,9 +437,13 @@ impl Channel {
             if content_type != SEALED {
                 return refuse(format!("the body is {content_type:?}, not sealed"));
             }
-            self.keys
-                .open(info_to_robot(robot).as_bytes(), &request.signature, &reply.body)
-                .map_err(|e| Refusal(e.to_string()))?
+            match (mac, session) {
+                (Some(_), Some(keys)) => keys.open_answer(&request.proof, &reply.body),
+                _ => self
+                    .keys
+                    .open(info_to_robot(robot).as_bytes(), &request.proof, &reply.body),
+            }
+            .map_err(|e| Refusal(e.to_string()))?
         } else {
             reply.body
         };
@@ -268,6 +452,7 @@ impl Channel {
             body,
             time,
             next_key,
+            session_refused: session.is_some() && mac.is_none(),
         })
     }
 
@@ -284,6 +469,8 @@ impl Channel {
         updated.set_server_keys(next);
         match identity::save(&self.data_dir, &updated) {
             Ok(()) => {
+                // Sessions are made with one server key.
+                lock(&self.session).current = None;
                 super::say(&format!(
                     "agent: the server rotated its key; now trusting {}",
                     next.id()

@@ -13,7 +13,8 @@ use crate::api::agent_protocol::{Assignments, RegisterRequest, StatusReply, Stat
 use crate::api::hex;
 use crate::api::robot_channel::{
     digest, endorsement_text, info_to_robot, info_to_server, next_key_header, AnswerHead, Claim, JoinToken, KeyPair,
-    PublicKeys, RequestHead, COUNTER, NEXT_KEY, SEALED, SERVER_KEY, SERVER_KEYS, SIGNATURE, TIME,
+    PublicKeys, RequestHead, SessionKeys, COUNTER, MAC, NEXT_KEY, SEALED, SERVER_KEY, SERVER_KEYS, SESSION, SESSIONS,
+    SIGNATURE, TIME,
 };
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -140,7 +141,7 @@ impl Signed<'_> {
         self.bound_to(&asked.signature())
     }
 
-    fn bound_to(&self, request_signature: &[u8; 64]) -> Vec<u8> {
+    fn bound_to(&self, request_signature: &[u8]) -> Vec<u8> {
         let head = AnswerHead {
             request_signature,
             status: self.status,
@@ -814,4 +815,123 @@ fn a_silent_held_poll_is_polled_again_unheld_at_once() {
         super::AfterPoll::Answered { .. }
     ));
     assert_eq!(poller.wait, Duration::from_secs(3600), "held again");
+}
+
+/// The session a request came in, as the server derives it, and the
+/// request's MAC, which must verify.
+fn session_of(server: &KeyPair, robot: &PublicKeys, a: &Asked) -> (SessionKeys, [u8; 32]) {
+    let enc = hex::decode::<32>(a.header(SESSION).expect("in a session")).unwrap();
+    let session = SessionKeys::accept(ROBOT, robot, server, &enc).unwrap();
+    let mac = hex::decode::<32>(a.header(MAC).expect("a MAC")).unwrap();
+    assert!(
+        session.request_mac_ok(&a.head(ROBOT).text(), &mac),
+        "the request's MAC verifies"
+    );
+    assert_eq!(a.header(SIGNATURE), None, "not signed in a session");
+    (session, mac)
+}
+
+/// `plain` answered in the request's session (sealed, MAC), the body's
+/// last byte flipped after the MAC with `tamper`.
+fn in_session(server: &KeyPair, robot: &PublicKeys, a: &Asked, plain: &[u8], tamper: bool) -> Vec<u8> {
+    let (session, mac) = session_of(server, robot, a);
+    let mut body = session.seal_answer(&mac, plain).unwrap();
+    let time = now();
+    let head = AnswerHead {
+        request_signature: &mac,
+        status: 200,
+        time,
+        content_type: SEALED,
+        body_digest: digest(&body),
+    };
+    let answer_mac = session.answer_mac(&head.text());
+    if tamper {
+        let n = body.len();
+        body[n - 1] ^= 1;
+    }
+    let mut out = format!(
+        "HTTP/1.1 200 X\r\nContent-Type: {SEALED}\r\n{TIME}: {time}\r\n{SERVER_KEY}: {}\r\n{MAC}: {}\r\n\
+         {SESSIONS}: 1\r\nContent-Length: {}\r\n\r\n",
+        server.public().id(),
+        hex::encode(&answer_mac),
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Sessions from the robot's side: signed until a verified answer says the
+/// server takes them; then each request in one session (MAC, no
+/// signature), whose answers must carry its MAC; an answer signed instead
+/// ends the session, the request is sent again at once, signed, and
+/// requests stay signed while sessions pause.
+#[test]
+fn sessions_start_when_the_server_takes_them_and_end_when_it_does_not() {
+    let server = Arc::new(KeyPair::generate());
+    let dir = tempfile::tempdir().unwrap();
+    let robot = super::keys::load_or_create(dir.path()).unwrap().public();
+    let signed_ok = |revision: u64, advertise: bool| -> Script {
+        let (s, r) = (Arc::clone(&server), robot.clone());
+        Box::new(move |a| {
+            let mut answer = sealed_ok(&s, &r, a, &assignments(revision));
+            if advertise {
+                answer.extra.push((SESSIONS, "1".into()));
+            }
+            answer.to(a)
+        })
+    };
+    let session_ok = |revision: u64, tamper: bool| -> Script {
+        let (s, r) = (Arc::clone(&server), robot.clone());
+        Box::new(move |a| in_session(&s, &r, a, &assignments(revision), tamper))
+    };
+    let refused: Script = {
+        let (s, r) = (Arc::clone(&server), robot.clone());
+        Box::new(move |a| {
+            let (_, mac) = session_of(&s, &r, a);
+            Signed {
+                server: &s,
+                status: 401,
+                content_type: "application/json",
+                body: status_json(401, "session refused: it does not open (sign the request instead)"),
+                time: now(),
+                extra: vec![(SESSIONS, "1".into())],
+            }
+            .bound_to(&mac)
+        })
+    };
+    let (base, t) = serve(vec![
+        signed_ok(1, false),
+        signed_ok(2, true),
+        session_ok(3, false),
+        session_ok(4, true),
+        session_ok(5, false),
+        refused,
+        signed_ok(6, true),
+        signed_ok(7, true),
+    ]);
+    let client = registered(dir.path(), &base, &server.public());
+    let poll = || client.assignments(0, Duration::ZERO, false, None);
+    assert_eq!(poll().unwrap().revision, 1);
+    assert_eq!(poll().unwrap().revision, 2);
+    assert_eq!(poll().unwrap().revision, 3, "in a session");
+    let e = poll().unwrap_err();
+    assert!(matches!(e, ClientError::Refused(_)), "a tampered session answer: {e}");
+    assert_eq!(poll().unwrap().revision, 5, "the session goes on");
+    assert_eq!(
+        poll().unwrap().revision,
+        6,
+        "refused in the session, then signed at once"
+    );
+    assert_eq!(poll().unwrap().revision, 7, "still signed: sessions pause");
+    let asked = t.join().unwrap();
+    let in_a_session: Vec<bool> = asked.iter().map(|a| a.header(SESSION).is_some()).collect();
+    assert_eq!(in_a_session, [false, false, true, true, true, true, false, false]);
+    let sessions: std::collections::BTreeSet<&str> = asked.iter().filter_map(|a| a.header(SESSION)).collect();
+    assert_eq!(sessions.len(), 1, "one session for every request in it");
+    for a in asked.iter().filter(|a| a.header(SESSION).is_none()) {
+        assert!(a.verifies(ROBOT, &robot), "signed when not in a session");
+    }
+    let counters: Vec<u64> = asked.iter().map(Asked::counter).collect();
+    assert!(counters.windows(2).all(|w| w[0] < w[1]), "{counters:?}");
 }

@@ -1,6 +1,7 @@
 //! The agent API over plain HTTP (the agent's own small client; blocking,
-//! no async runtime). Every request is signed and every answer checked by
-//! `channel` before anything in it is used; no bearer secret is ever sent.
+//! no async runtime). Every request is signed (or authenticated in a
+//! session) and every answer checked by `channel` before anything in it is
+//! used; no bearer secret is ever sent.
 //! HTTP stays here: callers get typed requests and responses.
 
 use super::channel::{Answer, Channel, Outgoing, Peer, Refusal, Reply, ANSWER_HEADERS};
@@ -232,7 +233,8 @@ impl Client {
                 let message = status_message(&answer.body).to_ascii_lowercase();
                 let clock_off = sent.abs_diff(answer.time) > CLOCK_OFF
                     || ["time", "clock", "counter"].iter().any(|w| message.contains(w));
-                if clock_off {
+                // A session the server did not take: again, signed.
+                if clock_off || answer.session_refused {
                     retried = true;
                     continue;
                 }
@@ -244,18 +246,12 @@ impl Client {
     fn exchange_once(&self, robot: &str, peer: &Peer, call: &Call) -> Result<(Answer, PublicKeys, u64), ClientError> {
         let url = format!("{}{}", self.base, call.path);
         let target = request_target(&url).map_err(|e| ClientError::Transport(e.to_string()))?;
+        let out = match peer {
+            Peer::Trusted(server) => self.channel.prepare(robot, call.method, &target, server, &call.plain),
+            Peer::Pinned(_) => self.channel.sign(robot, call.method, &target, peer, &call.plain, false),
+        }
+        .map_err(ClientError::Local)?;
         let sealed = matches!(peer, Peer::Trusted(_));
-        let out = self
-            .channel
-            .sign(
-                robot,
-                call.method,
-                &target,
-                peer,
-                &call.plain,
-                sealed && !call.plain.is_empty(),
-            )
-            .map_err(ClientError::Local)?;
         let content_type = if sealed { SEALED } else { "application/json" };
         // Only what the channel needs: answers are JSON or sealed whatever
         // the request accepts, so no Accept.

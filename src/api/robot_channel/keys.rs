@@ -58,6 +58,15 @@ impl KeyPair {
         }
     }
 
+    /// The sealing key pair, for a session's auth-mode setup (`session`).
+    pub(super) fn seal_pair(&self) -> (<SealKem as Kem>::PrivateKey, <SealKem as Kem>::PublicKey) {
+        (self.seal.clone(), <SealKem as Kem>::sk_to_pk(&self.seal))
+    }
+
+    pub(super) fn seal_secret(&self) -> &<SealKem as Kem>::PrivateKey {
+        &self.seal
+    }
+
     pub fn sign(&self, message: &[u8]) -> [u8; 64] {
         self.sign.sign(message).to_bytes()
     }

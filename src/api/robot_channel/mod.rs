@@ -3,13 +3,14 @@
 //! repositories, the transport is untrusted and every message carries its
 //! own proof. Standard constructions only (dalek, RustCrypto): Ed25519
 //! signatures (RFC 8032), HPKE sealing (RFC 9180: DHKEM(X25519,
-//! HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305, base mode, single shot),
-//! HMAC-SHA256 (RFC 2104) and SHA-256. This module is the wire format,
+//! HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305, base mode, single shot;
+//! auth mode and its exporter for sessions), HMAC-SHA256 (RFC 2104),
+//! ChaCha20-Poly1305 (RFC 8439) and SHA-256. This module is the wire format,
 //! shared by agent and server; it does no I/O.
 //!
 //! # Wire format (version 1)
 //!
-//! Every key, hash and signature is lowercase hex. Each party has a
+//! Every key, hash, MAC and signature is lowercase hex. Each party has a
 //! [`KeyPair`]: an Ed25519 signing key and an X25519 sealing key. A key
 //! pair's *id* is the first 16 hex digits of SHA-256(signing public key);
 //! its *pin* is all 64.
@@ -48,6 +49,22 @@
 //!
 //! Error answers (Kubernetes `Status` JSON) are signed, not sealed.
 //!
+//! **Sessions** ([`SessionKeys`], module `session`): every answer says
+//! `K8s4r-Sessions: 1` (the server takes them). A registered robot then
+//! makes a session with HPKE auth mode (its sealing key as sender's, to the
+//! server's sealing key, info `k8s4r-session-v1 <robot> <server key id>`)
+//! and sends, on requests under `/agent/v1/robots/`, `K8s4r-Session: <enc>`
+//! and `K8s4r-Mac`: HMAC-SHA256 with the exported request MAC key over
+//! [`RequestHead::text`], instead of `K8s4r-Signature`; a body is sealed
+//! with ChaCha20-Poly1305 under the exported request sealing key (random
+//! 12-byte nonce first, aad [`RequestHead::seal_aad`]). The server answers
+//! a request it verified in the session with `K8s4r-Mac` (the answer MAC
+//! key over [`AnswerHead::text`], bound to the request's MAC) and seals
+//! 200 bodies with the answer sealing key (aad: the request's MAC); it
+//! answers a request whose session it does not take with a signature
+//! (bound to the request's MAC), and the robot signs again for a while.
+//! Registration is always signed.
+//!
 //! **Registration**: `POST /agent/v1/register`, a signed request (by the
 //! robot's new key, counter and time as usual, the server key id taken
 //! from the pin) with a JSON body naming the token id, the robot's name,
@@ -58,10 +75,12 @@
 
 mod join;
 mod keys;
+mod session;
 mod signing;
 
 pub use join::{nonce, secret_hash, Claim, JoinToken, JOIN_TOKEN_PREFIX};
 pub use keys::{KeyPair, PublicKeys, ENC_LEN};
+pub use session::{SessionKeys, MAC, SESSION, SESSIONS, SESSION_LIFETIME, SESSION_MESSAGES};
 pub use signing::{digest, endorsed_next_key, endorsement_text, next_key_header, AnswerHead, RequestHead};
 
 pub const TIME: &str = "K8s4r-Time";

@@ -54,7 +54,8 @@ impl RequestHead<'_> {
 /// (by that request's signature), so an answer cannot be replayed to
 /// another request.
 pub struct AnswerHead<'a> {
-    pub request_signature: &'a [u8; 64],
+    /// The request's signature, or its MAC when it came in a session.
+    pub request_signature: &'a [u8],
     pub status: u16,
     /// The server's clock, unix seconds (robots without a real-time clock
     /// set theirs from it).

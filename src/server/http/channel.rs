@@ -2,15 +2,17 @@
 //! `/agent/v1/robots/{name}/` is verified (signature, time, counter) and its
 //! sealed body opened before a handler sees it; every answer there and on
 //! `/agent/v1/register`, errors included, is signed and bound to the
-//! request it answers, and a robot's 200 answers are sealed to it. The
+//! request it answers, and a robot's 200 answers are sealed to it. A
+//! request that came in a session the server took is answered in it
+//! (MAC and sealing with the session's keys); a refused one is signed. The
 //! handlers behind it read plain JSON and the verified robot
 //! ([`Robot`] as a request extension).
 
 use super::{AppState, MAX_BODY};
-use crate::api::robot_channel::{self as wire, PublicKeys};
+use crate::api::robot_channel::{self as wire, PublicKeys, SessionKeys};
 use crate::server::robot_channel::answer::{self, Answered};
 use crate::server::robot_channel::robots::Robot;
-use crate::server::robot_channel::verify::{request_signature, Refusal, SignedRequest};
+use crate::server::robot_channel::verify::{request_proof, Refusal, SignedRequest};
 use crate::server::robot_channel::{self, Channel};
 use crate::server::status::Status;
 use axum::body::Body;
@@ -60,7 +62,7 @@ pub async fn robot_channel(State(app): State<AppState>, req: Request, next: Next
     let channel = &app.agents.channel;
     channel.keys.refresh().await;
     let (mut parts, body) = req.into_parts();
-    let request_sig = request_signature(&parts.headers);
+    let request_sig = request_proof(&parts.headers);
     let named = parts
         .headers
         .get(wire::SERVER_KEY)
@@ -86,6 +88,11 @@ pub async fn robot_channel(State(app): State<AppState>, req: Request, next: Next
                 }
             }
             Ok(signed) => match &robot {
+                None if signed.session.is_some() => {
+                    let refusal = Refusal::Session("registration is signed".into());
+                    channel.refuse(&claimed_name(&bytes), &what, &refusal);
+                    refusal_status(&refusal).into_response()
+                }
                 None => {
                     parts.extensions.insert(signed);
                     next.run(Request::from_parts(parts, Body::from(bytes))).await
@@ -98,7 +105,7 @@ pub async fn robot_channel(State(app): State<AppState>, req: Request, next: Next
                             refusal_status(&refusal).into_response()
                         }
                         Ok(v) => {
-                            seal_to = Some((v.robot.keys.clone(), name.clone()));
+                            seal_to = Some((v.robot.keys.clone(), name.clone(), v.session));
                             // The handler reads the opened body as JSON.
                             parts.headers.remove(header::CONTENT_TYPE);
                             parts
@@ -129,15 +136,17 @@ pub async fn robot_channel(State(app): State<AppState>, req: Request, next: Next
 }
 
 /// Seal a 200 answer to the robot (when `seal_to`) and sign the answer with
-/// the key the request named (the current one when it named none held).
+/// the key the request named (the current one when it named none held);
+/// in the request's session, seal and authenticate with its keys instead.
 async fn sign(
     channel: &Channel,
     response: Response,
     named: Option<&str>,
-    request_sig: &[u8; 64],
-    seal_to: Option<(PublicKeys, String)>,
+    request_sig: &[u8],
+    seal_to: Option<(PublicKeys, String, Option<SessionKeys>)>,
     register: bool,
 ) -> Response {
+    let session = seal_to.as_ref().and_then(|(_, _, s)| s.clone());
     let (mut parts, body) = response.into_parts();
     let mut body = match axum::body::to_bytes(body, MAX_ANSWER).await {
         Ok(b) => b.to_vec(),
@@ -152,8 +161,12 @@ async fn sign(
                 .unwrap_or_default()
         }
     };
-    if let (StatusCode::OK, Some((keys, robot))) = (parts.status, seal_to) {
-        match answer::seal(&keys, &robot, request_sig, &body) {
+    if let (StatusCode::OK, Some((keys, robot, session))) = (parts.status, seal_to) {
+        let sealed = match &session {
+            Some(s) => s.seal_answer(request_sig, &body),
+            None => answer::seal(&keys, &robot, request_sig, &body),
+        };
+        match sealed {
             Ok(sealed) => {
                 body = sealed;
                 parts
@@ -190,7 +203,11 @@ async fn sign(
         content_type: &content_type,
         body: &body,
     };
-    for (name, value) in answer::headers(&signer, &current, &answered, register) {
+    let headers = match &session {
+        Some(s) => answer::session_headers(s, &signer, &current, &answered),
+        None => answer::headers(&signer, &current, &answered, register),
+    };
+    for (name, value) in headers {
         if let Ok(v) = HeaderValue::from_str(&value) {
             parts.headers.insert(name, v);
         }

@@ -4,7 +4,7 @@
 
 use super::server_keys::ServerKey;
 use crate::api::hex;
-use crate::api::robot_channel::{self as wire, AnswerHead, ChannelError, PublicKeys, RequestHead};
+use crate::api::robot_channel::{self as wire, AnswerHead, ChannelError, PublicKeys, RequestHead, SessionKeys};
 
 /// A body robot `robot` sealed to `key` for the request `head`.
 pub fn open(key: &ServerKey, robot: &str, head: &RequestHead<'_>, sealed: &[u8]) -> Result<Vec<u8>, ChannelError> {
@@ -17,13 +17,14 @@ pub fn open(key: &ServerKey, robot: &str, head: &RequestHead<'_>, sealed: &[u8])
 
 /// `plain` sealed to robot `robot` (keys `to`), bound to the request
 /// signature it answers.
-pub fn seal(to: &PublicKeys, robot: &str, request_signature: &[u8; 64], plain: &[u8]) -> Result<Vec<u8>, ChannelError> {
+pub fn seal(to: &PublicKeys, robot: &str, request_signature: &[u8], plain: &[u8]) -> Result<Vec<u8>, ChannelError> {
     to.seal_to(wire::info_to_robot(robot).as_bytes(), request_signature, plain)
 }
 
 /// What an answer signature covers besides its key.
 pub struct Answered<'a> {
-    pub request_signature: &'a [u8; 64],
+    /// The request's signature, or its MAC in a session.
+    pub request_signature: &'a [u8],
     pub status: u16,
     pub time: u64,
     /// The Content-Type header as sent ("" when there is none).
@@ -37,27 +38,56 @@ pub struct Answered<'a> {
 /// With `keys`, also the signer's public keys (registration answers, which
 /// the robot checks against its join token's pin).
 pub fn headers(signer: &ServerKey, current: &ServerKey, a: &Answered<'_>, keys: bool) -> Vec<(&'static str, String)> {
-    let head = AnswerHead {
-        request_signature: a.request_signature,
-        status: a.status,
-        time: a.time,
-        content_type: a.content_type,
-        body_digest: wire::digest(a.body),
-    };
-    let mut out = vec![
-        (wire::TIME, a.time.to_string()),
-        (wire::SERVER_KEY, signer.id.clone()),
-        (wire::SIGNATURE, hex::encode(&signer.pair.sign(head.text().as_bytes()))),
-    ];
-    if signer.id != current.id {
-        let endorsement = signer.pair.sign(wire::endorsement_text(&current.public).as_bytes());
-        out.push((wire::NEXT_KEY, wire::next_key_header(&current.public, &endorsement)));
-    }
+    let signature = signer.pair.sign(head(a).text().as_bytes());
+    let mut out = common(signer, current, a, (wire::SIGNATURE, hex::encode(&signature)));
     if keys {
         out.push((
             wire::SERVER_KEYS,
             format!("{}.{}", signer.public.sign_hex(), signer.public.seal_hex()),
         ));
+    }
+    out
+}
+
+/// The headers of an answer to a request made in `session`: as
+/// [`headers`], with the session's MAC in place of the signature.
+pub fn session_headers(
+    session: &SessionKeys,
+    signer: &ServerKey,
+    current: &ServerKey,
+    a: &Answered<'_>,
+) -> Vec<(&'static str, String)> {
+    let mac = session.answer_mac(&head(a).text());
+    common(signer, current, a, (wire::MAC, hex::encode(&mac)))
+}
+
+fn head<'a>(a: &'a Answered<'a>) -> AnswerHead<'a> {
+    AnswerHead {
+        request_signature: a.request_signature,
+        status: a.status,
+        time: a.time,
+        content_type: a.content_type,
+        body_digest: wire::digest(a.body),
+    }
+}
+
+/// Time, key id, `proof`, the endorsed current key while `signer` is an
+/// older one, and that sessions are taken.
+fn common(
+    signer: &ServerKey,
+    current: &ServerKey,
+    a: &Answered<'_>,
+    proof: (&'static str, String),
+) -> Vec<(&'static str, String)> {
+    let mut out = vec![
+        (wire::TIME, a.time.to_string()),
+        (wire::SERVER_KEY, signer.id.clone()),
+        proof,
+        (wire::SESSIONS, "1".to_string()),
+    ];
+    if signer.id != current.id {
+        let endorsement = signer.pair.sign(wire::endorsement_text(&current.public).as_bytes());
+        out.push((wire::NEXT_KEY, wire::next_key_header(&current.public, &endorsement)));
     }
     out
 }

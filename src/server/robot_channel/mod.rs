@@ -14,7 +14,7 @@ pub mod robots;
 pub mod server_keys;
 pub mod verify;
 
-use crate::api::robot_channel::SEALED;
+use crate::api::robot_channel::{SessionKeys, SEALED};
 use crate::server::store::StoreError;
 use crate::server::tokens::Tokens;
 use robots::{Robot, Robots};
@@ -39,6 +39,9 @@ pub struct Verified {
     pub key: Arc<ServerKey>,
     /// The opened body (empty when there was none).
     pub body: Vec<u8>,
+    /// The session it came in (its answer is authenticated and sealed with
+    /// it), or None: signed.
+    pub session: Option<SessionKeys>,
 }
 
 /// The server's clock in unix seconds (never negative).
@@ -67,7 +70,8 @@ impl Channel {
     }
 
     /// The checks of a request under `/agent/v1/robots/{robot}/`, in order:
-    /// a server key it may name, a robot bound to keys, the signature, the
+    /// a server key it may name, a robot bound to keys, the signature (or
+    /// its session's MAC), the
     /// time, the counter (only a request that passed all else spends
     /// one), then the sealed body.
     pub async fn verify(
@@ -89,9 +93,21 @@ impl Channel {
         })?;
         let found = found.ok_or(Refusal::UnknownRobot)?;
         let head = signed.head(robot);
-        if !found.keys.verify(head.text().as_bytes(), &signed.signature) {
-            return Err(Refusal::BadSignature);
-        }
+        let session = match &signed.session {
+            None => {
+                if !found.keys.verify(head.text().as_bytes(), &signed.signature) {
+                    return Err(Refusal::BadSignature);
+                }
+                None
+            }
+            Some((enc, mac)) => {
+                let session = found.session(&key, enc)?;
+                if !session.request_mac_ok(&head.text(), mac) {
+                    return Err(Refusal::BadMac);
+                }
+                Some(session)
+            }
+        };
         check_time(signed.time, now(), self.skew)?;
         found.accept(signed.counter).map_err(|last| Refusal::Replayed {
             counter: signed.counter,
@@ -104,12 +120,17 @@ impl Channel {
             if media != Some(SEALED) {
                 return Err(Refusal::NotSealed);
             }
-            answer::open(&key, robot, &head, body).map_err(Refusal::Open)?
+            match &session {
+                Some(s) => s.open_request(head.seal_aad().as_bytes(), body),
+                None => answer::open(&key, robot, &head, body),
+            }
+            .map_err(Refusal::Open)?
         };
         Ok(Verified {
             robot: found,
             key,
             body,
+            session,
         })
     }
 

@@ -12,8 +12,18 @@
 //! counter inside the window is taken once, one below it never. After a
 //! server restart or a reload from the store, the window starts full:
 //! nothing below the stored counter is accepted.
+//!
+//! Each robot's current session (`api::robot_channel::session`) is kept
+//! here too, derived once per session from its encapsulated key (an X25519
+//! auth-mode decapsulation) instead of once per request. A robot makes a
+//! new session rarely (every hour, or when its agent restarts), so a new
+//! one less than [`NEW_SESSION_EVERY`] after the last is refused: forged
+//! sessions sent under a robot's name cost the server one derivation per
+//! second at most, and the robot signs its requests meanwhile.
 
-use crate::api::robot_channel::PublicKeys;
+use super::server_keys::ServerKey;
+use super::verify::Refusal;
+use crate::api::robot_channel::{PublicKeys, SessionKeys};
 use crate::server::store::StoreError;
 use crate::server::tokens::{RobotIdentity, RobotRecord, SavedCounter, Tokens};
 use std::collections::HashMap;
@@ -26,12 +36,24 @@ pub const WINDOW: u64 = 64;
 /// How long a replica trusts its copy of a robot's keys.
 pub const RECHECK: Duration = Duration::from_secs(60);
 
+/// The least time between two new sessions of one robot.
+pub const NEW_SESSION_EVERY: Duration = Duration::from_secs(1);
+
 /// One robot as this replica knows it.
 pub struct Robot {
     pub id: RobotIdentity,
     pub keys: PublicKeys,
     counter: Mutex<Counter>,
+    session: Mutex<Option<KnownSession>>,
     loaded: Instant,
+}
+
+/// A robot's session as derived here, with the server key it is under.
+#[derive(Clone)]
+struct KnownSession {
+    keys: SessionKeys,
+    server_key: String,
+    derived: Instant,
 }
 
 #[derive(Clone, Copy)]
@@ -87,8 +109,34 @@ impl Robot {
             },
             keys: record.keys,
             counter: Mutex::new(counter),
+            session: Mutex::new(None),
             loaded: Instant::now(),
         }
+    }
+
+    /// The session `enc` names, under the server key `server`: the one
+    /// derived before, or derived now (module doc).
+    pub fn session(&self, server: &ServerKey, enc: &[u8; 32]) -> Result<SessionKeys, Refusal> {
+        let mut known = self.session.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(k) = known
+            .as_ref()
+            .filter(|k| k.keys.enc == *enc && k.server_key == server.id)
+        {
+            return Ok(k.keys.clone());
+        }
+        if known.as_ref().is_some_and(|k| k.derived.elapsed() < NEW_SESSION_EVERY) {
+            return Err(Refusal::Session(format!(
+                "a new session less than {NEW_SESSION_EVERY:?} after the last"
+            )));
+        }
+        let keys = SessionKeys::accept(&self.id.name, &self.keys, &server.pair, enc)
+            .map_err(|e| Refusal::Session(e.to_string()))?;
+        *known = Some(KnownSession {
+            keys: keys.clone(),
+            server_key: server.id.clone(),
+            derived: Instant::now(),
+        });
+        Ok(keys)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Counter> {
@@ -135,6 +183,8 @@ impl Robots {
         let mut map = self.map();
         let mut counter = Counter::at(record.counter);
         counter.record = Some(revision);
+        // The same keys keep the robot's session too.
+        let mut session = None;
         if let Some(old) = map
             .get(name)
             .filter(|c| c.keys == record.keys && c.id.namespace == record.namespace)
@@ -145,8 +195,11 @@ impl Robots {
                 counter.seen = seen.seen;
             }
             counter.saved = counter.saved.max(seen.saved);
+            session = old.session.lock().unwrap_or_else(|e| e.into_inner()).clone();
         }
-        let robot = Arc::new(Robot::new(name, record, counter));
+        let robot = Robot::new(name, record, counter);
+        *robot.session.lock().unwrap_or_else(|e| e.into_inner()) = session;
+        let robot = Arc::new(robot);
         map.insert(name.to_string(), robot.clone());
         Ok(Some(robot))
     }

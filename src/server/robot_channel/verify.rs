@@ -1,7 +1,8 @@
 //! What a robot's request must show before anything acts on it: its
 //! signature headers, a signature by the robot's key over the request as
-//! received, a time within the allowed skew, and a counter above every one
-//! accepted before. Each refusal says which check failed.
+//! received (or, in a session, the session's MAC: `api::robot_channel::
+//! session`), a time within the allowed skew, and a counter above every
+//! one accepted before. Each refusal says which check failed.
 
 use crate::api::hex;
 use crate::api::robot_channel::{self as wire, ChannelError, RequestHead};
@@ -22,7 +23,10 @@ pub struct SignedRequest {
     pub counter: u64,
     /// Id of the server key the robot trusts.
     pub server_key: String,
+    /// The robot's signature; zeros (which never verify) in a session.
     pub signature: [u8; 64],
+    /// In a session: its encapsulated key and the request's MAC.
+    pub session: Option<([u8; 32], [u8; 32])>,
     pub body_digest: [u8; 32],
 }
 
@@ -47,14 +51,25 @@ impl SignedRequest {
         if server_key.is_empty() || server_key.len() > 64 {
             return Err(Refusal::Header(wire::SERVER_KEY, "not a key id"));
         }
+        let hex32 =
+            |name: &'static str| hex::decode::<32>(text(name)?).ok_or(Refusal::Header(name, "not 64 hex digits"));
+        let session = match headers.contains_key(wire::SESSION) {
+            true => Some((hex32(wire::SESSION)?, hex32(wire::MAC)?)),
+            false => None,
+        };
+        let signature = match session {
+            Some(_) => [0; 64],
+            None => hex::decode::<64>(text(wire::SIGNATURE)?)
+                .ok_or(Refusal::Header(wire::SIGNATURE, "not 128 hex digits"))?,
+        };
         Ok(SignedRequest {
             method: method.to_string(),
             target: target.to_string(),
             time: number(wire::TIME)?,
             counter: number(wire::COUNTER)?,
             server_key: server_key.to_string(),
-            signature: hex::decode::<64>(text(wire::SIGNATURE)?)
-                .ok_or(Refusal::Header(wire::SIGNATURE, "not 128 hex digits"))?,
+            signature,
+            session,
             body_digest: wire::digest(body),
         })
     }
@@ -72,14 +87,15 @@ impl SignedRequest {
     }
 }
 
-/// The raw signature an answer binds to: the request's, even when it did
-/// not verify; zeros when there is none to read.
-pub fn request_signature(headers: &HeaderMap) -> [u8; 64] {
-    headers
-        .get(wire::SIGNATURE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| hex::decode::<64>(v.trim()))
-        .unwrap_or([0; 64])
+/// What an answer binds to: the request's signature, or in a session its
+/// MAC, even when it did not verify; 64 zeros when there is none to read.
+pub fn request_proof(headers: &HeaderMap) -> Vec<u8> {
+    let read = |name| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    match read(wire::SESSION) {
+        Some(_) => read(wire::MAC).and_then(hex::decode::<32>).map(|m| m.to_vec()),
+        None => read(wire::SIGNATURE).and_then(hex::decode::<64>).map(|s| s.to_vec()),
+    }
+    .unwrap_or_else(|| vec![0; 64])
 }
 
 /// Why a request was refused.
@@ -90,6 +106,9 @@ pub enum Refusal {
     UnknownRobot,
     UnknownServerKey(String),
     BadSignature,
+    /// A session this server does not take (why).
+    Session(String),
+    BadMac,
     /// `time` is off the server's `now` by more than `skew` seconds.
     TimeOff {
         time: u64,
@@ -127,6 +146,8 @@ impl std::fmt::Display for Refusal {
                 "unknown server key {id:?}: it was rotated out (register again with a new join token)"
             ),
             Refusal::BadSignature => f.write_str("bad signature: the request does not verify with the robot's key"),
+            Refusal::Session(why) => write!(f, "session refused: {why} (sign the request instead)"),
+            Refusal::BadMac => f.write_str("bad session MAC: the request does not verify with its session's key"),
             Refusal::TimeOff { time, now, skew } => write!(
                 f,
                 "the request time is off by {}s (robot {time}, server {now}; at most {skew}s, \
@@ -194,7 +215,7 @@ mod tests {
         assert!(robot
             .public()
             .verify(parsed.head("r1").text().as_bytes(), &parsed.signature));
-        assert_eq!(request_signature(&h), sig);
+        assert_eq!(request_proof(&h), sig.to_vec());
         let moved = SignedRequest::parse("GET", "/agent/v1/robots/r1/assignments?since=0", &h, b"").unwrap();
         assert!(!robot
             .public()
@@ -229,7 +250,7 @@ mod tests {
             SignedRequest::parse("GET", "/", &headers(&bad), b"").unwrap_err(),
             Refusal::Header(SIGNATURE, "not 128 hex digits")
         );
-        assert_eq!(request_signature(&headers(&bad)), [0; 64]);
+        assert_eq!(request_proof(&headers(&bad)), vec![0; 64]);
     }
 
     #[test]
