@@ -263,42 +263,21 @@ impl Channel {
         plain: &[u8],
         seal: bool,
     ) -> Result<Outgoing, String> {
-        let counter = lock(&self.counter)
-            .take()
-            .map_err(|e| format!("reserving a request counter: {e}"))?;
-        let time = self.now();
-        let server_key = peer.key_id();
-        let mut head = RequestHead {
-            method,
-            target,
-            robot,
-            time,
-            counter,
-            server_key: &server_key,
-            body_digest: [0; 32],
-        };
-        let body = match (seal, peer) {
-            (false, _) => plain.to_vec(),
+        let body = |head: &RequestHead<'_>| match (seal, peer) {
+            (false, _) => Ok(plain.to_vec()),
             (true, Peer::Trusted(server)) => server
                 .seal_to(info_to_server(robot).as_bytes(), head.seal_aad().as_bytes(), plain)
-                .map_err(|e| e.to_string())?,
-            (true, Peer::Pinned(_)) => return Err("nothing is sealed before the server's key is known".into()),
+                .map_err(|e| e.to_string()),
+            (true, Peer::Pinned(_)) => Err("nothing is sealed before the server's key is known".into()),
         };
-        head.body_digest = digest(&body);
-        let signature = self.keys.sign(head.text().as_bytes());
-        let headers = vec![
-            (TIME, time.to_string()),
-            (COUNTER, counter.to_string()),
-            (SERVER_KEY, server_key.clone()),
-            (SIGNATURE, crate::api::hex::encode(&signature)),
-        ];
-        Ok(Outgoing {
-            headers,
-            body,
-            proof: signature.to_vec(),
-            session: None,
-            time,
-        })
+        let prove = |head: &RequestHead<'_>| {
+            let signature = self.keys.sign(head.text().as_bytes());
+            (
+                vec![(SIGNATURE, crate::api::hex::encode(&signature))],
+                signature.to_vec(),
+            )
+        };
+        self.request(robot, method, target, &peer.key_id(), None, body, prove)
     }
 
     /// A request from `robot` under `robots/` to the trusted `server`: in a
@@ -314,40 +293,62 @@ impl Channel {
         let Some(session) = self.session_for(robot, server) else {
             return self.sign(robot, method, target, &Peer::Trusted(server), plain, !plain.is_empty());
         };
+        let body = |head: &RequestHead<'_>| match plain.is_empty() {
+            true => Ok(Vec::new()),
+            false => session
+                .seal_request(head.seal_aad().as_bytes(), plain)
+                .map_err(|e| e.to_string()),
+        };
+        let prove = |head: &RequestHead<'_>| {
+            let mac = session.request_mac(&head.text());
+            let headers = vec![(SESSION, session.enc_hex()), (MAC, crate::api::hex::encode(&mac))];
+            (headers, mac.to_vec())
+        };
+        let id = server.id();
+        self.request(robot, method, target, &id, Some(session.clone()), body, prove)
+    }
+
+    /// A request with the next counter and the server's time as the robot
+    /// knows it: its body as `body` makes it, then the headers and proof
+    /// `prove` gives for its head.
+    #[allow(clippy::too_many_arguments)] // one request's parts, each once
+    fn request(
+        &self,
+        robot: &str,
+        method: &str,
+        target: &str,
+        server_key: &str,
+        session: Option<SessionKeys>,
+        body: impl FnOnce(&RequestHead<'_>) -> Result<Vec<u8>, String>,
+        prove: impl FnOnce(&RequestHead<'_>) -> (Vec<(&'static str, String)>, Vec<u8>),
+    ) -> Result<Outgoing, String> {
         let counter = lock(&self.counter)
             .take()
             .map_err(|e| format!("reserving a request counter: {e}"))?;
         let time = self.now();
-        let server_key = server.id();
         let mut head = RequestHead {
             method,
             target,
             robot,
             time,
             counter,
-            server_key: &server_key,
+            server_key,
             body_digest: [0; 32],
         };
-        let body = match plain.is_empty() {
-            true => Vec::new(),
-            false => session
-                .seal_request(head.seal_aad().as_bytes(), plain)
-                .map_err(|e| e.to_string())?,
-        };
+        let body = body(&head)?;
         head.body_digest = digest(&body);
-        let mac = session.request_mac(&head.text());
-        let headers = vec![
+        let (proof_headers, proof) = prove(&head);
+        let mut headers = vec![
             (TIME, time.to_string()),
             (COUNTER, counter.to_string()),
-            (SERVER_KEY, server_key.clone()),
-            (SESSION, session.enc_hex()),
-            (MAC, crate::api::hex::encode(&mac)),
+            (SERVER_KEY, server_key.to_string()),
         ];
+        headers.extend(proof_headers);
         Ok(Outgoing {
             headers,
             body,
-            proof: mac.to_vec(),
-            session: Some(session),
+            proof,
+            session,
             time,
         })
     }

@@ -101,7 +101,7 @@ impl Channel {
                 None
             }
             Some((enc, mac)) => {
-                let session = found.session(&key, enc)?;
+                let session = found.session(&key, enc).map_err(Refusal::Session)?;
                 if !session.request_mac_ok(&head.text(), mac) {
                     return Err(Refusal::BadMac);
                 }

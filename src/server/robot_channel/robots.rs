@@ -22,7 +22,6 @@
 //! second at most, and the robot signs its requests meanwhile.
 
 use super::server_keys::ServerKey;
-use super::verify::Refusal;
 use crate::api::robot_channel::{PublicKeys, SessionKeys};
 use crate::server::store::StoreError;
 use crate::server::tokens::{RobotIdentity, RobotRecord, SavedCounter, Tokens};
@@ -116,7 +115,8 @@ impl Robot {
 
     /// The session `enc` names, under the server key `server`: the one
     /// derived before, or derived now (module doc).
-    pub fn session(&self, server: &ServerKey, enc: &[u8; 32]) -> Result<SessionKeys, Refusal> {
+    /// Err says why not (for a `Refusal::Session`).
+    pub fn session(&self, server: &ServerKey, enc: &[u8; 32]) -> Result<SessionKeys, String> {
         let mut known = self.session.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(k) = known
             .as_ref()
@@ -125,12 +125,9 @@ impl Robot {
             return Ok(k.keys.clone());
         }
         if known.as_ref().is_some_and(|k| k.derived.elapsed() < NEW_SESSION_EVERY) {
-            return Err(Refusal::Session(format!(
-                "a new session less than {NEW_SESSION_EVERY:?} after the last"
-            )));
+            return Err(format!("a new session less than {NEW_SESSION_EVERY:?} after the last"));
         }
-        let keys = SessionKeys::accept(&self.id.name, &self.keys, &server.pair, enc)
-            .map_err(|e| Refusal::Session(e.to_string()))?;
+        let keys = SessionKeys::accept(&self.id.name, &self.keys, &server.pair, enc).map_err(|e| e.to_string())?;
         *known = Some(KnownSession {
             keys: keys.clone(),
             server_key: server.id.clone(),
