@@ -309,12 +309,11 @@ impl Rollback {
         let aligned = |applied: &[(String, Arc<DesiredSpec>)]| {
             applied.len() == tasks.len() && applied.iter().zip(tasks).all(|((n, _), t)| *n == t.name)
         };
-        let same_names = match same_names && self.applied.len() == tasks.len() {
-            true => {
-                debug_assert!(aligned(&self.applied), "told the names are the same, yet they differ");
-                true
-            }
-            false => aligned(&self.applied),
+        let same_names = if same_names && self.applied.len() == tasks.len() {
+            debug_assert!(aligned(&self.applied), "told the names are the same, yet they differ");
+            true
+        } else {
+            aligned(&self.applied)
         };
         if !same_names {
             let old = std::mem::take(&mut self.applied);

@@ -1,7 +1,7 @@
 //! One simulated robot of the benchmarks: its own keep-alive connection to
 //! the agent listener and its robot-channel session, so it signs, seals,
-//! verifies and opens as an agent does (the channel's cost is part of what
-//! is measured). Shared by `fleet.rs`, `rollout.rs` and `job_rollout.rs`.
+//! verifies and opens as an agent does, in a session once the server takes
+//! them (the channel's cost is part of what is measured). Shared by `fleet.rs`, `rollout.rs` and `job_rollout.rs`.
 
 use crate::api::agent_protocol::{RegisterRequest, StatusReport};
 use crate::api::robot_channel::JoinToken;
@@ -47,6 +47,8 @@ impl SimRobot {
         req: RegisterRequest,
     ) -> Result<SimRobot, String> {
         let mut session = RobotSession::new(&name, join.pin);
+        // As agents do: a session once the server says it takes them.
+        session.sessions = true;
         let mut conn = Conn::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
         let p = session.register(join, req);
         let (code, reply) = conn

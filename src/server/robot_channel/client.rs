@@ -2,11 +2,16 @@
 //! test ([`crate::bench`]) and the control-plane tests' simulated
 //! robots: it signs and seals requests and verifies and opens answers
 //! exactly as the wire format says, so that every simulated request pays
-//! and tests the real protocol. (The agent has its own, in its lean build.)
+//! and tests the real protocol. With `sessions` set it makes a session once
+//! the server says it takes them, as the agent does (the benchmarks' robots;
+//! the tests' robots sign, and tests make sessions by hand). (The agent has
+//! its own, in its lean build.)
 
 use crate::api::agent_protocol::RegisterRequest;
 use crate::api::hex;
-use crate::api::robot_channel::{self as wire, AnswerHead, Claim, JoinToken, KeyPair, PublicKeys, RequestHead};
+use crate::api::robot_channel::{
+    self as wire, AnswerHead, Claim, JoinToken, KeyPair, PublicKeys, RequestHead, SessionKeys,
+};
 
 /// One robot's keys and what it knows of the server.
 pub struct RobotSession {
@@ -20,6 +25,11 @@ pub struct RobotSession {
     pub counter: u64,
     /// Server clock minus ours, in seconds (learned from answers).
     pub offset: i64,
+    /// Make a session once the server says it takes them.
+    pub sessions: bool,
+    /// The server said so (`K8s4r-Sessions: 1` on a verified answer).
+    advertised: bool,
+    session: Option<SessionKeys>,
 }
 
 /// A request ready to send.
@@ -28,7 +38,11 @@ pub struct Prepared {
     pub target: String,
     pub headers: Vec<(&'static str, String)>,
     pub body: Vec<u8>,
+    /// Zeros in a session.
     pub signature: [u8; 64],
+    /// What the answer binds to: the signature, or the session's MAC.
+    pub proof: Vec<u8>,
+    pub session: Option<SessionKeys>,
 }
 
 fn unix_now() -> i64 {
@@ -47,6 +61,9 @@ impl RobotSession {
             server: None,
             counter: 0,
             offset: 0,
+            sessions: false,
+            advertised: false,
+            session: None,
         }
     }
 
@@ -92,7 +109,70 @@ impl RobotSession {
             headers,
             body,
             signature,
+            proof: signature.to_vec(),
+            session: None,
         }
+    }
+
+    /// The session for the next request under `robots/`, if this robot
+    /// makes them and the server takes them.
+    fn session_for(&mut self, server: &PublicKeys) -> Result<Option<SessionKeys>, String> {
+        if !(self.sessions && self.advertised) {
+            return Ok(None);
+        }
+        if self.session.is_none() {
+            self.session = Some(SessionKeys::start(&self.name, &self.keys, server).map_err(|e| e.to_string())?);
+        }
+        Ok(self.session.clone())
+    }
+
+    /// `plain` (if any) in `session` for `method target`: MAC, sealed body.
+    fn in_session(
+        &mut self,
+        session: SessionKeys,
+        server: &PublicKeys,
+        method: &str,
+        target: &str,
+        plain: Option<&[u8]>,
+    ) -> Result<Prepared, String> {
+        self.counter += 1;
+        let server_key = server.id();
+        let mut head = RequestHead {
+            method,
+            target,
+            robot: &self.name,
+            time: self.time(),
+            counter: self.counter,
+            server_key: &server_key,
+            body_digest: [0; 32],
+        };
+        let body = match plain {
+            None => Vec::new(),
+            Some(p) => session
+                .seal_request(head.seal_aad().as_bytes(), p)
+                .map_err(|e| e.to_string())?,
+        };
+        head.body_digest = wire::digest(&body);
+        let mac = session.request_mac(&head.text());
+        let mut headers = vec![
+            (wire::TIME, head.time.to_string()),
+            (wire::COUNTER, self.counter.to_string()),
+            (wire::SERVER_KEY, server_key.clone()),
+            (wire::SESSION, session.enc_hex()),
+            (wire::MAC, hex::encode(&mac)),
+        ];
+        if plain.is_some() {
+            headers.push(("Content-Type", wire::SEALED.to_string()));
+        }
+        Ok(Prepared {
+            method: method.to_string(),
+            target: target.to_string(),
+            headers,
+            body,
+            signature: [0; 64],
+            proof: mac.to_vec(),
+            session: Some(session),
+        })
     }
 
     /// `POST /agent/v1/register` proving `join`.
@@ -128,6 +208,11 @@ impl RobotSession {
     /// A request under `/agent/v1/robots/`, its body (if any) sealed to
     /// the server.
     pub fn request(&mut self, method: &str, target: &str, plain: Option<&[u8]>) -> Result<Prepared, String> {
+        if let Some(server) = self.server.clone() {
+            if let Some(session) = self.session_for(&server)? {
+                return self.in_session(session, &server, method, target, plain);
+            }
+        }
         let time = self.time();
         let Some(plain) = plain else {
             return Ok(self.sign(method, target, time, Vec::new(), None));
@@ -178,28 +263,52 @@ impl RobotSession {
         let time: u64 = header(wire::TIME)
             .and_then(|t| t.parse().ok())
             .ok_or("the answer has no K8s4r-Time")?;
-        let signature = header(wire::SIGNATURE)
-            .and_then(|s| hex::decode::<64>(&s))
-            .ok_or("the answer has no valid K8s4r-Signature")?;
         let content_type = header("Content-Type").unwrap_or_default();
         let head = AnswerHead {
-            request_signature: &sent.signature,
+            request_signature: &sent.proof,
             status,
             time,
             content_type: &content_type,
             body_digest: wire::digest(body),
         };
-        if !signer.verify(head.text().as_bytes(), &signature) {
-            return Err(format!("the answer's signature does not verify (status {status})"));
-        }
+        let text = head.text();
+        let in_session = match (&sent.session, header(wire::MAC)) {
+            (Some(session), Some(mac)) => {
+                let mac = hex::decode::<32>(&mac).ok_or("the answer's K8s4r-Mac is not 64 hex digits")?;
+                if !session.answer_mac_ok(&text, &mac) {
+                    return Err(format!("the answer's session MAC does not verify (status {status})"));
+                }
+                true
+            }
+            _ => {
+                let signature = header(wire::SIGNATURE)
+                    .and_then(|s| hex::decode::<64>(&s))
+                    .ok_or("the answer has no valid K8s4r-Signature")?;
+                if !signer.verify(text.as_bytes(), &signature) {
+                    return Err(format!("the answer's signature does not verify (status {status})"));
+                }
+                // A session answered with a signature: not taken.
+                if sent.session.is_some() {
+                    self.session = None;
+                }
+                false
+            }
+        };
         self.offset = i64::try_from(time).unwrap_or(i64::MAX).saturating_sub(unix_now());
+        self.advertised |= header(wire::SESSIONS).as_deref() == Some("1");
         let next = header(wire::NEXT_KEY).and_then(|h| wire::endorsed_next_key(&signer, &h));
+        if next.is_some() {
+            self.session = None;
+        }
         self.server = Some(next.unwrap_or(signer));
         if content_type == wire::SEALED {
-            return self
-                .keys
-                .open(wire::info_to_robot(&self.name).as_bytes(), &sent.signature, body)
-                .map_err(|e| e.to_string());
+            return match (&sent.session, in_session) {
+                (Some(session), true) => session.open_answer(&sent.proof, body),
+                _ => self
+                    .keys
+                    .open(wire::info_to_robot(&self.name).as_bytes(), &sent.proof, body),
+            }
+            .map_err(|e| e.to_string());
         }
         Ok(body.to_vec())
     }
