@@ -368,34 +368,23 @@ fn a_session_is_taken_only_from_its_robot_and_answered_in_it() {
         &bad,
         "bad session MAC",
     );
+    // A GET of `robot`'s assignments as `name` in `session`: refused, why.
+    let refused_get = |robot: &mut Robot, session: &SessionKeys, name: &str, why: &str| {
+        let target = format!("/agent/v1/robots/{name}/assignments?since=0&wait=0s");
+        let (headers, body, mac) = session_request(robot, session, name, "GET", &target, b"");
+        signed_refusal(&send_in_session(&s, &target, "GET", &headers, &body), &mac, why);
+    };
     // Another robot's name on this robot's session (and its own MAC text).
     let mut third = Robot::register(&s, &join, "s3", json!({}));
-    let third_target = "/agent/v1/robots/s3/assignments?since=0&wait=0s";
-    let (headers, body, mac) = session_request(&mut third, &session, "s3", "GET", third_target, b"");
-    signed_refusal(
-        &send_in_session(&s, third_target, "GET", &headers, &body),
-        &mac,
-        "bad session MAC",
-    );
+    refused_get(&mut third, &session, "s3", "bad session MAC");
     // A session someone made with their own key under s2's name.
     let mut other = Robot::register(&s, &join, "s2", json!({}));
-    let other_target = "/agent/v1/robots/s2/assignments?since=0&wait=0s";
     let forger = KeyPair::generate();
     let forged = SessionKeys::start("s2", &forger, &server).unwrap();
-    let (headers, body, mac) = session_request(&mut other, &forged, "s2", "GET", other_target, b"");
-    signed_refusal(
-        &send_in_session(&s, other_target, "GET", &headers, &body),
-        &mac,
-        "bad session MAC",
-    );
+    refused_get(&mut other, &forged, "s2", "bad session MAC");
     // And another new one at once: not even derived.
     let forged = SessionKeys::start("s2", &forger, &server).unwrap();
-    let (headers, body, mac) = session_request(&mut other, &forged, "s2", "GET", other_target, b"");
-    signed_refusal(
-        &send_in_session(&s, other_target, "GET", &headers, &body),
-        &mac,
-        "a new session less than",
-    );
+    refused_get(&mut other, &forged, "s2", "a new session less than");
     // No session at registration.
     let (headers, body, mac) = session_request(&mut robot, &session, "s1", "POST", "/agent/v1/register", b"{}");
     signed_refusal(
