@@ -224,7 +224,7 @@ impl Channel {
         if sessions.current.as_ref().is_some_and(|s| s.keys.enc == keys.enc) {
             sessions.current = None;
         }
-        sessions.paused_until = Some(Instant::now() + SESSION_PAUSE);
+        sessions.paused_until = Some(crate::agent::clock::after(Instant::now(), SESSION_PAUSE));
     }
 
     pub fn public(&self) -> PublicKeys {
