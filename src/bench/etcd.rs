@@ -1,7 +1,6 @@
 //! A throwaway single-member etcd for `k8s4r bench --etcd`: free loopback
 //! ports, a temp data directory, killed and removed on drop.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,10 +12,7 @@ pub struct LocalEtcd {
 }
 
 fn free_port() -> Result<u16, String> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("finding a free port: {e}"))
+    crate::envoy::ports::free_port_at(([127, 0, 0, 1], 0).into()).map_err(|e| format!("finding a free port: {e}"))
 }
 
 impl LocalEtcd {

@@ -5,7 +5,8 @@
 use std::fmt;
 use std::fs;
 use std::io;
-use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::OwnedFd;
 
 #[derive(Debug)]
 pub enum PortError {
@@ -40,10 +41,10 @@ impl fmt::Display for PortError {
 
 impl std::error::Error for PortError {}
 
-/// Try to bind `ip:port` (and release it at once).
+/// Try to bind `ip:port` as Envoy will (and release it at once).
 pub fn check_free(what: &str, ip: IpAddr, port: u16) -> Result<(), PortError> {
     let addr = SocketAddr::new(ip, port);
-    match TcpListener::bind(addr) {
+    match free_port_at(addr) {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(PortError::Busy {
             what: what.to_string(),
@@ -56,6 +57,37 @@ pub fn check_free(what: &str, ip: IpAddr, port: u16) -> Result<(), PortError> {
             error,
         }),
     }
+}
+
+/// The port a listener could bind at `addr` now (`addr`'s own, or one the
+/// kernel picks for port 0), found by binding a TCP socket with
+/// SO_REUSEADDR, as Envoy's listeners do, and closing it.
+///
+/// Why the probe never listens: this process forks (tasks, Envoy) from
+/// other threads, and a child holds copies of every descriptor until its
+/// exec closes them. A probe that listened would stay a listener in such a
+/// child for that moment, and the real bind right after would fail with
+/// EADDRINUSE and no owner to name. A socket that is bound with
+/// SO_REUSEADDR but not listening conflicts with no SO_REUSEADDR bind.
+pub fn free_port_at(addr: SocketAddr) -> io::Result<u16> {
+    let fd = bound(addr)?;
+    let local = rustix::net::getsockname(&fd)?;
+    SocketAddr::try_from(local)
+        .map(|a| a.port())
+        .map_err(|_| io::Error::other("getsockname: not an IP address"))
+}
+
+fn bound(addr: SocketAddr) -> io::Result<OwnedFd> {
+    use rustix::net::{sockopt, AddressFamily, SocketFlags, SocketType};
+    let family = if addr.is_ipv4() {
+        AddressFamily::INET
+    } else {
+        AddressFamily::INET6
+    };
+    let fd = rustix::net::socket_with(family, SocketType::STREAM, SocketFlags::CLOEXEC, None)?;
+    sockopt::set_socket_reuseaddr(&fd, true)?;
+    rustix::net::bind(&fd, &addr)?;
+    Ok(fd)
 }
 
 /// `pid (comm)` of a process with a listening TCP socket on `port`, from
@@ -112,7 +144,7 @@ fn listening_inodes(port: u16) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::Ipv4Addr;
+    use std::net::{Ipv4Addr, TcpListener};
 
     #[test]
     fn names_the_owner_of_a_busy_port() {
@@ -124,5 +156,23 @@ mod tests {
         assert!(msg.contains(&format!("pid {}", std::process::id())), "{msg}");
         drop(held);
         check_free("x", IpAddr::V4(Ipv4Addr::LOCALHOST), port).unwrap();
+    }
+
+    /// A probe's socket still open somewhere (as in a child forked while
+    /// it existed, before that child's exec) must not make the port look
+    /// taken to the listener that follows; a held listener must.
+    #[test]
+    fn a_probe_left_open_does_not_block_the_listener_after_it() {
+        let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        let port = free_port_at(loopback).unwrap();
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let probe_copy = bound(addr).unwrap();
+        check_free("x", addr.ip(), port).unwrap();
+        let listener = TcpListener::bind(addr).expect("a listener beside a lingering probe");
+        drop(probe_copy);
+        // The contrast: a listener held elsewhere is found busy.
+        let err = check_free("upstream \"db\"", addr.ip(), port).unwrap_err();
+        assert!(matches!(err, PortError::Busy { .. }), "{err}");
+        drop(listener);
     }
 }

@@ -267,13 +267,10 @@ pub fn envoy_bin() -> Option<PathBuf> {
     found
 }
 
-/// A loopback port free a moment ago.
+/// A loopback port free a moment ago (probed without listening: see
+/// `k8s4r::envoy::ports::free_port_at`).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    k8s4r::envoy::ports::free_port_at(([127, 0, 0, 1], 0).into()).expect("a free loopback port")
 }
 
 /// A TCP server on 127.0.0.1 that answers the first line of each connection

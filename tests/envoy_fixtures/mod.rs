@@ -163,7 +163,8 @@ pub fn free_port() -> u16 {
             .unwrap_or(0);
     for i in 0..span {
         let port = lo + ((seed + i * 7) % span) as u16;
-        if !given.contains(&port) && !in_use.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        let probe = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        if !given.contains(&port) && !in_use.contains(&port) && envoy::ports::free_port_at(probe).is_ok() {
             given.insert(port);
             return port;
         }

@@ -3,7 +3,6 @@
 //! member serving clients over TLS and requiring their certificates.
 
 use k8s4r::server::store::etcd::Endpoints;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -13,11 +12,10 @@ use std::time::Duration;
 /// for four suites starting members at once on a loaded 2-core CI machine.
 const READY: Duration = Duration::from_secs(60);
 
+/// A loopback port free a moment ago (probed without listening: see
+/// `k8s4r::envoy::ports::free_port_at`).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
+    k8s4r::envoy::ports::free_port_at(([127, 0, 0, 1], 0).into()).expect("a free loopback port")
 }
 
 /// Certificates for an etcd that serves clients over TLS, as PEM files in

@@ -7,7 +7,6 @@
 
 use base64::Engine;
 use serde_json::{json, Value};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -35,11 +34,10 @@ fn which(cmd: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// A loopback port free a moment ago (probed without listening: see
+/// `k8s4r::envoy::ports::free_port_at`).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    k8s4r::envoy::ports::free_port_at(([127, 0, 0, 1], 0).into()).expect("a free loopback port")
 }
 
 impl Browser {

@@ -775,9 +775,7 @@ impl Reconciler {
         say: &mut dyn FnMut(String),
     ) -> Option<Instant> {
         self.replanned.clear();
-        for c in sup.take_changes() {
-            say(format!("{}: {}", c.label, c.message));
-        }
+        self.say_what_happened(sup, say);
         // A plan builds on what runs, and a unit's first start can end at
         // once (restored as completed, or failing to spawn): plan again
         // while the last plan started units a group waits on or that ended
@@ -793,6 +791,10 @@ impl Reconciler {
         // updated in place lets its tasks take the new network at once.
         for _ in 0..rounds {
             let (again, at) = self.pass_since(desired, sup, &since);
+            // Told per pass: a proxy started in one pass may be ready by
+            // the next (a slow pass, a fast Envoy), and its start is told
+            // before its readiness.
+            self.say_what_happened(sup, say);
             recheck = at;
             if !again {
                 break;
@@ -806,13 +808,19 @@ impl Reconciler {
         // before a directory is removed.
         sup.settle_owed();
         let recheck = recheck.into_iter().chain(self.collect_garbage(sup)).min();
+        self.say_what_happened(sup, say);
+        recheck
+    }
+
+    /// Say this pass's group events, then what the supervisor did in it
+    /// (a pass observes the groups first and acts after).
+    fn say_what_happened(&mut self, sup: &mut impl Units, say: &mut dyn FnMut(String)) {
         for (group, msg) in self.take_notices() {
             say(format!("{group}: {msg}"));
         }
         for c in sup.take_changes() {
             say(format!("{}: {}", c.label, c.message));
         }
-        recheck
     }
 
     /// The groups (keys) the last [`Self::step`] planned: the tasks of
