@@ -259,19 +259,8 @@ fn session_request(
         server_key: &server_key,
         body_digest: [0; 32],
     };
-    let body = match plain.is_empty() {
-        true => Vec::new(),
-        false => session.seal_request(head.seal_aad().as_bytes(), plain).unwrap(),
-    };
-    head.body_digest = wire::digest(&body);
-    let mac = session.request_mac(&head.text());
-    let headers = vec![
-        (wire::TIME, head.time.to_string()),
-        (wire::COUNTER, head.counter.to_string()),
-        (wire::SERVER_KEY, server_key.clone()),
-        (wire::SESSION, session.enc_hex()),
-        (wire::MAC, hex::encode(&mac)),
-    ];
+    let r = session.request(&mut head, plain).unwrap();
+    let (body, headers, mac) = (r.body, r.headers, r.mac);
     (headers, body, mac)
 }
 

@@ -33,14 +33,17 @@
 use super::counter::Counter;
 use super::identity::{self, Identity};
 use crate::api::robot_channel::{
-    digest, endorsed_next_key, info_to_robot, info_to_server, AnswerHead, KeyPair, PublicKeys, RequestHead, COUNTER,
-    NEXT_KEY, SEALED, SERVER_KEY, SERVER_KEYS, SIGNATURE, TIME,
+    digest, endorsed_next_key, info_to_robot, info_to_server, AnswerHead, KeyPair, PublicKeys, RequestHead, NEXT_KEY,
+    SEALED, SERVER_KEY, SERVER_KEYS, SIGNATURE, TIME,
 };
-use crate::api::robot_channel::{SessionKeys, MAC, SESSION, SESSIONS, SESSION_LIFETIME, SESSION_MESSAGES};
+use crate::api::robot_channel::{SessionKeys, MAC, SESSIONS, SESSION_LIFETIME, SESSION_MESSAGES};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// What a request's `finish` makes: its body, headers and proof.
+type Finished = (Vec<u8>, Vec<(&'static str, String)>, Vec<u8>);
 
 /// After the server answered a session request with a signature, requests
 /// are signed this long before the next session.
@@ -263,21 +266,21 @@ impl Channel {
         plain: &[u8],
         seal: bool,
     ) -> Result<Outgoing, String> {
-        let body = |head: &RequestHead<'_>| match (seal, peer) {
-            (false, _) => Ok(plain.to_vec()),
-            (true, Peer::Trusted(server)) => server
-                .seal_to(info_to_server(robot).as_bytes(), head.seal_aad().as_bytes(), plain)
-                .map_err(|e| e.to_string()),
-            (true, Peer::Pinned(_)) => Err("nothing is sealed before the server's key is known".into()),
-        };
-        let prove = |head: &RequestHead<'_>| {
+        let finish = |head: &mut RequestHead<'_>| {
+            let body = match (seal, peer) {
+                (false, _) => plain.to_vec(),
+                (true, Peer::Trusted(server)) => server
+                    .seal_to(info_to_server(robot).as_bytes(), head.seal_aad().as_bytes(), plain)
+                    .map_err(|e| e.to_string())?,
+                (true, Peer::Pinned(_)) => return Err("nothing is sealed before the server's key is known".into()),
+            };
+            head.body_digest = digest(&body);
             let signature = self.keys.sign(head.text().as_bytes());
-            (
-                vec![(SIGNATURE, crate::api::hex::encode(&signature))],
-                signature.to_vec(),
-            )
+            let mut headers = head.headers();
+            headers.push((SIGNATURE, crate::api::hex::encode(&signature)));
+            Ok((body, headers, signature.to_vec()))
         };
-        self.request(robot, method, target, &peer.key_id(), None, body, prove)
+        self.request(robot, method, target, &peer.key_id(), None, finish)
     }
 
     /// A request from `robot` under `robots/` to the trusted `server`: in a
@@ -293,25 +296,17 @@ impl Channel {
         let Some(session) = self.session_for(robot, server) else {
             return self.sign(robot, method, target, &Peer::Trusted(server), plain, !plain.is_empty());
         };
-        let body = |head: &RequestHead<'_>| match plain.is_empty() {
-            true => Ok(Vec::new()),
-            false => session
-                .seal_request(head.seal_aad().as_bytes(), plain)
-                .map_err(|e| e.to_string()),
-        };
-        let prove = |head: &RequestHead<'_>| {
-            let mac = session.request_mac(&head.text());
-            let headers = vec![(SESSION, session.enc_hex()), (MAC, crate::api::hex::encode(&mac))];
-            (headers, mac.to_vec())
+        let finish = |head: &mut RequestHead<'_>| {
+            let r = session.request(head, plain).map_err(|e| e.to_string())?;
+            Ok((r.body, r.headers, r.mac.to_vec()))
         };
         let id = server.id();
-        self.request(robot, method, target, &id, Some(session.clone()), body, prove)
+        self.request(robot, method, target, &id, Some(session.clone()), finish)
     }
 
     /// A request with the next counter and the server's time as the robot
-    /// knows it: its body as `body` makes it, then the headers and proof
-    /// `prove` gives for its head.
-    #[allow(clippy::too_many_arguments)] // one request's parts, each once
+    /// knows it; `finish` makes its body, sets the head's body digest and
+    /// gives the headers and the proof (signature or MAC).
     fn request(
         &self,
         robot: &str,
@@ -319,8 +314,7 @@ impl Channel {
         target: &str,
         server_key: &str,
         session: Option<SessionKeys>,
-        body: impl FnOnce(&RequestHead<'_>) -> Result<Vec<u8>, String>,
-        prove: impl FnOnce(&RequestHead<'_>) -> (Vec<(&'static str, String)>, Vec<u8>),
+        finish: impl FnOnce(&mut RequestHead<'_>) -> Result<Finished, String>,
     ) -> Result<Outgoing, String> {
         let counter = lock(&self.counter)
             .take()
@@ -335,15 +329,7 @@ impl Channel {
             server_key,
             body_digest: [0; 32],
         };
-        let body = body(&head)?;
-        head.body_digest = digest(&body);
-        let (proof_headers, proof) = prove(&head);
-        let mut headers = vec![
-            (TIME, time.to_string()),
-            (COUNTER, counter.to_string()),
-            (SERVER_KEY, server_key.to_string()),
-        ];
-        headers.extend(proof_headers);
+        let (body, headers, proof) = finish(&mut head)?;
         Ok(Outgoing {
             headers,
             body,

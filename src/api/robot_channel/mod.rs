@@ -80,7 +80,7 @@ mod signing;
 
 pub use join::{nonce, secret_hash, Claim, JoinToken, JOIN_TOKEN_PREFIX};
 pub use keys::{KeyPair, PublicKeys, ENC_LEN};
-pub use session::{SessionKeys, MAC, SESSION, SESSIONS, SESSION_LIFETIME, SESSION_MESSAGES};
+pub use session::{SessionKeys, SessionRequest, MAC, SESSION, SESSIONS, SESSION_LIFETIME, SESSION_MESSAGES};
 pub use signing::{digest, endorsed_next_key, endorsement_text, next_key_header, AnswerHead, RequestHead};
 
 pub const TIME: &str = "K8s4r-Time";

@@ -29,6 +29,7 @@
 //! request's time and counter, which the MAC covers.
 
 use super::keys::{KeyPair, PublicKeys};
+use super::signing::{digest, RequestHead};
 use super::ChannelError;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::ChaCha20Poly1305;
@@ -54,6 +55,15 @@ pub const SESSION_MESSAGES: u64 = 1 << 20;
 
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
+
+/// A request made in a session ([`SessionKeys::request`]).
+pub struct SessionRequest {
+    /// As sent: sealed, or empty.
+    pub body: Vec<u8>,
+    pub headers: Vec<(&'static str, String)>,
+    /// The request's MAC, which the answer's MAC is bound to.
+    pub mac: [u8; 32],
+}
 
 /// A session's keys, the same at both ends.
 #[derive(Clone)]
@@ -134,6 +144,21 @@ impl SessionKeys {
     }
 
     /// The session's name as sent in [`SESSION`].
+    /// A request in this session: `plain` (empty: no body) sealed as its
+    /// body, `head.body_digest` set to cover it, then the head's headers
+    /// and the session's (the session and the MAC).
+    pub fn request(&self, head: &mut RequestHead<'_>, plain: &[u8]) -> Result<SessionRequest, ChannelError> {
+        let body = match plain.is_empty() {
+            true => Vec::new(),
+            false => self.seal_request(head.seal_aad().as_bytes(), plain)?,
+        };
+        head.body_digest = digest(&body);
+        let mac = self.request_mac(&head.text());
+        let mut headers = head.headers();
+        headers.extend([(SESSION, self.enc_hex()), (MAC, crate::api::hex::encode(&mac))]);
+        Ok(SessionRequest { body, headers, mac })
+    }
+
     pub fn enc_hex(&self) -> String {
         crate::api::hex::encode(&self.enc)
     }

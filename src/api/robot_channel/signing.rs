@@ -40,6 +40,16 @@ impl RequestHead<'_> {
         )
     }
 
+    /// The headers that carry this head's time, counter and server key
+    /// (method, target and robot are on the request line).
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        vec![
+            (super::TIME, self.time.to_string()),
+            (super::COUNTER, self.counter.to_string()),
+            (super::SERVER_KEY, self.server_key.to_string()),
+        ]
+    }
+
     /// Additional data of a body sealed to the server: the head minus the
     /// body digest (which covers the sealed bytes).
     pub fn seal_aad(&self) -> String {

@@ -10,7 +10,7 @@
 use crate::api::agent_protocol::RegisterRequest;
 use crate::api::hex;
 use crate::api::robot_channel::{
-    self as wire, AnswerHead, Claim, JoinToken, KeyPair, PublicKeys, RequestHead, SessionKeys,
+    self as wire, AnswerHead, Claim, JoinToken, KeyPair, PublicKeys, RequestHead, SessionKeys, SessionRequest,
 };
 
 /// One robot's keys and what it knows of the server.
@@ -94,12 +94,8 @@ impl RobotSession {
             body_digest: wire::digest(&body),
         };
         let signature = self.keys.sign(head.text().as_bytes());
-        let mut headers = vec![
-            (wire::TIME, time.to_string()),
-            (wire::COUNTER, self.counter.to_string()),
-            (wire::SERVER_KEY, server_key.clone()),
-            (wire::SIGNATURE, hex::encode(&signature)),
-        ];
+        let mut headers = head.headers();
+        headers.push((wire::SIGNATURE, hex::encode(&signature)));
         if let Some(t) = content_type {
             headers.push(("Content-Type", t.to_string()));
         }
@@ -146,22 +142,10 @@ impl RobotSession {
             server_key: &server_key,
             body_digest: [0; 32],
         };
-        let body = match plain {
-            None => Vec::new(),
-            Some(p) => session
-                .seal_request(head.seal_aad().as_bytes(), p)
-                .map_err(|e| e.to_string())?,
-        };
-        head.body_digest = wire::digest(&body);
-        let mac = session.request_mac(&head.text());
-        let mut headers = vec![
-            (wire::TIME, head.time.to_string()),
-            (wire::COUNTER, self.counter.to_string()),
-            (wire::SERVER_KEY, server_key.clone()),
-            (wire::SESSION, session.enc_hex()),
-            (wire::MAC, hex::encode(&mac)),
-        ];
-        if plain.is_some() {
+        let SessionRequest { body, mut headers, mac } = session
+            .request(&mut head, plain.unwrap_or_default())
+            .map_err(|e| e.to_string())?;
+        if !body.is_empty() {
             headers.push(("Content-Type", wire::SEALED.to_string()));
         }
         Ok(Prepared {
