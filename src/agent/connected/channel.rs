@@ -38,7 +38,7 @@ use crate::api::robot_channel::{
 };
 use crate::api::robot_channel::{SessionKeys, MAC, SESSIONS, SESSION_LIFETIME, SESSION_MESSAGES};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -142,14 +142,14 @@ pub struct Channel {
     offset: AtomicI64,
     /// Who the robot is and which server key it trusts, once registered.
     identity: Mutex<Option<Identity>>,
-    /// The server said it takes sessions.
-    sessions: AtomicBool,
     session: Mutex<Sessions>,
 }
 
 /// The robot's session with the server (module doc).
 #[derive(Default)]
 struct Sessions {
+    /// The server said it takes sessions.
+    offered: bool,
     current: Option<Session>,
     /// No session before this (the server answered one with a signature).
     paused_until: Option<Instant>,
@@ -178,7 +178,6 @@ impl Channel {
             counter: Mutex::new(counter),
             offset: AtomicI64::new(0),
             identity: Mutex::new(None),
-            sessions: AtomicBool::new(false),
             session: Mutex::new(Sessions::default()),
         }
     }
@@ -188,12 +187,9 @@ impl Channel {
     /// otherwise. None while the server has not said it takes sessions,
     /// or they pause (module doc).
     fn session_for(&self, robot: &str, server: &PublicKeys) -> Option<SessionKeys> {
-        if !self.sessions.load(Ordering::Relaxed) {
-            return None;
-        }
         let mut sessions = lock(&self.session);
         let now = Instant::now();
-        if sessions.paused_until.is_some_and(|t| now < t) {
+        if !sessions.offered || sessions.paused_until.is_some_and(|t| now < t) {
             return None;
         }
         let id = server.id();
@@ -405,7 +401,7 @@ impl Channel {
         // Verified: from here on the answer is the server's own.
         self.learn_time(time);
         if header(SESSIONS) == Some("1") {
-            self.sessions.store(true, Ordering::Relaxed);
+            lock(&self.session).offered = true;
         }
         let next_key = match header(NEXT_KEY) {
             None => None,
