@@ -108,7 +108,6 @@ impl Reconciler {
         &mut self,
         desired: &[AssignedTask],
         groups: &Groups<'_>,
-        keys: &BTreeSet<&str>,
         sup: &impl Units,
         since: &Since,
     ) {
@@ -127,7 +126,7 @@ impl Reconciler {
             }
             Since::Unknown => self.bookkeep_all(desired, groups, sup),
         }
-        self.bookkeep_groups(keys, sup);
+        self.bookkeep_groups(groups, sup);
     }
 
     #[cfg(debug_assertions)]
@@ -268,10 +267,10 @@ impl Reconciler {
 
     /// Groups no longer desired: kept, with their support units
     /// (`lingering`), while any of their tasks still runs.
-    fn bookkeep_groups(&mut self, keys: &BTreeSet<&str>, sup: &impl Units) {
+    fn bookkeep_groups(&mut self, groups: &Groups<'_>, sup: &impl Units) {
         self.lingering.clear();
         self.seen.retain(|key, group| {
-            let desired = keys.contains(key.as_str());
+            let desired = groups.contains_key(key.as_str());
             let draining = !desired && group.tasks.iter().any(|n| sup.has_process(n));
             if draining {
                 self.lingering.extend(group.support.iter().cloned());
@@ -282,7 +281,7 @@ impl Reconciler {
             let draining: BTreeSet<String> = self
                 .seen
                 .keys()
-                .filter(|k| !keys.contains(k.as_str()))
+                .filter(|k| !groups.contains_key(k.as_str()))
                 .cloned()
                 .collect();
             self.effects.push(super::Effect::ShareProxy { draining });

@@ -473,13 +473,13 @@ impl Reconciler {
         }
         // Forget groups that are no longer desired; keep their supporting
         // units until their tasks are gone.
-        let keys: BTreeSet<&str> = groups.keys().copied().collect();
-        self.failed.retain(|k, _| keys.contains(k.as_str()));
-        self.proxies.retain(|k, _| keys.contains(k.as_str()));
+        let desired_group = |k: &String| groups.contains_key(k.as_str());
+        self.failed.retain(|k, _| desired_group(k));
+        self.proxies.retain(|k, _| desired_group(k));
         let finished = self.finished.len();
-        self.finished.retain(|k| keys.contains(k.as_str()));
+        self.finished.retain(desired_group);
         finished_changed |= self.finished.len() != finished;
-        self.settled.retain(|k, _| keys.contains(k.as_str()));
+        self.settled.retain(|k, _| desired_group(k));
 
         // The rest follows from the set's names and specs (a spec decides
         // its support units), the finished groups, and groups draining: done
@@ -501,9 +501,14 @@ impl Reconciler {
         if reshaped {
             self.shape = shape;
         }
-        let draining = self.seen.keys().any(|k| !keys.contains(k.as_str()));
+        // Both in key order: one walk, not a lookup per group.
+        let mut walk = groups.keys().peekable();
+        let draining = self
+            .seen
+            .keys()
+            .any(|k| !crate::agent::ordered::reaches(&mut walk, |g| g, k));
         if reshaped || finished_changed || draining || self.robot_proxy.is_some() {
-            self.bookkeep(desired, groups, &keys, sup, since);
+            self.bookkeep(desired, groups, sup, since);
             // The robot-wide proxy's members are decided anew each pass
             // (and the plan's copy changed after): never the same set, and
             // what it dropped not known.
