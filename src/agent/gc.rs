@@ -39,9 +39,9 @@ impl AllocGc {
         }
     }
 
-    /// One look (throttled): `in_use` are the group keys the reconciler
-    /// still needs. Returns the groups whose directories were removed.
-    pub fn sweep(&mut self, in_use: &BTreeSet<String>, sup: &impl Units, now: Instant) -> Vec<String> {
+    /// One look (throttled): `in_use` says whether the reconciler still
+    /// needs a group key. Returns the groups whose directories were removed.
+    pub fn sweep(&mut self, in_use: impl Fn(&str) -> bool, sup: &impl Units, now: Instant) -> Vec<String> {
         let due = self.next_due().is_some_and(|d| d <= now);
         if !due && self.next_scan.is_some_and(|t| now < t) {
             // Something may have left since the last scan: look then.
@@ -68,7 +68,7 @@ impl AllocGc {
                 continue;
             }
             let dir = entry.path();
-            let busy = in_use.contains(&key) || lived_in.iter().any(|d| d.starts_with(&dir));
+            let busy = in_use(&key) || lived_in.iter().any(|d| d.starts_with(&dir));
             if busy {
                 self.unused_since.remove(&key);
                 continue;
@@ -124,11 +124,11 @@ mod tests {
         let mut gc = AllocGc::new(&Layout::new(data.path()), Duration::from_secs(60));
         let in_use: BTreeSet<String> = ["kept-g".to_string()].into();
         let t0 = Instant::now();
-        assert!(gc.sweep(&in_use, &sup, t0).is_empty(), "the clock only starts now");
+        assert!(gc.sweep(|k| in_use.contains(k), &sup, t0).is_empty(), "the clock only starts now");
         assert_eq!(gc.next_due(), Some(t0 + Duration::from_secs(60)));
-        assert!(gc.sweep(&in_use, &sup, t0 + Duration::from_secs(59)).is_empty());
+        assert!(gc.sweep(|k| in_use.contains(k), &sup, t0 + Duration::from_secs(59)).is_empty());
         assert_eq!(
-            gc.sweep(&in_use, &sup, t0 + Duration::from_secs(61)),
+            gc.sweep(|k| in_use.contains(k), &sup, t0 + Duration::from_secs(61)),
             vec!["old-g".to_string()]
         );
         assert!(!data.path().join("alloc/old-g").exists());
@@ -138,7 +138,7 @@ mod tests {
         // A group that leaves right after a scan is looked at when the
         // throttle allows, not at the next unrelated event.
         let t1 = t0 + Duration::from_secs(62);
-        assert!(gc.sweep(&BTreeSet::new(), &sup, t1).is_empty(), "throttled");
+        assert!(gc.sweep(|_| false, &sup, t1).is_empty(), "throttled");
         assert_eq!(gc.next_due(), Some(t0 + Duration::from_secs(61 + 30)));
     }
 }

@@ -714,8 +714,8 @@ impl Reconciler {
     /// pass, so a unit just let go no longer counts as living there).
     fn collect_garbage(&mut self, sup: &impl Units) -> Option<Instant> {
         let gc = self.gc.as_mut()?;
-        let in_use: BTreeSet<String> = self.seen.keys().cloned().collect();
-        for key in gc.sweep(&in_use, sup, sup.now()) {
+        let seen = &self.seen;
+        for key in gc.sweep(|k| seen.contains_key(k), sup, sup.now()) {
             self.notices
                 .push((key, "left this robot: its directory was removed (--gc-after)".into()));
         }
