@@ -137,6 +137,50 @@ fn a_changed_spec_replaces_the_process_and_an_unchanged_one_does_not() {
     assert!(!Path::new(&format!("/proc/{second}")).exists());
 }
 
+/// A task's own process is reaped alone, through its pidfd, with its exit
+/// code; the SIGCHLD that came with it does not walk every child at once;
+/// an orphan it leaves (the agent is the subreaper; the task's group is
+/// killed when it ends) is still reaped, by the sweep.
+#[test]
+fn a_child_is_reaped_through_its_pidfd_and_its_orphan_by_the_sweep_after() {
+    let _serial = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let _cleanup = Cleanup(data.clone());
+    let (mut sup, _) = Supervisor::new(config_for(&data)).unwrap();
+    let rules = k8s4r::agent::supervisor::machine::RestartRules {
+        attempts: 0,
+        interval: Duration::from_secs(60),
+        delay: Duration::from_secs(1),
+        delay_mode: false,
+    };
+    let orphan_file = data.join("orphan.pid");
+    let spec = UnitSpec {
+        argv: vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            format!("sleep 0.3 & echo $! > {}; exit 3", orphan_file.display()),
+        ],
+        policy: Policy::RunToCompletion(rules),
+        ..daemon(&data, "t", "x", 1)
+    };
+    let (pidfd_before, sweeps_before) = sup.reap_counts();
+    sup.ensure(spec);
+    let reason = run_until(&mut sup, "the task's exit", |s| match &s.view("t")?.phase {
+        Phase::Failed { reason } => Some(reason.clone()),
+        _ => None,
+    });
+    assert!(reason.contains("exited 3"), "{reason}");
+    let (pidfd, sweeps) = sup.reap_counts();
+    assert_eq!(pidfd, pidfd_before + 1, "reaped through its pidfd");
+    assert_eq!(sweeps, sweeps_before, "no waitpid(-1) walk for it");
+    let orphan: i32 = std::fs::read_to_string(&orphan_file).unwrap().trim().parse().unwrap();
+    run_until(&mut sup, "the orphan reaped (gone from /proc, not a zombie)", |_| {
+        (!Path::new(&format!("/proc/{orphan}")).exists()).then_some(())
+    });
+    assert!(sup.reap_counts().1 > sweeps, "the sweep reaped the orphan");
+}
+
 /// Envoy from K8S4R_ENVOY or PATH, if installed.
 fn envoy_bin() -> Option<std::path::PathBuf> {
     let found = std::env::var_os("K8S4R_ENVOY")

@@ -124,9 +124,14 @@ mod tests {
         let mut gc = AllocGc::new(&Layout::new(data.path()), Duration::from_secs(60));
         let in_use: BTreeSet<String> = ["kept-g".to_string()].into();
         let t0 = Instant::now();
-        assert!(gc.sweep(|k| in_use.contains(k), &sup, t0).is_empty(), "the clock only starts now");
+        assert!(
+            gc.sweep(|k| in_use.contains(k), &sup, t0).is_empty(),
+            "the clock only starts now"
+        );
         assert_eq!(gc.next_due(), Some(t0 + Duration::from_secs(60)));
-        assert!(gc.sweep(|k| in_use.contains(k), &sup, t0 + Duration::from_secs(59)).is_empty());
+        assert!(gc
+            .sweep(|k| in_use.contains(k), &sup, t0 + Duration::from_secs(59))
+            .is_empty());
         assert_eq!(
             gc.sweep(|k| in_use.contains(k), &sup, t0 + Duration::from_secs(61)),
             vec!["old-g".to_string()]

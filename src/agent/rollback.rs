@@ -309,7 +309,10 @@ impl Rollback {
         let aligned = |applied: &[(String, Arc<DesiredSpec>)]| {
             applied.len() == tasks.len() && applied.iter().zip(tasks).all(|((n, _), t)| *n == t.name)
         };
-        debug_assert!(tasks.windows(2).all(|w| w[0].name < w[1].name), "the set is not in name order");
+        debug_assert!(
+            tasks.windows(2).all(|w| w[0].name < w[1].name),
+            "the set is not in name order"
+        );
         if same_names && self.applied.len() == tasks.len() {
             debug_assert!(aligned(&self.applied), "told the names are the same, yet they differ");
         } else {

@@ -102,15 +102,9 @@ impl Reconciler {
         out
     }
 
-    /// Bring the books in line with `desired` (grouped as `groups`, their
-    /// keys `keys`) after the change `since` says.
-    pub(super) fn bookkeep(
-        &mut self,
-        desired: &[AssignedTask],
-        groups: &Groups<'_>,
-        sup: &impl Units,
-        since: &Since,
-    ) {
+    /// Bring the books in line with `desired` (grouped as `groups`) after
+    /// the change `since` says.
+    pub(super) fn bookkeep(&mut self, desired: &[AssignedTask], groups: &Groups<'_>, sup: &impl Units, since: &Since) {
         match since {
             Since::Touched(touched) => {
                 #[cfg(debug_assertions)]

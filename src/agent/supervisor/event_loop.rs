@@ -5,10 +5,10 @@
 
 use super::machine::{Event, Exit, Phase};
 use super::watcher::Ready;
-use super::{Change, Supervisor, SupervisorError, Unit, Watch, PROC_POLL_INTERVAL};
+use super::{Change, Supervisor, SupervisorError, Unit, Watch, ORPHAN_SWEEP, PROC_POLL_INTERVAL};
 use crate::agent::clock;
 use rustix::event::{PollFd, PollFlags};
-use rustix::fd::{AsRawFd, RawFd};
+use rustix::fd::{AsFd, AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 /// The earliest deadline of the units, if known (`Supervisor::unit_deadline`).
@@ -34,7 +34,20 @@ impl Supervisor {
         let timeout = deadline.map(|d| d.saturating_duration_since(now));
         let ready = self.wait(timeout);
         self.wakeups.drain();
+        let reaped = self.reap_children(&ready.children);
+        let now = Instant::now();
         if self.wakeups.take_child_exited() {
+            // The signal is most likely for the children just reaped: the
+            // sweep for any other (an orphan) may wait a little. Not while
+            // a script check runs: its result is due at once.
+            if reaped && self.probes.is_empty() {
+                self.sweep_at.get_or_insert(clock::after(now, ORPHAN_SWEEP));
+            } else {
+                self.sweep_at = Some(now);
+            }
+        }
+        if self.sweep_at.is_some_and(|at| at <= now) {
+            self.sweep_at = None;
             self.reap();
         }
         self.pump_logs(&ready.fds);
@@ -55,7 +68,11 @@ impl Supervisor {
                 walked
             }
         };
-        units.into_iter().chain(self.probes.values().map(|p| p.deadline)).min()
+        units
+            .into_iter()
+            .chain(self.probes.values().map(|p| p.deadline))
+            .chain(self.sweep_at)
+            .min()
     }
 
     /// Units' deadlines changed in ways not followed one by one (see
@@ -96,18 +113,56 @@ impl Supervisor {
                 log::warn!("agent: watching log pipes and processes ({why}): looking at all of them on every wake-up");
             }
             ready.once = true;
-            for unit in self.units.values() {
+            ready.children.clear();
+            for (name, unit) in &self.units {
                 ready.fds.extend(unit.pumps.iter().map(|p| p.fd().as_raw_fd()));
-                if let Watch::Pidfd(fd) = &unit.watch {
-                    ready.fds.push(fd.as_raw_fd());
+                match &unit.watch {
+                    Watch::Pidfd(fd) => ready.fds.push(fd.as_raw_fd()),
+                    Watch::ChildFd(fd) => ready.children.push((fd.as_raw_fd(), name.clone())),
+                    Watch::Child | Watch::ProcPoll(_) => {}
                 }
             }
         }
         ready
     }
 
+    /// Reap the children whose pidfds woke the loop (`(pidfd, unit)`),
+    /// each alone. Whether any was.
+    fn reap_children(&mut self, ready: &[(RawFd, String)]) -> bool {
+        let mut reaped = false;
+        for (fd, name) in ready {
+            let Some(unit) = self.units.get_mut(name) else { continue };
+            // A stale event (the unit's process was reaped by the sweep
+            // and the fd number reused) is not this unit's.
+            let Watch::ChildFd(pidfd) = &unit.watch else { continue };
+            if pidfd.as_raw_fd() != *fd {
+                continue;
+            }
+            match self.host.reap_pidfd(pidfd.as_fd()) {
+                Some(exit) => {
+                    self.watcher.forget_child(*fd);
+                    unit.watch = Watch::Child;
+                    reaped = true;
+                    self.reaps.0 += 1;
+                    self.drive(name, Event::Exited(exit));
+                }
+                // Still running (or waitid cannot): wake when it ends.
+                None => self.watcher.rearm_child(pidfd.as_fd()),
+            }
+        }
+        reaped
+    }
+
+    /// How many children were reaped alone, through their pidfds, and how
+    /// many waitpid(-1) sweeps ran (diagnostics: the sweeps are what the
+    /// pidfds save).
+    pub fn reap_counts(&self) -> (u64, u64) {
+        self.reaps
+    }
+
     /// Collect every exited child: units, script probes and orphans.
     pub(super) fn reap(&mut self) {
+        self.reaps.1 += 1;
         while let Some((pid, exit)) = self.host.reap() {
             if let Some(probe) = self.probes.remove(&pid) {
                 let result = if exit.success() {
@@ -120,9 +175,16 @@ impl Supervisor {
             }
             let owner = self
                 .units
-                .iter()
+                .iter_mut()
                 .find(|(_, u)| u.machine.phase.pid() == Some(pid))
-                .map(|(n, _)| n.clone());
+                .map(|(n, u)| {
+                    // Reaped here first: its pidfd is done with.
+                    if let Watch::ChildFd(fd) = &u.watch {
+                        self.watcher.forget_child(fd.as_raw_fd());
+                        u.watch = Watch::Child;
+                    }
+                    n.clone()
+                });
             // Any watch: after the agent exec'd itself (a self-update),
             // re-adopted tasks are still its children and reaped here.
             // No owner: an orphaned grandchild, now reaped.
@@ -176,7 +238,7 @@ impl Supervisor {
             }
             // Only re-adopted processes are watched here; children are reaped.
             let gone = match &mut unit.watch {
-                Watch::Child => false,
+                Watch::Child | Watch::ChildFd(_) => false,
                 Watch::Pidfd(fd) if ready.fds.contains(&fd.as_raw_fd()) => {
                     let mut p = [PollFd::new(fd, PollFlags::IN)];
                     rustix::event::poll(&mut p, Some(&rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 })).unwrap_or(0)

@@ -12,7 +12,7 @@ use super::machine::Exit;
 use super::procfs::{self, Leader, ProcIdentity};
 use super::spawn::{self, Prepared, SpawnContext, SpawnError, Spawned};
 use super::UnitSpec;
-use rustix::fd::OwnedFd;
+use rustix::fd::{BorrowedFd, OwnedFd};
 use rustix::process::{Pid, Signal, WaitOptions};
 
 pub trait Host {
@@ -27,8 +27,12 @@ pub trait Host {
     fn signal_group(&mut self, pid: i32, signal: Signal);
     /// One exited child, any (waitpid(-1, WNOHANG)), or None when none is left.
     fn reap(&mut self) -> Option<(i32, Exit)>;
-    /// A pidfd for a process that is not our child (None: not supported).
+    /// A pidfd for a process (None: not supported).
     fn pidfd(&mut self, pid: i32) -> Option<OwnedFd>;
+    /// Reap the child `pidfd` refers to if it ended (waitid(P_PIDFD,
+    /// WNOHANG): only that child, no walk of them all); None if it still
+    /// runs or this kernel cannot (the waitpid(-1) sweep reaps it then).
+    fn reap_pidfd(&mut self, pidfd: BorrowedFd<'_>) -> Option<Exit>;
     /// Does this process (pid + start time) still run?
     fn is_alive(&self, id: ProcIdentity) -> bool;
     /// Every live process-group leader but the agent itself.
@@ -77,6 +81,22 @@ impl Host for System {
 
     fn pidfd(&mut self, pid: i32) -> Option<OwnedFd> {
         rustix::process::pidfd_open(Pid::from_raw(pid)?, rustix::process::PidfdFlags::empty()).ok()
+    }
+
+    fn reap_pidfd(&mut self, pidfd: BorrowedFd<'_>) -> Option<Exit> {
+        use rustix::process::{WaitId, WaitIdOptions};
+        let status = loop {
+            match rustix::process::waitid(WaitId::PidFd(pidfd), WaitIdOptions::EXITED | WaitIdOptions::NOHANG) {
+                Err(rustix::io::Errno::INTR) => continue,
+                Ok(Some(status)) => break status,
+                Ok(None) | Err(_) => return None,
+            }
+        };
+        Some(match (status.exit_status(), status.terminating_signal()) {
+            (Some(code), _) => Exit::Code(code),
+            (None, Some(sig)) => Exit::Signal(sig),
+            _ => Exit::Unknown,
+        })
     }
 
     fn is_alive(&self, id: ProcIdentity) -> bool {

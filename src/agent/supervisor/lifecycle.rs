@@ -11,6 +11,7 @@ use super::procfs::ProcIdentity;
 use super::watcher::Watcher;
 use super::{spawn, Change, DirOwner, Supervisor, Unit, UnitSpec, Watch};
 use crate::agent::{clock, ordered};
+use rustix::fd::AsFd;
 use rustix::process::Signal;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -371,7 +372,15 @@ fn start_process(
             for pump in &unit.pumps {
                 watcher.watch(pump.fd());
             }
-            unit.watch = Watch::Child;
+            // Our child: its pidfd cannot name another process before we
+            // reap it.
+            unit.watch = match host.pidfd(spawned.identity.pid) {
+                Some(fd) => {
+                    watcher.watch_child(fd.as_fd(), &unit.spec.name);
+                    Watch::ChildFd(fd)
+                }
+                None => Watch::Child,
+            };
             let now = Instant::now();
             for c in &mut unit.checks {
                 c.next_at = clock::after(now, c.spec.interval.min(Duration::from_secs(1)));

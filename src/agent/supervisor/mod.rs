@@ -47,6 +47,13 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+/// How long the waitpid(-1) sweep may wait after a SIGCHLD that came with
+/// a child reaped through its pidfd: the signal was most likely that
+/// child's, and with 1,000 children each sweep walks them all in the
+/// kernel; what else it finds is an orphaned grandchild (the agent is the
+/// subreaper), which may stay a zombie this long.
+const ORPHAN_SWEEP: Duration = Duration::from_secs(1);
+
 /// How often a re-adopted process is checked when pidfd_open is missing
 /// (kernels before 5.3). Only then does the agent poll anything.
 pub(super) const PROC_POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -160,8 +167,11 @@ pub struct SupervisorConfig {
 
 /// How the end of a unit's process is noticed.
 enum Watch {
-    /// Our child: SIGCHLD + waitpid.
+    /// Our child: SIGCHLD + the waitpid(-1) sweep.
     Child,
+    /// Our child, through its pidfd: reaped alone when it becomes readable
+    /// (the sweep still reaps it if it comes first).
+    ChildFd(OwnedFd),
     /// Re-adopted from an earlier agent: pidfd becomes readable at exit.
     Pidfd(OwnedFd),
     /// Re-adopted, no pidfd support: /proc checked every second.
@@ -373,6 +383,11 @@ pub struct Supervisor {
     check_tx: mpsc::Sender<CheckResult>,
     check_rx: mpsc::Receiver<CheckResult>,
     probes: HashMap<i32, ProbeRun>,
+    /// When the waitpid(-1) sweep runs after a SIGCHLD that a pidfd's
+    /// reap may already explain ([`ORPHAN_SWEEP`]).
+    sweep_at: Option<Instant>,
+    /// Children reaped through their pidfds, and waitpid(-1) sweeps run.
+    reaps: (u64, u64),
     log_limits: LogLimits,
     cgroups: Option<Cgroups>,
     is_root: bool,
@@ -525,6 +540,8 @@ impl Supervisor {
             check_tx,
             check_rx,
             probes: HashMap::new(),
+            sweep_at: None,
+            reaps: (0, 0),
             log_limits: config.log_limits,
             cgroups,
             is_root: rustix::process::geteuid().is_root(),

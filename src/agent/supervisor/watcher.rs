@@ -12,7 +12,9 @@
 //! added again when it is opened for a new purpose.
 //!
 //! Pidfds are added one-shot: a process ends once, and a pidfd stays
-//! readable after, which would wake the loop forever.
+//! readable after, which would wake the loop forever. A child's pidfd
+//! names its unit ([`Watcher::watch_child`]), so its end is found without
+//! waitpid(-1), which walks every child in the kernel.
 //!
 //! If the kernel refuses to add an fd (out of memory for the set), the
 //! watcher says so once and the supervisor falls back to looking at every
@@ -20,6 +22,7 @@
 
 use rustix::event::epoll;
 use rustix::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::collections::HashMap;
 use std::time::Duration;
 
 /// How often a watcher that could not add an fd wakes to look at all.
@@ -36,15 +39,23 @@ pub struct Ready {
     pub fds: Vec<RawFd>,
     /// A one-shot fd (a pidfd) among them: a process may have ended.
     pub once: bool,
+    /// Children whose pidfd is readable: (pidfd, unit).
+    pub children: Vec<(RawFd, String)>,
 }
 
 /// Marks a one-shot fd's event data (fd numbers fit in the low 32 bits).
 const ONCE: u64 = 1 << 32;
+/// Marks a child's pidfd (one-shot too).
+const CHILD: u64 = 1 << 33;
 
 pub struct Watcher {
     set: OwnedFd,
     /// An fd could not be added: every wake-up must look at everything.
     failed: Option<String>,
+    /// The unit each child's pidfd belongs to (an entry whose fd closed
+    /// is harmless: it is found only for an fd marked [`CHILD`], and the
+    /// caller checks the unit still has that pidfd).
+    children: HashMap<RawFd, String>,
 }
 
 impl Watcher {
@@ -52,6 +63,7 @@ impl Watcher {
         Ok(Watcher {
             set: epoll::create(epoll::CreateFlags::CLOEXEC)?,
             failed: None,
+            children: HashMap::new(),
         })
     }
 
@@ -63,6 +75,27 @@ impl Watcher {
     /// Wake once when `fd` becomes readable (a pidfd: its process ended).
     pub fn watch_once(&mut self, fd: BorrowedFd<'_>) {
         self.add(fd, epoll::EventFlags::IN | epoll::EventFlags::ONESHOT, ONCE);
+    }
+
+    /// Wake once when child `fd` (its pidfd) ends; it belongs to `unit`.
+    pub fn watch_child(&mut self, fd: BorrowedFd<'_>, unit: &str) {
+        self.children.insert(fd.as_raw_fd(), unit.to_string());
+        self.add(fd, epoll::EventFlags::IN | epoll::EventFlags::ONESHOT, CHILD);
+    }
+
+    /// Child pidfd `fd` woke the loop, yet its process still runs (a
+    /// stale event): wake once more when it ends.
+    pub fn rearm_child(&mut self, fd: BorrowedFd<'_>) {
+        let data = epoll::EventData::new_u64(fd.as_raw_fd() as u64 | CHILD);
+        let flags = epoll::EventFlags::IN | epoll::EventFlags::ONESHOT;
+        if let Err(e) = epoll::modify(&self.set, fd, data, flags) {
+            self.failed.get_or_insert_with(|| e.to_string());
+        }
+    }
+
+    /// Child pidfd `fd` is done with (its process was reaped).
+    pub fn forget_child(&mut self, fd: RawFd) {
+        self.children.remove(&fd);
     }
 
     fn add(&mut self, fd: BorrowedFd<'_>, flags: epoll::EventFlags, mark: u64) {
@@ -94,12 +127,20 @@ impl Watcher {
         let mut ready = Ready {
             fds: Vec::with_capacity(events.len()),
             once: false,
+            children: Vec::new(),
         };
         for e in &events {
             // A copy: the event is packed on x86_64.
             let data = e.data.u64();
+            let fd = (data & !(ONCE | CHILD)) as RawFd;
+            if data & CHILD != 0 {
+                if let Some(unit) = self.children.get(&fd) {
+                    ready.children.push((fd, unit.clone()));
+                }
+                continue;
+            }
             ready.once |= data & ONCE != 0;
-            ready.fds.push((data & !ONCE) as RawFd);
+            ready.fds.push(fd);
         }
         ready
     }
