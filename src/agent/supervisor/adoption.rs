@@ -56,7 +56,7 @@ impl Supervisor {
                         .filter_map(|s| logs::reopen_stream(&logs_dir, s, self.log_limits).ok())
                         .collect();
                     for pump in &unit.pumps {
-                        self.watcher.watch(pump.fd());
+                        self.watcher.watch_log(pump.fd(), &unit.spec.name);
                     }
                     let age = procfs::age(start_time).unwrap_or_default();
                     Some(Event::Adopted { pid, age })

@@ -370,7 +370,7 @@ fn start_process(
             unit.identity = Some(spawned.identity);
             unit.pumps = spawned.pumps;
             for pump in &unit.pumps {
-                watcher.watch(pump.fd());
+                watcher.watch_log(pump.fd(), &unit.spec.name);
             }
             // Our child: its pidfd cannot name another process before we
             // reap it.

@@ -216,18 +216,6 @@ impl LogPump {
         self.fifo.as_fd()
     }
 
-    /// [`drain`](Self::drain) if poll found this pipe among `ready`
-    /// (readable or hung up); else nothing is pending: `Ok(false)` without
-    /// a read.
-    pub fn drain_if(&mut self, ready: &[rustix::fd::RawFd]) -> Result<bool, LogError> {
-        use rustix::fd::AsRawFd;
-        if ready.contains(&self.fifo.as_raw_fd()) {
-            self.drain()
-        } else {
-            Ok(false)
-        }
-    }
-
     /// Copy what is pending, at most [`MAX_DRAIN`] bytes: a task that
     /// writes without pause must not keep the supervision loop here (the
     /// FIFO stays readable, so the loop comes back at once). Returns `true`
@@ -479,21 +467,6 @@ mod tests {
         task_end.write_all(b"hello\n").unwrap();
         assert!(!pump.drain().unwrap());
         assert_eq!(std::fs::read_to_string(logs.join("stdout")).unwrap(), "hello\n");
-    }
-
-    #[test]
-    fn only_a_pipe_poll_found_ready_is_read() {
-        use rustix::fd::AsRawFd;
-        let dir = tempfile::tempdir().unwrap();
-        let (mut pump, mut task_end) = open_stream(dir.path(), "stdout", LogLimits::default()).unwrap();
-        task_end.write_all(b"one\n").unwrap();
-        let other = pump.fd().as_raw_fd() + 1000;
-        assert!(!pump.drain_if(&[other]).unwrap());
-        assert_eq!(std::fs::read_to_string(dir.path().join("stdout")).unwrap(), "");
-        // Not read means still pending: the next ready turn copies it.
-        let own = pump.fd().as_raw_fd();
-        assert!(!pump.drain_if(&[other, own]).unwrap());
-        assert_eq!(std::fs::read_to_string(dir.path().join("stdout")).unwrap(), "one\n");
     }
 
     #[test]

@@ -56,6 +56,9 @@ pub struct Watcher {
     /// is harmless: it is found only for an fd marked [`CHILD`], and the
     /// caller checks the unit still has that pidfd).
     children: HashMap<RawFd, String>,
+    /// The unit each log pipe belongs to (stale entries as above: the
+    /// caller checks the unit still reads that fd).
+    logs: HashMap<RawFd, String>,
 }
 
 impl Watcher {
@@ -64,6 +67,7 @@ impl Watcher {
             set: epoll::create(epoll::CreateFlags::CLOEXEC)?,
             failed: None,
             children: HashMap::new(),
+            logs: HashMap::new(),
         })
     }
 
@@ -75,6 +79,22 @@ impl Watcher {
     /// Wake once when `fd` becomes readable (a pidfd: its process ended).
     pub fn watch_once(&mut self, fd: BorrowedFd<'_>) {
         self.add(fd, epoll::EventFlags::IN | epoll::EventFlags::ONESHOT, ONCE);
+    }
+
+    /// Wake when log pipe `fd` of `unit` is readable or hung up.
+    pub fn watch_log(&mut self, fd: BorrowedFd<'_>, unit: &str) {
+        self.logs.insert(fd.as_raw_fd(), unit.to_string());
+        self.watch(fd);
+    }
+
+    /// The unit log pipe `fd` was last watched for.
+    pub fn log_unit(&self, fd: RawFd) -> Option<&str> {
+        self.logs.get(&fd).map(String::as_str)
+    }
+
+    /// Log pipe `fd` is closed.
+    pub fn forget_log(&mut self, fd: RawFd) {
+        self.logs.remove(&fd);
     }
 
     /// Wake once when child `fd` (its pidfd) ends; it belongs to `unit`.
@@ -209,5 +229,38 @@ mod tests {
             started.elapsed() < Duration::from_secs(5),
             "woke after {FALLBACK_WAKE:?}"
         );
+    }
+
+    /// A log pipe and a child's pidfd come back with their units; a pidfd
+    /// fires once; a forgotten pipe names no unit.
+    #[test]
+    fn pipes_and_children_name_their_units() {
+        let mut w = Watcher::new().unwrap();
+        let (r, wr) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+        w.watch_log(r.as_fd(), "a");
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pidfd = rustix::process::pidfd_open(
+            rustix::process::Pid::from_child(&child),
+            rustix::process::PidfdFlags::empty(),
+        )
+        .unwrap();
+        w.watch_child(pidfd.as_fd(), "b");
+        std::fs::File::from(wr).write_all(b"x").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut children = Vec::new();
+        while children.is_empty() && Instant::now() < deadline {
+            let ready = w.wait(Some(Duration::from_millis(100)));
+            assert!(!ready.once, "a child's pidfd is not an adopted one");
+            children.extend(ready.children);
+            if !ready.fds.is_empty() {
+                assert_eq!(ready.fds, [r.as_raw_fd()]);
+                assert_eq!(w.log_unit(r.as_raw_fd()), Some("a"));
+            }
+        }
+        assert_eq!(children, [(pidfd.as_raw_fd(), "b".to_string())]);
+        assert!(w.wait(Some(Duration::ZERO)).children.is_empty(), "one-shot");
+        child.wait().unwrap();
+        w.forget_log(r.as_raw_fd());
+        assert_eq!(w.log_unit(r.as_raw_fd()), None);
     }
 }
