@@ -1128,6 +1128,26 @@ fn a_task_that_ended_while_the_agent_was_down_is_reported_and_restarted() {
     assert_eq!(second.wait_exit(), 0, "{}", second.output());
 }
 
+/// A task the agent started but had not recorded yet (it was killed while
+/// starting it) is stopped too: found by the unit directory it runs in.
+#[test]
+fn stop_all_stops_a_task_that_was_never_recorded() {
+    use std::os::unix::process::CommandExt;
+    let sb = Sandbox::new();
+    let dir = sb.data().join("alloc/lost-g/r0/t");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut task = Command::new("/bin/sleep")
+        .arg("300")
+        .current_dir(&dir)
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let out = sb.agent_cmd(&["stop-all"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let status = wait_for("the unrecorded task to end", T, || task.try_wait().unwrap());
+    assert!(!status.success(), "{status}");
+}
+
 #[test]
 fn stop_all_stops_a_running_agent_and_its_tasks() {
     let sb = Sandbox::new();

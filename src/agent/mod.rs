@@ -335,7 +335,7 @@ pub fn stop_all(data_dir: &Path) -> Result<usize, String> {
     }
     let (mut file, saved) = state::StateFile::load(data_dir).map_err(|e| e.to_string())?;
     let boot = procfs::boot_id();
-    let live: Vec<(ProcIdentity, Duration)> = saved
+    let mut live: Vec<(ProcIdentity, Duration)> = saved
         .units
         .values()
         .filter(|_| saved.boot_id == boot)
@@ -350,6 +350,20 @@ pub fn stop_all(data_dir: &Path) -> Result<usize, String> {
         })
         .filter(|(id, _)| procfs::is_same_live_process(*id))
         .collect();
+    // A task started but not recorded yet (the agent was killed while
+    // starting it) is found as a restarted agent finds it: a group leader
+    // running in a unit directory.
+    let root = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    let unit_roots = [layout::Layout::new(&root).groups_dir(), root.join("robot")];
+    let in_units =
+        |p: &Option<std::path::PathBuf>| p.as_ref().is_some_and(|p| unit_roots.iter().any(|r| p.starts_with(r)));
+    let me = i32::try_from(std::process::id()).unwrap_or(0);
+    for leader in procfs::group_leaders(me) {
+        let unrecorded = !live.iter().any(|(id, _)| id.pid == leader.id.pid);
+        if unrecorded && (in_units(&leader.cwd) || in_units(&leader.task_dir)) {
+            live.push((leader.id, specs::DEFAULT_KILL_TIMEOUT));
+        }
+    }
     for (id, _) in &live {
         if let Some(pid) = Pid::from_raw(id.pid) {
             let _ = kill_process_group(pid, Signal::TERM);
