@@ -1128,6 +1128,44 @@ fn a_task_that_ended_while_the_agent_was_down_is_reported_and_restarted() {
     assert_eq!(second.wait_exit(), 0, "{}", second.output());
 }
 
+/// The agent raises its own open-file soft limit (it holds two log pipes
+/// and a pidfd per task) and gives each task the limit it was given.
+#[test]
+fn tasks_get_the_open_file_limit_the_agent_was_given() {
+    let sb = Sandbox::new();
+    let file = sb.job(&job(
+        "files",
+        "batch",
+        r#"    - name: g
+      tasks:
+        - {name: t, driver: exec, config: {execConfig: {command: /bin/sh, args: ["-c", "ulimit -n; while [ ! -e $K8S4R_ALLOC_DIR/done ]; do sleep 0.05; done"]}}}
+"#,
+    ));
+    let mut agent = sb.run_with_open_files(&file, 256);
+    agent.wait_line("g r0 t: running pid");
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", agent.child.id())).unwrap();
+    let files: Vec<&str> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .skip(3)
+        .take(2)
+        .collect();
+    assert_eq!(
+        files[0], files[1],
+        "the agent's soft limit is raised to its hard one:\n{limits}"
+    );
+    assert_ne!(files[0], "256", "{limits}");
+    let stdout = sb.data().join("alloc/files-g/r0/t/logs/stdout");
+    wait_for("the task's limit in its output", T, || {
+        std::fs::read_to_string(&stdout).ok().filter(|s| !s.is_empty())
+    });
+    assert_eq!(std::fs::read_to_string(&stdout).unwrap(), "256\n");
+    std::fs::write(sb.data().join("alloc/files-g/alloc/done"), "").unwrap();
+    assert_eq!(agent.wait_exit(), 0, "{}", agent.output());
+}
+
 /// A task the agent started but had not recorded yet (it was killed while
 /// starting it) is stopped too: found by the unit directory it runs in.
 #[test]

@@ -79,8 +79,40 @@ impl Sandbox {
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(self.path().join("agent.stderr")).unwrap_or_default()
     }
+    /// Like [`Sandbox::run`], the agent started with an open-file soft
+    /// limit of `soft` (through util-linux's `prlimit`, which execs it).
+    pub fn run_with_open_files(&self, job: &Path, soft: u64) -> Agent {
+        self.start_through(
+            &["prlimit", &format!("--nofile={soft}:"), "--"],
+            job,
+            &[],
+            &[],
+            Stdio::inherit(),
+        )
+    }
     fn start(&self, job: &Path, extra: &[&str], env: &[(&str, &str)], stderr: Stdio) -> Agent {
-        let mut child = Command::new(agent_bin())
+        self.start_through(&[], job, extra, env, stderr)
+    }
+    /// The agent run as the last argument of `wrapper` (none: directly).
+    fn start_through(
+        &self,
+        wrapper: &[&str],
+        job: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        stderr: Stdio,
+    ) -> Agent {
+        let agent = agent_bin();
+        let (program, before) = match wrapper.split_first() {
+            Some((w, rest)) => (Path::new(w), rest),
+            None => (agent.as_path(), &[][..]),
+        };
+        let mut command = Command::new(program);
+        command.args(before);
+        if !wrapper.is_empty() {
+            command.arg(&agent);
+        }
+        let mut child = command
             .arg("run")
             .arg("-f")
             .arg(job)

@@ -459,6 +459,7 @@ impl Supervisor {
         if let Err(e) = sys::launch::reserve() {
             notices.push(format!("cannot reserve descriptors for starting tasks yet: {e}"));
         }
+        notices.extend(spawn::raise_open_files());
         if let Err(e) = rustix::process::set_child_subreaper(Some(rustix::process::getpid())) {
             notices.push(format!(
                 "cannot become child subreaper ({e}): orphaned grandchildren will be reaped by init"

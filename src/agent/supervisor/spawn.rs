@@ -307,19 +307,51 @@ pub fn exec(spec: &UnitSpec, ctx: &SpawnContext<'_>, prepared: &Prepared) -> Res
     })
 }
 
+/// The open-file limit this process had before [`raise_open_files`]
+/// raised it: what tasks get back.
+static TASK_OPEN_FILES: std::sync::OnceLock<Rlimit> = std::sync::OnceLock::new();
+
+/// Raise this process's open-file soft limit to its hard limit, once: the
+/// agent holds two log pipes and a pidfd per task, so 1,000 tasks need
+/// more than 3,000 descriptors, and an init (busybox's, systemd's) leaves
+/// a soft limit of 1,024. Tasks get the limit as it was (a program that
+/// uses `select` breaks on descriptors past 1,024). A notice if the raise
+/// failed.
+pub fn raise_open_files() -> Option<String> {
+    let before = rustix::process::getrlimit(Resource::Nofile);
+    let _ = TASK_OPEN_FILES.set(before);
+    if before.current >= before.maximum {
+        return None;
+    }
+    let raised = Rlimit {
+        current: before.maximum,
+        maximum: before.maximum,
+    };
+    rustix::process::setrlimit(Resource::Nofile, raised).err().map(|e| {
+        format!(
+            "cannot raise the open-file limit to {:?} ({e}): about a third as many tasks fit",
+            before.maximum
+        )
+    })
+}
+
 /// What the child does before exec, the same for a task and its script
-/// checks: its cgroup, no core dumps, its user.
+/// checks: its cgroup, no core dumps, the open-file limit the agent was
+/// given, its user.
 fn child_setup(account: Option<&Account>, cgroup_procs: Option<rustix::fd::OwnedFd>) -> ChildSetup {
     // No core dumps: a crash-looping task must not fill a robot's flash.
     // The hard limit is kept: lowering it would be irreversible for the task.
     let hard = rustix::process::getrlimit(Resource::Core).maximum;
-    let rlimits = vec![(
+    let mut rlimits = vec![(
         Resource::Core,
         Rlimit {
             current: Some(0),
             maximum: hard,
         },
     )];
+    if let Some(files) = TASK_OPEN_FILES.get() {
+        rlimits.push((Resource::Nofile, *files));
+    }
     let credentials = account.map(|account| Credentials {
         uid: rustix::process::Uid::from_raw(account.uid),
         gid: rustix::process::Gid::from_raw(account.gid),
