@@ -3,6 +3,7 @@
 //! deadline), then handle it all: reap, pump logs, collect results, fire
 //! deadlines, start due checks.
 
+use super::host::PidfdReap;
 use super::machine::{Event, Exit, Phase};
 use super::watcher::Ready;
 use super::{Change, Supervisor, SupervisorError, Unit, Watch, ORPHAN_SWEEP, PROC_POLL_INTERVAL};
@@ -139,15 +140,22 @@ impl Supervisor {
                 continue;
             }
             match self.host.reap_pidfd(pidfd.as_fd()) {
-                Some(exit) => {
+                PidfdReap::Exited(exit) => {
                     self.watcher.forget_child(*fd);
                     unit.watch = Watch::Child;
                     reaped = true;
                     self.reaps.0 += 1;
                     self.drive(name, Event::Exited(exit));
                 }
-                // Still running (or waitid cannot): wake when it ends.
-                None => self.watcher.rearm_child(pidfd.as_fd()),
+                // A stale wake-up: wake when it ends.
+                PidfdReap::Running => self.watcher.rearm_child(pidfd.as_fd()),
+                // Left to the sweep, now (re-arming a pidfd that stays
+                // readable would wake the loop for ever).
+                PidfdReap::Cannot => {
+                    self.watcher.forget_child(*fd);
+                    unit.watch = Watch::Child;
+                    self.sweep_at = Some(Instant::now());
+                }
             }
         }
         reaped

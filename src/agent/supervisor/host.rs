@@ -30,13 +30,22 @@ pub trait Host {
     /// A pidfd for a process (None: not supported).
     fn pidfd(&mut self, pid: i32) -> Option<OwnedFd>;
     /// Reap the child `pidfd` refers to if it ended (waitid(P_PIDFD,
-    /// WNOHANG): only that child, no walk of them all); None if it still
-    /// runs or this kernel cannot (the waitpid(-1) sweep reaps it then).
-    fn reap_pidfd(&mut self, pidfd: BorrowedFd<'_>) -> Option<Exit>;
+    /// WNOHANG): only that child, no walk of them all).
+    fn reap_pidfd(&mut self, pidfd: BorrowedFd<'_>) -> PidfdReap;
     /// Does this process (pid + start time) still run?
     fn is_alive(&self, id: ProcIdentity) -> bool;
     /// Every live process-group leader but the agent itself.
     fn group_leaders(&self) -> Vec<Leader>;
+}
+
+/// What waitid on a child's pidfd found.
+pub enum PidfdReap {
+    Exited(Exit),
+    /// It still runs.
+    Running,
+    /// Not this way (no longer our child to wait for, or a kernel without
+    /// waitid on pidfds): the waitpid(-1) sweep reaps it.
+    Cannot,
 }
 
 /// The real operating system.
@@ -83,16 +92,17 @@ impl Host for System {
         rustix::process::pidfd_open(Pid::from_raw(pid)?, rustix::process::PidfdFlags::empty()).ok()
     }
 
-    fn reap_pidfd(&mut self, pidfd: BorrowedFd<'_>) -> Option<Exit> {
+    fn reap_pidfd(&mut self, pidfd: BorrowedFd<'_>) -> PidfdReap {
         use rustix::process::{WaitId, WaitIdOptions};
         let status = loop {
             match rustix::process::waitid(WaitId::PidFd(pidfd), WaitIdOptions::EXITED | WaitIdOptions::NOHANG) {
                 Err(rustix::io::Errno::INTR) => continue,
                 Ok(Some(status)) => break status,
-                Ok(None) | Err(_) => return None,
+                Ok(None) => return PidfdReap::Running,
+                Err(_) => return PidfdReap::Cannot,
             }
         };
-        Some(match (status.exit_status(), status.terminating_signal()) {
+        PidfdReap::Exited(match (status.exit_status(), status.terminating_signal()) {
             (Some(code), _) => Exit::Code(code),
             (None, Some(sig)) => Exit::Signal(sig),
             _ => Exit::Unknown,

@@ -104,8 +104,8 @@ impl Host for Fake {
     fn pidfd(&mut self, _: i32) -> Option<OwnedFd> {
         None
     }
-    fn reap_pidfd(&mut self, _: rustix::fd::BorrowedFd<'_>) -> Option<Exit> {
-        None
+    fn reap_pidfd(&mut self, _: rustix::fd::BorrowedFd<'_>) -> super::host::PidfdReap {
+        super::host::PidfdReap::Cannot
     }
     fn is_alive(&self, id: ProcIdentity) -> bool {
         self.with(|r| r.alive.contains(&id.pid))
