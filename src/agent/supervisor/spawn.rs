@@ -318,9 +318,8 @@ static TASK_OPEN_FILES: std::sync::OnceLock<Rlimit> = std::sync::OnceLock::new()
 /// uses `select` breaks on descriptors past 1,024). A notice if the raise
 /// failed.
 pub fn raise_open_files() -> Option<String> {
-    let before = rustix::process::getrlimit(Resource::Nofile);
-    let _ = TASK_OPEN_FILES.set(before);
-    if before.current >= before.maximum {
+    let before = *TASK_OPEN_FILES.get_or_init(|| rustix::process::getrlimit(Resource::Nofile));
+    if before.current == before.maximum {
         return None;
     }
     let raised = Rlimit {
@@ -328,11 +327,20 @@ pub fn raise_open_files() -> Option<String> {
         maximum: before.maximum,
     };
     rustix::process::setrlimit(Resource::Nofile, raised).err().map(|e| {
-        format!(
-            "cannot raise the open-file limit to {:?} ({e}): about a third as many tasks fit",
-            before.maximum
-        )
+        let fit = before
+            .current
+            .map_or(String::new(), |n| format!(" (at most about {} tasks)", n / 3));
+        format!("cannot raise the open-file limit ({e}): each task holds three descriptors{fit}")
     })
+}
+
+/// Put the open-file limit back as this process was given it, before it
+/// execs itself (a self-update): the new agent then keeps the same one
+/// for its tasks, and raises its own again.
+pub fn restore_open_files() {
+    if let Some(files) = TASK_OPEN_FILES.get() {
+        let _ = rustix::process::setrlimit(Resource::Nofile, *files);
+    }
 }
 
 /// What the child does before exec, the same for a task and its script

@@ -83,9 +83,14 @@ pub fn restore_prev(binary: &Path) -> io::Result<bool> {
 /// Become `binary` with this process's arguments and environment (same
 /// pid). Returns only on failure.
 pub fn exec(binary: &Path) -> io::Error {
+    use crate::agent::supervisor::spawn;
     use std::os::unix::process::CommandExt;
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    std::process::Command::new(binary).args(args).exec()
+    spawn::restore_open_files();
+    let e = std::process::Command::new(binary).args(args).exec();
+    // Still this agent: its tasks' descriptors need the raised limit.
+    spawn::raise_open_files();
+    e
 }
 
 #[cfg(test)]
