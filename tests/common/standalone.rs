@@ -102,16 +102,14 @@ impl Sandbox {
         env: &[(&str, &str)],
         stderr: Stdio,
     ) -> Agent {
-        let agent = agent_bin();
-        let (program, before) = match wrapper.split_first() {
-            Some((w, rest)) => (Path::new(w), rest),
-            None => (agent.as_path(), &[][..]),
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(agent_bin());
+                c
+            }
+            None => Command::new(agent_bin()),
         };
-        let mut command = Command::new(program);
-        command.args(before);
-        if !wrapper.is_empty() {
-            command.arg(&agent);
-        }
         let mut child = command
             .arg("run")
             .arg("-f")

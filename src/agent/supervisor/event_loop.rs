@@ -141,7 +141,7 @@ impl Supervisor {
             }
             match self.host.reap_pidfd(pidfd.as_fd()) {
                 PidfdReap::Exited(exit) => {
-                    self.watcher.forget_child(*fd);
+                    self.watcher.forget(*fd);
                     unit.watch = Watch::Child;
                     reaped = true;
                     self.reaps.0 += 1;
@@ -152,7 +152,7 @@ impl Supervisor {
                 // Left to the sweep, now (re-arming a pidfd that stays
                 // readable would wake the loop for ever).
                 PidfdReap::Cannot => {
-                    self.watcher.forget_child(*fd);
+                    self.watcher.forget(*fd);
                     unit.watch = Watch::Child;
                     self.sweep_at = Some(Instant::now());
                 }
@@ -188,7 +188,7 @@ impl Supervisor {
                 .map(|(n, u)| {
                     // Reaped here first: its pidfd is done with.
                     if let Watch::ChildFd(fd) = &u.watch {
-                        self.watcher.forget_child(fd.as_raw_fd());
+                        self.watcher.forget(fd.as_raw_fd());
                         u.watch = Watch::Child;
                     }
                     n.clone()
@@ -207,7 +207,7 @@ impl Supervisor {
     /// with one task's output walked 1,000 units and 2,000 pipes).
     fn pump_logs(&mut self, ready: &[RawFd]) {
         for &fd in ready {
-            let Some(name) = self.watcher.log_unit(fd) else {
+            let Some(name) = self.watcher.unit_of(fd) else {
                 continue;
             };
             let Some(unit) = self.units.get_mut(name) else { continue };
@@ -231,7 +231,7 @@ impl Supervisor {
                 keep
             });
             if closed {
-                self.watcher.forget_log(fd);
+                self.watcher.forget(fd);
             }
         }
     }

@@ -52,13 +52,11 @@ pub struct Watcher {
     set: OwnedFd,
     /// An fd could not be added: every wake-up must look at everything.
     failed: Option<String>,
-    /// The unit each child's pidfd belongs to (an entry whose fd closed
-    /// is harmless: it is found only for an fd marked [`CHILD`], and the
-    /// caller checks the unit still has that pidfd).
-    children: HashMap<RawFd, String>,
-    /// The unit each log pipe belongs to (stale entries as above: the
-    /// caller checks the unit still reads that fd).
-    logs: HashMap<RawFd, String>,
+    /// The unit each log pipe and child pidfd belongs to (an fd number is
+    /// one open file at a time, so one map; an entry whose fd closed is
+    /// harmless: the caller checks the unit still holds that fd, and a new
+    /// fd with the number replaces it).
+    owners: HashMap<RawFd, String>,
 }
 
 impl Watcher {
@@ -66,8 +64,7 @@ impl Watcher {
         Ok(Watcher {
             set: epoll::create(epoll::CreateFlags::CLOEXEC)?,
             failed: None,
-            children: HashMap::new(),
-            logs: HashMap::new(),
+            owners: HashMap::new(),
         })
     }
 
@@ -83,23 +80,23 @@ impl Watcher {
 
     /// Wake when log pipe `fd` of `unit` is readable or hung up.
     pub fn watch_log(&mut self, fd: BorrowedFd<'_>, unit: &str) {
-        self.logs.insert(fd.as_raw_fd(), unit.to_string());
+        self.owners.insert(fd.as_raw_fd(), unit.to_string());
         self.watch(fd);
     }
 
-    /// The unit log pipe `fd` was last watched for.
-    pub fn log_unit(&self, fd: RawFd) -> Option<&str> {
-        self.logs.get(&fd).map(String::as_str)
+    /// The unit log pipe or child pidfd `fd` was last watched for.
+    pub fn unit_of(&self, fd: RawFd) -> Option<&str> {
+        self.owners.get(&fd).map(String::as_str)
     }
 
-    /// Log pipe `fd` is closed.
-    pub fn forget_log(&mut self, fd: RawFd) {
-        self.logs.remove(&fd);
+    /// Log pipe or child pidfd `fd` is done with.
+    pub fn forget(&mut self, fd: RawFd) {
+        self.owners.remove(&fd);
     }
 
     /// Wake once when child `fd` (its pidfd) ends; it belongs to `unit`.
     pub fn watch_child(&mut self, fd: BorrowedFd<'_>, unit: &str) {
-        self.children.insert(fd.as_raw_fd(), unit.to_string());
+        self.owners.insert(fd.as_raw_fd(), unit.to_string());
         self.add(fd, epoll::EventFlags::IN | epoll::EventFlags::ONESHOT, CHILD);
     }
 
@@ -111,11 +108,6 @@ impl Watcher {
         if let Err(e) = epoll::modify(&self.set, fd, data, flags) {
             self.failed.get_or_insert_with(|| e.to_string());
         }
-    }
-
-    /// Child pidfd `fd` is done with (its process was reaped).
-    pub fn forget_child(&mut self, fd: RawFd) {
-        self.children.remove(&fd);
     }
 
     fn add(&mut self, fd: BorrowedFd<'_>, flags: epoll::EventFlags, mark: u64) {
@@ -154,7 +146,7 @@ impl Watcher {
             let data = e.data.u64();
             let fd = (data & !(ONCE | CHILD)) as RawFd;
             if data & CHILD != 0 {
-                if let Some(unit) = self.children.get(&fd) {
+                if let Some(unit) = self.owners.get(&fd) {
                     ready.children.push((fd, unit.clone()));
                 }
                 continue;
@@ -254,13 +246,13 @@ mod tests {
             children.extend(ready.children);
             if !ready.fds.is_empty() {
                 assert_eq!(ready.fds, [r.as_raw_fd()]);
-                assert_eq!(w.log_unit(r.as_raw_fd()), Some("a"));
+                assert_eq!(w.unit_of(r.as_raw_fd()), Some("a"));
             }
         }
         assert_eq!(children, [(pidfd.as_raw_fd(), "b".to_string())]);
         assert!(w.wait(Some(Duration::ZERO)).children.is_empty(), "one-shot");
         child.wait().unwrap();
-        w.forget_log(r.as_raw_fd());
-        assert_eq!(w.log_unit(r.as_raw_fd()), None);
+        w.forget(r.as_raw_fd());
+        assert_eq!(w.unit_of(r.as_raw_fd()), None);
     }
 }
