@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{Barrier, Semaphore};
+use tokio::sync::Semaphore;
 
 /// Just what the bench needs of an Assignments reply (the simulated robots
 /// share the server's CPUs, so they decode as little as possible).
@@ -265,12 +265,18 @@ pub(super) async fn run_one(n: usize, timeout: Duration, use_kubectl: bool, setu
     // Register and start N robots; each reports when it got its task.
     let t_register = Instant::now();
     let limit = Arc::new(Semaphore::new(64));
-    let ready = Arc::new(Barrier::new(n + 1));
+    // Each robot says when it has registered and had its first answer,
+    // then long-polls at once, as an agent does: a fleet is polling when a
+    // Job comes. (Robots that waited silent for the last one to register
+    // all polled at the same moment, and on etcd, where registering takes
+    // a minute, every heartbeat that fell due meanwhile was written in
+    // the middle of the dispatch.)
+    let (registered, mut registrations) = tokio::sync::mpsc::unbounded_channel::<Result<(), String>>();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Result<Instant, String>>();
     let registering = Progress::new(&format!("{n} robots registering"), n as u64);
     for i in 0..n {
         let addr = addrs[i % addrs.len()].clone();
-        let (join, limit, ready, tx) = (join.clone(), limit.clone(), ready.clone(), tx.clone());
+        let (join, limit, registered, tx) = (join.clone(), limit.clone(), registered.clone(), tx.clone());
         let registering = registering.clone();
         tokio::spawn(async move {
             let mut passed = false;
@@ -281,7 +287,7 @@ pub(super) async fn run_one(n: usize, timeout: Duration, use_kubectl: bool, setu
                     .map_err(|e| e.to_string())?
                     .revision;
                 registering.inc(1);
-                ready.wait().await;
+                let _ = registered.send(Ok(()));
                 passed = true;
                 loop {
                     let body = robot.poll(since).await?;
@@ -293,19 +299,28 @@ pub(super) async fn run_one(n: usize, timeout: Duration, use_kubectl: bool, setu
                 }
             }
             .await;
-            if res.is_err() && !passed {
-                // Unblock the barrier so the run fails instead of hanging.
-                ready.wait().await;
+            match res {
+                Err(e) if !passed => {
+                    let _ = registered.send(Err(e));
+                }
+                res => {
+                    let _ = tx.send(res);
+                }
             }
-            let _ = tx.send(res);
         });
     }
-    drop(tx);
+    drop((tx, registered));
     // Bounded: a server that stops accepting (its open-file limit) leaves
     // robots waiting for an answer that never comes.
     let within = timeout.max(super::sim::REGISTER_WITHIN);
-    if tokio::time::timeout(within, ready.wait()).await.is_err() {
-        return Err(format!("the robots did not all register within {within:?}"));
+    let deadline = tokio::time::Instant::now() + within;
+    for _ in 0..n {
+        match tokio::time::timeout_at(deadline, registrations.recv()).await {
+            Ok(Some(Ok(()))) => {}
+            Ok(Some(Err(e))) => return Err(format!("a robot failed to register: {e}")),
+            Ok(None) => return Err("the robots stopped before registering".into()),
+            Err(_) => return Err(format!("the robots did not all register within {within:?}")),
+        }
     }
     registering.finish("registered and polling");
     let register_s = t_register.elapsed().as_secs_f64();

@@ -53,9 +53,20 @@ impl Recorder {
         });
         let (tx, mut rx) = mpsc::channel::<Pending>(QUEUE);
         crate::server::panics::spawn_essential("the event writer", async move {
-            while let Some(p) = rx.recv().await {
-                if let Err(e) = write(store.as_ref(), p).await {
-                    log::debug!("recording an event: {e}");
+            while let Some(first) = rx.recv().await {
+                // What queued meanwhile goes with it: a Job's dispatch
+                // records an event per Task, and one store batch (one
+                // commit, grouped etcd transactions) writes them all
+                // where one write each competed with the dispatch itself.
+                let mut pending = vec![first];
+                while pending.len() < WRITE_BATCH {
+                    match rx.try_recv() {
+                        Ok(p) => pending.push(p),
+                        Err(_) => break,
+                    }
+                }
+                if let Err(e) = write_all(store.as_ref(), pending).await {
+                    log::debug!("recording events: {e}");
                 }
             }
         });
@@ -130,52 +141,110 @@ pub fn matches(fields: &FieldSelector, event: &Value) -> bool {
     fields.matches(&view)
 }
 
-async fn write(store: &dyn Store, p: Pending) -> Result<(), StoreError> {
-    let ns = p.involved["namespace"].as_str().unwrap_or("default").to_string();
-    let digest = Sha256::digest(
-        format!(
-            "{}/{}/{}/{}",
-            p.involved["uid"], p.reason, p.message, p.involved["kind"]
-        )
-        .as_bytes(),
-    );
-    let name = format!(
-        "{}.{}",
-        p.involved["name"].as_str().unwrap_or(""),
-        object::hex(&digest[..8])
-    );
-    let key = Key::new(RESOURCE, &ns, &name);
+/// Events the writer takes from the queue per store batch.
+const WRITE_BATCH: usize = 512;
+
+/// One Event object to record: new, or `count` more occurrences of the
+/// stored one with its name.
+struct Occurrence {
+    key: Key,
+    /// The Event as first recorded (count = `count`).
+    new: Value,
+    count: i64,
+    at: String,
+}
+
+impl Occurrence {
+    fn of(p: Pending, now: &str) -> Occurrence {
+        let ns = p.involved["namespace"].as_str().unwrap_or("default").to_string();
+        let digest = Sha256::digest(
+            format!(
+                "{}/{}/{}/{}",
+                p.involved["uid"], p.reason, p.message, p.involved["kind"]
+            )
+            .as_bytes(),
+        );
+        let name = format!(
+            "{}.{}",
+            p.involved["name"].as_str().unwrap_or(""),
+            object::hex(&digest[..8])
+        );
+        let mut new = json!({
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": name, "namespace": ns, "creationTimestamp": now, "uid": object::new_uid()},
+            "involvedObject": p.involved,
+            "reason": p.reason, "message": p.message,
+            "type": match p.kind { Kind::Normal => "Normal", Kind::Warning => "Warning" },
+            "count": 1, "firstTimestamp": now, "lastTimestamp": now,
+            "source": {"component": "k8s4r-controller"},
+            "reportingComponent": "k8s4r-controller",
+        });
+        if let Some(related) = p.related {
+            new["related"] = related;
+        }
+        Occurrence {
+            key: Key::new(RESOURCE, &ns, &name),
+            new,
+            count: 1,
+            at: now.to_string(),
+        }
+    }
+}
+
+/// Record `pending`: repeats within it folded into one Event with a
+/// count, the new ones created in one store batch, and those already
+/// stored counted up one by one.
+async fn write_all(store: &dyn Store, pending: Vec<Pending>) -> Result<(), StoreError> {
     let now = time::now_rfc3339();
+    let mut order: Vec<Occurrence> = Vec::with_capacity(pending.len());
+    let mut index = std::collections::HashMap::with_capacity(pending.len());
+    for p in pending {
+        let o = Occurrence::of(p, &now);
+        match index.get(&o.key) {
+            Some(&i) => {
+                let first: &mut Occurrence = &mut order[i];
+                first.count += 1;
+                first.new["count"] = json!(first.count);
+            }
+            None => {
+                index.insert(o.key.clone(), order.len());
+                order.push(o);
+            }
+        }
+    }
+    let creates = order
+        .iter()
+        .map(|o| super::store::BatchOp::Create(o.key.clone(), o.new.clone()))
+        .collect();
+    let results = store.batch(creates).await?;
+    for (o, r) in order.into_iter().zip(results) {
+        match r {
+            Err(StoreError::AlreadyExists(_)) => count_up(store, &o).await?,
+            Err(StoreError::Backend(e)) => return Err(StoreError::Backend(e)),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// `o.count` more occurrences of an Event already stored (created anew if
+/// it is gone meanwhile).
+async fn count_up(store: &dyn Store, o: &Occurrence) -> Result<(), StoreError> {
     for _ in 0..3 {
-        match store.get(&key).await? {
+        match store.get(&o.key).await? {
             Some(cur) => {
                 let mut v = cur.value.clone();
-                v["count"] = json!(v["count"].as_i64().unwrap_or(1) + 1);
-                v["lastTimestamp"] = json!(now);
-                match store.update(&key, v, Some(cur.revision)).await {
+                v["count"] = json!(v["count"].as_i64().unwrap_or(1).saturating_add(o.count));
+                v["lastTimestamp"] = json!(o.at);
+                match store.update(&o.key, v, Some(cur.revision)).await {
                     Err(StoreError::Conflict { .. }) => continue,
                     other => return other.map(|_| ()),
                 }
             }
-            None => {
-                let mut v = json!({
-                    "apiVersion": "v1", "kind": "Event",
-                    "metadata": {"name": name, "namespace": ns, "creationTimestamp": now, "uid": object::new_uid()},
-                    "involvedObject": p.involved,
-                    "reason": p.reason, "message": p.message,
-                    "type": match p.kind { Kind::Normal => "Normal", Kind::Warning => "Warning" },
-                    "count": 1, "firstTimestamp": now, "lastTimestamp": now,
-                    "source": {"component": "k8s4r-controller"},
-                    "reportingComponent": "k8s4r-controller",
-                });
-                if let Some(related) = &p.related {
-                    v["related"] = related.clone();
-                }
-                match store.create(&key, v).await {
-                    Err(StoreError::AlreadyExists(_)) => continue,
-                    other => return other.map(|_| ()),
-                }
-            }
+            None => match store.create(&o.key, o.new.clone()).await {
+                Err(StoreError::AlreadyExists(_)) => continue,
+                other => return other.map(|_| ()),
+            },
         }
     }
     Ok(())
@@ -254,5 +323,53 @@ mod tests {
         assert!(!matches(&describe("demo", "j1"), &event_about(&other)));
         let robot = json!({"kind": "Robot", "metadata": {"name": "demo", "namespace": "default"}});
         assert_eq!(job_of(&robot), None);
+    }
+
+    /// A batch of events: repeats folded into one Event with their count,
+    /// new ones created together, and those stored before counted up.
+    #[test]
+    fn a_batch_of_events_folds_repeats_and_counts_up_stored_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::server::store::sqlite::SqliteStore::open(dir.path(), 100).unwrap();
+        let task = |name: &str| {
+            json!({"apiVersion": "robot.k8s4r.io/v1alpha1", "kind": "Task",
+                   "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}")}})
+        };
+        let pending = |name: &str, reason: &str| Pending {
+            involved: json!({"kind": "Task", "name": name, "namespace": "default", "uid": format!("uid-{name}")}),
+            related: job_of(&task(name)),
+            kind: Kind::Normal,
+            reason: reason.into(),
+            message: "placed on robot r1".into(),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let first = vec![
+                pending("a", "Scheduled"),
+                pending("b", "Scheduled"),
+                pending("a", "Scheduled"),
+                pending("a", "Scheduled"),
+            ];
+            write_all(&store, first).await.unwrap();
+            write_all(&store, vec![pending("a", "Scheduled"), pending("a", "Started")])
+                .await
+                .unwrap();
+            let listed = store.list(RESOURCE, Some("default")).await.unwrap().items;
+            let count = |name: &str, reason: &str| {
+                let found: Vec<_> = listed
+                    .iter()
+                    .filter(|e| e.value["involvedObject"]["name"] == name && e.value["reason"] == reason)
+                    .collect();
+                assert_eq!(found.len(), 1, "one Event for {name} {reason}");
+                found[0].value["count"].as_i64().unwrap()
+            };
+            assert_eq!(listed.len(), 3);
+            assert_eq!(count("a", "Scheduled"), 4, "3 in the first batch, 1 more in the second");
+            assert_eq!(count("b", "Scheduled"), 1);
+            assert_eq!(count("a", "Started"), 1);
+        });
     }
 }

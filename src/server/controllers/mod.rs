@@ -117,11 +117,37 @@ fn robot_facts(v: &Value) -> (Option<&Value>, Option<&Value>, Option<&Value>) {
     )
 }
 
+/// One key's state at a revision, for [`Hub::apply_all`].
+pub struct State<'a> {
+    pub resource: &'a str,
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub revision: u64,
+    /// None: deleted.
+    pub new: Option<Arc<Value>>,
+}
+
 impl Hub {
     /// Apply one state to the cache and fan out the change, if any.
     pub fn apply(&self, resource: &str, ns: &str, name: &str, revision: u64, new: Option<Arc<Value>>) {
         if let Some(c) = self.cache.apply(resource, ns, name, revision, new) {
             self.dispatch(&c);
+        }
+    }
+
+    /// Apply several states, then fan out their changes. States that share
+    /// a revision (the creates of one etcd transaction) must come through
+    /// here together: a robot's long poll is answered once per revision
+    /// (the one it is woken with), so a robot woken after the first of
+    /// its Tasks reached the cache and answered before the second would
+    /// not hear of the second until its next change.
+    pub fn apply_all<'a>(&self, states: impl IntoIterator<Item = State<'a>>) {
+        let changes: Vec<Change> = states
+            .into_iter()
+            .filter_map(|s| self.cache.apply(s.resource, s.namespace, s.name, s.revision, s.new))
+            .collect();
+        for c in &changes {
+            self.dispatch(c);
         }
     }
 
@@ -245,12 +271,24 @@ impl Hub {
                             .iter()
                             .map(|s| (s.key.namespace.clone(), s.key.name.clone()))
                             .collect();
-                        for (ns, name) in self.cache.missing_from(res, &present) {
-                            self.apply(res, &ns, &name, listed.revision, None);
-                        }
-                        for s in listed.items {
-                            self.apply(res, &s.key.namespace, &s.key.name, s.revision, Some(Arc::new(s.value)));
-                        }
+                        let gone = self.cache.missing_from(res, &present);
+                        let gone = gone.iter().map(|(ns, name)| State {
+                            resource: res,
+                            namespace: ns,
+                            name,
+                            revision: listed.revision,
+                            new: None,
+                        });
+                        // Objects listed may share a revision: applied whole.
+                        let mut items = listed.items;
+                        let listed = items.iter_mut().map(|s| State {
+                            resource: res,
+                            namespace: &s.key.namespace,
+                            name: &s.key.name,
+                            revision: s.revision,
+                            new: Some(Arc::new(std::mem::take(&mut s.value))),
+                        });
+                        self.apply_all(gone.chain(listed));
                     }
                     Err(e) => {
                         log::error!("cache: listing {res}: {e}");
@@ -272,14 +310,20 @@ impl Hub {
                 }
             };
             loop {
-                match w.next().await {
-                    Ok(ev) => {
-                        let new = match ev.kind {
-                            EventKind::Deleted => None,
-                            _ => Some(ev.value.clone()),
-                        };
-                        self.apply(&ev.key.resource, &ev.key.namespace, &ev.key.name, ev.revision, new);
-                        self.cache.compact(ev.revision);
+                match w.next_revision().await {
+                    Ok(events) => {
+                        let revision = events.last().map_or(0, |e| e.revision);
+                        self.apply_all(events.iter().map(|ev| State {
+                            resource: &ev.key.resource,
+                            namespace: &ev.key.namespace,
+                            name: &ev.key.name,
+                            revision: ev.revision,
+                            new: match ev.kind {
+                                EventKind::Deleted => None,
+                                _ => Some(ev.value.clone()),
+                            },
+                        }));
+                        self.cache.compact(revision);
                     }
                     Err(StoreError::Expired { .. }) => {
                         log::warn!("cache: watch fell behind; re-listing");
@@ -326,12 +370,24 @@ impl Ctx {
         }
     }
 
-    /// Write-through without a copy, for objects we no longer need.
-    fn wrote_owned(&self, resource: &str, v: Value) {
-        if let Some(rev) = object::resource_version(&v) {
-            let (ns, name) = (object::namespace(&v).to_string(), object::name(&v).to_string());
-            self.hub.apply(resource, &ns, &name, rev, Some(Arc::new(v)));
-        }
+    /// Write-through of objects written together (one store batch, whose
+    /// creates may share a revision: see [`Hub::apply_all`]).
+    fn wrote_all_owned(&self, resource: &str, objects: Vec<Value>) {
+        let states: Vec<(u64, String, String, Value)> = objects
+            .into_iter()
+            .filter_map(|v| {
+                let rev = object::resource_version(&v)?;
+                Some((rev, object::namespace(&v).to_string(), object::name(&v).to_string(), v))
+            })
+            .collect();
+        let mut states = states;
+        self.hub.apply_all(states.iter_mut().map(|(rev, ns, name, v)| State {
+            resource,
+            namespace: ns,
+            name,
+            revision: *rev,
+            new: Some(Arc::new(std::mem::take(v))),
+        }));
     }
 
     fn deleted(&self, resource: &str, v: &Value) {
@@ -470,4 +526,56 @@ pub fn start_workers(
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::fleet::FleetConfig;
+    use serde_json::json;
+
+    /// 300 Tasks of one robot share a revision (one etcd transaction): the
+    /// moment the robot's revision shows it, every one of them is in the
+    /// cache. A poll reads the revision first and the set after it, so one
+    /// answered in between would carry part of the set under the whole
+    /// one's revision and never be told the rest. A second thread reads as
+    /// a poll does, as fast as it can, while the hub takes the revision.
+    #[test]
+    fn a_robot_woken_at_a_shared_revision_finds_all_of_it_in_the_cache() {
+        const TASKS: usize = 300;
+        let (queue, _work) = Queue::new();
+        let hub = Arc::new(Hub {
+            cache: Arc::new(Cache::default()),
+            fleet: Arc::new(Fleet::new(FleetConfig::default())),
+            queue,
+            rollouts: Default::default(),
+        });
+        let start = hub.fleet.revision("d", "r1");
+        let rev = start + 10;
+        let reader = std::thread::spawn({
+            let hub = hub.clone();
+            move || loop {
+                if hub.fleet.revision("d", "r1") >= rev {
+                    return hub.cache.tasks_on_robot("d", "r1").len();
+                }
+                std::hint::spin_loop();
+            }
+        });
+        let tasks: Vec<(String, Arc<Value>)> = (0..TASKS)
+            .map(|i| {
+                let name = format!("t{i:03}");
+                let task = json!({"metadata": {"name": name, "namespace": "d", "uid": name},
+                                  "spec": {"targetRobot": "r1", "jobName": "j"}});
+                (name, Arc::new(task))
+            })
+            .collect();
+        hub.apply_all(tasks.iter().map(|(name, task)| State {
+            resource: "tasks",
+            namespace: "d",
+            name,
+            revision: rev,
+            new: Some(task.clone()),
+        }));
+        assert_eq!(reader.join().unwrap(), TASKS, "woken with part of the revision");
+    }
 }

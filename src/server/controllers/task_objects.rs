@@ -49,23 +49,25 @@ pub async fn create_tasks(
     }
     let (bodies, placements): (Vec<Value>, Vec<_>) = tasks.into_iter().unzip();
     let results = ctx.registry.create_many(&TASKS, ns, bodies, Part::All, ALL).await?;
-    let mut created = 0;
+    let mut created = Vec::with_capacity(results.len());
     let mut first_error = None;
     for (r, p) in results.into_iter().zip(placements) {
         match r {
             Ok(w) => {
                 record_placement(ctx, &w.object, p.as_ref(), None);
-                ctx.wrote_owned("tasks", w.object);
-                created += 1;
+                created.push(w.object);
             }
             Err(e) => {
                 first_error.get_or_insert(e);
             }
         }
     }
+    let count = created.len();
+    // Together: the creates of one batch may share a revision.
+    ctx.wrote_all_owned("tasks", created);
     match first_error {
         Some(e) => Err(e),
-        None => Ok(created),
+        None => Ok(count),
     }
 }
 

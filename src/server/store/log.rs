@@ -209,6 +209,19 @@ impl Watch {
         }
     }
 
+    /// The next revision's changes, all of them (a revision that several
+    /// share is never split: see [`EventLog::publish_all`]).
+    pub async fn next_revision(&mut self) -> Result<Vec<Event>, StoreError> {
+        let first = self.next().await?;
+        let rev = first.revision;
+        let mut all = vec![first];
+        // Reads take whole revisions, so the rest is in the buffer.
+        while self.buffer.front().is_some_and(|e| e.revision == rev) {
+            all.extend(self.buffer.pop_front());
+        }
+        Ok(all)
+    }
+
     /// The revision of the last change delivered (or the start revision).
     pub fn last_revision(&self) -> u64 {
         self.last
@@ -268,6 +281,12 @@ mod tests {
             300,
             "past BATCH to the shared revision's end, and no further"
         );
+
+        let mut whole = log.watch(1).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let revision = rt.block_on(whole.next_revision()).unwrap();
+        assert_eq!(revision.len(), 300, "a shared revision comes whole");
+        assert_eq!(rt.block_on(whole.next_revision()).unwrap()[0].key.name, "last");
 
         let mut again = log.watch(2).unwrap();
         let seen = drain(&mut again, 301);

@@ -136,16 +136,16 @@ impl fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
-/// The storage contract. Every method is atomic; revisions are strictly
-/// increasing across all keys (k8s4r never writes two objects in one
-/// revision: a robot's long poll is answered once per revision, so one
-/// answered between two objects of one revision would miss the second); a
-/// watch delivers every change after its start revision exactly once, in
-/// revision order. Should another etcd client write several keys in one
-/// transaction, the watch never splits that revision, and a watch from it
-/// delivers all of its changes again (a client cut off in the middle cannot
-/// say which it saw; a repeat is harmless to a watcher that keeps state, a
-/// loss is not).
+/// The storage contract. Every method is atomic; revisions increase across
+/// all keys, strictly except that the creates of one [`Store::batch`] may
+/// share one (etcd puts them in one transaction); a watch delivers every
+/// change after its start revision exactly once, in revision order, never
+/// parts of a shared revision apart, and a watch from a shared revision
+/// delivers all of its changes again (a client cut off in the middle of them
+/// cannot say which it saw; a repeat is harmless to a watcher that keeps
+/// state, a loss is not). Whoever answers per revision takes a shared one
+/// whole: the cache applies a revision's changes before it wakes any robot
+/// (`controllers::Hub::apply_all`, fed by [`log::Watch::next_revision`]).
 pub trait Store: Send + Sync + 'static {
     fn get<'a>(&'a self, key: &'a Key) -> BoxFuture<'a, Result<Option<Stored>, StoreError>>;
     /// All objects of `resource`, in one namespace or (None) all of them.
@@ -195,8 +195,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Several writes, applied in order, each with its own result (not
     /// atomic as a whole: a failed operation does not stop the others).
-    /// Backends may commit them together, each at its own revision; the
-    /// default runs them one by one.
+    /// Backends may commit them together, and creates of distinct keys may
+    /// get one revision; the default runs them one by one.
     /// `Err` only when the backend itself failed.
     fn batch(&self, ops: Vec<BatchOp>) -> BoxFuture<'_, Result<Vec<Result<Stored, StoreError>>, StoreError>> {
         Box::pin(async move {

@@ -165,13 +165,18 @@ impl EtcdStore {
     }
 
     async fn create_raw(&self, key: &Key, value: Value) -> Result<Stored, StoreError> {
-        let k = client::b64(&self.key(key));
         let text = serde_json::to_vec(&value).map_err(|e| StoreError::Backend(e.to_string()))?;
+        self.create_text(key, value, &text).await
+    }
+
+    /// [`EtcdStore::create_raw`] of `value` whose JSON is `text`.
+    async fn create_text(&self, key: &Key, value: Value, text: &[u8]) -> Result<Stored, StoreError> {
+        let k = client::b64(&self.key(key));
         let resp = self
             .txn(
                 key,
                 json!({"target": "CREATE", "key": k, "result": "EQUAL", "create_revision": "0"}),
-                json!({"request_put": {"key": k, "value": client::b64(&text)}}),
+                json!({"request_put": {"key": k, "value": client::b64(text)}}),
             )
             .await?;
         if !succeeded(&resp) {
@@ -231,6 +236,42 @@ impl EtcdStore {
             value: decode_value(&last.value, rev)?,
             revision: rev,
         })
+    }
+
+    /// Creates in one transaction, so all at one revision; if a key is
+    /// taken (the transaction then writes nothing), each create on its own
+    /// (at once; the client bounds what is in flight) for its own outcome.
+    async fn create_group(&self, group: Vec<Create>) -> Vec<Result<Stored, StoreError>> {
+        if group.len() > 1 {
+            let (mut compare, mut success) = (Vec::with_capacity(group.len()), Vec::with_capacity(group.len()));
+            for (key, _, text) in &group {
+                let k = client::b64(&self.key(key));
+                compare.push(json!({"target": "CREATE", "key": k, "result": "EQUAL", "create_revision": "0"}));
+                success.push(json!({"request_put": {"key": k, "value": client::b64(text)}}));
+            }
+            let resp = match self.client.txn(&json!({"compare": compare, "success": success})).await {
+                Ok(resp) => resp,
+                Err(e) => return vec![Err(backend(e))],
+            };
+            if succeeded(&resp) {
+                let rev = client::header_revision(&resp);
+                return group
+                    .into_iter()
+                    .map(|(key, mut value, _)| {
+                        stamp_revision(&mut value, rev);
+                        Ok(Stored {
+                            key,
+                            value,
+                            revision: rev,
+                        })
+                    })
+                    .collect();
+            }
+        }
+        let each = group
+            .into_iter()
+            .map(|(key, value, text)| async move { self.create_text(&key, value, &text).await });
+        futures_util::future::join_all(each).await
     }
 
     /// Wait until this replica's watchers can see revision `rev`.
@@ -305,8 +346,8 @@ async fn feed(client: Arc<Client>, prefix: String, log: Arc<EventLog>, mut last:
             match stream.next().await {
                 Ok(batch) => {
                     backoff = Duration::from_millis(50);
-                    // etcd sends a revision's changes (a transaction of
-                    // several keys) in one message: published together.
+                    // etcd sends a revision's changes (a batch's creates,
+                    // one transaction) in one message: published together.
                     let mut events = Vec::with_capacity(batch.events.len());
                     for e in &batch.events {
                         match event_of(&prefix, e) {
@@ -412,42 +453,51 @@ impl Store for EtcdStore {
         self.log.watch(from)
     }
 
-    /// One transaction per operation (etcd cannot give each operation of
-    /// one transaction its own outcome), then one wait for all of them to
-    /// reach the watch.
+    /// Runs of creates in one transaction each (`create_group`),
+    /// other operations one transaction each (etcd cannot give each
+    /// operation of one transaction its own outcome), then one wait for
+    /// all of them to reach the watch.
     fn batch(&self, ops: Vec<BatchOp>) -> BoxFuture<'_, Result<Vec<Result<Stored, StoreError>>, StoreError>> {
         Box::pin(async move {
             use futures_util::stream::{self, StreamExt};
             let mut out = Vec::with_capacity(ops.len());
             let mut highest = 0;
-            // Each op is its own etcd txn (one revision each, as the watch
-            // contract needs), so a sequential batch costs one raft round
-            // trip per object: 10,000 Tasks took ~15 s. Ops on distinct keys
-            // do not depend on each other, so they go out concurrently (etcd
-            // commits concurrent proposals together); the results keep the
-            // ops' order. Ops on a repeated key keep the sequential order.
+            // A transaction costs etcd a raft round, an fsync share and its
+            // JSON gateway's decoding whatever it carries: 10,000 Tasks one
+            // transaction each cost etcd 16 s of CPU. Ops on distinct keys do
+            // not depend on each other, so creates go in groups and the
+            // units go out concurrently (etcd commits concurrent proposals
+            // together); the results keep the ops' order. Ops on a repeated
+            // key keep the sequential order, one by one.
             let distinct = {
                 let mut keys = std::collections::HashSet::with_capacity(ops.len());
                 ops.iter().all(|op| keys.insert(op.key().clone()))
             };
-            let concurrency = if distinct { BATCH_CONCURRENCY } else { 1 };
-            let mut results = stream::iter(ops)
-                .map(|op| async move {
-                    match op {
-                        BatchOp::Create(k, v) => self.create_raw(&k, v).await,
-                        BatchOp::Update(k, v, e) => self.update_raw(&k, v, e).await,
-                        BatchOp::Delete(k, e) => self.delete_raw(&k, e).await,
+            let (units, concurrency) = if distinct {
+                (group_creates(ops)?, BATCH_CONCURRENCY)
+            } else {
+                (ops.into_iter().map(Unit::One).collect(), 1)
+            };
+            let mut results = stream::iter(units)
+                .map(|unit| async move {
+                    match unit {
+                        Unit::Creates(group) => self.create_group(group).await,
+                        Unit::One(BatchOp::Create(k, v)) => vec![self.create_raw(&k, v).await],
+                        Unit::One(BatchOp::Update(k, v, e)) => vec![self.update_raw(&k, v, e).await],
+                        Unit::One(BatchOp::Delete(k, e)) => vec![self.delete_raw(&k, e).await],
                     }
                 })
                 .buffered(concurrency);
-            while let Some(r) = results.next().await {
-                match r {
-                    Err(e @ StoreError::Backend(_)) => return Err(e),
-                    Ok(s) => {
-                        highest = highest.max(s.revision);
-                        out.push(Ok(s));
+            while let Some(rs) = results.next().await {
+                for r in rs {
+                    match r {
+                        Err(e @ StoreError::Backend(_)) => return Err(e),
+                        Ok(s) => {
+                            highest = highest.max(s.revision);
+                            out.push(Ok(s));
+                        }
+                        Err(e) => out.push(Err(e)),
                     }
-                    Err(e) => out.push(Err(e)),
                 }
             }
             if highest > 0 {
@@ -461,6 +511,54 @@ impl Store for EtcdStore {
 /// Txns of one batch in flight at once (etcd's gateway connections are
 /// pooled; more than this gains little and only queues in etcd).
 const BATCH_CONCURRENCY: usize = 32;
+/// Creates in one transaction: etcd refuses more operations than its
+/// `--max-txn-ops` (128 by default) ...
+const GROUP_OPS: usize = 128;
+/// ... or a request over `--max-request-bytes` (1.5 MiB by default; values
+/// travel base64-encoded, 4/3 of their size, inside JSON).
+const GROUP_BYTES: usize = 1 << 20;
+
+/// A create ready to go: key, object, its JSON text.
+type Create = (Key, Value, Vec<u8>);
+
+/// What one transaction of a batch carries.
+enum Unit {
+    Creates(Vec<Create>),
+    One(BatchOp),
+}
+
+/// `ops` (on distinct keys) as transactions: consecutive creates grouped
+/// within etcd's limits, every other op alone.
+fn group_creates(ops: Vec<BatchOp>) -> Result<Vec<Unit>, StoreError> {
+    let mut units = Vec::new();
+    let mut group: Vec<Create> = Vec::new();
+    let mut bytes = 0;
+    for op in ops {
+        match op {
+            BatchOp::Create(k, v) => {
+                let text = serde_json::to_vec(&v).map_err(|e| StoreError::Backend(e.to_string()))?;
+                let size = (text.len() + k.name.len() + 64) * 4 / 3;
+                if group.len() == GROUP_OPS || (!group.is_empty() && bytes + size > GROUP_BYTES) {
+                    units.push(Unit::Creates(std::mem::take(&mut group)));
+                    bytes = 0;
+                }
+                bytes += size;
+                group.push((k, v, text));
+            }
+            other => {
+                if !group.is_empty() {
+                    units.push(Unit::Creates(std::mem::take(&mut group)));
+                    bytes = 0;
+                }
+                units.push(Unit::One(other));
+            }
+        }
+    }
+    if !group.is_empty() {
+        units.push(Unit::Creates(group));
+    }
+    Ok(units)
+}
 
 #[cfg(test)]
 mod tests {
