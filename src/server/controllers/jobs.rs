@@ -20,10 +20,14 @@ use crate::server::scheduler::{self, RobotInfo};
 use crate::server::status::Status;
 use crate::server::stored_task;
 use crate::server::time;
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Batches of new Tasks a reconcile has in flight at once.
+const CREATES_IN_FLIGHT: usize = 4;
 
 /// Retry placing unschedulable replicas at least this often (robot changes
 /// trigger a retry at once).
@@ -181,6 +185,10 @@ pub async fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<Next, Status> 
     let mut created = 0usize;
     // New tasks are written in batches (one store commit each).
     let mut new_tasks: Vec<(Value, Option<Result<String, String>>)> = Vec::new();
+    // Batches of new Tasks in flight while the next ones are built: a
+    // batch on etcd waits for its transactions and their echo through the
+    // watch, time the next batch need not wait out.
+    let mut creating = futures_util::stream::FuturesOrdered::new();
     let mut robots: Option<Vec<RobotInfo>> = None;
     let mut unschedulable: Option<String> = None;
     let system = job.spec.job_type == JobType::System;
@@ -300,7 +308,10 @@ pub async fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<Next, Status> 
                         let body = task_object(ns, &tname, name, g, i, &tg_owner, &spec, status)?;
                         new_tasks.push((body, Some(p.clone())));
                         if new_tasks.len() >= CREATE_BATCH {
-                            created += create_tasks(ctx, ns, std::mem::take(&mut new_tasks)).await?;
+                            creating.push_back(create_tasks(ctx, ns, std::mem::take(&mut new_tasks)));
+                            if creating.len() >= CREATES_IN_FLIGHT {
+                                created += creating.next().await.unwrap_or(Ok(0))?;
+                            }
                         }
                     }
                     Some(cur) => {
@@ -362,7 +373,10 @@ pub async fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<Next, Status> 
         }
     }
 
-    created += create_tasks(ctx, ns, new_tasks).await?;
+    creating.push_back(create_tasks(ctx, ns, new_tasks));
+    while let Some(n) = creating.next().await {
+        created += n?;
+    }
     if created > 0 {
         log::info!("job {ns}/{name}: created {created} tasks in {:?}", started.elapsed());
     }
