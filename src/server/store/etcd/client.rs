@@ -419,7 +419,7 @@ impl Client {
         }
         Ok(WatchStream {
             body: resp.into_body(),
-            buf: Vec::new(),
+            messages: Messages::default(),
             from,
         })
     }
@@ -428,7 +428,7 @@ impl Client {
 /// The messages of one watch, as they arrive.
 pub struct WatchStream {
     body: Incoming,
-    buf: Vec<u8>,
+    messages: Messages,
     from: u64,
 }
 
@@ -443,7 +443,7 @@ impl WatchStream {
     /// The next message; `Stream` when the connection ends.
     pub async fn next(&mut self) -> Result<WatchBatch, EtcdError> {
         loop {
-            if let Some(msg) = self.take_message()? {
+            if let Some(msg) = self.messages.take()? {
                 return parse_watch(&msg, self.from);
             }
             match self.body.frame().await {
@@ -451,25 +451,49 @@ impl WatchStream {
                 Some(Err(e)) => return Err(EtcdError::Stream(e.to_string())),
                 Some(Ok(frame)) => {
                     if let Some(data) = frame.data_ref() {
-                        self.buf.extend_from_slice(data);
+                        self.messages.push(data);
                     }
                 }
             }
         }
     }
+}
 
-    /// One complete JSON message from the buffer, if there is one.
-    fn take_message(&mut self) -> Result<Option<Value>, EtcdError> {
-        let mut it = serde_json::Deserializer::from_slice(&self.buf).into_iter::<Value>();
-        match it.next() {
-            Some(Ok(v)) => {
-                let used = it.byte_offset();
-                self.buf.drain(..used);
-                Ok(Some(v))
+/// The watch body cut into its messages. The gateway ends each message
+/// with a newline (JSON text has none of its own), so a message is parsed
+/// once, when its end is there: a batch's transaction is a message of
+/// hundreds of KB arriving in many frames, and parsing the buffer from its
+/// start at every frame built a tree of everything received so far each
+/// time.
+#[derive(Default)]
+struct Messages {
+    buf: Vec<u8>,
+    /// How much of `buf` is known to hold no message end.
+    scanned: usize,
+}
+
+impl Messages {
+    fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// The next complete message, if one is there (blank lines skipped).
+    fn take(&mut self) -> Result<Option<Value>, EtcdError> {
+        loop {
+            let Some(end) = self.buf[self.scanned..].iter().position(|&b| b == b'\n') else {
+                self.scanned = self.buf.len();
+                return Ok(None);
+            };
+            let end = self.scanned + end;
+            let blank = self.buf[..end].iter().all(u8::is_ascii_whitespace);
+            let parsed = (!blank).then(|| serde_json::from_slice::<Value>(&self.buf[..end]));
+            self.buf.drain(..=end);
+            self.scanned = 0;
+            match parsed {
+                None => continue,
+                Some(Ok(v)) => return Ok(Some(v)),
+                Some(Err(e)) => return Err(EtcdError::Stream(format!("bad message: {e}"))),
             }
-            Some(Err(e)) if e.is_eof() => Ok(None),
-            None => Ok(None),
-            Some(Err(e)) => Err(EtcdError::Stream(format!("bad message: {e}"))),
         }
     }
 }
@@ -539,6 +563,28 @@ mod tests {
         let reset = Error::new(ErrorKind::ConnectionReset, "reset by peer");
         assert!(causes(&reset).find_map(|c| tls::hint(c, true)).is_some());
         assert!(causes(&reset).find_map(|c| tls::hint(c, false)).is_none());
+    }
+
+    #[test]
+    fn watch_messages_are_cut_at_their_newlines_whatever_the_frames() {
+        let one = json!({"result": {"header": {"revision": "7"}, "note": "a\nb"}}).to_string();
+        let two = json!({"result": {"header": {"revision": "8"}}}).to_string();
+        let body = format!("{one}\n\n{two}\n{{\"result\":");
+        for frame in [1, 7, 64, body.len()] {
+            let mut m = Messages::default();
+            let mut got = Vec::new();
+            for piece in body.as_bytes().chunks(frame) {
+                m.push(piece);
+                while let Some(v) = m.take().unwrap() {
+                    got.push(header_revision(&v["result"]));
+                }
+            }
+            assert_eq!(got, vec![7, 8], "frames of {frame} bytes");
+            assert_eq!(m.buf, b"{\"result\":", "the unfinished message waits");
+        }
+        let mut bad = Messages::default();
+        bad.push(b"{nope\n");
+        assert!(matches!(bad.take(), Err(EtcdError::Stream(_))));
     }
 
     #[test]
