@@ -443,8 +443,8 @@ impl WatchStream {
     /// The next message; `Stream` when the connection ends.
     pub async fn next(&mut self) -> Result<WatchBatch, EtcdError> {
         loop {
-            if let Some(msg) = self.messages.take()? {
-                return parse_watch(&msg, self.from);
+            if let Some(batch) = self.messages.take(self.from)? {
+                return Ok(batch);
             }
             match self.body.frame().await {
                 None => return Err(EtcdError::Stream("closed by the member".into())),
@@ -477,8 +477,9 @@ impl Messages {
         self.buf.extend_from_slice(data);
     }
 
-    /// The next complete message, if one is there (blank lines skipped).
-    fn take(&mut self) -> Result<Option<Value>, EtcdError> {
+    /// The next complete message, decoded, if one is there (blank lines
+    /// skipped).
+    fn take(&mut self, from: u64) -> Result<Option<WatchBatch>, EtcdError> {
         loop {
             let Some(end) = self.buf[self.scanned..].iter().position(|&b| b == b'\n') else {
                 self.scanned = self.buf.len();
@@ -486,53 +487,121 @@ impl Messages {
             };
             let end = self.scanned + end;
             let blank = self.buf[..end].iter().all(u8::is_ascii_whitespace);
-            let parsed = (!blank).then(|| serde_json::from_slice::<Value>(&self.buf[..end]));
+            let parsed = (!blank).then(|| parse_watch(&self.buf[..end], from));
             self.buf.drain(..=end);
             self.scanned = 0;
-            match parsed {
-                None => continue,
-                Some(Ok(v)) => return Ok(Some(v)),
-                Some(Err(e)) => return Err(EtcdError::Stream(format!("bad message: {e}"))),
+            if let Some(batch) = parsed {
+                return batch.map(Some);
             }
         }
     }
 }
 
-fn parse_watch(msg: &Value, from: u64) -> Result<WatchBatch, EtcdError> {
+/// A watch message as the gateway writes it, read without a tree: its
+/// keys and values are base64 strings borrowed from the message (decoded
+/// once, into the event), int64s are strings.
+#[derive(serde::Deserialize)]
+struct RawMessage<'a> {
+    #[serde(default)]
+    error: Option<Value>,
+    #[serde(default, borrow)]
+    result: Option<RawResult<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct RawResult<'a> {
+    #[serde(default)]
+    header: RawHeader,
+    #[serde(default, deserialize_with = "raw_int")]
+    compact_revision: u64,
+    #[serde(default)]
+    canceled: bool,
+    #[serde(default)]
+    cancel_reason: String,
+    #[serde(default, borrow)]
+    events: Vec<RawEvent<'a>>,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct RawHeader {
+    #[serde(default, deserialize_with = "raw_int")]
+    revision: u64,
+}
+
+#[derive(serde::Deserialize)]
+struct RawEvent<'a> {
+    #[serde(default, rename = "type", borrow)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    kv: RawKeyValue<'a>,
+    #[serde(default, borrow)]
+    prev_kv: Option<RawKeyValue<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct RawKeyValue<'a> {
+    #[serde(default, borrow)]
+    key: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    value: std::borrow::Cow<'a, str>,
+    #[serde(default, deserialize_with = "raw_int")]
+    create_revision: u64,
+    #[serde(default, deserialize_with = "raw_int")]
+    mod_revision: u64,
+}
+
+/// An int64 as the gateway writes it (a string; a number read too).
+fn raw_int<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    Ok(int(&<Value as serde::Deserialize>::deserialize(d)?))
+}
+
+impl RawKeyValue<'_> {
+    fn decode(&self) -> Result<KeyValue, String> {
+        let bytes = |field: &str, s: &str| B64.decode(s).map_err(|e| format!("{field}: {e}"));
+        Ok(KeyValue {
+            key: bytes("key", &self.key)?,
+            value: bytes("value", &self.value)?,
+            create_revision: self.create_revision,
+            mod_revision: self.mod_revision,
+        })
+    }
+}
+
+fn parse_watch(msg: &[u8], from: u64) -> Result<WatchBatch, EtcdError> {
     let decode = |detail: String| EtcdError::Decode {
         path: "/v3/watch".into(),
         detail,
     };
-    if let Some(err) = msg.get("error") {
+    let msg: RawMessage = serde_json::from_slice(msg).map_err(|e| EtcdError::Stream(format!("bad message: {e}")))?;
+    if let Some(err) = msg.error {
         return Err(EtcdError::Stream(err.to_string()));
     }
-    let r = msg.get("result").ok_or_else(|| decode(format!("no result in {msg}")))?;
-    let compact = int(&r["compact_revision"]);
-    if compact > 0 {
+    let r = msg.result.ok_or_else(|| decode("no result in the message".into()))?;
+    if r.compact_revision > 0 {
         return Err(EtcdError::Compacted {
             requested: from,
-            compact_revision: compact,
+            compact_revision: r.compact_revision,
         });
     }
-    if r.get("canceled").and_then(Value::as_bool) == Some(true) {
-        return Err(EtcdError::Stream(format!("canceled: {}", r["cancel_reason"])));
+    if r.canceled {
+        return Err(EtcdError::Stream(format!("canceled: {:?}", r.cancel_reason)));
     }
-    let mut events = Vec::new();
-    for e in r.get("events").and_then(Value::as_array).into_iter().flatten() {
-        let kv = key_value(&e["kv"]).map_err(decode)?;
-        let prev = match e.get("prev_kv") {
-            Some(p) if !p.is_null() => Some(key_value(p).map_err(decode)?),
-            _ => None,
-        };
+    let mut events = Vec::with_capacity(r.events.len());
+    for e in &r.events {
         events.push(WatchEvent {
-            deleted: e.get("type").and_then(Value::as_str) == Some("DELETE"),
-            kv,
-            prev,
+            deleted: e.kind.as_deref() == Some("DELETE"),
+            kv: e.kv.decode().map_err(decode)?,
+            prev: e
+                .prev_kv
+                .as_ref()
+                .map(RawKeyValue::decode)
+                .transpose()
+                .map_err(decode)?,
         });
     }
     Ok(WatchBatch {
         events,
-        revision: header_revision(r),
+        revision: r.header.revision,
     })
 }
 
@@ -575,8 +644,8 @@ mod tests {
             let mut got = Vec::new();
             for piece in body.as_bytes().chunks(frame) {
                 m.push(piece);
-                while let Some(v) = m.take().unwrap() {
-                    got.push(header_revision(&v["result"]));
+                while let Some(b) = m.take(1).unwrap() {
+                    got.push(b.revision);
                 }
             }
             assert_eq!(got, vec![7, 8], "frames of {frame} bytes");
@@ -584,7 +653,7 @@ mod tests {
         }
         let mut bad = Messages::default();
         bad.push(b"{nope\n");
-        assert!(matches!(bad.take(), Err(EtcdError::Stream(_))));
+        assert!(matches!(bad.take(1), Err(EtcdError::Stream(_))));
     }
 
     #[test]
@@ -594,19 +663,26 @@ mod tests {
             {"type": "DELETE", "kv": {"key": b64(b"/k/b"), "mod_revision": "7"},
              "prev_kv": {"key": b64(b"/k/b"), "value": b64(b"1"), "create_revision": "3", "mod_revision": "5"}}
         ]}});
-        let b = parse_watch(&put, 1).unwrap();
+        let b = parse_watch(put.to_string().as_bytes(), 1).unwrap();
         assert_eq!(b.revision, 7);
         assert!(!b.events[0].deleted && b.events[0].prev.is_none());
         assert!(b.events[1].deleted);
         assert_eq!(b.events[1].prev.as_ref().unwrap().mod_revision, 5);
         let compacted = json!({"result": {"canceled": true, "compact_revision": "3"}});
         assert!(matches!(
-            parse_watch(&compacted, 1),
+            parse_watch(compacted.to_string().as_bytes(), 1),
             Err(EtcdError::Compacted {
                 requested: 1,
                 compact_revision: 3
             })
         ));
-        assert!(parse_watch(&json!({"nope": 1}), 1).is_err());
+        assert!(parse_watch(json!({"nope": 1}).to_string().as_bytes(), 1).is_err());
+        let escaped = br#"{"result": {"header": {"revision": 9}, "events": [{"kv": {"key": "L2sv\u0059Q==", "value": "e30=", "mod_revision": "9"}}]}}"#;
+        let b = parse_watch(escaped, 1).unwrap();
+        assert_eq!(
+            (b.revision, b.events[0].kv.key.as_slice()),
+            (9, &b"/k/a"[..]),
+            "escapes and numbers read too"
+        );
     }
 }
