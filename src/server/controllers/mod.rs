@@ -373,14 +373,13 @@ impl Ctx {
     /// Write-through of objects written together (one store batch, whose
     /// creates may share a revision: see [`Hub::apply_all`]).
     fn wrote_all_owned(&self, resource: &str, objects: Vec<Value>) {
-        let states: Vec<(u64, String, String, Value)> = objects
+        let mut states: Vec<(u64, String, String, Value)> = objects
             .into_iter()
             .filter_map(|v| {
                 let rev = object::resource_version(&v)?;
                 Some((rev, object::namespace(&v).to_string(), object::name(&v).to_string(), v))
             })
             .collect();
-        let mut states = states;
         self.hub.apply_all(states.iter_mut().map(|(rev, ns, name, v)| State {
             resource,
             namespace: ns,

@@ -39,7 +39,10 @@ impl Inner {
     /// `rev` is published: the waiters it reached, to wake once unlocked.
     fn reached(&mut self, rev: u64) -> BTreeMap<u64, Vec<oneshot::Sender<()>>> {
         self.latest = self.latest.max(rev);
-        let later = self.waiting.split_off(&(self.latest + 1));
+        let later = match self.latest.checked_add(1) {
+            Some(next) => self.waiting.split_off(&next),
+            None => BTreeMap::new(),
+        };
         std::mem::replace(&mut self.waiting, later)
     }
 }
