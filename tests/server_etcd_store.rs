@@ -118,6 +118,41 @@ fn a_new_replica_resumes_watches_from_recent_revisions() {
     });
 }
 
+/// The events store: no etcd watch (so no replica decodes every event)
+/// until something watches it; then the watch replays what was written
+/// since the store connected, and follows.
+#[test]
+fn an_on_demand_store_watches_etcd_only_once_watched() {
+    let etcd = Etcd::start();
+    let endpoints = etcd.endpoint_list();
+    runtime().block_on(async {
+        const WATCHERS: &str = "etcd_debugging_mvcc_watcher_total";
+        let before = etcd.metric(WATCHERS);
+        let s = EtcdStore::connect_on_demand(&endpoints, "/k8s4r-events", 10)
+            .await
+            .unwrap();
+        let from = s.revision().await.unwrap();
+        let first = s.create(&Key::new("events", "d", "a"), json!({"n": 0})).await.unwrap();
+        assert_eq!(etcd.metric(WATCHERS), before, "no etcd watch before anyone watches");
+        let mut w = s.watch(from).unwrap();
+        let e = next_event(&mut w).await;
+        assert_eq!((e.kind, e.revision), (EventKind::Added, first.revision), "replayed");
+        let second = s
+            .update(&Key::new("events", "d", "a"), json!({"n": 1}), None)
+            .await
+            .unwrap();
+        let e = next_event(&mut w).await;
+        assert_eq!((e.kind, e.revision), (EventKind::Modified, second.revision), "followed");
+        assert_eq!(
+            etcd.metric(WATCHERS),
+            before + 1.0,
+            "one etcd watch, however many watchers"
+        );
+        let _again = s.watch(second.revision).unwrap();
+        assert_eq!(etcd.metric(WATCHERS), before + 1.0);
+    });
+}
+
 #[test]
 fn the_leader_compacts_etcd_history() {
     use k8s4r::server::store::etcd::client::{prefix_end, Client, EtcdError};

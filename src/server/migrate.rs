@@ -136,7 +136,7 @@ pub async fn migrate(data: &Path, endpoints: &Endpoints) -> Result<Summary, Migr
     let events_dir = data.join("events");
     let events = if events_dir.join("k8s4r.db").exists() {
         let src = SqliteStore::open(&events_dir, 1).map_err(MigrateError::Open)?;
-        let dst = EtcdStore::connect(endpoints, EVENTS_PREFIX, 1)
+        let dst = EtcdStore::connect_on_demand(endpoints, EVENTS_PREFIX, 1)
             .await
             .map_err(MigrateError::Target)?;
         copy_all(&src, &dst, "events").await?

@@ -454,7 +454,7 @@ async fn open_stores(cfg: &Config) -> Result<Backend, ServeError> {
     let objects = store::etcd::EtcdStore::connect(&endpoints, store::etcd::DEFAULT_PREFIX, cfg.watch_history)
         .await
         .map_err(ServeError::Etcd)?;
-    let events = store::etcd::EtcdStore::connect(&endpoints, store::etcd::EVENTS_PREFIX, 1)
+    let events = store::etcd::EtcdStore::connect_on_demand(&endpoints, store::etcd::EVENTS_PREFIX, 1)
         .await
         .map_err(ServeError::Etcd)?;
     // "<pid>:<random>": which process leads, for operators and tests.

@@ -270,6 +270,22 @@ impl Etcd {
         Some(b64.decode(value).expect("base64 value"))
     }
 
+    /// The first member's gauge or counter `name` from its /metrics.
+    pub fn metric(&self, name: &str) -> f64 {
+        let m = &self.members[0];
+        let text = m
+            .agent
+            .get(&format!("{}/metrics", m.client_url))
+            .call()
+            .unwrap_or_else(|e| panic!("etcd metrics: {e}"))
+            .body_mut()
+            .read_to_string()
+            .expect("etcd metrics text");
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("etcd has no metric {name}"))
+    }
+
     /// The http:// members' endpoints, for opening stores in the test.
     pub fn endpoint_list(&self) -> Endpoints {
         let urls: Vec<String> = self.members.iter().map(|m| m.client_url.clone()).collect();
