@@ -270,8 +270,9 @@ impl Etcd {
         Some(b64.decode(value).expect("base64 value"))
     }
 
-    /// The first member's gauge or counter `name` from its /metrics.
-    pub fn metric(&self, name: &str) -> f64 {
+    /// The first member's count `name` (a gauge or counter of whole
+    /// things) from its /metrics.
+    pub fn metric(&self, name: &str) -> u64 {
         let m = &self.members[0];
         let text = m
             .agent
@@ -282,7 +283,8 @@ impl Etcd {
             .read_to_string()
             .expect("etcd metrics text");
         text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
+            .map(|v| v as u64)
             .unwrap_or_else(|| panic!("etcd has no metric {name}"))
     }
 
