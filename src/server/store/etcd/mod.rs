@@ -27,9 +27,9 @@ pub mod tls;
 use super::{
     stamp_revision, BatchOp, BoxFuture, Event, EventKind, EventLog, Key, Listed, Prev, Store, StoreError, Stored, Watch,
 };
-use client::{Client, EtcdError, KeyValue, WatchEvent};
+use client::{Client, Compare, CompareResult, EtcdError, KeyValue, Op, Txn, WatchEvent};
 pub use endpoints::Endpoints;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -172,21 +172,40 @@ impl EtcdStore {
 
     /// Run one write transaction: `success` if `compare` holds; otherwise
     /// the key is read, to tell NotFound from Conflict.
-    async fn txn(&self, key: &Key, compare: Value, success: Value) -> Result<Value, StoreError> {
-        let k = client::b64(&self.key(key));
-        let req = json!({
-            "compare": [compare],
-            "success": [success],
-            "failure": [{"request_range": {"key": k}}],
-        });
-        self.client.txn(&req).await.map_err(backend)
+    async fn txn(&self, key: &Key, compare: Compare, success: Op) -> Result<Value, StoreError> {
+        let txn = Txn {
+            compare: vec![compare],
+            success: vec![success],
+            failure: vec![Op::RequestRange {
+                key: client::b64(&self.key(key)),
+            }],
+        };
+        self.client.txn(&txn).await.map_err(backend)
     }
 
-    fn compare_for(&self, key: &Key, expected: Option<u64>) -> Value {
-        let k = client::b64(&self.key(key));
+    /// The key is at revision `expected`, or exists when None.
+    fn compare_for(&self, key: &Key, expected: Option<u64>) -> Compare {
+        let key = client::b64(&self.key(key));
         match expected {
-            Some(rev) => json!({"target": "MOD", "key": k, "result": "EQUAL", "mod_revision": rev.to_string()}),
-            None => json!({"target": "CREATE", "key": k, "result": "GREATER", "create_revision": "0"}),
+            Some(mod_revision) => Compare::Mod {
+                key,
+                result: CompareResult::Equal,
+                mod_revision,
+            },
+            None => Compare::Create {
+                key,
+                result: CompareResult::Greater,
+                create_revision: 0,
+            },
+        }
+    }
+
+    /// The key does not exist.
+    fn absent(b64_key: String) -> Compare {
+        Compare::Create {
+            key: b64_key,
+            result: CompareResult::Equal,
+            create_revision: 0,
         }
     }
 
@@ -210,13 +229,11 @@ impl EtcdStore {
     /// [`EtcdStore::create_raw`] of `value` whose JSON is `text`.
     async fn create_text(&self, key: &Key, value: Value, text: &[u8]) -> Result<Stored, StoreError> {
         let k = client::b64(&self.key(key));
-        let resp = self
-            .txn(
-                key,
-                json!({"target": "CREATE", "key": k, "result": "EQUAL", "create_revision": "0"}),
-                json!({"request_put": {"key": k, "value": client::b64(text)}}),
-            )
-            .await?;
+        let put = Op::RequestPut {
+            key: k.clone(),
+            value: client::b64(text),
+        };
+        let resp = self.txn(key, Self::absent(k), put).await?;
         if !succeeded(&resp) {
             return Err(StoreError::AlreadyExists(key.clone()));
         }
@@ -231,15 +248,12 @@ impl EtcdStore {
     }
 
     async fn update_raw(&self, key: &Key, value: Value, expected: Option<u64>) -> Result<Stored, StoreError> {
-        let k = client::b64(&self.key(key));
         let text = serde_json::to_vec(&value).map_err(|e| StoreError::Backend(e.to_string()))?;
-        let resp = self
-            .txn(
-                key,
-                self.compare_for(key, expected),
-                json!({"request_put": {"key": k, "value": client::b64(&text)}}),
-            )
-            .await?;
+        let put = Op::RequestPut {
+            key: client::b64(&self.key(key)),
+            value: client::b64(&text),
+        };
+        let resp = self.txn(key, self.compare_for(key, expected), put).await?;
         if !succeeded(&resp) {
             return Err(Self::failure(key, expected, &resp));
         }
@@ -254,14 +268,11 @@ impl EtcdStore {
     }
 
     async fn delete_raw(&self, key: &Key, expected: Option<u64>) -> Result<Stored, StoreError> {
-        let k = client::b64(&self.key(key));
-        let resp = self
-            .txn(
-                key,
-                self.compare_for(key, expected),
-                json!({"request_delete_range": {"key": k, "prev_kv": true}}),
-            )
-            .await?;
+        let delete = Op::RequestDeleteRange {
+            key: client::b64(&self.key(key)),
+            prev_kv: true,
+        };
+        let resp = self.txn(key, self.compare_for(key, expected), delete).await?;
         if !succeeded(&resp) {
             return Err(Self::failure(key, expected, &resp));
         }
@@ -281,13 +292,20 @@ impl EtcdStore {
     /// (at once; the client bounds what is in flight) for its own outcome.
     async fn create_group(&self, group: Vec<Create>) -> Vec<Result<Stored, StoreError>> {
         if group.len() > 1 {
-            let (mut compare, mut success) = (Vec::with_capacity(group.len()), Vec::with_capacity(group.len()));
+            let mut txn = Txn {
+                compare: Vec::with_capacity(group.len()),
+                success: Vec::with_capacity(group.len()),
+                failure: Vec::new(),
+            };
             for (key, _, text) in &group {
                 let k = client::b64(&self.key(key));
-                compare.push(json!({"target": "CREATE", "key": k, "result": "EQUAL", "create_revision": "0"}));
-                success.push(json!({"request_put": {"key": k, "value": client::b64(text)}}));
+                txn.compare.push(Self::absent(k.clone()));
+                txn.success.push(Op::RequestPut {
+                    key: k,
+                    value: client::b64(text),
+                });
             }
-            let resp = match self.client.txn(&json!({"compare": compare, "success": success})).await {
+            let resp = match self.client.txn(&txn).await {
                 Ok(resp) => resp,
                 Err(e) => return vec![Err(backend(e))],
             };
