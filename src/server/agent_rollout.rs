@@ -353,8 +353,6 @@ impl Memo {
 /// Every release (decoded, and as stored) with its plan over the fleet,
 /// releases by name.
 pub fn plan_fleet(cache: &Cache) -> Vec<(AgentRelease, Value, Plan)> {
-    let robots: Vec<RobotFacts> = cache.list("robots", None).iter().map(|r| RobotFacts::of(r)).collect();
-    let now = time::now_unix();
     let mut releases: Vec<(AgentRelease, Value)> = cache
         .list("agentreleases", None)
         .iter()
@@ -364,6 +362,13 @@ pub fn plan_fleet(cache: &Cache) -> Vec<(AgentRelease, Value, Plan)> {
         .filter_map(|v| Some((serde_json::from_value(Value::clone(v)).ok()?, Value::clone(v))))
         .collect();
     releases.sort_by(|a, b| a.0.metadata.name.cmp(&b.0.metadata.name));
+    if releases.is_empty() {
+        // Nothing to plan: the fleet is not read (this runs whenever a
+        // robot registers).
+        return Vec::new();
+    }
+    let robots: Vec<RobotFacts> = cache.list("robots", None).iter().map(|r| RobotFacts::of(r)).collect();
+    let now = time::now_unix();
     releases
         .into_iter()
         .map(|(r, v)| {
