@@ -447,8 +447,8 @@ pub struct Txn {
 #[derive(Serialize)]
 #[serde(tag = "target", rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Compare {
-    /// The key was never created (`create_revision` = 0) when `absent`,
-    /// or exists.
+    /// On the key's create revision: equal to 0, the key does not exist;
+    /// greater than 0, it does.
     Create {
         key: String,
         result: CompareResult,
