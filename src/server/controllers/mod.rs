@@ -316,7 +316,12 @@ impl Hub {
             }
             let _ = synced.send(true);
             let mut w = match store.watch(start) {
-                Ok(w) => w,
+                // The cache must see every change and a re-list costs it
+                // every object: it holds the history through a burst.
+                Ok(mut w) => {
+                    w.hold();
+                    w
+                }
                 Err(e) => {
                     log::warn!("cache: watch from {start}: {e}; re-listing");
                     continue;

@@ -4,6 +4,13 @@
 //! costs no memory beyond the history itself; one that falls out of it gets
 //! `Expired` (and must re-list), as with etcd compaction.
 //!
+//! A watcher may hold the history ([`Watch::hold`]): events it has not
+//! read stay past the capacity, up to [`HELD`] times it, so the
+//! controllers' cache rides out a burst (a version for 10,000 robots is
+//! 20,000 changes in seconds) instead of falling out and re-listing every
+//! object, which costs far more than the events kept meanwhile. Once it
+//! has caught up, the next publish trims the history back.
+//!
 //! A writer waiting for its own change to come back (etcd's echo) waits
 //! on its revision alone: a publish wakes only the writers whose revision
 //! it reached. (Waiting on the latest-revision signal woke every waiting
@@ -19,6 +26,10 @@ use tokio::sync::{oneshot, watch};
 /// Events a watcher takes from the history per lock.
 const BATCH: usize = 256;
 
+/// How far past its capacity the history grows for a watcher that holds
+/// it ([`Watch::hold`]): a bound on the memory a slow holder may cost.
+pub const HELD: usize = 4;
+
 pub struct EventLog {
     inner: Mutex<Inner>,
     latest: watch::Sender<u64>,
@@ -27,6 +38,9 @@ pub struct EventLog {
 struct Inner {
     history: VecDeque<Event>,
     capacity: usize,
+    /// Holding watchers (by id): the last revision each has read.
+    holds: BTreeMap<u64, u64>,
+    next_hold: u64,
     /// Changes at or below this revision are no longer kept.
     compacted: u64,
     /// The highest revision published (or reset to).
@@ -36,6 +50,22 @@ struct Inner {
 }
 
 impl Inner {
+    /// Drop events beyond the capacity, except those a holder has not
+    /// read yet, while the history stays within HELD times the capacity.
+    fn trim(&mut self) {
+        let held = self.holds.values().min().copied();
+        let most = self.capacity.saturating_mul(HELD);
+        while self.history.len() > self.capacity {
+            let unread = held.is_some_and(|h| self.history.front().is_some_and(|e| e.revision > h));
+            if unread && self.history.len() <= most {
+                break;
+            }
+            if let Some(old) = self.history.pop_front() {
+                self.compacted = old.revision;
+            }
+        }
+    }
+
     /// `rev` is published: the waiters it reached, to wake once unlocked.
     fn reached(&mut self, rev: u64) -> BTreeMap<u64, Vec<oneshot::Sender<()>>> {
         self.latest = self.latest.max(rev);
@@ -62,6 +92,8 @@ impl EventLog {
             inner: Mutex::new(Inner {
                 history: VecDeque::new(),
                 capacity: capacity.max(1),
+                holds: BTreeMap::new(),
+                next_hold: 0,
                 compacted: start,
                 latest: start,
                 waiting: BTreeMap::new(),
@@ -92,11 +124,7 @@ impl EventLog {
                 latest = Some(event.revision);
                 inner.history.push_back(event);
             }
-            while inner.history.len() > inner.capacity {
-                if let Some(old) = inner.history.pop_front() {
-                    inner.compacted = old.revision;
-                }
-            }
+            inner.trim();
             latest.map(|rev| inner.reached(rev))
         };
         if let Some(rev) = latest {
@@ -160,13 +188,15 @@ impl EventLog {
             rx: self.latest.subscribe(),
             buffer: VecDeque::new(),
             last: if shared { from - 1 } else { from },
+            hold: None,
         })
     }
 
     /// About BATCH events after `after` (never splitting a revision), or
-    /// Expired if they are gone.
-    fn read_after(&self, after: u64, into: &mut VecDeque<Event>) -> Result<(), StoreError> {
-        let inner = self.lock();
+    /// Expired if they are gone. A holder's (`hold`) position moves to
+    /// the last event read.
+    fn read_after(&self, after: u64, into: &mut VecDeque<Event>, hold: Option<u64>) -> Result<(), StoreError> {
+        let mut inner = self.lock();
         if after < inner.compacted {
             return Err(StoreError::Expired {
                 requested: after,
@@ -180,6 +210,10 @@ impl EventLog {
             end += 1;
         }
         into.extend(h.range(start..end).cloned());
+        let read = into.back().map_or(after, |e| e.revision.max(after));
+        if let Some(pos) = hold.and_then(|id| inner.holds.get_mut(&id)) {
+            *pos = read;
+        }
         Ok(())
     }
 }
@@ -191,9 +225,33 @@ pub struct Watch {
     rx: watch::Receiver<u64>,
     buffer: VecDeque<Event>,
     last: u64,
+    /// This watcher's hold on the history, if it took one.
+    hold: Option<u64>,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if let Some(id) = self.hold {
+            self.log.lock().holds.remove(&id);
+        }
+    }
 }
 
 impl Watch {
+    /// Keep the events this watcher has not read in the history, up to
+    /// [`HELD`] times its capacity (see the module doc). For the one
+    /// in-process consumer that must see every change and pays most for
+    /// a re-list: the controllers' cache.
+    pub fn hold(&mut self) {
+        let mut inner = self.log.lock();
+        if self.hold.is_none() {
+            let id = inner.next_hold;
+            inner.next_hold += 1;
+            inner.holds.insert(id, self.last);
+            self.hold = Some(id);
+        }
+    }
+
     /// The next change. `Expired` if this watcher fell so far behind that
     /// the changes it needs left the history (the caller must re-list).
     pub async fn next(&mut self) -> Result<Event, StoreError> {
@@ -205,7 +263,7 @@ impl Watch {
             // Mark the signal seen *before* reading, so a publish after
             // the read wakes us.
             self.rx.borrow_and_update();
-            self.log.read_after(self.last, &mut self.buffer)?;
+            self.log.read_after(self.last, &mut self.buffer, self.hold)?;
             if self.buffer.is_empty() && self.rx.changed().await.is_err() {
                 return Err(StoreError::Backend("store closed".into()));
             }
@@ -278,7 +336,7 @@ mod tests {
         assert!(seen[1..301].iter().all(|(_, r)| *r == 2));
         assert_eq!(seen[301], ("last".to_string(), 3));
         let mut buffer = VecDeque::new();
-        log.read_after(1, &mut buffer).unwrap();
+        log.read_after(1, &mut buffer, None).unwrap();
         assert_eq!(
             buffer.len(),
             300,
@@ -300,6 +358,49 @@ mod tests {
             3,
             "a revision of one change is not repeated"
         );
+    }
+
+    /// A watcher that holds the history is not expired by a burst past the
+    /// capacity, up to HELD times it (others read what it kept); once the
+    /// holder has read, the next publish trims back to the capacity; and a
+    /// dropped holder holds nothing.
+    #[test]
+    fn a_holding_watcher_rides_out_a_burst_within_its_bound() {
+        let log = EventLog::new(10, 0);
+        let mut held = log.watch(0).unwrap();
+        held.hold();
+        for rev in 1..=35 {
+            log.publish(event(&format!("t{rev}"), rev));
+        }
+        assert_eq!(log.lock().history.len(), 35, "kept for the holder");
+        let seen = drain(&mut held, 35);
+        assert_eq!(
+            seen.iter().map(|(_, r)| *r).collect::<Vec<_>>(),
+            (1..=35).collect::<Vec<_>>()
+        );
+        log.publish(event("next", 36));
+        assert_eq!(log.lock().history.len(), 10, "trimmed once read");
+
+        // Past HELD times the capacity the holder is expired like anyone.
+        for rev in 37..=37 + (10 * HELD) as u64 {
+            log.publish(event(&format!("t{rev}"), rev));
+        }
+        assert_eq!(log.lock().history.len(), 10 * HELD);
+        assert!(matches!(drain_result(&mut held), Err(StoreError::Expired { .. })));
+
+        drop(held);
+        log.publish(event("last", 100));
+        assert_eq!(log.lock().history.len(), 10, "a dropped holder holds nothing");
+        assert!(log.lock().holds.is_empty());
+        assert!(matches!(log.watch(50), Err(StoreError::Expired { .. })));
+    }
+
+    fn drain_result(w: &mut Watch) -> Result<Event, StoreError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(w.next())
     }
 
     /// A writer waits for its own revision: a publish below it leaves it
