@@ -545,7 +545,9 @@ impl Agents {
         ask: Ask,
         link: Option<&Link>,
     ) -> Result<AssignmentsView, Status> {
-        let fresh_for = self.heartbeat(id).await?;
+        // The heartbeat writes are boxed: inline, their futures would size
+        // this one, which every robot keeps for its whole held poll.
+        let fresh_for = Box::pin(self.heartbeat(id)).await?;
         let interval = self.hub.fleet.poll_interval();
         let offline_after = self.hub.fleet.offline_after();
         let timing = HoldTiming::for_offline_after(offline_after);
@@ -600,7 +602,7 @@ impl Agents {
                     break;
                 }
                 fresh_for = match held.map(Link::ack_age) {
-                    None => self.heartbeat(id).await?,
+                    None => Box::pin(self.heartbeat(id)).await?,
                     Some(Ok(ago)) if ago < offline_after => {
                         let seen = std::time::Instant::now()
                             .checked_sub(ago)
@@ -611,7 +613,7 @@ impl Agents {
                         // Offline, while its link is down.
                         if counted.is_none_or(|before| before.checked_add(SAME_ACK).is_none_or(|b| seen > b)) {
                             counted = Some(seen);
-                            self.heartbeat_seen(id, seen).await?
+                            Box::pin(self.heartbeat_seen(id, seen)).await?
                         } else {
                             timing.check
                         }

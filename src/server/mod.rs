@@ -304,13 +304,11 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     };
     // The peer address (the audit log's sourceIPs) and the connection
     // (held long polls watch it).
-    let agents = axum::serve(
+    let agents = http::agent_listener::serve(
         robot_channel::link::AgentListener(agent_listener),
-        http::agent_router(app.clone())
-            .layer(axum::middleware::map_request(robot_channel::link::insert_link))
-            .into_make_service_with_connect_info::<robot_channel::link::AgentPeer>(),
-    )
-    .with_graceful_shutdown(until_stopped(stopped.clone()));
+        http::agent_router(app.clone()),
+        until_stopped(stopped.clone()),
+    );
     let api = async {
         match https {
             Some((_, https)) => {
@@ -335,7 +333,11 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         }
         .map_err(ServeError::Serve)
     };
-    let served = tokio::try_join!(api, async { agents.await.map_err(ServeError::Serve) }).map(|_| ());
+    let served = tokio::try_join!(api, async {
+        agents.await;
+        Ok(())
+    })
+    .map(|_| ());
     if let Some(e) = &backend.election {
         e.resign().await;
     }

@@ -61,78 +61,98 @@ pub async fn robot_channel(State(app): State<AppState>, req: Request, next: Next
     };
     let channel = &app.agents.channel;
     channel.keys.refresh().await;
-    let (mut parts, body) = req.into_parts();
-    let request_sig = request_proof(&parts.headers);
-    let named = parts
-        .headers
+    let request_sig = request_proof(req.headers());
+    let named = req
+        .headers()
         .get(wire::SERVER_KEY)
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim().to_string());
-    let target = parts
-        .uri
-        .path_and_query()
-        .map(|pq| pq.as_str().to_string())
-        .unwrap_or_else(|| parts.uri.path().to_string());
-    let what = format!("{} {}", parts.method, parts.uri.path());
-    let mut seal_to = None;
-    let response = match axum::body::to_bytes(body, MAX_BODY).await {
-        Err(_) => Status::too_large(format!("the request body is larger than {MAX_BODY} bytes")).into_response(),
-        Ok(bytes) => match SignedRequest::parse(parts.method.as_str(), &target, &parts.headers, &bytes) {
-            Err(refusal) => {
-                let name = robot.clone().unwrap_or_else(|| claimed_name(&bytes));
-                channel.refuse(&name, &what, &refusal);
-                if robot.is_none() && sends_join_token(&bytes) {
-                    super::agent::old_agent().into_response()
-                } else {
-                    refusal_status(&refusal).into_response()
-                }
-            }
-            Ok(signed) => match &robot {
-                None if signed.session.is_some() => {
-                    let refusal = Refusal::Session("registration is signed".into());
-                    channel.refuse(&claimed_name(&bytes), &what, &refusal);
-                    refusal_status(&refusal).into_response()
-                }
-                None => {
-                    parts.extensions.insert(signed);
-                    next.run(Request::from_parts(parts, Body::from(bytes))).await
-                }
-                Some(name) => {
-                    let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-                    match channel.verify(name, &signed, content_type, &bytes).await {
-                        Err(refusal) => {
-                            channel.refuse(name, &what, &refusal);
-                            refusal_status(&refusal).into_response()
-                        }
-                        Ok(v) => {
-                            seal_to = Some((v.robot.keys.clone(), name.clone(), v.session));
-                            // The handler reads the opened body as JSON.
-                            parts.headers.remove(header::CONTENT_TYPE);
-                            parts
-                                .headers
-                                .insert(header::CONTENT_LENGTH, HeaderValue::from(v.body.len()));
-                            if !v.body.is_empty() {
-                                parts
-                                    .headers
-                                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                            }
-                            parts.extensions.insert::<Arc<Robot>>(v.robot);
-                            next.run(Request::from_parts(parts, Body::from(v.body))).await
-                        }
-                    }
-                }
-            },
-        },
+    // Opening and signing are boxed, and only what signing needs is kept
+    // across the handler: every robot keeps this future for its whole
+    // held poll (3.8 KB inline, ≈ 0.9 KB so).
+    let (opened, seal_to) = Box::pin(open(channel, robot.as_deref(), req)).await;
+    let response = match opened {
+        Ok(req) => next.run(req).await,
+        Err(refused) => refused,
     };
-    sign(
+    Box::pin(sign(
         channel,
         response,
         named.as_deref(),
         &request_sig,
         seal_to,
         robot.is_none(),
-    )
+    ))
     .await
+}
+
+/// Whom a robot's 200 answer is sealed to: its keys, its name and the
+/// session its request came in.
+type SealTo = (PublicKeys, String, Option<SessionKeys>);
+
+/// A request on the channel's paths as its handler reads it (its body
+/// opened, the robot verified and attached), or the answer refusing it;
+/// and whom a 200 answer is sealed to. `robot`: the name in the path, None
+/// for a registration.
+async fn open(channel: &Channel, robot: Option<&str>, req: Request) -> (Result<Request, Response>, Option<SealTo>) {
+    let (mut parts, body) = req.into_parts();
+    let target = parts
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str().to_string())
+        .unwrap_or_else(|| parts.uri.path().to_string());
+    let what = format!("{} {}", parts.method, parts.uri.path());
+    let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(bytes) => bytes,
+        Err(_) => {
+            let too_large = Status::too_large(format!("the request body is larger than {MAX_BODY} bytes"));
+            return (Err(too_large.into_response()), None);
+        }
+    };
+    let signed = match SignedRequest::parse(parts.method.as_str(), &target, &parts.headers, &bytes) {
+        Ok(signed) => signed,
+        Err(refusal) => {
+            let name = robot.map_or_else(|| claimed_name(&bytes), str::to_string);
+            channel.refuse(&name, &what, &refusal);
+            let answer = if robot.is_none() && sends_join_token(&bytes) {
+                super::agent::old_agent().into_response()
+            } else {
+                refusal_status(&refusal).into_response()
+            };
+            return (Err(answer), None);
+        }
+    };
+    let Some(name) = robot else {
+        if signed.session.is_some() {
+            let refusal = Refusal::Session("registration is signed".into());
+            channel.refuse(&claimed_name(&bytes), &what, &refusal);
+            return (Err(refusal_status(&refusal).into_response()), None);
+        }
+        parts.extensions.insert(signed);
+        return (Ok(Request::from_parts(parts, Body::from(bytes))), None);
+    };
+    let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    match channel.verify(name, &signed, content_type, &bytes).await {
+        Err(refusal) => {
+            channel.refuse(name, &what, &refusal);
+            (Err(refusal_status(&refusal).into_response()), None)
+        }
+        Ok(v) => {
+            let seal_to = Some((v.robot.keys.clone(), name.to_string(), v.session));
+            // The handler reads the opened body as JSON.
+            parts.headers.remove(header::CONTENT_TYPE);
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(v.body.len()));
+            if !v.body.is_empty() {
+                parts
+                    .headers
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            }
+            parts.extensions.insert::<Arc<Robot>>(v.robot);
+            (Ok(Request::from_parts(parts, Body::from(v.body))), seal_to)
+        }
+    }
 }
 
 /// Seal a 200 answer to the robot (when `seal_to`) and sign the answer with
@@ -143,7 +163,7 @@ async fn sign(
     response: Response,
     named: Option<&str>,
     request_sig: &[u8],
-    seal_to: Option<(PublicKeys, String, Option<SessionKeys>)>,
+    seal_to: Option<SealTo>,
     register: bool,
 ) -> Response {
     let session = seal_to.as_ref().and_then(|(_, _, s)| s.clone());

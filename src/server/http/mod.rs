@@ -4,7 +4,7 @@
 //! [`Status`] objects.
 
 mod agent;
-mod agent_listener;
+pub mod agent_listener;
 mod channel;
 mod core_view;
 mod discovery;

@@ -13,15 +13,13 @@
 //! bytes on the wire, against ≈ 1 KB for a poll), and the poll counts the
 //! robot alive as long as the last acknowledgement ([`Link::ack_age`],
 //! `TCP_INFO`) is recent. Each connection's [`Link`] reaches the handlers
-//! as a request extension ([`AgentPeer`], [`insert_link`]).
+//! as a request extension ([`AgentPeer`]).
 //!
 //! The [`Link`] and hyper share the connection's one socket
 //! ([`SharedTcp`]): a duplicate descriptor per connection would make two
 //! open files per robot, and a server's open-file limit is what caps its
 //! fleet first.
 
-use axum::extract::ConnectInfo;
-use axum::serve::Listener;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
@@ -133,29 +131,39 @@ pub struct AgentPeer {
     pub link: Option<Link>,
 }
 
-/// The agent listener: every accepted connection [`tune`]d, and its
-/// [`AgentPeer`] the connection's address (axum hands it to each request
-/// as `ConnectInfo<AgentPeer>`).
+/// The agent listener: every accepted connection [`tune`]d, with its
+/// [`AgentPeer`] (served by `http::agent_listener::serve`).
 pub struct AgentListener(pub TcpListener);
 
-impl Listener for AgentListener {
-    type Io = SharedTcp;
-    type Addr = AgentPeer;
-
-    async fn accept(&mut self) -> (SharedTcp, AgentPeer) {
-        let (mut tcp, addr) = Listener::accept(&mut self.0).await;
-        tune(&mut tcp);
-        let tcp = Arc::new(tcp);
-        let link = Some(Link::of(&tcp));
-        (SharedTcp(tcp), AgentPeer { addr, link })
+impl AgentListener {
+    /// The next connection. Errors that concern one connection are skipped;
+    /// others (out of descriptors) are retried after a pause, as
+    /// `axum::serve` does, so a full table never spins the loop.
+    pub async fn accept(&self) -> (SharedTcp, AgentPeer) {
+        loop {
+            match self.0.accept().await {
+                Ok((mut tcp, addr)) => {
+                    tune(&mut tcp);
+                    let tcp = Arc::new(tcp);
+                    let link = Some(Link::of(&tcp));
+                    return (SharedTcp(tcp), AgentPeer { addr, link });
+                }
+                Err(e) if is_connection_error(&e) => {}
+                Err(e) => {
+                    log::error!("agent listener: accepting: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
     }
+}
 
-    fn local_addr(&self) -> std::io::Result<AgentPeer> {
-        Ok(AgentPeer {
-            addr: self.0.local_addr()?,
-            link: None,
-        })
-    }
+/// An accept error about the one connection (gone before it was taken).
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+    )
 }
 
 /// An accepted connection as hyper reads and writes it, through a shared
@@ -222,28 +230,6 @@ impl AsyncWrite for SharedTcp {
             other => other.map_err(io::Error::from),
         })
     }
-}
-
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, AgentListener>> for AgentPeer {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, AgentListener>) -> Self {
-        stream.remote_addr().clone()
-    }
-}
-
-/// Give each request the plain peer address (as the other listeners do)
-/// and its connection's [`Link`].
-pub async fn insert_link(mut req: axum::extract::Request) -> axum::extract::Request {
-    let peer = req
-        .extensions()
-        .get::<ConnectInfo<AgentPeer>>()
-        .map(|ConnectInfo(p)| p.clone());
-    if let Some(peer) = peer {
-        req.extensions_mut().insert(ConnectInfo(peer.addr));
-        if let Some(link) = peer.link {
-            req.extensions_mut().insert(link);
-        }
-    }
-    req
 }
 
 #[cfg(test)]
