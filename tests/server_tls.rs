@@ -194,6 +194,8 @@ fn the_agent_listener_serves_the_agent_protocol_only() {
         "/version",
         "/metrics",
         "/api",
+        "/apis/",
+        "/ui/",
         "/agent/v1/jointokens",
         "/openapi/v3",
     ] {
@@ -207,6 +209,18 @@ fn the_agent_listener_serves_the_agent_protocol_only() {
     let r = s.agent_json("POST", "/agent/v1/jointokens", &json!({}), &[]);
     assert_eq!(r.status, 404, "{}", r.body);
     assert!(s.object("jobs", "sneaky").is_none());
+    // HTTP/1.1 only: an HTTP/2 client (prior knowledge) gets no HTTP/2.
+    let addr = s.agent_base.trim_start_matches("http://");
+    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").unwrap();
+    let mut answer = Vec::new();
+    let _ = tcp.read_to_end(&mut answer);
+    assert!(
+        answer.is_empty() || answer.starts_with(b"HTTP/1.1 "),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
     // The HTTPS listener serves the agent protocol too.
     let p = robot.prepare("GET", "/agent/v1/robots/r1/assignments?wait=0s", None);
     let headers: Vec<(&str, &str)> = p.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();

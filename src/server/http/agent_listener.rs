@@ -2,7 +2,8 @@
 //! protocol and nothing else. Robots have no TLS stack (size is the point),
 //! so this listener carries only what the robot channel authenticates end
 //! to end; the Kubernetes API, join-token administration and metrics stay
-//! on HTTPS. The HTTPS listener serves the agent protocol too.
+//! on HTTPS. The HTTPS listener serves the agent protocol too. The routes
+//! are `super::agent_router`'s.
 //!
 //! And how ([`serve`]): HTTP/1.1 only (agents speak nothing else), with
 //! hyper's read buffer held to its least, 8 KiB. Each robot keeps a
@@ -11,11 +12,9 @@
 //! buffer settings) let the read buffer grow to 16 KiB on every agent
 //! connection (heaptrack, 2,000 idle robots: 32 MiB of 180).
 
-use super::AppState;
 use crate::server::robot_channel::link::{AgentListener, AgentPeer};
-use crate::server::status::Status;
 use axum::extract::ConnectInfo;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Router;
 use std::future::Future;
 use tower::ServiceExt;
@@ -28,19 +27,6 @@ const READ_BUFFER: usize = 8192;
 /// serves (a new agent endpoint is one line here).
 pub fn is_robot_channel(path: &str) -> bool {
     path == "/agent/v1/register" || path.starts_with("/agent/v1/robots/")
-}
-
-/// The whole router, with every path outside the agent protocol 404.
-pub fn agent_router(app: AppState) -> Router {
-    super::router(app).layer(axum::middleware::from_fn(only_robot_channel))
-}
-
-async fn only_robot_channel(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    if is_robot_channel(req.uri().path()) {
-        next.run(req).await
-    } else {
-        Status::path_not_found(req.uri().path()).into_response()
-    }
 }
 
 /// Serve `router` to every connection `listener` accepts until `stop`

@@ -17,7 +17,7 @@ mod reviews;
 pub mod table;
 mod watch;
 
-pub use agent_listener::{agent_router, is_robot_channel};
+pub use agent_listener::is_robot_channel;
 
 use crate::server::agents::Agents;
 use crate::server::limits::Limits;
@@ -96,18 +96,52 @@ pub fn router_with(app: AppState, pages: Router) -> Router {
     // panic anywhere below (middleware included) must become a 500.
     // The robot channel signs every answer on its paths, a panic's 500
     // too: it sits between two panic containers.
-    Router::new()
+    let inner = Router::new()
         .merge(pages)
         .fallback_service(routes(app.clone()))
-        .layer(axum::middleware::from_fn(without_trailing_slash))
+        .layer(axum::middleware::from_fn(without_trailing_slash));
+    around_all(inner, app)
+}
+
+/// What every listener puts around all it serves: the robot channel, which
+/// signs every answer on its paths, a panic's 500 too (it sits between two
+/// panic containers).
+fn around_all(inner: Router, app: AppState) -> Router {
+    inner
         .layer(axum::middleware::from_fn(contain_panics))
         .layer(axum::middleware::from_fn_with_state(app, channel::robot_channel))
         .layer(axum::middleware::from_fn(contain_panics))
 }
 
+/// The robot channel's routes, the one list of them ([`routes`] and the
+/// agent listener's [`agent_router`] serve them).
+fn robot_routes(r: Router<AppState>) -> Router<AppState> {
+    r.route("/agent/v1/register", post(agent::register))
+        .route("/agent/v1/robots/{name}/assignments", get(agent::assignments))
+        .route("/agent/v1/robots/{name}/status", post(agent::status))
+        .route("/agent/v1/robots/{name}/logs", post(agent::upload_log))
+}
+
+/// The agent listener's router: the robot channel's routes and nothing
+/// else (every other path 404), behind the layers that act on them. The
+/// API's other layers pass the channel's requests through untouched (the
+/// guard leaves their authentication to the channel, the channel bounds
+/// their bodies before the size check would, and no discovery path has a
+/// slash to drop), and each layer costs every robot a boxed future for as
+/// long as its poll is held.
+pub fn agent_router(app: AppState) -> Router {
+    let routes = robot_routes(Router::new())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(require_known_body_type))
+        .with_state(app.clone());
+    around_all(routes, app)
+}
+
 fn routes(app: AppState) -> Router {
     let g = GV;
-    let mut r = Router::new()
+    let mut r = robot_routes(Router::new())
         .route(
             "/version",
             get(|| async { json(StatusCode::OK, &discovery::version()) }),
@@ -175,7 +209,6 @@ fn routes(app: AppState) -> Router {
         .route("/api/v1/nodes", get(core_view::list_nodes))
         .route("/api/v1/nodes/{name}", get(core_view::get_node))
         .route("/api/v1/namespaces/{ns}/events", get(events::list_ns))
-        .route("/agent/v1/register", post(agent::register))
         .route(
             "/agent/v1/jointokens",
             post(agent::create_join_token).get(agent::list_join_tokens),
@@ -185,9 +218,6 @@ fn routes(app: AppState) -> Router {
         .route("/agent/v1/robottokens/{name}", delete(agent::reset_robot))
         .route("/agent/v1/serverkeys", get(agent::list_server_keys))
         .route("/agent/v1/serverkeys/rotate", post(agent::rotate_server_keys))
-        .route("/agent/v1/robots/{name}/assignments", get(agent::assignments))
-        .route("/agent/v1/robots/{name}/status", post(agent::status))
-        .route("/agent/v1/robots/{name}/logs", post(agent::upload_log))
         .route(
             &format!("{g}/namespaces/{{ns}}/{{plural}}/{{name}}/log"),
             get(agent::task_log),
