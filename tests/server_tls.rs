@@ -213,7 +213,8 @@ fn the_agent_listener_serves_the_agent_protocol_only() {
     let addr = s.agent_base.trim_start_matches("http://");
     let mut tcp = std::net::TcpStream::connect(addr).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").unwrap();
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .unwrap();
     let mut answer = Vec::new();
     let _ = tcp.read_to_end(&mut answer);
     assert!(

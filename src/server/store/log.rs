@@ -239,7 +239,7 @@ impl Drop for Watch {
 
 impl Watch {
     /// Keep the events this watcher has not read in the history, up to
-    /// [`HELD`] times its capacity (see the module doc). For the one
+    /// `HELD` (4) times its capacity (see the module doc). For the one
     /// in-process consumer that must see every change and pays most for
     /// a re-list: the controllers' cache.
     pub fn hold(&mut self) {
