@@ -510,3 +510,51 @@ fn discovery_paths_answer_with_a_trailing_slash() {
     assert_eq!(s.request("GET", "/nothing/", "", None, &admin).status, 404);
     still_serving(&s);
 }
+
+/// SIGTERM while robots hold polls (up to `--poll-hold`, an hour by
+/// default) and an operator watches: the server answers the polls at
+/// once, ends the watch and exits, rather than waiting out every poll and
+/// watch (the service manager would kill it first).
+#[test]
+fn a_stopping_server_answers_held_polls_and_exits() {
+    let mut s = Server::start_with(&["--poll-interval", "20s"]);
+    let watch = s.read_to_end(&format!("{JOBS}?watch=true&timeoutSeconds=600"));
+    wait_for("the watch to open", Duration::from_secs(20), || {
+        (s.metric("k8s4r_watches_open") == 1).then_some(())
+    });
+    let join = s.join_token();
+    let mut robot = Robot::register(&s, &join, "held", json!({}));
+    robot.poll("0s");
+    let poll = robot.prepare(
+        "GET",
+        &format!("/agent/v1/robots/held/assignments?since={}&wait=600s", robot.since),
+        None,
+    );
+    let pid = s.pid().unwrap();
+    let answer = std::thread::scope(|scope| {
+        let (robot, poll) = (&robot, &poll);
+        let answer = scope.spawn(move || robot.send_raw(poll, &[]));
+        wait_for("the poll to wait", Duration::from_secs(20), || {
+            (s.metric("k8s4r_long_polls_open") == 1).then_some(())
+        });
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(pid as i32).unwrap(),
+            rustix::process::Signal::TERM,
+        )
+        .unwrap();
+        // Not a timing claim: a server that waits for the poll would
+        // take its 600 s; 30 s is far beyond a prompt answer.
+        wait_for("the server to exit", Duration::from_secs(30), || {
+            s.has_exited().then_some(())
+        });
+        answer.join().unwrap()
+    });
+    assert!(robot.verify(&poll, &answer).is_ok(), "{}", answer.body);
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    // The watch ended as HTTP ends a body, not cut by the stop's grace.
+    let ended = watch.recv_timeout(Duration::from_secs(10)).expect("the watch to end");
+    assert_eq!(ended, Ok(()), "the watch was cut");
+    drop(robot);
+    let status = s.reap().unwrap();
+    assert!(status.success(), "{status:?}");
+}

@@ -48,6 +48,10 @@ pub struct Agents {
     pub polls: PollSlots,
     /// The agent release key's public half (hex), `--release-public-key`.
     pub release_key: Option<String>,
+    /// True once the server is stopping: held polls answer at once (a
+    /// graceful stop waits for every answer, and a poll may be held for
+    /// an hour).
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// How long an operator's log request waits for the robot's answer.
@@ -576,7 +580,8 @@ impl Agents {
         tokio::pin!(notified);
         notified.as_mut().enable();
         let rev = self.hub.fleet.revision(&id.namespace, &id.name);
-        if rev <= since && !wait.is_zero() && !self.logs.broker.has_unsent(&id.namespace, &id.name) {
+        let stopping = *self.stopping.borrow();
+        if rev <= since && !wait.is_zero() && !stopping && !self.logs.broker.has_unsent(&id.namespace, &id.name) {
             // The robot holding its poll open is alive: its stored heartbeat
             // is refreshed when it falls due during the wait, not only when
             // the robot comes back (that could be a whole wait too late).
@@ -590,15 +595,18 @@ impl Agents {
             // is news (the kernel's clock for it ticks in milliseconds, so
             // the same one read twice differs by a few).
             let mut counted: Option<std::time::Instant> = None;
+            let stop = crate::server::stopped_signal(self.stopping.clone());
+            tokio::pin!(stop);
             loop {
                 let next = match held {
                     Some(_) => fresh_for.min(timing.check),
                     None => fresh_for,
                 };
-                if tokio::time::timeout_at(after(next).min(end), notified.as_mut())
-                    .await
-                    .is_ok()
-                {
+                let woken = tokio::select! {
+                    changed = tokio::time::timeout_at(after(next).min(end), notified.as_mut()) => changed.is_ok(),
+                    () = stop.as_mut() => true,
+                };
+                if woken {
                     break;
                 }
                 fresh_for = match held.map(Link::ack_age) {

@@ -232,6 +232,9 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         .map_err(ServeError::ServerKeys)?;
     let tokens = Arc::new(tokens::Tokens::new(store));
     let channel = robot_channel::Channel::new(server_keys, tokens.clone(), cfg.robot_clock_skew);
+    // Set on SIGTERM or SIGINT: the listeners stop accepting and answer
+    // what they hold (held polls at once), then the server exits.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
     let app = Arc::new(http::App {
         authn,
         audit,
@@ -247,8 +250,10 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
             limits: cfg.limits.clone(),
             polls: poll_slots::PollSlots::default(),
             release_key: cfg.release_public_key.clone(),
+            stopping: stopped.clone(),
         },
         watch_slots: Arc::new(tokio::sync::Semaphore::new(cfg.limits.watches)),
+        stopping: stopped.clone(),
         limits: cfg.limits.clone(),
         test_panic_route: cfg.test_panic_route,
     });
@@ -294,14 +299,11 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         backend.describe,
         kubeconfig.display()
     );
-    let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown().await;
         let _ = stop.send(true);
     });
-    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
+    let until_stopped = stopped_signal;
     // The peer address (the audit log's sourceIPs) and the connection
     // (held long polls watch it).
     let agents = http::agent_listener::serve(
@@ -333,11 +335,27 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         }
         .map_err(ServeError::Serve)
     };
-    let served = tokio::try_join!(api, async {
-        agents.await;
-        Ok(())
-    })
-    .map(|_| ());
+    let both = async {
+        tokio::try_join!(api, async {
+            agents.await;
+            Ok(())
+        })
+        .map(|_| ())
+    };
+    // What the stop could not end by itself (a log stream, a dashboard
+    // page's live updates) is cut after a grace: no request keeps a
+    // stopping server up.
+    let grace = async {
+        stopped_signal(stopped.clone()).await;
+        tokio::time::sleep(STOP_GRACE).await;
+    };
+    let served = tokio::select! {
+        served = both => served,
+        () = grace => {
+            log::warn!("stopping: requests still open after {STOP_GRACE:?} are cut");
+            Ok(())
+        }
+    };
     if let Some(e) = &backend.election {
         e.resign().await;
     }
@@ -475,6 +493,17 @@ async fn open_stores(cfg: &Config) -> Result<Backend, ServeError> {
         election: Some(election),
         describe: format!("etcd {}", endpoints.describe()),
     })
+}
+
+/// How long a stopping server waits for the requests it still serves.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Completes once `stopped` turns true (SIGTERM or SIGINT); never if its
+/// sender is gone without (nothing will stop the server through it).
+pub async fn stopped_signal(mut stopped: tokio::sync::watch::Receiver<bool>) {
+    if stopped.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 async fn shutdown() {

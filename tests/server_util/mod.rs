@@ -13,7 +13,7 @@ use k8s4r::api::robot_channel::JoinToken;
 use k8s4r::server::ready::{self, Ready};
 pub use k8s4r::server::robot_channel::client::{Prepared, RobotSession};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -243,6 +243,24 @@ impl Server {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// Whether the server's process has ended (a zombie not yet reaped),
+    /// read from /proc so robots borrowing the server can keep it.
+    pub fn has_exited(&self) -> bool {
+        let Some(pid) = self.pid() else { return true };
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|stat| {
+                stat.rsplit(')')
+                    .next()
+                    .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(true)
+    }
+
+    /// Reap the server's ended process: its exit status.
+    pub fn reap(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.take()?.wait().ok()
+    }
+
     /// SIGKILL the server and leave it dead.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -413,6 +431,31 @@ impl Server {
                     break;
                 }
             }
+        });
+        rx
+    }
+
+    /// Read a long response (a watch) to its end on another thread: Ok
+    /// once its body ended as HTTP ends one, Err if the connection was cut.
+    pub fn read_to_end(&self, path: &str) -> mpsc::Receiver<Result<(), String>> {
+        let url = self.url(path);
+        let auth = self.auth_header();
+        let (tx, rx) = mpsc::channel();
+        let client = self.client.clone();
+        std::thread::spawn(move || {
+            let mut req = client.get(&url);
+            if let Some((k, v)) = auth {
+                req = req.header(k, v);
+            }
+            let ended = req.call().map_err(|e| e.to_string()).and_then(|resp| {
+                let mut body = Vec::new();
+                resp.into_body()
+                    .into_reader()
+                    .read_to_end(&mut body)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            });
+            let _ = tx.send(ended);
         });
         rx
     }

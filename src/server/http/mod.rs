@@ -49,6 +49,9 @@ pub struct App {
     pub limits: Limits,
     /// One permit per open watch (`limits.watches` in all).
     pub watch_slots: Arc<tokio::sync::Semaphore>,
+    /// True once the server is stopping: watches end (the client watches
+    /// again, on another replica or after the restart).
+    pub stopping: tokio::sync::watch::Receiver<bool>,
     /// Serve `GET /debug/panic`, a handler that panics: for tests of panic
     /// containment only (`K8S4R_TEST_PANIC_ROUTE=1`), never in production.
     pub test_panic_route: bool,

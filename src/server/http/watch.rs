@@ -55,6 +55,8 @@ struct Stream {
     done: bool,
     /// This watch's place under `--max-watches`, freed when it ends.
     _permit: tokio::sync::OwnedSemaphorePermit,
+    /// The server's stop: the watch ends.
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Sleep until `at`; forever when there is no such time.
@@ -150,6 +152,7 @@ impl Stream {
                 Some(Some(event_line("BOOKMARK", &obj)))
             },
             () = until(self.deadline) => None,
+            () = crate::server::stopped_signal(self.stopping.clone()) => None,
         }
     }
 
@@ -212,6 +215,7 @@ pub async fn serve(
         deadline: timeout.and_then(time::deadline_in),
         done: false,
         _permit: permit,
+        stopping: app.stopping.clone(),
     };
     let stream = futures_util::stream::unfold(state, |mut st| async move {
         st.next_chunk().await.map(|b| (Ok::<_, Infallible>(b), st))
