@@ -413,20 +413,27 @@ fn send(
 }
 
 impl Server {
-    /// Stream the lines of a long response (a watch) into a channel.
-    pub fn stream(&self, path: &str) -> mpsc::Receiver<String> {
+    /// GET `path` as the admin on another thread, handing the answer's
+    /// body (or the failure) to `read` there: for long responses (watches).
+    fn get_on_thread(&self, path: &str, read: impl FnOnce(Result<ureq::Body, String>) + Send + 'static) {
         let url = self.url(path);
         let auth = self.auth_header();
-        let (tx, rx) = mpsc::channel();
         let client = self.client.clone();
         std::thread::spawn(move || {
             let mut req = client.get(&url);
             if let Some((k, v)) = auth {
                 req = req.header(k, v);
             }
-            let resp = req.call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
-            let reader = BufReader::new(resp.into_body().into_reader());
-            for line in reader.lines().map_while(Result::ok) {
+            read(req.call().map(|r| r.into_body()).map_err(|e| format!("GET {url}: {e}")));
+        });
+    }
+
+    /// Stream the lines of a long response (a watch) into a channel.
+    pub fn stream(&self, path: &str) -> mpsc::Receiver<String> {
+        let (tx, rx) = mpsc::channel();
+        self.get_on_thread(path, move |body| {
+            let body = body.unwrap_or_else(|e| panic!("{e}"));
+            for line in BufReader::new(body.into_reader()).lines().map_while(Result::ok) {
                 if tx.send(line).is_err() {
                     break;
                 }
@@ -438,20 +445,12 @@ impl Server {
     /// Read a long response (a watch) to its end on another thread: Ok
     /// once its body ended as HTTP ends one, Err if the connection was cut.
     pub fn read_to_end(&self, path: &str) -> mpsc::Receiver<Result<(), String>> {
-        let url = self.url(path);
-        let auth = self.auth_header();
         let (tx, rx) = mpsc::channel();
-        let client = self.client.clone();
-        std::thread::spawn(move || {
-            let mut req = client.get(&url);
-            if let Some((k, v)) = auth {
-                req = req.header(k, v);
-            }
-            let ended = req.call().map_err(|e| e.to_string()).and_then(|resp| {
-                let mut body = Vec::new();
-                resp.into_body()
-                    .into_reader()
-                    .read_to_end(&mut body)
+        self.get_on_thread(path, move |body| {
+            let ended = body.and_then(|body| {
+                let mut all = Vec::new();
+                body.into_reader()
+                    .read_to_end(&mut all)
                     .map(|_| ())
                     .map_err(|e| e.to_string())
             });
