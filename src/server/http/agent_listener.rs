@@ -50,6 +50,7 @@ pub async fn serve(listener: AgentListener, router: Router, stop: impl Future<Ou
             http.max_buf_size(READ_BUFFER);
             let conn = http.serve_connection(hyper_util::rt::TokioIo::new(io), service);
             let mut conn = std::pin::pin!(conn);
+            let mut finishing = false;
             loop {
                 tokio::select! {
                     served = conn.as_mut() => {
@@ -58,8 +59,13 @@ pub async fn serve(listener: AgentListener, router: Router, stop: impl Future<Ou
                         }
                         break;
                     }
-                    // Changed (never sent) means the sender is gone.
-                    Err(_) = asked.changed() => conn.as_mut().graceful_shutdown(),
+                    // Nothing is ever sent: this completes when the sender
+                    // is dropped, and is not polled again after (a closed
+                    // channel answers at once, every time).
+                    _ = asked.changed(), if !finishing => {
+                        finishing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
                 }
             }
             drop(closed);
