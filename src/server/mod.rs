@@ -303,13 +303,12 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         shutdown().await;
         let _ = stop.send(true);
     });
-    let until_stopped = stopped_signal;
     // The peer address (the audit log's sourceIPs) and the connection
     // (held long polls watch it).
     let agents = http::agent_listener::serve(
         robot_channel::link::AgentListener(agent_listener),
         http::agent_router(app.clone()),
-        until_stopped(stopped.clone()),
+        stopped_signal(stopped.clone()),
     );
     let api = async {
         match https {
@@ -321,7 +320,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
                     .layer(axum::middleware::map_request(tls::listener::insert_cert_user))
                     .into_make_service_with_connect_info::<tls::listener::TlsPeer>();
                 axum::serve(tls, service)
-                    .with_graceful_shutdown(until_stopped(stopped.clone()))
+                    .with_graceful_shutdown(stopped_signal(stopped.clone()))
                     .await
             }
             None => {
@@ -329,7 +328,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
                     listener,
                     http::router_with(app.clone(), ui::router(app)).into_make_service_with_connect_info::<SocketAddr>(),
                 )
-                .with_graceful_shutdown(until_stopped(stopped.clone()))
+                .with_graceful_shutdown(stopped_signal(stopped.clone()))
                 .await
             }
         }
