@@ -4,6 +4,7 @@
 //! [`Status`] objects.
 
 mod agent;
+mod agent_http1;
 pub mod agent_listener;
 mod channel;
 mod core_view;

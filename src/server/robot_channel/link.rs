@@ -1,7 +1,7 @@
 //! The TCP side of the agent listener.
 //!
 //! Agents keep one connection open across requests (HTTP/1.1 keep-alive,
-//! which hyper serves by default and never times out here), so a robot
+//! which the agent listener never times out), so a robot
 //! that loses power or its link leaves a connection nothing will ever
 //! write to. TCP keepalive finds those: after [`IDLE`] without a byte,
 //! [`PROBES`] probes [`INTERVAL`] apart, then the kernel closes it.
@@ -15,7 +15,7 @@
 //! `TCP_INFO`) is recent. Each connection's [`Link`] reaches the handlers
 //! as a request extension ([`AgentPeer`]).
 //!
-//! The [`Link`] and hyper share the connection's one socket
+//! The [`Link`] and the connection share its one socket
 //! ([`SharedTcp`]): a duplicate descriptor per connection would make two
 //! open files per robot, and a server's open-file limit is what caps its
 //! fleet first.
@@ -87,8 +87,8 @@ impl HoldTiming {
 }
 
 /// One agent connection, as the handlers of its requests see it: the
-/// socket hyper serves (closed once hyper and every request that holds it
-/// are done with it).
+/// socket the listener serves (closed once the connection and every
+/// request that holds it are done with it).
 #[derive(Clone, Debug)]
 pub struct Link(Arc<TcpStream>);
 
@@ -142,12 +142,7 @@ impl AgentListener {
     pub async fn accept(&self) -> (SharedTcp, AgentPeer) {
         loop {
             match self.0.accept().await {
-                Ok((mut tcp, addr)) => {
-                    tune(&mut tcp);
-                    let tcp = Arc::new(tcp);
-                    let link = Some(Link::of(&tcp));
-                    return (SharedTcp(tcp), AgentPeer { addr, link });
-                }
+                Ok((tcp, addr)) => return accepted(tcp, addr),
                 Err(e) if is_connection_error(&e) => {}
                 Err(e) => {
                     log::error!("agent listener: accepting: {e}");
@@ -158,6 +153,15 @@ impl AgentListener {
     }
 }
 
+/// A connection just accepted from `addr`, [`tune`]d, as the listener
+/// serves it and its requests see it.
+pub fn accepted(mut tcp: TcpStream, addr: SocketAddr) -> (SharedTcp, AgentPeer) {
+    tune(&mut tcp);
+    let tcp = Arc::new(tcp);
+    let link = Some(Link::of(&tcp));
+    (SharedTcp(tcp), AgentPeer { addr, link })
+}
+
 /// An accept error about the one connection (gone before it was taken).
 fn is_connection_error(e: &io::Error) -> bool {
     matches!(
@@ -166,10 +170,17 @@ fn is_connection_error(e: &io::Error) -> bool {
     )
 }
 
-/// An accepted connection as hyper reads and writes it, through a shared
+/// An accepted connection as the agent listener reads and writes it, through a shared
 /// reference (tokio's readiness and `try_*` calls work on `&TcpStream`), so
 /// its [`Link`] needs no descriptor of its own.
 pub struct SharedTcp(Arc<TcpStream>);
+
+impl SharedTcp {
+    /// The socket, for readiness and peeking.
+    pub fn stream(&self) -> &TcpStream {
+        &self.0
+    }
+}
 
 impl AsyncRead for SharedTcp {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
