@@ -32,6 +32,12 @@
 //! between requests has no timer (TCP keepalive reaps dead peers, see
 //! `robot_channel::link`). A peer that closes its end while its answer is
 //! pending (an agent that restarted) drops the request, as hyper does.
+//!
+//! A panic while a request is handled answers 500 and costs that request
+//! only: the connection is the outermost panic container of the agent
+//! listener (inline in its task, where a middleware layer would box one
+//! more future per held poll; the robot channel's own container inside
+//! makes a handler's panic a signed 500).
 
 use crate::server::robot_channel::link::{AgentPeer, SharedTcp};
 use crate::server::status::Status;
@@ -40,12 +46,16 @@ use axum::extract::ConnectInfo;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use futures_util::FutureExt;
 use std::convert::Infallible;
 use std::future::Future;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tower::ServiceExt;
+
+/// A panic's payload, as `catch_unwind` gives it.
+type Panic = Box<dyn std::any::Any + Send>;
 
 /// The largest request head (request line and fields), as hyper's buffer
 /// floor allowed before: an agent's heads are under 1 KiB.
@@ -142,10 +152,14 @@ pub async fn serve_connection(
         carry.shrink_to_fit();
         let close = !head.keep_alive();
         let head_only = head.method == Method::HEAD;
+        // Kept for the answer to a panic (both share the request's bytes).
+        let (method, uri) = (head.method.clone(), head.uri.clone());
         let answer = router.clone().oneshot(head.into_request(body, &peer));
+        let answer = std::panic::AssertUnwindSafe(answer).catch_unwind();
         let Some(response) = await_answer(answer, tcp.stream(), carry.is_empty()).await else {
             return;
         };
+        let response = response.unwrap_or_else(|_| super::panicked(&format!("{method} {}", uri.path())));
         // Asked to stop meanwhile (the sender is dropped, nothing is sent).
         let close = close || stop.has_changed().is_err();
         if write_response(&mut tcp, response, head_only, close, bounds.stall)
@@ -477,18 +491,20 @@ async fn read_some(tcp: &mut SharedTcp, buf: &mut Vec<u8>, most: usize, stall: D
     }
 }
 
-/// The router's answer, or None when the peer closed its end before it
-/// came (the request is dropped then). `watch_peer`: false when bytes of
-/// the next request are waiting already (the peer is there).
+/// The router's answer (or its panic), or None when the peer closed its
+/// end before it came (the request is dropped then). `watch_peer`: false
+/// when bytes of the next request are waiting already (the peer is there).
 async fn await_answer(
-    answer: impl Future<Output = Result<Response, Infallible>>,
+    answer: impl Future<Output = Result<Result<Response, Infallible>, Panic>>,
     tcp: &TcpStream,
     mut watch_peer: bool,
-) -> Option<Response> {
+) -> Option<Result<Response, Panic>> {
     let mut answer = std::pin::pin!(answer);
     loop {
         tokio::select! {
-            answered = answer.as_mut() => return Some(answered.unwrap_or_else(|never| match never {})),
+            answered = answer.as_mut() => {
+                return Some(answered.map(|r| r.unwrap_or_else(|never| match never {})));
+            }
             gone = peer_gone(tcp), if watch_peer => {
                 if gone {
                     return None;

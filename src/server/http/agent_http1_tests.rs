@@ -61,6 +61,15 @@ fn router(probe: Arc<Probe>) -> Router {
             ),
         )
         .route(
+            "/panic",
+            get(|| async {
+                if probe_panics() {
+                    panic!("a deliberate panic in a handler");
+                }
+                "no panic"
+            }),
+        )
+        .route(
             "/hold",
             get(move || async move {
                 let _dropped = Tell(hold.dropped.lock().unwrap().take());
@@ -77,6 +86,11 @@ fn router(probe: Arc<Probe>) -> Router {
                 "late"
             }),
         )
+}
+
+/// Always true; the compiler cannot tell, so the handler has a type.
+fn probe_panics() -> bool {
+    std::hint::black_box(true)
 }
 
 /// One connection served with `bounds`: the client's end, the stop
@@ -420,4 +434,20 @@ async fn an_idle_kept_connection_outlives_the_head_deadline() {
         // runs from a request's first byte, not from the last answer.
         tokio::time::sleep(bounds.head * 5).await;
     }
+}
+
+#[tokio::test]
+async fn a_panicking_handler_answers_500_and_the_connection_goes_on() {
+    let probe = Arc::new(Probe::default());
+    let (mut client, _stop, _served) = serve_one(&probe, Bounds::default()).await;
+    client
+        .write_all(b"GET /panic HTTP/1.1\r\n\r\nGET /echo HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut carry = Vec::new();
+    let a = read_answer(&mut client, &mut carry, false).await;
+    assert_eq!(a.status, 500, "{a:?}");
+    assert!(String::from_utf8_lossy(&a.body).contains("GET /panic"), "{a:?}");
+    let b = read_answer(&mut client, &mut carry, false).await;
+    assert_eq!((b.status, b.body.as_slice()), (200, &b"hello"[..]));
 }

@@ -30,7 +30,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, MethodRouter};
 use axum::Router;
 use futures_util::FutureExt;
 use serde_json::Value;
@@ -111,19 +111,28 @@ pub fn router_with(app: AppState, pages: Router) -> Router {
 /// signs every answer on its paths, a panic's 500 too (it sits between two
 /// panic containers).
 fn around_all(inner: Router, app: AppState) -> Router {
+    with_channel(inner, app).layer(axum::middleware::from_fn(contain_panics))
+}
+
+/// The robot channel around `inner`, with a panic container between them;
+/// the outer container is the caller's.
+fn with_channel(inner: Router, app: AppState) -> Router {
     inner
         .layer(axum::middleware::from_fn(contain_panics))
         .layer(axum::middleware::from_fn_with_state(app, channel::robot_channel))
-        .layer(axum::middleware::from_fn(contain_panics))
 }
 
 /// The robot channel's routes, the one list of them ([`routes`] and the
 /// agent listener's [`agent_router`] serve them).
-fn robot_routes(r: Router<AppState>) -> Router<AppState> {
-    r.route("/agent/v1/register", post(agent::register))
+/// `with_body`: what the routes that take a body get around them.
+fn robot_routes(
+    r: Router<AppState>,
+    with_body: impl Fn(MethodRouter<AppState>) -> MethodRouter<AppState>,
+) -> Router<AppState> {
+    r.route("/agent/v1/register", with_body(post(agent::register)))
         .route("/agent/v1/robots/{name}/assignments", get(agent::assignments))
-        .route("/agent/v1/robots/{name}/status", post(agent::status))
-        .route("/agent/v1/robots/{name}/logs", post(agent::upload_log))
+        .route("/agent/v1/robots/{name}/status", with_body(post(agent::status)))
+        .route("/agent/v1/robots/{name}/logs", with_body(post(agent::upload_log)))
 }
 
 /// The agent listener's router: the robot channel's routes and nothing
@@ -132,20 +141,23 @@ fn robot_routes(r: Router<AppState>) -> Router<AppState> {
 /// guard leaves their authentication to the channel, the channel bounds
 /// their bodies before the size check would, and no discovery path has a
 /// slash to drop), and each layer costs every robot a boxed future for as
-/// long as its poll is held.
+/// long as its poll is held: the body type is checked on the routes that
+/// take a body only (not the held poll's), and the outermost panic
+/// container is the connection's (`agent_http1`, inline).
 pub fn agent_router(app: AppState) -> Router {
-    let routes = robot_routes(Router::new())
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(axum::middleware::from_fn(require_known_body_type))
-        .with_state(app.clone());
-    around_all(routes, app)
+    let routes = robot_routes(Router::new(), |m| {
+        m.layer(axum::middleware::from_fn(require_known_body_type))
+    })
+    .fallback(not_found)
+    .method_not_allowed_fallback(method_not_allowed)
+    .layer(DefaultBodyLimit::max(MAX_BODY))
+    .with_state(app.clone());
+    with_channel(routes, app)
 }
 
 fn routes(app: AppState) -> Router {
     let g = GV;
-    let mut r = robot_routes(Router::new())
+    let mut r = robot_routes(Router::new(), |m| m)
         .route(
             "/version",
             get(|| async { json(StatusCode::OK, &discovery::version()) }),
@@ -289,11 +301,17 @@ async fn contain_panics(req: axum::extract::Request, next: axum::middleware::Nex
     let what = format!("{} {}", req.method(), req.uri().path());
     match std::panic::AssertUnwindSafe(next.run(req)).catch_unwind().await {
         Ok(resp) => resp,
-        Err(_) => Status::internal(format!(
-            "the server hit a bug handling {what} (logged, and counted as k8s4r_panics_total in /metrics)"
-        ))
-        .into_response(),
+        Err(_) => panicked(&what),
     }
+}
+
+/// The answer to a request (`what`: its method and path) whose handling
+/// panicked.
+fn panicked(what: &str) -> Response {
+    Status::internal(format!(
+        "the server hit a bug handling {what} (logged, and counted as k8s4r_panics_total in /metrics)"
+    ))
+    .into_response()
 }
 
 /// `/apis/` is `/apis` (see [`DISCOVERY`]).
