@@ -233,7 +233,7 @@ async fn count_up(store: &dyn Store, o: &Occurrence) -> Result<(), StoreError> {
     for _ in 0..3 {
         match store.get(&o.key).await? {
             Some(cur) => {
-                let mut v = cur.value.clone();
+                let mut v = (*cur.value).clone();
                 v["count"] = json!(v["count"].as_i64().unwrap_or(1).saturating_add(o.count));
                 v["lastTimestamp"] = json!(o.at);
                 match store.update(&o.key, v, Some(cur.revision)).await {

@@ -178,7 +178,10 @@ async fn copy_all(source: &SqliteStore, target: &EtcdStore, what: &str) -> Resul
     for (r, items) in listed {
         for item in items {
             let key = Key::new(r, &item.key.namespace, &item.key.name);
-            target.create(&key, item.value).await.map_err(MigrateError::Target)?;
+            target
+                .create(&key, Arc::unwrap_or_clone(item.value))
+                .await
+                .map_err(MigrateError::Target)?;
             progress.inc(1);
         }
     }

@@ -43,7 +43,8 @@ pub enum Part {
 
 #[derive(Debug)]
 pub struct Written {
-    pub object: Value,
+    /// The object as stored, shared with the store's watch history.
+    pub object: Arc<Value>,
     pub warnings: Vec<String>,
     /// Validation's warnings about the object as it was just stored; empty
     /// when nothing was stored (a dry run, an unchanged object). The HTTP
@@ -112,7 +113,9 @@ impl Registry {
     }
 
     pub async fn get(&self, res: &Resource, ns: &str, name: &str) -> Result<Value, Status> {
-        self.get_stored(res, ns, name).await.map(|s| s.value)
+        self.get_stored(res, ns, name)
+            .await
+            .map(|s| Arc::unwrap_or_clone(s.value))
     }
 
     async fn get_stored(&self, res: &Resource, ns: &str, name: &str) -> Result<Stored, Status> {
@@ -150,7 +153,7 @@ impl Registry {
                 });
             }
             last = Some((s.key.namespace.clone(), s.key.name.clone()));
-            items.push(s.value);
+            items.push(Arc::unwrap_or_clone(s.value));
         }
         Ok(ListResult {
             items,
@@ -171,7 +174,7 @@ impl Registry {
         let (name, value, admitted) = Self::prepare_create(res, ns, body, part, opts)?;
         if opts.dry_run {
             return Ok(Written {
-                object: value,
+                object: Arc::new(value),
                 warnings: admitted.warnings,
                 findings: Vec::new(),
             });
@@ -360,11 +363,11 @@ impl Registry {
             Some(Stored {
                 key: key(res, ns, name),
                 revision: object::resource_version(v)?,
-                value: v.clone(),
+                value: Arc::new(v.clone()),
             })
         });
         if let Some(current) = current {
-            let mut body = current.value.clone();
+            let mut body = (*current.value).clone();
             merge_patch(&mut body, patch);
             let expected = current.revision;
             match self.write_update(res, &current, body, part, expected, opts).await {
@@ -542,10 +545,10 @@ impl Registry {
         if expected != current.revision {
             return Err(Status::conflict(res.subject(name)));
         }
-        if new == *cur || opts.dry_run {
+        if new == **cur || opts.dry_run {
             // Nothing changes: no write, no event (as Kubernetes does).
             return Ok(Written {
-                object: if opts.dry_run { new } else { cur.clone() },
+                object: if opts.dry_run { Arc::new(new) } else { cur.clone() },
                 warnings: admitted.warnings,
                 findings: Vec::new(),
             });
@@ -584,7 +587,7 @@ impl Registry {
         let mut current = current;
         for _ in 0..10 {
             match self.store.delete(&current.key, Some(current.revision)).await {
-                Ok(deleted) => return Ok(deleted.value),
+                Ok(deleted) => return Ok(Arc::unwrap_or_clone(deleted.value)),
                 Err(StoreError::Conflict { .. }) if opts.resource_version.is_none() => {
                     let latest = self.get_stored(res, ns, name).await?;
                     if object::uid(&latest.value) != uid {
@@ -638,7 +641,7 @@ impl Registry {
             let mut current = Some(dep);
             for _ in 0..10 {
                 let Some(cur) = current.take() else { break };
-                let mut v = cur.value.clone();
+                let mut v = (*cur.value).clone();
                 if let Some(m) = object::meta_mut(&mut v) {
                     if let Some(refs) = m.get_mut("ownerReferences").and_then(Value::as_array_mut) {
                         refs.retain(|r| r.get("uid").and_then(Value::as_str) != Some(uid));

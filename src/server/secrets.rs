@@ -17,12 +17,18 @@ fn key(name: &str) -> Key {
 
 /// The secret `name`, if stored.
 pub async fn load(store: &dyn Store, name: &str) -> Result<Option<Value>, StoreError> {
-    Ok(store.get(&key(name)).await?.map(|s| s.value))
+    Ok(store
+        .get(&key(name))
+        .await?
+        .map(|s| std::sync::Arc::unwrap_or_clone(s.value)))
 }
 
 /// The secret `name` and its revision (to [`replace`] it), if stored.
 pub async fn load_versioned(store: &dyn Store, name: &str) -> Result<Option<(Value, u64)>, StoreError> {
-    Ok(store.get(&key(name)).await?.map(|s| (s.value, s.revision)))
+    Ok(store
+        .get(&key(name))
+        .await?
+        .map(|s| (std::sync::Arc::unwrap_or_clone(s.value), s.revision)))
 }
 
 /// The secret `name`; made by `create` and stored when there is none yet.
@@ -38,7 +44,7 @@ pub async fn load_or_create(
     }
     let fresh = create().map_err(|e| StoreError::Backend(format!("creating secret {name}: {e}")))?;
     match store.create(&key(name), fresh).await {
-        Ok(stored) => Ok(stored.value),
+        Ok(stored) => Ok(std::sync::Arc::unwrap_or_clone(stored.value)),
         Err(StoreError::AlreadyExists(_)) => load(store, name)
             .await?
             .ok_or_else(|| StoreError::Backend(format!("secret {name} vanished while being created"))),

@@ -209,7 +209,7 @@ impl Logs {
         let Some(stored) = self.store.get(&key).await? else {
             return Ok(false);
         };
-        let Ok(mut record) = serde_json::from_value::<StoredRequest>(stored.value) else {
+        let Ok(mut record) = serde_json::from_value::<StoredRequest>(Arc::unwrap_or_clone(stored.value)) else {
             return Ok(false);
         };
         // A robot answers only what was asked of it.

@@ -343,7 +343,7 @@ impl Tokens {
             if created >= limit.count() {
                 return Err(TokenError::JoinTokenUsedUp(limit));
             }
-            let mut value = s.value.clone();
+            let mut value = (*s.value).clone();
             value["robots"] = json!(created.saturating_add(1));
             match self.store.update(&key, value, Some(s.revision)).await {
                 Ok(_) => return Ok(()),

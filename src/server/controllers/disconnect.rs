@@ -234,7 +234,7 @@ pub async fn settle(
                     ctx.hub.fleet.wake(ns, &original, rev);
                 }
             }
-            existing.insert(tname.clone(), Arc::new(w.object));
+            existing.insert(tname.clone(), w.object);
         }
         log::info!(
             "job {ns}/{name} group {} replica {i}: robot {original} is back; kept the {}",

@@ -299,7 +299,7 @@ impl Hub {
                             namespace: &s.key.namespace,
                             name: &s.key.name,
                             revision: s.revision,
-                            new: Some(Arc::new(std::mem::take(&mut s.value))),
+                            new: Some(s.value.clone()),
                         });
                         self.apply_all(gone.chain(listed));
                     }
@@ -376,34 +376,28 @@ impl Ctx {
     }
 
     /// Write-through: record an object we just wrote.
-    fn wrote(&self, resource: &str, v: &Value) {
+    /// Write-through of `v` as written (the tree the store's watch history
+    /// holds too, where the store shares it).
+    fn wrote(&self, resource: &str, v: &Arc<Value>) {
         if let Some(rev) = object::resource_version(v) {
-            self.hub.apply(
-                resource,
-                object::namespace(v),
-                object::name(v),
-                rev,
-                Some(Arc::new(v.clone())),
-            );
+            self.hub
+                .apply(resource, object::namespace(v), object::name(v), rev, Some(v.clone()));
         }
     }
 
     /// Write-through of objects written together (one store batch, whose
     /// creates may share a revision: see [`Hub::apply_all`]).
-    fn wrote_all_owned(&self, resource: &str, objects: Vec<Value>) {
-        let mut states: Vec<(u64, String, String, Value)> = objects
+    fn wrote_all(&self, resource: &str, objects: Vec<Arc<Value>>) {
+        let states: Vec<(u64, Arc<Value>)> = objects
             .into_iter()
-            .filter_map(|v| {
-                let rev = object::resource_version(&v)?;
-                Some((rev, object::namespace(&v).to_string(), object::name(&v).to_string(), v))
-            })
+            .filter_map(|v| Some((object::resource_version(&v)?, v)))
             .collect();
-        self.hub.apply_all(states.iter_mut().map(|(rev, ns, name, v)| State {
+        self.hub.apply_all(states.iter().map(|(rev, v)| State {
             resource,
-            namespace: ns,
-            name,
+            namespace: object::namespace(v),
+            name: object::name(v),
             revision: *rev,
-            new: Some(Arc::new(std::mem::take(v))),
+            new: Some(v.clone()),
         }));
     }
 

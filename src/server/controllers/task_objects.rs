@@ -64,7 +64,7 @@ pub async fn create_tasks(
     }
     let count = created.len();
     // Together: the creates of one batch may share a revision.
-    ctx.wrote_all_owned("tasks", created);
+    ctx.wrote_all("tasks", created);
     match first_error {
         Some(e) => Err(e),
         None => Ok(count),

@@ -45,7 +45,7 @@ async fn list(app: AppState, ns: Option<String>, q: Params, headers: HeaderMap) 
     let mut items: Vec<&Value> = listed
         .items
         .iter()
-        .map(|s| &s.value)
+        .map(|s| &*s.value)
         .filter(|v| events::matches(&fields, v))
         .collect();
     items.sort_by_key(|v| v["lastTimestamp"].as_str().and_then(time::parse_rfc3339).unwrap_or(0));

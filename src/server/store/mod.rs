@@ -50,7 +50,9 @@ impl fmt::Display for Key {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Stored {
     pub key: Key,
-    pub value: Value,
+    /// Shared with the change's event in the watch history (and from there
+    /// with the controllers' cache): one tree per object, not one per holder.
+    pub value: Arc<Value>,
     pub revision: u64,
 }
 

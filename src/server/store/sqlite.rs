@@ -172,7 +172,7 @@ impl SqliteStore {
     fn stored(e: &Event) -> Stored {
         Stored {
             key: e.key.clone(),
-            value: (*e.value).clone(),
+            value: e.value.clone(),
             revision: e.revision,
         }
     }
@@ -229,7 +229,7 @@ impl Store for SqliteStore {
                 None => Ok(None),
                 Some((revision, text)) => Ok(Some(Stored {
                     key: key.clone(),
-                    value: decode(&text)?,
+                    value: Arc::new(decode(&text)?),
                     revision,
                 })),
             }
@@ -268,7 +268,7 @@ impl Store for SqliteStore {
                 let (ns, name, rev, text) = row.map_err(backend)?;
                 items.push(Stored {
                     key: Key::new(resource, &ns, &name),
-                    value: decode(&text)?,
+                    value: Arc::new(decode(&text)?),
                     revision: rev,
                 });
             }

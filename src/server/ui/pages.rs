@@ -127,7 +127,7 @@ async fn events_of(ui: &Ui, ns: Option<&str>, wanted: impl Fn(&Value) -> bool) -
     let mut items: Vec<Value> = listed
         .items
         .into_iter()
-        .map(|s| s.value)
+        .map(|s| std::sync::Arc::unwrap_or_clone(s.value))
         .filter(|v| wanted(v))
         .collect();
     items.sort_by_key(|v| std::cmp::Reverse(s(v, "/lastTimestamp").to_string()));

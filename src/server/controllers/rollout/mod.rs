@@ -33,7 +33,6 @@ use plan::{Health, Outcome, Replica};
 use replica::Step;
 pub use replica::{replica, task_names, GroupReplicas, ReplicaTasks, RolledTask};
 use serde_json::{json, Value};
-use std::sync::Arc;
 use std::time::Duration;
 pub use versions::{sync, Versions, ANN_REVERT_TO};
 
@@ -305,7 +304,7 @@ async fn note_lock(ctx: &Ctx, ns: &str, t: &mut RolledTask, now: i64) -> Result<
     }
     let w = ctx.registry.replace(&TASKS, ns, &t.name, body, Part::Main, ALL).await?;
     ctx.wrote("tasks", &w.object);
-    t.cur = Some(Arc::new(w.object));
+    t.cur = Some(w.object);
     Ok(())
 }
 
@@ -323,7 +322,7 @@ async fn drop_offer(ctx: &Ctx, ns: &str, t: &mut RolledTask) -> Result<(), Statu
     object::set_annotation(&mut body, ANN_PREVIOUS_SPEC, None);
     let w = ctx.registry.replace(&TASKS, ns, &t.name, body, Part::Main, ALL).await?;
     ctx.wrote("tasks", &w.object);
-    t.cur = Some(Arc::new(w.object));
+    t.cur = Some(w.object);
     Ok(())
 }
 
@@ -338,7 +337,7 @@ async fn note_run(ctx: &Ctx, ns: &str, t: &mut RolledTask, check: HealthCheck, n
     object::set_annotation(&mut body, ANN_RUNNING_SINCE, want.as_deref());
     let w = ctx.registry.replace(&TASKS, ns, &t.name, body, Part::Main, ALL).await?;
     ctx.wrote("tasks", &w.object);
-    t.cur = Some(Arc::new(w.object));
+    t.cur = Some(w.object);
     Ok(())
 }
 
@@ -651,7 +650,7 @@ mod tests {
             "spec": {}, "status": {"state": state}});
         RolledTask {
             name: "t".into(),
-            cur: Some(Arc::new(cur)),
+            cur: Some(std::sync::Arc::new(cur)),
             target: Some(json!({})),
             base: None,
         }

@@ -205,7 +205,7 @@ async fn create_version(
             .record(job_v, Kind::Normal, "NewVersion", format!("version {version}: {how}"));
     }
     let r = decode(&w.object).ok_or_else(|| Status::internal("a Rollout written does not decode"))?;
-    Ok((Arc::new(w.object), r))
+    Ok((w.object, r))
 }
 
 /// Delete the oldest versions beyond `--job-history`, never the newest's base.

@@ -165,7 +165,7 @@ impl EtcdStore {
     fn stored(&self, key: &Key, kv: &KeyValue) -> Result<Stored, StoreError> {
         Ok(Stored {
             key: key.clone(),
-            value: decode_value(&kv.value, kv.mod_revision)?,
+            value: Arc::new(decode_value(&kv.value, kv.mod_revision)?),
             revision: kv.mod_revision,
         })
     }
@@ -242,7 +242,7 @@ impl EtcdStore {
         stamp_revision(&mut value, rev);
         Ok(Stored {
             key: key.clone(),
-            value,
+            value: Arc::new(value),
             revision: rev,
         })
     }
@@ -262,7 +262,7 @@ impl EtcdStore {
         stamp_revision(&mut value, rev);
         Ok(Stored {
             key: key.clone(),
-            value,
+            value: Arc::new(value),
             revision: rev,
         })
     }
@@ -282,7 +282,7 @@ impl EtcdStore {
         let last = prev.first().ok_or_else(|| StoreError::NotFound(key.clone()))?;
         Ok(Stored {
             key: key.clone(),
-            value: decode_value(&last.value, rev)?,
+            value: Arc::new(decode_value(&last.value, rev)?),
             revision: rev,
         })
     }
@@ -317,7 +317,7 @@ impl EtcdStore {
                         stamp_revision(&mut value, rev);
                         Ok(Stored {
                             key,
-                            value,
+                            value: Arc::new(value),
                             revision: rev,
                         })
                     })
