@@ -193,17 +193,19 @@ impl SqliteStore {
         Ok(stored)
     }
 
-    fn decide(op: &BatchOp) -> impl FnOnce(Option<u64>) -> Result<Option<Value>, StoreError> + '_ {
+    /// What `op` writes given the current revision (its value moved, not
+    /// copied: a batch of new Tasks is megabytes of trees).
+    fn decide(op: BatchOp) -> impl FnOnce(Option<u64>) -> Result<Option<Value>, StoreError> {
         move |current| match (op, current) {
-            (BatchOp::Create(k, _), Some(_)) => Err(StoreError::AlreadyExists(k.clone())),
-            (BatchOp::Create(_, v), None) => Ok(Some(v.clone())),
-            (BatchOp::Update(k, _, _) | BatchOp::Delete(k, _), None) => Err(StoreError::NotFound(k.clone())),
+            (BatchOp::Create(k, _), Some(_)) => Err(StoreError::AlreadyExists(k)),
+            (BatchOp::Create(_, v), None) => Ok(Some(v)),
+            (BatchOp::Update(k, _, _) | BatchOp::Delete(k, _), None) => Err(StoreError::NotFound(k)),
             (BatchOp::Update(k, v, expected), Some(rev)) => {
-                Self::check_expected(k, *expected, rev)?;
-                Ok(Some(v.clone()))
+                Self::check_expected(&k, expected, rev)?;
+                Ok(Some(v))
             }
             (BatchOp::Delete(k, expected), Some(rev)) => {
-                Self::check_expected(k, *expected, rev)?;
+                Self::check_expected(&k, expected, rev)?;
                 Ok(None)
             }
         }
@@ -365,8 +367,9 @@ impl Store for SqliteStore {
             let tx = conn.transaction().map_err(backend)?;
             let mut results = Vec::with_capacity(ops.len());
             let mut events = Vec::with_capacity(ops.len());
-            for op in &ops {
-                match Self::apply_in(&tx, op.key(), Self::decide(op)) {
+            for op in ops {
+                let key = op.key().clone();
+                match Self::apply_in(&tx, &key, Self::decide(op)) {
                     Ok(e) => {
                         results.push(Ok(Self::stored(&e)));
                         events.push(e);
