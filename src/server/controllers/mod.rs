@@ -388,16 +388,14 @@ impl Ctx {
     /// Write-through of objects written together (one store batch, whose
     /// creates may share a revision: see [`Hub::apply_all`]).
     fn wrote_all(&self, resource: &str, objects: Vec<Arc<Value>>) {
-        let states: Vec<(u64, Arc<Value>)> = objects
-            .into_iter()
-            .filter_map(|v| Some((object::resource_version(&v)?, v)))
-            .collect();
-        self.hub.apply_all(states.iter().map(|(rev, v)| State {
-            resource,
-            namespace: object::namespace(v),
-            name: object::name(v),
-            revision: *rev,
-            new: Some(v.clone()),
+        self.hub.apply_all(objects.iter().filter_map(|v| {
+            Some(State {
+                resource,
+                namespace: object::namespace(v),
+                name: object::name(v),
+                revision: object::resource_version(v)?,
+                new: Some(v.clone()),
+            })
         }));
     }
 

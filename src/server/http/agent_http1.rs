@@ -125,16 +125,23 @@ pub async fn serve_connection(
         }
         let head = match tokio::time::timeout(bounds.head, read_head(&mut tcp, &mut carry)).await {
             Ok(Ok(head)) => head,
-            Ok(Err(unread)) => return refuse(tcp, unread).await,
-            Err(_) => return refuse(tcp, Unread::Refused(StatusCode::REQUEST_TIMEOUT, "the request head")).await,
+            Ok(Err(unread)) => return refuse(tcp, unread, bounds.stall).await,
+            Err(_) => {
+                return refuse(
+                    tcp,
+                    Unread::Refused(StatusCode::REQUEST_TIMEOUT, "the request head"),
+                    bounds.stall,
+                )
+                .await
+            }
         };
         let framing = match head.framing() {
             Ok(framing) => framing,
-            Err(unread) => return refuse(tcp, unread).await,
+            Err(unread) => return refuse(tcp, unread, bounds.stall).await,
         };
         if let Framing::Length(n) = framing {
             if n > bounds.max_body as u64 {
-                return refuse(tcp, Unread::TooLarge(bounds.max_body)).await;
+                return refuse(tcp, Unread::TooLarge(bounds.max_body), bounds.stall).await;
             }
             if head.expects_continue()
                 && (carry.len() as u64) < n
@@ -145,7 +152,7 @@ pub async fn serve_connection(
         }
         let body = match read_body(&mut tcp, &mut carry, framing, bounds).await {
             Ok(body) => body,
-            Err(unread) => return refuse(tcp, unread).await,
+            Err(unread) => return refuse(tcp, unread, bounds.stall).await,
         };
         // Nothing but a pipelined request's bytes stays while the answer
         // is pending (usually nothing at all).
@@ -193,8 +200,9 @@ impl Unread {
     }
 }
 
-/// Answer `unread` (if there is anyone to answer) and close.
-async fn refuse(mut tcp: SharedTcp, unread: Unread) {
+/// Answer `unread` (if there is anyone to answer), each write making
+/// progress within `stall`, and close.
+async fn refuse(mut tcp: SharedTcp, unread: Unread, stall: Duration) {
     let response = match unread {
         Unread::Gone => return,
         Unread::Refused(status, what) => {
@@ -206,10 +214,7 @@ async fn refuse(mut tcp: SharedTcp, unread: Unread) {
             Status::too_large(format!("the request body is larger than {max} bytes")).into_response()
         }
     };
-    if write_response(&mut tcp, response, false, true, Bounds::default().stall)
-        .await
-        .is_ok()
-    {
+    if write_response(&mut tcp, response, false, true, stall).await.is_ok() {
         finish(tcp).await;
     }
 }
